@@ -1,0 +1,121 @@
+//! The one error type of the library. Every variant names what was wrong and where (file,
+//! dataset, parameter), with the expected and found values where there are any, so that the
+//! binary can print a single line that a user can act on.
+
+use std::path::PathBuf;
+
+/// Every fallible function in tessera returns this.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A command-line or config parameter has a value that cannot be used.
+    #[error("--{name}: {message}")]
+    Parameter { name: String, message: String },
+
+    /// An array address that cannot be parsed or does not point at an array.
+    #[error("{address}: {message}")]
+    Address { address: String, message: String },
+
+    /// A file exists but its contents are not what they should be.
+    #[error("{}: {message}", path.display())]
+    BadFile { path: PathBuf, message: String },
+
+    /// Filesystem error with the path it happened on.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The output exists and the user did not ask to replace it.
+    #[error("{}: {message}", path.display())]
+    OutputExists { path: PathBuf, message: String },
+
+    /// Two arrays (or slices) that must agree do not.
+    #[error("{what}: expected {expected}, found {found}")]
+    Mismatch {
+        what: String,
+        expected: String,
+        found: String,
+    },
+
+    /// A value cannot be represented in the requested data type.
+    #[error("{what}: value {value} does not fit in {dtype}")]
+    Conversion {
+        what: String,
+        value: String,
+        dtype: String,
+    },
+
+    /// A feature the binary was built without.
+    #[error("{what} needs a tessera built with feature \"{feature}\"")]
+    NotCompiled { what: String, feature: &'static str },
+
+    /// Errors from the Zarr library, with the store they came from.
+    #[error("{store}: {message}")]
+    Zarr { store: String, message: String },
+
+    /// Errors from the HDF5 library, with the file they came from.
+    #[error("{file}: HDF5: {message}")]
+    Hdf5 { file: String, message: String },
+
+    /// Another rank failed; this rank stopped so that all ranks exit together.
+    #[error("stopped because rank {rank} failed")]
+    PeerFailed { rank: usize },
+
+    /// A config (TOML) file that cannot be read as a job.
+    #[error("{}: {message}", path.display())]
+    Config { path: PathBuf, message: String },
+}
+
+/// Shorthand used everywhere in the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn parameter(name: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Parameter {
+            name: name.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_file(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        Error::BadFile {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn address(address: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Address {
+            address: address.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn mismatch(
+        what: impl Into<String>,
+        expected: impl ToString,
+        found: impl ToString,
+    ) -> Self {
+        Error::Mismatch {
+            what: what.into(),
+            expected: expected.to_string(),
+            found: found.to_string(),
+        }
+    }
+}
+
+/// Attaches a path to an `std::io::Error`.
+pub trait IoContext<T> {
+    fn at(self, path: impl Into<PathBuf>) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn at(self, path: impl Into<PathBuf>) -> Result<T> {
+        self.map_err(|source| Error::Io {
+            path: path.into(),
+            source,
+        })
+    }
+}

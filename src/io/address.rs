@@ -1,0 +1,185 @@
+//! Array addresses: one string names any input or output array.
+//!
+//! `file.npy`; `store.zarr` (array at the store root) or `store.zarr/group/array`;
+//! `file.h5:/group/dataset` (also `.hdf5`, `.hdf`, `.he5`, `.nxs`, `.emd`).
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+const HDF5_EXTENSIONS: [&str; 6] = ["h5", "hdf5", "hdf", "he5", "nxs", "emd"];
+
+/// Where an array lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Address {
+    /// A numpy `.npy` file.
+    Npy { path: PathBuf },
+    /// An array in a Zarr store directory; `node` is `""` for the root, else `group/array`.
+    Zarr { store: PathBuf, node: String },
+    /// A dataset in an HDF5 file; `dataset` starts with `/`.
+    Hdf5 { file: PathBuf, dataset: String },
+}
+
+impl Address {
+    /// Parses an address string.
+    ///
+    /// # Errors
+    /// [`Error::Address`] when the string names no format tessera knows.
+    pub fn parse(text: &str) -> Result<Address> {
+        let bad = |message: &str| Error::address(text, message);
+        if text.is_empty() {
+            return Err(bad("empty array address"));
+        }
+        // HDF5: `file.ext:/dataset` (the dataset part may lack the leading slash).
+        if let Some((file, dataset)) = text.rsplit_once(':') {
+            if has_extension(Path::new(file), &HDF5_EXTENSIONS) {
+                let dataset = dataset.trim_matches('/');
+                if dataset.is_empty() {
+                    return Err(bad("no dataset after ':' (expected file.h5:/group/dataset)"));
+                }
+                return Ok(Address::Hdf5 {
+                    file: PathBuf::from(file),
+                    dataset: format!("/{dataset}"),
+                });
+            }
+        }
+        let path = Path::new(text);
+        if has_extension(path, &HDF5_EXTENSIONS) {
+            return Err(bad(
+                "an HDF5 address names its dataset: file.h5:/group/dataset",
+            ));
+        }
+        if has_extension(path, &["npy"]) {
+            return Ok(Address::Npy {
+                path: path.to_path_buf(),
+            });
+        }
+        // Zarr: the last component ending in `.zarr` is the store; the rest is the node path.
+        let components: Vec<_> = path.components().collect();
+        if let Some(i) = components
+            .iter()
+            .rposition(|c| c.as_os_str().to_string_lossy().ends_with(".zarr"))
+        {
+            let store: PathBuf = components[..=i].iter().collect();
+            let node: Vec<String> = components[i + 1..]
+                .iter()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .collect();
+            return Ok(Address::Zarr {
+                store,
+                node: node.join("/"),
+            });
+        }
+        // A directory without the `.zarr` suffix that holds Zarr metadata is a store too.
+        if path.join("zarr.json").is_file() || path.join(".zarray").is_file() {
+            return Ok(Address::Zarr {
+                store: path.to_path_buf(),
+                node: String::new(),
+            });
+        }
+        Err(bad(
+            "cannot tell the format: expected file.npy, store.zarr[/group/array] or file.h5:/dataset",
+        ))
+    }
+
+    /// The file or directory that holds the whole container (npy file, store dir, HDF5 file).
+    pub fn container(&self) -> &Path {
+        match self {
+            Address::Npy { path } => path,
+            Address::Zarr { store, .. } => store,
+            Address::Hdf5 { file, .. } => file,
+        }
+    }
+
+    /// The same address in another container (used to stage outputs under a temporary name).
+    pub fn with_container(&self, container: PathBuf) -> Address {
+        match self {
+            Address::Npy { .. } => Address::Npy { path: container },
+            Address::Zarr { node, .. } => Address::Zarr {
+                store: container,
+                node: node.clone(),
+            },
+            Address::Hdf5 { dataset, .. } => Address::Hdf5 {
+                file: container,
+                dataset: dataset.clone(),
+            },
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Address::Npy { .. } => "npy",
+            Address::Zarr { .. } => "zarr",
+            Address::Hdf5 { .. } => "hdf5",
+        }
+    }
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Address::Npy { path } => write!(f, "{}", path.display()),
+            Address::Zarr { store, node } if node.is_empty() => write!(f, "{}", store.display()),
+            Address::Zarr { store, node } => write!(f, "{}/{node}", store.display()),
+            Address::Hdf5 { file, dataset } => write!(f, "{}:{dataset}", file.display()),
+        }
+    }
+}
+
+fn has_extension(path: &Path, extensions: &[&str]) -> bool {
+    path.extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .is_some_and(|e| extensions.contains(&e.as_str()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_each_kind() {
+        assert_eq!(
+            Address::parse("a/b.npy").unwrap(),
+            Address::Npy {
+                path: "a/b.npy".into()
+            }
+        );
+        assert_eq!(
+            Address::parse("d/s.zarr").unwrap(),
+            Address::Zarr {
+                store: "d/s.zarr".into(),
+                node: String::new()
+            }
+        );
+        assert_eq!(
+            Address::parse("d/s.zarr/g/a").unwrap(),
+            Address::Zarr {
+                store: "d/s.zarr".into(),
+                node: "g/a".into()
+            }
+        );
+        assert_eq!(
+            Address::parse("f.h5:/g/d").unwrap(),
+            Address::Hdf5 {
+                file: "f.h5".into(),
+                dataset: "/g/d".into()
+            }
+        );
+        assert_eq!(
+            Address::parse("x/f.emd:data").unwrap().to_string(),
+            "x/f.emd:/data"
+        );
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_place() {
+        assert!(Address::parse("f.h5").unwrap_err().to_string().contains("dataset"));
+        assert!(Address::parse("f.h5:/").is_err());
+        assert!(Address::parse("").is_err());
+        assert!(Address::parse("/no/such/thing.dat")
+            .unwrap_err()
+            .to_string()
+            .contains("cannot tell"));
+    }
+}

@@ -1,0 +1,207 @@
+//! Array storage: where arrays come from and go to.
+//!
+//! Every format implements the same two traits: [`ArrayReader`] (shape, dtype, chunking,
+//! attributes, `read_box`) and [`ArrayWriter`] (`write_box`, attributes, close). Operations
+//! never see which format they talk to. Outputs are created under a temporary name and
+//! renamed when complete ([`staging`]), so a run that dies leaves nothing that looks finished.
+
+pub mod address;
+pub mod block;
+#[cfg(feature = "hdf5")]
+pub mod hdf5;
+pub mod images;
+pub mod npy;
+pub mod staging;
+pub mod zarr;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+pub use address::Address;
+pub use block::{Block, DType, Element};
+
+use crate::comm::Comm;
+use crate::error::{Error, Result};
+use crate::grid::Region;
+
+/// What a reader knows about an array before reading any of it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ArrayMeta {
+    pub shape: Vec<u64>,
+    pub dtype: DType,
+    /// Chunk shape (the inner chunk when sharded); `None` for contiguous storage.
+    pub chunks: Option<Vec<u64>>,
+    /// Shard shape, when the array is sharded.
+    pub shards: Option<Vec<u64>>,
+    /// Codecs / filters, outermost last, as short descriptions.
+    pub codecs: Vec<String>,
+    pub dimension_names: Option<Vec<String>>,
+    pub attributes: Map<String, Value>,
+}
+
+/// Compression of chunks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Codec {
+    /// Zstandard, level 3 (Zarr default).
+    #[default]
+    Zstd,
+    /// Blosc with LZ4 and byte shuffle (Zarr only).
+    Blosc,
+    /// gzip / deflate level 5 (the one HDF5 filter every reader has).
+    Gzip,
+    /// No compression.
+    None,
+}
+
+/// Everything needed to create an output array.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CreateSpec {
+    pub shape: Vec<u64>,
+    pub dtype: DType,
+    pub chunks: Vec<u64>,
+    pub shards: Option<Vec<u64>>,
+    pub codec: Codec,
+    pub dimension_names: Option<Vec<String>>,
+    /// Attributes stored at creation; more may be added by [`ArrayWriter::set_attributes`].
+    pub attributes: Map<String, Value>,
+}
+
+impl CreateSpec {
+    /// The blocks that a single writer must own whole: shards when sharded, else chunks.
+    pub fn write_block(&self) -> &[u64] {
+        self.shards.as_deref().unwrap_or(&self.chunks)
+    }
+
+    /// Checks chunk and shard shapes against the array.
+    ///
+    /// # Errors
+    /// [`Error::Parameter`] naming `--chunks` or `--shards`.
+    pub fn validate(&self) -> Result<()> {
+        let ndim = self.shape.len();
+        crate::grid::check_block_shape(&self.chunks, ndim)
+            .map_err(|m| Error::parameter("chunks", m))?;
+        if let Some(shards) = &self.shards {
+            crate::grid::check_block_shape(shards, ndim)
+                .map_err(|m| Error::parameter("shards", m))?;
+            if let Some(axis) = (0..ndim).find(|&i| shards[i] % self.chunks[i] != 0) {
+                return Err(Error::parameter(
+                    "shards",
+                    format!(
+                        "shard shape {} is not a multiple of chunk shape {} on axis {axis}",
+                        crate::grid::join(shards),
+                        crate::grid::join(&self.chunks)
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads boxes of an existing array.
+pub trait ArrayReader: Send + Sync {
+    fn meta(&self) -> &ArrayMeta;
+
+    /// Reads `region`, which must lie inside the array.
+    ///
+    /// # Errors
+    /// Region outside the array, or a read/decode failure naming the store.
+    fn read_box(&self, region: &Region) -> Result<Block>;
+}
+
+/// Writes boxes of an array being created.
+///
+/// Under MPI, `write_box` may be collective (parallel HDF5): every rank calls it the same
+/// number of times, and a rank with nothing to write in that round passes `None`.
+pub trait ArrayWriter: Send + Sync {
+    /// # Errors
+    /// Block and region disagree, or a write failure naming the store.
+    fn write_box(&self, part: Option<(&Region, &Block)>) -> Result<()>;
+
+    /// Adds attributes. Every rank calls it with the same values; the format decides who
+    /// writes (rank 0 for Zarr, all ranks together for parallel HDF5).
+    ///
+    /// # Errors
+    /// A write failure naming the store.
+    fn set_attributes(&self, attributes: &Map<String, Value>) -> Result<()>;
+
+    /// Flushes and closes. Every rank calls it.
+    ///
+    /// # Errors
+    /// A flush failure naming the store.
+    fn close(self: Box<Self>) -> Result<()>;
+}
+
+/// Opens an existing array for reading.
+///
+/// # Errors
+/// [`Error::Address`] when nothing (or no array) is there; format errors otherwise.
+pub fn open(address: &Address) -> Result<Box<dyn ArrayReader>> {
+    if !address.container().exists() {
+        return Err(Error::address(address.to_string(), "does not exist"));
+    }
+    match address {
+        Address::Npy { path } => Ok(Box::new(npy::NpyReader::open(path)?)),
+        Address::Zarr { store, node } => Ok(Box::new(zarr::ZarrReader::open(store, node)?)),
+        #[cfg(feature = "hdf5")]
+        Address::Hdf5 { file, dataset } => Ok(Box::new(hdf5::Hdf5Reader::open(file, dataset)?)),
+        #[cfg(not(feature = "hdf5"))]
+        Address::Hdf5 { .. } => Err(Error::NotCompiled {
+            what: format!("reading {address}"),
+            feature: "hdf5",
+        }),
+    }
+}
+
+/// Creates (or, with `resume`, reopens) an output array. Collective: every rank calls it.
+///
+/// # Errors
+/// Invalid spec for the format, or a failure creating the store.
+pub fn create(
+    address: &Address,
+    spec: &CreateSpec,
+    comm: &dyn Comm,
+    resume: bool,
+) -> Result<Box<dyn ArrayWriter>> {
+    spec.validate()?;
+    match address {
+        Address::Npy { path } => Ok(Box::new(npy::NpyWriter::create(path, spec, comm, resume)?)),
+        Address::Zarr { store, node } => Ok(Box::new(zarr::ZarrWriter::create(
+            store, node, spec, comm, resume,
+        )?)),
+        #[cfg(feature = "hdf5")]
+        Address::Hdf5 { file, dataset } => Ok(Box::new(hdf5::Hdf5Writer::create(
+            file, dataset, spec, comm, resume,
+        )?)),
+        #[cfg(not(feature = "hdf5"))]
+        Address::Hdf5 { .. } => Err(Error::NotCompiled {
+            what: format!("writing {address}"),
+            feature: "hdf5",
+        }),
+    }
+}
+
+/// Checks that a region fits an array and a block fits the region.
+///
+/// # Errors
+/// [`Error::Mismatch`] naming `what`.
+pub fn check_region(what: &str, shape: &[u64], region: &Region, block: Option<&Block>) -> Result<()> {
+    if !region.fits_in(shape) {
+        return Err(Error::mismatch(
+            format!("{what}: box {:?}+{:?}", region.start, region.shape),
+            format!("a box inside shape {shape:?}"),
+            "a box outside it",
+        ));
+    }
+    if let Some(block) = block {
+        if block.shape() != region.shape {
+            return Err(Error::mismatch(
+                format!("{what}: block for box {:?}", region.start),
+                format!("shape {:?}", region.shape),
+                format!("{:?}", block.shape()),
+            ));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,277 @@
+//! numpy `.npy` files, read and written through memory maps, so that boxes are read without
+//! loading the whole file and several ranks can write disjoint boxes of one file.
+//!
+//! Only C-order, native-endian files are read; anything else is refused with the reason.
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+
+use memmap2::{Mmap, MmapMut};
+use ndarray::{ArrayViewD, ArrayViewMutD, IxDyn, SliceInfoElem};
+use ndarray_npy::{ViewMutNpyExt, ViewNpyExt};
+use serde_json::{Map, Value};
+
+use super::{check_region, ArrayMeta, ArrayReader, ArrayWriter, Block, CreateSpec, DType, Element};
+use crate::comm::Comm;
+use crate::error::{Error, IoContext, Result};
+use crate::grid::Region;
+use crate::{with_block, with_dtype};
+
+/// Parses the header dictionary of a `.npy` file: (descr, fortran_order, shape).
+fn parse_header(path: &Path, bytes: &[u8]) -> Result<(String, bool, Vec<u64>)> {
+    let bad = |m: &str| Error::bad_file(path, format!("not a valid .npy file: {m}"));
+    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+        return Err(bad("missing the \\x93NUMPY magic"));
+    }
+    let (len, start) = match bytes[6] {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        2 | 3 if bytes.len() >= 12 => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
+        v => return Err(bad(&format!("unknown format version {v}"))),
+    };
+    let header = bytes
+        .get(start..start + len)
+        .ok_or_else(|| bad("truncated header"))?;
+    let header = String::from_utf8_lossy(header);
+    let field = |key: &str| -> Option<String> {
+        let at = header.find(&format!("'{key}'"))? + key.len() + 2;
+        let rest = header[at..].trim_start().strip_prefix(':')?.trim_start();
+        Some(rest.to_string())
+    };
+    let descr = field("descr")
+        .and_then(|r| r.strip_prefix('\'').and_then(|r| r.split('\'').next()).map(String::from))
+        .ok_or_else(|| bad("no 'descr' in header"))?;
+    let fortran = field("fortran_order")
+        .map(|r| r.starts_with("True"))
+        .ok_or_else(|| bad("no 'fortran_order' in header"))?;
+    let shape_text = field("shape")
+        .and_then(|r| r.strip_prefix('(').and_then(|r| r.split(')').next()).map(String::from))
+        .ok_or_else(|| bad("no 'shape' in header"))?;
+    let shape = shape_text
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<u64>().map_err(|_| bad(&format!("bad shape entry {s:?}"))))
+        .collect::<Result<Vec<_>>>()?;
+    Ok((descr, fortran, shape))
+}
+
+fn descr_dtype(descr: &str) -> Option<DType> {
+    let native = if cfg!(target_endian = "little") { '<' } else { '>' };
+    let (order, rest) = descr.split_at(1);
+    let order = order.chars().next()?;
+    let size_one = rest.ends_with('1');
+    if !(order == native || order == '|' || (order == '=' ) || size_one) {
+        return None;
+    }
+    DType::from_name(match rest {
+        "u1" | "B" => "uint8",
+        "u2" => "uint16",
+        "u4" => "uint32",
+        "u8" => "uint64",
+        "i1" | "b" => "int8",
+        "i2" => "int16",
+        "i4" => "int32",
+        "i8" => "int64",
+        "f4" => "float32",
+        "f8" => "float64",
+        _ => return None,
+    })
+}
+
+fn slice_info(region: &Region) -> Vec<SliceInfoElem> {
+    region
+        .ranges()
+        .into_iter()
+        .map(|r| SliceInfoElem::Slice {
+            start: r.start as isize,
+            end: Some(r.end as isize),
+            step: 1,
+        })
+        .collect()
+}
+
+/// Reads a `.npy` file through a read-only memory map.
+pub struct NpyReader {
+    map: Mmap,
+    meta: ArrayMeta,
+    path: PathBuf,
+}
+
+impl NpyReader {
+    /// # Errors
+    /// Unreadable file, corrupt header, Fortran order, foreign byte order or unsupported dtype.
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = File::open(path).at(path)?;
+        // SAFETY: the map is read-only; tessera never writes an input while reading it. Another
+        // process truncating the file under us would fault, as with any mmap reader.
+        let map = unsafe { Mmap::map(&file) }.at(path)?;
+        let (descr, fortran, shape) = parse_header(path, &map)?;
+        if fortran {
+            return Err(Error::bad_file(path, "Fortran-order .npy is not supported; save it in C order (np.ascontiguousarray)"));
+        }
+        let dtype = descr_dtype(&descr).ok_or_else(|| {
+            Error::bad_file(path, format!("dtype {descr} is not supported (native-endian u8..u64, i8..i64, f32, f64)"))
+        })?;
+        let meta = ArrayMeta {
+            shape,
+            dtype,
+            chunks: None,
+            shards: None,
+            codecs: vec![],
+            dimension_names: None,
+            attributes: Map::new(),
+        };
+        // Validate the data length now rather than on first read.
+        with_dtype!(dtype, T => ArrayViewD::<T>::view_npy(&map).map(|_| ()))
+            .map_err(|e| Error::bad_file(path, format!("not a valid .npy file: {e}")))?;
+        Ok(NpyReader {
+            map,
+            meta,
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+impl ArrayReader for NpyReader {
+    fn meta(&self) -> &ArrayMeta {
+        &self.meta
+    }
+
+    fn read_box(&self, region: &Region) -> Result<Block> {
+        check_region(&self.path.display().to_string(), &self.meta.shape, region, None)?;
+        with_dtype!(self.meta.dtype, T => {
+            let view = ArrayViewD::<T>::view_npy(&self.map)
+                .map_err(|e| Error::bad_file(&self.path, e.to_string()))?;
+            let part = view.slice(slice_info(region).as_slice()).to_owned();
+            Ok(T::into_block(part))
+        })
+    }
+}
+
+/// Writes a `.npy` file: rank 0 creates it full of zeros with its header, then every rank maps
+/// it and fills its own boxes.
+pub struct NpyWriter {
+    map: std::sync::Mutex<MmapMut>,
+    shape: Vec<u64>,
+    dtype: DType,
+    path: PathBuf,
+}
+
+impl NpyWriter {
+    /// # Errors
+    /// A failure creating or mapping the file.
+    pub fn create(path: &Path, spec: &CreateSpec, comm: &dyn Comm, resume: bool) -> Result<Self> {
+        let mut result = Ok(());
+        if comm.is_root() && !(resume && path.exists()) {
+            result = (|| {
+                if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(parent).at(parent)?;
+                }
+                let file = File::create(path).at(path)?;
+                let shape: Vec<usize> = spec.shape.iter().map(|&n| n as usize).collect();
+                with_dtype!(spec.dtype, T => ndarray_npy::write_zeroed_npy::<T, _>(&file, IxDyn(&shape)))
+                    .map_err(|e| Error::bad_file(path, e.to_string()))
+            })();
+        }
+        if let Some(rank) = comm.any_failed(result.is_err()) {
+            result?;
+            return Err(Error::PeerFailed { rank });
+        }
+        let file = OpenOptions::new().read(true).write(true).open(path).at(path)?;
+        // SAFETY: the file is ours (a staging name no one else writes); ranks write disjoint
+        // boxes, so no byte is written twice concurrently.
+        let map = unsafe { MmapMut::map_mut(&file) }.at(path)?;
+        Ok(NpyWriter {
+            map: std::sync::Mutex::new(map),
+            shape: spec.shape.clone(),
+            dtype: spec.dtype,
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+fn write_into<T: Element>(
+    map: &mut MmapMut,
+    path: &Path,
+    region: &Region,
+    block: &ndarray::ArrayD<T>,
+) -> Result<()>
+where
+    T: ndarray_npy::ViewMutElement,
+{
+    let mut view = ArrayViewMutD::<T>::view_mut_npy(map)
+        .map_err(|e| Error::bad_file(path, e.to_string()))?;
+    view.slice_mut(slice_info(region).as_slice()).assign(block);
+    Ok(())
+}
+
+impl ArrayWriter for NpyWriter {
+    fn write_box(&self, part: Option<(&Region, &Block)>) -> Result<()> {
+        let Some((region, block)) = part else {
+            return Ok(());
+        };
+        check_region(&self.path.display().to_string(), &self.shape, region, Some(block))?;
+        if block.dtype() != self.dtype {
+            return Err(Error::mismatch(
+                format!("{}: block dtype", self.path.display()),
+                self.dtype,
+                block.dtype(),
+            ));
+        }
+        let mut map = self.map.lock().expect("npy map lock");
+        with_block!(block, a => write_into(&mut map, &self.path, region, a))
+    }
+
+    fn set_attributes(&self, _attributes: &Map<String, Value>) -> Result<()> {
+        // .npy has no attributes; the run report beside the output keeps the provenance.
+        Ok(())
+    }
+
+    fn close(self: Box<Self>) -> Result<()> {
+        let map = self.map.into_inner().expect("npy map lock");
+        map.flush().at(&self.path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::comm::Local;
+
+    #[test]
+    fn write_then_read_boxes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.npy");
+        let spec = CreateSpec {
+            shape: vec![4, 3],
+            dtype: DType::I16,
+            chunks: vec![4, 3],
+            shards: None,
+            codec: super::super::Codec::None,
+            dimension_names: None,
+            attributes: Map::new(),
+        };
+        let w = Box::new(NpyWriter::create(&path, &spec, &Local, false).unwrap());
+        let region = Region { start: vec![1, 1], shape: vec![2, 2] };
+        let block = Block::I16(ndarray::ArrayD::from_shape_vec(IxDyn(&[2, 2]), vec![1, -2, 3, -4]).unwrap());
+        w.write_box(Some((&region, &block))).unwrap();
+        w.close().unwrap();
+        let r = NpyReader::open(&path).unwrap();
+        assert_eq!(r.meta().shape, vec![4, 3]);
+        assert_eq!(r.read_box(&region).unwrap(), block);
+        let all = r.read_box(&Region::whole(&[4, 3])).unwrap().into_array::<i16>().unwrap();
+        assert_eq!(all.iter().copied().collect::<Vec<_>>(), vec![0, 0, 0, 0, 1, -2, 0, 3, -4, 0, 0, 0]);
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.npy");
+        std::fs::write(&path, b"not numpy at all").unwrap();
+        let e = NpyReader::open(&path).err().unwrap().to_string();
+        assert!(e.contains("bad.npy") && e.contains("magic"), "{e}");
+    }
+}

@@ -1,0 +1,385 @@
+//! Zarr (v3 written, v2 and v3 read) through `zarrs` on a filesystem store.
+//!
+//! Writers never share a chunk: callers hand `write_box` boxes made of whole write blocks
+//! (chunks, or whole shards when sharded), which zarrs encodes without reading anything back.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ndarray::ArrayD;
+use serde_json::{Map, Value};
+use zarrs::array::{codec, data_type, Array, ArrayBuilder, ArraySubset, DataType};
+use zarrs::filesystem::FilesystemStore;
+use zarrs::group::GroupBuilder;
+
+use super::{check_region, ArrayMeta, ArrayReader, ArrayWriter, Block, Codec, CreateSpec, DType};
+use crate::comm::Comm;
+use crate::error::{Error, Result};
+use crate::grid::Region;
+use crate::{with_block, with_dtype};
+
+fn zarr_err(store: &Path, node: &str, e: impl std::fmt::Display) -> Error {
+    let place = if node.is_empty() {
+        store.display().to_string()
+    } else {
+        format!("{}/{node}", store.display())
+    };
+    Error::Zarr {
+        store: place,
+        message: e.to_string(),
+    }
+}
+
+fn open_store(store: &Path) -> Result<Arc<FilesystemStore>> {
+    FilesystemStore::new(store)
+        .map(Arc::new)
+        .map_err(|e| zarr_err(store, "", e))
+}
+
+fn node_path(node: &str) -> String {
+    format!("/{node}")
+}
+
+/// Reads a Zarr array.
+pub struct ZarrReader {
+    array: Array<FilesystemStore>,
+    meta: ArrayMeta,
+    store: PathBuf,
+    node: String,
+}
+
+impl ZarrReader {
+    /// Opens the array at `node` of the store at `store`.
+    ///
+    /// # Errors
+    /// No array there (missing, or a group), corrupt metadata, or an unsupported data type.
+    pub fn open(store: &Path, node: &str) -> Result<Self> {
+        let dir = store.join(node);
+        let v3 = dir.join("zarr.json");
+        let shown = if node.is_empty() {
+            store.display().to_string()
+        } else {
+            format!("{}/{node}", store.display())
+        };
+        if v3.is_file() {
+            let text = std::fs::read_to_string(&v3).map_err(|e| Error::Io {
+                path: v3.clone(),
+                source: e,
+            })?;
+            let json: Value = serde_json::from_str(&text)
+                .map_err(|e| Error::bad_file(&v3, format!("corrupt Zarr metadata: {e}")))?;
+            if json.get("node_type").and_then(Value::as_str) == Some("group") {
+                let children = list_children(&dir);
+                return Err(Error::address(
+                    shown,
+                    format!(
+                        "is a Zarr group, not an array (its children: {})",
+                        if children.is_empty() {
+                            "none".into()
+                        } else {
+                            children.join(", ")
+                        }
+                    ),
+                ));
+            }
+        } else if !dir.join(".zarray").is_file() {
+            return Err(Error::address(
+                shown,
+                if dir.exists() {
+                    "is not a Zarr array (no zarr.json)"
+                } else {
+                    "does not exist"
+                },
+            ));
+        }
+        let storage = open_store(store)?;
+        let array = Array::open(storage, &node_path(node)).map_err(|e| {
+            if v3.is_file() {
+                Error::bad_file(&v3, format!("corrupt Zarr metadata: {e}"))
+            } else {
+                zarr_err(store, node, e)
+            }
+        })?;
+        let meta = describe(&array).map_err(|m| Error::bad_file(dir.join("zarr.json"), m))?;
+        Ok(ZarrReader {
+            array,
+            meta,
+            store: store.to_path_buf(),
+            node: node.to_string(),
+        })
+    }
+}
+
+fn list_children(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().join("zarr.json").is_file() || e.path().join(".zarray").is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Reads shape, dtype, chunking and codecs from an array's metadata.
+fn describe(array: &Array<FilesystemStore>) -> std::result::Result<ArrayMeta, String> {
+    let json = serde_json::to_value(array.metadata()).map_err(|e| e.to_string())?;
+    let dtype = match json.get("data_type").or_else(|| json.get("dtype")) {
+        Some(Value::String(name)) => {
+            DType::from_name(name).or_else(|| numpy_typestr(name)).ok_or_else(|| {
+                format!("data type {name} is not supported (expected one of u8..u64, i8..i64, f32, f64)")
+            })?
+        }
+        other => return Err(format!("data type {other:?} is not supported")),
+    };
+    let grid_chunks = json
+        .pointer("/chunk_grid/configuration/chunk_shape")
+        .or_else(|| json.get("chunks"))
+        .and_then(|v| serde_json::from_value::<Vec<u64>>(v.clone()).ok());
+    let mut codecs = Vec::new();
+    let mut chunks = grid_chunks.clone();
+    let mut shards = None;
+    let codec_list = json.get("codecs").and_then(Value::as_array).cloned().unwrap_or_default();
+    for c in &codec_list {
+        let name = c.get("name").and_then(Value::as_str).unwrap_or("?");
+        if name == "sharding_indexed" {
+            shards = grid_chunks.clone();
+            chunks = c
+                .pointer("/configuration/chunk_shape")
+                .and_then(|v| serde_json::from_value(v.clone()).ok());
+            let inner: Vec<String> = c
+                .pointer("/configuration/codecs")
+                .and_then(Value::as_array)
+                .map(|l| l.iter().map(codec_text).collect())
+                .unwrap_or_default();
+            codecs.push(format!("sharding_indexed[{}]", inner.join(", ")));
+        } else {
+            codecs.push(codec_text(c));
+        }
+    }
+    if let Some(Value::Object(comp)) = json.get("compressor") {
+        codecs.push(comp.get("id").and_then(Value::as_str).unwrap_or("?").to_string());
+    }
+    let dimension_names = json
+        .get("dimension_names")
+        .and_then(|v| serde_json::from_value::<Vec<Option<String>>>(v.clone()).ok())
+        .map(|names| names.into_iter().map(Option::unwrap_or_default).collect());
+    Ok(ArrayMeta {
+        shape: array.shape().to_vec(),
+        dtype,
+        chunks,
+        shards,
+        codecs,
+        dimension_names,
+        attributes: array.attributes().clone(),
+    })
+}
+
+fn codec_text(c: &Value) -> String {
+    let name = c.get("name").and_then(Value::as_str).unwrap_or("?");
+    match name {
+        "zstd" => format!("zstd(level={})", c.pointer("/configuration/level").unwrap_or(&Value::Null)),
+        "gzip" => format!("gzip(level={})", c.pointer("/configuration/level").unwrap_or(&Value::Null)),
+        "blosc" => format!(
+            "blosc({}, clevel={})",
+            c.pointer("/configuration/cname").and_then(Value::as_str).unwrap_or("?"),
+            c.pointer("/configuration/clevel").unwrap_or(&Value::Null)
+        ),
+        "bytes" => format!(
+            "bytes({})",
+            c.pointer("/configuration/endian").and_then(Value::as_str).unwrap_or("-")
+        ),
+        other => other.to_string(),
+    }
+}
+
+/// Zarr v2 numpy type strings (`<u2`, `|u1`, `<f4`); only little-endian or byte-sized.
+fn numpy_typestr(s: &str) -> Option<DType> {
+    let (order, rest) = s.split_at(1);
+    if order == ">" && !rest.ends_with('1') {
+        return None;
+    }
+    let name = match rest {
+        "u1" => "uint8",
+        "u2" => "uint16",
+        "u4" => "uint32",
+        "u8" => "uint64",
+        "i1" => "int8",
+        "i2" => "int16",
+        "i4" => "int32",
+        "i8" => "int64",
+        "f4" => "float32",
+        "f8" => "float64",
+        _ => return None,
+    };
+    DType::from_name(name)
+}
+
+impl ArrayReader for ZarrReader {
+    fn meta(&self) -> &ArrayMeta {
+        &self.meta
+    }
+
+    fn read_box(&self, region: &Region) -> Result<Block> {
+        check_region(&format!("{}", self.store.display()), &self.meta.shape, region, None)?;
+        let subset = ArraySubset::new_with_ranges(&region.ranges());
+        with_dtype!(self.meta.dtype, T => {
+            let a: ArrayD<T> = self
+                .array
+                .retrieve_array_subset(&subset)
+                .map_err(|e| zarr_err(&self.store, &self.node, e))?;
+            Ok(<T as super::Element>::into_block(a))
+        })
+    }
+}
+
+/// Writes a Zarr v3 array.
+pub struct ZarrWriter {
+    array: Array<FilesystemStore>,
+    shape: Vec<u64>,
+    store: PathBuf,
+    node: String,
+    is_root: bool,
+}
+
+fn zarr_data_type(dtype: DType) -> DataType {
+    match dtype {
+        DType::U8 => data_type::uint8(),
+        DType::U16 => data_type::uint16(),
+        DType::U32 => data_type::uint32(),
+        DType::U64 => data_type::uint64(),
+        DType::I8 => data_type::int8(),
+        DType::I16 => data_type::int16(),
+        DType::I32 => data_type::int32(),
+        DType::I64 => data_type::int64(),
+        DType::F32 => data_type::float32(),
+        DType::F64 => data_type::float64(),
+    }
+}
+
+fn bytes_codecs(
+    codec: Codec,
+    dtype: DType,
+) -> Result<Vec<Arc<dyn zarrs::array::codec::api::BytesToBytesCodecTraits>>> {
+    Ok(match codec {
+        Codec::None => vec![],
+        Codec::Zstd => vec![Arc::new(codec::ZstdCodec::new(3, false))],
+        Codec::Gzip => vec![Arc::new(
+            codec::GzipCodec::new(5).map_err(|e| Error::parameter("codec", e.to_string()))?,
+        )],
+        Codec::Blosc => vec![Arc::new(
+            codec::BloscCodec::new(
+                codec::bytes_to_bytes::blosc::BloscCompressor::LZ4,
+                5u8.try_into()
+                    .map_err(|_| Error::parameter("codec", "blosc level"))?,
+                None,
+                codec::bytes_to_bytes::blosc::BloscShuffleMode::Shuffle,
+                Some(dtype.size()),
+            )
+            .map_err(|e| Error::parameter("codec", e.to_string()))?,
+        )],
+    })
+}
+
+impl ZarrWriter {
+    /// Builds the array; rank 0 stores its metadata (and any missing parent groups), then all
+    /// ranks wait, so no chunk lands before the metadata.
+    ///
+    /// # Errors
+    /// An invalid spec for Zarr or a store failure.
+    pub fn create(
+        store: &Path,
+        node: &str,
+        spec: &CreateSpec,
+        comm: &dyn Comm,
+        _resume: bool,
+    ) -> Result<Self> {
+        let mut builder = with_dtype!(spec.dtype, T => ArrayBuilder::new(
+            spec.shape.clone(),
+            spec.write_block().to_vec(),
+            zarr_data_type(spec.dtype),
+            T::default(),
+        ));
+        if spec.shards.is_some() {
+            builder.subchunk_shape(spec.chunks.clone());
+        }
+        builder.bytes_to_bytes_codecs(bytes_codecs(spec.codec, spec.dtype)?);
+        builder.attributes(spec.attributes.clone());
+        if let Some(names) = &spec.dimension_names {
+            builder.dimension_names(Some(names.clone()));
+        }
+        let mut result = Ok(());
+        if comm.is_root() {
+            result = (|| {
+                std::fs::create_dir_all(store).map_err(|e| Error::Io {
+                    path: store.to_path_buf(),
+                    source: e,
+                })?;
+                let storage = open_store(store)?;
+                // Parent groups first, so that zarr-python can walk down to the array.
+                let parts: Vec<&str> = node.split('/').filter(|p| !p.is_empty()).collect();
+                for depth in 0..parts.len() {
+                    let group_path = format!("/{}", parts[..depth].join("/"));
+                    let dir = store.join(parts[..depth].join("/"));
+                    if !dir.join("zarr.json").is_file() {
+                        GroupBuilder::new()
+                            .build(storage.clone(), &group_path)
+                            .and_then(|g| g.store_metadata().map_err(Into::into))
+                            .map_err(|e| zarr_err(store, &group_path, e))?;
+                    }
+                }
+                let array = builder
+                    .build(storage, &node_path(node))
+                    .map_err(|e| zarr_err(store, node, e))?;
+                array
+                    .store_metadata()
+                    .map_err(|e| zarr_err(store, node, e))
+            })();
+        }
+        if let Some(rank) = comm.any_failed(result.is_err()) {
+            result?;
+            return Err(Error::PeerFailed { rank });
+        }
+        let storage = open_store(store)?;
+        let array = builder
+            .build(storage, &node_path(node))
+            .map_err(|e| zarr_err(store, node, e))?;
+        Ok(ZarrWriter {
+            array,
+            shape: spec.shape.clone(),
+            store: store.to_path_buf(),
+            node: node.to_string(),
+            is_root: comm.is_root(),
+        })
+    }
+}
+
+impl ArrayWriter for ZarrWriter {
+    fn write_box(&self, part: Option<(&Region, &Block)>) -> Result<()> {
+        let Some((region, block)) = part else {
+            return Ok(());
+        };
+        check_region(&self.store.display().to_string(), &self.shape, region, Some(block))?;
+        let subset = ArraySubset::new_with_ranges(&region.ranges());
+        with_block!(block, a => self.array.store_array_subset(&subset, a))
+            .map_err(|e| zarr_err(&self.store, &self.node, e))
+    }
+
+    fn set_attributes(&self, attributes: &Map<String, Value>) -> Result<()> {
+        if !self.is_root {
+            return Ok(());
+        }
+        let storage = open_store(&self.store)?;
+        let mut array = Array::open(storage, &node_path(&self.node))
+            .map_err(|e| zarr_err(&self.store, &self.node, e))?;
+        array.attributes_mut().extend(attributes.clone());
+        array
+            .store_metadata()
+            .map_err(|e| zarr_err(&self.store, &self.node, e))
+    }
+
+    fn close(self: Box<Self>) -> Result<()> {
+        Ok(())
+    }
+}

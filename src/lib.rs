@@ -1,0 +1,5 @@
+//! tessera: a batch processor for large scientific image data.
+pub mod comm;
+pub mod error;
+pub mod grid;
+pub mod io;
