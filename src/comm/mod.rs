@@ -4,6 +4,7 @@
 //! All collectives are blocking and must be called by every rank in the same order.
 
 mod local;
+pub mod selfcheck;
 #[cfg(feature = "mpi")]
 mod mpi;
 

@@ -98,7 +98,8 @@ impl Comm for Mpi {
             root_process.gather_into_root(&len, &mut counts[..]);
             let displs = displacements(&counts);
             let total: Count = counts.iter().sum();
-            let mut buf = vec![0u8; total as usize];
+            // One spare byte: an empty buffer's dangling pointer could alias the send buffer.
+            let mut buf = vec![0u8; total as usize + 1];
             {
                 let mut partition = PartitionMut::new(&mut buf[..], &counts[..], &displs[..]);
                 root_process.gather_varcount_into_root(bytes, &mut partition);
@@ -136,10 +137,13 @@ impl Comm for Mpi {
         }
         let mut recv_counts = vec![0 as Count; size];
         self.world.all_to_all_into(&send_counts[..], &mut recv_counts[..]);
-        let send_buf: Vec<u8> = payload_parts.concat();
+        // Both buffers get at least one byte: two empty Vecs share the same dangling pointer,
+        // which Open MPI rejects as aliased send/receive buffers (MPI_ERR_ARG).
+        let mut send_buf: Vec<u8> = payload_parts.concat();
+        send_buf.push(0);
         let send_displs = displacements(&send_counts);
         let recv_displs = displacements(&recv_counts);
-        let mut recv_buf = vec![0u8; recv_counts.iter().sum::<Count>() as usize];
+        let mut recv_buf = vec![0u8; recv_counts.iter().sum::<Count>() as usize + 1];
         {
             let send = Partition::new(&send_buf[..], &send_counts[..], &send_displs[..]);
             let mut recv = PartitionMut::new(&mut recv_buf[..], &recv_counts[..], &recv_displs[..]);

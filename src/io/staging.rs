@@ -129,6 +129,11 @@ impl Staging {
     }
 }
 
+/// A temporary sibling name for a small file written then renamed (`name.tmp-<pid>`).
+pub fn temporary_name(path: &Path) -> PathBuf {
+    with_suffix(path, &format!(".tmp-{}", std::process::id()))
+}
+
 /// Removes a file or a directory tree if it exists.
 ///
 /// # Errors

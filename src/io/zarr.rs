@@ -30,7 +30,17 @@ fn zarr_err(store: &Path, node: &str, e: impl std::fmt::Display) -> Error {
     }
 }
 
+/// tessera writes its own provenance; zarrs' `_zarrs` attribute would only add noise (and
+/// make outputs differ between zarrs versions).
+fn configure_zarrs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        zarrs::config::global_config_mut().set_include_zarrs_metadata(false);
+    });
+}
+
 fn open_store(store: &Path) -> Result<Arc<FilesystemStore>> {
+    configure_zarrs();
     FilesystemStore::new(store)
         .map(Arc::new)
         .map_err(|e| zarr_err(store, "", e))
@@ -295,6 +305,7 @@ impl ZarrWriter {
         comm: &dyn Comm,
         _resume: bool,
     ) -> Result<Self> {
+        configure_zarrs();
         let mut builder = with_dtype!(spec.dtype, T => ArrayBuilder::new(
             spec.shape.clone(),
             spec.write_block().to_vec(),

@@ -1,0 +1,173 @@
+//! `tessera bench ...`: throughput measured against a reference taken in the same run on the
+//! same bytes, because absolute times on shared machines are not comparable between runs.
+//!
+//! `bench convert`: a stack of uint16 TIFF files converted to Zarr, against a plain parallel
+//! copy of the same files (read each file, write it elsewhere): the least any converter must do.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use ndarray::{ArrayD, IxDyn};
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::comm::{Comm, ReduceOp};
+use crate::error::{IoContext, Result};
+use crate::exec::RunOptions;
+use crate::io::{images, staging::remove_any, Block, Codec};
+use crate::job::{AxisOrder, ConvertJob, OutputFormat};
+
+/// Parameters of `tessera bench convert`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ConvertBench {
+    /// Working directory (input stack, copies and outputs; reused between runs).
+    #[arg(long, default_value = "tessera-bench")]
+    pub dir: PathBuf,
+    /// Number of slices.
+    #[arg(long, default_value_t = 256)]
+    pub slices: usize,
+    /// Slice side (slices are size x size uint16).
+    #[arg(long, default_value_t = 1024)]
+    pub size: usize,
+    /// Codec of the Zarr output.
+    #[arg(long, value_enum, default_value_t = Codec::None)]
+    pub codec: Codec,
+    /// Repetitions; the best of each is reported (and the median).
+    #[arg(long, default_value_t = 3)]
+    pub repeat: usize,
+    /// Where to write the JSON result (default: `<dir>/bench-convert.json`).
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+#[derive(Debug, Serialize)]
+struct Measured {
+    best_seconds: f64,
+    median_seconds: f64,
+    best_mb_per_s: f64,
+}
+
+fn measure(times: &mut [f64], bytes: u64) -> Measured {
+    times.sort_by(f64::total_cmp);
+    Measured {
+        best_seconds: times[0],
+        median_seconds: times[times.len() / 2],
+        best_mb_per_s: bytes as f64 / 1e6 / times[0],
+    }
+}
+
+/// Writes `n` slices of `size`x`size` uint16 with varied content (not trivially compressible).
+fn make_stack(dir: &Path, n: usize, size: usize) -> Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir).at(dir)?;
+    (0..n)
+        .into_par_iter()
+        .map(|z| {
+            let path = dir.join(format!("bench_{z:05}.tif"));
+            let expected = (size * size * 2) as u64;
+            let fresh = std::fs::metadata(&path).map(|m| m.len() >= expected).unwrap_or(false);
+            if !fresh {
+                let mut state = (z as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                let slice = ArrayD::from_shape_fn(IxDyn(&[size, size]), |i| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    ((i[0] * 7 + i[1] * 3 + z * 11) as u16).wrapping_add((state & 0x3ff) as u16)
+                });
+                images::write_tiff(&path, &Block::U16(slice))?;
+            }
+            Ok(path)
+        })
+        .collect()
+}
+
+/// Runs the convert benchmark and prints a Markdown table.
+///
+/// # Errors
+/// Filesystem or conversion failures.
+pub fn convert(b: &ConvertBench, comm: &dyn Comm) -> Result<()> {
+    let input = b.dir.join("input");
+    let copy_dir = b.dir.join("copy");
+    let output = b.dir.join("out.zarr");
+    let files = if comm.is_root() { make_stack(&input, b.slices, b.size)? } else { vec![] };
+    comm.barrier();
+    let files: Vec<PathBuf> = if comm.is_root() {
+        files
+    } else {
+        (0..b.slices).map(|z| input.join(format!("bench_{z:05}.tif"))).collect()
+    };
+    let share = crate::grid::partition_contiguous(files.len(), comm.size())[comm.rank()].clone();
+    let mut bytes = [files[share.clone()]
+        .iter()
+        .map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0))
+        .sum::<u64>()];
+    comm.all_reduce_u64(&mut bytes, ReduceOp::Sum);
+    let bytes = bytes[0];
+    // Warm the page cache so both contenders read from memory.
+    files[share.clone()].par_iter().for_each(|f| {
+        let _ = std::fs::read(f);
+    });
+
+    let job = ConvertJob {
+        input: input.clone(),
+        pattern: r"(bench)_(\d+)\.tif$".into(),
+        output: output.clone(),
+        extension: Some(".tif".into()),
+        axis_order: AxisOrder::Zcyx,
+        chunks: None,
+        shards: None,
+        codec: b.codec,
+        dtype: None,
+        format: OutputFormat::Zarr,
+        run: RunOptions { overwrite: true, ..RunOptions::default() },
+    };
+    let (mut copy_times, mut convert_times) = (Vec::new(), Vec::new());
+    for _ in 0..b.repeat.max(1) {
+        if comm.is_root() {
+            remove_any(&copy_dir)?;
+            std::fs::create_dir_all(&copy_dir).at(&copy_dir)?;
+        }
+        comm.barrier();
+        let t = Instant::now();
+        files[share.clone()].par_iter().try_for_each(|f| -> Result<()> {
+            let data = std::fs::read(f).at(f)?;
+            let to = copy_dir.join(f.file_name().unwrap_or_default());
+            std::fs::write(&to, data).at(&to)
+        })?;
+        comm.barrier();
+        copy_times.push(t.elapsed().as_secs_f64());
+
+        if comm.is_root() {
+            remove_any(&output)?;
+        }
+        comm.barrier();
+        let t = Instant::now();
+        crate::ops::convert::run(&job, comm)?;
+        comm.barrier();
+        convert_times.push(t.elapsed().as_secs_f64());
+    }
+    let copy = measure(&mut copy_times, bytes);
+    let conv = measure(&mut convert_times, bytes);
+    let fraction = conv.best_mb_per_s / copy.best_mb_per_s;
+    if comm.is_root() {
+        println!("bench convert: {} slices of {}x{} uint16 TIFF ({:.1} MiB), codec {:?}, {} rank(s), {} thread(s) per rank, best of {}",
+            b.slices, b.size, b.size, bytes as f64 / 1048576.0, b.codec, comm.size(), rayon::current_num_threads(), b.repeat.max(1));
+        println!();
+        println!("| what | best s | median s | MB/s (best) | fraction of copy |");
+        println!("|---|---|---|---|---|");
+        println!("| plain file copy (read + write) | {:.3} | {:.3} | {:.0} | 1.00 |", copy.best_seconds, copy.median_seconds, copy.best_mb_per_s);
+        println!("| tessera convert -> Zarr | {:.3} | {:.3} | {:.0} | {:.2} |", conv.best_seconds, conv.median_seconds, conv.best_mb_per_s, fraction);
+        let json = serde_json::json!({
+            "benchmark": "convert",
+            "slices": b.slices, "size": b.size, "codec": b.codec, "ranks": comm.size(),
+            "threads_per_rank": rayon::current_num_threads(),
+            "bytes": bytes, "copy": copy, "convert": conv, "fraction_of_copy": fraction,
+            "host": crate::exec::report::hostname(),
+        });
+        let path = b.json.clone().unwrap_or_else(|| b.dir.join("bench-convert.json"));
+        std::fs::write(&path, serde_json::to_string_pretty(&json).unwrap_or_default()).at(&path)?;
+        println!();
+        println!("json: {}", path.display());
+        remove_any(&copy_dir)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,217 @@
+//! The command line: clap types and the dispatch from a parsed command to the library.
+//! Only this module knows about flags; everything below it takes plain parameter structs.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::comm::Comm;
+use crate::error::{Error, Result};
+use crate::exec::report::write_report;
+use crate::exec::RunSummary;
+use crate::io::{self, Address};
+use crate::job::{ConvertJob, Job, JobFile};
+
+/// tessera: batch processing of large scientific images, on a laptop or many MPI ranks.
+#[derive(Debug, Parser)]
+#[command(name = "tessera", version, about, long_about = None)]
+pub struct Cli {
+    /// More log output (-v: every rank logs at info, -vv: debug).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Less log output (warnings and errors only).
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// Log line format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Convert a directory of image files (TIFF, PNG, JPEG) into one Zarr/HDF5/.npy array per stack.
+    Convert(ConvertJob),
+    /// Print an array's shape, dtype, chunking, codecs and attributes.
+    Info {
+        /// Array address: file.npy, store.zarr[/group/array] or file.h5:/dataset.
+        address: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a job described by a TOML file (see configs/).
+    Run {
+        /// The job file.
+        job: PathBuf,
+    },
+    /// Generate a small synthetic image stack, convert it, and show how to look at the result.
+    Demo {
+        /// Where to put the demo data.
+        #[arg(long, default_value = "tessera-demo")]
+        dir: PathBuf,
+    },
+    /// Developer checks (used by the test suite).
+    #[command(hide = true)]
+    Debug {
+        #[command(subcommand)]
+        which: DebugCommand,
+    },
+    /// Benchmarks (throughput against a measured reference in the same run).
+    Bench {
+        #[command(subcommand)]
+        which: BenchCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DebugCommand {
+    /// Exercise every collective with self-checking data; exits non-zero on a mismatch.
+    CommCheck,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Convert throughput against a plain copy of the same files.
+    Convert(crate::bench::ConvertBench),
+}
+
+/// Runs a parsed command on this rank.
+///
+/// # Errors
+/// Whatever the command fails with; `main` prints it on one line.
+pub fn dispatch(cli: Cli, comm: &dyn Comm) -> Result<()> {
+    match cli.command {
+        Command::Convert(job) => run_job(Job::Convert(job), comm),
+        Command::Run { job } => run_job(JobFile::load(&job)?, comm),
+        Command::Info { address, json } => {
+            if comm.is_root() {
+                info(&address, json)?;
+            }
+            Ok(())
+        }
+        Command::Debug { which: DebugCommand::CommCheck } => {
+            let failures = crate::comm::selfcheck::run(comm);
+            for f in &failures {
+                eprintln!("{f}");
+            }
+            let failed = comm.any_failed(!failures.is_empty());
+            if comm.is_root() && failed.is_none() {
+                println!("comm-check: all collectives agree on {} rank(s)", comm.size());
+            }
+            match failed {
+                Some(rank) => Err(Error::PeerFailed { rank }),
+                None => Ok(()),
+            }
+        }
+        Command::Demo { dir } => crate::demo::run(&dir, comm),
+        Command::Bench { which } => match which {
+            BenchCommand::Convert(b) => crate::bench::convert(&b, comm),
+        },
+    }
+}
+
+/// Default report path: beside the output (`out.zarr` -> `out.zarr.report.json`).
+fn default_report(output: &Path) -> PathBuf {
+    let text = output.to_string_lossy();
+    let container = match Address::parse(&text) {
+        Ok(a) => a.container().to_path_buf(),
+        Err(_) => output.to_path_buf(),
+    };
+    let mut name = container.into_os_string();
+    name.push(".report.json");
+    PathBuf::from(name)
+}
+
+/// Runs a job and writes its report.
+///
+/// # Errors
+/// The job's failure.
+pub fn run_job(job: Job, comm: &dyn Comm) -> Result<()> {
+    match job {
+        Job::Convert(job) => {
+            let summaries = crate::ops::convert::run(&job, comm)?;
+            finish("convert", &job.output, &job.run, serde_json::to_value(&job).unwrap_or_default(), &summaries, comm)
+        }
+    }
+}
+
+fn finish(
+    command: &str,
+    output: &Path,
+    run: &crate::exec::RunOptions,
+    parameters: serde_json::Value,
+    summaries: &[RunSummary],
+    comm: &dyn Comm,
+) -> Result<()> {
+    if run.dry_run || !comm.is_root() {
+        return Ok(());
+    }
+    let report = run.report.clone().unwrap_or_else(|| default_report(output));
+    write_report(&report, command, parameters, summaries)?;
+    for s in summaries {
+        println!(
+            "wrote {} ({:.1} MiB, {:.1} MiB on disk) in {:.2} s on {} rank{}: {:.0} MB/s",
+            s.output,
+            s.bytes_written as f64 / 1048576.0,
+            s.bytes_on_disk as f64 / 1048576.0,
+            s.seconds,
+            s.ranks,
+            if s.ranks == 1 { "" } else { "s" },
+            s.throughput_mb_per_s
+        );
+    }
+    println!("report: {}", report.display());
+    Ok(())
+}
+
+/// `tessera info`.
+///
+/// # Errors
+/// The address does not lead to a readable array.
+pub fn info(address: &str, json: bool) -> Result<()> {
+    let addr = Address::parse(address)?;
+    let reader = io::open(&addr)?;
+    let meta = reader.meta();
+    if json {
+        println!("{}", serde_json::to_string_pretty(meta).map_err(|e| Error::address(address, e.to_string()))?);
+        return Ok(());
+    }
+    let dims = |v: &[u64]| v.iter().map(u64::to_string).collect::<Vec<_>>().join(" x ");
+    println!("{addr} ({})", addr.kind());
+    println!("  shape:  {}", dims(&meta.shape));
+    println!("  dtype:  {}", meta.dtype);
+    println!("  chunks: {}", meta.chunks.as_deref().map_or("none (contiguous)".into(), dims));
+    if let Some(shards) = &meta.shards {
+        println!("  shards: {}", dims(shards));
+    }
+    println!("  codecs: {}", if meta.codecs.is_empty() { "none".into() } else { meta.codecs.join(" -> ") });
+    if let Some(names) = &meta.dimension_names {
+        println!("  dimension names: {}", names.join(", "));
+    }
+    let bytes = meta.shape.iter().product::<u64>() * meta.dtype.size() as u64;
+    println!("  size:   {:.1} MiB uncompressed", bytes as f64 / 1048576.0);
+    if meta.attributes.is_empty() {
+        println!("  attributes: none");
+    } else {
+        println!("  attributes:");
+        for (k, v) in &meta.attributes {
+            let text = match v {
+                serde_json::Value::Array(a) if a.len() > 8 => {
+                    let head: Vec<String> = a.iter().take(3).map(|x| x.to_string()).collect();
+                    format!("[{}, ... {} items]", head.join(", "), a.len())
+                }
+                other => other.to_string(),
+            };
+            println!("    {k}: {text}");
+        }
+    }
+    Ok(())
+}

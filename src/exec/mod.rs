@@ -1,0 +1,225 @@
+//! The generic runner: takes any [`Operation`], splits its units among the ranks, and drives
+//! compute → write rounds with progress, a journal for `--resume`, and timings for the run
+//! report. Nothing here knows which operation it runs.
+//!
+//! The one idea: work proceeds in *rounds*. In each round every rank computes at most one of
+//! its units, all ranks agree nobody failed, then every rank writes (possibly collectively,
+//! as parallel HDF5 requires) and records the unit in its journal. A rank that runs out of
+//! units still takes part, writing nothing. So one rank's error stops every rank cleanly,
+//! and a killed run restarts where its journal ends.
+
+pub mod journal;
+pub mod progress;
+pub mod report;
+
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::comm::{Comm, ReduceOp};
+use crate::error::{Error, Result};
+use crate::grid::partition_contiguous;
+use crate::io::staging::Staging;
+use crate::io::Address;
+
+pub use report::{PhaseTimes, RunSummary};
+
+/// Default target size of one work unit: big enough to keep every core of a rank busy, small
+/// enough that several ranks per node fit in memory.
+pub const DEFAULT_UNIT_BYTES: u64 = 64 << 20;
+
+/// Target bytes per work unit: `TESSERA_UNIT_BYTES` (a tuning knob; tests set it small to get
+/// many units from small data), else [`DEFAULT_UNIT_BYTES`].
+pub fn target_unit_bytes() -> u64 {
+    std::env::var("TESSERA_UNIT_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&b| b > 0)
+        .unwrap_or(DEFAULT_UNIT_BYTES)
+}
+
+/// Fault injection for the resume tests: with `TESSERA_ABORT_AFTER_UNITS=N`, a rank aborts
+/// (no cleanup, like `kill -9`) right after recording its N-th finished unit.
+fn abort_after_units() -> Option<u64> {
+    std::env::var("TESSERA_ABORT_AFTER_UNITS").ok().and_then(|v| v.parse().ok())
+}
+
+/// Options every command that writes an output takes.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunOptions {
+    /// Replace an existing output (it is removed only once the new one is complete).
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Finish an interrupted run of the same command, redoing only unfinished units.
+    #[arg(long)]
+    pub resume: bool,
+    /// Print the plan (units per rank, bytes, memory) and write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Where to write the run report (JSON); default: beside the output, `<output>.report.json`.
+    #[arg(long)]
+    pub report: Option<std::path::PathBuf>,
+}
+
+/// One unit of work, as the planner sees it before any byte moves.
+#[derive(Clone, Debug, Serialize)]
+pub struct UnitInfo {
+    /// Short human description (`slices 0..32`).
+    pub label: String,
+    /// Bytes read from the inputs (uncompressed).
+    pub bytes_in: u64,
+    /// Bytes written to the output (uncompressed).
+    pub bytes_out: u64,
+}
+
+/// What an operation tells the runner. Implemented once per operation, in `ops/<name>`.
+pub trait Operation: Sync {
+    /// The result of computing one unit, handed to `write`.
+    type Output: Send;
+
+    fn name(&self) -> &'static str;
+    /// The output array this run publishes.
+    fn target(&self) -> &Address;
+    /// All units, in a fixed order (unit ids are indices into this list).
+    fn units(&self) -> &[UnitInfo];
+    /// Peak memory per unit in flight, bytes.
+    fn memory_per_unit(&self) -> u64;
+    /// Parameters that must match for `--resume` to continue a run (JSON text).
+    fn fingerprint(&self) -> String;
+    /// Creates (or with `resume` reopens) the output at `staging`. Collective.
+    ///
+    /// # Errors
+    /// Output creation failures.
+    fn open_output(&self, staging: &Address, comm: &dyn Comm, resume: bool) -> Result<()>;
+    /// Reads and computes one unit. Runs on one rank; may use rayon inside.
+    ///
+    /// # Errors
+    /// Input or kernel failures, naming the file.
+    fn compute(&self, unit: usize) -> Result<Self::Output>;
+    /// Writes one unit's result, or takes part in a collective write with nothing.
+    ///
+    /// # Errors
+    /// Output failures.
+    fn write(&self, part: Option<(usize, Self::Output)>) -> Result<()>;
+    /// Final attributes and close. Collective.
+    ///
+    /// # Errors
+    /// Output failures.
+    fn finish(&self, comm: &dyn Comm) -> Result<()>;
+}
+
+/// Fails every rank when any failed: the failing rank keeps its own error, the others get
+/// [`Error::PeerFailed`].
+fn agree<T>(comm: &dyn Comm, result: Result<T>) -> Result<T> {
+    match comm.any_failed(result.is_err()) {
+        None => result,
+        Some(rank) => match result {
+            Err(e) => Err(e),
+            Ok(_) => Err(Error::PeerFailed { rank }),
+        },
+    }
+}
+
+/// Runs an operation to completion on this rank (every rank calls it).
+///
+/// # Errors
+/// Any rank's failure; the staged output is left in place for `--resume`.
+pub fn run<Op: Operation>(op: &Op, comm: &dyn Comm, options: &RunOptions) -> Result<RunSummary> {
+    let started = Instant::now();
+    let mut phases = PhaseTimes::default();
+    let units = op.units();
+    let assignment = partition_contiguous(units.len(), comm.size());
+
+    // Everyone looks at the disk before anyone changes it.
+    let staging = agree(
+        comm,
+        Staging::plan(op.target(), options.overwrite, options.resume),
+    )?;
+
+    if options.dry_run {
+        if comm.is_root() {
+            print!("{}", report::describe_plan(op, &assignment, &staging));
+        }
+        return Ok(RunSummary::dry_run(op.name(), op.target(), comm.size()));
+    }
+
+    let journal = journal::Journal::new(staging.journal_dir(), comm.rank());
+    let setup = (|| {
+        if comm.is_root() {
+            staging.clear_stale()?;
+            journal.start(&op.fingerprint(), staging.resuming)?;
+        }
+        Ok(())
+    })();
+    agree(comm, setup)?;
+    let t = Instant::now();
+    agree(comm, op.open_output(&staging.staging, comm, staging.resuming))?;
+    let done = if staging.resuming {
+        journal.finished_units()?
+    } else {
+        Default::default()
+    };
+    let mine: Vec<usize> = assignment[comm.rank()]
+        .clone()
+        .filter(|u| !done.contains(u))
+        .collect();
+    let mut rounds = [mine.len() as u64];
+    comm.all_reduce_u64(&mut rounds, ReduceOp::Max);
+    phases.setup += t.elapsed().as_secs_f64();
+
+    let total_bytes: u64 = units.iter().map(|u| u.bytes_out).sum();
+    let already: u64 = done.iter().map(|&u| units[u].bytes_out).sum();
+    let mut progress = progress::Progress::new(
+        op.name(),
+        units.len() as u64,
+        done.len() as u64,
+        total_bytes,
+        already,
+        comm.is_root(),
+    );
+    let mut stats = report::RankStats::default();
+    for round in 0..rounds[0] as usize {
+        let unit = mine.get(round).copied();
+        let t = Instant::now();
+        let computed = unit.map(|u| op.compute(u)).transpose();
+        phases.compute += t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let computed = agree(comm, computed)?;
+        phases.sync += t.elapsed().as_secs_f64();
+
+        let t = Instant::now();
+        let written = op.write(unit.zip(computed));
+        phases.write += t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        agree(comm, written)?;
+        if let Some(u) = unit {
+            journal.record(u)?;
+            stats.units += 1;
+            stats.bytes_read += units[u].bytes_in;
+            stats.bytes_written += units[u].bytes_out;
+            if abort_after_units() == Some(stats.units) {
+                eprintln!("TESSERA_ABORT_AFTER_UNITS: rank {} aborting after {} units", comm.rank(), stats.units);
+                std::process::abort();
+            }
+        }
+        let mut step = [
+            u64::from(unit.is_some()),
+            unit.map_or(0, |u| units[u].bytes_out),
+        ];
+        comm.all_reduce_u64(&mut step, ReduceOp::Sum);
+        phases.sync += t.elapsed().as_secs_f64();
+        progress.advance(step[0], step[1]);
+    }
+    progress.finish();
+
+    let t = Instant::now();
+    agree(comm, op.finish(comm))?;
+    let committed = if comm.is_root() { staging.commit() } else { Ok(()) };
+    agree(comm, committed)?;
+    phases.finalize += t.elapsed().as_secs_f64();
+
+    stats.phases = phases;
+    stats.seconds = started.elapsed().as_secs_f64();
+    Ok(report::summarize(op, comm, stats, &staging, done.len()))
+}

@@ -1,0 +1,239 @@
+//! The run report (JSON): parameters, versions, rank count, bytes, seconds per phase and
+//! throughput, with each rank's own numbers inside. Also the `--dry-run` plan text.
+
+use std::ops::Range;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::Operation;
+use crate::comm::Comm;
+use crate::error::{IoContext, Result};
+use crate::io::staging::Staging;
+use crate::io::Address;
+
+/// Seconds spent per phase on one rank.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct PhaseTimes {
+    /// Creating or reopening the output.
+    pub setup: f64,
+    /// Reading inputs and running kernels.
+    pub compute: f64,
+    /// Writing results.
+    pub write: f64,
+    /// Waiting for other ranks (agreement and progress collectives).
+    pub sync: f64,
+    /// Attributes, close, publish.
+    pub finalize: f64,
+}
+
+/// One rank's numbers.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct RankStats {
+    pub rank: usize,
+    pub host: String,
+    pub units: u64,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    pub seconds: f64,
+    pub phases: PhaseTimes,
+}
+
+/// The outcome of one `exec::run`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunSummary {
+    pub operation: String,
+    pub output: String,
+    pub ranks: usize,
+    pub units_total: usize,
+    pub units_resumed: usize,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    /// Bytes the published output takes on disk (after compression).
+    pub bytes_on_disk: u64,
+    /// Wall time of the slowest rank.
+    pub seconds: f64,
+    /// Uncompressed bytes written per second of wall time.
+    pub throughput_mb_per_s: f64,
+    pub per_rank: Vec<RankStats>,
+    pub dry_run: bool,
+}
+
+impl RunSummary {
+    pub fn dry_run(operation: &str, output: &Address, ranks: usize) -> Self {
+        RunSummary {
+            operation: operation.into(),
+            output: output.to_string(),
+            ranks,
+            units_total: 0,
+            units_resumed: 0,
+            bytes_read: 0,
+            bytes_written: 0,
+            bytes_on_disk: 0,
+            seconds: 0.0,
+            throughput_mb_per_s: 0.0,
+            per_rank: vec![],
+            dry_run: true,
+        }
+    }
+}
+
+pub(super) fn summarize<Op: Operation>(
+    op: &Op,
+    comm: &dyn Comm,
+    mut stats: RankStats,
+    staging: &Staging,
+    resumed: usize,
+) -> RunSummary {
+    stats.rank = comm.rank();
+    stats.host = hostname();
+    let mine = serde_json::to_vec(&stats).unwrap_or_default();
+    let per_rank: Vec<RankStats> = comm
+        .all_gather(&mine)
+        .iter()
+        .filter_map(|b| serde_json::from_slice(b).ok())
+        .collect();
+    let seconds = per_rank.iter().map(|r| r.seconds).fold(0.0, f64::max);
+    let bytes_written: u64 = per_rank.iter().map(|r| r.bytes_written).sum();
+    RunSummary {
+        operation: op.name().into(),
+        output: op.target().to_string(),
+        ranks: comm.size(),
+        units_total: op.units().len(),
+        units_resumed: resumed,
+        bytes_read: per_rank.iter().map(|r| r.bytes_read).sum(),
+        bytes_written,
+        bytes_on_disk: if comm.is_root() {
+            disk_usage(staging.published_path())
+        } else {
+            0
+        },
+        seconds,
+        throughput_mb_per_s: bytes_written as f64 / 1e6 / seconds.max(1e-9),
+        per_rank,
+        dry_run: false,
+    }
+}
+
+fn disk_usage(path: &Path) -> u64 {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => std::fs::read_dir(path)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| disk_usage(&e.path()))
+            .sum(),
+        Ok(m) => m.len(),
+        Err(_) => 0,
+    }
+}
+
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// The library versions a report records.
+pub fn versions() -> Value {
+    let mut v = serde_json::json!({
+        "tessera": env!("CARGO_PKG_VERSION"),
+        "features": {
+            "mpi": cfg!(feature = "mpi"),
+            "hdf5": cfg!(feature = "hdf5"),
+        },
+    });
+    #[cfg(feature = "hdf5")]
+    {
+        let h = hdf5::library_version();
+        v["hdf5_library"] = Value::String(format!("{}.{}.{}", h.0, h.1, h.2));
+    }
+    #[cfg(feature = "mpi")]
+    {
+        if let Ok(lib) = mpi::environment::library_version() {
+            v["mpi_library"] = Value::String(lib.lines().next().unwrap_or("").trim().to_string());
+        }
+    }
+    v
+}
+
+/// Writes the report for a command (rank 0 only): temporary name, then rename.
+///
+/// # Errors
+/// Filesystem errors with the path.
+pub fn write_report(path: &Path, command: &str, parameters: Value, runs: &[RunSummary]) -> Result<()> {
+    let seconds: f64 = runs.iter().map(|r| r.seconds).sum();
+    let bytes_written: u64 = runs.iter().map(|r| r.bytes_written).sum();
+    let report = serde_json::json!({
+        "command": command,
+        "parameters": parameters,
+        "versions": versions(),
+        "ranks": runs.first().map_or(1, |r| r.ranks),
+        "finished_unix_time": std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        "seconds": seconds,
+        "bytes_read": runs.iter().map(|r| r.bytes_read).sum::<u64>(),
+        "bytes_written": bytes_written,
+        "throughput_mb_per_s": bytes_written as f64 / 1e6 / seconds.max(1e-9),
+        "runs": runs,
+    });
+    let tmp = crate::io::staging::temporary_name(path);
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).at(parent)?;
+    }
+    let text = serde_json::to_string_pretty(&report).unwrap_or_default();
+    std::fs::write(&tmp, text).at(&tmp)?;
+    std::fs::rename(&tmp, path).at(path)
+}
+
+/// The `--dry-run` text: units per rank, bytes, memory.
+pub(super) fn describe_plan<Op: Operation>(
+    op: &Op,
+    assignment: &[Range<usize>],
+    staging: &Staging,
+) -> String {
+    use std::fmt::Write;
+    let units = op.units();
+    let mib = |b: u64| b as f64 / 1048576.0;
+    let mut s = String::new();
+    let total_in: u64 = units.iter().map(|u| u.bytes_in).sum();
+    let total_out: u64 = units.iter().map(|u| u.bytes_out).sum();
+    let _ = writeln!(
+        s,
+        "plan: {} -> {} ({} units, {:.1} MiB in, {:.1} MiB out, {} rank{})",
+        op.name(),
+        op.target(),
+        units.len(),
+        mib(total_in),
+        mib(total_out),
+        assignment.len(),
+        if assignment.len() == 1 { "" } else { "s" }
+    );
+    let _ = writeln!(
+        s,
+        "  staged at {} until complete{}",
+        staging.staging,
+        if staging.resuming { " (resuming)" } else { "" }
+    );
+    let _ = writeln!(
+        s,
+        "  memory: about {:.1} MiB per unit in flight, one unit per rank at a time",
+        mib(op.memory_per_unit())
+    );
+    for (rank, range) in assignment.iter().enumerate() {
+        let mine = &units[range.clone()];
+        let first = mine.first().map_or("-".into(), |u| u.label.clone());
+        let last = mine.last().map_or("-".into(), |u| u.label.clone());
+        let _ = writeln!(
+            s,
+            "  rank {rank}: {} units ({first} .. {last}), {:.1} MiB in, {:.1} MiB out",
+            mine.len(),
+            mib(mine.iter().map(|u| u.bytes_in).sum()),
+            mib(mine.iter().map(|u| u.bytes_out).sum()),
+        );
+    }
+    s
+}

@@ -1,0 +1,477 @@
+//! `tessera convert`: a directory of image files (one file per slice) to one array per stack.
+//!
+//! Files are grouped by the pattern's first capture group (the stack name) and ordered by its
+//! second (the slice index). Every file's header is checked before any output exists. The
+//! work unit is a run of slices covering whole write blocks (chunks, or shards) along the
+//! stacking axis and the whole of every other axis, so ranks never share a chunk and the
+//! chunk files are the same bytes whatever the rank count.
+
+pub mod kernel;
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use rayon::prelude::*;
+use serde_json::{json, Map, Value};
+
+use crate::comm::Comm;
+use crate::error::{Error, Result};
+use crate::exec::{Operation, UnitInfo};
+use crate::grid::{self, Region};
+use crate::io::images::{self, ImageInfo};
+use crate::io::{self, Address, ArrayWriter, Block, CreateSpec, DType, Element};
+use crate::job::{AxisOrder, ConvertJob, OutputFormat};
+use crate::with_dtype;
+
+/// Image files tessera reads when no `--extension` is given.
+pub const IMAGE_EXTENSIONS: [&str; 5] = ["tif", "tiff", "png", "jpg", "jpeg"];
+
+/// One stack found in the input directory.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Stack {
+    pub name: String,
+    /// (index, file), sorted by index.
+    pub files: Vec<(u64, PathBuf)>,
+    /// Indices between the first and last that have no file.
+    pub missing: Vec<u64>,
+}
+
+/// Finds the stacks in `dir`.
+///
+/// # Errors
+/// A missing or empty directory, a bad pattern, no matching file, a non-integer or
+/// duplicated index.
+pub fn scan(dir: &Path, pattern: &str, extension: Option<&str>) -> Result<Vec<Stack>> {
+    if !dir.is_dir() {
+        return Err(Error::parameter(
+            "input",
+            format!(
+                "{} {}",
+                dir.display(),
+                if dir.exists() { "is not a directory" } else { "does not exist" }
+            ),
+        ));
+    }
+    let regex = regex::Regex::new(&format!("^(?:{pattern})"))
+        .map_err(|e| Error::parameter("pattern", format!("{pattern:?} is not a valid regular expression: {e}")))?;
+    if regex.captures_len() < 3 {
+        return Err(Error::parameter(
+            "pattern",
+            format!(
+                "{pattern:?} has {} capture group(s); it needs two: the stack name, then the slice index, e.g. (.+)_(\\d+)\\.tif$",
+                regex.captures_len() - 1
+            ),
+        ));
+    }
+    let extension = extension.map(|e| e.trim_start_matches('.').to_ascii_lowercase());
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map_err(|e| Error::Io { path: dir.into(), source: e })?
+        .flatten()
+        .filter(|e| e.path().is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    if names.is_empty() {
+        return Err(Error::parameter("input", format!("{} holds no files", dir.display())));
+    }
+    let wanted = |name: &str| {
+        let ext = Path::new(name)
+            .extension()
+            .map(|e| e.to_string_lossy().to_ascii_lowercase())
+            .unwrap_or_default();
+        match &extension {
+            Some(want) => &ext == want,
+            None => IMAGE_EXTENSIONS.contains(&ext.as_str()),
+        }
+    };
+    let mut stacks: BTreeMap<String, BTreeMap<u64, PathBuf>> = BTreeMap::new();
+    for name in names.iter().filter(|n| wanted(n)) {
+        let Some(caps) = regex.captures(name) else { continue };
+        let (Some(stack), Some(index)) = (caps.get(1), caps.get(2)) else { continue };
+        let index: u64 = index.as_str().parse().map_err(|_| {
+            Error::parameter(
+                "pattern",
+                format!("group 2 of {pattern:?} matched {:?} in {name}, which is not a slice index (a non-negative integer)", index.as_str()),
+            )
+        })?;
+        let files = stacks.entry(stack.as_str().to_string()).or_default();
+        if let Some(previous) = files.insert(index, dir.join(name)) {
+            return Err(Error::parameter(
+                "pattern",
+                format!(
+                    "{} and {name} both have slice index {index} in stack {:?}",
+                    previous.file_name().unwrap_or_default().to_string_lossy(),
+                    stack.as_str()
+                ),
+            ));
+        }
+    }
+    if stacks.is_empty() {
+        let sample: Vec<&str> = names.iter().take(3).map(String::as_str).collect();
+        return Err(Error::parameter(
+            "pattern",
+            format!(
+                "no file in {} matches {pattern:?}{} (files there include: {})",
+                dir.display(),
+                extension.map_or(String::new(), |e| format!(" with extension .{e}")),
+                sample.join(", ")
+            ),
+        ));
+    }
+    Ok(stacks
+        .into_iter()
+        .map(|(name, files)| {
+            let indices: Vec<u64> = files.keys().copied().collect();
+            let (first, last) = (indices[0], indices[indices.len() - 1]);
+            let missing = (first..=last)
+                .filter(|i| !files.contains_key(i))
+                .collect();
+            Stack { name, files: files.into_iter().collect(), missing }
+        })
+        .collect())
+}
+
+/// Probes every file's header, split among the ranks, and checks that all slices agree.
+///
+/// # Errors
+/// The first unreadable file, or the first slice whose shape or dtype differs from the first.
+fn probe_all(stack: &Stack, comm: &dyn Comm) -> Result<ImageInfo> {
+    let share = grid::partition_contiguous(stack.files.len(), comm.size())[comm.rank()].clone();
+    let probed: Vec<std::result::Result<(Vec<u64>, String), String>> = stack.files[share]
+        .par_iter()
+        .map(|(_, path)| {
+            images::probe(path)
+                .map(|i| (i.shape, i.dtype.name().to_string()))
+                .map_err(|e| e.to_string())
+        })
+        .collect();
+    let mine = serde_json::to_vec(&probed).unwrap_or_default();
+    let all: Vec<std::result::Result<(Vec<u64>, String), String>> = comm
+        .all_gather(&mine)
+        .iter()
+        .flat_map(|b| serde_json::from_slice::<Vec<_>>(b).unwrap_or_default())
+        .collect();
+    if all.len() != stack.files.len() {
+        return Err(Error::mismatch("probed slice count", stack.files.len(), all.len()));
+    }
+    let describe = |shape: &[u64], dtype: &str| {
+        format!("{} {dtype}", shape.iter().map(u64::to_string).collect::<Vec<_>>().join("x"))
+    };
+    let mut first: Option<(Vec<u64>, String)> = None;
+    for ((_, path), outcome) in stack.files.iter().zip(all) {
+        let (shape, dtype) = outcome.map_err(|message| Error::bad_file(path, message))?;
+        match &first {
+            None => first = Some((shape, dtype)),
+            Some((s, d)) if *s != shape || *d != dtype => {
+                return Err(Error::mismatch(
+                    format!("slice {}", path.display()),
+                    format!(
+                        "{} like {}",
+                        describe(s, d),
+                        stack.files[0].1.file_name().unwrap_or_default().to_string_lossy()
+                    ),
+                    describe(&shape, &dtype),
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    let (shape, dtype) = first.expect("a stack has at least one file");
+    Ok(ImageInfo {
+        shape,
+        dtype: DType::from_name(&dtype).expect("probe returns known dtypes"),
+    })
+}
+
+/// Where a stack's array goes.
+fn output_address(job: &ConvertJob, stack: &str, several: bool) -> Result<Address> {
+    let text = job.output.to_string_lossy();
+    if !several {
+        if let Ok(address) = Address::parse(&text) {
+            return Ok(address);
+        }
+    } else if Address::parse(&text).is_ok() && !job.output.is_dir() {
+        return Err(Error::parameter(
+            "output",
+            format!("{text} names one array, but the input holds several stacks; give a directory"),
+        ));
+    }
+    let path = match job.format {
+        OutputFormat::Zarr => format!("{}.zarr", job.output.join(stack).display()),
+        OutputFormat::Hdf5 => format!("{}.h5:/data", job.output.join(stack).display()),
+        OutputFormat::Npy => format!("{}.npy", job.output.join(stack).display()),
+    };
+    Address::parse(&path)
+}
+
+/// The convert operation for one stack.
+pub struct ConvertOp {
+    target: Address,
+    files: Vec<PathBuf>,
+    slice: ImageInfo,
+    spec: CreateSpec,
+    stack_axis: usize,
+    runs: Vec<Range<u64>>,
+    units: Vec<UnitInfo>,
+    attributes: Map<String, Value>,
+    writer: Mutex<Option<Box<dyn ArrayWriter>>>,
+}
+
+impl ConvertOp {
+    /// Plans the conversion of one stack: validates every input and parameter; creates nothing.
+    ///
+    /// # Errors
+    /// Bad inputs or parameters, each naming the file or flag.
+    pub fn plan(job: &ConvertJob, stack: &Stack, several: bool, comm: &dyn Comm) -> Result<ConvertOp> {
+        let target = output_address(job, &stack.name, several)?;
+        let slice = probe_all(stack, comm)?;
+        let nz = stack.files.len() as u64;
+        let (shape, names, stack_axis): (Vec<u64>, Vec<&str>, usize) = match (&slice.shape[..], job.axis_order) {
+            ([y, x], _) => (vec![nz, *y, *x], vec!["z", "y", "x"], 0),
+            ([c, y, x], AxisOrder::Zcyx) => (vec![nz, *c, *y, *x], vec!["z", "c", "y", "x"], 0),
+            ([c, y, x], AxisOrder::Czyx) => (vec![*c, nz, *y, *x], vec!["c", "z", "y", "x"], 1),
+            _ => unreachable!("images are 2-D or 3-D"),
+        };
+        let ndim = shape.len();
+        let chunks = job.chunks.clone().unwrap_or_else(|| {
+            let mut c: Vec<u64> = shape.iter().map(|&d| d.clamp(1, 512)).collect();
+            c[stack_axis] = 1;
+            if ndim == 4 && stack_axis == 1 {
+                c[0] = 1; // CZYX: one channel of one slice per chunk
+            }
+            c
+        });
+        let spec = CreateSpec {
+            shape: shape.clone(),
+            dtype: job.dtype.unwrap_or(slice.dtype),
+            chunks,
+            shards: job.shards.clone(),
+            codec: job.codec,
+            dimension_names: Some(names.iter().map(|s| s.to_string()).collect()),
+            attributes: Map::new(),
+        };
+        spec.validate()?;
+        if let (Address::Npy { .. }, Some(_)) = (&target, &job.shards) {
+            return Err(Error::parameter("shards", "sharding is a Zarr feature; .npy output has no chunks"));
+        }
+        let block = spec.write_block()[stack_axis];
+        let slice_bytes = shape.iter().product::<u64>() / nz * spec.dtype.size() as u64;
+        let blocks = grid::blocks_for_target(slice_bytes * block, crate::exec::target_unit_bytes());
+        let runs = grid::block_aligned_runs(nz, block, blocks);
+        let in_bytes = slice.shape.iter().product::<u64>() * slice.dtype.size() as u64;
+        let units = runs
+            .iter()
+            .map(|r| UnitInfo {
+                label: format!("slices {}..{}", r.start, r.end),
+                bytes_in: in_bytes * (r.end - r.start),
+                bytes_out: slice_bytes * (r.end - r.start),
+            })
+            .collect();
+        let indices: Vec<u64> = stack.files.iter().map(|(i, _)| *i).collect();
+        let mut attributes = Map::new();
+        attributes.insert("tessera_version".into(), json!(env!("CARGO_PKG_VERSION")));
+        attributes.insert("tessera_operation".into(), json!("convert"));
+        let directory = std::fs::canonicalize(&job.input).unwrap_or_else(|_| job.input.clone());
+        attributes.insert("source_directory".into(), json!(directory.display().to_string()));
+        attributes.insert("source_pattern".into(), json!(job.pattern));
+        attributes.insert("source_stack".into(), json!(stack.name));
+        attributes.insert(
+            "source_files".into(),
+            json!(stack.files.iter().map(|(_, p)| p.file_name().unwrap_or_default().to_string_lossy().into_owned()).collect::<Vec<_>>()),
+        );
+        attributes.insert("index_range".into(), json!([indices[0], indices[indices.len() - 1]]));
+        attributes.insert("missing_indices".into(), json!(stack.missing));
+        attributes.insert("axis_order".into(), json!(names.join("").to_uppercase()));
+        attributes.insert("source_dtype".into(), json!(slice.dtype.name()));
+        Ok(ConvertOp {
+            target,
+            files: stack.files.iter().map(|(_, p)| p.clone()).collect(),
+            slice,
+            spec,
+            stack_axis,
+            runs,
+            units,
+            attributes,
+            writer: Mutex::new(None),
+        })
+    }
+
+    pub fn spec(&self) -> &CreateSpec {
+        &self.spec
+    }
+
+    fn read_slice<T: Element>(&self, index: usize) -> Result<ndarray::ArrayD<T>> {
+        let path = &self.files[index];
+        let block = images::read(path)?;
+        if block.shape() != self.slice.shape || block.dtype() != self.slice.dtype {
+            return Err(Error::mismatch(
+                format!("slice {}", path.display()),
+                format!("{:?} {}", self.slice.shape, self.slice.dtype),
+                format!("{:?} {}", block.shape(), block.dtype()),
+            ));
+        }
+        let block = block.cast(T::DTYPE, &path.display().to_string())?;
+        Ok(block.into_array::<T>().expect("cast gives the requested type"))
+    }
+}
+
+impl Operation for ConvertOp {
+    type Output = (Region, Block);
+
+    fn name(&self) -> &'static str {
+        "convert"
+    }
+
+    fn target(&self) -> &Address {
+        &self.target
+    }
+
+    fn units(&self) -> &[UnitInfo] {
+        &self.units
+    }
+
+    fn memory_per_unit(&self) -> u64 {
+        // The slab, plus one decoded slice per thread.
+        let slice = self.units.first().map_or(0, |u| u.bytes_in / (self.runs[0].end - self.runs[0].start).max(1));
+        self.units.iter().map(|u| u.bytes_out).max().unwrap_or(0) + slice * rayon::current_num_threads() as u64
+    }
+
+    fn fingerprint(&self) -> String {
+        json!({
+            "operation": "convert",
+            "files": self.files,
+            "shape": self.spec.shape,
+            "dtype": self.spec.dtype,
+            "chunks": self.spec.chunks,
+            "shards": self.spec.shards,
+            "codec": self.spec.codec,
+            "units": self.runs.len(),
+        })
+        .to_string()
+    }
+
+    fn open_output(&self, staging: &Address, comm: &dyn Comm, resume: bool) -> Result<()> {
+        let writer = io::create(staging, &self.spec, comm, resume)?;
+        *self.writer.lock().expect("writer lock") = Some(writer);
+        Ok(())
+    }
+
+    fn compute(&self, unit: usize) -> Result<(Region, Block)> {
+        let run = self.runs[unit].clone();
+        let region = Region::slab(&self.spec.shape, self.stack_axis, run.clone());
+        let first = run.start as usize;
+        let block = with_dtype!(self.spec.dtype, T => {
+            let mut slab = ndarray::ArrayD::<T>::default(region.shape_usize());
+            kernel::fill_slab(&mut slab, self.stack_axis, |i| self.read_slice::<T>(first + i))?;
+            T::into_block(slab)
+        });
+        Ok((region, block))
+    }
+
+    fn write(&self, part: Option<(usize, (Region, Block))>) -> Result<()> {
+        let guard = self.writer.lock().expect("writer lock");
+        let writer = guard.as_ref().expect("open_output ran before write");
+        match &part {
+            Some((_, (region, block))) => writer.write_box(Some((region, block))),
+            None => writer.write_box(None),
+        }
+    }
+
+    fn finish(&self, _comm: &dyn Comm) -> Result<()> {
+        let writer = self.writer.lock().expect("writer lock").take().expect("open_output ran");
+        writer.set_attributes(&self.attributes)?;
+        writer.close()
+    }
+}
+
+/// Runs `tessera convert`: scans the input, then converts each stack in turn (every rank
+/// takes part in each). Gaps in the index sequence are warned about, with the missing indices.
+///
+/// # Errors
+/// The first failure, naming its file or parameter; stacks already converted stay published.
+pub fn run(job: &ConvertJob, comm: &dyn Comm) -> Result<Vec<crate::exec::RunSummary>> {
+    let stacks = scan(&job.input, &job.pattern, job.extension.as_deref())?;
+    let several = stacks.len() > 1;
+    // Plan every stack before writing any, so a bad slice in the last stack stops the run
+    // before the first output exists.
+    let ops = stacks
+        .iter()
+        .map(|stack| ConvertOp::plan(job, stack, several, comm))
+        .collect::<Result<Vec<_>>>()?;
+    let mut summaries = Vec::new();
+    for (stack, op) in stacks.iter().zip(&ops) {
+        if comm.is_root() {
+            if !stack.missing.is_empty() {
+                tracing::warn!(
+                    "stack {:?}: {} missing slice index(es) between {} and {}: {}",
+                    stack.name,
+                    stack.missing.len(),
+                    stack.files[0].0,
+                    stack.files[stack.files.len() - 1].0,
+                    grid::describe_ranges(&stack.missing)
+                );
+            }
+            tracing::info!(
+                "stack {:?}: {} slices of {:?} {} -> {} {:?} {} (chunks {:?}{})",
+                stack.name,
+                stack.files.len(),
+                op.slice.shape,
+                op.slice.dtype,
+                op.target,
+                op.spec.shape,
+                op.spec.dtype,
+                op.spec.chunks,
+                op.spec.shards.as_ref().map_or(String::new(), |s| format!(", shards {s:?}"))
+            );
+        }
+        summaries.push(crate::exec::run(op, comm, &job.run)?);
+    }
+    Ok(summaries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn touch(dir: &Path, names: &[&str]) {
+        for n in names {
+            std::fs::write(dir.join(n), b"").unwrap();
+        }
+    }
+
+    #[test]
+    fn scan_groups_orders_and_reports_gaps() {
+        let d = tempfile::tempdir().unwrap();
+        touch(d.path(), &["a_10.tif", "a_2.tif", "a_3.tif", "b_0.tif", "notes.txt", "a_5.png"]);
+        let stacks = scan(d.path(), r"(.+)_(\d+)\.tif$", None).unwrap();
+        assert_eq!(stacks.len(), 2);
+        assert_eq!(stacks[0].name, "a");
+        let idx: Vec<u64> = stacks[0].files.iter().map(|f| f.0).collect();
+        assert_eq!(idx, vec![2, 3, 10]);
+        assert_eq!(stacks[0].missing, vec![4, 5, 6, 7, 8, 9]);
+        let stacks = scan(d.path(), r"(.+)_(\d+)\.\w+$", Some(".png")).unwrap();
+        assert_eq!(stacks[0].files.len(), 1);
+    }
+
+    #[test]
+    fn scan_errors_name_the_problem() {
+        let d = tempfile::tempdir().unwrap();
+        let e = scan(d.path(), r"(.+)_(\d+)", None).unwrap_err().to_string();
+        assert!(e.contains("holds no files"), "{e}");
+        touch(d.path(), &["x_1.tif", "x_01.tif"]);
+        let e = scan(d.path(), r"(.+)_(\d+)", None).unwrap_err().to_string();
+        assert!(e.contains("both have slice index 1"), "{e}");
+        let e = scan(d.path(), r"(.+)\.tif", None).unwrap_err().to_string();
+        assert!(e.contains("1 capture group"), "{e}");
+        let e = scan(d.path(), r"(.+)_(\d+", None).unwrap_err().to_string();
+        assert!(e.contains("not a valid regular expression"), "{e}");
+        let e = scan(d.path(), r"(y)_(\d+)", None).unwrap_err().to_string();
+        assert!(e.contains("no file") && e.contains("x_01.tif"), "{e}");
+        let e = scan(d.path(), r"(x)_(.+)\.tif", None).unwrap_err().to_string();
+        assert!(e.contains("not a slice index") || e.contains("both have"), "{e}");
+        let e = scan(&d.path().join("nope"), r"(.+)_(\d+)", None).unwrap_err().to_string();
+        assert!(e.contains("does not exist"), "{e}");
+    }
+}

@@ -1,0 +1,4 @@
+//! Operations, one folder each: `mod.rs` implements [`crate::exec::Operation`] (parameters,
+//! plan, what is exchanged), `kernel.rs` holds the pure CPU kernels.
+
+pub mod convert;
