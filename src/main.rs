@@ -28,6 +28,43 @@ fn init_logging(cli: &Cli, comm: &dyn Comm) {
     }
 }
 
+/// Prints the job's error(s) once, on rank 0: every rank's message is gathered, ranks that
+/// only stopped because another failed are left out, and identical messages (a plan error
+/// every rank found) are printed once. One line each, whatever the library's message was.
+fn report_error(error: Option<Error>, comm: &dyn Comm) {
+    let own = match &error {
+        Some(Error::PeerFailed { .. }) | None => String::new(),
+        Some(e) => e.to_string().split_whitespace().collect::<Vec<_>>().join(" "),
+    };
+    let messages = if comm.size() == 1 {
+        vec![own.into_bytes()]
+    } else {
+        comm.all_gather(own.as_bytes())
+    };
+    if !comm.is_root() {
+        return;
+    }
+    let mut printed: Vec<String> = Vec::new();
+    for (rank, m) in messages.iter().enumerate() {
+        let m = String::from_utf8_lossy(m).into_owned();
+        if m.is_empty() || printed.contains(&m) {
+            continue;
+        }
+        let identical_on_all = messages.iter().all(|x| x == m.as_bytes());
+        if comm.size() == 1 || identical_on_all {
+            eprintln!("error: {m}");
+        } else {
+            eprintln!("error: (rank {rank}) {m}");
+        }
+        printed.push(m);
+    }
+    if printed.is_empty() {
+        if let Some(Error::PeerFailed { rank }) = error {
+            eprintln!("error: rank {rank} failed");
+        }
+    }
+}
+
 fn main() {
     // MPI first: it must see the process before anything else starts threads.
     let comm = comm::init();
@@ -45,19 +82,12 @@ fn main() {
     };
     init_logging(&cli, comm.as_ref());
     let rank_span = tracing::info_span!("rank", r = comm.rank());
-    let code = {
+    let outcome = {
         let _entered = rank_span.enter();
-        match cli::dispatch(cli, comm.as_ref()) {
-            Ok(()) => 0,
-            Err(e) => {
-                // Ranks that stopped because another failed stay quiet: that rank says why.
-                if !matches!(e, Error::PeerFailed { .. }) || comm.size() == 1 {
-                    eprintln!("error: {e}");
-                }
-                1
-            }
-        }
+        cli::dispatch(cli, comm.as_ref())
     };
+    let code = i32::from(outcome.is_err());
+    report_error(outcome.err(), comm.as_ref());
     // Finalise MPI (drop) before exiting; every HDF5 handle is closed by now.
     drop(comm);
     std::process::exit(code);

@@ -88,8 +88,8 @@ pub fn convert(b: &ConvertBench, comm: &dyn Comm) -> Result<()> {
     let input = b.dir.join("input");
     let copy_dir = b.dir.join("copy");
     let output = b.dir.join("out.zarr");
-    let files = if comm.is_root() { make_stack(&input, b.slices, b.size)? } else { vec![] };
-    comm.barrier();
+    let made = if comm.is_root() { make_stack(&input, b.slices, b.size) } else { Ok(vec![]) };
+    let files = crate::exec::agree(comm, made)?;
     let files: Vec<PathBuf> = if comm.is_root() {
         files
     } else {
@@ -122,24 +122,23 @@ pub fn convert(b: &ConvertBench, comm: &dyn Comm) -> Result<()> {
     };
     let (mut copy_times, mut convert_times) = (Vec::new(), Vec::new());
     for _ in 0..b.repeat.max(1) {
-        if comm.is_root() {
-            remove_any(&copy_dir)?;
-            std::fs::create_dir_all(&copy_dir).at(&copy_dir)?;
-        }
-        comm.barrier();
+        let cleared = if comm.is_root() {
+            remove_any(&copy_dir).and_then(|()| std::fs::create_dir_all(&copy_dir).at(&copy_dir))
+        } else {
+            Ok(())
+        };
+        crate::exec::agree(comm, cleared)?;
         let t = Instant::now();
-        files[share.clone()].par_iter().try_for_each(|f| -> Result<()> {
+        let copied = files[share.clone()].par_iter().try_for_each(|f| -> Result<()> {
             let data = std::fs::read(f).at(f)?;
             let to = copy_dir.join(f.file_name().unwrap_or_default());
             std::fs::write(&to, data).at(&to)
-        })?;
-        comm.barrier();
+        });
+        crate::exec::agree(comm, copied)?;
         copy_times.push(t.elapsed().as_secs_f64());
 
-        if comm.is_root() {
-            remove_any(&output)?;
-        }
-        comm.barrier();
+        let removed = if comm.is_root() { remove_any(&output) } else { Ok(()) };
+        crate::exec::agree(comm, removed)?;
         let t = Instant::now();
         crate::ops::convert::run(&job, comm)?;
         comm.barrier();

@@ -61,6 +61,15 @@ fn op(op: ReduceOp) -> SystemOperation {
     }
 }
 
+/// A copy of `bytes` with one spare byte, so that even an empty message has a real address.
+/// An empty Rust slice points at address 1, which Open MPI reads as `MPI_IN_PLACE`.
+fn padded(bytes: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(bytes.len() + 1);
+    v.extend_from_slice(bytes);
+    v.push(0);
+    v
+}
+
 fn displacements(counts: &[Count]) -> Vec<Count> {
     counts
         .iter()
@@ -92,6 +101,8 @@ impl Comm for Mpi {
     }
     fn gather(&self, bytes: &[u8], root: usize) -> Option<Vec<Vec<u8>>> {
         let root_process = self.world.process_at_rank(root as i32);
+        let padded = padded(bytes);
+        let bytes = &padded[..bytes.len()];
         let len = bytes.len() as Count;
         if self.rank() == root {
             let mut counts = vec![0 as Count; self.size()];
@@ -121,8 +132,10 @@ impl Comm for Mpi {
         let root_process = self.world.process_at_rank(root as i32);
         let mut len = bytes.len() as u64;
         root_process.broadcast_into(&mut len);
-        bytes.resize(len as usize, 0);
-        root_process.broadcast_into(&mut bytes[..]);
+        // One spare byte so the buffer never has the dangling pointer of an empty Vec.
+        bytes.resize(len as usize + 1, 0);
+        root_process.broadcast_into(&mut bytes[..len as usize]);
+        bytes.truncate(len as usize);
     }
     fn exchange(&self, sends: Vec<(usize, Vec<u8>)>) -> Vec<(usize, Vec<u8>)> {
         // Sizes first (all-to-all of one count per peer), then the payloads in one
@@ -137,8 +150,8 @@ impl Comm for Mpi {
         }
         let mut recv_counts = vec![0 as Count; size];
         self.world.all_to_all_into(&send_counts[..], &mut recv_counts[..]);
-        // Both buffers get at least one byte: two empty Vecs share the same dangling pointer,
-        // which Open MPI rejects as aliased send/receive buffers (MPI_ERR_ARG).
+        // Both buffers get a spare byte: an empty Vec's dangling pointer is address 1, which
+        // Open MPI reads as MPI_IN_PLACE (MPI_ERR_ARG).
         let mut send_buf: Vec<u8> = payload_parts.concat();
         send_buf.push(0);
         let send_displs = displacements(&send_counts);

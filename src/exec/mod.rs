@@ -110,8 +110,12 @@ pub trait Operation: Sync {
 }
 
 /// Fails every rank when any failed: the failing rank keeps its own error, the others get
-/// [`Error::PeerFailed`].
-fn agree<T>(comm: &dyn Comm, result: Result<T>) -> Result<T> {
+/// [`Error::PeerFailed`]. Collective: wrap every step that only some ranks do (rank 0 writing
+/// a file) in it, so that no rank is left waiting in a collective that the others skipped.
+///
+/// # Errors
+/// This rank's error, or [`Error::PeerFailed`] naming the lowest failing rank.
+pub fn agree<T>(comm: &dyn Comm, result: Result<T>) -> Result<T> {
     match comm.any_failed(result.is_err()) {
         None => result,
         Some(rank) => match result {

@@ -314,6 +314,14 @@ impl ZarrWriter {
         ));
         if spec.shards.is_some() {
             builder.subchunk_shape(spec.chunks.clone());
+            // zarrs places subchunks in a shard in the order they finish encoding unless told
+            // otherwise; C order makes shard bytes independent of threads and ranks.
+            use zarrs::array::codec::{ShardingCodecOptions, SubchunkWriteOrder};
+            builder.codec_specific_options(
+                zarrs::array::codec::api::CodecSpecificOptions::default().with_option(
+                    ShardingCodecOptions::default().with_subchunk_write_order(SubchunkWriteOrder::C),
+                ),
+            );
         }
         builder.bytes_to_bytes_codecs(bytes_codecs(spec.codec, spec.dtype)?);
         builder.attributes(spec.attributes.clone());

@@ -144,7 +144,12 @@ fn probe_all(stack: &Stack, comm: &dyn Comm) -> Result<ImageInfo> {
         .map(|(_, path)| {
             images::probe(path)
                 .map(|i| (i.shape, i.dtype.name().to_string()))
-                .map_err(|e| e.to_string())
+                .map_err(|e| match e {
+                    // The path is added back below, on whichever rank reports it.
+                    Error::BadFile { message, .. } => message,
+                    Error::Io { source, .. } => source.to_string(),
+                    other => other.to_string(),
+                })
         })
         .collect();
     let mine = serde_json::to_vec(&probed).unwrap_or_default();

@@ -1,0 +1,202 @@
+//! Helpers shared by the integration tests: building image stacks with known pixels, running
+//! the real `tessera` binary (alone or under `mpirun`), and reading outputs back.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use ndarray::{ArrayD, Axis, IxDyn};
+use tessera::io::{self, images, Address, Block, DType};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_tessera");
+
+/// A small deterministic generator (xorshift64*), so failures reproduce.
+pub struct Rng(u64);
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// A random slice of `shape` ((Y, X) or (C, Y, X)) and `dtype`, with values spread over the
+/// type's range (negative ones for signed types, fractions for floats).
+pub fn random_slice(rng: &mut Rng, shape: &[usize], dtype: DType) -> Block {
+    let n: usize = shape.iter().product();
+    let raw: Vec<u64> = (0..n).map(|_| rng.next()).collect();
+    let s = IxDyn(shape);
+    match dtype {
+        DType::U8 => Block::U8(ArrayD::from_shape_vec(s, raw.iter().map(|&v| v as u8).collect()).unwrap()),
+        DType::U16 => Block::U16(ArrayD::from_shape_vec(s, raw.iter().map(|&v| v as u16).collect()).unwrap()),
+        DType::U32 => Block::U32(ArrayD::from_shape_vec(s, raw.iter().map(|&v| v as u32).collect()).unwrap()),
+        DType::I16 => Block::I16(ArrayD::from_shape_vec(s, raw.iter().map(|&v| v as i16).collect()).unwrap()),
+        DType::I32 => Block::I32(ArrayD::from_shape_vec(s, raw.iter().map(|&v| v as i32).collect()).unwrap()),
+        DType::F32 => Block::F32(
+            ArrayD::from_shape_vec(s, raw.iter().map(|&v| (v % 100_000) as f32 / 7.0 - 5000.0).collect()).unwrap(),
+        ),
+        other => panic!("no TIFF writer for {other}"),
+    }
+}
+
+/// Writes `n` random slices as `<dir>/<name>_<index>.tif` (indices from `indices`) and returns
+/// them in index order.
+pub fn write_stack(dir: &Path, name: &str, indices: &[u64], shape: &[usize], dtype: DType, seed: u64) -> Vec<Block> {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut rng = Rng::new(seed);
+    indices
+        .iter()
+        .map(|i| {
+            let slice = random_slice(&mut rng, shape, dtype);
+            images::write_tiff(&dir.join(format!("{name}_{i:03}.tif")), &slice).unwrap();
+            slice
+        })
+        .collect()
+}
+
+/// The straightforward reference: stack slices along `axis` (0 for Z-first, 1 for CZYX).
+pub fn reference_stack(slices: &[Block], axis: usize) -> Block {
+    fn stack<T: Clone>(arrays: Vec<ArrayD<T>>, axis: usize) -> ArrayD<T> {
+        let views: Vec<_> = arrays.iter().map(|a| a.view()).collect();
+        ndarray::stack(Axis(axis), &views).unwrap()
+    }
+    macro_rules! go {
+        ($($v:ident),*) => {
+            match &slices[0] {
+                $(Block::$v(_) => Block::$v(stack(
+                    slices.iter().map(|b| match b { Block::$v(a) => a.clone(), _ => panic!("mixed dtypes") }).collect(),
+                    axis,
+                )),)*
+            }
+        };
+    }
+    go!(U8, U16, U32, U64, I8, I16, I32, I64, F32, F64)
+}
+
+/// Reads a whole array through tessera's own readers.
+pub fn read_all(address: &str) -> Block {
+    let reader = io::open(&Address::parse(address).unwrap()).unwrap();
+    let shape = reader.meta().shape.clone();
+    reader.read_box(&tessera::grid::Region::whole(&shape)).unwrap()
+}
+
+pub fn meta(address: &str) -> io::ArrayMeta {
+    io::open(&Address::parse(address).unwrap()).unwrap().meta().clone()
+}
+
+/// Runs `tessera` with `args` (single process, MPI off) and returns its output.
+pub fn tessera(args: &[&str]) -> Output {
+    tessera_env(args, &[])
+}
+
+pub fn tessera_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).env("TESSERA_MPI", "0").env_remove("RUST_LOG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run tessera")
+}
+
+pub fn text(out: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Asserts success and returns stdout + stderr.
+#[track_caller]
+pub fn ok(out: Output) -> String {
+    assert!(out.status.success(), "tessera failed:\n{}", text(&out));
+    text(&out)
+}
+
+/// Asserts a failure with one `error:` line containing every `needle`, and returns stderr.
+#[track_caller]
+pub fn fails_with(out: Output, needles: &[&str]) -> String {
+    let all = text(&out);
+    assert!(!out.status.success(), "tessera should have failed:\n{all}");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "expected one error line:\n{all}");
+    for n in needles {
+        assert!(errors[0].contains(n), "error line lacks {n:?}:\n{all}");
+    }
+    stderr
+}
+
+/// `mpirun`, if this machine has it. Missing MPI fails the test when `TESSERA_REQUIRE_MPI=1`
+/// (CI sets it), else the test is skipped with a message.
+pub fn mpirun() -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths).map(|p| p.join("mpirun")).find(|p| p.is_file())
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var("TESSERA_REQUIRE_MPI").as_deref() != Ok("1"),
+            "mpirun not found but TESSERA_REQUIRE_MPI=1"
+        );
+        eprintln!("skipping: mpirun not found (install Open MPI with scripts/setup.sh)");
+    }
+    found
+}
+
+/// Runs `tessera` under `mpirun -n ranks`.
+pub fn tessera_mpi(ranks: usize, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mpirun = mpirun().expect("mpirun present (callers check first)");
+    let mut cmd = Command::new(mpirun);
+    cmd.args(["-n", &ranks.to_string(), "--oversubscribe", "--bind-to", "none"])
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
+        .env("RAYON_NUM_THREADS", "2")
+        .env_remove("TESSERA_MPI")
+        .env_remove("RUST_LOG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.arg(BIN).args(args);
+    cmd.output().expect("run mpirun")
+}
+
+/// Every file under `dir` with its bytes, by relative path (to compare outputs exactly).
+pub fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>)>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(base, &p, out);
+            } else {
+                out.push((p.strip_prefix(base).unwrap().display().to_string(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+#[track_caller]
+pub fn assert_same_tree(a: &Path, b: &Path) {
+    let (ta, tb) = (tree(a), tree(b));
+    let names = |t: &[(String, Vec<u8>)]| t.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&ta), names(&tb), "file lists differ between {} and {}", a.display(), b.display());
+    for ((n, x), (_, y)) in ta.iter().zip(&tb) {
+        assert!(x == y, "{n} differs between {} and {}", a.display(), b.display());
+    }
+}
+
+pub fn s(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
