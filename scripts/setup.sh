@@ -1,35 +1,61 @@
 #!/usr/bin/env bash
-# Installs the system packages tessera's default (MPI + HDF5) build needs, idempotently:
-# packages already present are skipped, and nothing is installed when all are present.
-# Usage: scripts/setup.sh [--python]   (--python also installs zarr/h5py/numpy for the
-# cross-checks in tests/python_readback.rs)
+# Sets up a fresh Debian 12 machine (as root, or with sudo) for building and testing tessera,
+# idempotently: what is already present is skipped.
+#
+#   scripts/setup.sh            system packages (Open MPI, parallel HDF5, libclang) + Rust
+#   scripts/setup.sh --python   also a Python venv (target/pyenv) with numpy, zarr and h5py,
+#                               used by tests/python_readback.rs to cross-check outputs
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
-packages=(openmpi-bin libopenmpi-dev libhdf5-openmpi-dev libhdf5-dev hdf5-tools libclang-dev pkg-config)
+packages=(openmpi-bin libopenmpi-dev libhdf5-openmpi-dev libhdf5-dev hdf5-tools libclang-dev
+          pkg-config build-essential curl ca-certificates)
+if [ "${1:-}" = "--python" ]; then
+  packages+=(python3 python3-venv)
+fi
 
 missing=()
 for p in "${packages[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    # A tool that is already on PATH from elsewhere (pyenv's python3, rustup's cc) is enough.
+    case "$p" in
+      python3) command -v python3 >/dev/null && continue ;;
+      python3-venv) python3 -c 'import venv, ensurepip' 2>/dev/null && continue ;;
+      build-essential) command -v cc >/dev/null && command -v make >/dev/null && continue ;;
+      curl) command -v curl >/dev/null && continue ;;
+    esac
     missing+=("$p")
   fi
 done
 
+sudo_cmd=""
+[ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
-  sudo_cmd=""
-  [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
   export DEBIAN_FRONTEND=noninteractive
   $sudo_cmd apt-get update -qq
-  $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 else
   echo "setup: system packages present"
 fi
 
-if [ "${1:-}" = "--python" ]; then
-  if python3 -c 'import zarr, h5py, numpy' 2>/dev/null; then
-    echo "setup: python zarr/h5py/numpy present"
+if ! command -v cargo >/dev/null 2>&1; then
+  if [ -x "$HOME/.cargo/bin/cargo" ]; then
+    echo "setup: Rust is in ~/.cargo/bin (run: . \"\$HOME/.cargo/env\")"
   else
-    echo "setup: installing python zarr/h5py/numpy"
-    python3 -m pip install -q --disable-pip-version-check 'zarr>=3' h5py numpy
+    echo "setup: installing Rust with rustup"
+    curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal --component rustfmt,clippy >/dev/null
+  fi
+fi
+
+if [ "${1:-}" = "--python" ]; then
+  venv=target/pyenv
+  if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c 'import numpy, zarr, h5py' 2>/dev/null; then
+    echo "setup: python venv $venv has numpy, zarr, h5py"
+  else
+    echo "setup: creating python venv $venv with numpy, zarr, h5py"
+    mkdir -p target
+    python3 -m venv "$venv"
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check 'zarr>=3' h5py numpy
   fi
 fi

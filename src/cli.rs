@@ -97,14 +97,19 @@ pub fn dispatch(cli: Cli, comm: &dyn Comm) -> Result<()> {
             }
             Ok(())
         }
-        Command::Debug { which: DebugCommand::CommCheck } => {
+        Command::Debug {
+            which: DebugCommand::CommCheck,
+        } => {
             let failures = crate::comm::selfcheck::run(comm);
             for f in &failures {
                 eprintln!("{f}");
             }
             let failed = comm.any_failed(!failures.is_empty());
             if comm.is_root() && failed.is_none() {
-                println!("comm-check: all collectives agree on {} rank(s)", comm.size());
+                println!(
+                    "comm-check: all collectives agree on {} rank(s)",
+                    comm.size()
+                );
             }
             match failed {
                 Some(rank) => Err(Error::PeerFailed { rank }),
@@ -138,7 +143,14 @@ pub fn run_job(job: Job, comm: &dyn Comm) -> Result<()> {
     match job {
         Job::Convert(job) => {
             let summaries = crate::ops::convert::run(&job, comm)?;
-            finish("convert", &job.output, &job.run, serde_json::to_value(&job).unwrap_or_default(), &summaries, comm)
+            finish(
+                "convert",
+                &job.output,
+                &job.run,
+                serde_json::to_value(&job).unwrap_or_default(),
+                &summaries,
+                comm,
+            )
         }
     }
 }
@@ -181,18 +193,34 @@ pub fn info(address: &str, json: bool) -> Result<()> {
     let reader = io::open(&addr)?;
     let meta = reader.meta();
     if json {
-        println!("{}", serde_json::to_string_pretty(meta).map_err(|e| Error::address(address, e.to_string()))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(meta)
+                .map_err(|e| Error::address(address, e.to_string()))?
+        );
         return Ok(());
     }
     let dims = |v: &[u64]| v.iter().map(u64::to_string).collect::<Vec<_>>().join(" x ");
     println!("{addr} ({})", addr.kind());
     println!("  shape:  {}", dims(&meta.shape));
     println!("  dtype:  {}", meta.dtype);
-    println!("  chunks: {}", meta.chunks.as_deref().map_or("none (contiguous)".into(), dims));
+    println!(
+        "  chunks: {}",
+        meta.chunks
+            .as_deref()
+            .map_or("none (contiguous)".into(), dims)
+    );
     if let Some(shards) = &meta.shards {
         println!("  shards: {}", dims(shards));
     }
-    println!("  codecs: {}", if meta.codecs.is_empty() { "none".into() } else { meta.codecs.join(" -> ") });
+    println!(
+        "  codecs: {}",
+        if meta.codecs.is_empty() {
+            "none".into()
+        } else {
+            meta.codecs.join(" -> ")
+        }
+    );
     if let Some(names) = &meta.dimension_names {
         println!("  dimension names: {}", names.join(", "));
     }

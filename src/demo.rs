@@ -49,10 +49,20 @@ pub fn write_stack(dir: &Path) -> Result<()> {
 /// Any failure of the steps, naming the file.
 pub fn run(dir: &Path, comm: &dyn Comm) -> Result<()> {
     let slices = dir.join("slices");
-    let written = if comm.is_root() { write_stack(&slices) } else { Ok(()) };
+    let written = if comm.is_root() {
+        write_stack(&slices)
+    } else {
+        Ok(())
+    };
     crate::exec::agree(comm, written)?;
     if comm.is_root() {
-        println!("demo: wrote {} TIFF slices of {}x{} uint16 to {}", DEMO_SHAPE[0], DEMO_SHAPE[1], DEMO_SHAPE[2], slices.display());
+        println!(
+            "demo: wrote {} TIFF slices of {}x{} uint16 to {}",
+            DEMO_SHAPE[0],
+            DEMO_SHAPE[1],
+            DEMO_SHAPE[2],
+            slices.display()
+        );
     }
     let output = dir.join("demo.zarr");
     let job = ConvertJob {

@@ -174,9 +174,12 @@ mod tests {
 
     #[test]
     fn rejects_unknown_keys_and_missing_tables() {
-        let e = JobFile::parse(Path::new("j.toml"), "[convert]\ninput=\"a\"\noutput=\"b\"\nchunk=[1]\n")
-            .unwrap_err()
-            .to_string();
+        let e = JobFile::parse(
+            Path::new("j.toml"),
+            "[convert]\ninput=\"a\"\noutput=\"b\"\nchunk=[1]\n",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("j.toml") && e.contains("chunk"), "{e}");
         assert!(JobFile::parse(Path::new("j.toml"), "[run]\n").is_err());
         assert!(JobFile::parse(Path::new("j.toml"), "not toml [").is_err());

@@ -16,7 +16,8 @@ fn init_logging(cli: &Cli, comm: &dyn Comm) {
         (false, 1) => "info",
         _ => "debug",
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(format!("tessera={level},warn")));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("tessera={level},warn")));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -34,7 +35,11 @@ fn init_logging(cli: &Cli, comm: &dyn Comm) {
 fn report_error(error: Option<Error>, comm: &dyn Comm) {
     let own = match &error {
         Some(Error::PeerFailed { .. }) | None => String::new(),
-        Some(e) => e.to_string().split_whitespace().collect::<Vec<_>>().join(" "),
+        Some(e) => e
+            .to_string()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" "),
     };
     let messages = if comm.size() == 1 {
         vec![own.into_bytes()]

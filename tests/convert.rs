@@ -14,7 +14,8 @@ fn hand_checked_three_slices_to_each_format() {
     std::fs::create_dir(&input).unwrap();
     // Slice k holds 100k + 10y + x, so every pixel says where it came from.
     for k in 0..3u16 {
-        let slice = ArrayD::from_shape_fn(IxDyn(&[2, 3]), |i| 100 * k + 10 * i[0] as u16 + i[1] as u16);
+        let slice =
+            ArrayD::from_shape_fn(IxDyn(&[2, 3]), |i| 100 * k + 10 * i[0] as u16 + i[1] as u16);
         images::write_tiff(&input.join(format!("cells_{k}.tif")), &Block::U16(slice)).unwrap();
     }
     let mut outputs = vec![s(&d.path().join("o.zarr")), s(&d.path().join("o.npy"))];
@@ -22,7 +23,17 @@ fn hand_checked_three_slices_to_each_format() {
         outputs.push(format!("{}:/g/data", s(&d.path().join("o.h5"))));
     }
     for out in &outputs {
-        ok(tessera(&["convert", "--input", &s(&input), "--output", out, "--chunks", "2,2,2", "--codec", if out.contains(".h5") { "gzip" } else { "zstd" }]));
+        ok(tessera(&[
+            "convert",
+            "--input",
+            &s(&input),
+            "--output",
+            out,
+            "--chunks",
+            "2,2,2",
+            "--codec",
+            if out.contains(".h5") { "gzip" } else { "zstd" },
+        ]));
         let a = read_all(out).into_array::<u16>().unwrap();
         assert_eq!(a.shape(), &[3, 2, 3], "{out}");
         assert_eq!(a[[0, 0, 0]], 0);
@@ -34,30 +45,63 @@ fn hand_checked_three_slices_to_each_format() {
     assert_eq!(m.chunks, Some(vec![2, 2, 2]));
     assert_eq!(m.attributes["axis_order"], "ZYX");
     assert_eq!(m.attributes["index_range"], serde_json::json!([0, 2]));
-    assert_eq!(m.attributes["source_files"], serde_json::json!(["cells_0.tif", "cells_1.tif", "cells_2.tif"]));
-    assert_eq!(m.dimension_names, Some(vec!["z".into(), "y".into(), "x".into()]));
+    assert_eq!(
+        m.attributes["source_files"],
+        serde_json::json!(["cells_0.tif", "cells_1.tif", "cells_2.tif"])
+    );
+    assert_eq!(
+        m.dimension_names,
+        Some(vec!["z".into(), "y".into(), "x".into()])
+    );
     // The report lands beside the output and names the work done.
     let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(d.path().join("o.zarr.report.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(d.path().join("o.zarr.report.json")).unwrap())
+            .unwrap();
     assert_eq!(report["command"], "convert");
     assert_eq!(report["bytes_written"], 36);
     assert_eq!(report["ranks"], 1);
-    assert!(report["runs"][0]["per_rank"][0]["phases"]["write"].as_f64().is_some());
+    assert!(report["runs"][0]["per_rank"][0]["phases"]["write"]
+        .as_f64()
+        .is_some());
 }
+
+/// (slice shape, dtype, axis order, chunks, shards, codec)
+type Case<'a> = (
+    &'a [usize],
+    DType,
+    &'a str,
+    Option<&'a str>,
+    &'a str,
+    &'a str,
+);
 
 #[test]
 fn random_stacks_match_the_reference_for_every_dtype_layout_and_codec() {
     let d = tempfile::tempdir().unwrap();
-    let cases: &[(&[usize], DType, &str, Option<&str>, &str, &str)] = &[
+    let cases: &[Case] = &[
         // (slice shape, dtype, axis order, chunks, shards, codec)
         (&[17, 23], DType::U16, "ZCYX", None, "", "zstd"),
         (&[17, 23], DType::U8, "ZCYX", Some("3,5,7"), "", "none"),
-        (&[9, 31], DType::F32, "ZCYX", Some("2,4,8"), "4,8,16", "blosc"),
+        (
+            &[9, 31],
+            DType::F32,
+            "ZCYX",
+            Some("2,4,8"),
+            "4,8,16",
+            "blosc",
+        ),
         (&[12, 10], DType::I16, "ZCYX", Some("5,12,10"), "", "gzip"),
         (&[8, 8], DType::I32, "ZCYX", Some("1,3,3"), "2,6,6", "zstd"),
         (&[8, 8], DType::U32, "ZCYX", None, "", "zstd"),
         (&[3, 11, 13], DType::U8, "ZCYX", Some("2,3,4,4"), "", "zstd"),
-        (&[3, 11, 13], DType::U16, "CZYX", Some("1,3,4,4"), "1,6,8,8", "zstd"),
+        (
+            &[3, 11, 13],
+            DType::U16,
+            "CZYX",
+            Some("1,3,4,4"),
+            "1,6,8,8",
+            "zstd",
+        ),
         (&[4, 6, 5], DType::U8, "CZYX", None, "", "none"),
     ];
     for (case, &(shape, dtype, order, chunks, shards, codec)) in cases.iter().enumerate() {
@@ -68,7 +112,17 @@ fn random_stacks_match_the_reference_for_every_dtype_layout_and_codec() {
         let axis = usize::from(order == "CZYX" && shape.len() == 3);
         let expected = reference_stack(&slices, axis);
         let out = s(&d.path().join(format!("out{case}.zarr")));
-        let mut args = vec!["convert", "--input", input.to_str().unwrap(), "--output", &out, "--axis-order", order, "--codec", codec];
+        let mut args = vec![
+            "convert",
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            &out,
+            "--axis-order",
+            order,
+            "--codec",
+            codec,
+        ];
         if let Some(c) = chunks {
             args.extend(["--chunks", c]);
         }
@@ -77,12 +131,20 @@ fn random_stacks_match_the_reference_for_every_dtype_layout_and_codec() {
         }
         // Small units so that every case spans several of them.
         ok(tessera_env(&args, &[("TESSERA_UNIT_BYTES", "600")]));
-        assert_eq!(read_all(&out), expected, "case {case}: {shape:?} {dtype} {order}");
+        assert_eq!(
+            read_all(&out),
+            expected,
+            "case {case}: {shape:?} {dtype} {order}"
+        );
         let m = meta(&out);
         if !shards.is_empty() {
             assert!(m.shards.is_some(), "case {case} sharded");
         }
-        assert_eq!(m.attributes["missing_indices"].as_array().unwrap().len() as u64, n - 1, "odd indices missing");
+        assert_eq!(
+            m.attributes["missing_indices"].as_array().unwrap().len() as u64,
+            n - 1,
+            "odd indices missing"
+        );
     }
 }
 
@@ -92,17 +154,38 @@ fn png_and_dtype_conversion() {
     let input = d.path().join("in");
     std::fs::create_dir(&input).unwrap();
     for k in 0..4u16 {
-        let img = image::ImageBuffer::<image::Luma<u16>, Vec<u16>>::from_fn(5, 3, |x, y| image::Luma([k * 1000 + (y * 5 + x) as u16]));
+        let img = image::ImageBuffer::<image::Luma<u16>, Vec<u16>>::from_fn(5, 3, |x, y| {
+            image::Luma([k * 1000 + (y * 5 + x) as u16])
+        });
         img.save(input.join(format!("p_{k}.png"))).unwrap();
     }
     let out = s(&d.path().join("o.zarr"));
-    ok(tessera(&["convert", "--input", &s(&input), "--output", &out, "--dtype", "f32"]));
+    ok(tessera(&[
+        "convert",
+        "--input",
+        &s(&input),
+        "--output",
+        &out,
+        "--dtype",
+        "f32",
+    ]));
     let a = read_all(&out).into_array::<f32>().unwrap();
     assert_eq!(a.shape(), &[4, 3, 5]);
     assert_eq!(a[[3, 2, 4]], 3014.0);
     // To uint8 the values do not fit: refused, naming the file and value, no output.
     let out8 = d.path().join("o8.zarr");
-    fails_with(tessera(&["convert", "--input", &s(&input), "--output", &s(&out8), "--dtype", "u8"]), &["p_1.png", "1000", "uint8"]);
+    fails_with(
+        tessera(&[
+            "convert",
+            "--input",
+            &s(&input),
+            "--output",
+            &s(&out8),
+            "--dtype",
+            "u8",
+        ]),
+        &["p_1.png", "1000", "uint8"],
+    );
     assert!(!out8.exists());
 }
 
@@ -113,23 +196,67 @@ fn several_stacks_go_to_a_directory_and_gaps_are_reported() {
     let a = write_stack(&input, "left", &[0, 1, 2, 5, 6, 9], &[4, 4], DType::U16, 1);
     let b = write_stack(&input, "right", &[1, 2], &[6, 3], DType::U8, 2);
     let out = d.path().join("stacks");
-    let log = ok(tessera(&["convert", "--input", &s(&input), "--output", &s(&out)]));
+    let log = ok(tessera(&[
+        "convert",
+        "--input",
+        &s(&input),
+        "--output",
+        &s(&out),
+    ]));
     assert!(log.contains("3-4, 7-8"), "gaps named:\n{log}");
     assert_eq!(read_all(&s(&out.join("left.zarr"))), reference_stack(&a, 0));
-    assert_eq!(read_all(&s(&out.join("right.zarr"))), reference_stack(&b, 0));
+    assert_eq!(
+        read_all(&s(&out.join("right.zarr"))),
+        reference_stack(&b, 0)
+    );
     // A single-array output for several stacks is refused.
-    fails_with(tessera(&["convert", "--input", &s(&input), "--output", &s(&d.path().join("one.zarr"))]), &["several stacks"]);
+    fails_with(
+        tessera(&[
+            "convert",
+            "--input",
+            &s(&input),
+            "--output",
+            &s(&d.path().join("one.zarr")),
+        ]),
+        &["several stacks"],
+    );
 }
 
 #[test]
 fn dry_run_writes_nothing_and_prints_the_plan() {
     let d = tempfile::tempdir().unwrap();
     let input = d.path().join("in");
-    write_stack(&input, "s", &(0..10).collect::<Vec<_>>(), &[8, 8], DType::U16, 3);
+    write_stack(
+        &input,
+        "s",
+        &(0..10).collect::<Vec<_>>(),
+        &[8, 8],
+        DType::U16,
+        3,
+    );
     let out = d.path().join("o.zarr");
-    let log = ok(tessera_env(&["convert", "--input", &s(&input), "--output", &s(&out), "--chunks", "2,8,8", "--dry-run"], &[("TESSERA_UNIT_BYTES", "256")]));
-    assert!(log.contains("5 units") && log.contains("rank 0: 5 units"), "{log}");
-    assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1, "only the input is there");
+    let log = ok(tessera_env(
+        &[
+            "convert",
+            "--input",
+            &s(&input),
+            "--output",
+            &s(&out),
+            "--chunks",
+            "2,8,8",
+            "--dry-run",
+        ],
+        &[("TESSERA_UNIT_BYTES", "256")],
+    ));
+    assert!(
+        log.contains("5 units") && log.contains("rank 0: 5 units"),
+        "{log}"
+    );
+    assert_eq!(
+        std::fs::read_dir(d.path()).unwrap().count(),
+        1,
+        "only the input is there"
+    );
 }
 
 #[test]
@@ -138,11 +265,31 @@ fn existing_outputs_are_refused_unless_overwrite() {
     let input = d.path().join("in");
     let first = write_stack(&input, "s", &[0, 1], &[4, 4], DType::U16, 4);
     let out = s(&d.path().join("o.zarr"));
-    ok(tessera(&["convert", "--input", &s(&input), "--output", &out]));
-    fails_with(tessera(&["convert", "--input", &s(&input), "--output", &out]), &["o.zarr", "--overwrite"]);
-    assert_eq!(read_all(&out), reference_stack(&first, 0), "old output untouched");
+    ok(tessera(&[
+        "convert",
+        "--input",
+        &s(&input),
+        "--output",
+        &out,
+    ]));
+    fails_with(
+        tessera(&["convert", "--input", &s(&input), "--output", &out]),
+        &["o.zarr", "--overwrite"],
+    );
+    assert_eq!(
+        read_all(&out),
+        reference_stack(&first, 0),
+        "old output untouched"
+    );
     let second = write_stack(&input, "s", &[0, 1], &[4, 4], DType::U16, 5);
-    ok(tessera(&["convert", "--input", &s(&input), "--output", &out, "--overwrite"]));
+    ok(tessera(&[
+        "convert",
+        "--input",
+        &s(&input),
+        "--output",
+        &out,
+        "--overwrite",
+    ]));
     assert_eq!(read_all(&out), reference_stack(&second, 0));
 }
 
@@ -150,16 +297,45 @@ fn existing_outputs_are_refused_unless_overwrite() {
 fn an_aborted_run_resumes_to_identical_bytes() {
     let d = tempfile::tempdir().unwrap();
     let input = d.path().join("in");
-    write_stack(&input, "s", &(0..12).collect::<Vec<_>>(), &[16, 16], DType::U16, 6);
+    write_stack(
+        &input,
+        "s",
+        &(0..12).collect::<Vec<_>>(),
+        &[16, 16],
+        DType::U16,
+        6,
+    );
     let env = [("TESSERA_UNIT_BYTES", "1024")]; // 2 slices per unit: 6 units
     let clean = d.path().join("clean.zarr");
-    ok(tessera_env(&["convert", "--input", &s(&input), "--output", &s(&clean), "--chunks", "2,8,8"], &env));
+    ok(tessera_env(
+        &[
+            "convert",
+            "--input",
+            &s(&input),
+            "--output",
+            &s(&clean),
+            "--chunks",
+            "2,8,8",
+        ],
+        &env,
+    ));
 
     let out = d.path().join("o.zarr");
-    let args = ["convert", "--input", &s(&input), "--output", &s(&out), "--chunks", "2,8,8"];
+    let args = [
+        "convert",
+        "--input",
+        &s(&input),
+        "--output",
+        &s(&out),
+        "--chunks",
+        "2,8,8",
+    ];
     let killed = tessera_env(&args, &[env[0], ("TESSERA_ABORT_AFTER_UNITS", "3")]);
     assert!(!killed.status.success());
-    assert!(!out.exists(), "an interrupted output must not look complete");
+    assert!(
+        !out.exists(),
+        "an interrupted output must not look complete"
+    );
     assert!(d.path().join("o.zarr.partial").exists());
     // Without --resume the leftover is pointed out, not silently reused or deleted.
     fails_with(tessera_env(&args, &env), &["o.zarr.partial", "--resume"]);
@@ -169,14 +345,39 @@ fn an_aborted_run_resumes_to_identical_bytes() {
     assert_same_tree(&clean, &out);
     assert!(!d.path().join("o.zarr.journal").exists());
     let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(d.path().join("o.zarr.report.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(d.path().join("o.zarr.report.json")).unwrap())
+            .unwrap();
     assert_eq!(report["runs"][0]["units_resumed"], 3);
     // Resuming with other parameters is refused.
     let _ = tessera_env(&args, &[env[0], ("TESSERA_ABORT_AFTER_UNITS", "2")]);
     let _ = std::fs::remove_dir_all(&out);
-    let _ = tessera_env(&["convert", "--input", &s(&input), "--output", &s(&out), "--chunks", "2,8,8", "--overwrite"], &[env[0], ("TESSERA_ABORT_AFTER_UNITS", "2")]);
+    let _ = tessera_env(
+        &[
+            "convert",
+            "--input",
+            &s(&input),
+            "--output",
+            &s(&out),
+            "--chunks",
+            "2,8,8",
+            "--overwrite",
+        ],
+        &[env[0], ("TESSERA_ABORT_AFTER_UNITS", "2")],
+    );
     fails_with(
-        tessera_env(&["convert", "--input", &s(&input), "--output", &s(&out), "--chunks", "2,4,4", "--resume"], &env),
+        tessera_env(
+            &[
+                "convert",
+                "--input",
+                &s(&input),
+                "--output",
+                &s(&out),
+                "--chunks",
+                "2,4,4",
+                "--resume",
+            ],
+            &env,
+        ),
         &["different parameters"],
     );
 }
@@ -188,7 +389,13 @@ fn bad_inputs_fail_clearly_and_leave_no_output() {
     let out = root.join("o.zarr");
     let o = s(&out);
     let run = |input: &std::path::Path, extra: &[&str]| {
-        let mut args = vec!["convert", "--input", input.to_str().unwrap(), "--output", &o];
+        let mut args = vec![
+            "convert",
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            &o,
+        ];
         args.extend_from_slice(extra);
         tessera(&args)
     };
@@ -196,18 +403,39 @@ fn bad_inputs_fail_clearly_and_leave_no_output() {
     let empty = root.join("empty");
     std::fs::create_dir(&empty).unwrap();
     fails_with(run(&empty, &[]), &["--input", "holds no files"]);
-    fails_with(run(&root.join("missing"), &[]), &["--input", "does not exist"]);
+    fails_with(
+        run(&root.join("missing"), &[]),
+        &["--input", "does not exist"],
+    );
     // Files that match nothing; a pattern without two groups; a bad regex.
     let good = root.join("good");
     write_stack(&good, "s", &[0, 1, 2], &[8, 8], DType::U16, 7);
-    fails_with(run(&good, &["--pattern", r"(t)_(\d+)\.tif"]), &["--pattern", "no file", "s_000.tif"]);
+    fails_with(
+        run(&good, &["--pattern", r"(t)_(\d+)\.tif"]),
+        &["--pattern", "no file", "s_000.tif"],
+    );
     fails_with(run(&good, &["--extension", ".png"]), &["no file", ".png"]);
-    fails_with(run(&good, &["--pattern", r"s_\d+\.tif"]), &["--pattern", "0 capture group"]);
-    fails_with(run(&good, &["--pattern", r"(s_(\d+"]), &["--pattern", "not a valid regular expression"]);
+    fails_with(
+        run(&good, &["--pattern", r"s_\d+\.tif"]),
+        &["--pattern", "0 capture group"],
+    );
+    fails_with(
+        run(&good, &["--pattern", r"(s_(\d+"]),
+        &["--pattern", "not a valid regular expression"],
+    );
     // Chunks: wrong rank, a zero; shards not a multiple; unknown codec (clap).
-    fails_with(run(&good, &["--chunks", "1,8"]), &["--chunks", "2 values", "3 dimensions"]);
-    fails_with(run(&good, &["--chunks", "1,0,8"]), &["--chunks", "zero on axis 1"]);
-    fails_with(run(&good, &["--chunks", "1,4,4", "--shards", "1,6,8"]), &["--shards", "not a multiple"]);
+    fails_with(
+        run(&good, &["--chunks", "1,8"]),
+        &["--chunks", "2 values", "3 dimensions"],
+    );
+    fails_with(
+        run(&good, &["--chunks", "1,0,8"]),
+        &["--chunks", "zero on axis 1"],
+    );
+    fails_with(
+        run(&good, &["--chunks", "1,4,4", "--shards", "1,6,8"]),
+        &["--shards", "not a multiple"],
+    );
     let e = run(&good, &["--codec", "lzma"]);
     assert!(!e.status.success() && String::from_utf8_lossy(&e.stderr).contains("lzma"));
     // Slices whose shape or dtype differ: named, before any output exists.
@@ -229,7 +457,10 @@ fn bad_inputs_fail_clearly_and_leave_no_output() {
     let bytes = std::fs::read(truncated.join("t_001.tif")).unwrap();
     std::fs::write(truncated.join("t_001.tif"), &bytes[..bytes.len() - 100]).unwrap();
     fails_with(run(&truncated, &[]), &["t_001.tif"]);
-    assert!(!out.exists(), "no failed run may leave an output that looks complete");
+    assert!(
+        !out.exists(),
+        "no failed run may leave an output that looks complete"
+    );
     // A truncated slice fails after the output was staged: the staging is named partial.
     assert!(!root.join("o.zarr.report.json").exists());
 }
@@ -240,27 +471,72 @@ fn info_describes_each_kind_and_refuses_non_arrays() {
     let input = d.path().join("in");
     write_stack(&input, "s", &[0, 1], &[4, 6], DType::I16, 12);
     let store = d.path().join("st.zarr");
-    ok(tessera(&["convert", "--input", &s(&input), "--output", &s(&store.join("grp/arr")), "--chunks", "1,2,3", "--shards", "2,4,6"]));
+    ok(tessera(&[
+        "convert",
+        "--input",
+        &s(&input),
+        "--output",
+        &s(&store.join("grp/arr")),
+        "--chunks",
+        "1,2,3",
+        "--shards",
+        "2,4,6",
+    ]));
     let log = ok(tessera(&["info", &s(&store.join("grp/arr"))]));
-    assert!(log.contains("2 x 4 x 6") && log.contains("int16") && log.contains("shards: 2 x 4 x 6") && log.contains("chunks: 1 x 2 x 3"), "{log}");
+    assert!(
+        log.contains("2 x 4 x 6")
+            && log.contains("int16")
+            && log.contains("shards: 2 x 4 x 6")
+            && log.contains("chunks: 1 x 2 x 3"),
+        "{log}"
+    );
     assert!(log.contains("sharding_indexed"), "{log}");
     let json = ok(tessera(&["info", "--json", &s(&store.join("grp/arr"))]));
     assert!(json.contains("\"dtype\": \"i16\""), "{json}");
     // A group is not an array; its children are listed.
-    fails_with(tessera(&["info", &s(&store.join("grp"))]), &["group", "arr"]);
-    fails_with(tessera(&["info", &s(&store.join("nothing"))]), &["does not exist"]);
+    fails_with(
+        tessera(&["info", &s(&store.join("grp"))]),
+        &["group", "arr"],
+    );
+    fails_with(
+        tessera(&["info", &s(&store.join("nothing"))]),
+        &["does not exist"],
+    );
     fails_with(tessera(&["info", "what.dat"]), &["cannot tell the format"]);
     // Corrupt metadata.
     let meta_file = store.join("grp/arr/zarr.json");
-    std::fs::write(&meta_file, b"{\"zarr_format\": 3, \"node_type\": \"array\", \"shape\": [").unwrap();
-    fails_with(tessera(&["info", &s(&store.join("grp/arr"))]), &["zarr.json", "corrupt Zarr metadata"]);
-    std::fs::write(&meta_file, b"{\"zarr_format\": 3, \"node_type\": \"array\", \"shape\": [2]}").unwrap();
-    fails_with(tessera(&["info", &s(&store.join("grp/arr"))]), &["zarr.json", "corrupt Zarr metadata"]);
+    std::fs::write(
+        &meta_file,
+        b"{\"zarr_format\": 3, \"node_type\": \"array\", \"shape\": [",
+    )
+    .unwrap();
+    fails_with(
+        tessera(&["info", &s(&store.join("grp/arr"))]),
+        &["zarr.json", "corrupt Zarr metadata"],
+    );
+    std::fs::write(
+        &meta_file,
+        b"{\"zarr_format\": 3, \"node_type\": \"array\", \"shape\": [2]}",
+    )
+    .unwrap();
+    fails_with(
+        tessera(&["info", &s(&store.join("grp/arr"))]),
+        &["zarr.json", "corrupt Zarr metadata"],
+    );
     // npy.
     let npy = d.path().join("a.npy");
-    ok(tessera(&["convert", "--input", &s(&input), "--output", &s(&npy)]));
+    ok(tessera(&[
+        "convert",
+        "--input",
+        &s(&input),
+        "--output",
+        &s(&npy),
+    ]));
     let log = ok(tessera(&["info", &s(&npy)]));
-    assert!(log.contains("2 x 4 x 6") && log.contains("contiguous"), "{log}");
+    assert!(
+        log.contains("2 x 4 x 6") && log.contains("contiguous"),
+        "{log}"
+    );
     std::fs::write(&npy, b"\x93NUMPY garbage").unwrap();
     fails_with(tessera(&["info", &s(&npy)]), &["a.npy", "not a valid .npy"]);
 }
@@ -272,18 +548,69 @@ fn hdf5_inputs_and_errors() {
     let input = d.path().join("in");
     let slices = write_stack(&input, "s", &[0, 1, 2], &[5, 7], DType::F32, 13);
     let h5 = d.path().join("v.h5");
-    ok(tessera(&["convert", "--input", &s(&input), "--output", &format!("{}:/a/b", s(&h5)), "--codec", "none", "--chunks", "1,5,7"]));
-    assert_eq!(read_all(&format!("{}:/a/b", s(&h5))), reference_stack(&slices, 0));
+    ok(tessera(&[
+        "convert",
+        "--input",
+        &s(&input),
+        "--output",
+        &format!("{}:/a/b", s(&h5)),
+        "--codec",
+        "none",
+        "--chunks",
+        "1,5,7",
+    ]));
+    assert_eq!(
+        read_all(&format!("{}:/a/b", s(&h5))),
+        reference_stack(&slices, 0)
+    );
     let log = ok(tessera(&["info", &format!("{}:/a/b", s(&h5))]));
-    assert!(log.contains("3 x 5 x 7") && log.contains("float32") && log.contains("source_stack"), "{log}");
-    fails_with(tessera(&["info", &format!("{}:/a", s(&h5))]), &["group", "b"]);
-    fails_with(tessera(&["info", &format!("{}:/nope", s(&h5))]), &["no such dataset"]);
+    assert!(
+        log.contains("3 x 5 x 7") && log.contains("float32") && log.contains("source_stack"),
+        "{log}"
+    );
+    fails_with(
+        tessera(&["info", &format!("{}:/a", s(&h5))]),
+        &["group", "b"],
+    );
+    fails_with(
+        tessera(&["info", &format!("{}:/nope", s(&h5))]),
+        &["no such dataset"],
+    );
     fails_with(tessera(&["info", &s(&h5)]), &["dataset"]);
     // zstd/blosc and shards are Zarr-only.
     let other = format!("{}:/x", s(&d.path().join("w.h5")));
-    fails_with(tessera(&["convert", "--input", &s(&input), "--output", &other, "--codec", "zstd"]), &["--codec", "gzip or none"]);
-    fails_with(tessera(&["convert", "--input", &s(&input), "--output", &other, "--codec", "gzip", "--shards", "2,5,7", "--chunks", "1,5,7"]), &["--shards"]);
+    fails_with(
+        tessera(&[
+            "convert",
+            "--input",
+            &s(&input),
+            "--output",
+            &other,
+            "--codec",
+            "zstd",
+        ]),
+        &["--codec", "gzip or none"],
+    );
+    fails_with(
+        tessera(&[
+            "convert",
+            "--input",
+            &s(&input),
+            "--output",
+            &other,
+            "--codec",
+            "gzip",
+            "--shards",
+            "2,5,7",
+            "--chunks",
+            "1,5,7",
+        ]),
+        &["--shards"],
+    );
     assert!(!d.path().join("w.h5").exists());
     std::fs::write(d.path().join("bad.h5"), b"not hdf5").unwrap();
-    fails_with(tessera(&["info", &format!("{}:/x", s(&d.path().join("bad.h5")))]), &["bad.h5", "HDF5"]);
+    fails_with(
+        tessera(&["info", &format!("{}:/x", s(&d.path().join("bad.h5")))]),
+        &["bad.h5", "HDF5"],
+    );
 }

@@ -26,23 +26,44 @@ fn convert_writes_identical_chunks_on_1_2_and_4_ranks() {
     }
     let d = tempfile::tempdir().unwrap();
     let input = d.path().join("in");
-    let slices = write_stack(&input, "vol", &(0..23).collect::<Vec<_>>(), &[20, 24], DType::U16, 21);
+    let slices = write_stack(
+        &input,
+        "vol",
+        &(0..23).collect::<Vec<_>>(),
+        &[20, 24],
+        DType::U16,
+        21,
+    );
     let reference = reference_stack(&slices, 0);
     let env = [("TESSERA_UNIT_BYTES", "2000")]; // 2 chunks of 2 slices per unit: 6 units
     let layouts: [&[&str]; 3] = [
         &["--chunks", "2,8,8"],
-        &["--chunks", "1,10,12", "--shards", "3,20,24", "--codec", "gzip"],
+        &[
+            "--chunks", "1,10,12", "--shards", "3,20,24", "--codec", "gzip",
+        ],
         &["--chunks", "5,20,24", "--codec", "none"],
     ];
     for (l, layout) in layouts.iter().enumerate() {
         let single = d.path().join(format!("l{l}-local.zarr"));
-        let mut args = vec!["convert", "--input", input.to_str().unwrap(), "--output", single.to_str().unwrap()];
+        let mut args = vec![
+            "convert",
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            single.to_str().unwrap(),
+        ];
         args.extend_from_slice(layout);
         ok(tessera_env(&args, &env));
         assert_eq!(read_all(&s(&single)), reference);
         for ranks in [1, 2, 4] {
             let out = d.path().join(format!("l{l}-{ranks}.zarr"));
-            let mut args = vec!["convert", "--input", input.to_str().unwrap(), "--output", out.to_str().unwrap()];
+            let mut args = vec![
+                "convert",
+                "--input",
+                input.to_str().unwrap(),
+                "--output",
+                out.to_str().unwrap(),
+            ];
             args.extend_from_slice(layout);
             let log = ok(tessera_mpi(ranks, &args, &env));
             assert!(log.contains(&format!("on {ranks} rank")), "{log}");
@@ -51,10 +72,20 @@ fn convert_writes_identical_chunks_on_1_2_and_4_ranks() {
     }
     // .npy: several ranks fill one memory-mapped file.
     let single = d.path().join("local.npy");
-    ok(tessera_env(&["convert", "--input", &s(&input), "--output", &s(&single)], &env));
+    ok(tessera_env(
+        &["convert", "--input", &s(&input), "--output", &s(&single)],
+        &env,
+    ));
     let four = d.path().join("four.npy");
-    ok(tessera_mpi(4, &["convert", "--input", &s(&input), "--output", &s(&four)], &env));
-    assert_eq!(std::fs::read(&single).unwrap(), std::fs::read(&four).unwrap());
+    ok(tessera_mpi(
+        4,
+        &["convert", "--input", &s(&input), "--output", &s(&four)],
+        &env,
+    ));
+    assert_eq!(
+        std::fs::read(&single).unwrap(),
+        std::fs::read(&four).unwrap()
+    );
 }
 
 #[cfg(feature = "hdf5")]
@@ -65,12 +96,35 @@ fn parallel_hdf5_reads_back_identical_to_one_process() {
     }
     let d = tempfile::tempdir().unwrap();
     let input = d.path().join("in");
-    let slices = write_stack(&input, "vol", &(0..9).collect::<Vec<_>>(), &[3, 10, 6], DType::U8, 22);
+    let slices = write_stack(
+        &input,
+        "vol",
+        &(0..9).collect::<Vec<_>>(),
+        &[3, 10, 6],
+        DType::U8,
+        22,
+    );
     let reference = reference_stack(&slices, 1); // CZYX
     let env = [("TESSERA_UNIT_BYTES", "200")];
     for (ranks, codec) in [(1, "gzip"), (2, "none"), (4, "gzip")] {
         let out = format!("{}:/scan/data", s(&d.path().join(format!("o{ranks}.h5"))));
-        ok(tessera_mpi(ranks, &["convert", "--input", &s(&input), "--output", &out, "--axis-order", "CZYX", "--codec", codec, "--chunks", "1,2,5,6"], &env));
+        ok(tessera_mpi(
+            ranks,
+            &[
+                "convert",
+                "--input",
+                &s(&input),
+                "--output",
+                &out,
+                "--axis-order",
+                "CZYX",
+                "--codec",
+                codec,
+                "--chunks",
+                "1,2,5,6",
+            ],
+            &env,
+        ));
         assert_eq!(read_all(&out), reference, "{ranks} ranks");
         let m = meta(&out);
         assert_eq!(m.chunks, Some(vec![1, 2, 5, 6]));
@@ -85,12 +139,38 @@ fn a_killed_job_resumes_on_another_rank_count_to_identical_bytes() {
     }
     let d = tempfile::tempdir().unwrap();
     let input = d.path().join("in");
-    write_stack(&input, "vol", &(0..16).collect::<Vec<_>>(), &[16, 16], DType::U16, 23);
+    write_stack(
+        &input,
+        "vol",
+        &(0..16).collect::<Vec<_>>(),
+        &[16, 16],
+        DType::U16,
+        23,
+    );
     let env = [("TESSERA_UNIT_BYTES", "1024")]; // 8 units
     let clean = d.path().join("clean.zarr");
-    ok(tessera_env(&["convert", "--input", &s(&input), "--output", &s(&clean), "--chunks", "2,16,16"], &env));
+    ok(tessera_env(
+        &[
+            "convert",
+            "--input",
+            &s(&input),
+            "--output",
+            &s(&clean),
+            "--chunks",
+            "2,16,16",
+        ],
+        &env,
+    ));
     let out = d.path().join("o.zarr");
-    let args = ["convert", "--input", &s(&input), "--output", &s(&out), "--chunks", "2,16,16"];
+    let args = [
+        "convert",
+        "--input",
+        &s(&input),
+        "--output",
+        &s(&out),
+        "--chunks",
+        "2,16,16",
+    ];
     let killed = tessera_mpi(2, &args, &[env[0], ("TESSERA_ABORT_AFTER_UNITS", "2")]);
     assert!(!killed.status.success(), "{}", text(&killed));
     assert!(!out.exists());
@@ -107,14 +187,31 @@ fn a_plan_error_every_rank_finds_is_printed_once() {
     }
     let d = tempfile::tempdir().unwrap();
     let input = d.path().join("in");
-    write_stack(&input, "vol", &(0..8).collect::<Vec<_>>(), &[32, 32], DType::U16, 24);
+    write_stack(
+        &input,
+        "vol",
+        &(0..8).collect::<Vec<_>>(),
+        &[32, 32],
+        DType::U16,
+        24,
+    );
     // Cutting the end of a TIFF cuts its directory: the header probe fails, before any output.
     let victim = input.join("vol_007.tif");
     let bytes = std::fs::read(&victim).unwrap();
     std::fs::write(&victim, &bytes[..bytes.len() - 64]).unwrap();
     let out = d.path().join("o.zarr");
-    let stderr = fails_with(tessera_mpi(4, &["convert", "--input", &s(&input), "--output", &s(&out)], &[]), &["vol_007.tif"]);
-    assert!(!stderr.contains("(rank"), "the same error on every rank is not attributed: {stderr}");
+    let stderr = fails_with(
+        tessera_mpi(
+            4,
+            &["convert", "--input", &s(&input), "--output", &s(&out)],
+            &[],
+        ),
+        &["vol_007.tif"],
+    );
+    assert!(
+        !stderr.contains("(rank"),
+        "the same error on every rank is not attributed: {stderr}"
+    );
     assert!(!out.exists() && !d.path().join("o.zarr.partial").exists());
 }
 
@@ -129,14 +226,33 @@ fn a_failure_on_one_rank_mid_run_stops_every_rank_with_one_error() {
     for k in 0..8u16 {
         let v = if k == 7 { 300 } else { k };
         let slice = ndarray::ArrayD::from_elem(ndarray::IxDyn(&[32, 32]), v);
-        tessera::io::images::write_tiff(&input_dir(&input).join(format!("vol_{k:03}.tif")), &tessera::io::Block::U16(slice)).unwrap();
+        tessera::io::images::write_tiff(
+            &input_dir(&input).join(format!("vol_{k:03}.tif")),
+            &tessera::io::Block::U16(slice),
+        )
+        .unwrap();
     }
     let out = d.path().join("o.zarr");
-    let res = tessera_mpi(4, &["convert", "--input", &s(&input), "--output", &s(&out), "--dtype", "u8"], &[("TESSERA_UNIT_BYTES", "1024")]);
+    let res = tessera_mpi(
+        4,
+        &[
+            "convert",
+            "--input",
+            &s(&input),
+            "--output",
+            &s(&out),
+            "--dtype",
+            "u8",
+        ],
+        &[("TESSERA_UNIT_BYTES", "1024")],
+    );
     let stderr = fails_with(res, &["(rank 3)", "vol_007.tif", "300", "uint8"]);
     assert!(!stderr.contains("stopped because"), "{stderr}");
     assert!(!out.exists());
-    assert!(d.path().join("o.zarr.partial").exists(), "left for --resume, clearly partial");
+    assert!(
+        d.path().join("o.zarr.partial").exists(),
+        "left for --resume, clearly partial"
+    );
 }
 
 fn input_dir(p: &std::path::Path) -> &std::path::Path {

@@ -64,7 +64,9 @@ fn make_stack(dir: &Path, n: usize, size: usize) -> Result<Vec<PathBuf>> {
         .map(|z| {
             let path = dir.join(format!("bench_{z:05}.tif"));
             let expected = (size * size * 2) as u64;
-            let fresh = std::fs::metadata(&path).map(|m| m.len() >= expected).unwrap_or(false);
+            let fresh = std::fs::metadata(&path)
+                .map(|m| m.len() >= expected)
+                .unwrap_or(false);
             if !fresh {
                 let mut state = (z as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
                 let slice = ArrayD::from_shape_fn(IxDyn(&[size, size]), |i| {
@@ -88,12 +90,18 @@ pub fn convert(b: &ConvertBench, comm: &dyn Comm) -> Result<()> {
     let input = b.dir.join("input");
     let copy_dir = b.dir.join("copy");
     let output = b.dir.join("out.zarr");
-    let made = if comm.is_root() { make_stack(&input, b.slices, b.size) } else { Ok(vec![]) };
+    let made = if comm.is_root() {
+        make_stack(&input, b.slices, b.size)
+    } else {
+        Ok(vec![])
+    };
     let files = crate::exec::agree(comm, made)?;
     let files: Vec<PathBuf> = if comm.is_root() {
         files
     } else {
-        (0..b.slices).map(|z| input.join(format!("bench_{z:05}.tif"))).collect()
+        (0..b.slices)
+            .map(|z| input.join(format!("bench_{z:05}.tif")))
+            .collect()
     };
     let share = crate::grid::partition_contiguous(files.len(), comm.size())[comm.rank()].clone();
     let mut bytes = [files[share.clone()]
@@ -118,7 +126,10 @@ pub fn convert(b: &ConvertBench, comm: &dyn Comm) -> Result<()> {
         codec: b.codec,
         dtype: None,
         format: OutputFormat::Zarr,
-        run: RunOptions { overwrite: true, ..RunOptions::default() },
+        run: RunOptions {
+            overwrite: true,
+            ..RunOptions::default()
+        },
     };
     let (mut copy_times, mut convert_times) = (Vec::new(), Vec::new());
     for _ in 0..b.repeat.max(1) {
@@ -129,15 +140,21 @@ pub fn convert(b: &ConvertBench, comm: &dyn Comm) -> Result<()> {
         };
         crate::exec::agree(comm, cleared)?;
         let t = Instant::now();
-        let copied = files[share.clone()].par_iter().try_for_each(|f| -> Result<()> {
-            let data = std::fs::read(f).at(f)?;
-            let to = copy_dir.join(f.file_name().unwrap_or_default());
-            std::fs::write(&to, data).at(&to)
-        });
+        let copied = files[share.clone()]
+            .par_iter()
+            .try_for_each(|f| -> Result<()> {
+                let data = std::fs::read(f).at(f)?;
+                let to = copy_dir.join(f.file_name().unwrap_or_default());
+                std::fs::write(&to, data).at(&to)
+            });
         crate::exec::agree(comm, copied)?;
         copy_times.push(t.elapsed().as_secs_f64());
 
-        let removed = if comm.is_root() { remove_any(&output) } else { Ok(()) };
+        let removed = if comm.is_root() {
+            remove_any(&output)
+        } else {
+            Ok(())
+        };
         crate::exec::agree(comm, removed)?;
         let t = Instant::now();
         crate::ops::convert::run(&job, comm)?;
@@ -153,8 +170,14 @@ pub fn convert(b: &ConvertBench, comm: &dyn Comm) -> Result<()> {
         println!();
         println!("| what | best s | median s | MB/s (best) | fraction of copy |");
         println!("|---|---|---|---|---|");
-        println!("| plain file copy (read + write) | {:.3} | {:.3} | {:.0} | 1.00 |", copy.best_seconds, copy.median_seconds, copy.best_mb_per_s);
-        println!("| tessera convert -> Zarr | {:.3} | {:.3} | {:.0} | {:.2} |", conv.best_seconds, conv.median_seconds, conv.best_mb_per_s, fraction);
+        println!(
+            "| plain file copy (read + write) | {:.3} | {:.3} | {:.0} | 1.00 |",
+            copy.best_seconds, copy.median_seconds, copy.best_mb_per_s
+        );
+        println!(
+            "| tessera convert -> Zarr | {:.3} | {:.3} | {:.0} | {:.2} |",
+            conv.best_seconds, conv.median_seconds, conv.best_mb_per_s, fraction
+        );
         let json = serde_json::json!({
             "benchmark": "convert",
             "slices": b.slices, "size": b.size, "codec": b.codec, "ranks": comm.size(),
@@ -162,8 +185,15 @@ pub fn convert(b: &ConvertBench, comm: &dyn Comm) -> Result<()> {
             "bytes": bytes, "copy": copy, "convert": conv, "fraction_of_copy": fraction,
             "host": crate::exec::report::hostname(),
         });
-        let path = b.json.clone().unwrap_or_else(|| b.dir.join("bench-convert.json"));
-        std::fs::write(&path, serde_json::to_string_pretty(&json).unwrap_or_default()).at(&path)?;
+        let path = b
+            .json
+            .clone()
+            .unwrap_or_else(|| b.dir.join("bench-convert.json"));
+        std::fs::write(
+            &path,
+            serde_json::to_string_pretty(&json).unwrap_or_default(),
+        )
+        .at(&path)?;
         println!();
         println!("json: {}", path.display());
         remove_any(&copy_dir)?;

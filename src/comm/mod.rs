@@ -4,9 +4,9 @@
 //! All collectives are blocking and must be called by every rank in the same order.
 
 mod local;
-pub mod selfcheck;
 #[cfg(feature = "mpi")]
 mod mpi;
+pub mod selfcheck;
 
 pub use local::Local;
 #[cfg(feature = "mpi")]

@@ -149,7 +149,8 @@ impl Comm for Mpi {
             payload_parts[peer] = bytes;
         }
         let mut recv_counts = vec![0 as Count; size];
-        self.world.all_to_all_into(&send_counts[..], &mut recv_counts[..]);
+        self.world
+            .all_to_all_into(&send_counts[..], &mut recv_counts[..]);
         // Both buffers get a spare byte: an empty Vec's dangling pointer is address 1, which
         // Open MPI reads as MPI_IN_PLACE (MPI_ERR_ARG).
         let mut send_buf: Vec<u8> = payload_parts.concat();

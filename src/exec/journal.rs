@@ -106,6 +106,10 @@ mod tests {
         let done: Vec<usize> = j.finished_units().unwrap().into_iter().collect();
         assert_eq!(done, vec![1, 2, 3, 4, 5]);
         assert!(j.start("{\"a\":1}", true).is_ok());
-        assert!(j.start("{\"a\":2}", true).unwrap_err().to_string().contains("different parameters"));
+        assert!(j
+            .start("{\"a\":2}", true)
+            .unwrap_err()
+            .to_string()
+            .contains("different parameters"));
     }
 }

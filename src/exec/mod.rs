@@ -41,7 +41,9 @@ pub fn target_unit_bytes() -> u64 {
 /// Fault injection for the resume tests: with `TESSERA_ABORT_AFTER_UNITS=N`, a rank aborts
 /// (no cleanup, like `kill -9`) right after recording its N-th finished unit.
 fn abort_after_units() -> Option<u64> {
-    std::env::var("TESSERA_ABORT_AFTER_UNITS").ok().and_then(|v| v.parse().ok())
+    std::env::var("TESSERA_ABORT_AFTER_UNITS")
+        .ok()
+        .and_then(|v| v.parse().ok())
 }
 
 /// Options every command that writes an output takes.
@@ -158,7 +160,10 @@ pub fn run<Op: Operation>(op: &Op, comm: &dyn Comm, options: &RunOptions) -> Res
     })();
     agree(comm, setup)?;
     let t = Instant::now();
-    agree(comm, op.open_output(&staging.staging, comm, staging.resuming))?;
+    agree(
+        comm,
+        op.open_output(&staging.staging, comm, staging.resuming),
+    )?;
     let done = if staging.resuming {
         journal.finished_units()?
     } else {
@@ -203,7 +208,11 @@ pub fn run<Op: Operation>(op: &Op, comm: &dyn Comm, options: &RunOptions) -> Res
             stats.bytes_read += units[u].bytes_in;
             stats.bytes_written += units[u].bytes_out;
             if abort_after_units() == Some(stats.units) {
-                eprintln!("TESSERA_ABORT_AFTER_UNITS: rank {} aborting after {} units", comm.rank(), stats.units);
+                eprintln!(
+                    "TESSERA_ABORT_AFTER_UNITS: rank {} aborting after {} units",
+                    comm.rank(),
+                    stats.units
+                );
                 std::process::abort();
             }
         }
@@ -219,7 +228,11 @@ pub fn run<Op: Operation>(op: &Op, comm: &dyn Comm, options: &RunOptions) -> Res
 
     let t = Instant::now();
     agree(comm, op.finish(comm))?;
-    let committed = if comm.is_root() { staging.commit() } else { Ok(()) };
+    let committed = if comm.is_root() {
+        staging.commit()
+    } else {
+        Ok(())
+    };
     agree(comm, committed)?;
     phases.finalize += t.elapsed().as_secs_f64();
 

@@ -138,6 +138,7 @@ pub fn hostname() -> String {
 
 /// The library versions a report records.
 pub fn versions() -> Value {
+    #[cfg_attr(not(any(feature = "hdf5", feature = "mpi")), allow(unused_mut))]
     let mut v = serde_json::json!({
         "tessera": env!("CARGO_PKG_VERSION"),
         "features": {
@@ -163,7 +164,12 @@ pub fn versions() -> Value {
 ///
 /// # Errors
 /// Filesystem errors with the path.
-pub fn write_report(path: &Path, command: &str, parameters: Value, runs: &[RunSummary]) -> Result<()> {
+pub fn write_report(
+    path: &Path,
+    command: &str,
+    parameters: Value,
+    runs: &[RunSummary],
+) -> Result<()> {
     let seconds: f64 = runs.iter().map(|r| r.seconds).sum();
     let bytes_written: u64 = runs.iter().map(|r| r.bytes_written).sum();
     let report = serde_json::json!({

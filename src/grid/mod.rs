@@ -67,7 +67,10 @@ impl Region {
 /// Splits `0..extent` into runs whose boundaries are multiples of `block` (the last run ends
 /// at `extent`), each made of `blocks_per_run` whole blocks.
 pub fn block_aligned_runs(extent: u64, block: u64, blocks_per_run: u64) -> Vec<Range<u64>> {
-    assert!(block > 0 && blocks_per_run > 0, "block and run length are positive");
+    assert!(
+        block > 0 && blocks_per_run > 0,
+        "block and run length are positive"
+    );
     let step = block * blocks_per_run;
     (0..extent.div_ceil(step))
         .map(|i| i * step..((i + 1) * step).min(extent))
@@ -171,8 +174,12 @@ mod tests {
     #[test]
     fn block_shape_checked() {
         assert!(check_block_shape(&[1, 2, 3], 3).is_ok());
-        assert!(check_block_shape(&[1, 2], 3).unwrap_err().contains("2 values"));
-        assert!(check_block_shape(&[1, 0, 3], 3).unwrap_err().contains("axis 1"));
+        assert!(check_block_shape(&[1, 2], 3)
+            .unwrap_err()
+            .contains("2 values"));
+        assert!(check_block_shape(&[1, 0, 3], 3)
+            .unwrap_err()
+            .contains("axis 1"));
     }
 
     proptest! {

@@ -36,7 +36,9 @@ impl Address {
             if has_extension(Path::new(file), &HDF5_EXTENSIONS) {
                 let dataset = dataset.trim_matches('/');
                 if dataset.is_empty() {
-                    return Err(bad("no dataset after ':' (expected file.h5:/group/dataset)"));
+                    return Err(bad(
+                        "no dataset after ':' (expected file.h5:/group/dataset)",
+                    ));
                 }
                 return Ok(Address::Hdf5 {
                     file: PathBuf::from(file),
@@ -174,7 +176,10 @@ mod tests {
 
     #[test]
     fn refuses_what_it_cannot_place() {
-        assert!(Address::parse("f.h5").unwrap_err().to_string().contains("dataset"));
+        assert!(Address::parse("f.h5")
+            .unwrap_err()
+            .to_string()
+            .contains("dataset"));
         assert!(Address::parse("f.h5:/").is_err());
         assert!(Address::parse("").is_err());
         assert!(Address::parse("/no/such/thing.dat")

@@ -14,7 +14,9 @@ use hdf5_sys::h5i::hid_t;
 use ndarray::{ArrayD, IxDyn};
 use serde_json::{Map, Value};
 
-use super::{check_region, ArrayMeta, ArrayReader, ArrayWriter, Block, Codec, CreateSpec, DType, Element};
+use super::{
+    check_region, ArrayMeta, ArrayReader, ArrayWriter, Block, Codec, CreateSpec, DType, Element,
+};
 use crate::comm::Comm;
 use crate::error::{Error, Result};
 use crate::grid::Region;
@@ -84,10 +86,22 @@ fn write_attribute(ds: &Dataset, name: &str, value: &Value) -> hdf5::Result<()> 
         ds.delete_attr(name)?;
     }
     match value {
-        Value::Number(n) if n.is_i64() => ds.new_attr::<i64>().create(name)?.write_scalar(&n.as_i64().unwrap_or(0)),
-        Value::Number(n) if n.is_u64() => ds.new_attr::<u64>().create(name)?.write_scalar(&n.as_u64().unwrap_or(0)),
-        Value::Number(n) => ds.new_attr::<f64>().create(name)?.write_scalar(&n.as_f64().unwrap_or(f64::NAN)),
-        Value::Bool(b) => ds.new_attr::<u8>().create(name)?.write_scalar(&u8::from(*b)),
+        Value::Number(n) if n.is_i64() => ds
+            .new_attr::<i64>()
+            .create(name)?
+            .write_scalar(&n.as_i64().unwrap_or(0)),
+        Value::Number(n) if n.is_u64() => ds
+            .new_attr::<u64>()
+            .create(name)?
+            .write_scalar(&n.as_u64().unwrap_or(0)),
+        Value::Number(n) => ds
+            .new_attr::<f64>()
+            .create(name)?
+            .write_scalar(&n.as_f64().unwrap_or(f64::NAN)),
+        Value::Bool(b) => ds
+            .new_attr::<u8>()
+            .create(name)?
+            .write_scalar(&u8::from(*b)),
         other => {
             let text = match other {
                 Value::String(s) => s.clone(),
@@ -96,7 +110,9 @@ fn write_attribute(ds: &Dataset, name: &str, value: &Value) -> hdf5::Result<()> 
             let text: VarLenUnicode = text
                 .parse()
                 .map_err(|e: hdf5::types::StringError| hdf5::Error::from(e.to_string().as_str()))?;
-            ds.new_attr::<VarLenUnicode>().create(name)?.write_scalar(&text)
+            ds.new_attr::<VarLenUnicode>()
+                .create(name)?
+                .write_scalar(&text)
         }
     }
 }
@@ -106,7 +122,10 @@ fn write_attribute(ds: &Dataset, name: &str, value: &Value) -> hdf5::Result<()> 
 ///
 /// # Safety
 /// `ds` must be a valid open dataset id; the returned ids must be closed by the caller.
-unsafe fn spaces(ds: hid_t, region: Option<&Region>) -> std::result::Result<(hid_t, hid_t), String> {
+unsafe fn spaces(
+    ds: hid_t,
+    region: Option<&Region>,
+) -> std::result::Result<(hid_t, hid_t), String> {
     use hdf5_sys::h5s::*;
     let file_space = hdf5_sys::h5d::H5Dget_space(ds);
     if file_space < 0 {
@@ -126,7 +145,10 @@ unsafe fn spaces(ds: hid_t, region: Option<&Region>) -> std::result::Result<(hid
             ) < 0
             {
                 H5Sclose(file_space);
-                return Err(format!("cannot select box {:?}+{:?}", region.start, region.shape));
+                return Err(format!(
+                    "cannot select box {:?}+{:?}",
+                    region.start, region.shape
+                ));
             }
             let mem_space = H5Screate_simple(count.len() as i32, count.as_ptr(), std::ptr::null());
             Ok((file_space, mem_space))
@@ -191,15 +213,20 @@ impl Hdf5Reader {
     /// # Errors
     /// Not an HDF5 file, no such dataset (or a group there), or an unsupported type.
     pub fn open(path: &Path, dataset: &str) -> Result<Self> {
-        let file = File::open(path).map_err(|e| {
-            Error::bad_file(path, format!("cannot open as HDF5: {e}"))
-        })?;
+        let file = File::open(path)
+            .map_err(|e| Error::bad_file(path, format!("cannot open as HDF5: {e}")))?;
         let shown = format!("{}:{dataset}", path.display());
         if file.group(dataset).is_ok() {
-            let members = file.group(dataset).and_then(|g| g.member_names()).unwrap_or_default();
+            let members = file
+                .group(dataset)
+                .and_then(|g| g.member_names())
+                .unwrap_or_default();
             return Err(Error::address(
                 shown,
-                format!("is an HDF5 group, not a dataset (its members: {})", members.join(", ")),
+                format!(
+                    "is an HDF5 group, not a dataset (its members: {})",
+                    members.join(", ")
+                ),
             ));
         }
         let ds = file
@@ -235,7 +262,12 @@ impl ArrayReader for Hdf5Reader {
     }
 
     fn read_box(&self, region: &Region) -> Result<Block> {
-        check_region(&self.path.display().to_string(), &self.meta.shape, region, None)?;
+        check_region(
+            &self.path.display().to_string(),
+            &self.meta.shape,
+            region,
+            None,
+        )?;
         with_dtype!(self.meta.dtype, T => Ok(T::into_block(read_raw::<T>(&self.path, &self.ds, region)?)))
     }
 }
@@ -278,7 +310,10 @@ impl Hdf5Writer {
         resume: bool,
     ) -> Result<Self> {
         if spec.shards.is_some() {
-            return Err(Error::parameter("shards", "sharding is a Zarr feature; HDF5 output takes --chunks only"));
+            return Err(Error::parameter(
+                "shards",
+                "sharding is a Zarr feature; HDF5 output takes --chunks only",
+            ));
         }
         if matches!(spec.codec, Codec::Zstd | Codec::Blosc) {
             return Err(Error::parameter(
@@ -291,7 +326,10 @@ impl Hdf5Writer {
         }
         if comm.is_root() {
             if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent).map_err(|e| Error::Io { path: parent.into(), source: e })?;
+                std::fs::create_dir_all(parent).map_err(|e| Error::Io {
+                    path: parent.into(),
+                    source: e,
+                })?;
             }
         }
         comm.barrier();
@@ -360,14 +398,24 @@ fn write_raw<T: H5Type + Clone>(
             contiguous = a.as_standard_layout();
             (Some(region), contiguous.as_ptr())
         }
-        None => (None, std::ptr::NonNull::<T>::dangling().as_ptr().cast_const()),
+        None => (
+            None,
+            std::ptr::NonNull::<T>::dangling().as_ptr().cast_const(),
+        ),
     };
     let status = hdf5::sync::sync(|| unsafe {
         // SAFETY: ids come from live hdf5-metno objects; the buffer is a C-order array of the
         // selected shape (or nothing is selected and the pointer is never read).
         let (file_space, mem_space) = spaces(ds.id(), region)?;
         let dxpl = transfer_plist(collective);
-        let r = hdf5_sys::h5d::H5Dwrite(ds.id(), mem_type.id(), mem_space, file_space, dxpl, ptr.cast());
+        let r = hdf5_sys::h5d::H5Dwrite(
+            ds.id(),
+            mem_type.id(),
+            mem_space,
+            file_space,
+            dxpl,
+            ptr.cast(),
+        );
         if collective {
             hdf5_sys::h5p::H5Pclose(dxpl);
         }
@@ -386,19 +434,31 @@ impl ArrayWriter for Hdf5Writer {
     fn write_box(&self, part: Option<(&Region, &Block)>) -> Result<()> {
         match part {
             Some((region, block)) => {
-                check_region(&self.path.display().to_string(), &self.shape, region, Some(block))?;
+                check_region(
+                    &self.path.display().to_string(),
+                    &self.shape,
+                    region,
+                    Some(block),
+                )?;
                 if block.dtype() != self.dtype {
-                    return Err(Error::mismatch(format!("{}: block dtype", self.path.display()), self.dtype, block.dtype()));
+                    return Err(Error::mismatch(
+                        format!("{}: block dtype", self.path.display()),
+                        self.dtype,
+                        block.dtype(),
+                    ));
                 }
                 with_block!(block, a => write_raw(&self.path, &self.ds, Some((region, a)), self.collective))
             }
-            None => with_dtype!(self.dtype, T => write_raw::<T>(&self.path, &self.ds, None, self.collective)),
+            None => {
+                with_dtype!(self.dtype, T => write_raw::<T>(&self.path, &self.ds, None, self.collective))
+            }
         }
     }
 
     fn set_attributes(&self, attributes: &Map<String, Value>) -> Result<()> {
         for (name, value) in attributes {
-            write_attribute(&self.ds, name, value).map_err(|e| h5_err(&self.path, format!("attribute {name}: {e}")))?;
+            write_attribute(&self.ds, name, value)
+                .map_err(|e| h5_err(&self.path, format!("attribute {name}: {e}")))?;
         }
         Ok(())
     }

@@ -52,7 +52,12 @@ fn tiff_samples(path: &Path, color: ColorType) -> Result<(u16, u8)> {
             bit_depth,
             num_samples,
         } => (num_samples, bit_depth),
-        other => return Err(bad(path, format!("TIFF colour type {other:?} is not supported"))),
+        other => {
+            return Err(bad(
+                path,
+                format!("TIFF colour type {other:?} is not supported"),
+            ))
+        }
     })
 }
 
@@ -185,7 +190,12 @@ pub fn read(path: &Path) -> Result<Block> {
         D::ImageRgba16(i) => Block::U16(planar(i.into_raw(), c, h, w).ok_or_else(wrong)?),
         D::ImageRgb32F(i) => Block::F32(planar(i.into_raw(), c, h, w).ok_or_else(wrong)?),
         D::ImageRgba32F(i) => Block::F32(planar(i.into_raw(), c, h, w).ok_or_else(wrong)?),
-        other => return Err(bad(path, format!("colour type {:?} is not supported", other.color()))),
+        other => {
+            return Err(bad(
+                path,
+                format!("colour type {:?} is not supported", other.color()),
+            ))
+        }
     })
 }
 
@@ -199,7 +209,15 @@ pub fn write_tiff(path: &Path, block: &Block) -> Result<()> {
     let shape = block.shape();
     let file = std::io::BufWriter::new(File::create(path).at(path)?);
     let mut enc = TiffEncoder::new(file).map_err(|e| bad(path, e))?;
-    let unsupported = || bad(path, format!("cannot write a {} block of shape {shape:?} as TIFF", block.dtype()));
+    let unsupported = || {
+        bad(
+            path,
+            format!(
+                "cannot write a {} block of shape {shape:?} as TIFF",
+                block.dtype()
+            ),
+        )
+    };
     let interleaved = |b: &Block| -> Block {
         with_block!(b, a => {
             let v = a.view().permuted_axes(IxDyn(&[1, 2, 0])).as_standard_layout().into_owned();
@@ -211,17 +229,37 @@ pub fn write_tiff(path: &Path, block: &Block) -> Result<()> {
         _ => return Err(unsupported()),
     };
     let res = match (shape.len(), block) {
-        (2, Block::U8(a)) => enc.write_image::<ct::Gray8>(w, h, a.as_slice().ok_or_else(unsupported)?),
-        (2, Block::U16(a)) => enc.write_image::<ct::Gray16>(w, h, a.as_slice().ok_or_else(unsupported)?),
-        (2, Block::U32(a)) => enc.write_image::<ct::Gray32>(w, h, a.as_slice().ok_or_else(unsupported)?),
-        (2, Block::I16(a)) => enc.write_image::<ct::GrayI16>(w, h, a.as_slice().ok_or_else(unsupported)?),
-        (2, Block::I32(a)) => enc.write_image::<ct::GrayI32>(w, h, a.as_slice().ok_or_else(unsupported)?),
-        (2, Block::F32(a)) => enc.write_image::<ct::Gray32Float>(w, h, a.as_slice().ok_or_else(unsupported)?),
+        (2, Block::U8(a)) => {
+            enc.write_image::<ct::Gray8>(w, h, a.as_slice().ok_or_else(unsupported)?)
+        }
+        (2, Block::U16(a)) => {
+            enc.write_image::<ct::Gray16>(w, h, a.as_slice().ok_or_else(unsupported)?)
+        }
+        (2, Block::U32(a)) => {
+            enc.write_image::<ct::Gray32>(w, h, a.as_slice().ok_or_else(unsupported)?)
+        }
+        (2, Block::I16(a)) => {
+            enc.write_image::<ct::GrayI16>(w, h, a.as_slice().ok_or_else(unsupported)?)
+        }
+        (2, Block::I32(a)) => {
+            enc.write_image::<ct::GrayI32>(w, h, a.as_slice().ok_or_else(unsupported)?)
+        }
+        (2, Block::F32(a)) => {
+            enc.write_image::<ct::Gray32Float>(w, h, a.as_slice().ok_or_else(unsupported)?)
+        }
         (3, b) if shape[0] == 3 || shape[0] == 4 => match (shape[0], interleaved(b)) {
-            (3, Block::U8(a)) => enc.write_image::<ct::RGB8>(w, h, a.as_slice().ok_or_else(unsupported)?),
-            (4, Block::U8(a)) => enc.write_image::<ct::RGBA8>(w, h, a.as_slice().ok_or_else(unsupported)?),
-            (3, Block::U16(a)) => enc.write_image::<ct::RGB16>(w, h, a.as_slice().ok_or_else(unsupported)?),
-            (4, Block::U16(a)) => enc.write_image::<ct::RGBA16>(w, h, a.as_slice().ok_or_else(unsupported)?),
+            (3, Block::U8(a)) => {
+                enc.write_image::<ct::RGB8>(w, h, a.as_slice().ok_or_else(unsupported)?)
+            }
+            (4, Block::U8(a)) => {
+                enc.write_image::<ct::RGBA8>(w, h, a.as_slice().ok_or_else(unsupported)?)
+            }
+            (3, Block::U16(a)) => {
+                enc.write_image::<ct::RGB16>(w, h, a.as_slice().ok_or_else(unsupported)?)
+            }
+            (4, Block::U16(a)) => {
+                enc.write_image::<ct::RGBA16>(w, h, a.as_slice().ok_or_else(unsupported)?)
+            }
             _ => return Err(unsupported()),
         },
         _ => return Err(unsupported()),
@@ -237,19 +275,31 @@ mod tests {
     fn tiff_round_trips_gray_and_rgb() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("g.tif");
-        let gray = Block::U16(ArrayD::from_shape_fn(IxDyn(&[3, 5]), |i| (i[0] * 10 + i[1]) as u16));
+        let gray = Block::U16(ArrayD::from_shape_fn(IxDyn(&[3, 5]), |i| {
+            (i[0] * 10 + i[1]) as u16
+        }));
         write_tiff(&p, &gray).unwrap();
-        assert_eq!(probe(&p).unwrap(), ImageInfo { shape: vec![3, 5], dtype: DType::U16 });
+        assert_eq!(
+            probe(&p).unwrap(),
+            ImageInfo {
+                shape: vec![3, 5],
+                dtype: DType::U16
+            }
+        );
         assert_eq!(read(&p).unwrap(), gray);
 
         let p = dir.path().join("c.tif");
-        let rgb = Block::U8(ArrayD::from_shape_fn(IxDyn(&[3, 2, 4]), |i| (i[0] * 100 + i[1] * 10 + i[2]) as u8));
+        let rgb = Block::U8(ArrayD::from_shape_fn(IxDyn(&[3, 2, 4]), |i| {
+            (i[0] * 100 + i[1] * 10 + i[2]) as u8
+        }));
         write_tiff(&p, &rgb).unwrap();
         assert_eq!(probe(&p).unwrap().shape, vec![3, 2, 4]);
         assert_eq!(read(&p).unwrap(), rgb);
 
         let p = dir.path().join("f.tif");
-        let f = Block::F32(ArrayD::from_shape_fn(IxDyn(&[2, 2]), |i| i[0] as f32 - 0.5 * i[1] as f32));
+        let f = Block::F32(ArrayD::from_shape_fn(IxDyn(&[2, 2]), |i| {
+            i[0] as f32 - 0.5 * i[1] as f32
+        }));
         write_tiff(&p, &f).unwrap();
         assert_eq!(read(&p).unwrap(), f);
         let p = dir.path().join("s.tif");
@@ -265,7 +315,13 @@ mod tests {
         let p = dir.path().join("a.png");
         let img = image::RgbImage::from_fn(4, 2, |x, y| image::Rgb([x as u8, y as u8, 7]));
         img.save(&p).unwrap();
-        assert_eq!(probe(&p).unwrap(), ImageInfo { shape: vec![3, 2, 4], dtype: DType::U8 });
+        assert_eq!(
+            probe(&p).unwrap(),
+            ImageInfo {
+                shape: vec![3, 2, 4],
+                dtype: DType::U8
+            }
+        );
         let b = read(&p).unwrap().into_array::<u8>().unwrap();
         assert_eq!(b[[0, 1, 3]], 3);
         assert_eq!(b[[1, 1, 3]], 1);

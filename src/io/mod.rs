@@ -186,7 +186,12 @@ pub fn create(
 ///
 /// # Errors
 /// [`Error::Mismatch`] naming `what`.
-pub fn check_region(what: &str, shape: &[u64], region: &Region, block: Option<&Block>) -> Result<()> {
+pub fn check_region(
+    what: &str,
+    shape: &[u64],
+    region: &Region,
+    block: Option<&Block>,
+) -> Result<()> {
     if !region.fits_in(shape) {
         return Err(Error::mismatch(
             format!("{what}: box {:?}+{:?}", region.start, region.shape),

@@ -41,29 +41,44 @@ fn parse_header(path: &Path, bytes: &[u8]) -> Result<(String, bool, Vec<u64>)> {
         Some(rest.to_string())
     };
     let descr = field("descr")
-        .and_then(|r| r.strip_prefix('\'').and_then(|r| r.split('\'').next()).map(String::from))
+        .and_then(|r| {
+            r.strip_prefix('\'')
+                .and_then(|r| r.split('\'').next())
+                .map(String::from)
+        })
         .ok_or_else(|| bad("no 'descr' in header"))?;
     let fortran = field("fortran_order")
         .map(|r| r.starts_with("True"))
         .ok_or_else(|| bad("no 'fortran_order' in header"))?;
     let shape_text = field("shape")
-        .and_then(|r| r.strip_prefix('(').and_then(|r| r.split(')').next()).map(String::from))
+        .and_then(|r| {
+            r.strip_prefix('(')
+                .and_then(|r| r.split(')').next())
+                .map(String::from)
+        })
         .ok_or_else(|| bad("no 'shape' in header"))?;
     let shape = shape_text
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| s.parse::<u64>().map_err(|_| bad(&format!("bad shape entry {s:?}"))))
+        .map(|s| {
+            s.parse::<u64>()
+                .map_err(|_| bad(&format!("bad shape entry {s:?}")))
+        })
         .collect::<Result<Vec<_>>>()?;
     Ok((descr, fortran, shape))
 }
 
 fn descr_dtype(descr: &str) -> Option<DType> {
-    let native = if cfg!(target_endian = "little") { '<' } else { '>' };
+    let native = if cfg!(target_endian = "little") {
+        '<'
+    } else {
+        '>'
+    };
     let (order, rest) = descr.split_at(1);
     let order = order.chars().next()?;
     let size_one = rest.ends_with('1');
-    if !(order == native || order == '|' || (order == '=' ) || size_one) {
+    if !(order == native || order == '|' || (order == '=') || size_one) {
         return None;
     }
     DType::from_name(match rest {
@@ -110,10 +125,18 @@ impl NpyReader {
         let map = unsafe { Mmap::map(&file) }.at(path)?;
         let (descr, fortran, shape) = parse_header(path, &map)?;
         if fortran {
-            return Err(Error::bad_file(path, "Fortran-order .npy is not supported; save it in C order (np.ascontiguousarray)"));
+            return Err(Error::bad_file(
+                path,
+                "Fortran-order .npy is not supported; save it in C order (np.ascontiguousarray)",
+            ));
         }
         let dtype = descr_dtype(&descr).ok_or_else(|| {
-            Error::bad_file(path, format!("dtype {descr} is not supported (native-endian u8..u64, i8..i64, f32, f64)"))
+            Error::bad_file(
+                path,
+                format!(
+                    "dtype {descr} is not supported (native-endian u8..u64, i8..i64, f32, f64)"
+                ),
+            )
         })?;
         let meta = ArrayMeta {
             shape,
@@ -141,7 +164,12 @@ impl ArrayReader for NpyReader {
     }
 
     fn read_box(&self, region: &Region) -> Result<Block> {
-        check_region(&self.path.display().to_string(), &self.meta.shape, region, None)?;
+        check_region(
+            &self.path.display().to_string(),
+            &self.meta.shape,
+            region,
+            None,
+        )?;
         with_dtype!(self.meta.dtype, T => {
             let view = ArrayViewD::<T>::view_npy(&self.map)
                 .map_err(|e| Error::bad_file(&self.path, e.to_string()))?;
@@ -180,7 +208,11 @@ impl NpyWriter {
             result?;
             return Err(Error::PeerFailed { rank });
         }
-        let file = OpenOptions::new().read(true).write(true).open(path).at(path)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .at(path)?;
         // SAFETY: the file is ours (a staging name no one else writes); ranks write disjoint
         // boxes, so no byte is written twice concurrently.
         let map = unsafe { MmapMut::map_mut(&file) }.at(path)?;
@@ -193,17 +225,14 @@ impl NpyWriter {
     }
 }
 
-fn write_into<T: Element>(
+fn write_into<T: Element + ndarray_npy::ViewMutElement>(
     map: &mut MmapMut,
     path: &Path,
     region: &Region,
     block: &ndarray::ArrayD<T>,
-) -> Result<()>
-where
-    T: ndarray_npy::ViewMutElement,
-{
-    let mut view = ArrayViewMutD::<T>::view_mut_npy(map)
-        .map_err(|e| Error::bad_file(path, e.to_string()))?;
+) -> Result<()> {
+    let mut view =
+        ArrayViewMutD::<T>::view_mut_npy(map).map_err(|e| Error::bad_file(path, e.to_string()))?;
     view.slice_mut(slice_info(region).as_slice()).assign(block);
     Ok(())
 }
@@ -213,7 +242,12 @@ impl ArrayWriter for NpyWriter {
         let Some((region, block)) = part else {
             return Ok(());
         };
-        check_region(&self.path.display().to_string(), &self.shape, region, Some(block))?;
+        check_region(
+            &self.path.display().to_string(),
+            &self.shape,
+            region,
+            Some(block),
+        )?;
         if block.dtype() != self.dtype {
             return Err(Error::mismatch(
                 format!("{}: block dtype", self.path.display()),
@@ -255,15 +289,27 @@ mod tests {
             attributes: Map::new(),
         };
         let w = Box::new(NpyWriter::create(&path, &spec, &Local, false).unwrap());
-        let region = Region { start: vec![1, 1], shape: vec![2, 2] };
-        let block = Block::I16(ndarray::ArrayD::from_shape_vec(IxDyn(&[2, 2]), vec![1, -2, 3, -4]).unwrap());
+        let region = Region {
+            start: vec![1, 1],
+            shape: vec![2, 2],
+        };
+        let block = Block::I16(
+            ndarray::ArrayD::from_shape_vec(IxDyn(&[2, 2]), vec![1, -2, 3, -4]).unwrap(),
+        );
         w.write_box(Some((&region, &block))).unwrap();
         w.close().unwrap();
         let r = NpyReader::open(&path).unwrap();
         assert_eq!(r.meta().shape, vec![4, 3]);
         assert_eq!(r.read_box(&region).unwrap(), block);
-        let all = r.read_box(&Region::whole(&[4, 3])).unwrap().into_array::<i16>().unwrap();
-        assert_eq!(all.iter().copied().collect::<Vec<_>>(), vec![0, 0, 0, 0, 1, -2, 0, 3, -4, 0, 0, 0]);
+        let all = r
+            .read_box(&Region::whole(&[4, 3]))
+            .unwrap()
+            .into_array::<i16>()
+            .unwrap();
+        assert_eq!(
+            all.iter().copied().collect::<Vec<_>>(),
+            vec![0, 0, 0, 0, 1, -2, 0, 3, -4, 0, 0, 0]
+        );
     }
 
     #[test]

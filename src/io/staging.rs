@@ -56,7 +56,11 @@ impl Staging {
             }
             _ => {
                 let staged = with_suffix(&container, ".partial");
-                (container.clone(), staged.clone(), target.with_container(staged))
+                (
+                    container.clone(),
+                    staged.clone(),
+                    target.with_container(staged),
+                )
             }
         };
         if published.exists() && !overwrite {
@@ -116,7 +120,10 @@ impl Staging {
     /// # Errors
     /// Filesystem errors with their path.
     pub fn commit(&self) -> Result<()> {
-        let old = with_suffix(&self.published, &format!(".replaced-{}", std::process::id()));
+        let old = with_suffix(
+            &self.published,
+            &format!(".replaced-{}", std::process::id()),
+        );
         let replacing = self.published.exists();
         if replacing {
             std::fs::rename(&self.published, &old).at(&self.published)?;

@@ -150,7 +150,11 @@ fn describe(array: &Array<FilesystemStore>) -> std::result::Result<ArrayMeta, St
     let mut codecs = Vec::new();
     let mut chunks = grid_chunks.clone();
     let mut shards = None;
-    let codec_list = json.get("codecs").and_then(Value::as_array).cloned().unwrap_or_default();
+    let codec_list = json
+        .get("codecs")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     for c in &codec_list {
         let name = c.get("name").and_then(Value::as_str).unwrap_or("?");
         if name == "sharding_indexed" {
@@ -169,7 +173,12 @@ fn describe(array: &Array<FilesystemStore>) -> std::result::Result<ArrayMeta, St
         }
     }
     if let Some(Value::Object(comp)) = json.get("compressor") {
-        codecs.push(comp.get("id").and_then(Value::as_str).unwrap_or("?").to_string());
+        codecs.push(
+            comp.get("id")
+                .and_then(Value::as_str)
+                .unwrap_or("?")
+                .to_string(),
+        );
     }
     let dimension_names = json
         .get("dimension_names")
@@ -189,16 +198,26 @@ fn describe(array: &Array<FilesystemStore>) -> std::result::Result<ArrayMeta, St
 fn codec_text(c: &Value) -> String {
     let name = c.get("name").and_then(Value::as_str).unwrap_or("?");
     match name {
-        "zstd" => format!("zstd(level={})", c.pointer("/configuration/level").unwrap_or(&Value::Null)),
-        "gzip" => format!("gzip(level={})", c.pointer("/configuration/level").unwrap_or(&Value::Null)),
+        "zstd" => format!(
+            "zstd(level={})",
+            c.pointer("/configuration/level").unwrap_or(&Value::Null)
+        ),
+        "gzip" => format!(
+            "gzip(level={})",
+            c.pointer("/configuration/level").unwrap_or(&Value::Null)
+        ),
         "blosc" => format!(
             "blosc({}, clevel={})",
-            c.pointer("/configuration/cname").and_then(Value::as_str).unwrap_or("?"),
+            c.pointer("/configuration/cname")
+                .and_then(Value::as_str)
+                .unwrap_or("?"),
             c.pointer("/configuration/clevel").unwrap_or(&Value::Null)
         ),
         "bytes" => format!(
             "bytes({})",
-            c.pointer("/configuration/endian").and_then(Value::as_str).unwrap_or("-")
+            c.pointer("/configuration/endian")
+                .and_then(Value::as_str)
+                .unwrap_or("-")
         ),
         other => other.to_string(),
     }
@@ -232,7 +251,12 @@ impl ArrayReader for ZarrReader {
     }
 
     fn read_box(&self, region: &Region) -> Result<Block> {
-        check_region(&format!("{}", self.store.display()), &self.meta.shape, region, None)?;
+        check_region(
+            &format!("{}", self.store.display()),
+            &self.meta.shape,
+            region,
+            None,
+        )?;
         let subset = ArraySubset::new_with_ranges(&region.ranges());
         with_dtype!(self.meta.dtype, T => {
             let a: ArrayD<T> = self
@@ -319,7 +343,8 @@ impl ZarrWriter {
             use zarrs::array::codec::{ShardingCodecOptions, SubchunkWriteOrder};
             builder.codec_specific_options(
                 zarrs::array::codec::api::CodecSpecificOptions::default().with_option(
-                    ShardingCodecOptions::default().with_subchunk_write_order(SubchunkWriteOrder::C),
+                    ShardingCodecOptions::default()
+                        .with_subchunk_write_order(SubchunkWriteOrder::C),
                 ),
             );
         }
@@ -351,9 +376,7 @@ impl ZarrWriter {
                 let array = builder
                     .build(storage, &node_path(node))
                     .map_err(|e| zarr_err(store, node, e))?;
-                array
-                    .store_metadata()
-                    .map_err(|e| zarr_err(store, node, e))
+                array.store_metadata().map_err(|e| zarr_err(store, node, e))
             })();
         }
         if let Some(rank) = comm.any_failed(result.is_err()) {
@@ -379,7 +402,12 @@ impl ArrayWriter for ZarrWriter {
         let Some((region, block)) = part else {
             return Ok(());
         };
-        check_region(&self.store.display().to_string(), &self.shape, region, Some(block))?;
+        check_region(
+            &self.store.display().to_string(),
+            &self.shape,
+            region,
+            Some(block),
+        )?;
         let subset = ArraySubset::new_with_ranges(&region.ranges());
         with_block!(block, a => self.array.store_array_subset(&subset, a))
             .map_err(|e| zarr_err(&self.store, &self.node, e))

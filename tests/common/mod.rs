@@ -34,13 +34,29 @@ pub fn random_slice(rng: &mut Rng, shape: &[usize], dtype: DType) -> Block {
     let raw: Vec<u64> = (0..n).map(|_| rng.next()).collect();
     let s = IxDyn(shape);
     match dtype {
-        DType::U8 => Block::U8(ArrayD::from_shape_vec(s, raw.iter().map(|&v| v as u8).collect()).unwrap()),
-        DType::U16 => Block::U16(ArrayD::from_shape_vec(s, raw.iter().map(|&v| v as u16).collect()).unwrap()),
-        DType::U32 => Block::U32(ArrayD::from_shape_vec(s, raw.iter().map(|&v| v as u32).collect()).unwrap()),
-        DType::I16 => Block::I16(ArrayD::from_shape_vec(s, raw.iter().map(|&v| v as i16).collect()).unwrap()),
-        DType::I32 => Block::I32(ArrayD::from_shape_vec(s, raw.iter().map(|&v| v as i32).collect()).unwrap()),
+        DType::U8 => {
+            Block::U8(ArrayD::from_shape_vec(s, raw.iter().map(|&v| v as u8).collect()).unwrap())
+        }
+        DType::U16 => {
+            Block::U16(ArrayD::from_shape_vec(s, raw.iter().map(|&v| v as u16).collect()).unwrap())
+        }
+        DType::U32 => {
+            Block::U32(ArrayD::from_shape_vec(s, raw.iter().map(|&v| v as u32).collect()).unwrap())
+        }
+        DType::I16 => {
+            Block::I16(ArrayD::from_shape_vec(s, raw.iter().map(|&v| v as i16).collect()).unwrap())
+        }
+        DType::I32 => {
+            Block::I32(ArrayD::from_shape_vec(s, raw.iter().map(|&v| v as i32).collect()).unwrap())
+        }
         DType::F32 => Block::F32(
-            ArrayD::from_shape_vec(s, raw.iter().map(|&v| (v % 100_000) as f32 / 7.0 - 5000.0).collect()).unwrap(),
+            ArrayD::from_shape_vec(
+                s,
+                raw.iter()
+                    .map(|&v| (v % 100_000) as f32 / 7.0 - 5000.0)
+                    .collect(),
+            )
+            .unwrap(),
         ),
         other => panic!("no TIFF writer for {other}"),
     }
@@ -48,7 +64,14 @@ pub fn random_slice(rng: &mut Rng, shape: &[usize], dtype: DType) -> Block {
 
 /// Writes `n` random slices as `<dir>/<name>_<index>.tif` (indices from `indices`) and returns
 /// them in index order.
-pub fn write_stack(dir: &Path, name: &str, indices: &[u64], shape: &[usize], dtype: DType, seed: u64) -> Vec<Block> {
+pub fn write_stack(
+    dir: &Path,
+    name: &str,
+    indices: &[u64],
+    shape: &[usize],
+    dtype: DType,
+    seed: u64,
+) -> Vec<Block> {
     std::fs::create_dir_all(dir).unwrap();
     let mut rng = Rng::new(seed);
     indices
@@ -84,11 +107,16 @@ pub fn reference_stack(slices: &[Block], axis: usize) -> Block {
 pub fn read_all(address: &str) -> Block {
     let reader = io::open(&Address::parse(address).unwrap()).unwrap();
     let shape = reader.meta().shape.clone();
-    reader.read_box(&tessera::grid::Region::whole(&shape)).unwrap()
+    reader
+        .read_box(&tessera::grid::Region::whole(&shape))
+        .unwrap()
 }
 
 pub fn meta(address: &str) -> io::ArrayMeta {
-    io::open(&Address::parse(address).unwrap()).unwrap().meta().clone()
+    io::open(&Address::parse(address).unwrap())
+        .unwrap()
+        .meta()
+        .clone()
 }
 
 /// Runs `tessera` with `args` (single process, MPI off) and returns its output.
@@ -98,7 +126,9 @@ pub fn tessera(args: &[&str]) -> Output {
 
 pub fn tessera_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(BIN);
-    cmd.args(args).env("TESSERA_MPI", "0").env_remove("RUST_LOG");
+    cmd.args(args)
+        .env("TESSERA_MPI", "0")
+        .env_remove("RUST_LOG");
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -139,7 +169,9 @@ pub fn fails_with(out: Output, needles: &[&str]) -> String {
 /// (CI sets it), else the test is skipped with a message.
 pub fn mpirun() -> Option<PathBuf> {
     let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths).map(|p| p.join("mpirun")).find(|p| p.is_file())
+        std::env::split_paths(&paths)
+            .map(|p| p.join("mpirun"))
+            .find(|p| p.is_file())
     });
     if found.is_none() {
         assert!(
@@ -155,13 +187,19 @@ pub fn mpirun() -> Option<PathBuf> {
 pub fn tessera_mpi(ranks: usize, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mpirun = mpirun().expect("mpirun present (callers check first)");
     let mut cmd = Command::new(mpirun);
-    cmd.args(["-n", &ranks.to_string(), "--oversubscribe", "--bind-to", "none"])
-        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-        .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
-        .env("RAYON_NUM_THREADS", "2")
-        .env_remove("TESSERA_MPI")
-        .env_remove("RUST_LOG");
+    cmd.args([
+        "-n",
+        &ranks.to_string(),
+        "--oversubscribe",
+        "--bind-to",
+        "none",
+    ])
+    .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+    .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+    .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
+    .env("RAYON_NUM_THREADS", "2")
+    .env_remove("TESSERA_MPI")
+    .env_remove("RUST_LOG");
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -177,7 +215,10 @@ pub fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
             if p.is_dir() {
                 walk(base, &p, out);
             } else {
-                out.push((p.strip_prefix(base).unwrap().display().to_string(), std::fs::read(&p).unwrap()));
+                out.push((
+                    p.strip_prefix(base).unwrap().display().to_string(),
+                    std::fs::read(&p).unwrap(),
+                ));
             }
         }
     }
@@ -191,9 +232,20 @@ pub fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
 pub fn assert_same_tree(a: &Path, b: &Path) {
     let (ta, tb) = (tree(a), tree(b));
     let names = |t: &[(String, Vec<u8>)]| t.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
-    assert_eq!(names(&ta), names(&tb), "file lists differ between {} and {}", a.display(), b.display());
+    assert_eq!(
+        names(&ta),
+        names(&tb),
+        "file lists differ between {} and {}",
+        a.display(),
+        b.display()
+    );
     for ((n, x), (_, y)) in ta.iter().zip(&tb) {
-        assert!(x == y, "{n} differs between {} and {}", a.display(), b.display());
+        assert!(
+            x == y,
+            "{n} differs between {} and {}",
+            a.display(),
+            b.display()
+        );
     }
 }
 

@@ -39,7 +39,9 @@ mod tests {
         // (C=2, Z=3, Y=1, X=2): CZYX, stacking axis 1.
         let mut slab = ArrayD::<u16>::zeros(IxDyn(&[2, 3, 1, 2]));
         fill_slab(&mut slab, 1, |i| {
-            Ok(ArrayD::from_shape_fn(IxDyn(&[2, 1, 2]), |c| (100 * i + 10 * c[0] + c[2]) as u16))
+            Ok(ArrayD::from_shape_fn(IxDyn(&[2, 1, 2]), |c| {
+                (100 * i + 10 * c[0] + c[2]) as u16
+            }))
         })
         .unwrap();
         assert_eq!(slab[[1, 2, 0, 1]], 211);

@@ -50,12 +50,20 @@ pub fn scan(dir: &Path, pattern: &str, extension: Option<&str>) -> Result<Vec<St
             format!(
                 "{} {}",
                 dir.display(),
-                if dir.exists() { "is not a directory" } else { "does not exist" }
+                if dir.exists() {
+                    "is not a directory"
+                } else {
+                    "does not exist"
+                }
             ),
         ));
     }
-    let regex = regex::Regex::new(&format!("^(?:{pattern})"))
-        .map_err(|e| Error::parameter("pattern", format!("{pattern:?} is not a valid regular expression: {e}")))?;
+    let regex = regex::Regex::new(&format!("^(?:{pattern})")).map_err(|e| {
+        Error::parameter(
+            "pattern",
+            format!("{pattern:?} is not a valid regular expression: {e}"),
+        )
+    })?;
     if regex.captures_len() < 3 {
         return Err(Error::parameter(
             "pattern",
@@ -67,14 +75,20 @@ pub fn scan(dir: &Path, pattern: &str, extension: Option<&str>) -> Result<Vec<St
     }
     let extension = extension.map(|e| e.trim_start_matches('.').to_ascii_lowercase());
     let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map_err(|e| Error::Io { path: dir.into(), source: e })?
+        .map_err(|e| Error::Io {
+            path: dir.into(),
+            source: e,
+        })?
         .flatten()
         .filter(|e| e.path().is_file())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
     if names.is_empty() {
-        return Err(Error::parameter("input", format!("{} holds no files", dir.display())));
+        return Err(Error::parameter(
+            "input",
+            format!("{} holds no files", dir.display()),
+        ));
     }
     let wanted = |name: &str| {
         let ext = Path::new(name)
@@ -88,8 +102,12 @@ pub fn scan(dir: &Path, pattern: &str, extension: Option<&str>) -> Result<Vec<St
     };
     let mut stacks: BTreeMap<String, BTreeMap<u64, PathBuf>> = BTreeMap::new();
     for name in names.iter().filter(|n| wanted(n)) {
-        let Some(caps) = regex.captures(name) else { continue };
-        let (Some(stack), Some(index)) = (caps.get(1), caps.get(2)) else { continue };
+        let Some(caps) = regex.captures(name) else {
+            continue;
+        };
+        let (Some(stack), Some(index)) = (caps.get(1), caps.get(2)) else {
+            continue;
+        };
         let index: u64 = index.as_str().parse().map_err(|_| {
             Error::parameter(
                 "pattern",
@@ -125,10 +143,12 @@ pub fn scan(dir: &Path, pattern: &str, extension: Option<&str>) -> Result<Vec<St
         .map(|(name, files)| {
             let indices: Vec<u64> = files.keys().copied().collect();
             let (first, last) = (indices[0], indices[indices.len() - 1]);
-            let missing = (first..=last)
-                .filter(|i| !files.contains_key(i))
-                .collect();
-            Stack { name, files: files.into_iter().collect(), missing }
+            let missing = (first..=last).filter(|i| !files.contains_key(i)).collect();
+            Stack {
+                name,
+                files: files.into_iter().collect(),
+                missing,
+            }
         })
         .collect())
 }
@@ -159,10 +179,21 @@ fn probe_all(stack: &Stack, comm: &dyn Comm) -> Result<ImageInfo> {
         .flat_map(|b| serde_json::from_slice::<Vec<_>>(b).unwrap_or_default())
         .collect();
     if all.len() != stack.files.len() {
-        return Err(Error::mismatch("probed slice count", stack.files.len(), all.len()));
+        return Err(Error::mismatch(
+            "probed slice count",
+            stack.files.len(),
+            all.len(),
+        ));
     }
     let describe = |shape: &[u64], dtype: &str| {
-        format!("{} {dtype}", shape.iter().map(u64::to_string).collect::<Vec<_>>().join("x"))
+        format!(
+            "{} {dtype}",
+            shape
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join("x")
+        )
     };
     let mut first: Option<(Vec<u64>, String)> = None;
     for ((_, path), outcome) in stack.files.iter().zip(all) {
@@ -175,7 +206,11 @@ fn probe_all(stack: &Stack, comm: &dyn Comm) -> Result<ImageInfo> {
                     format!(
                         "{} like {}",
                         describe(s, d),
-                        stack.files[0].1.file_name().unwrap_or_default().to_string_lossy()
+                        stack.files[0]
+                            .1
+                            .file_name()
+                            .unwrap_or_default()
+                            .to_string_lossy()
                     ),
                     describe(&shape, &dtype),
                 ))
@@ -229,16 +264,22 @@ impl ConvertOp {
     ///
     /// # Errors
     /// Bad inputs or parameters, each naming the file or flag.
-    pub fn plan(job: &ConvertJob, stack: &Stack, several: bool, comm: &dyn Comm) -> Result<ConvertOp> {
+    pub fn plan(
+        job: &ConvertJob,
+        stack: &Stack,
+        several: bool,
+        comm: &dyn Comm,
+    ) -> Result<ConvertOp> {
         let target = output_address(job, &stack.name, several)?;
         let slice = probe_all(stack, comm)?;
         let nz = stack.files.len() as u64;
-        let (shape, names, stack_axis): (Vec<u64>, Vec<&str>, usize) = match (&slice.shape[..], job.axis_order) {
-            ([y, x], _) => (vec![nz, *y, *x], vec!["z", "y", "x"], 0),
-            ([c, y, x], AxisOrder::Zcyx) => (vec![nz, *c, *y, *x], vec!["z", "c", "y", "x"], 0),
-            ([c, y, x], AxisOrder::Czyx) => (vec![*c, nz, *y, *x], vec!["c", "z", "y", "x"], 1),
-            _ => unreachable!("images are 2-D or 3-D"),
-        };
+        let (shape, names, stack_axis): (Vec<u64>, Vec<&str>, usize) =
+            match (&slice.shape[..], job.axis_order) {
+                ([y, x], _) => (vec![nz, *y, *x], vec!["z", "y", "x"], 0),
+                ([c, y, x], AxisOrder::Zcyx) => (vec![nz, *c, *y, *x], vec!["z", "c", "y", "x"], 0),
+                ([c, y, x], AxisOrder::Czyx) => (vec![*c, nz, *y, *x], vec!["c", "z", "y", "x"], 1),
+                _ => unreachable!("images are 2-D or 3-D"),
+            };
         let ndim = shape.len();
         let chunks = job.chunks.clone().unwrap_or_else(|| {
             let mut c: Vec<u64> = shape.iter().map(|&d| d.clamp(1, 512)).collect();
@@ -259,7 +300,10 @@ impl ConvertOp {
         };
         spec.validate()?;
         if let (Address::Npy { .. }, Some(_)) = (&target, &job.shards) {
-            return Err(Error::parameter("shards", "sharding is a Zarr feature; .npy output has no chunks"));
+            return Err(Error::parameter(
+                "shards",
+                "sharding is a Zarr feature; .npy output has no chunks",
+            ));
         }
         let block = spec.write_block()[stack_axis];
         let slice_bytes = shape.iter().product::<u64>() / nz * spec.dtype.size() as u64;
@@ -279,14 +323,28 @@ impl ConvertOp {
         attributes.insert("tessera_version".into(), json!(env!("CARGO_PKG_VERSION")));
         attributes.insert("tessera_operation".into(), json!("convert"));
         let directory = std::fs::canonicalize(&job.input).unwrap_or_else(|_| job.input.clone());
-        attributes.insert("source_directory".into(), json!(directory.display().to_string()));
+        attributes.insert(
+            "source_directory".into(),
+            json!(directory.display().to_string()),
+        );
         attributes.insert("source_pattern".into(), json!(job.pattern));
         attributes.insert("source_stack".into(), json!(stack.name));
         attributes.insert(
             "source_files".into(),
-            json!(stack.files.iter().map(|(_, p)| p.file_name().unwrap_or_default().to_string_lossy().into_owned()).collect::<Vec<_>>()),
+            json!(stack
+                .files
+                .iter()
+                .map(|(_, p)| p
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned())
+                .collect::<Vec<_>>()),
         );
-        attributes.insert("index_range".into(), json!([indices[0], indices[indices.len() - 1]]));
+        attributes.insert(
+            "index_range".into(),
+            json!([indices[0], indices[indices.len() - 1]]),
+        );
         attributes.insert("missing_indices".into(), json!(stack.missing));
         attributes.insert("axis_order".into(), json!(names.join("").to_uppercase()));
         attributes.insert("source_dtype".into(), json!(slice.dtype.name()));
@@ -318,7 +376,9 @@ impl ConvertOp {
             ));
         }
         let block = block.cast(T::DTYPE, &path.display().to_string())?;
-        Ok(block.into_array::<T>().expect("cast gives the requested type"))
+        Ok(block
+            .into_array::<T>()
+            .expect("cast gives the requested type"))
     }
 }
 
@@ -339,8 +399,11 @@ impl Operation for ConvertOp {
 
     fn memory_per_unit(&self) -> u64 {
         // The slab, plus one decoded slice per thread.
-        let slice = self.units.first().map_or(0, |u| u.bytes_in / (self.runs[0].end - self.runs[0].start).max(1));
-        self.units.iter().map(|u| u.bytes_out).max().unwrap_or(0) + slice * rayon::current_num_threads() as u64
+        let slice = self.units.first().map_or(0, |u| {
+            u.bytes_in / (self.runs[0].end - self.runs[0].start).max(1)
+        });
+        self.units.iter().map(|u| u.bytes_out).max().unwrap_or(0)
+            + slice * rayon::current_num_threads() as u64
     }
 
     fn fingerprint(&self) -> String {
@@ -385,7 +448,12 @@ impl Operation for ConvertOp {
     }
 
     fn finish(&self, _comm: &dyn Comm) -> Result<()> {
-        let writer = self.writer.lock().expect("writer lock").take().expect("open_output ran");
+        let writer = self
+            .writer
+            .lock()
+            .expect("writer lock")
+            .take()
+            .expect("open_output ran");
         writer.set_attributes(&self.attributes)?;
         writer.close()
     }
@@ -428,7 +496,10 @@ pub fn run(job: &ConvertJob, comm: &dyn Comm) -> Result<Vec<crate::exec::RunSumm
                 op.spec.shape,
                 op.spec.dtype,
                 op.spec.chunks,
-                op.spec.shards.as_ref().map_or(String::new(), |s| format!(", shards {s:?}"))
+                op.spec
+                    .shards
+                    .as_ref()
+                    .map_or(String::new(), |s| format!(", shards {s:?}"))
             );
         }
         summaries.push(crate::exec::run(op, comm, &job.run)?);
@@ -449,7 +520,17 @@ mod tests {
     #[test]
     fn scan_groups_orders_and_reports_gaps() {
         let d = tempfile::tempdir().unwrap();
-        touch(d.path(), &["a_10.tif", "a_2.tif", "a_3.tif", "b_0.tif", "notes.txt", "a_5.png"]);
+        touch(
+            d.path(),
+            &[
+                "a_10.tif",
+                "a_2.tif",
+                "a_3.tif",
+                "b_0.tif",
+                "notes.txt",
+                "a_5.png",
+            ],
+        );
         let stacks = scan(d.path(), r"(.+)_(\d+)\.tif$", None).unwrap();
         assert_eq!(stacks.len(), 2);
         assert_eq!(stacks[0].name, "a");
@@ -474,9 +555,16 @@ mod tests {
         assert!(e.contains("not a valid regular expression"), "{e}");
         let e = scan(d.path(), r"(y)_(\d+)", None).unwrap_err().to_string();
         assert!(e.contains("no file") && e.contains("x_01.tif"), "{e}");
-        let e = scan(d.path(), r"(x)_(.+)\.tif", None).unwrap_err().to_string();
-        assert!(e.contains("not a slice index") || e.contains("both have"), "{e}");
-        let e = scan(&d.path().join("nope"), r"(.+)_(\d+)", None).unwrap_err().to_string();
+        let e = scan(d.path(), r"(x)_(.+)\.tif", None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("not a slice index") || e.contains("both have"),
+            "{e}"
+        );
+        let e = scan(&d.path().join("nope"), r"(.+)_(\d+)", None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("does not exist"), "{e}");
     }
 }

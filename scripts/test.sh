@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it (.ci/run calls exactly this). Sets the machine up first.
+#   - formatting and clippy (default features, and without MPI/HDF5);
+#   - unit and integration tests with the default (MPI + HDF5) build, MPI tests under real
+#     `mpirun` ranks, Python cross-checks with zarr-python and h5py;
+#   - the single-process build (--no-default-features) and its tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh --python
+[ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
+
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+export TESSERA_REQUIRE_MPI=1 TESSERA_REQUIRE_PYTHON=1
+export TESSERA_PYTHON="$PWD/target/pyenv/bin/python"
+export CARGO_TERM_COLOR=never
+
+step() { echo; echo "== $* =="; }
+step "cargo fmt --check";                  cargo fmt --all -- --check
+step "clippy (mpi + hdf5)";                cargo clippy --all-targets -- -D warnings
+step "clippy (no default features)";       cargo clippy --all-targets --no-default-features -- -D warnings
+step "tests (mpi + hdf5)";                 cargo test
+step "tests (no default features)";        cargo test --no-default-features
+step "demo";                               cargo run -q -- demo --dir target/ci-demo >/dev/null && echo "demo ok"
+echo
+echo "all tests passed"

@@ -1,0 +1,138 @@
+//! zarr-python and h5py read `tessera convert` outputs and find exactly the source pixels.
+//! The slices follow a formula that the Python side recomputes with numpy, so no tessera code
+//! is on the checking side. Skipped (with a message) where Python lacks zarr/h5py/numpy, unless
+//! `TESSERA_REQUIRE_PYTHON=1` (CI installs them and sets it).
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use ndarray::{ArrayD, IxDyn};
+use tessera::io::{images, Block};
+
+/// The Python to check with: `TESSERA_PYTHON` (scripts/setup.sh makes a venv), else python3.
+fn python() -> String {
+    std::env::var("TESSERA_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+fn python_with(modules: &str) -> bool {
+    let ok = Command::new(python())
+        .args(["-c", &format!("import {modules}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(
+            std::env::var("TESSERA_REQUIRE_PYTHON").as_deref() != Ok("1"),
+            "python3 with {modules} is required (TESSERA_REQUIRE_PYTHON=1)"
+        );
+        eprintln!(
+            "skipping: python3 cannot import {modules} (scripts/setup.sh --python installs them)"
+        );
+    }
+    ok
+}
+
+/// Pixel formula shared with the Python checker: channel c of slice z at (y, x).
+fn pixel(z: usize, c: usize, y: usize, x: usize) -> u16 {
+    ((z * 1009 + c * 307 + y * 31 + x * 7) % 65521) as u16
+}
+
+const CHECK: &str = r#"
+import sys, json, numpy as np
+kind, path, order = sys.argv[1], sys.argv[2], sys.argv[3]
+Z, C, Y, X = 7, 3, 19, 23
+z, c, y, x = np.meshgrid(np.arange(Z), np.arange(C), np.arange(Y), np.arange(X), indexing="ij")
+expected = ((z * 1009 + c * 307 + y * 31 + x * 7) % 65521).astype(np.uint16)
+if order == "CZYX":
+    expected = expected.transpose(1, 0, 2, 3)
+if kind == "zarr":
+    import zarr
+    a = zarr.open_array(path, mode="r")
+    data, attrs = a[...], dict(a.attrs)
+else:
+    import h5py
+    f, d = path.split(":")
+    with h5py.File(f, "r") as h:
+        data, attrs = h[d][...], dict(h[d].attrs)
+assert data.dtype == np.uint16, data.dtype
+assert data.shape == expected.shape, (data.shape, expected.shape)
+assert np.array_equal(data, expected), "pixels differ"
+assert str(attrs["axis_order"]) == order, attrs["axis_order"]
+print("ok", kind, data.shape)
+"#;
+
+#[test]
+fn zarr_python_and_h5py_read_exactly_the_source_pixels() {
+    if !python_with("numpy, zarr") {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let input = d.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    for z in 0..7 {
+        let slice = ArrayD::from_shape_fn(IxDyn(&[3, 19, 23]), |i| pixel(z, i[0], i[1], i[2]));
+        images::write_tiff(&input.join(format!("rgb_{z:02}.tif")), &Block::U16(slice)).unwrap();
+    }
+    let script = d.path().join("check.py");
+    std::fs::write(&script, CHECK).unwrap();
+    let mut cases = vec![
+        (
+            "zarr",
+            s(&d.path().join("a.zarr")),
+            "ZCYX",
+            vec!["--chunks", "2,3,8,8"],
+        ),
+        (
+            "zarr",
+            s(&d.path().join("b.zarr")),
+            "CZYX",
+            vec![
+                "--chunks",
+                "1,2,8,8",
+                "--shards",
+                "1,4,16,16",
+                "--codec",
+                "blosc",
+            ],
+        ),
+        (
+            "zarr",
+            s(&d.path().join("c.zarr")),
+            "ZCYX",
+            vec!["--codec", "gzip"],
+        ),
+    ];
+    let h5 = cfg!(feature = "hdf5") && python_with("h5py");
+    if h5 {
+        cases.push((
+            "h5",
+            format!("{}:/data", s(&d.path().join("d.h5"))),
+            "CZYX",
+            vec!["--codec", "gzip", "--chunks", "1,2,8,8"],
+        ));
+    }
+    for (kind, out, order, extra) in cases {
+        let mut args = vec![
+            "convert",
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            &out,
+            "--axis-order",
+            order,
+        ];
+        args.extend(extra);
+        ok(tessera_env(&args, &[("TESSERA_UNIT_BYTES", "3000")]));
+        let res = Command::new(python())
+            .arg(&script)
+            .args([kind, &out, order])
+            .output()
+            .unwrap();
+        assert!(
+            res.status.success(),
+            "python check of {out}:\n{}",
+            text(&res)
+        );
+    }
+}
