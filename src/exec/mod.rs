@@ -85,7 +85,8 @@ pub trait Operation: Sync {
     fn target(&self) -> &Address;
     /// All units, in a fixed order (unit ids are indices into this list).
     fn units(&self) -> &[UnitInfo];
-    /// Peak memory per unit in flight, bytes.
+    /// Peak memory per unit in flight, bytes (two units are in flight per rank: one being
+    /// computed while the previous one is written).
     fn memory_per_unit(&self) -> u64;
     /// Parameters that must match for `--resume` to continue a run (JSON text).
     fn fingerprint(&self) -> String;
@@ -94,12 +95,15 @@ pub trait Operation: Sync {
     /// # Errors
     /// Output creation failures.
     fn open_output(&self, staging: &Address, comm: &dyn Comm, resume: bool) -> Result<()>;
-    /// Reads and computes one unit. Runs on one rank; may use rayon inside.
+    /// Reads and computes one unit. Runs on a helper thread of one rank (never MPI); may use
+    /// rayon inside.
     ///
     /// # Errors
     /// Input or kernel failures, naming the file.
     fn compute(&self, unit: usize) -> Result<Self::Output>;
-    /// Writes one unit's result, or takes part in a collective write with nothing.
+    /// Writes one unit's result, or takes part in a collective write with nothing; on the
+    /// main thread. When it returns, the unit is journaled as finished: its bytes must be in
+    /// the output (in the OS's hands; tessera does not fsync, see `io::zarr::ChunkFileStore`).
     ///
     /// # Errors
     /// Output failures.
@@ -188,21 +192,44 @@ pub fn run<Op: Operation>(op: &Op, comm: &dyn Comm, options: &RunOptions) -> Res
         comm.is_root(),
     );
     let mut stats = report::RankStats::default();
-    for round in 0..rounds[0] as usize {
-        let unit = mine.get(round).copied();
+    // Pipelined rounds: in round r a helper thread computes this rank's r-th unit while the
+    // main thread writes the unit computed in round r-1 (MPI and collective writes stay on
+    // the main thread). Round 0 writes nothing on any rank and the last round computes
+    // nothing, so every rank calls `write` the same number of times.
+    let mut pending: Option<(usize, Op::Output)> = None;
+    for round in 0..=rounds[0] as usize {
+        let next = if round < rounds[0] as usize {
+            mine.get(round).copied()
+        } else {
+            None
+        };
+        let writing = pending.as_ref().map(|(u, _)| *u);
+        let (written, computed) = std::thread::scope(|scope| {
+            let helper = scope.spawn(|| {
+                let t = Instant::now();
+                let result = next.map(|u| op.compute(u).map(|out| (u, out))).transpose();
+                (result, t.elapsed().as_secs_f64())
+            });
+            let t = Instant::now();
+            let written = if round > 0 {
+                op.write(pending.take())
+            } else {
+                Ok(())
+            };
+            let write_seconds = t.elapsed().as_secs_f64();
+            let (computed, compute_seconds) = helper.join().unwrap_or_else(|_| {
+                (
+                    Err(Error::parameter("internal", "a compute thread panicked")),
+                    0.0,
+                )
+            });
+            phases.write += write_seconds;
+            phases.compute += compute_seconds;
+            (written, computed)
+        });
         let t = Instant::now();
-        let computed = unit.map(|u| op.compute(u)).transpose();
-        phases.compute += t.elapsed().as_secs_f64();
-        let t = Instant::now();
-        let computed = agree(comm, computed)?;
-        phases.sync += t.elapsed().as_secs_f64();
-
-        let t = Instant::now();
-        let written = op.write(unit.zip(computed));
-        phases.write += t.elapsed().as_secs_f64();
-        let t = Instant::now();
-        agree(comm, written)?;
-        if let Some(u) = unit {
+        let computed = agree(comm, written.and(computed))?;
+        if let Some(u) = writing {
             journal.record(u)?;
             stats.units += 1;
             stats.bytes_read += units[u].bytes_in;
@@ -216,9 +243,10 @@ pub fn run<Op: Operation>(op: &Op, comm: &dyn Comm, options: &RunOptions) -> Res
                 std::process::abort();
             }
         }
+        pending = computed;
         let mut step = [
-            u64::from(unit.is_some()),
-            unit.map_or(0, |u| units[u].bytes_out),
+            u64::from(writing.is_some()),
+            writing.map_or(0, |u| units[u].bytes_out),
         ];
         comm.all_reduce_u64(&mut step, ReduceOp::Sum);
         phases.sync += t.elapsed().as_secs_f64();

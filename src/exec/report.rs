@@ -13,7 +13,8 @@ use crate::error::{IoContext, Result};
 use crate::io::staging::Staging;
 use crate::io::Address;
 
-/// Seconds spent per phase on one rank.
+/// Seconds spent per phase on one rank. Compute and write overlap (they run on two threads),
+/// so the phases may add up to more than the wall time.
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct PhaseTimes {
     /// Creating or reopening the output.
@@ -226,8 +227,8 @@ pub(super) fn describe_plan<Op: Operation>(
     );
     let _ = writeln!(
         s,
-        "  memory: about {:.1} MiB per unit in flight, one unit per rank at a time",
-        mib(op.memory_per_unit())
+        "  memory: about {:.1} MiB per rank (two units in flight: one computing, one writing)",
+        mib(2 * op.memory_per_unit())
     );
     for (rank, range) in assignment.iter().enumerate() {
         let mine = &units[range.clone()];

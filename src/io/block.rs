@@ -84,7 +84,9 @@ impl std::fmt::Display for DType {
 }
 
 /// An element type tessera handles, tying a Rust type to its `DType`.
-pub trait Element: Copy + Send + Sync + NumCast + ToPrimitive + Default + 'static {
+pub trait Element:
+    Copy + Send + Sync + NumCast + ToPrimitive + Default + bytemuck::Pod + 'static
+{
     const DTYPE: DType;
     fn into_block(array: ArrayD<Self>) -> Block;
 }

@@ -199,6 +199,51 @@ pub fn read(path: &Path) -> Result<Block> {
     })
 }
 
+/// Decodes an image file into `out`, checking first that the file still has the shape and
+/// dtype the plan saw (`expected`). Single-channel TIFFs of type `T` decode straight into
+/// `out` with no intermediate buffer (the common case of big stacks); anything else decodes,
+/// converts to `T` and copies. Channels-first `out` is (C, Y, X).
+///
+/// # Errors
+/// As [`read`], plus a file that changed since planning or a value that does not fit `T`.
+pub fn read_into<T: Element>(
+    path: &Path,
+    expected: &ImageInfo,
+    mut out: ndarray::ArrayViewMutD<'_, T>,
+) -> Result<()> {
+    let info = probe(path)?;
+    let describe = |i: &ImageInfo| format!("{:?} {}", i.shape, i.dtype);
+    if info != *expected {
+        return Err(Error::mismatch(
+            format!("slice {}", path.display()),
+            describe(expected),
+            describe(&info),
+        ));
+    }
+    let want: Vec<u64> = out.shape().iter().map(|&n| n as u64).collect();
+    if want != info.shape {
+        return Err(Error::mismatch(
+            format!("slice {}", path.display()),
+            format!("shape {want:?}"),
+            describe(&info),
+        ));
+    }
+    if is_tiff(path) && info.shape.len() == 2 && info.dtype == T::DTYPE {
+        if let Some(samples) = out.as_slice_mut() {
+            let mut d = tiff_decoder(path)?;
+            return d
+                .read_image_bytes(bytemuck::cast_slice_mut(samples))
+                .map_err(|e| bad(path, e));
+        }
+    }
+    let typed = read(path)?
+        .cast(T::DTYPE, &path.display().to_string())?
+        .into_array::<T>()
+        .expect("cast gives the requested type");
+    out.assign(&typed);
+    Ok(())
+}
+
 /// Writes a (Y, X) block, or a (C, Y, X) block with C of 3 or 4 (u8/u16), as an uncompressed
 /// TIFF. Used by `tessera demo` and the tests to make input stacks.
 ///

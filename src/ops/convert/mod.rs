@@ -257,6 +257,9 @@ pub struct ConvertOp {
     units: Vec<UnitInfo>,
     attributes: Map<String, Value>,
     writer: Mutex<Option<Box<dyn ArrayWriter>>>,
+    /// Slabs whose unit was written, reused for the next units: a fresh 64 MiB allocation is
+    /// a fresh mmap that the kernel must fault in and zero page by page.
+    spare_slabs: Mutex<Vec<Block>>,
 }
 
 impl ConvertOp {
@@ -358,6 +361,7 @@ impl ConvertOp {
             units,
             attributes,
             writer: Mutex::new(None),
+            spare_slabs: Mutex::new(Vec::new()),
         })
     }
 
@@ -365,20 +369,13 @@ impl ConvertOp {
         &self.spec
     }
 
-    fn read_slice<T: Element>(&self, index: usize) -> Result<ndarray::ArrayD<T>> {
-        let path = &self.files[index];
-        let block = images::read(path)?;
-        if block.shape() != self.slice.shape || block.dtype() != self.slice.dtype {
-            return Err(Error::mismatch(
-                format!("slice {}", path.display()),
-                format!("{:?} {}", self.slice.shape, self.slice.dtype),
-                format!("{:?} {}", block.shape(), block.dtype()),
-            ));
-        }
-        let block = block.cast(T::DTYPE, &path.display().to_string())?;
-        Ok(block
-            .into_array::<T>()
-            .expect("cast gives the requested type"))
+    /// Decodes slice `index` into `target` (converting to the output dtype if asked).
+    fn read_slice<T: Element>(
+        &self,
+        index: usize,
+        target: ndarray::ArrayViewMutD<'_, T>,
+    ) -> Result<()> {
+        images::read_into(&self.files[index], &self.slice, target)
     }
 }
 
@@ -430,9 +427,17 @@ impl Operation for ConvertOp {
         let run = self.runs[unit].clone();
         let region = Region::slab(&self.spec.shape, self.stack_axis, run.clone());
         let first = run.start as usize;
+        let spare = {
+            let mut spares = self.spare_slabs.lock().expect("spare lock");
+            let at = spares.iter().position(|b| b.shape() == region.shape);
+            at.map(|i| spares.swap_remove(i))
+        };
         let block = with_dtype!(self.spec.dtype, T => {
-            let mut slab = ndarray::ArrayD::<T>::default(region.shape_usize());
-            kernel::fill_slab(&mut slab, self.stack_axis, |i| self.read_slice::<T>(first + i))?;
+            // Every element is overwritten by fill_slab, so a reused slab needs no clearing.
+            let mut slab = spare
+                .and_then(|b| b.into_array::<T>())
+                .unwrap_or_else(|| ndarray::ArrayD::<T>::default(region.shape_usize()));
+            kernel::fill_slab(&mut slab, self.stack_axis, |i, target| self.read_slice::<T>(first + i, target))?;
             T::into_block(slab)
         });
         Ok((region, block))
@@ -441,8 +446,15 @@ impl Operation for ConvertOp {
     fn write(&self, part: Option<(usize, (Region, Block))>) -> Result<()> {
         let guard = self.writer.lock().expect("writer lock");
         let writer = guard.as_ref().expect("open_output ran before write");
-        match &part {
-            Some((_, (region, block))) => writer.write_box(Some((region, block))),
+        match part {
+            Some((_, (region, block))) => {
+                writer.write_box(Some((&region, &block)))?;
+                let mut spares = self.spare_slabs.lock().expect("spare lock");
+                if spares.len() < 2 {
+                    spares.push(block);
+                }
+                Ok(())
+            }
             None => writer.write_box(None),
         }
     }
