@@ -32,6 +32,12 @@ pub struct ConvertBench {
     /// Codec of the Zarr output.
     #[arg(long, value_enum, default_value_t = Codec::None)]
     pub codec: Codec,
+    /// Chunk shape of the Zarr output (default: tessera convert's, 1,512,512).
+    #[arg(long, value_delimiter = ',')]
+    pub chunks: Option<Vec<u64>>,
+    /// Shard shape of the Zarr output.
+    #[arg(long, value_delimiter = ',')]
+    pub shards: Option<Vec<u64>>,
     /// Repetitions; the best of each is reported (and the median).
     #[arg(long, default_value_t = 3)]
     pub repeat: usize,
@@ -121,8 +127,8 @@ pub fn convert(b: &ConvertBench, comm: &dyn Comm) -> Result<()> {
         output: output.clone(),
         extension: Some(".tif".into()),
         axis_order: AxisOrder::Zcyx,
-        chunks: None,
-        shards: None,
+        chunks: b.chunks.clone(),
+        shards: b.shards.clone(),
         codec: b.codec,
         dtype: None,
         format: OutputFormat::Zarr,
@@ -165,7 +171,12 @@ pub fn convert(b: &ConvertBench, comm: &dyn Comm) -> Result<()> {
     let conv = measure(&mut convert_times, bytes);
     let fraction = conv.best_mb_per_s / copy.best_mb_per_s;
     if comm.is_root() {
-        println!("bench convert: {} slices of {}x{} uint16 TIFF ({:.1} MiB), codec {:?}, {} rank(s), {} thread(s) per rank, best of {}",
+        let layout = format!(
+            "chunks {}{}",
+            b.chunks.as_deref().map_or("default".into(), crate::grid::join),
+            b.shards.as_deref().map_or(String::new(), |s| format!(", shards {}", crate::grid::join(s)))
+        );
+        println!("bench convert: {} slices of {}x{} uint16 TIFF ({:.1} MiB), codec {:?}, {layout}, {} rank(s), {} thread(s) per rank, best of {}",
             b.slices, b.size, b.size, bytes as f64 / 1048576.0, b.codec, comm.size(), rayon::current_num_threads(), b.repeat.max(1));
         println!();
         println!("| what | best s | median s | MB/s (best) | fraction of copy |");
@@ -181,6 +192,7 @@ pub fn convert(b: &ConvertBench, comm: &dyn Comm) -> Result<()> {
         let json = serde_json::json!({
             "benchmark": "convert",
             "slices": b.slices, "size": b.size, "codec": b.codec, "ranks": comm.size(),
+            "chunks": b.chunks, "shards": b.shards,
             "threads_per_rank": rayon::current_num_threads(),
             "bytes": bytes, "copy": copy, "convert": conv, "fraction_of_copy": fraction,
             "host": crate::exec::report::hostname(),
