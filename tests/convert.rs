@@ -223,6 +223,42 @@ fn several_stacks_go_to_a_directory_and_gaps_are_reported() {
 }
 
 #[test]
+fn json_logs_carry_the_rank() {
+    let d = tempfile::tempdir().unwrap();
+    let input = d.path().join("in");
+    write_stack(&input, "s", &[0, 1, 3], &[4, 4], DType::U8, 30);
+    let out = ok(tessera(&[
+        "convert",
+        "--input",
+        &s(&input),
+        "--output",
+        &s(&d.path().join("o.zarr")),
+        "--log-format",
+        "json",
+    ]));
+    let line = out
+        .lines()
+        .find(|l| l.contains("missing slice"))
+        .expect("a gap warning");
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(v["level"], "WARN");
+    assert_eq!(v["span"]["r"], 0);
+    // -q keeps warnings, drops info.
+    let quiet = ok(tessera(&[
+        "-q",
+        "convert",
+        "--input",
+        &s(&input),
+        "--output",
+        &s(&d.path().join("q.zarr")),
+    ]));
+    assert!(
+        quiet.contains("missing slice") && !quiet.contains("INFO"),
+        "{quiet}"
+    );
+}
+
+#[test]
 fn dry_run_writes_nothing_and_prints_the_plan() {
     let d = tempfile::tempdir().unwrap();
     let input = d.path().join("in");

@@ -173,8 +173,13 @@ pub fn convert(b: &ConvertBench, comm: &dyn Comm) -> Result<()> {
     if comm.is_root() {
         let layout = format!(
             "chunks {}{}",
-            b.chunks.as_deref().map_or("default".into(), crate::grid::join),
-            b.shards.as_deref().map_or(String::new(), |s| format!(", shards {}", crate::grid::join(s)))
+            b.chunks
+                .as_deref()
+                .map_or("default".into(), crate::grid::join),
+            b.shards.as_deref().map_or(String::new(), |s| format!(
+                ", shards {}",
+                crate::grid::join(s)
+            ))
         );
         println!("bench convert: {} slices of {}x{} uint16 TIFF ({:.1} MiB), codec {:?}, {layout}, {} rank(s), {} thread(s) per rank, best of {}",
             b.slices, b.size, b.size, bytes as f64 / 1048576.0, b.codec, comm.size(), rayon::current_num_threads(), b.repeat.max(1));

@@ -78,6 +78,12 @@ pub fn probe(path: &Path) -> Result<ImageInfo> {
         let mut d = tiff_decoder(path)?;
         let (w, h) = d.dimensions().map_err(|e| bad(path, e))?;
         let color = d.colortype().map_err(|e| bad(path, e))?;
+        if d.more_images() {
+            return Err(bad(
+                path,
+                "multi-page TIFF: tessera reads one image per file (one slice per file); split the pages into files",
+            ));
+        }
         let (channels, bits) = tiff_samples(path, color)?;
         // One SampleFormat per sample; tessera needs them equal, so the first one decides.
         let format: u16 = d
@@ -371,6 +377,33 @@ mod tests {
         assert_eq!(b[[0, 1, 3]], 3);
         assert_eq!(b[[1, 1, 3]], 1);
         assert_eq!(b[[2, 0, 0]], 7);
+    }
+
+    #[test]
+    fn multi_page_tiff_is_refused_not_truncated() {
+        use tiff::encoder::{colortype, TiffEncoder};
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.tif");
+        let mut enc = TiffEncoder::new(File::create(&p).unwrap()).unwrap();
+        for _ in 0..2 {
+            enc.write_image::<colortype::Gray8>(2, 2, &[1, 2, 3, 4])
+                .unwrap();
+        }
+        drop(enc);
+        let e = probe(&p).unwrap_err().to_string();
+        assert!(e.contains("multi-page"), "{e}");
+    }
+
+    #[test]
+    fn jpeg_reads_like_the_image_crate_decodes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.jpg");
+        let img = image::GrayImage::from_fn(16, 8, |x, y| image::Luma([(x * 10 + y) as u8]));
+        img.save(&p).unwrap();
+        let decoded = image::open(&p).unwrap().into_luma8();
+        let b = read(&p).unwrap().into_array::<u8>().unwrap();
+        assert_eq!(b.shape(), &[8, 16]);
+        assert_eq!(b.iter().copied().collect::<Vec<_>>(), decoded.into_raw());
     }
 
     #[test]
