@@ -15,7 +15,8 @@ use ndarray::{ArrayD, IxDyn};
 use serde_json::{Map, Value};
 
 use super::{
-    check_region, ArrayMeta, ArrayReader, ArrayWriter, Block, Codec, CreateSpec, DType, Element,
+    check_region, check_write, ArrayMeta, ArrayReader, ArrayWriter, Block, Codec, CreateSpec,
+    DType, Element,
 };
 use crate::comm::Comm;
 use crate::error::{Error, Result};
@@ -434,19 +435,13 @@ impl ArrayWriter for Hdf5Writer {
     fn write_box(&self, part: Option<(&Region, &Block)>) -> Result<()> {
         match part {
             Some((region, block)) => {
-                check_region(
+                check_write(
                     &self.path.display().to_string(),
                     &self.shape,
+                    self.dtype,
                     region,
-                    Some(block),
+                    block,
                 )?;
-                if block.dtype() != self.dtype {
-                    return Err(Error::mismatch(
-                        format!("{}: block dtype", self.path.display()),
-                        self.dtype,
-                        block.dtype(),
-                    ));
-                }
                 with_block!(block, a => write_raw(&self.path, &self.ds, Some((region, a)), self.collective))
             }
             None => {

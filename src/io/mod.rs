@@ -210,3 +210,26 @@ pub fn check_region(
     }
     Ok(())
 }
+
+/// Checks a block about to be written: inside the array, shaped like its box, of the array's
+/// dtype. Every writer calls it first.
+///
+/// # Errors
+/// [`Error::Mismatch`] naming `what`.
+pub fn check_write(
+    what: &str,
+    shape: &[u64],
+    dtype: DType,
+    region: &Region,
+    block: &Block,
+) -> Result<()> {
+    check_region(what, shape, region, Some(block))?;
+    if block.dtype() != dtype {
+        return Err(Error::mismatch(
+            format!("{what}: block dtype"),
+            dtype,
+            block.dtype(),
+        ));
+    }
+    Ok(())
+}

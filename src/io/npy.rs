@@ -11,7 +11,10 @@ use ndarray::{ArrayViewD, ArrayViewMutD, IxDyn, SliceInfoElem};
 use ndarray_npy::{ViewMutNpyExt, ViewNpyExt};
 use serde_json::{Map, Value};
 
-use super::{check_region, ArrayMeta, ArrayReader, ArrayWriter, Block, CreateSpec, DType, Element};
+use super::{
+    check_region, check_write, ArrayMeta, ArrayReader, ArrayWriter, Block, CreateSpec, DType,
+    Element,
+};
 use crate::comm::Comm;
 use crate::error::{Error, IoContext, Result};
 use crate::grid::Region;
@@ -242,19 +245,13 @@ impl ArrayWriter for NpyWriter {
         let Some((region, block)) = part else {
             return Ok(());
         };
-        check_region(
+        check_write(
             &self.path.display().to_string(),
             &self.shape,
+            self.dtype,
             region,
-            Some(block),
+            block,
         )?;
-        if block.dtype() != self.dtype {
-            return Err(Error::mismatch(
-                format!("{}: block dtype", self.path.display()),
-                self.dtype,
-                block.dtype(),
-            ));
-        }
         let mut map = self.map.lock().expect("npy map lock");
         with_block!(block, a => write_into(&mut map, &self.path, region, a))
     }

@@ -17,7 +17,9 @@ use zarrs::storage::{
     StorePrefix, WritableStorageTraits,
 };
 
-use super::{check_region, ArrayMeta, ArrayReader, ArrayWriter, Block, Codec, CreateSpec, DType};
+use super::{
+    check_region, check_write, ArrayMeta, ArrayReader, ArrayWriter, Block, Codec, CreateSpec, DType,
+};
 use crate::comm::Comm;
 use crate::error::{Error, Result};
 use crate::grid::Region;
@@ -340,6 +342,7 @@ impl ArrayReader for ZarrReader {
 pub struct ZarrWriter {
     array: Array<ChunkFileStore>,
     shape: Vec<u64>,
+    dtype: DType,
     store: PathBuf,
     node: String,
     is_root: bool,
@@ -458,6 +461,7 @@ impl ZarrWriter {
         Ok(ZarrWriter {
             array,
             shape: spec.shape.clone(),
+            dtype: spec.dtype,
             store: store.to_path_buf(),
             node: node.to_string(),
             is_root: comm.is_root(),
@@ -470,11 +474,12 @@ impl ArrayWriter for ZarrWriter {
         let Some((region, block)) = part else {
             return Ok(());
         };
-        check_region(
+        check_write(
             &self.store.display().to_string(),
             &self.shape,
+            self.dtype,
             region,
-            Some(block),
+            block,
         )?;
         let subset = ArraySubset::new_with_ranges(&region.ranges());
         with_block!(block, a => self.array.store_array_subset(&subset, a))
