@@ -87,11 +87,19 @@ pub fn run(dir: &Path, comm: &dyn Comm) -> Result<()> {
         println!();
         crate::cli::info(&output.to_string_lossy(), false)?;
         println!();
+        let exe = std::env::current_exe()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| "tessera".into());
         println!("Look at it:");
-        println!("  tessera info {out}");
+        println!("  {exe} info {out}");
         println!("  python3 -c 'import zarr; a = zarr.open_array(\"{out}\", mode=\"r\")");
         println!("  print(a.shape, a.dtype, a.attrs[\"axis_order\"])");
         println!("  print(\"centre of sphere 1:\", a[32, 100, 100], \"background:\", a[0, 0, 0])'");
+        println!("Next: {exe} run configs/convert-demo.toml (the same from a TOML job file),");
+        println!(
+            "      mpirun -n 2 --bind-to none {exe} convert --input {} --output out.zarr",
+            dir.join("slices").display()
+        );
     }
     Ok(())
 }
