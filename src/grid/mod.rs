@@ -6,6 +6,8 @@
 
 use std::ops::Range;
 
+pub mod windows;
+
 /// An axis-aligned box in an N-D array: `start[i] .. start[i] + shape[i]` on each axis.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Region {
