@@ -2,3 +2,4 @@
 //! plan, what is exchanged), `kernel.rs` holds the pure CPU kernels.
 
 pub mod convert;
+pub mod quilt;

@@ -1,0 +1,431 @@
+//! Quilting kernels: window weights, cutting windows out of an image, and the weighted
+//! accumulation that stitches patches back. Pure functions on ndarray views.
+//!
+//! Summation order (documented because results must not depend on the rank count): every
+//! output pixel is the sum, in f64, of its contributions taken in ascending patch order
+//! (image-major, then row-major window order), divided by the f64 sum of the weights in the
+//! same order, then rounded once to the output type. A block of the output is always built
+//! from all the windows that overlap it, in that order, so the bits do not depend on how the
+//! output is split into blocks or among ranks.
+
+use ndarray::{ArrayD, ArrayViewD, Axis, Dimension, IxDyn, Slice};
+use serde::{Deserialize, Serialize};
+
+/// Smallest weight a pixel of a window may have, so every covered pixel has a defined mean.
+pub const MIN_WEIGHT: f64 = 1e-8;
+
+/// How the pixels of a window are weighted when stitching.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Blend {
+    /// qlty's: weight 1 inside, `border_weight` in a band of `border` pixels at each edge.
+    #[default]
+    Border,
+    /// A Gaussian centred on the window, sigma = `sigma` x window size per axis (MONAI-style).
+    Gaussian,
+    /// A Hann window, positive up to the edges (endpoints excluded).
+    Hann,
+}
+
+/// Everything that decides a window's weights.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Weighting {
+    pub blend: Blend,
+    /// Border band width per spatial axis (0: none).
+    pub border: Vec<u64>,
+    /// Weight in the border band, in [0, 1]; raised to [`MIN_WEIGHT`].
+    pub border_weight: f64,
+    /// Gaussian sigma as a fraction of the window size.
+    pub sigma: f64,
+}
+
+/// The weight of every pixel of a window (spatial shape only; channels share it).
+pub fn weights(window: &[u64], w: &Weighting) -> ArrayD<f64> {
+    let shape: Vec<usize> = window.iter().map(|&n| n as usize).collect();
+    ArrayD::from_shape_fn(IxDyn(&shape), |idx| {
+        let value = match w.blend {
+            Blend::Border => {
+                let in_band = (0..shape.len()).any(|a| {
+                    let (p, n, b) = (idx[a] as u64, window[a], w.border[a]);
+                    b > 0 && (p < b || p >= n - b)
+                });
+                if in_band {
+                    w.border_weight
+                } else {
+                    1.0
+                }
+            }
+            Blend::Gaussian => (0..shape.len())
+                .map(|a| {
+                    let n = window[a] as f64;
+                    let centre = (n - 1.0) / 2.0;
+                    let sigma = (w.sigma * n).max(1e-12);
+                    (-(idx[a] as f64 - centre).powi(2) / (2.0 * sigma * sigma)).exp()
+                })
+                .product(),
+            Blend::Hann => (0..shape.len())
+                .map(|a| {
+                    let n = window[a] as f64;
+                    0.5 - 0.5
+                        * (2.0 * std::f64::consts::PI * (idx[a] as f64 + 1.0) / (n + 1.0)).cos()
+                })
+                .product(),
+        };
+        value.max(MIN_WEIGHT)
+    })
+}
+
+/// qlty's border tensor: 1 inside, 0 in the border band (all 1 without a border).
+pub fn border_mask(window: &[u64], border: &[u64]) -> ArrayD<u8> {
+    let shape: Vec<usize> = window.iter().map(|&n| n as usize).collect();
+    ArrayD::from_shape_fn(IxDyn(&shape), |idx| {
+        let in_band = (0..shape.len()).any(|a| {
+            let (p, n, b) = (idx[a] as u64, window[a], border[a]);
+            b > 0 && (p < b || p >= n - b)
+        });
+        u8::from(!in_band)
+    })
+}
+
+/// Copies the window at spatial `start` out of an image laid out as (C, *spatial).
+pub fn cut_window<T: Clone>(image: &ArrayViewD<'_, T>, start: &[u64], window: &[u64]) -> ArrayD<T> {
+    let mut view = image.view();
+    for (a, (&s, &w)) in start.iter().zip(window).enumerate() {
+        view.slice_axis_inplace(Axis(a + 1), Slice::from(s as usize..(s + w) as usize));
+    }
+    view.to_owned()
+}
+
+/// Narrows a view to `ranges` on the axes starting at `offset`.
+fn narrowed<'a>(
+    mut v: ArrayViewD<'a, f64>,
+    ranges: &[std::ops::Range<usize>],
+    offset: usize,
+) -> ArrayViewD<'a, f64> {
+    for (a, r) in ranges.iter().enumerate() {
+        v.slice_axis_inplace(Axis(a + offset), Slice::from(r.clone()));
+    }
+    v
+}
+
+/// Weighted sums over one block of the output of one image: (C, *block) sums of `w * patch`,
+/// (*block) sums of `w`, and optionally sums of `w * (variance + patch^2)` for the std.
+#[derive(Clone, Debug)]
+pub struct Accumulator {
+    /// Spatial start of the block in the image.
+    pub origin: Vec<u64>,
+    pub sums: ArrayD<f64>,
+    pub weights: ArrayD<f64>,
+    pub second_moments: Option<ArrayD<f64>>,
+    /// Patch pixels that were NaN and so left out (value and weight).
+    pub nan_pixels: u64,
+}
+
+impl Accumulator {
+    /// An empty accumulator for a block of `channels` x `block` at spatial `origin`.
+    pub fn new(channels: usize, origin: &[u64], block: &[u64], with_variance: bool) -> Self {
+        let spatial: Vec<usize> = block.iter().map(|&n| n as usize).collect();
+        let mut full = vec![channels];
+        full.extend(&spatial);
+        Accumulator {
+            origin: origin.to_vec(),
+            sums: ArrayD::zeros(IxDyn(&full)),
+            weights: ArrayD::zeros(IxDyn(&spatial)),
+            second_moments: with_variance.then(|| ArrayD::zeros(IxDyn(&full))),
+            nan_pixels: 0,
+        }
+    }
+
+    /// Adds one patch (C, *window) whose window starts at spatial `start`, with weights `w`
+    /// (*window). Only the part of the window inside the block is used. NaN pixels are left
+    /// out and counted. `variance` (same shape as the patch) feeds the std.
+    pub fn add(
+        &mut self,
+        patch: &ArrayViewD<'_, f64>,
+        variance: Option<&ArrayViewD<'_, f64>>,
+        start: &[u64],
+        w: &ArrayD<f64>,
+    ) {
+        let ndim = start.len();
+        let block: Vec<u64> = self.weights.shape().iter().map(|&n| n as u64).collect();
+        // Overlap of the window with the block, in window and in block coordinates.
+        let mut window_ranges = Vec::with_capacity(ndim);
+        let mut block_ranges = Vec::with_capacity(ndim);
+        for a in 0..ndim {
+            let lo = start[a].max(self.origin[a]);
+            let hi = (start[a] + w.shape()[a] as u64).min(self.origin[a] + block[a]);
+            if lo >= hi {
+                return;
+            }
+            window_ranges.push((lo - start[a]) as usize..(hi - start[a]) as usize);
+            block_ranges.push((lo - self.origin[a]) as usize..(hi - self.origin[a]) as usize);
+        }
+        let w_part = narrowed(w.view(), &window_ranges, 0);
+        let mut weight_sum = self.weights.view_mut();
+        for (a, r) in block_ranges.iter().enumerate() {
+            weight_sum.slice_axis_inplace(Axis(a), Slice::from(r.clone()));
+        }
+        let channels = patch.shape()[0];
+        // A window pixel that is NaN in any channel (or in its variance) is left out of every
+        // channel's sums and of the weight, so the channels share one weight map and a NaN
+        // never spreads to neighbours; `nan_pixels` counts the values left out.
+        let p = narrowed(patch.view(), &window_ranges, 1);
+        let var = variance.map(|v| narrowed(v.view(), &window_ranges, 1));
+        let valid = ArrayD::from_shape_fn(w_part.raw_dim(), |idx| {
+            (0..channels).all(|c| {
+                let mut full = vec![c];
+                full.extend(idx.slice());
+                let ok = !p[IxDyn(&full)].is_nan();
+                ok && var.as_ref().is_none_or(|v| !v[IxDyn(&full)].is_nan())
+            })
+        });
+        self.nan_pixels += valid.iter().filter(|&&ok| !ok).count() as u64 * channels as u64;
+        ndarray::Zip::from(&mut weight_sum)
+            .and(&w_part)
+            .and(&valid)
+            .for_each(|s, &wt, &ok| {
+                if ok {
+                    *s += wt;
+                }
+            });
+        for c in 0..channels {
+            let pc = p.index_axis(Axis(0), c);
+            let mut sc = self.sums.index_axis_mut(Axis(0), c);
+            for (a, r) in block_ranges.iter().enumerate() {
+                sc.slice_axis_inplace(Axis(a), Slice::from(r.clone()));
+            }
+            ndarray::Zip::from(&mut sc)
+                .and(&pc)
+                .and(&w_part)
+                .and(&valid)
+                .for_each(|s, &x, &wt, &ok| {
+                    if ok {
+                        *s += wt * x;
+                    }
+                });
+            if let (Some(m2), Some(var)) = (self.second_moments.as_mut(), var.as_ref()) {
+                let vc = var.index_axis(Axis(0), c);
+                let mut mc = m2.index_axis_mut(Axis(0), c);
+                for (a, r) in block_ranges.iter().enumerate() {
+                    mc.slice_axis_inplace(Axis(a), Slice::from(r.clone()));
+                }
+                ndarray::Zip::from(&mut mc)
+                    .and(&pc)
+                    .and(&vc)
+                    .and(&w_part)
+                    .and(&valid)
+                    .for_each(|m, &x, &v, &wt, &ok| {
+                        if ok {
+                            *m += wt * (v + x * x);
+                        }
+                    });
+            }
+        }
+    }
+
+    /// The weighted mean (C, *block); NaN where no valid contribution arrived.
+    pub fn mean(&self) -> ArrayD<f64> {
+        let mut out = self.sums.clone();
+        for mut c in out.axis_iter_mut(Axis(0)) {
+            ndarray::Zip::from(&mut c)
+                .and(&self.weights)
+                .for_each(|x, &w| {
+                    *x = if w > 0.0 { *x / w } else { f64::NAN };
+                });
+        }
+        out
+    }
+
+    /// The weighted standard deviation of the mixture of the patches' predictions:
+    /// `sqrt(sum(w (var + p^2)) / sum(w) - mean^2)`, clamped at 0 against rounding.
+    pub fn std(&self) -> Option<ArrayD<f64>> {
+        let m2 = self.second_moments.as_ref()?;
+        let mean = self.mean();
+        let mut out = m2.clone();
+        for (mut c, mc) in out.axis_iter_mut(Axis(0)).zip(mean.axis_iter(Axis(0))) {
+            ndarray::Zip::from(&mut c)
+                .and(&mc)
+                .and(&self.weights)
+                .for_each(|x, &mu, &w| {
+                    *x = if w > 0.0 {
+                        (*x / w - mu * mu).max(0.0).sqrt()
+                    } else {
+                        f64::NAN
+                    };
+                });
+        }
+        Some(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::grid::windows::WindowGrid;
+
+    fn border(b: u64, bw: f64) -> Weighting {
+        Weighting {
+            blend: Blend::Border,
+            border: vec![b, b],
+            border_weight: bw,
+            sigma: 0.125,
+        }
+    }
+
+    #[test]
+    fn border_weights_and_mask_hand_checked() {
+        let w = weights(&[4, 5], &border(1, 0.1));
+        assert_eq!(w[[0, 0]], 0.1);
+        assert_eq!(w[[1, 1]], 1.0);
+        assert_eq!(w[[2, 3]], 1.0);
+        assert_eq!(w[[2, 4]], 0.1);
+        assert_eq!(w[[3, 2]], 0.1);
+        let zero = weights(&[4, 4], &border(1, 0.0));
+        assert_eq!(zero[[0, 0]], MIN_WEIGHT);
+        let none = weights(&[3, 3], &border(0, 0.1));
+        assert!(none.iter().all(|&x| x == 1.0));
+        let m = border_mask(&[4, 5], &[1, 1]);
+        assert_eq!(m.sum(), 2 * 3);
+        assert_eq!(m[[1, 1]], 1);
+        assert_eq!(m[[0, 2]], 0);
+    }
+
+    #[test]
+    fn smooth_blends_peak_in_the_middle_and_stay_positive() {
+        for blend in [Blend::Gaussian, Blend::Hann] {
+            let w = weights(
+                &[9, 9],
+                &Weighting {
+                    blend,
+                    border: vec![0, 0],
+                    border_weight: 0.1,
+                    sigma: 0.125,
+                },
+            );
+            assert!(w.iter().all(|&x| x >= MIN_WEIGHT));
+            assert!((w[[4, 4]] - 1.0).abs() < 1e-12, "{blend:?}");
+            assert!(w[[0, 4]] < w[[2, 4]] && w[[2, 4]] < w[[4, 4]]);
+            assert!((w[[1, 4]] - w[[7, 4]]).abs() < 1e-12, "symmetric");
+        }
+    }
+
+    #[test]
+    fn cut_window_hand_checked() {
+        let img = ArrayD::from_shape_fn(IxDyn(&[2, 5, 6]), |i| {
+            (i[0] * 100 + i[1] * 10 + i[2]) as u16
+        });
+        let w = cut_window(&img.view(), &[1, 2], &[3, 2]);
+        assert_eq!(w.shape(), &[2, 3, 2]);
+        assert_eq!(w[[0, 0, 0]], 12);
+        assert_eq!(w[[1, 2, 1]], 133);
+    }
+
+    /// Cuts every window of one image, the straightforward way.
+    fn unstitch(img: &ArrayD<f64>, grid: &WindowGrid) -> Vec<(Vec<u64>, ArrayD<f64>)> {
+        (0..grid.per_image())
+            .map(|k| {
+                let s = grid.window_start(k);
+                let p = cut_window(&img.view(), &s, &grid.window);
+                (s, p)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn stitching_constant_patches_returns_the_constant() {
+        let grid = WindowGrid::new(&[13, 11], &[5, 4], &[3, 2], false).unwrap();
+        let w = weights(&grid.window, &border(1, 0.1));
+        let mut acc = Accumulator::new(2, &[0, 0], &grid.image, false);
+        for k in 0..grid.per_image() {
+            let p = ArrayD::from_elem(IxDyn(&[2, 5, 4]), 0.7);
+            acc.add(&p.view(), None, &grid.window_start(k), &w);
+        }
+        assert!(acc.mean().iter().all(|&x| (x - 0.7).abs() < 1e-15));
+        assert!(acc.weights.iter().all(|&x| x > 0.0));
+    }
+
+    #[test]
+    fn unstitch_then_stitch_returns_the_input_and_blocks_do_not_change_bits() {
+        let grid = WindowGrid::new(&[9, 10, 12], &[4, 5, 6], &[3, 2, 5], false).unwrap();
+        let img = ArrayD::from_shape_fn(IxDyn(&[2, 9, 10, 12]), |i| {
+            ((i[0] * 7 + i[1] * 13 + i[2] * 3 + i[3]) as f64 * 0.37).sin()
+        });
+        let wt = weights(
+            &grid.window,
+            &Weighting {
+                blend: Blend::Gaussian,
+                border: vec![0; 3],
+                border_weight: 0.1,
+                sigma: 0.2,
+            },
+        );
+        let patches = unstitch(&img, &grid);
+        let mut whole = Accumulator::new(2, &[0, 0, 0], &grid.image, false);
+        for (s, p) in &patches {
+            whole.add(&p.view(), None, s, &wt);
+        }
+        let mean = whole.mean();
+        assert!(mean
+            .iter()
+            .zip(img.iter())
+            .all(|(a, b)| (a - b).abs() < 1e-12));
+        // Built as two z-blocks, each from the windows overlapping it, the bits are the same.
+        for split in [1u64, 4, 8] {
+            for (z0, z1) in [(0, split), (split, 9)] {
+                let mut part = Accumulator::new(2, &[z0, 0, 0], &[z1 - z0, 10, 12], false);
+                for k in grid.overlapping(0, z0..z1) {
+                    // z is the slowest axis: windows of z-index k are a contiguous run.
+                    let per_z = grid.per_image() / grid.counts()[0];
+                    for (s, p) in &patches[(k * per_z) as usize..((k + 1) * per_z) as usize] {
+                        part.add(&p.view(), None, s, &wt);
+                    }
+                }
+                let pm = part.mean();
+                let expect = mean.slice_axis(Axis(1), Slice::from(z0 as usize..z1 as usize));
+                assert!(pm
+                    .iter()
+                    .zip(expect.iter())
+                    .all(|(a, b)| a.to_bits() == b.to_bits()));
+            }
+        }
+    }
+
+    #[test]
+    fn nan_pixels_are_left_out_and_counted() {
+        let grid = WindowGrid::new(&[4, 4], &[2, 2], &[1, 1], false).unwrap();
+        let w = weights(&grid.window, &border(0, 0.1));
+        let mut acc = Accumulator::new(1, &[0, 0], &[4, 4], false);
+        for k in 0..grid.per_image() {
+            let mut p = ArrayD::from_elem(IxDyn(&[1, 2, 2]), 2.0);
+            if k == 0 {
+                p[[0, 1, 1]] = f64::NAN; // pixel (1, 1) of the image, also covered by others
+            }
+            acc.add(&p.view(), None, &grid.window_start(k), &w);
+        }
+        assert_eq!(acc.nan_pixels, 1);
+        assert!(
+            acc.mean().iter().all(|&x| x == 2.0),
+            "neighbours not poisoned"
+        );
+        // A pixel only NaN patches cover comes out NaN, not a number made up.
+        let mut lone = Accumulator::new(1, &[0, 0], &[2, 2], false);
+        let p = ArrayD::from_elem(IxDyn(&[1, 2, 2]), f64::NAN);
+        lone.add(&p.view(), None, &[0, 0], &w);
+        assert!(lone.mean().iter().all(|x| x.is_nan()));
+    }
+
+    #[test]
+    fn std_of_a_mixture_hand_checked() {
+        // Two windows over one pixel with weights 1 and 1: predictions 1 and 3, variances 0
+        // and 2 -> mean 2, second moment (1 + 0 + 9 + 2) / 2 = 6, std sqrt(6 - 4) = sqrt 2.
+        let w = ArrayD::from_elem(IxDyn(&[1, 1]), 1.0);
+        let mut acc = Accumulator::new(1, &[0, 0], &[1, 1], true);
+        for (x, v) in [(1.0, 0.0), (3.0, 2.0)] {
+            let p = ArrayD::from_elem(IxDyn(&[1, 1, 1]), x);
+            let var = ArrayD::from_elem(IxDyn(&[1, 1, 1]), v);
+            acc.add(&p.view(), Some(&var.view()), &[0, 0], &w);
+        }
+        assert_eq!(acc.mean()[[0, 0, 0]], 2.0);
+        assert!((acc.std().unwrap()[[0, 0, 0]] - 2f64.sqrt()).abs() < 1e-15);
+    }
+}
