@@ -81,8 +81,9 @@ pub trait Operation: Sync {
     type Output: Send;
 
     fn name(&self) -> &'static str;
-    /// The output array this run publishes.
-    fn target(&self) -> &Address;
+    /// The output arrays this run publishes, the primary one first (its name is the run's name
+    /// in reports, and its journal is the run's journal).
+    fn targets(&self) -> &[Address];
     /// All units, in a fixed order (unit ids are indices into this list).
     fn units(&self) -> &[UnitInfo];
     /// Peak memory per unit in flight, bytes (two units are in flight per rank: one being
@@ -90,11 +91,12 @@ pub trait Operation: Sync {
     fn memory_per_unit(&self) -> u64;
     /// Parameters that must match for `--resume` to continue a run (JSON text).
     fn fingerprint(&self) -> String;
-    /// Creates (or with `resume` reopens) the output at `staging`. Collective.
+    /// Creates (or with `resume` reopens) the outputs at their `staging` addresses (in the order
+    /// of `targets`). Collective.
     ///
     /// # Errors
     /// Output creation failures.
-    fn open_output(&self, staging: &Address, comm: &dyn Comm, resume: bool) -> Result<()>;
+    fn open_output(&self, staging: &[Address], comm: &dyn Comm, resume: bool) -> Result<()>;
     /// Reads and computes one unit. Runs on a helper thread of one rank (never MPI); may use
     /// rayon inside.
     ///
@@ -131,6 +133,42 @@ pub fn agree<T>(comm: &dyn Comm, result: Result<T>) -> Result<T> {
     }
 }
 
+/// Plans where each output is staged, refusing two outputs that would share a staging area
+/// (two new arrays in one new container) and a resume that finds only some of its outputs.
+fn plan_stagings(targets: &[Address], options: &RunOptions) -> Result<Vec<Staging>> {
+    let stagings = targets
+        .iter()
+        .map(|t| Staging::plan(t, options.overwrite, options.resume))
+        .collect::<Result<Vec<_>>>()?;
+    for (i, a) in stagings.iter().enumerate() {
+        for b in &stagings[..i] {
+            if a.published_path().starts_with(b.published_path())
+                || b.published_path().starts_with(a.published_path())
+            {
+                return Err(Error::parameter(
+                    "output",
+                    format!(
+                        "{} and {} would be written into one new container; put them in different files or stores (or create the store first)",
+                        b.target, a.target
+                    ),
+                ));
+            }
+        }
+    }
+    if stagings.iter().any(|s| s.resuming) && !stagings.iter().all(|s| s.resuming) {
+        let missing: Vec<String> = stagings
+            .iter()
+            .filter(|s| !s.resuming)
+            .map(|s| s.target.to_string())
+            .collect();
+        return Err(Error::parameter(
+            "resume",
+            format!("the interrupted run left only some of its outputs ({} missing); use --overwrite to start over", missing.join(", ")),
+        ));
+    }
+    Ok(stagings)
+}
+
 /// Runs an operation to completion on this rank (every rank calls it).
 ///
 /// # Errors
@@ -142,32 +180,34 @@ pub fn run<Op: Operation>(op: &Op, comm: &dyn Comm, options: &RunOptions) -> Res
     let assignment = partition_contiguous(units.len(), comm.size());
 
     // Everyone looks at the disk before anyone changes it.
-    let staging = agree(
-        comm,
-        Staging::plan(op.target(), options.overwrite, options.resume),
-    )?;
+    let stagings = agree(comm, plan_stagings(op.targets(), options))?;
+    let staging = &stagings[0];
 
     if options.dry_run {
         if comm.is_root() {
-            print!("{}", report::describe_plan(op, &assignment, &staging));
+            print!("{}", report::describe_plan(op, &assignment, &stagings));
         }
-        return Ok(RunSummary::dry_run(op.name(), op.target(), comm.size()));
+        return Ok(RunSummary::dry_run(
+            op.name(),
+            &op.targets()[0],
+            comm.size(),
+        ));
     }
 
     let journal = journal::Journal::new(staging.journal_dir(), comm.rank());
     let setup = (|| {
         if comm.is_root() {
-            staging.clear_stale()?;
+            for s in &stagings {
+                s.clear_stale()?;
+            }
             journal.start(&op.fingerprint(), staging.resuming)?;
         }
         Ok(())
     })();
     agree(comm, setup)?;
     let t = Instant::now();
-    agree(
-        comm,
-        op.open_output(&staging.staging, comm, staging.resuming),
-    )?;
+    let staged: Vec<Address> = stagings.iter().map(|s| s.staging.clone()).collect();
+    agree(comm, op.open_output(&staged, comm, staging.resuming))?;
     let done = if staging.resuming {
         journal.finished_units()?
     } else {
@@ -266,5 +306,5 @@ pub fn run<Op: Operation>(op: &Op, comm: &dyn Comm, options: &RunOptions) -> Res
 
     stats.phases = phases;
     stats.seconds = started.elapsed().as_secs_f64();
-    Ok(report::summarize(op, comm, stats, &staging, done.len()))
+    Ok(report::summarize(op, comm, stats, &stagings, done.len()))
 }

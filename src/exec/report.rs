@@ -84,7 +84,7 @@ pub(super) fn summarize<Op: Operation>(
     op: &Op,
     comm: &dyn Comm,
     mut stats: RankStats,
-    staging: &Staging,
+    stagings: &[Staging],
     resumed: usize,
 ) -> RunSummary {
     stats.rank = comm.rank();
@@ -99,14 +99,17 @@ pub(super) fn summarize<Op: Operation>(
     let bytes_written: u64 = per_rank.iter().map(|r| r.bytes_written).sum();
     RunSummary {
         operation: op.name().into(),
-        output: op.target().to_string(),
+        output: op.targets()[0].to_string(),
         ranks: comm.size(),
         units_total: op.units().len(),
         units_resumed: resumed,
         bytes_read: per_rank.iter().map(|r| r.bytes_read).sum(),
         bytes_written,
         bytes_on_disk: if comm.is_root() {
-            disk_usage(staging.published_path())
+            stagings
+                .iter()
+                .map(|s| disk_usage(s.published_path()))
+                .sum()
         } else {
             0
         },
@@ -200,7 +203,7 @@ pub fn write_report(
 pub(super) fn describe_plan<Op: Operation>(
     op: &Op,
     assignment: &[Range<usize>],
-    staging: &Staging,
+    stagings: &[Staging],
 ) -> String {
     use std::fmt::Write;
     let units = op.units();
@@ -212,19 +215,22 @@ pub(super) fn describe_plan<Op: Operation>(
         s,
         "plan: {} -> {} ({} units, {:.1} MiB in, {:.1} MiB out, {} rank{})",
         op.name(),
-        op.target(),
+        op.targets()[0],
         units.len(),
         mib(total_in),
         mib(total_out),
         assignment.len(),
         if assignment.len() == 1 { "" } else { "s" }
     );
-    let _ = writeln!(
-        s,
-        "  staged at {} until complete{}",
-        staging.staging,
-        if staging.resuming { " (resuming)" } else { "" }
-    );
+    for staging in stagings {
+        let _ = writeln!(
+            s,
+            "  {} staged at {} until complete{}",
+            staging.target,
+            staging.staging,
+            if staging.resuming { " (resuming)" } else { "" }
+        );
+    }
     let _ = writeln!(
         s,
         "  memory: about {:.1} MiB per rank (two units in flight: one computing, one writing)",

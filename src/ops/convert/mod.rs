@@ -248,7 +248,8 @@ fn output_address(job: &ConvertJob, stack: &str, several: bool) -> Result<Addres
 
 /// The convert operation for one stack.
 pub struct ConvertOp {
-    target: Address,
+    /// The one output (a slice, as `Operation::targets` wants).
+    target: [Address; 1],
     files: Vec<PathBuf>,
     slice: ImageInfo,
     spec: CreateSpec,
@@ -352,7 +353,7 @@ impl ConvertOp {
         attributes.insert("axis_order".into(), json!(names.join("").to_uppercase()));
         attributes.insert("source_dtype".into(), json!(slice.dtype.name()));
         Ok(ConvertOp {
-            target,
+            target: [target],
             files: stack.files.iter().map(|(_, p)| p.clone()).collect(),
             slice,
             spec,
@@ -386,7 +387,7 @@ impl Operation for ConvertOp {
         "convert"
     }
 
-    fn target(&self) -> &Address {
+    fn targets(&self) -> &[Address] {
         &self.target
     }
 
@@ -417,8 +418,8 @@ impl Operation for ConvertOp {
         .to_string()
     }
 
-    fn open_output(&self, staging: &Address, comm: &dyn Comm, resume: bool) -> Result<()> {
-        let writer = io::create(staging, &self.spec, comm, resume)?;
+    fn open_output(&self, staging: &[Address], comm: &dyn Comm, resume: bool) -> Result<()> {
+        let writer = io::create(&staging[0], &self.spec, comm, resume)?;
         *self.writer.lock().expect("writer lock") = Some(writer);
         Ok(())
     }
@@ -504,7 +505,7 @@ pub fn run(job: &ConvertJob, comm: &dyn Comm) -> Result<Vec<crate::exec::RunSumm
                 stack.files.len(),
                 op.slice.shape,
                 op.slice.dtype,
-                op.target,
+                op.target[0],
                 op.spec.shape,
                 op.spec.dtype,
                 op.spec.chunks,
