@@ -39,6 +39,11 @@ pub enum LogFormat {
 pub enum Command {
     /// Convert a directory of image files (TIFF, PNG, JPEG) into one Zarr/HDF5/.npy array per stack.
     Convert(ConvertJob),
+    /// Cut arrays into overlapping windows and stitch predictions back (qlty at cluster scale).
+    Quilt {
+        #[command(subcommand)]
+        which: QuiltCommand,
+    },
     /// Print an array's shape, dtype, chunking, codecs and attributes.
     Info {
         /// Array address: file.npy, store.zarr[/group/array] or file.h5:/dataset.
@@ -72,6 +77,29 @@ pub enum Command {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum QuiltCommand {
+    /// (N, C, [Z,] Y, X) -> (M, C, *window) patches, with the geometry as attributes.
+    Unstitch(crate::job::UnstitchJob),
+    /// Patches -> weighted-mean image (and optionally weight sums and std).
+    Stitch(crate::job::StitchJob),
+    /// Write the border mask (1 inside, 0 in the border band) of a window as uint8.
+    BorderMask {
+        /// Output array address.
+        #[arg(long)]
+        output: String,
+        /// Window size per spatial axis.
+        #[arg(long, value_delimiter = ',', required = true)]
+        window: Vec<u64>,
+        /// Border width (one value or one per axis).
+        #[arg(long, value_delimiter = ',')]
+        border: Vec<u64>,
+        /// Replace an existing output.
+        #[arg(long)]
+        overwrite: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum DebugCommand {
     /// Exercise every collective with self-checking data; exits non-zero on a mismatch.
     CommCheck,
@@ -91,6 +119,23 @@ pub fn dispatch(cli: Cli, comm: &dyn Comm) -> Result<()> {
     match cli.command {
         Command::Convert(job) => run_job(Job::Convert(job), comm),
         Command::Run { job } => run_job(JobFile::load(&job)?, comm),
+        Command::Quilt { which } => match which {
+            QuiltCommand::Unstitch(job) => run_job(Job::Unstitch(job), comm),
+            QuiltCommand::Stitch(job) => run_job(Job::Stitch(job), comm),
+            QuiltCommand::BorderMask {
+                output,
+                window,
+                border,
+                overwrite,
+            } => {
+                let made = if comm.is_root() {
+                    border_mask(&output, &window, &border, overwrite)
+                } else {
+                    Ok(())
+                };
+                crate::exec::agree(comm, made)
+            }
+        },
         Command::Info { address, json } => {
             if comm.is_root() {
                 info(&address, json)?;
@@ -152,6 +197,32 @@ pub fn run_job(job: Job, comm: &dyn Comm) -> Result<()> {
                 comm,
             )
         }
+        Job::Unstitch(job) => {
+            let op = crate::ops::quilt::UnstitchOp::plan(&job)?;
+            let summary = crate::exec::run(&op, comm, &job.run)?;
+            let parameters = serde_json::to_value(&job).unwrap_or_default();
+            finish(
+                "quilt unstitch",
+                Path::new(&job.output),
+                &job.run,
+                parameters,
+                &[summary],
+                comm,
+            )
+        }
+        Job::Stitch(job) => {
+            let op = crate::ops::quilt::StitchOp::plan(&job)?;
+            let summary = crate::exec::run(&op, comm, &job.run)?;
+            let parameters = serde_json::to_value(&job).unwrap_or_default();
+            finish(
+                "quilt stitch",
+                Path::new(&job.output),
+                &job.run,
+                parameters,
+                &[summary],
+                comm,
+            )
+        }
     }
 }
 
@@ -181,6 +252,51 @@ fn finish(
         );
     }
     println!("report: {}", report.display());
+    Ok(())
+}
+
+/// `tessera quilt border-mask`: a small array, written whole by one process, staged like any
+/// output.
+///
+/// # Errors
+/// A bad window/border, or an output problem.
+fn border_mask(output: &str, window: &[u64], border: &[u64], overwrite: bool) -> Result<()> {
+    let border = crate::grid::windows::check_border(border, window)
+        .map_err(|e| Error::parameter(e.parameter, e.message))?;
+    if window.is_empty() || window.contains(&0) {
+        return Err(Error::parameter(
+            "window",
+            "needs positive sizes, e.g. 128,128",
+        ));
+    }
+    let mask = crate::ops::quilt::kernel::border_mask(window, &border);
+    let target = Address::parse(output)?;
+    let staging = crate::io::staging::Staging::plan(&target, overwrite, false)?;
+    staging.clear_stale()?;
+    let spec = crate::io::CreateSpec {
+        shape: window.to_vec(),
+        dtype: crate::io::DType::U8,
+        chunks: window.to_vec(),
+        shards: None,
+        codec: if matches!(target, Address::Hdf5 { .. }) {
+            crate::io::Codec::Gzip
+        } else {
+            crate::io::Codec::Zstd
+        },
+        dimension_names: None,
+        attributes: serde_json::Map::new(),
+    };
+    let writer = crate::io::create(&staging.staging, &spec, &crate::comm::Local, false)?;
+    writer.write_box(Some((
+        &crate::grid::Region::whole(window),
+        &crate::io::Block::U8(mask),
+    )))?;
+    let mut attrs = serde_json::Map::new();
+    attrs.insert("border".into(), serde_json::json!(border));
+    writer.set_attributes(&attrs)?;
+    writer.close()?;
+    staging.commit()?;
+    println!("wrote {target}");
     Ok(())
 }
 

@@ -95,6 +95,145 @@ fn default_pattern() -> String {
     DEFAULT_PATTERN.to_string()
 }
 
+fn default_border_weight() -> f64 {
+    0.1
+}
+
+fn default_sigma() -> f64 {
+    0.125
+}
+
+/// Window geometry flags shared by the quilt commands (spatial axes only: `[Z,]Y,X`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct GeometryArgs {
+    /// Window size per spatial axis, e.g. 128,128 or 64,64,64.
+    #[arg(long, value_delimiter = ',')]
+    #[serde(default)]
+    pub window: Vec<u64>,
+    /// Step between windows per spatial axis (at most the window unless --allow-gaps).
+    #[arg(long, value_delimiter = ',')]
+    #[serde(default)]
+    pub step: Vec<u64>,
+    /// Border band width: one value, or one per spatial axis; 0 means none.
+    #[arg(long, value_delimiter = ',')]
+    #[serde(default)]
+    pub border: Vec<u64>,
+    /// Weight of pixels in the border band, in [0, 1] (raised to at least 1e-8).
+    #[arg(long, default_value_t = 0.1)]
+    #[serde(default = "default_border_weight")]
+    pub border_weight: f64,
+    /// Window weighting when stitching.
+    #[arg(long, value_enum, default_value_t)]
+    #[serde(default)]
+    pub blend: crate::ops::quilt::kernel::Blend,
+    /// Gaussian sigma as a fraction of the window (with --blend gaussian).
+    #[arg(long, default_value_t = 0.125)]
+    #[serde(default = "default_sigma")]
+    pub sigma: f64,
+    /// Accept steps larger than the window (pixels between windows are then not covered).
+    #[arg(long)]
+    #[serde(default)]
+    pub allow_gaps: bool,
+}
+
+impl Default for GeometryArgs {
+    fn default() -> Self {
+        GeometryArgs {
+            window: vec![],
+            step: vec![],
+            border: vec![],
+            border_weight: default_border_weight(),
+            blend: Default::default(),
+            sigma: default_sigma(),
+            allow_gaps: false,
+        }
+    }
+}
+
+/// `tessera quilt unstitch`: an (N, C, [Z,] Y, X) array to (M, C, *window) patches.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct UnstitchJob {
+    /// Input array address.
+    #[arg(long)]
+    pub input: String,
+    /// Patch array address.
+    #[arg(long)]
+    pub output: String,
+    /// In a job file: the `[unstitch.geometry]` table.
+    #[command(flatten)]
+    pub geometry: GeometryArgs,
+    /// Where to write each patch's start `[n, z?, y, x]` as an (M, 1 + ndim) int64 array;
+    /// default `<output name>_positions.npy` beside the output.
+    #[arg(long)]
+    #[serde(default)]
+    pub positions: Option<String>,
+    /// Patches per chunk of the patch array (default: about 4 MiB of patches).
+    #[arg(long)]
+    #[serde(default)]
+    pub patches_per_chunk: Option<u64>,
+    /// Chunk compression.
+    #[arg(long, value_enum, default_value_t)]
+    #[serde(default)]
+    pub codec: Codec,
+    #[command(flatten)]
+    #[serde(skip)]
+    pub run: RunOptions,
+}
+
+/// `tessera quilt stitch`: (M, C, *window) patches back to (N, C, [Z,] Y, X).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct StitchJob {
+    /// Patch array address (its `quilt` attribute holds the geometry).
+    #[arg(long)]
+    pub input: String,
+    /// Output array address (the weighted mean).
+    #[arg(long)]
+    pub output: String,
+    /// Also write the per-pixel sum of weights (qlty's `norma`), shape (N, [Z,] Y, X).
+    #[arg(long)]
+    #[serde(default)]
+    pub weights: Option<String>,
+    /// Per-patch variances, same shape as the patches (with --std).
+    #[arg(long, requires = "std")]
+    #[serde(default)]
+    pub variance: Option<String>,
+    /// Write the weighted standard deviation here (with --variance).
+    #[arg(long, requires = "variance")]
+    #[serde(default)]
+    pub std: Option<String>,
+    /// Image shape N,C,[Z,]Y,X, for patch arrays without a `quilt` attribute (bare .npy);
+    /// then the geometry flags are required too.
+    #[arg(long, value_delimiter = ',')]
+    #[serde(default)]
+    pub shape: Option<Vec<u64>>,
+    /// In a job file: the `[stitch.geometry]` table (only for patches without attributes).
+    #[command(flatten)]
+    #[serde(default)]
+    pub geometry: GeometryArgs,
+    /// Output chunk shape (default 1,1,rows,512,512 clipped to the image).
+    #[arg(long, value_delimiter = ',')]
+    #[serde(default)]
+    pub chunks: Option<Vec<u64>>,
+    /// Chunk compression.
+    #[arg(long, value_enum, default_value_t)]
+    #[serde(default)]
+    pub codec: Codec,
+    /// Memory per rank for stitching, e.g. 512M or 4G (two blocks in flight per rank).
+    #[arg(long, default_value = "2G")]
+    #[serde(default = "default_memory_limit")]
+    pub memory_limit: String,
+    #[command(flatten)]
+    #[serde(skip)]
+    pub run: RunOptions,
+}
+
+fn default_memory_limit() -> String {
+    "2G".into()
+}
+
 /// A TOML job file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -103,12 +242,18 @@ pub struct JobFile {
     pub run: RunOptions,
     #[serde(default)]
     pub convert: Option<ConvertJob>,
+    #[serde(default)]
+    pub unstitch: Option<UnstitchJob>,
+    #[serde(default)]
+    pub stitch: Option<StitchJob>,
 }
 
 /// A job to run, whichever way it was given.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Job {
     Convert(ConvertJob),
+    Unstitch(UnstitchJob),
+    Stitch(StitchJob),
 }
 
 impl JobFile {
@@ -131,23 +276,44 @@ impl JobFile {
             path: path.into(),
             message: e.to_string().trim().replace('\n', " "),
         })?;
-        match file.convert {
-            Some(mut convert) => {
-                convert.run = file.run;
-                // Relative paths in a job file are relative to the file, not the caller.
-                let base = path.parent().unwrap_or(Path::new(""));
-                convert.input = base.join(&convert.input);
-                convert.output = base.join(&convert.output);
-                if let Some(report) = &convert.run.report {
-                    convert.run.report = Some(base.join(report));
-                }
-                Ok(Job::Convert(convert))
-            }
-            None => Err(Error::Config {
+        let base = path.parent().unwrap_or(Path::new("")).to_path_buf();
+        // Relative paths in a job file are relative to the file, not the caller.
+        let rel = |p: &str| base.join(p).to_string_lossy().into_owned();
+        let report = file.run.report.as_ref().map(|r| base.join(r));
+        let mut run = file.run.clone();
+        run.report = report;
+        let tables = usize::from(file.convert.is_some())
+            + usize::from(file.unstitch.is_some())
+            + usize::from(file.stitch.is_some());
+        if tables != 1 {
+            return Err(Error::Config {
                 path: path.into(),
-                message: "no operation table: expected [convert]".into(),
-            }),
+                message: format!(
+                    "expected exactly one operation table ([convert], [unstitch] or [stitch]), found {tables}"
+                ),
+            });
         }
+        if let Some(mut convert) = file.convert {
+            convert.run = run;
+            convert.input = base.join(&convert.input);
+            convert.output = base.join(&convert.output);
+            return Ok(Job::Convert(convert));
+        }
+        if let Some(mut job) = file.unstitch {
+            job.run = run;
+            job.input = rel(&job.input);
+            job.output = rel(&job.output);
+            job.positions = job.positions.as_deref().map(rel);
+            return Ok(Job::Unstitch(job));
+        }
+        let mut job = file.stitch.expect("one table is present");
+        job.run = run;
+        job.input = rel(&job.input);
+        job.output = rel(&job.output);
+        job.weights = job.weights.as_deref().map(rel);
+        job.variance = job.variance.as_deref().map(rel);
+        job.std = job.std.as_deref().map(rel);
+        Ok(Job::Stitch(job))
     }
 }
 
@@ -162,7 +328,9 @@ mod tests {
             "[run]\noverwrite = true\n[convert]\ninput = \"in\"\noutput = \"/abs/o.zarr\"\ncodec = \"gzip\"\nchunks = [1, 64, 64]\naxis_order = \"CZYX\"\n",
         )
         .unwrap();
-        let Job::Convert(c) = job;
+        let Job::Convert(c) = job else {
+            panic!("a convert job")
+        };
         assert_eq!(c.input, PathBuf::from("/cfg/in"));
         assert_eq!(c.output, PathBuf::from("/abs/o.zarr"));
         assert_eq!(c.codec, Codec::Gzip);

@@ -297,7 +297,7 @@ pub fn run<Op: Operation>(op: &Op, comm: &dyn Comm, options: &RunOptions) -> Res
     let t = Instant::now();
     agree(comm, op.finish(comm))?;
     let committed = if comm.is_root() {
-        staging.commit()
+        stagings.iter().try_for_each(Staging::commit)
     } else {
         Ok(())
     };

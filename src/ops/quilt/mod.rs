@@ -1,5 +1,787 @@
-//! `tessera quilt`: cut (N, C, [Z,] Y, X) arrays into overlapping windows and stitch
-//! predictions back with weighted averaging. The kernels are in [`kernel`]; the window
-//! placement is [`crate::grid::windows`].
+//! `tessera quilt`: cut (N, C, [Z,] Y, X) arrays into overlapping windows (`unstitch`) and
+//! stitch per-window predictions back with weighted averaging (`stitch`). Window placement
+//! is [`crate::grid::windows`]; the pure kernels are in [`kernel`].
+//!
+//! Distribution. Unstitch units are runs of whole patch-array chunks; each reads the bounding
+//! box of its windows. Stitch units are slabs of one image's output along its slowest spatial
+//! axis; each reads the patches of every window row that overlaps it (window rows straddling
+//! two slabs are read by both) and accumulates them in patch order. That replaces the reverse
+//! halo exchange of DESIGN.md: it costs re-reading the overhanging windows, and buys output
+//! that is bit-identical for any split and rank count (f64 sums in one fixed order per pixel).
+//! A slab's size follows `--memory-limit`, so memory is bounded by the slab, not the volume.
 
 pub mod kernel;
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use ndarray::{ArrayD, Axis, IxDyn};
+use num_traits::ToPrimitive;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use crate::comm::{Comm, ReduceOp};
+use crate::error::{Error, Result};
+use crate::exec::{Operation, UnitInfo};
+use crate::grid::windows::{check_border, GeometryError, WindowGrid};
+use crate::grid::{self, Region};
+use crate::io::{
+    self, Address, ArrayReader, ArrayWriter, Block, Codec, CreateSpec, DType, Element,
+};
+use crate::job::{GeometryArgs, StitchJob, UnstitchJob};
+use crate::{with_block, with_dtype};
+use kernel::{Accumulator, Blend, Weighting};
+
+/// The geometry a patch array carries in its `quilt` attribute.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QuiltGeometry {
+    /// N, C, [Z,] Y, X of the images the patches come from.
+    pub image_shape: Vec<u64>,
+    pub window: Vec<u64>,
+    pub step: Vec<u64>,
+    /// Per spatial axis; 0 means none.
+    pub border: Vec<u64>,
+    pub border_weight: f64,
+    pub blend: Blend,
+    pub sigma: f64,
+}
+
+fn from_geometry_error(e: GeometryError) -> Error {
+    Error::parameter(e.parameter, e.message)
+}
+
+impl QuiltGeometry {
+    /// Validates flags against an image shape.
+    ///
+    /// # Errors
+    /// Wrong rank, window larger than the image, bad step, border or weights; each names its flag.
+    pub fn new(image_shape: &[u64], args: &GeometryArgs) -> Result<(QuiltGeometry, WindowGrid)> {
+        if !(image_shape.len() == 4 || image_shape.len() == 5) {
+            return Err(Error::parameter(
+                "input",
+                format!("quilting takes (N, C, Y, X) or (N, C, Z, Y, X) arrays; this one has shape {image_shape:?}"),
+            ));
+        }
+        if args.window.is_empty() || args.step.is_empty() {
+            return Err(Error::parameter(
+                "window",
+                "--window and --step are required",
+            ));
+        }
+        let spatial = &image_shape[2..];
+        let window = broadcast(&args.window, spatial.len());
+        let step = broadcast(&args.step, spatial.len());
+        let grid = WindowGrid::new(spatial, &window, &step, args.allow_gaps)
+            .map_err(from_geometry_error)?;
+        let border = check_border(&args.border, &window).map_err(from_geometry_error)?;
+        if !(0.0..=1.0).contains(&args.border_weight) {
+            return Err(Error::parameter(
+                "border-weight",
+                format!("must be in [0, 1], got {}", args.border_weight),
+            ));
+        }
+        if !(args.sigma.is_finite() && args.sigma > 0.0) {
+            return Err(Error::parameter(
+                "sigma",
+                format!(
+                    "must be a positive fraction of the window, got {}",
+                    args.sigma
+                ),
+            ));
+        }
+        let geometry = QuiltGeometry {
+            image_shape: image_shape.to_vec(),
+            window,
+            step,
+            border,
+            border_weight: args.border_weight,
+            blend: args.blend,
+            sigma: args.sigma,
+        };
+        Ok((geometry, grid))
+    }
+
+    pub fn grid(&self) -> WindowGrid {
+        WindowGrid {
+            image: self.image_shape[2..].to_vec(),
+            window: self.window.clone(),
+            step: self.step.clone(),
+        }
+    }
+
+    pub fn weighting(&self) -> Weighting {
+        Weighting {
+            blend: self.blend,
+            border: self.border.clone(),
+            border_weight: self.border_weight,
+            sigma: self.sigma,
+        }
+    }
+
+    pub fn channels(&self) -> u64 {
+        self.image_shape[1]
+    }
+
+    /// (M, C, *window).
+    pub fn patch_shape(&self) -> Vec<u64> {
+        let mut s = vec![
+            self.image_shape[0] * self.grid().per_image(),
+            self.channels(),
+        ];
+        s.extend(&self.window);
+        s
+    }
+}
+
+/// One value for every axis, or one per axis.
+fn broadcast(values: &[u64], ndim: usize) -> Vec<u64> {
+    if values.len() == 1 {
+        vec![values[0]; ndim]
+    } else {
+        values.to_vec()
+    }
+}
+
+/// The default positions address: `<output name>_positions.npy` beside the output.
+fn default_positions(output: &Address) -> Result<Address> {
+    let container = output.container();
+    let stem = container
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let inner = match output {
+        Address::Zarr { node, .. } => node.rsplit('/').next().unwrap_or("").to_string(),
+        Address::Hdf5 { dataset, .. } => dataset.rsplit('/').next().unwrap_or("").to_string(),
+        Address::Npy { .. } => String::new(),
+    };
+    let name = if inner.is_empty() {
+        format!("{stem}_positions.npy")
+    } else {
+        format!("{stem}_{inner}_positions.npy")
+    };
+    Address::parse(&container.with_file_name(name).to_string_lossy())
+}
+
+/// Converts any block to f64 (every supported type fits, up to rounding of huge 64-bit ints).
+fn to_f64(block: Block) -> ArrayD<f64> {
+    with_block!(block, a => a.mapv(|x| x.to_f64().unwrap_or(f64::NAN)))
+}
+
+/// `tessera quilt unstitch`.
+pub struct UnstitchOp {
+    targets: [Address; 2],
+    input: Box<dyn ArrayReader>,
+    geometry: QuiltGeometry,
+    grid: WindowGrid,
+    spec: CreateSpec,
+    positions_spec: CreateSpec,
+    runs: Vec<Range<u64>>,
+    units: Vec<UnitInfo>,
+    writers: Mutex<Vec<Box<dyn ArrayWriter>>>,
+}
+
+impl UnstitchOp {
+    /// Validates input and geometry; creates nothing.
+    ///
+    /// # Errors
+    /// Missing input, wrong shape, bad geometry, bad output address.
+    pub fn plan(job: &UnstitchJob) -> Result<UnstitchOp> {
+        let input = io::open(&Address::parse(&job.input)?)?;
+        let meta = input.meta().clone();
+        let (geometry, grid) = QuiltGeometry::new(&meta.shape, &job.geometry)?;
+        let output = Address::parse(&job.output)?;
+        let positions = match &job.positions {
+            Some(p) => Address::parse(p)?,
+            None => default_positions(&output)?,
+        };
+        let patch_shape = geometry.patch_shape();
+        let m = patch_shape[0];
+        let patch_bytes = patch_shape[1..].iter().product::<u64>() * meta.dtype.size() as u64;
+        let per_chunk = job
+            .patches_per_chunk
+            .unwrap_or((4 << 20) / patch_bytes.max(1))
+            .clamp(1, m.max(1));
+        let mut chunks = vec![per_chunk];
+        chunks.extend(&patch_shape[1..]);
+        let mut attributes = Map::new();
+        attributes.insert(
+            "quilt".into(),
+            serde_json::to_value(&geometry).unwrap_or(Value::Null),
+        );
+        attributes.insert("tessera_version".into(), json!(env!("CARGO_PKG_VERSION")));
+        attributes.insert("source".into(), json!(job.input));
+        let spec = CreateSpec {
+            shape: patch_shape.clone(),
+            dtype: meta.dtype,
+            chunks,
+            shards: None,
+            codec: job.codec,
+            dimension_names: None,
+            attributes,
+        };
+        let npos = 1 + grid.ndim() as u64;
+        let positions_spec = CreateSpec {
+            shape: vec![m, npos],
+            dtype: DType::I64,
+            chunks: vec![per_chunk, npos],
+            shards: None,
+            codec: if matches!(positions, Address::Hdf5 { .. }) {
+                Codec::Gzip
+            } else {
+                job.codec
+            },
+            dimension_names: None,
+            attributes: Map::new(),
+        };
+        let blocks =
+            grid::blocks_for_target(per_chunk * patch_bytes, crate::exec::target_unit_bytes());
+        let runs = grid::block_aligned_runs(m, per_chunk, blocks);
+        let units = runs
+            .iter()
+            .map(|r| UnitInfo {
+                label: format!("patches {}..{}", r.start, r.end),
+                bytes_in: (r.end - r.start) * patch_bytes,
+                bytes_out: (r.end - r.start) * patch_bytes,
+            })
+            .collect();
+        Ok(UnstitchOp {
+            targets: [output, positions],
+            input,
+            geometry,
+            grid,
+            spec,
+            positions_spec,
+            runs,
+            units,
+            writers: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Cuts patches `run` out of the input, reading one bounding box per image touched.
+    fn cut<T: Element>(&self, run: &Range<u64>) -> Result<Block> {
+        let per_image = self.grid.per_image();
+        let ndim = self.grid.ndim();
+        let channels = self.geometry.channels();
+        let mut shape = vec![(run.end - run.start) as usize, channels as usize];
+        shape.extend(self.geometry.window.iter().map(|&w| w as usize));
+        let mut out = ArrayD::<T>::default(IxDyn(&shape));
+        let mut m = run.start;
+        while m < run.end {
+            let n = m / per_image;
+            let k0 = m % per_image;
+            let k1 = (run.end - n * per_image).min(per_image);
+            let starts: Vec<Vec<u64>> = (k0..k1).map(|k| self.grid.window_start(k)).collect();
+            let lo: Vec<u64> = (0..ndim)
+                .map(|a| starts.iter().map(|s| s[a]).min().unwrap_or(0))
+                .collect();
+            let hi: Vec<u64> = (0..ndim)
+                .map(|a| {
+                    starts
+                        .iter()
+                        .map(|s| s[a] + self.geometry.window[a])
+                        .max()
+                        .unwrap_or(0)
+                })
+                .collect();
+            let mut start = vec![n, 0];
+            start.extend(&lo);
+            let mut bshape = vec![1, channels];
+            bshape.extend(lo.iter().zip(&hi).map(|(l, h)| h - l));
+            let block = self.input.read_box(&Region {
+                start,
+                shape: bshape,
+            })?;
+            let image = block.into_array::<T>().expect("input dtype");
+            let image = image.index_axis(Axis(0), 0);
+            for (i, s) in starts.iter().enumerate() {
+                let rel: Vec<u64> = s.iter().zip(&lo).map(|(s, l)| s - l).collect();
+                let patch = kernel::cut_window(&image, &rel, &self.geometry.window);
+                out.index_axis_mut(Axis(0), (m - run.start) as usize + i)
+                    .assign(&patch);
+            }
+            m = n * per_image + k1;
+        }
+        Ok(T::into_block(out))
+    }
+}
+
+impl Operation for UnstitchOp {
+    type Output = Vec<(Region, Block)>;
+
+    fn name(&self) -> &'static str {
+        "quilt unstitch"
+    }
+    fn targets(&self) -> &[Address] {
+        &self.targets
+    }
+    fn units(&self) -> &[UnitInfo] {
+        &self.units
+    }
+    fn memory_per_unit(&self) -> u64 {
+        // The unit's patches, plus the bounding boxes read (at most one image's worth).
+        let image: u64 =
+            self.geometry.image_shape[1..].iter().product::<u64>() * self.spec.dtype.size() as u64;
+        self.units.iter().map(|u| u.bytes_out).max().unwrap_or(0) + image
+    }
+    fn fingerprint(&self) -> String {
+        json!({"operation": "unstitch", "geometry": self.geometry, "spec": format!("{:?}", self.spec), "units": self.runs.len()}).to_string()
+    }
+    fn open_output(&self, staging: &[Address], comm: &dyn Comm, resume: bool) -> Result<()> {
+        let patches = io::create(&staging[0], &self.spec, comm, resume)?;
+        let positions = io::create(&staging[1], &self.positions_spec, comm, resume)?;
+        *self.writers.lock().expect("writers") = vec![patches, positions];
+        Ok(())
+    }
+    fn compute(&self, unit: usize) -> Result<Self::Output> {
+        let run = &self.runs[unit];
+        let patches = with_dtype!(self.spec.dtype, T => self.cut::<T>(run)?);
+        let per_image = self.grid.per_image();
+        let npos = 1 + self.grid.ndim();
+        let positions =
+            ArrayD::from_shape_fn(IxDyn(&[(run.end - run.start) as usize, npos]), |i| {
+                let m = run.start + i[0] as u64;
+                if i[1] == 0 {
+                    (m / per_image) as i64
+                } else {
+                    self.grid.window_start(m % per_image)[i[1] - 1] as i64
+                }
+            });
+        let mut region = Region::whole(&self.spec.shape);
+        region.start[0] = run.start;
+        region.shape[0] = run.end - run.start;
+        let prow = Region {
+            start: vec![run.start, 0],
+            shape: vec![run.end - run.start, npos as u64],
+        };
+        Ok(vec![(region, patches), (prow, Block::I64(positions))])
+    }
+    fn write(&self, part: Option<(usize, Self::Output)>) -> Result<()> {
+        let writers = self.writers.lock().expect("writers");
+        match part {
+            Some((_, parts)) => writers
+                .iter()
+                .zip(&parts)
+                .try_for_each(|(w, (r, b))| w.write_box(Some((r, b)))),
+            None => writers.iter().try_for_each(|w| w.write_box(None)),
+        }
+    }
+    fn finish(&self, _comm: &dyn Comm) -> Result<()> {
+        let writers = std::mem::take(&mut *self.writers.lock().expect("writers"));
+        let mut it = writers.into_iter();
+        if let Some(patches) = it.next() {
+            patches.set_attributes(&self.spec.attributes)?;
+            patches.close()?;
+        }
+        for w in it {
+            w.close()?;
+        }
+        Ok(())
+    }
+}
+
+/// Parses a size like `512M`, `4G`, `1024` (bytes), `64K`.
+///
+/// # Errors
+/// [`Error::Parameter`] naming `--memory-limit`.
+pub fn parse_size(text: &str) -> Result<u64> {
+    let t = text.trim();
+    let (digits, unit) = t.split_at(
+        t.find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(t.len()),
+    );
+    let value: f64 = digits.parse().map_err(|_| {
+        Error::parameter(
+            "memory-limit",
+            format!("{text:?} is not a size like 512M or 4G"),
+        )
+    })?;
+    let scale = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 1.0,
+        "K" | "KB" | "KIB" => 1024.0,
+        "M" | "MB" | "MIB" => 1048576.0,
+        "G" | "GB" | "GIB" => 1073741824.0,
+        "T" | "TB" | "TIB" => 1099511627776.0,
+        other => {
+            return Err(Error::parameter(
+                "memory-limit",
+                format!("unknown unit {other:?} in {text:?}"),
+            ))
+        }
+    };
+    Ok((value * scale) as u64)
+}
+
+/// `tessera quilt stitch`.
+pub struct StitchOp {
+    targets: Vec<Address>,
+    patches: Box<dyn ArrayReader>,
+    variance: Option<Box<dyn ArrayReader>>,
+    geometry: QuiltGeometry,
+    grid: WindowGrid,
+    window_weights: ArrayD<f64>,
+    mean_spec: CreateSpec,
+    weights_spec: Option<CreateSpec>,
+    std_spec: Option<CreateSpec>,
+    /// (image, rows of its slowest spatial axis) per unit.
+    slabs: Vec<(u64, Range<u64>)>,
+    units: Vec<UnitInfo>,
+    memory_per_unit: u64,
+    writers: Mutex<Vec<Box<dyn ArrayWriter>>>,
+    nan_values: AtomicU64,
+}
+
+impl StitchOp {
+    /// Validates patches, geometry and outputs; sizes the slabs from the memory limit.
+    ///
+    /// # Errors
+    /// Missing geometry, patch count or shape that does not match it, bad flags.
+    pub fn plan(job: &StitchJob) -> Result<StitchOp> {
+        let patches_addr = Address::parse(&job.input)?;
+        let patches = io::open(&patches_addr)?;
+        let pmeta = patches.meta().clone();
+        let geometry = match (pmeta.attributes.get("quilt"), &job.shape) {
+            (Some(g), _) => {
+                let g: QuiltGeometry = serde_json::from_value(g.clone()).map_err(|e| {
+                    Error::address(patches_addr.to_string(), format!("corrupt `quilt` attribute: {e}"))
+                })?;
+                // Re-validate: attributes can be edited by hand.
+                let args = GeometryArgs {
+                    window: g.window.clone(),
+                    step: g.step.clone(),
+                    border: g.border.clone(),
+                    border_weight: g.border_weight,
+                    blend: g.blend,
+                    sigma: g.sigma,
+                    allow_gaps: true,
+                };
+                QuiltGeometry::new(&g.image_shape, &args)?.0
+            }
+            (None, Some(shape)) => QuiltGeometry::new(shape, &job.geometry)?.0,
+            (None, None) => {
+                return Err(Error::address(
+                    patches_addr.to_string(),
+                    "has no `quilt` geometry attribute; give --shape N,C,[Z,]Y,X and the --window/--step/--border flags used to unstitch",
+                ))
+            }
+        };
+        let grid = geometry.grid();
+        let expected = geometry.patch_shape();
+        if pmeta.shape != expected {
+            return Err(Error::mismatch(
+                format!("patch array {patches_addr}: shape"),
+                format!("{expected:?} (from its geometry)"),
+                format!("{:?}", pmeta.shape),
+            ));
+        }
+        let variance = match &job.variance {
+            Some(v) => {
+                let addr = Address::parse(v)?;
+                let r = io::open(&addr)?;
+                if r.meta().shape != expected {
+                    return Err(Error::mismatch(
+                        format!("variance {addr}: shape"),
+                        format!("{expected:?}"),
+                        format!("{:?}", r.meta().shape),
+                    ));
+                }
+                Some(r)
+            }
+            None => None,
+        };
+        let out_dtype = if pmeta.dtype == DType::F64 {
+            DType::F64
+        } else {
+            DType::F32
+        };
+        let image = &geometry.image_shape;
+        let spatial = &image[2..];
+        let ndim = spatial.len();
+        let default_rows = if ndim == 3 { 64 } else { 256 };
+        let chunks = job.chunks.clone().unwrap_or_else(|| {
+            let mut c = vec![1, 1, spatial[0].min(default_rows)];
+            c.extend(spatial[1..].iter().map(|&d| d.min(512)));
+            c
+        });
+        let mean_spec = CreateSpec {
+            shape: image.clone(),
+            dtype: out_dtype,
+            chunks: chunks.clone(),
+            shards: None,
+            codec: job.codec,
+            dimension_names: None,
+            attributes: Map::new(),
+        };
+        mean_spec.validate()?;
+        let mut spatial_spec = mean_spec.clone();
+        spatial_spec.shape = std::iter::once(image[0])
+            .chain(spatial.iter().copied())
+            .collect();
+        spatial_spec.chunks = std::iter::once(1)
+            .chain(chunks[2..].iter().copied())
+            .collect();
+        let weights_spec = job.weights.as_ref().map(|_| spatial_spec.clone());
+        let std_spec = job.std.as_ref().map(|_| mean_spec.clone());
+        let mut targets = vec![Address::parse(&job.output)?];
+        for extra in [&job.weights, &job.std].into_iter().flatten() {
+            targets.push(Address::parse(extra)?);
+        }
+        // Slab rows: whole chunks, as many as two units in flight allow.
+        let limit = parse_size(&job.memory_limit)?;
+        let c = geometry.channels();
+        let row_elems: u64 = spatial[1..].iter().product();
+        let per_row_windows = grid.per_image() / grid.counts()[0];
+        let patch_elems: u64 = c * geometry.window.iter().product::<u64>();
+        let with_var = u64::from(variance.is_some());
+        // One window row of patches as read and as f64 (values, and variances when asked).
+        let window_row_bytes =
+            per_row_windows * patch_elems * (pmeta.dtype.size() as u64 + 8) * (1 + with_var);
+        let slab_bytes = |rows: u64| {
+            rows * row_elems
+                * (8 * (c * (1 + with_var) + 1) + c * (out_dtype.size() as u64) * 2 + 8)
+        };
+        let unit_memory = |rows: u64| slab_bytes(rows) + window_row_bytes;
+        let chunk_rows = chunks[2];
+        if 2 * unit_memory(chunk_rows.min(spatial[0])) > limit {
+            return Err(Error::parameter(
+                "memory-limit",
+                format!(
+                    "{} is too small: one output chunk row and one row of windows need {:.1} MiB (two in flight: {:.1} MiB); raise it or use smaller --chunks",
+                    job.memory_limit,
+                    unit_memory(chunk_rows) as f64 / 1048576.0,
+                    2.0 * unit_memory(chunk_rows) as f64 / 1048576.0
+                ),
+            ));
+        }
+        let mut blocks = 1;
+        while blocks * chunk_rows < spatial[0]
+            && 2 * unit_memory((blocks + 1) * chunk_rows) <= limit
+        {
+            blocks += 1;
+        }
+        let rows_runs = grid::block_aligned_runs(spatial[0], chunk_rows, blocks);
+        let mut slabs = Vec::new();
+        for n in 0..image[0] {
+            slabs.extend(rows_runs.iter().map(|r| (n, r.clone())));
+        }
+        let patch_bytes = patch_elems * pmeta.dtype.size() as u64;
+        let units = slabs
+            .iter()
+            .map(|(n, r)| {
+                let windows = grid.overlapping(0, r.clone());
+                UnitInfo {
+                    label: format!("image {n} rows {}..{}", r.start, r.end),
+                    bytes_in: (windows.end - windows.start)
+                        * per_row_windows
+                        * patch_bytes
+                        * (1 + with_var),
+                    bytes_out: (r.end - r.start) * row_elems * c * out_dtype.size() as u64,
+                }
+            })
+            .collect();
+        let window_weights = kernel::weights(&geometry.window, &geometry.weighting());
+        Ok(StitchOp {
+            targets,
+            patches,
+            variance,
+            memory_per_unit: unit_memory(blocks * chunk_rows),
+            geometry,
+            grid,
+            window_weights,
+            mean_spec,
+            weights_spec,
+            std_spec,
+            slabs,
+            units,
+            writers: Mutex::new(Vec::new()),
+            nan_values: AtomicU64::new(0),
+        })
+    }
+}
+
+fn cast_out(a: ArrayD<f64>, dtype: DType) -> Block {
+    match dtype {
+        DType::F64 => Block::F64(a),
+        _ => Block::F32(a.mapv(|x| x as f32)),
+    }
+}
+
+impl Operation for StitchOp {
+    type Output = Vec<(Region, Block)>;
+
+    fn name(&self) -> &'static str {
+        "quilt stitch"
+    }
+    fn targets(&self) -> &[Address] {
+        &self.targets
+    }
+    fn units(&self) -> &[UnitInfo] {
+        &self.units
+    }
+    fn memory_per_unit(&self) -> u64 {
+        self.memory_per_unit
+    }
+    fn fingerprint(&self) -> String {
+        json!({"operation": "stitch", "geometry": self.geometry, "targets": self.targets.iter().map(|t| t.to_string()).collect::<Vec<_>>(), "units": self.slabs.len(), "chunks": self.mean_spec.chunks}).to_string()
+    }
+    fn open_output(&self, staging: &[Address], comm: &dyn Comm, resume: bool) -> Result<()> {
+        let mut writers = vec![io::create(&staging[0], &self.mean_spec, comm, resume)?];
+        let extra = [&self.weights_spec, &self.std_spec].into_iter().flatten();
+        for (spec, address) in extra.zip(&staging[1..]) {
+            writers.push(io::create(address, spec, comm, resume)?);
+        }
+        *self.writers.lock().expect("writers") = writers;
+        Ok(())
+    }
+    fn compute(&self, unit: usize) -> Result<Self::Output> {
+        let (n, rows) = self.slabs[unit].clone();
+        let spatial = &self.geometry.image_shape[2..];
+        let c = self.geometry.channels();
+        let mut origin = vec![rows.start];
+        origin.extend(std::iter::repeat_n(0, spatial.len() - 1));
+        let mut block = vec![rows.end - rows.start];
+        block.extend(&spatial[1..]);
+        let mut acc = Accumulator::new(c as usize, &origin, &block, self.variance.is_some());
+        let per_image = self.grid.per_image();
+        let per_row = per_image / self.grid.counts()[0];
+        let mut region = Region::whole(&self.geometry.patch_shape());
+        // One window row at a time, in patch order: bounded memory, fixed summation order.
+        for row in self.grid.overlapping(0, rows.clone()) {
+            let m0 = n * per_image + row * per_row;
+            region.start[0] = m0;
+            region.shape[0] = per_row;
+            let patches = to_f64(self.patches.read_box(&region)?);
+            let variances = match &self.variance {
+                Some(v) => Some(to_f64(v.read_box(&region)?)),
+                None => None,
+            };
+            for j in 0..per_row as usize {
+                let start = self.grid.window_start(row * per_row + j as u64);
+                let p = patches.index_axis(Axis(0), j);
+                let v = variances.as_ref().map(|v| v.index_axis(Axis(0), j));
+                acc.add(&p, v.as_ref(), &start, &self.window_weights);
+            }
+        }
+        self.nan_values.fetch_add(acc.nan_pixels, Ordering::Relaxed);
+        let mut mean_region = Region::whole(&self.geometry.image_shape);
+        mean_region.start[0] = n;
+        mean_region.shape[0] = 1;
+        mean_region.start[2] = rows.start;
+        mean_region.shape[2] = rows.end - rows.start;
+        let with_n = |a: ArrayD<f64>| a.insert_axis(Axis(0));
+        let mut out = vec![(
+            mean_region.clone(),
+            cast_out(with_n(acc.mean()), self.mean_spec.dtype),
+        )];
+        if self.weights_spec.is_some() {
+            let mut r = Region {
+                start: vec![n],
+                shape: vec![1],
+            };
+            r.start.extend(&origin);
+            r.shape.extend(&block);
+            out.push((
+                r,
+                cast_out(with_n(acc.weights.clone()), self.mean_spec.dtype),
+            ));
+        }
+        if self.std_spec.is_some() {
+            let std = acc.std().expect("variance given with --std");
+            out.push((mean_region, cast_out(with_n(std), self.mean_spec.dtype)));
+        }
+        Ok(out)
+    }
+    fn write(&self, part: Option<(usize, Self::Output)>) -> Result<()> {
+        let writers = self.writers.lock().expect("writers");
+        match part {
+            Some((_, parts)) => writers
+                .iter()
+                .zip(&parts)
+                .try_for_each(|(w, (r, b))| w.write_box(Some((r, b)))),
+            None => writers.iter().try_for_each(|w| w.write_box(None)),
+        }
+    }
+    fn finish(&self, comm: &dyn Comm) -> Result<()> {
+        let mut nan = [self.nan_values.load(Ordering::Relaxed)];
+        comm.all_reduce_u64(&mut nan, ReduceOp::Sum);
+        if nan[0] > 0 && comm.is_root() {
+            tracing::warn!(
+                "{} NaN patch values were left out of the weighted means (not spread to neighbours); pixels that only NaN values covered are NaN",
+                nan[0]
+            );
+        }
+        let mut attributes = Map::new();
+        attributes.insert(
+            "quilt".into(),
+            serde_json::to_value(&self.geometry).unwrap_or(Value::Null),
+        );
+        attributes.insert("quilt_nan_values_left_out".into(), json!(nan[0]));
+        attributes.insert("tessera_version".into(), json!(env!("CARGO_PKG_VERSION")));
+        let writers = std::mem::take(&mut *self.writers.lock().expect("writers"));
+        for w in writers {
+            w.set_attributes(&attributes)?;
+            w.close()?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("512M").unwrap(), 512 << 20);
+        assert_eq!(parse_size("2G").unwrap(), 2 << 30);
+        assert_eq!(parse_size("1.5K").unwrap(), 1536);
+        assert_eq!(parse_size("100").unwrap(), 100);
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("3X").is_err());
+    }
+
+    #[test]
+    fn geometry_checks_name_their_flag() {
+        let args = |w: &[u64], s: &[u64]| GeometryArgs {
+            window: w.to_vec(),
+            step: s.to_vec(),
+            ..Default::default()
+        };
+        assert!(QuiltGeometry::new(&[1, 1, 10, 10], &args(&[4], &[2])).is_ok());
+        let e = QuiltGeometry::new(&[1, 1, 10, 10], &args(&[12], &[2]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("--window") && e.contains("larger than the image"),
+            "{e}"
+        );
+        let e = QuiltGeometry::new(&[10, 10], &args(&[4], &[2]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("(N, C, Y, X)"), "{e}");
+        let mut a = args(&[4], &[2]);
+        a.border_weight = 1.5;
+        assert!(QuiltGeometry::new(&[1, 1, 10, 10], &a)
+            .unwrap_err()
+            .to_string()
+            .starts_with("--border-weight"));
+        let mut a = args(&[4], &[2]);
+        a.border = vec![2];
+        assert!(QuiltGeometry::new(&[1, 1, 10, 10], &a)
+            .unwrap_err()
+            .to_string()
+            .starts_with("--border"));
+    }
+
+    #[test]
+    fn default_positions_sit_beside_the_output() {
+        let p = |s: &str| {
+            default_positions(&Address::parse(s).unwrap())
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(p("/d/p.zarr"), "/d/p_positions.npy");
+        assert_eq!(p("/d/f.h5:/g/patches"), "/d/f_patches_positions.npy");
+        assert_eq!(p("/d/x.npy"), "/d/x_positions.npy");
+    }
+}
