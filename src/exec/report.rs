@@ -233,7 +233,7 @@ pub(super) fn describe_plan<Op: Operation>(
     }
     let _ = writeln!(
         s,
-        "  memory: about {:.1} MiB per rank (two units in flight: one computing, one writing)",
+        "  memory: about {:.2} MiB per rank (two units in flight: one computing, one writing)",
         mib(2 * op.memory_per_unit())
     );
     for (rank, range) in assignment.iter().enumerate() {

@@ -427,6 +427,8 @@ pub struct StitchOp {
     slabs: Vec<(u64, Range<u64>)>,
     units: Vec<UnitInfo>,
     memory_per_unit: u64,
+    /// Patches read at once (a window row, or fewer when memory is tight).
+    batch: u64,
     writers: Mutex<Vec<Box<dyn ArrayWriter>>>,
     nan_values: AtomicU64,
 }
@@ -533,26 +535,28 @@ impl StitchOp {
         let per_row_windows = grid.per_image() / grid.counts()[0];
         let patch_elems: u64 = c * geometry.window.iter().product::<u64>();
         let with_var = u64::from(variance.is_some());
-        // One window row of patches as read and as f64 (values, and variances when asked).
-        let window_row_bytes =
-            per_row_windows * patch_elems * (pmeta.dtype.size() as u64 + 8) * (1 + with_var);
+        // Patches are read in batches (a whole window row when memory allows), as read and as
+        // f64 (values, and variances when asked).
+        let patch_bytes_f64 = patch_elems * (pmeta.dtype.size() as u64 + 8) * (1 + with_var);
         let slab_bytes = |rows: u64| {
             rows * row_elems
                 * (8 * (c * (1 + with_var) + 1) + c * (out_dtype.size() as u64) * 2 + 8)
         };
-        let unit_memory = |rows: u64| slab_bytes(rows) + window_row_bytes;
-        let chunk_rows = chunks[2];
-        if 2 * unit_memory(chunk_rows.min(spatial[0])) > limit {
+        let chunk_rows = chunks[2].min(spatial[0]);
+        let room = (limit / 2).saturating_sub(slab_bytes(chunk_rows));
+        if room < patch_bytes_f64 {
             return Err(Error::parameter(
                 "memory-limit",
                 format!(
-                    "{} is too small: one output chunk row and one row of windows need {:.1} MiB (two in flight: {:.1} MiB); raise it or use smaller --chunks",
+                    "{} is too small: one output chunk row and one patch need {:.2} MiB per unit, two units in flight {:.2} MiB; raise it or use smaller --chunks",
                     job.memory_limit,
-                    unit_memory(chunk_rows) as f64 / 1048576.0,
-                    2.0 * unit_memory(chunk_rows) as f64 / 1048576.0
+                    (slab_bytes(chunk_rows) + patch_bytes_f64) as f64 / 1048576.0,
+                    2.0 * (slab_bytes(chunk_rows) + patch_bytes_f64) as f64 / 1048576.0
                 ),
             ));
         }
+        let batch = (room / patch_bytes_f64).clamp(1, per_row_windows);
+        let unit_memory = |rows: u64| slab_bytes(rows) + batch * patch_bytes_f64;
         let mut blocks = 1;
         while blocks * chunk_rows < spatial[0]
             && 2 * unit_memory((blocks + 1) * chunk_rows) <= limit
@@ -585,6 +589,7 @@ impl StitchOp {
             patches,
             variance,
             memory_per_unit: unit_memory(blocks * chunk_rows),
+            batch,
             geometry,
             grid,
             window_weights,
@@ -645,21 +650,26 @@ impl Operation for StitchOp {
         let per_image = self.grid.per_image();
         let per_row = per_image / self.grid.counts()[0];
         let mut region = Region::whole(&self.geometry.patch_shape());
-        // One window row at a time, in patch order: bounded memory, fixed summation order.
+        // Window rows in order, each in batches of patches: bounded memory, and the patches
+        // still arrive in ascending patch order (the summation order).
         for row in self.grid.overlapping(0, rows.clone()) {
-            let m0 = n * per_image + row * per_row;
-            region.start[0] = m0;
-            region.shape[0] = per_row;
-            let patches = to_f64(self.patches.read_box(&region)?);
-            let variances = match &self.variance {
-                Some(v) => Some(to_f64(v.read_box(&region)?)),
-                None => None,
-            };
-            for j in 0..per_row as usize {
-                let start = self.grid.window_start(row * per_row + j as u64);
-                let p = patches.index_axis(Axis(0), j);
-                let v = variances.as_ref().map(|v| v.index_axis(Axis(0), j));
-                acc.add(&p, v.as_ref(), &start, &self.window_weights);
+            let mut j0 = 0;
+            while j0 < per_row {
+                let j1 = (j0 + self.batch).min(per_row);
+                region.start[0] = n * per_image + row * per_row + j0;
+                region.shape[0] = j1 - j0;
+                let patches = to_f64(self.patches.read_box(&region)?);
+                let variances = match &self.variance {
+                    Some(v) => Some(to_f64(v.read_box(&region)?)),
+                    None => None,
+                };
+                for j in 0..(j1 - j0) as usize {
+                    let start = self.grid.window_start(row * per_row + j0 + j as u64);
+                    let p = patches.index_axis(Axis(0), j);
+                    let v = variances.as_ref().map(|v| v.index_axis(Axis(0), j));
+                    acc.add(&p, v.as_ref(), &start, &self.window_weights);
+                }
+                j0 = j1;
             }
         }
         self.nan_values.fetch_add(acc.nan_pixels, Ordering::Relaxed);

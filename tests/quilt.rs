@@ -1,0 +1,553 @@
+//! `tessera quilt` end to end: against a straightforward reference on random inputs, hand
+//! checks, memory-bounded stitching, and every kind of bad input.
+
+mod common;
+
+use common::*;
+use ndarray::{ArrayD, Axis, Dimension, IxDyn, Slice};
+use ndarray_npy::{read_npy, write_npy};
+use tessera::grid::windows::WindowGrid;
+use tessera::ops::quilt::kernel::{weights, Blend, Weighting};
+
+fn random_f32(shape: &[usize], seed: u64) -> ArrayD<f32> {
+    let mut rng = Rng::new(seed);
+    ArrayD::from_shape_fn(IxDyn(shape), |_| {
+        (rng.below(2_000_000) as f32 / 1_000_000.0) - 1.0
+    })
+}
+
+/// Reference unstitch: every window of every image, by plain slicing.
+fn ref_unstitch(img: &ArrayD<f32>, grid: &WindowGrid) -> ArrayD<f32> {
+    let mut patches = Vec::new();
+    for n in 0..img.shape()[0] {
+        for k in 0..grid.per_image() {
+            let s = grid.window_start(k);
+            let mut v = img.index_axis(Axis(0), n);
+            for (a, (&st, &w)) in s.iter().zip(&grid.window).enumerate() {
+                v.slice_axis_inplace(Axis(a + 1), Slice::from(st as usize..(st + w) as usize));
+            }
+            patches.push(v.to_owned());
+        }
+    }
+    let views: Vec<_> = patches.iter().map(|p| p.view()).collect();
+    ndarray::stack(Axis(0), &views).unwrap()
+}
+
+/// Reference stitch: for each patch in order, add w*p and w pixel by pixel, in f64.
+fn ref_stitch(
+    patches: &ArrayD<f32>,
+    shape: &[usize],
+    grid: &WindowGrid,
+    w: &ArrayD<f64>,
+) -> (ArrayD<f32>, ArrayD<f64>) {
+    let mut num = ArrayD::<f64>::zeros(IxDyn(shape));
+    let mut spatial_shape = vec![shape[0]];
+    spatial_shape.extend(&shape[2..]);
+    let mut den = ArrayD::<f64>::zeros(IxDyn(&spatial_shape));
+    let per = grid.per_image() as usize;
+    for m in 0..patches.shape()[0] {
+        let n = m / per;
+        let s = grid.window_start((m % per) as u64);
+        for (idx, &wt) in w.indexed_iter() {
+            let pix: Vec<usize> = idx
+                .slice()
+                .iter()
+                .zip(&s)
+                .map(|(&i, &st)| i + st as usize)
+                .collect();
+            let mut didx = vec![n];
+            didx.extend(&pix);
+            den[IxDyn(&didx)] += wt;
+            for c in 0..shape[1] {
+                let mut pi = vec![m, c];
+                pi.extend(idx.slice());
+                let mut oi = vec![n, c];
+                oi.extend(&pix);
+                num[IxDyn(&oi)] += wt * patches[IxDyn(&pi)] as f64;
+            }
+        }
+    }
+    let mut mean = ArrayD::<f32>::zeros(IxDyn(shape));
+    for (idx, v) in mean.indexed_iter_mut() {
+        let mut d = vec![idx[0]];
+        d.extend(&idx.slice()[2..]);
+        *v = (num[&idx] / den[IxDyn(&d)]) as f32;
+    }
+    (mean, den)
+}
+
+fn geometry_args(window: &str, step: &str, border: &str, blend: &str) -> Vec<String> {
+    let mut a = vec![
+        "--window".into(),
+        window.into(),
+        "--step".into(),
+        step.into(),
+        "--blend".into(),
+        blend.into(),
+    ];
+    if !border.is_empty() {
+        a.extend(["--border".into(), border.into()]);
+    }
+    a
+}
+
+fn run(args: &[String]) -> std::process::Output {
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    tessera(&refs)
+}
+
+#[test]
+fn unstitch_and_stitch_match_the_reference_bit_for_bit() {
+    let d = tempfile::tempdir().unwrap();
+    // (image shape, window, step, border, blend)
+    let cases: &[(&[usize], &str, &str, &str, &str)] = &[
+        (&[2, 3, 37, 41], "16,16", "8,8", "2", "border"),
+        (&[1, 2, 20, 17], "7,5", "3,5", "1,0", "border"),
+        (&[3, 1, 12, 12], "12,6", "4,4", "", "gaussian"),
+        (&[1, 2, 11, 13, 9], "4,5,3", "3,2,3", "1", "border"),
+        (&[2, 1, 10, 9, 8], "6", "4", "", "hann"),
+    ];
+    for (case, &(shape, window, step, border, blend)) in cases.iter().enumerate() {
+        let img = random_f32(shape, case as u64);
+        let input = d.path().join(format!("img{case}.npy"));
+        write_npy(&input, &img).unwrap();
+        let spatial: Vec<u64> = shape[2..].iter().map(|&x| x as u64).collect();
+        let parse = |t: &str| -> Vec<u64> {
+            let v: Vec<u64> = t.split(',').map(|x| x.parse().unwrap()).collect();
+            if v.len() == 1 {
+                vec![v[0]; spatial.len()]
+            } else {
+                v
+            }
+        };
+        let grid = WindowGrid::new(&spatial, &parse(window), &parse(step), false).unwrap();
+        let patches_addr = s(&d.path().join(format!("p{case}.zarr")));
+        let mut args = vec![
+            "quilt".to_string(),
+            "unstitch".into(),
+            "--input".into(),
+            s(&input),
+            "--output".into(),
+            patches_addr.clone(),
+            "--patches-per-chunk".into(),
+            "3".into(),
+        ];
+        args.extend(geometry_args(window, step, border, blend));
+        ok(tessera_env(
+            &args.iter().map(String::as_str).collect::<Vec<_>>(),
+            &[("TESSERA_UNIT_BYTES", "1")],
+        ));
+        let expected_patches = ref_unstitch(&img, &grid);
+        assert_eq!(
+            read_all(&patches_addr).into_array::<f32>().unwrap(),
+            expected_patches,
+            "case {case} patches"
+        );
+        let positions: ArrayD<i64> =
+            read_npy(d.path().join(format!("p{case}_positions.npy"))).unwrap();
+        for m in 0..positions.shape()[0] {
+            let per = grid.per_image() as usize;
+            assert_eq!(positions[[m, 0]] as usize, m / per);
+            let s = grid.window_start((m % per) as u64);
+            for (a, &st) in s.iter().enumerate() {
+                assert_eq!(positions[[m, a + 1]] as u64, st);
+            }
+        }
+        // Stitch predictions (here: the patches plus a per-patch offset, so windows disagree).
+        let mut predictions = expected_patches.clone();
+        for (m, mut p) in predictions.axis_iter_mut(Axis(0)).enumerate() {
+            p.mapv_inplace(|x| x + (m % 7) as f32 * 0.01);
+        }
+        let pred_addr = s(&d.path().join(format!("pred{case}.npy")));
+        write_npy(&pred_addr, &predictions).unwrap();
+        let out = s(&d.path().join(format!("s{case}.npy")));
+        let wout = s(&d.path().join(format!("w{case}.npy")));
+        let shape_arg = shape
+            .iter()
+            .map(|x| x.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut args = vec![
+            "quilt".to_string(),
+            "stitch".into(),
+            "--input".into(),
+            pred_addr.clone(),
+            "--output".into(),
+            out.clone(),
+            "--weights".into(),
+            wout.clone(),
+            "--shape".into(),
+            shape_arg,
+        ];
+        args.extend(geometry_args(window, step, border, blend));
+        ok(run(&args));
+        let b: Vec<u64> = if border.is_empty() {
+            vec![0; spatial.len()]
+        } else {
+            parse(border)
+        };
+        let blend = match blend {
+            "gaussian" => Blend::Gaussian,
+            "hann" => Blend::Hann,
+            _ => Blend::Border,
+        };
+        let w = weights(
+            &grid.window,
+            &Weighting {
+                blend,
+                border: b,
+                border_weight: 0.1,
+                sigma: 0.125,
+            },
+        );
+        let (mean, den) = ref_stitch(&predictions, shape, &grid, &w);
+        let got: ArrayD<f32> = read_npy(&out).unwrap();
+        assert!(
+            got.iter()
+                .zip(mean.iter())
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "case {case} stitched mean"
+        );
+        let got_w: ArrayD<f32> = read_npy(&wout).unwrap();
+        assert!(
+            got_w.iter().zip(den.iter()).all(|(a, b)| *a == *b as f32),
+            "case {case} weights"
+        );
+        // And unstitch -> stitch of the untouched patches gives the input back.
+        let back = s(&d.path().join(format!("back{case}.npy")));
+        ok(tessera(&[
+            "quilt",
+            "stitch",
+            "--input",
+            &patches_addr,
+            "--output",
+            &back,
+        ]));
+        let back: ArrayD<f32> = read_npy(&back).unwrap();
+        assert!(
+            back.iter()
+                .zip(img.iter())
+                .all(|(a, b)| (a - b).abs() <= 1e-6),
+            "case {case} round trip"
+        );
+    }
+}
+
+#[test]
+fn a_memory_bounded_stitch_gives_the_same_bits() {
+    let d = tempfile::tempdir().unwrap();
+    let img = random_f32(&[1, 1, 96, 48, 48], 9); // 864 KiB of f32
+    let input = d.path().join("v.npy");
+    write_npy(&input, &img).unwrap();
+    let p = s(&d.path().join("p.zarr"));
+    let geometry = [
+        "--window", "8", "--step", "4", "--border", "1", "--codec", "none",
+    ];
+    let mut args = vec![
+        "quilt",
+        "unstitch",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        &p,
+    ];
+    args.extend(geometry);
+    ok(tessera(&args));
+    let free = s(&d.path().join("free.npy"));
+    ok(tessera(&[
+        "quilt", "stitch", "--input", &p, "--output", &free,
+    ]));
+    // 200 KiB per rank, under a quarter of the volume's f32 bytes (and a sixteenth of its f64
+    // accumulators): slabs of one row, patches read a few at a time.
+    let bounded = s(&d.path().join("bounded.npy"));
+    let log = ok(tessera(&[
+        "quilt",
+        "stitch",
+        "--input",
+        &p,
+        "--output",
+        &bounded,
+        "--memory-limit",
+        "200K",
+        "--chunks",
+        "1,1,1,48,48",
+    ]));
+    assert_eq!(
+        std::fs::read(&free).unwrap(),
+        std::fs::read(&bounded).unwrap()
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.path().join("bounded.npy.report.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        report["runs"][0]["units_total"].as_u64().unwrap(),
+        96,
+        "{log}"
+    );
+    let back: ArrayD<f32> = read_npy(&free).unwrap();
+    assert!(back
+        .iter()
+        .zip(img.iter())
+        .all(|(a, b)| (a - b).abs() <= 1e-6));
+    let plan = ok(tessera(&[
+        "quilt",
+        "stitch",
+        "--input",
+        &p,
+        "--output",
+        &bounded,
+        "--memory-limit",
+        "200K",
+        "--chunks",
+        "1,1,1,48,48",
+        "--dry-run",
+        "--overwrite",
+    ]));
+    let mib: f64 = plan
+        .split("memory: about ")
+        .nth(1)
+        .and_then(|t| t.split(' ').next())
+        .and_then(|t| t.parse().ok())
+        .expect("memory line in the plan");
+    assert!(mib * 1048576.0 <= 200.0 * 1024.0, "{plan}");
+}
+
+#[test]
+fn stitched_std_follows_the_mixture_formula() {
+    let d = tempfile::tempdir().unwrap();
+    // 1 image, 1 channel, 4x4, windows 4x2 step 2: two windows per row band... two windows total.
+    let patches = ArrayD::from_shape_fn(
+        IxDyn(&[2, 1, 4, 4]),
+        |i| if i[0] == 0 { 1.0f32 } else { 3.0 },
+    );
+    let variances =
+        ArrayD::from_shape_fn(
+            IxDyn(&[2, 1, 4, 4]),
+            |i| if i[0] == 0 { 0.0f32 } else { 2.0 },
+        );
+    let (p, v) = (d.path().join("p.npy"), d.path().join("v.npy"));
+    write_npy(&p, &patches).unwrap();
+    write_npy(&v, &variances).unwrap();
+    let (mean, std) = (d.path().join("m.npy"), d.path().join("s.npy"));
+    ok(tessera(&[
+        "quilt",
+        "stitch",
+        "--input",
+        &s(&p),
+        "--variance",
+        &s(&v),
+        "--std",
+        &s(&std),
+        "--output",
+        &s(&mean),
+        "--shape",
+        "1,1,4,6",
+        "--window",
+        "4",
+        "--step",
+        "2",
+    ]));
+    let m: ArrayD<f32> = read_npy(&mean).unwrap();
+    let sd: ArrayD<f32> = read_npy(&std).unwrap();
+    // Columns 2..4 are covered by both windows: mean 2, std sqrt(2); others by one window.
+    assert_eq!(m[[0, 0, 1, 0]], 1.0);
+    assert_eq!(m[[0, 0, 1, 3]], 2.0);
+    assert_eq!(m[[0, 0, 1, 5]], 3.0);
+    assert!((sd[[0, 0, 1, 3]] - 2f32.sqrt()).abs() < 1e-6);
+    assert_eq!(sd[[0, 0, 1, 0]], 0.0);
+    assert!((sd[[0, 0, 1, 5]] - 2f32.sqrt()).abs() < 1e-6);
+}
+
+#[test]
+fn nan_in_patches_is_left_out_counted_and_warned_about() {
+    let d = tempfile::tempdir().unwrap();
+    let mut patches = ArrayD::from_elem(IxDyn(&[9, 1, 4, 4]), 0.5f32);
+    patches[[4, 0, 1, 1]] = f32::NAN;
+    let p = d.path().join("p.npy");
+    write_npy(&p, &patches).unwrap();
+    let out = d.path().join("o.npy");
+    let log = ok(tessera(&[
+        "quilt",
+        "stitch",
+        "--input",
+        &s(&p),
+        "--output",
+        &s(&out),
+        "--shape",
+        "1,1,8,8",
+        "--window",
+        "4",
+        "--step",
+        "2",
+    ]));
+    assert!(log.contains("1 NaN patch values were left out"), "{log}");
+    let m: ArrayD<f32> = read_npy(&out).unwrap();
+    assert!(m.iter().all(|&x| x == 0.5), "no NaN spread to neighbours");
+}
+
+#[test]
+fn border_mask_hand_checked() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("m.npy");
+    ok(tessera(&[
+        "quilt",
+        "border-mask",
+        "--output",
+        &s(&out),
+        "--window",
+        "4,5",
+        "--border",
+        "1",
+    ]));
+    let m: ArrayD<u8> = read_npy(&out).unwrap();
+    assert_eq!(m.sum(), 6);
+    fails_with(
+        tessera(&[
+            "quilt",
+            "border-mask",
+            "--output",
+            &s(&out),
+            "--window",
+            "4,5",
+            "--border",
+            "1",
+        ]),
+        &["--overwrite"],
+    );
+    fails_with(
+        tessera(&[
+            "quilt",
+            "border-mask",
+            "--output",
+            &s(&d.path().join("x.npy")),
+            "--window",
+            "4,5",
+            "--border",
+            "2",
+        ]),
+        &["--border", "half the window"],
+    );
+}
+
+#[test]
+fn bad_geometry_and_patch_arrays_fail_clearly() {
+    let d = tempfile::tempdir().unwrap();
+    let img = random_f32(&[1, 1, 10, 10], 3);
+    let input = s(&d.path().join("i.npy"));
+    write_npy(&input, &img).unwrap();
+    let out = s(&d.path().join("p.npy"));
+    let unstitch = |extra: &[&str]| {
+        let mut a = vec!["quilt", "unstitch", "--input", &input, "--output", &out];
+        a.extend_from_slice(extra);
+        tessera(&a)
+    };
+    fails_with(
+        unstitch(&["--window", "12,4", "--step", "2"]),
+        &["--window", "larger than the image"],
+    );
+    fails_with(
+        unstitch(&["--window", "4", "--step", "0"]),
+        &["--step", "positive"],
+    );
+    fails_with(
+        unstitch(&["--window", "4", "--step", "5"]),
+        &["--step", "--allow-gaps"],
+    );
+    fails_with(
+        unstitch(&["--window", "4", "--step", "2", "--border", "2"]),
+        &["--border", "half the window"],
+    );
+    fails_with(
+        unstitch(&["--window", "4", "--step", "2", "--border-weight", "1.5"]),
+        &["--border-weight", "[0, 1]"],
+    );
+    fails_with(
+        unstitch(&["--window", "4,4,4", "--step", "2"]),
+        &["--window", "3 values"],
+    );
+    fails_with(
+        tessera(&[
+            "quilt",
+            "unstitch",
+            "--input",
+            &s(&d.path().join("none.npy")),
+            "--output",
+            &out,
+            "--window",
+            "4",
+            "--step",
+            "2",
+        ]),
+        &["does not exist"],
+    );
+    let flat = s(&d.path().join("flat.npy"));
+    write_npy(&flat, &random_f32(&[10, 10], 4)).unwrap();
+    fails_with(
+        tessera(&[
+            "quilt", "unstitch", "--input", &flat, "--output", &out, "--window", "4", "--step", "2",
+        ]),
+        &["(N, C, Y, X)"],
+    );
+    assert!(!std::path::Path::new(&out).exists());
+    // Gaps are allowed when asked for.
+    ok(unstitch(&["--window", "4", "--step", "5", "--allow-gaps"]));
+    // Stitch: no geometry attribute and no --shape; a patch count that does not match.
+    let bare = s(&d.path().join("bare.npy"));
+    write_npy(&bare, &random_f32(&[16, 1, 4, 4], 5)).unwrap();
+    let res = s(&d.path().join("r.npy"));
+    fails_with(
+        tessera(&["quilt", "stitch", "--input", &bare, "--output", &res]),
+        &["no `quilt` geometry", "--shape"],
+    );
+    fails_with(
+        tessera(&[
+            "quilt",
+            "stitch",
+            "--input",
+            &bare,
+            "--output",
+            &res,
+            "--shape",
+            "1,1,10,10",
+            "--window",
+            "4",
+            "--step",
+            "3",
+        ]),
+        &["shape", "16, 1, 4, 4"],
+    );
+    // A corrupt geometry attribute.
+    let z = s(&d.path().join("z.zarr"));
+    ok(tessera(&[
+        "quilt", "unstitch", "--input", &input, "--output", &z, "--window", "4", "--step", "2",
+    ]));
+    let meta = d.path().join("z.zarr/zarr.json");
+    let text = std::fs::read_to_string(&meta)
+        .unwrap()
+        .replace("\"step\"", "\"stride\"");
+    std::fs::write(&meta, text).unwrap();
+    fails_with(
+        tessera(&["quilt", "stitch", "--input", &z, "--output", &res]),
+        &["corrupt `quilt` attribute"],
+    );
+    fails_with(
+        tessera(&[
+            "quilt",
+            "stitch",
+            "--input",
+            &bare,
+            "--output",
+            &res,
+            "--shape",
+            "1,1,10,10",
+            "--window",
+            "4",
+            "--step",
+            "2",
+            "--memory-limit",
+            "1K",
+        ]),
+        &["--memory-limit", "too small"],
+    );
+    assert!(!std::path::Path::new(&res).exists());
+}
