@@ -82,6 +82,8 @@ pub enum QuiltCommand {
     Unstitch(crate::job::UnstitchJob),
     /// Patches -> weighted-mean image (and optionally weight sums and std).
     Stitch(crate::job::StitchJob),
+    /// Drop (input, label) patch pairs whose labels are all missing outside the border band.
+    Weed(crate::job::WeedJob),
     /// Write the border mask (1 inside, 0 in the border band) of a window as uint8.
     BorderMask {
         /// Output array address.
@@ -122,6 +124,7 @@ pub fn dispatch(cli: Cli, comm: &dyn Comm) -> Result<()> {
         Command::Quilt { which } => match which {
             QuiltCommand::Unstitch(job) => run_job(Job::Unstitch(job), comm),
             QuiltCommand::Stitch(job) => run_job(Job::Stitch(job), comm),
+            QuiltCommand::Weed(job) => run_job(Job::Weed(job), comm),
             QuiltCommand::BorderMask {
                 output,
                 window,
@@ -203,6 +206,19 @@ pub fn run_job(job: Job, comm: &dyn Comm) -> Result<()> {
             let parameters = serde_json::to_value(&job).unwrap_or_default();
             finish(
                 "quilt unstitch",
+                Path::new(&job.output),
+                &job.run,
+                parameters,
+                &[summary],
+                comm,
+            )
+        }
+        Job::Weed(job) => {
+            let op = crate::ops::quilt::weed::WeedOp::plan(&job, comm)?;
+            let summary = crate::exec::run(&op, comm, &job.run)?;
+            let parameters = serde_json::to_value(&job).unwrap_or_default();
+            finish(
+                "quilt weed",
                 Path::new(&job.output),
                 &job.run,
                 parameters,

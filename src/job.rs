@@ -230,6 +230,47 @@ pub struct StitchJob {
     pub run: RunOptions,
 }
 
+/// `tessera quilt weed`: drop (input, label) patch pairs whose labels are all missing outside
+/// the border band (qlty's `weed_sparse_classification_training_pairs`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct WeedJob {
+    /// Input patches (M, C, *window).
+    #[arg(long)]
+    pub input: String,
+    /// Label patches (M, C', *window), same M and window.
+    #[arg(long)]
+    pub labels: String,
+    /// The label value that means "not annotated".
+    #[arg(long, default_value_t = -1.0, allow_negative_numbers = true)]
+    #[serde(default = "default_missing_label")]
+    pub missing_label: f64,
+    /// Kept input patches.
+    #[arg(long)]
+    pub output: String,
+    /// Kept label patches.
+    #[arg(long)]
+    pub labels_output: String,
+    /// Where to write the (M,) uint8 mask: 1 for a removed pair, 0 for a kept one.
+    #[arg(long)]
+    pub mask: String,
+    /// Border band to ignore (default: the `border` of the patches' `quilt` attribute, else none).
+    #[arg(long, value_delimiter = ',')]
+    #[serde(default)]
+    pub border: Vec<u64>,
+    /// Chunk compression.
+    #[arg(long, value_enum, default_value_t)]
+    #[serde(default)]
+    pub codec: Codec,
+    #[command(flatten)]
+    #[serde(skip)]
+    pub run: RunOptions,
+}
+
+fn default_missing_label() -> f64 {
+    -1.0
+}
+
 fn default_memory_limit() -> String {
     "2G".into()
 }
@@ -246,6 +287,8 @@ pub struct JobFile {
     pub unstitch: Option<UnstitchJob>,
     #[serde(default)]
     pub stitch: Option<StitchJob>,
+    #[serde(default)]
+    pub weed: Option<WeedJob>,
 }
 
 /// A job to run, whichever way it was given.
@@ -254,6 +297,7 @@ pub enum Job {
     Convert(ConvertJob),
     Unstitch(UnstitchJob),
     Stitch(StitchJob),
+    Weed(WeedJob),
 }
 
 impl JobFile {
@@ -284,12 +328,13 @@ impl JobFile {
         run.report = report;
         let tables = usize::from(file.convert.is_some())
             + usize::from(file.unstitch.is_some())
-            + usize::from(file.stitch.is_some());
+            + usize::from(file.stitch.is_some())
+            + usize::from(file.weed.is_some());
         if tables != 1 {
             return Err(Error::Config {
                 path: path.into(),
                 message: format!(
-                    "expected exactly one operation table ([convert], [unstitch] or [stitch]), found {tables}"
+                    "expected exactly one operation table ([convert], [unstitch], [stitch] or [weed]), found {tables}"
                 ),
             });
         }
@@ -305,6 +350,15 @@ impl JobFile {
             job.output = rel(&job.output);
             job.positions = job.positions.as_deref().map(rel);
             return Ok(Job::Unstitch(job));
+        }
+        if let Some(mut job) = file.weed {
+            job.run = run;
+            job.input = rel(&job.input);
+            job.labels = rel(&job.labels);
+            job.output = rel(&job.output);
+            job.labels_output = rel(&job.labels_output);
+            job.mask = rel(&job.mask);
+            return Ok(Job::Weed(job));
         }
         let mut job = file.stitch.expect("one table is present");
         job.run = run;

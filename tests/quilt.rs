@@ -551,3 +551,90 @@ fn bad_geometry_and_patch_arrays_fail_clearly() {
     );
     assert!(!std::path::Path::new(&res).exists());
 }
+
+#[test]
+fn weed_drops_pairs_without_labels_inside_the_border() {
+    let d = tempfile::tempdir().unwrap();
+    let m = 23;
+    let inputs = random_f32(&[m, 2, 6, 6], 11);
+    let mut rng = Rng::new(12);
+    // Label patches: -1 everywhere, except some patches get a label inside (kept) and some
+    // only in the border band (dropped).
+    let mut labels = ArrayD::from_elem(IxDyn(&[m, 1, 6, 6]), -1i16);
+    let mut expect_keep = vec![false; m];
+    for (i, keep) in expect_keep.iter_mut().enumerate() {
+        match rng.below(3) {
+            0 => {
+                labels[[i, 0, 2 + rng.below(2) as usize, 3]] = rng.below(4) as i16;
+                *keep = true;
+            }
+            1 => labels[[i, 0, 0, rng.below(6) as usize]] = 2,
+            _ => {}
+        }
+    }
+    let (pi, pl) = (d.path().join("in.npy"), d.path().join("lab.npy"));
+    write_npy(&pi, &inputs).unwrap();
+    write_npy(&pl, &labels).unwrap();
+    let (oi, ol, om) = (
+        d.path().join("oi.zarr"),
+        d.path().join("ol.npy"),
+        d.path().join("mask.npy"),
+    );
+    ok(tessera_env(
+        &[
+            "quilt",
+            "weed",
+            "--input",
+            &s(&pi),
+            "--labels",
+            &s(&pl),
+            "--missing-label",
+            "-1",
+            "--border",
+            "1",
+            "--output",
+            &s(&oi),
+            "--labels-output",
+            &s(&ol),
+            "--mask",
+            &s(&om),
+        ],
+        &[("TESSERA_UNIT_BYTES", "1")],
+    ));
+    let kept: Vec<usize> = (0..m).filter(|&i| expect_keep[i]).collect();
+    let got_inputs = read_all(&s(&oi)).into_array::<f32>().unwrap();
+    assert_eq!(got_inputs.shape()[0], kept.len());
+    for (row, &i) in kept.iter().enumerate() {
+        assert_eq!(
+            got_inputs.index_axis(Axis(0), row),
+            inputs.index_axis(Axis(0), i)
+        );
+    }
+    let got_labels: ArrayD<i16> = read_npy(&ol).unwrap();
+    assert_eq!(got_labels.shape(), &[kept.len(), 1, 6, 6]);
+    let mask: ArrayD<u8> = read_npy(&om).unwrap();
+    assert_eq!(
+        mask.iter().map(|&x| x == 0).collect::<Vec<_>>(),
+        expect_keep
+    );
+    // Mismatched pairs are refused.
+    let short = d.path().join("short.npy");
+    write_npy(&short, &ArrayD::from_elem(IxDyn(&[m - 1, 1, 6, 6]), -1i16)).unwrap();
+    fails_with(
+        tessera(&[
+            "quilt",
+            "weed",
+            "--input",
+            &s(&pi),
+            "--labels",
+            &s(&short),
+            "--output",
+            &s(&d.path().join("a.npy")),
+            "--labels-output",
+            &s(&d.path().join("b.npy")),
+            "--mask",
+            &s(&d.path().join("c.npy")),
+        ]),
+        &["label patches", "shape"],
+    );
+}

@@ -11,6 +11,7 @@
 //! A slab's size follows `--memory-limit`, so memory is bounded by the slab, not the volume.
 
 pub mod kernel;
+pub mod weed;
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};

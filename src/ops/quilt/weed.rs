@@ -1,0 +1,336 @@
+//! `tessera quilt weed`: drop training pairs whose labels carry no annotation.
+//!
+//! A pair (input patch, label patch) is dropped when every label value inside the border band's
+//! interior (border mask 1), in every label channel, equals `--missing-label`. The keep flags
+//! are computed while planning (each rank reads its share of the labels; flags are gathered),
+//! so the output size is known before anything is created; units are then runs of output rows.
+
+use std::ops::Range;
+use std::sync::Mutex;
+
+use ndarray::{ArrayD, Axis, IxDyn};
+use num_traits::ToPrimitive;
+use serde_json::{json, Map};
+
+use super::kernel;
+use crate::comm::Comm;
+use crate::error::{Error, Result};
+use crate::exec::{Operation, UnitInfo};
+use crate::grid::windows::check_border;
+use crate::grid::{self, Region};
+use crate::io::{self, Address, ArrayReader, ArrayWriter, Block, CreateSpec, DType, Element};
+use crate::job::WeedJob;
+use crate::{with_block, with_dtype};
+
+/// True when a label patch (C', *window) has an annotated value where `mask` is 1.
+pub fn has_labels(labels: &ArrayD<f64>, mask: &ArrayD<u8>, missing: f64) -> bool {
+    labels.axis_iter(Axis(0)).any(|channel| {
+        ndarray::Zip::from(&channel)
+            .and(mask)
+            .fold(false, |found, &v, &m| found || (m == 1 && v != missing))
+    })
+}
+
+pub struct WeedOp {
+    targets: [Address; 3],
+    input: Box<dyn ArrayReader>,
+    labels: Box<dyn ArrayReader>,
+    /// Original indices of the kept pairs, ascending.
+    kept: Vec<u64>,
+    removed_mask: Vec<u8>,
+    input_spec: CreateSpec,
+    labels_spec: CreateSpec,
+    mask_spec: CreateSpec,
+    runs: Vec<Range<u64>>,
+    units: Vec<UnitInfo>,
+    writers: Mutex<Vec<Box<dyn ArrayWriter>>>,
+}
+
+fn spec_like(shape: Vec<u64>, dtype: DType, codec: io::Codec, address: &Address) -> CreateSpec {
+    let per_chunk =
+        ((4u64 << 20) / (shape[1..].iter().product::<u64>() * dtype.size() as u64).max(1)).max(1);
+    let mut chunks = vec![per_chunk.min(shape[0].max(1))];
+    chunks.extend(&shape[1..]);
+    CreateSpec {
+        shape,
+        dtype,
+        chunks,
+        shards: None,
+        codec: if matches!(address, Address::Hdf5 { .. }) && codec != io::Codec::None {
+            io::Codec::Gzip
+        } else {
+            codec
+        },
+        dimension_names: None,
+        attributes: Map::new(),
+    }
+}
+
+impl WeedOp {
+    /// Reads every label patch (split among ranks) and decides which pairs stay.
+    ///
+    /// # Errors
+    /// Mismatched shapes, bad border, unreadable inputs.
+    pub fn plan(job: &WeedJob, comm: &dyn Comm) -> Result<WeedOp> {
+        let input_addr = Address::parse(&job.input)?;
+        let labels_addr = Address::parse(&job.labels)?;
+        let input = io::open(&input_addr)?;
+        let labels = io::open(&labels_addr)?;
+        let (im, lm) = (input.meta().clone(), labels.meta().clone());
+        if im.shape.len() < 4
+            || lm.shape.len() != im.shape.len()
+            || im.shape[0] != lm.shape[0]
+            || im.shape[2..] != lm.shape[2..]
+        {
+            return Err(Error::mismatch(
+                format!("label patches {labels_addr}: shape"),
+                format!("(M, C', *window) matching the input patches {:?}", im.shape),
+                format!("{:?}", lm.shape),
+            ));
+        }
+        if !job.missing_label.is_finite() {
+            return Err(Error::parameter("missing-label", "must be a finite number"));
+        }
+        let window = im.shape[2..].to_vec();
+        let border_from_attrs = lm
+            .attributes
+            .get("quilt")
+            .or_else(|| im.attributes.get("quilt"))
+            .and_then(|q| q.get("border"))
+            .and_then(|b| serde_json::from_value::<Vec<u64>>(b.clone()).ok())
+            .unwrap_or_default();
+        let border = if job.border.is_empty() {
+            border_from_attrs
+        } else {
+            job.border.clone()
+        };
+        let border =
+            check_border(&border, &window).map_err(|e| Error::parameter(e.parameter, e.message))?;
+        let mask = kernel::border_mask(&window, &border);
+
+        let m = im.shape[0];
+        let share = grid::partition_contiguous(m as usize, comm.size())[comm.rank()].clone();
+        let mut flags = Vec::with_capacity(share.len());
+        let patch_bytes = lm.shape[1..].iter().product::<u64>() * lm.dtype.size() as u64;
+        let batch = ((16u64 << 20) / patch_bytes.max(1)).max(1);
+        let mut region = Region::whole(&lm.shape);
+        let mut at = share.start as u64;
+        let mine = (|| -> Result<()> {
+            while at < share.end as u64 {
+                let end = (at + batch).min(share.end as u64);
+                region.start[0] = at;
+                region.shape[0] = end - at;
+                let block = labels.read_box(&region)?;
+                let values: ArrayD<f64> =
+                    with_block!(block, a => a.mapv(|x| x.to_f64().unwrap_or(f64::NAN)));
+                for p in values.axis_iter(Axis(0)) {
+                    flags.push(u8::from(has_labels(
+                        &p.to_owned(),
+                        &mask,
+                        job.missing_label,
+                    )));
+                }
+                at = end;
+            }
+            Ok(())
+        })();
+        let mine = crate::exec::agree(comm, mine);
+        mine?;
+        let all: Vec<u8> = comm.all_gather(&flags).concat();
+        let kept: Vec<u64> = all
+            .iter()
+            .enumerate()
+            .filter(|(_, &k)| k == 1)
+            .map(|(i, _)| i as u64)
+            .collect();
+        let removed_mask: Vec<u8> = all.iter().map(|&k| 1 - k).collect();
+        if comm.is_root() {
+            tracing::info!(
+                "weed: keeping {} of {} pairs ({} have no labels outside the border)",
+                kept.len(),
+                m,
+                m as usize - kept.len()
+            );
+            if kept.is_empty() {
+                tracing::warn!(
+                    "weed: every pair was removed: is --missing-label {} right?",
+                    job.missing_label
+                );
+            }
+        }
+        let targets = [
+            Address::parse(&job.output)?,
+            Address::parse(&job.labels_output)?,
+            Address::parse(&job.mask)?,
+        ];
+        let kept_n = kept.len() as u64;
+        let mut input_shape = im.shape.clone();
+        input_shape[0] = kept_n;
+        let mut labels_shape = lm.shape.clone();
+        labels_shape[0] = kept_n;
+        let mut input_spec = spec_like(input_shape, im.dtype, job.codec, &targets[0]);
+        let mut labels_spec = spec_like(labels_shape, lm.dtype, job.codec, &targets[1]);
+        let mask_spec = spec_like(vec![m, 1], DType::U8, job.codec, &targets[2]);
+        let mut attributes = Map::new();
+        if let Some(q) = im.attributes.get("quilt") {
+            attributes.insert("quilt_source".into(), q.clone());
+        }
+        attributes.insert("weed_missing_label".into(), json!(job.missing_label));
+        attributes.insert("weed_border".into(), json!(border));
+        attributes.insert("weed_kept".into(), json!(kept_n));
+        attributes.insert("weed_of".into(), json!(m));
+        input_spec.attributes = attributes.clone();
+        labels_spec.attributes = attributes;
+        let per_chunk = input_spec.chunks[0];
+        let in_patch = im.shape[1..].iter().product::<u64>() * im.dtype.size() as u64;
+        let blocks =
+            grid::blocks_for_target(per_chunk * in_patch, crate::exec::target_unit_bytes());
+        let runs = grid::block_aligned_runs(kept_n, per_chunk, blocks);
+        let units = runs
+            .iter()
+            .map(|r| UnitInfo {
+                label: format!("kept pairs {}..{}", r.start, r.end),
+                bytes_in: (r.end - r.start) * (in_patch + patch_bytes),
+                bytes_out: (r.end - r.start) * (in_patch + patch_bytes),
+            })
+            .collect();
+        Ok(WeedOp {
+            targets,
+            input,
+            labels,
+            kept,
+            removed_mask,
+            input_spec,
+            labels_spec,
+            mask_spec,
+            runs,
+            units,
+            writers: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Gathers the kept patches `rows` (output order) of one array, reading contiguous runs.
+    fn gather<T: Element>(&self, reader: &dyn ArrayReader, rows: &Range<u64>) -> Result<Block> {
+        let shape = &reader.meta().shape;
+        let mut out_shape: Vec<usize> = shape.iter().map(|&n| n as usize).collect();
+        out_shape[0] = (rows.end - rows.start) as usize;
+        let mut out = ArrayD::<T>::default(IxDyn(&out_shape));
+        let kept = &self.kept[rows.start as usize..rows.end as usize];
+        let mut i = 0;
+        while i < kept.len() {
+            let mut j = i + 1;
+            while j < kept.len() && kept[j] == kept[j - 1] + 1 {
+                j += 1;
+            }
+            let mut region = Region::whole(shape);
+            region.start[0] = kept[i];
+            region.shape[0] = (j - i) as u64;
+            let block = reader
+                .read_box(&region)?
+                .into_array::<T>()
+                .expect("reader dtype");
+            out.slice_axis_mut(Axis(0), ndarray::Slice::from(i..j))
+                .assign(&block);
+            i = j;
+        }
+        Ok(T::into_block(out))
+    }
+}
+
+impl Operation for WeedOp {
+    type Output = Vec<(Region, Block)>;
+
+    fn name(&self) -> &'static str {
+        "quilt weed"
+    }
+    fn targets(&self) -> &[Address] {
+        &self.targets
+    }
+    fn units(&self) -> &[UnitInfo] {
+        &self.units
+    }
+    fn memory_per_unit(&self) -> u64 {
+        self.units
+            .iter()
+            .map(|u| u.bytes_out * 2)
+            .max()
+            .unwrap_or(0)
+    }
+    fn fingerprint(&self) -> String {
+        json!({"operation": "weed", "kept": self.kept.len(), "input": format!("{:?}", self.input_spec), "labels": format!("{:?}", self.labels_spec)}).to_string()
+    }
+    fn open_output(&self, staging: &[Address], comm: &dyn Comm, resume: bool) -> Result<()> {
+        let writers = vec![
+            io::create(&staging[0], &self.input_spec, comm, resume)?,
+            io::create(&staging[1], &self.labels_spec, comm, resume)?,
+            io::create(&staging[2], &self.mask_spec, comm, resume)?,
+        ];
+        *self.writers.lock().expect("writers") = writers;
+        Ok(())
+    }
+    fn compute(&self, unit: usize) -> Result<Self::Output> {
+        let rows = &self.runs[unit];
+        let input =
+            with_dtype!(self.input_spec.dtype, T => self.gather::<T>(self.input.as_ref(), rows)?);
+        let labels =
+            with_dtype!(self.labels_spec.dtype, T => self.gather::<T>(self.labels.as_ref(), rows)?);
+        let region = |shape: &[u64]| {
+            let mut r = Region::whole(shape);
+            r.start[0] = rows.start;
+            r.shape[0] = rows.end - rows.start;
+            r
+        };
+        Ok(vec![
+            (region(&self.input_spec.shape), input),
+            (region(&self.labels_spec.shape), labels),
+        ])
+    }
+    fn write(&self, part: Option<(usize, Self::Output)>) -> Result<()> {
+        let writers = self.writers.lock().expect("writers");
+        match part {
+            Some((_, parts)) => writers
+                .iter()
+                .zip(&parts)
+                .try_for_each(|(w, (r, b))| w.write_box(Some((r, b)))),
+            None => writers[..2].iter().try_for_each(|w| w.write_box(None)),
+        }
+    }
+    fn finish(&self, comm: &dyn Comm) -> Result<()> {
+        let writers = std::mem::take(&mut *self.writers.lock().expect("writers"));
+        // The mask is small: rank 0 writes it whole; the others take part with nothing.
+        let mask = Block::U8(
+            ArrayD::from_shape_vec(
+                IxDyn(&[self.removed_mask.len(), 1]),
+                self.removed_mask.clone(),
+            )
+            .expect("mask length"),
+        );
+        let whole = Region::whole(&self.mask_spec.shape);
+        writers[2].write_box(comm.is_root().then_some((&whole, &mask)))?;
+        for (w, spec) in
+            writers
+                .into_iter()
+                .zip([&self.input_spec, &self.labels_spec, &self.mask_spec])
+        {
+            w.set_attributes(&spec.attributes)?;
+            w.close()?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_inside_the_border_decide() {
+        let mask = kernel::border_mask(&[4, 4], &[1, 1]);
+        let mut l = ArrayD::from_elem(IxDyn(&[1, 4, 4]), -1.0);
+        assert!(!has_labels(&l, &mask, -1.0));
+        l[[0, 0, 0]] = 3.0; // in the band: ignored
+        assert!(!has_labels(&l, &mask, -1.0));
+        l[[0, 1, 2]] = 0.0; // inside: a real label (0 is a class)
+        assert!(has_labels(&l, &mask, -1.0));
+    }
+}
