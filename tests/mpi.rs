@@ -276,7 +276,9 @@ fn quilt_unstitch_and_stitch_are_identical_on_1_2_and_4_ranks() {
     let geometry = [
         "--window", "8,8,6", "--step", "5,4,6", "--border", "1", "--blend", "gaussian",
     ];
-    let mut reference: Option<(Vec<(String, Vec<u8>)>, Vec<u8>, Vec<u8>)> = None;
+    // (patch chunk files, stitched mean bytes, weight bytes) of the first rank count.
+    type Outputs = (Vec<(String, Vec<u8>)>, Vec<u8>, Vec<u8>);
+    let mut reference: Option<Outputs> = None;
     for ranks in [1, 2, 4] {
         let p = d.path().join(format!("p{ranks}.zarr"));
         let mut args = vec![
