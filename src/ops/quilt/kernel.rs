@@ -8,7 +8,7 @@
 //! from all the windows that overlap it, in that order, so the bits do not depend on how the
 //! output is split into blocks or among ranks.
 
-use ndarray::{ArrayD, ArrayViewD, Axis, Dimension, IxDyn, Slice};
+use ndarray::{ArrayD, ArrayViewD, Axis, CowArray, IxDyn, Slice, Zip};
 use serde::{Deserialize, Serialize};
 
 /// Smallest weight a pixel of a window may have, so every covered pixel has a defined mean.
@@ -96,6 +96,9 @@ pub fn cut_window<T: Clone>(image: &ArrayViewD<'_, T>, start: &[u64], window: &[
     view.to_owned()
 }
 
+/// A borrowed or cleaned (owned) f64 array.
+type Cow<'a> = CowArray<'a, f64, IxDyn>;
+
 /// Narrows a view to `ranges` on the axes starting at `offset`.
 fn narrowed<'a>(
     mut v: ArrayViewD<'a, f64>,
@@ -166,59 +169,77 @@ impl Accumulator {
             weight_sum.slice_axis_inplace(Axis(a), Slice::from(r.clone()));
         }
         let channels = patch.shape()[0];
-        // A window pixel that is NaN in any channel (or in its variance) is left out of every
-        // channel's sums and of the weight, so the channels share one weight map and a NaN
-        // never spreads to neighbours; `nan_pixels` counts the values left out.
         let p = narrowed(patch.view(), &window_ranges, 1);
         let var = variance.map(|v| narrowed(v.view(), &window_ranges, 1));
-        let valid = ArrayD::from_shape_fn(w_part.raw_dim(), |idx| {
-            (0..channels).all(|c| {
-                let mut full = vec![c];
-                full.extend(idx.slice());
-                let ok = !p[IxDyn(&full)].is_nan();
-                ok && var.as_ref().is_none_or(|v| !v[IxDyn(&full)].is_nan())
-            })
-        });
-        self.nan_pixels += valid.iter().filter(|&&ok| !ok).count() as u64 * channels as u64;
-        ndarray::Zip::from(&mut weight_sum)
-            .and(&w_part)
-            .and(&valid)
-            .for_each(|s, &wt, &ok| {
-                if ok {
-                    *s += wt;
+        // A window pixel that is NaN in any channel (or in its variance) is left out of every
+        // channel's sums and of the weight, so the channels share one weight map and a NaN
+        // never spreads to neighbours; `nan_pixels` counts the values left out. The rare NaN
+        // case works on cleaned copies (NaN -> 0, weight 0) so the hot loops below stay
+        // branch-free.
+        let any_nan = p.iter().any(|x| x.is_nan())
+            || var.as_ref().is_some_and(|v| v.iter().any(|x| x.is_nan()));
+        let (p, var, w_part): (Cow<'_>, Option<Cow<'_>>, Cow<'_>) = if any_nan {
+            let mut valid = ArrayD::from_elem(w_part.raw_dim(), true);
+            for c in 0..channels {
+                Zip::from(&mut valid)
+                    .and(&p.index_axis(Axis(0), c))
+                    .for_each(|ok, &x| *ok &= !x.is_nan());
+                if let Some(v) = &var {
+                    Zip::from(&mut valid)
+                        .and(&v.index_axis(Axis(0), c))
+                        .for_each(|ok, &x| *ok &= !x.is_nan());
+                }
+            }
+            self.nan_pixels += valid.iter().filter(|&&ok| !ok).count() as u64 * channels as u64;
+            let clean = |a: &ArrayViewD<'_, f64>| {
+                let mut out = a.to_owned();
+                for mut c in out.axis_iter_mut(Axis(0)) {
+                    Zip::from(&mut c).and(&valid).for_each(|x, &ok| {
+                        if !ok {
+                            *x = 0.0;
+                        }
+                    });
+                }
+                CowArray::from(out)
+            };
+            let mut w_eff = w_part.to_owned();
+            Zip::from(&mut w_eff).and(&valid).for_each(|wt, &ok| {
+                if !ok {
+                    *wt = 0.0;
                 }
             });
+            (clean(&p), var.as_ref().map(clean), CowArray::from(w_eff))
+        } else {
+            (
+                CowArray::from(p),
+                var.map(CowArray::from),
+                CowArray::from(w_part),
+            )
+        };
+        Zip::from(&mut weight_sum)
+            .and(&w_part)
+            .for_each(|s, &wt| *s += wt);
         for c in 0..channels {
             let pc = p.index_axis(Axis(0), c);
             let mut sc = self.sums.index_axis_mut(Axis(0), c);
             for (a, r) in block_ranges.iter().enumerate() {
                 sc.slice_axis_inplace(Axis(a), Slice::from(r.clone()));
             }
-            ndarray::Zip::from(&mut sc)
+            Zip::from(&mut sc)
                 .and(&pc)
                 .and(&w_part)
-                .and(&valid)
-                .for_each(|s, &x, &wt, &ok| {
-                    if ok {
-                        *s += wt * x;
-                    }
-                });
+                .for_each(|s, &x, &wt| *s += wt * x);
             if let (Some(m2), Some(var)) = (self.second_moments.as_mut(), var.as_ref()) {
                 let vc = var.index_axis(Axis(0), c);
                 let mut mc = m2.index_axis_mut(Axis(0), c);
                 for (a, r) in block_ranges.iter().enumerate() {
                     mc.slice_axis_inplace(Axis(a), Slice::from(r.clone()));
                 }
-                ndarray::Zip::from(&mut mc)
+                Zip::from(&mut mc)
                     .and(&pc)
                     .and(&vc)
                     .and(&w_part)
-                    .and(&valid)
-                    .for_each(|m, &x, &v, &wt, &ok| {
-                        if ok {
-                            *m += wt * (v + x * x);
-                        }
-                    });
+                    .for_each(|m, &x, &v, &wt| *m += wt * (v + x * x));
             }
         }
     }
@@ -227,11 +248,9 @@ impl Accumulator {
     pub fn mean(&self) -> ArrayD<f64> {
         let mut out = self.sums.clone();
         for mut c in out.axis_iter_mut(Axis(0)) {
-            ndarray::Zip::from(&mut c)
-                .and(&self.weights)
-                .for_each(|x, &w| {
-                    *x = if w > 0.0 { *x / w } else { f64::NAN };
-                });
+            Zip::from(&mut c).and(&self.weights).for_each(|x, &w| {
+                *x = if w > 0.0 { *x / w } else { f64::NAN };
+            });
         }
         out
     }
@@ -243,7 +262,7 @@ impl Accumulator {
         let mean = self.mean();
         let mut out = m2.clone();
         for (mut c, mc) in out.axis_iter_mut(Axis(0)).zip(mean.axis_iter(Axis(0))) {
-            ndarray::Zip::from(&mut c)
+            Zip::from(&mut c)
                 .and(&mc)
                 .and(&self.weights)
                 .for_each(|x, &mu, &w| {
