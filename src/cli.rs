@@ -111,6 +111,8 @@ pub enum DebugCommand {
 pub enum BenchCommand {
     /// Convert throughput against a plain copy of the same files.
     Convert(crate::bench::ConvertBench),
+    /// Quilt kernels (unstitch, stitch) against a memory copy of the patch bytes.
+    Quilt(crate::bench::QuiltBench),
 }
 
 /// Runs a parsed command on this rank.
@@ -167,6 +169,7 @@ pub fn dispatch(cli: Cli, comm: &dyn Comm) -> Result<()> {
         Command::Demo { dir } => crate::demo::run(&dir, comm),
         Command::Bench { which } => match which {
             BenchCommand::Convert(b) => crate::bench::convert(&b, comm),
+            BenchCommand::Quilt(b) => crate::bench::quilt(&b, comm),
         },
     }
 }

@@ -4,6 +4,8 @@
 //! `bench convert`: a stack of uint16 TIFF files converted to Zarr, against a plain parallel
 //! copy of the same files (read each file, write it elsewhere): the least any converter must do.
 
+pub mod quilt;
+
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -214,6 +216,64 @@ pub fn convert(b: &ConvertBench, comm: &dyn Comm) -> Result<()> {
         println!();
         println!("json: {}", path.display());
         remove_any(&copy_dir)?;
+    }
+    Ok(())
+}
+
+/// Parameters of `tessera bench quilt`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct QuiltBench {
+    /// Repetitions; the best of each is reported.
+    #[arg(long, default_value_t = 3)]
+    pub repeat: usize,
+    /// Only the 2-D or only the 3-D case.
+    #[arg(long, value_parser = ["2d", "3d", "both"], default_value = "both")]
+    pub case: String,
+    /// Where to write the JSON result.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// Runs the quilt kernel benchmark and prints a Markdown table (rank 0 only; in memory).
+///
+/// # Errors
+/// Writing the JSON result.
+pub fn quilt(b: &QuiltBench, comm: &dyn Comm) -> Result<()> {
+    if !comm.is_root() {
+        return Ok(());
+    }
+    let cases: Vec<_> = quilt::cases()
+        .into_iter()
+        .filter(|c| b.case == "both" || c.name.starts_with(b.case.as_str()))
+        .collect();
+    println!("bench quilt: in-memory kernels, one thread, best of {}, fraction of a memcpy of the patch bytes", b.repeat.max(1));
+    println!();
+    println!("| case | patch MiB | memcpy s | unstitch s | unstitch / memcpy | stitch s | stitch / memcpy |");
+    println!("|---|---|---|---|---|---|---|");
+    let mut results = Vec::new();
+    for case in &cases {
+        let r = quilt::measure(case, b.repeat);
+        println!(
+            "| {} w{} s{} b{} | {:.0} | {:.3} | {:.3} | {:.2} | {:.3} | {:.2} |",
+            case.name,
+            case.window,
+            case.step,
+            case.border,
+            r.patch_bytes as f64 / 1048576.0,
+            r.memcpy_s,
+            r.unstitch_s,
+            r.unstitch_fraction,
+            r.stitch_s,
+            r.stitch_fraction
+        );
+        results.push(r);
+    }
+    if let Some(path) = &b.json {
+        std::fs::write(
+            path,
+            serde_json::to_string_pretty(&results).unwrap_or_default(),
+        )
+        .at(path)?;
     }
     Ok(())
 }

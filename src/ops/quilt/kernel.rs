@@ -8,7 +8,7 @@
 //! from all the windows that overlap it, in that order, so the bits do not depend on how the
 //! output is split into blocks or among ranks.
 
-use ndarray::{ArrayD, ArrayViewD, Axis, CowArray, IxDyn, Slice, Zip};
+use ndarray::{ArrayD, ArrayViewD, ArrayViewMutD, Axis, IxDyn, Slice, Zip};
 use serde::{Deserialize, Serialize};
 
 /// Smallest weight a pixel of a window may have, so every covered pixel has a defined mean.
@@ -96,15 +96,68 @@ pub fn cut_window<T: Clone>(image: &ArrayViewD<'_, T>, start: &[u64], window: &[
     view.to_owned()
 }
 
-/// A borrowed or cleaned (owned) f64 array.
-type Cow<'a> = CowArray<'a, f64, IxDyn>;
+/// True when any value is NaN (a branch-free scan when the view is contiguous).
+fn has_nan<T: Copy + Into<f64>>(v: &ArrayViewD<'_, T>) -> bool {
+    match v.as_slice_memory_order() {
+        Some(s) => s.iter().fold(false, |any, &x| any | x.into().is_nan()),
+        None => v.iter().any(|&x| x.into().is_nan()),
+    }
+}
+
+/// Applies `f` to matching rows (lanes along the last axis) of two same-shape arrays, as
+/// slices when both rows are contiguous.
+fn rows2<A: Copy>(
+    mut dst: ArrayViewMutD<'_, f64>,
+    src: ArrayViewD<'_, A>,
+    f: impl Fn(&mut [f64], &[A]),
+) {
+    let last = Axis(dst.ndim() - 1);
+    for (mut d, s) in dst.lanes_mut(last).into_iter().zip(src.lanes(last)) {
+        match (d.as_slice_mut(), s.as_slice()) {
+            (Some(d), Some(s)) => f(d, s),
+            (_, _) => {
+                let s: Vec<A> = s.iter().copied().collect();
+                let mut dv: Vec<f64> = d.iter().copied().collect();
+                f(&mut dv, &s);
+                d.iter_mut().zip(dv).for_each(|(o, v)| *o = v);
+            }
+        }
+    }
+}
+
+/// [`rows2`] with a second source.
+fn rows3<A: Copy, B: Copy>(
+    mut dst: ArrayViewMutD<'_, f64>,
+    a: ArrayViewD<'_, A>,
+    b: ArrayViewD<'_, B>,
+    f: impl Fn(&mut [f64], &[A], &[B]),
+) {
+    let last = Axis(dst.ndim() - 1);
+    for ((mut d, x), y) in dst
+        .lanes_mut(last)
+        .into_iter()
+        .zip(a.lanes(last))
+        .zip(b.lanes(last))
+    {
+        match (d.as_slice_mut(), x.as_slice(), y.as_slice()) {
+            (Some(d), Some(x), Some(y)) => f(d, x, y),
+            (_, _, _) => {
+                let x: Vec<A> = x.iter().copied().collect();
+                let y: Vec<B> = y.iter().copied().collect();
+                let mut dv: Vec<f64> = d.iter().copied().collect();
+                f(&mut dv, &x, &y);
+                d.iter_mut().zip(dv).for_each(|(o, v)| *o = v);
+            }
+        }
+    }
+}
 
 /// Narrows a view to `ranges` on the axes starting at `offset`.
-fn narrowed<'a>(
-    mut v: ArrayViewD<'a, f64>,
+fn narrowed<'a, T>(
+    mut v: ArrayViewD<'a, T>,
     ranges: &[std::ops::Range<usize>],
     offset: usize,
-) -> ArrayViewD<'a, f64> {
+) -> ArrayViewD<'a, T> {
     for (a, r) in ranges.iter().enumerate() {
         v.slice_axis_inplace(Axis(a + offset), Slice::from(r.clone()));
     }
@@ -142,10 +195,10 @@ impl Accumulator {
     /// Adds one patch (C, *window) whose window starts at spatial `start`, with weights `w`
     /// (*window). Only the part of the window inside the block is used. NaN pixels are left
     /// out and counted. `variance` (same shape as the patch) feeds the std.
-    pub fn add(
+    pub fn add<T: Copy + Into<f64>>(
         &mut self,
-        patch: &ArrayViewD<'_, f64>,
-        variance: Option<&ArrayViewD<'_, f64>>,
+        patch: &ArrayViewD<'_, T>,
+        variance: Option<&ArrayViewD<'_, T>>,
         start: &[u64],
         w: &ArrayD<f64>,
     ) {
@@ -164,35 +217,26 @@ impl Accumulator {
             block_ranges.push((lo - self.origin[a]) as usize..(hi - self.origin[a]) as usize);
         }
         let w_part = narrowed(w.view(), &window_ranges, 0);
-        let mut weight_sum = self.weights.view_mut();
-        for (a, r) in block_ranges.iter().enumerate() {
-            weight_sum.slice_axis_inplace(Axis(a), Slice::from(r.clone()));
-        }
-        let channels = patch.shape()[0];
         let p = narrowed(patch.view(), &window_ranges, 1);
         let var = variance.map(|v| narrowed(v.view(), &window_ranges, 1));
-        // A window pixel that is NaN in any channel (or in its variance) is left out of every
-        // channel's sums and of the weight, so the channels share one weight map and a NaN
-        // never spreads to neighbours; `nan_pixels` counts the values left out. The rare NaN
-        // case works on cleaned copies (NaN -> 0, weight 0) so the hot loops below stay
-        // branch-free.
-        let any_nan = p.iter().any(|x| x.is_nan())
-            || var.as_ref().is_some_and(|v| v.iter().any(|x| x.is_nan()));
-        let (p, var, w_part): (Cow<'_>, Option<Cow<'_>>, Cow<'_>) = if any_nan {
+        if has_nan(&p) || var.as_ref().is_some_and(has_nan) {
+            // Rare: leave NaN pixels out of every channel and of the weight (so channels share
+            // one weight map and a NaN never spreads), on cleaned f64 copies.
+            let channels = p.shape()[0];
             let mut valid = ArrayD::from_elem(w_part.raw_dim(), true);
             for c in 0..channels {
                 Zip::from(&mut valid)
                     .and(&p.index_axis(Axis(0), c))
-                    .for_each(|ok, &x| *ok &= !x.is_nan());
+                    .for_each(|ok, &x| *ok &= !x.into().is_nan());
                 if let Some(v) = &var {
                     Zip::from(&mut valid)
                         .and(&v.index_axis(Axis(0), c))
-                        .for_each(|ok, &x| *ok &= !x.is_nan());
+                        .for_each(|ok, &x| *ok &= !x.into().is_nan());
                 }
             }
             self.nan_pixels += valid.iter().filter(|&&ok| !ok).count() as u64 * channels as u64;
-            let clean = |a: &ArrayViewD<'_, f64>| {
-                let mut out = a.to_owned();
+            let clean = |a: &ArrayViewD<'_, T>| {
+                let mut out = a.mapv(Into::<f64>::into);
                 for mut c in out.axis_iter_mut(Axis(0)) {
                     Zip::from(&mut c).and(&valid).for_each(|x, &ok| {
                         if !ok {
@@ -200,7 +244,7 @@ impl Accumulator {
                         }
                     });
                 }
-                CowArray::from(out)
+                out
             };
             let mut w_eff = w_part.to_owned();
             Zip::from(&mut w_eff).and(&valid).for_each(|wt, &ok| {
@@ -208,28 +252,136 @@ impl Accumulator {
                     *wt = 0.0;
                 }
             });
-            (clean(&p), var.as_ref().map(clean), CowArray::from(w_eff))
+            let (p, var) = (clean(&p), var.as_ref().map(clean));
+            self.accumulate(
+                &block_ranges,
+                &p.view(),
+                var.as_ref().map(|v| v.view()).as_ref(),
+                &w_eff.view(),
+            );
+        } else if let (Some(pf), Some(wf)) = (patch.as_slice(), w.as_slice()) {
+            let vf = variance.and_then(|v| v.as_slice());
+            if variance.is_none() || vf.is_some() {
+                let win_lo: Vec<usize> = window_ranges.iter().map(|r| r.start).collect();
+                let blk_lo: Vec<usize> = block_ranges.iter().map(|r| r.start).collect();
+                let part: Vec<usize> = window_ranges.iter().map(|r| r.len()).collect();
+                self.accumulate_contiguous(pf, vf, wf, w.shape(), &win_lo, &blk_lo, &part);
+                return;
+            }
+            self.accumulate(&block_ranges, &p, var.as_ref(), &w_part);
         } else {
-            (
-                CowArray::from(p),
-                var.map(CowArray::from),
-                CowArray::from(w_part),
-            )
+            self.accumulate(&block_ranges, &p, var.as_ref(), &w_part);
+        }
+    }
+
+    /// [`Accumulator::accumulate`] for C-order patches: rows located by index arithmetic on
+    /// the flat buffers (ndarray's N-D lane iterators cost more than the arithmetic here).
+    #[allow(clippy::too_many_arguments)]
+    fn accumulate_contiguous<T: Copy + Into<f64>>(
+        &mut self,
+        p: &[T],
+        var: Option<&[T]>,
+        w: &[f64],
+        wshape: &[usize],
+        win_lo: &[usize],
+        blk_lo: &[usize],
+        part: &[usize],
+    ) {
+        let nd = part.len();
+        let bshape: Vec<usize> = self.weights.shape().to_vec();
+        let row_major = |shape: &[usize]| {
+            let mut st = vec![1usize; shape.len()];
+            for a in (0..shape.len().saturating_sub(1)).rev() {
+                st[a] = st[a + 1] * shape[a + 1];
+            }
+            st
         };
-        Zip::from(&mut weight_sum)
-            .and(&w_part)
-            .for_each(|s, &wt| *s += wt);
-        for c in 0..channels {
+        let (bstr, wstr) = (row_major(&bshape), row_major(wshape));
+        let (bsize, wsize): (usize, usize) = (bshape.iter().product(), wshape.iter().product());
+        let len = part[nd - 1];
+        let channels = p.len() / wsize;
+        let weights = self
+            .weights
+            .as_slice_mut()
+            .expect("accumulators are C-order");
+        let sums = self.sums.as_slice_mut().expect("accumulators are C-order");
+        let mut m2 = self
+            .second_moments
+            .as_mut()
+            .map(|m| m.as_slice_mut().expect("C-order"));
+        let mut idx = vec![0usize; nd - 1];
+        loop {
+            let boff: usize = (0..nd)
+                .map(|a| (blk_lo[a] + idx.get(a).copied().unwrap_or(0)) * bstr[a])
+                .sum();
+            let woff: usize = (0..nd)
+                .map(|a| (win_lo[a] + idx.get(a).copied().unwrap_or(0)) * wstr[a])
+                .sum();
+            let wrow = &w[woff..woff + len];
+            for (s, &wt) in weights[boff..boff + len].iter_mut().zip(wrow) {
+                *s += wt;
+            }
+            for c in 0..channels {
+                let prow = &p[c * wsize + woff..c * wsize + woff + len];
+                let srow = &mut sums[c * bsize + boff..c * bsize + boff + len];
+                for ((s, &x), &wt) in srow.iter_mut().zip(prow).zip(wrow) {
+                    *s += wt * x.into();
+                }
+                if let (Some(m2), Some(var)) = (m2.as_mut(), var) {
+                    let vrow = &var[c * wsize + woff..c * wsize + woff + len];
+                    let mrow = &mut m2[c * bsize + boff..c * bsize + boff + len];
+                    for (((m, &x), &v), &wt) in mrow.iter_mut().zip(prow).zip(vrow).zip(wrow) {
+                        let (x, v): (f64, f64) = (x.into(), v.into());
+                        *m += wt * (v + x * x);
+                    }
+                }
+            }
+            // Next row: odometer over every axis but the last.
+            let mut a = nd - 1;
+            loop {
+                if a == 0 {
+                    return;
+                }
+                a -= 1;
+                idx[a] += 1;
+                if idx[a] < part[a] {
+                    break;
+                }
+                idx[a] = 0;
+            }
+        }
+    }
+
+    /// The hot loop: row by row along the last axis, where every operand is contiguous.
+    /// Each pixel gets `+= w * x` once per patch, so the summation order is the patch order.
+    fn accumulate<T: Copy + Into<f64>>(
+        &mut self,
+        block_ranges: &[std::ops::Range<usize>],
+        p: &ArrayViewD<'_, T>,
+        var: Option<&ArrayViewD<'_, T>>,
+        w: &ArrayViewD<'_, f64>,
+    ) {
+        let mut weight_sum = self.weights.view_mut();
+        for (a, r) in block_ranges.iter().enumerate() {
+            weight_sum.slice_axis_inplace(Axis(a), Slice::from(r.clone()));
+        }
+        rows2(weight_sum, w.view(), |s, wt| {
+            for (s, &wt) in s.iter_mut().zip(wt) {
+                *s += wt;
+            }
+        });
+        for c in 0..p.shape()[0] {
             let pc = p.index_axis(Axis(0), c);
             let mut sc = self.sums.index_axis_mut(Axis(0), c);
             for (a, r) in block_ranges.iter().enumerate() {
                 sc.slice_axis_inplace(Axis(a), Slice::from(r.clone()));
             }
-            Zip::from(&mut sc)
-                .and(&pc)
-                .and(&w_part)
-                .for_each(|s, &x, &wt| *s += wt * x);
-            if let (Some(m2), Some(var)) = (self.second_moments.as_mut(), var.as_ref()) {
+            rows3(sc, pc.view(), w.view(), |s, x, wt| {
+                for ((s, &x), &wt) in s.iter_mut().zip(x).zip(wt) {
+                    *s += wt * x.into();
+                }
+            });
+            if let (Some(m2), Some(var)) = (self.second_moments.as_mut(), var) {
                 let vc = var.index_axis(Axis(0), c);
                 let mut mc = m2.index_axis_mut(Axis(0), c);
                 for (a, r) in block_ranges.iter().enumerate() {
@@ -238,19 +390,31 @@ impl Accumulator {
                 Zip::from(&mut mc)
                     .and(&pc)
                     .and(&vc)
-                    .and(&w_part)
-                    .for_each(|m, &x, &v, &wt| *m += wt * (v + x * x));
+                    .and(w)
+                    .for_each(|m, &x, &v, &wt| {
+                        let (x, v): (f64, f64) = (x.into(), v.into());
+                        *m += wt * (v + x * x);
+                    });
             }
         }
     }
 
     /// The weighted mean (C, *block); NaN where no valid contribution arrived.
     pub fn mean(&self) -> ArrayD<f64> {
-        let mut out = self.sums.clone();
-        for mut c in out.axis_iter_mut(Axis(0)) {
-            Zip::from(&mut c).and(&self.weights).for_each(|x, &w| {
-                *x = if w > 0.0 { *x / w } else { f64::NAN };
-            });
+        self.mean_with(|x| x)
+    }
+
+    /// The weighted mean, each value passed through `convert` (e.g. rounding to f32) as it is
+    /// computed, with no f64 copy of the block.
+    pub fn mean_with<T: Clone + Default>(&self, convert: impl Fn(f64) -> T) -> ArrayD<T> {
+        let mut out = ArrayD::<T>::default(self.sums.raw_dim());
+        for (mut o, s) in out.axis_iter_mut(Axis(0)).zip(self.sums.axis_iter(Axis(0))) {
+            Zip::from(&mut o)
+                .and(&s)
+                .and(&self.weights)
+                .for_each(|o, &x, &w| {
+                    *o = convert(if w > 0.0 { x / w } else { f64::NAN });
+                });
         }
         out
     }

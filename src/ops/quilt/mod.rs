@@ -605,6 +605,24 @@ impl StitchOp {
     }
 }
 
+impl StitchOp {
+    /// Adds a batch of consecutive patches, the first being window `first` of its image.
+    fn add_batch<T: Copy + Into<f64>>(
+        &self,
+        acc: &mut Accumulator,
+        patches: &ArrayD<T>,
+        variances: Option<&ArrayD<T>>,
+        first: u64,
+    ) {
+        for j in 0..patches.shape()[0] {
+            let start = self.grid.window_start(first + j as u64);
+            let p = patches.index_axis(Axis(0), j);
+            let v = variances.map(|v| v.index_axis(Axis(0), j));
+            acc.add(&p, v.as_ref(), &start, &self.window_weights);
+        }
+    }
+}
+
 fn cast_out(a: ArrayD<f64>, dtype: DType) -> Block {
     match dtype {
         DType::F64 => Block::F64(a),
@@ -659,16 +677,19 @@ impl Operation for StitchOp {
                 let j1 = (j0 + self.batch).min(per_row);
                 region.start[0] = n * per_image + row * per_row + j0;
                 region.shape[0] = j1 - j0;
-                let patches = to_f64(self.patches.read_box(&region)?);
+                let patches = self.patches.read_box(&region)?;
                 let variances = match &self.variance {
-                    Some(v) => Some(to_f64(v.read_box(&region)?)),
+                    Some(v) => Some(v.read_box(&region)?),
                     None => None,
                 };
-                for j in 0..(j1 - j0) as usize {
-                    let start = self.grid.window_start(row * per_row + j0 + j as u64);
-                    let p = patches.index_axis(Axis(0), j);
-                    let v = variances.as_ref().map(|v| v.index_axis(Axis(0), j));
-                    acc.add(&p, v.as_ref(), &start, &self.window_weights);
+                let first = row * per_row + j0;
+                match (patches, variances) {
+                    // f32 and f64 patches are accumulated as they are; other types via f64.
+                    (Block::F32(p), None) => self.add_batch(&mut acc, &p, None, first),
+                    (Block::F32(p), Some(Block::F32(v))) => {
+                        self.add_batch(&mut acc, &p, Some(&v), first)
+                    }
+                    (p, v) => self.add_batch(&mut acc, &to_f64(p), v.map(to_f64).as_ref(), first),
                 }
                 j0 = j1;
             }
@@ -680,10 +701,11 @@ impl Operation for StitchOp {
         mean_region.start[2] = rows.start;
         mean_region.shape[2] = rows.end - rows.start;
         let with_n = |a: ArrayD<f64>| a.insert_axis(Axis(0));
-        let mut out = vec![(
-            mean_region.clone(),
-            cast_out(with_n(acc.mean()), self.mean_spec.dtype),
-        )];
+        let mean = match self.mean_spec.dtype {
+            DType::F64 => Block::F64(acc.mean().insert_axis(Axis(0))),
+            _ => Block::F32(acc.mean_with(|x| x as f32).insert_axis(Axis(0))),
+        };
+        let mut out = vec![(mean_region.clone(), mean)];
         if self.weights_spec.is_some() {
             let mut r = Region {
                 start: vec![n],
