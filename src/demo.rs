@@ -43,6 +43,21 @@ pub fn write_stack(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Writes the demo volume as an (N=1, C=1, Z, Y, X) uint16 `.npy`, the layout quilting takes.
+///
+/// # Errors
+/// Filesystem errors.
+pub fn write_nczyx(path: &Path) -> Result<()> {
+    let [nz, ny, nx] = DEMO_SHAPE;
+    let volume =
+        ArrayD::from_shape_fn(IxDyn(&[1, 1, nz, ny, nx]), |i| demo_voxel(i[2], i[3], i[4]));
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).at(parent)?;
+    }
+    ndarray_npy::write_npy(path, &volume)
+        .map_err(|e| crate::error::Error::bad_file(path, e.to_string()))
+}
+
 /// Runs the demo.
 ///
 /// # Errors
@@ -82,6 +97,71 @@ pub fn run(dir: &Path, comm: &dyn Comm) -> Result<()> {
         },
     };
     crate::cli::run_job(Job::Convert(job), comm)?;
+
+    // Quilting: cut the volume into overlapping windows and stitch them back.
+    let volume = dir.join("demo-nczyx.npy");
+    let written = if comm.is_root() {
+        write_nczyx(&volume)
+    } else {
+        Ok(())
+    };
+    crate::exec::agree(comm, written)?;
+    let patches = dir.join("patches.zarr");
+    let stitched = dir.join("stitched.npy");
+    let run = RunOptions {
+        overwrite: true,
+        ..RunOptions::default()
+    };
+    let geometry = crate::job::GeometryArgs {
+        window: vec![32, 64, 64],
+        step: vec![16, 32, 32],
+        border: vec![4, 8, 8],
+        ..Default::default()
+    };
+    crate::cli::run_job(
+        Job::Unstitch(crate::job::UnstitchJob {
+            input: volume.to_string_lossy().into_owned(),
+            output: patches.to_string_lossy().into_owned(),
+            geometry,
+            positions: None,
+            patches_per_chunk: None,
+            codec: Codec::Zstd,
+            run: run.clone(),
+        }),
+        comm,
+    )?;
+    crate::cli::run_job(
+        Job::Stitch(crate::job::StitchJob {
+            input: patches.to_string_lossy().into_owned(),
+            output: stitched.to_string_lossy().into_owned(),
+            weights: None,
+            variance: None,
+            std: None,
+            shape: None,
+            geometry: Default::default(),
+            chunks: None,
+            codec: Codec::Zstd,
+            memory_limit: "512M".into(),
+            run,
+        }),
+        comm,
+    )?;
+    if comm.is_root() {
+        let original: ArrayD<u16> = ndarray_npy::read_npy(&volume)
+            .map_err(|e| crate::error::Error::bad_file(&volume, e.to_string()))?;
+        let back: ArrayD<f32> = ndarray_npy::read_npy(&stitched)
+            .map_err(|e| crate::error::Error::bad_file(&stitched, e.to_string()))?;
+        let worst = original
+            .iter()
+            .zip(back.iter())
+            .map(|(&a, &b)| (f64::from(a) - f64::from(b)).abs())
+            .fold(0.0, f64::max);
+        println!(
+            "quilt: unstitched {} into {} and stitched it back: largest difference {worst}",
+            volume.display(),
+            patches.display()
+        );
+    }
     if comm.is_root() {
         let out = output.display();
         println!();

@@ -34,6 +34,7 @@ fn every_config_runs_on_the_demo_stack() {
     let cfg_dir = d.path().join("configs");
     std::fs::create_dir(&cfg_dir).unwrap();
     tessera::demo::write_stack(&d.path().join("tessera-demo/slices")).unwrap();
+    tessera::demo::write_nczyx(&d.path().join("tessera-demo/demo-nczyx.npy")).unwrap();
     for path in configs() {
         let text = std::fs::read_to_string(&path).unwrap();
         if text.contains(".h5") && !cfg!(feature = "hdf5") {

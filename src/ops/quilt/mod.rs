@@ -500,9 +500,27 @@ impl StitchOp {
         let image = &geometry.image_shape;
         let spatial = &image[2..];
         let ndim = spatial.len();
-        let default_rows = if ndim == 3 { 64 } else { 256 };
+        // Memory: slabs are whole chunk rows, as many as two units in flight allow.
+        let limit = parse_size(&job.memory_limit)?;
+        let c = geometry.channels();
+        let row_elems: u64 = spatial[1..].iter().product();
+        let per_row_windows = grid.per_image() / grid.counts()[0];
+        let patch_elems: u64 = c * geometry.window.iter().product::<u64>();
+        let with_var = u64::from(variance.is_some());
+        // Patches are read in batches (a whole window row when memory allows), as read and as
+        // f64 (values, and variances when asked).
+        let patch_bytes_f64 = patch_elems * (pmeta.dtype.size() as u64 + 8) * (1 + with_var);
+        let slab_bytes = |rows: u64| {
+            rows * row_elems
+                * (8 * (c * (1 + with_var) + 1) + c * (out_dtype.size() as u64) * 2 + 8)
+        };
+        // Default chunk rows: up to 64 (3-D) or 256 (2-D), halved until one unit fits.
+        let mut default_rows = spatial[0].min(if ndim == 3 { 64 } else { 256 });
+        while default_rows > 1 && 2 * (slab_bytes(default_rows) + patch_bytes_f64) > limit {
+            default_rows /= 2;
+        }
         let chunks = job.chunks.clone().unwrap_or_else(|| {
-            let mut c = vec![1, 1, spatial[0].min(default_rows)];
+            let mut c = vec![1, 1, default_rows];
             c.extend(spatial[1..].iter().map(|&d| d.min(512)));
             c
         });
@@ -529,20 +547,6 @@ impl StitchOp {
         for extra in [&job.weights, &job.std].into_iter().flatten() {
             targets.push(Address::parse(extra)?);
         }
-        // Slab rows: whole chunks, as many as two units in flight allow.
-        let limit = parse_size(&job.memory_limit)?;
-        let c = geometry.channels();
-        let row_elems: u64 = spatial[1..].iter().product();
-        let per_row_windows = grid.per_image() / grid.counts()[0];
-        let patch_elems: u64 = c * geometry.window.iter().product::<u64>();
-        let with_var = u64::from(variance.is_some());
-        // Patches are read in batches (a whole window row when memory allows), as read and as
-        // f64 (values, and variances when asked).
-        let patch_bytes_f64 = patch_elems * (pmeta.dtype.size() as u64 + 8) * (1 + with_var);
-        let slab_bytes = |rows: u64| {
-            rows * row_elems
-                * (8 * (c * (1 + with_var) + 1) + c * (out_dtype.size() as u64) * 2 + 8)
-        };
         let chunk_rows = chunks[2].min(spatial[0]);
         let room = (limit / 2).saturating_sub(slab_bytes(chunk_rows));
         if room < patch_bytes_f64 {
