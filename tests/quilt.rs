@@ -545,7 +545,7 @@ fn bad_geometry_and_patch_arrays_fail_clearly() {
             "--step",
             "2",
             "--memory-limit",
-            "1K",
+            "200",
         ]),
         &["--memory-limit", "too small"],
     );
