@@ -638,3 +638,87 @@ fn weed_drops_pairs_without_labels_inside_the_border() {
         &["label patches", "shape"],
     );
 }
+
+#[test]
+fn killed_quilt_runs_resume_to_identical_bytes() {
+    let d = tempfile::tempdir().unwrap();
+    let img = random_f32(&[2, 1, 40, 36], 21);
+    let input = s(&d.path().join("i.npy"));
+    write_npy(&input, &img).unwrap();
+    let env = [("TESSERA_UNIT_BYTES", "1")];
+    let unstitch = |out: &str, extra: &[(&str, &str)]| {
+        let mut e = env.to_vec();
+        e.extend_from_slice(extra);
+        tessera_env(
+            &[
+                "quilt",
+                "unstitch",
+                "--input",
+                &input,
+                "--output",
+                out,
+                "--window",
+                "8",
+                "--step",
+                "4",
+                "--patches-per-chunk",
+                "5",
+            ],
+            &e,
+        )
+    };
+    let clean = s(&d.path().join("clean.zarr"));
+    ok(unstitch(&clean, &[]));
+    let out = s(&d.path().join("p.zarr"));
+    assert!(!unstitch(&out, &[("TESSERA_ABORT_AFTER_UNITS", "3")])
+        .status
+        .success());
+    assert!(!std::path::Path::new(&out).exists());
+    let args = [
+        "quilt",
+        "unstitch",
+        "--input",
+        &input,
+        "--output",
+        &out,
+        "--window",
+        "8",
+        "--step",
+        "4",
+        "--patches-per-chunk",
+        "5",
+        "--resume",
+    ];
+    ok(tessera_env(&args, &env));
+    assert_same_tree(std::path::Path::new(&clean), std::path::Path::new(&out));
+    assert_eq!(
+        std::fs::read(d.path().join("clean_positions.npy")).unwrap(),
+        std::fs::read(d.path().join("p_positions.npy")).unwrap()
+    );
+    // Stitch, killed and resumed, writes the same bytes as an uninterrupted stitch.
+    let whole = s(&d.path().join("whole.npy"));
+    let stitch = |o: &str, extra: &[&str], e: &[(&str, &str)]| {
+        let mut a = vec![
+            "quilt", "stitch", "--input", &clean, "--output", o, "--chunks", "1,1,4,36",
+        ];
+        a.extend_from_slice(extra);
+        tessera_env(&a, e)
+    };
+    ok(stitch(&whole, &[], &[]));
+    let resumed = s(&d.path().join("resumed.npy"));
+    assert!(!stitch(
+        &resumed,
+        &[],
+        &[
+            ("TESSERA_ABORT_AFTER_UNITS", "2"),
+            ("TESSERA_UNIT_BYTES", "1")
+        ]
+    )
+    .status
+    .success());
+    ok(stitch(&resumed, &["--resume"], &[]));
+    assert_eq!(
+        std::fs::read(&whole).unwrap(),
+        std::fs::read(&resumed).unwrap()
+    );
+}
