@@ -98,9 +98,17 @@ pub fn cut_window<T: Clone>(image: &ArrayViewD<'_, T>, start: &[u64], window: &[
 
 /// True when any value is NaN (a branch-free scan when the view is contiguous).
 fn has_nan<T: Copy + Into<f64>>(v: &ArrayViewD<'_, T>) -> bool {
+    let scan = |s: &[T]| s.iter().fold(false, |any, &x| any | x.into().is_nan());
     match v.as_slice_memory_order() {
-        Some(s) => s.iter().fold(false, |any, &x| any | x.into().is_nan()),
-        None => v.iter().any(|&x| x.into().is_nan()),
+        Some(s) => scan(s),
+        // A window cut by the block edge: rows are still contiguous.
+        None => v
+            .lanes(Axis(v.ndim() - 1))
+            .into_iter()
+            .any(|row| match row.as_slice() {
+                Some(s) => scan(s),
+                None => row.iter().any(|&x| x.into().is_nan()),
+            }),
     }
 }
 
@@ -441,6 +449,94 @@ impl Accumulator {
     }
 }
 
+/// One patch for [`SplitAccumulator::add_all`]: values, optional variances, window start.
+pub type PatchRef<'a, T> = (ArrayViewD<'a, T>, Option<ArrayViewD<'a, T>>, Vec<u64>);
+
+/// An [`Accumulator`] cut into consecutive row ranges (along the first spatial axis) that are
+/// filled in parallel. Every pixel belongs to one part and receives its contributions in patch
+/// order there, so the bits are those of a single accumulator.
+#[derive(Clone, Debug)]
+pub struct SplitAccumulator {
+    pub parts: Vec<Accumulator>,
+}
+
+impl SplitAccumulator {
+    pub fn new(
+        channels: usize,
+        origin: &[u64],
+        block: &[u64],
+        with_variance: bool,
+        parts: usize,
+    ) -> Self {
+        let rows = block[0];
+        let parts = (parts.max(1) as u64).min(rows.max(1));
+        let parts = (0..parts)
+            .map(|i| {
+                let (lo, hi) = (rows * i / parts, rows * (i + 1) / parts);
+                let mut o = origin.to_vec();
+                o[0] += lo;
+                let mut b = block.to_vec();
+                b[0] = hi - lo;
+                Accumulator::new(channels, &o, &b, with_variance)
+            })
+            .collect();
+        SplitAccumulator { parts }
+    }
+
+    /// Adds patches, in the order given, to every part (in parallel over parts).
+    pub fn add_all<T: Copy + Into<f64> + Sync>(
+        &mut self,
+        patches: &[PatchRef<'_, T>],
+        w: &ArrayD<f64>,
+    ) {
+        use rayon::prelude::*;
+        self.parts.par_iter_mut().for_each(|acc| {
+            for (p, v, start) in patches {
+                acc.add(p, v.as_ref(), start, w);
+            }
+        });
+    }
+
+    pub fn nan_pixels(&self) -> u64 {
+        self.parts.iter().map(|p| p.nan_pixels).sum()
+    }
+
+    /// Empties the sums for reuse on another image of the same block (no reallocation: freeing
+    /// and mapping large buffers while threads run costs TLB shootdowns, dear on VMs).
+    pub fn reset(&mut self) {
+        for p in &mut self.parts {
+            p.sums.fill(0.0);
+            p.weights.fill(0.0);
+            if let Some(m) = p.second_moments.as_mut() {
+                m.fill(0.0);
+            }
+            p.nan_pixels = 0;
+        }
+    }
+
+    fn join<T: Clone>(pieces: Vec<ArrayD<T>>, axis: usize) -> ArrayD<T> {
+        let views: Vec<_> = pieces.iter().map(|a| a.view()).collect();
+        ndarray::concatenate(Axis(axis), &views).expect("parts share every other axis")
+    }
+
+    pub fn mean(&self) -> ArrayD<f64> {
+        self.mean_with(|x| x)
+    }
+
+    pub fn mean_with<T: Clone + Default>(&self, convert: impl Fn(f64) -> T + Copy) -> ArrayD<T> {
+        Self::join(self.parts.iter().map(|p| p.mean_with(convert)).collect(), 1)
+    }
+
+    pub fn weights(&self) -> ArrayD<f64> {
+        Self::join(self.parts.iter().map(|p| p.weights.clone()).collect(), 0)
+    }
+
+    pub fn std(&self) -> Option<ArrayD<f64>> {
+        let parts: Option<Vec<_>> = self.parts.iter().map(Accumulator::std).collect();
+        parts.map(|p| Self::join(p, 1))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -571,6 +667,36 @@ mod tests {
                     .all(|(a, b)| a.to_bits() == b.to_bits()));
             }
         }
+    }
+
+    #[test]
+    fn a_split_accumulator_gives_the_same_bits() {
+        let grid = WindowGrid::new(&[23, 19], &[6, 5], &[3, 2], false).unwrap();
+        let wt = weights(&grid.window, &border(1, 0.1));
+        let mut one = Accumulator::new(2, &[0, 0], &grid.image, false);
+        let mut split = SplitAccumulator::new(2, &[0, 0], &grid.image, false, 3);
+        let patches: Vec<ArrayD<f32>> = (0..grid.per_image())
+            .map(|k| {
+                ArrayD::from_shape_fn(IxDyn(&[2, 6, 5]), |i| {
+                    ((k as usize * 31 + i[0] * 7 + i[1] * 3 + i[2]) as f32 * 0.37).sin()
+                })
+            })
+            .collect();
+        let refs: Vec<PatchRef<'_, f32>> = patches
+            .iter()
+            .enumerate()
+            .map(|(k, p)| (p.view(), None, grid.window_start(k as u64)))
+            .collect();
+        for (p, _, s) in &refs {
+            one.add(p, None, s, &wt);
+        }
+        split.add_all(&refs, &wt);
+        let (a, b) = (one.mean(), split.mean());
+        assert!(a
+            .iter()
+            .zip(b.iter())
+            .all(|(x, y)| x.to_bits() == y.to_bits()));
+        assert_eq!(one.weights, split.weights());
     }
 
     #[test]

@@ -32,7 +32,7 @@ use crate::io::{
 };
 use crate::job::{GeometryArgs, StitchJob, UnstitchJob};
 use crate::{with_block, with_dtype};
-use kernel::{Accumulator, Blend, Weighting};
+use kernel::{Blend, PatchRef, SplitAccumulator, Weighting};
 
 /// The geometry a patch array carries in its `quilt` attribute.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -611,19 +611,24 @@ impl StitchOp {
 
 impl StitchOp {
     /// Adds a batch of consecutive patches, the first being window `first` of its image.
-    fn add_batch<T: Copy + Into<f64>>(
+    fn add_batch<T: Copy + Into<f64> + Sync>(
         &self,
-        acc: &mut Accumulator,
+        acc: &mut SplitAccumulator,
         patches: &ArrayD<T>,
         variances: Option<&ArrayD<T>>,
         first: u64,
     ) {
-        for j in 0..patches.shape()[0] {
-            let start = self.grid.window_start(first + j as u64);
-            let p = patches.index_axis(Axis(0), j);
-            let v = variances.map(|v| v.index_axis(Axis(0), j));
-            acc.add(&p, v.as_ref(), &start, &self.window_weights);
-        }
+        let refs: Vec<PatchRef<'_, T>> = (0..patches.shape()[0])
+            .map(|j| {
+                let start = self.grid.window_start(first + j as u64);
+                (
+                    patches.index_axis(Axis(0), j),
+                    variances.map(|v| v.index_axis(Axis(0), j)),
+                    start,
+                )
+            })
+            .collect();
+        acc.add_all(&refs, &self.window_weights);
     }
 }
 
@@ -669,7 +674,14 @@ impl Operation for StitchOp {
         origin.extend(std::iter::repeat_n(0, spatial.len() - 1));
         let mut block = vec![rows.end - rows.start];
         block.extend(&spatial[1..]);
-        let mut acc = Accumulator::new(c as usize, &origin, &block, self.variance.is_some());
+        let threads = rayon::current_num_threads();
+        let mut acc = SplitAccumulator::new(
+            c as usize,
+            &origin,
+            &block,
+            self.variance.is_some(),
+            threads,
+        );
         let per_image = self.grid.per_image();
         let per_row = per_image / self.grid.counts()[0];
         let mut region = Region::whole(&self.geometry.patch_shape());
@@ -698,7 +710,8 @@ impl Operation for StitchOp {
                 j0 = j1;
             }
         }
-        self.nan_values.fetch_add(acc.nan_pixels, Ordering::Relaxed);
+        self.nan_values
+            .fetch_add(acc.nan_pixels(), Ordering::Relaxed);
         let mut mean_region = Region::whole(&self.geometry.image_shape);
         mean_region.start[0] = n;
         mean_region.shape[0] = 1;
@@ -717,10 +730,7 @@ impl Operation for StitchOp {
             };
             r.start.extend(&origin);
             r.shape.extend(&block);
-            out.push((
-                r,
-                cast_out(with_n(acc.weights.clone()), self.mean_spec.dtype),
-            ));
+            out.push((r, cast_out(with_n(acc.weights()), self.mean_spec.dtype)));
         }
         if self.std_spec.is_some() {
             let std = acc.std().expect("variance given with --std");
