@@ -669,6 +669,30 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+        #[test]
+        fn unstitch_then_stitch_is_the_identity_for_any_geometry(
+            y in 1u64..40, x in 1u64..40, wy in 1u64..12, wx in 1u64..12, sy in 1u64..12, sx in 1u64..12,
+            b in 0u64..3, blend in 0usize..3, parts in 1usize..4,
+        ) {
+            proptest::prop_assume!(wy <= y && wx <= x && sy <= wy && sx <= wx);
+            proptest::prop_assume!(b == 0 || (2 * b < wy && 2 * b < wx));
+            let grid = WindowGrid::new(&[y, x], &[wy, wx], &[sy, sx], false).unwrap();
+            let blend = [Blend::Border, Blend::Gaussian, Blend::Hann][blend];
+            let wt = weights(&grid.window, &Weighting { blend, border: vec![b, b], border_weight: 0.1, sigma: 0.125 });
+            let img = ArrayD::from_shape_fn(IxDyn(&[2, y as usize, x as usize]), |i| ((i[0] * 131 + i[1] * 17 + i[2]) as f64 * 0.71).cos());
+            let patches: Vec<(Vec<u64>, ArrayD<f64>)> = (0..grid.per_image())
+                .map(|k| { let s = grid.window_start(k); let p = cut_window(&img.view(), &s, &grid.window); (s, p) })
+                .collect();
+            let refs: Vec<PatchRef<'_, f64>> = patches.iter().map(|(s, p)| (p.view(), None, s.clone())).collect();
+            let mut acc = SplitAccumulator::new(2, &[0, 0], &grid.image, false, parts);
+            acc.add_all(&refs, &wt);
+            let mean = acc.mean();
+            proptest::prop_assert!(mean.iter().zip(img.iter()).all(|(a, b)| (a - b).abs() < 1e-12));
+        }
+    }
+
     #[test]
     fn a_split_accumulator_gives_the_same_bits() {
         let grid = WindowGrid::new(&[23, 19], &[6, 5], &[3, 2], false).unwrap();
