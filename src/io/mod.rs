@@ -233,3 +233,22 @@ pub fn check_write(
     }
     Ok(())
 }
+
+/// Writes one unit's boxes to their writers (the i-th box to the i-th writer), or, with no
+/// part, takes part in each writer's (possibly collective) write with nothing. For operations
+/// with several outputs.
+///
+/// # Errors
+/// The first writer's failure.
+pub fn write_parts(
+    writers: &[Box<dyn ArrayWriter>],
+    part: Option<&[(Region, Block)]>,
+) -> Result<()> {
+    match part {
+        Some(parts) => writers
+            .iter()
+            .zip(parts)
+            .try_for_each(|(w, (r, b))| w.write_box(Some((r, b)))),
+        None => writers.iter().try_for_each(|w| w.write_box(None)),
+    }
+}

@@ -359,13 +359,7 @@ impl Operation for UnstitchOp {
     }
     fn write(&self, part: Option<(usize, Self::Output)>) -> Result<()> {
         let writers = self.writers.lock().expect("writers");
-        match part {
-            Some((_, parts)) => writers
-                .iter()
-                .zip(&parts)
-                .try_for_each(|(w, (r, b))| w.write_box(Some((r, b)))),
-            None => writers.iter().try_for_each(|w| w.write_box(None)),
-        }
+        io::write_parts(&writers, part.as_ref().map(|(_, p)| p.as_slice()))
     }
     fn finish(&self, _comm: &dyn Comm) -> Result<()> {
         let writers = std::mem::take(&mut *self.writers.lock().expect("writers"));
@@ -740,13 +734,7 @@ impl Operation for StitchOp {
     }
     fn write(&self, part: Option<(usize, Self::Output)>) -> Result<()> {
         let writers = self.writers.lock().expect("writers");
-        match part {
-            Some((_, parts)) => writers
-                .iter()
-                .zip(&parts)
-                .try_for_each(|(w, (r, b))| w.write_box(Some((r, b)))),
-            None => writers.iter().try_for_each(|w| w.write_box(None)),
-        }
+        io::write_parts(&writers, part.as_ref().map(|(_, p)| p.as_slice()))
     }
     fn finish(&self, comm: &dyn Comm) -> Result<()> {
         let mut nan = [self.nan_values.load(Ordering::Relaxed)];

@@ -286,14 +286,9 @@ impl Operation for WeedOp {
         ])
     }
     fn write(&self, part: Option<(usize, Self::Output)>) -> Result<()> {
+        // The mask (third writer) is written whole in `finish`.
         let writers = self.writers.lock().expect("writers");
-        match part {
-            Some((_, parts)) => writers
-                .iter()
-                .zip(&parts)
-                .try_for_each(|(w, (r, b))| w.write_box(Some((r, b)))),
-            None => writers[..2].iter().try_for_each(|w| w.write_box(None)),
-        }
+        io::write_parts(&writers[..2], part.as_ref().map(|(_, p)| p.as_slice()))
     }
     fn finish(&self, comm: &dyn Comm) -> Result<()> {
         let writers = std::mem::take(&mut *self.writers.lock().expect("writers"));
