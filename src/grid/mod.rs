@@ -36,10 +36,6 @@ impl Region {
         self.shape.len()
     }
 
-    pub fn num_elements(&self) -> u64 {
-        self.shape.iter().product()
-    }
-
     pub fn end(&self) -> Vec<u64> {
         self.start
             .iter()

@@ -229,6 +229,11 @@ impl Block {
         with_block!(self, a => cast_box::<T, _>(a))
     }
 
+    /// Every element as f64 (exact for all types but 64-bit integers beyond 2^53, which round).
+    pub fn to_f64(self) -> ArrayD<f64> {
+        with_block!(self, a => a.mapv(|x| x.to_f64().unwrap_or(f64::NAN)))
+    }
+
     /// Converts every element to `to`, refusing (not clamping) values the target cannot hold.
     /// Floats going to integers are rounded to nearest first, so 2.5 becomes 3 and -2.5 becomes -3.
     ///

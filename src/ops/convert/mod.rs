@@ -366,10 +366,6 @@ impl ConvertOp {
         })
     }
 
-    pub fn spec(&self) -> &CreateSpec {
-        &self.spec
-    }
-
     /// Decodes slice `index` into `target` (converting to the output dtype if asked).
     fn read_slice<T: Element>(
         &self,

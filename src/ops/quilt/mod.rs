@@ -18,7 +18,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use ndarray::{ArrayD, Axis, IxDyn};
-use num_traits::ToPrimitive;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
@@ -31,7 +30,7 @@ use crate::io::{
     self, Address, ArrayReader, ArrayWriter, Block, Codec, CreateSpec, DType, Element,
 };
 use crate::job::{GeometryArgs, StitchJob, UnstitchJob};
-use crate::{with_block, with_dtype};
+use crate::with_dtype;
 use kernel::{Blend, PatchRef, SplitAccumulator, Weighting};
 
 /// The geometry a patch array carries in its `quilt` attribute.
@@ -164,9 +163,9 @@ fn default_positions(output: &Address) -> Result<Address> {
     Address::parse(&container.with_file_name(name).to_string_lossy())
 }
 
-/// Converts any block to f64 (every supported type fits, up to rounding of huge 64-bit ints).
-fn to_f64(block: Block) -> ArrayD<f64> {
-    with_block!(block, a => a.mapv(|x| x.to_f64().unwrap_or(f64::NAN)))
+/// Patches per chunk of a patch array: about 4 MiB of patches, at least one.
+pub(crate) fn patches_per_chunk(patch_bytes: u64) -> u64 {
+    ((4u64 << 20) / patch_bytes.max(1)).max(1)
 }
 
 /// `tessera quilt unstitch`.
@@ -201,7 +200,7 @@ impl UnstitchOp {
         let patch_bytes = patch_shape[1..].iter().product::<u64>() * meta.dtype.size() as u64;
         let per_chunk = job
             .patches_per_chunk
-            .unwrap_or((4 << 20) / patch_bytes.max(1))
+            .unwrap_or_else(|| patches_per_chunk(patch_bytes))
             .clamp(1, m.max(1));
         let mut chunks = vec![per_chunk];
         chunks.extend(&patch_shape[1..]);
@@ -699,7 +698,9 @@ impl Operation for StitchOp {
                     (Block::F32(p), Some(Block::F32(v))) => {
                         self.add_batch(&mut acc, &p, Some(&v), first)
                     }
-                    (p, v) => self.add_batch(&mut acc, &to_f64(p), v.map(to_f64).as_ref(), first),
+                    (p, v) => {
+                        self.add_batch(&mut acc, &p.to_f64(), v.map(Block::to_f64).as_ref(), first)
+                    }
                 }
                 j0 = j1;
             }

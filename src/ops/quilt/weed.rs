@@ -9,7 +9,6 @@ use std::ops::Range;
 use std::sync::Mutex;
 
 use ndarray::{ArrayD, Axis, IxDyn};
-use num_traits::ToPrimitive;
 use serde_json::{json, Map};
 
 use super::kernel;
@@ -20,7 +19,7 @@ use crate::grid::windows::check_border;
 use crate::grid::{self, Region};
 use crate::io::{self, Address, ArrayReader, ArrayWriter, Block, CreateSpec, DType, Element};
 use crate::job::WeedJob;
-use crate::{with_block, with_dtype};
+use crate::with_dtype;
 
 /// True when a label patch (C', *window) has an annotated value where `mask` is 1.
 pub fn has_labels(labels: &ArrayD<f64>, mask: &ArrayD<u8>, missing: f64) -> bool {
@@ -48,7 +47,7 @@ pub struct WeedOp {
 
 fn spec_like(shape: Vec<u64>, dtype: DType, codec: io::Codec, address: &Address) -> CreateSpec {
     let per_chunk =
-        ((4u64 << 20) / (shape[1..].iter().product::<u64>() * dtype.size() as u64).max(1)).max(1);
+        super::patches_per_chunk(shape[1..].iter().product::<u64>() * dtype.size() as u64);
     let mut chunks = vec![per_chunk.min(shape[0].max(1))];
     chunks.extend(&shape[1..]);
     CreateSpec {
@@ -121,8 +120,7 @@ impl WeedOp {
                 region.start[0] = at;
                 region.shape[0] = end - at;
                 let block = labels.read_box(&region)?;
-                let values: ArrayD<f64> =
-                    with_block!(block, a => a.mapv(|x| x.to_f64().unwrap_or(f64::NAN)));
+                let values = block.to_f64();
                 for p in values.axis_iter(Axis(0)) {
                     flags.push(u8::from(has_labels(
                         &p.to_owned(),
