@@ -69,50 +69,54 @@ fn with_channels(channels: u64, y: u64, x: u64) -> Vec<u64> {
     }
 }
 
+/// Shape and dtype of the TIFF a decoder has open (its first and only page).
+fn tiff_info(path: &Path, d: &mut Decoder<BufReader<File>>) -> Result<ImageInfo> {
+    let (w, h) = d.dimensions().map_err(|e| bad(path, e))?;
+    let color = d.colortype().map_err(|e| bad(path, e))?;
+    if d.more_images() {
+        return Err(bad(
+            path,
+            "multi-page TIFF: tessera reads one image per file (one slice per file); split the pages into files",
+        ));
+    }
+    let (channels, bits) = tiff_samples(path, color)?;
+    // One SampleFormat per sample; tessera needs them equal, so the first one decides.
+    let format: u16 = d
+        .find_tag_unsigned_vec::<u16>(Tag::SampleFormat)
+        .map_err(|e| bad(path, e))?
+        .and_then(|v| v.first().copied())
+        .unwrap_or(1);
+    let dtype = match (format, bits) {
+        (1, 8) => DType::U8,
+        (1, 16) => DType::U16,
+        (1, 32) => DType::U32,
+        (1, 64) => DType::U64,
+        (2, 8) => DType::I8,
+        (2, 16) => DType::I16,
+        (2, 32) => DType::I32,
+        (2, 64) => DType::I64,
+        (3, 32) => DType::F32,
+        (3, 64) => DType::F64,
+        _ => {
+            return Err(bad(
+                path,
+                format!("{bits}-bit TIFF samples of format {format} are not supported"),
+            ))
+        }
+    };
+    Ok(ImageInfo {
+        shape: with_channels(channels.into(), h.into(), w.into()),
+        dtype,
+    })
+}
+
 /// Reads an image's shape and dtype without decoding its pixels.
 ///
 /// # Errors
 /// Missing or unreadable file, or an unsupported pixel format.
 pub fn probe(path: &Path) -> Result<ImageInfo> {
     if is_tiff(path) {
-        let mut d = tiff_decoder(path)?;
-        let (w, h) = d.dimensions().map_err(|e| bad(path, e))?;
-        let color = d.colortype().map_err(|e| bad(path, e))?;
-        if d.more_images() {
-            return Err(bad(
-                path,
-                "multi-page TIFF: tessera reads one image per file (one slice per file); split the pages into files",
-            ));
-        }
-        let (channels, bits) = tiff_samples(path, color)?;
-        // One SampleFormat per sample; tessera needs them equal, so the first one decides.
-        let format: u16 = d
-            .find_tag_unsigned_vec::<u16>(Tag::SampleFormat)
-            .map_err(|e| bad(path, e))?
-            .and_then(|v| v.first().copied())
-            .unwrap_or(1);
-        let dtype = match (format, bits) {
-            (1, 8) => DType::U8,
-            (1, 16) => DType::U16,
-            (1, 32) => DType::U32,
-            (1, 64) => DType::U64,
-            (2, 8) => DType::I8,
-            (2, 16) => DType::I16,
-            (2, 32) => DType::I32,
-            (2, 64) => DType::I64,
-            (3, 32) => DType::F32,
-            (3, 64) => DType::F64,
-            _ => {
-                return Err(bad(
-                    path,
-                    format!("{bits}-bit TIFF samples of format {format} are not supported"),
-                ))
-            }
-        };
-        return Ok(ImageInfo {
-            shape: with_channels(channels.into(), h.into(), w.into()),
-            dtype,
-        });
+        return tiff_info(path, &mut tiff_decoder(path)?);
     }
     use image::ImageDecoder;
     let decoder = image::ImageReader::open(path)
@@ -151,13 +155,13 @@ fn planar<T: Element>(data: Vec<T>, channels: usize, h: usize, w: usize) -> Opti
 /// Missing, truncated or corrupt file, or an unsupported pixel format.
 pub fn read(path: &Path) -> Result<Block> {
     if is_tiff(path) {
-        let info = probe(path)?;
+        let mut d = tiff_decoder(path)?;
+        let info = tiff_info(path, &mut d)?;
         let (c, h, w) = match info.shape[..] {
             [h, w] => (1, h as usize, w as usize),
             [c, h, w] => (c as usize, h as usize, w as usize),
-            _ => unreachable!("probe returns 2-D or 3-D shapes"),
+            _ => unreachable!("tiff_info returns 2-D or 3-D shapes"),
         };
-        let mut d = tiff_decoder(path)?;
         let decoded = d.read_image().map_err(|e| bad(path, e))?;
         let wrong = || bad(path, "decoded sample count does not match the header");
         let block = match decoded {
@@ -217,7 +221,16 @@ pub fn read_into<T: Element>(
     expected: &ImageInfo,
     mut out: ndarray::ArrayViewMutD<'_, T>,
 ) -> Result<()> {
-    let info = probe(path)?;
+    // TIFF: one open file serves the header check and the decode.
+    let mut tiff = if is_tiff(path) {
+        Some(tiff_decoder(path)?)
+    } else {
+        None
+    };
+    let info = match tiff.as_mut() {
+        Some(d) => tiff_info(path, d)?,
+        None => probe(path)?,
+    };
     let describe = |i: &ImageInfo| format!("{:?} {}", i.shape, i.dtype);
     if info != *expected {
         return Err(Error::mismatch(
@@ -234,9 +247,11 @@ pub fn read_into<T: Element>(
             describe(&info),
         ));
     }
-    if is_tiff(path) && info.shape.len() == 2 && info.dtype == T::DTYPE {
+    if let (Some(d), true) = (
+        tiff.as_mut(),
+        info.shape.len() == 2 && info.dtype == T::DTYPE,
+    ) {
         if let Some(samples) = out.as_slice_mut() {
-            let mut d = tiff_decoder(path)?;
             return d
                 .read_image_bytes(bytemuck::cast_slice_mut(samples))
                 .map_err(|e| bad(path, e));
