@@ -134,7 +134,7 @@ pub fn dispatch(cli: Cli, comm: &dyn Comm) -> Result<()> {
                 overwrite,
             } => {
                 let made = if comm.is_root() {
-                    border_mask(&output, &window, &border, overwrite)
+                    crate::ops::quilt::write_border_mask(&output, &window, &border, overwrite)
                 } else {
                     Ok(())
                 };
@@ -271,51 +271,6 @@ fn finish(
         );
     }
     println!("report: {}", report.display());
-    Ok(())
-}
-
-/// `tessera quilt border-mask`: a small array, written whole by one process, staged like any
-/// output.
-///
-/// # Errors
-/// A bad window/border, or an output problem.
-fn border_mask(output: &str, window: &[u64], border: &[u64], overwrite: bool) -> Result<()> {
-    let border = crate::grid::windows::check_border(border, window)
-        .map_err(|e| Error::parameter(e.parameter, e.message))?;
-    if window.is_empty() || window.contains(&0) {
-        return Err(Error::parameter(
-            "window",
-            "needs positive sizes, e.g. 128,128",
-        ));
-    }
-    let mask = crate::ops::quilt::kernel::border_mask(window, &border);
-    let target = Address::parse(output)?;
-    let staging = crate::io::staging::Staging::plan(&target, overwrite, false)?;
-    staging.clear_stale()?;
-    let spec = crate::io::CreateSpec {
-        shape: window.to_vec(),
-        dtype: crate::io::DType::U8,
-        chunks: window.to_vec(),
-        shards: None,
-        codec: if matches!(target, Address::Hdf5 { .. }) {
-            crate::io::Codec::Gzip
-        } else {
-            crate::io::Codec::Zstd
-        },
-        dimension_names: None,
-        attributes: serde_json::Map::new(),
-    };
-    let writer = crate::io::create(&staging.staging, &spec, &crate::comm::Local, false)?;
-    writer.write_box(Some((
-        &crate::grid::Region::whole(window),
-        &crate::io::Block::U8(mask),
-    )))?;
-    let mut attrs = serde_json::Map::new();
-    attrs.insert("border".into(), serde_json::json!(border));
-    writer.set_attributes(&attrs)?;
-    writer.close()?;
-    staging.commit()?;
-    println!("wrote {target}");
     Ok(())
 }
 

@@ -374,6 +374,55 @@ impl Operation for UnstitchOp {
     }
 }
 
+/// `tessera quilt border-mask`: a small array, written whole by one process, staged like any
+/// output.
+///
+/// # Errors
+/// A bad window/border, or an output problem.
+pub fn write_border_mask(
+    output: &str,
+    window: &[u64],
+    border: &[u64],
+    overwrite: bool,
+) -> Result<()> {
+    let border = check_border(border, window).map_err(from_geometry_error)?;
+    if window.is_empty() || window.contains(&0) {
+        return Err(Error::parameter(
+            "window",
+            "needs positive sizes, e.g. 128,128",
+        ));
+    }
+    let mask = kernel::border_mask(window, &border);
+    let target = Address::parse(output)?;
+    let staging = crate::io::staging::Staging::plan(&target, overwrite, false)?;
+    staging.clear_stale()?;
+    let spec = crate::io::CreateSpec {
+        shape: window.to_vec(),
+        dtype: crate::io::DType::U8,
+        chunks: window.to_vec(),
+        shards: None,
+        codec: if matches!(target, Address::Hdf5 { .. }) {
+            crate::io::Codec::Gzip
+        } else {
+            crate::io::Codec::Zstd
+        },
+        dimension_names: None,
+        attributes: serde_json::Map::new(),
+    };
+    let writer = crate::io::create(&staging.staging, &spec, &crate::comm::Local, false)?;
+    writer.write_box(Some((
+        &crate::grid::Region::whole(window),
+        &crate::io::Block::U8(mask),
+    )))?;
+    let mut attrs = serde_json::Map::new();
+    attrs.insert("border".into(), serde_json::json!(border));
+    writer.set_attributes(&attrs)?;
+    writer.close()?;
+    staging.commit()?;
+    println!("wrote {target}");
+    Ok(())
+}
+
 /// Parses a size like `512M`, `4G`, `1024` (bytes), `64K`.
 ///
 /// # Errors
