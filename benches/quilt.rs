@@ -4,7 +4,7 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use ndarray::{ArrayD, IxDyn};
-use tessera::bench::quilt::{cases, stitch, unstitch_into};
+use tessera::bench::quilt::{accumulator, cases, stitch_into, unstitch_into};
 
 fn bench(c: &mut Criterion) {
     for case in cases() {
@@ -28,7 +28,11 @@ fn bench(c: &mut Criterion) {
             b.iter(|| unstitch_into(&image, &grid, &mut patches))
         });
         unstitch_into(&image, &grid, &mut patches);
-        group.bench_function("stitch", |b| b.iter(|| stitch(&patches, &case, &weights)));
+        let mut acc = accumulator(&case);
+        let mut out = ArrayD::<f32>::zeros(IxDyn(&case.shape));
+        group.bench_function("stitch", |b| {
+            b.iter(|| stitch_into(&patches, &case, &weights, &mut acc, &mut out))
+        });
         group.finish();
     }
 }

@@ -246,7 +246,11 @@ pub fn quilt(b: &QuiltBench, comm: &dyn Comm) -> Result<()> {
         .into_iter()
         .filter(|c| b.case == "both" || c.name.starts_with(b.case.as_str()))
         .collect();
-    println!("bench quilt: in-memory kernels, one thread, best of {}, fraction of a memcpy of the patch bytes", b.repeat.max(1));
+    println!(
+        "bench quilt: in-memory kernels (copy and unstitch on one thread, stitch on {} rayon threads), best of {}, fraction of a memcpy of the patch bytes",
+        rayon::current_num_threads(),
+        b.repeat.max(1)
+    );
     println!();
     println!("| case | patch MiB | memcpy s | unstitch s | unstitch / memcpy | stitch s | stitch / memcpy |");
     println!("|---|---|---|---|---|---|---|");

@@ -106,21 +106,31 @@ pub fn unstitch_into(image: &ArrayD<f32>, grid: &WindowGrid, patches: &mut Array
     }
 }
 
-/// Stitches all patches back, image by image, the way `quilt stitch` does per block (f32
-/// patches accumulated in f64 in patch order, normalised, rounded to f32).
-pub fn stitch(patches: &ArrayD<f32>, case: &QuiltCase, weights: &ArrayD<f64>) -> ArrayD<f32> {
-    let grid = case.grid();
-    let per = grid.per_image() as usize;
+/// An accumulator for a whole image of `case`, split over rayon's threads.
+pub fn accumulator(case: &QuiltCase) -> SplitAccumulator {
     let spatial: Vec<u64> = case.shape[2..].iter().map(|&n| n as u64).collect();
     let origin = vec![0; spatial.len()];
-    let mut out = ArrayD::<f32>::zeros(IxDyn(&case.shape));
-    let mut acc = SplitAccumulator::new(
+    SplitAccumulator::new(
         case.shape[1],
         &origin,
         &spatial,
         false,
         rayon::current_num_threads(),
-    );
+    )
+}
+
+/// Stitches all patches back into `out`, image by image, the way `quilt stitch` does per
+/// block (f32 patches accumulated in f64 in patch order, normalised, rounded to f32). The
+/// accumulator and the output are reused between runs, as the memcpy reuses its destination.
+pub fn stitch_into(
+    patches: &ArrayD<f32>,
+    case: &QuiltCase,
+    weights: &ArrayD<f64>,
+    acc: &mut SplitAccumulator,
+    out: &mut ArrayD<f32>,
+) {
+    let grid = case.grid();
+    let per = grid.per_image() as usize;
     for n in 0..case.shape[0] {
         acc.reset();
         let refs: Vec<PatchRef<'_, f32>> = (0..per)
@@ -133,10 +143,8 @@ pub fn stitch(patches: &ArrayD<f32>, case: &QuiltCase, weights: &ArrayD<f64>) ->
             })
             .collect();
         acc.add_all(&refs, weights);
-        out.index_axis_mut(Axis(0), n)
-            .assign(&acc.mean_with(|x| x as f32));
+        acc.mean_into(out.index_axis_mut(Axis(0), n), |x| x as f32);
     }
-    out
 }
 
 #[derive(Debug, Serialize)]
@@ -161,6 +169,8 @@ pub fn measure(case: &QuiltCase, repeat: usize) -> QuiltResult {
     let weights = case.weights();
     let mut patches = ArrayD::<f32>::zeros(IxDyn(&case.patch_shape()));
     let reference = ArrayD::<f32>::ones(IxDyn(&case.patch_shape()));
+    let mut acc = accumulator(case);
+    let mut stitched = ArrayD::<f32>::zeros(IxDyn(&case.shape));
     let (mut copy, mut cut, mut back) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..repeat.max(1) {
         let t = Instant::now();
@@ -173,7 +183,7 @@ pub fn measure(case: &QuiltCase, repeat: usize) -> QuiltResult {
         unstitch_into(&image, &grid, &mut patches);
         cut.push(t.elapsed().as_secs_f64());
         let t = Instant::now();
-        let stitched = stitch(&patches, case, &weights);
+        stitch_into(&patches, case, &weights, &mut acc, &mut stitched);
         back.push(t.elapsed().as_secs_f64());
         assert!(
             stitched

@@ -96,80 +96,113 @@ pub fn cut_window<T: Clone>(image: &ArrayViewD<'_, T>, start: &[u64], window: &[
     view.to_owned()
 }
 
-/// True when any value is NaN (a branch-free scan when the view is contiguous).
-fn has_nan<T: Copy + Into<f64>>(v: &ArrayViewD<'_, T>) -> bool {
-    let scan = |s: &[T]| s.iter().fold(false, |any, &x| any | x.into().is_nan());
-    match v.as_slice_memory_order() {
-        Some(s) => scan(s),
-        // A window cut by the block edge: rows are still contiguous.
-        None => v
-            .lanes(Axis(v.ndim() - 1))
-            .into_iter()
-            .any(|row| match row.as_slice() {
-                Some(s) => scan(s),
-                None => row.iter().any(|&x| x.into().is_nan()),
-            }),
+/// True when any value of a row is NaN (a branch-free scan, so it vectorises).
+fn row_has_nan<T: Copy + Into<f64>>(row: &[T]) -> bool {
+    row.iter().fold(false, |any, &x| any | x.into().is_nan())
+}
+
+/// Row-major strides of a shape, in elements.
+fn row_major(shape: &[usize]) -> Vec<usize> {
+    let mut st = vec![1usize; shape.len()];
+    for a in (0..shape.len().saturating_sub(1)).rev() {
+        st[a] = st[a + 1] * shape[a + 1];
+    }
+    st
+}
+
+/// A patch of a batch that overlaps the block, ready for the row loop: C-order values (and
+/// variances), the overlap `lo..hi` in block coordinates per axis, and the flat offset of
+/// block pixel 0 in window coordinates (may be negative; only overlap pixels are read).
+struct Overlap<'a, T: Clone> {
+    values: std::borrow::Cow<'a, [T]>,
+    variances: Option<std::borrow::Cow<'a, [T]>>,
+    lo: Vec<usize>,
+    hi: Vec<usize>,
+    base: isize,
+}
+
+/// C-order contents of a view, borrowed when it already is C-order.
+fn c_order<'a, T: Clone>(v: &ArrayViewD<'a, T>) -> std::borrow::Cow<'a, [T]> {
+    match v.to_slice() {
+        Some(s) => std::borrow::Cow::Borrowed(s),
+        None => std::borrow::Cow::Owned(v.iter().cloned().collect()),
     }
 }
 
-/// Applies `f` to matching rows (lanes along the last axis) of two same-shape arrays, as
-/// slices when both rows are contiguous.
-fn rows2<A: Copy>(
-    mut dst: ArrayViewMutD<'_, f64>,
-    src: ArrayViewD<'_, A>,
-    f: impl Fn(&mut [f64], &[A]),
-) {
-    let last = Axis(dst.ndim() - 1);
-    for (mut d, s) in dst.lanes_mut(last).into_iter().zip(src.lanes(last)) {
-        match (d.as_slice_mut(), s.as_slice()) {
-            (Some(d), Some(s)) => f(d, s),
-            (_, _) => {
-                let s: Vec<A> = s.iter().copied().collect();
-                let mut dv: Vec<f64> = d.iter().copied().collect();
-                f(&mut dv, &s);
-                d.iter_mut().zip(dv).for_each(|(o, v)| *o = v);
+/// Flat buffers of an accumulator and the constants of one batch, for [`add_row`].
+struct Target<'a> {
+    weights: &'a mut [f64],
+    sums: &'a mut [f64],
+    second_moments: Option<&'a mut [f64]>,
+    channels: usize,
+    block_size: usize,
+    window_size: usize,
+}
+
+/// Adds one row segment of one patch: `len` pixels at flat block offset `boff` from flat
+/// window offset `woff`, every channel. Pixels where any channel (or variance) is NaN are left
+/// out of the sums and the weight; returns how many values were left out.
+fn add_row<T: Copy + Into<f64>>(
+    t: &mut Target<'_>,
+    p: &[T],
+    var: Option<&[T]>,
+    w: &[f64],
+    boff: usize,
+    woff: usize,
+    len: usize,
+) -> u64 {
+    let (bsize, wsize) = (t.block_size, t.window_size);
+    let wrow = &w[woff..woff + len];
+    let prow = |c: usize| &p[c * wsize + woff..c * wsize + woff + len];
+    let vrow = |c: usize| var.map(|v| &v[c * wsize + woff..c * wsize + woff + len]);
+    let nan = (0..t.channels).any(|c| row_has_nan(prow(c)) || vrow(c).is_some_and(row_has_nan));
+    if !nan {
+        for (s, &wt) in t.weights[boff..boff + len].iter_mut().zip(wrow) {
+            *s += wt;
+        }
+        for c in 0..t.channels {
+            let srow = &mut t.sums[c * bsize + boff..c * bsize + boff + len];
+            for ((s, &x), &wt) in srow.iter_mut().zip(prow(c)).zip(wrow) {
+                *s += wt * x.into();
+            }
+            if let (Some(m2), Some(vr)) = (t.second_moments.as_deref_mut(), vrow(c)) {
+                let mrow = &mut m2[c * bsize + boff..c * bsize + boff + len];
+                for (((m, &x), &v), &wt) in mrow.iter_mut().zip(prow(c)).zip(vr).zip(wrow) {
+                    let (x, v): (f64, f64) = (x.into(), v.into());
+                    *m += wt * (v + x * x);
+                }
+            }
+        }
+        return 0;
+    }
+    // Rare: a pixel with a NaN in any channel is left out of every channel and of the weight,
+    // so channels share one weight map and a NaN never spreads to its neighbours' means.
+    let mut valid = vec![true; len];
+    for c in 0..t.channels {
+        for (ok, &x) in valid.iter_mut().zip(prow(c)) {
+            *ok &= !x.into().is_nan();
+        }
+        if let Some(vr) = vrow(c) {
+            for (ok, &x) in valid.iter_mut().zip(vr) {
+                *ok &= !x.into().is_nan();
             }
         }
     }
-}
-
-/// [`rows2`] with a second source.
-fn rows3<A: Copy, B: Copy>(
-    mut dst: ArrayViewMutD<'_, f64>,
-    a: ArrayViewD<'_, A>,
-    b: ArrayViewD<'_, B>,
-    f: impl Fn(&mut [f64], &[A], &[B]),
-) {
-    let last = Axis(dst.ndim() - 1);
-    for ((mut d, x), y) in dst
-        .lanes_mut(last)
-        .into_iter()
-        .zip(a.lanes(last))
-        .zip(b.lanes(last))
-    {
-        match (d.as_slice_mut(), x.as_slice(), y.as_slice()) {
-            (Some(d), Some(x), Some(y)) => f(d, x, y),
-            (_, _, _) => {
-                let x: Vec<A> = x.iter().copied().collect();
-                let y: Vec<B> = y.iter().copied().collect();
-                let mut dv: Vec<f64> = d.iter().copied().collect();
-                f(&mut dv, &x, &y);
-                d.iter_mut().zip(dv).for_each(|(o, v)| *o = v);
+    for (i, &ok) in valid.iter().enumerate() {
+        if !ok {
+            continue;
+        }
+        t.weights[boff + i] += wrow[i];
+        for c in 0..t.channels {
+            let x: f64 = prow(c)[i].into();
+            t.sums[c * bsize + boff + i] += wrow[i] * x;
+            if let (Some(m2), Some(vr)) = (t.second_moments.as_deref_mut(), vrow(c)) {
+                let v: f64 = vr[i].into();
+                m2[c * bsize + boff + i] += wrow[i] * (v + x * x);
             }
         }
     }
-}
-
-/// Narrows a view to `ranges` on the axes starting at `offset`.
-fn narrowed<'a, T>(
-    mut v: ArrayViewD<'a, T>,
-    ranges: &[std::ops::Range<usize>],
-    offset: usize,
-) -> ArrayViewD<'a, T> {
-    for (a, r) in ranges.iter().enumerate() {
-        v.slice_axis_inplace(Axis(a + offset), Slice::from(r.clone()));
-    }
-    v
+    (valid.iter().filter(|&&ok| !ok).count() * t.channels) as u64
 }
 
 /// Weighted sums over one block of the output of one image: (C, *block) sums of `w * patch`,
@@ -210,200 +243,117 @@ impl Accumulator {
         start: &[u64],
         w: &ArrayD<f64>,
     ) {
-        let ndim = start.len();
-        let block: Vec<u64> = self.weights.shape().iter().map(|&n| n as u64).collect();
-        // Overlap of the window with the block, in window and in block coordinates.
-        let mut window_ranges = Vec::with_capacity(ndim);
-        let mut block_ranges = Vec::with_capacity(ndim);
-        for a in 0..ndim {
-            let lo = start[a].max(self.origin[a]);
-            let hi = (start[a] + w.shape()[a] as u64).min(self.origin[a] + block[a]);
-            if lo >= hi {
-                return;
-            }
-            window_ranges.push((lo - start[a]) as usize..(hi - start[a]) as usize);
-            block_ranges.push((lo - self.origin[a]) as usize..(hi - self.origin[a]) as usize);
-        }
-        let w_part = narrowed(w.view(), &window_ranges, 0);
-        let p = narrowed(patch.view(), &window_ranges, 1);
-        let var = variance.map(|v| narrowed(v.view(), &window_ranges, 1));
-        if has_nan(&p) || var.as_ref().is_some_and(has_nan) {
-            // Rare: leave NaN pixels out of every channel and of the weight (so channels share
-            // one weight map and a NaN never spreads), on cleaned f64 copies.
-            let channels = p.shape()[0];
-            let mut valid = ArrayD::from_elem(w_part.raw_dim(), true);
-            for c in 0..channels {
-                Zip::from(&mut valid)
-                    .and(&p.index_axis(Axis(0), c))
-                    .for_each(|ok, &x| *ok &= !x.into().is_nan());
-                if let Some(v) = &var {
-                    Zip::from(&mut valid)
-                        .and(&v.index_axis(Axis(0), c))
-                        .for_each(|ok, &x| *ok &= !x.into().is_nan());
-                }
-            }
-            self.nan_pixels += valid.iter().filter(|&&ok| !ok).count() as u64 * channels as u64;
-            let clean = |a: &ArrayViewD<'_, T>| {
-                let mut out = a.mapv(Into::<f64>::into);
-                for mut c in out.axis_iter_mut(Axis(0)) {
-                    Zip::from(&mut c).and(&valid).for_each(|x, &ok| {
-                        if !ok {
-                            *x = 0.0;
-                        }
-                    });
-                }
-                out
-            };
-            let mut w_eff = w_part.to_owned();
-            Zip::from(&mut w_eff).and(&valid).for_each(|wt, &ok| {
-                if !ok {
-                    *wt = 0.0;
-                }
-            });
-            let (p, var) = (clean(&p), var.as_ref().map(clean));
-            self.accumulate(
-                &block_ranges,
-                &p.view(),
-                var.as_ref().map(|v| v.view()).as_ref(),
-                &w_eff.view(),
-            );
-        } else if let (Some(pf), Some(wf)) = (patch.as_slice(), w.as_slice()) {
-            let vf = variance.and_then(|v| v.as_slice());
-            if variance.is_none() || vf.is_some() {
-                let win_lo: Vec<usize> = window_ranges.iter().map(|r| r.start).collect();
-                let blk_lo: Vec<usize> = block_ranges.iter().map(|r| r.start).collect();
-                let part: Vec<usize> = window_ranges.iter().map(|r| r.len()).collect();
-                self.accumulate_contiguous(pf, vf, wf, w.shape(), &win_lo, &blk_lo, &part);
-                return;
-            }
-            self.accumulate(&block_ranges, &p, var.as_ref(), &w_part);
-        } else {
-            self.accumulate(&block_ranges, &p, var.as_ref(), &w_part);
-        }
+        self.add_batch(
+            &[(patch.view(), variance.map(|v| v.view()), start.to_vec())],
+            w,
+        );
     }
 
-    /// [`Accumulator::accumulate`] for C-order patches: rows located by index arithmetic on
-    /// the flat buffers (ndarray's N-D lane iterators cost more than the arithmetic here).
-    #[allow(clippy::too_many_arguments)]
-    fn accumulate_contiguous<T: Copy + Into<f64>>(
-        &mut self,
-        p: &[T],
-        var: Option<&[T]>,
-        w: &[f64],
-        wshape: &[usize],
-        win_lo: &[usize],
-        blk_lo: &[usize],
-        part: &[usize],
-    ) {
-        let nd = part.len();
-        let bshape: Vec<usize> = self.weights.shape().to_vec();
-        let row_major = |shape: &[usize]| {
-            let mut st = vec![1usize; shape.len()];
-            for a in (0..shape.len().saturating_sub(1)).rev() {
-                st[a] = st[a + 1] * shape[a + 1];
+    /// Adds a batch of patches, in the order given. The work is done output row by output
+    /// row (a row along the last axis), each row taking its segments from every patch that
+    /// covers it in batch order: the row's sums stay in L1 cache while the patches stream
+    /// through once. Each pixel still receives its contributions in patch order, so the bits
+    /// are those of adding the patches one after the other.
+    pub fn add_batch<T: Copy + Into<f64>>(&mut self, patches: &[PatchRef<'_, T>], w: &ArrayD<f64>) {
+        let nd = w.ndim();
+        let wshape = w.shape().to_vec();
+        let bshape = self.weights.shape().to_vec();
+        let (bstr, wstr) = (row_major(&bshape), row_major(&wshape));
+        let mut items = Vec::with_capacity(patches.len());
+        'patches: for (p, v, start) in patches {
+            let (mut lo, mut hi) = (Vec::with_capacity(nd), Vec::with_capacity(nd));
+            let mut base = 0isize;
+            for a in 0..nd {
+                let l = start[a].max(self.origin[a]);
+                let h = (start[a] + wshape[a] as u64).min(self.origin[a] + bshape[a] as u64);
+                if l >= h {
+                    continue 'patches;
+                }
+                lo.push((l - self.origin[a]) as usize);
+                hi.push((h - self.origin[a]) as usize);
+                base += (self.origin[a] as isize - start[a] as isize) * wstr[a] as isize;
             }
-            st
+            items.push(Overlap {
+                values: c_order(p),
+                variances: v.as_ref().map(c_order),
+                lo,
+                hi,
+                base,
+            });
+        }
+        if items.is_empty() {
+            return;
+        }
+        let wflat = c_order(&w.view());
+        let channels = self.sums.shape()[0];
+        let mut target = Target {
+            block_size: bshape.iter().product(),
+            window_size: wshape.iter().product(),
+            channels,
+            weights: self
+                .weights
+                .as_slice_mut()
+                .expect("accumulators are C-order"),
+            sums: self.sums.as_slice_mut().expect("accumulators are C-order"),
+            second_moments: self
+                .second_moments
+                .as_mut()
+                .map(|m| m.as_slice_mut().expect("accumulators are C-order")),
         };
-        let (bstr, wstr) = (row_major(&bshape), row_major(wshape));
-        let (bsize, wsize): (usize, usize) = (bshape.iter().product(), wshape.iter().product());
-        let len = part[nd - 1];
-        let channels = p.len() / wsize;
-        let weights = self
-            .weights
-            .as_slice_mut()
-            .expect("accumulators are C-order");
-        let sums = self.sums.as_slice_mut().expect("accumulators are C-order");
-        let mut m2 = self
-            .second_moments
-            .as_mut()
-            .map(|m| m.as_slice_mut().expect("C-order"));
-        let mut idx = vec![0usize; nd - 1];
+        // Odometer over the rows (every axis but the last) of the patches' bounding box.
+        let outer = nd - 1;
+        let box_lo: Vec<usize> = (0..outer)
+            .map(|a| items.iter().map(|it| it.lo[a]).min().unwrap_or(0))
+            .collect();
+        let box_hi: Vec<usize> = (0..outer)
+            .map(|a| items.iter().map(|it| it.hi[a]).max().unwrap_or(0))
+            .collect();
+        let mut idx = box_lo.clone();
+        let mut nan = 0;
+        // covering[a + 1]: the patches (in batch order) that contain idx[0..=a]; refreshed
+        // from the first axis the odometer moved, so each row tests only its neighbours.
+        let mut covering: Vec<Vec<usize>> = vec![(0..items.len()).collect(); outer + 1];
+        let mut moved = 0;
         loop {
-            let boff: usize = (0..nd)
-                .map(|a| (blk_lo[a] + idx.get(a).copied().unwrap_or(0)) * bstr[a])
-                .sum();
-            let woff: usize = (0..nd)
-                .map(|a| (win_lo[a] + idx.get(a).copied().unwrap_or(0)) * wstr[a])
-                .sum();
-            let wrow = &w[woff..woff + len];
-            for (s, &wt) in weights[boff..boff + len].iter_mut().zip(wrow) {
-                *s += wt;
+            for a in moved..outer {
+                let (done, rest) = covering.split_at_mut(a + 1);
+                rest[0].clear();
+                rest[0].extend(
+                    done[a]
+                        .iter()
+                        .filter(|&&i| items[i].lo[a] <= idx[a] && idx[a] < items[i].hi[a]),
+                );
             }
-            for c in 0..channels {
-                let prow = &p[c * wsize + woff..c * wsize + woff + len];
-                let srow = &mut sums[c * bsize + boff..c * bsize + boff + len];
-                for ((s, &x), &wt) in srow.iter_mut().zip(prow).zip(wrow) {
-                    *s += wt * x.into();
-                }
-                if let (Some(m2), Some(var)) = (m2.as_mut(), var) {
-                    let vrow = &var[c * wsize + woff..c * wsize + woff + len];
-                    let mrow = &mut m2[c * bsize + boff..c * bsize + boff + len];
-                    for (((m, &x), &v), &wt) in mrow.iter_mut().zip(prow).zip(vrow).zip(wrow) {
-                        let (x, v): (f64, f64) = (x.into(), v.into());
-                        *m += wt * (v + x * x);
-                    }
-                }
+            let brow: usize = (0..outer).map(|a| idx[a] * bstr[a]).sum();
+            let wrow: isize = (0..outer).map(|a| (idx[a] * wstr[a]) as isize).sum();
+            for &i in &covering[outer] {
+                let it = &items[i];
+                let x0 = it.lo[outer];
+                let woff = (it.base + wrow + x0 as isize) as usize;
+                nan += add_row(
+                    &mut target,
+                    &it.values,
+                    it.variances.as_deref(),
+                    &wflat,
+                    brow + x0,
+                    woff,
+                    it.hi[outer] - x0,
+                );
             }
-            // Next row: odometer over every axis but the last.
-            let mut a = nd - 1;
+            let mut a = outer;
             loop {
                 if a == 0 {
+                    self.nan_pixels += nan;
                     return;
                 }
                 a -= 1;
                 idx[a] += 1;
-                if idx[a] < part[a] {
+                if idx[a] < box_hi[a] {
                     break;
                 }
-                idx[a] = 0;
+                idx[a] = box_lo[a];
             }
-        }
-    }
-
-    /// The hot loop: row by row along the last axis, where every operand is contiguous.
-    /// Each pixel gets `+= w * x` once per patch, so the summation order is the patch order.
-    fn accumulate<T: Copy + Into<f64>>(
-        &mut self,
-        block_ranges: &[std::ops::Range<usize>],
-        p: &ArrayViewD<'_, T>,
-        var: Option<&ArrayViewD<'_, T>>,
-        w: &ArrayViewD<'_, f64>,
-    ) {
-        let mut weight_sum = self.weights.view_mut();
-        for (a, r) in block_ranges.iter().enumerate() {
-            weight_sum.slice_axis_inplace(Axis(a), Slice::from(r.clone()));
-        }
-        rows2(weight_sum, w.view(), |s, wt| {
-            for (s, &wt) in s.iter_mut().zip(wt) {
-                *s += wt;
-            }
-        });
-        for c in 0..p.shape()[0] {
-            let pc = p.index_axis(Axis(0), c);
-            let mut sc = self.sums.index_axis_mut(Axis(0), c);
-            for (a, r) in block_ranges.iter().enumerate() {
-                sc.slice_axis_inplace(Axis(a), Slice::from(r.clone()));
-            }
-            rows3(sc, pc.view(), w.view(), |s, x, wt| {
-                for ((s, &x), &wt) in s.iter_mut().zip(x).zip(wt) {
-                    *s += wt * x.into();
-                }
-            });
-            if let (Some(m2), Some(var)) = (self.second_moments.as_mut(), var) {
-                let vc = var.index_axis(Axis(0), c);
-                let mut mc = m2.index_axis_mut(Axis(0), c);
-                for (a, r) in block_ranges.iter().enumerate() {
-                    mc.slice_axis_inplace(Axis(a), Slice::from(r.clone()));
-                }
-                Zip::from(&mut mc)
-                    .and(&pc)
-                    .and(&vc)
-                    .and(w)
-                    .for_each(|m, &x, &v, &wt| {
-                        let (x, v): (f64, f64) = (x.into(), v.into());
-                        *m += wt * (v + x * x);
-                    });
-            }
+            moved = a;
         }
     }
 
@@ -416,6 +366,12 @@ impl Accumulator {
     /// computed, with no f64 copy of the block.
     pub fn mean_with<T: Clone + Default>(&self, convert: impl Fn(f64) -> T) -> ArrayD<T> {
         let mut out = ArrayD::<T>::default(self.sums.raw_dim());
+        self.mean_into(out.view_mut(), convert);
+        out
+    }
+
+    /// The weighted mean written into `out` (C, *block), e.g. a slice of a larger buffer.
+    pub fn mean_into<T>(&self, mut out: ArrayViewMutD<'_, T>, convert: impl Fn(f64) -> T) {
         for (mut o, s) in out.axis_iter_mut(Axis(0)).zip(self.sums.axis_iter(Axis(0))) {
             Zip::from(&mut o)
                 .and(&s)
@@ -424,7 +380,6 @@ impl Accumulator {
                     *o = convert(if w > 0.0 { x / w } else { f64::NAN });
                 });
         }
-        out
     }
 
     /// The weighted standard deviation of the mixture of the patches' predictions:
@@ -490,11 +445,32 @@ impl SplitAccumulator {
         w: &ArrayD<f64>,
     ) {
         use rayon::prelude::*;
-        self.parts.par_iter_mut().for_each(|acc| {
-            for (p, v, start) in patches {
-                acc.add(p, v.as_ref(), start, w);
-            }
-        });
+        self.parts
+            .par_iter_mut()
+            .for_each(|acc| acc.add_batch(patches, w));
+    }
+
+    /// The spatial block shape this accumulator covers (all parts together).
+    pub fn block_shape(&self) -> Vec<u64> {
+        let mut shape: Vec<u64> = self.parts[0]
+            .weights
+            .shape()
+            .iter()
+            .map(|&n| n as u64)
+            .collect();
+        shape[0] = self.parts.iter().map(|p| p.weights.shape()[0] as u64).sum();
+        shape
+    }
+
+    /// Empties the sums and moves the block to spatial `origin` (same shape), for reuse.
+    pub fn reset_at(&mut self, origin: &[u64]) {
+        self.reset();
+        let mut row = origin[0];
+        for p in &mut self.parts {
+            p.origin = origin.to_vec();
+            p.origin[0] = row;
+            row += p.weights.shape()[0] as u64;
+        }
     }
 
     pub fn nan_pixels(&self) -> u64 {
@@ -524,7 +500,21 @@ impl SplitAccumulator {
     }
 
     pub fn mean_with<T: Clone + Default>(&self, convert: impl Fn(f64) -> T + Copy) -> ArrayD<T> {
-        Self::join(self.parts.iter().map(|p| p.mean_with(convert)).collect(), 1)
+        let mut shape = self.parts[0].sums.shape().to_vec();
+        shape[1] = self.parts.iter().map(|p| p.sums.shape()[1]).sum();
+        let mut out = ArrayD::<T>::default(IxDyn(&shape));
+        self.mean_into(out.view_mut(), convert);
+        out
+    }
+
+    /// The weighted mean written into `out` (C, *block), each part into its rows.
+    pub fn mean_into<T>(&self, mut out: ArrayViewMutD<'_, T>, convert: impl Fn(f64) -> T + Copy) {
+        for p in &self.parts {
+            let rows = p.sums.shape()[1];
+            let (here, rest) = out.split_at(Axis(1), rows);
+            p.mean_into(here, convert);
+            out = rest;
+        }
     }
 
     pub fn weights(&self) -> ArrayD<f64> {
@@ -721,6 +711,69 @@ mod tests {
             .zip(b.iter())
             .all(|(x, y)| x.to_bits() == y.to_bits()));
         assert_eq!(one.weights, split.weights());
+    }
+
+    #[test]
+    fn a_batch_of_views_in_any_memory_order_gives_the_bits_of_one_by_one_adds() {
+        // 3-D, two channels, a variance, NaN in one channel, a block in the middle, and
+        // patches given as transposed-back views (not C-order in memory): the row gather must
+        // match adding the same patches one at a time, bit for bit.
+        let grid = WindowGrid::new(&[6, 7, 9], &[3, 4, 5], &[2, 3, 2], false).unwrap();
+        let w = weights(
+            &grid.window,
+            &Weighting {
+                border: vec![1, 1, 1],
+                ..border(1, 0.3)
+            },
+        );
+        let mut state = 7u64;
+        let mut next = || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let n = grid.per_image() as usize;
+        let patches: Vec<ArrayD<f64>> = (0..n)
+            .map(|k| {
+                let mut p = ArrayD::from_shape_simple_fn(IxDyn(&[2, 3, 4, 5]), &mut next);
+                if k == 3 {
+                    p[[1, 2, 1, 4]] = f64::NAN; // image (2, 4, 4), inside the block
+                }
+                // Stored as (x, y, z, c) and viewed back: same values, Fortran-like layout.
+                p.reversed_axes().as_standard_layout().to_owned()
+            })
+            .collect();
+        let var: Vec<ArrayD<f64>> = (0..n)
+            .map(|_| ArrayD::from_shape_simple_fn(IxDyn(&[5, 4, 3, 2]), &mut next))
+            .collect();
+        let views: Vec<PatchRef<'_, f64>> = (0..n)
+            .map(|k| {
+                (
+                    patches[k].view().reversed_axes(),
+                    Some(var[k].view().reversed_axes()),
+                    grid.window_start(k as u64),
+                )
+            })
+            .collect();
+        assert!(views[0].0.as_slice().is_none(), "the views are not C-order");
+        let mut batch = Accumulator::new(2, &[1, 2, 3], &[4, 4, 5], true);
+        batch.add_batch(&views, &w);
+        let mut single = Accumulator::new(2, &[1, 2, 3], &[4, 4, 5], true);
+        for (p, v, s) in &views {
+            let (p, v) = (p.to_owned(), v.as_ref().unwrap().to_owned());
+            single.add(&p.view(), Some(&v.view()), s, &w);
+        }
+        let bits = |a: &ArrayD<f64>| a.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&batch.sums), bits(&single.sums));
+        assert_eq!(bits(&batch.weights), bits(&single.weights));
+        assert_eq!(
+            bits(batch.second_moments.as_ref().unwrap()),
+            bits(single.second_moments.as_ref().unwrap())
+        );
+        assert_eq!(batch.nan_pixels, single.nan_pixels);
+        assert!(batch.nan_pixels > 0, "the NaN pixel lies inside the block");
+        assert!(batch.mean().iter().all(|x| x.is_finite()));
     }
 
     #[test]

@@ -474,6 +474,11 @@ pub struct StitchOp {
     batch: u64,
     writers: Mutex<Vec<Box<dyn ArrayWriter>>>,
     nan_values: AtomicU64,
+    /// Accumulators and mean blocks of finished units, reused: fresh large buffers are fresh
+    /// mappings that the kernel faults in and zeroes page by page (a third of the stitch time
+    /// when they were allocated per unit).
+    spare_accumulators: Mutex<Vec<SplitAccumulator>>,
+    spare_means: Mutex<Vec<Block>>,
 }
 
 impl StitchOp {
@@ -647,6 +652,8 @@ impl StitchOp {
             units,
             writers: Mutex::new(Vec::new()),
             nan_values: AtomicU64::new(0),
+            spare_accumulators: Mutex::new(Vec::new()),
+            spare_means: Mutex::new(Vec::new()),
         })
     }
 }
@@ -716,14 +723,24 @@ impl Operation for StitchOp {
         origin.extend(std::iter::repeat_n(0, spatial.len() - 1));
         let mut block = vec![rows.end - rows.start];
         block.extend(&spatial[1..]);
-        let threads = rayon::current_num_threads();
-        let mut acc = SplitAccumulator::new(
-            c as usize,
-            &origin,
-            &block,
-            self.variance.is_some(),
-            threads,
-        );
+        let spare = {
+            let mut spares = self.spare_accumulators.lock().expect("spare lock");
+            let at = spares.iter().position(|a| a.block_shape() == block);
+            at.map(|i| spares.swap_remove(i))
+        };
+        let mut acc = match spare {
+            Some(mut acc) => {
+                acc.reset_at(&origin);
+                acc
+            }
+            None => SplitAccumulator::new(
+                c as usize,
+                &origin,
+                &block,
+                self.variance.is_some(),
+                rayon::current_num_threads(),
+            ),
+        };
         let per_image = self.grid.per_image();
         let per_row = per_image / self.grid.counts()[0];
         let mut region = Region::whole(&self.geometry.patch_shape());
@@ -762,9 +779,27 @@ impl Operation for StitchOp {
         mean_region.start[2] = rows.start;
         mean_region.shape[2] = rows.end - rows.start;
         let with_n = |a: ArrayD<f64>| a.insert_axis(Axis(0));
+        let spare = {
+            let mut spares = self.spare_means.lock().expect("spare lock");
+            let at = spares.iter().position(|b| b.shape() == mean_region.shape);
+            at.map(|i| spares.swap_remove(i))
+        };
+        // Every element is overwritten by mean_into, so a reused block needs no clearing.
         let mean = match self.mean_spec.dtype {
-            DType::F64 => Block::F64(acc.mean().insert_axis(Axis(0))),
-            _ => Block::F32(acc.mean_with(|x| x as f32).insert_axis(Axis(0))),
+            DType::F64 => {
+                let mut m = spare
+                    .and_then(|b| b.into_array::<f64>())
+                    .unwrap_or_else(|| ArrayD::zeros(mean_region.shape_usize()));
+                acc.mean_into(m.index_axis_mut(Axis(0), 0), |x| x);
+                Block::F64(m)
+            }
+            _ => {
+                let mut m = spare
+                    .and_then(|b| b.into_array::<f32>())
+                    .unwrap_or_else(|| ArrayD::zeros(mean_region.shape_usize()));
+                acc.mean_into(m.index_axis_mut(Axis(0), 0), |x| x as f32);
+                Block::F32(m)
+            }
         };
         let mut out = vec![(mean_region.clone(), mean)];
         if self.weights_spec.is_some() {
@@ -780,11 +815,22 @@ impl Operation for StitchOp {
             let std = acc.std().expect("variance given with --std");
             out.push((mean_region, cast_out(with_n(std), self.mean_spec.dtype)));
         }
+        let mut spares = self.spare_accumulators.lock().expect("spare lock");
+        if spares.len() < 2 {
+            spares.push(acc);
+        }
         Ok(out)
     }
     fn write(&self, part: Option<(usize, Self::Output)>) -> Result<()> {
         let writers = self.writers.lock().expect("writers");
-        io::write_parts(&writers, part.as_ref().map(|(_, p)| p.as_slice()))
+        io::write_parts(&writers, part.as_ref().map(|(_, p)| p.as_slice()))?;
+        if let Some((_, mut parts)) = part {
+            let mut spares = self.spare_means.lock().expect("spare lock");
+            if spares.len() < 2 && !parts.is_empty() {
+                spares.push(parts.swap_remove(0).1);
+            }
+        }
+        Ok(())
     }
     fn finish(&self, comm: &dyn Comm) -> Result<()> {
         let mut nan = [self.nan_values.load(Ordering::Relaxed)];
