@@ -29,6 +29,22 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// `tessera pyramid [reconstruct]`: building flags, or the `reconstruct` subcommand.
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct PyramidCli {
+    #[command(subcommand)]
+    pub which: Option<PyramidCommand>,
+    #[command(flatten)]
+    pub job: crate::job::PyramidJob,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PyramidCommand {
+    /// Level 0 back from a Laplacian pyramid (coarsest level + difference maps).
+    Reconstruct(crate::job::ReconstructJob),
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -44,6 +60,8 @@ pub enum Command {
         #[command(subcommand)]
         which: QuiltCommand,
     },
+    /// Multiscale pyramid (OME-Zarr 0.5) of an array: mean, Gaussian, mode or Laplacian.
+    Pyramid(PyramidCli),
     /// Print an array's shape, dtype, chunking, codecs and attributes.
     Info {
         /// Array address: file.npy, store.zarr[/group/array] or file.h5:/dataset.
@@ -122,6 +140,20 @@ pub enum BenchCommand {
 pub fn dispatch(cli: Cli, comm: &dyn Comm) -> Result<()> {
     match cli.command {
         Command::Convert(job) => run_job(Job::Convert(job), comm),
+        Command::Pyramid(PyramidCli { which, job }) => match which {
+            Some(PyramidCommand::Reconstruct(job)) => run_job(Job::Reconstruct(job), comm),
+            None if job.input.is_empty() || job.output.is_empty() => {
+                Err(crate::error::Error::parameter(
+                    if job.input.is_empty() {
+                        "input"
+                    } else {
+                        "output"
+                    },
+                    "required: tessera pyramid --input ARRAY --output OUT.zarr (see --help)",
+                ))
+            }
+            None => run_job(Job::Pyramid(job), comm),
+        },
         Command::Run { job } => run_job(JobFile::load(&job)?, comm),
         Command::Quilt { which } => match which {
             QuiltCommand::Unstitch(job) => run_job(Job::Unstitch(job), comm),
@@ -222,6 +254,32 @@ pub fn run_job(job: Job, comm: &dyn Comm) -> Result<()> {
             let parameters = serde_json::to_value(&job).unwrap_or_default();
             finish(
                 "quilt weed",
+                Path::new(&job.output),
+                &job.run,
+                parameters,
+                &[summary],
+                comm,
+            )
+        }
+        Job::Pyramid(job) => {
+            let op = crate::ops::pyramid::PyramidOp::plan(&job)?;
+            let summary = crate::exec::run(&op, comm, &job.run)?;
+            let parameters = serde_json::to_value(&job).unwrap_or_default();
+            finish(
+                "pyramid",
+                Path::new(&job.output),
+                &job.run,
+                parameters,
+                &[summary],
+                comm,
+            )
+        }
+        Job::Reconstruct(job) => {
+            let op = crate::ops::pyramid::reconstruct::ReconstructOp::plan(&job)?;
+            let summary = crate::exec::run(&op, comm, &job.run)?;
+            let parameters = serde_json::to_value(&job).unwrap_or_default();
+            finish(
+                "pyramid reconstruct",
                 Path::new(&job.output),
                 &job.run,
                 parameters,
@@ -332,4 +390,35 @@ pub fn info(address: &str, json: bool) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod parse_tests {
+    use super::*;
+
+    #[test]
+    fn pyramid_parses_with_and_without_its_subcommand() {
+        let cli = Cli::try_parse_from([
+            "tessera", "pyramid", "--input", "a.npy", "--output", "o.zarr",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Pyramid(PyramidCli { which: None, job }) => assert_eq!(job.input, "a.npy"),
+            other => panic!("{other:?}"),
+        }
+        let cli = Cli::try_parse_from([
+            "tessera",
+            "pyramid",
+            "reconstruct",
+            "--input",
+            "p.zarr",
+            "--output",
+            "o.npy",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Pyramid(PyramidCli { which: Some(_), .. })
+        ));
+    }
 }

@@ -275,6 +275,98 @@ fn default_memory_limit() -> String {
     "2G".into()
 }
 
+/// Where the levels of a pyramid go in its Zarr store.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum PyramidLayout {
+    /// OME-Zarr 0.5: one group, arrays `0..L`, `multiscales` metadata.
+    #[default]
+    Ome,
+    /// pyramid_sampler's `<store>/<field>/<level>` (give the output as `store.zarr/field`).
+    PyramidSampler,
+}
+
+/// `tessera pyramid`: a multiscale pyramid of an array.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct PyramidJob {
+    /// Input array address (level 0). Required.
+    #[arg(long, default_value = "", hide_default_value = true)]
+    pub input: String,
+    /// Output Zarr store (`out.zarr`; `store.zarr/field` with `--layout pyramid-sampler`).
+    /// Required.
+    #[arg(long, default_value = "", hide_default_value = true)]
+    pub output: String,
+    /// Axis names, one letter per axis from t, c, z, y, x (e.g. `czyx`); default: every axis
+    /// spatial (up to 3), or the input's own OME-Zarr axes.
+    #[arg(long)]
+    #[serde(default)]
+    pub axes: Option<String>,
+    /// Reduction factor per spatial axis (one value for all); non-spatial axes keep 1.
+    #[arg(long, value_delimiter = ',')]
+    #[serde(default)]
+    pub factor: Option<Vec<u64>>,
+    /// Number of levels including level 0; default: until every reduced axis fits in one chunk.
+    #[arg(long)]
+    #[serde(default)]
+    pub levels: Option<u64>,
+    /// How a level is made from the one below.
+    #[arg(long, value_enum, default_value_t)]
+    #[serde(default)]
+    pub method: crate::ops::pyramid::kernel::Method,
+    /// Chunk shape of every level, one value per axis (clipped to each level); default 64 per
+    /// spatial axis in 3-D, 512 in 2-D, 1 for channel and time.
+    #[arg(long, value_delimiter = ',')]
+    #[serde(default)]
+    pub chunks: Option<Vec<u64>>,
+    /// Shard shape of every level (a multiple of the chunks).
+    #[arg(long, value_delimiter = ',')]
+    #[serde(default)]
+    pub shards: Option<Vec<u64>>,
+    /// Chunk compression.
+    #[arg(long, value_enum, default_value_t)]
+    #[serde(default)]
+    pub codec: Codec,
+    /// Store layout.
+    #[arg(long, value_enum, default_value_t)]
+    #[serde(default)]
+    pub layout: PyramidLayout,
+    /// Level-0 voxel size per spatial axis (one value for all), for the OME scale transforms.
+    #[arg(long, value_delimiter = ',')]
+    #[serde(default)]
+    pub voxel_size: Option<Vec<f64>>,
+    /// Unit of the voxel size (an OME/UDUNITS name, e.g. micrometer).
+    #[arg(long)]
+    #[serde(default)]
+    pub unit: Option<String>,
+    #[command(flatten)]
+    #[serde(skip)]
+    pub run: RunOptions,
+}
+
+/// `tessera pyramid reconstruct`: level 0 back from a Laplacian pyramid.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct ReconstructJob {
+    /// The Laplacian pyramid (the Zarr store `tessera pyramid --method laplacian` wrote).
+    #[arg(long)]
+    pub input: String,
+    /// Output array address (level 0, in level 0's element type).
+    #[arg(long)]
+    pub output: String,
+    /// Output chunk shape (default: level 0's).
+    #[arg(long, value_delimiter = ',')]
+    #[serde(default)]
+    pub chunks: Option<Vec<u64>>,
+    /// Chunk compression.
+    #[arg(long, value_enum, default_value_t)]
+    #[serde(default)]
+    pub codec: Codec,
+    #[command(flatten)]
+    #[serde(skip)]
+    pub run: RunOptions,
+}
+
 /// A TOML job file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -289,6 +381,8 @@ pub struct JobFile {
     pub stitch: Option<StitchJob>,
     #[serde(default)]
     pub weed: Option<WeedJob>,
+    #[serde(default)]
+    pub pyramid: Option<PyramidJob>,
 }
 
 /// A job to run, whichever way it was given.
@@ -298,6 +392,8 @@ pub enum Job {
     Unstitch(UnstitchJob),
     Stitch(StitchJob),
     Weed(WeedJob),
+    Pyramid(PyramidJob),
+    Reconstruct(ReconstructJob),
 }
 
 impl JobFile {
@@ -329,12 +425,13 @@ impl JobFile {
         let tables = usize::from(file.convert.is_some())
             + usize::from(file.unstitch.is_some())
             + usize::from(file.stitch.is_some())
-            + usize::from(file.weed.is_some());
+            + usize::from(file.weed.is_some())
+            + usize::from(file.pyramid.is_some());
         if tables != 1 {
             return Err(Error::Config {
                 path: path.into(),
                 message: format!(
-                    "expected exactly one operation table ([convert], [unstitch], [stitch] or [weed]), found {tables}"
+                    "expected exactly one operation table ([convert], [unstitch], [stitch], [weed] or [pyramid]), found {tables}"
                 ),
             });
         }
@@ -350,6 +447,12 @@ impl JobFile {
             job.output = rel(&job.output);
             job.positions = job.positions.as_deref().map(rel);
             return Ok(Job::Unstitch(job));
+        }
+        if let Some(mut job) = file.pyramid {
+            job.run = run;
+            job.input = rel(&job.input);
+            job.output = rel(&job.output);
+            return Ok(Job::Pyramid(job));
         }
         if let Some(mut job) = file.weed {
             job.run = run;

@@ -91,6 +91,13 @@ pub trait Operation: Sync {
     fn memory_per_unit(&self) -> u64;
     /// Parameters that must match for `--resume` to continue a run (JSON text).
     fn fingerprint(&self) -> String;
+    /// Where each stage's units end (ascending, the last = `units().len()`). Units of a stage
+    /// may read what earlier stages wrote (a pyramid's coarse levels are built from a level
+    /// written before): every rank finishes writing a stage before any computes the next.
+    /// Default: one stage.
+    fn stage_ends(&self) -> Vec<usize> {
+        vec![self.units().len()]
+    }
     /// Creates (or with `resume` reopens) the outputs at their `staging` addresses (in the order
     /// of `targets`). Collective.
     ///
@@ -177,7 +184,22 @@ pub fn run<Op: Operation>(op: &Op, comm: &dyn Comm, options: &RunOptions) -> Res
     let started = Instant::now();
     let mut phases = PhaseTimes::default();
     let units = op.units();
-    let assignment = partition_contiguous(units.len(), comm.size());
+    let stage_ends = op.stage_ends();
+    // Each stage is split among the ranks on its own.
+    let mut assignment: Vec<Vec<usize>> = vec![Vec::new(); comm.size()];
+    let mut stage_of_rank: Vec<Vec<Vec<usize>>> = vec![Vec::new(); comm.size()];
+    let mut begin = 0;
+    for &end in &stage_ends {
+        for (rank, r) in partition_contiguous(end - begin, comm.size())
+            .into_iter()
+            .enumerate()
+        {
+            let ids: Vec<usize> = r.map(|u| u + begin).collect();
+            assignment[rank].extend(&ids);
+            stage_of_rank[rank].push(ids);
+        }
+        begin = end;
+    }
 
     // Everyone looks at the disk before anyone changes it.
     let stagings = agree(comm, plan_stagings(op.targets(), options))?;
@@ -213,12 +235,10 @@ pub fn run<Op: Operation>(op: &Op, comm: &dyn Comm, options: &RunOptions) -> Res
     } else {
         Default::default()
     };
-    let mine: Vec<usize> = assignment[comm.rank()]
-        .clone()
-        .filter(|u| !done.contains(u))
+    let stages: Vec<Vec<usize>> = stage_of_rank[comm.rank()]
+        .iter()
+        .map(|ids| ids.iter().copied().filter(|u| !done.contains(u)).collect())
         .collect();
-    let mut rounds = [mine.len() as u64];
-    comm.all_reduce_u64(&mut rounds, ReduceOp::Max);
     phases.setup += t.elapsed().as_secs_f64();
 
     let total_bytes: u64 = units.iter().map(|u| u.bytes_out).sum();
@@ -232,65 +252,71 @@ pub fn run<Op: Operation>(op: &Op, comm: &dyn Comm, options: &RunOptions) -> Res
         comm.is_root(),
     );
     let mut stats = report::RankStats::default();
-    // Pipelined rounds: in round r a helper thread computes this rank's r-th unit while the
-    // main thread writes the unit computed in round r-1 (MPI and collective writes stay on
-    // the main thread). Round 0 writes nothing on any rank and the last round computes
-    // nothing, so every rank calls `write` the same number of times.
-    let mut pending: Option<(usize, Op::Output)> = None;
-    for round in 0..=rounds[0] as usize {
-        let next = if round < rounds[0] as usize {
-            mine.get(round).copied()
-        } else {
-            None
-        };
-        let writing = pending.as_ref().map(|(u, _)| *u);
-        let (written, computed) = std::thread::scope(|scope| {
-            let helper = scope.spawn(|| {
+    for mine in &stages {
+        let t = Instant::now();
+        let mut rounds = [mine.len() as u64];
+        comm.all_reduce_u64(&mut rounds, ReduceOp::Max);
+        phases.sync += t.elapsed().as_secs_f64();
+        // Pipelined rounds: in round r a helper thread computes this rank's r-th unit while the
+        // main thread writes the unit computed in round r-1 (MPI and collective writes stay on
+        // the main thread). Round 0 writes nothing on any rank and the last round computes
+        // nothing, so every rank calls `write` the same number of times.
+        let mut pending: Option<(usize, Op::Output)> = None;
+        for round in 0..=rounds[0] as usize {
+            let next = if round < rounds[0] as usize {
+                mine.get(round).copied()
+            } else {
+                None
+            };
+            let writing = pending.as_ref().map(|(u, _)| *u);
+            let (written, computed) = std::thread::scope(|scope| {
+                let helper = scope.spawn(|| {
+                    let t = Instant::now();
+                    let result = next.map(|u| op.compute(u).map(|out| (u, out))).transpose();
+                    (result, t.elapsed().as_secs_f64())
+                });
                 let t = Instant::now();
-                let result = next.map(|u| op.compute(u).map(|out| (u, out))).transpose();
-                (result, t.elapsed().as_secs_f64())
+                let written = if round > 0 {
+                    op.write(pending.take())
+                } else {
+                    Ok(())
+                };
+                let write_seconds = t.elapsed().as_secs_f64();
+                let (computed, compute_seconds) = helper.join().unwrap_or_else(|_| {
+                    (
+                        Err(Error::parameter("internal", "a compute thread panicked")),
+                        0.0,
+                    )
+                });
+                phases.write += write_seconds;
+                phases.compute += compute_seconds;
+                (written, computed)
             });
             let t = Instant::now();
-            let written = if round > 0 {
-                op.write(pending.take())
-            } else {
-                Ok(())
-            };
-            let write_seconds = t.elapsed().as_secs_f64();
-            let (computed, compute_seconds) = helper.join().unwrap_or_else(|_| {
-                (
-                    Err(Error::parameter("internal", "a compute thread panicked")),
-                    0.0,
-                )
-            });
-            phases.write += write_seconds;
-            phases.compute += compute_seconds;
-            (written, computed)
-        });
-        let t = Instant::now();
-        let computed = agree(comm, written.and(computed))?;
-        if let Some(u) = writing {
-            journal.record(u)?;
-            stats.units += 1;
-            stats.bytes_read += units[u].bytes_in;
-            stats.bytes_written += units[u].bytes_out;
-            if abort_after_units() == Some(stats.units) {
-                eprintln!(
-                    "TESSERA_ABORT_AFTER_UNITS: rank {} aborting after {} units",
-                    comm.rank(),
-                    stats.units
-                );
-                std::process::abort();
+            let computed = agree(comm, written.and(computed))?;
+            if let Some(u) = writing {
+                journal.record(u)?;
+                stats.units += 1;
+                stats.bytes_read += units[u].bytes_in;
+                stats.bytes_written += units[u].bytes_out;
+                if abort_after_units() == Some(stats.units) {
+                    eprintln!(
+                        "TESSERA_ABORT_AFTER_UNITS: rank {} aborting after {} units",
+                        comm.rank(),
+                        stats.units
+                    );
+                    std::process::abort();
+                }
             }
+            pending = computed;
+            let mut step = [
+                u64::from(writing.is_some()),
+                writing.map_or(0, |u| units[u].bytes_out),
+            ];
+            comm.all_reduce_u64(&mut step, ReduceOp::Sum);
+            phases.sync += t.elapsed().as_secs_f64();
+            progress.advance(step[0], step[1]);
         }
-        pending = computed;
-        let mut step = [
-            u64::from(writing.is_some()),
-            writing.map_or(0, |u| units[u].bytes_out),
-        ];
-        comm.all_reduce_u64(&mut step, ReduceOp::Sum);
-        phases.sync += t.elapsed().as_secs_f64();
-        progress.advance(step[0], step[1]);
     }
     progress.finish();
 

@@ -1,7 +1,7 @@
 //! The run report (JSON): parameters, versions, rank count, bytes, seconds per phase and
 //! throughput, with each rank's own numbers inside. Also the `--dry-run` plan text.
 
-use std::ops::Range;
+use super::UnitInfo;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -202,7 +202,7 @@ pub fn write_report(
 /// The `--dry-run` text: units per rank, bytes, memory.
 pub(super) fn describe_plan<Op: Operation>(
     op: &Op,
-    assignment: &[Range<usize>],
+    assignment: &[Vec<usize>],
     stagings: &[Staging],
 ) -> String {
     use std::fmt::Write;
@@ -236,8 +236,8 @@ pub(super) fn describe_plan<Op: Operation>(
         "  memory: about {:.2} MiB per rank (two units in flight: one computing, one writing)",
         mib(2 * op.memory_per_unit())
     );
-    for (rank, range) in assignment.iter().enumerate() {
-        let mine = &units[range.clone()];
+    for (rank, ids) in assignment.iter().enumerate() {
+        let mine: Vec<&UnitInfo> = ids.iter().map(|&u| &units[u]).collect();
         let first = mine.first().map_or("-".into(), |u| u.label.clone());
         let last = mine.last().map_or("-".into(), |u| u.label.clone());
         let _ = writeln!(

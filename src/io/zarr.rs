@@ -503,3 +503,31 @@ impl ArrayWriter for ZarrWriter {
         Ok(())
     }
 }
+
+/// Stores group metadata with `attributes` at `node` of `store` (replacing the group's
+/// attributes). Call on one rank.
+///
+/// # Errors
+/// A store failure.
+pub fn write_group(store: &Path, node: &str, attributes: &Map<String, Value>) -> Result<()> {
+    let storage = open_store(store)?;
+    let mut builder = GroupBuilder::new();
+    builder.attributes(attributes.clone());
+    builder
+        .build(storage, &node_path(node))
+        .and_then(|g| g.store_metadata().map_err(Into::into))
+        .map_err(|e| zarr_err(store, node, e))
+}
+
+/// The attributes of the group at `node` of `store`, or `None` when there is no group there.
+pub fn group_attributes(store: &Path, node: &str) -> Option<Map<String, Value>> {
+    let path = store.join(node).join("zarr.json");
+    let json: Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+    if json.get("node_type").and_then(Value::as_str) != Some("group") {
+        return None;
+    }
+    json.get("attributes")
+        .and_then(Value::as_object)
+        .cloned()
+        .or_else(|| Some(Map::new()))
+}

@@ -2,4 +2,5 @@
 //! plan, what is exchanged), `kernel.rs` holds the pure CPU kernels.
 
 pub mod convert;
+pub mod pyramid;
 pub mod quilt;

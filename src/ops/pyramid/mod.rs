@@ -1,0 +1,982 @@
+//! `tessera pyramid`: multiscale pyramids (mean, Gaussian, mode, Laplacian) of any array,
+//! written as OME-Zarr 0.5 (or pyramid_sampler's layout), in one pass over the base level.
+//!
+//! Plan. The write granule is the shard (or chunk) shape, the same at every level. A unit is a
+//! block of the source level whose extent is the granule times `factor^k`, at a multiple of
+//! that extent: from it a rank builds `k` levels in memory, and every level's part of the
+//! block is whole granules, so no chunk or shard is written by two ranks. `k` is as large as
+//! the unit budget (`TESSERA_UNIT_BYTES`, 64 MiB) allows. When levels remain, a next stage
+//! takes the last level written as its source (read back from the staged output: 1/f^k of the
+//! base, e.g. 1/64 for 2x2x2 with k = 2), with fewer units, until one unit on one rank
+//! finishes the coarsest levels. Blocks are read with the halo their filters need (Gaussian,
+//! Laplacian), never recomputed from neighbours, and kernels give each voxel the same bits
+//! whatever the box (see `kernel`), so the output does not depend on the rank count.
+
+pub mod kernel;
+pub mod reconstruct;
+
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use ndarray::{ArrayD, Axis, Slice};
+use serde_json::{json, Map, Value};
+
+use crate::comm::Comm;
+use crate::error::{Error, Result};
+use crate::exec::{target_unit_bytes, Operation, UnitInfo};
+use crate::grid::Region;
+use crate::io::{self, Address, ArrayReader, ArrayWriter, Block, CreateSpec, DType, Element};
+use crate::job::{PyramidJob, PyramidLayout};
+use kernel::{input_range, next_shape, upsample_range, Method, Source};
+
+/// One axis of the array, as OME-Zarr describes it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AxisInfo {
+    pub name: String,
+    /// `space`, `channel` or `time`.
+    pub kind: &'static str,
+    pub unit: Option<String>,
+}
+
+/// OME-Zarr 0.5's spatial units (UDUNITS-2 names).
+const SPACE_UNITS: [&str; 26] = [
+    "angstrom",
+    "attometer",
+    "centimeter",
+    "decimeter",
+    "exameter",
+    "femtometer",
+    "foot",
+    "gigameter",
+    "hectometer",
+    "inch",
+    "kilometer",
+    "megameter",
+    "meter",
+    "micrometer",
+    "mile",
+    "millimeter",
+    "nanometer",
+    "parsec",
+    "petameter",
+    "picometer",
+    "terameter",
+    "yard",
+    "yoctometer",
+    "yottameter",
+    "zeptometer",
+    "zettameter",
+];
+
+/// Parses `--axes` (letters from t, c, z, y, x).
+fn parse_axes(text: &str, ndim: usize) -> Result<Vec<AxisInfo>> {
+    let bad = |m: String| Error::parameter("axes", m);
+    if text.chars().count() != ndim {
+        return Err(bad(format!(
+            "`{text}` names {} axes; the input has {ndim}",
+            text.chars().count()
+        )));
+    }
+    let mut axes = Vec::new();
+    for ch in text.chars() {
+        let kind = match ch.to_ascii_lowercase() {
+            't' => "time",
+            'c' => "channel",
+            'z' | 'y' | 'x' => "space",
+            other => {
+                return Err(bad(format!(
+                    "`{other}` is not an axis name (use t, c, z, y, x)"
+                )))
+            }
+        };
+        let name = ch.to_ascii_lowercase().to_string();
+        if axes.iter().any(|a: &AxisInfo| a.name == name) {
+            return Err(bad(format!("`{name}` appears twice in `{text}`")));
+        }
+        axes.push(AxisInfo {
+            name,
+            kind,
+            unit: None,
+        });
+    }
+    Ok(axes)
+}
+
+/// Axes and level-0 voxel size from an OME-Zarr group holding the input array, if any.
+fn ome_axes(input: &Address) -> Option<(Vec<AxisInfo>, Option<Vec<f64>>)> {
+    let Address::Zarr { store, node } = input else {
+        return None;
+    };
+    let (parent, name) = match node.rsplit_once('/') {
+        Some((p, n)) => (p.to_string(), n.to_string()),
+        None => (String::new(), node.clone()),
+    };
+    let attrs = io::zarr::group_attributes(store, &parent)?;
+    let ms = attrs
+        .get("ome")
+        .and_then(|o| o.get("multiscales"))
+        .or_else(|| attrs.get("multiscales"))?
+        .get(0)?;
+    let axes = ms
+        .get("axes")?
+        .as_array()?
+        .iter()
+        .map(|a| {
+            let name = a.get("name")?.as_str()?.to_string();
+            let kind = match a.get("type").and_then(Value::as_str) {
+                Some("time") => "time",
+                Some("channel") => "channel",
+                _ => "space",
+            };
+            let unit = a.get("unit").and_then(Value::as_str).map(str::to_string);
+            Some(AxisInfo { name, kind, unit })
+        })
+        .collect::<Option<Vec<_>>>()?;
+    let scale = ms.get("datasets")?.as_array()?.iter().find_map(|d| {
+        if d.get("path")?.as_str()? != name {
+            return None;
+        }
+        d.get("coordinateTransformations")?
+            .as_array()?
+            .iter()
+            .find(|t| t.get("type").and_then(Value::as_str) == Some("scale"))?
+            .get("scale")?
+            .as_array()?
+            .iter()
+            .map(Value::as_f64)
+            .collect::<Option<Vec<f64>>>()
+    });
+    Some((axes, scale))
+}
+
+/// Units of one stage: blocks of `extent` over level `source`, each building `k` levels.
+#[derive(Clone, Debug)]
+struct Stage {
+    source: usize,
+    k: usize,
+    extent: Vec<u64>,
+}
+
+/// The pyramid operation.
+pub struct PyramidOp {
+    parameters: Value,
+    targets: Vec<Address>,
+    input: Box<dyn ArrayReader>,
+    method: Method,
+    layout: PyramidLayout,
+    axes: Vec<AxisInfo>,
+    factor: Vec<u64>,
+    voxel: Vec<f64>,
+    /// Shape of every level, level 0 first.
+    shapes: Vec<Vec<u64>>,
+    /// Array specs: the levels, then (Laplacian) the difference maps of levels 0..L-1.
+    specs: Vec<CreateSpec>,
+    stages: Vec<Stage>,
+    plan: Vec<(usize, Vec<u64>)>,
+    stage_ends: Vec<usize>,
+    units: Vec<UnitInfo>,
+    memory_per_unit: u64,
+    writers: Mutex<Vec<Box<dyn ArrayWriter>>>,
+    /// The staged store and group node, once open (later stages read levels back from it).
+    staged: Mutex<Option<(PathBuf, String)>>,
+}
+
+fn join_node(node: &str, child: &str) -> String {
+    if node.is_empty() {
+        child.to_string()
+    } else {
+        format!("{node}/{child}")
+    }
+}
+
+fn ranges_of(region: &[Range<u64>]) -> Region {
+    Region {
+        start: region.iter().map(|r| r.start).collect(),
+        shape: region.iter().map(|r| r.end - r.start).collect(),
+    }
+}
+
+fn union(a: &Range<u64>, b: &Range<u64>) -> Range<u64> {
+    a.start.min(b.start)..a.end.max(b.end)
+}
+
+/// `inner` (absolute ranges) cut out of an array that covers `outer`.
+fn crop<T: Clone>(array: &ArrayD<T>, outer: &[Range<u64>], inner: &[Range<u64>]) -> ArrayD<T> {
+    let mut v = array.view();
+    for (a, (o, i)) in outer.iter().zip(inner).enumerate() {
+        let lo = (i.start - o.start) as usize;
+        v.slice_axis_inplace(Axis(a), Slice::from(lo..lo + (i.end - i.start) as usize));
+    }
+    v.as_standard_layout().into_owned()
+}
+
+impl PyramidOp {
+    /// Validates input and parameters and plans levels, stages and units; creates nothing.
+    ///
+    /// # Errors
+    /// Bad parameters (naming the flag), an input that is not an array, an output that is
+    /// not a Zarr store.
+    pub fn plan(job: &PyramidJob) -> Result<PyramidOp> {
+        let input_addr = Address::parse(&job.input)?;
+        let input = io::open(&input_addr)?;
+        let meta = input.meta().clone();
+        let ndim = meta.shape.len();
+        if let Some(a) = meta.shape.iter().position(|&d| d == 0) {
+            return Err(Error::address(
+                input_addr.to_string(),
+                format!(
+                    "axis {a} has size 0 (shape {:?}): nothing to downsample",
+                    meta.shape
+                ),
+            ));
+        }
+        let output = Address::parse(&job.output)?;
+        if !matches!(output, Address::Zarr { .. }) {
+            return Err(Error::parameter(
+                "output",
+                format!("{output} is not a Zarr store: pyramids are written to `name.zarr`"),
+            ));
+        }
+        // Axes: --axes, else the input's OME metadata, else all spatial.
+        let from_ome = ome_axes(&input_addr);
+        let (mut axes, ome_scale) = match (&job.axes, from_ome) {
+            (Some(text), _) => (parse_axes(text, ndim)?, None),
+            (None, Some((axes, scale))) if axes.len() == ndim => (axes, scale),
+            (None, _) if ndim <= 3 => (parse_axes(&"zyx"[3 - ndim..], ndim)?, None),
+            (None, _) => {
+                return Err(Error::parameter(
+                    "axes",
+                    format!(
+                        "the input has {ndim} axes; name them, e.g. --axes {}",
+                        &"tczyx"[5 - ndim.min(5)..]
+                    ),
+                ))
+            }
+        };
+        let spatial: Vec<usize> = (0..ndim).filter(|&a| axes[a].kind == "space").collect();
+        if spatial.is_empty() {
+            return Err(Error::parameter(
+                "axes",
+                "no spatial axis (z, y or x) to downsample",
+            ));
+        }
+        if job.layout == PyramidLayout::Ome {
+            if !(2..=5).contains(&ndim) || !(2..=3).contains(&spatial.len()) {
+                return Err(Error::parameter(
+                    "axes",
+                    format!(
+                        "OME-Zarr 0.5 takes 2 to 5 axes with 2 or 3 of them spatial; got {} ({}); use --layout pyramid-sampler for other arrays",
+                        ndim,
+                        axes.iter().map(|a| a.name.as_str()).collect::<String>()
+                    ),
+                ));
+            }
+            let rank = |k: &str| match k {
+                "time" => 0,
+                "channel" => 1,
+                _ => 2,
+            };
+            if axes.windows(2).any(|w| rank(w[0].kind) > rank(w[1].kind)) {
+                return Err(Error::parameter(
+                    "axes",
+                    format!(
+                        "OME-Zarr 0.5 orders axes time, channel, then space; `{}` does not (convert with --axis-order czyx, or use --layout pyramid-sampler)",
+                        axes.iter().map(|a| a.name.as_str()).collect::<String>()
+                    ),
+                ));
+            }
+        }
+        // Factor per axis.
+        let given = job.factor.clone().unwrap_or_else(|| vec![2]);
+        let per_spatial = match given.len() {
+            1 => vec![given[0]; spatial.len()],
+            n if n == spatial.len() => given.clone(),
+            n => {
+                return Err(Error::parameter(
+                    "factor",
+                    format!(
+                    "{n} values for {} spatial axes ({}); give one value or one per spatial axis",
+                    spatial.len(),
+                    spatial
+                        .iter()
+                        .map(|&a| axes[a].name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                ))
+            }
+        };
+        if per_spatial.contains(&0) {
+            return Err(Error::parameter(
+                "factor",
+                "a factor of 0 (factors are integers >= 1)",
+            ));
+        }
+        if per_spatial.iter().all(|&f| f == 1) {
+            return Err(Error::parameter(
+                "factor",
+                "every factor is 1: no axis is reduced",
+            ));
+        }
+        let mut factor = vec![1u64; ndim];
+        for (&a, &f) in spatial.iter().zip(&per_spatial) {
+            factor[a] = f;
+        }
+        // Chunks and shards.
+        let chunks = match &job.chunks {
+            Some(c) => c.clone(),
+            None => (0..ndim)
+                .map(|a| match axes[a].kind {
+                    "space" => meta.shape[a].min(if spatial.len() == 3 { 64 } else { 512 }),
+                    _ => 1,
+                })
+                .collect(),
+        };
+        let probe = CreateSpec {
+            shape: meta.shape.clone(),
+            dtype: meta.dtype,
+            chunks: chunks.clone(),
+            shards: job.shards.clone(),
+            codec: job.codec,
+            dimension_names: None,
+            attributes: Map::new(),
+        };
+        probe.validate()?;
+        let granule = probe.write_block().to_vec();
+        // Levels.
+        let reduced: Vec<usize> = (0..ndim).filter(|&a| factor[a] > 1).collect();
+        let mut shapes = vec![meta.shape.clone()];
+        match job.levels {
+            Some(0) => {
+                return Err(Error::parameter(
+                    "levels",
+                    "0 levels (level 0 is the input; give at least 1)",
+                ))
+            }
+            Some(n) => {
+                while (shapes.len() as u64) < n {
+                    let last = shapes.last().expect("level 0");
+                    if reduced.iter().all(|&a| last[a] == 1) {
+                        return Err(Error::parameter(
+                            "levels",
+                            format!(
+                                "{n} levels asked, but level {} is already 1 voxel along every reduced axis (at most {} levels)",
+                                shapes.len() - 1,
+                                shapes.len()
+                            ),
+                        ));
+                    }
+                    shapes.push(next_shape(last, &factor));
+                }
+            }
+            None => loop {
+                let last = shapes.last().expect("level 0");
+                if reduced
+                    .iter()
+                    .all(|&a| last[a] <= chunks[a] || last[a] == 1)
+                {
+                    break;
+                }
+                shapes.push(next_shape(last, &factor));
+            },
+        }
+        let levels = shapes.len();
+        if job.method == Method::Mode && meta.dtype.is_float() {
+            tracing::warn!(
+                "--method mode on {} data: mode is meant for label images; every distinct float value counts as its own label",
+                meta.dtype.name()
+            );
+        }
+        // Voxel size and units.
+        let voxel_spatial = match (&job.voxel_size, &ome_scale) {
+            (Some(v), _) if v.len() == 1 => vec![v[0]; spatial.len()],
+            (Some(v), _) if v.len() == spatial.len() => v.clone(),
+            (Some(v), _) => {
+                return Err(Error::parameter(
+                    "voxel-size",
+                    format!("{} values for {} spatial axes", v.len(), spatial.len()),
+                ))
+            }
+            (None, Some(s)) if s.len() == ndim => spatial.iter().map(|&a| s[a]).collect(),
+            (None, _) => vec![1.0; spatial.len()],
+        };
+        if voxel_spatial.iter().any(|&v| !(v.is_finite() && v > 0.0)) {
+            return Err(Error::parameter(
+                "voxel-size",
+                "voxel sizes must be positive numbers",
+            ));
+        }
+        let mut voxel = vec![1.0; ndim];
+        for (&a, &v) in spatial.iter().zip(&voxel_spatial) {
+            voxel[a] = v;
+        }
+        if let Some(unit) = &job.unit {
+            if !SPACE_UNITS.contains(&unit.as_str()) {
+                return Err(Error::parameter(
+                    "unit",
+                    format!("`{unit}` is not an OME-Zarr space unit (e.g. micrometer, nanometer, millimeter)"),
+                ));
+            }
+            for &a in &spatial {
+                axes[a].unit = Some(unit.clone());
+            }
+        }
+        // One array spec per level (and per difference map).
+        let names: Vec<String> = axes.iter().map(|a| a.name.clone()).collect();
+        let level_spec = |shape: &[u64], dtype: DType| {
+            let c: Vec<u64> = chunks.iter().zip(shape).map(|(&c, &d)| c.min(d)).collect();
+            let shards = job.shards.as_ref().map(|s| {
+                s.iter()
+                    .zip(shape)
+                    .zip(&c)
+                    .map(|((&s, &d), &c)| s.min(d.div_ceil(c) * c))
+                    .collect()
+            });
+            CreateSpec {
+                shape: shape.to_vec(),
+                dtype,
+                chunks: c,
+                shards,
+                codec: job.codec,
+                dimension_names: Some(names.clone()),
+                attributes: Map::new(),
+            }
+        };
+        let level_dtype = |l: usize| {
+            if job.method == Method::Laplacian && l > 0 {
+                DType::F32
+            } else {
+                meta.dtype
+            }
+        };
+        let mut specs: Vec<CreateSpec> = shapes
+            .iter()
+            .enumerate()
+            .map(|(l, s)| level_spec(s, level_dtype(l)))
+            .collect();
+        if job.method == Method::Laplacian {
+            specs.extend(
+                shapes[..levels - 1]
+                    .iter()
+                    .map(|s| level_spec(s, DType::F32)),
+            );
+        }
+        for s in &specs {
+            s.validate()?;
+        }
+        // Stages and units.
+        let per_voxel = |l: usize| -> u64 {
+            let size = level_dtype(l).size() as u64;
+            match job.method {
+                Method::Mean | Method::Mode => size,
+                Method::Gaussian | Method::Laplacian => size + 16,
+            }
+        };
+        let budget = target_unit_bytes();
+        let mut stages = Vec::new();
+        let mut source = 0;
+        loop {
+            let remaining = levels - 1 - source;
+            let extent_for = |k: usize| -> Vec<u64> {
+                (0..ndim)
+                    .map(|a| {
+                        let grow = factor[a].saturating_pow(k as u32);
+                        granule[a].saturating_mul(grow)
+                    })
+                    .collect()
+            };
+            let bytes = |k: usize| -> u64 {
+                let e = extent_for(k);
+                (0..ndim)
+                    .map(|a| e[a].min(shapes[source][a]))
+                    .product::<u64>()
+                    * per_voxel(source)
+            };
+            let mut k = remaining;
+            while k > 1 && bytes(k) > budget {
+                k -= 1;
+            }
+            let extent = if remaining == 0 {
+                // Level 0 only: copy in blocks of whole granules that fit the budget.
+                let mut e = granule.clone();
+                for a in (0..ndim).rev() {
+                    while e[a] < shapes[0][a]
+                        && (0..ndim).map(|b| e[b].min(shapes[0][b])).product::<u64>()
+                            * 2
+                            * per_voxel(0)
+                            <= budget
+                    {
+                        e[a] = (e[a] * 2).min(shapes[0][a].div_ceil(granule[a]) * granule[a]);
+                    }
+                }
+                e
+            } else {
+                extent_for(k)
+            };
+            stages.push(Stage { source, k, extent });
+            source += k;
+            if source >= levels - 1 {
+                break;
+            }
+        }
+        let mut plan = Vec::new();
+        let mut stage_ends = Vec::new();
+        let mut units = Vec::new();
+        let mut memory_per_unit = 0;
+        for (si, st) in stages.iter().enumerate() {
+            let shape = &shapes[st.source];
+            let counts: Vec<u64> = (0..ndim).map(|a| shape[a].div_ceil(st.extent[a])).collect();
+            let ranges: Vec<Range<u64>> = counts.iter().map(|&n| 0..n).collect();
+            let mut origins = Vec::new();
+            for_each(&ranges, |idx| {
+                origins.push(
+                    (0..ndim)
+                        .map(|a| idx[a] * st.extent[a])
+                        .collect::<Vec<u64>>(),
+                )
+            });
+            for origin in origins {
+                let op_units = UnitPlan::new(job.method, &factor, &shapes, st, &origin);
+                let read: u64 = op_units.needed[0]
+                    .iter()
+                    .map(|r| r.end - r.start)
+                    .product::<u64>()
+                    * level_dtype(st.source).size() as u64;
+                let mut written = 0;
+                if st.source == 0 {
+                    written += op_units.blocks[0]
+                        .iter()
+                        .map(|r| r.end - r.start)
+                        .product::<u64>()
+                        * meta.dtype.size() as u64;
+                }
+                for j in 1..=st.k {
+                    written += op_units.blocks[j]
+                        .iter()
+                        .map(|r| r.end - r.start)
+                        .product::<u64>()
+                        * level_dtype(st.source + j).size() as u64;
+                }
+                if job.method == Method::Laplacian {
+                    for j in 0..st.k {
+                        written += op_units.blocks[j]
+                            .iter()
+                            .map(|r| r.end - r.start)
+                            .product::<u64>()
+                            * 4;
+                    }
+                }
+                memory_per_unit = memory_per_unit.max(
+                    read / level_dtype(st.source).size() as u64 * per_voxel(st.source) + written,
+                );
+                units.push(UnitInfo {
+                    label: format!(
+                        "level {} block at {} -> levels {}..={}",
+                        st.source,
+                        crate::grid::join(&origin),
+                        st.source + usize::from(st.k > 0),
+                        st.source + st.k
+                    ),
+                    bytes_in: read,
+                    bytes_out: written,
+                });
+                plan.push((si, origin));
+            }
+            stage_ends.push(plan.len());
+        }
+        let mut parameters = serde_json::to_value(job).unwrap_or_default();
+        if let Some(p) = parameters.as_object_mut() {
+            // Provenance that does not depend on where the output was written.
+            p.remove("output");
+            p.insert("factor".into(), json!(factor));
+            p.insert("levels".into(), json!(levels));
+            p.insert("chunks".into(), json!(chunks));
+        }
+        Ok(PyramidOp {
+            parameters,
+            targets: vec![output],
+            input,
+            method: job.method,
+            layout: job.layout,
+            axes,
+            factor,
+            voxel,
+            shapes,
+            specs,
+            stages,
+            plan,
+            stage_ends,
+            units,
+            memory_per_unit,
+            writers: Mutex::new(Vec::new()),
+            staged: Mutex::new(None),
+        })
+    }
+
+    /// Number of levels, level 0 included.
+    pub fn levels(&self) -> usize {
+        self.shapes.len()
+    }
+
+    /// The group attributes: OME-Zarr `multiscales` (OME layout) and tessera's provenance.
+    fn group_attributes(&self) -> Map<String, Value> {
+        let mut attrs = Map::new();
+        let mut prov = self.parameters.clone();
+        if let Some(p) = prov.as_object_mut() {
+            p.insert("tessera_version".into(), json!(env!("CARGO_PKG_VERSION")));
+            p.insert("shapes".into(), json!(self.shapes));
+            if self.method == Method::Laplacian {
+                p.insert(
+                    "difference_maps".into(),
+                    json!((0..self.levels() - 1)
+                        .map(|l| format!("diff_{l}"))
+                        .collect::<Vec<_>>()),
+                );
+                p.insert(
+                    "reconstruction".into(),
+                    json!("level l = diff_l + upsample(level l+1), from the coarsest level down (tessera pyramid reconstruct)"),
+                );
+            }
+        }
+        attrs.insert("tessera".into(), prov);
+        if self.layout == PyramidLayout::Ome {
+            let axes: Vec<Value> = self
+                .axes
+                .iter()
+                .map(|a| {
+                    let mut v = json!({"name": a.name, "type": a.kind});
+                    if let Some(u) = &a.unit {
+                        v["unit"] = json!(u);
+                    }
+                    v
+                })
+                .collect();
+            let datasets: Vec<Value> = (0..self.levels())
+                .map(|l| {
+                    let scale: Vec<f64> = (0..self.axes.len())
+                        .map(|a| self.voxel[a] * (self.factor[a] as f64).powi(l as i32))
+                        .collect();
+                    let translation: Vec<f64> = (0..self.axes.len())
+                        .map(|a| {
+                            self.voxel[a] * ((self.factor[a] as f64).powi(l as i32) - 1.0) / 2.0
+                        })
+                        .collect();
+                    let mut t = vec![json!({"type": "scale", "scale": scale})];
+                    if translation.iter().any(|&x| x != 0.0) {
+                        t.push(json!({"type": "translation", "translation": translation}));
+                    }
+                    json!({"path": l.to_string(), "coordinateTransformations": t})
+                })
+                .collect();
+            let kind = match self.method {
+                Method::Mean => "mean",
+                Method::Gaussian | Method::Laplacian => "gaussian",
+                Method::Mode => "mode",
+            };
+            attrs.insert(
+                "ome".into(),
+                json!({
+                    "version": "0.5",
+                    "multiscales": [{
+                        "name": self.targets[0]
+                            .container()
+                            .file_stem()
+                            .map(|n| n.to_string_lossy().into_owned())
+                            .unwrap_or_default(),
+                        "axes": axes,
+                        "datasets": datasets,
+                        "type": kind,
+                        "metadata": {"method": format!("tessera pyramid --method {kind}"), "version": env!("CARGO_PKG_VERSION")},
+                    }]
+                }),
+            );
+        }
+        attrs
+    }
+
+    fn level_reader(&self, level: usize) -> Result<Box<dyn ArrayReader>> {
+        let staged = self.staged.lock().expect("staged").clone();
+        let (store, node) = staged.ok_or_else(|| {
+            Error::parameter("internal", "a later stage ran before the output was opened")
+        })?;
+        Ok(Box::new(io::zarr::ZarrReader::open(
+            &store,
+            &join_node(&node, &level.to_string()),
+        )?))
+    }
+
+    /// Builds the levels of one unit from its source block (typed).
+    fn build<T: Element + PartialOrd>(
+        &self,
+        source: ArrayD<T>,
+        st: &Stage,
+        u: &UnitPlan,
+    ) -> Vec<(usize, Region, Block)> {
+        let s = st.source;
+        let mut out = Vec::new();
+        if s == 0 {
+            out.push((
+                0,
+                ranges_of(&u.blocks[0]),
+                T::into_block(crop(&source, &u.needed[0], &u.blocks[0])),
+            ));
+        }
+        let starts = |j: usize| -> Vec<u64> { u.needed[j].iter().map(|r| r.start).collect() };
+        match self.method {
+            Method::Laplacian => {
+                let mut levels: Vec<ArrayD<f32>> =
+                    vec![source.mapv(|v| v.to_f32().unwrap_or(f32::NAN))];
+                drop(source);
+                for j in 1..=st.k {
+                    let start = starts(j - 1);
+                    let src = Source {
+                        values: levels[j - 1].view(),
+                        start: &start,
+                        level_shape: &self.shapes[s + j - 1],
+                    };
+                    let next: ArrayD<f32> =
+                        kernel::reduce_gaussian(&src, &self.factor, &u.needed[j]);
+                    out.push((
+                        s + j,
+                        ranges_of(&u.blocks[j]),
+                        Block::F32(crop(&next, &u.needed[j], &u.blocks[j])),
+                    ));
+                    levels.push(next);
+                }
+                for j in 0..st.k {
+                    let fine = crop(&levels[j], &u.needed[j], &u.blocks[j]);
+                    let up = kernel::upsample(
+                        &levels[j + 1].view(),
+                        &starts(j + 1),
+                        &self.shapes[s + j + 1],
+                        &self.factor,
+                        &u.blocks[j],
+                    );
+                    let mut diff = fine;
+                    ndarray::Zip::from(&mut diff).and(&up).for_each(|d, &u| {
+                        *d = (f64::from(*d) - u) as f32;
+                    });
+                    out.push((
+                        self.levels() + s + j,
+                        ranges_of(&u.blocks[j]),
+                        Block::F32(diff),
+                    ));
+                }
+            }
+            method => {
+                let mut prev = source;
+                for j in 1..=st.k {
+                    let start = starts(j - 1);
+                    let src = Source {
+                        values: prev.view(),
+                        start: &start,
+                        level_shape: &self.shapes[s + j - 1],
+                    };
+                    let next: ArrayD<T> = match method {
+                        Method::Mode => kernel::reduce_mode(&src, &self.factor, &u.needed[j]),
+                        Method::Gaussian => {
+                            kernel::reduce_gaussian(&src, &self.factor, &u.needed[j])
+                        }
+                        _ => kernel::reduce_mean(&src, &self.factor, &u.needed[j]),
+                    };
+                    out.push((
+                        s + j,
+                        ranges_of(&u.blocks[j]),
+                        T::into_block(crop(&next, &u.needed[j], &u.blocks[j])),
+                    ));
+                    prev = next;
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Calls `f(index)` for every index of the box `ranges` in C order.
+fn for_each(ranges: &[Range<u64>], mut f: impl FnMut(&[u64])) {
+    if ranges.iter().any(|r| r.is_empty()) {
+        return;
+    }
+    let mut idx: Vec<u64> = ranges.iter().map(|r| r.start).collect();
+    loop {
+        f(&idx);
+        let mut a = ranges.len();
+        loop {
+            if a == 0 {
+                return;
+            }
+            a -= 1;
+            idx[a] += 1;
+            if idx[a] < ranges[a].end {
+                break;
+            }
+            idx[a] = ranges[a].start;
+        }
+    }
+}
+
+/// What one unit writes (`blocks[j]`: its part of level source+j) and what it must compute
+/// (`needed[j]`: the blocks plus the halo the next levels' filters read), absolute ranges.
+struct UnitPlan {
+    blocks: Vec<Vec<Range<u64>>>,
+    needed: Vec<Vec<Range<u64>>>,
+}
+
+impl UnitPlan {
+    fn new(
+        method: Method,
+        factor: &[u64],
+        shapes: &[Vec<u64>],
+        st: &Stage,
+        origin: &[u64],
+    ) -> Self {
+        let nd = factor.len();
+        let s = st.source;
+        let b0: Vec<Range<u64>> = (0..nd)
+            .map(|a| origin[a]..(origin[a] + st.extent[a]).min(shapes[s][a]))
+            .collect();
+        let mut blocks = vec![b0.clone()];
+        for j in 1..=st.k {
+            blocks.push(
+                (0..nd)
+                    .map(|a| {
+                        let p = factor[a].pow(j as u32);
+                        b0[a].start / p..b0[a].end.div_ceil(p)
+                    })
+                    .collect(),
+            );
+        }
+        let mut needed = blocks.clone();
+        if method == Method::Laplacian {
+            for j in 0..st.k {
+                for a in 0..nd {
+                    let up = upsample_range(factor[a], shapes[s + j + 1][a], &blocks[j][a]);
+                    needed[j + 1][a] = union(&needed[j + 1][a], &up);
+                }
+            }
+        }
+        for j in (0..st.k).rev() {
+            for a in 0..nd {
+                let r = input_range(method, factor[a], shapes[s + j][a], &needed[j + 1][a]);
+                needed[j][a] = union(&needed[j][a], &r);
+            }
+        }
+        UnitPlan { blocks, needed }
+    }
+}
+
+impl Operation for PyramidOp {
+    type Output = Vec<(usize, Region, Block)>;
+
+    fn name(&self) -> &'static str {
+        "pyramid"
+    }
+    fn targets(&self) -> &[Address] {
+        &self.targets
+    }
+    fn units(&self) -> &[UnitInfo] {
+        &self.units
+    }
+    fn memory_per_unit(&self) -> u64 {
+        self.memory_per_unit
+    }
+    fn fingerprint(&self) -> String {
+        json!({"operation": "pyramid", "parameters": self.parameters, "units": self.units.len()})
+            .to_string()
+    }
+    fn stage_ends(&self) -> Vec<usize> {
+        self.stage_ends.clone()
+    }
+    fn open_output(&self, staging: &[Address], comm: &dyn Comm, resume: bool) -> Result<()> {
+        let Address::Zarr { store, node } = &staging[0] else {
+            return Err(Error::parameter(
+                "output",
+                "pyramids are written to Zarr stores",
+            ));
+        };
+        let levels = self.levels();
+        let mut writers = Vec::new();
+        for (i, spec) in self.specs.iter().enumerate() {
+            let name = if i < levels {
+                i.to_string()
+            } else {
+                format!("diff_{}", i - levels)
+            };
+            let address = Address::Zarr {
+                store: store.clone(),
+                node: join_node(node, &name),
+            };
+            writers.push(io::create(&address, spec, comm, resume)?);
+        }
+        *self.writers.lock().expect("writers") = writers;
+        *self.staged.lock().expect("staged") = Some((store.clone(), node.clone()));
+        Ok(())
+    }
+    fn compute(&self, unit: usize) -> Result<Self::Output> {
+        let (si, origin) = &self.plan[unit];
+        let st = &self.stages[*si];
+        let u = UnitPlan::new(self.method, &self.factor, &self.shapes, st, origin);
+        let region = ranges_of(&u.needed[0]);
+        let block = if st.source == 0 {
+            self.input.read_box(&region)?
+        } else {
+            self.level_reader(st.source)?.read_box(&region)?
+        };
+        Ok(crate::with_block!(block, a => self.build(a, st, &u)))
+    }
+    fn write(&self, part: Option<(usize, Self::Output)>) -> Result<()> {
+        let writers = self.writers.lock().expect("writers");
+        if let Some((_, parts)) = part {
+            for (w, region, block) in &parts {
+                writers[*w].write_box(Some((region, block)))?;
+            }
+        }
+        Ok(())
+    }
+    fn finish(&self, comm: &dyn Comm) -> Result<()> {
+        if comm.is_root() {
+            let (store, node) = self
+                .staged
+                .lock()
+                .expect("staged")
+                .clone()
+                .ok_or_else(|| Error::parameter("internal", "output never opened"))?;
+            io::zarr::write_group(&store, &node, &self.group_attributes())?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn axes_parse_and_refuse_nonsense() {
+        let a = parse_axes("czyx", 4).unwrap();
+        assert_eq!(a[0].kind, "channel");
+        assert_eq!(a[3].kind, "space");
+        assert!(parse_axes("zyx", 4).is_err());
+        assert!(parse_axes("zzx", 3).is_err());
+        assert!(parse_axes("qyx", 3).is_err());
+    }
+
+    #[test]
+    fn unit_blocks_map_to_whole_granules_and_halos_cover_the_filters() {
+        let shapes = vec![vec![100, 70], vec![50, 35], vec![25, 18]];
+        let st = Stage {
+            source: 0,
+            k: 2,
+            extent: vec![32, 32],
+        };
+        let u = UnitPlan::new(Method::Mean, &[2, 2], &shapes, &st, &[32, 64]);
+        assert_eq!(u.blocks[0], vec![32..64, 64..70]);
+        assert_eq!(u.blocks[1], vec![16..32, 32..35]);
+        assert_eq!(u.blocks[2], vec![8..16, 16..18]);
+        assert_eq!(u.needed, u.blocks, "the mean needs no halo");
+        let g = UnitPlan::new(Method::Gaussian, &[2, 2], &shapes, &st, &[32, 0]);
+        assert!(g.needed[0][0].start < 32 && g.needed[0][0].end > 64);
+        assert_eq!(g.needed[0][1].start, 0);
+    }
+}
