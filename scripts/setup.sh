@@ -50,12 +50,12 @@ fi
 
 if [ "${1:-}" = "--python" ]; then
   venv=target/pyenv
-  if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c 'import numpy, zarr, h5py' 2>/dev/null; then
-    echo "setup: python venv $venv has numpy, zarr, h5py"
+  if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c 'import numpy, zarr, h5py, ome_zarr_models' 2>/dev/null; then
+    echo "setup: python venv $venv has numpy, zarr, h5py, ome-zarr-models"
   else
-    echo "setup: creating python venv $venv with numpy, zarr, h5py"
+    echo "setup: python venv $venv with numpy, zarr, h5py, ome-zarr-models (OME-Zarr validation)"
     mkdir -p target
-    python3 -m venv "$venv"
-    "$venv/bin/python" -m pip install -q --disable-pip-version-check 'zarr>=3' h5py numpy
+    [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check 'zarr>=3' h5py numpy ome-zarr-models
   fi
 fi

@@ -1,0 +1,512 @@
+//! `tessera pyramid` end to end: hand-checked levels, equality with straightforward reference
+//! implementations on random inputs (whatever the unit size), Laplacian round trip, layouts,
+//! and every kind of bad input.
+
+mod common;
+
+use common::*;
+use ndarray::{ArrayD, Dimension, IxDyn};
+use ndarray_npy::write_npy;
+use serde_json::Value;
+
+fn unit_sizes() -> [&'static str; 2] {
+    // Tiny units force several stages (levels read back from the staged output).
+    ["2000", "67108864"]
+}
+
+/// Reference mean level: each output voxel is the f64 sum of its block in C order / count.
+fn ref_mean(a: &ArrayD<f64>, f: &[usize]) -> ArrayD<f64> {
+    let shape: Vec<usize> = a
+        .shape()
+        .iter()
+        .zip(f)
+        .map(|(&d, &f)| d.div_ceil(f))
+        .collect();
+    ArrayD::from_shape_fn(IxDyn(&shape), |o| {
+        let o = o.slice().to_vec();
+        let ranges: Vec<(usize, usize)> = (0..o.len())
+            .map(|k| (o[k] * f[k], ((o[k] + 1) * f[k]).min(a.shape()[k])))
+            .collect();
+        let (mut sum, mut n) = (0.0, 0usize);
+        for (idx, &v) in a.indexed_iter() {
+            let idx = idx.slice();
+            if (0..o.len()).all(|k| ranges[k].0 <= idx[k] && idx[k] < ranges[k].1) {
+                sum += v;
+                n += 1;
+            }
+        }
+        sum / n as f64
+    })
+}
+
+/// Reference mode level (ties to the smallest).
+fn ref_mode(a: &ArrayD<f64>, f: &[usize]) -> ArrayD<f64> {
+    let shape: Vec<usize> = a
+        .shape()
+        .iter()
+        .zip(f)
+        .map(|(&d, &f)| d.div_ceil(f))
+        .collect();
+    ArrayD::from_shape_fn(IxDyn(&shape), |o| {
+        let o = o.slice().to_vec();
+        let mut counts = std::collections::BTreeMap::<i64, usize>::new();
+        for (idx, &v) in a.indexed_iter() {
+            let idx = idx.slice();
+            if (0..o.len()).all(|k| o[k] * f[k] <= idx[k] && idx[k] < (o[k] + 1) * f[k]) {
+                *counts.entry(v as i64).or_default() += 1;
+            }
+        }
+        let best = counts.values().copied().max().unwrap();
+        *counts.iter().find(|(_, &c)| c == best).unwrap().0 as f64
+    })
+}
+
+/// Reference Gaussian level: dense product of per-axis Gaussians (sigma f/3, 4 sigma) centred
+/// on the block centre, normalised over the voxels inside the array.
+fn ref_gaussian(a: &ArrayD<f64>, f: &[usize]) -> ArrayD<f64> {
+    let shape: Vec<usize> = a
+        .shape()
+        .iter()
+        .zip(f)
+        .map(|(&d, &f)| d.div_ceil(f))
+        .collect();
+    ArrayD::from_shape_fn(IxDyn(&shape), |o| {
+        let o = o.slice().to_vec();
+        let (mut num, mut den) = (0.0, 0.0);
+        for (idx, &v) in a.indexed_iter() {
+            let idx = idx.slice();
+            let mut w = 1.0;
+            for k in 0..o.len() {
+                if f[k] == 1 {
+                    if idx[k] != o[k] {
+                        w = 0.0;
+                    }
+                    continue;
+                }
+                let s = f[k] as f64 / 3.0;
+                let c = (f[k] * o[k]) as f64 + (f[k] as f64 - 1.0) / 2.0;
+                let d = idx[k] as f64 - c;
+                w *= if d.abs() <= 4.0 * s {
+                    (-d * d / (2.0 * s * s)).exp()
+                } else {
+                    0.0
+                };
+            }
+            num += w * v;
+            den += w;
+        }
+        num / den
+    })
+}
+
+/// `name.zarr` inside a directory per run, so runs can be compared file by file.
+fn out_dir(dir: &std::path::Path, k: usize, name: &str) -> std::path::PathBuf {
+    let d = dir.join(format!("run{k}"));
+    std::fs::create_dir_all(&d).unwrap();
+    d.join(format!("{name}.zarr"))
+}
+
+fn random(shape: &[usize], seed: u64, max: u64) -> ArrayD<f64> {
+    let mut rng = Rng::new(seed);
+    ArrayD::from_shape_fn(IxDyn(shape), |_| rng.below(max) as f64)
+}
+
+fn level(store: &std::path::Path, l: usize) -> ArrayD<f64> {
+    read_all(&format!("{}/{l}", store.display())).to_f64()
+}
+
+fn group_attrs(store: &std::path::Path) -> Value {
+    let j: Value =
+        serde_json::from_slice(&std::fs::read(store.join("zarr.json")).unwrap()).unwrap();
+    j["attributes"].clone()
+}
+
+#[test]
+fn hand_checked_2d_levels_and_ome_metadata() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("a.npy");
+    let a = ArrayD::from_shape_vec(
+        IxDyn(&[3, 5]),
+        (1..=15).map(|v| v as f32).collect::<Vec<_>>(),
+    )
+    .unwrap();
+    write_npy(&input, &a).unwrap();
+    let out = dir.path().join("p.zarr");
+    ok(tessera(&[
+        "pyramid",
+        "--input",
+        &s(&input),
+        "--output",
+        &s(&out),
+        "--levels",
+        "3",
+        "--voxel-size",
+        "0.5,0.25",
+        "--unit",
+        "micrometer",
+    ]));
+    let l1 = level(&out, 1);
+    assert_eq!(
+        l1.iter().copied().collect::<Vec<_>>(),
+        vec![4.0, 6.0, 7.5, 11.5, 13.5, 15.0],
+        "partial edge blocks are means of what they cover"
+    );
+    let l2 = level(&out, 2);
+    assert_eq!(l2.shape(), &[1, 2]);
+    assert_eq!(l2[[0, 0]], (4.0 + 6.0 + 11.5 + 13.5) / 4.0);
+    assert_eq!(l2[[0, 1]], (7.5 + 15.0) / 2.0);
+    assert_eq!(level(&out, 0), a.mapv(f64::from));
+    let ome = &group_attrs(&out)["ome"];
+    assert_eq!(ome["version"], "0.5");
+    let ms = &ome["multiscales"][0];
+    assert_eq!(
+        ms["axes"][0],
+        serde_json::json!({"name": "y", "type": "space", "unit": "micrometer"})
+    );
+    let t2 = &ms["datasets"][2]["coordinateTransformations"];
+    assert_eq!(t2[0]["scale"], serde_json::json!([2.0, 1.0]));
+    assert_eq!(t2[1]["translation"], serde_json::json!([0.75, 0.375]));
+    assert!(!dir.path().join("p.zarr.partial").exists());
+}
+
+#[test]
+fn mean_equals_the_reference_on_random_volumes_at_any_unit_size() {
+    let dir = tempfile::tempdir().unwrap();
+    // u16 3-D with odd sizes, and f32 with a channel axis and factor 1,2 (per-axis factors).
+    let a = random(&[11, 14, 9], 1, 60000).mapv(|v| v as u16);
+    let b = random(&[3, 13, 10], 2, 1000).mapv(|v| (v / 7.0) as f32);
+    let (ia, ib) = (dir.path().join("a.npy"), dir.path().join("b.npy"));
+    write_npy(&ia, &a).unwrap();
+    write_npy(&ib, &b).unwrap();
+    for (k, unit) in unit_sizes().iter().enumerate() {
+        let oa = out_dir(dir.path(), k, "a");
+        ok(tessera_env(
+            &[
+                "pyramid",
+                "--input",
+                &s(&ia),
+                "--output",
+                &s(&oa),
+                "--chunks",
+                "4,4,4",
+            ],
+            &[("TESSERA_UNIT_BYTES", unit)],
+        ));
+        let mut prev = a.mapv(f64::from);
+        for l in 1..3 {
+            let expect = ref_mean(&prev, &[2, 2, 2]).mapv(f64::round);
+            assert_eq!(level(&oa, l), expect, "u16 level {l}, unit bytes {unit}");
+            prev = expect;
+        }
+        assert!(
+            !oa.join("4").exists(),
+            "11x14x9 in 4^3 chunks stops at level 3"
+        );
+        let ob = out_dir(dir.path(), k, "b");
+        ok(tessera_env(
+            &[
+                "pyramid",
+                "--input",
+                &s(&ib),
+                "--output",
+                &s(&ob),
+                "--axes",
+                "cyx",
+                "--factor",
+                "2,3",
+                "--chunks",
+                "1,4,4",
+            ],
+            &[("TESSERA_UNIT_BYTES", unit)],
+        ));
+        let mut prev = b.mapv(f64::from);
+        for l in 1..3 {
+            let expect = ref_mean(&prev, &[1, 2, 3]).mapv(|x| f64::from(x as f32));
+            assert_eq!(level(&ob, l), expect, "f32 level {l}, unit bytes {unit}");
+            prev = expect;
+        }
+    }
+    assert_same_tree(&out_dir(dir.path(), 0, "a"), &out_dir(dir.path(), 1, "a"));
+    assert_same_tree(&out_dir(dir.path(), 0, "b"), &out_dir(dir.path(), 1, "b"));
+}
+
+#[test]
+fn gaussian_and_mode_equal_their_references() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = random(&[9, 12, 10], 3, 1000).mapv(|v| (v / 100.0) as f32);
+    let ia = dir.path().join("a.npy");
+    write_npy(&ia, &a).unwrap();
+    let labels = random(&[10, 9, 13], 4, 4).mapv(|v| v as u8);
+    let il = dir.path().join("l.npy");
+    write_npy(&il, &labels).unwrap();
+    for (k, unit) in unit_sizes().iter().enumerate() {
+        let og = out_dir(dir.path(), k, "g");
+        ok(tessera_env(
+            &[
+                "pyramid",
+                "--input",
+                &s(&ia),
+                "--output",
+                &s(&og),
+                "--method",
+                "gaussian",
+                "--chunks",
+                "4,4,4",
+            ],
+            &[("TESSERA_UNIT_BYTES", unit)],
+        ));
+        let mut prev = a.mapv(f64::from);
+        for l in 1..3 {
+            let expect = ref_gaussian(&prev, &[2, 2, 2]);
+            let got = level(&og, l);
+            let worst = got
+                .iter()
+                .zip(&expect)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0, f64::max);
+            assert!(worst < 1e-5, "gaussian level {l}: off by {worst}");
+            prev = got;
+        }
+        let om = out_dir(dir.path(), k, "m");
+        ok(tessera_env(
+            &[
+                "pyramid",
+                "--input",
+                &s(&il),
+                "--output",
+                &s(&om),
+                "--method",
+                "mode",
+                "--chunks",
+                "4,4,4",
+            ],
+            &[("TESSERA_UNIT_BYTES", unit)],
+        ));
+        let mut prev = labels.mapv(f64::from);
+        for l in 1..3 {
+            let expect = ref_mode(&prev, &[2, 2, 2]);
+            assert_eq!(level(&om, l), expect, "mode level {l}");
+            prev = expect;
+        }
+    }
+    assert_same_tree(&out_dir(dir.path(), 0, "g"), &out_dir(dir.path(), 1, "g"));
+    assert_same_tree(&out_dir(dir.path(), 0, "m"), &out_dir(dir.path(), 1, "m"));
+    // Mode on float data works but warns.
+    let out = ok(tessera(&[
+        "pyramid",
+        "--input",
+        &s(&ia),
+        "--output",
+        &s(&dir.path().join("fm.zarr")),
+        "--method",
+        "mode",
+    ]));
+    assert!(out.contains("label images"), "{out}");
+}
+
+#[test]
+fn laplacian_reconstructs_level_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = random(&[13, 17, 11], 5, 65000).mapv(|v| v as u16);
+    let b = random(&[21, 30], 6, 1 << 20).mapv(|v| (v / 1e5 - 5.0) as f32);
+    let (ia, ib) = (dir.path().join("a.npy"), dir.path().join("b.npy"));
+    write_npy(&ia, &a).unwrap();
+    write_npy(&ib, &b).unwrap();
+    for (input, chunks, name) in [(&ia, "4,4,4", "a"), (&ib, "8,8", "b")] {
+        for (k, unit) in unit_sizes().iter().enumerate() {
+            let out = out_dir(dir.path(), k, name);
+            ok(tessera_env(
+                &[
+                    "pyramid",
+                    "--input",
+                    &s(input),
+                    "--output",
+                    &s(&out),
+                    "--method",
+                    "laplacian",
+                    "--chunks",
+                    chunks,
+                ],
+                &[("TESSERA_UNIT_BYTES", unit)],
+            ));
+            assert!(out.join("diff_0").is_dir() && out.join("2").is_dir());
+            let rec = dir.path().join(format!("{name}{k}_rec.npy"));
+            ok(tessera(&[
+                "pyramid",
+                "reconstruct",
+                "--input",
+                &s(&out),
+                "--output",
+                &s(&rec),
+            ]));
+            let got = read_all(&s(&rec)).to_f64();
+            let want = read_all(&s(input)).to_f64();
+            let scale = want.iter().fold(0.0f64, |m, &x| m.max(x.abs()));
+            let worst = got
+                .iter()
+                .zip(&want)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0, f64::max);
+            assert!(
+                worst <= 1e-5 * scale,
+                "{name}: reconstruction off by {worst} (scale {scale})"
+            );
+            if name == "a" {
+                assert_eq!(got, want, "integer data comes back exactly");
+            }
+        }
+        assert_same_tree(&out_dir(dir.path(), 0, name), &out_dir(dir.path(), 1, name));
+    }
+    // Reconstructing something that is not a Laplacian pyramid is refused.
+    let mean = dir.path().join("mean.zarr");
+    ok(tessera(&[
+        "pyramid",
+        "--input",
+        &s(&ia),
+        "--output",
+        &s(&mean),
+    ]));
+    fails_with(
+        tessera(&[
+            "pyramid",
+            "reconstruct",
+            "--input",
+            &s(&mean),
+            "--output",
+            &s(&dir.path().join("r.npy")),
+        ]),
+        &["not a Laplacian pyramid"],
+    );
+}
+
+#[test]
+fn pyramid_sampler_layout_puts_levels_under_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("a.npy");
+    write_npy(&input, &random(&[16, 16, 16], 7, 100).mapv(|v| v as f32)).unwrap();
+    let out = dir.path().join("store.zarr");
+    ok(tessera(&[
+        "pyramid",
+        "--input",
+        &s(&input),
+        "--output",
+        &format!("{}/field1", out.display()),
+        "--layout",
+        "pyramid-sampler",
+        "--chunks",
+        "4,4,4",
+    ]));
+    for l in 0..3 {
+        assert!(
+            out.join(format!("field1/{l}/zarr.json")).is_file(),
+            "level {l}"
+        );
+    }
+    assert!(!out.join("field1/3").exists());
+    assert!(group_attrs(&out.join("field1")).get("ome").is_none());
+}
+
+#[test]
+fn bad_inputs_are_refused_with_one_clear_line_and_nothing_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("a.npy");
+    write_npy(&input, &random(&[8, 8, 8], 8, 100).mapv(|v| v as f32)).unwrap();
+    let four = dir.path().join("four.npy");
+    write_npy(&four, &random(&[2, 3, 8, 8], 8, 100).mapv(|v| v as f32)).unwrap();
+    let empty = dir.path().join("empty.npy");
+    write_npy(&empty, &ArrayD::<f32>::zeros(IxDyn(&[0, 4, 4]))).unwrap();
+    let out = dir.path().join("o.zarr");
+    let (i, o) = (s(&input), s(&out));
+    let run = |extra: &[&str]| {
+        let mut args = vec!["pyramid", "--input", &i, "--output", &o];
+        args.extend_from_slice(extra);
+        tessera(&args)
+    };
+    fails_with(run(&["--factor", "2,0,2"]), &["--factor", "0"]);
+    fails_with(
+        run(&["--factor", "2,2"]),
+        &["--factor", "2 values for 3 spatial axes"],
+    );
+    fails_with(run(&["--factor", "1"]), &["--factor", "no axis is reduced"]);
+    fails_with(run(&["--levels", "0"]), &["--levels", "0 levels"]);
+    fails_with(run(&["--levels", "9"]), &["--levels", "already 1 voxel"]);
+    fails_with(run(&["--axes", "zcyx"]), &["--axes", "names 4 axes"]);
+    fails_with(
+        run(&["--unit", "um"]),
+        &["--unit", "not an OME-Zarr space unit"],
+    );
+    fails_with(run(&["--chunks", "4,4"]), &["chunk"]);
+    fails_with(
+        tessera(&["pyramid", "--input", &s(&four), "--output", &o]),
+        &["--axes", "name them"],
+    );
+    fails_with(
+        tessera(&[
+            "pyramid",
+            "--input",
+            &s(&four),
+            "--output",
+            &o,
+            "--axes",
+            "zcyx",
+        ]),
+        &["--axes", "time, channel, then space"],
+    );
+    fails_with(
+        tessera(&["pyramid", "--input", &s(&empty), "--output", &o]),
+        &["size 0"],
+    );
+    fails_with(
+        tessera(&[
+            "pyramid",
+            "--input",
+            &s(&dir.path().join("missing.npy")),
+            "--output",
+            &o,
+        ]),
+        &["missing.npy"],
+    );
+    fails_with(
+        tessera(&[
+            "pyramid",
+            "--input",
+            &i,
+            "--output",
+            &s(&dir.path().join("o.npy")),
+        ]),
+        &["--output", "not a Zarr store"],
+    );
+    fails_with(
+        tessera(&["pyramid", "--output", &o]),
+        &["--input", "required"],
+    );
+    assert!(!out.exists(), "nothing written by refused runs");
+    // A group is not an array; an existing output is kept without --overwrite.
+    ok(run(&["--chunks", "4,4,4"]));
+    fails_with(
+        tessera(&[
+            "pyramid",
+            "--input",
+            &o,
+            "--output",
+            &s(&dir.path().join("p.zarr")),
+        ]),
+        &["group"],
+    );
+    let before = tree(&out);
+    fails_with(run(&[]), &["exists"]);
+    assert_eq!(tree(&out), before);
+    ok(run(&["--overwrite", "--method", "gaussian"]));
+    // Corrupt metadata on the input: a clear error, not a panic.
+    std::fs::write(out.join("0/zarr.json"), "{ not json").unwrap();
+    fails_with(
+        tessera(&[
+            "pyramid",
+            "--input",
+            &format!("{o}/0"),
+            "--output",
+            &s(&dir.path().join("q.zarr")),
+        ]),
+        &["zarr.json"],
+    );
+}
