@@ -335,3 +335,47 @@ fn quilt_unstitch_and_stitch_are_identical_on_1_2_and_4_ranks() {
         .zip(img.iter())
         .all(|(a, b)| (a - b).abs() <= 1e-6));
 }
+
+#[test]
+fn pyramids_are_identical_on_1_2_and_4_ranks() {
+    if mpirun().is_none() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let mut rng = Rng::new(43);
+    let vol = ndarray::ArrayD::from_shape_fn(ndarray::IxDyn(&[2, 19, 22, 17]), |_| {
+        rng.below(60000) as u16
+    });
+    let input = d.path().join("v.npy");
+    ndarray_npy::write_npy(&input, &vol).unwrap();
+    // Small units: several stages, later ones reading levels back from the staged output.
+    let env = [("TESSERA_UNIT_BYTES", "6000")];
+    for method in ["mean", "gaussian", "laplacian"] {
+        for ranks in [1, 2, 4] {
+            let dir = d.path().join(format!("{method}{ranks}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            let out = dir.join("p.zarr");
+            ok(tessera_mpi(
+                ranks,
+                &[
+                    "pyramid",
+                    "--input",
+                    &s(&input),
+                    "--output",
+                    &s(&out),
+                    "--axes",
+                    "czyx",
+                    "--chunks",
+                    "1,4,4,4",
+                    "--method",
+                    method,
+                ],
+                &env,
+            ));
+            if ranks > 1 {
+                let first = d.path().join(format!("{method}1/p.zarr"));
+                assert_same_tree(&first, &out);
+            }
+        }
+    }
+}

@@ -136,3 +136,69 @@ fn zarr_python_and_h5py_read_exactly_the_source_pixels() {
         );
     }
 }
+
+/// Validates the OME-Zarr 0.5 metadata with `ome-zarr-models`, reads every level with
+/// zarr-python, and recomputes level 1 and 2 with numpy as pyramid_sampler defines them (f64
+/// sum of each 2x2x2 block / 8, cast to f32).
+const OME_CHECK: &str = r#"
+import sys, numpy as np, zarr
+from ome_zarr_models.v05 import Image
+path, src = sys.argv[1], sys.argv[2]
+group = zarr.open_group(path, mode="r")
+image = Image.from_zarr(group)
+ms = image.ome_attributes.multiscales[0]
+assert [a.name for a in ms.axes] == ["c", "z", "y", "x"], ms.axes
+assert [d.path for d in ms.datasets] == ["0", "1", "2"], ms.datasets
+scale = ms.datasets[2].coordinateTransformations[0].scale
+assert list(scale) == [1.0, 4.0, 4.0, 4.0], scale
+level = np.load(src)
+assert np.array_equal(group["0"][...], level)
+for l in (1, 2):
+    c, z, y, x = level.shape
+    blocks = level.astype(np.float64).reshape(c, z // 2, 2, y // 2, 2, x // 2, 2)
+    expect = (blocks.sum(axis=(2, 4, 6)) / 8).astype(np.float32)
+    got = group[str(l)][...]
+    assert got.dtype == np.float32 and np.array_equal(got, expect), f"level {l}"
+    level = got
+print("ok", [group[str(l)].shape for l in range(3)])
+"#;
+
+#[test]
+fn ome_zarr_models_validates_the_pyramid_and_numpy_recomputes_its_levels() {
+    if !python_with("numpy, zarr, ome_zarr_models") {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("v.npy");
+    let vol = ArrayD::from_shape_fn(IxDyn(&[2, 16, 24, 32]), |i| {
+        ((i[0] * 7919 + i[1] * 131 + i[2] * 17 + i[3] * 3) % 1013) as f32 / 101.0
+    });
+    ndarray_npy::write_npy(&src, &vol).unwrap();
+    let out = d.path().join("p.zarr");
+    ok(tessera_env(
+        &[
+            "pyramid",
+            "--input",
+            &s(&src),
+            "--output",
+            &s(&out),
+            "--axes",
+            "czyx",
+            "--chunks",
+            "1,4,4,4",
+            "--shards",
+            "1,8,8,8",
+            "--levels",
+            "3",
+        ],
+        &[("TESSERA_UNIT_BYTES", "20000")],
+    ));
+    let script = d.path().join("ome.py");
+    std::fs::write(&script, OME_CHECK).unwrap();
+    let res = Command::new(python())
+        .arg(&script)
+        .args([s(&out), s(&src)])
+        .output()
+        .unwrap();
+    assert!(res.status.success(), "python check:\n{}", text(&res));
+}
