@@ -131,6 +131,8 @@ pub enum BenchCommand {
     Convert(crate::bench::ConvertBench),
     /// Quilt kernels (unstitch, stitch) against a memory copy of the patch bytes.
     Quilt(crate::bench::QuiltBench),
+    /// A whole pyramid of a 512^3 f32 Zarr, with I/O, against a memory copy of the base bytes.
+    Pyramid(crate::bench::pyramid::PyramidBench),
 }
 
 /// Runs a parsed command on this rank.
@@ -202,6 +204,7 @@ pub fn dispatch(cli: Cli, comm: &dyn Comm) -> Result<()> {
         Command::Bench { which } => match which {
             BenchCommand::Convert(b) => crate::bench::convert(&b, comm),
             BenchCommand::Quilt(b) => crate::bench::quilt(&b, comm),
+            BenchCommand::Pyramid(b) => crate::bench::pyramid::run(&b, comm),
         },
     }
 }

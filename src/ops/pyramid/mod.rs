@@ -211,6 +211,15 @@ fn crop<T: Clone>(array: &ArrayD<T>, outer: &[Range<u64>], inner: &[Range<u64>])
     v.as_standard_layout().into_owned()
 }
 
+/// `inner` of an array covering `outer`: the array itself when they are the same box.
+fn take_block<T: Clone>(array: ArrayD<T>, outer: &[Range<u64>], inner: &[Range<u64>]) -> ArrayD<T> {
+    if outer == inner && array.is_standard_layout() {
+        array
+    } else {
+        crop(&array, outer, inner)
+    }
+}
+
 impl PyramidOp {
     /// Validates input and parameters and plans levels, stages and units; creates nothing.
     ///
@@ -715,19 +724,25 @@ impl PyramidOp {
     ) -> Vec<(usize, Region, Block)> {
         let s = st.source;
         let mut out = Vec::new();
-        if s == 0 {
-            out.push((
-                0,
-                ranges_of(&u.blocks[0]),
-                T::into_block(crop(&source, &u.needed[0], &u.blocks[0])),
-            ));
-        }
+        // Level 0 is written as read (moved, not copied, when there is no halo), once the
+        // levels that need it are built.
+        let mut level0 = Some(source);
+        let push_level0 = |out: &mut Vec<(usize, Region, Block)>, a: ArrayD<T>| {
+            if s == 0 {
+                out.push((
+                    0,
+                    ranges_of(&u.blocks[0]),
+                    T::into_block(take_block(a, &u.needed[0], &u.blocks[0])),
+                ));
+            }
+        };
         let starts = |j: usize| -> Vec<u64> { u.needed[j].iter().map(|r| r.start).collect() };
         match self.method {
             Method::Laplacian => {
+                let source = level0.take().expect("source");
                 let mut levels: Vec<ArrayD<f32>> =
                     vec![source.mapv(|v| v.to_f32().unwrap_or(f32::NAN))];
-                drop(source);
+                push_level0(&mut out, source);
                 for j in 1..=st.k {
                     let start = starts(j - 1);
                     let src = Source {
@@ -765,7 +780,11 @@ impl PyramidOp {
                 }
             }
             method => {
-                let mut prev = source;
+                let mut prev = level0.take().expect("source");
+                if st.k == 0 {
+                    push_level0(&mut out, prev);
+                    return out;
+                }
                 for j in 1..=st.k {
                     let start = starts(j - 1);
                     let src = Source {
@@ -780,12 +799,17 @@ impl PyramidOp {
                         }
                         _ => kernel::reduce_mean(&src, &self.factor, &u.needed[j]),
                     };
-                    out.push((
-                        s + j,
-                        ranges_of(&u.blocks[j]),
-                        T::into_block(crop(&next, &u.needed[j], &u.blocks[j])),
-                    ));
-                    prev = next;
+                    let done = std::mem::replace(&mut prev, next);
+                    if j == 1 {
+                        push_level0(&mut out, done);
+                    }
+                    // The last level is moved out; earlier ones stay as the next one's source.
+                    let block = if j == st.k {
+                        take_block(std::mem::take(&mut prev), &u.needed[j], &u.blocks[j])
+                    } else {
+                        crop(&prev, &u.needed[j], &u.blocks[j])
+                    };
+                    out.push((s + j, ranges_of(&u.blocks[j]), T::into_block(block)));
                 }
             }
         }
