@@ -162,6 +162,29 @@ pub fn run(dir: &Path, comm: &dyn Comm) -> Result<()> {
             patches.display()
         );
     }
+    // A multiscale OME-Zarr pyramid of the converted volume.
+    let pyramid = dir.join("pyramid.zarr");
+    crate::cli::run_job(
+        Job::Pyramid(crate::job::PyramidJob {
+            input: output.to_string_lossy().into_owned(),
+            output: pyramid.to_string_lossy().into_owned(),
+            axes: None,
+            factor: None,
+            levels: None,
+            method: crate::ops::pyramid::kernel::Method::Mean,
+            chunks: Some(vec![32, 64, 64]),
+            shards: None,
+            codec: Codec::Zstd,
+            layout: crate::job::PyramidLayout::Ome,
+            voxel_size: None,
+            unit: None,
+            run: RunOptions {
+                overwrite: true,
+                ..RunOptions::default()
+            },
+        }),
+        comm,
+    )?;
     if comm.is_root() {
         let out = output.display();
         println!();
@@ -175,6 +198,10 @@ pub fn run(dir: &Path, comm: &dyn Comm) -> Result<()> {
         println!("  python3 -c 'import zarr; a = zarr.open_array(\"{out}\", mode=\"r\")");
         println!("  print(a.shape, a.dtype, a.attrs[\"axis_order\"])");
         println!("  print(\"centre of sphere 1:\", a[32, 100, 100], \"background:\", a[0, 0, 0])'");
+        println!(
+            "  python3 -c 'import zarr; g = zarr.open_group(\"{}\", mode=\"r\"); print([g[k].shape for k in sorted(g.array_keys())])'",
+            pyramid.display()
+        );
         println!("Next: {exe} run configs/convert-demo.toml (the same from a TOML job file),");
         println!(
             "      mpirun -n 2 --bind-to none {exe} convert --input {} --output out.zarr",

@@ -54,6 +54,10 @@ fn every_config_runs_on_the_demo_stack() {
         read_all(&s(&d.path().join("tessera-demo/sharded.zarr"))),
         read_all(&s(&d.path().join("tessera-demo/from-config.zarr")))
     );
+    // The pyramid config: 64x256x256 in 64^3 chunks gives levels 0..2.
+    let top = meta(&s(&d.path().join("tessera-demo/pyramid.zarr/2")));
+    assert_eq!(top.shape, vec![16, 64, 64]);
+    assert!(!d.path().join("tessera-demo/pyramid.zarr/3").exists());
 }
 
 #[test]
