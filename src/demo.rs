@@ -91,6 +91,9 @@ pub fn run(dir: &Path, comm: &dyn Comm) -> Result<()> {
         codec: Codec::Zstd,
         dtype: None,
         format: OutputFormat::Zarr,
+        pyramid_levels: None,
+        pyramid_method: Default::default(),
+        pyramid_factor: None,
         run: RunOptions {
             overwrite: true,
             ..RunOptions::default()

@@ -86,6 +86,19 @@ pub struct ConvertJob {
     #[arg(long, value_enum, default_value_t)]
     #[serde(default)]
     pub format: OutputFormat,
+    /// Write each stack as an OME-Zarr pyramid with this many levels (`auto`: until every
+    /// axis fits in one chunk), as `tessera pyramid` would from the converted array.
+    #[arg(long)]
+    #[serde(default)]
+    pub pyramid_levels: Option<String>,
+    /// Pyramid method (with --pyramid-levels).
+    #[arg(long, value_enum, default_value_t)]
+    #[serde(default)]
+    pub pyramid_method: crate::ops::pyramid::kernel::Method,
+    /// Pyramid factor per spatial axis, e.g. 1,2,2 for per-slice 2-D pyramids (default 2).
+    #[arg(long, value_delimiter = ',')]
+    #[serde(default)]
+    pub pyramid_factor: Option<Vec<u64>>,
     #[command(flatten)]
     #[serde(skip)]
     pub run: RunOptions,

@@ -24,18 +24,12 @@ fn ref_mean(a: &ArrayD<f64>, f: &[usize]) -> ArrayD<f64> {
         .collect();
     ArrayD::from_shape_fn(IxDyn(&shape), |o| {
         let o = o.slice().to_vec();
-        let ranges: Vec<(usize, usize)> = (0..o.len())
-            .map(|k| (o[k] * f[k], ((o[k] + 1) * f[k]).min(a.shape()[k])))
-            .collect();
-        let (mut sum, mut n) = (0.0, 0usize);
-        for (idx, &v) in a.indexed_iter() {
-            let idx = idx.slice();
-            if (0..o.len()).all(|k| ranges[k].0 <= idx[k] && idx[k] < ranges[k].1) {
-                sum += v;
-                n += 1;
-            }
-        }
-        sum / n as f64
+        let block = a.slice_each_axis(|ax| {
+            let k = ax.axis.index();
+            let lo = o[k] * f[k];
+            ndarray::Slice::from(lo..((o[k] + 1) * f[k]).min(ax.len))
+        });
+        block.iter().sum::<f64>() / block.len() as f64
     })
 }
 
@@ -508,5 +502,72 @@ fn bad_inputs_are_refused_with_one_clear_line_and_nothing_written() {
             &s(&dir.path().join("q.zarr")),
         ]),
         &["zarr.json"],
+    );
+}
+
+#[test]
+fn convert_writes_an_ome_zarr_pyramid_straight_from_a_stack() {
+    let dir = tempfile::tempdir().unwrap();
+    let slices = dir.path().join("slices");
+    tessera::demo::write_stack(&slices).unwrap();
+    let out = dir.path().join("stack.zarr");
+    ok(tessera(&[
+        "convert",
+        "--input",
+        &s(&slices),
+        "--output",
+        &s(&out),
+        "--pyramid-levels",
+        "3",
+        "--pyramid-factor",
+        "1,2,2",
+    ]));
+    let l0 = level(&out, 0);
+    assert_eq!(l0.shape(), &[64, 256, 256]);
+    assert_eq!(level(&out, 1), ref_mean(&l0, &[1, 2, 2]).mapv(f64::round));
+    assert_eq!(level(&out, 2).shape(), &[64, 64, 64]);
+    assert!(group_attrs(&out)["ome"]["multiscales"][0]["datasets"][2].is_object());
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("tmp") || n.contains("partial"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    fails_with(
+        tessera(&[
+            "convert",
+            "--input",
+            &s(&slices),
+            "--output",
+            &s(&out),
+            "--pyramid-levels",
+            "2",
+        ]),
+        &["exists"],
+    );
+    fails_with(
+        tessera(&[
+            "convert",
+            "--input",
+            &s(&slices),
+            "--output",
+            &s(&dir.path().join("x.npy")),
+            "--pyramid-levels",
+            "2",
+        ]),
+        &["--pyramid-levels", "not a Zarr store"],
+    );
+    fails_with(
+        tessera(&[
+            "convert",
+            "--input",
+            &s(&slices),
+            "--output",
+            &s(&dir.path().join("y.zarr")),
+            "--pyramid-levels",
+            "many",
+        ]),
+        &["--pyramid-levels", "auto"],
     );
 }

@@ -135,6 +135,9 @@ pub fn convert(b: &ConvertBench, comm: &dyn Comm) -> Result<()> {
         codec: b.codec,
         dtype: None,
         format: OutputFormat::Zarr,
+        pyramid_levels: None,
+        pyramid_method: Default::default(),
+        pyramid_factor: None,
         run: RunOptions {
             overwrite: true,
             ..RunOptions::default()

@@ -468,6 +468,70 @@ impl Operation for ConvertOp {
     }
 }
 
+/// Points each stack's conversion at a temporary level-0 store and returns the pyramid job
+/// that turns it into the requested output.
+fn plan_pyramids(
+    job: &ConvertJob,
+    levels: &str,
+    ops: &mut [ConvertOp],
+) -> Result<Vec<crate::job::PyramidJob>> {
+    let levels = match levels {
+        "auto" => None,
+        n => Some(n.parse::<u64>().map_err(|_| {
+            Error::parameter(
+                "pyramid-levels",
+                format!("`{n}` is neither a number nor `auto`"),
+            )
+        })?),
+    };
+    let mut jobs = Vec::new();
+    for op in ops.iter_mut() {
+        let target = op.target[0].clone();
+        let Address::Zarr { store, node } = &target else {
+            return Err(Error::parameter(
+                "pyramid-levels",
+                format!(
+                    "{target} is not a Zarr store: pyramids are OME-Zarr (give --output name.zarr)"
+                ),
+            ));
+        };
+        let axes = match (op.spec.shape.len(), job.axis_order) {
+            (3, _) => "zyx",
+            (4, AxisOrder::Czyx) => "czyx",
+            _ => {
+                return Err(Error::parameter(
+                    "pyramid-levels",
+                    "OME-Zarr orders channels before z: convert multi-channel stacks with --axis-order czyx",
+                ))
+            }
+        };
+        // Refuse an existing output now, before converting anything.
+        crate::io::staging::Staging::plan(&target, job.run.overwrite, job.run.resume)?;
+        let mut temp = store.clone().into_os_string();
+        temp.push(".level0-tmp.zarr");
+        op.target[0] = Address::Zarr {
+            store: std::path::PathBuf::from(temp),
+            node: node.clone(),
+        };
+        jobs.push(crate::job::PyramidJob {
+            input: op.target[0].to_string(),
+            output: target.to_string(),
+            axes: Some(axes.into()),
+            factor: job.pyramid_factor.clone(),
+            levels,
+            method: job.pyramid_method,
+            chunks: None,
+            shards: None,
+            codec: job.codec,
+            layout: crate::job::PyramidLayout::Ome,
+            voxel_size: None,
+            unit: None,
+            run: job.run.clone(),
+        });
+    }
+    Ok(jobs)
+}
+
 /// Runs `tessera convert`: scans the input, then converts each stack in turn (every rank
 /// takes part in each). Gaps in the index sequence are warned about, with the missing indices.
 ///
@@ -478,12 +542,18 @@ pub fn run(job: &ConvertJob, comm: &dyn Comm) -> Result<Vec<crate::exec::RunSumm
     let several = stacks.len() > 1;
     // Plan every stack before writing any, so a bad slice in the last stack stops the run
     // before the first output exists.
-    let ops = stacks
+    let mut ops = stacks
         .iter()
         .map(|stack| ConvertOp::plan(job, stack, several, comm))
         .collect::<Result<Vec<_>>>()?;
+    // With --pyramid-levels each stack is converted to a temporary level-0 store beside its
+    // output, then `pyramid` writes the OME-Zarr group there (and the temporary goes).
+    let pyramids = match &job.pyramid_levels {
+        Some(levels) => Some(plan_pyramids(job, levels, &mut ops)?),
+        None => None,
+    };
     let mut summaries = Vec::new();
-    for (stack, op) in stacks.iter().zip(&ops) {
+    for (i, (stack, op)) in stacks.iter().zip(&ops).enumerate() {
         if comm.is_root() {
             if !stack.missing.is_empty() {
                 tracing::warn!(
@@ -511,7 +581,29 @@ pub fn run(job: &ConvertJob, comm: &dyn Comm) -> Result<Vec<crate::exec::RunSumm
                     .map_or(String::new(), |s| format!(", shards {s:?}"))
             );
         }
-        summaries.push(crate::exec::run(op, comm, &job.run)?);
+        let mut run = job.run.clone();
+        if pyramids.is_some() {
+            // The level-0 temporary is always rebuilt; the options apply to the pyramid.
+            run = crate::exec::RunOptions {
+                overwrite: true,
+                resume: false,
+                ..run
+            };
+        }
+        summaries.push(crate::exec::run(op, comm, &run)?);
+        if let Some(p) = &pyramids {
+            let pjob = &p[i];
+            if !job.run.dry_run {
+                let pop = crate::ops::pyramid::PyramidOp::plan(pjob)?;
+                summaries.push(crate::exec::run(&pop, comm, &pjob.run)?);
+            }
+            let removed = if comm.is_root() {
+                crate::io::staging::remove_any(Path::new(&pjob.input))
+            } else {
+                Ok(())
+            };
+            crate::exec::agree(comm, removed)?;
+        }
     }
     Ok(summaries)
 }
