@@ -65,6 +65,9 @@ fn bench(c: &mut Criterion) {
             codec,
             dtype: None,
             format: OutputFormat::Zarr,
+            pyramid_levels: None,
+            pyramid_method: Default::default(),
+            pyramid_factor: None,
             run: RunOptions::default(),
         };
         group.bench_function(format!("tessera_convert_{codec:?}"), |b| {
