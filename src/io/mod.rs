@@ -108,6 +108,17 @@ pub trait ArrayReader: Send + Sync {
     /// # Errors
     /// Region outside the array, or a read/decode failure naming the store.
     fn read_box(&self, region: &Region) -> Result<Block>;
+
+    /// Reads `region` into `spare` when it has the region's shape and the array's type
+    /// (reusing its memory: a fresh large buffer is a fresh mapping the kernel faults in page
+    /// by page), else into a new block.
+    ///
+    /// # Errors
+    /// As [`ArrayReader::read_box`].
+    fn read_box_reusing(&self, region: &Region, spare: Option<Block>) -> Result<Block> {
+        let _ = spare;
+        self.read_box(region)
+    }
 }
 
 /// Writes boxes of an array being created.

@@ -321,6 +321,10 @@ impl ArrayReader for ZarrReader {
     }
 
     fn read_box(&self, region: &Region) -> Result<Block> {
+        self.read_box_reusing(region, None)
+    }
+
+    fn read_box_reusing(&self, region: &Region, spare: Option<Block>) -> Result<Block> {
         check_region(
             &format!("{}", self.store.display()),
             &self.meta.shape,
@@ -329,9 +333,32 @@ impl ArrayReader for ZarrReader {
         )?;
         let subset = ArraySubset::new_with_ranges(&region.ranges());
         with_dtype!(self.meta.dtype, T => {
-            let a: ArrayD<T> = self
-                .array
-                .retrieve_array_subset(&subset)
+            // Decoded straight into the block's memory: retrieving an ndarray would decode
+            // into bytes and copy them into a second fresh allocation.
+            let mut a = spare
+                .filter(|b| b.shape() == region.shape)
+                .and_then(|b| b.into_array::<T>())
+                .filter(|a| a.is_standard_layout())
+                .unwrap_or_else(|| ArrayD::<T>::zeros(region.shape_usize()));
+            let shape = region.shape.clone();
+            let bytes: &mut [u8] =
+                bytemuck::cast_slice_mut(a.as_slice_mut().expect("C-order checked above"));
+            let cells = unsafe_cell_slice::UnsafeCellSlice::new(bytes);
+            // SAFETY: one view over the whole buffer, so no two views overlap.
+            let mut view = unsafe {
+                zarrs::array::ArrayBytesFixedDisjointView::new(
+                    cells,
+                    std::mem::size_of::<T>(),
+                    &shape,
+                    ArraySubset::new_with_shape(shape.clone()),
+                )
+            }
+            .map_err(|e| zarr_err(&self.store, &self.node, e))?;
+            self.array
+                .retrieve_array_subset_into(
+                    &subset,
+                    zarrs::array::ArrayBytesDecodeIntoTarget::Fixed(&mut view),
+                )
                 .map_err(|e| zarr_err(&self.store, &self.node, e))?;
             Ok(<T as super::Element>::into_block(a))
         })

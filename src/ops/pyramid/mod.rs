@@ -180,6 +180,8 @@ pub struct PyramidOp {
     writers: Mutex<Vec<Box<dyn ArrayWriter>>>,
     /// The staged store and group node, once open (later stages read levels back from it).
     staged: Mutex<Option<(PathBuf, String)>>,
+    /// Level-0 blocks already written, reused as read buffers for the next units.
+    spare_blocks: Mutex<Vec<Block>>,
 }
 
 fn join_node(node: &str, child: &str) -> String {
@@ -620,6 +622,7 @@ impl PyramidOp {
             memory_per_unit,
             writers: Mutex::new(Vec::new()),
             staged: Mutex::new(None),
+            spare_blocks: Mutex::new(Vec::new()),
         })
     }
 
@@ -942,18 +945,37 @@ impl Operation for PyramidOp {
         let st = &self.stages[*si];
         let u = UnitPlan::new(self.method, &self.factor, &self.shapes, st, origin);
         let region = ranges_of(&u.needed[0]);
+        let t = std::time::Instant::now();
         let block = if st.source == 0 {
-            self.input.read_box(&region)?
+            let spare = {
+                let mut spares = self.spare_blocks.lock().expect("spares");
+                let at = spares.iter().position(|b| b.shape() == region.shape);
+                at.map(|i| spares.swap_remove(i))
+            };
+            self.input.read_box_reusing(&region, spare)?
         } else {
             self.level_reader(st.source)?.read_box(&region)?
         };
-        Ok(crate::with_block!(block, a => self.build(a, st, &u)))
+        let read = t.elapsed().as_secs_f64();
+        let t = std::time::Instant::now();
+        let out = crate::with_block!(block, a => self.build(a, st, &u));
+        tracing::debug!(
+            "pyramid unit {unit}: read {read:.3} s, levels built in {:.3} s",
+            t.elapsed().as_secs_f64()
+        );
+        Ok(out)
     }
     fn write(&self, part: Option<(usize, Self::Output)>) -> Result<()> {
         let writers = self.writers.lock().expect("writers");
         if let Some((_, parts)) = part {
             for (w, region, block) in &parts {
                 writers[*w].write_box(Some((region, block)))?;
+            }
+            let mut spares = self.spare_blocks.lock().expect("spares");
+            for (w, _, block) in parts {
+                if w == 0 && spares.len() < 2 {
+                    spares.push(block);
+                }
             }
         }
         Ok(())
