@@ -2,5 +2,6 @@
 //! plan, what is exchanged), `kernel.rs` holds the pure CPU kernels.
 
 pub mod convert;
+pub mod crop;
 pub mod pyramid;
 pub mod quilt;
