@@ -60,6 +60,9 @@ pub enum Command {
         #[command(subcommand)]
         which: QuiltCommand,
     },
+    /// Two-pass automatic cropping of 4D-STEM diffraction patterns (keeps a target fraction of
+    /// each pattern's intensity).
+    Crop(crate::job::CropJob),
     /// Multiscale pyramid (OME-Zarr 0.5) of an array: mean, Gaussian, mode or Laplacian.
     Pyramid(PyramidCli),
     /// Print an array's shape, dtype, chunking, codecs and attributes.
@@ -142,6 +145,7 @@ pub enum BenchCommand {
 pub fn dispatch(cli: Cli, comm: &dyn Comm) -> Result<()> {
     match cli.command {
         Command::Convert(job) => run_job(Job::Convert(job), comm),
+        Command::Crop(job) => run_job(Job::Crop(job), comm),
         Command::Pyramid(PyramidCli { which, job }) => match which {
             Some(PyramidCommand::Reconstruct(job)) => run_job(Job::Reconstruct(job), comm),
             None if job.input.is_empty() || job.output.is_empty() => {
@@ -261,6 +265,18 @@ pub fn run_job(job: Job, comm: &dyn Comm) -> Result<()> {
                 &job.run,
                 parameters,
                 &[summary],
+                comm,
+            )
+        }
+        Job::Crop(job) => {
+            let summaries = crate::ops::crop::run(&job, comm)?;
+            let parameters = serde_json::to_value(&job).unwrap_or_default();
+            finish(
+                "crop",
+                Path::new(&job.output),
+                &job.run,
+                parameters,
+                &summaries,
                 comm,
             )
         }

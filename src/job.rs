@@ -380,6 +380,115 @@ pub struct ReconstructJob {
     pub run: RunOptions,
 }
 
+/// Which centre each pattern is cropped around.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Recenter {
+    /// Each pattern around its own centre (removes beam shifts).
+    #[default]
+    Each,
+    /// Every pattern around the mean centre (keeps beam shifts).
+    Common,
+}
+
+fn default_target_retention() -> f64 {
+    0.98
+}
+fn default_min_retention() -> f64 {
+    0.95
+}
+fn default_margin() -> u64 {
+    3
+}
+fn default_percentile() -> f64 {
+    100.0
+}
+fn default_chunk_size() -> u64 {
+    1000
+}
+fn default_test_patterns() -> u64 {
+    1000
+}
+fn default_test_size() -> u64 {
+    256
+}
+
+/// `tessera crop`: two-pass automatic cropping of diffraction patterns.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct CropJob {
+    /// Patterns (N, H, W), (N, 1, H, W) or a 4D-STEM scan (Sy, Sx, H, W). Not with --test-mode.
+    #[arg(long)]
+    #[serde(default)]
+    pub input: Option<String>,
+    /// Output array address (leading axes kept, (H, W) replaced by the crop).
+    #[arg(long)]
+    pub output: String,
+    /// Fraction of each pattern's intensity the crop must keep.
+    #[arg(long, default_value_t = default_target_retention())]
+    #[serde(default = "default_target_retention")]
+    pub target_retention: f64,
+    /// Lowest acceptable retention of any pattern (validation).
+    #[arg(long, default_value_t = default_min_retention())]
+    #[serde(default = "default_min_retention")]
+    pub min_retention: f64,
+    /// Pixels added to the radius.
+    #[arg(long, default_value_t = default_margin())]
+    #[serde(default = "default_margin")]
+    pub margin_pixels: u64,
+    /// Percentile of the per-pattern radii used for the global radius (100 = max).
+    #[arg(long, default_value_t = default_percentile())]
+    #[serde(default = "default_percentile")]
+    pub percentile: f64,
+    /// How each pattern's centre is found.
+    #[arg(long, value_enum, default_value_t)]
+    #[serde(default)]
+    pub center: crate::ops::crop::kernel::CentreMethod,
+    /// The centre for --center manual, as Y,X (pixels).
+    #[arg(long, value_delimiter = ',')]
+    #[serde(default)]
+    pub manual_center: Option<Vec<f64>>,
+    /// Crop each pattern around its own centre, or all around the mean centre.
+    #[arg(long, value_enum, default_value_t)]
+    #[serde(default)]
+    pub recenter: Recenter,
+    /// Patterns read at once per rank (memory is bounded by this, not by N).
+    #[arg(long, default_value_t = default_chunk_size())]
+    #[serde(default = "default_chunk_size")]
+    pub chunk_size: u64,
+    /// Skip the PNG.
+    #[arg(long)]
+    #[serde(default)]
+    pub no_visualization: bool,
+    /// Exit non-zero when any pattern keeps less than --min-retention.
+    #[arg(long)]
+    #[serde(default)]
+    pub strict: bool,
+    /// Synthesise Airy-disk patterns with Poisson noise and crop those.
+    #[arg(long)]
+    #[serde(default)]
+    pub test_mode: bool,
+    /// Number of synthetic patterns.
+    #[arg(long, default_value_t = default_test_patterns())]
+    #[serde(default = "default_test_patterns")]
+    pub test_patterns: u64,
+    /// Side of the synthetic patterns.
+    #[arg(long, default_value_t = default_test_size())]
+    #[serde(default = "default_test_size")]
+    pub test_size: u64,
+    /// Seed of the synthetic data.
+    #[arg(long, default_value_t = 0)]
+    #[serde(default)]
+    pub seed: u64,
+    /// Chunk compression (Zarr/HDF5 outputs).
+    #[arg(long, value_enum, default_value_t)]
+    #[serde(default)]
+    pub codec: Codec,
+    #[command(flatten)]
+    #[serde(skip)]
+    pub run: RunOptions,
+}
+
 /// A TOML job file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -396,6 +505,8 @@ pub struct JobFile {
     pub weed: Option<WeedJob>,
     #[serde(default)]
     pub pyramid: Option<PyramidJob>,
+    #[serde(default)]
+    pub crop: Option<CropJob>,
 }
 
 /// A job to run, whichever way it was given.
@@ -407,6 +518,7 @@ pub enum Job {
     Weed(WeedJob),
     Pyramid(PyramidJob),
     Reconstruct(ReconstructJob),
+    Crop(CropJob),
 }
 
 impl JobFile {
@@ -439,12 +551,13 @@ impl JobFile {
             + usize::from(file.unstitch.is_some())
             + usize::from(file.stitch.is_some())
             + usize::from(file.weed.is_some())
-            + usize::from(file.pyramid.is_some());
+            + usize::from(file.pyramid.is_some())
+            + usize::from(file.crop.is_some());
         if tables != 1 {
             return Err(Error::Config {
                 path: path.into(),
                 message: format!(
-                    "expected exactly one operation table ([convert], [unstitch], [stitch], [weed] or [pyramid]), found {tables}"
+                    "expected exactly one operation table ([convert], [unstitch], [stitch], [weed], [pyramid] or [crop]), found {tables}"
                 ),
             });
         }
@@ -460,6 +573,12 @@ impl JobFile {
             job.output = rel(&job.output);
             job.positions = job.positions.as_deref().map(rel);
             return Ok(Job::Unstitch(job));
+        }
+        if let Some(mut job) = file.crop {
+            job.run = run;
+            job.input = job.input.as_deref().map(rel);
+            job.output = rel(&job.output);
+            return Ok(Job::Crop(job));
         }
         if let Some(mut job) = file.pyramid {
             job.run = run;

@@ -1,3 +1,629 @@
-//! `tessera crop`: two-pass automatic cropping of 4D-STEM diffraction patterns.
+//! `tessera crop`: two-pass automatic cropping of 4D-STEM diffraction patterns, streaming.
+//!
+//! Pass 1 (analysis): each rank streams its run of patterns in chunks of `--chunk-size` and
+//! finds every pattern's total, centre and retention radius (`kernel`); the per-pattern
+//! results (32 bytes each) are gathered to every rank, and the global radius is the exact
+//! percentile of the radii plus the margin. Pass 2 (crop, an `exec` run): each rank crops its
+//! chunks and writes its part of the output; retention per pattern (cropped / total) is
+//! gathered to rank 0, which writes the statistics, the per-pattern arrays, the results JSON
+//! and the plot. Per-pattern values do not depend on the rank count, and statistics are
+//! computed from the gathered arrays in pattern order, so the outputs are identical for any
+//! number of ranks.
 
 pub mod kernel;
+pub mod plot;
+pub mod synthetic;
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use ndarray::{ArrayD, Axis, IxDyn};
+use num_traits::ToPrimitive;
+use serde_json::json;
+
+use crate::comm::{Comm, ReduceOp};
+use crate::error::{Error, IoContext, Result};
+use crate::exec::{Operation, RunSummary, UnitInfo};
+use crate::grid::{partition_contiguous, Region};
+use crate::io::{self, Address, ArrayReader, ArrayWriter, Block, CreateSpec, Element};
+use crate::job::{CropJob, Recenter};
+use kernel::{Analysis, CentreMethod, PatternKind};
+
+/// Where the files beside the output go: `<output stem>_results.json` and friends.
+pub fn side_file(output: &Address, suffix: &str) -> PathBuf {
+    let container = output.container();
+    let stem = container
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "crop".into());
+    container.with_file_name(format!("{stem}{suffix}"))
+}
+
+/// The input's layout: leading axes (kept) and pattern size.
+#[derive(Clone, Debug)]
+struct Layout {
+    shape: Vec<u64>,
+    /// Patterns per index of axis 0.
+    per_row: u64,
+    h: u64,
+    w: u64,
+}
+
+impl Layout {
+    fn n(&self) -> u64 {
+        self.shape[0] * self.per_row
+    }
+    /// The region of rows `rows` of axis 0 (all patterns of them).
+    fn rows(&self, rows: &Range<u64>) -> Region {
+        let mut r = Region::whole(&self.shape);
+        r.start[0] = rows.start;
+        r.shape[0] = rows.end - rows.start;
+        r
+    }
+}
+
+fn check_layout(address: &str, shape: &[u64]) -> Result<Layout> {
+    let nd = shape.len();
+    if !(3..=4).contains(&nd) {
+        return Err(Error::address(
+            address,
+            format!("has {nd} axes {shape:?}; expected patterns (N, H, W), (N, 1, H, W) or a scan (Sy, Sx, H, W)"),
+        ));
+    }
+    if shape.contains(&0) {
+        return Err(Error::address(
+            address,
+            format!("has an empty axis: {shape:?}"),
+        ));
+    }
+    Ok(Layout {
+        shape: shape.to_vec(),
+        per_row: shape[1..nd - 2].iter().product(),
+        h: shape[nd - 2],
+        w: shape[nd - 1],
+    })
+}
+
+fn check_parameters(job: &CropJob, layout: &Layout) -> Result<Option<(f64, f64)>> {
+    let t = job.target_retention;
+    if !(t > 0.0 && t <= 1.0) {
+        return Err(Error::parameter(
+            "target-retention",
+            format!("{t} is outside (0, 1]"),
+        ));
+    }
+    let m = job.min_retention;
+    if !(m > 0.0 && m <= 1.0) {
+        return Err(Error::parameter(
+            "min-retention",
+            format!("{m} is outside (0, 1]"),
+        ));
+    }
+    if m > t {
+        return Err(Error::parameter(
+            "min-retention",
+            format!("{m} is above --target-retention {t}"),
+        ));
+    }
+    if !(0.0..=100.0).contains(&job.percentile) {
+        return Err(Error::parameter(
+            "percentile",
+            format!("{} is outside [0, 100]", job.percentile),
+        ));
+    }
+    if job.chunk_size == 0 {
+        return Err(Error::parameter("chunk-size", "0 patterns per chunk"));
+    }
+    match (job.center, &job.manual_center) {
+        (CentreMethod::Manual, None) => Err(Error::parameter(
+            "manual-center",
+            "--center manual needs --manual-center Y,X",
+        )),
+        (CentreMethod::Manual, Some(c)) => {
+            if c.len() != 2 {
+                return Err(Error::parameter("manual-center", "give two values, Y,X"));
+            }
+            let (y, x) = (c[0], c[1]);
+            let inside = |v: f64, n: u64| v.is_finite() && v >= 0.0 && v <= (n - 1) as f64;
+            if !inside(y, layout.h) || !inside(x, layout.w) {
+                return Err(Error::parameter(
+                    "manual-center",
+                    format!(
+                        "({y}, {x}) is outside the {}x{} pattern",
+                        layout.h, layout.w
+                    ),
+                ));
+            }
+            Ok(Some((y, x)))
+        }
+        (_, Some(_)) => Err(Error::parameter(
+            "manual-center",
+            "only with --center manual",
+        )),
+        (_, None) => Ok(None),
+    }
+}
+
+/// Analyses rows `rows`; returns the per-pattern analyses, or the index of the first pattern
+/// with a NaN or infinite value.
+fn analyse_rows(
+    input: &dyn ArrayReader,
+    layout: &Layout,
+    rows: &Range<u64>,
+    job: &CropJob,
+    manual: Option<(f64, f64)>,
+) -> Result<std::result::Result<Vec<Analysis>, u64>> {
+    let block = input.read_box(&layout.rows(rows))?;
+    let (hw, w) = ((layout.h * layout.w) as usize, layout.w as usize);
+    Ok(crate::with_block!(block, a => {
+        let flat = a.as_slice().expect("blocks are C-order");
+        let mut out = Vec::with_capacity(flat.len() / hw);
+        for (i, p) in flat.chunks_exact(hw).enumerate() {
+            if p.iter().any(|v| !v.to_f64().is_some_and(f64::is_finite)) {
+                return Ok(Err(rows.start * layout.per_row + i as u64));
+            }
+            out.push(kernel::analyse(p, w, job.center, manual, job.target_retention));
+        }
+        Ok(out)
+    }))
+}
+
+/// Pass 2: crop units (runs of axis-0 rows) into the output.
+struct CropOp {
+    input: Box<dyn ArrayReader>,
+    layout: Layout,
+    targets: Vec<Address>,
+    spec: CreateSpec,
+    chunks: Vec<Range<u64>>,
+    units: Vec<UnitInfo>,
+    /// Crop window start (y, x) per pattern.
+    starts: Vec<(u64, u64)>,
+    side: (u64, u64),
+    totals: Vec<f64>,
+    writer: Mutex<Option<Box<dyn ArrayWriter>>>,
+    /// Retention per pattern of the units this rank cropped, by unit.
+    retention: Mutex<BTreeMap<usize, Vec<f64>>>,
+    fingerprint: String,
+}
+
+impl Operation for CropOp {
+    type Output = (Region, Block);
+
+    fn name(&self) -> &'static str {
+        "crop"
+    }
+    fn targets(&self) -> &[Address] {
+        &self.targets
+    }
+    fn units(&self) -> &[UnitInfo] {
+        &self.units
+    }
+    fn memory_per_unit(&self) -> u64 {
+        self.units
+            .iter()
+            .map(|u| u.bytes_in + u.bytes_out)
+            .max()
+            .unwrap_or(0)
+    }
+    fn fingerprint(&self) -> String {
+        self.fingerprint.clone()
+    }
+    fn open_output(&self, staging: &[Address], comm: &dyn Comm, resume: bool) -> Result<()> {
+        *self.writer.lock().expect("writer") =
+            Some(io::create(&staging[0], &self.spec, comm, resume)?);
+        Ok(())
+    }
+    fn compute(&self, unit: usize) -> Result<Self::Output> {
+        let rows = self.chunks[unit].clone();
+        let block = self.input.read_box(&self.layout.rows(&rows))?;
+        let (hw, w) = (
+            (self.layout.h * self.layout.w) as usize,
+            self.layout.w as usize,
+        );
+        let (sh, sw) = (self.side.0 as usize, self.side.1 as usize);
+        let first = (rows.start * self.layout.per_row) as usize;
+        let mut region = self.layout.rows(&rows);
+        let nd = region.shape.len();
+        region.shape[nd - 2] = self.side.0;
+        region.shape[nd - 1] = self.side.1;
+        let mut retention = Vec::new();
+        let out = crate::with_block!(block, a => {
+            let flat = a.as_slice().expect("blocks are C-order");
+            let mut out = ArrayD::from_elem(IxDyn(&region.shape_usize()), flat[0]);
+            let dst = out.as_slice_mut().expect("fresh");
+            for (i, (p, o)) in flat.chunks_exact(hw).zip(dst.chunks_exact_mut(sh * sw)).enumerate() {
+                let (y0, x0) = self.starts[first + i];
+                let kept = kernel::crop_into(p, w, (y0 as usize, x0 as usize), sw, o);
+                let total = self.totals[first + i];
+                retention.push(if total > 0.0 { kept / total } else { f64::NAN });
+            }
+            Element::into_block(out)
+        });
+        self.retention
+            .lock()
+            .expect("retention")
+            .insert(unit, retention);
+        Ok((region, out))
+    }
+    fn write(&self, part: Option<(usize, Self::Output)>) -> Result<()> {
+        let writer = self.writer.lock().expect("writer");
+        writer
+            .as_ref()
+            .expect("opened")
+            .write_box(part.as_ref().map(|(_, (r, b))| (r, b)))
+    }
+    fn finish(&self, _comm: &dyn Comm) -> Result<()> {
+        Ok(())
+    }
+}
+
+fn to_bytes(v: &[f64]) -> Vec<u8> {
+    bytemuck::cast_slice(v).to_vec()
+}
+fn from_bytes(b: &[u8]) -> Vec<f64> {
+    b.chunks_exact(8)
+        .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
+        .collect()
+}
+
+/// Mean, min, max, population std of `v` (in order).
+fn stats(v: &[f64]) -> (f64, f64, f64, f64) {
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n;
+    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    (mean, min, max, var.sqrt())
+}
+
+/// Runs `tessera crop` on this rank.
+///
+/// # Errors
+/// Bad input or parameters (naming them), I/O failures; with `--strict`, a pattern below
+/// `--min-retention` (after the outputs are written).
+pub fn run(job: &CropJob, comm: &dyn Comm) -> Result<Vec<RunSummary>> {
+    let started = Instant::now();
+    let output = Address::parse(&job.output)?;
+    let input_text = match (&job.input, job.test_mode) {
+        (Some(_), true) => {
+            return Err(Error::parameter(
+                "test-mode",
+                "--test-mode makes its own input; drop --input",
+            ))
+        }
+        (Some(i), false) => i.clone(),
+        (None, true) => {
+            let path = side_file(&output, "_test_input.npy");
+            let made = if comm.is_root() {
+                synthetic::write(&path, job.test_patterns, job.test_size, job.seed)
+            } else {
+                Ok(())
+            };
+            crate::exec::agree(comm, made)?;
+            path.to_string_lossy().into_owned()
+        }
+        (None, false) => {
+            return Err(Error::parameter(
+                "input",
+                "required (or --test-mode for synthetic patterns)",
+            ))
+        }
+    };
+    let input_addr = Address::parse(&input_text)?;
+    let input = io::open(&input_addr)?;
+    let layout = check_layout(&input_text, &input.meta().shape)?;
+    let manual = check_parameters(job, &layout)?;
+    if job.run.resume {
+        return Err(Error::parameter(
+            "resume",
+            "crop does not resume yet (its validation needs every pattern's crop); rerun with --overwrite",
+        ));
+    }
+    // Units: runs of axis-0 rows holding about chunk_size patterns.
+    let rows_per_chunk = (job.chunk_size / layout.per_row).max(1);
+    let chunks: Vec<Range<u64>> = (0..layout.shape[0])
+        .step_by(rows_per_chunk as usize)
+        .map(|r| r..(r + rows_per_chunk).min(layout.shape[0]))
+        .collect();
+
+    // Pass 1: analysis of this rank's chunks (the same split as pass 2).
+    let mine = partition_contiguous(chunks.len(), comm.size())[comm.rank()].clone();
+    let mut analyses = Vec::new();
+    let mut first_bad = u64::MAX;
+    let result = (|| -> Result<()> {
+        for c in mine.clone() {
+            match analyse_rows(input.as_ref(), &layout, &chunks[c], job, manual)? {
+                Ok(a) => analyses.extend(a),
+                Err(bad) => {
+                    first_bad = bad;
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    })();
+    crate::exec::agree(comm, result)?;
+    let mut bad = [first_bad];
+    comm.all_reduce_u64(&mut bad, ReduceOp::Min);
+    if bad[0] != u64::MAX {
+        return Err(Error::address(
+            input_text,
+            format!("pattern {} (flat index over the leading axes) holds NaN or infinite values; clean or mask it first", bad[0]),
+        ));
+    }
+    // Everyone gets every pattern's (total, cy, cx, radius, kind).
+    let packed: Vec<f64> = analyses
+        .iter()
+        .flat_map(|a| {
+            let kind = match a.kind {
+                PatternKind::Normal => 0.0,
+                PatternKind::Empty => 1.0,
+                PatternKind::Negative => 2.0,
+            };
+            [a.total, a.centre.0, a.centre.1, a.radius, kind]
+        })
+        .collect();
+    let all: Vec<f64> = comm
+        .all_gather(&to_bytes(&packed))
+        .iter()
+        .flat_map(|b| from_bytes(b))
+        .collect();
+    let n = layout.n() as usize;
+    debug_assert_eq!(all.len(), n * 5);
+    let field = |k: usize| -> Vec<f64> { all.chunks_exact(5).map(|r| r[k]).collect() };
+    let (totals, cys, cxs, radii, kinds) = (field(0), field(1), field(2), field(3), field(4));
+    let normal: Vec<usize> = (0..n).filter(|&i| kinds[i] == 0.0).collect();
+    let empty = kinds.iter().filter(|&&k| k == 1.0).count();
+    let negative = kinds.iter().filter(|&&k| k == 2.0).count();
+    if normal.is_empty() {
+        return Err(Error::address(
+            input_text,
+            format!("every pattern sums to zero or less ({empty} zero, {negative} negative): nothing to crop"),
+        ));
+    }
+    let normal_radii: Vec<f64> = normal.iter().map(|&i| radii[i]).collect();
+    let chosen = kernel::percentile(&normal_radii, job.percentile);
+    let radius = chosen.ceil() as u64 + job.margin_pixels;
+    let side_h = (2 * radius + 1).min(layout.h);
+    let side_w = (2 * radius + 1).min(layout.w);
+    if comm.is_root() {
+        if 2 * radius + 1 > layout.h.min(layout.w) {
+            tracing::warn!(
+                "the crop needs 2R+1 = {} pixels but patterns are {}x{}: cropping to {}x{} (the full size where it does not fit)",
+                2 * radius + 1, layout.h, layout.w, side_h, side_w
+            );
+        }
+        if empty + negative > 0 {
+            tracing::warn!(
+                "{empty} pattern(s) sum to zero and {negative} to less than zero: cropped around the geometric centre, left out of the statistics"
+            );
+        }
+    }
+    let common = {
+        let k = normal.len() as f64;
+        (
+            normal.iter().map(|&i| cys[i]).sum::<f64>() / k,
+            normal.iter().map(|&i| cxs[i]).sum::<f64>() / k,
+        )
+    };
+    let starts: Vec<(u64, u64)> = (0..n)
+        .map(|i| {
+            let (cy, cx) = match job.recenter {
+                Recenter::Each => (cys[i], cxs[i]),
+                Recenter::Common => common,
+            };
+            (
+                kernel::window(cy, radius, layout.h).0,
+                kernel::window(cx, radius, layout.w).0,
+            )
+        })
+        .collect();
+
+    // Pass 2: crop and write.
+    let nd = layout.shape.len();
+    let mut out_shape = layout.shape.clone();
+    out_shape[nd - 2] = side_h;
+    out_shape[nd - 1] = side_w;
+    let mut chunk_shape = out_shape.clone();
+    chunk_shape[0] = rows_per_chunk.min(layout.shape[0]);
+    let dtype = input.meta().dtype;
+    let spec = CreateSpec {
+        shape: out_shape.clone(),
+        dtype,
+        chunks: chunk_shape,
+        shards: None,
+        codec: job.codec,
+        dimension_names: None,
+        attributes: serde_json::Map::from_iter([
+            ("crop_radius".to_string(), json!(radius)),
+            ("crop_source".to_string(), json!(input_text)),
+        ]),
+    };
+    spec.validate()?;
+    let pattern_bytes = layout.h * layout.w * dtype.size() as u64;
+    let units = chunks
+        .iter()
+        .map(|r| UnitInfo {
+            label: format!("rows {}..{}", r.start, r.end),
+            bytes_in: (r.end - r.start) * layout.per_row * pattern_bytes,
+            bytes_out: (r.end - r.start) * layout.per_row * side_h * side_w * dtype.size() as u64,
+        })
+        .collect();
+    let op = CropOp {
+        input,
+        layout: layout.clone(),
+        targets: vec![output.clone()],
+        spec,
+        chunks,
+        units,
+        starts,
+        side: (side_h, side_w),
+        totals: totals.clone(),
+        writer: Mutex::new(None),
+        retention: Mutex::new(BTreeMap::new()),
+        fingerprint: json!({"operation": "crop", "radius": radius, "shape": out_shape}).to_string(),
+    };
+    let summary = crate::exec::run(&op, comm, &job.run)?;
+    if job.run.dry_run {
+        return Ok(vec![summary]);
+    }
+    let mine: Vec<f64> = op
+        .retention
+        .lock()
+        .expect("retention")
+        .values()
+        .flatten()
+        .copied()
+        .collect();
+    let gathered = comm.gather(&to_bytes(&mine), 0);
+    let mut failed_strict = None;
+    if let Some(parts) = gathered {
+        let retention: Vec<f64> = parts.iter().flat_map(|b| from_bytes(b)).collect();
+        let kept: Vec<f64> = normal.iter().map(|&i| retention[i]).collect();
+        let (mean, min, max, std) = stats(&kept);
+        let passes_min = kept.iter().filter(|&&r| r >= job.min_retention).count();
+        let passes_target = kept.iter().filter(|&&r| r >= job.target_retention).count();
+        let (rmean, rmin, rmax, rstd) = stats(&normal_radii);
+        let arrays = [
+            (
+                "_radii.npy",
+                ArrayD::from_shape_vec(IxDyn(&[n]), radii.clone()),
+            ),
+            (
+                "_retention.npy",
+                ArrayD::from_shape_vec(IxDyn(&[n]), retention.clone()),
+            ),
+            (
+                "_centers.npy",
+                ArrayD::from_shape_vec(
+                    IxDyn(&[n, 2]),
+                    cys.iter().zip(&cxs).flat_map(|(&y, &x)| [y, x]).collect(),
+                ),
+            ),
+        ];
+        let mut files = serde_json::Map::new();
+        for (suffix, a) in arrays {
+            let path = side_file(&output, suffix);
+            let a = a.expect("lengths match");
+            ndarray_npy::write_npy(&path, &a).map_err(|e| Error::bad_file(&path, e.to_string()))?;
+            files.insert(
+                suffix
+                    .trim_start_matches('_')
+                    .trim_end_matches(".npy")
+                    .into(),
+                json!(path.file_name().map(|f| f.to_string_lossy().into_owned())),
+            );
+        }
+        let mut config = serde_json::to_value(job).unwrap_or_default();
+        if let Some(c) = config.as_object_mut() {
+            c.insert("input".into(), json!(input_text));
+        }
+        let results = json!({
+            "analysis": {
+                "global_radius": radius,
+                "radius_percentile_value": chosen,
+                "retention_radii": files.get("radii"),
+                "centers": files.get("centers"),
+                "retention_stats": {"mean": rmean, "min": rmin, "max": rmax, "std": rstd, "median": kernel::percentile(&normal_radii, 50.0), "percentile": job.percentile},
+                "original_shape": layout.shape,
+                "cropped_shape": out_shape,
+                "n_patterns": n,
+                "empty_patterns": empty,
+                "negative_patterns": negative,
+                "center_method": job.center,
+                "recenter": job.recenter,
+            },
+            "validation": {
+                "mean_retention": mean,
+                "min_retention": min,
+                "max_retention": max,
+                "std_retention": std,
+                "passes_min_threshold": passes_min,
+                "passes_target_threshold": passes_target,
+                "n_patterns": kept.len(),
+                "retention": files.get("retention"),
+            },
+            "processing_time": started.elapsed().as_secs_f64(),
+            "config": config,
+        });
+        let path = side_file(&output, "_results.json");
+        std::fs::write(
+            &path,
+            serde_json::to_string_pretty(&results).unwrap_or_default(),
+        )
+        .at(&path)?;
+        if !job.no_visualization {
+            plot::write(
+                &side_file(&output, "_visualization.png"),
+                &plot::Inputs {
+                    mean_before: mean_pattern(&input_addr, &layout)?,
+                    mean_after: mean_pattern(
+                        &output,
+                        &Layout {
+                            shape: out_shape.clone(),
+                            per_row: layout.per_row,
+                            h: side_h,
+                            w: side_w,
+                        },
+                    )?,
+                    radius,
+                    centre: common,
+                    radii: normal_radii.clone(),
+                    retention: kept.clone(),
+                    min_retention: job.min_retention,
+                    target_retention: job.target_retention,
+                },
+            )?;
+        }
+        println!(
+            "crop: radius {radius} (percentile {} of {} radii: {chosen:.2}, + {} margin) -> {side_h}x{side_w}; retention mean {mean:.4}, min {min:.4}; {passes_min}/{} at or above --min-retention {}",
+            job.percentile, normal.len(), job.margin_pixels, kept.len(), job.min_retention
+        );
+        if passes_min < kept.len() {
+            let msg = format!(
+                "{} of {} patterns keep less than --min-retention {} (lowest {min:.4}); see {}",
+                kept.len() - passes_min,
+                kept.len(),
+                job.min_retention,
+                path.display()
+            );
+            tracing::warn!("{msg}");
+            if job.strict {
+                failed_strict = Some(msg);
+            }
+        }
+    }
+    let failed = comm.any_failed(failed_strict.is_some());
+    if let Some(msg) = failed_strict {
+        return Err(Error::parameter("strict", msg));
+    }
+    if let Some(rank) = failed {
+        return Err(Error::PeerFailed { rank });
+    }
+    Ok(vec![summary])
+}
+
+/// The mean pattern (f64, H x W) of an array, streamed by rank 0 in chunks of rows.
+fn mean_pattern(address: &Address, layout: &Layout) -> Result<ArrayD<f64>> {
+    let reader = io::open(address)?;
+    let mut sum = ArrayD::<f64>::zeros(IxDyn(&[layout.h as usize, layout.w as usize]));
+    let step = (4096 / layout.per_row).max(1);
+    let mut r = 0;
+    while r < layout.shape[0] {
+        let rows = r..(r + step).min(layout.shape[0]);
+        let block = reader.read_box(&layout.rows(&rows))?.to_f64();
+        let flat = block
+            .into_shape_with_order(IxDyn(&[
+                ((rows.end - rows.start) * layout.per_row) as usize,
+                layout.h as usize,
+                layout.w as usize,
+            ]))
+            .map_err(|e| Error::parameter("internal", e.to_string()))?;
+        sum += &flat.sum_axis(Axis(0));
+        r = rows.end;
+    }
+    Ok(sum / layout.n() as f64)
+}
