@@ -1,0 +1,321 @@
+//! `tessera crop` end to end: hand-checked radii, a straightforward reference on random
+//! patterns, synthetic Airy patterns, the plot, and every kind of bad input.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use ndarray::{ArrayD, IxDyn};
+use ndarray_npy::{read_npy, write_npy};
+use serde_json::Value;
+
+fn results(output: &Path) -> Value {
+    let stem = output.file_stem().unwrap().to_string_lossy().into_owned();
+    let path = output.with_file_name(format!("{stem}_results.json"));
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+fn side(output: &Path, suffix: &str) -> std::path::PathBuf {
+    let stem = output.file_stem().unwrap().to_string_lossy().into_owned();
+    output.with_file_name(format!("{stem}{suffix}"))
+}
+
+/// Reference radius: every pixel sorted by distance from the centroid, summed in that order.
+fn ref_radius(p: &[f64], w: usize, target: f64) -> (f64, (f64, f64)) {
+    let total: f64 = p.iter().sum();
+    let (mut sy, mut sx) = (0.0, 0.0);
+    for (i, &v) in p.iter().enumerate() {
+        sy += v * (i / w) as f64;
+        sx += v * (i % w) as f64;
+    }
+    let c = (sy / total, sx / total);
+    let mut px: Vec<(f64, f64)> = p
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            (
+                ((i / w) as f64 - c.0).powi(2) + ((i % w) as f64 - c.1).powi(2),
+                v,
+            )
+        })
+        .collect();
+    px.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut sum = 0.0;
+    for (k, &(d, v)) in px.iter().enumerate() {
+        sum += v;
+        let last_at_this_distance = k + 1 == px.len() || px[k + 1].0 != d;
+        if last_at_this_distance && sum >= target * total {
+            return (d.sqrt(), c);
+        }
+    }
+    (px.last().unwrap().0.sqrt(), c)
+}
+
+#[test]
+fn a_bright_pixel_per_pattern_gives_the_margin_as_radius() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = ArrayD::<u16>::zeros(IxDyn(&[3, 15, 17]));
+    a[[0, 7, 8]] = 100;
+    a[[1, 3, 4]] = 50; // off centre: the window follows it
+    a[[2, 14, 16]] = 7; // in a corner: the window is shifted inside
+    let input = dir.path().join("p.npy");
+    write_npy(&input, &a).unwrap();
+    let out = dir.path().join("c.npy");
+    ok(tessera(&[
+        "crop",
+        "--input",
+        &s(&input),
+        "--output",
+        &s(&out),
+        "--margin-pixels",
+        "2",
+    ]));
+    let c: ArrayD<u16> = read_npy(&out).unwrap();
+    assert_eq!(c.shape(), &[3, 5, 5]);
+    assert_eq!(c[[0, 2, 2]], 100);
+    assert_eq!(c[[1, 2, 2]], 50);
+    assert_eq!(c[[2, 4, 4]], 7);
+    let r = results(&out);
+    assert_eq!(r["analysis"]["global_radius"], 2);
+    assert_eq!(r["validation"]["min_retention"], 1.0);
+    let radii: ArrayD<f64> = read_npy(side(&out, "_radii.npy")).unwrap();
+    assert!(radii.iter().all(|&x| x == 0.0));
+    let centres: ArrayD<f64> = read_npy(side(&out, "_centers.npy")).unwrap();
+    assert_eq!(centres[[1, 0]], 3.0);
+    assert_eq!(centres[[1, 1]], 4.0);
+}
+
+#[test]
+fn radii_and_crops_equal_a_reference_on_random_patterns_in_any_chunking() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = Rng::new(11);
+    // A 4D-STEM scan (Sy, Sx, H, W) of skewed random intensities.
+    let a = ArrayD::from_shape_fn(IxDyn(&[3, 4, 21, 19]), |_| {
+        let u = rng.below(1000) as f32 / 1000.0;
+        u * u * u * 50.0
+    });
+    let input = dir.path().join("scan.npy");
+    write_npy(&input, &a).unwrap();
+    let target = 0.9;
+    let mut outputs = Vec::new();
+    for chunk in ["1", "5", "1000"] {
+        let out = dir.path().join(format!("c{chunk}.npy"));
+        ok(tessera(&[
+            "crop",
+            "--input",
+            &s(&input),
+            "--output",
+            &s(&out),
+            "--target-retention",
+            "0.9",
+            "--min-retention",
+            "0.5",
+            "--chunk-size",
+            chunk,
+            "--no-visualization",
+        ]));
+        outputs.push(out);
+    }
+    let radii: ArrayD<f64> = read_npy(side(&outputs[0], "_radii.npy")).unwrap();
+    let centres: ArrayD<f64> = read_npy(side(&outputs[0], "_centers.npy")).unwrap();
+    let flat = a.as_slice().unwrap();
+    let mut max_r: f64 = 0.0;
+    for n in 0..12 {
+        let p: Vec<f64> = flat[n * 21 * 19..(n + 1) * 21 * 19]
+            .iter()
+            .map(|&v| f64::from(v))
+            .collect();
+        let (r, c) = ref_radius(&p, 19, target);
+        assert_eq!(radii[[n]], r, "pattern {n}");
+        assert!((centres[[n, 0]] - c.0).abs() < 1e-9 && (centres[[n, 1]] - c.1).abs() < 1e-9);
+        max_r = max_r.max(r);
+    }
+    let radius = max_r.ceil() as usize + 3;
+    let r = results(&outputs[0]);
+    assert_eq!(r["analysis"]["global_radius"], radius as u64);
+    let sh = (2 * radius + 1).min(21);
+    let sw = (2 * radius + 1).min(19);
+    let c: ArrayD<f32> = read_npy(&outputs[0]).unwrap();
+    assert_eq!(c.shape(), &[3, 4, sh, sw]);
+    for n in 0..12 {
+        let start = |cc: f64, side: usize, size: usize| {
+            ((cc + 0.5).floor() as i64 - radius as i64).clamp(0, (size - side) as i64) as usize
+        };
+        let (y0, x0) = (
+            start(centres[[n, 0]], sh, 21),
+            start(centres[[n, 1]], sw, 19),
+        );
+        for y in 0..sh {
+            for x in 0..sw {
+                assert_eq!(c[[n / 4, n % 4, y, x]], a[[n / 4, n % 4, y0 + y, x0 + x]]);
+            }
+        }
+    }
+    for o in &outputs[1..] {
+        assert_eq!(
+            std::fs::read(o).unwrap(),
+            std::fs::read(&outputs[0]).unwrap()
+        );
+        assert_eq!(
+            std::fs::read(side(o, "_radii.npy")).unwrap(),
+            std::fs::read(side(&outputs[0], "_radii.npy")).unwrap()
+        );
+    }
+}
+
+#[test]
+fn synthetic_airy_patterns_all_keep_the_target_and_the_plot_is_a_png() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("airy.npy");
+    let log = ok(tessera(&[
+        "crop",
+        "--test-mode",
+        "--test-patterns",
+        "40",
+        "--test-size",
+        "96",
+        "--output",
+        &s(&out),
+        "--chunk-size",
+        "16",
+    ]));
+    assert!(log.contains("crop: radius"), "{log}");
+    let retention: ArrayD<f64> = read_npy(side(&out, "_retention.npy")).unwrap();
+    assert_eq!(retention.len(), 40);
+    assert!(retention.iter().all(|&r| r >= 0.98), "{retention:?}");
+    let r = results(&out);
+    assert_eq!(r["validation"]["passes_target_threshold"], 40);
+    let png = side(&out, "_visualization.png");
+    let img = image::open(&png).expect("a valid PNG");
+    assert_eq!((img.width(), img.height()), (1200, 900));
+    // Same seed, same data and results; another seed, other data.
+    let again = dir.path().join("again.npy");
+    ok(tessera(&[
+        "crop",
+        "--test-mode",
+        "--test-patterns",
+        "40",
+        "--test-size",
+        "96",
+        "--output",
+        &s(&again),
+        "--no-visualization",
+    ]));
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&again).unwrap());
+    assert!(!side(&again, "_visualization.png").exists());
+}
+
+#[test]
+fn bad_inputs_are_refused_with_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.npy");
+    let mut g = ArrayD::<f32>::zeros(IxDyn(&[4, 9, 9]));
+    for n in 0..4 {
+        g[[n, 4, 4]] = 1.0;
+    }
+    write_npy(&good, &g).unwrap();
+    let out = dir.path().join("o.npy");
+    let (i, o) = (s(&good), s(&out));
+    let run = |extra: &[&str]| {
+        let mut args = vec!["crop", "--input", &i, "--output", &o, "--no-visualization"];
+        args.extend_from_slice(extra);
+        tessera(&args)
+    };
+    fails_with(
+        run(&["--target-retention", "0"]),
+        &["--target-retention", "outside (0, 1]"],
+    );
+    fails_with(run(&["--target-retention", "1.5"]), &["--target-retention"]);
+    fails_with(
+        run(&["--min-retention", "0.99"]),
+        &["--min-retention", "above --target-retention"],
+    );
+    fails_with(run(&["--center", "manual"]), &["--manual-center"]);
+    fails_with(
+        run(&["--center", "manual", "--manual-center", "4,12"]),
+        &["--manual-center", "outside the 9x9 pattern"],
+    );
+    fails_with(run(&["--percentile", "101"]), &["--percentile"]);
+    let flat = dir.path().join("flat.npy");
+    write_npy(&flat, &ArrayD::<f32>::zeros(IxDyn(&[9, 9]))).unwrap();
+    fails_with(
+        tessera(&["crop", "--input", &s(&flat), "--output", &o]),
+        &["2 axes", "expected patterns"],
+    );
+    let zeros = dir.path().join("zeros.npy");
+    write_npy(&zeros, &ArrayD::<f32>::zeros(IxDyn(&[3, 9, 9]))).unwrap();
+    fails_with(
+        tessera(&["crop", "--input", &s(&zeros), "--output", &o]),
+        &["every pattern sums to zero"],
+    );
+    let mut nan = g.clone();
+    nan[[2, 1, 1]] = f32::NAN;
+    let nan_path = dir.path().join("nan.npy");
+    write_npy(&nan_path, &nan).unwrap();
+    fails_with(
+        tessera(&[
+            "crop",
+            "--input",
+            &s(&nan_path),
+            "--output",
+            &o,
+            "--chunk-size",
+            "1",
+        ]),
+        &["pattern 2", "NaN"],
+    );
+    fails_with(
+        tessera(&[
+            "crop",
+            "--input",
+            &s(&dir.path().join("missing.npy")),
+            "--output",
+            &o,
+        ]),
+        &["missing.npy"],
+    );
+    fails_with(tessera(&["crop", "--output", &o]), &["--input", "required"]);
+    assert!(!out.exists(), "nothing written by refused runs");
+    // A radius larger than the pattern: a warning, and the full size.
+    let wide = dir.path().join("wide.npy");
+    write_npy(&wide, &ArrayD::<f32>::ones(IxDyn(&[2, 6, 7]))).unwrap();
+    let log = ok(tessera(&[
+        "crop",
+        "--input",
+        &s(&wide),
+        "--output",
+        &o,
+        "--no-visualization",
+    ]));
+    assert!(log.contains("cropping to 6x7"), "{log}");
+    let c: ArrayD<f32> = read_npy(&out).unwrap();
+    assert_eq!(c.shape(), &[2, 6, 7]);
+    // An existing output is kept without --overwrite; --strict fails on low retention.
+    fails_with(run(&[]), &["exists"]);
+    // One point-like and one flat pattern, radius from the smallest (percentile 0).
+    let mut mixed = ArrayD::<f32>::zeros(IxDyn(&[2, 21, 21]));
+    mixed[[0, 10, 10]] = 5.0;
+    mixed.index_axis_mut(ndarray::Axis(0), 1).fill(1.0);
+    let mixed_path = dir.path().join("mixed.npy");
+    write_npy(&mixed_path, &mixed).unwrap();
+    let strict = dir.path().join("strict.npy");
+    fails_with(
+        tessera(&[
+            "crop",
+            "--input",
+            &s(&mixed_path),
+            "--output",
+            &s(&strict),
+            "--no-visualization",
+            "--margin-pixels",
+            "0",
+            "--percentile",
+            "0",
+            "--strict",
+        ]),
+        &["--strict", "1 of 2 patterns keep less than --min-retention"],
+    );
+    // The results say so too.
+    assert_eq!(results(&strict)["validation"]["passes_min_threshold"], 1);
+}
