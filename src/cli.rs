@@ -136,6 +136,8 @@ pub enum BenchCommand {
     Quilt(crate::bench::QuiltBench),
     /// A whole pyramid of a 512^3 f32 Zarr, with I/O, against a memory copy of the base bytes.
     Pyramid(crate::bench::pyramid::PyramidBench),
+    /// The whole crop pipeline on 1000 x 256x256 f32 patterns against a memory copy.
+    Crop(crate::bench::crop::CropBench),
 }
 
 /// Runs a parsed command on this rank.
@@ -209,6 +211,7 @@ pub fn dispatch(cli: Cli, comm: &dyn Comm) -> Result<()> {
             BenchCommand::Convert(b) => crate::bench::convert(&b, comm),
             BenchCommand::Quilt(b) => crate::bench::quilt(&b, comm),
             BenchCommand::Pyramid(b) => crate::bench::pyramid::run(&b, comm),
+            BenchCommand::Crop(b) => crate::bench::crop::run(&b, comm),
         },
     }
 }

@@ -71,6 +71,12 @@ fn report_error(error: Option<Error>, comm: &dyn Comm) {
 }
 
 fn main() {
+    // `tessera ... | head` should end quietly like any Unix tool, not panic on a closed pipe.
+    // SAFETY: restoring the default disposition of one signal before any thread exists.
+    #[cfg(unix)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     // MPI first: it must see the process before anything else starts threads.
     let comm = comm::init();
     let cli = match Cli::try_parse() {

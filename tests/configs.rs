@@ -54,6 +54,16 @@ fn every_config_runs_on_the_demo_stack() {
         read_all(&s(&d.path().join("tessera-demo/sharded.zarr"))),
         read_all(&s(&d.path().join("tessera-demo/from-config.zarr")))
     );
+    // The crop config: 200 synthetic patterns cropped, with results and plot beside.
+    assert_eq!(
+        meta(&s(&d.path().join("tessera-demo/cropped.npy"))).shape[0],
+        200
+    );
+    assert!(d.path().join("tessera-demo/cropped_results.json").is_file());
+    assert!(d
+        .path()
+        .join("tessera-demo/cropped_visualization.png")
+        .is_file());
     // The pyramid config: 64x256x256 in 64^3 chunks gives levels 0..2.
     let top = meta(&s(&d.path().join("tessera-demo/pyramid.zarr/2")));
     assert_eq!(top.shape, vec![16, 64, 64]);

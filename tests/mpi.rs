@@ -379,3 +379,42 @@ fn pyramids_are_identical_on_1_2_and_4_ranks() {
         }
     }
 }
+
+#[test]
+fn crops_are_identical_on_1_2_and_4_ranks() {
+    if mpirun().is_none() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let mut first: Option<Vec<Vec<u8>>> = None;
+    for ranks in [1, 2, 4] {
+        let dir = d.path().join(format!("r{ranks}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = dir.join("c.npy");
+        ok(tessera_mpi(
+            ranks,
+            &[
+                "crop",
+                "--test-mode",
+                "--test-patterns",
+                "37",
+                "--test-size",
+                "64",
+                "--output",
+                &s(&out),
+                "--chunk-size",
+                "5",
+            ],
+            &[],
+        ));
+        let files: Vec<Vec<u8>> = ["c.npy", "c_radii.npy", "c_centers.npy", "c_retention.npy"]
+            .iter()
+            .map(|f| std::fs::read(dir.join(f)).unwrap())
+            .collect();
+        assert!(dir.join("c_visualization.png").is_file());
+        match &first {
+            None => first = Some(files),
+            Some(f) => assert!(f == &files, "crop outputs differ on {ranks} ranks"),
+        }
+    }
+}

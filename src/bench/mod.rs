@@ -4,6 +4,7 @@
 //! `bench convert`: a stack of uint16 TIFF files converted to Zarr, against a plain parallel
 //! copy of the same files (read each file, write it elsewhere): the least any converter must do.
 
+pub mod crop;
 pub mod pyramid;
 pub mod quilt;
 

@@ -133,19 +133,29 @@ pub fn retention_radius<T: Element>(
     if p.iter().any(|&v| f(v) < 0.0) {
         return radius_by_sort(p, w, centre, target, total);
     }
+    radius_non_negative(p, w, centre, target, total)
+}
+
+/// [`retention_radius`] for a pattern known to have no negative pixel.
+fn radius_non_negative<T: Element>(
+    p: &[T],
+    w: usize,
+    centre: (f64, f64),
+    target: f64,
+    total: f64,
+) -> f64 {
     let h = p.len() / w;
     // Largest squared distance: to the farthest corner.
     let far = |c: f64, n: usize| c.abs().max((n as f64 - 1.0 - c).abs());
     let max_d2 = far(centre.0, h).powi(2) + far(centre.1, w).powi(2);
     let scale = (BINS as f64 - 1.0) / max_d2.max(f64::MIN_POSITIVE);
     let bin = |d: f64| ((d * scale) as usize).min(BINS - 1);
+    let dx2: Vec<f64> = (0..w).map(|x| (x as f64 - centre.1).powi(2)).collect();
     let mut hist = vec![0.0f64; BINS];
     for (y, row) in p.chunks_exact(w).enumerate() {
-        let dy = y as f64 - centre.0;
-        let dy2 = dy * dy;
-        for (x, &v) in row.iter().enumerate() {
-            let dx = x as f64 - centre.1;
-            hist[bin(dy2 + dx * dx)] += f(v);
+        let dy2 = (y as f64 - centre.0).powi(2);
+        for (&v, &d) in row.iter().zip(&dx2) {
+            hist[bin(dy2 + d)] += f(v);
         }
     }
     let goal = target * total;
@@ -158,12 +168,34 @@ pub fn retention_radius<T: Element>(
         }
         below += s;
     }
-    // Exact within bin k: its pixels sorted by distance, added to the bins below.
+    // Exact within bin k: its pixels sorted by distance, added to the bins below. Only the
+    // columns whose squared distance can fall in bin k are visited (with one column of slack
+    // each side against rounding; the bin test itself is exact).
+    let lo = k as f64 / scale;
+    let hi = (k + 1) as f64 / scale;
     let mut px: Vec<(f64, f64)> = Vec::new();
-    for (i, &v) in p.iter().enumerate() {
-        let d = d2(i, w, centre);
-        if bin(d) == k {
-            px.push((d, f(v)));
+    for (y, row) in p.chunks_exact(w).enumerate() {
+        let dy2 = (y as f64 - centre.0).powi(2);
+        if dy2 > hi {
+            continue;
+        }
+        let outer = (hi - dy2).sqrt();
+        let inner = (lo - dy2).max(0.0).sqrt();
+        let ranges = [
+            (centre.1 - outer - 1.0, centre.1 - inner + 1.0),
+            (centre.1 + inner - 1.0, centre.1 + outer + 1.0),
+        ];
+        let mut last_end = 0usize;
+        for (a, b) in ranges {
+            let start = (a.floor().max(0.0) as usize).max(last_end);
+            let end = ((b.ceil() + 1.0).max(0.0) as usize).min(w);
+            for x in start..end {
+                let d = dy2 + dx2[x];
+                if bin(d) == k {
+                    px.push((d, f(row[x])));
+                }
+            }
+            last_end = last_end.max(end);
         }
     }
     px.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -208,7 +240,11 @@ pub fn analyse<T: Element>(
         PatternKind::Empty
     };
     let radius = if kind == PatternKind::Normal {
-        retention_radius(p, w, centre, target, total)
+        if p.iter().fold(false, |neg, &v| neg | (f(v) < 0.0)) {
+            radius_by_sort(p, w, centre, target, total)
+        } else {
+            radius_non_negative(p, w, centre, target, total)
+        }
     } else {
         0.0
     };

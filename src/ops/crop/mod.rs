@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use ndarray::{ArrayD, Axis, IxDyn};
+use ndarray::{ArrayD, IxDyn};
 use num_traits::ToPrimitive;
 use serde_json::json;
 
@@ -147,25 +147,59 @@ fn check_parameters(job: &CropJob, layout: &Layout) -> Result<Option<(f64, f64)>
     }
 }
 
-/// Analyses rows `rows`; returns the per-pattern analyses, or the index of the first pattern
-/// with a NaN or infinite value.
+/// Adds each pattern of `flat` (patterns of `hw` values) into `sum` (for the plot's mean
+/// pattern; rayon's split makes the last bits depend on threads, which only the plot sees).
+fn add_patterns<T: Element>(flat: &[T], hw: usize, sum: &mut [f64]) {
+    use rayon::prelude::*;
+    let part = flat
+        .par_chunks_exact(hw)
+        .fold(
+            || vec![0.0f64; hw],
+            |mut acc, p| {
+                for (a, &v) in acc.iter_mut().zip(p) {
+                    *a += v.to_f64().unwrap_or(0.0);
+                }
+                acc
+            },
+        )
+        .reduce(
+            || vec![0.0f64; hw],
+            |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                a
+            },
+        );
+    sum.iter_mut().zip(&part).for_each(|(x, y)| *x += y);
+}
+
+/// Analyses rows `rows` (patterns in parallel, results in pattern order) and adds them into
+/// `sum`; returns the per-pattern analyses, or the index of the first pattern with a NaN or
+/// infinite value.
 fn analyse_rows(
     input: &dyn ArrayReader,
     layout: &Layout,
     rows: &Range<u64>,
     job: &CropJob,
     manual: Option<(f64, f64)>,
+    sum: &mut [f64],
 ) -> Result<std::result::Result<Vec<Analysis>, u64>> {
+    use rayon::prelude::*;
     let block = input.read_box(&layout.rows(rows))?;
     let (hw, w) = ((layout.h * layout.w) as usize, layout.w as usize);
     Ok(crate::with_block!(block, a => {
         let flat = a.as_slice().expect("blocks are C-order");
-        let mut out = Vec::with_capacity(flat.len() / hw);
-        for (i, p) in flat.chunks_exact(hw).enumerate() {
-            if p.iter().any(|v| !v.to_f64().is_some_and(f64::is_finite)) {
-                return Ok(Err(rows.start * layout.per_row + i as u64));
-            }
-            out.push(kernel::analyse(p, w, job.center, manual, job.target_retention));
+        let bad = flat
+            .par_chunks_exact(hw)
+            .position_first(|p| p.iter().any(|v| !v.to_f64().is_some_and(f64::is_finite)));
+        if let Some(i) = bad {
+            return Ok(Err(rows.start * layout.per_row + i as u64));
+        }
+        let out: Vec<Analysis> = flat
+            .par_chunks_exact(hw)
+            .map(|p| kernel::analyse(p, w, job.center, manual, job.target_retention))
+            .collect();
+        if !job.no_visualization {
+            add_patterns(flat, hw, sum);
         }
         Ok(out)
     }))
@@ -186,6 +220,8 @@ struct CropOp {
     writer: Mutex<Option<Box<dyn ArrayWriter>>>,
     /// Retention per pattern of the units this rank cropped, by unit.
     retention: Mutex<BTreeMap<usize, Vec<f64>>>,
+    /// Sum of this rank's cropped patterns (for the plot), when a plot is drawn.
+    sum_after: Option<Mutex<Vec<f64>>>,
     fingerprint: String,
 }
 
@@ -333,9 +369,18 @@ pub fn run(job: &CropJob, comm: &dyn Comm) -> Result<Vec<RunSummary>> {
     let mine = partition_contiguous(chunks.len(), comm.size())[comm.rank()].clone();
     let mut analyses = Vec::new();
     let mut first_bad = u64::MAX;
+    let hw = (layout.h * layout.w) as usize;
+    let mut sum_before = vec![0.0f64; hw];
     let result = (|| -> Result<()> {
         for c in mine.clone() {
-            match analyse_rows(input.as_ref(), &layout, &chunks[c], job, manual)? {
+            match analyse_rows(
+                input.as_ref(),
+                &layout,
+                &chunks[c],
+                job,
+                manual,
+                &mut sum_before,
+            )? {
                 Ok(a) => analyses.extend(a),
                 Err(bad) => {
                     first_bad = bad;
@@ -464,6 +509,8 @@ pub fn run(job: &CropJob, comm: &dyn Comm) -> Result<Vec<RunSummary>> {
         totals: totals.clone(),
         writer: Mutex::new(None),
         retention: Mutex::new(BTreeMap::new()),
+        sum_after: (!job.no_visualization)
+            .then(|| Mutex::new(vec![0.0; (side_h * side_w) as usize])),
         fingerprint: json!({"operation": "crop", "radius": radius, "shape": out_shape}).to_string(),
     };
     let summary = crate::exec::run(&op, comm, &job.run)?;
@@ -479,6 +526,15 @@ pub fn run(job: &CropJob, comm: &dyn Comm) -> Result<Vec<RunSummary>> {
         .copied()
         .collect();
     let gathered = comm.gather(&to_bytes(&mine), 0);
+    let mut sum_after = op
+        .sum_after
+        .as_ref()
+        .map(|m| m.lock().expect("sum").clone())
+        .unwrap_or_default();
+    if !job.no_visualization {
+        comm.all_reduce_f64(&mut sum_before, ReduceOp::Sum);
+        comm.all_reduce_f64(&mut sum_after, ReduceOp::Sum);
+    }
     let mut failed_strict = None;
     if let Some(parts) = gathered {
         let retention: Vec<f64> = parts.iter().flat_map(|b| from_bytes(b)).collect();
@@ -559,16 +615,8 @@ pub fn run(job: &CropJob, comm: &dyn Comm) -> Result<Vec<RunSummary>> {
             plot::write(
                 &side_file(&output, "_visualization.png"),
                 &plot::Inputs {
-                    mean_before: mean_pattern(&input_addr, &layout)?,
-                    mean_after: mean_pattern(
-                        &output,
-                        &Layout {
-                            shape: out_shape.clone(),
-                            per_row: layout.per_row,
-                            h: side_h,
-                            w: side_w,
-                        },
-                    )?,
+                    mean_before: mean_of(&sum_before, n, layout.h, layout.w),
+                    mean_after: mean_of(&sum_after, n, side_h, side_w),
                     radius,
                     centre: common,
                     radii: normal_radii.clone(),
@@ -606,24 +654,11 @@ pub fn run(job: &CropJob, comm: &dyn Comm) -> Result<Vec<RunSummary>> {
     Ok(vec![summary])
 }
 
-/// The mean pattern (f64, H x W) of an array, streamed by rank 0 in chunks of rows.
-fn mean_pattern(address: &Address, layout: &Layout) -> Result<ArrayD<f64>> {
-    let reader = io::open(address)?;
-    let mut sum = ArrayD::<f64>::zeros(IxDyn(&[layout.h as usize, layout.w as usize]));
-    let step = (4096 / layout.per_row).max(1);
-    let mut r = 0;
-    while r < layout.shape[0] {
-        let rows = r..(r + step).min(layout.shape[0]);
-        let block = reader.read_box(&layout.rows(&rows))?.to_f64();
-        let flat = block
-            .into_shape_with_order(IxDyn(&[
-                ((rows.end - rows.start) * layout.per_row) as usize,
-                layout.h as usize,
-                layout.w as usize,
-            ]))
-            .map_err(|e| Error::parameter("internal", e.to_string()))?;
-        sum += &flat.sum_axis(Axis(0));
-        r = rows.end;
-    }
-    Ok(sum / layout.n() as f64)
+/// The mean pattern (H x W) from the sum of `n` patterns.
+fn mean_of(sum: &[f64], n: usize, h: u64, w: u64) -> ArrayD<f64> {
+    ArrayD::from_shape_vec(
+        IxDyn(&[h as usize, w as usize]),
+        sum.iter().map(|s| s / n as f64).collect(),
+    )
+    .expect("sizes match")
 }
