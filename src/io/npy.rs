@@ -167,6 +167,10 @@ impl ArrayReader for NpyReader {
     }
 
     fn read_box(&self, region: &Region) -> Result<Block> {
+        self.read_box_reusing(region, None)
+    }
+
+    fn read_box_reusing(&self, region: &Region, spare: Option<Block>) -> Result<Block> {
         check_region(
             &self.path.display().to_string(),
             &self.meta.shape,
@@ -176,7 +180,17 @@ impl ArrayReader for NpyReader {
         with_dtype!(self.meta.dtype, T => {
             let view = ArrayViewD::<T>::view_npy(&self.map)
                 .map_err(|e| Error::bad_file(&self.path, e.to_string()))?;
-            let part = view.slice(slice_info(region).as_slice()).to_owned();
+            let src = view.slice(slice_info(region).as_slice());
+            let part = match spare
+                .filter(|b| b.shape() == region.shape)
+                .and_then(|b| b.into_array::<T>())
+            {
+                Some(mut a) => {
+                    a.assign(&src);
+                    a
+                }
+                None => src.to_owned(),
+            };
             Ok(T::into_block(part))
         })
     }

@@ -182,11 +182,13 @@ fn analyse_rows(
     job: &CropJob,
     manual: Option<(f64, f64)>,
     sum: &mut [f64],
+    spare: &mut Option<Block>,
 ) -> Result<std::result::Result<Vec<Analysis>, u64>> {
     use rayon::prelude::*;
-    let block = input.read_box(&layout.rows(rows))?;
+    let block = input.read_box_reusing(&layout.rows(rows), spare.take())?;
+    let block = spare.insert(block);
     let (hw, w) = ((layout.h * layout.w) as usize, layout.w as usize);
-    Ok(crate::with_block!(block, a => {
+    Ok(crate::with_block!(&*block, a => {
         let flat = a.as_slice().expect("blocks are C-order");
         let bad = flat
             .par_chunks_exact(hw)
@@ -222,6 +224,8 @@ struct CropOp {
     retention: Mutex<BTreeMap<usize, Vec<f64>>>,
     /// Sum of this rank's cropped patterns (for the plot), when a plot is drawn.
     sum_after: Option<Mutex<Vec<f64>>>,
+    /// Input blocks of finished units, reused for the next reads.
+    spares: Mutex<Vec<Block>>,
     fingerprint: String,
 }
 
@@ -254,7 +258,10 @@ impl Operation for CropOp {
     }
     fn compute(&self, unit: usize) -> Result<Self::Output> {
         let rows = self.chunks[unit].clone();
-        let block = self.input.read_box(&self.layout.rows(&rows))?;
+        let spare = self.spares.lock().expect("spares").pop();
+        let block = self
+            .input
+            .read_box_reusing(&self.layout.rows(&rows), spare)?;
         let (hw, w) = (
             (self.layout.h * self.layout.w) as usize,
             self.layout.w as usize,
@@ -266,7 +273,7 @@ impl Operation for CropOp {
         region.shape[nd - 2] = self.side.0;
         region.shape[nd - 1] = self.side.1;
         let mut retention = Vec::new();
-        let out = crate::with_block!(block, a => {
+        let out = crate::with_block!(&block, a => {
             let flat = a.as_slice().expect("blocks are C-order");
             let mut out = ArrayD::from_elem(IxDyn(&region.shape_usize()), flat[0]);
             let dst = out.as_slice_mut().expect("fresh");
@@ -371,6 +378,7 @@ pub fn run(job: &CropJob, comm: &dyn Comm) -> Result<Vec<RunSummary>> {
     let mut first_bad = u64::MAX;
     let hw = (layout.h * layout.w) as usize;
     let mut sum_before = vec![0.0f64; hw];
+    let mut spare = None;
     let result = (|| -> Result<()> {
         for c in mine.clone() {
             match analyse_rows(
@@ -380,6 +388,7 @@ pub fn run(job: &CropJob, comm: &dyn Comm) -> Result<Vec<RunSummary>> {
                 job,
                 manual,
                 &mut sum_before,
+                &mut spare,
             )? {
                 Ok(a) => analyses.extend(a),
                 Err(bad) => {
@@ -509,6 +518,7 @@ pub fn run(job: &CropJob, comm: &dyn Comm) -> Result<Vec<RunSummary>> {
         totals: totals.clone(),
         writer: Mutex::new(None),
         retention: Mutex::new(BTreeMap::new()),
+        spares: Mutex::new(Vec::new()),
         sum_after: (!job.no_visualization)
             .then(|| Mutex::new(vec![0.0; (side_h * side_w) as usize])),
         fingerprint: json!({"operation": "crop", "radius": radius, "shape": out_shape}).to_string(),
