@@ -319,3 +319,71 @@ fn bad_inputs_are_refused_with_one_clear_line() {
     // The results say so too.
     assert_eq!(results(&strict)["validation"]["passes_min_threshold"], 1);
 }
+
+#[cfg(feature = "hdf5")]
+#[test]
+fn an_hdf5_scan_with_a_singleton_axis_crops_to_zarr() {
+    use tessera::io::{self, Address, Block, CreateSpec, DType};
+    let dir = tempfile::tempdir().unwrap();
+    // (N, 1, H, W) in an EMD/py4DSTEM-style HDF5 group path.
+    let mut a = ArrayD::<u16>::zeros(IxDyn(&[5, 1, 24, 24]));
+    for n in 0..5 {
+        for y in 9..14 {
+            for x in 10..15 {
+                a[[n, 0, y + n % 2, x]] = 10 + n as u16;
+            }
+        }
+    }
+    let h5 = dir.path().join("scan.emd");
+    let address = format!("{}:/data/signals/patterns", h5.display());
+    let spec = CreateSpec {
+        shape: vec![5, 1, 24, 24],
+        dtype: DType::U16,
+        chunks: vec![1, 1, 24, 24],
+        shards: None,
+        codec: tessera::io::Codec::Gzip,
+        dimension_names: None,
+        attributes: Default::default(),
+    };
+    let writer = io::create(
+        &Address::parse(&address).unwrap(),
+        &spec,
+        &tessera::comm::Local,
+        false,
+    )
+    .unwrap();
+    writer
+        .write_box(Some((
+            &tessera::grid::Region::whole(&[5, 1, 24, 24]),
+            &Block::U16(a.clone()),
+        )))
+        .unwrap();
+    writer.close().unwrap();
+    let out = dir.path().join("cropped.zarr");
+    ok(tessera(&[
+        "crop",
+        "--input",
+        &address,
+        "--output",
+        &s(&out),
+        "--target-retention",
+        "1.0",
+        "--min-retention",
+        "1.0",
+        "--margin-pixels",
+        "0",
+        "--no-visualization",
+    ]));
+    let c = read_all(&s(&out)).into_array::<u16>().unwrap();
+    // A 5x5 square: every pixel within sqrt(8) of its centre, so radius ceil(2.83) = 3.
+    assert_eq!(c.shape(), &[5, 1, 7, 7]);
+    for n in 0..5 {
+        let kept: u64 = c
+            .index_axis(ndarray::Axis(0), n)
+            .iter()
+            .map(|&v| u64::from(v))
+            .sum();
+        assert_eq!(kept, 25 * (10 + n as u64), "pattern {n} keeps everything");
+    }
+    assert_eq!(results(&out)["validation"]["min_retention"], 1.0);
+}
