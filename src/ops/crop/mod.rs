@@ -366,7 +366,11 @@ pub fn run(job: &CropJob, comm: &dyn Comm) -> Result<Vec<RunSummary>> {
         ));
     }
     // Units: runs of axis-0 rows holding about chunk_size patterns.
-    let rows_per_chunk = (job.chunk_size / layout.per_row).max(1);
+    // Units hold at most --chunk-size patterns, and no more than the unit budget
+    // (TESSERA_UNIT_BYTES, 64 MiB) so that reading, cropping and writing overlap.
+    let pattern_bytes = layout.h * layout.w * input.meta().dtype.size() as u64;
+    let budget = (crate::exec::target_unit_bytes() / pattern_bytes).max(1);
+    let rows_per_chunk = (job.chunk_size.min(budget) / layout.per_row).max(1);
     let chunks: Vec<Range<u64>> = (0..layout.shape[0])
         .step_by(rows_per_chunk as usize)
         .map(|r| r..(r + rows_per_chunk).min(layout.shape[0]))
@@ -400,6 +404,7 @@ pub fn run(job: &CropJob, comm: &dyn Comm) -> Result<Vec<RunSummary>> {
         Ok(())
     })();
     crate::exec::agree(comm, result)?;
+    tracing::debug!("crop pass 1 (analysis) took {:.3} s", started.elapsed().as_secs_f64());
     let mut bad = [first_bad];
     comm.all_reduce_u64(&mut bad, ReduceOp::Min);
     if bad[0] != u64::MAX {
@@ -497,7 +502,6 @@ pub fn run(job: &CropJob, comm: &dyn Comm) -> Result<Vec<RunSummary>> {
         ]),
     };
     spec.validate()?;
-    let pattern_bytes = layout.h * layout.w * dtype.size() as u64;
     let units = chunks
         .iter()
         .map(|r| UnitInfo {
@@ -524,6 +528,7 @@ pub fn run(job: &CropJob, comm: &dyn Comm) -> Result<Vec<RunSummary>> {
         fingerprint: json!({"operation": "crop", "radius": radius, "shape": out_shape}).to_string(),
     };
     let summary = crate::exec::run(&op, comm, &job.run)?;
+    tracing::debug!("crop pass 2 (crop, write) done at {:.3} s", started.elapsed().as_secs_f64());
     if job.run.dry_run {
         return Ok(vec![summary]);
     }
