@@ -8,7 +8,7 @@
 //!   centroid and uses the geometric centre.
 //! - Retention radius: the smallest r such that the f64 sum of the pixels at distance <= r from
 //!   the centre reaches `target * total` (pixels at equal distance enter together). Computed
-//!   with a histogram of squared distances (4096 bins), then an exact sort of the one bin where
+//!   with a histogram of squared distances (1024 bins), then an exact sort of the one bin where
 //!   the sum crosses the target; patterns with negative pixels use the full sort (their running
 //!   sum is not monotonic). A pattern with total <= 0 has radius 0 and is reported as empty.
 //! - Crop: a square window of side `min(2R + 1, size)` per axis whose centre pixel is
@@ -83,7 +83,12 @@ pub fn total_and_centroid<T: Element>(p: &[T], w: usize) -> (f64, Option<(f64, f
     (total, centroid)
 }
 
-const BINS: usize = 4096;
+/// Histogram bins of squared distance (the crossing bin is then sorted exactly).
+const BINS: usize = 1024;
+/// Interleaved partial histograms: consecutive pixels land in different copies, so the
+/// read-modify-write of one bin does not wait on the previous pixel's (a store-forwarding
+/// chain that took a third of the analysis time).
+const LANES: usize = 4;
 
 /// The retention radius by the exact definition: sort all pixels by squared distance.
 pub fn radius_by_sort<T: Element>(
@@ -151,13 +156,16 @@ fn radius_non_negative<T: Element>(
     let scale = (BINS as f64 - 1.0) / max_d2.max(f64::MIN_POSITIVE);
     let bin = |d: f64| ((d * scale) as usize).min(BINS - 1);
     let dx2: Vec<f64> = (0..w).map(|x| (x as f64 - centre.1).powi(2)).collect();
-    let mut hist = vec![0.0f64; BINS];
+    let mut lanes = vec![0.0f64; BINS * LANES];
     for (y, row) in p.chunks_exact(w).enumerate() {
         let dy2 = (y as f64 - centre.0).powi(2);
-        for (&v, &d) in row.iter().zip(&dx2) {
-            hist[bin(dy2 + d)] += f(v);
+        for (x, (&v, &d)) in row.iter().zip(&dx2).enumerate() {
+            lanes[(x % LANES) * BINS + bin(dy2 + d)] += f(v);
         }
     }
+    let hist: Vec<f64> = (0..BINS)
+        .map(|b| (0..LANES).map(|l| lanes[l * BINS + b]).sum())
+        .collect();
     let goal = target * total;
     let mut below = 0.0;
     let mut k = BINS - 1;

@@ -404,7 +404,10 @@ pub fn run(job: &CropJob, comm: &dyn Comm) -> Result<Vec<RunSummary>> {
         Ok(())
     })();
     crate::exec::agree(comm, result)?;
-    tracing::debug!("crop pass 1 (analysis) took {:.3} s", started.elapsed().as_secs_f64());
+    tracing::debug!(
+        "crop pass 1 (analysis) took {:.3} s",
+        started.elapsed().as_secs_f64()
+    );
     let mut bad = [first_bad];
     comm.all_reduce_u64(&mut bad, ReduceOp::Min);
     if bad[0] != u64::MAX {
@@ -528,7 +531,10 @@ pub fn run(job: &CropJob, comm: &dyn Comm) -> Result<Vec<RunSummary>> {
         fingerprint: json!({"operation": "crop", "radius": radius, "shape": out_shape}).to_string(),
     };
     let summary = crate::exec::run(&op, comm, &job.run)?;
-    tracing::debug!("crop pass 2 (crop, write) done at {:.3} s", started.elapsed().as_secs_f64());
+    tracing::debug!(
+        "crop pass 2 (crop, write) done at {:.3} s",
+        started.elapsed().as_secs_f64()
+    );
     if job.run.dry_run {
         return Ok(vec![summary]);
     }
