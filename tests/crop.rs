@@ -387,3 +387,48 @@ fn an_hdf5_scan_with_a_singleton_axis_crops_to_zarr() {
     }
     assert_eq!(results(&out)["validation"]["min_retention"], 1.0);
 }
+
+#[test]
+fn a_killed_crop_resumes_to_the_same_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = Rng::new(5);
+    let a = ArrayD::from_shape_fn(IxDyn(&[30, 16, 16]), |_| rng.below(100) as f32);
+    let input = dir.path().join("p.npy");
+    write_npy(&input, &a).unwrap();
+    let whole = dir.path().join("whole.npy");
+    let args = |out: &Path| {
+        vec![
+            "crop".to_string(),
+            "--input".into(),
+            s(&input),
+            "--output".into(),
+            s(out),
+            "--chunk-size".into(),
+            "4".into(),
+            "--target-retention".into(),
+            "0.6".into(),
+            "--min-retention".into(),
+            "0.5".into(),
+        ]
+    };
+    let run = |out: &Path, extra: &[&str], env: &[(&str, &str)]| {
+        let mut v = args(out);
+        v.extend(extra.iter().map(|x| x.to_string()));
+        let refs: Vec<&str> = v.iter().map(String::as_str).collect();
+        tessera_env(&refs, env)
+    };
+    ok(run(&whole, &[], &[]));
+    let cut = dir.path().join("cut.npy");
+    let killed = run(&cut, &[], &[("TESSERA_ABORT_AFTER_UNITS", "3")]);
+    assert!(!killed.status.success());
+    assert!(!cut.exists(), "an interrupted output is not published");
+    ok(run(&cut, &["--resume"], &[]));
+    assert_eq!(std::fs::read(&cut).unwrap(), std::fs::read(&whole).unwrap());
+    for suffix in ["_retention.npy", "_radii.npy", "_centers.npy"] {
+        assert_eq!(
+            std::fs::read(side(&cut, suffix)).unwrap(),
+            std::fs::read(side(&whole, suffix)).unwrap(),
+            "{suffix}"
+        );
+    }
+}

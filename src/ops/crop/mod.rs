@@ -359,12 +359,6 @@ pub fn run(job: &CropJob, comm: &dyn Comm) -> Result<Vec<RunSummary>> {
     let input = io::open(&input_addr)?;
     let layout = check_layout(&input_text, &input.meta().shape)?;
     let manual = check_parameters(job, &layout)?;
-    if job.run.resume {
-        return Err(Error::parameter(
-            "resume",
-            "crop does not resume yet (its validation needs every pattern's crop); rerun with --overwrite",
-        ));
-    }
     // Units: runs of axis-0 rows holding about chunk_size patterns.
     // Units hold at most --chunk-size patterns, and no more than the unit budget
     // (TESSERA_UNIT_BYTES, 64 MiB) so that reading, cropping and writing overlap.
@@ -531,6 +525,17 @@ pub fn run(job: &CropJob, comm: &dyn Comm) -> Result<Vec<RunSummary>> {
         fingerprint: json!({"operation": "crop", "radius": radius, "shape": out_shape}).to_string(),
     };
     let summary = crate::exec::run(&op, comm, &job.run)?;
+    if job.run.resume && !job.run.dry_run {
+        // Units an interrupted run finished were skipped: their retention (needed for the
+        // validation) is recomputed here by cropping them again, without writing.
+        let mine = partition_contiguous(op.chunks.len(), comm.size())[comm.rank()].clone();
+        let missing: Vec<usize> = {
+            let have = op.retention.lock().expect("retention");
+            mine.filter(|u| !have.contains_key(u)).collect()
+        };
+        let redone = missing.iter().try_for_each(|&u| op.compute(u).map(drop));
+        crate::exec::agree(comm, redone)?;
+    }
     tracing::debug!(
         "crop pass 2 (crop, write) done at {:.3} s",
         started.elapsed().as_secs_f64()
