@@ -103,12 +103,17 @@ pub fn radius_by_sort<T: Element>(
         .enumerate()
         .map(|(i, &v)| (d2(i, w, centre), f(v)))
         .collect();
+    first_reaching(&mut px, 0.0, target * total)
+}
+
+/// Sorts `(squared distance, value)` pixels by distance and returns the distance at which
+/// `start` plus the running sum first reaches `goal` (pixels at one distance enter together);
+/// the farthest pixel when rounding keeps the sum a hair below the goal.
+fn first_reaching(px: &mut [(f64, f64)], start: f64, goal: f64) -> f64 {
     px.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let goal = target * total;
-    let mut sum = 0.0;
+    let mut sum = start;
     let mut i = 0;
     while i < px.len() {
-        // Pixels at one distance enter together.
         let mut j = i;
         while j < px.len() && px[j].0 == px[i].0 {
             sum += px[j].1;
@@ -206,22 +211,7 @@ fn radius_non_negative<T: Element>(
             last_end = last_end.max(end);
         }
     }
-    px.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let mut sum = below;
-    let mut i = 0;
-    while i < px.len() {
-        let mut j = i;
-        while j < px.len() && px[j].0 == px[i].0 {
-            sum += px[j].1;
-            j += 1;
-        }
-        if sum >= goal {
-            return px[i].0.sqrt();
-        }
-        i = j;
-    }
-    // Rounding left the goal a hair above the full sum: the farthest pixel.
-    px.last().map_or(0.0, |q| q.0.sqrt())
+    first_reaching(&mut px, below, goal)
 }
 
 /// Analyses one pattern.

@@ -110,7 +110,7 @@ fn strides(shape: &[usize]) -> Vec<usize> {
 
 /// Calls `f(index)` for every index of the box `ranges` in C order (nothing for an empty box;
 /// once with an empty index for zero axes).
-fn for_each_index(ranges: &[Range<u64>], mut f: impl FnMut(&[u64])) {
+pub(crate) fn for_each_index(ranges: &[Range<u64>], mut f: impl FnMut(&[u64])) {
     if ranges.iter().any(|r| r.is_empty()) {
         return;
     }

@@ -540,7 +540,7 @@ impl PyramidOp {
             let counts: Vec<u64> = (0..ndim).map(|a| shape[a].div_ceil(st.extent[a])).collect();
             let ranges: Vec<Range<u64>> = counts.iter().map(|&n| 0..n).collect();
             let mut origins = Vec::new();
-            for_each(&ranges, |idx| {
+            kernel::for_each_index(&ranges, |idx| {
                 origins.push(
                     (0..ndim)
                         .map(|a| idx[a] * st.extent[a])
@@ -817,29 +817,6 @@ impl PyramidOp {
             }
         }
         out
-    }
-}
-
-/// Calls `f(index)` for every index of the box `ranges` in C order.
-fn for_each(ranges: &[Range<u64>], mut f: impl FnMut(&[u64])) {
-    if ranges.iter().any(|r| r.is_empty()) {
-        return;
-    }
-    let mut idx: Vec<u64> = ranges.iter().map(|r| r.start).collect();
-    loop {
-        f(&idx);
-        let mut a = ranges.len();
-        loop {
-            if a == 0 {
-                return;
-            }
-            a -= 1;
-            idx[a] += 1;
-            if idx[a] < ranges[a].end {
-                break;
-            }
-            idx[a] = ranges[a].start;
-        }
     }
 }
 
