@@ -186,7 +186,10 @@ impl ArrayReader for NpyReader {
                 .and_then(|b| b.into_array::<T>())
             {
                 Some(mut a) => {
-                    a.assign(&src);
+                    match (a.as_slice_mut(), src.as_slice()) {
+                        (Some(dst), Some(from)) => dst.copy_from_slice(from),
+                        _ => a.assign(&src),
+                    }
                     a
                 }
                 None => src.to_owned(),
