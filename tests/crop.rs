@@ -189,6 +189,15 @@ fn synthetic_airy_patterns_all_keep_the_target_and_the_plot_is_a_png() {
     let png = side(&out, "_visualization.png");
     let img = image::open(&png).expect("a valid PNG");
     assert_eq!((img.width(), img.height()), (1200, 900));
+    // Both mean patterns are drawn: their centres (the Airy peak) are bright.
+    let rgb = img.to_rgb8();
+    for (x, y) in [(318, 230), (918, 230)] {
+        let window: u32 = (0..9)
+            .map(|k| u32::from(rgb.get_pixel(x - 4 + k % 3 * 4, y - 4 + k / 3 * 4)[0]))
+            .max()
+            .unwrap();
+        assert!(window > 150, "dark mean pattern near ({x}, {y}): {window}");
+    }
     // Same seed, same data and results; another seed, other data.
     let again = dir.path().join("again.npy");
     ok(tessera(&[

@@ -283,6 +283,12 @@ impl Operation for CropOp {
                 let total = self.totals[first + i];
                 retention.push(if total > 0.0 { kept / total } else { f64::NAN });
             }
+            if let Some(sum) = &self.sum_after {
+                let mut part = vec![0.0f64; sh * sw];
+                add_patterns(out.as_slice().expect("fresh"), sh * sw, &mut part);
+                let mut sum = sum.lock().expect("sum");
+                sum.iter_mut().zip(&part).for_each(|(x, y)| *x += y);
+            }
             Element::into_block(out)
         });
         self.retention
