@@ -144,6 +144,39 @@ pub fn describe_ranges(sorted: &[u64]) -> String {
     parts.join(", ")
 }
 
+/// Row-major (C-order) strides of a shape, in elements.
+pub fn row_major_strides(shape: &[usize]) -> Vec<usize> {
+    let mut st = vec![1usize; shape.len()];
+    for a in (0..shape.len().saturating_sub(1)).rev() {
+        st[a] = st[a + 1] * shape[a + 1];
+    }
+    st
+}
+
+/// Calls `f(index)` for every index of the box `ranges` in C order (nothing for an empty box;
+/// once with an empty index for zero axes).
+pub fn for_each_index(ranges: &[Range<u64>], mut f: impl FnMut(&[u64])) {
+    if ranges.iter().any(|r| r.is_empty()) {
+        return;
+    }
+    let mut idx: Vec<u64> = ranges.iter().map(|r| r.start).collect();
+    loop {
+        f(&idx);
+        let mut a = ranges.len();
+        loop {
+            if a == 0 {
+                return;
+            }
+            a -= 1;
+            idx[a] += 1;
+            if idx[a] < ranges[a].end {
+                break;
+            }
+            idx[a] = ranges[a].start;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,6 +24,7 @@ use std::ops::Range;
 use ndarray::{ArrayD, ArrayViewD, Axis, IxDyn};
 use serde::{Deserialize, Serialize};
 
+use crate::grid::{for_each_index, row_major_strides};
 use crate::io::Element;
 
 /// How a level is made from the one below.
@@ -99,39 +100,6 @@ pub fn round_to<T: Element>(x: f64) -> T {
     <T as num_traits::NumCast>::from(x).unwrap_or_default()
 }
 
-/// Row-major strides of a shape, in elements.
-fn strides(shape: &[usize]) -> Vec<usize> {
-    let mut st = vec![1usize; shape.len()];
-    for a in (0..shape.len().saturating_sub(1)).rev() {
-        st[a] = st[a + 1] * shape[a + 1];
-    }
-    st
-}
-
-/// Calls `f(index)` for every index of the box `ranges` in C order (nothing for an empty box;
-/// once with an empty index for zero axes).
-pub(crate) fn for_each_index(ranges: &[Range<u64>], mut f: impl FnMut(&[u64])) {
-    if ranges.iter().any(|r| r.is_empty()) {
-        return;
-    }
-    let mut idx: Vec<u64> = ranges.iter().map(|r| r.start).collect();
-    loop {
-        f(&idx);
-        let mut a = ranges.len();
-        loop {
-            if a == 0 {
-                return;
-            }
-            a -= 1;
-            idx[a] += 1;
-            if idx[a] < ranges[a].end {
-                break;
-            }
-            idx[a] = ranges[a].start;
-        }
-    }
-}
-
 /// An input box: values (C order) and where the box starts in its level.
 pub struct Source<'a, T> {
     pub values: ArrayViewD<'a, T>,
@@ -152,7 +120,7 @@ fn block_rows<T>(
     let nd = out.len();
     let last = nd - 1;
     let in_shape: Vec<usize> = src.values.shape().to_vec();
-    let st = strides(&in_shape);
+    let st = row_major_strides(&in_shape);
     let xr = input_range(
         Method::Mean,
         factor[last],

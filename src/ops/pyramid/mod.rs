@@ -540,7 +540,7 @@ impl PyramidOp {
             let counts: Vec<u64> = (0..ndim).map(|a| shape[a].div_ceil(st.extent[a])).collect();
             let ranges: Vec<Range<u64>> = counts.iter().map(|&n| 0..n).collect();
             let mut origins = Vec::new();
-            kernel::for_each_index(&ranges, |idx| {
+            crate::grid::for_each_index(&ranges, |idx| {
                 origins.push(
                     (0..ndim)
                         .map(|a| idx[a] * st.extent[a])

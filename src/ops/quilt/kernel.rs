@@ -8,6 +8,7 @@
 //! from all the windows that overlap it, in that order, so the bits do not depend on how the
 //! output is split into blocks or among ranks.
 
+use crate::grid::row_major_strides;
 use ndarray::{ArrayD, ArrayViewD, ArrayViewMutD, Axis, IxDyn, Slice, Zip};
 use serde::{Deserialize, Serialize};
 
@@ -99,15 +100,6 @@ pub fn cut_window<T: Clone>(image: &ArrayViewD<'_, T>, start: &[u64], window: &[
 /// True when any value of a row is NaN (a branch-free scan, so it vectorises).
 fn row_has_nan<T: Copy + Into<f64>>(row: &[T]) -> bool {
     row.iter().fold(false, |any, &x| any | x.into().is_nan())
-}
-
-/// Row-major strides of a shape, in elements.
-fn row_major(shape: &[usize]) -> Vec<usize> {
-    let mut st = vec![1usize; shape.len()];
-    for a in (0..shape.len().saturating_sub(1)).rev() {
-        st[a] = st[a + 1] * shape[a + 1];
-    }
-    st
 }
 
 /// A patch of a batch that overlaps the block, ready for the row loop: C-order values (and
@@ -258,7 +250,7 @@ impl Accumulator {
         let nd = w.ndim();
         let wshape = w.shape().to_vec();
         let bshape = self.weights.shape().to_vec();
-        let (bstr, wstr) = (row_major(&bshape), row_major(&wshape));
+        let (bstr, wstr) = (row_major_strides(&bshape), row_major_strides(&wshape));
         let mut items = Vec::with_capacity(patches.len());
         'patches: for (p, v, start) in patches {
             let (mut lo, mut hi) = (Vec::with_capacity(nd), Vec::with_capacity(nd));
