@@ -8,6 +8,8 @@
 //! units still takes part, writing nothing. So one rank's error stops every rank cleanly,
 //! and a killed run restarts where its journal ends.
 
+mod spares;
+pub use spares::Spares;
 pub mod journal;
 pub mod progress;
 pub mod report;

@@ -258,9 +258,8 @@ pub struct ConvertOp {
     units: Vec<UnitInfo>,
     attributes: Map<String, Value>,
     writer: Mutex<Option<Box<dyn ArrayWriter>>>,
-    /// Slabs whose unit was written, reused for the next units: a fresh 64 MiB allocation is
-    /// a fresh mmap that the kernel must fault in and zero page by page.
-    spare_slabs: Mutex<Vec<Block>>,
+    /// Slabs whose unit was written, reused for the next units.
+    spare_slabs: crate::exec::Spares<Block>,
 }
 
 impl ConvertOp {
@@ -362,7 +361,7 @@ impl ConvertOp {
             units,
             attributes,
             writer: Mutex::new(None),
-            spare_slabs: Mutex::new(Vec::new()),
+            spare_slabs: Default::default(),
         })
     }
 
@@ -424,11 +423,7 @@ impl Operation for ConvertOp {
         let run = self.runs[unit].clone();
         let region = Region::slab(&self.spec.shape, self.stack_axis, run.clone());
         let first = run.start as usize;
-        let spare = {
-            let mut spares = self.spare_slabs.lock().expect("spare lock");
-            let at = spares.iter().position(|b| b.shape() == region.shape);
-            at.map(|i| spares.swap_remove(i))
-        };
+        let spare = self.spare_slabs.take(|b| b.shape() == region.shape);
         let block = with_dtype!(self.spec.dtype, T => {
             // Every element is overwritten by fill_slab, so a reused slab needs no clearing.
             let mut slab = spare
@@ -446,10 +441,7 @@ impl Operation for ConvertOp {
         match part {
             Some((_, (region, block))) => {
                 writer.write_box(Some((&region, &block)))?;
-                let mut spares = self.spare_slabs.lock().expect("spare lock");
-                if spares.len() < 2 {
-                    spares.push(block);
-                }
+                self.spare_slabs.keep(block);
                 Ok(())
             }
             None => writer.write_box(None),

@@ -225,7 +225,7 @@ struct CropOp {
     /// Sum of this rank's cropped patterns (for the plot), when a plot is drawn.
     sum_after: Option<Mutex<Vec<f64>>>,
     /// Input blocks of finished units, reused for the next reads.
-    spares: Mutex<Vec<Block>>,
+    spares: crate::exec::Spares<Block>,
     fingerprint: String,
 }
 
@@ -258,7 +258,7 @@ impl Operation for CropOp {
     }
     fn compute(&self, unit: usize) -> Result<Self::Output> {
         let rows = self.chunks[unit].clone();
-        let spare = self.spares.lock().expect("spares").pop();
+        let spare = self.spares.take(|_| true);
         let block = self
             .input
             .read_box_reusing(&self.layout.rows(&rows), spare)?;
@@ -295,6 +295,7 @@ impl Operation for CropOp {
             .lock()
             .expect("retention")
             .insert(unit, retention);
+        self.spares.keep(block);
         Ok((region, out))
     }
     fn write(&self, part: Option<(usize, Self::Output)>) -> Result<()> {
@@ -525,7 +526,7 @@ pub fn run(job: &CropJob, comm: &dyn Comm) -> Result<Vec<RunSummary>> {
         totals: totals.clone(),
         writer: Mutex::new(None),
         retention: Mutex::new(BTreeMap::new()),
-        spares: Mutex::new(Vec::new()),
+        spares: Default::default(),
         sum_after: (!job.no_visualization)
             .then(|| Mutex::new(vec![0.0; (side_h * side_w) as usize])),
         fingerprint: json!({"operation": "crop", "radius": radius, "shape": out_shape}).to_string(),

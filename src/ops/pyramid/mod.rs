@@ -181,7 +181,7 @@ pub struct PyramidOp {
     /// The staged store and group node, once open (later stages read levels back from it).
     staged: Mutex<Option<(PathBuf, String)>>,
     /// Level-0 blocks already written, reused as read buffers for the next units.
-    spare_blocks: Mutex<Vec<Block>>,
+    spare_blocks: crate::exec::Spares<Block>,
 }
 
 fn join_node(node: &str, child: &str) -> String {
@@ -622,7 +622,7 @@ impl PyramidOp {
             memory_per_unit,
             writers: Mutex::new(Vec::new()),
             staged: Mutex::new(None),
-            spare_blocks: Mutex::new(Vec::new()),
+            spare_blocks: Default::default(),
         })
     }
 
@@ -924,11 +924,7 @@ impl Operation for PyramidOp {
         let region = ranges_of(&u.needed[0]);
         let t = std::time::Instant::now();
         let block = if st.source == 0 {
-            let spare = {
-                let mut spares = self.spare_blocks.lock().expect("spares");
-                let at = spares.iter().position(|b| b.shape() == region.shape);
-                at.map(|i| spares.swap_remove(i))
-            };
+            let spare = self.spare_blocks.take(|b| b.shape() == region.shape);
             self.input.read_box_reusing(&region, spare)?
         } else {
             self.level_reader(st.source)?.read_box(&region)?
@@ -948,10 +944,9 @@ impl Operation for PyramidOp {
             for (w, region, block) in &parts {
                 writers[*w].write_box(Some((region, block)))?;
             }
-            let mut spares = self.spare_blocks.lock().expect("spares");
             for (w, _, block) in parts {
-                if w == 0 && spares.len() < 2 {
-                    spares.push(block);
+                if w == 0 {
+                    self.spare_blocks.keep(block);
                 }
             }
         }

@@ -474,11 +474,10 @@ pub struct StitchOp {
     batch: u64,
     writers: Mutex<Vec<Box<dyn ArrayWriter>>>,
     nan_values: AtomicU64,
-    /// Accumulators and mean blocks of finished units, reused: fresh large buffers are fresh
-    /// mappings that the kernel faults in and zeroes page by page (a third of the stitch time
-    /// when they were allocated per unit).
-    spare_accumulators: Mutex<Vec<SplitAccumulator>>,
-    spare_means: Mutex<Vec<Block>>,
+    /// Accumulators and mean blocks of finished units, reused (a third of the stitch time
+    /// went to faulting in fresh ones).
+    spare_accumulators: crate::exec::Spares<SplitAccumulator>,
+    spare_means: crate::exec::Spares<Block>,
 }
 
 impl StitchOp {
@@ -652,8 +651,8 @@ impl StitchOp {
             units,
             writers: Mutex::new(Vec::new()),
             nan_values: AtomicU64::new(0),
-            spare_accumulators: Mutex::new(Vec::new()),
-            spare_means: Mutex::new(Vec::new()),
+            spare_accumulators: Default::default(),
+            spare_means: Default::default(),
         })
     }
 }
@@ -723,12 +722,7 @@ impl Operation for StitchOp {
         origin.extend(std::iter::repeat_n(0, spatial.len() - 1));
         let mut block = vec![rows.end - rows.start];
         block.extend(&spatial[1..]);
-        let spare = {
-            let mut spares = self.spare_accumulators.lock().expect("spare lock");
-            let at = spares.iter().position(|a| a.block_shape() == block);
-            at.map(|i| spares.swap_remove(i))
-        };
-        let mut acc = match spare {
+        let mut acc = match self.spare_accumulators.take(|a| a.block_shape() == block) {
             Some(mut acc) => {
                 acc.reset_at(&origin);
                 acc
@@ -779,11 +773,7 @@ impl Operation for StitchOp {
         mean_region.start[2] = rows.start;
         mean_region.shape[2] = rows.end - rows.start;
         let with_n = |a: ArrayD<f64>| a.insert_axis(Axis(0));
-        let spare = {
-            let mut spares = self.spare_means.lock().expect("spare lock");
-            let at = spares.iter().position(|b| b.shape() == mean_region.shape);
-            at.map(|i| spares.swap_remove(i))
-        };
+        let spare = self.spare_means.take(|b| b.shape() == mean_region.shape);
         // Every element is overwritten by mean_into, so a reused block needs no clearing.
         let mean = match self.mean_spec.dtype {
             DType::F64 => {
@@ -815,19 +805,15 @@ impl Operation for StitchOp {
             let std = acc.std().expect("variance given with --std");
             out.push((mean_region, cast_out(with_n(std), self.mean_spec.dtype)));
         }
-        let mut spares = self.spare_accumulators.lock().expect("spare lock");
-        if spares.len() < 2 {
-            spares.push(acc);
-        }
+        self.spare_accumulators.keep(acc);
         Ok(out)
     }
     fn write(&self, part: Option<(usize, Self::Output)>) -> Result<()> {
         let writers = self.writers.lock().expect("writers");
         io::write_parts(&writers, part.as_ref().map(|(_, p)| p.as_slice()))?;
         if let Some((_, mut parts)) = part {
-            let mut spares = self.spare_means.lock().expect("spare lock");
-            if spares.len() < 2 && !parts.is_empty() {
-                spares.push(parts.swap_remove(0).1);
+            if !parts.is_empty() {
+                self.spare_means.keep(parts.swap_remove(0).1);
             }
         }
         Ok(())
