@@ -447,3 +447,31 @@ fn a_killed_crop_resumes_to_the_same_bytes() {
         );
     }
 }
+
+#[cfg(feature = "hdf5")]
+#[test]
+fn an_hdf5_output_is_closed_and_reads_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = ArrayD::<f32>::zeros(IxDyn(&[3, 9, 9]));
+    for n in 0..3 {
+        a[[n, 4, 4 + n]] = 2.0;
+    }
+    let input = dir.path().join("p.npy");
+    write_npy(&input, &a).unwrap();
+    let out = format!("{}:/cropped", dir.path().join("c.h5").display());
+    ok(tessera(&[
+        "crop",
+        "--input",
+        &s(&input),
+        "--output",
+        &out,
+        "--codec",
+        "gzip",
+        "--margin-pixels",
+        "1",
+        "--no-visualization",
+    ]));
+    let c = read_all(&out).into_array::<f32>().unwrap();
+    assert_eq!(c.shape(), &[3, 3, 3]);
+    assert!((0..3).all(|n| c[[n, 1, 1]] == 2.0));
+}

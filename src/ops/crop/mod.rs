@@ -306,7 +306,8 @@ impl Operation for CropOp {
             .write_box(part.as_ref().map(|(_, (r, b))| (r, b)))
     }
     fn finish(&self, _comm: &dyn Comm) -> Result<()> {
-        Ok(())
+        let writer = self.writer.lock().expect("writer").take();
+        writer.map_or(Ok(()), |w| w.close())
     }
 }
 

@@ -953,6 +953,9 @@ impl Operation for PyramidOp {
         Ok(())
     }
     fn finish(&self, comm: &dyn Comm) -> Result<()> {
+        for w in std::mem::take(&mut *self.writers.lock().expect("writers")) {
+            w.close()?;
+        }
         if comm.is_root() {
             let (store, node) = self
                 .staged

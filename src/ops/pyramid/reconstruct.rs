@@ -206,6 +206,7 @@ impl Operation for ReconstructOp {
         writer.write_box(part.as_ref().map(|(_, (r, b))| (r, b)))
     }
     fn finish(&self, _comm: &dyn Comm) -> Result<()> {
-        Ok(())
+        let writer = self.writer.lock().expect("writer").take();
+        writer.map_or(Ok(()), |w| w.close())
     }
 }
