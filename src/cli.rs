@@ -233,96 +233,69 @@ fn default_report(output: &Path) -> PathBuf {
 /// # Errors
 /// The job's failure.
 pub fn run_job(job: Job, comm: &dyn Comm) -> Result<()> {
-    match job {
-        Job::Convert(job) => {
-            let summaries = crate::ops::convert::run(&job, comm)?;
-            finish(
+    use crate::ops::{convert, crop, pyramid, quilt};
+    // What each job runs, and the report that names it: (command, output, options,
+    // parameters, summaries).
+    let (command, output, run, params, summaries) = match &job {
+        Job::Convert(j) => {
+            let out = j.output.to_string_lossy().into_owned();
+            (
                 "convert",
-                &job.output,
-                &job.run,
-                serde_json::to_value(&job).unwrap_or_default(),
-                &summaries,
-                comm,
+                out,
+                &j.run,
+                parameters(j),
+                convert::run(j, comm)?,
             )
         }
-        Job::Unstitch(job) => {
-            let op = crate::ops::quilt::UnstitchOp::plan(&job)?;
-            let summary = crate::exec::run(&op, comm, &job.run)?;
-            let parameters = serde_json::to_value(&job).unwrap_or_default();
-            finish(
-                "quilt unstitch",
-                Path::new(&job.output),
-                &job.run,
-                parameters,
-                &[summary],
-                comm,
-            )
+        Job::Crop(j) => (
+            "crop",
+            j.output.clone(),
+            &j.run,
+            parameters(j),
+            crop::run(j, comm)?,
+        ),
+        Job::Unstitch(j) => {
+            let s = run_op(&quilt::UnstitchOp::plan(j)?, comm, &j.run)?;
+            ("quilt unstitch", j.output.clone(), &j.run, parameters(j), s)
         }
-        Job::Weed(job) => {
-            let op = crate::ops::quilt::weed::WeedOp::plan(&job, comm)?;
-            let summary = crate::exec::run(&op, comm, &job.run)?;
-            let parameters = serde_json::to_value(&job).unwrap_or_default();
-            finish(
-                "quilt weed",
-                Path::new(&job.output),
-                &job.run,
-                parameters,
-                &[summary],
-                comm,
-            )
+        Job::Weed(j) => {
+            let s = run_op(&quilt::weed::WeedOp::plan(j, comm)?, comm, &j.run)?;
+            ("quilt weed", j.output.clone(), &j.run, parameters(j), s)
         }
-        Job::Crop(job) => {
-            let summaries = crate::ops::crop::run(&job, comm)?;
-            let parameters = serde_json::to_value(&job).unwrap_or_default();
-            finish(
-                "crop",
-                Path::new(&job.output),
-                &job.run,
-                parameters,
-                &summaries,
-                comm,
-            )
+        Job::Stitch(j) => {
+            let s = run_op(&quilt::StitchOp::plan(j)?, comm, &j.run)?;
+            ("quilt stitch", j.output.clone(), &j.run, parameters(j), s)
         }
-        Job::Pyramid(job) => {
-            let op = crate::ops::pyramid::PyramidOp::plan(&job)?;
-            let summary = crate::exec::run(&op, comm, &job.run)?;
-            let parameters = serde_json::to_value(&job).unwrap_or_default();
-            finish(
-                "pyramid",
-                Path::new(&job.output),
-                &job.run,
-                parameters,
-                &[summary],
-                comm,
-            )
+        Job::Pyramid(j) => {
+            let s = run_op(&pyramid::PyramidOp::plan(j)?, comm, &j.run)?;
+            ("pyramid", j.output.clone(), &j.run, parameters(j), s)
         }
-        Job::Reconstruct(job) => {
-            let op = crate::ops::pyramid::reconstruct::ReconstructOp::plan(&job)?;
-            let summary = crate::exec::run(&op, comm, &job.run)?;
-            let parameters = serde_json::to_value(&job).unwrap_or_default();
-            finish(
+        Job::Reconstruct(j) => {
+            let s = run_op(&pyramid::reconstruct::ReconstructOp::plan(j)?, comm, &j.run)?;
+            (
                 "pyramid reconstruct",
-                Path::new(&job.output),
-                &job.run,
-                parameters,
-                &[summary],
-                comm,
+                j.output.clone(),
+                &j.run,
+                parameters(j),
+                s,
             )
         }
-        Job::Stitch(job) => {
-            let op = crate::ops::quilt::StitchOp::plan(&job)?;
-            let summary = crate::exec::run(&op, comm, &job.run)?;
-            let parameters = serde_json::to_value(&job).unwrap_or_default();
-            finish(
-                "quilt stitch",
-                Path::new(&job.output),
-                &job.run,
-                parameters,
-                &[summary],
-                comm,
-            )
-        }
-    }
+    };
+    finish(command, Path::new(&output), run, params, &summaries, comm)
+}
+
+/// Runs one planned operation; its summary as the report wants it.
+fn run_op<O: crate::exec::Operation>(
+    op: &O,
+    comm: &dyn Comm,
+    run: &crate::exec::RunOptions,
+) -> Result<Vec<RunSummary>> {
+    Ok(vec![crate::exec::run(op, comm, run)?])
+}
+
+/// Job parameters as JSON for the report.
+fn parameters<T: serde::Serialize>(job: &T) -> serde_json::Value {
+    serde_json::to_value(job).unwrap_or_default()
 }
 
 fn finish(
