@@ -188,7 +188,6 @@ pub fn run<Op: Operation>(op: &Op, comm: &dyn Comm, options: &RunOptions) -> Res
     let units = op.units();
     let stage_ends = op.stage_ends();
     // Each stage is split among the ranks on its own.
-    let mut assignment: Vec<Vec<usize>> = vec![Vec::new(); comm.size()];
     let mut stage_of_rank: Vec<Vec<Vec<usize>>> = vec![Vec::new(); comm.size()];
     let mut begin = 0;
     for &end in &stage_ends {
@@ -196,9 +195,7 @@ pub fn run<Op: Operation>(op: &Op, comm: &dyn Comm, options: &RunOptions) -> Res
             .into_iter()
             .enumerate()
         {
-            let ids: Vec<usize> = r.map(|u| u + begin).collect();
-            assignment[rank].extend(&ids);
-            stage_of_rank[rank].push(ids);
+            stage_of_rank[rank].push(r.map(|u| u + begin).collect());
         }
         begin = end;
     }
@@ -209,6 +206,7 @@ pub fn run<Op: Operation>(op: &Op, comm: &dyn Comm, options: &RunOptions) -> Res
 
     if options.dry_run {
         if comm.is_root() {
+            let assignment: Vec<Vec<usize>> = stage_of_rank.iter().map(|s| s.concat()).collect();
             print!("{}", report::describe_plan(op, &assignment, &stagings));
         }
         return Ok(RunSummary::dry_run(
@@ -254,6 +252,7 @@ pub fn run<Op: Operation>(op: &Op, comm: &dyn Comm, options: &RunOptions) -> Res
         comm.is_root(),
     );
     let mut stats = report::RankStats::default();
+    let abort_at = abort_after_units();
     for mine in &stages {
         let t = Instant::now();
         let mut rounds = [mine.len() as u64];
@@ -265,11 +264,8 @@ pub fn run<Op: Operation>(op: &Op, comm: &dyn Comm, options: &RunOptions) -> Res
         // nothing, so every rank calls `write` the same number of times.
         let mut pending: Option<(usize, Op::Output)> = None;
         for round in 0..=rounds[0] as usize {
-            let next = if round < rounds[0] as usize {
-                mine.get(round).copied()
-            } else {
-                None
-            };
+            // The last round computes nothing (every rank has at most rounds[0] units).
+            let next = mine.get(round).copied();
             let writing = pending.as_ref().map(|(u, _)| *u);
             let (written, computed) = std::thread::scope(|scope| {
                 let helper = scope.spawn(|| {
@@ -301,7 +297,7 @@ pub fn run<Op: Operation>(op: &Op, comm: &dyn Comm, options: &RunOptions) -> Res
                 stats.units += 1;
                 stats.bytes_read += units[u].bytes_in;
                 stats.bytes_written += units[u].bytes_out;
-                if abort_after_units() == Some(stats.units) {
+                if abort_at == Some(stats.units) {
                     eprintln!(
                         "TESSERA_ABORT_AFTER_UNITS: rank {} aborting after {} units",
                         comm.rank(),
