@@ -116,6 +116,15 @@ impl WritableStorageTraits for ChunkFileStore {
     }
 }
 
+/// `name` inside the Zarr node `node` (`""` is the store's root).
+pub fn child_node(node: &str, name: &str) -> String {
+    if node.is_empty() {
+        name.to_string()
+    } else {
+        format!("{node}/{name}")
+    }
+}
+
 fn node_path(node: &str) -> String {
     format!("/{node}")
 }

@@ -180,16 +180,10 @@ pub struct PyramidOp {
     writers: Mutex<Vec<Box<dyn ArrayWriter>>>,
     /// The staged store and group node, once open (later stages read levels back from it).
     staged: Mutex<Option<(PathBuf, String)>>,
+    /// Readers of levels written by earlier stages, opened once per level.
+    level_readers: Mutex<std::collections::HashMap<usize, std::sync::Arc<io::zarr::ZarrReader>>>,
     /// Level-0 blocks already written, reused as read buffers for the next units.
     spare_blocks: crate::exec::Spares<Block>,
-}
-
-fn join_node(node: &str, child: &str) -> String {
-    if node.is_empty() {
-        child.to_string()
-    } else {
-        format!("{node}/{child}")
-    }
 }
 
 fn ranges_of(region: &[Range<u64>]) -> Region {
@@ -250,7 +244,8 @@ impl PyramidOp {
             ));
         }
         // Axes: --axes, else the input's OME metadata, else all spatial.
-        let from_ome = ome_axes(&input_addr);
+        // The input's OME metadata is only looked at when --axes does not say.
+        let from_ome = job.axes.is_none().then(|| ome_axes(&input_addr)).flatten();
         let (mut axes, ome_scale) = match (&job.axes, from_ome) {
             (Some(text), _) => (parse_axes(text, ndim)?, None),
             (None, Some((axes, scale))) if axes.len() == ndim => (axes, scale),
@@ -623,6 +618,7 @@ impl PyramidOp {
             writers: Mutex::new(Vec::new()),
             staged: Mutex::new(None),
             spare_blocks: Default::default(),
+            level_readers: Default::default(),
         })
     }
 
@@ -707,15 +703,21 @@ impl PyramidOp {
         attrs
     }
 
-    fn level_reader(&self, level: usize) -> Result<Box<dyn ArrayReader>> {
+    fn level_reader(&self, level: usize) -> Result<std::sync::Arc<io::zarr::ZarrReader>> {
+        let mut readers = self.level_readers.lock().expect("readers");
+        if let Some(r) = readers.get(&level) {
+            return Ok(r.clone());
+        }
         let staged = self.staged.lock().expect("staged").clone();
         let (store, node) = staged.ok_or_else(|| {
             Error::parameter("internal", "a later stage ran before the output was opened")
         })?;
-        Ok(Box::new(io::zarr::ZarrReader::open(
+        let reader = std::sync::Arc::new(io::zarr::ZarrReader::open(
             &store,
-            &join_node(&node, &level.to_string()),
-        )?))
+            &io::zarr::child_node(&node, &level.to_string()),
+        )?);
+        readers.insert(level, reader.clone());
+        Ok(reader)
     }
 
     /// Builds the levels of one unit from its source block (typed).
@@ -909,7 +911,7 @@ impl Operation for PyramidOp {
             };
             let address = Address::Zarr {
                 store: store.clone(),
-                node: join_node(node, &name),
+                node: io::zarr::child_node(node, &name),
             };
             writers.push(io::create(&address, spec, comm, resume)?);
         }

@@ -29,14 +29,6 @@ pub struct ReconstructOp {
     writer: Mutex<Option<Box<dyn ArrayWriter>>>,
 }
 
-fn child(node: &str, name: &str) -> String {
-    if node.is_empty() {
-        name.to_string()
-    } else {
-        format!("{node}/{name}")
-    }
-}
-
 impl ReconstructOp {
     /// # Errors
     /// The input is not a Laplacian pyramid written by tessera, or its arrays disagree with
@@ -91,7 +83,7 @@ impl ReconstructOp {
         let levels = shapes.len();
         // Every array the reconstruction reads must be there with its recorded shape.
         let check = |name: &str, shape: &[u64]| -> Result<io::ArrayMeta> {
-            let r = io::zarr::ZarrReader::open(store, &child(node, name))?;
+            let r = io::zarr::ZarrReader::open(store, &io::zarr::child_node(node, name))?;
             let meta = io::ArrayReader::meta(&r).clone();
             if meta.shape != shape {
                 return Err(Error::mismatch(
@@ -143,7 +135,7 @@ impl ReconstructOp {
     }
 
     fn read_f32(&self, name: &str) -> Result<ArrayD<f32>> {
-        let r = io::zarr::ZarrReader::open(&self.store, &child(&self.node, name))?;
+        let r = io::zarr::ZarrReader::open(&self.store, &io::zarr::child_node(&self.node, name))?;
         let whole = Region::whole(&io::ArrayReader::meta(&r).shape);
         Ok(io::ArrayReader::read_box(&r, &whole)?
             .to_f64()
