@@ -238,11 +238,7 @@ pub fn analyse<T: Element>(
         PatternKind::Empty
     };
     let radius = if kind == PatternKind::Normal {
-        if p.iter().fold(false, |neg, &v| neg | (f(v) < 0.0)) {
-            radius_by_sort(p, w, centre, target, total)
-        } else {
-            radius_non_negative(p, w, centre, target, total)
-        }
+        retention_radius(p, w, centre, target, total)
     } else {
         0.0
     };

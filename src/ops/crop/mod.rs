@@ -58,10 +58,7 @@ impl Layout {
     }
     /// The region of rows `rows` of axis 0 (all patterns of them).
     fn rows(&self, rows: &Range<u64>) -> Region {
-        let mut r = Region::whole(&self.shape);
-        r.start[0] = rows.start;
-        r.shape[0] = rows.end - rows.start;
-        r
+        Region::slab(&self.shape, 0, rows.clone())
     }
 }
 
@@ -367,18 +364,14 @@ pub fn run(job: &CropJob, comm: &dyn Comm) -> Result<Vec<RunSummary>> {
     let input = io::open(&input_addr)?;
     let layout = check_layout(&input_text, &input.meta().shape)?;
     let manual = check_parameters(job, &layout)?;
-    // Units: runs of axis-0 rows holding about chunk_size patterns.
-    // Units hold at most --chunk-size patterns, and no more than the unit budget
-    // (TESSERA_UNIT_BYTES, 64 MiB) so that reading, cropping and writing overlap.
+    // Units: runs of axis-0 rows holding at most --chunk-size patterns, and no more than the
+    // unit budget (TESSERA_UNIT_BYTES, 64 MiB) so that reading, cropping and writing overlap.
     let pattern_bytes = layout.h * layout.w * input.meta().dtype.size() as u64;
-    let budget = (crate::exec::target_unit_bytes() / pattern_bytes).max(1);
+    let budget = crate::grid::blocks_for_target(pattern_bytes, crate::exec::target_unit_bytes());
     let rows_per_chunk = (job.chunk_size.min(budget) / layout.per_row).max(1);
-    let chunks: Vec<Range<u64>> = (0..layout.shape[0])
-        .step_by(rows_per_chunk as usize)
-        .map(|r| r..(r + rows_per_chunk).min(layout.shape[0]))
-        .collect();
+    let chunks = crate::grid::block_aligned_runs(layout.shape[0], rows_per_chunk, 1);
 
-    // Pass 1: analysis of this rank's chunks (the same split as pass 2).
+    // Pass 1: analysis of this rank's chunks (the same split as pass 2, which exec makes).
     let mine = partition_contiguous(chunks.len(), comm.size())[comm.rank()].clone();
     let mut analyses = Vec::new();
     let mut first_bad = u64::MAX;
@@ -536,7 +529,6 @@ pub fn run(job: &CropJob, comm: &dyn Comm) -> Result<Vec<RunSummary>> {
     if job.run.resume && !job.run.dry_run {
         // Units an interrupted run finished were skipped: their retention (needed for the
         // validation) is recomputed here by cropping them again, without writing.
-        let mine = partition_contiguous(op.chunks.len(), comm.size())[comm.rank()].clone();
         let missing: Vec<usize> = {
             let have = op.retention.lock().expect("retention");
             mine.filter(|u| !have.contains_key(u)).collect()
