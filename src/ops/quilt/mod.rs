@@ -338,18 +338,18 @@ impl Operation for UnstitchOp {
         let patches = with_dtype!(self.spec.dtype, T => self.cut::<T>(run)?);
         let per_image = self.grid.per_image();
         let npos = 1 + self.grid.ndim();
+        // One row [n, z?, y, x] per patch, each window's start computed once.
+        let rows: Vec<i64> = run
+            .clone()
+            .flat_map(|m| {
+                let start = self.grid.window_start(m % per_image);
+                std::iter::once((m / per_image) as i64).chain(start.into_iter().map(|s| s as i64))
+            })
+            .collect();
         let positions =
-            ArrayD::from_shape_fn(IxDyn(&[(run.end - run.start) as usize, npos]), |i| {
-                let m = run.start + i[0] as u64;
-                if i[1] == 0 {
-                    (m / per_image) as i64
-                } else {
-                    self.grid.window_start(m % per_image)[i[1] - 1] as i64
-                }
-            });
-        let mut region = Region::whole(&self.spec.shape);
-        region.start[0] = run.start;
-        region.shape[0] = run.end - run.start;
+            ArrayD::from_shape_vec(IxDyn(&[(run.end - run.start) as usize, npos]), rows)
+                .expect("one row of 1 + ndim values per patch");
+        let region = Region::slab(&self.spec.shape, 0, run.clone());
         let prow = Region {
             start: vec![run.start, 0],
             shape: vec![run.end - run.start, npos as u64],
