@@ -119,6 +119,22 @@ pub trait ArrayReader: Send + Sync {
         let _ = spare;
         self.read_box(region)
     }
+
+    /// The whole array's elements as native-endian C-order bytes, when the store keeps them
+    /// uncompressed in one memory-mapped piece (`.npy`): kernels that read each element once
+    /// can use them in place instead of copying boxes out. `None` for other stores.
+    fn mapped_bytes(&self) -> Option<&[u8]> {
+        None
+    }
+}
+
+/// [`ArrayReader::mapped_bytes`] as elements of `T` (`None` when the store has no mapped
+/// form, the type differs, or the mapping is not aligned for `T`).
+pub fn mapped_elements<T: Element>(reader: &dyn ArrayReader) -> Option<&[T]> {
+    if reader.meta().dtype != T::DTYPE {
+        return None;
+    }
+    bytemuck::try_cast_slice(reader.mapped_bytes()?).ok()
 }
 
 /// Writes boxes of an array being created.

@@ -1,14 +1,15 @@
-//! numpy `.npy` files, read and written through memory maps, so that boxes are read without
-//! loading the whole file and several ranks can write disjoint boxes of one file.
+//! numpy `.npy` files. Reads go through a read-only memory map (boxes are read without loading
+//! the whole file, and kernels may use the mapped elements in place); writes are positioned
+//! writes, so that several ranks can fill disjoint boxes of one file.
 //!
 //! Only C-order, native-endian files are read; anything else is refused with the reason.
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 
-use memmap2::{Mmap, MmapMut};
-use ndarray::{ArrayViewD, ArrayViewMutD, IxDyn, SliceInfoElem};
-use ndarray_npy::{ViewMutNpyExt, ViewNpyExt};
+use memmap2::Mmap;
+use ndarray::{ArrayViewD, IxDyn, SliceInfoElem};
+use ndarray_npy::ViewNpyExt;
 use serde_json::{Map, Value};
 
 use super::{
@@ -197,12 +198,25 @@ impl ArrayReader for NpyReader {
             Ok(T::into_block(part))
         })
     }
+
+    fn mapped_bytes(&self) -> Option<&[u8]> {
+        // The data runs to the end of the file (`open` checked its length).
+        let n: u64 = self.meta.shape.iter().product::<u64>() * self.meta.dtype.size() as u64;
+        let n = usize::try_from(n).ok()?;
+        self.map.get(self.map.len().checked_sub(n)?..)
+    }
 }
 
-/// Writes a `.npy` file: rank 0 creates it full of zeros with its header, then every rank maps
-/// it and fills its own boxes.
+/// Writes a `.npy` file: rank 0 creates it full of zeros with its header, then every rank
+/// writes its own boxes with positioned writes, one per contiguous run of the file.
+///
+/// (Writes through a shared mapping were slower: every first store to a page took a
+/// write-protect fault and a TLB shootdown across the process's threads. As with the Zarr store,
+/// flushing to disk is left to the operating system.)
 pub struct NpyWriter {
-    map: std::sync::Mutex<MmapMut>,
+    file: File,
+    /// Byte offset of the data (the header's length).
+    data_offset: u64,
     shape: Vec<u64>,
     dtype: DType,
     path: PathBuf,
@@ -210,7 +224,7 @@ pub struct NpyWriter {
 
 impl NpyWriter {
     /// # Errors
-    /// A failure creating or mapping the file.
+    /// A failure creating or opening the file, or a file (on resume) of another size.
     pub fn create(path: &Path, spec: &CreateSpec, comm: &dyn Comm, resume: bool) -> Result<Self> {
         let mut result = Ok(());
         if comm.is_root() && !(resume && path.exists()) {
@@ -228,33 +242,68 @@ impl NpyWriter {
             result?;
             return Err(Error::PeerFailed { rank });
         }
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .at(path)?;
-        // SAFETY: the file is ours (a staging name no one else writes); ranks write disjoint
-        // boxes, so no byte is written twice concurrently.
-        let map = unsafe { MmapMut::map_mut(&file) }.at(path)?;
+        let file = OpenOptions::new().write(true).open(path).at(path)?;
+        let len = file.metadata().at(path)?.len();
+        let bytes = spec.shape.iter().product::<u64>() * spec.dtype.size() as u64;
+        let data_offset = len.checked_sub(bytes).ok_or_else(|| {
+            Error::bad_file(
+                path,
+                format!("{len} bytes, fewer than the {bytes} bytes of data it should hold"),
+            )
+        })?;
         Ok(NpyWriter {
-            map: std::sync::Mutex::new(map),
+            file,
+            data_offset,
             shape: spec.shape.clone(),
             dtype: spec.dtype,
             path: path.to_path_buf(),
         })
     }
-}
 
-fn write_into<T: Element + ndarray_npy::ViewMutElement>(
-    map: &mut MmapMut,
-    path: &Path,
-    region: &Region,
-    block: &ndarray::ArrayD<T>,
-) -> Result<()> {
-    let mut view =
-        ArrayViewMutD::<T>::view_mut_npy(map).map_err(|e| Error::bad_file(path, e.to_string()))?;
-    view.slice_mut(slice_info(region).as_slice()).assign(block);
-    Ok(())
+    fn write_runs<T: Element>(&self, region: &Region, block: &ndarray::ArrayD<T>) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let standard = block.as_standard_layout();
+        let data = standard.as_slice().expect("standard layout");
+        let nd = self.shape.len();
+        if nd == 0 {
+            let bytes = bytemuck::cast_slice(data);
+            return self
+                .file
+                .write_all_at(bytes, self.data_offset)
+                .at(&self.path);
+        }
+        // The file is contiguous over the trailing axes the region spans whole, and over the
+        // axis before them: one write per index of the axes before that one.
+        let mut j = nd - 1;
+        while j > 0 && region.start[j] == 0 && region.shape[j] == self.shape[j] {
+            j -= 1;
+        }
+        let shape: Vec<usize> = self.shape.iter().map(|&n| n as usize).collect();
+        let strides = crate::grid::row_major_strides(&shape);
+        let run = region.shape[j..].iter().product::<u64>() as usize;
+        let size = std::mem::size_of::<T>() as u64;
+        let ranges = region.ranges();
+        let mut done = 0usize;
+        let mut failed = Ok(());
+        crate::grid::for_each_index(&ranges[..j], |idx| {
+            if failed.is_err() {
+                return;
+            }
+            let element: u64 = idx
+                .iter()
+                .zip(&strides)
+                .map(|(&i, &s)| i * s as u64)
+                .sum::<u64>()
+                + region.start[j] * strides[j] as u64;
+            let bytes = bytemuck::cast_slice(&data[done..done + run]);
+            failed = self
+                .file
+                .write_all_at(bytes, self.data_offset + element * size)
+                .at(&self.path);
+            done += run;
+        });
+        failed
+    }
 }
 
 impl ArrayWriter for NpyWriter {
@@ -269,8 +318,7 @@ impl ArrayWriter for NpyWriter {
             region,
             block,
         )?;
-        let mut map = self.map.lock().expect("npy map lock");
-        with_block!(block, a => write_into(&mut map, &self.path, region, a))
+        with_block!(block, a => self.write_runs(region, a))
     }
 
     fn set_attributes(&self, _attributes: &Map<String, Value>) -> Result<()> {
@@ -279,8 +327,7 @@ impl ArrayWriter for NpyWriter {
     }
 
     fn close(self: Box<Self>) -> Result<()> {
-        let map = self.map.into_inner().expect("npy map lock");
-        map.flush().at(&self.path)
+        Ok(())
     }
 }
 

@@ -8,9 +8,12 @@
 //!   centroid and uses the geometric centre.
 //! - Retention radius: the smallest r such that the f64 sum of the pixels at distance <= r from
 //!   the centre reaches `target * total` (pixels at equal distance enter together). Computed
-//!   with a histogram of squared distances (1024 bins), then an exact sort of the one bin where
-//!   the sum crosses the target; patterns with negative pixels use the full sort (their running
-//!   sum is not monotonic). A pattern with total <= 0 has radius 0 and is reported as empty.
+//!   from the previous pattern's radius where it can be: the disk inside a ring of +-3 pixels
+//!   around it is summed by row spans, and if the crossing lies in the ring only the ring's
+//!   pixels are ordered. Otherwise a histogram of squared distances (1024 bins), then an exact
+//!   sort of the one bin where the sum crosses the target. Patterns with negative pixels use
+//!   the full sort (their running sum is not monotonic). A pattern with total <= 0 has radius
+//!   0 and is reported as empty.
 //! - Crop: a square window of side `min(2R + 1, size)` per axis whose centre pixel is
 //!   `floor(c + 0.5)`, shifted inside the image where it would cross an edge.
 
@@ -30,6 +33,8 @@ pub enum PatternKind {
     Empty,
     /// Negative sum.
     Negative,
+    /// NaN or infinite values (or a sum beyond f64): rejected by the caller.
+    NotFinite,
 }
 
 /// Per-pattern result of the analysis pass.
@@ -64,23 +69,71 @@ pub enum CentreMethod {
     Manual,
 }
 
+/// Independent partial sums per row: the adds of one lane do not wait on the previous pixel's,
+/// and the compiler can vectorise them. The order is fixed, so the bits are too.
+const SUM_LANES: usize = 8;
+
+/// The f64 sum of a slice, in [`SUM_LANES`] partial sums.
+fn sum_f64<T: Element>(s: &[T]) -> f64 {
+    let mut acc = [0.0f64; SUM_LANES];
+    let mut chunks = s.chunks_exact(SUM_LANES);
+    for c in &mut chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += f(v);
+        }
+    }
+    let tail: f64 = chunks.remainder().iter().map(|&v| f(v)).sum();
+    acc.iter().sum::<f64>() + tail
+}
+
 /// The f64 sum and the intensity-weighted centroid of a pattern (`None` centroid when the sum
-/// is not positive).
+/// is not positive). A pattern holding NaN or an infinity has a non-finite sum.
 pub fn total_and_centroid<T: Element>(p: &[T], w: usize) -> (f64, Option<(f64, f64)>) {
+    let m = moments(p, w);
+    (m.total, m.centroid)
+}
+
+/// What one read of a pattern tells.
+struct Moments {
+    total: f64,
+    centroid: Option<(f64, f64)>,
+    /// Some pixel is below zero.
+    negative: bool,
+}
+
+fn moments<T: Element>(p: &[T], w: usize) -> Moments {
     let (mut total, mut sy, mut sx) = (0.0f64, 0.0f64, 0.0f64);
+    let mut low = [0.0f64; SUM_LANES];
     for (y, row) in p.chunks_exact(w).enumerate() {
-        let (mut rs, mut rx) = (0.0f64, 0.0f64);
-        for (x, &v) in row.iter().enumerate() {
+        let (mut s, mut m) = ([0.0f64; SUM_LANES], [0.0f64; SUM_LANES]);
+        let mut chunks = row.chunks_exact(SUM_LANES);
+        let mut base = 0.0f64;
+        for c in &mut chunks {
+            for (k, &v) in c.iter().enumerate() {
+                let v = f(v);
+                s[k] += v;
+                m[k] += v * (base + k as f64);
+                low[k] = low[k].min(v);
+            }
+            base += SUM_LANES as f64;
+        }
+        let (mut rs, mut rx) = (s.iter().sum::<f64>(), m.iter().sum::<f64>());
+        for (k, &v) in chunks.remainder().iter().enumerate() {
             let v = f(v);
             rs += v;
-            rx += v * x as f64;
+            rx += v * (base + k as f64);
+            low[0] = low[0].min(v);
         }
         total += rs;
         sy += rs * y as f64;
         sx += rx;
     }
     let centroid = (total > 0.0).then(|| (sy / total, sx / total));
-    (total, centroid)
+    Moments {
+        total,
+        centroid,
+        negative: low.iter().any(|&l| l < 0.0),
+    }
 }
 
 /// Histogram bins of squared distance (the crossing bin is then sorted exactly).
@@ -132,18 +185,135 @@ fn d2(i: usize, w: usize, (cy, cx): (f64, f64)) -> f64 {
     dy * dy + dx * dx
 }
 
-/// The retention radius (see the module docs), fast path for non-negative patterns.
+/// The retention radius (see the module docs), fast path for non-negative patterns. `guess`,
+/// a radius expected to be close (the previous pattern's), lets most patterns skip the full
+/// histogram: only the ring within [`GUESS_SLACK`] pixels of it is sorted, after checking that
+/// the crossing lies inside that ring; the result is the same either way.
 pub fn retention_radius<T: Element>(
     p: &[T],
     w: usize,
     centre: (f64, f64),
     target: f64,
     total: f64,
+    guess: Option<f64>,
 ) -> f64 {
-    if p.iter().any(|&v| f(v) < 0.0) {
+    let negative = p.iter().any(|&v| f(v) < 0.0);
+    radius_of(p, w, centre, target, total, guess, negative)
+}
+
+/// [`retention_radius`] when whether the pattern has negative pixels is known.
+fn radius_of<T: Element>(
+    p: &[T],
+    w: usize,
+    centre: (f64, f64),
+    target: f64,
+    total: f64,
+    guess: Option<f64>,
+    negative: bool,
+) -> f64 {
+    if negative {
         return radius_by_sort(p, w, centre, target, total);
     }
-    radius_non_negative(p, w, centre, target, total)
+    guess
+        .and_then(|g| radius_near(p, w, centre, target * total, g))
+        .unwrap_or_else(|| radius_non_negative(p, w, centre, target, total))
+}
+
+/// Half-width, in pixels, of the ring searched around a guessed radius.
+pub const GUESS_SLACK: f64 = 3.0;
+
+/// The columns `x` of a row with `dy2 + dx2[x] <= limit` (computed exactly so, in f64): an
+/// interval around the centre column `cx`, since `dx2` falls and then rises.
+fn span(dx2: &[f64], dy2: f64, limit: f64, cx: f64) -> (usize, usize) {
+    let w = dx2.len();
+    let inside = |x: usize| dy2 + dx2[x] <= limit;
+    let t = limit - dy2;
+    if t.is_nan() || t < 0.0 || w == 0 {
+        return (0, 0);
+    }
+    let h = t.sqrt();
+    let mut a = ((cx - h).ceil().max(0.0) as usize).min(w);
+    let mut b = (((cx + h).floor() + 1.0).max(0.0) as usize).min(w);
+    if a >= b {
+        let c = (cx.round().max(0.0) as usize).min(w - 1);
+        if !inside(c) {
+            return (0, 0);
+        }
+        (a, b) = (c, c + 1);
+    }
+    while a > 0 && inside(a - 1) {
+        a -= 1;
+    }
+    while a < b && !inside(a) {
+        a += 1;
+    }
+    while b < w && inside(b) {
+        b += 1;
+    }
+    while b > a && !inside(b - 1) {
+        b -= 1;
+    }
+    (a, b)
+}
+
+/// The radius when it lies in the ring `guess +- GUESS_SLACK`: the disk inside the ring is
+/// summed by row spans, the ring's pixels are ordered, and `None` says the crossing is
+/// elsewhere (the caller then takes the full histogram).
+fn radius_near<T: Element>(
+    p: &[T],
+    w: usize,
+    (cy, cx): (f64, f64),
+    goal: f64,
+    guess: f64,
+) -> Option<f64> {
+    let lo = (guess - GUESS_SLACK).max(0.0);
+    let hi = guess + GUESS_SLACK;
+    let (lo2, hi2) = (lo * lo, hi * hi);
+    let dx2: Vec<f64> = (0..w).map(|x| (x as f64 - cx).powi(2)).collect();
+    let mut inner = 0.0;
+    let mut ring: Vec<(f64, f64)> = Vec::new();
+    for (y, row) in p.chunks_exact(w).enumerate() {
+        let dy2 = (y as f64 - cy).powi(2);
+        let (ha, hb) = span(&dx2, dy2, hi2, cx);
+        if ha == hb {
+            continue;
+        }
+        let (la, lb) = span(&dx2, dy2, lo2, cx);
+        let (la, lb) = if la == lb { (ha, ha) } else { (la, lb) };
+        inner += sum_f64(&row[la..lb]);
+        for x in (ha..la).chain(lb..hb) {
+            ring.push((dy2 + dx2[x], f(row[x])));
+        }
+    }
+    if inner >= goal {
+        return None;
+    }
+    crossing(&mut ring, inner, goal, lo2, hi2)
+}
+
+/// [`first_reaching`] for many pixels with squared distances in `[lo2, hi2]`: a fine histogram
+/// finds the bin where the running sum crosses, and only that bin is sorted. `None` when the
+/// pixels do not bring `start` up to `goal`.
+fn crossing(px: &mut [(f64, f64)], start: f64, goal: f64, lo2: f64, hi2: f64) -> Option<f64> {
+    const FINE: usize = 64;
+    let scale = FINE as f64 / (hi2 - lo2).max(f64::MIN_POSITIVE);
+    let bin = |d: f64| (((d - lo2).max(0.0) * scale) as usize).min(FINE - 1);
+    let mut hist = [0.0f64; FINE];
+    for &(d, v) in px.iter() {
+        hist[bin(d)] += v;
+    }
+    let mut below = start;
+    let mut k = None;
+    for (b, &s) in hist.iter().enumerate() {
+        if below + s >= goal {
+            k = Some(b);
+            break;
+        }
+        below += s;
+    }
+    let k = k?;
+    let mut last: Vec<(f64, f64)> = px.iter().copied().filter(|q| bin(q.0) == k).collect();
+    Some(first_reaching(&mut last, below, goal))
 }
 
 /// [`retention_radius`] for a pattern known to have no negative pixel.
@@ -214,23 +384,31 @@ fn radius_non_negative<T: Element>(
     first_reaching(&mut px, below, goal)
 }
 
-/// Analyses one pattern.
+/// Analyses one pattern; `guess` as in [`retention_radius`]. A pattern holding NaN or an
+/// infinity (or whose f64 sum overflows) is [`PatternKind::NotFinite`].
 pub fn analyse<T: Element>(
     p: &[T],
     w: usize,
     method: CentreMethod,
     manual: Option<(f64, f64)>,
     target: f64,
+    guess: Option<f64>,
 ) -> Analysis {
     let h = p.len() / w;
     let geometric = ((h as f64 - 1.0) / 2.0, (w as f64 - 1.0) / 2.0);
-    let (total, centroid) = total_and_centroid(p, w);
+    let Moments {
+        total,
+        centroid,
+        negative,
+    } = moments(p, w);
     let centre = match method {
         CentreMethod::Centroid => centroid.unwrap_or(geometric),
         CentreMethod::Center => geometric,
         CentreMethod::Manual => manual.unwrap_or(geometric),
     };
-    let kind = if total > 0.0 {
+    let kind = if !total.is_finite() {
+        PatternKind::NotFinite
+    } else if total > 0.0 {
         PatternKind::Normal
     } else if total < 0.0 {
         PatternKind::Negative
@@ -238,7 +416,7 @@ pub fn analyse<T: Element>(
         PatternKind::Empty
     };
     let radius = if kind == PatternKind::Normal {
-        retention_radius(p, w, centre, target, total)
+        radius_of(p, w, centre, target, total, guess, negative)
     } else {
         0.0
     };
@@ -294,11 +472,11 @@ mod tests {
     fn a_single_bright_pixel_has_radius_zero_at_its_position() {
         let mut p = vec![0.0f32; 7 * 9];
         p[2 * 9 + 6] = 5.0;
-        let a = analyse(&p, 9, CentreMethod::Centroid, None, 0.98);
+        let a = analyse(&p, 9, CentreMethod::Centroid, None, 0.98, None);
         assert_eq!(a.centre, (2.0, 6.0));
         assert_eq!(a.radius, 0.0);
         // From the geometric centre (3, 4): distance sqrt(1 + 4).
-        let g = analyse(&p, 9, CentreMethod::Center, None, 0.98);
+        let g = analyse(&p, 9, CentreMethod::Center, None, 0.98, None);
         assert_eq!(g.radius, 5f64.sqrt());
     }
 
@@ -315,12 +493,12 @@ mod tests {
                 }
             })
             .collect();
-        let a = analyse(&p, w, CentreMethod::Centroid, None, 1.0);
+        let a = analyse(&p, w, CentreMethod::Centroid, None, 1.0, None);
         assert_eq!(a.centre, (20.0, 20.0));
         assert_eq!(a.radius, 10.0);
         // Half the disk's pixels: the smallest distance whose disk holds at least half.
         let n = p.iter().filter(|&&v| v > 0.0).count() as f64;
-        let half = analyse(&p, w, CentreMethod::Centroid, None, 0.5).radius;
+        let half = analyse(&p, w, CentreMethod::Centroid, None, 0.5, None).radius;
         let inside = |r: f64| {
             (0..w * w)
                 .filter(|&i| d2(i, w, (20.0, 20.0)) <= r * r + 1e-9)
@@ -349,13 +527,51 @@ mod tests {
             let (total, c) = total_and_centroid(&p, w);
             let centre = c.unwrap();
             for target in [0.5, 0.9, 0.98, 1.0] {
-                assert_eq!(
-                    retention_radius(&p, w, centre, target, total),
-                    radius_by_sort(&p, w, centre, target, total),
-                    "case {case} target {target}"
-                );
+                let exact = radius_by_sort(&p, w, centre, target, total);
+                // Without a guess, with the right one, with near and far ones (the ring
+                // misses the crossing on either side, or reaches past the image).
+                for guess in [None, Some(exact), Some(exact + 1.7), Some(exact - 2.9)]
+                    .into_iter()
+                    .chain([0.0, 2.5, 6.0, 40.0].map(Some))
+                {
+                    assert_eq!(
+                        retention_radius(&p, w, centre, target, total, guess),
+                        exact,
+                        "case {case} target {target} guess {guess:?}"
+                    );
+                }
             }
         }
+    }
+
+    #[test]
+    fn row_spans_match_a_scan_of_the_row() {
+        for w in [1usize, 2, 7, 16] {
+            for cx in [0.0, 0.4, 0.5, 3.25, w as f64 - 1.0] {
+                let dx2: Vec<f64> = (0..w).map(|x| (x as f64 - cx).powi(2)).collect();
+                for dy2 in [0.0, 0.3, 2.0, 9.0] {
+                    for limit in [0.0, 0.1, 0.25, 1.0, 2.0, 2.25, 9.0, 10.0, 50.0, 400.0] {
+                        let inside: Vec<usize> =
+                            (0..w).filter(|&x| dy2 + dx2[x] <= limit).collect();
+                        let (a, b) = span(&dx2, dy2, limit, cx);
+                        let got: Vec<usize> = (a..b).collect();
+                        assert_eq!(got, inside, "w {w} cx {cx} dy2 {dy2} limit {limit}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn sums_are_nan_for_nan_patterns() {
+        let mut p = vec![1.0f32; 30];
+        p[17] = f32::NAN;
+        assert_eq!(
+            analyse(&p, 6, CentreMethod::Centroid, None, 0.9, None).kind,
+            PatternKind::NotFinite
+        );
+        p[17] = f32::INFINITY;
+        assert!(!total_and_centroid(&p, 6).0.is_finite());
     }
 
     #[test]
@@ -379,14 +595,14 @@ mod tests {
     #[test]
     fn empty_and_negative_patterns_are_flagged_not_nan() {
         let z = vec![0.0f32; 16];
-        let a = analyse(&z, 4, CentreMethod::Centroid, None, 0.98);
+        let a = analyse(&z, 4, CentreMethod::Centroid, None, 0.98, None);
         assert_eq!(
             (a.kind, a.radius, a.centre),
             (PatternKind::Empty, 0.0, (1.5, 1.5))
         );
         let n = vec![-1.0f32; 16];
         assert_eq!(
-            analyse(&n, 4, CentreMethod::Centroid, None, 0.98).kind,
+            analyse(&n, 4, CentreMethod::Centroid, None, 0.98, None).kind,
             PatternKind::Negative
         );
     }

@@ -21,7 +21,6 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use ndarray::{ArrayD, IxDyn};
-use num_traits::ToPrimitive;
 use serde_json::json;
 
 use crate::comm::{Comm, ReduceOp};
@@ -144,34 +143,85 @@ fn check_parameters(job: &CropJob, layout: &Layout) -> Result<Option<(f64, f64)>
     }
 }
 
-/// Adds each pattern of `flat` (patterns of `hw` values) into `sum` (for the plot's mean
-/// pattern; rayon's split makes the last bits depend on threads, which only the plot sees).
-fn add_patterns<T: Element>(flat: &[T], hw: usize, sum: &mut [f64]) {
-    use rayon::prelude::*;
-    let part = flat
-        .par_chunks_exact(hw)
-        .fold(
-            || vec![0.0f64; hw],
-            |mut acc, p| {
-                for (a, &v) in acc.iter_mut().zip(p) {
-                    *a += v.to_f64().unwrap_or(0.0);
-                }
-                acc
-            },
-        )
-        .reduce(
-            || vec![0.0f64; hw],
-            |mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-                a
-            },
-        );
-    sum.iter_mut().zip(&part).for_each(|(x, y)| *x += y);
+/// Adds each pattern of `flat` (patterns of `hw` values) into `sum`, in order. An empty `sum`
+/// starts as the first pattern: a fresh zeroed buffer would be read before it is written, and
+/// each of its pages would then take a second fault and a TLB shootdown across threads.
+fn add_patterns<T: Element>(flat: &[T], hw: usize, sum: &mut Vec<f64>) {
+    let mut patterns = flat.chunks_exact(hw);
+    if sum.is_empty() {
+        let Some(p) = patterns.next() else { return };
+        sum.extend(p.iter().map(|&v| v.to_f64().unwrap_or(0.0)));
+    }
+    for p in patterns {
+        for (a, &v) in sum.iter_mut().zip(p) {
+            *a += v.to_f64().unwrap_or(0.0);
+        }
+    }
 }
 
-/// Analyses rows `rows` (patterns in parallel, results in pattern order) and adds them into
-/// `sum`; returns the per-pattern analyses, or the index of the first pattern with a NaN or
-/// infinite value.
+/// Adds `part` into `sum` (an empty `part` holds nothing).
+fn add_into(sum: &mut [f64], part: &[f64]) {
+    sum.iter_mut().zip(part).for_each(|(s, p)| *s += p);
+}
+
+/// Patterns analysed in sequence by one task: each starts its radius search from the
+/// previous pattern's radius (neighbouring scan positions look alike).
+const GUESS_RUN: usize = 8;
+
+/// Analyses the patterns of `flat` (runs of patterns in parallel, results in pattern order)
+/// and, when `sum` is given, adds them into it (the split into pieces per thread makes the last
+/// bits of that sum depend on the thread count, which only the plot sees). Returns the index within `flat` of the first pattern
+/// holding NaN or infinite values instead.
+fn analyse_flat<T: Element>(
+    flat: &[T],
+    (hw, w): (usize, usize),
+    job: &CropJob,
+    manual: Option<(f64, f64)>,
+    sum: Option<&mut [f64]>,
+) -> std::result::Result<Vec<Analysis>, usize> {
+    use rayon::prelude::*;
+    let plot = sum.is_some();
+    // A few pieces per thread, each with one sum for the plot.
+    let runs = flat.len().div_ceil(hw * GUESS_RUN).max(1);
+    let per_piece = runs.div_ceil(2 * rayon::current_num_threads()).max(1);
+    let pieces: Vec<(Vec<Analysis>, Vec<f64>)> = flat
+        .par_chunks(hw * GUESS_RUN * per_piece)
+        .map(|piece| {
+            let mut part = Vec::new();
+            let mut out = Vec::with_capacity(piece.len() / hw);
+            for run in piece.chunks(hw * GUESS_RUN) {
+                let mut guess = None;
+                for p in run.chunks_exact(hw) {
+                    let a = kernel::analyse(p, w, job.center, manual, job.target_retention, guess);
+                    if a.kind == PatternKind::Normal {
+                        guess = Some(a.radius);
+                    }
+                    out.push(a);
+                }
+                if plot {
+                    add_patterns(run, hw, &mut part);
+                }
+            }
+            (out, part)
+        })
+        .collect();
+    let mut out = Vec::with_capacity(flat.len() / hw.max(1));
+    let mut sum = sum;
+    for (done, part) in pieces {
+        out.extend(done);
+        if let Some(sum) = sum.as_deref_mut() {
+            add_into(sum, &part);
+        }
+    }
+    if let Some(i) = out.iter().position(|a| a.kind == PatternKind::NotFinite) {
+        return Err(i);
+    }
+    Ok(out)
+}
+
+/// Analyses rows `rows` of the input (in place when it is memory-mapped, else read into
+/// `spare`) and adds them into `sum`; returns the per-pattern analyses, or the flat index of the
+/// first pattern with a NaN or infinite value.
 fn analyse_rows(
     input: &dyn ArrayReader,
     layout: &Layout,
@@ -181,27 +231,27 @@ fn analyse_rows(
     sum: &mut [f64],
     spare: &mut Option<Block>,
 ) -> Result<std::result::Result<Vec<Analysis>, u64>> {
-    use rayon::prelude::*;
-    let block = input.read_box_reusing(&layout.rows(rows), spare.take())?;
-    let block = spare.insert(block);
     let (hw, w) = ((layout.h * layout.w) as usize, layout.w as usize);
-    Ok(crate::with_block!(&*block, a => {
-        let flat = a.as_slice().expect("blocks are C-order");
-        let bad = flat
-            .par_chunks_exact(hw)
-            .position_first(|p| p.iter().any(|v| !v.to_f64().is_some_and(f64::is_finite)));
-        if let Some(i) = bad {
-            return Ok(Err(rows.start * layout.per_row + i as u64));
+    let first = rows.start * layout.per_row;
+    let count = ((rows.end - rows.start) * layout.per_row) as usize;
+    let mut sum = (!job.no_visualization).then_some(sum);
+    let mapped = crate::with_dtype!(input.meta().dtype, T => io::mapped_elements::<T>(input)
+    .map(|all| {
+        let flat = &all[first as usize * hw..][..count * hw];
+        analyse_flat(flat, (hw, w), job, manual, sum.as_deref_mut())
+    }));
+    let result = match mapped {
+        Some(done) => done,
+        None => {
+            let block = input.read_box_reusing(&layout.rows(rows), spare.take())?;
+            let block = spare.insert(block);
+            crate::with_block!(&*block, a => {
+                let flat = a.as_slice().expect("blocks are C-order");
+                analyse_flat(flat, (hw, w), job, manual, sum)
+            })
         }
-        let out: Vec<Analysis> = flat
-            .par_chunks_exact(hw)
-            .map(|p| kernel::analyse(p, w, job.center, manual, job.target_retention))
-            .collect();
-        if !job.no_visualization {
-            add_patterns(flat, hw, sum);
-        }
-        Ok(out)
-    }))
+    };
+    Ok(result.map_err(|i| first + i as u64))
 }
 
 /// Pass 2: crop units (runs of axis-0 rows) into the output.
@@ -223,7 +273,61 @@ struct CropOp {
     sum_after: Option<Mutex<Vec<f64>>>,
     /// Input blocks of finished units, reused for the next reads.
     spares: crate::exec::Spares<Block>,
+    /// Output blocks already written, reused for the next crops.
+    out_spares: crate::exec::Spares<Block>,
     fingerprint: String,
+}
+
+impl CropOp {
+    /// Crops the patterns of `flat` (patterns `first..` of the input) into a block of
+    /// `region`'s shape, and records their retention (and their sum, for the plot).
+    fn crop_flat<T: Element>(
+        &self,
+        unit: usize,
+        flat: &[T],
+        first: usize,
+        region: &Region,
+    ) -> Block {
+        let (hw, w) = (
+            (self.layout.h * self.layout.w) as usize,
+            self.layout.w as usize,
+        );
+        let (sh, sw) = (self.side.0 as usize, self.side.1 as usize);
+        let shape = region.shape_usize();
+        let mut out = self
+            .out_spares
+            .take(|b| b.shape() == region.shape)
+            .and_then(|b| b.into_array::<T>())
+            .unwrap_or_else(|| ArrayD::from_elem(IxDyn(&shape), T::default()));
+        let dst = out.as_slice_mut().expect("C-order");
+        let retention: Vec<f64> = {
+            use rayon::prelude::*;
+            flat.par_chunks_exact(hw)
+                .zip(dst.par_chunks_exact_mut(sh * sw))
+                .enumerate()
+                .map(|(i, (p, o))| {
+                    let (y0, x0) = self.starts[first + i];
+                    let kept = kernel::crop_into(p, w, (y0 as usize, x0 as usize), sw, o);
+                    let total = self.totals[first + i];
+                    if total > 0.0 {
+                        kept / total
+                    } else {
+                        f64::NAN
+                    }
+                })
+                .collect()
+        };
+        if let Some(sum) = &self.sum_after {
+            let mut part = Vec::new();
+            add_patterns(dst, sh * sw, &mut part);
+            add_into(&mut sum.lock().expect("sum"), &part);
+        }
+        self.retention
+            .lock()
+            .expect("retention")
+            .insert(unit, retention);
+        Element::into_block(out)
+    }
 }
 
 impl Operation for CropOp {
@@ -255,43 +359,27 @@ impl Operation for CropOp {
     }
     fn compute(&self, unit: usize) -> Result<Self::Output> {
         let rows = self.chunks[unit].clone();
-        let spare = self.spares.take(|_| true);
-        let block = self
-            .input
-            .read_box_reusing(&self.layout.rows(&rows), spare)?;
-        let (hw, w) = (
-            (self.layout.h * self.layout.w) as usize,
-            self.layout.w as usize,
-        );
-        let (sh, sw) = (self.side.0 as usize, self.side.1 as usize);
+        let hw = (self.layout.h * self.layout.w) as usize;
         let first = (rows.start * self.layout.per_row) as usize;
+        let count = ((rows.end - rows.start) * self.layout.per_row) as usize;
         let mut region = self.layout.rows(&rows);
         let nd = region.shape.len();
         region.shape[nd - 2] = self.side.0;
         region.shape[nd - 1] = self.side.1;
-        let mut retention = Vec::new();
+        // In place from a memory-mapped input: only the window's rows are touched.
+        let mapped = crate::with_dtype!(self.input.meta().dtype, T =>
+            io::mapped_elements::<T>(self.input.as_ref())
+                .map(|all| self.crop_flat(unit, &all[first * hw..][..count * hw], first, &region)));
+        if let Some(out) = mapped {
+            return Ok((region, out));
+        }
+        let spare = self.spares.take(|_| true);
+        let block = self
+            .input
+            .read_box_reusing(&self.layout.rows(&rows), spare)?;
         let out = crate::with_block!(&block, a => {
-            let flat = a.as_slice().expect("blocks are C-order");
-            let mut out = ArrayD::from_elem(IxDyn(&region.shape_usize()), flat[0]);
-            let dst = out.as_slice_mut().expect("fresh");
-            for (i, (p, o)) in flat.chunks_exact(hw).zip(dst.chunks_exact_mut(sh * sw)).enumerate() {
-                let (y0, x0) = self.starts[first + i];
-                let kept = kernel::crop_into(p, w, (y0 as usize, x0 as usize), sw, o);
-                let total = self.totals[first + i];
-                retention.push(if total > 0.0 { kept / total } else { f64::NAN });
-            }
-            if let Some(sum) = &self.sum_after {
-                let mut part = vec![0.0f64; sh * sw];
-                add_patterns(out.as_slice().expect("fresh"), sh * sw, &mut part);
-                let mut sum = sum.lock().expect("sum");
-                sum.iter_mut().zip(&part).for_each(|(x, y)| *x += y);
-            }
-            Element::into_block(out)
+            self.crop_flat(unit, a.as_slice().expect("blocks are C-order"), first, &region)
         });
-        self.retention
-            .lock()
-            .expect("retention")
-            .insert(unit, retention);
         self.spares.keep(block);
         Ok((region, out))
     }
@@ -300,7 +388,11 @@ impl Operation for CropOp {
         writer
             .as_ref()
             .expect("opened")
-            .write_box(part.as_ref().map(|(_, (r, b))| (r, b)))
+            .write_box(part.as_ref().map(|(_, (r, b))| (r, b)))?;
+        if let Some((_, (_, block))) = part {
+            self.out_spares.keep(block);
+        }
+        Ok(())
     }
     fn finish(&self, _comm: &dyn Comm) -> Result<()> {
         let writer = self.writer.lock().expect("writer").take();
@@ -419,6 +511,7 @@ pub fn run(job: &CropJob, comm: &dyn Comm) -> Result<Vec<RunSummary>> {
                 PatternKind::Normal => 0.0,
                 PatternKind::Empty => 1.0,
                 PatternKind::Negative => 2.0,
+                PatternKind::NotFinite => unreachable!("rejected above"),
             };
             [a.total, a.centre.0, a.centre.1, a.radius, kind]
         })
@@ -521,6 +614,7 @@ pub fn run(job: &CropJob, comm: &dyn Comm) -> Result<Vec<RunSummary>> {
         writer: Mutex::new(None),
         retention: Mutex::new(BTreeMap::new()),
         spares: Default::default(),
+        out_spares: Default::default(),
         sum_after: (!job.no_visualization)
             .then(|| Mutex::new(vec![0.0; (side_h * side_w) as usize])),
         fingerprint: json!({"operation": "crop", "radius": radius, "shape": out_shape}).to_string(),
@@ -651,6 +745,10 @@ pub fn run(job: &CropJob, comm: &dyn Comm) -> Result<Vec<RunSummary>> {
                     target_retention: job.target_retention,
                 },
             )?;
+            tracing::debug!(
+                "crop results and plot written at {:.3} s",
+                started.elapsed().as_secs_f64()
+            );
         }
         println!(
             "crop: radius {radius} (percentile {} of {} radii: {chosen:.2}, + {} margin) -> {side_h}x{side_w}; retention mean {mean:.4}, min {min:.4}; {passes_min}/{} at or above --min-retention {}",
