@@ -65,6 +65,11 @@ pub enum Command {
     Crop(crate::job::CropJob),
     /// Multiscale pyramid (OME-Zarr 0.5) of an array: mean, Gaussian, mode or Laplacian.
     Pyramid(PyramidCli),
+    /// All-sky camera exposure brackets: Debevec response calibration, ln E range, HDR merge.
+    Hdr {
+        #[command(subcommand)]
+        which: HdrCommand,
+    },
     /// Print an array's shape, dtype, chunking, codecs and attributes.
     Info {
         /// Array address: file.npy, store.zarr[/group/array] or file.h5:/dataset.
@@ -129,6 +134,17 @@ pub enum DebugCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum HdrCommand {
+    /// Debevec camera-response calibration from a spread of brackets -> response.npz + plot.
+    Calibrate(crate::ops::hdr::CalibrateJob),
+    /// The global (min ln E, max ln E) over every bracket, for consistent normalisation.
+    LneRange(crate::ops::hdr::RangeJob),
+    /// One radiance (Debevec) or fused (Mertens) image per bracket: OpenEXR, .npy or Zarr.
+    Merge(crate::ops::hdr::MergeJob),
+}
+
+/// `tessera bench ...`.
+#[derive(Debug, Subcommand)]
 pub enum BenchCommand {
     /// Convert throughput against a plain copy of the same files.
     Convert(crate::bench::ConvertBench),
@@ -138,6 +154,8 @@ pub enum BenchCommand {
     Pyramid(crate::bench::pyramid::PyramidBench),
     /// The whole crop pipeline on 1000 x 256x256 f32 patterns against a memory copy.
     Crop(crate::bench::crop::CropBench),
+    /// HDR merge of 5 x 512x512 RGB 8-bit brackets against a memory copy of the bracket bytes.
+    Hdr(crate::bench::hdr::HdrBench),
 }
 
 /// Runs a parsed command on this rank.
@@ -148,6 +166,7 @@ pub fn dispatch(cli: Cli, comm: &dyn Comm) -> Result<()> {
     match cli.command {
         Command::Convert(job) => run_job(Job::Convert(job), comm),
         Command::Crop(job) => run_job(Job::Crop(job), comm),
+        Command::Hdr { which } => hdr(which, comm),
         Command::Pyramid(PyramidCli { which, job }) => match which {
             Some(PyramidCommand::Reconstruct(job)) => run_job(Job::Reconstruct(job), comm),
             None if job.input.is_empty() || job.output.is_empty() => {
@@ -212,7 +231,34 @@ pub fn dispatch(cli: Cli, comm: &dyn Comm) -> Result<()> {
             BenchCommand::Quilt(b) => crate::bench::quilt(&b, comm),
             BenchCommand::Pyramid(b) => crate::bench::pyramid::run(&b, comm),
             BenchCommand::Crop(b) => crate::bench::crop::run(&b, comm),
+            BenchCommand::Hdr(b) => crate::bench::hdr::run(&b, comm),
         },
+    }
+}
+
+/// `tessera hdr ...`.
+fn hdr(which: HdrCommand, comm: &dyn Comm) -> Result<()> {
+    use crate::ops::hdr;
+    match which {
+        HdrCommand::Calibrate(job) => hdr::calibrate(&job, comm).map(|_| ()),
+        HdrCommand::LneRange(job) => {
+            let (lo, hi) = hdr::lne_range(&job, comm)?;
+            if comm.is_root() {
+                println!("{lo} {hi}");
+            }
+            Ok(())
+        }
+        HdrCommand::Merge(job) => {
+            let summaries = hdr::merge(&job, comm)?;
+            finish(
+                "hdr merge",
+                &job.output,
+                &job.run,
+                parameters(&job),
+                &summaries,
+                comm,
+            )
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 //! copy of the same files (read each file, write it elsewhere): the least any converter must do.
 
 pub mod crop;
+pub mod hdr;
 pub mod pyramid;
 pub mod quilt;
 

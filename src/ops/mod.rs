@@ -3,5 +3,6 @@
 
 pub mod convert;
 pub mod crop;
+pub mod hdr;
 pub mod pyramid;
 pub mod quilt;

@@ -1,0 +1,844 @@
+//! `tessera hdr`: all-sky camera exposure brackets to calibrated radiance.
+//!
+//! - `calibrate`: Debevec response curve from a spread of brackets (each rank samples its share
+//!   of the chosen brackets, rank 0 solves, the curve is broadcast), saved as `response.npz`
+//!   (`response` (256, C) in the log domain, `metadata` JSON) with `response_curve.png`.
+//! - `lne-range`: the global (min ln E, max ln E) over every bracket.
+//! - `merge`: one radiance image per bracket (Debevec, or Mertens exposure fusion), as OpenEXR
+//!   or `.npy` files named by timestamp in the input's directory layout, or one Zarr array.
+//!
+//! Brackets are the units: split among ranks in contiguous runs, each processed whole.
+
+pub mod debevec;
+pub mod files;
+pub mod mertens;
+pub mod npz;
+pub mod output;
+pub mod plot;
+
+use std::path::{Path, PathBuf};
+
+use rand::seq::index;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use crate::comm::{Comm, ReduceOp};
+use crate::error::{Error, Result};
+use crate::grid::partition_contiguous;
+use crate::io::Block;
+use debevec::{Sample, WeightType};
+use files::{Bracket, ExposureUnit};
+
+/// Where the brackets come from (shared by every `hdr` command).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
+pub struct ScanOptions {
+    /// Directory of images named `YYYYmmddHHMMSS_<EXPO>.<ext>` (JPEG, PNG, TIFF).
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Also look in subdirectories (outputs keep the relative layout).
+    #[arg(long)]
+    #[serde(default)]
+    pub recursive: bool,
+    /// Files whose timestamps round down to the same multiple of this form one bracket
+    /// (`30s`, `1min`, `2h`).
+    #[arg(long, default_value = "30s")]
+    #[serde(default = "default_round")]
+    pub round_ts_to: String,
+    /// Unit of the exposure number in the file names.
+    #[arg(long, value_enum, default_value_t)]
+    #[serde(default)]
+    pub exposure_unit: ExposureUnit,
+}
+
+fn default_round() -> String {
+    "30s".into()
+}
+
+/// How calibration samples are picked.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Technique {
+    /// Uniformly random positions.
+    #[default]
+    Random,
+    /// Positions spread over the intensity range of the middle exposure.
+    Histogram,
+}
+
+/// `tessera hdr calibrate`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
+pub struct CalibrateJob {
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub scan: ScanOptions,
+    /// The response file to write (`.npz`); `response_curve.png` goes beside it.
+    #[arg(long)]
+    pub response: PathBuf,
+    /// Pixel positions sampled per bracket.
+    #[arg(long, default_value_t = 1000)]
+    pub samples_per_image: usize,
+    #[arg(long, value_enum, default_value_t)]
+    pub sample_technique: Technique,
+    /// Brackets used, spread evenly over the archive.
+    #[arg(long, default_value_t = 10)]
+    pub max_processed_groups: usize,
+    /// Weight of the smoothness rows (lambda).
+    #[arg(long, default_value_t = 50.0)]
+    pub smoothness: f64,
+    #[arg(long, value_enum, default_value_t)]
+    pub weight_type: WeightType,
+    /// Values below this are not sampled.
+    #[arg(long, default_value_t = 5)]
+    pub low_clip: u8,
+    /// Values above this are not sampled.
+    #[arg(long, default_value_t = 250)]
+    pub high_clip: u8,
+    /// Seed of the sampling (fixed by default, so that runs repeat).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Replace an existing response file.
+    #[arg(long)]
+    #[serde(default)]
+    pub overwrite: bool,
+}
+
+/// `tessera hdr lne-range`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
+pub struct RangeJob {
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub scan: ScanOptions,
+    /// Response file from `tessera hdr calibrate`.
+    #[arg(long)]
+    pub response: PathBuf,
+}
+
+/// Merge methods.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// Radiance from the response curve (needs --response).
+    #[default]
+    Debevec,
+    /// Mertens exposure fusion (display values, no response needed).
+    Mertens,
+}
+
+/// Output formats of `merge`.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// One OpenEXR file (float32) per bracket.
+    #[default]
+    Exr,
+    /// One `.npy` (Y, X, C) float32 per bracket.
+    Npy,
+    /// One (T, Y, X, C) float32 Zarr array for the archive, with a `timestamps` array.
+    Zarr,
+}
+
+/// Preview formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Preview {
+    Png,
+}
+
+/// `tessera hdr merge`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
+pub struct MergeJob {
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub scan: ScanOptions,
+    /// Response file from `tessera hdr calibrate` (Debevec only).
+    #[arg(long)]
+    pub response: Option<PathBuf>,
+    /// Output directory (exr, npy) or Zarr store (zarr).
+    #[arg(long)]
+    pub output: PathBuf,
+    #[arg(long, value_enum, default_value_t)]
+    pub method: Method,
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
+    /// Also write an 8-bit tone-mapped preview per bracket.
+    #[arg(long, value_enum)]
+    pub preview: Option<Preview>,
+    /// Weighting of the Debevec merge.
+    #[arg(long, value_enum, default_value_t)]
+    pub weight_type: WeightType,
+    #[command(flatten)]
+    #[serde(skip)]
+    pub run: crate::exec::RunOptions,
+}
+
+/// The brackets of `scan`, with what was left out reported.
+///
+/// # Errors
+/// A bad directory or `--round-ts-to`, or no usable bracket.
+pub fn find_brackets(scan: &ScanOptions, comm: &dyn Comm) -> Result<Vec<Bracket>> {
+    let round = files::parse_round(&scan.round_ts_to)?;
+    let found = files::scan(&scan.input, scan.recursive, round, scan.exposure_unit)?;
+    if comm.is_root() {
+        if !found.unparsed.is_empty() {
+            let shown: Vec<String> = found
+                .unparsed
+                .iter()
+                .take(20)
+                .map(|p| p.display().to_string())
+                .collect();
+            tracing::warn!(
+                "{} image file(s) not named YYYYmmddHHMMSS_<EXPO>.<ext>, left out: {}{}",
+                found.unparsed.len(),
+                shown.join(", "),
+                if found.unparsed.len() > 20 { ", ..." } else { "" }
+            );
+        }
+        for (stem, why) in &found.skipped {
+            tracing::warn!("bracket {} skipped: {why}", stem.display());
+        }
+    }
+    if found.brackets.is_empty() {
+        return Err(Error::bad_file(
+            &scan.input,
+            format!(
+                "no bracket of 2 or more exposures ({} skipped, {} unparsed names)",
+                found.skipped.len(),
+                found.unparsed.len()
+            ),
+        ));
+    }
+    Ok(found.brackets)
+}
+
+/// One decoded exposure, planar (C, Y, X), C = 1 or 3 (alpha dropped).
+pub enum Pixels {
+    U8(Vec<u8>),
+    U16(Vec<u16>),
+}
+
+pub struct Image {
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+    pub pixels: Pixels,
+}
+
+impl Image {
+    fn plane_u8(&self, c: usize) -> &[u8] {
+        let n = self.height * self.width;
+        match &self.pixels {
+            Pixels::U8(v) => &v[c * n..(c + 1) * n],
+            Pixels::U16(_) => unreachable!("8-bit checked by the caller"),
+        }
+    }
+    fn bits(&self) -> u32 {
+        match self.pixels {
+            Pixels::U8(_) => 8,
+            Pixels::U16(_) => 16,
+        }
+    }
+}
+
+/// Decodes one exposure.
+///
+/// # Errors
+/// Unreadable or corrupt files, and pixel types other than 8/16-bit grey or RGB(A).
+pub fn load(path: &Path) -> Result<Image> {
+    let block = crate::io::images::read(path)?;
+    let shape = block.shape().to_vec();
+    let (c, h, w) = match shape[..] {
+        [h, w] => (1, h as usize, w as usize),
+        [c, h, w] => (c as usize, h as usize, w as usize),
+        _ => return Err(Error::bad_file(path, "not a 2-D image")),
+    };
+    // Keep grey or RGB; drop an alpha channel.
+    let keep = match c {
+        1 | 2 => 1,
+        3 | 4 => 3,
+        _ => {
+            return Err(Error::bad_file(
+                path,
+                format!("{c} channels (grey or RGB expected)"),
+            ))
+        }
+    };
+    let n = keep * h * w;
+    let pixels = match block {
+        Block::U8(a) => Pixels::U8(a.as_slice().expect("C-order")[..n].to_vec()),
+        Block::U16(a) => Pixels::U16(a.as_slice().expect("C-order")[..n].to_vec()),
+        other => {
+            return Err(Error::bad_file(
+                path,
+                format!(
+                    "{} pixels (8- or 16-bit integers expected)",
+                    other.dtype()
+                ),
+            ))
+        }
+    };
+    Ok(Image {
+        channels: keep,
+        height: h,
+        width: w,
+        pixels,
+    })
+}
+
+/// Decodes a bracket's exposures and checks that they agree in size, channels and depth.
+///
+/// # Errors
+/// As [`load`], and exposures that differ.
+pub fn load_bracket(b: &Bracket) -> Result<Vec<Image>> {
+    let images = b
+        .frames
+        .iter()
+        .map(|f| load(&f.path))
+        .collect::<Result<Vec<_>>>()?;
+    let first = &images[0];
+    for (img, f) in images.iter().zip(&b.frames).skip(1) {
+        let a = (first.channels, first.height, first.width, first.bits());
+        let o = (img.channels, img.height, img.width, img.bits());
+        if a != o {
+            return Err(Error::bad_file(
+                &f.path,
+                format!(
+                    "differs from {} in its bracket: {}x{}x{} {}-bit against {}x{}x{} {}-bit (channels x height x width)",
+                    b.frames[0].path.display(),
+                    o.0, o.1, o.2, o.3, a.0, a.1, a.2, a.3
+                ),
+            ));
+        }
+    }
+    Ok(images)
+}
+
+fn require_8bit(images: &[Image], b: &Bracket, what: &str) -> Result<()> {
+    if images[0].bits() != 8 {
+        return Err(Error::bad_file(
+            &b.frames[0].path,
+            format!("16-bit images given to {what}, which has 256 levels; use 8-bit images or --method mertens"),
+        ));
+    }
+    Ok(())
+}
+
+/// The brackets calibration uses: all of them, or `max` spread evenly.
+fn chosen(n: usize, max: usize) -> Vec<usize> {
+    if n <= max {
+        (0..n).collect()
+    } else {
+        (0..max).map(|i| i * n / max).collect()
+    }
+}
+
+/// Sample positions of one bracket (seeded by the seed and the bracket's index).
+fn positions(job: &CalibrateJob, images: &[Image], which: usize) -> Vec<usize> {
+    let n = images[0].height * images[0].width;
+    let want = job.samples_per_image.min(n);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(
+        job.seed ^ (which as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+    );
+    match job.sample_technique {
+        Technique::Random => index::sample(&mut rng, n, want).into_vec(),
+        Technique::Histogram => {
+            // Buckets of the middle exposure's grey value inside the clip range, visited in
+            // turn, a random unused position from each.
+            let mid = &images[images.len() / 2];
+            let c = mid.channels;
+            let mut buckets: Vec<Vec<usize>> = vec![Vec::new(); 256];
+            for i in 0..n {
+                let sum: u32 = (0..c).map(|k| u32::from(mid.plane_u8(k)[i])).sum();
+                let grey = ((sum + c as u32 / 2) / c as u32) as u8;
+                if (job.low_clip..=job.high_clip).contains(&grey) {
+                    buckets[grey as usize].push(i);
+                }
+            }
+            let mut out = Vec::with_capacity(want);
+            while out.len() < want && buckets.iter().any(|b| !b.is_empty()) {
+                for b in buckets.iter_mut().filter(|b| !b.is_empty()) {
+                    if out.len() == want {
+                        break;
+                    }
+                    let k = rng.random_range(0..b.len());
+                    out.push(b.swap_remove(k));
+                }
+            }
+            out
+        }
+    }
+}
+
+/// Calibration samples of one bracket, per channel.
+fn sample_bracket(job: &CalibrateJob, b: &Bracket, which: usize) -> Result<Vec<Vec<Sample>>> {
+    let images = load_bracket(b)?;
+    require_8bit(&images, b, "the Debevec calibration")?;
+    let ln_t: Vec<f64> = b.frames.iter().map(|f| f.seconds.ln()).collect();
+    let pos = positions(job, &images, which);
+    let clip = job.low_clip..=job.high_clip;
+    Ok((0..images[0].channels)
+        .map(|c| {
+            pos.iter()
+                .map(|&i| {
+                    images
+                        .iter()
+                        .zip(&ln_t)
+                        .map(|(img, &lt)| (img.plane_u8(c)[i], lt))
+                        .filter(|(z, _)| clip.contains(z))
+                        .collect::<Sample>()
+                })
+                .filter(|s| s.len() >= 2)
+                .collect()
+        })
+        .collect())
+}
+
+/// Samples as bytes: channels, then per channel the sample count and each sample's
+/// observations (count, then z and ln t).
+fn pack(per_channel: &[Vec<Sample>]) -> Vec<u8> {
+    let mut out = (per_channel.len() as u32).to_le_bytes().to_vec();
+    for samples in per_channel {
+        out.extend((samples.len() as u32).to_le_bytes());
+        for s in samples {
+            out.extend((s.len() as u32).to_le_bytes());
+            for &(z, lt) in s {
+                out.push(z);
+                out.extend(lt.to_le_bytes());
+            }
+        }
+    }
+    out
+}
+
+fn unpack(bytes: &[u8]) -> Vec<Vec<Sample>> {
+    let mut at = 0usize;
+    let count = |at: &mut usize| {
+        let v = u32::from_le_bytes(bytes[*at..*at + 4].try_into().expect("4 bytes"));
+        *at += 4;
+        v as usize
+    };
+    let channels = count(&mut at);
+    (0..channels)
+        .map(|_| {
+            let n = count(&mut at);
+            (0..n)
+                .map(|_| {
+                    let k = count(&mut at);
+                    (0..k)
+                        .map(|_| {
+                            let z = bytes[at];
+                            let lt =
+                                f64::from_le_bytes(bytes[at + 1..at + 9].try_into().expect("8"));
+                            at += 9;
+                            (z, lt)
+                        })
+                        .collect()
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// `tessera hdr calibrate`: returns the response (256 x C, log domain) on every rank.
+///
+/// # Errors
+/// Bad parameters, inputs or output (see the module and [`files`] docs).
+pub fn calibrate(job: &CalibrateJob, comm: &dyn Comm) -> Result<Vec<Vec<f64>>> {
+    if job.low_clip >= job.high_clip {
+        return Err(Error::parameter(
+            "low-clip",
+            format!(
+                "{} must be below --high-clip {}",
+                job.low_clip, job.high_clip
+            ),
+        ));
+    }
+    if job.samples_per_image == 0 || job.max_processed_groups == 0 {
+        return Err(Error::parameter(
+            if job.samples_per_image == 0 {
+                "samples-per-image"
+            } else {
+                "max-processed-groups"
+            },
+            "must be at least 1",
+        ));
+    }
+    if !(job.smoothness >= 0.0 && job.smoothness.is_finite()) {
+        return Err(Error::parameter("smoothness", "must be finite and >= 0"));
+    }
+    if job.response.exists() && !job.overwrite {
+        return Err(Error::parameter(
+            "response",
+            format!(
+                "{} exists; pass --overwrite to replace it",
+                job.response.display()
+            ),
+        ));
+    }
+    let started = std::time::Instant::now();
+    let brackets = find_brackets(&job.scan, comm)?;
+    let use_ = chosen(brackets.len(), job.max_processed_groups);
+    let mine = partition_contiguous(use_.len(), comm.size())[comm.rank()].clone();
+    let sampled: Result<Vec<Vec<Vec<Sample>>>> = use_[mine]
+        .iter()
+        .map(|&i| sample_bracket(job, &brackets[i], i))
+        .collect();
+    let sampled = crate::exec::agree(comm, sampled)?;
+    // Every bracket must have the same channel count.
+    let channels: Vec<usize> = sampled.iter().map(Vec::len).collect();
+    let mut c_range = [
+        channels.iter().copied().min().unwrap_or(usize::MAX) as u64,
+        channels.iter().copied().max().unwrap_or(0) as u64,
+    ];
+    comm.all_reduce_u64(&mut c_range[..1], ReduceOp::Min);
+    comm.all_reduce_u64(&mut c_range[1..], ReduceOp::Max);
+    if c_range[0] != c_range[1] {
+        return Err(Error::bad_file(
+            &job.scan.input,
+            "the chosen brackets mix grey and RGB images; calibrate each camera on its own",
+        ));
+    }
+    let channels = c_range[0] as usize;
+    let mut mine_packed: Vec<Vec<Sample>> = vec![Vec::new(); channels];
+    for per_bracket in sampled {
+        for (c, s) in per_bracket.into_iter().enumerate() {
+            mine_packed[c].extend(s);
+        }
+    }
+    let gathered = comm.gather(&pack(&mine_packed), 0);
+    let mut bytes = Vec::new();
+    let mut result = Ok(());
+    if let Some(parts) = gathered {
+        let mut all: Vec<Vec<Sample>> = vec![Vec::new(); channels];
+        for part in parts {
+            for (c, s) in unpack(&part).into_iter().enumerate() {
+                all[c].extend(s);
+            }
+        }
+        let n_samples: Vec<usize> = all.iter().map(Vec::len).collect();
+        let solve = debevec::Solve {
+            smoothness: job.smoothness,
+            weight: job.weight_type,
+        };
+        let response: Vec<Vec<f64>> = {
+            use rayon::prelude::*;
+            all.par_iter()
+                .map(|s| debevec::solve_channel(s, solve))
+                .collect()
+        };
+        result = save_response(job, &brackets, &use_, &n_samples, &response, started);
+        for g in &response {
+            for v in g {
+                bytes.extend(v.to_le_bytes());
+            }
+        }
+    }
+    crate::exec::agree(comm, result)?;
+    comm.broadcast(&mut bytes, 0);
+    let flat: Vec<f64> = bytes
+        .chunks_exact(8)
+        .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")))
+        .collect();
+    Ok(flat.chunks_exact(256).map(<[f64]>::to_vec).collect())
+}
+
+fn save_response(
+    job: &CalibrateJob,
+    brackets: &[Bracket],
+    used: &[usize],
+    samples: &[usize],
+    response: &[Vec<f64>],
+    started: std::time::Instant,
+) -> Result<()> {
+    if samples.iter().any(|&n| n == 0) {
+        return Err(Error::bad_file(
+            &job.scan.input,
+            format!(
+                "no usable samples (values inside [{}, {}] in at least 2 exposures) in the chosen brackets",
+                job.low_clip, job.high_clip
+            ),
+        ));
+    }
+    let c = response.len();
+    let array = ndarray::Array2::from_shape_fn((256, c), |(z, k)| response[k][z]);
+    let metadata = serde_json::json!({
+        "created": chrono_like_now(),
+        "input_directory": job.scan.input.display().to_string(),
+        "groups_used": used.iter().map(|&i| brackets[i].stem().display().to_string()).collect::<Vec<_>>(),
+        "n_groups_total": brackets.len(),
+        "samples_per_image": job.samples_per_image,
+        "samples_per_channel": samples,
+        "sample_technique": job.sample_technique,
+        "smoothness": job.smoothness,
+        "weight_type": job.weight_type,
+        "low_clip": job.low_clip,
+        "high_clip": job.high_clip,
+        "seed": job.seed,
+        "round_ts_to": job.scan.round_ts_to,
+        "exposure_unit": job.scan.exposure_unit,
+        "algorithm": "debevec",
+        "domain": "log",
+        "seconds": started.elapsed().as_secs_f64(),
+        "tessera_version": env!("CARGO_PKG_VERSION"),
+    });
+    if let Some(parent) = job.response.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| Error::bad_file(parent, e.to_string()))?;
+    }
+    npz::write_response(&job.response, array.view(), &metadata)
+        .map_err(|e| Error::bad_file(&job.response, e.to_string()))?;
+    let plot_path = job.response.with_file_name("response_curve.png");
+    plot::response(&plot_path, response)?;
+    println!(
+        "hdr calibrate: {} bracket(s) of {}, {} samples per channel -> {} and {}",
+        used.len(),
+        brackets.len(),
+        samples[0],
+        job.response.display(),
+        plot_path.display()
+    );
+    Ok(())
+}
+
+/// UTC now as `YYYY-mm-ddTHH:MM:SSZ`.
+fn chrono_like_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let t = files::format_time(secs);
+    format!(
+        "{}-{}-{}T{}:{}:{}Z",
+        &t[0..4],
+        &t[4..6],
+        &t[6..8],
+        &t[8..10],
+        &t[10..12],
+        &t[12..14]
+    )
+}
+
+/// Reads and checks a response file: (256, C) finite values.
+///
+/// # Errors
+/// Missing file, wrong keys, shape or values.
+pub fn read_response(path: &Path) -> Result<Vec<Vec<f64>>> {
+    let (r, _) = npz::read_response(path).map_err(|e| Error::bad_file(path, e.to_string()))?;
+    if r.ncols() != 1 && r.ncols() != 3 {
+        return Err(Error::bad_file(
+            path,
+            format!(
+                "'response' has shape {:?}; (256, 1) or (256, 3) expected",
+                r.shape()
+            ),
+        ));
+    }
+    if r.iter().any(|v| !v.is_finite()) {
+        return Err(Error::bad_file(path, "'response' holds NaN or infinite values"));
+    }
+    Ok((0..r.ncols()).map(|c| r.column(c).to_vec()).collect())
+}
+
+/// `tessera hdr lne-range`: (min ln E, max ln E) over every bracket, the bounds of what the
+/// Debevec merge can give: min over z and channels of g(z), minus ln of the longest exposure;
+/// max of g(z) minus ln of the shortest.
+///
+/// # Errors
+/// Bad inputs or response file.
+pub fn lne_range(job: &RangeJob, comm: &dyn Comm) -> Result<(f64, f64)> {
+    let response = read_response(&job.response)?;
+    let brackets = find_brackets(&job.scan, comm)?;
+    let g_min = response.iter().flatten().copied().fold(f64::INFINITY, f64::min);
+    let g_max = response
+        .iter()
+        .flatten()
+        .copied()
+        .fold(f64::NEG_INFINITY, f64::max);
+    let mine = partition_contiguous(brackets.len(), comm.size())[comm.rank()].clone();
+    let mut lo = [f64::INFINITY];
+    let mut hi = [f64::NEG_INFINITY];
+    for b in &brackets[mine] {
+        let short = b.frames[0].seconds.ln();
+        let long = b.frames[b.frames.len() - 1].seconds.ln();
+        lo[0] = lo[0].min(g_min - long);
+        hi[0] = hi[0].max(g_max - short);
+    }
+    comm.all_reduce_f64(&mut lo, ReduceOp::Min);
+    comm.all_reduce_f64(&mut hi, ReduceOp::Max);
+    Ok((lo[0], hi[0]))
+}
+
+/// One bracket merged: (Y, X, C) float32, interleaved, and how many (pixel, channel) values
+/// had no usable exposure (Debevec).
+pub struct Merged {
+    pub height: usize,
+    pub width: usize,
+    pub channels: usize,
+    pub data: Vec<f32>,
+    pub unusable: u64,
+}
+
+/// Debevec merge of decoded 8-bit exposures (shortest first) with response `g` per channel.
+pub fn merge_debevec(
+    images: &[Image],
+    ln_t: &[f64],
+    g: &[Vec<f64>],
+    kind: WeightType,
+) -> Merged {
+    use rayon::prelude::*;
+    let (c, h, w) = (images[0].channels, images[0].height, images[0].width);
+    let n = h * w;
+    let per_channel: Vec<_> = (0..c)
+        .map(|k| {
+            let tables = debevec::merge_tables(&g[k], ln_t, kind);
+            let short = debevec::single_exposure(&g[k], ln_t[0]);
+            let long = debevec::single_exposure(&g[k], ln_t[ln_t.len() - 1]);
+            (tables, short, long)
+        })
+        .collect();
+    let mut data = vec![0.0f32; n * c];
+    const ROWS: usize = 16;
+    let unusable: u64 = data
+        .par_chunks_mut(ROWS * w * c)
+        .enumerate()
+        .map(|(block, out)| {
+            let start = block * ROWS * w;
+            let end = (start + ROWS * w).min(n);
+            let channels: Vec<debevec::ChannelMerge> = per_channel
+                .iter()
+                .enumerate()
+                .map(|(k, (tables, short, long))| debevec::ChannelMerge {
+                    planes: images
+                        .iter()
+                        .map(|img| &img.plane_u8(k)[start..end])
+                        .collect(),
+                    tables,
+                    fallback: (short, long),
+                })
+                .collect();
+            debevec::merge_pixels(&channels, out)
+        })
+        .sum::<u64>();
+    Merged {
+        height: h,
+        width: w,
+        channels: c,
+        data,
+        unusable,
+    }
+}
+
+/// Mertens fusion of decoded exposures (8 or 16 bit, scaled to [0, 1]).
+pub fn merge_mertens(images: &[Image]) -> Merged {
+    let (c, h, w) = (images[0].channels, images[0].height, images[0].width);
+    let scaled: Vec<ndarray::Array3<f32>> = images
+        .iter()
+        .map(|img| {
+            let planar: Vec<f32> = match &img.pixels {
+                Pixels::U8(v) => v.iter().map(|&x| f32::from(x) / 255.0).collect(),
+                Pixels::U16(v) => v.iter().map(|&x| f32::from(x) / 65535.0).collect(),
+            };
+            ndarray::Array3::from_shape_vec((c, h, w), planar)
+                .expect("sizes checked")
+                .permuted_axes([1, 2, 0])
+                .as_standard_layout()
+                .into_owned()
+        })
+        .collect();
+    let views: Vec<_> = scaled.iter().map(|a| a.view()).collect();
+    let fused = mertens::fuse(&views, mertens::MertensParams::default());
+    Merged {
+        height: h,
+        width: w,
+        channels: c,
+        data: fused.as_standard_layout().iter().copied().collect(),
+        unusable: 0,
+    }
+}
+
+/// Merges one bracket as the job asks.
+///
+/// # Errors
+/// Bad images, or images that do not fit the response.
+pub fn merge_bracket(job: &MergeJob, b: &Bracket, g: Option<&[Vec<f64>]>) -> Result<Merged> {
+    let images = load_bracket(b)?;
+    match (job.method, g) {
+        (Method::Debevec, Some(g)) => {
+            require_8bit(&images, b, "an 8-bit response")?;
+            if images[0].channels != g.len() {
+                return Err(Error::bad_file(
+                    &b.frames[0].path,
+                    format!(
+                        "{} channel(s), but the response has {}",
+                        images[0].channels,
+                        g.len()
+                    ),
+                ));
+            }
+            let ln_t: Vec<f64> = b.frames.iter().map(|f| f.seconds.ln()).collect();
+            Ok(merge_debevec(&images, &ln_t, g, job.weight_type))
+        }
+        (Method::Debevec, None) => Err(Error::parameter(
+            "response",
+            "required by --method debevec (make one with tessera hdr calibrate)",
+        )),
+        (Method::Mertens, _) => Ok(merge_mertens(&images)),
+    }
+}
+
+/// `tessera hdr merge`.
+///
+/// # Errors
+/// Bad parameters, inputs or output.
+pub fn merge(job: &MergeJob, comm: &dyn Comm) -> Result<Vec<crate::exec::RunSummary>> {
+    let g = match (job.method, &job.response) {
+        (Method::Debevec, Some(path)) => Some(read_response(path)?),
+        (Method::Debevec, None) => {
+            return Err(Error::parameter(
+                "response",
+                "required by --method debevec (make one with tessera hdr calibrate)",
+            ))
+        }
+        (Method::Mertens, _) => None,
+    };
+    let brackets = find_brackets(&job.scan, comm)?;
+    output::write(job, &brackets, g.as_deref(), comm)
+}
+
+/// A synthetic bracket (RGB, shortest exposure first, x4 steps from 1 ms) of a random scene
+/// seen through a gamma 2.2 camera, and its ln exposure times: the bench's input.
+pub fn synthetic_bracket(
+    height: usize,
+    width: usize,
+    exposures: usize,
+    seed: u64,
+) -> (Vec<Image>, Vec<f64>) {
+    // A scene with radiance spanning 2^10, seen through a gamma-like camera curve.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let radiance: Vec<f64> = (0..height * width * 3)
+        .map(|_| 2f64.powf(rng.random_range(-5.0..5.0)))
+        .collect();
+    let ln_t: Vec<f64> = (0..exposures)
+        .map(|j| (1e-3 * 4f64.powi(j as i32)).ln())
+        .collect();
+    let images = ln_t
+        .iter()
+        .map(|&lt| {
+            let mut planar = vec![0u8; 3 * height * width];
+            for (i, v) in planar.iter_mut().enumerate() {
+                let x = (radiance[i] * lt.exp() * 8.0).min(1.0);
+                *v = (255.0 * x.powf(1.0 / 2.2)).round() as u8;
+            }
+            Image {
+                channels: 3,
+                height,
+                width,
+                pixels: Pixels::U8(planar),
+            }
+        })
+        .collect();
+    (images, ln_t)
+}

@@ -1,0 +1,471 @@
+//! Where merged brackets go: one file per bracket (OpenEXR or `.npy`, named by the bracket's
+//! timestamp in the input's directory layout, each written under a temporary name and renamed
+//! when complete), or one Zarr group for the archive (`radiance` (T, Y, X, C) float32, chunked
+//! by frame, and `timestamps` (T,) int64 seconds, through the exec runner: staging, journal,
+//! `--resume`). Previews (8-bit PNG) go beside the per-bracket files, or into
+//! `<store>.previews/` for Zarr.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use super::files::{format_time, Bracket};
+use super::{merge_bracket, Format, Merged, Method, MergeJob};
+use crate::comm::{Comm, ReduceOp};
+use crate::error::{Error, IoContext, Result};
+use crate::exec::report::RankStats;
+use crate::exec::{Operation, RunSummary, UnitInfo};
+use crate::grid::{partition_contiguous, Region};
+use crate::io::{self, Address, Block, CreateSpec, DType};
+
+/// Writes every bracket; the run summary for the report.
+///
+/// # Errors
+/// Bad inputs or output; on several ranks, any rank's failure.
+pub fn write(
+    job: &MergeJob,
+    brackets: &[Bracket],
+    g: Option<&[Vec<f64>]>,
+    comm: &dyn Comm,
+) -> Result<Vec<RunSummary>> {
+    let (summary, unusable) = match job.format {
+        Format::Zarr => zarr(job, brackets, g, comm)?,
+        Format::Exr | Format::Npy => per_bracket(job, brackets, g, comm)?,
+    };
+    if comm.is_root() {
+        let what = match job.method {
+            Method::Debevec => "radiance (Debevec)",
+            Method::Mertens => "fusion (Mertens)",
+        };
+        println!(
+            "hdr merge: {} bracket(s) -> {what} in {}",
+            brackets.len(),
+            job.output.display()
+        );
+        if unusable > 0 {
+            println!(
+                "hdr merge: {unusable} pixel(s) black or saturated in every exposure: taken from the longest (black) or shortest (saturated) exposure alone"
+            );
+        }
+    }
+    Ok(vec![summary])
+}
+
+fn extension(format: Format) -> &'static str {
+    match format {
+        Format::Exr => "exr",
+        Format::Npy => "npy",
+        Format::Zarr => "zarr",
+    }
+}
+
+/// Writes `bytes` to `path` through `path.partial` and a rename.
+fn atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).at(parent)?;
+    }
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".partial");
+    let tmp = PathBuf::from(tmp);
+    write(&tmp)?;
+    std::fs::rename(&tmp, path).at(path)
+}
+
+fn write_exr(path: &Path, m: &Merged) -> Result<()> {
+    use exr::prelude::*;
+    let (w, c) = (m.width, m.channels);
+    let at = |x: usize, y: usize, k: usize| m.data[(y * w + x) * c + k];
+    let done = if c == 3 {
+        write_rgb_file(path, m.width, m.height, |x, y| {
+            (at(x, y, 0), at(x, y, 1), at(x, y, 2))
+        })
+    } else {
+        let pixels = SpecificChannels::build()
+            .with_channel("Y")
+            .with_pixel_fn(|p: Vec2<usize>| (at(p.0, p.1, 0),));
+        Image::from_channels((m.width, m.height), pixels)
+            .write()
+            .to_file(path)
+    };
+    done.map_err(|e| crate::error::Error::bad_file(path, format!("writing OpenEXR: {e}")))
+}
+
+fn write_npy(path: &Path, m: &Merged) -> Result<()> {
+    use ndarray_npy::WriteNpyExt;
+    let a = ndarray::Array3::from_shape_vec((m.height, m.width, m.channels), m.data.clone())
+        .expect("merged size");
+    let file = std::fs::File::create(path).at(path)?;
+    a.write_npy(std::io::BufWriter::new(file))
+        .map_err(|e| Error::bad_file(path, e.to_string()))
+}
+
+/// An 8-bit display version. Debevec radiance: scaled so that the log-average luminance maps
+/// to 0.18, then `L / (1 + L)` (Reinhard's global operator) and gamma 2.2. Mertens: clamped
+/// to [0, 1] and scaled.
+pub fn preview(m: &Merged, method: Method) -> Vec<u8> {
+    match method {
+        Method::Mertens => m
+            .data
+            .iter()
+            .map(|&v| (v.clamp(0.0, 1.0) * 255.0).round() as u8)
+            .collect(),
+        Method::Debevec => {
+            let c = m.channels;
+            let lum = |p: &[f32]| p.iter().sum::<f32>() / c as f32;
+            let n = m.data.len() / c;
+            let log_avg = (m
+                .data
+                .chunks_exact(c)
+                .map(|p| f64::from(lum(p).max(1e-12)).ln())
+                .sum::<f64>()
+                / n.max(1) as f64)
+                .exp() as f32;
+            let scale = 0.18 / log_avg.max(1e-12);
+            m.data
+                .iter()
+                .map(|&v| {
+                    let l = (v * scale).max(0.0);
+                    let t = l / (1.0 + l);
+                    (t.powf(1.0 / 2.2) * 255.0).round() as u8
+                })
+                .collect()
+        }
+    }
+}
+
+fn write_preview(path: &Path, m: &Merged, method: Method) -> Result<()> {
+    let bytes = preview(m, method);
+    let (w, h) = (m.width as u32, m.height as u32);
+    let color = if m.channels == 3 {
+        image::ExtendedColorType::Rgb8
+    } else {
+        image::ExtendedColorType::L8
+    };
+    atomic(path, |tmp| {
+        let file = std::fs::File::create(tmp).at(tmp)?;
+        use image::ImageEncoder;
+        image::codecs::png::PngEncoder::new(std::io::BufWriter::new(file))
+            .write_image(&bytes, w, h, color)
+            .map_err(|e| Error::bad_file(tmp, e.to_string()))
+    })
+}
+
+fn stats(comm: &dyn Comm, mine: RankStats) -> Vec<RankStats> {
+    let bytes = serde_json::to_vec(&mine).unwrap_or_default();
+    comm.all_gather(&bytes)
+        .iter()
+        .filter_map(|b| serde_json::from_slice(b).ok())
+        .collect()
+}
+
+fn summary(op: &str, output: String, per_rank: Vec<RankStats>, total: usize, resumed: usize) -> RunSummary {
+    let seconds = per_rank.iter().map(|r| r.seconds).fold(0.0, f64::max);
+    let bytes_written: u64 = per_rank.iter().map(|r| r.bytes_written).sum();
+    RunSummary {
+        operation: op.into(),
+        output,
+        ranks: per_rank.len(),
+        units_total: total,
+        units_resumed: resumed,
+        bytes_read: per_rank.iter().map(|r| r.bytes_read).sum(),
+        bytes_written,
+        bytes_on_disk: bytes_written,
+        seconds,
+        throughput_mb_per_s: if seconds > 0.0 {
+            bytes_written as f64 / seconds / 1e6
+        } else {
+            0.0
+        },
+        per_rank,
+        dry_run: false,
+    }
+}
+
+fn input_bytes(b: &Bracket) -> u64 {
+    b.frames
+        .iter()
+        .filter_map(|f| std::fs::metadata(&f.path).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// One file per bracket.
+fn per_bracket(
+    job: &MergeJob,
+    brackets: &[Bracket],
+    g: Option<&[Vec<f64>]>,
+    comm: &dyn Comm,
+) -> Result<(RunSummary, u64)> {
+    let started = Instant::now();
+    let out = &job.output;
+    let check = (|| {
+        if out.exists() && !out.is_dir() {
+            return Err(Error::parameter(
+                "output",
+                format!("{} exists and is not a directory", out.display()),
+            ));
+        }
+        let busy = out.is_dir() && std::fs::read_dir(out).at(out)?.next().is_some();
+        if busy && !job.run.resume && !job.run.overwrite {
+            return Err(Error::parameter(
+                "output",
+                format!(
+                    "{} exists and is not empty; --resume to finish it or --overwrite to replace its files",
+                    out.display()
+                ),
+            ));
+        }
+        Ok(())
+    })();
+    crate::exec::agree(comm, check)?;
+    let ext = extension(job.format);
+    let mine = partition_contiguous(brackets.len(), comm.size())[comm.rank()].clone();
+    let (mut unusable, mut resumed, mut units) = (0u64, 0usize, 0u64);
+    let (mut read, mut written) = (0u64, 0u64);
+    let mut result = Ok(());
+    for b in &brackets[mine] {
+        let target = out.join(b.stem()).with_extension(ext);
+        let preview_path = out.join(b.stem()).with_extension("png");
+        if job.run.resume
+            && target.exists()
+            && (job.preview.is_none() || preview_path.exists())
+        {
+            resumed += 1;
+            continue;
+        }
+        let done = (|| {
+            let m = merge_bracket(job, b, g)?;
+            read += input_bytes(b);
+            match job.format {
+                Format::Exr => atomic(&target, |t| write_exr(t, &m))?,
+                _ => atomic(&target, |t| write_npy(t, &m))?,
+            }
+            written += (m.data.len() * 4) as u64;
+            if job.preview.is_some() {
+                write_preview(&preview_path, &m, job.method)?;
+            }
+            unusable += m.unusable;
+            units += 1;
+            tracing::debug!("bracket {} -> {}", b.stem().display(), target.display());
+            Ok(())
+        })();
+        if let Err(e) = done {
+            result = Err(e);
+            break;
+        }
+    }
+    crate::exec::agree(comm, result)?;
+    let mut counts = [unusable, resumed as u64];
+    comm.all_reduce_u64(&mut counts, ReduceOp::Sum);
+    let per_rank = stats(
+        comm,
+        RankStats {
+            rank: comm.rank(),
+            host: String::new(),
+            units,
+            bytes_read: read,
+            bytes_written: written,
+            seconds: started.elapsed().as_secs_f64(),
+            phases: Default::default(),
+        },
+    );
+    let s = summary(
+        "hdr merge",
+        out.display().to_string(),
+        per_rank,
+        brackets.len(),
+        counts[1] as usize,
+    );
+    Ok((s, counts[0]))
+}
+
+/// The archive as one Zarr group, through the exec runner.
+fn zarr(
+    job: &MergeJob,
+    brackets: &[Bracket],
+    g: Option<&[Vec<f64>]>,
+    comm: &dyn Comm,
+) -> Result<(RunSummary, u64)> {
+    let address = Address::parse(&job.output.to_string_lossy())?;
+    if !matches!(address, Address::Zarr { .. }) {
+        return Err(Error::parameter(
+            "output",
+            "--format zarr needs a Zarr store (out.zarr)",
+        ));
+    }
+    // The frame size comes from the first bracket's first image (all must agree).
+    let first = super::load(&brackets[0].frames[0].path)?;
+    let (h, w, c) = (first.height as u64, first.width as u64, first.channels as u64);
+    let t = brackets.len() as u64;
+    let frame_bytes = h * w * c * 4;
+    let op = ZarrOp {
+        job,
+        brackets,
+        g,
+        targets: vec![address],
+        spec: CreateSpec {
+            shape: vec![t, h, w, c],
+            dtype: DType::F32,
+            chunks: vec![1, h, w, c],
+            shards: None,
+            codec: Default::default(),
+            dimension_names: Some(["t", "y", "x", "c"].map(String::from).to_vec()),
+            attributes: Default::default(),
+        },
+        units: brackets
+            .iter()
+            .map(|b| UnitInfo {
+                label: format!("bracket {}", b.stem().display()),
+                bytes_in: frame_bytes / 4 * b.frames.len() as u64,
+                bytes_out: frame_bytes,
+            })
+            .collect(),
+        writers: Mutex::new(None),
+        unusable: Mutex::new(0),
+        fingerprint: serde_json::to_string(job).unwrap_or_default(),
+    };
+    let summary = crate::exec::run(&op, comm, &job.run)?;
+    let mut unusable = [*op.unusable.lock().expect("count")];
+    comm.all_reduce_u64(&mut unusable, ReduceOp::Sum);
+    Ok((summary, unusable[0]))
+}
+
+struct ZarrOp<'a> {
+    job: &'a MergeJob,
+    brackets: &'a [Bracket],
+    g: Option<&'a [Vec<f64>]>,
+    targets: Vec<Address>,
+    spec: CreateSpec,
+    units: Vec<UnitInfo>,
+    /// (radiance, timestamps, staged store and node) once opened.
+    writers: Mutex<Option<(Box<dyn io::ArrayWriter>, Box<dyn io::ArrayWriter>, PathBuf, String)>>,
+    unusable: Mutex<u64>,
+    fingerprint: String,
+}
+
+impl Operation for ZarrOp<'_> {
+    type Output = (usize, Merged);
+
+    fn name(&self) -> &'static str {
+        "hdr merge"
+    }
+    fn targets(&self) -> &[Address] {
+        &self.targets
+    }
+    fn units(&self) -> &[UnitInfo] {
+        &self.units
+    }
+    fn memory_per_unit(&self) -> u64 {
+        self.units
+            .iter()
+            .map(|u| u.bytes_in + u.bytes_out)
+            .max()
+            .unwrap_or(0)
+    }
+    fn fingerprint(&self) -> String {
+        self.fingerprint.clone()
+    }
+    fn open_output(&self, staging: &[Address], comm: &dyn Comm, resume: bool) -> Result<()> {
+        let Address::Zarr { store, node } = &staging[0] else {
+            unreachable!("checked before planning");
+        };
+        let child = |name: &str| Address::Zarr {
+            store: store.clone(),
+            node: io::zarr::child_node(node, name),
+        };
+        let radiance = io::create(&child("radiance"), &self.spec, comm, resume)?;
+        let t = self.brackets.len() as u64;
+        let times = CreateSpec {
+            shape: vec![t],
+            dtype: DType::I64,
+            chunks: vec![t.max(1)],
+            shards: None,
+            codec: Default::default(),
+            dimension_names: Some(vec!["t".into()]),
+            attributes: serde_json::json!({
+                "units": "seconds since 1970-01-01 00:00:00, camera civil time as in the file names"
+            })
+            .as_object()
+            .cloned()
+            .unwrap_or_default(),
+        };
+        let timestamps = io::create(&child("timestamps"), &times, comm, resume)?;
+        *self.writers.lock().expect("writers") =
+            Some((radiance, timestamps, store.clone(), node.clone()));
+        Ok(())
+    }
+    fn compute(&self, unit: usize) -> Result<Self::Output> {
+        let b = &self.brackets[unit];
+        let m = merge_bracket(self.job, b, self.g)?;
+        let want = (self.spec.shape[1], self.spec.shape[2], self.spec.shape[3]);
+        let got = (m.height as u64, m.width as u64, m.channels as u64);
+        if got != want {
+            return Err(Error::bad_file(
+                &b.frames[0].path,
+                format!("{got:?} (height, width, channels), but the archive's first bracket is {want:?}: one Zarr array needs one frame size"),
+            ));
+        }
+        if self.job.preview.is_some() {
+            let mut dir = self.job.output.as_os_str().to_owned();
+            dir.push(".previews");
+            let path = PathBuf::from(dir).join(b.stem()).with_extension("png");
+            write_preview(&path, &m, self.job.method)?;
+        }
+        *self.unusable.lock().expect("count") += m.unusable;
+        Ok((unit, m))
+    }
+    fn write(&self, part: Option<(usize, Self::Output)>) -> Result<()> {
+        let writers = self.writers.lock().expect("writers");
+        let (radiance, _, _, _) = writers.as_ref().expect("opened");
+        match part {
+            Some((_, (unit, m))) => {
+                let region = Region {
+                    start: vec![unit as u64, 0, 0, 0],
+                    shape: vec![1, m.height as u64, m.width as u64, m.channels as u64],
+                };
+                let block = Block::F32(
+                    ndarray::ArrayD::from_shape_vec(region.shape_usize(), m.data)
+                        .expect("merged size"),
+                );
+                radiance.write_box(Some((&region, &block)))
+            }
+            None => radiance.write_box(None),
+        }
+    }
+    fn finish(&self, comm: &dyn Comm) -> Result<()> {
+        let Some((radiance, timestamps, store, node)) = self.writers.lock().expect("w").take()
+        else {
+            return Ok(());
+        };
+        let t = self.brackets.len();
+        let times: Vec<i64> = self.brackets.iter().map(|b| b.time).collect();
+        let part = comm.is_root().then(|| {
+            (
+                Region {
+                    start: vec![0],
+                    shape: vec![t as u64],
+                },
+                Block::I64(ndarray::ArrayD::from_shape_vec(vec![t], times).expect("t")),
+            )
+        });
+        timestamps.write_box(part.as_ref().map(|(r, b)| (r, b)))?;
+        radiance.close()?;
+        timestamps.close()?;
+        if comm.is_root() {
+            let attrs = serde_json::json!({
+                "tessera": {
+                    "operation": "hdr merge",
+                    "method": self.job.method,
+                    "response": self.job.response,
+                    "weight_type": self.job.weight_type,
+                    "input": self.job.scan.input,
+                    "brackets": self.brackets.iter().map(|b| b.stem().display().to_string()).collect::<Vec<_>>(),
+                    "timestamps": self.brackets.iter().map(|b| format_time(b.time)).collect::<Vec<_>>(),
+                    "version": env!("CARGO_PKG_VERSION"),
+                }
+            });
+            io::zarr::write_group(&store, &node, attrs.as_object().expect("object"))?;
+        }
+        Ok(())
+    }
+}
