@@ -54,7 +54,15 @@ pub struct Scan {
 
 /// Units of `--exposure-unit`.
 #[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum ExposureUnit {
@@ -115,9 +123,15 @@ pub fn parse_time(text: &str) -> Option<i64> {
         return None;
     }
     let n = |a: usize, b: usize| text[a..b].parse::<i64>().ok();
-    let (y, mo, d, h, mi, s) = (n(0, 4)?, n(4, 6)?, n(6, 8)?, n(8, 10)?, n(10, 12)?, n(12, 14)?);
-    if !(1..=12).contains(&mo) || d < 1 || d > days_in_month(y, mo) || h > 23 || mi > 59 || s > 59
-    {
+    let (y, mo, d, h, mi, s) = (
+        n(0, 4)?,
+        n(4, 6)?,
+        n(6, 8)?,
+        n(8, 10)?,
+        n(10, 12)?,
+        n(12, 14)?,
+    );
+    if !(1..=12).contains(&mo) || d < 1 || d > days_in_month(y, mo) || h > 23 || mi > 59 || s > 59 {
         return None;
     }
     Some(days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + s)
@@ -171,14 +185,12 @@ pub fn parse_round(spec: &str) -> Result<i64> {
 }
 
 fn is_image(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| {
-            matches!(
-                e.to_ascii_lowercase().as_str(),
-                "jpg" | "jpeg" | "png" | "tif" | "tiff"
-            )
-        })
+    path.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+        matches!(
+            e.to_ascii_lowercase().as_str(),
+            "jpg" | "jpeg" | "png" | "tif" | "tiff"
+        )
+    })
 }
 
 /// Lists image files under `root` (sorted; into subdirectories when `recursive`).
@@ -287,7 +299,10 @@ mod tests {
         );
         assert_eq!(parse_time("19700101000000"), Some(0));
         assert_eq!(parse_time("19700102000001"), Some(86_401));
-        assert_eq!(parse_time("20000229120000").map(format_time).as_deref(), Some("20000229120000"));
+        assert_eq!(
+            parse_time("20000229120000").map(format_time).as_deref(),
+            Some("20000229120000")
+        );
         for bad in [
             "2024010203040_1000.jpg",
             "20240102030405-1000.jpg",
@@ -356,7 +371,11 @@ mod tests {
         assert!(s.skipped[0].1.contains("fewer than 2"), "{:?}", s.skipped);
         assert!(s.skipped[1].1.contains("twice"), "{:?}", s.skipped);
         let r = scan(dir.path(), true, 60, ExposureUnit::Ms).unwrap();
-        let sub: Vec<_> = r.brackets.iter().filter(|b| b.dir == Path::new("sub")).collect();
+        let sub: Vec<_> = r
+            .brackets
+            .iter()
+            .filter(|b| b.dir == Path::new("sub"))
+            .collect();
         assert_eq!(sub.len(), 1);
         assert_eq!(sub[0].stem(), Path::new("sub/20240101120000"));
         assert_eq!(sub[0].frames[1].seconds, 0.3);

@@ -263,7 +263,7 @@ pub fn fuse(images: &[ArrayView3<f32>], p: MertensParams) -> Array3<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ndarray::{Array, array};
+    use ndarray::{array, Array};
 
     /// Deterministic pseudo-random image in [0, 1] (simple LCG).
     fn random_image(shape: (usize, usize, usize), seed: u64) -> Array3<f32> {

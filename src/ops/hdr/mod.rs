@@ -55,9 +55,7 @@ fn default_round() -> String {
 }
 
 /// How calibration samples are picked.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Technique {
     /// Uniformly random positions.
@@ -116,9 +114,7 @@ pub struct RangeJob {
 }
 
 /// Merge methods.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Method {
     /// Radiance from the response curve (needs --response).
@@ -129,9 +125,7 @@ pub enum Method {
 }
 
 /// Output formats of `merge`.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
     /// One OpenEXR file (float32) per bracket.
@@ -196,7 +190,11 @@ pub fn find_brackets(scan: &ScanOptions, comm: &dyn Comm) -> Result<Vec<Bracket>
                 "{} image file(s) not named YYYYmmddHHMMSS_<EXPO>.<ext>, left out: {}{}",
                 found.unparsed.len(),
                 shown.join(", "),
-                if found.unparsed.len() > 20 { ", ..." } else { "" }
+                if found.unparsed.len() > 20 {
+                    ", ..."
+                } else {
+                    ""
+                }
             );
         }
         for (stem, why) in &found.skipped {
@@ -275,10 +273,7 @@ pub fn load(path: &Path) -> Result<Image> {
         other => {
             return Err(Error::bad_file(
                 path,
-                format!(
-                    "{} pixels (8- or 16-bit integers expected)",
-                    other.dtype()
-                ),
+                format!("{} pixels (8- or 16-bit integers expected)", other.dtype()),
             ))
         }
     };
@@ -555,7 +550,7 @@ fn save_response(
     response: &[Vec<f64>],
     started: std::time::Instant,
 ) -> Result<()> {
-    if samples.iter().any(|&n| n == 0) {
+    if samples.contains(&0) {
         return Err(Error::bad_file(
             &job.scan.input,
             format!(
@@ -637,7 +632,10 @@ pub fn read_response(path: &Path) -> Result<Vec<Vec<f64>>> {
         ));
     }
     if r.iter().any(|v| !v.is_finite()) {
-        return Err(Error::bad_file(path, "'response' holds NaN or infinite values"));
+        return Err(Error::bad_file(
+            path,
+            "'response' holds NaN or infinite values",
+        ));
     }
     Ok((0..r.ncols()).map(|c| r.column(c).to_vec()).collect())
 }
@@ -651,7 +649,11 @@ pub fn read_response(path: &Path) -> Result<Vec<Vec<f64>>> {
 pub fn lne_range(job: &RangeJob, comm: &dyn Comm) -> Result<(f64, f64)> {
     let response = read_response(&job.response)?;
     let brackets = find_brackets(&job.scan, comm)?;
-    let g_min = response.iter().flatten().copied().fold(f64::INFINITY, f64::min);
+    let g_min = response
+        .iter()
+        .flatten()
+        .copied()
+        .fold(f64::INFINITY, f64::min);
     let g_max = response
         .iter()
         .flatten()
@@ -682,12 +684,7 @@ pub struct Merged {
 }
 
 /// Debevec merge of decoded 8-bit exposures (shortest first) with response `g` per channel.
-pub fn merge_debevec(
-    images: &[Image],
-    ln_t: &[f64],
-    g: &[Vec<f64>],
-    kind: WeightType,
-) -> Merged {
+pub fn merge_debevec(images: &[Image], ln_t: &[f64], g: &[Vec<f64>], kind: WeightType) -> Merged {
     use rayon::prelude::*;
     let (c, h, w) = (images[0].channels, images[0].height, images[0].width);
     let n = h * w;

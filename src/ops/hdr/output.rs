@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use super::files::{format_time, Bracket};
-use super::{merge_bracket, Format, Merged, Method, MergeJob};
+use super::{merge_bracket, Format, MergeJob, Merged, Method};
 use crate::comm::{Comm, ReduceOp};
 use crate::error::{Error, IoContext, Result};
 use crate::exec::report::RankStats;
@@ -158,7 +158,13 @@ fn stats(comm: &dyn Comm, mine: RankStats) -> Vec<RankStats> {
         .collect()
 }
 
-fn summary(op: &str, output: String, per_rank: Vec<RankStats>, total: usize, resumed: usize) -> RunSummary {
+fn summary(
+    op: &str,
+    output: String,
+    per_rank: Vec<RankStats>,
+    total: usize,
+    resumed: usize,
+) -> RunSummary {
     let seconds = per_rank.iter().map(|r| r.seconds).fold(0.0, f64::max);
     let bytes_written: u64 = per_rank.iter().map(|r| r.bytes_written).sum();
     RunSummary {
@@ -226,10 +232,7 @@ fn per_bracket(
     for b in &brackets[mine] {
         let target = out.join(b.stem()).with_extension(ext);
         let preview_path = out.join(b.stem()).with_extension("png");
-        if job.run.resume
-            && target.exists()
-            && (job.preview.is_none() || preview_path.exists())
-        {
+        if job.run.resume && target.exists() && (job.preview.is_none() || preview_path.exists()) {
             resumed += 1;
             continue;
         }
@@ -295,7 +298,11 @@ fn zarr(
     }
     // The frame size comes from the first bracket's first image (all must agree).
     let first = super::load(&brackets[0].frames[0].path)?;
-    let (h, w, c) = (first.height as u64, first.width as u64, first.channels as u64);
+    let (h, w, c) = (
+        first.height as u64,
+        first.width as u64,
+        first.channels as u64,
+    );
     let t = brackets.len() as u64;
     let frame_bytes = h * w * c * 4;
     let op = ZarrOp {
@@ -330,6 +337,14 @@ fn zarr(
     Ok((summary, unusable[0]))
 }
 
+/// The open writers of the Zarr group: radiance, timestamps, and the staged store and node.
+type Opened = (
+    Box<dyn io::ArrayWriter>,
+    Box<dyn io::ArrayWriter>,
+    PathBuf,
+    String,
+);
+
 struct ZarrOp<'a> {
     job: &'a MergeJob,
     brackets: &'a [Bracket],
@@ -338,7 +353,7 @@ struct ZarrOp<'a> {
     spec: CreateSpec,
     units: Vec<UnitInfo>,
     /// (radiance, timestamps, staged store and node) once opened.
-    writers: Mutex<Option<(Box<dyn io::ArrayWriter>, Box<dyn io::ArrayWriter>, PathBuf, String)>>,
+    writers: Mutex<Option<Opened>>,
     unusable: Mutex<u64>,
     fingerprint: String,
 }

@@ -22,7 +22,11 @@ fn plot_err(path: &Path, e: impl std::fmt::Display) -> Error {
 pub fn response(path: &Path, g: &[Vec<f64>]) -> Result<()> {
     crate::ops::crop::plot::register();
     let lo = g.iter().flatten().copied().fold(f64::INFINITY, f64::min);
-    let hi = g.iter().flatten().copied().fold(f64::NEG_INFINITY, f64::max);
+    let hi = g
+        .iter()
+        .flatten()
+        .copied()
+        .fold(f64::NEG_INFINITY, f64::max);
     let pad = ((hi - lo) * 0.05).max(1e-3);
     let root = BitMapBackend::new(path, SIZE).into_drawing_area();
     let draw = || -> std::result::Result<(), String> {
@@ -60,7 +64,12 @@ pub fn response(path: &Path, g: &[Vec<f64>]) -> Result<()> {
         }
         if g.len() > 1 {
             let mean: Vec<(f64, f64)> = (0..256)
-                .map(|z| (z as f64, g.iter().map(|c| c[z]).sum::<f64>() / g.len() as f64))
+                .map(|z| {
+                    (
+                        z as f64,
+                        g.iter().map(|c| c[z]).sum::<f64>() / g.len() as f64,
+                    )
+                })
                 .collect();
             chart
                 .draw_series(DashedLineSeries::new(mean, 6, 4, BLACK.stroke_width(2)))
