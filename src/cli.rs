@@ -141,6 +141,8 @@ pub enum HdrCommand {
     LneRange(crate::ops::hdr::RangeJob),
     /// One radiance (Debevec) or fused (Mertens) image per bracket: OpenEXR, .npy or Zarr.
     Merge(crate::ops::hdr::MergeJob),
+    /// Write example brackets (a random sky through a gamma 2.2 camera) to try the others on.
+    Synthetic(crate::ops::hdr::SyntheticJob),
 }
 
 /// `tessera bench ...`.
@@ -241,6 +243,8 @@ fn hdr(which: HdrCommand, comm: &dyn Comm) -> Result<()> {
     use crate::ops::hdr;
     match which {
         HdrCommand::Calibrate(job) => hdr::calibrate(&job, comm).map(|_| ()),
+        HdrCommand::Synthetic(job) if comm.is_root() => hdr::write_synthetic(&job),
+        HdrCommand::Synthetic(_) => Ok(()),
         HdrCommand::LneRange(job) => {
             let (lo, hi) = hdr::lne_range(&job, comm)?;
             if comm.is_root() {

@@ -593,3 +593,43 @@ fn calibrate_err(input: &Path, response: &Path) -> std::process::Output {
         &s(response),
     ])
 }
+
+#[test]
+fn a_gamma_camera_is_recovered_from_the_synthetic_archive() {
+    // `tessera hdr synthetic` brackets come from a gamma 2.2 camera: g(z2) - g(z1) =
+    // 2.2 ln(z2 / z1) away from the ends (smoothness and 8-bit rounding limit the match).
+    let d = tempfile::tempdir().unwrap();
+    let sky = d.path().join("sky");
+    ok(tessera(&[
+        "hdr",
+        "synthetic",
+        "--output",
+        &s(&sky),
+        "--brackets",
+        "3",
+        "--size",
+        "96",
+    ]));
+    let response = d.path().join("r.npz");
+    ok(tessera(&[
+        "hdr",
+        "calibrate",
+        "--input",
+        &s(&sky),
+        "--response",
+        &s(&response),
+        "--sample-technique",
+        "histogram",
+    ]));
+    let (g, _) = npz::read_response(&response).unwrap();
+    for c in 0..3 {
+        for (z1, z2) in [(40usize, 200usize), (60, 120), (100, 240)] {
+            let got = g[[z2, c]] - g[[z1, c]];
+            let want = 2.2 * (z2 as f64 / z1 as f64).ln();
+            assert!(
+                (got - want).abs() < 0.05 * want,
+                "channel {c} {z1}->{z2}: {got} vs {want}"
+            );
+        }
+    }
+}
