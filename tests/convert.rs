@@ -650,3 +650,47 @@ fn hdf5_inputs_and_errors() {
         &["bad.h5", "HDF5"],
     );
 }
+
+#[test]
+fn a_second_job_on_the_same_output_is_refused_and_a_dead_ones_lock_is_taken_over() {
+    let d = tempfile::tempdir().unwrap();
+    let input = d.path().join("in");
+    let slices = write_stack(&input, "s", &[0, 1], &[4, 4], DType::U16, 4);
+    let out = d.path().join("o.zarr");
+    let lock = d.path().join("o.zarr.lock");
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_string();
+    // A live job (this test process) holds the output: refused, even with --overwrite, and
+    // its lock and (absent) output are left alone.
+    let live = format!(
+        r#"{{"host":"{host}","pid":{},"started":0}}"#,
+        std::process::id()
+    );
+    std::fs::write(&lock, &live).unwrap();
+    let args = [
+        "convert",
+        "--input",
+        &s(&input),
+        "--output",
+        &s(&out),
+        "--overwrite",
+    ];
+    fails_with(
+        tessera(&args),
+        &["o.zarr.lock", "another tessera job", "pid"],
+    );
+    assert_eq!(std::fs::read_to_string(&lock).unwrap(), live);
+    assert!(!out.exists());
+    // A job killed on this host left its lock: taken over, and released at the end.
+    std::fs::write(
+        &lock,
+        format!(r#"{{"host":"{host}","pid":{},"started":0}}"#, i32::MAX - 7),
+    )
+    .unwrap();
+    let log = ok(tessera(&args));
+    assert!(log.contains("stale lock"), "{log}");
+    assert!(!lock.exists());
+    assert_eq!(read_all(&s(&out)), reference_stack(&slices, 0));
+}

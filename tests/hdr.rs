@@ -209,6 +209,14 @@ fn exr_zarr_mertens_and_resume() {
         args.extend_from_slice(extra);
         tessera(&args)
     };
+    // A dry run prints the plan and writes nothing.
+    let dry = d.path().join("dry");
+    let plan = ok(merge(&dry, &["--dry-run"]));
+    assert!(
+        plan.contains("3 bracket(s)") && plan.contains("rank 0"),
+        "{plan}"
+    );
+    assert!(!dry.exists() && !d.path().join("dry.report.json").exists());
     // EXR (top level only) against the .npy of the same brackets.
     let exr_dir = d.path().join("exr");
     let npy_dir = d.path().join("npy");
@@ -323,6 +331,7 @@ fn numpy_reads_the_response_file() {
     );
 }
 
+#[cfg(feature = "mpi")]
 #[test]
 fn ranks_agree() {
     if mpirun().is_none() {

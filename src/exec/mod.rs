@@ -200,6 +200,20 @@ pub fn run<Op: Operation>(op: &Op, comm: &dyn Comm, options: &RunOptions) -> Res
         begin = end;
     }
 
+    // One job per output: rank 0 locks the primary output before anyone looks at the disk
+    // (a second job must not see, resume or clear the first one's staging). Dropped, so
+    // removed, when this function returns, whether the run completed or failed.
+    let _lock = if options.dry_run {
+        None
+    } else {
+        let primary = crate::io::staging::Staging::published_of(&op.targets()[0]);
+        let lock = if comm.is_root() {
+            crate::io::lock::OutputLock::acquire(&primary).map(Some)
+        } else {
+            Ok(None)
+        };
+        agree(comm, lock)?
+    };
     // Everyone looks at the disk before anyone changes it.
     let stagings = agree(comm, plan_stagings(op.targets(), options))?;
     let staging = &stagings[0];

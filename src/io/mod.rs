@@ -10,6 +10,7 @@ pub mod block;
 #[cfg(feature = "hdf5")]
 pub mod hdf5;
 pub mod images;
+pub mod lock;
 pub mod npy;
 pub mod staging;
 pub mod zarr;

@@ -38,31 +38,7 @@ impl Staging {
     /// [`Error::OutputExists`] when the output exists without `overwrite`, or an interrupted
     /// run's staging exists without `resume` or `overwrite`.
     pub fn plan(target: &Address, overwrite: bool, resume: bool) -> Result<Staging> {
-        let container = target.container().to_path_buf();
-        let (published, staged, staging) = match target {
-            Address::Zarr { store, node } if !node.is_empty() && store.is_dir() => {
-                // A new array inside an existing store: stage the array's directory.
-                let node_dir = store.join(node);
-                let staged = with_suffix(&node_dir, ".partial");
-                let staged_node = format!("{node}.partial");
-                (
-                    node_dir,
-                    staged,
-                    Address::Zarr {
-                        store: store.clone(),
-                        node: staged_node,
-                    },
-                )
-            }
-            _ => {
-                let staged = with_suffix(&container, ".partial");
-                (
-                    container.clone(),
-                    staged.clone(),
-                    target.with_container(staged),
-                )
-            }
-        };
+        let (published, staged, staging) = Self::names(target);
         if published.exists() && !overwrite {
             return Err(Error::OutputExists {
                 path: published,
@@ -90,6 +66,41 @@ impl Staging {
             staged,
             resuming,
         })
+    }
+
+    /// The path published when `target` is complete (file, store, or an array's directory in
+    /// an existing store): what a run locks.
+    pub fn published_of(target: &Address) -> PathBuf {
+        Self::names(target).0
+    }
+
+    /// (published path, its staging twin, the staging address) of `target`.
+    fn names(target: &Address) -> (PathBuf, PathBuf, Address) {
+        let container = target.container().to_path_buf();
+        match target {
+            Address::Zarr { store, node } if !node.is_empty() && store.is_dir() => {
+                // A new array inside an existing store: stage the array's directory.
+                let node_dir = store.join(node);
+                let staged = with_suffix(&node_dir, ".partial");
+                let staged_node = format!("{node}.partial");
+                (
+                    node_dir,
+                    staged,
+                    Address::Zarr {
+                        store: store.clone(),
+                        node: staged_node,
+                    },
+                )
+            }
+            _ => {
+                let staged = with_suffix(&container, ".partial");
+                (
+                    container.clone(),
+                    staged.clone(),
+                    target.with_container(staged),
+                )
+            }
+        }
     }
 
     /// The directory that holds the run's journal of finished units.

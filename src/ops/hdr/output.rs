@@ -204,6 +204,41 @@ fn per_bracket(
 ) -> Result<(RunSummary, u64)> {
     let started = Instant::now();
     let out = &job.output;
+    if job.run.dry_run {
+        if comm.is_root() {
+            println!(
+                "hdr merge (dry run): {} bracket(s) into {}, {} file(s) each; per rank:",
+                brackets.len(),
+                out.display(),
+                if job.preview.is_some() { 2 } else { 1 }
+            );
+            for (r, range) in partition_contiguous(brackets.len(), comm.size())
+                .into_iter()
+                .enumerate()
+            {
+                println!("  rank {r}: brackets {range:?}");
+            }
+        }
+        let mut s = summary(
+            "hdr merge",
+            out.display().to_string(),
+            vec![],
+            brackets.len(),
+            0,
+        );
+        s.dry_run = true;
+        s.ranks = comm.size();
+        return Ok((s, 0));
+    }
+    // One job per output directory (see io::lock), held until this function returns.
+    let _lock = {
+        let lock = if comm.is_root() {
+            crate::io::lock::OutputLock::acquire(out).map(Some)
+        } else {
+            Ok(None)
+        };
+        crate::exec::agree(comm, lock)?
+    };
     let check = (|| {
         if out.exists() && !out.is_dir() {
             return Err(Error::parameter(
@@ -229,7 +264,14 @@ fn per_bracket(
     let (mut unusable, mut resumed, mut units) = (0u64, 0usize, 0u64);
     let (mut read, mut written) = (0u64, 0u64);
     let mut result = Ok(());
-    for b in &brackets[mine] {
+    let share = mine.len();
+    for (done_here, b) in brackets[mine].iter().enumerate() {
+        if comm.is_root() && share >= 20 && done_here % (share / 10) == 0 && done_here > 0 {
+            tracing::info!(
+                "hdr merge: {done_here}/{share} of rank 0's brackets ({:.0} s)",
+                started.elapsed().as_secs_f64()
+            );
+        }
         let target = out.join(b.stem()).with_extension(ext);
         let preview_path = out.join(b.stem()).with_extension("png");
         if job.run.resume && target.exists() && (job.preview.is_none() || preview_path.exists()) {
