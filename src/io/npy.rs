@@ -79,8 +79,9 @@ fn descr_dtype(descr: &str) -> Option<DType> {
     } else {
         '>'
     };
-    let (order, rest) = descr.split_at(1);
-    let order = order.chars().next()?;
+    // The first character, not byte: a corrupt header may start with a multi-byte one.
+    let order = descr.chars().next()?;
+    let rest = &descr[order.len_utf8()..];
     let size_one = rest.ends_with('1');
     if !(order == native || order == '|' || (order == '=') || size_one) {
         return None;
@@ -335,6 +336,13 @@ impl ArrayWriter for NpyWriter {
 mod tests {
     use super::*;
     use crate::comm::Local;
+
+    #[test]
+    fn descrs_with_odd_characters_are_refused_not_panicking() {
+        assert_eq!(descr_dtype("\u{fffd}<u2"), None);
+        assert_eq!(descr_dtype(""), None);
+        assert_eq!(descr_dtype("<u2"), Some(DType::U16));
+    }
 
     #[test]
     fn write_then_read_boxes() {
