@@ -642,3 +642,38 @@ fn a_gamma_camera_is_recovered_from_the_synthetic_archive() {
         }
     }
 }
+
+#[test]
+fn a_killed_zarr_merge_resumes_to_the_same_bytes() {
+    let d = tempfile::tempdir().unwrap();
+    let input = d.path().join("sky");
+    archive(&input);
+    let response = d.path().join("response.npz");
+    calibrate(&input, &response, &[]);
+    let merge = |out: &Path, extra: &[&str], env: &[(&str, &str)]| {
+        let mut args = vec![
+            "hdr",
+            "merge",
+            "--input",
+            input.to_str().unwrap(),
+            "--recursive",
+            "--response",
+            response.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--format",
+            "zarr",
+        ];
+        args.extend_from_slice(extra);
+        tessera_env(&args, env)
+    };
+    let whole = d.path().join("whole.zarr");
+    ok(merge(&whole, &[], &[]));
+    let cut = d.path().join("cut.zarr");
+    let killed = merge(&cut, &[], &[("TESSERA_ABORT_AFTER_UNITS", "2")]);
+    assert!(!killed.status.success(), "{}", text(&killed));
+    assert!(!cut.exists(), "an interrupted merge is not published");
+    ok(merge(&cut, &["--resume"], &[]));
+    // The group attributes name the output-independent inputs only, so the trees are equal.
+    assert_same_tree(&whole, &cut);
+}

@@ -571,3 +571,53 @@ fn convert_writes_an_ome_zarr_pyramid_straight_from_a_stack() {
         &["--pyramid-levels", "auto"],
     );
 }
+
+#[test]
+fn a_killed_pyramid_resumes_to_the_same_bytes() {
+    // Small units and several stages (levels beyond what one unit holds), killed after a few
+    // units: nothing is published, and --resume finishes it to the bytes of a whole run.
+    let dir = tempfile::tempdir().unwrap();
+    let a = random(&[24, 20, 28], 7, 60000).mapv(|v| v as u16);
+    let input = dir.path().join("v.npy");
+    write_npy(&input, &a).unwrap();
+    let args = |out: &std::path::Path, extra: &[&str]| {
+        let mut v = vec![
+            "pyramid".to_string(),
+            "--input".into(),
+            s(&input),
+            "--output".into(),
+            s(out),
+            "--chunks".into(),
+            "4,4,4".into(),
+            "--method".into(),
+            "gaussian".into(),
+        ];
+        v.extend(extra.iter().map(|x| x.to_string()));
+        v
+    };
+    let env = [("TESSERA_UNIT_BYTES", "2000")];
+    let run = |out: &std::path::Path, extra: &[&str], env: &[(&str, &str)]| {
+        let v = args(out, extra);
+        let refs: Vec<&str> = v.iter().map(String::as_str).collect();
+        tessera_env(&refs, env)
+    };
+    let whole = dir.path().join("whole.zarr");
+    ok(run(&whole, &[], &env));
+    let cut = dir.path().join("cut.zarr");
+    let killed = run(&cut, &[], &[env[0], ("TESSERA_ABORT_AFTER_UNITS", "5")]);
+    assert!(!killed.status.success(), "{}", text(&killed));
+    assert!(!cut.exists(), "an interrupted pyramid is not published");
+    assert!(dir.path().join("cut.zarr.partial").exists());
+    ok(run(&cut, &["--resume"], &env));
+    // Equal trees, but for the multiscale's name, which is the store's own name.
+    let rename = |t: Vec<(String, Vec<u8>)>| -> Vec<(String, String)> {
+        t.into_iter()
+            .map(|(p, b)| (p, String::from_utf8_lossy(&b).replace("\"whole\"", "\"cut\"")))
+            .collect()
+    };
+    let (w, c) = (rename(tree(&whole)), rename(tree(&cut)));
+    assert_eq!(w.len(), c.len());
+    for (a, b) in w.iter().zip(&c) {
+        assert!(a == b, "{} differs after resume", a.0);
+    }
+}
