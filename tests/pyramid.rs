@@ -612,7 +612,12 @@ fn a_killed_pyramid_resumes_to_the_same_bytes() {
     // Equal trees, but for the multiscale's name, which is the store's own name.
     let rename = |t: Vec<(String, Vec<u8>)>| -> Vec<(String, String)> {
         t.into_iter()
-            .map(|(p, b)| (p, String::from_utf8_lossy(&b).replace("\"whole\"", "\"cut\"")))
+            .map(|(p, b)| {
+                (
+                    p,
+                    String::from_utf8_lossy(&b).replace("\"whole\"", "\"cut\""),
+                )
+            })
             .collect()
     };
     let (w, c) = (rename(tree(&whole)), rename(tree(&cut)));
