@@ -43,8 +43,25 @@ impl Owner {
         };
         // SAFETY: signal 0 only checks that the process exists and may be signalled.
         let r = unsafe { libc::kill(pid, 0) };
-        r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+        let exists = r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+        // A killed rank whose launcher is gone can stay a zombie (exited, never reaped, e.g.
+        // under a container's init): it still answers signal 0 but holds nothing.
+        exists && !is_zombie(self.pid)
     }
+}
+
+/// Whether `/proc` says the process has exited but not been reaped (state Z or X).
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let after = &s[s.rfind(')')? + 1..];
+            after
+                .split_whitespace()
+                .next()
+                .map(|st| st == "Z" || st == "X")
+        })
+        .unwrap_or(false)
 }
 
 /// A held lock; removed on drop.
@@ -135,6 +152,23 @@ impl Drop for OutputLock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_zombie_holds_nothing() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        // Exited but not yet waited for: a zombie.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert!(is_zombie(pid));
+        let owner = Owner {
+            host: crate::exec::report::hostname(),
+            pid,
+            started: 0,
+        };
+        assert!(!owner.may_be_alive());
+        child.wait().unwrap();
+        assert!(!is_zombie(std::process::id()));
+    }
 
     #[test]
     fn a_second_holder_is_refused_and_a_dead_one_is_replaced() {
