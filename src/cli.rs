@@ -158,6 +158,8 @@ pub enum BenchCommand {
     Crop(crate::bench::crop::CropBench),
     /// HDR merge of 5 x 512x512 RGB 8-bit brackets against a memory copy of the bracket bytes.
     Hdr(crate::bench::hdr::HdrBench),
+    /// One operation at several rank counts (mpirun/srun): time, GB/s, efficiency, phases.
+    Scaling(crate::bench::scaling::ScalingBench),
 }
 
 /// Runs a parsed command on this rank.
@@ -234,6 +236,7 @@ pub fn dispatch(cli: Cli, comm: &dyn Comm) -> Result<()> {
             BenchCommand::Pyramid(b) => crate::bench::pyramid::run(&b, comm),
             BenchCommand::Crop(b) => crate::bench::crop::run(&b, comm),
             BenchCommand::Hdr(b) => crate::bench::hdr::run(&b, comm),
+            BenchCommand::Scaling(b) => crate::bench::scaling::run(&b, comm),
         },
     }
 }

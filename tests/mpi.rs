@@ -418,3 +418,34 @@ fn crops_are_identical_on_1_2_and_4_ranks() {
         }
     }
 }
+
+#[test]
+fn the_scaling_bench_writes_its_table_and_plot() {
+    if mpirun().is_none() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("scaling");
+    let out = ok(tessera(&[
+        "bench",
+        "scaling",
+        "--op",
+        "hdr",
+        "--ranks",
+        "1,2",
+        "--size",
+        "2",
+        "--launcher-args=--oversubscribe",
+        "--dir",
+        &s(&dir),
+    ]));
+    assert!(out.contains("| 2 |"), "{out}");
+    let csv = std::fs::read_to_string(dir.join("scaling-hdr-strong.csv")).unwrap();
+    let rows: Vec<&str> = csv.lines().collect();
+    assert_eq!(rows.len(), 3, "{csv}");
+    assert!(rows[2].starts_with("2,"), "{csv}");
+    let png = image::open(dir.join("scaling-hdr-strong.png")).unwrap();
+    assert_eq!((png.width(), png.height()), (1000, 450));
+    // Both runs wrote the whole archive (2 brackets), half each on 2 ranks.
+    assert!(dir.join("run-2/out/20240601120030.npy").exists());
+}

@@ -8,6 +8,7 @@ pub mod crop;
 pub mod hdr;
 pub mod pyramid;
 pub mod quilt;
+pub mod scaling;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
