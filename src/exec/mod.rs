@@ -89,8 +89,15 @@ pub trait Operation: Sync {
     /// All units, in a fixed order (unit ids are indices into this list).
     fn units(&self) -> &[UnitInfo];
     /// Peak memory per unit in flight, bytes (two units are in flight per rank: one being
-    /// computed while the previous one is written).
-    fn memory_per_unit(&self) -> u64;
+    /// computed while the previous one is written). Default: the largest unit's input and
+    /// output together.
+    fn memory_per_unit(&self) -> u64 {
+        self.units()
+            .iter()
+            .map(|u| u.bytes_in + u.bytes_out)
+            .max()
+            .unwrap_or(0)
+    }
     /// Parameters that must match for `--resume` to continue a run (JSON text).
     fn fingerprint(&self) -> String;
     /// Where each stage's units end (ascending, the last = `units().len()`). Units of a stage

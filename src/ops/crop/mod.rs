@@ -342,13 +342,6 @@ impl Operation for CropOp {
     fn units(&self) -> &[UnitInfo] {
         &self.units
     }
-    fn memory_per_unit(&self) -> u64 {
-        self.units
-            .iter()
-            .map(|u| u.bytes_in + u.bytes_out)
-            .max()
-            .unwrap_or(0)
-    }
     fn fingerprint(&self) -> String {
         self.fingerprint.clone()
     }
