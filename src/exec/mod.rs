@@ -214,12 +214,7 @@ pub fn run<Op: Operation>(op: &Op, comm: &dyn Comm, options: &RunOptions) -> Res
         None
     } else {
         let primary = crate::io::staging::Staging::published_of(&op.targets()[0]);
-        let lock = if comm.is_root() {
-            crate::io::lock::OutputLock::acquire(&primary).map(Some)
-        } else {
-            Ok(None)
-        };
-        agree(comm, lock)?
+        crate::io::lock::OutputLock::acquire_on_root(&primary, comm)?
     };
     // Everyone looks at the disk before anyone changes it.
     let stagings = agree(comm, plan_stagings(op.targets(), options))?;

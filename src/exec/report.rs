@@ -11,7 +11,6 @@ use super::Operation;
 use crate::comm::Comm;
 use crate::error::{IoContext, Result};
 use crate::io::staging::Staging;
-use crate::io::Address;
 
 /// Seconds spent per phase on one rank. Compute and write overlap (they run on two threads),
 /// so the phases may add up to more than the wall time.
@@ -62,7 +61,7 @@ pub struct RunSummary {
 }
 
 impl RunSummary {
-    pub fn dry_run(operation: &str, output: &Address, ranks: usize) -> Self {
+    pub fn dry_run(operation: &str, output: &dyn std::fmt::Display, ranks: usize) -> Self {
         RunSummary {
             operation: operation.into(),
             output: output.to_string(),
@@ -83,9 +82,31 @@ impl RunSummary {
 pub(super) fn summarize<Op: Operation>(
     op: &Op,
     comm: &dyn Comm,
-    mut stats: RankStats,
+    stats: RankStats,
     stagings: &[Staging],
     resumed: usize,
+) -> RunSummary {
+    let published: Vec<&Path> = stagings.iter().map(Staging::published_path).collect();
+    gather_summary(
+        op.name(),
+        op.targets()[0].to_string(),
+        comm,
+        stats,
+        (op.units().len(), resumed),
+        &published,
+    )
+}
+
+/// The run summary of one rank's `stats`, gathered from every rank (collective): `units` is
+/// (total, resumed), `published` the paths whose disk usage is the output's (measured on rank
+/// 0). For runs outside [`super::run`] too (hdr's per-bracket files).
+pub fn gather_summary(
+    operation: &str,
+    output: String,
+    comm: &dyn Comm,
+    mut stats: RankStats,
+    (units_total, units_resumed): (usize, usize),
+    published: &[&Path],
 ) -> RunSummary {
     stats.rank = comm.rank();
     stats.host = hostname();
@@ -98,18 +119,15 @@ pub(super) fn summarize<Op: Operation>(
     let seconds = per_rank.iter().map(|r| r.seconds).fold(0.0, f64::max);
     let bytes_written: u64 = per_rank.iter().map(|r| r.bytes_written).sum();
     RunSummary {
-        operation: op.name().into(),
-        output: op.targets()[0].to_string(),
+        operation: operation.into(),
+        output,
         ranks: comm.size(),
-        units_total: op.units().len(),
-        units_resumed: resumed,
+        units_total,
+        units_resumed,
         bytes_read: per_rank.iter().map(|r| r.bytes_read).sum(),
         bytes_written,
         bytes_on_disk: if comm.is_root() {
-            stagings
-                .iter()
-                .map(|s| disk_usage(s.published_path()))
-                .sum()
+            published.iter().map(|p| disk_usage(p)).sum()
         } else {
             0
         },

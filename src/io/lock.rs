@@ -143,6 +143,25 @@ impl OutputLock {
     }
 }
 
+impl OutputLock {
+    /// [`OutputLock::acquire`] on rank 0, the outcome agreed by every rank (collective);
+    /// `None` on the other ranks.
+    ///
+    /// # Errors
+    /// Rank 0's failure to take the lock, on every rank.
+    pub fn acquire_on_root(
+        output: &Path,
+        comm: &dyn crate::comm::Comm,
+    ) -> Result<Option<OutputLock>> {
+        let lock = if comm.is_root() {
+            Self::acquire(output).map(Some)
+        } else {
+            Ok(None)
+        };
+        crate::exec::agree(comm, lock)
+    }
+}
+
 impl Drop for OutputLock {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);

@@ -13,7 +13,7 @@ use super::files::{format_time, Bracket};
 use super::{merge_bracket, Format, MergeJob, Merged, Method};
 use crate::comm::{Comm, ReduceOp};
 use crate::error::{Error, IoContext, Result};
-use crate::exec::report::RankStats;
+use crate::exec::report::{gather_summary, RankStats};
 use crate::exec::{Operation, RunSummary, UnitInfo};
 use crate::grid::{partition_contiguous, Region};
 use crate::io::{self, Address, Block, CreateSpec, DType};
@@ -150,43 +150,6 @@ fn write_preview(path: &Path, m: &Merged, method: Method) -> Result<()> {
     })
 }
 
-fn stats(comm: &dyn Comm, mine: RankStats) -> Vec<RankStats> {
-    let bytes = serde_json::to_vec(&mine).unwrap_or_default();
-    comm.all_gather(&bytes)
-        .iter()
-        .filter_map(|b| serde_json::from_slice(b).ok())
-        .collect()
-}
-
-fn summary(
-    op: &str,
-    output: String,
-    per_rank: Vec<RankStats>,
-    total: usize,
-    resumed: usize,
-) -> RunSummary {
-    let seconds = per_rank.iter().map(|r| r.seconds).fold(0.0, f64::max);
-    let bytes_written: u64 = per_rank.iter().map(|r| r.bytes_written).sum();
-    RunSummary {
-        operation: op.into(),
-        output,
-        ranks: per_rank.len(),
-        units_total: total,
-        units_resumed: resumed,
-        bytes_read: per_rank.iter().map(|r| r.bytes_read).sum(),
-        bytes_written,
-        bytes_on_disk: bytes_written,
-        seconds,
-        throughput_mb_per_s: if seconds > 0.0 {
-            bytes_written as f64 / seconds / 1e6
-        } else {
-            0.0
-        },
-        per_rank,
-        dry_run: false,
-    }
-}
-
 fn input_bytes(b: &Bracket) -> u64 {
     b.frames
         .iter()
@@ -219,26 +182,13 @@ fn per_bracket(
                 println!("  rank {r}: brackets {range:?}");
             }
         }
-        let mut s = summary(
-            "hdr merge",
-            out.display().to_string(),
-            vec![],
-            brackets.len(),
+        return Ok((
+            RunSummary::dry_run("hdr merge", &out.display(), comm.size()),
             0,
-        );
-        s.dry_run = true;
-        s.ranks = comm.size();
-        return Ok((s, 0));
+        ));
     }
     // One job per output directory (see io::lock), held until this function returns.
-    let _lock = {
-        let lock = if comm.is_root() {
-            crate::io::lock::OutputLock::acquire(out).map(Some)
-        } else {
-            Ok(None)
-        };
-        crate::exec::agree(comm, lock)?
-    };
+    let _lock = crate::io::lock::OutputLock::acquire_on_root(out, comm)?;
     let check = (|| {
         if out.exists() && !out.is_dir() {
             return Err(Error::parameter(
@@ -302,24 +252,19 @@ fn per_bracket(
     crate::exec::agree(comm, result)?;
     let mut counts = [unusable, resumed as u64];
     comm.all_reduce_u64(&mut counts, ReduceOp::Sum);
-    let per_rank = stats(
+    let s = gather_summary(
+        "hdr merge",
+        out.display().to_string(),
         comm,
         RankStats {
-            rank: comm.rank(),
-            host: String::new(),
             units,
             bytes_read: read,
             bytes_written: written,
             seconds: started.elapsed().as_secs_f64(),
-            phases: Default::default(),
+            ..Default::default()
         },
-    );
-    let s = summary(
-        "hdr merge",
-        out.display().to_string(),
-        per_rank,
-        brackets.len(),
-        counts[1] as usize,
+        (brackets.len(), counts[1] as usize),
+        &[out.as_path()],
     );
     Ok((s, counts[0]))
 }
