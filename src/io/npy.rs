@@ -21,11 +21,23 @@ use crate::error::{Error, IoContext, Result};
 use crate::grid::Region;
 use crate::{with_block, with_dtype};
 
-/// Parses the header dictionary of a `.npy` file: (descr, fortran_order, shape).
-fn parse_header(path: &Path, bytes: &[u8]) -> Result<(String, bool, Vec<u64>)> {
-    let bad = |m: &str| Error::bad_file(path, format!("not a valid .npy file: {m}"));
+/// The fields of a `.npy` header, and where its data starts.
+#[derive(Debug, PartialEq)]
+pub struct Header {
+    pub descr: String,
+    pub fortran_order: bool,
+    pub shape: Vec<u64>,
+    pub data_start: usize,
+}
+
+/// Parses the header of `.npy` bytes (format versions 1-3). The error says what is wrong, for
+/// the caller to name its file or entry.
+///
+/// # Errors
+/// No magic, an unknown version, a truncated header, or a missing or malformed field.
+pub fn header(bytes: &[u8]) -> std::result::Result<Header, String> {
     if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
-        return Err(bad("missing the \\x93NUMPY magic"));
+        return Err("missing the \\x93NUMPY magic".into());
     }
     let (len, start) = match bytes[6] {
         1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
@@ -33,44 +45,55 @@ fn parse_header(path: &Path, bytes: &[u8]) -> Result<(String, bool, Vec<u64>)> {
             u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
             12,
         ),
-        v => return Err(bad(&format!("unknown format version {v}"))),
+        v => return Err(format!("unknown format version {v}")),
     };
-    let header = bytes
-        .get(start..start + len)
-        .ok_or_else(|| bad("truncated header"))?;
+    let header = bytes.get(start..start + len).ok_or("truncated header")?;
     let header = String::from_utf8_lossy(header);
     let field = |key: &str| -> Option<String> {
         let at = header.find(&format!("'{key}'"))? + key.len() + 2;
         let rest = header[at..].trim_start().strip_prefix(':')?.trim_start();
         Some(rest.to_string())
     };
+    // A quoted string (numpy writes single quotes; double ones are valid Python too). A
+    // structured dtype (a list) has none.
     let descr = field("descr")
         .and_then(|r| {
-            r.strip_prefix('\'')
-                .and_then(|r| r.split('\'').next())
-                .map(String::from)
+            let q = r.chars().next().filter(|c| matches!(c, '\'' | '"'))?;
+            r[1..].split(q).next().map(String::from)
         })
-        .ok_or_else(|| bad("no 'descr' in header"))?;
-    let fortran = field("fortran_order")
+        .ok_or("no 'descr' string in header (structured dtypes are not supported)")?;
+    let fortran_order = field("fortran_order")
         .map(|r| r.starts_with("True"))
-        .ok_or_else(|| bad("no 'fortran_order' in header"))?;
+        .ok_or("no 'fortran_order' in header")?;
     let shape_text = field("shape")
         .and_then(|r| {
             r.strip_prefix('(')
                 .and_then(|r| r.split(')').next())
                 .map(String::from)
         })
-        .ok_or_else(|| bad("no 'shape' in header"))?;
+        .ok_or("no 'shape' in header")?;
     let shape = shape_text
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .map(|s| {
             s.parse::<u64>()
-                .map_err(|_| bad(&format!("bad shape entry {s:?}")))
+                .map_err(|_| format!("bad shape entry {s:?}"))
         })
-        .collect::<Result<Vec<_>>>()?;
-    Ok((descr, fortran, shape))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok(Header {
+        descr,
+        fortran_order,
+        shape,
+        data_start: start + len,
+    })
+}
+
+/// [`header`] of a file, as (descr, fortran_order, shape).
+fn parse_header(path: &Path, bytes: &[u8]) -> Result<(String, bool, Vec<u64>)> {
+    let h =
+        header(bytes).map_err(|m| Error::bad_file(path, format!("not a valid .npy file: {m}")))?;
+    Ok((h.descr, h.fortran_order, h.shape))
 }
 
 fn descr_dtype(descr: &str) -> Option<DType> {

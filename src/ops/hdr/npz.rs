@@ -158,66 +158,24 @@ fn unicode_npy(s: &str) -> Vec<u8> {
     out
 }
 
-/// Parsed .npy header fields.
-struct NpyHeader {
-    descr: String,
-    shape: Vec<usize>,
-}
-
-/// Parses the header of the .npy entry `key`; returns it and the data bytes.
-fn parse_header<'a>(bytes: &'a [u8], key: &str) -> Result<(NpyHeader, &'a [u8]), NpzError> {
-    let bad = |msg: &str| NpzError::BadNpy {
+/// The shape and descr of the .npy entry `key` (parsed by [`crate::io::npy::header`]) and
+/// its data bytes.
+fn parse_header<'a>(
+    bytes: &'a [u8],
+    key: &str,
+) -> Result<(crate::io::npy::Header, Vec<usize>, &'a [u8]), NpzError> {
+    let h = crate::io::npy::header(bytes).map_err(|msg| NpzError::BadNpy {
         key: key.into(),
-        msg: msg.into(),
-    };
-    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
-        return Err(bad("missing \\x93NUMPY magic"));
-    }
-    let (len, start) = match bytes[6] {
-        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        2 | 3 if bytes.len() >= 12 => (
-            u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize,
-            12,
-        ),
-        _ => return Err(bad("unsupported format version")),
-    };
-    let dict = bytes
-        .get(start..start + len)
-        .ok_or_else(|| bad("truncated header"))?;
-    let dict = std::str::from_utf8(dict).map_err(|_| bad("header is not text"))?;
-    let value = |name: &str| {
-        let at = dict
-            .find(&format!("'{name}':"))
-            .ok_or_else(|| bad(&format!("no '{name}' in header")))?;
-        Ok::<_, NpzError>(dict[at + name.len() + 3..].trim_start())
-    };
-    let descr = value("descr")?;
-    let descr = match descr.chars().next() {
-        Some(q @ ('\'' | '"')) => descr[1..].split(q).next().unwrap_or_default().to_string(),
-        _ => {
-            return Err(bad(&format!(
-                "unsupported (structured) dtype in {}",
-                dict.trim()
-            )));
-        }
-    };
-    // 'fortran_order' only matters for the float array, which ndarray-npy decodes.
-    let shape = value("shape")?;
-    let shape = shape
-        .strip_prefix('(')
-        .and_then(|s| s.split(')').next())
-        .ok_or_else(|| bad("bad shape"))?;
-    let shape = shape.split(',').map(str::trim).filter(|s| !s.is_empty());
-    let shape = shape
-        .map(|d| d.parse().map_err(|_| bad("bad shape")))
-        .collect::<Result<_, _>>()?;
-    Ok((NpyHeader { descr, shape }, &bytes[start + len..]))
+        msg,
+    })?;
+    let shape = h.shape.iter().map(|&n| n as usize).collect();
+    let data = &bytes[h.data_start..];
+    Ok((h, shape, data))
 }
 
 /// Decodes a float32/float64 `(256, C)` or `(256, 1, C)` .npy as a C-order `(256, C)` array.
 fn parse_response(bytes: &[u8]) -> Result<Array2<f64>, NpzError> {
-    let (header, _) = parse_header(bytes, "response")?;
-    let shape = header.shape;
+    let (header, shape, _) = parse_header(bytes, "response")?;
     if !matches!(shape[..], [LEVELS, _] | [LEVELS, 1, _]) {
         return Err(wrong_shape("response", &shape, "(256, C) or (256, 1, C)"));
     }
@@ -243,9 +201,9 @@ fn parse_response(bytes: &[u8]) -> Result<Array2<f64>, NpzError> {
 
 /// Decodes a 0-d `<U{n}` (UTF-32LE) or `|S{n}` (bytes, read as UTF-8) .npy entry.
 fn parse_string(bytes: &[u8], key: &str) -> Result<String, NpzError> {
-    let (header, data) = parse_header(bytes, key)?;
-    if !header.shape.is_empty() {
-        return Err(wrong_shape(key, &header.shape, "()"));
+    let (header, shape, data) = parse_header(bytes, key)?;
+    if !shape.is_empty() {
+        return Err(wrong_shape(key, &shape, "()"));
     }
     let descr = header.descr.as_str();
     let wrong = || wrong_dtype(key, descr, "'<U{n}' or '|S{n}'");
