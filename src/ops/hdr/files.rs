@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, IoContext, Result};
 
 /// One exposure of a bracket.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Frame {
     pub path: PathBuf,
     /// Seconds since 1970-01-01 00:00:00 (civil time as written in the name).
@@ -26,7 +26,7 @@ pub struct Frame {
 }
 
 /// Frames of one directory and rounded timestamp, shortest exposure first.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Bracket {
     /// The rounded timestamp (seconds, as [`Frame::time`]).
     pub time: i64,

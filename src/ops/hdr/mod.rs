@@ -176,30 +176,44 @@ pub struct MergeJob {
 /// # Errors
 /// A bad directory or `--round-ts-to`, or no usable bracket.
 pub fn find_brackets(scan: &ScanOptions, comm: &dyn Comm) -> Result<Vec<Bracket>> {
+    // Rank 0 walks the tree and sends the brackets: one listing of a large archive on the
+    // shared file system, not one per rank.
+    let mut bytes = Vec::new();
+    let found = if comm.is_root() {
+        scan_on_root(scan).map(|b| bytes = serde_json::to_vec(&b).unwrap_or_default())
+    } else {
+        Ok(())
+    };
+    crate::exec::agree(comm, found)?;
+    comm.broadcast(&mut bytes, 0);
+    serde_json::from_slice(&bytes)
+        .map_err(|e| Error::bad_file(&scan.input, format!("bracket list from rank 0: {e}")))
+}
+
+/// [`files::scan`] with what was left out reported; an error when no bracket remains.
+fn scan_on_root(scan: &ScanOptions) -> Result<Vec<Bracket>> {
     let round = files::parse_round(&scan.round_ts_to)?;
     let found = files::scan(&scan.input, scan.recursive, round, scan.exposure_unit)?;
-    if comm.is_root() {
-        if !found.unparsed.is_empty() {
-            let shown: Vec<String> = found
-                .unparsed
-                .iter()
-                .take(20)
-                .map(|p| p.display().to_string())
-                .collect();
-            tracing::warn!(
-                "{} image file(s) not named YYYYmmddHHMMSS_<EXPO>.<ext>, left out: {}{}",
-                found.unparsed.len(),
-                shown.join(", "),
-                if found.unparsed.len() > 20 {
-                    ", ..."
-                } else {
-                    ""
-                }
-            );
-        }
-        for (stem, why) in &found.skipped {
-            tracing::warn!("bracket {} skipped: {why}", stem.display());
-        }
+    if !found.unparsed.is_empty() {
+        let shown: Vec<String> = found
+            .unparsed
+            .iter()
+            .take(20)
+            .map(|p| p.display().to_string())
+            .collect();
+        tracing::warn!(
+            "{} image file(s) not named YYYYmmddHHMMSS_<EXPO>.<ext>, left out: {}{}",
+            found.unparsed.len(),
+            shown.join(", "),
+            if found.unparsed.len() > 20 {
+                ", ..."
+            } else {
+                ""
+            }
+        );
+    }
+    for (stem, why) in &found.skipped {
+        tracing::warn!("bracket {} skipped: {why}", stem.display());
     }
     if found.brackets.is_empty() {
         return Err(Error::bad_file(
