@@ -257,19 +257,14 @@ impl Image {
     }
 }
 
-/// Decodes one exposure.
-///
-/// # Errors
-/// Unreadable or corrupt files, and pixel types other than 8/16-bit grey or RGB(A).
-pub fn load(path: &Path) -> Result<Image> {
-    let block = crate::io::images::read(path)?;
-    let shape = block.shape().to_vec();
+/// (channels kept, height, width) of an image of `shape` ((Y, X) or (C, Y, X)): grey or RGB,
+/// an alpha channel dropped.
+fn kept_shape(path: &Path, shape: &[u64]) -> Result<(usize, usize, usize)> {
     let (c, h, w) = match shape[..] {
         [h, w] => (1, h as usize, w as usize),
         [c, h, w] => (c as usize, h as usize, w as usize),
         _ => return Err(Error::bad_file(path, "not a 2-D image")),
     };
-    // Keep grey or RGB; drop an alpha channel.
     let keep = match c {
         1 | 2 => 1,
         3 | 4 => 3,
@@ -280,6 +275,24 @@ pub fn load(path: &Path) -> Result<Image> {
             ))
         }
     };
+    Ok((keep, h, w))
+}
+
+/// (channels, height, width) of an exposure as [`load`] gives it, from its header only.
+///
+/// # Errors
+/// As [`load`], for what the header shows.
+pub fn frame_shape(path: &Path) -> Result<(usize, usize, usize)> {
+    kept_shape(path, &crate::io::images::probe(path)?.shape)
+}
+
+/// Decodes one exposure.
+///
+/// # Errors
+/// Unreadable or corrupt files, and pixel types other than 8/16-bit grey or RGB(A).
+pub fn load(path: &Path) -> Result<Image> {
+    let block = crate::io::images::read(path)?;
+    let (keep, h, w) = kept_shape(path, &block.shape())?;
     let n = keep * h * w;
     let pixels = match block {
         Block::U8(a) => Pixels::U8(a.as_slice().expect("C-order")[..n].to_vec()),

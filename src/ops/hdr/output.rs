@@ -284,12 +284,8 @@ fn zarr(
         ));
     }
     // The frame size comes from the first bracket's first image (all must agree).
-    let first = super::load(&brackets[0].frames[0].path)?;
-    let (h, w, c) = (
-        first.height as u64,
-        first.width as u64,
-        first.channels as u64,
-    );
+    let (c, h, w) = super::frame_shape(&brackets[0].frames[0].path)?;
+    let (h, w, c) = (h as u64, w as u64, c as u64);
     let t = brackets.len() as u64;
     let frame_bytes = h * w * c * 4;
     let op = ZarrOp {
