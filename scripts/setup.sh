@@ -5,13 +5,31 @@
 #   scripts/setup.sh            system packages (Open MPI, parallel HDF5, libclang) + Rust
 #   scripts/setup.sh --python   also a Python venv (target/pyenv) with numpy, zarr and h5py,
 #                               used by tests/python_readback.rs to cross-check outputs
+#   scripts/setup.sh --slurm    also Slurm and munge (slurm-wlm, munge), for a one-node cluster
+#                               on this machine (scripts/slurm-local.sh, tests/slurm/run.sh)
+# Options combine: scripts/setup.sh --python --slurm
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+python=0
+slurm=0
+for arg in "$@"; do
+  case "$arg" in
+  --python) python=1 ;;
+  --slurm) slurm=1 ;;
+  *) echo "setup: unknown option $arg (expected --python, --slurm)" >&2; exit 2 ;;
+  esac
+done
+
 packages=(openmpi-bin libopenmpi-dev libhdf5-openmpi-dev libhdf5-dev hdf5-tools libclang-dev
           pkg-config build-essential curl ca-certificates)
-if [ "${1:-}" = "--python" ]; then
+if [ "$python" = 1 ]; then
   packages+=(python3 python3-venv)
+fi
+if [ "$slurm" = 1 ]; then
+  # Installing these does not start any daemon here (no systemd in containers and CI);
+  # scripts/slurm-local.sh starts them by hand.
+  packages+=(slurm-wlm munge)
 fi
 
 missing=()
@@ -48,7 +66,7 @@ if ! command -v cargo >/dev/null 2>&1; then
   fi
 fi
 
-if [ "${1:-}" = "--python" ]; then
+if [ "$python" = 1 ]; then
   venv=target/pyenv
   if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c 'import numpy, zarr, h5py, ome_zarr_models' 2>/dev/null; then
     echo "setup: python venv $venv has numpy, zarr, h5py, ome-zarr-models"

@@ -3,10 +3,12 @@
 #   - formatting and clippy (default features, and without MPI/HDF5);
 #   - unit and integration tests with the default (MPI + HDF5) build, MPI tests under real
 #     `mpirun` ranks, Python cross-checks with zarr-python and h5py;
+#   - the Slurm test: every script in slurm/ submitted with sbatch to a one-node Slurm cluster
+#     started here (tests/slurm/run.sh), outputs compared with single-process runs;
 #   - the single-process build (--no-default-features) and its tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh --python
+scripts/setup.sh --python --slurm
 export PATH="$HOME/.cargo/bin:$PATH"   # where rustup puts cargo on a fresh machine
 
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
@@ -19,6 +21,7 @@ step "cargo fmt --check";                  cargo fmt --all -- --check
 step "clippy (mpi + hdf5)";                cargo clippy --all-targets -- -D warnings
 step "clippy (no default features)";       cargo clippy --all-targets --no-default-features -- -D warnings
 step "tests (mpi + hdf5)";                 cargo test
+step "slurm (sbatch on a one-node cluster)"; cargo build -q && tests/slurm/run.sh
 step "tests (no default features)";        cargo test --no-default-features
 step "demo";                               cargo run -q -- demo --dir target/ci-demo >/dev/null && echo "demo ok"
 echo

@@ -82,6 +82,16 @@ pub enum Command {
     Run {
         /// The job file.
         job: PathBuf,
+        /// Finish an interrupted run (as `[run] resume = true`), e.g. when resubmitting a job
+        /// that hit its time limit.
+        #[arg(long)]
+        resume: bool,
+        /// Replace an existing output (as `[run] overwrite = true`).
+        #[arg(long)]
+        overwrite: bool,
+        /// Print the plan and write nothing (as `[run] dry_run = true`).
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Generate a small synthetic image stack, convert it, and show how to look at the result.
     Demo {
@@ -185,7 +195,20 @@ pub fn dispatch(cli: Cli, comm: &dyn Comm) -> Result<()> {
             }
             None => run_job(Job::Pyramid(job), comm),
         },
-        Command::Run { job } => run_job(JobFile::load(&job)?, comm),
+        Command::Run {
+            job,
+            resume,
+            overwrite,
+            dry_run,
+        } => {
+            let mut job = JobFile::load(&job)?;
+            // Flags add to the file's [run] table; they never switch an option off.
+            let run = job.run_options_mut();
+            run.resume |= resume;
+            run.overwrite |= overwrite;
+            run.dry_run |= dry_run;
+            run_job(job, comm)
+        }
         Command::Quilt { which } => match which {
             QuiltCommand::Unstitch(job) => run_job(Job::Unstitch(job), comm),
             QuiltCommand::Stitch(job) => run_job(Job::Stitch(job), comm),

@@ -521,6 +521,21 @@ pub enum Job {
     Crop(CropJob),
 }
 
+impl Job {
+    /// The run options (`[run]` table, or the command's flags) of this job.
+    pub fn run_options_mut(&mut self) -> &mut RunOptions {
+        match self {
+            Job::Convert(j) => &mut j.run,
+            Job::Unstitch(j) => &mut j.run,
+            Job::Stitch(j) => &mut j.run,
+            Job::Weed(j) => &mut j.run,
+            Job::Pyramid(j) => &mut j.run,
+            Job::Reconstruct(j) => &mut j.run,
+            Job::Crop(j) => &mut j.run,
+        }
+    }
+}
+
 impl JobFile {
     /// Reads and checks a TOML job file: exactly one operation table.
     ///

@@ -2,11 +2,47 @@
 //! print any error on one line with a non-zero exit code.
 
 use clap::Parser;
+use tracing_subscriber::fmt::format::{self, format, FormatEvent, FormatFields};
+use tracing_subscriber::fmt::FmtContext;
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::EnvFilter;
 
 use tessera::cli::{self, Cli, LogFormat};
 use tessera::comm::{self, Comm};
 use tessera::Error;
+
+/// Prefixes every log line of a multi-rank run with its rank, whichever thread logs it (a span
+/// would only label the main thread, not rayon's workers): `[rank 3] ...` in text, a `"rank"`
+/// field in JSON.
+struct RankTagged<F> {
+    rank: Option<usize>,
+    inner: F,
+}
+
+impl<S, N, F> FormatEvent<S, N> for RankTagged<F>
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let Some(rank) = self.rank else {
+            return self.inner.format_event(ctx, writer, event);
+        };
+        let mut line = String::new();
+        self.inner
+            .format_event(ctx, format::Writer::new(&mut line), event)?;
+        match line.strip_prefix('{') {
+            Some(rest) => write!(writer, "{{\"rank\":{rank},{rest}"),
+            None => write!(writer, "[rank {rank}] {line}"),
+        }
+    }
+}
 
 fn init_logging(cli: &Cli, comm: &dyn Comm) {
     let level = match (cli.quiet, cli.verbose) {
@@ -18,14 +54,25 @@ fn init_logging(cli: &Cli, comm: &dyn Comm) {
     };
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(format!("tessera={level},warn")));
+    let rank = (comm.size() > 1).then(|| comm.rank());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match cli.log_format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.without_time().init(),
+        LogFormat::Json => builder
+            .event_format(RankTagged {
+                rank,
+                inner: format().json().with_target(false),
+            })
+            .fmt_fields(format::JsonFields::new())
+            .init(),
+        LogFormat::Text => builder
+            .event_format(RankTagged {
+                rank,
+                inner: format().without_time().with_target(false),
+            })
+            .init(),
     }
 }
 
@@ -92,11 +139,7 @@ fn main() {
         }
     };
     init_logging(&cli, comm.as_ref());
-    let rank_span = tracing::info_span!("rank", r = comm.rank());
-    let outcome = {
-        let _entered = rank_span.enter();
-        cli::dispatch(cli, comm.as_ref())
-    };
+    let outcome = cli::dispatch(cli, comm.as_ref());
     let code = i32::from(outcome.is_err());
     report_error(outcome.err(), comm.as_ref());
     // Finalise MPI (drop) before exiting; every HDF5 handle is closed by now.

@@ -449,3 +449,59 @@ fn the_scaling_bench_writes_its_table_and_plot() {
     // Both runs wrote the whole archive (2 brackets), half each on 2 ranks.
     assert!(dir.join("run-2/out/20240601120030.npy").exists());
 }
+
+#[test]
+fn every_log_line_of_a_multi_rank_run_names_its_rank() {
+    if mpirun().is_none() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let vol = ndarray::ArrayD::from_shape_fn(ndarray::IxDyn(&[16, 16, 16]), |i| {
+        (i[0] * 256 + i[1] * 16 + i[2]) as u16
+    });
+    let input = d.path().join("v.npy");
+    ndarray_npy::write_npy(&input, &vol).unwrap();
+    // Small units: both ranks build some, and log each at debug level (from rayon's threads).
+    let env = [("TESSERA_UNIT_BYTES", "2000")];
+    for format in ["text", "json"] {
+        let out = d.path().join(format!("p-{format}.zarr"));
+        let run = tessera_mpi(
+            2,
+            &[
+                "-vv",
+                "--log-format",
+                format,
+                "pyramid",
+                "--input",
+                &s(&input),
+                "--output",
+                &s(&out),
+                "--chunks",
+                "4,4,4",
+            ],
+            &env,
+        );
+        let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
+        ok(run);
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        for rank in [0, 1] {
+            let tag = if format == "text" {
+                format!("[rank {rank}] ")
+            } else {
+                format!("{{\"rank\":{rank},")
+            };
+            assert!(
+                lines.iter().any(|l| l.starts_with(&tag)),
+                "no {format} line from rank {rank}:\n{stderr}"
+            );
+        }
+        for l in &lines {
+            if format == "text" {
+                assert!(l.starts_with("[rank "), "untagged line {l:?}");
+            } else {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                assert!(v["rank"].is_u64(), "no rank in {l}");
+            }
+        }
+    }
+}

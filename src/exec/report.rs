@@ -182,6 +182,28 @@ pub fn versions() -> Value {
     v
 }
 
+/// How the job was launched, as rank 0 sees it: rayon threads per rank and, under Slurm, the
+/// job's id, name, nodes and task layout (so a report can be matched to `sacct`/`squeue` and to
+/// the job's log file).
+pub fn launch() -> Value {
+    let mut v = serde_json::json!({ "threads_per_rank": rayon::current_num_threads() });
+    for var in [
+        "SLURM_JOB_ID",
+        "SLURM_JOB_NAME",
+        "SLURM_JOB_NODELIST",
+        "SLURM_JOB_NUM_NODES",
+        "SLURM_NTASKS",
+        "SLURM_CPUS_PER_TASK",
+        "SLURM_STEP_ID",
+        "SLURM_CLUSTER_NAME",
+    ] {
+        if let Ok(value) = std::env::var(var) {
+            v[var.to_ascii_lowercase()] = Value::String(value);
+        }
+    }
+    v
+}
+
 /// Writes the report for a command (rank 0 only): temporary name, then rename.
 ///
 /// # Errors
@@ -198,6 +220,7 @@ pub fn write_report(
         "command": command,
         "parameters": parameters,
         "versions": versions(),
+        "launch": launch(),
         "ranks": runs.first().map_or(1, |r| r.ranks),
         "finished_unix_time": std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
