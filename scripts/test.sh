@@ -12,7 +12,7 @@ scripts/setup.sh --python --slurm
 export PATH="$HOME/.cargo/bin:$PATH"   # where rustup puts cargo on a fresh machine
 
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-export TESSERA_REQUIRE_MPI=1 TESSERA_REQUIRE_PYTHON=1
+export TESSERA_REQUIRE_MPI=1 TESSERA_REQUIRE_PYTHON=1 TESSERA_REQUIRE_MOUNT=1
 export TESSERA_PYTHON="$PWD/target/pyenv/bin/python"
 export CARGO_TERM_COLOR=never
 

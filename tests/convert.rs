@@ -419,6 +419,42 @@ fn an_aborted_run_resumes_to_identical_bytes() {
 }
 
 #[test]
+fn a_job_file_resumes_with_the_run_flag() {
+    // `tessera run job.toml --resume` is how a Slurm job that hit its time limit is resubmitted
+    // (slurm/run.sbatch, EXTRA=--resume) without editing the job file.
+    let d = tempfile::tempdir().unwrap();
+    write_stack(
+        &d.path().join("in"),
+        "vol",
+        &(0..8).collect::<Vec<_>>(),
+        &[16, 16],
+        DType::U16,
+        8,
+    );
+    let env = [("TESSERA_UNIT_BYTES", "1024")];
+    let job = |name: &str| {
+        let path = d.path().join(format!("{name}.toml"));
+        let text =
+            format!("[convert]\ninput = \"in\"\noutput = \"{name}.zarr\"\nchunks = [2, 8, 8]\n");
+        std::fs::write(&path, text).unwrap();
+        s(&path)
+    };
+    let (clean, cut) = (job("clean"), job("cut"));
+    ok(tessera_env(&["run", &clean], &env));
+    let killed = tessera_env(
+        &["run", &cut],
+        &[env[0], ("TESSERA_ABORT_AFTER_UNITS", "2")],
+    );
+    assert!(!killed.status.success());
+    fails_with(tessera_env(&["run", &cut], &env), &["--resume"]);
+    // A dry run of the resumption writes nothing.
+    ok(tessera_env(&["run", &cut, "--resume", "--dry-run"], &env));
+    assert!(!d.path().join("cut.zarr").exists());
+    ok(tessera_env(&["run", &cut, "--resume"], &env));
+    assert_same_tree(&d.path().join("clean.zarr"), &d.path().join("cut.zarr"));
+}
+
+#[test]
 fn bad_inputs_fail_clearly_and_leave_no_output() {
     let d = tempfile::tempdir().unwrap();
     let root = d.path();

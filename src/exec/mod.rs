@@ -48,6 +48,31 @@ fn abort_after_units() -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// Fault injection for the `kill -9` tests: with `TESSERA_STALL_AFTER_UNITS=R:N` and
+/// `TESSERA_STALL_PID_FILE=F`, rank R, right after recording its N-th finished unit, writes its
+/// PID to F and stops making progress (the other ranks wait for it in the next collective), so a
+/// test can `kill -9` that one rank from outside at a known point of the run.
+fn stall_after_units(rank: usize) -> Option<u64> {
+    let spec = std::env::var("TESSERA_STALL_AFTER_UNITS").ok()?;
+    let (r, n) = spec.split_once(':')?;
+    (r.trim().parse::<usize>().ok()? == rank)
+        .then(|| n.trim().parse().ok())
+        .flatten()
+}
+
+fn stall_forever(rank: usize, units: u64) -> ! {
+    eprintln!("TESSERA_STALL_AFTER_UNITS: rank {rank} stalls after {units} units");
+    if let Ok(path) = std::env::var("TESSERA_STALL_PID_FILE") {
+        let tmp = format!("{path}.tmp");
+        if std::fs::write(&tmp, std::process::id().to_string()).is_ok() {
+            let _ = std::fs::rename(&tmp, &path);
+        }
+    }
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(3600));
+    }
+}
+
 /// Options every command that writes an output takes.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(default, deny_unknown_fields)]
@@ -269,6 +294,7 @@ pub fn run<Op: Operation>(op: &Op, comm: &dyn Comm, options: &RunOptions) -> Res
     );
     let mut stats = report::RankStats::default();
     let abort_at = abort_after_units();
+    let stall_at = stall_after_units(comm.rank());
     for mine in &stages {
         let t = Instant::now();
         let mut rounds = [mine.len() as u64];
@@ -320,6 +346,9 @@ pub fn run<Op: Operation>(op: &Op, comm: &dyn Comm, options: &RunOptions) -> Res
                         stats.units
                     );
                     std::process::abort();
+                }
+                if stall_at == Some(stats.units) {
+                    stall_forever(comm.rank(), stats.units);
                 }
             }
             pending = computed;

@@ -185,6 +185,11 @@ pub fn mpirun() -> Option<PathBuf> {
 
 /// Runs `tessera` under `mpirun -n ranks`.
 pub fn tessera_mpi(ranks: usize, args: &[&str], env: &[(&str, &str)]) -> Output {
+    mpi_command(ranks, args, env).output().expect("run mpirun")
+}
+
+/// The `mpirun -n ranks tessera ...` command, to run or spawn.
+pub fn mpi_command(ranks: usize, args: &[&str], env: &[(&str, &str)]) -> Command {
     let mpirun = mpirun().expect("mpirun present (callers check first)");
     let mut cmd = Command::new(mpirun);
     cmd.args([
@@ -204,7 +209,7 @@ pub fn tessera_mpi(ranks: usize, args: &[&str], env: &[(&str, &str)]) -> Output 
         cmd.env(k, v);
     }
     cmd.arg(BIN).args(args);
-    cmd.output().expect("run mpirun")
+    cmd
 }
 
 /// Every file under `dir` with its bytes, by relative path (to compare outputs exactly).

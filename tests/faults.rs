@@ -1,0 +1,596 @@
+//! Faults a cluster job meets: one rank killed with SIGKILL in the middle of a run (every
+//! operation, under real `mpirun`), and an output file system that is full or read-only.
+//! Each must leave the output clearly unfinished (never published at its final path, never
+//! reported as done) and, where the job can go on, `--resume` must finish it to the same bytes
+//! as an uninterrupted run.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+use tessera::io::DType;
+
+/// One operation's command line, given its output path.
+type Args = Box<dyn Fn(&Path) -> Vec<String>>;
+
+/// Runs `args(out)` on 2 ranks, SIGKILLs rank 1 once it has finished one unit, checks that the
+/// job fails and leaves only a staged output, resumes on 3 ranks and compares the files named
+/// by `outputs` (relative to the output's directory) with an uninterrupted 1-rank run.
+fn kill_one_rank_then_resume(dir: &Path, name: &str, args: &Args, outputs: &[&str], unit: &str) {
+    let env = [("TESSERA_UNIT_BYTES", unit)];
+    let clean_dir = dir.join(format!("{name}-clean"));
+    let cut_dir = dir.join(format!("{name}-cut"));
+    std::fs::create_dir_all(&clean_dir).unwrap();
+    std::fs::create_dir_all(&cut_dir).unwrap();
+    let clean = clean_dir.join(outputs[0]);
+    let cut = cut_dir.join(outputs[0]);
+    let owned = |a: Vec<String>| a;
+    let clean_args = owned(args(&clean));
+    ok(tessera_mpi(
+        1,
+        &clean_args.iter().map(String::as_str).collect::<Vec<_>>(),
+        &env,
+    ));
+
+    let pid_file = dir.join(format!("{name}.stalled-pid"));
+    let cut_args = owned(args(&cut));
+    let cut_refs: Vec<&str> = cut_args.iter().map(String::as_str).collect();
+    let log = dir.join(format!("{name}.killed.log"));
+    let mut job = mpi_command(
+        2,
+        &cut_refs,
+        &[
+            env[0],
+            ("TESSERA_STALL_AFTER_UNITS", "1:1"),
+            ("TESSERA_STALL_PID_FILE", pid_file.to_str().unwrap()),
+        ],
+    )
+    .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
+    .stderr(Stdio::from(
+        std::fs::File::options().append(true).open(&log).unwrap(),
+    ))
+    .spawn()
+    .expect("spawn mpirun");
+    let started = Instant::now();
+    let victim = loop {
+        if let Ok(pid) = std::fs::read_to_string(&pid_file) {
+            break pid.trim().parse::<i32>().unwrap();
+        }
+        if let Some(status) = job.try_wait().unwrap() {
+            panic!(
+                "{name}: the job ended ({status}) before rank 1 stalled:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "{name}: rank 1 never reached its first unit"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // SAFETY: sending a signal to a process id; no memory is involved.
+    assert_eq!(unsafe { libc::kill(victim, libc::SIGKILL) }, 0);
+    let status = loop {
+        if let Some(status) = job.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(180) {
+            let _ = job.kill();
+            panic!("{name}: mpirun did not end after rank 1 was killed");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    eprintln!("{name}: killed rank 1 (PID {victim}); mpirun {status}:\n{log_text}");
+    assert!(
+        !status.success(),
+        "{name}: a job with a killed rank succeeded:\n{log_text}"
+    );
+    assert!(
+        !cut.exists(),
+        "{name}: an interrupted output was published at {}:\n{log_text}",
+        cut.display()
+    );
+    let staged: Vec<String> = std::fs::read_dir(&cut_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".partial"))
+        .collect();
+    assert!(
+        !staged.is_empty(),
+        "{name}: nothing marks the output unfinished:\n{log_text}"
+    );
+    assert!(
+        !cut_dir.join(format!("{}.report.json", outputs[0])).exists(),
+        "{name}: an interrupted run wrote a report"
+    );
+
+    // Resume on another rank count; rank 0 of the killed job may have left its lock behind
+    // (mpirun kills the survivors without cleanup): it is stale and taken over.
+    let mut resume: Vec<&str> = cut_refs.clone();
+    resume.push("--resume");
+    ok(tessera_mpi(3, &resume, &env));
+    for f in outputs {
+        let (a, b) = (clean_dir.join(f), cut_dir.join(f));
+        if a.is_dir() {
+            assert_same_tree(&a, &b);
+        } else {
+            assert!(
+                std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap(),
+                "{name}: {f} differs after kill -9 and --resume"
+            );
+        }
+    }
+    assert!(!cut_dir.join(format!("{}.lock", outputs[0])).exists());
+}
+
+fn strs(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| (*s).to_string()).collect()
+}
+
+#[test]
+fn a_rank_killed_with_sigkill_leaves_a_resumable_output_in_every_operation() {
+    if mpirun().is_none() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+
+    // convert: 12 slices of 32x32, 2 slices per unit.
+    let slices = dir.join("slices");
+    write_stack(
+        &slices,
+        "vol",
+        &(0..12).collect::<Vec<_>>(),
+        &[32, 32],
+        DType::U16,
+        5,
+    );
+    let slices_s = s(&slices);
+    let convert: Args = Box::new(move |out| {
+        strs(&[
+            "convert",
+            "--input",
+            &slices_s,
+            "--output",
+            &s(out),
+            "--chunks",
+            "2,32,32",
+        ])
+    });
+    kill_one_rank_then_resume(dir, "convert", &convert, &["o.zarr"], "2048");
+
+    // quilt unstitch of a (2,1,16,32,32) float volume, then stitch of its patches.
+    let mut rng = Rng::new(9);
+    let vol = ndarray::ArrayD::from_shape_fn(ndarray::IxDyn(&[2, 1, 16, 32, 32]), |_| {
+        rng.below(1000) as f32 / 7.0
+    });
+    let vol_path = dir.join("vol.npy");
+    ndarray_npy::write_npy(&vol_path, &vol).unwrap();
+    let vol_s = s(&vol_path);
+    let unstitch: Args = Box::new(move |out| {
+        strs(&[
+            "quilt",
+            "unstitch",
+            "--input",
+            &vol_s,
+            "--output",
+            &s(out),
+            "--window",
+            "8,16,16",
+            "--step",
+            "4,8,8",
+            "--border",
+            "1,2,2",
+            "--patches-per-chunk",
+            "4",
+        ])
+    });
+    kill_one_rank_then_resume(dir, "unstitch", &unstitch, &["p.zarr"], "8192");
+    let patches = s(&dir.join("unstitch-clean/p.zarr"));
+    let stitch: Args = Box::new(move |out| {
+        let weights = out.with_file_name("w.npy");
+        strs(&[
+            "quilt",
+            "stitch",
+            "--input",
+            &patches,
+            "--output",
+            &s(out),
+            "--weights",
+            &s(&weights),
+            "--chunks",
+            "1,1,4,16,16",
+        ])
+    });
+    kill_one_rank_then_resume(dir, "stitch", &stitch, &["st.zarr", "w.npy"], "4096");
+
+    // pyramid (gaussian) of a (24,40,40) u16 volume, in several stages.
+    let mut rng = Rng::new(11);
+    let cube =
+        ndarray::ArrayD::from_shape_fn(ndarray::IxDyn(&[24, 40, 40]), |_| rng.below(60000) as u16);
+    let cube_path = dir.join("cube.npy");
+    ndarray_npy::write_npy(&cube_path, &cube).unwrap();
+    let cube_s = s(&cube_path);
+    let pyramid: Args = Box::new(move |out| {
+        strs(&[
+            "pyramid",
+            "--input",
+            &cube_s,
+            "--output",
+            &s(out),
+            "--chunks",
+            "4,8,8",
+            "--method",
+            "gaussian",
+        ])
+    });
+    kill_one_rank_then_resume(dir, "pyramid", &pyramid, &["py.zarr"], "4096");
+
+    // crop of 40 synthetic 48x48 patterns, 4 per unit.
+    let stem = dir.join("stem.npy");
+    ok(tessera(&[
+        "crop",
+        "--test-mode",
+        "--test-patterns",
+        "40",
+        "--test-size",
+        "48",
+        "--output",
+        &s(&stem),
+        "--no-visualization",
+    ]));
+    let stem_input = s(&dir.join("stem_test_input.npy"));
+    let crop: Args = Box::new(move |out| {
+        strs(&[
+            "crop",
+            "--input",
+            &stem_input,
+            "--output",
+            &s(out),
+            "--chunk-size",
+            "4",
+            "--no-visualization",
+        ])
+    });
+    kill_one_rank_then_resume(
+        dir,
+        "crop",
+        &crop,
+        &["c.npy", "c_radii.npy", "c_centers.npy", "c_retention.npy"],
+        "1000000",
+    );
+
+    // hdr merge (Mertens, no response needed) of 6 brackets into one Zarr array.
+    let sky = dir.join("sky");
+    ok(tessera(&[
+        "hdr",
+        "synthetic",
+        "--output",
+        &s(&sky),
+        "--brackets",
+        "6",
+        "--exposures",
+        "3",
+        "--size",
+        "32",
+    ]));
+    let sky_s = s(&sky);
+    let hdr: Args = Box::new(move |out| {
+        strs(&[
+            "hdr",
+            "merge",
+            "--input",
+            &sky_s,
+            "--output",
+            &s(out),
+            "--method",
+            "mertens",
+            "--format",
+            "zarr",
+        ])
+    });
+    kill_one_rank_then_resume(dir, "hdr", &hdr, &["sky.zarr"], "1000000");
+}
+
+/// A file system of `size` bytes mounted on `dir` (tmpfs), if this machine lets us mount one.
+/// Tests run as root in CI, where permission bits are not enforced; a real, size-limited or
+/// read-only mount is the only honest way to make the disk refuse writes.
+struct Mount(PathBuf);
+
+impl Mount {
+    fn tmpfs(dir: &Path, options: &str) -> Option<Mount> {
+        std::fs::create_dir_all(dir).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "tessera-test"])
+            .arg(dir)
+            .stderr(Stdio::null())
+            .status()
+            .ok()?;
+        status.success().then(|| Mount(dir.to_path_buf()))
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// A mount, or a skip message (a failure where `TESSERA_REQUIRE_MOUNT=1`).
+fn mount_or_skip(dir: &Path, options: &str) -> Option<Mount> {
+    let m = Mount::tmpfs(dir, options);
+    if m.is_none() {
+        assert!(
+            std::env::var("TESSERA_REQUIRE_MOUNT").as_deref() != Ok("1"),
+            "cannot mount a tmpfs but TESSERA_REQUIRE_MOUNT=1"
+        );
+        eprintln!("skipping: cannot mount a tmpfs here (needs root and mount rights)");
+    }
+    m
+}
+
+fn big_stack(dir: &Path) -> PathBuf {
+    let slices = dir.join("slices");
+    write_stack(
+        &slices,
+        "vol",
+        &(0..16).collect::<Vec<_>>(),
+        &[128, 128],
+        DType::U16,
+        3,
+    );
+    slices
+}
+
+/// Removes everything under `dir` (the next case starts from an empty disk).
+fn empty(dir: &Path) {
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            std::fs::remove_dir_all(&p).unwrap();
+        } else {
+            std::fs::remove_file(&p).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_full_disk_is_a_clear_error_and_nothing_is_reported_done() {
+    let d = tempfile::tempdir().unwrap();
+    let slices = big_stack(d.path());
+    // Inputs for the other operations (outside the small disk).
+    let stack = d.path().join("stack.npy");
+    ok(tessera(&[
+        "convert",
+        "--input",
+        &s(&slices),
+        "--output",
+        &s(&stack),
+    ]));
+    let nczyx = d.path().join("nczyx.npy");
+    let vol = ndarray::ArrayD::from_shape_fn(ndarray::IxDyn(&[1, 1, 16, 64, 64]), |i| {
+        (i[2] * 4096 + i[3] * 64 + i[4]) as f32
+    });
+    ndarray_npy::write_npy(&nczyx, &vol).unwrap();
+    let stem = d.path().join("stem.npy");
+    ok(tessera(&[
+        "crop",
+        "--test-mode",
+        "--test-patterns",
+        "60",
+        "--test-size",
+        "48",
+        "--output",
+        &s(&stem),
+        "--no-visualization",
+    ]));
+    let sky = d.path().join("sky");
+    ok(tessera(&[
+        "hdr",
+        "synthetic",
+        "--output",
+        &s(&sky),
+        "--brackets",
+        "6",
+        "--exposures",
+        "3",
+        "--size",
+        "64",
+    ]));
+
+    let disk = d.path().join("small-disk");
+    // 128 KiB: room for metadata and a few chunks, not for any of the outputs below.
+    let Some(_mount) = mount_or_skip(&disk, "size=128k") else {
+        return;
+    };
+    let on_disk = |name: &str| s(&disk.join(name));
+    let slices_s = s(&slices);
+    let mut cases: Vec<(&str, Vec<String>)> = vec![
+        (
+            "convert to Zarr",
+            strs(&[
+                "convert",
+                "--input",
+                &slices_s,
+                "--codec",
+                "none",
+                "--output",
+                &on_disk("o.zarr"),
+            ]),
+        ),
+        (
+            "convert to .npy",
+            strs(&[
+                "convert",
+                "--input",
+                &slices_s,
+                "--output",
+                &on_disk("o.npy"),
+            ]),
+        ),
+        (
+            "quilt unstitch",
+            strs(&[
+                "quilt",
+                "unstitch",
+                "--input",
+                &s(&nczyx),
+                "--output",
+                &on_disk("p.zarr"),
+                "--window",
+                "8,32,32",
+                "--step",
+                "4,16,16",
+                "--codec",
+                "none",
+            ]),
+        ),
+        (
+            "pyramid",
+            strs(&[
+                "pyramid",
+                "--input",
+                &s(&stack),
+                "--output",
+                &on_disk("py.zarr"),
+                "--codec",
+                "none",
+            ]),
+        ),
+        (
+            "crop",
+            strs(&[
+                "crop",
+                "--input",
+                &s(&d.path().join("stem_test_input.npy")),
+                "--output",
+                &on_disk("c.npy"),
+                "--target-retention",
+                "0.999",
+                "--min-retention",
+                "0.9",
+            ]),
+        ),
+        (
+            "hdr merge to Zarr",
+            strs(&[
+                "hdr",
+                "merge",
+                "--input",
+                &s(&sky),
+                "--method",
+                "mertens",
+                "--format",
+                "zarr",
+                "--output",
+                &on_disk("sky.zarr"),
+            ]),
+        ),
+        (
+            "hdr merge to .npy files",
+            strs(&[
+                "hdr",
+                "merge",
+                "--input",
+                &s(&sky),
+                "--method",
+                "mertens",
+                "--format",
+                "npy",
+                "--output",
+                &on_disk("sky"),
+            ]),
+        ),
+    ];
+    if cfg!(feature = "hdf5") {
+        cases.push((
+            "convert to HDF5",
+            strs(&[
+                "convert",
+                "--input",
+                &slices_s,
+                "--codec",
+                "none",
+                "--output",
+                &on_disk("o.h5:/data"),
+            ]),
+        ));
+    }
+    for (name, args) in &cases {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let err = fails_with(tessera(&refs), &[]);
+        eprintln!("{name}: {}", err.lines().last().unwrap_or(""));
+        assert!(
+            err.contains("No space left on device"),
+            "{name}: the error does not say the disk is full: {err}"
+        );
+        let output = args[args.iter().position(|a| a == "--output").unwrap() + 1].clone();
+        let file = output.split(".h5:").next().unwrap().to_string();
+        let file = if output.contains(".h5:") {
+            format!("{file}.h5")
+        } else {
+            file
+        };
+        let published = Path::new(&file);
+        // hdr's per-bracket files are each published whole; a full disk may come after some.
+        if *name == "hdr merge to .npy files" {
+            for e in std::fs::read_dir(published).into_iter().flatten().flatten() {
+                let n = e.file_name().to_string_lossy().into_owned();
+                assert!(
+                    n.ends_with(".npy")
+                        || n.ends_with(".partial")
+                        || n.ends_with(".tmp")
+                        || n.starts_with('.'),
+                    "{name}: unexpected file {n}"
+                );
+            }
+        } else {
+            assert!(
+                !published.exists(),
+                "{name}: a partial output was published"
+            );
+        }
+        let report = format!("{file}.report.json");
+        assert!(
+            !Path::new(&report).exists(),
+            "{name}: a failed run wrote a report"
+        );
+        empty(&disk);
+    }
+}
+
+#[test]
+fn a_read_only_output_directory_is_a_clear_error() {
+    let d = tempfile::tempdir().unwrap();
+    let slices = big_stack(d.path());
+    let disk = d.path().join("read-only");
+    let Some(_mount) = mount_or_skip(&disk, "size=1m,ro") else {
+        return;
+    };
+    for out in ["o.zarr", "o.npy"] {
+        let err = fails_with(
+            tessera(&[
+                "convert",
+                "--input",
+                &s(&slices),
+                "--output",
+                &s(&disk.join(out)),
+            ]),
+            &[],
+        );
+        assert!(
+            err.contains("Read-only file system") || err.contains("read-only"),
+            "{out}: the error does not say the file system is read-only: {err}"
+        );
+        eprintln!("{out}: {err}");
+        assert!(std::fs::read_dir(&disk).unwrap().next().is_none());
+    }
+}
