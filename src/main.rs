@@ -13,7 +13,7 @@ use tessera::Error;
 
 /// Prefixes every log line of a multi-rank run with its rank, whichever thread logs it (a span
 /// would only label the main thread, not rayon's workers): `[rank 3] ...` in text, a `"rank"`
-/// field in JSON.
+/// field in JSON (there also for one process).
 struct RankTagged<F> {
     rank: Option<usize>,
     inner: F,
@@ -62,7 +62,8 @@ fn init_logging(cli: &Cli, comm: &dyn Comm) {
     match cli.log_format {
         LogFormat::Json => builder
             .event_format(RankTagged {
-                rank,
+                // JSON is for machines: the rank is always there, also in a one-process run.
+                rank: Some(comm.rank()),
                 inner: format().json().with_target(false),
             })
             .fmt_fields(format::JsonFields::new())

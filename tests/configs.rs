@@ -105,6 +105,9 @@ fn the_demo_runs_and_says_how_to_look() {
 #[test]
 fn slurm_scripts_are_valid_bash() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("slurm");
+    let slurm_test =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/slurm/run.sh"))
+            .unwrap();
     for e in std::fs::read_dir(dir).unwrap().flatten() {
         let p = e.path();
         if p.extension().is_some_and(|x| x == "sbatch") {
@@ -121,9 +124,15 @@ fn slurm_scripts_are_valid_bash() {
             );
             let text = std::fs::read_to_string(&p).unwrap();
             assert!(
-                text.contains("#SBATCH --ntasks-per-node") && text.contains("--mpi=pmix"),
+                text.contains("#SBATCH --ntasks") && text.contains("--mpi=pmix"),
                 "{}",
                 p.display()
+            );
+            // Every script is submitted to a real Slurm by tests/slurm/run.sh.
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            assert!(
+                slurm_test.contains(&format!("slurm/{name}")),
+                "{name} is not run by tests/slurm/run.sh"
             );
         }
     }

@@ -242,7 +242,7 @@ fn json_logs_carry_the_rank() {
         .expect("a gap warning");
     let v: serde_json::Value = serde_json::from_str(line).unwrap();
     assert_eq!(v["level"], "WARN");
-    assert_eq!(v["span"]["r"], 0);
+    assert_eq!(v["rank"], 0);
     // -q keeps warnings, drops info.
     let quiet = ok(tessera(&[
         "-q",

@@ -8,17 +8,20 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+#[cfg(feature = "mpi")]
 use std::time::{Duration, Instant};
 
 use common::*;
 use tessera::io::DType;
 
 /// One operation's command line, given its output path.
+#[cfg(feature = "mpi")]
 type Args = Box<dyn Fn(&Path) -> Vec<String>>;
 
 /// Runs `args(out)` on 2 ranks, SIGKILLs rank 1 once it has finished one unit, checks that the
 /// job fails and leaves only a staged output, resumes on 3 ranks and compares the files named
 /// by `outputs` (relative to the output's directory) with an uninterrupted 1-rank run.
+#[cfg(feature = "mpi")]
 fn kill_one_rank_then_resume(dir: &Path, name: &str, args: &Args, outputs: &[&str], unit: &str) {
     let env = [("TESSERA_UNIT_BYTES", unit)];
     let clean_dir = dir.join(format!("{name}-clean"));
@@ -132,6 +135,7 @@ fn strs(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| (*s).to_string()).collect()
 }
 
+#[cfg(feature = "mpi")]
 #[test]
 fn a_rank_killed_with_sigkill_leaves_a_resumable_output_in_every_operation() {
     if mpirun().is_none() {
