@@ -24,13 +24,16 @@ PYRAMID_RATE = 64 * MiB / 0.204       # level-0 bytes per second per rank (mean,
 CROP_PASS1 = 0.08 / (250 * MiB)       # seconds per input byte, analysis (issue 5 note)
 CROP_PASS2 = 0.198 / (250 * MiB)      # seconds per input byte, crop + write (scaling table)
 HDR_BRACKET_512 = 0.188 / 8           # seconds per 5 x 512x512 RGB bracket, decode..write
-# `tessera bench quilt` (stitch of (8,3,1024,1024) w128 s64, 2 threads): patch bytes per second
-# per rank; set by --stitch-rate (see docs/scaling.md for the run that measured it).
-STITCH_RATE_DEFAULT = 1.0e9
+# quilt stitch end to end (read the Zarr patches of (8,1,1024,1024) w128 s64, accumulate, write;
+# codec none, 2 threads): 112.5 MiB of patches in 0.11-0.15 s (docs/scaling.md).
+STITCH_RATE_DEFAULT = 112.5 * MiB / 0.138
+# Spread of one round's time (the slowest of compute and write of a unit): quilt unstitch of a
+# (1,1,512,512,512) f32 volume, w64 s32, 53 units of 64 MiB, one rank, `tessera -vv` round
+# lines: coefficient of variation 0.17 and 0.24 in two runs (docs/scaling.md).
+CV_MEASURED = 0.2
 
 # ---- Assumptions about the cluster (change for a site) ----
 ALPHA = 2e-6            # s per message hop (InfiniBand HDR/NDR small-message latency)
-RANKS_PER_NODE = 32     # 64-core nodes, 2 cores per rank as measured here
 MD_CREATES = 20_000     # files created per second by the parallel file system (one MDS)
 MD_OPENS = 50_000       # small-file opens/reads per second (metadata + first block)
 LISTING = 100_000       # directory entries listed per second (readdir, no stat)
@@ -160,14 +163,13 @@ def efficiency(op, p, per_rank, fs_bw, cv, weak):
 
 
 def table(ops, per_rank, fs_name, fs_bw, cv, weak):
-    print(f"| operation | s per rank at 1 rank | 64 | 512 | 4096 | what the time above ideal is at 4096 |")
+    print("| operation | s per rank, 1 rank | 64 | 512 | 4096 | where the time above ideal goes at 4096 |")
     print("|---|---|---|---|---|---|")
     for op in ops:
         effs = []
         for p in RANKS[1:]:
             e, tp, parts = efficiency(op, p, per_rank, fs_bw, cv, weak)
             effs.append(e)
-        ideal = op.t_unit * per_rank * (1 if weak else 64 / 4096)
         over = {k: v for k, v in parts.items() if v > 0.01 * tp}
         why = ", ".join(f"{k} {100 * v / tp:.0f}%" for k, v in
                         sorted(over.items(), key=lambda kv: -kv[1])[:3]) or "-"
@@ -179,19 +181,26 @@ def table(ops, per_rank, fs_name, fs_bw, cv, weak):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--cv", type=float, default=0.05,
-                    help="coefficient of variation of one unit's time")
+    ap.add_argument("--cv", type=float, default=CV_MEASURED,
+                    help="coefficient of variation of one unit's time (default: measured here)")
+    ap.add_argument("--fs", choices=["all", "unlimited", "100 GB/s", "1 TB/s"], default="all",
+                    help="which file-system case to print")
+    ap.add_argument("--mode", choices=["both", "weak", "strong"], default="both")
     ap.add_argument("--stitch-rate", type=float, default=STITCH_RATE_DEFAULT,
                     help="stitch: patch bytes per second per rank")
     ap.add_argument("--units-per-rank", type=int, default=64,
                     help="weak scaling: units per rank (64 MiB each, one bracket for hdr)")
     args = ap.parse_args()
     ops = operations(args.stitch_rate)
-    print(f"unit-time CV {args.cv}, alpha {ALPHA * 1e6:.0f} us, {MD_CREATES} creates/s, "
-          f"{MD_OPENS} opens/s, {LISTING} entries/s listed, {args.units_per_rank} units per rank")
+    print(f"(unit-time CV {args.cv}, alpha {ALPHA * 1e6:.0f} us, {MD_CREATES} creates/s, "
+          f"{MD_OPENS} opens/s, {LISTING} entries/s listed, {args.units_per_rank} units per rank)")
     print()
     for weak in (True, False):
+        if args.mode != "both" and weak != (args.mode == "weak"):
+            continue
         for fs_name, fs_bw in FS_CASES:
+            if args.fs not in ("all", fs_name):
+                continue
             kind = "Weak scaling" if weak else "Strong scaling (the 64-rank job)"
             print(f"#### {kind}, file system: {fs_name}\n")
             table(ops, args.units_per_rank, fs_name, fs_bw, args.cv, weak)

@@ -137,3 +137,60 @@ fn slurm_scripts_are_valid_bash() {
         }
     }
 }
+
+#[test]
+fn the_scaling_doc_shows_what_its_model_prints() {
+    // docs/scaling.md's tables sit between `<!-- model: ARGS -->` and `<!-- end -->`; each must
+    // be exactly what `python3 docs/scaling_model.py ARGS` prints (the model is pure arithmetic).
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let python = std::env::var("TESSERA_PYTHON").unwrap_or_else(|_| "python3".into());
+    if std::process::Command::new(&python)
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var("TESSERA_REQUIRE_PYTHON").as_deref() != Ok("1"),
+            "no {python} but TESSERA_REQUIRE_PYTHON=1"
+        );
+        eprintln!("skipping: no {python}");
+        return;
+    }
+    let doc = std::fs::read_to_string(root.join("docs/scaling.md")).unwrap();
+    let mut blocks = 0;
+    let mut rest = doc.as_str();
+    while let Some(start) = rest.find("<!-- model: ") {
+        let after = &rest[start + "<!-- model: ".len()..];
+        let (args, body) = after.split_once(" -->\n").unwrap();
+        let (table, tail) = body.split_once("\n<!-- end -->").unwrap();
+        // The arguments are shell words; quotes only group a file-system name with a space.
+        let mut words = Vec::new();
+        let mut quoted = args.split('\'');
+        for (i, part) in quoted.by_ref().enumerate() {
+            if i % 2 == 1 {
+                words.push(part.to_string());
+            } else {
+                words.extend(part.split_whitespace().map(str::to_string));
+            }
+        }
+        let out = std::process::Command::new(&python)
+            .arg(root.join("docs/scaling_model.py"))
+            .args(&words)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let printed = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(
+            printed.trim(),
+            table.trim(),
+            "docs/scaling.md is out of date for `scaling_model.py {args}`"
+        );
+        blocks += 1;
+        rest = tail;
+    }
+    assert!(blocks >= 5, "found {blocks} model tables");
+}

@@ -330,6 +330,13 @@ pub fn run<Op: Operation>(op: &Op, comm: &dyn Comm, options: &RunOptions) -> Res
                 });
                 phases.write += write_seconds;
                 phases.compute += compute_seconds;
+                // -vv: one line per round, for finding slow units and measuring their spread
+                // (docs/scaling.md's jitter).
+                tracing::debug!(
+                    "round {round}: computed unit {} in {compute_seconds:.6} s, wrote unit {} in {write_seconds:.6} s",
+                    next.map_or("-".into(), |u| u.to_string()),
+                    writing.map_or("-".into(), |u| u.to_string()),
+                );
                 (written, computed)
             });
             let t = Instant::now();
