@@ -209,7 +209,7 @@ pub fn convert(b: &ConvertBench, comm: &dyn Comm) -> Result<()> {
             "chunks": b.chunks, "shards": b.shards,
             "threads_per_rank": rayon::current_num_threads(),
             "bytes": bytes, "copy": copy, "convert": conv, "fraction_of_copy": fraction,
-            "host": crate::exec::report::hostname(),
+            "host": crate::comm::hostname(),
         });
         let path = b
             .json

@@ -342,7 +342,7 @@ pub fn run(b: &ScalingBench, comm: &dyn Comm) -> Result<()> {
         b.op,
         b.mode,
         b.size,
-        crate::exec::report::hostname(),
+        crate::comm::hostname(),
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     print!("{md}");

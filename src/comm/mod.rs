@@ -12,6 +12,14 @@ pub use local::Local;
 #[cfg(feature = "mpi")]
 pub use mpi::Mpi;
 
+/// The name of the host this rank runs on (reports, the output lock).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
 /// Reductions for `all_reduce`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReduceOp {

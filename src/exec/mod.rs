@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::comm::{Comm, ReduceOp};
 use crate::error::{Error, Result};
 use crate::grid::partition_contiguous;
+use crate::io::lock::OutputLock;
 use crate::io::staging::Staging;
 use crate::io::Address;
 
@@ -174,6 +175,20 @@ pub fn agree<T>(comm: &dyn Comm, result: Result<T>) -> Result<T> {
     }
 }
 
+/// One job per output: [`OutputLock::acquire`] of `output` on rank 0, the outcome agreed by
+/// every rank (collective); `None` on the other ranks. Held until dropped.
+///
+/// # Errors
+/// Rank 0's failure to take the lock, on every rank.
+pub fn lock_output(output: &std::path::Path, comm: &dyn Comm) -> Result<Option<OutputLock>> {
+    let lock = if comm.is_root() {
+        OutputLock::acquire(output).map(Some)
+    } else {
+        Ok(None)
+    };
+    agree(comm, lock)
+}
+
 /// Plans where each output is staged, refusing two outputs that would share a staging area
 /// (two new arrays in one new container) and a resume that finds only some of its outputs.
 fn plan_stagings(targets: &[Address], options: &RunOptions) -> Result<Vec<Staging>> {
@@ -239,7 +254,7 @@ pub fn run<Op: Operation>(op: &Op, comm: &dyn Comm, options: &RunOptions) -> Res
         None
     } else {
         let primary = crate::io::staging::Staging::published_of(&op.targets()[0]);
-        crate::io::lock::OutputLock::acquire_on_root(&primary, comm)?
+        lock_output(&primary, comm)?
     };
     // Everyone looks at the disk before anyone changes it.
     let stagings = agree(comm, plan_stagings(op.targets(), options))?;

@@ -109,7 +109,7 @@ pub fn gather_summary(
     published: &[&Path],
 ) -> RunSummary {
     stats.rank = comm.rank();
-    stats.host = hostname();
+    stats.host = crate::comm::hostname();
     let mine = serde_json::to_vec(&stats).unwrap_or_default();
     let per_rank: Vec<RankStats> = comm
         .all_gather(&mine)
@@ -149,13 +149,6 @@ fn disk_usage(path: &Path) -> u64 {
         Ok(m) => m.len(),
         Err(_) => 0,
     }
-}
-
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .or_else(|_| std::env::var("HOSTNAME"))
-        .unwrap_or_else(|_| "unknown".into())
 }
 
 /// The library versions a report records.

@@ -24,7 +24,7 @@ pub struct Owner {
 impl Owner {
     fn me() -> Owner {
         Owner {
-            host: crate::exec::report::hostname(),
+            host: crate::comm::hostname(),
             pid: std::process::id(),
             started: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -35,7 +35,7 @@ impl Owner {
     /// Whether the owner may still be running: always for another host; on this host, while a
     /// process with its PID exists.
     fn may_be_alive(&self) -> bool {
-        if self.host != crate::exec::report::hostname() {
+        if self.host != crate::comm::hostname() {
             return true;
         }
         let Ok(pid) = libc::pid_t::try_from(self.pid) else {
@@ -143,25 +143,6 @@ impl OutputLock {
     }
 }
 
-impl OutputLock {
-    /// [`OutputLock::acquire`] on rank 0, the outcome agreed by every rank (collective);
-    /// `None` on the other ranks.
-    ///
-    /// # Errors
-    /// Rank 0's failure to take the lock, on every rank.
-    pub fn acquire_on_root(
-        output: &Path,
-        comm: &dyn crate::comm::Comm,
-    ) -> Result<Option<OutputLock>> {
-        let lock = if comm.is_root() {
-            Self::acquire(output).map(Some)
-        } else {
-            Ok(None)
-        };
-        crate::exec::agree(comm, lock)
-    }
-}
-
 impl Drop for OutputLock {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
@@ -180,7 +161,7 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(200));
         assert!(is_zombie(pid));
         let owner = Owner {
-            host: crate::exec::report::hostname(),
+            host: crate::comm::hostname(),
             pid,
             started: 0,
         };
@@ -203,7 +184,7 @@ mod tests {
         assert!(!lock_path(&out).exists());
         // A lock left by a process of this host that no longer exists.
         let dead = Owner {
-            host: crate::exec::report::hostname(),
+            host: crate::comm::hostname(),
             pid: i32::MAX as u32 - 7,
             started: 0,
         };

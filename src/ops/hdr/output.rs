@@ -188,7 +188,7 @@ fn per_bracket(
         ));
     }
     // One job per output directory (see io::lock), held until this function returns.
-    let _lock = crate::io::lock::OutputLock::acquire_on_root(out, comm)?;
+    let _lock = crate::exec::lock_output(out, comm)?;
     let check = (|| {
         if out.exists() && !out.is_dir() {
             return Err(Error::parameter(
