@@ -60,8 +60,7 @@ def allreduce(p, nbytes=16, bw=10e9):
 class Op:
     """One operation as the model sees it: a unit of work and what the run does around it."""
 
-    def __init__(self, name, t_unit, fs_bytes, files, lockstep=True, stages=None, serial=None,
-                 note=""):
+    def __init__(self, name, t_unit, fs_bytes, files, lockstep=True, stages=None, serial=None):
         self.name = name
         self.t_unit = t_unit          # seconds of one unit on one rank (measured rate)
         self.fs_bytes = fs_bytes      # bytes one unit reads + writes on the file system
@@ -69,7 +68,6 @@ class Op:
         self.lockstep = lockstep      # exec: a collective after every unit (else: at the end)
         self.stages = stages or (lambda u: [u])
         self.serial = serial or (lambda u, p: 0.0)
-        self.note = note
 
 
 def model(op, p, units, fs_bw, cv):
@@ -133,23 +131,26 @@ def operations(stitch_rate):
     unit = 64 * MiB
     frame = 3000 * 3000 * 3
     return [
-        Op("quilt unstitch", unit / UNSTITCH_RATE, unit * 9 / 8, files=8,
-           note="unit: 8 patches of 128^3 f32; reads about 1/8 of what it writes (step w/2)"),
-        Op("quilt unstitch, --patches-per-chunk 8", unit / UNSTITCH_RATE, unit * 9 / 8, files=1,
-           note="one chunk file per unit instead of one per patch"),
-        Op("quilt stitch", unit / stitch_rate, unit * (1 + 1 / 6), files=4,
-           note="unit: a z-slab; reads the patches that cover it (64 MiB), writes 1/6 of that"),
-        Op("pyramid", unit / PYRAMID_RATE, unit * 8 / 7, files=64 / 7, stages=pyramid_stages,
-           note="unit: 4^3 chunks of 64^3 f32 -> 2 levels per stage; mean"),
-        Op("pyramid, --shards", unit / PYRAMID_RATE, unit * 8 / 7, files=8 / 7,
-           stages=pyramid_stages, note="one shard per unit and level"),
-        Op("crop pass 2 + results", unit * CROP_PASS2, unit * 0.54, files=0.256, serial=crop_serial,
-           note="pass 2 (exec) per unit of 256 patterns of 256x256 f32; pass 1 below"),
-        Op("crop pass 1", unit * CROP_PASS1, unit, files=0, lockstep=False,
-           note="analysis: no collective until the end"),
+        # unit: 8 patches of 128^3 f32; reads about 1/8 of what it writes (step w/2)
+        Op("quilt unstitch", unit / UNSTITCH_RATE, unit * 9 / 8, files=8),
+        # one chunk file per unit instead of one per patch
+        Op("quilt unstitch, --patches-per-chunk 8", unit / UNSTITCH_RATE, unit * 9 / 8, files=1),
+        # unit: a z-slab; reads the patches that cover it (64 MiB), writes 1/6 of that
+        Op("quilt stitch", unit / stitch_rate, unit * (1 + 1 / 6), files=4),
+        # unit: 4^3 chunks of 64^3 f32 -> 2 levels per stage; mean. It reads the unit and writes
+        # level 0 (the input in the output's chunks) and levels 1-2: 64 + 8 + 1 chunk files.
+        Op("pyramid", unit / PYRAMID_RATE, unit * (2 + 9 / 64), files=73,
+           stages=pyramid_stages),
+        # one shard per unit and level
+        Op("pyramid, --shards", unit / PYRAMID_RATE, unit * (2 + 9 / 64), files=3,
+           stages=pyramid_stages),
+        # pass 2 (exec) per unit of 256 patterns of 256x256 f32; pass 1 below
+        Op("crop pass 2 + results", unit * CROP_PASS2, unit * 0.54, files=0.256, serial=crop_serial),
+        # analysis: no collective until the end
+        Op("crop pass 1", unit * CROP_PASS1, unit, files=0, lockstep=False),
+        # unit: one bracket of 5 x 3000x3000 RGB; rank 0 lists the archive
         Op("hdr merge", HDR_BRACKET_512 * frame / (512 * 512 * 3), 5 * frame + 4 * frame,
-           files=1, lockstep=False, serial=hdr_serial,
-           note="unit: one bracket of 5 x 3000x3000 RGB; rank 0 lists the archive"),
+           files=1, lockstep=False, serial=hdr_serial),
     ]
 
 

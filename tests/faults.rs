@@ -30,8 +30,7 @@ fn kill_one_rank_then_resume(dir: &Path, name: &str, args: &Args, outputs: &[&st
     std::fs::create_dir_all(&cut_dir).unwrap();
     let clean = clean_dir.join(outputs[0]);
     let cut = cut_dir.join(outputs[0]);
-    let owned = |a: Vec<String>| a;
-    let clean_args = owned(args(&clean));
+    let clean_args = args(&clean);
     ok(tessera_mpi(
         1,
         &clean_args.iter().map(String::as_str).collect::<Vec<_>>(),
@@ -39,7 +38,7 @@ fn kill_one_rank_then_resume(dir: &Path, name: &str, args: &Args, outputs: &[&st
     ));
 
     let pid_file = dir.join(format!("{name}.stalled-pid"));
-    let cut_args = owned(args(&cut));
+    let cut_args = args(&cut);
     let cut_refs: Vec<&str> = cut_args.iter().map(String::as_str).collect();
     let log = dir.join(format!("{name}.killed.log"));
     let mut job = mpi_command(
@@ -133,6 +132,41 @@ fn kill_one_rank_then_resume(dir: &Path, name: &str, args: &Args, outputs: &[&st
 
 fn strs(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| (*s).to_string()).collect()
+}
+
+/// `n` synthetic `size`x`size` 4D-STEM patterns (crop's test mode) in `dir`; returns the input
+/// file crop wrote for them.
+fn stem_patterns(dir: &Path, n: usize, size: usize) -> PathBuf {
+    ok(tessera(&[
+        "crop",
+        "--test-mode",
+        "--test-patterns",
+        &n.to_string(),
+        "--test-size",
+        &size.to_string(),
+        "--output",
+        &s(&dir.join("stem.npy")),
+        "--no-visualization",
+    ]));
+    dir.join("stem_test_input.npy")
+}
+
+/// An all-sky archive of `brackets` brackets of 3 exposures, `size`x`size`, in `dir/sky`.
+fn sky_archive(dir: &Path, brackets: usize, size: usize) -> PathBuf {
+    let sky = dir.join("sky");
+    ok(tessera(&[
+        "hdr",
+        "synthetic",
+        "--output",
+        &s(&sky),
+        "--brackets",
+        &brackets.to_string(),
+        "--exposures",
+        "3",
+        "--size",
+        &size.to_string(),
+    ]));
+    sky
 }
 
 #[cfg(feature = "mpi")]
@@ -236,19 +270,7 @@ fn a_rank_killed_with_sigkill_leaves_a_resumable_output_in_every_operation() {
     kill_one_rank_then_resume(dir, "pyramid", &pyramid, &["py.zarr"], "4096");
 
     // crop of 40 synthetic 48x48 patterns, 4 per unit.
-    let stem = dir.join("stem.npy");
-    ok(tessera(&[
-        "crop",
-        "--test-mode",
-        "--test-patterns",
-        "40",
-        "--test-size",
-        "48",
-        "--output",
-        &s(&stem),
-        "--no-visualization",
-    ]));
-    let stem_input = s(&dir.join("stem_test_input.npy"));
+    let stem_input = s(&stem_patterns(dir, 40, 48));
     let crop: Args = Box::new(move |out| {
         strs(&[
             "crop",
@@ -270,20 +292,7 @@ fn a_rank_killed_with_sigkill_leaves_a_resumable_output_in_every_operation() {
     );
 
     // hdr merge (Mertens, no response needed) of 6 brackets into one Zarr array.
-    let sky = dir.join("sky");
-    ok(tessera(&[
-        "hdr",
-        "synthetic",
-        "--output",
-        &s(&sky),
-        "--brackets",
-        "6",
-        "--exposures",
-        "3",
-        "--size",
-        "32",
-    ]));
-    let sky_s = s(&sky);
+    let sky_s = s(&sky_archive(dir, 6, 32));
     let hdr: Args = Box::new(move |out| {
         strs(&[
             "hdr",
@@ -384,31 +393,8 @@ fn a_full_disk_is_a_clear_error_and_nothing_is_reported_done() {
         (i[2] * 4096 + i[3] * 64 + i[4]) as f32
     });
     ndarray_npy::write_npy(&nczyx, &vol).unwrap();
-    let stem = d.path().join("stem.npy");
-    ok(tessera(&[
-        "crop",
-        "--test-mode",
-        "--test-patterns",
-        "60",
-        "--test-size",
-        "48",
-        "--output",
-        &s(&stem),
-        "--no-visualization",
-    ]));
-    let sky = d.path().join("sky");
-    ok(tessera(&[
-        "hdr",
-        "synthetic",
-        "--output",
-        &s(&sky),
-        "--brackets",
-        "6",
-        "--exposures",
-        "3",
-        "--size",
-        "64",
-    ]));
+    let stem = stem_patterns(d.path(), 60, 48);
+    let sky = sky_archive(d.path(), 6, 64);
 
     let disk = d.path().join("small-disk");
     // 128 KiB: room for metadata and a few chunks, not for any of the outputs below.
@@ -474,7 +460,7 @@ fn a_full_disk_is_a_clear_error_and_nothing_is_reported_done() {
             strs(&[
                 "crop",
                 "--input",
-                &s(&d.path().join("stem_test_input.npy")),
+                &s(&stem),
                 "--output",
                 &on_disk("c.npy"),
                 "--target-retention",
@@ -537,12 +523,8 @@ fn a_full_disk_is_a_clear_error_and_nothing_is_reported_done() {
             "{name}: the error does not say the disk is full: {err}"
         );
         let output = args[args.iter().position(|a| a == "--output").unwrap() + 1].clone();
-        let file = output.split(".h5:").next().unwrap().to_string();
-        let file = if output.contains(".h5:") {
-            format!("{file}.h5")
-        } else {
-            file
-        };
+        // The file behind the address (`o.h5:/data` is the file `o.h5`).
+        let file = output.strip_suffix(":/data").unwrap_or(&output).to_string();
         let published = Path::new(&file);
         // hdr's per-bracket files are each published whole; a full disk may come after some.
         if *name == "hdr merge to .npy files" {
