@@ -310,54 +310,43 @@ fn default_report(output: &Path) -> PathBuf {
 /// The job's failure.
 pub fn run_job(job: Job, comm: &dyn Comm) -> Result<()> {
     use crate::ops::{convert, crop, pyramid, quilt};
-    // What each job runs, and the report that names it: (command, output, options,
-    // parameters, summaries).
-    let (command, output, run, params, summaries) = match &job {
+    // What each job runs, and the report that names it: (command, output, parameters,
+    // summaries).
+    let (command, output, params, summaries) = match &job {
         Job::Convert(j) => {
             let out = j.output.to_string_lossy().into_owned();
-            (
-                "convert",
-                out,
-                &j.run,
-                parameters(j),
-                convert::run(j, comm)?,
-            )
+            ("convert", out, parameters(j), convert::run(j, comm)?)
         }
-        Job::Crop(j) => (
-            "crop",
-            j.output.clone(),
-            &j.run,
-            parameters(j),
-            crop::run(j, comm)?,
-        ),
+        Job::Crop(j) => ("crop", j.output.clone(), parameters(j), crop::run(j, comm)?),
         Job::Unstitch(j) => {
             let s = run_op(&quilt::UnstitchOp::plan(j)?, comm, &j.run)?;
-            ("quilt unstitch", j.output.clone(), &j.run, parameters(j), s)
+            ("quilt unstitch", j.output.clone(), parameters(j), s)
         }
         Job::Weed(j) => {
             let s = run_op(&quilt::weed::WeedOp::plan(j, comm)?, comm, &j.run)?;
-            ("quilt weed", j.output.clone(), &j.run, parameters(j), s)
+            ("quilt weed", j.output.clone(), parameters(j), s)
         }
         Job::Stitch(j) => {
             let s = run_op(&quilt::StitchOp::plan(j)?, comm, &j.run)?;
-            ("quilt stitch", j.output.clone(), &j.run, parameters(j), s)
+            ("quilt stitch", j.output.clone(), parameters(j), s)
         }
         Job::Pyramid(j) => {
             let s = run_op(&pyramid::PyramidOp::plan(j)?, comm, &j.run)?;
-            ("pyramid", j.output.clone(), &j.run, parameters(j), s)
+            ("pyramid", j.output.clone(), parameters(j), s)
         }
         Job::Reconstruct(j) => {
             let s = run_op(&pyramid::reconstruct::ReconstructOp::plan(j)?, comm, &j.run)?;
-            (
-                "pyramid reconstruct",
-                j.output.clone(),
-                &j.run,
-                parameters(j),
-                s,
-            )
+            ("pyramid reconstruct", j.output.clone(), parameters(j), s)
         }
     };
-    finish(command, Path::new(&output), run, params, &summaries, comm)
+    finish(
+        command,
+        Path::new(&output),
+        job.run_options(),
+        params,
+        &summaries,
+        comm,
+    )
 }
 
 /// Runs one planned operation; its summary as the report wants it.

@@ -523,6 +523,19 @@ pub enum Job {
 
 impl Job {
     /// The run options (`[run]` table, or the command's flags) of this job.
+    pub fn run_options(&self) -> &RunOptions {
+        match self {
+            Job::Convert(j) => &j.run,
+            Job::Unstitch(j) => &j.run,
+            Job::Stitch(j) => &j.run,
+            Job::Weed(j) => &j.run,
+            Job::Pyramid(j) => &j.run,
+            Job::Reconstruct(j) => &j.run,
+            Job::Crop(j) => &j.run,
+        }
+    }
+
+    /// [`Job::run_options`], to change (`tessera run --resume` and friends).
     pub fn run_options_mut(&mut self) -> &mut RunOptions {
         match self {
             Job::Convert(j) => &mut j.run,
