@@ -1,15 +1,12 @@
 //! The command line: clap types and the dispatch from a parsed command to the library.
 //! Only this module knows about flags; everything below it takes plain parameter structs.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::comm::Comm;
 use crate::error::{Error, Result};
-use crate::exec::report::write_report;
-use crate::exec::RunSummary;
-use crate::io::{self, Address};
 use crate::job::{ConvertJob, Job, JobFile};
 
 /// tessera: batch processing of large scientific images, on a laptop or many MPI ranks.
@@ -178,11 +175,13 @@ pub enum BenchCommand {
 /// Whatever the command fails with; `main` prints it on one line.
 pub fn dispatch(cli: Cli, comm: &dyn Comm) -> Result<()> {
     match cli.command {
-        Command::Convert(job) => run_job(Job::Convert(job), comm),
-        Command::Crop(job) => run_job(Job::Crop(job), comm),
+        Command::Convert(job) => crate::job::run_job(Job::Convert(job), comm),
+        Command::Crop(job) => crate::job::run_job(Job::Crop(job), comm),
         Command::Hdr { which } => hdr(which, comm),
         Command::Pyramid(PyramidCli { which, job }) => match which {
-            Some(PyramidCommand::Reconstruct(job)) => run_job(Job::Reconstruct(job), comm),
+            Some(PyramidCommand::Reconstruct(job)) => {
+                crate::job::run_job(Job::Reconstruct(job), comm)
+            }
             None if job.input.is_empty() || job.output.is_empty() => {
                 Err(crate::error::Error::parameter(
                     if job.input.is_empty() {
@@ -193,7 +192,7 @@ pub fn dispatch(cli: Cli, comm: &dyn Comm) -> Result<()> {
                     "required: tessera pyramid --input ARRAY --output OUT.zarr (see --help)",
                 ))
             }
-            None => run_job(Job::Pyramid(job), comm),
+            None => crate::job::run_job(Job::Pyramid(job), comm),
         },
         Command::Run {
             job,
@@ -207,12 +206,12 @@ pub fn dispatch(cli: Cli, comm: &dyn Comm) -> Result<()> {
             run.resume |= resume;
             run.overwrite |= overwrite;
             run.dry_run |= dry_run;
-            run_job(job, comm)
+            crate::job::run_job(job, comm)
         }
         Command::Quilt { which } => match which {
-            QuiltCommand::Unstitch(job) => run_job(Job::Unstitch(job), comm),
-            QuiltCommand::Stitch(job) => run_job(Job::Stitch(job), comm),
-            QuiltCommand::Weed(job) => run_job(Job::Weed(job), comm),
+            QuiltCommand::Unstitch(job) => crate::job::run_job(Job::Unstitch(job), comm),
+            QuiltCommand::Stitch(job) => crate::job::run_job(Job::Stitch(job), comm),
+            QuiltCommand::Weed(job) => crate::job::run_job(Job::Weed(job), comm),
             QuiltCommand::BorderMask {
                 output,
                 window,
@@ -229,7 +228,7 @@ pub fn dispatch(cli: Cli, comm: &dyn Comm) -> Result<()> {
         },
         Command::Info { address, json } => {
             if comm.is_root() {
-                info(&address, json)?;
+                crate::job::info(&address, json)?;
             }
             Ok(())
         }
@@ -278,178 +277,8 @@ fn hdr(which: HdrCommand, comm: &dyn Comm) -> Result<()> {
             }
             Ok(())
         }
-        HdrCommand::Merge(job) => {
-            let summaries = hdr::merge(&job, comm)?;
-            finish(
-                "hdr merge",
-                &job.output,
-                &job.run,
-                parameters(&job),
-                &summaries,
-                comm,
-            )
-        }
+        HdrCommand::Merge(job) => crate::job::run_hdr_merge(job, comm),
     }
-}
-
-/// Default report path: beside the output (`out.zarr` -> `out.zarr.report.json`).
-fn default_report(output: &Path) -> PathBuf {
-    let text = output.to_string_lossy();
-    let container = match Address::parse(&text) {
-        Ok(a) => a.container().to_path_buf(),
-        Err(_) => output.to_path_buf(),
-    };
-    let mut name = container.into_os_string();
-    name.push(".report.json");
-    PathBuf::from(name)
-}
-
-/// Runs a job and writes its report.
-///
-/// # Errors
-/// The job's failure.
-pub fn run_job(job: Job, comm: &dyn Comm) -> Result<()> {
-    use crate::ops::{convert, crop, pyramid, quilt};
-    // What each job runs, and the report that names it: (command, output, parameters,
-    // summaries).
-    let (command, output, params, summaries) = match &job {
-        Job::Convert(j) => {
-            let out = j.output.to_string_lossy().into_owned();
-            ("convert", out, parameters(j), convert::run(j, comm)?)
-        }
-        Job::Crop(j) => ("crop", j.output.clone(), parameters(j), crop::run(j, comm)?),
-        Job::Unstitch(j) => {
-            let s = run_op(&quilt::UnstitchOp::plan(j)?, comm, &j.run)?;
-            ("quilt unstitch", j.output.clone(), parameters(j), s)
-        }
-        Job::Weed(j) => {
-            let s = run_op(&quilt::weed::WeedOp::plan(j, comm)?, comm, &j.run)?;
-            ("quilt weed", j.output.clone(), parameters(j), s)
-        }
-        Job::Stitch(j) => {
-            let s = run_op(&quilt::StitchOp::plan(j)?, comm, &j.run)?;
-            ("quilt stitch", j.output.clone(), parameters(j), s)
-        }
-        Job::Pyramid(j) => {
-            let s = run_op(&pyramid::PyramidOp::plan(j)?, comm, &j.run)?;
-            ("pyramid", j.output.clone(), parameters(j), s)
-        }
-        Job::Reconstruct(j) => {
-            let s = run_op(&pyramid::reconstruct::ReconstructOp::plan(j)?, comm, &j.run)?;
-            ("pyramid reconstruct", j.output.clone(), parameters(j), s)
-        }
-    };
-    finish(
-        command,
-        Path::new(&output),
-        job.run_options(),
-        params,
-        &summaries,
-        comm,
-    )
-}
-
-/// Runs one planned operation; its summary as the report wants it.
-fn run_op<O: crate::exec::Operation>(
-    op: &O,
-    comm: &dyn Comm,
-    run: &crate::exec::RunOptions,
-) -> Result<Vec<RunSummary>> {
-    Ok(vec![crate::exec::run(op, comm, run)?])
-}
-
-/// Job parameters as JSON for the report.
-fn parameters<T: serde::Serialize>(job: &T) -> serde_json::Value {
-    serde_json::to_value(job).unwrap_or_default()
-}
-
-fn finish(
-    command: &str,
-    output: &Path,
-    run: &crate::exec::RunOptions,
-    parameters: serde_json::Value,
-    summaries: &[RunSummary],
-    comm: &dyn Comm,
-) -> Result<()> {
-    if run.dry_run || !comm.is_root() {
-        return Ok(());
-    }
-    let report = run.report.clone().unwrap_or_else(|| default_report(output));
-    write_report(&report, command, parameters, summaries)?;
-    for s in summaries {
-        println!(
-            "wrote {} ({:.1} MiB, {:.1} MiB on disk) in {:.2} s on {} rank{}: {:.0} MB/s",
-            s.output,
-            s.bytes_written as f64 / 1048576.0,
-            s.bytes_on_disk as f64 / 1048576.0,
-            s.seconds,
-            s.ranks,
-            if s.ranks == 1 { "" } else { "s" },
-            s.throughput_mb_per_s
-        );
-    }
-    println!("report: {}", report.display());
-    Ok(())
-}
-
-/// `tessera info`.
-///
-/// # Errors
-/// The address does not lead to a readable array.
-pub fn info(address: &str, json: bool) -> Result<()> {
-    let addr = Address::parse(address)?;
-    let reader = io::open(&addr)?;
-    let meta = reader.meta();
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(meta)
-                .map_err(|e| Error::address(address, e.to_string()))?
-        );
-        return Ok(());
-    }
-    let dims = |v: &[u64]| v.iter().map(u64::to_string).collect::<Vec<_>>().join(" x ");
-    println!("{addr} ({})", addr.kind());
-    println!("  shape:  {}", dims(&meta.shape));
-    println!("  dtype:  {}", meta.dtype);
-    println!(
-        "  chunks: {}",
-        meta.chunks
-            .as_deref()
-            .map_or("none (contiguous)".into(), dims)
-    );
-    if let Some(shards) = &meta.shards {
-        println!("  shards: {}", dims(shards));
-    }
-    println!(
-        "  codecs: {}",
-        if meta.codecs.is_empty() {
-            "none".into()
-        } else {
-            meta.codecs.join(" -> ")
-        }
-    );
-    if let Some(names) = &meta.dimension_names {
-        println!("  dimension names: {}", names.join(", "));
-    }
-    let bytes = meta.shape.iter().product::<u64>() * meta.dtype.size() as u64;
-    println!("  size:   {:.1} MiB uncompressed", bytes as f64 / 1048576.0);
-    if meta.attributes.is_empty() {
-        println!("  attributes: none");
-    } else {
-        println!("  attributes:");
-        for (k, v) in &meta.attributes {
-            let text = match v {
-                serde_json::Value::Array(a) if a.len() > 8 => {
-                    let head: Vec<String> = a.iter().take(3).map(|x| x.to_string()).collect();
-                    format!("[{}, ... {} items]", head.join(", "), a.len())
-                }
-                other => other.to_string(),
-            };
-            println!("    {k}: {text}");
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

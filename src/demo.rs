@@ -99,7 +99,7 @@ pub fn run(dir: &Path, comm: &dyn Comm) -> Result<()> {
             ..RunOptions::default()
         },
     };
-    crate::cli::run_job(Job::Convert(job), comm)?;
+    crate::job::run_job(Job::Convert(job), comm)?;
 
     // Quilting: cut the volume into overlapping windows and stitch them back.
     let volume = dir.join("demo-nczyx.npy");
@@ -121,7 +121,7 @@ pub fn run(dir: &Path, comm: &dyn Comm) -> Result<()> {
         border: vec![4, 8, 8],
         ..Default::default()
     };
-    crate::cli::run_job(
+    crate::job::run_job(
         Job::Unstitch(crate::job::UnstitchJob {
             input: volume.to_string_lossy().into_owned(),
             output: patches.to_string_lossy().into_owned(),
@@ -133,7 +133,7 @@ pub fn run(dir: &Path, comm: &dyn Comm) -> Result<()> {
         }),
         comm,
     )?;
-    crate::cli::run_job(
+    crate::job::run_job(
         Job::Stitch(crate::job::StitchJob {
             input: patches.to_string_lossy().into_owned(),
             output: stitched.to_string_lossy().into_owned(),
@@ -167,7 +167,7 @@ pub fn run(dir: &Path, comm: &dyn Comm) -> Result<()> {
     }
     // A multiscale OME-Zarr pyramid of the converted volume.
     let pyramid = dir.join("pyramid.zarr");
-    crate::cli::run_job(
+    crate::job::run_job(
         Job::Pyramid(crate::job::PyramidJob {
             input: output.to_string_lossy().into_owned(),
             output: pyramid.to_string_lossy().into_owned(),
@@ -191,7 +191,7 @@ pub fn run(dir: &Path, comm: &dyn Comm) -> Result<()> {
     if comm.is_root() {
         let out = output.display();
         println!();
-        crate::cli::info(&output.to_string_lossy(), false)?;
+        crate::job::info(&output.to_string_lossy(), false)?;
         println!();
         let exe = std::env::current_exe()
             .map(|p| p.display().to_string())

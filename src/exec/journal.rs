@@ -9,6 +9,8 @@ use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::PathBuf;
 
+use serde_json::Value;
+
 use crate::error::{Error, IoContext, Result};
 
 pub struct Journal {
@@ -21,39 +23,44 @@ impl Journal {
         Journal { dir, rank }
     }
 
-    /// Starts a fresh journal, or checks that a resumed run has the same parameters.
+    /// The journal's directory.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    /// Starts a fresh journal, or checks that a resumed run has the same identity (the job's
+    /// parameters and what the plan derived from the inputs; see `Operation::parameters`).
     /// Rank 0 only.
     ///
     /// # Errors
-    /// Filesystem errors, or a resumed run whose parameters differ.
-    pub fn start(&self, fingerprint: &str, resuming: bool) -> Result<()> {
+    /// Filesystem errors, or a resumed run whose identity differs, naming every field that
+    /// changed.
+    pub fn start(&self, identity: &Value, resuming: bool) -> Result<()> {
         let plan = self.dir.join("plan.json");
         if resuming {
-            match std::fs::read_to_string(&plan) {
-                Ok(previous) if previous == fingerprint => return Ok(()),
-                Ok(_) => {
-                    return Err(Error::parameter(
-                        "resume",
-                        format!(
-                            "the interrupted run used different parameters (see {}); rerun with those, or --overwrite to start over",
-                            plan.display()
-                        ),
-                    ))
-                }
-                Err(_) => {
-                    return Err(Error::parameter(
-                        "resume",
-                        format!(
-                            "no journal at {}: cannot tell what finished; use --overwrite to start over",
-                            self.dir.display()
-                        ),
-                    ))
-                }
-            }
+            let previous = std::fs::read(&plan).map_err(|_| {
+                Error::parameter(
+                    "resume",
+                    format!(
+                        "no journal at {}: cannot tell what finished; use --overwrite to start over",
+                        self.dir.display()
+                    ),
+                )
+            })?;
+            let previous: Value = serde_json::from_slice(&previous).map_err(|_| {
+                Error::parameter(
+                    "resume",
+                    format!(
+                        "{} was written by another tessera version; use --overwrite to start over",
+                        plan.display()
+                    ),
+                )
+            })?;
+            return check_same(&previous, identity);
         }
         std::fs::create_dir_all(&self.dir).at(&self.dir)?;
         let tmp = self.dir.join("plan.json.tmp");
-        std::fs::write(&tmp, fingerprint).at(&tmp)?;
+        std::fs::write(&tmp, identity.to_string()).at(&tmp)?;
         std::fs::rename(&tmp, &plan).at(&plan)
     }
 
@@ -92,25 +99,110 @@ impl Journal {
     }
 }
 
+/// Refuses a resume whose identity differs from the interrupted run's, naming each changed
+/// parameter as its flag (`--codec: was "zstd", now "gzip"`) or, when only the plan differs,
+/// saying the inputs changed.
+///
+/// # Errors
+/// [`Error::Parameter`] (`--resume`) listing the differences.
+pub fn check_same(previous: &Value, now: &Value) -> Result<()> {
+    if previous.get("parameters").is_none() {
+        return Err(Error::parameter(
+            "resume",
+            "the interrupted run was started by an older tessera that did not record its parameters; use --overwrite to start over",
+        ));
+    }
+    let mut changed = Vec::new();
+    differences(
+        &previous["parameters"],
+        &now["parameters"],
+        "",
+        &mut changed,
+    );
+    if !changed.is_empty() {
+        let list: Vec<String> = changed
+            .iter()
+            .map(|(field, was, is)| format!("--{} (was {was}, now {is})", flag_name(field)))
+            .collect();
+        return Err(Error::parameter(
+            "resume",
+            format!(
+                "the interrupted run used other parameters: {}; rerun with the same ones, or --overwrite to start over",
+                list.join(", ")
+            ),
+        ));
+    }
+    differences(&previous["plan"], &now["plan"], "", &mut changed);
+    if let Some((field, was, is)) = changed.first() {
+        return Err(Error::parameter(
+            "resume",
+            format!(
+                "the inputs changed since the interrupted run ({field}: was {was}, now {is}); use --overwrite to start over"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The leaves where two JSON values differ, as (dotted path, old, new).
+fn differences(a: &Value, b: &Value, at: &str, out: &mut Vec<(String, String, String)>) {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            for k in keys {
+                let path = if at.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{at}.{k}")
+                };
+                differences(
+                    x.get(k).unwrap_or(&Value::Null),
+                    y.get(k).unwrap_or(&Value::Null),
+                    &path,
+                    out,
+                );
+            }
+        }
+        _ if a != b => out.push((at.to_string(), a.to_string(), b.to_string())),
+        _ => {}
+    }
+}
+
+/// The command-line flag of a parameter path: flattened tables (`geometry.blend`) are
+/// flags of their own (`--blend`), and snake case becomes kebab case.
+fn flag_name(field: &str) -> String {
+    field.rsplit('.').next().unwrap_or(field).replace('_', "-")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn records_and_checks_fingerprint() {
+    fn records_and_checks_identity() {
         let dir = tempfile::tempdir().unwrap();
         let j = Journal::new(dir.path().join("j"), 1);
-        j.start("{\"a\":1}", false).unwrap();
+        let id = |codec: &str, units: u64| serde_json::json!({"parameters": {"codec": codec, "geometry": {"blend": "hann"}}, "plan": {"units": units}});
+        j.start(&id("zstd", 4), false).unwrap();
         j.record(3).unwrap();
         j.record(5).unwrap();
         std::fs::write(dir.path().join("j/rank-0.done"), "1\n2\n4").unwrap();
         let done: Vec<usize> = j.finished_units().unwrap().into_iter().collect();
         assert_eq!(done, vec![1, 2, 3, 4, 5]);
-        assert!(j.start("{\"a\":1}", true).is_ok());
+        assert!(j.start(&id("zstd", 4), true).is_ok());
+        let e = j.start(&id("gzip", 4), true).unwrap_err().to_string();
+        assert!(e.contains(r#"--codec (was "zstd", now "gzip")"#), "{e}");
+        let e = j.start(&id("zstd", 5), true).unwrap_err().to_string();
+        assert!(e.contains("inputs changed") && e.contains("units"), "{e}");
+        let mut blend = id("zstd", 4);
+        blend["parameters"]["geometry"]["blend"] = "border".into();
+        let e = j.start(&blend, true).unwrap_err().to_string();
+        assert!(e.contains("--blend (was"), "{e}");
+        std::fs::write(dir.path().join("j/plan.json"), "{\"operation\":\"old\"}").unwrap();
         assert!(j
-            .start("{\"a\":2}", true)
+            .start(&id("zstd", 4), true)
             .unwrap_err()
             .to_string()
-            .contains("different parameters"));
+            .contains("older tessera"));
     }
 }

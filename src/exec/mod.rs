@@ -22,6 +22,7 @@ use crate::comm::{Comm, ReduceOp};
 use crate::error::{Error, Result};
 use crate::grid::partition_contiguous;
 use crate::io::lock::OutputLock;
+use crate::io::safety::{self, Place, Written};
 use crate::io::staging::Staging;
 use crate::io::Address;
 
@@ -87,7 +88,8 @@ pub struct RunOptions {
     /// Print the plan (units per rank, bytes, memory) and write nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Where to write the run report (JSON); default: beside the output, `<output>.report.json`.
+    /// Where to write the run report (JSON); default: beside the output, `<output>.report.json`
+    /// (an array inside a store or HDF5 file adds its path: `s.zarr.g.a.report.json`).
     #[arg(long)]
     pub report: Option<std::path::PathBuf>,
 }
@@ -124,8 +126,23 @@ pub trait Operation: Sync {
             .max()
             .unwrap_or(0)
     }
-    /// Parameters that must match for `--resume` to continue a run (JSON text).
-    fn fingerprint(&self) -> String;
+    /// The job's parameters, as its serde type serialises them (every field but the run
+    /// options): the run's identity for `--resume`, which refuses a run whose parameters
+    /// differ from the interrupted one's and names each field that changed. Derived from the
+    /// job type, so a new field is covered without being listed anywhere.
+    fn parameters(&self) -> serde_json::Value;
+    /// What the plan derived from the inputs that must also match for `--resume` (shapes,
+    /// unit count, the global crop radius): a resumed run whose inputs changed is refused.
+    fn fingerprint(&self) -> serde_json::Value;
+    /// Everything the run reads (arrays, image directories): no output may be, contain or
+    /// lie inside one of them.
+    fn inputs(&self) -> Vec<Place>;
+    /// Files written beside the outputs (per-pattern `.npy`, plots, results JSON): refused if
+    /// present unless `--overwrite`, checked with the outputs before the run starts, and
+    /// written by the operation through [`crate::io::safety::write_file`]. Default: none.
+    fn side_files(&self) -> Vec<std::path::PathBuf> {
+        Vec::new()
+    }
     /// Where each stage's units end (ascending, the last = `units().len()`). Units of a stage
     /// may read what earlier stages wrote (a pyramid's coarse levels are built from a level
     /// written before): every rank finishes writing a stage before any computes the next.
@@ -198,6 +215,9 @@ fn plan_stagings(targets: &[Address], options: &RunOptions) -> Result<Vec<Stagin
         .collect::<Result<Vec<_>>>()?;
     for (i, a) in stagings.iter().enumerate() {
         for b in &stagings[..i] {
+            if a.in_existing_file() && b.in_existing_file() {
+                continue; // datasets staged side by side in one existing HDF5 file
+            }
             if a.published_path().starts_with(b.published_path())
                 || b.published_path().starts_with(a.published_path())
             {
@@ -225,6 +245,65 @@ fn plan_stagings(targets: &[Address], options: &RunOptions) -> Result<Vec<Stagin
     Ok(stagings)
 }
 
+/// Checks everything a run will write against everything it reads and against what is on
+/// disk, before anything is created: no output on, inside or around an input or another
+/// output ([`check_places`]); side files and the report refused if present unless
+/// `--overwrite` ([`check_side_files`]).
+///
+/// # Errors
+/// [`Error::Parameter`] or [`Error::OutputExists`] naming the path.
+pub fn check_writes(
+    inputs: &[Place],
+    targets: &[Address],
+    side_files: &[std::path::PathBuf],
+    options: &RunOptions,
+) -> Result<()> {
+    check_places(inputs, targets, side_files, options)?;
+    check_side_files(side_files, options)
+}
+
+/// The overlap half of [`check_writes`]: outputs, side files and the report against the inputs
+/// and each other (paths only; nothing on disk is required to exist).
+///
+/// # Errors
+/// [`Error::Parameter`] naming the two paths.
+pub fn check_places(
+    inputs: &[Place],
+    targets: &[Address],
+    side_files: &[std::path::PathBuf],
+    options: &RunOptions,
+) -> Result<()> {
+    let mut writes: Vec<Written> = targets
+        .iter()
+        .map(|t| Written::new("output", Place::Array(t.clone())))
+        .collect();
+    writes.extend(
+        side_files
+            .iter()
+            .map(|f| Written::new("output", Place::Path(f.clone()))),
+    );
+    writes.extend(
+        options
+            .report
+            .iter()
+            .map(|r| Written::new("report", Place::Path(r.clone()))),
+    );
+    safety::check_places(inputs, &writes)
+}
+
+/// The on-disk half of [`check_writes`]: side files and the report are refused if present,
+/// unless `--overwrite`. A resumed run finds the side files its interrupted part wrote (hdr's
+/// previews) and replaces them; the report is only ever written at the end.
+///
+/// # Errors
+/// [`Error::OutputExists`] naming the path.
+pub fn check_side_files(side_files: &[std::path::PathBuf], options: &RunOptions) -> Result<()> {
+    let sides = side_files.iter().filter(|_| !options.resume);
+    sides
+        .chain(&options.report)
+        .try_for_each(|f| safety::check_side_file(f, options.overwrite))
+}
+
 /// Runs an operation to completion on this rank (every rank calls it).
 ///
 /// # Errors
@@ -247,6 +326,11 @@ pub fn run<Op: Operation>(op: &Op, comm: &dyn Comm, options: &RunOptions) -> Res
         begin = end;
     }
 
+    let side_files = op.side_files();
+    agree(
+        comm,
+        check_places(&op.inputs(), op.targets(), &side_files, options),
+    )?;
     // One job per output: rank 0 locks the primary output before anyone looks at the disk
     // (a second job must not see, resume or clear the first one's staging). Dropped, so
     // removed, when this function returns, whether the run completed or failed.
@@ -257,7 +341,11 @@ pub fn run<Op: Operation>(op: &Op, comm: &dyn Comm, options: &RunOptions) -> Res
         lock_output(&primary, comm)?
     };
     // Everyone looks at the disk before anyone changes it.
-    let stagings = agree(comm, plan_stagings(op.targets(), options))?;
+    let stagings = agree(
+        comm,
+        plan_stagings(op.targets(), options)
+            .and_then(|s| check_side_files(&side_files, options).map(|()| s)),
+    )?;
     let staging = &stagings[0];
 
     if options.dry_run {
@@ -278,7 +366,11 @@ pub fn run<Op: Operation>(op: &Op, comm: &dyn Comm, options: &RunOptions) -> Res
             for s in &stagings {
                 s.clear_stale()?;
             }
-            journal.start(&op.fingerprint(), staging.resuming)?;
+            let identity = serde_json::json!({
+                "parameters": op.parameters(),
+                "plan": op.fingerprint(),
+            });
+            journal.start(&identity, staging.resuming)?;
         }
         Ok(())
     })();

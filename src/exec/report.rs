@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::Operation;
 use crate::comm::Comm;
-use crate::error::{IoContext, Result};
+use crate::error::Result;
 use crate::io::staging::Staging;
 
 /// Seconds spent per phase on one rank. Compute and write overlap (they run on two threads),
@@ -197,12 +197,14 @@ pub fn launch() -> Value {
     v
 }
 
-/// Writes the report for a command (rank 0 only): temporary name, then rename.
+/// Writes the report for a command (rank 0 only): refused if present unless `overwrite`,
+/// temporary name, then rename.
 ///
 /// # Errors
 /// Filesystem errors with the path.
 pub fn write_report(
     path: &Path,
+    overwrite: bool,
     command: &str,
     parameters: Value,
     runs: &[RunSummary],
@@ -224,13 +226,8 @@ pub fn write_report(
         "throughput_mb_per_s": bytes_written as f64 / 1e6 / seconds.max(1e-9),
         "runs": runs,
     });
-    let tmp = crate::io::staging::temporary_name(path);
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).at(parent)?;
-    }
     let text = serde_json::to_string_pretty(&report).unwrap_or_default();
-    std::fs::write(&tmp, text).at(&tmp)?;
-    std::fs::rename(&tmp, path).at(path)
+    crate::io::safety::write_bytes(path, overwrite, text.as_bytes())
 }
 
 /// The `--dry-run` text: units per rank, bytes, memory.

@@ -333,9 +333,13 @@ impl Hdf5Writer {
                 })?;
             }
         }
+        // Looked at before the barrier, so that no rank sees the file a collective create
+        // is making. An existing file is opened, never truncated: staging (`io::staging`)
+        // writes either a new file (`out.h5.partial`) or a new dataset inside an existing one.
+        let existed = path.exists();
         comm.barrier();
-        let reopen = resume && path.exists();
-        let file = open_file(path, comm, !reopen).map_err(|e| {
+        let reopen = resume && existed;
+        let file = open_file(path, comm, !existed).map_err(|e| {
             if reopen {
                 h5_err(path, format!("cannot reopen the interrupted output to resume ({e}); start over with --overwrite"))
             } else {
@@ -463,5 +467,89 @@ impl ArrayWriter for Hdf5Writer {
         drop(ds);
         file.flush().map_err(|e| h5_err(&path, e))?;
         file.close().map_err(|e| h5_err(&path, e))
+    }
+}
+
+/// Link operations on an existing file, for staging a dataset inside it (`io::staging`): the
+/// new dataset is written as `<name>.partial` beside the file's other datasets and moved to
+/// its name when complete, so the rest of the file is never touched. Serial (rank 0, while no
+/// rank has the file open).
+pub mod links {
+    use std::path::Path;
+
+    use super::h5_err;
+    use crate::error::{Error, Result};
+
+    fn open(file: &Path, write: bool) -> Result<hdf5::File> {
+        let opened = if write {
+            hdf5::File::open_rw(file)
+        } else {
+            hdf5::File::open(file)
+        };
+        opened.map_err(|e| {
+            Error::bad_file(
+                file,
+                format!("exists and cannot be opened as HDF5 ({e}); tessera adds datasets only to HDF5 files"),
+            )
+        })
+    }
+
+    /// Whether `path` names a link (dataset or group) in `file`.
+    ///
+    /// # Errors
+    /// The file is not HDF5.
+    pub fn exists(file: &Path, path: &str) -> Result<bool> {
+        let f = open(file, false)?;
+        // H5Lexists wants every intermediate group to exist: check them one by one.
+        let mut prefix = String::new();
+        for part in path.split('/').filter(|p| !p.is_empty()) {
+            prefix.push('/');
+            prefix.push_str(part);
+            if !f.link_exists(&prefix) {
+                return Ok(false);
+            }
+        }
+        Ok(!prefix.is_empty())
+    }
+
+    /// Removes `path` from `file` if it is there.
+    ///
+    /// # Errors
+    /// HDF5 failures.
+    pub fn remove(file: &Path, path: &str) -> Result<()> {
+        if exists(file, path)? {
+            let f = open(file, true)?;
+            f.unlink(path)
+                .map_err(|e| h5_err(file, format!("removing {path}: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// Moves `from` to `to` in `file`, replacing what is at `to`: the old dataset is first
+    /// moved aside (`<to>.replaced`), then the new one takes its name, then the old one is
+    /// unlinked, so at every moment one complete dataset is reachable.
+    ///
+    /// # Errors
+    /// HDF5 failures.
+    pub fn replace(file: &Path, from: &str, to: &str) -> Result<()> {
+        let aside = format!("{to}.replaced");
+        let replacing = exists(file, to)?;
+        let f = open(file, true)?;
+        let fail = |what: &str, e: hdf5::Error| h5_err(file, format!("{what}: {e}"));
+        if replacing {
+            if f.link_exists(&aside) {
+                f.unlink(&aside)
+                    .map_err(|e| fail(&format!("removing {aside}"), e))?;
+            }
+            f.relink(to, &aside)
+                .map_err(|e| fail(&format!("moving the old {to} aside"), e))?;
+        }
+        f.relink(from, to)
+            .map_err(|e| fail(&format!("renaming {from} to {to}"), e))?;
+        if replacing {
+            f.unlink(&aside)
+                .map_err(|e| fail(&format!("removing {aside}"), e))?;
+        }
+        Ok(())
     }
 }

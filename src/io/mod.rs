@@ -12,6 +12,7 @@ pub mod hdf5;
 pub mod images;
 pub mod lock;
 pub mod npy;
+pub mod safety;
 pub mod staging;
 pub mod zarr;
 

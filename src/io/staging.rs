@@ -18,11 +18,23 @@ pub struct Staging {
     pub target: Address,
     /// Where it is written until complete.
     pub staging: Address,
-    /// The path renamed at commit (file or directory) and its staging twin.
-    published: PathBuf,
-    staged: PathBuf,
+    publish: Publish,
     /// True when this run resumes an interrupted one.
     pub resuming: bool,
+}
+
+/// How a staged output becomes the published one.
+#[derive(Clone, Debug)]
+enum Publish {
+    /// The file or directory `staged` is renamed to `published`.
+    Rename { published: PathBuf, staged: PathBuf },
+    /// A dataset added to an existing HDF5 file: written as `staged` inside the file and moved
+    /// to `dataset` at commit; the file's other datasets are never touched.
+    Dataset {
+        file: PathBuf,
+        dataset: String,
+        staged: String,
+    },
 }
 
 fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
@@ -31,51 +43,87 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(name)
 }
 
+fn exists_error(what: impl std::fmt::Display, path: PathBuf) -> Error {
+    Error::OutputExists {
+        path,
+        message: format!("{what}exists; pass --overwrite to replace it"),
+    }
+}
+
+fn interrupted_error(path: PathBuf) -> Error {
+    Error::OutputExists {
+        path,
+        message:
+            "an interrupted run left this; pass --resume to finish it or --overwrite to start over"
+                .into(),
+    }
+}
+
 impl Staging {
     /// Decides where to write `target`, checking it against what is already on disk.
     ///
     /// # Errors
     /// [`Error::OutputExists`] when the output exists without `overwrite`, or an interrupted
-    /// run's staging exists without `resume` or `overwrite`.
+    /// run's staging exists without `resume` or `overwrite`; with `overwrite`, an existing
+    /// path that is not an array of the output's kind (see [`check_replaceable`]); a new Zarr
+    /// node inside an array.
     pub fn plan(target: &Address, overwrite: bool, resume: bool) -> Result<Staging> {
-        let (published, staged, staging) = Self::names(target);
-        if published.exists() && !overwrite {
-            return Err(Error::OutputExists {
-                path: published,
-                message: "exists; pass --overwrite to replace it".into(),
-            });
-        }
-        let staged_exists = staged.exists();
+        let (publish, staging) = Self::names(target);
+        let staged_exists = match &publish {
+            Publish::Rename { published, staged } => {
+                if published.exists() {
+                    if !overwrite {
+                        return Err(exists_error("", published.clone()));
+                    }
+                    check_replaceable(target, published)?;
+                }
+                if let Address::Zarr { store, node } = target {
+                    check_zarr_parents(store, node)?;
+                }
+                staged.exists()
+            }
+            Publish::Dataset {
+                file,
+                dataset,
+                staged,
+            } => {
+                if dataset_exists(file, dataset)? && !overwrite {
+                    return Err(exists_error(format!("dataset {dataset} "), file.clone()));
+                }
+                dataset_exists(file, staged)?
+            }
+        };
         if staged_exists && !resume && !overwrite {
-            return Err(Error::OutputExists {
-                path: staged,
-                message: "an interrupted run left this; pass --resume to finish it or --overwrite to start over".into(),
-            });
+            return Err(interrupted_error(match &publish {
+                Publish::Rename { staged, .. } => staged.clone(),
+                Publish::Dataset { file, staged, .. } => {
+                    PathBuf::from(format!("{}:{staged}", file.display()))
+                }
+            }));
         }
         let resuming = staged_exists && resume;
         if resume && !staged_exists {
-            tracing::warn!(
-                "--resume: no interrupted run at {}; starting from the beginning",
-                staged.display()
-            );
+            tracing::warn!("--resume: no interrupted run of {target}; starting from the beginning");
         }
         Ok(Staging {
             target: target.clone(),
             staging,
-            published,
-            staged,
+            publish,
             resuming,
         })
     }
 
     /// The path published when `target` is complete (file, store, or an array's directory in
-    /// an existing store): what a run locks.
+    /// an existing store; the HDF5 file a dataset is added to): what a run locks.
     pub fn published_of(target: &Address) -> PathBuf {
-        Self::names(target).0
+        match Self::names(target).0 {
+            Publish::Rename { published, .. } => published,
+            Publish::Dataset { file, .. } => file,
+        }
     }
 
-    /// (published path, its staging twin, the staging address) of `target`.
-    fn names(target: &Address) -> (PathBuf, PathBuf, Address) {
+    /// How `target` is staged, and the staging address.
+    fn names(target: &Address) -> (Publish, Address) {
         let container = target.container().to_path_buf();
         match target {
             Address::Zarr { store, node } if !node.is_empty() && store.is_dir() => {
@@ -84,19 +132,37 @@ impl Staging {
                 let staged = with_suffix(&node_dir, ".partial");
                 let staged_node = format!("{node}.partial");
                 (
-                    node_dir,
-                    staged,
+                    Publish::Rename {
+                        published: node_dir,
+                        staged,
+                    },
                     Address::Zarr {
                         store: store.clone(),
                         node: staged_node,
                     },
                 )
             }
+            Address::Hdf5 { file, dataset } if file.is_file() => {
+                let staged = format!("{dataset}.partial");
+                (
+                    Publish::Dataset {
+                        file: file.clone(),
+                        dataset: dataset.clone(),
+                        staged: staged.clone(),
+                    },
+                    Address::Hdf5 {
+                        file: file.clone(),
+                        dataset: staged,
+                    },
+                )
+            }
             _ => {
                 let staged = with_suffix(&container, ".partial");
                 (
-                    container.clone(),
-                    staged.clone(),
+                    Publish::Rename {
+                        published: container.clone(),
+                        staged: staged.clone(),
+                    },
                     target.with_container(staged),
                 )
             }
@@ -105,12 +171,35 @@ impl Staging {
 
     /// The directory that holds the run's journal of finished units.
     pub fn journal_dir(&self) -> PathBuf {
-        with_suffix(&self.published, ".journal")
+        match &self.publish {
+            Publish::Rename { published, .. } => with_suffix(published, ".journal"),
+            Publish::Dataset { file, dataset, .. } => {
+                with_suffix(file, &format!("{}.journal", dataset.replace('/', ".")))
+            }
+        }
     }
 
-    /// The path published at commit (the file or directory that appears when done).
+    /// The path published at commit (the file or directory that appears when done; the HDF5
+    /// file a dataset is added to).
     pub fn published_path(&self) -> &Path {
-        &self.published
+        match &self.publish {
+            Publish::Rename { published, .. } => published,
+            Publish::Dataset { file, .. } => file,
+        }
+    }
+
+    /// True when this output is a dataset added to an existing HDF5 file (several such
+    /// outputs may share the file).
+    pub fn in_existing_file(&self) -> bool {
+        matches!(self.publish, Publish::Dataset { .. })
+    }
+
+    /// The staging area's name, for messages (`out.zarr.partial`, `f.h5:/x.partial`).
+    pub fn staged_name(&self) -> String {
+        match &self.publish {
+            Publish::Rename { staged, .. } => staged.display().to_string(),
+            Publish::Dataset { file, staged, .. } => format!("{}:{staged}", file.display()),
+        }
     }
 
     /// Removes a stale staging area and journal (a fresh run that is not resuming). Rank 0 only.
@@ -119,31 +208,148 @@ impl Staging {
     /// Filesystem errors with their path.
     pub fn clear_stale(&self) -> Result<()> {
         if !self.resuming {
-            remove_any(&self.staged)?;
+            match &self.publish {
+                Publish::Rename { staged, .. } => remove_any(staged)?,
+                Publish::Dataset { file, staged, .. } => remove_dataset(file, staged)?,
+            }
             remove_any(&self.journal_dir())?;
         }
         Ok(())
     }
 
     /// Publishes the staged output under its final name, replacing an older one (only
-    /// reachable with `--overwrite`) after the new one is in place. Rank 0 only.
+    /// reachable with `--overwrite`) after the new one is in place. Rank 0 only, after every
+    /// rank closed the output.
     ///
     /// # Errors
     /// Filesystem errors with their path.
     pub fn commit(&self) -> Result<()> {
-        let old = with_suffix(
-            &self.published,
-            &format!(".replaced-{}", std::process::id()),
-        );
-        let replacing = self.published.exists();
-        if replacing {
-            std::fs::rename(&self.published, &old).at(&self.published)?;
-        }
-        std::fs::rename(&self.staged, &self.published).at(&self.staged)?;
-        if replacing {
-            remove_any(&old)?;
+        match &self.publish {
+            Publish::Rename { published, staged } => {
+                let old = with_suffix(published, &format!(".replaced-{}", std::process::id()));
+                let replacing = published.exists();
+                if replacing {
+                    std::fs::rename(published, &old).at(published)?;
+                }
+                std::fs::rename(staged, published).at(staged)?;
+                if replacing {
+                    remove_any(&old)?;
+                }
+            }
+            Publish::Dataset {
+                file,
+                dataset,
+                staged,
+            } => replace_dataset(file, staged, dataset)?,
         }
         remove_any(&self.journal_dir())
+    }
+}
+
+/// Refuses to replace (with `--overwrite`) something that is not an array of the output's
+/// kind: a `.npy` output replaces only a `.npy` file, a Zarr output only a Zarr node (a
+/// directory with `zarr.json`, or v2 metadata), never a directory of other files.
+///
+/// # Errors
+/// [`Error::OutputExists`] saying what is there.
+pub fn check_replaceable(target: &Address, path: &Path) -> Result<()> {
+    let refuse = |found: &str| Error::OutputExists {
+        path: path.into(),
+        message: format!(
+            "{found}; --overwrite replaces only {} outputs, so remove it yourself if it should go",
+            target.kind()
+        ),
+    };
+    match target {
+        Address::Npy { .. } => {
+            if path.is_dir() {
+                return Err(refuse("is a directory, not a .npy file"));
+            }
+            let mut magic = [0u8; 6];
+            let read = std::fs::File::open(path)
+                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic));
+            if read.is_err() || &magic != b"\x93NUMPY" {
+                return Err(refuse("is not a .npy file"));
+            }
+        }
+        Address::Zarr { .. } => {
+            if !path.is_dir() {
+                return Err(refuse("is a file, not a Zarr store"));
+            }
+            let zarr = ["zarr.json", ".zarray", ".zgroup"];
+            if !zarr.iter().any(|m| path.join(m).is_file()) {
+                return Err(refuse(
+                    "is a directory without Zarr metadata (no zarr.json)",
+                ));
+            }
+        }
+        // Whole HDF5 files are replaced only when tessera made them from scratch; datasets
+        // inside an existing file are staged and swapped one by one.
+        Address::Hdf5 { .. } => {
+            if path.is_dir() {
+                return Err(refuse("is a directory, not an HDF5 file"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A new node inside an existing store must not go inside an array (a Zarr array has no
+/// children; zarr-python would not see the new node).
+fn check_zarr_parents(store: &Path, node: &str) -> Result<()> {
+    let mut dir = store.to_path_buf();
+    let parts: Vec<&str> = node.split('/').filter(|p| !p.is_empty()).collect();
+    for part in parts {
+        if is_zarr_array(&dir) {
+            return Err(Error::OutputExists {
+                path: dir,
+                message: format!("is a Zarr array, which cannot hold another node ({part}); write to a group or another store"),
+            });
+        }
+        dir.push(part);
+    }
+    Ok(())
+}
+
+fn is_zarr_array(dir: &Path) -> bool {
+    if dir.join(".zarray").is_file() {
+        return true;
+    }
+    std::fs::read(dir.join("zarr.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .is_some_and(|v| v["node_type"] == "array")
+}
+
+#[cfg(feature = "hdf5")]
+fn dataset_exists(file: &Path, dataset: &str) -> Result<bool> {
+    crate::io::hdf5::links::exists(file, dataset)
+}
+#[cfg(feature = "hdf5")]
+fn remove_dataset(file: &Path, dataset: &str) -> Result<()> {
+    crate::io::hdf5::links::remove(file, dataset)
+}
+#[cfg(feature = "hdf5")]
+fn replace_dataset(file: &Path, from: &str, to: &str) -> Result<()> {
+    crate::io::hdf5::links::replace(file, from, to)
+}
+#[cfg(not(feature = "hdf5"))]
+fn dataset_exists(file: &Path, _: &str) -> Result<bool> {
+    Err(not_compiled(file))
+}
+#[cfg(not(feature = "hdf5"))]
+fn remove_dataset(file: &Path, _: &str) -> Result<()> {
+    Err(not_compiled(file))
+}
+#[cfg(not(feature = "hdf5"))]
+fn replace_dataset(file: &Path, _: &str, _: &str) -> Result<()> {
+    Err(not_compiled(file))
+}
+#[cfg(not(feature = "hdf5"))]
+fn not_compiled(file: &Path) -> Error {
+    Error::NotCompiled {
+        what: format!("writing into {}", file.display()),
+        feature: "hdf5",
     }
 }
 

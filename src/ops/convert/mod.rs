@@ -21,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::exec::{Operation, UnitInfo};
 use crate::grid::{self, Region};
 use crate::io::images::{self, ImageInfo};
+use crate::io::safety::Place;
 use crate::io::{self, Address, ArrayWriter, Block, CreateSpec, DType, Element};
 use crate::job::{AxisOrder, ConvertJob, OutputFormat};
 use crate::with_dtype;
@@ -260,6 +261,9 @@ pub struct ConvertOp {
     writer: Mutex<Option<Box<dyn ArrayWriter>>>,
     /// Slabs whose unit was written, reused for the next units.
     spare_slabs: crate::exec::Spares<Block>,
+    /// The job, for `--resume` (`Operation::parameters`).
+    parameters: Value,
+    input_dir: PathBuf,
 }
 
 impl ConvertOp {
@@ -362,6 +366,8 @@ impl ConvertOp {
             attributes,
             writer: Mutex::new(None),
             spare_slabs: Default::default(),
+            parameters: serde_json::to_value(job).unwrap_or_default(),
+            input_dir: job.input.clone(),
         })
     }
 
@@ -399,9 +405,16 @@ impl Operation for ConvertOp {
             + slice * rayon::current_num_threads() as u64
     }
 
-    fn fingerprint(&self) -> String {
+    fn parameters(&self) -> Value {
+        self.parameters.clone()
+    }
+
+    fn inputs(&self) -> Vec<Place> {
+        vec![Place::Directory(self.input_dir.clone())]
+    }
+
+    fn fingerprint(&self) -> Value {
         json!({
-            "operation": "convert",
             "files": self.files,
             "shape": self.spec.shape,
             "dtype": self.spec.dtype,
@@ -410,7 +423,6 @@ impl Operation for ConvertOp {
             "codec": self.spec.codec,
             "units": self.runs.len(),
         })
-        .to_string()
     }
 
     fn open_output(&self, staging: &[Address], comm: &dyn Comm, resume: bool) -> Result<()> {
@@ -579,6 +591,7 @@ pub fn run(job: &ConvertJob, comm: &dyn Comm) -> Result<Vec<crate::exec::RunSumm
             run = crate::exec::RunOptions {
                 overwrite: true,
                 resume: false,
+                report: None,
                 ..run
             };
         }

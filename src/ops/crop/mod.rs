@@ -21,12 +21,13 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use ndarray::{ArrayD, IxDyn};
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::comm::{Comm, ReduceOp};
-use crate::error::{Error, IoContext, Result};
-use crate::exec::{Operation, RunSummary, UnitInfo};
+use crate::error::{Error, Result};
+use crate::exec::{check_writes, Operation, RunSummary, UnitInfo};
 use crate::grid::{partition_contiguous, Region};
+use crate::io::safety::{self, Place};
 use crate::io::{self, Address, ArrayReader, ArrayWriter, Block, CreateSpec, Element};
 use crate::job::{CropJob, Recenter};
 use kernel::{Analysis, CentreMethod, PatternKind};
@@ -39,6 +40,20 @@ pub fn side_file(output: &Address, suffix: &str) -> PathBuf {
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "crop".into());
     container.with_file_name(format!("{stem}{suffix}"))
+}
+
+/// Every file crop writes beside its output (the `_test_input.npy` of `--test-mode` aside).
+fn side_files(output: &Address, no_visualization: bool) -> Vec<PathBuf> {
+    let mut suffixes = vec![
+        "_radii.npy",
+        "_retention.npy",
+        "_centers.npy",
+        "_results.json",
+    ];
+    if !no_visualization {
+        suffixes.push("_visualization.png");
+    }
+    suffixes.into_iter().map(|s| side_file(output, s)).collect()
 }
 
 /// The input's layout: leading axes (kept) and pattern size.
@@ -275,7 +290,11 @@ struct CropOp {
     spares: crate::exec::Spares<Block>,
     /// Output blocks already written, reused for the next crops.
     out_spares: crate::exec::Spares<Block>,
-    fingerprint: String,
+    /// `--resume` identity: the job, and the radius and shape pass 1 found.
+    parameters: Value,
+    fingerprint: Value,
+    input_address: Address,
+    side_files: Vec<PathBuf>,
 }
 
 impl CropOp {
@@ -342,8 +361,17 @@ impl Operation for CropOp {
     fn units(&self) -> &[UnitInfo] {
         &self.units
     }
-    fn fingerprint(&self) -> String {
+    fn parameters(&self) -> Value {
+        self.parameters.clone()
+    }
+    fn fingerprint(&self) -> Value {
         self.fingerprint.clone()
+    }
+    fn inputs(&self) -> Vec<Place> {
+        vec![Place::Array(self.input_address.clone())]
+    }
+    fn side_files(&self) -> Vec<PathBuf> {
+        self.side_files.clone()
     }
     fn open_output(&self, staging: &[Address], comm: &dyn Comm, resume: bool) -> Result<()> {
         *self.writer.lock().expect("writer") =
@@ -430,8 +458,17 @@ pub fn run(job: &CropJob, comm: &dyn Comm) -> Result<Vec<RunSummary>> {
         (Some(i), false) => i.clone(),
         (None, true) => {
             let path = side_file(&output, "_test_input.npy");
-            let made = if comm.is_root() {
-                synthetic::write(&path, job.test_patterns, job.test_size, job.seed)
+            // A resumed run crops the same synthetic patterns (their parameters are checked
+            // with the others'): they are written once.
+            let reuse = job.run.resume && path.is_file();
+            let made = if comm.is_root() && !reuse {
+                let mut written = side_files(&output, job.no_visualization);
+                written.push(path.clone());
+                check_writes(&[], &[output.clone()], &written, &job.run).and_then(|()| {
+                    safety::write_file(&path, job.run.overwrite, |tmp| {
+                        synthetic::write(tmp, job.test_patterns, job.test_size, job.seed)
+                    })
+                })
             } else {
                 Ok(())
             };
@@ -610,7 +647,10 @@ pub fn run(job: &CropJob, comm: &dyn Comm) -> Result<Vec<RunSummary>> {
         out_spares: Default::default(),
         sum_after: (!job.no_visualization)
             .then(|| Mutex::new(vec![0.0; (side_h * side_w) as usize])),
-        fingerprint: json!({"operation": "crop", "radius": radius, "shape": out_shape}).to_string(),
+        parameters: serde_json::to_value(job).unwrap_or_default(),
+        fingerprint: json!({"radius": radius, "shape": out_shape}),
+        input_address: input_addr.clone(),
+        side_files: side_files(&output, job.no_visualization),
     };
     let summary = crate::exec::run(&op, comm, &job.run)?;
     if job.run.resume && !job.run.dry_run {
@@ -677,7 +717,9 @@ pub fn run(job: &CropJob, comm: &dyn Comm) -> Result<Vec<RunSummary>> {
         for (suffix, a) in arrays {
             let path = side_file(&output, suffix);
             let a = a.expect("lengths match");
-            ndarray_npy::write_npy(&path, &a).map_err(|e| Error::bad_file(&path, e.to_string()))?;
+            safety::write_file(&path, job.run.overwrite, |tmp| {
+                ndarray_npy::write_npy(tmp, &a).map_err(|e| Error::bad_file(&path, e.to_string()))
+            })?;
             files.insert(
                 suffix
                     .trim_start_matches('_')
@@ -719,25 +761,28 @@ pub fn run(job: &CropJob, comm: &dyn Comm) -> Result<Vec<RunSummary>> {
             "config": config,
         });
         let path = side_file(&output, "_results.json");
-        std::fs::write(
+        safety::write_bytes(
             &path,
-            serde_json::to_string_pretty(&results).unwrap_or_default(),
-        )
-        .at(&path)?;
+            job.run.overwrite,
+            serde_json::to_string_pretty(&results)
+                .unwrap_or_default()
+                .as_bytes(),
+        )?;
         if !job.no_visualization {
-            plot::write(
-                &side_file(&output, "_visualization.png"),
-                &plot::Inputs {
-                    mean_before: mean_of(&sum_before, n, layout.h, layout.w),
-                    mean_after: mean_of(&sum_after, n, side_h, side_w),
-                    radius,
-                    centre: common,
-                    radii: normal_radii.clone(),
-                    retention: kept.clone(),
-                    min_retention: job.min_retention,
-                    target_retention: job.target_retention,
-                },
-            )?;
+            let plot_path = side_file(&output, "_visualization.png");
+            let inputs = plot::Inputs {
+                mean_before: mean_of(&sum_before, n, layout.h, layout.w),
+                mean_after: mean_of(&sum_after, n, side_h, side_w),
+                radius,
+                centre: common,
+                radii: normal_radii.clone(),
+                retention: kept.clone(),
+                min_retention: job.min_retention,
+                target_retention: job.target_retention,
+            };
+            safety::write_file(&plot_path, job.run.overwrite, |tmp| {
+                plot::write(tmp, &inputs)
+            })?;
             tracing::debug!(
                 "crop results and plot written at {:.3} s",
                 started.elapsed().as_secs_f64()

@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::comm::{Comm, ReduceOp};
 use crate::error::{Error, Result};
 use crate::grid::partition_contiguous;
+use crate::io::safety::{self, Place, Written};
 use crate::io::Block;
 use debevec::{Sample, WeightType};
 use files::{Bracket, ExposureUnit};
@@ -63,6 +64,28 @@ pub enum Technique {
     Random,
     /// Positions spread over the intensity range of the middle exposure.
     Histogram,
+}
+
+/// The response plot written beside a response file.
+fn response_plot(response: &std::path::Path) -> PathBuf {
+    response.with_file_name("response_curve.png")
+}
+
+/// What a scan reads: the directory's files, or with `--recursive` the whole tree (no output
+/// may go inside it, where a later scan would find it).
+pub fn scan_input(scan: &ScanOptions) -> Place {
+    if scan.recursive {
+        Place::Path(scan.input.clone())
+    } else {
+        Place::Directory(scan.input.clone())
+    }
+}
+
+/// Everything `hdr merge` reads.
+pub fn merge_inputs(job: &MergeJob) -> Vec<Place> {
+    let mut inputs = vec![scan_input(&job.scan)];
+    inputs.extend(job.response.iter().map(|r| Place::Path(r.clone())));
+    inputs
 }
 
 /// `tessera hdr calibrate`.
@@ -493,14 +516,14 @@ pub fn calibrate(job: &CalibrateJob, comm: &dyn Comm) -> Result<Vec<Vec<f64>>> {
     if !(job.smoothness >= 0.0 && job.smoothness.is_finite()) {
         return Err(Error::parameter("smoothness", "must be finite and >= 0"));
     }
-    if job.response.exists() && !job.overwrite {
-        return Err(Error::parameter(
-            "response",
-            format!(
-                "{} exists; pass --overwrite to replace it",
-                job.response.display()
-            ),
-        ));
+    let writes = [job.response.clone(), response_plot(&job.response)];
+    let written: Vec<Written> = writes
+        .iter()
+        .map(|w| Written::new("response", Place::Path(w.clone())))
+        .collect();
+    safety::check_places(&[scan_input(&job.scan)], &written)?;
+    for w in &writes {
+        safety::check_side_file(w, job.overwrite)?;
     }
     let started = std::time::Instant::now();
     let brackets = find_brackets(&job.scan, comm)?;
@@ -608,13 +631,14 @@ fn save_response(
         "seconds": started.elapsed().as_secs_f64(),
         "tessera_version": env!("CARGO_PKG_VERSION"),
     });
-    if let Some(parent) = job.response.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(|e| Error::bad_file(parent, e.to_string()))?;
-    }
-    npz::write_response(&job.response, array.view(), &metadata)
-        .map_err(|e| Error::bad_file(&job.response, e.to_string()))?;
-    let plot_path = job.response.with_file_name("response_curve.png");
-    plot::response(&plot_path, response)?;
+    safety::write_file(&job.response, job.overwrite, |tmp| {
+        npz::write_response(tmp, array.view(), &metadata)
+            .map_err(|e| Error::bad_file(&job.response, e.to_string()))
+    })?;
+    let plot_path = response_plot(&job.response);
+    safety::write_file(&plot_path, job.overwrite, |tmp| {
+        plot::response(tmp, response)
+    })?;
     println!(
         "hdr calibrate: {} bracket(s) of {}, {} samples per channel -> {} and {}",
         used.len(),
@@ -849,6 +873,10 @@ pub struct SyntheticJob {
     pub size: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Replace image files of the same names already in the directory.
+    #[arg(long)]
+    #[serde(default)]
+    pub overwrite: bool,
 }
 
 /// Writes the brackets of [`synthetic_bracket`] as RGB PNGs.
@@ -865,26 +893,38 @@ pub fn write_synthetic(job: &SyntheticJob) -> Result<()> {
     std::fs::create_dir_all(&job.output)
         .map_err(|e| Error::bad_file(&job.output, e.to_string()))?;
     let start = files::parse_time("20240601120000").expect("valid time");
+    let path_of = |b: usize, expo: u64| {
+        let name = format!("{}_{expo}.png", files::format_time(start + 30 * b as i64));
+        job.output.join(name)
+    };
+    let ln_times = |b: usize| synthetic_bracket(1, 1, job.exposures, job.seed + b as u64).1;
+    let exposure = |lt: f64| (lt.exp() * 1e6).round() as u64;
+    // Every name is checked before the first file is written.
+    for b in 0..job.brackets {
+        for lt in ln_times(b) {
+            safety::check_side_file(&path_of(b, exposure(lt)), job.overwrite)?;
+        }
+    }
     for b in 0..job.brackets {
         let (images, ln_t) =
             synthetic_bracket(job.size, job.size, job.exposures, job.seed + b as u64);
         for (img, lt) in images.iter().zip(&ln_t) {
-            let expo = (lt.exp() * 1e6).round() as u64;
-            let name = format!("{}_{expo}.png", files::format_time(start + 30 * b as i64));
-            let path = job.output.join(name);
+            let path = path_of(b, exposure(*lt));
             let Pixels::U8(planar) = &img.pixels else {
                 unreachable!("8-bit synthetic images")
             };
             let n = img.height * img.width;
             let rgb: Vec<u8> = (0..n * 3).map(|i| planar[(i % 3) * n + i / 3]).collect();
-            image::save_buffer(
-                &path,
-                &rgb,
-                img.width as u32,
-                img.height as u32,
-                image::ExtendedColorType::Rgb8,
-            )
-            .map_err(|e| Error::bad_file(&path, e.to_string()))?;
+            safety::write_file(&path, job.overwrite, |tmp| {
+                image::save_buffer(
+                    tmp,
+                    &rgb,
+                    img.width as u32,
+                    img.height as u32,
+                    image::ExtendedColorType::Rgb8,
+                )
+                .map_err(|e| Error::bad_file(&path, e.to_string()))
+            })?;
         }
     }
     println!(

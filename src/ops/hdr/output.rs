@@ -13,9 +13,11 @@ use super::files::{format_time, Bracket};
 use super::{merge_bracket, Format, MergeJob, Merged, Method};
 use crate::comm::{Comm, ReduceOp};
 use crate::error::{Error, IoContext, Result};
+use crate::exec::journal::Journal;
 use crate::exec::report::{gather_summary, RankStats};
 use crate::exec::{Operation, RunSummary, UnitInfo};
 use crate::grid::{partition_contiguous, Region};
+use crate::io::safety::{self, Place, Written};
 use crate::io::{self, Address, Block, CreateSpec, DType};
 
 /// Writes every bracket; the run summary for the report.
@@ -133,6 +135,7 @@ pub fn preview(m: &Merged, method: Method) -> Vec<u8> {
     }
 }
 
+/// Writes the 8-bit preview PNG to `path` (callers write it under a temporary name).
 fn write_preview(path: &Path, m: &Merged, method: Method) -> Result<()> {
     let bytes = preview(m, method);
     let (w, h) = (m.width as u32, m.height as u32);
@@ -141,13 +144,11 @@ fn write_preview(path: &Path, m: &Merged, method: Method) -> Result<()> {
     } else {
         image::ExtendedColorType::L8
     };
-    atomic(path, |tmp| {
-        let file = std::fs::File::create(tmp).at(tmp)?;
-        use image::ImageEncoder;
-        image::codecs::png::PngEncoder::new(std::io::BufWriter::new(file))
-            .write_image(&bytes, w, h, color)
-            .map_err(|e| Error::bad_file(tmp, e.to_string()))
-    })
+    let file = std::fs::File::create(path).at(path)?;
+    use image::ImageEncoder;
+    image::codecs::png::PngEncoder::new(std::io::BufWriter::new(file))
+        .write_image(&bytes, w, h, color)
+        .map_err(|e| Error::bad_file(path, e.to_string()))
 }
 
 fn input_bytes(b: &Bracket) -> u64 {
@@ -156,6 +157,13 @@ fn input_bytes(b: &Bracket) -> u64 {
         .filter_map(|f| std::fs::metadata(&f.path).ok())
         .map(|m| m.len())
         .sum()
+}
+
+/// `<output>.journal` beside the output directory: the parameters of an unfinished merge.
+fn journal_dir(out: &Path) -> PathBuf {
+    let mut name = out.as_os_str().to_owned();
+    name.push(".journal");
+    PathBuf::from(name)
 }
 
 /// One file per bracket.
@@ -167,6 +175,13 @@ fn per_bracket(
 ) -> Result<(RunSummary, u64)> {
     let started = Instant::now();
     let out = &job.output;
+    let inputs = super::merge_inputs(job);
+    let output = Place::Path(out.clone());
+    crate::exec::agree(
+        comm,
+        safety::check_places(&inputs, &[Written::new("output", output)])
+            .and_then(|()| crate::exec::check_writes(&inputs, &[], &[], &job.run)),
+    )?;
     if job.run.dry_run {
         if comm.is_root() {
             println!(
@@ -189,6 +204,11 @@ fn per_bracket(
     }
     // One job per output directory (see io::lock), held until this function returns.
     let _lock = crate::exec::lock_output(out, comm)?;
+    let journal = Journal::new(journal_dir(out), comm.rank());
+    let identity = serde_json::json!({
+        "parameters": serde_json::to_value(job).unwrap_or_default(),
+        "plan": {"brackets": brackets.len()},
+    });
     let check = (|| {
         if out.exists() && !out.is_dir() {
             return Err(Error::parameter(
@@ -205,6 +225,15 @@ fn per_bracket(
                     out.display()
                 ),
             ));
+        }
+        // The files of an interrupted run are kept by --resume: it must merge with the same
+        // parameters (the journal beside the directory records them).
+        if comm.is_root() {
+            let resuming = job.run.resume && journal.dir().is_dir();
+            if !resuming {
+                crate::io::staging::remove_any(journal.dir())?;
+            }
+            journal.start(&identity, resuming)?;
         }
         Ok(())
     })();
@@ -237,7 +266,7 @@ fn per_bracket(
             }
             written += (m.data.len() * 4) as u64;
             if job.preview.is_some() {
-                write_preview(&preview_path, &m, job.method)?;
+                atomic(&preview_path, |t| write_preview(t, &m, job.method))?;
             }
             unusable += m.unusable;
             units += 1;
@@ -250,6 +279,12 @@ fn per_bracket(
         }
     }
     crate::exec::agree(comm, result)?;
+    let finished = if comm.is_root() {
+        crate::io::staging::remove_any(journal.dir())
+    } else {
+        Ok(())
+    };
+    crate::exec::agree(comm, finished)?;
     let mut counts = [unusable, resumed as u64];
     comm.all_reduce_u64(&mut counts, ReduceOp::Sum);
     let s = gather_summary(
@@ -312,7 +347,6 @@ fn zarr(
             .collect(),
         writers: Mutex::new(None),
         unusable: Mutex::new(0),
-        fingerprint: serde_json::to_string(job).unwrap_or_default(),
     };
     let summary = crate::exec::run(&op, comm, &job.run)?;
     let mut unusable = [*op.unusable.lock().expect("count")];
@@ -338,7 +372,15 @@ struct ZarrOp<'a> {
     /// (radiance, timestamps, staged store and node) once opened.
     writers: Mutex<Option<Opened>>,
     unusable: Mutex<u64>,
-    fingerprint: String,
+}
+
+impl ZarrOp<'_> {
+    /// `<store>.previews/<bracket>.png`.
+    fn preview_path(&self, b: &Bracket) -> PathBuf {
+        let mut dir = self.job.output.as_os_str().to_owned();
+        dir.push(".previews");
+        PathBuf::from(dir).join(b.stem()).with_extension("png")
+    }
 }
 
 impl Operation for ZarrOp<'_> {
@@ -353,8 +395,20 @@ impl Operation for ZarrOp<'_> {
     fn units(&self) -> &[UnitInfo] {
         &self.units
     }
-    fn fingerprint(&self) -> String {
-        self.fingerprint.clone()
+    fn parameters(&self) -> serde_json::Value {
+        serde_json::to_value(self.job).unwrap_or_default()
+    }
+    fn fingerprint(&self) -> serde_json::Value {
+        serde_json::json!({"brackets": self.brackets.len(), "shape": self.spec.shape})
+    }
+    fn inputs(&self) -> Vec<Place> {
+        super::merge_inputs(self.job)
+    }
+    fn side_files(&self) -> Vec<PathBuf> {
+        match self.job.preview {
+            Some(_) => self.brackets.iter().map(|b| self.preview_path(b)).collect(),
+            None => Vec::new(),
+        }
     }
     fn open_output(&self, staging: &[Address], comm: &dyn Comm, resume: bool) -> Result<()> {
         let Address::Zarr { store, node } = &staging[0] else {
@@ -397,10 +451,12 @@ impl Operation for ZarrOp<'_> {
             ));
         }
         if self.job.preview.is_some() {
-            let mut dir = self.job.output.as_os_str().to_owned();
-            dir.push(".previews");
-            let path = PathBuf::from(dir).join(b.stem()).with_extension("png");
-            write_preview(&path, &m, self.job.method)?;
+            // Checked before the run (`side_files`); a resumed run replaces its own.
+            let replace = self.job.run.overwrite || self.job.run.resume;
+            let path = self.preview_path(b);
+            safety::write_file(&path, replace, |tmp| {
+                write_preview(tmp, &m, self.job.method)
+            })?;
         }
         *self.unusable.lock().expect("count") += m.unusable;
         Ok((unit, m))

@@ -26,6 +26,7 @@ use crate::comm::Comm;
 use crate::error::{Error, Result};
 use crate::exec::{target_unit_bytes, Operation, UnitInfo};
 use crate::grid::Region;
+use crate::io::safety::Place;
 use crate::io::{self, Address, ArrayReader, ArrayWriter, Block, CreateSpec, DType, Element};
 use crate::job::{PyramidJob, PyramidLayout};
 use kernel::{input_range, next_shape, upsample_range, Method, Source};
@@ -160,7 +161,11 @@ struct Stage {
 
 /// The pyramid operation.
 pub struct PyramidOp {
+    /// Provenance: the parameters as resolved (factor, levels, chunks), without the output.
     parameters: Value,
+    /// The job as given, and its input, for `--resume` and the output checks.
+    job: Value,
+    input_address: Address,
     targets: Vec<Address>,
     input: Box<dyn ArrayReader>,
     method: Method,
@@ -601,6 +606,8 @@ impl PyramidOp {
         }
         Ok(PyramidOp {
             parameters,
+            job: serde_json::to_value(job).unwrap_or_default(),
+            input_address: input_addr.clone(),
             targets: vec![output],
             input,
             method: job.method,
@@ -887,9 +894,14 @@ impl Operation for PyramidOp {
     fn memory_per_unit(&self) -> u64 {
         self.memory_per_unit
     }
-    fn fingerprint(&self) -> String {
-        json!({"operation": "pyramid", "parameters": self.parameters, "units": self.units.len()})
-            .to_string()
+    fn parameters(&self) -> Value {
+        self.job.clone()
+    }
+    fn inputs(&self) -> Vec<Place> {
+        vec![Place::Array(self.input_address.clone())]
+    }
+    fn fingerprint(&self) -> Value {
+        json!({"resolved": self.parameters, "units": self.units.len()})
     }
     fn stage_ends(&self) -> Vec<usize> {
         self.stage_ends.clone()

@@ -15,6 +15,7 @@ use crate::comm::Comm;
 use crate::error::{Error, Result};
 use crate::exec::{Operation, UnitInfo};
 use crate::grid::Region;
+use crate::io::safety::Place;
 use crate::io::{self, Address, ArrayWriter, Block, CreateSpec, Element};
 use crate::job::ReconstructJob;
 
@@ -27,6 +28,9 @@ pub struct ReconstructOp {
     spec: CreateSpec,
     units: Vec<UnitInfo>,
     writer: Mutex<Option<Box<dyn ArrayWriter>>>,
+    /// The job and its input, for `--resume` and the output checks.
+    parameters: serde_json::Value,
+    input: Address,
 }
 
 impl ReconstructOp {
@@ -131,6 +135,8 @@ impl ReconstructOp {
             factor,
             spec,
             writer: Mutex::new(None),
+            parameters: serde_json::to_value(job).unwrap_or_default(),
+            input: input.clone(),
         })
     }
 
@@ -162,9 +168,14 @@ impl Operation for ReconstructOp {
     fn memory_per_unit(&self) -> u64 {
         self.units[0].bytes_out / self.spec.dtype.size() as u64 * 24
     }
-    fn fingerprint(&self) -> String {
-        json!({"operation": "pyramid reconstruct", "input": self.store, "shape": self.shapes[0]})
-            .to_string()
+    fn parameters(&self) -> serde_json::Value {
+        self.parameters.clone()
+    }
+    fn fingerprint(&self) -> serde_json::Value {
+        json!({"shapes": self.shapes})
+    }
+    fn inputs(&self) -> Vec<Place> {
+        vec![Place::Array(self.input.clone())]
     }
     fn open_output(&self, staging: &[Address], comm: &dyn Comm, resume: bool) -> Result<()> {
         *self.writer.lock().expect("writer") =

@@ -26,6 +26,7 @@ use crate::error::{Error, Result};
 use crate::exec::{Operation, UnitInfo};
 use crate::grid::windows::{check_border, GeometryError, WindowGrid};
 use crate::grid::{self, Region};
+use crate::io::safety::Place;
 use crate::io::{
     self, Address, ArrayReader, ArrayWriter, Block, Codec, CreateSpec, DType, Element,
 };
@@ -179,6 +180,9 @@ pub struct UnstitchOp {
     runs: Vec<Range<u64>>,
     units: Vec<UnitInfo>,
     writers: Mutex<Vec<Box<dyn ArrayWriter>>>,
+    /// The job and what it reads, for `--resume` and the output checks.
+    parameters: Value,
+    inputs: Vec<Place>,
 }
 
 impl UnstitchOp {
@@ -187,7 +191,8 @@ impl UnstitchOp {
     /// # Errors
     /// Missing input, wrong shape, bad geometry, bad output address.
     pub fn plan(job: &UnstitchJob) -> Result<UnstitchOp> {
-        let input = io::open(&Address::parse(&job.input)?)?;
+        let input_addr = Address::parse(&job.input)?;
+        let input = io::open(&input_addr)?;
         let meta = input.meta().clone();
         let (geometry, grid) = QuiltGeometry::new(&meta.shape, &job.geometry)?;
         let output = Address::parse(&job.output)?;
@@ -255,6 +260,8 @@ impl UnstitchOp {
             runs,
             units,
             writers: Mutex::new(Vec::new()),
+            parameters: serde_json::to_value(job).unwrap_or_default(),
+            inputs: vec![Place::Array(input_addr)],
         })
     }
 
@@ -324,8 +331,14 @@ impl Operation for UnstitchOp {
             self.geometry.image_shape[1..].iter().product::<u64>() * self.spec.dtype.size() as u64;
         self.units.iter().map(|u| u.bytes_out).max().unwrap_or(0) + image
     }
-    fn fingerprint(&self) -> String {
-        json!({"operation": "unstitch", "geometry": self.geometry, "spec": format!("{:?}", self.spec), "units": self.runs.len()}).to_string()
+    fn parameters(&self) -> Value {
+        self.parameters.clone()
+    }
+    fn fingerprint(&self) -> Value {
+        json!({"geometry": self.geometry, "spec": format!("{:?}", self.spec), "units": self.runs.len()})
+    }
+    fn inputs(&self) -> Vec<Place> {
+        self.inputs.clone()
     }
     fn open_output(&self, staging: &[Address], comm: &dyn Comm, resume: bool) -> Result<()> {
         let patches = io::create(&staging[0], &self.spec, comm, resume)?;
@@ -478,6 +491,8 @@ pub struct StitchOp {
     /// went to faulting in fresh ones).
     spare_accumulators: crate::exec::Spares<SplitAccumulator>,
     spare_means: crate::exec::Spares<Block>,
+    parameters: Value,
+    inputs: Vec<Place>,
 }
 
 impl StitchOp {
@@ -488,6 +503,7 @@ impl StitchOp {
     pub fn plan(job: &StitchJob) -> Result<StitchOp> {
         let patches_addr = Address::parse(&job.input)?;
         let patches = io::open(&patches_addr)?;
+        let mut inputs = vec![Place::Array(patches_addr.clone())];
         let pmeta = patches.meta().clone();
         let geometry = match (pmeta.attributes.get("quilt"), &job.shape) {
             (Some(g), _) => {
@@ -527,6 +543,7 @@ impl StitchOp {
             Some(v) => {
                 let addr = Address::parse(v)?;
                 let r = io::open(&addr)?;
+                inputs.push(Place::Array(addr.clone()));
                 if r.meta().shape != expected {
                     return Err(Error::mismatch(
                         format!("variance {addr}: shape"),
@@ -653,6 +670,8 @@ impl StitchOp {
             nan_values: AtomicU64::new(0),
             spare_accumulators: Default::default(),
             spare_means: Default::default(),
+            parameters: serde_json::to_value(job).unwrap_or_default(),
+            inputs,
         })
     }
 }
@@ -702,8 +721,14 @@ impl Operation for StitchOp {
     fn memory_per_unit(&self) -> u64 {
         self.memory_per_unit
     }
-    fn fingerprint(&self) -> String {
-        json!({"operation": "stitch", "geometry": self.geometry, "targets": self.targets.iter().map(|t| t.to_string()).collect::<Vec<_>>(), "units": self.slabs.len(), "chunks": self.mean_spec.chunks}).to_string()
+    fn parameters(&self) -> Value {
+        self.parameters.clone()
+    }
+    fn fingerprint(&self) -> Value {
+        json!({"geometry": self.geometry, "units": self.slabs.len(), "chunks": self.mean_spec.chunks})
+    }
+    fn inputs(&self) -> Vec<Place> {
+        self.inputs.clone()
     }
     fn open_output(&self, staging: &[Address], comm: &dyn Comm, resume: bool) -> Result<()> {
         let mut writers = vec![io::create(&staging[0], &self.mean_spec, comm, resume)?];

@@ -5,6 +5,7 @@
 //! are computed while planning (each rank reads its share of the labels; flags are gathered),
 //! so the output size is known before anything is created; units are then runs of output rows.
 
+use crate::io::safety::Place;
 use std::ops::Range;
 use std::sync::Mutex;
 
@@ -43,6 +44,9 @@ pub struct WeedOp {
     runs: Vec<Range<u64>>,
     units: Vec<UnitInfo>,
     writers: Mutex<Vec<Box<dyn ArrayWriter>>>,
+    /// The job and what it reads, for `--resume` and the output checks.
+    parameters: serde_json::Value,
+    inputs: Vec<Place>,
 }
 
 fn spec_like(shape: Vec<u64>, dtype: DType, codec: io::Codec, address: &Address) -> CreateSpec {
@@ -204,6 +208,8 @@ impl WeedOp {
             runs,
             units,
             writers: Mutex::new(Vec::new()),
+            parameters: serde_json::to_value(job).unwrap_or_default(),
+            inputs: vec![Place::Array(input_addr), Place::Array(labels_addr)],
         })
     }
 
@@ -254,8 +260,14 @@ impl Operation for WeedOp {
             .max()
             .unwrap_or(0)
     }
-    fn fingerprint(&self) -> String {
-        json!({"operation": "weed", "kept": self.kept.len(), "input": format!("{:?}", self.input_spec), "labels": format!("{:?}", self.labels_spec)}).to_string()
+    fn parameters(&self) -> serde_json::Value {
+        self.parameters.clone()
+    }
+    fn fingerprint(&self) -> serde_json::Value {
+        json!({"kept": self.kept.len(), "input": format!("{:?}", self.input_spec), "labels": format!("{:?}", self.labels_spec)})
+    }
+    fn inputs(&self) -> Vec<Place> {
+        self.inputs.clone()
     }
     fn open_output(&self, staging: &[Address], comm: &dyn Comm, resume: bool) -> Result<()> {
         let writers = vec![

@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+mod run;
+pub use run::{default_report, info, run_hdr_merge, run_job};
+
 use crate::error::{Error, Result};
 use crate::exec::RunOptions;
 use crate::io::{Codec, DType};
@@ -522,6 +525,19 @@ pub enum Job {
 }
 
 impl Job {
+    /// The output as the user named it (a report goes beside it by default).
+    pub fn output(&self) -> PathBuf {
+        match self {
+            Job::Convert(j) => j.output.clone(),
+            Job::Unstitch(j) => j.output.clone().into(),
+            Job::Stitch(j) => j.output.clone().into(),
+            Job::Weed(j) => j.output.clone().into(),
+            Job::Pyramid(j) => j.output.clone().into(),
+            Job::Reconstruct(j) => j.output.clone().into(),
+            Job::Crop(j) => j.output.clone().into(),
+        }
+    }
+
     /// The run options (`[run]` table, or the command's flags) of this job.
     pub fn run_options(&self) -> &RunOptions {
         match self {

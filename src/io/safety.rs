@@ -1,0 +1,421 @@
+//! Output safety: no command may write over, or inside, what it reads, or replace something
+//! that is not its kind of output.
+//!
+//! Every path a run will write (arrays, side files such as `_results.json` or the response
+//! plot, the run report) and every path it reads are compared as *canonical* paths (symlinks
+//! resolved, `.`/`..` removed, the part that does not exist yet appended to the canonical form
+//! of the part that does) before anything is created. Side files are written by
+//! [`write_file`]: refused if present unless `--overwrite`, written under a temporary name and
+//! renamed, like array outputs (`io::staging`).
+
+use std::path::{Component, Path, PathBuf};
+
+use crate::error::{Error, IoContext, Result};
+use crate::io::Address;
+
+/// Something a run reads or writes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Place {
+    /// An array (its file, its Zarr node directory, or its HDF5 file and dataset).
+    Array(Address),
+    /// A plain file or directory (a side file, the report, a tree read recursively).
+    Path(PathBuf),
+    /// A directory whose files (not subdirectories) are read: an output may go inside it,
+    /// never on it or around it.
+    Directory(PathBuf),
+}
+
+impl Place {
+    /// The array at `text` when it parses as an address, else the path itself.
+    pub fn of(text: &str) -> Place {
+        Address::parse(text).map_or_else(|_| Place::Path(PathBuf::from(text)), Place::Array)
+    }
+
+    /// The path on disk that holds this place: the file, or the directory of a Zarr node.
+    fn footprint(&self) -> PathBuf {
+        match self {
+            Place::Array(Address::Npy { path }) => path.clone(),
+            Place::Array(Address::Zarr { store, node }) if node.is_empty() => store.clone(),
+            Place::Array(Address::Zarr { store, node }) => store.join(node),
+            Place::Array(Address::Hdf5 { file, .. }) => file.clone(),
+            Place::Path(p) | Place::Directory(p) => p.clone(),
+        }
+    }
+
+    fn hdf5_dataset(&self) -> Option<&str> {
+        match self {
+            Place::Array(Address::Hdf5 { dataset, .. }) => Some(dataset),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Place {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Place::Array(a) => write!(f, "{a}"),
+            Place::Path(p) | Place::Directory(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+/// `path` as an absolute path with symlinks resolved as far as it exists, and the rest
+/// normalised lexically (`a/./b/../c` -> `a/c`).
+pub fn canonical(path: &Path) -> PathBuf {
+    let absolute = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir().unwrap_or_default().join(path)
+    };
+    // The longest existing prefix is resolved by the OS; the rest is appended by hand.
+    let mut existing = absolute.as_path();
+    let mut rest = Vec::new();
+    let base = loop {
+        if let Ok(c) = existing.canonicalize() {
+            break c;
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                existing = parent;
+            }
+            _ => break existing.to_path_buf(),
+        }
+    };
+    let mut out = base;
+    for name in rest.iter().rev() {
+        for c in Path::new(name).components() {
+            match c {
+                Component::ParentDir => {
+                    out.pop();
+                }
+                Component::CurDir => {}
+                other => out.push(other),
+            }
+        }
+    }
+    out
+}
+
+/// How two places relate on disk.
+#[derive(Debug, PartialEq, Eq)]
+enum Overlap {
+    Same,
+    /// The first lies inside the second.
+    Inside,
+    /// The second lies inside the first.
+    Contains,
+}
+
+fn overlap(a: &Path, b: &Path) -> Option<Overlap> {
+    if a == b {
+        Some(Overlap::Same)
+    } else if a.starts_with(b) {
+        Some(Overlap::Inside)
+    } else if b.starts_with(a) {
+        Some(Overlap::Contains)
+    } else {
+        None
+    }
+}
+
+/// One thing a run writes, with the name a user knows it by (`--report`, `output`).
+#[derive(Clone, Debug)]
+pub struct Written {
+    pub what: String,
+    pub place: Place,
+}
+
+impl Written {
+    pub fn new(what: impl Into<String>, place: Place) -> Self {
+        Written {
+            what: what.into(),
+            place,
+        }
+    }
+}
+
+/// Refuses a plan that writes over or inside an input, that puts an input inside something it
+/// writes, or that writes two things to one place. Nothing is created here.
+///
+/// Two datasets of one HDF5 file are distinct outputs (each is staged inside the file), but
+/// a file read and written by the same run is refused: HDF5 cannot hold one file open for
+/// reading and for writing in one process.
+///
+/// # Errors
+/// [`Error::Parameter`] naming the output and the input (or the two outputs).
+pub fn check_places(inputs: &[Place], writes: &[Written]) -> Result<()> {
+    let inputs: Vec<(&Place, PathBuf)> = inputs
+        .iter()
+        .map(|p| (p, canonical(&p.footprint())))
+        .collect();
+    let writes: Vec<(&Written, PathBuf)> = writes
+        .iter()
+        .map(|w| (w, canonical(&w.place.footprint())))
+        .collect();
+    for (w, wp) in &writes {
+        for (input, ip) in &inputs {
+            let refuse = |how: &str| {
+                Err(Error::parameter(
+                    &w.what,
+                    format!(
+                        "{} {how} the input {input}; write it somewhere else",
+                        w.place
+                    ),
+                ))
+            };
+            let same_hdf5 = w.place.hdf5_dataset().is_some() && input.hdf5_dataset().is_some();
+            match overlap(wp, ip) {
+                Some(Overlap::Same) if same_hdf5 && w.place.hdf5_dataset() != input.hdf5_dataset() => {
+                    return refuse("is in the same HDF5 file as")
+                }
+                Some(Overlap::Same) => return refuse("is"),
+                Some(Overlap::Inside) if matches!(input, Place::Directory(_)) => {}
+                Some(Overlap::Inside) => return refuse("lies inside"),
+                Some(Overlap::Contains) => {
+                    return Err(Error::parameter(
+                        &w.what,
+                        format!(
+                            "{} contains the input {input} (replacing it would delete the input); write it somewhere else",
+                            w.place
+                        ),
+                    ))
+                }
+                None => {}
+            }
+        }
+    }
+    for (i, (a, ap)) in writes.iter().enumerate() {
+        for (b, bp) in &writes[..i] {
+            let both_hdf5 = a.place.hdf5_dataset().is_some() && b.place.hdf5_dataset().is_some();
+            let how = match overlap(ap, bp) {
+                None => continue,
+                Some(Overlap::Same)
+                    if both_hdf5 && a.place.hdf5_dataset() != b.place.hdf5_dataset() =>
+                {
+                    continue
+                }
+                Some(Overlap::Same) => "is also",
+                Some(Overlap::Inside) => "lies inside",
+                Some(Overlap::Contains) => "contains",
+            };
+            return Err(Error::parameter(
+                &a.what,
+                format!(
+                    "{} {how} {} {}; give them different paths",
+                    a.place, b.what, b.place
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a side file (a report, a plot, a per-pattern `.npy`) that exists, unless
+/// `overwrite`; even then, only a file, never a directory.
+///
+/// # Errors
+/// [`Error::OutputExists`] naming the path.
+pub fn check_side_file(path: &Path, overwrite: bool) -> Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).at(path),
+        Ok(m) if m.is_dir() => Err(Error::OutputExists {
+            path: path.into(),
+            message: "is a directory; tessera replaces only files it writes".into(),
+        }),
+        Ok(_) if overwrite => Ok(()),
+        Ok(_) => Err(Error::OutputExists {
+            path: path.into(),
+            message: "exists; pass --overwrite to replace it".into(),
+        }),
+    }
+}
+
+/// Writes a side file: refused if present unless `overwrite` ([`check_side_file`]), written
+/// by `write` to a temporary sibling (`name.tmp-<pid>`) and renamed into place, so a reader
+/// never sees a half-written file and a failed write leaves the old one untouched.
+///
+/// # Errors
+/// The refusal, or `write`'s or the rename's failure (the temporary file is removed).
+pub fn write_file(
+    path: &Path,
+    overwrite: bool,
+    write: impl FnOnce(&Path) -> Result<()>,
+) -> Result<()> {
+    check_side_file(path, overwrite)?;
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).at(parent)?;
+    }
+    let tmp = temporary_sibling(path);
+    let written = write(&tmp).and_then(|()| std::fs::rename(&tmp, path).at(path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+/// `dir/name.tmp-<pid>.ext` for `dir/name.ext`: the extension is kept, since some writers
+/// (plotters, image) choose the format by it.
+fn temporary_sibling(path: &Path) -> PathBuf {
+    let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+    let name = match path.extension() {
+        Some(ext) => format!(
+            "{stem}.tmp-{}.{}",
+            std::process::id(),
+            ext.to_string_lossy()
+        ),
+        None => format!("{stem}.tmp-{}", std::process::id()),
+    };
+    path.with_file_name(name)
+}
+
+/// [`write_file`] of bytes.
+///
+/// # Errors
+/// As [`write_file`].
+pub fn write_bytes(path: &Path, overwrite: bool, bytes: &[u8]) -> Result<()> {
+    write_file(path, overwrite, |tmp| std::fs::write(tmp, bytes).at(tmp))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn arr(s: &str) -> Place {
+        Place::Array(Address::parse(s).unwrap())
+    }
+
+    #[test]
+    fn canonical_resolves_what_exists_and_normalises_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().canonicalize().unwrap();
+        std::fs::create_dir(real.join("a")).unwrap();
+        std::os::unix::fs::symlink(real.join("a"), real.join("link")).unwrap();
+        assert_eq!(
+            canonical(&real.join("link/new/../x.npy")),
+            real.join("a/x.npy")
+        );
+        assert_eq!(canonical(&real.join("a/./b")), real.join("a/b"));
+    }
+
+    #[test]
+    fn refuses_outputs_on_or_inside_inputs() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().canonicalize().unwrap();
+        std::fs::create_dir(d.join("in.zarr")).unwrap();
+        std::fs::write(d.join("in.npy"), b"x").unwrap();
+        let p = |s: &str| d.join(s).to_string_lossy().into_owned();
+        let input = [arr(&p("in.zarr")), arr(&p("in.npy"))];
+        let check = |out: &str| check_places(&input, &[Written::new("output", arr(out))]);
+        let e = check(&p("in.npy")).unwrap_err().to_string();
+        assert!(
+            e.starts_with("--output:") && e.contains(" is the input "),
+            "{e}"
+        );
+        assert!(check(&format!("{}/./", p("in.zarr"))).is_err());
+        let e = check(&p("in.zarr/c")).unwrap_err().to_string();
+        assert!(e.contains("lies inside the input"), "{e}");
+        // Through a symlink to the input's directory.
+        std::os::unix::fs::symlink(&d, d.join("alias")).unwrap();
+        assert!(check(&p("alias/in.npy")).is_err());
+        assert!(check(&p("out.npy")).is_ok());
+        assert!(check(&p("other.zarr/c")).is_ok());
+    }
+
+    #[test]
+    fn refuses_an_output_that_contains_an_input() {
+        let d = tempfile::tempdir().unwrap();
+        let store = d.path().join("s.zarr");
+        std::fs::create_dir(&store).unwrap();
+        let input = [arr(&format!("{}/a", store.display()))];
+        let e = check_places(
+            &input,
+            &[Written::new("output", arr(store.to_str().unwrap()))],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("contains the input"), "{e}");
+        // A sibling array in the same store is fine.
+        let sibling = arr(&format!("{}/b", store.display()));
+        assert!(check_places(&input, &[Written::new("output", sibling)]).is_ok());
+        // A report path that is the input.
+        let e = check_places(
+            &[Place::Path(store.clone())],
+            &[Written::new("report", Place::Path(store.clone()))],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("--report:"), "{e}");
+    }
+
+    #[test]
+    fn outputs_may_go_inside_a_directory_of_images() {
+        let d = tempfile::tempdir().unwrap();
+        let images = [Place::Directory(d.path().join("imgs"))];
+        let out = |s: &str| {
+            [Written::new(
+                "output",
+                arr(&d.path().join(s).to_string_lossy()),
+            )]
+        };
+        assert!(check_places(&images, &out("imgs/o.zarr")).is_ok());
+        assert!(check_places(&images, &out("imgs")).is_err());
+        let recursive = [Place::Path(d.path().join("imgs"))];
+        assert!(check_places(&recursive, &out("imgs/o.zarr")).is_err());
+    }
+
+    #[test]
+    fn hdf5_datasets_of_one_file() {
+        let input = [arr("f.h5:/in")];
+        let e = check_places(&input, &[Written::new("output", arr("f.h5:/out"))])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("same HDF5 file"), "{e}");
+        assert!(check_places(&input, &[Written::new("output", arr("f.h5:/in"))]).is_err());
+        // Two outputs in one file are distinct; one written twice is not.
+        let two = [
+            Written::new("output", arr("g.h5:/a")),
+            Written::new("weights", arr("g.h5:/b")),
+        ];
+        assert!(check_places(&input, &two).is_ok());
+        let twice = [
+            Written::new("output", arr("g.h5:/a")),
+            Written::new("weights", arr("g.h5:/a")),
+        ];
+        assert!(check_places(&input, &twice).is_err());
+    }
+
+    #[test]
+    fn refuses_two_writes_to_one_place() {
+        let writes = [
+            Written::new("output", arr("o.zarr")),
+            Written::new("report", Place::Path("o.zarr/r.json".into())),
+        ];
+        let e = check_places(&[], &writes).unwrap_err().to_string();
+        assert!(
+            e.contains("--report") && e.contains("lies inside output"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn side_files_are_refused_then_replaced_atomically() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("r.json");
+        write_bytes(&f, false, b"one").unwrap();
+        let e = write_bytes(&f, false, b"two").unwrap_err().to_string();
+        assert!(e.contains("--overwrite"), "{e}");
+        assert_eq!(std::fs::read(&f).unwrap(), b"one");
+        write_bytes(&f, true, b"two").unwrap();
+        assert_eq!(std::fs::read(&f).unwrap(), b"two");
+        // A failed write leaves the old file and no temporary.
+        let failed = write_file(&f, true, |_| Err(Error::parameter("x", "fails")));
+        assert!(failed.is_err());
+        assert_eq!(std::fs::read(&f).unwrap(), b"two");
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
+        // A directory is never replaced.
+        std::fs::create_dir(d.path().join("dir")).unwrap();
+        assert!(write_bytes(&d.path().join("dir"), true, b"x").is_err());
+    }
+}
