@@ -414,7 +414,7 @@ fn an_aborted_run_resumes_to_identical_bytes() {
             ],
             &env,
         ),
-        &["different parameters"],
+        &["other parameters: --chunks (was"],
     );
 }
 

@@ -259,7 +259,7 @@ pub fn check_writes(
     options: &RunOptions,
 ) -> Result<()> {
     check_places(inputs, targets, side_files, options)?;
-    check_side_files(side_files, options)
+    check_side_files(side_files, options, false)
 }
 
 /// The overlap half of [`check_writes`]: outputs, side files and the report against the inputs
@@ -292,14 +292,21 @@ pub fn check_places(
 }
 
 /// The on-disk half of [`check_writes`]: side files and the report are refused if present,
-/// unless `--overwrite`. A resumed run finds the side files its interrupted part wrote (hdr's
-/// previews) and replaces them; the report is only ever written at the end.
+/// unless `--overwrite`, or unless the run resumes an interrupted one (whose side files, such
+/// as hdr's previews, it replaces, and whose output's report it writes).
 ///
 /// # Errors
 /// [`Error::OutputExists`] naming the path.
-pub fn check_side_files(side_files: &[std::path::PathBuf], options: &RunOptions) -> Result<()> {
-    let sides = side_files.iter().filter(|_| !options.resume);
-    sides
+pub fn check_side_files(
+    side_files: &[std::path::PathBuf],
+    options: &RunOptions,
+    resuming: bool,
+) -> Result<()> {
+    if resuming {
+        return Ok(());
+    }
+    side_files
+        .iter()
         .chain(&options.report)
         .try_for_each(|f| safety::check_side_file(f, options.overwrite))
 }
@@ -341,14 +348,14 @@ pub fn run<Op: Operation>(op: &Op, comm: &dyn Comm, options: &RunOptions) -> Res
         lock_output(&primary, comm)?
     };
     // Everyone looks at the disk before anyone changes it.
-    let stagings = agree(
-        comm,
-        plan_stagings(op.targets(), options)
-            .and_then(|s| check_side_files(&side_files, options).map(|()| s)),
-    )?;
+    let stagings = agree(comm, plan_stagings(op.targets(), options))?;
     let staging = &stagings[0];
 
     if options.dry_run {
+        agree(
+            comm,
+            check_side_files(&side_files, options, stagings[0].resuming),
+        )?;
         if comm.is_root() {
             let assignment: Vec<Vec<usize>> = stage_of_rank.iter().map(|s| s.concat()).collect();
             print!("{}", report::describe_plan(op, &assignment, &stagings));
@@ -363,14 +370,22 @@ pub fn run<Op: Operation>(op: &Op, comm: &dyn Comm, options: &RunOptions) -> Res
     let journal = journal::Journal::new(staging.journal_dir(), comm.rank());
     let setup = (|| {
         if comm.is_root() {
-            for s in &stagings {
-                s.clear_stale()?;
-            }
             let identity = serde_json::json!({
                 "parameters": op.parameters(),
                 "plan": op.fingerprint(),
             });
-            journal.start(&identity, staging.resuming)?;
+            // A resumed run's parameters are checked first (the most useful refusal), then
+            // the side files, then stale staging goes and a fresh journal starts.
+            if staging.resuming {
+                journal.start(&identity, true)?;
+            }
+            check_side_files(&side_files, options, staging.resuming)?;
+            for s in &stagings {
+                s.clear_stale()?;
+            }
+            if !staging.resuming {
+                journal.start(&identity, false)?;
+            }
         }
         Ok(())
     })();

@@ -68,30 +68,21 @@ pub fn canonical(path: &Path) -> PathBuf {
         std::env::current_dir().unwrap_or_default().join(path)
     };
     // The longest existing prefix is resolved by the OS; the rest is appended by hand.
-    let mut existing = absolute.as_path();
-    let mut rest = Vec::new();
-    let base = loop {
-        if let Ok(c) = existing.canonicalize() {
-            break c;
-        }
-        match (existing.parent(), existing.file_name()) {
-            (Some(parent), Some(name)) => {
-                rest.push(name.to_os_string());
-                existing = parent;
+    let components: Vec<Component> = absolute.components().collect();
+    let (mut out, rest) = (1..=components.len())
+        .rev()
+        .find_map(|k| {
+            let prefix: PathBuf = components[..k].iter().collect();
+            prefix.canonicalize().ok().map(|c| (c, &components[k..]))
+        })
+        .unwrap_or_else(|| (PathBuf::from("/"), &components[..]));
+    for c in rest {
+        match c {
+            Component::ParentDir => {
+                out.pop();
             }
-            _ => break existing.to_path_buf(),
-        }
-    };
-    let mut out = base;
-    for name in rest.iter().rev() {
-        for c in Path::new(name).components() {
-            match c {
-                Component::ParentDir => {
-                    out.pop();
-                }
-                Component::CurDir => {}
-                other => out.push(other),
-            }
+            Component::CurDir | Component::RootDir | Component::Prefix(_) => {}
+            Component::Normal(name) => out.push(name),
         }
     }
     out
@@ -360,7 +351,8 @@ mod tests {
             )]
         };
         assert!(check_places(&images, &out("imgs/o.zarr")).is_ok());
-        assert!(check_places(&images, &out("imgs")).is_err());
+        let on = [Written::new("output", Place::Path(d.path().join("imgs")))];
+        assert!(check_places(&images, &on).is_err());
         let recursive = [Place::Path(d.path().join("imgs"))];
         assert!(check_places(&recursive, &out("imgs/o.zarr")).is_err());
     }

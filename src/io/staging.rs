@@ -386,7 +386,7 @@ mod tests {
         let e = Staging::plan(&addr, false, false).unwrap_err().to_string();
         assert!(e.contains("--resume"), "{e}");
         assert!(Staging::plan(&addr, false, true).unwrap().resuming);
-        std::fs::write(&out, b"y").unwrap();
+        std::fs::write(&out, b"\x93NUMPY old").unwrap();
         assert!(Staging::plan(&addr, false, false)
             .unwrap_err()
             .to_string()

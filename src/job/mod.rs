@@ -167,6 +167,65 @@ impl Default for GeometryArgs {
     }
 }
 
+/// Geometry flags of `quilt stitch`. The window placement (`--window`, `--step`, `--border`)
+/// is the patches' own when they carry a `quilt` attribute: a flag that contradicts it is
+/// refused, never ignored. The weighting (`--blend`, `--sigma`, `--border-weight`) may
+/// differ from unstitch's: given, it replaces the attribute's.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct StitchGeometryArgs {
+    /// Window size per spatial axis (patches without a `quilt` attribute; else must match it).
+    #[arg(long, value_delimiter = ',')]
+    #[serde(default)]
+    pub window: Vec<u64>,
+    /// Step between windows per spatial axis (as --window).
+    #[arg(long, value_delimiter = ',')]
+    #[serde(default)]
+    pub step: Vec<u64>,
+    /// Border band width, one value or one per spatial axis (as --window).
+    #[arg(long, value_delimiter = ',')]
+    #[serde(default)]
+    pub border: Vec<u64>,
+    /// Weight of border-band pixels in [0, 1] (default: the patches' own, else 0.1).
+    #[arg(long)]
+    #[serde(default)]
+    pub border_weight: Option<f64>,
+    /// Window weighting (default: the patches' own, else border).
+    #[arg(long, value_enum)]
+    #[serde(default)]
+    pub blend: Option<crate::ops::quilt::kernel::Blend>,
+    /// Gaussian sigma as a fraction of the window (default: the patches' own, else 0.125).
+    #[arg(long)]
+    #[serde(default)]
+    pub sigma: Option<f64>,
+    /// Accept steps larger than the window (patches without a `quilt` attribute).
+    #[arg(long)]
+    #[serde(default)]
+    pub allow_gaps: bool,
+}
+
+impl StitchGeometryArgs {
+    /// The flags as unstitch's, the weighting taken from `base` where not given.
+    pub fn over(&self, base: &GeometryArgs) -> GeometryArgs {
+        let pick = |mine: &Vec<u64>, theirs: &Vec<u64>| {
+            if mine.is_empty() {
+                theirs.clone()
+            } else {
+                mine.clone()
+            }
+        };
+        GeometryArgs {
+            window: pick(&self.window, &base.window),
+            step: pick(&self.step, &base.step),
+            border: pick(&self.border, &base.border),
+            border_weight: self.border_weight.unwrap_or(base.border_weight),
+            blend: self.blend.unwrap_or(base.blend),
+            sigma: self.sigma.unwrap_or(base.sigma),
+            allow_gaps: self.allow_gaps || base.allow_gaps,
+        }
+    }
+}
+
 /// `tessera quilt unstitch`: an (N, C, [Z,] Y, X) array to (M, C, *window) patches.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
@@ -221,14 +280,14 @@ pub struct StitchJob {
     #[serde(default)]
     pub std: Option<String>,
     /// Image shape N,C,[Z,]Y,X, for patch arrays without a `quilt` attribute (bare .npy);
-    /// then the geometry flags are required too.
+    /// then --window and --step are required too. With the attribute, must match it.
     #[arg(long, value_delimiter = ',')]
     #[serde(default)]
     pub shape: Option<Vec<u64>>,
-    /// In a job file: the `[stitch.geometry]` table (only for patches without attributes).
+    /// In a job file: the `[stitch.geometry]` table.
     #[command(flatten)]
     #[serde(default)]
-    pub geometry: GeometryArgs,
+    pub geometry: StitchGeometryArgs,
     /// Output chunk shape (default 1,1,rows,512,512 clipped to the image).
     #[arg(long, value_delimiter = ',')]
     #[serde(default)]
@@ -684,5 +743,183 @@ mod tests {
         assert!(e.contains("j.toml") && e.contains("chunk"), "{e}");
         assert!(JobFile::parse(Path::new("j.toml"), "[run]\n").is_err());
         assert!(JobFile::parse(Path::new("j.toml"), "not toml [").is_err());
+    }
+}
+
+/// The `--resume` identity covers every flag of every resumable command: the parameters are
+/// the job's serde form, so each flag must appear in it, and changing any one of them must be
+/// refused with a message naming that flag.
+#[cfg(test)]
+mod resume_identity {
+    use clap::{CommandFactory, Parser};
+    use serde_json::{json, Value};
+
+    use crate::cli::{Cli, Command, HdrCommand, PyramidCli, PyramidCommand, QuiltCommand};
+
+    /// Flags that are not parameters of the output: run options and logging.
+    const NOT_PARAMETERS: [&str; 9] = [
+        "overwrite",
+        "resume",
+        "dry_run",
+        "report",
+        "verbose",
+        "quiet",
+        "log_format",
+        "help",
+        "version",
+    ];
+
+    /// (command path, a minimal command line, its job as JSON).
+    fn jobs() -> Vec<(Vec<&'static str>, Value)> {
+        let parse = |args: &[&str]| Cli::try_parse_from(args).unwrap().command;
+        let value = |c: Command| -> Value {
+            match c {
+                Command::Convert(j) => serde_json::to_value(j),
+                Command::Crop(j) => serde_json::to_value(j),
+                Command::Pyramid(PyramidCli { which: None, job }) => serde_json::to_value(job),
+                Command::Pyramid(PyramidCli {
+                    which: Some(PyramidCommand::Reconstruct(j)),
+                    ..
+                }) => serde_json::to_value(j),
+                Command::Quilt { which } => match which {
+                    QuiltCommand::Unstitch(j) => serde_json::to_value(j),
+                    QuiltCommand::Stitch(j) => serde_json::to_value(j),
+                    QuiltCommand::Weed(j) => serde_json::to_value(j),
+                    other => panic!("not resumable: {other:?}"),
+                },
+                Command::Hdr {
+                    which: HdrCommand::Merge(j),
+                } => serde_json::to_value(j),
+                other => panic!("not resumable: {other:?}"),
+            }
+            .unwrap()
+        };
+        let io = ["--input", "in.npy", "--output", "out.zarr"];
+        let with = |path: &[&'static str], extra: &[&str]| {
+            let mut args = vec!["tessera"];
+            args.extend(path);
+            args.extend(extra);
+            (path.to_vec(), value(parse(&args)))
+        };
+        vec![
+            with(&["convert"], &io),
+            with(&["crop"], &io),
+            with(&["pyramid"], &io),
+            with(&["pyramid", "reconstruct"], &io),
+            with(&["quilt", "unstitch"], &io),
+            with(&["quilt", "stitch"], &io),
+            with(
+                &["quilt", "weed"],
+                &[
+                    "--input",
+                    "i.npy",
+                    "--labels",
+                    "l.npy",
+                    "--output",
+                    "o.npy",
+                    "--labels-output",
+                    "lo.npy",
+                    "--mask",
+                    "m.npy",
+                ],
+            ),
+            with(&["hdr", "merge"], &io),
+        ]
+    }
+
+    /// Every leaf of a JSON object, by dotted path.
+    fn leaves(v: &Value, at: &str, out: &mut Vec<(String, Value)>) {
+        match v {
+            Value::Object(m) => {
+                for (k, x) in m {
+                    let path = if at.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{at}.{k}")
+                    };
+                    leaves(x, &path, out);
+                }
+            }
+            other => out.push((at.to_string(), other.clone())),
+        }
+    }
+
+    fn changed(v: &Value) -> Value {
+        match v {
+            Value::Null => json!("x"),
+            Value::Bool(b) => json!(!b),
+            Value::Number(n) => json!(n.as_f64().unwrap() + 1.0),
+            Value::String(s) => json!(format!("{s}x")),
+            Value::Array(a) => {
+                let mut a = a.clone();
+                a.push(json!(1));
+                Value::Array(a)
+            }
+            Value::Object(_) => unreachable!("leaves are not objects"),
+        }
+    }
+
+    #[test]
+    fn every_flag_is_part_of_the_identity() {
+        let cli = Cli::command();
+        for (path, job) in jobs() {
+            let mut command = &cli;
+            for name in &path {
+                command = command.find_subcommand(name).unwrap();
+            }
+            let mut keys = Vec::new();
+            leaves(&job, "", &mut keys);
+            let keys: Vec<String> = keys
+                .into_iter()
+                .map(|(k, _)| k.rsplit('.').next().unwrap().to_string())
+                .collect();
+            for arg in command.get_arguments() {
+                let id = arg.get_id().as_str();
+                if NOT_PARAMETERS.contains(&id) || arg.is_positional() {
+                    continue;
+                }
+                assert!(
+                    keys.iter().any(|k| k == id),
+                    "{path:?}: flag --{} is not in the resume identity {job}",
+                    arg.get_long().unwrap_or(id)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn changing_any_parameter_is_refused_by_name() {
+        let cli = Cli::command();
+        for (path, job) in jobs() {
+            let mut command = &cli;
+            for name in &path {
+                command = command.find_subcommand(name).unwrap();
+            }
+            let mut fields = Vec::new();
+            leaves(&job, "", &mut fields);
+            let before = json!({"parameters": job, "plan": {"units": 3}});
+            assert!(crate::exec::journal::check_same(&before, &before).is_ok());
+            for (field, value) in fields {
+                let mut after = before.clone();
+                let mut slot = &mut after["parameters"];
+                for part in field.split('.') {
+                    slot = &mut slot[part];
+                }
+                *slot = changed(&value);
+                let e = crate::exec::journal::check_same(&before, &after)
+                    .unwrap_err()
+                    .to_string();
+                let leaf = field.rsplit('.').next().unwrap();
+                let long = command
+                    .get_arguments()
+                    .find(|a| a.get_id().as_str() == leaf)
+                    .and_then(|a| a.get_long())
+                    .unwrap_or_else(|| panic!("{path:?}: {field} is not a flag"));
+                assert!(
+                    e.starts_with("--resume:") && e.contains(&format!("--{long} (was ")),
+                    "{path:?}: changing {field} gave: {e}"
+                );
+            }
+        }
     }
 }

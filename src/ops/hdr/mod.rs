@@ -66,9 +66,12 @@ pub enum Technique {
     Histogram,
 }
 
-/// The response plot written beside a response file.
+/// The response plot written beside a response file: `<stem>_curve.png`, so the default
+/// `response.npz` gets the original tool's `response_curve.png`, and two responses calibrated
+/// into one directory keep a plot each.
 fn response_plot(response: &std::path::Path) -> PathBuf {
-    response.with_file_name("response_curve.png")
+    let stem = response.file_stem().unwrap_or_default().to_string_lossy();
+    response.with_file_name(format!("{stem}_curve.png"))
 }
 
 /// What a scan reads: the directory's files, or with `--recursive` the whole tree (no output
@@ -94,7 +97,8 @@ pub struct CalibrateJob {
     #[command(flatten)]
     #[serde(flatten)]
     pub scan: ScanOptions,
-    /// The response file to write (`.npz`); `response_curve.png` goes beside it.
+    /// The response file to write (`.npz`); its plot goes beside it (`response_curve.png` for
+    /// `response.npz`, else `<name>_curve.png`).
     #[arg(long)]
     pub response: PathBuf,
     /// Pixel positions sampled per bracket.

@@ -13,7 +13,6 @@ use super::files::{format_time, Bracket};
 use super::{merge_bracket, Format, MergeJob, Merged, Method};
 use crate::comm::{Comm, ReduceOp};
 use crate::error::{Error, IoContext, Result};
-use crate::exec::journal::Journal;
 use crate::exec::report::{gather_summary, RankStats};
 use crate::exec::{Operation, RunSummary, UnitInfo};
 use crate::grid::{partition_contiguous, Region};
@@ -159,11 +158,58 @@ fn input_bytes(b: &Bracket) -> u64 {
         .sum()
 }
 
-/// `<output>.journal` beside the output directory: the parameters of an unfinished merge.
-fn journal_dir(out: &Path) -> PathBuf {
-    let mut name = out.as_os_str().to_owned();
-    name.push(".journal");
-    PathBuf::from(name)
+/// The parameters that made a directory of per-bracket files (`<output>/.tessera-merge.json`):
+/// `--resume` fills in missing brackets only with the same ones.
+fn identity_file(out: &Path) -> PathBuf {
+    out.join(".tessera-merge.json")
+}
+
+/// Checks the output directory before a per-bracket merge and records the run's parameters in
+/// it: a file is refused; a directory with files needs `--resume` (same parameters as the run
+/// that wrote them) or `--overwrite`; the report is refused if present unless `--overwrite` or
+/// resuming. Every rank calls it; rank 0 looks and writes.
+fn prepare_directory(job: &MergeJob, brackets: usize, comm: &dyn Comm) -> Result<()> {
+    if !comm.is_root() {
+        return Ok(());
+    }
+    let out = &job.output;
+    if out.exists() && !out.is_dir() {
+        return Err(Error::parameter(
+            "output",
+            format!("{} exists and is not a directory", out.display()),
+        ));
+    }
+    let busy = out.is_dir() && std::fs::read_dir(out).at(out)?.next().is_some();
+    if busy && !job.run.resume && !job.run.overwrite {
+        return Err(Error::parameter(
+            "output",
+            format!(
+                "{} exists and is not empty; --resume to finish it or --overwrite to replace its files",
+                out.display()
+            ),
+        ));
+    }
+    let identity = serde_json::json!({
+        "parameters": serde_json::to_value(job).unwrap_or_default(),
+        "plan": {"brackets": brackets},
+    });
+    let marker = identity_file(out);
+    let resuming = busy && job.run.resume && !job.run.overwrite;
+    if resuming {
+        let previous = std::fs::read(&marker)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let Some(previous) = previous else {
+            return Err(Error::parameter(
+                "resume",
+                format!("cannot tell which parameters made the files in {} (no {}); use --overwrite to start over", out.display(), marker.display()),
+            ));
+        };
+        crate::exec::journal::check_same(&previous, &identity)?;
+    } else {
+        crate::exec::check_side_files(&[], &job.run, false)?;
+    }
+    safety::write_bytes(&marker, true, identity.to_string().as_bytes())
 }
 
 /// One file per bracket.
@@ -176,12 +222,8 @@ fn per_bracket(
     let started = Instant::now();
     let out = &job.output;
     let inputs = super::merge_inputs(job);
-    let output = Place::Path(out.clone());
-    crate::exec::agree(
-        comm,
-        safety::check_places(&inputs, &[Written::new("output", output)])
-            .and_then(|()| crate::exec::check_writes(&inputs, &[], &[], &job.run)),
-    )?;
+    let output = Written::new("output", Place::Path(out.clone()));
+    crate::exec::agree(comm, safety::check_places(&inputs, &[output]))?;
     if job.run.dry_run {
         if comm.is_root() {
             println!(
@@ -204,40 +246,7 @@ fn per_bracket(
     }
     // One job per output directory (see io::lock), held until this function returns.
     let _lock = crate::exec::lock_output(out, comm)?;
-    let journal = Journal::new(journal_dir(out), comm.rank());
-    let identity = serde_json::json!({
-        "parameters": serde_json::to_value(job).unwrap_or_default(),
-        "plan": {"brackets": brackets.len()},
-    });
-    let check = (|| {
-        if out.exists() && !out.is_dir() {
-            return Err(Error::parameter(
-                "output",
-                format!("{} exists and is not a directory", out.display()),
-            ));
-        }
-        let busy = out.is_dir() && std::fs::read_dir(out).at(out)?.next().is_some();
-        if busy && !job.run.resume && !job.run.overwrite {
-            return Err(Error::parameter(
-                "output",
-                format!(
-                    "{} exists and is not empty; --resume to finish it or --overwrite to replace its files",
-                    out.display()
-                ),
-            ));
-        }
-        // The files of an interrupted run are kept by --resume: it must merge with the same
-        // parameters (the journal beside the directory records them).
-        if comm.is_root() {
-            let resuming = job.run.resume && journal.dir().is_dir();
-            if !resuming {
-                crate::io::staging::remove_any(journal.dir())?;
-            }
-            journal.start(&identity, resuming)?;
-        }
-        Ok(())
-    })();
-    crate::exec::agree(comm, check)?;
+    crate::exec::agree(comm, prepare_directory(job, brackets.len(), comm))?;
     let ext = extension(job.format);
     let mine = partition_contiguous(brackets.len(), comm.size())[comm.rank()].clone();
     let (mut unusable, mut resumed, mut units) = (0u64, 0usize, 0u64);
@@ -253,7 +262,8 @@ fn per_bracket(
         }
         let target = out.join(b.stem()).with_extension(ext);
         let preview_path = out.join(b.stem()).with_extension("png");
-        if job.run.resume && target.exists() && (job.preview.is_none() || preview_path.exists()) {
+        let resuming = job.run.resume && !job.run.overwrite;
+        if resuming && target.exists() && (job.preview.is_none() || preview_path.exists()) {
             resumed += 1;
             continue;
         }
@@ -279,12 +289,6 @@ fn per_bracket(
         }
     }
     crate::exec::agree(comm, result)?;
-    let finished = if comm.is_root() {
-        crate::io::staging::remove_any(journal.dir())
-    } else {
-        Ok(())
-    };
-    crate::exec::agree(comm, finished)?;
     let mut counts = [unusable, resumed as u64];
     comm.all_reduce_u64(&mut counts, ReduceOp::Sum);
     let s = gather_summary(

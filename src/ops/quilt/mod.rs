@@ -495,6 +495,79 @@ pub struct StitchOp {
     inputs: Vec<Place>,
 }
 
+/// The geometry to stitch with: the patches' `quilt` attribute, with the weighting flags the
+/// user gave, or (bare patches) `--shape` and the geometry flags. A placement flag that
+/// contradicts the attribute is refused.
+fn stitch_geometry(
+    patches: &Address,
+    meta: &io::ArrayMeta,
+    job: &StitchJob,
+) -> Result<QuiltGeometry> {
+    let Some(attribute) = meta.attributes.get("quilt") else {
+        let Some(shape) = &job.shape else {
+            return Err(Error::address(
+                patches.to_string(),
+                "has no `quilt` geometry attribute; give --shape N,C,[Z,]Y,X and the --window/--step/--border flags used to unstitch",
+            ));
+        };
+        return Ok(QuiltGeometry::new(shape, &job.geometry.over(&GeometryArgs::default()))?.0);
+    };
+    let g: QuiltGeometry = serde_json::from_value(attribute.clone()).map_err(|e| {
+        Error::address(
+            patches.to_string(),
+            format!("corrupt `quilt` attribute: {e}"),
+        )
+    })?;
+    let ndim = g.window.len();
+    let given = &job.geometry;
+    let placement = [
+        ("window", &given.window, &g.window),
+        ("step", &given.step, &g.step),
+        ("border", &given.border, &g.border),
+    ];
+    for (flag, mine, theirs) in placement {
+        if !mine.is_empty() && &broadcast(mine, ndim) != theirs {
+            return Err(Error::parameter(
+                flag,
+                format!(
+                    "{} contradicts the patches' own {flag} {} (their `quilt` attribute); leave the flag out",
+                    grid::join(mine),
+                    grid::join(theirs)
+                ),
+            ));
+        }
+    }
+    if let Some(shape) = job.shape.as_ref().filter(|s| **s != g.image_shape) {
+        return Err(Error::parameter(
+            "shape",
+            format!(
+                "{} contradicts the patches' image shape {} (their `quilt` attribute); leave the flag out",
+                grid::join(shape),
+                grid::join(&g.image_shape)
+            ),
+        ));
+    }
+    // Re-validated (attributes can be edited by hand), with the weighting flags applied.
+    let attribute_args = GeometryArgs {
+        window: g.window.clone(),
+        step: g.step.clone(),
+        border: g.border.clone(),
+        border_weight: g.border_weight,
+        blend: g.blend,
+        sigma: g.sigma,
+        allow_gaps: true,
+    };
+    let args = given.over(&attribute_args);
+    if args.blend != g.blend {
+        tracing::info!(
+            "stitching with --blend {} (the patches were cut with {})",
+            format!("{:?}", args.blend).to_lowercase(),
+            format!("{:?}", g.blend).to_lowercase()
+        );
+    }
+    Ok(QuiltGeometry::new(&g.image_shape, &args)?.0)
+}
+
 impl StitchOp {
     /// Validates patches, geometry and outputs; sizes the slabs from the memory limit.
     ///
@@ -505,31 +578,7 @@ impl StitchOp {
         let patches = io::open(&patches_addr)?;
         let mut inputs = vec![Place::Array(patches_addr.clone())];
         let pmeta = patches.meta().clone();
-        let geometry = match (pmeta.attributes.get("quilt"), &job.shape) {
-            (Some(g), _) => {
-                let g: QuiltGeometry = serde_json::from_value(g.clone()).map_err(|e| {
-                    Error::address(patches_addr.to_string(), format!("corrupt `quilt` attribute: {e}"))
-                })?;
-                // Re-validate: attributes can be edited by hand.
-                let args = GeometryArgs {
-                    window: g.window.clone(),
-                    step: g.step.clone(),
-                    border: g.border.clone(),
-                    border_weight: g.border_weight,
-                    blend: g.blend,
-                    sigma: g.sigma,
-                    allow_gaps: true,
-                };
-                QuiltGeometry::new(&g.image_shape, &args)?.0
-            }
-            (None, Some(shape)) => QuiltGeometry::new(shape, &job.geometry)?.0,
-            (None, None) => {
-                return Err(Error::address(
-                    patches_addr.to_string(),
-                    "has no `quilt` geometry attribute; give --shape N,C,[Z,]Y,X and the --window/--step/--border flags used to unstitch",
-                ))
-            }
-        };
+        let geometry = stitch_geometry(&patches_addr, &pmeta, job)?;
         let grid = geometry.grid();
         let expected = geometry.patch_shape();
         if pmeta.shape != expected {

@@ -1,0 +1,896 @@
+//! Never lose a user's file: every command refuses to write on, inside or around its inputs,
+//! refuses side files and reports that exist unless `--overwrite`, replaces only what it wrote,
+//! adds datasets to an existing HDF5 file without touching the others, and refuses to resume
+//! a run whose parameters changed, naming the flag.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+use ndarray::{ArrayD, IxDyn};
+use ndarray_npy::write_npy;
+
+fn random_f32(shape: &[usize], seed: u64) -> ArrayD<f32> {
+    let mut rng = Rng::new(seed);
+    ArrayD::from_shape_fn(IxDyn(shape), |_| rng.below(1000) as f32 / 10.0)
+}
+
+/// `in.npy`, a (2, 1, 48, 48) image, in `dir`.
+fn image(dir: &Path) -> PathBuf {
+    let p = dir.join("in.npy");
+    write_npy(&p, &random_f32(&[2, 1, 48, 48], 1)).unwrap();
+    p
+}
+
+/// Patches of `image`, as `p.zarr` (with their `quilt` attribute).
+fn patches(dir: &Path, blend: &str) -> PathBuf {
+    let input = image(dir);
+    let out = dir.join("p.zarr");
+    ok(tessera(&[
+        "quilt",
+        "unstitch",
+        "--input",
+        &s(&input),
+        "--output",
+        &s(&out),
+        "--window",
+        "16,16",
+        "--step",
+        "8,8",
+        "--border",
+        "2",
+        "--blend",
+        blend,
+        "--overwrite",
+    ]));
+    out
+}
+
+/// Every file under `dir` with its bytes (to show that a refused command changed nothing).
+fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    tree(dir)
+}
+
+#[test]
+fn outputs_on_or_inside_an_input_are_refused_and_the_input_survives() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let p = patches(dir, "border");
+    let input = dir.join("in.npy");
+    let before = snapshot(dir);
+    let unstitch = |out: &str, extra: &[&str]| {
+        let mut args = vec![
+            "quilt",
+            "unstitch",
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            out,
+            "--window",
+            "16,16",
+            "--step",
+            "8,8",
+        ];
+        args.extend(extra);
+        tessera(&args)
+    };
+    // The output is the input, with and without --overwrite, spelled several ways.
+    for out in [s(&input), format!("{}/./in.npy", dir.display())] {
+        fails_with(unstitch(&out, &["--overwrite"]), &["is the input"]);
+    }
+    let stitch = |out: &str, extra: &[&str]| {
+        let mut args = vec![
+            "quilt",
+            "stitch",
+            "--input",
+            p.to_str().unwrap(),
+            "--output",
+            out,
+        ];
+        args.extend(extra);
+        tessera(&args)
+    };
+    fails_with(
+        stitch(&format!("{}/", p.display()), &["--overwrite"]),
+        &["is the input"],
+    );
+    // Inside the input store (an array inside an array), with and without --overwrite.
+    fails_with(
+        stitch(&format!("{}/c", p.display()), &[]),
+        &["lies inside the input"],
+    );
+    fails_with(
+        stitch(&format!("{}/c", p.display()), &["--overwrite"]),
+        &["lies inside"],
+    );
+    // Through a symlink to the input's directory.
+    std::os::unix::fs::symlink(dir, dir.join("alias")).unwrap();
+    fails_with(
+        stitch(&s(&dir.join("alias/p.zarr")), &["--overwrite"]),
+        &["is the input"],
+    );
+    std::fs::remove_file(dir.join("alias")).unwrap();
+    // Positions or weights on the input, or two outputs on one path.
+    fails_with(
+        unstitch(
+            &s(&dir.join("q.zarr")),
+            &["--positions", input.to_str().unwrap(), "--overwrite"],
+        ),
+        &["is the input"],
+    );
+    fails_with(
+        stitch(
+            &s(&dir.join("m.zarr")),
+            &["--weights", &s(&dir.join("m.zarr"))],
+        ),
+        &["is also"],
+    );
+    assert_eq!(snapshot(dir), before, "a refused command changed files");
+}
+
+#[test]
+fn an_output_store_around_its_input_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let p = patches(dir, "border");
+    // Stitch into a group of the store, then pyramid that array into the store's root.
+    let store = dir.join("s.zarr");
+    std::fs::create_dir(&store).unwrap();
+    let a = format!("{}/a", store.display());
+    ok(tessera(&[
+        "quilt",
+        "stitch",
+        "--input",
+        &s(&p),
+        "--output",
+        &a,
+    ]));
+    let before = snapshot(dir);
+    fails_with(
+        tessera(&[
+            "pyramid",
+            "--input",
+            &a,
+            "--output",
+            &s(&store),
+            "--overwrite",
+        ]),
+        &["contains the input"],
+    );
+    assert_eq!(snapshot(dir), before);
+    // A sibling array in the same store is fine.
+    ok(tessera(&[
+        "pyramid",
+        "--input",
+        &a,
+        "--output",
+        &format!("{}/b", store.display()),
+    ]));
+}
+
+#[test]
+fn overwrite_replaces_only_what_tessera_writes() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let p = patches(dir, "border");
+    let stitch = |out: &Path| {
+        tessera(&[
+            "quilt",
+            "stitch",
+            "--input",
+            p.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--overwrite",
+        ])
+    };
+    // A directory of someone's files named like a store.
+    let plain = dir.join("plain.zarr");
+    std::fs::create_dir(&plain).unwrap();
+    std::fs::write(plain.join("thesis.tex"), b"years of work").unwrap();
+    fails_with(stitch(&plain), &["without Zarr metadata", "plain.zarr"]);
+    assert_eq!(
+        std::fs::read(plain.join("thesis.tex")).unwrap(),
+        b"years of work"
+    );
+    // A file named .npy that is not one, and a directory named .npy.
+    std::fs::write(dir.join("notes.npy"), b"not numpy").unwrap();
+    fails_with(stitch(&dir.join("notes.npy")), &["not a .npy file"]);
+    std::fs::create_dir(dir.join("d.npy")).unwrap();
+    fails_with(stitch(&dir.join("d.npy")), &["is a directory"]);
+    // A file named .zarr.
+    std::fs::write(dir.join("f.zarr"), b"x").unwrap();
+    fails_with(
+        stitch(&dir.join("f.zarr")),
+        &["is a file, not a Zarr store"],
+    );
+    // A new array inside an existing array (not a group), without --overwrite.
+    ok(stitch(&dir.join("m.zarr")));
+    fails_with(
+        tessera(&[
+            "quilt",
+            "stitch",
+            "--input",
+            &s(&p),
+            "--output",
+            &s(&dir.join("m.zarr/x")),
+        ]),
+        &["is a Zarr array"],
+    );
+    // Its own output is replaced.
+    ok(stitch(&dir.join("m.zarr")));
+}
+
+#[test]
+fn reports_and_side_files_are_never_overwritten_without_asking() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let p = patches(dir, "border");
+    let input = dir.join("in.npy");
+    let before = snapshot(dir);
+    let stitch = |out: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "quilt",
+            "stitch",
+            "--input",
+            p.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        tessera(&args)
+    };
+    let out = dir.join("m.zarr");
+    // --report on an input, an existing file, the patches' report, inside the output.
+    fails_with(
+        stitch(&out, &["--report", input.to_str().unwrap(), "--overwrite"]),
+        &["--report", "is the input"],
+    );
+    fails_with(
+        stitch(&out, &["--report", input.to_str().unwrap()]),
+        &["exists", "--overwrite"],
+    );
+    let existing = dir.join("p.zarr.report.json");
+    fails_with(
+        stitch(&out, &["--report", existing.to_str().unwrap()]),
+        &["exists"],
+    );
+    fails_with(
+        stitch(&out, &["--report", &format!("{}/r.json", out.display())]),
+        &["--report", "lies inside output"],
+    );
+    assert_eq!(snapshot(dir), before, "a refused command wrote something");
+    // Two arrays in one store each keep their default report.
+    let store = dir.join("s.zarr");
+    std::fs::create_dir(&store).unwrap();
+    ok(stitch(&store.join("a"), &[]));
+    ok(stitch(&store.join("b"), &[]));
+    assert!(
+        dir.join("s.zarr.a.report.json").is_file() && dir.join("s.zarr.b.report.json").is_file()
+    );
+    // The default report of a finished run is refused the next time unless --overwrite.
+    ok(stitch(&out, &[]));
+    std::fs::remove_dir_all(&out).unwrap();
+    fails_with(stitch(&out, &[]), &["m.zarr.report.json", "exists"]);
+    assert!(
+        !out.exists(),
+        "the output was written before the report was refused"
+    );
+    ok(stitch(&out, &["--overwrite"]));
+}
+
+#[test]
+fn crop_side_files_are_refused_one_by_one() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let out = dir.join("c.npy");
+    let crop = |extra: &[&str]| {
+        let mut args = vec![
+            "crop",
+            "--test-mode",
+            "--test-patterns",
+            "8",
+            "--test-size",
+            "32",
+            "--output",
+            out.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        tessera(&args)
+    };
+    ok(crop(&[]));
+    let all = snapshot(dir);
+    std::fs::remove_file(&out).unwrap();
+    std::fs::remove_file(dir.join("c.npy.report.json")).unwrap();
+    std::fs::remove_file(dir.join("c_test_input.npy")).unwrap();
+    for side in [
+        "c_radii.npy",
+        "c_retention.npy",
+        "c_centers.npy",
+        "c_results.json",
+        "c_visualization.png",
+    ] {
+        let keep = dir.join(format!("{side}.keep"));
+        // Only this one side file is present: the run is refused before writing anything.
+        for other in [
+            "c_radii.npy",
+            "c_retention.npy",
+            "c_centers.npy",
+            "c_results.json",
+            "c_visualization.png",
+        ] {
+            if other != side {
+                let _ = std::fs::rename(dir.join(other), dir.join(format!("{other}.keep")));
+            }
+        }
+        let _ = std::fs::rename(&keep, dir.join(side));
+        let bytes = std::fs::read(dir.join(side)).unwrap();
+        fails_with(crop(&[]), &[side, "exists", "--overwrite"]);
+        assert_eq!(std::fs::read(dir.join(side)).unwrap(), bytes);
+        assert!(!out.exists() && !dir.join("c_test_input.npy").exists());
+        let _ = std::fs::rename(dir.join(side), &keep);
+    }
+    for side in [
+        "c_radii.npy",
+        "c_retention.npy",
+        "c_centers.npy",
+        "c_results.json",
+        "c_visualization.png",
+    ] {
+        std::fs::rename(dir.join(format!("{side}.keep")), dir.join(side)).unwrap();
+    }
+    // With --overwrite every file is replaced, by the same bytes (the run is deterministic).
+    ok(crop(&["--overwrite"]));
+    let again = snapshot(dir);
+    for (name, bytes) in &all {
+        if name.ends_with(".npy") && !name.contains("report") {
+            let now = again.iter().find(|(n, _)| n == name).unwrap();
+            assert_eq!(&now.1, bytes, "{name}");
+        }
+    }
+}
+
+#[test]
+fn hdr_response_plot_and_synthetic_images_are_not_replaced_silently() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let sky = dir.join("sky");
+    let synth = |extra: &[&str]| {
+        let mut args = vec![
+            "hdr",
+            "synthetic",
+            "--output",
+            sky.to_str().unwrap(),
+            "--brackets",
+            "2",
+            "--exposures",
+            "3",
+            "--size",
+            "32",
+        ];
+        args.extend(extra);
+        tessera(&args)
+    };
+    ok(synth(&[]));
+    let images = snapshot(&sky);
+    fails_with(synth(&["--seed", "5"]), &["exists", "--overwrite"]);
+    assert_eq!(snapshot(&sky), images);
+    ok(synth(&["--seed", "5", "--overwrite"]));
+    assert_ne!(snapshot(&sky), images);
+    // The response plot beside a new response file.
+    let response = dir.join("response.npz");
+    std::fs::write(dir.join("response_curve.png"), b"my plot").unwrap();
+    let calibrate = |extra: &[&str]| {
+        let mut args = vec![
+            "hdr",
+            "calibrate",
+            "--input",
+            sky.to_str().unwrap(),
+            "--response",
+            response.to_str().unwrap(),
+            "--samples-per-image",
+            "50",
+        ];
+        args.extend(extra);
+        tessera(&args)
+    };
+    fails_with(calibrate(&[]), &["response_curve.png", "exists"]);
+    assert!(!response.exists());
+    assert_eq!(
+        std::fs::read(dir.join("response_curve.png")).unwrap(),
+        b"my plot"
+    );
+    ok(calibrate(&["--overwrite"]));
+    assert_ne!(
+        std::fs::read(dir.join("response_curve.png")).unwrap(),
+        b"my plot"
+    );
+    // The response inside the archive it calibrates from is refused (a later scan would find
+    // the plot among the images).
+    fails_with(
+        tessera(&[
+            "hdr",
+            "calibrate",
+            "--input",
+            &s(&sky),
+            "--recursive",
+            "--response",
+            &s(&sky.join("r.npz")),
+        ]),
+        &["lies inside the input"],
+    );
+    // A merge into the archive directory itself.
+    fails_with(
+        tessera(&[
+            "hdr",
+            "merge",
+            "--input",
+            &s(&sky),
+            "--response",
+            &s(&response),
+            "--output",
+            &s(&sky),
+            "--format",
+            "npy",
+            "--overwrite",
+        ]),
+        &["is the input"],
+    );
+}
+
+/// Interrupts `args` after one unit, then resumes with `changed` added: refused, naming
+/// `flag`; then resumes as it was started: finishes.
+fn resume_with_a_change(args: &[String], changed: &[&str], flag: &str) {
+    let env = [
+        ("TESSERA_UNIT_BYTES", "4096"),
+        ("TESSERA_ABORT_AFTER_UNITS", "1"),
+    ];
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let killed = tessera_env(&refs, &env);
+    assert!(
+        !killed.status.success(),
+        "the run was not interrupted:\n{}",
+        text(&killed)
+    );
+    let mut resumed = refs.clone();
+    resumed.push("--resume");
+    let mut different = resumed.clone();
+    different.extend(changed);
+    fails_with(
+        tessera_env(&different, &env[..1]),
+        &["--resume", &format!("--{flag} (was ")],
+    );
+    ok(tessera_env(&resumed, &env[..1]));
+}
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|x| x.to_string()).collect()
+}
+
+#[test]
+fn resume_refuses_changed_parameters_in_every_command() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let p = patches(dir, "border");
+    let input = s(&dir.join("in.npy"));
+    let o = |name: &str| s(&dir.join(name));
+    resume_with_a_change(
+        &strings(&[
+            "quilt",
+            "stitch",
+            "--input",
+            &s(&p),
+            "--output",
+            &o("st.zarr"),
+        ]),
+        &["--codec", "gzip"],
+        "codec",
+    );
+    resume_with_a_change(
+        &strings(&[
+            "quilt",
+            "stitch",
+            "--input",
+            &s(&p),
+            "--output",
+            &o("st2.zarr"),
+        ]),
+        &["--blend", "hann"],
+        "blend",
+    );
+    resume_with_a_change(
+        &strings(&[
+            "quilt",
+            "unstitch",
+            "--input",
+            &input,
+            "--output",
+            &o("u.zarr"),
+            "--window",
+            "16,16",
+            "--step",
+            "8,8",
+        ]),
+        &["--border", "3"],
+        "border",
+    );
+    resume_with_a_change(
+        &strings(&[
+            "pyramid",
+            "--input",
+            &input,
+            "--output",
+            &o("pl.zarr"),
+            "--method",
+            "laplacian",
+            "--chunks",
+            "1,1,8,8",
+            "--axes",
+            "tczyx",
+        ]),
+        &["--codec", "none"],
+        "codec",
+    );
+    resume_with_a_change(
+        &strings(&[
+            "pyramid",
+            "reconstruct",
+            "--input",
+            &o("pl.zarr"),
+            "--output",
+            &o("back.zarr"),
+            "--chunks",
+            "1,1,8,8",
+        ]),
+        &["--codec", "gzip"],
+        "codec",
+    );
+    ok(tessera(&[
+        "crop",
+        "--test-mode",
+        "--test-patterns",
+        "64",
+        "--test-size",
+        "32",
+        "--output",
+        &o("t.npy"),
+        "--no-visualization",
+    ]));
+    resume_with_a_change(
+        &strings(&[
+            "crop",
+            "--input",
+            &o("t_test_input.npy"),
+            "--output",
+            &o("c.zarr"),
+            "--chunk-size",
+            "4",
+            "--no-visualization",
+        ]),
+        &["--codec", "gzip"],
+        "codec",
+    );
+    let stack = dir.join("stack");
+    write_stack(
+        &stack,
+        "s",
+        &[0, 1, 2, 3, 4, 5],
+        &[16, 16],
+        tessera::io::DType::U16,
+        3,
+    );
+    resume_with_a_change(
+        &strings(&[
+            "convert",
+            "--input",
+            &s(&stack),
+            "--output",
+            &o("conv.zarr"),
+            "--chunks",
+            "1,16,16",
+        ]),
+        &["--dtype", "f32"],
+        "dtype",
+    );
+}
+
+#[test]
+fn an_interrupted_per_bracket_merge_resumes_only_with_its_parameters() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let sky = dir.join("sky");
+    let synth = |extra: &[&str]| {
+        let mut args = vec![
+            "hdr",
+            "synthetic",
+            "--output",
+            sky.to_str().unwrap(),
+            "--brackets",
+            "3",
+            "--exposures",
+            "3",
+            "--size",
+            "24",
+        ];
+        args.extend(extra);
+        ok(tessera(&args));
+    };
+    synth(&[]);
+    // The last bracket's first image is unreadable: the merge stops after two brackets.
+    let mut names: Vec<PathBuf> = std::fs::read_dir(&sky)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    names.sort();
+    std::fs::write(names.last().unwrap(), b"broken").unwrap();
+    let out = dir.join("merged");
+    let merge = |extra: &[&str]| {
+        let mut args = vec![
+            "hdr",
+            "merge",
+            "--input",
+            sky.to_str().unwrap(),
+            "--method",
+            "mertens",
+            "--format",
+            "npy",
+            "--output",
+            out.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        tessera(&args)
+    };
+    assert!(!merge(&[]).status.success());
+    synth(&["--overwrite"]);
+    fails_with(
+        merge(&["--resume", "--preview", "png"]),
+        &["--preview (was null"],
+    );
+    ok(merge(&["--resume"]));
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 3);
+    assert!(!dir.join("merged.journal").exists());
+}
+
+#[test]
+fn stitch_flags_that_contradict_the_patches_are_refused_and_weighting_flags_honoured() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let p = patches(dir, "border");
+    let stitch = |out: &str, extra: &[&str]| {
+        let mut args = vec![
+            "quilt",
+            "stitch",
+            "--input",
+            p.to_str().unwrap(),
+            "--output",
+            out,
+        ];
+        args.extend(extra);
+        tessera(&args)
+    };
+    let o = |name: &str| s(&dir.join(name));
+    fails_with(
+        stitch(&o("a.npy"), &["--window", "32,32"]),
+        &["--window", "contradicts", "16,16"],
+    );
+    fails_with(
+        stitch(&o("a.npy"), &["--step", "4"]),
+        &["--step", "contradicts"],
+    );
+    fails_with(
+        stitch(&o("a.npy"), &["--border", "0"]),
+        &["--border", "contradicts"],
+    );
+    fails_with(
+        stitch(&o("a.npy"), &["--shape", "2,1,64,64"]),
+        &["--shape", "contradicts"],
+    );
+    // Flags that agree with the attribute are accepted.
+    ok(stitch(
+        &o("same.npy"),
+        &["--window", "16", "--step", "8,8", "--border", "2"],
+    ));
+    // --blend hann on border-cut patches = patches cut with hann, stitched with their own.
+    ok(stitch(&o("hann-flag.npy"), &["--blend", "hann"]));
+    let dir2 = dir.join("hann");
+    std::fs::create_dir(&dir2).unwrap();
+    let p2 = patches(&dir2, "hann");
+    ok(tessera(&[
+        "quilt",
+        "stitch",
+        "--input",
+        &s(&p2),
+        "--output",
+        &o("hann-attr.npy"),
+    ]));
+    assert_eq!(
+        std::fs::read(dir.join("hann-flag.npy")).unwrap(),
+        std::fs::read(dir.join("hann-attr.npy")).unwrap()
+    );
+    let border = std::fs::read(dir.join("same.npy")).unwrap();
+    assert_ne!(border, std::fs::read(dir.join("hann-flag.npy")).unwrap());
+}
+
+#[cfg(feature = "hdf5")]
+mod hdf5_files {
+    use super::*;
+
+    /// An HDF5 file with two datasets of someone's, `keep` and `img`.
+    fn user_file(dir: &Path) -> PathBuf {
+        let f = dir.join("f.h5");
+        let file = hdf5::File::create(&f).unwrap();
+        file.new_dataset_builder()
+            .with_data(&[1i64, 2, 3])
+            .create("keep")
+            .unwrap();
+        let img = random_f32(&[2, 1, 48, 48], 9);
+        file.new_dataset_builder()
+            .with_data(img.view())
+            .create("img")
+            .unwrap();
+        f
+    }
+
+    fn read_keep(f: &Path) -> Vec<i64> {
+        hdf5::File::open(f)
+            .unwrap()
+            .dataset("keep")
+            .unwrap()
+            .read_raw()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_dataset_is_added_to_an_existing_file_and_replaced_alone() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path();
+        let f = user_file(dir);
+        let input = image(dir);
+        let unstitch = |window: &str, extra: &[&str]| {
+            let mut args = vec![
+                "quilt",
+                "unstitch",
+                "--input",
+                input.to_str().unwrap(),
+                "--output",
+                "F:/patches",
+                "--window",
+                window,
+                "--step",
+                window,
+                "--codec",
+                "gzip",
+                "--positions",
+            ];
+            let out = format!("{}:/patches", f.display());
+            let pos = s(&dir.join("pos.npy"));
+            args[5] = &out;
+            args.push(&pos);
+            args.extend(extra);
+            tessera(&args)
+        };
+        ok(unstitch("16", &[]));
+        assert_eq!(read_keep(&f), [1, 2, 3]);
+        assert_eq!(
+            meta(&format!("{}:/patches", f.display())).shape,
+            [18, 1, 16, 16]
+        );
+        fails_with(
+            unstitch("8", &[]),
+            &["dataset /patches", "exists", "--overwrite"],
+        );
+        ok(unstitch("8", &["--overwrite"]));
+        assert_eq!(
+            meta(&format!("{}:/patches", f.display())).shape,
+            [72, 1, 8, 8]
+        );
+        assert_eq!(read_keep(&f), [1, 2, 3]);
+        let names = hdf5::File::open(&f).unwrap().member_names().unwrap();
+        assert_eq!(names, ["img", "keep", "patches"]);
+        // Reading from and writing to one file in one run is refused, the file untouched.
+        let bytes = std::fs::read(&f).unwrap();
+        fails_with(
+            tessera(&[
+                "quilt",
+                "stitch",
+                "--input",
+                &format!("{}:/patches", f.display()),
+                "--output",
+                &format!("{}:/mean", f.display()),
+            ]),
+            &["same HDF5 file"],
+        );
+        assert_eq!(std::fs::read(&f).unwrap(), bytes);
+    }
+
+    #[test]
+    fn an_interrupted_dataset_in_an_existing_file_resumes_to_the_same_bytes() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path();
+        let f = user_file(dir);
+        let p = patches(dir, "border");
+        let args = |out: &str| strings(&["quilt", "stitch", "--input", &s(&p), "--output", out]);
+        let clean = s(&dir.join("clean.npy"));
+        ok(tessera(
+            &args(&clean).iter().map(String::as_str).collect::<Vec<_>>(),
+        ));
+        let target = format!("{}:/mean", f.display());
+        resume_with_a_change(&args(&target), &["--sigma", "0.2"], "sigma");
+        assert_eq!(read_keep(&f), [1, 2, 3]);
+        let names = hdf5::File::open(&f).unwrap().member_names().unwrap();
+        assert_eq!(names, ["img", "keep", "mean"]);
+        let a = read_all(&clean);
+        let b = read_all(&target);
+        assert_eq!(a, b);
+    }
+
+    #[cfg(feature = "mpi")]
+    #[test]
+    fn two_ranks_add_a_dataset_to_an_existing_file() {
+        if mpirun().is_none() {
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path();
+        let f = user_file(dir);
+        let p = patches(dir, "border");
+        let target = format!("{}:/g/mean", f.display());
+        ok(tessera_mpi(
+            2,
+            &[
+                "quilt",
+                "stitch",
+                "--input",
+                &s(&p),
+                "--output",
+                &target,
+                "--codec",
+                "gzip",
+            ],
+            &[("TESSERA_UNIT_BYTES", "4096")],
+        ));
+        ok(tessera_mpi(
+            2,
+            &[
+                "quilt",
+                "stitch",
+                "--input",
+                &s(&p),
+                "--output",
+                &target,
+                "--codec",
+                "gzip",
+                "--overwrite",
+            ],
+            &[("TESSERA_UNIT_BYTES", "4096")],
+        ));
+        assert_eq!(read_keep(&f), [1, 2, 3]);
+        let clean = s(&dir.join("clean.npy"));
+        ok(tessera(&[
+            "quilt",
+            "stitch",
+            "--input",
+            &s(&p),
+            "--output",
+            &clean,
+        ]));
+        assert_eq!(read_all(&clean), read_all(&target));
+        // A refusal on two ranks is still one line.
+        fails_with(
+            tessera_mpi(
+                2,
+                &[
+                    "quilt",
+                    "stitch",
+                    "--input",
+                    &s(&p),
+                    "--output",
+                    &format!("{}/c", p.display()),
+                ],
+                &[],
+            ),
+            &["lies inside the input"],
+        );
+    }
+}
