@@ -437,21 +437,12 @@ fn write_raw<T: H5Type + Clone>(
 
 impl ArrayWriter for Hdf5Writer {
     fn write_box(&self, part: Option<(&Region, &Block)>) -> Result<()> {
-        match part {
-            Some((region, block)) => {
-                check_write(
-                    &self.path.display().to_string(),
-                    &self.shape,
-                    self.dtype,
-                    region,
-                    block,
-                )?;
-                with_block!(block, a => write_raw(&self.path, &self.ds, Some((region, a)), self.collective))
-            }
-            None => {
-                with_dtype!(self.dtype, T => write_raw::<T>(&self.path, &self.ds, None, self.collective))
-            }
-        }
+        self.write_unflushed(part)?;
+        // HDF5 keeps metadata (and small raw data) in its own caches: without a flush, a
+        // killed run leaves a file that cannot be reopened, although its journal says the
+        // unit is written. Flushed, the bytes are in the OS's hands, as the journal requires.
+        // Collective under MPI, like the write.
+        self.file.flush().map_err(|e| h5_err(&self.path, e))
     }
 
     fn set_attributes(&self, attributes: &Map<String, Value>) -> Result<()> {
@@ -470,11 +461,33 @@ impl ArrayWriter for Hdf5Writer {
     }
 }
 
-/// Link operations on an existing file, for staging a dataset inside it (`io::staging`): the
-/// new dataset is written as `<name>.partial` beside the file's other datasets and moved to
-/// its name when complete, so the rest of the file is never touched. Serial (rank 0, while no
-/// rank has the file open).
+impl Hdf5Writer {
+    fn write_unflushed(&self, part: Option<(&Region, &Block)>) -> Result<()> {
+        match part {
+            Some((region, block)) => {
+                check_write(
+                    &self.path.display().to_string(),
+                    &self.shape,
+                    self.dtype,
+                    region,
+                    block,
+                )?;
+                with_block!(block, a => write_raw(&self.path, &self.ds, Some((region, a)), self.collective))
+            }
+            None => {
+                with_dtype!(self.dtype, T => write_raw::<T>(&self.path, &self.ds, None, self.collective))
+            }
+        }
+    }
+}
+
+/// Datasets added to an existing file (`io::staging`): the new dataset is written into a
+/// staging file of its own (`f.h5.<dataset>.partial`), so that a crash while writing can never
+/// corrupt the user's file, and copied into the file when complete (`H5Ocopy`, which moves
+/// the stored chunks as they are). The user's file is open for writing only during that copy.
+/// Serial: rank 0, while no rank has either file open.
 pub mod links {
+    use std::ffi::CString;
     use std::path::Path;
 
     use super::h5_err;
@@ -500,56 +513,74 @@ pub mod links {
     /// The file is not HDF5.
     pub fn exists(file: &Path, path: &str) -> Result<bool> {
         let f = open(file, false)?;
+        Ok(has(&f, path))
+    }
+
+    fn has(f: &hdf5::File, path: &str) -> bool {
         // H5Lexists wants every intermediate group to exist: check them one by one.
         let mut prefix = String::new();
         for part in path.split('/').filter(|p| !p.is_empty()) {
             prefix.push('/');
             prefix.push_str(part);
             if !f.link_exists(&prefix) {
-                return Ok(false);
+                return false;
             }
         }
-        Ok(!prefix.is_empty())
+        !prefix.is_empty()
     }
 
-    /// Removes `path` from `file` if it is there.
+    /// Copies `dataset` of `staged` into `file` under the same path, replacing what is there:
+    /// the old dataset is first moved aside (`<dataset>.replaced`), then the copy takes its
+    /// name, then the old one is unlinked, so at every moment one complete dataset is
+    /// reachable. (HDF5 does not reuse the old dataset's space; `h5repack` reclaims it.)
     ///
     /// # Errors
     /// HDF5 failures.
-    pub fn remove(file: &Path, path: &str) -> Result<()> {
-        if exists(file, path)? {
-            let f = open(file, true)?;
-            f.unlink(path)
-                .map_err(|e| h5_err(file, format!("removing {path}: {e}")))?;
-        }
-        Ok(())
-    }
-
-    /// Moves `from` to `to` in `file`, replacing what is at `to`: the old dataset is first
-    /// moved aside (`<to>.replaced`), then the new one takes its name, then the old one is
-    /// unlinked, so at every moment one complete dataset is reachable.
-    ///
-    /// # Errors
-    /// HDF5 failures.
-    pub fn replace(file: &Path, from: &str, to: &str) -> Result<()> {
-        let aside = format!("{to}.replaced");
-        let replacing = exists(file, to)?;
-        let f = open(file, true)?;
+    pub fn copy_in(staged: &Path, file: &Path, dataset: &str) -> Result<()> {
+        let source = open(staged, false)?;
+        let target = open(file, true)?;
         let fail = |what: &str, e: hdf5::Error| h5_err(file, format!("{what}: {e}"));
+        let aside = format!("{dataset}.replaced");
+        let replacing = has(&target, dataset);
         if replacing {
-            if f.link_exists(&aside) {
-                f.unlink(&aside)
+            if has(&target, &aside) {
+                target
+                    .unlink(&aside)
                     .map_err(|e| fail(&format!("removing {aside}"), e))?;
             }
-            f.relink(to, &aside)
-                .map_err(|e| fail(&format!("moving the old {to} aside"), e))?;
+            target
+                .relink(dataset, &aside)
+                .map_err(|e| fail(&format!("moving the old {dataset} aside"), e))?;
         }
-        f.relink(from, to)
-            .map_err(|e| fail(&format!("renaming {from} to {to}"), e))?;
+        let name = CString::new(dataset).map_err(|e| h5_err(file, e))?;
+        let status = hdf5::sync::sync(|| unsafe {
+            use hdf5_sys::h5p::{H5Pclose, H5Pcreate, H5Pset_create_intermediate_group};
+            // SAFETY: both files are open for the whole call; the property list is created
+            // and closed here; the names are NUL-terminated.
+            let lcpl = H5Pcreate(*hdf5_sys::h5p::H5P_CLS_LINK_CREATE);
+            H5Pset_create_intermediate_group(lcpl, 1);
+            let r = hdf5_sys::h5o::H5Ocopy(
+                source.id(),
+                name.as_ptr(),
+                target.id(),
+                name.as_ptr(),
+                hdf5_sys::h5p::H5P_DEFAULT,
+                lcpl,
+            );
+            H5Pclose(lcpl);
+            r
+        });
+        if status < 0 {
+            return Err(h5_err(
+                file,
+                format!("copying {dataset} in from {}", staged.display()),
+            ));
+        }
         if replacing {
-            f.unlink(&aside)
+            target
+                .unlink(&aside)
                 .map_err(|e| fail(&format!("removing {aside}"), e))?;
         }
-        Ok(())
+        target.flush().map_err(|e| fail("flushing", e))
     }
 }

@@ -28,13 +28,19 @@ pub struct Staging {
 enum Publish {
     /// The file or directory `staged` is renamed to `published`.
     Rename { published: PathBuf, staged: PathBuf },
-    /// A dataset added to an existing HDF5 file: written as `staged` inside the file and moved
-    /// to `dataset` at commit; the file's other datasets are never touched.
+    /// A dataset added to an existing HDF5 file: written to a staging file of its own
+    /// (`staged`), copied into `file` at commit; the file's other datasets are never touched,
+    /// and a crash while writing cannot corrupt the file.
     Dataset {
         file: PathBuf,
         dataset: String,
-        staged: String,
+        staged: PathBuf,
     },
+}
+
+/// `/g/x` -> `.g.x`, for names beside a file.
+fn dotted(dataset: &str) -> String {
+    dataset.replace('/', ".")
 }
 
 fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
@@ -90,15 +96,12 @@ impl Staging {
                 if dataset_exists(file, dataset)? && !overwrite {
                     return Err(exists_error(format!("dataset {dataset} "), file.clone()));
                 }
-                dataset_exists(file, staged)?
+                staged.exists()
             }
         };
         if staged_exists && !resume && !overwrite {
             return Err(interrupted_error(match &publish {
-                Publish::Rename { staged, .. } => staged.clone(),
-                Publish::Dataset { file, staged, .. } => {
-                    PathBuf::from(format!("{}:{staged}", file.display()))
-                }
+                Publish::Rename { staged, .. } | Publish::Dataset { staged, .. } => staged.clone(),
             }));
         }
         let resuming = staged_exists && resume;
@@ -143,7 +146,7 @@ impl Staging {
                 )
             }
             Address::Hdf5 { file, dataset } if file.is_file() => {
-                let staged = format!("{dataset}.partial");
+                let staged = with_suffix(file, &format!("{}.partial", dotted(dataset)));
                 (
                     Publish::Dataset {
                         file: file.clone(),
@@ -151,8 +154,8 @@ impl Staging {
                         staged: staged.clone(),
                     },
                     Address::Hdf5 {
-                        file: file.clone(),
-                        dataset: staged,
+                        file: staged,
+                        dataset: dataset.clone(),
                     },
                 )
             }
@@ -174,7 +177,7 @@ impl Staging {
         match &self.publish {
             Publish::Rename { published, .. } => with_suffix(published, ".journal"),
             Publish::Dataset { file, dataset, .. } => {
-                with_suffix(file, &format!("{}.journal", dataset.replace('/', ".")))
+                with_suffix(file, &format!("{}.journal", dotted(dataset)))
             }
         }
     }
@@ -194,14 +197,6 @@ impl Staging {
         matches!(self.publish, Publish::Dataset { .. })
     }
 
-    /// The staging area's name, for messages (`out.zarr.partial`, `f.h5:/x.partial`).
-    pub fn staged_name(&self) -> String {
-        match &self.publish {
-            Publish::Rename { staged, .. } => staged.display().to_string(),
-            Publish::Dataset { file, staged, .. } => format!("{}:{staged}", file.display()),
-        }
-    }
-
     /// Removes a stale staging area and journal (a fresh run that is not resuming). Rank 0 only.
     ///
     /// # Errors
@@ -210,7 +205,7 @@ impl Staging {
         if !self.resuming {
             match &self.publish {
                 Publish::Rename { staged, .. } => remove_any(staged)?,
-                Publish::Dataset { file, staged, .. } => remove_dataset(file, staged)?,
+                Publish::Dataset { staged, .. } => remove_any(staged)?,
             }
             remove_any(&self.journal_dir())?;
         }
@@ -240,7 +235,10 @@ impl Staging {
                 file,
                 dataset,
                 staged,
-            } => replace_dataset(file, staged, dataset)?,
+            } => {
+                copy_dataset(staged, file, dataset)?;
+                remove_any(staged)?;
+            }
         }
         remove_any(&self.journal_dir())
     }
@@ -326,23 +324,15 @@ fn dataset_exists(file: &Path, dataset: &str) -> Result<bool> {
     crate::io::hdf5::links::exists(file, dataset)
 }
 #[cfg(feature = "hdf5")]
-fn remove_dataset(file: &Path, dataset: &str) -> Result<()> {
-    crate::io::hdf5::links::remove(file, dataset)
-}
-#[cfg(feature = "hdf5")]
-fn replace_dataset(file: &Path, from: &str, to: &str) -> Result<()> {
-    crate::io::hdf5::links::replace(file, from, to)
+fn copy_dataset(staged: &Path, file: &Path, dataset: &str) -> Result<()> {
+    crate::io::hdf5::links::copy_in(staged, file, dataset)
 }
 #[cfg(not(feature = "hdf5"))]
 fn dataset_exists(file: &Path, _: &str) -> Result<bool> {
     Err(not_compiled(file))
 }
 #[cfg(not(feature = "hdf5"))]
-fn remove_dataset(file: &Path, _: &str) -> Result<()> {
-    Err(not_compiled(file))
-}
-#[cfg(not(feature = "hdf5"))]
-fn replace_dataset(file: &Path, _: &str, _: &str) -> Result<()> {
+fn copy_dataset(_: &Path, file: &Path, _: &str) -> Result<()> {
     Err(not_compiled(file))
 }
 #[cfg(not(feature = "hdf5"))]
