@@ -13,6 +13,7 @@ pub mod images;
 pub mod lock;
 pub mod npy;
 pub mod staging;
+pub mod walk;
 pub mod zarr;
 
 use serde::{Deserialize, Serialize};

@@ -74,16 +74,11 @@ pub fn scan(dir: &Path, pattern: &str, extension: Option<&str>) -> Result<Vec<St
         ));
     }
     let extension = extension.map(|e| e.trim_start_matches('.').to_ascii_lowercase());
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map_err(|e| Error::Io {
-            path: dir.into(),
-            source: e,
-        })?
-        .flatten()
-        .filter(|e| e.path().is_file())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
+    let names: Vec<String> = io::walk::files(dir, false)?
+        .iter()
+        .filter_map(|p| p.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
         .collect();
-    names.sort();
     if names.is_empty() {
         return Err(Error::parameter(
             "input",

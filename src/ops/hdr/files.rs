@@ -11,7 +11,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 
 /// One exposure of a bracket.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -193,24 +193,12 @@ fn is_image(path: &Path) -> bool {
     })
 }
 
-/// Lists image files under `root` (sorted; into subdirectories when `recursive`).
+/// Lists image files under `root` (sorted; into subdirectories when `recursive`, each real
+/// directory once: see [`crate::io::walk`]).
 fn list(root: &Path, recursive: bool) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    let mut dirs = vec![root.to_path_buf()];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).at(&dir)? {
-            let path = entry.at(&dir)?.path();
-            if path.is_dir() {
-                if recursive {
-                    dirs.push(path);
-                }
-            } else if is_image(&path) {
-                out.push(path);
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
+    let mut files = crate::io::walk::files(root, recursive)?;
+    files.retain(|p| is_image(p));
+    Ok(files)
 }
 
 /// Groups the image files under `root` into brackets (see the module docs).
