@@ -316,15 +316,6 @@ impl Hdf5Writer {
                 "sharding is a Zarr feature; HDF5 output takes --chunks only",
             ));
         }
-        if matches!(spec.codec, Codec::Zstd | Codec::Blosc) {
-            return Err(Error::parameter(
-                "codec",
-                format!(
-                    "{:?} is not available for HDF5 output (h5py could not read it without plugins); use gzip or none",
-                    spec.codec
-                ).to_lowercase(),
-            ));
-        }
         if comm.is_root() {
             if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
                 std::fs::create_dir_all(parent).map_err(|e| Error::Io {

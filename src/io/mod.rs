@@ -45,8 +45,10 @@ pub struct ArrayMeta {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Codec {
-    /// Zstandard, level 3 (Zarr default).
+    /// The output format's own default: zstd for Zarr, gzip for HDF5, none for .npy.
     #[default]
+    Auto,
+    /// Zstandard, level 3 (Zarr only).
     Zstd,
     /// Blosc with LZ4 and byte shuffle (Zarr only).
     Blosc,
@@ -54,6 +56,33 @@ pub enum Codec {
     Gzip,
     /// No compression.
     None,
+}
+
+impl Codec {
+    /// The codec an output at `address` gets: [`Codec::Auto`] resolved per format, any other
+    /// codec as given if the format can store it. The one place that knows which codec suits
+    /// which format: [`create`] resolves every spec through it, and operations call it while
+    /// planning so that a refusal comes before anything is staged.
+    /// HDF5 gets gzip because it is the one filter every HDF5 reader (h5py included) has
+    /// without plugins; `.npy` stores raw elements (a given codec is ignored there).
+    ///
+    /// # Errors
+    /// [`Error::Parameter`] naming `--codec` for zstd or blosc with an HDF5 output.
+    pub fn for_format(self, address: &Address) -> Result<Codec> {
+        match (self, address) {
+            (Codec::Auto, Address::Zarr { .. }) => Ok(Codec::Zstd),
+            (Codec::Auto, Address::Hdf5 { .. }) => Ok(Codec::Gzip),
+            (Codec::Auto, Address::Npy { .. }) => Ok(Codec::None),
+            (Codec::Zstd | Codec::Blosc, Address::Hdf5 { .. }) => Err(Error::parameter(
+                "codec",
+                format!(
+                    "{} is not available for the HDF5 output {address} (h5py could not read it without plugins); use gzip or none (auto, the default, gives gzip for HDF5)",
+                    format!("{self:?}").to_lowercase()
+                ),
+            )),
+            (given, _) => Ok(given),
+        }
+    }
 }
 
 /// Everything needed to create an output array.
@@ -194,6 +223,10 @@ pub fn create(
     resume: bool,
 ) -> Result<Box<dyn ArrayWriter>> {
     spec.validate()?;
+    let spec = &CreateSpec {
+        codec: spec.codec.for_format(address)?,
+        ..spec.clone()
+    };
     match address {
         Address::Npy { path } => Ok(Box::new(npy::NpyWriter::create(path, spec, comm, resume)?)),
         Address::Zarr { store, node } => Ok(Box::new(zarr::ZarrWriter::create(

@@ -255,6 +255,8 @@ pub struct ConvertOp {
     writer: Mutex<Option<Box<dyn ArrayWriter>>>,
     /// Slabs whose unit was written, reused for the next units.
     spare_slabs: crate::exec::Spares<Block>,
+    /// Set once a float -> integer conversion rounded a fraction away and this was said.
+    rounding_warned: std::sync::Once,
 }
 
 impl ConvertOp {
@@ -292,7 +294,9 @@ impl ConvertOp {
             dtype: job.dtype.unwrap_or(slice.dtype),
             chunks,
             shards: job.shards.clone(),
-            codec: job.codec,
+            // Resolved here: a refusal comes before staging, and the fingerprint (checked on
+            // --resume) names the codec written, as it did before `auto` existed.
+            codec: job.codec.for_format(&target)?,
             dimension_names: Some(names.iter().map(|s| s.to_string()).collect()),
             attributes: Map::new(),
         };
@@ -357,6 +361,7 @@ impl ConvertOp {
             attributes,
             writer: Mutex::new(None),
             spare_slabs: Default::default(),
+            rounding_warned: std::sync::Once::new(),
         })
     }
 
@@ -366,7 +371,18 @@ impl ConvertOp {
         index: usize,
         target: ndarray::ArrayViewMutD<'_, T>,
     ) -> Result<()> {
-        images::read_into(&self.files[index], &self.slice, target)
+        let path = &self.files[index];
+        if let Some(value) = images::read_into(path, &self.slice, target)? {
+            self.rounding_warned.call_once(|| {
+                tracing::warn!(
+                    "{}: float value {value} has a fractional part, rounded to {}; --dtype {} rounds every such value to the nearest integer (warned once per stack)",
+                    path.display(),
+                    value.round(),
+                    self.spec.dtype
+                )
+            });
+        }
+        Ok(())
     }
 }
 
