@@ -196,9 +196,7 @@ pub trait ArrayWriter: Send + Sync {
 /// # Errors
 /// [`Error::Address`] when nothing (or no array) is there; format errors otherwise.
 pub fn open(address: &Address) -> Result<Box<dyn ArrayReader>> {
-    if !address.container().exists() {
-        return Err(Error::address(address.to_string(), "does not exist"));
-    }
+    check_container_kind(address)?;
     match address {
         Address::Npy { path } => Ok(Box::new(npy::NpyReader::open(path)?)),
         Address::Zarr { store, node } => Ok(Box::new(zarr::ZarrReader::open(store, node)?)),
@@ -210,6 +208,39 @@ pub fn open(address: &Address) -> Result<Box<dyn ArrayReader>> {
             feature: "hdf5",
         }),
     }
+}
+
+/// Refuses a container of the wrong kind before a format library sees it (and answers with
+/// its own puzzling message): a Zarr store is a directory with metadata at its root, a `.npy`
+/// or HDF5 file is a file.
+///
+/// # Errors
+/// [`Error::Address`] saying what is there instead.
+fn check_container_kind(address: &Address) -> Result<()> {
+    let path = address.container();
+    let Ok(found) = std::fs::metadata(path) else {
+        return Err(Error::address(address.to_string(), "does not exist"));
+    };
+    let wrong = match address {
+        Address::Zarr { .. } if !found.is_dir() => {
+            Some("is a file, not a Zarr store (a directory)")
+        }
+        Address::Zarr { node, .. } if node.is_empty() && !has_zarr_metadata(path) => {
+            Some("is a directory but not a Zarr store (no zarr.json, nor Zarr v2 .zarray/.zgroup)")
+        }
+        Address::Npy { .. } if found.is_dir() => Some("is a directory, not a .npy file"),
+        Address::Hdf5 { .. } if found.is_dir() => Some("is a directory, not an HDF5 file"),
+        _ => None,
+    };
+    wrong.map_or(Ok(()), |message| {
+        Err(Error::address(address.to_string(), message))
+    })
+}
+
+fn has_zarr_metadata(dir: &std::path::Path) -> bool {
+    ["zarr.json", ".zarray", ".zgroup"]
+        .iter()
+        .any(|name| dir.join(name).is_file())
 }
 
 /// Creates (or, with `resume`, reopens) an output array. Collective: every rank calls it.
