@@ -225,7 +225,7 @@ fn scan_on_root(scan: &ScanOptions) -> Result<Vec<Bracket>> {
         return Err(Error::bad_file(
             &scan.input,
             format!(
-                "no bracket of 2 or more exposures ({} skipped, {} unparsed names, {} impossible dates)",
+                "no bracket of 2 or more exposures ({} skipped, {} unparsed names, {} names with impossible dates)",
                 found.skipped.len(),
                 found.unparsed.len(),
                 found.impossible.len()
