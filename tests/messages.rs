@@ -5,7 +5,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 use common::*;
 use tessera::io::DType;
@@ -81,7 +80,9 @@ with h5py.File(sys.argv[1], "w") as f:
     ds = h5py.Dataset(h5py.h5d.create(f.id, b"x", h5py.h5t.NATIVE_UINT16, space, dcpl=dcpl))
     ds.id.write_direct_chunk((0, 0), np.arange(16, dtype=np.uint16).tobytes(), filter_mask=0)
 "#;
-    let made = Command::new(&python).args(["-c", make, &s(&file)]).output();
+    let made = std::process::Command::new(&python)
+        .args(["-c", make, &s(&file)])
+        .output();
     let Ok(made) = made.as_ref().map_err(|e| e.to_string()) else {
         eprintln!("skipping: no python with h5py at {python} (scripts/setup.sh --python)");
         return;
