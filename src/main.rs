@@ -79,7 +79,8 @@ fn init_logging(cli: &Cli, comm: &dyn Comm) {
 
 /// Prints the job's error(s) once, on rank 0: every rank's message is gathered, ranks that
 /// only stopped because another failed are left out, and identical messages (a plan error
-/// every rank found) are printed once. One line each, whatever the library's message was.
+/// every rank found) are printed once. One line each, whatever the library's message was,
+/// ending with how to resume or clean up when the run left a `.partial` output.
 fn report_error(error: Option<Error>, comm: &dyn Comm) {
     let own = match &error {
         Some(Error::PeerFailed { .. }) | None => String::new(),
@@ -97,6 +98,9 @@ fn report_error(error: Option<Error>, comm: &dyn Comm) {
     if !comm.is_root() {
         return;
     }
+    let hint = tessera::io::staging::interrupted_run_hint()
+        .map(|h| format!("; {h}"))
+        .unwrap_or_default();
     let mut printed: Vec<String> = Vec::new();
     for (rank, m) in messages.iter().enumerate() {
         let m = String::from_utf8_lossy(m).into_owned();
@@ -105,15 +109,15 @@ fn report_error(error: Option<Error>, comm: &dyn Comm) {
         }
         let identical_on_all = messages.iter().all(|x| x == m.as_bytes());
         if comm.size() == 1 || identical_on_all {
-            eprintln!("error: {m}");
+            eprintln!("error: {m}{hint}");
         } else {
-            eprintln!("error: (rank {rank}) {m}");
+            eprintln!("error: (rank {rank}) {m}{hint}");
         }
         printed.push(m);
     }
     if printed.is_empty() {
         if let Some(Error::PeerFailed { rank }) = error {
-            eprintln!("error: rank {rank} failed");
+            eprintln!("error: rank {rank} failed{hint}");
         }
     }
 }

@@ -677,3 +677,99 @@ fn a_killed_zarr_merge_resumes_to_the_same_bytes() {
     // The group attributes name the output-independent inputs only, so the trees are equal.
     assert_same_tree(&whole, &cut);
 }
+
+/// Runs `tessera` with `args`, killing it (and failing the test) if it runs past `limit`:
+/// a walk that loops would otherwise hang the suite.
+fn tessera_within(args: &[&str], limit: std::time::Duration) -> std::process::Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env("TESSERA_MPI", "0")
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > limit {
+            child.kill().unwrap();
+            panic!("tessera {args:?} still running after {limit:?} (a symlink loop?)");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn symlink_loops_are_walked_once() {
+    let d = tempfile::tempdir().unwrap();
+    let input = d.path().join("sky");
+    let brackets = archive(&input);
+    // Two loops: one at the top, one from the subdirectory back to the top.
+    std::os::unix::fs::symlink(&input, input.join("x")).unwrap();
+    std::os::unix::fs::symlink("..", input.join("cam2/y")).unwrap();
+    let limit = std::time::Duration::from_secs(120);
+    let response = d.path().join("response.npz");
+    let calibrated = tessera_within(
+        &[
+            "hdr",
+            "calibrate",
+            "--input",
+            &s(&input),
+            "--response",
+            &s(&response),
+            "--recursive",
+        ],
+        limit,
+    );
+    let warns_of_both_links = |log: &str| {
+        for link in ["sky/x", "cam2/y"] {
+            assert!(
+                log.lines().any(|l| l.contains("WARN") && l.contains(link)),
+                "no warning naming {link}:\n{log}"
+            );
+        }
+    };
+    let log = ok(calibrated);
+    assert!(log.contains("hdr calibrate: 4 bracket(s)"), "{log}");
+    warns_of_both_links(&log);
+    let range = ok(tessera_within(
+        &[
+            "hdr",
+            "lne-range",
+            "--input",
+            &s(&input),
+            "--recursive",
+            "--response",
+            &s(&response),
+        ],
+        limit,
+    ));
+    warns_of_both_links(&range);
+    let out = d.path().join("hdr");
+    let log = ok(tessera_within(
+        &[
+            "hdr",
+            "merge",
+            "--input",
+            &s(&input),
+            "--recursive",
+            "--response",
+            &s(&response),
+            "--output",
+            &s(&out),
+            "--format",
+            "npy",
+        ],
+        limit,
+    ));
+    assert!(log.contains("hdr merge: 4 bracket(s)"), "{log}");
+    let mut written: Vec<String> = tree(&out).into_iter().map(|(name, _)| name).collect();
+    written.retain(|n| n.ends_with(".npy"));
+    let mut want: Vec<String> = brackets
+        .iter()
+        .map(|(time, dir, _)| dir.join(format!("{time}.npy")).display().to_string())
+        .collect();
+    want.sort();
+    assert_eq!(written, want);
+}

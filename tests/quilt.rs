@@ -613,6 +613,7 @@ fn weed_drops_pairs_without_labels_inside_the_border() {
     let got_labels: ArrayD<i16> = read_npy(&ol).unwrap();
     assert_eq!(got_labels.shape(), &[kept.len(), 1, 6, 6]);
     let mask: ArrayD<u8> = read_npy(&om).unwrap();
+    assert_eq!(mask.shape(), &[m], "the mask is (M,), as --help says");
     assert_eq!(
         mask.iter().map(|&x| x == 0).collect::<Vec<_>>(),
         expect_keep
@@ -637,6 +638,57 @@ fn weed_drops_pairs_without_labels_inside_the_border() {
         ]),
         &["label patches", "shape"],
     );
+}
+
+#[test]
+fn weed_refuses_a_missing_label_the_labels_cannot_hold() {
+    let d = tempfile::tempdir().unwrap();
+    let m = 4;
+    let pi = d.path().join("in.npy");
+    write_npy(&pi, &random_f32(&[m, 1, 4, 4], 31)).unwrap();
+    let weed = |labels: &std::path::Path, missing: Option<&str>| {
+        let mut args = vec![
+            "quilt".to_string(),
+            "weed".into(),
+            "--input".into(),
+            s(&pi),
+            "--labels".into(),
+            s(labels),
+            "--output".into(),
+            s(&d.path().join("oi.npy")),
+            "--labels-output".into(),
+            s(&d.path().join("ol.npy")),
+            "--mask".into(),
+            s(&d.path().join("mask.npy")),
+        ];
+        if let Some(v) = missing {
+            args.extend(["--missing-label".into(), v.into()]);
+        }
+        tessera(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let u8_labels = d.path().join("u8.npy");
+    write_npy(&u8_labels, &ArrayD::from_elem(IxDyn(&[m, 1, 4, 4]), 0u8)).unwrap();
+    let i32_labels = d.path().join("i32.npy");
+    write_npy(&i32_labels, &ArrayD::from_elem(IxDyn(&[m, 1, 4, 4]), 0i32)).unwrap();
+    // The default (-1) with unsigned labels, a fraction with integer labels, out of range.
+    for (labels, missing, shown, dtype) in [
+        (&u8_labels, None, "-1", "uint8"),
+        (&i32_labels, Some("2.5"), "2.5", "int32"),
+        (&u8_labels, Some("256"), "256", "uint8"),
+    ] {
+        fails_with(weed(labels, missing), &["--missing-label", shown, dtype]);
+        for out in ["oi.npy", "ol.npy", "mask.npy"] {
+            assert!(
+                !d.path().join(out).exists(),
+                "{out} written by a refused run"
+            );
+        }
+    }
+    // A value the labels hold runs, and weeds every (all-zero) pair.
+    ok(weed(&u8_labels, Some("0")));
+    let mask: ArrayD<u8> = read_npy(d.path().join("mask.npy")).unwrap();
+    assert_eq!(mask.shape(), &[m]);
+    assert!(mask.iter().all(|&x| x == 1));
 }
 
 #[test]

@@ -75,6 +75,12 @@ impl DType {
     pub fn is_float(self) -> bool {
         matches!(self, DType::F32 | DType::F64)
     }
+
+    /// Whether an element of this type can equal `value` (compared as f64, the way kernels
+    /// compare): integral and in range for integer types, exact in f32 for float32.
+    pub fn holds_exactly(self, value: f64) -> bool {
+        crate::with_dtype!(self, T => <T as NumCast>::from(value).and_then(|e: T| e.to_f64()) == Some(value))
+    }
 }
 
 impl std::fmt::Display for DType {
@@ -234,6 +240,19 @@ impl Block {
         with_block!(self, a => a.mapv(|x| x.to_f64().unwrap_or(f64::NAN)))
     }
 
+    /// The first element of a float block that is not a whole number (what a cast to an
+    /// integer type rounds away); `None` for integer blocks and whole-numbered floats.
+    pub fn first_fraction(&self) -> Option<f64> {
+        match self {
+            Block::F32(a) => a
+                .iter()
+                .find(|v| v.fract() != 0.0)
+                .map(|&v| <f64 as From<f32>>::from(v)),
+            Block::F64(a) => a.iter().find(|v| v.fract() != 0.0).copied(),
+            _ => None,
+        }
+    }
+
     /// Converts every element to `to`, refusing (not clamping) values the target cannot hold.
     /// Floats going to integers are rounded to nearest first, so 2.5 becomes 3 and -2.5 becomes -3.
     ///
@@ -287,6 +306,30 @@ mod tests {
         assert!(err.contains("slice 4") && err.contains("300") && err.contains("uint8"));
         let b = Block::F64(ArrayD::from_shape_vec(IxDyn(&[1]), vec![f64::NAN]).unwrap());
         assert!(b.cast(DType::I32, "t").is_err());
+    }
+
+    #[test]
+    fn first_fraction_finds_what_an_integer_cast_rounds_away() {
+        let b =
+            Block::F32(ArrayD::from_shape_vec(IxDyn(&[4]), vec![1.0, -2.0, 0.25, 0.5]).unwrap());
+        assert_eq!(b.first_fraction(), Some(0.25));
+        let b = Block::F64(ArrayD::from_shape_vec(IxDyn(&[2]), vec![3.0, -1e9]).unwrap());
+        assert_eq!(b.first_fraction(), None);
+        assert_eq!(Block::zeros(DType::U8, &[2]).first_fraction(), None);
+    }
+
+    #[test]
+    fn holds_exactly_knows_sign_range_and_fractions() {
+        assert!(!DType::U8.holds_exactly(-1.0));
+        assert!(DType::I8.holds_exactly(-1.0));
+        assert!(DType::U8.holds_exactly(255.0));
+        assert!(!DType::U8.holds_exactly(256.0));
+        assert!(!DType::I32.holds_exactly(0.5));
+        assert!(DType::F32.holds_exactly(0.5));
+        assert!(!DType::F32.holds_exactly(0.1)); // 0.1f32 as f64 is not 0.1
+        assert!(DType::F64.holds_exactly(0.1));
+        assert!(!DType::F64.holds_exactly(f64::NAN));
+        assert!(DType::U64.holds_exactly(0.0));
     }
 
     #[test]

@@ -212,7 +212,8 @@ pub fn read(path: &Path) -> Result<Block> {
 /// Decodes an image file into `out`, checking first that the file still has the shape and
 /// dtype the plan saw (`expected`). Single-channel TIFFs of type `T` decode straight into
 /// `out` with no intermediate buffer (the common case of big stacks); anything else decodes,
-/// converts to `T` and copies. Channels-first `out` is (C, Y, X).
+/// converts to `T` and copies. Channels-first `out` is (C, Y, X). Returns the first value a
+/// float -> integer conversion rounded (it had a fractional part), for the caller to warn.
 ///
 /// # Errors
 /// As [`read`], plus a file that changed since planning or a value that does not fit `T`.
@@ -220,7 +221,7 @@ pub fn read_into<T: Element>(
     path: &Path,
     expected: &ImageInfo,
     mut out: ndarray::ArrayViewMutD<'_, T>,
-) -> Result<()> {
+) -> Result<Option<f64>> {
     // TIFF: one open file serves the header check and the decode.
     let mut tiff = if is_tiff(path) {
         Some(tiff_decoder(path)?)
@@ -254,15 +255,22 @@ pub fn read_into<T: Element>(
         if let Some(samples) = out.as_slice_mut() {
             return d
                 .read_image_bytes(bytemuck::cast_slice_mut(samples))
+                .map(|()| None)
                 .map_err(|e| bad(path, e));
         }
     }
-    let typed = read(path)?
+    let decoded = read(path)?;
+    let rounded = if T::DTYPE.is_float() {
+        None
+    } else {
+        decoded.first_fraction()
+    };
+    let typed = decoded
         .cast(T::DTYPE, &path.display().to_string())?
         .into_array::<T>()
         .expect("cast gives the requested type");
     out.assign(&typed);
-    Ok(())
+    Ok(rounded)
 }
 
 /// Writes a (Y, X) block, or a (C, Y, X) block with C of 3 or 4 (u8/u16), as an uncompressed

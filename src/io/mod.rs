@@ -14,6 +14,7 @@ pub mod lock;
 pub mod npy;
 pub mod safety;
 pub mod staging;
+pub mod walk;
 pub mod zarr;
 
 use serde::{Deserialize, Serialize};
@@ -45,8 +46,10 @@ pub struct ArrayMeta {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Codec {
-    /// Zstandard, level 3 (Zarr default).
+    /// The output format's own default: zstd for Zarr, gzip for HDF5, none for .npy.
     #[default]
+    Auto,
+    /// Zstandard, level 3 (Zarr only).
     Zstd,
     /// Blosc with LZ4 and byte shuffle (Zarr only).
     Blosc,
@@ -54,6 +57,33 @@ pub enum Codec {
     Gzip,
     /// No compression.
     None,
+}
+
+impl Codec {
+    /// The codec an output at `address` gets: [`Codec::Auto`] resolved per format, any other
+    /// codec as given if the format can store it. The one place that knows which codec suits
+    /// which format: [`create`] resolves every spec through it, and operations call it while
+    /// planning so that a refusal comes before anything is staged.
+    /// HDF5 gets gzip because it is the one filter every HDF5 reader (h5py included) has
+    /// without plugins; `.npy` stores raw elements (a given codec is ignored there).
+    ///
+    /// # Errors
+    /// [`Error::Parameter`] naming `--codec` for zstd or blosc with an HDF5 output.
+    pub fn for_format(self, address: &Address) -> Result<Codec> {
+        match (self, address) {
+            (Codec::Auto, Address::Zarr { .. }) => Ok(Codec::Zstd),
+            (Codec::Auto, Address::Hdf5 { .. }) => Ok(Codec::Gzip),
+            (Codec::Auto, Address::Npy { .. }) => Ok(Codec::None),
+            (Codec::Zstd | Codec::Blosc, Address::Hdf5 { .. }) => Err(Error::parameter(
+                "codec",
+                format!(
+                    "{} is not available for the HDF5 output {address} (h5py could not read it without plugins); use gzip or none (auto, the default, gives gzip for HDF5)",
+                    format!("{self:?}").to_lowercase()
+                ),
+            )),
+            (given, _) => Ok(given),
+        }
+    }
 }
 
 /// Everything needed to create an output array.
@@ -167,9 +197,7 @@ pub trait ArrayWriter: Send + Sync {
 /// # Errors
 /// [`Error::Address`] when nothing (or no array) is there; format errors otherwise.
 pub fn open(address: &Address) -> Result<Box<dyn ArrayReader>> {
-    if !address.container().exists() {
-        return Err(Error::address(address.to_string(), "does not exist"));
-    }
+    check_container_kind(address)?;
     match address {
         Address::Npy { path } => Ok(Box::new(npy::NpyReader::open(path)?)),
         Address::Zarr { store, node } => Ok(Box::new(zarr::ZarrReader::open(store, node)?)),
@@ -183,6 +211,39 @@ pub fn open(address: &Address) -> Result<Box<dyn ArrayReader>> {
     }
 }
 
+/// Refuses a container of the wrong kind before a format library sees it (and answers with
+/// its own puzzling message): a Zarr store is a directory with metadata at its root, a `.npy`
+/// or HDF5 file is a file.
+///
+/// # Errors
+/// [`Error::Address`] saying what is there instead.
+fn check_container_kind(address: &Address) -> Result<()> {
+    let path = address.container();
+    let Ok(found) = std::fs::metadata(path) else {
+        return Err(Error::address(address.to_string(), "does not exist"));
+    };
+    let wrong = match address {
+        Address::Zarr { .. } if !found.is_dir() => {
+            Some("is a file, not a Zarr store (a directory)")
+        }
+        Address::Zarr { node, .. } if node.is_empty() && !has_zarr_metadata(path) => {
+            Some("is a directory but not a Zarr store (no zarr.json, nor Zarr v2 .zarray/.zgroup)")
+        }
+        Address::Npy { .. } if found.is_dir() => Some("is a directory, not a .npy file"),
+        Address::Hdf5 { .. } if found.is_dir() => Some("is a directory, not an HDF5 file"),
+        _ => None,
+    };
+    wrong.map_or(Ok(()), |message| {
+        Err(Error::address(address.to_string(), message))
+    })
+}
+
+fn has_zarr_metadata(dir: &std::path::Path) -> bool {
+    ["zarr.json", ".zarray", ".zgroup"]
+        .iter()
+        .any(|name| dir.join(name).is_file())
+}
+
 /// Creates (or, with `resume`, reopens) an output array. Collective: every rank calls it.
 ///
 /// # Errors
@@ -194,6 +255,10 @@ pub fn create(
     resume: bool,
 ) -> Result<Box<dyn ArrayWriter>> {
     spec.validate()?;
+    let spec = &CreateSpec {
+        codec: spec.codec.for_format(address)?,
+        ..spec.clone()
+    };
     match address {
         Address::Npy { path } => Ok(Box::new(npy::NpyWriter::create(path, spec, comm, resume)?)),
         Address::Zarr { store, node } => Ok(Box::new(zarr::ZarrWriter::create(

@@ -7,6 +7,7 @@
 //! and never an `out.zarr` that looks complete.
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use crate::error::{Error, IoContext, Result};
 use crate::io::Address;
@@ -105,6 +106,9 @@ impl Staging {
             }));
         }
         let resuming = staged_exists && resume;
+        remember_staged(match &publish {
+            Publish::Rename { staged, .. } | Publish::Dataset { staged, .. } => staged,
+        });
         if resume && !staged_exists {
             tracing::warn!("--resume: no interrupted run of {target}; starting from the beginning");
         }
@@ -341,6 +345,35 @@ fn not_compiled(file: &Path) -> Error {
         what: format!("writing into {}", file.display()),
         feature: "hdf5",
     }
+}
+
+/// Every staging path this process planned. Process state, because the one place that prints
+/// a failed run's error (`main`) knows nothing of the outputs the command chose (several per
+/// operation, one per stack of a convert, any job file's).
+static STAGED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+fn remember_staged(staged: &Path) {
+    let mut staged_paths = STAGED.lock().unwrap_or_else(|e| e.into_inner());
+    if !staged_paths.iter().any(|p| p == staged) {
+        staged_paths.push(staged.to_path_buf());
+    }
+}
+
+/// The sentence for a failed run's error line when the run left staged outputs behind:
+/// where they are and the two ways on. `None` when it left none.
+pub fn interrupted_run_hint() -> Option<String> {
+    let staged_paths = STAGED.lock().unwrap_or_else(|e| e.into_inner());
+    let left: Vec<String> = staged_paths
+        .iter()
+        .filter(|p| p.exists())
+        .map(|p| p.display().to_string())
+        .collect();
+    (!left.is_empty()).then(|| {
+        format!(
+            "an interrupted run's output is at {}: rerun with --resume to finish it, or --overwrite to start over",
+            left.join(", ")
+        )
+    })
 }
 
 /// A temporary sibling name for a small file written then renamed (`name.tmp-<pid>`).

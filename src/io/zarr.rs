@@ -368,9 +368,40 @@ impl ArrayReader for ZarrReader {
                     &subset,
                     zarrs::array::ArrayBytesDecodeIntoTarget::Fixed(&mut view),
                 )
-                .map_err(|e| zarr_err(&self.store, &self.node, e))?;
+                .map_err(|e| self.read_error(&subset, e))?;
             Ok(<T as super::Element>::into_block(a))
         })
+    }
+}
+
+impl ZarrReader {
+    /// A failed read, naming the chunk (or shard) key and its file when one chunk is to blame:
+    /// zarrs' decode errors say what failed but not where, and a user with a corrupt chunk
+    /// needs to know which file to restore.
+    fn read_error(&self, subset: &ArraySubset, e: impl std::fmt::Display) -> Error {
+        match self.failing_chunk(subset) {
+            Some((key, file)) => zarr_err(
+                &self.store,
+                &self.node,
+                format!("chunk {key} (file {}): {e}", file.display()),
+            ),
+            None => zarr_err(&self.store, &self.node, e),
+        }
+    }
+
+    /// The first chunk of `subset` that cannot be read on its own: (key inside the array,
+    /// file). Only called after a read failed, so reading chunk by chunk costs nothing in
+    /// the common case.
+    fn failing_chunk(&self, subset: &ArraySubset) -> Option<(String, PathBuf)> {
+        let chunks = self.array.chunks_in_array_subset(subset).ok()??;
+        let bad = chunks.indices().into_iter().find(|chunk| {
+            self.array
+                .retrieve_chunk::<zarrs::array::ArrayBytes<'static>>(chunk)
+                .is_err()
+        })?;
+        let key = self.array.chunk_key_encoding().encode(&bad);
+        let file = self.store.join(self.array.chunk_key(&bad).as_str());
+        Some((key.as_str().to_string(), file))
     }
 }
 
@@ -404,6 +435,12 @@ fn bytes_codecs(
     dtype: DType,
 ) -> Result<Vec<Arc<dyn zarrs::array::codec::api::BytesToBytesCodecTraits>>> {
     Ok(match codec {
+        Codec::Auto => {
+            return Err(Error::parameter(
+                "codec",
+                "auto reached the Zarr writer unresolved (io::create resolves it: a bug)",
+            ))
+        }
         Codec::None => vec![],
         Codec::Zstd => vec![Arc::new(codec::ZstdCodec::new(3, false))],
         Codec::Gzip => vec![Arc::new(

@@ -82,6 +82,9 @@ pub struct ConvertJob {
     #[serde(default)]
     pub codec: Codec,
     /// Output element type (default: the files' own); values that do not fit are an error.
+    /// Float slices going to an integer type are rounded to the nearest integer (0.4 -> 0,
+    /// 0.6 -> 1): scale them first if they hold fractions such as 0..1; a run that rounds
+    /// any away warns once per stack, naming the file and the first such value.
     #[arg(long, value_enum)]
     #[serde(default)]
     pub dtype: Option<DType>,

@@ -75,16 +75,11 @@ pub fn scan(dir: &Path, pattern: &str, extension: Option<&str>) -> Result<Vec<St
         ));
     }
     let extension = extension.map(|e| e.trim_start_matches('.').to_ascii_lowercase());
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map_err(|e| Error::Io {
-            path: dir.into(),
-            source: e,
-        })?
-        .flatten()
-        .filter(|e| e.path().is_file())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
+    let names: Vec<String> = io::walk::files(dir, false)?
+        .iter()
+        .filter_map(|p| p.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
         .collect();
-    names.sort();
     if names.is_empty() {
         return Err(Error::parameter(
             "input",
@@ -264,6 +259,8 @@ pub struct ConvertOp {
     /// The job, for `--resume` (`Operation::parameters`).
     parameters: Value,
     input_dir: PathBuf,
+    /// Set once a float -> integer conversion rounded a fraction away and this was said.
+    rounding_warned: std::sync::Once,
 }
 
 impl ConvertOp {
@@ -301,7 +298,9 @@ impl ConvertOp {
             dtype: job.dtype.unwrap_or(slice.dtype),
             chunks,
             shards: job.shards.clone(),
-            codec: job.codec,
+            // Resolved here: a refusal comes before staging, and the fingerprint (checked on
+            // --resume) names the codec written, as it did before `auto` existed.
+            codec: job.codec.for_format(&target)?,
             dimension_names: Some(names.iter().map(|s| s.to_string()).collect()),
             attributes: Map::new(),
         };
@@ -368,6 +367,7 @@ impl ConvertOp {
             spare_slabs: Default::default(),
             parameters: serde_json::to_value(job).unwrap_or_default(),
             input_dir: job.input.clone(),
+            rounding_warned: std::sync::Once::new(),
         })
     }
 
@@ -377,7 +377,18 @@ impl ConvertOp {
         index: usize,
         target: ndarray::ArrayViewMutD<'_, T>,
     ) -> Result<()> {
-        images::read_into(&self.files[index], &self.slice, target)
+        let path = &self.files[index];
+        if let Some(value) = images::read_into(path, &self.slice, target)? {
+            self.rounding_warned.call_once(|| {
+                tracing::warn!(
+                    "{}: float value {value} has a fractional part, rounded to {}; --dtype {} rounds every such value to the nearest integer (warned once per stack)",
+                    path.display(),
+                    value.round(),
+                    self.spec.dtype
+                )
+            });
+        }
+        Ok(())
     }
 }
 

@@ -615,7 +615,7 @@ pub fn run(job: &CropJob, comm: &dyn Comm) -> Result<Vec<RunSummary>> {
         dtype,
         chunks: chunk_shape,
         shards: None,
-        codec: job.codec,
+        codec: job.codec.for_format(&output)?,
         dimension_names: None,
         attributes: serde_json::Map::from_iter([
             ("crop_radius".to_string(), json!(radius)),

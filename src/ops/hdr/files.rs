@@ -11,7 +11,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 
 /// One exposure of a bracket.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -48,6 +48,8 @@ pub struct Scan {
     pub brackets: Vec<Bracket>,
     /// Image files whose names do not parse.
     pub unparsed: Vec<PathBuf>,
+    /// Image files whose names carry a date or time that does not exist, with why.
+    pub impossible: Vec<(PathBuf, String)>,
     /// Brackets left out, with the reason.
     pub skipped: Vec<(PathBuf, String)>,
 }
@@ -117,24 +119,58 @@ fn days_in_month(y: i64, m: i64) -> i64 {
     }
 }
 
-/// Parses `YYYYmmddHHMMSS` into seconds since 1970-01-01 00:00:00.
-pub fn parse_time(text: &str) -> Option<i64> {
+/// Why a file name gives no (time, exposure).
+#[derive(Clone, Debug, PartialEq)]
+pub enum NameError {
+    /// Not `YYYYmmddHHMMSS_<EXPO>.<ext>` at all.
+    NotTimestamped,
+    /// The right shape, but no such date or time: the stamp and why (month 13, 30 February).
+    Impossible(String),
+}
+
+const MONTHS: [&str; 12] = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+];
+
+/// Parses `YYYYmmddHHMMSS` into seconds since 1970-01-01 00:00:00, telling a stamp of the
+/// wrong shape from one naming a date or time that does not exist.
+///
+/// # Errors
+/// As described by [`NameError`].
+pub fn parse_stamp(text: &str) -> Result<i64, NameError> {
     if text.len() != 14 || !text.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
+        return Err(NameError::NotTimestamped);
     }
-    let n = |a: usize, b: usize| text[a..b].parse::<i64>().ok();
-    let (y, mo, d, h, mi, s) = (
-        n(0, 4)?,
-        n(4, 6)?,
-        n(6, 8)?,
-        n(8, 10)?,
-        n(10, 12)?,
-        n(12, 14)?,
-    );
-    if !(1..=12).contains(&mo) || d < 1 || d > days_in_month(y, mo) || h > 23 || mi > 59 || s > 59 {
-        return None;
+    let n = |a: usize, b: usize| text[a..b].parse::<i64>().unwrap_or(0);
+    let (y, mo, d, h, mi, s) = (n(0, 4), n(4, 6), n(6, 8), n(8, 10), n(10, 12), n(12, 14));
+    let impossible = |why: String| Err(NameError::Impossible(format!("{text} ({why})")));
+    if !(1..=12).contains(&mo) {
+        return impossible(format!("there is no month {mo}"));
     }
-    Some(days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + s)
+    if d < 1 || d > days_in_month(y, mo) {
+        let month = MONTHS[mo as usize - 1];
+        return impossible(format!("{month} {y} has no day {d}"));
+    }
+    if h > 23 || mi > 59 || s > 59 {
+        return impossible(format!("{h:02}:{mi:02}:{s:02} is not a time of day"));
+    }
+    Ok(days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + s)
+}
+
+/// [`parse_stamp`], for callers that only need to know whether it is a time.
+pub fn parse_time(text: &str) -> Option<i64> {
+    parse_stamp(text).ok()
 }
 
 /// Formats seconds since 1970-01-01 as `YYYYmmddHHMMSS`.
@@ -150,13 +186,18 @@ pub fn format_time(t: i64) -> String {
 }
 
 /// Parses a file name `YYYYmmddHHMMSS_<EXPO>.<ext>` into (time, exposure).
-pub fn parse_name(name: &str) -> Option<(i64, u64)> {
+///
+/// # Errors
+/// [`NameError::NotTimestamped`] for any other name, [`NameError::Impossible`] for a
+/// well-formed stamp of a date or time that does not exist.
+pub fn parse_name(name: &str) -> Result<(i64, u64), NameError> {
     let stem = name.rsplit_once('.').map_or(name, |(s, _)| s);
-    let (time, expo) = stem.split_once('_')?;
+    let (time, expo) = stem.split_once('_').ok_or(NameError::NotTimestamped)?;
     if expo.is_empty() || !expo.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
+        return Err(NameError::NotTimestamped);
     }
-    Some((parse_time(time)?, expo.parse().ok()?))
+    let exposure = expo.parse().map_err(|_| NameError::NotTimestamped)?;
+    Ok((parse_stamp(time)?, exposure))
 }
 
 /// Parses `--round-ts-to`: `Ns`, `Nmin` or `Nh` (N a positive integer) into seconds.
@@ -193,24 +234,12 @@ fn is_image(path: &Path) -> bool {
     })
 }
 
-/// Lists image files under `root` (sorted; into subdirectories when `recursive`).
+/// Lists image files under `root` (sorted; into subdirectories when `recursive`, each real
+/// directory once: see [`crate::io::walk`]).
 fn list(root: &Path, recursive: bool) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    let mut dirs = vec![root.to_path_buf()];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).at(&dir)? {
-            let path = entry.at(&dir)?.path();
-            if path.is_dir() {
-                if recursive {
-                    dirs.push(path);
-                }
-            } else if is_image(&path) {
-                out.push(path);
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
+    let mut files = crate::io::walk::files(root, recursive)?;
+    files.retain(|p| is_image(p));
+    Ok(files)
 }
 
 /// Groups the image files under `root` into brackets (see the module docs).
@@ -239,9 +268,16 @@ pub fn scan(root: &Path, recursive: bool, round: i64, unit: ExposureUnit) -> Res
     let mut keyed: std::collections::BTreeMap<(PathBuf, i64), Vec<Frame>> = Default::default();
     for path in files {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        let Some((time, exposure)) = parse_name(name) else {
-            scan.unparsed.push(path);
-            continue;
+        let (time, exposure) = match parse_name(name) {
+            Ok(parsed) => parsed,
+            Err(NameError::NotTimestamped) => {
+                scan.unparsed.push(path);
+                continue;
+            }
+            Err(NameError::Impossible(why)) => {
+                scan.impossible.push((path, why));
+                continue;
+            }
         };
         let dir = path
             .parent()
@@ -292,10 +328,52 @@ mod tests {
     use super::*;
 
     #[test]
+    fn impossible_dates_and_times_say_so() {
+        for (name, why) in [
+            (
+                "20231301120000_10.jpg",
+                "20231301120000 (there is no month 13)",
+            ),
+            (
+                "20230230120000_10.jpg",
+                "20230230120000 (February 2023 has no day 30)",
+            ),
+            (
+                "20230229120000_10.jpg",
+                "20230229120000 (February 2023 has no day 29)",
+            ),
+            (
+                "20230000120000_10.jpg",
+                "20230000120000 (there is no month 0)",
+            ),
+            (
+                "20230431120000_10.jpg",
+                "20230431120000 (April 2023 has no day 31)",
+            ),
+            (
+                "20230101240000_10.jpg",
+                "20230101240000 (24:00:00 is not a time of day)",
+            ),
+            (
+                "20230101126000_10.jpg",
+                "20230101126000 (12:60:00 is not a time of day)",
+            ),
+        ] {
+            assert_eq!(
+                parse_name(name),
+                Err(NameError::Impossible(why.into())),
+                "{name}"
+            );
+        }
+        // 2024 is a leap year.
+        assert!(parse_name("20240229120000_10.jpg").is_ok());
+    }
+
+    #[test]
     fn names_parse_and_times_round_trip() {
         assert_eq!(
             parse_name("20240102030405_1000.jpg"),
-            Some((parse_time("20240102030405").unwrap(), 1000))
+            Ok((parse_time("20240102030405").unwrap(), 1000))
         );
         assert_eq!(parse_time("19700101000000"), Some(0));
         assert_eq!(parse_time("19700102000001"), Some(86_401));
@@ -308,12 +386,9 @@ mod tests {
             "20240102030405-1000.jpg",
             "20240102030405_.jpg",
             "20240102030405_1e3.jpg",
-            "20241302030405_10.jpg",
-            "20230229030405_10.jpg",
-            "20240102240405_10.jpg",
             "image.jpg",
         ] {
-            assert_eq!(parse_name(bad), None, "{bad}");
+            assert_eq!(parse_name(bad), Err(NameError::NotTimestamped), "{bad}");
         }
         for t in [0i64, 1, 86_399, 951_782_400, 1_700_000_000, -86_400] {
             assert_eq!(parse_time(&format_time(t)), Some(t), "{t}");

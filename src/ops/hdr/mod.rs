@@ -239,6 +239,12 @@ fn scan_on_root(scan: &ScanOptions) -> Result<Vec<Bracket>> {
             }
         );
     }
+    for (path, why) in &found.impossible {
+        tracing::warn!(
+            "{}: left out: its name has an impossible date or time, {why}",
+            path.display()
+        );
+    }
     for (stem, why) in &found.skipped {
         tracing::warn!("bracket {} skipped: {why}", stem.display());
     }
@@ -246,9 +252,10 @@ fn scan_on_root(scan: &ScanOptions) -> Result<Vec<Bracket>> {
         return Err(Error::bad_file(
             &scan.input,
             format!(
-                "no bracket of 2 or more exposures ({} skipped, {} unparsed names)",
+                "no bracket of 2 or more exposures ({} skipped, {} unparsed names, {} names with impossible dates)",
                 found.skipped.len(),
-                found.unparsed.len()
+                found.unparsed.len(),
+                found.impossible.len()
             ),
         ));
     }

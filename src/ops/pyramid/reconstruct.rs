@@ -113,7 +113,7 @@ impl ReconstructOp {
                 .or_else(|| base.chunks.clone())
                 .unwrap_or_else(|| shapes[0].clone()),
             shards: None,
-            codec: job.codec,
+            codec: job.codec.for_format(&output)?,
             dimension_names: None,
             attributes: serde_json::Map::from_iter([(
                 "reconstructed_from".to_string(),

@@ -221,7 +221,7 @@ impl UnstitchOp {
             dtype: meta.dtype,
             chunks,
             shards: None,
-            codec: job.codec,
+            codec: job.codec.for_format(&output)?,
             dimension_names: None,
             attributes,
         };
@@ -231,11 +231,8 @@ impl UnstitchOp {
             dtype: DType::I64,
             chunks: vec![per_chunk, npos],
             shards: None,
-            codec: if matches!(positions, Address::Hdf5 { .. }) {
-                Codec::Gzip
-            } else {
-                job.codec
-            },
+            // A small index table: its format's own codec, whatever --codec says for patches.
+            codec: Codec::Auto,
             dimension_names: None,
             attributes: Map::new(),
         };
@@ -414,11 +411,7 @@ pub fn write_border_mask(
         dtype: crate::io::DType::U8,
         chunks: window.to_vec(),
         shards: None,
-        codec: if matches!(target, Address::Hdf5 { .. }) {
-            crate::io::Codec::Gzip
-        } else {
-            crate::io::Codec::Zstd
-        },
+        codec: crate::io::Codec::Auto,
         dimension_names: None,
         attributes: serde_json::Map::new(),
     };
@@ -658,6 +651,10 @@ impl StitchOp {
         let mut targets = vec![Address::parse(&job.output)?];
         for extra in [&job.weights, &job.std].into_iter().flatten() {
             targets.push(Address::parse(extra)?);
+        }
+        // Refused before staging; each output's own format resolves `auto` in io::create.
+        for target in &targets {
+            job.codec.for_format(target)?;
         }
         let chunk_rows = chunks[2].min(spatial[0]);
         let room = (limit / 2).saturating_sub(slab_bytes(chunk_rows));

@@ -49,7 +49,7 @@ pub struct WeedOp {
     inputs: Vec<Place>,
 }
 
-fn spec_like(shape: Vec<u64>, dtype: DType, codec: io::Codec, address: &Address) -> CreateSpec {
+fn spec_like(shape: Vec<u64>, dtype: DType, codec: io::Codec) -> CreateSpec {
     let per_chunk =
         super::patches_per_chunk(shape[1..].iter().product::<u64>() * dtype.size() as u64);
     let mut chunks = vec![per_chunk.min(shape[0].max(1))];
@@ -59,14 +59,27 @@ fn spec_like(shape: Vec<u64>, dtype: DType, codec: io::Codec, address: &Address)
         dtype,
         chunks,
         shards: None,
-        codec: if matches!(address, Address::Hdf5 { .. }) && codec != io::Codec::None {
-            io::Codec::Gzip
-        } else {
-            codec
-        },
+        codec,
         dimension_names: None,
         attributes: Map::new(),
     }
+}
+
+/// Refuses a missing label that no label value can equal: nothing would ever be weeded, and
+/// the run would look like a success.
+fn check_missing_label(missing: f64, labels: DType) -> Result<()> {
+    if !missing.is_finite() {
+        return Err(Error::parameter("missing-label", "must be a finite number"));
+    }
+    if labels.holds_exactly(missing) {
+        return Ok(());
+    }
+    Err(Error::parameter(
+        "missing-label",
+        format!(
+            "{missing} cannot be represented in the labels' dtype {labels}, so no pair could ever be weeded; give the value your {labels} labels use for \"not annotated\" (e.g. --missing-label 0)"
+        ),
+    ))
 }
 
 impl WeedOp {
@@ -91,8 +104,15 @@ impl WeedOp {
                 format!("{:?}", lm.shape),
             ));
         }
-        if !job.missing_label.is_finite() {
-            return Err(Error::parameter("missing-label", "must be a finite number"));
+        check_missing_label(job.missing_label, lm.dtype)?;
+        let targets = [
+            Address::parse(&job.output)?,
+            Address::parse(&job.labels_output)?,
+            Address::parse(&job.mask)?,
+        ];
+        // Refused before staging; each output's own format resolves `auto` in io::create.
+        for target in &targets {
+            job.codec.for_format(target)?;
         }
         let window = im.shape[2..].to_vec();
         let border_from_attrs = lm
@@ -160,19 +180,14 @@ impl WeedOp {
                 );
             }
         }
-        let targets = [
-            Address::parse(&job.output)?,
-            Address::parse(&job.labels_output)?,
-            Address::parse(&job.mask)?,
-        ];
         let kept_n = kept.len() as u64;
         let mut input_shape = im.shape.clone();
         input_shape[0] = kept_n;
         let mut labels_shape = lm.shape.clone();
         labels_shape[0] = kept_n;
-        let mut input_spec = spec_like(input_shape, im.dtype, job.codec, &targets[0]);
-        let mut labels_spec = spec_like(labels_shape, lm.dtype, job.codec, &targets[1]);
-        let mask_spec = spec_like(vec![m, 1], DType::U8, job.codec, &targets[2]);
+        let mut input_spec = spec_like(input_shape, im.dtype, job.codec);
+        let mut labels_spec = spec_like(labels_shape, lm.dtype, job.codec);
+        let mask_spec = spec_like(vec![m], DType::U8, job.codec);
         let mut attributes = Map::new();
         if let Some(q) = im.attributes.get("quilt") {
             attributes.insert("quilt_source".into(), q.clone());
@@ -304,11 +319,8 @@ impl Operation for WeedOp {
         let writers = std::mem::take(&mut *self.writers.lock().expect("writers"));
         // The mask is small: rank 0 writes it whole; the others take part with nothing.
         let mask = Block::U8(
-            ArrayD::from_shape_vec(
-                IxDyn(&[self.removed_mask.len(), 1]),
-                self.removed_mask.clone(),
-            )
-            .expect("mask length"),
+            ArrayD::from_shape_vec(IxDyn(&[self.removed_mask.len()]), self.removed_mask.clone())
+                .expect("mask length"),
         );
         let whole = Region::whole(&self.mask_spec.shape);
         writers[2].write_box(comm.is_root().then_some((&whole, &mask)))?;
@@ -337,5 +349,28 @@ mod tests {
         assert!(!has_labels(&l, &mask, -1.0));
         l[[0, 1, 2]] = 0.0; // inside: a real label (0 is a class)
         assert!(has_labels(&l, &mask, -1.0));
+    }
+
+    #[test]
+    fn a_missing_label_the_labels_cannot_hold_is_refused() {
+        for (missing, dtype) in [
+            (-1.0, DType::U8),
+            (-1.0, DType::U16),
+            (0.5, DType::I32),
+            (300.0, DType::U8),
+            (0.1, DType::F32),
+        ] {
+            let e = check_missing_label(missing, dtype).unwrap_err().to_string();
+            assert!(
+                e.starts_with("--missing-label:")
+                    && e.contains(&missing.to_string())
+                    && e.contains(dtype.name()),
+                "{e}"
+            );
+        }
+        for (missing, dtype) in [(-1.0, DType::I16), (0.0, DType::U8), (-1.0, DType::F32)] {
+            check_missing_label(missing, dtype).unwrap();
+        }
+        assert!(check_missing_label(f64::NAN, DType::F64).is_err());
     }
 }

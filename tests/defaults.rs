@@ -1,0 +1,315 @@
+//! Defaults that must work without flags: the per-format codec (`auto`: gzip for HDF5, zstd
+//! for Zarr) with every command writing HDF5, h5py reading what they wrote, a refused codec
+//! leaving nothing behind, and convert's warning when a float -> integer cast drops fractions.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use ndarray::{ArrayD, IxDyn};
+use tessera::io::{images, Block, DType};
+
+/// HDF5 outputs: only in builds with HDF5.
+#[cfg(feature = "hdf5")]
+mod hdf5 {
+    use super::*;
+    use ndarray_npy::write_npy;
+    use std::process::Command;
+
+    /// The Python with h5py (scripts/setup.sh --python), or `None` (with a message) without one.
+    fn python_with_h5py() -> Option<String> {
+        let python = std::env::var("TESSERA_PYTHON").unwrap_or_else(|_| {
+            let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/pyenv/bin/python");
+            if venv.is_file() {
+                s(&venv)
+            } else {
+                "python3".into()
+            }
+        });
+        let found = Command::new(&python)
+            .args(["-c", "import h5py, numpy"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !found {
+            assert!(
+                std::env::var("TESSERA_REQUIRE_PYTHON").as_deref() != Ok("1"),
+                "python3 with h5py is required (TESSERA_REQUIRE_PYTHON=1)"
+            );
+            eprintln!("skipping the h5py check: no python with h5py (scripts/setup.sh --python)");
+        }
+        found.then_some(python)
+    }
+
+    /// Names in `dir` that start with `prefix` (an output and its .partial/.journal/.lock).
+    fn leftovers(dir: &Path, prefix: &str) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(prefix))
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn every_command_writes_hdf5_with_its_default_codec() {
+        let d = tempfile::tempdir().unwrap();
+        let p = |name: &str| s(&d.path().join(name));
+        write_stack(
+            &d.path().join("slices"),
+            "s",
+            &[0, 1, 2],
+            &[8, 8],
+            DType::U16,
+            1,
+        );
+        let image = ArrayD::from_shape_fn(IxDyn(&[1, 1, 16, 16]), |i| (i[2] * 16 + i[3]) as f32);
+        write_npy(d.path().join("image.npy"), &image).unwrap();
+        let mut written = Vec::new();
+        let mut run = |args: &[&str], outputs: &[String]| {
+            ok(tessera(args));
+            written.extend_from_slice(outputs);
+        };
+        let convert = format!("{}:/stack", p("convert.h5"));
+        run(
+            &["convert", "--input", &p("slices"), "--output", &convert],
+            std::slice::from_ref(&convert),
+        );
+        let patches = format!("{}:/patches", p("quilt.h5"));
+        let image_npy = p("image.npy");
+        run(
+            &[
+                "quilt", "unstitch", "--input", &image_npy, "--output", &patches, "--window", "8",
+                "--step", "4",
+            ],
+            std::slice::from_ref(&patches),
+        );
+        let (mean, weights) = (
+            format!("{}:/mean", p("stitch.h5")),
+            format!("{}:/weights", p("weights.h5")),
+        );
+        run(
+            &[
+                "quilt",
+                "stitch",
+                "--input",
+                &patches,
+                "--output",
+                &mean,
+                "--weights",
+                &weights,
+            ],
+            &[mean.clone(), weights.clone()],
+        );
+        let mask = format!("{}:/mask", p("mask.h5"));
+        run(
+            &[
+                "quilt",
+                "border-mask",
+                "--output",
+                &mask,
+                "--window",
+                "8,8",
+                "--border",
+                "2",
+            ],
+            std::slice::from_ref(&mask),
+        );
+        let crop = format!("{}:/crop", p("crop.h5"));
+        run(
+            &[
+                "crop",
+                "--test-mode",
+                "--test-patterns",
+                "4",
+                "--test-size",
+                "32",
+                "--output",
+                &crop,
+                "--no-visualization",
+            ],
+            std::slice::from_ref(&crop),
+        );
+        for address in &written {
+            let m = meta(address);
+            assert!(
+                m.codecs
+                    .iter()
+                    .any(|c| c.contains("deflate") || c.contains("gzip")),
+                "{address}: {:?}",
+                m.codecs
+            );
+        }
+        assert_eq!(
+            read_all(&mean).into_array::<f32>().unwrap(),
+            image,
+            "the stitched HDF5 mean is the image"
+        );
+        let Some(python) = python_with_h5py() else {
+            return;
+        };
+        let check = r#"
+import sys, h5py, numpy as np
+for address in sys.argv[1:]:
+    path, name = address.split(":")
+    with h5py.File(path, "r") as f:
+        assert f[name].compression == "gzip", (address, f[name].compression)
+        assert f[name][...].size > 0, address
+"#;
+        let out = Command::new(python)
+            .args(["-c", check])
+            .args(&written)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "h5py: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    #[test]
+    fn a_codec_hdf5_cannot_store_is_refused_before_anything_is_written() {
+        let d = tempfile::tempdir().unwrap();
+        write_stack(
+            &d.path().join("slices"),
+            "s",
+            &[0, 1],
+            &[4, 4],
+            DType::U8,
+            2,
+        );
+        for codec in ["zstd", "blosc"] {
+            let out = format!("{}:/x", s(&d.path().join("z.h5")));
+            fails_with(
+                tessera(&[
+                    "convert",
+                    "--input",
+                    &s(&d.path().join("slices")),
+                    "--output",
+                    &out,
+                    "--codec",
+                    codec,
+                ]),
+                &["--codec", codec, "HDF5", "z.h5"],
+            );
+            assert!(
+                leftovers(d.path(), "z.h5").is_empty(),
+                "{:?}",
+                leftovers(d.path(), "z.h5")
+            );
+        }
+        let image = ArrayD::<f32>::zeros(IxDyn(&[1, 1, 8, 8]));
+        write_npy(d.path().join("image.npy"), &image).unwrap();
+        fails_with(
+            tessera(&[
+                "quilt",
+                "unstitch",
+                "--input",
+                &s(&d.path().join("image.npy")),
+                "--output",
+                &format!("{}:/p", s(&d.path().join("q.h5"))),
+                "--window",
+                "4",
+                "--step",
+                "4",
+                "--codec",
+                "zstd",
+            ]),
+            &["--codec", "zstd", "HDF5"],
+        );
+        assert!(
+            leftovers(d.path(), "q").is_empty(),
+            "{:?}",
+            leftovers(d.path(), "q")
+        );
+    }
+}
+
+#[test]
+fn the_default_codec_follows_the_output_format() {
+    let d = tempfile::tempdir().unwrap();
+    write_stack(
+        &d.path().join("slices"),
+        "s",
+        &[0, 1],
+        &[4, 4],
+        DType::U16,
+        3,
+    );
+    let zarr = s(&d.path().join("o.zarr"));
+    ok(tessera(&[
+        "convert",
+        "--input",
+        &s(&d.path().join("slices")),
+        "--output",
+        &zarr,
+    ]));
+    let codecs = meta(&zarr).codecs;
+    assert!(codecs.iter().any(|c| c.contains("zstd")), "{codecs:?}");
+    let npy = s(&d.path().join("o.npy"));
+    ok(tessera(&[
+        "convert",
+        "--input",
+        &s(&d.path().join("slices")),
+        "--output",
+        &npy,
+    ]));
+    assert!(meta(&npy).codecs.is_empty());
+}
+
+/// Float slices holding 0..1 values (fractions), converted to integers.
+fn fractional_slices(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    for k in 0..2 {
+        let slice =
+            ArrayD::from_shape_fn(IxDyn(&[3, 4]), |i| (k * 12 + i[0] * 4 + i[1]) as f32 / 24.0);
+        images::write_tiff(&dir.join(format!("f_{k}.tif")), &Block::F32(slice)).unwrap();
+    }
+}
+
+#[test]
+fn convert_warns_once_when_a_float_to_integer_cast_drops_fractions() {
+    let d = tempfile::tempdir().unwrap();
+    let input = d.path().join("floats");
+    fractional_slices(&input);
+    for dtype in ["i32", "u8"] {
+        let out = s(&d.path().join(format!("{dtype}.zarr")));
+        let log = ok(tessera(&[
+            "convert",
+            "--input",
+            &s(&input),
+            "--output",
+            &out,
+            "--dtype",
+            dtype,
+        ]));
+        let warnings: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("WARN") && l.contains("fractional"))
+            .collect();
+        assert_eq!(warnings.len(), 1, "one warning per stack:\n{log}");
+        // The first slice's first non-integral value is 1/24.
+        assert!(
+            warnings[0].contains("f_0.tif") && warnings[0].contains("0.0416666"),
+            "{log}"
+        );
+    }
+    // Integral floats convert silently.
+    let whole = d.path().join("whole");
+    std::fs::create_dir_all(&whole).unwrap();
+    let slice = ArrayD::from_shape_fn(IxDyn(&[3, 4]), |i| (i[0] * 4 + i[1]) as f32);
+    images::write_tiff(&whole.join("w_0.tif"), &Block::F32(slice)).unwrap();
+    let log = ok(tessera(&[
+        "convert",
+        "--input",
+        &s(&whole),
+        "--output",
+        &s(&d.path().join("w.zarr")),
+        "--dtype",
+        "u16",
+    ]));
+    assert!(!log.contains("fractional"), "{log}");
+}
