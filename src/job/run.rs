@@ -114,7 +114,15 @@ fn finish(
     let Some(report) = &run.report else {
         return Ok(());
     };
-    write_report(report, run.overwrite, command, parameters, summaries)?;
+    // A present report was refused before the run unless --overwrite or the run resumed an
+    // interrupted one (whose report this is).
+    write_report(
+        report,
+        run.overwrite || run.resume,
+        command,
+        parameters,
+        summaries,
+    )?;
     for s in summaries {
         println!(
             "wrote {} ({:.1} MiB, {:.1} MiB on disk) in {:.2} s on {} rank{}: {:.0} MB/s",

@@ -189,8 +189,14 @@ fn prepare_directory(job: &MergeJob, brackets: usize, comm: &dyn Comm) -> Result
             ),
         ));
     }
+    // The output's own path is left out: the file lives there, and the same merge written to
+    // two directories (on different rank counts) leaves identical directories.
+    let mut parameters = serde_json::to_value(job).unwrap_or_default();
+    if let Some(p) = parameters.as_object_mut() {
+        p.remove("output");
+    }
     let identity = serde_json::json!({
-        "parameters": serde_json::to_value(job).unwrap_or_default(),
+        "parameters": parameters,
         "plan": {"brackets": brackets},
     });
     let marker = identity_file(out);
