@@ -183,10 +183,7 @@ fn judge(outcome: &Outcome, out: &Path, produces: &[&str]) -> Option<String> {
     }
     match code {
         Some(0) => {
-            let missing: Vec<&&str> = produces
-                .iter()
-                .filter(|p| !out.join(p).exists())
-                .collect();
+            let missing: Vec<&&str> = produces.iter().filter(|p| !out.join(p).exists()).collect();
             (!missing.is_empty()).then(|| format!("exit 0 but {missing:?} missing"))
         }
         Some(1) => {
@@ -345,9 +342,8 @@ fn patches(dir: &Path) -> (PathBuf, PathBuf) {
 /// An (8, 16, 16) uint16 volume.
 fn cube(dir: &Path) -> PathBuf {
     let mut rng = Rng::new(5);
-    let a = ndarray::ArrayD::from_shape_fn(ndarray::IxDyn(&[8, 16, 16]), |_| {
-        rng.below(60000) as u16
-    });
+    let a =
+        ndarray::ArrayD::from_shape_fn(ndarray::IxDyn(&[8, 16, 16]), |_| rng.below(60000) as u16);
     let p = dir.join("cube.npy");
     ndarray_npy::write_npy(&p, &a).unwrap();
     p
@@ -364,7 +360,13 @@ fn convert_sizes() {
     let slices = d.path().join("slices");
     write_stack(&slices, "vol", &[0, 1, 2, 3], &[16, 16], DType::U16, 1);
     let table = Table {
-        command: words(&["convert", "--input", &s(&slices), "--output", "{out}/o.zarr"]),
+        command: words(&[
+            "convert",
+            "--input",
+            &s(&slices),
+            "--output",
+            "{out}/o.zarr",
+        ]),
         defaults: pairs(&[("--chunks", "2,8,8")]),
         flags: vec![
             int("--chunks", ALL3),
@@ -434,7 +436,12 @@ fn quilt_stitch_sizes() {
         flags: vec![
             int(
                 "--shape",
-                &["{v},{v},{v},{v}", "{v},1,16,16", "1,{v},16,16", "1,1,{v},16"],
+                &[
+                    "{v},{v},{v},{v}",
+                    "{v},1,16,16",
+                    "1,{v},16,16",
+                    "1,1,{v},16",
+                ],
             ),
             int("--window", ALL2),
             int("--step", ALL2),
@@ -598,11 +605,7 @@ fn hdr_sizes() {
     let mut failures = Vec::new();
     let synthetic = Table {
         command: words(&["hdr", "synthetic", "--output", "{out}/sky"]),
-        defaults: pairs(&[
-            ("--brackets", "2"),
-            ("--exposures", "3"),
-            ("--size", "16"),
-        ]),
+        defaults: pairs(&[("--brackets", "2"), ("--exposures", "3"), ("--size", "16")]),
         flags: vec![
             int("--brackets", ONE),
             int("--exposures", ONE),

@@ -301,7 +301,7 @@ impl ConvertOp {
             dimension_names: Some(names.iter().map(|s| s.to_string()).collect()),
             attributes: Map::new(),
         };
-        spec.validate()?;
+        let spec = spec.validated()?;
         if let (Address::Npy { .. }, Some(_)) = (&target, &job.shards) {
             return Err(Error::parameter(
                 "shards",

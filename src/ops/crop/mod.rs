@@ -529,14 +529,18 @@ pub fn run(job: &CropJob, comm: &dyn Comm) -> Result<Vec<RunSummary>> {
     }
     let normal_radii: Vec<f64> = normal.iter().map(|&i| radii[i]).collect();
     let chosen = kernel::percentile(&normal_radii, job.percentile);
-    let radius = chosen.ceil() as u64 + job.margin_pixels;
-    let side_h = (2 * radius + 1).min(layout.h);
-    let side_w = (2 * radius + 1).min(layout.w);
+    // Checked: a huge --margin-pixels must be refused, not wrap to a small crop.
+    let radius =
+        crate::grid::checked_add("margin-pixels", chosen.ceil() as u64, job.margin_pixels)?;
+    let diameter = crate::grid::checked_mul("margin-pixels", radius, 2)
+        .and_then(|d| crate::grid::checked_add("margin-pixels", d, 1))?;
+    let side_h = diameter.min(layout.h);
+    let side_w = diameter.min(layout.w);
     if comm.is_root() {
-        if 2 * radius + 1 > layout.h.min(layout.w) {
+        if diameter > layout.h.min(layout.w) {
             tracing::warn!(
                 "the crop needs 2R+1 = {} pixels but patterns are {}x{}: cropping to {}x{} (the full size where it does not fit)",
-                2 * radius + 1, layout.h, layout.w, side_h, side_w
+                diameter, layout.h, layout.w, side_h, side_w
             );
         }
         if empty + negative > 0 {
