@@ -404,6 +404,12 @@ pub fn write_border_mask(
             "needs positive sizes, e.g. 128,128",
         ));
     }
+    let bytes = crate::grid::checked_product("window", window)?;
+    crate::grid::to_usize("window", bytes)?;
+    crate::exec::memory::check(
+        &format!("a uint8 mask of --window {}", crate::grid::join(window)),
+        bytes,
+    )?;
     let mask = kernel::border_mask(window, &border);
     let target = Address::parse(output)?;
     let staging = crate::io::staging::Staging::plan(&target, overwrite, false)?;
