@@ -63,6 +63,15 @@ pub enum Error {
     #[error("stopped because rank {rank} failed")]
     PeerFailed { rank: usize },
 
+    /// A plan needs more memory than this process can have (`exec::memory::check`); `what`
+    /// names the flags the size comes from.
+    #[error("needs {} for {what}, {} available", crate::exec::memory::human_bytes(*needed), crate::exec::memory::human_bytes(*available))]
+    Memory {
+        what: String,
+        needed: u64,
+        available: u64,
+    },
+
     /// A config (TOML) file that cannot be read as a job.
     #[error("{}: {message}", path.display())]
     Config { path: PathBuf, message: String },

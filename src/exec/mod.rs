@@ -11,6 +11,7 @@
 mod spares;
 pub use spares::Spares;
 pub mod journal;
+pub mod memory;
 pub mod progress;
 pub mod report;
 
@@ -338,6 +339,7 @@ pub fn run<Op: Operation>(op: &Op, comm: &dyn Comm, options: &RunOptions) -> Res
         comm,
         check_places(&op.inputs(), op.targets(), &side_files, options),
     )?;
+    agree(comm, memory::check_run(op, options))?;
     // One job per output: rank 0 locks the primary output before anyone looks at the disk
     // (a second job must not see, resume or clear the first one's staging). Dropped, so
     // removed, when this function returns, whether the run completed or failed.

@@ -6,6 +6,8 @@
 
 use std::ops::Range;
 
+use crate::error::Error;
+
 pub mod windows;
 
 /// An axis-aligned box in an N-D array: `start[i] .. start[i] + shape[i]` on each axis.
@@ -95,6 +97,71 @@ pub fn partition_contiguous(n: usize, parts: usize) -> Vec<Range<usize>> {
             run
         })
         .collect()
+}
+
+/// The product of sizes the user gave (a shape, a window, a count times a size), or an
+/// [`Error::Parameter`] naming `flag` when it does not fit in 64 bits. Size arithmetic on user
+/// values goes through these helpers, never through `*`/`+`, which wrap in release builds.
+///
+/// # Errors
+/// The product overflows `u64`.
+pub fn checked_product(flag: &str, values: &[u64]) -> Result<u64, Error> {
+    values
+        .iter()
+        .try_fold(1u64, |acc, &v| acc.checked_mul(v))
+        .ok_or_else(|| {
+            Error::parameter(
+                flag,
+                format!(
+                    "{} is too large (the product does not fit in 64 bits)",
+                    join(values)
+                ),
+            )
+        })
+}
+
+/// `a * b` for sizes from `flag`.
+///
+/// # Errors
+/// The product overflows `u64`.
+pub fn checked_mul(flag: &str, a: u64, b: u64) -> Result<u64, Error> {
+    a.checked_mul(b)
+        .ok_or_else(|| Error::parameter(flag, format!("{a} x {b} does not fit in 64 bits")))
+}
+
+/// `a + b` for sizes from `flag`.
+///
+/// # Errors
+/// The sum overflows `u64`.
+pub fn checked_add(flag: &str, a: u64, b: u64) -> Result<u64, Error> {
+    a.checked_add(b)
+        .ok_or_else(|| Error::parameter(flag, format!("{a} + {b} does not fit in 64 bits")))
+}
+
+/// A size from `flag` as `usize` (for an allocation or an index), refused where it does not
+/// fit instead of truncated.
+///
+/// # Errors
+/// The value exceeds `usize::MAX`.
+pub fn to_usize(flag: &str, value: u64) -> Result<usize, Error> {
+    usize::try_from(value)
+        .map_err(|_| Error::parameter(flag, format!("{value} is too large for this machine")))
+}
+
+/// A chunk (or shard) shape clipped to the array: a block longer than its axis holds nothing
+/// more than the whole axis would, but writers allocate whole blocks, so `--chunks 2^40` on a
+/// 16-pixel axis means one chunk of 16. Shards stay multiples of the (clipped) chunks.
+pub fn clip_blocks(shape: &[u64], chunks: &mut [u64], shards: Option<&mut [u64]>) {
+    for (c, &s) in chunks.iter_mut().zip(shape) {
+        *c = (*c).min(s.max(1));
+    }
+    if let Some(shards) = shards {
+        for ((b, &c), &s) in shards.iter_mut().zip(chunks.iter()).zip(shape) {
+            if c > 0 {
+                *b = (*b).min(s.max(1).div_ceil(c) * c);
+            }
+        }
+    }
 }
 
 /// Checks a chunk (or shard) shape against an array's rank: same length, no zero.

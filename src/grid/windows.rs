@@ -189,7 +189,7 @@ pub fn check_border(border: &[u64], window: &[u64]) -> Result<Vec<u64>, Geometry
         }
     };
     for axis in 0..ndim {
-        if border[axis] > 0 && 2 * border[axis] >= window[axis] {
+        if border[axis] > 0 && border[axis] >= window[axis].div_ceil(2) {
             return Err(geometry_error(
                 "border",
                 format!(

@@ -127,7 +127,31 @@ impl CreateSpec {
                 ));
             }
         }
+        let bytes = [
+            crate::grid::checked_product("chunks", &self.chunks)?,
+            crate::grid::checked_product("shards", self.write_block())?,
+        ];
+        for (flag, b) in ["chunks", "shards"].into_iter().zip(bytes) {
+            crate::grid::checked_mul(flag, b, self.dtype.size() as u64)?;
+        }
         Ok(())
+    }
+
+    /// Chunks and shards clipped to the array ([`crate::grid::clip_blocks`]), then
+    /// [`CreateSpec::validate`]d: what planners use, so that units and writers agree.
+    ///
+    /// # Errors
+    /// As [`CreateSpec::validate`].
+    pub fn validated(mut self) -> Result<Self> {
+        let CreateSpec {
+            shape,
+            chunks,
+            shards,
+            ..
+        } = &mut self;
+        crate::grid::clip_blocks(shape, chunks, shards.as_deref_mut());
+        self.validate()?;
+        Ok(self)
     }
 }
 

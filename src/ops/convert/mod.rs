@@ -304,7 +304,7 @@ impl ConvertOp {
             dimension_names: Some(names.iter().map(|s| s.to_string()).collect()),
             attributes: Map::new(),
         };
-        spec.validate()?;
+        let spec = spec.validated()?;
         if let (Address::Npy { .. }, Some(_)) = (&target, &job.shards) {
             return Err(Error::parameter(
                 "shards",
@@ -543,8 +543,37 @@ fn plan_pyramids(
             unit: None,
             run: job.run.clone(),
         });
+        // Levels and factors are checked now, against the level 0 about to be written, not
+        // after converting it.
+        let level0 = PlannedLevel0(crate::io::ArrayMeta {
+            shape: op.spec.shape.clone(),
+            dtype: op.spec.dtype,
+            chunks: Some(op.spec.chunks.clone()),
+            shards: op.spec.shards.clone(),
+            codecs: Vec::new(),
+            dimension_names: op.spec.dimension_names.clone(),
+            attributes: Map::new(),
+        });
+        let planned = &jobs[jobs.len() - 1];
+        crate::ops::pyramid::PyramidOp::plan_from(planned, op.target[0].clone(), Box::new(level0))?;
     }
     Ok(jobs)
+}
+
+/// The level 0 that `convert --pyramid-levels` is about to write, as far as planning its
+/// pyramid needs it: the metadata. Nothing reads it.
+struct PlannedLevel0(crate::io::ArrayMeta);
+
+impl crate::io::ArrayReader for PlannedLevel0 {
+    fn meta(&self) -> &crate::io::ArrayMeta {
+        &self.0
+    }
+    fn read_box(&self, _region: &Region) -> Result<crate::io::Block> {
+        Err(Error::parameter(
+            "pyramid-levels",
+            "level 0 is read before it is written (a bug)",
+        ))
+    }
 }
 
 /// Runs `tessera convert`: scans the input, then converts each stack in turn (every rank

@@ -441,6 +441,8 @@ pub fn percentile(values: &[f64], q: f64) -> f64 {
 
 /// Crop window start and side on one axis of extent `n`, around centre `c` with radius `r`.
 pub fn window(c: f64, r: u64, n: u64) -> (u64, u64) {
+    // A radius of n or more already covers the whole axis (and keeps the arithmetic in range).
+    let r = r.min(n);
     let side = (2 * r + 1).min(n);
     let centre = (c + 0.5).floor() as i64;
     let start = (centre - r as i64).clamp(0, (n - side) as i64) as u64;

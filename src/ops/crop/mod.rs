@@ -456,6 +456,19 @@ pub fn run(job: &CropJob, comm: &dyn Comm) -> Result<Vec<RunSummary>> {
             ))
         }
         (Some(i), false) => i.clone(),
+        (None, true) if job.run.dry_run => {
+            // A dry run writes nothing, not even the synthetic input it would crop.
+            if comm.is_root() {
+                println!(
+                    "crop (dry run): --test-mode would write {} ({} patterns of {}x{} float32), then crop it into {output}",
+                    side_file(&output, "_test_input.npy").display(),
+                    job.test_patterns,
+                    job.test_size,
+                    job.test_size
+                );
+            }
+            return Ok(vec![RunSummary::dry_run("crop", &output, comm.size())]);
+        }
         (None, true) => {
             let path = side_file(&output, "_test_input.npy");
             // A resumed run crops the same synthetic patterns (their parameters are checked
@@ -566,14 +579,18 @@ pub fn run(job: &CropJob, comm: &dyn Comm) -> Result<Vec<RunSummary>> {
     }
     let normal_radii: Vec<f64> = normal.iter().map(|&i| radii[i]).collect();
     let chosen = kernel::percentile(&normal_radii, job.percentile);
-    let radius = chosen.ceil() as u64 + job.margin_pixels;
-    let side_h = (2 * radius + 1).min(layout.h);
-    let side_w = (2 * radius + 1).min(layout.w);
+    // Checked: a huge --margin-pixels must be refused, not wrap to a small crop.
+    let radius =
+        crate::grid::checked_add("margin-pixels", chosen.ceil() as u64, job.margin_pixels)?;
+    let diameter = crate::grid::checked_mul("margin-pixels", radius, 2)
+        .and_then(|d| crate::grid::checked_add("margin-pixels", d, 1))?;
+    let side_h = diameter.min(layout.h);
+    let side_w = diameter.min(layout.w);
     if comm.is_root() {
-        if 2 * radius + 1 > layout.h.min(layout.w) {
+        if diameter > layout.h.min(layout.w) {
             tracing::warn!(
                 "the crop needs 2R+1 = {} pixels but patterns are {}x{}: cropping to {}x{} (the full size where it does not fit)",
-                2 * radius + 1, layout.h, layout.w, side_h, side_w
+                diameter, layout.h, layout.w, side_h, side_w
             );
         }
         if empty + negative > 0 {

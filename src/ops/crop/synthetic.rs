@@ -58,6 +58,12 @@ pub fn write(path: &Path, n: u64, size: u64, seed: u64) -> Result<()> {
             "synthetic data needs at least 1 pattern of at least 8x8 (--test-patterns, --test-size)",
         ));
     }
+    let side = crate::grid::checked_product("test-size", &[size, size, 4])?;
+    let bytes = crate::grid::checked_mul("test-patterns", n, side)?;
+    crate::exec::memory::check(
+        &format!("--test-patterns {n} float32 patterns of --test-size {size}"),
+        bytes,
+    )?;
     let a = patterns(n, size, seed);
     ndarray_npy::write_npy(path, &a).map_err(|e| Error::bad_file(path, e.to_string()))
 }

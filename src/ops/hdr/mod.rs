@@ -901,6 +901,33 @@ pub fn write_synthetic(job: &SyntheticJob) -> Result<()> {
             "need at least 1 bracket of 2 exposures and a size of 1 or more",
         ));
     }
+    // One bracket is made in memory at a time (f64 radiance, u8 exposures); every bracket
+    // goes to disk. Both are checked before anything is made or written.
+    let grid = |flag| crate::grid::checked_product(flag, &[job.size as u64, job.size as u64, 3]);
+    let pixels = grid("size")?;
+    let bracket = crate::grid::checked_mul("exposures", pixels, job.exposures as u64)?;
+    let memory = crate::grid::checked_add("size", bracket, pixels.saturating_mul(8))?;
+    crate::exec::memory::check(
+        &format!(
+            "one bracket of --exposures {} RGB images of --size {}",
+            job.exposures, job.size
+        ),
+        memory,
+    )?;
+    let disk = crate::grid::checked_mul("brackets", bracket, job.brackets as u64)?;
+    let free = free_disk_bytes(&job.output);
+    if disk > free {
+        return Err(Error::parameter(
+            "brackets",
+            format!(
+                "{} brackets need up to {} on disk, {} free under {}",
+                job.brackets,
+                crate::exec::memory::human_bytes(disk),
+                crate::exec::memory::human_bytes(free),
+                job.output.display()
+            ),
+        ));
+    }
     std::fs::create_dir_all(&job.output)
         .map_err(|e| Error::bad_file(&job.output, e.to_string()))?;
     let start = files::parse_time("20240601120000").expect("valid time");
@@ -917,8 +944,12 @@ pub fn write_synthetic(job: &SyntheticJob) -> Result<()> {
         }
     }
     for b in 0..job.brackets {
-        let (images, ln_t) =
-            synthetic_bracket(job.size, job.size, job.exposures, job.seed + b as u64);
+        let (images, ln_t) = synthetic_bracket(
+            job.size,
+            job.size,
+            job.exposures,
+            job.seed.wrapping_add(b as u64),
+        );
         for (img, lt) in images.iter().zip(&ln_t) {
             let path = path_of(b, exposure(*lt));
             let Pixels::U8(planar) = &img.pixels else {
@@ -947,6 +978,28 @@ pub fn write_synthetic(job: &SyntheticJob) -> Result<()> {
         job.output.display()
     );
     Ok(())
+}
+
+/// Free bytes on the file system that holds `path` (or its nearest existing ancestor);
+/// `u64::MAX` when it cannot be asked.
+fn free_disk_bytes(path: &std::path::Path) -> u64 {
+    let Some(existing) = path.ancestors().find(|p| p.exists()) else {
+        return u64::MAX;
+    };
+    let existing = if existing.as_os_str().is_empty() {
+        std::path::Path::new(".")
+    } else {
+        existing
+    };
+    let Ok(c) = std::ffi::CString::new(existing.as_os_str().as_encoded_bytes()) else {
+        return u64::MAX;
+    };
+    // SAFETY: statvfs reads a NUL-terminated path and fills one plain struct that we own.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut stat) } != 0 {
+        return u64::MAX;
+    }
+    (stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64)
 }
 
 /// A synthetic bracket (RGB, shortest exposure first, x4 steps from 1 ms) of a random scene

@@ -230,6 +230,20 @@ impl PyramidOp {
     pub fn plan(job: &PyramidJob) -> Result<PyramidOp> {
         let input_addr = Address::parse(&job.input)?;
         let input = io::open(&input_addr)?;
+        Self::plan_from(job, input_addr, input)
+    }
+
+    /// [`PyramidOp::plan`] from an opened input: `convert --pyramid-levels` plans with the
+    /// metadata of a level 0 that does not exist yet, so that bad levels or factors are
+    /// refused before anything is converted.
+    ///
+    /// # Errors
+    /// As [`PyramidOp::plan`].
+    pub fn plan_from(
+        job: &PyramidJob,
+        input_addr: Address,
+        input: Box<dyn io::ArrayReader>,
+    ) -> Result<PyramidOp> {
         let meta = input.meta().clone();
         let ndim = meta.shape.len();
         if let Some(a) = meta.shape.iter().position(|&d| d == 0) {

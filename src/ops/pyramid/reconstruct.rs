@@ -120,7 +120,7 @@ impl ReconstructOp {
                 json!(job.input),
             )]),
         };
-        spec.validate()?;
+        let spec = spec.validated()?;
         let bytes: u64 = shapes[0].iter().product::<u64>() * base.dtype.size() as u64;
         Ok(ReconstructOp {
             targets: vec![output],

@@ -76,6 +76,18 @@ impl QuiltGeometry {
         let grid = WindowGrid::new(spatial, &window, &step, args.allow_gaps)
             .map_err(from_geometry_error)?;
         let border = check_border(&args.border, &window).map_err(from_geometry_error)?;
+        // Every later size (patch count, patch bytes, f64 accumulators) is a product of these;
+        // checked once here with room for 16 bytes per element, so plain arithmetic after is safe.
+        let patches = crate::grid::checked_mul(
+            "shape",
+            image_shape[0],
+            crate::grid::checked_product("window", &grid.counts())?,
+        )?;
+        let mut patch_shape = vec![patches, image_shape[1]];
+        patch_shape.extend(&window);
+        for (flag, shape) in [("shape", image_shape), ("window", &patch_shape[..])] {
+            crate::grid::checked_mul(flag, crate::grid::checked_product(flag, shape)?, 16)?;
+        }
         if !(0.0..=1.0).contains(&args.border_weight) {
             return Err(Error::parameter(
                 "border-weight",
@@ -402,6 +414,12 @@ pub fn write_border_mask(
             "needs positive sizes, e.g. 128,128",
         ));
     }
+    let bytes = crate::grid::checked_product("window", window)?;
+    crate::grid::to_usize("window", bytes)?;
+    crate::exec::memory::check(
+        &format!("a uint8 mask of --window {}", crate::grid::join(window)),
+        bytes,
+    )?;
     let mask = kernel::border_mask(window, &border);
     let target = Address::parse(output)?;
     let staging = crate::io::staging::Staging::plan(&target, overwrite, false)?;
@@ -638,7 +656,8 @@ impl StitchOp {
             dimension_names: None,
             attributes: Map::new(),
         };
-        mean_spec.validate()?;
+        let mean_spec = mean_spec.validated()?;
+        let chunks = mean_spec.chunks.clone();
         let mut spatial_spec = mean_spec.clone();
         spatial_spec.shape = std::iter::once(image[0])
             .chain(spatial.iter().copied())
