@@ -477,11 +477,13 @@ pub fn run(job: &CropJob, comm: &dyn Comm) -> Result<Vec<RunSummary>> {
             let made = if comm.is_root() && !reuse {
                 let mut written = side_files(&output, job.no_visualization);
                 written.push(path.clone());
-                check_writes(&[], &[output.clone()], &written, &job.run).and_then(|()| {
-                    safety::write_file(&path, job.run.overwrite, |tmp| {
-                        synthetic::write(tmp, job.test_patterns, job.test_size, job.seed)
-                    })
-                })
+                check_writes(&[], std::slice::from_ref(&output), &written, &job.run).and_then(
+                    |()| {
+                        safety::write_file(&path, job.run.overwrite, |tmp| {
+                            synthetic::write(tmp, job.test_patterns, job.test_size, job.seed)
+                        })
+                    },
+                )
             } else {
                 Ok(())
             };

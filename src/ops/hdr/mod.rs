@@ -935,11 +935,12 @@ pub fn write_synthetic(job: &SyntheticJob) -> Result<()> {
         let name = format!("{}_{expo}.png", files::format_time(start + 30 * b as i64));
         job.output.join(name)
     };
-    let ln_times = |b: usize| synthetic_bracket(1, 1, job.exposures, job.seed + b as u64).1;
+    // The exposure times are the same in every bracket (only the sky changes with the seed).
+    let ln_times = synthetic_bracket(1, 1, job.exposures, 0).1;
     let exposure = |lt: f64| (lt.exp() * 1e6).round() as u64;
     // Every name is checked before the first file is written.
     for b in 0..job.brackets {
-        for lt in ln_times(b) {
+        for &lt in &ln_times {
             safety::check_side_file(&path_of(b, exposure(lt)), job.overwrite)?;
         }
     }
