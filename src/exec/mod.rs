@@ -312,6 +312,50 @@ pub fn check_side_files(
         .try_for_each(|f| safety::check_side_file(f, options.overwrite))
 }
 
+/// Each stage's units split among the ranks on its own: `[rank][stage]` -> unit ids.
+fn split_stages(stage_ends: &[usize], ranks: usize) -> Vec<Vec<Vec<usize>>> {
+    let mut stage_of_rank: Vec<Vec<Vec<usize>>> = vec![Vec::new(); ranks];
+    let mut begin = 0;
+    for &end in stage_ends {
+        for (rank, r) in partition_contiguous(end - begin, ranks)
+            .into_iter()
+            .enumerate()
+        {
+            stage_of_rank[rank].push(r.map(|u| u + begin).collect());
+        }
+        begin = end;
+    }
+    stage_of_rank
+}
+
+/// Rank 0's last look before the run changes the disk: a resumed run's identity is checked
+/// first (the most useful refusal), then the side files and report; then stale staging goes
+/// and a fresh journal records the run's identity.
+fn start_journal<Op: Operation>(
+    op: &Op,
+    journal: &journal::Journal,
+    stagings: &[Staging],
+    side_files: &[std::path::PathBuf],
+    options: &RunOptions,
+) -> Result<()> {
+    let identity = serde_json::json!({
+        "parameters": op.parameters(),
+        "plan": op.fingerprint(),
+    });
+    let resuming = stagings[0].resuming;
+    if resuming {
+        journal.start(&identity, true)?;
+    }
+    check_side_files(side_files, options, resuming)?;
+    for s in stagings {
+        s.clear_stale()?;
+    }
+    if !resuming {
+        journal.start(&identity, false)?;
+    }
+    Ok(())
+}
+
 /// Runs an operation to completion on this rank (every rank calls it).
 ///
 /// # Errors
@@ -320,19 +364,7 @@ pub fn run<Op: Operation>(op: &Op, comm: &dyn Comm, options: &RunOptions) -> Res
     let started = Instant::now();
     let mut phases = PhaseTimes::default();
     let units = op.units();
-    let stage_ends = op.stage_ends();
-    // Each stage is split among the ranks on its own.
-    let mut stage_of_rank: Vec<Vec<Vec<usize>>> = vec![Vec::new(); comm.size()];
-    let mut begin = 0;
-    for &end in &stage_ends {
-        for (rank, r) in partition_contiguous(end - begin, comm.size())
-            .into_iter()
-            .enumerate()
-        {
-            stage_of_rank[rank].push(r.map(|u| u + begin).collect());
-        }
-        begin = end;
-    }
+    let stage_of_rank = split_stages(&op.stage_ends(), comm.size());
 
     let side_files = op.side_files();
     agree(
@@ -370,27 +402,11 @@ pub fn run<Op: Operation>(op: &Op, comm: &dyn Comm, options: &RunOptions) -> Res
     }
 
     let journal = journal::Journal::new(staging.journal_dir(), comm.rank());
-    let setup = (|| {
-        if comm.is_root() {
-            let identity = serde_json::json!({
-                "parameters": op.parameters(),
-                "plan": op.fingerprint(),
-            });
-            // A resumed run's parameters are checked first (the most useful refusal), then
-            // the side files, then stale staging goes and a fresh journal starts.
-            if staging.resuming {
-                journal.start(&identity, true)?;
-            }
-            check_side_files(&side_files, options, staging.resuming)?;
-            for s in &stagings {
-                s.clear_stale()?;
-            }
-            if !staging.resuming {
-                journal.start(&identity, false)?;
-            }
-        }
+    let setup = if comm.is_root() {
+        start_journal(op, &journal, &stagings, &side_files, options)
+    } else {
         Ok(())
-    })();
+    };
     agree(comm, setup)?;
     let t = Instant::now();
     let staged: Vec<Address> = stagings.iter().map(|s| s.staging.clone()).collect();
