@@ -60,36 +60,38 @@ fn outputs_on_or_inside_an_input_are_refused_and_the_input_survives() {
     let input = dir.join("in.npy");
     let before = snapshot(dir);
     let unstitch = |out: &str, extra: &[&str]| {
-        let mut args = vec![
-            "quilt",
-            "unstitch",
-            "--input",
-            input.to_str().unwrap(),
-            "--output",
-            out,
-            "--window",
-            "16,16",
-            "--step",
-            "8,8",
-        ];
-        args.extend(extra);
-        tessera(&args)
+        with(
+            &[
+                "quilt",
+                "unstitch",
+                "--input",
+                input.to_str().unwrap(),
+                "--output",
+                out,
+                "--window",
+                "16,16",
+                "--step",
+                "8,8",
+            ],
+            extra,
+        )
     };
     // The output is the input, with and without --overwrite, spelled several ways.
     for out in [s(&input), format!("{}/./in.npy", dir.display())] {
         fails_with(unstitch(&out, &["--overwrite"]), &["is the input"]);
     }
     let stitch = |out: &str, extra: &[&str]| {
-        let mut args = vec![
-            "quilt",
-            "stitch",
-            "--input",
-            p.to_str().unwrap(),
-            "--output",
-            out,
-        ];
-        args.extend(extra);
-        tessera(&args)
+        with(
+            &[
+                "quilt",
+                "stitch",
+                "--input",
+                p.to_str().unwrap(),
+                "--output",
+                out,
+            ],
+            extra,
+        )
     };
     fails_with(
         stitch(&format!("{}/", p.display()), &["--overwrite"]),
@@ -234,16 +236,17 @@ fn reports_and_side_files_are_never_overwritten_without_asking() {
     let input = dir.join("in.npy");
     let before = snapshot(dir);
     let stitch = |out: &Path, extra: &[&str]| {
-        let mut args = vec![
-            "quilt",
-            "stitch",
-            "--input",
-            p.to_str().unwrap(),
-            "--output",
-            out.to_str().unwrap(),
-        ];
-        args.extend(extra);
-        tessera(&args)
+        with(
+            &[
+                "quilt",
+                "stitch",
+                "--input",
+                p.to_str().unwrap(),
+                "--output",
+                out.to_str().unwrap(),
+            ],
+            extra,
+        )
     };
     let out = dir.join("m.zarr");
     // --report on or inside an input, an existing file, the patches' report, inside the output.
@@ -294,18 +297,19 @@ fn crop_side_files_are_refused_one_by_one() {
     let dir = d.path();
     let out = dir.join("c.npy");
     let crop = |extra: &[&str]| {
-        let mut args = vec![
-            "crop",
-            "--test-mode",
-            "--test-patterns",
-            "8",
-            "--test-size",
-            "32",
-            "--output",
-            out.to_str().unwrap(),
-        ];
-        args.extend(extra);
-        tessera(&args)
+        with(
+            &[
+                "crop",
+                "--test-mode",
+                "--test-patterns",
+                "8",
+                "--test-size",
+                "32",
+                "--output",
+                out.to_str().unwrap(),
+            ],
+            extra,
+        )
     };
     ok(crop(&[]));
     let all = snapshot(dir);
@@ -365,20 +369,21 @@ fn hdr_response_plot_and_synthetic_images_are_not_replaced_silently() {
     let dir = d.path();
     let sky = dir.join("sky");
     let synth = |extra: &[&str]| {
-        let mut args = vec![
-            "hdr",
-            "synthetic",
-            "--output",
-            sky.to_str().unwrap(),
-            "--brackets",
-            "2",
-            "--exposures",
-            "3",
-            "--size",
-            "32",
-        ];
-        args.extend(extra);
-        tessera(&args)
+        with(
+            &[
+                "hdr",
+                "synthetic",
+                "--output",
+                sky.to_str().unwrap(),
+                "--brackets",
+                "2",
+                "--exposures",
+                "3",
+                "--size",
+                "32",
+            ],
+            extra,
+        )
     };
     ok(synth(&[]));
     let images = snapshot(&sky);
@@ -390,18 +395,19 @@ fn hdr_response_plot_and_synthetic_images_are_not_replaced_silently() {
     let response = dir.join("response.npz");
     std::fs::write(dir.join("response_curve.png"), b"my plot").unwrap();
     let calibrate = |extra: &[&str]| {
-        let mut args = vec![
-            "hdr",
-            "calibrate",
-            "--input",
-            sky.to_str().unwrap(),
-            "--response",
-            response.to_str().unwrap(),
-            "--samples-per-image",
-            "50",
-        ];
-        args.extend(extra);
-        tessera(&args)
+        with(
+            &[
+                "hdr",
+                "calibrate",
+                "--input",
+                sky.to_str().unwrap(),
+                "--response",
+                response.to_str().unwrap(),
+                "--samples-per-image",
+                "50",
+            ],
+            extra,
+        )
     };
     fails_with(calibrate(&[]), &["response_curve.png", "exists"]);
     assert!(!response.exists());
@@ -470,6 +476,11 @@ fn resume_with_a_change(args: &[String], changed: &[&str], flag: &str) {
         &["--resume", &format!("--{flag} (was ")],
     );
     ok(tessera_env(&resumed, &env[..1]));
+}
+
+/// `tessera` with a command line and some flags added to it.
+fn with(base: &[&str], extra: &[&str]) -> std::process::Output {
+    tessera(&[base, extra].concat())
 }
 
 fn strings(v: &[&str]) -> Vec<String> {
@@ -609,20 +620,21 @@ fn an_interrupted_per_bracket_merge_resumes_only_with_its_parameters() {
     let dir = d.path();
     let sky = dir.join("sky");
     let synth = |extra: &[&str]| {
-        let mut args = vec![
-            "hdr",
-            "synthetic",
-            "--output",
-            sky.to_str().unwrap(),
-            "--brackets",
-            "3",
-            "--exposures",
-            "3",
-            "--size",
-            "24",
-        ];
-        args.extend(extra);
-        ok(tessera(&args));
+        ok(with(
+            &[
+                "hdr",
+                "synthetic",
+                "--output",
+                sky.to_str().unwrap(),
+                "--brackets",
+                "3",
+                "--exposures",
+                "3",
+                "--size",
+                "24",
+            ],
+            extra,
+        ));
     };
     synth(&[]);
     // The last bracket's first image is unreadable: the merge stops after two brackets.
@@ -634,20 +646,21 @@ fn an_interrupted_per_bracket_merge_resumes_only_with_its_parameters() {
     std::fs::write(names.last().unwrap(), b"broken").unwrap();
     let out = dir.join("merged");
     let merge = |extra: &[&str]| {
-        let mut args = vec![
-            "hdr",
-            "merge",
-            "--input",
-            sky.to_str().unwrap(),
-            "--method",
-            "mertens",
-            "--format",
-            "npy",
-            "--output",
-            out.to_str().unwrap(),
-        ];
-        args.extend(extra);
-        tessera(&args)
+        with(
+            &[
+                "hdr",
+                "merge",
+                "--input",
+                sky.to_str().unwrap(),
+                "--method",
+                "mertens",
+                "--format",
+                "npy",
+                "--output",
+                out.to_str().unwrap(),
+            ],
+            extra,
+        )
     };
     assert!(!merge(&[]).status.success());
     synth(&["--overwrite"]);
@@ -674,16 +687,17 @@ fn stitch_flags_that_contradict_the_patches_are_refused_and_weighting_flags_hono
     let dir = d.path();
     let p = patches(dir, "border");
     let stitch = |out: &str, extra: &[&str]| {
-        let mut args = vec![
-            "quilt",
-            "stitch",
-            "--input",
-            p.to_str().unwrap(),
-            "--output",
-            out,
-        ];
-        args.extend(extra);
-        tessera(&args)
+        with(
+            &[
+                "quilt",
+                "stitch",
+                "--input",
+                p.to_str().unwrap(),
+                "--output",
+                out,
+            ],
+            extra,
+        )
     };
     let o = |name: &str| s(&dir.join(name));
     fails_with(
@@ -780,28 +794,28 @@ mod hdf5_files {
         let dir = d.path();
         let f = user_file(dir);
         let input = image(dir);
+        let out = format!("{}:/patches", f.display());
+        let pos = s(&dir.join("pos.npy"));
         let unstitch = |window: &str, extra: &[&str]| {
-            let mut args = vec![
-                "quilt",
-                "unstitch",
-                "--input",
-                input.to_str().unwrap(),
-                "--output",
-                "F:/patches",
-                "--window",
-                window,
-                "--step",
-                window,
-                "--codec",
-                "gzip",
-                "--positions",
-            ];
-            let out = format!("{}:/patches", f.display());
-            let pos = s(&dir.join("pos.npy"));
-            args[5] = &out;
-            args.push(&pos);
-            args.extend(extra);
-            tessera(&args)
+            with(
+                &[
+                    "quilt",
+                    "unstitch",
+                    "--input",
+                    input.to_str().unwrap(),
+                    "--output",
+                    &out,
+                    "--window",
+                    window,
+                    "--step",
+                    window,
+                    "--codec",
+                    "gzip",
+                    "--positions",
+                    &pos,
+                ],
+                extra,
+            )
         };
         ok(unstitch("16", &[]));
         assert_eq!(read_keep(&f), [1, 2, 3]);

@@ -23,11 +23,6 @@ impl Journal {
         Journal { dir, rank }
     }
 
-    /// The journal's directory.
-    pub fn dir(&self) -> &std::path::Path {
-        &self.dir
-    }
-
     /// Starts a fresh journal, or checks that a resumed run has the same identity (the job's
     /// parameters and what the plan derived from the inputs; see `Operation::parameters`).
     /// Rank 0 only.
@@ -58,10 +53,8 @@ impl Journal {
             })?;
             return check_same(&previous, identity);
         }
-        std::fs::create_dir_all(&self.dir).at(&self.dir)?;
-        let tmp = self.dir.join("plan.json.tmp");
-        std::fs::write(&tmp, identity.to_string()).at(&tmp)?;
-        std::fs::rename(&tmp, &plan).at(&plan)
+        // A fresh run's journal replaces whatever a stale one left (cleared just before).
+        crate::io::safety::write_bytes(&plan, true, identity.to_string().as_bytes())
     }
 
     /// Every unit any rank recorded as finished.

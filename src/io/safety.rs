@@ -26,11 +26,6 @@ pub enum Place {
 }
 
 impl Place {
-    /// The array at `text` when it parses as an address, else the path itself.
-    pub fn of(text: &str) -> Place {
-        Address::parse(text).map_or_else(|_| Place::Path(PathBuf::from(text)), Place::Array)
-    }
-
     /// The path on disk that holds this place: the file, or the directory of a Zarr node.
     fn footprint(&self) -> PathBuf {
         match self {

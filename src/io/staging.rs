@@ -302,7 +302,7 @@ fn check_zarr_parents(store: &Path, node: &str) -> Result<()> {
     let mut dir = store.to_path_buf();
     let parts: Vec<&str> = node.split('/').filter(|p| !p.is_empty()).collect();
     for part in parts {
-        if is_zarr_array(&dir) {
+        if crate::io::zarr::is_array(&dir) {
             return Err(Error::OutputExists {
                 path: dir,
                 message: format!("is a Zarr array, which cannot hold another node ({part}); write to a group or another store"),
@@ -311,16 +311,6 @@ fn check_zarr_parents(store: &Path, node: &str) -> Result<()> {
         dir.push(part);
     }
     Ok(())
-}
-
-fn is_zarr_array(dir: &Path) -> bool {
-    if dir.join(".zarray").is_file() {
-        return true;
-    }
-    std::fs::read(dir.join("zarr.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .is_some_and(|v| v["node_type"] == "array")
 }
 
 #[cfg(feature = "hdf5")]
@@ -374,11 +364,6 @@ pub fn interrupted_run_hint() -> Option<String> {
             left.join(", ")
         )
     })
-}
-
-/// A temporary sibling name for a small file written then renamed (`name.tmp-<pid>`).
-pub fn temporary_name(path: &Path) -> PathBuf {
-    with_suffix(path, &format!(".tmp-{}", std::process::id()))
 }
 
 /// Removes a file or a directory tree if it exists.

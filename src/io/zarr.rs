@@ -592,6 +592,18 @@ pub fn write_group(store: &Path, node: &str, attributes: &Map<String, Value>) ->
         .map_err(|e| zarr_err(store, node, e))
 }
 
+/// Whether the directory holds a Zarr array (v3 `zarr.json` with `node_type` "array", or v2
+/// `.zarray`): an array cannot hold other nodes.
+pub fn is_array(dir: &Path) -> bool {
+    if dir.join(".zarray").is_file() {
+        return true;
+    }
+    std::fs::read(dir.join("zarr.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .is_some_and(|v| v["node_type"] == "array")
+}
+
 /// The attributes of the group at `node` of `store`, or `None` when there is no group there.
 pub fn group_attributes(store: &Path, node: &str) -> Option<Map<String, Value>> {
     let path = store.join(node).join("zarr.json");

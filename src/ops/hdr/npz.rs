@@ -10,7 +10,7 @@ use ndarray_npy::{ReadNpyExt, WriteNpyExt};
 use serde_json::Value;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use zip::{result::ZipError, write::SimpleFileOptions, CompressionMethod, ZipArchive, ZipWriter};
 
 /// Number of rows (input levels) of a response curve.
@@ -47,8 +47,8 @@ pub enum NpzError {
 
 /// Writes `path` as an uncompressed .npz (like `numpy.savez`) with the entries
 /// `response.npy` (float64, C order, shape `(256, C)`) and `metadata.npy` (0-d
-/// `<U{n}` array holding `metadata` as JSON). The archive is written to
-/// `path` + ".tmp" and then renamed, so a failure leaves no half-written file.
+/// `<U{n}` array holding `metadata` as JSON). Written in place: callers publish it under a
+/// temporary name (`io::safety::write_file`).
 pub fn write_response(
     path: &Path,
     response: ArrayView2<f64>,
@@ -62,14 +62,7 @@ pub fn write_response(
     (response.as_standard_layout().write_npy(&mut resp)).map_err(std::io::Error::other)?;
     let json = serde_json::to_string(metadata).map_err(|e| NpzError::BadMetadata(e.to_string()))?;
     let entries = [("response.npy", resp), ("metadata.npy", unicode_npy(&json))];
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let result = write_zip(&tmp, &entries).and_then(|()| Ok(std::fs::rename(&tmp, path)?));
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    write_zip(path, &entries)
 }
 
 /// Reads a file written by [`write_response`] or by numpy (`savez` or
@@ -236,6 +229,7 @@ fn parse_string(bytes: &[u8], key: &str) -> Result<String, NpzError> {
 mod tests {
     use super::*;
     use serde_json::json;
+    use std::path::PathBuf;
 
     /// A fresh path in the system temp directory (removed first if present).
     fn temp(name: &str) -> PathBuf {

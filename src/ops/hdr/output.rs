@@ -60,18 +60,6 @@ fn extension(format: Format) -> &'static str {
     }
 }
 
-/// Writes `bytes` to `path` through `path.partial` and a rename.
-fn atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).at(parent)?;
-    }
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".partial");
-    let tmp = PathBuf::from(tmp);
-    write(&tmp)?;
-    std::fs::rename(&tmp, path).at(path)
-}
-
 fn write_exr(path: &Path, m: &Merged) -> Result<()> {
     use exr::prelude::*;
     let (w, c) = (m.width, m.channels);
@@ -277,12 +265,12 @@ fn per_bracket(
             let m = merge_bracket(job, b, g)?;
             read += input_bytes(b);
             match job.format {
-                Format::Exr => atomic(&target, |t| write_exr(t, &m))?,
-                _ => atomic(&target, |t| write_npy(t, &m))?,
+                Format::Exr => safety::write_file(&target, true, |t| write_exr(t, &m))?,
+                _ => safety::write_file(&target, true, |t| write_npy(t, &m))?,
             }
             written += (m.data.len() * 4) as u64;
             if job.preview.is_some() {
-                atomic(&preview_path, |t| write_preview(t, &m, job.method))?;
+                safety::write_file(&preview_path, true, |t| write_preview(t, &m, job.method))?;
             }
             unusable += m.unusable;
             units += 1;
