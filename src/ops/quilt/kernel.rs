@@ -386,7 +386,10 @@ impl Accumulator {
                 .and(&self.weights)
                 .for_each(|x, &mu, &w| {
                     *x = if w > 0.0 {
-                        (*x / w - mu * mu).max(0.0).sqrt()
+                        // Not f64::max: this exact expression is in the GPU kernel too.
+                        let q = *x / w - mu * mu;
+                        let q = if q > 0.0 { q } else { 0.0 };
+                        q.sqrt()
                     } else {
                         f64::NAN
                     };

@@ -1,0 +1,62 @@
+// Shared by every tessera kernel, on the device (NVRTC) and on the host (the test harness,
+// compiled by the `cc` crate): fixed-width types, the host/device marker, and the few
+// bit-level helpers whose results must be the same on both sides.
+//
+// NVRTC has no system headers, so nothing here includes one. Arithmetic must follow IEEE
+// round-to-nearest with no contraction of a*b+c into FMA on both sides: the device code is
+// compiled with --fmad=false (and NVRTC's default --prec-div=true, --ftz=false), the host
+// harness with -ffp-contract=off.
+#pragma once
+
+#if defined(__CUDACC__)
+#define TESSERA_HD __host__ __device__ __forceinline__
+#else
+#define TESSERA_HD inline
+#endif
+
+typedef unsigned char u8;
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef unsigned long long u64;
+typedef long long i64;
+
+// Quiet NaNs with Rust's bit patterns (f64::NAN, f32::NAN), written by bits: 0.0/0.0 gives
+// a different payload on x86 (negative) and on the GPU (canonical 0x7fffffff).
+TESSERA_HD double tessera_nan_f64() {
+#if defined(__CUDACC__)
+    return __longlong_as_double(0x7ff8000000000000LL);
+#else
+    union { u64 u; double d; } v;
+    v.u = 0x7ff8000000000000ULL;
+    return v.d;
+#endif
+}
+
+TESSERA_HD float tessera_nan_f32() {
+#if defined(__CUDACC__)
+    return __uint_as_float(0x7fc00000u);
+#else
+    union { u32 u; float f; } v;
+    v.u = 0x7fc00000u;
+    return v.f;
+#endif
+}
+
+TESSERA_HD float tessera_bits_f32(u32 bits) {
+#if defined(__CUDACC__)
+    return __uint_as_float(bits);
+#else
+    union { u32 u; float f; } v;
+    v.u = bits;
+    return v.f;
+#endif
+}
+
+// NaN of the output type, by bits (see above).
+template <typename O> TESSERA_HD O tessera_nan();
+template <> TESSERA_HD float tessera_nan<float>() { return tessera_nan_f32(); }
+template <> TESSERA_HD double tessera_nan<double>() { return tessera_nan_f64(); }
+
+// max(x, 0) with NaN and -0.0 giving +0.0; the CPU kernels use the same expression
+// (`if x > 0.0 { x } else { 0.0 }`), not f64::max, whose treatment of signed zeros is unspecified.
+TESSERA_HD double tessera_max0(double x) { return x > 0.0 ? x : 0.0; }
