@@ -72,6 +72,10 @@ pub enum Error {
         available: u64,
     },
 
+    /// A GPU that was asked for cannot be used, or failed (driver, NVRTC, launch, memory).
+    #[error("GPU: {message}")]
+    Gpu { message: String },
+
     /// A config (TOML) file that cannot be read as a job.
     #[error("{}: {message}", path.display())]
     Config { path: PathBuf, message: String },
@@ -81,6 +85,12 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    pub fn gpu(message: impl Into<String>) -> Self {
+        Error::Gpu {
+            message: message.into(),
+        }
+    }
+
     pub fn parameter(name: impl Into<String>, message: impl Into<String>) -> Self {
         Error::Parameter {
             name: name.into(),

@@ -7,6 +7,7 @@
 //! - [`exec`]: the generic runner (units per rank, rounds, journal, progress, report);
 //! - [`ops`]: one folder per operation: its plan and its pure kernels;
 //! - [`io`]: arrays in Zarr, HDF5, `.npy` and image files, behind one pair of traits;
+//! - [`gpu`]: device selection and the CUDA layer (kernels compiled at run time by NVRTC);
 //! - [`comm`]: collectives over one process or MPI ranks;
 //! - [`grid`]: boxes, chunk-aligned runs, partitions (pure).
 //!
@@ -18,6 +19,7 @@ pub mod comm;
 pub mod demo;
 pub mod error;
 pub mod exec;
+pub mod gpu;
 pub mod grid;
 pub mod io;
 pub mod job;

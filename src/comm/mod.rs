@@ -51,6 +51,13 @@ pub trait Comm: Send + Sync {
         None
     }
 
+    /// This rank's index among the ranks on its node, and how many there are (MPI's
+    /// shared-memory split: `MPI_Comm_split_type(SHARED)`, ordered by world rank). Collective.
+    /// Used to give each rank of a node its own GPU.
+    fn node_local(&self) -> (usize, usize) {
+        (0, 1)
+    }
+
     fn is_root(&self) -> bool {
         self.rank() == 0
     }

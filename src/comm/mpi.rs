@@ -88,6 +88,10 @@ impl Comm for Mpi {
     fn size(&self) -> usize {
         self.world.size() as usize
     }
+    fn node_local(&self) -> (usize, usize) {
+        let node = self.world.split_shared(self.world.rank());
+        (node.rank() as usize, node.size() as usize)
+    }
     fn barrier(&self) {
         self.world.barrier();
     }

@@ -144,6 +144,11 @@ pub trait Operation: Sync {
     fn side_files(&self) -> Vec<std::path::PathBuf> {
         Vec::new()
     }
+    /// The device this rank runs the kernels on and its phases, for the report (operations
+    /// with `--device`). Default: none.
+    fn device(&self) -> Option<crate::gpu::DeviceReport> {
+        None
+    }
     /// Where each stage's units end (ascending, the last = `units().len()`). Units of a stage
     /// may read what earlier stages wrote (a pyramid's coarse levels are built from a level
     /// written before): every rank finishes writing a stage before any computes the next.
@@ -522,5 +527,6 @@ pub fn run<Op: Operation>(op: &Op, comm: &dyn Comm, options: &RunOptions) -> Res
 
     stats.phases = phases;
     stats.seconds = started.elapsed().as_secs_f64();
+    stats.device = op.device();
     Ok(report::summarize(op, comm, stats, &stagings, done.len()))
 }

@@ -38,6 +38,10 @@ pub struct RankStats {
     pub bytes_written: u64,
     pub seconds: f64,
     pub phases: PhaseTimes,
+    /// The device this rank ran the kernels on, and (GPU) where its time went: transfers and
+    /// kernels, seconds and bytes. Absent for operations without a `--device`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<crate::gpu::DeviceReport>,
 }
 
 /// The outcome of one `exec::run`.

@@ -255,6 +255,16 @@ pub struct UnstitchJob {
     #[arg(long, value_enum, default_value_t)]
     #[serde(default)]
     pub codec: Codec,
+    /// Where to run the kernels: auto (a GPU when there is one), cpu, cuda, or cuda:N. Not
+    /// part of the output: a run may resume on another device and gives the same bytes.
+    #[arg(long, default_value_t, value_name = "auto|cpu|cuda|cuda:N")]
+    #[serde(default, skip_serializing)]
+    pub device: crate::gpu::DeviceChoice,
+    /// Device memory this rank may use on a GPU, e.g. 8G (default: 80% of the free memory,
+    /// shared by the ranks on that GPU); larger units are done in pieces.
+    #[arg(long)]
+    #[serde(default, skip_serializing)]
+    pub gpu_memory_limit: Option<String>,
     #[command(flatten)]
     #[serde(skip)]
     pub run: RunOptions,
@@ -303,6 +313,16 @@ pub struct StitchJob {
     #[arg(long, default_value = "2G")]
     #[serde(default = "default_memory_limit")]
     pub memory_limit: String,
+    /// Where to run the kernels: auto (a GPU when there is one), cpu, cuda, or cuda:N. Not
+    /// part of the output: a run may resume on another device and gives the same bytes.
+    #[arg(long, default_value_t, value_name = "auto|cpu|cuda|cuda:N")]
+    #[serde(default, skip_serializing)]
+    pub device: crate::gpu::DeviceChoice,
+    /// Device memory this rank may use on a GPU, e.g. 8G (default: 80% of the free memory,
+    /// shared by the ranks on that GPU); larger units are done in pieces.
+    #[arg(long)]
+    #[serde(default, skip_serializing)]
+    pub gpu_memory_limit: Option<String>,
     #[command(flatten)]
     #[serde(skip)]
     pub run: RunOptions,

@@ -52,7 +52,9 @@ pub fn run_job(mut job: Job, comm: &dyn Comm) -> Result<()> {
         Job::Convert(j) => ("convert", parameters(j), convert::run(j, comm)?),
         Job::Crop(j) => ("crop", parameters(j), crop::run(j, comm)?),
         Job::Unstitch(j) => {
-            let s = run_op(&quilt::UnstitchOp::plan(j)?, comm, &j.run)?;
+            let mut op = quilt::UnstitchOp::plan(j)?;
+            op.use_device(select(j.device, &j.gpu_memory_limit, comm, "quilt unstitch")?);
+            let s = run_op(&op, comm, &j.run)?;
             ("quilt unstitch", parameters(j), s)
         }
         Job::Weed(j) => {
@@ -60,7 +62,10 @@ pub fn run_job(mut job: Job, comm: &dyn Comm) -> Result<()> {
             ("quilt weed", parameters(j), s)
         }
         Job::Stitch(j) => {
-            let s = run_op(&quilt::StitchOp::plan(j)?, comm, &j.run)?;
+            let mut op = quilt::StitchOp::plan(j)?;
+            let device = select(j.device, &j.gpu_memory_limit, comm, "quilt stitch")?;
+            crate::exec::agree(comm, op.use_device(device))?;
+            let s = run_op(&op, comm, &j.run)?;
             ("quilt stitch", parameters(j), s)
         }
         Job::Pyramid(j) => {
@@ -84,6 +89,16 @@ pub fn run_hdr_merge(mut job: crate::ops::hdr::MergeJob, comm: &dyn Comm) -> Res
     settle_report(&mut job.run, &job.output.clone());
     let summaries = crate::ops::hdr::merge(&job, comm)?;
     finish("hdr merge", &job.run, parameters(&job), &summaries, comm)
+}
+
+/// This rank's device for an operation that has a GPU kernel (collective).
+fn select(
+    device: crate::gpu::DeviceChoice,
+    limit: &Option<String>,
+    comm: &dyn Comm,
+    op: &str,
+) -> Result<crate::gpu::Selected> {
+    crate::gpu::select(device, limit.as_deref(), comm, op, true)
 }
 
 /// Runs one planned operation; its summary as the report wants it.

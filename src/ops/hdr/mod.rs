@@ -193,6 +193,16 @@ pub struct MergeJob {
     /// Weighting of the Debevec merge.
     #[arg(long, value_enum, default_value_t)]
     pub weight_type: WeightType,
+    /// Where to run the Debevec merge: auto (a GPU when there is one), cpu, cuda, or cuda:N
+    /// (same bytes on each). Mertens fusion runs on the CPU.
+    #[arg(long, default_value_t, value_name = "auto|cpu|cuda|cuda:N")]
+    #[serde(default, skip_serializing)]
+    pub device: crate::gpu::DeviceChoice,
+    /// Device memory this rank may use on a GPU, e.g. 8G (default: 80% of the free memory,
+    /// shared by the ranks on that GPU); larger images are merged in bands.
+    #[arg(long)]
+    #[serde(default, skip_serializing)]
+    pub gpu_memory_limit: Option<String>,
     #[command(flatten)]
     #[serde(skip)]
     pub run: crate::exec::RunOptions,

@@ -10,6 +10,9 @@
 //! that is bit-identical for any split and rank count (f64 sums in one fixed order per pixel).
 //! A slab's size follows `--memory-limit`, so memory is bounded by the slab, not the volume.
 
+#[cfg(feature = "cuda")]
+pub mod cuda;
+pub mod device;
 pub mod kernel;
 pub mod weed;
 
@@ -195,9 +198,26 @@ pub struct UnstitchOp {
     /// The job and what it reads, for `--resume` and the output checks.
     parameters: Value,
     inputs: Vec<Place>,
+    /// This rank's device (`--device`), and its GPU half when it is a GPU.
+    device: crate::gpu::Selected,
+    #[cfg(feature = "cuda")]
+    gpu: Option<cuda::UnstitchGpu>,
 }
 
 impl UnstitchOp {
+    /// Runs the kernels on `device` (the CPU unless told otherwise).
+    pub fn use_device(&mut self, device: crate::gpu::Selected) {
+        #[cfg(feature = "cuda")]
+        if let crate::gpu::Backend::Cuda(gpu) = &device.backend {
+            self.gpu = Some(cuda::UnstitchGpu::new(
+                gpu.clone(),
+                self.grid.clone(),
+                self.geometry.channels(),
+            ));
+        }
+        self.device = device;
+    }
+
     /// Validates input and geometry; creates nothing.
     ///
     /// # Errors
@@ -271,6 +291,9 @@ impl UnstitchOp {
             writers: Mutex::new(Vec::new()),
             parameters: serde_json::to_value(job).unwrap_or_default(),
             inputs: vec![Place::Array(input_addr)],
+            device: crate::gpu::Selected::cpu("--device cpu"),
+            #[cfg(feature = "cuda")]
+            gpu: None,
         })
     }
 
@@ -355,8 +378,17 @@ impl Operation for UnstitchOp {
         *self.writers.lock().expect("writers") = vec![patches, positions];
         Ok(())
     }
+    fn device(&self) -> Option<crate::gpu::DeviceReport> {
+        Some(self.device.report())
+    }
     fn compute(&self, unit: usize) -> Result<Self::Output> {
         let run = &self.runs[unit];
+        #[cfg(feature = "cuda")]
+        let patches = match &self.gpu {
+            Some(gpu) => gpu.cut(self.input.as_ref(), run.clone())?,
+            None => with_dtype!(self.spec.dtype, T => self.cut::<T>(run)?),
+        };
+        #[cfg(not(feature = "cuda"))]
         let patches = with_dtype!(self.spec.dtype, T => self.cut::<T>(run)?);
         let per_image = self.grid.per_image();
         let npos = 1 + self.grid.ndim();
@@ -504,6 +536,10 @@ pub struct StitchOp {
     spare_means: crate::exec::Spares<Block>,
     parameters: Value,
     inputs: Vec<Place>,
+    /// This rank's device (`--device`), and its GPU half when it is a GPU.
+    device: crate::gpu::Selected,
+    #[cfg(feature = "cuda")]
+    gpu: Option<cuda::StitchGpu>,
 }
 
 /// The geometry to stitch with: the patches' `quilt` attribute, with the weighting flags the
@@ -737,7 +773,60 @@ impl StitchOp {
             spare_means: Default::default(),
             parameters: serde_json::to_value(job).unwrap_or_default(),
             inputs,
+            device: crate::gpu::Selected::cpu("--device cpu"),
+            #[cfg(feature = "cuda")]
+            gpu: None,
         })
+    }
+
+    /// Runs the kernels on `device` (the CPU unless told otherwise).
+    ///
+    /// # Errors
+    /// Device memory for the window weights.
+    pub fn use_device(&mut self, device: crate::gpu::Selected) -> Result<()> {
+        #[cfg(feature = "cuda")]
+        if let crate::gpu::Backend::Cuda(gpu) = &device.backend {
+            self.gpu = Some(cuda::StitchGpu::new(
+                gpu.clone(),
+                &self.window_weights,
+                self.grid.clone(),
+                self.geometry.channels(),
+                self.batch,
+            )?);
+        }
+        self.device = device;
+        Ok(())
+    }
+
+    /// One unit on the GPU: the same outputs as the CPU path, from the stitch kernel.
+    #[cfg(feature = "cuda")]
+    fn compute_gpu(&self, gpu: &cuda::StitchGpu, unit: usize) -> Result<Vec<(Region, Block)>> {
+        let (n, rows) = self.slabs[unit].clone();
+        let done = gpu.stitch(
+            self.patches.as_ref(),
+            self.variance.as_deref(),
+            n,
+            rows.clone(),
+            self.mean_spec.dtype,
+            self.weights_spec.is_some(),
+        )?;
+        self.nan_values.fetch_add(done.left_out, Ordering::Relaxed);
+        let mut mean_region = Region::whole(&self.geometry.image_shape);
+        mean_region.start[0] = n;
+        mean_region.shape[0] = 1;
+        mean_region.start[2] = rows.start;
+        mean_region.shape[2] = rows.end - rows.start;
+        let mut out = vec![(mean_region.clone(), done.mean)];
+        if let Some(w) = done.weights {
+            let mut r = Region::whole(&w.shape());
+            r.start[0] = n;
+            r.start[1] = rows.start;
+            out.push((r, w));
+        }
+        if let Some(std) = done.std {
+            out.push((mean_region, std));
+        }
+        Ok(out)
     }
 }
 
@@ -804,7 +893,14 @@ impl Operation for StitchOp {
         *self.writers.lock().expect("writers") = writers;
         Ok(())
     }
+    fn device(&self) -> Option<crate::gpu::DeviceReport> {
+        Some(self.device.report())
+    }
     fn compute(&self, unit: usize) -> Result<Self::Output> {
+        #[cfg(feature = "cuda")]
+        if let Some(gpu) = &self.gpu {
+            return self.compute_gpu(gpu, unit);
+        }
         let (n, rows) = self.slabs[unit].clone();
         let spatial = &self.geometry.image_shape[2..];
         let c = self.geometry.channels();

@@ -1,0 +1,517 @@
+//! CUDA through cudarc (feature `cuda`): opening a rank's device, compiling kernels with NVRTC
+//! (once per process and device), two streams (copies in; kernels and copies out), pinned
+//! staging buffers kept between units, and the device phase timings of the run report.
+//!
+//! The operations' GPU code (`ops/<op>/cuda.rs`) uses only what this module exports.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+pub use cudarc::driver::{
+    CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PinnedHostSlice, PushKernelArg,
+};
+use cudarc::driver::{sys, CudaContext, CudaEvent, CudaModule, DriverError};
+use cudarc::nvrtc::{CompileError, CompileOptions, Ptx};
+
+use super::kernels::KernelSource;
+use super::DeviceReport;
+use crate::error::{Error, Result};
+
+fn driver_error(what: &str, e: DriverError) -> Error {
+    Error::gpu(format!("{what}: {e:?}"))
+}
+
+/// Whether the CUDA driver library can be loaded (without it cudarc panics).
+pub fn driver_present() -> bool {
+    // SAFETY: only tries to dlopen the driver library by its names.
+    unsafe { sys::is_culib_present() }
+}
+
+/// Whether NVRTC can be loaded (`libnvrtc.so.13` on the library path).
+pub fn nvrtc_present() -> bool {
+    // SAFETY: only tries to dlopen the NVRTC library by its names.
+    unsafe { cudarc::nvrtc::sys::is_culib_present() }
+}
+
+/// NVRTC's version, e.g. (13, 0).
+pub fn nvrtc_version() -> Option<(i32, i32)> {
+    if !nvrtc_present() {
+        return None;
+    }
+    let (mut major, mut minor) = (0, 0);
+    // SAFETY: NVRTC is present (checked above); writes two ints we own.
+    let status = unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) };
+    (status == cudarc::nvrtc::sys::nvrtcResult::NVRTC_SUCCESS).then_some((major, minor))
+}
+
+/// Compiles one kernel source to PTX for `arch` (e.g. `compute_90`), with the options every
+/// tessera kernel is built with: no FMA contraction, IEEE division and square root, no
+/// flush-to-zero (the CPU kernels' arithmetic).
+///
+/// # Errors
+/// NVRTC missing, or the compiler's log.
+pub fn compile(kernel: &KernelSource, arch: &str) -> Result<Ptx> {
+    if !nvrtc_present() {
+        return Err(Error::gpu(
+            "NVRTC (libnvrtc.so.13) not found on the library path; install the CUDA toolkit or the nvidia-cuda-nvrtc wheel and add its lib folder to LD_LIBRARY_PATH",
+        ));
+    }
+    let options = CompileOptions {
+        fmad: Some(false),
+        prec_div: Some(true),
+        prec_sqrt: Some(true),
+        ftz: Some(false),
+        options: vec![format!("--gpu-architecture={arch}"), "--std=c++14".into()],
+        name: Some(format!("{}.cu", kernel.name)),
+        ..Default::default()
+    };
+    cudarc::nvrtc::compile_ptx_with_opts(kernel.source(), options).map_err(|e| match e {
+        CompileError::CompileError { log, .. } => Error::gpu(format!(
+            "{}.cu does not compile for {arch}:\n{}",
+            kernel.name,
+            log.to_string_lossy().trim_end()
+        )),
+        other => Error::gpu(format!("{}.cu: NVRTC: {other:?}", kernel.name)),
+    })
+}
+
+/// Where a device's time went, summed over the run (CUDA events, so GPU time, not host time).
+#[derive(Clone, Copy, Debug, Default)]
+struct Phases {
+    h2d_seconds: f64,
+    h2d_bytes: u64,
+    kernel_seconds: f64,
+    d2h_seconds: f64,
+    d2h_bytes: u64,
+    compile_seconds: f64,
+}
+
+/// A device phase being timed: events recorded around it, read once the work is done.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    HostToDevice,
+    Kernel,
+    DeviceToHost,
+}
+
+struct Pending {
+    phase: Phase,
+    bytes: u64,
+    start: CudaEvent,
+    stop: CudaEvent,
+}
+
+/// One rank's GPU.
+pub struct Gpu {
+    ctx: Arc<CudaContext>,
+    /// Host-to-device copies.
+    copy: Arc<CudaStream>,
+    /// Kernels and device-to-host copies (ordered after the copies they read by cudarc's
+    /// per-buffer events).
+    compute: Arc<CudaStream>,
+    memory_limit: u64,
+    template: DeviceReport,
+    modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+    phases: Mutex<Phases>,
+    pending: Mutex<Vec<Pending>>,
+    pinned: Mutex<Vec<PinnedHostSlice<u8>>>,
+}
+
+fn uuid_text(bytes: &[std::ffi::c_char; 16]) -> String {
+    let b: Vec<u8> = bytes.iter().map(|&c| c as u8).collect();
+    let hex = |r: std::ops::Range<usize>| -> String {
+        b[r].iter().map(|x| format!("{x:02x}")).collect::<String>()
+    };
+    format!(
+        "GPU-{}-{}-{}-{}-{}",
+        hex(0..4),
+        hex(4..6),
+        hex(6..8),
+        hex(8..10),
+        hex(10..16)
+    )
+}
+
+impl Gpu {
+    /// Opens device `ordinal`, or by default device `local % count` (the rank's index among the
+    /// ranks of its node, so that a node's ranks spread over its GPUs), and checks that NVRTC
+    /// is there. Device numbers are those `CUDA_VISIBLE_DEVICES` leaves visible.
+    ///
+    /// # Errors
+    /// No driver, no device, no such device, no NVRTC, a bad memory limit.
+    pub fn open(
+        ordinal: Option<usize>,
+        local: usize,
+        local_size: usize,
+        memory_flag: Option<&str>,
+    ) -> Result<Arc<Gpu>> {
+        if !driver_present() {
+            return Err(Error::gpu(
+                "no CUDA driver (libcuda.so.1 not found): this machine has no usable NVIDIA GPU",
+            ));
+        }
+        let count = CudaContext::device_count()
+            .map_err(|e| driver_error("cannot count CUDA devices", e))?
+            .max(0) as usize;
+        if count == 0 {
+            return Err(Error::gpu(match std::env::var("CUDA_VISIBLE_DEVICES") {
+                Ok(v) => format!("no CUDA device visible (CUDA_VISIBLE_DEVICES={v})"),
+                Err(_) => "the CUDA driver sees no device".into(),
+            }));
+        }
+        let ordinal = match ordinal {
+            Some(n) if n >= count => {
+                return Err(Error::parameter(
+                    "device",
+                    format!("cuda:{n}: this node has {count} visible CUDA device(s), numbered from 0"),
+                ))
+            }
+            Some(n) => n,
+            None => local % count,
+        };
+        if !nvrtc_present() {
+            return Err(Error::gpu(
+                "NVRTC (libnvrtc.so.13) not found: tessera compiles its kernels at run time; install the CUDA toolkit's NVRTC (or the nvidia-cuda-nvrtc wheel) and put it on LD_LIBRARY_PATH",
+            ));
+        }
+        let ctx = CudaContext::new(ordinal)
+            .map_err(|e| driver_error(&format!("cannot open cuda:{ordinal}"), e))?;
+        let name = ctx.name().unwrap_or_default();
+        let uuid = ctx.uuid().map(|u| uuid_text(&u.bytes)).unwrap_or_default();
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(|e| driver_error("compute capability", e))?;
+        let (free, _total) = ctx
+            .mem_get_info()
+            .map_err(|e| driver_error("device memory", e))?;
+        // Ranks of this node that share this device split its memory.
+        let sharing = (0..local_size)
+            .filter(|r| r % count == ordinal % count)
+            .count();
+        let memory_limit = super::memory_limit(
+            memory_flag,
+            free as u64,
+            sharing,
+            super::DEFAULT_MEMORY_FRACTION,
+        )?;
+        let copy = ctx
+            .new_stream()
+            .map_err(|e| driver_error("stream", e))?;
+        let compute = ctx
+            .new_stream()
+            .map_err(|e| driver_error("stream", e))?;
+        Ok(Arc::new(Gpu {
+            template: DeviceReport {
+                device: format!("cuda:{ordinal}"),
+                name,
+                uuid,
+                compute_capability: format!("{major}.{minor}"),
+                memory_limit,
+                ..Default::default()
+            },
+            ctx,
+            copy,
+            compute,
+            memory_limit,
+            modules: Mutex::new(HashMap::new()),
+            phases: Mutex::new(Phases::default()),
+            pending: Mutex::new(Vec::new()),
+            pinned: Mutex::new(Vec::new()),
+        }))
+    }
+
+    /// Device memory this rank may use, bytes (`--gpu-memory-limit`, or its share of the free
+    /// memory).
+    pub fn memory_limit(&self) -> u64 {
+        self.memory_limit
+    }
+
+    /// The report's fixed part (device, name, UUID).
+    pub fn report_template(&self) -> &DeviceReport {
+        &self.template
+    }
+
+    /// This rank's device report: the fixed part and the phases so far.
+    pub fn report(&self) -> DeviceReport {
+        let _ = self.settle();
+        let p = *self.phases.lock().expect("phases");
+        DeviceReport {
+            h2d_seconds: p.h2d_seconds,
+            h2d_bytes: p.h2d_bytes,
+            kernel_seconds: p.kernel_seconds,
+            d2h_seconds: p.d2h_seconds,
+            d2h_bytes: p.d2h_bytes,
+            compile_seconds: p.compile_seconds,
+            ..self.template.clone()
+        }
+    }
+
+    /// The stream host-to-device copies go on.
+    pub fn copy_stream(&self) -> &Arc<CudaStream> {
+        &self.copy
+    }
+
+    /// The stream kernels and device-to-host copies go on.
+    pub fn compute_stream(&self) -> &Arc<CudaStream> {
+        &self.compute
+    }
+
+    /// Kernel `function` of `kernel`, compiled for this device on first use.
+    ///
+    /// # Errors
+    /// NVRTC's log, or the driver refusing the PTX.
+    pub fn function(&self, kernel: &KernelSource, function: &str) -> Result<CudaFunction> {
+        let module = {
+            let mut modules = self.modules.lock().expect("modules");
+            match modules.get(kernel.name) {
+                Some(m) => m.clone(),
+                None => {
+                    let t = Instant::now();
+                    let cc = &self.template.compute_capability;
+                    let arch = format!("compute_{}", cc.replace('.', ""));
+                    let ptx = compile(kernel, &arch)?;
+                    let m = self.ctx.load_module(ptx).map_err(|e| {
+                        driver_error(&format!("loading {}.cu for {arch}", kernel.name), e)
+                    })?;
+                    self.phases.lock().expect("phases").compile_seconds +=
+                        t.elapsed().as_secs_f64();
+                    modules.insert(kernel.name, m.clone());
+                    m
+                }
+            }
+        };
+        module
+            .load_function(function)
+            .map_err(|e| driver_error(&format!("{}.cu: kernel {function}", kernel.name), e))
+    }
+
+    /// A device buffer of `len` elements, on the stream that fills it. Refused (not tried)
+    /// beyond the rank's device memory limit, which the operations plan for.
+    ///
+    /// # Errors
+    /// Out of device memory.
+    pub fn alloc<T: DeviceRepr>(&self, stream: &Arc<CudaStream>, len: usize) -> Result<CudaSlice<T>> {
+        // SAFETY: every buffer is written (by a copy or a kernel) before it is read.
+        unsafe { stream.alloc::<T>(len.max(1)) }.map_err(|e| {
+            driver_error(
+                &format!(
+                    "allocating {} on {}",
+                    crate::exec::memory::human_bytes((len * std::mem::size_of::<T>()) as u64),
+                    self.template.device
+                ),
+                e,
+            )
+        })
+    }
+
+    /// A device buffer of `len` zeros.
+    ///
+    /// # Errors
+    /// Out of device memory.
+    pub fn zeros<T: DeviceRepr + cudarc::driver::ValidAsZeroBits>(
+        &self,
+        stream: &Arc<CudaStream>,
+        len: usize,
+    ) -> Result<CudaSlice<T>> {
+        stream
+            .alloc_zeros::<T>(len.max(1))
+            .map_err(|e| driver_error("allocating device memory", e))
+    }
+
+    /// A pinned (page-locked) host buffer of at least `bytes`, from the pool (allocated once,
+    /// reused by later units; pinned memory is slow to allocate and twice as fast to copy).
+    /// Not write-combined: results are read back from these too.
+    ///
+    /// # Errors
+    /// The driver refusing to pin the memory.
+    pub fn pinned(&self, bytes: usize) -> Result<PinnedHostSlice<u8>> {
+        let mut pool = self.pinned.lock().expect("pinned pool");
+        // Best fit: the smallest buffer that is large enough.
+        let fit = (0..pool.len())
+            .filter(|&i| pool[i].len() >= bytes)
+            .min_by_key(|&i| pool[i].len());
+        if let Some(i) = fit {
+            return Ok(pool.swap_remove(i));
+        }
+        drop(pool);
+        // Rounded up so that slightly larger later units reuse the buffer.
+        let len = bytes.max(1).next_multiple_of(1 << 20);
+        // SAFETY: the buffer is written before it is read (copies into it, or host fills).
+        unsafe { self.ctx.alloc_pinned_with_flags::<u8>(len, 0) }.map_err(|e| {
+            driver_error(
+                &format!(
+                    "pinning {} of host memory",
+                    crate::exec::memory::human_bytes(len as u64)
+                ),
+                e,
+            )
+        })
+    }
+
+    /// Hands a pinned buffer back to the pool.
+    pub fn give_back(&self, buffer: PinnedHostSlice<u8>) {
+        self.pinned.lock().expect("pinned pool").push(buffer);
+    }
+
+    /// Runs `work` (which enqueues on `stream`) between two timing events, counting `bytes`
+    /// for `phase`; read by [`Gpu::settle`].
+    ///
+    /// # Errors
+    /// What `work` returns, or event failures.
+    pub fn timed<R>(
+        &self,
+        phase: Phase,
+        bytes: u64,
+        stream: &Arc<CudaStream>,
+        work: impl FnOnce() -> Result<R>,
+    ) -> Result<R> {
+        let flags = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let start = self
+            .ctx
+            .new_event(flags)
+            .map_err(|e| driver_error("event", e))?;
+        start.record(stream).map_err(|e| driver_error("event", e))?;
+        let result = work()?;
+        let stop = self
+            .ctx
+            .new_event(flags)
+            .map_err(|e| driver_error("event", e))?;
+        stop.record(stream).map_err(|e| driver_error("event", e))?;
+        self.pending.lock().expect("pending").push(Pending {
+            phase,
+            bytes,
+            start,
+            stop,
+        });
+        Ok(result)
+    }
+
+    /// Waits for the timed work so far and adds it to the phases.
+    ///
+    /// # Errors
+    /// A failed kernel or copy (reported when its events complete).
+    pub fn settle(&self) -> Result<()> {
+        let pending = std::mem::take(&mut *self.pending.lock().expect("pending"));
+        let mut phases = self.phases.lock().expect("phases");
+        for p in pending {
+            p.stop
+                .synchronize()
+                .map_err(|e| driver_error("waiting for the device", e))?;
+            let seconds = f64::from(
+                p.start
+                    .elapsed_ms(&p.stop)
+                    .map_err(|e| driver_error("event", e))?,
+            ) / 1e3;
+            match p.phase {
+                Phase::HostToDevice => {
+                    phases.h2d_seconds += seconds;
+                    phases.h2d_bytes += p.bytes;
+                }
+                Phase::Kernel => phases.kernel_seconds += seconds,
+                Phase::DeviceToHost => {
+                    phases.d2h_seconds += seconds;
+                    phases.d2h_bytes += p.bytes;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for everything enqueued on both streams.
+    ///
+    /// # Errors
+    /// A failed kernel or copy.
+    pub fn synchronize(&self) -> Result<()> {
+        self.copy
+            .synchronize()
+            .and_then(|_| self.compute.synchronize())
+            .map_err(|e| driver_error("waiting for the device", e))
+    }
+
+    /// Times a device-to-device copy of `bytes` (read + written), the yardstick of
+    /// `tessera bench --device cuda`: seconds per copy, the best of `repeats`.
+    ///
+    /// # Errors
+    /// Out of device memory.
+    pub fn copy_seconds(&self, bytes: usize, repeats: usize) -> Result<f64> {
+        let s = &self.compute;
+        let src = self.zeros::<u8>(s, bytes)?;
+        let mut dst = self.zeros::<u8>(s, bytes)?;
+        let flags = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let mut best = f64::INFINITY;
+        for _ in 0..repeats.max(1) {
+            let a = self.ctx.new_event(flags).map_err(|e| driver_error("event", e))?;
+            let b = self.ctx.new_event(flags).map_err(|e| driver_error("event", e))?;
+            a.record(s).map_err(|e| driver_error("event", e))?;
+            s.memcpy_dtod(&src, &mut dst)
+                .map_err(|e| driver_error("device copy", e))?;
+            b.record(s).map_err(|e| driver_error("event", e))?;
+            b.synchronize().map_err(|e| driver_error("event", e))?;
+            let ms = a.elapsed_ms(&b).map_err(|e| driver_error("event", e))?;
+            best = best.min(f64::from(ms) / 1e3);
+        }
+        Ok(best)
+    }
+
+    /// Kernel time of `work` (which launches on the compute stream): seconds, best of
+    /// `repeats`, measured with events.
+    ///
+    /// # Errors
+    /// What `work` returns.
+    pub fn kernel_seconds(&self, repeats: usize, mut work: impl FnMut() -> Result<()>) -> Result<f64> {
+        let s = &self.compute;
+        let flags = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let mut best = f64::INFINITY;
+        for _ in 0..repeats.max(1) {
+            let a = self.ctx.new_event(flags).map_err(|e| driver_error("event", e))?;
+            let b = self.ctx.new_event(flags).map_err(|e| driver_error("event", e))?;
+            a.record(s).map_err(|e| driver_error("event", e))?;
+            work()?;
+            b.record(s).map_err(|e| driver_error("event", e))?;
+            b.synchronize().map_err(|e| driver_error("event", e))?;
+            let ms = a.elapsed_ms(&b).map_err(|e| driver_error("event", e))?;
+            best = best.min(f64::from(ms) / 1e3);
+        }
+        Ok(best)
+    }
+}
+
+/// Launch shape for `n` threads, 256 per block.
+pub fn launch_config(n: u64) -> LaunchConfig {
+    let blocks = n.div_ceil(256).clamp(1, u64::from(u32::MAX >> 1)) as u32;
+    LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// Maps a driver error from a launch or copy to tessera's.
+pub fn launch_error(what: &str) -> impl FnOnce(DriverError) -> Error + '_ {
+    move |e| driver_error(what, e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uuids_print_as_nvidia_smi_does() {
+        let mut b = [0 as std::ffi::c_char; 16];
+        for (i, x) in b.iter_mut().enumerate() {
+            *x = (i * 17) as u8 as std::ffi::c_char;
+        }
+        assert_eq!(
+            uuid_text(&b),
+            "GPU-00112233-4455-6677-8899-aabbccddeeff"
+        );
+    }
+
+    #[test]
+    fn launch_shapes_cover_every_thread() {
+        assert_eq!(launch_config(1).grid_dim.0, 1);
+        assert_eq!(launch_config(256).grid_dim.0, 1);
+        assert_eq!(launch_config(257).grid_dim.0, 2);
+    }
+}

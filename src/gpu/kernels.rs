@@ -1,0 +1,102 @@
+//! The CUDA C sources of every kernel, as NVRTC compiles them: each `.cu` file with the
+//! headers it includes pasted in (NVRTC sees no files). Plain strings, so they are here in
+//! every build; `tessera gpu compile` and the CI test compile each one for the architectures
+//! tessera supports.
+
+/// One compilation unit: a `.cu` file and the kernels (`extern "C" __global__`) it defines.
+#[derive(Clone, Copy, Debug)]
+pub struct KernelSource {
+    /// `op/file`, e.g. `quilt/stitch`; the module's name in the cache and in messages.
+    pub name: &'static str,
+    pub cu: &'static str,
+    /// Headers the `.cu` (or another header) includes by file name.
+    pub headers: &'static [(&'static str, &'static str)],
+    pub functions: &'static [&'static str],
+}
+
+const COMMON: (&str, &str) = ("common.cuh", include_str!("common.cuh"));
+
+pub const STITCH: KernelSource = KernelSource {
+    name: "quilt/stitch",
+    cu: include_str!("../ops/quilt/stitch.cu"),
+    headers: &[
+        COMMON,
+        ("stitch.cuh", include_str!("../ops/quilt/stitch.cuh")),
+    ],
+    functions: &["stitch_f32_f32", "stitch_f64_f32", "stitch_f64_f64"],
+};
+
+pub const UNSTITCH: KernelSource = KernelSource {
+    name: "quilt/unstitch",
+    cu: include_str!("../ops/quilt/unstitch.cu"),
+    headers: &[
+        COMMON,
+        ("unstitch.cuh", include_str!("../ops/quilt/unstitch.cuh")),
+    ],
+    functions: &["cut_u8", "cut_u16", "cut_u32", "cut_u64"],
+};
+
+pub const DEBEVEC: KernelSource = KernelSource {
+    name: "hdr/debevec",
+    cu: include_str!("../ops/hdr/debevec.cu"),
+    headers: &[
+        COMMON,
+        ("debevec.cuh", include_str!("../ops/hdr/debevec.cuh")),
+    ],
+    functions: &["debevec_merge"],
+};
+
+/// Every kernel source tessera has.
+pub const ALL: &[KernelSource] = &[STITCH, UNSTITCH, DEBEVEC];
+
+/// The architectures CI compiles every kernel for (A100 and H100 class).
+pub const CHECKED_ARCHITECTURES: &[&str] = &["compute_80", "compute_90"];
+
+impl KernelSource {
+    /// The source NVRTC compiles: `#include "x"` lines replaced by header x's text, once each
+    /// (the headers are `#pragma once`), recursively.
+    pub fn source(&self) -> String {
+        let mut seen = Vec::new();
+        self.expand(self.cu, &mut seen)
+    }
+
+    fn expand(&self, text: &str, seen: &mut Vec<&'static str>) -> String {
+        let mut out = String::with_capacity(text.len());
+        for line in text.lines() {
+            let included = line
+                .trim()
+                .strip_prefix("#include")
+                .map(|rest| rest.trim().trim_matches('"'));
+            match included.and_then(|f| self.headers.iter().find(|(name, _)| *name == f)) {
+                Some((name, body)) => {
+                    if !seen.contains(name) {
+                        seen.push(name);
+                        out.push_str(&self.expand(body, seen));
+                    }
+                }
+                None => {
+                    out.push_str(line);
+                    out.push('\n');
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_include_their_headers_once_and_name_their_kernels() {
+        for k in ALL {
+            let src = k.source();
+            assert!(!src.contains("#include"), "{}: an include was left", k.name);
+            assert_eq!(src.matches("#define TESSERA_HD").count(), 2, "{}", k.name);
+            for f in k.functions {
+                assert!(src.contains(f), "{}: no kernel {f}", k.name);
+            }
+        }
+    }
+}

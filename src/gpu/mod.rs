@@ -1,0 +1,301 @@
+//! GPUs: which device a rank uses (`--device`), the CUDA kernels' sources, and (feature
+//! `cuda`) the context, compiled-module cache, streams, pinned staging buffers and device
+//! phase timings every GPU kernel goes through. Operations never call cudarc except through
+//! this module.
+//!
+//! One binary serves machines with and without CUDA: the driver (`libcuda.so.1`) and NVRTC
+//! (`libnvrtc.so.13`) are loaded at run time, so `--device auto` falls back to the CPU where
+//! either is missing and `--device cuda` says why it cannot run. Kernels are CUDA C (`.cu`
+//! beside each operation's CPU kernel), compiled once per process by NVRTC for the device's
+//! compute capability, with `--fmad=false` so that their arithmetic is the CPU kernel's bit
+//! for bit.
+
+pub mod kernels;
+
+#[cfg(feature = "cuda")]
+pub mod cuda;
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::comm::Comm;
+use crate::error::{Error, Result};
+
+/// `--device`: where a rank runs its kernels.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DeviceChoice {
+    /// A GPU when the driver, a device and a kernel for the operation are there, else the CPU.
+    #[default]
+    Auto,
+    Cpu,
+    /// A GPU: the given ordinal (of those `CUDA_VISIBLE_DEVICES` shows), or by node-local rank.
+    Cuda(Option<usize>),
+}
+
+impl FromStr for DeviceChoice {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(DeviceChoice::Auto),
+            "cpu" => Ok(DeviceChoice::Cpu),
+            "cuda" | "gpu" => Ok(DeviceChoice::Cuda(None)),
+            other => match other.strip_prefix("cuda:") {
+                Some(n) => n.parse().map(|n| DeviceChoice::Cuda(Some(n))).map_err(|_| {
+                    format!("`{s}`: expected cuda:N with N a device number (0, 1, ...)")
+                }),
+                None => Err(format!("`{s}`: expected auto, cpu, cuda or cuda:N")),
+            },
+        }
+    }
+}
+
+impl fmt::Display for DeviceChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeviceChoice::Auto => write!(f, "auto"),
+            DeviceChoice::Cpu => write!(f, "cpu"),
+            DeviceChoice::Cuda(None) => write!(f, "cuda"),
+            DeviceChoice::Cuda(Some(n)) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl Serialize for DeviceChoice {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for DeviceChoice {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// What the run report says about one rank's device: which one, and where its time went.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct DeviceReport {
+    /// `cpu` or `cuda:N`.
+    pub device: String,
+    /// The GPU's name and UUID (`GPU-...`, as nvidia-smi prints it); empty on the CPU.
+    pub name: String,
+    pub uuid: String,
+    /// Compute capability, e.g. `9.0`.
+    pub compute_capability: String,
+    /// Device memory this rank allowed itself, bytes.
+    pub memory_limit: u64,
+    /// Why the CPU was used under `--device auto` (no driver, no device, no kernel).
+    pub reason: String,
+    /// Host-to-device copies, kernels, device-to-host copies: seconds (CUDA events) and bytes.
+    pub h2d_seconds: f64,
+    pub h2d_bytes: u64,
+    pub kernel_seconds: f64,
+    pub d2h_seconds: f64,
+    pub d2h_bytes: u64,
+    /// NVRTC compilation of this rank's kernels (once per process), seconds.
+    pub compile_seconds: f64,
+}
+
+impl DeviceReport {
+    pub fn cpu(reason: impl Into<String>) -> Self {
+        DeviceReport {
+            device: "cpu".into(),
+            reason: reason.into(),
+            ..Default::default()
+        }
+    }
+}
+
+/// The device one rank runs an operation's kernels on.
+#[derive(Clone, Default)]
+pub enum Backend {
+    /// The CPU kernels (the reference), with why a GPU was not used where `auto` could have.
+    #[default]
+    Cpu,
+    #[cfg(feature = "cuda")]
+    Cuda(std::sync::Arc<cuda::Gpu>),
+}
+
+impl Backend {
+    pub fn is_gpu(&self) -> bool {
+        !matches!(self, Backend::Cpu)
+    }
+}
+
+/// A backend and the line that explains it (logged, and kept for the report).
+#[derive(Clone, Default)]
+pub struct Selected {
+    pub backend: Backend,
+    pub reason: String,
+}
+
+/// Bytes of `--gpu-memory-limit` (e.g. `8G`), or by default the given fraction of the device's
+/// free memory shared by the ranks of this node that use the same device.
+fn memory_limit(flag: Option<&str>, free: u64, sharing: usize, fraction: f64) -> Result<u64> {
+    match flag {
+        Some(text) => {
+            let bytes = crate::ops::quilt::parse_size(text).map_err(|_| {
+                Error::parameter(
+                    "gpu-memory-limit",
+                    format!("{text:?} is not a size like 512M or 8G"),
+                )
+            })?;
+            if bytes == 0 {
+                return Err(Error::parameter("gpu-memory-limit", "must be more than 0"));
+            }
+            Ok(bytes)
+        }
+        None => Ok((free as f64 * fraction / sharing.max(1) as f64) as u64),
+    }
+}
+
+/// Default share of a device's free memory that its ranks use together.
+pub const DEFAULT_MEMORY_FRACTION: f64 = 0.8;
+
+/// Picks this rank's device for operation `op` (collective: every rank calls it). `has_kernel`:
+/// whether the operation has a GPU kernel for these inputs. Logs one line per rank.
+///
+/// # Errors
+/// `--device cuda` where no GPU can be used (driver, device, NVRTC), a bad
+/// `--gpu-memory-limit`.
+pub fn select(
+    choice: DeviceChoice,
+    gpu_memory_limit: Option<&str>,
+    comm: &dyn Comm,
+    op: &str,
+    has_kernel: bool,
+) -> Result<Selected> {
+    let (local, local_size) = comm.node_local();
+    let selected = match choice {
+        DeviceChoice::Cpu => Ok(Selected {
+            backend: Backend::Cpu,
+            reason: "--device cpu".into(),
+        }),
+        DeviceChoice::Auto if !has_kernel => Ok(Selected {
+            backend: Backend::Cpu,
+            reason: format!("{op} has no GPU kernel for these inputs"),
+        }),
+        DeviceChoice::Auto => Ok(open(None, local, local_size, gpu_memory_limit)
+            .unwrap_or_else(|e| Selected {
+                backend: Backend::Cpu,
+                reason: e.to_string(),
+            })),
+        DeviceChoice::Cuda(_) if !has_kernel => Err(Error::parameter(
+            "device",
+            format!("{op} has no GPU kernel for these inputs; use --device cpu or auto"),
+        )),
+        DeviceChoice::Cuda(ordinal) => open(ordinal, local, local_size, gpu_memory_limit),
+    };
+    let selected = crate::exec::agree(comm, selected)?;
+    match &selected.backend {
+        Backend::Cpu => tracing::info!(
+            "rank {}: {op} on the CPU ({})",
+            comm.rank(),
+            selected.reason
+        ),
+        #[cfg(feature = "cuda")]
+        Backend::Cuda(gpu) => tracing::info!(
+            "rank {}: {op} on {} ({}, {}; {} of device memory)",
+            comm.rank(),
+            gpu.report_template().device,
+            gpu.report_template().name,
+            gpu.report_template().uuid,
+            crate::exec::memory::human_bytes(gpu.memory_limit())
+        ),
+    }
+    Ok(selected)
+}
+
+#[cfg(feature = "cuda")]
+fn open(
+    ordinal: Option<usize>,
+    local: usize,
+    local_size: usize,
+    gpu_memory_limit: Option<&str>,
+) -> Result<Selected> {
+    let gpu = cuda::Gpu::open(ordinal, local, local_size, gpu_memory_limit)?;
+    Ok(Selected {
+        reason: String::new(),
+        backend: Backend::Cuda(gpu),
+    })
+}
+
+#[cfg(not(feature = "cuda"))]
+fn open(
+    _ordinal: Option<usize>,
+    _local: usize,
+    _local_size: usize,
+    _gpu_memory_limit: Option<&str>,
+) -> Result<Selected> {
+    Err(Error::NotCompiled {
+        what: "--device cuda".into(),
+        feature: "cuda",
+    })
+}
+
+impl Selected {
+    /// The CPU, for `reason`.
+    pub fn cpu(reason: impl Into<String>) -> Self {
+        Selected {
+            backend: Backend::Cpu,
+            reason: reason.into(),
+        }
+    }
+
+    /// This rank's report: the device and, on a GPU, its phases so far.
+    pub fn report(&self) -> DeviceReport {
+        match &self.backend {
+            Backend::Cpu => DeviceReport::cpu(&self.reason),
+            #[cfg(feature = "cuda")]
+            Backend::Cuda(gpu) => gpu.report(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_choices_parse_and_print() {
+        for (text, choice) in [
+            ("auto", DeviceChoice::Auto),
+            ("cpu", DeviceChoice::Cpu),
+            ("cuda", DeviceChoice::Cuda(None)),
+            ("CUDA:1", DeviceChoice::Cuda(Some(1))),
+        ] {
+            assert_eq!(text.parse::<DeviceChoice>(), Ok(choice));
+            assert_eq!(choice.to_string().parse::<DeviceChoice>(), Ok(choice));
+        }
+        for bad in ["", "cuda:", "cuda:x", "cuda:-1", "tpu"] {
+            let e = bad.parse::<DeviceChoice>().unwrap_err();
+            assert!(e.contains("expected"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn memory_limit_defaults_to_a_share_of_free_memory() {
+        assert_eq!(memory_limit(None, 1000, 2, 0.8).unwrap(), 400);
+        assert_eq!(memory_limit(Some("1K"), 1000, 2, 0.8).unwrap(), 1024);
+        assert!(memory_limit(Some("0"), 1000, 1, 0.8)
+            .unwrap_err()
+            .to_string()
+            .starts_with("--gpu-memory-limit:"));
+    }
+
+    #[test]
+    fn cpu_is_chosen_without_asking_the_driver() {
+        let s = select(DeviceChoice::Cpu, None, &crate::comm::Local, "x", true).unwrap();
+        assert!(!s.backend.is_gpu());
+        let s = select(DeviceChoice::Auto, None, &crate::comm::Local, "x", false).unwrap();
+        assert!(!s.backend.is_gpu());
+        assert!(s.reason.contains("no GPU kernel"));
+        let e = select(DeviceChoice::Cuda(None), None, &crate::comm::Local, "x", false)
+            .err()
+            .unwrap();
+        assert!(e.to_string().starts_with("--device:"));
+    }
+}

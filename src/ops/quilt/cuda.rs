@@ -1,0 +1,548 @@
+//! quilt's GPU path (feature `cuda`): a unit's patches are read by the CPU into pinned
+//! buffers, sent on the copy stream, stitched (or cut) on the compute stream by the kernels of
+//! `stitch.cu` / `unstitch.cu`, and copied back. A unit larger than the rank's device memory
+//! share is done in pieces, two in flight: while the GPU works on one piece the CPU reads the
+//! next. Output bits equal the CPU kernels' (`kernel.rs`), tested by the harness and on GPUs.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use ndarray::{ArrayD, IxDyn};
+
+use super::device::{cut_launch, stitch_launch, StitchLaunch};
+use crate::error::{Error, Result};
+use crate::gpu::cuda::{
+    launch_config, launch_error, CudaSlice, CudaStream, Gpu, Phase, PinnedHostSlice,
+    PushKernelArg,
+};
+use crate::gpu::kernels;
+use crate::grid::windows::WindowGrid;
+use crate::grid::Region;
+use crate::io::{ArrayReader, Block, DType, Element};
+
+/// Bytes of one f32/f64 element of the patch type the kernel reads.
+fn patch_type(patches: DType, variance: Option<DType>) -> DType {
+    if patches == DType::F32 && variance.is_none_or(|v| v == DType::F32) {
+        DType::F32
+    } else {
+        DType::F64
+    }
+}
+
+/// A copy of `bytes` of host data into a fresh device buffer, staged through pinned memory,
+/// on the copy stream; timed.
+fn upload(gpu: &Gpu, pinned: &mut PinnedHostSlice<u8>, len: usize) -> Result<CudaSlice<u8>> {
+    let stream = gpu.copy_stream();
+    let mut dev = gpu.alloc::<u8>(stream, pinned.len())?;
+    gpu.timed(Phase::HostToDevice, len as u64, stream, || {
+        stream
+            .memcpy_htod(pinned, &mut dev)
+            .map_err(launch_error("copy to the device"))
+    })?;
+    Ok(dev)
+}
+
+fn upload_slice<T: bytemuck::Pod + cudarc::driver::DeviceRepr>(
+    gpu: &Gpu,
+    stream: &Arc<CudaStream>,
+    host: &[T],
+) -> Result<CudaSlice<T>> {
+    let mut dev = gpu.alloc::<T>(stream, host.len())?;
+    gpu.timed(
+        Phase::HostToDevice,
+        std::mem::size_of_val(host) as u64,
+        stream,
+        || {
+            stream
+                .memcpy_htod(host, &mut dev)
+                .map_err(launch_error("copy to the device"))
+        },
+    )?;
+    Ok(dev)
+}
+
+/// Reads patches `range` (of the patch array) in batches into `pinned` as `as_type` (f32 or
+/// f64, C order, one after the other).
+fn read_patches(
+    reader: &dyn ArrayReader,
+    range: Range<u64>,
+    batch: u64,
+    as_type: DType,
+    pinned: &mut [u8],
+) -> Result<usize> {
+    let mut region = Region::whole(&reader.meta().shape);
+    let mut at = 0;
+    let mut m = range.start;
+    while m < range.end {
+        let end = (m + batch.max(1)).min(range.end);
+        region.start[0] = m;
+        region.shape[0] = end - m;
+        let block = reader.read_box(&region)?;
+        let bytes: Vec<u8>;
+        let src: &[u8] = match (as_type, block) {
+            (DType::F32, Block::F32(a)) => {
+                let a = a.as_standard_layout();
+                bytes = bytemuck::cast_slice(a.as_slice().expect("standard layout")).to_vec();
+                &bytes
+            }
+            (_, b) => {
+                let a = b.to_f64();
+                let a = a.as_standard_layout();
+                bytes = bytemuck::cast_slice(a.as_slice().expect("standard layout")).to_vec();
+                &bytes
+            }
+        };
+        pinned[at..at + src.len()].copy_from_slice(src);
+        at += src.len();
+        m = end;
+    }
+    Ok(at)
+}
+
+/// The GPU half of `StitchOp`: the window weights on the device, and what a piece needs.
+pub struct StitchGpu {
+    gpu: Arc<Gpu>,
+    weights: CudaSlice<f64>,
+    grid: WindowGrid,
+    channels: u64,
+    patch_elems: u64,
+    /// Patches read per `read_box` (the CPU path's batch).
+    batch: u64,
+}
+
+/// One image's block of rows, stitched: mean (C, rows, ...), weight sums (rows, ...) and std,
+/// in the output type; NaN values left out.
+pub struct Stitched {
+    pub mean: Block,
+    pub weights: Option<Block>,
+    pub std: Option<Block>,
+    pub left_out: u64,
+}
+
+/// A piece in flight: its rows, and per output (mean, weight sums, std) the pinned buffer it
+/// is being copied into and its length in bytes (0: not asked for).
+struct InFlight {
+    rows: Range<u64>,
+    outs: Vec<(Option<PinnedHostSlice<u8>>, usize)>,
+    left_out: CudaSlice<u64>,
+    /// Device buffers the piece's work still uses (freed once it is collected).
+    _device: Vec<CudaSlice<u8>>,
+}
+
+impl StitchGpu {
+    /// Uploads the window weights (once per run).
+    ///
+    /// # Errors
+    /// Device memory.
+    pub fn new(
+        gpu: Arc<Gpu>,
+        window_weights: &ArrayD<f64>,
+        grid: WindowGrid,
+        channels: u64,
+        batch: u64,
+    ) -> Result<StitchGpu> {
+        let w = window_weights.as_standard_layout();
+        let weights = upload_slice(
+            &gpu,
+            gpu.compute_stream(),
+            w.as_slice().expect("standard layout"),
+        )?;
+        let patch_elems = channels * grid.window.iter().product::<u64>();
+        Ok(StitchGpu {
+            gpu,
+            weights,
+            grid,
+            channels,
+            patch_elems,
+            batch,
+        })
+    }
+
+    /// Device bytes a piece of `rows` rows needs (two pieces are in flight).
+    fn piece_bytes(&self, rows: Range<u64>, p_size: u64, o_size: u64, var: bool, with_w: bool) -> u64 {
+        let l = stitch_launch(&self.grid, self.channels, rows, var);
+        let block: u64 = l.geom.block.iter().product::<i64>() as u64;
+        let patches = (l.patches.end - l.patches.start) * self.patch_elems * p_size;
+        let outputs = block * o_size * (self.channels * (1 + u64::from(var)) + u64::from(with_w));
+        patches * (1 + u64::from(var)) + outputs + 16 * (l.ranges.len() + l.starts.len()) as u64
+    }
+
+    /// Splits `rows` into pieces that fit half the device memory share each.
+    fn pieces(&self, rows: Range<u64>, sizes: (u64, u64), var: bool, with_w: bool) -> Result<Vec<Range<u64>>> {
+        let budget = self.gpu.memory_limit() / 2;
+        let total = rows.end - rows.start;
+        let mut parts = 1;
+        loop {
+            let pieces: Vec<Range<u64>> = (0..parts)
+                .map(|i| rows.start + total * i / parts..rows.start + total * (i + 1) / parts)
+                .filter(|r| !r.is_empty())
+                .collect();
+            if pieces
+                .iter()
+                .all(|r| self.piece_bytes(r.clone(), sizes.0, sizes.1, var, with_w) <= budget)
+            {
+                return Ok(pieces);
+            }
+            if parts >= total {
+                let one = self.piece_bytes(rows.start..rows.start + 1, sizes.0, sizes.1, var, with_w);
+                return Err(Error::parameter(
+                    "gpu-memory-limit",
+                    format!(
+                        "{} is too small: one output row and its patches need {} on the device, two in flight {}",
+                        crate::exec::memory::human_bytes(self.gpu.memory_limit()),
+                        crate::exec::memory::human_bytes(one),
+                        crate::exec::memory::human_bytes(2 * one)
+                    ),
+                ));
+            }
+            parts = (parts * 2).min(total);
+        }
+    }
+
+    /// Stitches image `n`'s rows `rows` from `patches` (and `variance`), as
+    /// `StitchOp::compute` does on the CPU, into `out_dtype` (f32 or f64).
+    ///
+    /// # Errors
+    /// Reading the patches, device failures.
+    pub fn stitch(
+        &self,
+        patches: &dyn ArrayReader,
+        variance: Option<&dyn ArrayReader>,
+        n: u64,
+        rows: Range<u64>,
+        out_dtype: DType,
+        with_weights: bool,
+    ) -> Result<Stitched> {
+        let p_type = patch_type(patches.meta().dtype, variance.map(|v| v.meta().dtype));
+        let (p_size, o_size) = (p_type.size() as u64, out_dtype.size() as u64);
+        let var = variance.is_some();
+        let pieces = self.pieces(rows.clone(), (p_size, o_size), var, with_weights)?;
+        let function = match (p_type, out_dtype) {
+            (DType::F32, _) => "stitch_f32_f32",
+            (_, DType::F64) => "stitch_f64_f64",
+            _ => "stitch_f64_f32",
+        };
+        let kernel = self.gpu.function(&kernels::STITCH, function)?;
+
+        let rest: Vec<u64> = self.grid.image[1..].to_vec();
+        let row_elems: u64 = rest.iter().product();
+        let nrows = rows.end - rows.start;
+        let mut mean = vec![0u8; (self.channels * nrows * row_elems * o_size) as usize];
+        let mut std = var.then(|| vec![0u8; mean.len()]);
+        let mut wsum = with_weights.then(|| vec![0u8; (nrows * row_elems * o_size) as usize]);
+        let mut left_out = 0u64;
+        let per_image = self.grid.per_image();
+
+        let mut in_flight: Option<InFlight> = None;
+        for piece in &pieces {
+            let launch = stitch_launch(&self.grid, self.channels, piece.clone(), var);
+            let first = n * per_image + launch.patches.start;
+            let range = first..n * per_image + launch.patches.end;
+            // Read (CPU) while the previous piece computes, then send.
+            let bytes = ((range.end - range.start) * self.patch_elems * p_size) as usize;
+            let mut pin = self.gpu.pinned(bytes)?;
+            let len = read_patches(
+                patches,
+                range.clone(),
+                self.batch,
+                p_type,
+                pin.as_mut_slice().map_err(launch_error("pinned buffer"))?,
+            )?;
+            let dev_p = upload(&self.gpu, &mut pin, len)?;
+            self.gpu.give_back(pin);
+            let dev_v = match variance {
+                Some(v) => {
+                    let mut pin = self.gpu.pinned(bytes)?;
+                    let len = read_patches(
+                        v,
+                        range.clone(),
+                        self.batch,
+                        p_type,
+                        pin.as_mut_slice().map_err(launch_error("pinned buffer"))?,
+                    )?;
+                    let d = upload(&self.gpu, &mut pin, len)?;
+                    self.gpu.give_back(pin);
+                    Some(d)
+                }
+                None => None,
+            };
+            let flight = self.launch(&launch, &kernel, dev_p, dev_v, piece.clone(), row_elems, o_size, with_weights)?;
+            if let Some(done) = in_flight.replace(flight) {
+                left_out += self.collect(done, &rows, row_elems, o_size, &mut mean, std.as_deref_mut(), wsum.as_deref_mut())?;
+            }
+        }
+        if let Some(done) = in_flight.take() {
+            left_out += self.collect(done, &rows, row_elems, o_size, &mut mean, std.as_deref_mut(), wsum.as_deref_mut())?;
+        }
+        self.gpu.settle()?;
+
+        let mut shape = vec![1, self.channels as usize, nrows as usize];
+        shape.extend(rest.iter().map(|&d| d as usize));
+        let mut wshape = vec![1, nrows as usize];
+        wshape.extend(rest.iter().map(|&d| d as usize));
+        let block = |bytes: Vec<u8>, shape: &[usize]| -> Block {
+            match out_dtype {
+                DType::F64 => Block::F64(
+                    ArrayD::from_shape_vec(IxDyn(shape), bytemuck::pod_collect_to_vec(&bytes))
+                        .expect("sizes match"),
+                ),
+                _ => Block::F32(
+                    ArrayD::from_shape_vec(IxDyn(shape), bytemuck::pod_collect_to_vec(&bytes))
+                        .expect("sizes match"),
+                ),
+            }
+        };
+        Ok(Stitched {
+            mean: block(mean, &shape),
+            std: std.map(|s| block(s, &shape)),
+            weights: wsum.map(|w| block(w, &wshape)),
+            left_out,
+        })
+    }
+
+    /// Enqueues one piece's kernel and the copy of its outputs back to pinned memory.
+    #[allow(clippy::too_many_arguments)]
+    fn launch(
+        &self,
+        l: &StitchLaunch,
+        kernel: &crate::gpu::cuda::CudaFunction,
+        dev_p: CudaSlice<u8>,
+        dev_v: Option<CudaSlice<u8>>,
+        rows: Range<u64>,
+        row_elems: u64,
+        o_size: u64,
+        with_weights: bool,
+    ) -> Result<InFlight> {
+        let gpu = &self.gpu;
+        let s = gpu.compute_stream();
+        let ranges = upload_slice(gpu, s, &l.ranges)?;
+        let starts = upload_slice(gpu, s, &l.starts)?;
+        let block = (rows.end - rows.start) * row_elems;
+        let c = self.channels;
+        let var = dev_v.is_some();
+        let mean_bytes = (c * block * o_size) as usize;
+        let w_bytes = (block * o_size) as usize;
+        let mut mean = gpu.alloc::<u8>(s, mean_bytes)?;
+        let mut wsum = gpu.alloc::<u8>(s, if with_weights { w_bytes } else { 1 })?;
+        let mut std = gpu.alloc::<u8>(s, if var { mean_bytes } else { 1 })?;
+        let mut left = gpu.zeros::<u64>(s, 1)?;
+        let dev_v = match dev_v {
+            Some(v) => v,
+            None => gpu.alloc::<u8>(s, 1)?,
+        };
+        let with_w = i64::from(with_weights);
+        gpu.timed(Phase::Kernel, 0, s, || {
+            let mut b = s.launch_builder(kernel);
+            b.arg(&l.geom)
+                .arg(&ranges)
+                .arg(&starts)
+                .arg(&self.weights)
+                .arg(&dev_p)
+                .arg(&dev_v)
+                .arg(&mut mean)
+                .arg(&mut wsum)
+                .arg(&mut std)
+                .arg(&mut left)
+                .arg(&with_w);
+            // SAFETY: the arguments match stitch.cu's signature; every buffer holds what the
+            // geometry says (sized above), and the kernel writes only inside the block.
+            unsafe { b.launch(launch_config(block)) }
+                .map(|_| ())
+                .map_err(launch_error("stitch kernel"))
+        })?;
+        let sizes = [
+            mean_bytes,
+            if with_weights { w_bytes } else { 0 },
+            if var { mean_bytes } else { 0 },
+        ];
+        let mut outs = Vec::new();
+        for (buf, len) in [(&mean, sizes[0]), (&wsum, sizes[1]), (&std, sizes[2])] {
+            if len == 0 {
+                outs.push((None, 0));
+                continue;
+            }
+            let mut host = gpu.pinned(len)?;
+            gpu.timed(Phase::DeviceToHost, len as u64, s, || {
+                s.memcpy_dtoh(&buf.slice(0..len), &mut host)
+                    .map_err(launch_error("copy from the device"))
+            })?;
+            outs.push((Some(host), len));
+        }
+        Ok(InFlight {
+            rows,
+            outs,
+            left_out: left,
+            _device: vec![dev_p, dev_v, mean, wsum, std],
+        })
+    }
+
+    /// Waits for a piece and copies its outputs into the unit's buffers.
+    #[allow(clippy::too_many_arguments)]
+    fn collect(
+        &self,
+        done: InFlight,
+        rows: &Range<u64>,
+        row_elems: u64,
+        o_size: u64,
+        mean: &mut [u8],
+        std: Option<&mut [u8]>,
+        wsum: Option<&mut [u8]>,
+    ) -> Result<u64> {
+        let s = self.gpu.compute_stream();
+        let left = s
+            .clone_dtoh(&done.left_out)
+            .map_err(launch_error("copy from the device"))?[0];
+        let nrows = (rows.end - rows.start) as usize;
+        let prow = (done.rows.end - done.rows.start) as usize;
+        let row_bytes = (row_elems * o_size) as usize;
+        let skip = (done.rows.start - rows.start) as usize;
+        let c = self.channels as usize;
+        let targets = [(Some(mean), c), (wsum, 1), (std, c)];
+        for ((host, len), (target, channels)) in done.outs.into_iter().zip(targets) {
+            let (Some(host), Some(dst)) = (host, target) else {
+                continue;
+            };
+            let src = &host.as_slice().map_err(launch_error("pinned buffer"))?[..len];
+            // (channels, piece rows, ...) into (channels, unit rows, ...).
+            for ch in 0..channels {
+                let from = &src[ch * prow * row_bytes..(ch + 1) * prow * row_bytes];
+                let at = (ch * nrows + skip) * row_bytes;
+                dst[at..at + prow * row_bytes].copy_from_slice(from);
+            }
+            self.gpu.give_back(host);
+        }
+        Ok(left)
+    }
+}
+
+/// The GPU half of `UnstitchOp`: patches cut by a gather on the device.
+pub struct UnstitchGpu {
+    gpu: Arc<Gpu>,
+    grid: WindowGrid,
+    channels: u64,
+}
+
+impl UnstitchGpu {
+    pub fn new(gpu: Arc<Gpu>, grid: WindowGrid, channels: u64) -> UnstitchGpu {
+        UnstitchGpu {
+            gpu,
+            grid,
+            channels,
+        }
+    }
+
+    /// Cuts patches `run` (of the patch array) out of `input`, reading one box per image as
+    /// the CPU path does, into a block (M, C, *window) of the input's type.
+    ///
+    /// # Errors
+    /// Reading the input, device failures.
+    pub fn cut(&self, input: &dyn ArrayReader, run: Range<u64>) -> Result<Block> {
+        let dtype = input.meta().dtype;
+        let size = dtype.size() as u64;
+        let patch_bytes = self.channels * self.grid.window.iter().product::<u64>() * size;
+        let function = match size {
+            1 => "cut_u8",
+            2 => "cut_u16",
+            4 => "cut_u32",
+            _ => "cut_u64",
+        };
+        let kernel = self.gpu.function(&kernels::UNSTITCH, function)?;
+        let gpu = &self.gpu;
+        let s = gpu.compute_stream();
+        let total = ((run.end - run.start) * patch_bytes) as usize;
+        let mut out = gpu.alloc::<u8>(s, total)?;
+        let mut keep = Vec::new();
+        for (n, windows) in self.segments(run.clone()) {
+            let (lo, hi) = self.bounding_box(windows.clone());
+            let mut start = vec![n, 0];
+            start.extend(&lo);
+            let mut shape = vec![1, self.channels];
+            shape.extend(lo.iter().zip(&hi).map(|(l, h)| h - l));
+            let block = input.read_box(&Region { start, shape })?;
+            let bytes = block_bytes(&block);
+            let mut pin = gpu.pinned(bytes.len())?;
+            pin.as_mut_slice().map_err(launch_error("pinned buffer"))?[..bytes.len()]
+                .copy_from_slice(&bytes);
+            let dev_box = upload(gpu, &mut pin, bytes.len())?;
+            gpu.give_back(pin);
+            let box_shape: Vec<u64> = lo.iter().zip(&hi).map(|(l, h)| h - l).collect();
+            let (geom, starts) = cut_launch(&self.grid, self.channels, windows.clone(), &lo, &box_shape);
+            let dev_starts = upload_slice(gpu, s, &starts)?;
+            let first = n * self.grid.per_image() + windows.start - run.start;
+            let at = (first * patch_bytes) as usize;
+            let len = ((windows.end - windows.start) * patch_bytes) as usize;
+            let mut view = out.slice_mut(at..at + len);
+            gpu.timed(Phase::Kernel, 0, s, || {
+                let mut b = s.launch_builder(&kernel);
+                b.arg(&geom).arg(&dev_starts).arg(&dev_box).arg(&mut view);
+                // SAFETY: arguments match unstitch.cu; the box holds every window of the
+                // segment (its bounding box) and `view` exactly its patches.
+                unsafe { b.launch(launch_config((len as u64 / size).min(1 << 24))) }
+                    .map(|_| ())
+                    .map_err(launch_error("unstitch kernel"))
+            })?;
+            keep.push(dev_box);
+        }
+        let mut host = gpu.pinned(total)?;
+        gpu.timed(Phase::DeviceToHost, total as u64, s, || {
+            s.memcpy_dtoh(&out, &mut host)
+                .map_err(launch_error("copy from the device"))
+        })?;
+        let bytes = host.as_slice().map_err(launch_error("pinned buffer"))?[..total].to_vec();
+        gpu.give_back(host);
+        gpu.settle()?;
+        drop(keep);
+        let mut shape = vec![(run.end - run.start) as usize, self.channels as usize];
+        shape.extend(self.grid.window.iter().map(|&w| w as usize));
+        Ok(block_from_bytes(dtype, &shape, &bytes))
+    }
+
+    /// The run's patches grouped by image: (image, window indices within it).
+    fn segments(&self, run: Range<u64>) -> Vec<(u64, Range<u64>)> {
+        let per_image = self.grid.per_image();
+        let mut out = Vec::new();
+        let mut m = run.start;
+        while m < run.end {
+            let n = m / per_image;
+            let k1 = (run.end - n * per_image).min(per_image);
+            out.push((n, m % per_image..k1));
+            m = n * per_image + k1;
+        }
+        out
+    }
+
+    /// The spatial box `[lo, hi)` holding every window of `windows`.
+    fn bounding_box(&self, windows: Range<u64>) -> (Vec<u64>, Vec<u64>) {
+        let nd = self.grid.ndim();
+        let starts: Vec<Vec<u64>> = windows.map(|k| self.grid.window_start(k)).collect();
+        let lo: Vec<u64> = (0..nd)
+            .map(|a| starts.iter().map(|s| s[a]).min().unwrap_or(0))
+            .collect();
+        let hi: Vec<u64> = (0..nd)
+            .map(|a| {
+                starts
+                    .iter()
+                    .map(|s| s[a] + self.grid.window[a])
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        (lo, hi)
+    }
+}
+
+/// A block's elements as bytes, C order.
+fn block_bytes(block: &Block) -> Vec<u8> {
+    crate::with_block!(block, a => {
+        let a = a.as_standard_layout();
+        bytemuck::cast_slice(a.as_slice().expect("standard layout")).to_vec()
+    })
+}
+
+/// A block of `dtype` and `shape` from C-order bytes.
+fn block_from_bytes(dtype: DType, shape: &[usize], bytes: &[u8]) -> Block {
+    crate::with_dtype!(dtype, T => {
+        let v: Vec<T> = bytemuck::pod_collect_to_vec(bytes);
+        T::into_block(ArrayD::from_shape_vec(IxDyn(shape), v).expect("sizes match"))
+    })
+}

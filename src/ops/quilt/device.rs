@@ -1,0 +1,195 @@
+//! The GPU kernels' view of a quilt unit, prepared on the host: the `#[repr(C)]` twins of
+//! `stitch.cuh`'s `StitchGeom` and `unstitch.cuh`'s `CutGeom`, and the index tables the
+//! kernels read. No CUDA here (every build has it), so the test harness runs the kernels'
+//! bodies on exactly what a GPU launch would get.
+
+use std::ops::Range;
+
+use crate::grid::windows::WindowGrid;
+
+/// Twin of `StitchGeom` in `stitch.cuh` (field for field; every field is 8 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StitchGeom {
+    pub channels: i64,
+    pub window: [i64; 3],
+    pub block: [i64; 3],
+    pub counts: [i64; 3],
+    pub first: i64,
+    pub offsets: [i64; 3],
+    pub with_variance: i64,
+}
+
+/// Twin of `CutGeom` in `unstitch.cuh`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CutGeom {
+    pub channels: i64,
+    pub window: [i64; 3],
+    pub r#box: [i64; 3],
+    pub patches: i64,
+}
+
+#[cfg(feature = "cuda")]
+// SAFETY: plain #[repr(C)] structs of i64s, passed by value as kernel arguments.
+unsafe impl crate::gpu::cuda::DeviceRepr for StitchGeom {}
+#[cfg(feature = "cuda")]
+// SAFETY: as above.
+unsafe impl crate::gpu::cuda::DeviceRepr for CutGeom {}
+
+/// A stitch launch for one block: the geometry, the tables, and which patches it reads.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StitchLaunch {
+    pub geom: StitchGeom,
+    /// Per axis and block position, the covering windows `[lo, hi)` along that axis.
+    pub ranges: Vec<i64>,
+    /// Per axis, every window's start relative to the block origin.
+    pub starts: Vec<i64>,
+    /// Window indices (row-major within the image) of the patches the block needs: whole
+    /// window rows of the first spatial axis, consecutive in the patch array.
+    pub patches: Range<u64>,
+}
+
+/// Pads spatial values to 3 axes (a 2-D image gets a leading axis of `fill`).
+fn three(values: &[u64], fill: u64) -> [u64; 3] {
+    let mut out = [fill; 3];
+    out[3 - values.len()..].copy_from_slice(values);
+    out
+}
+
+/// The launch for the block of rows `rows` (of the first spatial axis, all of the others)
+/// of one image with `channels` channels.
+pub fn stitch_launch(
+    grid: &WindowGrid,
+    channels: u64,
+    rows: Range<u64>,
+    with_variance: bool,
+) -> StitchLaunch {
+    let nd = grid.ndim();
+    let pad = 3 - nd;
+    let image = three(&grid.image, 1);
+    let window = three(&grid.window, 1);
+    let counts = three(&grid.counts(), 1);
+    let mut origin = [0u64; 3];
+    origin[pad] = rows.start;
+    let mut block = image;
+    block[pad] = rows.end - rows.start;
+    let starts_of = |a: usize| -> Vec<u64> {
+        if a < pad {
+            vec![0]
+        } else {
+            grid.starts(a - pad)
+        }
+    };
+    let (mut ranges, mut starts, mut offsets) = (Vec::new(), Vec::new(), [0i64; 3]);
+    for a in 0..3 {
+        let s = starts_of(a);
+        offsets[a] = starts.len() as i64;
+        // ranges and starts share the offset: pad ranges to the longer of the two.
+        for i in 0..block[a] {
+            let p = origin[a] + i;
+            let lo = s.partition_point(|&st| st + window[a] <= p);
+            let hi = s.partition_point(|&st| st <= p);
+            ranges.push(lo as i64);
+            ranges.push(hi.max(lo) as i64);
+        }
+        starts.extend(s.iter().map(|&st| st as i64 - origin[a] as i64));
+        // Keep both tables indexed by the same offset per axis.
+        let (r_len, s_len) = (ranges.len() / 2, starts.len());
+        let len = r_len.max(s_len);
+        ranges.resize(2 * len, 0);
+        starts.resize(len, 0);
+    }
+    let rows_of_windows = grid.overlapping(0, rows);
+    let per_row = grid.per_image() / grid.counts()[0];
+    let first = rows_of_windows.start * per_row;
+    StitchLaunch {
+        geom: StitchGeom {
+            channels: channels as i64,
+            window: window.map(|v| v as i64),
+            block: block.map(|v| v as i64),
+            counts: counts.map(|v| v as i64),
+            first: first as i64,
+            offsets,
+            with_variance: i64::from(with_variance),
+        },
+        ranges,
+        starts,
+        patches: first..rows_of_windows.end * per_row,
+    }
+}
+
+/// The launch that cuts patches `windows` (indices within one image, consecutive) out of
+/// the box of that image starting at spatial `box_start` with spatial shape `box_shape`:
+/// the geometry and each patch's start relative to the box (3 per patch).
+pub fn cut_launch(
+    grid: &WindowGrid,
+    channels: u64,
+    windows: Range<u64>,
+    box_start: &[u64],
+    box_shape: &[u64],
+) -> (CutGeom, Vec<i64>) {
+    let mut starts = Vec::with_capacity(3 * (windows.end - windows.start) as usize);
+    let origin = three(box_start, 0);
+    for k in windows.clone() {
+        let s = three(&grid.window_start(k), 0);
+        starts.extend((0..3).map(|a| (s[a] - origin[a]) as i64));
+    }
+    let geom = CutGeom {
+        channels: channels as i64,
+        window: three(&grid.window, 1).map(|v| v as i64),
+        r#box: three(box_shape, 1).map(|v| v as i64),
+        patches: (windows.end - windows.start) as i64,
+    };
+    (geom, starts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_of_a_hand_checked_2d_block() {
+        // 1 x 6 x 4 image, 4 x 2 windows, step 2 x 2: window rows start at 0, 2; columns 0, 2.
+        let grid = WindowGrid {
+            image: vec![6, 4],
+            window: vec![4, 2],
+            step: vec![2, 2],
+        };
+        let l = stitch_launch(&grid, 1, 3..5, false);
+        assert_eq!(l.geom.block, [1, 2, 4]);
+        assert_eq!(l.geom.counts, [1, 2, 2]);
+        // Rows 3 and 4 are covered by window rows 0..2 and 1..2; all window rows needed.
+        assert_eq!(l.patches, 0..4);
+        assert_eq!(l.geom.first, 0);
+        let (oz, oy, ox) = (
+            l.geom.offsets[0] as usize,
+            l.geom.offsets[1] as usize,
+            l.geom.offsets[2] as usize,
+        );
+        assert_eq!(&l.ranges[2 * oz..2 * oz + 2], &[0, 1]);
+        assert_eq!(&l.ranges[2 * oy..2 * oy + 4], &[0, 2, 1, 2]);
+        assert_eq!(&l.ranges[2 * ox..2 * ox + 8], &[0, 1, 0, 1, 1, 2, 1, 2]);
+        // Window starts relative to the block's origin (row 3).
+        assert_eq!(&l.starts[oy..oy + 2], &[-3, -1]);
+        assert_eq!(&l.starts[ox..ox + 2], &[0, 2]);
+    }
+
+    #[test]
+    fn a_block_needs_only_the_window_rows_over_it() {
+        let grid = WindowGrid {
+            image: vec![10, 8, 8],
+            window: vec![4, 4, 4],
+            step: vec![2, 4, 4],
+        };
+        // Window rows along z start at 0, 2, 4, 6: rows 7..10 need rows 2 and 3.
+        let l = stitch_launch(&grid, 2, 7..10, true);
+        assert_eq!(l.patches, 8..16);
+        assert_eq!(l.geom.first, 8);
+        assert_eq!(l.geom.with_variance, 1);
+        let (geom, starts) = cut_launch(&grid, 2, 5..7, &[2, 0, 0], &[4, 8, 8]);
+        assert_eq!(geom.patches, 2);
+        assert_eq!(geom.r#box, [4, 8, 8]);
+        assert_eq!(starts, vec![0, 0, 4, 0, 4, 0]);
+    }
+}
