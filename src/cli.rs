@@ -96,6 +96,11 @@ pub enum Command {
         #[arg(long, default_value = "tessera-demo")]
         dir: PathBuf,
     },
+    /// GPUs: what this machine has (driver, devices, NVRTC), and compiling every kernel.
+    Gpu {
+        #[command(subcommand)]
+        which: GpuCommand,
+    },
     /// Developer checks (used by the test suite).
     #[command(hide = true)]
     Debug {
@@ -131,6 +136,20 @@ pub enum QuiltCommand {
         /// Replace an existing output.
         #[arg(long)]
         overwrite: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GpuCommand {
+    /// The CUDA driver, NVRTC and each visible device (name, UUID, compute capability, memory),
+    /// and which operations have GPU kernels.
+    Info,
+    /// Compile every CUDA kernel with NVRTC (no GPU needed, only libnvrtc.so.13); exits
+    /// non-zero with the compiler's log if one does not compile.
+    Compile {
+        /// Virtual architectures to compile for.
+        #[arg(long, value_delimiter = ',', default_values_t = crate::gpu::kernels::CHECKED_ARCHITECTURES.iter().map(|s| s.to_string()))]
+        arch: Vec<String>,
     },
 }
 
@@ -252,6 +271,11 @@ pub fn dispatch(cli: Cli, comm: &dyn Comm) -> Result<()> {
             }
         }
         Command::Demo { dir } => crate::demo::run(&dir, comm),
+        Command::Gpu { which } if comm.is_root() => match which {
+            GpuCommand::Info => crate::gpu::info(),
+            GpuCommand::Compile { arch } => crate::gpu::compile_all(&arch),
+        },
+        Command::Gpu { .. } => Ok(()),
         Command::Bench { which } => match which {
             BenchCommand::Convert(b) => crate::bench::convert(&b, comm),
             BenchCommand::Quilt(b) => crate::bench::quilt(&b, comm),

@@ -18,6 +18,10 @@ use crate::io::staging::Staging;
 pub struct PhaseTimes {
     /// Creating or reopening the output.
     pub setup: f64,
+    /// Reading and decoding inputs, where an operation times it apart from its kernels
+    /// (hdr merge's image decoding); otherwise part of `compute`.
+    #[serde(default)]
+    pub read: f64,
     /// Reading inputs and running kernels.
     pub compute: f64,
     /// Writing results.

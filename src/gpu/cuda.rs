@@ -76,6 +76,37 @@ pub fn compile(kernel: &KernelSource, arch: &str) -> Result<Ptx> {
     })
 }
 
+/// One line per visible device: ordinal, name, UUID, compute capability, memory.
+pub fn devices() -> Vec<String> {
+    let count = match CudaContext::device_count() {
+        Ok(n) => n.max(0) as usize,
+        Err(e) => return vec![format!("CUDA driver: cannot count devices: {e:?}")],
+    };
+    let mut lines = vec![format!(
+        "CUDA driver: {count} visible device(s){}",
+        std::env::var("CUDA_VISIBLE_DEVICES")
+            .map(|v| format!(" (CUDA_VISIBLE_DEVICES={v})"))
+            .unwrap_or_default()
+    )];
+    for n in 0..count {
+        lines.push(match CudaContext::new(n) {
+            Ok(ctx) => {
+                let (major, minor) = ctx.compute_capability().unwrap_or((0, 0));
+                let (free, total) = ctx.mem_get_info().unwrap_or((0, 0));
+                format!(
+                    "cuda:{n}: {} ({}), compute {major}.{minor}, {} free of {}",
+                    ctx.name().unwrap_or_default(),
+                    ctx.uuid().map(|u| uuid_text(&u.bytes)).unwrap_or_default(),
+                    crate::exec::memory::human_bytes(free as u64),
+                    crate::exec::memory::human_bytes(total as u64)
+                )
+            }
+            Err(e) => format!("cuda:{n}: cannot open: {e:?}"),
+        });
+    }
+    lines
+}
+
 /// Where a device's time went, summed over the run (CUDA events, so GPU time, not host time).
 #[derive(Clone, Copy, Debug, Default)]
 struct Phases {

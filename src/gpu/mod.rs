@@ -134,6 +134,7 @@ pub struct Selected {
 
 /// Bytes of `--gpu-memory-limit` (e.g. `8G`), or by default the given fraction of the device's
 /// free memory shared by the ranks of this node that use the same device.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 fn memory_limit(flag: Option<&str>, free: u64, sharing: usize, fraction: f64) -> Result<u64> {
     match flag {
         Some(text) => {
@@ -251,6 +252,95 @@ impl Selected {
             Backend::Cpu => DeviceReport::cpu(&self.reason),
             #[cfg(feature = "cuda")]
             Backend::Cuda(gpu) => gpu.report(),
+        }
+    }
+}
+
+/// Operations with GPU kernels, for `tessera gpu info`.
+const GPU_OPERATIONS: &str = "quilt unstitch, quilt stitch, hdr merge (Debevec)";
+
+/// `tessera gpu info`: prints the driver, NVRTC and devices.
+///
+/// # Errors
+/// None: what is missing is printed.
+pub fn info() -> Result<()> {
+    println!("operations with GPU kernels: {GPU_OPERATIONS}");
+    #[cfg(not(feature = "cuda"))]
+    println!("this tessera was built without the \"cuda\" feature: every kernel runs on the CPU");
+    #[cfg(feature = "cuda")]
+    {
+        match cuda::nvrtc_version() {
+            Some((a, b)) => println!("NVRTC: {a}.{b}"),
+            None => println!("NVRTC: not found (libnvrtc.so.13 on the library path)"),
+        }
+        if !cuda::driver_present() {
+            println!("CUDA driver: not found (libcuda.so.1): --device auto runs on the CPU");
+            return Ok(());
+        }
+        for line in cuda::devices() {
+            println!("{line}");
+        }
+    }
+    Ok(())
+}
+
+/// `tessera gpu compile`: compiles every kernel for each architecture with NVRTC.
+///
+/// # Errors
+/// The first kernel that does not compile (with NVRTC's log), or no NVRTC.
+pub fn compile_all(architectures: &[String]) -> Result<()> {
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = architectures;
+        Err(Error::NotCompiled {
+            what: "tessera gpu compile".into(),
+            feature: "cuda",
+        })
+    }
+    #[cfg(feature = "cuda")]
+    {
+        if !cuda::nvrtc_present() {
+            return Err(Error::gpu(
+                "NVRTC (libnvrtc.so.13) not found on the library path; install the CUDA toolkit's NVRTC or the nvidia-cuda-nvrtc wheel (scripts/setup.sh --nvrtc) and add its lib folder to LD_LIBRARY_PATH",
+            ));
+        }
+        let mut failures = Vec::new();
+        for arch in architectures {
+            for k in kernels::ALL {
+                let t = std::time::Instant::now();
+                match cuda::compile(k, arch) {
+                    // --fmad=false must leave no fused multiply-add: the CPU kernels round
+                    // every product and every sum.
+                    Ok(ptx) if ptx.to_src().contains("fma.rn.f") => {
+                        eprintln!("{arch} {}.cu: the PTX has fma instructions", k.name);
+                        failures.push(format!("{}.cu ({arch}, fma)", k.name));
+                    }
+                    Ok(ptx) => println!(
+                        "{arch} {}.cu: {} kernel(s), {} bytes of PTX, no fma, {:.2} s",
+                        k.name,
+                        k.functions.len(),
+                        ptx.to_src().len(),
+                        t.elapsed().as_secs_f64()
+                    ),
+                    Err(e) => {
+                        eprintln!("{e}");
+                        failures.push(format!("{}.cu ({arch})", k.name));
+                    }
+                }
+            }
+        }
+        if failures.is_empty() {
+            println!(
+                "all {} kernel sources compile for {}",
+                kernels::ALL.len(),
+                architectures.join(", ")
+            );
+            Ok(())
+        } else {
+            Err(Error::gpu(format!(
+                "{} do not compile (NVRTC's log above)",
+                failures.join(", ")
+            )))
         }
     }
 }

@@ -9,6 +9,8 @@
 //!
 //! Brackets are the units: split among ranks in contiguous runs, each processed whole.
 
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod debevec;
 pub mod files;
 pub mod mertens;
@@ -828,33 +830,77 @@ pub fn merge_mertens(images: &[Image]) -> Merged {
     }
 }
 
-/// Merges one bracket as the job asks.
-///
-/// # Errors
-/// Bad images, or images that do not fit the response.
-pub fn merge_bracket(job: &MergeJob, b: &Bracket, g: Option<&[Vec<f64>]>) -> Result<Merged> {
-    let images = load_bracket(b)?;
-    match (job.method, g) {
-        (Method::Debevec, Some(g)) => {
-            require_8bit(&images, b, "an 8-bit response")?;
-            if images[0].channels != g.len() {
-                return Err(Error::bad_file(
-                    &b.frames[0].path,
-                    format!(
-                        "{} channel(s), but the response has {}",
-                        images[0].channels,
-                        g.len()
-                    ),
-                ));
-            }
-            let ln_t: Vec<f64> = b.frames.iter().map(|f| f.seconds.ln()).collect();
-            Ok(merge_debevec(&images, &ln_t, g, job.weight_type))
+/// Where one rank merges brackets: its device (`--device`), the GPU merge when that is a GPU
+/// (Debevec; Mertens always runs on the CPU), and the seconds spent decoding and merging.
+#[derive(Default)]
+pub struct Merger {
+    pub device: crate::gpu::Selected,
+    #[cfg(feature = "cuda")]
+    gpu: Option<cuda::DebevecGpu>,
+    seconds: std::sync::Mutex<(f64, f64)>,
+}
+
+impl Merger {
+    pub fn new(device: crate::gpu::Selected) -> Merger {
+        Merger {
+            #[cfg(feature = "cuda")]
+            gpu: match &device.backend {
+                crate::gpu::Backend::Cuda(gpu) => Some(cuda::DebevecGpu::new(gpu.clone())),
+                crate::gpu::Backend::Cpu => None,
+            },
+            device,
+            seconds: Default::default(),
         }
-        (Method::Debevec, None) => Err(Error::parameter(
-            "response",
-            "required by --method debevec (make one with tessera hdr calibrate)",
-        )),
-        (Method::Mertens, _) => Ok(merge_mertens(&images)),
+    }
+
+    /// Seconds spent decoding images and merging them, so far.
+    pub fn seconds(&self) -> (f64, f64) {
+        *self.seconds.lock().expect("seconds")
+    }
+
+    fn debevec(&self, images: &[Image], ln_t: &[f64], g: &[Vec<f64>], kind: WeightType) -> Result<Merged> {
+        #[cfg(feature = "cuda")]
+        if let Some(gpu) = &self.gpu {
+            return gpu.merge(images, ln_t, g, kind);
+        }
+        Ok(merge_debevec(images, ln_t, g, kind))
+    }
+
+    /// Merges one bracket as the job asks.
+    ///
+    /// # Errors
+    /// Bad images, images that do not fit the response, device failures.
+    pub fn merge_bracket(&self, job: &MergeJob, b: &Bracket, g: Option<&[Vec<f64>]>) -> Result<Merged> {
+        let t = std::time::Instant::now();
+        let images = load_bracket(b)?;
+        let decoded = t.elapsed().as_secs_f64();
+        let t = std::time::Instant::now();
+        let merged = match (job.method, g) {
+            (Method::Debevec, Some(g)) => {
+                require_8bit(&images, b, "an 8-bit response")?;
+                if images[0].channels != g.len() {
+                    return Err(Error::bad_file(
+                        &b.frames[0].path,
+                        format!(
+                            "{} channel(s), but the response has {}",
+                            images[0].channels,
+                            g.len()
+                        ),
+                    ));
+                }
+                let ln_t: Vec<f64> = b.frames.iter().map(|f| f.seconds.ln()).collect();
+                self.debevec(&images, &ln_t, g, job.weight_type)
+            }
+            (Method::Debevec, None) => Err(Error::parameter(
+                "response",
+                "required by --method debevec (make one with tessera hdr calibrate)",
+            )),
+            (Method::Mertens, _) => Ok(merge_mertens(&images)),
+        };
+        let mut seconds = self.seconds.lock().expect("seconds");
+        seconds.0 += decoded;
+        seconds.1 += t.elapsed().as_secs_f64();
+        merged
     }
 }
 
@@ -873,8 +919,15 @@ pub fn merge(job: &MergeJob, comm: &dyn Comm) -> Result<Vec<crate::exec::RunSumm
         }
         (Method::Mertens, _) => None,
     };
+    let device = crate::gpu::select(
+        job.device,
+        job.gpu_memory_limit.as_deref(),
+        comm,
+        "hdr merge",
+        job.method == Method::Debevec,
+    )?;
     let brackets = find_brackets(&job.scan, comm)?;
-    output::write(job, &brackets, g.as_deref(), comm)
+    output::write(job, &brackets, g.as_deref(), &Merger::new(device), comm)
 }
 
 /// `tessera hdr synthetic`: example brackets to try the commands on.

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use super::files::{format_time, Bracket};
-use super::{merge_bracket, Format, MergeJob, Merged, Method};
+use super::{Format, MergeJob, Merged, Merger, Method};
 use crate::comm::{Comm, ReduceOp};
 use crate::error::{Error, IoContext, Result};
 use crate::exec::report::{gather_summary, RankStats};
@@ -27,11 +27,12 @@ pub fn write(
     job: &MergeJob,
     brackets: &[Bracket],
     g: Option<&[Vec<f64>]>,
+    merger: &Merger,
     comm: &dyn Comm,
 ) -> Result<Vec<RunSummary>> {
     let (summary, unusable) = match job.format {
-        Format::Zarr => zarr(job, brackets, g, comm)?,
-        Format::Exr | Format::Npy => per_bracket(job, brackets, g, comm)?,
+        Format::Zarr => zarr(job, brackets, g, merger, comm)?,
+        Format::Exr | Format::Npy => per_bracket(job, brackets, g, merger, comm)?,
     };
     if comm.is_root() {
         let what = match job.method {
@@ -211,6 +212,7 @@ fn per_bracket(
     job: &MergeJob,
     brackets: &[Bracket],
     g: Option<&[Vec<f64>]>,
+    merger: &Merger,
     comm: &dyn Comm,
 ) -> Result<(RunSummary, u64)> {
     let started = Instant::now();
@@ -245,6 +247,7 @@ fn per_bracket(
     let mine = partition_contiguous(brackets.len(), comm.size())[comm.rank()].clone();
     let (mut unusable, mut resumed, mut units) = (0u64, 0usize, 0u64);
     let (mut read, mut written) = (0u64, 0u64);
+    let mut write_seconds = 0.0;
     let mut result = Ok(());
     let share = mine.len();
     for (done_here, b) in brackets[mine].iter().enumerate() {
@@ -262,8 +265,9 @@ fn per_bracket(
             continue;
         }
         let done = (|| {
-            let m = merge_bracket(job, b, g)?;
+            let m = merger.merge_bracket(job, b, g)?;
             read += input_bytes(b);
+            let t = Instant::now();
             match job.format {
                 Format::Exr => safety::write_file(&target, true, |t| write_exr(t, &m))?,
                 _ => safety::write_file(&target, true, |t| write_npy(t, &m))?,
@@ -272,6 +276,7 @@ fn per_bracket(
             if job.preview.is_some() {
                 safety::write_file(&preview_path, true, |t| write_preview(t, &m, job.method))?;
             }
+            write_seconds += t.elapsed().as_secs_f64();
             unusable += m.unusable;
             units += 1;
             tracing::debug!("bracket {} -> {}", b.stem().display(), target.display());
@@ -294,6 +299,13 @@ fn per_bracket(
             bytes_read: read,
             bytes_written: written,
             seconds: started.elapsed().as_secs_f64(),
+            phases: crate::exec::PhaseTimes {
+                read: merger.seconds().0,
+                compute: merger.seconds().1,
+                write: write_seconds,
+                ..Default::default()
+            },
+            device: Some(merger.device.report()),
             ..Default::default()
         },
         (brackets.len(), counts[1] as usize),
@@ -307,6 +319,7 @@ fn zarr(
     job: &MergeJob,
     brackets: &[Bracket],
     g: Option<&[Vec<f64>]>,
+    merger: &Merger,
     comm: &dyn Comm,
 ) -> Result<(RunSummary, u64)> {
     let address = Address::parse(&job.output.to_string_lossy())?;
@@ -325,6 +338,7 @@ fn zarr(
         job,
         brackets,
         g,
+        merger,
         targets: vec![address],
         spec: CreateSpec {
             shape: vec![t, h, w, c],
@@ -364,6 +378,7 @@ struct ZarrOp<'a> {
     job: &'a MergeJob,
     brackets: &'a [Bracket],
     g: Option<&'a [Vec<f64>]>,
+    merger: &'a Merger,
     targets: Vec<Address>,
     spec: CreateSpec,
     units: Vec<UnitInfo>,
@@ -402,6 +417,9 @@ impl Operation for ZarrOp<'_> {
     fn inputs(&self) -> Vec<Place> {
         super::merge_inputs(self.job)
     }
+    fn device(&self) -> Option<crate::gpu::DeviceReport> {
+        Some(self.merger.device.report())
+    }
     fn side_files(&self) -> Vec<PathBuf> {
         match self.job.preview {
             Some(_) => self.brackets.iter().map(|b| self.preview_path(b)).collect(),
@@ -439,7 +457,7 @@ impl Operation for ZarrOp<'_> {
     }
     fn compute(&self, unit: usize) -> Result<Self::Output> {
         let b = &self.brackets[unit];
-        let m = merge_bracket(self.job, b, self.g)?;
+        let m = self.merger.merge_bracket(self.job, b, self.g)?;
         let want = (self.spec.shape[1], self.spec.shape[2], self.spec.shape[3]);
         let got = (m.height as u64, m.width as u64, m.channels as u64);
         if got != want {

@@ -1,0 +1,217 @@
+//! The Debevec merge on the GPU (feature `cuda`): exposures are decoded by the CPU (image
+//! files), gathered band by band into pinned memory as (exposure, channel, pixel) planes, sent
+//! on the copy stream, merged by `debevec.cu` on the compute stream and copied back; two bands
+//! are in flight, so the CPU gathers the next while the GPU merges one. The per-exposure tables
+//! are the CPU's (`debevec::merge_tables`), so the bits are the CPU kernel's.
+
+use std::sync::Arc;
+
+use super::debevec::{self, WeightType};
+use super::{Image, Merged};
+use crate::error::{Error, Result};
+use crate::gpu::cuda::{
+    launch_config, launch_error, CudaSlice, DeviceRepr, Gpu, Phase, PinnedHostSlice,
+    PushKernelArg,
+};
+use crate::gpu::kernels;
+
+/// Twin of `MergeGeom` in `debevec.cuh`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MergeGeom {
+    pub pixels: i64,
+    pub channels: i64,
+    pub exposures: i64,
+}
+
+// SAFETY: a plain #[repr(C)] struct of i64s, passed by value as a kernel argument.
+unsafe impl DeviceRepr for MergeGeom {}
+
+/// The merge's tables as the kernel reads them: (w, v) per channel, exposure and value, and
+/// the fallbacks (shortest, longest exposure) per channel.
+pub fn tables(ln_t: &[f64], g: &[Vec<f64>], kind: WeightType) -> (Vec<f32>, Vec<f32>) {
+    let mut tables = Vec::new();
+    let mut fallback = Vec::new();
+    for gk in g {
+        for t in debevec::merge_tables(gk, ln_t, kind) {
+            tables.extend(t.iter().flat_map(|&(w, v)| [w, v]));
+        }
+        fallback.extend(debevec::single_exposure(gk, ln_t[0]));
+        fallback.extend(debevec::single_exposure(gk, ln_t[ln_t.len() - 1]));
+    }
+    (tables, fallback)
+}
+
+/// A band in flight: its pixels, the pinned buffer its radiance comes back into, its count.
+struct Band {
+    pixels: std::ops::Range<usize>,
+    out: PinnedHostSlice<u8>,
+    unusable: CudaSlice<u64>,
+    _device: Vec<CudaSlice<u8>>,
+}
+
+/// The GPU Debevec merge of one rank.
+pub struct DebevecGpu {
+    gpu: Arc<Gpu>,
+}
+
+impl DebevecGpu {
+    pub fn new(gpu: Arc<Gpu>) -> DebevecGpu {
+        DebevecGpu { gpu }
+    }
+
+    /// `super::merge_debevec` on the GPU: the same `Merged`, bit for bit.
+    ///
+    /// # Errors
+    /// Device failures, or a device memory share too small for one row.
+    pub fn merge(
+        &self,
+        images: &[Image],
+        ln_t: &[f64],
+        g: &[Vec<f64>],
+        kind: WeightType,
+    ) -> Result<Merged> {
+        let gpu = &self.gpu;
+        let s = gpu.compute_stream();
+        let (c, h, w) = (images[0].channels, images[0].height, images[0].width);
+        let e = images.len();
+        let n = h * w;
+        let (tables, fallback) = tables(ln_t, g, kind);
+        let dev_tables = upload(gpu, bytemuck::cast_slice(&tables))?;
+        let dev_fallback = upload(gpu, bytemuck::cast_slice(&fallback))?;
+        let kernel = gpu.function(&kernels::DEBEVEC, "debevec_merge")?;
+        // Per pixel: e * c bytes in, 4 c bytes out; two bands in flight.
+        let per_pixel = (e * c + 4 * c) as u64;
+        let band = ((gpu.memory_limit() / 2) / per_pixel).min(n as u64) as usize;
+        if band < w.min(n) {
+            return Err(Error::parameter(
+                "gpu-memory-limit",
+                format!(
+                    "{} is too small to merge one row of {w} pixels x {e} exposures",
+                    crate::exec::memory::human_bytes(gpu.memory_limit())
+                ),
+            ));
+        }
+        let mut data = vec![0.0f32; n * c];
+        let mut unusable = 0;
+        let mut in_flight: Option<Band> = None;
+        let mut i0 = 0;
+        while i0 < n {
+            let i1 = (i0 + band).min(n);
+            let m = i1 - i0;
+            // Gather (exposure, channel, pixel) planes of the band into pinned memory.
+            let mut pin = gpu.pinned(e * c * m)?;
+            {
+                let dst = pin.as_mut_slice().map_err(launch_error("pinned buffer"))?;
+                for (j, img) in images.iter().enumerate() {
+                    for k in 0..c {
+                        let at = (j * c + k) * m;
+                        dst[at..at + m].copy_from_slice(&img.plane_u8(k)[i0..i1]);
+                    }
+                }
+            }
+            let copy = gpu.copy_stream();
+            let mut planes = gpu.alloc::<u8>(copy, pin.len())?;
+            gpu.timed(Phase::HostToDevice, (e * c * m) as u64, copy, || {
+                copy.memcpy_htod(&pin, &mut planes)
+                    .map_err(launch_error("copy to the device"))
+            })?;
+            gpu.give_back(pin);
+            let mut out = gpu.alloc::<u8>(s, 4 * c * m)?;
+            let mut count = gpu.zeros::<u64>(s, 1)?;
+            let geom = MergeGeom {
+                pixels: m as i64,
+                channels: c as i64,
+                exposures: e as i64,
+            };
+            gpu.timed(Phase::Kernel, 0, s, || {
+                let mut b = s.launch_builder(&kernel);
+                b.arg(&geom)
+                    .arg(&planes)
+                    .arg(&dev_tables)
+                    .arg(&dev_fallback)
+                    .arg(&mut out)
+                    .arg(&mut count);
+                // SAFETY: arguments match debevec.cu; planes hold e x c x m values, the tables
+                // c x e x 256 pairs, the fallbacks c x 2 x 256, out m x c floats.
+                unsafe { b.launch(launch_config(m as u64)) }
+                    .map(|_| ())
+                    .map_err(launch_error("Debevec kernel"))
+            })?;
+            let mut host = gpu.pinned(4 * c * m)?;
+            gpu.timed(Phase::DeviceToHost, (4 * c * m) as u64, s, || {
+                s.memcpy_dtoh(&out, &mut host)
+                    .map_err(launch_error("copy from the device"))
+            })?;
+            let next = Band {
+                pixels: i0..i1,
+                out: host,
+                unusable: count,
+                _device: vec![planes, out],
+            };
+            if let Some(done) = in_flight.replace(next) {
+                unusable += self.collect(done, c, &mut data)?;
+            }
+            i0 = i1;
+        }
+        if let Some(done) = in_flight.take() {
+            unusable += self.collect(done, c, &mut data)?;
+        }
+        gpu.settle()?;
+        Ok(Merged {
+            height: h,
+            width: w,
+            channels: c,
+            data,
+            unusable,
+        })
+    }
+
+    /// Waits for a band and copies its radiance into place.
+    fn collect(&self, done: Band, c: usize, data: &mut [f32]) -> Result<u64> {
+        let s = self.gpu.compute_stream();
+        let count = s
+            .clone_dtoh(&done.unusable)
+            .map_err(launch_error("copy from the device"))?[0];
+        let m = done.pixels.end - done.pixels.start;
+        let bytes = &done.out.as_slice().map_err(launch_error("pinned buffer"))?[..4 * c * m];
+        let dst = &mut data[done.pixels.start * c..done.pixels.end * c];
+        dst.copy_from_slice(&bytemuck::pod_collect_to_vec::<u8, f32>(bytes));
+        self.gpu.give_back(done.out);
+        Ok(count)
+    }
+}
+
+/// A small host slice copied to a fresh device buffer on the compute stream (tables).
+fn upload(gpu: &Gpu, bytes: &[u8]) -> Result<CudaSlice<u8>> {
+    let s = gpu.compute_stream();
+    let mut dev = gpu.alloc::<u8>(s, bytes.len())?;
+    gpu.timed(Phase::HostToDevice, bytes.len() as u64, s, || {
+        s.memcpy_htod(bytes, &mut dev)
+            .map_err(launch_error("copy to the device"))
+    })?;
+    Ok(dev)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_are_laid_out_channel_exposure_value() {
+        let g = vec![
+            (0..256).map(|z| z as f64 / 64.0 - 2.0).collect::<Vec<_>>(),
+            (0..256).map(|z| z as f64 / 32.0 - 4.0).collect::<Vec<_>>(),
+        ];
+        let ln_t = [-2.0, 0.5];
+        let (t, f) = tables(&ln_t, &g, WeightType::Triangle);
+        assert_eq!(t.len(), 2 * 2 * 256 * 2);
+        assert_eq!(f.len(), 2 * 2 * 256);
+        let cpu = debevec::merge_tables(&g[1], &ln_t, WeightType::Triangle);
+        // Channel 1, exposure 1, value 100: (w, v).
+        let at = ((2 + 1) * 256 + 100) * 2;
+        assert_eq!((t[at], t[at + 1]), cpu[1][100]);
+        // Channel 1's fallback for the longest exposure, value 7.
+        assert_eq!(f[(2 + 1) * 256 + 7], (g[1][7] - 0.5) as f32);
+    }
+}

@@ -1,0 +1,308 @@
+//! The GPU layer end to end. Without a GPU (CI): every kernel compiles with NVRTC (the PyPI
+//! wheel the setup script installs), `--device cuda` is one clear error that writes nothing,
+//! and `--device auto` runs on the CPU and says so in the report. With a GPU (the lent machine,
+//! `scripts/gpu-check.sh`): quilt unstitch/stitch and the Debevec merge give the CPU's bytes on
+//! random inputs (NaN, 2-D and 3-D, variances), on 1 and 2 ranks, and a run interrupted on the
+//! GPU resumes on the CPU to the same bytes. Tests that need what is missing say so and pass.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+use ndarray::{ArrayD, IxDyn};
+use ndarray_npy::write_npy;
+
+/// The folder with `libnvrtc.so.13`: `TESSERA_NVRTC_DIR`, else the wheel in the test venv.
+fn nvrtc_dir() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("TESSERA_NVRTC_DIR") {
+        return Some(PathBuf::from(d));
+    }
+    let python = std::env::var("TESSERA_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from("target/pyenv/bin/python"));
+    let venv = python.parent()?.parent()?.to_path_buf();
+    let lib = std::fs::read_dir(venv.join("lib")).ok()?.flatten().find_map(|e| {
+        let d = e.path().join("site-packages/nvidia/cu13/lib");
+        d.join("libnvrtc.so.13").is_file().then_some(d)
+    });
+    lib
+}
+
+/// `LD_LIBRARY_PATH` with the NVRTC folder first (when there is one).
+fn library_path() -> String {
+    let mut parts: Vec<String> = nvrtc_dir()
+        .map(|d| vec![d.to_string_lossy().into_owned()])
+        .unwrap_or_default();
+    if let Ok(old) = std::env::var("LD_LIBRARY_PATH") {
+        parts.push(old);
+    }
+    parts.join(":")
+}
+
+fn tessera_gpu(args: &[&str]) -> std::process::Output {
+    tessera_env(args, &[("LD_LIBRARY_PATH", &library_path())])
+}
+
+/// The device the GPU tests ask for: `cuda`, or `cpu` with `TESSERA_GPU_TESTS_ON_CPU=1`, which
+/// runs the GPU tests' command lines on the CPU (a check of the tests themselves where no GPU
+/// is: both sides then must agree trivially, but every command must run).
+fn gpu_device() -> &'static str {
+    if std::env::var("TESSERA_GPU_TESTS_ON_CPU").as_deref() == Ok("1") {
+        "cpu"
+    } else {
+        "cuda"
+    }
+}
+
+/// Whether this machine can run the GPU path: a driver, a device and NVRTC.
+fn gpu() -> bool {
+    if gpu_device() == "cpu" {
+        return true;
+    }
+    let out = tessera_gpu(&["gpu", "info"]);
+    let info = text(&out);
+    let usable = info.contains("cuda:0:") && info.contains("NVRTC: 1");
+    if !usable {
+        eprintln!("skipping the GPU run: no usable GPU here (tessera gpu info says:\n{info})");
+    }
+    usable
+}
+
+#[test]
+fn every_kernel_compiles_with_nvrtc_and_has_no_fma() {
+    if nvrtc_dir().is_none() {
+        assert!(
+            std::env::var("TESSERA_REQUIRE_NVRTC").as_deref() != Ok("1"),
+            "libnvrtc.so.13 not found but TESSERA_REQUIRE_NVRTC=1 (scripts/setup.sh --nvrtc installs it)"
+        );
+        eprintln!("skipping: libnvrtc.so.13 not found (scripts/setup.sh --nvrtc installs the nvidia-cuda-nvrtc wheel)");
+        return;
+    }
+    let out = ok(tessera_gpu(&["gpu", "compile"]));
+    assert!(
+        out.contains("all 3 kernel sources compile for compute_80, compute_90"),
+        "{out}"
+    );
+    for kernel in ["quilt/stitch.cu", "quilt/unstitch.cu", "hdr/debevec.cu"] {
+        for arch in ["compute_80", "compute_90"] {
+            assert!(out.contains(&format!("{arch} {kernel}")), "{out}");
+        }
+    }
+}
+
+fn random_image(shape: &[usize], seed: u64, nan_every: u64) -> ArrayD<f32> {
+    let mut rng = Rng::new(seed);
+    ArrayD::from_shape_fn(IxDyn(shape), |_| {
+        let v = rng.below(2_000_000) as f32 / 1_000_000.0 - 1.0;
+        if nan_every > 0 && rng.below(nan_every) == 0 {
+            f32::NAN
+        } else {
+            v
+        }
+    })
+}
+
+fn report_device(report: &Path) -> serde_json::Value {
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(report).expect("report written")).unwrap();
+    r["runs"][0]["per_rank"][0]["device"].clone()
+}
+
+#[test]
+fn without_a_gpu_cuda_is_one_clear_error_and_auto_runs_on_the_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("image.npy");
+    write_npy(&image, &random_image(&[1, 1, 32, 32], 1, 0)).unwrap();
+    let patches = dir.path().join("p.zarr");
+    let unstitch = |device: &str| {
+        tessera_gpu(&[
+            "quilt",
+            "unstitch",
+            "--input",
+            &s(&image),
+            "--output",
+            &s(&patches),
+            "--window",
+            "16,16",
+            "--step",
+            "8,8",
+            "--device",
+            device,
+        ])
+    };
+    if tessera_gpu(&["gpu", "info"]).stdout.windows(7).any(|w| w == b"cuda:0:") {
+        eprintln!("skipping: this machine has a GPU (the GPU tests cover it)");
+        return;
+    }
+    let err = fails_with(unstitch("cuda"), &["GPU:", "libcuda.so.1"]);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(!patches.exists(), "nothing may be written");
+    let err = fails_with(unstitch("cuda:x"), &["--device", "cuda:N"]);
+    assert!(!err.contains("panicked"), "{err}");
+    ok(unstitch("auto"));
+    let device = report_device(&dir.path().join("p.zarr.report.json"));
+    assert_eq!(device["device"], "cpu", "{device}");
+    assert!(
+        device["reason"].as_str().unwrap().contains("libcuda.so.1"),
+        "{device}"
+    );
+    // The device is not part of the output: a resume may change it (identity unchanged).
+    let params: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join("p.zarr.report.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(params["parameters"].get("device").is_none(), "{params}");
+}
+
+/// Runs `args` with `--device cpu` into `cpu/` and `--device cuda` into `gpu/` (same names)
+/// and compares every output file byte for byte.
+fn same_on_both(dir: &Path, ranks: usize, args: &dyn Fn(&Path) -> Vec<String>) {
+    for side in ["cpu", "cuda"] {
+        let out = dir.join(format!("{side}-{ranks}"));
+        std::fs::create_dir_all(&out).unwrap();
+        let mut a = args(&out);
+        let device = if side == "cpu" { "cpu" } else { gpu_device() };
+        a.extend(["--device".into(), device.into()]);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        let env = [("LD_LIBRARY_PATH", library_path())];
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        if ranks == 1 {
+            ok(tessera_env(&a, &env));
+        } else {
+            ok(tessera_mpi(ranks, &a, &env));
+        }
+        for f in std::fs::read_dir(&out).unwrap().flatten() {
+            if f.path().to_string_lossy().ends_with(".report.json") {
+                std::fs::remove_file(f.path()).unwrap();
+            }
+        }
+    }
+    assert_same_tree(
+        &dir.join(format!("cpu-{ranks}")),
+        &dir.join(format!("cuda-{ranks}")),
+    );
+}
+
+#[test]
+fn quilt_on_the_gpu_gives_the_cpu_bytes() {
+    if !gpu() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [(&[usize], &str, &str, &str); 3] = [
+        (&[2, 3, 70, 90], "16,32", "8,12", "border"),
+        (&[1, 2, 20, 33, 40], "8,16,16", "4,8,8", "gaussian"),
+        (&[3, 5, 64, 64], "32,32", "16,16", "hann"),
+    ];
+    for (i, (shape, window, step, blend)) in cases.iter().enumerate() {
+        let case = dir.path().join(format!("case{i}"));
+        std::fs::create_dir_all(&case).unwrap();
+        let image = case.join("image.npy");
+        write_npy(&image, &random_image(shape, 10 + i as u64, 97)).unwrap();
+        // Unstitch on each device; then stitch each device's patches (with a variance made of
+        // the patches themselves) on each device.
+        for ranks in [1, 2] {
+            if ranks == 2 && mpirun().is_none() {
+                continue;
+            }
+            same_on_both(&case, ranks, &|out| {
+                [
+                    "quilt", "unstitch", "--input", &s(&image), "--output",
+                    &s(&out.join("p.zarr")), "--window", window, "--step", step,
+                ]
+                .map(String::from)
+                .to_vec()
+            });
+            let patches = case.join(format!("cpu-{ranks}/p.zarr"));
+            let stitched = case.join(format!("st-{ranks}"));
+            std::fs::create_dir_all(&stitched).unwrap();
+            same_on_both(&stitched, ranks, &|out| {
+                [
+                    "quilt", "stitch", "--input", &s(&patches), "--output",
+                    &s(&out.join("mean.zarr")), "--weights", &s(&out.join("w.zarr")),
+                    "--variance", &s(&patches), "--std", &s(&out.join("std.zarr")),
+                    "--blend", blend, "--gpu-memory-limit", "3M",
+                ]
+                .map(String::from)
+                .to_vec()
+            });
+        }
+    }
+}
+
+#[test]
+fn a_stitch_interrupted_on_the_gpu_resumes_on_the_cpu_to_the_same_bytes() {
+    if !gpu() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("image.npy");
+    write_npy(&image, &random_image(&[2, 2, 96, 80], 3, 0)).unwrap();
+    let patches = dir.path().join("p.zarr");
+    ok(tessera(&[
+        "quilt", "unstitch", "--input", &s(&image), "--output", &s(&patches), "--window",
+        "32,32", "--step", "16,16", "--device", "cpu",
+    ]));
+    let stitch = |out: &Path, device: &str, extra: &[&str], env: &[(&str, &str)]| {
+        let mut a = vec![
+            "quilt", "stitch", "--input", &s(&patches), "--chunks", "1,1,16,80", "--device", device,
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+        a.extend(["--output".into(), s(out)]);
+        a.extend(extra.iter().map(|x| x.to_string()));
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        let lib = library_path();
+        let mut e = vec![("LD_LIBRARY_PATH", lib.as_str())];
+        e.extend(env);
+        tessera_env(&a, &e)
+    };
+    let whole = dir.path().join("whole.zarr");
+    ok(stitch(&whole, "cpu", &[], &[]));
+    let resumed = dir.path().join("resumed.zarr");
+    let killed = stitch(&resumed, gpu_device(), &[], &[("TESSERA_ABORT_AFTER_UNITS", "2")]);
+    assert!(!killed.status.success());
+    ok(stitch(&resumed, "cpu", &["--resume"], &[]));
+    assert_same_tree(&whole, &resumed);
+}
+
+#[test]
+fn the_debevec_merge_on_the_gpu_gives_the_cpu_bytes() {
+    if !gpu() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("archive");
+    ok(tessera(&[
+        "hdr", "synthetic", "--output", &s(&archive), "--brackets", "3", "--size", "200",
+    ]));
+    let response = dir.path().join("response.npz");
+    ok(tessera(&[
+        "hdr", "calibrate", "--input", &s(&archive), "--response", &s(&response), "--recursive",
+    ]));
+    for ranks in [1, 2] {
+        if ranks == 2 && mpirun().is_none() {
+            continue;
+        }
+        for format in ["npy", "zarr"] {
+            let case = dir.path().join(format!("{format}"));
+            std::fs::create_dir_all(&case).unwrap();
+            same_on_both(&case, ranks, &|out| {
+                let target = if format == "zarr" {
+                    out.join("radiance.zarr")
+                } else {
+                    out.join("radiance")
+                };
+                [
+                    "hdr", "merge", "--input", &s(&archive), "--recursive", "--response", &s(&response),
+                    "--output", &s(&target), "--format", format, "--gpu-memory-limit", "1M",
+                ]
+                .map(String::from)
+                .to_vec()
+            });
+            std::fs::remove_dir_all(&case).unwrap();
+        }
+    }
+}
