@@ -18,6 +18,7 @@ pub mod comm;
 pub mod demo;
 pub mod error;
 pub mod exec;
+pub mod gpu;
 pub mod grid;
 pub mod io;
 pub mod job;
