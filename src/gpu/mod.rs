@@ -15,6 +15,9 @@ pub mod kernels;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 
+#[cfg(test)]
+mod harness;
+
 use std::fmt;
 use std::str::FromStr;
 

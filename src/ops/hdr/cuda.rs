@@ -15,14 +15,7 @@ use crate::gpu::cuda::{
 };
 use crate::gpu::kernels;
 
-/// Twin of `MergeGeom` in `debevec.cuh`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct MergeGeom {
-    pub pixels: i64,
-    pub channels: i64,
-    pub exposures: i64,
-}
+use super::debevec::MergeGeom;
 
 // SAFETY: a plain #[repr(C)] struct of i64s, passed by value as a kernel argument.
 unsafe impl DeviceRepr for MergeGeom {}

@@ -34,7 +34,11 @@ TESSERA_HD float tessera_exp_f32(float x) {
     q = q * r + 1.6666665e-1f;
     q = q * r + 0.5f;
     const float e = q * r * r + r + 1.0f;
-    return e * tessera_bits_f32(((u32)((int)n + 127)) << 23);
+    // n is an integer in [-126, 127], or NaN when x is: Rust's `n as i32` and the device's
+    // conversion give 0 for NaN, C++'s (int) is undefined there (the host harness), so NaN
+    // is sent to 0 explicitly. The result is NaN either way (e is NaN).
+    const int ni = n == n ? (int)n : 0;
+    return e * tessera_bits_f32(((u32)(ni + 127)) << 23);
 }
 
 // Merges pixel i, every channel, into out[i * C + k].

@@ -197,6 +197,16 @@ pub fn exp_f32(x: f32) -> f32 {
     e * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
+/// Twin of `MergeGeom` in `debevec.cuh` (the GPU merge's launch geometry; checked against
+/// C's layout by the host harness).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MergeGeom {
+    pub pixels: i64,
+    pub channels: i64,
+    pub exposures: i64,
+}
+
 /// `g(z) - ln t` for every z: the fallback ln E of a pixel in one exposure.
 pub fn single_exposure(g: &[f64], ln_t: f64) -> [f32; 256] {
     std::array::from_fn(|z| (g[z] - ln_t) as f32)

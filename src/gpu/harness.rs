@@ -1,0 +1,1326 @@
+//! Host checks of the GPU kernels' per-thread bodies.
+//!
+//! The bodies live in `.cuh` headers (stitch.cuh, unstitch.cuh, debevec.cuh) that build.rs also
+//! compiles for the host, inside small C++ harnesses that run a whole launch grid on the CPU
+//! (src/ops/quilt/harness.cpp, src/ops/hdr/harness.cpp). These tests feed them the inputs the
+//! GPU path would get and compare the results bit for bit with the CPU kernels, so CI checks
+//! the kernels' arithmetic and indexing without a GPU.
+
+use std::ops::Range;
+use std::os::raw::c_int;
+
+use ndarray::{ArrayD, Axis, IxDyn};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::grid::windows::WindowGrid;
+use crate::ops::hdr::debevec::{self, ChannelMerge, WeightType};
+use crate::ops::hdr::{merge_debevec, Image, Pixels};
+use crate::ops::quilt::kernel::{self, Blend, PatchRef, SplitAccumulator, Weighting};
+
+// The production twins of the kernels' argument structs (checked against C's layout below).
+pub use crate::ops::hdr::debevec::MergeGeom;
+pub use crate::ops::quilt::device::{CutGeom, StitchGeom};
+
+/// A host stitch: the whole block, returning the left-out NaN values.
+type StitchFn<P, O> = unsafe extern "C" fn(
+    *const StitchGeom,
+    *const i64,
+    *const i64,
+    *const f64,
+    *const P,
+    *const P,
+    *mut O,
+    *mut O,
+    *mut O,
+    c_int,
+) -> u64;
+
+/// A host gather of a run of patches out of a box.
+type CutFn<T> = unsafe extern "C" fn(*const CutGeom, *const i64, *const T, *mut T);
+
+extern "C" {
+    fn tessera_host_stitch_f32_f32(
+        g: *const StitchGeom,
+        ranges: *const i64,
+        starts: *const i64,
+        weights: *const f64,
+        patches: *const f32,
+        variances: *const f32,
+        mean: *mut f32,
+        wsum: *mut f32,
+        std: *mut f32,
+        with_wsum: c_int,
+    ) -> u64;
+    fn tessera_host_stitch_f64_f32(
+        g: *const StitchGeom,
+        ranges: *const i64,
+        starts: *const i64,
+        weights: *const f64,
+        patches: *const f64,
+        variances: *const f64,
+        mean: *mut f32,
+        wsum: *mut f32,
+        std: *mut f32,
+        with_wsum: c_int,
+    ) -> u64;
+    fn tessera_host_stitch_f64_f64(
+        g: *const StitchGeom,
+        ranges: *const i64,
+        starts: *const i64,
+        weights: *const f64,
+        patches: *const f64,
+        variances: *const f64,
+        mean: *mut f64,
+        wsum: *mut f64,
+        std: *mut f64,
+        with_wsum: c_int,
+    ) -> u64;
+    fn tessera_host_cut_u8(g: *const CutGeom, starts: *const i64, bx: *const u8, out: *mut u8);
+    fn tessera_host_cut_u16(g: *const CutGeom, starts: *const i64, bx: *const u16, out: *mut u16);
+    fn tessera_host_cut_u32(g: *const CutGeom, starts: *const i64, bx: *const u32, out: *mut u32);
+    fn tessera_host_cut_u64(g: *const CutGeom, starts: *const i64, bx: *const u64, out: *mut u64);
+    fn tessera_host_debevec(
+        g: *const MergeGeom,
+        planes: *const u8,
+        tables: *const f32,
+        fallback: *const f32,
+        out: *mut f32,
+    ) -> u64;
+    fn tessera_host_exp_f32(x: f32) -> f32;
+    fn tessera_host_stitch_geom_layout(out: *mut i64);
+    fn tessera_host_cut_geom_layout(out: *mut i64);
+    fn tessera_host_merge_geom_layout(out: *mut i64);
+}
+
+/// Asserts two equally long sequences of bit patterns are equal, naming the first difference.
+fn assert_same_bits(what: &str, got: &[u64], want: &[u64], context: &dyn std::fmt::Debug) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths differ; {context:?}");
+    if let Some(i) = (0..got.len()).find(|&i| got[i] != want[i]) {
+        let differing = (0..got.len()).filter(|&i| got[i] != want[i]).count();
+        panic!(
+            "{what}: {differing} of {} differ, first at {i}: host {:#x} vs CPU {:#x}; {context:?}",
+            got.len(),
+            got[i],
+            want[i]
+        );
+    }
+}
+
+#[test]
+fn the_rust_twins_have_the_c_layouts() {
+    use std::mem::{offset_of, size_of};
+    let mut s = [0i64; 8];
+    let mut c = [0i64; 5];
+    let mut m = [0i64; 4];
+    // SAFETY: each function writes exactly as many values as its array holds.
+    unsafe {
+        tessera_host_stitch_geom_layout(s.as_mut_ptr());
+        tessera_host_cut_geom_layout(c.as_mut_ptr());
+        tessera_host_merge_geom_layout(m.as_mut_ptr());
+    }
+    let rust_s = [
+        size_of::<StitchGeom>(),
+        offset_of!(StitchGeom, channels),
+        offset_of!(StitchGeom, window),
+        offset_of!(StitchGeom, block),
+        offset_of!(StitchGeom, counts),
+        offset_of!(StitchGeom, first),
+        offset_of!(StitchGeom, offsets),
+        offset_of!(StitchGeom, with_variance),
+    ];
+    let rust_c = [
+        size_of::<CutGeom>(),
+        offset_of!(CutGeom, channels),
+        offset_of!(CutGeom, window),
+        offset_of!(CutGeom, r#box),
+        offset_of!(CutGeom, patches),
+    ];
+    let rust_m = [
+        size_of::<MergeGeom>(),
+        offset_of!(MergeGeom, pixels),
+        offset_of!(MergeGeom, channels),
+        offset_of!(MergeGeom, exposures),
+    ];
+    let as_i64 = |v: &[usize]| v.iter().map(|&x| x as i64).collect::<Vec<_>>();
+    assert_eq!(s.to_vec(), as_i64(&rust_s), "StitchGeom");
+    assert_eq!(c.to_vec(), as_i64(&rust_c), "CutGeom");
+    assert_eq!(m.to_vec(), as_i64(&rust_m), "MergeGeom");
+    assert_eq!(s[0], 15 * 8, "fifteen i64 fields");
+}
+
+/// The launch tables the GPU path builds (`device::stitch_launch`) are the ones these tests
+/// check the kernel with (`stitch_unit`), entry for entry where the kernel reads.
+#[test]
+fn the_production_launch_tables_are_the_checked_ones() {
+    let mut rng = StdRng::seed_from_u64(77);
+    for _ in 0..300 {
+        let case = random_stitch_case(&mut rng);
+        let grid = &WindowGrid {
+            image: case.image.clone(),
+            window: case.window.clone(),
+            step: case.step.clone(),
+        };
+        let (r0, r1) = (case.rows.start, case.rows.end);
+        let (var, c) = (case.with_variance, case.channels);
+        let launch = crate::ops::quilt::device::stitch_launch(grid, c as u64, r0..r1, var);
+        let unit = stitch_unit(grid, r0..r1, c, var, [0; 3]);
+        assert_eq!(launch.geom, unit.geom, "{grid:?} rows {r0}..{r1}");
+        assert_eq!(launch.patches, unit.first..unit.first + unit.patches);
+        for a in 0..3 {
+            let o = launch.geom.offsets[a] as usize;
+            let positions = launch.geom.block[a] as usize;
+            let windows = launch.geom.counts[a] as usize;
+            assert_eq!(
+                &launch.ranges[2 * o..2 * (o + positions)],
+                &unit.ranges[2 * o..2 * (o + positions)]
+            );
+            assert_eq!(&launch.starts[o..o + windows], &unit.starts[o..o + windows]);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// stitch
+
+/// Patch element types the stitch kernels take.
+trait PatchValue: Copy + Into<f64> + Sync + Default + 'static {
+    fn from_f64(x: f64) -> Self;
+}
+
+impl PatchValue for f32 {
+    fn from_f64(x: f64) -> Self {
+        x as f32
+    }
+}
+
+impl PatchValue for f64 {
+    fn from_f64(x: f64) -> Self {
+        x
+    }
+}
+
+/// Output element types of the stitch kernels: rounded once from f64, compared by bits.
+trait OutValue: Copy + Default + 'static {
+    fn from_f64(x: f64) -> Self;
+    fn bits(self) -> u64;
+}
+
+impl OutValue for f32 {
+    fn from_f64(x: f64) -> Self {
+        x as f32
+    }
+    fn bits(self) -> u64 {
+        u64::from(self.to_bits())
+    }
+}
+
+impl OutValue for f64 {
+    fn from_f64(x: f64) -> Self {
+        x
+    }
+    fn bits(self) -> u64 {
+        self.to_bits()
+    }
+}
+
+/// The kernel's inputs for one CPU stitch unit: one image, rows `rows` of its first spatial
+/// axis (the whole of the others), every window overlapping those rows, as stitch.cuh
+/// documents them. A 2-D grid is a 3-D one with a leading axis of length 1.
+#[derive(Debug)]
+struct StitchUnit {
+    geom: StitchGeom,
+    ranges: Vec<i64>,
+    starts: Vec<i64>,
+    /// Spatial origin and shape of the block (the grid's axes).
+    origin: Vec<u64>,
+    block: Vec<u64>,
+    /// Grid index of the first patch, and how many patches.
+    first: u64,
+    patches: u64,
+}
+
+/// Builds a unit's geometry; `pad[a]` unused entries are left after axis a's part of
+/// `ranges` and `starts`, so the kernel must honour `offsets`.
+fn stitch_unit(
+    grid: &WindowGrid,
+    rows: Range<u64>,
+    channels: usize,
+    with_variance: bool,
+    pad: [usize; 3],
+) -> StitchUnit {
+    let nd = grid.ndim();
+    let lead = 3 - nd;
+    let counts = grid.counts();
+    let mut origin = vec![0u64; nd];
+    origin[0] = rows.start;
+    let mut block = grid.image.clone();
+    block[0] = rows.end - rows.start;
+    let mut geom = StitchGeom {
+        channels: channels as i64,
+        with_variance: i64::from(with_variance),
+        ..StitchGeom::default()
+    };
+    let (mut ranges, mut starts) = (Vec::new(), Vec::new());
+    for (a3, &pad) in pad.iter().enumerate() {
+        geom.offsets[a3] = starts.len() as i64;
+        // (windows covering each block position, each window's start relative to the block)
+        let (part_ranges, part_starts): (Vec<(i64, i64)>, Vec<i64>) = if a3 < lead {
+            geom.window[a3] = 1;
+            geom.block[a3] = 1;
+            geom.counts[a3] = 1;
+            (vec![(0, 1)], vec![0])
+        } else {
+            let a = a3 - lead;
+            geom.window[a3] = grid.window[a] as i64;
+            geom.block[a3] = block[a] as i64;
+            geom.counts[a3] = counts[a] as i64;
+            let o = origin[a];
+            let r = (0..block[a])
+                .map(|i| {
+                    let w = grid.overlapping(a, o + i..o + i + 1);
+                    (w.start as i64, w.end as i64)
+                })
+                .collect();
+            let s = grid
+                .starts(a)
+                .iter()
+                .map(|&s| s as i64 - o as i64)
+                .collect();
+            (r, s)
+        };
+        // Both parts begin at offsets[a] (ranges in pairs), so each takes the longer length.
+        let len = part_ranges.len().max(part_starts.len()) + pad;
+        for (lo, hi) in &part_ranges {
+            ranges.extend([*lo, *hi]);
+        }
+        let mut s = part_starts;
+        // Padding that would change results if read: empty ranges (-1, -1), starts 0.
+        s.resize(len, 0);
+        starts.extend(s);
+        ranges.resize(2 * starts.len(), -1);
+    }
+    let windows = grid.overlapping(0, rows);
+    let per_row = grid.per_image() / counts[0];
+    let first = windows.start * per_row;
+    geom.first = first as i64;
+    StitchUnit {
+        geom,
+        ranges,
+        starts,
+        origin,
+        block,
+        first,
+        patches: (windows.end - windows.start) * per_row,
+    }
+}
+
+/// What one stitch comparison exercised, for the coverage checks.
+#[derive(Debug, Default)]
+struct StitchStats {
+    cases: u64,
+    pixels: u64,
+    left_out: u64,
+    uncovered: u64,
+    snapped: u64,
+    with_std: u64,
+    grouped: u64,
+}
+
+/// One random stitch problem.
+#[derive(Clone, Debug)]
+struct StitchCase {
+    image: Vec<u64>,
+    window: Vec<u64>,
+    step: Vec<u64>,
+    allow_gaps: bool,
+    rows: Range<u64>,
+    channels: usize,
+    weighting: Weighting,
+    with_variance: bool,
+    with_wsum: bool,
+    /// Probability of a NaN at each patch value and at each variance.
+    nan_rate: f64,
+    /// Parts of the CPU's SplitAccumulator.
+    parts: usize,
+    pad: [usize; 3],
+    /// Patch values are uniform in [-scale, scale].
+    scale: f64,
+}
+
+fn random_stitch_case(rng: &mut StdRng) -> StitchCase {
+    let nd = if rng.random_bool(0.5) { 2 } else { 3 };
+    let max_extent = if nd == 2 { 20 } else { 9 };
+    let image: Vec<u64> = (0..nd).map(|_| rng.random_range(1..=max_extent)).collect();
+    let window: Vec<u64> = image.iter().map(|&d| rng.random_range(1..=d)).collect();
+    let allow_gaps = rng.random_bool(0.1);
+    let step: Vec<u64> = window
+        .iter()
+        .map(|&w| {
+            if allow_gaps {
+                rng.random_range(1..=w + 2)
+            } else {
+                rng.random_range(1..=w)
+            }
+        })
+        .collect();
+    let d0 = image[0];
+    let len = rng.random_range(1..=d0);
+    let rows = match rng.random_range(0..4) {
+        0 => 0..len,
+        1 => d0 - len..d0,
+        2 => {
+            let s = rng.random_range(0..=d0 - len);
+            s..s + len
+        }
+        _ => 0..d0,
+    };
+    let blend = [Blend::Border, Blend::Gaussian, Blend::Hann][rng.random_range(0..3)];
+    let border = window
+        .iter()
+        .map(|&w| {
+            // check_border's rule: 0, or less than half the window.
+            let most = w.div_ceil(2) - 1;
+            if most == 0 || rng.random_bool(0.3) {
+                0
+            } else {
+                rng.random_range(1..=most)
+            }
+        })
+        .collect();
+    let border_weight = if rng.random_bool(0.2) {
+        0.0
+    } else {
+        rng.random::<f64>()
+    };
+    StitchCase {
+        image,
+        window,
+        step,
+        allow_gaps,
+        rows,
+        channels: [1, 2, 3, 5][rng.random_range(0..4)],
+        weighting: Weighting {
+            blend,
+            border,
+            border_weight,
+            sigma: rng.random_range(0.05..0.6),
+        },
+        with_variance: rng.random_bool(0.5),
+        with_wsum: rng.random_bool(0.8),
+        nan_rate: [0.0, 0.01, 0.05, 0.3][rng.random_range(0..4)],
+        parts: rng.random_range(1..=3),
+        pad: [
+            rng.random_range(0..3),
+            rng.random_range(0..3),
+            rng.random_range(0..3),
+        ],
+        scale: 10f64.powi(rng.random_range(-3..4)),
+    }
+}
+
+/// Results of one stitch, flat: mean (C, block), weights (block), std (C, block).
+struct StitchOut<O> {
+    mean: Vec<O>,
+    wsum: Vec<O>,
+    std: Vec<O>,
+    left_out: u64,
+}
+
+/// Runs the host kernel on a unit, every output pre-filled with a sentinel.
+#[allow(clippy::too_many_arguments)]
+fn host_stitch<P: PatchValue, O: OutValue>(
+    host: StitchFn<P, O>,
+    unit: &StitchUnit,
+    weights: &[f64],
+    patches: &[P],
+    variances: Option<&[P]>,
+    with_wsum: bool,
+    sentinel: O,
+) -> StitchOut<O> {
+    let g = &unit.geom;
+    let bsize = (g.block[0] * g.block[1] * g.block[2]) as usize;
+    let c = g.channels as usize;
+    let wsize = (g.window[0] * g.window[1] * g.window[2]) as usize;
+    assert_eq!(weights.len(), wsize);
+    assert_eq!(patches.len(), unit.patches as usize * c * wsize);
+    assert_eq!(variances.is_some(), g.with_variance != 0);
+    let mut out = StitchOut {
+        mean: vec![sentinel; c * bsize],
+        wsum: vec![sentinel; bsize],
+        std: vec![sentinel; if variances.is_some() { c * bsize } else { 0 }],
+        left_out: 0,
+    };
+    let null = |v: &mut Vec<O>| {
+        if v.is_empty() {
+            std::ptr::null_mut()
+        } else {
+            v.as_mut_ptr()
+        }
+    };
+    let std_ptr = null(&mut out.std);
+    // SAFETY: the buffers have the sizes stitch.cuh documents for this geometry, ranges and
+    // starts were built for it (stitch_unit), and std is null only without variances.
+    out.left_out = unsafe {
+        host(
+            g,
+            unit.ranges.as_ptr(),
+            unit.starts.as_ptr(),
+            weights.as_ptr(),
+            patches.as_ptr(),
+            variances.map_or(std::ptr::null(), |v| v.as_ptr()),
+            out.mean.as_mut_ptr(),
+            out.wsum.as_mut_ptr(),
+            std_ptr,
+            c_int::from(with_wsum),
+        )
+    };
+    out
+}
+
+/// Random patches (M, C, *window) with NaN sprinkled at `nan_rate`, and variances (>= 0).
+fn random_patches<P: PatchValue>(
+    rng: &mut StdRng,
+    shape: &[usize],
+    nan_rate: f64,
+    scale: f64,
+) -> (ArrayD<P>, ArrayD<P>) {
+    let mut value = |variance: bool| {
+        if nan_rate > 0.0 && rng.random_bool(nan_rate) {
+            return P::from_f64(f64::NAN);
+        }
+        let u: f64 = rng.random();
+        P::from_f64(if variance {
+            u * scale * scale
+        } else {
+            (2.0 * u - 1.0) * scale
+        })
+    };
+    let p = ArrayD::from_shape_simple_fn(IxDyn(shape), || value(false));
+    let v = ArrayD::from_shape_simple_fn(IxDyn(shape), || value(true));
+    (p, v)
+}
+
+/// Compares the host stitch of one random case with the CPU's SplitAccumulator, bit for bit.
+fn check_stitch<P: PatchValue, O: OutValue>(
+    rng: &mut StdRng,
+    case: &StitchCase,
+    host: StitchFn<P, O>,
+    stats: &mut StitchStats,
+) {
+    let grid = WindowGrid::new(&case.image, &case.window, &case.step, case.allow_gaps)
+        .expect("valid geometry");
+    let unit = stitch_unit(
+        &grid,
+        case.rows.clone(),
+        case.channels,
+        case.with_variance,
+        case.pad,
+    );
+    let w = kernel::weights(&grid.window, &case.weighting);
+    let wflat: Vec<f64> = w.iter().copied().collect();
+    let mut shape = vec![unit.patches as usize, case.channels];
+    shape.extend(grid.window.iter().map(|&n| n as usize));
+    let (patches, variances) = random_patches::<P>(rng, &shape, case.nan_rate, case.scale);
+    let pflat: Vec<P> = patches.iter().copied().collect();
+    let vflat: Vec<P> = variances.iter().copied().collect();
+    let sentinel = O::from_f64(-123_456.5);
+    let got = host_stitch(
+        host,
+        &unit,
+        &wflat,
+        &pflat,
+        case.with_variance.then_some(&vflat[..]),
+        case.with_wsum,
+        sentinel,
+    );
+
+    // The CPU stitch unit: the same patches, in grid order, into a split accumulator.
+    let refs: Vec<PatchRef<'_, P>> = (0..unit.patches as usize)
+        .map(|j| {
+            (
+                patches.index_axis(Axis(0), j),
+                case.with_variance.then(|| variances.index_axis(Axis(0), j)),
+                grid.window_start(unit.first + j as u64),
+            )
+        })
+        .collect();
+    let mut acc = SplitAccumulator::new(
+        case.channels,
+        &unit.origin,
+        &unit.block,
+        case.with_variance,
+        case.parts,
+    );
+    acc.add_all(&refs, &w);
+    let bits = |v: &[O]| v.iter().map(|x| x.bits()).collect::<Vec<_>>();
+    let cpu_bits = |a: ArrayD<O>| a.iter().map(|x| x.bits()).collect::<Vec<_>>();
+    let ctx: &dyn std::fmt::Debug = &(case, &unit.geom);
+    assert_same_bits(
+        "mean",
+        &bits(&got.mean),
+        &cpu_bits(acc.mean_with(O::from_f64)),
+        ctx,
+    );
+    let weights = acc.weights();
+    if case.with_wsum {
+        assert_same_bits(
+            "weights",
+            &bits(&got.wsum),
+            &cpu_bits(weights.mapv(O::from_f64)),
+            ctx,
+        );
+    } else {
+        assert!(
+            got.wsum.iter().all(|x| x.bits() == sentinel.bits()),
+            "weights written without with_wsum; {ctx:?}"
+        );
+    }
+    match acc.std() {
+        Some(std) => assert_same_bits(
+            "std",
+            &bits(&got.std),
+            &cpu_bits(std.mapv(O::from_f64)),
+            ctx,
+        ),
+        None => assert!(got.std.is_empty()),
+    }
+    assert_eq!(got.left_out, acc.nan_pixels(), "left-out count; {ctx:?}");
+
+    stats.cases += 1;
+    stats.pixels += weights.len() as u64;
+    stats.left_out += got.left_out;
+    stats.uncovered += weights.iter().filter(|&&x| x == 0.0).count() as u64;
+    let snapped = (0..grid.ndim()).any(|a| {
+        let s = grid.starts(a);
+        s.len() > 1 && s[s.len() - 1] != (s.len() as u64 - 1) * grid.step[a]
+    });
+    stats.snapped += u64::from(snapped);
+    stats.with_std += u64::from(case.with_variance);
+    stats.grouped += u64::from(case.channels > 4 && unit.patches > 0);
+}
+
+#[test]
+fn stitch_matches_the_cpu_accumulator_bit_for_bit() {
+    let mut rng = StdRng::seed_from_u64(0x5717C4);
+    let mut stats = StitchStats::default();
+    for _ in 0..160 {
+        let case = random_stitch_case(&mut rng);
+        check_stitch::<f32, f32>(&mut rng, &case, tessera_host_stitch_f32_f32, &mut stats);
+        check_stitch::<f64, f32>(&mut rng, &case, tessera_host_stitch_f64_f32, &mut stats);
+        check_stitch::<f64, f64>(&mut rng, &case, tessera_host_stitch_f64_f64, &mut stats);
+    }
+    // The random cases reached every path: NaN left out, pixels no valid patch covers (mean
+    // NaN), snapped last windows, the std, and a second channel group.
+    assert_eq!(stats.cases, 480);
+    assert!(stats.left_out > 1000, "{stats:?}");
+    assert!(stats.uncovered > 50, "{stats:?}");
+    assert!(stats.snapped > 50, "{stats:?}");
+    assert!(stats.with_std > 100, "{stats:?}");
+    assert!(stats.grouped > 50, "{stats:?}");
+}
+
+/// Larger 3-D and 2-D units of five channels with a std, NaN in patches and variances, in the
+/// top, middle and bottom of the image: the cases the GPU path meets most.
+#[test]
+fn stitch_of_slabs_matches_for_five_channels_with_std() {
+    let mut rng = StdRng::seed_from_u64(0x51AB5);
+    let mut stats = StitchStats::default();
+    let geometries: [(&[u64], &[u64], &[u64]); 3] = [
+        (&[11, 13, 17], &[4, 5, 6], &[3, 4, 4]),
+        (&[37, 29], &[8, 7], &[5, 3]),
+        (&[7, 9, 8], &[7, 3, 3], &[2, 2, 2]),
+    ];
+    for (image, window, step) in geometries {
+        let d0 = image[0];
+        for rows in [0..3, d0 / 2 - 1..d0 / 2 + 2, d0 - 4..d0, 0..d0] {
+            for blend in [Blend::Border, Blend::Gaussian, Blend::Hann] {
+                let case = StitchCase {
+                    image: image.to_vec(),
+                    window: window.to_vec(),
+                    step: step.to_vec(),
+                    allow_gaps: false,
+                    rows: rows.clone(),
+                    channels: 5,
+                    weighting: Weighting {
+                        blend,
+                        border: vec![1; image.len()],
+                        border_weight: 0.25,
+                        sigma: 0.2,
+                    },
+                    with_variance: true,
+                    with_wsum: true,
+                    nan_rate: 0.02,
+                    parts: 2,
+                    pad: [1, 0, 2],
+                    scale: 3.0,
+                };
+                check_stitch::<f32, f32>(&mut rng, &case, tessera_host_stitch_f32_f32, &mut stats);
+                check_stitch::<f64, f32>(&mut rng, &case, tessera_host_stitch_f64_f32, &mut stats);
+                check_stitch::<f64, f64>(&mut rng, &case, tessera_host_stitch_f64_f64, &mut stats);
+            }
+        }
+    }
+    assert_eq!(stats.cases, 3 * 4 * 3 * 3);
+    assert!(stats.left_out > 0 && stats.grouped == stats.cases);
+}
+
+/// A 1-channel 4x4 image as the CPU kernel's numbers say it, worked out by hand.
+#[test]
+fn stitch_hand_checked() {
+    let flat = |a: &[[f64; 4]]| a.iter().flatten().copied().collect::<Vec<f64>>();
+    let uniform = Weighting {
+        blend: Blend::Border,
+        border: vec![0, 0],
+        border_weight: 0.5,
+        sigma: 0.125,
+    };
+    let w = kernel::weights(&[2, 2], &uniform);
+    assert!(w.iter().all(|&x| x == 1.0));
+    let wflat: Vec<f64> = w.iter().copied().collect();
+
+    // Step 2: four windows that tile the image; window k = 2 ky + kx holds 10 k + 2 i + j
+    // at its pixel (i, j), so each pixel is its one patch's value with weight 1.
+    let grid = WindowGrid::new(&[4, 4], &[2, 2], &[2, 2], false).unwrap();
+    let unit = stitch_unit(&grid, 0..4, 1, false, [0; 3]);
+    let patches: Vec<f64> = (0..4)
+        .flat_map(|k| (0..4).map(move |p| f64::from(10 * k + p)))
+        .collect();
+    let got = host_stitch(
+        tessera_host_stitch_f64_f64,
+        &unit,
+        &wflat,
+        &patches,
+        None,
+        true,
+        -1.0,
+    );
+    let expect = flat(&[
+        [0.0, 1.0, 10.0, 11.0],
+        [2.0, 3.0, 12.0, 13.0],
+        [20.0, 21.0, 30.0, 31.0],
+        [22.0, 23.0, 32.0, 33.0],
+    ]);
+    assert_eq!(got.mean, expect);
+    assert_eq!(got.wsum, vec![1.0; 16]);
+    assert_eq!(got.left_out, 0);
+
+    // Step 1: nine windows at (ky, kx) in {0, 1, 2}^2; window k = 3 ky + kx is the constant
+    // k with variance 1. Along an axis the windows over pixels 0..4 are {0}, {0, 1}, {1, 2},
+    // {2}: means a = (0, 0.5, 1.5, 2) and variances v = (0, 0.25, 0.25, 0), so pixel (y, x)
+    // has mean 3 a(y) + a(x), weight n(y) n(x) with n = (1, 2, 2, 1), and std^2 (the mixture
+    // variance) 1 + 9 v(y) + v(x).
+    let grid = WindowGrid::new(&[4, 4], &[2, 2], &[1, 1], false).unwrap();
+    let unit = stitch_unit(&grid, 0..4, 1, true, [0; 3]);
+    // The documented layout: z first (one block position, one window), then y and x, each part
+    // max(block, windows) = 4 long.
+    assert_eq!(unit.geom.offsets, [0, 1, 5]);
+    assert_eq!(unit.geom.counts, [1, 3, 3]);
+    assert_eq!(unit.geom.block, [1, 4, 4]);
+    assert_eq!(unit.geom.window, [1, 2, 2]);
+    assert_eq!((unit.geom.first, unit.patches), (0, 9));
+    let yx = [0, 1, 0, 2, 1, 3, 2, 3];
+    assert_eq!(unit.ranges[..2], [0, 1]);
+    assert_eq!(unit.ranges[2..10], yx);
+    assert_eq!(unit.ranges[10..18], yx);
+    assert_eq!(unit.starts[..4], [0, 0, 1, 2]);
+    assert_eq!(unit.starts[5..8], [0, 1, 2]);
+    let patches: Vec<f64> = (0..9)
+        .flat_map(|k| std::iter::repeat_n(f64::from(k), 4))
+        .collect();
+    let variances = vec![1.0; 36];
+    let got = host_stitch(
+        tessera_host_stitch_f64_f64,
+        &unit,
+        &wflat,
+        &patches,
+        Some(&variances),
+        true,
+        -1.0,
+    );
+    let mean = flat(&[
+        [0.0, 0.5, 1.5, 2.0],
+        [1.5, 2.0, 3.0, 3.5],
+        [4.5, 5.0, 6.0, 6.5],
+        [6.0, 6.5, 7.5, 8.0],
+    ]);
+    let wsum = flat(&[
+        [1.0, 2.0, 2.0, 1.0],
+        [2.0, 4.0, 4.0, 2.0],
+        [2.0, 4.0, 4.0, 2.0],
+        [1.0, 2.0, 2.0, 1.0],
+    ]);
+    let std2 = flat(&[
+        [1.0, 1.25, 1.25, 1.0],
+        [3.25, 3.5, 3.5, 3.25],
+        [3.25, 3.5, 3.5, 3.25],
+        [1.0, 1.25, 1.25, 1.0],
+    ]);
+    // Every intermediate is a small multiple of 1/4, so the f64 sums are exact and std is the
+    // correctly rounded square root.
+    let std: Vec<f64> = std2.iter().map(|x| x.sqrt()).collect();
+    assert_eq!(got.mean, mean);
+    assert_eq!(got.wsum, wsum);
+    assert_eq!(got.std, std);
+    assert_eq!(got.left_out, 0);
+
+    // The CPU kernel says the same.
+    let mut acc = kernel::Accumulator::new(1, &[0, 0], &[4, 4], true);
+    for k in 0..9u64 {
+        let p = ArrayD::from_elem(IxDyn(&[1, 2, 2]), k as f64);
+        let v = ArrayD::from_elem(IxDyn(&[1, 2, 2]), 1.0);
+        acc.add(&p.view(), Some(&v.view()), &grid.window_start(k), &w);
+    }
+    assert_eq!(acc.mean().iter().copied().collect::<Vec<_>>(), mean);
+    assert_eq!(acc.weights.iter().copied().collect::<Vec<_>>(), wsum);
+    assert_eq!(acc.std().unwrap().iter().copied().collect::<Vec<_>>(), std);
+
+    // A NaN at pixel (0, 0) of the centre window (k = 4, image pixel (1, 1)) leaves that
+    // pixel with windows 0, 1, 3: mean 4/3, weight 3, second moment (1 + 2 + 10) / 3, one
+    // value left out; no other pixel changes.
+    let mut with_nan = patches.clone();
+    with_nan[4 * 4] = f64::NAN;
+    let got = host_stitch(
+        tessera_host_stitch_f64_f64,
+        &unit,
+        &wflat,
+        &with_nan,
+        Some(&variances),
+        true,
+        -1.0,
+    );
+    let mut mean_nan = mean.clone();
+    mean_nan[5] = 4.0 / 3.0;
+    let mut wsum_nan = wsum.clone();
+    wsum_nan[5] = 3.0;
+    let mut std_nan = std.clone();
+    std_nan[5] = (13.0f64 / 3.0 - (4.0 / 3.0) * (4.0 / 3.0)).sqrt();
+    assert!((std_nan[5] - 23f64.sqrt() / 3.0).abs() < 1e-15);
+    assert_eq!(got.mean, mean_nan);
+    assert_eq!(got.wsum, wsum_nan);
+    assert_eq!(got.std, std_nan);
+    assert_eq!(got.left_out, 1);
+
+    // The middle rows 1..3 as a unit of their own: windows start at -1, 0, 1 relative to
+    // it, all nine overlap it, and the numbers are rows 1 and 2 of the whole.
+    let unit = stitch_unit(&grid, 1..3, 1, true, [0; 3]);
+    assert_eq!(unit.ranges[2..6], [0, 2, 1, 3]);
+    assert_eq!(unit.starts[1..4], [-1, 0, 1]);
+    assert_eq!((unit.geom.first, unit.patches), (0, 9));
+    let got = host_stitch(
+        tessera_host_stitch_f64_f64,
+        &unit,
+        &wflat,
+        &patches,
+        Some(&variances),
+        true,
+        -1.0,
+    );
+    assert_eq!(got.mean, mean[4..12]);
+    assert_eq!(got.wsum, wsum[4..12]);
+    assert_eq!(got.std, std[4..12]);
+
+    // The bottom row alone: only window row 2 overlaps it (first = 2 x 3 windows per row).
+    let unit = stitch_unit(&grid, 3..4, 1, false, [0; 3]);
+    assert_eq!((unit.geom.first, unit.patches), (6, 3));
+    let got = host_stitch(
+        tessera_host_stitch_f64_f64,
+        &unit,
+        &wflat,
+        &patches[6 * 4..],
+        None,
+        true,
+        -1.0,
+    );
+    assert_eq!(got.mean, mean[12..]);
+    assert_eq!(got.wsum, wsum[12..]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// unstitch
+
+/// Element types of the gather, made from random bits.
+trait CutValue: Copy + PartialEq + std::fmt::Debug + 'static {
+    fn from_bits(x: u64) -> Self;
+}
+
+impl CutValue for u8 {
+    fn from_bits(x: u64) -> Self {
+        x as u8
+    }
+}
+impl CutValue for u16 {
+    fn from_bits(x: u64) -> Self {
+        x as u16
+    }
+}
+impl CutValue for u32 {
+    fn from_bits(x: u64) -> Self {
+        x as u32
+    }
+}
+impl CutValue for u64 {
+    fn from_bits(x: u64) -> Self {
+        x
+    }
+}
+
+/// Compares one random gather with kernel::cut_window per patch; returns the elements checked.
+fn check_cut<T: CutValue>(rng: &mut StdRng, host: CutFn<T>) -> usize {
+    let nd = if rng.random_bool(0.5) { 2 } else { 3 };
+    let channels = rng.random_range(1..=4usize);
+    let bx: Vec<u64> = (0..nd).map(|_| rng.random_range(1..=12)).collect();
+    let window: Vec<u64> = bx.iter().map(|&d| rng.random_range(1..=d)).collect();
+    let m = rng.random_range(1..=6usize);
+    let starts: Vec<Vec<u64>> = (0..m)
+        .map(|_| {
+            bx.iter()
+                .zip(&window)
+                .map(|(&d, &w)| rng.random_range(0..=d - w))
+                .collect()
+        })
+        .collect();
+    let mut shape = vec![channels];
+    shape.extend(bx.iter().map(|&n| n as usize));
+    let image = ArrayD::from_shape_simple_fn(IxDyn(&shape), || T::from_bits(rng.random()));
+    let lift = |v: &[u64], fill: u64| {
+        let mut out = [fill as i64; 3];
+        for (o, &x) in out[3 - v.len()..].iter_mut().zip(v) {
+            *o = x as i64;
+        }
+        out
+    };
+    let geom = CutGeom {
+        channels: channels as i64,
+        window: lift(&window, 1),
+        r#box: lift(&bx, 1),
+        patches: m as i64,
+    };
+    let flat_starts: Vec<i64> = starts.iter().flat_map(|s| lift(s, 0)).collect();
+    let boxflat: Vec<T> = image.iter().copied().collect();
+    let wsize: u64 = window.iter().product();
+    let sentinel = T::from_bits(0xA5A5_A5A5_A5A5_A5A5);
+    let mut out = vec![sentinel; m * channels * wsize as usize];
+    // SAFETY: out holds patches x channels x window elements, starts 3 per patch, and every
+    // window lies inside the box.
+    unsafe {
+        host(
+            &geom,
+            flat_starts.as_ptr(),
+            boxflat.as_ptr(),
+            out.as_mut_ptr(),
+        )
+    };
+    let expect: Vec<T> = starts
+        .iter()
+        .flat_map(|s| {
+            let p = kernel::cut_window(&image.view(), s, &window);
+            p.iter().copied().collect::<Vec<T>>()
+        })
+        .collect();
+    assert_eq!(out, expect, "{geom:?} starts {starts:?}");
+    out.len()
+}
+
+#[test]
+fn unstitch_gather_matches_cut_window() {
+    let mut rng = StdRng::seed_from_u64(0xC07);
+    let mut elements = 0;
+    for _ in 0..100 {
+        elements += check_cut::<u8>(&mut rng, tessera_host_cut_u8);
+        elements += check_cut::<u16>(&mut rng, tessera_host_cut_u16);
+        elements += check_cut::<u32>(&mut rng, tessera_host_cut_u32);
+        elements += check_cut::<u64>(&mut rng, tessera_host_cut_u64);
+    }
+    assert!(elements > 10_000);
+}
+
+#[test]
+fn unstitch_gather_hand_checked() {
+    // kernel.rs's cut_window_hand_checked, through the gather: a (2, 5, 6) box holding
+    // 100 c + 10 y + x, the 3 x 2 window at (1, 2), then a second one at (2, 4).
+    let image: Vec<u16> = (0..2)
+        .flat_map(|c| (0..5).flat_map(move |y| (0..6).map(move |x| 100 * c + 10 * y + x)))
+        .collect();
+    let geom = CutGeom {
+        channels: 2,
+        window: [1, 3, 2],
+        r#box: [1, 5, 6],
+        patches: 2,
+    };
+    let starts = [0i64, 1, 2, 0, 2, 4];
+    let mut out = vec![0u16; 2 * 2 * 6];
+    // SAFETY: sizes as the geometry says; both windows lie inside the box.
+    unsafe { tessera_host_cut_u16(&geom, starts.as_ptr(), image.as_ptr(), out.as_mut_ptr()) };
+    #[rustfmt::skip]
+    let expect = [
+        12, 13, 22, 23, 32, 33, 112, 113, 122, 123, 132, 133,
+        24, 25, 34, 35, 44, 45, 124, 125, 134, 135, 144, 145,
+    ];
+    assert_eq!(out, expect);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Debevec merge
+
+/// Counts of what one merge comparison exercised.
+#[derive(Debug, Default)]
+struct MergeStats {
+    values: u64,
+    unusable: u64,
+    fallback_short: u64,
+    fallback_long: u64,
+    clamped: u64,
+}
+
+/// A response curve like a real one: increasing with small wiggles, g(128) = 0; `spread` sets
+/// its range (large ones push ln E past exp_f32's clamps).
+fn random_response(rng: &mut StdRng, spread: f64) -> Vec<f64> {
+    let mut g = Vec::with_capacity(256);
+    let mut v = 0.0;
+    for _ in 0..256 {
+        g.push(v);
+        let step = rng.random_range(-0.2..1.0) * spread / 128.0;
+        v += step;
+    }
+    let anchor = g[128];
+    g.iter().map(|x| x - anchor).collect()
+}
+
+/// Pixel values of one bracket, planes[(j * C + k) * N + i]: random, with whole pixels black
+/// or saturated in every exposure and channel, and pixels of only 0 and 255.
+fn random_planes(rng: &mut StdRng, e: usize, c: usize, n: usize) -> Vec<u8> {
+    let mut planes = vec![0u8; e * c * n];
+    for i in 0..n {
+        let kind = rng.random_range(0..10);
+        for j in 0..e {
+            for k in 0..c {
+                planes[(j * c + k) * n + i] = match kind {
+                    0 => 255,
+                    1 => 0,
+                    2 => [0, 255][rng.random_range(0..2)],
+                    3 => [0, 1, 127, 128, 254, 255][rng.random_range(0..6)],
+                    _ => rng.random(),
+                };
+            }
+        }
+    }
+    planes
+}
+
+/// Compares the host merge with debevec::merge_pixels (and merge_debevec on Images).
+fn check_debevec(
+    rng: &mut StdRng,
+    c: usize,
+    e: usize,
+    kind: WeightType,
+    spread: f64,
+    stats: &mut MergeStats,
+) {
+    let (height, width) = (rng.random_range(1..=40), rng.random_range(1..=12));
+    let n = height * width;
+    let g: Vec<Vec<f64>> = (0..c).map(|_| random_response(rng, spread)).collect();
+    let mut ln_t: Vec<f64> = (0..e).map(|_| rng.random_range(-9.0..2.0)).collect();
+    ln_t.sort_by(f64::total_cmp);
+    let planes = random_planes(rng, e, c, n);
+    let tables: Vec<_> = g
+        .iter()
+        .map(|gk| debevec::merge_tables(gk, &ln_t, kind))
+        .collect();
+    let fallbacks: Vec<_> = g
+        .iter()
+        .map(|gk| {
+            (
+                debevec::single_exposure(gk, ln_t[0]),
+                debevec::single_exposure(gk, ln_t[e - 1]),
+            )
+        })
+        .collect();
+    // The kernel's layouts (debevec.cuh).
+    let tables_flat: Vec<f32> = tables
+        .iter()
+        .flatten()
+        .flat_map(|t| t.iter().flat_map(|&(w, v)| [w, v]))
+        .collect();
+    let fallback_flat: Vec<f32> = fallbacks
+        .iter()
+        .flat_map(|(s, l)| s.iter().chain(l.iter()).copied())
+        .collect();
+    assert_eq!(tables_flat.len(), c * e * 256 * 2);
+    let geom = MergeGeom {
+        pixels: n as i64,
+        channels: c as i64,
+        exposures: e as i64,
+    };
+    let mut got = vec![f32::from_bits(0x7fa5_a5a5); n * c];
+    // SAFETY: every buffer has the size debevec.cuh documents for this geometry.
+    let got_unusable = unsafe {
+        tessera_host_debevec(
+            &geom,
+            planes.as_ptr(),
+            tables_flat.as_ptr(),
+            fallback_flat.as_ptr(),
+            got.as_mut_ptr(),
+        )
+    };
+
+    let channels: Vec<ChannelMerge> = (0..c)
+        .map(|k| ChannelMerge {
+            planes: (0..e)
+                .map(|j| &planes[(j * c + k) * n..(j * c + k + 1) * n])
+                .collect(),
+            tables: &tables[k],
+            fallback: (&fallbacks[k].0, &fallbacks[k].1),
+        })
+        .collect();
+    let mut want = vec![0.0f32; n * c];
+    let want_unusable = debevec::merge_pixels(&channels, &mut want);
+    let bits = |v: &[f32]| v.iter().map(|x| u64::from(x.to_bits())).collect::<Vec<_>>();
+    let ctx: &dyn std::fmt::Debug = &(c, e, kind, spread, &ln_t);
+    assert_same_bits("radiance", &bits(&got), &bits(&want), ctx);
+    assert_eq!(got_unusable, want_unusable, "unusable; {ctx:?}");
+
+    // The whole-image path (rayon blocks of 16 rows): planar (C, H, W) images.
+    let images: Vec<Image> = (0..e)
+        .map(|j| Image {
+            channels: c,
+            height,
+            width,
+            pixels: Pixels::U8(planes[j * c * n..(j + 1) * c * n].to_vec()),
+        })
+        .collect();
+    let merged = merge_debevec(&images, &ln_t, &g, kind);
+    assert_same_bits("merge_debevec", &bits(&got), &bits(&merged.data), ctx);
+    assert_eq!(got_unusable, merged.unusable);
+
+    stats.values += (n * c) as u64;
+    stats.unusable += got_unusable;
+    for k in 0..c {
+        for i in 0..n {
+            let sw: f32 = (0..e)
+                .map(|j| tables[k][j][planes[(j * c + k) * n + i] as usize].0)
+                .sum();
+            if sw > 0.0 {
+                let ln_e = got[i * c + k].ln();
+                stats.clamped += u64::from(!(-86.9..87.9).contains(&ln_e));
+            } else if planes[k * n + i] >= 128 {
+                stats.fallback_short += 1;
+            } else {
+                stats.fallback_long += 1;
+            }
+        }
+    }
+}
+
+#[test]
+fn debevec_merge_matches_the_cpu_merge_bit_for_bit() {
+    let mut rng = StdRng::seed_from_u64(0xDEBE7EC);
+    let mut stats = MergeStats::default();
+    let mut cases = 0;
+    for kind in [WeightType::Triangle, WeightType::Sine] {
+        for c in [1, 3] {
+            for e in 1..=8 {
+                for spread in [3.0, 12.0, 300.0] {
+                    check_debevec(&mut rng, c, e, kind, spread, &mut stats);
+                    cases += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(cases, 2 * 2 * 8 * 3);
+    assert!(stats.values > 10_000, "{stats:?}");
+    // Both fallbacks ran (for Sine only the dark one can: sin(pi) as f32 is not 0, so 255
+    // keeps a tiny weight), and radiances reached exp_f32's clamps.
+    assert!(stats.fallback_short > 100, "{stats:?}");
+    assert!(stats.fallback_long > 100, "{stats:?}");
+    assert_eq!(stats.unusable, stats.fallback_short + stats.fallback_long);
+    assert!(stats.clamped > 10, "{stats:?}");
+}
+
+/// Tables made up at random, most weights zero: the fallback runs at every value, so its
+/// choice of exposure is checked at z = 127 and 128 too (real weights are positive there).
+#[test]
+fn debevec_merge_with_synthetic_tables_matches() {
+    let mut rng = StdRng::seed_from_u64(0x7AB1E);
+    let (mut edges, mut values) = (0, 0);
+    for _ in 0..60 {
+        let c = [1, 3][rng.random_range(0..2)];
+        let e = rng.random_range(1..=4);
+        let n = rng.random_range(1..=200);
+        let table = |rng: &mut StdRng| -> [(f32, f32); 256] {
+            std::array::from_fn(|_| {
+                let w = if rng.random_bool(0.7) {
+                    0.0
+                } else {
+                    rng.random_range(0.0..2.0)
+                };
+                (w, rng.random_range(-20.0..20.0))
+            })
+        };
+        let tables: Vec<Vec<[(f32, f32); 256]>> = (0..c)
+            .map(|_| (0..e).map(|_| table(&mut rng)).collect())
+            .collect();
+        let fallbacks: Vec<([f32; 256], [f32; 256])> = (0..c)
+            .map(|_| {
+                (
+                    std::array::from_fn(|_| rng.random_range(-90.0..90.0)),
+                    std::array::from_fn(|_| rng.random_range(-90.0..90.0)),
+                )
+            })
+            .collect();
+        let planes: Vec<u8> = (0..e * c * n)
+            .map(|_| {
+                if rng.random_bool(0.3) {
+                    rng.random_range(126..=129)
+                } else {
+                    rng.random()
+                }
+            })
+            .collect();
+        let tables_flat: Vec<f32> = tables
+            .iter()
+            .flatten()
+            .flat_map(|t| t.iter().flat_map(|&(w, v)| [w, v]))
+            .collect();
+        let fallback_flat: Vec<f32> = fallbacks
+            .iter()
+            .flat_map(|(s, l)| s.iter().chain(l.iter()).copied())
+            .collect();
+        let geom = MergeGeom {
+            pixels: n as i64,
+            channels: c as i64,
+            exposures: e as i64,
+        };
+        let mut got = vec![0.0f32; n * c];
+        // SAFETY: every buffer has the size debevec.cuh documents for this geometry.
+        let got_unusable = unsafe {
+            tessera_host_debevec(
+                &geom,
+                planes.as_ptr(),
+                tables_flat.as_ptr(),
+                fallback_flat.as_ptr(),
+                got.as_mut_ptr(),
+            )
+        };
+        let channels: Vec<ChannelMerge> = (0..c)
+            .map(|k| ChannelMerge {
+                planes: (0..e)
+                    .map(|j| &planes[(j * c + k) * n..(j * c + k + 1) * n])
+                    .collect(),
+                tables: &tables[k],
+                fallback: (&fallbacks[k].0, &fallbacks[k].1),
+            })
+            .collect();
+        let mut want = vec![0.0f32; n * c];
+        let want_unusable = debevec::merge_pixels(&channels, &mut want);
+        let bits = |v: &[f32]| v.iter().map(|x| u64::from(x.to_bits())).collect::<Vec<_>>();
+        assert_same_bits("radiance", &bits(&got), &bits(&want), &(c, e, n));
+        assert_eq!(got_unusable, want_unusable);
+        values += n * c;
+        for k in 0..c {
+            for i in 0..n {
+                let sw: f32 = (0..e)
+                    .map(|j| tables[k][j][planes[(j * c + k) * n + i] as usize].0)
+                    .sum();
+                edges += usize::from(sw == 0.0 && (127..=128).contains(&planes[k * n + i]));
+            }
+        }
+    }
+    assert!(values > 5000);
+    assert!(edges > 50, "fallbacks at the 127/128 edge: {edges}");
+}
+
+#[test]
+fn debevec_merge_hand_checked() {
+    // debevec.rs's the_merge_weights_exposures_and_falls_back_where_none_counts, through the
+    // kernel: pixel 0 is consistent (ln E = -0.875), pixel 1 saturated (shortest exposure's
+    // g(255) - 0), pixel 2 black (longest exposure's g(0) - 1).
+    let g: Vec<f64> = (0..256).map(|z| (f64::from(z) - 128.0) / 32.0).collect();
+    let ln_t = [0.0, 1.0];
+    let tables = debevec::merge_tables(&g, &ln_t, WeightType::Triangle);
+    let tables_flat: Vec<f32> = tables
+        .iter()
+        .flat_map(|t| t.iter().flat_map(|&(w, v)| [w, v]))
+        .collect();
+    let fallback: Vec<f32> = [
+        debevec::single_exposure(&g, ln_t[0]),
+        debevec::single_exposure(&g, ln_t[1]),
+    ]
+    .concat();
+    let planes = [100u8, 255, 0, 132, 255, 0];
+    let geom = MergeGeom {
+        pixels: 3,
+        channels: 1,
+        exposures: 2,
+    };
+    let mut out = [0.0f32; 3];
+    // SAFETY: sizes as the geometry says.
+    let n = unsafe {
+        tessera_host_debevec(
+            &geom,
+            planes.as_ptr(),
+            tables_flat.as_ptr(),
+            fallback.as_ptr(),
+            out.as_mut_ptr(),
+        )
+    };
+    assert_eq!(n, 2);
+    assert_eq!(out[0].to_bits(), debevec::exp_f32(-0.875).to_bits());
+    assert_eq!(out[1].to_bits(), debevec::exp_f32(127.0 / 32.0).to_bits());
+    assert_eq!(
+        out[2].to_bits(),
+        debevec::exp_f32(-128.0 / 32.0 - 1.0).to_bits()
+    );
+}
+
+#[test]
+fn exp_f32_matches_bit_for_bit() {
+    let host = |x: f32| {
+        // SAFETY: a pure function of a float.
+        unsafe { tessera_host_exp_f32(x) }
+    };
+    let mut xs: Vec<f32> = (0..=400_000)
+        .map(|i| -100.0 + 200.0 * i as f32 / 400_000.0)
+        .collect();
+    for edge in [-88.0f32, -87.0, 0.0, 88.0, 89.0] {
+        let b = edge.to_bits();
+        for d in 0..=8u32 {
+            xs.extend([f32::from_bits(b + d), f32::from_bits(b.wrapping_sub(d))]);
+        }
+    }
+    xs.extend([
+        -0.0,
+        f32::MIN_POSITIVE,
+        -f32::MIN_POSITIVE,
+        f32::from_bits(1),
+        f32::from_bits(0x8000_0001),
+        f32::MAX,
+        f32::MIN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        -f32::NAN,
+        f32::from_bits(0x7fc0_1234),
+        f32::from_bits(0x7f80_0001), // signalling
+        f32::from_bits(0xffc0_0042),
+        // Halfway points of the rounding to n: (k + 0.5) ln 2.
+        0.5 * std::f32::consts::LN_2,
+        -0.5 * std::f32::consts::LN_2,
+        1.5 * std::f32::consts::LN_2,
+        -60.5 * std::f32::consts::LN_2,
+    ]);
+    let mut rng = StdRng::seed_from_u64(0xE4F);
+    xs.extend((0..200_000).map(|_| f32::from_bits(rng.random())));
+    let got: Vec<u64> = xs.iter().map(|&x| u64::from(host(x).to_bits())).collect();
+    let want: Vec<u64> = xs
+        .iter()
+        .map(|&x| u64::from(debevec::exp_f32(x).to_bits()))
+        .collect();
+    assert_same_bits("exp_f32", &got, &want, &"sweep");
+    // The clamps: below -87 every x gives exp_f32(-87), above 88 exp_f32(88).
+    assert_eq!(host(-1000.0).to_bits(), debevec::exp_f32(-87.0).to_bits());
+    assert_eq!(host(f32::NEG_INFINITY).to_bits(), host(-87.0).to_bits());
+    assert_eq!(host(f32::INFINITY).to_bits(), host(88.0).to_bits());
+    assert!(host(f32::NAN).is_nan());
+    assert_eq!(host(0.0), 1.0);
+}

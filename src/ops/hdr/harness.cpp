@@ -1,0 +1,28 @@
+// Host harness of the Debevec merge kernel (build.rs compiles it with the `cc` crate): runs a
+// whole launch grid on the CPU, one call of debevec_pixel per pixel, in index order.
+// src/gpu/harness.rs compares the results bit for bit with debevec.rs. Compiled with
+// -ffp-contract=off and no fast-math, as the device code is with --fmad=false.
+#include <cmath>
+#include <cstddef>
+
+#include "debevec.cuh"
+
+extern "C" u64 tessera_host_debevec(const MergeGeom* g, const u8* planes, const float* tables,
+                                    const float* fallback, float* out) {
+    u64 unusable = 0;
+    for (i64 i = 0; i < g->pixels; i++) {
+        unusable += debevec_pixel(*g, planes, tables, fallback, out, i);
+    }
+    return unusable;
+}
+
+extern "C" float tessera_host_exp_f32(float x) { return tessera_exp_f32(x); }
+
+// MergeGeom's layout as C++ sees it: size, then each field's offset in declaration order.
+extern "C" void tessera_host_merge_geom_layout(i64* out) {
+    const i64 v[] = {(i64)sizeof(MergeGeom), (i64)offsetof(MergeGeom, pixels),
+                     (i64)offsetof(MergeGeom, channels), (i64)offsetof(MergeGeom, exposures)};
+    for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) {
+        out[i] = v[i];
+    }
+}

@@ -1,0 +1,82 @@
+// Host harness of the quilt kernels (build.rs compiles it with the `cc` crate): each function
+// runs a whole launch grid on the CPU, one call of the per-thread body (stitch.cuh,
+// unstitch.cuh) per thread index, in index order. src/gpu/harness.rs compares the results
+// bit for bit with the CPU kernels (kernel.rs). Compiled with -ffp-contract=off and no
+// fast-math, as the device code is with --fmad=false.
+#include <cmath>
+#include <cstddef>
+
+#include "stitch.cuh"
+#include "unstitch.cuh"
+
+namespace {
+
+template <typename P, typename O>
+u64 host_stitch(const StitchGeom* g, const i64* ranges, const i64* starts, const double* weights,
+                const P* patches, const P* variances, O* mean, O* wsum, O* std_out,
+                int with_wsum) {
+    const i64 n = g->block[0] * g->block[1] * g->block[2];
+    u64 left_out = 0;
+    for (i64 p = 0; p < n; p++) {
+        left_out += stitch_pixel<P, O>(*g, ranges, starts, weights, patches, variances, mean,
+                                       with_wsum ? wsum : (O*)0, std_out, p);
+    }
+    return left_out;
+}
+
+template <typename T>
+void host_cut(const CutGeom* g, const i64* starts, const T* box, T* out) {
+    const i64 n = g->patches * g->channels * g->window[0] * g->window[1] * g->window[2];
+    for (i64 e = 0; e < n; e++) {
+        out[e] = box[cut_source(*g, starts, e)];
+    }
+}
+
+}  // namespace
+
+#define TESSERA_HOST_STITCH(NAME, P, O)                                                        \
+    extern "C" u64 NAME(const StitchGeom* g, const i64* ranges, const i64* starts,             \
+                        const double* weights, const P* patches, const P* variances, O* mean,  \
+                        O* wsum, O* std_out, int with_wsum) {                                  \
+        return host_stitch<P, O>(g, ranges, starts, weights, patches, variances, mean, wsum,   \
+                                 std_out, with_wsum);                                          \
+    }
+
+TESSERA_HOST_STITCH(tessera_host_stitch_f32_f32, float, float)
+TESSERA_HOST_STITCH(tessera_host_stitch_f64_f32, double, float)
+TESSERA_HOST_STITCH(tessera_host_stitch_f64_f64, double, double)
+
+#define TESSERA_HOST_CUT(NAME, T)                                                              \
+    extern "C" void NAME(const CutGeom* g, const i64* starts, const T* box, T* out) {          \
+        host_cut<T>(g, starts, box, out);                                                      \
+    }
+
+TESSERA_HOST_CUT(tessera_host_cut_u8, u8)
+TESSERA_HOST_CUT(tessera_host_cut_u16, u16)
+TESSERA_HOST_CUT(tessera_host_cut_u32, u32)
+TESSERA_HOST_CUT(tessera_host_cut_u64, u64)
+
+// The geometry structs' layout as C++ sees it: size, then every field's offset in declaration
+// order, so the Rust twins can be checked field for field.
+extern "C" void tessera_host_stitch_geom_layout(i64* out) {
+    const i64 v[] = {(i64)sizeof(StitchGeom),
+                     (i64)offsetof(StitchGeom, channels),
+                     (i64)offsetof(StitchGeom, window),
+                     (i64)offsetof(StitchGeom, block),
+                     (i64)offsetof(StitchGeom, counts),
+                     (i64)offsetof(StitchGeom, first),
+                     (i64)offsetof(StitchGeom, offsets),
+                     (i64)offsetof(StitchGeom, with_variance)};
+    for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) {
+        out[i] = v[i];
+    }
+}
+
+extern "C" void tessera_host_cut_geom_layout(i64* out) {
+    const i64 v[] = {(i64)sizeof(CutGeom), (i64)offsetof(CutGeom, channels),
+                     (i64)offsetof(CutGeom, window), (i64)offsetof(CutGeom, box),
+                     (i64)offsetof(CutGeom, patches)};
+    for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) {
+        out[i] = v[i];
+    }
+}
