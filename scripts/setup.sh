@@ -5,6 +5,9 @@
 #   scripts/setup.sh            system packages (Open MPI, parallel HDF5, libclang) + Rust
 #   scripts/setup.sh --python   also a Python venv (target/pyenv) with numpy, zarr and h5py,
 #                               used by tests/python_readback.rs to cross-check outputs
+#   scripts/setup.sh --nvrtc    also NVRTC (the PyPI wheel nvidia-cuda-nvrtc, into target/pyenv;
+#                               implies --python), so that CI compiles every CUDA kernel
+#                               without a GPU (tests/gpu.rs)
 #   scripts/setup.sh --slurm    also Slurm and munge (slurm-wlm, munge), for a one-node cluster
 #                               on this machine (scripts/slurm-local.sh, tests/slurm/run.sh)
 # Options combine: scripts/setup.sh --python --slurm
@@ -13,11 +16,13 @@ cd "$(dirname "$0")/.."
 
 python=0
 slurm=0
+nvrtc=0
 for arg in "$@"; do
   case "$arg" in
   --python) python=1 ;;
   --slurm) slurm=1 ;;
-  *) echo "setup: unknown option $arg (expected --python, --slurm)" >&2; exit 2 ;;
+  --nvrtc) nvrtc=1; python=1 ;;
+  *) echo "setup: unknown option $arg (expected --python, --slurm, --nvrtc)" >&2; exit 2 ;;
   esac
 done
 
@@ -75,5 +80,16 @@ if [ "$python" = 1 ]; then
     mkdir -p target
     [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
     "$venv/bin/python" -m pip install -q --disable-pip-version-check 'zarr>=3' h5py numpy ome-zarr-models
+  fi
+fi
+
+if [ "$nvrtc" = 1 ]; then
+  venv=target/pyenv
+  # 13.0 to match the CUDA 13.0 driver of the GPU machines (PTX from a newer NVRTC is refused).
+  if "$venv/bin/python" -c 'import importlib.metadata as m; assert m.version("nvidia-cuda-nvrtc") == "13.0.88"' 2>/dev/null; then
+    echo "setup: NVRTC 13.0.88 (nvidia-cuda-nvrtc) in $venv"
+  else
+    echo "setup: NVRTC 13.0.88 (nvidia-cuda-nvrtc) into $venv, for compiling the CUDA kernels in tests"
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check 'nvidia-cuda-nvrtc==13.0.88'
   fi
 fi

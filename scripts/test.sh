@@ -5,14 +5,17 @@
 #     `mpirun` ranks, Python cross-checks with zarr-python and h5py;
 #   - the Slurm test: every script in slurm/ submitted with sbatch to a one-node Slurm cluster
 #     started here (tests/slurm/run.sh), outputs compared with single-process runs;
+#   - every CUDA kernel compiled by NVRTC (the nvidia-cuda-nvrtc wheel; no GPU needed) and the
+#     kernels' per-thread bodies checked on the CPU (tests/gpu.rs, src/gpu/harness.rs); the GPU
+#     tests themselves skip here, saying why (scripts/gpu-check.sh runs them on a GPU);
 #   - the single-process build (--no-default-features) and its tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh --python --slurm
+scripts/setup.sh --python --slurm --nvrtc
 export PATH="$HOME/.cargo/bin:$PATH"   # where rustup puts cargo on a fresh machine
 
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-export TESSERA_REQUIRE_MPI=1 TESSERA_REQUIRE_PYTHON=1 TESSERA_REQUIRE_MOUNT=1
+export TESSERA_REQUIRE_MPI=1 TESSERA_REQUIRE_PYTHON=1 TESSERA_REQUIRE_MOUNT=1 TESSERA_REQUIRE_NVRTC=1
 export TESSERA_PYTHON="$PWD/target/pyenv/bin/python"
 export CARGO_TERM_COLOR=never
 

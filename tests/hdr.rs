@@ -681,7 +681,7 @@ fn a_killed_zarr_merge_resumes_to_the_same_bytes() {
 /// Runs `tessera` with `args`, killing it (and failing the test) if it runs past `limit`:
 /// a walk that loops would otherwise hang the suite.
 fn tessera_within(args: &[&str], limit: std::time::Duration) -> std::process::Output {
-    let mut child = Command::new(BIN)
+    let mut child = Command::new(&*BIN)
         .args(args)
         .env("TESSERA_MPI", "0")
         .env_remove("RUST_LOG")

@@ -82,7 +82,7 @@ enum Outcome {
 
 /// Runs the binary with `args` under the address-space and time limits.
 fn run_limited(args: &[String]) -> Outcome {
-    let mut cmd = Command::new(BIN);
+    let mut cmd = Command::new(&*BIN);
     cmd.args(args)
         .env("TESSERA_MPI", "0")
         .env("RAYON_NUM_THREADS", "2")

@@ -21,6 +21,10 @@ pub struct HdrBench {
     /// Repetitions; the best is reported.
     #[arg(long, default_value_t = 20)]
     pub repeat: usize,
+    /// cpu (the default) or cuda[:N]: the GPU kernel on a resident bracket against a device
+    /// copy of its bytes.
+    #[arg(long, default_value = "cpu")]
+    pub device: crate::gpu::DeviceChoice,
 }
 
 fn best(repeat: usize, mut f: impl FnMut()) -> f64 {
@@ -40,6 +44,20 @@ fn best(repeat: usize, mut f: impl FnMut()) -> f64 {
 pub fn run(b: &HdrBench, comm: &dyn Comm) -> Result<()> {
     if !comm.is_root() {
         return Ok(());
+    }
+    if let crate::gpu::DeviceChoice::Cuda(_) = b.device {
+        #[cfg(feature = "cuda")]
+        return crate::bench::gpu::hdr(
+            b.size,
+            b.exposures,
+            b.repeat,
+            &crate::bench::gpu::open(b.device)?,
+        );
+        #[cfg(not(feature = "cuda"))]
+        return Err(crate::error::Error::NotCompiled {
+            what: "bench hdr --device cuda".into(),
+            feature: "cuda",
+        });
     }
     let (images, ln_t) = hdr::synthetic_bracket(b.size, b.size, b.exposures, 1);
     // The synthetic camera's inverse (gamma 2.2, scale 8) as the response.

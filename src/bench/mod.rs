@@ -5,6 +5,8 @@
 //! copy of the same files (read each file, write it elsewhere): the least any converter must do.
 
 pub mod crop;
+#[cfg(feature = "cuda")]
+pub mod gpu;
 pub mod hdr;
 pub mod pyramid;
 pub mod quilt;
@@ -239,6 +241,9 @@ pub struct QuiltBench {
     /// Where to write the JSON result.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// cpu (the default) or cuda[:N]: the GPU kernels on resident data against a device copy.
+    #[arg(long, default_value = "cpu")]
+    pub device: crate::gpu::DeviceChoice,
 }
 
 /// Runs the quilt kernel benchmark and prints a Markdown table (rank 0 only; in memory).
@@ -253,6 +258,15 @@ pub fn quilt(b: &QuiltBench, comm: &dyn Comm) -> Result<()> {
         .into_iter()
         .filter(|c| b.case == "both" || c.name.starts_with(b.case.as_str()))
         .collect();
+    if let crate::gpu::DeviceChoice::Cuda(_) = b.device {
+        #[cfg(feature = "cuda")]
+        return gpu::quilt(&cases, b.repeat.max(1), &gpu::open(b.device)?);
+        #[cfg(not(feature = "cuda"))]
+        return Err(crate::error::Error::NotCompiled {
+            what: "bench quilt --device cuda".into(),
+            feature: "cuda",
+        });
+    }
     println!(
         "bench quilt: in-memory kernels (copy and unstitch on one thread, stitch on {} rayon threads), best of {}, fraction of a memcpy of the patch bytes",
         rayon::current_num_threads(),

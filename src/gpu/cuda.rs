@@ -8,10 +8,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use cudarc::driver::{sys, CudaContext, CudaEvent, CudaModule, DriverError};
 pub use cudarc::driver::{
     CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PinnedHostSlice, PushKernelArg,
 };
-use cudarc::driver::{sys, CudaContext, CudaEvent, CudaModule, DriverError};
 use cudarc::nvrtc::{CompileError, CompileOptions, Ptx};
 
 use super::kernels::KernelSource;
@@ -191,16 +191,17 @@ impl Gpu {
                 Err(_) => "the CUDA driver sees no device".into(),
             }));
         }
-        let ordinal = match ordinal {
-            Some(n) if n >= count => {
-                return Err(Error::parameter(
+        let ordinal =
+            match ordinal {
+                Some(n) if n >= count => return Err(Error::parameter(
                     "device",
-                    format!("cuda:{n}: this node has {count} visible CUDA device(s), numbered from 0"),
-                ))
-            }
-            Some(n) => n,
-            None => local % count,
-        };
+                    format!(
+                        "cuda:{n}: this node has {count} visible CUDA device(s), numbered from 0"
+                    ),
+                )),
+                Some(n) => n,
+                None => local % count,
+            };
         if !nvrtc_present() {
             return Err(Error::gpu(
                 "NVRTC (libnvrtc.so.13) not found: tessera compiles its kernels at run time; install the CUDA toolkit's NVRTC (or the nvidia-cuda-nvrtc wheel) and put it on LD_LIBRARY_PATH",
@@ -226,12 +227,8 @@ impl Gpu {
             sharing,
             super::DEFAULT_MEMORY_FRACTION,
         )?;
-        let copy = ctx
-            .new_stream()
-            .map_err(|e| driver_error("stream", e))?;
-        let compute = ctx
-            .new_stream()
-            .map_err(|e| driver_error("stream", e))?;
+        let copy = ctx.new_stream().map_err(|e| driver_error("stream", e))?;
+        let compute = ctx.new_stream().map_err(|e| driver_error("stream", e))?;
         Ok(Arc::new(Gpu {
             template: DeviceReport {
                 device: format!("cuda:{ordinal}"),
@@ -322,7 +319,11 @@ impl Gpu {
     ///
     /// # Errors
     /// Out of device memory.
-    pub fn alloc<T: DeviceRepr>(&self, stream: &Arc<CudaStream>, len: usize) -> Result<CudaSlice<T>> {
+    pub fn alloc<T: DeviceRepr>(
+        &self,
+        stream: &Arc<CudaStream>,
+        len: usize,
+    ) -> Result<CudaSlice<T>> {
         // SAFETY: every buffer is written (by a copy or a kernel) before it is read.
         unsafe { stream.alloc::<T>(len.max(1)) }.map_err(|e| {
             driver_error(
@@ -472,8 +473,14 @@ impl Gpu {
         let flags = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
         let mut best = f64::INFINITY;
         for _ in 0..repeats.max(1) {
-            let a = self.ctx.new_event(flags).map_err(|e| driver_error("event", e))?;
-            let b = self.ctx.new_event(flags).map_err(|e| driver_error("event", e))?;
+            let a = self
+                .ctx
+                .new_event(flags)
+                .map_err(|e| driver_error("event", e))?;
+            let b = self
+                .ctx
+                .new_event(flags)
+                .map_err(|e| driver_error("event", e))?;
             a.record(s).map_err(|e| driver_error("event", e))?;
             s.memcpy_dtod(&src, &mut dst)
                 .map_err(|e| driver_error("device copy", e))?;
@@ -490,13 +497,23 @@ impl Gpu {
     ///
     /// # Errors
     /// What `work` returns.
-    pub fn kernel_seconds(&self, repeats: usize, mut work: impl FnMut() -> Result<()>) -> Result<f64> {
+    pub fn kernel_seconds(
+        &self,
+        repeats: usize,
+        mut work: impl FnMut() -> Result<()>,
+    ) -> Result<f64> {
         let s = &self.compute;
         let flags = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
         let mut best = f64::INFINITY;
         for _ in 0..repeats.max(1) {
-            let a = self.ctx.new_event(flags).map_err(|e| driver_error("event", e))?;
-            let b = self.ctx.new_event(flags).map_err(|e| driver_error("event", e))?;
+            let a = self
+                .ctx
+                .new_event(flags)
+                .map_err(|e| driver_error("event", e))?;
+            let b = self
+                .ctx
+                .new_event(flags)
+                .map_err(|e| driver_error("event", e))?;
             a.record(s).map_err(|e| driver_error("event", e))?;
             work()?;
             b.record(s).map_err(|e| driver_error("event", e))?;
@@ -533,10 +550,7 @@ mod tests {
         for (i, x) in b.iter_mut().enumerate() {
             *x = (i * 17) as u8 as std::ffi::c_char;
         }
-        assert_eq!(
-            uuid_text(&b),
-            "GPU-00112233-4455-6677-8899-aabbccddeeff"
-        );
+        assert_eq!(uuid_text(&b), "GPU-00112233-4455-6677-8899-aabbccddeeff");
     }
 
     #[test]

@@ -182,11 +182,12 @@ pub fn select(
             backend: Backend::Cpu,
             reason: format!("{op} has no GPU kernel for these inputs"),
         }),
-        DeviceChoice::Auto => Ok(open(None, local, local_size, gpu_memory_limit)
-            .unwrap_or_else(|e| Selected {
+        DeviceChoice::Auto => Ok(
+            open(None, local, local_size, gpu_memory_limit).unwrap_or_else(|e| Selected {
                 backend: Backend::Cpu,
                 reason: e.to_string(),
-            })),
+            }),
+        ),
         DeviceChoice::Cuda(_) if !has_kernel => Err(Error::parameter(
             "device",
             format!("{op} has no GPU kernel for these inputs; use --device cpu or auto"),
@@ -386,9 +387,15 @@ mod tests {
         let s = select(DeviceChoice::Auto, None, &crate::comm::Local, "x", false).unwrap();
         assert!(!s.backend.is_gpu());
         assert!(s.reason.contains("no GPU kernel"));
-        let e = select(DeviceChoice::Cuda(None), None, &crate::comm::Local, "x", false)
-            .err()
-            .unwrap();
+        let e = select(
+            DeviceChoice::Cuda(None),
+            None,
+            &crate::comm::Local,
+            "x",
+            false,
+        )
+        .err()
+        .unwrap();
         assert!(e.to_string().starts_with("--device:"));
     }
 }

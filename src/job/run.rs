@@ -53,7 +53,12 @@ pub fn run_job(mut job: Job, comm: &dyn Comm) -> Result<()> {
         Job::Crop(j) => ("crop", parameters(j), crop::run(j, comm)?),
         Job::Unstitch(j) => {
             let mut op = quilt::UnstitchOp::plan(j)?;
-            op.use_device(select(j.device, &j.gpu_memory_limit, comm, "quilt unstitch")?);
+            op.use_device(select(
+                j.device,
+                &j.gpu_memory_limit,
+                comm,
+                "quilt unstitch",
+            )?);
             let s = run_op(&op, comm, &j.run)?;
             ("quilt unstitch", parameters(j), s)
         }

@@ -8,7 +8,11 @@ use std::process::{Command, Output};
 use ndarray::{ArrayD, Axis, IxDyn};
 use tessera::io::{self, images, Address, Block, DType};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_tessera");
+/// The binary under test: cargo's, or `TESSERA_BIN` (a test binary carried to another machine,
+/// such as the GPU machine of scripts/gpu-check.sh, with the tessera binary beside it).
+pub static BIN: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    std::env::var("TESSERA_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_tessera").to_string())
+});
 
 /// A small deterministic generator (xorshift64*), so failures reproduce.
 pub struct Rng(u64);
@@ -125,7 +129,7 @@ pub fn tessera(args: &[&str]) -> Output {
 }
 
 pub fn tessera_env(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(BIN);
+    let mut cmd = Command::new(&*BIN);
     cmd.args(args)
         .env("TESSERA_MPI", "0")
         .env_remove("RUST_LOG");
@@ -208,7 +212,7 @@ pub fn mpi_command(ranks: usize, args: &[&str], env: &[(&str, &str)]) -> Command
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd.arg(BIN).args(args);
+    cmd.arg(&*BIN).args(args);
     cmd
 }
 

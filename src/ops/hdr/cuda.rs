@@ -10,8 +10,7 @@ use super::debevec::{self, WeightType};
 use super::{Image, Merged};
 use crate::error::{Error, Result};
 use crate::gpu::cuda::{
-    launch_config, launch_error, CudaSlice, DeviceRepr, Gpu, Phase, PinnedHostSlice,
-    PushKernelArg,
+    launch_config, launch_error, CudaSlice, DeviceRepr, Gpu, Phase, PinnedHostSlice, PushKernelArg,
 };
 use crate::gpu::kernels;
 
@@ -173,6 +172,62 @@ impl DebevecGpu {
         self.gpu.give_back(done.out);
         Ok(count)
     }
+}
+
+/// `tessera bench hdr --device cuda`: the Debevec kernel on a resident bracket (planes
+/// (exposure, channel, pixel)); kernel seconds (best of `repeats`) and the radiance.
+///
+/// # Errors
+/// Device failures.
+pub fn bench_debevec(
+    gpu: &Arc<Gpu>,
+    images: &[Image],
+    ln_t: &[f64],
+    g: &[Vec<f64>],
+    kind: WeightType,
+    repeats: usize,
+) -> Result<(f64, Vec<f32>)> {
+    let s = gpu.compute_stream();
+    let (c, n, e) = (
+        images[0].channels,
+        images[0].height * images[0].width,
+        images.len(),
+    );
+    let mut planes = Vec::with_capacity(e * c * n);
+    for img in images {
+        for k in 0..c {
+            planes.extend_from_slice(img.plane_u8(k));
+        }
+    }
+    let dev_planes = upload(gpu, &planes)?;
+    let (tables, fallback) = tables(ln_t, g, kind);
+    let dev_tables = upload(gpu, bytemuck::cast_slice(&tables))?;
+    let dev_fallback = upload(gpu, bytemuck::cast_slice(&fallback))?;
+    let mut out = gpu.alloc::<f32>(s, n * c)?;
+    let mut count = gpu.zeros::<u64>(s, 1)?;
+    let kernel = gpu.function(&kernels::DEBEVEC, "debevec_merge")?;
+    let geom = MergeGeom {
+        pixels: n as i64,
+        channels: c as i64,
+        exposures: e as i64,
+    };
+    let seconds = gpu.kernel_seconds(repeats, || {
+        let mut b = s.launch_builder(&kernel);
+        b.arg(&geom)
+            .arg(&dev_planes)
+            .arg(&dev_tables)
+            .arg(&dev_fallback)
+            .arg(&mut out)
+            .arg(&mut count);
+        // SAFETY: as in DebevecGpu::merge, for the whole bracket.
+        unsafe { b.launch(launch_config(n as u64)) }
+            .map(|_| ())
+            .map_err(launch_error("Debevec kernel"))
+    })?;
+    let host = s
+        .clone_dtoh(&out)
+        .map_err(launch_error("copy from the device"))?;
+    Ok((seconds, host))
 }
 
 /// A small host slice copied to a fresh device buffer on the compute stream (tables).

@@ -858,7 +858,13 @@ impl Merger {
         *self.seconds.lock().expect("seconds")
     }
 
-    fn debevec(&self, images: &[Image], ln_t: &[f64], g: &[Vec<f64>], kind: WeightType) -> Result<Merged> {
+    fn debevec(
+        &self,
+        images: &[Image],
+        ln_t: &[f64],
+        g: &[Vec<f64>],
+        kind: WeightType,
+    ) -> Result<Merged> {
         #[cfg(feature = "cuda")]
         if let Some(gpu) = &self.gpu {
             return gpu.merge(images, ln_t, g, kind);
@@ -870,7 +876,12 @@ impl Merger {
     ///
     /// # Errors
     /// Bad images, images that do not fit the response, device failures.
-    pub fn merge_bracket(&self, job: &MergeJob, b: &Bracket, g: Option<&[Vec<f64>]>) -> Result<Merged> {
+    pub fn merge_bracket(
+        &self,
+        job: &MergeJob,
+        b: &Bracket,
+        g: Option<&[Vec<f64>]>,
+    ) -> Result<Merged> {
         let t = std::time::Instant::now();
         let images = load_bracket(b)?;
         let decoded = t.elapsed().as_secs_f64();

@@ -12,8 +12,7 @@ use ndarray::{ArrayD, IxDyn};
 use super::device::{cut_launch, stitch_launch, StitchLaunch};
 use crate::error::{Error, Result};
 use crate::gpu::cuda::{
-    launch_config, launch_error, CudaSlice, CudaStream, Gpu, Phase, PinnedHostSlice,
-    PushKernelArg,
+    launch_config, launch_error, CudaSlice, CudaStream, Gpu, Phase, PinnedHostSlice, PushKernelArg,
 };
 use crate::gpu::kernels;
 use crate::grid::windows::WindowGrid;
@@ -159,7 +158,14 @@ impl StitchGpu {
     }
 
     /// Device bytes a piece of `rows` rows needs (two pieces are in flight).
-    fn piece_bytes(&self, rows: Range<u64>, p_size: u64, o_size: u64, var: bool, with_w: bool) -> u64 {
+    fn piece_bytes(
+        &self,
+        rows: Range<u64>,
+        p_size: u64,
+        o_size: u64,
+        var: bool,
+        with_w: bool,
+    ) -> u64 {
         let l = stitch_launch(&self.grid, self.channels, rows, var);
         let block: u64 = l.geom.block.iter().product::<i64>() as u64;
         let patches = (l.patches.end - l.patches.start) * self.patch_elems * p_size;
@@ -168,7 +174,13 @@ impl StitchGpu {
     }
 
     /// Splits `rows` into pieces that fit half the device memory share each.
-    fn pieces(&self, rows: Range<u64>, sizes: (u64, u64), var: bool, with_w: bool) -> Result<Vec<Range<u64>>> {
+    fn pieces(
+        &self,
+        rows: Range<u64>,
+        sizes: (u64, u64),
+        var: bool,
+        with_w: bool,
+    ) -> Result<Vec<Range<u64>>> {
         let budget = self.gpu.memory_limit() / 2;
         let total = rows.end - rows.start;
         let mut parts = 1;
@@ -184,7 +196,8 @@ impl StitchGpu {
                 return Ok(pieces);
             }
             if parts >= total {
-                let one = self.piece_bytes(rows.start..rows.start + 1, sizes.0, sizes.1, var, with_w);
+                let one =
+                    self.piece_bytes(rows.start..rows.start + 1, sizes.0, sizes.1, var, with_w);
                 return Err(Error::parameter(
                     "gpu-memory-limit",
                     format!(
@@ -266,13 +279,38 @@ impl StitchGpu {
                 }
                 None => None,
             };
-            let flight = self.launch(&launch, &kernel, dev_p, dev_v, piece.clone(), row_elems, o_size, with_weights)?;
+            let flight = self.launch(
+                &launch,
+                &kernel,
+                dev_p,
+                dev_v,
+                piece.clone(),
+                row_elems,
+                o_size,
+                with_weights,
+            )?;
             if let Some(done) = in_flight.replace(flight) {
-                left_out += self.collect(done, &rows, row_elems, o_size, &mut mean, std.as_deref_mut(), wsum.as_deref_mut())?;
+                left_out += self.collect(
+                    done,
+                    &rows,
+                    row_elems,
+                    o_size,
+                    &mut mean,
+                    std.as_deref_mut(),
+                    wsum.as_deref_mut(),
+                )?;
             }
         }
         if let Some(done) = in_flight.take() {
-            left_out += self.collect(done, &rows, row_elems, o_size, &mut mean, std.as_deref_mut(), wsum.as_deref_mut())?;
+            left_out += self.collect(
+                done,
+                &rows,
+                row_elems,
+                o_size,
+                &mut mean,
+                std.as_deref_mut(),
+                wsum.as_deref_mut(),
+            )?;
         }
         self.gpu.settle()?;
 
@@ -466,7 +504,8 @@ impl UnstitchGpu {
             let dev_box = upload(gpu, &mut pin, bytes.len())?;
             gpu.give_back(pin);
             let box_shape: Vec<u64> = lo.iter().zip(&hi).map(|(l, h)| h - l).collect();
-            let (geom, starts) = cut_launch(&self.grid, self.channels, windows.clone(), &lo, &box_shape);
+            let (geom, starts) =
+                cut_launch(&self.grid, self.channels, windows.clone(), &lo, &box_shape);
             let dev_starts = upload_slice(gpu, s, &starts)?;
             let first = n * self.grid.per_image() + windows.start - run.start;
             let at = (first * patch_bytes) as usize;
@@ -545,4 +584,107 @@ fn block_from_bytes(dtype: DType, shape: &[usize], bytes: &[u8]) -> Block {
         let v: Vec<T> = bytemuck::pod_collect_to_vec(bytes);
         T::into_block(ArrayD::from_shape_vec(IxDyn(shape), v).expect("sizes match"))
     })
+}
+
+/// `tessera bench quilt --device cuda`: stitches whole images of resident f32 patches (one
+/// launch per image, as one block), returning the kernel seconds (best of `repeats`, CUDA
+/// events) and the means (N, C, *image) to compare with the CPU's.
+///
+/// # Errors
+/// Device failures.
+pub fn bench_stitch(
+    gpu: &Arc<Gpu>,
+    grid: &WindowGrid,
+    weights: &ArrayD<f64>,
+    channels: u64,
+    images: u64,
+    patches: &[f32],
+    repeats: usize,
+) -> Result<(f64, Vec<f32>)> {
+    let s = gpu.compute_stream();
+    let w = weights.as_standard_layout();
+    let dev_w = upload_slice(gpu, s, w.as_slice().expect("standard layout"))?;
+    let dev_p = upload_slice(gpu, s, patches)?;
+    let l = stitch_launch(grid, channels, 0..grid.image[0], false);
+    let (ranges, starts) = (
+        upload_slice(gpu, s, &l.ranges)?,
+        upload_slice(gpu, s, &l.starts)?,
+    );
+    let block = l.geom.block.iter().product::<i64>() as usize;
+    let per_image = patches.len() / images as usize;
+    let per_out = channels as usize * block;
+    let mut mean = gpu.alloc::<f32>(s, images as usize * per_out)?;
+    let mut spare = gpu.alloc::<f32>(s, 1)?;
+    let mut spare2 = gpu.alloc::<f32>(s, 1)?;
+    let mut left = gpu.zeros::<u64>(s, 1)?;
+    let kernel = gpu.function(&kernels::STITCH, "stitch_f32_f32")?;
+    let no = 0i64;
+    let seconds = gpu.kernel_seconds(repeats, || {
+        for n in 0..images as usize {
+            let p = dev_p.slice(n * per_image..(n + 1) * per_image);
+            let mut m = mean.slice_mut(n * per_out..(n + 1) * per_out);
+            let mut b = s.launch_builder(&kernel);
+            b.arg(&l.geom)
+                .arg(&ranges)
+                .arg(&starts)
+                .arg(&dev_w)
+                .arg(&p)
+                .arg(&p)
+                .arg(&mut m)
+                .arg(&mut spare)
+                .arg(&mut spare2)
+                .arg(&mut left)
+                .arg(&no);
+            // SAFETY: as in StitchGpu::launch: the buffers match the geometry.
+            unsafe { b.launch(launch_config(block as u64)) }
+                .map_err(launch_error("stitch kernel"))?;
+        }
+        Ok(())
+    })?;
+    let host = s
+        .clone_dtoh(&mean)
+        .map_err(launch_error("copy from the device"))?;
+    Ok((seconds, host))
+}
+
+/// `tessera bench quilt --device cuda`: cuts every window of resident f32 images (one launch
+/// per image); kernel seconds and the patches.
+///
+/// # Errors
+/// Device failures.
+pub fn bench_unstitch(
+    gpu: &Arc<Gpu>,
+    grid: &WindowGrid,
+    channels: u64,
+    images: u64,
+    image: &[f32],
+    repeats: usize,
+) -> Result<(f64, Vec<f32>)> {
+    let s = gpu.compute_stream();
+    let bits: Vec<u32> = image.iter().map(|x| x.to_bits()).collect();
+    let dev_i = upload_slice(gpu, s, &bits)?;
+    let per_image = grid.per_image();
+    let origin = vec![0; grid.ndim()];
+    let (geom, starts) = cut_launch(grid, channels, 0..per_image, &origin, &grid.image);
+    let dev_s = upload_slice(gpu, s, &starts)?;
+    let image_elems = image.len() / images as usize;
+    let patch_elems = (geom.patches * geom.channels * geom.window.iter().product::<i64>()) as usize;
+    let mut out = gpu.alloc::<u32>(s, images as usize * patch_elems)?;
+    let kernel = gpu.function(&kernels::UNSTITCH, "cut_u32")?;
+    let seconds = gpu.kernel_seconds(repeats, || {
+        for n in 0..images as usize {
+            let src = dev_i.slice(n * image_elems..(n + 1) * image_elems);
+            let mut dst = out.slice_mut(n * patch_elems..(n + 1) * patch_elems);
+            let mut b = s.launch_builder(&kernel);
+            b.arg(&geom).arg(&dev_s).arg(&src).arg(&mut dst);
+            // SAFETY: the box is the whole image, which holds every window.
+            unsafe { b.launch(launch_config((patch_elems as u64).min(1 << 24))) }
+                .map_err(launch_error("unstitch kernel"))?;
+        }
+        Ok(())
+    })?;
+    let host = s
+        .clone_dtoh(&out)
+        .map_err(launch_error("copy from the device"))?;
+    Ok((seconds, host.into_iter().map(f32::from_bits).collect()))
 }

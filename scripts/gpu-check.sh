@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# The GPU check, for a machine with an NVIDIA GPU and no Rust (the lent device machine). It runs
+# what was built here and carried there in .carry/ (git-ignored):
+#
+#   cargo build --release --no-default-features --features cuda
+#   cargo test --release --no-default-features --features cuda --test gpu --no-run
+#   mkdir -p .carry && strip -o .carry/tessera target/release/tessera
+#   strip -o .carry/gpu-tests "$(ls -t target/release/deps/gpu-* | grep -v '\.d$' | head -1)"
+#
+# then, there: scripts/gpu-check.sh. Steps: device and NVRTC info; every kernel compiled; the
+# GPU tests (GPU == CPU bytes for quilt unstitch/stitch and the Debevec merge, resume across
+# devices); the kernel benchmarks (fraction of a device-to-device copy, bits = CPU); quilt
+# stitch and hdr merge end to end on GPU and CPU (input and output in /dev/shm). The last thing
+# printed is one table. The carried binary has no MPI: the 2-rank GPU tests run on a cluster
+# build (cargo build --release) where there is MPI.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+BIN=${TESSERA_BIN:-$PWD/.carry/tessera}
+TESTS=${TESSERA_GPU_TESTS:-$PWD/.carry/gpu-tests}
+OUT=${OUT:-$PWD/target/gpu-check}
+WORK=${WORK:-/dev/shm/tessera-gpu-check}
+mkdir -p "$OUT"
+rm -rf "$WORK" && mkdir -p "$WORK"
+[ -x "$BIN" ] || { echo "gpu-check: no binary at $BIN (see the header of this script)"; exit 2; }
+
+# NVRTC: the CUDA toolkit's, else a pip wheel's (it must not be newer than the driver).
+if ! ldconfig -p 2>/dev/null | grep -q libnvrtc.so.13; then
+  for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib \
+           $(python3 -c 'import site; print(" ".join(p + "/nvidia/cu13/lib" for p in site.getsitepackages()))' 2>/dev/null); do
+    if [ -e "$d/libnvrtc.so.13" ]; then export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"; break; fi
+  done
+fi
+
+status=0
+step() { echo; echo "== $* =="; }
+run() { "$@" 2>&1 | tee -a "$OUT/log.txt"; local rc=${PIPESTATUS[0]}; [ "$rc" = 0 ] || { echo "FAILED ($rc): $*"; status=1; }; return 0; }
+
+step "device";          run nvidia-smi --query-gpu=name,uuid,driver_version,memory.total --format=csv
+step "tessera gpu info"; run "$BIN" gpu info
+step "compile";         run "$BIN" gpu compile
+if [ -x "$TESTS" ]; then
+  step "GPU tests";     TESSERA_BIN="$BIN" TESSERA_GPU_SKIP_MPI=1 run "$TESTS" --test-threads=1 --nocapture
+else
+  echo "gpu-check: no GPU test binary at $TESTS: tests skipped"; status=1
+fi
+step "bench quilt (kernels)"; run "$BIN" bench quilt --device cuda --repeat 10 | tee "$OUT/bench-quilt.md"
+step "bench hdr (kernel)";    run "$BIN" bench hdr --device cuda --size 2048 --exposures 5 --repeat 10 | tee "$OUT/bench-hdr.md"
+
+# End to end: quilt stitch of (8,3,1024,1024) f32, window 128 step 64 (338 MiB of patches),
+# uncompressed Zarr in /dev/shm, on the GPU and on every core of this machine.
+step "end to end"
+python3 - "$WORK/image.npy" <<'PY'
+import sys, numpy as np
+rng = np.random.default_rng(1)
+np.save(sys.argv[1], rng.random((8, 3, 1024, 1024), dtype=np.float32))
+PY
+run "$BIN" quilt unstitch --input "$WORK/image.npy" --output "$WORK/p.zarr" --window 128,128 \
+    --step 64,64 --codec none --device cpu -q
+for device in cuda cpu; do
+  run "$BIN" quilt stitch --input "$WORK/p.zarr" --output "$WORK/stitch-$device.zarr" \
+      --codec none --memory-limit 16G --device "$device" --report "$OUT/stitch-$device.json" -q
+done
+cmp -s <(cd "$WORK/stitch-cuda.zarr" && find . -type f -exec md5sum {} + | sort) \
+       <(cd "$WORK/stitch-cpu.zarr" && find . -type f -exec md5sum {} + | sort) \
+  && echo "stitch: GPU and CPU outputs are identical" || { echo "stitch: GPU and CPU outputs DIFFER"; status=1; }
+run "$BIN" hdr synthetic --output "$WORK/sky" --brackets 8 --size 2048 --exposures 5
+run "$BIN" hdr calibrate --input "$WORK/sky" --recursive --response "$WORK/response.npz"
+for device in cuda cpu; do
+  run "$BIN" hdr merge --input "$WORK/sky" --recursive --response "$WORK/response.npz" \
+      --output "$WORK/merge-$device" --format npy --device "$device" --report "$OUT/merge-$device.json" -q
+done
+cmp -s <(cd "$WORK/merge-cuda" && find . -name '*.npy' -exec md5sum {} + | sort) \
+       <(cd "$WORK/merge-cpu" && find . -name '*.npy' -exec md5sum {} + | sort) \
+  && echo "hdr merge: GPU and CPU outputs are identical" || { echo "hdr merge: GPU and CPU outputs DIFFER"; status=1; }
+
+step "table"
+python3 - "$OUT" <<'PY' | tee "$OUT/table.md"
+import json, sys, os, re
+out = sys.argv[1]
+print("| what | GPU | CPU | GPU / CPU | notes |")
+print("|---|---|---|---|---|")
+for md in ("bench-quilt.md", "bench-hdr.md"):
+    path = os.path.join(out, md)
+    if not os.path.exists(path):
+        continue
+    for line in open(path):
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 7 and re.match(r"^(unstitch|stitch|debevec)", cells[0]):
+            print(f"| kernel {cells[0]} | {cells[3]} ms | | | {cells[4]} of a d2d copy of {cells[1]} MiB ({cells[5]} GB/s); bits = CPU: {cells[6]} |")
+def load(name):
+    p = os.path.join(out, name)
+    return json.load(open(p)) if os.path.exists(p) else None
+for op, unit in (("stitch", "patches"), ("merge", "brackets")):
+    g, c = load(f"{op}-cuda.json"), load(f"{op}-cpu.json")
+    if not g or not c:
+        print(f"| {op} end to end | missing | missing | | |")
+        continue
+    rg, rc = g["runs"][0], c["runs"][0]
+    gb = rg["bytes_read"] / 1e9
+    dev = rg["per_rank"][0].get("device", {})
+    ph = rg["per_rank"][0]["phases"]
+    notes = (f"{gb / rg['seconds']:.1f} GB/s of {unit} read on the GPU; device: h2d {dev.get('h2d_seconds', 0):.3f} s "
+             f"({dev.get('h2d_bytes', 0) / 1e9:.2f} GB), kernel {dev.get('kernel_seconds', 0):.3f} s, d2h {dev.get('d2h_seconds', 0):.3f} s, "
+             f"compile {dev.get('compile_seconds', 0):.2f} s; host: read {ph.get('read', 0):.2f} s, compute {ph['compute']:.2f} s, write {ph['write']:.2f} s")
+    print(f"| {op} end to end | {rg['seconds']:.2f} s | {rc['seconds']:.2f} s | {rg['seconds'] / rc['seconds']:.2f} | {notes} |")
+PY
+echo
+[ "$status" = 0 ] && echo "gpu-check: all passed" || echo "gpu-check: FAILURES above"
+exit "$status"

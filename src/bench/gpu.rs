@@ -1,0 +1,153 @@
+//! `tessera bench quilt|hdr --device cuda`: each GPU kernel on data already on the device, as
+//! a fraction of a device-to-device copy of the kernel's input bytes measured in the same run
+//! (a copy reads and writes them once; both timed with CUDA events, best of the repeats), and
+//! whether the GPU's output has the CPU kernel's bits. End-to-end runs (disk, PCIe, kernels)
+//! are `scripts/gpu-check.sh`'s.
+
+use std::sync::Arc;
+
+use ndarray::{ArrayD, IxDyn};
+
+use crate::error::{Error, Result};
+use crate::gpu::cuda::Gpu;
+use crate::ops::hdr::{self, debevec::WeightType};
+use crate::ops::quilt::cuda::{bench_stitch, bench_unstitch};
+
+/// Opens the GPU a bench asked for.
+///
+/// # Errors
+/// No usable GPU.
+pub fn open(choice: crate::gpu::DeviceChoice) -> Result<Arc<Gpu>> {
+    let ordinal = match choice {
+        crate::gpu::DeviceChoice::Cuda(n) => n,
+        _ => None,
+    };
+    Gpu::open(ordinal, 0, 1, None)
+}
+
+fn same_bits(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+}
+
+fn row(name: &str, bytes: u64, copy: f64, kernel: f64, same: bool) {
+    println!(
+        "| {name} | {:.0} | {:.3} | {:.3} | {:.2} | {:.0} | {} |",
+        bytes as f64 / 1048576.0,
+        copy * 1e3,
+        kernel * 1e3,
+        copy / kernel,
+        bytes as f64 / kernel / 1e9,
+        if same { "yes" } else { "NO" }
+    );
+}
+
+fn header(what: &str, gpu: &Gpu, repeat: usize) {
+    let r = gpu.report_template();
+    println!(
+        "bench {what} on {} ({}, compute {}): kernels on resident data, best of {repeat}; fraction = device copy of the input bytes / kernel",
+        r.device, r.name, r.compute_capability
+    );
+    println!();
+    println!("| kernel | input MiB | d2d copy ms | kernel ms | fraction of copy | input GB/s | bits = CPU |");
+    println!("|---|---|---|---|---|---|---|");
+}
+
+/// The quilt kernels on the bench's cases.
+///
+/// # Errors
+/// Device failures; a GPU result that differs from the CPU's.
+pub fn quilt(
+    cases: &[crate::bench::quilt::QuiltCase],
+    repeat: usize,
+    gpu: &Arc<Gpu>,
+) -> Result<()> {
+    header("quilt", gpu, repeat);
+    let mut differ = Vec::new();
+    for case in cases {
+        let image = case.image();
+        let grid = case.grid();
+        let weights = case.weights();
+        let (n, c) = (case.shape[0] as u64, case.shape[1] as u64);
+        let mut patches = ArrayD::<f32>::zeros(IxDyn(&case.patch_shape()));
+        crate::bench::quilt::unstitch_into(&image, &grid, &mut patches);
+        let mut acc = crate::bench::quilt::accumulator(case);
+        let mut cpu_mean = ArrayD::<f32>::zeros(IxDyn(&case.shape));
+        crate::bench::quilt::stitch_into(&patches, case, &weights, &mut acc, &mut cpu_mean);
+        let patch_bytes = (patches.len() * 4) as u64;
+        let image_bytes = (image.len() * 4) as u64;
+        let image_s = image.as_standard_layout();
+        let (cut_s, cut) = bench_unstitch(
+            gpu,
+            &grid,
+            c,
+            n,
+            image_s.as_slice().expect("standard layout"),
+            repeat,
+        )?;
+        let p = patches.as_slice().expect("standard layout");
+        let (stitch_s, mean) = bench_stitch(gpu, &grid, &weights, c, n, p, repeat)?;
+        let name = format!("{} w{} s{}", case.name, case.window, case.step);
+        let cut_same = same_bits(&cut, p);
+        let mean_same = same_bits(&mean, cpu_mean.as_slice().expect("standard layout"));
+        // Unstitch reads the image and writes the patches: the yardstick copies the patch bytes
+        // (what it writes); stitch reads the patches.
+        row(
+            &format!("unstitch {name}"),
+            image_bytes.max(patch_bytes),
+            gpu.copy_seconds(patch_bytes as usize, repeat)?,
+            cut_s,
+            cut_same,
+        );
+        row(
+            &format!("stitch {name}"),
+            patch_bytes,
+            gpu.copy_seconds(patch_bytes as usize, repeat)?,
+            stitch_s,
+            mean_same,
+        );
+        if !cut_same {
+            differ.push(format!("unstitch {name}"));
+        }
+        if !mean_same {
+            differ.push(format!("stitch {name}"));
+        }
+    }
+    if differ.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::gpu(format!(
+            "GPU output differs from the CPU's: {}",
+            differ.join(", ")
+        )))
+    }
+}
+
+/// The Debevec kernel on the bench's bracket.
+///
+/// # Errors
+/// Device failures; a GPU result that differs from the CPU's.
+pub fn hdr(size: usize, exposures: usize, repeat: usize, gpu: &Arc<Gpu>) -> Result<()> {
+    header("hdr", gpu, repeat);
+    let (images, ln_t) = hdr::synthetic_bracket(size, size, exposures, 1);
+    let g: Vec<f64> = (0..256)
+        .map(|z| ((f64::from(z).max(0.5) / 255.0).powf(2.2) / 8.0).ln())
+        .collect();
+    let g = vec![g.clone(), g.clone(), g];
+    let cpu = hdr::merge_debevec(&images, &ln_t, &g, WeightType::Triangle);
+    let (seconds, out) =
+        hdr::cuda::bench_debevec(gpu, &images, &ln_t, &g, WeightType::Triangle, repeat)?;
+    let bytes = (exposures * size * size * 3) as u64;
+    let same = same_bits(&out, &cpu.data);
+    row(
+        &format!("debevec {exposures} x {size}^2 x 3 u8"),
+        bytes,
+        gpu.copy_seconds(bytes as usize, repeat)?,
+        seconds,
+        same,
+    );
+    if same {
+        Ok(())
+    } else {
+        Err(Error::gpu("GPU Debevec radiance differs from the CPU's"))
+    }
+}
