@@ -191,17 +191,18 @@ impl Gpu {
                 Err(_) => "the CUDA driver sees no device".into(),
             }));
         }
-        let ordinal =
-            match ordinal {
-                Some(n) if n >= count => return Err(Error::parameter(
+        let ordinal = match ordinal {
+            Some(n) if n >= count => {
+                return Err(Error::parameter(
                     "device",
                     format!(
                         "cuda:{n}: this node has {count} visible CUDA device(s), numbered from 0"
                     ),
-                )),
-                Some(n) => n,
-                None => local % count,
-            };
+                ))
+            }
+            Some(n) => n,
+            None => local % count,
+        };
         if !nvrtc_present() {
             return Err(Error::gpu(
                 "NVRTC (libnvrtc.so.13) not found: tessera compiles its kernels at run time; install the CUDA toolkit's NVRTC (or the nvidia-cuda-nvrtc wheel) and put it on LD_LIBRARY_PATH",
