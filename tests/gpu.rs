@@ -233,6 +233,8 @@ fn quilt_on_the_gpu_gives_the_cpu_bytes() {
                     window,
                     "--step",
                     step,
+                    "--gpu-memory-limit",
+                    "2M",
                 ]
                 .map(String::from)
                 .to_vec()

@@ -8,7 +8,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use cudarc::driver::{sys, CudaContext, CudaEvent, CudaModule, DriverError};
+use cudarc::driver::{
+    sys, CudaContext, CudaEvent, CudaModule, DevicePtrMut, DriverError, HostSlice,
+};
 pub use cudarc::driver::{
     CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PinnedHostSlice, PushKernelArg,
 };
@@ -362,7 +364,7 @@ impl Gpu {
         let mut pool = self.pinned.lock().expect("pinned pool");
         // Best fit: the smallest buffer that is large enough.
         let fit = (0..pool.len())
-            .filter(|&i| pool[i].len() >= bytes)
+            .filter(|&i| pool[i].len() >= bytes && pool[i].len() <= 2 * bytes.max(1 << 20))
             .min_by_key(|&i| pool[i].len());
         if let Some(i) = fit {
             return Ok(pool.swap_remove(i));
@@ -382,9 +384,50 @@ impl Gpu {
         })
     }
 
+    /// Sends the first `len` bytes of a pinned buffer to the start of `dst` on the copy stream,
+    /// asynchronously (the buffer's own event keeps the host from rewriting it before the copy
+    /// is done, and `dst`'s from reading it early); timed as host-to-device.
+    ///
+    /// # Errors
+    /// `dst` shorter than `len`, or the driver's error.
+    pub fn send(
+        &self,
+        pinned: &PinnedHostSlice<u8>,
+        len: usize,
+        dst: &mut impl DevicePtrMut<u8>,
+    ) -> Result<()> {
+        if dst.len() < len || pinned.len() < len {
+            return Err(Error::gpu(format!(
+                "internal: a copy of {len} bytes into a buffer of {}",
+                dst.len()
+            )));
+        }
+        let stream = &self.copy;
+        self.timed(Phase::HostToDevice, len as u64, stream, || {
+            self.ctx
+                .bind_to_thread()
+                .map_err(|e| driver_error("copy to the device", e))?;
+            // SAFETY: what memcpy_htod does, for a prefix of the host buffer: the stream waits
+            // for the pinned buffer's and dst's earlier uses, and both record this one (their
+            // guards drop after the copy is enqueued).
+            unsafe {
+                let (src, _src_done) = pinned.stream_synced_slice(stream);
+                let (ptr, _dst_done) = dst.device_ptr_mut(stream);
+                cudarc::driver::result::memcpy_htod_async(ptr, &src[..len], stream.cu_stream())
+            }
+            .map_err(|e| driver_error("copy to the device", e))
+        })
+    }
+
     /// Hands a pinned buffer back to the pool.
     pub fn give_back(&self, buffer: PinnedHostSlice<u8>) {
-        self.pinned.lock().expect("pinned pool").push(buffer);
+        let mut pool = self.pinned.lock().expect("pinned pool");
+        pool.push(buffer);
+        // A bounded pool: the smallest go first (units of one run are alike in size).
+        if pool.len() > 8 {
+            let smallest = (0..pool.len()).min_by_key(|&i| pool[i].len()).unwrap_or(0);
+            pool.swap_remove(smallest);
+        }
     }
 
     /// Runs `work` (which enqueues on `stream`) between two timing events, counting `bytes`

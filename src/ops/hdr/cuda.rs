@@ -102,12 +102,8 @@ impl DebevecGpu {
                     }
                 }
             }
-            let copy = gpu.copy_stream();
-            let mut planes = gpu.alloc::<u8>(copy, pin.len())?;
-            gpu.timed(Phase::HostToDevice, (e * c * m) as u64, copy, || {
-                copy.memcpy_htod(&pin, &mut planes)
-                    .map_err(launch_error("copy to the device"))
-            })?;
+            let mut planes = gpu.alloc::<u8>(gpu.copy_stream(), e * c * m)?;
+            gpu.send(&pin, e * c * m, &mut planes)?;
             gpu.give_back(pin);
             let mut out = gpu.alloc::<u8>(s, 4 * c * m)?;
             let mut count = gpu.zeros::<u64>(s, 1)?;

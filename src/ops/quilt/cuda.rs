@@ -9,7 +9,9 @@ use std::sync::Arc;
 
 use ndarray::{ArrayD, IxDyn};
 
-use super::device::{cut_launch, stitch_launch, StitchLaunch};
+use super::device::{
+    cut_launch, scatter_rows, split_rows, stitch_launch, stitch_piece_bytes, StitchLaunch,
+};
 use crate::error::{Error, Result};
 use crate::gpu::cuda::{
     launch_config, launch_error, CudaSlice, CudaStream, Gpu, Phase, PinnedHostSlice, PushKernelArg,
@@ -28,16 +30,10 @@ fn patch_type(patches: DType, variance: Option<DType>) -> DType {
     }
 }
 
-/// A copy of `bytes` of host data into a fresh device buffer, staged through pinned memory,
-/// on the copy stream; timed.
-fn upload(gpu: &Gpu, pinned: &mut PinnedHostSlice<u8>, len: usize) -> Result<CudaSlice<u8>> {
-    let stream = gpu.copy_stream();
-    let mut dev = gpu.alloc::<u8>(stream, pinned.len())?;
-    gpu.timed(Phase::HostToDevice, len as u64, stream, || {
-        stream
-            .memcpy_htod(pinned, &mut dev)
-            .map_err(launch_error("copy to the device"))
-    })?;
+/// The first `len` bytes of a pinned buffer in a fresh device buffer (copy stream, async).
+fn upload(gpu: &Gpu, pinned: &PinnedHostSlice<u8>, len: usize) -> Result<CudaSlice<u8>> {
+    let mut dev = gpu.alloc::<u8>(gpu.copy_stream(), len)?;
+    gpu.send(pinned, len, &mut dev)?;
     Ok(dev)
 }
 
@@ -77,22 +73,29 @@ fn read_patches(
         region.start[0] = m;
         region.shape[0] = end - m;
         let block = reader.read_box(&region)?;
-        let bytes: Vec<u8>;
-        let src: &[u8] = match (as_type, block) {
-            (DType::F32, Block::F32(a)) => {
-                let a = a.as_standard_layout();
-                bytes = bytemuck::cast_slice(a.as_slice().expect("standard layout")).to_vec();
-                &bytes
-            }
+        // Into the pinned buffer directly (f32 as read; every other type as f64, as the CPU
+        // path accumulates it).
+        let mut put = |src: &[u8]| {
+            pinned[at..at + src.len()].copy_from_slice(src);
+            at += src.len();
+        };
+        match (as_type, block) {
+            (DType::F32, Block::F32(a)) => match a.as_slice() {
+                Some(s) => put(bytemuck::cast_slice(s)),
+                None => put(bytemuck::cast_slice(
+                    &a.iter().copied().collect::<Vec<f32>>(),
+                )),
+            },
             (_, b) => {
                 let a = b.to_f64();
-                let a = a.as_standard_layout();
-                bytes = bytemuck::cast_slice(a.as_slice().expect("standard layout")).to_vec();
-                &bytes
+                match a.as_slice() {
+                    Some(s) => put(bytemuck::cast_slice(s)),
+                    None => put(bytemuck::cast_slice(
+                        &a.iter().copied().collect::<Vec<f64>>(),
+                    )),
+                }
             }
-        };
-        pinned[at..at + src.len()].copy_from_slice(src);
-        at += src.len();
+        }
         m = end;
     }
     Ok(at)
@@ -157,23 +160,7 @@ impl StitchGpu {
         })
     }
 
-    /// Device bytes a piece of `rows` rows needs (two pieces are in flight).
-    fn piece_bytes(
-        &self,
-        rows: Range<u64>,
-        p_size: u64,
-        o_size: u64,
-        var: bool,
-        with_w: bool,
-    ) -> u64 {
-        let l = stitch_launch(&self.grid, self.channels, rows, var);
-        let block: u64 = l.geom.block.iter().product::<i64>() as u64;
-        let patches = (l.patches.end - l.patches.start) * self.patch_elems * p_size;
-        let outputs = block * o_size * (self.channels * (1 + u64::from(var)) + u64::from(with_w));
-        patches * (1 + u64::from(var)) + outputs + 16 * (l.ranges.len() + l.starts.len()) as u64
-    }
-
-    /// Splits `rows` into pieces that fit half the device memory share each.
+    /// Splits `rows` into pieces that fit half the device memory share each (two in flight).
     fn pieces(
         &self,
         rows: Range<u64>,
@@ -182,34 +169,21 @@ impl StitchGpu {
         with_w: bool,
     ) -> Result<Vec<Range<u64>>> {
         let budget = self.gpu.memory_limit() / 2;
-        let total = rows.end - rows.start;
-        let mut parts = 1;
-        loop {
-            let pieces: Vec<Range<u64>> = (0..parts)
-                .map(|i| rows.start + total * i / parts..rows.start + total * (i + 1) / parts)
-                .filter(|r| !r.is_empty())
-                .collect();
-            if pieces
-                .iter()
-                .all(|r| self.piece_bytes(r.clone(), sizes.0, sizes.1, var, with_w) <= budget)
-            {
-                return Ok(pieces);
-            }
-            if parts >= total {
-                let one =
-                    self.piece_bytes(rows.start..rows.start + 1, sizes.0, sizes.1, var, with_w);
-                return Err(Error::parameter(
-                    "gpu-memory-limit",
-                    format!(
-                        "{} is too small: one output row and its patches need {} on the device, two in flight {}",
-                        crate::exec::memory::human_bytes(self.gpu.memory_limit()),
-                        crate::exec::memory::human_bytes(one),
-                        crate::exec::memory::human_bytes(2 * one)
-                    ),
-                ));
-            }
-            parts = (parts * 2).min(total);
-        }
+        let bytes = |r: &Range<u64>| {
+            stitch_piece_bytes(&self.grid, self.channels, r.clone(), sizes, var, with_w)
+        };
+        split_rows(rows.clone(), |r| bytes(r) <= budget).ok_or_else(|| {
+            let one = bytes(&(rows.start..rows.start + 1));
+            Error::parameter(
+                "gpu-memory-limit",
+                format!(
+                    "{} is too small: one output row and its patches need {} on the device, two in flight {}",
+                    crate::exec::memory::human_bytes(self.gpu.memory_limit()),
+                    crate::exec::memory::human_bytes(one),
+                    crate::exec::memory::human_bytes(2 * one)
+                ),
+            )
+        })
     }
 
     /// Stitches image `n`'s rows `rows` from `patches` (and `variance`), as
@@ -261,7 +235,7 @@ impl StitchGpu {
                 p_type,
                 pin.as_mut_slice().map_err(launch_error("pinned buffer"))?,
             )?;
-            let dev_p = upload(&self.gpu, &mut pin, len)?;
+            let dev_p = upload(&self.gpu, &pin, len)?;
             self.gpu.give_back(pin);
             let dev_v = match variance {
                 Some(v) => {
@@ -273,7 +247,7 @@ impl StitchGpu {
                         p_type,
                         pin.as_mut_slice().map_err(launch_error("pinned buffer"))?,
                     )?;
-                    let d = upload(&self.gpu, &mut pin, len)?;
+                    let d = upload(&self.gpu, &pin, len)?;
                     self.gpu.give_back(pin);
                     Some(d)
                 }
@@ -441,12 +415,7 @@ impl StitchGpu {
                 continue;
             };
             let src = &host.as_slice().map_err(launch_error("pinned buffer"))?[..len];
-            // (channels, piece rows, ...) into (channels, unit rows, ...).
-            for ch in 0..channels {
-                let from = &src[ch * prow * row_bytes..(ch + 1) * prow * row_bytes];
-                let at = (ch * nrows + skip) * row_bytes;
-                dst[at..at + prow * row_bytes].copy_from_slice(from);
-            }
+            scatter_rows(src, dst, channels, (prow, nrows, skip), row_bytes);
             self.gpu.give_back(host);
         }
         Ok(left)
@@ -470,14 +439,39 @@ impl UnstitchGpu {
     }
 
     /// Cuts patches `run` (of the patch array) out of `input`, reading one box per image as
-    /// the CPU path does, into a block (M, C, *window) of the input's type.
+    /// the CPU path does, into a block (M, C, *window) of the input's type. A run whose patches
+    /// do not fit half the device memory share is cut in parts.
     ///
     /// # Errors
-    /// Reading the input, device failures.
+    /// Reading the input, device failures, a device memory share too small for one patch.
     pub fn cut(&self, input: &dyn ArrayReader, run: Range<u64>) -> Result<Block> {
         let dtype = input.meta().dtype;
-        let size = dtype.size() as u64;
-        let patch_bytes = self.channels * self.grid.window.iter().product::<u64>() * size;
+        let patch_bytes =
+            self.channels * self.grid.window.iter().product::<u64>() * dtype.size() as u64;
+        // Half the share for the patches of a part, half for the image box they come from.
+        let budget = self.gpu.memory_limit() / 2;
+        let per_part = (budget / 2 / patch_bytes.max(1)).max(1);
+        let mut bytes = Vec::with_capacity(((run.end - run.start) * patch_bytes) as usize);
+        let mut m = run.start;
+        while m < run.end {
+            let end = (m + per_part).min(run.end);
+            bytes.extend(self.cut_part(input, m..end, patch_bytes, budget / 2)?);
+            m = end;
+        }
+        let mut shape = vec![(run.end - run.start) as usize, self.channels as usize];
+        shape.extend(self.grid.window.iter().map(|&w| w as usize));
+        Ok(block_from_bytes(dtype, &shape, &bytes))
+    }
+
+    /// One part of [`UnstitchGpu::cut`]: its patches' bytes.
+    fn cut_part(
+        &self,
+        input: &dyn ArrayReader,
+        run: Range<u64>,
+        patch_bytes: u64,
+        box_budget: u64,
+    ) -> Result<Vec<u8>> {
+        let size = input.meta().dtype.size() as u64;
         let function = match size {
             1 => "cut_u8",
             2 => "cut_u16",
@@ -489,26 +483,37 @@ impl UnstitchGpu {
         let s = gpu.compute_stream();
         let total = ((run.end - run.start) * patch_bytes) as usize;
         let mut out = gpu.alloc::<u8>(s, total)?;
-        let mut keep = Vec::new();
         for (n, windows) in self.segments(run.clone()) {
             let (lo, hi) = self.bounding_box(windows.clone());
+            let box_shape: Vec<u64> = lo.iter().zip(&hi).map(|(l, h)| h - l).collect();
+            let box_bytes = self.channels * box_shape.iter().product::<u64>() * size;
+            if box_bytes > box_budget {
+                return Err(Error::parameter(
+                    "gpu-memory-limit",
+                    format!(
+                        "{} is too small: the image box the patches are cut from takes {} on the device",
+                        crate::exec::memory::human_bytes(gpu.memory_limit()),
+                        crate::exec::memory::human_bytes(box_bytes)
+                    ),
+                ));
+            }
             let mut start = vec![n, 0];
             start.extend(&lo);
             let mut shape = vec![1, self.channels];
-            shape.extend(lo.iter().zip(&hi).map(|(l, h)| h - l));
+            shape.extend(&box_shape);
             let block = input.read_box(&Region { start, shape })?;
-            let bytes = block_bytes(&block);
-            let mut pin = gpu.pinned(bytes.len())?;
-            pin.as_mut_slice().map_err(launch_error("pinned buffer"))?[..bytes.len()]
-                .copy_from_slice(&bytes);
-            let dev_box = upload(gpu, &mut pin, bytes.len())?;
+            let mut pin = gpu.pinned(box_bytes as usize)?;
+            let len = write_block_bytes(
+                &block,
+                pin.as_mut_slice().map_err(launch_error("pinned buffer"))?,
+            );
+            let dev_box = upload(gpu, &pin, len)?;
             gpu.give_back(pin);
-            let box_shape: Vec<u64> = lo.iter().zip(&hi).map(|(l, h)| h - l).collect();
             let (geom, starts) =
                 cut_launch(&self.grid, self.channels, windows.clone(), &lo, &box_shape);
             let dev_starts = upload_slice(gpu, s, &starts)?;
-            let first = n * self.grid.per_image() + windows.start - run.start;
-            let at = (first * patch_bytes) as usize;
+            let at =
+                ((n * self.grid.per_image() + windows.start - run.start) * patch_bytes) as usize;
             let len = ((windows.end - windows.start) * patch_bytes) as usize;
             let mut view = out.slice_mut(at..at + len);
             gpu.timed(Phase::Kernel, 0, s, || {
@@ -520,7 +525,6 @@ impl UnstitchGpu {
                     .map(|_| ())
                     .map_err(launch_error("unstitch kernel"))
             })?;
-            keep.push(dev_box);
         }
         let mut host = gpu.pinned(total)?;
         gpu.timed(Phase::DeviceToHost, total as u64, s, || {
@@ -530,10 +534,7 @@ impl UnstitchGpu {
         let bytes = host.as_slice().map_err(launch_error("pinned buffer"))?[..total].to_vec();
         gpu.give_back(host);
         gpu.settle()?;
-        drop(keep);
-        let mut shape = vec![(run.end - run.start) as usize, self.channels as usize];
-        shape.extend(self.grid.window.iter().map(|&w| w as usize));
-        Ok(block_from_bytes(dtype, &shape, &bytes))
+        Ok(bytes)
     }
 
     /// The run's patches grouped by image: (image, window indices within it).
@@ -570,11 +571,13 @@ impl UnstitchGpu {
     }
 }
 
-/// A block's elements as bytes, C order.
-fn block_bytes(block: &Block) -> Vec<u8> {
+/// Writes a block's elements (C order) into `dst`; returns the bytes written.
+fn write_block_bytes(block: &Block, dst: &mut [u8]) -> usize {
     crate::with_block!(block, a => {
         let a = a.as_standard_layout();
-        bytemuck::cast_slice(a.as_slice().expect("standard layout")).to_vec()
+        let src: &[u8] = bytemuck::cast_slice(a.as_slice().expect("standard layout"));
+        dst[..src.len()].copy_from_slice(src);
+        src.len()
     })
 }
 

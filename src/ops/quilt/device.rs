@@ -144,9 +144,105 @@ pub fn cut_launch(
     (geom, starts)
 }
 
+/// Device bytes a stitch of `rows` needs: the patches (and variances) as `patch_size`-byte
+/// elements, the outputs as `out_size`-byte elements (mean, std with variances, weight sums),
+/// and the launch tables.
+pub fn stitch_piece_bytes(
+    grid: &WindowGrid,
+    channels: u64,
+    rows: Range<u64>,
+    (patch_size, out_size): (u64, u64),
+    with_variance: bool,
+    with_weights: bool,
+) -> u64 {
+    let l = stitch_launch(grid, channels, rows, with_variance);
+    let block = l.geom.block.iter().product::<i64>() as u64;
+    let patch = channels * grid.window.iter().product::<u64>() * patch_size;
+    let patches = (l.patches.end - l.patches.start) * patch * (1 + u64::from(with_variance));
+    let outputs =
+        block * out_size * (channels * (1 + u64::from(with_variance)) + u64::from(with_weights));
+    patches + outputs + 8 * (l.ranges.len() + l.starts.len()) as u64
+}
+
+/// Splits `rows` into the fewest equal pieces (doubling their number) that each `fit`; `None`
+/// when even single rows do not.
+pub fn split_rows(rows: Range<u64>, fits: impl Fn(&Range<u64>) -> bool) -> Option<Vec<Range<u64>>> {
+    let total = rows.end - rows.start;
+    let mut parts = 1;
+    loop {
+        let pieces: Vec<Range<u64>> = (0..parts)
+            .map(|i| rows.start + total * i / parts..rows.start + total * (i + 1) / parts)
+            .filter(|r| !r.is_empty())
+            .collect();
+        if pieces.iter().all(&fits) {
+            return Some(pieces);
+        }
+        if parts >= total {
+            return None;
+        }
+        parts = (parts * 2).min(total);
+    }
+}
+
+/// Copies a piece's output (`channels` planes of `piece_rows` rows of `row_bytes`) into the
+/// unit's (`channels` planes of `unit_rows` rows), at row `skip` of each plane.
+pub fn scatter_rows(
+    src: &[u8],
+    dst: &mut [u8],
+    channels: usize,
+    (piece_rows, unit_rows, skip): (usize, usize, usize),
+    row_bytes: usize,
+) {
+    let plane = piece_rows * row_bytes;
+    for c in 0..channels {
+        let at = (c * unit_rows + skip) * row_bytes;
+        dst[at..at + plane].copy_from_slice(&src[c * plane..(c + 1) * plane]);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rows_split_into_the_fewest_pieces_that_fit() {
+        assert_eq!(split_rows(0..10, |_| true), Some(vec![0..10]));
+        assert_eq!(
+            split_rows(0..10, |r| r.end - r.start <= 3),
+            Some(vec![0..2, 2..5, 5..7, 7..10])
+        );
+        assert_eq!(
+            split_rows(4..7, |r| r.end - r.start <= 1),
+            Some(vec![4..5, 5..6, 6..7])
+        );
+        assert_eq!(split_rows(0..5, |_| false), None);
+    }
+
+    #[test]
+    fn piece_rows_land_in_their_place_in_every_channel() {
+        // Unit: 2 channels x 4 rows x 2 bytes; piece: rows 1..3.
+        let mut unit = vec![0u8; 16];
+        scatter_rows(&[1, 2, 3, 4, 5, 6, 7, 8], &mut unit, 2, (2, 4, 1), 2);
+        assert_eq!(unit, vec![0, 0, 1, 2, 3, 4, 0, 0, 0, 0, 5, 6, 7, 8, 0, 0]);
+    }
+
+    #[test]
+    fn a_piece_needs_its_patches_outputs_and_tables() {
+        let grid = WindowGrid {
+            image: vec![8, 8],
+            window: vec![4, 4],
+            step: vec![4, 4],
+        };
+        // Rows 0..4: window row 0 (2 patches of 16 f32), mean 32 f32, tables.
+        let b = stitch_piece_bytes(&grid, 1, 0..4, (4, 4), false, false);
+        let l = stitch_launch(&grid, 1, 0..4, false);
+        assert_eq!(
+            b,
+            2 * 16 * 4 + 32 * 4 + 8 * (l.ranges.len() + l.starts.len()) as u64
+        );
+        let with = stitch_piece_bytes(&grid, 1, 0..4, (4, 4), true, true);
+        assert_eq!(with - b, 2 * 16 * 4 + 32 * 4 + 32 * 4);
+    }
 
     #[test]
     fn tables_of_a_hand_checked_2d_block() {
