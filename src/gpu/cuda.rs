@@ -463,6 +463,17 @@ impl Gpu {
         Ok(result)
     }
 
+    /// Makes the compute stream wait for every copy sent so far, so that a kernel's timing
+    /// events measure the kernel, not the wait for its inputs.
+    ///
+    /// # Errors
+    /// The driver's.
+    pub fn inputs_sent(&self) -> Result<()> {
+        self.compute
+            .join(&self.copy)
+            .map_err(|e| driver_error("ordering the streams", e))
+    }
+
     /// Waits for the timed work so far and adds it to the phases.
     ///
     /// # Errors

@@ -221,7 +221,14 @@ fn open(
     local_size: usize,
     gpu_memory_limit: Option<&str>,
 ) -> Result<Selected> {
-    let gpu = cuda::Gpu::open(ordinal, local, local_size, gpu_memory_limit)?;
+    // cudarc panics where it meets a driver it cannot use; that is an error here, not a crash.
+    let gpu =
+        std::panic::catch_unwind(|| cuda::Gpu::open(ordinal, local, local_size, gpu_memory_limit))
+            .unwrap_or_else(|_| {
+                Err(Error::gpu(
+                    "the CUDA driver failed while opening the device (see the message above)",
+                ))
+            })?;
     Ok(Selected {
         reason: String::new(),
         backend: Backend::Cuda(gpu),
@@ -368,6 +375,23 @@ mod tests {
             let e = bad.parse::<DeviceChoice>().unwrap_err();
             assert!(e.contains("expected"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn job_files_take_a_device() {
+        let job: crate::job::StitchJob =
+            toml::from_str("input = \"p.zarr\"\noutput = \"o.zarr\"\ndevice = \"cuda:1\"").unwrap();
+        assert_eq!(job.device, DeviceChoice::Cuda(Some(1)));
+        let e = toml::from_str::<crate::job::StitchJob>(
+            "input = \"p.zarr\"\noutput = \"o.zarr\"\ndevice = \"gpu7\"",
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("expected auto, cpu, cuda or cuda:N"),
+            "{e}"
+        );
+        // Not part of the resume identity (the job's serde form).
+        assert!(serde_json::to_value(&job).unwrap().get("device").is_none());
     }
 
     #[test]

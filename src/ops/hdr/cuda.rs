@@ -112,6 +112,7 @@ impl DebevecGpu {
                 channels: c as i64,
                 exposures: e as i64,
             };
+            gpu.inputs_sent()?;
             gpu.timed(Phase::Kernel, 0, s, || {
                 let mut b = s.launch_builder(&kernel);
                 b.arg(&geom)

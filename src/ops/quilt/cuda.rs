@@ -343,6 +343,7 @@ impl StitchGpu {
             None => gpu.alloc::<u8>(s, 1)?,
         };
         let with_w = i64::from(with_weights);
+        gpu.inputs_sent()?;
         gpu.timed(Phase::Kernel, 0, s, || {
             let mut b = s.launch_builder(kernel);
             b.arg(&l.geom)
@@ -516,6 +517,7 @@ impl UnstitchGpu {
                 ((n * self.grid.per_image() + windows.start - run.start) * patch_bytes) as usize;
             let len = ((windows.end - windows.start) * patch_bytes) as usize;
             let mut view = out.slice_mut(at..at + len);
+            gpu.inputs_sent()?;
             gpu.timed(Phase::Kernel, 0, s, || {
                 let mut b = s.launch_builder(&kernel);
                 b.arg(&geom).arg(&dev_starts).arg(&dev_box).arg(&mut view);
