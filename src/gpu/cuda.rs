@@ -193,18 +193,13 @@ impl Gpu {
                 Err(_) => "the CUDA driver sees no device".into(),
             }));
         }
-        let ordinal = match ordinal {
-            Some(n) if n >= count => {
-                return Err(Error::parameter(
-                    "device",
-                    format!(
-                        "cuda:{n}: this node has {count} visible CUDA device(s), numbered from 0"
-                    ),
-                ))
-            }
-            Some(n) => n,
-            None => local % count,
-        };
+        if let Some(n) = ordinal.filter(|&n| n >= count) {
+            return Err(Error::parameter(
+                "device",
+                format!("cuda:{n}: this node has {count} visible CUDA device(s), numbered from 0"),
+            ));
+        }
+        let (ordinal, sharing) = super::device_for(ordinal, local, local_size, count);
         if !nvrtc_present() {
             return Err(Error::gpu(
                 "NVRTC (libnvrtc.so.13) not found: tessera compiles its kernels at run time; install the CUDA toolkit's NVRTC (or the nvidia-cuda-nvrtc wheel) and put it on LD_LIBRARY_PATH",
@@ -221,9 +216,6 @@ impl Gpu {
             .mem_get_info()
             .map_err(|e| driver_error("device memory", e))?;
         // Ranks of this node that share this device split its memory.
-        let sharing = (0..local_size)
-            .filter(|r| r % count == ordinal % count)
-            .count();
         let memory_limit = super::memory_limit(
             memory_flag,
             free as u64,

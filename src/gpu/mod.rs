@@ -156,6 +156,27 @@ fn memory_limit(flag: Option<&str>, free: u64, sharing: usize, fraction: f64) ->
     }
 }
 
+/// The device a rank uses and how many ranks of its node share it: `cuda:N` puts every rank
+/// on N; otherwise node-local rank `local` takes device `local % count`.
+pub fn device_for(
+    ordinal: Option<usize>,
+    local: usize,
+    local_size: usize,
+    count: usize,
+) -> (usize, usize) {
+    let count = count.max(1);
+    match ordinal {
+        Some(n) => (n, local_size.max(1)),
+        None => {
+            let device = local % count;
+            let sharing = (0..local_size.max(1))
+                .filter(|r| r % count == device)
+                .count();
+            (device, sharing.max(1))
+        }
+    }
+}
+
 /// Default share of a device's free memory that its ranks use together.
 pub const DEFAULT_MEMORY_FRACTION: f64 = 0.8;
 
@@ -375,6 +396,21 @@ mod tests {
             let e = bad.parse::<DeviceChoice>().unwrap_err();
             assert!(e.contains("expected"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn ranks_spread_over_a_nodes_devices() {
+        // 8 ranks on a node with 4 GPUs: two per device.
+        assert_eq!(device_for(None, 5, 8, 4), (1, 2));
+        // 3 ranks, 2 GPUs: device 0 has ranks 0 and 2.
+        assert_eq!(device_for(None, 2, 3, 2), (0, 2));
+        assert_eq!(device_for(None, 1, 3, 2), (1, 1));
+        // More GPUs than ranks: one each, the rest idle.
+        assert_eq!(device_for(None, 1, 2, 8), (1, 1));
+        // cuda:N: everyone on N.
+        assert_eq!(device_for(Some(3), 1, 4, 8), (3, 4));
+        // One process.
+        assert_eq!(device_for(None, 0, 1, 1), (0, 1));
     }
 
     #[test]
