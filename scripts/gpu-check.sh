@@ -45,6 +45,8 @@ else
 fi
 step "bench quilt (kernels)"; run "$BIN" bench quilt --device cuda --repeat 10 | tee "$OUT/bench-quilt.md"
 step "bench hdr (kernel)";    run "$BIN" bench hdr --device cuda --size 2048 --exposures 5 --repeat 10 | tee "$OUT/bench-hdr.md"
+step "bench quilt (CPU, every core)"; run "$BIN" bench quilt --repeat 3 | tee "$OUT/bench-quilt-cpu.md"
+step "bench hdr (CPU, every core)";   run "$BIN" bench hdr --size 2048 --exposures 5 --repeat 5 | tee "$OUT/bench-hdr-cpu.md"
 
 # End to end: quilt stitch of (8,3,1024,1024) f32, window 128 step 64 (338 MiB of patches),
 # uncompressed Zarr in /dev/shm, on the GPU and on every core of this machine.
@@ -79,14 +81,29 @@ import json, sys, os, re
 out = sys.argv[1]
 print("| what | GPU | CPU | GPU / CPU | notes |")
 print("|---|---|---|---|---|")
-for md in ("bench-quilt.md", "bench-hdr.md"):
+def rows(md):
     path = os.path.join(out, md)
     if not os.path.exists(path):
-        continue
-    for line in open(path):
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) == 7 and re.match(r"^(unstitch|stitch|debevec)", cells[0]):
-            print(f"| kernel {cells[0]} | {cells[3]} ms | | | {cells[4]} of a d2d copy of {cells[1]} MiB ({cells[5]} GB/s); bits = CPU: {cells[6]} |")
+        return []
+    return [[c.strip() for c in l.strip().strip("|").split("|")] for l in open(path) if l.startswith("|")]
+# CPU kernel seconds by (kernel, case prefix).
+cpu = {}
+for c in rows("bench-quilt-cpu.md"):
+    if len(c) == 7 and c[0][:2] in ("2d", "3d"):
+        cpu[("unstitch", c[0][:2])] = float(c[3])
+        cpu[("stitch", c[0][:2])] = float(c[5])
+for c in rows("bench-hdr-cpu.md"):
+    if len(c) == 4 and c[0] == "debevec":
+        cpu[("debevec", "")] = float(c[2])
+for md in ("bench-quilt.md", "bench-hdr.md"):
+    for c in rows(md):
+        if len(c) == 7 and re.match(r"^(unstitch|stitch|debevec)", c[0]):
+            kind = c[0].split()[0]
+            case = c[0].split()[1][:2] if kind != "debevec" else ""
+            g = float(c[3]) / 1e3
+            k = cpu.get((kind, case))
+            vs = f"{k:.4f} s | {g / k:.3f}" if k else " | "
+            print(f"| kernel {c[0]} | {g:.5f} s | {vs} | {c[4]} of a d2d copy of {c[1]} MiB ({c[5]} GB/s); bits = CPU: {c[6]} |")
 def load(name):
     p = os.path.join(out, name)
     return json.load(open(p)) if os.path.exists(p) else None

@@ -31,7 +31,7 @@ fn same_bits(a: &[f32], b: &[f32]) -> bool {
 
 fn row(name: &str, bytes: u64, copy: f64, kernel: f64, same: bool) {
     println!(
-        "| {name} | {:.0} | {:.3} | {:.3} | {:.2} | {:.0} | {} |",
+        "| {name} | {:.1} | {:.3} | {:.3} | {:.2} | {:.0} | {} |",
         bytes as f64 / 1048576.0,
         copy * 1e3,
         kernel * 1e3,
