@@ -1,8 +1,11 @@
-//! quilt's GPU path (feature `cuda`): a unit's patches are read by the CPU into pinned
-//! buffers, sent on the copy stream, stitched (or cut) on the compute stream by the kernels of
-//! `stitch.cu` / `unstitch.cu`, and copied back. A unit larger than the rank's device memory
-//! share is done in pieces, two in flight: while the GPU works on one piece the CPU reads the
-//! next. Output bits equal the CPU kernels' (`kernel.rs`), tested by the harness and on GPUs.
+//! quilt's GPU path (feature `cuda`). Stitch: a unit's patches are read by the CPU in batches
+//! into two pinned buffers in turn, each sent on the copy stream while the CPU fills the other;
+//! the kernel of `stitch.cu` runs on the compute stream once they are there, and its outputs are
+//! copied back on that stream. A unit larger than half the rank's device memory share is done
+//! in pieces of rows, two in flight: the CPU reads the next piece while the GPU works on the
+//! last. Unstitch: one image box per image touched, sent, gathered by `unstitch.cu`, copied
+//! back, in parts that fit. Output bits equal the CPU kernels' (`kernel.rs`): the harness checks
+//! the kernels' bodies on the CPU; `tests/gpu.rs` checks whole runs on a GPU.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -100,6 +103,9 @@ fn read_patches(
     }
     Ok(at)
 }
+
+/// Bytes read and sent per batch when streaming patches to the device (two in flight).
+const STAGING_BYTES: u64 = 32 << 20;
 
 /// The GPU half of `StitchOp`: the window weights on the device, and what a piece needs.
 pub struct StitchGpu {
@@ -225,32 +231,10 @@ impl StitchGpu {
             let launch = stitch_launch(&self.grid, self.channels, piece.clone(), var);
             let first = n * per_image + launch.patches.start;
             let range = first..n * per_image + launch.patches.end;
-            // Read (CPU) while the previous piece computes, then send.
-            let bytes = ((range.end - range.start) * self.patch_elems * p_size) as usize;
-            let mut pin = self.gpu.pinned(bytes)?;
-            let len = read_patches(
-                patches,
-                range.clone(),
-                self.batch,
-                p_type,
-                pin.as_mut_slice().map_err(launch_error("pinned buffer"))?,
-            )?;
-            let dev_p = upload(&self.gpu, &pin, len)?;
-            self.gpu.give_back(pin);
+            // Read (CPU) while the previous piece computes, sent batch by batch.
+            let dev_p = self.stream_patches(patches, range.clone(), p_type)?;
             let dev_v = match variance {
-                Some(v) => {
-                    let mut pin = self.gpu.pinned(bytes)?;
-                    let len = read_patches(
-                        v,
-                        range.clone(),
-                        self.batch,
-                        p_type,
-                        pin.as_mut_slice().map_err(launch_error("pinned buffer"))?,
-                    )?;
-                    let d = upload(&self.gpu, &pin, len)?;
-                    self.gpu.give_back(pin);
-                    Some(d)
-                }
+                Some(v) => Some(self.stream_patches(v, range.clone(), p_type)?),
                 None => None,
             };
             let flight = self.launch(
@@ -310,6 +294,47 @@ impl StitchGpu {
             weights: wsum.map(|w| block(w, &wshape)),
             left_out,
         })
+    }
+
+    /// Patches `range` on the device as `as_type`: read by the CPU in batches of about
+    /// [`STAGING_BYTES`] into two pinned buffers in turn, each sent (asynchronously, copy
+    /// stream) while the CPU fills the other.
+    ///
+    /// # Errors
+    /// Reading, device memory.
+    fn stream_patches(
+        &self,
+        reader: &dyn ArrayReader,
+        range: Range<u64>,
+        as_type: DType,
+    ) -> Result<CudaSlice<u8>> {
+        let gpu = &self.gpu;
+        let patch = (self.patch_elems * as_type.size() as u64) as usize;
+        let count = range.end - range.start;
+        let mut dev = gpu.alloc::<u8>(gpu.copy_stream(), count as usize * patch)?;
+        let per_batch = (STAGING_BYTES / patch as u64).clamp(1, count.max(1));
+        let staging = [
+            gpu.pinned(per_batch as usize * patch)?,
+            gpu.pinned(per_batch as usize * patch)?,
+        ];
+        let mut staging = staging.map(Some);
+        let mut m = range.start;
+        let mut turn = 0;
+        while m < range.end {
+            let end = (m + per_batch).min(range.end);
+            let pin = staging[turn].as_mut().expect("both buffers are held");
+            // Waits only for this buffer's own previous send (two batches ago).
+            let host = pin.as_mut_slice().map_err(launch_error("pinned buffer"))?;
+            let len = read_patches(reader, m..end, self.batch, as_type, host)?;
+            let at = (m - range.start) as usize * patch;
+            gpu.send(pin, len, &mut dev.slice_mut(at..at + len))?;
+            m = end;
+            turn = 1 - turn;
+        }
+        for pin in staging.into_iter().flatten() {
+            gpu.give_back(pin);
+        }
+        Ok(dev)
     }
 
     /// Enqueues one piece's kernel and the copy of its outputs back to pinned memory.
