@@ -39,7 +39,7 @@ step "device";          run nvidia-smi --query-gpu=name,uuid,driver_version,memo
 step "tessera gpu info"; run "$BIN" gpu info
 step "compile";         run "$BIN" gpu compile
 if [ -x "$TESTS" ]; then
-  step "GPU tests";     TESSERA_BIN="$BIN" TESSERA_GPU_SKIP_MPI=1 run "$TESTS" --test-threads=1 --nocapture
+  step "GPU tests";     TESSERA_BIN="$BIN" TESSERA_GPU_SKIP_MPI=1 TESSERA_REQUIRE_GPU=1 run "$TESTS" --test-threads=1 --nocapture
 else
   echo "gpu-check: no GPU test binary at $TESTS: tests skipped"; status=1
 fi

@@ -76,6 +76,10 @@ fn gpu() -> bool {
     let info = text(&out);
     let usable = info.contains("cuda:0:") && info.contains("NVRTC: 1");
     if !usable {
+        assert!(
+            std::env::var("TESSERA_REQUIRE_GPU").as_deref() != Ok("1"),
+            "no usable GPU but TESSERA_REQUIRE_GPU=1 (scripts/gpu-check.sh sets it):\n{info}"
+        );
         eprintln!("skipping the GPU run: no usable GPU here (tessera gpu info says:\n{info})");
     }
     usable
