@@ -22,6 +22,10 @@ pub struct Cli {
     /// Log line format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Threads per rank (default: the CPUs this rank may run on, divided among the ranks of its
+    /// node that may run on them too; RAYON_NUM_THREADS also sets it).
+    #[arg(long, global = true)]
+    pub threads: Option<usize>,
     #[command(subcommand)]
     pub command: Command,
 }

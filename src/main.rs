@@ -144,7 +144,8 @@ fn main() {
         }
     };
     init_logging(&cli, comm.as_ref());
-    let outcome = cli::dispatch(cli, comm.as_ref());
+    let outcome = tessera::exec::threads::configure(cli.threads, comm.as_ref())
+        .and_then(|_| cli::dispatch(cli, comm.as_ref()));
     let code = i32::from(outcome.is_err());
     report_error(outcome.err(), comm.as_ref());
     // Finalise MPI (drop) before exiting; every HDF5 handle is closed by now.

@@ -14,6 +14,7 @@ pub mod journal;
 pub mod memory;
 pub mod progress;
 pub mod report;
+pub mod threads;
 
 use std::time::Instant;
 
@@ -528,5 +529,6 @@ pub fn run<Op: Operation>(op: &Op, comm: &dyn Comm, options: &RunOptions) -> Res
     stats.phases = phases;
     stats.seconds = started.elapsed().as_secs_f64();
     stats.device = op.device();
+    stats.threads = rayon::current_num_threads();
     Ok(report::summarize(op, comm, stats, &stagings, done.len()))
 }

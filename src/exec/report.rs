@@ -42,6 +42,9 @@ pub struct RankStats {
     pub bytes_written: u64,
     pub seconds: f64,
     pub phases: PhaseTimes,
+    /// Width of this rank's thread pool (exec::threads).
+    #[serde(default)]
+    pub threads: usize,
     /// The device this rank ran the kernels on, and (GPU) where its time went: transfers and
     /// kernels, seconds and bytes. Absent for operations without a `--device`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -187,7 +190,11 @@ pub fn versions() -> Value {
 /// job's id, name, nodes and task layout (so a report can be matched to `sacct`/`squeue` and to
 /// the job's log file).
 pub fn launch() -> Value {
-    let mut v = serde_json::json!({ "threads_per_rank": rayon::current_num_threads() });
+    let plan = super::threads::plan();
+    let mut v = serde_json::json!({
+        "threads_per_rank": plan.threads,
+        "threads": plan,
+    });
     for var in [
         "SLURM_JOB_ID",
         "SLURM_JOB_NAME",

@@ -780,7 +780,8 @@ mod resume_identity {
     use crate::cli::{Cli, Command, HdrCommand, PyramidCli, PyramidCommand, QuiltCommand};
 
     /// Flags that are not parameters of the output: run options and logging.
-    const NOT_PARAMETERS: [&str; 11] = [
+    const NOT_PARAMETERS: [&str; 12] = [
+        "threads",
         // Where the kernels run: the same bytes on every device, so a run may resume on another.
         "device",
         "gpu_memory_limit",
