@@ -86,6 +86,7 @@ fn one_process_uses_its_cpus_unless_told() {
     );
 }
 
+#[cfg(feature = "mpi")]
 /// `mpirun -n 2` with the given binding, without the test suite's RAYON_NUM_THREADS.
 fn mpirun2(bind: &str, extra_env: &[(&str, &str)], args: &[&str]) -> std::process::Output {
     let mut c = Command::new(mpirun().unwrap());
@@ -102,6 +103,7 @@ fn mpirun2(bind: &str, extra_env: &[(&str, &str)], args: &[&str]) -> std::proces
     c.output().unwrap()
 }
 
+#[cfg(feature = "mpi")]
 #[test]
 fn ranks_of_a_node_divide_its_cpus() {
     if mpirun().is_none() {
