@@ -17,10 +17,12 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 BIN=${TESSERA_BIN:-$PWD/.carry/tessera}
 TESTS=${TESSERA_GPU_TESTS:-$PWD/.carry/gpu-tests}
-OUT=${OUT:-$PWD/target/gpu-check}
-WORK=${WORK:-/dev/shm/tessera-gpu-check}
-mkdir -p "$OUT"
-rm -rf "$WORK" && mkdir -p "$WORK"
+# Results in a fresh folder under $OUT (the device machine's, or target/gpu-check), scratch
+# data in a fresh folder in /dev/shm removed at the end: nothing that was there is touched.
+mkdir -p "${OUT:=$PWD/target/gpu-check}"
+OUT=$(mktemp -d "$OUT/run.XXXXXX")
+WORK=$(mktemp -d /dev/shm/tessera-gpu-check.XXXXXX)
+trap 'rm -rf "$WORK"' EXIT
 [ -x "$BIN" ] || { echo "gpu-check: no binary at $BIN (see the header of this script)"; exit 2; }
 
 # NVRTC: the CUDA toolkit's, else a pip wheel's (it must not be newer than the driver).

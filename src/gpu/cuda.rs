@@ -497,17 +497,6 @@ impl Gpu {
         Ok(())
     }
 
-    /// Waits for everything enqueued on both streams.
-    ///
-    /// # Errors
-    /// A failed kernel or copy.
-    pub fn synchronize(&self) -> Result<()> {
-        self.copy
-            .synchronize()
-            .and_then(|_| self.compute.synchronize())
-            .map_err(|e| driver_error("waiting for the device", e))
-    }
-
     /// Times a device-to-device copy of `bytes` (read + written), the yardstick of
     /// `tessera bench --device cuda`: seconds per copy, the best of `repeats`.
     ///
@@ -517,29 +506,13 @@ impl Gpu {
         let s = &self.compute;
         let src = self.zeros::<u8>(s, bytes)?;
         let mut dst = self.zeros::<u8>(s, bytes)?;
-        let flags = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
-        let mut best = f64::INFINITY;
-        for _ in 0..repeats.max(1) {
-            let a = self
-                .ctx
-                .new_event(flags)
-                .map_err(|e| driver_error("event", e))?;
-            let b = self
-                .ctx
-                .new_event(flags)
-                .map_err(|e| driver_error("event", e))?;
-            a.record(s).map_err(|e| driver_error("event", e))?;
+        self.kernel_seconds(repeats, || {
             s.memcpy_dtod(&src, &mut dst)
-                .map_err(|e| driver_error("device copy", e))?;
-            b.record(s).map_err(|e| driver_error("event", e))?;
-            b.synchronize().map_err(|e| driver_error("event", e))?;
-            let ms = a.elapsed_ms(&b).map_err(|e| driver_error("event", e))?;
-            best = best.min(f64::from(ms) / 1e3);
-        }
-        Ok(best)
+                .map_err(|e| driver_error("device copy", e))
+        })
     }
 
-    /// Kernel time of `work` (which launches on the compute stream): seconds, best of
+    /// Device time of `work` (which enqueues on the compute stream): seconds, best of
     /// `repeats`, measured with events.
     ///
     /// # Errors
@@ -551,24 +524,45 @@ impl Gpu {
     ) -> Result<f64> {
         let s = &self.compute;
         let flags = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let event = || {
+            self.ctx
+                .new_event(flags)
+                .map_err(|e| driver_error("event", e))
+        };
         let mut best = f64::INFINITY;
         for _ in 0..repeats.max(1) {
-            let a = self
-                .ctx
-                .new_event(flags)
-                .map_err(|e| driver_error("event", e))?;
-            let b = self
-                .ctx
-                .new_event(flags)
-                .map_err(|e| driver_error("event", e))?;
+            let (a, b) = (event()?, event()?);
             a.record(s).map_err(|e| driver_error("event", e))?;
             work()?;
             b.record(s).map_err(|e| driver_error("event", e))?;
-            b.synchronize().map_err(|e| driver_error("event", e))?;
             let ms = a.elapsed_ms(&b).map_err(|e| driver_error("event", e))?;
             best = best.min(f64::from(ms) / 1e3);
         }
         Ok(best)
+    }
+
+    /// A host slice in a fresh device buffer, copied on `stream` (small tables, weights, and
+    /// the benches' resident data; units go through pinned memory and [`Gpu::send`]).
+    ///
+    /// # Errors
+    /// Device memory, the driver's.
+    pub fn upload<T: DeviceRepr>(
+        &self,
+        stream: &Arc<CudaStream>,
+        host: &[T],
+    ) -> Result<CudaSlice<T>> {
+        let mut dev = self.alloc::<T>(stream, host.len())?;
+        self.timed(
+            Phase::HostToDevice,
+            std::mem::size_of_val(host) as u64,
+            stream,
+            || {
+                stream
+                    .memcpy_htod(host, &mut dev)
+                    .map_err(|e| driver_error("copy to the device", e))
+            },
+        )?;
+        Ok(dev)
     }
 }
 

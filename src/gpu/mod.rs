@@ -223,14 +223,17 @@ pub fn select(
             selected.reason
         ),
         #[cfg(feature = "cuda")]
-        Backend::Cuda(gpu) => tracing::info!(
-            "rank {}: {op} on {} ({}, {}; {} of device memory)",
-            comm.rank(),
-            gpu.report_template().device,
-            gpu.report_template().name,
-            gpu.report_template().uuid,
-            crate::exec::memory::human_bytes(gpu.memory_limit())
-        ),
+        Backend::Cuda(gpu) => {
+            let r = gpu.report_template();
+            tracing::info!(
+                "rank {}: {op} on {} ({}, {}; {} of device memory)",
+                comm.rank(),
+                r.device,
+                r.name,
+                r.uuid,
+                crate::exec::memory::human_bytes(gpu.memory_limit())
+            )
+        }
     }
     Ok(selected)
 }

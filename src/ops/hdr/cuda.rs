@@ -69,8 +69,8 @@ impl DebevecGpu {
         let e = images.len();
         let n = h * w;
         let (tables, fallback) = tables(ln_t, g, kind);
-        let dev_tables = upload(gpu, bytemuck::cast_slice(&tables))?;
-        let dev_fallback = upload(gpu, bytemuck::cast_slice(&fallback))?;
+        let dev_tables = gpu.upload(s, &tables)?;
+        let dev_fallback = gpu.upload(s, &fallback)?;
         let kernel = gpu.function(&kernels::DEBEVEC, "debevec_merge")?;
         // Per pixel: e * c bytes in, 4 c bytes out; two bands in flight.
         let per_pixel = (e * c + 4 * c) as u64;
@@ -196,10 +196,10 @@ pub fn bench_debevec(
             planes.extend_from_slice(img.plane_u8(k));
         }
     }
-    let dev_planes = upload(gpu, &planes)?;
+    let dev_planes = gpu.upload(s, &planes)?;
     let (tables, fallback) = tables(ln_t, g, kind);
-    let dev_tables = upload(gpu, bytemuck::cast_slice(&tables))?;
-    let dev_fallback = upload(gpu, bytemuck::cast_slice(&fallback))?;
+    let dev_tables = gpu.upload(s, &tables)?;
+    let dev_fallback = gpu.upload(s, &fallback)?;
     let mut out = gpu.alloc::<f32>(s, n * c)?;
     let mut count = gpu.zeros::<u64>(s, 1)?;
     let kernel = gpu.function(&kernels::DEBEVEC, "debevec_merge")?;
@@ -225,17 +225,6 @@ pub fn bench_debevec(
         .clone_dtoh(&out)
         .map_err(launch_error("copy from the device"))?;
     Ok((seconds, host))
-}
-
-/// A small host slice copied to a fresh device buffer on the compute stream (tables).
-fn upload(gpu: &Gpu, bytes: &[u8]) -> Result<CudaSlice<u8>> {
-    let s = gpu.compute_stream();
-    let mut dev = gpu.alloc::<u8>(s, bytes.len())?;
-    gpu.timed(Phase::HostToDevice, bytes.len() as u64, s, || {
-        s.memcpy_htod(bytes, &mut dev)
-            .map_err(launch_error("copy to the device"))
-    })?;
-    Ok(dev)
 }
 
 #[cfg(test)]

@@ -13,11 +13,12 @@ use std::sync::Arc;
 use ndarray::{ArrayD, IxDyn};
 
 use super::device::{
-    cut_launch, scatter_rows, split_rows, stitch_launch, stitch_piece_bytes, StitchLaunch,
+    bounding_box, cut_launch, image_segments, scatter_rows, split_rows, stitch_launch,
+    stitch_piece_bytes, StitchLaunch,
 };
 use crate::error::{Error, Result};
 use crate::gpu::cuda::{
-    launch_config, launch_error, CudaSlice, CudaStream, Gpu, Phase, PinnedHostSlice, PushKernelArg,
+    launch_config, launch_error, CudaSlice, Gpu, Phase, PinnedHostSlice, PushKernelArg,
 };
 use crate::gpu::kernels;
 use crate::grid::windows::WindowGrid;
@@ -37,25 +38,6 @@ fn patch_type(patches: DType, variance: Option<DType>) -> DType {
 fn upload(gpu: &Gpu, pinned: &PinnedHostSlice<u8>, len: usize) -> Result<CudaSlice<u8>> {
     let mut dev = gpu.alloc::<u8>(gpu.copy_stream(), len)?;
     gpu.send(pinned, len, &mut dev)?;
-    Ok(dev)
-}
-
-fn upload_slice<T: bytemuck::Pod + cudarc::driver::DeviceRepr>(
-    gpu: &Gpu,
-    stream: &Arc<CudaStream>,
-    host: &[T],
-) -> Result<CudaSlice<T>> {
-    let mut dev = gpu.alloc::<T>(stream, host.len())?;
-    gpu.timed(
-        Phase::HostToDevice,
-        std::mem::size_of_val(host) as u64,
-        stream,
-        || {
-            stream
-                .memcpy_htod(host, &mut dev)
-                .map_err(launch_error("copy to the device"))
-        },
-    )?;
     Ok(dev)
 }
 
@@ -150,11 +132,7 @@ impl StitchGpu {
         batch: u64,
     ) -> Result<StitchGpu> {
         let w = window_weights.as_standard_layout();
-        let weights = upload_slice(
-            &gpu,
-            gpu.compute_stream(),
-            w.as_slice().expect("standard layout"),
-        )?;
+        let weights = gpu.upload(gpu.compute_stream(), w.as_slice().expect("standard layout"))?;
         let patch_elems = channels * grid.window.iter().product::<u64>();
         Ok(StitchGpu {
             gpu,
@@ -226,15 +204,26 @@ impl StitchGpu {
         let mut left_out = 0u64;
         let per_image = self.grid.per_image();
 
+        let mut collect = |done| {
+            self.collect(
+                done,
+                &rows,
+                row_elems,
+                o_size,
+                &mut mean,
+                std.as_deref_mut(),
+                wsum.as_deref_mut(),
+            )
+        };
+        // Two pieces in flight: the last one is collected once the next one is launched.
         let mut in_flight: Option<InFlight> = None;
         for piece in &pieces {
             let launch = stitch_launch(&self.grid, self.channels, piece.clone(), var);
-            let first = n * per_image + launch.patches.start;
-            let range = first..n * per_image + launch.patches.end;
+            let range = n * per_image + launch.patches.start..n * per_image + launch.patches.end;
             // Read (CPU) while the previous piece computes, sent batch by batch.
             let dev_p = self.stream_patches(patches, range.clone(), p_type)?;
             let dev_v = match variance {
-                Some(v) => Some(self.stream_patches(v, range.clone(), p_type)?),
+                Some(v) => Some(self.stream_patches(v, range, p_type)?),
                 None => None,
             };
             let flight = self.launch(
@@ -248,27 +237,11 @@ impl StitchGpu {
                 with_weights,
             )?;
             if let Some(done) = in_flight.replace(flight) {
-                left_out += self.collect(
-                    done,
-                    &rows,
-                    row_elems,
-                    o_size,
-                    &mut mean,
-                    std.as_deref_mut(),
-                    wsum.as_deref_mut(),
-                )?;
+                left_out += collect(done)?;
             }
         }
-        if let Some(done) = in_flight.take() {
-            left_out += self.collect(
-                done,
-                &rows,
-                row_elems,
-                o_size,
-                &mut mean,
-                std.as_deref_mut(),
-                wsum.as_deref_mut(),
-            )?;
+        if let Some(done) = in_flight {
+            left_out += collect(done)?;
         }
         self.gpu.settle()?;
 
@@ -352,8 +325,8 @@ impl StitchGpu {
     ) -> Result<InFlight> {
         let gpu = &self.gpu;
         let s = gpu.compute_stream();
-        let ranges = upload_slice(gpu, s, &l.ranges)?;
-        let starts = upload_slice(gpu, s, &l.starts)?;
+        let ranges = gpu.upload(s, &l.ranges)?;
+        let starts = gpu.upload(s, &l.starts)?;
         let block = (rows.end - rows.start) * row_elems;
         let c = self.channels;
         let var = dev_v.is_some();
@@ -509,8 +482,8 @@ impl UnstitchGpu {
         let s = gpu.compute_stream();
         let total = ((run.end - run.start) * patch_bytes) as usize;
         let mut out = gpu.alloc::<u8>(s, total)?;
-        for (n, windows) in self.segments(run.clone()) {
-            let (lo, hi) = self.bounding_box(windows.clone());
+        for (n, windows) in image_segments(&self.grid, run.clone()) {
+            let (lo, hi) = bounding_box(&self.grid, windows.clone());
             let box_shape: Vec<u64> = lo.iter().zip(&hi).map(|(l, h)| h - l).collect();
             let box_bytes = self.channels * box_shape.iter().product::<u64>() * size;
             if box_bytes > box_budget {
@@ -537,7 +510,7 @@ impl UnstitchGpu {
             gpu.give_back(pin);
             let (geom, starts) =
                 cut_launch(&self.grid, self.channels, windows.clone(), &lo, &box_shape);
-            let dev_starts = upload_slice(gpu, s, &starts)?;
+            let dev_starts = gpu.upload(s, &starts)?;
             let at =
                 ((n * self.grid.per_image() + windows.start - run.start) * patch_bytes) as usize;
             let len = ((windows.end - windows.start) * patch_bytes) as usize;
@@ -562,39 +535,6 @@ impl UnstitchGpu {
         gpu.give_back(host);
         gpu.settle()?;
         Ok(bytes)
-    }
-
-    /// The run's patches grouped by image: (image, window indices within it).
-    fn segments(&self, run: Range<u64>) -> Vec<(u64, Range<u64>)> {
-        let per_image = self.grid.per_image();
-        let mut out = Vec::new();
-        let mut m = run.start;
-        while m < run.end {
-            let n = m / per_image;
-            let k1 = (run.end - n * per_image).min(per_image);
-            out.push((n, m % per_image..k1));
-            m = n * per_image + k1;
-        }
-        out
-    }
-
-    /// The spatial box `[lo, hi)` holding every window of `windows`.
-    fn bounding_box(&self, windows: Range<u64>) -> (Vec<u64>, Vec<u64>) {
-        let nd = self.grid.ndim();
-        let starts: Vec<Vec<u64>> = windows.map(|k| self.grid.window_start(k)).collect();
-        let lo: Vec<u64> = (0..nd)
-            .map(|a| starts.iter().map(|s| s[a]).min().unwrap_or(0))
-            .collect();
-        let hi: Vec<u64> = (0..nd)
-            .map(|a| {
-                starts
-                    .iter()
-                    .map(|s| s[a] + self.grid.window[a])
-                    .max()
-                    .unwrap_or(0)
-            })
-            .collect();
-        (lo, hi)
     }
 }
 
@@ -633,13 +573,10 @@ pub fn bench_stitch(
 ) -> Result<(f64, Vec<f32>)> {
     let s = gpu.compute_stream();
     let w = weights.as_standard_layout();
-    let dev_w = upload_slice(gpu, s, w.as_slice().expect("standard layout"))?;
-    let dev_p = upload_slice(gpu, s, patches)?;
+    let dev_w = gpu.upload(s, w.as_slice().expect("standard layout"))?;
+    let dev_p = gpu.upload(s, patches)?;
     let l = stitch_launch(grid, channels, 0..grid.image[0], false);
-    let (ranges, starts) = (
-        upload_slice(gpu, s, &l.ranges)?,
-        upload_slice(gpu, s, &l.starts)?,
-    );
+    let (ranges, starts) = (gpu.upload(s, &l.ranges)?, gpu.upload(s, &l.starts)?);
     let block = l.geom.block.iter().product::<i64>() as usize;
     let per_image = patches.len() / images as usize;
     let per_out = channels as usize * block;
@@ -692,11 +629,11 @@ pub fn bench_unstitch(
 ) -> Result<(f64, Vec<f32>)> {
     let s = gpu.compute_stream();
     let bits: Vec<u32> = image.iter().map(|x| x.to_bits()).collect();
-    let dev_i = upload_slice(gpu, s, &bits)?;
+    let dev_i = gpu.upload(s, &bits)?;
     let per_image = grid.per_image();
     let origin = vec![0; grid.ndim()];
     let (geom, starts) = cut_launch(grid, channels, 0..per_image, &origin, &grid.image);
-    let dev_s = upload_slice(gpu, s, &starts)?;
+    let dev_s = gpu.upload(s, &starts)?;
     let image_elems = image.len() / images as usize;
     let patch_elems = (geom.patches * geom.channels * geom.window.iter().product::<i64>()) as usize;
     let mut out = gpu.alloc::<u32>(s, images as usize * patch_elems)?;

@@ -144,6 +144,37 @@ pub fn cut_launch(
     (geom, starts)
 }
 
+/// A run of patches (indices into the patch array) grouped by image: (image, window indices
+/// within it), in order. Unstitch reads one box per group, on the CPU as on the GPU.
+pub fn image_segments(grid: &WindowGrid, run: Range<u64>) -> Vec<(u64, Range<u64>)> {
+    let per_image = grid.per_image();
+    let mut out = Vec::new();
+    let mut m = run.start;
+    while m < run.end {
+        let n = m / per_image;
+        let k1 = (run.end - n * per_image).min(per_image);
+        out.push((n, m % per_image..k1));
+        m = n * per_image + k1;
+    }
+    out
+}
+
+/// The spatial box `[lo, hi)` holding every window of `windows` (indices within an image).
+pub fn bounding_box(grid: &WindowGrid, windows: Range<u64>) -> (Vec<u64>, Vec<u64>) {
+    let nd = grid.ndim();
+    let (mut lo, mut hi) = (vec![u64::MAX; nd], vec![0; nd]);
+    for k in windows {
+        for (a, s) in grid.window_start(k).into_iter().enumerate() {
+            lo[a] = lo[a].min(s);
+            hi[a] = hi[a].max(s + grid.window[a]);
+        }
+    }
+    lo.iter_mut()
+        .filter(|l| **l == u64::MAX)
+        .for_each(|l| *l = 0);
+    (lo, hi)
+}
+
 /// Device bytes a stitch of `rows` needs: the patches (and variances) as `patch_size`-byte
 /// elements, the outputs as `out_size`-byte elements (mean, std with variances, weight sums),
 /// and the launch tables.
@@ -203,6 +234,22 @@ pub fn scatter_rows(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runs_split_by_image_and_boxes_hold_their_windows() {
+        let grid = WindowGrid {
+            image: vec![8, 8],
+            window: vec![4, 4],
+            step: vec![2, 4],
+        };
+        // 3 x 2 windows per image.
+        assert_eq!(
+            image_segments(&grid, 4..14),
+            vec![(0, 4..6), (1, 0..6), (2, 0..2)]
+        );
+        assert_eq!(bounding_box(&grid, 1..4), (vec![0, 0], vec![6, 8]));
+        assert_eq!(bounding_box(&grid, 5..6), (vec![4, 4], vec![8, 8]));
+    }
 
     #[test]
     fn rows_split_into_the_fewest_pieces_that_fit() {

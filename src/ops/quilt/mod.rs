@@ -299,30 +299,13 @@ impl UnstitchOp {
 
     /// Cuts patches `run` out of the input, reading one bounding box per image touched.
     fn cut<T: Element>(&self, run: &Range<u64>) -> Result<Block> {
-        let per_image = self.grid.per_image();
-        let ndim = self.grid.ndim();
         let channels = self.geometry.channels();
         let mut shape = vec![(run.end - run.start) as usize, channels as usize];
         shape.extend(self.geometry.window.iter().map(|&w| w as usize));
         let mut out = ArrayD::<T>::default(IxDyn(&shape));
-        let mut m = run.start;
-        while m < run.end {
-            let n = m / per_image;
-            let k0 = m % per_image;
-            let k1 = (run.end - n * per_image).min(per_image);
-            let starts: Vec<Vec<u64>> = (k0..k1).map(|k| self.grid.window_start(k)).collect();
-            let lo: Vec<u64> = (0..ndim)
-                .map(|a| starts.iter().map(|s| s[a]).min().unwrap_or(0))
-                .collect();
-            let hi: Vec<u64> = (0..ndim)
-                .map(|a| {
-                    starts
-                        .iter()
-                        .map(|s| s[a] + self.geometry.window[a])
-                        .max()
-                        .unwrap_or(0)
-                })
-                .collect();
+        let per_image = self.grid.per_image();
+        for (n, windows) in device::image_segments(&self.grid, run.clone()) {
+            let (lo, hi) = device::bounding_box(&self.grid, windows.clone());
             let mut start = vec![n, 0];
             start.extend(&lo);
             let mut bshape = vec![1, channels];
@@ -333,13 +316,18 @@ impl UnstitchOp {
             })?;
             let image = block.into_array::<T>().expect("input dtype");
             let image = image.index_axis(Axis(0), 0);
-            for (i, s) in starts.iter().enumerate() {
-                let rel: Vec<u64> = s.iter().zip(&lo).map(|(s, l)| s - l).collect();
+            for k in windows {
+                let rel: Vec<u64> = self
+                    .grid
+                    .window_start(k)
+                    .iter()
+                    .zip(&lo)
+                    .map(|(s, l)| s - l)
+                    .collect();
                 let patch = kernel::cut_window(&image, &rel, &self.geometry.window);
-                out.index_axis_mut(Axis(0), (m - run.start) as usize + i)
+                out.index_axis_mut(Axis(0), (n * per_image + k - run.start) as usize)
                     .assign(&patch);
             }
-            m = n * per_image + k1;
         }
         Ok(T::into_block(out))
     }
@@ -779,6 +767,16 @@ impl StitchOp {
         })
     }
 
+    /// The box of the output (1, C, rows, ...) that unit (image `n`, `rows`) writes.
+    fn slab_region(&self, n: u64, rows: &Range<u64>) -> Region {
+        let mut r = Region::whole(&self.geometry.image_shape);
+        r.start[0] = n;
+        r.shape[0] = 1;
+        r.start[2] = rows.start;
+        r.shape[2] = rows.end - rows.start;
+        r
+    }
+
     /// Runs the kernels on `device` (the CPU unless told otherwise).
     ///
     /// # Errors
@@ -811,11 +809,7 @@ impl StitchOp {
             self.weights_spec.is_some(),
         )?;
         self.nan_values.fetch_add(done.left_out, Ordering::Relaxed);
-        let mut mean_region = Region::whole(&self.geometry.image_shape);
-        mean_region.start[0] = n;
-        mean_region.shape[0] = 1;
-        mean_region.start[2] = rows.start;
-        mean_region.shape[2] = rows.end - rows.start;
+        let mean_region = self.slab_region(n, &rows);
         let mut out = vec![(mean_region.clone(), done.mean)];
         if let Some(w) = done.weights {
             let mut r = Region::whole(&w.shape());
@@ -953,11 +947,7 @@ impl Operation for StitchOp {
         }
         self.nan_values
             .fetch_add(acc.nan_pixels(), Ordering::Relaxed);
-        let mut mean_region = Region::whole(&self.geometry.image_shape);
-        mean_region.start[0] = n;
-        mean_region.shape[0] = 1;
-        mean_region.start[2] = rows.start;
-        mean_region.shape[2] = rows.end - rows.start;
+        let mean_region = self.slab_region(n, &rows);
         let with_n = |a: ArrayD<f64>| a.insert_axis(Axis(0));
         let spare = self.spare_means.take(|b| b.shape() == mean_region.shape);
         // Every element is overwritten by mean_into, so a reused block needs no clearing.
