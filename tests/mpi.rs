@@ -505,3 +505,128 @@ fn every_log_line_of_a_multi_rank_run_names_its_rank() {
         }
     }
 }
+
+/// A stack of 16 MiB of u16 slices (256 slices of 256x128), for the unit-count and failure
+/// tests: big enough that the default unit sizing cuts many units.
+fn sixteen_mib_stack(dir: &std::path::Path) -> std::path::PathBuf {
+    let input = dir.join("in");
+    write_stack(
+        &input,
+        "vol",
+        &(0..256).collect::<Vec<_>>(),
+        &[256, 128],
+        DType::U16,
+        31,
+    );
+    input
+}
+
+/// The units each rank gets, from a `--dry-run` plan's `rank R: N units` lines.
+fn units_per_rank(plan: &str) -> Vec<usize> {
+    plan.lines()
+        .filter_map(|l| {
+            let rest = l.trim().strip_prefix("rank ")?;
+            let (_, units) = rest.split_once(": ")?;
+            units.split_once(" unit")?.0.parse().ok()
+        })
+        .collect()
+}
+
+#[test]
+fn every_rank_gets_several_units_of_data_smaller_than_a_unit_per_rank() {
+    if mpirun().is_none() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let input = sixteen_mib_stack(d.path());
+    let out = d.path().join("o.zarr");
+    // 16 MiB on 4 ranks: the old 64 MiB units gave rank 0 everything. No TESSERA_UNIT_BYTES:
+    // the default sizing is what is tested.
+    let plan = ok(tessera_mpi(
+        4,
+        &[
+            "convert",
+            "--input",
+            &s(&input),
+            "--output",
+            &s(&out),
+            "--chunks",
+            "1,256,128",
+            "--dry-run",
+        ],
+        &[],
+    ));
+    let per_rank = units_per_rank(&plan);
+    assert_eq!(per_rank.len(), 4, "{plan}");
+    assert!(per_rank.iter().all(|&n| n >= 4), "{per_rank:?}\n{plan}");
+    // The units do not depend on the rank count (the journal's unit ids must mean the same
+    // on resume): 1 rank plans the same total.
+    let one = ok(tessera(&[
+        "convert",
+        "--input",
+        &s(&input),
+        "--output",
+        &s(&out),
+        "--chunks",
+        "1,256,128",
+        "--dry-run",
+    ]));
+    assert_eq!(
+        units_per_rank(&one),
+        vec![per_rank.iter().sum::<usize>()],
+        "{one}"
+    );
+}
+
+#[test]
+fn a_rank_that_fails_mid_run_stops_the_others_within_a_few_units() {
+    if mpirun().is_none() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let input = sixteen_mib_stack(d.path());
+    let out = d.path().join("o.zarr");
+    // 128 units of 2 slices, 64 per rank; unit 1 is rank 0's second.
+    let env = [("TESSERA_UNIT_BYTES", "131072"), ("TESSERA_FAIL_UNIT", "1")];
+    let args = [
+        "convert",
+        "--input",
+        &s(&input),
+        "--output",
+        &s(&out),
+        "--chunks",
+        "2,256,128",
+    ];
+    let failed = tessera_mpi(2, &args, &env);
+    let all = fails_with(failed, &["unit 1 failed on purpose"]);
+    assert_eq!(
+        all.lines().filter(|l| l.contains("error")).count(),
+        1,
+        "one error line: {all}"
+    );
+    assert!(!out.exists(), "nothing published");
+    // Rank 1 was not held in lockstep, yet heard of the failure within a few of its units
+    // (the bound is loose: it only has to be far from its 64).
+    let journal = d.path().join("o.zarr.journal");
+    let done = |rank: usize| {
+        std::fs::read_to_string(journal.join(format!("rank-{rank}.done")))
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    assert!(done(0) <= 1, "rank 0 wrote only unit 0: {}", done(0));
+    assert!(
+        done(1) < 32,
+        "rank 1 stopped early: {} of 64 units",
+        done(1)
+    );
+    // And the run resumes to the bytes of a clean one.
+    let clean = d.path().join("clean.zarr");
+    let mut clean_args = args.to_vec();
+    clean_args[4] = clean.to_str().unwrap();
+    ok(tessera_env(&clean_args, &env[..1]));
+    let mut resume = args.to_vec();
+    resume.push("--resume");
+    ok(tessera_mpi(2, &resume, &env[..1]));
+    assert_same_tree(&clean, &out);
+}

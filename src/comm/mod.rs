@@ -1,7 +1,8 @@
 //! The few collectives tessera needs, behind one trait, so every operation runs the same way
 //! on one process and on many MPI ranks. Operations never call MPI directly.
 //!
-//! All collectives are blocking and must be called by every rank in the same order.
+//! All collectives but [`Comm::start_sum`] are blocking, and all must be called by every rank
+//! in the same order.
 
 mod local;
 #[cfg(feature = "mpi")]
@@ -9,6 +10,7 @@ mod mpi;
 pub mod selfcheck;
 
 pub use local::Local;
+
 #[cfg(feature = "mpi")]
 pub use mpi::Mpi;
 
@@ -45,6 +47,11 @@ pub trait Comm: Send + Sync {
     /// Halo exchange: sends each `(peer, bytes)` and returns what each peer sent to this rank,
     /// as `(peer, bytes)` sorted by peer. Empty messages are not delivered.
     fn exchange(&self, sends: Vec<(usize, Vec<u8>)>) -> Vec<(usize, Vec<u8>)>;
+    /// Starts a non-blocking element-wise sum across ranks (`MPI_Iallreduce`): the runner's
+    /// way to hear of other ranks' progress and failures without stopping its own work. Every
+    /// rank must start the same sequence of sums, and may have only one in flight; it is
+    /// complete when every rank has started it.
+    fn start_sum(&self, values: &[u64]) -> Box<dyn PendingSum>;
     /// The raw MPI communicator, for libraries that do their own MPI-IO (parallel HDF5).
     #[cfg(feature = "mpi")]
     fn mpi_raw(&self) -> Option<::mpi::ffi::MPI_Comm> {
@@ -75,6 +82,22 @@ pub trait Comm: Send + Sync {
         let mut v = [if failed { self.rank() as u64 } else { u64::MAX }];
         self.all_reduce_u64(&mut v, ReduceOp::Min);
         (v[0] != u64::MAX).then_some(v[0] as usize)
+    }
+}
+
+/// A sum started by [`Comm::start_sum`].
+pub trait PendingSum {
+    /// The result once every rank has contributed; `None` while some have not (returns at
+    /// once).
+    fn test(&mut self) -> Option<Vec<u64>>;
+}
+
+/// A sum that needed nobody else (one rank).
+pub struct Ready(pub Option<Vec<u64>>);
+
+impl PendingSum for Ready {
+    fn test(&mut self) -> Option<Vec<u64>> {
+        self.0.take()
     }
 }
 

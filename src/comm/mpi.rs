@@ -8,7 +8,7 @@ use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
 use mpi::Count;
 
-use super::{Comm, ReduceOp};
+use super::{Comm, PendingSum, ReduceOp};
 
 /// True when an MPI launcher (Open MPI, MPICH/Hydra, Slurm srun with PMIx) started us, or the
 /// user forces MPI with `TESSERA_MPI=1`. `TESSERA_MPI=0` forces a local run.
@@ -175,7 +175,80 @@ impl Comm for Mpi {
             })
             .collect()
     }
+    fn start_sum(&self, values: &[u64]) -> Box<dyn PendingSum> {
+        Box::new(MpiSum::start(&self.world, values))
+    }
     fn mpi_raw(&self) -> Option<mpi::ffi::MPI_Comm> {
         Some(self.world.as_raw())
+    }
+}
+
+/// An `MPI_Iallreduce` in flight. Its buffers live on the heap, owned here, so they stay put
+/// until the request completes; dropping it unfinished waits for it first.
+struct MpiSum {
+    send: Box<[u64]>,
+    recv: Box<[u64]>,
+    request: mpi::ffi::MPI_Request,
+    done: bool,
+}
+
+impl MpiSum {
+    fn start(world: &SimpleCommunicator, values: &[u64]) -> MpiSum {
+        // One spare element: never the dangling pointer of an empty slice (see `padded`).
+        let mut send: Box<[u64]> = values.iter().copied().chain([0]).collect();
+        let mut recv: Box<[u64]> = vec![0; values.len() + 1].into_boxed_slice();
+        send[values.len()] = 0;
+        // SAFETY: both buffers are heap allocations owned by the returned value, which does
+        // not free them before the request completes (`test` or `Drop`); the datatype and
+        // operation are rsmpi's handles for u64 and sum.
+        let request = unsafe {
+            let mut request = std::mem::MaybeUninit::uninit();
+            mpi::ffi::MPI_Iallreduce(
+                send.as_ptr().cast(),
+                recv.as_mut_ptr().cast(),
+                values.len() as Count,
+                u64::equivalent_datatype().as_raw(),
+                SystemOperation::sum().as_raw(),
+                world.as_raw(),
+                request.as_mut_ptr(),
+            );
+            request.assume_init()
+        };
+        MpiSum {
+            send,
+            recv,
+            request,
+            done: false,
+        }
+    }
+}
+
+impl PendingSum for MpiSum {
+    fn test(&mut self) -> Option<Vec<u64>> {
+        if self.done {
+            return None;
+        }
+        let mut flag = 0;
+        // SAFETY: `request` is the live request started in `start`.
+        unsafe {
+            mpi::ffi::MPI_Test(&mut self.request, &mut flag, mpi::ffi::RSMPI_STATUS_IGNORE);
+        }
+        if flag == 0 {
+            return None;
+        }
+        self.done = true;
+        let n = self.send.len() - 1;
+        Some(self.recv[..n].to_vec())
+    }
+}
+
+impl Drop for MpiSum {
+    fn drop(&mut self) {
+        if !self.done {
+            // SAFETY: as in `test`; the buffers are freed only after this returns.
+            unsafe {
+                mpi::ffi::MPI_Wait(&mut self.request, mpi::ffi::RSMPI_STATUS_IGNORE);
+            }
+        }
     }
 }

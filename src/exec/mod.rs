@@ -2,12 +2,13 @@
 //! compute → write rounds with progress, a journal for `--resume`, and timings for the run
 //! report. Nothing here knows which operation it runs.
 //!
-//! The one idea: work proceeds in *rounds*. In each round every rank computes at most one of
-//! its units, all ranks agree nobody failed, then every rank writes (possibly collectively,
-//! as parallel HDF5 requires) and records the unit in its journal. A rank that runs out of
-//! units still takes part, writing nothing. So one rank's error stops every rank cleanly,
-//! and a killed run restarts where its journal ends.
+//! Each rank gets a contiguous run of every stage's units and works through them on its own,
+//! computing one while writing the one before, journaling each once written, and hearing of
+//! the other ranks' progress and failures through non-blocking sums (`driver`; parallel HDF5,
+//! whose writes are collective, runs in lockstep rounds instead). So one rank's error stops
+//! every rank cleanly, and a killed run restarts where its journal ends.
 
+mod driver;
 mod spares;
 pub use spares::Spares;
 pub mod journal;
@@ -20,7 +21,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::comm::{Comm, ReduceOp};
+use crate::comm::Comm;
 use crate::error::{Error, Result};
 use crate::grid::partition_contiguous;
 use crate::io::lock::OutputLock;
@@ -30,24 +31,46 @@ use crate::io::Address;
 
 pub use report::{PhaseTimes, RunSummary};
 
-/// Default target size of one work unit: big enough to keep every core of a rank busy, small
+/// Default largest size of one work unit: big enough to keep every core of a rank busy, small
 /// enough that several ranks per node fit in memory.
 pub const DEFAULT_UNIT_BYTES: u64 = 64 << 20;
 
-/// Target bytes per work unit: `TESSERA_UNIT_BYTES` (a tuning knob; tests set it small to get
-/// many units from small data), else [`DEFAULT_UNIT_BYTES`].
-pub fn target_unit_bytes() -> u64 {
-    std::env::var("TESSERA_UNIT_BYTES")
+/// A run is cut into at least this many units when its data allows units of at least
+/// [`MIN_UNIT_BYTES`], so that every rank gets several (4 each up to 64 ranks) and a rank that
+/// draws a slow unit does not hold the others up for long.
+pub const MIN_UNITS: u64 = 256;
+
+/// Units are not cut smaller than this for [`MIN_UNITS`]: below it, per-unit costs (a thread
+/// hand-off, a journal line, file creates) start to show.
+pub const MIN_UNIT_BYTES: u64 = 1 << 20;
+
+/// Target bytes per work unit for a run over `total_bytes`: a [`MIN_UNITS`]-th of the data,
+/// at least [`MIN_UNIT_BYTES`], at most `TESSERA_UNIT_BYTES` (a tuning knob; tests set it small
+/// to get many units from small data), else [`DEFAULT_UNIT_BYTES`].
+///
+/// It does not depend on the rank count, on purpose: unit ids are what the journal records,
+/// so a killed run may resume on another rank count only if the units stay the same.
+pub fn target_unit_bytes(total_bytes: u64) -> u64 {
+    let cap = std::env::var("TESSERA_UNIT_BYTES")
         .ok()
         .and_then(|v| v.parse().ok())
         .filter(|&b| b > 0)
-        .unwrap_or(DEFAULT_UNIT_BYTES)
+        .unwrap_or(DEFAULT_UNIT_BYTES);
+    (total_bytes / MIN_UNITS).max(MIN_UNIT_BYTES).min(cap)
 }
 
 /// Fault injection for the resume tests: with `TESSERA_ABORT_AFTER_UNITS=N`, a rank aborts
 /// (no cleanup, like `kill -9`) right after recording its N-th finished unit.
 fn abort_after_units() -> Option<u64> {
     std::env::var("TESSERA_ABORT_AFTER_UNITS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+}
+
+/// Fault injection for the failure tests: with `TESSERA_FAIL_UNIT=N`, computing unit N fails
+/// (on whichever rank computes it) with an ordinary error, as a corrupt input would.
+fn fail_unit() -> Option<usize> {
+    std::env::var("TESSERA_FAIL_UNIT")
         .ok()
         .and_then(|v| v.parse().ok())
 }
@@ -430,7 +453,7 @@ pub fn run<Op: Operation>(op: &Op, comm: &dyn Comm, options: &RunOptions) -> Res
 
     let total_bytes: u64 = units.iter().map(|u| u.bytes_out).sum();
     let already: u64 = done.iter().map(|&u| units[u].bytes_out).sum();
-    let mut progress = progress::Progress::new(
+    let progress = progress::Progress::new(
         op.name(),
         units.len() as u64,
         done.len() as u64,
@@ -438,82 +461,36 @@ pub fn run<Op: Operation>(op: &Op, comm: &dyn Comm, options: &RunOptions) -> Res
         already,
         comm.is_root(),
     );
-    let mut stats = report::RankStats::default();
-    let abort_at = abort_after_units();
-    let stall_at = stall_after_units(comm.rank());
+    let mut driver = driver::Driver {
+        op,
+        comm,
+        journal: &journal,
+        progress,
+        phases,
+        stats: report::RankStats::default(),
+        fail_unit: fail_unit(),
+        abort_at: abort_after_units(),
+        stall_at: stall_after_units(comm.rank()),
+    };
+    // Collective writes (parallel HDF5) need every rank in the same call: rounds. Anything
+    // else runs its units independently and only listens for the others (see `Driver`).
+    let lockstep = op
+        .targets()
+        .iter()
+        .any(|t| matches!(t, Address::Hdf5 { .. }));
     for mine in &stages {
-        let t = Instant::now();
-        let mut rounds = [mine.len() as u64];
-        comm.all_reduce_u64(&mut rounds, ReduceOp::Max);
-        phases.sync += t.elapsed().as_secs_f64();
-        // Pipelined rounds: in round r a helper thread computes this rank's r-th unit while the
-        // main thread writes the unit computed in round r-1 (MPI and collective writes stay on
-        // the main thread). Round 0 writes nothing on any rank and the last round computes
-        // nothing, so every rank calls `write` the same number of times.
-        let mut pending: Option<(usize, Op::Output)> = None;
-        for round in 0..=rounds[0] as usize {
-            // The last round computes nothing (every rank has at most rounds[0] units).
-            let next = mine.get(round).copied();
-            let writing = pending.as_ref().map(|(u, _)| *u);
-            let (written, computed) = std::thread::scope(|scope| {
-                let helper = scope.spawn(|| {
-                    let t = Instant::now();
-                    let result = next.map(|u| op.compute(u).map(|out| (u, out))).transpose();
-                    (result, t.elapsed().as_secs_f64())
-                });
-                let t = Instant::now();
-                let written = if round > 0 {
-                    op.write(pending.take())
-                } else {
-                    Ok(())
-                };
-                let write_seconds = t.elapsed().as_secs_f64();
-                let (computed, compute_seconds) = helper.join().unwrap_or_else(|_| {
-                    (
-                        Err(Error::parameter("internal", "a compute thread panicked")),
-                        0.0,
-                    )
-                });
-                phases.write += write_seconds;
-                phases.compute += compute_seconds;
-                // -vv: one line per round, for finding slow units and measuring their spread
-                // (docs/scaling.md's jitter).
-                tracing::debug!(
-                    "round {round}: computed unit {} in {compute_seconds:.6} s, wrote unit {} in {write_seconds:.6} s",
-                    next.map_or("-".into(), |u| u.to_string()),
-                    writing.map_or("-".into(), |u| u.to_string()),
-                );
-                (written, computed)
-            });
-            let t = Instant::now();
-            let computed = agree(comm, written.and(computed))?;
-            if let Some(u) = writing {
-                journal.record(u)?;
-                stats.units += 1;
-                stats.bytes_read += units[u].bytes_in;
-                stats.bytes_written += units[u].bytes_out;
-                if abort_at == Some(stats.units) {
-                    eprintln!(
-                        "TESSERA_ABORT_AFTER_UNITS: rank {} aborting after {} units",
-                        comm.rank(),
-                        stats.units
-                    );
-                    std::process::abort();
-                }
-                if stall_at == Some(stats.units) {
-                    stall_forever(comm.rank(), stats.units);
-                }
-            }
-            pending = computed;
-            let mut step = [
-                u64::from(writing.is_some()),
-                writing.map_or(0, |u| units[u].bytes_out),
-            ];
-            comm.all_reduce_u64(&mut step, ReduceOp::Sum);
-            phases.sync += t.elapsed().as_secs_f64();
-            progress.advance(step[0], step[1]);
+        if lockstep {
+            driver.rounds(mine)?;
+        } else {
+            driver.independent(mine)?;
         }
     }
+    let driver::Driver {
+        progress,
+        mut phases,
+        mut stats,
+        ..
+    } = driver;
     progress.finish();
 
     let t = Instant::now();

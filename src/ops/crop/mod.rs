@@ -504,7 +504,8 @@ pub fn run(job: &CropJob, comm: &dyn Comm) -> Result<Vec<RunSummary>> {
     // Units: runs of axis-0 rows holding at most --chunk-size patterns, and no more than the
     // unit budget (TESSERA_UNIT_BYTES, 64 MiB) so that reading, cropping and writing overlap.
     let pattern_bytes = layout.h * layout.w * input.meta().dtype.size() as u64;
-    let budget = crate::grid::blocks_for_target(pattern_bytes, crate::exec::target_unit_bytes());
+    let target = crate::exec::target_unit_bytes(pattern_bytes * layout.n());
+    let budget = crate::grid::blocks_for_target(pattern_bytes, target);
     let rows_per_chunk = (job.chunk_size.min(budget) / layout.per_row).max(1);
     let chunks = crate::grid::block_aligned_runs(layout.shape[0], rows_per_chunk, 1);
 

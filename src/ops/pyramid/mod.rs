@@ -498,7 +498,7 @@ impl PyramidOp {
                 Method::Gaussian | Method::Laplacian => size + 16,
             }
         };
-        let budget = target_unit_bytes();
+        let budget = target_unit_bytes(shapes[0].iter().product::<u64>() * per_voxel(0));
         let mut stages = Vec::new();
         let mut source = 0;
         loop {

@@ -268,8 +268,8 @@ impl UnstitchOp {
             dimension_names: None,
             attributes: Map::new(),
         };
-        let blocks =
-            grid::blocks_for_target(per_chunk * patch_bytes, crate::exec::target_unit_bytes());
+        let target = crate::exec::target_unit_bytes(m * patch_bytes);
+        let blocks = grid::blocks_for_target(per_chunk * patch_bytes, target);
         let runs = grid::block_aligned_runs(m, per_chunk, blocks);
         let units = runs
             .iter()

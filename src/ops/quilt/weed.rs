@@ -200,8 +200,8 @@ impl WeedOp {
         labels_spec.attributes = attributes;
         let per_chunk = input_spec.chunks[0];
         let in_patch = im.shape[1..].iter().product::<u64>() * im.dtype.size() as u64;
-        let blocks =
-            grid::blocks_for_target(per_chunk * in_patch, crate::exec::target_unit_bytes());
+        let target = crate::exec::target_unit_bytes(kept_n * in_patch);
+        let blocks = grid::blocks_for_target(per_chunk * in_patch, target);
         let runs = grid::block_aligned_runs(kept_n, per_chunk, blocks);
         let units = runs
             .iter()
