@@ -895,7 +895,7 @@ fn stitch_bytes_do_not_depend_on_units_memory_limit_or_resume() {
         ("2G", Some("1"), 10),
         ("2G", Some("30000"), 6),
         ("160K", None, 10),
-        ("400K", None, 4),
+        ("400K", None, 6),
     ];
     for (i, &(limit, unit_bytes, units)) in runs.iter().enumerate() {
         let out = s(&d.path().join(format!("s{i}.npy")));

@@ -525,7 +525,7 @@ pub struct StitchOp {
     read_bytes: AtomicU64,
     units: Vec<UnitInfo>,
     memory_per_unit: u64,
-    /// Patches read at once (a window row, or fewer when memory is tight).
+    /// Patches read at once (a band's windows, or fewer when memory is tight).
     batch: u64,
     writers: Mutex<Vec<Box<dyn ArrayWriter>>>,
     nan_values: AtomicU64,
@@ -796,7 +796,16 @@ impl StitchOp {
                 ),
             ));
         }
-        let batch = (room / patch_bytes_f64).clamp(1, per_row_windows);
+        // A band's windows in one batch when memory allows: then every row part of the
+        // accumulator (one per thread) has windows to add; a batch of one window row covers
+        // only a window's height of the band's rows, leaving the other threads idle.
+        let starts = grid.starts(0);
+        let band_windows = (0..bands.count())
+            .map(|g| bands.windows(&starts, g))
+            .map(|r| (r.end - r.start) * per_row_windows)
+            .max()
+            .unwrap_or(1);
+        let batch = (room / patch_bytes_f64).clamp(1, band_windows.max(1));
         let unit_memory = |k: u64| output_memory(k) + band_memory + batch * patch_bytes_f64;
         // Units also stay near the target unit size (mean bytes written), as other ops' do.
         let mean_bytes =
@@ -815,7 +824,6 @@ impl StitchOp {
             slabs.extend(rows_runs.iter().map(|r| (n, r.clone())));
         }
         let patch_bytes = patch_elems * pmeta.dtype.size() as u64;
-        let starts = grid.starts(0);
         let units = slabs
             .iter()
             .map(|(n, r)| {
