@@ -120,7 +120,8 @@ pub fn accumulator(case: &QuiltCase) -> SplitAccumulator {
 }
 
 /// Stitches all patches back into `out`, image by image, the way `quilt stitch` does per
-/// block (f32 patches accumulated in f64 in patch order, normalised, rounded to f32). The
+/// band, here one band as high as the image (f32 patches accumulated in f64 in patch order,
+/// normalised, rounded to f32). The
 /// accumulator and the output are reused between runs, as the memcpy reuses its destination.
 pub fn stitch_into(
     patches: &ArrayD<f32>,

@@ -173,6 +173,12 @@ pub trait Operation: Sync {
     fn device(&self) -> Option<crate::gpu::DeviceReport> {
         None
     }
+    /// Bytes this rank has read from the inputs so far, for operations that count what they
+    /// really read (re-reads included); the report then uses it instead of the planned
+    /// `bytes_in` of the units. Default: not counted.
+    fn bytes_read(&self) -> Option<u64> {
+        None
+    }
     /// Where each stage's units end (ascending, the last = `units().len()`). Units of a stage
     /// may read what earlier stages wrote (a pyramid's coarse levels are built from a level
     /// written before): every rank finishes writing a stage before any computes the next.
@@ -504,6 +510,9 @@ pub fn run<Op: Operation>(op: &Op, comm: &dyn Comm, options: &RunOptions) -> Res
     phases.finalize += t.elapsed().as_secs_f64();
 
     stats.phases = phases;
+    if let Some(read) = op.bytes_read() {
+        stats.bytes_read = read;
+    }
     stats.seconds = started.elapsed().as_secs_f64();
     stats.device = op.device();
     stats.threads = rayon::current_num_threads();

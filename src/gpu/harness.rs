@@ -110,7 +110,7 @@ fn assert_same_bits(what: &str, got: &[u64], want: &[u64], context: &dyn std::fm
 #[test]
 fn the_rust_twins_have_the_c_layouts() {
     use std::mem::{offset_of, size_of};
-    let mut s = [0i64; 8];
+    let mut s = [0i64; 11];
     let mut c = [0i64; 5];
     let mut m = [0i64; 4];
     // SAFETY: each function writes exactly as many values as its array holds.
@@ -128,6 +128,9 @@ fn the_rust_twins_have_the_c_layouts() {
         offset_of!(StitchGeom, first),
         offset_of!(StitchGeom, offsets),
         offset_of!(StitchGeom, with_variance),
+        offset_of!(StitchGeom, band_axis),
+        offset_of!(StitchGeom, band_rows),
+        offset_of!(StitchGeom, band_origin),
     ];
     let rust_c = [
         size_of::<CutGeom>(),
@@ -146,7 +149,7 @@ fn the_rust_twins_have_the_c_layouts() {
     assert_eq!(s.to_vec(), as_i64(&rust_s), "StitchGeom");
     assert_eq!(c.to_vec(), as_i64(&rust_c), "CutGeom");
     assert_eq!(m.to_vec(), as_i64(&rust_m), "MergeGeom");
-    assert_eq!(s[0], 15 * 8, "fifteen i64 fields");
+    assert_eq!(s[0], 18 * 8, "eighteen i64 fields");
 }
 
 /// The launch tables the GPU path builds (`device::stitch_launch`) are the ones these tests
@@ -163,8 +166,9 @@ fn the_production_launch_tables_are_the_checked_ones() {
         };
         let (r0, r1) = (case.rows.start, case.rows.end);
         let (var, c) = (case.with_variance, case.channels);
-        let launch = crate::ops::quilt::device::stitch_launch(grid, c as u64, r0..r1, var);
-        let unit = stitch_unit(grid, r0..r1, c, var, [0; 3]);
+        let bands = case.band_rows;
+        let launch = crate::ops::quilt::device::stitch_launch(grid, c as u64, r0..r1, var, bands);
+        let unit = stitch_unit(grid, r0..r1, c, var, [0; 3], bands);
         assert_eq!(launch.geom, unit.geom, "{grid:?} rows {r0}..{r1}");
         assert_eq!(launch.patches, unit.first..unit.first + unit.patches);
         for a in 0..3 {
@@ -240,14 +244,15 @@ struct StitchUnit {
     patches: u64,
 }
 
-/// Builds a unit's geometry; `pad[a]` unused entries are left after axis a's part of
-/// `ranges` and `starts`, so the kernel must honour `offsets`.
+/// Builds a unit's geometry, summed in bands of `band_rows`; `pad[a]` unused entries are left
+/// after axis a's part of `ranges` and `starts`, so the kernel must honour `offsets`.
 fn stitch_unit(
     grid: &WindowGrid,
     rows: Range<u64>,
     channels: usize,
     with_variance: bool,
     pad: [usize; 3],
+    band_rows: u64,
 ) -> StitchUnit {
     let nd = grid.ndim();
     let lead = 3 - nd;
@@ -259,6 +264,9 @@ fn stitch_unit(
     let mut geom = StitchGeom {
         channels: channels as i64,
         with_variance: i64::from(with_variance),
+        band_axis: lead as i64,
+        band_rows: band_rows as i64,
+        band_origin: rows.start as i64,
         ..StitchGeom::default()
     };
     let (mut ranges, mut starts) = (Vec::new(), Vec::new());
@@ -325,6 +333,8 @@ struct StitchStats {
     snapped: u64,
     with_std: u64,
     grouped: u64,
+    /// Units with rows past their image's first band (two bands' sums meet there).
+    banded: u64,
 }
 
 /// One random stitch problem.
@@ -343,6 +353,8 @@ struct StitchCase {
     nan_rate: f64,
     /// Parts of the CPU's SplitAccumulator.
     parts: usize,
+    /// Rows per band (`kernel::Bands`, from a random chunk height).
+    band_rows: u64,
     pad: [usize; 3],
     /// Patch values are uniform in [-scale, scale].
     scale: f64,
@@ -394,6 +406,7 @@ fn random_stitch_case(rng: &mut StdRng) -> StitchCase {
         rng.random::<f64>()
     };
     StitchCase {
+        band_rows: kernel::Bands::new(rng.random_range(1..=d0), window[0], d0).rows,
         image,
         window,
         step,
@@ -501,7 +514,76 @@ fn random_patches<P: PatchValue>(
     (p, v)
 }
 
-/// Compares the host stitch of one random case with the CPU's SplitAccumulator, bit for bit.
+/// The CPU's outputs for a unit, in the output type.
+struct CpuStitch<O> {
+    mean: ArrayD<O>,
+    wsum: ArrayD<O>,
+    std: Option<ArrayD<O>>,
+}
+
+/// The CPU's banded stitch of a unit's rows (kernel.rs' rule) with the kernel's own pieces:
+/// per band g meeting the rows, a split accumulator of band g's windows plus, added row by
+/// row, the sums of band g - 1's windows; only the windows covering the unit are given, which
+/// are all that reach its pixels.
+fn cpu_banded<P: PatchValue, O: OutValue>(
+    case: &StitchCase,
+    grid: &WindowGrid,
+    unit: &StitchUnit,
+    refs: &[PatchRef<'_, P>],
+    w: &ArrayD<f64>,
+) -> CpuStitch<O> {
+    let bands = kernel::Bands {
+        rows: case.band_rows,
+        extent: grid.image[0],
+        window: grid.window[0],
+    };
+    let starts = grid.starts(0);
+    let per_row = grid.per_image() / grid.counts()[0];
+    let band_refs = |g: u64| -> Vec<PatchRef<'_, P>> {
+        let rows = bands.windows(&starts, g);
+        (0..refs.len())
+            .filter(|&j| rows.contains(&((unit.first + j as u64) / per_row)))
+            .map(|j| refs[j].clone())
+            .collect()
+    };
+    let c = case.channels;
+    let block: Vec<usize> = unit.block.iter().map(|&n| n as usize).collect();
+    let mut full = vec![c];
+    full.extend(&block);
+    let mut out = CpuStitch {
+        mean: ArrayD::<O>::default(IxDyn(&full)),
+        wsum: ArrayD::<O>::default(IxDyn(&block)),
+        std: case
+            .with_variance
+            .then(|| ArrayD::<O>::default(IxDyn(&full))),
+    };
+    let rows = unit.origin[0]..unit.origin[0] + unit.block[0];
+    for g in bands.of_row(rows.start)..=bands.of_row(rows.end - 1) {
+        let band = bands.rows_of(g);
+        let r = band.start.max(rows.start)..band.end.min(rows.end);
+        let mut origin = unit.origin.clone();
+        origin[0] = r.start;
+        let mut shape = unit.block.clone();
+        shape[0] = r.end - r.start;
+        let mut acc = SplitAccumulator::new(c, &origin, &shape, case.with_variance, case.parts);
+        acc.add_all(&band_refs(g), w);
+        if g > 0 {
+            let mut prev = SplitAccumulator::new(c, &origin, &shape, case.with_variance, 1);
+            prev.add_all(&band_refs(g - 1), w);
+            acc.add_rows(&prev.copy_rows(r.clone()));
+        }
+        let at =
+            ndarray::Slice::from((r.start - rows.start) as usize..(r.end - rows.start) as usize);
+        acc.mean_rows_into(r.clone(), out.mean.slice_axis_mut(Axis(1), at), O::from_f64);
+        acc.weights_rows_into(r.clone(), out.wsum.slice_axis_mut(Axis(0), at), O::from_f64);
+        if let Some(std) = out.std.as_mut() {
+            acc.std_rows_into(r, std.slice_axis_mut(Axis(1), at), O::from_f64);
+        }
+    }
+    out
+}
+
+/// Compares the host stitch of one random case with the CPU's banded stitch, bit for bit.
 fn check_stitch<P: PatchValue, O: OutValue>(
     rng: &mut StdRng,
     case: &StitchCase,
@@ -516,6 +598,7 @@ fn check_stitch<P: PatchValue, O: OutValue>(
         case.channels,
         case.with_variance,
         case.pad,
+        case.band_rows,
     );
     let w = kernel::weights(&grid.window, &case.weighting);
     let wflat: Vec<f64> = w.iter().copied().collect();
@@ -535,7 +618,8 @@ fn check_stitch<P: PatchValue, O: OutValue>(
         sentinel,
     );
 
-    // The CPU stitch unit: the same patches, in grid order, into a split accumulator.
+    // The CPU stitch unit: the same patches, in grid order, by the banded rule; the NaN count
+    // (an integer, order-free) and coverage from all of them in one accumulator.
     let refs: Vec<PatchRef<'_, P>> = (0..unit.patches as usize)
         .map(|j| {
             (
@@ -553,36 +637,22 @@ fn check_stitch<P: PatchValue, O: OutValue>(
         case.parts,
     );
     acc.add_all(&refs, &w);
+    let cpu = cpu_banded::<P, O>(case, &grid, &unit, &refs, &w);
     let bits = |v: &[O]| v.iter().map(|x| x.bits()).collect::<Vec<_>>();
-    let cpu_bits = |a: ArrayD<O>| a.iter().map(|x| x.bits()).collect::<Vec<_>>();
+    let cpu_bits = |a: &ArrayD<O>| a.iter().map(|x| x.bits()).collect::<Vec<_>>();
     let ctx: &dyn std::fmt::Debug = &(case, &unit.geom);
-    assert_same_bits(
-        "mean",
-        &bits(&got.mean),
-        &cpu_bits(acc.mean_with(O::from_f64)),
-        ctx,
-    );
+    assert_same_bits("mean", &bits(&got.mean), &cpu_bits(&cpu.mean), ctx);
     let weights = acc.weights();
     if case.with_wsum {
-        assert_same_bits(
-            "weights",
-            &bits(&got.wsum),
-            &cpu_bits(weights.mapv(O::from_f64)),
-            ctx,
-        );
+        assert_same_bits("weights", &bits(&got.wsum), &cpu_bits(&cpu.wsum), ctx);
     } else {
         assert!(
             got.wsum.iter().all(|x| x.bits() == sentinel.bits()),
             "weights written without with_wsum; {ctx:?}"
         );
     }
-    match acc.std() {
-        Some(std) => assert_same_bits(
-            "std",
-            &bits(&got.std),
-            &cpu_bits(std.mapv(O::from_f64)),
-            ctx,
-        ),
+    match &cpu.std {
+        Some(std) => assert_same_bits("std", &bits(&got.std), &cpu_bits(std), ctx),
         None => assert!(got.std.is_empty()),
     }
     assert_eq!(got.left_out, acc.nan_pixels(), "left-out count; {ctx:?}");
@@ -598,6 +668,7 @@ fn check_stitch<P: PatchValue, O: OutValue>(
     stats.snapped += u64::from(snapped);
     stats.with_std += u64::from(case.with_variance);
     stats.grouped += u64::from(case.channels > 4 && unit.patches > 0);
+    stats.banded += u64::from(case.rows.end > case.band_rows);
 }
 
 #[test]
@@ -618,6 +689,7 @@ fn stitch_matches_the_cpu_accumulator_bit_for_bit() {
     assert!(stats.snapped > 50, "{stats:?}");
     assert!(stats.with_std > 100, "{stats:?}");
     assert!(stats.grouped > 50, "{stats:?}");
+    assert!(stats.banded > 100, "{stats:?}");
 }
 
 /// Larger 3-D and 2-D units of five channels with a std, NaN in patches and variances, in the
@@ -652,6 +724,8 @@ fn stitch_of_slabs_matches_for_five_channels_with_std() {
                     with_wsum: true,
                     nan_rate: 0.02,
                     parts: 2,
+                    // Output chunks of 2 rows: bands of the window rounded up to even.
+                    band_rows: kernel::Bands::new(2, window[0], image[0]).rows,
                     pad: [1, 0, 2],
                     scale: 3.0,
                 };
@@ -682,7 +756,7 @@ fn stitch_hand_checked() {
     // Step 2: four windows that tile the image; window k = 2 ky + kx holds 10 k + 2 i + j
     // at its pixel (i, j), so each pixel is its one patch's value with weight 1.
     let grid = WindowGrid::new(&[4, 4], &[2, 2], &[2, 2], false).unwrap();
-    let unit = stitch_unit(&grid, 0..4, 1, false, [0; 3]);
+    let unit = stitch_unit(&grid, 0..4, 1, false, [0; 3], 2);
     let patches: Vec<f64> = (0..4)
         .flat_map(|k| (0..4).map(move |p| f64::from(10 * k + p)))
         .collect();
@@ -711,7 +785,7 @@ fn stitch_hand_checked() {
     // has mean 3 a(y) + a(x), weight n(y) n(x) with n = (1, 2, 2, 1), and std^2 (the mixture
     // variance) 1 + 9 v(y) + v(x).
     let grid = WindowGrid::new(&[4, 4], &[2, 2], &[1, 1], false).unwrap();
-    let unit = stitch_unit(&grid, 0..4, 1, true, [0; 3]);
+    let unit = stitch_unit(&grid, 0..4, 1, true, [0; 3], 2);
     // The documented layout: z first (one block position, one window), then y and x, each part
     // max(block, windows) = 4 long.
     assert_eq!(unit.geom.offsets, [0, 1, 5]);
@@ -803,7 +877,7 @@ fn stitch_hand_checked() {
 
     // The middle rows 1..3 as a unit of their own: windows start at -1, 0, 1 relative to
     // it, all nine overlap it, and the numbers are rows 1 and 2 of the whole.
-    let unit = stitch_unit(&grid, 1..3, 1, true, [0; 3]);
+    let unit = stitch_unit(&grid, 1..3, 1, true, [0; 3], 2);
     assert_eq!(unit.ranges[2..6], [0, 2, 1, 3]);
     assert_eq!(unit.starts[1..4], [-1, 0, 1]);
     assert_eq!((unit.geom.first, unit.patches), (0, 9));
@@ -821,7 +895,7 @@ fn stitch_hand_checked() {
     assert_eq!(got.std, std[4..12]);
 
     // The bottom row alone: only window row 2 overlaps it (first = 2 x 3 windows per row).
-    let unit = stitch_unit(&grid, 3..4, 1, false, [0; 3]);
+    let unit = stitch_unit(&grid, 3..4, 1, false, [0; 3], 2);
     assert_eq!((unit.geom.first, unit.patches), (6, 3));
     let got = host_stitch(
         tessera_host_stitch_f64_f64,

@@ -98,6 +98,8 @@ pub struct StitchGpu {
     patch_elems: u64,
     /// Patches read per `read_box` (the CPU path's batch).
     batch: u64,
+    /// Rows per band of the summation rule (`kernel::Bands`).
+    band_rows: u64,
 }
 
 /// One image's block of rows, stitched: mean (C, rows, ...), weight sums (rows, ...) and std,
@@ -107,6 +109,8 @@ pub struct Stitched {
     pub weights: Option<Block>,
     pub std: Option<Block>,
     pub left_out: u64,
+    /// Patch and variance bytes read (as stored): every window overlapping the unit's rows.
+    pub bytes_read: u64,
 }
 
 /// A piece in flight: its rows, and per output (mean, weight sums, std) the pinned buffer it
@@ -130,6 +134,7 @@ impl StitchGpu {
         grid: WindowGrid,
         channels: u64,
         batch: u64,
+        band_rows: u64,
     ) -> Result<StitchGpu> {
         let w = window_weights.as_standard_layout();
         let weights = gpu.upload(gpu.compute_stream(), w.as_slice().expect("standard layout"))?;
@@ -141,6 +146,7 @@ impl StitchGpu {
             channels,
             patch_elems,
             batch,
+            band_rows,
         })
     }
 
@@ -202,6 +208,9 @@ impl StitchGpu {
         let mut std = var.then(|| vec![0u8; mean.len()]);
         let mut wsum = with_weights.then(|| vec![0u8; (nrows * row_elems * o_size) as usize]);
         let mut left_out = 0u64;
+        let mut bytes_read = 0u64;
+        let stored = patches.meta().dtype.size() as u64
+            + variance.map_or(0, |v| v.meta().dtype.size() as u64);
         let per_image = self.grid.per_image();
 
         let mut collect = |done| {
@@ -218,8 +227,15 @@ impl StitchGpu {
         // Two pieces in flight: the last one is collected once the next one is launched.
         let mut in_flight: Option<InFlight> = None;
         for piece in &pieces {
-            let launch = stitch_launch(&self.grid, self.channels, piece.clone(), var);
+            let launch = stitch_launch(
+                &self.grid,
+                self.channels,
+                piece.clone(),
+                var,
+                self.band_rows,
+            );
             let range = n * per_image + launch.patches.start..n * per_image + launch.patches.end;
+            bytes_read += (range.end - range.start) * self.patch_elems * stored;
             // Read (CPU) while the previous piece computes, sent batch by batch.
             let dev_p = self.stream_patches(patches, range.clone(), p_type)?;
             let dev_v = match variance {
@@ -266,6 +282,7 @@ impl StitchGpu {
             std: std.map(|s| block(s, &shape)),
             weights: wsum.map(|w| block(w, &wshape)),
             left_out,
+            bytes_read,
         })
     }
 
@@ -575,7 +592,9 @@ pub fn bench_stitch(
     let w = weights.as_standard_layout();
     let dev_w = gpu.upload(s, w.as_slice().expect("standard layout"))?;
     let dev_p = gpu.upload(s, patches)?;
-    let l = stitch_launch(grid, channels, 0..grid.image[0], false);
+    // One band (as high as the image): the summation order of one accumulator over the
+    // whole image, which is what the bench's CPU stitch does.
+    let l = stitch_launch(grid, channels, 0..grid.image[0], false, grid.image[0]);
     let (ranges, starts) = (gpu.upload(s, &l.ranges)?, gpu.upload(s, &l.starts)?);
     let block = l.geom.block.iter().product::<i64>() as usize;
     let per_image = patches.len() / images as usize;

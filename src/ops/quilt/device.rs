@@ -18,6 +18,12 @@ pub struct StitchGeom {
     pub first: i64,
     pub offsets: [i64; 3],
     pub with_variance: i64,
+    /// The 3-D axis the bands run along (the image's first spatial axis: 0 in 3-D, 1 in 2-D).
+    pub band_axis: i64,
+    /// Rows per band (`kernel::Bands::rows`).
+    pub band_rows: i64,
+    /// The block's first row along `band_axis`, in the image.
+    pub band_origin: i64,
 }
 
 /// Twin of `CutGeom` in `unstitch.cuh`.
@@ -58,12 +64,13 @@ fn three(values: &[u64], fill: u64) -> [u64; 3] {
 }
 
 /// The launch for the block of rows `rows` (of the first spatial axis, all of the others)
-/// of one image with `channels` channels.
+/// of one image with `channels` channels, summed in bands of `band_rows` rows.
 pub fn stitch_launch(
     grid: &WindowGrid,
     channels: u64,
     rows: Range<u64>,
     with_variance: bool,
+    band_rows: u64,
 ) -> StitchLaunch {
     let nd = grid.ndim();
     let pad = 3 - nd;
@@ -100,6 +107,7 @@ pub fn stitch_launch(
         ranges.resize(2 * len, 0);
         starts.resize(len, 0);
     }
+    let band_origin = rows.start as i64;
     let rows_of_windows = grid.overlapping(0, rows);
     let per_row = grid.per_image() / grid.counts()[0];
     let first = rows_of_windows.start * per_row;
@@ -112,6 +120,9 @@ pub fn stitch_launch(
             first: first as i64,
             offsets,
             with_variance: i64::from(with_variance),
+            band_axis: pad as i64,
+            band_rows: band_rows as i64,
+            band_origin,
         },
         ranges,
         starts,
@@ -177,7 +188,7 @@ pub fn bounding_box(grid: &WindowGrid, windows: Range<u64>) -> (Vec<u64>, Vec<u6
 
 /// Device bytes a stitch of `rows` needs: the patches (and variances) as `patch_size`-byte
 /// elements, the outputs as `out_size`-byte elements (mean, std with variances, weight sums),
-/// and the launch tables.
+/// and the launch tables (whose size does not depend on the bands).
 pub fn stitch_piece_bytes(
     grid: &WindowGrid,
     channels: u64,
@@ -186,7 +197,7 @@ pub fn stitch_piece_bytes(
     with_variance: bool,
     with_weights: bool,
 ) -> u64 {
-    let l = stitch_launch(grid, channels, rows, with_variance);
+    let l = stitch_launch(grid, channels, rows, with_variance, 1);
     let block = l.geom.block.iter().product::<i64>() as u64;
     let patch = channels * grid.window.iter().product::<u64>() * patch_size;
     let patches = (l.patches.end - l.patches.start) * patch * (1 + u64::from(with_variance));
@@ -283,7 +294,7 @@ mod tests {
         };
         // Rows 0..4: window row 0 (2 patches of 16 f32), mean 32 f32, tables.
         let b = stitch_piece_bytes(&grid, 1, 0..4, (4, 4), false, false);
-        let l = stitch_launch(&grid, 1, 0..4, false);
+        let l = stitch_launch(&grid, 1, 0..4, false, 4);
         assert_eq!(
             b,
             2 * 16 * 4 + 32 * 4 + 8 * (l.ranges.len() + l.starts.len()) as u64
@@ -300,8 +311,13 @@ mod tests {
             window: vec![4, 2],
             step: vec![2, 2],
         };
-        let l = stitch_launch(&grid, 1, 3..5, false);
+        let l = stitch_launch(&grid, 1, 3..5, false, 4);
         assert_eq!(l.geom.block, [1, 2, 4]);
+        // 2-D: the bands run along y, the 3-D axis 1; the block starts at row 3.
+        assert_eq!(
+            (l.geom.band_axis, l.geom.band_rows, l.geom.band_origin),
+            (1, 4, 3)
+        );
         assert_eq!(l.geom.counts, [1, 2, 2]);
         // Rows 3 and 4 are covered by window rows 0..2 and 1..2; all window rows needed.
         assert_eq!(l.patches, 0..4);
@@ -327,10 +343,14 @@ mod tests {
             step: vec![2, 4, 4],
         };
         // Window rows along z start at 0, 2, 4, 6: rows 7..10 need rows 2 and 3.
-        let l = stitch_launch(&grid, 2, 7..10, true);
+        let l = stitch_launch(&grid, 2, 7..10, true, 4);
         assert_eq!(l.patches, 8..16);
         assert_eq!(l.geom.first, 8);
         assert_eq!(l.geom.with_variance, 1);
+        assert_eq!(
+            (l.geom.band_axis, l.geom.band_rows, l.geom.band_origin),
+            (0, 4, 7)
+        );
         let (geom, starts) = cut_launch(&grid, 2, 5..7, &[2, 0, 0], &[4, 8, 8]);
         assert_eq!(geom.patches, 2);
         assert_eq!(geom.r#box, [4, 8, 8]);

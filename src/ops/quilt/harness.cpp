@@ -66,7 +66,10 @@ extern "C" void tessera_host_stitch_geom_layout(i64* out) {
                      (i64)offsetof(StitchGeom, counts),
                      (i64)offsetof(StitchGeom, first),
                      (i64)offsetof(StitchGeom, offsets),
-                     (i64)offsetof(StitchGeom, with_variance)};
+                     (i64)offsetof(StitchGeom, with_variance),
+                     (i64)offsetof(StitchGeom, band_axis),
+                     (i64)offsetof(StitchGeom, band_rows),
+                     (i64)offsetof(StitchGeom, band_origin)};
     for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) {
         out[i] = v[i];
     }

@@ -1,16 +1,89 @@
 //! Quilting kernels: window weights, cutting windows out of an image, and the weighted
 //! accumulation that stitches patches back. Pure functions on ndarray views.
 //!
-//! Summation order (documented because results must not depend on the rank count): every
-//! output pixel is the sum, in f64, of its contributions taken in ascending patch order
-//! (image-major, then row-major window order), divided by the f64 sum of the weights in the
-//! same order, then rounded once to the output type. A block of the output is always built
-//! from all the windows that overlap it, in that order, so the bits do not depend on how the
-//! output is split into blocks or among ranks.
+//! Summation order (documented because results must not depend on how the output is split
+//! into units or among ranks): the rows of each image along its first spatial axis (Z in
+//! 3-D, Y in 2-D) are cut into fixed *bands* ([`Bands`]) of `chunk_rows * ceil(window /
+//! chunk_rows)` rows (the output's chunk rows, rounded up to at least one window height; only
+//! an image's last band may be shorter). A window belongs to the band its first row (origin)
+//! lies in. As a band is at least a window high, a pixel of band g is covered only by
+//! windows of band g and band g - 1. Per pixel and per accumulated quantity (weighted sum per
+//! channel, weight sum, second moment), `S_b` is the f64 sum, starting from 0, of the
+//! contributions of the covering windows of band b in ascending patch order (row-major
+//! window order); the pixel's total is `S_{g-1} + S_g` (one f64 addition, commutative, so it
+//! does not matter which side adds; without windows of band g - 1 it is `S_g`). The mean is
+//! the total sum over the total weight, rounded once to the output type. Only the output's
+//! chunking fixes the bands, so the bits do not depend on the unit size, the memory limit or
+//! the rank count, and a band's windows can be read once: their sums over the next band's
+//! first rows are carried to it ([`SplitAccumulator::copy_rows`], [`SplitAccumulator::add_rows`]).
+
+use std::ops::Range;
 
 use crate::grid::row_major_strides;
 use ndarray::{ArrayD, ArrayViewD, ArrayViewMutD, Axis, IxDyn, Slice, Zip};
 use serde::{Deserialize, Serialize};
+
+/// The fixed bands of rows (first spatial axis) that fix the summation order; see the module
+/// header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bands {
+    /// Rows per band (the last band of an image may be shorter); at least `window`.
+    pub rows: u64,
+    /// The image's rows.
+    pub extent: u64,
+    /// The window's rows.
+    pub window: u64,
+}
+
+impl Bands {
+    /// Bands of `chunk_rows` (the output's chunk rows) rounded up to whole chunks of at least
+    /// one `window`, over `extent` rows.
+    pub fn new(chunk_rows: u64, window: u64, extent: u64) -> Bands {
+        let chunk_rows = chunk_rows.max(1);
+        Bands {
+            rows: chunk_rows * window.max(1).div_ceil(chunk_rows),
+            extent,
+            window: window.max(1),
+        }
+    }
+
+    pub fn count(&self) -> u64 {
+        self.extent.div_ceil(self.rows)
+    }
+
+    /// The band row `row` lies in.
+    pub fn of_row(&self, row: u64) -> u64 {
+        row / self.rows
+    }
+
+    /// The rows of band `g`.
+    pub fn rows_of(&self, g: u64) -> Range<u64> {
+        (g * self.rows).min(self.extent)..((g + 1) * self.rows).min(self.extent)
+    }
+
+    /// The rows band `g`'s windows cover at most: its own and up to `window - 1` of the next.
+    pub fn reach(&self, g: u64) -> Range<u64> {
+        let end = ((g + 1) * self.rows + self.window - 1).min(self.extent);
+        (g * self.rows).min(self.extent)..end
+    }
+
+    /// The windows (indices along the first axis, whose ascending `starts` are given) of band
+    /// `g`: those whose origin lies in it.
+    pub fn windows(&self, starts: &[u64], g: u64) -> Range<u64> {
+        let (lo, hi) = (g * self.rows, (g + 1) * self.rows);
+        let first = starts.partition_point(|&s| s < lo) as u64;
+        let end = starts.partition_point(|&s| s < hi) as u64;
+        first..end.max(first)
+    }
+
+    /// Of band `g`'s windows, those that reach into band `g + 1` (what its carry is made of).
+    pub fn overhanging(&self, starts: &[u64], g: u64) -> Range<u64> {
+        let mine = self.windows(starts, g);
+        let next = (g + 1) * self.rows;
+        let first = starts.partition_point(|&s| s + self.window <= next) as u64;
+        first.clamp(mine.start, mine.end)..mine.end
+    }
+}
 
 /// Smallest weight a pixel of a window may have, so every covered pixel has a defined mean.
 pub const MIN_WEIGHT: f64 = 1e-8;
@@ -363,38 +436,120 @@ impl Accumulator {
     }
 
     /// The weighted mean written into `out` (C, *block), e.g. a slice of a larger buffer.
-    pub fn mean_into<T>(&self, mut out: ArrayViewMutD<'_, T>, convert: impl Fn(f64) -> T) {
-        for (mut o, s) in out.axis_iter_mut(Axis(0)).zip(self.sums.axis_iter(Axis(0))) {
+    pub fn mean_into<T>(&self, out: ArrayViewMutD<'_, T>, convert: impl Fn(f64) -> T) {
+        self.mean_rows_into(0..self.weights.shape()[0], out, convert);
+    }
+
+    /// Rows `rows` (local, along the first spatial axis) of the weight sums.
+    fn weight_rows(&self, rows: Range<usize>) -> ArrayViewD<'_, f64> {
+        self.weights.slice_axis(Axis(0), Slice::from(rows))
+    }
+
+    /// The weighted mean of local rows `rows` written into `out` (C, rows, ...).
+    pub fn mean_rows_into<T>(
+        &self,
+        rows: Range<usize>,
+        mut out: ArrayViewMutD<'_, T>,
+        convert: impl Fn(f64) -> T,
+    ) {
+        let weights = self.weight_rows(rows.clone());
+        let sums = self.sums.slice_axis(Axis(1), Slice::from(rows));
+        for (mut o, s) in out.axis_iter_mut(Axis(0)).zip(sums.axis_iter(Axis(0))) {
             Zip::from(&mut o)
                 .and(&s)
-                .and(&self.weights)
+                .and(&weights)
                 .for_each(|o, &x, &w| {
                     *o = convert(if w > 0.0 { x / w } else { f64::NAN });
                 });
         }
     }
 
-    /// The weighted standard deviation of the mixture of the patches' predictions:
-    /// `sqrt(sum(w (var + p^2)) / sum(w) - mean^2)`, clamped at 0 against rounding.
-    pub fn std(&self) -> Option<ArrayD<f64>> {
-        let m2 = self.second_moments.as_ref()?;
-        let mean = self.mean();
-        let mut out = m2.clone();
-        for (mut c, mc) in out.axis_iter_mut(Axis(0)).zip(mean.axis_iter(Axis(0))) {
-            Zip::from(&mut c)
-                .and(&mc)
-                .and(&self.weights)
-                .for_each(|x, &mu, &w| {
-                    *x = if w > 0.0 {
+    /// The weight sums of local rows `rows` written into `out` (rows, ...).
+    pub fn weights_rows_into<T>(
+        &self,
+        rows: Range<usize>,
+        mut out: ArrayViewMutD<'_, T>,
+        convert: impl Fn(f64) -> T,
+    ) {
+        Zip::from(&mut out)
+            .and(&self.weight_rows(rows))
+            .for_each(|o, &w| *o = convert(w));
+    }
+
+    /// The std ([`Accumulator::std`]) of local rows `rows` written into `out` (C, rows, ...);
+    /// false (nothing written) without variances.
+    pub fn std_rows_into<T>(
+        &self,
+        rows: Range<usize>,
+        mut out: ArrayViewMutD<'_, T>,
+        convert: impl Fn(f64) -> T,
+    ) -> bool {
+        let Some(m2) = self.second_moments.as_ref() else {
+            return false;
+        };
+        let weights = self.weight_rows(rows.clone());
+        let sums = self.sums.slice_axis(Axis(1), Slice::from(rows.clone()));
+        let m2 = m2.slice_axis(Axis(1), Slice::from(rows));
+        for ((mut o, s), m) in out
+            .axis_iter_mut(Axis(0))
+            .zip(sums.axis_iter(Axis(0)))
+            .zip(m2.axis_iter(Axis(0)))
+        {
+            Zip::from(&mut o)
+                .and(&s)
+                .and(&m)
+                .and(&weights)
+                .for_each(|o, &x, &m, &w| {
+                    *o = convert(if w > 0.0 {
+                        let mu = x / w;
                         // Not f64::max: this exact expression is in the GPU kernel too.
-                        let q = *x / w - mu * mu;
+                        let q = m / w - mu * mu;
                         let q = if q > 0.0 { q } else { 0.0 };
                         q.sqrt()
                     } else {
                         f64::NAN
-                    };
+                    });
                 });
         }
+        true
+    }
+
+    /// The rows (absolute, first spatial axis) this accumulator covers.
+    pub fn rows(&self) -> Range<u64> {
+        self.origin[0]..self.origin[0] + self.weights.shape()[0] as u64
+    }
+
+    /// Applies `f(mine, theirs)` to every value (sums, weights, second moments) of the rows
+    /// both accumulators cover; they must cover the same extent on every other axis.
+    fn zip_rows(&mut self, other: &Accumulator, f: impl Fn(&mut f64, f64) + Copy) {
+        let (mine, theirs) = (self.rows(), other.rows());
+        let (lo, hi) = (mine.start.max(theirs.start), mine.end.min(theirs.end));
+        if lo >= hi {
+            return;
+        }
+        let local = |r: &Range<u64>| Slice::from((lo - r.start) as usize..(hi - r.start) as usize);
+        let (a, b) = (local(&mine), local(&theirs));
+        let pairs = [
+            (&mut self.sums, &other.sums, 1),
+            (&mut self.weights, &other.weights, 0),
+        ];
+        for (dst, src, axis) in pairs {
+            Zip::from(dst.slice_axis_mut(Axis(axis), a))
+                .and(src.slice_axis(Axis(axis), b))
+                .for_each(|x, &y| f(x, y));
+        }
+        if let (Some(dst), Some(src)) = (self.second_moments.as_mut(), &other.second_moments) {
+            Zip::from(dst.slice_axis_mut(Axis(1), a))
+                .and(src.slice_axis(Axis(1), b))
+                .for_each(|x, &y| f(x, y));
+        }
+    }
+
+    /// The weighted standard deviation of the mixture of the patches' predictions:
+    /// `sqrt(sum(w (var + p^2)) / sum(w) - mean^2)`, clamped at 0 against rounding.
+    pub fn std(&self) -> Option<ArrayD<f64>> {
+        let mut out = ArrayD::zeros(self.second_moments.as_ref()?.raw_dim());
+        self.std_rows_into(0..self.weights.shape()[0], out.view_mut(), |x| x);
         Some(out)
     }
 }
@@ -516,6 +671,94 @@ impl SplitAccumulator {
         Self::join(self.parts.iter().map(|p| p.weights.clone()).collect(), 0)
     }
 
+    /// The rows (absolute) this accumulator covers.
+    pub fn rows(&self) -> Range<u64> {
+        let first = self.parts[0].rows().start;
+        first..self.parts.last().map_or(first, |p| p.rows().end)
+    }
+
+    /// Adds another band's partial sums (`other`, e.g. a carry) into the rows both cover:
+    /// one f64 addition per value, `S_g + S_{g-1}` of the module header.
+    pub fn add_rows(&mut self, other: &Accumulator) {
+        for p in &mut self.parts {
+            p.zip_rows(other, |x, y| *x += y);
+        }
+    }
+
+    /// A copy of rows `rows` (absolute, inside [`SplitAccumulator::rows`]) as one accumulator,
+    /// with no NaN count: the partial sums a band carries into the next.
+    pub fn copy_rows(&self, rows: Range<u64>) -> Accumulator {
+        let first = &self.parts[0];
+        let mut origin = first.origin.clone();
+        origin[0] = rows.start;
+        let mut block: Vec<u64> = first.weights.shape().iter().map(|&n| n as u64).collect();
+        block[0] = rows.end - rows.start;
+        let channels = first.sums.shape()[0];
+        let mut out = Accumulator::new(channels, &origin, &block, first.second_moments.is_some());
+        for p in &self.parts {
+            out.zip_rows(p, |x, y| *x = y);
+        }
+        out
+    }
+
+    /// For each part meeting rows `rows` (absolute): the part, its local rows, and where they
+    /// start within `rows`.
+    fn parts_in(
+        &self,
+        rows: Range<u64>,
+    ) -> impl Iterator<Item = (&Accumulator, Range<usize>, usize)> + '_ {
+        self.parts.iter().filter_map(move |p| {
+            let r = p.rows();
+            let (lo, hi) = (r.start.max(rows.start), r.end.min(rows.end));
+            (lo < hi).then(|| {
+                let local = (lo - r.start) as usize..(hi - r.start) as usize;
+                (p, local, (lo - rows.start) as usize)
+            })
+        })
+    }
+
+    /// The weighted mean of rows `rows` (absolute) written into `out` (C, rows, ...).
+    pub fn mean_rows_into<T>(
+        &self,
+        rows: Range<u64>,
+        mut out: ArrayViewMutD<'_, T>,
+        convert: impl Fn(f64) -> T + Copy,
+    ) {
+        for (p, local, at) in self.parts_in(rows) {
+            let to = Slice::from(at..at + local.len());
+            p.mean_rows_into(local, out.slice_axis_mut(Axis(1), to), convert);
+        }
+    }
+
+    /// The weight sums of rows `rows` (absolute) written into `out` (rows, ...).
+    pub fn weights_rows_into<T>(
+        &self,
+        rows: Range<u64>,
+        mut out: ArrayViewMutD<'_, T>,
+        convert: impl Fn(f64) -> T + Copy,
+    ) {
+        for (p, local, at) in self.parts_in(rows) {
+            let to = Slice::from(at..at + local.len());
+            p.weights_rows_into(local, out.slice_axis_mut(Axis(0), to), convert);
+        }
+    }
+
+    /// The std of rows `rows` (absolute) written into `out` (C, rows, ...); false without
+    /// variances.
+    pub fn std_rows_into<T>(
+        &self,
+        rows: Range<u64>,
+        mut out: ArrayViewMutD<'_, T>,
+        convert: impl Fn(f64) -> T + Copy,
+    ) -> bool {
+        let mut any = false;
+        for (p, local, at) in self.parts_in(rows) {
+            let to = Slice::from(at..at + local.len());
+            any |= p.std_rows_into(local, out.slice_axis_mut(Axis(1), to), convert);
+        }
+        any
+    }
+
     pub fn std(&self) -> Option<ArrayD<f64>> {
         let parts: Option<Vec<_>> = self.parts.iter().map(Accumulator::std).collect();
         parts.map(|p| Self::join(p, 1))
@@ -526,6 +769,7 @@ impl SplitAccumulator {
 mod tests {
     use super::*;
     use crate::grid::windows::WindowGrid;
+    use ndarray::Dimension;
 
     fn border(b: u64, bw: f64) -> Weighting {
         Weighting {
@@ -675,6 +919,157 @@ mod tests {
             acc.add_all(&refs, &wt);
             let mean = acc.mean();
             proptest::prop_assert!(mean.iter().zip(img.iter()).all(|(a, b)| (a - b).abs() < 1e-12));
+        }
+    }
+
+    /// The banded rule the straightforward way: per pixel, one partial sum over the covering
+    /// windows of its band and one over those of the band before, each in patch order from 0,
+    /// added at the end; the mean (C, *image) and the weight sums.
+    fn banded_reference(
+        grid: &WindowGrid,
+        band_rows: u64,
+        patches: &[(Vec<u64>, ArrayD<f64>)],
+        w: &ArrayD<f64>,
+        channels: usize,
+    ) -> (ArrayD<f64>, ArrayD<f64>) {
+        let spatial: Vec<usize> = grid.image.iter().map(|&n| n as usize).collect();
+        let mut weights = ArrayD::<f64>::zeros(IxDyn(&spatial));
+        let mut full = vec![channels];
+        full.extend(&spatial);
+        let mut mean = ArrayD::<f64>::zeros(IxDyn(&full));
+        for (pix, total) in weights.indexed_iter_mut() {
+            let pix = pix.slice();
+            let band = pix[0] as u64 / band_rows;
+            let (mut ws, mut sums) = ([0.0f64; 2], vec![[0.0f64; 2]; channels]);
+            for (start, p) in patches {
+                let inside = (0..pix.len()).all(|a| {
+                    start[a] <= pix[a] as u64 && (pix[a] as u64) < start[a] + grid.window[a]
+                });
+                if !inside {
+                    continue;
+                }
+                let rel: Vec<usize> = (0..pix.len()).map(|a| pix[a] - start[a] as usize).collect();
+                let b = usize::from(start[0] / band_rows == band);
+                let wt = w[IxDyn(&rel)];
+                ws[b] += wt;
+                for (c, s) in sums.iter_mut().enumerate() {
+                    let mut at = vec![c];
+                    at.extend(&rel);
+                    s[b] += wt * p[IxDyn(&at)];
+                }
+            }
+            *total = ws[0] + ws[1];
+            for (c, s) in sums.iter().enumerate() {
+                let mut at = vec![c];
+                at.extend(pix);
+                mean[IxDyn(&at)] = (s[0] + s[1]) / *total;
+            }
+        }
+        (mean, weights)
+    }
+
+    #[test]
+    fn bands_are_whole_chunks_at_least_a_window_high() {
+        let b = Bands::new(4, 10, 30);
+        assert_eq!((b.rows, b.count()), (12, 3));
+        assert_eq!(b.rows_of(2), 24..30);
+        assert_eq!(b.reach(0), 0..21);
+        assert_eq!(b.reach(2), 24..30);
+        assert_eq!(Bands::new(16, 10, 30).rows, 16);
+        assert_eq!(Bands::new(3, 3, 9).rows, 3);
+        // Windows of 10 rows at 0, 4, 8, 12, 16, 20 (the last flush with row 30).
+        let starts = [0, 4, 8, 12, 16, 20];
+        assert_eq!(b.windows(&starts, 0), 0..3);
+        assert_eq!(b.windows(&starts, 1), 3..6);
+        assert_eq!(b.windows(&starts, 2), 6..6);
+        // Of band 0's windows, those at 4 and 8 reach into band 1 (row 12 on).
+        assert_eq!(b.overhanging(&starts, 0), 1..3);
+        // Of band 1's (12, 16, 20), those at 16 and 20 reach past row 24.
+        assert_eq!(b.overhanging(&starts, 1), 4..6);
+    }
+
+    /// Units of any number of bands, carries kept between units or re-read from the
+    /// overhanging windows: the same bits as the straightforward banded reference.
+    #[test]
+    fn banded_units_match_the_reference_for_any_unit_size() {
+        let grid = WindowGrid::new(&[23, 7, 6], &[5, 4, 3], &[2, 3, 2], false).unwrap();
+        let wt = weights(
+            &grid.window,
+            &Weighting {
+                blend: Blend::Gaussian,
+                border: vec![0; 3],
+                border_weight: 0.1,
+                sigma: 0.3,
+            },
+        );
+        let per_row = (grid.per_image() / grid.counts()[0]) as usize;
+        let starts = grid.starts(0);
+        let patches: Vec<(Vec<u64>, ArrayD<f64>)> = (0..grid.per_image())
+            .map(|k| {
+                let p = ArrayD::from_shape_fn(IxDyn(&[2, 5, 4, 3]), |i| {
+                    ((k as usize * 37 + i[0] * 11 + i[1] * 5 + i[2] * 3 + i[3]) as f64 * 0.61).sin()
+                        * 1e3
+                });
+                (grid.window_start(k), p)
+            })
+            .collect();
+        let window_rows = |rows: Range<u64>| -> Vec<PatchRef<'_, f64>> {
+            patches[rows.start as usize * per_row..rows.end as usize * per_row]
+                .iter()
+                .map(|(s, p)| (p.view(), None, s.clone()))
+                .collect()
+        };
+        for chunk in [1u64, 2, 5, 7, 23] {
+            let bands = Bands::new(chunk, 5, 23);
+            let (mean, wsum) = banded_reference(&grid, bands.rows, &patches, &wt, 2);
+            let whole = |rows: Range<u64>| {
+                SplitAccumulator::new(
+                    2,
+                    &[rows.start, 0, 0],
+                    &[rows.end - rows.start, 7, 6],
+                    false,
+                    3,
+                )
+            };
+            if chunk == 1 {
+                // The rule matters: one sum per pixel in patch order gives other bits.
+                let mut one = whole(0..23);
+                one.add_all(&window_rows(0..grid.counts()[0]), &wt);
+                let bits = |a: &ArrayD<f64>| a.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_ne!(bits(&one.mean()), bits(&mean));
+            }
+            for unit_bands in [1u64, 2, 5] {
+                for keep_carry in [true, false] {
+                    let mut got = ArrayD::<f64>::zeros(IxDyn(&[2, 23, 7, 6]));
+                    let mut got_w = ArrayD::<f64>::zeros(IxDyn(&[23, 7, 6]));
+                    let mut carry: Option<Accumulator> = None;
+                    for g in 0..bands.count() {
+                        if g % unit_bands == 0 && !keep_carry {
+                            // A unit starting here on a fresh rank: re-read the carry.
+                            carry = (g > 0).then(|| {
+                                let rows = bands.rows_of(g).start..bands.reach(g - 1).end;
+                                let mut acc = whole(rows.clone());
+                                acc.add_all(&window_rows(bands.overhanging(&starts, g - 1)), &wt);
+                                acc.copy_rows(rows)
+                            });
+                        }
+                        let mut acc = whole(bands.reach(g));
+                        acc.add_all(&window_rows(bands.windows(&starts, g)), &wt);
+                        if let Some(c) = &carry {
+                            acc.add_rows(c);
+                        }
+                        let band = bands.rows_of(g);
+                        carry = Some(acc.copy_rows(band.end..acc.rows().end));
+                        let at = Slice::from(band.start as usize..band.end as usize);
+                        acc.mean_rows_into(band.clone(), got.slice_axis_mut(Axis(1), at), |x| x);
+                        acc.weights_rows_into(band, got_w.slice_axis_mut(Axis(0), at), |x| x);
+                    }
+                    let bits = |a: &ArrayD<f64>| a.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    let ctx = (chunk, unit_bands, keep_carry);
+                    assert_eq!(bits(&got), bits(&mean), "{ctx:?}");
+                    assert_eq!(bits(&got_w), bits(&wsum), "{ctx:?}");
+                }
+            }
         }
     }
 

@@ -3,12 +3,15 @@
 //! is [`crate::grid::windows`]; the pure kernels are in [`kernel`].
 //!
 //! Distribution. Unstitch units are runs of whole patch-array chunks; each reads the bounding
-//! box of its windows. Stitch units are slabs of one image's output along its slowest spatial
-//! axis; each reads the patches of every window row that overlaps it (window rows straddling
-//! two slabs are read by both) and accumulates them in patch order. That replaces the reverse
-//! halo exchange of DESIGN.md: it costs re-reading the overhanging windows, and buys output
-//! that is bit-identical for any split and rank count (f64 sums in one fixed order per pixel).
-//! A slab's size follows `--memory-limit`, so memory is bounded by the slab, not the volume.
+//! box of its windows. Stitch units are runs of whole *bands* (kernel.rs: fixed row bands of
+//! the output's slowest spatial axis, at least a window high) of one image. A unit reads only
+//! the windows whose origin lies in its bands, band by band: each band's sums over the first
+//! rows of the next band are carried to it, inside the unit and from one unit to the next on
+//! the same rank (`StitchOp::carry`); a rank's first unit (or a resumed run's) re-reads the
+//! windows of the band before that reach into it, the only re-reads. The summation rule is
+//! fixed by the bands alone, so the output is bit-identical for any unit size, memory limit
+//! and rank count, without DESIGN.md's reverse halo exchange. A unit's size follows
+//! `--memory-limit` (and `TESSERA_UNIT_BYTES`), so memory is bounded by a band, not the volume.
 
 #[cfg(feature = "cuda")]
 pub mod cuda;
@@ -20,7 +23,7 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use ndarray::{ArrayD, Axis, IxDyn};
+use ndarray::{ArrayD, Axis, IxDyn, Slice};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
@@ -35,7 +38,7 @@ use crate::io::{
 };
 use crate::job::{GeometryArgs, StitchJob, UnstitchJob};
 use crate::with_dtype;
-use kernel::{Blend, PatchRef, SplitAccumulator, Weighting};
+use kernel::{Accumulator, Bands, Blend, PatchRef, SplitAccumulator, Weighting};
 
 /// The geometry a patch array carries in its `quilt` attribute.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -510,11 +513,19 @@ pub struct StitchOp {
     mean_spec: CreateSpec,
     weights_spec: Option<CreateSpec>,
     std_spec: Option<CreateSpec>,
-    /// (image, rows of its slowest spatial axis) per unit.
+    /// (image, rows of its slowest spatial axis) per unit: whole bands.
     slabs: Vec<(u64, Range<u64>)>,
+    /// The bands that fix the summation order (kernel.rs).
+    bands: Bands,
+    /// Window starts along the first spatial axis.
+    starts: Vec<u64>,
+    /// The last unit's carry, for this rank's next unit (units run one at a time, in order).
+    carry: Mutex<Option<Carry>>,
+    /// Patch (and variance) bytes this rank has read.
+    read_bytes: AtomicU64,
     units: Vec<UnitInfo>,
     memory_per_unit: u64,
-    /// Patches read at once (a window row, or fewer when memory is tight).
+    /// Patches read at once (a band's windows, or fewer when memory is tight).
     batch: u64,
     writers: Mutex<Vec<Box<dyn ArrayWriter>>>,
     nan_values: AtomicU64,
@@ -528,6 +539,71 @@ pub struct StitchOp {
     device: crate::gpu::Selected,
     #[cfg(feature = "cuda")]
     gpu: Option<cuda::StitchGpu>,
+}
+
+/// Band `band - 1`'s partial sums over the first rows of band `band` of image `image`.
+struct Carry {
+    image: u64,
+    band: u64,
+    sums: Accumulator,
+}
+
+/// The output element types (f32, f64): each value rounded once from its f64.
+trait OutElement: Element {
+    fn from_f64(x: f64) -> Self;
+}
+
+impl OutElement for f32 {
+    fn from_f64(x: f64) -> Self {
+        x as f32
+    }
+}
+
+impl OutElement for f64 {
+    fn from_f64(x: f64) -> Self {
+        x
+    }
+}
+
+/// Bytes per row (of the first spatial axis) of what a stitch unit holds.
+struct RowBytes {
+    /// f64 accumulators: sums (and second moments) per channel, weight sums.
+    accumulator: u64,
+    /// Outputs: mean and std per channel in the output type, weight sums.
+    output: u64,
+}
+
+/// A unit's outputs in the output type, filled band by band.
+struct UnitOutputs<O> {
+    first_row: u64,
+    /// (1, C, rows, ...)
+    mean: ArrayD<O>,
+    /// (1, rows, ...)
+    weights: Option<ArrayD<O>>,
+    /// (1, C, rows, ...)
+    std: Option<ArrayD<O>>,
+}
+
+impl<O: OutElement> UnitOutputs<O> {
+    /// Writes the final rows `band` (absolute) of `acc`.
+    fn fill(&mut self, acc: &SplitAccumulator, band: Range<u64>) {
+        let at = Slice::from(
+            (band.start - self.first_row) as usize..(band.end - self.first_row) as usize,
+        );
+        let mut mean = self.mean.index_axis_mut(Axis(0), 0);
+        mean.slice_axis_inplace(Axis(1), at);
+        acc.mean_rows_into(band.clone(), mean, O::from_f64);
+        if let Some(w) = self.weights.as_mut() {
+            let mut w = w.index_axis_mut(Axis(0), 0);
+            w.slice_axis_inplace(Axis(0), at);
+            acc.weights_rows_into(band.clone(), w, O::from_f64);
+        }
+        if let Some(std) = self.std.as_mut() {
+            let mut std = std.index_axis_mut(Axis(0), 0);
+            std.slice_axis_inplace(Axis(1), at);
+            acc.std_rows_into(band, std, O::from_f64);
+        }
+    }
 }
 
 /// The geometry to stitch with: the patches' `quilt` attribute, with the weighting flags the
@@ -647,7 +723,7 @@ impl StitchOp {
         let image = &geometry.image_shape;
         let spatial = &image[2..];
         let ndim = spatial.len();
-        // Memory: slabs are whole chunk rows, as many as two units in flight allow.
+        // Memory: units are whole bands, as many as two units in flight allow.
         let limit = parse_size(&job.memory_limit)?;
         let c = geometry.channels();
         let row_elems: u64 = spatial[1..].iter().product();
@@ -657,10 +733,11 @@ impl StitchOp {
         // Patches are read in batches (a whole window row when memory allows), as read and as
         // f64 (values, and variances when asked).
         let patch_bytes_f64 = patch_elems * (pmeta.dtype.size() as u64 + 8) * (1 + with_var);
-        let slab_bytes = |rows: u64| {
-            rows * row_elems
-                * (8 * (c * (1 + with_var) + 1) + c * (out_dtype.size() as u64) * 2 + 8)
+        let row_bytes = RowBytes {
+            accumulator: row_elems * 8 * (c * (1 + with_var) + 1),
+            output: row_elems * (c * (out_dtype.size() as u64) * 2 + 8),
         };
+        let slab_bytes = |rows: u64| rows * (row_bytes.accumulator + row_bytes.output);
         // Default chunk rows: up to 64 (3-D) or 256 (2-D), halved until one unit fits.
         let mut default_rows = spatial[0].min(if ndim == 3 { 64 } else { 256 });
         while default_rows > 1 && 2 * (slab_bytes(default_rows) + patch_bytes_f64) > limit {
@@ -699,28 +776,49 @@ impl StitchOp {
         for target in &targets {
             job.codec.for_format(target)?;
         }
-        let chunk_rows = chunks[2].min(spatial[0]);
-        let room = (limit / 2).saturating_sub(slab_bytes(chunk_rows));
+        let bands = Bands::new(chunks[2].min(spatial[0]), geometry.window[0], spatial[0]);
+        // A unit of k bands holds its k bands of output rows, one band's accumulator (the band
+        // and the rows its windows reach into the next), the carry, and a batch of patches.
+        let reach = bands.reach(0);
+        let band_memory = (reach.end - reach.start + bands.window - 1) * row_bytes.accumulator;
+        let output_memory = |k: u64| (k * bands.rows).min(spatial[0]) * row_bytes.output;
+        let one_band = output_memory(1) + band_memory;
+        let room = (limit / 2).saturating_sub(one_band);
         if room < patch_bytes_f64 {
             return Err(Error::parameter(
                 "memory-limit",
                 format!(
-                    "{} is too small: one output chunk row and one patch need {:.2} MiB per unit, two units in flight {:.2} MiB; raise it or use smaller --chunks",
+                    "{} is too small: one band of {} output rows (the output's chunk rows, at least a window high) with its accumulator and carry, and one patch, need {:.2} MiB per unit, two units in flight {:.2} MiB; raise it or use smaller --chunks",
                     job.memory_limit,
-                    (slab_bytes(chunk_rows) + patch_bytes_f64) as f64 / 1048576.0,
-                    2.0 * (slab_bytes(chunk_rows) + patch_bytes_f64) as f64 / 1048576.0
+                    bands.rows.min(spatial[0]),
+                    (one_band + patch_bytes_f64) as f64 / 1048576.0,
+                    2.0 * (one_band + patch_bytes_f64) as f64 / 1048576.0
                 ),
             ));
         }
-        let batch = (room / patch_bytes_f64).clamp(1, per_row_windows);
-        let unit_memory = |rows: u64| slab_bytes(rows) + batch * patch_bytes_f64;
+        // A band's windows in one batch when memory allows: then every row part of the
+        // accumulator (one per thread) has windows to add; a batch of one window row covers
+        // only a window's height of the band's rows, leaving the other threads idle.
+        let starts = grid.starts(0);
+        let band_windows = (0..bands.count())
+            .map(|g| bands.windows(&starts, g))
+            .map(|r| (r.end - r.start) * per_row_windows)
+            .max()
+            .unwrap_or(1);
+        let batch = (room / patch_bytes_f64).clamp(1, band_windows.max(1));
+        let unit_memory = |k: u64| output_memory(k) + band_memory + batch * patch_bytes_f64;
+        // Units also stay near the target unit size (mean bytes written), as other ops' do.
+        let mean_bytes =
+            |k: u64| (k * bands.rows).min(spatial[0]) * row_elems * c * out_dtype.size() as u64;
+        let target = crate::exec::target_unit_bytes();
         let mut blocks = 1;
-        while blocks * chunk_rows < spatial[0]
-            && 2 * unit_memory((blocks + 1) * chunk_rows) <= limit
+        while blocks * bands.rows < spatial[0]
+            && 2 * unit_memory(blocks + 1) <= limit
+            && mean_bytes(blocks + 1) <= target
         {
             blocks += 1;
         }
-        let rows_runs = grid::block_aligned_runs(spatial[0], chunk_rows, blocks);
+        let rows_runs = grid::block_aligned_runs(spatial[0], bands.rows, blocks);
         let mut slabs = Vec::new();
         for n in 0..image[0] {
             slabs.extend(rows_runs.iter().map(|r| (n, r.clone())));
@@ -729,13 +827,12 @@ impl StitchOp {
         let units = slabs
             .iter()
             .map(|(n, r)| {
-                let windows = grid.overlapping(0, r.clone());
+                // The windows of the unit's bands: what it reads (unless it re-reads a carry).
+                let first = bands.windows(&starts, bands.of_row(r.start)).start;
+                let end = bands.windows(&starts, bands.of_row(r.end - 1)).end;
                 UnitInfo {
                     label: format!("image {n} rows {}..{}", r.start, r.end),
-                    bytes_in: (windows.end - windows.start)
-                        * per_row_windows
-                        * patch_bytes
-                        * (1 + with_var),
+                    bytes_in: (end - first) * per_row_windows * patch_bytes * (1 + with_var),
                     bytes_out: (r.end - r.start) * row_elems * c * out_dtype.size() as u64,
                 }
             })
@@ -745,7 +842,7 @@ impl StitchOp {
             targets,
             patches,
             variance,
-            memory_per_unit: unit_memory(blocks * chunk_rows),
+            memory_per_unit: unit_memory(blocks),
             batch,
             geometry,
             grid,
@@ -754,6 +851,10 @@ impl StitchOp {
             weights_spec,
             std_spec,
             slabs,
+            bands,
+            starts,
+            carry: Mutex::new(None),
+            read_bytes: AtomicU64::new(0),
             units,
             writers: Mutex::new(Vec::new()),
             nan_values: AtomicU64::new(0),
@@ -790,6 +891,7 @@ impl StitchOp {
                 self.grid.clone(),
                 self.geometry.channels(),
                 self.batch,
+                self.bands.rows,
             )?);
         }
         self.device = device;
@@ -809,6 +911,8 @@ impl StitchOp {
             self.weights_spec.is_some(),
         )?;
         self.nan_values.fetch_add(done.left_out, Ordering::Relaxed);
+        self.read_bytes
+            .fetch_add(done.bytes_read, Ordering::Relaxed);
         let mean_region = self.slab_region(n, &rows);
         let mut out = vec![(mean_region.clone(), done.mean)];
         if let Some(w) = done.weights {
@@ -825,6 +929,126 @@ impl StitchOp {
 }
 
 impl StitchOp {
+    /// One unit on the CPU, band by band: each band's windows read once and summed over the
+    /// rows they reach, the carry from the band before added, the band's rows written out,
+    /// the rest carried on (kernel.rs' banded rule).
+    fn compute_cpu<O: OutElement>(&self, unit: usize) -> Result<Vec<(Region, Block)>> {
+        let (n, rows) = self.slabs[unit].clone();
+        let mut out = self.unit_outputs::<O>(&rows);
+        let (first, last) = (
+            self.bands.of_row(rows.start),
+            self.bands.of_row(rows.end - 1),
+        );
+        let mut carry = self.carry_into(n, first)?;
+        for g in first..=last {
+            let mut acc = self.accumulate_band(n, g)?;
+            if let Some(c) = &carry {
+                acc.add_rows(c);
+            }
+            let band = self.bands.rows_of(g);
+            carry = Some(acc.copy_rows(band.end..acc.rows().end));
+            out.fill(&acc, band);
+            self.spare_accumulators.keep(acc);
+        }
+        *self.carry.lock().expect("carry") = carry.map(|sums| Carry {
+            image: n,
+            band: last + 1,
+            sums,
+        });
+        Ok(self.unit_parts(n, &rows, out))
+    }
+
+    /// The sums of band `g` of image `n`: its windows (origin in the band), each read once,
+    /// over the rows they reach. Their NaN values are counted here, once.
+    fn accumulate_band(&self, n: u64, g: u64) -> Result<SplitAccumulator> {
+        let mut acc = self.accumulator(self.bands.reach(g));
+        self.add_windows(&mut acc, n, self.bands.windows(&self.starts, g))?;
+        self.nan_values
+            .fetch_add(acc.nan_pixels(), Ordering::Relaxed);
+        Ok(acc)
+    }
+
+    /// The carry into band `g` of image `n` (band g - 1's sums over band g's first rows): the
+    /// one this rank's previous unit left when it ended just before, else re-read from the
+    /// windows of band g - 1 that reach into band g.
+    fn carry_into(&self, n: u64, g: u64) -> Result<Option<Accumulator>> {
+        let kept = self.carry.lock().expect("carry").take();
+        if g == 0 {
+            return Ok(None);
+        }
+        if let Some(carry) = kept.filter(|c| c.image == n && c.band == g) {
+            return Ok(Some(carry.sums));
+        }
+        let rows = self.bands.rows_of(g).start..self.bands.reach(g - 1).end;
+        let mut acc = self.accumulator(rows.clone());
+        // Their NaN values were counted with band g - 1, by whichever unit computed it.
+        self.add_windows(&mut acc, n, self.bands.overhanging(&self.starts, g - 1))?;
+        Ok(Some(acc.copy_rows(rows)))
+    }
+
+    /// An empty accumulator over `rows` of an image (a kept one when one has that shape).
+    fn accumulator(&self, rows: Range<u64>) -> SplitAccumulator {
+        let spatial = &self.geometry.image_shape[2..];
+        let mut origin = vec![rows.start];
+        origin.extend(std::iter::repeat_n(0, spatial.len() - 1));
+        let mut block = vec![rows.end - rows.start];
+        block.extend(&spatial[1..]);
+        match self.spare_accumulators.take(|a| a.block_shape() == block) {
+            Some(mut acc) => {
+                acc.reset_at(&origin);
+                acc
+            }
+            None => SplitAccumulator::new(
+                self.geometry.channels() as usize,
+                &origin,
+                &block,
+                self.variance.is_some(),
+                rayon::current_num_threads(),
+            ),
+        }
+    }
+
+    /// Adds the windows of image `n` whose indices along the first axis are `window_rows`,
+    /// read in batches, in ascending patch order (the summation order).
+    fn add_windows(
+        &self,
+        acc: &mut SplitAccumulator,
+        n: u64,
+        window_rows: Range<u64>,
+    ) -> Result<()> {
+        let per_image = self.grid.per_image();
+        let per_row = per_image / self.grid.counts()[0];
+        let end = window_rows.end * per_row;
+        let mut region = Region::whole(&self.geometry.patch_shape());
+        let mut first = window_rows.start * per_row;
+        while first < end {
+            let next = (first + self.batch).min(end);
+            region.start[0] = n * per_image + first;
+            region.shape[0] = next - first;
+            let patches = self.read(self.patches.as_ref(), &region)?;
+            let variances = match &self.variance {
+                Some(v) => Some(self.read(v.as_ref(), &region)?),
+                None => None,
+            };
+            match (patches, variances) {
+                // f32 and f64 patches are accumulated as they are; other types via f64.
+                (Block::F32(p), None) => self.add_batch(acc, &p, None, first),
+                (Block::F32(p), Some(Block::F32(v))) => self.add_batch(acc, &p, Some(&v), first),
+                (p, v) => self.add_batch(acc, &p.to_f64(), v.map(Block::to_f64).as_ref(), first),
+            }
+            first = next;
+        }
+        Ok(())
+    }
+
+    /// Reads `region` of an input, counting the bytes (as stored, uncompressed).
+    fn read(&self, reader: &dyn ArrayReader, region: &Region) -> Result<Block> {
+        let block = reader.read_box(region)?;
+        let bytes = region.shape.iter().product::<u64>() * reader.meta().dtype.size() as u64;
+        self.read_bytes.fetch_add(bytes, Ordering::Relaxed);
+        Ok(block)
+    }
+
     /// Adds a batch of consecutive patches, the first being window `first` of its image.
     fn add_batch<T: Copy + Into<f64> + Sync>(
         &self,
@@ -845,12 +1069,51 @@ impl StitchOp {
             .collect();
         acc.add_all(&refs, &self.window_weights);
     }
-}
 
-fn cast_out(a: ArrayD<f64>, dtype: DType) -> Block {
-    match dtype {
-        DType::F64 => Block::F64(a),
-        _ => Block::F32(a.mapv(|x| x as f32)),
+    /// Empty outputs for a unit of `rows` (the mean block a kept one: every value of it is
+    /// written).
+    fn unit_outputs<O: OutElement>(&self, rows: &Range<u64>) -> UnitOutputs<O> {
+        let mean_region = self.slab_region(0, rows);
+        let mean = self
+            .spare_means
+            .take(|b| b.shape() == mean_region.shape)
+            .and_then(|b| b.into_array::<O>())
+            .unwrap_or_else(|| ArrayD::default(mean_region.shape_usize()));
+        let mut spatial = mean_region.shape_usize();
+        spatial.remove(1);
+        UnitOutputs {
+            first_row: rows.start,
+            mean,
+            weights: self
+                .weights_spec
+                .as_ref()
+                .map(|_| ArrayD::default(IxDyn(&spatial))),
+            std: self
+                .std_spec
+                .as_ref()
+                .map(|_| ArrayD::default(mean_region.shape_usize())),
+        }
+    }
+
+    /// A unit's outputs with the regions they go to: mean, then weight sums and std if asked.
+    fn unit_parts<O: OutElement>(
+        &self,
+        n: u64,
+        rows: &Range<u64>,
+        out: UnitOutputs<O>,
+    ) -> Vec<(Region, Block)> {
+        let mean_region = self.slab_region(n, rows);
+        let mut parts = vec![(mean_region.clone(), O::into_block(out.mean))];
+        if let Some(w) = out.weights {
+            let mut r = Region::whole(&w.shape().iter().map(|&d| d as u64).collect::<Vec<_>>());
+            r.start[0] = n;
+            r.start[1] = rows.start;
+            parts.push((r, O::into_block(w)));
+        }
+        if let Some(std) = out.std {
+            parts.push((mean_region, O::into_block(std)));
+        }
+        parts
     }
 }
 
@@ -873,7 +1136,7 @@ impl Operation for StitchOp {
         self.parameters.clone()
     }
     fn fingerprint(&self) -> Value {
-        json!({"geometry": self.geometry, "units": self.slabs.len(), "chunks": self.mean_spec.chunks})
+        json!({"geometry": self.geometry, "units": self.slabs.len(), "chunks": self.mean_spec.chunks, "band_rows": self.bands.rows})
     }
     fn inputs(&self) -> Vec<Place> {
         self.inputs.clone()
@@ -890,99 +1153,18 @@ impl Operation for StitchOp {
     fn device(&self) -> Option<crate::gpu::DeviceReport> {
         Some(self.device.report())
     }
+    fn bytes_read(&self) -> Option<u64> {
+        Some(self.read_bytes.load(Ordering::Relaxed))
+    }
     fn compute(&self, unit: usize) -> Result<Self::Output> {
         #[cfg(feature = "cuda")]
         if let Some(gpu) = &self.gpu {
             return self.compute_gpu(gpu, unit);
         }
-        let (n, rows) = self.slabs[unit].clone();
-        let spatial = &self.geometry.image_shape[2..];
-        let c = self.geometry.channels();
-        let mut origin = vec![rows.start];
-        origin.extend(std::iter::repeat_n(0, spatial.len() - 1));
-        let mut block = vec![rows.end - rows.start];
-        block.extend(&spatial[1..]);
-        let mut acc = match self.spare_accumulators.take(|a| a.block_shape() == block) {
-            Some(mut acc) => {
-                acc.reset_at(&origin);
-                acc
-            }
-            None => SplitAccumulator::new(
-                c as usize,
-                &origin,
-                &block,
-                self.variance.is_some(),
-                rayon::current_num_threads(),
-            ),
-        };
-        let per_image = self.grid.per_image();
-        let per_row = per_image / self.grid.counts()[0];
-        let mut region = Region::whole(&self.geometry.patch_shape());
-        // Window rows in order, each in batches of patches: bounded memory, and the patches
-        // still arrive in ascending patch order (the summation order).
-        for row in self.grid.overlapping(0, rows.clone()) {
-            let mut j0 = 0;
-            while j0 < per_row {
-                let j1 = (j0 + self.batch).min(per_row);
-                region.start[0] = n * per_image + row * per_row + j0;
-                region.shape[0] = j1 - j0;
-                let patches = self.patches.read_box(&region)?;
-                let variances = match &self.variance {
-                    Some(v) => Some(v.read_box(&region)?),
-                    None => None,
-                };
-                let first = row * per_row + j0;
-                match (patches, variances) {
-                    // f32 and f64 patches are accumulated as they are; other types via f64.
-                    (Block::F32(p), None) => self.add_batch(&mut acc, &p, None, first),
-                    (Block::F32(p), Some(Block::F32(v))) => {
-                        self.add_batch(&mut acc, &p, Some(&v), first)
-                    }
-                    (p, v) => {
-                        self.add_batch(&mut acc, &p.to_f64(), v.map(Block::to_f64).as_ref(), first)
-                    }
-                }
-                j0 = j1;
-            }
+        match self.mean_spec.dtype {
+            DType::F64 => self.compute_cpu::<f64>(unit),
+            _ => self.compute_cpu::<f32>(unit),
         }
-        self.nan_values
-            .fetch_add(acc.nan_pixels(), Ordering::Relaxed);
-        let mean_region = self.slab_region(n, &rows);
-        let with_n = |a: ArrayD<f64>| a.insert_axis(Axis(0));
-        let spare = self.spare_means.take(|b| b.shape() == mean_region.shape);
-        // Every element is overwritten by mean_into, so a reused block needs no clearing.
-        let mean = match self.mean_spec.dtype {
-            DType::F64 => {
-                let mut m = spare
-                    .and_then(|b| b.into_array::<f64>())
-                    .unwrap_or_else(|| ArrayD::zeros(mean_region.shape_usize()));
-                acc.mean_into(m.index_axis_mut(Axis(0), 0), |x| x);
-                Block::F64(m)
-            }
-            _ => {
-                let mut m = spare
-                    .and_then(|b| b.into_array::<f32>())
-                    .unwrap_or_else(|| ArrayD::zeros(mean_region.shape_usize()));
-                acc.mean_into(m.index_axis_mut(Axis(0), 0), |x| x as f32);
-                Block::F32(m)
-            }
-        };
-        let mut out = vec![(mean_region.clone(), mean)];
-        if self.weights_spec.is_some() {
-            let mut r = Region {
-                start: vec![n],
-                shape: vec![1],
-            };
-            r.start.extend(&origin);
-            r.shape.extend(&block);
-            out.push((r, cast_out(with_n(acc.weights()), self.mean_spec.dtype)));
-        }
-        if self.std_spec.is_some() {
-            let std = acc.std().expect("variance given with --std");
-            out.push((mean_region, cast_out(with_n(std), self.mean_spec.dtype)));
-        }
-        self.spare_accumulators.keep(acc);
-        Ok(out)
     }
     fn write(&self, part: Option<(usize, Self::Output)>) -> Result<()> {
         let writers = self.writers.lock().expect("writers");

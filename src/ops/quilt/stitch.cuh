@@ -1,7 +1,10 @@
 // The stitch kernel's per-pixel body, shared by the CUDA kernel (stitch.cu) and the host test
 // harness (harness.cpp). It is the CPU kernel's arithmetic (kernel.rs, Accumulator::add_batch,
 // mean_into, std) for one output pixel, in the same order, so the bits are the same:
-//   - contributions in ascending patch order (window index, row-major over the grid);
+//   - the banded rule of kernel.rs: two partial sums per quantity, one over the covering
+//     windows whose origin lies in the pixel's band, one over those of the band before, each
+//     in ascending patch order (window index, row-major over the grid) from 0, added at the
+//     end (the CPU adds the earlier band's carry to the later band's sums: the same addition);
 //   - a (patch, pixel) with a NaN in any channel (or variance) is left out of every channel
 //     and of the weight, and counted once per channel;
 //   - f64 sums `w += wt`, `s += wt * x`, `m += wt * (v + x * x)`; mean `s / w`, rounded once
@@ -20,6 +23,9 @@ struct StitchGeom {
     i64 first;       // grid index (row-major) of the first patch in `patches`
     i64 offsets[3];  // where each axis' part of `ranges` and `starts` begins
     i64 with_variance;
+    i64 band_axis;    // 3-D axis of the image's first spatial axis (0 in 3-D, 1 in 2-D)
+    i64 band_rows;    // rows per band along it
+    i64 band_origin;  // the block's first row along it, in the image
 };
 
 // Channels accumulated together in registers; more channels take more passes over the
@@ -48,17 +54,24 @@ TESSERA_HD u64 stitch_pixel(const StitchGeom& g, const i64* ranges, const i64* s
     const i64* sz = starts + g.offsets[0];
     const i64* sy = starts + g.offsets[1];
     const i64* sx = starts + g.offsets[2];
+    // The pixel's band; a window's band is its origin's along the band axis (b = 1: the
+    // pixel's band, b = 0: the one before).
+    const i64 band = (g.band_origin + (g.band_axis == 0 ? z : y)) / g.band_rows;
     u64 left_out = 0;
     for (i64 c0 = 0; c0 < C; c0 += TESSERA_STITCH_GROUP) {
-        double w = 0.0;
-        double s[TESSERA_STITCH_GROUP];
-        double m[TESSERA_STITCH_GROUP];
+        double w[2] = {0.0, 0.0};
+        double s[2][TESSERA_STITCH_GROUP];
+        double m[2][TESSERA_STITCH_GROUP];
         for (int j = 0; j < TESSERA_STITCH_GROUP; j++) {
-            s[j] = 0.0;
-            m[j] = 0.0;
+            s[0][j] = 0.0;
+            s[1][j] = 0.0;
+            m[0][j] = 0.0;
+            m[1][j] = 0.0;
         }
         for (i64 kz = rz[0]; kz < rz[1]; kz++) {
             for (i64 ky = ry[0]; ky < ry[1]; ky++) {
+                const i64 origin = g.band_origin + (g.band_axis == 0 ? sz[kz] : sy[ky]);
+                const int b = origin / g.band_rows == band ? 1 : 0;
                 for (i64 kx = rx[0]; kx < rx[1]; kx++) {
                     const i64 k = (kz * g.counts[1] + ky) * g.counts[2] + kx - g.first;
                     const i64 woff = ((z - sz[kz]) * wy + (y - sy[ky])) * wx + (x - sx[kx]);
@@ -77,28 +90,31 @@ TESSERA_HD u64 stitch_pixel(const StitchGeom& g, const i64* ranges, const i64* s
                         continue;
                     }
                     const double wt = weights[woff];
-                    w += wt;
+                    w[b] += wt;
                     for (int j = 0; j < TESSERA_STITCH_GROUP && c0 + j < C; j++) {
                         const double xv = (double)pv[(c0 + j) * wsize];
-                        s[j] += wt * xv;
+                        s[b][j] += wt * xv;
                         if (g.with_variance) {
                             const double vv2 = (double)vv[(c0 + j) * wsize];
-                            m[j] += wt * (vv2 + xv * xv);
+                            m[b][j] += wt * (vv2 + xv * xv);
                         }
                     }
                 }
             }
         }
+        // The two bands' partial sums: one addition each (x + 0.0 == x for these sums,
+        // which start at +0.0 and so are never -0.0).
+        const double wt = w[0] + w[1];
         if (c0 == 0 && wsum) {
-            wsum[p] = (O)w;
+            wsum[p] = (O)wt;
         }
         for (int j = 0; j < TESSERA_STITCH_GROUP && c0 + j < C; j++) {
             const i64 at = (c0 + j) * bsize + p;
-            if (w > 0.0) {
-                const double mu = s[j] / w;
+            if (wt > 0.0) {
+                const double mu = (s[0][j] + s[1][j]) / wt;
                 mean[at] = (O)mu;
                 if (g.with_variance) {
-                    std_out[at] = (O)sqrt(tessera_max0(m[j] / w - mu * mu));
+                    std_out[at] = (O)sqrt(tessera_max0((m[0][j] + m[1][j]) / wt - mu * mu));
                 }
             } else {
                 mean[at] = tessera_nan<O>();
