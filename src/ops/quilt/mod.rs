@@ -810,7 +810,8 @@ impl StitchOp {
         // Units also stay near the target unit size (mean bytes written), as other ops' do.
         let mean_bytes =
             |k: u64| (k * bands.rows).min(spatial[0]) * row_elems * c * out_dtype.size() as u64;
-        let target = crate::exec::target_unit_bytes();
+        let target =
+            crate::exec::target_unit_bytes(image.iter().product::<u64>() * out_dtype.size() as u64);
         let mut blocks = 1;
         while blocks * bands.rows < spatial[0]
             && 2 * unit_memory(blocks + 1) <= limit
