@@ -60,12 +60,14 @@ def allreduce(p, nbytes=16, bw=10e9):
 class Op:
     """One operation as the model sees it: a unit of work and what the run does around it."""
 
-    def __init__(self, name, t_unit, fs_bytes, files, lockstep=True, stages=None, serial=None):
+    def __init__(self, name, t_unit, fs_bytes, files, lockstep=False, stages=None, serial=None):
         self.name = name
         self.t_unit = t_unit          # seconds of one unit on one rank (measured rate)
         self.fs_bytes = fs_bytes      # bytes one unit reads + writes on the file system
         self.files = files            # output files one unit creates
-        self.lockstep = lockstep      # exec: a collective after every unit (else: at the end)
+        # A collective after every unit (exec's rounds: now only parallel HDF5 output), else
+        # ranks run their units independently and wait for each other at the end of a stage.
+        self.lockstep = lockstep
         self.stages = stages or (lambda u: [u])
         self.serial = serial or (lambda u, p: 0.0)
 
@@ -85,7 +87,8 @@ def model(op, p, units, fs_bw, cv):
             jitter = expected_max_factor(active, cv) - 1
             coll = rounds * allreduce(p)
         else:
-            # One run of `rounds` units per rank, then one collective: the jitter averages out.
+            # One run of `rounds` units per rank, then the end of the stage: the jitter averages
+            # out. The non-blocking sums between units overlap the work (one per unit, cheap).
             jitter = (expected_max_factor(active, cv) - 1) / math.sqrt(rounds)
             coll = allreduce(p)
         t_stage = rounds * t_each * (1 + jitter) + coll
@@ -147,10 +150,10 @@ def operations(stitch_rate):
         # pass 2 (exec) per unit of 256 patterns of 256x256 f32; pass 1 below
         Op("crop pass 2 + results", unit * CROP_PASS2, unit * 0.54, files=0.256, serial=crop_serial),
         # analysis: no collective until the end
-        Op("crop pass 1", unit * CROP_PASS1, unit, files=0, lockstep=False),
+        Op("crop pass 1", unit * CROP_PASS1, unit, files=0),
         # unit: one bracket of 5 x 3000x3000 RGB; rank 0 lists the archive
         Op("hdr merge", HDR_BRACKET_512 * frame / (512 * 512 * 3), 5 * frame + 4 * frame,
-           files=1, lockstep=False, serial=hdr_serial),
+           files=1, serial=hdr_serial),
     ]
 
 
