@@ -190,6 +190,10 @@ pub enum BenchCommand {
     Hdr(crate::bench::hdr::HdrBench),
     /// One operation at several rank counts (mpirun/srun): time, GB/s, efficiency, phases.
     Scaling(crate::bench::scaling::ScalingBench),
+    /// bench scaling's memory-bandwidth reference: every rank copies a buffer, rank 0 reports
+    /// the job's rate.
+    #[command(hide = true)]
+    Memcopy(crate::bench::memcopy::MemcopyBench),
 }
 
 /// Runs a parsed command on this rank.
@@ -287,6 +291,7 @@ pub fn dispatch(cli: Cli, comm: &dyn Comm) -> Result<()> {
             BenchCommand::Crop(b) => crate::bench::crop::run(&b, comm),
             BenchCommand::Hdr(b) => crate::bench::hdr::run(&b, comm),
             BenchCommand::Scaling(b) => crate::bench::scaling::run(&b, comm),
+            BenchCommand::Memcopy(b) => crate::bench::memcopy::run(&b, comm),
         },
     }
 }

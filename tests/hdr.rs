@@ -189,6 +189,47 @@ fn a_linear_camera_and_its_radiance_are_recovered_exactly() {
 }
 
 #[test]
+fn a_per_bracket_merge_reports_its_phases() {
+    // Per-bracket files are written outside exec::run; the report still has exec's phases.
+    let d = tempfile::tempdir().unwrap();
+    let input = d.path().join("sky");
+    archive(&input);
+    let response = d.path().join("response.npz");
+    calibrate(&input, &response, &[]);
+    let out = d.path().join("hdr");
+    let report = d.path().join("merge.json");
+    ok(tessera(&[
+        "hdr",
+        "merge",
+        "--input",
+        &s(&input),
+        "--recursive",
+        "--response",
+        &s(&response),
+        "--output",
+        &s(&out),
+        "--format",
+        "npy",
+        "--report",
+        &s(&report),
+    ]));
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let run = &json["runs"][0];
+    assert_eq!(run["units_total"], 4, "{run}");
+    let rank = &run["per_rank"][0];
+    assert_eq!(rank["units"], 4, "{rank}");
+    let phases = &rank["phases"];
+    for phase in ["read", "compute", "write"] {
+        let t = phases[phase].as_f64().unwrap();
+        assert!(t > 0.0, "{phase}: {phases}");
+        assert!(t <= rank["seconds"].as_f64().unwrap(), "{phase}: {rank}");
+    }
+    for phase in ["setup", "sync", "finalize"] {
+        assert!(phases[phase].as_f64().unwrap() >= 0.0, "{phase}: {phases}");
+    }
+}
+
+#[test]
 fn exr_zarr_mertens_and_resume() {
     let d = tempfile::tempdir().unwrap();
     let input = d.path().join("sky");

@@ -8,6 +8,7 @@ pub mod crop;
 #[cfg(feature = "cuda")]
 pub mod gpu;
 pub mod hdr;
+pub mod memcopy;
 pub mod pyramid;
 pub mod quilt;
 pub mod scaling;

@@ -1,8 +1,13 @@
 //! `tessera bench scaling`: one operation at several rank counts (each a fresh `mpirun -n R`
 //! of this binary, or `srun -n R` inside an allocation), strong or weak, with the time,
 //! throughput, parallel efficiency, bytes per rank and per-phase times (from each run's report:
-//! setup, compute = read + kernel, write, sync = waiting for other ranks, finalize) as CSV,
-//! Markdown and a PNG plot.
+//! setup, read (decoding, where timed apart), compute, write, sync = waiting for other ranks,
+//! finalize) as CSV, Markdown and a PNG plot. At each rank count the same launcher also runs a
+//! plain parallel memory copy (`bench memcopy`, every rank its own buffer): its weak-scaling
+//! efficiency is what ranks sharing one memory system can reach, and `vs_memcopy` is the
+//! operation's efficiency divided by it.
+//!
+//! Inputs are made once per size, before and outside the timed runs, and kept in `--dir`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -10,13 +15,17 @@ use std::time::Instant;
 
 use plotters::prelude::*;
 
+use super::memcopy::CopyRate;
 use crate::comm::Comm;
 use crate::error::{Error, IoContext, Result};
 
 /// Operations the benchmark runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ScalingOp {
+    /// quilt unstitch of 1024x1024 f32 images (window 128, step 64).
     Quilt,
+    /// quilt stitch of the patches quilt unstitch makes of those images.
+    Stitch,
     Pyramid,
     Crop,
     Hdr,
@@ -46,8 +55,9 @@ pub struct ScalingBench {
     pub ranks: Vec<usize>,
     #[arg(long, value_enum, default_value = "strong")]
     pub mode: Mode,
-    /// Problem size per rank-count unit: patterns (crop), volume side (pyramid), images of
-    /// 1024x1024 (quilt), brackets (hdr). Weak scaling multiplies it by the rank count.
+    /// Problem size per rank-count unit: 125 patterns of 256x256 (crop), 32 x 256x256 slices
+    /// (pyramid), images of 1024x1024 (quilt, stitch), brackets of 5 x 512x512 (hdr). Weak
+    /// scaling multiplies it by the rank count.
     #[arg(long, default_value_t = 8)]
     pub size: usize,
     #[arg(long, value_enum, default_value = "mpirun")]
@@ -55,10 +65,16 @@ pub struct ScalingBench {
     /// Extra arguments for the launcher (e.g. "--oversubscribe").
     #[arg(long, allow_hyphen_values = true)]
     pub launcher_args: Option<String>,
+    /// MiB each rank copies in the memory-bandwidth reference (best of 5 copies).
+    #[arg(long, default_value_t = 256)]
+    pub memcopy_mib: u64,
     /// Working directory (inputs, outputs, reports, the table and plot).
     #[arg(long, default_value = "tessera-scaling")]
     pub dir: PathBuf,
 }
+
+/// The phases of a run report, in the order of the table.
+const PHASES: [&str; 6] = ["setup", "read", "compute", "write", "sync", "finalize"];
 
 /// One rank count's numbers.
 #[derive(Clone, Debug, Default)]
@@ -71,8 +87,150 @@ struct Row {
     bytes: u64,
     read_per_rank: u64,
     written_per_rank: u64,
-    /// Slowest rank's (setup, compute, write, sync, finalize).
-    phases: [f64; 5],
+    /// Slowest rank's seconds per phase (see [`PHASES`]).
+    phases: [f64; 6],
+    /// The job's memory-copy rate at this rank count (GB/s, all ranks together).
+    copy_gb_per_s: f64,
+}
+
+/// A row's efficiencies against the first row (the smallest rank count).
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Efficiency {
+    /// The operation's: strong, T1 R1 / (T R); weak, T1 / T.
+    op: f64,
+    /// The memory copy's weak-scaling efficiency: its rate per rank against the first row's.
+    copy: f64,
+}
+
+impl Efficiency {
+    fn vs_copy(&self) -> f64 {
+        self.op / self.copy
+    }
+}
+
+fn efficiencies(rows: &[Row], mode: Mode) -> Vec<Efficiency> {
+    let base = &rows[0];
+    let per_rank = |r: &Row| r.copy_gb_per_s / r.ranks as f64;
+    rows.iter()
+        .map(|r| Efficiency {
+            op: match mode {
+                Mode::Strong => base.seconds * base.ranks as f64 / (r.seconds * r.ranks as f64),
+                Mode::Weak => base.seconds / r.seconds,
+            },
+            copy: per_rank(r) / per_rank(base),
+        })
+        .collect()
+}
+
+/// One column of the tables: its CSV name, its Markdown heading and a row's value in each.
+struct Cell {
+    csv_name: &'static str,
+    md_name: &'static str,
+    csv: String,
+    md: String,
+}
+
+/// A row's cells. The CSV header and the Markdown heading come from the same list, so a
+/// column cannot go missing from the rows alone.
+fn cells(r: &Row, e: &Efficiency) -> Vec<Cell> {
+    let cell = |csv_name, md_name, csv: String, md: String| Cell {
+        csv_name,
+        md_name,
+        csv,
+        md,
+    };
+    let mib = |b: u64| format!("{:.1}", b as f64 / 1048576.0);
+    let gbs = r.bytes as f64 / r.seconds / 1e9;
+    let mut v = vec![
+        cell("ranks", "ranks", r.ranks.to_string(), r.ranks.to_string()),
+        cell(
+            "wall_seconds",
+            "wall s (with launch)",
+            format!("{:.4}", r.wall),
+            format!("{:.3}", r.wall),
+        ),
+        cell(
+            "seconds",
+            "run s",
+            format!("{:.4}", r.seconds),
+            format!("{:.3}", r.seconds),
+        ),
+        cell("gb_per_s", "GB/s", format!("{gbs:.3}"), format!("{gbs:.3}")),
+        cell(
+            "efficiency",
+            "efficiency",
+            format!("{:.4}", e.op),
+            format!("{:.2}", e.op),
+        ),
+        cell(
+            "memcopy_gb_per_s",
+            "memcopy GB/s",
+            format!("{:.3}", r.copy_gb_per_s),
+            format!("{:.1}", r.copy_gb_per_s),
+        ),
+        cell(
+            "memcopy_efficiency",
+            "memcopy efficiency",
+            format!("{:.4}", e.copy),
+            format!("{:.2}", e.copy),
+        ),
+        cell(
+            "vs_memcopy",
+            "vs memcopy",
+            format!("{:.4}", e.vs_copy()),
+            format!("{:.2}", e.vs_copy()),
+        ),
+        cell(
+            "read_per_rank",
+            "read/rank MiB",
+            r.read_per_rank.to_string(),
+            mib(r.read_per_rank),
+        ),
+        cell(
+            "written_per_rank",
+            "written/rank MiB",
+            r.written_per_rank.to_string(),
+            mib(r.written_per_rank),
+        ),
+    ];
+    for (name, t) in PHASES.iter().zip(r.phases) {
+        v.push(cell(name, name, format!("{t:.4}"), format!("{t:.3}")));
+    }
+    v
+}
+
+/// The CSV and Markdown tables of `rows`.
+fn tables(rows: &[Row], mode: Mode) -> (String, String) {
+    let all: Vec<Vec<Cell>> = rows
+        .iter()
+        .zip(efficiencies(rows, mode))
+        .map(|(r, e)| cells(r, &e))
+        .collect();
+    let names = cells(&Row::default(), &Efficiency { op: 0.0, copy: 1.0 });
+    let line =
+        |f: &dyn Fn(&Cell) -> &str, sep: &str| names.iter().map(f).collect::<Vec<_>>().join(sep);
+    let mut csv = line(&|c| c.csv_name, ",") + "\n";
+    let mut md = format!(
+        "| {} |\n|{}\n",
+        line(&|c| c.md_name, " | "),
+        "---|".repeat(names.len())
+    );
+    for row in &all {
+        csv += &row
+            .iter()
+            .map(|c| c.csv.as_str())
+            .collect::<Vec<_>>()
+            .join(",");
+        csv += "\n";
+        md += &format!(
+            "| {} |\n",
+            row.iter()
+                .map(|c| c.md.as_str())
+                .collect::<Vec<_>>()
+                .join(" | ")
+        );
+    }
+    (csv, md)
 }
 
 fn run_cmd(cmd: &mut Command, what: &str) -> Result<()> {
@@ -95,19 +253,65 @@ fn run_cmd(cmd: &mut Command, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// Writes the input for a problem of `size` units; returns the operation's arguments.
-fn prepare(b: &ScalingBench, size: usize, dir: &Path) -> Result<Vec<String>> {
+/// This binary, run alone (no MPI) to make an input.
+fn single(args: &[String], what: &str) -> Result<()> {
     let exe = std::env::current_exe().at("tessera executable")?;
-    let s = |p: &Path| p.to_string_lossy().into_owned();
+    run_cmd(Command::new(&exe).args(args).env("TESSERA_MPI", "0"), what)
+}
+
+fn text(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+/// `size` images of 1024x1024 f32 (quilt's and stitch's input), made once.
+fn images(dir: &Path, size: usize) -> Result<PathBuf> {
+    let input = dir.join(format!("images-{size}.npy"));
+    if !input.exists() {
+        let a = ndarray::Array4::<f32>::from_shape_fn((size, 1, 1024, 1024), |(n, _, y, x)| {
+            ((n * 13 + y * 7 + x) % 997) as f32
+        });
+        ndarray_npy::write_npy(&input, &a).map_err(|e| Error::bad_file(&input, e.to_string()))?;
+    }
+    Ok(input)
+}
+
+/// quilt's window and step (flags) for the quilt and stitch runs.
+const QUILT_GEOMETRY: [&str; 4] = ["--window", "128,128", "--step", "64,64"];
+
+/// Crop's synthetic patterns for `size`: the largest set any rank count needs (`largest`) is
+/// made once (in parallel), and each smaller one is its prefix (each pattern has its own
+/// random stream, so the prefix is the set itself).
+fn crop_input(dir: &Path, size: usize, largest: usize) -> Result<PathBuf> {
+    let file = |n: usize| dir.join(format!("crop-{n}x256.npy"));
+    let (n, all) = ((size * 125) as u64, (largest.max(size) * 125) as u64);
+    let input = file(n as usize);
+    if input.exists() {
+        return Ok(input);
+    }
+    let source = file(all as usize);
+    if !source.exists() {
+        let t = Instant::now();
+        crate::ops::crop::synthetic::write(&source, all, 256, 1)?;
+        println!(
+            "bench scaling: made {all} synthetic 256x256 patterns in {:.1} s ({} threads)",
+            t.elapsed().as_secs_f64(),
+            rayon::current_num_threads()
+        );
+    }
+    if n < all {
+        crate::ops::crop::synthetic::write_prefix(&source, &input, n)?;
+    }
+    Ok(input)
+}
+
+/// Writes the input for a problem of `size` units (`largest`: the largest size of this
+/// benchmark); returns the operation's arguments.
+fn prepare(b: &ScalingBench, size: usize, largest: usize, dir: &Path) -> Result<Vec<String>> {
+    let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     Ok(match b.op {
         ScalingOp::Crop => {
-            let input = dir.join(format!("crop-{size}.npy"));
-            if !input.exists() {
-                crate::ops::crop::synthetic::write(&input, (size * 125) as u64, 256, 1)?;
-            }
-            ["crop", "--input", &s(&input), "--no-visualization"]
-                .map(String::from)
-                .to_vec()
+            let input = crop_input(dir, size, largest)?;
+            args(&["crop", "--input", &text(&input), "--no-visualization"])
         }
         ScalingOp::Pyramid => {
             let input = dir.join(format!("volume-{size}.npy"));
@@ -119,80 +323,76 @@ fn prepare(b: &ScalingBench, size: usize, dir: &Path) -> Result<Vec<String>> {
                 ndarray_npy::write_npy(&input, &a)
                     .map_err(|e| Error::bad_file(&input, e.to_string()))?;
             }
-            [
+            args(&[
                 "pyramid",
                 "--input",
-                &s(&input),
+                &text(&input),
                 "--levels",
                 "4",
                 "--chunks",
                 "32,64,64",
-            ]
-            .map(String::from)
-            .to_vec()
+            ])
         }
         ScalingOp::Quilt => {
-            let input = dir.join(format!("images-{size}.npy"));
-            if !input.exists() {
-                let a =
-                    ndarray::Array4::<f32>::from_shape_fn((size, 1, 1024, 1024), |(n, _, y, x)| {
-                        ((n * 13 + y * 7 + x) % 997) as f32
-                    });
-                ndarray_npy::write_npy(&input, &a)
-                    .map_err(|e| Error::bad_file(&input, e.to_string()))?;
+            let input = images(dir, size)?;
+            let mut a = args(&["quilt", "unstitch", "--input", &text(&input)]);
+            a.extend(args(&QUILT_GEOMETRY));
+            a
+        }
+        ScalingOp::Stitch => {
+            let patches = dir.join(format!("patches-{size}.zarr"));
+            if !patches.exists() {
+                let input = images(dir, size)?;
+                let report = dir.join(format!("patches-{size}.report.json"));
+                let mut a = args(&["quilt", "unstitch", "--input", &text(&input)]);
+                a.extend(args(&QUILT_GEOMETRY));
+                a.extend(args(&["--output", &text(&patches), "--codec", "none"]));
+                a.extend(args(&["--report", &text(&report), "--overwrite"]));
+                single(&a, "quilt unstitch (the patches to stitch)")?;
             }
-            [
-                "quilt",
-                "unstitch",
-                "--input",
-                &s(&input),
-                "--window",
-                "128,128",
-                "--step",
-                "64,64",
-            ]
-            .map(String::from)
-            .to_vec()
+            args(&["quilt", "stitch", "--input", &text(&patches)])
         }
         ScalingOp::Hdr => {
             let sky = dir.join(format!("sky-{size}"));
             if !sky.exists() {
-                run_cmd(
-                    Command::new(&exe)
-                        .args(["hdr", "synthetic", "--output", &s(&sky), "--size", "512"])
-                        .args(["--brackets", &size.to_string()])
-                        .env("TESSERA_MPI", "0"),
+                single(
+                    &args(&[
+                        "hdr",
+                        "synthetic",
+                        "--output",
+                        &text(&sky),
+                        "--size",
+                        "512",
+                        "--brackets",
+                        &size.to_string(),
+                    ]),
                     "hdr synthetic",
                 )?;
             }
             let response = dir.join("response.npz");
             if !response.exists() {
-                run_cmd(
-                    Command::new(&exe)
-                        .args([
-                            "hdr",
-                            "calibrate",
-                            "--input",
-                            &s(&sky),
-                            "--response",
-                            &s(&response),
-                        ])
-                        .env("TESSERA_MPI", "0"),
+                single(
+                    &args(&[
+                        "hdr",
+                        "calibrate",
+                        "--input",
+                        &text(&sky),
+                        "--response",
+                        &text(&response),
+                    ]),
                     "hdr calibrate",
                 )?;
             }
-            [
+            args(&[
                 "hdr",
                 "merge",
                 "--input",
-                &s(&sky),
+                &text(&sky),
                 "--response",
-                &s(&response),
+                &text(&response),
                 "--format",
                 "npy",
-            ]
-            .map(String::from)
-            .to_vec()
+            ])
         }
     })
 }
@@ -201,24 +401,13 @@ fn prepare(b: &ScalingBench, size: usize, dir: &Path) -> Result<Vec<String>> {
 fn output_of(op: ScalingOp, dir: &Path, ranks: usize) -> PathBuf {
     dir.join(format!("run-{ranks}")).join(match op {
         ScalingOp::Crop => "out.npy",
-        ScalingOp::Pyramid | ScalingOp::Quilt => "out.zarr",
+        ScalingOp::Pyramid | ScalingOp::Quilt | ScalingOp::Stitch => "out.zarr",
         ScalingOp::Hdr => "out",
     })
 }
 
-fn measure(b: &ScalingBench, ranks: usize, dir: &Path) -> Result<Row> {
-    let size = match b.mode {
-        Mode::Strong => b.size,
-        Mode::Weak => b.size * ranks,
-    };
-    let mut args = prepare(b, size, dir)?;
-    let out = output_of(b.op, dir, ranks);
-    let report = dir.join(format!("report-{ranks}.json"));
-    let run_dir = out.parent().expect("inside the run directory");
-    crate::io::staging::remove_any(run_dir)?;
-    std::fs::create_dir_all(run_dir).at(run_dir)?;
-    args.extend(["--output".into(), out.to_string_lossy().into_owned()]);
-    args.extend(["--report".into(), report.to_string_lossy().into_owned()]);
+/// Runs this binary with `args` on `ranks` ranks through the launcher; the wall time.
+fn launch(b: &ScalingBench, ranks: usize, args: &[String], what: &str) -> Result<f64> {
     let exe = std::env::current_exe().at("tessera executable")?;
     let mut cmd = match b.launcher {
         Launcher::Mpirun => Command::new("mpirun"),
@@ -229,16 +418,54 @@ fn measure(b: &ScalingBench, ranks: usize, dir: &Path) -> Result<Row> {
         cmd.args(extra.split_whitespace());
     }
     // The ranks start MPI even when this launching process was told not to.
-    cmd.arg(&exe).args(&args).env_remove("TESSERA_MPI");
+    cmd.arg(&exe).args(args).env_remove("TESSERA_MPI");
     let t = Instant::now();
-    run_cmd(&mut cmd, &format!("{:?} on {ranks} rank(s)", b.op))?;
-    let wall = t.elapsed().as_secs_f64();
+    run_cmd(&mut cmd, &format!("{what} on {ranks} rank(s)"))?;
+    Ok(t.elapsed().as_secs_f64())
+}
+
+/// The memory-bandwidth reference at `ranks` (GB/s of the whole job).
+fn memcopy(b: &ScalingBench, ranks: usize, dir: &Path) -> Result<f64> {
+    let json = dir.join(format!("memcopy-{ranks}.json"));
+    crate::io::staging::remove_any(&json)?;
+    let args = [
+        "bench",
+        "memcopy",
+        "--mib",
+        &b.memcopy_mib.to_string(),
+        "--json",
+        &text(&json),
+    ]
+    .map(String::from);
+    launch(b, ranks, &args, "memcopy")?;
+    let rate: CopyRate = serde_json::from_slice(&std::fs::read(&json).at(&json)?)
+        .map_err(|e| Error::bad_file(&json, e.to_string()))?;
+    Ok(rate.gb_per_s)
+}
+
+fn measure(b: &ScalingBench, ranks: usize, largest: usize, dir: &Path) -> Result<Row> {
+    let size = match b.mode {
+        Mode::Strong => b.size,
+        Mode::Weak => b.size * ranks,
+    };
+    let mut args = prepare(b, size, largest, dir)?;
+    let out = output_of(b.op, dir, ranks);
+    let report = dir.join(format!("report-{ranks}.json"));
+    let run_dir = out.parent().expect("inside the run directory");
+    crate::io::staging::remove_any(run_dir)?;
+    crate::io::staging::remove_any(&report)?;
+    std::fs::create_dir_all(run_dir).at(run_dir)?;
+    args.extend(["--output".into(), text(&out)]);
+    args.extend(["--report".into(), text(&report)]);
+    let copy_gb_per_s = memcopy(b, ranks, dir)?;
+    let wall = launch(b, ranks, &args, &format!("{:?}", b.op))?;
     let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).at(&report)?)
         .map_err(|e| Error::bad_file(&report, e.to_string()))?;
     let runs = json["runs"].as_array().cloned().unwrap_or_default();
     let mut row = Row {
         ranks,
         wall,
+        copy_gb_per_s,
         ..Row::default()
     };
     for run in &runs {
@@ -254,10 +481,7 @@ fn measure(b: &ScalingBench, ranks: usize, dir: &Path) -> Result<Row> {
         row.seconds += run["seconds"].as_f64().unwrap_or(0.0);
         row.read_per_rank += max_of("bytes_read");
         row.written_per_rank += max_of("bytes_written");
-        for (i, k) in ["setup", "compute", "write", "sync", "finalize"]
-            .iter()
-            .enumerate()
-        {
+        for (i, k) in PHASES.iter().enumerate() {
             row.phases[i] += per_rank
                 .iter()
                 .map(|r| r["phases"][k].as_f64().unwrap_or(0.0))
@@ -275,76 +499,40 @@ pub fn run(b: &ScalingBench, comm: &dyn Comm) -> Result<()> {
     if !comm.is_root() {
         return Ok(());
     }
-    if b.ranks.is_empty() || b.ranks.contains(&0) || b.size == 0 {
+    if b.ranks.is_empty() || b.ranks.contains(&0) || b.size == 0 || b.memcopy_mib == 0 {
         return Err(Error::parameter(
             "ranks",
-            "rank counts and --size must be at least 1",
+            "rank counts, --size and --memcopy-mib must be at least 1",
         ));
     }
     std::fs::create_dir_all(&b.dir).at(&b.dir)?;
+    let largest = match b.mode {
+        Mode::Strong => b.size,
+        Mode::Weak => b.size * b.ranks.iter().max().copied().unwrap_or(1),
+    };
     let rows: Vec<Row> = b
         .ranks
         .iter()
-        .map(|&r| measure(b, r, &b.dir))
+        .map(|&r| measure(b, r, largest, &b.dir))
         .collect::<Result<_>>()?;
-    let base = &rows[0];
-    let efficiency = |r: &Row| match b.mode {
-        Mode::Strong => base.seconds * base.ranks as f64 / (r.seconds * r.ranks as f64),
-        Mode::Weak => base.seconds / r.seconds,
-    };
     let stem = format!("scaling-{:?}-{:?}", b.op, b.mode).to_lowercase();
-    let mut csv = String::from("ranks,wall_seconds,seconds,gb_per_s,efficiency,read_per_rank,written_per_rank,setup,compute,write,sync,finalize\n");
-    let mut md = String::from(
-        "| ranks | wall s (with launch) | run s | GB/s | efficiency | read/rank MiB | written/rank MiB | setup | compute | write | sync | finalize |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
-    );
-    for r in &rows {
-        let gbs = r.bytes as f64 / r.seconds / 1e9;
-        let p = r.phases;
-        csv.push_str(&format!(
-            "{},{:.4},{:.4},{:.3},{},{},{:.4},{:.4},{:.4},{:.4},{:.4}\n",
-            r.ranks,
-            r.seconds,
-            gbs,
-            efficiency(r),
-            r.read_per_rank,
-            r.written_per_rank,
-            p[0],
-            p[1],
-            p[2],
-            p[3],
-            p[4]
-        ));
-        md.push_str(&format!(
-            "| {} | {:.3} | {:.3} | {:.3} | {:.2} | {:.1} | {:.1} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} |\n",
-            r.ranks,
-            r.wall,
-            r.seconds,
-            gbs,
-            efficiency(r),
-            r.read_per_rank as f64 / 1048576.0,
-            r.written_per_rank as f64 / 1048576.0,
-            p[0], p[1], p[2], p[3], p[4]
-        ));
-    }
+    let (csv, md) = tables(&rows, b.mode);
     let csv_path = b.dir.join(format!("{stem}.csv"));
     let md_path = b.dir.join(format!("{stem}.md"));
     std::fs::write(&csv_path, &csv).at(&csv_path)?;
     std::fs::write(&md_path, &md).at(&md_path)?;
     let png = b.dir.join(format!("{stem}.png"));
-    plot(
-        &png,
-        b,
-        &rows,
-        &rows.iter().map(efficiency).collect::<Vec<_>>(),
-    )?;
+    plot(&png, b, &rows, &efficiencies(&rows, b.mode))?;
     println!(
-        "bench scaling: {:?} {:?}, size {}, on {} ({} CPUs); efficiency and GB/s from the runs' own time (slowest rank; crop: its crop-and-write pass)\n",
+        "bench scaling: {:?} {:?}, size {}, on {} ({} CPUs); efficiency and GB/s from the runs' own time (slowest rank; crop: its crop-and-write pass); memcopy: {} MiB per rank, best of 5, same launcher",
         b.op,
         b.mode,
         b.size,
         crate::comm::hostname(),
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        b.memcopy_mib
     );
+    println!();
     print!("{md}");
     println!(
         "\n{} {} {}",
@@ -355,7 +543,7 @@ pub fn run(b: &ScalingBench, comm: &dyn Comm) -> Result<()> {
     Ok(())
 }
 
-fn plot(path: &Path, b: &ScalingBench, rows: &[Row], eff: &[f64]) -> Result<()> {
+fn plot(path: &Path, b: &ScalingBench, rows: &[Row], eff: &[Efficiency]) -> Result<()> {
     crate::ops::crop::plot::register();
     let err = |e: String| Error::bad_file(path, format!("drawing the scaling plot: {e}"));
     let root = BitMapBackend::new(path, (1000, 450)).into_drawing_area();
@@ -363,6 +551,11 @@ fn plot(path: &Path, b: &ScalingBench, rows: &[Row], eff: &[f64]) -> Result<()> 
     let (left, right) = root.split_horizontally(500);
     let max_r = rows.iter().map(|r| r.ranks).max().unwrap_or(1) as f64;
     let max_t = rows.iter().map(|r| r.seconds).fold(0.0, f64::max) * 1.1;
+    let max_e = eff
+        .iter()
+        .flat_map(|e| [e.op, e.copy])
+        .filter(|v| v.is_finite())
+        .fold(1.2, f64::max);
     let draw = || -> std::result::Result<(), String> {
         let mut c = ChartBuilder::on(&left)
             .caption(
@@ -390,30 +583,158 @@ fn plot(path: &Path, b: &ScalingBench, rows: &[Row], eff: &[f64]) -> Result<()> 
         )
         .map_err(|e| e.to_string())?;
         let mut e = ChartBuilder::on(&right)
-            .caption("parallel efficiency", ("sans-serif", 18))
+            .caption(
+                "parallel efficiency (red), memcopy's (green)",
+                ("sans-serif", 18),
+            )
             .margin(10)
             .x_label_area_size(35)
             .y_label_area_size(50)
-            .build_cartesian_2d(0.5..max_r + 0.5, 0.0..1.2)
+            .build_cartesian_2d(0.5..max_r + 0.5, 0.0..max_e)
             .map_err(|e| e.to_string())?;
         e.configure_mesh()
             .x_desc("ranks")
             .y_desc("efficiency")
             .draw()
             .map_err(|e| e.to_string())?;
-        e.draw_series(LineSeries::new(
-            rows.iter().zip(eff).map(|(r, &v)| (r.ranks as f64, v)),
-            RED.stroke_width(2),
-        ))
-        .map_err(|e| e.to_string())?;
-        e.draw_series(
-            rows.iter()
-                .zip(eff)
-                .map(|(r, &v)| Circle::new((r.ranks as f64, v), 4, RED.filled())),
-        )
-        .map_err(|e| e.to_string())?;
+        // The operation's efficiency (red) and the memory copy's (green, the reference).
+        for (colour, of) in [
+            (RED, (|e: &Efficiency| e.op) as fn(&Efficiency) -> f64),
+            (GREEN, |e: &Efficiency| e.copy),
+        ] {
+            e.draw_series(LineSeries::new(
+                rows.iter().zip(eff).map(|(r, v)| (r.ranks as f64, of(v))),
+                colour.stroke_width(2),
+            ))
+            .map_err(|e| e.to_string())?;
+            e.draw_series(
+                rows.iter()
+                    .zip(eff)
+                    .map(|(r, v)| Circle::new((r.ranks as f64, of(v)), 4, colour.filled())),
+            )
+            .map_err(|e| e.to_string())?;
+        }
         Ok(())
     };
     draw().map_err(err)?;
     root.present().map_err(|e| err(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows() -> Vec<Row> {
+        vec![
+            Row {
+                ranks: 1,
+                wall: 1.5,
+                seconds: 1.0,
+                bytes: 2_000_000_000,
+                read_per_rank: 3 << 20,
+                written_per_rank: 4 << 20,
+                phases: [0.01, 0.02, 0.5, 0.4, 0.0, 0.03],
+                copy_gb_per_s: 10.0,
+            },
+            Row {
+                ranks: 2,
+                wall: 1.25,
+                seconds: 0.8,
+                bytes: 2_000_000_000,
+                read_per_rank: 5 << 20,
+                written_per_rank: 6 << 20,
+                phases: [0.11, 0.12, 0.13, 0.14, 0.15, 0.16],
+                copy_gb_per_s: 16.0,
+            },
+        ]
+    }
+
+    /// The CSV as (name, value) pairs per row, checking that every line has the header's
+    /// number of fields.
+    fn parse(csv: &str) -> Vec<Vec<(String, String)>> {
+        let mut lines = csv.lines();
+        let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+        lines
+            .map(|l| {
+                let fields: Vec<&str> = l.split(',').collect();
+                assert_eq!(fields.len(), header.len(), "{l}\n{csv}");
+                header
+                    .iter()
+                    .zip(fields)
+                    .map(|(h, f)| (h.to_string(), f.to_string()))
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn get<'a>(row: &'a [(String, String)], name: &str) -> &'a str {
+        &row.iter().find(|(h, _)| h == name).unwrap().1
+    }
+
+    #[test]
+    fn every_csv_value_sits_under_its_name() {
+        let (csv, md) = tables(&rows(), Mode::Weak);
+        let parsed = parse(&csv);
+        assert_eq!(parsed.len(), 2);
+        let names: Vec<&str> = parsed[0].iter().map(|(h, _)| h.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "ranks",
+                "wall_seconds",
+                "seconds",
+                "gb_per_s",
+                "efficiency",
+                "memcopy_gb_per_s",
+                "memcopy_efficiency",
+                "vs_memcopy",
+                "read_per_rank",
+                "written_per_rank",
+                "setup",
+                "read",
+                "compute",
+                "write",
+                "sync",
+                "finalize"
+            ]
+        );
+        let r = &parsed[1];
+        let num = |name| get(r, name).parse::<f64>().unwrap();
+        assert_eq!(get(r, "ranks"), "2");
+        assert_eq!(num("wall_seconds"), 1.25);
+        assert_eq!(num("seconds"), 0.8);
+        assert_eq!(num("gb_per_s"), 2.5);
+        // Weak: T1 / T = 1.25. The copy: 8 GB/s per rank against 10: 0.8.
+        assert_eq!(num("efficiency"), 1.25);
+        assert_eq!(num("memcopy_gb_per_s"), 16.0);
+        assert_eq!(num("memcopy_efficiency"), 0.8);
+        assert!((num("vs_memcopy") - 1.5625).abs() < 1e-4);
+        assert_eq!(get(r, "read_per_rank"), (5u64 << 20).to_string());
+        assert_eq!(get(r, "written_per_rank"), (6u64 << 20).to_string());
+        for (name, want) in PHASES.iter().zip([0.11, 0.12, 0.13, 0.14, 0.15, 0.16]) {
+            assert_eq!(num(name), want, "{name}");
+        }
+        let base = &parsed[0];
+        assert_eq!(get(base, "efficiency").parse::<f64>().unwrap(), 1.0);
+        assert_eq!(get(base, "vs_memcopy").parse::<f64>().unwrap(), 1.0);
+        // The Markdown table: a heading, its rule and one line per row, all as wide.
+        let widths: Vec<usize> = md.lines().map(|l| l.matches('|').count()).collect();
+        assert_eq!(widths, vec![names.len() + 1; 4], "{md}");
+        assert!(
+            md.lines()
+                .nth(3)
+                .unwrap()
+                .starts_with("| 2 | 1.250 | 0.800 |"),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn strong_efficiency_counts_the_ranks() {
+        let e = efficiencies(&rows(), Mode::Strong);
+        // 1 s on 1 rank, 0.8 s on 2: 1 / 1.6.
+        assert_eq!(e[1].op, 0.625);
+        assert_eq!(e[1].copy, 0.8);
+        assert!((e[1].vs_copy() - 0.78125).abs() < 1e-12);
+    }
 }

@@ -240,9 +240,13 @@ fn per_bracket(
             0,
         ));
     }
+    // The phases as exec::run records them: setup (lock, output directory), read (decoding),
+    // compute (merging), write (files and previews), sync (waiting for the other ranks).
+    let setup = Instant::now();
     // One job per output directory (see io::lock), held until this function returns.
     let _lock = crate::exec::lock_output(out, comm)?;
     crate::exec::agree(comm, prepare_directory(job, brackets.len(), comm))?;
+    let setup_seconds = setup.elapsed().as_secs_f64();
     let ext = extension(job.format);
     let mine = partition_contiguous(brackets.len(), comm.size())[comm.rank()].clone();
     let (mut unusable, mut resumed, mut units) = (0u64, 0usize, 0u64);
@@ -287,9 +291,11 @@ fn per_bracket(
             break;
         }
     }
+    let sync = Instant::now();
     crate::exec::agree(comm, result)?;
     let mut counts = [unusable, resumed as u64];
     comm.all_reduce_u64(&mut counts, ReduceOp::Sum);
+    let sync_seconds = sync.elapsed().as_secs_f64();
     let s = gather_summary(
         "hdr merge",
         out.display().to_string(),
@@ -300,10 +306,12 @@ fn per_bracket(
             bytes_written: written,
             seconds: started.elapsed().as_secs_f64(),
             phases: crate::exec::PhaseTimes {
+                setup: setup_seconds,
                 read: merger.seconds().0,
                 compute: merger.seconds().1,
                 write: write_seconds,
-                ..Default::default()
+                sync: sync_seconds,
+                finalize: 0.0,
             },
             device: Some(merger.device.report()),
             ..Default::default()
