@@ -264,6 +264,28 @@ pub fn write_bytes(path: &Path, overwrite: bool, bytes: &[u8]) -> Result<()> {
     write_file(path, overwrite, |tmp| std::fs::write(tmp, bytes).at(tmp))
 }
 
+/// Free bytes on the file system that holds `path` (or its nearest existing ancestor);
+/// `u64::MAX` when it cannot be asked.
+pub fn free_disk_bytes(path: &std::path::Path) -> u64 {
+    let Some(existing) = path.ancestors().find(|p| p.exists()) else {
+        return u64::MAX;
+    };
+    let existing = if existing.as_os_str().is_empty() {
+        std::path::Path::new(".")
+    } else {
+        existing
+    };
+    let Ok(c) = std::ffi::CString::new(existing.as_os_str().as_encoded_bytes()) else {
+        return u64::MAX;
+    };
+    // SAFETY: statvfs reads a NUL-terminated path and fills one plain struct that we own.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut stat) } != 0 {
+        return u64::MAX;
+    }
+    (stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -113,7 +113,21 @@ pub fn write(path: &Path, n: u64, size: u64, seed: u64) -> Result<()> {
         ));
     }
     let side = crate::grid::checked_product("test-size", &[size, size, 4])?;
-    crate::grid::checked_mul("test-patterns", n, side)?;
+    let bytes = crate::grid::checked_mul("test-patterns", n, side)?;
+    // Streamed, so memory does not bound it: the disk must (a test input that fills it would
+    // run for hours and then fail).
+    let free = crate::io::safety::free_disk_bytes(path);
+    if bytes > free {
+        return Err(Error::parameter(
+            "test-patterns",
+            format!(
+                "{n} float32 patterns of --test-size {size} need {} on disk, {} free under {}",
+                crate::exec::memory::human_bytes(bytes),
+                crate::exec::memory::human_bytes(free),
+                path.parent().unwrap_or(path).display()
+            ),
+        ));
+    }
     let batch = BATCH.min(n);
     crate::exec::memory::check(
         &format!("a batch of {batch} float32 synthetic patterns of --test-size {size}"),

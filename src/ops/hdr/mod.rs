@@ -989,7 +989,7 @@ pub fn write_synthetic(job: &SyntheticJob) -> Result<()> {
         memory,
     )?;
     let disk = crate::grid::checked_mul("brackets", bracket, job.brackets as u64)?;
-    let free = free_disk_bytes(&job.output);
+    let free = crate::io::safety::free_disk_bytes(&job.output);
     if disk > free {
         return Err(Error::parameter(
             "brackets",
@@ -1053,28 +1053,6 @@ pub fn write_synthetic(job: &SyntheticJob) -> Result<()> {
         job.output.display()
     );
     Ok(())
-}
-
-/// Free bytes on the file system that holds `path` (or its nearest existing ancestor);
-/// `u64::MAX` when it cannot be asked.
-fn free_disk_bytes(path: &std::path::Path) -> u64 {
-    let Some(existing) = path.ancestors().find(|p| p.exists()) else {
-        return u64::MAX;
-    };
-    let existing = if existing.as_os_str().is_empty() {
-        std::path::Path::new(".")
-    } else {
-        existing
-    };
-    let Ok(c) = std::ffi::CString::new(existing.as_os_str().as_encoded_bytes()) else {
-        return u64::MAX;
-    };
-    // SAFETY: statvfs reads a NUL-terminated path and fills one plain struct that we own.
-    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(c.as_ptr(), &mut stat) } != 0 {
-        return u64::MAX;
-    }
-    (stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64)
 }
 
 /// A synthetic bracket (RGB, shortest exposure first, x4 steps from 1 ms) of a random scene
