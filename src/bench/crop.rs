@@ -40,7 +40,11 @@ pub fn run(b: &CropBench, comm: &dyn Comm) -> Result<()> {
     let bytes = b.patterns * b.size * b.size * 4;
     let ready = std::fs::metadata(&input).is_ok_and(|m| m.len() >= bytes);
     let made = if comm.is_root() && !ready {
-        crate::ops::crop::synthetic::write(&input, b.patterns, b.size, 1)
+        // The bench's own cached input, replaced when it has another size; renamed into
+        // place, so a killed bench leaves no half-written one.
+        crate::io::safety::write_file(&input, true, |tmp| {
+            crate::ops::crop::synthetic::write(tmp, b.patterns, b.size, 1)
+        })
     } else {
         Ok(())
     };

@@ -12,7 +12,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::comm::{Comm, ReduceOp};
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 
 /// Parameters of `tessera bench memcopy`.
 #[derive(Clone, Debug, clap::Args)]
@@ -89,7 +89,7 @@ pub fn run(b: &MemcopyBench, comm: &dyn Comm) -> Result<()> {
     };
     let text = serde_json::to_string_pretty(&rate).unwrap_or_default();
     match &b.json {
-        Some(path) => std::fs::write(path, text).at(path),
+        Some(path) => crate::io::safety::write_bytes(path, false, text.as_bytes()),
         None => {
             println!("{text}");
             Ok(())

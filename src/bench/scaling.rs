@@ -291,7 +291,11 @@ fn crop_input(dir: &Path, size: usize, largest: usize) -> Result<PathBuf> {
     let source = file(all as usize);
     if !source.exists() {
         let t = Instant::now();
-        crate::ops::crop::synthetic::write(&source, all, 256, 1)?;
+        // Under a temporary name: a killed bench must not leave a half-written input that
+        // the next run takes for a finished one (it reuses what exists).
+        crate::io::safety::write_file(&source, false, |tmp| {
+            crate::ops::crop::synthetic::write(tmp, all, 256, 1)
+        })?;
         println!(
             "bench scaling: made {all} synthetic 256x256 patterns in {:.1} s ({} threads)",
             t.elapsed().as_secs_f64(),
@@ -299,7 +303,9 @@ fn crop_input(dir: &Path, size: usize, largest: usize) -> Result<PathBuf> {
         );
     }
     if n < all {
-        crate::ops::crop::synthetic::write_prefix(&source, &input, n)?;
+        crate::io::safety::write_file(&input, false, |tmp| {
+            crate::ops::crop::synthetic::write_prefix(&source, tmp, n)
+        })?;
     }
     Ok(input)
 }

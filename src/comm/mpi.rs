@@ -195,9 +195,8 @@ struct MpiSum {
 impl MpiSum {
     fn start(world: &SimpleCommunicator, values: &[u64]) -> MpiSum {
         // One spare element: never the dangling pointer of an empty slice (see `padded`).
-        let mut send: Box<[u64]> = values.iter().copied().chain([0]).collect();
+        let send: Box<[u64]> = values.iter().copied().chain([0]).collect();
         let mut recv: Box<[u64]> = vec![0; values.len() + 1].into_boxed_slice();
-        send[values.len()] = 0;
         // SAFETY: both buffers are heap allocations owned by the returned value, which does
         // not free them before the request completes (`test` or `Drop`); the datatype and
         // operation are rsmpi's handles for u64 and sum.

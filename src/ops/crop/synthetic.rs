@@ -101,7 +101,8 @@ fn patterns_from(first: u64, n: u64, size: u64, seed: u64) -> ArrayD<f32> {
 /// Patterns made and written per batch: the file is streamed, not held in memory whole.
 const BATCH: u64 = 256;
 
-/// Writes synthetic patterns to a `.npy` file, in batches made in parallel.
+/// Writes synthetic patterns to a `.npy` file, in batches made in parallel. `path` is created
+/// or truncated: callers pass a temporary name (`io::safety::write_file`).
 ///
 /// # Errors
 /// Bad sizes, or writing the file.
@@ -166,7 +167,8 @@ fn npy_header(shape: &[u64]) -> Vec<u8> {
 }
 
 /// Writes the first `n` patterns of the synthetic set in `source` (a `.npy` of [`write`]) to
-/// `path`: the same file [`write`] would make for `n`, without making the patterns again.
+/// `path` (created or truncated: callers pass a temporary name, as for [`write`]): the same
+/// file [`write`] would make for `n`, without making the patterns again.
 ///
 /// # Errors
 /// `source` is not such a file or has fewer patterns; writing `path`.
