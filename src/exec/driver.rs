@@ -98,8 +98,17 @@ impl<Op: Operation> Driver<'_, Op> {
         (written, computed)
     }
 
-    /// Journals a written unit and counts it (then the fault injection, if asked for).
+    /// After a unit's write: journals it, unless the operation holds it (journaled when
+    /// `settle` returns it).
     fn record(&mut self, unit: usize) -> Result<()> {
+        if self.op.held(unit) {
+            return Ok(());
+        }
+        self.finish_unit(unit)
+    }
+
+    /// Journals a finished unit and counts it (then the fault injection, if asked for).
+    pub(super) fn finish_unit(&mut self, unit: usize) -> Result<()> {
         self.journal.record(unit)?;
         let info = &self.op.units()[unit];
         self.stats.units += 1;

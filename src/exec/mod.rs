@@ -186,6 +186,32 @@ pub trait Operation: Sync {
     fn stage_ends(&self) -> Vec<usize> {
         vec![self.units().len()]
     }
+    /// Told, on every rank before any unit runs (collective), which units each rank runs in
+    /// this run: `pending[rank][stage]`, a resumed run's finished units left out. An operation
+    /// that can finish a unit only with another rank's help (stitch: the sums a band carries
+    /// into the next, from the rank that computed the band before) arranges it here and
+    /// reports such units through `held`. Default: nothing to arrange.
+    ///
+    /// # Errors
+    /// A collective that failed.
+    fn assign(&self, _comm: &dyn Comm, _pending: &[Vec<Vec<usize>>]) -> Result<()> {
+        Ok(())
+    }
+    /// Whether unit `unit`'s `write` leaves part of it unwritten until `settle`: the runner
+    /// journals it only when `settle` returns it. Default: never.
+    fn held(&self, _unit: usize) -> bool {
+        false
+    }
+    /// Called on every rank once each stage's units are written (collective; only when every
+    /// rank succeeded): exchanges what ranks owe each other, writes the rest of the held units
+    /// (every rank calls `write` once, with nothing when it holds nothing, so collective writes
+    /// stay matched) and returns them, to be journaled. Default: nothing held.
+    ///
+    /// # Errors
+    /// A missing message, or output failures.
+    fn settle(&self, _comm: &dyn Comm, _stage: usize) -> Result<Vec<usize>> {
+        Ok(Vec::new())
+    }
     /// Creates (or with `resume` reopens) the outputs at their `staging` addresses (in the order
     /// of `targets`). Collective.
     ///
@@ -363,6 +389,22 @@ fn split_stages(stage_ends: &[usize], ranks: usize) -> Vec<Vec<Vec<usize>>> {
     stage_of_rank
 }
 
+/// `[rank][stage]` -> the unit ids still to do (a resumed run's finished ones left out).
+fn without_finished(
+    stage_of_rank: &[Vec<Vec<usize>>],
+    done: &std::collections::BTreeSet<usize>,
+) -> Vec<Vec<Vec<usize>>> {
+    stage_of_rank
+        .iter()
+        .map(|stages| {
+            stages
+                .iter()
+                .map(|ids| ids.iter().copied().filter(|u| !done.contains(u)).collect())
+                .collect()
+        })
+        .collect()
+}
+
 /// Rank 0's last look before the run changes the disk: a resumed run's identity is checked
 /// first (the most useful refusal), then the side files and report; then stale staging goes
 /// and a fresh journal records the run's identity.
@@ -451,10 +493,9 @@ pub fn run<Op: Operation>(op: &Op, comm: &dyn Comm, options: &RunOptions) -> Res
     } else {
         Default::default()
     };
-    let stages: Vec<Vec<usize>> = stage_of_rank[comm.rank()]
-        .iter()
-        .map(|ids| ids.iter().copied().filter(|u| !done.contains(u)).collect())
-        .collect();
+    let pending = without_finished(&stage_of_rank, &done);
+    agree(comm, op.assign(comm, &pending))?;
+    let stages = &pending[comm.rank()];
     phases.setup += t.elapsed().as_secs_f64();
 
     let total_bytes: u64 = units.iter().map(|u| u.bytes_out).sum();
@@ -484,11 +525,17 @@ pub fn run<Op: Operation>(op: &Op, comm: &dyn Comm, options: &RunOptions) -> Res
         .targets()
         .iter()
         .any(|t| matches!(t, Address::Hdf5 { .. }));
-    for mine in &stages {
+    for (stage, mine) in stages.iter().enumerate() {
         if lockstep {
             driver.rounds(mine)?;
         } else {
             driver.independent(mine)?;
+        }
+        let t = Instant::now();
+        let settled = agree(comm, op.settle(comm, stage))?;
+        driver.phases.sync += t.elapsed().as_secs_f64();
+        for u in settled {
+            driver.finish_unit(u)?;
         }
     }
     let driver::Driver {

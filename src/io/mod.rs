@@ -363,10 +363,11 @@ pub fn write_parts(
     part: Option<&[(Region, Block)]>,
 ) -> Result<()> {
     match part {
-        Some(parts) => writers
+        // Nothing to write still takes part (collective writes).
+        Some(parts) if !parts.is_empty() => writers
             .iter()
             .zip(parts)
             .try_for_each(|(w, (r, b))| w.write_box(Some((r, b)))),
-        None => writers.iter().try_for_each(|w| w.write_box(None)),
+        _ => writers.iter().try_for_each(|w| w.write_box(None)),
     }
 }

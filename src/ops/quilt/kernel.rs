@@ -514,6 +514,50 @@ impl Accumulator {
         true
     }
 
+    /// The values (sums, weights, second moments, in that order, each in logical order) as
+    /// little-endian bytes: a carry sent to another rank. [`Accumulator::set_from_bytes`] on
+    /// an accumulator of the same shape is the inverse, bit for bit.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let arrays = [
+            Some(&self.sums),
+            Some(&self.weights),
+            self.second_moments.as_ref(),
+        ];
+        let mut out =
+            Vec::with_capacity(8 * arrays.iter().flatten().map(|a| a.len()).sum::<usize>());
+        for a in arrays.into_iter().flatten() {
+            for x in a {
+                out.extend_from_slice(&x.to_le_bytes());
+            }
+        }
+        out
+    }
+
+    /// Sets every value from [`Accumulator::to_bytes`]' layout; false (nothing changed) when
+    /// `bytes` is not exactly this accumulator's size.
+    pub fn set_from_bytes(&mut self, bytes: &[u8]) -> bool {
+        let count = self.sums.len()
+            + self.weights.len()
+            + self.second_moments.as_ref().map_or(0, |m| m.len());
+        if bytes.len() != 8 * count {
+            return false;
+        }
+        let mut values = bytes
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")));
+        let arrays = [
+            Some(&mut self.sums),
+            Some(&mut self.weights),
+            self.second_moments.as_mut(),
+        ];
+        for a in arrays.into_iter().flatten() {
+            for (x, v) in a.iter_mut().zip(&mut values) {
+                *x = v;
+            }
+        }
+        true
+    }
+
     /// The rows (absolute, first spatial axis) this accumulator covers.
     pub fn rows(&self) -> Range<u64> {
         self.origin[0]..self.origin[0] + self.weights.shape()[0] as u64
@@ -777,6 +821,44 @@ mod tests {
             border: vec![b, b],
             border_weight: bw,
             sigma: 0.125,
+        }
+    }
+
+    #[test]
+    fn a_carry_crosses_ranks_as_bytes_bit_for_bit() {
+        for with_variance in [false, true] {
+            let mut a = Accumulator::new(2, &[5, 0], &[3, 4], with_variance);
+            let mut x = 0.1_f64;
+            let next = |x: &mut f64| {
+                *x = (*x * 3.7 + 0.13).fract() - 0.5;
+                *x * 1e-300_f64.powf(*x)
+            };
+            a.sums.iter_mut().for_each(|v| *v = next(&mut x));
+            a.weights.iter_mut().for_each(|v| *v = next(&mut x));
+            if let Some(m) = a.second_moments.as_mut() {
+                m.iter_mut().for_each(|v| *v = next(&mut x));
+            }
+            a.sums[[1, 2, 3]] = f64::NAN;
+            let bytes = a.to_bytes();
+            assert_eq!(
+                bytes.len(),
+                8 * (24 + 12 + if with_variance { 24 } else { 0 })
+            );
+            let mut b = Accumulator::new(2, &[5, 0], &[3, 4], with_variance);
+            assert!(b.set_from_bytes(&bytes));
+            let bits = |a: &ArrayD<f64>| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&a.sums), bits(&b.sums));
+            assert_eq!(bits(&a.weights), bits(&b.weights));
+            if with_variance {
+                assert_eq!(
+                    bits(a.second_moments.as_ref().unwrap()),
+                    bits(b.second_moments.as_ref().unwrap())
+                );
+            }
+            // The wrong size changes nothing.
+            let mut c = Accumulator::new(2, &[5, 0], &[2, 4], with_variance);
+            assert!(!c.set_from_bytes(&bytes));
+            assert!(c.sums.iter().all(|&v| v == 0.0));
         }
     }
 

@@ -7,11 +7,16 @@
 //! the output's slowest spatial axis, at least a window high) of one image. A unit reads only
 //! the windows whose origin lies in its bands, band by band: each band's sums over the first
 //! rows of the next band are carried to it, inside the unit and from one unit to the next on
-//! the same rank (`StitchOp::carry`); a rank's first unit (or a resumed run's) re-reads the
-//! windows of the band before that reach into it, the only re-reads. The summation rule is
-//! fixed by the bands alone, so the output is bit-identical for any unit size, memory limit
-//! and rank count, without DESIGN.md's reverse halo exchange. A unit's size follows
-//! `--memory-limit` (and `TESSERA_UNIT_BYTES`), so memory is bounded by a band, not the volume.
+//! the same rank (`StitchOp::carry`). Across ranks this is DESIGN.md's reverse halo exchange:
+//! a rank holds its first band (its sums without the band before's) while it works through
+//! its other units; when the stage ends, each rank sends its last band's carry to the rank
+//! after, which adds it, writes the held band and only then journals that unit (`assign`,
+//! `held`, `settle`). So every window is read once, by one rank. Only where the unit before
+//! is not computed in this run (a resumed run whose journal has it) or on a GPU rank are the
+//! windows of the band before re-read. The summation rule is fixed by the bands alone, so
+//! the output is bit-identical for any unit size, memory limit and rank count. A unit's size
+//! follows `--memory-limit` (and `TESSERA_UNIT_BYTES`), so memory is bounded by a band (and
+//! the held one), not the volume.
 
 #[cfg(feature = "cuda")]
 pub mod cuda;
@@ -21,7 +26,7 @@ pub mod weed;
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use ndarray::{ArrayD, Axis, IxDyn, Slice};
 use serde::{Deserialize, Serialize};
@@ -519,8 +524,17 @@ pub struct StitchOp {
     bands: Bands,
     /// Window starts along the first spatial axis.
     starts: Vec<u64>,
-    /// The last unit's carry, for this rank's next unit (units run one at a time, in order).
+    /// The last unit's carry, for this rank's next unit (units run one at a time, in order),
+    /// or after the last, for the rank after (`settle`).
     carry: Mutex<Option<Carry>>,
+    /// Which carries cross a rank boundary in this run (`assign`).
+    handover: OnceLock<Handover>,
+    /// The memory a held band takes, when `--memory-limit` leaves room for it beside two
+    /// units in flight; `None`: no band is held, carries across ranks are re-read.
+    hold_memory: Option<u64>,
+    /// This rank's first band, summed without the band before, until that band's carry
+    /// arrives from the rank before (`settle`).
+    held: Mutex<Option<Held>>,
     /// Patch (and variance) bytes this rank has read.
     read_bytes: AtomicU64,
     units: Vec<UnitInfo>,
@@ -542,6 +556,48 @@ pub struct StitchOp {
     device: crate::gpu::Selected,
     #[cfg(feature = "cuda")]
     gpu: Option<cuda::StitchGpu>,
+}
+
+/// The carries between ranks: this rank's first unit waits for one, its last sends one.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Handover {
+    /// (unit, rank): this rank's first unit, whose first band needs the carry of the unit
+    /// before, which that rank computes.
+    hold: Option<(usize, usize)>,
+    /// (unit, rank): this rank's last unit, whose carry the rank after needs.
+    send: Option<(usize, usize)>,
+}
+
+impl Handover {
+    /// Rank `rank`'s carries, given every rank's units in this run (`pending[rank][stage]`)
+    /// and which units follow on from the one before (same image: `joined(u)` for units
+    /// `u - 1` and `u`).
+    fn of(rank: usize, pending: &[Vec<Vec<usize>>], joined: impl Fn(usize) -> bool) -> Handover {
+        let owner = |u: usize| {
+            pending
+                .iter()
+                .position(|stages| stages.iter().any(|ids| ids.contains(&u)))
+        };
+        let mine = pending[rank].concat();
+        let other = |u: usize| owner(u).filter(|&q| q != rank);
+        Handover {
+            hold: mine
+                .first()
+                .filter(|&&u| u > 0 && joined(u))
+                .and_then(|&u| other(u - 1).map(|q| (u, q))),
+            send: mine
+                .last()
+                .filter(|&&v| joined(v + 1))
+                .and_then(|&v| other(v + 1).map(|q| (v, q))),
+        }
+    }
+}
+
+/// A rank's first band, waiting for its carry (the band's sums over the rows it reaches).
+struct Held {
+    image: u64,
+    band: u64,
+    sums: SplitAccumulator,
 }
 
 /// Band `band - 1`'s partial sums over the first rows of band `band` of image `image`.
@@ -822,6 +878,7 @@ impl StitchOp {
         {
             blocks += 1;
         }
+        let hold_memory = (2 * unit_memory(blocks) + band_memory <= limit).then_some(band_memory);
         let rows_runs = grid::block_aligned_runs(spatial[0], bands.rows, blocks);
         let mut slabs = Vec::new();
         for n in 0..image[0] {
@@ -846,7 +903,9 @@ impl StitchOp {
             targets,
             patches,
             variance,
-            memory_per_unit: unit_memory(blocks),
+            // A held band, when there is room for it, shared out over the two units in flight.
+            memory_per_unit: unit_memory(blocks) + hold_memory.map_or(0, |m| m.div_ceil(2)),
+            hold_memory,
             batch,
             geometry,
             grid,
@@ -858,6 +917,8 @@ impl StitchOp {
             bands,
             starts,
             carry: Mutex::new(None),
+            handover: OnceLock::new(),
+            held: Mutex::new(None),
             read_bytes: AtomicU64::new(0),
             units,
             writers: Mutex::new(Vec::new()),
@@ -937,14 +998,26 @@ impl StitchOp {
     /// One unit on the CPU, band by band: each band's windows read once and summed over the
     /// rows they reach, the carry from the band before added, the band's rows written out,
     /// the rest carried on (kernel.rs' banded rule).
+    /// A unit that waits for the rank before's carry writes all but its first band, which it
+    /// holds (`settle` writes it).
     fn compute_cpu<O: OutElement>(&self, unit: usize) -> Result<Vec<(Region, Block)>> {
         let (n, rows) = self.slabs[unit].clone();
-        let mut out = self.unit_outputs::<O>(&rows);
         let (first, last) = (
             self.bands.of_row(rows.start),
             self.bands.of_row(rows.end - 1),
         );
-        let mut carry = self.carry_into(n, first)?;
+        let holding = self.held(unit);
+        let written = if holding {
+            self.bands.rows_of(first).end.min(rows.end)..rows.end
+        } else {
+            rows.clone()
+        };
+        let mut out = self.unit_outputs::<O>(&written);
+        let mut carry = if holding {
+            None
+        } else {
+            self.carry_into(n, first)?
+        };
         for g in first..=last {
             let mut acc = self.accumulate_band(n, g)?;
             if let Some(c) = &carry {
@@ -952,15 +1025,103 @@ impl StitchOp {
             }
             let band = self.bands.rows_of(g);
             carry = Some(acc.copy_rows(band.end..acc.rows().end));
-            out.fill(&acc, band);
-            self.spare_accumulators.keep(acc);
+            if holding && g == first {
+                *self.held.lock().expect("held") = Some(Held {
+                    image: n,
+                    band: g,
+                    sums: acc,
+                });
+            } else {
+                out.fill(&acc, band);
+                self.spare_accumulators.keep(acc);
+            }
         }
         *self.carry.lock().expect("carry") = carry.map(|sums| Carry {
             image: n,
             band: last + 1,
             sums,
         });
-        Ok(self.unit_parts(n, &rows, out))
+        if written.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(self.unit_parts(n, &written, out))
+    }
+
+    /// The empty carry into band `g` (band g - 1's sums over band g's first rows).
+    fn empty_carry(&self, g: u64) -> Accumulator {
+        let rows = self.bands.rows_of(g).start..self.bands.reach(g - 1).end;
+        let spatial = &self.geometry.image_shape[2..];
+        let mut origin = vec![rows.start];
+        origin.extend(std::iter::repeat_n(0, spatial.len() - 1));
+        let mut block = vec![rows.end - rows.start];
+        block.extend(&spatial[1..]);
+        Accumulator::new(
+            self.geometry.channels() as usize,
+            &origin,
+            &block,
+            self.variance.is_some(),
+        )
+    }
+
+    /// The carry this rank's last unit `unit` left, as bytes for the rank after.
+    fn outgoing_carry(&self, unit: usize) -> Result<Vec<u8>> {
+        let (n, rows) = &self.slabs[unit];
+        let next = self.bands.of_row(rows.end - 1) + 1;
+        let kept = self.carry.lock().expect("carry").take();
+        kept.filter(|c| c.image == *n && c.band == next)
+            .map(|c| c.sums.to_bytes())
+            .ok_or_else(|| {
+                Error::parameter(
+                    "internal",
+                    format!("unit {unit} left no carry for the rank after"),
+                )
+            })
+    }
+
+    /// The held first band completed with the carry `bytes` from the rank before: its output
+    /// parts (the rest of its unit was written when computed).
+    fn complete_held(&self, bytes: Option<&Vec<u8>>) -> Result<Vec<(Region, Block)>> {
+        let missing = |what: &str| Error::parameter("internal", format!("stitch: {what}"));
+        let mut held = self
+            .held
+            .lock()
+            .expect("held")
+            .take()
+            .ok_or_else(|| missing("no band held for the carry of the rank before"))?;
+        let bytes = bytes.ok_or_else(|| missing("no carry came from the rank before"))?;
+        let mut carry = self.empty_carry(held.band);
+        if !carry.set_from_bytes(bytes) {
+            return Err(missing("the carry from the rank before has the wrong size"));
+        }
+        held.sums.add_rows(&carry);
+        let rows = self.bands.rows_of(held.band);
+        let parts = match self.mean_spec.dtype {
+            DType::F64 => self.band_parts::<f64>(held.image, &held.sums, rows),
+            _ => self.band_parts::<f32>(held.image, &held.sums, rows),
+        };
+        self.spare_accumulators.keep(held.sums);
+        Ok(parts)
+    }
+
+    /// The output parts of `rows` (one band) of image `n` from finished sums.
+    fn band_parts<O: OutElement>(
+        &self,
+        n: u64,
+        sums: &SplitAccumulator,
+        rows: Range<u64>,
+    ) -> Vec<(Region, Block)> {
+        let mut out = self.unit_outputs::<O>(&rows);
+        out.fill(sums, rows.clone());
+        self.unit_parts(n, &rows, out)
+    }
+
+    /// Whether any part of this rank computes on a GPU (whose stitch re-reads instead).
+    fn on_gpu(&self) -> bool {
+        #[cfg(feature = "cuda")]
+        if self.gpu.is_some() {
+            return true;
+        }
+        false
     }
 
     /// The sums of band `g` of image `n`: its windows (origin in the band), each read once,
@@ -1191,6 +1352,55 @@ impl Operation for StitchOp {
         }
         Ok(())
     }
+    /// Carries cross rank boundaries only when every rank computes on the CPU (the GPU
+    /// stitch re-reads the windows of the band before instead) and `--memory-limit` has room
+    /// for the held band; all ranks decide alike.
+    fn assign(&self, comm: &dyn Comm, pending: &[Vec<Vec<usize>>]) -> Result<()> {
+        let mut gpu = [u64::from(self.on_gpu())];
+        comm.all_reduce_u64(&mut gpu, ReduceOp::Max);
+        let handover = if gpu[0] > 0 || self.hold_memory.is_none() {
+            Handover::default()
+        } else {
+            let joined = |u: usize| u < self.slabs.len() && self.slabs[u - 1].0 == self.slabs[u].0;
+            Handover::of(comm.rank(), pending, joined)
+        };
+        self.handover
+            .set(handover)
+            .map_err(|_| Error::parameter("internal", "stitch units assigned twice"))
+    }
+    fn held(&self, unit: usize) -> bool {
+        self.handover
+            .get()
+            .and_then(|h| h.hold)
+            .is_some_and(|(u, _)| u == unit)
+    }
+    /// Each rank sends its last band's carry to the rank after (one exchange), and completes
+    /// and writes the band it held. Every rank writes once, so collective writes match.
+    fn settle(&self, comm: &dyn Comm, _stage: usize) -> Result<Vec<usize>> {
+        let Some(handover) = self.handover.get() else {
+            return Ok(Vec::new());
+        };
+        let outgoing = handover
+            .send
+            .map(|(v, to)| self.outgoing_carry(v).map(|bytes| (to, bytes)))
+            .transpose();
+        let (sends, sent) = match outgoing {
+            Ok(send) => (send.into_iter().collect(), Ok(())),
+            Err(e) => (Vec::new(), Err(e)),
+        };
+        let received = comm.exchange(sends);
+        let completed = handover.hold.map(|(unit, from)| {
+            let bytes = received.iter().find(|(p, _)| *p == from).map(|(_, b)| b);
+            self.complete_held(bytes).map(|parts| (unit, parts))
+        });
+        let (part, outcome) = match completed.transpose() {
+            Ok(part) => (part, Ok(())),
+            Err(e) => (None, Err(e)),
+        };
+        let units = part.iter().map(|(u, _)| *u).collect();
+        let written = self.write(part);
+        sent.and(outcome).and(written).map(|()| units)
+    }
     fn finish(&self, comm: &dyn Comm) -> Result<()> {
         let mut nan = [self.nan_values.load(Ordering::Relaxed)];
         comm.all_reduce_u64(&mut nan, ReduceOp::Sum);
@@ -1219,6 +1429,60 @@ impl Operation for StitchOp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn carries_cross_rank_boundaries_within_an_image_only() {
+        // Units 0..6: image 0 is units 0..4, image 1 units 4..6.
+        let joined = |u: usize| u < 6 && u != 4;
+        let pending = vec![vec![vec![0, 1]], vec![vec![2, 3]], vec![vec![4, 5]]];
+        let of = |rank| Handover::of(rank, &pending, joined);
+        assert_eq!(
+            of(0),
+            Handover {
+                hold: None,
+                send: Some((1, 1))
+            }
+        );
+        assert_eq!(
+            of(1),
+            Handover {
+                hold: Some((2, 0)),
+                send: None
+            }
+        );
+        assert_eq!(of(2), Handover::default());
+        // Resumed: unit 1 is finished (not in this run), so rank 1's unit 2 re-reads instead;
+        // an empty rank neither holds nor sends; a one-unit rank does both.
+        let pending = vec![vec![vec![0]], vec![vec![2]], vec![vec![]], vec![vec![3]]];
+        let of = |rank| Handover::of(rank, &pending, joined);
+        assert_eq!(of(0), Handover::default());
+        assert_eq!(
+            of(1),
+            Handover {
+                hold: None,
+                send: Some((2, 3))
+            }
+        );
+        assert_eq!(of(2), Handover::default());
+        assert_eq!(
+            of(3),
+            Handover {
+                hold: Some((3, 1)),
+                send: None
+            }
+        );
+        let pending = vec![vec![vec![0]], vec![vec![1]], vec![vec![2]]];
+        assert_eq!(
+            Handover::of(1, &pending, joined),
+            Handover {
+                hold: Some((1, 0)),
+                send: Some((1, 2))
+            }
+        );
+        // One rank: nothing crosses.
+        let pending = vec![vec![vec![0, 1, 2, 3, 4, 5]]];
+        assert_eq!(Handover::of(0, &pending, joined), Handover::default());
+    }
 
     #[test]
     fn sizes_parse() {
