@@ -205,7 +205,7 @@ impl PatchValue for f64 {
 }
 
 /// Output element types of the stitch kernels: rounded once from f64, compared by bits.
-trait OutValue: Copy + Default + 'static {
+trait OutValue: Send + Copy + Default + 'static {
     fn from_f64(x: f64) -> Self;
     fn bits(self) -> u64;
 }

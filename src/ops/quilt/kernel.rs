@@ -610,6 +610,7 @@ pub struct SplitAccumulator {
 }
 
 impl SplitAccumulator {
+    /// `parts` parts of (nearly) equal rows.
     pub fn new(
         channels: usize,
         origin: &[u64],
@@ -619,17 +620,71 @@ impl SplitAccumulator {
     ) -> Self {
         let rows = block[0];
         let parts = (parts.max(1) as u64).min(rows.max(1));
-        let parts = (0..parts)
-            .map(|i| {
-                let (lo, hi) = (rows * i / parts, rows * (i + 1) / parts);
+        let cuts: Vec<u64> = (1..parts).map(|i| rows * i / parts).collect();
+        Self::with_cuts(channels, origin, block, with_variance, &cuts)
+    }
+
+    /// Parts that start at the block's first row and at each of `cuts` (row offsets inside
+    /// the block, ascending, each in 1..rows).
+    pub fn with_cuts(
+        channels: usize,
+        origin: &[u64],
+        block: &[u64],
+        with_variance: bool,
+        cuts: &[u64],
+    ) -> Self {
+        let bounds: Vec<u64> = std::iter::once(0)
+            .chain(cuts.iter().copied())
+            .chain(std::iter::once(block[0]))
+            .collect();
+        let parts = bounds
+            .windows(2)
+            .map(|r| {
                 let mut o = origin.to_vec();
-                o[0] += lo;
+                o[0] += r[0];
                 let mut b = block.to_vec();
-                b[0] = hi - lo;
+                b[0] = r[1] - r[0];
                 Accumulator::new(channels, &o, &b, with_variance)
             })
             .collect();
         SplitAccumulator { parts }
+    }
+
+    /// Where the parts after the first start (row offsets inside the block).
+    pub fn cuts(&self) -> Vec<u64> {
+        let first = self.rows().start;
+        self.parts[1..]
+            .iter()
+            .map(|p| p.rows().start - first)
+            .collect()
+    }
+
+    /// Cuts that share the work evenly among `parts` parts, when `coverage[r]` is the work of
+    /// row r (the windows covering it): a part per thread then finishes with the others. An
+    /// even split of rows is not even work: a band's accumulator reaches a window's height into
+    /// the next band, where few of its windows are. At most `parts - 1` cuts, ascending, each
+    /// in 1..rows; even rows when there is no work at all.
+    pub fn balanced_cuts(coverage: &[u64], parts: usize) -> Vec<u64> {
+        let rows = coverage.len() as u64;
+        let parts = (parts.max(1) as u64).min(rows.max(1));
+        let total: u64 = coverage.iter().sum();
+        if total == 0 {
+            return (1..parts).map(|i| rows * i / parts).collect();
+        }
+        let mut cuts = Vec::new();
+        let mut done = 0u64;
+        let mut next = 1u64;
+        for (r, &c) in coverage.iter().enumerate() {
+            // Cut before row r once the rows before it hold the next share of the work.
+            while next < parts && done * parts >= total * next {
+                if r > 0 && cuts.last() != Some(&(r as u64)) {
+                    cuts.push(r as u64);
+                }
+                next += 1;
+            }
+            done += c;
+        }
+        cuts
     }
 
     /// Adds patches, in the order given, to every part (in parallel over parts).
@@ -674,14 +729,15 @@ impl SplitAccumulator {
     /// Empties the sums for reuse on another image of the same block (no reallocation: freeing
     /// and mapping large buffers while threads run costs TLB shootdowns, dear on VMs).
     pub fn reset(&mut self) {
-        for p in &mut self.parts {
+        use rayon::prelude::*;
+        self.parts.par_iter_mut().for_each(|p| {
             p.sums.fill(0.0);
             p.weights.fill(0.0);
             if let Some(m) = p.second_moments.as_mut() {
                 m.fill(0.0);
             }
             p.nan_pixels = 0;
-        }
+        });
     }
 
     fn join<T: Clone>(pieces: Vec<ArrayD<T>>, axis: usize) -> ArrayD<T> {
@@ -724,9 +780,10 @@ impl SplitAccumulator {
     /// Adds another band's partial sums (`other`, e.g. a carry) into the rows both cover:
     /// one f64 addition per value, `S_g + S_{g-1}` of the module header.
     pub fn add_rows(&mut self, other: &Accumulator) {
-        for p in &mut self.parts {
-            p.zip_rows(other, |x, y| *x += y);
-        }
+        use rayon::prelude::*;
+        self.parts
+            .par_iter_mut()
+            .for_each(|p| p.zip_rows(other, |x, y| *x += y));
     }
 
     /// A copy of rows `rows` (absolute, inside [`SplitAccumulator::rows`]) as one accumulator,
@@ -761,46 +818,64 @@ impl SplitAccumulator {
         })
     }
 
+    /// `out` (whose axis `axis` runs over rows `rows`) cut into one view per part meeting
+    /// `rows`: (part, its local rows, the view of them), for filling in parallel.
+    fn pieces<'a, T>(
+        &'a self,
+        rows: Range<u64>,
+        out: ArrayViewMutD<'a, T>,
+        axis: usize,
+    ) -> Vec<(&'a Accumulator, Range<usize>, ArrayViewMutD<'a, T>)> {
+        let mut rest = out;
+        let mut pieces = Vec::with_capacity(self.parts.len());
+        for (p, local, _) in self.parts_in(rows) {
+            // Parts are consecutive, so each piece starts where the one before ended.
+            let (piece, tail) = rest.split_at(Axis(axis), local.len());
+            pieces.push((p, local, piece));
+            rest = tail;
+        }
+        pieces
+    }
+
     /// The weighted mean of rows `rows` (absolute) written into `out` (C, rows, ...).
-    pub fn mean_rows_into<T>(
+    pub fn mean_rows_into<T: Send>(
         &self,
         rows: Range<u64>,
-        mut out: ArrayViewMutD<'_, T>,
-        convert: impl Fn(f64) -> T + Copy,
+        out: ArrayViewMutD<'_, T>,
+        convert: impl Fn(f64) -> T + Copy + Send + Sync,
     ) {
-        for (p, local, at) in self.parts_in(rows) {
-            let to = Slice::from(at..at + local.len());
-            p.mean_rows_into(local, out.slice_axis_mut(Axis(1), to), convert);
-        }
+        use rayon::prelude::*;
+        self.pieces(rows, out, 1)
+            .into_par_iter()
+            .for_each(|(p, local, v)| p.mean_rows_into(local, v, convert));
     }
 
     /// The weight sums of rows `rows` (absolute) written into `out` (rows, ...).
-    pub fn weights_rows_into<T>(
+    pub fn weights_rows_into<T: Send>(
         &self,
         rows: Range<u64>,
-        mut out: ArrayViewMutD<'_, T>,
-        convert: impl Fn(f64) -> T + Copy,
+        out: ArrayViewMutD<'_, T>,
+        convert: impl Fn(f64) -> T + Copy + Send + Sync,
     ) {
-        for (p, local, at) in self.parts_in(rows) {
-            let to = Slice::from(at..at + local.len());
-            p.weights_rows_into(local, out.slice_axis_mut(Axis(0), to), convert);
-        }
+        use rayon::prelude::*;
+        self.pieces(rows, out, 0)
+            .into_par_iter()
+            .for_each(|(p, local, v)| p.weights_rows_into(local, v, convert));
     }
 
     /// The std of rows `rows` (absolute) written into `out` (C, rows, ...); false without
     /// variances.
-    pub fn std_rows_into<T>(
+    pub fn std_rows_into<T: Send>(
         &self,
         rows: Range<u64>,
-        mut out: ArrayViewMutD<'_, T>,
-        convert: impl Fn(f64) -> T + Copy,
+        out: ArrayViewMutD<'_, T>,
+        convert: impl Fn(f64) -> T + Copy + Send + Sync,
     ) -> bool {
-        let mut any = false;
-        for (p, local, at) in self.parts_in(rows) {
-            let to = Slice::from(at..at + local.len());
-            any |= p.std_rows_into(local, out.slice_axis_mut(Axis(1), to), convert);
-        }
-        any
+        use rayon::prelude::*;
+        self.pieces(rows, out, 1)
+            .into_par_iter()
+            .map(|(p, local, v)| p.std_rows_into(local, v, convert))
+            .reduce(|| false, |a, b| a | b)
     }
 
     pub fn std(&self) -> Option<ArrayD<f64>> {
@@ -822,6 +897,30 @@ mod tests {
             border_weight: bw,
             sigma: 0.125,
         }
+    }
+
+    #[test]
+    fn balanced_cuts_share_the_work() {
+        // A band of 8 rows reaching 4 into the next: windows of 4 at 0, 2, 4, 6 cover
+        // 1,1,2,2,2,2,2,2 then 1,1,0,0 (hand-counted); 16 in all, 8 per part.
+        let coverage = [1, 1, 2, 2, 2, 2, 2, 2, 1, 1, 0, 0];
+        assert_eq!(SplitAccumulator::balanced_cuts(&coverage, 2), vec![5]);
+        assert_eq!(SplitAccumulator::balanced_cuts(&coverage, 4), vec![3, 5, 7]);
+        assert_eq!(
+            SplitAccumulator::balanced_cuts(&coverage, 1),
+            Vec::<u64>::new()
+        );
+        // No work: even rows. More parts than rows: one row each.
+        assert_eq!(SplitAccumulator::balanced_cuts(&[0; 6], 3), vec![2, 4]);
+        assert_eq!(SplitAccumulator::balanced_cuts(&[1, 1], 5), vec![1]);
+        // All the work in one row: that row can only be one part's.
+        let cuts = SplitAccumulator::balanced_cuts(&[0, 0, 9, 0], 3);
+        assert!(cuts.windows(2).all(|w| w[0] < w[1]) && cuts.iter().all(|&c| (1..4).contains(&c)));
+        // Cut accumulators cover the block, in order, and report their cuts.
+        let acc = SplitAccumulator::with_cuts(1, &[10, 0], &[12, 3], false, &[5]);
+        assert_eq!(acc.rows(), 10..22);
+        assert_eq!(acc.cuts(), vec![5]);
+        assert_eq!(acc.parts[1].rows(), 15..22);
     }
 
     #[test]

@@ -1127,8 +1127,9 @@ impl StitchOp {
     /// The sums of band `g` of image `n`: its windows (origin in the band), each read once,
     /// over the rows they reach. Their NaN values are counted here, once.
     fn accumulate_band(&self, n: u64, g: u64) -> Result<SplitAccumulator> {
-        let mut acc = self.accumulator(self.bands.reach(g));
-        self.add_windows(&mut acc, n, self.bands.windows(&self.starts, g))?;
+        let windows = self.bands.windows(&self.starts, g);
+        let mut acc = self.accumulator(self.bands.reach(g), &windows);
+        self.add_windows(&mut acc, n, windows)?;
         self.nan_values
             .fetch_add(acc.nan_pixels(), Ordering::Relaxed);
         Ok(acc)
@@ -1146,32 +1147,63 @@ impl StitchOp {
             return Ok(Some(carry.sums));
         }
         let rows = self.bands.rows_of(g).start..self.bands.reach(g - 1).end;
-        let mut acc = self.accumulator(rows.clone());
+        let windows = self.bands.overhanging(&self.starts, g - 1);
+        let mut acc = self.accumulator(rows.clone(), &windows);
         // Their NaN values were counted with band g - 1, by whichever unit computed it.
-        self.add_windows(&mut acc, n, self.bands.overhanging(&self.starts, g - 1))?;
+        self.add_windows(&mut acc, n, windows)?;
         Ok(Some(acc.copy_rows(rows)))
     }
 
-    /// An empty accumulator over `rows` of an image (a kept one when one has that shape).
-    fn accumulator(&self, rows: Range<u64>) -> SplitAccumulator {
+    /// An empty accumulator over `rows` of an image for the windows (indices along the first
+    /// axis) `windows`, one part per thread, cut so that each part has the same work (a kept
+    /// one when one has that shape and those cuts).
+    fn accumulator(&self, rows: Range<u64>, windows: &Range<u64>) -> SplitAccumulator {
         let spatial = &self.geometry.image_shape[2..];
         let mut origin = vec![rows.start];
         origin.extend(std::iter::repeat_n(0, spatial.len() - 1));
         let mut block = vec![rows.end - rows.start];
         block.extend(&spatial[1..]);
-        match self.spare_accumulators.take(|a| a.block_shape() == block) {
+        let cuts = SplitAccumulator::balanced_cuts(
+            &self.coverage(&rows, windows),
+            rayon::current_num_threads(),
+        );
+        match self
+            .spare_accumulators
+            .take(|a| a.block_shape() == block && a.cuts() == cuts)
+        {
             Some(mut acc) => {
                 acc.reset_at(&origin);
                 acc
             }
-            None => SplitAccumulator::new(
+            None => SplitAccumulator::with_cuts(
                 self.geometry.channels() as usize,
                 &origin,
                 &block,
                 self.variance.is_some(),
-                rayon::current_num_threads(),
+                &cuts,
             ),
         }
+    }
+
+    /// How many of the windows `windows` (indices along the first axis) cover each of `rows`.
+    fn coverage(&self, rows: &Range<u64>, windows: &Range<u64>) -> Vec<u64> {
+        let mut delta = vec![0i64; (rows.end - rows.start) as usize + 1];
+        let window = self.geometry.window[0];
+        for &start in &self.starts[windows.start as usize..windows.end as usize] {
+            let (lo, hi) = (start.max(rows.start), (start + window).min(rows.end));
+            if lo < hi {
+                delta[(lo - rows.start) as usize] += 1;
+                delta[(hi - rows.start) as usize] -= 1;
+            }
+        }
+        let mut level = 0i64;
+        delta[..delta.len() - 1]
+            .iter()
+            .map(|d| {
+                level += d;
+                level as u64
+            })
+            .collect()
     }
 
     /// Adds the windows of image `n` whose indices along the first axis are `window_rows`,
