@@ -1,8 +1,8 @@
 //! `tessera bench scaling`: one operation at several rank counts (each a fresh `mpirun -n R`
 //! of this binary, or `srun -n R` inside an allocation), strong or weak, with the time,
-//! throughput, parallel efficiency, bytes per rank and per-phase times (from each run's report:
-//! setup, read (decoding, where timed apart), compute, write, sync = waiting for other ranks,
-//! finalize) as CSV, Markdown and a PNG plot. At each rank count the same launcher also runs a
+//! throughput, parallel efficiency, bytes per rank and the slowest rank's per-phase times (from
+//! each run's report: setup, read (decoding, where timed apart), compute, write, sync = waiting
+//! for other ranks, finalize; the slowest rank is the one with the most time outside sync) as CSV, Markdown and a PNG plot. At each rank count the same launcher also runs a
 //! plain parallel memory copy (`bench memcopy`, every rank its own buffer): its weak-scaling
 //! efficiency is what ranks sharing one memory system can reach, and `vs_memcopy` is the
 //! operation's efficiency divided by it.
@@ -87,7 +87,8 @@ struct Row {
     bytes: u64,
     read_per_rank: u64,
     written_per_rank: u64,
-    /// Slowest rank's seconds per phase (see [`PHASES`]).
+    /// The slowest rank's seconds per phase (see [`PHASES`]): the rank with the most time
+    /// outside sync.
     phases: [f64; 6],
     /// The job's memory-copy rate at this rank count (GB/s, all ranks together).
     copy_gb_per_s: f64,
@@ -487,11 +488,15 @@ fn measure(b: &ScalingBench, ranks: usize, largest: usize, dir: &Path) -> Result
         row.seconds += run["seconds"].as_f64().unwrap_or(0.0);
         row.read_per_rank += max_of("bytes_read");
         row.written_per_rank += max_of("bytes_written");
-        for (i, k) in PHASES.iter().enumerate() {
-            row.phases[i] += per_rank
-                .iter()
-                .map(|r| r["phases"][k].as_f64().unwrap_or(0.0))
-                .fold(0.0, f64::max);
+        let phase = |r: &serde_json::Value, k: &str| r["phases"][k].as_f64().unwrap_or(0.0);
+        // The slowest rank: the most time not spent waiting for the others (every rank
+        // ends a run together, so its total says nothing). Its sync is what the job's
+        // coordination costs; a faster rank's is the imbalance it waits out.
+        let busy = |r: &serde_json::Value| r["seconds"].as_f64().unwrap_or(0.0) - phase(r, "sync");
+        if let Some(slowest) = per_rank.iter().max_by(|a, b| busy(a).total_cmp(&busy(b))) {
+            for (i, k) in PHASES.iter().enumerate() {
+                row.phases[i] += phase(slowest, k);
+            }
         }
     }
     Ok(row)
