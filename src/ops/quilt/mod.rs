@@ -855,6 +855,14 @@ impl StitchOp {
                 ),
             ));
         }
+        // A held band (its own rows' f64 sums, waiting for the rank before's carry) comes off
+        // the top when what is left still holds two units of one band; else no band is held
+        // and a rank's first unit re-reads the windows of the band before.
+        let held_memory = bands.rows.min(spatial[0]) * row_bytes.accumulator;
+        let left = (limit.saturating_sub(held_memory) / 2).saturating_sub(one_band);
+        let hold_memory = (left >= patch_bytes_f64).then_some(held_memory);
+        let limit = limit - hold_memory.unwrap_or(0);
+        let room = (limit / 2).saturating_sub(one_band);
         // A band's windows in one batch when memory allows: then every row part of the
         // accumulator (one per thread) has windows to add; a batch of one window row covers
         // only a window's height of the band's rows, leaving the other threads idle.
@@ -878,7 +886,6 @@ impl StitchOp {
         {
             blocks += 1;
         }
-        let hold_memory = (2 * unit_memory(blocks) + band_memory <= limit).then_some(band_memory);
         let rows_runs = grid::block_aligned_runs(spatial[0], bands.rows, blocks);
         let mut slabs = Vec::new();
         for n in 0..image[0] {
@@ -1026,11 +1033,15 @@ impl StitchOp {
             let band = self.bands.rows_of(g);
             carry = Some(acc.copy_rows(band.end..acc.rows().end));
             if holding && g == first {
+                // Only the band's own rows wait; its reach into the next is carried on above.
                 *self.held.lock().expect("held") = Some(Held {
                     image: n,
                     band: g,
-                    sums: acc,
+                    sums: SplitAccumulator {
+                        parts: vec![acc.copy_rows(band)],
+                    },
                 });
+                self.spare_accumulators.keep(acc);
             } else {
                 out.fill(&acc, band);
                 self.spare_accumulators.keep(acc);
@@ -1099,7 +1110,6 @@ impl StitchOp {
             DType::F64 => self.band_parts::<f64>(held.image, &held.sums, rows),
             _ => self.band_parts::<f32>(held.image, &held.sums, rows),
         };
-        self.spare_accumulators.keep(held.sums);
         Ok(parts)
     }
 
