@@ -440,7 +440,52 @@ fn stats(v: &[f64]) -> (f64, f64, f64, f64) {
     (mean, min, max, var.sqrt())
 }
 
-/// Runs `tessera crop` on this rank.
+/// Pass 1's findings, the same on every rank: per pattern, in pattern order, its total,
+/// centre and retention radius, and which patterns can be cropped by their own centre.
+struct Survey {
+    n: usize,
+    totals: Vec<f64>,
+    cys: Vec<f64>,
+    cxs: Vec<f64>,
+    radii: Vec<f64>,
+    /// The patterns that sum to more than zero (the others are left out of the statistics).
+    normal: Vec<usize>,
+    empty: usize,
+    negative: usize,
+}
+
+impl Survey {
+    fn normal_radii(&self) -> Vec<f64> {
+        self.normal.iter().map(|&i| self.radii[i]).collect()
+    }
+}
+
+/// The crop every pattern gets.
+struct Window {
+    /// The `--percentile` of the normal patterns' radii, before the margin.
+    chosen: f64,
+    /// The global radius R (chosen, rounded up, plus the margin).
+    radius: u64,
+    /// The cropped pattern's (height, width): 2R + 1, or the full size where that does not fit.
+    side: (u64, u64),
+    /// The mean centre of the normal patterns (`--recenter common`, and the plot's circle).
+    common: (f64, f64),
+    /// Crop window start (y, x) per pattern.
+    starts: Vec<(u64, u64)>,
+}
+
+/// What the run settled before cropping: the input, the output and pass 1's findings.
+struct Plan {
+    input_text: String,
+    output: Address,
+    layout: Layout,
+    survey: Survey,
+    window: Window,
+}
+
+/// Runs `tessera crop` on this rank: the input (or `--test-mode`'s synthetic one), pass 1
+/// (`survey`), the global window, pass 2 through exec (`CropOp`), then the validation and the
+/// files beside the output on rank 0 (`report`).
 ///
 /// # Errors
 /// Bad input or parameters (naming them), I/O failures; with `--strict`, a pattern below
@@ -448,108 +493,179 @@ fn stats(v: &[f64]) -> (f64, f64, f64, f64) {
 pub fn run(job: &CropJob, comm: &dyn Comm) -> Result<Vec<RunSummary>> {
     let started = Instant::now();
     let output = Address::parse(&job.output)?;
-    let input_text = match (&job.input, job.test_mode) {
-        (Some(_), true) => {
-            return Err(Error::parameter(
-                "test-mode",
-                "--test-mode makes its own input; drop --input",
-            ))
-        }
-        (Some(i), false) => i.clone(),
-        (None, true) if job.run.dry_run => {
-            // A dry run writes nothing, not even the synthetic input it would crop.
-            if comm.is_root() {
-                println!(
-                    "crop (dry run): --test-mode would write {} ({} patterns of {}x{} float32), then crop it into {output}",
-                    side_file(&output, "_test_input.npy").display(),
-                    job.test_patterns,
-                    job.test_size,
-                    job.test_size
-                );
-            }
-            return Ok(vec![RunSummary::dry_run("crop", &output, comm.size())]);
-        }
-        (None, true) => {
-            let path = side_file(&output, "_test_input.npy");
-            // A resumed run crops the same synthetic patterns (their parameters are checked
-            // with the others'): they are written once.
-            let reuse = job.run.resume && path.is_file();
-            let made = if comm.is_root() && !reuse {
-                let mut written = side_files(&output, job.no_visualization);
-                written.push(path.clone());
-                check_writes(&[], std::slice::from_ref(&output), &written, &job.run).and_then(
-                    |()| {
-                        safety::write_file(&path, job.run.overwrite, |tmp| {
-                            synthetic::write(tmp, job.test_patterns, job.test_size, job.seed)
-                        })
-                    },
-                )
-            } else {
-                Ok(())
-            };
-            crate::exec::agree(comm, made)?;
-            path.to_string_lossy().into_owned()
-        }
-        (None, false) => {
-            return Err(Error::parameter(
-                "input",
-                "required (or --test-mode for synthetic patterns)",
-            ))
-        }
+    let Some(input_text) = resolve_input(job, comm, &output)? else {
+        return Ok(vec![RunSummary::dry_run("crop", &output, comm.size())]);
     };
     let input_addr = Address::parse(&input_text)?;
     let input = io::open(&input_addr)?;
     let layout = check_layout(&input_text, &input.meta().shape)?;
     let manual = check_parameters(job, &layout)?;
-    // Units: runs of axis-0 rows holding at most --chunk-size patterns, and no more than the
-    // unit budget (TESSERA_UNIT_BYTES, 64 MiB) so that reading, cropping and writing overlap.
+    let (rows_per_chunk, chunks) = plan_chunks(job, &layout, input.as_ref());
+
+    let pass1 = Pass1 {
+        input: input.as_ref(),
+        layout: &layout,
+        chunks: &chunks,
+        job,
+        manual,
+    };
+    let (survey, sum_before) = pass1.survey(comm, &input_text)?;
+    tracing::debug!(
+        "crop pass 1 (analysis) took {:.3} s",
+        started.elapsed().as_secs_f64()
+    );
+    let window = choose_window(job, &layout, &survey)?;
+    if comm.is_root() {
+        warn_about(&layout, &survey, &window);
+    }
+    let plan = Plan {
+        input_text,
+        output,
+        layout,
+        survey,
+        window,
+    };
+
+    let op = crop_op(job, &plan, input, input_addr, chunks, rows_per_chunk)?;
+    let summary = crate::exec::run(&op, comm, &job.run)?;
+    if job.run.resume && !job.run.dry_run {
+        recrop_finished_units(&op, comm)?;
+    }
+    tracing::debug!(
+        "crop pass 2 (crop, write) done at {:.3} s",
+        started.elapsed().as_secs_f64()
+    );
+    if job.run.dry_run {
+        return Ok(vec![summary]);
+    }
+    report(job, comm, &op, &plan, sum_before, started)?;
+    Ok(vec![summary])
+}
+
+/// The input to crop: `--input`, or with `--test-mode` the synthetic patterns, written once
+/// by rank 0 beside the output (and reused by `--resume`). `None`: a dry run of
+/// `--test-mode`, which writes nothing and only says what it would do.
+fn resolve_input(job: &CropJob, comm: &dyn Comm, output: &Address) -> Result<Option<String>> {
+    match (&job.input, job.test_mode) {
+        (Some(_), true) => Err(Error::parameter(
+            "test-mode",
+            "--test-mode makes its own input; drop --input",
+        )),
+        (Some(i), false) => Ok(Some(i.clone())),
+        (None, true) if job.run.dry_run => {
+            // A dry run writes nothing, not even the synthetic input it would crop.
+            if comm.is_root() {
+                println!(
+                    "crop (dry run): --test-mode would write {} ({} patterns of {}x{} float32), then crop it into {output}",
+                    side_file(output, "_test_input.npy").display(),
+                    job.test_patterns,
+                    job.test_size,
+                    job.test_size
+                );
+            }
+            Ok(None)
+        }
+        (None, true) => {
+            let path = side_file(output, "_test_input.npy");
+            // A resumed run crops the same synthetic patterns (their parameters are checked
+            // with the others'): they are written once.
+            let reuse = job.run.resume && path.is_file();
+            let made = if comm.is_root() && !reuse {
+                let mut written = side_files(output, job.no_visualization);
+                written.push(path.clone());
+                check_writes(&[], std::slice::from_ref(output), &written, &job.run).and_then(|()| {
+                    safety::write_file(&path, job.run.overwrite, |tmp| {
+                        synthetic::write(tmp, job.test_patterns, job.test_size, job.seed)
+                    })
+                })
+            } else {
+                Ok(())
+            };
+            crate::exec::agree(comm, made)?;
+            Ok(Some(path.to_string_lossy().into_owned()))
+        }
+        (None, false) => Err(Error::parameter(
+            "input",
+            "required (or --test-mode for synthetic patterns)",
+        )),
+    }
+}
+
+/// Units of both passes: runs of axis-0 rows holding at most --chunk-size patterns, and no
+/// more than the unit budget (TESSERA_UNIT_BYTES, 64 MiB) so that reading, cropping and writing
+/// overlap. Returns (rows per run, the runs).
+fn plan_chunks(job: &CropJob, layout: &Layout, input: &dyn ArrayReader) -> (u64, Vec<Range<u64>>) {
     let pattern_bytes = layout.h * layout.w * input.meta().dtype.size() as u64;
     let target = crate::exec::target_unit_bytes(pattern_bytes * layout.n());
     let budget = crate::grid::blocks_for_target(pattern_bytes, target);
     let rows_per_chunk = (job.chunk_size.min(budget) / layout.per_row).max(1);
     let chunks = crate::grid::block_aligned_runs(layout.shape[0], rows_per_chunk, 1);
+    (rows_per_chunk, chunks)
+}
 
-    // Pass 1: analysis of this rank's chunks (the same split as pass 2, which exec makes).
-    let mine = partition_contiguous(chunks.len(), comm.size())[comm.rank()].clone();
-    let mut analyses = Vec::new();
-    let mut first_bad = u64::MAX;
-    let hw = (layout.h * layout.w) as usize;
-    let mut sum_before = vec![0.0f64; hw];
-    let mut spare = None;
-    let result = (|| -> Result<()> {
-        for c in mine.clone() {
+/// Pass 1 over this rank's chunks (the same split as pass 2, which exec makes).
+struct Pass1<'a> {
+    input: &'a dyn ArrayReader,
+    layout: &'a Layout,
+    chunks: &'a [Range<u64>],
+    job: &'a CropJob,
+    manual: Option<(f64, f64)>,
+}
+
+impl Pass1<'_> {
+    /// Analyses this rank's patterns, refuses (on every rank) an input with a NaN or infinite
+    /// pattern, and gathers every pattern's findings to every rank. Also returns this rank's
+    /// sum of its patterns, for the plot (zeros with `--no-visualization`).
+    fn survey(&self, comm: &dyn Comm, input_text: &str) -> Result<(Survey, Vec<f64>)> {
+        let (analyses, first_bad, sum_before) = crate::exec::agree(comm, self.analyse_mine(comm))?;
+        let mut bad = [first_bad];
+        comm.all_reduce_u64(&mut bad, ReduceOp::Min);
+        if bad[0] != u64::MAX {
+            return Err(Error::address(
+                input_text,
+                format!("pattern {} (flat index over the leading axes) holds NaN or infinite values; clean or mask it first", bad[0]),
+            ));
+        }
+        let survey = gather_survey(comm, &analyses, self.layout.n() as usize);
+        if survey.normal.is_empty() {
+            return Err(Error::address(
+                input_text,
+                format!(
+                    "every pattern sums to zero or less ({} zero, {} negative): nothing to crop",
+                    survey.empty, survey.negative
+                ),
+            ));
+        }
+        Ok((survey, sum_before))
+    }
+
+    /// This rank's analyses in pattern order, the flat index of its first NaN or infinite
+    /// pattern (`u64::MAX` when none; analysis stops there), and its patterns' sum.
+    fn analyse_mine(&self, comm: &dyn Comm) -> Result<(Vec<Analysis>, u64, Vec<f64>)> {
+        let mine = partition_contiguous(self.chunks.len(), comm.size())[comm.rank()].clone();
+        let mut analyses = Vec::new();
+        let mut sum_before = vec![0.0f64; (self.layout.h * self.layout.w) as usize];
+        let mut spare = None;
+        for c in mine {
             match analyse_rows(
-                input.as_ref(),
-                &layout,
-                &chunks[c],
-                job,
-                manual,
+                self.input,
+                self.layout,
+                &self.chunks[c],
+                self.job,
+                self.manual,
                 &mut sum_before,
                 &mut spare,
             )? {
                 Ok(a) => analyses.extend(a),
-                Err(bad) => {
-                    first_bad = bad;
-                    return Ok(());
-                }
+                Err(bad) => return Ok((analyses, bad, sum_before)),
             }
         }
-        Ok(())
-    })();
-    crate::exec::agree(comm, result)?;
-    tracing::debug!(
-        "crop pass 1 (analysis) took {:.3} s",
-        started.elapsed().as_secs_f64()
-    );
-    let mut bad = [first_bad];
-    comm.all_reduce_u64(&mut bad, ReduceOp::Min);
-    if bad[0] != u64::MAX {
-        return Err(Error::address(
-            input_text,
-            format!("pattern {} (flat index over the leading axes) holds NaN or infinite values; clean or mask it first", bad[0]),
-        ));
+        Ok((analyses, u64::MAX, sum_before))
     }
-    // Everyone gets every pattern's (total, cy, cx, radius, kind).
+}
+
+/// Every pattern's (total, cy, cx, radius, kind), gathered from every rank to every rank.
+fn gather_survey(comm: &dyn Comm, analyses: &[Analysis], n: usize) -> Survey {
     let packed: Vec<f64> = analyses
         .iter()
         .flat_map(|a| {
@@ -567,52 +683,42 @@ pub fn run(job: &CropJob, comm: &dyn Comm) -> Result<Vec<RunSummary>> {
         .iter()
         .flat_map(|b| from_bytes(b))
         .collect();
-    let n = layout.n() as usize;
     debug_assert_eq!(all.len(), n * 5);
     let field = |k: usize| -> Vec<f64> { all.chunks_exact(5).map(|r| r[k]).collect() };
-    let (totals, cys, cxs, radii, kinds) = (field(0), field(1), field(2), field(3), field(4));
-    let normal: Vec<usize> = (0..n).filter(|&i| kinds[i] == 0.0).collect();
-    let empty = kinds.iter().filter(|&&k| k == 1.0).count();
-    let negative = kinds.iter().filter(|&&k| k == 2.0).count();
-    if normal.is_empty() {
-        return Err(Error::address(
-            input_text,
-            format!("every pattern sums to zero or less ({empty} zero, {negative} negative): nothing to crop"),
-        ));
+    let kinds = field(4);
+    Survey {
+        n,
+        totals: field(0),
+        cys: field(1),
+        cxs: field(2),
+        radii: field(3),
+        normal: (0..n).filter(|&i| kinds[i] == 0.0).collect(),
+        empty: kinds.iter().filter(|&&k| k == 1.0).count(),
+        negative: kinds.iter().filter(|&&k| k == 2.0).count(),
     }
-    let normal_radii: Vec<f64> = normal.iter().map(|&i| radii[i]).collect();
-    let chosen = kernel::percentile(&normal_radii, job.percentile);
+}
+
+/// The global radius (the `--percentile` of the normal patterns' radii plus the margin), the
+/// cropped size and each pattern's window (`--recenter`).
+fn choose_window(job: &CropJob, layout: &Layout, survey: &Survey) -> Result<Window> {
+    let chosen = kernel::percentile(&survey.normal_radii(), job.percentile);
     // Checked: a huge --margin-pixels must be refused, not wrap to a small crop.
     let radius =
         crate::grid::checked_add("margin-pixels", chosen.ceil() as u64, job.margin_pixels)?;
     let diameter = crate::grid::checked_mul("margin-pixels", radius, 2)
         .and_then(|d| crate::grid::checked_add("margin-pixels", d, 1))?;
-    let side_h = diameter.min(layout.h);
-    let side_w = diameter.min(layout.w);
-    if comm.is_root() {
-        if diameter > layout.h.min(layout.w) {
-            tracing::warn!(
-                "the crop needs 2R+1 = {} pixels but patterns are {}x{}: cropping to {}x{} (the full size where it does not fit)",
-                diameter, layout.h, layout.w, side_h, side_w
-            );
-        }
-        if empty + negative > 0 {
-            tracing::warn!(
-                "{empty} pattern(s) sum to zero and {negative} to less than zero: cropped around the geometric centre, left out of the statistics"
-            );
-        }
-    }
+    let side = (diameter.min(layout.h), diameter.min(layout.w));
     let common = {
-        let k = normal.len() as f64;
+        let k = survey.normal.len() as f64;
         (
-            normal.iter().map(|&i| cys[i]).sum::<f64>() / k,
-            normal.iter().map(|&i| cxs[i]).sum::<f64>() / k,
+            survey.normal.iter().map(|&i| survey.cys[i]).sum::<f64>() / k,
+            survey.normal.iter().map(|&i| survey.cxs[i]).sum::<f64>() / k,
         )
     };
-    let starts: Vec<(u64, u64)> = (0..n)
+    let starts = (0..survey.n)
         .map(|i| {
             let (cy, cx) = match job.recenter {
-                Recenter::Each => (cys[i], cxs[i]),
+                Recenter::Each => (survey.cys[i], survey.cxs[i]),
                 Recenter::Common => common,
             };
             (
@@ -621,8 +727,45 @@ pub fn run(job: &CropJob, comm: &dyn Comm) -> Result<Vec<RunSummary>> {
             )
         })
         .collect();
+    Ok(Window {
+        chosen,
+        radius,
+        side,
+        common,
+        starts,
+    })
+}
 
-    // Pass 2: crop and write.
+/// Rank 0's warnings about the window: a crop larger than the patterns, and patterns that
+/// sum to zero or less.
+fn warn_about(layout: &Layout, survey: &Survey, window: &Window) {
+    let diameter = 2 * window.radius + 1;
+    if diameter > layout.h.min(layout.w) {
+        tracing::warn!(
+            "the crop needs 2R+1 = {} pixels but patterns are {}x{}: cropping to {}x{} (the full size where it does not fit)",
+            diameter, layout.h, layout.w, window.side.0, window.side.1
+        );
+    }
+    if survey.empty + survey.negative > 0 {
+        tracing::warn!(
+            "{} pattern(s) sum to zero and {} to less than zero: cropped around the geometric centre, left out of the statistics",
+            survey.empty, survey.negative
+        );
+    }
+}
+
+/// Pass 2 as an exec operation: the output's spec (the input's leading axes and dtype, the
+/// cropped size) and one unit per chunk of pass 1.
+fn crop_op(
+    job: &CropJob,
+    plan: &Plan,
+    input: Box<dyn ArrayReader>,
+    input_address: Address,
+    chunks: Vec<Range<u64>>,
+    rows_per_chunk: u64,
+) -> Result<CropOp> {
+    let layout = &plan.layout;
+    let (side_h, side_w) = plan.window.side;
     let nd = layout.shape.len();
     let mut out_shape = layout.shape.clone();
     out_shape[nd - 2] = side_h;
@@ -635,14 +778,15 @@ pub fn run(job: &CropJob, comm: &dyn Comm) -> Result<Vec<RunSummary>> {
         dtype,
         chunks: chunk_shape,
         shards: None,
-        codec: job.codec.for_format(&output)?,
+        codec: job.codec.for_format(&plan.output)?,
         dimension_names: None,
         attributes: serde_json::Map::from_iter([
-            ("crop_radius".to_string(), json!(radius)),
-            ("crop_source".to_string(), json!(input_text)),
+            ("crop_radius".to_string(), json!(plan.window.radius)),
+            ("crop_source".to_string(), json!(plan.input_text)),
         ]),
     };
     spec.validate()?;
+    let pattern_bytes = layout.h * layout.w * dtype.size() as u64;
     let units = chunks
         .iter()
         .map(|r| UnitInfo {
@@ -651,16 +795,16 @@ pub fn run(job: &CropJob, comm: &dyn Comm) -> Result<Vec<RunSummary>> {
             bytes_out: (r.end - r.start) * layout.per_row * side_h * side_w * dtype.size() as u64,
         })
         .collect();
-    let op = CropOp {
+    Ok(CropOp {
         input,
         layout: layout.clone(),
-        targets: vec![output.clone()],
+        targets: vec![plan.output.clone()],
         spec,
         chunks,
         units,
-        starts,
-        side: (side_h, side_w),
-        totals: totals.clone(),
+        starts: plan.window.starts.clone(),
+        side: plan.window.side,
+        totals: plan.survey.totals.clone(),
         writer: Mutex::new(None),
         retention: Mutex::new(BTreeMap::new()),
         spares: Default::default(),
@@ -668,28 +812,36 @@ pub fn run(job: &CropJob, comm: &dyn Comm) -> Result<Vec<RunSummary>> {
         sum_after: (!job.no_visualization)
             .then(|| Mutex::new(vec![0.0; (side_h * side_w) as usize])),
         parameters: serde_json::to_value(job).unwrap_or_default(),
-        fingerprint: json!({"radius": radius, "shape": out_shape}),
-        input_address: input_addr.clone(),
-        side_files: side_files(&output, job.no_visualization),
+        fingerprint: json!({"radius": plan.window.radius, "shape": out_shape}),
+        input_address,
+        side_files: side_files(&plan.output, job.no_visualization),
+    })
+}
+
+/// After `--resume`: the units an interrupted run finished were skipped, so their retention
+/// (needed for the validation) is recomputed here by cropping them again, without writing.
+fn recrop_finished_units(op: &CropOp, comm: &dyn Comm) -> Result<()> {
+    let mine = partition_contiguous(op.chunks.len(), comm.size())[comm.rank()].clone();
+    let missing: Vec<usize> = {
+        let have = op.retention.lock().expect("retention");
+        mine.filter(|u| !have.contains_key(u)).collect()
     };
-    let summary = crate::exec::run(&op, comm, &job.run)?;
-    if job.run.resume && !job.run.dry_run {
-        // Units an interrupted run finished were skipped: their retention (needed for the
-        // validation) is recomputed here by cropping them again, without writing.
-        let missing: Vec<usize> = {
-            let have = op.retention.lock().expect("retention");
-            mine.filter(|u| !have.contains_key(u)).collect()
-        };
-        let redone = missing.iter().try_for_each(|&u| op.compute(u).map(drop));
-        crate::exec::agree(comm, redone)?;
-    }
-    tracing::debug!(
-        "crop pass 2 (crop, write) done at {:.3} s",
-        started.elapsed().as_secs_f64()
-    );
-    if job.run.dry_run {
-        return Ok(vec![summary]);
-    }
+    let redone = missing.iter().try_for_each(|&u| op.compute(u).map(drop));
+    crate::exec::agree(comm, redone)
+}
+
+/// The validation: retention gathered to rank 0 in pattern order (and the pattern sums
+/// reduced, for the plot); rank 0 writes the per-pattern arrays, the results JSON and the
+/// plot, and prints the summary. With `--strict`, patterns below `--min-retention` fail the
+/// run after everything is written.
+fn report(
+    job: &CropJob,
+    comm: &dyn Comm,
+    op: &CropOp,
+    plan: &Plan,
+    mut sum_before: Vec<f64>,
+    started: Instant,
+) -> Result<()> {
     let mine: Vec<f64> = op
         .retention
         .lock()
@@ -708,132 +860,186 @@ pub fn run(job: &CropJob, comm: &dyn Comm) -> Result<Vec<RunSummary>> {
         comm.all_reduce_f64(&mut sum_before, ReduceOp::Sum);
         comm.all_reduce_f64(&mut sum_after, ReduceOp::Sum);
     }
-    let mut failed_strict = None;
-    if let Some(parts) = gathered {
-        let retention: Vec<f64> = parts.iter().flat_map(|b| from_bytes(b)).collect();
-        let kept: Vec<f64> = normal.iter().map(|&i| retention[i]).collect();
-        let (mean, min, max, std) = stats(&kept);
-        let passes_min = kept.iter().filter(|&&r| r >= job.min_retention).count();
-        let passes_target = kept.iter().filter(|&&r| r >= job.target_retention).count();
-        let (rmean, rmin, rmax, rstd) = stats(&normal_radii);
-        let arrays = [
-            (
-                "_radii.npy",
-                ArrayD::from_shape_vec(IxDyn(&[n]), radii.clone()),
-            ),
-            (
-                "_retention.npy",
-                ArrayD::from_shape_vec(IxDyn(&[n]), retention.clone()),
-            ),
-            (
-                "_centers.npy",
-                ArrayD::from_shape_vec(
-                    IxDyn(&[n, 2]),
-                    cys.iter().zip(&cxs).flat_map(|(&y, &x)| [y, x]).collect(),
-                ),
-            ),
-        ];
-        let mut files = serde_json::Map::new();
-        for (suffix, a) in arrays {
-            let path = side_file(&output, suffix);
-            let a = a.expect("lengths match");
-            safety::write_file(&path, job.run.overwrite, |tmp| {
-                ndarray_npy::write_npy(tmp, &a).map_err(|e| Error::bad_file(&path, e.to_string()))
-            })?;
-            files.insert(
-                suffix
-                    .trim_start_matches('_')
-                    .trim_end_matches(".npy")
-                    .into(),
-                json!(path.file_name().map(|f| f.to_string_lossy().into_owned())),
-            );
+    let written = match gathered {
+        Some(parts) => {
+            let retention: Vec<f64> = parts.iter().flat_map(|b| from_bytes(b)).collect();
+            let sums = (sum_before, sum_after);
+            write_results(job, plan, &retention, &sums, started)
         }
-        let mut config = serde_json::to_value(job).unwrap_or_default();
-        if let Some(c) = config.as_object_mut() {
-            c.insert("input".into(), json!(input_text));
-        }
-        let results = json!({
-            "analysis": {
-                "global_radius": radius,
-                "radius_percentile_value": chosen,
-                "retention_radii": files.get("radii"),
-                "centers": files.get("centers"),
-                "retention_stats": {"mean": rmean, "min": rmin, "max": rmax, "std": rstd, "median": kernel::percentile(&normal_radii, 50.0), "percentile": job.percentile},
-                "original_shape": layout.shape,
-                "cropped_shape": out_shape,
-                "n_patterns": n,
-                "empty_patterns": empty,
-                "negative_patterns": negative,
-                "center_method": job.center,
-                "recenter": job.recenter,
-            },
-            "validation": {
-                "mean_retention": mean,
-                "min_retention": min,
-                "max_retention": max,
-                "std_retention": std,
-                "passes_min_threshold": passes_min,
-                "passes_target_threshold": passes_target,
-                "n_patterns": kept.len(),
-                "retention": files.get("retention"),
-            },
-            "processing_time": started.elapsed().as_secs_f64(),
-            "config": config,
-        });
-        let path = side_file(&output, "_results.json");
-        safety::write_bytes(
-            &path,
-            job.run.overwrite,
-            serde_json::to_string_pretty(&results)
-                .unwrap_or_default()
-                .as_bytes(),
-        )?;
-        if !job.no_visualization {
-            let plot_path = side_file(&output, "_visualization.png");
-            let inputs = plot::Inputs {
-                mean_before: mean_of(&sum_before, n, layout.h, layout.w),
-                mean_after: mean_of(&sum_after, n, side_h, side_w),
-                radius,
-                centre: common,
-                radii: normal_radii.clone(),
-                retention: kept.clone(),
-                min_retention: job.min_retention,
-                target_retention: job.target_retention,
-            };
-            safety::write_file(&plot_path, job.run.overwrite, |tmp| {
-                plot::write(tmp, &inputs)
-            })?;
-            tracing::debug!(
-                "crop results and plot written at {:.3} s",
-                started.elapsed().as_secs_f64()
-            );
-        }
-        println!(
-            "crop: radius {radius} (percentile {} of {} radii: {chosen:.2}, + {} margin) -> {side_h}x{side_w}; retention mean {mean:.4}, min {min:.4}; {passes_min}/{} at or above --min-retention {}",
-            job.percentile, normal.len(), job.margin_pixels, kept.len(), job.min_retention
+        None => Ok(()),
+    };
+    // Rank 0's failure (a write, or --strict) stops every rank.
+    crate::exec::agree(comm, written)
+}
+
+/// Rank 0: the per-pattern arrays, the results JSON and the plot, the summary line, and
+/// `--strict`'s verdict.
+fn write_results(
+    job: &CropJob,
+    plan: &Plan,
+    retention: &[f64],
+    (sum_before, sum_after): &(Vec<f64>, Vec<f64>),
+    started: Instant,
+) -> Result<()> {
+    let (survey, window, layout) = (&plan.survey, &plan.window, &plan.layout);
+    let kept: Vec<f64> = survey.normal.iter().map(|&i| retention[i]).collect();
+    let (mean, min, _, _) = stats(&kept);
+    let passes_min = kept.iter().filter(|&&r| r >= job.min_retention).count();
+    let files = write_per_pattern(job, plan, retention)?;
+    let results = results_json(job, plan, &kept, &files, started);
+    let path = side_file(&plan.output, "_results.json");
+    safety::write_bytes(
+        &path,
+        job.run.overwrite,
+        serde_json::to_string_pretty(&results)
+            .unwrap_or_default()
+            .as_bytes(),
+    )?;
+    if !job.no_visualization {
+        let plot_path = side_file(&plan.output, "_visualization.png");
+        let inputs = plot::Inputs {
+            mean_before: mean_of(sum_before, survey.n, layout.h, layout.w),
+            mean_after: mean_of(sum_after, survey.n, window.side.0, window.side.1),
+            radius: window.radius,
+            centre: window.common,
+            radii: survey.normal_radii(),
+            retention: kept.clone(),
+            min_retention: job.min_retention,
+            target_retention: job.target_retention,
+        };
+        safety::write_file(&plot_path, job.run.overwrite, |tmp| {
+            plot::write(tmp, &inputs)
+        })?;
+        tracing::debug!(
+            "crop results and plot written at {:.3} s",
+            started.elapsed().as_secs_f64()
         );
-        if passes_min < kept.len() {
-            let msg = format!(
-                "{} of {} patterns keep less than --min-retention {} (lowest {min:.4}); see {}",
-                kept.len() - passes_min,
-                kept.len(),
-                job.min_retention,
-                path.display()
-            );
-            tracing::warn!("{msg}");
-            if job.strict {
-                failed_strict = Some(msg);
-            }
+    }
+    println!(
+        "crop: radius {} (percentile {} of {} radii: {:.2}, + {} margin) -> {}x{}; retention mean {mean:.4}, min {min:.4}; {passes_min}/{} at or above --min-retention {}",
+        window.radius,
+        job.percentile,
+        survey.normal.len(),
+        window.chosen,
+        job.margin_pixels,
+        window.side.0,
+        window.side.1,
+        kept.len(),
+        job.min_retention
+    );
+    if passes_min < kept.len() {
+        let msg = format!(
+            "{} of {} patterns keep less than --min-retention {} (lowest {min:.4}); see {}",
+            kept.len() - passes_min,
+            kept.len(),
+            job.min_retention,
+            path.display()
+        );
+        tracing::warn!("{msg}");
+        if job.strict {
+            return Err(Error::parameter("strict", msg));
         }
     }
-    let failed = comm.any_failed(failed_strict.is_some());
-    if let Some(msg) = failed_strict {
-        return Err(Error::parameter("strict", msg));
+    Ok(())
+}
+
+/// Rank 0: `_radii.npy`, `_retention.npy` and `_centers.npy` (every pattern, in pattern
+/// order); returns their file names by key (`radii`, `retention`, `centers`).
+fn write_per_pattern(
+    job: &CropJob,
+    plan: &Plan,
+    retention: &[f64],
+) -> Result<serde_json::Map<String, Value>> {
+    let (n, survey) = (plan.survey.n, &plan.survey);
+    let arrays = [
+        (
+            "_radii.npy",
+            ArrayD::from_shape_vec(IxDyn(&[n]), survey.radii.clone()),
+        ),
+        (
+            "_retention.npy",
+            ArrayD::from_shape_vec(IxDyn(&[n]), retention.to_vec()),
+        ),
+        (
+            "_centers.npy",
+            ArrayD::from_shape_vec(
+                IxDyn(&[n, 2]),
+                survey
+                    .cys
+                    .iter()
+                    .zip(&survey.cxs)
+                    .flat_map(|(&y, &x)| [y, x])
+                    .collect(),
+            ),
+        ),
+    ];
+    let mut files = serde_json::Map::new();
+    for (suffix, a) in arrays {
+        let path = side_file(&plan.output, suffix);
+        let a = a.expect("lengths match");
+        safety::write_file(&path, job.run.overwrite, |tmp| {
+            ndarray_npy::write_npy(tmp, &a).map_err(|e| Error::bad_file(&path, e.to_string()))
+        })?;
+        files.insert(
+            suffix
+                .trim_start_matches('_')
+                .trim_end_matches(".npy")
+                .into(),
+            json!(path.file_name().map(|f| f.to_string_lossy().into_owned())),
+        );
     }
-    if let Some(rank) = failed {
-        return Err(Error::PeerFailed { rank });
+    Ok(files)
+}
+
+/// The results JSON: the analysis (radius, radii statistics, shapes, counts), the validation
+/// (retention statistics of the normal patterns, `kept`), the time and the configuration.
+fn results_json(
+    job: &CropJob,
+    plan: &Plan,
+    kept: &[f64],
+    files: &serde_json::Map<String, Value>,
+    started: Instant,
+) -> Value {
+    let (survey, window, layout) = (&plan.survey, &plan.window, &plan.layout);
+    let normal_radii = survey.normal_radii();
+    let (mean, min, max, std) = stats(kept);
+    let (rmean, rmin, rmax, rstd) = stats(&normal_radii);
+    let mut cropped_shape = layout.shape.clone();
+    let nd = cropped_shape.len();
+    cropped_shape[nd - 2] = window.side.0;
+    cropped_shape[nd - 1] = window.side.1;
+    let mut config = serde_json::to_value(job).unwrap_or_default();
+    if let Some(c) = config.as_object_mut() {
+        c.insert("input".into(), json!(plan.input_text));
     }
-    Ok(vec![summary])
+    json!({
+        "analysis": {
+            "global_radius": window.radius,
+            "radius_percentile_value": window.chosen,
+            "retention_radii": files.get("radii"),
+            "centers": files.get("centers"),
+            "retention_stats": {"mean": rmean, "min": rmin, "max": rmax, "std": rstd, "median": kernel::percentile(&normal_radii, 50.0), "percentile": job.percentile},
+            "original_shape": layout.shape,
+            "cropped_shape": cropped_shape,
+            "n_patterns": survey.n,
+            "empty_patterns": survey.empty,
+            "negative_patterns": survey.negative,
+            "center_method": job.center,
+            "recenter": job.recenter,
+        },
+        "validation": {
+            "mean_retention": mean,
+            "min_retention": min,
+            "max_retention": max,
+            "std_retention": std,
+            "passes_min_threshold": kept.iter().filter(|&&r| r >= job.min_retention).count(),
+            "passes_target_threshold": kept.iter().filter(|&&r| r >= job.target_retention).count(),
+            "n_patterns": kept.len(),
+            "retention": files.get("retention"),
+        },
+        "processing_time": started.elapsed().as_secs_f64(),
+        "config": config,
+    })
 }
 
 /// The mean pattern (H x W) from the sum of `n` patterns.
