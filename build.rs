@@ -1,5 +1,5 @@
-//! Compiles the GPU kernels' per-thread bodies (the `.cuh` headers) for the host, through two
-//! small C++ harnesses that loop over a whole launch grid on the CPU. The tests in
+//! Compiles the GPU kernels' per-thread bodies (the `.cuh` headers) for the host, through small C++
+//! harnesses that loop over a whole launch grid on the CPU. The tests in
 //! `src/gpu/harness.rs` check them bit for bit against the CPU kernels, so CI verifies the
 //! kernels' arithmetic without a GPU.
 //!
@@ -7,13 +7,18 @@
 //! contraction, no fast-math, and no -march=native (which could bring FMA instructions in).
 
 fn main() {
-    const INCLUDES: [&str; 3] = ["src/gpu", "src/ops/quilt", "src/ops/hdr"];
-    const SOURCES: [&str; 2] = ["src/ops/quilt/harness.cpp", "src/ops/hdr/harness.cpp"];
-    const HEADERS: [&str; 4] = [
+    const INCLUDES: [&str; 4] = ["src/gpu", "src/ops/quilt", "src/ops/hdr", "src/ops/pyramid"];
+    const SOURCES: [&str; 3] = [
+        "src/ops/quilt/harness.cpp",
+        "src/ops/hdr/harness.cpp",
+        "src/ops/pyramid/harness.cpp",
+    ];
+    const HEADERS: [&str; 5] = [
         "src/gpu/common.cuh",
         "src/ops/quilt/stitch.cuh",
         "src/ops/quilt/unstitch.cuh",
         "src/ops/hdr/debevec.cuh",
+        "src/ops/pyramid/reduce.cuh",
     ];
     println!("cargo:rerun-if-changed=build.rs");
     for path in SOURCES.iter().chain(&HEADERS) {

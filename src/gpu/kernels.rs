@@ -46,8 +46,61 @@ pub const DEBEVEC: KernelSource = KernelSource {
     functions: &["debevec_merge"],
 };
 
+/// The pyramid's reductions, one kernel per input type and step.
+pub const PYRAMID: KernelSource = KernelSource {
+    name: "pyramid/reduce",
+    cu: include_str!("../ops/pyramid/reduce.cu"),
+    headers: &[
+        COMMON,
+        ("reduce.cuh", include_str!("../ops/pyramid/reduce.cuh")),
+    ],
+    functions: &[
+        "mean_u8",
+        "mean_u16",
+        "mean_u32",
+        "mean_u64",
+        "mean_i8",
+        "mean_i16",
+        "mean_i32",
+        "mean_i64",
+        "mean_f32",
+        "mean_f64",
+        "mode_u8",
+        "mode_u16",
+        "mode_u32",
+        "mode_u64",
+        "mode_i8",
+        "mode_i16",
+        "mode_i32",
+        "mode_i64",
+        "mode_f32",
+        "mode_f64",
+        "to_f64_u8",
+        "to_f64_u16",
+        "to_f64_u32",
+        "to_f64_u64",
+        "to_f64_i8",
+        "to_f64_i16",
+        "to_f64_i32",
+        "to_f64_i64",
+        "to_f64_f32",
+        "to_f64_f64",
+        "round_u8",
+        "round_u16",
+        "round_u32",
+        "round_u64",
+        "round_i8",
+        "round_i16",
+        "round_i32",
+        "round_i64",
+        "round_f32",
+        "round_f64",
+        "gauss_axis",
+    ],
+};
+
 /// Every kernel source tessera has.
-pub const ALL: &[KernelSource] = &[STITCH, UNSTITCH, DEBEVEC];
+pub const ALL: &[KernelSource] = &[STITCH, UNSTITCH, DEBEVEC, PYRAMID];
 
 /// The architectures CI compiles every kernel for (A100 and H100 class).
 pub const CHECKED_ARCHITECTURES: &[&str] = &["compute_80", "compute_90"];

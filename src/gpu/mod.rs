@@ -17,6 +17,8 @@ pub mod cuda;
 
 #[cfg(test)]
 mod harness;
+#[cfg(test)]
+mod harness_pyramid;
 
 use std::fmt;
 use std::str::FromStr;

@@ -263,7 +263,7 @@ pub fn reduce_mode<T: Element + PartialOrd>(
 }
 
 /// Normalised Gaussian taps for output voxel `i` on an axis: (first input index, weights).
-fn taps(f: u64, extent: u64, i: u64) -> (u64, Vec<f64>) {
+pub(crate) fn taps(f: u64, extent: u64, i: u64) -> (u64, Vec<f64>) {
     let c = centre(f, i);
     let r = input_range(Method::Gaussian, f, extent, &(i..i + 1));
     let s = sigma(f);

@@ -12,6 +12,7 @@
 //! Laplacian), never recomputed from neighbours, and kernels give each voxel the same bits
 //! whatever the box (see `kernel`), so the output does not depend on the rank count.
 
+pub mod device;
 pub mod kernel;
 pub mod reconstruct;
 

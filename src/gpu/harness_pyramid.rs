@@ -1,0 +1,313 @@
+//! Host checks of the pyramid kernels' per-voxel bodies (reduce.cuh, run over a whole launch
+//! grid by src/ops/pyramid/harness.cpp): on random boxes of random levels, every type the
+//! harness is built for, the mean, mode and Gaussian levels equal kernel.rs' bit for bit.
+
+use std::ops::Range;
+
+use ndarray::{ArrayD, IxDyn};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::io::Element;
+use crate::ops::pyramid::device::{gaussian_passes, AxisGeom, ReduceGeom};
+use crate::ops::pyramid::kernel::{self, input_range, Method, Source};
+
+type ReduceFn<T> = unsafe extern "C" fn(*const ReduceGeom, *const T, *mut T, i64);
+type RoundFn<T> = unsafe extern "C" fn(*const f64, *mut T, i64);
+
+extern "C" {
+    fn tessera_host_mean_u8(g: *const ReduceGeom, input: *const u8, out: *mut u8, n: i64);
+    fn tessera_host_mean_u16(g: *const ReduceGeom, input: *const u16, out: *mut u16, n: i64);
+    fn tessera_host_mean_i16(g: *const ReduceGeom, input: *const i16, out: *mut i16, n: i64);
+    fn tessera_host_mean_f32(g: *const ReduceGeom, input: *const f32, out: *mut f32, n: i64);
+    fn tessera_host_mean_f64(g: *const ReduceGeom, input: *const f64, out: *mut f64, n: i64);
+    fn tessera_host_mode_u8(g: *const ReduceGeom, input: *const u8, out: *mut u8, n: i64);
+    fn tessera_host_mode_u16(g: *const ReduceGeom, input: *const u16, out: *mut u16, n: i64);
+    fn tessera_host_mode_i16(g: *const ReduceGeom, input: *const i16, out: *mut i16, n: i64);
+    fn tessera_host_mode_f32(g: *const ReduceGeom, input: *const f32, out: *mut f32, n: i64);
+    fn tessera_host_mode_f64(g: *const ReduceGeom, input: *const f64, out: *mut f64, n: i64);
+    fn tessera_host_round_u8(input: *const f64, out: *mut u8, n: i64);
+    fn tessera_host_round_u16(input: *const f64, out: *mut u16, n: i64);
+    fn tessera_host_round_i16(input: *const f64, out: *mut i16, n: i64);
+    fn tessera_host_round_f32(input: *const f64, out: *mut f32, n: i64);
+    fn tessera_host_round_f64(input: *const f64, out: *mut f64, n: i64);
+    fn tessera_host_gauss_axis(
+        g: *const AxisGeom,
+        first: *const i64,
+        count: *const i64,
+        at: *const i64,
+        weights: *const f64,
+        input: *const f64,
+        out: *mut f64,
+    );
+    fn tessera_host_reduce_geom_layout(out: *mut i64);
+}
+
+/// A type the harness is built for: its host functions and a random value (from a few, so
+/// that modes have ties; floats also get NaN, -0.0 and 0.0).
+trait Voxel: Element + PartialOrd {
+    const MEAN: ReduceFn<Self>;
+    const MODE: ReduceFn<Self>;
+    const ROUND: RoundFn<Self>;
+    fn random(rng: &mut StdRng) -> Self;
+    fn bits(self) -> u64;
+}
+
+macro_rules! integer_voxel {
+    ($t:ty, $mean:ident, $mode:ident, $round:ident) => {
+        impl Voxel for $t {
+            const MEAN: ReduceFn<Self> = $mean;
+            const MODE: ReduceFn<Self> = $mode;
+            const ROUND: RoundFn<Self> = $round;
+            fn random(rng: &mut StdRng) -> Self {
+                if rng.random_bool(0.5) {
+                    rng.random_range(0..4) as $t
+                } else {
+                    rng.random::<$t>()
+                }
+            }
+            fn bits(self) -> u64 {
+                self as u64
+            }
+        }
+    };
+}
+integer_voxel!(
+    u8,
+    tessera_host_mean_u8,
+    tessera_host_mode_u8,
+    tessera_host_round_u8
+);
+integer_voxel!(
+    u16,
+    tessera_host_mean_u16,
+    tessera_host_mode_u16,
+    tessera_host_round_u16
+);
+integer_voxel!(
+    i16,
+    tessera_host_mean_i16,
+    tessera_host_mode_i16,
+    tessera_host_round_i16
+);
+
+impl Voxel for f32 {
+    const MEAN: ReduceFn<Self> = tessera_host_mean_f32;
+    const MODE: ReduceFn<Self> = tessera_host_mode_f32;
+    const ROUND: RoundFn<Self> = tessera_host_round_f32;
+    fn random(rng: &mut StdRng) -> Self {
+        match rng.random_range(0..10) {
+            0 => f32::NAN,
+            1 => -0.0,
+            2 => 0.0,
+            3..=5 => rng.random_range(0..3) as f32 * 0.5,
+            _ => (rng.random::<f32>() - 0.3) * 1e3,
+        }
+    }
+    fn bits(self) -> u64 {
+        u64::from(self.to_bits())
+    }
+}
+
+impl Voxel for f64 {
+    const MEAN: ReduceFn<Self> = tessera_host_mean_f64;
+    const MODE: ReduceFn<Self> = tessera_host_mode_f64;
+    const ROUND: RoundFn<Self> = tessera_host_round_f64;
+    fn random(rng: &mut StdRng) -> Self {
+        match rng.random_range(0..10) {
+            0 => f64::NAN,
+            1 => -0.0,
+            2 => 0.0,
+            3..=5 => rng.random_range(0..3) as f64 * 0.25,
+            _ => (rng.random::<f64>() - 0.3) * 1e6,
+        }
+    }
+    fn bits(self) -> u64 {
+        self.to_bits()
+    }
+}
+
+/// A random case: a level, factors (at least one above 1), an output box of the next level,
+/// and an input box that covers what the output needs (the method's input range) and a little
+/// more where the level allows.
+struct Case {
+    level: Vec<u64>,
+    factor: Vec<u64>,
+    out: Vec<Range<u64>>,
+    in_box: Vec<Range<u64>>,
+}
+
+fn random_case(rng: &mut StdRng, method: Method) -> Case {
+    let nd = rng.random_range(1..=4);
+    let level: Vec<u64> = (0..nd).map(|_| rng.random_range(1..=13)).collect();
+    let mut factor: Vec<u64> = (0..nd).map(|_| rng.random_range(1..=3)).collect();
+    let a = rng.random_range(0..nd);
+    factor[a] = factor[a].max(2);
+    let next = kernel::next_shape(&level, &factor);
+    let out: Vec<Range<u64>> = next
+        .iter()
+        .map(|&d| {
+            let lo = rng.random_range(0..d);
+            lo..rng.random_range(lo + 1..=d)
+        })
+        .collect();
+    let in_box = (0..nd)
+        .map(|a| {
+            let need = input_range(method, factor[a], level[a], &out[a]);
+            let lo = need.start - rng.random_range(0..=need.start.min(2));
+            let hi = need.end + rng.random_range(0..=(level[a] - need.end).min(2));
+            lo..hi
+        })
+        .collect();
+    Case {
+        level,
+        factor,
+        out,
+        in_box,
+    }
+}
+
+fn random_box<T: Voxel>(rng: &mut StdRng, case: &Case) -> ArrayD<T> {
+    let shape: Vec<usize> = case
+        .in_box
+        .iter()
+        .map(|r| (r.end - r.start) as usize)
+        .collect();
+    ArrayD::from_shape_simple_fn(IxDyn(&shape), || T::random(rng))
+}
+
+fn assert_same_bits<T: Voxel>(what: &str, got: &[T], want: &ArrayD<T>, seed: u64) {
+    let want: Vec<u64> = want.iter().map(|v| v.bits()).collect();
+    let got: Vec<u64> = got.iter().map(|v| v.bits()).collect();
+    if let Some(i) = (0..got.len()).find(|&i| got[i] != want[i]) {
+        panic!(
+            "{what} ({}), seed {seed}: voxel {i} of {}: host {:#x} vs CPU {:#x}",
+            std::any::type_name::<T>(),
+            got.len(),
+            got[i],
+            want[i]
+        );
+    }
+    assert_eq!(got.len(), want.len());
+}
+
+fn check_type<T: Voxel>(cases: u64) {
+    for seed in 0..cases {
+        let mut rng = StdRng::seed_from_u64(seed);
+        for method in [Method::Mean, Method::Mode, Method::Gaussian] {
+            let case = random_case(&mut rng, method);
+            let values = random_box::<T>(&mut rng, &case);
+            let start: Vec<u64> = case.in_box.iter().map(|r| r.start).collect();
+            let shape: Vec<u64> = values.shape().iter().map(|&d| d as u64).collect();
+            let src = Source {
+                values: values.view(),
+                start: &start,
+                level_shape: &case.level,
+            };
+            let input = values.as_slice().expect("C order");
+            match method {
+                Method::Gaussian => {
+                    let want: ArrayD<T> = kernel::reduce_gaussian(&src, &case.factor, &case.out);
+                    let got = host_gaussian::<T>(input, &start, &shape, &case);
+                    assert_same_bits("gaussian", &got, &want, seed);
+                }
+                _ => {
+                    let g = ReduceGeom::new(&start, &shape, &case.level, &case.factor, &case.out)
+                        .expect("at most 4 axes");
+                    let mut got = vec![T::default(); g.voxels() as usize];
+                    let (run, want): (ReduceFn<T>, ArrayD<T>) = if method == Method::Mean {
+                        (T::MEAN, kernel::reduce_mean(&src, &case.factor, &case.out))
+                    } else {
+                        (T::MODE, kernel::reduce_mode(&src, &case.factor, &case.out))
+                    };
+                    // SAFETY: the box holds every voxel the geometry reads (its input range),
+                    // and `got` one per output voxel.
+                    unsafe { run(&g, input.as_ptr(), got.as_mut_ptr(), g.voxels()) };
+                    assert_same_bits(&format!("{method:?}"), &got, &want, seed);
+                }
+            }
+        }
+    }
+}
+
+/// The Gaussian as the GPU runs it: the box as f64, one pass per axis, rounded at the end.
+fn host_gaussian<T: Voxel>(input: &[T], start: &[u64], shape: &[u64], case: &Case) -> Vec<T> {
+    let mut cur: Vec<f64> = input
+        .iter()
+        .map(|v| v.to_f64().unwrap_or(f64::NAN))
+        .collect();
+    for pass in gaussian_passes(start, shape, &case.level, &case.factor, &case.out) {
+        let mut next = vec![0.0; pass.len()];
+        // SAFETY: the tables index inside `cur` (gaussian_passes' contract, checked by the
+        // CPU comparison) and `next` holds the pass's output.
+        unsafe {
+            tessera_host_gauss_axis(
+                &pass.geom,
+                pass.first.as_ptr(),
+                pass.count.as_ptr(),
+                pass.at.as_ptr(),
+                pass.weights.as_ptr(),
+                cur.as_ptr(),
+                next.as_mut_ptr(),
+            );
+        }
+        cur = next;
+    }
+    let mut out = vec![T::default(); cur.len()];
+    // SAFETY: equal lengths.
+    unsafe { T::ROUND(cur.as_ptr(), out.as_mut_ptr(), cur.len() as i64) };
+    out
+}
+
+#[test]
+fn mean_mode_and_gaussian_levels_equal_the_cpu_kernels_bit_for_bit() {
+    check_type::<u8>(150);
+    check_type::<u16>(150);
+    check_type::<i16>(150);
+    check_type::<f32>(150);
+    check_type::<f64>(150);
+}
+
+#[test]
+fn mean_and_mode_hand_checked() {
+    // A 1 x 5 level, factor 2: blocks {1, 2}, {2, 2}, {9}; means 1.5, 2, 9; modes 1, 2, 9.
+    let level = [1u64, 5];
+    let input = [1.0f32, 2.0, 2.0, 2.0, 9.0];
+    let g = ReduceGeom::new(&[0, 0], &level, &level, &[1, 2], &[0..1, 0..3]).unwrap();
+    let mut out = [0f32; 3];
+    // SAFETY: the box is the whole level.
+    unsafe { tessera_host_mean_f32(&g, input.as_ptr(), out.as_mut_ptr(), 3) };
+    assert_eq!(out, [1.5, 2.0, 9.0]);
+    unsafe { tessera_host_mode_f32(&g, input.as_ptr(), out.as_mut_ptr(), 3) };
+    assert_eq!(out, [1.0, 2.0, 9.0]);
+    // u8 means round halves away from zero: (1 + 2) / 2 = 1.5 -> 2.
+    let input = [1u8, 2, 2, 2, 9];
+    let mut out = [0u8; 3];
+    unsafe { tessera_host_mean_u8(&g, input.as_ptr(), out.as_mut_ptr(), 3) };
+    assert_eq!(out, [2, 2, 9]);
+}
+
+#[test]
+fn the_rust_twin_has_the_c_layout() {
+    use std::mem::{offset_of, size_of};
+    let mut c = [0i64; 13];
+    // SAFETY: writes 13 values.
+    unsafe { tessera_host_reduce_geom_layout(c.as_mut_ptr()) };
+    let rust = [
+        size_of::<ReduceGeom>(),
+        offset_of!(ReduceGeom, ndim),
+        offset_of!(ReduceGeom, factor),
+        offset_of!(ReduceGeom, out_start),
+        offset_of!(ReduceGeom, out_shape),
+        offset_of!(ReduceGeom, in_start),
+        offset_of!(ReduceGeom, in_shape),
+        offset_of!(ReduceGeom, level_shape),
+        size_of::<AxisGeom>(),
+        offset_of!(AxisGeom, outer),
+        offset_of!(AxisGeom, inner),
+        offset_of!(AxisGeom, in_len),
+        offset_of!(AxisGeom, out_len),
+    ];
+    let c: Vec<usize> = c.iter().map(|&v| v as usize).collect();
+    assert_eq!(c, rust);
+}

@@ -1,0 +1,155 @@
+// The pyramid kernels' per-voxel bodies, shared by the CUDA kernels (reduce.cu) and the host
+// test harness (harness.cpp): one output voxel of a level from a box of the level below,
+// computed with the same operations in the same order as kernel.rs, so the GPU's level is
+// the CPU's bit for bit.
+//
+// - mean: the block's values summed in f64 in C order from 0.0, divided by their count,
+//   rounded once to the output type (reduce_mean_voxel, then tessera_round_to).
+// - mode: the most frequent value of the block, ties to the smallest, NaN one value larger
+//   than every number (reduce_mode_voxel; counting instead of kernel.rs' sort, same result).
+// - gaussian: one axis at a time over f64 boxes, `acc = acc + w[k] * x[first + k]` from 0.0
+//   (weigh_axis_voxel; the taps are computed on the host, as kernel.rs' `taps`), rounded
+//   once at the end.
+#pragma once
+#include "common.cuh"
+
+#define TESSERA_PYRAMID_AXES 6
+
+// Rust twin: ops::pyramid::device::ReduceGeom (#[repr(C)]); axes beyond `ndim` are unused.
+struct ReduceGeom {
+    i64 ndim;
+    i64 factor[TESSERA_PYRAMID_AXES];
+    i64 out_start[TESSERA_PYRAMID_AXES];    // the output box's start in the new level
+    i64 out_shape[TESSERA_PYRAMID_AXES];    // the output box's shape
+    i64 in_start[TESSERA_PYRAMID_AXES];     // the input box's start in its level
+    i64 in_shape[TESSERA_PYRAMID_AXES];     // the input box's shape (C order)
+    i64 level_shape[TESSERA_PYRAMID_AXES];  // the whole input level's shape
+};
+
+// The block of output voxel `e` (flat, C order in the output box): per axis [lo, hi) in
+// input-box coordinates (`f*o .. min(f*(o+1), level)`); returns its number of voxels.
+TESSERA_HD i64 reduce_block(const ReduceGeom& g, i64 e, i64* lo, i64* hi) {
+    i64 rest = e;
+    i64 count = 1;
+    for (i64 a = g.ndim - 1; a >= 0; a--) {
+        const i64 o = g.out_start[a] + rest % g.out_shape[a];
+        rest /= g.out_shape[a];
+        const i64 f = g.factor[a];
+        i64 end = f * (o + 1);
+        if (end > g.level_shape[a]) end = g.level_shape[a];
+        lo[a] = f * o - g.in_start[a];
+        hi[a] = end - g.in_start[a];
+        count *= hi[a] - lo[a];
+    }
+    return count;
+}
+
+// The flat offset in the input box of the k-th voxel (C order) of the block lo..hi.
+TESSERA_HD i64 block_offset(const ReduceGeom& g, const i64* lo, const i64* hi, i64 k) {
+    i64 off = 0;
+    i64 stride = 1;
+    for (i64 a = g.ndim - 1; a >= 0; a--) {
+        const i64 n = hi[a] - lo[a];
+        off += (lo[a] + k % n) * stride;
+        k /= n;
+        stride *= g.in_shape[a];
+    }
+    return off;
+}
+
+// The mean of voxel e's block, before rounding.
+template <typename T>
+TESSERA_HD double reduce_mean_voxel(const ReduceGeom& g, const T* in, i64 e) {
+    i64 lo[TESSERA_PYRAMID_AXES], hi[TESSERA_PYRAMID_AXES];
+    const i64 n = reduce_block(g, e, lo, hi);
+    double s = 0.0;
+    for (i64 k = 0; k < n; k++) {
+        s += (double)in[block_offset(g, lo, hi, k)];
+    }
+    return s / (double)n;
+}
+
+// kernel.rs' round_to: floats to nearest, integers to the nearest integer with halves away
+// from zero (NaN, which integer inputs cannot give, to 0 like Rust's failed cast).
+template <typename U> TESSERA_HD U tessera_round_to(double x);
+template <> TESSERA_HD float tessera_round_to<float>(double x) { return (float)x; }
+template <> TESSERA_HD double tessera_round_to<double>(double x) { return x; }
+#define TESSERA_ROUND_INT(T)                                                                 \
+    template <> TESSERA_HD T tessera_round_to<T>(double x) {                                 \
+        return x != x ? (T)0 : (T)round(x);                                                  \
+    }
+TESSERA_ROUND_INT(u8)
+TESSERA_ROUND_INT(u16)
+TESSERA_ROUND_INT(u32)
+TESSERA_ROUND_INT(u64)
+TESSERA_ROUND_INT(signed char)
+TESSERA_ROUND_INT(short)
+TESSERA_ROUND_INT(int)
+TESSERA_ROUND_INT(i64)
+
+// kernel.rs' order for the mode: numbers by value, NaN after every number and equal to itself
+// (-0.0 and 0.0 are one value, as partial_cmp says).
+template <typename T> TESSERA_HD bool mode_same(T a, T b) {
+    return (a != a) ? (b != b) : a == b;
+}
+template <typename T> TESSERA_HD bool mode_less(T a, T b) {
+    const bool an = a != a, bn = b != b;
+    if (an || bn) return !an && bn;
+    return a < b;
+}
+
+// The most frequent value of voxel e's block; ties to the smallest. A value's group is
+// represented by its first voxel in C order, which is the one kernel.rs' stable sort puts
+// first.
+template <typename T>
+TESSERA_HD T reduce_mode_voxel(const ReduceGeom& g, const T* in, i64 e) {
+    i64 lo[TESSERA_PYRAMID_AXES], hi[TESSERA_PYRAMID_AXES];
+    const i64 n = reduce_block(g, e, lo, hi);
+    T best = in[block_offset(g, lo, hi, 0)];
+    i64 best_count = 0;
+    for (i64 k = 0; k < n; k++) {
+        const T v = in[block_offset(g, lo, hi, k)];
+        i64 count = 0;
+        bool seen = false;
+        for (i64 j = 0; j < n; j++) {
+            if (mode_same(in[block_offset(g, lo, hi, j)], v)) {
+                if (j < k) {
+                    seen = true;
+                    break;
+                }
+                count++;
+            }
+        }
+        if (seen) continue;
+        if (count > best_count || (count == best_count && mode_less(v, best))) {
+            best = v;
+            best_count = count;
+        }
+    }
+    return best;
+}
+
+// Rust twin: ops::pyramid::device::AxisGeom. One Gaussian pass along `axis` of an f64 box
+// of shape in_shape (outer, in_shape[axis], inner): output index i along the axis reads input
+// indices first[i] .. first[i] + count[i] (relative to the box), weights from weights[at[i]].
+struct AxisGeom {
+    i64 outer;
+    i64 inner;
+    i64 in_len;   // the input box's extent along the axis
+    i64 out_len;  // the output's extent along the axis
+};
+
+// Output element e (flat, C order, shape (outer, out_len, inner)) of one Gaussian pass.
+TESSERA_HD double weigh_axis_voxel(const AxisGeom& g, const i64* first, const i64* count,
+                                   const i64* at, const double* weights, const double* in,
+                                   i64 e) {
+    const i64 in_idx = e % g.inner;
+    const i64 i = (e / g.inner) % g.out_len;
+    const i64 o = e / (g.inner * g.out_len);
+    double acc = 0.0;
+    for (i64 k = 0; k < count[i]; k++) {
+        const double x = in[(o * g.in_len + first[i] + k) * g.inner + in_idx];
+        acc = acc + weights[at[i] + k] * x;
+    }
+    return acc;
+}
