@@ -34,22 +34,23 @@
         }                                                                                    \
     }
 
-#define TESSERA_PYRAMID_TYPE(SUFFIX, T)                                                      \
-    TESSERA_MEAN_KERNEL(mean_##SUFFIX, T)                                                    \
-    TESSERA_MODE_KERNEL(mode_##SUFFIX, T)                                                    \
-    TESSERA_TO_F64_KERNEL(to_f64_##SUFFIX, T)                                                \
-    TESSERA_ROUND_KERNEL(round_##SUFFIX, T)
+// Every kernel name spelled out (tessera's kernel list is checked against this text).
+#define TESSERA_PYRAMID_TYPE(MEAN, MODE, TO_F64, ROUND, T)                                   \
+    TESSERA_MEAN_KERNEL(MEAN, T)                                                             \
+    TESSERA_MODE_KERNEL(MODE, T)                                                             \
+    TESSERA_TO_F64_KERNEL(TO_F64, T)                                                         \
+    TESSERA_ROUND_KERNEL(ROUND, T)
 
-TESSERA_PYRAMID_TYPE(u8, u8)
-TESSERA_PYRAMID_TYPE(u16, u16)
-TESSERA_PYRAMID_TYPE(u32, u32)
-TESSERA_PYRAMID_TYPE(u64, u64)
-TESSERA_PYRAMID_TYPE(i8, signed char)
-TESSERA_PYRAMID_TYPE(i16, short)
-TESSERA_PYRAMID_TYPE(i32, int)
-TESSERA_PYRAMID_TYPE(i64, i64)
-TESSERA_PYRAMID_TYPE(f32, float)
-TESSERA_PYRAMID_TYPE(f64, double)
+TESSERA_PYRAMID_TYPE(mean_u8, mode_u8, to_f64_u8, round_u8, u8)
+TESSERA_PYRAMID_TYPE(mean_u16, mode_u16, to_f64_u16, round_u16, u16)
+TESSERA_PYRAMID_TYPE(mean_u32, mode_u32, to_f64_u32, round_u32, u32)
+TESSERA_PYRAMID_TYPE(mean_u64, mode_u64, to_f64_u64, round_u64, u64)
+TESSERA_PYRAMID_TYPE(mean_i8, mode_i8, to_f64_i8, round_i8, signed char)
+TESSERA_PYRAMID_TYPE(mean_i16, mode_i16, to_f64_i16, round_i16, short)
+TESSERA_PYRAMID_TYPE(mean_i32, mode_i32, to_f64_i32, round_i32, int)
+TESSERA_PYRAMID_TYPE(mean_i64, mode_i64, to_f64_i64, round_i64, i64)
+TESSERA_PYRAMID_TYPE(mean_f32, mode_f32, to_f64_f32, round_f32, float)
+TESSERA_PYRAMID_TYPE(mean_f64, mode_f64, to_f64_f64, round_f64, double)
 
 // One Gaussian pass along an axis (weigh_axis_voxel).
 extern "C" __global__ void gauss_axis(AxisGeom g, const i64* first, const i64* count,
