@@ -247,378 +247,32 @@ impl PyramidOp {
     ) -> Result<PyramidOp> {
         let meta = input.meta().clone();
         let ndim = meta.shape.len();
-        if let Some(a) = meta.shape.iter().position(|&d| d == 0) {
-            return Err(Error::address(
-                input_addr.to_string(),
-                format!(
-                    "axis {a} has size 0 (shape {:?}): nothing to downsample",
-                    meta.shape
-                ),
-            ));
-        }
-        let output = Address::parse(&job.output)?;
-        if !matches!(output, Address::Zarr { .. }) {
-            return Err(Error::parameter(
-                "output",
-                format!("{output} is not a Zarr store: pyramids are written to `name.zarr`"),
-            ));
-        }
-        // Axes: --axes, else the input's OME metadata, else all spatial.
-        // The input's OME metadata is only looked at when --axes does not say.
-        let from_ome = job.axes.is_none().then(|| ome_axes(&input_addr)).flatten();
-        let (mut axes, ome_scale) = match (&job.axes, from_ome) {
-            (Some(text), _) => (parse_axes(text, ndim)?, None),
-            (None, Some((axes, scale))) if axes.len() == ndim => (axes, scale),
-            (None, _) if ndim <= 3 => (parse_axes(&"zyx"[3 - ndim..], ndim)?, None),
-            (None, _) => {
-                return Err(Error::parameter(
-                    "axes",
-                    format!(
-                        "the input has {ndim} axes; name them, e.g. --axes {}",
-                        &"tczyx"[5 - ndim.min(5)..]
-                    ),
-                ))
-            }
+        let output = check_input_and_output(job, &input_addr, &meta.shape)?;
+        let ResolvedAxes {
+            mut axes,
+            spatial,
+            ome_scale,
+        } = resolve_axes(job, &input_addr, ndim)?;
+        check_layout_axes(job.layout, &axes, spatial.len())?;
+        let factor = factor_per_axis(job, &axes, &spatial)?;
+        let (chunks, granule) = chunks_and_granule(job, &meta, &axes, &spatial)?;
+        let shapes = level_shapes(job, &meta.shape, &factor, &chunks)?;
+        warn_mode_on_floats(job.method, meta.dtype);
+        let voxel = voxel_size(job, ome_scale.as_deref(), &spatial, ndim)?;
+        set_space_unit(job, &mut axes, &spatial)?;
+        let types = LevelTypes {
+            method: job.method,
+            input: meta.dtype,
         };
-        let spatial: Vec<usize> = (0..ndim).filter(|&a| axes[a].kind == "space").collect();
-        if spatial.is_empty() {
-            return Err(Error::parameter(
-                "axes",
-                "no spatial axis (z, y or x) to downsample",
-            ));
-        }
-        if job.layout == PyramidLayout::Ome {
-            if !(2..=5).contains(&ndim) || !(2..=3).contains(&spatial.len()) {
-                return Err(Error::parameter(
-                    "axes",
-                    format!(
-                        "OME-Zarr 0.5 takes 2 to 5 axes with 2 or 3 of them spatial; got {} ({}); use --layout pyramid-sampler for other arrays",
-                        ndim,
-                        axes.iter().map(|a| a.name.as_str()).collect::<String>()
-                    ),
-                ));
-            }
-            let rank = |k: &str| match k {
-                "time" => 0,
-                "channel" => 1,
-                _ => 2,
-            };
-            if axes.windows(2).any(|w| rank(w[0].kind) > rank(w[1].kind)) {
-                return Err(Error::parameter(
-                    "axes",
-                    format!(
-                        "OME-Zarr 0.5 orders axes time, channel, then space; `{}` does not (convert with --axis-order czyx, or use --layout pyramid-sampler)",
-                        axes.iter().map(|a| a.name.as_str()).collect::<String>()
-                    ),
-                ));
-            }
-        }
-        // Factor per axis.
-        let given = job.factor.clone().unwrap_or_else(|| vec![2]);
-        let per_spatial = match given.len() {
-            1 => vec![given[0]; spatial.len()],
-            n if n == spatial.len() => given.clone(),
-            n => {
-                return Err(Error::parameter(
-                    "factor",
-                    format!(
-                    "{n} values for {} spatial axes ({}); give one value or one per spatial axis",
-                    spatial.len(),
-                    spatial
-                        .iter()
-                        .map(|&a| axes[a].name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-                ))
-            }
-        };
-        if per_spatial.contains(&0) {
-            return Err(Error::parameter(
-                "factor",
-                "a factor of 0 (factors are integers >= 1)",
-            ));
-        }
-        if per_spatial.iter().all(|&f| f == 1) {
-            return Err(Error::parameter(
-                "factor",
-                "every factor is 1: no axis is reduced",
-            ));
-        }
-        let mut factor = vec![1u64; ndim];
-        for (&a, &f) in spatial.iter().zip(&per_spatial) {
-            factor[a] = f;
-        }
-        // Chunks and shards.
-        let chunks = match &job.chunks {
-            Some(c) => c.clone(),
-            None => (0..ndim)
-                .map(|a| match axes[a].kind {
-                    "space" => meta.shape[a].min(if spatial.len() == 3 { 64 } else { 512 }),
-                    _ => 1,
-                })
-                .collect(),
-        };
-        let probe = CreateSpec {
-            shape: meta.shape.clone(),
-            dtype: meta.dtype,
-            chunks: chunks.clone(),
-            shards: job.shards.clone(),
-            codec: job.codec,
-            dimension_names: None,
-            attributes: Map::new(),
-        };
-        probe.validate()?;
-        let granule = probe.write_block().to_vec();
-        // Levels.
-        let reduced: Vec<usize> = (0..ndim).filter(|&a| factor[a] > 1).collect();
-        let mut shapes = vec![meta.shape.clone()];
-        match job.levels {
-            Some(0) => {
-                return Err(Error::parameter(
-                    "levels",
-                    "0 levels (level 0 is the input; give at least 1)",
-                ))
-            }
-            Some(n) => {
-                while (shapes.len() as u64) < n {
-                    let last = shapes.last().expect("level 0");
-                    if reduced.iter().all(|&a| last[a] == 1) {
-                        return Err(Error::parameter(
-                            "levels",
-                            format!(
-                                "{n} levels asked, but level {} is already 1 voxel along every reduced axis (at most {} levels)",
-                                shapes.len() - 1,
-                                shapes.len()
-                            ),
-                        ));
-                    }
-                    shapes.push(next_shape(last, &factor));
-                }
-            }
-            None => loop {
-                let last = shapes.last().expect("level 0");
-                if reduced
-                    .iter()
-                    .all(|&a| last[a] <= chunks[a] || last[a] == 1)
-                {
-                    break;
-                }
-                shapes.push(next_shape(last, &factor));
-            },
-        }
-        let levels = shapes.len();
-        if job.method == Method::Mode && meta.dtype.is_float() {
-            tracing::warn!(
-                "--method mode on {} data: mode is meant for label images; every distinct float value counts as its own label",
-                meta.dtype.name()
-            );
-        }
-        // Voxel size and units.
-        let voxel_spatial = match (&job.voxel_size, &ome_scale) {
-            (Some(v), _) if v.len() == 1 => vec![v[0]; spatial.len()],
-            (Some(v), _) if v.len() == spatial.len() => v.clone(),
-            (Some(v), _) => {
-                return Err(Error::parameter(
-                    "voxel-size",
-                    format!("{} values for {} spatial axes", v.len(), spatial.len()),
-                ))
-            }
-            (None, Some(s)) if s.len() == ndim => spatial.iter().map(|&a| s[a]).collect(),
-            (None, _) => vec![1.0; spatial.len()],
-        };
-        if voxel_spatial.iter().any(|&v| !(v.is_finite() && v > 0.0)) {
-            return Err(Error::parameter(
-                "voxel-size",
-                "voxel sizes must be positive numbers",
-            ));
-        }
-        let mut voxel = vec![1.0; ndim];
-        for (&a, &v) in spatial.iter().zip(&voxel_spatial) {
-            voxel[a] = v;
-        }
-        if let Some(unit) = &job.unit {
-            if !SPACE_UNITS.contains(&unit.as_str()) {
-                return Err(Error::parameter(
-                    "unit",
-                    format!("`{unit}` is not an OME-Zarr space unit (e.g. micrometer, nanometer, millimeter)"),
-                ));
-            }
-            for &a in &spatial {
-                axes[a].unit = Some(unit.clone());
-            }
-        }
-        // One array spec per level (and per difference map).
-        let names: Vec<String> = axes.iter().map(|a| a.name.clone()).collect();
-        let level_spec = |shape: &[u64], dtype: DType| {
-            let c: Vec<u64> = chunks.iter().zip(shape).map(|(&c, &d)| c.min(d)).collect();
-            let shards = job.shards.as_ref().map(|s| {
-                s.iter()
-                    .zip(shape)
-                    .zip(&c)
-                    .map(|((&s, &d), &c)| s.min(d.div_ceil(c) * c))
-                    .collect()
-            });
-            CreateSpec {
-                shape: shape.to_vec(),
-                dtype,
-                chunks: c,
-                shards,
-                codec: job.codec,
-                dimension_names: Some(names.clone()),
-                attributes: Map::new(),
-            }
-        };
-        let level_dtype = |l: usize| {
-            if job.method == Method::Laplacian && l > 0 {
-                DType::F32
-            } else {
-                meta.dtype
-            }
-        };
-        let mut specs: Vec<CreateSpec> = shapes
-            .iter()
-            .enumerate()
-            .map(|(l, s)| level_spec(s, level_dtype(l)))
-            .collect();
-        if job.method == Method::Laplacian {
-            specs.extend(
-                shapes[..levels - 1]
-                    .iter()
-                    .map(|s| level_spec(s, DType::F32)),
-            );
-        }
-        for s in &specs {
-            s.validate()?;
-        }
-        // Stages and units.
-        let per_voxel = |l: usize| -> u64 {
-            let size = level_dtype(l).size() as u64;
-            match job.method {
-                Method::Mean | Method::Mode => size,
-                Method::Gaussian | Method::Laplacian => size + 16,
-            }
-        };
-        let budget = target_unit_bytes(shapes[0].iter().product::<u64>() * per_voxel(0));
-        let mut stages = Vec::new();
-        let mut source = 0;
-        loop {
-            let remaining = levels - 1 - source;
-            let extent_for = |k: usize| -> Vec<u64> {
-                (0..ndim)
-                    .map(|a| {
-                        let grow = factor[a].saturating_pow(k as u32);
-                        granule[a].saturating_mul(grow)
-                    })
-                    .collect()
-            };
-            let bytes = |k: usize| -> u64 {
-                let e = extent_for(k);
-                (0..ndim)
-                    .map(|a| e[a].min(shapes[source][a]))
-                    .product::<u64>()
-                    * per_voxel(source)
-            };
-            let mut k = remaining;
-            while k > 1 && bytes(k) > budget {
-                k -= 1;
-            }
-            let extent = if remaining == 0 {
-                // Level 0 only: copy in blocks of whole granules that fit the budget.
-                let mut e = granule.clone();
-                for a in (0..ndim).rev() {
-                    while e[a] < shapes[0][a]
-                        && (0..ndim).map(|b| e[b].min(shapes[0][b])).product::<u64>()
-                            * 2
-                            * per_voxel(0)
-                            <= budget
-                    {
-                        e[a] = (e[a] * 2).min(shapes[0][a].div_ceil(granule[a]) * granule[a]);
-                    }
-                }
-                e
-            } else {
-                extent_for(k)
-            };
-            stages.push(Stage { source, k, extent });
-            source += k;
-            if source >= levels - 1 {
-                break;
-            }
-        }
-        let mut plan = Vec::new();
-        let mut stage_ends = Vec::new();
-        let mut units = Vec::new();
-        let mut memory_per_unit = 0;
-        for (si, st) in stages.iter().enumerate() {
-            let shape = &shapes[st.source];
-            let counts: Vec<u64> = (0..ndim).map(|a| shape[a].div_ceil(st.extent[a])).collect();
-            let ranges: Vec<Range<u64>> = counts.iter().map(|&n| 0..n).collect();
-            let mut origins = Vec::new();
-            crate::grid::for_each_index(&ranges, |idx| {
-                origins.push(
-                    (0..ndim)
-                        .map(|a| idx[a] * st.extent[a])
-                        .collect::<Vec<u64>>(),
-                )
-            });
-            for origin in origins {
-                let op_units = UnitPlan::new(job.method, &factor, &shapes, st, &origin);
-                let read: u64 = op_units.needed[0]
-                    .iter()
-                    .map(|r| r.end - r.start)
-                    .product::<u64>()
-                    * level_dtype(st.source).size() as u64;
-                let mut written = 0;
-                if st.source == 0 {
-                    written += op_units.blocks[0]
-                        .iter()
-                        .map(|r| r.end - r.start)
-                        .product::<u64>()
-                        * meta.dtype.size() as u64;
-                }
-                for j in 1..=st.k {
-                    written += op_units.blocks[j]
-                        .iter()
-                        .map(|r| r.end - r.start)
-                        .product::<u64>()
-                        * level_dtype(st.source + j).size() as u64;
-                }
-                if job.method == Method::Laplacian {
-                    for j in 0..st.k {
-                        written += op_units.blocks[j]
-                            .iter()
-                            .map(|r| r.end - r.start)
-                            .product::<u64>()
-                            * 4;
-                    }
-                }
-                memory_per_unit = memory_per_unit.max(
-                    read / level_dtype(st.source).size() as u64 * per_voxel(st.source) + written,
-                );
-                units.push(UnitInfo {
-                    label: format!(
-                        "level {} block at {} -> levels {}..={}",
-                        st.source,
-                        crate::grid::join(&origin),
-                        st.source + usize::from(st.k > 0),
-                        st.source + st.k
-                    ),
-                    bytes_in: read,
-                    bytes_out: written,
-                });
-                plan.push((si, origin));
-            }
-            stage_ends.push(plan.len());
-        }
-        let mut parameters = serde_json::to_value(job).unwrap_or_default();
-        if let Some(p) = parameters.as_object_mut() {
-            // Provenance that does not depend on where the output was written.
-            p.remove("output");
-            p.insert("factor".into(), json!(factor));
-            p.insert("levels".into(), json!(levels));
-            p.insert("chunks".into(), json!(chunks));
-        }
+        let specs = level_specs(job, &axes, &shapes, &chunks, types)?;
+        let stages = plan_stages(types, &shapes, &factor, &granule);
+        let PlannedUnits {
+            plan,
+            stage_ends,
+            units,
+            memory_per_unit,
+        } = plan_units(types, &factor, &shapes, &stages);
+        let parameters = resolved_parameters(job, &factor, shapes.len(), &chunks);
         Ok(PyramidOp {
             parameters,
             job: serde_json::to_value(job).unwrap_or_default(),
@@ -742,8 +396,24 @@ impl PyramidOp {
         Ok(reader)
     }
 
-    /// Builds the levels of one unit from its source block (typed).
+    /// Builds the levels of one unit from its source block (typed): the Laplacian's levels
+    /// and difference maps, or the levels of the other methods.
     fn build<T: Element + PartialOrd>(
+        &self,
+        source: ArrayD<T>,
+        st: &Stage,
+        u: &UnitPlan,
+    ) -> Vec<(usize, Region, Block)> {
+        match self.method {
+            Method::Laplacian => self.build_laplacian(source, st, u),
+            method => self.build_reduced(method, source, st, u),
+        }
+    }
+
+    /// The Laplacian's part of one unit: Gaussian levels in f32 from the source block (which
+    /// is written as read when it is level 0), then each level's difference map, the level
+    /// minus the next one upsampled.
+    fn build_laplacian<T: Element + PartialOrd>(
         &self,
         source: ArrayD<T>,
         st: &Stage,
@@ -751,97 +421,669 @@ impl PyramidOp {
     ) -> Vec<(usize, Region, Block)> {
         let s = st.source;
         let mut out = Vec::new();
-        // Level 0 is written as read (moved, not copied, when there is no halo), once the
-        // levels that need it are built.
-        let mut level0 = Some(source);
-        let push_level0 = |out: &mut Vec<(usize, Region, Block)>, a: ArrayD<T>| {
-            if s == 0 {
-                out.push((
-                    0,
-                    ranges_of(&u.blocks[0]),
-                    T::into_block(take_block(a, &u.needed[0], &u.blocks[0])),
-                ));
-            }
-        };
-        let starts = |j: usize| -> Vec<u64> { u.needed[j].iter().map(|r| r.start).collect() };
-        match self.method {
-            Method::Laplacian => {
-                let source = level0.take().expect("source");
-                let mut levels: Vec<ArrayD<f32>> =
-                    vec![source.mapv(|v| v.to_f32().unwrap_or(f32::NAN))];
-                push_level0(&mut out, source);
-                for j in 1..=st.k {
-                    let start = starts(j - 1);
-                    let src = Source {
-                        values: levels[j - 1].view(),
-                        start: &start,
-                        level_shape: &self.shapes[s + j - 1],
-                    };
-                    let next: ArrayD<f32> =
-                        kernel::reduce_gaussian(&src, &self.factor, &u.needed[j]);
-                    out.push((
-                        s + j,
-                        ranges_of(&u.blocks[j]),
-                        Block::F32(crop(&next, &u.needed[j], &u.blocks[j])),
-                    ));
-                    levels.push(next);
-                }
-                for j in 0..st.k {
-                    let fine = crop(&levels[j], &u.needed[j], &u.blocks[j]);
-                    let up = kernel::upsample(
-                        &levels[j + 1].view(),
-                        &starts(j + 1),
-                        &self.shapes[s + j + 1],
-                        &self.factor,
-                        &u.blocks[j],
-                    );
-                    let mut diff = fine;
-                    ndarray::Zip::from(&mut diff).and(&up).for_each(|d, &u| {
-                        *d = (f64::from(*d) - u) as f32;
-                    });
-                    out.push((
-                        self.levels() + s + j,
-                        ranges_of(&u.blocks[j]),
-                        Block::F32(diff),
-                    ));
-                }
-            }
-            method => {
-                let mut prev = level0.take().expect("source");
-                if st.k == 0 {
-                    push_level0(&mut out, prev);
-                    return out;
-                }
-                for j in 1..=st.k {
-                    let start = starts(j - 1);
-                    let src = Source {
-                        values: prev.view(),
-                        start: &start,
-                        level_shape: &self.shapes[s + j - 1],
-                    };
-                    let next: ArrayD<T> = match method {
-                        Method::Mode => kernel::reduce_mode(&src, &self.factor, &u.needed[j]),
-                        Method::Gaussian => {
-                            kernel::reduce_gaussian(&src, &self.factor, &u.needed[j])
-                        }
-                        _ => kernel::reduce_mean(&src, &self.factor, &u.needed[j]),
-                    };
-                    let done = std::mem::replace(&mut prev, next);
-                    if j == 1 {
-                        push_level0(&mut out, done);
-                    }
-                    // The last level is moved out; earlier ones stay as the next one's source.
-                    let block = if j == st.k {
-                        take_block(std::mem::take(&mut prev), &u.needed[j], &u.blocks[j])
-                    } else {
-                        crop(&prev, &u.needed[j], &u.blocks[j])
-                    };
-                    out.push((s + j, ranges_of(&u.blocks[j]), T::into_block(block)));
-                }
-            }
+        let mut levels: Vec<ArrayD<f32>> = vec![source.mapv(|v| v.to_f32().unwrap_or(f32::NAN))];
+        push_level0(&mut out, st, u, source);
+        for j in 1..=st.k {
+            let start = u.needed_start(j - 1);
+            let src = Source {
+                values: levels[j - 1].view(),
+                start: &start,
+                level_shape: &self.shapes[s + j - 1],
+            };
+            let next: ArrayD<f32> = kernel::reduce_gaussian(&src, &self.factor, &u.needed[j]);
+            out.push((
+                s + j,
+                ranges_of(&u.blocks[j]),
+                Block::F32(crop(&next, &u.needed[j], &u.blocks[j])),
+            ));
+            levels.push(next);
+        }
+        for j in 0..st.k {
+            let fine = crop(&levels[j], &u.needed[j], &u.blocks[j]);
+            let up = kernel::upsample(
+                &levels[j + 1].view(),
+                &u.needed_start(j + 1),
+                &self.shapes[s + j + 1],
+                &self.factor,
+                &u.blocks[j],
+            );
+            let mut diff = fine;
+            ndarray::Zip::from(&mut diff).and(&up).for_each(|d, &u| {
+                *d = (f64::from(*d) - u) as f32;
+            });
+            out.push((
+                self.levels() + s + j,
+                ranges_of(&u.blocks[j]),
+                Block::F32(diff),
+            ));
         }
         out
     }
+
+    /// One unit's levels by mean, Gaussian or mode (`method`): each level reduced from the one
+    /// before, starting from the source block (which is written as read when it is level 0).
+    fn build_reduced<T: Element + PartialOrd>(
+        &self,
+        method: Method,
+        source: ArrayD<T>,
+        st: &Stage,
+        u: &UnitPlan,
+    ) -> Vec<(usize, Region, Block)> {
+        let s = st.source;
+        let mut out = Vec::new();
+        let mut prev = source;
+        if st.k == 0 {
+            push_level0(&mut out, st, u, prev);
+            return out;
+        }
+        for j in 1..=st.k {
+            let start = u.needed_start(j - 1);
+            let src = Source {
+                values: prev.view(),
+                start: &start,
+                level_shape: &self.shapes[s + j - 1],
+            };
+            let next: ArrayD<T> = match method {
+                Method::Mode => kernel::reduce_mode(&src, &self.factor, &u.needed[j]),
+                Method::Gaussian => kernel::reduce_gaussian(&src, &self.factor, &u.needed[j]),
+                _ => kernel::reduce_mean(&src, &self.factor, &u.needed[j]),
+            };
+            let done = std::mem::replace(&mut prev, next);
+            if j == 1 {
+                push_level0(&mut out, st, u, done);
+            }
+            // The last level is moved out; earlier ones stay as the next one's source.
+            let block = if j == st.k {
+                take_block(std::mem::take(&mut prev), &u.needed[j], &u.blocks[j])
+            } else {
+                crop(&prev, &u.needed[j], &u.blocks[j])
+            };
+            out.push((s + j, ranges_of(&u.blocks[j]), T::into_block(block)));
+        }
+        out
+    }
+}
+
+/// Adds a unit's level-0 block to its output when its source is level 0. Level 0 is written
+/// as read (moved, not copied, when there is no halo), once the levels that need it are built.
+fn push_level0<T: Element>(
+    out: &mut Vec<(usize, Region, Block)>,
+    st: &Stage,
+    u: &UnitPlan,
+    a: ArrayD<T>,
+) {
+    if st.source == 0 {
+        out.push((
+            0,
+            ranges_of(&u.blocks[0]),
+            T::into_block(take_block(a, &u.needed[0], &u.blocks[0])),
+        ));
+    }
+}
+
+// Planning steps of `PyramidOp::plan_from`, in the order it takes them.
+
+/// Refuses an input with an axis of size 0, then an output that is not a Zarr store; returns
+/// the output's address.
+fn check_input_and_output(
+    job: &PyramidJob,
+    input_addr: &Address,
+    shape: &[u64],
+) -> Result<Address> {
+    if let Some(a) = shape.iter().position(|&d| d == 0) {
+        return Err(Error::address(
+            input_addr.to_string(),
+            format!(
+                "axis {a} has size 0 (shape {:?}): nothing to downsample",
+                shape
+            ),
+        ));
+    }
+    let output = Address::parse(&job.output)?;
+    if !matches!(output, Address::Zarr { .. }) {
+        return Err(Error::parameter(
+            "output",
+            format!("{output} is not a Zarr store: pyramids are written to `name.zarr`"),
+        ));
+    }
+    Ok(output)
+}
+
+/// The input's axes and which of them are spatial.
+struct ResolvedAxes {
+    axes: Vec<AxisInfo>,
+    /// Indices of the spatial axes (the ones a factor may reduce).
+    spatial: Vec<usize>,
+    /// Level-0 voxel size from the input's OME metadata, when the axes came from it.
+    ome_scale: Option<Vec<f64>>,
+}
+
+/// Resolves the axes (`--axes`, else the input's OME metadata, else all spatial) and their
+/// spatial ones; refuses an array with no spatial axis.
+fn resolve_axes(job: &PyramidJob, input_addr: &Address, ndim: usize) -> Result<ResolvedAxes> {
+    // Axes: --axes, else the input's OME metadata, else all spatial.
+    // The input's OME metadata is only looked at when --axes does not say.
+    let from_ome = job.axes.is_none().then(|| ome_axes(input_addr)).flatten();
+    let (axes, ome_scale) = match (&job.axes, from_ome) {
+        (Some(text), _) => (parse_axes(text, ndim)?, None),
+        (None, Some((axes, scale))) if axes.len() == ndim => (axes, scale),
+        (None, _) if ndim <= 3 => (parse_axes(&"zyx"[3 - ndim..], ndim)?, None),
+        (None, _) => {
+            return Err(Error::parameter(
+                "axes",
+                format!(
+                    "the input has {ndim} axes; name them, e.g. --axes {}",
+                    &"tczyx"[5 - ndim.min(5)..]
+                ),
+            ))
+        }
+    };
+    let spatial: Vec<usize> = (0..ndim).filter(|&a| axes[a].kind == "space").collect();
+    if spatial.is_empty() {
+        return Err(Error::parameter(
+            "axes",
+            "no spatial axis (z, y or x) to downsample",
+        ));
+    }
+    Ok(ResolvedAxes {
+        axes,
+        spatial,
+        ome_scale,
+    })
+}
+
+/// Refuses, for the OME layout, axes that OME-Zarr 0.5 cannot describe: other than 2 to 5 axes
+/// with 2 or 3 spatial, or not ordered time, channel, space.
+fn check_layout_axes(layout: PyramidLayout, axes: &[AxisInfo], spatial: usize) -> Result<()> {
+    let ndim = axes.len();
+    if layout == PyramidLayout::Ome {
+        if !(2..=5).contains(&ndim) || !(2..=3).contains(&spatial) {
+            return Err(Error::parameter(
+                "axes",
+                format!(
+                    "OME-Zarr 0.5 takes 2 to 5 axes with 2 or 3 of them spatial; got {} ({}); use --layout pyramid-sampler for other arrays",
+                    ndim,
+                    axes.iter().map(|a| a.name.as_str()).collect::<String>()
+                ),
+            ));
+        }
+        let rank = |k: &str| match k {
+            "time" => 0,
+            "channel" => 1,
+            _ => 2,
+        };
+        if axes.windows(2).any(|w| rank(w[0].kind) > rank(w[1].kind)) {
+            return Err(Error::parameter(
+                "axes",
+                format!(
+                    "OME-Zarr 0.5 orders axes time, channel, then space; `{}` does not (convert with --axis-order czyx, or use --layout pyramid-sampler)",
+                    axes.iter().map(|a| a.name.as_str()).collect::<String>()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The reduction factor of every axis: `--factor` (one value, or one per spatial axis;
+/// default 2) on the spatial axes, 1 on the others; refuses factors of 0 and all factors 1.
+fn factor_per_axis(job: &PyramidJob, axes: &[AxisInfo], spatial: &[usize]) -> Result<Vec<u64>> {
+    let ndim = axes.len();
+    let given = job.factor.clone().unwrap_or_else(|| vec![2]);
+    let per_spatial = match given.len() {
+        1 => vec![given[0]; spatial.len()],
+        n if n == spatial.len() => given.clone(),
+        n => {
+            return Err(Error::parameter(
+                "factor",
+                format!(
+                    "{n} values for {} spatial axes ({}); give one value or one per spatial axis",
+                    spatial.len(),
+                    spatial
+                        .iter()
+                        .map(|&a| axes[a].name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ))
+        }
+    };
+    if per_spatial.contains(&0) {
+        return Err(Error::parameter(
+            "factor",
+            "a factor of 0 (factors are integers >= 1)",
+        ));
+    }
+    if per_spatial.iter().all(|&f| f == 1) {
+        return Err(Error::parameter(
+            "factor",
+            "every factor is 1: no axis is reduced",
+        ));
+    }
+    let mut factor = vec![1u64; ndim];
+    for (&a, &f) in spatial.iter().zip(&per_spatial) {
+        factor[a] = f;
+    }
+    Ok(factor)
+}
+
+/// The chunk shape of every level (`--chunks`, else 64 per spatial axis in 3-D and 512 in
+/// 2-D, at most the input's size, and 1 on other axes), checked with `--shards` against
+/// level 0, and the write granule that units are cut in (the shard, else the chunk).
+fn chunks_and_granule(
+    job: &PyramidJob,
+    meta: &io::ArrayMeta,
+    axes: &[AxisInfo],
+    spatial: &[usize],
+) -> Result<(Vec<u64>, Vec<u64>)> {
+    let ndim = axes.len();
+    let chunks = match &job.chunks {
+        Some(c) => c.clone(),
+        None => (0..ndim)
+            .map(|a| match axes[a].kind {
+                "space" => meta.shape[a].min(if spatial.len() == 3 { 64 } else { 512 }),
+                _ => 1,
+            })
+            .collect(),
+    };
+    let probe = CreateSpec {
+        shape: meta.shape.clone(),
+        dtype: meta.dtype,
+        chunks: chunks.clone(),
+        shards: job.shards.clone(),
+        codec: job.codec,
+        dimension_names: None,
+        attributes: Map::new(),
+    };
+    probe.validate()?;
+    let granule = probe.write_block().to_vec();
+    Ok((chunks, granule))
+}
+
+/// The shape of every level, level 0 first: `--levels` of them (refused when a level before
+/// the last is already 1 voxel along every reduced axis), else until every reduced axis fits
+/// in one chunk.
+fn level_shapes(
+    job: &PyramidJob,
+    shape: &[u64],
+    factor: &[u64],
+    chunks: &[u64],
+) -> Result<Vec<Vec<u64>>> {
+    let ndim = factor.len();
+    let reduced: Vec<usize> = (0..ndim).filter(|&a| factor[a] > 1).collect();
+    let mut shapes = vec![shape.to_vec()];
+    match job.levels {
+        Some(0) => {
+            return Err(Error::parameter(
+                "levels",
+                "0 levels (level 0 is the input; give at least 1)",
+            ))
+        }
+        Some(n) => {
+            while (shapes.len() as u64) < n {
+                let last = shapes.last().expect("level 0");
+                if reduced.iter().all(|&a| last[a] == 1) {
+                    return Err(Error::parameter(
+                        "levels",
+                        format!(
+                            "{n} levels asked, but level {} is already 1 voxel along every reduced axis (at most {} levels)",
+                            shapes.len() - 1,
+                            shapes.len()
+                        ),
+                    ));
+                }
+                shapes.push(next_shape(last, factor));
+            }
+        }
+        None => loop {
+            let last = shapes.last().expect("level 0");
+            if reduced
+                .iter()
+                .all(|&a| last[a] <= chunks[a] || last[a] == 1)
+            {
+                break;
+            }
+            shapes.push(next_shape(last, factor));
+        },
+    }
+    Ok(shapes)
+}
+
+/// Warns that `--method mode` on float data counts every distinct value as a label.
+fn warn_mode_on_floats(method: Method, dtype: DType) {
+    if method == Method::Mode && dtype.is_float() {
+        tracing::warn!(
+            "--method mode on {} data: mode is meant for label images; every distinct float value counts as its own label",
+            dtype.name()
+        );
+    }
+}
+
+/// The level-0 voxel size of every axis: `--voxel-size` (one value, or one per spatial axis),
+/// else the input's OME scale, else 1, on the spatial axes, and 1 on the others; refuses
+/// sizes that are not positive numbers.
+fn voxel_size(
+    job: &PyramidJob,
+    ome_scale: Option<&[f64]>,
+    spatial: &[usize],
+    ndim: usize,
+) -> Result<Vec<f64>> {
+    let voxel_spatial = match (&job.voxel_size, ome_scale) {
+        (Some(v), _) if v.len() == 1 => vec![v[0]; spatial.len()],
+        (Some(v), _) if v.len() == spatial.len() => v.clone(),
+        (Some(v), _) => {
+            return Err(Error::parameter(
+                "voxel-size",
+                format!("{} values for {} spatial axes", v.len(), spatial.len()),
+            ))
+        }
+        (None, Some(s)) if s.len() == ndim => spatial.iter().map(|&a| s[a]).collect(),
+        (None, _) => vec![1.0; spatial.len()],
+    };
+    if voxel_spatial.iter().any(|&v| !(v.is_finite() && v > 0.0)) {
+        return Err(Error::parameter(
+            "voxel-size",
+            "voxel sizes must be positive numbers",
+        ));
+    }
+    let mut voxel = vec![1.0; ndim];
+    for (&a, &v) in spatial.iter().zip(&voxel_spatial) {
+        voxel[a] = v;
+    }
+    Ok(voxel)
+}
+
+/// Checks `--unit` against OME-Zarr's space units and gives it to every spatial axis.
+fn set_space_unit(job: &PyramidJob, axes: &mut [AxisInfo], spatial: &[usize]) -> Result<()> {
+    if let Some(unit) = &job.unit {
+        if !SPACE_UNITS.contains(&unit.as_str()) {
+            return Err(Error::parameter(
+                "unit",
+                format!("`{unit}` is not an OME-Zarr space unit (e.g. micrometer, nanometer, millimeter)"),
+            ));
+        }
+        for &a in spatial {
+            axes[a].unit = Some(unit.clone());
+        }
+    }
+    Ok(())
+}
+
+/// Element types of the levels, which follow from the method and the input's type.
+#[derive(Clone, Copy)]
+struct LevelTypes {
+    method: Method,
+    /// The input's (level 0's) element type.
+    input: DType,
+}
+
+impl LevelTypes {
+    /// Element type of level `l`: f32 above level 0 for the Laplacian, else the input's.
+    fn dtype(self, l: usize) -> DType {
+        if self.method == Method::Laplacian && l > 0 {
+            DType::F32
+        } else {
+            self.input
+        }
+    }
+
+    /// Memory per voxel of a unit's source block at level `l`: the element, plus 16 bytes
+    /// for the Gaussian and Laplacian methods.
+    fn per_voxel(self, l: usize) -> u64 {
+        let size = self.dtype(l).size() as u64;
+        match self.method {
+            Method::Mean | Method::Mode => size,
+            Method::Gaussian | Method::Laplacian => size + 16,
+        }
+    }
+}
+
+/// One array spec per level, then (Laplacian) per difference map of levels 0..L-1: the chunks
+/// and shards clipped to the level, the axis names as dimension names; each one validated.
+fn level_specs(
+    job: &PyramidJob,
+    axes: &[AxisInfo],
+    shapes: &[Vec<u64>],
+    chunks: &[u64],
+    types: LevelTypes,
+) -> Result<Vec<CreateSpec>> {
+    let levels = shapes.len();
+    let names: Vec<String> = axes.iter().map(|a| a.name.clone()).collect();
+    let level_spec = |shape: &[u64], dtype: DType| {
+        let c: Vec<u64> = chunks.iter().zip(shape).map(|(&c, &d)| c.min(d)).collect();
+        let shards = job.shards.as_ref().map(|s| {
+            s.iter()
+                .zip(shape)
+                .zip(&c)
+                .map(|((&s, &d), &c)| s.min(d.div_ceil(c) * c))
+                .collect()
+        });
+        CreateSpec {
+            shape: shape.to_vec(),
+            dtype,
+            chunks: c,
+            shards,
+            codec: job.codec,
+            dimension_names: Some(names.clone()),
+            attributes: Map::new(),
+        }
+    };
+    let mut specs: Vec<CreateSpec> = shapes
+        .iter()
+        .enumerate()
+        .map(|(l, s)| level_spec(s, types.dtype(l)))
+        .collect();
+    if job.method == Method::Laplacian {
+        specs.extend(
+            shapes[..levels - 1]
+                .iter()
+                .map(|s| level_spec(s, DType::F32)),
+        );
+    }
+    for s in &specs {
+        s.validate()?;
+    }
+    Ok(specs)
+}
+
+/// The stages: from level `source`, units that each build the next `k` levels, `k` as large
+/// as the unit budget allows (at least 1), until the last level; with level 0 alone, one stage
+/// that copies it.
+fn plan_stages(
+    types: LevelTypes,
+    shapes: &[Vec<u64>],
+    factor: &[u64],
+    granule: &[u64],
+) -> Vec<Stage> {
+    let ndim = factor.len();
+    let levels = shapes.len();
+    let budget = target_unit_bytes(shapes[0].iter().product::<u64>() * types.per_voxel(0));
+    let mut stages = Vec::new();
+    let mut source = 0;
+    loop {
+        let remaining = levels - 1 - source;
+        let extent_for = |k: usize| -> Vec<u64> {
+            (0..ndim)
+                .map(|a| {
+                    let grow = factor[a].saturating_pow(k as u32);
+                    granule[a].saturating_mul(grow)
+                })
+                .collect()
+        };
+        let bytes = |k: usize| -> u64 {
+            let e = extent_for(k);
+            (0..ndim)
+                .map(|a| e[a].min(shapes[source][a]))
+                .product::<u64>()
+                * types.per_voxel(source)
+        };
+        let mut k = remaining;
+        while k > 1 && bytes(k) > budget {
+            k -= 1;
+        }
+        let extent = if remaining == 0 {
+            // Level 0 only: copy in blocks of whole granules that fit the budget.
+            level0_copy_extent(granule, &shapes[0], types.per_voxel(0), budget)
+        } else {
+            extent_for(k)
+        };
+        stages.push(Stage { source, k, extent });
+        source += k;
+        if source >= levels - 1 {
+            break;
+        }
+    }
+    stages
+}
+
+/// Extent of the units that copy level 0 alone: the granule, doubled along the last axes
+/// first while a block stays inside the level (rounded up to whole granules) and twice its
+/// bytes fit the budget.
+fn level0_copy_extent(granule: &[u64], shape: &[u64], per_voxel: u64, budget: u64) -> Vec<u64> {
+    let ndim = shape.len();
+    let mut e = granule.to_vec();
+    for a in (0..ndim).rev() {
+        while e[a] < shape[a]
+            && (0..ndim).map(|b| e[b].min(shape[b])).product::<u64>() * 2 * per_voxel <= budget
+        {
+            e[a] = (e[a] * 2).min(shape[a].div_ceil(granule[a]) * granule[a]);
+        }
+    }
+    e
+}
+
+/// Every unit of every stage, in order: which stage and origin it is (`plan`), where each
+/// stage's units end, what each reads and writes, and the memory of the largest.
+struct PlannedUnits {
+    plan: Vec<(usize, Vec<u64>)>,
+    stage_ends: Vec<usize>,
+    units: Vec<UnitInfo>,
+    memory_per_unit: u64,
+}
+
+/// The units of the stages: per stage, one per origin of its extent over the source level,
+/// sized from its blocks and halos, labelled with its source level, origin and levels built.
+fn plan_units(
+    types: LevelTypes,
+    factor: &[u64],
+    shapes: &[Vec<u64>],
+    stages: &[Stage],
+) -> PlannedUnits {
+    let mut plan = Vec::new();
+    let mut stage_ends = Vec::new();
+    let mut units = Vec::new();
+    let mut memory_per_unit = 0;
+    for (si, st) in stages.iter().enumerate() {
+        for origin in unit_origins(st, &shapes[st.source]) {
+            let op_units = UnitPlan::new(types.method, factor, shapes, st, &origin);
+            let UnitBytes {
+                read,
+                written,
+                memory,
+            } = unit_bytes(types, st, &op_units);
+            memory_per_unit = memory_per_unit.max(memory);
+            units.push(UnitInfo {
+                label: format!(
+                    "level {} block at {} -> levels {}..={}",
+                    st.source,
+                    crate::grid::join(&origin),
+                    st.source + usize::from(st.k > 0),
+                    st.source + st.k
+                ),
+                bytes_in: read,
+                bytes_out: written,
+            });
+            plan.push((si, origin));
+        }
+        stage_ends.push(plan.len());
+    }
+    PlannedUnits {
+        plan,
+        stage_ends,
+        units,
+        memory_per_unit,
+    }
+}
+
+/// Origins of a stage's units: the multiples of its extent inside the source level, in C
+/// order.
+fn unit_origins(st: &Stage, shape: &[u64]) -> Vec<Vec<u64>> {
+    let ndim = shape.len();
+    let counts: Vec<u64> = (0..ndim).map(|a| shape[a].div_ceil(st.extent[a])).collect();
+    let ranges: Vec<Range<u64>> = counts.iter().map(|&n| 0..n).collect();
+    let mut origins = Vec::new();
+    crate::grid::for_each_index(&ranges, |idx| {
+        origins.push(
+            (0..ndim)
+                .map(|a| idx[a] * st.extent[a])
+                .collect::<Vec<u64>>(),
+        )
+    });
+    origins
+}
+
+/// What one unit moves and holds, in bytes.
+struct UnitBytes {
+    /// Its source block, halo included.
+    read: u64,
+    /// Its blocks of the levels it writes (and of the Laplacian's difference maps).
+    written: u64,
+    /// Its source block at the memory per voxel of the method, plus what it writes.
+    memory: u64,
+}
+
+/// Sizes one unit from its blocks (`op_units`): bytes read, bytes written (level 0 when it is
+/// the source, the levels it builds, the Laplacian's difference maps) and memory.
+fn unit_bytes(types: LevelTypes, st: &Stage, op_units: &UnitPlan) -> UnitBytes {
+    let read: u64 = op_units.needed[0]
+        .iter()
+        .map(|r| r.end - r.start)
+        .product::<u64>()
+        * types.dtype(st.source).size() as u64;
+    let mut written = 0;
+    if st.source == 0 {
+        written += op_units.blocks[0]
+            .iter()
+            .map(|r| r.end - r.start)
+            .product::<u64>()
+            * types.input.size() as u64;
+    }
+    for j in 1..=st.k {
+        written += op_units.blocks[j]
+            .iter()
+            .map(|r| r.end - r.start)
+            .product::<u64>()
+            * types.dtype(st.source + j).size() as u64;
+    }
+    if types.method == Method::Laplacian {
+        for j in 0..st.k {
+            written += op_units.blocks[j]
+                .iter()
+                .map(|r| r.end - r.start)
+                .product::<u64>()
+                * 4;
+        }
+    }
+    let memory = read / types.dtype(st.source).size() as u64 * types.per_voxel(st.source) + written;
+    UnitBytes {
+        read,
+        written,
+        memory,
+    }
+}
+
+/// The resolved parameters, for provenance and the fingerprint: the job without its output,
+/// with the factor of every axis, the number of levels and the chunks as planned.
+fn resolved_parameters(job: &PyramidJob, factor: &[u64], levels: usize, chunks: &[u64]) -> Value {
+    let mut parameters = serde_json::to_value(job).unwrap_or_default();
+    if let Some(p) = parameters.as_object_mut() {
+        // Provenance that does not depend on where the output was written.
+        p.remove("output");
+        p.insert("factor".into(), json!(factor));
+        p.insert("levels".into(), json!(levels));
+        p.insert("chunks".into(), json!(chunks));
+    }
+    parameters
 }
 
 /// What one unit writes (`blocks[j]`: its part of level source+j) and what it must compute
@@ -891,6 +1133,11 @@ impl UnitPlan {
             }
         }
         UnitPlan { blocks, needed }
+    }
+
+    /// Start of `needed[j]`: where the computed block of level source+j begins.
+    fn needed_start(&self, j: usize) -> Vec<u64> {
+        self.needed[j].iter().map(|r| r.start).collect()
     }
 }
 
