@@ -818,14 +818,16 @@ impl SplitAccumulator {
         })
     }
 
-    /// `out` (whose axis `axis` runs over rows `rows`) cut into one view per part meeting
-    /// `rows`: (part, its local rows, the view of them), for filling in parallel.
-    fn pieces<'a, T>(
+    /// Fills `out` (whose axis `axis` runs over rows `rows`, absolute) part by part in
+    /// parallel: `fill(part, its local rows, its piece of out)`; true if any fill was.
+    fn fill_rows<'a, T: Send>(
         &'a self,
         rows: Range<u64>,
         out: ArrayViewMutD<'a, T>,
         axis: usize,
-    ) -> Vec<(&'a Accumulator, Range<usize>, ArrayViewMutD<'a, T>)> {
+        fill: impl Fn(&Accumulator, Range<usize>, ArrayViewMutD<'a, T>) -> bool + Sync,
+    ) -> bool {
+        use rayon::prelude::*;
         let mut rest = out;
         let mut pieces = Vec::with_capacity(self.parts.len());
         for (p, local, _) in self.parts_in(rows) {
@@ -835,6 +837,9 @@ impl SplitAccumulator {
             rest = tail;
         }
         pieces
+            .into_par_iter()
+            .map(|(p, local, v)| fill(p, local, v))
+            .reduce(|| false, |a, b| a | b)
     }
 
     /// The weighted mean of rows `rows` (absolute) written into `out` (C, rows, ...).
@@ -844,10 +849,10 @@ impl SplitAccumulator {
         out: ArrayViewMutD<'_, T>,
         convert: impl Fn(f64) -> T + Copy + Send + Sync,
     ) {
-        use rayon::prelude::*;
-        self.pieces(rows, out, 1)
-            .into_par_iter()
-            .for_each(|(p, local, v)| p.mean_rows_into(local, v, convert));
+        self.fill_rows(rows, out, 1, |p, local, v| {
+            p.mean_rows_into(local, v, convert);
+            true
+        });
     }
 
     /// The weight sums of rows `rows` (absolute) written into `out` (rows, ...).
@@ -857,10 +862,10 @@ impl SplitAccumulator {
         out: ArrayViewMutD<'_, T>,
         convert: impl Fn(f64) -> T + Copy + Send + Sync,
     ) {
-        use rayon::prelude::*;
-        self.pieces(rows, out, 0)
-            .into_par_iter()
-            .for_each(|(p, local, v)| p.weights_rows_into(local, v, convert));
+        self.fill_rows(rows, out, 0, |p, local, v| {
+            p.weights_rows_into(local, v, convert);
+            true
+        });
     }
 
     /// The std of rows `rows` (absolute) written into `out` (C, rows, ...); false without
@@ -871,11 +876,9 @@ impl SplitAccumulator {
         out: ArrayViewMutD<'_, T>,
         convert: impl Fn(f64) -> T + Copy + Send + Sync,
     ) -> bool {
-        use rayon::prelude::*;
-        self.pieces(rows, out, 1)
-            .into_par_iter()
-            .map(|(p, local, v)| p.std_rows_into(local, v, convert))
-            .reduce(|| false, |a, b| a | b)
+        self.fill_rows(rows, out, 1, |p, local, v| {
+            p.std_rows_into(local, v, convert)
+        })
     }
 
     pub fn std(&self) -> Option<ArrayD<f64>> {

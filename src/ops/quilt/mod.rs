@@ -529,12 +529,12 @@ pub struct StitchOp {
     carry: Mutex<Option<Carry>>,
     /// Which carries cross a rank boundary in this run (`assign`).
     handover: OnceLock<Handover>,
-    /// The memory a held band takes, when `--memory-limit` leaves room for it beside two
-    /// units in flight; `None`: no band is held, carries across ranks are re-read.
-    hold_memory: Option<u64>,
+    /// Whether `--memory-limit` leaves room for a held band beside two units in flight;
+    /// if not, no band is held and carries across ranks are re-read.
+    holds_band: bool,
     /// This rank's first band, summed without the band before, until that band's carry
     /// arrives from the rank before (`settle`).
-    held: Mutex<Option<Held>>,
+    held_band: Mutex<Option<Held>>,
     /// Patch (and variance) bytes this rank has read.
     read_bytes: AtomicU64,
     units: Vec<UnitInfo>,
@@ -912,7 +912,7 @@ impl StitchOp {
             variance,
             // A held band, when there is room for it, shared out over the two units in flight.
             memory_per_unit: unit_memory(blocks) + hold_memory.map_or(0, |m| m.div_ceil(2)),
-            hold_memory,
+            holds_band: hold_memory.is_some(),
             batch,
             geometry,
             grid,
@@ -925,7 +925,7 @@ impl StitchOp {
             starts,
             carry: Mutex::new(None),
             handover: OnceLock::new(),
-            held: Mutex::new(None),
+            held_band: Mutex::new(None),
             read_bytes: AtomicU64::new(0),
             units,
             writers: Mutex::new(Vec::new()),
@@ -1034,7 +1034,7 @@ impl StitchOp {
             carry = Some(acc.copy_rows(band.end..acc.rows().end));
             if holding && g == first {
                 // Only the band's own rows wait; its reach into the next is carried on above.
-                *self.held.lock().expect("held") = Some(Held {
+                *self.held_band.lock().expect("held band") = Some(Held {
                     image: n,
                     band: g,
                     sums: SplitAccumulator {
@@ -1061,11 +1061,7 @@ impl StitchOp {
     /// The empty carry into band `g` (band g - 1's sums over band g's first rows).
     fn empty_carry(&self, g: u64) -> Accumulator {
         let rows = self.bands.rows_of(g).start..self.bands.reach(g - 1).end;
-        let spatial = &self.geometry.image_shape[2..];
-        let mut origin = vec![rows.start];
-        origin.extend(std::iter::repeat_n(0, spatial.len() - 1));
-        let mut block = vec![rows.end - rows.start];
-        block.extend(&spatial[1..]);
+        let (origin, block) = self.rows_box(&rows);
         Accumulator::new(
             self.geometry.channels() as usize,
             &origin,
@@ -1094,9 +1090,9 @@ impl StitchOp {
     fn complete_held(&self, bytes: Option<&Vec<u8>>) -> Result<Vec<(Region, Block)>> {
         let missing = |what: &str| Error::parameter("internal", format!("stitch: {what}"));
         let mut held = self
-            .held
+            .held_band
             .lock()
-            .expect("held")
+            .expect("held band")
             .take()
             .ok_or_else(|| missing("no band held for the carry of the rank before"))?;
         let bytes = bytes.ok_or_else(|| missing("no carry came from the rank before"))?;
@@ -1168,11 +1164,7 @@ impl StitchOp {
     /// axis) `windows`, one part per thread, cut so that each part has the same work (a kept
     /// one when one has that shape and those cuts).
     fn accumulator(&self, rows: Range<u64>, windows: &Range<u64>) -> SplitAccumulator {
-        let spatial = &self.geometry.image_shape[2..];
-        let mut origin = vec![rows.start];
-        origin.extend(std::iter::repeat_n(0, spatial.len() - 1));
-        let mut block = vec![rows.end - rows.start];
-        block.extend(&spatial[1..]);
+        let (origin, block) = self.rows_box(&rows);
         let cuts = SplitAccumulator::balanced_cuts(
             &self.coverage(&rows, windows),
             rayon::current_num_threads(),
@@ -1193,6 +1185,17 @@ impl StitchOp {
                 &cuts,
             ),
         }
+    }
+
+    /// The spatial origin and shape of `rows` (first spatial axis) of an image, whole along
+    /// the other axes: what an accumulator over those rows covers.
+    fn rows_box(&self, rows: &Range<u64>) -> (Vec<u64>, Vec<u64>) {
+        let spatial = &self.geometry.image_shape[2..];
+        let mut origin = vec![rows.start];
+        origin.extend(std::iter::repeat_n(0, spatial.len() - 1));
+        let mut block = vec![rows.end - rows.start];
+        block.extend(&spatial[1..]);
+        (origin, block)
     }
 
     /// How many of the windows `windows` (indices along the first axis) cover each of `rows`.
@@ -1400,7 +1403,7 @@ impl Operation for StitchOp {
     fn assign(&self, comm: &dyn Comm, pending: &[Vec<Vec<usize>>]) -> Result<()> {
         let mut gpu = [u64::from(self.on_gpu())];
         comm.all_reduce_u64(&mut gpu, ReduceOp::Max);
-        let handover = if gpu[0] > 0 || self.hold_memory.is_none() {
+        let handover = if gpu[0] > 0 || !self.holds_band {
             Handover::default()
         } else {
             let joined = |u: usize| u < self.slabs.len() && self.slabs[u - 1].0 == self.slabs[u].0;
