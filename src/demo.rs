@@ -185,6 +185,8 @@ pub fn run(dir: &Path, comm: &dyn Comm) -> Result<()> {
             layout: crate::job::PyramidLayout::Ome,
             voxel_size: None,
             unit: None,
+            device: Default::default(),
+            gpu_memory_limit: None,
             run: RunOptions {
                 overwrite: true,
                 ..RunOptions::default()

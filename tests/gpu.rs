@@ -1,9 +1,9 @@
 //! The GPU layer end to end. Without a GPU (CI): every kernel compiles with NVRTC (the PyPI
 //! wheel the setup script installs), `--device cuda` is one clear error that writes nothing,
 //! and `--device auto` runs on the CPU and says so in the report. With a GPU (the lent machine,
-//! `scripts/gpu-check.sh`): quilt unstitch/stitch and the Debevec merge give the CPU's bytes on
-//! random inputs (NaN, 2-D and 3-D, variances), on 1 and 2 ranks, and a run interrupted on the
-//! GPU resumes on the CPU to the same bytes. Tests that need what is missing say so and pass.
+//! `scripts/gpu-check.sh`): quilt unstitch/stitch, the Debevec merge and pyramids (every method)
+//! give the CPU's bytes on random inputs (NaN, 2-D and 3-D, variances, integer types), on 1 and
+//! 2 ranks, and runs interrupted on the GPU resume on the CPU to the same bytes. Tests that need what is missing say so and pass.
 
 mod common;
 
@@ -406,4 +406,95 @@ fn the_debevec_merge_on_the_gpu_gives_the_cpu_bytes() {
             std::fs::remove_dir_all(&case).unwrap();
         }
     }
+}
+
+#[test]
+fn pyramids_on_the_gpu_give_the_cpu_bytes() {
+    if !gpu() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // 3-D f32 with NaN (several units of 1 MiB, halos between them), and 2-D u16.
+    let volume = dir.path().join("volume.npy");
+    write_npy(&volume, &random_image(&[96, 100, 90], 21, 53)).unwrap();
+    let mut rng = Rng::new(22);
+    let slice = random_slice(&mut rng, &[300, 310], tessera::io::DType::U16);
+    let plane = dir.path().join("plane.npy");
+    write_npy(&plane, &slice.into_array::<u16>().unwrap()).unwrap();
+    for (input, chunks) in [(&volume, "16,16,16"), (&plane, "64,64")] {
+        for method in ["mean", "mode", "gaussian", "laplacian"] {
+            for ranks in [1, 2] {
+                if ranks == 2 && !two_ranks() {
+                    continue;
+                }
+                let case = dir.path().join(format!("{method}-{}", chunks.len()));
+                std::fs::create_dir_all(&case).unwrap();
+                same_on_both(&case, ranks, &|out| {
+                    [
+                        "pyramid",
+                        "--input",
+                        &s(input),
+                        "--output",
+                        &s(&out.join("p.zarr")),
+                        "--method",
+                        method,
+                        "--chunks",
+                        chunks,
+                        "--codec",
+                        "none",
+                    ]
+                    .map(String::from)
+                    .to_vec()
+                });
+                std::fs::remove_dir_all(&case).unwrap();
+            }
+        }
+    }
+}
+
+#[test]
+fn a_pyramid_interrupted_on_the_gpu_resumes_on_the_cpu_to_the_same_bytes() {
+    if !gpu() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let volume = dir.path().join("volume.npy");
+    write_npy(&volume, &random_image(&[80, 96, 96], 23, 0)).unwrap();
+    let pyramid = |out: &Path, device: &str, extra: &[&str], env: &[(&str, &str)]| {
+        let mut a: Vec<String> = [
+            "pyramid",
+            "--input",
+            &s(&volume),
+            "--output",
+            &s(out),
+            "--method",
+            "laplacian",
+            "--chunks",
+            "16,16,16",
+            "--device",
+            device,
+        ]
+        .map(String::from)
+        .to_vec();
+        a.extend(extra.iter().map(|x| x.to_string()));
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        let lib = library_path();
+        let mut e = vec![("LD_LIBRARY_PATH", lib.as_str())];
+        e.extend(env);
+        tessera_env(&a, &e)
+    };
+    // The same name in two folders: the name is in the OME metadata.
+    let (whole, resumed) = (dir.path().join("a/p.zarr"), dir.path().join("b/p.zarr"));
+    std::fs::create_dir_all(dir.path().join("a")).unwrap();
+    std::fs::create_dir_all(dir.path().join("b")).unwrap();
+    ok(pyramid(&whole, "cpu", &[], &[]));
+    let killed = pyramid(
+        &resumed,
+        gpu_device(),
+        &[],
+        &[("TESSERA_ABORT_AFTER_UNITS", "2")],
+    );
+    assert!(!killed.status.success());
+    ok(pyramid(&resumed, "cpu", &["--resume"], &[]));
+    assert_same_tree(&whole, &resumed);
 }

@@ -150,6 +150,8 @@ pub fn run(b: &PyramidBench, comm: &dyn Comm) -> Result<()> {
             layout: PyramidLayout::Ome,
             voxel_size: None,
             unit: None,
+            device: crate::gpu::DeviceChoice::Cpu,
+            gpu_memory_limit: None,
             run: RunOptions {
                 overwrite: true,
                 ..RunOptions::default()

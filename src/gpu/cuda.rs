@@ -12,13 +12,16 @@ use cudarc::driver::{
     sys, CudaContext, CudaEvent, CudaModule, DevicePtrMut, DriverError, HostSlice,
 };
 pub use cudarc::driver::{
-    CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PinnedHostSlice, PushKernelArg,
+    CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchArgs, LaunchConfig, PinnedHostSlice,
+    PushKernelArg,
 };
 use cudarc::nvrtc::{CompileError, CompileOptions, Ptx};
+use ndarray::{ArrayD, IxDyn};
 
 use super::kernels::KernelSource;
 use super::DeviceReport;
 use crate::error::{Error, Result};
+use crate::io::{Block, DType, Element};
 
 fn driver_error(what: &str, e: DriverError) -> Error {
     Error::gpu(format!("{what}: {e:?}"))
@@ -579,6 +582,24 @@ pub fn launch_config(n: u64) -> LaunchConfig {
 /// Maps a driver error from a launch or copy to tessera's.
 pub fn launch_error(what: &str) -> impl FnOnce(DriverError) -> Error + '_ {
     move |e| driver_error(what, e)
+}
+
+/// Writes a block's elements (C order) into `dst`; returns the bytes written.
+pub fn write_block_bytes(block: &Block, dst: &mut [u8]) -> usize {
+    crate::with_block!(block, a => {
+        let a = a.as_standard_layout();
+        let src: &[u8] = bytemuck::cast_slice(a.as_slice().expect("standard layout"));
+        dst[..src.len()].copy_from_slice(src);
+        src.len()
+    })
+}
+
+/// A block of `dtype` and `shape` from C-order bytes.
+pub fn block_from_bytes(dtype: DType, shape: &[usize], bytes: &[u8]) -> Block {
+    crate::with_dtype!(dtype, T => {
+        let v: Vec<T> = bytemuck::pod_collect_to_vec(bytes);
+        T::into_block(ArrayD::from_shape_vec(IxDyn(shape), v).expect("sizes match"))
+    })
 }
 
 #[cfg(test)]

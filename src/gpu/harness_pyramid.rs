@@ -9,7 +9,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::io::Element;
-use crate::ops::pyramid::device::{gaussian_passes, AxisGeom, ReduceGeom};
+use crate::ops::pyramid::device::{
+    diff_geom, gaussian_passes, upsample_passes, AxisGeom, AxisPass, ReduceGeom,
+};
 use crate::ops::pyramid::kernel::{self, input_range, Method, Source};
 
 type ReduceFn<T> = unsafe extern "C" fn(*const ReduceGeom, *const T, *mut T, i64);
@@ -39,6 +41,13 @@ extern "C" {
         weights: *const f64,
         input: *const f64,
         out: *mut f64,
+    );
+    fn tessera_host_laplacian_diff(
+        g: *const ReduceGeom,
+        fine: *const f32,
+        up: *const f64,
+        out: *mut f32,
+        n: i64,
     );
     fn tessera_host_reduce_geom_layout(out: *mut i64);
 }
@@ -96,8 +105,10 @@ impl Voxel for f32 {
     const MODE: ReduceFn<Self> = tessera_host_mode_f32;
     const ROUND: RoundFn<Self> = tessera_host_round_f32;
     fn random(rng: &mut StdRng) -> Self {
-        match rng.random_range(0..10) {
+        match rng.random_range(0..11) {
             0 => f32::NAN,
+            // A negative NaN with a payload: results must still be f32::NAN.
+            10 => f32::from_bits(0xffc0_0123),
             1 => -0.0,
             2 => 0.0,
             3..=5 => rng.random_range(0..3) as f32 * 0.5,
@@ -114,8 +125,9 @@ impl Voxel for f64 {
     const MODE: ReduceFn<Self> = tessera_host_mode_f64;
     const ROUND: RoundFn<Self> = tessera_host_round_f64;
     fn random(rng: &mut StdRng) -> Self {
-        match rng.random_range(0..10) {
+        match rng.random_range(0..11) {
             0 => f64::NAN,
+            10 => f64::from_bits(0xfff8_0000_0000_0123),
             1 => -0.0,
             2 => 0.0,
             3..=5 => rng.random_range(0..3) as f64 * 0.25,
@@ -236,10 +248,22 @@ fn host_gaussian<T: Voxel>(input: &[T], start: &[u64], shape: &[u64], case: &Cas
         .iter()
         .map(|v| v.to_f64().unwrap_or(f64::NAN))
         .collect();
-    for pass in gaussian_passes(start, shape, &case.level, &case.factor, &case.out) {
+    cur = host_passes(
+        cur,
+        &gaussian_passes(start, shape, &case.level, &case.factor, &case.out),
+    );
+    let mut out = vec![T::default(); cur.len()];
+    // SAFETY: equal lengths.
+    unsafe { T::ROUND(cur.as_ptr(), out.as_mut_ptr(), cur.len() as i64) };
+    out
+}
+
+/// Passes of `gauss_axis` over an f64 box, one after the other.
+fn host_passes(mut cur: Vec<f64>, passes: &[AxisPass]) -> Vec<f64> {
+    for pass in passes {
         let mut next = vec![0.0; pass.len()];
-        // SAFETY: the tables index inside `cur` (gaussian_passes' contract, checked by the
-        // CPU comparison) and `next` holds the pass's output.
+        // SAFETY: the tables index inside `cur` (the passes' contract, checked by the CPU
+        // comparisons) and `next` holds the pass's output.
         unsafe {
             tessera_host_gauss_axis(
                 &pass.geom,
@@ -253,10 +277,114 @@ fn host_gaussian<T: Voxel>(input: &[T], start: &[u64], shape: &[u64], case: &Cas
         }
         cur = next;
     }
-    let mut out = vec![T::default(); cur.len()];
-    // SAFETY: equal lengths.
-    unsafe { T::ROUND(cur.as_ptr(), out.as_mut_ptr(), cur.len() as i64) };
-    out
+    cur
+}
+
+/// A random box of `level` around `core` (absolute ranges), with up to 2 voxels more per side.
+fn around(rng: &mut StdRng, core: &[Range<u64>], level: &[u64]) -> Vec<Range<u64>> {
+    core.iter()
+        .zip(level)
+        .map(|(r, &n)| {
+            let lo = r.start - rng.random_range(0..=r.start.min(2));
+            lo..r.end + rng.random_range(0..=(n - r.end).min(2))
+        })
+        .collect()
+}
+
+fn extents(b: &[Range<u64>]) -> Vec<u64> {
+    b.iter().map(|r| r.end - r.start).collect()
+}
+
+fn random_f32(rng: &mut StdRng, b: &[Range<u64>]) -> ArrayD<f32> {
+    let shape: Vec<usize> = b.iter().map(|r| (r.end - r.start) as usize).collect();
+    ArrayD::from_shape_simple_fn(IxDyn(&shape), || f32::random(rng))
+}
+
+/// The Laplacian's difference map of a random fine block, as the GPU computes it (upsampling
+/// passes, then `laplacian_diff`) and as kernel.rs and `build_laplacian` do, bit for bit.
+fn check_laplacian_diff(seed: u64) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let case = random_case(&mut rng, Method::Gaussian);
+    let (fine_level, factor) = (&case.level, &case.factor);
+    let coarse_level = kernel::next_shape(fine_level, factor);
+    // The block whose difference map is made, the coarse box its upsampling reads, and the
+    // fine box it sits in.
+    let block: Vec<Range<u64>> = fine_level
+        .iter()
+        .map(|&d| {
+            let lo = rng.random_range(0..d);
+            lo..rng.random_range(lo + 1..=d)
+        })
+        .collect();
+    let needed: Vec<Range<u64>> = (0..block.len())
+        .map(|a| kernel::upsample_range(factor[a], coarse_level[a], &block[a]))
+        .collect();
+    let coarse_box = around(&mut rng, &needed, &coarse_level);
+    let fine_box = around(&mut rng, &block, fine_level);
+    let coarse = random_f32(&mut rng, &coarse_box);
+    let fine = random_f32(&mut rng, &fine_box);
+    let coarse_start: Vec<u64> = coarse_box.iter().map(|r| r.start).collect();
+    let fine_start: Vec<u64> = fine_box.iter().map(|r| r.start).collect();
+    // The CPU: kernel::upsample, then build_laplacian's difference.
+    let up = kernel::upsample(&coarse.view(), &coarse_start, &coarse_level, factor, &block);
+    let mut cut = fine.view();
+    for (a, r) in block.iter().enumerate() {
+        let lo = (r.start - fine_start[a]) as usize;
+        cut.slice_axis_inplace(
+            ndarray::Axis(a),
+            ndarray::Slice::from(lo..lo + (r.end - r.start) as usize),
+        );
+    }
+    let mut want = cut.to_owned();
+    ndarray::Zip::from(&mut want)
+        .and(&up)
+        .for_each(|d, &u| *d = kernel::round_to::<f32>(f64::from(*d) - u));
+    // The GPU's way.
+    let passes = upsample_passes(
+        &coarse_start,
+        &extents(&coarse_box),
+        &coarse_level,
+        factor,
+        &block,
+    );
+    let up = host_passes(coarse.iter().map(|&v| f64::from(v)).collect(), &passes);
+    let g = diff_geom(&fine_start, &extents(&fine_box), fine_level, &block).expect("4 axes");
+    let mut got = vec![0f32; g.voxels() as usize];
+    assert_eq!(up.len(), got.len());
+    let fine = fine.as_standard_layout();
+    // SAFETY: the fine box holds the block, `up` and `got` one value per voxel of it.
+    unsafe {
+        tessera_host_laplacian_diff(
+            &g,
+            fine.as_slice().expect("C order").as_ptr(),
+            up.as_ptr(),
+            got.as_mut_ptr(),
+            g.voxels(),
+        )
+    };
+    assert_same_bits("laplacian difference", &got, &want, seed);
+}
+
+#[test]
+fn laplacian_upsampling_and_differences_equal_the_cpu_bit_for_bit() {
+    for seed in 0..400 {
+        check_laplacian_diff(seed);
+    }
+}
+
+#[test]
+fn laplacian_difference_hand_checked() {
+    // Fine level 1 x 4, factor 2, coarse 1 x 2 = [0, 4]: upsampled at x = 0..4 (u = x/2 - 1/4)
+    // 0, 1, 3, 4; fine [1, 1, 1, -0.0] minus that: 1, 0, -2, -4.
+    let passes = upsample_passes(&[0, 0], &[1, 2], &[1, 2], &[1, 2], &[0..1, 0..4]);
+    let up = host_passes(vec![0.0, 4.0], &passes);
+    assert_eq!(up, vec![0.0, 1.0, 3.0, 4.0]);
+    let g = diff_geom(&[0, 0], &[1, 4], &[1, 4], &[0..1, 0..4]).unwrap();
+    let fine = [1.0f32, 1.0, 1.0, -0.0];
+    let mut out = [0f32; 4];
+    // SAFETY: one value per voxel.
+    unsafe { tessera_host_laplacian_diff(&g, fine.as_ptr(), up.as_ptr(), out.as_mut_ptr(), 4) };
+    assert_eq!(out, [1.0, 0.0, -2.0, -4.0]);
 }
 
 #[test]

@@ -46,7 +46,8 @@ pub const DEBEVEC: KernelSource = KernelSource {
     functions: &["debevec_merge"],
 };
 
-/// The pyramid's reductions, one kernel per input type and step.
+/// The pyramid's reductions, one kernel per input type and step, and the Laplacian's
+/// difference maps.
 pub const PYRAMID: KernelSource = KernelSource {
     name: "pyramid/reduce",
     cu: include_str!("../ops/pyramid/reduce.cu"),
@@ -96,6 +97,7 @@ pub const PYRAMID: KernelSource = KernelSource {
         "round_f32",
         "round_f64",
         "gauss_axis",
+        "laplacian_diff",
     ],
 };
 

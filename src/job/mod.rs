@@ -437,6 +437,17 @@ pub struct PyramidJob {
     #[arg(long)]
     #[serde(default)]
     pub unit: Option<String>,
+    /// Where to run the kernels: auto (a GPU when there is one), cpu, cuda, or cuda:N. Not
+    /// part of the output: every method gives the same bytes on both, so a run may resume on
+    /// another device.
+    #[arg(long, default_value_t, value_name = "auto|cpu|cuda|cuda:N")]
+    #[serde(default, skip_serializing)]
+    pub device: crate::gpu::DeviceChoice,
+    /// Device memory this rank may use on a GPU, e.g. 8G (default: 80% of the free memory,
+    /// shared by the ranks on that GPU); a unit that does not fit is refused.
+    #[arg(long)]
+    #[serde(default, skip_serializing)]
+    pub gpu_memory_limit: Option<String>,
     #[command(flatten)]
     #[serde(skip)]
     pub run: RunOptions,

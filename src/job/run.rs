@@ -74,7 +74,16 @@ pub fn run_job(mut job: Job, comm: &dyn Comm) -> Result<()> {
             ("quilt stitch", parameters(j), s)
         }
         Job::Pyramid(j) => {
-            let s = run_op(&pyramid::PyramidOp::plan(j)?, comm, &j.run)?;
+            let mut op = pyramid::PyramidOp::plan(j)?;
+            let device = crate::gpu::select(
+                j.device,
+                j.gpu_memory_limit.as_deref(),
+                comm,
+                "pyramid",
+                op.has_gpu_kernel(),
+            )?;
+            crate::exec::agree(comm, op.use_device(device))?;
+            let s = run_op(&op, comm, &j.run)?;
             ("pyramid", parameters(j), s)
         }
         Job::Reconstruct(j) => {

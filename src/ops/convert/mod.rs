@@ -542,6 +542,8 @@ fn plan_pyramids(
             layout: crate::job::PyramidLayout::Ome,
             voxel_size: None,
             unit: None,
+            device: crate::gpu::DeviceChoice::Cpu,
+            gpu_memory_limit: None,
             run: job.run.clone(),
         });
         // Levels and factors are checked now, against the level 0 about to be written, not

@@ -113,6 +113,44 @@ pub fn gaussian_passes(
     factor: &[u64],
     out: &[Range<u64>],
 ) -> Vec<AxisPass> {
+    axis_passes(in_start, in_shape, out, |a, i| {
+        if factor[a] > 1 {
+            kernel::taps(factor[a], level_shape[a], i)
+        } else {
+            (i, vec![1.0])
+        }
+    })
+}
+
+/// The Laplacian's upsampling of a coarse box (starting at `coarse_start`, shape
+/// `coarse_box`, in a level of `coarse_shape`) onto the fine box `out`, as passes over the
+/// coarse box (as f64): kernel.rs' `upsample_taps` along axes with a factor above 1, a tap of
+/// weight 1 along the others (kernel.rs slices those; the difference is -0.0 against 0.0,
+/// which the pass along an axis with a factor above 1 makes 0.0 either way).
+pub fn upsample_passes(
+    coarse_start: &[u64],
+    coarse_box: &[u64],
+    coarse_shape: &[u64],
+    factor: &[u64],
+    out: &[Range<u64>],
+) -> Vec<AxisPass> {
+    axis_passes(coarse_start, coarse_box, out, |a, x| {
+        if factor[a] > 1 {
+            kernel::upsample_taps(factor[a], coarse_shape[a], x)
+        } else {
+            (x, vec![1.0])
+        }
+    })
+}
+
+/// Passes along every axis in order, from the box at `in_start` of shape `in_shape` to the
+/// box `out`: `taps(axis, i)` gives output index i's first input index (absolute) and weights.
+fn axis_passes(
+    in_start: &[u64],
+    in_shape: &[u64],
+    out: &[Range<u64>],
+    taps: impl Fn(usize, u64) -> (u64, Vec<f64>),
+) -> Vec<AxisPass> {
     let mut shape: Vec<u64> = in_shape.to_vec();
     let mut passes = Vec::with_capacity(out.len());
     for a in 0..out.len() {
@@ -129,11 +167,7 @@ pub fn gaussian_passes(
             weights: Vec::new(),
         };
         for i in out[a].clone() {
-            let (first, w) = if factor[a] > 1 {
-                kernel::taps(factor[a], level_shape[a], i)
-            } else {
-                (i, vec![1.0])
-            };
+            let (first, w) = taps(a, i);
             pass.first.push((first - in_start[a]) as i64);
             pass.count.push(w.len() as i64);
             pass.at.push(pass.weights.len() as i64);
@@ -143,6 +177,18 @@ pub fn gaussian_passes(
         passes.push(pass);
     }
     passes
+}
+
+/// The geometry of the Laplacian's difference map over the block `out` of a level whose
+/// computed box starts at `fine_start` with shape `fine_box` (`laplacian_diff` in reduce.cu
+/// reads voxel e of `out` from it: a `ReduceGeom` with factor 1).
+pub fn diff_geom(
+    fine_start: &[u64],
+    fine_box: &[u64],
+    level_shape: &[u64],
+    out: &[Range<u64>],
+) -> Option<ReduceGeom> {
+    ReduceGeom::new(fine_start, fine_box, level_shape, &vec![1; out.len()], out)
 }
 
 #[cfg(test)]

@@ -34,6 +34,11 @@ extern "C" void tessera_host_gauss_axis(const AxisGeom* g, const i64* first, con
     for (i64 e = 0; e < n; e++) out[e] = weigh_axis_voxel(*g, first, count, at, weights, in, e);
 }
 
+extern "C" void tessera_host_laplacian_diff(const ReduceGeom* g, const float* fine,
+                                            const double* up, float* out, i64 n) {
+    for (i64 e = 0; e < n; e++) out[e] = laplacian_diff_voxel(*g, fine, up, e);
+}
+
 // The geometry structs' layout as C++ sees it: size, then every field's offset.
 extern "C" void tessera_host_reduce_geom_layout(i64* out) {
     out[0] = sizeof(ReduceGeom);

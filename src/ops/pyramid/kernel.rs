@@ -96,6 +96,11 @@ pub fn upsample_range(f: u64, coarse_extent: u64, out: &Range<u64>) -> Range<u64
 /// (halves away from zero). Means and normalised Gaussians of values of a type stay inside
 /// its range, so nothing saturates.
 pub fn round_to<T: Element>(x: f64) -> T {
+    if x.is_nan() {
+        // One NaN whatever the payload (f32::NAN / f64::NAN; 0 for integers, which cannot
+        // get here): CPUs and GPUs propagate NaN payloads differently.
+        return <T as num_traits::NumCast>::from(f64::NAN).unwrap_or_default();
+    }
     let x = if T::DTYPE.is_float() { x } else { x.round() };
     <T as num_traits::NumCast>::from(x).unwrap_or_default()
 }
@@ -337,6 +342,23 @@ pub fn reduce_gaussian<T: Element, U: Element>(
     reduce_gaussian_f64(src, factor, out).mapv(round_to::<U>)
 }
 
+/// Linear interpolation of fine voxel `x` from a coarse axis of `coarse_extent` voxels with
+/// factor `f` (> 1): the first coarse voxel read (absolute) and the weights of it and the next
+/// (one weight where the edge clamps both to the same voxel).
+pub(crate) fn upsample_taps(f: u64, coarse_extent: u64, x: u64) -> (u64, Vec<f64>) {
+    let top = coarse_extent - 1;
+    let u = (x as f64 - (f as f64 - 1.0) / 2.0) / f as f64;
+    let i0 = u.floor();
+    let t = u - i0;
+    let clamp = |i: f64| (i.max(0.0) as u64).min(top);
+    let (a0, a1) = (clamp(i0), clamp(i0 + 1.0));
+    if a0 == a1 {
+        (a0, vec![1.0])
+    } else {
+        (a0, vec![1.0 - t, t])
+    }
+}
+
 /// Upsamples the coarse level (box `coarse` starting at `coarse_start`, whole level shape
 /// `coarse_shape`) onto the fine-level box `out`, in f64.
 pub fn upsample(
@@ -357,21 +379,9 @@ pub fn upsample(
                 .to_owned();
             continue;
         }
-        let top = coarse_shape[a] - 1;
         let outputs: Vec<(u64, Vec<f64>)> = out[a]
             .clone()
-            .map(|x| {
-                let u = (x as f64 - (f as f64 - 1.0) / 2.0) / f as f64;
-                let i0 = u.floor();
-                let t = u - i0;
-                let clamp = |i: f64| (i.max(0.0) as u64).min(top);
-                let (a0, a1) = (clamp(i0), clamp(i0 + 1.0));
-                if a0 == a1 {
-                    (a0, vec![1.0])
-                } else {
-                    (a0, vec![1.0 - t, t])
-                }
-            })
+            .map(|x| upsample_taps(f, coarse_shape[a], x))
             .collect();
         cur = weigh_axis(&cur, a, coarse_start[a], &outputs);
     }
@@ -411,6 +421,14 @@ mod tests {
         ];
         assert_eq!(m.iter().copied().collect::<Vec<_>>(), expect);
         assert_eq!(next_shape(&[3, 5], &[2, 2]), vec![2, 3]);
+    }
+
+    #[test]
+    fn a_nan_result_is_the_one_nan_whatever_its_payload() {
+        let odd = f64::from_bits(0xfff8_0000_0000_0123);
+        assert_eq!(round_to::<f32>(odd).to_bits(), f32::NAN.to_bits());
+        assert_eq!(round_to::<f64>(odd).to_bits(), f64::NAN.to_bits());
+        assert_eq!(round_to::<u16>(odd), 0);
     }
 
     #[test]

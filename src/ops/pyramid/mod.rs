@@ -12,6 +12,8 @@
 //! Laplacian), never recomputed from neighbours, and kernels give each voxel the same bits
 //! whatever the box (see `kernel`), so the output does not depend on the rank count.
 
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod device;
 pub mod kernel;
 pub mod reconstruct;
@@ -190,13 +192,22 @@ pub struct PyramidOp {
     level_readers: Mutex<std::collections::HashMap<usize, std::sync::Arc<io::zarr::ZarrReader>>>,
     /// Level-0 blocks already written, reused as read buffers for the next units.
     spare_blocks: crate::exec::Spares<Block>,
+    /// This rank's device (`--device`), and its GPU half when it is a GPU.
+    device: crate::gpu::Selected,
+    #[cfg(feature = "cuda")]
+    gpu: Option<cuda::PyramidGpu>,
 }
 
 fn ranges_of(region: &[Range<u64>]) -> Region {
     Region {
         start: region.iter().map(|r| r.start).collect(),
-        shape: region.iter().map(|r| r.end - r.start).collect(),
+        shape: extents(region),
     }
+}
+
+/// The extent of a box along each axis.
+fn extents(region: &[Range<u64>]) -> Vec<u64> {
+    region.iter().map(|r| r.end - r.start).collect()
 }
 
 fn union(a: &Range<u64>, b: &Range<u64>) -> Range<u64> {
@@ -294,6 +305,9 @@ impl PyramidOp {
             writers: Mutex::new(Vec::new()),
             staged: Mutex::new(None),
             spare_blocks: Default::default(),
+            device: crate::gpu::Selected::cpu("--device cpu"),
+            #[cfg(feature = "cuda")]
+            gpu: None,
             level_readers: Default::default(),
         })
     }
@@ -396,6 +410,54 @@ impl PyramidOp {
         Ok(reader)
     }
 
+    /// Whether the GPU kernels take this pyramid (at most `device::MAX_AXES` axes).
+    pub fn has_gpu_kernel(&self) -> bool {
+        self.factor.len() <= device::MAX_AXES
+    }
+
+    /// Runs the kernels on `device` (the CPU unless told otherwise).
+    ///
+    /// # Errors
+    /// A device memory share too small for the largest unit (`--gpu-memory-limit`).
+    pub fn use_device(&mut self, device: crate::gpu::Selected) -> Result<()> {
+        #[cfg(feature = "cuda")]
+        if let crate::gpu::Backend::Cuda(gpu) = &device.backend {
+            let gpu = cuda::PyramidGpu::new(gpu.clone());
+            self.check_device_memory(gpu.memory_limit())?;
+            self.gpu = Some(gpu);
+        }
+        self.device = device;
+        Ok(())
+    }
+
+    /// Refuses a device memory share smaller than what the largest unit needs there.
+    #[cfg(feature = "cuda")]
+    fn check_device_memory(&self, limit: u64) -> Result<()> {
+        let dtype = self.input.meta().dtype;
+        let most = self
+            .plan
+            .iter()
+            .map(|(si, origin)| {
+                let st = &self.stages[*si];
+                let u = UnitPlan::new(self.method, &self.factor, &self.shapes, st, origin);
+                cuda::unit_device_bytes(dtype, &u)
+            })
+            .max()
+            .unwrap_or(0);
+        if most > limit {
+            return Err(Error::parameter(
+                "gpu-memory-limit",
+                format!(
+                    "{} is too small: the largest unit needs {} on the device (lower \
+                     TESSERA_UNIT_BYTES for smaller units, or run with --device cpu)",
+                    crate::exec::memory::human_bytes(limit),
+                    crate::exec::memory::human_bytes(most)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Builds the levels of one unit from its source block (typed): the Laplacian's levels
     /// and difference maps, or the levels of the other methods.
     fn build<T: Element + PartialOrd>(
@@ -421,7 +483,7 @@ impl PyramidOp {
     ) -> Vec<(usize, Region, Block)> {
         let s = st.source;
         let mut out = Vec::new();
-        let mut levels: Vec<ArrayD<f32>> = vec![source.mapv(|v| v.to_f32().unwrap_or(f32::NAN))];
+        let mut levels: Vec<ArrayD<f32>> = vec![laplacian_source(&source)];
         push_level0(&mut out, st, u, source);
         for j in 1..=st.k {
             let start = u.needed_start(j - 1);
@@ -449,7 +511,7 @@ impl PyramidOp {
             );
             let mut diff = fine;
             ndarray::Zip::from(&mut diff).and(&up).for_each(|d, &u| {
-                *d = (f64::from(*d) - u) as f32;
+                *d = kernel::round_to::<f32>(f64::from(*d) - u);
             });
             out.push((
                 self.levels() + s + j,
@@ -502,6 +564,12 @@ impl PyramidOp {
         }
         out
     }
+}
+
+/// The Laplacian's source level as f32 (its levels and differences are f32 whatever the
+/// input type).
+fn laplacian_source<T: Element>(source: &ArrayD<T>) -> ArrayD<f32> {
+    source.mapv(|v| v.to_f32().unwrap_or(f32::NAN))
 }
 
 /// Adds a unit's level-0 block to its output when its source is level 0. Level 0 is written
@@ -1165,6 +1233,9 @@ impl Operation for PyramidOp {
     fn fingerprint(&self) -> Value {
         json!({"resolved": self.parameters, "units": self.units.len()})
     }
+    fn device(&self) -> Option<crate::gpu::DeviceReport> {
+        Some(self.device.report())
+    }
     fn stage_ends(&self) -> Vec<usize> {
         self.stage_ends.clone()
     }
@@ -1207,6 +1278,10 @@ impl Operation for PyramidOp {
         };
         let read = t.elapsed().as_secs_f64();
         let t = std::time::Instant::now();
+        #[cfg(feature = "cuda")]
+        if let Some(gpu) = &self.gpu {
+            return gpu.build(self, block, st, &u);
+        }
         let out = crate::with_block!(block, a => self.build(a, st, &u));
         tracing::debug!(
             "pyramid unit {unit}: read {read:.3} s, levels built in {:.3} s",

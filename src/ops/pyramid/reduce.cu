@@ -52,7 +52,7 @@ TESSERA_PYRAMID_TYPE(mean_i64, mode_i64, to_f64_i64, round_i64, i64)
 TESSERA_PYRAMID_TYPE(mean_f32, mode_f32, to_f64_f32, round_f32, float)
 TESSERA_PYRAMID_TYPE(mean_f64, mode_f64, to_f64_f64, round_f64, double)
 
-// One Gaussian pass along an axis (weigh_axis_voxel).
+// One pass along an axis (weigh_axis_voxel): the Gaussian's, and the Laplacian's upsampling.
 extern "C" __global__ void gauss_axis(AxisGeom g, const i64* first, const i64* count,
                                       const i64* at, const double* weights, const double* in,
                                       double* out) {
@@ -60,5 +60,14 @@ extern "C" __global__ void gauss_axis(AxisGeom g, const i64* first, const i64* c
     for (i64 e = (i64)blockIdx.x * blockDim.x + threadIdx.x; e < n;
          e += (i64)gridDim.x * blockDim.x) {
         out[e] = weigh_axis_voxel(g, first, count, at, weights, in, e);
+    }
+}
+
+// The Laplacian's difference map: the finer level minus the upsampled coarser one.
+extern "C" __global__ void laplacian_diff(ReduceGeom g, const float* fine, const double* up,
+                                          float* out, i64 n) {
+    for (i64 e = (i64)blockIdx.x * blockDim.x + threadIdx.x; e < n;
+         e += (i64)gridDim.x * blockDim.x) {
+        out[e] = laplacian_diff_voxel(g, fine, up, e);
     }
 }

@@ -10,6 +10,9 @@
 // - gaussian: one axis at a time over f64 boxes, `acc = acc + w[k] * x[first + k]` from 0.0
 //   (weigh_axis_voxel; the taps are computed on the host, as kernel.rs' `taps`), rounded
 //   once at the end.
+// - laplacian: Gaussian levels in f32; the upsampling is passes of weigh_axis_voxel too (taps
+//   from kernel.rs' `upsample_taps`), and the difference map `(f64)fine - up` rounded once to
+//   f32 (laplacian_diff_voxel).
 #pragma once
 #include "common.cuh"
 
@@ -70,10 +73,16 @@ TESSERA_HD double reduce_mean_voxel(const ReduceGeom& g, const T* in, i64 e) {
 }
 
 // kernel.rs' round_to: floats to nearest, integers to the nearest integer with halves away
-// from zero (NaN, which integer inputs cannot give, to 0 like Rust's failed cast).
+// from zero (NaN, which integer inputs cannot give, to 0 like Rust's failed cast). A NaN
+// result is Rust's f32::NAN / f64::NAN whatever its payload: the GPU and the CPU propagate
+// payloads differently.
 template <typename U> TESSERA_HD U tessera_round_to(double x);
-template <> TESSERA_HD float tessera_round_to<float>(double x) { return (float)x; }
-template <> TESSERA_HD double tessera_round_to<double>(double x) { return x; }
+template <> TESSERA_HD float tessera_round_to<float>(double x) {
+    return x != x ? tessera_nan_f32() : (float)x;
+}
+template <> TESSERA_HD double tessera_round_to<double>(double x) {
+    return x != x ? tessera_nan_f64() : x;
+}
 #define TESSERA_ROUND_INT(T)                                                                 \
     template <> TESSERA_HD T tessera_round_to<T>(double x) {                                 \
         return x != x ? (T)0 : (T)round(x);                                                  \
@@ -152,4 +161,14 @@ TESSERA_HD double weigh_axis_voxel(const AxisGeom& g, const i64* first, const i6
         acc = acc + weights[at[i] + k] * x;
     }
     return acc;
+}
+
+// Voxel e (flat, C order) of the Laplacian's difference map over the block g.out: the finer
+// level's value there (its computed box is g.in_*; g's factors are 1) minus the upsampled
+// coarser level `up` (shape g.out_shape), in f64, rounded once to f32 (NaN: f32::NAN).
+TESSERA_HD float laplacian_diff_voxel(const ReduceGeom& g, const float* fine, const double* up,
+                                      i64 e) {
+    i64 lo[TESSERA_PYRAMID_AXES], hi[TESSERA_PYRAMID_AXES];
+    reduce_block(g, e, lo, hi);
+    return tessera_round_to<float>((double)fine[block_offset(g, lo, hi, 0)] - up[e]);
 }

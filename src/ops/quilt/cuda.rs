@@ -18,12 +18,13 @@ use super::device::{
 };
 use crate::error::{Error, Result};
 use crate::gpu::cuda::{
-    launch_config, launch_error, CudaSlice, Gpu, Phase, PinnedHostSlice, PushKernelArg,
+    block_from_bytes, launch_config, launch_error, write_block_bytes, CudaSlice, Gpu, Phase,
+    PinnedHostSlice, PushKernelArg,
 };
 use crate::gpu::kernels;
 use crate::grid::windows::WindowGrid;
 use crate::grid::Region;
-use crate::io::{ArrayReader, Block, DType, Element};
+use crate::io::{ArrayReader, Block, DType};
 
 /// Bytes of one f32/f64 element of the patch type the kernel reads.
 fn patch_type(patches: DType, variance: Option<DType>) -> DType {
@@ -553,24 +554,6 @@ impl UnstitchGpu {
         gpu.settle()?;
         Ok(bytes)
     }
-}
-
-/// Writes a block's elements (C order) into `dst`; returns the bytes written.
-fn write_block_bytes(block: &Block, dst: &mut [u8]) -> usize {
-    crate::with_block!(block, a => {
-        let a = a.as_standard_layout();
-        let src: &[u8] = bytemuck::cast_slice(a.as_slice().expect("standard layout"));
-        dst[..src.len()].copy_from_slice(src);
-        src.len()
-    })
-}
-
-/// A block of `dtype` and `shape` from C-order bytes.
-fn block_from_bytes(dtype: DType, shape: &[usize], bytes: &[u8]) -> Block {
-    crate::with_dtype!(dtype, T => {
-        let v: Vec<T> = bytemuck::pod_collect_to_vec(bytes);
-        T::into_block(ArrayD::from_shape_vec(IxDyn(shape), v).expect("sizes match"))
-    })
 }
 
 /// `tessera bench quilt --device cuda`: stitches whole images of resident f32 patches (one

@@ -1,0 +1,385 @@
+//! pyramid's GPU path (feature `cuda`): a unit's source block goes to the device once, through
+//! a pinned buffer; each level 1..k is reduced there from the level before it, which stays on
+//! the device, and each is copied back once. The Laplacian's Gaussian levels, upsampling and
+//! difference maps are all made on the device from the one f32 upload of its source. The
+//! kernels (`reduce.cu`) do kernel.rs' operations in kernel.rs' order, so every level and
+//! difference map is the CPU's bit for bit (the harness checks the bodies on the CPU;
+//! `tests/gpu.rs` checks whole runs on a GPU).
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use super::device::{diff_geom, gaussian_passes, upsample_passes, AxisPass, ReduceGeom};
+use super::kernel::Method;
+use super::{
+    extents, laplacian_source, push_level0, ranges_of, take_block, PyramidOp, Stage, UnitPlan,
+};
+use crate::error::{Error, Result};
+use crate::gpu::cuda::{
+    block_from_bytes, launch_config, launch_error, write_block_bytes, CudaFunction, CudaSlice, Gpu,
+    LaunchArgs, Phase, PushKernelArg,
+};
+use crate::gpu::kernels;
+use crate::grid::Region;
+use crate::io::{Block, DType, Element};
+
+/// The GPU half of `PyramidOp`.
+pub struct PyramidGpu {
+    gpu: Arc<Gpu>,
+}
+
+/// A level's computed box on the device (`needed[j]`), as bytes of its type.
+struct Level {
+    data: CudaSlice<u8>,
+    dtype: DType,
+}
+
+/// One output of a unit being copied back: where it goes and the box it was computed over.
+struct Fetch {
+    target: usize,
+    dtype: DType,
+    computed: Vec<Range<u64>>,
+    block: Vec<Range<u64>>,
+    data: CudaSlice<u8>,
+}
+
+/// Kernel name suffix of a type (`u8`, ..., `f64`), as reduce.cu names them.
+fn suffix(dtype: DType) -> String {
+    format!("{dtype:?}").to_ascii_lowercase()
+}
+
+fn voxels(b: &[Range<u64>]) -> u64 {
+    b.iter().map(|r| r.end - r.start).product()
+}
+
+/// Device bytes a unit needs at most: every level's computed box (the Laplacian keeps them all
+/// for its differences; the others keep two) in the largest of its type and f32, and three f64
+/// boxes of the source's size for the Gaussian passes and the upsampling.
+pub(super) fn unit_device_bytes(dtype: DType, u: &UnitPlan) -> u64 {
+    let size = dtype.size().max(4) as u64;
+    let levels: u64 = u.needed.iter().map(|b| voxels(b) * size).sum();
+    levels + 3 * 8 * voxels(&u.needed[0])
+}
+
+impl PyramidGpu {
+    pub fn new(gpu: Arc<Gpu>) -> PyramidGpu {
+        PyramidGpu { gpu }
+    }
+
+    /// Device memory this rank may use.
+    pub fn memory_limit(&self) -> u64 {
+        self.gpu.memory_limit()
+    }
+
+    /// One unit's outputs from its source block, as `PyramidOp::build` makes them on the CPU.
+    ///
+    /// # Errors
+    /// Device failures (memory, a failed launch or copy).
+    pub(super) fn build(
+        &self,
+        op: &PyramidOp,
+        source: Block,
+        st: &Stage,
+        u: &UnitPlan,
+    ) -> Result<Vec<(usize, Region, Block)>> {
+        let mut out = Vec::new();
+        let fetches = match op.method {
+            Method::Laplacian => {
+                let f32_source = crate::with_block!(&source, a => laplacian_source(a));
+                let level0 = self.send(&Block::F32(f32_source))?;
+                self.laplacian(op, level0, st, u)?
+            }
+            method => {
+                let level0 = self.send(&source)?;
+                self.reduced(op, method, level0, st, u)?
+            }
+        };
+        crate::with_block!(source, a => push_level0(&mut out, st, u, a));
+        self.collect(fetches, &mut out)?;
+        Ok(out)
+    }
+
+    /// Levels s+1..s+k by mean, mode or Gaussian, each from the one before on the device.
+    fn reduced(
+        &self,
+        op: &PyramidOp,
+        method: Method,
+        level0: Level,
+        st: &Stage,
+        u: &UnitPlan,
+    ) -> Result<Vec<Fetch>> {
+        let levels = self.levels(op, method, level0, st, u)?;
+        Ok(level_fetches(levels, st, u))
+    }
+
+    /// Levels source..source+k on the device (the source first), each from the one before.
+    fn levels(
+        &self,
+        op: &PyramidOp,
+        method: Method,
+        level0: Level,
+        st: &Stage,
+        u: &UnitPlan,
+    ) -> Result<Vec<Level>> {
+        let mut levels = vec![level0];
+        for j in 1..=st.k {
+            let next = self.next_level(op, method, &levels[j - 1], st, u, j)?;
+            levels.push(next);
+        }
+        Ok(levels)
+    }
+
+    /// The computed box of level source+j from that of level source+j-1.
+    fn next_level(
+        &self,
+        op: &PyramidOp,
+        method: Method,
+        prev: &Level,
+        st: &Stage,
+        u: &UnitPlan,
+        j: usize,
+    ) -> Result<Level> {
+        let in_start = u.needed_start(j - 1);
+        let in_shape = extents(&u.needed[j - 1]);
+        let level_shape = &op.shapes[st.source + j - 1];
+        if method == Method::Gaussian {
+            let passes =
+                gaussian_passes(&in_start, &in_shape, level_shape, &op.factor, &u.needed[j]);
+            return self.gaussian(prev, &passes);
+        }
+        let g = ReduceGeom::new(&in_start, &in_shape, level_shape, &op.factor, &u.needed[j])
+            .ok_or_else(too_many_axes)?;
+        let name = match method {
+            Method::Mode => "mode",
+            _ => "mean",
+        };
+        let n = g.voxels() as usize;
+        let s = self.gpu.compute_stream();
+        let mut data = self.gpu.alloc::<u8>(s, n * prev.dtype.size())?;
+        let n64 = n as i64;
+        let kernel = self.function(&format!("{name}_{}", suffix(prev.dtype)))?;
+        self.launch(&format!("pyramid {name}"), n, &kernel, |b| {
+            b.arg(&g).arg(&prev.data).arg(&mut data).arg(&n64);
+        })?;
+        Ok(Level {
+            data,
+            dtype: prev.dtype,
+        })
+    }
+
+    /// A Gaussian level: the box as f64, the passes, rounded once to the type.
+    fn gaussian(&self, prev: &Level, passes: &[AxisPass]) -> Result<Level> {
+        let wide = self.to_f64(prev)?;
+        let done = self.passes(wide, passes)?;
+        let n = done.len();
+        let s = self.gpu.compute_stream();
+        let mut data = self.gpu.alloc::<u8>(s, n * prev.dtype.size())?;
+        let n64 = n as i64;
+        let kernel = self.function(&format!("round_{}", suffix(prev.dtype)))?;
+        self.launch("pyramid rounding", n, &kernel, |b| {
+            b.arg(&done).arg(&mut data).arg(&n64);
+        })?;
+        Ok(Level {
+            data,
+            dtype: prev.dtype,
+        })
+    }
+
+    /// A level's box as f64.
+    fn to_f64(&self, level: &Level) -> Result<CudaSlice<f64>> {
+        let n = level.data.len() / level.dtype.size();
+        let s = self.gpu.compute_stream();
+        let mut wide = self.gpu.alloc::<f64>(s, n)?;
+        let n64 = n as i64;
+        let kernel = self.function(&format!("to_f64_{}", suffix(level.dtype)))?;
+        self.launch("pyramid widening", n, &kernel, |b| {
+            b.arg(&level.data).arg(&mut wide).arg(&n64);
+        })?;
+        Ok(wide)
+    }
+
+    /// Passes of `gauss_axis` one after the other (Gaussian or upsampling).
+    fn passes(&self, mut cur: CudaSlice<f64>, passes: &[AxisPass]) -> Result<CudaSlice<f64>> {
+        let gpu = &self.gpu;
+        let s = gpu.compute_stream();
+        let kernel = self.function("gauss_axis")?;
+        for pass in passes {
+            let first = gpu.upload(s, &pass.first)?;
+            let count = gpu.upload(s, &pass.count)?;
+            let at = gpu.upload(s, &pass.at)?;
+            let weights = gpu.upload(s, &pass.weights)?;
+            let mut next = gpu.alloc::<f64>(s, pass.len())?;
+            self.launch("pyramid pass", pass.len(), &kernel, |b| {
+                b.arg(&pass.geom)
+                    .arg(&first)
+                    .arg(&count)
+                    .arg(&at)
+                    .arg(&weights)
+                    .arg(&cur)
+                    .arg(&mut next);
+            })?;
+            cur = next;
+        }
+        Ok(cur)
+    }
+
+    /// The Laplacian: Gaussian levels in f32 from the source, then each level's difference
+    /// map (the level minus the next one upsampled), every level kept on the device.
+    fn laplacian(
+        &self,
+        op: &PyramidOp,
+        level0: Level,
+        st: &Stage,
+        u: &UnitPlan,
+    ) -> Result<Vec<Fetch>> {
+        let levels = self.levels(op, Method::Gaussian, level0, st, u)?;
+        let mut diffs = Vec::with_capacity(st.k);
+        for j in 0..st.k {
+            diffs.push(Fetch {
+                target: op.levels() + st.source + j,
+                dtype: DType::F32,
+                computed: u.blocks[j].clone(),
+                block: u.blocks[j].clone(),
+                data: self.difference(op, &levels[j], &levels[j + 1], st, u, j)?,
+            });
+        }
+        let mut fetches = level_fetches(levels, st, u);
+        fetches.extend(diffs);
+        Ok(fetches)
+    }
+
+    /// The difference map of level source+j over its block: the level minus level source+j+1
+    /// upsampled, as f32 bytes.
+    fn difference(
+        &self,
+        op: &PyramidOp,
+        fine: &Level,
+        coarse: &Level,
+        st: &Stage,
+        u: &UnitPlan,
+        j: usize,
+    ) -> Result<CudaSlice<u8>> {
+        let s = st.source;
+        let passes = upsample_passes(
+            &u.needed_start(j + 1),
+            &extents(&u.needed[j + 1]),
+            &op.shapes[s + j + 1],
+            &op.factor,
+            &u.blocks[j],
+        );
+        let up = self.passes(self.to_f64(coarse)?, &passes)?;
+        let g = diff_geom(
+            &u.needed_start(j),
+            &extents(&u.needed[j]),
+            &op.shapes[s + j],
+            &u.blocks[j],
+        )
+        .ok_or_else(too_many_axes)?;
+        let n = g.voxels() as usize;
+        let n64 = n as i64;
+        let mut diff = self.gpu.alloc::<u8>(self.gpu.compute_stream(), n * 4)?;
+        let kernel = self.function("laplacian_diff")?;
+        self.launch("pyramid difference", n, &kernel, |b| {
+            b.arg(&g).arg(&fine.data).arg(&up).arg(&mut diff).arg(&n64);
+        })?;
+        Ok(diff)
+    }
+
+    /// A host block on the device: through a pinned buffer on the copy stream, the compute
+    /// stream then waiting for it.
+    fn send(&self, block: &Block) -> Result<Level> {
+        let gpu = &self.gpu;
+        let dtype = block.dtype();
+        let len = block.shape().iter().product::<u64>() as usize * dtype.size();
+        let mut pin = gpu.pinned(len)?;
+        write_block_bytes(
+            block,
+            pin.as_mut_slice().map_err(launch_error("pinned buffer"))?,
+        );
+        let mut data = gpu.alloc::<u8>(gpu.copy_stream(), len)?;
+        gpu.send(&pin, len, &mut data)?;
+        gpu.give_back(pin);
+        gpu.inputs_sent()?;
+        Ok(Level { data, dtype })
+    }
+
+    /// Copies every fetch back (one copy each, enqueued after all the unit's kernels), waits,
+    /// and adds each output's block, cut out of its computed box, to `out`.
+    fn collect(&self, fetches: Vec<Fetch>, out: &mut Vec<(usize, Region, Block)>) -> Result<()> {
+        let gpu = &self.gpu;
+        let s = gpu.compute_stream();
+        let mut copies = Vec::with_capacity(fetches.len());
+        for f in fetches {
+            let len = f.data.len();
+            let mut host = gpu.pinned(len)?;
+            gpu.timed(Phase::DeviceToHost, len as u64, s, || {
+                s.memcpy_dtoh(&f.data, &mut host)
+                    .map_err(launch_error("copy from the device"))
+            })?;
+            copies.push((f, host));
+        }
+        s.synchronize()
+            .map_err(launch_error("waiting for the device"))?;
+        gpu.settle()?;
+        for (f, host) in copies {
+            let shape: Vec<usize> = extents(&f.computed).iter().map(|&d| d as usize).collect();
+            let len = f.data.len();
+            let bytes = &host.as_slice().map_err(launch_error("pinned buffer"))?[..len];
+            let computed = block_from_bytes(f.dtype, &shape, bytes);
+            gpu.give_back(host);
+            let block = crate::with_block!(computed, a =>
+                Element::into_block(take_block(a, &f.computed, &f.block)));
+            out.push((f.target, ranges_of(&f.block), block));
+        }
+        Ok(())
+    }
+
+    fn function(&self, name: &str) -> Result<CudaFunction> {
+        self.gpu.function(&kernels::PYRAMID, name)
+    }
+
+    /// Launches `kernel` over `n` threads on the compute stream, timed as kernel time, with
+    /// the arguments `args` pushes (which must match reduce.cu).
+    fn launch<'a>(
+        &'a self,
+        what: &str,
+        n: usize,
+        kernel: &'a CudaFunction,
+        args: impl FnOnce(&mut LaunchArgs<'a>),
+    ) -> Result<()> {
+        let s = self.gpu.compute_stream();
+        self.gpu.timed(Phase::Kernel, 0, s, || {
+            let mut b = s.launch_builder(kernel);
+            args(&mut b);
+            // SAFETY: the caller's arguments match the kernel's signature in reduce.cu, and
+            // every buffer holds what its geometry reads or writes (the harness checks the
+            // geometries against kernel.rs on the CPU).
+            unsafe { b.launch(launch_config((n as u64).min(1 << 24))) }
+                .map(|_| ())
+                .map_err(launch_error(what))
+        })
+    }
+}
+
+/// Levels source+1..source+k, to be copied back (the source itself is not an output here).
+fn level_fetches(levels: Vec<Level>, st: &Stage, u: &UnitPlan) -> Vec<Fetch> {
+    levels
+        .into_iter()
+        .enumerate()
+        .skip(1)
+        .map(|(j, level)| Fetch {
+            target: st.source + j,
+            dtype: level.dtype,
+            computed: u.needed[j].clone(),
+            block: u.blocks[j].clone(),
+            data: level.data,
+        })
+        .collect()
+}
+
+fn too_many_axes() -> Error {
+    Error::gpu(format!(
+        "the pyramid kernels take at most {} axes",
+        super::device::MAX_AXES
+    ))
+}
