@@ -8,9 +8,9 @@
 #   strip -o .carry/gpu-tests "$(ls -t target/release/deps/gpu-* | grep -v '\.d$' | head -1)"
 #
 # then, there: scripts/gpu-check.sh. Steps: device and NVRTC info; every kernel compiled; the
-# GPU tests (GPU == CPU bytes for quilt unstitch/stitch and the Debevec merge, resume across
-# devices); the kernel benchmarks (fraction of a device-to-device copy, bits = CPU); quilt
-# stitch and hdr merge end to end on GPU and CPU (input and output in /dev/shm). The last thing
+# GPU tests (GPU == CPU bytes for quilt unstitch/stitch, the Debevec merge and pyramids, resume
+# across devices); the kernel benchmarks (fraction of a device-to-device copy, bits = CPU);
+# quilt stitch, hdr merge and pyramids end to end on GPU and CPU (input and output in /dev/shm). The last thing
 # printed is one table. The carried binary has no MPI: the 2-rank GPU tests run on a cluster
 # build (cargo build --release) where there is MPI.
 set -uo pipefail
@@ -77,6 +77,31 @@ cmp -s <(cd "$WORK/merge-cuda" && find . -name '*.npy' -exec md5sum {} + | sort)
        <(cd "$WORK/merge-cpu" && find . -name '*.npy' -exec md5sum {} + | sort) \
   && echo "hdr merge: GPU and CPU outputs are identical" || { echo "hdr merge: GPU and CPU outputs DIFFER"; status=1; }
 
+# Pyramids: the kernels on a resident 1024^3 f32 volume (mean: the torch avg_pool3d yardstick;
+# the others at 256^3, whose CPU bit check is slow at 1024^3), each followed by the bench's end
+# to end run on the GPU; then `tessera pyramid` of the 1024^3 Zarr the bench wrote, in /dev/shm,
+# on the GPU and on every core, outputs compared byte for byte.
+step "bench pyramid (kernels, GPU)"
+run "$BIN" bench pyramid --device cuda --size 1024 --chunk 128 --method mean --repeat 3 \
+    --dir "$WORK/pyr" | tee "$OUT/bench-pyramid.md"
+for method in mode gaussian laplacian; do
+  run "$BIN" bench pyramid --device cuda --size 256 --chunk 64 --method "$method" --repeat 3 \
+      --dir "$WORK/pyr-small" | tee -a "$OUT/bench-pyramid.md"
+done
+step "pyramid end to end"
+for method in mean laplacian; do
+  for device in cuda cpu; do
+    run "$BIN" pyramid --input "$WORK/pyr/pyramid-input-1024.zarr" --output "$WORK/$device/p-$method.zarr" \
+        --method "$method" --chunks 128,128,128 --codec none --device "$device" \
+        --report "$OUT/pyramid-$method-$device.json" -q
+  done
+  cmp -s <(cd "$WORK/cuda/p-$method.zarr" && find . -type f -exec md5sum {} + | sort) \
+         <(cd "$WORK/cpu/p-$method.zarr" && find . -type f -exec md5sum {} + | sort) \
+    && echo "pyramid $method: GPU and CPU outputs are identical" \
+    || { echo "pyramid $method: GPU and CPU outputs DIFFER"; status=1; }
+  rm -rf "$WORK/cuda/p-$method.zarr" "$WORK/cpu/p-$method.zarr"
+done
+
 step "table"
 python3 - "$OUT" <<'PY' | tee "$OUT/table.md"
 import json, sys, os, re
@@ -97,11 +122,11 @@ for c in rows("bench-quilt-cpu.md"):
 for c in rows("bench-hdr-cpu.md"):
     if len(c) == 4 and c[0] == "debevec":
         cpu[("debevec", "")] = float(c[2])
-for md in ("bench-quilt.md", "bench-hdr.md"):
+for md in ("bench-quilt.md", "bench-hdr.md", "bench-pyramid.md"):
     for c in rows(md):
-        if len(c) == 7 and re.match(r"^(unstitch|stitch|debevec)", c[0]):
+        if len(c) == 7 and re.match(r"^(unstitch|stitch|debevec|mean|mode|gaussian|laplacian) ", c[0]):
             kind = c[0].split()[0]
-            case = c[0].split()[1][:2] if kind != "debevec" else ""
+            case = c[0].split()[1][:2] if kind in ("unstitch", "stitch") else ""
             g = float(c[3]) / 1e3
             k = cpu.get((kind, case))
             vs = f"{k:.4f} s | {g / k:.3f}" if k else " | "
@@ -109,7 +134,8 @@ for md in ("bench-quilt.md", "bench-hdr.md"):
 def load(name):
     p = os.path.join(out, name)
     return json.load(open(p)) if os.path.exists(p) else None
-for op, unit in (("stitch", "patches"), ("merge", "brackets")):
+for op, unit in (("stitch", "patches"), ("merge", "brackets"), ("pyramid-mean", "base level"),
+                 ("pyramid-laplacian", "base level")):
     g, c = load(f"{op}-cuda.json"), load(f"{op}-cpu.json")
     if not g or not c:
         print(f"| {op} end to end | missing | missing | | |")

@@ -1,4 +1,4 @@
-//! `tessera bench quilt|hdr --device cuda`: each GPU kernel on data already on the device, as
+//! `tessera bench quilt|hdr|pyramid --device cuda`: each GPU kernel on data already on the device, as
 //! a fraction of a device-to-device copy of the kernel's input bytes measured in the same run
 //! (a copy reads and writes them once; both timed with CUDA events, best of the repeats), and
 //! whether the GPU's output has the CPU kernel's bits. End-to-end runs (disk, PCIe, kernels)
@@ -11,6 +11,7 @@ use ndarray::{ArrayD, IxDyn};
 use crate::error::{Error, Result};
 use crate::gpu::cuda::Gpu;
 use crate::ops::hdr::{self, debevec::WeightType};
+use crate::ops::pyramid::{cuda::bench_levels, kernel::Method};
 use crate::ops::quilt::cuda::{bench_stitch, bench_unstitch};
 
 /// Opens the GPU a bench asked for.
@@ -149,5 +150,45 @@ pub fn hdr(size: usize, exposures: usize, repeat: usize, gpu: &Arc<Gpu>) -> Resu
         Ok(())
     } else {
         Err(Error::gpu("GPU Debevec radiance differs from the CPU's"))
+    }
+}
+
+/// Every level of a size^3 f32 volume (seeded random values) built on the device, as a
+/// fraction of a device copy of the base level's bytes.
+///
+/// # Errors
+/// Device failures; a GPU result that differs from the CPU's.
+pub fn pyramid(
+    size: u64,
+    method: Method,
+    levels: usize,
+    repeat: usize,
+    gpu: &Arc<Gpu>,
+) -> Result<()> {
+    header("pyramid", gpu, repeat);
+    let n = size as usize;
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let volume = ArrayD::from_shape_simple_fn(IxDyn(&[n, n, n]), || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 40) as f32 / (1u64 << 24) as f32
+    });
+    let base = (volume.len() * 4) as u64;
+    let (kernel_s, same) = bench_levels(gpu, &volume, method, levels, repeat)?;
+    let name = format!("{method:?} {size}^3, {levels} levels").to_lowercase();
+    row(
+        &name,
+        base,
+        gpu.copy_seconds(base as usize, repeat)?,
+        kernel_s,
+        same,
+    );
+    if same {
+        Ok(())
+    } else {
+        Err(Error::gpu(format!(
+            "GPU output differs from the CPU's: {name}"
+        )))
     }
 }

@@ -38,6 +38,10 @@ pub struct PyramidBench {
     /// Where to write the JSON result.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// cpu (the default) or cuda[:N]: first the GPU kernels on a resident volume against a
+    /// device copy (bits checked against the CPU), then the end-to-end run on the GPU.
+    #[arg(long, default_value = "cpu")]
+    pub device: crate::gpu::DeviceChoice,
 }
 
 #[derive(Debug, Serialize)]
@@ -95,6 +99,32 @@ fn make_input(b: &PyramidBench, address: &Address, comm: &dyn Comm) -> Result<()
     Ok(())
 }
 
+/// `--device cuda`: the kernels on a resident volume of the bench's size (rank 0), as many
+/// levels as the end-to-end pyramid has.
+fn kernels_on_the_gpu(b: &PyramidBench, comm: &dyn Comm) -> Result<()> {
+    if !comm.is_root() {
+        return Ok(());
+    }
+    #[cfg(feature = "cuda")]
+    {
+        // The default of `tessera pyramid`: halve until the level fits in one chunk.
+        let (mut levels, mut side) = (1, b.size);
+        while side > b.chunk && side > 1 {
+            side = side.div_ceil(2);
+            levels += 1;
+        }
+        let gpu = crate::bench::gpu::open(b.device)?;
+        crate::bench::gpu::pyramid(b.size, b.method, levels, b.repeat.max(1), &gpu)?;
+        println!();
+        Ok(())
+    }
+    #[cfg(not(feature = "cuda"))]
+    Err(crate::error::Error::NotCompiled {
+        what: format!("bench pyramid --device {}", b.device),
+        feature: "cuda",
+    })
+}
+
 /// Writes `bytes` as 1 MiB files under `dir` (removed afterwards); returns the seconds taken.
 fn write_files(dir: &std::path::Path, bytes: u64, data: &[f32]) -> Result<f64> {
     let _ = std::fs::remove_dir_all(dir);
@@ -120,6 +150,9 @@ fn write_files(dir: &std::path::Path, bytes: u64, data: &[f32]) -> Result<f64> {
 /// # Errors
 /// Creating the input or running the pyramid.
 pub fn run(b: &PyramidBench, comm: &dyn Comm) -> Result<()> {
+    if let crate::gpu::DeviceChoice::Cuda(_) = b.device {
+        kernels_on_the_gpu(b, comm)?;
+    }
     std::fs::create_dir_all(&b.dir).at(&b.dir)?;
     let input = Address::parse(&format!(
         "{}/pyramid-input-{}.zarr",
@@ -150,7 +183,7 @@ pub fn run(b: &PyramidBench, comm: &dyn Comm) -> Result<()> {
             layout: PyramidLayout::Ome,
             voxel_size: None,
             unit: None,
-            device: crate::gpu::DeviceChoice::Cpu,
+            device: b.device,
             gpu_memory_limit: None,
             run: RunOptions {
                 overwrite: true,
@@ -162,7 +195,9 @@ pub fn run(b: &PyramidBench, comm: &dyn Comm) -> Result<()> {
         }
         comm.barrier();
         let t = Instant::now();
-        let op = PyramidOp::plan(&job)?;
+        let mut op = PyramidOp::plan(&job)?;
+        let device = crate::gpu::select(b.device, None, comm, "pyramid", true)?;
+        crate::exec::agree(comm, op.use_device(device))?;
         let summary = crate::exec::run(&op, comm, &job.run)?;
         pyr = pyr.min(t.elapsed().as_secs_f64());
         read = summary.bytes_read;

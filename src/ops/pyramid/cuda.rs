@@ -12,7 +12,7 @@ use std::sync::Arc;
 use super::device::{diff_geom, gaussian_passes, upsample_passes, AxisPass, ReduceGeom};
 use super::kernel::Method;
 use super::{
-    extents, laplacian_source, push_level0, ranges_of, take_block, PyramidOp, Stage, UnitPlan,
+    extents, laplacian_source, push_level0, ranges_of, take_block, Levels, Stage, UnitPlan,
 };
 use crate::error::{Error, Result};
 use crate::gpu::cuda::{
@@ -77,53 +77,69 @@ impl PyramidGpu {
     /// Device failures (memory, a failed launch or copy).
     pub(super) fn build(
         &self,
-        op: &PyramidOp,
+        p: Levels<'_>,
         source: Block,
         st: &Stage,
         u: &UnitPlan,
     ) -> Result<Vec<(usize, Region, Block)>> {
-        let mut out = Vec::new();
-        let fetches = match op.method {
-            Method::Laplacian => {
-                let f32_source = crate::with_block!(&source, a => laplacian_source(a));
-                let level0 = self.send(&Block::F32(f32_source))?;
-                self.laplacian(op, level0, st, u)?
-            }
-            method => {
-                let level0 = self.send(&source)?;
-                self.reduced(op, method, level0, st, u)?
-            }
+        let level0 = match p.method {
+            Method::Laplacian => self.send(&Block::F32(
+                crate::with_block!(&source, a => laplacian_source(a)),
+            ))?,
+            _ => self.send(&source)?,
         };
+        let fetches = self.outputs(p, &level0, st, u)?;
+        let mut out = Vec::new();
         crate::with_block!(source, a => push_level0(&mut out, st, u, a));
         self.collect(fetches, &mut out)?;
         Ok(out)
     }
 
-    /// Levels s+1..s+k by mean, mode or Gaussian, each from the one before on the device.
-    fn reduced(
+    /// A unit's outputs on the device from its source level (as f32 for the Laplacian): levels
+    /// source+1..source+k, then (Laplacian) the difference maps of levels source..source+k-1.
+    fn outputs(
         &self,
-        op: &PyramidOp,
-        method: Method,
-        level0: Level,
+        p: Levels<'_>,
+        level0: &Level,
         st: &Stage,
         u: &UnitPlan,
     ) -> Result<Vec<Fetch>> {
-        let levels = self.levels(op, method, level0, st, u)?;
-        Ok(level_fetches(levels, st, u))
+        let reduce = match p.method {
+            Method::Laplacian => Method::Gaussian,
+            m => m,
+        };
+        let coarser = self.coarser(p, reduce, level0, st, u)?;
+        let mut diffs = Vec::new();
+        if p.method == Method::Laplacian {
+            for j in 0..st.k {
+                let fine = if j == 0 { level0 } else { &coarser[j - 1] };
+                diffs.push(Fetch {
+                    target: p.shapes.len() + st.source + j,
+                    dtype: DType::F32,
+                    computed: u.blocks[j].clone(),
+                    block: u.blocks[j].clone(),
+                    data: self.difference(p, fine, &coarser[j], st, u, j)?,
+                });
+            }
+        }
+        let mut fetches = level_fetches(coarser, st, u);
+        fetches.extend(diffs);
+        Ok(fetches)
     }
 
-    /// Levels source..source+k on the device (the source first), each from the one before.
-    fn levels(
+    /// Levels source+1..source+k on the device, each from the one before.
+    fn coarser(
         &self,
-        op: &PyramidOp,
+        p: Levels<'_>,
         method: Method,
-        level0: Level,
+        level0: &Level,
         st: &Stage,
         u: &UnitPlan,
     ) -> Result<Vec<Level>> {
-        let mut levels = vec![level0];
+        let mut levels: Vec<Level> = Vec::with_capacity(st.k);
         for j in 1..=st.k {
-            let next = self.next_level(op, method, &levels[j - 1], st, u, j)?;
+            let prev = if j == 1 { level0 } else { &levels[j - 2] };
+            let next = self.next_level(p, method, prev, st, u, j)?;
             levels.push(next);
         }
         Ok(levels)
@@ -132,7 +148,7 @@ impl PyramidGpu {
     /// The computed box of level source+j from that of level source+j-1.
     fn next_level(
         &self,
-        op: &PyramidOp,
+        p: Levels<'_>,
         method: Method,
         prev: &Level,
         st: &Stage,
@@ -141,13 +157,13 @@ impl PyramidGpu {
     ) -> Result<Level> {
         let in_start = u.needed_start(j - 1);
         let in_shape = extents(&u.needed[j - 1]);
-        let level_shape = &op.shapes[st.source + j - 1];
+        let level_shape = &p.shapes[st.source + j - 1];
         if method == Method::Gaussian {
             let passes =
-                gaussian_passes(&in_start, &in_shape, level_shape, &op.factor, &u.needed[j]);
+                gaussian_passes(&in_start, &in_shape, level_shape, p.factor, &u.needed[j]);
             return self.gaussian(prev, &passes);
         }
-        let g = ReduceGeom::new(&in_start, &in_shape, level_shape, &op.factor, &u.needed[j])
+        let g = ReduceGeom::new(&in_start, &in_shape, level_shape, p.factor, &u.needed[j])
             .ok_or_else(too_many_axes)?;
         let name = match method {
             Method::Mode => "mode",
@@ -223,36 +239,11 @@ impl PyramidGpu {
         Ok(cur)
     }
 
-    /// The Laplacian: Gaussian levels in f32 from the source, then each level's difference
-    /// map (the level minus the next one upsampled), every level kept on the device.
-    fn laplacian(
-        &self,
-        op: &PyramidOp,
-        level0: Level,
-        st: &Stage,
-        u: &UnitPlan,
-    ) -> Result<Vec<Fetch>> {
-        let levels = self.levels(op, Method::Gaussian, level0, st, u)?;
-        let mut diffs = Vec::with_capacity(st.k);
-        for j in 0..st.k {
-            diffs.push(Fetch {
-                target: op.levels() + st.source + j,
-                dtype: DType::F32,
-                computed: u.blocks[j].clone(),
-                block: u.blocks[j].clone(),
-                data: self.difference(op, &levels[j], &levels[j + 1], st, u, j)?,
-            });
-        }
-        let mut fetches = level_fetches(levels, st, u);
-        fetches.extend(diffs);
-        Ok(fetches)
-    }
-
     /// The difference map of level source+j over its block: the level minus level source+j+1
     /// upsampled, as f32 bytes.
     fn difference(
         &self,
-        op: &PyramidOp,
+        p: Levels<'_>,
         fine: &Level,
         coarse: &Level,
         st: &Stage,
@@ -263,15 +254,15 @@ impl PyramidGpu {
         let passes = upsample_passes(
             &u.needed_start(j + 1),
             &extents(&u.needed[j + 1]),
-            &op.shapes[s + j + 1],
-            &op.factor,
+            &p.shapes[s + j + 1],
+            p.factor,
             &u.blocks[j],
         );
         let up = self.passes(self.to_f64(coarse)?, &passes)?;
         let g = diff_geom(
             &u.needed_start(j),
             &extents(&u.needed[j]),
-            &op.shapes[s + j],
+            &p.shapes[s + j],
             &u.blocks[j],
         )
         .ok_or_else(too_many_axes)?;
@@ -361,13 +352,12 @@ impl PyramidGpu {
     }
 }
 
-/// Levels source+1..source+k, to be copied back (the source itself is not an output here).
+/// Levels source+1..source+k (`levels[j - 1]` is source+j), to be copied back.
 fn level_fetches(levels: Vec<Level>, st: &Stage, u: &UnitPlan) -> Vec<Fetch> {
     levels
         .into_iter()
-        .enumerate()
-        .skip(1)
-        .map(|(j, level)| Fetch {
+        .zip(1..)
+        .map(|(level, j)| Fetch {
             target: st.source + j,
             dtype: level.dtype,
             computed: u.needed[j].clone(),
@@ -382,4 +372,61 @@ fn too_many_axes() -> Error {
         "the pyramid kernels take at most {} axes",
         super::device::MAX_AXES
     ))
+}
+
+/// `tessera bench pyramid --device cuda`: every level of a resident f32 volume (and, for the
+/// Laplacian, every difference map) built on the device as one unit, factor 2 on every axis,
+/// `levels` levels. Returns the device seconds (CUDA events, best of `repeat`; the Gaussian's
+/// small tap tables are uploaded inside the timing, as a run does) and whether every output
+/// has the CPU path's bits.
+///
+/// # Errors
+/// Device failures.
+pub fn bench_levels(
+    gpu: &Arc<Gpu>,
+    volume: &ndarray::ArrayD<f32>,
+    method: Method,
+    levels: usize,
+    repeat: usize,
+) -> Result<(f64, bool)> {
+    let base: Vec<u64> = volume.shape().iter().map(|&d| d as u64).collect();
+    let factor = vec![2u64; base.len()];
+    let mut shapes = vec![base.clone()];
+    while shapes.len() < levels.max(2) {
+        let next = super::kernel::next_shape(&shapes[shapes.len() - 1], &factor);
+        shapes.push(next);
+    }
+    let p = Levels {
+        method,
+        factor: &factor,
+        shapes: &shapes,
+    };
+    let st = Stage {
+        source: 0,
+        k: shapes.len() - 1,
+        extent: base.clone(),
+    };
+    let u = UnitPlan::new(method, &factor, &shapes, &st, &vec![0; base.len()]);
+    let pg = PyramidGpu::new(gpu.clone());
+    let level0 = pg.send(&Block::F32(volume.clone()))?;
+    let seconds = gpu.kernel_seconds(repeat, || pg.outputs(p, &level0, &st, &u).map(|_| ()))?;
+    let mut got = Vec::new();
+    pg.collect(pg.outputs(p, &level0, &st, &u)?, &mut got)?;
+    let want = p.build(volume.clone(), &st, &u);
+    let bits = |b: &Block| {
+        crate::with_block!(b, a => {
+            let a = a.as_standard_layout();
+            bytemuck::cast_slice::<_, u8>(a.as_slice().expect("standard layout")).to_vec()
+        })
+    };
+    // The CPU's outputs include level 0 as read; the device's are the rest.
+    let same = got.len() + 1 == want.len()
+        && want
+            .iter()
+            .filter(|(t, _, _)| *t > 0)
+            .all(|(t, region, block)| {
+                got.iter()
+                    .any(|(g, r, b)| g == t && r == region && bits(b) == bits(block))
+            });
+    Ok((seconds, same))
 }

@@ -317,6 +317,15 @@ impl PyramidOp {
         self.shapes.len()
     }
 
+    /// The pyramid's shape, for building units.
+    fn levels_of(&self) -> Levels<'_> {
+        Levels {
+            method: self.method,
+            factor: &self.factor,
+            shapes: &self.shapes,
+        }
+    }
+
     /// The group attributes: OME-Zarr `multiscales` (OME layout) and tessera's provenance.
     fn group_attributes(&self) -> Map<String, Value> {
         let mut attrs = Map::new();
@@ -457,7 +466,18 @@ impl PyramidOp {
         }
         Ok(())
     }
+}
 
+/// What building a unit's levels needs of a pyramid: the method, the factors and every
+/// level's shape (the CPU path here, the GPU's in `cuda.rs`).
+#[derive(Clone, Copy)]
+pub struct Levels<'a> {
+    pub method: Method,
+    pub factor: &'a [u64],
+    pub shapes: &'a [Vec<u64>],
+}
+
+impl Levels<'_> {
     /// Builds the levels of one unit from its source block (typed): the Laplacian's levels
     /// and difference maps, or the levels of the other methods.
     fn build<T: Element + PartialOrd>(
@@ -492,7 +512,7 @@ impl PyramidOp {
                 start: &start,
                 level_shape: &self.shapes[s + j - 1],
             };
-            let next: ArrayD<f32> = kernel::reduce_gaussian(&src, &self.factor, &u.needed[j]);
+            let next: ArrayD<f32> = kernel::reduce_gaussian(&src, self.factor, &u.needed[j]);
             out.push((
                 s + j,
                 ranges_of(&u.blocks[j]),
@@ -506,7 +526,7 @@ impl PyramidOp {
                 &levels[j + 1].view(),
                 &u.needed_start(j + 1),
                 &self.shapes[s + j + 1],
-                &self.factor,
+                self.factor,
                 &u.blocks[j],
             );
             let mut diff = fine;
@@ -514,7 +534,7 @@ impl PyramidOp {
                 *d = kernel::round_to::<f32>(f64::from(*d) - u);
             });
             out.push((
-                self.levels() + s + j,
+                self.shapes.len() + s + j,
                 ranges_of(&u.blocks[j]),
                 Block::F32(diff),
             ));
@@ -546,9 +566,9 @@ impl PyramidOp {
                 level_shape: &self.shapes[s + j - 1],
             };
             let next: ArrayD<T> = match method {
-                Method::Mode => kernel::reduce_mode(&src, &self.factor, &u.needed[j]),
-                Method::Gaussian => kernel::reduce_gaussian(&src, &self.factor, &u.needed[j]),
-                _ => kernel::reduce_mean(&src, &self.factor, &u.needed[j]),
+                Method::Mode => kernel::reduce_mode(&src, self.factor, &u.needed[j]),
+                Method::Gaussian => kernel::reduce_gaussian(&src, self.factor, &u.needed[j]),
+                _ => kernel::reduce_mean(&src, self.factor, &u.needed[j]),
             };
             let done = std::mem::replace(&mut prev, next);
             if j == 1 {
@@ -1280,9 +1300,9 @@ impl Operation for PyramidOp {
         let t = std::time::Instant::now();
         #[cfg(feature = "cuda")]
         if let Some(gpu) = &self.gpu {
-            return gpu.build(self, block, st, &u);
+            return gpu.build(self.levels_of(), block, st, &u);
         }
-        let out = crate::with_block!(block, a => self.build(a, st, &u));
+        let out = crate::with_block!(block, a => self.levels_of().build(a, st, &u));
         tracing::debug!(
             "pyramid unit {unit}: read {read:.3} s, levels built in {:.3} s",
             t.elapsed().as_secs_f64()

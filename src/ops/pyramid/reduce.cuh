@@ -29,14 +29,28 @@ struct ReduceGeom {
     i64 level_shape[TESSERA_PYRAMID_AXES];  // the whole input level's shape
 };
 
+// a / b, and a % b into *rem (a >= 0, b > 0): in 32 bits when both fit, as they nearly always
+// do (a GPU emulates 64-bit division in tens of instructions). Integers: the same on both sides.
+TESSERA_HD i64 tessera_divmod(i64 a, i64 b, i64* rem) {
+    if (((a | b) >> 31) == 0) {
+        const u32 q = (u32)a / (u32)b;
+        *rem = a - (i64)q * b;
+        return (i64)q;
+    }
+    const i64 q = a / b;
+    *rem = a - q * b;
+    return q;
+}
+
 // The block of output voxel `e` (flat, C order in the output box): per axis [lo, hi) in
 // input-box coordinates (`f*o .. min(f*(o+1), level)`); returns its number of voxels.
 TESSERA_HD i64 reduce_block(const ReduceGeom& g, i64 e, i64* lo, i64* hi) {
     i64 rest = e;
     i64 count = 1;
     for (i64 a = g.ndim - 1; a >= 0; a--) {
-        const i64 o = g.out_start[a] + rest % g.out_shape[a];
-        rest /= g.out_shape[a];
+        i64 r;
+        rest = tessera_divmod(rest, g.out_shape[a], &r);
+        const i64 o = g.out_start[a] + r;
         const i64 f = g.factor[a];
         i64 end = f * (o + 1);
         if (end > g.level_shape[a]) end = g.level_shape[a];
@@ -52,22 +66,62 @@ TESSERA_HD i64 block_offset(const ReduceGeom& g, const i64* lo, const i64* hi, i
     i64 off = 0;
     i64 stride = 1;
     for (i64 a = g.ndim - 1; a >= 0; a--) {
-        const i64 n = hi[a] - lo[a];
-        off += (lo[a] + k % n) * stride;
-        k /= n;
+        i64 r;
+        k = tessera_divmod(k, hi[a] - lo[a], &r);
+        off += (lo[a] + r) * stride;
         stride *= g.in_shape[a];
     }
     return off;
 }
 
-// The mean of voxel e's block, before rounding.
+// The voxels of a block lo..hi of the input box in C order, by offset: an odometer that moves
+// the offset by strides (no division per voxel).
+struct BlockWalk {
+    i64 ndim;
+    i64 off;
+    i64 idx[TESSERA_PYRAMID_AXES];
+    i64 lo[TESSERA_PYRAMID_AXES];
+    i64 hi[TESSERA_PYRAMID_AXES];
+    i64 stride[TESSERA_PYRAMID_AXES];
+};
+
+TESSERA_HD BlockWalk block_walk(const ReduceGeom& g, const i64* lo, const i64* hi) {
+    BlockWalk w;
+    w.ndim = g.ndim;
+    w.off = 0;
+    i64 stride = 1;
+    for (i64 a = g.ndim - 1; a >= 0; a--) {
+        w.idx[a] = lo[a];
+        w.lo[a] = lo[a];
+        w.hi[a] = hi[a];
+        w.stride[a] = stride;
+        w.off += lo[a] * stride;
+        stride *= g.in_shape[a];
+    }
+    return w;
+}
+
+// Moves to the next voxel of the block (past the last one it wraps to the first).
+TESSERA_HD void block_step(BlockWalk& w) {
+    for (i64 a = w.ndim - 1; a >= 0; a--) {
+        w.idx[a]++;
+        w.off += w.stride[a];
+        if (w.idx[a] < w.hi[a]) return;
+        w.off -= (w.hi[a] - w.lo[a]) * w.stride[a];
+        w.idx[a] = w.lo[a];
+    }
+}
+
+// The mean of voxel e's block, before rounding: summed in C order from 0.0.
 template <typename T>
 TESSERA_HD double reduce_mean_voxel(const ReduceGeom& g, const T* in, i64 e) {
     i64 lo[TESSERA_PYRAMID_AXES], hi[TESSERA_PYRAMID_AXES];
     const i64 n = reduce_block(g, e, lo, hi);
+    BlockWalk w = block_walk(g, lo, hi);
     double s = 0.0;
     for (i64 k = 0; k < n; k++) {
-        s += (double)in[block_offset(g, lo, hi, k)];
+        s += (double)in[w.off];
+        block_step(w);
     }
     return s / (double)n;
 }
@@ -107,21 +161,23 @@ template <typename T> TESSERA_HD bool mode_less(T a, T b) {
     return a < b;
 }
 
-// The most frequent value of voxel e's block; ties to the smallest. A value's group is
-// represented by its first voxel in C order, which is the one kernel.rs' stable sort puts
+// Blocks up to this many voxels are gathered into registers for the mode (4x4x4); larger ones
+// are read in place.
+#define TESSERA_MODE_GATHER 64
+
+// The most frequent of the n values at[0..n] (C order); ties to the smallest. A value's group
+// is represented by its first voxel in C order, which is the one kernel.rs' stable sort puts
 // first.
-template <typename T>
-TESSERA_HD T reduce_mode_voxel(const ReduceGeom& g, const T* in, i64 e) {
-    i64 lo[TESSERA_PYRAMID_AXES], hi[TESSERA_PYRAMID_AXES];
-    const i64 n = reduce_block(g, e, lo, hi);
-    T best = in[block_offset(g, lo, hi, 0)];
+template <typename T, typename Get>
+TESSERA_HD T mode_of(i64 n, Get at) {
+    T best = at(0);
     i64 best_count = 0;
     for (i64 k = 0; k < n; k++) {
-        const T v = in[block_offset(g, lo, hi, k)];
+        const T v = at(k);
         i64 count = 0;
         bool seen = false;
         for (i64 j = 0; j < n; j++) {
-            if (mode_same(in[block_offset(g, lo, hi, j)], v)) {
+            if (mode_same(at(j), v)) {
                 if (j < k) {
                     seen = true;
                     break;
@@ -138,6 +194,23 @@ TESSERA_HD T reduce_mode_voxel(const ReduceGeom& g, const T* in, i64 e) {
     return best;
 }
 
+// The most frequent value of voxel e's block; ties to the smallest.
+template <typename T>
+TESSERA_HD T reduce_mode_voxel(const ReduceGeom& g, const T* in, i64 e) {
+    i64 lo[TESSERA_PYRAMID_AXES], hi[TESSERA_PYRAMID_AXES];
+    const i64 n = reduce_block(g, e, lo, hi);
+    if (n <= TESSERA_MODE_GATHER) {
+        T values[TESSERA_MODE_GATHER] = {};
+        BlockWalk w = block_walk(g, lo, hi);
+        for (i64 k = 0; k < n; k++) {
+            values[k] = in[w.off];
+            block_step(w);
+        }
+        return mode_of<T>(n, [&](i64 k) { return values[k]; });
+    }
+    return mode_of<T>(n, [&](i64 k) { return in[block_offset(g, lo, hi, k)]; });
+}
+
 // Rust twin: ops::pyramid::device::AxisGeom. One Gaussian pass along `axis` of an f64 box
 // of shape in_shape (outer, in_shape[axis], inner): output index i along the axis reads input
 // indices first[i] .. first[i] + count[i] (relative to the box), weights from weights[at[i]].
@@ -152,9 +225,9 @@ struct AxisGeom {
 TESSERA_HD double weigh_axis_voxel(const AxisGeom& g, const i64* first, const i64* count,
                                    const i64* at, const double* weights, const double* in,
                                    i64 e) {
-    const i64 in_idx = e % g.inner;
-    const i64 i = (e / g.inner) % g.out_len;
-    const i64 o = e / (g.inner * g.out_len);
+    i64 in_idx, i;
+    const i64 row = tessera_divmod(e, g.inner, &in_idx);
+    const i64 o = tessera_divmod(row, g.out_len, &i);
     double acc = 0.0;
     for (i64 k = 0; k < count[i]; k++) {
         const double x = in[(o * g.in_len + first[i] + k) * g.inner + in_idx];
