@@ -21,16 +21,30 @@ fn side(output: &Path, suffix: &str) -> std::path::PathBuf {
     output.with_file_name(format!("{stem}{suffix}"))
 }
 
-/// Reference radius: every pixel sorted by distance from the centroid, summed in that order.
+/// Reference radius, by the documented definition: each value in fixed point
+/// (`q = round_half_even(v * 2^s)`, s from the largest |value| and B = min(50, 53 -
+/// ceil(log2 H*W) - ceil(log2 max(H, W))) bits), exact i128 sums, the centroid from them, and
+/// every pixel sorted by distance: the first distance whose running sum reaches
+/// `ceil(target * total)`.
 fn ref_radius(p: &[f64], w: usize, target: f64) -> (f64, (f64, f64)) {
-    let total: f64 = p.iter().sum();
-    let (mut sy, mut sx) = (0.0, 0.0);
-    for (i, &v) in p.iter().enumerate() {
-        sy += v * (i / w) as f64;
-        sx += v * (i % w) as f64;
+    let h = p.len() / w;
+    let ceil_log2 = |n: usize| (n as f64).log2().ceil() as i32;
+    let bits = (53 - ceil_log2(p.len()) - ceil_log2(h.max(w))).min(50);
+    let most = p.iter().fold(0.0f64, |m, &v| m.max(v.abs()));
+    let e = ((most.to_bits() >> 52) & 0x7ff) as i32 - 1022;
+    let scale = 2f64.powi(bits - e);
+    let q: Vec<i128> = p
+        .iter()
+        .map(|&v| (v * scale).round_ties_even() as i128)
+        .collect();
+    let total: i128 = q.iter().sum();
+    let (mut sy, mut sx) = (0i128, 0i128);
+    for (i, &v) in q.iter().enumerate() {
+        sy += v * (i / w) as i128;
+        sx += v * (i % w) as i128;
     }
-    let c = (sy / total, sx / total);
-    let mut px: Vec<(f64, f64)> = p
+    let c = (sy as f64 / total as f64, sx as f64 / total as f64);
+    let mut px: Vec<(f64, i128)> = q
         .iter()
         .enumerate()
         .map(|(i, &v)| {
@@ -41,11 +55,12 @@ fn ref_radius(p: &[f64], w: usize, target: f64) -> (f64, (f64, f64)) {
         })
         .collect();
     px.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let mut sum = 0.0;
+    let goal = (target * total as f64).ceil() as i128;
+    let mut sum = 0;
     for (k, &(d, v)) in px.iter().enumerate() {
         sum += v;
         let last_at_this_distance = k + 1 == px.len() || px[k + 1].0 != d;
-        if last_at_this_distance && sum >= target * total {
+        if last_at_this_distance && sum >= goal {
             return (d.sqrt(), c);
         }
     }

@@ -2,20 +2,30 @@
 //! Pure functions on one (H, W) pattern given as a C-order slice.
 //!
 //! Definitions (users check these):
-//! - Total: the f64 sum of the pattern.
-//! - Centre: `centroid` = intensity-weighted mean pixel index (f64, (y, x)); `center` =
-//!   ((H-1)/2, (W-1)/2); `manual` = given. A pattern whose total is not positive has no
-//!   centroid and uses the geometric centre.
-//! - Retention radius: the smallest r such that the f64 sum of the pixels at distance <= r from
-//!   the centre reaches `target * total` (pixels at equal distance enter together). Computed
-//!   from the previous pattern's radius where it can be: the disk inside a ring of +-3 pixels
-//!   around it is summed by row spans, and if the crossing lies in the ring only the ring's
-//!   pixels are ordered. Otherwise a histogram of squared distances (1024 bins), then an exact
-//!   sort of the one bin where the sum crosses the target. Patterns with negative pixels use
-//!   the full sort (their running sum is not monotonic). A pattern with total <= 0 has radius
-//!   0 and is reported as empty.
+//! - Fixed point: every sum below is exact, of integers. A pattern's value v counts as
+//!   q = round_half_even(v * 2^s), with one scale s per pattern: the largest that keeps
+//!   |q| <= 2^B, B = min(50, 53 - ceil(log2 H*W) - ceil(log2 max(H, W))), so that every
+//!   sum (of q, y*q, x*q) stays below 2^53 and is exact in f64 ([`Fixed`]). Integer data keep
+//!   s <= 0: they are counted exactly unless a pattern's values are too large for that (2^29
+//!   and above for 256x256 patterns, 2^23 for 1024x1024). Floats keep B bits below their
+//!   largest value (29 for 256x256). Exact sums do not depend on their order, so the GPU's
+//!   parallel sums (f64 atomics) give the same bits as the CPU's.
+//! - Total: the sum of q, reported as f64 (times 2^-s).
+//! - Centre: `centroid` = intensity-weighted mean pixel index ((y, x): the sums of y*q and
+//!   x*q over the sum of q, as f64); `center` = ((H-1)/2, (W-1)/2); `manual` = given. A
+//!   pattern whose total is not positive has no centroid and uses the geometric centre.
+//! - Retention radius: the smallest r such that the sum of q over the pixels at distance <= r
+//!   from the centre reaches `ceil(target * total_q)` (pixels at equal distance enter
+//!   together; squared distances `dy*dy + dx*dx` in f64). Computed from the previous
+//!   pattern's radius where it can be: the disk inside a ring of +-3 pixels around it is
+//!   summed by row spans, and if the crossing lies in the ring only the ring's pixels are
+//!   ordered. Otherwise a histogram of squared distances (1024 bins), then an exact sort of
+//!   the one bin where the sum crosses the target. Patterns with negative pixels use the full
+//!   sort (their running sum is not monotonic). Every path gives the same radius (the sums
+//!   are exact). A pattern with total <= 0 has radius 0 and is reported as empty.
 //! - Crop: a square window of side `min(2R + 1, size)` per axis whose centre pixel is
-//!   `floor(c + 0.5)`, shifted inside the image where it would cross an edge.
+//!   `floor(c + 0.5)`, shifted inside the image where it would cross an edge; its retention
+//!   is the sum of q inside over the total's, as f64.
 
 use crate::io::Element;
 
@@ -44,6 +54,9 @@ pub struct Analysis {
     pub centre: (f64, f64),
     pub radius: f64,
     pub kind: PatternKind,
+    /// The pattern's fixed-point scale s and its total in q units (as f64).
+    pub scale: i32,
+    pub total_q: f64,
 }
 
 /// How the centre of each pattern is found.
@@ -70,59 +83,150 @@ pub enum CentreMethod {
 }
 
 /// Independent partial sums per row: the adds of one lane do not wait on the previous pixel's,
-/// and the compiler can vectorise them. The order is fixed, so the bits are too.
+/// and the compiler can vectorise them.
 const SUM_LANES: usize = 8;
 
-/// The f64 sum of a slice, in [`SUM_LANES`] partial sums.
-fn sum_f64<T: Element>(s: &[T]) -> f64 {
-    let mut acc = [0.0f64; SUM_LANES];
-    let mut chunks = s.chunks_exact(SUM_LANES);
-    for c in &mut chunks {
-        for (a, &v) in acc.iter_mut().zip(c) {
-            *a += f(v);
-        }
-    }
-    let tail: f64 = chunks.remainder().iter().map(|&v| f(v)).sum();
-    acc.iter().sum::<f64>() + tail
+/// Bits the largest |q| of a pattern may use at most (|q| <= 2^51 keeps the rounding of
+/// [`round_even`] exact).
+const MAX_BITS: i32 = 50;
+
+/// `x` rounded to the nearest integer, ties to even, for |x| <= 2^51: adding and removing
+/// 1.5 * 2^52 leaves no fraction bits (one IEEE addition each way; the GPU does the same).
+#[inline]
+fn round_even(x: f64) -> f64 {
+    const MAGIC: f64 = 6_755_399_441_055_744.0;
+    (x + MAGIC) - MAGIC
 }
 
-/// The f64 sum and the intensity-weighted centroid of a pattern (`None` centroid when the sum
-/// is not positive). A pattern holding NaN or an infinity has a non-finite sum.
+/// 2^e for e in -1022..=1023, exactly.
+fn pow2(e: i32) -> f64 {
+    f64::from_bits(((e + 1023) as u64) << 52)
+}
+
+/// ceil(log2 n) for n >= 1.
+fn ceil_log2(n: u64) -> i32 {
+    (64 - n.max(1).saturating_sub(1).leading_zeros()) as i32
+}
+
+/// A pattern's fixed-point scale (module docs): its values count as `q = round(v * 2^s)`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Fixed {
+    pub s: i32,
+    factor: f64,
+}
+
+impl Fixed {
+    /// The scale of a pattern of `pixels` pixels, `longest` along its longer side, whose
+    /// largest |value| is `max_abs` (finite); integer data (`float` false) keep s <= 0.
+    pub fn of(max_abs: f64, pixels: u64, longest: u64, float: bool) -> Fixed {
+        let bits = (53 - ceil_log2(pixels) - ceil_log2(longest)).clamp(1, MAX_BITS);
+        // max_abs < 2^e; then |v * 2^(bits - e)| < 2^bits.
+        let e = if max_abs > 0.0 {
+            (((max_abs.to_bits() >> 52) & 0x7ff) as i32 - 1022).max(-1021)
+        } else {
+            bits
+        };
+        let mut s = (bits - e).clamp(-1022, 1022);
+        if !float {
+            s = s.min(0);
+        }
+        Fixed::from_scale(s)
+    }
+
+    /// The fixed point of scale `s` (an analysis' `scale`).
+    pub fn from_scale(s: i32) -> Fixed {
+        Fixed { s, factor: pow2(s) }
+    }
+
+    /// A value in fixed point (an integer, as f64).
+    #[inline]
+    pub fn q(&self, v: f64) -> f64 {
+        round_even(v * self.factor)
+    }
+
+    /// A fixed-point sum as a value (times 2^-s).
+    pub fn value(&self, q: f64) -> f64 {
+        // Two steps: 2^-s alone may be out of range where s is near its bounds.
+        q * pow2(-self.s / 2) * pow2(-self.s + self.s / 2)
+    }
+}
+
+/// A pattern's largest |value|, whether some value is below zero, and whether all are finite.
+fn extremes<T: Element>(p: &[T]) -> (f64, bool, bool) {
+    let (mut most, mut low) = (0.0f64, 0.0f64);
+    let mut finite = true;
+    for &v in p {
+        let v = f(v);
+        finite &= v.is_finite();
+        most = most.max(v.abs());
+        low = low.min(v);
+    }
+    (most, low < 0.0, finite)
+}
+
+/// The fixed-point scale and total of a pattern, and the sum target `target` asks for:
+/// `ceil(target * total)` in q units.
+pub fn goal(target: f64, total_q: f64) -> f64 {
+    (target * total_q).ceil()
+}
+
+/// The total and the intensity-weighted centroid of a pattern (`None` centroid when the
+/// total is not positive); a pattern holding NaN or an infinity has a NaN total.
 pub fn total_and_centroid<T: Element>(p: &[T], w: usize) -> (f64, Option<(f64, f64)>) {
     let m = moments(p, w);
     (m.total, m.centroid)
 }
 
-/// What one read of a pattern tells.
+/// What two reads of a pattern tell.
 struct Moments {
+    fixed: Fixed,
+    /// The sum of q (an integer below 2^53).
+    total_q: f64,
     total: f64,
     centroid: Option<(f64, f64)>,
     /// Some pixel is below zero.
     negative: bool,
+    finite: bool,
 }
 
 fn moments<T: Element>(p: &[T], w: usize) -> Moments {
+    let h = p.len() / w.max(1);
+    let (most, negative, finite) = extremes(p);
+    let fixed = Fixed::of(
+        if finite { most } else { 0.0 },
+        p.len() as u64,
+        h.max(w) as u64,
+        T::DTYPE.is_float(),
+    );
+    if !finite {
+        return Moments {
+            fixed,
+            total_q: 0.0,
+            total: f64::NAN,
+            centroid: None,
+            negative,
+            finite,
+        };
+    }
     let (mut total, mut sy, mut sx) = (0.0f64, 0.0f64, 0.0f64);
-    let mut low = [0.0f64; SUM_LANES];
     for (y, row) in p.chunks_exact(w).enumerate() {
+        // Lanes of independent sums (vectorised); exact, so their order does not matter.
         let (mut s, mut m) = ([0.0f64; SUM_LANES], [0.0f64; SUM_LANES]);
         let mut chunks = row.chunks_exact(SUM_LANES);
         let mut base = 0.0f64;
         for c in &mut chunks {
             for (k, &v) in c.iter().enumerate() {
-                let v = f(v);
-                s[k] += v;
-                m[k] += v * (base + k as f64);
-                low[k] = low[k].min(v);
+                let q = fixed.q(f(v));
+                s[k] += q;
+                m[k] += q * (base + k as f64);
             }
             base += SUM_LANES as f64;
         }
         let (mut rs, mut rx) = (s.iter().sum::<f64>(), m.iter().sum::<f64>());
         for (k, &v) in chunks.remainder().iter().enumerate() {
-            let v = f(v);
-            rs += v;
-            rx += v * (base + k as f64);
-            low[0] = low[0].min(v);
+            let q = fixed.q(f(v));
+            rs += q;
+            rx += q * (base + k as f64);
         }
         total += rs;
         sy += rs * y as f64;
@@ -130,9 +234,12 @@ fn moments<T: Element>(p: &[T], w: usize) -> Moments {
     }
     let centroid = (total > 0.0).then(|| (sy / total, sx / total));
     Moments {
-        total,
+        fixed,
+        total_q: total,
+        total: fixed.value(total),
         centroid,
-        negative: low.iter().any(|&l| l < 0.0),
+        negative,
+        finite,
     }
 }
 
@@ -143,26 +250,26 @@ const BINS: usize = 1024;
 /// chain that took a third of the analysis time).
 const LANES: usize = 4;
 
-/// The retention radius by the exact definition: sort all pixels by squared distance.
+/// The retention radius by the definition: every pixel sorted by squared distance.
 pub fn radius_by_sort<T: Element>(
     p: &[T],
     w: usize,
     centre: (f64, f64),
-    target: f64,
-    total: f64,
+    fixed: Fixed,
+    goal: f64,
 ) -> f64 {
     let mut px: Vec<(f64, f64)> = p
         .iter()
         .enumerate()
-        .map(|(i, &v)| (d2(i, w, centre), f(v)))
+        .map(|(i, &v)| (d2(i, w, centre), fixed.q(f(v))))
         .collect();
-    first_reaching(&mut px, 0.0, target * total)
+    first_reaching(&mut px, 0.0, goal).unwrap_or_else(|| farthest(p.len() / w, w, centre))
 }
 
-/// Sorts `(squared distance, value)` pixels by distance and returns the distance at which
-/// `start` plus the running sum first reaches `goal` (pixels at one distance enter together);
-/// the farthest pixel when rounding keeps the sum a hair below the goal.
-fn first_reaching(px: &mut [(f64, f64)], start: f64, goal: f64) -> f64 {
+/// Sorts `(squared distance, q)` pixels by distance and returns the distance at which `start`
+/// plus the running sum first reaches `goal` (pixels at one distance enter together); `None`
+/// when it never does.
+fn first_reaching(px: &mut [(f64, f64)], start: f64, goal: f64) -> Option<f64> {
     px.sort_by(|a, b| a.0.total_cmp(&b.0));
     let mut sum = start;
     let mut i = 0;
@@ -173,11 +280,11 @@ fn first_reaching(px: &mut [(f64, f64)], start: f64, goal: f64) -> f64 {
             j += 1;
         }
         if sum >= goal {
-            return px[i].0.sqrt();
+            return Some(px[i].0.sqrt());
         }
         i = j;
     }
-    px.last().map_or(0.0, |q| q.0.sqrt())
+    None
 }
 
 fn d2(i: usize, w: usize, (cy, cx): (f64, f64)) -> f64 {
@@ -185,20 +292,36 @@ fn d2(i: usize, w: usize, (cy, cx): (f64, f64)) -> f64 {
     dy * dy + dx * dx
 }
 
-/// The retention radius (see the module docs), fast path for non-negative patterns. `guess`,
-/// a radius expected to be close (the previous pattern's), lets most patterns skip the full
-/// histogram: only the ring within [`GUESS_SLACK`] pixels of it is sorted, after checking that
-/// the crossing lies inside that ring; the result is the same either way.
+/// The distance of the farthest pixel (a corner): the radius when the goal is never reached
+/// (a goal rounded above the total).
+pub fn farthest(h: usize, w: usize, (cy, cx): (f64, f64)) -> f64 {
+    let corner = |y: usize, x: usize| {
+        let (dy, dx) = (y as f64 - cy, x as f64 - cx);
+        dy * dy + dx * dx
+    };
+    let (y1, x1) = (h.saturating_sub(1), w.saturating_sub(1));
+    corner(0, 0)
+        .max(corner(0, x1))
+        .max(corner(y1, 0))
+        .max(corner(y1, x1))
+        .sqrt()
+}
+
+/// The retention radius (see the module docs) of a pattern in fixed point `fixed`, for the
+/// sum `goal` (in q units). `guess`, a radius expected to be close (the previous pattern's),
+/// lets most patterns skip the full histogram: only the ring within [`GUESS_SLACK`] pixels of
+/// it is sorted, after checking that the crossing lies inside that ring; the result is the
+/// same either way (the sums are exact).
 pub fn retention_radius<T: Element>(
     p: &[T],
     w: usize,
     centre: (f64, f64),
-    target: f64,
-    total: f64,
+    fixed: Fixed,
+    goal: f64,
     guess: Option<f64>,
 ) -> f64 {
     let negative = p.iter().any(|&v| f(v) < 0.0);
-    radius_of(p, w, centre, target, total, guess, negative)
+    radius_of(p, w, centre, fixed, goal, guess, negative)
 }
 
 /// [`retention_radius`] when whether the pattern has negative pixels is known.
@@ -206,17 +329,17 @@ fn radius_of<T: Element>(
     p: &[T],
     w: usize,
     centre: (f64, f64),
-    target: f64,
-    total: f64,
+    fixed: Fixed,
+    goal: f64,
     guess: Option<f64>,
     negative: bool,
 ) -> f64 {
     if negative {
-        return radius_by_sort(p, w, centre, target, total);
+        return radius_by_sort(p, w, centre, fixed, goal);
     }
     guess
-        .and_then(|g| radius_near(p, w, centre, target * total, g))
-        .unwrap_or_else(|| radius_non_negative(p, w, centre, target, total))
+        .and_then(|g| radius_near(p, w, centre, fixed, goal, g))
+        .unwrap_or_else(|| radius_non_negative(p, w, centre, fixed, goal))
 }
 
 /// Half-width, in pixels, of the ring searched around a guessed radius.
@@ -263,6 +386,7 @@ fn radius_near<T: Element>(
     p: &[T],
     w: usize,
     (cy, cx): (f64, f64),
+    fixed: Fixed,
     goal: f64,
     guess: f64,
 ) -> Option<f64> {
@@ -270,7 +394,7 @@ fn radius_near<T: Element>(
     let hi = guess + GUESS_SLACK;
     let (lo2, hi2) = (lo * lo, hi * hi);
     let dx2: Vec<f64> = (0..w).map(|x| (x as f64 - cx).powi(2)).collect();
-    let mut inner = 0.0;
+    let mut inner = 0.0f64;
     let mut ring: Vec<(f64, f64)> = Vec::new();
     for (y, row) in p.chunks_exact(w).enumerate() {
         let dy2 = (y as f64 - cy).powi(2);
@@ -280,9 +404,9 @@ fn radius_near<T: Element>(
         }
         let (la, lb) = span(&dx2, dy2, lo2, cx);
         let (la, lb) = if la == lb { (ha, ha) } else { (la, lb) };
-        inner += sum_f64(&row[la..lb]);
+        inner += row[la..lb].iter().map(|&v| fixed.q(f(v))).sum::<f64>();
         for x in (ha..la).chain(lb..hb) {
-            ring.push((dy2 + dx2[x], f(row[x])));
+            ring.push((dy2 + dx2[x], fixed.q(f(row[x]))));
         }
     }
     if inner >= goal {
@@ -299,8 +423,8 @@ fn crossing(px: &mut [(f64, f64)], start: f64, goal: f64, lo2: f64, hi2: f64) ->
     let scale = FINE as f64 / (hi2 - lo2).max(f64::MIN_POSITIVE);
     let bin = |d: f64| (((d - lo2).max(0.0) * scale) as usize).min(FINE - 1);
     let mut hist = [0.0f64; FINE];
-    for &(d, v) in px.iter() {
-        hist[bin(d)] += v;
+    for &(d, q) in px.iter() {
+        hist[bin(d)] += q;
     }
     let mut below = start;
     let mut k = None;
@@ -313,44 +437,51 @@ fn crossing(px: &mut [(f64, f64)], start: f64, goal: f64, lo2: f64, hi2: f64) ->
     }
     let k = k?;
     let mut last: Vec<(f64, f64)> = px.iter().copied().filter(|q| bin(q.0) == k).collect();
-    Some(first_reaching(&mut last, below, goal))
+    first_reaching(&mut last, below, goal)
 }
 
-/// [`retention_radius`] for a pattern known to have no negative pixel.
+/// The histogram's scale: bin of squared distance d is `(d * scale)` truncated, at most
+/// `BINS - 1`; `scale = (BINS - 1) / (largest squared distance)` (the GPU's formula too).
+pub fn bin_scale(h: usize, w: usize, centre: (f64, f64)) -> f64 {
+    let far = |c: f64, n: usize| c.abs().max((n as f64 - 1.0 - c).abs());
+    let max_d2 = far(centre.0, h).powi(2) + far(centre.1, w).powi(2);
+    (BINS as f64 - 1.0) / max_d2.max(f64::MIN_POSITIVE)
+}
+
+/// [`retention_radius`] for a pattern known to have no negative pixel: a histogram of q by
+/// squared distance finds the bin where the running sum reaches the goal, then that bin's
+/// pixels are sorted.
 fn radius_non_negative<T: Element>(
     p: &[T],
     w: usize,
     centre: (f64, f64),
-    target: f64,
-    total: f64,
+    fixed: Fixed,
+    goal: f64,
 ) -> f64 {
     let h = p.len() / w;
-    // Largest squared distance: to the farthest corner.
-    let far = |c: f64, n: usize| c.abs().max((n as f64 - 1.0 - c).abs());
-    let max_d2 = far(centre.0, h).powi(2) + far(centre.1, w).powi(2);
-    let scale = (BINS as f64 - 1.0) / max_d2.max(f64::MIN_POSITIVE);
+    let scale = bin_scale(h, w, centre);
     let bin = |d: f64| ((d * scale) as usize).min(BINS - 1);
     let dx2: Vec<f64> = (0..w).map(|x| (x as f64 - centre.1).powi(2)).collect();
     let mut lanes = vec![0.0f64; BINS * LANES];
     for (y, row) in p.chunks_exact(w).enumerate() {
         let dy2 = (y as f64 - centre.0).powi(2);
         for (x, (&v, &d)) in row.iter().zip(&dx2).enumerate() {
-            lanes[(x % LANES) * BINS + bin(dy2 + d)] += f(v);
+            lanes[(x % LANES) * BINS + bin(dy2 + d)] += fixed.q(f(v));
         }
     }
-    let hist: Vec<f64> = (0..BINS)
-        .map(|b| (0..LANES).map(|l| lanes[l * BINS + b]).sum())
-        .collect();
-    let goal = target * total;
-    let mut below = 0.0;
-    let mut k = BINS - 1;
-    for (b, &s) in hist.iter().enumerate() {
+    let mut below = 0.0f64;
+    let mut k = None;
+    for b in 0..BINS {
+        let s: f64 = (0..LANES).map(|l| lanes[l * BINS + b]).sum();
         if below + s >= goal {
-            k = b;
+            k = Some(b);
             break;
         }
         below += s;
     }
+    let Some(k) = k else {
+        return farthest(h, w, centre);
+    };
     // Exact within bin k: its pixels sorted by distance, added to the bins below. Only the
     // columns whose squared distance can fall in bin k are visited (with one column of slack
     // each side against rounding; the bin test itself is exact).
@@ -375,17 +506,17 @@ fn radius_non_negative<T: Element>(
             for x in start..end {
                 let d = dy2 + dx2[x];
                 if bin(d) == k {
-                    px.push((d, f(row[x])));
+                    px.push((d, fixed.q(f(row[x]))));
                 }
             }
             last_end = last_end.max(end);
         }
     }
-    first_reaching(&mut px, below, goal)
+    first_reaching(&mut px, below, goal).expect("the crossing lies in bin k: the sums are exact")
 }
 
 /// Analyses one pattern; `guess` as in [`retention_radius`]. A pattern holding NaN or an
-/// infinity (or whose f64 sum overflows) is [`PatternKind::NotFinite`].
+/// infinity is [`PatternKind::NotFinite`].
 pub fn analyse<T: Element>(
     p: &[T],
     w: usize,
@@ -396,35 +527,34 @@ pub fn analyse<T: Element>(
 ) -> Analysis {
     let h = p.len() / w;
     let geometric = ((h as f64 - 1.0) / 2.0, (w as f64 - 1.0) / 2.0);
-    let Moments {
-        total,
-        centroid,
-        negative,
-    } = moments(p, w);
+    let m = moments(p, w);
     let centre = match method {
-        CentreMethod::Centroid => centroid.unwrap_or(geometric),
+        CentreMethod::Centroid => m.centroid.unwrap_or(geometric),
         CentreMethod::Center => geometric,
         CentreMethod::Manual => manual.unwrap_or(geometric),
     };
-    let kind = if !total.is_finite() {
+    let kind = if !m.finite {
         PatternKind::NotFinite
-    } else if total > 0.0 {
+    } else if m.total_q > 0.0 {
         PatternKind::Normal
-    } else if total < 0.0 {
+    } else if m.total_q < 0.0 {
         PatternKind::Negative
     } else {
         PatternKind::Empty
     };
     let radius = if kind == PatternKind::Normal {
-        radius_of(p, w, centre, target, total, guess, negative)
+        let goal = goal(target, m.total_q);
+        radius_of(p, w, centre, m.fixed, goal, guess, m.negative)
     } else {
         0.0
     };
     Analysis {
-        total,
+        total: m.total,
         centre,
         radius,
         kind,
+        scale: m.fixed.s,
+        total_q: m.total_q,
     }
 }
 
@@ -449,19 +579,21 @@ pub fn window(c: f64, r: u64, n: u64) -> (u64, u64) {
     (start, side)
 }
 
-/// Copies the crop of `p` (H x W) into `out` (side_h x side_w) and returns the f64 sum of it.
+/// Copies the crop of `p` (H x W) into `out` (side_h x side_w) and returns the sum of its q
+/// (fixed point `fixed`, as the pattern's analysis).
 pub fn crop_into<T: Element>(
     p: &[T],
     w: usize,
     (y0, x0): (usize, usize),
     side_w: usize,
+    fixed: Fixed,
     out: &mut [T],
 ) -> f64 {
-    let mut sum = 0.0;
+    let mut sum = 0.0f64;
     for (r, o) in out.chunks_exact_mut(side_w).enumerate() {
         let row = &p[(y0 + r) * w + x0..(y0 + r) * w + x0 + side_w];
         o.copy_from_slice(row);
-        sum += row.iter().map(|&v| f(v)).sum::<f64>();
+        sum += row.iter().map(|&v| fixed.q(f(v))).sum::<f64>();
     }
     sum
 }
@@ -526,10 +658,11 @@ mod tests {
         for case in 0..40 {
             let (h, w) = (17 + case % 5, 23 + case % 7);
             let p: Vec<f32> = (0..h * w).map(|_| next().powi(3) * 100.0).collect();
-            let (total, c) = total_and_centroid(&p, w);
-            let centre = c.unwrap();
+            let m = moments(&p, w);
+            let centre = m.centroid.unwrap();
             for target in [0.5, 0.9, 0.98, 1.0] {
-                let exact = radius_by_sort(&p, w, centre, target, total);
+                let goal = goal(target, m.total_q);
+                let exact = radius_by_sort(&p, w, centre, m.fixed, goal);
                 // Without a guess, with the right one, with near and far ones (the ring
                 // misses the crossing on either side, or reaches past the image).
                 for guess in [None, Some(exact), Some(exact + 1.7), Some(exact - 2.9)]
@@ -537,7 +670,7 @@ mod tests {
                     .chain([0.0, 2.5, 6.0, 40.0].map(Some))
                 {
                     assert_eq!(
-                        retention_radius(&p, w, centre, target, total, guess),
+                        retention_radius(&p, w, centre, m.fixed, goal, guess),
                         exact,
                         "case {case} target {target} guess {guess:?}"
                     );
@@ -562,6 +695,106 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn fixed_point_hand_checked() {
+        // 4 x 4 f32, largest 1.0: 47 bits (53 - 4 - 2), 1.0 < 2^1, so s = 46.
+        let f = Fixed::of(1.0, 16, 4, true);
+        assert_eq!(f.s, 46);
+        assert_eq!(f.q(1.0), 2f64.powi(46));
+        assert_eq!(f.q(-0.5), -(2f64.powi(45)));
+        assert_eq!(f.value(3.0 * 2f64.powi(45)), 1.5);
+        // Ties go to even: 2^-47 is half a unit.
+        assert_eq!(f.q(2f64.powi(-47)), 0.0);
+        assert_eq!(f.q(3.0 * 2f64.powi(-47)), 2.0);
+        // Integers keep s = 0 (exact) while they fit: 256 x 256 leaves 29 bits.
+        let u = Fixed::of(65535.0, 65536, 256, false);
+        assert_eq!((u.s, u.q(65535.0)), (0, 65535.0));
+        // Beyond 2^29 they are divided (ties to even): 2^40 - 1 < 2^40, s = 29 - 40.
+        let big = Fixed::of((1u64 << 40) as f64 - 1.0, 65536, 256, false);
+        assert_eq!(big.s, -11);
+        assert_eq!(big.q(3072.0), 2.0);
+        assert_eq!(big.q(5120.0), 2.0);
+        assert_eq!(big.q(7168.0), 4.0);
+        // An all-zero pattern.
+        assert_eq!(Fixed::of(0.0, 16, 4, true).q(0.0), 0.0);
+        assert_eq!(goal(0.9, 10.0), 9.0);
+        assert_eq!(goal(0.91, 10.0), 10.0);
+    }
+
+    /// The analysis by brute force: q of every pixel, i128 sums, every distinct distance.
+    fn reference(p: &[f32], w: usize, target: f64) -> (f64, (f64, f64), f64) {
+        let h = p.len() / w;
+        let most = p.iter().fold(0.0f64, |m, &v| m.max(f64::from(v).abs()));
+        let fx = Fixed::of(most, p.len() as u64, h.max(w) as u64, true);
+        let q: Vec<i128> = p
+            .iter()
+            .map(|&v| (f64::from(v) * 2f64.powi(fx.s)).round_ties_even() as i128)
+            .collect();
+        let total: i128 = q.iter().sum();
+        let sy: i128 = (0..p.len()).map(|i| (i / w) as i128 * q[i]).sum();
+        let sx: i128 = (0..p.len()).map(|i| (i % w) as i128 * q[i]).sum();
+        let c = (sy as f64 / total as f64, sx as f64 / total as f64);
+        let goal = (target * total as f64).ceil() as i128;
+        let mut ds: Vec<f64> = (0..p.len()).map(|i| d2(i, w, c)).collect();
+        ds.sort_by(f64::total_cmp);
+        ds.dedup();
+        let r = ds
+            .iter()
+            .find(|&&d| {
+                (0..p.len())
+                    .filter(|&i| d2(i, w, c) <= d)
+                    .map(|i| q[i])
+                    .sum::<i128>()
+                    >= goal
+            })
+            .map_or(farthest(h, w, c), |d| d.sqrt());
+        (total as f64 * 2f64.powi(-fx.s), c, r)
+    }
+
+    #[test]
+    fn the_analysis_equals_a_brute_force_reference_on_random_patterns() {
+        let mut s = 777u64;
+        let mut next = || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / 16_777_216.0
+        };
+        for case in 0..30 {
+            let (h, w) = (9 + case % 4, 11 + case % 6);
+            // Wide dynamic range; some patterns with negative pixels.
+            let p: Vec<f32> = (0..h * w)
+                .map(|_| {
+                    let v = next().powi(4) * 1e3;
+                    if case % 3 == 0 && next() < 0.2 {
+                        -v * 0.1
+                    } else {
+                        v
+                    }
+                })
+                .collect();
+            for target in [0.5, 0.9, 0.98, 1.0] {
+                let a = analyse(&p, w, CentreMethod::Centroid, None, target, None);
+                let (total, c, r) = reference(&p, w, target);
+                assert_eq!((a.total, a.centre, a.radius), (total, c, r), "case {case}");
+                let guessed = analyse(&p, w, CentreMethod::Centroid, None, target, Some(r + 1.0));
+                assert_eq!(guessed.radius, r, "case {case} with a guess");
+            }
+        }
+    }
+
+    #[test]
+    fn integer_patterns_are_counted_exactly() {
+        let p: Vec<u16> = (0..64u32).map(|i| (i * 977 % 65_536) as u16).collect();
+        let a = analyse(&p, 8, CentreMethod::Centroid, None, 0.9, None);
+        let total: u64 = p.iter().map(|&v| u64::from(v)).sum();
+        assert_eq!(a.total, total as f64);
+        assert_eq!(a.scale, 0);
+        assert_eq!(a.total_q, total as f64);
+        let sy: u64 = (0..64).map(|i| (i / 8) as u64 * u64::from(p[i])).sum();
+        assert_eq!(a.centre.0, sy as f64 / total as f64);
     }
 
     #[test]

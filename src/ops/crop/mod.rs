@@ -280,7 +280,9 @@ struct CropOp {
     /// Crop window start (y, x) per pattern.
     starts: Vec<(u64, u64)>,
     side: (u64, u64),
-    totals: Vec<f64>,
+    /// Per pattern: the fixed-point scale and the total in q units (retention is exact).
+    scales: Vec<i32>,
+    totals_q: Vec<f64>,
     writer: Mutex<Option<Box<dyn ArrayWriter>>>,
     /// Retention per pattern of the units this rank cropped, by unit.
     retention: Mutex<BTreeMap<usize, Vec<f64>>>,
@@ -326,8 +328,9 @@ impl CropOp {
                 .enumerate()
                 .map(|(i, (p, o))| {
                     let (y0, x0) = self.starts[first + i];
-                    let kept = kernel::crop_into(p, w, (y0 as usize, x0 as usize), sw, o);
-                    let total = self.totals[first + i];
+                    let fixed = kernel::Fixed::from_scale(self.scales[first + i]);
+                    let kept = kernel::crop_into(p, w, (y0 as usize, x0 as usize), sw, fixed, o);
+                    let total = self.totals_q[first + i];
                     if total > 0.0 {
                         kept / total
                     } else {
@@ -444,10 +447,12 @@ fn stats(v: &[f64]) -> (f64, f64, f64, f64) {
 /// centre and retention radius, and which patterns can be cropped by their own centre.
 struct Survey {
     n: usize,
-    totals: Vec<f64>,
     cys: Vec<f64>,
     cxs: Vec<f64>,
     radii: Vec<f64>,
+    /// Fixed-point scale and total in q units (kernel::Fixed).
+    scales: Vec<i32>,
+    totals_q: Vec<f64>,
     /// The patterns that sum to more than zero (the others are left out of the statistics).
     normal: Vec<usize>,
     empty: usize,
@@ -664,7 +669,7 @@ impl Pass1<'_> {
     }
 }
 
-/// Every pattern's (total, cy, cx, radius, kind), gathered from every rank to every rank.
+/// Every pattern's (cy, cx, radius, kind, scale, total in q units), gathered from every rank to every rank.
 fn gather_survey(comm: &dyn Comm, analyses: &[Analysis], n: usize) -> Survey {
     let packed: Vec<f64> = analyses
         .iter()
@@ -675,7 +680,14 @@ fn gather_survey(comm: &dyn Comm, analyses: &[Analysis], n: usize) -> Survey {
                 PatternKind::Negative => 2.0,
                 PatternKind::NotFinite => unreachable!("rejected above"),
             };
-            [a.total, a.centre.0, a.centre.1, a.radius, kind]
+            [
+                a.centre.0,
+                a.centre.1,
+                a.radius,
+                kind,
+                f64::from(a.scale),
+                a.total_q,
+            ]
         })
         .collect();
     let all: Vec<f64> = comm
@@ -683,15 +695,17 @@ fn gather_survey(comm: &dyn Comm, analyses: &[Analysis], n: usize) -> Survey {
         .iter()
         .flat_map(|b| from_bytes(b))
         .collect();
-    debug_assert_eq!(all.len(), n * 5);
-    let field = |k: usize| -> Vec<f64> { all.chunks_exact(5).map(|r| r[k]).collect() };
-    let kinds = field(4);
+    const FIELDS: usize = 6;
+    debug_assert_eq!(all.len(), n * FIELDS);
+    let field = |k: usize| -> Vec<f64> { all.chunks_exact(FIELDS).map(|r| r[k]).collect() };
+    let kinds = field(3);
     Survey {
         n,
-        totals: field(0),
-        cys: field(1),
-        cxs: field(2),
-        radii: field(3),
+        cys: field(0),
+        cxs: field(1),
+        radii: field(2),
+        scales: field(4).into_iter().map(|s| s as i32).collect(),
+        totals_q: field(5),
         normal: (0..n).filter(|&i| kinds[i] == 0.0).collect(),
         empty: kinds.iter().filter(|&&k| k == 1.0).count(),
         negative: kinds.iter().filter(|&&k| k == 2.0).count(),
@@ -804,7 +818,8 @@ fn crop_op(
         units,
         starts: plan.window.starts.clone(),
         side: plan.window.side,
-        totals: plan.survey.totals.clone(),
+        scales: plan.survey.scales.clone(),
+        totals_q: plan.survey.totals_q.clone(),
         writer: Mutex::new(None),
         retention: Mutex::new(BTreeMap::new()),
         spares: Default::default(),
