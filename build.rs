@@ -7,18 +7,26 @@
 //! contraction, no fast-math, and no -march=native (which could bring FMA instructions in).
 
 fn main() {
-    const INCLUDES: [&str; 4] = ["src/gpu", "src/ops/quilt", "src/ops/hdr", "src/ops/pyramid"];
-    const SOURCES: [&str; 3] = [
+    const INCLUDES: [&str; 5] = [
+        "src/gpu",
+        "src/ops/quilt",
+        "src/ops/hdr",
+        "src/ops/pyramid",
+        "src/ops/crop",
+    ];
+    const SOURCES: [&str; 4] = [
         "src/ops/quilt/harness.cpp",
         "src/ops/hdr/harness.cpp",
         "src/ops/pyramid/harness.cpp",
+        "src/ops/crop/harness.cpp",
     ];
-    const HEADERS: [&str; 5] = [
+    const HEADERS: [&str; 6] = [
         "src/gpu/common.cuh",
         "src/ops/quilt/stitch.cuh",
         "src/ops/quilt/unstitch.cuh",
         "src/ops/hdr/debevec.cuh",
         "src/ops/pyramid/reduce.cuh",
+        "src/ops/crop/crop.cuh",
     ];
     println!("cargo:rerun-if-changed=build.rs");
     for path in SOURCES.iter().chain(&HEADERS) {

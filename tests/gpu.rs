@@ -103,7 +103,7 @@ fn every_kernel_compiles_with_nvrtc_and_has_no_fma() {
     }
     let out = ok(tessera_gpu(&["gpu", "compile"]));
     assert!(
-        out.contains("all 4 kernel sources compile for compute_80, compute_90"),
+        out.contains("all 5 kernel sources compile for compute_80, compute_90"),
         "{out}"
     );
     for kernel in [
@@ -111,6 +111,7 @@ fn every_kernel_compiles_with_nvrtc_and_has_no_fma() {
         "quilt/unstitch.cu",
         "hdr/debevec.cu",
         "pyramid/reduce.cu",
+        "crop/crop.cu",
     ] {
         for arch in ["compute_80", "compute_90"] {
             assert!(out.contains(&format!("{arch} {kernel}")), "{out}");

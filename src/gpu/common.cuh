@@ -52,6 +52,26 @@ TESSERA_HD float tessera_bits_f32(u32 bits) {
 #endif
 }
 
+TESSERA_HD double tessera_bits_f64(u64 bits) {
+#if defined(__CUDACC__)
+    return __longlong_as_double((long long)bits);
+#else
+    union { u64 u; double d; } v;
+    v.u = bits;
+    return v.d;
+#endif
+}
+
+TESSERA_HD u64 tessera_f64_bits(double x) {
+#if defined(__CUDACC__)
+    return (u64)__double_as_longlong(x);
+#else
+    union { u64 u; double d; } v;
+    v.d = x;
+    return v.u;
+#endif
+}
+
 // NaN of the output type, by bits (see above).
 template <typename O> TESSERA_HD O tessera_nan();
 template <> TESSERA_HD float tessera_nan<float>() { return tessera_nan_f32(); }

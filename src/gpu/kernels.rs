@@ -101,8 +101,37 @@ pub const PYRAMID: KernelSource = KernelSource {
     ],
 };
 
+/// The crop's two passes, one kernel per input type and pass.
+pub const CROP: KernelSource = KernelSource {
+    name: "crop/crop",
+    cu: include_str!("../ops/crop/crop.cu"),
+    headers: &[COMMON, ("crop.cuh", include_str!("../ops/crop/crop.cuh"))],
+    functions: &[
+        "crop_analyse_u8",
+        "crop_analyse_u16",
+        "crop_analyse_u32",
+        "crop_analyse_u64",
+        "crop_analyse_i8",
+        "crop_analyse_i16",
+        "crop_analyse_i32",
+        "crop_analyse_i64",
+        "crop_analyse_f32",
+        "crop_analyse_f64",
+        "crop_window_u8",
+        "crop_window_u16",
+        "crop_window_u32",
+        "crop_window_u64",
+        "crop_window_i8",
+        "crop_window_i16",
+        "crop_window_i32",
+        "crop_window_i64",
+        "crop_window_f32",
+        "crop_window_f64",
+    ],
+};
+
 /// Every kernel source tessera has.
-pub const ALL: &[KernelSource] = &[STITCH, UNSTITCH, DEBEVEC, PYRAMID];
+pub const ALL: &[KernelSource] = &[STITCH, UNSTITCH, DEBEVEC, PYRAMID, CROP];
 
 /// The architectures CI compiles every kernel for (A100 and H100 class).
 pub const CHECKED_ARCHITECTURES: &[&str] = &["compute_80", "compute_90"];

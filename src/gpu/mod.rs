@@ -18,6 +18,8 @@ pub mod cuda;
 #[cfg(test)]
 mod harness;
 #[cfg(test)]
+mod harness_crop;
+#[cfg(test)]
 mod harness_pyramid;
 
 use std::fmt;

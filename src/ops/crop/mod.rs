@@ -10,6 +10,7 @@
 //! computed from the gathered arrays in pattern order, so the outputs are identical for any
 //! number of ranks.
 
+pub mod device;
 pub mod kernel;
 pub mod plot;
 pub mod synthetic;
