@@ -499,3 +499,157 @@ fn a_pyramid_interrupted_on_the_gpu_resumes_on_the_cpu_to_the_same_bytes() {
     ok(pyramid(&resumed, "cpu", &["--resume"], &[]));
     assert_same_tree(&whole, &resumed);
 }
+
+/// Runs `tessera crop` (args plus `--output out/c.npy`) on the CPU and on the GPU, and
+/// compares every .npy output byte for byte and the results' analysis and validation.
+fn crop_same_on_both(dir: &Path, ranks: usize, args: &[&str]) {
+    let mut results = Vec::new();
+    for side in ["cpu", "cuda"] {
+        let out = dir.join(format!("{side}-{ranks}"));
+        std::fs::create_dir_all(&out).unwrap();
+        let device = if side == "cpu" { "cpu" } else { gpu_device() };
+        let target = s(&out.join("c.npy"));
+        let mut a: Vec<&str> = args.to_vec();
+        a.extend([
+            "--output",
+            &target,
+            "--device",
+            device,
+            "--no-visualization",
+        ]);
+        let lib = library_path();
+        let env = [("LD_LIBRARY_PATH", lib.as_str())];
+        if ranks == 1 {
+            ok(tessera_env(&a, &env));
+        } else {
+            ok(tessera_mpi(ranks, &a, &env));
+        }
+        let r: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("c_results.json")).unwrap()).unwrap();
+        results.push((r["analysis"].clone(), r["validation"].clone()));
+    }
+    assert_eq!(results[0], results[1]);
+    for name in ["c.npy", "c_radii.npy", "c_centers.npy", "c_retention.npy"] {
+        let a = std::fs::read(dir.join(format!("cpu-{ranks}/{name}"))).unwrap();
+        let b = std::fs::read(dir.join(format!("cuda-{ranks}/{name}"))).unwrap();
+        assert!(
+            a == b,
+            "{name} differs between the CPU and the GPU on {ranks} rank(s)"
+        );
+    }
+}
+
+#[test]
+fn crop_on_the_gpu_gives_the_cpu_bytes() {
+    if !gpu() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // u16 counts around a moving bright disk, a scan (Sy, Sx, H, W); f32 with negative pixels
+    // (analysed on the CPU by design) and a wide dynamic range.
+    let mut rng = Rng::new(31);
+    let counts = ArrayD::from_shape_fn(IxDyn(&[3, 5, 48, 40]), |i| {
+        let (cy, cx) = (20.0 + i[0] as f64, 18.0 + i[1] as f64);
+        let d2 = (i[2] as f64 - cy).powi(2) + (i[3] as f64 - cx).powi(2);
+        (if d2 < 30.0 { 900 } else { 0 } + rng.below(7)) as u16
+    });
+    let scan = dir.path().join("scan.npy");
+    write_npy(&scan, &counts).unwrap();
+    let floats = random_image(&[20, 33, 29], 32, 0).mapv(|v| v * v * v * 100.0);
+    let stack = dir.path().join("stack.npy");
+    write_npy(&stack, &floats).unwrap();
+    for (name, input) in [("u16", &scan), ("f32", &stack)] {
+        for ranks in [1, 2] {
+            if ranks == 2 && !two_ranks() {
+                continue;
+            }
+            let case = dir.path().join(name);
+            std::fs::create_dir_all(&case).unwrap();
+            let input = s(input);
+            crop_same_on_both(
+                &case,
+                ranks,
+                &[
+                    "crop",
+                    "--input",
+                    &input,
+                    "--chunk-size",
+                    "4",
+                    "--min-retention",
+                    "0.01",
+                ],
+            );
+            std::fs::remove_dir_all(&case).unwrap();
+        }
+    }
+}
+
+#[test]
+fn without_a_gpu_crop_and_pyramid_on_cuda_are_one_clear_error_writing_nothing() {
+    if tessera_gpu(&["gpu", "info"])
+        .stdout
+        .windows(7)
+        .any(|w| w == b"cuda:0:")
+    {
+        eprintln!("skipping: this machine has a GPU (the GPU tests cover it)");
+        return;
+    }
+    let why = if cfg!(feature = "cuda") {
+        "libcuda.so.1"
+    } else {
+        "feature \"cuda\""
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let volume = dir.path().join("v.npy");
+    write_npy(&volume, &random_image(&[8, 8, 8], 5, 0)).unwrap();
+    let out = s(&dir.path().join("c.npy"));
+    let err = fails_with(
+        tessera_gpu(&[
+            "crop",
+            "--test-mode",
+            "--test-patterns",
+            "4",
+            "--test-size",
+            "16",
+            "--output",
+            &out,
+            "--device",
+            "cuda",
+        ]),
+        &[why],
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    let pyr = s(&dir.path().join("p.zarr"));
+    fails_with(
+        tessera_gpu(&[
+            "pyramid",
+            "--input",
+            &s(&volume),
+            "--output",
+            &pyr,
+            "--device",
+            "cuda",
+        ]),
+        &[why],
+    );
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(
+        left,
+        vec![std::ffi::OsString::from("v.npy")],
+        "nothing may be written"
+    );
+    // auto runs on the CPU and says why in the report.
+    ok(tessera_gpu(&[
+        "pyramid",
+        "--input",
+        &s(&volume),
+        "--output",
+        &pyr,
+    ]));
+    let device = report_device(&dir.path().join("p.zarr.report.json"));
+    assert_eq!(device["device"], "cpu", "{device}");
+}

@@ -26,6 +26,10 @@ pub struct CropBench {
     /// Repetitions; the best is reported.
     #[arg(long, default_value_t = 2)]
     pub repeat: usize,
+    /// cpu (the default), cuda[:N] or auto: where the crop's kernels run (end to end, against
+    /// the same memcpy).
+    #[arg(long, default_value = "cpu")]
+    pub device: crate::gpu::DeviceChoice,
 }
 
 /// Runs the benchmark and prints a Markdown table on rank 0.
@@ -74,6 +78,8 @@ pub fn run(b: &CropBench, comm: &dyn Comm) -> Result<()> {
             test_size: 0,
             seed: 0,
             codec: Default::default(),
+            device: b.device,
+            gpu_memory_limit: None,
             run: RunOptions {
                 overwrite: true,
                 ..RunOptions::default()

@@ -576,6 +576,16 @@ pub struct CropJob {
     #[arg(long, default_value_t = 0)]
     #[serde(default)]
     pub seed: u64,
+    /// Where to run the kernels: auto (a GPU when there is one), cpu, cuda, or cuda:N. Not
+    /// part of the output: the analysis and the crop are the same bytes on both.
+    #[arg(long, default_value_t, value_name = "auto|cpu|cuda|cuda:N")]
+    #[serde(default, skip_serializing)]
+    pub device: crate::gpu::DeviceChoice,
+    /// Device memory this rank may use on a GPU, e.g. 8G (default: 80% of the free memory,
+    /// shared by the ranks on that GPU); patterns are sent in batches of half of it.
+    #[arg(long)]
+    #[serde(default, skip_serializing)]
+    pub gpu_memory_limit: Option<String>,
     /// Chunk compression (Zarr/HDF5 outputs).
     #[arg(long, value_enum, default_value_t)]
     #[serde(default)]

@@ -10,6 +10,8 @@
 //! computed from the gathered arrays in pattern order, so the outputs are identical for any
 //! number of ranks.
 
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod device;
 pub mod kernel;
 pub mod plot;
@@ -180,6 +182,64 @@ fn add_into(sum: &mut [f64], part: &[f64]) {
     sum.iter_mut().zip(part).for_each(|(s, p)| *s += p);
 }
 
+/// This rank's device for crop: the selection (for the report) and, on a GPU, its kernels.
+#[derive(Clone, Default)]
+struct CropDevice {
+    selected: crate::gpu::Selected,
+    #[cfg(feature = "cuda")]
+    gpu: Option<std::sync::Arc<cuda::CropGpu>>,
+}
+
+impl CropDevice {
+    fn new(selected: crate::gpu::Selected, job: &CropJob, manual: Option<(f64, f64)>) -> Self {
+        #[cfg(feature = "cuda")]
+        let gpu = match &selected.backend {
+            crate::gpu::Backend::Cuda(g) => Some(std::sync::Arc::new(cuda::CropGpu::new(
+                g.clone(),
+                job.center,
+                manual,
+                job.target_retention,
+            ))),
+            _ => None,
+        };
+        #[cfg(not(feature = "cuda"))]
+        let _ = (job, manual);
+        CropDevice {
+            selected,
+            #[cfg(feature = "cuda")]
+            gpu,
+        }
+    }
+
+    /// Pass 1 of the patterns of `flat` on the GPU; `None` on the CPU.
+    fn analyse<T: Element>(&self, flat: &[T], hw: (usize, usize)) -> Option<Result<Vec<Analysis>>> {
+        #[cfg(feature = "cuda")]
+        if let Some(gpu) = &self.gpu {
+            return Some(gpu.analyse(flat, hw));
+        }
+        let _ = (flat, hw);
+        None
+    }
+
+    /// Pass 2 of the patterns of `flat` on the GPU (windows into `out`, their retention sums
+    /// returned); `None` on the CPU.
+    fn crop<T: Element>(
+        &self,
+        flat: &[T],
+        hw: (usize, usize),
+        side: (usize, usize),
+        (starts, scales): (&[(u64, u64)], &[i32]),
+        out: &mut [T],
+    ) -> Option<Result<Vec<f64>>> {
+        #[cfg(feature = "cuda")]
+        if let Some(gpu) = &self.gpu {
+            return Some(gpu.crop(flat, hw, side, starts, scales, out));
+        }
+        let _ = (flat, hw, side, starts, scales, out);
+        None
+    }
+}
+
 /// Patterns analysed in sequence by one task: each starts its radius search from the
 /// previous pattern's radius (neighbouring scan positions look alike).
 const GUESS_RUN: usize = 8;
@@ -194,7 +254,37 @@ fn analyse_flat<T: Element>(
     job: &CropJob,
     manual: Option<(f64, f64)>,
     sum: Option<&mut [f64]>,
-) -> std::result::Result<Vec<Analysis>, usize> {
+    device: &CropDevice,
+) -> Result<std::result::Result<Vec<Analysis>, usize>> {
+    let out = match device.analyse(flat, (hw / w.max(1), w)) {
+        Some(done) => {
+            let done = done?;
+            if let Some(sum) = sum {
+                let mut part = Vec::new();
+                add_patterns(flat, hw, &mut part);
+                add_into(sum, &part);
+            }
+            done
+        }
+        None => analyse_on_cpu(flat, (hw, w), job, manual, sum),
+    };
+    Ok(
+        match out.iter().position(|a| a.kind == PatternKind::NotFinite) {
+            Some(i) => Err(i),
+            None => Ok(out),
+        },
+    )
+}
+
+/// [`analyse_flat`] on the CPU: runs of patterns in parallel, each run starting its radius
+/// search from the previous pattern's radius.
+fn analyse_on_cpu<T: Element>(
+    flat: &[T],
+    (hw, w): (usize, usize),
+    job: &CropJob,
+    manual: Option<(f64, f64)>,
+    sum: Option<&mut [f64]>,
+) -> Vec<Analysis> {
     use rayon::prelude::*;
     let plot = sum.is_some();
     // A few pieces per thread, each with one sum for the plot.
@@ -229,45 +319,7 @@ fn analyse_flat<T: Element>(
             add_into(sum, &part);
         }
     }
-    if let Some(i) = out.iter().position(|a| a.kind == PatternKind::NotFinite) {
-        return Err(i);
-    }
-    Ok(out)
-}
-
-/// Analyses rows `rows` of the input (in place when it is memory-mapped, else read into
-/// `spare`) and adds them into `sum`; returns the per-pattern analyses, or the flat index of the
-/// first pattern with a NaN or infinite value.
-fn analyse_rows(
-    input: &dyn ArrayReader,
-    layout: &Layout,
-    rows: &Range<u64>,
-    job: &CropJob,
-    manual: Option<(f64, f64)>,
-    sum: &mut [f64],
-    spare: &mut Option<Block>,
-) -> Result<std::result::Result<Vec<Analysis>, u64>> {
-    let (hw, w) = ((layout.h * layout.w) as usize, layout.w as usize);
-    let first = rows.start * layout.per_row;
-    let count = ((rows.end - rows.start) * layout.per_row) as usize;
-    let mut sum = (!job.no_visualization).then_some(sum);
-    let mapped = crate::with_dtype!(input.meta().dtype, T => io::mapped_elements::<T>(input)
-    .map(|all| {
-        let flat = &all[first as usize * hw..][..count * hw];
-        analyse_flat(flat, (hw, w), job, manual, sum.as_deref_mut())
-    }));
-    let result = match mapped {
-        Some(done) => done,
-        None => {
-            let block = input.read_box_reusing(&layout.rows(rows), spare.take())?;
-            let block = spare.insert(block);
-            crate::with_block!(&*block, a => {
-                let flat = a.as_slice().expect("blocks are C-order");
-                analyse_flat(flat, (hw, w), job, manual, sum)
-            })
-        }
-    };
-    Ok(result.map_err(|i| first + i as u64))
+    out
 }
 
 /// Pass 2: crop units (runs of axis-0 rows) into the output.
@@ -284,6 +336,7 @@ struct CropOp {
     /// Per pattern: the fixed-point scale and the total in q units (retention is exact).
     scales: Vec<i32>,
     totals_q: Vec<f64>,
+    device: CropDevice,
     writer: Mutex<Option<Box<dyn ArrayWriter>>>,
     /// Retention per pattern of the units this rank cropped, by unit.
     retention: Mutex<BTreeMap<usize, Vec<f64>>>,
@@ -309,11 +362,8 @@ impl CropOp {
         flat: &[T],
         first: usize,
         region: &Region,
-    ) -> Block {
-        let (hw, w) = (
-            (self.layout.h * self.layout.w) as usize,
-            self.layout.w as usize,
-        );
+    ) -> Result<Block> {
+        let (h, w) = (self.layout.h as usize, self.layout.w as usize);
         let (sh, sw) = (self.side.0 as usize, self.side.1 as usize);
         let shape = region.shape_usize();
         let mut out = self
@@ -322,24 +372,25 @@ impl CropOp {
             .and_then(|b| b.into_array::<T>())
             .unwrap_or_else(|| ArrayD::from_elem(IxDyn(&shape), T::default()));
         let dst = out.as_slice_mut().expect("C-order");
-        let retention: Vec<f64> = {
-            use rayon::prelude::*;
-            flat.par_chunks_exact(hw)
-                .zip(dst.par_chunks_exact_mut(sh * sw))
-                .enumerate()
-                .map(|(i, (p, o))| {
-                    let (y0, x0) = self.starts[first + i];
-                    let fixed = kernel::Fixed::from_scale(self.scales[first + i]);
-                    let kept = kernel::crop_into(p, w, (y0 as usize, x0 as usize), sw, fixed, o);
-                    let total = self.totals_q[first + i];
-                    if total > 0.0 {
-                        kept / total
-                    } else {
-                        f64::NAN
-                    }
-                })
-                .collect()
+        let count = flat.len() / (h * w).max(1);
+        let kept = match self.device.crop(
+            flat,
+            (h, w),
+            (sh, sw),
+            (
+                &self.starts[first..first + count],
+                &self.scales[first..first + count],
+            ),
+            dst,
+        ) {
+            Some(kept) => kept?,
+            None => self.crop_on_cpu(flat, first, dst),
         };
+        let retention = kept
+            .iter()
+            .zip(&self.totals_q[first..first + count])
+            .map(|(&k, &total)| if total > 0.0 { k / total } else { f64::NAN })
+            .collect();
         if let Some(sum) = &self.sum_after {
             let mut part = Vec::new();
             add_patterns(dst, sh * sw, &mut part);
@@ -349,7 +400,27 @@ impl CropOp {
             .lock()
             .expect("retention")
             .insert(unit, retention);
-        Element::into_block(out)
+        Ok(Element::into_block(out))
+    }
+
+    /// [`CropOp::crop_flat`] on the CPU: each pattern's window into `dst`, in parallel; the
+    /// windows' sums in q units.
+    fn crop_on_cpu<T: Element>(&self, flat: &[T], first: usize, dst: &mut [T]) -> Vec<f64> {
+        use rayon::prelude::*;
+        let (hw, w) = (
+            (self.layout.h * self.layout.w) as usize,
+            self.layout.w as usize,
+        );
+        let (sh, sw) = (self.side.0 as usize, self.side.1 as usize);
+        flat.par_chunks_exact(hw)
+            .zip(dst.par_chunks_exact_mut(sh * sw))
+            .enumerate()
+            .map(|(i, (p, o))| {
+                let (y0, x0) = self.starts[first + i];
+                let fixed = kernel::Fixed::from_scale(self.scales[first + i]);
+                kernel::crop_into(p, w, (y0 as usize, x0 as usize), sw, fixed, o)
+            })
+            .collect()
     }
 }
 
@@ -377,6 +448,9 @@ impl Operation for CropOp {
     fn side_files(&self) -> Vec<PathBuf> {
         self.side_files.clone()
     }
+    fn device(&self) -> Option<crate::gpu::DeviceReport> {
+        Some(self.device.selected.report())
+    }
     fn open_output(&self, staging: &[Address], comm: &dyn Comm, resume: bool) -> Result<()> {
         *self.writer.lock().expect("writer") =
             Some(io::create(&staging[0], &self.spec, comm, resume)?);
@@ -396,7 +470,7 @@ impl Operation for CropOp {
             io::mapped_elements::<T>(self.input.as_ref())
                 .map(|all| self.crop_flat(unit, &all[first * hw..][..count * hw], first, &region)));
         if let Some(out) = mapped {
-            return Ok((region, out));
+            return Ok((region, out?));
         }
         let spare = self.spares.take(|_| true);
         let block = self
@@ -406,7 +480,7 @@ impl Operation for CropOp {
             self.crop_flat(unit, a.as_slice().expect("blocks are C-order"), first, &region)
         });
         self.spares.keep(block);
-        Ok((region, out))
+        Ok((region, out?))
     }
     fn write(&self, part: Option<(usize, Self::Output)>) -> Result<()> {
         let writer = self.writer.lock().expect("writer");
@@ -499,6 +573,15 @@ struct Plan {
 pub fn run(job: &CropJob, comm: &dyn Comm) -> Result<Vec<RunSummary>> {
     let started = Instant::now();
     let output = Address::parse(&job.output)?;
+    // First: `--device cuda` where no GPU can be used must stop the run before anything
+    // (even --test-mode's input) is written.
+    let selected = crate::gpu::select(
+        job.device,
+        job.gpu_memory_limit.as_deref(),
+        comm,
+        "crop",
+        true,
+    )?;
     let Some(input_text) = resolve_input(job, comm, &output)? else {
         return Ok(vec![RunSummary::dry_run("crop", &output, comm.size())]);
     };
@@ -507,6 +590,7 @@ pub fn run(job: &CropJob, comm: &dyn Comm) -> Result<Vec<RunSummary>> {
     let layout = check_layout(&input_text, &input.meta().shape)?;
     let manual = check_parameters(job, &layout)?;
     let (rows_per_chunk, chunks) = plan_chunks(job, &layout, input.as_ref());
+    let device = CropDevice::new(selected, job, manual);
 
     let pass1 = Pass1 {
         input: input.as_ref(),
@@ -514,6 +598,7 @@ pub fn run(job: &CropJob, comm: &dyn Comm) -> Result<Vec<RunSummary>> {
         chunks: &chunks,
         job,
         manual,
+        device: &device,
     };
     let (survey, sum_before) = pass1.survey(comm, &input_text)?;
     tracing::debug!(
@@ -532,7 +617,14 @@ pub fn run(job: &CropJob, comm: &dyn Comm) -> Result<Vec<RunSummary>> {
         window,
     };
 
-    let op = crop_op(job, &plan, input, input_addr, chunks, rows_per_chunk)?;
+    let op = crop_op(
+        job,
+        &plan,
+        (input, input_addr),
+        chunks,
+        rows_per_chunk,
+        device,
+    )?;
     let summary = crate::exec::run(&op, comm, &job.run)?;
     if job.run.resume && !job.run.dry_run {
         recrop_finished_units(&op, comm)?;
@@ -616,6 +708,7 @@ struct Pass1<'a> {
     chunks: &'a [Range<u64>],
     job: &'a CropJob,
     manual: Option<(f64, f64)>,
+    device: &'a CropDevice,
 }
 
 impl Pass1<'_> {
@@ -645,6 +738,40 @@ impl Pass1<'_> {
         Ok((survey, sum_before))
     }
 
+    /// Analyses rows `rows` of the input (in place when it is memory-mapped, else read into
+    /// `spare`) and adds them into `sum`; returns the per-pattern analyses, or the flat index of the
+    /// first pattern with a NaN or infinite value.
+    fn analyse_rows(
+        &self,
+        rows: &Range<u64>,
+        sum: &mut [f64],
+        spare: &mut Option<Block>,
+    ) -> Result<std::result::Result<Vec<Analysis>, u64>> {
+        let (input, layout, job, manual, device) =
+            (self.input, self.layout, self.job, self.manual, self.device);
+        let (hw, w) = ((layout.h * layout.w) as usize, layout.w as usize);
+        let first = rows.start * layout.per_row;
+        let count = ((rows.end - rows.start) * layout.per_row) as usize;
+        let mut sum = (!job.no_visualization).then_some(sum);
+        let mapped = crate::with_dtype!(input.meta().dtype, T => io::mapped_elements::<T>(input)
+        .map(|all| {
+            let flat = &all[first as usize * hw..][..count * hw];
+            analyse_flat(flat, (hw, w), job, manual, sum.as_deref_mut(), device)
+        }));
+        let result = match mapped {
+            Some(done) => done,
+            None => {
+                let block = input.read_box_reusing(&layout.rows(rows), spare.take())?;
+                let block = spare.insert(block);
+                crate::with_block!(&*block, a => {
+                    let flat = a.as_slice().expect("blocks are C-order");
+                    analyse_flat(flat, (hw, w), job, manual, sum, device)
+                })
+            }
+        };
+        Ok(result?.map_err(|i| first + i as u64))
+    }
+
     /// This rank's analyses in pattern order, the flat index of its first NaN or infinite
     /// pattern (`u64::MAX` when none; analysis stops there), and its patterns' sum.
     fn analyse_mine(&self, comm: &dyn Comm) -> Result<(Vec<Analysis>, u64, Vec<f64>)> {
@@ -653,15 +780,7 @@ impl Pass1<'_> {
         let mut sum_before = vec![0.0f64; (self.layout.h * self.layout.w) as usize];
         let mut spare = None;
         for c in mine {
-            match analyse_rows(
-                self.input,
-                self.layout,
-                &self.chunks[c],
-                self.job,
-                self.manual,
-                &mut sum_before,
-                &mut spare,
-            )? {
+            match self.analyse_rows(&self.chunks[c], &mut sum_before, &mut spare)? {
                 Ok(a) => analyses.extend(a),
                 Err(bad) => return Ok((analyses, bad, sum_before)),
             }
@@ -774,10 +893,10 @@ fn warn_about(layout: &Layout, survey: &Survey, window: &Window) {
 fn crop_op(
     job: &CropJob,
     plan: &Plan,
-    input: Box<dyn ArrayReader>,
-    input_address: Address,
+    (input, input_address): (Box<dyn ArrayReader>, Address),
     chunks: Vec<Range<u64>>,
     rows_per_chunk: u64,
+    device: CropDevice,
 ) -> Result<CropOp> {
     let layout = &plan.layout;
     let (side_h, side_w) = plan.window.side;
@@ -821,6 +940,7 @@ fn crop_op(
         side: plan.window.side,
         scales: plan.survey.scales.clone(),
         totals_q: plan.survey.totals_q.clone(),
+        device,
         writer: Mutex::new(None),
         retention: Mutex::new(BTreeMap::new()),
         spares: Default::default(),

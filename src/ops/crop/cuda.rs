@@ -1,0 +1,251 @@
+//! crop's GPU path (feature `cuda`). Pass 1: a run of patterns goes to the device through a
+//! pinned buffer (in batches that fit half the rank's device memory share), `crop_analyse_*`
+//! makes one record per pattern (one block each), and the records come back; the patterns the
+//! kernel marks (a negative pixel, or a crossing bin too full for the block) are analysed by
+//! the CPU kernel. Pass 2: `crop_window_*` copies each pattern's window and sums its fixed-point
+//! values for the retention. Every sum is exact (kernel.rs' fixed point), so the results are
+//! the CPU's bit for bit (the harness checks the kernels' phases on the CPU; `tests/gpu.rs`
+//! whole runs on a GPU).
+
+use std::sync::Arc;
+
+use super::device::{CropGeom, CropRecord};
+use super::kernel::{self, Analysis, CentreMethod};
+use crate::error::{Error, Result};
+use crate::gpu::cuda::{launch_error, CudaSlice, Gpu, LaunchConfig, Phase, PushKernelArg};
+use crate::gpu::kernels;
+use crate::io::Element;
+
+/// Threads per block (crop.cu's TESSERA_CROP_THREADS).
+const THREADS: u32 = 256;
+
+/// The GPU half of crop: the device, and how patterns are analysed.
+pub struct CropGpu {
+    gpu: Arc<Gpu>,
+    method: CentreMethod,
+    manual: Option<(f64, f64)>,
+    target: f64,
+}
+
+/// Kernel name suffix of a type (`u8`, ..., `f64`), as crop.cu names them.
+fn suffix<T: Element>() -> String {
+    format!("{:?}", T::DTYPE).to_ascii_lowercase()
+}
+
+/// One block per pattern, at most 2^31 - 1 blocks (the kernels stride over the rest).
+fn per_pattern(count: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (count.clamp(1, i32::MAX as usize) as u32, 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+impl CropGpu {
+    pub fn new(
+        gpu: Arc<Gpu>,
+        method: CentreMethod,
+        manual: Option<(f64, f64)>,
+        target: f64,
+    ) -> CropGpu {
+        CropGpu {
+            gpu,
+            method,
+            manual,
+            target,
+        }
+    }
+
+    /// Patterns per batch: half the device memory share, in patterns (at least one).
+    fn batch(&self, pattern_bytes: usize) -> Result<usize> {
+        let budget = (self.gpu.memory_limit() / 2) as usize;
+        if pattern_bytes > budget {
+            return Err(Error::parameter(
+                "gpu-memory-limit",
+                format!(
+                    "{} is too small: one pattern takes {} on the device",
+                    crate::exec::memory::human_bytes(self.gpu.memory_limit()),
+                    crate::exec::memory::human_bytes(pattern_bytes as u64)
+                ),
+            ));
+        }
+        Ok((budget / pattern_bytes.max(1)).max(1))
+    }
+
+    /// Sends patterns (C order, `hw` values each) to the device through a pinned buffer.
+    fn send<T: Element>(&self, patterns: &[T]) -> Result<CudaSlice<u8>> {
+        let gpu = &self.gpu;
+        let bytes: &[u8] = bytemuck::cast_slice(patterns);
+        let mut pin = gpu.pinned(bytes.len())?;
+        pin.as_mut_slice().map_err(launch_error("pinned buffer"))?[..bytes.len()]
+            .copy_from_slice(bytes);
+        let mut dev = gpu.alloc::<u8>(gpu.copy_stream(), bytes.len())?;
+        gpu.send(&pin, bytes.len(), &mut dev)?;
+        gpu.give_back(pin);
+        gpu.inputs_sent()?;
+        Ok(dev)
+    }
+
+    /// Pass 1 of the patterns of `flat` ((h, w) each), in order: kernel.rs' analyses.
+    ///
+    /// # Errors
+    /// Device failures; a device memory share smaller than one pattern.
+    pub fn analyse<T: Element>(&self, flat: &[T], (h, w): (usize, usize)) -> Result<Vec<Analysis>> {
+        let hw = h * w;
+        let geom = CropGeom::new(
+            (h as u64, w as u64),
+            self.method,
+            self.manual,
+            self.target,
+            T::DTYPE.is_float(),
+        );
+        let per = self.batch(hw * std::mem::size_of::<T>())?;
+        let mut out = Vec::with_capacity(flat.len() / hw.max(1));
+        for batch in flat.chunks(per * hw) {
+            let records = self.records(&geom, batch, hw)?;
+            for (rec, p) in records.iter().zip(batch.chunks_exact(hw)) {
+                out.push(if rec.on_cpu() {
+                    kernel::analyse(p, w, self.method, self.manual, self.target, None)
+                } else {
+                    rec.analysis()
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// The kernel's records of one batch.
+    fn records<T: Element>(
+        &self,
+        geom: &CropGeom,
+        batch: &[T],
+        hw: usize,
+    ) -> Result<Vec<CropRecord>> {
+        let gpu = &self.gpu;
+        let s = gpu.compute_stream();
+        let count = batch.len() / hw.max(1);
+        let patterns = self.send(batch)?;
+        let mut records = gpu.alloc::<CropRecord>(s, count)?;
+        let kernel = gpu.function(&kernels::CROP, &format!("crop_analyse_{}", suffix::<T>()))?;
+        let n = count as i64;
+        gpu.timed(Phase::Kernel, 0, s, || {
+            let mut b = s.launch_builder(&kernel);
+            b.arg(geom).arg(&patterns).arg(&mut records).arg(&n);
+            // SAFETY: the arguments match crop.cu's crop_analyse_*; `patterns` holds `count`
+            // patterns of geom.h x geom.w and `records` one record each.
+            unsafe { b.launch(per_pattern(count)) }
+                .map(|_| ())
+                .map_err(launch_error("crop analysis kernel"))
+        })?;
+        let mut host = vec![CropRecord::default(); count];
+        gpu.timed(
+            Phase::DeviceToHost,
+            (count * std::mem::size_of::<CropRecord>()) as u64,
+            s,
+            || {
+                s.memcpy_dtoh(&records, &mut host)
+                    .map_err(launch_error("copy from the device"))
+            },
+        )?;
+        gpu.settle()?;
+        Ok(host)
+    }
+
+    /// Pass 2 of the patterns of `flat` ((h, w) each): each one's window of `side` at its
+    /// start into `out` (side_h x side_w per pattern), and its retention sum (fixed point of
+    /// its `scale`), in order.
+    ///
+    /// # Errors
+    /// Device failures.
+    pub fn crop<T: Element>(
+        &self,
+        flat: &[T],
+        (h, w): (usize, usize),
+        (side_h, side_w): (usize, usize),
+        starts: &[(u64, u64)],
+        scales: &[i32],
+        out: &mut [T],
+    ) -> Result<Vec<f64>> {
+        let (hw, side) = (h * w, side_h * side_w);
+        let geom = CropGeom::new(
+            (h as u64, w as u64),
+            self.method,
+            self.manual,
+            self.target,
+            T::DTYPE.is_float(),
+        );
+        let per = self.batch((hw + side) * std::mem::size_of::<T>())?;
+        let mut kept = Vec::with_capacity(starts.len());
+        for (b, batch) in flat.chunks(per * hw).enumerate() {
+            let first = b * per;
+            let count = batch.len() / hw.max(1);
+            let dst = &mut out[first * side..(first + count) * side];
+            kept.extend(self.crop_batch(
+                &geom,
+                batch,
+                (side_h, side_w),
+                &starts[first..first + count],
+                &scales[first..first + count],
+                dst,
+            )?);
+        }
+        Ok(kept)
+    }
+
+    fn crop_batch<T: Element>(
+        &self,
+        geom: &CropGeom,
+        batch: &[T],
+        (side_h, side_w): (usize, usize),
+        starts: &[(u64, u64)],
+        scales: &[i32],
+        dst: &mut [T],
+    ) -> Result<Vec<f64>> {
+        let gpu = &self.gpu;
+        let s = gpu.compute_stream();
+        let count = starts.len();
+        let patterns = self.send(batch)?;
+        let flat_starts: Vec<i64> = starts
+            .iter()
+            .flat_map(|&(y, x)| [y as i64, x as i64])
+            .collect();
+        let dev_starts = gpu.upload(s, &flat_starts)?;
+        let dev_scales = gpu.upload(s, scales)?;
+        let mut windows = gpu.alloc::<u8>(s, std::mem::size_of_val(dst))?;
+        let mut kept = gpu.alloc::<f64>(s, count)?;
+        let kernel = gpu.function(&kernels::CROP, &format!("crop_window_{}", suffix::<T>()))?;
+        let (sh, sw, n) = (side_h as i64, side_w as i64, count as i64);
+        gpu.timed(Phase::Kernel, 0, s, || {
+            let mut b = s.launch_builder(&kernel);
+            b.arg(geom)
+                .arg(&sh)
+                .arg(&sw)
+                .arg(&patterns)
+                .arg(&dev_starts)
+                .arg(&dev_scales)
+                .arg(&mut windows)
+                .arg(&mut kept)
+                .arg(&n);
+            // SAFETY: the arguments match crop.cu's crop_window_*; every window lies inside
+            // its pattern (kernel::window), `windows` holds count x side_h x side_w values.
+            unsafe { b.launch(per_pattern(count)) }
+                .map(|_| ())
+                .map_err(launch_error("crop window kernel"))
+        })?;
+        let bytes = std::mem::size_of_val(dst);
+        let mut host = gpu.pinned(bytes)?;
+        gpu.timed(Phase::DeviceToHost, bytes as u64, s, || {
+            s.memcpy_dtoh(&windows, &mut host)
+                .map_err(launch_error("copy from the device"))
+        })?;
+        let mut sums = vec![0.0f64; count];
+        s.memcpy_dtoh(&kept, &mut sums)
+            .map_err(launch_error("copy from the device"))?;
+        gpu.settle()?;
+        let dst_bytes: &mut [u8] = bytemuck::cast_slice_mut(dst);
+        dst_bytes
+            .copy_from_slice(&host.as_slice().map_err(launch_error("pinned buffer"))?[..bytes]);
+        gpu.give_back(host);
+        Ok(sums)
+    }
+}
