@@ -10,7 +10,8 @@
 # then, there: scripts/gpu-check.sh. Steps: device and NVRTC info; every kernel compiled; the
 # GPU tests (GPU == CPU bytes for quilt unstitch/stitch, the Debevec merge and pyramids, resume
 # across devices); the kernel benchmarks (fraction of a device-to-device copy, bits = CPU);
-# quilt stitch, hdr merge and pyramids end to end on GPU and CPU (input and output in /dev/shm). The last thing
+# quilt stitch, hdr merge, pyramids and crop end to end on GPU and CPU (input and output in
+# /dev/shm). The last thing
 # printed is one table. The carried binary has no MPI: the 2-rank GPU tests run on a cluster
 # build (cargo build --release) where there is MPI.
 set -uo pipefail
@@ -102,6 +103,23 @@ for method in mean laplacian; do
   rm -rf "$WORK/cuda/p-$method.zarr" "$WORK/cpu/p-$method.zarr"
 done
 
+# Crop: 4000 synthetic 256x256 f32 Airy patterns (1 GiB, the CuPy comparison's size) written
+# once by --test-mode on the CPU, then cropped on the GPU and on every core; outputs compared.
+step "bench crop (kernel, GPU)"
+run "$BIN" bench crop --device cuda --patterns 4000 --size 256 --repeat 3 --dir "$WORK/crop-bench" \
+    | tee "$OUT/bench-crop.md"
+step "crop end to end"
+run "$BIN" crop --test-mode --test-patterns 4000 --test-size 256 --output "$WORK/crop-seed.npy" \
+    --device cpu --no-visualization -q
+for device in cuda cpu; do
+  mkdir -p "$WORK/crop-$device"
+  run "$BIN" crop --input "$WORK/crop-seed_test_input.npy" --output "$WORK/crop-$device/c.npy" \
+      --device "$device" --no-visualization --report "$OUT/crop-$device.json" -q
+done
+cmp -s <(cd "$WORK/crop-cuda" && find . -name '*.npy' -exec md5sum {} + | sort) \
+       <(cd "$WORK/crop-cpu" && find . -name '*.npy' -exec md5sum {} + | sort) \
+  && echo "crop: GPU and CPU outputs are identical" || { echo "crop: GPU and CPU outputs DIFFER"; status=1; }
+
 step "table"
 python3 - "$OUT" <<'PY' | tee "$OUT/table.md"
 import json, sys, os, re
@@ -122,9 +140,9 @@ for c in rows("bench-quilt-cpu.md"):
 for c in rows("bench-hdr-cpu.md"):
     if len(c) == 4 and c[0] == "debevec":
         cpu[("debevec", "")] = float(c[2])
-for md in ("bench-quilt.md", "bench-hdr.md", "bench-pyramid.md"):
+for md in ("bench-quilt.md", "bench-hdr.md", "bench-pyramid.md", "bench-crop.md"):
     for c in rows(md):
-        if len(c) == 7 and re.match(r"^(unstitch|stitch|debevec|mean|mode|gaussian|laplacian) ", c[0]):
+        if len(c) == 7 and re.match(r"^(unstitch|stitch|debevec|mean|mode|gaussian|laplacian|crop) ", c[0]):
             kind = c[0].split()[0]
             case = c[0].split()[1][:2] if kind in ("unstitch", "stitch") else ""
             g = float(c[3]) / 1e3
@@ -135,7 +153,7 @@ def load(name):
     p = os.path.join(out, name)
     return json.load(open(p)) if os.path.exists(p) else None
 for op, unit in (("stitch", "patches"), ("merge", "brackets"), ("pyramid-mean", "base level"),
-                 ("pyramid-laplacian", "base level")):
+                 ("pyramid-laplacian", "base level"), ("crop", "patterns")):
     g, c = load(f"{op}-cuda.json"), load(f"{op}-cpu.json")
     if not g or not c:
         print(f"| {op} end to end | missing | missing | | |")

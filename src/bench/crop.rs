@@ -37,6 +37,9 @@ pub struct CropBench {
 /// # Errors
 /// Creating the input or running the crop.
 pub fn run(b: &CropBench, comm: &dyn Comm) -> Result<()> {
+    if let crate::gpu::DeviceChoice::Cuda(_) = b.device {
+        kernel_on_the_gpu(b, comm)?;
+    }
     std::fs::create_dir_all(&b.dir).at(&b.dir)?;
     let input = b
         .dir
@@ -108,4 +111,23 @@ pub fn run(b: &CropBench, comm: &dyn Comm) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `--device cuda`: pass 1's kernel on the bench's patterns, resident (rank 0).
+fn kernel_on_the_gpu(b: &CropBench, comm: &dyn Comm) -> Result<()> {
+    if !comm.is_root() {
+        return Ok(());
+    }
+    #[cfg(feature = "cuda")]
+    {
+        let gpu = crate::bench::gpu::open(b.device)?;
+        crate::bench::gpu::crop(b.patterns, b.size, b.repeat.max(1), &gpu)?;
+        println!();
+        Ok(())
+    }
+    #[cfg(not(feature = "cuda"))]
+    Err(crate::error::Error::NotCompiled {
+        what: format!("bench crop --device {}", b.device),
+        feature: "cuda",
+    })
 }

@@ -1,4 +1,4 @@
-//! `tessera bench quilt|hdr|pyramid --device cuda`: each GPU kernel on data already on the device, as
+//! `tessera bench quilt|hdr|pyramid|crop --device cuda`: each GPU kernel on data already on the device, as
 //! a fraction of a device-to-device copy of the kernel's input bytes measured in the same run
 //! (a copy reads and writes them once; both timed with CUDA events, best of the repeats), and
 //! whether the GPU's output has the CPU kernel's bits. End-to-end runs (disk, PCIe, kernels)
@@ -10,6 +10,7 @@ use ndarray::{ArrayD, IxDyn};
 
 use crate::error::{Error, Result};
 use crate::gpu::cuda::Gpu;
+use crate::ops::crop::cuda::bench_analyse;
 use crate::ops::hdr::{self, debevec::WeightType};
 use crate::ops::pyramid::{cuda::bench_levels, kernel::Method};
 use crate::ops::quilt::cuda::{bench_stitch, bench_unstitch};
@@ -181,6 +182,35 @@ pub fn pyramid(
         &name,
         base,
         gpu.copy_seconds(base as usize, repeat)?,
+        kernel_s,
+        same,
+    );
+    if same {
+        Ok(())
+    } else {
+        Err(Error::gpu(format!(
+            "GPU output differs from the CPU's: {name}"
+        )))
+    }
+}
+
+/// Crop's pass 1 on `count` synthetic size x size f32 Airy patterns (seed 1), as a fraction of
+/// a device copy of the pattern bytes.
+///
+/// # Errors
+/// Device failures; a GPU record that differs from the CPU's.
+pub fn crop(count: u64, size: u64, repeat: usize, gpu: &Arc<Gpu>) -> Result<()> {
+    header("crop", gpu, repeat);
+    let patterns = crate::ops::crop::synthetic::patterns(count, size, 1);
+    let flat = patterns.as_slice().expect("standard layout");
+    let bytes = std::mem::size_of_val(flat) as u64;
+    let n = size as usize;
+    let (kernel_s, same, on_cpu) = bench_analyse(gpu, flat, (n, n), 0.98, repeat)?;
+    let name = format!("crop pass 1, {count} x {size}^2 f32 ({on_cpu} sent to the CPU)");
+    row(
+        &name,
+        bytes,
+        gpu.copy_seconds(bytes as usize, repeat)?,
         kernel_s,
         same,
     );

@@ -249,3 +249,53 @@ impl CropGpu {
         Ok(sums)
     }
 }
+
+/// `tessera bench crop --device cuda`: pass 1's kernel on resident f32 patterns (h, w): the
+/// device seconds (CUDA events, best of `repeat`) and whether every record the kernel keeps on
+/// the device equals the CPU's analysis bit for bit (and how many it sent to the CPU).
+///
+/// # Errors
+/// Device failures.
+pub fn bench_analyse(
+    gpu: &Arc<Gpu>,
+    flat: &[f32],
+    (h, w): (usize, usize),
+    target: f64,
+    repeat: usize,
+) -> Result<(f64, bool, usize)> {
+    let c = CropGpu::new(gpu.clone(), CentreMethod::Centroid, None, target);
+    let geom = CropGeom::new((h as u64, w as u64), c.method, None, target, true);
+    let count = flat.len() / (h * w).max(1);
+    let s = gpu.compute_stream();
+    let patterns = c.send(flat)?;
+    let mut records = gpu.alloc::<CropRecord>(s, count)?;
+    let kernel = gpu.function(&kernels::CROP, "crop_analyse_f32")?;
+    let n = count as i64;
+    let seconds = gpu.kernel_seconds(repeat, || {
+        let mut b = s.launch_builder(&kernel);
+        b.arg(&geom).arg(&patterns).arg(&mut records).arg(&n);
+        // SAFETY: as in CropGpu::records.
+        unsafe { b.launch(per_pattern(count)) }
+            .map(|_| ())
+            .map_err(launch_error("crop analysis kernel"))
+    })?;
+    let mut host = vec![CropRecord::default(); count];
+    s.memcpy_dtoh(&records, &mut host)
+        .map_err(launch_error("copy from the device"))?;
+    gpu.settle()?;
+    let on_cpu = host.iter().filter(|r| r.on_cpu()).count();
+    let same = host
+        .iter()
+        .zip(flat.chunks_exact(h * w))
+        .filter(|(r, _)| !r.on_cpu())
+        .all(|(r, p)| {
+            let want = kernel::analyse(p, w, CentreMethod::Centroid, None, target, None);
+            let got = r.analysis();
+            got.kind == want.kind
+                && got.radius.to_bits() == want.radius.to_bits()
+                && got.centre.0.to_bits() == want.centre.0.to_bits()
+                && got.centre.1.to_bits() == want.centre.1.to_bits()
+                && got.total_q.to_bits() == want.total_q.to_bits()
+        });
+    Ok((seconds, same, on_cpu))
+}
