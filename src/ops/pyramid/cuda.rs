@@ -159,8 +159,7 @@ impl PyramidGpu {
         let in_shape = extents(&u.needed[j - 1]);
         let level_shape = &p.shapes[st.source + j - 1];
         if method == Method::Gaussian {
-            let passes =
-                gaussian_passes(&in_start, &in_shape, level_shape, p.factor, &u.needed[j]);
+            let passes = gaussian_passes(&in_start, &in_shape, level_shape, p.factor, &u.needed[j]);
             return self.gaussian(prev, &passes);
         }
         let g = ReduceGeom::new(&in_start, &in_shape, level_shape, p.factor, &u.needed[j])
