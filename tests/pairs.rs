@@ -901,3 +901,69 @@ fn zarr_python_reads_pairs_like_zarr_patch_pair_dataset_and_tokens_with_numpy() 
     );
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("ok (21, 3, 12, 12)"));
 }
+
+#[test]
+fn select_and_extract_refuse_tables_that_do_not_fit() {
+    let d = tempfile::tempdir().unwrap();
+    let (big, small) = (d.path().join("big.npy"), d.path().join("small.npy"));
+    write_npy(&big, &Block::F32(images(&[2, 1, 40, 40])));
+    write_npy(&small, &Block::F32(images(&[2, 1, 20, 20])));
+    let (meta_zarr, meta_npy) = (d.path().join("meta.zarr"), d.path().join("meta.npy"));
+    let sampling = [
+        "--window",
+        "16,16",
+        "--delta-range",
+        "4,12",
+        "--metadata-only",
+    ];
+    ok(tessera(&pairs_args(&s(&big), &s(&meta_zarr), &sampling)));
+    ok(tessera(&pairs_args(&s(&big), &s(&meta_npy), &sampling)));
+    let bad_sel = d.path().join("bad.npy");
+    write_npy(
+        &bad_sel,
+        &Block::I64(ArrayD::from_elem(IxDyn(&[2]), 1_000_000)),
+    );
+    let out = d.path().join("o.zarr");
+    let extract = |input: &Path, table: &Path, extra: &[&str]| {
+        let (i, t, o) = (s(input), s(table), s(&out));
+        let mut a = vec![
+            "pairs",
+            "extract",
+            "--input",
+            &i,
+            "--metadata",
+            &t,
+            "--output",
+            &o,
+        ];
+        a.extend_from_slice(extra);
+        tessera(&a)
+    };
+    fails_with(
+        extract(&small, &meta_zarr, &[]),
+        &["--metadata", "row 0", "does not fit"],
+    );
+    fails_with(extract(&big, &meta_npy, &[]), &["--window", "required"]);
+    fails_with(
+        extract(&big, &meta_zarr, &["--window", "8,8"]),
+        &["--window", "differs"],
+    );
+    fails_with(extract(&big, &big, &[]), &["is no pairs metadata table"]);
+    fails_with(
+        extract(&big, &meta_zarr, &["--select", &s(&bad_sel)]),
+        &["--select", "1000000"],
+    );
+    nothing_at(&out);
+    let sel = d.path().join("sel.npy");
+    let select = |extra: &[&str]| {
+        let (t, o) = (s(&meta_zarr), s(&sel));
+        let mut a = vec!["pairs", "select", "--metadata", &t, "--output", &o];
+        a.extend_from_slice(extra);
+        tessera(&a)
+    };
+    fails_with(select(&["--bins", "0"]), &["--bins"]);
+    fails_with(select(&["--per-bin", "0"]), &["--per-bin"]);
+    assert!(!sel.exists());
+    ok(select(&[]));
+    fails_with(select(&[]), &["sel.npy", "exists"]);
+}
