@@ -46,6 +46,25 @@ pub enum PyramidCommand {
     Reconstruct(crate::job::ReconstructJob),
 }
 
+/// `tessera pairs [select|extract]`: sampling flags, or a subcommand.
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct PairsCli {
+    #[command(subcommand)]
+    pub which: Option<PairsCommand>,
+    #[command(flatten)]
+    pub job: crate::job::PairsJob,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PairsCommand {
+    /// A stratified sample of pairs from their metadata: up to --per-bin pairs from every
+    /// (mean, sigma) cell.
+    Select(crate::job::PairsSelectJob),
+    /// The pixels of chosen pairs of a metadata table, as a pairs group.
+    Extract(crate::job::PairsExtractJob),
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -66,6 +85,11 @@ pub enum Command {
     Crop(crate::job::CropJob),
     /// Multiscale pyramid (OME-Zarr 0.5) of an array: mean, Gaussian, mode or Laplacian.
     Pyramid(PyramidCli),
+    /// Displaced patch pairs for self-supervised training, as qlty's ZarrPatchPairDataset reads
+    /// them (or their metadata, for `pairs select` and `pairs extract`).
+    Pairs(PairsCli),
+    /// Pre-tokenized 2-D patch pairs (quilt windows of each patch) with token overlaps.
+    Tokens(crate::job::TokensJob),
     /// All-sky camera exposure brackets: Debevec response calibration, ln E range, HDR merge.
     Hdr {
         #[command(subcommand)]
@@ -188,6 +212,9 @@ pub enum BenchCommand {
     Crop(crate::bench::crop::CropBench),
     /// HDR merge of 5 x 512x512 RGB 8-bit brackets against a memory copy of the bracket bytes.
     Hdr(crate::bench::hdr::HdrBench),
+    /// tessera pairs on 64 images of 1024x1024x3, 256 pairs each, window 64, against a memory
+    /// copy of the written pair bytes.
+    Pairs(crate::bench::pairs::PairsBench),
     /// One operation at several rank counts (mpirun/srun): time, GB/s, efficiency, phases.
     Scaling(crate::bench::scaling::ScalingBench),
     /// bench scaling's memory-bandwidth reference: every rank copies a buffer, rank 0 reports
@@ -221,6 +248,12 @@ pub fn dispatch(cli: Cli, comm: &dyn Comm) -> Result<()> {
             }
             None => crate::job::run_job(Job::Pyramid(job), comm),
         },
+        Command::Pairs(PairsCli { which, job }) => match which {
+            Some(PairsCommand::Select(job)) => crate::ops::pairs::select(&job, comm),
+            Some(PairsCommand::Extract(job)) => crate::job::run_job(Job::PairsExtract(job), comm),
+            None => crate::job::run_job(Job::Pairs(job), comm),
+        },
+        Command::Tokens(job) => crate::job::run_job(Job::Tokens(job), comm),
         Command::Run {
             job,
             resume,
@@ -290,6 +323,7 @@ pub fn dispatch(cli: Cli, comm: &dyn Comm) -> Result<()> {
             BenchCommand::Pyramid(b) => crate::bench::pyramid::run(&b, comm),
             BenchCommand::Crop(b) => crate::bench::crop::run(&b, comm),
             BenchCommand::Hdr(b) => crate::bench::hdr::run(&b, comm),
+            BenchCommand::Pairs(b) => crate::bench::pairs::run(&b, comm),
             BenchCommand::Scaling(b) => crate::bench::scaling::run(&b, comm),
             BenchCommand::Memcopy(b) => crate::bench::memcopy::run(&b, comm),
         },

@@ -801,3 +801,102 @@ fn a_rank_that_fails_mid_run_stops_the_others_within_a_few_units() {
     ok(tessera_mpi(2, &resume, &env[..1]));
     assert_same_tree(&clean, &out);
 }
+
+/// Images for the pairs runs: every value distinct.
+fn pair_images(dir: &std::path::Path) -> std::path::PathBuf {
+    let input = dir.join("img.npy");
+    let img = ndarray::ArrayD::from_shape_fn(ndarray::IxDyn(&[5, 2, 34, 30]), |i| {
+        ((i[0] * 2 + i[1]) * 1020 + i[2] * 30 + i[3]) as u16
+    });
+    write_npy(&input, &tessera::io::Block::U16(img));
+    input
+}
+
+#[test]
+fn pairs_metadata_and_tokens_are_identical_on_1_2_and_4_ranks_and_after_resume() {
+    if mpirun().is_none() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let input = s(&pair_images(d.path()));
+    let env = [("TESSERA_UNIT_BYTES", "3000")];
+    let sampling = [
+        "--window",
+        "10,10",
+        "--delta-range",
+        "3,7",
+        "--pairs-per-image",
+        "13",
+        "--seed",
+        "8",
+        "--rotations",
+        "0,1,2,3",
+    ];
+    let run = |ranks: usize, out: &str, extra: &[&str], env: &[(&str, &str)]| {
+        let mut args = vec!["pairs", "--input", &input, "--output", out];
+        args.extend_from_slice(&sampling);
+        args.extend_from_slice(extra);
+        if ranks == 0 {
+            tessera_env(&args, env)
+        } else {
+            tessera_mpi(ranks, &args, env)
+        }
+    };
+    for (name, extra) in [
+        (
+            "pix",
+            &["--positions", "--overlaps", "--pairs-per-chunk", "3"][..],
+        ),
+        ("meta", &["--metadata-only", "--pairs-per-chunk", "4"][..]),
+    ] {
+        let single = s(&d.path().join(format!("{name}-single.zarr")));
+        ok(run(0, &single, extra, &env));
+        for ranks in [1, 2, 4] {
+            let out = s(&d.path().join(format!("{name}-{ranks}.zarr")));
+            let log = ok(run(ranks, &out, extra, &env));
+            assert!(log.contains(&format!("on {ranks} rank")), "{log}");
+            assert_same_tree(std::path::Path::new(&single), std::path::Path::new(&out));
+        }
+    }
+    let pairs = s(&d.path().join("pix-single.zarr"));
+    let tokens = |ranks: usize, out: &str| {
+        let args = [
+            "tokens",
+            "--input",
+            &pairs,
+            "--output",
+            out,
+            "--token-size",
+            "4",
+        ];
+        if ranks == 0 {
+            tessera_env(&args, &env)
+        } else {
+            tessera_mpi(ranks, &args, &env)
+        }
+    };
+    let single = d.path().join("t-single.zarr");
+    ok(tokens(0, &s(&single)));
+    for ranks in [2, 4] {
+        let out = d.path().join(format!("t-{ranks}.zarr"));
+        ok(tokens(ranks, &s(&out)));
+        assert_same_tree(&single, &out);
+    }
+    // Killed on 2 ranks, finished on 4.
+    let out = s(&d.path().join("resumed.zarr"));
+    let extra = ["--positions", "--overlaps", "--pairs-per-chunk", "3"];
+    let killed = run(
+        2,
+        &out,
+        &extra,
+        &[env[0], ("TESSERA_ABORT_AFTER_UNITS", "2")],
+    );
+    assert!(!killed.status.success(), "{}", text(&killed));
+    let mut resume = extra.to_vec();
+    resume.push("--resume");
+    ok(run(4, &out, &resume, &env));
+    assert_same_tree(
+        &d.path().join("pix-single.zarr"),
+        std::path::Path::new(&out),
+    );
+}

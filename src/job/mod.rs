@@ -595,6 +595,193 @@ pub struct CropJob {
     pub run: RunOptions,
 }
 
+/// `tessera pairs`: displaced patch pairs of (N, C, [Z,] Y, X) images for self-supervised
+/// training, written as the Zarr group qlty's `ZarrPatchPairDataset` reads (or, with
+/// `--metadata-only`, a table of where each pair sits and its statistics).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct PairsJob {
+    /// Images, (N, C, Y, X) or (N, C, Z, Y, X). Required.
+    #[arg(long, default_value = "", hide_default_value = true)]
+    pub input: String,
+    /// The pairs' Zarr group (`pairs.zarr`); with --metadata-only, the metadata array
+    /// (`meta.npy`, `meta.zarr`, `meta.h5:/pairs`). Required.
+    #[arg(long, default_value = "", hide_default_value = true)]
+    pub output: String,
+    /// Patch size per spatial axis, e.g. 64,64 or 32,32,32. Required.
+    #[arg(long, value_delimiter = ',')]
+    #[serde(default)]
+    pub window: Vec<u64>,
+    /// Pairs drawn from every image (M = N x P pairs, image-major).
+    #[arg(long, default_value_t = 16)]
+    #[serde(default = "default_pairs_per_image")]
+    pub pairs_per_image: u64,
+    /// LOW,HIGH: the displacement's length |d| lies in [LOW, HIGH], with
+    /// max(window)//4 <= LOW <= HIGH <= 3*max(window)//4. Required.
+    #[arg(long, value_delimiter = ',')]
+    #[serde(default)]
+    pub delta_range: Vec<f64>,
+    /// Seed of the sampling (each image has its own stream from it).
+    #[arg(long, default_value_t = 0)]
+    #[serde(default)]
+    pub seed: u64,
+    /// Quarter turns the second patch may get, one chosen uniformly per pair (2-D; e.g.
+    /// 0,1,2,3); default none.
+    #[arg(long, value_delimiter = ',')]
+    #[serde(default)]
+    pub rotations: Vec<u8>,
+    /// Also write `positions1`/`positions2`: each patch's corner [y, x] or [z, y, x].
+    #[arg(long)]
+    #[serde(default)]
+    pub positions: bool,
+    /// With --positions, put the image index first: [n, y, x].
+    #[arg(long, requires = "positions")]
+    #[serde(default)]
+    pub include_n: bool,
+    /// Also write the pixels both patches see: `overlap1`, `overlap2` (K, C) and
+    /// `overlap_offsets` (M+1).
+    #[arg(long)]
+    #[serde(default)]
+    pub overlaps: bool,
+    /// Write only per-pair metadata (positions, displacement, turns, mean and sigma of both
+    /// patches), for `tessera pairs select` and `tessera pairs extract`.
+    #[arg(long, conflicts_with_all = ["positions", "overlaps"])]
+    #[serde(default)]
+    pub metadata_only: bool,
+    /// Pairs per chunk of the output arrays (default: about 4 MiB of first patches).
+    #[arg(long)]
+    #[serde(default)]
+    pub pairs_per_chunk: Option<u64>,
+    /// Chunk compression.
+    #[arg(long, value_enum, default_value_t)]
+    #[serde(default)]
+    pub codec: Codec,
+    #[command(flatten)]
+    #[serde(skip)]
+    pub run: RunOptions,
+}
+
+fn default_pairs_per_image() -> u64 {
+    16
+}
+
+/// `tessera pairs extract`: the pixels of chosen pairs of a metadata table, as `tessera pairs`
+/// would have written them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct PairsExtractJob {
+    /// The images the metadata was drawn from.
+    #[arg(long)]
+    pub input: String,
+    /// The metadata array (`tessera pairs --metadata-only`).
+    #[arg(long)]
+    pub metadata: String,
+    /// The chosen pair indices (`tessera pairs select`); default every pair.
+    #[arg(long)]
+    #[serde(default)]
+    pub select: Option<String>,
+    /// The pairs' Zarr group.
+    #[arg(long)]
+    pub output: String,
+    /// Patch size (default: the metadata's own `pairs` attribute).
+    #[arg(long, value_delimiter = ',')]
+    #[serde(default)]
+    pub window: Vec<u64>,
+    /// Also write `positions1`/`positions2`.
+    #[arg(long)]
+    #[serde(default)]
+    pub positions: bool,
+    /// With --positions, put the image index first.
+    #[arg(long, requires = "positions")]
+    #[serde(default)]
+    pub include_n: bool,
+    /// Also write the pixels both patches see.
+    #[arg(long)]
+    #[serde(default)]
+    pub overlaps: bool,
+    /// Pairs per chunk of the output arrays.
+    #[arg(long)]
+    #[serde(default)]
+    pub pairs_per_chunk: Option<u64>,
+    /// Chunk compression.
+    #[arg(long, value_enum, default_value_t)]
+    #[serde(default)]
+    pub codec: Codec,
+    #[command(flatten)]
+    #[serde(skip)]
+    pub run: RunOptions,
+}
+
+/// `tessera pairs select`: a stratified sample of pairs from their metadata.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct PairsSelectJob {
+    /// The metadata array (`tessera pairs --metadata-only`).
+    #[arg(long)]
+    pub metadata: String,
+    /// Where to write the chosen pair indices (int64, ascending).
+    #[arg(long)]
+    pub output: String,
+    /// How (mean, sigma) bins are cut.
+    #[arg(long, value_enum, default_value_t)]
+    #[serde(default)]
+    pub by: crate::ops::pairs::select::Strata,
+    /// Bins per statistic (bins x bins cells).
+    #[arg(long, default_value_t = 20)]
+    #[serde(default = "default_bins")]
+    pub bins: u64,
+    /// Pairs drawn from each cell (all of a cell that holds fewer).
+    #[arg(long, default_value_t = 10)]
+    #[serde(default = "default_per_bin")]
+    pub per_bin: u64,
+    /// Seed of the draws.
+    #[arg(long, default_value_t = 0)]
+    #[serde(default)]
+    pub seed: u64,
+    /// Replace an existing output.
+    #[arg(long)]
+    #[serde(default)]
+    pub overwrite: bool,
+}
+
+fn default_bins() -> u64 {
+    20
+}
+
+fn default_per_bin() -> u64 {
+    10
+}
+
+/// `tessera tokens`: pre-tokenized 2-D patch pairs with token overlaps.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct TokensJob {
+    /// A pairs group (`tessera pairs` or `pairs extract`).
+    #[arg(long)]
+    pub input: String,
+    /// The tokens' Zarr group.
+    #[arg(long)]
+    pub output: String,
+    /// Token side T (at most the patch side).
+    #[arg(long)]
+    pub token_size: u64,
+    /// Step between tokens (default T/2; at most T).
+    #[arg(long)]
+    #[serde(default)]
+    pub token_stride: Option<u64>,
+    /// Pairs per chunk of the output arrays (default: about 4 MiB of first tokens).
+    #[arg(long)]
+    #[serde(default)]
+    pub pairs_per_chunk: Option<u64>,
+    /// Chunk compression.
+    #[arg(long, value_enum, default_value_t)]
+    #[serde(default)]
+    pub codec: Codec,
+    #[command(flatten)]
+    #[serde(skip)]
+    pub run: RunOptions,
+}
+
 /// A TOML job file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -613,6 +800,12 @@ pub struct JobFile {
     pub pyramid: Option<PyramidJob>,
     #[serde(default)]
     pub crop: Option<CropJob>,
+    #[serde(default)]
+    pub pairs: Option<PairsJob>,
+    #[serde(default)]
+    pub pairs_extract: Option<PairsExtractJob>,
+    #[serde(default)]
+    pub tokens: Option<TokensJob>,
 }
 
 /// A job to run, whichever way it was given.
@@ -625,6 +818,9 @@ pub enum Job {
     Pyramid(PyramidJob),
     Reconstruct(ReconstructJob),
     Crop(CropJob),
+    Pairs(PairsJob),
+    PairsExtract(PairsExtractJob),
+    Tokens(TokensJob),
 }
 
 impl Job {
@@ -638,6 +834,9 @@ impl Job {
             Job::Pyramid(j) => j.output.clone().into(),
             Job::Reconstruct(j) => j.output.clone().into(),
             Job::Crop(j) => j.output.clone().into(),
+            Job::Pairs(j) => j.output.clone().into(),
+            Job::PairsExtract(j) => j.output.clone().into(),
+            Job::Tokens(j) => j.output.clone().into(),
         }
     }
 
@@ -651,6 +850,9 @@ impl Job {
             Job::Pyramid(j) => &j.run,
             Job::Reconstruct(j) => &j.run,
             Job::Crop(j) => &j.run,
+            Job::Pairs(j) => &j.run,
+            Job::PairsExtract(j) => &j.run,
+            Job::Tokens(j) => &j.run,
         }
     }
 
@@ -664,6 +866,9 @@ impl Job {
             Job::Pyramid(j) => &mut j.run,
             Job::Reconstruct(j) => &mut j.run,
             Job::Crop(j) => &mut j.run,
+            Job::Pairs(j) => &mut j.run,
+            Job::PairsExtract(j) => &mut j.run,
+            Job::Tokens(j) => &mut j.run,
         }
     }
 }
@@ -699,14 +904,20 @@ impl JobFile {
             + usize::from(file.stitch.is_some())
             + usize::from(file.weed.is_some())
             + usize::from(file.pyramid.is_some())
-            + usize::from(file.crop.is_some());
+            + usize::from(file.crop.is_some())
+            + usize::from(file.pairs.is_some())
+            + usize::from(file.pairs_extract.is_some())
+            + usize::from(file.tokens.is_some());
         if tables != 1 {
             return Err(Error::Config {
                 path: path.into(),
                 message: format!(
-                    "expected exactly one operation table ([convert], [unstitch], [stitch], [weed], [pyramid] or [crop]), found {tables}"
+                    "expected exactly one operation table ([convert], [unstitch], [stitch], [weed], [pyramid], [crop], [pairs], [pairs_extract] or [tokens]), found {tables}"
                 ),
             });
+        }
+        if let Some(job) = Self::pairs_job(&file, &run, &rel) {
+            return Ok(job);
         }
         if let Some(mut convert) = file.convert {
             convert.run = run;
@@ -750,6 +961,32 @@ impl JobFile {
         job.variance = job.variance.as_deref().map(rel);
         job.std = job.std.as_deref().map(rel);
         Ok(Job::Stitch(job))
+    }
+
+    /// The `[pairs]`, `[pairs_extract]` or `[tokens]` table as a job, paths made relative to
+    /// the file.
+    fn pairs_job(file: &JobFile, run: &RunOptions, rel: &dyn Fn(&str) -> String) -> Option<Job> {
+        if let Some(job) = &file.pairs {
+            let mut job = job.clone();
+            job.run = run.clone();
+            job.input = rel(&job.input);
+            job.output = rel(&job.output);
+            return Some(Job::Pairs(job));
+        }
+        if let Some(job) = &file.pairs_extract {
+            let mut job = job.clone();
+            job.run = run.clone();
+            job.input = rel(&job.input);
+            job.metadata = rel(&job.metadata);
+            job.select = job.select.as_deref().map(rel);
+            job.output = rel(&job.output);
+            return Some(Job::PairsExtract(job));
+        }
+        let mut job = file.tokens.clone()?;
+        job.run = run.clone();
+        job.input = rel(&job.input);
+        job.output = rel(&job.output);
+        Some(Job::Tokens(job))
     }
 }
 
@@ -798,7 +1035,9 @@ mod resume_identity {
     use clap::{CommandFactory, Parser};
     use serde_json::{json, Value};
 
-    use crate::cli::{Cli, Command, HdrCommand, PyramidCli, PyramidCommand, QuiltCommand};
+    use crate::cli::{
+        Cli, Command, HdrCommand, PairsCli, PairsCommand, PyramidCli, PyramidCommand, QuiltCommand,
+    };
 
     /// Flags that are not parameters of the output: run options and logging.
     const NOT_PARAMETERS: [&str; 12] = [
@@ -838,6 +1077,12 @@ mod resume_identity {
                 Command::Hdr {
                     which: HdrCommand::Merge(j),
                 } => serde_json::to_value(j),
+                Command::Pairs(PairsCli { which: None, job }) => serde_json::to_value(job),
+                Command::Pairs(PairsCli {
+                    which: Some(PairsCommand::Extract(j)),
+                    ..
+                }) => serde_json::to_value(j),
+                Command::Tokens(j) => serde_json::to_value(j),
                 other => panic!("not resumable: {other:?}"),
             }
             .unwrap()
@@ -872,6 +1117,29 @@ mod resume_identity {
                 ],
             ),
             with(&["hdr", "merge"], &io),
+            with(&["pairs"], &io),
+            with(
+                &["pairs", "extract"],
+                &[
+                    "--input",
+                    "i.npy",
+                    "--metadata",
+                    "m.npy",
+                    "--output",
+                    "o.zarr",
+                ],
+            ),
+            with(
+                &["tokens"],
+                &[
+                    "--input",
+                    "p.zarr",
+                    "--output",
+                    "t.zarr",
+                    "--token-size",
+                    "8",
+                ],
+            ),
         ]
     }
 

@@ -44,7 +44,7 @@ fn settle_report(run: &mut RunOptions, output: &Path) {
 /// # Errors
 /// The job's failure.
 pub fn run_job(mut job: Job, comm: &dyn Comm) -> Result<()> {
-    use crate::ops::{convert, crop, pyramid, quilt};
+    use crate::ops::{convert, crop, pairs, pyramid, quilt};
     let output = job.output();
     settle_report(job.run_options_mut(), &output);
     // What each job runs, and the report that names it: (command, parameters, summaries).
@@ -85,6 +85,18 @@ pub fn run_job(mut job: Job, comm: &dyn Comm) -> Result<()> {
             crate::exec::agree(comm, op.use_device(device))?;
             let s = run_op(&op, comm, &j.run)?;
             ("pyramid", parameters(j), s)
+        }
+        Job::Pairs(j) => {
+            let s = run_op(&pairs::PairsOp::plan(j)?, comm, &j.run)?;
+            ("pairs", parameters(j), s)
+        }
+        Job::PairsExtract(j) => {
+            let s = run_op(&pairs::PairsOp::plan_extract(j)?, comm, &j.run)?;
+            ("pairs extract", parameters(j), s)
+        }
+        Job::Tokens(j) => {
+            let s = run_op(&pairs::TokensOp::plan(j)?, comm, &j.run)?;
+            ("tokens", parameters(j), s)
         }
         Job::Reconstruct(j) => {
             let s = run_op(&pyramid::reconstruct::ReconstructOp::plan(j)?, comm, &j.run)?;

@@ -4,5 +4,6 @@
 pub mod convert;
 pub mod crop;
 pub mod hdr;
+pub mod pairs;
 pub mod pyramid;
 pub mod quilt;

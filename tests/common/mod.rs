@@ -261,3 +261,22 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
 pub fn s(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
+
+/// Writes `block` as a `.npy` through tessera's own writer.
+pub fn write_npy(path: &Path, block: &Block) {
+    let shape = block.shape();
+    let spec = io::CreateSpec {
+        shape: shape.clone(),
+        dtype: block.dtype(),
+        chunks: shape.clone(),
+        shards: None,
+        codec: io::Codec::None,
+        dimension_names: None,
+        attributes: serde_json::Map::new(),
+    };
+    let address = Address::Npy { path: path.into() };
+    let w = io::create(&address, &spec, &tessera::comm::Local, false).unwrap();
+    w.write_box(Some((&tessera::grid::Region::whole(&shape), block)))
+        .unwrap();
+    w.close().unwrap();
+}
