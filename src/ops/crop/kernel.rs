@@ -151,17 +151,44 @@ impl Fixed {
     }
 }
 
+/// The sum of the q of a slice, in [`SUM_LANES`] independent partial sums (vectorised; exact,
+/// so the split does not change it).
+fn sum_q<T: Element>(s: &[T], fixed: Fixed) -> f64 {
+    let mut acc = [0.0f64; SUM_LANES];
+    let mut chunks = s.chunks_exact(SUM_LANES);
+    for c in &mut chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += fixed.q(f(v));
+        }
+    }
+    let tail: f64 = chunks.remainder().iter().map(|&v| fixed.q(f(v))).sum();
+    acc.iter().sum::<f64>() + tail
+}
+
 /// A pattern's largest |value|, whether some value is below zero, and whether all are finite.
 fn extremes<T: Element>(p: &[T]) -> (f64, bool, bool) {
-    let (mut most, mut low) = (0.0f64, 0.0f64);
+    // Lanes of maxima and minima (vectorised); NaN and infinities are counted apart.
+    let (mut most, mut low) = ([0.0f64; SUM_LANES], [0.0f64; SUM_LANES]);
     let mut finite = true;
-    for &v in p {
+    let mut chunks = p.chunks_exact(SUM_LANES);
+    for c in &mut chunks {
+        for (k, &v) in c.iter().enumerate() {
+            let v = f(v);
+            finite &= v.is_finite();
+            let a = v.abs();
+            most[k] = if a > most[k] { a } else { most[k] };
+            low[k] = if v < low[k] { v } else { low[k] };
+        }
+    }
+    for &v in chunks.remainder() {
         let v = f(v);
         finite &= v.is_finite();
-        most = most.max(v.abs());
-        low = low.min(v);
+        let a = v.abs();
+        most[0] = if a > most[0] { a } else { most[0] };
+        low[0] = if v < low[0] { v } else { low[0] };
     }
-    (most, low < 0.0, finite)
+    let most = most.iter().fold(0.0f64, |m, &a| if a > m { a } else { m });
+    (most, low.iter().any(|&l| l < 0.0), finite)
 }
 
 /// The fixed-point scale and total of a pattern, and the sum target `target` asks for:
@@ -404,7 +431,7 @@ fn radius_near<T: Element>(
         }
         let (la, lb) = span(&dx2, dy2, lo2, cx);
         let (la, lb) = if la == lb { (ha, ha) } else { (la, lb) };
-        inner += row[la..lb].iter().map(|&v| fixed.q(f(v))).sum::<f64>();
+        inner += sum_q(&row[la..lb], fixed);
         for x in (ha..la).chain(lb..hb) {
             ring.push((dy2 + dx2[x], fixed.q(f(row[x]))));
         }
@@ -593,7 +620,7 @@ pub fn crop_into<T: Element>(
     for (r, o) in out.chunks_exact_mut(side_w).enumerate() {
         let row = &p[(y0 + r) * w + x0..(y0 + r) * w + x0 + side_w];
         o.copy_from_slice(row);
-        sum += row.iter().map(|&v| fixed.q(f(v))).sum::<f64>();
+        sum += sum_q(row, fixed);
     }
     sum
 }
