@@ -46,6 +46,23 @@ pub enum PyramidCommand {
     Reconstruct(crate::job::ReconstructJob),
 }
 
+/// `tessera patches [verify]`: extraction flags, or the `verify` subcommand.
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct PatchesCli {
+    #[command(subcommand)]
+    pub which: Option<PatchesCommand>,
+    #[command(flatten)]
+    pub job: crate::job::PatchesJob,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PatchesCommand {
+    /// The notebook's integrity checks on every patch of an output: counts, dtype, value
+    /// range, relative paths, files and shapes, statistics. Exits non-zero with a list.
+    Verify(crate::ops::patches::verify::VerifyArgs),
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -66,6 +83,10 @@ pub enum Command {
     Crop(crate::job::CropJob),
     /// Multiscale pyramid (OME-Zarr 0.5) of an array: mean, Gaussian, mode or Laplacian.
     Pyramid(PyramidCli),
+    /// CT slices (a manifest of slice files, or a volume) to a patch dataset: square patches
+    /// on a stride grid (no padding), patch_manifest.csv and patch_meta.json, as the CT patch
+    /// notebook makes them.
+    Patches(PatchesCli),
     /// All-sky camera exposure brackets: Debevec response calibration, ln E range, HDR merge.
     Hdr {
         #[command(subcommand)]
@@ -188,6 +209,9 @@ pub enum BenchCommand {
     Crop(crate::bench::crop::CropBench),
     /// HDR merge of 5 x 512x512 RGB 8-bit brackets against a memory copy of the bracket bytes.
     Hdr(crate::bench::hdr::HdrBench),
+    /// Patch extraction of 362x362 float32 slices (npy and zarr) against a plain copy of the
+    /// same bytes into as many files (npy) or one file (zarr).
+    Patches(crate::bench::patches::PatchesBench),
     /// One operation at several rank counts (mpirun/srun): time, GB/s, efficiency, phases.
     Scaling(crate::bench::scaling::ScalingBench),
     /// bench scaling's memory-bandwidth reference: every rank copies a buffer, rank 0 reports
@@ -205,6 +229,14 @@ pub fn dispatch(cli: Cli, comm: &dyn Comm) -> Result<()> {
         Command::Convert(job) => crate::job::run_job(Job::Convert(job), comm),
         Command::Crop(job) => crate::job::run_job(Job::Crop(job), comm),
         Command::Hdr { which } => hdr(which, comm),
+        Command::Patches(PatchesCli { which, job }) => match which {
+            Some(PatchesCommand::Verify(args)) => crate::ops::patches::verify::run(&args, comm),
+            None if job.output.is_empty() => Err(Error::parameter(
+                "output",
+                "required: tessera patches --manifest CSV --output DIR (see --help)",
+            )),
+            None => crate::job::run_job(Job::Patches(job), comm),
+        },
         Command::Pyramid(PyramidCli { which, job }) => match which {
             Some(PyramidCommand::Reconstruct(job)) => {
                 crate::job::run_job(Job::Reconstruct(job), comm)
@@ -290,6 +322,7 @@ pub fn dispatch(cli: Cli, comm: &dyn Comm) -> Result<()> {
             BenchCommand::Pyramid(b) => crate::bench::pyramid::run(&b, comm),
             BenchCommand::Crop(b) => crate::bench::crop::run(&b, comm),
             BenchCommand::Hdr(b) => crate::bench::hdr::run(&b, comm),
+            BenchCommand::Patches(b) => crate::bench::patches::run(&b, comm),
             BenchCommand::Scaling(b) => crate::bench::scaling::run(&b, comm),
             BenchCommand::Memcopy(b) => crate::bench::memcopy::run(&b, comm),
         },

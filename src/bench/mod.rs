@@ -9,6 +9,7 @@ pub mod crop;
 pub mod gpu;
 pub mod hdr;
 pub mod memcopy;
+pub mod patches;
 pub mod pyramid;
 pub mod quilt;
 pub mod scaling;

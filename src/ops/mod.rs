@@ -4,5 +4,6 @@
 pub mod convert;
 pub mod crop;
 pub mod hdr;
+pub mod patches;
 pub mod pyramid;
 pub mod quilt;
