@@ -38,6 +38,9 @@ pub struct PatchesBench {
     /// Which output format(s) to measure.
     #[arg(long, value_parser = ["npy", "zarr", "both"], default_value = "both")]
     pub format: String,
+    /// Patches per Zarr chunk (default: tessera patches' own, about 4 MiB).
+    #[arg(long)]
+    pub chunks: Option<u64>,
     /// Codec of the Zarr output (none: the copy is not compressed either).
     #[arg(long, value_enum, default_value_t = Codec::None)]
     pub codec: Codec,
@@ -145,6 +148,17 @@ fn clear(path: &Path, one_file_len: Option<u64>, dir: bool, comm: &dyn Comm) -> 
     agree(comm, done)
 }
 
+/// Flushes every dirty page before a timed phase (rank 0; the others wait), so that neither
+/// contender is throttled by the other's writeback: the page cache holds the outputs of
+/// earlier repetitions until the kernel writes them out.
+fn settle_disk(comm: &dyn Comm) {
+    if comm.is_root() {
+        // SAFETY: sync(2) takes no arguments and always succeeds.
+        unsafe { libc::sync() };
+    }
+    comm.barrier();
+}
+
 /// One format's timings: the copy and the extraction, `repeat` times each, alternating.
 fn measure_format(
     b: &PatchesBench,
@@ -174,7 +188,7 @@ fn measure_format(
         stride: b.stride,
         format,
         min_std: None,
-        chunks: None,
+        chunks: if one_file { b.chunks } else { None },
         shards: None,
         codec: if one_file { b.codec } else { Codec::Auto },
         run: RunOptions {
@@ -185,6 +199,7 @@ fn measure_format(
     let (mut copy_times, mut run_times) = (Vec::new(), Vec::new());
     for _ in 0..b.repeat.max(1) {
         clear(&copy_to, one_file.then_some(total), true, comm)?;
+        settle_disk(comm);
         let t = Instant::now();
         let copied = plain_copy(
             &root,
@@ -199,6 +214,7 @@ fn measure_format(
         clear(&copy_to, None, false, comm)?;
 
         clear(&out, None, false, comm)?;
+        settle_disk(comm);
         let t = Instant::now();
         crate::ops::patches::run(&job, comm)?;
         comm.barrier();
@@ -255,9 +271,9 @@ fn print_results(
     results: &[(PatchFormat, Measured, Measured)],
 ) -> Result<()> {
     println!(
-        "bench patches: {} slices of {}x{} float32 -> {} patches of {}x{} (stride {}, {:.1} MiB), zarr codec {:?}, {} rank(s), {} thread(s) per rank, best of {}",
+        "bench patches: {} slices of {}x{} float32 -> {} patches of {}x{} (stride {}, {:.1} MiB), zarr codec {:?}, chunks {}, {} rank(s), {} thread(s) per rank, best of {}",
         b.slices, b.size, b.size, b.slices as u64 * per_slice, b.patch_size, b.patch_size, b.stride,
-        total as f64 / 1048576.0, b.codec, comm.size(), rayon::current_num_threads(), b.repeat.max(1)
+        total as f64 / 1048576.0, b.codec, b.chunks.map_or("default".into(), |c| c.to_string()), comm.size(), rayon::current_num_threads(), b.repeat.max(1)
     );
     println!();
     println!("| format | copy s (best) | patches s (best) | patches s (median) | patches MB/s | fraction of copy |");
@@ -285,7 +301,7 @@ fn print_results(
     }
     let result = serde_json::json!({
         "benchmark": "patches", "slices": b.slices, "size": b.size, "patch_size": b.patch_size,
-        "stride": b.stride, "codec": b.codec, "ranks": comm.size(),
+        "stride": b.stride, "codec": b.codec, "zarr_chunks": b.chunks, "ranks": comm.size(),
         "threads_per_rank": rayon::current_num_threads(), "bytes": total, "results": json,
         "host": crate::comm::hostname(),
     });

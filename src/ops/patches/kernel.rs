@@ -49,24 +49,18 @@ pub struct PatchStats {
     pub std: f64,
 }
 
-/// The statistics of the `patch` x `patch` window at (`row`, `col`) of `slice` (which must
-/// hold it), without copying it. Two passes: the mean, then the squared deviations from it.
-pub fn window_stats(
-    slice: ArrayView2<'_, f32>,
-    row: usize,
-    col: usize,
-    patch: usize,
-) -> PatchStats {
-    let window = slice.slice(ndarray::s![row..row + patch, col..col + patch]);
+/// The statistics of one patch's values (row-major, contiguous). Two passes: the mean, then
+/// the squared deviations from it.
+pub fn patch_stats(values: &[f32]) -> PatchStats {
     let (mut min, mut max, mut sum) = (f32::INFINITY, f32::NEG_INFINITY, 0.0f64);
-    for &v in window.iter() {
+    for &v in values {
         min = min.min(v);
         max = max.max(v);
         sum += f64::from(v);
     }
-    let n = (patch * patch) as f64;
+    let n = values.len() as f64;
     let mean = sum / n;
-    let squares: f64 = window
+    let squares: f64 = values
         .iter()
         .map(|&v| {
             let d = f64::from(v) - mean;
@@ -125,17 +119,24 @@ pub struct KeptPatch {
     pub stats: PatchStats,
 }
 
-/// The patches a slice keeps, in row-major order, with their statistics.
+/// The patches a slice keeps, in row-major order, with their statistics, and their values
+/// one after another (`patch * patch` each).
 pub fn kept_patches(
     slice: &Array2<f32>,
     patch: u64,
     stride: u64,
     min_std: Option<f64>,
-) -> Vec<KeptPatch> {
+) -> (Vec<KeptPatch>, Vec<f32>) {
     let (h, w) = slice.dim();
-    let mut kept = Vec::new();
-    for (row, col) in coordinates(h as u64, w as u64, patch, stride) {
-        let stats = window_stats(slice.view(), row as usize, col as usize, patch as usize);
+    let ps = patch as usize;
+    let coords = coordinates(h as u64, w as u64, patch, stride);
+    let mut values = vec![0.0f32; coords.len() * ps * ps];
+    let mut kept = Vec::with_capacity(coords.len());
+    for (row, col) in coords {
+        let at = kept.len() * ps * ps;
+        let window = &mut values[at..at + ps * ps];
+        copy_window(slice.view(), row as usize, col as usize, ps, window);
+        let stats = patch_stats(window);
         if keeps(&stats, min_std) {
             kept.push(KeptPatch {
                 kept_index: kept.len() as u64,
@@ -145,7 +146,8 @@ pub fn kept_patches(
             });
         }
     }
-    kept
+    values.truncate(kept.len() * ps * ps);
+    (kept, values)
 }
 
 #[cfg(test)]
@@ -184,8 +186,9 @@ mod tests {
     #[test]
     fn zeros_give_zero_statistics() {
         let slice = Array2::<f32>::zeros((512, 512));
-        let kept = kept_patches(&slice, 128, 64, None);
+        let (kept, values) = kept_patches(&slice, 128, 64, None);
         assert_eq!(kept.len(), 49);
+        assert_eq!(values.len(), 49 * 128 * 128);
         for p in &kept {
             assert_eq!(
                 p.stats,
@@ -198,36 +201,39 @@ mod tests {
             );
         }
         // Every zero patch has std 0: --min-std drops them all.
-        assert!(kept_patches(&slice, 128, 64, Some(1e-6)).is_empty());
+        assert!(kept_patches(&slice, 128, 64, Some(1e-6)).0.is_empty());
     }
 
     #[test]
     fn statistics_and_copies_of_a_window() {
         let slice = Array2::from_shape_fn((6, 7), |(y, x)| (y * 7 + x) as f32);
-        let s = window_stats(slice.view(), 1, 2, 3);
         let values: Vec<f64> = (1..4)
             .flat_map(|y| (2..5).map(move |x| (y * 7 + x) as f64))
             .collect();
+        let mut out = vec![0.0; 9];
+        copy_window(slice.view(), 1, 2, 3, &mut out);
+        assert_eq!(out, values.iter().map(|&v| v as f32).collect::<Vec<_>>());
+        let s = patch_stats(&out);
         let mean = values.iter().sum::<f64>() / 9.0;
         let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / 9.0;
         assert_eq!((s.min, s.max), (9.0, 25.0));
         assert_eq!(s.mean, mean);
         assert_eq!(s.std, var.sqrt());
-        let mut out = vec![0.0; 9];
-        copy_window(slice.view(), 1, 2, 3, &mut out);
-        assert_eq!(out, values.iter().map(|&v| v as f32).collect::<Vec<_>>());
     }
 
     #[test]
     fn min_std_keeps_at_or_above_the_threshold() {
         let mut slice = Array2::<f32>::zeros((4, 8));
         slice[[0, 5]] = 4.0; // only the right window varies
-        let kept = kept_patches(&slice, 4, 4, Some(0.5));
+        let (kept, values) = kept_patches(&slice, 4, 4, Some(0.5));
         assert_eq!(kept.len(), 1);
         assert_eq!((kept[0].kept_index, kept[0].row, kept[0].col), (0, 0, 4));
+        assert_eq!(values[1], 4.0);
         let std = kept[0].stats.std;
-        assert_eq!(kept_patches(&slice, 4, 4, Some(std)).len(), 1);
-        assert!(kept_patches(&slice, 4, 4, Some(std * (1.0 + 1e-12))).is_empty());
+        assert_eq!(kept_patches(&slice, 4, 4, Some(std)).0.len(), 1);
+        assert!(kept_patches(&slice, 4, 4, Some(std * (1.0 + 1e-12)))
+            .0
+            .is_empty());
     }
 
     #[test]

@@ -206,20 +206,24 @@ struct Work {
     patches: Range<u64>,
 }
 
-/// A computed unit: its patches' values (one after another), ids and manifest lines.
+/// A computed unit: its patches, slice by slice, from its first patch on.
 pub struct UnitPatches {
     split: usize,
     first: u64,
+    parts: Vec<SliceCut>,
+}
+
+impl UnitPatches {
+    fn count(&self) -> usize {
+        self.parts.iter().map(|p| p.ids.len()).sum()
+    }
+}
+
+/// The patches of one slice that lie in a unit: ids, values one after another, manifest lines.
+pub struct SliceCut {
     ids: Vec<String>,
     values: Vec<f32>,
     lines: String,
-}
-
-/// One kept patch of a unit, cut out of its slice.
-struct Cut {
-    id: String,
-    values: Vec<f32>,
-    line: String,
 }
 
 /// Pass 2 as an exec operation.
@@ -307,8 +311,9 @@ impl PatchesOp {
         })
     }
 
-    /// Reads one slice of a unit and cuts out its kept patches that lie in the unit's range.
-    fn cut_slice(&self, w: &Work, i: usize) -> Result<Vec<Cut>> {
+    /// Reads one slice of a unit and cuts out its kept patches that lie in the unit's range
+    /// (a contiguous run of them: all of them but at a Zarr unit's ends).
+    fn cut_slice(&self, w: &Work, i: usize) -> Result<SliceCut> {
         let (split, layout) = (&self.splits[w.split], &self.layouts[w.split]);
         let slice = split.read(i).map_err(|p| match p {
             source::Problem::Missing => {
@@ -316,7 +321,8 @@ impl PatchesOp {
             }
             source::Problem::Unusable(m) => Error::parameter("manifest", m),
         })?;
-        let kept = kernel::kept_patches(&slice, self.cut.patch, self.cut.stride, self.cut.min_std);
+        let (kept, mut values) =
+            kernel::kept_patches(&slice, self.cut.patch, self.cut.stride, self.cut.min_std);
         if kept.len() as u64 != layout.facts[i].kept {
             return Err(Error::bad_file(
                 split.describe(i),
@@ -327,38 +333,35 @@ impl PatchesOp {
                 ),
             ));
         }
-        let ps = self.cut.patch as usize;
-        let mut cuts = Vec::new();
-        for p in kept {
-            let index = layout.first[i] + p.kept_index;
-            if !w.patches.contains(&index) {
-                continue;
-            }
+        let first = layout.first[i];
+        let inside = |p: u64| (p.saturating_sub(first) as usize).min(kept.len());
+        let (lo, hi) = (inside(w.patches.start), inside(w.patches.end));
+        let n = (self.cut.patch * self.cut.patch) as usize;
+        values.truncate(hi * n);
+        values.drain(..lo * n);
+        let mut cut = SliceCut {
+            ids: Vec::with_capacity(hi - lo),
+            values,
+            lines: String::new(),
+        };
+        for p in &kept[lo..hi] {
             let id = kernel::patch_id(&split.name, i as u64, p.row, p.col);
-            let mut values = vec![0.0f32; ps * ps];
-            kernel::copy_window(
-                slice.view(),
-                p.row as usize,
-                p.col as usize,
-                ps,
-                &mut values,
-            );
             let file = manifest::join_relative(&self.patch_dirs[w.split], &format!("{id}.npy"));
             let place = match self.format {
                 PatchFormat::Npy => PatchPlace::File(&file),
-                PatchFormat::Zarr => PatchPlace::ZarrIndex(index),
+                PatchFormat::Zarr => PatchPlace::ZarrIndex(first + p.kept_index),
             };
-            let line = output::manifest_line(
+            cut.lines.push_str(&output::manifest_line(
                 &id,
                 i as u64,
                 split.src_path(i),
-                &p,
+                p,
                 place,
                 &split.carried[i],
-            );
-            cuts.push(Cut { id, values, line });
+            ));
+            cut.ids.push(id);
         }
-        Ok(cuts)
+        Ok(cut)
     }
 
     fn staged_dir(&self, split: usize) -> &Path {
@@ -369,9 +372,14 @@ impl PatchesOp {
     fn write_files(&self, out: &UnitPatches) -> Result<()> {
         let dir = self.staged_dir(out.split);
         let n = (self.cut.patch * self.cut.patch) as usize;
-        out.ids.par_iter().enumerate().try_for_each(|(k, id)| {
+        let files: Vec<(&String, &[f32])> = out
+            .parts
+            .iter()
+            .flat_map(|p| p.ids.iter().zip(p.values.chunks_exact(n)))
+            .collect();
+        files.par_iter().try_for_each(|(id, values)| {
             let path = dir.join(format!("{id}.npy"));
-            let bytes = output::npy_patch_bytes(&self.npy_header, &out.values[k * n..(k + 1) * n]);
+            let bytes = output::npy_patch_bytes(&self.npy_header, values);
             std::fs::write(&path, bytes).at(&path)
         })
     }
@@ -379,8 +387,12 @@ impl PatchesOp {
     /// A unit's patches as one box of the split's Zarr array (whole chunks or shards).
     fn write_zarr(&self, out: UnitPatches) -> Result<()> {
         let ps = self.cut.patch as usize;
-        let count = out.ids.len();
-        let block = Array3::from_shape_vec((count, ps, ps), out.values)
+        let count = out.count();
+        let mut values = Vec::with_capacity(count * ps * ps);
+        for p in out.parts {
+            values.extend_from_slice(&p.values);
+        }
+        let block = Array3::from_shape_vec((count, ps, ps), values)
             .expect("a unit holds whole patches")
             .into_dyn();
         let region = Region {
@@ -670,38 +682,29 @@ impl Operation for PatchesOp {
     fn compute(&self, unit: usize) -> Result<UnitPatches> {
         let w = &self.work[unit];
         let facts = &self.layouts[w.split].facts;
-        let per_slice: Vec<Vec<Cut>> = w
+        let parts = w
             .slices
             .clone()
             .into_par_iter()
             .filter(|&i| facts[i].kept > 0)
             .map(|i| self.cut_slice(w, i))
-            .collect::<Result<_>>()?;
-        let cuts: Vec<Cut> = per_slice.into_iter().flatten().collect();
-        let mut out = UnitPatches {
+            .collect::<Result<Vec<_>>>()?;
+        Ok(UnitPatches {
             split: w.split,
             first: w.patches.start,
-            ids: Vec::with_capacity(cuts.len()),
-            values: Vec::with_capacity(cuts.iter().map(|c| c.values.len()).sum()),
-            lines: String::new(),
-        };
-        for c in cuts {
-            out.ids.push(c.id);
-            out.values.extend_from_slice(&c.values);
-            out.lines.push_str(&c.line);
-        }
-        Ok(out)
+            parts,
+        })
     }
 
     fn write(&self, part: Option<(usize, UnitPatches)>) -> Result<()> {
-        let Some((unit, mut out)) = part else {
+        let Some((unit, out)) = part else {
             return Ok(());
         };
         let parts = self.staged_dir(out.split).join(PARTS_DIR);
-        let lines = std::mem::take(&mut out.lines);
+        let lines: String = out.parts.iter().map(|p| p.lines.as_str()).collect();
         match self.format {
             PatchFormat::Npy => self.write_files(&out)?,
-            PatchFormat::Zarr if out.ids.is_empty() => {}
+            PatchFormat::Zarr if out.count() == 0 => {}
             PatchFormat::Zarr => self.write_zarr(out)?,
         }
         safety::write_bytes(&part_path(&parts, unit), true, lines.as_bytes())

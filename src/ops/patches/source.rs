@@ -321,9 +321,12 @@ fn read_volume_slice(reader: &dyn ArrayReader, i: usize) -> Result<Block> {
 /// numpy's `astype(np.float32)` does; otherwise the shape, for the message.
 fn as_float_slice(block: Block) -> std::result::Result<Array2<f32>, String> {
     let shape = block.shape();
-    // `as` is numpy's astype: nearest for wide integers and f64, and f32 stays itself.
+    // `as` is numpy's astype: nearest for wide integers and f64; float32 is taken as it is.
     #[allow(clippy::unnecessary_cast)]
-    let values = with_block!(block, a => a.mapv(|v| v as f32));
+    let values = match block {
+        Block::F32(a) => a,
+        other => with_block!(other, a => a.mapv(|v| v as f32)),
+    };
     let values = match shape.len() {
         3 if shape[0] == 1 => values.index_axis_move(ndarray::Axis(0), 0),
         _ => values,

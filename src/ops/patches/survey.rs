@@ -80,7 +80,9 @@ fn survey_slice(split: &Split, i: usize, cut: Cutting) -> std::result::Result<Sl
     let windows = kernel::patch_count(h, w, cut.patch, cut.stride);
     let kept = match cut.min_std {
         None => windows,
-        Some(_) => kernel::kept_patches(&slice, cut.patch, cut.stride, cut.min_std).len() as u64,
+        Some(_) => kernel::kept_patches(&slice, cut.patch, cut.stride, cut.min_std)
+            .0
+            .len() as u64,
     };
     Ok(SliceFacts {
         height: h,
