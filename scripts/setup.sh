@@ -3,8 +3,9 @@
 # idempotently: what is already present is skipped.
 #
 #   scripts/setup.sh            system packages (Open MPI, parallel HDF5, libclang) + Rust
-#   scripts/setup.sh --python   also a Python venv (target/pyenv) with numpy, zarr and h5py,
-#                               used by tests/python_readback.rs to cross-check outputs
+#   scripts/setup.sh --python   also a Python venv (target/pyenv) with numpy, zarr, h5py and
+#                               pandas, used by tests/python_readback.rs and tests/patches.rs
+#                               to cross-check outputs
 #   scripts/setup.sh --nvrtc    also NVRTC (the PyPI wheel nvidia-cuda-nvrtc, into target/pyenv;
 #                               implies --python), so that CI compiles every CUDA kernel
 #                               without a GPU (tests/gpu.rs)
@@ -73,13 +74,13 @@ fi
 
 if [ "$python" = 1 ]; then
   venv=target/pyenv
-  if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c 'import numpy, zarr, h5py, ome_zarr_models' 2>/dev/null; then
-    echo "setup: python venv $venv has numpy, zarr, h5py, ome-zarr-models"
+  if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c 'import numpy, zarr, h5py, ome_zarr_models, pandas' 2>/dev/null; then
+    echo "setup: python venv $venv has numpy, zarr, h5py, ome-zarr-models, pandas"
   else
-    echo "setup: python venv $venv with numpy, zarr, h5py, ome-zarr-models (OME-Zarr validation)"
+    echo "setup: python venv $venv with numpy, zarr, h5py, ome-zarr-models (OME-Zarr validation), pandas (patch manifests)"
     mkdir -p target
     [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-    "$venv/bin/python" -m pip install -q --disable-pip-version-check 'zarr>=3' h5py numpy ome-zarr-models
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check 'zarr>=3' h5py numpy ome-zarr-models pandas
   fi
 fi
 

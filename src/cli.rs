@@ -65,6 +65,23 @@ pub enum PairsCommand {
     Extract(crate::job::PairsExtractJob),
 }
 
+/// `tessera patches [verify]`: extraction flags, or the `verify` subcommand.
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct PatchesCli {
+    #[command(subcommand)]
+    pub which: Option<PatchesCommand>,
+    #[command(flatten)]
+    pub job: crate::job::PatchesJob,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PatchesCommand {
+    /// The notebook's integrity checks on every patch of an output: counts, dtype, value
+    /// range, relative paths, files and shapes, statistics. Exits non-zero with a list.
+    Verify(crate::ops::patches::verify::VerifyArgs),
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -90,6 +107,10 @@ pub enum Command {
     Pairs(PairsCli),
     /// Pre-tokenized 2-D patch pairs (quilt windows of each patch) with token overlaps.
     Tokens(crate::job::TokensJob),
+    /// CT slices (a manifest of slice files, or a volume) to a patch dataset: square patches
+    /// on a stride grid (no padding), patch_manifest.csv and patch_meta.json, as the CT patch
+    /// notebook makes them.
+    Patches(PatchesCli),
     /// All-sky camera exposure brackets: Debevec response calibration, ln E range, HDR merge.
     Hdr {
         #[command(subcommand)]
@@ -215,6 +236,9 @@ pub enum BenchCommand {
     /// tessera pairs on 64 images of 1024x1024x3, 256 pairs each, window 64, against a memory
     /// copy of the written pair bytes.
     Pairs(crate::bench::pairs::PairsBench),
+    /// Patch extraction of 362x362 float32 slices (npy and zarr) against a plain copy of the
+    /// same bytes into as many files (npy) or one file (zarr).
+    Patches(crate::bench::patches::PatchesBench),
     /// One operation at several rank counts (mpirun/srun): time, GB/s, efficiency, phases.
     Scaling(crate::bench::scaling::ScalingBench),
     /// bench scaling's memory-bandwidth reference: every rank copies a buffer, rank 0 reports
@@ -232,6 +256,14 @@ pub fn dispatch(cli: Cli, comm: &dyn Comm) -> Result<()> {
         Command::Convert(job) => crate::job::run_job(Job::Convert(job), comm),
         Command::Crop(job) => crate::job::run_job(Job::Crop(job), comm),
         Command::Hdr { which } => hdr(which, comm),
+        Command::Patches(PatchesCli { which, job }) => match which {
+            Some(PatchesCommand::Verify(args)) => crate::ops::patches::verify::run(&args, comm),
+            None if job.output.is_empty() => Err(Error::parameter(
+                "output",
+                "required: tessera patches --manifest CSV --output DIR (see --help)",
+            )),
+            None => crate::job::run_job(Job::Patches(job), comm),
+        },
         Command::Pyramid(PyramidCli { which, job }) => match which {
             Some(PyramidCommand::Reconstruct(job)) => {
                 crate::job::run_job(Job::Reconstruct(job), comm)
@@ -324,6 +356,7 @@ pub fn dispatch(cli: Cli, comm: &dyn Comm) -> Result<()> {
             BenchCommand::Crop(b) => crate::bench::crop::run(&b, comm),
             BenchCommand::Hdr(b) => crate::bench::hdr::run(&b, comm),
             BenchCommand::Pairs(b) => crate::bench::pairs::run(&b, comm),
+            BenchCommand::Patches(b) => crate::bench::patches::run(&b, comm),
             BenchCommand::Scaling(b) => crate::bench::scaling::run(&b, comm),
             BenchCommand::Memcopy(b) => crate::bench::memcopy::run(&b, comm),
         },

@@ -35,6 +35,13 @@ fn every_config_runs_on_the_demo_stack() {
     std::fs::create_dir(&cfg_dir).unwrap();
     tessera::demo::write_stack(&d.path().join("tessera-demo/slices")).unwrap();
     tessera::demo::write_nczyx(&d.path().join("tessera-demo/demo-nczyx.npy")).unwrap();
+    // The manifests some configs name sit beside them.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+    for e in std::fs::read_dir(&dir).unwrap().flatten() {
+        if e.path().extension().is_some_and(|x| x == "csv") {
+            std::fs::copy(e.path(), cfg_dir.join(e.file_name())).unwrap();
+        }
+    }
     for path in configs() {
         let text = std::fs::read_to_string(&path).unwrap();
         if text.contains(".h5") && !cfg!(feature = "hdf5") {
@@ -64,6 +71,31 @@ fn every_config_runs_on_the_demo_stack() {
         .path()
         .join("tessera-demo/cropped_visualization.png")
         .is_file());
+    // The patches configs: 64 slices x 4 patches as .npy files; two splits as Zarr arrays.
+    let demo = d.path().join("tessera-demo");
+    let patch_meta = |p: &str| -> serde_json::Value {
+        serde_json::from_str(
+            &std::fs::read_to_string(demo.join(p).join("patch_meta.json")).unwrap(),
+        )
+        .unwrap()
+    };
+    assert_eq!(patch_meta("ct-patches")["num_patches"], 256);
+    assert_eq!(patch_meta("ct-patches")["patch_dir"], "ct-patches");
+    assert!(demo.join("ct-patches/demo_000063_128_128.npy").is_file());
+    for (split, slices) in [("train", 6), ("val", 3)] {
+        let m = patch_meta(&format!("ct-patch-splits/{split}"));
+        assert_eq!(m["num_slices"], slices);
+        let n = m["num_patches"].as_u64().unwrap();
+        assert!(n > 0 && n + m["dropped"]["low_std_patches"].as_u64().unwrap() == slices * 9);
+        let zarr = s(&demo.join(format!("ct-patch-splits/{split}/patches.zarr")));
+        assert_eq!(
+            tessera::io::open(&tessera::io::Address::parse(&zarr).unwrap())
+                .unwrap()
+                .meta()
+                .shape,
+            vec![n, 128, 128]
+        );
+    }
     // The pyramid config: 64x256x256 in 64^3 chunks gives levels 0..2.
     let top = meta(&s(&d.path().join("tessera-demo/pyramid.zarr/2")));
     assert_eq!(top.shape, vec![16, 64, 64]);

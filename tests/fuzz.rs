@@ -1,7 +1,7 @@
 //! Parsers never panic, on any input: a bounded property test over random bytes (and over
 //! mutations of valid inputs, which reach deeper than noise) for the TOML job file, the
 //! `.npy` header, Zarr `zarr.json` metadata, the HDR `.npz` response, the grouping of file
-//! names and the image decoders. Each must return Ok or a clear error. Bounded (a few hundred
+//! names, the image decoders and the patch manifests (CSV, paths, Python-repr floats). Each must return Ok or a clear error. Bounded (a few hundred
 //! cases each) so that CI stays fast; `PROPTEST_CASES` raises it.
 
 use std::path::Path;
@@ -10,6 +10,7 @@ use proptest::prelude::*;
 
 /// Valid inputs whose mutations the tests explore.
 const JOB: &str = "[convert]\ninput = \"in\"\noutput = \"out.zarr\"\nchunks = [1, 64, 64]\ncodec = \"zstd\"\n\n[run]\nresume = true\n";
+const MANIFEST: &str = "index,path,min\n0,\"a,b/s.npy\",0.5\n1,sub\\s.npy,\"x\"\"y\"\n";
 const ZARR_JSON: &str = r#"{"zarr_format":3,"node_type":"array","shape":[4,6],"data_type":"uint16","chunk_grid":{"name":"regular","configuration":{"chunk_shape":[2,3]}},"chunk_key_encoding":{"name":"default","configuration":{"separator":"/"}},"fill_value":0,"codecs":[{"name":"bytes","configuration":{"endian":"little"}}],"attributes":{},"dimension_names":["y","x"]}"#;
 
 fn npy_bytes() -> Vec<u8> {
@@ -143,5 +144,29 @@ proptest! {
             let p = write(d.path(), name, &bytes);
             let _ = tessera::ops::hdr::load(&p);
         }
+    }
+
+    #[test]
+    fn patch_manifests(noise in proptest::collection::vec(any::<u8>(), 0..200), e in edits()) {
+        use tessera::ops::patches::manifest::{relative_slice_path, SliceManifest};
+        for bytes in [noise, mutate(MANIFEST.as_bytes(), &e)] {
+            let text = String::from_utf8_lossy(&bytes);
+            if let Ok(m) = SliceManifest::parse(&text) {
+                // Every accepted path stays relative and inside the root.
+                for p in m.slice_paths().unwrap_or_default() {
+                    prop_assert!(!p.starts_with('/') && !p.split('/').any(|c| c == ".." || c.is_empty()), "{p}");
+                    prop_assert_eq!(relative_slice_path(&p), Ok(p.clone()));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn python_floats_read_back_exactly(bits in any::<u64>()) {
+        let v = f64::from_bits(bits);
+        let text = tessera::ops::patches::manifest::python_float(v);
+        let back: f64 = text.parse().unwrap();
+        prop_assert!(back == v || (v.is_nan() && back.is_nan()), "{v:e} -> {text}");
+        prop_assert!(!v.is_finite() || text.contains('.') || text.contains('e'), "{text}");
     }
 }

@@ -542,6 +542,46 @@ fn pyramid_sizes() {
 }
 
 #[test]
+fn patches_sizes() {
+    let d = tempfile::tempdir().unwrap();
+    let mut failures = Vec::new();
+    let slice =
+        ndarray::Array2::from_shape_fn((20, 24), |(y, x)| ((y * 24 + x) % 97) as f32 / 97.0);
+    ndarray_npy::write_npy(d.path().join("s.npy"), &slice).unwrap();
+    let manifest = d.path().join("m.csv");
+    std::fs::write(&manifest, "path\ns.npy\ns.npy\n").unwrap();
+    let table = Table {
+        command: words(&[
+            "patches",
+            "--manifest",
+            &s(&manifest),
+            "--output",
+            "{out}/p",
+        ]),
+        defaults: pairs(&[("--patch-size", "8"), ("--stride", "4")]),
+        flags: vec![
+            int("--patch-size", ONE),
+            int("--stride", ONE),
+            float("--min-std", ONE),
+        ],
+        produces: vec!["p"],
+    };
+    failures.extend(check_table(d.path(), "patches", &table));
+    let zarr = Table {
+        defaults: pairs(&[
+            ("--patch-size", "8"),
+            ("--stride", "4"),
+            ("--format", "zarr"),
+            ("--chunks", "4"),
+        ]),
+        flags: vec![int("--chunks", ONE), int("--shards", ONE)],
+        ..table
+    };
+    failures.extend(check_table(d.path(), "patches --format zarr", &zarr));
+    assert_none(&failures);
+}
+
+#[test]
 fn crop_sizes() {
     let d = tempfile::tempdir().unwrap();
     let mut failures = Vec::new();

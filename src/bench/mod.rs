@@ -10,6 +10,7 @@ pub mod gpu;
 pub mod hdr;
 pub mod memcopy;
 pub mod pairs;
+pub mod patches;
 pub mod pyramid;
 pub mod quilt;
 pub mod scaling;

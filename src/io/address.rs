@@ -19,6 +19,11 @@ pub enum Address {
     Zarr { store: PathBuf, node: String },
     /// A dataset in an HDF5 file; `dataset` starts with `/`.
     Hdf5 { file: PathBuf, dataset: String },
+    /// A directory of patch files with `patch_manifest.csv` and `patch_meta.json`, as
+    /// `tessera patches` writes it (the CT notebook's layout). Never parsed from text: the
+    /// patches command names its output directory this way so that it is staged, locked,
+    /// journaled and published like an array.
+    PatchDir { dir: PathBuf },
 }
 
 impl Address {
@@ -91,6 +96,7 @@ impl Address {
             Address::Npy { path } => path,
             Address::Zarr { store, .. } => store,
             Address::Hdf5 { file, .. } => file,
+            Address::PatchDir { dir } => dir,
         }
     }
 
@@ -106,6 +112,7 @@ impl Address {
                 file: container,
                 dataset: dataset.clone(),
             },
+            Address::PatchDir { .. } => Address::PatchDir { dir: container },
         }
     }
 
@@ -114,6 +121,7 @@ impl Address {
             Address::Npy { .. } => "npy",
             Address::Zarr { .. } => "zarr",
             Address::Hdf5 { .. } => "hdf5",
+            Address::PatchDir { .. } => "patch directory",
         }
     }
 }
@@ -125,6 +133,7 @@ impl fmt::Display for Address {
             Address::Zarr { store, node } if node.is_empty() => write!(f, "{}", store.display()),
             Address::Zarr { store, node } => write!(f, "{}/{node}", store.display()),
             Address::Hdf5 { file, dataset } => write!(f, "{}:{dataset}", file.display()),
+            Address::PatchDir { dir } => write!(f, "{}", dir.display()),
         }
     }
 }

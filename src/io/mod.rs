@@ -232,6 +232,7 @@ pub fn open(address: &Address) -> Result<Box<dyn ArrayReader>> {
             what: format!("reading {address}"),
             feature: "hdf5",
         }),
+        Address::PatchDir { .. } => Err(not_an_array(address)),
     }
 }
 
@@ -297,7 +298,17 @@ pub fn create(
             what: format!("writing {address}"),
             feature: "hdf5",
         }),
+        Address::PatchDir { .. } => Err(not_an_array(address)),
     }
+}
+
+/// A patch directory holds many arrays (one file each, or one Zarr store inside); it is
+/// staged like an array but never opened as one.
+fn not_an_array(address: &Address) -> Error {
+    Error::address(
+        address.to_string(),
+        "is a patch directory (tessera patches), not an array; open the files inside it",
+    )
 }
 
 /// Checks that a region fits an array and a block fits the region.

@@ -33,6 +33,7 @@ impl Place {
             Place::Array(Address::Zarr { store, node }) if node.is_empty() => store.clone(),
             Place::Array(Address::Zarr { store, node }) => store.join(node),
             Place::Array(Address::Hdf5 { file, .. }) => file.clone(),
+            Place::Array(Address::PatchDir { dir }) => dir.clone(),
             Place::Path(p) | Place::Directory(p) => p.clone(),
         }
     }

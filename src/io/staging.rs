@@ -292,6 +292,18 @@ pub fn check_replaceable(target: &Address, path: &Path) -> Result<()> {
                 return Err(refuse("is a directory, not an HDF5 file"));
             }
         }
+        // Only a directory that tessera patches made (it holds patch_meta.json), never a
+        // directory of other files.
+        Address::PatchDir { .. } => {
+            if !path.is_dir() {
+                return Err(refuse("is a file, not a patch directory"));
+            }
+            if !path.join("patch_meta.json").is_file() {
+                return Err(refuse(
+                    "is a directory without patch_meta.json (not a tessera patches output)",
+                ));
+            }
+        }
     }
     Ok(())
 }

@@ -782,6 +782,95 @@ pub struct TokensJob {
     pub run: RunOptions,
 }
 
+fn default_split_name() -> String {
+    "train".into()
+}
+fn default_patch_size() -> u64 {
+    128
+}
+fn default_stride() -> u64 {
+    64
+}
+
+/// How `tessera patches` stores the patches.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum PatchFormat {
+    /// One `{patch_id}.npy` (float32, (ps, ps)) per patch: the notebook's layout.
+    #[default]
+    Npy,
+    /// One array `patches.zarr` of shape (M, ps, ps), chunked along M (for file systems that
+    /// suffer from millions of small files); the manifest gives each patch's `zarr_index`.
+    Zarr,
+}
+
+/// `tessera patches`: CT slices (a manifest of slice files, or a volume) cut into square
+/// patches on a stride grid, with a manifest and provenance, as the CT patch notebook does.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct PatchesJob {
+    /// CSV with a `path` column (slice files relative to --data-root, `/` or `\`); row i is
+    /// slice i; its other columns are carried into the patch manifest as `src_<name>`.
+    #[arg(long)]
+    #[serde(default)]
+    pub manifest: Option<PathBuf>,
+    /// Name of the --manifest split (the first part of every patch id).
+    #[arg(long, default_value = "train")]
+    #[serde(default = "default_split_name")]
+    pub split_name: String,
+    /// Several splits in one run, NAME=MANIFEST each (repeat the flag): each split is written
+    /// to OUTPUT/NAME/ as a dataset of its own.
+    #[arg(long = "split")]
+    #[serde(default)]
+    pub split: Vec<String>,
+    /// The directory manifest paths are relative to (and the manifest's and patches' paths in
+    /// the outputs); default: the manifest's directory, or with --input the input's.
+    #[arg(long)]
+    #[serde(default)]
+    pub data_root: Option<PathBuf>,
+    /// Instead of a manifest: a 3-D volume (file.npy, store.zarr, file.h5:/dataset) whose axis
+    /// 0 indexes the slices, or a directory of image files read as `convert` reads a stack.
+    #[arg(long)]
+    #[serde(default)]
+    pub input: Option<String>,
+    /// Output directory (the patches, patch_manifest.csv, patch_meta.json). Required.
+    #[arg(long, default_value = "", hide_default_value = true)]
+    pub output: String,
+    /// Patch side in pixels.
+    #[arg(long, default_value_t = default_patch_size())]
+    #[serde(default = "default_patch_size")]
+    pub patch_size: u64,
+    /// Step between patch origins. Origins are r*stride for r in 0..=(H-patch)/stride on each
+    /// axis, row-major, nothing padded: a window that would cross the far edge is dropped
+    /// (unlike quilt, whose last window is moved flush with the edge).
+    #[arg(long, default_value_t = default_stride())]
+    #[serde(default = "default_stride")]
+    pub stride: u64,
+    /// npy: one file per patch; zarr: one (M, ps, ps) array.
+    #[arg(long, value_enum, default_value_t)]
+    #[serde(default)]
+    pub format: PatchFormat,
+    /// Drop patches whose standard deviation is below this (low-variance background).
+    #[arg(long)]
+    #[serde(default)]
+    pub min_std: Option<f64>,
+    /// Patches per Zarr chunk (--format zarr; default: about 4 MiB per chunk).
+    #[arg(long)]
+    #[serde(default)]
+    pub chunks: Option<u64>,
+    /// Patches per Zarr shard, a multiple of --chunks (--format zarr).
+    #[arg(long)]
+    #[serde(default)]
+    pub shards: Option<u64>,
+    /// Chunk compression (--format zarr).
+    #[arg(long, value_enum, default_value_t)]
+    #[serde(default)]
+    pub codec: Codec,
+    #[command(flatten)]
+    #[serde(skip)]
+    pub run: RunOptions,
+}
+
 /// A TOML job file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -806,6 +895,7 @@ pub struct JobFile {
     pub pairs_extract: Option<PairsExtractJob>,
     #[serde(default)]
     pub tokens: Option<TokensJob>,
+    pub patches: Option<PatchesJob>,
 }
 
 /// A job to run, whichever way it was given.
@@ -821,6 +911,7 @@ pub enum Job {
     Pairs(PairsJob),
     PairsExtract(PairsExtractJob),
     Tokens(TokensJob),
+    Patches(PatchesJob),
 }
 
 impl Job {
@@ -837,6 +928,7 @@ impl Job {
             Job::Pairs(j) => j.output.clone().into(),
             Job::PairsExtract(j) => j.output.clone().into(),
             Job::Tokens(j) => j.output.clone().into(),
+            Job::Patches(j) => j.output.clone().into(),
         }
     }
 
@@ -853,6 +945,7 @@ impl Job {
             Job::Pairs(j) => &j.run,
             Job::PairsExtract(j) => &j.run,
             Job::Tokens(j) => &j.run,
+            Job::Patches(j) => &j.run,
         }
     }
 
@@ -869,6 +962,7 @@ impl Job {
             Job::Pairs(j) => &mut j.run,
             Job::PairsExtract(j) => &mut j.run,
             Job::Tokens(j) => &mut j.run,
+            Job::Patches(j) => &mut j.run,
         }
     }
 }
@@ -907,12 +1001,13 @@ impl JobFile {
             + usize::from(file.crop.is_some())
             + usize::from(file.pairs.is_some())
             + usize::from(file.pairs_extract.is_some())
-            + usize::from(file.tokens.is_some());
+            + usize::from(file.tokens.is_some())
+            + usize::from(file.patches.is_some());
         if tables != 1 {
             return Err(Error::Config {
                 path: path.into(),
                 message: format!(
-                    "expected exactly one operation table ([convert], [unstitch], [stitch], [weed], [pyramid], [crop], [pairs], [pairs_extract] or [tokens]), found {tables}"
+                    "expected exactly one operation table ([convert], [unstitch], [stitch], [weed], [pyramid], [crop], [pairs], [pairs_extract], [tokens] or [patches]), found {tables}"
                 ),
             });
         }
@@ -937,6 +1032,22 @@ impl JobFile {
             job.input = job.input.as_deref().map(rel);
             job.output = rel(&job.output);
             return Ok(Job::Crop(job));
+        }
+        if let Some(mut job) = file.patches {
+            job.run = run;
+            job.manifest = job.manifest.as_ref().map(|p| base.join(p));
+            job.data_root = job.data_root.as_ref().map(|p| base.join(p));
+            job.input = job.input.as_deref().map(rel);
+            job.output = rel(&job.output);
+            job.split = job
+                .split
+                .iter()
+                .map(|s| match s.split_once('=') {
+                    Some((name, path)) => format!("{name}={}", rel(path)),
+                    None => s.clone(),
+                })
+                .collect();
+            return Ok(Job::Patches(job));
         }
         if let Some(mut job) = file.pyramid {
             job.run = run;
@@ -1036,7 +1147,8 @@ mod resume_identity {
     use serde_json::{json, Value};
 
     use crate::cli::{
-        Cli, Command, HdrCommand, PairsCli, PairsCommand, PyramidCli, PyramidCommand, QuiltCommand,
+        Cli, Command, HdrCommand, PairsCli, PairsCommand, PatchesCli, PyramidCli, PyramidCommand,
+        QuiltCommand,
     };
 
     /// Flags that are not parameters of the output: run options and logging.
@@ -1063,6 +1175,7 @@ mod resume_identity {
             match c {
                 Command::Convert(j) => serde_json::to_value(j),
                 Command::Crop(j) => serde_json::to_value(j),
+                Command::Patches(PatchesCli { which: None, job }) => serde_json::to_value(job),
                 Command::Pyramid(PyramidCli { which: None, job }) => serde_json::to_value(job),
                 Command::Pyramid(PyramidCli {
                     which: Some(PyramidCommand::Reconstruct(j)),
@@ -1140,6 +1253,7 @@ mod resume_identity {
                     "8",
                 ],
             ),
+            with(&["patches"], &["--manifest", "m.csv", "--output", "out"]),
         ]
     }
 

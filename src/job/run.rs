@@ -44,13 +44,14 @@ fn settle_report(run: &mut RunOptions, output: &Path) {
 /// # Errors
 /// The job's failure.
 pub fn run_job(mut job: Job, comm: &dyn Comm) -> Result<()> {
-    use crate::ops::{convert, crop, pairs, pyramid, quilt};
+    use crate::ops::{convert, crop, pairs, patches, pyramid, quilt};
     let output = job.output();
     settle_report(job.run_options_mut(), &output);
     // What each job runs, and the report that names it: (command, parameters, summaries).
     let (command, params, summaries) = match &job {
         Job::Convert(j) => ("convert", parameters(j), convert::run(j, comm)?),
         Job::Crop(j) => ("crop", parameters(j), crop::run(j, comm)?),
+        Job::Patches(j) => ("patches", parameters(j), patches::run(j, comm)?),
         Job::Unstitch(j) => {
             let mut op = quilt::UnstitchOp::plan(j)?;
             op.use_device(select(

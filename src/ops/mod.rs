@@ -5,5 +5,6 @@ pub mod convert;
 pub mod crop;
 pub mod hdr;
 pub mod pairs;
+pub mod patches;
 pub mod pyramid;
 pub mod quilt;

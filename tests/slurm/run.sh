@@ -70,6 +70,14 @@ t hdr calibrate --input "$work/data/sky" --exposure-unit us --round-ts-to 30s --
   --response "$work/ref/sky.response.npz"
 t hdr merge --input "$work/data/sky" --exposure-unit us --round-ts-to 30s --recursive \
   --response "$work/ref/sky.response.npz" --output "$work/ref/sky" --format npy
+# Patch paths are relative to the data root: each run has its own root holding a copy of
+# the volume, so that both write the same relative paths.
+for side in ref out; do
+  mkdir -p "$work/$side/ct"
+  cp "$stem" "$work/$side/ct/stem.npy"
+done
+t patches --input "$work/ref/ct/stem.npy" --output "$work/ref/ct/patches" --patch-size 32 \
+  --stride 16 --split-name stem
 
 # ---- The same work as Slurm jobs ----
 # More tasks than this machine's CPUs need --overcommit; one CPU per task keeps rayon at one
@@ -104,6 +112,8 @@ INPUT=$stem OUTPUT=$out/crop.npy EXTRA=--no-visualization \
   submit crop 4 "$repo/slurm/crop.sbatch"
 INPUT=$work/data/sky OUTPUT=$out/sky FORMAT=npy \
   submit hdr 2 "$repo/slurm/hdr.sbatch"
+INPUT=$out/ct/stem.npy OUTPUT=$out/ct/patches PATCH_SIZE=32 STRIDE=16 SPLIT_NAME=stem \
+  submit patches 4 "$repo/slurm/patches.sbatch"
 cd "$repo"
 echo "slurm test: submitted ${#ids[@]} jobs: ${ids[*]}"
 squeue -o '%.6i %.12j %.3t %.4D %.4C %R' || true
@@ -165,6 +175,16 @@ for f in crop.npy crop_radii.npy crop_centers.npy crop_retention.npy; do
   same "crop $f" "$work/ref/$f" "$out/$f"
 done
 same "hdr merge" "$work/ref/sky" "$out/sky"
+# patch_meta.json differs only in `created`.
+diff -r -x patch_meta.json "$work/ref/ct/patches" "$out/ct/patches" >/dev/null || {
+  echo "slurm test: patches differ from the single-process run" >&2
+  exit 1
+}
+diff <(grep -v '"created"' "$work/ref/ct/patches/patch_meta.json") \
+  <(grep -v '"created"' "$out/ct/patches/patch_meta.json") >&2 || {
+  echo "slurm test: patch_meta.json differs from the single-process run" >&2
+  exit 1
+}
 
 # Each job wrote one report naming all its ranks (per-rank timings inside).
 ranks_in() { # report expected-ranks
@@ -186,6 +206,7 @@ ranks_in "$out/stitched.zarr.report.json" 3
 ranks_in "$out/pyramid.zarr.report.json" 2
 ranks_in "$out/crop.npy.report.json" 4
 ranks_in "$out/sky.report.json" 2
+ranks_in "$out/ct/patches.report.json" 4
 grep -q "slurm_job_id" "$out/convert.zarr.report.json" || {
   echo "slurm test: the report does not name the Slurm job" >&2
   exit 1

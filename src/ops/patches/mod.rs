@@ -1,0 +1,723 @@
+//! `tessera patches`: CT slices to a patch dataset, as the CT patch-extraction notebook makes
+//! it for ten slices, for a million on a cluster.
+//!
+//! Pass 1 (`survey`) reads every slice once, split among the ranks, refuses bad ones before
+//! any output exists, and gathers every slice's patch count to every rank, so that each
+//! rank knows every patch's position (prefix sums). Pass 2 is an `exec` run over units of
+//! whole patch ranges: runs of slices for `.npy` files, runs of whole chunks (or shards) for
+//! the Zarr array, so a rank writes only its own files or chunks. Each unit also leaves its
+//! manifest lines in the staged output; `finish` concatenates them in unit order into
+//! `patch_manifest.csv` (through a temporary name) and writes `patch_meta.json`, once, on rank
+//! 0. Every byte but `created` is the same for any rank count and after `--resume`.
+
+pub mod kernel;
+pub mod manifest;
+pub mod output;
+pub mod source;
+pub mod survey;
+pub mod verify;
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+use ndarray::Array3;
+use rayon::prelude::*;
+use serde_json::{json, Value};
+
+use crate::comm::Comm;
+use crate::error::{Error, IoContext, Result};
+use crate::exec::{Operation, RunSummary, UnitInfo};
+use crate::grid::Region;
+use crate::io::safety::{self, Place};
+use crate::io::{self, Address, ArrayWriter, Block, CreateSpec, DType};
+use crate::job::{PatchFormat, PatchesJob};
+use output::{PatchMeta, PatchPlace};
+use source::{check_split_name, Split};
+use survey::{Cutting, SplitLayout};
+
+/// Where each unit leaves its manifest lines inside the staged output, until `finish`.
+const PARTS_DIR: &str = ".manifest-parts";
+
+/// Runs `tessera patches` on this rank: the splits, pass 1, then pass 2 through exec.
+///
+/// # Errors
+/// Bad parameters or slices (before anything is written), I/O failures.
+pub fn run(job: &PatchesJob, comm: &dyn Comm) -> Result<Vec<RunSummary>> {
+    let cut = check_parameters(job)?;
+    let splits = resolve_splits(job)?;
+    let layouts = survey::survey(&splits, cut, comm)?;
+    if comm.is_root() {
+        warn_small_slices(&splits, &layouts, cut.patch);
+    }
+    let op = PatchesOp::plan(job, cut, splits, layouts)?;
+    let summary = crate::exec::run(&op, comm, &job.run)?;
+    if comm.is_root() && !job.run.dry_run {
+        op.print_summary();
+    }
+    Ok(vec![summary])
+}
+
+/// The numeric flags, checked before any file is read.
+fn check_parameters(job: &PatchesJob) -> Result<Cutting> {
+    for (flag, v) in [("patch-size", job.patch_size), ("stride", job.stride)] {
+        if v == 0 {
+            return Err(Error::parameter(flag, "must be at least 1"));
+        }
+    }
+    // A patch's bytes must fit in memory arithmetic (ps * ps * 4).
+    let side = crate::grid::checked_mul("patch-size", job.patch_size, job.patch_size)?;
+    crate::grid::to_usize(
+        "patch-size",
+        crate::grid::checked_mul("patch-size", side, 4)?,
+    )?;
+    if let Some(s) = job.min_std {
+        if !s.is_finite() || s < 0.0 {
+            return Err(Error::parameter(
+                "min-std",
+                format!("{s} is not a finite value >= 0"),
+            ));
+        }
+    }
+    check_zarr_flags(job)?;
+    Ok(Cutting {
+        patch: job.patch_size,
+        stride: job.stride,
+        min_std: job.min_std,
+    })
+}
+
+/// `--chunks`, `--shards` and `--codec` belong to `--format zarr`.
+fn check_zarr_flags(job: &PatchesJob) -> Result<()> {
+    let zarr = job.format == PatchFormat::Zarr;
+    for (flag, given) in [("chunks", job.chunks), ("shards", job.shards)] {
+        match given {
+            Some(_) if !zarr => {
+                return Err(Error::parameter(flag, "applies to --format zarr only"))
+            }
+            Some(0) => return Err(Error::parameter(flag, "must be at least 1 patch")),
+            _ => {}
+        }
+    }
+    if !zarr && job.codec != io::Codec::Auto {
+        return Err(Error::parameter(
+            "codec",
+            "applies to --format zarr only (.npy patches are stored raw, as np.save does)",
+        ));
+    }
+    Ok(())
+}
+
+/// The splits to cut: `--manifest` (one, named `--split-name`), `--split NAME=CSV` (several)
+/// or `--input` (one).
+fn resolve_splits(job: &PatchesJob) -> Result<Vec<Split>> {
+    let given = usize::from(job.manifest.is_some())
+        + usize::from(!job.split.is_empty())
+        + usize::from(job.input.is_some());
+    if given != 1 {
+        return Err(Error::parameter(
+            "manifest",
+            "give exactly one of --manifest CSV, --split NAME=CSV (repeatable) or --input ADDRESS",
+        ));
+    }
+    let root_or = |default: &Path| manifest::data_root(job.data_root.as_deref(), default);
+    let parent = |p: &Path| {
+        p.parent().map_or_else(
+            || PathBuf::from("."),
+            |d| {
+                if d.as_os_str().is_empty() {
+                    PathBuf::from(".")
+                } else {
+                    d.to_path_buf()
+                }
+            },
+        )
+    };
+    if let Some(m) = &job.manifest {
+        check_split_name("split-name", &job.split_name)?;
+        return Ok(vec![Split::from_manifest(
+            &job.split_name,
+            m,
+            &root_or(&parent(m)),
+        )?]);
+    }
+    if let Some(input) = &job.input {
+        check_split_name("split-name", &job.split_name)?;
+        let container = Address::parse(input)
+            .map(|a| a.container().to_path_buf())
+            .unwrap_or_else(|_| PathBuf::from(input));
+        return Ok(vec![Split::from_input(
+            &job.split_name,
+            input,
+            &root_or(&parent(&container)),
+        )?]);
+    }
+    let mut splits: Vec<Split> = Vec::new();
+    for text in &job.split {
+        let (name, path) = text.split_once('=').ok_or_else(|| {
+            Error::parameter(
+                "split",
+                format!("{text:?} is not NAME=MANIFEST (e.g. train=train_manifest.csv)"),
+            )
+        })?;
+        check_split_name("split", name)?;
+        if splits.iter().any(|s| s.name == name) {
+            return Err(Error::parameter(
+                "split",
+                format!("split {name:?} is given twice"),
+            ));
+        }
+        let path = Path::new(path);
+        splits.push(Split::from_manifest(name, path, &root_or(&parent(path)))?);
+    }
+    Ok(splits)
+}
+
+/// Rank 0's warning about slices that give no patch (smaller than one).
+fn warn_small_slices(splits: &[Split], layouts: &[SplitLayout], patch: u64) {
+    for (split, layout) in splits.iter().zip(layouts) {
+        let small = layout.small_slices();
+        if small.is_empty() {
+            continue;
+        }
+        let named: Vec<String> = small
+            .iter()
+            .take(10)
+            .map(|&i| {
+                let f = layout.facts[i];
+                format!("{} ({}x{})", split.describe(i), f.height, f.width)
+            })
+            .collect();
+        tracing::warn!(
+            "split {}: {} slice(s) smaller than the {patch}x{patch} patch give no patches: {}{}",
+            split.name,
+            small.len(),
+            named.join(", "),
+            if small.len() > 10 { ", ..." } else { "" }
+        );
+    }
+}
+
+/// One unit of pass 2: a run of one split's patches, and the slices that hold them.
+#[derive(Clone, Debug, PartialEq)]
+struct Work {
+    split: usize,
+    slices: Range<usize>,
+    patches: Range<u64>,
+}
+
+/// A computed unit: its patches, slice by slice, from its first patch on.
+pub struct UnitPatches {
+    split: usize,
+    first: u64,
+    parts: Vec<SliceCut>,
+}
+
+impl UnitPatches {
+    fn count(&self) -> usize {
+        self.parts.iter().map(|p| p.ids.len()).sum()
+    }
+}
+
+/// The patches of one slice that lie in a unit: ids, values one after another, manifest lines.
+pub struct SliceCut {
+    ids: Vec<String>,
+    values: Vec<f32>,
+    lines: String,
+}
+
+/// Pass 2 as an exec operation.
+pub struct PatchesOp {
+    cut: Cutting,
+    format: PatchFormat,
+    splits: Vec<Split>,
+    layouts: Vec<SplitLayout>,
+    work: Vec<Work>,
+    units: Vec<UnitInfo>,
+    targets: Vec<Address>,
+    /// Each split's output directory relative to its data root (`patch_dir`).
+    patch_dirs: Vec<String>,
+    /// Each split's Zarr array spec (`--format zarr`).
+    zarr: Vec<Option<CreateSpec>>,
+    npy_header: Vec<u8>,
+    /// Set by `open_output`: each split's staged directory, and its Zarr writer.
+    staged: OnceLock<Vec<PathBuf>>,
+    writers: Mutex<Vec<Box<dyn ArrayWriter>>>,
+    parameters: Value,
+    fingerprint: Value,
+}
+
+/// Default Zarr chunk: about 4 MiB of patches.
+fn default_chunk(patch_bytes: u64) -> u64 {
+    ((4u64 << 20) / patch_bytes).max(1)
+}
+
+impl PatchesOp {
+    /// Plans pass 2 from the survey: outputs, units, Zarr specs. Creates nothing.
+    ///
+    /// # Errors
+    /// A bad Zarr chunk/shard combination.
+    fn plan(
+        job: &PatchesJob,
+        cut: Cutting,
+        splits: Vec<Split>,
+        layouts: Vec<SplitLayout>,
+    ) -> Result<PatchesOp> {
+        let out = PathBuf::from(&job.output);
+        let dirs: Vec<PathBuf> = if job.split.is_empty() {
+            vec![out]
+        } else {
+            splits.iter().map(|s| out.join(&s.name)).collect()
+        };
+        let patch_bytes = cut.patch * cut.patch * 4;
+        let zarr = (0..splits.len())
+            .map(|s| {
+                (job.format == PatchFormat::Zarr)
+                    .then(|| zarr_spec(job, cut.patch, layouts[s].patches(), &splits[s]))
+                    .transpose()
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let total: u64 = layouts.iter().map(SplitLayout::patches).sum();
+        let per_unit = (crate::exec::target_unit_bytes(total * patch_bytes) / patch_bytes).max(1);
+        let work = plan_work(&layouts, &zarr, per_unit);
+        let units = work
+            .iter()
+            .map(|w| unit_info(w, &splits, &layouts, patch_bytes))
+            .collect();
+        let patch_dirs: Vec<String> = dirs
+            .iter()
+            .zip(&splits)
+            .map(|(d, s)| manifest::relative_to(d, &s.root))
+            .collect();
+        let fingerprint = fingerprint(&splits, &layouts, &patch_dirs);
+        Ok(PatchesOp {
+            cut,
+            format: job.format,
+            splits,
+            layouts,
+            work,
+            units,
+            targets: dirs
+                .into_iter()
+                .map(|dir| Address::PatchDir { dir })
+                .collect(),
+            patch_dirs,
+            zarr,
+            npy_header: output::npy_header_f32(&[cut.patch, cut.patch]),
+            staged: OnceLock::new(),
+            writers: Mutex::new(Vec::new()),
+            parameters: serde_json::to_value(job).unwrap_or_default(),
+            fingerprint,
+        })
+    }
+
+    /// Reads one slice of a unit and cuts out its kept patches that lie in the unit's range
+    /// (a contiguous run of them: all of them but at a Zarr unit's ends).
+    fn cut_slice(&self, w: &Work, i: usize) -> Result<SliceCut> {
+        let (split, layout) = (&self.splits[w.split], &self.layouts[w.split]);
+        let slice = split.read(i).map_err(|p| match p {
+            source::Problem::Missing => {
+                Error::bad_file(split.describe(i), "disappeared since pass 1")
+            }
+            source::Problem::Unusable(m) => Error::parameter("manifest", m),
+        })?;
+        let (kept, mut values) =
+            kernel::kept_patches(&slice, self.cut.patch, self.cut.stride, self.cut.min_std);
+        if kept.len() as u64 != layout.facts[i].kept {
+            return Err(Error::bad_file(
+                split.describe(i),
+                format!(
+                    "changed since pass 1 ({} patches then, {} now)",
+                    layout.facts[i].kept,
+                    kept.len()
+                ),
+            ));
+        }
+        let first = layout.first[i];
+        let inside = |p: u64| (p.saturating_sub(first) as usize).min(kept.len());
+        let (lo, hi) = (inside(w.patches.start), inside(w.patches.end));
+        let n = (self.cut.patch * self.cut.patch) as usize;
+        values.truncate(hi * n);
+        values.drain(..lo * n);
+        let mut cut = SliceCut {
+            ids: Vec::with_capacity(hi - lo),
+            values,
+            lines: String::new(),
+        };
+        for p in &kept[lo..hi] {
+            let id = kernel::patch_id(&split.name, i as u64, p.row, p.col);
+            let file = manifest::join_relative(&self.patch_dirs[w.split], &format!("{id}.npy"));
+            let place = match self.format {
+                PatchFormat::Npy => PatchPlace::File(&file),
+                PatchFormat::Zarr => PatchPlace::ZarrIndex(first + p.kept_index),
+            };
+            cut.lines.push_str(&output::manifest_line(
+                &id,
+                i as u64,
+                split.src_path(i),
+                p,
+                place,
+                &split.carried[i],
+            ));
+            cut.ids.push(id);
+        }
+        Ok(cut)
+    }
+
+    fn staged_dir(&self, split: usize) -> &Path {
+        &self.staged.get().expect("open_output ran before write")[split]
+    }
+
+    /// The `.npy` files of a unit, written in parallel into the staged directory.
+    fn write_files(&self, out: &UnitPatches) -> Result<()> {
+        let dir = self.staged_dir(out.split);
+        let n = (self.cut.patch * self.cut.patch) as usize;
+        let files: Vec<(&String, &[f32])> = out
+            .parts
+            .iter()
+            .flat_map(|p| p.ids.iter().zip(p.values.chunks_exact(n)))
+            .collect();
+        files.par_iter().try_for_each(|(id, values)| {
+            let path = dir.join(format!("{id}.npy"));
+            let bytes = output::npy_patch_bytes(&self.npy_header, values);
+            std::fs::write(&path, bytes).at(&path)
+        })
+    }
+
+    /// A unit's patches as one box of the split's Zarr array (whole chunks or shards).
+    fn write_zarr(&self, out: UnitPatches) -> Result<()> {
+        let ps = self.cut.patch as usize;
+        let count = out.count();
+        let mut values = Vec::with_capacity(count * ps * ps);
+        for p in out.parts {
+            values.extend_from_slice(&p.values);
+        }
+        let block = Array3::from_shape_vec((count, ps, ps), values)
+            .expect("a unit holds whole patches")
+            .into_dyn();
+        let region = Region {
+            start: vec![out.first, 0, 0],
+            shape: vec![count as u64, ps as u64, ps as u64],
+        };
+        let writers = self.writers.lock().expect("writers lock");
+        writers[out.split].write_box(Some((&region, &Block::F32(block))))
+    }
+
+    /// Rank 0, at the end: every split's manifest (its units' lines in order, through a
+    /// temporary name) and meta; the units' line files go.
+    fn write_tables(&self) -> Result<()> {
+        let created = output::local_time_now();
+        for s in 0..self.splits.len() {
+            let dir = self.staged_dir(s);
+            let parts = dir.join(PARTS_DIR);
+            let units: Vec<usize> = (0..self.work.len())
+                .filter(|&u| self.work[u].split == s)
+                .collect();
+            let header = output::manifest_header(
+                self.format == PatchFormat::Zarr,
+                &self.splits[s].carried_header,
+            );
+            safety::write_file(&dir.join(output::MANIFEST_NAME), true, |tmp| {
+                concatenate(tmp, &header, &parts, &units)
+            })?;
+            crate::io::staging::remove_any(&parts)?;
+            let meta = self.meta(s, &created);
+            safety::write_bytes(
+                &dir.join(output::META_NAME),
+                true,
+                meta.to_text().as_bytes(),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Split `s`'s `patch_meta.json`.
+    fn meta(&self, s: usize, created: &str) -> PatchMeta {
+        let (split, layout) = (&self.splits[s], &self.layouts[s]);
+        let spec = self.zarr[s].as_ref();
+        let rel = |p: &Path| manifest::relative_to(p, &split.root);
+        PatchMeta {
+            num_slices: split.len() as u64,
+            num_patches: layout.patches(),
+            patch_size: self.cut.patch,
+            stride: self.cut.stride,
+            source_manifest: split.manifest.as_deref().map(rel),
+            patch_dir: self.patch_dirs[s].clone(),
+            created: created.to_string(),
+            format: format!("{:?}", self.format).to_lowercase(),
+            split: split.name.clone(),
+            source_input: split.source_input.clone(),
+            zarr_array: spec
+                .map(|_| manifest::join_relative(&self.patch_dirs[s], output::ZARR_NAME)),
+            zarr_chunks: spec.map(|z| z.chunks[0]),
+            zarr_shards: spec.and_then(|z| z.shards.as_ref().map(|b| b[0])),
+            min_std: self.cut.min_std,
+            dropped: output::Dropped {
+                small_slices: layout.small_slices().len() as u64,
+                low_std_patches: layout.low_std(),
+            },
+            tessera_version: env!("CARGO_PKG_VERSION").to_string(),
+        }
+    }
+
+    /// Rank 0's closing line per split.
+    fn print_summary(&self) {
+        for (s, split) in self.splits.iter().enumerate() {
+            let layout = &self.layouts[s];
+            println!(
+                "patches: split {}: {} slices -> {} patches of {}x{} ({} dropped by --min-std, {} slices smaller than a patch) in {}",
+                split.name,
+                split.len(),
+                layout.patches(),
+                self.cut.patch,
+                self.cut.patch,
+                layout.low_std(),
+                layout.small_slices().len(),
+                self.targets[s]
+            );
+        }
+    }
+}
+
+/// Writes `header` and then every unit's line file, in unit order, to `path`.
+fn concatenate(path: &Path, header: &str, parts: &Path, units: &[usize]) -> Result<()> {
+    use std::io::Write;
+    let file = std::fs::File::create(path).at(path)?;
+    let mut out = std::io::BufWriter::new(file);
+    out.write_all(header.as_bytes()).at(path)?;
+    for &u in units {
+        let part = part_path(parts, u);
+        let mut input = std::fs::File::open(&part).at(&part)?;
+        std::io::copy(&mut input, &mut out).at(&part)?;
+    }
+    out.flush().at(path)
+}
+
+fn part_path(parts: &Path, unit: usize) -> PathBuf {
+    parts.join(format!("{unit:08}.csv"))
+}
+
+/// Split `s`'s Zarr array: (M, ps, ps) float32, chunked along M.
+fn zarr_spec(job: &PatchesJob, patch: u64, patches: u64, split: &Split) -> Result<CreateSpec> {
+    let chunk = job
+        .chunks
+        .unwrap_or_else(|| default_chunk(patch * patch * 4));
+    let mut attributes = serde_json::Map::new();
+    attributes.insert("tessera_operation".into(), json!("patches"));
+    attributes.insert("split".into(), json!(split.name));
+    attributes.insert("patch_size".into(), json!(patch));
+    attributes.insert("stride".into(), json!(job.stride));
+    CreateSpec {
+        shape: vec![patches, patch, patch],
+        dtype: DType::F32,
+        chunks: vec![chunk, patch, patch],
+        shards: job.shards.map(|s| vec![s, patch, patch]),
+        codec: job.codec.for_format(&Address::Zarr {
+            store: PathBuf::from(output::ZARR_NAME),
+            node: String::new(),
+        })?,
+        dimension_names: Some(vec!["patch".into(), "y".into(), "x".into()]),
+        attributes,
+    }
+    .validated()
+}
+
+/// Pass 2's units: per split, runs of about `per_unit` patches; whole slices for `.npy`,
+/// whole write blocks (chunks or shards) for Zarr.
+fn plan_work(layouts: &[SplitLayout], zarr: &[Option<CreateSpec>], per_unit: u64) -> Vec<Work> {
+    let mut work = Vec::new();
+    for (s, layout) in layouts.iter().enumerate() {
+        match &zarr[s] {
+            None => work.extend(slice_runs(s, layout, per_unit)),
+            Some(spec) => {
+                let block = spec.write_block()[0];
+                let runs = crate::grid::block_aligned_runs(
+                    layout.patches(),
+                    block,
+                    (per_unit / block).max(1),
+                );
+                work.extend(runs.into_iter().map(|r| Work {
+                    split: s,
+                    slices: layout.slice_of(r.start)..layout.slice_of(r.end - 1) + 1,
+                    patches: r,
+                }));
+            }
+        }
+    }
+    work
+}
+
+/// Runs of whole slices holding at least `per_unit` patches each (the last may hold fewer).
+fn slice_runs(split: usize, layout: &SplitLayout, per_unit: u64) -> Vec<Work> {
+    let n = layout.facts.len();
+    let mut runs = Vec::new();
+    let mut start = 0;
+    for i in 0..n {
+        if layout.first[i + 1] - layout.first[start] >= per_unit || i + 1 == n {
+            runs.push(Work {
+                split,
+                slices: start..i + 1,
+                patches: layout.first[start]..layout.first[i + 1],
+            });
+            start = i + 1;
+        }
+    }
+    runs
+}
+
+fn unit_info(w: &Work, splits: &[Split], layouts: &[SplitLayout], patch_bytes: u64) -> UnitInfo {
+    let facts = &layouts[w.split].facts[w.slices.clone()];
+    UnitInfo {
+        label: format!(
+            "{} slices {}..{} (patches {}..{})",
+            splits[w.split].name, w.slices.start, w.slices.end, w.patches.start, w.patches.end
+        ),
+        bytes_in: facts.iter().map(|f| f.height * f.width * 4).sum(),
+        bytes_out: (w.patches.end - w.patches.start) * patch_bytes,
+    }
+}
+
+/// What the survey found, for `--resume`: a resumed run whose slices changed is refused.
+fn fingerprint(splits: &[Split], layouts: &[SplitLayout], patch_dirs: &[String]) -> Value {
+    let splits: Vec<Value> = splits
+        .iter()
+        .zip(layouts)
+        .zip(patch_dirs)
+        .map(|((split, layout), dir)| {
+            // FNV-1a over every slice's path and facts: one number for a million slices.
+            let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+            let mut eat = |bytes: &[u8]| {
+                for &b in bytes {
+                    hash = (hash ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+                }
+            };
+            for (i, f) in layout.facts.iter().enumerate() {
+                eat(split.src_path(i).as_bytes());
+                for v in [f.height, f.width, f.windows, f.kept] {
+                    eat(&v.to_le_bytes());
+                }
+            }
+            json!({
+                "name": split.name,
+                "slices": split.len(),
+                "patches": layout.patches(),
+                "patch_dir": dir,
+                "digest": format!("{hash:016x}"),
+            })
+        })
+        .collect();
+    json!({ "splits": splits })
+}
+
+impl Operation for PatchesOp {
+    type Output = UnitPatches;
+
+    fn name(&self) -> &'static str {
+        "patches"
+    }
+
+    fn targets(&self) -> &[Address] {
+        &self.targets
+    }
+
+    fn units(&self) -> &[UnitInfo] {
+        &self.units
+    }
+
+    fn memory_per_unit(&self) -> u64 {
+        // The unit's patch values twice (cut per slice, then gathered), plus one float32
+        // slice per thread.
+        let out = self.units.iter().map(|u| u.bytes_out).max().unwrap_or(0);
+        let slice = self
+            .layouts
+            .iter()
+            .flat_map(|l| &l.facts)
+            .map(|f| f.height * f.width * 4)
+            .max()
+            .unwrap_or(0);
+        2 * out + slice * rayon::current_num_threads() as u64
+    }
+
+    fn parameters(&self) -> Value {
+        self.parameters.clone()
+    }
+
+    fn fingerprint(&self) -> Value {
+        self.fingerprint.clone()
+    }
+
+    fn inputs(&self) -> Vec<Place> {
+        self.splits.iter().flat_map(Split::places).collect()
+    }
+
+    fn open_output(&self, staging: &[Address], comm: &dyn Comm, resume: bool) -> Result<()> {
+        let dirs: Vec<PathBuf> = staging
+            .iter()
+            .map(|a| a.container().to_path_buf())
+            .collect();
+        let made = if comm.is_root() {
+            dirs.iter().try_for_each(|d| {
+                let parts = d.join(PARTS_DIR);
+                std::fs::create_dir_all(&parts).at(&parts)
+            })
+        } else {
+            Ok(())
+        };
+        crate::exec::agree(comm, made)?;
+        let mut writers = Vec::new();
+        for (dir, spec) in dirs.iter().zip(&self.zarr) {
+            if let Some(spec) = spec {
+                let address = Address::Zarr {
+                    store: dir.join(output::ZARR_NAME),
+                    node: String::new(),
+                };
+                writers.push(io::create(&address, spec, comm, resume)?);
+            }
+        }
+        *self.writers.lock().expect("writers lock") = writers;
+        let _ = self.staged.set(dirs);
+        Ok(())
+    }
+
+    fn compute(&self, unit: usize) -> Result<UnitPatches> {
+        let w = &self.work[unit];
+        let facts = &self.layouts[w.split].facts;
+        let parts = w
+            .slices
+            .clone()
+            .into_par_iter()
+            .filter(|&i| facts[i].kept > 0)
+            .map(|i| self.cut_slice(w, i))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(UnitPatches {
+            split: w.split,
+            first: w.patches.start,
+            parts,
+        })
+    }
+
+    fn write(&self, part: Option<(usize, UnitPatches)>) -> Result<()> {
+        let Some((unit, out)) = part else {
+            return Ok(());
+        };
+        let parts = self.staged_dir(out.split).join(PARTS_DIR);
+        let lines: String = out.parts.iter().map(|p| p.lines.as_str()).collect();
+        match self.format {
+            PatchFormat::Npy => self.write_files(&out)?,
+            PatchFormat::Zarr if out.count() == 0 => {}
+            PatchFormat::Zarr => self.write_zarr(out)?,
+        }
+        safety::write_bytes(&part_path(&parts, unit), true, lines.as_bytes())
+    }
+
+    fn finish(&self, comm: &dyn Comm) -> Result<()> {
+        for w in std::mem::take(&mut *self.writers.lock().expect("writers lock")) {
+            w.close()?;
+        }
+        if comm.is_root() {
+            self.write_tables()
+        } else {
+            Ok(())
+        }
+    }
+}
