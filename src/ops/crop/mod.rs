@@ -101,7 +101,15 @@ fn check_layout(address: &str, shape: &[u64]) -> Result<Layout> {
     })
 }
 
+/// Refuses bad flags (all of them, the manual centre against the patterns' size); returns the
+/// manual centre.
 fn check_parameters(job: &CropJob, layout: &Layout) -> Result<Option<(f64, f64)>> {
+    check_flags(job)?;
+    check_centre(job, layout)
+}
+
+/// Refuses bad flags that need no input: retention targets, percentile, chunk size.
+fn check_flags(job: &CropJob) -> Result<()> {
     let t = job.target_retention;
     if !(t > 0.0 && t <= 1.0) {
         return Err(Error::parameter(
@@ -131,6 +139,15 @@ fn check_parameters(job: &CropJob, layout: &Layout) -> Result<Option<(f64, f64)>
     if job.chunk_size == 0 {
         return Err(Error::parameter("chunk-size", "0 patterns per chunk"));
     }
+    Ok(())
+}
+
+/// The manual centre (`--center manual`), checked against the patterns' size, and a margin
+/// whose crop side (2R + 1, R at most H + W plus the margin) fits in 64 bits.
+fn check_centre(job: &CropJob, layout: &Layout) -> Result<Option<(f64, f64)>> {
+    let widest = crate::grid::checked_add("margin-pixels", layout.h + layout.w, job.margin_pixels)?;
+    crate::grid::checked_mul("margin-pixels", widest, 2)
+        .and_then(|d| crate::grid::checked_add("margin-pixels", d, 1))?;
     match (job.center, &job.manual_center) {
         (CentreMethod::Manual, None) => Err(Error::parameter(
             "manual-center",
@@ -573,15 +590,25 @@ struct Plan {
 pub fn run(job: &CropJob, comm: &dyn Comm) -> Result<Vec<RunSummary>> {
     let started = Instant::now();
     let output = Address::parse(&job.output)?;
-    // First: `--device cuda` where no GPU can be used must stop the run before anything
-    // (even --test-mode's input) is written.
-    let selected = crate::gpu::select(
-        job.device,
-        job.gpu_memory_limit.as_deref(),
-        comm,
-        "crop",
-        true,
-    )?;
+    check_flags(job)?;
+    // --test-mode writes its input: `--device cuda` where no GPU can be used must stop the run
+    // before that (auto and cpu cannot fail). Otherwise the device is chosen once the
+    // parameters are checked, so that a bad flag is one error line before the device's log.
+    let select = || {
+        crate::gpu::select(
+            job.device,
+            job.gpu_memory_limit.as_deref(),
+            comm,
+            "crop",
+            true,
+        )
+    };
+    let cuda = matches!(job.device, crate::gpu::DeviceChoice::Cuda(_));
+    let early = if job.test_mode && cuda {
+        Some(select()?)
+    } else {
+        None
+    };
     let Some(input_text) = resolve_input(job, comm, &output)? else {
         return Ok(vec![RunSummary::dry_run("crop", &output, comm.size())]);
     };
@@ -590,6 +617,10 @@ pub fn run(job: &CropJob, comm: &dyn Comm) -> Result<Vec<RunSummary>> {
     let layout = check_layout(&input_text, &input.meta().shape)?;
     let manual = check_parameters(job, &layout)?;
     let (rows_per_chunk, chunks) = plan_chunks(job, &layout, input.as_ref());
+    let selected = match early {
+        Some(selected) => selected,
+        None => select()?,
+    };
     let device = CropDevice::new(selected, job, manual);
 
     let pass1 = Pass1 {
