@@ -978,6 +978,7 @@ fn a_killed_run_resumes_to_the_same_bytes() {
     }
 }
 
+#[cfg(feature = "mpi")]
 #[test]
 fn outputs_are_identical_on_1_2_and_4_ranks() {
     if mpirun().is_none() {
