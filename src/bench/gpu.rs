@@ -43,6 +43,18 @@ fn row(name: &str, bytes: u64, copy: f64, kernel: f64, same: bool) {
     );
 }
 
+/// [`row`], then an error when the GPU's bits are not the CPU's.
+fn checked_row(name: &str, bytes: u64, copy: f64, kernel: f64, same: bool) -> Result<()> {
+    row(name, bytes, copy, kernel, same);
+    if same {
+        Ok(())
+    } else {
+        Err(Error::gpu(format!(
+            "GPU output differs from the CPU's: {name}"
+        )))
+    }
+}
+
 fn header(what: &str, gpu: &Gpu, repeat: usize) {
     let r = gpu.report_template();
     println!(
@@ -178,20 +190,13 @@ pub fn pyramid(
     let base = (volume.len() * 4) as u64;
     let (kernel_s, same) = bench_levels(gpu, &volume, method, levels, repeat)?;
     let name = format!("{method:?} {size}^3, {levels} levels").to_lowercase();
-    row(
+    checked_row(
         &name,
         base,
         gpu.copy_seconds(base as usize, repeat)?,
         kernel_s,
         same,
-    );
-    if same {
-        Ok(())
-    } else {
-        Err(Error::gpu(format!(
-            "GPU output differs from the CPU's: {name}"
-        )))
-    }
+    )
 }
 
 /// Crop's pass 1 on `count` synthetic size x size f32 Airy patterns (seed 1), as a fraction of
@@ -207,18 +212,11 @@ pub fn crop(count: u64, size: u64, repeat: usize, gpu: &Arc<Gpu>) -> Result<()> 
     let n = size as usize;
     let (kernel_s, same, on_cpu) = bench_analyse(gpu, flat, (n, n), 0.98, repeat)?;
     let name = format!("crop pass 1, {count} x {size}^2 f32 ({on_cpu} sent to the CPU)");
-    row(
+    checked_row(
         &name,
         bytes,
         gpu.copy_seconds(bytes as usize, repeat)?,
         kernel_s,
         same,
-    );
-    if same {
-        Ok(())
-    } else {
-        Err(Error::gpu(format!(
-            "GPU output differs from the CPU's: {name}"
-        )))
-    }
+    )
 }

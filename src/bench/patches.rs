@@ -132,7 +132,8 @@ fn plain_copy(
 }
 
 /// Rank 0 clears `path` (and for the one-file copy creates it at its full size) while the
-/// others wait.
+/// others wait. Only the bench's own scratch names under `--dir` come here; the copy they hold
+/// is the yardstick, a plain write by definition, so it does not go through the output rules.
 fn clear(path: &Path, one_file_len: Option<u64>, dir: bool, comm: &dyn Comm) -> Result<()> {
     let done = if comm.is_root() {
         remove_any(path).and_then(|()| match (one_file_len, dir) {

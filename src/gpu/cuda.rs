@@ -414,6 +414,21 @@ impl Gpu {
         })
     }
 
+    /// `len` bytes, written by `fill` into a pinned buffer, in a fresh device buffer: sent on
+    /// the copy stream, the compute stream then waiting for them (a unit's input).
+    ///
+    /// # Errors
+    /// Pinned or device memory, the driver's.
+    pub fn stage(&self, len: usize, fill: impl FnOnce(&mut [u8])) -> Result<CudaSlice<u8>> {
+        let mut pin = self.pinned(len)?;
+        fill(&mut pin.as_mut_slice().map_err(launch_error("pinned buffer"))?[..len]);
+        let mut dev = self.alloc::<u8>(&self.copy, len)?;
+        self.send(&pin, len, &mut dev)?;
+        self.give_back(pin);
+        self.inputs_sent()?;
+        Ok(dev)
+    }
+
     /// Hands a pinned buffer back to the pool.
     pub fn give_back(&self, buffer: PinnedHostSlice<u8>) {
         let mut pool = self.pinned.lock().expect("pinned pool");
@@ -582,6 +597,11 @@ pub fn launch_config(n: u64) -> LaunchConfig {
 /// Maps a driver error from a launch or copy to tessera's.
 pub fn launch_error(what: &str) -> impl FnOnce(DriverError) -> Error + '_ {
     move |e| driver_error(what, e)
+}
+
+/// The suffix of a type in kernel names (`mean_u16`, `crop_analyse_f32`, ...).
+pub fn type_suffix(dtype: DType) -> String {
+    format!("{dtype:?}").to_ascii_lowercase()
 }
 
 /// Writes a block's elements (C order) into `dst`; returns the bytes written.

@@ -12,7 +12,9 @@ use std::sync::Arc;
 use super::device::{CropGeom, CropRecord};
 use super::kernel::{self, Analysis, CentreMethod};
 use crate::error::{Error, Result};
-use crate::gpu::cuda::{launch_error, CudaSlice, Gpu, LaunchConfig, Phase, PushKernelArg};
+use crate::gpu::cuda::{
+    launch_error, type_suffix, CudaSlice, Gpu, LaunchConfig, Phase, PushKernelArg,
+};
 use crate::gpu::kernels;
 use crate::io::Element;
 
@@ -25,11 +27,6 @@ pub struct CropGpu {
     method: CentreMethod,
     manual: Option<(f64, f64)>,
     target: f64,
-}
-
-/// Kernel name suffix of a type (`u8`, ..., `f64`), as crop.cu names them.
-fn suffix<T: Element>() -> String {
-    format!("{:?}", T::DTYPE).to_ascii_lowercase()
 }
 
 /// One block per pattern, at most 2^31 - 1 blocks (the kernels stride over the rest).
@@ -72,18 +69,11 @@ impl CropGpu {
         Ok((budget / pattern_bytes.max(1)).max(1))
     }
 
-    /// Sends patterns (C order, `hw` values each) to the device through a pinned buffer.
+    /// Sends patterns (C order) to the device through a pinned buffer.
     fn send<T: Element>(&self, patterns: &[T]) -> Result<CudaSlice<u8>> {
-        let gpu = &self.gpu;
         let bytes: &[u8] = bytemuck::cast_slice(patterns);
-        let mut pin = gpu.pinned(bytes.len())?;
-        pin.as_mut_slice().map_err(launch_error("pinned buffer"))?[..bytes.len()]
-            .copy_from_slice(bytes);
-        let mut dev = gpu.alloc::<u8>(gpu.copy_stream(), bytes.len())?;
-        gpu.send(&pin, bytes.len(), &mut dev)?;
-        gpu.give_back(pin);
-        gpu.inputs_sent()?;
-        Ok(dev)
+        self.gpu
+            .stage(bytes.len(), |dst| dst.copy_from_slice(bytes))
     }
 
     /// Pass 1 of the patterns of `flat` ((h, w) each), in order: kernel.rs' analyses.
@@ -126,7 +116,10 @@ impl CropGpu {
         let count = batch.len() / hw.max(1);
         let patterns = self.send(batch)?;
         let mut records = gpu.alloc::<CropRecord>(s, count)?;
-        let kernel = gpu.function(&kernels::CROP, &format!("crop_analyse_{}", suffix::<T>()))?;
+        let kernel = gpu.function(
+            &kernels::CROP,
+            &format!("crop_analyse_{}", type_suffix(T::DTYPE)),
+        )?;
         let n = count as i64;
         gpu.timed(Phase::Kernel, 0, s, || {
             let mut b = s.launch_builder(&kernel);
@@ -213,7 +206,10 @@ impl CropGpu {
         let dev_scales = gpu.upload(s, scales)?;
         let mut windows = gpu.alloc::<u8>(s, std::mem::size_of_val(dst))?;
         let mut kept = gpu.alloc::<f64>(s, count)?;
-        let kernel = gpu.function(&kernels::CROP, &format!("crop_window_{}", suffix::<T>()))?;
+        let kernel = gpu.function(
+            &kernels::CROP,
+            &format!("crop_window_{}", type_suffix(T::DTYPE)),
+        )?;
         let (sh, sw, n) = (side_h as i64, side_w as i64, count as i64);
         gpu.timed(Phase::Kernel, 0, s, || {
             let mut b = s.launch_builder(&kernel);

@@ -16,8 +16,8 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::gpu::cuda::{
-    block_from_bytes, launch_config, launch_error, write_block_bytes, CudaFunction, CudaSlice, Gpu,
-    LaunchArgs, Phase, PushKernelArg,
+    block_from_bytes, launch_config, launch_error, type_suffix, write_block_bytes, CudaFunction,
+    CudaSlice, Gpu, LaunchArgs, Phase, PushKernelArg,
 };
 use crate::gpu::kernels;
 use crate::grid::Region;
@@ -41,11 +41,6 @@ struct Fetch {
     computed: Vec<Range<u64>>,
     block: Vec<Range<u64>>,
     data: CudaSlice<u8>,
-}
-
-/// Kernel name suffix of a type (`u8`, ..., `f64`), as reduce.cu names them.
-fn suffix(dtype: DType) -> String {
-    format!("{dtype:?}").to_ascii_lowercase()
 }
 
 fn voxels(b: &[Range<u64>]) -> u64 {
@@ -172,7 +167,7 @@ impl PyramidGpu {
         let s = self.gpu.compute_stream();
         let mut data = self.gpu.alloc::<u8>(s, n * prev.dtype.size())?;
         let n64 = n as i64;
-        let kernel = self.function(&format!("{name}_{}", suffix(prev.dtype)))?;
+        let kernel = self.function(&format!("{name}_{}", type_suffix(prev.dtype)))?;
         self.launch(&format!("pyramid {name}"), n, &kernel, |b| {
             b.arg(&g).arg(&prev.data).arg(&mut data).arg(&n64);
         })?;
@@ -190,7 +185,7 @@ impl PyramidGpu {
         let s = self.gpu.compute_stream();
         let mut data = self.gpu.alloc::<u8>(s, n * prev.dtype.size())?;
         let n64 = n as i64;
-        let kernel = self.function(&format!("round_{}", suffix(prev.dtype)))?;
+        let kernel = self.function(&format!("round_{}", type_suffix(prev.dtype)))?;
         self.launch("pyramid rounding", n, &kernel, |b| {
             b.arg(&done).arg(&mut data).arg(&n64);
         })?;
@@ -206,7 +201,7 @@ impl PyramidGpu {
         let s = self.gpu.compute_stream();
         let mut wide = self.gpu.alloc::<f64>(s, n)?;
         let n64 = n as i64;
-        let kernel = self.function(&format!("to_f64_{}", suffix(level.dtype)))?;
+        let kernel = self.function(&format!("to_f64_{}", type_suffix(level.dtype)))?;
         self.launch("pyramid widening", n, &kernel, |b| {
             b.arg(&level.data).arg(&mut wide).arg(&n64);
         })?;
@@ -278,18 +273,11 @@ impl PyramidGpu {
     /// A host block on the device: through a pinned buffer on the copy stream, the compute
     /// stream then waiting for it.
     fn send(&self, block: &Block) -> Result<Level> {
-        let gpu = &self.gpu;
         let dtype = block.dtype();
         let len = block.shape().iter().product::<u64>() as usize * dtype.size();
-        let mut pin = gpu.pinned(len)?;
-        write_block_bytes(
-            block,
-            pin.as_mut_slice().map_err(launch_error("pinned buffer"))?,
-        );
-        let mut data = gpu.alloc::<u8>(gpu.copy_stream(), len)?;
-        gpu.send(&pin, len, &mut data)?;
-        gpu.give_back(pin);
-        gpu.inputs_sent()?;
+        let data = self.gpu.stage(len, |dst| {
+            write_block_bytes(block, dst);
+        })?;
         Ok(Level { data, dtype })
     }
 
