@@ -70,8 +70,19 @@ fn random_dataset(root: &Path, n: usize, seed: u64) -> (PathBuf, Vec<Array2<f32>
     (dataset(root, &blocks), slices)
 }
 
+/// The documented order of the statistics' f64 sums: value k of a patch (row-major) into
+/// lane k % 8, each lane in turn, the lanes added as ((0+1)+(2+3))+((4+5)+(6+7)).
+fn lane_sum(terms: impl Iterator<Item = f64>) -> f64 {
+    let mut lanes = [0.0f64; 8];
+    for (k, t) in terms.enumerate() {
+        lanes[k % 8] += t;
+    }
+    let l = lanes;
+    ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]))
+}
+
 /// The reference patch set, written the plain way: every window r*stride (while it fits),
-/// row-major; statistics summed in f64 one value after another.
+/// row-major; statistics summed in f64 in the documented lanes ([`lane_sum`]).
 struct RefPatch {
     id: String,
     slice: usize,
@@ -105,12 +116,8 @@ fn reference(
                     }
                 }
                 let n = values.len() as f64;
-                let mean = values.iter().map(|&v| v as f64).sum::<f64>() / n;
-                let var = values
-                    .iter()
-                    .map(|&v| (v as f64 - mean).powi(2))
-                    .sum::<f64>()
-                    / n;
+                let mean = lane_sum(values.iter().map(|&v| v as f64)) / n;
+                let var = lane_sum(values.iter().map(|&v| (v as f64 - mean).powi(2))) / n;
                 let p = RefPatch {
                     id: format!("{split}_{i:06}_{r:03}_{c:03}"),
                     slice: i,

@@ -202,6 +202,16 @@ pub trait ArrayWriter: Send + Sync {
     /// Block and region disagree, or a write failure naming the store.
     fn write_box(&self, part: Option<(&Region, &Block)>) -> Result<()>;
 
+    /// [`ArrayWriter::write_box`] of a block the caller gives up, which a format may store
+    /// without copying it (an uncompressed Zarr chunk). Not collective: for the formats whose
+    /// writes are, use `write_box`.
+    ///
+    /// # Errors
+    /// As `write_box`.
+    fn write_owned(&self, region: &Region, block: Block) -> Result<()> {
+        self.write_box(Some((region, &block)))
+    }
+
     /// Adds attributes. Every rank calls it with the same values; the format decides who
     /// writes (rank 0 for Zarr, all ranks together for parallel HDF5).
     ///

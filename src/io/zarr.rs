@@ -408,6 +408,9 @@ impl ZarrReader {
 /// Writes a Zarr v3 array.
 pub struct ZarrWriter {
     array: Array<ChunkFileStore>,
+    /// The chunk shape, when a chunk's stored bytes are its elements as they are in memory:
+    /// no sharding, no compression, and a little-endian machine (the `bytes` codec's order).
+    raw_chunks: Option<Vec<u64>>,
     shape: Vec<u64>,
     dtype: DType,
     store: PathBuf,
@@ -531,14 +534,76 @@ impl ZarrWriter {
         let array = builder
             .build(storage, &node_path(node))
             .map_err(|e| zarr_err(store, node, e))?;
+        let raw =
+            spec.shards.is_none() && spec.codec == Codec::None && cfg!(target_endian = "little");
         Ok(ZarrWriter {
             array,
+            raw_chunks: raw.then(|| spec.chunks.clone()),
             shape: spec.shape.clone(),
             dtype: spec.dtype,
             store: store.to_path_buf(),
             node: node.to_string(),
             is_root: comm.is_root(),
         })
+    }
+}
+
+/// A block's elements as the bytes of a raw chunk, owned by `Bytes` without a copy.
+struct ElementBytes<T: bytemuck::NoUninit>(Vec<T>);
+
+impl<T: bytemuck::NoUninit> AsRef<[u8]> for ElementBytes<T> {
+    fn as_ref(&self) -> &[u8] {
+        bytemuck::cast_slice(&self.0)
+    }
+}
+
+impl ZarrWriter {
+    /// The chunk `region` covers exactly, when chunks are stored raw (so the block's bytes
+    /// are the chunk's, as zarrs would encode them). Edge chunks, which zarrs pads with the
+    /// fill value, are not.
+    fn whole_raw_chunk(&self, region: &Region) -> Option<Vec<u64>> {
+        let chunks = self.raw_chunks.as_ref()?;
+        let whole = region.start.len() == chunks.len()
+            && region.shape == *chunks
+            && region.start.iter().zip(chunks).all(|(s, c)| s % c == 0);
+        whole.then(|| {
+            region
+                .start
+                .iter()
+                .zip(chunks)
+                .map(|(s, c)| s / c)
+                .collect()
+        })
+    }
+
+    /// Stores a whole raw chunk from the block's own memory, as zarrs' `store_chunk` would:
+    /// a chunk that is all fill value (zero bytes) is not stored (zarrs' default,
+    /// `store_empty_chunks` off).
+    fn store_raw_chunk(&self, chunk: &[u64], block: Block) -> Result<()> {
+        let bytes = with_block!(block, a => {
+            let n = a.len();
+            let a = if a.is_standard_layout() { a } else { a.as_standard_layout().into_owned() };
+            // A standard-layout array's elements are n consecutive ones from its offset.
+            match a.into_raw_vec_and_offset() {
+                (values, None | Some(0)) if values.len() == n => {
+                    bytes::Bytes::from_owner(ElementBytes(values))
+                }
+                (values, offset) => {
+                    let from = offset.unwrap_or(0);
+                    bytes::Bytes::copy_from_slice(bytemuck::cast_slice(&values[from..from + n]))
+                }
+            }
+        });
+        if bytes.iter().all(|&b| b == 0) {
+            return self
+                .array
+                .erase_chunk(chunk)
+                .map_err(|e| zarr_err(&self.store, &self.node, e));
+        }
+        // SAFETY: with no compression and no sharding, zarrs' encoding of a chunk is its
+        // elements' little-endian bytes, which these are (`raw_chunks` holds only then).
+        unsafe { self.array.store_encoded_chunk(chunk, bytes) }
+            .map_err(|e| zarr_err(&self.store, &self.node, e))
     }
 }
 
@@ -557,6 +622,22 @@ impl ArrayWriter for ZarrWriter {
         let subset = ArraySubset::new_with_ranges(&region.ranges());
         with_block!(block, a => self.array.store_array_subset(&subset, a))
             .map_err(|e| zarr_err(&self.store, &self.node, e))
+    }
+
+    fn write_owned(&self, region: &Region, block: Block) -> Result<()> {
+        match self.whole_raw_chunk(region) {
+            Some(chunk) => {
+                check_write(
+                    &self.store.display().to_string(),
+                    &self.shape,
+                    self.dtype,
+                    region,
+                    &block,
+                )?;
+                self.store_raw_chunk(&chunk, block)
+            }
+            None => self.write_box(Some((region, &block))),
+        }
     }
 
     fn set_attributes(&self, attributes: &Map<String, Value>) -> Result<()> {
@@ -615,4 +696,91 @@ pub fn group_attributes(store: &Path, node: &str) -> Option<Map<String, Value>> 
         .and_then(Value::as_object)
         .cloned()
         .or_else(|| Some(Map::new()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::{ArrayWriter, Block, Codec, CreateSpec, DType};
+
+    /// Every file under `dir` with its bytes, by relative path.
+    fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else {
+                    let rel = p.strip_prefix(dir).unwrap().display().to_string();
+                    out.push((rel, std::fs::read(&p).unwrap()));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn raw_chunks_written_in_place_equal_zarrs_own_encoding() {
+        let dir = tempfile::tempdir().unwrap();
+        // 10 x 3 x 4 in chunks of 4 along axis 0: two whole chunks (one all zero, which is
+        // not stored) and an edge chunk of 2 (padded by zarrs, so it takes zarrs' path).
+        let values: Vec<f32> = (0..120).map(|i| i as f32 * 0.5 - 7.0).collect();
+        let mut whole = ndarray::Array3::from_shape_vec((10, 3, 4), values).unwrap();
+        whole.slice_mut(ndarray::s![4..8, .., ..]).fill(0.0);
+        let spec = CreateSpec {
+            shape: vec![10, 3, 4],
+            dtype: DType::F32,
+            chunks: vec![4, 3, 4],
+            shards: None,
+            codec: Codec::None,
+            dimension_names: None,
+            attributes: Map::new(),
+        };
+        let boxes = [0u64..4, 4..8, 8..10].map(|r| {
+            let region = Region {
+                start: vec![r.start, 0, 0],
+                shape: vec![r.end - r.start, 3, 4],
+            };
+            let part = whole
+                .slice(ndarray::s![r.start as usize..r.end as usize, .., ..])
+                .to_owned();
+            (region, Block::F32(part.into_dyn()))
+        });
+        let write = |name: &str, owned: bool| {
+            let store = dir.path().join(name);
+            let w = ZarrWriter::create(&store, "", &spec, &crate::comm::Local, false).unwrap();
+            for (region, block) in boxes.clone() {
+                if owned {
+                    w.write_owned(&region, block).unwrap();
+                } else {
+                    w.write_box(Some((&region, &block))).unwrap();
+                }
+            }
+            Box::new(w).close().unwrap();
+            tree(&store)
+        };
+        let (theirs, ours) = (write("zarrs.zarr", false), write("owned.zarr", true));
+        assert_eq!(ours, theirs);
+        assert!(ours.iter().any(|(p, _)| p.ends_with("c/0/0/0")));
+        assert!(
+            !ours.iter().any(|(p, _)| p.ends_with("c/1/0/0")),
+            "zero chunk elided"
+        );
+        // A block that shows part of its vector (an offset) stores what it shows.
+        let mut shifted = ndarray::Array3::<f32>::zeros((5, 3, 4));
+        shifted
+            .slice_mut(ndarray::s![1.., .., ..])
+            .assign(&whole.slice(ndarray::s![0..4, .., ..]));
+        let part = shifted.slice_move(ndarray::s![1.., .., ..]);
+        let store = dir.path().join("offset.zarr");
+        let w = ZarrWriter::create(&store, "", &spec, &crate::comm::Local, false).unwrap();
+        w.write_owned(&boxes[0].0, Block::F32(part.into_dyn()))
+            .unwrap();
+        let reader = ZarrReader::open(&store, "").unwrap();
+        let back = reader.read_box(&boxes[0].0).unwrap();
+        assert_eq!(back, boxes[0].1);
+    }
 }

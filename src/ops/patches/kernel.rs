@@ -6,7 +6,7 @@
 //! dropped (362x362 at 128/64 gives 4x4 patches and leaves 42 pixels uncovered). quilt moves
 //! its last window flush with the edge instead; this is not that rule.
 
-use ndarray::{Array2, ArrayView2};
+use ndarray::ArrayView2;
 
 /// Patch origins along one axis of `extent` pixels: `r * stride` for every `r` whose window
 /// fits; none when the axis is shorter than a patch. `patch` and `stride` are positive.
@@ -40,7 +40,7 @@ pub fn patch_id(split: &str, slice: u64, row: u64, col: u64) -> String {
 }
 
 /// Statistics of one float32 patch, as the manifest records them: min and max of the
-/// float32 values, mean and standard deviation (ddof 0) summed in f64 in row-major order.
+/// float32 values, mean and standard deviation (ddof 0) summed in f64 (see [`lane_sum`]).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct PatchStats {
     pub min: f32,
@@ -49,24 +49,75 @@ pub struct PatchStats {
     pub std: f64,
 }
 
-/// The statistics of one patch's values (row-major, contiguous). Two passes: the mean, then
-/// the squared deviations from it.
-pub fn patch_stats(values: &[f32]) -> PatchStats {
-    let (mut min, mut max, mut sum) = (f32::INFINITY, f32::NEG_INFINITY, 0.0f64);
-    for &v in values {
-        min = min.min(v);
-        max = max.max(v);
-        sum += f64::from(v);
+/// How many partial sums the statistics keep: value `k` of a patch (row-major) goes to lane
+/// `k % SUM_LANES`. Independent lanes let the sums run in vector registers, about eight
+/// times the speed of one running sum; the order is fixed, so the bits do not depend on the
+/// machine, the threads or the ranks.
+pub const SUM_LANES: usize = 8;
+
+/// The f64 sum of `f(v)` over `values` by the one fixed order of the manifest's statistics:
+/// lane `l` sums values `l, l + 8, l + 16, ...` one after another, and the lanes are added as
+/// `((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7))`.
+pub fn lane_sum(values: &[f32], f: impl Fn(f64) -> f64) -> f64 {
+    let mut acc = [0.0f64; SUM_LANES];
+    let mut chunks = values.chunks_exact(SUM_LANES);
+    for chunk in &mut chunks {
+        for (a, &v) in acc.iter_mut().zip(chunk) {
+            *a += f(f64::from(v));
+        }
     }
+    for (a, &v) in acc.iter_mut().zip(chunks.remainder()) {
+        *a += f(f64::from(v));
+    }
+    ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
+}
+
+/// An f32's place in IEEE 754 total order, as an i32 (`-0.0` just below `0.0`): finite values
+/// compare as numbers, and the integer minimum and maximum vectorise where float ones with a
+/// fixed answer for `-0.0` against `0.0` do not.
+fn order_key(v: f32) -> i32 {
+    let bits = v.to_bits() as i32;
+    bits ^ (((bits >> 31) as u32) >> 1) as i32
+}
+
+/// [`order_key`] undone.
+fn from_order_key(key: i32) -> f32 {
+    f32::from_bits((key ^ (((key >> 31) as u32) >> 1) as i32) as u32)
+}
+
+/// The smallest and largest of `values` (finite: slices holding NaN are refused) in IEEE
+/// total order, so `-0.0` is below `0.0` wherever the sums run.
+fn lane_extremes(values: &[f32]) -> (f32, f32) {
+    let mut lo = [i32::MAX; SUM_LANES];
+    let mut hi = [i32::MIN; SUM_LANES];
+    let mut chunks = values.chunks_exact(SUM_LANES);
+    for chunk in &mut chunks {
+        for l in 0..SUM_LANES {
+            let k = order_key(chunk[l]);
+            lo[l] = lo[l].min(k);
+            hi[l] = hi[l].max(k);
+        }
+    }
+    for (l, &v) in chunks.remainder().iter().enumerate() {
+        let k = order_key(v);
+        lo[l] = lo[l].min(k);
+        hi[l] = hi[l].max(k);
+    }
+    let min = lo.into_iter().min().expect("SUM_LANES > 0");
+    let max = hi.into_iter().max().expect("SUM_LANES > 0");
+    (from_order_key(min), from_order_key(max))
+}
+
+/// The statistics of one patch's values (row-major, contiguous). Two passes: the mean, then
+/// the squared deviations from it, each by [`lane_sum`].
+pub fn patch_stats(values: &[f32]) -> PatchStats {
+    let (min, max) = lane_extremes(values);
     let n = values.len() as f64;
-    let mean = sum / n;
-    let squares: f64 = values
-        .iter()
-        .map(|&v| {
-            let d = f64::from(v) - mean;
-            d * d
-        })
-        .sum();
+    let mean = lane_sum(values, |v| v) / n;
+    let squares = lane_sum(values, |v| {
+        let d = v - mean;
+        d * d
+    });
     PatchStats {
         min,
         max,
@@ -103,6 +154,23 @@ pub fn copy_window(
 
 /// The (row, col) of the first NaN or infinite value of a slice, row-major.
 pub fn first_non_finite(slice: ArrayView2<'_, f32>) -> Option<(usize, usize)> {
+    // A branch-free scan first (vectorised: every slice is checked, few fail), then the
+    // search for the place only when something is there.
+    let clean = |values: &[f32]| {
+        values.iter().fold(true, |ok, v| {
+            ok & (v.to_bits() & 0x7f80_0000 != 0x7f80_0000)
+        })
+    };
+    let all_finite = match slice.as_slice() {
+        Some(values) => values.chunks(1 << 12).all(clean),
+        None => slice
+            .rows()
+            .into_iter()
+            .all(|row| row.iter().all(|v| v.is_finite())),
+    };
+    if all_finite {
+        return None;
+    }
     slice
         .indexed_iter()
         .find(|(_, v)| !v.is_finite())
@@ -119,40 +187,81 @@ pub struct KeptPatch {
     pub stats: PatchStats,
 }
 
+/// Visits the patches a slice keeps, in row-major order: each one's place and statistics,
+/// and its values (`patch * patch`, row-major). Returns how many were kept.
+pub fn for_each_kept(
+    slice: ArrayView2<'_, f32>,
+    patch: u64,
+    stride: u64,
+    min_std: Option<f64>,
+    visit: impl FnMut(&KeptPatch, &[f32]),
+) -> u64 {
+    cut_kept(slice, patch, stride, min_std, 0, &mut [], visit)
+}
+
+/// [`for_each_kept`], cutting each kept patch straight into its place: the `k`-th kept
+/// patch into `dest[k - skip]` where that exists, into a scratch patch otherwise (its
+/// statistics decide whether it is kept). `visit` sees each kept patch's values in place.
+pub fn cut_kept(
+    slice: ArrayView2<'_, f32>,
+    patch: u64,
+    stride: u64,
+    min_std: Option<f64>,
+    skip: u64,
+    dest: &mut [&mut [f32]],
+    mut visit: impl FnMut(&KeptPatch, &[f32]),
+) -> u64 {
+    let (h, w) = slice.dim();
+    let ps = patch as usize;
+    let mut scratch = Vec::new();
+    let mut kept = 0u64;
+    for (row, col) in coordinates(h as u64, w as u64, patch, stride) {
+        let slot = kept
+            .checked_sub(skip)
+            .and_then(|k| dest.get_mut(usize::try_from(k).ok()?));
+        let window: &mut [f32] = match slot {
+            Some(slot) => slot,
+            None => {
+                scratch.resize(ps * ps, 0.0);
+                &mut scratch
+            }
+        };
+        copy_window(slice, row as usize, col as usize, ps, window);
+        let stats = patch_stats(window);
+        if keeps(&stats, min_std) {
+            let p = KeptPatch {
+                kept_index: kept,
+                row,
+                col,
+                stats,
+            };
+            visit(&p, window);
+            kept += 1;
+        }
+    }
+    kept
+}
+
 /// The patches a slice keeps, in row-major order, with their statistics, and their values
 /// one after another (`patch * patch` each).
 pub fn kept_patches(
-    slice: &Array2<f32>,
+    slice: ArrayView2<'_, f32>,
     patch: u64,
     stride: u64,
     min_std: Option<f64>,
 ) -> (Vec<KeptPatch>, Vec<f32>) {
-    let (h, w) = slice.dim();
-    let ps = patch as usize;
-    let coords = coordinates(h as u64, w as u64, patch, stride);
-    let mut values = vec![0.0f32; coords.len() * ps * ps];
-    let mut kept = Vec::with_capacity(coords.len());
-    for (row, col) in coords {
-        let at = kept.len() * ps * ps;
-        let window = &mut values[at..at + ps * ps];
-        copy_window(slice.view(), row as usize, col as usize, ps, window);
-        let stats = patch_stats(window);
-        if keeps(&stats, min_std) {
-            kept.push(KeptPatch {
-                kept_index: kept.len() as u64,
-                row,
-                col,
-                stats,
-            });
-        }
-    }
-    values.truncate(kept.len() * ps * ps);
+    let (mut kept, mut values) = (Vec::new(), Vec::new());
+    for_each_kept(slice, patch, stride, min_std, |p, v| {
+        kept.push(*p);
+        values.extend_from_slice(v);
+    });
     (kept, values)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ndarray::Array2;
 
     #[test]
     fn the_notebooks_examples() {
@@ -186,7 +295,7 @@ mod tests {
     #[test]
     fn zeros_give_zero_statistics() {
         let slice = Array2::<f32>::zeros((512, 512));
-        let (kept, values) = kept_patches(&slice, 128, 64, None);
+        let (kept, values) = kept_patches(slice.view(), 128, 64, None);
         assert_eq!(kept.len(), 49);
         assert_eq!(values.len(), 49 * 128 * 128);
         for p in &kept {
@@ -201,7 +310,7 @@ mod tests {
             );
         }
         // Every zero patch has std 0: --min-std drops them all.
-        assert!(kept_patches(&slice, 128, 64, Some(1e-6)).0.is_empty());
+        assert!(kept_patches(slice.view(), 128, 64, Some(1e-6)).0.is_empty());
     }
 
     #[test]
@@ -222,16 +331,79 @@ mod tests {
     }
 
     #[test]
+    fn sums_run_in_the_documented_lanes() {
+        // One running sum loses both ones against 2^53; lane 1 adds them first.
+        let big = 2f32.powi(53);
+        let mut values = vec![0.0f32; 10];
+        (values[0], values[1], values[9]) = (big, 1.0, 1.0);
+        assert_eq!(lane_sum(&values, |v| v), 2f64.powi(53) + 2.0);
+        let sequential: f64 = values.iter().map(|&v| f64::from(v)).sum();
+        assert_eq!(sequential, 2f64.powi(53));
+        // A remainder shorter than a lane set goes to the first lanes.
+        assert_eq!(lane_sum(&[1.0, 2.0, 3.0], |v| v * v), 14.0);
+    }
+
+    #[test]
+    fn extremes_follow_total_order() {
+        for values in [vec![0.0f32, -0.0], vec![-0.0, 0.0]] {
+            let mut long = vec![1.0f32; 17];
+            long[3] = values[0];
+            long[12] = values[1];
+            let (min, max) = lane_extremes(&long);
+            assert_eq!((min.to_bits(), max), ((-0.0f32).to_bits(), 1.0));
+            let (min, max) = lane_extremes(&values);
+            assert_eq!(
+                (min.to_bits(), max.to_bits()),
+                ((-0.0f32).to_bits(), 0.0f32.to_bits())
+            );
+        }
+        let s = patch_stats(&[-3.5, 2.0, f32::MAX, -f32::MAX, 1e-45]);
+        assert_eq!((s.min, s.max), (-f32::MAX, f32::MAX));
+        for v in [
+            0.0f32,
+            -0.0,
+            1.0,
+            -1.0,
+            f32::MIN_POSITIVE,
+            -1e-45,
+            f32::MAX,
+            f32::MIN,
+        ] {
+            assert_eq!(from_order_key(order_key(v)).to_bits(), v.to_bits());
+        }
+    }
+
+    #[test]
+    fn a_patch_cut_in_place_equals_the_scratch_cut() {
+        let slice = Array2::from_shape_fn((9, 11), |(y, x)| ((y * 31 + x * 7) % 13) as f32);
+        let (kept, values) = kept_patches(slice.view(), 4, 3, Some(3.0));
+        let n = 16;
+        // Kept patches 1..3 into slots; the others only visited.
+        let mut store = vec![0.0f32; 2 * n];
+        let mut slots: Vec<&mut [f32]> = store.chunks_exact_mut(n).collect();
+        let mut seen = Vec::new();
+        let count = cut_kept(slice.view(), 4, 3, Some(3.0), 1, &mut slots, |p, v| {
+            seen.push((*p, v.to_vec()));
+        });
+        assert_eq!(count, kept.len() as u64);
+        assert_eq!(&store[..], &values[n..3 * n]);
+        for (k, (p, v)) in seen.iter().enumerate() {
+            assert_eq!(*p, kept[k]);
+            assert_eq!(&v[..], &values[k * n..(k + 1) * n]);
+        }
+    }
+
+    #[test]
     fn min_std_keeps_at_or_above_the_threshold() {
         let mut slice = Array2::<f32>::zeros((4, 8));
         slice[[0, 5]] = 4.0; // only the right window varies
-        let (kept, values) = kept_patches(&slice, 4, 4, Some(0.5));
+        let (kept, values) = kept_patches(slice.view(), 4, 4, Some(0.5));
         assert_eq!(kept.len(), 1);
         assert_eq!((kept[0].kept_index, kept[0].row, kept[0].col), (0, 0, 4));
         assert_eq!(values[1], 4.0);
         let std = kept[0].stats.std;
-        assert_eq!(kept_patches(&slice, 4, 4, Some(std)).0.len(), 1);
-        assert!(kept_patches(&slice, 4, 4, Some(std * (1.0 + 1e-12)))
+        assert_eq!(kept_patches(slice.view(), 4, 4, Some(std)).0.len(), 1);
+        assert!(kept_patches(slice.view(), 4, 4, Some(std * (1.0 + 1e-12)))
             .0
             .is_empty());
     }

@@ -46,7 +46,12 @@ const PARTS_DIR: &str = ".manifest-parts";
 pub fn run(job: &PatchesJob, comm: &dyn Comm) -> Result<Vec<RunSummary>> {
     let cut = check_parameters(job)?;
     let splits = resolve_splits(job)?;
+    let started = std::time::Instant::now();
     let layouts = survey::survey(&splits, cut, comm)?;
+    tracing::debug!(
+        "patches pass 1 (survey) took {:.3} s",
+        started.elapsed().as_secs_f64()
+    );
     if comm.is_root() {
         warn_small_slices(&splits, &layouts, cut.patch);
     }
@@ -206,23 +211,20 @@ struct Work {
     patches: Range<u64>,
 }
 
-/// A computed unit: its patches, slice by slice, from its first patch on.
+/// A computed unit: its patches' values, ids and manifest lines, from its first patch on.
 pub struct UnitPatches {
     split: usize,
     first: u64,
-    parts: Vec<SliceCut>,
-}
-
-impl UnitPatches {
-    fn count(&self) -> usize {
-        self.parts.iter().map(|p| p.ids.len()).sum()
-    }
-}
-
-/// The patches of one slice that lie in a unit: ids, values one after another, manifest lines.
-pub struct SliceCut {
+    /// The values, patch after patch, in pieces: one per Zarr write block (chunk or shard)
+    /// of the unit, each written as it is; one for `.npy` files.
+    pieces: Vec<Vec<f32>>,
     ids: Vec<String>,
-    values: Vec<f32>,
+    lines: String,
+}
+
+/// One slice's part of a unit: its patch ids and manifest lines.
+struct SliceCut {
+    ids: Vec<String>,
     lines: String,
 }
 
@@ -246,6 +248,12 @@ pub struct PatchesOp {
     parameters: Value,
     fingerprint: Value,
 }
+
+/// A Zarr unit holds at least this many write blocks (chunks or shards), which its write
+/// stores in parallel: with one block per unit, one thread wrote while the others waited.
+/// (A fixed number, not the thread count: units must not change with the machine, or a run
+/// could not be resumed on another.)
+const MIN_BLOCKS_PER_UNIT: u64 = 4;
 
 /// Default Zarr chunk: about 4 MiB of patches.
 fn default_chunk(patch_bytes: u64) -> u64 {
@@ -311,57 +319,90 @@ impl PatchesOp {
         })
     }
 
-    /// Reads one slice of a unit and cuts out its kept patches that lie in the unit's range
-    /// (a contiguous run of them: all of them but at a Zarr unit's ends).
-    fn cut_slice(&self, w: &Work, i: usize) -> Result<SliceCut> {
+    /// Cuts unit `w`'s patches of slice `i` (a contiguous run of its kept patches: all of
+    /// them but at a Zarr unit's ends) into `slots`, one per patch, in order.
+    ///
+    /// Pass 1 checked every value of the slice; here only the patches are looked at (their
+    /// sums turn NaN or infinite with any such value), so that each slice is scanned once.
+    fn cut_slice(&self, w: &Work, i: usize, slots: &mut [&mut [f32]]) -> Result<SliceCut> {
         let (split, layout) = (&self.splits[w.split], &self.layouts[w.split]);
-        let slice = split.read(i).map_err(|p| match p {
-            source::Problem::Missing => {
-                Error::bad_file(split.describe(i), "disappeared since pass 1")
-            }
-            source::Problem::Unusable(m) => Error::parameter("manifest", m),
-        })?;
-        let (kept, mut values) =
-            kernel::kept_patches(&slice, self.cut.patch, self.cut.stride, self.cut.min_std);
-        if kept.len() as u64 != layout.facts[i].kept {
-            return Err(Error::bad_file(
-                split.describe(i),
-                format!(
-                    "changed since pass 1 ({} patches then, {} now)",
-                    layout.facts[i].kept,
-                    kept.len()
-                ),
-            ));
-        }
-        let first = layout.first[i];
-        let inside = |p: u64| (p.saturating_sub(first) as usize).min(kept.len());
-        let (lo, hi) = (inside(w.patches.start), inside(w.patches.end));
-        let n = (self.cut.patch * self.cut.patch) as usize;
-        values.truncate(hi * n);
-        values.drain(..lo * n);
+        let skip = w.patches.start.saturating_sub(layout.first[i]);
+        let wanted = skip..skip + slots.len() as u64;
         let mut cut = SliceCut {
-            ids: Vec::with_capacity(hi - lo),
-            values,
+            ids: Vec::with_capacity(slots.len()),
             lines: String::new(),
         };
-        for p in &kept[lo..hi] {
-            let id = kernel::patch_id(&split.name, i as u64, p.row, p.col);
-            let file = manifest::join_relative(&self.patch_dirs[w.split], &format!("{id}.npy"));
-            let place = match self.format {
-                PatchFormat::Npy => PatchPlace::File(&file),
-                PatchFormat::Zarr => PatchPlace::ZarrIndex(first + p.kept_index),
-            };
-            cut.lines.push_str(&output::manifest_line(
-                &id,
-                i as u64,
-                split.src_path(i),
-                p,
-                place,
-                &split.carried[i],
-            ));
-            cut.ids.push(id);
+        let mut non_finite = None;
+        let kept = split
+            .with_slice_unchecked(i, |slice| {
+                kernel::cut_kept(
+                    slice,
+                    self.cut.patch,
+                    self.cut.stride,
+                    self.cut.min_std,
+                    skip,
+                    slots,
+                    |p, _| {
+                        if !(p.stats.mean.is_finite() && p.stats.std.is_finite()) {
+                            non_finite.get_or_insert((p.row, p.col));
+                        }
+                        if wanted.contains(&p.kept_index) {
+                            self.describe_patch(w, i, p, &mut cut);
+                        }
+                    },
+                )
+            })
+            .map_err(|p| match p {
+                source::Problem::Missing => {
+                    Error::bad_file(split.describe(i), "disappeared since pass 1")
+                }
+                source::Problem::Unusable(m) => Error::parameter("manifest", m),
+            })?;
+        let changed = match non_finite {
+            Some((row, col)) => Some(format!(
+                "changed since pass 1: the patch at row {row}, column {col} now holds NaN or infinite values"
+            )),
+            None => (kept != layout.facts[i].kept).then(|| {
+                format!(
+                    "changed since pass 1 ({} patches then, {kept} now)",
+                    layout.facts[i].kept
+                )
+            }),
+        };
+        match changed {
+            Some(m) => Err(Error::bad_file(split.describe(i), m)),
+            None => Ok(cut),
         }
-        Ok(cut)
+    }
+
+    /// Patch `p` of slice `i`'s id and manifest line, added to `cut`.
+    fn describe_patch(&self, w: &Work, i: usize, p: &kernel::KeptPatch, cut: &mut SliceCut) {
+        let split = &self.splits[w.split];
+        let id = kernel::patch_id(&split.name, i as u64, p.row, p.col);
+        let file = manifest::join_relative(&self.patch_dirs[w.split], &format!("{id}.npy"));
+        let place = match self.format {
+            PatchFormat::Npy => PatchPlace::File(&file),
+            PatchFormat::Zarr => {
+                PatchPlace::ZarrIndex(self.layouts[w.split].first[i] + p.kept_index)
+            }
+        };
+        cut.lines.push_str(&output::manifest_line(
+            &id,
+            i as u64,
+            split.src_path(i),
+            p,
+            place,
+            &split.carried[i],
+        ));
+        cut.ids.push(id);
+    }
+
+    /// Patches per piece of a unit's values: a Zarr write block, or the whole unit.
+    fn piece_patches(&self, w: &Work) -> u64 {
+        self.zarr[w.split].as_ref().map_or_else(
+            || (w.patches.end - w.patches.start).max(1),
+            |spec| spec.write_block()[0],
+        )
     }
 
     fn staged_dir(&self, split: usize) -> &Path {
@@ -373,9 +414,9 @@ impl PatchesOp {
         let dir = self.staged_dir(out.split);
         let n = (self.cut.patch * self.cut.patch) as usize;
         let files: Vec<(&String, &[f32])> = out
-            .parts
+            .ids
             .iter()
-            .flat_map(|p| p.ids.iter().zip(p.values.chunks_exact(n)))
+            .zip(out.pieces.iter().flat_map(|p| p.chunks_exact(n)))
             .collect();
         files.par_iter().try_for_each(|(id, values)| {
             let path = dir.join(format!("{id}.npy"));
@@ -384,23 +425,34 @@ impl PatchesOp {
         })
     }
 
-    /// A unit's patches as one box of the split's Zarr array (whole chunks or shards).
+    /// A unit's patches into the split's Zarr array: each piece one whole chunk or shard,
+    /// the pieces in parallel.
     fn write_zarr(&self, out: UnitPatches) -> Result<()> {
-        let ps = self.cut.patch as usize;
-        let count = out.count();
-        let mut values = Vec::with_capacity(count * ps * ps);
-        for p in out.parts {
-            values.extend_from_slice(&p.values);
-        }
-        let block = Array3::from_shape_vec((count, ps, ps), values)
-            .expect("a unit holds whole patches")
-            .into_dyn();
-        let region = Region {
-            start: vec![out.first, 0, 0],
-            shape: vec![count as u64, ps as u64, ps as u64],
-        };
+        let ps = self.cut.patch;
+        let n = (ps * ps) as usize;
+        let mut start = out.first;
+        let boxes: Vec<(Region, Block)> = out
+            .pieces
+            .into_iter()
+            .map(|values| {
+                let count = (values.len() / n) as u64;
+                let region = Region {
+                    start: vec![start, 0, 0],
+                    shape: vec![count, ps, ps],
+                };
+                start += count;
+                let block =
+                    Array3::from_shape_vec((count as usize, ps as usize, ps as usize), values)
+                        .expect("a piece holds whole patches")
+                        .into_dyn();
+                (region, Block::F32(block))
+            })
+            .collect();
         let writers = self.writers.lock().expect("writers lock");
-        writers[out.split].write_box(Some((&region, &Block::F32(block))))
+        let writer = &writers[out.split];
+        boxes
+            .into_par_iter()
+            .try_for_each(|(region, block)| writer.write_owned(&region, block))
     }
 
     /// Rank 0, at the end: every split's manifest (its units' lines in order, through a
@@ -534,7 +586,7 @@ fn plan_work(layouts: &[SplitLayout], zarr: &[Option<CreateSpec>], per_unit: u64
                 let runs = crate::grid::block_aligned_runs(
                     layout.patches(),
                     block,
-                    (per_unit / block).max(1),
+                    (per_unit / block).max(MIN_BLOCKS_PER_UNIT),
                 );
                 work.extend(runs.into_iter().map(|r| Work {
                     split: s,
@@ -625,8 +677,8 @@ impl Operation for PatchesOp {
     }
 
     fn memory_per_unit(&self) -> u64 {
-        // The unit's patch values twice (cut per slice, then gathered), plus one float32
-        // slice per thread.
+        // The unit's patch values, plus per thread a float32 slice (slices that are not
+        // float32 `.npy` files are converted first) and a scratch patch.
         let out = self.units.iter().map(|u| u.bytes_out).max().unwrap_or(0);
         let slice = self
             .layouts
@@ -635,7 +687,8 @@ impl Operation for PatchesOp {
             .map(|f| f.height * f.width * 4)
             .max()
             .unwrap_or(0);
-        2 * out + slice * rayon::current_num_threads() as u64
+        let patch = self.cut.patch * self.cut.patch * 4;
+        out + (slice + patch) * rayon::current_num_threads() as u64
     }
 
     fn parameters(&self) -> Value {
@@ -681,30 +734,51 @@ impl Operation for PatchesOp {
 
     fn compute(&self, unit: usize) -> Result<UnitPatches> {
         let w = &self.work[unit];
-        let facts = &self.layouts[w.split].facts;
-        let parts = w
-            .slices
-            .clone()
+        let n = (self.cut.patch * self.cut.patch) as usize;
+        let count = (w.patches.end - w.patches.start) as usize;
+        let per_piece = self.piece_patches(w) as usize;
+        let mut pieces: Vec<Vec<f32>> = (0..count.div_ceil(per_piece))
+            .map(|k| vec![0.0f32; per_piece.min(count - k * per_piece) * n])
+            .collect();
+        // One slot per patch, handed to the slices that fill them: each slice its own run.
+        let mut slots: Vec<&mut [f32]> = pieces
+            .iter_mut()
+            .flat_map(|p| p.chunks_exact_mut(n))
+            .collect();
+        let layout = &self.layouts[w.split];
+        let mut runs: Vec<(usize, Vec<&mut [f32]>)> = Vec::new();
+        for i in w.slices.clone().rev().filter(|&i| layout.facts[i].kept > 0) {
+            let from = layout.first[i].max(w.patches.start) - w.patches.start;
+            runs.push((i, slots.split_off(from as usize)));
+        }
+        runs.reverse();
+        let cuts = runs
             .into_par_iter()
-            .filter(|&i| facts[i].kept > 0)
-            .map(|i| self.cut_slice(w, i))
+            .map(|(i, mut mine)| self.cut_slice(w, i, &mut mine))
             .collect::<Result<Vec<_>>>()?;
-        Ok(UnitPatches {
+        let mut out = UnitPatches {
             split: w.split,
             first: w.patches.start,
-            parts,
-        })
+            pieces,
+            ids: Vec::with_capacity(count),
+            lines: String::new(),
+        };
+        for cut in cuts {
+            out.ids.extend(cut.ids);
+            out.lines.push_str(&cut.lines);
+        }
+        Ok(out)
     }
 
     fn write(&self, part: Option<(usize, UnitPatches)>) -> Result<()> {
-        let Some((unit, out)) = part else {
+        let Some((unit, mut out)) = part else {
             return Ok(());
         };
         let parts = self.staged_dir(out.split).join(PARTS_DIR);
-        let lines: String = out.parts.iter().map(|p| p.lines.as_str()).collect();
+        let lines = std::mem::take(&mut out.lines);
         match self.format {
             PatchFormat::Npy => self.write_files(&out)?,
-            PatchFormat::Zarr if out.count() == 0 => {}
+            PatchFormat::Zarr if out.ids.is_empty() => {}
             PatchFormat::Zarr => self.write_zarr(out)?,
         }
         safety::write_bytes(&part_path(&parts, unit), true, lines.as_bytes())

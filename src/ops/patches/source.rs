@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use ndarray::{Array2, Ix2};
+use ndarray::{Array2, ArrayView2, Ix2};
 use serde::{Deserialize, Serialize};
 
 use super::manifest::{relative_slice_path, relative_to, SliceManifest};
@@ -166,8 +166,56 @@ impl Split {
     /// # Errors
     /// The [`Problem`].
     pub fn read(&self, i: usize) -> std::result::Result<Array2<f32>, Problem> {
+        self.with_slice(i, |slice| slice.to_owned())
+    }
+
+    /// Runs `f` on slice `i` as a float32 (H, W) view, refusing the slice as [`Split::read`]
+    /// does. A float32 `.npy` file is seen in place, through its memory map, with no copy;
+    /// anything else is read and converted first.
+    ///
+    /// # Errors
+    /// The [`Problem`].
+    pub fn with_slice<R>(
+        &self,
+        i: usize,
+        f: impl FnOnce(ArrayView2<'_, f32>) -> R,
+    ) -> std::result::Result<R, Problem> {
+        self.viewed(i, true, f)
+    }
+
+    /// [`Split::with_slice`] without the scan for NaN and infinite values (pass 2: pass 1
+    /// scanned every slice).
+    ///
+    /// # Errors
+    /// A slice that is missing, unreadable or not 2-D.
+    pub fn with_slice_unchecked<R>(
+        &self,
+        i: usize,
+        f: impl FnOnce(ArrayView2<'_, f32>) -> R,
+    ) -> std::result::Result<R, Problem> {
+        self.viewed(i, false, f)
+    }
+
+    fn viewed<R>(
+        &self,
+        i: usize,
+        check: bool,
+        f: impl FnOnce(ArrayView2<'_, f32>) -> R,
+    ) -> std::result::Result<R, Problem> {
         let block = match &self.slices {
-            Slices::Files { root, paths } => read_file(&root.join(&paths[i]))?,
+            Slices::Files { root, paths } => {
+                let path = root.join(&paths[i]);
+                match open_file(&path)? {
+                    SliceFile::Npy(reader) => {
+                        if let Some(view) = mapped_slice(reader.as_ref()) {
+                            return self.checked(i, check, view).map(|()| f(view));
+                        }
+                        read_whole(reader.as_ref())
+                    }
+                    SliceFile::Image => images::read(&path),
+                }
+                .map_err(|e| Problem::Unusable(e.to_string()))?
+            }
             Slices::Volume { reader, .. } => read_volume_slice(reader.as_ref(), i)
                 .map_err(|e| Problem::Unusable(e.to_string()))?,
         };
@@ -177,13 +225,27 @@ impl Split {
                 self.describe(i)
             ))
         })?;
-        if let Some((y, x)) = super::kernel::first_non_finite(slice.view()) {
-            return Err(Problem::Unusable(format!(
+        self.checked(i, check, slice.view())
+            .map(|()| f(slice.view()))
+    }
+
+    /// Refuses a slice holding NaN or infinite values, naming the first (when `check`).
+    fn checked(
+        &self,
+        i: usize,
+        check: bool,
+        slice: ArrayView2<'_, f32>,
+    ) -> std::result::Result<(), Problem> {
+        if !check {
+            return Ok(());
+        }
+        match super::kernel::first_non_finite(slice) {
+            None => Ok(()),
+            Some((y, x)) => Err(Problem::Unusable(format!(
                 "{}: holds NaN or infinite values as float32 (first at row {y}, column {x}); clean the slice first",
                 self.describe(i)
-            )));
+            ))),
         }
-        Ok(slice)
     }
 
     /// What the run reads, for the output safety checks: the manifest, and every directory
@@ -283,9 +345,15 @@ fn inside_root(path: &Path, root: &Path) -> Result<String> {
     })
 }
 
-/// A slice file: `.npy` through tessera's reader, anything else as an image (TIFF, PNG,
-/// JPEG), decoded whole.
-fn read_file(path: &Path) -> std::result::Result<Block, Problem> {
+/// A slice file, opened: `.npy` through tessera's reader (a memory map), or an image (TIFF,
+/// PNG, JPEG), decoded whole when read.
+enum SliceFile {
+    Npy(Box<dyn ArrayReader>),
+    Image,
+}
+
+/// Opens a slice file, telling a missing file from an unusable one.
+fn open_file(path: &Path) -> std::result::Result<SliceFile, Problem> {
     match std::fs::metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Problem::Missing),
         Err(e) => return Err(Problem::Unusable(format!("{}: {e}", path.display()))),
@@ -297,18 +365,32 @@ fn read_file(path: &Path) -> std::result::Result<Block, Problem> {
         }
         Ok(_) => {}
     }
-    let npy = path
+    if path
         .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("npy"));
-    let block = if npy {
-        io::npy::NpyReader::open(path).and_then(|r| {
-            let shape = r.meta().shape.clone();
-            r.read_box(&Region::whole(&shape))
-        })
+        .is_some_and(|e| e.eq_ignore_ascii_case("npy"))
+    {
+        io::npy::NpyReader::open(path)
+            .map(|r| SliceFile::Npy(Box::new(r)))
+            .map_err(|e| Problem::Unusable(e.to_string()))
     } else {
-        images::read(path)
+        Ok(SliceFile::Image)
+    }
+}
+
+/// A 2-D float32 array's elements in place, when its store keeps them mapped and aligned.
+fn mapped_slice(reader: &dyn ArrayReader) -> Option<ArrayView2<'_, f32>> {
+    let shape = &reader.meta().shape;
+    let &[h, w] = shape.as_slice() else {
+        return None;
     };
-    block.map_err(|e| Problem::Unusable(e.to_string()))
+    let values = io::mapped_elements::<f32>(reader)?;
+    ArrayView2::from_shape((usize::try_from(h).ok()?, usize::try_from(w).ok()?), values).ok()
+}
+
+/// Every element of an array, as one block.
+fn read_whole(reader: &dyn ArrayReader) -> Result<Block> {
+    let shape = reader.meta().shape.clone();
+    reader.read_box(&Region::whole(&shape))
 }
 
 /// Slice `i` of a 3-D array, as a (1, H, W) block.

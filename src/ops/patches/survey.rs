@@ -75,20 +75,19 @@ pub struct Cutting {
 
 /// Reads slice `i` of `split` and counts its patches.
 fn survey_slice(split: &Split, i: usize, cut: Cutting) -> std::result::Result<SliceFacts, Problem> {
-    let slice = split.read(i)?;
-    let (h, w) = (slice.nrows() as u64, slice.ncols() as u64);
-    let windows = kernel::patch_count(h, w, cut.patch, cut.stride);
-    let kept = match cut.min_std {
-        None => windows,
-        Some(_) => kernel::kept_patches(&slice, cut.patch, cut.stride, cut.min_std)
-            .0
-            .len() as u64,
-    };
-    Ok(SliceFacts {
-        height: h,
-        width: w,
-        windows,
-        kept,
+    split.with_slice(i, |slice| {
+        let (h, w) = (slice.nrows() as u64, slice.ncols() as u64);
+        let windows = kernel::patch_count(h, w, cut.patch, cut.stride);
+        let kept = match cut.min_std {
+            None => windows,
+            Some(_) => kernel::for_each_kept(slice, cut.patch, cut.stride, cut.min_std, |_, _| {}),
+        };
+        SliceFacts {
+            height: h,
+            width: w,
+            windows,
+            kept,
+        }
     })
 }
 
