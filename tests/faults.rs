@@ -118,7 +118,25 @@ fn kill_one_rank_then_resume(dir: &Path, name: &str, args: &Args, outputs: &[&st
     ok(tessera_mpi(3, &resume, &env));
     for f in outputs {
         let (a, b) = (clean_dir.join(f), cut_dir.join(f));
-        if a.is_dir() {
+        if a.join("patch_meta.json").is_file() {
+            // A patch dataset: every byte but the meta's `created`; its paths are relative
+            // to the data root, so they name the run's own directory.
+            let relabel = |t: Vec<(String, Vec<u8>)>, from: &str| -> Vec<(String, Vec<u8>)> {
+                t.into_iter()
+                    .map(|(n, bytes)| {
+                        if n.ends_with(".csv") || n.ends_with(".json") {
+                            let text = String::from_utf8(bytes).unwrap().replace(from, "RUN");
+                            (n, text.into_bytes())
+                        } else {
+                            (n, bytes)
+                        }
+                    })
+                    .collect()
+            };
+            let ta = relabel(tree_without_created(&a), &format!("{name}-clean/"));
+            let tb = relabel(tree_without_created(&b), &format!("{name}-cut/"));
+            assert!(ta == tb, "{name}: {f} differs after kill -9 and --resume");
+        } else if a.is_dir() {
             assert_same_tree(&a, &b);
         } else {
             assert!(
@@ -308,6 +326,33 @@ fn a_rank_killed_with_sigkill_leaves_a_resumable_output_in_every_operation() {
         ])
     });
     kill_one_rank_then_resume(dir, "hdr", &hdr, &["sky.zarr"], "1000000");
+
+    // patches of the 12 convert slices (32x32, 9 patches of 16 each), to .npy files and to
+    // Zarr chunks of 4 patches, 2 slices (or 4 chunks) per unit.
+    for format in ["npy", "zarr"] {
+        let slices_s = s(&slices);
+        let patches: Args = Box::new(move |out| {
+            let mut args = strs(&[
+                "patches",
+                "--input",
+                &slices_s,
+                "--output",
+                &s(out),
+                "--patch-size",
+                "16",
+                "--stride",
+                "8",
+                "--format",
+                format,
+            ]);
+            if format == "zarr" {
+                args.extend(strs(&["--chunks", "4"]));
+            }
+            args
+        });
+        let name = format!("patches-{format}");
+        kill_one_rank_then_resume(dir, &name, &patches, &["pt"], "18432");
+    }
 }
 
 /// A file system of `size` bytes mounted on `dir` (tmpfs), if this machine lets us mount one.
@@ -485,6 +530,38 @@ fn a_full_disk_is_a_clear_error_and_nothing_is_reported_done() {
             ]),
         ),
         (
+            "patches to .npy files",
+            strs(&[
+                "patches",
+                "--input",
+                &slices_s,
+                "--output",
+                &on_disk("pn"),
+                "--patch-size",
+                "32",
+                "--stride",
+                "32",
+            ]),
+        ),
+        (
+            "patches to Zarr",
+            strs(&[
+                "patches",
+                "--input",
+                &slices_s,
+                "--output",
+                &on_disk("pz"),
+                "--patch-size",
+                "32",
+                "--stride",
+                "32",
+                "--format",
+                "zarr",
+                "--codec",
+                "none",
+            ]),
+        ),
+        (
             "hdr merge to .npy files",
             strs(&[
                 "hdr",
@@ -561,10 +638,15 @@ fn a_read_only_output_directory_is_a_clear_error() {
     let Some(_mount) = mount_or_skip(&disk, "size=1m,ro") else {
         return;
     };
-    for out in ["o.zarr", "o.npy"] {
+    for out in ["o.zarr", "o.npy", "patches"] {
+        let command = if out == "patches" {
+            "patches"
+        } else {
+            "convert"
+        };
         let err = fails_with(
             tessera(&[
-                "convert",
+                command,
                 "--input",
                 &s(&slices),
                 "--output",

@@ -188,46 +188,6 @@ fn npy_values(path: &Path) -> Array2<f32> {
     ndarray_npy::read_npy(path).unwrap()
 }
 
-/// Every file under `dir` with its bytes, `created` taken out of the metas.
-fn tree_without_created(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    tree(dir)
-        .into_iter()
-        .map(|(name, bytes)| {
-            if name.ends_with("patch_meta.json") {
-                let text = String::from_utf8(bytes).unwrap();
-                let kept: Vec<&str> = text
-                    .lines()
-                    .filter(|l| !l.contains("\"created\""))
-                    .collect();
-                (name, kept.join("\n").into_bytes())
-            } else {
-                (name, bytes)
-            }
-        })
-        .collect()
-}
-
-#[track_caller]
-fn assert_same_outputs(a: &Path, b: &Path) {
-    let (ta, tb) = (tree_without_created(a), tree_without_created(b));
-    let names = |t: &[(String, Vec<u8>)]| t.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
-    assert_eq!(
-        names(&ta),
-        names(&tb),
-        "file lists differ: {} {}",
-        a.display(),
-        b.display()
-    );
-    for ((n, x), (_, y)) in ta.iter().zip(&tb) {
-        assert!(
-            x == y,
-            "{n} differs between {} and {}",
-            a.display(),
-            b.display()
-        );
-    }
-}
-
 fn args<'a>(manifest: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut v = vec![
         "patches",

@@ -280,3 +280,44 @@ pub fn write_npy(path: &Path, block: &Block) {
         .unwrap();
     w.close().unwrap();
 }
+
+/// Every file under `dir` with its bytes, `created` taken out of patch metas (the one field
+/// of `tessera patches`' outputs that differs between runs).
+pub fn tree_without_created(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    tree(dir)
+        .into_iter()
+        .map(|(name, bytes)| {
+            if name.ends_with("patch_meta.json") {
+                let text = String::from_utf8(bytes).unwrap();
+                let kept: Vec<&str> = text
+                    .lines()
+                    .filter(|l| !l.contains("\"created\""))
+                    .collect();
+                (name, kept.join("\n").into_bytes())
+            } else {
+                (name, bytes)
+            }
+        })
+        .collect()
+}
+
+#[track_caller]
+pub fn assert_same_outputs(a: &Path, b: &Path) {
+    let (ta, tb) = (tree_without_created(a), tree_without_created(b));
+    let names = |t: &[(String, Vec<u8>)]| t.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+    assert_eq!(
+        names(&ta),
+        names(&tb),
+        "file lists differ: {} {}",
+        a.display(),
+        b.display()
+    );
+    for ((n, x), (_, y)) in ta.iter().zip(&tb) {
+        assert!(
+            x == y,
+            "{n} differs between {} and {}",
+            a.display(),
+            b.display()
+        );
+    }
+}
