@@ -17,30 +17,6 @@ mod hdf5 {
     use ndarray_npy::write_npy;
     use std::process::Command;
 
-    /// The Python with h5py (scripts/setup.sh --python), or `None` (with a message) without one.
-    fn python_with_h5py() -> Option<String> {
-        let python = std::env::var("TESSERA_PYTHON").unwrap_or_else(|_| {
-            let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/pyenv/bin/python");
-            if venv.is_file() {
-                s(&venv)
-            } else {
-                "python3".into()
-            }
-        });
-        let found = Command::new(&python)
-            .args(["-c", "import h5py, numpy"])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !found {
-            assert!(
-                std::env::var("TESSERA_REQUIRE_PYTHON").as_deref() != Ok("1"),
-                "python3 with h5py is required (TESSERA_REQUIRE_PYTHON=1)"
-            );
-            eprintln!("skipping the h5py check: no python with h5py (scripts/setup.sh --python)");
-        }
-        found.then_some(python)
-    }
-
     /// Names in `dir` that start with `prefix` (an output and its .partial/.journal/.lock).
     fn leftovers(dir: &Path, prefix: &str) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(dir)
@@ -147,7 +123,7 @@ mod hdf5 {
             image,
             "the stitched HDF5 mean is the image"
         );
-        let Some(python) = python_with_h5py() else {
+        let Some(python) = python_with("h5py, numpy") else {
             return;
         };
         let check = r#"

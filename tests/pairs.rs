@@ -811,11 +811,6 @@ fn an_interrupted_run_resumes_to_the_same_bytes() {
     assert_same_tree(&clean, &out);
 }
 
-/// The Python to check with: `TESSERA_PYTHON` (scripts/setup.sh makes a venv), else python3.
-fn python() -> String {
-    std::env::var("TESSERA_PYTHON").unwrap_or_else(|_| "python3".into())
-}
-
 const DATASET: &str = r#"
 import sys, numpy as np, zarr
 pairs, tokens, images = sys.argv[1], sys.argv[2], np.load(sys.argv[3])
@@ -844,18 +839,7 @@ print("ok", p1.shape, t1.shape)
 
 #[test]
 fn zarr_python_reads_pairs_like_zarr_patch_pair_dataset_and_tokens_with_numpy() {
-    let ok_python = Command::new(python())
-        .args(["-c", "import numpy, zarr"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok_python {
-        assert!(
-            std::env::var("TESSERA_REQUIRE_PYTHON").as_deref() != Ok("1"),
-            "python3 with numpy and zarr is required"
-        );
-        eprintln!(
-            "skipping: python3 cannot import numpy, zarr (scripts/setup.sh --python installs them)"
-        );
+    if python_with("numpy, zarr").is_none() {
         return;
     }
     let d = tempfile::tempdir().unwrap();

@@ -1027,26 +1027,6 @@ fn outputs_are_identical_on_1_2_and_4_ranks() {
     assert_same_outputs(&clean, &out);
 }
 
-/// The Python to check with: `TESSERA_PYTHON` (scripts/setup.sh --python), else python3.
-fn python_with(modules: &str) -> Option<String> {
-    let python = std::env::var("TESSERA_PYTHON").unwrap_or_else(|_| "python3".into());
-    let ok = Command::new(&python)
-        .args(["-c", &format!("import {modules}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(
-            std::env::var("TESSERA_REQUIRE_PYTHON").as_deref() != Ok("1"),
-            "python3 with {modules} is required (TESSERA_REQUIRE_PYTHON=1)"
-        );
-        eprintln!(
-            "skipping: python3 cannot import {modules} (scripts/setup.sh --python installs them)"
-        );
-        return None;
-    }
-    Some(python)
-}
-
 /// The notebook's unit-test cell, verbatim in its checks (on every row, not a sample of
 /// three), plus numpy recomputing each patch's statistics and np.save's exact bytes.
 const NOTEBOOK_CHECK: &str = r#"

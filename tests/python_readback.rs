@@ -11,28 +11,6 @@ use common::*;
 use ndarray::{ArrayD, IxDyn};
 use tessera::io::{images, Block};
 
-/// The Python to check with: `TESSERA_PYTHON` (scripts/setup.sh makes a venv), else python3.
-fn python() -> String {
-    std::env::var("TESSERA_PYTHON").unwrap_or_else(|_| "python3".into())
-}
-
-fn python_with(modules: &str) -> bool {
-    let ok = Command::new(python())
-        .args(["-c", &format!("import {modules}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(
-            std::env::var("TESSERA_REQUIRE_PYTHON").as_deref() != Ok("1"),
-            "python3 with {modules} is required (TESSERA_REQUIRE_PYTHON=1)"
-        );
-        eprintln!(
-            "skipping: python3 cannot import {modules} (scripts/setup.sh --python installs them)"
-        );
-    }
-    ok
-}
-
 /// Pixel formula shared with the Python checker: channel c of slice z at (y, x).
 fn pixel(z: usize, c: usize, y: usize, x: usize) -> u16 {
     ((z * 1009 + c * 307 + y * 31 + x * 7) % 65521) as u16
@@ -64,7 +42,7 @@ print("ok", kind, data.shape)
 
 #[test]
 fn zarr_python_and_h5py_read_exactly_the_source_pixels() {
-    if !python_with("numpy, zarr") {
+    if python_with("numpy, zarr").is_none() {
         return;
     }
     let d = tempfile::tempdir().unwrap();
@@ -103,7 +81,7 @@ fn zarr_python_and_h5py_read_exactly_the_source_pixels() {
             vec!["--codec", "gzip"],
         ),
     ];
-    let h5 = cfg!(feature = "hdf5") && python_with("h5py");
+    let h5 = cfg!(feature = "hdf5") && python_with("h5py").is_some();
     if h5 {
         cases.push((
             "h5",
@@ -165,7 +143,7 @@ print("ok", [group[str(l)].shape for l in range(3)])
 
 #[test]
 fn ome_zarr_models_validates_the_pyramid_and_numpy_recomputes_its_levels() {
-    if !python_with("numpy, zarr, ome_zarr_models") {
+    if python_with("numpy, zarr, ome_zarr_models").is_none() {
         return;
     }
     let d = tempfile::tempdir().unwrap();

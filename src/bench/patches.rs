@@ -90,7 +90,8 @@ fn make_input(root: &Path, n: usize, size: usize) -> Result<PathBuf> {
 
 /// The reference: this rank's slices read, and `per_slice` patches' worth of bytes each
 /// written, into a file per patch (npy, with a `.npy` header) or at its place in one file
-/// (zarr), in parallel.
+/// (zarr), in parallel. Plain writes on purpose, into the bench's own scratch name under
+/// `--dir` (see [`clear`]): the yardstick is what any writer must do at the least.
 fn plain_copy(
     root: &Path,
     to: &Path,

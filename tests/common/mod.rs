@@ -239,16 +239,21 @@ pub fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
 
 #[track_caller]
 pub fn assert_same_tree(a: &Path, b: &Path) {
-    let (ta, tb) = (tree(a), tree(b));
+    assert_same_files(&tree(a), &tree(b), a, b);
+}
+
+/// Two trees' files ([`tree`]'s lists) have the same names and bytes.
+#[track_caller]
+fn assert_same_files(ta: &[(String, Vec<u8>)], tb: &[(String, Vec<u8>)], a: &Path, b: &Path) {
     let names = |t: &[(String, Vec<u8>)]| t.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
     assert_eq!(
-        names(&ta),
-        names(&tb),
+        names(ta),
+        names(tb),
         "file lists differ between {} and {}",
         a.display(),
         b.display()
     );
-    for ((n, x), (_, y)) in ta.iter().zip(&tb) {
+    for ((n, x), (_, y)) in ta.iter().zip(tb) {
         assert!(
             x == y,
             "{n} differs between {} and {}",
@@ -303,21 +308,39 @@ pub fn tree_without_created(dir: &Path) -> Vec<(String, Vec<u8>)> {
 
 #[track_caller]
 pub fn assert_same_outputs(a: &Path, b: &Path) {
-    let (ta, tb) = (tree_without_created(a), tree_without_created(b));
-    let names = |t: &[(String, Vec<u8>)]| t.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
-    assert_eq!(
-        names(&ta),
-        names(&tb),
-        "file lists differ: {} {}",
-        a.display(),
-        b.display()
-    );
-    for ((n, x), (_, y)) in ta.iter().zip(&tb) {
+    assert_same_files(&tree_without_created(a), &tree_without_created(b), a, b);
+}
+
+/// The Python the tests check outputs with: `TESSERA_PYTHON`, else the venv that
+/// `scripts/setup.sh --python` makes in `target/pyenv`, else `python3`.
+pub fn python() -> String {
+    std::env::var("TESSERA_PYTHON").unwrap_or_else(|_| {
+        let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/pyenv/bin/python");
+        if venv.is_file() {
+            s(&venv)
+        } else {
+            "python3".into()
+        }
+    })
+}
+
+/// [`python`] when it can import `modules` (comma-separated); otherwise `None` and a skip
+/// message, or a failure where `TESSERA_REQUIRE_PYTHON=1`.
+pub fn python_with(modules: &str) -> Option<String> {
+    let python = python();
+    let ok = Command::new(&python)
+        .args(["-c", &format!("import {modules}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
         assert!(
-            x == y,
-            "{n} differs between {} and {}",
-            a.display(),
-            b.display()
+            std::env::var("TESSERA_REQUIRE_PYTHON").as_deref() != Ok("1"),
+            "python3 with {modules} is required (TESSERA_REQUIRE_PYTHON=1)"
         );
+        eprintln!(
+            "skipping: python3 cannot import {modules} (scripts/setup.sh --python installs them)"
+        );
+        return None;
     }
+    Some(python)
 }

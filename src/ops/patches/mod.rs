@@ -409,7 +409,10 @@ impl PatchesOp {
         &self.staged.get().expect("open_output ran before write")[split]
     }
 
-    /// The `.npy` files of a unit, written in parallel into the staged directory.
+    /// The `.npy` files of a unit, written in parallel into the staged directory: that
+    /// directory is the run's temporary name (exec refuses an existing output without
+    /// `--overwrite`, checks it against the inputs, and renames it whole once complete), so
+    /// each file is written in place, as chunk files are into a staged store.
     fn write_files(&self, out: &UnitPatches) -> Result<()> {
         let dir = self.staged_dir(out.split);
         let n = (self.cut.patch * self.cut.patch) as usize;
@@ -531,7 +534,8 @@ impl PatchesOp {
     }
 }
 
-/// Writes `header` and then every unit's line file, in unit order, to `path`.
+/// Writes `header` and then every unit's line file, in unit order, to `path` (the temporary
+/// name `safety::write_file` gives, renamed onto the manifest when this returns).
 fn concatenate(path: &Path, header: &str, parts: &Path, units: &[usize]) -> Result<()> {
     use std::io::Write;
     let file = std::fs::File::create(path).at(path)?;

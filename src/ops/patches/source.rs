@@ -160,18 +160,10 @@ impl Split {
         }
     }
 
-    /// Reads slice `i` as float32, refusing one that is missing, unreadable, not 2-D, or
-    /// holds NaN or infinite values.
-    ///
-    /// # Errors
-    /// The [`Problem`].
-    pub fn read(&self, i: usize) -> std::result::Result<Array2<f32>, Problem> {
-        self.with_slice(i, |slice| slice.to_owned())
-    }
-
-    /// Runs `f` on slice `i` as a float32 (H, W) view, refusing the slice as [`Split::read`]
-    /// does. A float32 `.npy` file is seen in place, through its memory map, with no copy;
-    /// anything else is read and converted first.
+    /// Runs `f` on slice `i` as a float32 (H, W) view, refusing one that is missing,
+    /// unreadable, not 2-D, or holds NaN or infinite values. A float32 `.npy` file is seen
+    /// in place, through its memory map, with no copy; anything else is read and converted
+    /// first.
     ///
     /// # Errors
     /// The [`Problem`].
