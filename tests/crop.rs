@@ -361,6 +361,7 @@ fn an_hdf5_scan_with_a_singleton_axis_crops_to_zarr() {
     let h5 = dir.path().join("scan.emd");
     let address = format!("{}:/data/signals/patterns", h5.display());
     let spec = CreateSpec {
+        flat_chunk_keys: false,
         shape: vec![5, 1, 24, 24],
         dtype: DType::U16,
         chunks: vec![1, 1, 24, 24],

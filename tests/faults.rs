@@ -346,7 +346,8 @@ fn a_rank_killed_with_sigkill_leaves_a_resumable_output_in_every_operation() {
                 format,
             ]);
             if format == "zarr" {
-                args.extend(strs(&["--chunks", "4"]));
+                // Raw chunks: each streamed to its file as its patches are cut.
+                args.extend(strs(&["--chunks", "4", "--codec", "none"]));
             }
             args
         });

@@ -728,6 +728,7 @@ fn every_bad_input_is_one_clear_error_and_writes_nothing() {
     std::fs::remove_dir_all(short.join("deltas")).unwrap();
     let a = ArrayD::<f32>::zeros(IxDyn(&[5, 2]));
     let spec = CreateSpec {
+        flat_chunk_keys: false,
         shape: vec![5, 2],
         dtype: DType::F32,
         chunks: vec![5, 2],

@@ -332,23 +332,56 @@ fn npy_output_matches_a_reference_on_random_slices() {
 fn zarr_output_holds_the_same_patches_in_chunks() {
     let d = tempfile::tempdir().unwrap();
     let (manifest, slices) = random_dataset(d.path(), 9, 12);
-    let out = d.path().join("prepared/zarr-out");
-    ok(tessera(&args(
-        &s(&manifest),
-        &s(&out),
-        &["--format", "zarr", "--chunks", "5", "--shards", "10"],
-    )));
     let patches = reference("train", &slices, 16, 8, f64::NEG_INFINITY);
+    // Sharded and compressed (patches cut into memory, then stored by zarrs), and raw chunks
+    // of 7 (streamed to their files as they are cut; chunks straddle slices, the last is
+    // short and padded).
+    assert_ne!(patches.len() % 7, 0);
+    let configurations = [
+        ("sharded", ["--chunks", "5", "--shards", "10"], 5, Some(10)),
+        ("raw", ["--chunks", "7", "--codec", "none"], 7, None),
+    ];
+    for (name, flags, chunks, shards) in configurations {
+        let out = d.path().join(format!("prepared/zarr-{name}"));
+        let extra = [&["--format", "zarr"][..], &flags].concat();
+        ok(tessera(&args(&s(&manifest), &s(&out), &extra)));
+        zarr_holds(&out, &patches, chunks, shards);
+        let meta = read_meta(&out);
+        assert_eq!(
+            meta["zarr_array"],
+            format!("prepared/zarr-{name}/patches.zarr")
+        );
+        assert_eq!(meta["zarr_chunks"], chunks);
+        ok(tessera(&["patches", "verify", &s(&out)]));
+    }
+    let raw = d.path().join("prepared/zarr-raw/patches.zarr");
+    let chunk_files = std::fs::read_dir(&raw)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("c.")
+        })
+        .count();
+    assert_eq!(
+        chunk_files,
+        patches.len().div_ceil(7),
+        "flat chunk keys c.N.0.0"
+    );
+}
+
+/// The Zarr array of `out` holds `patches`, in chunks (and shards) of the given length.
+fn zarr_holds(out: &Path, patches: &[RefPatch], chunks: u64, shards: Option<u64>) {
     let src = |i: usize| format!("slices/s_{i:03}.npy");
     let place = |k: usize, _: &RefPatch| k.to_string();
-    assert_matches_reference(&out, &patches, &src, &place);
+    assert_matches_reference(out, patches, &src, &place);
     let zarr = s(&out.join("patches.zarr"));
     let m = meta(&zarr);
     assert_eq!(m.shape, vec![patches.len() as u64, 16, 16]);
-    assert_eq!(
-        (m.chunks.clone().unwrap()[0], m.shards.clone().unwrap()[0]),
-        (5, 10)
-    );
+    assert_eq!(m.chunks.clone().unwrap()[0], chunks);
+    assert_eq!(m.shards.clone().map(|v| v[0]), shards);
     let all = read_all(&zarr).into_array::<f32>().unwrap();
     for (k, p) in patches.iter().enumerate() {
         let got: Vec<f32> = all
@@ -358,10 +391,6 @@ fn zarr_output_holds_the_same_patches_in_chunks() {
             .collect();
         assert_eq!(got, p.values, "{}", p.id);
     }
-    let meta = read_meta(&out);
-    assert_eq!(meta["zarr_array"], "prepared/zarr-out/patches.zarr");
-    assert_eq!(meta["zarr_chunks"], 5);
-    ok(tessera(&["patches", "verify", &s(&out)]));
 }
 
 #[test]
@@ -904,7 +933,7 @@ fn verify_catches_each_corruption() {
         "zarr",
         &["--format", "zarr", "--chunks", "4", "--codec", "none"],
     );
-    let chunk = out.join("patches.zarr/c/1/0/0");
+    let chunk = out.join("patches.zarr/c.1.0.0");
     let mut bytes = std::fs::read(&chunk).unwrap();
     bytes[100] ^= 0x40;
     std::fs::write(&chunk, bytes).unwrap();
@@ -916,14 +945,15 @@ fn a_killed_run_resumes_to_the_same_bytes() {
     let d = tempfile::tempdir().unwrap();
     let (manifest, _) = random_dataset(d.path(), 12, 20);
     let env = [("TESSERA_UNIT_BYTES", "4096")];
-    for format in ["npy", "zarr"] {
+    // npy files, compressed Zarr chunks (stored whole), raw ones (streamed as cut).
+    for format in ["npy", "zarr", "zarr-raw"] {
         // Patch paths name the output directory: both runs write to `out`.
         let out = d.path().join("out");
         let clean = d.path().join(format!("clean-{format}"));
-        let extra: &[&str] = if format == "zarr" {
-            &["--format", format, "--chunks", "4"]
-        } else {
-            &["--format", format]
+        let extra: &[&str] = match format {
+            "zarr" => &["--format", "zarr", "--chunks", "4"],
+            "zarr-raw" => &["--format", "zarr", "--chunks", "4", "--codec", "none"],
+            _ => &["--format", format],
         };
         ok(tessera_env(&args(&s(&manifest), &s(&out), extra), &env));
         std::fs::rename(&out, &clean).unwrap();
@@ -955,7 +985,7 @@ fn outputs_are_identical_on_1_2_and_4_ranks() {
     let (train, _) = random_dataset(&d.path().join("a"), 11, 21);
     let (val, _) = random_dataset(&d.path().join("b"), 6, 22);
     let env = [("TESSERA_UNIT_BYTES", "3000")];
-    for format in ["npy", "zarr"] {
+    for format in ["npy", "zarr", "zarr-raw"] {
         // Patch paths name the output directory: every run writes to `out`, then moves it.
         let run = |ranks: usize| {
             let out = d.path().join("out");
@@ -974,12 +1004,14 @@ fn outputs_are_identical_on_1_2_and_4_ranks() {
                 "--stride",
                 "8",
                 "--format",
-                format,
+                &format[..format.find('-').unwrap_or(format.len())],
                 "--min-std",
                 "0.289",
             ];
-            if format == "zarr" {
-                a.extend(["--chunks", "3"]);
+            match format {
+                "zarr" => a.extend(["--chunks", "3"]),
+                "zarr-raw" => a.extend(["--chunks", "3", "--codec", "none"]),
+                _ => {}
             }
             if ranks == 1 {
                 ok(tessera_env(&a, &env));

@@ -79,6 +79,7 @@ fn make_input(b: &PairsBench, path: &Path) -> Result<()> {
 /// The bench's images into a new `.npy` at `path`, one image at a time.
 fn write_images(b: &PairsBench, path: &Path, shape: &[u64]) -> Result<()> {
     let spec = CreateSpec {
+        flat_chunk_keys: false,
         shape: shape.to_vec(),
         dtype: DType::F32,
         chunks: shape.to_vec(),

@@ -70,6 +70,7 @@ fn make_input(b: &PyramidBench, address: &Address, comm: &dyn Comm) -> Result<()
         }
     }
     let spec = CreateSpec {
+        flat_chunk_keys: false,
         shape: vec![b.size; 3],
         dtype: DType::F32,
         chunks: vec![b.chunk; 3],

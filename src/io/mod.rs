@@ -97,6 +97,11 @@ pub struct CreateSpec {
     pub dimension_names: Option<Vec<String>>,
     /// Attributes stored at creation; more may be added by [`ArrayWriter::set_attributes`].
     pub attributes: Map<String, Value>,
+    /// Zarr only: chunk (or shard) files named `c.i.j` in the array's directory, instead of
+    /// the default `c/i/j` (a directory per index but the last). For arrays of many chunks
+    /// along one axis (`patches`), this makes one file per chunk instead of a file and two
+    /// directories; readers take the naming from `zarr.json`.
+    pub flat_chunk_keys: bool,
 }
 
 impl CreateSpec {
@@ -155,6 +160,21 @@ impl CreateSpec {
     }
 }
 
+/// One write block being written as it is made ([`ArrayWriter::block_sink`]).
+pub trait BlockSink: Send {
+    /// The next elements of the block, in C order, as their little-endian bytes.
+    ///
+    /// # Errors
+    /// A write failure naming the file, or more bytes than the block holds.
+    fn append(&mut self, bytes: &[u8]) -> Result<()>;
+
+    /// Completes the block: what was not appended is the fill value.
+    ///
+    /// # Errors
+    /// A write failure naming the file.
+    fn finish(self: Box<Self>) -> Result<()>;
+}
+
 /// Reads boxes of an existing array.
 pub trait ArrayReader: Send + Sync {
     fn meta(&self) -> &ArrayMeta;
@@ -210,6 +230,30 @@ pub trait ArrayWriter: Send + Sync {
     /// As `write_box`.
     fn write_owned(&self, region: &Region, block: Block) -> Result<()> {
         self.write_box(Some((region, &block)))
+    }
+
+    /// Whether [`ArrayWriter::block_sink`] is there: whole write blocks can be written as
+    /// they are made, without holding one in memory (an uncompressed, unsharded Zarr array
+    /// on a little-endian machine).
+    fn streams_blocks(&self) -> bool {
+        false
+    }
+
+    /// A sink for the whole write block at `region` (chunk-aligned; an edge block may be
+    /// short, and is completed with the fill value), to be filled in C order by
+    /// [`BlockSink::append`] and closed by [`BlockSink::finish`]. Not collective.
+    ///
+    /// # Errors
+    /// No [`ArrayWriter::streams_blocks`], a region that is not one whole block, or a failure
+    /// creating the block's file.
+    fn block_sink(&self, region: &Region) -> Result<Box<dyn BlockSink>> {
+        Err(Error::parameter(
+            "output",
+            format!(
+                "this writer cannot stream blocks (asked for {}): a bug",
+                crate::grid::join(&region.start)
+            ),
+        ))
     }
 
     /// Adds attributes. Every rank calls it with the same values; the format decides who

@@ -372,6 +372,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.npy");
         let spec = CreateSpec {
+            flat_chunk_keys: false,
             shape: vec![4, 3],
             dtype: DType::I16,
             chunks: vec![4, 3],

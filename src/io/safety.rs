@@ -262,7 +262,33 @@ fn temporary_sibling(path: &Path) -> PathBuf {
 /// # Errors
 /// As [`write_file`].
 pub fn write_bytes(path: &Path, overwrite: bool, bytes: &[u8]) -> Result<()> {
-    write_file(path, overwrite, |tmp| std::fs::write(tmp, bytes).at(tmp))
+    write_file(path, overwrite, |tmp| write_pieces(tmp, &[bytes]).at(tmp))
+}
+
+/// The most bytes handed to one `write(2)` by [`write_pieces`].
+///
+/// Measured on the development VM (Linux 6.18, ext4; 250 new files of 4 MiB, best and median
+/// of 5): one 4 MiB `write` per file took 0.92 / 1.1 s, 1 MiB pieces 0.83 / 1.0 s, 256 KiB
+/// pieces 0.28 / 0.34 s, 64 KiB pieces 0.34 / 0.36 s. Larger writes let the kernel build
+/// large page-cache folios, which cost far more to allocate than they save; the extra calls
+/// of smaller pieces cost nothing measurable.
+pub const WRITE_PIECE: usize = 256 << 10;
+
+/// Creates (or truncates) `path` and writes `parts` one after the other, in `write(2)` calls
+/// of at most [`WRITE_PIECE`] bytes. What `std::fs::write` does, without the slow large
+/// writes, and without gathering the parts (a header and a body) into one buffer first.
+///
+/// # Errors
+/// Creating or writing the file.
+pub fn write_pieces(path: &Path, parts: &[&[u8]]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path)?;
+    for part in parts {
+        for piece in part.chunks(WRITE_PIECE) {
+            file.write_all(piece)?;
+        }
+    }
+    Ok(())
 }
 
 /// Free bytes on the file system that holds `path` (or its nearest existing ancestor);

@@ -95,7 +95,7 @@ impl WritableStorageTraits for ChunkFileStore {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        std::fs::write(&path, &value)?;
+        crate::io::safety::write_pieces(&path, &[&value])?;
         Ok(())
     }
     fn set_partial_many(
@@ -495,6 +495,9 @@ impl ZarrWriter {
                 ),
             );
         }
+        if spec.flat_chunk_keys {
+            builder.chunk_key_encoding_default_separator(zarrs::array::ChunkKeySeparator::Dot);
+        }
         builder.bytes_to_bytes_codecs(bytes_codecs(spec.codec, spec.dtype)?);
         builder.attributes(spec.attributes.clone());
         if let Some(names) = &spec.dimension_names {
@@ -546,6 +549,31 @@ impl ZarrWriter {
             is_root: comm.is_root(),
         })
     }
+}
+
+/// The chunk `region` covers, and that chunk's element count, when a sink can stream it: it
+/// starts on a chunk and is one whole chunk, or an edge chunk clipped on the first axis only
+/// (so its elements in C order are the padded chunk's first ones).
+fn streamed_chunk(chunks: &[u64], shape: &[u64], region: &Region) -> Option<(Vec<u64>, u64)> {
+    let n = chunks.len();
+    let fits = region.start.len() == n
+        && region.shape.len() == n
+        && region.start.iter().zip(chunks).all(|(s, c)| s % c == 0)
+        && region.shape[1..] == chunks[1..]
+        && region
+            .shape
+            .first()
+            .zip(chunks.first())
+            .is_some_and(|(&r, &c)| r == c || (r < c && region.start[0] + r == shape[0]));
+    fits.then(|| {
+        let chunk = region
+            .start
+            .iter()
+            .zip(chunks)
+            .map(|(s, c)| s / c)
+            .collect();
+        (chunk, chunks.iter().product())
+    })
 }
 
 /// A block's elements as the bytes of a raw chunk, owned by `Bytes` without a copy.
@@ -607,6 +635,75 @@ impl ZarrWriter {
     }
 }
 
+/// A [`RawChunkFile`] gathers appends smaller than this into one write; larger ones (a
+/// 128x128 float32 patch is 64 KiB) go to the file as they are, without a copy.
+const SINK_BUFFER: usize = 64 << 10;
+
+/// A raw Zarr chunk written as it is made ([`ZarrWriter::block_sink`]).
+struct RawChunkFile {
+    file: std::io::BufWriter<std::fs::File>,
+    path: PathBuf,
+    /// Bytes still to come, the fill value's padding at the far edge included.
+    left: u64,
+    all_zero: bool,
+}
+
+impl super::BlockSink for RawChunkFile {
+    fn append(&mut self, bytes: &[u8]) -> Result<()> {
+        use std::io::Write;
+        if bytes.len() as u64 > self.left {
+            return Err(Error::parameter(
+                "output",
+                format!(
+                    "{}: {} more bytes than the chunk holds (a bug)",
+                    self.path.display(),
+                    bytes.len() as u64 - self.left
+                ),
+            ));
+        }
+        // Real data stops this at its first non-zero byte.
+        self.all_zero = self.all_zero && bytes.iter().all(|&b| b == 0);
+        self.left -= bytes.len() as u64;
+        // Pieces of a patch or more go straight to the file, smaller ones gather in the buffer.
+        bytes
+            .chunks(crate::io::safety::WRITE_PIECE)
+            .try_for_each(|piece| self.file.write_all(piece))
+            .map_err(|e| Error::Io {
+                path: self.path.clone(),
+                source: e,
+            })
+    }
+
+    fn finish(mut self: Box<Self>) -> Result<()> {
+        use std::io::Write;
+        let io = |path: &Path, e| Error::Io {
+            path: path.to_path_buf(),
+            source: e,
+        };
+        let zeros = [0u8; 1 << 12];
+        while self.left > 0 {
+            let n = self.left.min(zeros.len() as u64) as usize;
+            self.file
+                .write_all(&zeros[..n])
+                .map_err(|e| io(&self.path, e))?;
+            self.left -= n as u64;
+        }
+        let RawChunkFile {
+            file,
+            path,
+            all_zero,
+            ..
+        } = *self;
+        file.into_inner().map_err(|e| io(&path, e.into_error()))?;
+        // zarrs does not store a chunk of nothing but the fill value (`store_empty_chunks`
+        // off); neither does this.
+        if all_zero {
+            std::fs::remove_file(&path).map_err(|e| io(&path, e))?;
+        }
+        Ok(())
+    }
+}
+
 impl ArrayWriter for ZarrWriter {
     fn write_box(&self, part: Option<(&Region, &Block)>) -> Result<()> {
         let Some((region, block)) = part else {
@@ -638,6 +735,47 @@ impl ArrayWriter for ZarrWriter {
             }
             None => self.write_box(Some((region, &block))),
         }
+    }
+
+    fn streams_blocks(&self) -> bool {
+        self.raw_chunks.is_some()
+    }
+
+    /// The chunk's file, written in place: a chunk whose elements are only zero bytes is
+    /// removed at the end, as zarrs does not store it (directories made for nested keys stay).
+    /// An edge chunk may be short on the first axis only (its padding is then the file's
+    /// tail).
+    fn block_sink(&self, region: &Region) -> Result<Box<dyn super::BlockSink>> {
+        let chunk = self
+            .raw_chunks
+            .as_ref()
+            .and_then(|chunks| streamed_chunk(chunks, &self.shape, region));
+        let Some((chunk, bytes)) = chunk else {
+            return Err(Error::parameter(
+                "output",
+                format!(
+                    "{}: no raw chunk at {} of shape {} (a bug)",
+                    self.store.display(),
+                    crate::grid::join(&region.start),
+                    crate::grid::join(&region.shape)
+                ),
+            ));
+        };
+        let path = self.store.join(self.array.chunk_key(&chunk).as_str());
+        let io = |p: &Path, e| Error::Io {
+            path: p.to_path_buf(),
+            source: e,
+        };
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| io(parent, e))?;
+        }
+        let file = std::fs::File::create(&path).map_err(|e| io(&path, e))?;
+        Ok(Box::new(RawChunkFile {
+            file: std::io::BufWriter::with_capacity(SINK_BUFFER, file),
+            path,
+            left: bytes * self.dtype.size() as u64,
+            all_zero: true,
+        }))
     }
 
     fn set_attributes(&self, attributes: &Map<String, Value>) -> Result<()> {
@@ -731,6 +869,7 @@ mod tests {
         let mut whole = ndarray::Array3::from_shape_vec((10, 3, 4), values).unwrap();
         whole.slice_mut(ndarray::s![4..8, .., ..]).fill(0.0);
         let spec = CreateSpec {
+            flat_chunk_keys: false,
             shape: vec![10, 3, 4],
             dtype: DType::F32,
             chunks: vec![4, 3, 4],
@@ -782,5 +921,94 @@ mod tests {
         let reader = ZarrReader::open(&store, "").unwrap();
         let back = reader.read_box(&boxes[0].0).unwrap();
         assert_eq!(back, boxes[0].1);
+    }
+
+    #[test]
+    fn streamed_chunks_equal_zarrs_own_encoding() {
+        let dir = tempfile::tempdir().unwrap();
+        // 10 x 3 x 4 in chunks of 4: a whole chunk, an all-zero one (not stored), and the
+        // short edge chunk of 2 (padded), with nested and flat chunk keys.
+        let values: Vec<f32> = (0..120).map(|i| i as f32 * 0.25 - 3.0).collect();
+        let mut whole = ndarray::Array3::from_shape_vec((10, 3, 4), values).unwrap();
+        whole.slice_mut(ndarray::s![4..8, .., ..]).fill(0.0);
+        for flat in [false, true] {
+            let spec = CreateSpec {
+                flat_chunk_keys: flat,
+                shape: vec![10, 3, 4],
+                dtype: DType::F32,
+                chunks: vec![4, 3, 4],
+                shards: None,
+                codec: Codec::None,
+                dimension_names: None,
+                attributes: Map::new(),
+            };
+            let write = |name: &str, streamed: bool| {
+                let store = dir.path().join(format!("{name}-{flat}.zarr"));
+                let w = ZarrWriter::create(&store, "", &spec, &crate::comm::Local, false).unwrap();
+                assert!(w.streams_blocks());
+                for r in [0usize..4, 4..8, 8..10] {
+                    let region = Region {
+                        start: vec![r.start as u64, 0, 0],
+                        shape: vec![(r.end - r.start) as u64, 3, 4],
+                    };
+                    let part = whole.slice(ndarray::s![r, .., ..]).to_owned();
+                    if streamed {
+                        let mut sink = w.block_sink(&region).unwrap();
+                        // In uneven appends: one value, then the rest.
+                        let values = part.as_slice().unwrap();
+                        sink.append(bytemuck::cast_slice(&values[..1])).unwrap();
+                        sink.append(bytemuck::cast_slice(&values[1..])).unwrap();
+                        sink.finish().unwrap();
+                    } else {
+                        w.write_box(Some((&region, &Block::F32(part.into_dyn()))))
+                            .unwrap();
+                    }
+                }
+                Box::new(w).close().unwrap();
+                tree(&store)
+            };
+            let (theirs, ours) = (write("zarrs", false), write("streamed", true));
+            assert_eq!(ours, theirs);
+            let first = if flat { "c.0.0.0" } else { "c/0/0/0" };
+            assert!(ours.iter().any(|(p, _)| p.ends_with(first)));
+            assert_eq!(ours.len(), 3, "zarr.json and two chunks: {ours:?}");
+        }
+    }
+
+    #[test]
+    fn a_sink_refuses_what_is_not_one_chunk_or_too_much() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spec = CreateSpec {
+            flat_chunk_keys: true,
+            shape: vec![10, 6],
+            dtype: DType::U16,
+            chunks: vec![4, 3],
+            shards: None,
+            codec: Codec::None,
+            dimension_names: None,
+            attributes: Map::new(),
+        };
+        let store = dir.path().join("a.zarr");
+        let w = ZarrWriter::create(&store, "", &spec, &crate::comm::Local, false).unwrap();
+        let region = |start: [u64; 2], shape: [u64; 2]| Region {
+            start: start.to_vec(),
+            shape: shape.to_vec(),
+        };
+        // Not aligned; short on an inner axis; short on the first axis but not at the edge.
+        for (start, shape) in [([1, 0], [4, 3]), ([0, 0], [4, 2]), ([4, 0], [2, 3])] {
+            assert!(
+                w.block_sink(&region(start, shape)).is_err(),
+                "{start:?} {shape:?}"
+            );
+        }
+        let mut sink = w.block_sink(&region([8, 3], [2, 3])).unwrap();
+        let err = sink.append(&[1u8; 25]).unwrap_err().to_string();
+        assert!(err.contains("more bytes than the chunk holds"), "{err}");
+        // Compressed chunks are not streamed.
+        spec.codec = Codec::Zstd;
+        let store = dir.path().join("b.zarr");
+        let w = ZarrWriter::create(&store, "", &spec, &crate::comm::Local, false).unwrap();
+        assert!(!w.streams_blocks());
+        assert!(w.block_sink(&region([0, 0], [4, 3])).is_err());
     }
 }

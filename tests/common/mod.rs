@@ -271,6 +271,7 @@ pub fn s(p: &Path) -> String {
 pub fn write_npy(path: &Path, block: &Block) {
     let shape = block.shape();
     let spec = io::CreateSpec {
+        flat_chunk_keys: false,
         shape: shape.clone(),
         dtype: block.dtype(),
         chunks: shape.clone(),

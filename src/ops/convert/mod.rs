@@ -294,6 +294,7 @@ impl ConvertOp {
             c
         });
         let spec = CreateSpec {
+            flat_chunk_keys: false,
             shape: shape.clone(),
             dtype: job.dtype.unwrap_or(slice.dtype),
             chunks,

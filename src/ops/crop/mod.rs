@@ -939,6 +939,7 @@ fn crop_op(
     chunk_shape[0] = rows_per_chunk.min(layout.shape[0]);
     let dtype = input.meta().dtype;
     let spec = CreateSpec {
+        flat_chunk_keys: false,
         shape: out_shape.clone(),
         dtype,
         chunks: chunk_shape,

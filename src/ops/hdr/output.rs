@@ -349,6 +349,7 @@ fn zarr(
         merger,
         targets: vec![address],
         spec: CreateSpec {
+            flat_chunk_keys: false,
             shape: vec![t, h, w, c],
             dtype: DType::F32,
             chunks: vec![1, h, w, c],
@@ -445,6 +446,7 @@ impl Operation for ZarrOp<'_> {
         let radiance = io::create(&child("radiance"), &self.spec, comm, resume)?;
         let t = self.brackets.len() as u64;
         let times = CreateSpec {
+            flat_chunk_keys: false,
             shape: vec![t],
             dtype: DType::I64,
             chunks: vec![t.max(1)],

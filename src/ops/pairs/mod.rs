@@ -246,6 +246,7 @@ fn pixel_arrays(
         let mut chunks = shape.clone();
         chunks[0] = first;
         CreateSpec {
+            flat_chunk_keys: false,
             shape,
             dtype,
             chunks,
@@ -507,6 +508,7 @@ impl PairsOp {
             Content::Metadata => {
                 let cols = metadata::columns(a.window.len()).len() as u64;
                 let spec = CreateSpec {
+                    flat_chunk_keys: false,
                     shape: vec![m, cols],
                     dtype: DType::F64,
                     chunks: vec![per_chunk, cols],
@@ -1152,6 +1154,7 @@ fn write_small(
     staging.clear_stale()?;
     let shape = block.shape();
     let spec = CreateSpec {
+        flat_chunk_keys: false,
         shape: shape.clone(),
         dtype: block.dtype(),
         chunks: shape.iter().map(|&s| s.max(1)).collect(),

@@ -345,6 +345,7 @@ fn token_arrays(
                 _ => (vec![m, l], vec![per_chunk, l]),
             };
             let spec = CreateSpec {
+                flat_chunk_keys: false,
                 shape,
                 dtype: fixed.unwrap_or(dtype),
                 chunks,

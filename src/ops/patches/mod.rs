@@ -19,7 +19,7 @@ pub mod verify;
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{OnceLock, RwLock};
 
 use ndarray::Array3;
 use rayon::prelude::*;
@@ -211,20 +211,14 @@ struct Work {
     patches: Range<u64>,
 }
 
-/// A computed unit: its patches' values, ids and manifest lines, from its first patch on.
+/// A computed unit: its manifest lines, and the values of patches that were not written as
+/// they were cut (a compressed or sharded Zarr array), from its first patch on.
 pub struct UnitPatches {
     split: usize,
     first: u64,
     /// The values, patch after patch, in pieces: one per Zarr write block (chunk or shard)
-    /// of the unit, each written as it is; one for `.npy` files.
+    /// of the unit, each stored whole by `write`. Empty when the patches are written.
     pieces: Vec<Vec<f32>>,
-    ids: Vec<String>,
-    lines: String,
-}
-
-/// One slice's part of a unit: its patch ids and manifest lines.
-struct SliceCut {
-    ids: Vec<String>,
     lines: String,
 }
 
@@ -244,7 +238,8 @@ pub struct PatchesOp {
     npy_header: Vec<u8>,
     /// Set by `open_output`: each split's staged directory, and its Zarr writer.
     staged: OnceLock<Vec<PathBuf>>,
-    writers: Mutex<Vec<Box<dyn ArrayWriter>>>,
+    /// Read-locked by the units (which write in parallel), taken by `finish`.
+    writers: RwLock<Vec<Box<dyn ArrayWriter>>>,
     parameters: Value,
     fingerprint: Value,
 }
@@ -313,26 +308,33 @@ impl PatchesOp {
             zarr,
             npy_header: output::npy_header_f32(&[cut.patch, cut.patch]),
             staged: OnceLock::new(),
-            writers: Mutex::new(Vec::new()),
+            writers: RwLock::new(Vec::new()),
             parameters: serde_json::to_value(job).unwrap_or_default(),
             fingerprint,
         })
     }
 
-    /// Cuts unit `w`'s patches of slice `i` (a contiguous run of its kept patches: all of
-    /// them but at a Zarr unit's ends) into `slots`, one per patch, in order.
+    /// Cuts slice `i` of split `s` and describes the patches it keeps whose split-wide index
+    /// lies in `wanted`, in order, into manifest lines: the k-th of those is cut into
+    /// `slots[k]` where there is one (a scratch patch otherwise), then handed to `emit` with
+    /// its id. The others are cut for their statistics only (`--min-std` decides what is
+    /// kept).
     ///
     /// Pass 1 checked every value of the slice; here only the patches are looked at (their
     /// sums turn NaN or infinite with any such value), so that each slice is scanned once.
-    fn cut_slice(&self, w: &Work, i: usize, slots: &mut [&mut [f32]]) -> Result<SliceCut> {
-        let (split, layout) = (&self.splits[w.split], &self.layouts[w.split]);
-        let skip = w.patches.start.saturating_sub(layout.first[i]);
-        let wanted = skip..skip + slots.len() as u64;
-        let mut cut = SliceCut {
-            ids: Vec::with_capacity(slots.len()),
-            lines: String::new(),
-        };
-        let mut non_finite = None;
+    fn cut_slice(
+        &self,
+        s: usize,
+        i: usize,
+        wanted: Range<u64>,
+        slots: &mut [&mut [f32]],
+        mut emit: impl FnMut(&str, &[f32]) -> Result<()>,
+    ) -> Result<String> {
+        let (split, layout) = (&self.splits[s], &self.layouts[s]);
+        let first = layout.first[i];
+        let mine = wanted.start.saturating_sub(first)..wanted.end.saturating_sub(first);
+        let mut lines = String::new();
+        let (mut non_finite, mut failed) = (None, None);
         let kept = split
             .with_slice_unchecked(i, |slice| {
                 kernel::cut_kept(
@@ -340,14 +342,15 @@ impl PatchesOp {
                     self.cut.patch,
                     self.cut.stride,
                     self.cut.min_std,
-                    skip,
+                    mine.start,
                     slots,
-                    |p, _| {
+                    |p, values| {
                         if !(p.stats.mean.is_finite() && p.stats.std.is_finite()) {
                             non_finite.get_or_insert((p.row, p.col));
                         }
-                        if wanted.contains(&p.kept_index) {
-                            self.describe_patch(w, i, p, &mut cut);
+                        if mine.contains(&p.kept_index) && failed.is_none() {
+                            let id = self.describe_patch(s, i, p, &mut lines);
+                            failed = emit(&id, values).err();
                         }
                     },
                 )
@@ -369,24 +372,29 @@ impl PatchesOp {
                 )
             }),
         };
-        match changed {
-            Some(m) => Err(Error::bad_file(split.describe(i), m)),
-            None => Ok(cut),
+        match (changed, failed) {
+            (Some(m), _) => Err(Error::bad_file(split.describe(i), m)),
+            (None, Some(e)) => Err(e),
+            (None, None) => Ok(lines),
         }
     }
 
-    /// Patch `p` of slice `i`'s id and manifest line, added to `cut`.
-    fn describe_patch(&self, w: &Work, i: usize, p: &kernel::KeptPatch, cut: &mut SliceCut) {
-        let split = &self.splits[w.split];
+    /// Patch `p` of slice `i` of split `s`: its manifest line added to `lines`, its id returned.
+    fn describe_patch(
+        &self,
+        s: usize,
+        i: usize,
+        p: &kernel::KeptPatch,
+        lines: &mut String,
+    ) -> String {
+        let split = &self.splits[s];
         let id = kernel::patch_id(&split.name, i as u64, p.row, p.col);
-        let file = manifest::join_relative(&self.patch_dirs[w.split], &format!("{id}.npy"));
+        let file = manifest::join_relative(&self.patch_dirs[s], &format!("{id}.npy"));
         let place = match self.format {
             PatchFormat::Npy => PatchPlace::File(&file),
-            PatchFormat::Zarr => {
-                PatchPlace::ZarrIndex(self.layouts[w.split].first[i] + p.kept_index)
-            }
+            PatchFormat::Zarr => PatchPlace::ZarrIndex(self.layouts[s].first[i] + p.kept_index),
         };
-        cut.lines.push_str(&output::manifest_line(
+        lines.push_str(&output::manifest_line(
             &id,
             i as u64,
             split.src_path(i),
@@ -394,7 +402,7 @@ impl PatchesOp {
             place,
             &split.carried[i],
         ));
-        cut.ids.push(id);
+        id
     }
 
     /// Patches per piece of a unit's values: a Zarr write block, or the whole unit.
@@ -409,22 +417,100 @@ impl PatchesOp {
         &self.staged.get().expect("open_output ran before write")[split]
     }
 
-    /// The `.npy` files of a unit, written in parallel into the staged directory: that
-    /// directory is the run's temporary name (exec refuses an existing output without
-    /// `--overwrite`, checks it against the inputs, and renames it whole once complete), so
-    /// each file is written in place, as chunk files are into a staged store.
-    fn write_files(&self, out: &UnitPatches) -> Result<()> {
-        let dir = self.staged_dir(out.split);
-        let n = (self.cut.patch * self.cut.patch) as usize;
-        let files: Vec<(&String, &[f32])> = out
-            .ids
-            .iter()
-            .zip(out.pieces.iter().flat_map(|p| p.chunks_exact(n)))
+    /// A unit's slices that hold some of `patches`, with patches.
+    fn slices_holding(&self, s: usize, patches: &Range<u64>) -> Vec<usize> {
+        let layout = &self.layouts[s];
+        if patches.is_empty() {
+            return Vec::new();
+        }
+        (layout.slice_of(patches.start)..=layout.slice_of(patches.end - 1))
+            .filter(|&i| layout.facts[i].kept > 0)
+            .collect()
+    }
+
+    /// A unit's `.npy` files, each written as its patch is cut (the slices in parallel),
+    /// into the staged directory: that directory is the run's temporary name (exec refuses
+    /// an existing output without `--overwrite`, checks it against the inputs, and renames it
+    /// whole once complete), so each file is written in place, as chunk files are into a
+    /// staged store. Returns the manifest lines.
+    fn cut_to_files(&self, w: &Work) -> Result<String> {
+        let dir = self.staged_dir(w.split);
+        let lines = self
+            .slices_holding(w.split, &w.patches)
+            .into_par_iter()
+            .map(|i| {
+                self.cut_slice(w.split, i, w.patches.clone(), &mut [], |id, values| {
+                    let path = dir.join(format!("{id}.npy"));
+                    let body = output::f32_le_bytes(values);
+                    safety::write_pieces(&path, &[&self.npy_header, &body]).at(&path)
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(lines.concat())
+    }
+
+    /// A unit's Zarr chunks, each streamed to its file as its patches are cut (the chunks
+    /// in parallel), when the array stores them raw ([`ArrayWriter::streams_blocks`]): no
+    /// patch is held beyond the one being cut. Returns the manifest lines.
+    fn cut_to_chunks(&self, w: &Work, writer: &dyn ArrayWriter) -> Result<String> {
+        let ps = self.cut.patch;
+        let per_piece = self.piece_patches(w);
+        let pieces: Vec<Range<u64>> = (w.patches.start..w.patches.end)
+            .step_by(per_piece as usize)
+            .map(|p| p..(p + per_piece).min(w.patches.end))
             .collect();
-        files.par_iter().try_for_each(|(id, values)| {
-            let path = dir.join(format!("{id}.npy"));
-            let bytes = output::npy_patch_bytes(&self.npy_header, values);
-            std::fs::write(&path, bytes).at(&path)
+        let lines = pieces
+            .into_par_iter()
+            .map(|piece| -> Result<String> {
+                let mut sink = writer.block_sink(&Region {
+                    start: vec![piece.start, 0, 0],
+                    shape: vec![piece.end - piece.start, ps, ps],
+                })?;
+                let mut lines = String::new();
+                for i in self.slices_holding(w.split, &piece) {
+                    lines += &self.cut_slice(w.split, i, piece.clone(), &mut [], |_, values| {
+                        sink.append(&output::f32_le_bytes(values))
+                    })?;
+                }
+                sink.finish()?;
+                Ok(lines)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(lines.concat())
+    }
+
+    /// A unit's patches cut into memory, a piece per Zarr write block, for `write` to store
+    /// (a compressed or sharded array).
+    fn cut_to_pieces(&self, w: &Work) -> Result<UnitPatches> {
+        let n = (self.cut.patch * self.cut.patch) as usize;
+        let count = (w.patches.end - w.patches.start) as usize;
+        let per_piece = self.piece_patches(w) as usize;
+        let mut pieces: Vec<Vec<f32>> = (0..count.div_ceil(per_piece))
+            .map(|k| vec![0.0f32; per_piece.min(count - k * per_piece) * n])
+            .collect();
+        // One slot per patch, handed to the slices that fill them: each slice its own run.
+        let mut slots: Vec<&mut [f32]> = pieces
+            .iter_mut()
+            .flat_map(|p| p.chunks_exact_mut(n))
+            .collect();
+        let layout = &self.layouts[w.split];
+        let mut runs: Vec<(usize, Vec<&mut [f32]>)> = Vec::new();
+        for i in self.slices_holding(w.split, &w.patches).into_iter().rev() {
+            let from = layout.first[i].max(w.patches.start) - w.patches.start;
+            runs.push((i, slots.split_off(from as usize)));
+        }
+        runs.reverse();
+        let lines = runs
+            .into_par_iter()
+            .map(|(i, mut mine)| {
+                self.cut_slice(w.split, i, w.patches.clone(), &mut mine, |_, _| Ok(()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(UnitPatches {
+            split: w.split,
+            first: w.patches.start,
+            pieces,
+            lines: lines.concat(),
         })
     }
 
@@ -451,7 +537,7 @@ impl PatchesOp {
                 (region, Block::F32(block))
             })
             .collect();
-        let writers = self.writers.lock().expect("writers lock");
+        let writers = self.writers.read().expect("writers lock");
         let writer = &writers[out.split];
         boxes
             .into_par_iter()
@@ -564,6 +650,8 @@ fn zarr_spec(job: &PatchesJob, patch: u64, patches: u64, split: &Split) -> Resul
     attributes.insert("patch_size".into(), json!(patch));
     attributes.insert("stride".into(), json!(job.stride));
     CreateSpec {
+        // Chunks only along M: `c.N.0.0`, one file each, no directories.
+        flat_chunk_keys: true,
         shape: vec![patches, patch, patch],
         dtype: DType::F32,
         chunks: vec![chunk, patch, patch],
@@ -681,8 +769,10 @@ impl Operation for PatchesOp {
     }
 
     fn memory_per_unit(&self) -> u64 {
-        // The unit's patch values, plus per thread a float32 slice (slices that are not
-        // float32 `.npy` files are converted first) and a scratch patch.
+        // The unit's patch values (held only for a compressed or sharded Zarr array: `.npy`
+        // files and raw chunks are written as each patch is cut), plus per thread a float32
+        // slice (slices that are not float32 `.npy` files are converted first) and a scratch
+        // patch.
         let out = self.units.iter().map(|u| u.bytes_out).max().unwrap_or(0);
         let slice = self
             .layouts
@@ -731,47 +821,30 @@ impl Operation for PatchesOp {
                 writers.push(io::create(&address, spec, comm, resume)?);
             }
         }
-        *self.writers.lock().expect("writers lock") = writers;
+        *self.writers.write().expect("writers lock") = writers;
         let _ = self.staged.set(dirs);
         Ok(())
     }
 
     fn compute(&self, unit: usize) -> Result<UnitPatches> {
         let w = &self.work[unit];
-        let n = (self.cut.patch * self.cut.patch) as usize;
-        let count = (w.patches.end - w.patches.start) as usize;
-        let per_piece = self.piece_patches(w) as usize;
-        let mut pieces: Vec<Vec<f32>> = (0..count.div_ceil(per_piece))
-            .map(|k| vec![0.0f32; per_piece.min(count - k * per_piece) * n])
-            .collect();
-        // One slot per patch, handed to the slices that fill them: each slice its own run.
-        let mut slots: Vec<&mut [f32]> = pieces
-            .iter_mut()
-            .flat_map(|p| p.chunks_exact_mut(n))
-            .collect();
-        let layout = &self.layouts[w.split];
-        let mut runs: Vec<(usize, Vec<&mut [f32]>)> = Vec::new();
-        for i in w.slices.clone().rev().filter(|&i| layout.facts[i].kept > 0) {
-            let from = layout.first[i].max(w.patches.start) - w.patches.start;
-            runs.push((i, slots.split_off(from as usize)));
-        }
-        runs.reverse();
-        let cuts = runs
-            .into_par_iter()
-            .map(|(i, mut mine)| self.cut_slice(w, i, &mut mine))
-            .collect::<Result<Vec<_>>>()?;
-        let mut out = UnitPatches {
+        let lines = match self.format {
+            PatchFormat::Npy => self.cut_to_files(w)?,
+            PatchFormat::Zarr => {
+                let writers = self.writers.read().expect("writers lock");
+                let writer = writers[w.split].as_ref();
+                if !writer.streams_blocks() {
+                    return self.cut_to_pieces(w);
+                }
+                self.cut_to_chunks(w, writer)?
+            }
+        };
+        Ok(UnitPatches {
             split: w.split,
             first: w.patches.start,
-            pieces,
-            ids: Vec::with_capacity(count),
-            lines: String::new(),
-        };
-        for cut in cuts {
-            out.ids.extend(cut.ids);
-            out.lines.push_str(&cut.lines);
-        }
-        Ok(out)
+            pieces: Vec::new(),
+            lines,
+        })
     }
 
     fn write(&self, part: Option<(usize, UnitPatches)>) -> Result<()> {
@@ -780,16 +853,14 @@ impl Operation for PatchesOp {
         };
         let parts = self.staged_dir(out.split).join(PARTS_DIR);
         let lines = std::mem::take(&mut out.lines);
-        match self.format {
-            PatchFormat::Npy => self.write_files(&out)?,
-            PatchFormat::Zarr if out.ids.is_empty() => {}
-            PatchFormat::Zarr => self.write_zarr(out)?,
+        if !out.pieces.is_empty() {
+            self.write_zarr(out)?;
         }
         safety::write_bytes(&part_path(&parts, unit), true, lines.as_bytes())
     }
 
     fn finish(&self, comm: &dyn Comm) -> Result<()> {
-        for w in std::mem::take(&mut *self.writers.lock().expect("writers lock")) {
+        for w in std::mem::take(&mut *self.writers.write().expect("writers lock")) {
             w.close()?;
         }
         if comm.is_root() {

@@ -50,10 +50,18 @@ pub fn npy_header_f32(shape: &[u64]) -> Vec<u8> {
 pub fn npy_patch_bytes(header: &[u8], values: &[f32]) -> Vec<u8> {
     let mut out = Vec::with_capacity(header.len() + values.len() * 4);
     out.extend_from_slice(header);
-    for v in values {
-        out.extend_from_slice(&v.to_le_bytes());
-    }
+    out.extend_from_slice(&f32_le_bytes(values));
     out
+}
+
+/// The little-endian bytes of `values` (a float32 `.npy` file's data, a raw Zarr chunk's),
+/// which on a little-endian machine are the values' own memory (no copy).
+pub fn f32_le_bytes(values: &[f32]) -> std::borrow::Cow<'_, [u8]> {
+    if cfg!(target_endian = "little") {
+        std::borrow::Cow::Borrowed(bytemuck::cast_slice(values))
+    } else {
+        std::borrow::Cow::Owned(values.iter().flat_map(|v| v.to_le_bytes()).collect())
+    }
 }
 
 /// The header line of a patch manifest: the fixed columns (`zarr_index` in place of

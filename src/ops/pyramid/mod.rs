@@ -775,6 +775,7 @@ fn chunks_and_granule(
             .collect(),
     };
     let probe = CreateSpec {
+        flat_chunk_keys: false,
         shape: meta.shape.clone(),
         dtype: meta.dtype,
         chunks: chunks.clone(),
@@ -947,6 +948,7 @@ fn level_specs(
                 .collect()
         });
         CreateSpec {
+            flat_chunk_keys: false,
             shape: shape.to_vec(),
             dtype,
             chunks: c,

@@ -105,6 +105,7 @@ impl ReconstructOp {
         }
         let output = Address::parse(&job.output)?;
         let spec = CreateSpec {
+            flat_chunk_keys: false,
             shape: shapes[0].clone(),
             dtype: base.dtype,
             chunks: job

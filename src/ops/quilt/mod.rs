@@ -257,6 +257,7 @@ impl UnstitchOp {
         attributes.insert("tessera_version".into(), json!(env!("CARGO_PKG_VERSION")));
         attributes.insert("source".into(), json!(job.input));
         let spec = CreateSpec {
+            flat_chunk_keys: false,
             shape: patch_shape.clone(),
             dtype: meta.dtype,
             chunks,
@@ -267,6 +268,7 @@ impl UnstitchOp {
         };
         let npos = 1 + grid.ndim() as u64;
         let positions_spec = CreateSpec {
+            flat_chunk_keys: false,
             shape: vec![m, npos],
             dtype: DType::I64,
             chunks: vec![per_chunk, npos],
@@ -453,6 +455,7 @@ pub fn write_border_mask(
     let staging = crate::io::staging::Staging::plan(&target, overwrite, false)?;
     staging.clear_stale()?;
     let spec = crate::io::CreateSpec {
+        flat_chunk_keys: false,
         shape: window.to_vec(),
         dtype: crate::io::DType::U8,
         chunks: window.to_vec(),
@@ -808,6 +811,7 @@ impl StitchOp {
             c
         });
         let mean_spec = CreateSpec {
+            flat_chunk_keys: false,
             shape: image.clone(),
             dtype: out_dtype,
             chunks: chunks.clone(),

@@ -55,6 +55,7 @@ fn spec_like(shape: Vec<u64>, dtype: DType, codec: io::Codec) -> CreateSpec {
     let mut chunks = vec![per_chunk.min(shape[0].max(1))];
     chunks.extend(&shape[1..]);
     CreateSpec {
+        flat_chunk_keys: false,
         shape,
         dtype,
         chunks,
