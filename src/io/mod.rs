@@ -222,16 +222,6 @@ pub trait ArrayWriter: Send + Sync {
     /// Block and region disagree, or a write failure naming the store.
     fn write_box(&self, part: Option<(&Region, &Block)>) -> Result<()>;
 
-    /// [`ArrayWriter::write_box`] of a block the caller gives up, which a format may store
-    /// without copying it (an uncompressed Zarr chunk). Not collective: for the formats whose
-    /// writes are, use `write_box`.
-    ///
-    /// # Errors
-    /// As `write_box`.
-    fn write_owned(&self, region: &Region, block: Block) -> Result<()> {
-        self.write_box(Some((region, &block)))
-    }
-
     /// Whether [`ArrayWriter::block_sink`] is there: whole write blocks can be written as
     /// they are made, without holding one in memory (an uncompressed, unsharded Zarr array
     /// on a little-endian machine).

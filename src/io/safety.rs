@@ -278,6 +278,10 @@ pub const WRITE_PIECE: usize = 256 << 10;
 /// of at most [`WRITE_PIECE`] bytes. What `std::fs::write` does, without the slow large
 /// writes, and without gathering the parts (a header and a body) into one buffer first.
 ///
+/// It writes `path` itself: give it [`write_file`]'s temporary name, or a file inside a
+/// staged output (a store or patch directory under exec's temporary name), never a user's
+/// path.
+///
 /// # Errors
 /// Creating or writing the file.
 pub fn write_pieces(path: &Path, parts: &[&[u8]]) -> std::io::Result<()> {

@@ -21,7 +21,7 @@ use super::{
     check_region, check_write, ArrayMeta, ArrayReader, ArrayWriter, Block, Codec, CreateSpec, DType,
 };
 use crate::comm::Comm;
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::grid::Region;
 use crate::{with_block, with_dtype};
 
@@ -409,7 +409,8 @@ impl ZarrReader {
 pub struct ZarrWriter {
     array: Array<ChunkFileStore>,
     /// The chunk shape, when a chunk's stored bytes are its elements as they are in memory:
-    /// no sharding, no compression, and a little-endian machine (the `bytes` codec's order).
+    /// no sharding, no compression, and a little-endian machine (the `bytes` codec's order);
+    /// such chunks are streamed by `block_sink`.
     raw_chunks: Option<Vec<u64>>,
     shape: Vec<u64>,
     dtype: DType,
@@ -576,65 +577,6 @@ fn streamed_chunk(chunks: &[u64], shape: &[u64], region: &Region) -> Option<(Vec
     })
 }
 
-/// A block's elements as the bytes of a raw chunk, owned by `Bytes` without a copy.
-struct ElementBytes<T: bytemuck::NoUninit>(Vec<T>);
-
-impl<T: bytemuck::NoUninit> AsRef<[u8]> for ElementBytes<T> {
-    fn as_ref(&self) -> &[u8] {
-        bytemuck::cast_slice(&self.0)
-    }
-}
-
-impl ZarrWriter {
-    /// The chunk `region` covers exactly, when chunks are stored raw (so the block's bytes
-    /// are the chunk's, as zarrs would encode them). Edge chunks, which zarrs pads with the
-    /// fill value, are not.
-    fn whole_raw_chunk(&self, region: &Region) -> Option<Vec<u64>> {
-        let chunks = self.raw_chunks.as_ref()?;
-        let whole = region.start.len() == chunks.len()
-            && region.shape == *chunks
-            && region.start.iter().zip(chunks).all(|(s, c)| s % c == 0);
-        whole.then(|| {
-            region
-                .start
-                .iter()
-                .zip(chunks)
-                .map(|(s, c)| s / c)
-                .collect()
-        })
-    }
-
-    /// Stores a whole raw chunk from the block's own memory, as zarrs' `store_chunk` would:
-    /// a chunk that is all fill value (zero bytes) is not stored (zarrs' default,
-    /// `store_empty_chunks` off).
-    fn store_raw_chunk(&self, chunk: &[u64], block: Block) -> Result<()> {
-        let bytes = with_block!(block, a => {
-            let n = a.len();
-            let a = if a.is_standard_layout() { a } else { a.as_standard_layout().into_owned() };
-            // A standard-layout array's elements are n consecutive ones from its offset.
-            match a.into_raw_vec_and_offset() {
-                (values, None | Some(0)) if values.len() == n => {
-                    bytes::Bytes::from_owner(ElementBytes(values))
-                }
-                (values, offset) => {
-                    let from = offset.unwrap_or(0);
-                    bytes::Bytes::copy_from_slice(bytemuck::cast_slice(&values[from..from + n]))
-                }
-            }
-        });
-        if bytes.iter().all(|&b| b == 0) {
-            return self
-                .array
-                .erase_chunk(chunk)
-                .map_err(|e| zarr_err(&self.store, &self.node, e));
-        }
-        // SAFETY: with no compression and no sharding, zarrs' encoding of a chunk is its
-        // elements' little-endian bytes, which these are (`raw_chunks` holds only then).
-        unsafe { self.array.store_encoded_chunk(chunk, bytes) }
-            .map_err(|e| zarr_err(&self.store, &self.node, e))
-    }
-}
-
 /// A [`RawChunkFile`] gathers appends smaller than this into one write; larger ones (a
 /// 128x128 float32 patch is 64 KiB) go to the file as they are, without a copy.
 const SINK_BUFFER: usize = 64 << 10;
@@ -668,24 +610,15 @@ impl super::BlockSink for RawChunkFile {
         bytes
             .chunks(crate::io::safety::WRITE_PIECE)
             .try_for_each(|piece| self.file.write_all(piece))
-            .map_err(|e| Error::Io {
-                path: self.path.clone(),
-                source: e,
-            })
+            .at(&self.path)
     }
 
     fn finish(mut self: Box<Self>) -> Result<()> {
         use std::io::Write;
-        let io = |path: &Path, e| Error::Io {
-            path: path.to_path_buf(),
-            source: e,
-        };
         let zeros = [0u8; 1 << 12];
         while self.left > 0 {
             let n = self.left.min(zeros.len() as u64) as usize;
-            self.file
-                .write_all(&zeros[..n])
-                .map_err(|e| io(&self.path, e))?;
+            self.file.write_all(&zeros[..n]).at(&self.path)?;
             self.left -= n as u64;
         }
         let RawChunkFile {
@@ -694,11 +627,11 @@ impl super::BlockSink for RawChunkFile {
             all_zero,
             ..
         } = *self;
-        file.into_inner().map_err(|e| io(&path, e.into_error()))?;
+        file.into_inner().map_err(|e| e.into_error()).at(&path)?;
         // zarrs does not store a chunk of nothing but the fill value (`store_empty_chunks`
         // off); neither does this.
         if all_zero {
-            std::fs::remove_file(&path).map_err(|e| io(&path, e))?;
+            std::fs::remove_file(&path).at(&path)?;
         }
         Ok(())
     }
@@ -719,22 +652,6 @@ impl ArrayWriter for ZarrWriter {
         let subset = ArraySubset::new_with_ranges(&region.ranges());
         with_block!(block, a => self.array.store_array_subset(&subset, a))
             .map_err(|e| zarr_err(&self.store, &self.node, e))
-    }
-
-    fn write_owned(&self, region: &Region, block: Block) -> Result<()> {
-        match self.whole_raw_chunk(region) {
-            Some(chunk) => {
-                check_write(
-                    &self.store.display().to_string(),
-                    &self.shape,
-                    self.dtype,
-                    region,
-                    &block,
-                )?;
-                self.store_raw_chunk(&chunk, block)
-            }
-            None => self.write_box(Some((region, &block))),
-        }
     }
 
     fn streams_blocks(&self) -> bool {
@@ -761,15 +678,13 @@ impl ArrayWriter for ZarrWriter {
                 ),
             ));
         };
+        // Straight into the store, as `ChunkFileStore::set` and zarrs write a chunk: the
+        // store is the run's staged output (exec's temporary name, renamed when complete).
         let path = self.store.join(self.array.chunk_key(&chunk).as_str());
-        let io = |p: &Path, e| Error::Io {
-            path: p.to_path_buf(),
-            source: e,
-        };
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| io(parent, e))?;
+            std::fs::create_dir_all(parent).at(parent)?;
         }
-        let file = std::fs::File::create(&path).map_err(|e| io(&path, e))?;
+        let file = std::fs::File::create(&path).at(&path)?;
         Ok(Box::new(RawChunkFile {
             file: std::io::BufWriter::with_capacity(SINK_BUFFER, file),
             path,
@@ -858,69 +773,6 @@ mod tests {
         }
         out.sort();
         out
-    }
-
-    #[test]
-    fn raw_chunks_written_in_place_equal_zarrs_own_encoding() {
-        let dir = tempfile::tempdir().unwrap();
-        // 10 x 3 x 4 in chunks of 4 along axis 0: two whole chunks (one all zero, which is
-        // not stored) and an edge chunk of 2 (padded by zarrs, so it takes zarrs' path).
-        let values: Vec<f32> = (0..120).map(|i| i as f32 * 0.5 - 7.0).collect();
-        let mut whole = ndarray::Array3::from_shape_vec((10, 3, 4), values).unwrap();
-        whole.slice_mut(ndarray::s![4..8, .., ..]).fill(0.0);
-        let spec = CreateSpec {
-            flat_chunk_keys: false,
-            shape: vec![10, 3, 4],
-            dtype: DType::F32,
-            chunks: vec![4, 3, 4],
-            shards: None,
-            codec: Codec::None,
-            dimension_names: None,
-            attributes: Map::new(),
-        };
-        let boxes = [0u64..4, 4..8, 8..10].map(|r| {
-            let region = Region {
-                start: vec![r.start, 0, 0],
-                shape: vec![r.end - r.start, 3, 4],
-            };
-            let part = whole
-                .slice(ndarray::s![r.start as usize..r.end as usize, .., ..])
-                .to_owned();
-            (region, Block::F32(part.into_dyn()))
-        });
-        let write = |name: &str, owned: bool| {
-            let store = dir.path().join(name);
-            let w = ZarrWriter::create(&store, "", &spec, &crate::comm::Local, false).unwrap();
-            for (region, block) in boxes.clone() {
-                if owned {
-                    w.write_owned(&region, block).unwrap();
-                } else {
-                    w.write_box(Some((&region, &block))).unwrap();
-                }
-            }
-            Box::new(w).close().unwrap();
-            tree(&store)
-        };
-        let (theirs, ours) = (write("zarrs.zarr", false), write("owned.zarr", true));
-        assert_eq!(ours, theirs);
-        assert!(ours.iter().any(|(p, _)| p.ends_with("c/0/0/0")));
-        assert!(
-            !ours.iter().any(|(p, _)| p.ends_with("c/1/0/0")),
-            "zero chunk elided"
-        );
-        // A block that shows part of its vector (an offset) stores what it shows.
-        let mut shifted = ndarray::Array3::<f32>::zeros((5, 3, 4));
-        shifted
-            .slice_mut(ndarray::s![1.., .., ..])
-            .assign(&whole.slice(ndarray::s![0..4, .., ..]));
-        let part = shifted.slice_move(ndarray::s![1.., .., ..]);
-        let store = dir.path().join("offset.zarr");
-        let w = ZarrWriter::create(&store, "", &spec, &crate::comm::Local, false).unwrap();
-        w.write_owned(&boxes[0].0, Block::F32(part.into_dyn()))
-            .unwrap();
-        let reader = ZarrReader::open(&store, "").unwrap();
-        let back = reader.read_box(&boxes[0].0).unwrap();
-        assert_eq!(back, boxes[0].1);
     }
 
     #[test]

@@ -234,19 +234,6 @@ pub fn keeps(stats: &PatchStats, min_std: Option<f64>) -> bool {
     min_std.is_none_or(|s| stats.std >= s)
 }
 
-/// The window at (`row`, `col`) copied out, row-major, into `out` (`patch * patch` values).
-pub fn copy_window(
-    slice: ArrayView2<'_, f32>,
-    row: usize,
-    col: usize,
-    patch: usize,
-    out: &mut [f32],
-) {
-    for (i, dst) in out.chunks_exact_mut(patch).enumerate() {
-        copy_row(slice, row + i, col, dst);
-    }
-}
-
 /// The (row, col) of the first NaN or infinite value of a slice, row-major.
 pub fn first_non_finite(slice: ArrayView2<'_, f32>) -> Option<(usize, usize)> {
     // A branch-free scan first (vectorised: every slice is checked, few fail), then the
@@ -464,6 +451,20 @@ mod tests {
             f32::MIN,
         ] {
             assert_eq!(from_order_key(order_key(v)).to_bits(), v.to_bits());
+        }
+    }
+
+    /// The window at (`row`, `col`) copied out, row-major, into `out` (`patch * patch` values):
+    /// the plain copy that [`cut_window`] is checked against.
+    fn copy_window(
+        slice: ArrayView2<'_, f32>,
+        row: usize,
+        col: usize,
+        patch: usize,
+        out: &mut [f32],
+    ) {
+        for (i, dst) in out.chunks_exact_mut(patch).enumerate() {
+            copy_row(slice, row + i, col, dst);
         }
     }
 

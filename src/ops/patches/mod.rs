@@ -215,10 +215,10 @@ struct Work {
 /// they were cut (a compressed or sharded Zarr array), from its first patch on.
 pub struct UnitPatches {
     split: usize,
-    first: u64,
     /// The values, patch after patch, in pieces: one per Zarr write block (chunk or shard)
-    /// of the unit, each stored whole by `write`. Empty when the patches are written.
-    pieces: Vec<Vec<f32>>,
+    /// of the unit (its patches, their values), each stored whole by `write`. Empty when the
+    /// patches are written as they are cut.
+    pieces: Vec<(Range<u64>, Vec<f32>)>,
     lines: String,
 }
 
@@ -405,12 +405,23 @@ impl PatchesOp {
         id
     }
 
-    /// Patches per piece of a unit's values: a Zarr write block, or the whole unit.
-    fn piece_patches(&self, w: &Work) -> u64 {
-        self.zarr[w.split].as_ref().map_or_else(
-            || (w.patches.end - w.patches.start).max(1),
-            |spec| spec.write_block()[0],
-        )
+    /// A Zarr unit's pieces: runs of its patches, one per write block (chunk or shard).
+    fn pieces(&self, w: &Work) -> Vec<Range<u64>> {
+        let spec = self.zarr[w.split].as_ref().expect("a Zarr unit");
+        let per_piece = spec.write_block()[0];
+        (w.patches.start..w.patches.end)
+            .step_by(per_piece as usize)
+            .map(|p| p..(p + per_piece).min(w.patches.end))
+            .collect()
+    }
+
+    /// The array region that holds `patches`.
+    fn region_of(&self, patches: &Range<u64>) -> Region {
+        let ps = self.cut.patch;
+        Region {
+            start: vec![patches.start, 0, 0],
+            shape: vec![patches.end - patches.start, ps, ps],
+        }
     }
 
     fn staged_dir(&self, split: usize) -> &Path {
@@ -453,19 +464,11 @@ impl PatchesOp {
     /// in parallel), when the array stores them raw ([`ArrayWriter::streams_blocks`]): no
     /// patch is held beyond the one being cut. Returns the manifest lines.
     fn cut_to_chunks(&self, w: &Work, writer: &dyn ArrayWriter) -> Result<String> {
-        let ps = self.cut.patch;
-        let per_piece = self.piece_patches(w);
-        let pieces: Vec<Range<u64>> = (w.patches.start..w.patches.end)
-            .step_by(per_piece as usize)
-            .map(|p| p..(p + per_piece).min(w.patches.end))
-            .collect();
-        let lines = pieces
+        let lines = self
+            .pieces(w)
             .into_par_iter()
             .map(|piece| -> Result<String> {
-                let mut sink = writer.block_sink(&Region {
-                    start: vec![piece.start, 0, 0],
-                    shape: vec![piece.end - piece.start, ps, ps],
-                })?;
+                let mut sink = writer.block_sink(&self.region_of(&piece))?;
                 let mut lines = String::new();
                 for i in self.slices_holding(w.split, &piece) {
                     lines += &self.cut_slice(w.split, i, piece.clone(), &mut [], |_, values| {
@@ -483,15 +486,18 @@ impl PatchesOp {
     /// (a compressed or sharded array).
     fn cut_to_pieces(&self, w: &Work) -> Result<UnitPatches> {
         let n = (self.cut.patch * self.cut.patch) as usize;
-        let count = (w.patches.end - w.patches.start) as usize;
-        let per_piece = self.piece_patches(w) as usize;
-        let mut pieces: Vec<Vec<f32>> = (0..count.div_ceil(per_piece))
-            .map(|k| vec![0.0f32; per_piece.min(count - k * per_piece) * n])
+        let mut pieces: Vec<(Range<u64>, Vec<f32>)> = self
+            .pieces(w)
+            .into_iter()
+            .map(|r| {
+                let values = vec![0.0f32; (r.end - r.start) as usize * n];
+                (r, values)
+            })
             .collect();
         // One slot per patch, handed to the slices that fill them: each slice its own run.
         let mut slots: Vec<&mut [f32]> = pieces
             .iter_mut()
-            .flat_map(|p| p.chunks_exact_mut(n))
+            .flat_map(|(_, values)| values.chunks_exact_mut(n))
             .collect();
         let layout = &self.layouts[w.split];
         let mut runs: Vec<(usize, Vec<&mut [f32]>)> = Vec::new();
@@ -508,7 +514,6 @@ impl PatchesOp {
             .collect::<Result<Vec<_>>>()?;
         Ok(UnitPatches {
             split: w.split,
-            first: w.patches.start,
             pieces,
             lines: lines.concat(),
         })
@@ -517,31 +522,18 @@ impl PatchesOp {
     /// A unit's patches into the split's Zarr array: each piece one whole chunk or shard,
     /// the pieces in parallel.
     fn write_zarr(&self, out: UnitPatches) -> Result<()> {
-        let ps = self.cut.patch;
-        let n = (ps * ps) as usize;
-        let mut start = out.first;
-        let boxes: Vec<(Region, Block)> = out
-            .pieces
-            .into_iter()
-            .map(|values| {
-                let count = (values.len() / n) as u64;
-                let region = Region {
-                    start: vec![start, 0, 0],
-                    shape: vec![count, ps, ps],
-                };
-                start += count;
-                let block =
-                    Array3::from_shape_vec((count as usize, ps as usize, ps as usize), values)
-                        .expect("a piece holds whole patches")
-                        .into_dyn();
-                (region, Block::F32(block))
-            })
-            .collect();
+        let ps = self.cut.patch as usize;
         let writers = self.writers.read().expect("writers lock");
         let writer = &writers[out.split];
-        boxes
+        out.pieces
             .into_par_iter()
-            .try_for_each(|(region, block)| writer.write_owned(&region, block))
+            .try_for_each(|(patches, values)| {
+                let count = (patches.end - patches.start) as usize;
+                let block = Array3::from_shape_vec((count, ps, ps), values)
+                    .expect("a piece holds whole patches")
+                    .into_dyn();
+                writer.write_box(Some((&self.region_of(&patches), &Block::F32(block))))
+            })
     }
 
     /// Rank 0, at the end: every split's manifest (its units' lines in order, through a
@@ -841,7 +833,6 @@ impl Operation for PatchesOp {
         };
         Ok(UnitPatches {
             split: w.split,
-            first: w.patches.start,
             pieces: Vec::new(),
             lines,
         })
