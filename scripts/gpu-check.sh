@@ -26,34 +26,85 @@ WORK=$(mktemp -d /dev/shm/tessera-gpu-check.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
 [ -x "$BIN" ] || { echo "gpu-check: no binary at $BIN (see the header of this script)"; exit 2; }
 
-# NVRTC: the CUDA toolkit's, else a pip wheel's (it must not be newer than the driver).
-if ! ldconfig -p 2>/dev/null | grep -q libnvrtc.so.13; then
-  for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib \
-           $(python3 -c 'import site; print(" ".join(p + "/nvidia/cu13/lib" for p in site.getsitepackages()))' 2>/dev/null); do
-    if [ -e "$d/libnvrtc.so.13" ]; then export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"; break; fi
+# The driver (libcuda.so.1) where ldconfig does not know it (containers mount it elsewhere).
+if ! ldconfig -p 2>/dev/null | grep -q libcuda.so.1; then
+  for d in /usr/local/nvidia/lib64 /usr/local/nvidia/lib /usr/lib/x86_64-linux-gnu /usr/lib64 \
+           /usr/local/cuda/compat /usr/local/cuda/lib64/stubs; do
+    if [ -e "$d/libcuda.so.1" ]; then export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"; break; fi
   done
 fi
+# NVRTC: the CUDA toolkit's, else a pip wheel's (it must not be newer than the driver). The
+# folder also goes to the tests (TESSERA_NVRTC_DIR), whose NVRTC compile check needs it.
+for d in $(ldconfig -p 2>/dev/null | awk '/libnvrtc.so.13 /{print $NF}' | xargs -r -n1 dirname) \
+         /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib \
+         $(python3 -c 'import site; print(" ".join(p + "/nvidia/cu13/lib" for p in site.getsitepackages()))' 2>/dev/null); do
+  if [ -e "$d/libnvrtc.so.13" ]; then
+    export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}" TESSERA_NVRTC_DIR="$d"; break
+  fi
+done
 
 status=0
-step() { echo; echo "== $* =="; }
-run() { "$@" 2>&1 | tee -a "$OUT/log.txt"; local rc=${PIPESTATUS[0]}; [ "$rc" = 0 ] || { echo "FAILED ($rc): $*"; status=1; }; return 0; }
+START=$SECONDS
+# GPU_CHECK_BUDGET_S: steps that would start after this many seconds are skipped (the lent
+# machine's time is short; the table is printed from whatever ran). STEP_LIMIT_S caps one step.
+BUDGET=${GPU_CHECK_BUDGET_S:-100000}
+STEP_LIMIT=${GPU_CHECK_STEP_LIMIT_S:-300}
+step() { echo; echo "== $* == (at $((SECONDS - START)) s)"; }
+over() { [ $((SECONDS - START)) -ge "$BUDGET" ] && { echo "skipped: past GPU_CHECK_BUDGET_S=$BUDGET"; return 0; }; return 1; }
+# run [--to FILE] COMMAND...: runs it under the step limit, its output to the log (and FILE).
+# Both are appended to: $OUT is a fresh folder.
+run() {
+  local to=/dev/null
+  if [ "$1" = --to ]; then to=$2; shift 2; fi
+  if over; then status=1; return 0; fi
+  local t=$SECONDS
+  timeout -k 5 "$STEP_LIMIT" "$@" 2>&1 | tee -a "$OUT/log.txt" "$to"; local rc=${PIPESTATUS[0]}
+  echo "($((SECONDS - t)) s: $1 ${2:-} ${3:-})" >> "$OUT/times.txt"
+  [ "$rc" = 0 ] || { echo "FAILED ($rc): $*"; status=1; }; return 0
+}
 
-step "device";          run nvidia-smi --query-gpu=name,uuid,driver_version,memory.total --format=csv
+# Same bytes: two output trees compared file by file (only where both were written).
+same() {
+  local what=$1 a=$2 b=$3 pattern=$4
+  if [ ! -e "$a" ] || [ ! -e "$b" ]; then echo "$what: not compared (an output is missing)"; status=1; return 0; fi
+  cmp -s <(cd "$a" && find . -type f -name "$pattern" -exec md5sum {} + | sort) \
+         <(cd "$b" && find . -type f -name "$pattern" -exec md5sum {} + | sort) \
+    && echo "$what: GPU and CPU outputs are identical" | tee -a "$OUT/same.txt" \
+    || { echo "$what: GPU and CPU outputs DIFFER" | tee -a "$OUT/same.txt"; status=1; }
+}
+
+step "device"
+run nvidia-smi --query-gpu=name,uuid,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv
+echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-} TESSERA_NVRTC_DIR=${TESSERA_NVRTC_DIR:-}; $(nproc) cores"
 step "tessera gpu info"; run "$BIN" gpu info
 step "compile";         run "$BIN" gpu compile
+
+# Correctness first: the GPU tests (small random inputs, every type and method), then each
+# kernel bench (which checks its bits against the CPU), then the operations end to end.
 if [ -x "$TESTS" ]; then
   step "GPU tests";     TESSERA_BIN="$BIN" TESSERA_GPU_SKIP_MPI=1 TESSERA_REQUIRE_GPU=1 run "$TESTS" --test-threads=1 --nocapture
 else
   echo "gpu-check: no GPU test binary at $TESTS: tests skipped"; status=1
 fi
-step "bench quilt (kernels)"; run "$BIN" bench quilt --device cuda --repeat 10 | tee "$OUT/bench-quilt.md"
-step "bench hdr (kernel)";    run "$BIN" bench hdr --device cuda --size 2048 --exposures 5 --repeat 10 | tee "$OUT/bench-hdr.md"
-step "bench quilt (CPU, every core)"; run "$BIN" bench quilt --repeat 3 | tee "$OUT/bench-quilt-cpu.md"
-step "bench hdr (CPU, every core)";   run "$BIN" bench hdr --size 2048 --exposures 5 --repeat 5 | tee "$OUT/bench-hdr-cpu.md"
+step "bench quilt (kernels)"; run --to "$OUT/bench-quilt.md" "$BIN" bench quilt --device cuda --repeat 10
+step "bench hdr (kernel)";    run --to "$OUT/bench-hdr.md" "$BIN" bench hdr --device cuda --size 2048 --exposures 5 --repeat 10
+# Pyramids: the kernels on a resident 1024^3 f32 volume (mean: the torch avg_pool3d yardstick;
+# the others at 256^3, whose CPU bit check is slow at 1024^3), each followed by the bench's end
+# to end run on the GPU. The 1024^3 Zarr the bench writes is the end-to-end input below.
+step "bench pyramid (kernels, GPU)"
+run --to "$OUT/bench-pyramid.md" "$BIN" bench pyramid --device cuda --size 1024 --chunk 128 --method mean --repeat 3 \
+    --dir "$WORK/pyr"
+for method in mode gaussian laplacian; do
+  run --to "$OUT/bench-pyramid.md" "$BIN" bench pyramid --device cuda --size 256 --chunk 64 \
+      --method "$method" --repeat 3 --dir "$WORK/pyr-small"
+done
+# Crop: 4000 synthetic 256x256 f32 Airy patterns (1 GiB, the CuPy comparison's size).
+step "bench crop (kernel, GPU)"
+run --to "$OUT/bench-crop.md" "$BIN" bench crop --device cuda --patterns 4000 --size 256 --repeat 3 --dir "$WORK/crop-bench"
 
-# End to end: quilt stitch of (8,3,1024,1024) f32, window 128 step 64 (338 MiB of patches),
-# uncompressed Zarr in /dev/shm, on the GPU and on every core of this machine.
-step "end to end"
+# End to end, input and output in /dev/shm, on the GPU and on every core of this machine.
+# Quilt stitch of (8,3,1024,1024) f32, window 128 step 64 (338 MiB of patches), raw Zarr.
+step "stitch end to end"
 python3 - "$WORK/image.npy" <<'PY'
 import sys, numpy as np
 rng = np.random.default_rng(1)
@@ -65,49 +116,16 @@ for device in cuda cpu; do
   run "$BIN" quilt stitch --input "$WORK/p.zarr" --output "$WORK/stitch-$device.zarr" \
       --codec none --memory-limit 16G --device "$device" --report "$OUT/stitch-$device.json" -q
 done
-cmp -s <(cd "$WORK/stitch-cuda.zarr" && find . -type f -exec md5sum {} + | sort) \
-       <(cd "$WORK/stitch-cpu.zarr" && find . -type f -exec md5sum {} + | sort) \
-  && echo "stitch: GPU and CPU outputs are identical" || { echo "stitch: GPU and CPU outputs DIFFER"; status=1; }
+same stitch "$WORK/stitch-cuda.zarr" "$WORK/stitch-cpu.zarr" '*'
+step "hdr merge end to end"
 run "$BIN" hdr synthetic --output "$WORK/sky" --brackets 8 --size 2048 --exposures 5
 run "$BIN" hdr calibrate --input "$WORK/sky" --recursive --response "$WORK/response.npz"
 for device in cuda cpu; do
   run "$BIN" hdr merge --input "$WORK/sky" --recursive --response "$WORK/response.npz" \
       --output "$WORK/merge-$device" --format npy --device "$device" --report "$OUT/merge-$device.json" -q
 done
-cmp -s <(cd "$WORK/merge-cuda" && find . -name '*.npy' -exec md5sum {} + | sort) \
-       <(cd "$WORK/merge-cpu" && find . -name '*.npy' -exec md5sum {} + | sort) \
-  && echo "hdr merge: GPU and CPU outputs are identical" || { echo "hdr merge: GPU and CPU outputs DIFFER"; status=1; }
-
-# Pyramids: the kernels on a resident 1024^3 f32 volume (mean: the torch avg_pool3d yardstick;
-# the others at 256^3, whose CPU bit check is slow at 1024^3), each followed by the bench's end
-# to end run on the GPU; then `tessera pyramid` of the 1024^3 Zarr the bench wrote, in /dev/shm,
-# on the GPU and on every core, outputs compared byte for byte.
-step "bench pyramid (kernels, GPU)"
-run "$BIN" bench pyramid --device cuda --size 1024 --chunk 128 --method mean --repeat 3 \
-    --dir "$WORK/pyr" | tee "$OUT/bench-pyramid.md"
-for method in mode gaussian laplacian; do
-  run "$BIN" bench pyramid --device cuda --size 256 --chunk 64 --method "$method" --repeat 3 \
-      --dir "$WORK/pyr-small" | tee -a "$OUT/bench-pyramid.md"
-done
-step "pyramid end to end"
-for method in mean laplacian; do
-  for device in cuda cpu; do
-    run "$BIN" pyramid --input "$WORK/pyr/pyramid-input-1024.zarr" --output "$WORK/$device/p-$method.zarr" \
-        --method "$method" --chunks 128,128,128 --codec none --device "$device" \
-        --report "$OUT/pyramid-$method-$device.json" -q
-  done
-  cmp -s <(cd "$WORK/cuda/p-$method.zarr" && find . -type f -exec md5sum {} + | sort) \
-         <(cd "$WORK/cpu/p-$method.zarr" && find . -type f -exec md5sum {} + | sort) \
-    && echo "pyramid $method: GPU and CPU outputs are identical" \
-    || { echo "pyramid $method: GPU and CPU outputs DIFFER"; status=1; }
-  rm -rf "$WORK/cuda/p-$method.zarr" "$WORK/cpu/p-$method.zarr"
-done
-
-# Crop: 4000 synthetic 256x256 f32 Airy patterns (1 GiB, the CuPy comparison's size) written
-# once by --test-mode on the CPU, then cropped on the GPU and on every core; outputs compared.
-step "bench crop (kernel, GPU)"
-run "$BIN" bench crop --device cuda --patterns 4000 --size 256 --repeat 3 --dir "$WORK/crop-bench" \
-    | tee "$OUT/bench-crop.md"
+same "hdr merge" "$WORK/merge-cuda" "$WORK/merge-cpu" '*.npy'
+rm -rf "$WORK/sky" "$WORK/merge-cuda" "$WORK/merge-cpu" "$WORK/p.zarr" "$WORK"/stitch-*.zarr "$WORK/image.npy"
 step "crop end to end"
 run "$BIN" crop --test-mode --test-patterns 4000 --test-size 256 --output "$WORK/crop-seed.npy" \
     --device cpu --no-visualization -q
@@ -116,11 +134,25 @@ for device in cuda cpu; do
   run "$BIN" crop --input "$WORK/crop-seed_test_input.npy" --output "$WORK/crop-$device/c.npy" \
       --device "$device" --no-visualization --report "$OUT/crop-$device.json" -q
 done
-cmp -s <(cd "$WORK/crop-cuda" && find . -name '*.npy' -exec md5sum {} + | sort) \
-       <(cd "$WORK/crop-cpu" && find . -name '*.npy' -exec md5sum {} + | sort) \
-  && echo "crop: GPU and CPU outputs are identical" || { echo "crop: GPU and CPU outputs DIFFER"; status=1; }
+same crop "$WORK/crop-cuda" "$WORK/crop-cpu" '*.npy'
+# `tessera pyramid` of the bench's 1024^3 Zarr (4 GiB).
+step "pyramid end to end"
+for method in mean laplacian; do
+  for device in cuda cpu; do
+    run "$BIN" pyramid --input "$WORK/pyr/pyramid-input-1024.zarr" --output "$WORK/$device/p-$method.zarr" \
+        --method "$method" --chunks 128,128,128 --codec none --device "$device" \
+        --report "$OUT/pyramid-$method-$device.json" -q
+  done
+  same "pyramid $method" "$WORK/cuda/p-$method.zarr" "$WORK/cpu/p-$method.zarr" '*'
+  rm -rf "$WORK/cuda/p-$method.zarr" "$WORK/cpu/p-$method.zarr"
+done
+
+# The CPU kernels on every core, for the table's GPU / CPU column.
+step "bench quilt (CPU, every core)"; run --to "$OUT/bench-quilt-cpu.md" "$BIN" bench quilt --repeat 3
+step "bench hdr (CPU, every core)";   run --to "$OUT/bench-hdr-cpu.md" "$BIN" bench hdr --size 2048 --exposures 5 --repeat 5
 
 step "table"
+[ -e "$OUT/same.txt" ] && cat "$OUT/same.txt"
 python3 - "$OUT" <<'PY' | tee "$OUT/table.md"
 import json, sys, os, re
 out = sys.argv[1]

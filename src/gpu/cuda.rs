@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use cudarc::driver::{
-    sys, CudaContext, CudaEvent, CudaModule, DevicePtrMut, DriverError, HostSlice,
+    sys, CudaContext, CudaEvent, CudaModule, DevicePtr, DevicePtrMut, DriverError, HostSlice,
 };
 pub use cudarc::driver::{
     CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchArgs, LaunchConfig, PinnedHostSlice,
@@ -412,6 +412,50 @@ impl Gpu {
             }
             .map_err(|e| driver_error("copy to the device", e))
         })
+    }
+
+    /// The first `bytes` bytes of `src` in a pinned buffer from the pool (hand it back with
+    /// [`Gpu::give_back`]), copied on `stream` asynchronously and timed as device-to-host: read
+    /// the buffer after the stream is synchronized (or through `as_slice`, which waits).
+    ///
+    /// The copy is exactly `bytes` long. cudarc's `memcpy_dtoh` copies as many bytes as the
+    /// host buffer holds, and pool buffers are rounded up to whole MiB: it read past the end of
+    /// smaller device buffers (CUDA_ERROR_INVALID_VALUE, seen on an H200).
+    ///
+    /// # Errors
+    /// `src` shorter than `bytes`, pinned memory, or the driver's error.
+    pub fn receive<T>(
+        &self,
+        stream: &Arc<CudaStream>,
+        src: &impl DevicePtr<T>,
+        bytes: usize,
+    ) -> Result<PinnedHostSlice<u8>> {
+        if src.num_bytes() < bytes {
+            return Err(Error::gpu(format!(
+                "internal: a copy of {bytes} bytes out of a device buffer of {}",
+                src.num_bytes()
+            )));
+        }
+        let mut host = self.pinned(bytes)?;
+        self.timed(Phase::DeviceToHost, bytes as u64, stream, || {
+            self.ctx
+                .bind_to_thread()
+                .map_err(|e| driver_error("copy from the device", e))?;
+            // SAFETY: what memcpy_dtoh does, into a prefix of the host buffer: the stream waits
+            // for the pinned buffer's and src's earlier uses, and both record this one (their
+            // guards drop after the copy is enqueued); `bytes` fit in both.
+            unsafe {
+                let (dst, _dst_done) = host.stream_synced_mut_slice(stream);
+                let (ptr, _src_done) = src.device_ptr(stream);
+                cudarc::driver::result::memcpy_dtoh_async(
+                    &mut dst[..bytes],
+                    ptr,
+                    stream.cu_stream(),
+                )
+            }
+            .map_err(|e| driver_error("copy from the device", e))
+        })?;
+        Ok(host)
     }
 
     /// `len` bytes, written by `fill` into a pinned buffer, in a fresh device buffer: sent on

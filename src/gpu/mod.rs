@@ -296,7 +296,8 @@ impl Selected {
 }
 
 /// Operations with GPU kernels, for `tessera gpu info`.
-const GPU_OPERATIONS: &str = "quilt unstitch, quilt stitch, hdr merge (Debevec)";
+const GPU_OPERATIONS: &str =
+    "quilt unstitch, quilt stitch, hdr merge (Debevec), pyramid (every method), crop (both passes)";
 
 /// `tessera gpu info`: prints the driver, NVRTC and devices.
 ///

@@ -229,11 +229,7 @@ impl CropGpu {
                 .map_err(launch_error("crop window kernel"))
         })?;
         let bytes = std::mem::size_of_val(dst);
-        let mut host = gpu.pinned(bytes)?;
-        gpu.timed(Phase::DeviceToHost, bytes as u64, s, || {
-            s.memcpy_dtoh(&windows, &mut host)
-                .map_err(launch_error("copy from the device"))
-        })?;
+        let host = gpu.receive(s, &windows, bytes)?;
         let mut sums = vec![0.0f64; count];
         s.memcpy_dtoh(&kept, &mut sums)
             .map_err(launch_error("copy from the device"))?;

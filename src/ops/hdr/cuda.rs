@@ -127,11 +127,7 @@ impl DebevecGpu {
                     .map(|_| ())
                     .map_err(launch_error("Debevec kernel"))
             })?;
-            let mut host = gpu.pinned(4 * c * m)?;
-            gpu.timed(Phase::DeviceToHost, (4 * c * m) as u64, s, || {
-                s.memcpy_dtoh(&out, &mut host)
-                    .map_err(launch_error("copy from the device"))
-            })?;
+            let host = gpu.receive(s, &out, 4 * c * m)?;
             let next = Band {
                 pixels: i0..i1,
                 out: host,

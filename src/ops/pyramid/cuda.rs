@@ -289,11 +289,7 @@ impl PyramidGpu {
         let mut copies = Vec::with_capacity(fetches.len());
         for f in fetches {
             let len = f.data.len();
-            let mut host = gpu.pinned(len)?;
-            gpu.timed(Phase::DeviceToHost, len as u64, s, || {
-                s.memcpy_dtoh(&f.data, &mut host)
-                    .map_err(launch_error("copy from the device"))
-            })?;
+            let host = gpu.receive(s, &f.data, len)?;
             copies.push((f, host));
         }
         s.synchronize()

@@ -390,11 +390,7 @@ impl StitchGpu {
                 outs.push((None, 0));
                 continue;
             }
-            let mut host = gpu.pinned(len)?;
-            gpu.timed(Phase::DeviceToHost, len as u64, s, || {
-                s.memcpy_dtoh(&buf.slice(0..len), &mut host)
-                    .map_err(launch_error("copy from the device"))
-            })?;
+            let host = gpu.receive(s, buf, len)?;
             outs.push((Some(host), len));
         }
         Ok(InFlight {
@@ -544,11 +540,7 @@ impl UnstitchGpu {
                     .map_err(launch_error("unstitch kernel"))
             })?;
         }
-        let mut host = gpu.pinned(total)?;
-        gpu.timed(Phase::DeviceToHost, total as u64, s, || {
-            s.memcpy_dtoh(&out, &mut host)
-                .map_err(launch_error("copy from the device"))
-        })?;
+        let host = gpu.receive(s, &out, total)?;
         let bytes = host.as_slice().map_err(launch_error("pinned buffer"))?[..total].to_vec();
         gpu.give_back(host);
         gpu.settle()?;
