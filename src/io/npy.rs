@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 use ndarray::{ArrayViewD, IxDyn, SliceInfoElem};
-use ndarray_npy::ViewNpyExt;
 use serde_json::{Map, Value};
 
 use super::{
@@ -89,11 +88,83 @@ pub fn header(bytes: &[u8]) -> std::result::Result<Header, String> {
     })
 }
 
-/// [`header`] of a file, as (descr, fortran_order, shape).
-fn parse_header(path: &Path, bytes: &[u8]) -> Result<(String, bool, Vec<u64>)> {
+/// [`header`] of a file, as (descr, fortran_order, shape, data_start).
+fn parse_header(path: &Path, bytes: &[u8]) -> Result<(String, bool, Vec<u64>, usize)> {
     let h =
         header(bytes).map_err(|m| Error::bad_file(path, format!("not a valid .npy file: {m}")))?;
-    Ok((h.descr, h.fortran_order, h.shape))
+    Ok((h.descr, h.fortran_order, h.shape, h.data_start))
+}
+
+/// The data of a `.npy` file's bytes: exactly the elements its shape needs, from `data_start`
+/// to the end, aligned for `dtype`; else what is wrong.
+fn elements_of<'a>(
+    bytes: &'a [u8],
+    data_start: usize,
+    shape: &[u64],
+    dtype: DType,
+) -> std::result::Result<&'a [u8], String> {
+    let data = bytes.get(data_start..).unwrap_or_default();
+    let wanted = shape
+        .iter()
+        .try_fold(dtype.size() as u64, |n, &d| n.checked_mul(d))
+        .filter(|&n| n == data.len() as u64);
+    if wanted.is_none() {
+        return Err(format!(
+            "not a valid .npy file: {} bytes of data where shape {shape:?} of {} needs {}",
+            data.len(),
+            dtype.name(),
+            shape
+                .iter()
+                .try_fold(dtype.size() as u64, |n, &d| n.checked_mul(d))
+                .map_or("more than 2^64".to_string(), |n| n.to_string())
+        ));
+    }
+    if !(data.as_ptr() as usize).is_multiple_of(dtype.size()) {
+        return Err(format!(
+            "not a valid .npy file: its data starts at byte {data_start}, not aligned for {}",
+            dtype.name()
+        ));
+    }
+    Ok(data)
+}
+
+/// A native-endian float32 C-order `.npy` file read whole into `buf` (grown as needed, never
+/// shrunk, so that one buffer serves a run of slices): its shape and where its elements lie in
+/// `buf`. `None` when the file is anything else, or malformed: open it with [`NpyReader`],
+/// which says what is wrong.
+///
+/// One `read` into a reused buffer instead of a fresh memory map for each file: for many small
+/// files the map's page faults, `munmap` and TLB shootdowns across threads cost more than the
+/// copy.
+///
+/// # Errors
+/// The file cannot be opened or read.
+pub fn read_f32_into(
+    path: &Path,
+    buf: &mut Vec<f32>,
+) -> Result<Option<(Vec<u64>, std::ops::Range<usize>)>> {
+    use std::io::Read;
+    let mut file = File::open(path).at(path)?;
+    let len = usize::try_from(file.metadata().at(path)?.len())
+        .map_err(|_| Error::bad_file(path, "too large for this machine's memory"))?;
+    let words = len.div_ceil(4);
+    if buf.len() < words {
+        buf.resize(words, 0.0);
+    }
+    let bytes: &mut [u8] = &mut bytemuck::cast_slice_mut(buf.as_mut_slice())[..len];
+    file.read_exact(bytes).at(path)?;
+    let Ok(h) = header(bytes) else {
+        return Ok(None);
+    };
+    if h.fortran_order || descr_dtype(&h.descr) != Some(DType::F32) {
+        return Ok(None);
+    }
+    if elements_of(bytes, h.data_start, &h.shape, DType::F32).is_err() {
+        return Ok(None);
+    }
+    let first = h.data_start / 4;
+    let n = (len - h.data_start) / 4;
+    Ok(Some((h.shape, first..first + n)))
 }
 
 fn descr_dtype(descr: &str) -> Option<DType> {
@@ -151,7 +222,7 @@ impl NpyReader {
         // SAFETY: the map is read-only; tessera never writes an input while reading it. Another
         // process truncating the file under us would fault, as with any mmap reader.
         let map = unsafe { Mmap::map(&file) }.at(path)?;
-        let (descr, fortran, shape) = parse_header(path, &map)?;
+        let (descr, fortran, shape, data_start) = parse_header(path, &map)?;
         if fortran {
             return Err(Error::bad_file(
                 path,
@@ -166,6 +237,8 @@ impl NpyReader {
                 ),
             )
         })?;
+        // The data length and alignment now rather than on first read.
+        elements_of(&map, data_start, &shape, dtype).map_err(|m| Error::bad_file(path, m))?;
         let meta = ArrayMeta {
             shape,
             dtype,
@@ -175,9 +248,6 @@ impl NpyReader {
             dimension_names: None,
             attributes: Map::new(),
         };
-        // Validate the data length now rather than on first read.
-        with_dtype!(dtype, T => ArrayViewD::<T>::view_npy(&map).map(|_| ()))
-            .map_err(|e| Error::bad_file(path, format!("not a valid .npy file: {e}")))?;
         Ok(NpyReader {
             map,
             meta,
@@ -203,7 +273,10 @@ impl ArrayReader for NpyReader {
             None,
         )?;
         with_dtype!(self.meta.dtype, T => {
-            let view = ArrayViewD::<T>::view_npy(&self.map)
+            let values: &[T] = crate::io::mapped_elements(self)
+                .ok_or_else(|| Error::bad_file(&self.path, "data not aligned for its type"))?;
+            let shape: Vec<usize> = self.meta.shape.iter().map(|&d| d as usize).collect();
+            let view = ArrayViewD::<T>::from_shape(IxDyn(&shape), values)
                 .map_err(|e| Error::bad_file(&self.path, e.to_string()))?;
             let src = view.slice(slice_info(region).as_slice());
             let part = match spare
@@ -403,6 +476,53 @@ mod tests {
             all.iter().copied().collect::<Vec<_>>(),
             vec![0, 0, 0, 0, 1, -2, 0, 3, -4, 0, 0, 0]
         );
+    }
+
+    #[test]
+    fn float32_files_are_read_whole_into_a_reused_buffer() {
+        let dir = tempfile::tempdir().unwrap();
+        let f32_path = dir.path().join("a.npy");
+        let a = ndarray::Array2::from_shape_fn((3, 5), |(y, x)| (y * 5 + x) as f32 - 4.5);
+        ndarray_npy::write_npy(&f32_path, &a).unwrap();
+        let mut buf = vec![7.0f32; 100];
+        let (shape, at) = read_f32_into(&f32_path, &mut buf).unwrap().unwrap();
+        assert_eq!(shape, vec![3, 5]);
+        assert_eq!(&buf[at], a.as_slice().unwrap());
+        assert_eq!(buf.len(), 100, "a large enough buffer is not resized");
+        // A larger file grows it; a smaller one after that reads into the front.
+        let big = ndarray::Array3::from_shape_fn((1, 20, 30), |(_, y, x)| (y + x) as f32);
+        let big_path = dir.path().join("big.npy");
+        ndarray_npy::write_npy(&big_path, &big).unwrap();
+        let (shape, at) = read_f32_into(&big_path, &mut buf).unwrap().unwrap();
+        assert_eq!(
+            (shape, &buf[at]),
+            (vec![1, 20, 30], big.as_slice().unwrap())
+        );
+        let (_, at) = read_f32_into(&f32_path, &mut buf).unwrap().unwrap();
+        assert_eq!(&buf[at], a.as_slice().unwrap());
+        // Other dtypes, Fortran order and malformed files are left to NpyReader.
+        let u16_path = dir.path().join("u.npy");
+        ndarray_npy::write_npy(&u16_path, &ndarray::Array2::<u16>::zeros((2, 2))).unwrap();
+        assert!(read_f32_into(&u16_path, &mut buf).unwrap().is_none());
+        let fortran = dir.path().join("f.npy");
+        ndarray_npy::write_npy(&fortran, &a.t()).unwrap();
+        assert!(read_f32_into(&fortran, &mut buf).unwrap().is_none());
+        let short = dir.path().join("short.npy");
+        let bytes = std::fs::read(&f32_path).unwrap();
+        std::fs::write(&short, &bytes[..bytes.len() - 4]).unwrap();
+        assert!(read_f32_into(&short, &mut buf).unwrap().is_none());
+        let e = NpyReader::open(&short).err().unwrap().to_string();
+        assert!(
+            e.contains("short.npy")
+                && e.contains("56 bytes of data where shape [3, 5] of float32 needs 60"),
+            "{e}"
+        );
+        let long = dir.path().join("long.npy");
+        std::fs::write(&long, [&bytes[..], &[0u8; 4]].concat()).unwrap();
+        assert!(read_f32_into(&long, &mut buf).unwrap().is_none());
+        assert!(NpyReader::open(&long).is_err());
+        let e = read_f32_into(&dir.path().join("none.npy"), &mut buf).unwrap_err();
+        assert!(e.to_string().contains("none.npy"), "{e}");
     }
 
     #[test]

@@ -161,8 +161,8 @@ impl Split {
     }
 
     /// Runs `f` on slice `i` as a float32 (H, W) view, refusing one that is missing,
-    /// unreadable, not 2-D, or holds NaN or infinite values. A float32 `.npy` file is seen
-    /// in place, through its memory map, with no copy; anything else is read and converted
+    /// unreadable, not 2-D, or holds NaN or infinite values. A float32 `.npy` file is read
+    /// into the thread's reused buffer and seen there; anything else is read and converted
     /// first.
     ///
     /// # Errors
@@ -194,15 +194,32 @@ impl Split {
         check: bool,
         f: impl FnOnce(ArrayView2<'_, f32>) -> R,
     ) -> std::result::Result<R, Problem> {
+        let mut f = Some(f);
+        let mut apply = |view: ArrayView2<'_, f32>| (f.take().expect("applied once"))(view);
         let block = match &self.slices {
             Slices::Files { root, paths } => {
                 let path = root.join(&paths[i]);
                 match open_file(&path)? {
-                    SliceFile::Npy(reader) => {
-                        if let Some(view) = mapped_slice(reader.as_ref()) {
-                            return self.checked(i, check, view).map(|()| f(view));
+                    SliceFile::Npy => {
+                        let done =
+                            SLICE_BUFFER.with_borrow_mut(|buf| {
+                                match io::npy::read_f32_into(&path, buf)
+                                    .map_err(|e| Problem::Unusable(e.to_string()))?
+                                {
+                                    Some((shape, at)) => {
+                                        let view = float_view(&shape, &buf[at])
+                                            .ok_or_else(|| self.not_2d(i, &shape))?;
+                                        self.checked(i, check, view).map(|()| Some(apply(view)))
+                                    }
+                                    None => Ok(None),
+                                }
+                            })?;
+                        match done {
+                            Some(r) => return Ok(r),
+                            // Another dtype (converted below) or a malformed file (the reader
+                            // says what is wrong).
+                            None => io::npy::NpyReader::open(&path).and_then(|r| read_whole(&r)),
                         }
-                        read_whole(reader.as_ref())
                     }
                     SliceFile::Image => images::read(&path),
                 }
@@ -211,14 +228,21 @@ impl Split {
             Slices::Volume { reader, .. } => read_volume_slice(reader.as_ref(), i)
                 .map_err(|e| Problem::Unusable(e.to_string()))?,
         };
-        let slice = as_float_slice(block).map_err(|shape| {
-            Problem::Unusable(format!(
-                "{}: not a 2-D slice (shape {shape}); each slice must be one (H, W) image",
-                self.describe(i)
-            ))
-        })?;
+        let slice = as_float_slice(block).map_err(|shape| self.not_2d_text(i, &shape))?;
         self.checked(i, check, slice.view())
-            .map(|()| f(slice.view()))
+            .map(|()| apply(slice.view()))
+    }
+
+    fn not_2d(&self, i: usize, shape: &[u64]) -> Problem {
+        let text: Vec<String> = shape.iter().map(u64::to_string).collect();
+        self.not_2d_text(i, &text.join("x"))
+    }
+
+    fn not_2d_text(&self, i: usize, shape: &str) -> Problem {
+        Problem::Unusable(format!(
+            "{}: not a 2-D slice (shape {shape}); each slice must be one (H, W) image",
+            self.describe(i)
+        ))
     }
 
     /// Refuses a slice holding NaN or infinite values, naming the first (when `check`).
@@ -337,14 +361,21 @@ fn inside_root(path: &Path, root: &Path) -> Result<String> {
     })
 }
 
-/// A slice file, opened: `.npy` through tessera's reader (a memory map), or an image (TIFF,
-/// PNG, JPEG), decoded whole when read.
+/// A slice file: `.npy` (read whole into the thread's [`SLICE_BUFFER`] when float32), or an
+/// image (TIFF, PNG, JPEG), decoded whole when read.
 enum SliceFile {
-    Npy(Box<dyn ArrayReader>),
+    Npy,
     Image,
 }
 
-/// Opens a slice file, telling a missing file from an unusable one.
+thread_local! {
+    /// Each thread's buffer for float32 `.npy` slices: one `read` into it per slice (see
+    /// `io::npy::read_f32_into`). It holds the largest slice the thread has read, and stays for
+    /// the thread's life.
+    static SLICE_BUFFER: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// What kind of slice file `path` is, telling a missing file from an unusable one.
 fn open_file(path: &Path) -> std::result::Result<SliceFile, Problem> {
     match std::fs::metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Problem::Missing),
@@ -361,21 +392,18 @@ fn open_file(path: &Path) -> std::result::Result<SliceFile, Problem> {
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("npy"))
     {
-        io::npy::NpyReader::open(path)
-            .map(|r| SliceFile::Npy(Box::new(r)))
-            .map_err(|e| Problem::Unusable(e.to_string()))
+        Ok(SliceFile::Npy)
     } else {
         Ok(SliceFile::Image)
     }
 }
 
-/// A 2-D float32 array's elements in place, when its store keeps them mapped and aligned.
-fn mapped_slice(reader: &dyn ArrayReader) -> Option<ArrayView2<'_, f32>> {
-    let shape = &reader.meta().shape;
-    let &[h, w] = shape.as_slice() else {
+/// Float32 elements of an (H, W) or (1, H, W) shape as an (H, W) view (as
+/// [`as_float_slice`] takes them); `None` for any other shape.
+fn float_view<'a>(shape: &[u64], values: &'a [f32]) -> Option<ArrayView2<'a, f32>> {
+    let (&[h, w] | &[1, h, w]) = shape else {
         return None;
     };
-    let values = io::mapped_elements::<f32>(reader)?;
     ArrayView2::from_shape((usize::try_from(h).ok()?, usize::try_from(w).ok()?), values).ok()
 }
 
@@ -417,6 +445,62 @@ fn as_float_slice(block: Block) -> std::result::Result<Array2<f32>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every kind of slice file through `with_slice`, twice on one thread (the reused buffer):
+    /// float32 (H, W) and (1, H, W) as they are, uint16 converted, the rest refused.
+    #[test]
+    fn slice_files_are_seen_as_float32_or_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = ndarray::Array2::from_shape_fn((4, 6), |(y, x)| (y * 6 + x) as f32 * 0.25);
+        let mut nan = a.clone();
+        nan[[2, 3]] = f32::NAN;
+        ndarray_npy::write_npy(dir.path().join("a.npy"), &a).unwrap();
+        ndarray_npy::write_npy(
+            dir.path().join("one.npy"),
+            &a.clone().insert_axis(ndarray::Axis(0)),
+        )
+        .unwrap();
+        ndarray_npy::write_npy(dir.path().join("u.npy"), &a.mapv(|v| (v * 4.0) as u16)).unwrap();
+        ndarray_npy::write_npy(
+            dir.path().join("cube.npy"),
+            &ndarray::Array3::<f32>::zeros((2, 4, 6)),
+        )
+        .unwrap();
+        ndarray_npy::write_npy(dir.path().join("nan.npy"), &nan).unwrap();
+        std::fs::write(dir.path().join("bad.npy"), b"\x93NUMPY garbage").unwrap();
+        let manifest = dir.path().join("m.csv");
+        std::fs::write(
+            &manifest,
+            "path\na.npy\none.npy\nu.npy\ncube.npy\nnan.npy\nbad.npy\nmissing.npy\na.npy\n",
+        )
+        .unwrap();
+        let split = Split::from_manifest("train", &manifest, dir.path()).unwrap();
+        let seen = |i: usize| split.with_slice(i, |v| v.to_owned());
+        for i in [0, 1, 7, 1, 0] {
+            assert_eq!(seen(i).ok().unwrap(), a, "slice {i}");
+        }
+        assert_eq!(seen(2).ok().unwrap(), a.mapv(|v| (v * 4.0) as u16 as f32));
+        let unusable = |i: usize| match seen(i) {
+            Err(Problem::Unusable(m)) => m,
+            _ => panic!("slice {i} should be unusable"),
+        };
+        assert!(
+            unusable(3).contains("not a 2-D slice (shape 2x4x6)"),
+            "{}",
+            unusable(3)
+        );
+        assert!(
+            unusable(4).contains("NaN or infinite values as float32 (first at row 2, column 3)")
+        );
+        assert!(unusable(5).contains("bad.npy") && unusable(5).contains("not a valid .npy"));
+        assert!(matches!(seen(6), Err(Problem::Missing)));
+        // Pass 2 skips the scan: the NaN slice is seen as it is.
+        let v = split
+            .with_slice_unchecked(4, |v| v.to_owned())
+            .ok()
+            .unwrap();
+        assert!(v[[2, 3]].is_nan() && v[[0, 1]] == 0.25);
+    }
 
     #[test]
     fn split_names_are_file_name_parts() {
