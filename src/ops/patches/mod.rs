@@ -763,8 +763,8 @@ impl Operation for PatchesOp {
     fn memory_per_unit(&self) -> u64 {
         // The unit's patch values (held only for a compressed or sharded Zarr array: `.npy`
         // files and raw chunks are written as each patch is cut), plus per thread a float32
-        // slice (slices that are not float32 `.npy` files are converted first) and a scratch
-        // patch.
+        // slice (a float32 `.npy` file read into the thread's buffer, or another slice
+        // converted) and a scratch patch.
         let out = self.units.iter().map(|u| u.bytes_out).max().unwrap_or(0);
         let slice = self
             .layouts
