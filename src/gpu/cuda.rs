@@ -398,20 +398,22 @@ impl Gpu {
             )));
         }
         let stream = &self.copy;
-        self.timed(Phase::HostToDevice, len as u64, stream, || {
-            self.ctx
-                .bind_to_thread()
-                .map_err(|e| driver_error("copy to the device", e))?;
-            // SAFETY: what memcpy_htod does, for a prefix of the host buffer: the stream waits
-            // for the pinned buffer's and dst's earlier uses, and both record this one (their
-            // guards drop after the copy is enqueued).
-            unsafe {
-                let (src, _src_done) = pinned.stream_synced_slice(stream);
-                let (ptr, _dst_done) = dst.device_ptr_mut(stream);
-                cudarc::driver::result::memcpy_htod_async(ptr, &src[..len], stream.cu_stream())
-            }
-            .map_err(|e| driver_error("copy to the device", e))
-        })
+        self.copy_timed(
+            Phase::HostToDevice,
+            "copy to the device",
+            len,
+            stream,
+            || {
+                // SAFETY: what memcpy_htod does, for a prefix of the host buffer: the stream waits
+                // for the pinned buffer's and dst's earlier uses, and both record this one (their
+                // guards drop after the copy is enqueued).
+                unsafe {
+                    let (src, _src_done) = pinned.stream_synced_slice(stream);
+                    let (ptr, _dst_done) = dst.device_ptr_mut(stream);
+                    cudarc::driver::result::memcpy_htod_async(ptr, &src[..len], stream.cu_stream())
+                }
+            },
+        )
     }
 
     /// The first `bytes` bytes of `src` in a pinned buffer from the pool (hand it back with
@@ -437,25 +439,45 @@ impl Gpu {
             )));
         }
         let mut host = self.pinned(bytes)?;
-        self.timed(Phase::DeviceToHost, bytes as u64, stream, || {
+        self.copy_timed(
+            Phase::DeviceToHost,
+            "copy from the device",
+            bytes,
+            stream,
+            || {
+                // SAFETY: what memcpy_dtoh does, into a prefix of the host buffer: the stream waits
+                // for the pinned buffer's and src's earlier uses, and both record this one (their
+                // guards drop after the copy is enqueued); `bytes` fit in both.
+                unsafe {
+                    let (dst, _dst_done) = host.stream_synced_mut_slice(stream);
+                    let (ptr, _src_done) = src.device_ptr(stream);
+                    cudarc::driver::result::memcpy_dtoh_async(
+                        &mut dst[..bytes],
+                        ptr,
+                        stream.cu_stream(),
+                    )
+                }
+            },
+        )?;
+        Ok(host)
+    }
+
+    /// Enqueues one copy of `bytes` bytes on `stream` (with this context bound to the
+    /// thread), timed as `phase`; a driver error is named `what`.
+    fn copy_timed(
+        &self,
+        phase: Phase,
+        what: &str,
+        bytes: usize,
+        stream: &Arc<CudaStream>,
+        copy: impl FnOnce() -> std::result::Result<(), DriverError>,
+    ) -> Result<()> {
+        self.timed(phase, bytes as u64, stream, || {
             self.ctx
                 .bind_to_thread()
-                .map_err(|e| driver_error("copy from the device", e))?;
-            // SAFETY: what memcpy_dtoh does, into a prefix of the host buffer: the stream waits
-            // for the pinned buffer's and src's earlier uses, and both record this one (their
-            // guards drop after the copy is enqueued); `bytes` fit in both.
-            unsafe {
-                let (dst, _dst_done) = host.stream_synced_mut_slice(stream);
-                let (ptr, _src_done) = src.device_ptr(stream);
-                cudarc::driver::result::memcpy_dtoh_async(
-                    &mut dst[..bytes],
-                    ptr,
-                    stream.cu_stream(),
-                )
-            }
-            .map_err(|e| driver_error("copy from the device", e))
-        })?;
-        Ok(host)
+                .map_err(|e| driver_error(what, e))?;
+            copy().map_err(|e| driver_error(what, e))
+        })
     }
 
     /// `len` bytes, written by `fill` into a pinned buffer, in a fresh device buffer: sent on

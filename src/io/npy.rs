@@ -104,19 +104,15 @@ fn elements_of<'a>(
     dtype: DType,
 ) -> std::result::Result<&'a [u8], String> {
     let data = bytes.get(data_start..).unwrap_or_default();
-    let wanted = shape
+    let needed = shape
         .iter()
-        .try_fold(dtype.size() as u64, |n, &d| n.checked_mul(d))
-        .filter(|&n| n == data.len() as u64);
-    if wanted.is_none() {
+        .try_fold(dtype.size() as u64, |n, &d| n.checked_mul(d));
+    if needed != Some(data.len() as u64) {
         return Err(format!(
             "not a valid .npy file: {} bytes of data where shape {shape:?} of {} needs {}",
             data.len(),
             dtype.name(),
-            shape
-                .iter()
-                .try_fold(dtype.size() as u64, |n, &d| n.checked_mul(d))
-                .map_or("more than 2^64".to_string(), |n| n.to_string())
+            needed.map_or("more than 2^64".to_string(), |n| n.to_string())
         ));
     }
     if !(data.as_ptr() as usize).is_multiple_of(dtype.size()) {

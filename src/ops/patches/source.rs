@@ -194,43 +194,51 @@ impl Split {
         check: bool,
         f: impl FnOnce(ArrayView2<'_, f32>) -> R,
     ) -> std::result::Result<R, Problem> {
-        let mut f = Some(f);
-        let mut apply = |view: ArrayView2<'_, f32>| (f.take().expect("applied once"))(view);
+        SLICE_BUFFER.with_borrow_mut(|buf| {
+            let values = self.values(i, buf)?;
+            let view = match &values {
+                SliceValues::InBuffer(v) => v.view(),
+                SliceValues::Converted(a) => a.view(),
+            };
+            self.checked(i, check, view).map(|()| f(view))
+        })
+    }
+
+    /// Slice `i`'s values: a float32 `.npy` file read into `buf`, anything else read and
+    /// converted.
+    fn values<'a>(
+        &self,
+        i: usize,
+        buf: &'a mut Vec<f32>,
+    ) -> std::result::Result<SliceValues<'a>, Problem> {
+        let unusable = |e: crate::error::Error| Problem::Unusable(e.to_string());
         let block = match &self.slices {
             Slices::Files { root, paths } => {
                 let path = root.join(&paths[i]);
                 match open_file(&path)? {
                     SliceFile::Npy => {
-                        let done =
-                            SLICE_BUFFER.with_borrow_mut(|buf| {
-                                match io::npy::read_f32_into(&path, buf)
-                                    .map_err(|e| Problem::Unusable(e.to_string()))?
-                                {
-                                    Some((shape, at)) => {
-                                        let view = float_view(&shape, &buf[at])
-                                            .ok_or_else(|| self.not_2d(i, &shape))?;
-                                        self.checked(i, check, view).map(|()| Some(apply(view)))
-                                    }
-                                    None => Ok(None),
-                                }
-                            })?;
-                        match done {
-                            Some(r) => return Ok(r),
-                            // Another dtype (converted below) or a malformed file (the reader
-                            // says what is wrong).
-                            None => io::npy::NpyReader::open(&path).and_then(|r| read_whole(&r)),
+                        if let Some((shape, at)) =
+                            io::npy::read_f32_into(&path, buf).map_err(unusable)?
+                        {
+                            let view = float_view(&shape, &buf[at])
+                                .ok_or_else(|| self.not_2d(i, &shape))?;
+                            return Ok(SliceValues::InBuffer(view));
                         }
+                        // Another dtype (converted below) or a malformed file (the reader says
+                        // what is wrong).
+                        io::npy::NpyReader::open(&path).and_then(|r| read_whole(&r))
                     }
                     SliceFile::Image => images::read(&path),
                 }
-                .map_err(|e| Problem::Unusable(e.to_string()))?
+                .map_err(unusable)?
             }
-            Slices::Volume { reader, .. } => read_volume_slice(reader.as_ref(), i)
-                .map_err(|e| Problem::Unusable(e.to_string()))?,
+            Slices::Volume { reader, .. } => {
+                read_volume_slice(reader.as_ref(), i).map_err(unusable)?
+            }
         };
-        let slice = as_float_slice(block).map_err(|shape| self.not_2d_text(i, &shape))?;
-        self.checked(i, check, slice.view())
-            .map(|()| apply(slice.view()))
+        as_float_slice(block)
+            .map(SliceValues::Converted)
+            .map_err(|shape| self.not_2d_text(i, &shape))
     }
 
     fn not_2d(&self, i: usize, shape: &[u64]) -> Problem {
@@ -359,6 +367,12 @@ fn inside_root(path: &Path, root: &Path) -> Result<String> {
             ),
         )
     })
+}
+
+/// A slice's float32 values: in the thread's buffer, or converted from another type.
+enum SliceValues<'a> {
+    InBuffer(ArrayView2<'a, f32>),
+    Converted(Array2<f32>),
 }
 
 /// A slice file: `.npy` (read whole into the thread's [`SLICE_BUFFER`] when float32), or an
