@@ -57,6 +57,12 @@ impl Journal {
         crate::io::safety::write_bytes(&plan, true, identity.to_string().as_bytes())
     }
 
+    /// The identity a run recorded when it started (`plan.json`), if its journal is there.
+    pub fn recorded_identity(&self) -> Option<Value> {
+        let bytes = std::fs::read(self.dir.join("plan.json")).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
     /// Every unit any rank recorded as finished.
     ///
     /// # Errors
@@ -99,11 +105,40 @@ impl Journal {
 /// # Errors
 /// [`Error::Parameter`] (`--resume`) listing the differences.
 pub fn check_same(previous: &Value, now: &Value) -> Result<()> {
-    if previous.get("parameters").is_none() {
-        return Err(Error::parameter(
+    match changes(previous, now) {
+        None => Ok(()),
+        Some(Change::Unrecorded) => Err(Error::parameter(
             "resume",
             "the interrupted run was started by an older tessera that did not record its parameters; use --overwrite to start over",
-        ));
+        )),
+        Some(Change::Parameters(list)) => Err(Error::parameter(
+            "resume",
+            format!(
+                "the interrupted run used other parameters: {list}; rerun with the same ones, or --overwrite to start over"
+            ),
+        )),
+        Some(Change::Inputs(what)) => Err(Error::parameter(
+            "resume",
+            format!("the inputs changed since the interrupted run ({what}); use --overwrite to start over"),
+        )),
+    }
+}
+
+/// How a recorded run's identity differs from this one's.
+#[derive(Debug, PartialEq)]
+pub enum Change {
+    /// The record holds no parameters (an older tessera's).
+    Unrecorded,
+    /// The flags that changed: `--codec (was "zstd", now "gzip"), ...`.
+    Parameters(String),
+    /// The first plan fact derived from the inputs that changed: `shape: was [..], now [..]`.
+    Inputs(String),
+}
+
+/// `None` when `now` is the identity recorded in `previous` (parameters and plan).
+pub fn changes(previous: &Value, now: &Value) -> Option<Change> {
+    if previous.get("parameters").is_none() {
+        return Some(Change::Unrecorded);
     }
     let mut changed = Vec::new();
     differences(
@@ -117,24 +152,12 @@ pub fn check_same(previous: &Value, now: &Value) -> Result<()> {
             .iter()
             .map(|(field, was, is)| format!("--{} (was {was}, now {is})", flag_name(field)))
             .collect();
-        return Err(Error::parameter(
-            "resume",
-            format!(
-                "the interrupted run used other parameters: {}; rerun with the same ones, or --overwrite to start over",
-                list.join(", ")
-            ),
-        ));
+        return Some(Change::Parameters(list.join(", ")));
     }
     differences(&previous["plan"], &now["plan"], "", &mut changed);
-    if let Some((field, was, is)) = changed.first() {
-        return Err(Error::parameter(
-            "resume",
-            format!(
-                "the inputs changed since the interrupted run ({field}: was {was}, now {is}); use --overwrite to start over"
-            ),
-        ));
-    }
-    Ok(())
+    changed
+        .first()
+        .map(|(field, was, is)| Change::Inputs(format!("{field}: was {was}, now {is}")))
 }
 
 /// The leaves where two JSON values differ, as (dotted path, old, new).

@@ -405,6 +405,78 @@ fn without_finished(
         .collect()
 }
 
+/// A run's identity for `--resume`: the job's parameters and what the plan derived from the
+/// inputs. Recorded in the journal when a run starts and in the report's summary when it ends.
+fn identity<Op: Operation>(op: &Op) -> serde_json::Value {
+    serde_json::json!({
+        "parameters": op.parameters(),
+        "plan": op.fingerprint(),
+    })
+}
+
+/// Whether every output of `op` is published and none is staged: a finished run's.
+fn outputs_published(targets: &[Address]) -> Result<bool> {
+    for t in targets {
+        if !Staging::is_published(t)? || Staging::is_staged(t) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// `--resume` of a run whose outputs are all published (a requeued job that had finished):
+/// `Ok(true)` when the identity recorded for it (its journal, if a kill came between publishing
+/// and removing it, else its run report) is this run's; refused, saying what differs or what
+/// is missing, otherwise. `Ok(false)` when there is nothing published to recognise. Rank 0,
+/// holding the lock.
+fn resumes_a_finished_run<Op: Operation>(op: &Op, options: &RunOptions) -> Result<bool> {
+    if !options.resume || options.overwrite || !outputs_published(op.targets())? {
+        return Ok(false);
+    }
+    let target = &op.targets()[0];
+    let journal_dir = Staging::journal_of(target);
+    let recorded = journal::Journal::new(journal_dir.clone(), 0)
+        .recorded_identity()
+        .or_else(|| {
+            let report = std::fs::read(options.report.as_ref()?).ok()?;
+            let report: serde_json::Value = serde_json::from_slice(&report).ok()?;
+            report["runs"]
+                .as_array()?
+                .iter()
+                .find(|r| r["output"] == target.to_string())
+                .map(|r| r["identity"].clone())
+                .filter(|i| !i.is_null())
+        });
+    let finished = |why: String| Error::OutputExists {
+        path: Staging::published_of(target),
+        message: format!("is complete, but {why}; pass --overwrite to make it again"),
+    };
+    let Some(recorded) = recorded else {
+        let report = options
+            .report
+            .as_ref()
+            .map_or("no report".into(), |r| r.display().to_string());
+        return Err(finished(format!(
+            "--resume cannot tell what made it (its report {report} is missing or records no identity)"
+        )));
+    };
+    match journal::changes(&recorded, &identity(op)) {
+        None => {
+            crate::io::staging::remove_any(&journal_dir)?;
+            Ok(true)
+        }
+        Some(journal::Change::Unrecorded) => Err(finished(
+            "it was made by an older tessera that did not record its parameters".into(),
+        )),
+        Some(journal::Change::Parameters(list)) => Err(finished(format!(
+            "it was made with other parameters: {list}"
+        ))),
+        Some(journal::Change::Inputs(what)) => Err(finished(format!(
+            "its inputs changed since it was made ({what})"
+        ))),
+    }
+}
+
 /// Rank 0's last look before the run changes the disk: a resumed run's identity is checked
 /// first (the most useful refusal), then the side files and report; then stale staging goes
 /// and a fresh journal records the run's identity.
@@ -415,10 +487,7 @@ fn start_journal<Op: Operation>(
     side_files: &[std::path::PathBuf],
     options: &RunOptions,
 ) -> Result<()> {
-    let identity = serde_json::json!({
-        "parameters": op.parameters(),
-        "plan": op.fingerprint(),
-    });
+    let identity = identity(op);
     let resuming = stagings[0].resuming;
     if resuming {
         journal.start(&identity, true)?;
@@ -439,8 +508,7 @@ fn start_journal<Op: Operation>(
 /// Any rank's failure; the staged output is left in place for `--resume`.
 pub fn run<Op: Operation>(op: &Op, comm: &dyn Comm, options: &RunOptions) -> Result<RunSummary> {
     let started = Instant::now();
-    let mut phases = PhaseTimes::default();
-    let units = op.units();
+    let phases = PhaseTimes::default();
     let stage_of_rank = split_stages(&op.stage_ends(), comm.size());
 
     let side_files = op.side_files();
@@ -458,6 +526,36 @@ pub fn run<Op: Operation>(op: &Op, comm: &dyn Comm, options: &RunOptions) -> Res
         let primary = crate::io::staging::Staging::published_of(&op.targets()[0]);
         lock_output(&primary, comm)?
     };
+    // An --overwrite killed while publishing left its old output aside: put right first.
+    if !options.dry_run {
+        let recovered = if comm.is_root() {
+            op.targets()
+                .iter()
+                .try_for_each(crate::io::staging::recover_replaced)
+        } else {
+            Ok(())
+        };
+        agree(comm, recovered)?;
+    }
+    // A requeued job that had finished: nothing to do.
+    if !options.dry_run {
+        let finished = if comm.is_root() {
+            resumes_a_finished_run(op, options)
+        } else {
+            Ok(false)
+        };
+        let mut flag = vec![u8::from(agree(comm, finished)?)];
+        comm.broadcast(&mut flag, 0);
+        if flag[0] == 1 {
+            if comm.is_root() {
+                tracing::info!(
+                    "{} is already complete, made by this job with these parameters: nothing to do",
+                    op.targets()[0]
+                );
+            }
+            return Ok(report::already_complete(op, comm));
+        }
+    }
     // Everyone looks at the disk before anyone changes it.
     let stagings = agree(comm, plan_stagings(op.targets(), options))?;
     let staging = &stagings[0];
@@ -485,6 +583,47 @@ pub fn run<Op: Operation>(op: &Op, comm: &dyn Comm, options: &RunOptions) -> Res
         Ok(())
     };
     agree(comm, setup)?;
+    let outcome = run_staged(op, comm, &stagings, &journal, &stage_of_rank, phases);
+    if outcome.is_err() && !staging.resuming && comm.is_root() {
+        discard_if_nothing_done(&journal, &stagings);
+    }
+    let (mut stats, phases, done) = outcome?;
+    stats.phases = phases;
+    if let Some(read) = op.bytes_read() {
+        stats.bytes_read = read;
+    }
+    stats.seconds = started.elapsed().as_secs_f64();
+    stats.device = op.device();
+    stats.threads = rayon::current_num_threads();
+    Ok(report::summarize(op, comm, stats, &stagings, done))
+}
+
+/// A failed run that finished no unit leaves nothing worth resuming (an input it cannot read
+/// will fail the same way again): its staging and journal go, so the error does not advise
+/// `--resume`. Rank 0, after every rank stopped.
+fn discard_if_nothing_done(journal: &journal::Journal, stagings: &[Staging]) {
+    if journal.finished_units().is_ok_and(|done| done.is_empty()) {
+        for s in stagings {
+            if let Err(e) = s.clear_stale() {
+                tracing::warn!("could not remove the failed run's staging: {e}");
+            }
+        }
+    }
+}
+
+/// The part of [`run`] after the journal is started: opens the staged outputs, runs every
+/// stage's units, finishes and publishes. Returns this rank's numbers, its phase times and how
+/// many units an interrupted run had already finished.
+fn run_staged<Op: Operation>(
+    op: &Op,
+    comm: &dyn Comm,
+    stagings: &[Staging],
+    journal: &journal::Journal,
+    stage_of_rank: &[Vec<Vec<usize>>],
+    mut phases: PhaseTimes,
+) -> Result<(report::RankStats, PhaseTimes, usize)> {
+    let units = op.units();
+    let staging = &stagings[0];
     let t = Instant::now();
     let staged: Vec<Address> = stagings.iter().map(|s| s.staging.clone()).collect();
     agree(comm, op.open_output(&staged, comm, staging.resuming))?;
@@ -493,7 +632,7 @@ pub fn run<Op: Operation>(op: &Op, comm: &dyn Comm, options: &RunOptions) -> Res
     } else {
         Default::default()
     };
-    let pending = without_finished(&stage_of_rank, &done);
+    let pending = without_finished(stage_of_rank, &done);
     agree(comm, op.assign(comm, &pending))?;
     let stages = &pending[comm.rank()];
     phases.setup += t.elapsed().as_secs_f64();
@@ -511,7 +650,7 @@ pub fn run<Op: Operation>(op: &Op, comm: &dyn Comm, options: &RunOptions) -> Res
     let mut driver = driver::Driver {
         op,
         comm,
-        journal: &journal,
+        journal,
         progress,
         phases,
         stats: report::RankStats::default(),
@@ -541,7 +680,7 @@ pub fn run<Op: Operation>(op: &Op, comm: &dyn Comm, options: &RunOptions) -> Res
     let driver::Driver {
         progress,
         mut phases,
-        mut stats,
+        stats,
         ..
     } = driver;
     progress.finish();
@@ -556,12 +695,5 @@ pub fn run<Op: Operation>(op: &Op, comm: &dyn Comm, options: &RunOptions) -> Res
     agree(comm, committed)?;
     phases.finalize += t.elapsed().as_secs_f64();
 
-    stats.phases = phases;
-    if let Some(read) = op.bytes_read() {
-        stats.bytes_read = read;
-    }
-    stats.seconds = started.elapsed().as_secs_f64();
-    stats.device = op.device();
-    stats.threads = rayon::current_num_threads();
-    Ok(report::summarize(op, comm, stats, &stagings, done.len()))
+    Ok((stats, phases, done.len()))
 }

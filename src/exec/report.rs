@@ -69,6 +69,13 @@ pub struct RunSummary {
     pub throughput_mb_per_s: f64,
     pub per_rank: Vec<RankStats>,
     pub dry_run: bool,
+    /// The run's identity (the job's parameters and what the plan derived from the inputs),
+    /// by which `--resume` recognises a finished output as this job's.
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub identity: Value,
+    /// `--resume` found the output already complete, made with the same identity: nothing ran.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub already_complete: bool,
 }
 
 impl RunSummary {
@@ -86,6 +93,8 @@ impl RunSummary {
             throughput_mb_per_s: 0.0,
             per_rank: vec![],
             dry_run: true,
+            identity: Value::Null,
+            already_complete: false,
         }
     }
 }
@@ -98,14 +107,34 @@ pub(super) fn summarize<Op: Operation>(
     resumed: usize,
 ) -> RunSummary {
     let published: Vec<&Path> = stagings.iter().map(Staging::published_path).collect();
-    gather_summary(
-        op.name(),
-        op.targets()[0].to_string(),
-        comm,
-        stats,
-        (op.units().len(), resumed),
-        &published,
-    )
+    RunSummary {
+        identity: super::identity(op),
+        ..gather_summary(
+            op.name(),
+            op.targets()[0].to_string(),
+            comm,
+            stats,
+            (op.units().len(), resumed),
+            &published,
+        )
+    }
+}
+
+/// The summary of a run that `--resume` found already complete (nothing ran).
+pub(super) fn already_complete<Op: Operation>(op: &Op, comm: &dyn Comm) -> RunSummary {
+    let units = op.units().len();
+    RunSummary {
+        identity: super::identity(op),
+        already_complete: true,
+        ..gather_summary(
+            op.name(),
+            op.targets()[0].to_string(),
+            comm,
+            RankStats::default(),
+            (units, units),
+            &[],
+        )
+    }
 }
 
 /// The run summary of one rank's `stats`, gathered from every rank (collective): `units` is
@@ -146,6 +175,8 @@ pub fn gather_summary(
         throughput_mb_per_s: bytes_written as f64 / 1e6 / seconds.max(1e-9),
         per_rank,
         dry_run: false,
+        identity: Value::Null,
+        already_complete: false,
     }
 }
 

@@ -80,66 +80,168 @@ pub fn lock_path(output: &Path) -> PathBuf {
 impl OutputLock {
     /// Takes the lock of `output` for this process.
     ///
+    /// The owner is written to a temporary file first and hard-linked to the lock's name (an
+    /// atomic create that fails if the name exists), so a lock file always holds its owner:
+    /// a job killed while taking it leaves at most its temporary, which the next job on this
+    /// host removes. Where the file system has no hard links, the lock is created and then
+    /// written, and an empty lock older than [`EMPTY_LOCK_GRACE`] is taken to be a killed
+    /// job's.
+    ///
     /// # Errors
-    /// [`Error::OutputExists`] naming the owner when another live job holds it; filesystem
-    /// errors with their path.
+    /// [`Error::OutputExists`] naming the owner when another live job holds it, or saying
+    /// which file to remove; filesystem errors with their path.
     pub fn acquire(output: &Path) -> Result<OutputLock> {
         let path = lock_path(output);
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).at(parent)?;
         }
+        remove_stale_temporaries(&path);
+        let me = serde_json::to_vec(&Owner::me()).unwrap_or_default();
         for _ in 0..3 {
-            match std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&path)
-            {
-                Ok(mut f) => {
-                    let me = serde_json::to_vec(&Owner::me()).unwrap_or_default();
-                    f.write_all(&me).at(&path)?;
-                    return Ok(OutputLock { path });
-                }
+            match create_holding(&path, &me) {
+                Ok(()) => return Ok(OutputLock { path }),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    let text = std::fs::read_to_string(&path).unwrap_or_default();
-                    match serde_json::from_str::<Owner>(&text) {
-                        Ok(owner) if owner.may_be_alive() => {
-                            return Err(Error::OutputExists {
-                                path: path.clone(),
-                                message: format!(
-                                    "another tessera job (host {}, pid {}, started {} s ago) is writing this output; wait for it, or remove this file if that job is gone",
-                                    owner.host,
-                                    owner.pid,
-                                    Owner::me().started.saturating_sub(owner.started)
-                                ),
-                            });
-                        }
-                        Ok(owner) => tracing::warn!(
-                            "stale lock {} (pid {} on this host is gone): taking it over",
-                            path.display(),
-                            owner.pid
-                        ),
-                        // A lock being written this instant, or garbage: an unreadable
-                        // lock is not trusted to be stale.
-                        Err(_) if text.is_empty() => {
-                            std::thread::sleep(std::time::Duration::from_millis(100));
-                            continue;
-                        }
-                        Err(_) => {
-                            return Err(Error::OutputExists {
-                                path: path.clone(),
-                                message: "an unreadable lock file; remove it if no job is writing this output".into(),
-                            })
-                        }
+                    if !held_by_nobody(&path)? {
+                        std::thread::sleep(std::time::Duration::from_millis(100));
+                        continue;
                     }
-                    std::fs::remove_file(&path).at(&path)?;
+                    remove_lock(&path)?;
                 }
                 Err(e) => return Err(e).at(&path),
             }
         }
         Err(Error::OutputExists {
+            message: format!(
+                "other jobs keep taking and dropping this lock; if no tessera job is writing this output, remove {}",
+                path.display()
+            ),
             path,
-            message: "another job keeps taking this lock".into(),
         })
+    }
+}
+
+/// How old an empty lock must be before it is taken for a killed job's (only file systems
+/// without hard links can leave one: elsewhere a lock is never seen empty).
+pub const EMPTY_LOCK_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Creates `path` holding `owner`, failing with `AlreadyExists` if it exists.
+fn create_holding(path: &Path, owner: &[u8]) -> std::io::Result<()> {
+    let tmp = temporary_of(path, &crate::comm::hostname(), std::process::id());
+    std::fs::write(&tmp, owner)?;
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+            // No hard links here (some FUSE and object-store mounts): create, then write.
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(path)?;
+            f.write_all(owner)
+        }
+        other => other,
+    }
+}
+
+/// `out.zarr.lock.tmp-<host>-<pid>`: a lock being written.
+fn temporary_of(lock: &Path, host: &str, pid: u32) -> PathBuf {
+    let mut name = lock.as_os_str().to_owned();
+    name.push(format!(".tmp-{host}-{pid}"));
+    PathBuf::from(name)
+}
+
+/// Removes the temporaries that jobs of this host killed while taking this lock left behind.
+fn remove_stale_temporaries(lock: &Path) {
+    let (Some(dir), Some(name)) = (lock.parent(), lock.file_name()) else {
+        return;
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let prefix = format!(
+        "{}.tmp-{}-",
+        name.to_string_lossy(),
+        crate::comm::hostname()
+    );
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let entry_name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = entry_name
+            .strip_prefix(&prefix)
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let owner = Owner {
+            host: crate::comm::hostname(),
+            pid,
+            started: 0,
+        };
+        if !owner.may_be_alive() {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Looks at an existing lock: `Ok(true)` when its owner is gone (the caller takes it over),
+/// `Ok(false)` when it is being written this instant (look again); a live owner, or a lock
+/// that cannot be judged, is refused with what to do.
+fn held_by_nobody(path: &Path) -> Result<bool> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        // Removed between our create and our read: free again.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e).at(path),
+    };
+    match serde_json::from_str::<Owner>(&text) {
+        Ok(owner) if owner.may_be_alive() => Err(Error::OutputExists {
+            path: path.into(),
+            message: format!(
+                "another tessera job (host {}, pid {}, started {} s ago) is writing this output; wait for it, or remove this file if that job is gone",
+                owner.host,
+                owner.pid,
+                Owner::me().started.saturating_sub(owner.started)
+            ),
+        }),
+        Ok(owner) => {
+            tracing::warn!(
+                "stale lock {} (pid {} on this host is gone): taking it over",
+                path.display(),
+                owner.pid
+            );
+            Ok(true)
+        }
+        Err(_) if text.is_empty() => {
+            let age = std::fs::metadata(path)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .unwrap_or_default();
+            if age < EMPTY_LOCK_GRACE {
+                return Ok(false);
+            }
+            tracing::warn!(
+                "empty lock {} ({} s old: a job killed while taking it): taking it over",
+                path.display(),
+                age.as_secs()
+            );
+            Ok(true)
+        }
+        Err(_) => Err(Error::OutputExists {
+            path: path.into(),
+            message: "is not a lock tessera wrote (unreadable); remove it if no job is writing this output".into(),
+        }),
+    }
+}
+
+fn remove_lock(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).at(path),
+        _ => Ok(()),
     }
 }
 
@@ -203,9 +305,37 @@ mod tests {
         let e = OutputLock::acquire(&out).unwrap_err().to_string();
         assert!(e.contains("elsewhere-node-17"), "{e}");
         std::fs::write(lock_path(&out), b"{not json").unwrap();
-        assert!(OutputLock::acquire(&out)
-            .unwrap_err()
-            .to_string()
-            .contains("unreadable"));
+        let e = OutputLock::acquire(&out).unwrap_err().to_string();
+        assert!(e.contains("unreadable") && e.contains("remove it"), "{e}");
+    }
+
+    #[test]
+    fn leftovers_of_a_job_killed_while_locking_are_cleared() {
+        let d = tempfile::tempdir().unwrap();
+        let out = d.path().join("out.zarr");
+        let lock = lock_path(&out);
+        // Killed between creating the lock and writing it (the old protocol, or a file
+        // system without hard links): an empty lock, old enough to be a dead job's.
+        let f = std::fs::File::create(&lock).unwrap();
+        let old = std::time::SystemTime::now() - EMPTY_LOCK_GRACE * 2;
+        f.set_modified(old).unwrap();
+        drop(f);
+        // Killed between writing the temporary and linking it.
+        let host = crate::comm::hostname();
+        let dead_tmp = temporary_of(&lock, &host, i32::MAX as u32 - 9);
+        std::fs::write(&dead_tmp, b"{}").unwrap();
+        let live_tmp = temporary_of(&lock, &host, std::process::id());
+        let taken = OutputLock::acquire(&out).unwrap();
+        assert!(!dead_tmp.exists());
+        let owner: Owner = serde_json::from_slice(&std::fs::read(&lock).unwrap()).unwrap();
+        assert_eq!(owner.pid, std::process::id());
+        assert!(!live_tmp.exists(), "the lock's own temporary is removed");
+        drop(taken);
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
+        // A fresh empty lock (a job writing it this instant) is waited for, then refused
+        // with what to do.
+        std::fs::File::create(&lock).unwrap();
+        let e = OutputLock::acquire(&out).unwrap_err().to_string();
+        assert!(e.contains(&format!("remove {}", lock.display())), "{e}");
     }
 }

@@ -291,6 +291,12 @@ fn check_container_kind(address: &Address) -> Result<()> {
     let Ok(found) = std::fs::metadata(path) else {
         return Err(Error::address(address.to_string(), "does not exist"));
     };
+    if let Some(kind) = safety::special_kind(path) {
+        return Err(Error::address(
+            address.to_string(),
+            format!("is {kind}; tessera reads only regular files and directories"),
+        ));
+    }
     let wrong = match address {
         Address::Zarr { .. } if !found.is_dir() => {
             Some("is a file, not a Zarr store (a directory)")

@@ -84,6 +84,82 @@ pub fn canonical(path: &Path) -> PathBuf {
     out
 }
 
+/// What a path is when it is neither a regular file nor a directory (nor a link to one):
+/// `Some("a FIFO")` and the like; `None` for files, directories and paths that do not exist.
+pub fn special_kind(path: &Path) -> Option<&'static str> {
+    use std::os::unix::fs::FileTypeExt;
+    let kind = std::fs::metadata(path).ok()?.file_type();
+    if kind.is_fifo() {
+        Some("a FIFO (named pipe)")
+    } else if kind.is_char_device() {
+        Some("a character device")
+    } else if kind.is_block_device() {
+        Some("a block device")
+    } else if kind.is_socket() {
+        Some("a socket")
+    } else {
+        None
+    }
+}
+
+/// The system's own trees, never an output: device nodes and kernel interfaces. `/dev/shm`
+/// is a plain memory file system (tmpfs) that HPC users stage data in, so it is allowed.
+fn system_tree(canonical: &Path) -> Option<&'static str> {
+    if canonical.starts_with("/dev/shm") {
+        return None;
+    }
+    ["/dev", "/proc", "/sys"]
+        .into_iter()
+        .find(|root| canonical.starts_with(root))
+}
+
+/// Refuses an output path that tessera must never create or replace, with or without
+/// `--overwrite`: anything under `/dev` (but `/dev/shm`), `/proc` or `/sys`, and an existing
+/// device node, FIFO or socket (through symlinks too: `canonical` resolves them).
+///
+/// # Errors
+/// [`Error::Parameter`] naming the flag and what the path is.
+pub fn check_output_path(what: &str, path: &Path) -> Result<()> {
+    let resolved = canonical(path);
+    if let Some(kind) = special_kind(&resolved) {
+        return Err(Error::parameter(
+            what,
+            format!(
+                "{} is {kind}; tessera writes only regular files and directories",
+                path.display()
+            ),
+        ));
+    }
+    if let Some(root) = system_tree(&resolved) {
+        return Err(Error::parameter(
+            what,
+            format!(
+                "{} is under {root}, the system's device and kernel files; write it somewhere else",
+                path.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses an input that is a FIFO, device or socket before anything opens it (opening a
+/// FIFO blocks until a writer comes; a device streams forever).
+///
+/// # Errors
+/// [`Error::Parameter`] naming the flag and what the path is.
+pub fn check_input_path(what: &str, path: &Path) -> Result<()> {
+    match special_kind(path) {
+        Some(kind) => Err(Error::parameter(
+            what,
+            format!(
+                "{} is {kind}; tessera reads only regular files and directories",
+                path.display()
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// How two places relate on disk.
 #[derive(Debug, PartialEq, Eq)]
 enum Overlap {
@@ -103,6 +179,16 @@ fn overlap(a: &Path, b: &Path) -> Option<Overlap> {
         Some(Overlap::Contains)
     } else {
         None
+    }
+}
+
+/// Whether two existing paths are one file under two names (hard links, bind mounts):
+/// the same device and inode.
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
     }
 }
 
@@ -132,6 +218,12 @@ impl Written {
 /// # Errors
 /// [`Error::Parameter`] naming the output and the input (or the two outputs).
 pub fn check_places(inputs: &[Place], writes: &[Written]) -> Result<()> {
+    for input in inputs {
+        check_input_path("input", &input.footprint())?;
+    }
+    for w in writes {
+        check_output_path(&w.what, &w.place.footprint())?;
+    }
     let inputs: Vec<(&Place, PathBuf)> = inputs
         .iter()
         .map(|p| (p, canonical(&p.footprint())))
@@ -152,7 +244,8 @@ pub fn check_places(inputs: &[Place], writes: &[Written]) -> Result<()> {
                 ))
             };
             let same_hdf5 = w.place.hdf5_dataset().is_some() && input.hdf5_dataset().is_some();
-            match overlap(wp, ip) {
+            let how = overlap(wp, ip).or_else(|| same_file(wp, ip).then_some(Overlap::Same));
+            match how {
                 Some(Overlap::Same) if same_hdf5 && w.place.hdf5_dataset() != input.hdf5_dataset() => {
                     return refuse("is in the same HDF5 file as")
                 }
@@ -204,6 +297,7 @@ pub fn check_places(inputs: &[Place], writes: &[Written]) -> Result<()> {
 /// # Errors
 /// [`Error::OutputExists`] naming the path.
 pub fn check_side_file(path: &Path, overwrite: bool) -> Result<()> {
+    check_output_path("output", path)?;
     match std::fs::symlink_metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e).at(path),
@@ -437,6 +531,72 @@ mod tests {
             e.contains("--report") && e.contains("lies inside output"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn special_files_and_system_trees_are_never_outputs() {
+        let d = tempfile::tempdir().unwrap();
+        let fifo = d.path().join("pipe");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo reads a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        for overwrite in [false, true] {
+            let e = check_side_file(&fifo, overwrite).unwrap_err().to_string();
+            assert!(e.contains("FIFO"), "{e}");
+            let e = check_side_file(Path::new("/dev/null"), overwrite)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("character device"), "{e}");
+        }
+        // A symlink to a device is the device.
+        std::os::unix::fs::symlink("/dev/null", d.path().join("null.json")).unwrap();
+        let e = check_output_path("report", &d.path().join("null.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("--report:") && e.contains("device"), "{e}");
+        for p in ["/dev/new.json", "/proc/self/x.npy", "/sys/x.zarr"] {
+            let e = check_output_path("output", Path::new(p))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("system's device and kernel files"), "{p}: {e}");
+        }
+        assert!(check_output_path("output", Path::new("/dev/shm/x.zarr")).is_ok());
+        assert!(check_output_path("output", &d.path().join("o.zarr")).is_ok());
+        // Inputs: a FIFO or a device is refused before anything opens it.
+        let e = check_places(&[Place::Path(fifo.clone())], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("FIFO") && e.contains("reads only"), "{e}");
+        assert!(check_input_path("input", Path::new("/dev/zero")).is_err());
+        // Through check_places, for every kind of write.
+        let writes = [Written::new("output", arr("/dev/x.zarr"))];
+        assert!(check_places(&[], &writes).is_err());
+    }
+
+    #[test]
+    fn a_hard_link_of_the_input_is_the_input() {
+        let d = tempfile::tempdir().unwrap();
+        let input = d.path().join("in.h5");
+        std::fs::write(&input, b"x").unwrap();
+        let link = d.path().join("out.h5");
+        std::fs::hard_link(&input, &link).unwrap();
+        let e = check_places(
+            &[arr(&format!("{}:/a", input.display()))],
+            &[Written::new(
+                "output",
+                arr(&format!("{}:/b", link.display())),
+            )],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("same HDF5 file"), "{e}");
+        let e = check_places(
+            &[Place::Path(input.clone())],
+            &[Written::new("report", Place::Path(link))],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains(" is the input"), "{e}");
     }
 
     #[test]

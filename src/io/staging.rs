@@ -66,6 +66,17 @@ fn interrupted_error(path: PathBuf) -> Error {
     }
 }
 
+impl Publish {
+    fn journal_dir(&self) -> PathBuf {
+        match self {
+            Publish::Rename { published, .. } => with_suffix(published, ".journal"),
+            Publish::Dataset { file, dataset, .. } => {
+                with_suffix(file, &format!("{}.journal", dotted(dataset)))
+            }
+        }
+    }
+}
+
 impl Staging {
     /// Decides where to write `target`, checking it against what is already on disk.
     ///
@@ -129,6 +140,25 @@ impl Staging {
         }
     }
 
+    /// Whether `target` is published: its file, store or node exists (the HDF5 dataset, for one
+    /// added to an existing file).
+    ///
+    /// # Errors
+    /// An HDF5 file that cannot be read.
+    pub fn is_published(target: &Address) -> Result<bool> {
+        match Self::names(target).0 {
+            Publish::Rename { published, .. } => Ok(published.exists()),
+            Publish::Dataset { file, dataset, .. } => dataset_exists(&file, &dataset),
+        }
+    }
+
+    /// Whether an interrupted run's staging of `target` is on disk.
+    pub fn is_staged(target: &Address) -> bool {
+        match Self::names(target).0 {
+            Publish::Rename { staged, .. } | Publish::Dataset { staged, .. } => staged.exists(),
+        }
+    }
+
     /// How `target` is staged, and the staging address.
     fn names(target: &Address) -> (Publish, Address) {
         let container = target.container().to_path_buf();
@@ -178,12 +208,12 @@ impl Staging {
 
     /// The directory that holds the run's journal of finished units.
     pub fn journal_dir(&self) -> PathBuf {
-        match &self.publish {
-            Publish::Rename { published, .. } => with_suffix(published, ".journal"),
-            Publish::Dataset { file, dataset, .. } => {
-                with_suffix(file, &format!("{}.journal", dotted(dataset)))
-            }
-        }
+        self.publish.journal_dir()
+    }
+
+    /// The journal directory a run of `target` keeps.
+    pub fn journal_of(target: &Address) -> PathBuf {
+        Self::names(target).0.journal_dir()
     }
 
     /// The path published at commit (the file or directory that appears when done; the HDF5
@@ -225,8 +255,11 @@ impl Staging {
     pub fn commit(&self) -> Result<()> {
         match &self.publish {
             Publish::Rename { published, staged } => {
-                let old = with_suffix(published, &format!(".replaced-{}", std::process::id()));
-                let replacing = published.exists();
+                // A file is replaced by one rename (atomic). A directory cannot be renamed
+                // over a non-empty one: the old one is moved aside first, and
+                // `recover_replaced` puts it back if the run dies between the two renames.
+                let replacing = std::fs::symlink_metadata(published).is_ok_and(|m| m.is_dir());
+                let old = with_suffix(published, &format!("{REPLACED}{}", std::process::id()));
                 if replacing {
                     std::fs::rename(published, &old).at(published)?;
                 }
@@ -246,6 +279,59 @@ impl Staging {
         }
         remove_any(&self.journal_dir())
     }
+}
+
+/// The suffix of an old output moved aside while `--overwrite` publishes a new directory.
+const REPLACED: &str = ".replaced-";
+
+/// Puts right what a run killed while publishing `target` left: an old output moved aside
+/// (`out.zarr.replaced-PID`) is put back if the new one never took its place (the killed run's
+/// staging and journal stay, so `--resume` publishes it again), and removed if it did. Rank 0,
+/// holding the output's lock (so no live job is publishing it).
+///
+/// # Errors
+/// Filesystem errors with their path.
+pub fn recover_replaced(target: &Address) -> Result<()> {
+    let published = Staging::published_of(target);
+    let (Some(dir), Some(name)) = (published.parent(), published.file_name()) else {
+        return Ok(());
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let prefix = format!("{}{REPLACED}", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    let mut moved_aside: Vec<PathBuf> = entries
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .strip_prefix(&prefix)
+                .is_some_and(|pid| pid.parse::<u32>().is_ok())
+        })
+        .map(|e| e.path())
+        .collect();
+    moved_aside.sort();
+    for old in moved_aside {
+        if published.exists() {
+            tracing::warn!(
+                "removing {}: the old output an interrupted --overwrite had already replaced",
+                old.display()
+            );
+            remove_any(&old)?;
+        } else {
+            tracing::warn!(
+                "putting back {}: an interrupted --overwrite moved the old output aside and never published the new one",
+                published.display()
+            );
+            std::fs::rename(&old, &published).at(&old)?;
+        }
+    }
+    Ok(())
 }
 
 /// Refuses to replace (with `--overwrite`) something that is not an array of the output's
@@ -417,6 +503,43 @@ mod tests {
         s.commit().unwrap();
         assert_eq!(std::fs::read(&out).unwrap(), b"new");
         assert!(!dir.path().join("o.npy.partial").exists());
+    }
+
+    #[test]
+    fn an_overwrite_killed_between_its_renames_is_put_right() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("o.zarr");
+        let addr = Address::parse(out.to_str().unwrap()).unwrap();
+        let aside = dir.path().join("o.zarr.replaced-4242");
+        // Killed after moving the old output aside, before publishing the new one.
+        std::fs::create_dir(&aside).unwrap();
+        std::fs::write(aside.join("zarr.json"), b"old").unwrap();
+        recover_replaced(&addr).unwrap();
+        assert_eq!(std::fs::read(out.join("zarr.json")).unwrap(), b"old");
+        assert!(!aside.exists());
+        // Killed after publishing the new one, before removing the old.
+        std::fs::create_dir(&aside).unwrap();
+        recover_replaced(&addr).unwrap();
+        assert!(!aside.exists());
+        assert_eq!(std::fs::read(out.join("zarr.json")).unwrap(), b"old");
+        // Names that only look alike are left alone.
+        std::fs::create_dir(dir.path().join("o.zarr.replaced-notes")).unwrap();
+        recover_replaced(&addr).unwrap();
+        assert!(dir.path().join("o.zarr.replaced-notes").exists());
+    }
+
+    #[test]
+    fn a_file_output_is_replaced_by_one_rename() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("o.npy");
+        std::fs::write(&out, b"\x93NUMPY old").unwrap();
+        let addr = Address::parse(out.to_str().unwrap()).unwrap();
+        let s = Staging::plan(&addr, true, false).unwrap();
+        s.clear_stale().unwrap();
+        std::fs::write(dir.path().join("o.npy.partial"), b"new").unwrap();
+        s.commit().unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), b"new");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     #[test]

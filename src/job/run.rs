@@ -156,6 +156,16 @@ fn finish(
     let Some(report) = &run.report else {
         return Ok(());
     };
+    if !summaries.is_empty() && summaries.iter().all(|s| s.already_complete) {
+        // A requeued job that had finished: its report stays the one of the run that did it.
+        for s in summaries {
+            println!(
+                "{} is already complete (same parameters and inputs): nothing to do",
+                s.output
+            );
+        }
+        return Ok(());
+    }
     // A present report was refused before the run unless --overwrite or the run resumed an
     // interrupted one (whose report this is).
     write_report(

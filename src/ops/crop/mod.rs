@@ -657,6 +657,10 @@ pub fn run(job: &CropJob, comm: &dyn Comm) -> Result<Vec<RunSummary>> {
         device,
     )?;
     let summary = crate::exec::run(&op, comm, &job.run)?;
+    if summary.already_complete {
+        // A requeued job that had finished: its side files are the finished run's.
+        return Ok(vec![summary]);
+    }
     if job.run.resume && !job.run.dry_run {
         recrop_finished_units(&op, comm)?;
     }
