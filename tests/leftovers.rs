@@ -1,0 +1,342 @@
+//! What a hostile user or a crash leaves behind (issue 28): outputs that are not tessera's to
+//! replace (devices, FIFOs, the system's trees), inputs that would block, leftovers of a job
+//! killed at any step (empty locks, an old output moved aside by `--overwrite`, a staging area
+//! with nothing to resume), and a requeued job resuming an output it had already finished.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use ndarray::{ArrayD, IxDyn};
+
+/// `in.npy`, a (2, 1, 48, 48) float32 image, in `dir`.
+fn image(dir: &Path) -> PathBuf {
+    let mut rng = Rng::new(7);
+    let a = ArrayD::from_shape_fn(IxDyn(&[2, 1, 48, 48]), |_| rng.below(1000) as f32);
+    let p = dir.join("in.npy");
+    ndarray_npy::write_npy(&p, &a).unwrap();
+    p
+}
+
+fn unstitch(input: &Path, output: &str, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "quilt",
+        "unstitch",
+        "--input",
+        &s(input),
+        "--output",
+        output,
+        "--window",
+        "16,16",
+        "--step",
+        "8,8",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args
+}
+
+fn run(args: &[String], env: &[(&str, &str)]) -> Output {
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    tessera_env(&refs, env)
+}
+
+/// Runs tessera, killing it if it has not ended within `limit` (an input that blocks in
+/// `open` would otherwise hang the test).
+fn run_within(args: &[String], limit: Duration) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > limit {
+            child.kill().unwrap();
+            panic!("tessera {args:?} still ran after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn mkfifo(path: &Path) {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: mkfifo reads a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+}
+
+fn is_fifo(path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::symlink_metadata(path)
+        .map(|m| m.file_type().is_fifo())
+        .unwrap_or(false)
+}
+
+/// Names in `dir`, sorted.
+fn names(dir: &Path) -> Vec<String> {
+    let mut n: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    n.sort();
+    n
+}
+
+#[test]
+fn devices_fifos_and_system_trees_are_never_outputs() {
+    let d = tempfile::tempdir().unwrap();
+    let input = image(d.path());
+    let out = s(&d.path().join("o.zarr"));
+    // A report that is a FIFO, or a link to /dev/null, with and without --overwrite.
+    let fifo = d.path().join("report.fifo");
+    mkfifo(&fifo);
+    let fifo_out = d.path().join("out.npy");
+    mkfifo(&fifo_out);
+    let null_link = d.path().join("null.json");
+    std::os::unix::fs::symlink("/dev/null", &null_link).unwrap();
+    for overwrite in [&[][..], &["--overwrite"][..]] {
+        let mut extra = vec!["--report", fifo.to_str().unwrap()];
+        extra.extend(overwrite);
+        fails_with(
+            run_within(&unstitch(&input, &out, &extra), Duration::from_secs(60)),
+            &["--report", "FIFO", "regular files"],
+        );
+        let mut extra = vec!["--report", null_link.to_str().unwrap()];
+        extra.extend(overwrite);
+        fails_with(
+            run(&unstitch(&input, &out, &extra), &[]),
+            &["--report", "character device"],
+        );
+        // The output itself as a FIFO.
+        fails_with(
+            run_within(
+                &unstitch(&input, &s(&fifo_out), overwrite),
+                Duration::from_secs(60),
+            ),
+            &["--output", "FIFO"],
+        );
+    }
+    assert!(is_fifo(&fifo) && is_fifo(&fifo_out));
+    assert!(std::fs::symlink_metadata(&null_link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    // Anything under /dev (but /dev/shm), /proc or /sys.
+    for place in [
+        "/dev/tessera-28.zarr",
+        "/proc/self/tessera-28.npy",
+        "/sys/t.zarr",
+    ] {
+        fails_with(
+            run(&unstitch(&input, place, &["--overwrite"]), &[]),
+            &["--output", "system's device and kernel files"],
+        );
+        assert!(!Path::new(place).exists());
+    }
+    assert!(!d.path().join("o.zarr").exists());
+}
+
+#[test]
+fn inputs_that_would_block_are_refused_up_front() {
+    let d = tempfile::tempdir().unwrap();
+    let fifo = d.path().join("in.npy");
+    mkfifo(&fifo);
+    let out = s(&d.path().join("o.zarr"));
+    fails_with(
+        run_within(&unstitch(&fifo, &out, &[]), Duration::from_secs(60)),
+        &["FIFO", "reads only regular files"],
+    );
+    let dev = d.path().join("zero.npy");
+    std::os::unix::fs::symlink("/dev/zero", &dev).unwrap();
+    fails_with(
+        run_within(&unstitch(&dev, &out, &[]), Duration::from_secs(60)),
+        &["zero.npy", "character device"],
+    );
+    // info reads through the same door.
+    fails_with(
+        run_within(&["info".to_string(), s(&fifo)], Duration::from_secs(60)),
+        &["FIFO"],
+    );
+    assert_eq!(names(d.path()), ["in.npy", "zero.npy"]);
+}
+
+#[test]
+fn an_empty_lock_of_a_killed_job_does_not_block_the_next() {
+    let d = tempfile::tempdir().unwrap();
+    let input = image(d.path());
+    let out = d.path().join("o.zarr");
+    // Killed between creating its lock and writing it (what older tessera could leave).
+    let lock = d.path().join("o.zarr.lock");
+    let f = std::fs::File::create(&lock).unwrap();
+    f.set_modified(std::time::SystemTime::now() - Duration::from_secs(60))
+        .unwrap();
+    drop(f);
+    // And a temporary of a lock being taken by a process of this host that is gone.
+    let host = String::from_utf8(Command::new("hostname").output().unwrap().stdout).unwrap();
+    let tmp = d
+        .path()
+        .join(format!("o.zarr.lock.tmp-{}-{}", host.trim(), i32::MAX - 3));
+    std::fs::write(&tmp, b"{}").unwrap();
+    let text = ok(run(&unstitch(&input, &s(&out), &[]), &[]));
+    assert!(text.contains("empty lock"), "{text}");
+    assert_eq!(
+        names(d.path()),
+        ["in.npy", "o.zarr", "o.zarr.report.json", "o_positions.npy"]
+    );
+    // A fresh empty lock (a job taking it this instant) is not taken over; the message says
+    // which file to remove.
+    std::fs::File::create(&lock).unwrap();
+    let out2 = d.path().join("o.zarr");
+    fails_with(
+        run(&unstitch(&input, &s(&out2), &["--overwrite"]), &[]),
+        &["remove", "o.zarr.lock"],
+    );
+}
+
+/// The state a `--overwrite` killed between its two renames leaves: the old output moved
+/// aside, the new one complete in its staging area with its journal.
+#[test]
+fn an_overwrite_killed_while_publishing_loses_nothing_and_leaves_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let input = image(d.path());
+    let out = d.path().join("o.zarr");
+    let env = [("TESSERA_UNIT_BYTES", "4096")];
+    ok(run(&unstitch(&input, &s(&out), &[]), &env));
+    let old = tree(&out);
+    // The new run (other steps), once uninterrupted elsewhere, for its unit count and bytes.
+    let new_args = |out: &Path, extra: &[&str]| {
+        let mut a = unstitch(&input, &s(out), extra);
+        a[9] = "4,4".into();
+        a
+    };
+    let clean_dir = d.path().join("clean");
+    std::fs::create_dir(&clean_dir).unwrap();
+    let clean = clean_dir.join("o.zarr");
+    ok(run(&new_args(&clean, &[]), &env));
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(clean_dir.join("o.zarr.report.json")).unwrap())
+            .unwrap();
+    let units = report["runs"][0]["units_total"].to_string();
+    // Killed after its last unit, then (by hand) between the renames: the old output aside.
+    let killed = run(
+        &new_args(&out, &["--overwrite"]),
+        &[env[0], ("TESSERA_ABORT_AFTER_UNITS", &units)],
+    );
+    assert!(!killed.status.success(), "{}", text(&killed));
+    assert!(d.path().join("o.zarr.partial").is_dir());
+    let aside = d.path().join("o.zarr.replaced-999999");
+    std::fs::rename(&out, &aside).unwrap();
+    // The next plain run puts the old output back and says what to do.
+    fails_with(
+        run(&unstitch(&input, &s(&out), &[]), &env),
+        &["exists", "--overwrite"],
+    );
+    assert_eq!(tree(&out), old);
+    assert!(!aside.exists());
+    // The interrupted run, resumed, publishes the new output; nothing old lingers.
+    ok(run(&new_args(&out, &["--overwrite", "--resume"]), &env));
+    assert_same_tree(&out, &clean);
+    // Killed after publishing, before removing the old one: the next run removes it.
+    let copy = d.path().join("o.zarr.replaced-999998");
+    std::fs::create_dir(&copy).unwrap();
+    std::fs::write(copy.join("zarr.json"), b"{}").unwrap();
+    ok(run(&new_args(&out, &["--overwrite"]), &env));
+    assert!(!copy.exists());
+    assert_eq!(
+        names(d.path()),
+        [
+            "clean",
+            "in.npy",
+            "o.zarr",
+            "o.zarr.report.json",
+            "o_positions.npy"
+        ]
+    );
+}
+
+#[test]
+fn a_run_that_failed_before_finishing_a_unit_leaves_nothing_to_resume() {
+    let d = tempfile::tempdir().unwrap();
+    let input = image(d.path());
+    let out = d.path().join("o.zarr");
+    let e = fails_with(
+        run(
+            &unstitch(&input, &s(&out), &[]),
+            &[("TESSERA_FAIL_UNIT", "0")],
+        ),
+        &[],
+    );
+    assert!(!e.contains("--resume"), "{e}");
+    assert_eq!(names(d.path()), ["in.npy"]);
+    // With units finished before the failure, the staging stays and the line says so.
+    let e = fails_with(
+        run(
+            &unstitch(&input, &s(&out), &["--patches-per-chunk", "4"]),
+            &[("TESSERA_UNIT_BYTES", "4096"), ("TESSERA_FAIL_UNIT", "3")],
+        ),
+        &["--resume"],
+    );
+    assert!(d.path().join("o.zarr.partial").exists(), "{e}");
+}
+
+#[test]
+fn resuming_a_finished_output_succeeds_and_changes_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let input = image(d.path());
+    let out = d.path().join("o.zarr");
+    let report = d.path().join("o.zarr.report.json");
+    ok(run(&unstitch(&input, &s(&out), &[]), &[]));
+    let before = tree(d.path());
+    let text = ok(run(&unstitch(&input, &s(&out), &["--resume"]), &[]));
+    assert!(text.contains("already complete"), "{text}");
+    assert_eq!(tree(d.path()), before, "a finished output is left as it is");
+    // Another parameter: refused, naming it.
+    let mut other = unstitch(&input, &s(&out), &["--resume"]);
+    other[9] = "4,4".into();
+    fails_with(run(&other, &[]), &["is complete", "--step", "--overwrite"]);
+    // Killed between publishing and removing its journal: the journal vouches for it.
+    let journal = d.path().join("o.zarr.journal");
+    std::fs::create_dir(&journal).unwrap();
+    let rep: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    std::fs::write(
+        journal.join("plan.json"),
+        rep["runs"][0]["identity"].to_string(),
+    )
+    .unwrap();
+    std::fs::remove_file(&report).unwrap();
+    ok(run(&unstitch(&input, &s(&out), &["--resume"]), &[]));
+    assert!(!journal.exists());
+    // Neither journal nor report: it cannot be told apart from another job's output.
+    fails_with(
+        run(&unstitch(&input, &s(&out), &["--resume"]), &[]),
+        &["is complete", "report", "--overwrite"],
+    );
+}
+
+#[test]
+fn resuming_a_finished_output_on_two_ranks() {
+    let Some(_) = mpirun() else { return };
+    if !cfg!(feature = "mpi") {
+        eprintln!("skipped: needs the MPI build");
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let input = image(d.path());
+    let out = d.path().join("o.zarr");
+    let args = unstitch(&input, &s(&out), &[]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    ok(tessera_mpi(2, &refs, &[]));
+    let before = tree(d.path());
+    let args = unstitch(&input, &s(&out), &["--resume"]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let text = ok(tessera_mpi(2, &refs, &[]));
+    assert!(text.contains("already complete"), "{text}");
+    assert_eq!(tree(d.path()), before);
+}
