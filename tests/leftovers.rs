@@ -200,65 +200,129 @@ fn an_empty_lock_of_a_killed_job_does_not_block_the_next() {
     );
 }
 
-/// The state a `--overwrite` killed between its two renames leaves: the old output moved
-/// aside, the new one complete in its staging area with its journal.
+/// Unstitch with other steps than [`unstitch`]'s: the second job of the crash tests.
+fn other_steps(input: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
+    let mut a = unstitch(input, &s(out), extra);
+    a[9] = "4,4".into();
+    a
+}
+
+/// What is left in `dir` besides the named outputs: leftovers of a killed run.
+#[track_caller]
+fn assert_only(dir: &Path, expected: &[&str]) {
+    assert_eq!(names(dir), expected, "leftovers in {}", dir.display());
+}
+
+/// An `--overwrite` killed at each step of publishing (old output moved aside, new one renamed
+/// in, one of two outputs published, all published but the journal): the next run finds the
+/// old output or the new one, `--resume` recognises the new one as finished, and nothing else
+/// is left. Killed before publishing, the old output stays and the line says what to do.
 #[test]
 fn an_overwrite_killed_while_publishing_loses_nothing_and_leaves_nothing() {
     let d = tempfile::tempdir().unwrap();
     let input = image(d.path());
-    let out = d.path().join("o.zarr");
-    let env = [("TESSERA_UNIT_BYTES", "4096")];
-    ok(run(&unstitch(&input, &s(&out), &[]), &env));
-    let old = tree(&out);
-    // The new run (other steps), once uninterrupted elsewhere, for its unit count and bytes.
-    let new_args = |out: &Path, extra: &[&str]| {
-        let mut a = unstitch(&input, &s(out), extra);
-        a[9] = "4,4".into();
-        a
-    };
     let clean_dir = d.path().join("clean");
     std::fs::create_dir(&clean_dir).unwrap();
     let clean = clean_dir.join("o.zarr");
-    ok(run(&new_args(&clean, &[]), &env));
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(clean_dir.join("o.zarr.report.json")).unwrap())
-            .unwrap();
-    let units = report["runs"][0]["units_total"].to_string();
-    // Killed after its last unit, then (by hand) between the renames: the old output aside.
+    ok(run(&other_steps(&input, &clean, &[]), &[]));
+    for step in ["moved-aside", "renamed", "published-one", "published"] {
+        let dir = d.path().join(step);
+        std::fs::create_dir(&dir).unwrap();
+        let out = dir.join("o.zarr");
+        ok(run(&unstitch(&input, &s(&out), &[]), &[]));
+        let killed = run(
+            &other_steps(&input, &out, &["--overwrite"]),
+            &[("TESSERA_CRASH_AT", step)],
+        );
+        assert!(!killed.status.success(), "{step}: {}", text(&killed));
+        let resumed = ok(run(&other_steps(&input, &out, &["--resume"]), &[]));
+        assert!(resumed.contains("already complete"), "{step}: {resumed}");
+        assert_same_tree(&out, &clean);
+        let positions = |d: &Path| std::fs::read(d.join("o_positions.npy")).unwrap();
+        assert!(
+            positions(&dir) == positions(&clean_dir),
+            "{step}: positions"
+        );
+        assert_only(&dir, &["o.zarr", "o.zarr.report.json", "o_positions.npy"]);
+    }
+    // Killed after its last unit, before publishing: the old output is untouched.
+    let dir = d.path().join("before");
+    std::fs::create_dir(&dir).unwrap();
+    let out = dir.join("o.zarr");
+    ok(run(&unstitch(&input, &s(&out), &[]), &[]));
+    let old = tree(&out);
     let killed = run(
-        &new_args(&out, &["--overwrite"]),
-        &[env[0], ("TESSERA_ABORT_AFTER_UNITS", &units)],
+        &other_steps(&input, &out, &["--overwrite"]),
+        &[("TESSERA_ABORT_AFTER_UNITS", "1")],
     );
     assert!(!killed.status.success(), "{}", text(&killed));
-    assert!(d.path().join("o.zarr.partial").is_dir());
-    let aside = d.path().join("o.zarr.replaced-999999");
-    std::fs::rename(&out, &aside).unwrap();
-    // The next plain run puts the old output back and says what to do.
+    assert_eq!(tree(&out), old);
     fails_with(
-        run(&unstitch(&input, &s(&out), &[]), &env),
+        run(&other_steps(&input, &out, &["--resume"]), &[]),
         &["exists", "--overwrite"],
     );
-    assert_eq!(tree(&out), old);
-    assert!(!aside.exists());
-    // The interrupted run, resumed, publishes the new output; nothing old lingers.
-    ok(run(&new_args(&out, &["--overwrite", "--resume"]), &env));
+    ok(run(
+        &other_steps(&input, &out, &["--overwrite", "--resume"]),
+        &[],
+    ));
     assert_same_tree(&out, &clean);
-    // Killed after publishing, before removing the old one: the next run removes it.
-    let copy = d.path().join("o.zarr.replaced-999998");
-    std::fs::create_dir(&copy).unwrap();
-    std::fs::write(copy.join("zarr.json"), b"{}").unwrap();
-    ok(run(&new_args(&out, &["--overwrite"]), &env));
-    assert!(!copy.exists());
-    assert_eq!(
-        names(d.path()),
-        [
-            "clean",
-            "in.npy",
-            "o.zarr",
-            "o.zarr.report.json",
-            "o_positions.npy"
-        ]
+    assert_only(&dir, &["o.zarr", "o.zarr.report.json", "o_positions.npy"]);
+    // An old output moved aside by an older tessera that was killed before publishing (no
+    // journal marker): put back.
+    let aside = dir.join("o.zarr.replaced-999999");
+    std::fs::rename(&out, &aside).unwrap();
+    fails_with(
+        run(&other_steps(&input, &out, &[]), &[]),
+        &["exists", "--overwrite"],
     );
+    assert_same_tree(&out, &clean);
+    assert_only(&dir, &["o.zarr", "o.zarr.report.json", "o_positions.npy"]);
+}
+
+/// A dataset added to an existing HDF5 file, the run killed at each step of the commit (the
+/// file copied and the dataset copied in, the copy synced and marked, renamed over the file,
+/// all published but the journal): the file's other datasets are intact at every moment,
+/// `--resume` finishes, and nothing is left beside the file.
+#[cfg(feature = "hdf5")]
+#[test]
+fn adding_to_an_hdf5_file_survives_a_kill_at_every_step() {
+    let d = tempfile::tempdir().unwrap();
+    let input = image(d.path());
+    let clean = format!("{}:/b", s(&d.path().join("clean.h5")));
+    ok(run(&other_steps(&input, Path::new(&clean), &[]), &[]));
+    for step in [
+        "dataset-copied",
+        "dataset-marked",
+        "dataset-renamed",
+        "published",
+    ] {
+        let dir = d.path().join(step);
+        std::fs::create_dir(&dir).unwrap();
+        let file = dir.join("f.h5");
+        let a = format!("{}:/a", s(&file));
+        let b = format!("{}:/b", s(&file));
+        ok(run(&unstitch(&input, &a, &[]), &[]));
+        let before = read_all(&a);
+        let killed = run(
+            &other_steps(&input, Path::new(&b), &[]),
+            &[("TESSERA_CRASH_AT", step)],
+        );
+        assert!(!killed.status.success(), "{step}: {}", text(&killed));
+        assert_eq!(read_all(&a), before, "{step}: /a after the kill");
+        ok(run(&other_steps(&input, Path::new(&b), &["--resume"]), &[]));
+        assert_eq!(read_all(&a), before, "{step}: /a");
+        assert_eq!(read_all(&b), read_all(&clean), "{step}: /b");
+        assert_only(
+            &dir,
+            &[
+                "f.h5",
+                "f.h5.a.report.json",
+                "f.h5.b.report.json",
+                "f_a_positions.npy",
+                "f_b_positions.npy",
+            ],
+        );
+    }
 }
 
 #[test]
@@ -313,6 +377,10 @@ fn resuming_a_finished_output_succeeds_and_changes_nothing() {
     std::fs::remove_file(&report).unwrap();
     ok(run(&unstitch(&input, &s(&out), &["--resume"]), &[]));
     assert!(!journal.exists());
+    // It wrote the report the killed run could not, saying that nothing ran.
+    let rep: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(rep["runs"][0]["already_complete"], true);
+    std::fs::remove_file(&report).unwrap();
     // Neither journal nor report: it cannot be told apart from another job's output.
     fails_with(
         run(&unstitch(&input, &s(&out), &["--resume"]), &[]),

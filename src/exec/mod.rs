@@ -526,12 +526,10 @@ pub fn run<Op: Operation>(op: &Op, comm: &dyn Comm, options: &RunOptions) -> Res
         let primary = crate::io::staging::Staging::published_of(&op.targets()[0]);
         lock_output(&primary, comm)?
     };
-    // An --overwrite killed while publishing left its old output aside: put right first.
+    // A run killed while publishing: put its outputs right first (old or new, nothing else).
     if !options.dry_run {
         let recovered = if comm.is_root() {
-            op.targets()
-                .iter()
-                .try_for_each(crate::io::staging::recover_replaced)
+            crate::io::staging::recover_publish(op.targets())
         } else {
             Ok(())
         };
@@ -688,7 +686,7 @@ fn run_staged<Op: Operation>(
     let t = Instant::now();
     agree(comm, op.finish(comm))?;
     let committed = if comm.is_root() {
-        stagings.iter().try_for_each(Staging::commit)
+        Staging::commit_all(&stagings)
     } else {
         Ok(())
     };

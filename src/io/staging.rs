@@ -253,17 +253,49 @@ impl Staging {
     /// # Errors
     /// Filesystem errors with their path.
     pub fn commit(&self) -> Result<()> {
+        Self::commit_all(std::slice::from_ref(self))
+    }
+
+    /// Publishes every output of a run, then removes their journals. A marker in the first
+    /// one's journal (`publishing`) says that the run finished every unit: a run killed while
+    /// publishing is published by the next run of that output ([`recover_publish`]), so that
+    /// no output is left half published and half staged. Rank 0 only, after every rank closed
+    /// the outputs.
+    ///
+    /// # Errors
+    /// Filesystem errors with their path.
+    pub fn commit_all(stagings: &[Staging]) -> Result<()> {
+        let Some(first) = stagings.first() else {
+            return Ok(());
+        };
+        let journal = first.journal_dir();
+        std::fs::create_dir_all(&journal).at(&journal)?;
+        crate::io::safety::write_bytes(&journal.join(PUBLISHING), true, b"")?;
+        for s in stagings {
+            s.publish()?;
+        }
+        crash_point("published");
+        for s in stagings {
+            remove_any(&s.journal_dir())?;
+        }
+        Ok(())
+    }
+
+    /// Moves the staged output to its final name (see [`Staging::commit_all`]).
+    fn publish(&self) -> Result<()> {
         match &self.publish {
             Publish::Rename { published, staged } => {
                 // A file is replaced by one rename (atomic). A directory cannot be renamed
                 // over a non-empty one: the old one is moved aside first, and
-                // `recover_replaced` puts it back if the run dies between the two renames.
+                // `recover_publish` puts it back if the run dies between the two renames.
                 let replacing = std::fs::symlink_metadata(published).is_ok_and(|m| m.is_dir());
                 let old = with_suffix(published, &format!("{REPLACED}{}", std::process::id()));
                 if replacing {
                     std::fs::rename(published, &old).at(published)?;
+                    crash_point("moved-aside");
                 }
                 std::fs::rename(staged, published).at(staged)?;
+                crash_point("renamed");
                 if replacing {
                     remove_any(&old)?;
                 }
@@ -273,26 +305,189 @@ impl Staging {
                 dataset,
                 staged,
             } => {
-                copy_dataset(staged, file, dataset)?;
+                publish_dataset(file, dataset, staged, &self.journal_dir())?;
                 remove_any(staged)?;
             }
         }
-        remove_any(&self.journal_dir())
+        crash_point("published-one");
+        Ok(())
     }
+}
+
+/// Adds the staged `dataset` to `file` without ever writing into `file` itself: the file is
+/// copied (`f.h5.<dataset>.committing`; `copy_file_range`, so file systems that share extents
+/// copy nothing), the dataset is copied into the copy, which is synced, and renamed over the
+/// file. A kill at any moment leaves either the old file or the new one, never a file whose
+/// links point past its end; a marker in the journal (`committing`, written once the copy is
+/// complete) tells [`recover_publish`] which of the two it is. Free space for the copy and the
+/// dataset is checked first.
+///
+/// # Errors
+/// Too little free space, filesystem and HDF5 failures; the file is untouched and the copy
+/// removed.
+fn publish_dataset(file: &Path, dataset: &str, staged: &Path, journal: &Path) -> Result<()> {
+    let work = committing_copy(file, dataset);
+    check_room_for_copy(file, dataset, staged)?;
+    let prepared = std::fs::copy(file, &work)
+        .at(&work)
+        .and_then(|_| copy_dataset(staged, &work, dataset))
+        .and_then(|()| {
+            crash_point("dataset-copied");
+            std::fs::File::open(&work)
+                .and_then(|f| f.sync_all())
+                .at(&work)
+        })
+        .and_then(|()| {
+            std::fs::create_dir_all(journal).at(journal)?;
+            std::fs::write(journal.join(COMMITTING), b"").at(journal)
+        });
+    if let Err(e) = prepared {
+        let _ = std::fs::remove_file(&work);
+        return Err(e);
+    }
+    crash_point("dataset-marked");
+    std::fs::rename(&work, file).at(file)?;
+    crash_point("dataset-renamed");
+    Ok(())
+}
+
+/// Fault injection for the crash tests: with `TESSERA_CRASH_AT=<step>`, the process aborts
+/// (no cleanup, like `kill -9`) at that step of publishing an output.
+fn crash_point(step: &str) {
+    if std::env::var("TESSERA_CRASH_AT").is_ok_and(|s| s == step) {
+        eprintln!("TESSERA_CRASH_AT: aborting at {step}");
+        std::process::abort();
+    }
+}
+
+/// The copy of `file` a dataset is added to before it replaces the file.
+fn committing_copy(file: &Path, dataset: &str) -> PathBuf {
+    with_suffix(file, &format!("{}.committing", dotted(dataset)))
+}
+
+/// The journal's marker: every unit is written and finished, the outputs are being published.
+const PUBLISHING: &str = "publishing";
+
+/// The journal's marker: the copy is complete, and is being (or was) renamed over the file.
+const COMMITTING: &str = "committing";
+
+/// Refuses a commit whose copy of the file and of the dataset would not fit on the file's
+/// file system (HDF5 does not fail cleanly when the disk fills under it).
+fn check_room_for_copy(file: &Path, dataset: &str, staged: &Path) -> Result<()> {
+    let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+    let margin = 16u64 << 20;
+    let needed = size(file)
+        .saturating_add(size(staged))
+        .saturating_add(margin);
+    let free = crate::io::safety::free_disk_bytes(file);
+    if needed > free {
+        let mib = |b: u64| b as f64 / 1048576.0;
+        return Err(Error::Io {
+            path: file.into(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                format!(
+                    "adding {dataset} needs {:.1} MiB free (a copy of the file, the new dataset and a margin), {:.1} MiB are; free some space and rerun with --resume",
+                    mib(needed),
+                    mib(free)
+                ),
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// The suffix of an old output moved aside while `--overwrite` publishes a new directory.
 const REPLACED: &str = ".replaced-";
 
-/// Puts right what a run killed while publishing `target` left: an old output moved aside
-/// (`out.zarr.replaced-PID`) is put back if the new one never took its place (the killed run's
-/// staging and journal stay, so `--resume` publishes it again), and removed if it did. Rank 0,
-/// holding the output's lock (so no live job is publishing it).
+/// Puts right what a run killed while publishing `target` left, so that the old output or the
+/// new one is in place and nothing else lingers. Rank 0, holding the output's lock (so no live
+/// job is publishing it).
+///
+/// - A directory: an old output moved aside (`out.zarr.replaced-PID`) is put back if the new
+///   one never took its place (the killed run's staging and journal stay, so `--resume`
+///   publishes it again), and removed if it did.
+/// - A dataset added to an HDF5 file: a copy of the file not yet renamed over it is removed
+///   (the staging stays for `--resume`); once renamed, the staging goes (the journal stays
+///   until `--resume` has recognised the finished output, or a fresh run clears it).
 ///
 /// # Errors
 /// Filesystem errors with their path.
-pub fn recover_replaced(target: &Address) -> Result<()> {
-    let published = Staging::published_of(target);
+pub fn recover_publish(targets: &[Address]) -> Result<()> {
+    for t in targets {
+        recover_one(t)?;
+    }
+    finish_publishing(targets)
+}
+
+/// A run killed while publishing had finished every unit (its journal says `publishing`):
+/// what it had not yet published is published now. Its journal stays, so that `--resume`
+/// recognises the finished output as this job's; a fresh run clears it.
+fn finish_publishing(targets: &[Address]) -> Result<()> {
+    let Some(primary) = targets.first() else {
+        return Ok(());
+    };
+    let marker = Staging::journal_of(primary).join(PUBLISHING);
+    if !marker.exists() {
+        return Ok(());
+    }
+    for target in targets {
+        let (publish, staging) = Staging::names(target);
+        let staged = match &publish {
+            Publish::Rename { staged, .. } | Publish::Dataset { staged, .. } => staged.clone(),
+        };
+        if staged.exists() {
+            tracing::warn!(
+                "publishing {target}: the run that finished it was killed while publishing"
+            );
+            Staging {
+                target: target.clone(),
+                staging,
+                publish,
+                resuming: true,
+            }
+            .publish()?;
+        }
+    }
+    remove_any(&marker)
+}
+
+fn recover_one(target: &Address) -> Result<()> {
+    match Staging::names(target).0 {
+        Publish::Dataset {
+            file,
+            dataset,
+            staged,
+        } => {
+            let journal = Publish::Dataset {
+                file: file.clone(),
+                dataset: dataset.clone(),
+                staged: staged.clone(),
+            }
+            .journal_dir();
+            let work = committing_copy(&file, &dataset);
+            let marker = journal.join(COMMITTING);
+            if marker.exists() && !work.exists() {
+                tracing::warn!(
+                    "{dataset} was added to {} by a run killed before it cleaned up: removing its staging",
+                    file.display()
+                );
+                remove_any(&staged)?;
+            } else if work.exists() {
+                tracing::warn!(
+                    "removing {}: a copy an interrupted run never put in place",
+                    work.display()
+                );
+                remove_any(&work)?;
+            }
+            remove_any(&marker)
+        }
+        Publish::Rename { published, .. } => recover_replaced(&published),
+    }
+}
+
+fn recover_replaced(published: &Path) -> Result<()> {
+    let published = published.to_path_buf();
     let (Some(dir), Some(name)) = (published.parent(), published.file_name()) else {
         return Ok(());
     };
@@ -514,17 +709,17 @@ mod tests {
         // Killed after moving the old output aside, before publishing the new one.
         std::fs::create_dir(&aside).unwrap();
         std::fs::write(aside.join("zarr.json"), b"old").unwrap();
-        recover_replaced(&addr).unwrap();
+        recover_publish(std::slice::from_ref(&addr)).unwrap();
         assert_eq!(std::fs::read(out.join("zarr.json")).unwrap(), b"old");
         assert!(!aside.exists());
         // Killed after publishing the new one, before removing the old.
         std::fs::create_dir(&aside).unwrap();
-        recover_replaced(&addr).unwrap();
+        recover_publish(std::slice::from_ref(&addr)).unwrap();
         assert!(!aside.exists());
         assert_eq!(std::fs::read(out.join("zarr.json")).unwrap(), b"old");
         // Names that only look alike are left alone.
         std::fs::create_dir(dir.path().join("o.zarr.replaced-notes")).unwrap();
-        recover_replaced(&addr).unwrap();
+        recover_publish(std::slice::from_ref(&addr)).unwrap();
         assert!(dir.path().join("o.zarr.replaced-notes").exists());
     }
 

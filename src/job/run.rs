@@ -156,8 +156,9 @@ fn finish(
     let Some(report) = &run.report else {
         return Ok(());
     };
-    if !summaries.is_empty() && summaries.iter().all(|s| s.already_complete) {
-        // A requeued job that had finished: its report stays the one of the run that did it.
+    if !summaries.is_empty() && summaries.iter().all(|s| s.already_complete) && report.exists() {
+        // A requeued job that had finished: its report stays the one of the run that did it
+        // (one killed before writing it gets one saying that nothing ran).
         for s in summaries {
             println!(
                 "{} is already complete (same parameters and inputs): nothing to do",
