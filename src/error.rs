@@ -59,6 +59,11 @@ pub enum Error {
     #[error("{file}: HDF5: {message}")]
     Hdf5 { file: String, message: String },
 
+    /// An input changed while the run read it, or another job is writing it
+    /// (`io::watch`): the output is not published.
+    #[error("{input}: {message}")]
+    InputChanged { input: String, message: String },
+
     /// Another rank failed; this rank stopped so that all ranks exit together.
     #[error("stopped because rank {rank} failed")]
     PeerFailed { rank: usize },

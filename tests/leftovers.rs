@@ -408,3 +408,149 @@ fn resuming_a_finished_output_on_two_ranks() {
     assert!(text.contains("already complete"), "{text}");
     assert_eq!(tree(d.path()), before);
 }
+
+/// A tessera command started in the background with `TESSERA_PAUSE_BEFORE_PUBLISH=go`: it
+/// stops once every unit is written (after writing `go.paused`) until `go` exists.
+fn paused(args: &[&str], go: &Path) -> std::process::Child {
+    let child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(args)
+        .env("TESSERA_PAUSE_BEFORE_PUBLISH", go)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let marker = PathBuf::from(format!("{}.paused", go.display()));
+    let started = Instant::now();
+    while !marker.exists() {
+        assert!(started.elapsed() < Duration::from_secs(120), "never paused");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+/// Two stacks of slices and a Zarr store converted from the first.
+fn two_stacks(dir: &Path) -> (String, String, String) {
+    let a = dir.join("a");
+    let b = dir.join("b");
+    write_stack(
+        &a,
+        "s",
+        &(0..8).collect::<Vec<_>>(),
+        &[32, 32],
+        tessera::io::DType::U16,
+        1,
+    );
+    write_stack(
+        &b,
+        "s",
+        &(0..8).collect::<Vec<_>>(),
+        &[32, 32],
+        tessera::io::DType::U16,
+        2,
+    );
+    let store = s(&dir.join("in.zarr"));
+    ok(tessera(&[
+        "convert",
+        "--input",
+        &s(&a),
+        "--output",
+        &store,
+        "--chunks",
+        "2,8,8",
+    ]));
+    (s(&a), s(&b), store)
+}
+
+#[test]
+fn an_input_rewritten_while_a_job_reads_it_is_never_published() {
+    let d = tempfile::tempdir().unwrap();
+    let (_, b, store) = two_stacks(d.path());
+    let out = d.path().join("pyr.zarr");
+    let go = d.path().join("go");
+    let reader = paused(&["pyramid", "--input", &store, "--output", &s(&out)], &go);
+    // Another job replaces the input under it: allowed (the reader holds no lock on it).
+    ok(tessera(&[
+        "convert",
+        "--input",
+        &b,
+        "--output",
+        &store,
+        "--chunks",
+        "2,8,8",
+        "--overwrite",
+    ]));
+    std::fs::write(&go, b"").unwrap();
+    let e = fails_with(
+        reader.wait_with_output().unwrap(),
+        &["in.zarr", "while this job read it"],
+    );
+    assert!(!e.contains("--resume"), "{e}");
+    for left in [
+        "pyr.zarr",
+        "pyr.zarr.partial",
+        "pyr.zarr.journal",
+        "pyr.zarr.lock",
+    ] {
+        assert!(!d.path().join(left).exists(), "{left} left behind");
+    }
+    // A chunk rewritten in place by another program: the same.
+    let go = d.path().join("go2");
+    let reader = paused(&["pyramid", "--input", &store, "--output", &s(&out)], &go);
+    let chunk = Path::new(&store).join("c/0/0/0");
+    let bytes = std::fs::read(&chunk).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::write(&chunk, &bytes).unwrap();
+    std::fs::write(&go, b"").unwrap();
+    fails_with(
+        reader.wait_with_output().unwrap(),
+        &["c/0/0/0 was rewritten"],
+    );
+    assert!(!out.exists());
+    // Untouched, the same job publishes.
+    ok(tessera(&[
+        "pyramid",
+        "--input",
+        &store,
+        "--output",
+        &s(&out),
+    ]));
+}
+
+#[test]
+fn an_input_another_job_is_writing_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let (_, b, store) = two_stacks(d.path());
+    let go = d.path().join("go");
+    let writer = paused(
+        &[
+            "convert",
+            "--input",
+            &b,
+            "--output",
+            &store,
+            "--chunks",
+            "2,8,8",
+            "--overwrite",
+        ],
+        &go,
+    );
+    let out = d.path().join("pyr.zarr");
+    fails_with(
+        tessera(&["pyramid", "--input", &store, "--output", &s(&out)]),
+        &[
+            "in.zarr",
+            "being written by another tessera job",
+            "in.zarr.lock",
+        ],
+    );
+    std::fs::write(&go, b"").unwrap();
+    ok(writer.wait_with_output().unwrap());
+    assert!(!out.exists());
+    ok(tessera(&[
+        "pyramid",
+        "--input",
+        &store,
+        "--output",
+        &s(&out),
+    ]));
+}

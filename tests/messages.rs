@@ -117,13 +117,45 @@ with h5py.File(sys.argv[1], "w") as f:
 #[test]
 fn a_failed_run_that_left_a_partial_says_how_to_go_on() {
     let d = tempfile::tempdir().unwrap();
-    let store = small_zarr(d.path());
-    std::fs::write(Path::new(&store).join("c/1/1/1"), b"garbage").unwrap();
+    write_stack(
+        &d.path().join("slices"),
+        "s",
+        &(0..8).collect::<Vec<_>>(),
+        &[32, 32],
+        DType::U16,
+        7,
+    );
+    let store = s(&d.path().join("in.zarr"));
+    ok(tessera(&[
+        "convert",
+        "--input",
+        &s(&d.path().join("slices")),
+        "--output",
+        &store,
+        "--chunks",
+        "2,8,8",
+    ]));
+    // The last chunk: the units before it finish (small units), so there is something to
+    // resume once the input is mended.
+    std::fs::write(Path::new(&store).join("c/3/3/3"), b"garbage").unwrap();
     let out = d.path().join("pyr.zarr");
     let stderr = fails_with(
-        tessera(&["pyramid", "--input", &store, "--output", &s(&out)]),
+        tessera_env(
+            &[
+                "pyramid",
+                "--input",
+                &store,
+                "--output",
+                &s(&out),
+                "--levels",
+                "1",
+                "--chunks",
+                "2,8,8",
+            ],
+            &[("TESSERA_UNIT_BYTES", "1")],
+        ),
         &[
-            "chunk c/1/1/1",
+            "chunk c/3/3/3",
             &format!("an interrupted run's output is at {}.partial", s(&out)),
             "--resume",
             "--overwrite",
@@ -133,6 +165,17 @@ fn a_failed_run_that_left_a_partial_says_how_to_go_on() {
         Path::new(&format!("{}.partial", s(&out))).exists(),
         "{stderr}"
     );
+    // A run that fails before finishing any unit leaves nothing to resume (it would fail the
+    // same way), and says nothing of .partial.
+    std::fs::write(Path::new(&store).join("c/0/0/0"), b"garbage").unwrap();
+    let first = d.path().join("first.zarr");
+    let stderr = fails_with(
+        tessera(&["pyramid", "--input", &store, "--output", &s(&first)]),
+        &["chunk c/0/0/0"],
+    );
+    assert!(!stderr.contains(".partial"), "{stderr}");
+    assert!(!Path::new(&format!("{}.partial", s(&first))).exists());
+    assert!(!Path::new(&format!("{}.journal", s(&first))).exists());
     // A run that fails before staging anything says nothing of .partial.
     let stderr = fails_with(
         tessera(&[

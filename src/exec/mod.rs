@@ -100,6 +100,21 @@ fn stall_forever(rank: usize, units: u64) -> ! {
     }
 }
 
+/// Fault injection for the concurrency tests: with `TESSERA_PAUSE_BEFORE_PUBLISH=F`, rank 0
+/// writes `F.paused` once every unit is written, then waits (up to two minutes) until `F`
+/// exists before it looks at the inputs again and publishes, so that a test can change an
+/// input at a known moment.
+fn pause_before_publishing() {
+    let Ok(go) = std::env::var("TESSERA_PAUSE_BEFORE_PUBLISH") else {
+        return;
+    };
+    let _ = std::fs::write(format!("{go}.paused"), b"");
+    let started = Instant::now();
+    while !std::path::Path::new(&go).exists() && started.elapsed().as_secs() < 120 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// Options every command that writes an output takes.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(default, deny_unknown_fields)]
@@ -554,6 +569,14 @@ pub fn run<Op: Operation>(op: &Op, comm: &dyn Comm, options: &RunOptions) -> Res
             return Ok(report::already_complete(op, comm));
         }
     }
+    // The inputs as they are before the first unit (rank 0), looked at again before
+    // publishing; an input another job is writing is refused here.
+    let watch = if comm.is_root() && !options.dry_run {
+        watch_inputs(op, options).map(Some)
+    } else {
+        Ok(None)
+    };
+    let watch = agree(comm, watch)?;
     // Everyone looks at the disk before anyone changes it.
     let stagings = agree(comm, plan_stagings(op.targets(), options))?;
     let staging = &stagings[0];
@@ -581,9 +604,21 @@ pub fn run<Op: Operation>(op: &Op, comm: &dyn Comm, options: &RunOptions) -> Res
         Ok(())
     };
     agree(comm, setup)?;
-    let outcome = run_staged(op, comm, &stagings, &journal, &stage_of_rank, phases);
-    if outcome.is_err() && !staging.resuming && comm.is_root() {
-        discard_if_nothing_done(&journal, &stagings);
+    let outcome = run_staged(
+        op,
+        comm,
+        (&stagings, &journal),
+        &stage_of_rank,
+        phases,
+        watch.as_ref(),
+    );
+    if comm.is_root() {
+        match &outcome {
+            // Made from inputs that changed: not worth resuming.
+            Err(Error::InputChanged { .. }) => discard(&stagings),
+            Err(_) if !staging.resuming => discard_if_nothing_done(&journal, &stagings),
+            _ => {}
+        }
     }
     let (mut stats, phases, done) = outcome?;
     stats.phases = phases;
@@ -601,12 +636,30 @@ pub fn run<Op: Operation>(op: &Op, comm: &dyn Comm, options: &RunOptions) -> Res
 /// `--resume`. Rank 0, after every rank stopped.
 fn discard_if_nothing_done(journal: &journal::Journal, stagings: &[Staging]) {
     if journal.finished_units().is_ok_and(|done| done.is_empty()) {
-        for s in stagings {
-            if let Err(e) = s.clear_stale() {
-                tracing::warn!("could not remove the failed run's staging: {e}");
-            }
+        discard(stagings);
+    }
+}
+
+/// Removes a failed run's staging and journal. Rank 0, after every rank stopped.
+fn discard(stagings: &[Staging]) {
+    for s in stagings {
+        if let Err(e) = s.discard() {
+            tracing::warn!("could not remove the failed run's staging: {e}");
         }
     }
+}
+
+/// Records the run's inputs for [`crate::io::watch::InputWatch::check`], leaving out what the
+/// run itself writes (outputs and their locks, journals and staging, side files, report).
+fn watch_inputs<Op: Operation>(
+    op: &Op,
+    options: &RunOptions,
+) -> Result<crate::io::watch::InputWatch> {
+    let mut writes: Vec<std::path::PathBuf> =
+        op.targets().iter().map(Staging::published_of).collect();
+    writes.extend(op.side_files());
+    writes.extend(options.report.iter().cloned());
+    crate::io::watch::InputWatch::start(&op.inputs(), &writes)
 }
 
 /// The part of [`run`] after the journal is started: opens the staged outputs, runs every
@@ -615,10 +668,10 @@ fn discard_if_nothing_done(journal: &journal::Journal, stagings: &[Staging]) {
 fn run_staged<Op: Operation>(
     op: &Op,
     comm: &dyn Comm,
-    stagings: &[Staging],
-    journal: &journal::Journal,
+    (stagings, journal): (&[Staging], &journal::Journal),
     stage_of_rank: &[Vec<Vec<usize>>],
     mut phases: PhaseTimes,
+    watch: Option<&crate::io::watch::InputWatch>,
 ) -> Result<(report::RankStats, PhaseTimes, usize)> {
     let units = op.units();
     let staging = &stagings[0];
@@ -686,7 +739,10 @@ fn run_staged<Op: Operation>(
     let t = Instant::now();
     agree(comm, op.finish(comm))?;
     let committed = if comm.is_root() {
-        Staging::commit_all(&stagings)
+        pause_before_publishing();
+        watch
+            .map_or(Ok(()), crate::io::watch::InputWatch::check)
+            .and_then(|()| Staging::commit_all(stagings))
     } else {
         Ok(())
     };

@@ -64,6 +64,14 @@ fn is_zombie(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
+/// The owner of `output`'s lock if a job that may still be running holds it.
+pub fn live_owner(output: &Path) -> Option<Owner> {
+    let text = std::fs::read_to_string(lock_path(output)).ok()?;
+    serde_json::from_str::<Owner>(&text)
+        .ok()
+        .filter(Owner::may_be_alive)
+}
+
 /// A held lock; removed on drop.
 #[derive(Debug)]
 pub struct OutputLock {

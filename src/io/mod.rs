@@ -15,6 +15,7 @@ pub mod npy;
 pub mod safety;
 pub mod staging;
 pub mod walk;
+pub mod watch;
 pub mod zarr;
 
 use serde::{Deserialize, Serialize};

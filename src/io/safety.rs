@@ -27,7 +27,7 @@ pub enum Place {
 
 impl Place {
     /// The path on disk that holds this place: the file, or the directory of a Zarr node.
-    fn footprint(&self) -> PathBuf {
+    pub fn footprint(&self) -> PathBuf {
         match self {
             Place::Array(Address::Npy { path }) => path.clone(),
             Place::Array(Address::Zarr { store, node }) if node.is_empty() => store.clone(),

@@ -231,6 +231,18 @@ impl Staging {
         matches!(self.publish, Publish::Dataset { .. })
     }
 
+    /// Removes the staging area and journal: a run whose output must not be resumed (it read
+    /// an input that changed under it, or finished nothing). Rank 0 only.
+    ///
+    /// # Errors
+    /// Filesystem errors with their path.
+    pub fn discard(&self) -> Result<()> {
+        match &self.publish {
+            Publish::Rename { staged, .. } | Publish::Dataset { staged, .. } => remove_any(staged)?,
+        }
+        remove_any(&self.journal_dir())
+    }
+
     /// Removes a stale staging area and journal (a fresh run that is not resuming). Rank 0 only.
     ///
     /// # Errors
