@@ -143,3 +143,59 @@ impl<T> IoContext<T> for std::io::Result<T> {
         })
     }
 }
+
+/// The longest word (a run without spaces: a value, a path) an error line quotes whole.
+const MAX_WORD: usize = 160;
+/// The longest error line printed whole.
+const MAX_LINE: usize = 2000;
+
+/// `message` as the one line the binary prints: whitespace runs (newlines from libraries
+/// included) become one space, and values too long to read are shortened, keeping both ends
+/// and saying how much was left out (a 10 MB bad value must not become a 10 MB line).
+pub fn one_line(message: &str) -> String {
+    let words: Vec<String> = message
+        .split_whitespace()
+        .map(|w| shorten(w, MAX_WORD, 60, 30))
+        .collect();
+    shorten(&words.join(" "), MAX_LINE, 1600, 300)
+}
+
+/// `text` if it has at most `most` characters, else its first `head` and last `tail`
+/// characters around a note of how many were left out.
+fn shorten(text: &str, most: usize, head: usize, tail: usize) -> String {
+    let count = text.chars().count();
+    if count <= most {
+        return text.to_string();
+    }
+    let start: String = text.chars().take(head).collect();
+    let end: String = text.chars().skip(count - tail).collect();
+    format!(
+        "{start}…[{} characters left out]…{end}",
+        count - head - tail
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_line_shortens_what_it_cannot_show() {
+        assert_eq!(one_line("a\n  b\tc"), "a b c");
+        let value = "x".repeat(10_000_000);
+        let line = one_line(&format!("--window: {value:?} is not a size; {value}"));
+        assert!(line.len() < 400, "{}", line.len());
+        assert!(line.contains("characters left out"), "{line}");
+        assert!(line.starts_with("--window: \"xxx"), "{line}");
+        let many = "word ".repeat(100_000);
+        let line = one_line(&many);
+        assert!(
+            line.chars().count() < 2100 && line.ends_with("word"),
+            "{}",
+            line.len()
+        );
+        // Characters, not bytes: no split inside a multi-byte character.
+        let wide = "é".repeat(500);
+        assert!(one_line(&wide).starts_with("ééé"));
+    }
+}

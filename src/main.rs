@@ -84,11 +84,7 @@ fn init_logging(cli: &Cli, comm: &dyn Comm) {
 fn report_error(error: Option<Error>, comm: &dyn Comm) {
     let own = match &error {
         Some(Error::PeerFailed { .. }) | None => String::new(),
-        Some(e) => e
-            .to_string()
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" "),
+        Some(e) => tessera::error::one_line(&e.to_string()),
     };
     let messages = if comm.size() == 1 {
         vec![own.into_bytes()]
@@ -120,6 +116,16 @@ fn report_error(error: Option<Error>, comm: &dyn Comm) {
             eprintln!("error: rank {rank} failed{hint}");
         }
     }
+}
+
+/// A line of clap's usage error, with a value too long to read shortened (its indentation
+/// kept).
+fn shorten_usage_line(line: &str) -> String {
+    if line.chars().count() <= 200 {
+        return line.to_string();
+    }
+    let indent = &line[..line.len() - line.trim_start().len()];
+    format!("{indent}{}", tessera::error::one_line(line))
 }
 
 /// glibc's allocator, set for a batch tool that allocates and frees buffers of a few MiB per
@@ -157,9 +163,16 @@ fn main() {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
-            // --help, --version, or a usage error: clap's text on rank 0 only.
+            // --help, --version, or a usage error: clap's text on rank 0 only, the values
+            // it quotes shortened (one may be megabytes long).
             if comm.is_root() {
-                let _ = e.print();
+                if e.use_stderr() {
+                    let text = e.render().to_string();
+                    let lines: Vec<String> = text.lines().map(shorten_usage_line).collect();
+                    eprintln!("{}", lines.join("\n"));
+                } else {
+                    let _ = e.print();
+                }
             }
             let code = e.exit_code();
             drop(comm);

@@ -604,6 +604,7 @@ pub fn run<Op: Operation>(op: &Op, comm: &dyn Comm, options: &RunOptions) -> Res
         Ok(())
     };
     agree(comm, setup)?;
+    crate::io::staging::mark_started();
     let outcome = run_staged(
         op,
         comm,

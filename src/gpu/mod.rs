@@ -141,7 +141,6 @@ pub struct Selected {
 
 /// Bytes of `--gpu-memory-limit` (e.g. `8G`), or by default the given fraction of the device's
 /// free memory shared by the ranks of this node that use the same device.
-#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 fn memory_limit(flag: Option<&str>, free: u64, sharing: usize, fraction: f64) -> Result<u64> {
     match flag {
         Some(text) => {
@@ -197,6 +196,11 @@ pub fn select(
     op: &str,
     has_kernel: bool,
 ) -> Result<Selected> {
+    // A bad limit is refused whether or not a GPU is used: the same job on a GPU node
+    // would fail later.
+    if let Some(text) = gpu_memory_limit {
+        memory_limit(Some(text), 0, 1, 0.0)?;
+    }
     let (local, local_size) = comm.node_local();
     let selected = match choice {
         DeviceChoice::Cpu => Ok(Selected {

@@ -214,6 +214,44 @@ unsafe fn unavailable_filters(dataset: hid_t) -> Vec<String> {
     missing
 }
 
+/// The external raw files (`H5Pset_external`) of `dataset` that do not exist, relative to the
+/// working directory (where HDF5 1.10 looks) nor to the HDF5 file's directory.
+///
+/// # Safety
+/// `dataset` must be a live dataset id; call inside `hdf5::sync::sync`.
+unsafe fn missing_external_files(file: &Path, dataset: hid_t) -> Vec<String> {
+    use hdf5_sys::h5p::{H5Pclose, H5Pget_external, H5Pget_external_count};
+    let dcpl = hdf5_sys::h5d::H5Dget_create_plist(dataset);
+    if dcpl < 0 {
+        return Vec::new();
+    }
+    let mut missing = Vec::new();
+    for index in 0..H5Pget_external_count(dcpl).max(0) as u32 {
+        let mut name = [0 as std::ffi::c_char; 4096];
+        let (mut offset, mut size) = (0, 0);
+        if H5Pget_external(
+            dcpl,
+            index,
+            name.len(),
+            name.as_mut_ptr(),
+            &mut offset,
+            &mut size,
+        ) < 0
+        {
+            continue;
+        }
+        let name = std::ffi::CStr::from_ptr(name.as_ptr())
+            .to_string_lossy()
+            .into_owned();
+        let beside = file.parent().unwrap_or(Path::new("")).join(&name);
+        if !Path::new(&name).is_file() && !beside.is_file() {
+            missing.push(name);
+        }
+    }
+    H5Pclose(dcpl);
+    missing
+}
+
 fn read_raw<T: H5Type + Element>(path: &Path, ds: &Dataset, region: &Region) -> Result<ArrayD<T>> {
     let mut out = ArrayD::<T>::default(IxDyn(&region.shape_usize()));
     let mem_type = hdf5::Datatype::from_type::<T>().map_err(|e| h5_err(path, e))?;
@@ -278,6 +316,17 @@ impl Hdf5Reader {
         let ds = file
             .dataset(dataset)
             .map_err(|_| Error::address(&shown, "no such dataset"))?;
+        // SAFETY: a live dataset id, inside HDF5's lock.
+        let missing = hdf5::sync::sync(|| unsafe { missing_external_files(path, ds.id()) });
+        if !missing.is_empty() {
+            return Err(Error::address(
+                shown,
+                format!(
+                    "keeps its data in external raw file(s) that do not exist: {} (looked for relative to the working directory and to the HDF5 file's directory)",
+                    missing.join(", ")
+                ),
+            ));
+        }
         let dtype = dtype_of(path, &ds)?;
         let codecs = ds
             .filters()

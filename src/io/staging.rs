@@ -647,6 +647,16 @@ fn not_compiled(file: &Path) -> Error {
 /// operation, one per stack of a convert, any job file's).
 static STAGED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
+/// Whether a run of this process got as far as writing into its staging (an error before
+/// that, such as a refused `--resume`, leaves an older run's staging as it found it and must
+/// not advise resuming it).
+static STARTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Called by a run once its staging is ready and units are about to be written.
+pub fn mark_started() {
+    STARTED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
 fn remember_staged(staged: &Path) {
     let mut staged_paths = STAGED.lock().unwrap_or_else(|e| e.into_inner());
     if !staged_paths.iter().any(|p| p == staged) {
@@ -657,6 +667,9 @@ fn remember_staged(staged: &Path) {
 /// The sentence for a failed run's error line when the run left staged outputs behind:
 /// where they are and the two ways on. `None` when it left none.
 pub fn interrupted_run_hint() -> Option<String> {
+    if !STARTED.load(std::sync::atomic::Ordering::Relaxed) {
+        return None;
+    }
     let staged_paths = STAGED.lock().unwrap_or_else(|e| e.into_inner());
     let left: Vec<String> = staged_paths
         .iter()

@@ -967,6 +967,22 @@ impl Job {
     }
 }
 
+/// The dotted key of the first date or time value in a TOML table.
+fn datetime_key(table: &toml::Table) -> Option<String> {
+    fn within(value: &toml::Value, key: String) -> Option<String> {
+        match value {
+            toml::Value::Datetime(_) => Some(key),
+            toml::Value::Table(t) => t.iter().find_map(|(k, v)| within(v, format!("{key}.{k}"))),
+            toml::Value::Array(a) => a
+                .iter()
+                .enumerate()
+                .find_map(|(i, v)| within(v, format!("{key}[{i}]"))),
+            _ => None,
+        }
+    }
+    table.iter().find_map(|(k, v)| within(v, k.clone()))
+}
+
 impl JobFile {
     /// Reads and checks a TOML job file: exactly one operation table.
     ///
@@ -983,12 +999,32 @@ impl JobFile {
     /// # Errors
     /// [`Error::Config`] naming the file and what is wrong in it.
     pub fn parse(path: &Path, text: &str) -> Result<Job> {
+        // No job field is a date: an unquoted one is a path or name that TOML read as a
+        // date (serde would only say "invalid type: map").
+        if let Some(key) = text
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|t| datetime_key(&t))
+        {
+            return Err(Error::Config {
+                path: path.into(),
+                message: format!(
+                    "{key}: TOML read this value as a date or time; put paths and names in quotes"
+                ),
+            });
+        }
         let file: JobFile = toml::from_str(text).map_err(|e| Error::Config {
             path: path.into(),
             message: e.to_string().trim().replace('\n', " "),
         })?;
-        let base = path.parent().unwrap_or(Path::new("")).to_path_buf();
-        // Relative paths in a job file are relative to the file, not the caller.
+        // Relative paths in a job file are relative to the file, not the caller; a job read
+        // from a pipe or device (`/dev/stdin`) has no directory of its own: the working one.
+        let special = std::fs::metadata(path).is_ok_and(|m| !m.is_file());
+        let base = if special {
+            PathBuf::new()
+        } else {
+            path.parent().unwrap_or(Path::new("")).to_path_buf()
+        };
         let rel = |p: &str| base.join(p).to_string_lossy().into_owned();
         let report = file.run.report.as_ref().map(|r| base.join(r));
         let mut run = file.run.clone();

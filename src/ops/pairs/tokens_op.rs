@@ -79,6 +79,12 @@ impl PairsGroup {
             ));
         }
         let m = m1.shape[0];
+        if m == 0 {
+            return Err(Error::parameter(
+                "input",
+                format!("{address} holds no pairs: there is nothing to tokenize"),
+            ));
+        }
         let geometry = read_geometry(
             &address,
             deltas.as_ref(),

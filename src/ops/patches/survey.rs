@@ -168,6 +168,15 @@ fn gather<T: Serialize + for<'de> Deserialize<'de>>(comm: &dyn Comm, mine: &[T])
         .collect()
 }
 
+/// The first `most` items joined, and how many more there are.
+fn listed(items: &[String], most: usize) -> String {
+    let shown = items[..items.len().min(most)].join(", ");
+    match items.len().saturating_sub(most) {
+        0 => shown,
+        more => format!("{shown} and {more} more"),
+    }
+}
+
 /// The one error for a failed survey: every missing file (with its manifest), else the first
 /// unusable slice and how many more there are.
 fn refusal(splits: &[Split], all: &[(usize, usize)], problems: &[(usize, Problem)]) -> Error {
@@ -182,7 +191,14 @@ fn refusal(splits: &[Split], all: &[(usize, usize)], problems: &[(usize, Problem
         .filter(|(_, p)| *p == Problem::Missing)
         .map(|&(k, _)| {
             let (s, i) = all[k];
-            format!("{} (row {})", splits[s].src_path(i), i + 1)
+            let name = splits[s].src_path(i);
+            // Spaces at either end are part of the name (the message's one line would
+            // otherwise lose them): quoted.
+            if name.trim() != name {
+                format!("{name:?} (row {})", i + 1)
+            } else {
+                format!("{name} (row {})", i + 1)
+            }
         })
         .collect();
     if !missing.is_empty() {
@@ -196,7 +212,7 @@ fn refusal(splits: &[Split], all: &[(usize, usize)], problems: &[(usize, Problem
                 "{} slice file(s) missing under the data root {}: {}",
                 missing.len(),
                 roots.into_iter().collect::<Vec<_>>().join(", "),
-                missing.join(", ")
+                listed(&missing, 10)
             ),
         );
     }
