@@ -663,3 +663,58 @@ fn a_read_only_output_directory_is_a_clear_error() {
         assert!(std::fs::read_dir(&disk).unwrap().next().is_none());
     }
 }
+
+/// Adding a dataset to an HDF5 file on a disk without room for the commit's copy: refused
+/// before the file is touched, with one line saying how much is needed and what to do; once
+/// there is room, `--resume` adds it.
+#[cfg(feature = "hdf5")]
+#[test]
+fn adding_to_an_hdf5_file_on_a_full_disk_leaves_the_file_whole() {
+    let d = tempfile::tempdir().unwrap();
+    let slices = big_stack(d.path());
+    let disk = d.path().join("small-disk");
+    let Some(_mount) = mount_or_skip(&disk, "size=4m") else {
+        return;
+    };
+    let file = disk.join("f.h5");
+    let convert = |dataset: &str, extra: &[&str]| {
+        let mut args = vec![
+            "convert".to_string(),
+            "--input".into(),
+            s(&slices),
+            "--output".into(),
+            format!("{}:{dataset}", s(&file)),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        args
+    };
+    let run = |args: Vec<String>| {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        tessera(&refs)
+    };
+    ok(run(convert("/a", &[])));
+    let before = std::fs::read(&file).unwrap();
+    let e = fails_with(
+        run(convert("/b", &[])),
+        &["f.h5", "adding /b needs", "MiB free", "--resume"],
+    );
+    assert!(!e.contains("Segmentation"), "{e}");
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        before,
+        "the file was touched"
+    );
+    assert!(!disk.join("f.h5.b.committing").exists());
+    // Room again (the tmpfs grown), the staged dataset is added.
+    let grown = std::process::Command::new("mount")
+        .args(["-o", "remount,size=64m"])
+        .arg(&disk)
+        .status()
+        .unwrap();
+    assert!(grown.success());
+    ok(run(convert("/b", &["--resume"])));
+    assert_eq!(
+        read_all(&format!("{}:/b", s(&file))),
+        read_all(&format!("{}:/a", s(&file)))
+    );
+}

@@ -412,8 +412,14 @@ fn resuming_a_finished_output_on_two_ranks() {
 /// A tessera command started in the background with `TESSERA_PAUSE_BEFORE_PUBLISH=go`: it
 /// stops once every unit is written (after writing `go.paused`) until `go` exists.
 fn paused(args: &[&str], go: &Path) -> std::process::Child {
-    let child = Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args(args)
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tessera"));
+    command.args(args);
+    paused_command(command, go)
+}
+
+/// [`paused`] for any command (`mpirun -n 2 tessera ...`).
+fn paused_command(mut command: Command, go: &Path) -> std::process::Child {
+    let child = command
         .env("TESSERA_PAUSE_BEFORE_PUBLISH", go)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -553,4 +559,62 @@ fn an_input_another_job_is_writing_is_refused() {
         "--output",
         &s(&out),
     ]));
+}
+
+#[test]
+fn an_input_rewritten_under_a_two_rank_job_is_never_published() {
+    if mpirun().is_none() || !cfg!(feature = "mpi") {
+        eprintln!("skipped: needs mpirun and the MPI build");
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let (_, b, store) = two_stacks(d.path());
+    let out = d.path().join("pyr.zarr");
+    let go = d.path().join("go");
+    let args = [
+        "pyramid",
+        "--input",
+        &store,
+        "--output",
+        &s(&out),
+        "--levels",
+        "1",
+        "--chunks",
+        "2,8,8",
+    ];
+    let reader = paused_command(mpi_command(2, &args, &[("TESSERA_UNIT_BYTES", "1")]), &go);
+    ok(tessera(&[
+        "convert",
+        "--input",
+        &b,
+        "--output",
+        &store,
+        "--chunks",
+        "2,8,8",
+        "--overwrite",
+    ]));
+    std::fs::write(&go, b"").unwrap();
+    fails_with(
+        reader.wait_with_output().unwrap(),
+        &["while this job read it"],
+    );
+    for left in [
+        "pyr.zarr",
+        "pyr.zarr.partial",
+        "pyr.zarr.journal",
+        "pyr.zarr.lock",
+    ] {
+        assert!(!d.path().join(left).exists(), "{left} left behind");
+    }
+    // A device as the report on two ranks: one line, nothing written.
+    let null = d.path().join("null.json");
+    std::os::unix::fs::symlink("/dev/null", &null).unwrap();
+    let mut with_report = args.to_vec();
+    let null_s = s(&null);
+    with_report.extend(["--report", &null_s, "--overwrite"]);
+    fails_with(
+        tessera_mpi(2, &with_report, &[]),
+        &["--report", "character device"],
+    );
+    assert!(!out.exists());
 }
