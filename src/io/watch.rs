@@ -228,7 +228,8 @@ mod tests {
         std::fs::write(d.path().join("a_000.tif"), b"x").unwrap();
         let place = Place::Directory(d.path().to_path_buf());
         let out = d.path().join("o.zarr");
-        let watch = InputWatch::start(std::slice::from_ref(&place), &[out.clone()]).unwrap();
+        let watch =
+            InputWatch::start(std::slice::from_ref(&place), std::slice::from_ref(&out)).unwrap();
         std::fs::create_dir(d.path().join("o.zarr.partial")).unwrap();
         std::fs::write(d.path().join("o.zarr.lock"), b"{}").unwrap();
         std::fs::write(d.path().join("notes.txt"), b"new").unwrap();
@@ -245,7 +246,7 @@ mod tests {
         let lock = crate::io::lock::OutputLock::acquire(&store).unwrap();
         let place =
             Place::Array(crate::io::Address::parse(&format!("{}/a", store.display())).unwrap());
-        let e = InputWatch::start(&[place.clone()], &[])
+        let e = InputWatch::start(std::slice::from_ref(&place), &[])
             .unwrap_err()
             .to_string();
         assert!(e.contains("being written by another tessera job"), "{e}");
