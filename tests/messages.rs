@@ -102,7 +102,7 @@ with h5py.File(sys.argv[1], "w") as f:
     let address = format!("{}:/x", s(&file));
     // Metadata reads fine; reading the data names the filter.
     ok(tessera(&["info", &address]));
-    fails_with(
+    let e = fails_with(
         tessera(&[
             "pyramid",
             "--input",
@@ -112,6 +112,10 @@ with h5py.File(sys.argv[1], "w") as f:
         ]),
         &["HDF5 filter 32123", "/x", "HDF5_PLUGIN_PATH"],
     );
+    // Nothing was finished, so nothing is left to resume (a resume would fail the same way).
+    assert!(!e.contains("--resume"), "{e}");
+    assert!(!d.path().join("p.zarr.partial").exists());
+    assert!(!d.path().join("p.zarr.journal").exists());
 }
 
 #[test]
