@@ -718,3 +718,41 @@ fn adding_to_an_hdf5_file_on_a_full_disk_leaves_the_file_whole() {
         read_all(&format!("{}:/a", s(&file)))
     );
 }
+
+/// A disk too full to hold even the lock: one line, and no empty lock or temporary left to
+/// block the next run.
+#[test]
+fn a_disk_too_full_for_the_lock_leaves_no_lock() {
+    let d = tempfile::tempdir().unwrap();
+    let input = d.path().join("in.npy");
+    let image = ndarray::ArrayD::from_shape_fn(ndarray::IxDyn(&[1, 1, 32, 32]), |i| i[3] as f32);
+    ndarray_npy::write_npy(&input, &image).unwrap();
+    let disk = d.path().join("full-disk");
+    let Some(_mount) = mount_or_skip(&disk, "size=64k") else {
+        return;
+    };
+    // Fill it.
+    let _ = std::fs::write(disk.join("fill"), vec![0u8; 1 << 20]);
+    let out = disk.join("o.zarr");
+    let args = [
+        "quilt",
+        "unstitch",
+        "--input",
+        &s(&input),
+        "--output",
+        &s(&out),
+        "--window",
+        "16,16",
+        "--step",
+        "16,16",
+    ];
+    fails_with(tessera(&args), &["o.zarr.lock", "No space left on device"]);
+    let left: Vec<String> = std::fs::read_dir(&disk)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, ["fill"]);
+    // Room again: the next run goes through.
+    std::fs::remove_file(disk.join("fill")).unwrap();
+    ok(tessera(&args));
+}

@@ -135,7 +135,11 @@ pub const EMPTY_LOCK_GRACE: std::time::Duration = std::time::Duration::from_secs
 /// Creates `path` holding `owner`, failing with `AlreadyExists` if it exists.
 fn create_holding(path: &Path, owner: &[u8]) -> std::io::Result<()> {
     let tmp = temporary_of(path, &crate::comm::hostname(), std::process::id());
-    std::fs::write(&tmp, owner)?;
+    if let Err(e) = std::fs::write(&tmp, owner) {
+        // A full disk: no half-written temporary left behind.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     let linked = std::fs::hard_link(&tmp, path);
     let _ = std::fs::remove_file(&tmp);
     match linked {
@@ -145,7 +149,9 @@ fn create_holding(path: &Path, owner: &[u8]) -> std::io::Result<()> {
                 .write(true)
                 .create_new(true)
                 .open(path)?;
-            f.write_all(owner)
+            f.write_all(owner).inspect_err(|_| {
+                let _ = std::fs::remove_file(path);
+            })
         }
         other => other,
     }
