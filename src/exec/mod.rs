@@ -420,6 +420,49 @@ fn without_finished(
         .collect()
 }
 
+/// What rank 0 found on taking a run's output.
+enum Found {
+    /// A requeued job's output, already complete: nothing to do.
+    Finished,
+    /// Work to do; on rank 0, the inputs as they were before it (`io::watch`).
+    ToRun(Option<crate::io::watch::InputWatch>),
+}
+
+/// Rank 0's look at the output once it holds the lock, agreed by every rank: a killed run's
+/// publishing is put right (old or new output, nothing else), a requeued job's finished output
+/// is recognised, and the inputs are recorded (one that another job writes is refused).
+///
+/// # Errors
+/// Rank 0's failure, on every rank.
+fn take_output<Op: Operation>(op: &Op, comm: &dyn Comm, options: &RunOptions) -> Result<Found> {
+    let found = if comm.is_root() {
+        crate::io::staging::recover_publish(op.targets())
+            .and_then(|()| resumes_a_finished_run(op, options))
+            .and_then(|finished| {
+                if finished {
+                    Ok(Found::Finished)
+                } else {
+                    watch_inputs(op, options).map(|w| Found::ToRun(Some(w)))
+                }
+            })
+    } else {
+        Ok(Found::ToRun(None))
+    };
+    let found = agree(comm, found)?;
+    let mut finished = vec![u8::from(matches!(found, Found::Finished))];
+    comm.broadcast(&mut finished, 0);
+    if finished[0] == 1 {
+        if comm.is_root() {
+            tracing::info!(
+                "{} is already complete, made by this job with these parameters: nothing to do",
+                op.targets()[0]
+            );
+        }
+        return Ok(Found::Finished);
+    }
+    Ok(found)
+}
+
 /// A run's identity for `--resume`: the job's parameters and what the plan derived from the
 /// inputs. Recorded in the journal when a run starts and in the report's summary when it ends.
 fn identity<Op: Operation>(op: &Op) -> serde_json::Value {
@@ -541,42 +584,14 @@ pub fn run<Op: Operation>(op: &Op, comm: &dyn Comm, options: &RunOptions) -> Res
         let primary = crate::io::staging::Staging::published_of(&op.targets()[0]);
         lock_output(&primary, comm)?
     };
-    // A run killed while publishing: put its outputs right first (old or new, nothing else).
-    if !options.dry_run {
-        let recovered = if comm.is_root() {
-            crate::io::staging::recover_publish(op.targets())
-        } else {
-            Ok(())
-        };
-        agree(comm, recovered)?;
-    }
-    // A requeued job that had finished: nothing to do.
-    if !options.dry_run {
-        let finished = if comm.is_root() {
-            resumes_a_finished_run(op, options)
-        } else {
-            Ok(false)
-        };
-        let mut flag = vec![u8::from(agree(comm, finished)?)];
-        comm.broadcast(&mut flag, 0);
-        if flag[0] == 1 {
-            if comm.is_root() {
-                tracing::info!(
-                    "{} is already complete, made by this job with these parameters: nothing to do",
-                    op.targets()[0]
-                );
-            }
-            return Ok(report::already_complete(op, comm));
-        }
-    }
-    // The inputs as they are before the first unit (rank 0), looked at again before
-    // publishing; an input another job is writing is refused here.
-    let watch = if comm.is_root() && !options.dry_run {
-        watch_inputs(op, options).map(Some)
+    let watch = if options.dry_run {
+        None
     } else {
-        Ok(None)
+        match take_output(op, comm, options)? {
+            Found::Finished => return Ok(report::already_complete(op, comm)),
+            Found::ToRun(watch) => watch,
+        }
     };
-    let watch = agree(comm, watch)?;
     // Everyone looks at the disk before anyone changes it.
     let stagings = agree(comm, plan_stagings(op.targets(), options))?;
     let staging = &stagings[0];
