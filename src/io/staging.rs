@@ -129,6 +129,13 @@ impl Staging {
         }
     }
 
+    /// The path `target` is staged at (what `--resume` finishes).
+    pub fn staged_of(target: &Address) -> PathBuf {
+        match Self::names(target).0 {
+            Publish::Rename { staged, .. } | Publish::Dataset { staged, .. } => staged,
+        }
+    }
+
     /// How `target` is staged, and the staging address.
     fn names(target: &Address) -> (Publish, Address) {
         let container = target.container().to_path_buf();

@@ -1272,6 +1272,21 @@ impl Operation for PyramidOp {
     fn targets(&self) -> &[Address] {
         &self.targets
     }
+    fn planned_outputs(&self) -> Vec<crate::exec::disk::PlannedOutput> {
+        let levels = self.levels();
+        self.specs
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| {
+                let name = if i < levels {
+                    i.to_string()
+                } else {
+                    format!("diff_{}", i - levels)
+                };
+                crate::exec::disk::PlannedOutput::child(&self.targets[0], &name, spec)
+            })
+            .collect()
+    }
     fn units(&self) -> &[UnitInfo] {
         &self.units
     }

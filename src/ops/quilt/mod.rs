@@ -352,6 +352,12 @@ impl Operation for UnstitchOp {
     fn targets(&self) -> &[Address] {
         &self.targets
     }
+    fn planned_outputs(&self) -> Vec<crate::exec::disk::PlannedOutput> {
+        vec![
+            crate::exec::disk::PlannedOutput::array(&self.targets[0], &self.spec),
+            crate::exec::disk::PlannedOutput::array(&self.targets[1], &self.positions_spec),
+        ]
+    }
     fn units(&self) -> &[UnitInfo] {
         &self.units
     }
@@ -450,10 +456,7 @@ pub fn write_border_mask(
         &format!("a uint8 mask of --window {}", crate::grid::join(window)),
         bytes,
     )?;
-    let mask = kernel::border_mask(window, &border);
     let target = Address::parse(output)?;
-    let staging = crate::io::staging::Staging::plan(&target, overwrite, false)?;
-    staging.clear_stale()?;
     let spec = crate::io::CreateSpec {
         flat_chunk_keys: false,
         shape: window.to_vec(),
@@ -464,6 +467,13 @@ pub fn write_border_mask(
         dimension_names: None,
         attributes: serde_json::Map::new(),
     };
+    crate::exec::disk::check_outputs(
+        &[crate::exec::disk::PlannedOutput::array(&target, &spec)],
+        crate::io::safety::free_disk_bytes,
+    )?;
+    let mask = kernel::border_mask(window, &border);
+    let staging = crate::io::staging::Staging::plan(&target, overwrite, false)?;
+    staging.clear_stale()?;
     let writer = crate::io::create(&staging.staging, &spec, &crate::comm::Local, false)?;
     writer.write_box(Some((
         &crate::grid::Region::whole(window),
@@ -1350,6 +1360,19 @@ impl Operation for StitchOp {
     }
     fn targets(&self) -> &[Address] {
         &self.targets
+    }
+    fn planned_outputs(&self) -> Vec<crate::exec::disk::PlannedOutput> {
+        let specs = [
+            Some(&self.mean_spec),
+            self.weights_spec.as_ref(),
+            self.std_spec.as_ref(),
+        ];
+        specs
+            .into_iter()
+            .flatten()
+            .zip(&self.targets)
+            .map(|(spec, t)| crate::exec::disk::PlannedOutput::array(t, spec))
+            .collect()
     }
     fn units(&self) -> &[UnitInfo] {
         &self.units
