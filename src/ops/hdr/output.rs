@@ -261,7 +261,12 @@ fn per_bracket(
     crate::exec::agree(comm, safety::check_places(&inputs, &[output]))?;
     let planned = crate::exec::agree(comm, planned_bytes(job, brackets, comm))?;
     let planned = crate::exec::disk::PlannedOutput {
-        name: format!("{} {} file(s)", brackets.len(), extension(job.format)),
+        name: format!(
+            "{} ({} .{} bracket files)",
+            out.display(),
+            brackets.len(),
+            extension(job.format)
+        ),
         path: out.clone(),
         bytes: planned,
         uncompressed: job.format == Format::Npy,
