@@ -614,8 +614,8 @@ fn laplacian_source<T: Element>(source: &ArrayD<T>, start: &[u64]) -> Result<Arr
             "method",
             format!(
                 "laplacian keeps its levels and difference maps in float32, which holds them \
-                 only for values within +-{LAPLACIAN_LIMIT:e} (half of float32's largest): \
-                 the source level holds {} at voxel {voxel:?}; scale the data down or use \
+                 only for values within +-{LAPLACIAN_LIMIT:.4e} (half of float32's largest): \
+                 the source level holds {:e} at voxel {voxel:?}; scale the data down or use \
                  --method gaussian",
                 v.to_f64().unwrap_or(f64::NAN)
             ),
