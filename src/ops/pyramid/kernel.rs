@@ -435,7 +435,7 @@ fn weigh_axis(
             let mut half = 0.0f64;
             for (k, &wk) in w.iter().enumerate() {
                 at[axis] = (first + k as u64 - in_start) as usize;
-                half = half + wk * input[&at] * 0.5;
+                half += wk * input[&at] * 0.5;
             }
             *x = saturate_finite(half * 2.0, half);
         }
