@@ -491,3 +491,54 @@ fn an_hdf5_output_is_closed_and_reads_back() {
     assert_eq!(c.shape(), &[3, 3, 3]);
     assert!((0..3).all(|n| c[[n, 1, 1]] == 2.0));
 }
+
+#[test]
+fn patterns_scaled_near_the_subnormals_give_the_unscaled_radius() {
+    // float64 patterns times 1e-307 or 3e-308 gave radius 12 or 9 instead of the unscaled
+    // one, and 1e-310 was refused as summing to zero: the fixed-point scale stopped at 2^1022.
+    let dir = tempfile::tempdir().unwrap();
+    let (n, h, w) = (3, 101, 97);
+    let base = ArrayD::from_shape_fn(IxDyn(&[n, h, w]), |i| {
+        let (y, x) = (i[1] as f64 - 50.2 - i[0] as f64, i[2] as f64 - 47.7);
+        1.0 / (1.0 + (y * y + x * x) / 150.0).powf(1.6) + 1e-4
+    });
+    let run = |name: &str, by: f64| {
+        let input = dir.path().join(format!("{name}.npy"));
+        write_npy(&input, &base.mapv(|v| v * by)).unwrap();
+        let out = dir.path().join(format!("{name}_crop.npy"));
+        ok(tessera(&[
+            "crop",
+            "--input",
+            &s(&input),
+            "--output",
+            &s(&out),
+            "--no-visualization",
+        ]));
+        let radii: ArrayD<f64> = read_npy(side(&out, "_radii.npy")).unwrap();
+        let crops: ArrayD<f64> = read_npy(&out).unwrap();
+        (
+            results(&out)["analysis"]["global_radius"].clone(),
+            radii,
+            crops,
+        )
+    };
+    let (radius, radii, crops) = run("plain", 1.0);
+    assert!(radius.as_u64().unwrap() > 30, "{radius}");
+    for (name, by) in [("e307", 1e-307), ("e308", 3e-308), ("e310", 1e-310)] {
+        let (r, rs, c) = run(name, by);
+        assert_eq!(r, radius, "{name}");
+        for (a, b) in rs.iter().zip(&radii) {
+            assert!((a - b).abs() < 1e-6, "{name}: radius {a} vs {b}");
+        }
+        assert_eq!(c.shape(), crops.shape(), "{name}");
+    }
+    // Values that underflow to zero stay refused, with one line, nothing written.
+    let gone = dir.path().join("gone.npy");
+    write_npy(&gone, &base.mapv(|v| v * 1e-300 * 1e-30)).unwrap();
+    let out = dir.path().join("gone_crop.npy");
+    fails_with(
+        tessera(&["crop", "--input", &s(&gone), "--output", &s(&out)]),
+        &["every pattern sums to zero"],
+    );
+    assert!(!out.exists());
+}

@@ -592,12 +592,59 @@ fn a_full_disk_is_a_clear_error_and_nothing_is_reported_done() {
             ]),
         ));
     }
+    // Outputs stored uncompressed are refused while planning (their size is known), before
+    // anything is created on the disk, --dry-run too; compressed ones (zstd) only at a write.
+    let planned = |name: &str| !name.starts_with("hdr merge to Zarr");
+    let dry: Vec<(&str, Vec<String>)> = cases
+        .iter()
+        .filter(|(name, _)| planned(name))
+        .map(|(name, args)| {
+            let mut args = args.clone();
+            args.push("--dry-run".into());
+            (*name, args)
+        })
+        .collect();
+    for (name, args) in &dry {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let err = fails_with(
+            tessera(&refs),
+            &[
+                "on disk (stored uncompressed)",
+                "free on the file system of",
+            ],
+        );
+        assert!(
+            std::fs::read_dir(&disk).unwrap().next().is_none(),
+            "{name} --dry-run: wrote {:?}",
+            std::fs::read_dir(&disk)
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name())
+                .collect::<Vec<_>>()
+        );
+        eprintln!("{name} --dry-run: {}", err.lines().last().unwrap_or(""));
+    }
     for (name, args) in &cases {
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         let err = fails_with(tessera(&refs), &[]);
         eprintln!("{name}: {}", err.lines().last().unwrap_or(""));
+        if planned(name) {
+            assert!(
+                err.contains("on disk (stored uncompressed)")
+                    && err.contains("free on the file system of"),
+                "{name}: not refused while planning: {err}"
+            );
+            let left: Vec<_> = std::fs::read_dir(&disk)
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name())
+                .collect();
+            assert!(left.is_empty(), "{name}: refused but wrote {left:?}");
+            continue;
+        }
         assert!(
-            err.contains("No space left on device"),
+            err.contains("No space left on device")
+                || err.contains("on disk (stored uncompressed)"),
             "{name}: the error does not say the disk is full: {err}"
         );
         let output = args[args.iter().position(|a| a == "--output").unwrap() + 1].clone();

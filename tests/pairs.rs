@@ -952,3 +952,110 @@ fn select_and_extract_refuse_tables_that_do_not_fit() {
     ok(select(&[]));
     fails_with(select(&[]), &["sel.npy", "exists"]);
 }
+
+/// `tessera` under an address-space limit of `bytes` (so that the memory the plan may take is
+/// the same on every machine).
+fn tessera_within(bytes: u64, args: &[&str]) -> std::process::Output {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tessera"));
+    cmd.args(args)
+        .env("TESSERA_MPI", "0")
+        .env_remove("RUST_LOG");
+    // SAFETY: setrlimit is async-signal-safe and touches only the child's own limits.
+    unsafe {
+        cmd.pre_exec(move || {
+            let limit = libc::rlimit {
+                rlim_cur: bytes,
+                rlim_max: bytes,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.output().expect("run tessera")
+}
+
+#[test]
+fn two_to_the_forty_pairs_per_image_are_refused_while_planning_and_nothing_is_written() {
+    // 2^40 pairs per image aborted allocating the unit list while planning (--dry-run too);
+    // --metadata-only planned a 384 TiB .npy and failed at its first write, leaving the lock,
+    // journal and .partial behind.
+    let d = tempfile::tempdir().unwrap();
+    let input = d.path().join("img.npy");
+    write_npy(&input, &Block::F32(images(&[4, 1, 64, 64])));
+    let run = |output: &str, extra: &[&str]| {
+        let out = d.path().join(output);
+        let mut args = vec![
+            "pairs",
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--window",
+            "8,8",
+            "--delta-range",
+            "2,4",
+            "--pairs-per-image",
+            "1099511627776",
+        ];
+        args.extend_from_slice(extra);
+        // 8 GiB of address space: more than any valid run here needs, less than the plan's
+        // 67108864 units of pairs (12 GiB at most while planning).
+        tessera_within(8 << 30, &args)
+    };
+    let nothing_written = |case: &str| {
+        let left: Vec<String> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "img.npy")
+            .collect();
+        assert!(left.is_empty(), "{case}: left {left:?}");
+    };
+    for extra in [&[][..], &["--dry-run"]] {
+        let case = format!("metadata table {extra:?}");
+        let mut args = vec!["--metadata-only"];
+        args.extend_from_slice(extra);
+        fails_with(
+            run("m.npy", &args),
+            &[
+                "--output",
+                "m.npy needs 384.0 TiB on disk",
+                "free on the file system of",
+            ],
+        );
+        nothing_written(&case);
+        // The pairs group: compressed (zstd) arrays are not refused on their uncompressed
+        // size, but the plan's unit list does not fit in memory.
+        let case = format!("pairs group {extra:?}");
+        fails_with(
+            run("p.zarr", extra),
+            &[
+                "the plan's list of 67108864 units",
+                "--pairs-per-image 1099511627776 x 4 images",
+                "available",
+            ],
+        );
+        nothing_written(&case);
+        // Stored raw, the group is refused on its size before its units are listed.
+        let mut args = vec!["--codec", "none"];
+        args.extend_from_slice(extra);
+        fails_with(
+            run("p.zarr", &args),
+            &[
+                "p.zarr/patches1, ",
+                "p.zarr/rotations need",
+                "TiB on disk (stored uncompressed)",
+            ],
+        );
+        nothing_written(&format!("raw {case}"));
+        let mut args = vec!["--overlaps"];
+        args.extend_from_slice(extra);
+        fails_with(
+            run("p.zarr", &args),
+            &["the overlap offsets of 4398046511104 pairs", "--overlaps"],
+        );
+        nothing_written(&format!("overlaps {case}"));
+    }
+}

@@ -626,3 +626,168 @@ fn a_killed_pyramid_resumes_to_the_same_bytes() {
         assert!(a == b, "{} differs after resume", a.0);
     }
 }
+
+/// The exact mean of integers, rounded half away from zero (i128, by another formula than
+/// the kernel's: floor((2|s| + n) / 2n) with the sign put back).
+fn exact_mean(values: &[i128]) -> i128 {
+    let (s, n) = (values.iter().sum::<i128>(), values.len() as i128);
+    let m = (2 * s.abs() + n) / (2 * n);
+    if s < 0 {
+        -m
+    } else {
+        m
+    }
+}
+
+/// The 2 x 2 blocks of a 2-D array, each as its values in C order.
+fn blocks_2x2<T: Copy>(a: &ArrayD<T>) -> Vec<Vec<T>> {
+    let (h, w) = (a.shape()[0], a.shape()[1]);
+    let mut out = Vec::new();
+    for by in 0..h.div_ceil(2) {
+        for bx in 0..w.div_ceil(2) {
+            let mut b = Vec::new();
+            for y in 2 * by..(2 * by + 2).min(h) {
+                for x in 2 * bx..(2 * bx + 2).min(w) {
+                    b.push(a[[y, x]]);
+                }
+            }
+            out.push(b);
+        }
+    }
+    out
+}
+
+#[test]
+fn sixty_four_bit_extremes_keep_their_values_in_every_method() {
+    // int64/uint64 blocks at or near the maximum became 0 (mean, gaussian) and a constant
+    // uint64 block of 2^53 + 1 became 2^53 (the mean went through f64).
+    let dir = tempfile::tempdir().unwrap();
+    let big = (1i64 << 53) + 1;
+    #[rustfmt::skip]
+    let signed = ArrayD::from_shape_vec(IxDyn(&[4, 6]), vec![
+        i64::MAX, i64::MAX, i64::MAX - 1, i64::MAX, big, big,
+        i64::MAX, i64::MAX, i64::MAX, i64::MAX, big, big,
+        i64::MIN, i64::MIN, i64::MIN, i64::MAX, 7, -8,
+        i64::MIN, i64::MIN + 1, i64::MAX, i64::MIN, -3, 0,
+    ]).unwrap();
+    let unsigned = signed.mapv(|v| (v as u64).wrapping_add(1 << 63));
+    let (is, us) = (dir.path().join("i.npy"), dir.path().join("u.npy"));
+    write_npy(&is, &signed).unwrap();
+    write_npy(&us, &unsigned).unwrap();
+    let big_u = ArrayD::from_elem(IxDyn(&[4, 4]), (1u64 << 53) + 1);
+    let bs = dir.path().join("big.npy");
+    write_npy(&bs, &big_u).unwrap();
+    let pyramid = |input: &std::path::Path, method: &str| {
+        let out = dir.path().join(format!(
+            "{}_{method}.zarr",
+            input.file_stem().unwrap().to_string_lossy()
+        ));
+        ok(tessera(&[
+            "pyramid",
+            "--input",
+            &s(input),
+            "--output",
+            &s(&out),
+            "--method",
+            method,
+            "--levels",
+            "2",
+        ]));
+        read_all(&format!("{}/1", out.display()))
+    };
+    // Mean: exact.
+    let got = pyramid(&is, "mean").into_array::<i64>().unwrap();
+    let want: Vec<i64> = blocks_2x2(&signed)
+        .iter()
+        .map(|b| exact_mean(&b.iter().map(|&v| v as i128).collect::<Vec<_>>()) as i64)
+        .collect();
+    assert_eq!(got.iter().copied().collect::<Vec<_>>(), want);
+    assert_eq!(got[[0, 0]], i64::MAX);
+    assert_eq!(got[[0, 2]], big);
+    let got = pyramid(&us, "mean").into_array::<u64>().unwrap();
+    let want: Vec<u64> = blocks_2x2(&unsigned)
+        .iter()
+        .map(|b| exact_mean(&b.iter().map(|&v| v as i128).collect::<Vec<_>>()) as u64)
+        .collect();
+    assert_eq!(got.iter().copied().collect::<Vec<_>>(), want);
+    assert_eq!(got[[0, 0]], u64::MAX);
+    let got = pyramid(&bs, "mean").into_array::<u64>().unwrap();
+    assert!(got.iter().all(|&v| v == (1 << 53) + 1), "{got:?}");
+    // Mode: exact (ties to the smallest).
+    let got = pyramid(&is, "mode").into_array::<i64>().unwrap();
+    assert_eq!(got[[0, 0]], i64::MAX);
+    assert_eq!(got[[1, 0]], i64::MIN);
+    // Gaussian: f64 (53 bits) by definition, saturated, never wrapped to 0.
+    for (input, top) in [(&is, i64::MAX as f64), (&us, u64::MAX as f64)] {
+        let got = pyramid(input, "gaussian");
+        let reference = ref_gaussian(&read_all(&s(input)).to_f64(), &[2, 2]);
+        for (g, r) in got.clone().to_f64().iter().zip(&reference) {
+            let r = r.clamp(-top, top);
+            assert!((g - r).abs() <= r.abs() * 1e-12 + 1.0, "{g} vs {r}");
+        }
+        drop(got);
+    }
+    // Constant blocks at the maximum: the f64 sum rounds to 2^64 (2^63), one past it.
+    let top = ArrayD::from_elem(IxDyn(&[4, 4]), u64::MAX);
+    let ts = dir.path().join("top.npy");
+    write_npy(&ts, &top).unwrap();
+    let got = pyramid(&ts, "gaussian").into_array::<u64>().unwrap();
+    assert!(got.iter().all(|&v| v >= u64::MAX - 4096), "{got:?}");
+    let got = pyramid(&bs, "gaussian").into_array::<u64>().unwrap();
+    assert!(
+        got.iter().all(|&v| v.abs_diff((1 << 53) + 1) <= 2),
+        "{got:?}"
+    );
+}
+
+#[test]
+fn float_extremes_average_without_overflow_and_laplacian_refuses_what_float32_cannot_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let max = f64::MAX;
+    let a = ArrayD::from_shape_vec(
+        IxDyn(&[2, 6]),
+        vec![
+            max, max, max, -max, 1e-310, 5e-324, max, max, max, -max, 0.0, 5e-324,
+        ],
+    )
+    .unwrap();
+    let input = dir.path().join("f.npy");
+    write_npy(&input, &a).unwrap();
+    let run = |method: &str| {
+        let out = dir.path().join(format!("{method}.zarr"));
+        let args = [
+            "pyramid",
+            "--input",
+            &s(&input),
+            "--output",
+            &s(&out),
+            "--method",
+            method,
+            "--levels",
+            "2",
+        ];
+        (out.clone(), tessera(&args))
+    };
+    let (out, done) = run("mean");
+    ok(done);
+    let l1 = level(&out, 1);
+    // max x 4 overflowed the f64 sum to inf; the mean of four max is max.
+    assert_eq!(l1[[0, 0]], max);
+    assert_eq!(l1[[0, 1]], 0.0);
+    assert_eq!(l1[[0, 2]], (1e-310 + 5e-324 + 0.0 + 5e-324) / 4.0);
+    let (out, done) = run("gaussian");
+    ok(done);
+    assert!(level(&out, 1).iter().all(|v| v.is_finite()));
+    let (out, done) = run("laplacian");
+    // A unit's values are seen when it is computed: the staged output stays, unpublished.
+    fails_with(
+        done,
+        &[
+            "--method",
+            "float32",
+            "1.7976931348623157e308 at voxel [0, 0]",
+            "--method gaussian",
+        ],
+    );
+    assert!(!out.exists());
+}

@@ -937,3 +937,98 @@ fn stitch_bytes_do_not_depend_on_units_memory_limit_or_resume() {
         "resumed run read {read} of {patch_bytes}"
     );
 }
+
+#[test]
+fn float64_patches_beyond_what_the_sums_hold_are_refused_and_the_largest_that_fit_stitch_back() {
+    // Every pixel of a 2-D image under window 8 step 4 sums up to 2 x 2 windows: float64
+    // patches near f64's largest made infinite means (and, squared for --std, infinite
+    // stds) with no word.
+    let d = tempfile::tempdir().unwrap();
+    let stitch = |scale: f64, std: bool| {
+        let img = ndarray::ArrayD::from_shape_fn(ndarray::IxDyn(&[1, 1, 16, 16]), |i| {
+            (1.0 + (i[2] * 16 + i[3]) as f64 / 256.0) * scale
+        });
+        let input = d.path().join(format!("img{scale:e}.npy"));
+        write_npy(&input, &img).unwrap();
+        let p = s(&d.path().join(format!("p{scale:e}.zarr")));
+        ok(tessera(&[
+            "quilt",
+            "unstitch",
+            "--input",
+            &s(&input),
+            "--output",
+            &p,
+            "--window",
+            "8,8",
+            "--step",
+            "4,4",
+        ]));
+        let out = d.path().join(format!("back{scale:e}{std}.npy"));
+        let mut args = vec!["quilt", "stitch", "--input", &p, "--output"];
+        let o = s(&out);
+        args.push(&o);
+        let var = d.path().join(format!("var{scale:e}.zarr"));
+        let sd = s(&d.path().join(format!("sd{scale:e}.npy")));
+        let v = s(&var);
+        if std {
+            // Zero variances: the std is the spread of the overlapping windows' values.
+            std::fs::remove_dir_all(&var).ok();
+            let patches = read_all(&p).to_f64().mapv(|_| 0.0f64);
+            tessera::io::create(
+                &tessera::io::Address::parse(&v).unwrap(),
+                &tessera::io::CreateSpec {
+                    flat_chunk_keys: false,
+                    shape: patches.shape().iter().map(|&n| n as u64).collect(),
+                    dtype: tessera::io::DType::F64,
+                    chunks: patches.shape().iter().map(|&n| n as u64).collect(),
+                    shards: None,
+                    codec: Default::default(),
+                    dimension_names: None,
+                    attributes: Default::default(),
+                },
+                &tessera::comm::Local,
+                false,
+            )
+            .and_then(|w| {
+                let shape: Vec<u64> = patches.shape().iter().map(|&n| n as u64).collect();
+                w.write_box(Some((
+                    &tessera::grid::Region::whole(&shape),
+                    &tessera::io::Block::F64(patches),
+                )))?;
+                w.close()
+            })
+            .unwrap();
+            args.extend_from_slice(&["--variance", &v, "--std", &sd]);
+        }
+        (tessera(&args), out, img)
+    };
+    // At f64's largest / 2: 4 windows times that overflowed.
+    let (done, out, _) = stitch(f64::MAX / 2.0, false);
+    fails_with(
+        done,
+        &[
+            "--input",
+            "patch 0 holds",
+            "beyond 4.4942e307",
+            "scale the patches down",
+        ],
+    );
+    assert!(!out.exists());
+    // Below the limit: the mean is the image, finite.
+    let (done, out, img) = stitch(f64::MAX / 8.0, false);
+    ok(done);
+    let back: ArrayD<f64> = read_npy(&out).unwrap();
+    for (a, b) in back.iter().zip(img.iter()) {
+        assert!(
+            a.is_finite() && (a - b).abs() <= b.abs() * 1e-15,
+            "{a} vs {b}"
+        );
+    }
+    // With --std the squares must fit too.
+    let (done, _, _) = stitch(1e200, true);
+    fails_with(done, &["--input", "(squared, for --std)"]);
+    let (done, out, _) = stitch(1e150, true);
+    ok(done);
+    let back: ArrayD<f64> = read_npy(&out).unwrap();
+    assert!(back.iter().all(|v| v.is_finite()));
+}

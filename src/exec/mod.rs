@@ -11,6 +11,7 @@
 mod driver;
 mod spares;
 pub use spares::Spares;
+pub mod disk;
 pub mod journal;
 pub mod memory;
 pub mod progress;
@@ -165,6 +166,16 @@ pub trait Operation: Sync {
             .map(|u| u.bytes_in + u.bytes_out)
             .max()
             .unwrap_or(0)
+    }
+    /// Every output this run writes, as the plan sees it (arrays from their specs, files by
+    /// their bytes): the runner checks them against the free space of their file systems
+    /// before anything is created, `--dry-run` too ([`disk::check_run`]).
+    fn planned_outputs(&self) -> Vec<disk::PlannedOutput>;
+    /// True when the plan already checked its outputs against the free disk space (with
+    /// [`disk::check_planned`], before making a long list of units): the runner checks again,
+    /// without repeating the warning about compressed outputs.
+    fn checked_disk(&self) -> bool {
+        false
     }
     /// The job's parameters, as its serde type serialises them (every field but the run
     /// options): the run's identity for `--resume`, which refuses a run whose parameters
@@ -575,6 +586,7 @@ pub fn run<Op: Operation>(op: &Op, comm: &dyn Comm, options: &RunOptions) -> Res
         check_places(&op.inputs(), op.targets(), &side_files, options),
     )?;
     agree(comm, memory::check_run(op, options))?;
+    agree(comm, disk::check_run(op, options))?;
     // One job per output: rank 0 locks the primary output before anyone looks at the disk
     // (a second job must not see, resume or clear the first one's staging). Dropped, so
     // removed, when this function returns, whether the run completed or failed.

@@ -178,6 +178,14 @@ fn check_type<T: Pixel>(cases: u64) {
             // An empty pattern.
             flat[..h * w].iter_mut().for_each(|v| *v = T::default());
         }
+        if T::DTYPE == crate::io::DType::F64 && rng.random_bool(0.5) {
+            // Patterns scaled near and into the subnormals, or near f64's largest: their scale
+            // passes 2^1022 (two factors) or goes down to 2^-1022.
+            let by = [1e-307, 3e-308, 1e-310, 4e-320, 1e305][rng.random_range(0..5)];
+            for v in &mut flat {
+                *v = <T as num_traits::NumCast>::from(v.to_f64().unwrap() * by).unwrap();
+            }
+        }
         let method = [
             CentreMethod::Centroid,
             CentreMethod::Center,
@@ -287,7 +295,7 @@ fn check_windows<T: Pixel>(seed: u64) {
     let (h, w) = (rng.random_range(1..30usize), rng.random_range(1..30usize));
     let (sh, sw) = (rng.random_range(1..=h), rng.random_range(1..=w));
     let count = 4;
-    let flat: Vec<T> = (0..count * h * w)
+    let mut flat: Vec<T> = (0..count * h * w)
         .map(|_| T::random(&mut rng, true))
         .collect();
     let starts: Vec<i64> = (0..count)
@@ -298,7 +306,24 @@ fn check_windows<T: Pixel>(seed: u64) {
             ]
         })
         .collect();
-    let scales: Vec<i32> = (0..count).map(|_| rng.random_range(-3..40)).collect();
+    let mut scales: Vec<i32> = (0..count).map(|_| rng.random_range(-3..40)).collect();
+    if T::DTYPE == crate::io::DType::F64 {
+        // Patterns near the subnormals and their scales (beyond 2^1022: two factors); the
+        // values times 2^s stay below 2^50, as Fixed::of makes them.
+        for (i, s) in scales.iter_mut().enumerate() {
+            if rng.random_bool(0.5) {
+                let by = [1e-307, 3e-308, 1e-310, 4e-320][rng.random_range(0..4)];
+                let pattern = &mut flat[i * h * w..(i + 1) * h * w];
+                for v in pattern.iter_mut() {
+                    *v = <T as num_traits::NumCast>::from(v.to_f64().unwrap() * by).unwrap();
+                }
+                let most = pattern
+                    .iter()
+                    .fold(0.0f64, |m, v| m.max(v.to_f64().unwrap().abs()));
+                *s = Fixed::of(most, (h * w) as u64, h.max(w) as u64, true).s;
+            }
+        }
+    }
     let g = CropGeom::new((h as u64, w as u64), CentreMethod::Center, None, 0.9, true);
     let mut out = vec![T::default(); count * sh * sw];
     let mut kept = vec![0.0f64; count];
@@ -347,6 +372,7 @@ fn pass_2_windows_and_their_sums_equal_crop_into() {
         check_windows::<u8>(seed);
         check_windows::<u16>(seed);
         check_windows::<f32>(seed);
+        check_windows::<f64>(seed);
     }
 }
 

@@ -20,17 +20,32 @@ type RoundFn<T> = unsafe extern "C" fn(*const f64, *mut T, i64);
 extern "C" {
     fn tessera_host_mean_u8(g: *const ReduceGeom, input: *const u8, out: *mut u8, n: i64);
     fn tessera_host_mean_u16(g: *const ReduceGeom, input: *const u16, out: *mut u16, n: i64);
+    fn tessera_host_mean_u32(g: *const ReduceGeom, input: *const u32, out: *mut u32, n: i64);
+    fn tessera_host_mean_u64(g: *const ReduceGeom, input: *const u64, out: *mut u64, n: i64);
+    fn tessera_host_mean_i8(g: *const ReduceGeom, input: *const i8, out: *mut i8, n: i64);
     fn tessera_host_mean_i16(g: *const ReduceGeom, input: *const i16, out: *mut i16, n: i64);
+    fn tessera_host_mean_i32(g: *const ReduceGeom, input: *const i32, out: *mut i32, n: i64);
+    fn tessera_host_mean_i64(g: *const ReduceGeom, input: *const i64, out: *mut i64, n: i64);
     fn tessera_host_mean_f32(g: *const ReduceGeom, input: *const f32, out: *mut f32, n: i64);
     fn tessera_host_mean_f64(g: *const ReduceGeom, input: *const f64, out: *mut f64, n: i64);
     fn tessera_host_mode_u8(g: *const ReduceGeom, input: *const u8, out: *mut u8, n: i64);
     fn tessera_host_mode_u16(g: *const ReduceGeom, input: *const u16, out: *mut u16, n: i64);
+    fn tessera_host_mode_u32(g: *const ReduceGeom, input: *const u32, out: *mut u32, n: i64);
+    fn tessera_host_mode_u64(g: *const ReduceGeom, input: *const u64, out: *mut u64, n: i64);
+    fn tessera_host_mode_i8(g: *const ReduceGeom, input: *const i8, out: *mut i8, n: i64);
     fn tessera_host_mode_i16(g: *const ReduceGeom, input: *const i16, out: *mut i16, n: i64);
+    fn tessera_host_mode_i32(g: *const ReduceGeom, input: *const i32, out: *mut i32, n: i64);
+    fn tessera_host_mode_i64(g: *const ReduceGeom, input: *const i64, out: *mut i64, n: i64);
     fn tessera_host_mode_f32(g: *const ReduceGeom, input: *const f32, out: *mut f32, n: i64);
     fn tessera_host_mode_f64(g: *const ReduceGeom, input: *const f64, out: *mut f64, n: i64);
     fn tessera_host_round_u8(input: *const f64, out: *mut u8, n: i64);
     fn tessera_host_round_u16(input: *const f64, out: *mut u16, n: i64);
+    fn tessera_host_round_u32(input: *const f64, out: *mut u32, n: i64);
+    fn tessera_host_round_u64(input: *const f64, out: *mut u64, n: i64);
+    fn tessera_host_round_i8(input: *const f64, out: *mut i8, n: i64);
     fn tessera_host_round_i16(input: *const f64, out: *mut i16, n: i64);
+    fn tessera_host_round_i32(input: *const f64, out: *mut i32, n: i64);
+    fn tessera_host_round_i64(input: *const f64, out: *mut i64, n: i64);
     fn tessera_host_round_f32(input: *const f64, out: *mut f32, n: i64);
     fn tessera_host_round_f64(input: *const f64, out: *mut f64, n: i64);
     fn tessera_host_gauss_axis(
@@ -53,7 +68,9 @@ extern "C" {
 }
 
 /// A type the harness is built for: its host functions and a random value (from a few, so
-/// that modes have ties; floats also get NaN, -0.0 and 0.0).
+/// that modes have ties, and the type's extremes, so that means and Gaussians meet the
+/// 128-bit sums, the saturation and the overflowing f64 sums; floats also get NaN, -0.0 and
+/// 0.0).
 trait Voxel: Element + PartialOrd {
     const MEAN: ReduceFn<Self>;
     const MODE: ReduceFn<Self>;
@@ -69,10 +86,13 @@ macro_rules! integer_voxel {
             const MODE: ReduceFn<Self> = $mode;
             const ROUND: RoundFn<Self> = $round;
             fn random(rng: &mut StdRng) -> Self {
-                if rng.random_bool(0.5) {
-                    rng.random_range(0..4) as $t
-                } else {
-                    rng.random::<$t>()
+                match rng.random_range(0..10) {
+                    0..=3 => rng.random_range(0..4) as $t,
+                    4 => <$t>::MAX,
+                    5 => <$t>::MAX - 1,
+                    6 => <$t>::MIN,
+                    7 => <$t>::MIN + 1,
+                    _ => rng.random::<$t>(),
                 }
             }
             fn bits(self) -> u64 {
@@ -94,10 +114,40 @@ integer_voxel!(
     tessera_host_round_u16
 );
 integer_voxel!(
+    u32,
+    tessera_host_mean_u32,
+    tessera_host_mode_u32,
+    tessera_host_round_u32
+);
+integer_voxel!(
+    u64,
+    tessera_host_mean_u64,
+    tessera_host_mode_u64,
+    tessera_host_round_u64
+);
+integer_voxel!(
+    i8,
+    tessera_host_mean_i8,
+    tessera_host_mode_i8,
+    tessera_host_round_i8
+);
+integer_voxel!(
     i16,
     tessera_host_mean_i16,
     tessera_host_mode_i16,
     tessera_host_round_i16
+);
+integer_voxel!(
+    i32,
+    tessera_host_mean_i32,
+    tessera_host_mode_i32,
+    tessera_host_round_i32
+);
+integer_voxel!(
+    i64,
+    tessera_host_mean_i64,
+    tessera_host_mode_i64,
+    tessera_host_round_i64
 );
 
 impl Voxel for f32 {
@@ -112,6 +162,8 @@ impl Voxel for f32 {
             1 => -0.0,
             2 => 0.0,
             3..=5 => rng.random_range(0..3) as f32 * 0.5,
+            6 if rng.random_bool(0.3) => f32::MAX,
+            7 if rng.random_bool(0.3) => f32::from_bits(rng.random_range(1..0x0080_0000)),
             _ => (rng.random::<f32>() - 0.3) * 1e3,
         }
     }
@@ -128,6 +180,10 @@ impl Voxel for f64 {
         match rng.random_range(0..11) {
             0 => f64::NAN,
             10 => f64::from_bits(0xfff8_0000_0000_0123),
+            // Sums past f64's range (taken again, scaled), and subnormals.
+            6 if rng.random_bool(0.3) => f64::MAX,
+            7 if rng.random_bool(0.3) => -f64::MAX * 0.75,
+            8 if rng.random_bool(0.3) => f64::from_bits(rng.random_range(1..1 << 52)),
             1 => -0.0,
             2 => 0.0,
             3..=5 => rng.random_range(0..3) as f64 * 0.25,
@@ -391,7 +447,12 @@ fn laplacian_difference_hand_checked() {
 fn mean_mode_and_gaussian_levels_equal_the_cpu_kernels_bit_for_bit() {
     check_type::<u8>(150);
     check_type::<u16>(150);
+    check_type::<u32>(150);
+    check_type::<u64>(150);
+    check_type::<i8>(150);
     check_type::<i16>(150);
+    check_type::<i32>(150);
+    check_type::<i64>(150);
     check_type::<f32>(150);
     check_type::<f64>(150);
 }

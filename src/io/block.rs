@@ -4,7 +4,7 @@
 //! one of the ten numeric types, and `with_block!`/`with_dtype!` turn it back into typed code.
 
 use ndarray::ArrayD;
-use num_traits::{NumCast, ToPrimitive};
+use num_traits::{Bounded, NumCast, ToPrimitive};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -91,7 +91,7 @@ impl std::fmt::Display for DType {
 
 /// An element type tessera handles, tying a Rust type to its `DType`.
 pub trait Element:
-    Copy + Send + Sync + NumCast + ToPrimitive + Default + bytemuck::Pod + 'static
+    Copy + Send + Sync + NumCast + ToPrimitive + Bounded + Default + bytemuck::Pod + 'static
 {
     const DTYPE: DType;
     fn into_block(array: ArrayD<Self>) -> Block;

@@ -389,16 +389,25 @@ pub fn write_pieces(path: &Path, parts: &[&[u8]]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The nearest ancestor of `path` that exists (itself included); a relative path's last
+/// ancestor, the empty path, is the current directory.
+pub fn existing_ancestor(path: &std::path::Path) -> Option<&std::path::Path> {
+    path.ancestors()
+        .map(|p| {
+            if p.as_os_str().is_empty() {
+                std::path::Path::new(".")
+            } else {
+                p
+            }
+        })
+        .find(|p| p.exists())
+}
+
 /// Free bytes on the file system that holds `path` (or its nearest existing ancestor);
 /// `u64::MAX` when it cannot be asked.
 pub fn free_disk_bytes(path: &std::path::Path) -> u64 {
-    let Some(existing) = path.ancestors().find(|p| p.exists()) else {
+    let Some(existing) = existing_ancestor(path) else {
         return u64::MAX;
-    };
-    let existing = if existing.as_os_str().is_empty() {
-        std::path::Path::new(".")
-    } else {
-        existing
     };
     let Ok(c) = std::ffi::CString::new(existing.as_os_str().as_encoded_bytes()) else {
         return u64::MAX;

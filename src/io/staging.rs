@@ -154,8 +154,13 @@ impl Staging {
 
     /// Whether an interrupted run's staging of `target` is on disk.
     pub fn is_staged(target: &Address) -> bool {
+        Self::staged_of(target).exists()
+    }
+
+    /// The path `target` is staged at (what `--resume` finishes).
+    pub fn staged_of(target: &Address) -> PathBuf {
         match Self::names(target).0 {
-            Publish::Rename { staged, .. } | Publish::Dataset { staged, .. } => staged.exists(),
+            Publish::Rename { staged, .. } | Publish::Dataset { staged, .. } => staged,
         }
     }
 

@@ -405,6 +405,12 @@ impl Operation for ConvertOp {
         &self.target
     }
 
+    fn planned_outputs(&self) -> Vec<crate::exec::disk::PlannedOutput> {
+        vec![crate::exec::disk::PlannedOutput::array(
+            &self.target[0],
+            &self.spec,
+        )]
+    }
     fn units(&self) -> &[UnitInfo] {
         &self.units
     }

@@ -64,9 +64,9 @@ __device__ void crop_analyse(const CropGeom& g, const T* patterns, CropRecord* r
         const int any_negative = __syncthreads_or(negative);
         const int any_bad = __syncthreads_or(not_finite);
         const int s = crop_scale(any_bad ? 0.0 : most, hw, g.h > g.w ? g.h : g.w, g.is_float);
-        const double factor = crop_pow2(s);
+        const CropFixed fixed = crop_fixed(s);
         double sq = 0.0, syq = 0.0, sxq = 0.0;
-        if (!any_bad) crop_sums_part<T>(g, p, factor, t, n, &sq, &syq, &sxq);
+        if (!any_bad) crop_sums_part<T>(g, p, fixed, t, n, &sq, &syq, &sxq);
         sq = crop_block_sum(sq, scratch);
         syq = crop_block_sum(syq, scratch);
         sxq = crop_block_sum(sxq, scratch);
@@ -79,14 +79,14 @@ __device__ void crop_analyse(const CropGeom& g, const T* patterns, CropRecord* r
             for (i64 b = t; b < TESSERA_CROP_BINS; b += n) hist[b] = 0.0;
             if (t == 0) cand_count = 0;
             __syncthreads();
-            crop_hist_part<T>(g, p, factor, r.cy, r.cx, scale, t, n, hist);
+            crop_hist_part<T>(g, p, fixed, r.cy, r.cx, scale, t, n, hist);
             __syncthreads();
             double below;
             const i64 k = crop_find_bin(hist, goal, &below);
             if (k < 0) {
                 r.radius = crop_farthest(g, r.cy, r.cx);
             } else {
-                crop_collect_part<T>(g, p, factor, r.cy, r.cx, scale, k, t, n, cand_d, cand_q,
+                crop_collect_part<T>(g, p, fixed, r.cy, r.cx, scale, k, t, n, cand_d, cand_q,
                                      &cand_count);
                 __syncthreads();
                 const int found = cand_count;
@@ -112,10 +112,10 @@ __device__ void crop_window(const CropGeom& g, i64 side_h, i64 side_w, const T* 
     __shared__ double scratch[TESSERA_CROP_THREADS];
     const i64 hw = g.h * g.w, side = side_h * side_w;
     for (i64 pat = blockIdx.x; pat < count; pat += gridDim.x) {
-        const double factor = crop_pow2(scales[pat]);
+        const CropFixed fixed = crop_fixed(scales[pat]);
         double sum = 0.0;
         for (i64 e = threadIdx.x; e < side; e += blockDim.x) {
-            sum += crop_window_voxel<T>(g, side_w, starts[2 * pat], starts[2 * pat + 1], factor,
+            sum += crop_window_voxel<T>(g, side_w, starts[2 * pat], starts[2 * pat + 1], fixed,
                                         patterns + pat * hw, out + pat * side, e);
         }
         sum = crop_block_sum(sum, scratch);

@@ -56,21 +56,51 @@ TESSERA_HD int crop_ceil_log2(u64 n) {
     return b;
 }
 
-// kernel.rs' Fixed::of: the pattern's scale s.
+// kernel.rs' exponent_above: e with x < 2^e for a finite x > 0, subnormals included.
+TESSERA_HD int crop_exponent_above(double x) {
+    const u64 bits = tessera_f64_bits(x);
+    const int biased = (int)((bits >> 52) & 0x7ff);
+    if (biased != 0) return biased - 1022;
+    u64 m = bits & ((1ull << 52) - 1);
+    int len = 0;
+    while (m) {
+        len++;
+        m >>= 1;
+    }
+    return len - 1074;
+}
+
+// kernel.rs' Fixed::of: the pattern's scale s (-1022..=1123).
 TESSERA_HD int crop_scale(double max_abs, i64 pixels, i64 longest, i64 is_float) {
     int bits = 53 - crop_ceil_log2((u64)pixels) - crop_ceil_log2((u64)longest);
     if (bits < 1) bits = 1;
     if (bits > 50) bits = 50;
     int e = bits;
-    if (max_abs > 0.0) {
-        e = (int)((tessera_f64_bits(max_abs) >> 52) & 0x7ff) - 1022;
-        if (e < -1021) e = -1021;
-    }
+    if (max_abs > 0.0) e = crop_exponent_above(max_abs);
     int s = bits - e;
     if (s < -1022) s = -1022;
-    if (s > 1022) s = 1022;
     if (!is_float && s > 0) s = 0;
     return s;
+}
+
+// kernel.rs' Fixed: 2^s as low * high, low = 2^min(s, 1022) (high is 1.0 but for patterns of
+// values near the subnormals, whose 2^s is past f64's range).
+struct CropFixed {
+    double low;
+    double high;
+};
+
+TESSERA_HD CropFixed crop_fixed(int s) {
+    const int low = s < 1022 ? s : 1022;
+    CropFixed f;
+    f.low = crop_pow2(low);
+    f.high = crop_pow2(s - low);
+    return f;
+}
+
+// kernel.rs' Fixed::q: a value in fixed point.
+TESSERA_HD double crop_q(const CropFixed& f, double v) {
+    return crop_round_even(v * f.low * f.high);
 }
 
 // A fixed-point sum as a value (kernel.rs' Fixed::value).
@@ -97,13 +127,13 @@ TESSERA_HD void crop_extremes_part(const CropGeom& g, const T* p, i64 t, i64 n, 
     *not_finite = bad;
 }
 
-// Phase 2: this thread's share of the sums of q, y*q and x*q (factor = 2^s).
+// Phase 2: this thread's share of the sums of q, y*q and x*q.
 template <typename T>
-TESSERA_HD void crop_sums_part(const CropGeom& g, const T* p, double factor, i64 t, i64 n,
-                               double* sq, double* syq, double* sxq) {
+TESSERA_HD void crop_sums_part(const CropGeom& g, const T* p, const CropFixed& fixed, i64 t,
+                               i64 n, double* sq, double* syq, double* sxq) {
     double a = 0.0, b = 0.0, c = 0.0;
     for (i64 i = t; i < g.h * g.w; i += n) {
-        const double q = crop_round_even((double)p[i] * factor);
+        const double q = crop_q(fixed, (double)p[i]);
         a += q;
         b += q * (double)(i / g.w);
         c += q * (double)(i % g.w);
@@ -180,10 +210,10 @@ TESSERA_HD double crop_farthest(const CropGeom& g, double cy, double cx) {
 #endif
 
 template <typename T>
-TESSERA_HD void crop_hist_part(const CropGeom& g, const T* p, double factor, double cy,
-                               double cx, double scale, i64 t, i64 n, double* hist) {
+TESSERA_HD void crop_hist_part(const CropGeom& g, const T* p, const CropFixed& fixed,
+                               double cy, double cx, double scale, i64 t, i64 n, double* hist) {
     for (i64 i = t; i < g.h * g.w; i += n) {
-        const double q = crop_round_even((double)p[i] * factor);
+        const double q = crop_q(fixed, (double)p[i]);
         if (q != 0.0) TESSERA_CROP_ADD(&hist[crop_bin(crop_d2(g, i, cy, cx), scale)], q);
     }
 }
@@ -206,16 +236,16 @@ TESSERA_HD i64 crop_find_bin(const double* hist, double goal, double* below) {
 // Phase 5: this thread's pixels of bin k into the candidates (squared distance, q); `count`
 // counts them all, also past the capacity.
 template <typename T>
-TESSERA_HD void crop_collect_part(const CropGeom& g, const T* p, double factor, double cy,
-                                  double cx, double scale, i64 k, i64 t, i64 n, double* cand_d,
-                                  double* cand_q, int* count) {
+TESSERA_HD void crop_collect_part(const CropGeom& g, const T* p, const CropFixed& fixed,
+                                  double cy, double cx, double scale, i64 k, i64 t, i64 n,
+                                  double* cand_d, double* cand_q, int* count) {
     for (i64 i = t; i < g.h * g.w; i += n) {
         const double d = crop_d2(g, i, cy, cx);
         if (crop_bin(d, scale) != k) continue;
         const int at = TESSERA_CROP_NEXT(count);
         if (at < TESSERA_CROP_CAP) {
             cand_d[at] = d;
-            cand_q[at] = crop_round_even((double)p[i] * factor);
+            cand_q[at] = crop_q(fixed, (double)p[i]);
         }
     }
 }
@@ -259,11 +289,11 @@ TESSERA_HD void crop_record_sums(const CropGeom& g, int s, int not_finite, doubl
 // Pass 2, one element of a pattern's crop: element e (C order in the side_h x side_w window
 // at y0, x0) is copied, and its q returned for the retention sum.
 template <typename T>
-TESSERA_HD double crop_window_voxel(const CropGeom& g, i64 side_w, i64 y0, i64 x0, double factor,
-                                    const T* p, T* out, i64 e) {
+TESSERA_HD double crop_window_voxel(const CropGeom& g, i64 side_w, i64 y0, i64 x0,
+                                    const CropFixed& fixed, const T* p, T* out, i64 e) {
     const i64 y = y0 + e / side_w;
     const i64 x = x0 + e % side_w;
     const T v = p[y * g.w + x];
     out[e] = v;
-    return crop_round_even((double)v * factor);
+    return crop_q(fixed, (double)v);
 }

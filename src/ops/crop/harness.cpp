@@ -30,11 +30,11 @@ static void host_analyse(const CropGeom* gp, const T* patterns, CropRecord* reco
             any_bad |= bad;
         }
         const int s = crop_scale(any_bad ? 0.0 : most, hw, g.h > g.w ? g.h : g.w, g.is_float);
-        const double factor = crop_pow2(s);
+        const CropFixed fixed = crop_fixed(s);
         double sq = 0.0, syq = 0.0, sxq = 0.0;
         for (i64 t = 0; t < n && !any_bad; t++) {
             double a, b, c;
-            crop_sums_part<T>(g, p, factor, t, n, &a, &b, &c);
+            crop_sums_part<T>(g, p, fixed, t, n, &a, &b, &c);
             sq += a;
             syq += b;
             sxq += c;
@@ -47,7 +47,7 @@ static void host_analyse(const CropGeom* gp, const T* patterns, CropRecord* reco
             const double goal = ceil(g.target * sq);
             for (double& b : hist) b = 0.0;
             for (i64 t = 0; t < n; t++)
-                crop_hist_part<T>(g, p, factor, r.cy, r.cx, scale, t, n, hist.data());
+                crop_hist_part<T>(g, p, fixed, r.cy, r.cx, scale, t, n, hist.data());
             double below;
             const i64 k = crop_find_bin(hist.data(), goal, &below);
             if (k < 0) {
@@ -55,7 +55,7 @@ static void host_analyse(const CropGeom* gp, const T* patterns, CropRecord* reco
             } else {
                 int found = 0;
                 for (i64 t = 0; t < n; t++)
-                    crop_collect_part<T>(g, p, factor, r.cy, r.cx, scale, k, t, n,
+                    crop_collect_part<T>(g, p, fixed, r.cy, r.cx, scale, k, t, n,
                                          cand_d.data(), cand_q.data(), &found);
                 if (found > TESSERA_CROP_CAP) {
                     r.on_cpu = 1.0;
@@ -82,7 +82,7 @@ static void host_window(const CropGeom* g, i64 side_h, i64 side_w, const T* patt
         double sum = 0.0;
         for (i64 e = 0; e < side; e++) {
             sum += crop_window_voxel<T>(*g, side_w, starts[2 * pat], starts[2 * pat + 1],
-                                        crop_pow2(scales[pat]), patterns + pat * hw,
+                                        crop_fixed(scales[pat]), patterns + pat * hw,
                                         out + pat * side, e);
         }
         kept[pat] = sum;

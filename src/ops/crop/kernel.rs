@@ -8,8 +8,12 @@
 //!   sum (of q, y*q, x*q) stays below 2^53 and is exact in f64 ([`Fixed`]). Integer data keep
 //!   s <= 0: they are counted exactly unless a pattern's values are too large for that (2^29
 //!   and above for 256x256 patterns, 2^23 for 1024x1024). Floats keep B bits below their
-//!   largest value (29 for 256x256). Exact sums do not depend on their order, so the GPU's
-//!   parallel sums (f64 atomics) give the same bits as the CPU's.
+//!   largest value (29 for 256x256), whatever its magnitude: s runs from -1022 (values near
+//!   f64's largest) to 1123 (a largest value of 2^-1074, the smallest subnormal), so the
+//!   analysis does not depend on the pattern's scale (a pattern times a power of two has the
+//!   same q); 2^s is applied as two factors where it is beyond f64's range. Exact sums do not
+//!   depend on their order, so the GPU's parallel sums (f64 atomics) give the same bits as
+//!   the CPU's.
 //! - Total: the sum of q, reported as f64 (times 2^-s).
 //! - Centre: `centroid` = intensity-weighted mean pixel index ((y, x): the sums of y*q and
 //!   x*q over the sum of q, as f64); `center` = ((H-1)/2, (W-1)/2); `manual` = given. A
@@ -112,7 +116,26 @@ fn ceil_log2(n: u64) -> i32 {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Fixed {
     pub s: i32,
-    factor: f64,
+    /// 2^s as `low * high`, `low = 2^min(s, 1022)`: `high` is 1.0 except for patterns whose
+    /// largest value is below about 2^-990 (2^s is then past f64's range).
+    low: f64,
+    high: f64,
+}
+
+/// The largest scale one factor holds (2^1022; 2^1023 is f64's largest power of two, kept
+/// out so that `Fixed::value` can split -s in two halves).
+const ONE_FACTOR: i32 = 1022;
+
+/// Exponent e with `x < 2^e` (and `x >= 2^(e-1)`) for a finite x > 0, subnormals included.
+fn exponent_above(x: f64) -> i32 {
+    let bits = x.to_bits();
+    let biased = ((bits >> 52) & 0x7ff) as i32;
+    if biased == 0 {
+        // Subnormal: x = m * 2^-1074, below 2^(bit length of m - 1074).
+        (64 - (bits & ((1 << 52) - 1)).leading_zeros()) as i32 - 1074
+    } else {
+        biased - 1022
+    }
 }
 
 impl Fixed {
@@ -122,26 +145,33 @@ impl Fixed {
         let bits = (53 - ceil_log2(pixels) - ceil_log2(longest)).clamp(1, MAX_BITS);
         // max_abs < 2^e; then |v * 2^(bits - e)| < 2^bits.
         let e = if max_abs > 0.0 {
-            (((max_abs.to_bits() >> 52) & 0x7ff) as i32 - 1022).max(-1021)
+            exponent_above(max_abs)
         } else {
             bits
         };
-        let mut s = (bits - e).clamp(-1022, 1022);
+        let mut s = (bits - e).max(-1022);
         if !float {
             s = s.min(0);
         }
         Fixed::from_scale(s)
     }
 
-    /// The fixed point of scale `s` (an analysis' `scale`).
+    /// The fixed point of scale `s` (an analysis' `scale`), -1022..=1123.
     pub fn from_scale(s: i32) -> Fixed {
-        Fixed { s, factor: pow2(s) }
+        let low = s.min(ONE_FACTOR);
+        Fixed {
+            s,
+            low: pow2(low),
+            high: pow2(s - low),
+        }
     }
 
-    /// A value in fixed point (an integer, as f64).
+    /// A value in fixed point (an integer, as f64): `v * 2^s` exactly (both factors are
+    /// powers of two and v * low is not rounded: v has at most 53 significant bits and
+    /// |v * 2^s| < 2^50), rounded once.
     #[inline]
     pub fn q(&self, v: f64) -> f64 {
-        round_even(v * self.factor)
+        round_even(v * self.low * self.high)
     }
 
     /// A fixed-point sum as a value (times 2^-s).
@@ -810,6 +840,144 @@ mod tests {
                 assert_eq!(guessed.radius, r, "case {case} with a guess");
             }
         }
+    }
+
+    /// A smooth spot with a slowly falling halo on an h x w grid (every value a normal f64).
+    fn halo(h: usize, w: usize) -> Vec<f64> {
+        (0..h * w)
+            .map(|i| {
+                let (y, x) = ((i / w) as f64 - 30.3, (i % w) as f64 - 33.6);
+                let r2 = y * y + x * x;
+                1.0 / (1.0 + r2 / 40.0).powi(2) + 1e-3
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_analysis_does_not_depend_on_the_patterns_scale() {
+        // Scales 2^s beyond 2^1022 are two factors: patterns near or in the subnormals keep
+        // B bits. A power-of-two scale gives the very same q, so the same bits everywhere.
+        let (h, w) = (64, 70);
+        let p = halo(h, w);
+        let base = analyse(&p, w, CentreMethod::Centroid, None, 0.9, None);
+        assert!(base.radius > 10.0, "{base:?}");
+        // (Down to 2^-1000 every value stays a normal f64: the same significands.)
+        for k in [-1000, -990, -900, 0, 900, 1000] {
+            let scaled: Vec<f64> = p.iter().map(|&v| v * 2f64.powi(k)).collect();
+            let a = analyse(&scaled, w, CentreMethod::Centroid, None, 0.9, None);
+            assert_eq!(
+                (a.radius, a.centre, a.total_q, a.kind),
+                (base.radius, base.centre, base.total_q, base.kind),
+                "2^{k}"
+            );
+            assert_eq!(a.scale, base.scale - k, "2^{k}");
+            let g = analyse(
+                &scaled,
+                w,
+                CentreMethod::Centroid,
+                None,
+                0.9,
+                Some(base.radius),
+            );
+            assert_eq!(g.radius, base.radius, "2^{k} with a guess");
+        }
+        // Decimal scales round each q differently (and 1e-310 leaves the faintest values
+        // about 34 significant bits), not the radius beyond that (they gave 12 and 9, and
+        // 1e-310 summed to zero, when 2^s stopped at 2^1022).
+        for by in [1e-307, 3e-308, 1e-310, 1e300] {
+            let scaled: Vec<f64> = p.iter().map(|&v| v * by).collect();
+            let a = analyse(&scaled, w, CentreMethod::Centroid, None, 0.9, None);
+            assert_eq!(a.kind, PatternKind::Normal, "{by:e}");
+            assert!(
+                (a.radius - base.radius).abs() < 1e-6,
+                "{by:e}: {}",
+                a.radius
+            );
+            assert!((a.centre.0 - base.centre.0).abs() < 1e-6, "{by:e}");
+            let (total, c, r) = reference_f64(&scaled, w, 0.9);
+            assert_eq!((a.total, a.centre, a.radius), (total, c, r), "{by:e}");
+        }
+        // The smallest subnormal as the largest value: 2^s = 2^1123 - bits... still counted.
+        let mut dot = vec![0.0f64; 25];
+        dot[12] = f64::from_bits(1);
+        let a = analyse(&dot, 5, CentreMethod::Centroid, None, 0.9, None);
+        assert_eq!(
+            (a.kind, a.centre, a.radius),
+            (PatternKind::Normal, (2.0, 2.0), 0.0)
+        );
+        // Values that underflowed to zero are an empty pattern (refused by the caller).
+        let gone: Vec<f64> = p.iter().map(|&v| v * 1e-300 * 1e-30).collect();
+        assert!(gone.iter().all(|&v| v == 0.0));
+        let a = analyse(&gone, w, CentreMethod::Centroid, None, 0.9, None);
+        assert_eq!(a.kind, PatternKind::Empty);
+    }
+
+    #[test]
+    fn fixed_point_scales_past_one_factor_hand_checked() {
+        // 4 x 4: 47 bits. Largest 2^-1070 (subnormal): s = 47 + 1069 = 1116 = 1022 + 94.
+        let tiny = f64::from_bits(1 << 4);
+        let f = Fixed::of(tiny, 16, 4, true);
+        assert_eq!(f.s, 1116);
+        assert_eq!(f.q(tiny), 2f64.powi(46));
+        assert_eq!(f.q(f64::from_bits(1)), 2f64.powi(42));
+        assert_eq!(f.value(2f64.powi(46)), tiny);
+        assert_eq!(Fixed::from_scale(f.s), f);
+        // The largest subnormal: below 2^-1022, s = 47 + 1022.
+        assert_eq!(
+            Fixed::of(f64::from_bits((1 << 52) - 1), 16, 4, true).s,
+            1069
+        );
+        // Near f64's largest: s = 47 - 1024.
+        assert_eq!(Fixed::of(f64::MAX, 16, 4, true).s, -977);
+        assert_eq!(
+            Fixed::of(f64::MAX, 16, 4, true).q(f64::MAX),
+            (2f64.powi(47) - 2f64.powi(-6)).round_ties_even()
+        );
+    }
+
+    /// [`reference`] for f64 patterns: q = round_half_even(v * 2^s), 2^s as exact powers.
+    fn reference_f64(p: &[f64], w: usize, target: f64) -> (f64, (f64, f64), f64) {
+        let h = p.len() / w;
+        let most = p.iter().fold(0.0f64, |m, &v| m.max(v.abs()));
+        let fx = Fixed::of(most, p.len() as u64, h.max(w) as u64, true);
+        // v * 2^s by exponent arithmetic on exact values (no factor past f64's range).
+        let times = |v: f64, s: i32| {
+            let (mut v, mut s) = (v, s);
+            while s > 0 {
+                let k = s.min(1000);
+                v *= 2f64.powi(k);
+                s -= k;
+            }
+            while s < 0 {
+                let k = (-s).min(1000);
+                v *= 2f64.powi(-k);
+                s += k;
+            }
+            v
+        };
+        let q: Vec<i128> = p
+            .iter()
+            .map(|&v| times(v, fx.s).round_ties_even() as i128)
+            .collect();
+        let total: i128 = q.iter().sum();
+        let sy: i128 = (0..p.len()).map(|i| (i / w) as i128 * q[i]).sum();
+        let sx: i128 = (0..p.len()).map(|i| (i % w) as i128 * q[i]).sum();
+        let c = (sy as f64 / total as f64, sx as f64 / total as f64);
+        let goal = (target * total as f64).ceil() as i128;
+        let mut ds: Vec<f64> = (0..p.len()).map(|i| d2(i, w, c)).collect();
+        ds.sort_by(f64::total_cmp);
+        ds.dedup();
+        let r = ds
+            .iter()
+            .find(|&&d| {
+                (0..p.len())
+                    .filter(|&i| d2(i, w, c) <= d)
+                    .map(|i| q[i])
+                    .sum::<i128>()
+                    >= goal
+            })
+            .map_or(farthest(h, w, c), |d| d.sqrt());
+        (times(total as f64, -fx.s), c, r)
     }
 
     #[test]

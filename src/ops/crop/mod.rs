@@ -450,6 +450,12 @@ impl Operation for CropOp {
     fn targets(&self) -> &[Address] {
         &self.targets
     }
+    fn planned_outputs(&self) -> Vec<crate::exec::disk::PlannedOutput> {
+        vec![crate::exec::disk::PlannedOutput::array(
+            &self.targets[0],
+            &self.spec,
+        )]
+    }
     fn units(&self) -> &[UnitInfo] {
         &self.units
     }

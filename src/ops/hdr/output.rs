@@ -207,6 +207,45 @@ fn prepare_directory(job: &MergeJob, brackets: usize, comm: &dyn Comm) -> Result
     safety::write_bytes(&marker, true, identity.to_string().as_bytes())
 }
 
+/// The bytes of the per-bracket files still to write (float32 pixels of each bracket's first
+/// frame, as its header shows; files a `--resume` keeps left out): each rank probes its share
+/// of the brackets, the sum is every rank's.
+///
+/// # Errors
+/// A first frame whose header cannot be read.
+fn planned_bytes(job: &MergeJob, brackets: &[Bracket], comm: &dyn Comm) -> Result<u64> {
+    let mine = partition_contiguous(brackets.len(), comm.size())[comm.rank()].clone();
+    let resuming = job.run.resume && !job.run.overwrite;
+    let mut bytes = 0u64;
+    let mut failed = Ok(());
+    for b in &brackets[mine] {
+        let target = job
+            .output
+            .join(b.stem())
+            .with_extension(extension(job.format));
+        if resuming && target.exists() {
+            continue;
+        }
+        let Some(first) = b.frames.first() else {
+            continue;
+        };
+        match super::frame_shape(&first.path) {
+            Ok((c, h, w)) => {
+                let pixels = (c as u64).saturating_mul(h as u64).saturating_mul(w as u64);
+                bytes = bytes.saturating_add(pixels.saturating_mul(4).saturating_add(128));
+            }
+            Err(e) => {
+                failed = Err(e);
+                break;
+            }
+        }
+    }
+    let failed = crate::exec::agree(comm, failed);
+    let mut total = [bytes];
+    comm.all_reduce_u64(&mut total, ReduceOp::Sum);
+    failed.map(|()| total[0])
+}
+
 /// One file per bracket.
 fn per_bracket(
     job: &MergeJob,
@@ -220,6 +259,22 @@ fn per_bracket(
     let inputs = super::merge_inputs(job);
     let output = Written::new("output", Place::Path(out.clone()));
     crate::exec::agree(comm, safety::check_places(&inputs, &[output]))?;
+    let planned = crate::exec::agree(comm, planned_bytes(job, brackets, comm))?;
+    let planned = crate::exec::disk::PlannedOutput {
+        name: format!(
+            "{} ({} .{} bracket files)",
+            out.display(),
+            brackets.len(),
+            extension(job.format)
+        ),
+        path: out.clone(),
+        bytes: planned,
+        uncompressed: job.format == Format::Npy,
+    };
+    crate::exec::agree(
+        comm,
+        crate::exec::disk::check_outputs(&[planned], safety::free_disk_bytes),
+    )?;
     if job.run.dry_run {
         if comm.is_root() {
             println!(
@@ -413,6 +468,13 @@ impl Operation for ZarrOp<'_> {
     }
     fn targets(&self) -> &[Address] {
         &self.targets
+    }
+    fn planned_outputs(&self) -> Vec<crate::exec::disk::PlannedOutput> {
+        vec![crate::exec::disk::PlannedOutput::child(
+            &self.targets[0],
+            "radiance",
+            &self.spec,
+        )]
     }
     fn units(&self) -> &[UnitInfo] {
         &self.units

@@ -29,6 +29,7 @@ use serde_json::{json, Map, Value};
 
 use crate::comm::Comm;
 use crate::error::{Error, Result};
+use crate::exec::disk::PlannedOutput;
 use crate::exec::{Operation, UnitInfo};
 use crate::grid::{self, Region};
 use crate::io::safety::Place;
@@ -58,6 +59,16 @@ impl PairSource {
         match self {
             PairSource::Sampled(s, _) => s.pairs(range),
             PairSource::Listed(p) => p[range.start as usize..range.end as usize].to_vec(),
+        }
+    }
+
+    /// Where the pair count comes from, for messages: the flags that set it.
+    fn origin(&self) -> String {
+        match self {
+            PairSource::Sampled(s, images) => {
+                format!("--pairs-per-image {} x {images} images", s.pairs_per_image)
+            }
+            PairSource::Listed(p) => format!("{} rows of --metadata/--select", p.len()),
         }
     }
 
@@ -190,15 +201,33 @@ fn largest_divisor_at_most(n: u64, limit: u64) -> u64 {
         .unwrap_or(1)
 }
 
+/// Bytes a unit takes while it is planned and run, at most: its run, its `UnitInfo` and label,
+/// the runner's per-rank lists and journal entry. Plans check `units x` this against the
+/// memory available before they list their units.
+const PLAN_BYTES_PER_UNIT: u64 = 192;
+
+/// Refuses a plan of `units` units (of `pairs` pairs from `origin`) whose lists would not fit
+/// in memory, before they are made.
+fn check_unit_count(units: u64, pairs: u64, origin: &str) -> Result<()> {
+    crate::exec::memory::check(
+        &format!("the plan's list of {units} units of {pairs} pairs ({origin})"),
+        units.saturating_mul(PLAN_BYTES_PER_UNIT),
+    )
+}
+
 /// Runs of pairs, one per unit: whole chunks, and whole images when one image's pairs fit the
 /// unit size limit (each image box is then read once); within an image, runs never straddle
 /// two images.
+///
+/// # Errors
+/// A list of runs too long for the memory available (`origin` names the flags).
 fn plan_pair_runs(
     m: u64,
     per_chunk: u64,
     pair_bytes: u64,
     per_image: Option<u64>,
-) -> Vec<Range<u64>> {
+    origin: &str,
+) -> Result<Vec<Range<u64>>> {
     let mut target = crate::exec::target_unit_bytes(m.saturating_mul(pair_bytes));
     let cap = crate::exec::target_unit_bytes(u64::MAX);
     let mut blocks = grid::blocks_for_target(per_chunk * pair_bytes, target);
@@ -218,9 +247,10 @@ fn plan_pair_runs(
         }
     }
     if m == 0 {
-        return Vec::new();
+        return Ok(Vec::new());
     }
-    grid::block_aligned_runs(m, per_chunk, blocks)
+    check_unit_count(m.div_ceil(per_chunk.saturating_mul(blocks)), m, origin)?;
+    Ok(grid::block_aligned_runs(m, per_chunk, blocks))
 }
 
 /// The specs of the pairs group's arrays (all chunked `per_chunk` pairs along the first axis).
@@ -325,6 +355,13 @@ fn plan_overlaps(
     row_bytes: u64,
 ) -> Result<(OverlapPlan, u64)> {
     let m = source.len();
+    crate::exec::memory::check(
+        &format!(
+            "the overlap offsets of {m} pairs (--overlaps, {})",
+            source.origin()
+        ),
+        m.saturating_add(1).saturating_mul(8),
+    )?;
     let mut offsets = Vec::with_capacity(grid::to_usize("pairs-per-image", m + 1)?);
     offsets.push(0u64);
     // Image by image, so memory stays one image's pairs.
@@ -345,6 +382,11 @@ fn plan_overlaps(
     let runs = if k == 0 {
         Vec::new()
     } else {
+        check_unit_count(
+            k.div_ceil(rows_per_chunk.saturating_mul(blocks)),
+            m,
+            &format!("{k} overlap rows, {}", source.origin()),
+        )?;
         grid::block_aligned_runs(k, rows_per_chunk, blocks)
     };
     Ok((OverlapPlan { offsets, runs }, rows_per_chunk))
@@ -363,6 +405,9 @@ struct Assembly {
     content: Content,
     pairs_per_chunk: Option<u64>,
     codec: Codec,
+    /// The run's options: the outputs are checked against the free disk space before the
+    /// units are listed (a list of millions takes seconds and gigabytes).
+    run: crate::exec::RunOptions,
 }
 
 impl PairsOp {
@@ -424,6 +469,7 @@ impl PairsOp {
             content,
             pairs_per_chunk: job.pairs_per_chunk,
             codec: job.codec,
+            run: job.run.clone(),
         })
     }
 
@@ -451,6 +497,12 @@ impl PairsOp {
             Some(s) => metadata::read_selection(&Address::parse(s)?, table.rows)?,
             None => (0..table.rows).collect(),
         };
+        // Each chosen row becomes a pair held while planning (two corners of `nd` axes).
+        let per_pair = std::mem::size_of::<Pair>() as u64 + 2 * nd as u64 * 8 + 32;
+        crate::exec::memory::check(
+            &format!("the {} pairs chosen from {table_address}", chosen.len()),
+            (chosen.len() as u64).saturating_mul(per_pair),
+        )?;
         let pairs = chosen
             .iter()
             .map(|&i| {
@@ -490,6 +542,7 @@ impl PairsOp {
             content,
             pairs_per_chunk: job.pairs_per_chunk,
             codec: job.codec,
+            run: job.run.clone(),
         })
     }
 
@@ -532,7 +585,21 @@ impl PairsOp {
                 (arrays, plan.map(|(p, _)| p), 2 * patch_bytes + 64)
             }
         };
-        let pair_runs = plan_pair_runs(m, per_chunk, pair_bytes, a.source.per_image());
+        let planned = match a.content {
+            Content::Metadata => vec![PlannedOutput::array(&a.output, &arrays[0].spec)],
+            Content::Pixels { .. } => arrays
+                .iter()
+                .map(|array| PlannedOutput::child(&a.output, array.name, &array.spec))
+                .collect(),
+        };
+        crate::exec::disk::check_planned(std::slice::from_ref(&a.output), planned, &a.run)?;
+        let pair_runs = plan_pair_runs(
+            m,
+            per_chunk,
+            pair_bytes,
+            a.source.per_image(),
+            &a.source.origin(),
+        )?;
         let image_bytes = a.images.shape[1..].iter().product::<u64>() * element;
         let (units, memory_per_unit) = describe_units(
             &pair_runs,
@@ -969,6 +1036,18 @@ impl Operation for PairsOp {
     fn targets(&self) -> &[Address] {
         &self.targets
     }
+    fn checked_disk(&self) -> bool {
+        true
+    }
+    fn planned_outputs(&self) -> Vec<PlannedOutput> {
+        if self.content == Content::Metadata {
+            return vec![PlannedOutput::array(&self.targets[0], &self.arrays[0].spec)];
+        }
+        self.arrays
+            .iter()
+            .map(|a| PlannedOutput::child(&self.targets[0], a.name, &a.spec))
+            .collect()
+    }
     fn units(&self) -> &[UnitInfo] {
         &self.units
     }
@@ -1198,7 +1277,7 @@ mod tests {
             (90, 30, 30),
             (97, 5, 20),
         ] {
-            let runs = plan_pair_runs(m, pc, 100_000, Some(p));
+            let runs = plan_pair_runs(m, pc, 100_000, Some(p), "test").unwrap();
             assert_eq!(runs.first().unwrap().start, 0);
             assert_eq!(runs.last().unwrap().end, m);
             for r in &runs {

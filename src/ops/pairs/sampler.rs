@@ -267,19 +267,26 @@ impl Sampler {
         }
     }
 
-    /// Pairs `range` of the whole set (image-major, `pairs_per_image` per image).
+    /// Pairs `range` of the whole set (image-major, `pairs_per_image` per image). The pairs of
+    /// an image before the range are drawn and dropped one at a time, never held: a unit's
+    /// memory is its own pairs, whatever `--pairs-per-image` (a whole image's pairs, collected
+    /// first, were 2^46 bytes for 2^40 pairs per image).
     pub fn pairs(&self, range: Range<u64>) -> Vec<Pair> {
         if range.is_empty() {
             return Vec::new();
         }
         let p = self.pairs_per_image;
-        (range.start / p..=(range.end - 1) / p)
-            .flat_map(|n| {
-                let skip = range.start.saturating_sub(n * p) as usize;
-                let take = (range.end.min((n + 1) * p) - (n * p).max(range.start)) as usize;
-                self.image_pairs(n).into_iter().skip(skip).take(take)
-            })
-            .collect()
+        let mut out = Vec::with_capacity((range.end - range.start) as usize);
+        for n in range.start / p..=(range.end - 1) / p {
+            let skip = range.start.saturating_sub(n * p);
+            let take = range.end.min((n + 1) * p) - (n * p).max(range.start);
+            let mut stream = Stream::new(self.seed, n);
+            for _ in 0..skip {
+                self.draw(n, &mut stream);
+            }
+            out.extend((0..take).map(|_| self.draw(n, &mut stream)));
+        }
+        out
     }
 }
 

@@ -196,7 +196,13 @@ impl TokensOp {
         let per_chunk = super::pairs_per_chunk(job.pairs_per_chunk, token_bytes, None, m)?;
         let arrays = token_arrays(m, l, dim, group.dtype, per_chunk, job.codec)?;
         let pair_bytes = 2 * token_bytes + l * 22;
-        let runs = super::plan_pair_runs(m, per_chunk, pair_bytes, None);
+        let runs = super::plan_pair_runs(
+            m,
+            per_chunk,
+            pair_bytes,
+            None,
+            &format!("the {m} pairs of --input"),
+        )?;
         let patch_bytes = c * patch[0] * patch[1] * group.dtype.size() as u64;
         let units = runs
             .iter()
@@ -374,6 +380,12 @@ impl Operation for TokensOp {
     }
     fn targets(&self) -> &[Address] {
         &self.targets
+    }
+    fn planned_outputs(&self) -> Vec<crate::exec::disk::PlannedOutput> {
+        self.arrays
+            .iter()
+            .map(|a| crate::exec::disk::PlannedOutput::child(&self.targets[0], a.name, &a.spec))
+            .collect()
     }
     fn units(&self) -> &[UnitInfo] {
         &self.units

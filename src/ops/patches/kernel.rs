@@ -557,6 +557,25 @@ mod tests {
     }
 
     #[test]
+    fn statistics_at_float32s_extremes_are_finite_and_exact_where_they_can_be() {
+        // Two passes in f64: f32::MAX squared (1.2e77) is far inside f64, and subnormals are
+        // f64 normals; nothing overflows or flushes to zero.
+        let big = [f32::MAX, -f32::MAX, f32::MAX, -f32::MAX];
+        let s = patch_stats(&big);
+        assert_eq!((s.min, s.max, s.mean), (-f32::MAX, f32::MAX, 0.0));
+        assert_eq!(s.std, f64::from(f32::MAX));
+        let top = [f32::MAX; 9];
+        let s = patch_stats(&top);
+        assert_eq!((s.mean, s.std), (f64::from(f32::MAX), 0.0));
+        let tiny = f32::from_bits(1);
+        let sub = [tiny, 0.0, tiny, 0.0];
+        let s = patch_stats(&sub);
+        assert_eq!(s.mean, f64::from(tiny) / 2.0);
+        assert_eq!(s.std, f64::from(tiny) / 2.0);
+        assert!(keeps(&s, Some(1e-46)));
+    }
+
+    #[test]
     fn finds_the_first_non_finite_value() {
         let mut slice = Array2::<f32>::zeros((3, 3));
         assert_eq!(first_non_finite(slice.view()), None);

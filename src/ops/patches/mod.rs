@@ -756,6 +756,40 @@ impl Operation for PatchesOp {
         &self.targets
     }
 
+    fn planned_outputs(&self) -> Vec<crate::exec::disk::PlannedOutput> {
+        use crate::exec::disk::PlannedOutput;
+        // Patch files take whole file system blocks (4 KiB on most): a header and a patch.
+        let file = (self.npy_header.len() as u64 + self.cut.patch * self.cut.patch * 4)
+            .div_ceil(4096)
+            * 4096;
+        self.targets
+            .iter()
+            .enumerate()
+            .map(|(i, target)| match &self.zarr[i] {
+                Some(spec) => {
+                    let store = Address::Zarr {
+                        store: target.container().join(output::ZARR_NAME),
+                        node: String::new(),
+                    };
+                    PlannedOutput::array(&store, spec)
+                }
+                None => {
+                    let patches: u64 = self
+                        .work
+                        .iter()
+                        .filter(|w| w.split == i)
+                        .map(|w| w.patches.end - w.patches.start)
+                        .sum();
+                    PlannedOutput::files(
+                        target.container().display().to_string(),
+                        target.container(),
+                        patches.saturating_mul(file),
+                    )
+                }
+            })
+            .collect()
+    }
+
     fn units(&self) -> &[UnitInfo] {
         &self.units
     }

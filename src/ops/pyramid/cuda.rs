@@ -79,7 +79,7 @@ impl PyramidGpu {
     ) -> Result<Vec<(usize, Region, Block)>> {
         let level0 = match p.method {
             Method::Laplacian => self.send(&Block::F32(
-                crate::with_block!(&source, a => laplacian_source(a)),
+                crate::with_block!(&source, a => laplacian_source(a, &u.needed_start(0)))?,
             ))?,
             _ => self.send(&source)?,
         };
@@ -395,7 +395,7 @@ pub fn bench_levels(
     let seconds = gpu.kernel_seconds(repeat, || pg.outputs(p, &level0, &st, &u).map(|_| ()))?;
     let mut got = Vec::new();
     pg.collect(pg.outputs(p, &level0, &st, &u)?, &mut got)?;
-    let want = p.build(volume.clone(), &st, &u);
+    let want = p.build(volume.clone(), &st, &u)?;
     let bits = |b: &Block| {
         crate::with_block!(b, a => {
             let a = a.as_standard_layout();

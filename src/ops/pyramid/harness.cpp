@@ -11,7 +11,7 @@
 #define TESSERA_HOST_PYRAMID(SUFFIX, T)                                                       \
     extern "C" void tessera_host_mean_##SUFFIX(const ReduceGeom* g, const T* in, T* out,     \
                                                i64 n) {                                      \
-        for (i64 e = 0; e < n; e++) out[e] = tessera_round_to<T>(reduce_mean_voxel<T>(*g, in, e)); \
+        for (i64 e = 0; e < n; e++) out[e] = reduce_mean_out<T>(*g, in, e);              \
     }                                                                                        \
     extern "C" void tessera_host_mode_##SUFFIX(const ReduceGeom* g, const T* in, T* out,     \
                                                i64 n) {                                      \
@@ -23,7 +23,12 @@
 
 TESSERA_HOST_PYRAMID(u8, u8)
 TESSERA_HOST_PYRAMID(u16, u16)
+TESSERA_HOST_PYRAMID(u32, u32)
+TESSERA_HOST_PYRAMID(u64, u64)
+TESSERA_HOST_PYRAMID(i8, signed char)
 TESSERA_HOST_PYRAMID(i16, short)
+TESSERA_HOST_PYRAMID(i32, int)
+TESSERA_HOST_PYRAMID(i64, i64)
 TESSERA_HOST_PYRAMID(f32, float)
 TESSERA_HOST_PYRAMID(f64, double)
 

@@ -7,15 +7,26 @@
 //! bit, however it is cut into units or ranks.
 //!
 //! Definitions (per axis, factor `f`, input extent `D`; level shape `ceil(D / f)`):
-//! - `mean`: output voxel `i` covers input voxels `f*i .. min(f*(i+1), D)` on each axis; the
-//!   value is their sum in f64, taken in C order over the block, divided by their count, then
-//!   rounded to the output type (floats: to nearest; integers: to the nearest integer, halves
-//!   away from zero). A partial block at the far edge is the mean of the voxels it covers.
+//! - `mean`: output voxel `i` covers input voxels `f*i .. min(f*(i+1), D)` on each axis. For
+//!   integer types the value is the exact mean: the block's sum as a 128-bit integer divided
+//!   by its count, rounded to the nearest integer with halves away from zero (for sums below
+//!   2^52 this is the f64 mean's rounding bit for bit, so ordinary levels keep their bytes;
+//!   beyond that the f64 sum dropped low bits and turned blocks at the type's maximum into 0).
+//!   For floats it is their sum in f64, taken in C order over the block, divided by their
+//!   count, then rounded to nearest; a sum that overflows f64 while every value is finite is
+//!   taken again with every value times 2^-64 (exact, the same roundings) and the mean scaled
+//!   back, at most the largest finite f64. A partial block at the far edge is the mean of the
+//!   voxels it covers.
 //! - `mode`: the most frequent value of the same block; ties go to the smallest value.
 //! - `gaussian`: a Gaussian of sigma `f / 3` (scikit-image's `pyramid_reduce`) centred on the
 //!   block centre `f*i + (f-1)/2`, truncated at 4 sigma, normalised over the taps inside the
 //!   array (no padding, no reflection), applied axis by axis in f64 (axis 0 first), rounded
-//!   once at the end. The block centre is the mean's, so both share one OME translation.
+//!   once at the end (integers: saturated to the type's range, where f64 rounding of values
+//!   near a 64-bit maximum lands just past it; 64-bit integers beyond 2^53 keep f64's 53
+//!   significant bits, as the definition's f64 says). A tap sum that overflows f64 while its
+//!   values are finite is taken again with every product halved and doubled back, at most
+//!   the largest finite f64. The block centre is the mean's, so both share one OME
+//!   translation.
 //! - upsampling (Laplacian): multilinear interpolation at voxel centres; level `l` voxel `x`
 //!   sits at `(x - (f-1)/2) / f` in level `l+1` indices, clamped to the edge voxels.
 
@@ -93,8 +104,9 @@ pub fn upsample_range(f: u64, coarse_extent: u64, out: &Range<u64>) -> Range<u64
 }
 
 /// Rounds an f64 to an element type: floats to nearest, integers to the nearest integer
-/// (halves away from zero). Means and normalised Gaussians of values of a type stay inside
-/// its range, so nothing saturates.
+/// (halves away from zero), saturated to the type's range. A normalised Gaussian of values of
+/// a type stays inside its range, but in f64 a value near a 64-bit integer's maximum rounds
+/// to 2^63 or 2^64, one past it: that is the maximum, not a failed cast's 0.
 pub fn round_to<T: Element>(x: f64) -> T {
     if x.is_nan() {
         // One NaN whatever the payload (f32::NAN / f64::NAN; 0 for integers, which cannot
@@ -102,7 +114,50 @@ pub fn round_to<T: Element>(x: f64) -> T {
         return <T as num_traits::NumCast>::from(f64::NAN).unwrap_or_default();
     }
     let x = if T::DTYPE.is_float() { x } else { x.round() };
-    <T as num_traits::NumCast>::from(x).unwrap_or_default()
+    <T as num_traits::NumCast>::from(x).unwrap_or_else(|| {
+        if x > 0.0 {
+            T::max_value()
+        } else {
+            T::min_value()
+        }
+    })
+}
+
+/// The exact mean of an integer block from its sum and count: the quotient rounded to the
+/// nearest integer, halves away from zero (reduce.cuh's `tessera_mean_round` twin).
+pub fn integer_mean(sum: i128, count: u64) -> i128 {
+    let n = i128::from(count.max(1));
+    let (q, r) = (sum / n, sum % n);
+    if r.unsigned_abs() >= n.unsigned_abs() - r.unsigned_abs() {
+        q + sum.signum()
+    } else {
+        q
+    }
+}
+
+/// The mean of `count` finite-or-not f64 values whose plain sum `sum` overflowed: the values
+/// are summed again times 2^-64 (exact for all but values below 2^-958, whose bits cannot
+/// reach a sum beyond f64's range), divided by the count and scaled back; a result past
+/// f64's range is the largest finite f64 of its sign. Values holding an infinity keep the
+/// infinite (or NaN) mean they had.
+fn mean_past_overflow(values: impl Iterator<Item = f64>, count: usize) -> f64 {
+    const DOWN: f64 = 1.0 / 18_446_744_073_709_551_616.0; // 2^-64
+    const UP: f64 = 18_446_744_073_709_551_616.0;
+    let mut scaled = 0.0f64;
+    for v in values {
+        scaled += v * DOWN;
+    }
+    saturate_finite(scaled / count as f64 * UP, scaled)
+}
+
+/// `x`, except that where `x` is infinite only because it was scaled back from the finite
+/// `scaled` it is the largest finite f64 of its sign.
+fn saturate_finite(x: f64, scaled: f64) -> f64 {
+    if x.is_infinite() && scaled.is_finite() {
+        f64::MAX.copysign(x)
+    } else {
+        x
+    }
 }
 
 /// An input box: values (C order) and where the box starts in its level.
@@ -156,30 +211,63 @@ fn block_rows<T>(
     });
 }
 
-/// The mean level over the output box `out` (absolute ranges in the new level).
-pub fn reduce_mean<T: Element, U: Element>(
+/// The mean level over the output box `out` (absolute ranges in the new level): exact for
+/// integer types, f64 for floats (module docs).
+pub fn reduce_mean<T: Element>(
     src: &Source<'_, T>,
     factor: &[u64],
     out: &[Range<u64>],
-) -> ArrayD<U> {
-    let nd = out.len();
-    let last = nd - 1;
+) -> ArrayD<T> {
+    if T::DTYPE.is_float() {
+        reduce_mean_float(src, factor, out)
+    } else {
+        reduce_mean_integer(src, factor, out)
+    }
+}
+
+/// Calls `each(row's output voxels, the input blocks' values)` per output row: the values of
+/// output voxel x's block are the chunks `fx` wide at x in every input row of `rows`.
+fn mean_rows<T: Element>(
+    src: &Source<'_, T>,
+    factor: &[u64],
+    out: &[Range<u64>],
+    mut each: impl FnMut(&mut [T], &[usize], usize),
+) -> ArrayD<T> {
+    let last = out.len() - 1;
     let shape: Vec<usize> = out.iter().map(|r| (r.end - r.start) as usize).collect();
-    let mut result = ArrayD::<U>::default(IxDyn(&shape));
+    let mut result = ArrayD::<T>::default(IxDyn(&shape));
+    let width = shape[last];
+    let res = result.as_slice_mut().expect("fresh array");
+    let mut row = 0usize;
+    block_rows(src, factor, out, |_, rows, xr| {
+        each(
+            &mut res[row * width..(row + 1) * width],
+            rows,
+            (xr.end - xr.start) as usize,
+        );
+        row += 1;
+    });
+    result
+}
+
+/// [`reduce_mean`] for integer types: 128-bit sums (no integer type's block can overflow
+/// them: a block has fewer than 2^63 voxels of at most 2^64), the exact rounded quotient.
+fn reduce_mean_integer<T: Element>(
+    src: &Source<'_, T>,
+    factor: &[u64],
+    out: &[Range<u64>],
+) -> ArrayD<T> {
     let values = src
         .values
         .as_slice()
         .expect("pyramid kernels take C-order boxes");
-    let fx = factor[last] as usize;
-    let width = shape[last];
-    let mut sums = vec![0f64; width];
-    let mut counts = vec![0usize; width];
-    let res = result.as_slice_mut().expect("fresh array");
-    let mut row = 0usize;
-    block_rows(src, factor, out, |_, rows, xr| {
-        sums.fill(0.0);
+    let fx = factor[out.len() - 1] as usize;
+    let width = (out[out.len() - 1].end - out[out.len() - 1].start) as usize;
+    let mut sums = vec![0i128; width];
+    let mut counts = vec![0u64; width];
+    mean_rows(src, factor, out, |res, rows, len| {
+        sums.fill(0);
         counts.fill(0);
-        let len = (xr.end - xr.start) as usize;
         for &off in rows {
             for ((s, c), chunk) in sums
                 .iter_mut()
@@ -187,21 +275,60 @@ pub fn reduce_mean<T: Element, U: Element>(
                 .zip(values[off..off + len].chunks(fx))
             {
                 for &v in chunk {
-                    *s += v.to_f64().unwrap_or(f64::NAN);
+                    *s += v.to_i128().expect("integer elements fit in i128");
+                }
+                *c += chunk.len() as u64;
+            }
+        }
+        for ((o, &s), &c) in res.iter_mut().zip(&sums).zip(&counts) {
+            *o = <T as num_traits::NumCast>::from(integer_mean(s, c))
+                .expect("the mean of a type's values is of that type");
+        }
+    })
+}
+
+/// [`reduce_mean`] for floats: f64 sums in C order, taken again scaled where one overflows.
+fn reduce_mean_float<T: Element>(
+    src: &Source<'_, T>,
+    factor: &[u64],
+    out: &[Range<u64>],
+) -> ArrayD<T> {
+    let values = src
+        .values
+        .as_slice()
+        .expect("pyramid kernels take C-order boxes");
+    let fx = factor[out.len() - 1] as usize;
+    let width = (out[out.len() - 1].end - out[out.len() - 1].start) as usize;
+    let mut sums = vec![0f64; width];
+    let mut counts = vec![0usize; width];
+    let as_f64 = |v: T| v.to_f64().unwrap_or(f64::NAN);
+    mean_rows(src, factor, out, |res, rows, len| {
+        sums.fill(0.0);
+        counts.fill(0);
+        for &off in rows {
+            for ((s, c), chunk) in sums
+                .iter_mut()
+                .zip(counts.iter_mut())
+                .zip(values[off..off + len].chunks(fx))
+            {
+                for &v in chunk {
+                    *s += as_f64(v);
                 }
                 *c += chunk.len();
             }
         }
-        for ((o, &s), &c) in res[row * width..(row + 1) * width]
-            .iter_mut()
-            .zip(&sums)
-            .zip(&counts)
-        {
-            *o = round_to::<U>(s / c as f64);
+        for (x, ((o, &s), &c)) in res.iter_mut().zip(&sums).zip(&counts).enumerate() {
+            let mean = if s.is_infinite() {
+                let block = rows
+                    .iter()
+                    .flat_map(|&off| values[off + x * fx..off + (x * fx + fx).min(len)].iter());
+                mean_past_overflow(block.map(|&v| as_f64(v)), c)
+            } else {
+                s / c as f64
+            };
+            *o = round_to::<T>(mean);
         }
-        row += 1;
-    });
-    result
+    })
 }
 
 /// The mode level over the output box `out`: the most frequent value of each block, ties to
@@ -281,7 +408,9 @@ pub(crate) fn taps(f: u64, extent: u64, i: u64) -> (u64, Vec<f64>) {
 }
 
 /// Applies per-output-index weights along `axis`: `out[i] = sum_k w_i[k] * input[first_i + k]`,
-/// input indices relative to `in_start`.
+/// input indices relative to `in_start`. A sum that overflows f64 while its values are finite
+/// is taken again with every product halved, and doubled back (the same roundings, one
+/// binade lower), at most the largest finite f64 (reduce.cuh's `weigh_axis_voxel` too).
 fn weigh_axis(
     input: &ArrayD<f64>,
     axis: usize,
@@ -295,6 +424,20 @@ fn weigh_axis(
         for (k, &wk) in w.iter().enumerate() {
             let src = input.index_axis(Axis(axis), (first + k as u64 - in_start) as usize);
             o.scaled_add(wk, &src);
+        }
+    }
+    if out.iter().any(|x| x.is_infinite()) {
+        for (mut at, x) in out.indexed_iter_mut() {
+            if !x.is_infinite() {
+                continue;
+            }
+            let (first, w) = &outputs[at[axis]];
+            let mut half = 0.0f64;
+            for (k, &wk) in w.iter().enumerate() {
+                at[axis] = (first + k as u64 - in_start) as usize;
+                half += wk * input[&at] * 0.5;
+            }
+            *x = saturate_finite(half * 2.0, half);
         }
     }
     out
@@ -442,6 +585,230 @@ mod tests {
         let c = ArrayD::from_shape_vec(IxDyn(&[1, 2]), vec![-1i16, -2]).unwrap();
         let m: ArrayD<i16> = reduce_mean(&src(&c, &[0, 0], &[1, 2]), &[1, 2], &[0..1, 0..1]);
         assert_eq!(m[[0, 0]], -2); // -1.5 -> -2
+    }
+
+    /// Mean of one block of `values` (a 1 x n level, factor n), through reduce_mean.
+    fn block_mean<T: Element>(values: &[T]) -> T {
+        let n = values.len() as u64;
+        let a = ArrayD::from_shape_vec(IxDyn(&[1, values.len()]), values.to_vec()).unwrap();
+        reduce_mean(&src(&a, &[0, 0], &[1, n]), &[1, n], &[0..1, 0..1])[[0, 0]]
+    }
+
+    /// The exact mean, rounded half away from zero, by another formula:
+    /// floor((2|s| + n) / 2n) with the sign put back.
+    fn reference_mean(values: &[i128]) -> i128 {
+        let (s, n) = (values.iter().sum::<i128>(), values.len() as i128);
+        let m = (2 * s.abs() + n) / (2 * n);
+        if s < 0 {
+            -m
+        } else {
+            m
+        }
+    }
+
+    macro_rules! integer_extremes {
+        ($($t:ty),*) => {$({
+            let (lo, hi) = (<$t>::MIN, <$t>::MAX);
+            let mut blocks: Vec<Vec<$t>> = vec![
+                vec![hi; 4],
+                vec![hi, hi - 1],
+                vec![hi, hi - 1, hi - 1],
+                vec![hi - 1; 3],
+                vec![lo; 8],
+                vec![lo, lo + 1],
+                vec![lo, hi],
+                vec![lo, hi, hi],
+                vec![hi, 0, 0],
+                vec![0, 1, 1, 0],
+            ];
+            if std::mem::size_of::<$t>() == 8 {
+                let big = ((1u64 << 53) + 1) as $t;
+                blocks.push(vec![big; 8]);
+                blocks.push(vec![big, big + 2]);
+                blocks.push(vec![hi; 27]);
+            }
+            for b in &blocks {
+                let wide: Vec<i128> = b.iter().map(|&v| v as i128).collect();
+                let want = reference_mean(&wide);
+                assert_eq!(block_mean(b) as i128, want, "{} {b:?}", stringify!($t));
+            }
+        })*};
+    }
+
+    #[test]
+    fn integer_means_are_exact_at_every_types_extremes() {
+        // f64 sums turned blocks at a 64-bit maximum into 0 and 2^53 + 1 into 2^53.
+        integer_extremes!(u8, u16, u32, u64, i8, i16, i32, i64);
+        let big = (1u64 << 53) + 1;
+        assert_eq!(block_mean(&[big; 4]), big);
+        assert_eq!(block_mean(&[u64::MAX; 4]), u64::MAX);
+        assert_eq!(block_mean(&[i64::MAX, i64::MAX - 1]), i64::MAX); // .5 away from zero
+        assert_eq!(block_mean(&[i64::MIN, i64::MIN + 1]), i64::MIN);
+        assert_eq!(block_mean(&[i64::MIN, i64::MAX]), -1); // -0.5
+    }
+
+    #[test]
+    fn integer_means_keep_the_f64_means_bits_for_ordinary_values() {
+        // Sums below 2^52: the exact mean rounds as the f64 sum / count did.
+        let mut s = 99u64;
+        let mut next = move || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s
+        };
+        for case in 0..2000 {
+            let n = 1 + (next() % 27) as usize;
+            let small = case % 2 == 0;
+            let vals: Vec<i64> = (0..n)
+                .map(|_| {
+                    let v = next() as i64;
+                    if small {
+                        v % 7
+                    } else {
+                        v >> 33
+                    }
+                })
+                .collect();
+            let old = |v: &[i64]| {
+                let sum: f64 = v.iter().map(|&x| x as f64).sum();
+                (sum / v.len() as f64).round()
+            };
+            let i32s: Vec<i32> = vals.iter().map(|&v| v as i32).collect();
+            assert_eq!(f64::from(block_mean(&i32s)), old(&vals), "{vals:?}");
+            let u16s: Vec<u16> = vals.iter().map(|&v| v as u16).collect();
+            let as_i64: Vec<i64> = u16s.iter().map(|&v| i64::from(v)).collect();
+            assert_eq!(f64::from(block_mean(&u16s)), old(&as_i64), "{u16s:?}");
+        }
+    }
+
+    #[test]
+    fn float_means_past_f64s_range_and_in_the_subnormals() {
+        let max = f64::MAX;
+        // The plain sum overflows; every value is finite, so the mean is.
+        assert_eq!(block_mean(&[max; 4]), max);
+        assert_eq!(block_mean(&[-max; 8]), -max);
+        // Not powers of two: the f64 sum and division round (as for any values), finite.
+        for n in [3, 5, 7] {
+            let m = block_mean(&vec![max; n]);
+            assert!(m.is_finite() && (max - m) <= max * 1e-15, "{n}: {m}");
+        }
+        assert_eq!(block_mean(&[max, max, -max, -max]), 0.0);
+        assert_eq!(block_mean(&[max, max * 0.5]), max * 0.75);
+        // Infinities and NaN keep the mean their definition gives.
+        assert_eq!(block_mean(&[max, f64::INFINITY]), f64::INFINITY);
+        assert!(block_mean(&[f64::INFINITY, f64::NEG_INFINITY]).is_nan());
+        assert!(block_mean(&[max, max, f64::NAN]).is_nan());
+        // Subnormals: the f64 sum is exact, the division rounds once.
+        let tiny = f64::from_bits(1);
+        assert_eq!(block_mean(&[tiny * 3.0, tiny]), tiny * 2.0);
+        assert_eq!(
+            block_mean(&[f64::MIN_POSITIVE, tiny]),
+            (f64::MIN_POSITIVE + tiny) / 2.0
+        );
+        assert_eq!(block_mean(&[f32::MAX; 3]), f32::MAX);
+        let t32 = f32::from_bits(1);
+        assert_eq!(block_mean(&[t32 * 5.0, t32 * 3.0]), t32 * 4.0);
+    }
+
+    /// The Gaussian level of a constant 9 x 10 box, every voxel.
+    fn gaussian_of_constant<T: Element>(v: T) -> Vec<T> {
+        let a = ArrayD::from_elem(IxDyn(&[9, 10]), v);
+        let g: ArrayD<T> = reduce_gaussian(&src(&a, &[0, 0], &[9, 10]), &[2, 2], &[0..5, 0..5]);
+        g.into_iter().collect()
+    }
+
+    #[test]
+    fn gaussians_saturate_at_the_types_extremes_instead_of_wrapping() {
+        // f64 rounding of weights summing to 1 +- an ulp put 2^63 and 2^64 one past the
+        // maximum, which the failed cast made 0.
+        macro_rules! constant {
+            ($($t:ty),*) => {$(
+                for v in [<$t>::MIN, <$t>::MAX, <$t>::MAX - 1, 0 as $t, 1 as $t] {
+                    let want = round_to::<$t>(v as f64);
+                    let got = gaussian_of_constant(v);
+                    if std::mem::size_of::<$t>() < 8 {
+                        assert!(got.iter().all(|&g| g == v), "{} {v}: {got:?}", stringify!($t));
+                    }
+                    // 64-bit: f64's 53 bits, saturated; never 0 for a large value.
+                    for g in got {
+                        let diff = (g as i128 - want as i128).abs();
+                        assert!(diff <= 4096, "{} {v}: {g}", stringify!($t));
+                    }
+                }
+            )*};
+        }
+        constant!(u8, u16, u32, u64, i8, i16, i32, i64);
+        assert!(gaussian_of_constant(u64::MAX)
+            .iter()
+            .all(|&g| g >= u64::MAX - 4096));
+        assert!(gaussian_of_constant(i64::MAX)
+            .iter()
+            .all(|&g| g >= i64::MAX - 4096));
+        assert!(gaussian_of_constant(i64::MIN)
+            .iter()
+            .all(|&g| g <= i64::MIN + 4096));
+        // 2^53 + 1 is not an f64: the Gaussian, an f64 computation, sees 2^53 (documented).
+        let big = (1u64 << 53) + 1;
+        assert!(gaussian_of_constant(big)
+            .iter()
+            .all(|&g| g.abs_diff(big) <= 2));
+        // Huge floats: every weighted sum that overflows is taken again, halved.
+        for v in [f64::MAX, -f64::MAX, f64::MAX * 0.999] {
+            let got = gaussian_of_constant(v);
+            assert!(
+                got.iter()
+                    .all(|&g| g.is_finite() && (g - v).abs() <= v.abs() * 1e-15),
+                "{v}: {got:?}"
+            );
+        }
+        assert!(gaussian_of_constant(f64::INFINITY)
+            .iter()
+            .all(|&g| g == f64::INFINITY));
+        assert!(gaussian_of_constant(f32::MAX)
+            .iter()
+            .all(|&g| g == f32::MAX));
+        let tiny = f64::from_bits(3);
+        assert!(gaussian_of_constant(tiny)
+            .iter()
+            .all(|&g| g > 0.0 && g < 1e-320));
+    }
+
+    #[test]
+    fn rounding_saturates_to_the_type() {
+        assert_eq!(round_to::<i64>(9_223_372_036_854_775_808.0), i64::MAX);
+        assert_eq!(round_to::<i64>(-9_223_372_036_854_775_808.0), i64::MIN);
+        assert_eq!(round_to::<i64>(-1e300), i64::MIN);
+        assert_eq!(round_to::<u64>(18_446_744_073_709_551_616.0), u64::MAX);
+        assert_eq!(round_to::<u64>(-3.0), 0);
+        assert_eq!(round_to::<u8>(255.4), 255);
+        assert_eq!(round_to::<u8>(255.5), 255);
+        assert_eq!(round_to::<i8>(-128.5), -128);
+        assert_eq!(round_to::<i16>(2.5), 3);
+        assert_eq!(round_to::<i16>(-2.5), -3);
+        assert_eq!(round_to::<f32>(1e300), f32::INFINITY);
+    }
+
+    #[test]
+    fn modes_at_the_types_extremes() {
+        let mode = |v: &[i64]| {
+            let a = ArrayD::from_shape_vec(IxDyn(&[1, v.len()]), v.to_vec()).unwrap();
+            let n = v.len() as u64;
+            reduce_mode(&src(&a, &[0, 0], &[1, n]), &[1, n], &[0..1, 0..1])[[0, 0]]
+        };
+        assert_eq!(mode(&[i64::MAX, i64::MAX, i64::MIN, 0]), i64::MAX);
+        assert_eq!(mode(&[i64::MAX, i64::MIN]), i64::MIN);
+        assert_eq!(mode(&[i64::MAX - 1, i64::MAX, i64::MAX - 1]), i64::MAX - 1);
+        let big = (1i64 << 53) + 1;
+        assert_eq!(mode(&[big, big - 1, big]), big);
+        let a = ArrayD::from_shape_vec(IxDyn(&[1, 3]), vec![u64::MAX, 0, u64::MAX]).unwrap();
+        assert_eq!(
+            reduce_mode(&src(&a, &[0, 0], &[1, 3]), &[1, 3], &[0..1, 0..1])[[0, 0]],
+            u64::MAX
+        );
+        let f = ArrayD::from_shape_vec(IxDyn(&[1, 4]), vec![f64::NAN, f64::MAX, f64::NAN, 0.0])
+            .unwrap();
+        assert!(reduce_mode(&src(&f, &[0, 0], &[1, 4]), &[1, 4], &[0..1, 0..1])[[0, 0]].is_nan());
     }
 
     #[test]

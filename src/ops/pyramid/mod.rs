@@ -485,11 +485,11 @@ impl Levels<'_> {
         source: ArrayD<T>,
         st: &Stage,
         u: &UnitPlan,
-    ) -> Vec<(usize, Region, Block)> {
-        match self.method {
-            Method::Laplacian => self.build_laplacian(source, st, u),
+    ) -> Result<Vec<(usize, Region, Block)>> {
+        Ok(match self.method {
+            Method::Laplacian => self.build_laplacian(source, st, u)?,
             method => self.build_reduced(method, source, st, u),
-        }
+        })
     }
 
     /// The Laplacian's part of one unit: Gaussian levels in f32 from the source block (which
@@ -500,10 +500,10 @@ impl Levels<'_> {
         source: ArrayD<T>,
         st: &Stage,
         u: &UnitPlan,
-    ) -> Vec<(usize, Region, Block)> {
+    ) -> Result<Vec<(usize, Region, Block)>> {
         let s = st.source;
         let mut out = Vec::new();
-        let mut levels: Vec<ArrayD<f32>> = vec![laplacian_source(&source)];
+        let mut levels: Vec<ArrayD<f32>> = vec![laplacian_source(&source, &u.needed_start(0))?];
         push_level0(&mut out, st, u, source);
         for j in 1..=st.k {
             let start = u.needed_start(j - 1);
@@ -539,7 +539,7 @@ impl Levels<'_> {
                 Block::F32(diff),
             ));
         }
-        out
+        Ok(out)
     }
 
     /// One unit's levels by mean, Gaussian or mode (`method`): each level reduced from the one
@@ -586,10 +586,42 @@ impl Levels<'_> {
     }
 }
 
+/// Finite values the Laplacian takes: its levels and difference maps are f32, and the
+/// difference of two values within +-(f32::MAX / 2) is always an f32 (the levels, weighted
+/// means, stay within the values' range).
+const LAPLACIAN_LIMIT: f64 = f32::MAX as f64 / 2.0;
+
 /// The Laplacian's source level as f32 (its levels and differences are f32 whatever the
-/// input type).
-fn laplacian_source<T: Element>(source: &ArrayD<T>) -> ArrayD<f32> {
-    source.mapv(|v| v.to_f32().unwrap_or(f32::NAN))
+/// input type), from a box starting at `start` of its level.
+///
+/// # Errors
+/// A finite value beyond [`LAPLACIAN_LIMIT`] (f64 data, or 64-bit integers past 1.7e38):
+/// float32 would turn it, or the difference maps around it, into an infinity.
+fn laplacian_source<T: Element>(source: &ArrayD<T>, start: &[u64]) -> Result<ArrayD<f32>> {
+    let beyond = |v: &T| {
+        let x = v.to_f64().unwrap_or(f64::NAN);
+        x.is_finite() && x.abs() > LAPLACIAN_LIMIT
+    };
+    use ndarray::Dimension;
+    if let Some((at, v)) = source.indexed_iter().find(|(_, v)| beyond(v)) {
+        let voxel: Vec<u64> = at
+            .slice()
+            .iter()
+            .zip(start)
+            .map(|(&i, &s)| s + i as u64)
+            .collect();
+        return Err(Error::parameter(
+            "method",
+            format!(
+                "laplacian keeps its levels and difference maps in float32, which holds them \
+                 only for values within +-{LAPLACIAN_LIMIT:.4e} (half of float32's largest): \
+                 the source level holds {:e} at voxel {voxel:?}; scale the data down or use \
+                 --method gaussian",
+                v.to_f64().unwrap_or(f64::NAN)
+            ),
+        ));
+    }
+    Ok(source.mapv(|v| v.to_f32().unwrap_or(f32::NAN)))
 }
 
 /// Adds a unit's level-0 block to its output when its source is level 0. Level 0 is written
@@ -1240,6 +1272,21 @@ impl Operation for PyramidOp {
     fn targets(&self) -> &[Address] {
         &self.targets
     }
+    fn planned_outputs(&self) -> Vec<crate::exec::disk::PlannedOutput> {
+        let levels = self.levels();
+        self.specs
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| {
+                let name = if i < levels {
+                    i.to_string()
+                } else {
+                    format!("diff_{}", i - levels)
+                };
+                crate::exec::disk::PlannedOutput::child(&self.targets[0], &name, spec)
+            })
+            .collect()
+    }
     fn units(&self) -> &[UnitInfo] {
         &self.units
     }
@@ -1304,7 +1351,7 @@ impl Operation for PyramidOp {
         if let Some(gpu) = &self.gpu {
             return gpu.build(self.levels_of(), block, st, &u);
         }
-        let out = crate::with_block!(block, a => self.levels_of().build(a, st, &u));
+        let out = crate::with_block!(block, a => self.levels_of().build(a, st, &u))?;
         tracing::debug!(
             "pyramid unit {unit}: read {read:.3} s, levels built in {:.3} s",
             t.elapsed().as_secs_f64()

@@ -1,12 +1,12 @@
 // pyramid levels on the GPU: one thread per output voxel (grid-stride), bodies in
-// reduce.cuh, for each input type; integers and floats alike are averaged in f64.
+// reduce.cuh, for each input type; integer means exact (128-bit sums), float means in f64.
 #include "reduce.cuh"
 
 #define TESSERA_MEAN_KERNEL(NAME, T)                                                         \
     extern "C" __global__ void NAME(ReduceGeom g, const T* in, T* out, i64 n) {              \
         for (i64 e = (i64)blockIdx.x * blockDim.x + threadIdx.x; e < n;                      \
              e += (i64)gridDim.x * blockDim.x) {                                             \
-            out[e] = tessera_round_to<T>(reduce_mean_voxel<T>(g, in, e));                    \
+            out[e] = reduce_mean_out<T>(g, in, e);                                           \
         }                                                                                    \
     }
 

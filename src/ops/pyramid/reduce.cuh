@@ -3,13 +3,17 @@
 // computed with the same operations in the same order as kernel.rs, so the GPU's level is
 // the CPU's bit for bit.
 //
-// - mean: the block's values summed in f64 in C order from 0.0, divided by their count,
-//   rounded once to the output type (reduce_mean_voxel, then tessera_round_to).
+// - mean: integer types exactly, the block's sum in 128 bits (two 64-bit words) divided by
+//   its count and rounded to the nearest integer, halves away from zero (reduce_mean_int_voxel;
+//   kernel.rs' i128 sums); floats summed in f64 in C order from 0.0, divided by their count,
+//   rounded once to the output type (reduce_mean_voxel, then tessera_round_to), a sum that
+//   overflows taken again times 2^-64 and scaled back, at most the largest finite f64.
 // - mode: the most frequent value of the block, ties to the smallest, NaN one value larger
 //   than every number (reduce_mode_voxel; counting instead of kernel.rs' sort, same result).
 // - gaussian: one axis at a time over f64 boxes, `acc = acc + w[k] * x[first + k]` from 0.0
-//   (weigh_axis_voxel; the taps are computed on the host, as kernel.rs' `taps`), rounded
-//   once at the end.
+//   (weigh_axis_voxel; the taps are computed on the host, as kernel.rs' `taps`; a sum that
+//   overflows taken again with halved products), rounded once at the end, integers saturated
+//   to their type's range.
 // - laplacian: Gaussian levels in f32; the upsampling is passes of weigh_axis_voxel too (taps
 //   from kernel.rs' `upsample_taps`), and the difference map `(f64)fine - up` rounded once to
 //   f32 (laplacian_diff_voxel).
@@ -112,7 +116,19 @@ TESSERA_HD void block_step(BlockWalk& w) {
     }
 }
 
-// The mean of voxel e's block, before rounding: summed in C order from 0.0.
+#define TESSERA_F64_MAX 1.7976931348623157e308
+
+// kernel.rs' saturate_finite: x, or the largest finite f64 of its sign where x is infinite
+// only because it was scaled back from the finite `scaled`.
+TESSERA_HD double tessera_saturate_finite(double x, double scaled) {
+    const bool x_inf = x > TESSERA_F64_MAX || x < -TESSERA_F64_MAX;
+    const bool scaled_finite = scaled <= TESSERA_F64_MAX && scaled >= -TESSERA_F64_MAX;
+    if (x_inf && scaled_finite) return x > 0.0 ? TESSERA_F64_MAX : -TESSERA_F64_MAX;
+    return x;
+}
+
+// The mean of voxel e's block, before rounding: summed in C order from 0.0; a sum that
+// overflows is taken again with every value times 2^-64 (kernel.rs' mean_past_overflow).
 template <typename T>
 TESSERA_HD double reduce_mean_voxel(const ReduceGeom& g, const T* in, i64 e) {
     i64 lo[TESSERA_PYRAMID_AXES], hi[TESSERA_PYRAMID_AXES];
@@ -123,13 +139,99 @@ TESSERA_HD double reduce_mean_voxel(const ReduceGeom& g, const T* in, i64 e) {
         s += (double)in[w.off];
         block_step(w);
     }
+    if (s > TESSERA_F64_MAX || s < -TESSERA_F64_MAX) {
+        const double down = 5.421010862427522e-20;  // 2^-64
+        const double up = 18446744073709551616.0;   // 2^64
+        double scaled = 0.0;
+        w = block_walk(g, lo, hi);
+        for (i64 k = 0; k < n; k++) {
+            scaled += (double)in[w.off] * down;
+            block_step(w);
+        }
+        return tessera_saturate_finite(scaled / (double)n * up, scaled);
+    }
     return s / (double)n;
 }
 
+// Whether an element is below zero, per type (no comparison of an unsigned value with 0).
+TESSERA_HD bool tessera_below_zero(u8) { return false; }
+TESSERA_HD bool tessera_below_zero(u16) { return false; }
+TESSERA_HD bool tessera_below_zero(u32) { return false; }
+TESSERA_HD bool tessera_below_zero(u64) { return false; }
+TESSERA_HD bool tessera_below_zero(signed char v) { return v < 0; }
+TESSERA_HD bool tessera_below_zero(short v) { return v < 0; }
+TESSERA_HD bool tessera_below_zero(int v) { return v < 0; }
+TESSERA_HD bool tessera_below_zero(i64 v) { return v < 0; }
+
+// A 128-bit two's complement integer as two words (NVRTC has no portable __int128): the sum
+// of an integer block, which no block of any integer type can overflow.
+struct TesseraWide {
+    u64 lo;
+    u64 hi;
+};
+
+// s += v, v sign-extended to 128 bits.
+template <typename T> TESSERA_HD void tessera_wide_add(TesseraWide& s, T v) {
+    const bool negative = tessera_below_zero(v);
+    const u64 bits = negative ? (u64)(i64)v : (u64)v;
+    const u64 lo = s.lo + bits;
+    s.hi += (lo < bits ? 1ull : 0ull) + (negative ? ~0ull : 0ull);
+    s.lo = lo;
+}
+
+// kernel.rs' integer_mean: sum / n rounded to the nearest integer, halves away from zero,
+// as the magnitude's quotient and remainder (|sum| < n * 2^64, so the quotient fits 64 bits
+// and the high word is below n) with the sign put back; two's complement bits of the result.
+TESSERA_HD u64 tessera_mean_round(TesseraWide s, u64 n) {
+    const bool negative = (s.hi >> 63) != 0;
+    u64 lo = s.lo, hi = s.hi;
+    if (negative) {
+        lo = ~lo + 1ull;
+        hi = ~hi + (lo == 0 ? 1ull : 0ull);
+    }
+    u64 q, r;
+    if (hi == 0) {
+        if ((lo >> 32) == 0 && (n >> 32) == 0) {
+            q = (u64)((u32)lo / (u32)n);  // 32-bit division where it fits: a GPU emulates 64
+        } else {
+            q = lo / n;
+        }
+        r = lo - q * n;
+    } else {
+        // Long division of hi:lo by n, one bit at a time (r < n <= 2^63 keeps 2r + 1 in 64 bits).
+        q = 0;
+        r = hi;
+        for (int b = 63; b >= 0; b--) {
+            r = (r << 1) | ((lo >> b) & 1ull);
+            q <<= 1;
+            if (r >= n) {
+                r -= n;
+                q |= 1ull;
+            }
+        }
+    }
+    if (r >= n - r) q += 1ull;
+    return negative ? 0ull - q : q;
+}
+
+// The exact mean of voxel e's block for integer types (already rounded).
+template <typename T>
+TESSERA_HD T reduce_mean_int_voxel(const ReduceGeom& g, const T* in, i64 e) {
+    i64 lo[TESSERA_PYRAMID_AXES], hi[TESSERA_PYRAMID_AXES];
+    const i64 n = reduce_block(g, e, lo, hi);
+    BlockWalk w = block_walk(g, lo, hi);
+    TesseraWide s = {0ull, 0ull};
+    for (i64 k = 0; k < n; k++) {
+        tessera_wide_add<T>(s, in[w.off]);
+        block_step(w);
+    }
+    return (T)tessera_mean_round(s, (u64)n);
+}
+
 // kernel.rs' round_to: floats to nearest, integers to the nearest integer with halves away
-// from zero (NaN, which integer inputs cannot give, to 0 like Rust's failed cast). A NaN
-// result is Rust's f32::NAN / f64::NAN whatever its payload: the GPU and the CPU propagate
-// payloads differently.
+// from zero, saturated to the type's range (NaN, which integer inputs cannot give, to 0 like
+// Rust's failed cast). A NaN result is Rust's f32::NAN / f64::NAN whatever its payload: the
+// GPU and the CPU propagate payloads differently.
 template <typename U> TESSERA_HD U tessera_round_to(double x);
 template <> TESSERA_HD float tessera_round_to<float>(double x) {
     return x != x ? tessera_nan_f32() : (float)x;
@@ -137,18 +239,38 @@ template <> TESSERA_HD float tessera_round_to<float>(double x) {
 template <> TESSERA_HD double tessera_round_to<double>(double x) {
     return x != x ? tessera_nan_f64() : x;
 }
-#define TESSERA_ROUND_INT(T)                                                                 \
+// LO: the type's minimum, END: its maximum plus one, both exact in f64.
+#define TESSERA_ROUND_INT(T, LO, END, MIN, MAX)                                              \
     template <> TESSERA_HD T tessera_round_to<T>(double x) {                                 \
-        return x != x ? (T)0 : (T)round(x);                                                  \
+        if (x != x) return (T)0;                                                             \
+        const double r = round(x);                                                           \
+        if (r >= END) return MAX;                                                            \
+        if (r < LO) return MIN;                                                              \
+        return (T)r;                                                                         \
     }
-TESSERA_ROUND_INT(u8)
-TESSERA_ROUND_INT(u16)
-TESSERA_ROUND_INT(u32)
-TESSERA_ROUND_INT(u64)
-TESSERA_ROUND_INT(signed char)
-TESSERA_ROUND_INT(short)
-TESSERA_ROUND_INT(int)
-TESSERA_ROUND_INT(i64)
+TESSERA_ROUND_INT(u8, 0.0, 256.0, (u8)0, (u8)255)
+TESSERA_ROUND_INT(u16, 0.0, 65536.0, (u16)0, (u16)65535)
+TESSERA_ROUND_INT(u32, 0.0, 4294967296.0, 0u, 4294967295u)
+TESSERA_ROUND_INT(u64, 0.0, 18446744073709551616.0, 0ull, 18446744073709551615ull)
+TESSERA_ROUND_INT(signed char, -128.0, 128.0, (signed char)-128, (signed char)127)
+TESSERA_ROUND_INT(short, -32768.0, 32768.0, (short)-32768, (short)32767)
+TESSERA_ROUND_INT(int, -2147483648.0, 2147483648.0, (int)(-2147483647 - 1), 2147483647)
+TESSERA_ROUND_INT(i64, -9223372036854775808.0, 9223372036854775808.0,
+                  (i64)(-9223372036854775807ll - 1), 9223372036854775807ll)
+
+// Output voxel e of a mean level (kernel.rs' reduce_mean): exact for integer types, the f64
+// mean rounded once for floats.
+template <typename T> TESSERA_HD T reduce_mean_out(const ReduceGeom& g, const T* in, i64 e) {
+    return reduce_mean_int_voxel<T>(g, in, e);
+}
+template <>
+TESSERA_HD float reduce_mean_out<float>(const ReduceGeom& g, const float* in, i64 e) {
+    return tessera_round_to<float>(reduce_mean_voxel<float>(g, in, e));
+}
+template <>
+TESSERA_HD double reduce_mean_out<double>(const ReduceGeom& g, const double* in, i64 e) {
+    return tessera_round_to<double>(reduce_mean_voxel<double>(g, in, e));
+}
 
 // kernel.rs' order for the mode: numbers by value, NaN after every number and equal to itself
 // (-0.0 and 0.0 are one value, as partial_cmp says).
@@ -232,6 +354,15 @@ TESSERA_HD double weigh_axis_voxel(const AxisGeom& g, const i64* first, const i6
     for (i64 k = 0; k < count[i]; k++) {
         const double x = in[(o * g.in_len + first[i] + k) * g.inner + in_idx];
         acc = acc + weights[at[i] + k] * x;
+    }
+    if (acc > TESSERA_F64_MAX || acc < -TESSERA_F64_MAX) {
+        // kernel.rs' weigh_axis: halved products, doubled back.
+        double half = 0.0;
+        for (i64 k = 0; k < count[i]; k++) {
+            const double x = in[(o * g.in_len + first[i] + k) * g.inner + in_idx];
+            half = half + weights[at[i] + k] * x * 0.5;
+        }
+        acc = tessera_saturate_finite(half * 2.0, half);
     }
     return acc;
 }

@@ -50,6 +50,7 @@ fn read_patches(
     batch: u64,
     as_type: DType,
     pinned: &mut [u8],
+    check: impl Fn(&Block, u64) -> Result<()>,
 ) -> Result<usize> {
     let mut region = Region::whole(&reader.meta().shape);
     let mut at = 0;
@@ -59,6 +60,7 @@ fn read_patches(
         region.start[0] = m;
         region.shape[0] = end - m;
         let block = reader.read_box(&region)?;
+        check(&block, m)?;
         // Into the pinned buffer directly (f32 as read; every other type as f64, as the CPU
         // path accumulates it).
         let mut put = |src: &[u8]| {
@@ -101,6 +103,8 @@ pub struct StitchGpu {
     batch: u64,
     /// Rows per band of the summation rule (`kernel::Bands`).
     band_rows: u64,
+    /// Float64 values the sums hold (checked as patches are read, as on the CPU).
+    limits: super::ValueLimits,
 }
 
 /// One image's block of rows, stitched: mean (C, rows, ...), weight sums (rows, ...) and std,
@@ -136,6 +140,7 @@ impl StitchGpu {
         channels: u64,
         batch: u64,
         band_rows: u64,
+        limits: super::ValueLimits,
     ) -> Result<StitchGpu> {
         let w = window_weights.as_standard_layout();
         let weights = gpu.upload(gpu.compute_stream(), w.as_slice().expect("standard layout"))?;
@@ -148,6 +153,7 @@ impl StitchGpu {
             patch_elems,
             batch,
             band_rows,
+            limits,
         })
     }
 
@@ -238,9 +244,9 @@ impl StitchGpu {
             let range = n * per_image + launch.patches.start..n * per_image + launch.patches.end;
             bytes_read += (range.end - range.start) * self.patch_elems * stored;
             // Read (CPU) while the previous piece computes, sent batch by batch.
-            let dev_p = self.stream_patches(patches, range.clone(), p_type)?;
+            let dev_p = self.stream_patches(patches, range.clone(), p_type, false)?;
             let dev_v = match variance {
-                Some(v) => Some(self.stream_patches(v, range, p_type)?),
+                Some(v) => Some(self.stream_patches(v, range, p_type, true)?),
                 None => None,
             };
             let flight = self.launch(
@@ -298,6 +304,7 @@ impl StitchGpu {
         reader: &dyn ArrayReader,
         range: Range<u64>,
         as_type: DType,
+        variances: bool,
     ) -> Result<CudaSlice<u8>> {
         let gpu = &self.gpu;
         let patch = (self.patch_elems * as_type.size() as u64) as usize;
@@ -316,7 +323,9 @@ impl StitchGpu {
             let pin = staging[turn].as_mut().expect("both buffers are held");
             // Waits only for this buffer's own previous send (two batches ago).
             let host = pin.as_mut_slice().map_err(launch_error("pinned buffer"))?;
-            let len = read_patches(reader, m..end, self.batch, as_type, host)?;
+            let len = read_patches(reader, m..end, self.batch, as_type, host, |b, first| {
+                self.limits.check(b, first, variances)
+            })?;
             let at = (m - range.start) as usize * patch;
             gpu.send(pin, len, &mut dev.slice_mut(at..at + len))?;
             m = end;

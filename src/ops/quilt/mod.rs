@@ -352,6 +352,12 @@ impl Operation for UnstitchOp {
     fn targets(&self) -> &[Address] {
         &self.targets
     }
+    fn planned_outputs(&self) -> Vec<crate::exec::disk::PlannedOutput> {
+        vec![
+            crate::exec::disk::PlannedOutput::array(&self.targets[0], &self.spec),
+            crate::exec::disk::PlannedOutput::array(&self.targets[1], &self.positions_spec),
+        ]
+    }
     fn units(&self) -> &[UnitInfo] {
         &self.units
     }
@@ -450,10 +456,7 @@ pub fn write_border_mask(
         &format!("a uint8 mask of --window {}", crate::grid::join(window)),
         bytes,
     )?;
-    let mask = kernel::border_mask(window, &border);
     let target = Address::parse(output)?;
-    let staging = crate::io::staging::Staging::plan(&target, overwrite, false)?;
-    staging.clear_stale()?;
     let spec = crate::io::CreateSpec {
         flat_chunk_keys: false,
         shape: window.to_vec(),
@@ -464,6 +467,13 @@ pub fn write_border_mask(
         dimension_names: None,
         attributes: serde_json::Map::new(),
     };
+    crate::exec::disk::check_outputs(
+        &[crate::exec::disk::PlannedOutput::array(&target, &spec)],
+        crate::io::safety::free_disk_bytes,
+    )?;
+    let mask = kernel::border_mask(window, &border);
+    let staging = crate::io::staging::Staging::plan(&target, overwrite, false)?;
+    staging.clear_stale()?;
     let writer = crate::io::create(&staging.staging, &spec, &crate::comm::Local, false)?;
     writer.write_box(Some((
         &crate::grid::Region::whole(window),
@@ -518,6 +528,8 @@ pub struct StitchOp {
     geometry: QuiltGeometry,
     grid: WindowGrid,
     window_weights: ArrayD<f64>,
+    /// The largest finite |value| of float64 patches and variances the f64 sums hold.
+    limits: ValueLimits,
     mean_spec: CreateSpec,
     weights_spec: Option<CreateSpec>,
     std_spec: Option<CreateSpec>,
@@ -608,6 +620,70 @@ struct Carry {
     image: u64,
     band: u64,
     sums: Accumulator,
+}
+
+/// The largest finite |value| of float64 patches (and variances) whose weighted f64 sums
+/// stay finite: every pixel sums at most `overlap` windows (the product over axes of
+/// ceil(window / step)), each weighted at most the largest window weight; with `--std` the
+/// second moments add weighted squares. Smaller types cannot reach these limits (float32's
+/// largest times 2^900 windows is still an f64), so only float64 batches are looked at.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ValueLimits {
+    /// Patch values (the square root of the variances' limit with `--std`).
+    pub patches: f64,
+    /// Variance values, and every sum.
+    pub sums: f64,
+}
+
+impl ValueLimits {
+    fn new(geometry: &QuiltGeometry, window_weights: &ArrayD<f64>, with_std: bool) -> Self {
+        let overlap = geometry
+            .window
+            .iter()
+            .zip(&geometry.step)
+            .fold(1f64, |k, (&w, &s)| k * w.div_ceil(s.max(1)) as f64);
+        let heaviest = window_weights.iter().fold(1f64, |m, &w| m.max(w));
+        let sums = f64::MAX / (overlap * heaviest);
+        ValueLimits {
+            patches: if with_std { sums.sqrt() } else { sums },
+            sums,
+        }
+    }
+
+    /// Refuses a float64 batch of patches (or of `variances`) whose first patch is number
+    /// `first` holding a finite value beyond the limit (NaN and infinities are the
+    /// accumulator's to handle: left out, or an infinite mean).
+    ///
+    /// # Errors
+    /// [`Error::Parameter`] naming `--input` (or `--variance`), the patch, the value and the
+    /// limit.
+    pub fn check(&self, batch: &Block, first: u64, variances: bool) -> Result<()> {
+        let Block::F64(a) = batch else {
+            return Ok(());
+        };
+        let limit = if variances { self.sums } else { self.patches };
+        let Some((i, v)) = a
+            .iter()
+            .enumerate()
+            .find(|(_, v)| v.is_finite() && v.abs() > limit)
+        else {
+            return Ok(());
+        };
+        let per_patch = a.len() / a.shape().first().copied().unwrap_or(1).max(1);
+        Err(Error::parameter(
+            if variances { "variance" } else { "input" },
+            format!(
+                "patch {} holds {v:e}, beyond {limit:.4e}: the float64 sums of the windows \
+                 that overlap a pixel{} would overflow; scale the patches down",
+                first + (i / per_patch.max(1)) as u64,
+                if variances || self.patches == self.sums {
+                    ""
+                } else {
+                    " (squared, for --std)"
+                }
+            ),
+        ))
+    }
 }
 
 /// The output element types (f32, f64): each value rounded once from its f64.
@@ -910,6 +986,7 @@ impl StitchOp {
             })
             .collect();
         let window_weights = kernel::weights(&geometry.window, &geometry.weighting());
+        let limits = ValueLimits::new(&geometry, &window_weights, std_spec.is_some());
         Ok(StitchOp {
             targets,
             patches,
@@ -921,6 +998,7 @@ impl StitchOp {
             geometry,
             grid,
             window_weights,
+            limits,
             mean_spec,
             weights_spec,
             std_spec,
@@ -969,6 +1047,7 @@ impl StitchOp {
                 self.geometry.channels(),
                 self.batch,
                 self.bands.rows,
+                self.limits,
             )?);
         }
         self.device = device;
@@ -1241,10 +1320,14 @@ impl StitchOp {
             region.start[0] = n * per_image + first;
             region.shape[0] = next - first;
             let patches = self.read(self.patches.as_ref(), &region)?;
+            self.limits.check(&patches, region.start[0], false)?;
             let variances = match &self.variance {
                 Some(v) => Some(self.read(v.as_ref(), &region)?),
                 None => None,
             };
+            if let Some(v) = &variances {
+                self.limits.check(v, region.start[0], true)?;
+            }
             match (patches, variances) {
                 // f32 and f64 patches are accumulated as they are; other types via f64.
                 (Block::F32(p), None) => {
@@ -1350,6 +1433,19 @@ impl Operation for StitchOp {
     }
     fn targets(&self) -> &[Address] {
         &self.targets
+    }
+    fn planned_outputs(&self) -> Vec<crate::exec::disk::PlannedOutput> {
+        let specs = [
+            Some(&self.mean_spec),
+            self.weights_spec.as_ref(),
+            self.std_spec.as_ref(),
+        ];
+        specs
+            .into_iter()
+            .flatten()
+            .zip(&self.targets)
+            .map(|(spec, t)| crate::exec::disk::PlannedOutput::array(t, spec))
+            .collect()
     }
     fn units(&self) -> &[UnitInfo] {
         &self.units

@@ -266,6 +266,13 @@ impl Operation for WeedOp {
     fn targets(&self) -> &[Address] {
         &self.targets
     }
+    fn planned_outputs(&self) -> Vec<crate::exec::disk::PlannedOutput> {
+        [&self.input_spec, &self.labels_spec, &self.mask_spec]
+            .into_iter()
+            .zip(&self.targets)
+            .map(|(spec, t)| crate::exec::disk::PlannedOutput::array(t, spec))
+            .collect()
+    }
     fn units(&self) -> &[UnitInfo] {
         &self.units
     }
