@@ -200,6 +200,16 @@ pub enum GpuCommand {
         #[arg(long, value_delimiter = ',', default_values_t = crate::gpu::kernels::CHECKED_ARCHITECTURES.iter().map(|s| s.to_string()))]
         arch: Vec<String>,
     },
+    /// ptxas' report of every kernel function (registers, stack frame, spills) for real
+    /// architectures, through NVRTC (no GPU needed).
+    Resources {
+        /// Real architectures to compile for.
+        #[arg(long, value_delimiter = ',', default_values_t = crate::gpu::REPORTED_ARCHITECTURES.iter().map(|s| s.to_string()))]
+        arch: Vec<String>,
+        /// Exit non-zero when a kernel keeps anything in local memory (stack frame, spills).
+        #[arg(long)]
+        check: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -347,6 +357,7 @@ pub fn dispatch(cli: Cli, comm: &dyn Comm) -> Result<()> {
         Command::Gpu { which } if comm.is_root() => match which {
             GpuCommand::Info => crate::gpu::info(),
             GpuCommand::Compile { arch } => crate::gpu::compile_all(&arch),
+            GpuCommand::Resources { arch, check } => crate::gpu::resources_all(&arch, check),
         },
         Command::Gpu { .. } => Ok(()),
         Command::Bench { which } => match which {

@@ -119,6 +119,48 @@ fn every_kernel_compiles_with_nvrtc_and_has_no_fma() {
     }
 }
 
+/// ptxas' own report of every kernel function for the A100's and the H100's architectures:
+/// no stack frame, no spills (a per-thread array in local memory made the pyramid mean read
+/// 512 B per thread through the caches), at most `gpu::MAX_REGISTERS` registers.
+#[test]
+fn every_kernel_keeps_its_data_in_registers() {
+    if !cfg!(feature = "cuda") {
+        eprintln!("skipping: this build has no \"cuda\" feature");
+        return;
+    }
+    if nvrtc_dir().is_none() {
+        assert!(
+            std::env::var("TESSERA_REQUIRE_NVRTC").as_deref() != Ok("1"),
+            "libnvrtc.so.13 not found but TESSERA_REQUIRE_NVRTC=1"
+        );
+        eprintln!("skipping: libnvrtc.so.13 not found (scripts/setup.sh --nvrtc installs it)");
+        return;
+    }
+    let out = ok(tessera_gpu(&["gpu", "resources", "--check"]));
+    assert!(
+        out.contains("0 kernel function(s) keep data in local memory"),
+        "{out}"
+    );
+    for arch in ["sm_80", "sm_90"] {
+        for function in [
+            "stitch_f32_f32",
+            "mean_u8",
+            "mode_f64",
+            "laplacian_diff",
+            "crop_analyse_f32",
+        ] {
+            let line = out
+                .lines()
+                .find(|l| l.starts_with(arch) && l.contains(&format!(" {function}: ")))
+                .unwrap_or_else(|| panic!("no report for {arch} {function}:\n{out}"));
+            assert!(
+                line.contains(" 0 B stack frame, 0 B spill stores, 0 B spill loads"),
+                "{line}"
+            );
+        }
+    }
+}
+
 fn random_image(shape: &[usize], seed: u64, nan_every: u64) -> ArrayD<f32> {
     let mut rng = Rng::new(seed);
     ArrayD::from_shape_fn(IxDyn(shape), |_| {

@@ -14,6 +14,15 @@
 #define TESSERA_HD inline
 #endif
 
+// Loops over a compile-time bound that must be unrolled, so that the arrays they index are
+// indexed by constants and live in registers (a runtime index puts an array in local
+// memory). The host compiler unrolls or not as it likes: the results are the same.
+#if defined(__CUDACC__)
+#define TESSERA_UNROLL _Pragma("unroll")
+#else
+#define TESSERA_UNROLL
+#endif
+
 typedef unsigned char u8;
 typedef unsigned short u16;
 typedef unsigned int u32;

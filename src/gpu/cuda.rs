@@ -81,6 +81,106 @@ pub fn compile(kernel: &KernelSource, arch: &str) -> Result<Ptx> {
     })
 }
 
+/// What ptxas reports for one kernel function compiled for a real architecture.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KernelResources {
+    pub function: String,
+    pub registers: u32,
+    /// Bytes of local memory per thread for arrays and saved registers.
+    pub stack_frame: u32,
+    pub spill_stores: u32,
+    pub spill_loads: u32,
+}
+
+/// Compiles `kernel` for a real architecture (`sm_90`) with the options of [`compile`] and
+/// ptxas' verbose report, and returns the report per kernel function. No GPU needed.
+///
+/// # Errors
+/// NVRTC missing, or the compiler's log.
+pub fn resources(kernel: &KernelSource, arch: &str) -> Result<Vec<KernelResources>> {
+    use cudarc::nvrtc::result;
+    if !nvrtc_present() {
+        return Err(Error::gpu(
+            "NVRTC (libnvrtc.so.13) not found on the library path",
+        ));
+    }
+    let source = std::ffi::CString::new(kernel.source())
+        .map_err(|e| Error::gpu(format!("{}.cu: {e}", kernel.name)))?;
+    let name = std::ffi::CString::new(format!("{}.cu", kernel.name)).unwrap_or_default();
+    let options = [
+        format!("--gpu-architecture={arch}"),
+        "--std=c++14".into(),
+        "--fmad=false".into(),
+        "--prec-div=true".into(),
+        "--prec-sqrt=true".into(),
+        "--ftz=false".into(),
+        "--ptxas-options=-v".into(),
+    ];
+    let program = result::create_program(&source, Some(&name))
+        .map_err(|e| Error::gpu(format!("{}.cu: NVRTC: {e:?}", kernel.name)))?;
+    // SAFETY: `program` was just created and is destroyed once, below; the log is read
+    // before that.
+    let (compiled, log) = unsafe {
+        let compiled = result::compile_program(program, &options);
+        let log = result::get_program_log(program).unwrap_or_default();
+        let _ = result::destroy_program(program);
+        (compiled, log)
+    };
+    let log: String = log
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8 as char)
+        .collect();
+    if compiled.is_err() {
+        return Err(Error::gpu(format!(
+            "{}.cu does not compile for {arch}:\n{}",
+            kernel.name,
+            log.trim_end()
+        )));
+    }
+    Ok(parse_ptxas_report(&log))
+}
+
+/// The per-function facts of ptxas' `-v` report: `Function properties for F` followed by
+/// `N bytes stack frame, S bytes spill stores, L bytes spill loads`, and `Compiling entry
+/// function 'F'` followed by `Used R registers`.
+pub fn parse_ptxas_report(log: &str) -> Vec<KernelResources> {
+    let mut found: Vec<KernelResources> = Vec::new();
+    let mut current: Option<usize> = None;
+    let number_before = |line: &str, what: &str| -> Option<u32> {
+        let at = line.find(what)?;
+        line[..at].split_whitespace().last()?.parse().ok()
+    };
+    let entry = |found: &mut Vec<KernelResources>, name: &str| -> usize {
+        if let Some(i) = found.iter().position(|k| k.function == name) {
+            return i;
+        }
+        found.push(KernelResources {
+            function: name.to_string(),
+            ..Default::default()
+        });
+        found.len() - 1
+    };
+    for line in log.lines() {
+        if let Some(rest) = line.split("Compiling entry function '").nth(1) {
+            let name = rest.split('\'').next().unwrap_or_default();
+            current = Some(entry(&mut found, name));
+        } else if let Some(rest) = line.split("Function properties for ").nth(1) {
+            current = Some(entry(&mut found, rest.trim()));
+        } else if let Some(i) = current {
+            let k = &mut found[i];
+            if line.contains("bytes stack frame") {
+                k.stack_frame = number_before(line, "bytes stack frame").unwrap_or(0);
+                k.spill_stores = number_before(line, "bytes spill stores").unwrap_or(0);
+                k.spill_loads = number_before(line, "bytes spill loads").unwrap_or(0);
+            } else if line.contains("Used ") && line.contains(" registers") {
+                k.registers = number_before(line, "registers").unwrap_or(0);
+            }
+        }
+    }
+    found
+}
+
 /// One line per visible device: ordinal, name, UUID, compute capability, memory.
 pub fn devices() -> Vec<String> {
     let count = match CudaContext::device_count() {

@@ -328,6 +328,74 @@ pub fn info() -> Result<()> {
     Ok(())
 }
 
+/// Real architectures whose ptxas report `tessera gpu resources` reads by default: the A100's
+/// and the H100/H200's.
+pub const REPORTED_ARCHITECTURES: &[&str] = &["sm_80", "sm_90"];
+
+/// The most registers a kernel may use (`tessera gpu resources --check`): 128 keeps at least
+/// 512 threads (16 warps) resident per SM of 64k registers, enough to hide memory latency in
+/// these bandwidth-bound kernels; stitch, the largest (two bands x 4 channels x 2 f64
+/// accumulators in registers), needs all of it, every other kernel at most 84.
+pub const MAX_REGISTERS: u32 = 128;
+
+/// `tessera gpu resources`: ptxas' report (registers, stack frame, spills) of every kernel
+/// function for each real architecture, through NVRTC (no GPU needed). With `check`, fails
+/// when a kernel keeps anything in local memory (a stack frame or spills): such a kernel reads
+/// and writes per-thread arrays through the caches and DRAM instead of registers.
+///
+/// # Errors
+/// No NVRTC, a kernel that does not compile, or (`check`) a kernel with local memory.
+pub fn resources_all(architectures: &[String], check: bool) -> Result<()> {
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (architectures, check);
+        Err(Error::NotCompiled {
+            what: "tessera gpu resources".into(),
+            feature: "cuda",
+        })
+    }
+    #[cfg(feature = "cuda")]
+    {
+        let mut local = Vec::new();
+        for arch in architectures {
+            for k in kernels::ALL {
+                for r in cuda::resources(k, arch)? {
+                    println!(
+                        "{arch} {}.cu {}: {} registers, {} B stack frame, {} B spill stores, {} B spill loads",
+                        k.name, r.function, r.registers, r.stack_frame, r.spill_stores, r.spill_loads
+                    );
+                    if r.stack_frame + r.spill_stores + r.spill_loads > 0 {
+                        local.push(format!("{arch} {}", r.function));
+                    }
+                    if r.registers > MAX_REGISTERS {
+                        local.push(format!(
+                            "{arch} {} ({} registers, more than {MAX_REGISTERS})",
+                            r.function, r.registers
+                        ));
+                    }
+                }
+            }
+        }
+        println!(
+            "{} kernel function(s) keep data in local memory or use more than {MAX_REGISTERS} registers{}",
+            local.len(),
+            if local.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", local.join(", "))
+            }
+        );
+        if check && !local.is_empty() {
+            return Err(Error::gpu(format!(
+                "{} kernel function(s) have a stack frame, spills or too many registers: {}",
+                local.len(),
+                local.join(", ")
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// `tessera gpu compile`: compiles every kernel for each architecture with NVRTC.
 ///
 /// # Errors

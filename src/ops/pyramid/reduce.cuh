@@ -46,12 +46,25 @@ TESSERA_HD i64 tessera_divmod(i64 a, i64 b, i64* rem) {
     return q;
 }
 
+// Every per-axis loop below runs over the compile-time TESSERA_PYRAMID_AXES, last axis first,
+// skipping the axes past ndim, and is unrolled (TESSERA_UNROLL): the per-axis arrays are then
+// indexed by constants and stay in registers. A loop up to the runtime ndim would put them in
+// local memory (ptxas: 512 B of stack per thread for the mean), whose traffic, not the
+// volume's bytes, bounded the kernels.
+
 // The block of output voxel `e` (flat, C order in the output box): per axis [lo, hi) in
 // input-box coordinates (`f*o .. min(f*(o+1), level)`); returns its number of voxels.
 TESSERA_HD i64 reduce_block(const ReduceGeom& g, i64 e, i64* lo, i64* hi) {
     i64 rest = e;
     i64 count = 1;
-    for (i64 a = g.ndim - 1; a >= 0; a--) {
+    TESSERA_UNROLL
+    for (int j = 0; j < TESSERA_PYRAMID_AXES; j++) {
+        const int a = TESSERA_PYRAMID_AXES - 1 - j;
+        if (a >= g.ndim) {
+            lo[a] = 0;
+            hi[a] = 1;
+            continue;
+        }
         i64 r;
         rest = tessera_divmod(rest, g.out_shape[a], &r);
         const i64 o = g.out_start[a] + r;
@@ -65,27 +78,27 @@ TESSERA_HD i64 reduce_block(const ReduceGeom& g, i64 e, i64* lo, i64* hi) {
     return count;
 }
 
-// The flat offset in the input box of the k-th voxel (C order) of the block lo..hi.
-TESSERA_HD i64 block_offset(const ReduceGeom& g, const i64* lo, const i64* hi, i64 k) {
+// The flat offset in the input box of the first voxel (C order) of the block lo..hi.
+TESSERA_HD i64 block_start(const ReduceGeom& g, const i64* lo) {
     i64 off = 0;
     i64 stride = 1;
-    for (i64 a = g.ndim - 1; a >= 0; a--) {
-        i64 r;
-        k = tessera_divmod(k, hi[a] - lo[a], &r);
-        off += (lo[a] + r) * stride;
+    TESSERA_UNROLL
+    for (int j = 0; j < TESSERA_PYRAMID_AXES; j++) {
+        const int a = TESSERA_PYRAMID_AXES - 1 - j;
+        if (a >= g.ndim) continue;
+        off += lo[a] * stride;
         stride *= g.in_shape[a];
     }
     return off;
 }
 
 // The voxels of a block lo..hi of the input box in C order, by offset: an odometer that moves
-// the offset by strides (no division per voxel).
+// the offset by strides (no division per voxel). `at` counts from 0 to `extent` per axis.
 struct BlockWalk {
     i64 ndim;
     i64 off;
-    i64 idx[TESSERA_PYRAMID_AXES];
-    i64 lo[TESSERA_PYRAMID_AXES];
-    i64 hi[TESSERA_PYRAMID_AXES];
+    i64 at[TESSERA_PYRAMID_AXES];
+    i64 extent[TESSERA_PYRAMID_AXES];
     i64 stride[TESSERA_PYRAMID_AXES];
 };
 
@@ -94,10 +107,13 @@ TESSERA_HD BlockWalk block_walk(const ReduceGeom& g, const i64* lo, const i64* h
     w.ndim = g.ndim;
     w.off = 0;
     i64 stride = 1;
-    for (i64 a = g.ndim - 1; a >= 0; a--) {
-        w.idx[a] = lo[a];
-        w.lo[a] = lo[a];
-        w.hi[a] = hi[a];
+    TESSERA_UNROLL
+    for (int j = 0; j < TESSERA_PYRAMID_AXES; j++) {
+        const int a = TESSERA_PYRAMID_AXES - 1 - j;
+        w.at[a] = 0;
+        w.extent[a] = hi[a] - lo[a];
+        w.stride[a] = 0;
+        if (a >= g.ndim) continue;
         w.stride[a] = stride;
         w.off += lo[a] * stride;
         stride *= g.in_shape[a];
@@ -107,12 +123,19 @@ TESSERA_HD BlockWalk block_walk(const ReduceGeom& g, const i64* lo, const i64* h
 
 // Moves to the next voxel of the block (past the last one it wraps to the first).
 TESSERA_HD void block_step(BlockWalk& w) {
-    for (i64 a = w.ndim - 1; a >= 0; a--) {
-        w.idx[a]++;
+    bool carry = true;
+    TESSERA_UNROLL
+    for (int j = 0; j < TESSERA_PYRAMID_AXES; j++) {
+        const int a = TESSERA_PYRAMID_AXES - 1 - j;
+        if (!carry || a >= w.ndim) continue;
+        w.at[a]++;
         w.off += w.stride[a];
-        if (w.idx[a] < w.hi[a]) return;
-        w.off -= (w.hi[a] - w.lo[a]) * w.stride[a];
-        w.idx[a] = w.lo[a];
+        if (w.at[a] < w.extent[a]) {
+            carry = false;
+        } else {
+            w.off -= w.extent[a] * w.stride[a];
+            w.at[a] = 0;
+        }
     }
 }
 
@@ -283,23 +306,27 @@ template <typename T> TESSERA_HD bool mode_less(T a, T b) {
     return a < b;
 }
 
-// Blocks up to this many voxels are gathered into registers for the mode (4x4x4); larger ones
-// are read in place.
-#define TESSERA_MODE_GATHER 64
-
-// The most frequent of the n values at[0..n] (C order); ties to the smallest. A value's group
-// is represented by its first voxel in C order, which is the one kernel.rs' stable sort puts
-// first.
-template <typename T, typename Get>
-TESSERA_HD T mode_of(i64 n, Get at) {
-    T best = at(0);
+// The most frequent value of voxel e's block; ties to the smallest. A value's group is
+// represented by its first voxel in C order, which is the one kernel.rs' stable sort puts
+// first: for each voxel k, a second walk over the block counts its value and notices an
+// earlier voxel of the same value (then k's group was counted already). Both walks read the
+// block in place (it is small and stays in the L1 cache): no per-thread array, so nothing in
+// local memory.
+template <typename T>
+TESSERA_HD T reduce_mode_voxel(const ReduceGeom& g, const T* in, i64 e) {
+    i64 lo[TESSERA_PYRAMID_AXES], hi[TESSERA_PYRAMID_AXES];
+    const i64 n = reduce_block(g, e, lo, hi);
+    const BlockWalk first = block_walk(g, lo, hi);
+    T best = in[first.off];
     i64 best_count = 0;
-    for (i64 k = 0; k < n; k++) {
-        const T v = at(k);
+    BlockWalk wk = first;
+    for (i64 k = 0; k < n; k++, block_step(wk)) {
+        const T v = in[wk.off];
         i64 count = 0;
         bool seen = false;
-        for (i64 j = 0; j < n; j++) {
-            if (mode_same(at(j), v)) {
+        BlockWalk wj = first;
+        for (i64 j = 0; j < n; j++, block_step(wj)) {
+            if (mode_same(in[wj.off], v)) {
                 if (j < k) {
                     seen = true;
                     break;
@@ -314,23 +341,6 @@ TESSERA_HD T mode_of(i64 n, Get at) {
         }
     }
     return best;
-}
-
-// The most frequent value of voxel e's block; ties to the smallest.
-template <typename T>
-TESSERA_HD T reduce_mode_voxel(const ReduceGeom& g, const T* in, i64 e) {
-    i64 lo[TESSERA_PYRAMID_AXES], hi[TESSERA_PYRAMID_AXES];
-    const i64 n = reduce_block(g, e, lo, hi);
-    if (n <= TESSERA_MODE_GATHER) {
-        T values[TESSERA_MODE_GATHER] = {};
-        BlockWalk w = block_walk(g, lo, hi);
-        for (i64 k = 0; k < n; k++) {
-            values[k] = in[w.off];
-            block_step(w);
-        }
-        return mode_of<T>(n, [&](i64 k) { return values[k]; });
-    }
-    return mode_of<T>(n, [&](i64 k) { return in[block_offset(g, lo, hi, k)]; });
 }
 
 // Rust twin: ops::pyramid::device::AxisGeom. One Gaussian pass along `axis` of an f64 box
@@ -374,5 +384,5 @@ TESSERA_HD float laplacian_diff_voxel(const ReduceGeom& g, const float* fine, co
                                       i64 e) {
     i64 lo[TESSERA_PYRAMID_AXES], hi[TESSERA_PYRAMID_AXES];
     reduce_block(g, e, lo, hi);
-    return tessera_round_to<float>((double)fine[block_offset(g, lo, hi, 0)] - up[e]);
+    return tessera_round_to<float>((double)fine[block_start(g, lo)] - up[e]);
 }

@@ -59,19 +59,23 @@ TESSERA_HD u64 stitch_pixel(const StitchGeom& g, const i64* ranges, const i64* s
     const i64 band = (g.band_origin + (g.band_axis == 0 ? z : y)) / g.band_rows;
     u64 left_out = 0;
     for (i64 c0 = 0; c0 < C; c0 += TESSERA_STITCH_GROUP) {
-        double w[2] = {0.0, 0.0};
-        double s[2][TESSERA_STITCH_GROUP];
-        double m[2][TESSERA_STITCH_GROUP];
+        // Each band's sums in registers of their own (w0/s0/m0: the band before, w1/s1/m1:
+        // the pixel's), indexed by unrolled constants only: an array indexed by the runtime
+        // band would live in local memory.
+        double w0 = 0.0, w1 = 0.0;
+        double s0[TESSERA_STITCH_GROUP], s1[TESSERA_STITCH_GROUP];
+        double m0[TESSERA_STITCH_GROUP], m1[TESSERA_STITCH_GROUP];
+        TESSERA_UNROLL
         for (int j = 0; j < TESSERA_STITCH_GROUP; j++) {
-            s[0][j] = 0.0;
-            s[1][j] = 0.0;
-            m[0][j] = 0.0;
-            m[1][j] = 0.0;
+            s0[j] = 0.0;
+            s1[j] = 0.0;
+            m0[j] = 0.0;
+            m1[j] = 0.0;
         }
         for (i64 kz = rz[0]; kz < rz[1]; kz++) {
             for (i64 ky = ry[0]; ky < ry[1]; ky++) {
                 const i64 origin = g.band_origin + (g.band_axis == 0 ? sz[kz] : sy[ky]);
-                const int b = origin / g.band_rows == band ? 1 : 0;
+                const bool this_band = origin / g.band_rows == band;
                 for (i64 kx = rx[0]; kx < rx[1]; kx++) {
                     const i64 k = (kz * g.counts[1] + ky) * g.counts[2] + kx - g.first;
                     const i64 woff = ((z - sz[kz]) * wy + (y - sy[ky])) * wx + (x - sx[kx]);
@@ -90,13 +94,23 @@ TESSERA_HD u64 stitch_pixel(const StitchGeom& g, const i64* ranges, const i64* s
                         continue;
                     }
                     const double wt = weights[woff];
-                    w[b] += wt;
-                    for (int j = 0; j < TESSERA_STITCH_GROUP && c0 + j < C; j++) {
+                    if (this_band) {
+                        w1 += wt;
+                    } else {
+                        w0 += wt;
+                    }
+                    TESSERA_UNROLL
+                    for (int j = 0; j < TESSERA_STITCH_GROUP; j++) {
+                        if (c0 + j >= C) break;
                         const double xv = (double)pv[(c0 + j) * wsize];
-                        s[b][j] += wt * xv;
-                        if (g.with_variance) {
-                            const double vv2 = (double)vv[(c0 + j) * wsize];
-                            m[b][j] += wt * (vv2 + xv * xv);
+                        const double xm =
+                            g.with_variance ? (double)vv[(c0 + j) * wsize] + xv * xv : 0.0;
+                        if (this_band) {
+                            s1[j] += wt * xv;
+                            if (g.with_variance) m1[j] += wt * xm;
+                        } else {
+                            s0[j] += wt * xv;
+                            if (g.with_variance) m0[j] += wt * xm;
                         }
                     }
                 }
@@ -104,17 +118,19 @@ TESSERA_HD u64 stitch_pixel(const StitchGeom& g, const i64* ranges, const i64* s
         }
         // The two bands' partial sums: one addition each (x + 0.0 == x for these sums,
         // which start at +0.0 and so are never -0.0).
-        const double wt = w[0] + w[1];
+        const double wt = w0 + w1;
         if (c0 == 0 && wsum) {
             wsum[p] = (O)wt;
         }
-        for (int j = 0; j < TESSERA_STITCH_GROUP && c0 + j < C; j++) {
+        TESSERA_UNROLL
+        for (int j = 0; j < TESSERA_STITCH_GROUP; j++) {
+            if (c0 + j >= C) break;
             const i64 at = (c0 + j) * bsize + p;
             if (wt > 0.0) {
-                const double mu = (s[0][j] + s[1][j]) / wt;
+                const double mu = (s0[j] + s1[j]) / wt;
                 mean[at] = (O)mu;
                 if (g.with_variance) {
-                    std_out[at] = (O)sqrt(tessera_max0((m[0][j] + m[1][j]) / wt - mu * mu));
+                    std_out[at] = (O)sqrt(tessera_max0((m0[j] + m1[j]) / wt - mu * mu));
                 }
             } else {
                 mean[at] = tessera_nan<O>();
