@@ -199,6 +199,11 @@ pub enum GpuCommand {
         /// Virtual architectures to compile for.
         #[arg(long, value_delimiter = ',', default_values_t = crate::gpu::kernels::CHECKED_ARCHITECTURES.iter().map(|s| s.to_string()))]
         arch: Vec<String>,
+        /// Compile machine code for these architectures (compute_90 and sm_90 both mean the
+        /// H100's) into the kernel cache (TESSERA_KERNEL_CACHE, else ~/.cache/tessera/kernels),
+        /// which every later job on this node loads instead of compiling.
+        #[arg(long)]
+        cache: bool,
     },
     /// ptxas' report of every kernel function (registers, stack frame, spills) for real
     /// architectures, through NVRTC (no GPU needed).
@@ -356,7 +361,7 @@ pub fn dispatch(cli: Cli, comm: &dyn Comm) -> Result<()> {
         Command::Demo { dir } => crate::demo::run(&dir, comm),
         Command::Gpu { which } if comm.is_root() => match which {
             GpuCommand::Info => crate::gpu::info(),
-            GpuCommand::Compile { arch } => crate::gpu::compile_all(&arch),
+            GpuCommand::Compile { arch, cache } => crate::gpu::compile_all(&arch, cache),
             GpuCommand::Resources { arch, check } => crate::gpu::resources_all(&arch, check),
         },
         Command::Gpu { .. } => Ok(()),

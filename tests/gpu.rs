@@ -161,6 +161,59 @@ fn every_kernel_keeps_its_data_in_registers() {
     }
 }
 
+/// `tessera gpu compile --cache` fills the kernel cache with machine code (ELF cubins behind
+/// tessera's header); a second run finds every entry; a corrupt entry is compiled again with a
+/// warning and replaced.
+#[test]
+fn the_kernel_cache_is_filled_once_and_never_trusts_a_bad_entry() {
+    if !cfg!(feature = "cuda") || nvrtc_dir().is_none() {
+        assert!(
+            !cfg!(feature = "cuda") || std::env::var("TESSERA_REQUIRE_NVRTC").as_deref() != Ok("1"),
+            "libnvrtc.so.13 not found but TESSERA_REQUIRE_NVRTC=1"
+        );
+        eprintln!("skipping: needs the \"cuda\" feature and libnvrtc.so.13");
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let cache = d.path().join("kernels");
+    let env = [
+        ("LD_LIBRARY_PATH", library_path()),
+        ("TESSERA_KERNEL_CACHE", s(&cache)),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let args = ["gpu", "compile", "--cache", "--arch", "sm_90"];
+    let first = ok(tessera_env(&args, &env));
+    assert_eq!(first.matches("compiled and cached").count(), 5, "{first}");
+    let second = ok(tessera_env(&args, &env));
+    assert_eq!(second.matches("already cached").count(), 5, "{second}");
+    let mut entries: Vec<_> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    entries.sort();
+    assert_eq!(entries.len(), 5);
+    for e in &entries {
+        let bytes = std::fs::read(e).unwrap();
+        assert_eq!(&bytes[..16], b"tessera-kernel1\n");
+        assert_eq!(
+            &bytes[16 + 64 + 8 + 32..][..4],
+            b"\x7fELF",
+            "{}",
+            e.display()
+        );
+    }
+    let victim = entries.iter().find(|e| s(e).contains("debevec")).unwrap();
+    let whole = std::fs::read(victim).unwrap();
+    std::fs::write(victim, &whole[..whole.len() / 2]).unwrap();
+    let third = ok(tessera_env(&args, &env));
+    assert!(
+        third.contains("is not usable") && third.contains("compiling again"),
+        "{third}"
+    );
+    assert_eq!(third.matches("already cached").count(), 4, "{third}");
+    assert_eq!(std::fs::read(victim).unwrap(), whole);
+}
+
 fn random_image(shape: &[usize], seed: u64, nan_every: u64) -> ArrayD<f32> {
     let mut rng = Rng::new(seed);
     ArrayD::from_shape_fn(IxDyn(shape), |_| {

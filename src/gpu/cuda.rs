@@ -81,6 +81,109 @@ pub fn compile(kernel: &KernelSource, arch: &str) -> Result<Ptx> {
     })
 }
 
+/// The NVRTC options of every tessera kernel compiled to machine code for a real
+/// architecture (`sm_90`): those of [`compile`].
+fn machine_code_options(arch: &str) -> Vec<String> {
+    vec![
+        format!("--gpu-architecture={arch}"),
+        "--std=c++14".into(),
+        "--fmad=false".into(),
+        "--prec-div=true".into(),
+        "--prec-sqrt=true".into(),
+        "--ftz=false".into(),
+    ]
+}
+
+/// Compiles `kernel` to machine code (cubin) for a real architecture (`sm_90`), so the driver
+/// has nothing left to compile; `extra` options are appended (ptxas' `-v`). Returns the cubin
+/// and NVRTC's log.
+///
+/// # Errors
+/// NVRTC missing, or the compiler's log.
+fn compile_machine_code(
+    kernel: &KernelSource,
+    arch: &str,
+    extra: &[&str],
+) -> Result<(Vec<u8>, String)> {
+    use cudarc::nvrtc::{result, sys as nvrtc_sys};
+    if !nvrtc_present() {
+        return Err(Error::gpu(
+            "NVRTC (libnvrtc.so.13) not found on the library path",
+        ));
+    }
+    let source = std::ffi::CString::new(kernel.source())
+        .map_err(|e| Error::gpu(format!("{}.cu: {e}", kernel.name)))?;
+    let name = std::ffi::CString::new(format!("{}.cu", kernel.name)).unwrap_or_default();
+    let mut options = machine_code_options(arch);
+    options.extend(extra.iter().map(|o| o.to_string()));
+    let program = result::create_program(&source, Some(&name))
+        .map_err(|e| Error::gpu(format!("{}.cu: NVRTC: {e:?}", kernel.name)))?;
+    // SAFETY: `program` was just created and is destroyed once, below; the log and the cubin
+    // are read before that, into buffers of the sizes NVRTC reports.
+    let (compiled, log, cubin) = unsafe {
+        let compiled = result::compile_program(program, &options);
+        let log = result::get_program_log(program).unwrap_or_default();
+        let mut cubin = Vec::new();
+        if compiled.is_ok() {
+            let mut size = 0usize;
+            if nvrtc_sys::nvrtcGetCUBINSize(program, &mut size)
+                == nvrtc_sys::nvrtcResult::NVRTC_SUCCESS
+            {
+                cubin = vec![0u8; size];
+                if nvrtc_sys::nvrtcGetCUBIN(program, cubin.as_mut_ptr().cast())
+                    != nvrtc_sys::nvrtcResult::NVRTC_SUCCESS
+                {
+                    cubin.clear();
+                }
+            }
+        }
+        let _ = result::destroy_program(program);
+        (compiled, log, cubin)
+    };
+    let log: String = log
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8 as char)
+        .collect();
+    if compiled.is_err() {
+        return Err(Error::gpu(format!(
+            "{}.cu does not compile for {arch}:\n{}",
+            kernel.name,
+            log.trim_end()
+        )));
+    }
+    if cubin.is_empty() {
+        return Err(Error::gpu(format!(
+            "{}.cu: NVRTC gave no machine code for {arch} (a virtual architecture?)",
+            kernel.name
+        )));
+    }
+    Ok((cubin, log))
+}
+
+/// The machine code of `kernel` for `arch` (`sm_90`) from the kernel cache, compiled and
+/// stored there when missing or unusable (`gpu::cache`). Returns it and whether the cache had
+/// it.
+///
+/// # Errors
+/// NVRTC missing, or the compiler's log.
+pub fn cached_machine_code(kernel: &KernelSource, arch: &str) -> Result<(Vec<u8>, bool)> {
+    let compiler = nvrtc_version().map_or("nvrtc ?".into(), |(a, b)| format!("nvrtc {a}.{b}"));
+    let key = super::cache::key(
+        &kernel.source(),
+        arch,
+        &machine_code_options(arch),
+        &compiler,
+    );
+    super::cache::get_or_compile(
+        super::cache::directory().as_deref(),
+        kernel.name,
+        arch,
+        &key,
+        || compile_machine_code(kernel, arch, &[]).map(|(cubin, _)| cubin),
+    )
+}
+
 /// What ptxas reports for one kernel function compiled for a real architecture.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KernelResources {
@@ -98,46 +201,7 @@ pub struct KernelResources {
 /// # Errors
 /// NVRTC missing, or the compiler's log.
 pub fn resources(kernel: &KernelSource, arch: &str) -> Result<Vec<KernelResources>> {
-    use cudarc::nvrtc::result;
-    if !nvrtc_present() {
-        return Err(Error::gpu(
-            "NVRTC (libnvrtc.so.13) not found on the library path",
-        ));
-    }
-    let source = std::ffi::CString::new(kernel.source())
-        .map_err(|e| Error::gpu(format!("{}.cu: {e}", kernel.name)))?;
-    let name = std::ffi::CString::new(format!("{}.cu", kernel.name)).unwrap_or_default();
-    let options = [
-        format!("--gpu-architecture={arch}"),
-        "--std=c++14".into(),
-        "--fmad=false".into(),
-        "--prec-div=true".into(),
-        "--prec-sqrt=true".into(),
-        "--ftz=false".into(),
-        "--ptxas-options=-v".into(),
-    ];
-    let program = result::create_program(&source, Some(&name))
-        .map_err(|e| Error::gpu(format!("{}.cu: NVRTC: {e:?}", kernel.name)))?;
-    // SAFETY: `program` was just created and is destroyed once, below; the log is read
-    // before that.
-    let (compiled, log) = unsafe {
-        let compiled = result::compile_program(program, &options);
-        let log = result::get_program_log(program).unwrap_or_default();
-        let _ = result::destroy_program(program);
-        (compiled, log)
-    };
-    let log: String = log
-        .iter()
-        .take_while(|&&c| c != 0)
-        .map(|&c| c as u8 as char)
-        .collect();
-    if compiled.is_err() {
-        return Err(Error::gpu(format!(
-            "{}.cu does not compile for {arch}:\n{}",
-            kernel.name,
-            log.trim_end()
-        )));
-    }
+    let (_, log) = compile_machine_code(kernel, arch, &["--ptxas-options=-v"])?;
     Ok(parse_ptxas_report(&log))
 }
 
@@ -394,12 +458,7 @@ impl Gpu {
                 Some(m) => m.clone(),
                 None => {
                     let t = Instant::now();
-                    let cc = &self.template.compute_capability;
-                    let arch = format!("compute_{}", cc.replace('.', ""));
-                    let ptx = compile(kernel, &arch)?;
-                    let m = self.ctx.load_module(ptx).map_err(|e| {
-                        driver_error(&format!("loading {}.cu for {arch}", kernel.name), e)
-                    })?;
+                    let m = self.load(kernel)?;
                     self.phases.lock().expect("phases").compile_seconds +=
                         t.elapsed().as_secs_f64();
                     modules.insert(kernel.name, m.clone());
@@ -410,6 +469,40 @@ impl Gpu {
         module
             .load_function(function)
             .map_err(|e| driver_error(&format!("{}.cu: kernel {function}", kernel.name), e))
+    }
+
+    /// Loads `kernel` for this device: its machine code for the device's own architecture
+    /// (`sm_XX`) from the kernel cache, compiled there if missing; where that fails (an NVRTC
+    /// too old for the device, a driver that refuses the cubin), PTX for `compute_XX`, which
+    /// the driver compiles, with a warning.
+    fn load(&self, kernel: &KernelSource) -> Result<Arc<CudaModule>> {
+        let digits = self.template.compute_capability.replace('.', "");
+        let machine = format!("sm_{digits}");
+        let cached = cached_machine_code(kernel, &machine).and_then(|(cubin, hit)| {
+            tracing::debug!(
+                "{}.cu for {machine}: {}",
+                kernel.name,
+                if hit {
+                    "from the kernel cache"
+                } else {
+                    "compiled (now cached)"
+                }
+            );
+            self.ctx
+                .load_module(Ptx::from_binary(cubin))
+                .map_err(|e| driver_error(&format!("loading {}.cu for {machine}", kernel.name), e))
+        });
+        match cached {
+            Ok(m) => Ok(m),
+            Err(e) => {
+                tracing::warn!("{e}; compiling PTX for the driver instead");
+                let arch = format!("compute_{digits}");
+                let ptx = compile(kernel, &arch)?;
+                self.ctx
+                    .load_module(ptx)
+                    .map_err(|e| driver_error(&format!("loading {}.cu for {arch}", kernel.name), e))
+            }
+        }
     }
 
     /// A device buffer of `len` elements, on the stream that fills it. Refused (not tried)

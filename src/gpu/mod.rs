@@ -10,6 +10,7 @@
 //! compute capability, with `--fmad=false` so that their arithmetic is the CPU kernel's bit
 //! for bit.
 
+pub mod cache;
 pub mod kernels;
 
 #[cfg(feature = "cuda")]
@@ -328,6 +329,38 @@ pub fn info() -> Result<()> {
     Ok(())
 }
 
+/// `tessera gpu compile --cache`: every kernel's machine code for each architecture
+/// (`compute_90` or `sm_90`, both meaning sm_90) into the kernel cache, so that the jobs that
+/// follow on this node load them without compiling.
+#[cfg(feature = "cuda")]
+fn fill_kernel_cache(architectures: &[String]) -> Result<()> {
+    let Some(dir) = cache::directory() else {
+        return Err(Error::gpu(
+            "the kernel cache is off (TESSERA_KERNEL_CACHE=off) or has no place (no HOME)",
+        ));
+    };
+    for arch in architectures {
+        let machine = arch.replace("compute_", "sm_");
+        for k in kernels::ALL {
+            let t = std::time::Instant::now();
+            let (cubin, hit) = cuda::cached_machine_code(k, &machine)?;
+            println!(
+                "{machine} {}.cu: {} bytes of machine code, {} in {:.2} s",
+                k.name,
+                cubin.len(),
+                if hit {
+                    "already cached"
+                } else {
+                    "compiled and cached"
+                },
+                t.elapsed().as_secs_f64()
+            );
+        }
+    }
+    println!("kernel cache: {}", dir.display());
+    Ok(())
+}
+
 /// Real architectures whose ptxas report `tessera gpu resources` reads by default: the A100's
 /// and the H100/H200's.
 pub const REPORTED_ARCHITECTURES: &[&str] = &["sm_80", "sm_90"];
@@ -335,7 +368,7 @@ pub const REPORTED_ARCHITECTURES: &[&str] = &["sm_80", "sm_90"];
 /// The most registers a kernel may use (`tessera gpu resources --check`): 128 keeps at least
 /// 512 threads (16 warps) resident per SM of 64k registers, enough to hide memory latency in
 /// these bandwidth-bound kernels; stitch, the largest (two bands x 4 channels x 2 f64
-/// accumulators in registers), needs all of it, every other kernel at most 84.
+/// accumulators in registers), needs all of it; every other kernel uses at most 84 (sm_90).
 pub const MAX_REGISTERS: u32 = 128;
 
 /// `tessera gpu resources`: ptxas' report (registers, stack frame, spills) of every kernel
@@ -400,10 +433,10 @@ pub fn resources_all(architectures: &[String], check: bool) -> Result<()> {
 ///
 /// # Errors
 /// The first kernel that does not compile (with NVRTC's log), or no NVRTC.
-pub fn compile_all(architectures: &[String]) -> Result<()> {
+pub fn compile_all(architectures: &[String], fill_cache: bool) -> Result<()> {
     #[cfg(not(feature = "cuda"))]
     {
-        let _ = architectures;
+        let _ = (architectures, fill_cache);
         Err(Error::NotCompiled {
             what: "tessera gpu compile".into(),
             feature: "cuda",
@@ -415,6 +448,9 @@ pub fn compile_all(architectures: &[String]) -> Result<()> {
             return Err(Error::gpu(
                 "NVRTC (libnvrtc.so.13) not found on the library path; install the CUDA toolkit's NVRTC or the nvidia-cuda-nvrtc wheel (scripts/setup.sh --nvrtc) and add its lib folder to LD_LIBRARY_PATH",
             ));
+        }
+        if fill_cache {
+            return fill_kernel_cache(architectures);
         }
         let mut failures = Vec::new();
         for arch in architectures {
