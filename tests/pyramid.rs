@@ -791,3 +791,59 @@ fn float_extremes_average_without_overflow_and_laplacian_refuses_what_float32_ca
     );
     assert!(!out.exists());
 }
+
+/// Every method, and `pyramid reconstruct`, writes the same files on 1 thread and on 3 (the
+/// levels are computed in slabs on the rank's threads).
+#[test]
+fn levels_are_the_same_on_any_thread_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("v.npy");
+    let v = random(&[19, 26, 23], 9, 60000).mapv(|x| x as f32 / 7.0);
+    write_npy(&input, &v).unwrap();
+    for method in ["mean", "mode", "gaussian", "laplacian"] {
+        let outs: Vec<std::path::PathBuf> = ["1", "3"]
+            .iter()
+            .map(|threads| {
+                let out = out_dir(dir.path(), threads.parse().unwrap(), method);
+                ok(tessera(&[
+                    "pyramid",
+                    "--input",
+                    &s(&input),
+                    "--output",
+                    &s(&out),
+                    "--method",
+                    method,
+                    "--chunks",
+                    "8,8,8",
+                    "--threads",
+                    threads,
+                ]));
+                out
+            })
+            .collect();
+        assert_same_tree(&outs[0], &outs[1]);
+        if method == "laplacian" {
+            let recs: Vec<std::path::PathBuf> = ["1", "3"]
+                .iter()
+                .map(|threads| {
+                    let rec = dir.path().join(format!("run{threads}/rec.npy"));
+                    ok(tessera(&[
+                        "pyramid",
+                        "reconstruct",
+                        "--input",
+                        &s(&outs[usize::from(*threads == "3")]),
+                        "--output",
+                        &s(&rec),
+                        "--threads",
+                        threads,
+                    ]));
+                    rec
+                })
+                .collect();
+            assert_eq!(
+                std::fs::read(&recs[0]).unwrap(),
+                std::fs::read(&recs[1]).unwrap()
+            );
+        }
+    }
+}

@@ -160,6 +160,46 @@ fn saturate_finite(x: f64, scaled: f64) -> f64 {
     }
 }
 
+/// Computes a level over the output box `out` in slabs along one of its axes but the last
+/// (rows stay whole), on the rayon pool, and joins the slabs in order. Each kernel computes
+/// every output voxel from its own block or taps, whatever box it is asked for, so a voxel is
+/// computed by one thread exactly as in a single call over the whole box: the bits do not
+/// depend on the thread count. Two slabs per thread even out uneven slabs.
+pub fn in_slabs<U: Clone + Send + Sync>(
+    out: &[Range<u64>],
+    level: impl Fn(&[Range<u64>]) -> ArrayD<U> + Sync,
+) -> ArrayD<U> {
+    use rayon::prelude::*;
+    let threads = rayon::current_num_threads();
+    // The first axis long enough for two slabs per thread (passes along earlier axes would be
+    // repeated for every slab), else the longest; never the last (rows stay whole).
+    let leading = 0..out.len().saturating_sub(1);
+    let extent_of = |a: usize| out[a].end - out[a].start;
+    let axis = leading
+        .clone()
+        .find(|&a| extent_of(a) >= 2 * threads as u64)
+        .or_else(|| leading.max_by_key(|&a| (extent_of(a), std::cmp::Reverse(a))));
+    let Some(axis) = axis.filter(|_| threads > 1) else {
+        return level(out);
+    };
+    let extent = out[axis].end - out[axis].start;
+    let parts = (2 * threads as u64).min(extent);
+    if parts < 2 {
+        return level(out);
+    }
+    let slabs: Vec<Vec<Range<u64>>> = (0..parts)
+        .map(|p| {
+            let mut slab = out.to_vec();
+            let start = out[axis].start;
+            slab[axis] = start + extent * p / parts..start + extent * (p + 1) / parts;
+            slab
+        })
+        .collect();
+    let pieces: Vec<ArrayD<U>> = slabs.par_iter().map(|slab| level(slab)).collect();
+    let views: Vec<ArrayViewD<'_, U>> = pieces.iter().map(|p| p.view()).collect();
+    ndarray::concatenate(Axis(axis), &views).expect("slabs differ only along their axis")
+}
+
 /// An input box: values (C order) and where the box starts in its level.
 pub struct Source<'a, T> {
     pub values: ArrayViewD<'a, T>,
@@ -212,8 +252,16 @@ fn block_rows<T>(
 }
 
 /// The mean level over the output box `out` (absolute ranges in the new level): exact for
-/// integer types, f64 for floats (module docs).
+/// integer types, f64 for floats (module docs). In slabs on the thread pool ([`in_slabs`]).
 pub fn reduce_mean<T: Element>(
+    src: &Source<'_, T>,
+    factor: &[u64],
+    out: &[Range<u64>],
+) -> ArrayD<T> {
+    in_slabs(out, |slab| reduce_mean_box(src, factor, slab))
+}
+
+fn reduce_mean_box<T: Element>(
     src: &Source<'_, T>,
     factor: &[u64],
     out: &[Range<u64>],
@@ -334,6 +382,14 @@ fn reduce_mean_float<T: Element>(
 /// The mode level over the output box `out`: the most frequent value of each block, ties to
 /// the smallest (NaN, if any, counts as one value larger than all numbers).
 pub fn reduce_mode<T: Element + PartialOrd>(
+    src: &Source<'_, T>,
+    factor: &[u64],
+    out: &[Range<u64>],
+) -> ArrayD<T> {
+    in_slabs(out, |slab| reduce_mode_box(src, factor, slab))
+}
+
+fn reduce_mode_box<T: Element + PartialOrd>(
     src: &Source<'_, T>,
     factor: &[u64],
     out: &[Range<u64>],
@@ -482,7 +538,9 @@ pub fn reduce_gaussian<T: Element, U: Element>(
     factor: &[u64],
     out: &[Range<u64>],
 ) -> ArrayD<U> {
-    reduce_gaussian_f64(src, factor, out).mapv(round_to::<U>)
+    in_slabs(out, |slab| {
+        reduce_gaussian_f64(src, factor, slab).mapv(round_to::<U>)
+    })
 }
 
 /// Linear interpolation of fine voxel `x` from a coarse axis of `coarse_extent` voxels with
@@ -505,6 +563,18 @@ pub(crate) fn upsample_taps(f: u64, coarse_extent: u64, x: u64) -> (u64, Vec<f64
 /// Upsamples the coarse level (box `coarse` starting at `coarse_start`, whole level shape
 /// `coarse_shape`) onto the fine-level box `out`, in f64.
 pub fn upsample(
+    coarse: &ArrayViewD<'_, f32>,
+    coarse_start: &[u64],
+    coarse_shape: &[u64],
+    factor: &[u64],
+    out: &[Range<u64>],
+) -> ArrayD<f64> {
+    in_slabs(out, |slab| {
+        upsample_box(coarse, coarse_start, coarse_shape, factor, slab)
+    })
+}
+
+fn upsample_box(
     coarse: &ArrayViewD<'_, f32>,
     coarse_start: &[u64],
     coarse_shape: &[u64],
@@ -541,6 +611,73 @@ mod tests {
             start,
             level_shape: shape,
         }
+    }
+
+    /// Every level kernel gives the same bits on 1 thread and on 3 (slabs of a sub-box of a
+    /// level, partial blocks at the far edge, uneven slabs).
+    #[test]
+    fn levels_do_not_depend_on_the_thread_count() {
+        let shape = [9u64, 13, 11];
+        let dims: Vec<usize> = shape.iter().map(|&n| n as usize).collect();
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let ints = ArrayD::from_shape_fn(IxDyn(&dims), |_| (next() % 7) as u16);
+        let floats = ArrayD::from_shape_fn(IxDyn(&dims), |_| (next() % 1000) as f32 / 7.0);
+        let factor = [2u64, 2, 2];
+        let start = [0u64, 0, 0];
+        let coarse = next_shape(&shape, &factor);
+        let out: Vec<Range<u64>> = coarse.iter().map(|&n| 0..n).collect();
+        let fine: Vec<Range<u64>> = vec![1..9, 0..13, 2..11];
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let i = src(&ints, &start, &shape);
+                let f = src(&floats, &start, &shape);
+                let mean_i: ArrayD<u16> = reduce_mean(&i, &factor, &out);
+                let mean_f: ArrayD<f32> = reduce_mean(&f, &factor, &out);
+                let mode_i: ArrayD<u16> = reduce_mode(&i, &factor, &out);
+                let gauss_f: ArrayD<f32> = reduce_gaussian(&f, &factor, &out);
+                let gauss_i: ArrayD<u16> = reduce_gaussian(&i, &factor, &out);
+                let level: ArrayD<f32> = reduce_gaussian(&f, &factor, &out);
+                let up = upsample(&level.view(), &[0, 0, 0], &coarse, &factor, &fine);
+                (mean_i, mean_f, mode_i, gauss_f, gauss_i, up)
+            })
+        };
+        let one = run(1);
+        let three = run(3);
+        assert_eq!(one.0, three.0, "mean u16");
+        assert!(
+            one.1
+                .iter()
+                .zip(&three.1)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "mean f32"
+        );
+        assert_eq!(one.2, three.2, "mode u16");
+        assert!(
+            one.3
+                .iter()
+                .zip(&three.3)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "gaussian f32"
+        );
+        assert_eq!(one.4, three.4, "gaussian u16");
+        assert!(
+            one.5
+                .iter()
+                .zip(&three.5)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "upsample"
+        );
+        assert_eq!(one.5.shape(), &[8, 13, 9]);
     }
 
     #[test]
