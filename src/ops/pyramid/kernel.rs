@@ -197,7 +197,15 @@ pub fn in_slabs<U: Clone + Send + Sync>(
         .collect();
     let pieces: Vec<ArrayD<U>> = slabs.par_iter().map(|slab| level(slab)).collect();
     let views: Vec<ArrayViewD<'_, U>> = pieces.iter().map(|p| p.view()).collect();
-    ndarray::concatenate(Axis(axis), &views).expect("slabs differ only along their axis")
+    let joined =
+        ndarray::concatenate(Axis(axis), &views).expect("slabs differ only along their axis");
+    // The next level's kernels read C-order boxes; joined along a later axis, ndarray may
+    // keep another memory order.
+    if joined.is_standard_layout() {
+        joined
+    } else {
+        joined.as_standard_layout().into_owned()
+    }
 }
 
 /// An input box: values (C order) and where the box starts in its level.
@@ -678,6 +686,20 @@ mod tests {
             "upsample"
         );
         assert_eq!(one.5.shape(), &[8, 13, 9]);
+        // One plane thick: slabs along a later axis, joined in C order (the next level's
+        // kernels read C-order boxes).
+        let thin: Vec<Range<u64>> = vec![0..1, 0..7, 0..6];
+        let slabbed = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap()
+            .install(|| reduce_mean::<f32>(&src(&floats, &start, &shape), &factor, &thin));
+        assert!(slabbed.is_standard_layout());
+        let whole = reduce_mean_box::<f32>(&src(&floats, &start, &shape), &factor, &thin);
+        assert!(slabbed
+            .iter()
+            .zip(&whole)
+            .all(|(a, b)| a.to_bits() == b.to_bits()));
     }
 
     #[test]
