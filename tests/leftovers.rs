@@ -10,15 +10,10 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use ndarray::{ArrayD, IxDyn};
 
-/// `in.npy`, a (2, 1, 48, 48) float32 image, in `dir`.
+/// This file's input image (`common::small_image`).
 fn image(dir: &Path) -> PathBuf {
-    let mut rng = Rng::new(7);
-    let a = ArrayD::from_shape_fn(IxDyn(&[2, 1, 48, 48]), |_| rng.below(1000) as f32);
-    let p = dir.join("in.npy");
-    ndarray_npy::write_npy(&p, &a).unwrap();
-    p
+    small_image(dir, 7)
 }
 
 fn unstitch(input: &Path, output: &str, extra: &[&str]) -> Vec<String> {
@@ -77,16 +72,6 @@ fn is_fifo(path: &Path) -> bool {
     std::fs::symlink_metadata(path)
         .map(|m| m.file_type().is_fifo())
         .unwrap_or(false)
-}
-
-/// Names in `dir`, sorted.
-fn names(dir: &Path) -> Vec<String> {
-    let mut n: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    n.sort();
-    n
 }
 
 #[test]
@@ -434,6 +419,11 @@ fn paused_command(mut command: Command, go: &Path) -> std::process::Child {
     child
 }
 
+/// `tessera pyramid --input store --output out`.
+fn pyramid(store: &str, out: &Path) -> Output {
+    tessera(&["pyramid", "--input", store, "--output", &s(out)])
+}
+
 /// Two stacks of slices and a Zarr store converted from the first.
 fn two_stacks(dir: &Path) -> (String, String, String) {
     let a = dir.join("a");
@@ -513,13 +503,7 @@ fn an_input_rewritten_while_a_job_reads_it_is_never_published() {
     );
     assert!(!out.exists());
     // Untouched, the same job publishes.
-    ok(tessera(&[
-        "pyramid",
-        "--input",
-        &store,
-        "--output",
-        &s(&out),
-    ]));
+    ok(pyramid(&store, &out));
 }
 
 #[test]
@@ -552,13 +536,7 @@ fn an_input_another_job_is_writing_is_refused() {
     std::fs::write(&go, b"").unwrap();
     ok(writer.wait_with_output().unwrap());
     assert!(!out.exists());
-    ok(tessera(&[
-        "pyramid",
-        "--input",
-        &store,
-        "--output",
-        &s(&out),
-    ]));
+    ok(pyramid(&store, &out));
 }
 
 #[test]

@@ -12,13 +12,9 @@ use std::process::{Command, Stdio};
 use common::*;
 use ndarray::{ArrayD, IxDyn};
 
-/// `in.npy`, a (2, 1, 48, 48) float32 image, in `dir`.
+/// This file's input image (`common::small_image`).
 fn image(dir: &Path) -> PathBuf {
-    let mut rng = Rng::new(3);
-    let a = ArrayD::from_shape_fn(IxDyn(&[2, 1, 48, 48]), |_| rng.below(1000) as f32);
-    let p = dir.join("in.npy");
-    ndarray_npy::write_npy(&p, &a).unwrap();
-    p
+    small_image(dir, 3)
 }
 
 /// The unstitch job table for `input` -> `output` (paths as written in the file).

@@ -109,6 +109,7 @@ fn pause_before_publishing() {
     let Ok(go) = std::env::var("TESSERA_PAUSE_BEFORE_PUBLISH") else {
         return;
     };
+    // A test's marker at a path the test chose (never a user's output), so a plain write.
     let _ = std::fs::write(format!("{go}.paused"), b"");
     let started = Instant::now();
     while !std::path::Path::new(&go).exists() && started.elapsed().as_secs() < 120 {

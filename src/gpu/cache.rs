@@ -98,6 +98,8 @@ pub fn read(path: &Path, key: &str) -> Lookup {
 }
 
 /// Writes the entry of `key` at `path` (temporary name, then rename; the directory made).
+/// The cache is tessera's own state, not a user's output: an entry is replaced without
+/// `--overwrite` (only ever by the same key's bytes, or over one that failed its checks).
 ///
 /// # Errors
 /// Filesystem errors (the caller warns: a cache that cannot be written costs only time).

@@ -63,11 +63,7 @@ pub fn compile(kernel: &KernelSource, arch: &str) -> Result<Ptx> {
         ));
     }
     let options = CompileOptions {
-        fmad: Some(false),
-        prec_div: Some(true),
-        prec_sqrt: Some(true),
-        ftz: Some(false),
-        options: vec![format!("--gpu-architecture={arch}"), "--std=c++14".into()],
+        options: nvrtc_options(arch),
         name: Some(format!("{}.cu", kernel.name)),
         ..Default::default()
     };
@@ -81,9 +77,10 @@ pub fn compile(kernel: &KernelSource, arch: &str) -> Result<Ptx> {
     })
 }
 
-/// The NVRTC options of every tessera kernel compiled to machine code for a real
-/// architecture (`sm_90`): those of [`compile`].
-fn machine_code_options(arch: &str) -> Vec<String> {
+/// The NVRTC options every tessera kernel is compiled with, for PTX (`compute_90`) or
+/// machine code (`sm_90`): no FMA contraction, IEEE division and square root, no
+/// flush-to-zero (the CPU kernels' arithmetic).
+fn nvrtc_options(arch: &str) -> Vec<String> {
     vec![
         format!("--gpu-architecture={arch}"),
         "--std=c++14".into(),
@@ -114,7 +111,7 @@ fn compile_machine_code(
     let source = std::ffi::CString::new(kernel.source())
         .map_err(|e| Error::gpu(format!("{}.cu: {e}", kernel.name)))?;
     let name = std::ffi::CString::new(format!("{}.cu", kernel.name)).unwrap_or_default();
-    let mut options = machine_code_options(arch);
+    let mut options = nvrtc_options(arch);
     options.extend(extra.iter().map(|o| o.to_string()));
     let program = result::create_program(&source, Some(&name))
         .map_err(|e| Error::gpu(format!("{}.cu: NVRTC: {e:?}", kernel.name)))?;
@@ -169,12 +166,7 @@ fn compile_machine_code(
 /// NVRTC missing, or the compiler's log.
 pub fn cached_machine_code(kernel: &KernelSource, arch: &str) -> Result<(Vec<u8>, bool)> {
     let compiler = nvrtc_version().map_or("nvrtc ?".into(), |(a, b)| format!("nvrtc {a}.{b}"));
-    let key = super::cache::key(
-        &kernel.source(),
-        arch,
-        &machine_code_options(arch),
-        &compiler,
-    );
+    let key = super::cache::key(&kernel.source(), arch, &nvrtc_options(arch), &compiler);
     super::cache::get_or_compile(
         super::cache::directory().as_deref(),
         kernel.name,

@@ -166,37 +166,15 @@ fn temporary_of(lock: &Path, host: &str, pid: u32) -> PathBuf {
 
 /// Removes the temporaries that jobs of this host killed while taking this lock left behind.
 fn remove_stale_temporaries(lock: &Path) {
-    let (Some(dir), Some(name)) = (lock.parent(), lock.file_name()) else {
-        return;
-    };
-    let dir = if dir.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        dir
-    };
-    let prefix = format!(
-        "{}.tmp-{}-",
-        name.to_string_lossy(),
-        crate::comm::hostname()
-    );
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let entry_name = entry.file_name().to_string_lossy().into_owned();
-        let Some(pid) = entry_name
-            .strip_prefix(&prefix)
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
-            continue;
-        };
+    let host = crate::comm::hostname();
+    for (tmp, pid) in crate::io::safety::pid_siblings(lock, &format!(".tmp-{host}-")) {
         let owner = Owner {
-            host: crate::comm::hostname(),
+            host: host.clone(),
             pid,
             started: 0,
         };
         if !owner.may_be_alive() {
-            let _ = std::fs::remove_file(entry.path());
+            let _ = std::fs::remove_file(tmp);
         }
     }
 }

@@ -120,8 +120,12 @@ fn system_tree(canonical: &Path) -> Option<&'static str> {
 /// # Errors
 /// [`Error::Parameter`] naming the flag and what the path is.
 pub fn check_output_path(what: &str, path: &Path) -> Result<()> {
-    let resolved = canonical(path);
-    if let Some(kind) = special_kind(&resolved) {
+    refuse_special_output(what, path, &canonical(path))
+}
+
+/// [`check_output_path`] with the canonical form already at hand.
+fn refuse_special_output(what: &str, path: &Path, resolved: &Path) -> Result<()> {
+    if let Some(kind) = special_kind(resolved) {
         return Err(Error::parameter(
             what,
             format!(
@@ -130,7 +134,7 @@ pub fn check_output_path(what: &str, path: &Path) -> Result<()> {
             ),
         ));
     }
-    if let Some(root) = system_tree(&resolved) {
+    if let Some(root) = system_tree(resolved) {
         return Err(Error::parameter(
             what,
             format!(
@@ -221,9 +225,6 @@ pub fn check_places(inputs: &[Place], writes: &[Written]) -> Result<()> {
     for input in inputs {
         check_input_path("input", &input.footprint())?;
     }
-    for w in writes {
-        check_output_path(&w.what, &w.place.footprint())?;
-    }
     let inputs: Vec<(&Place, PathBuf)> = inputs
         .iter()
         .map(|p| (p, canonical(&p.footprint())))
@@ -232,6 +233,9 @@ pub fn check_places(inputs: &[Place], writes: &[Written]) -> Result<()> {
         .iter()
         .map(|w| (w, canonical(&w.place.footprint())))
         .collect();
+    for (w, resolved) in &writes {
+        refuse_special_output(&w.what, &w.place.footprint(), resolved)?;
+    }
     for (w, wp) in &writes {
         for (input, ip) in &inputs {
             let refuse = |how: &str| {
@@ -401,6 +405,37 @@ pub fn existing_ancestor(path: &std::path::Path) -> Option<&std::path::Path> {
             }
         })
         .find(|p| p.exists())
+}
+
+/// The siblings of `path` named `<path's name><infix><pid>` (a process's leftovers: a lock's
+/// temporary, an old output moved aside), with that PID, sorted by path.
+pub fn pid_siblings(path: &Path, infix: &str) -> Vec<(PathBuf, u32)> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Vec::new();
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let prefix = format!("{}{infix}", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut found: Vec<(PathBuf, u32)> = entries
+        .flatten()
+        .filter_map(|e| {
+            let pid = e
+                .file_name()
+                .to_string_lossy()
+                .strip_prefix(&prefix)?
+                .parse()
+                .ok()?;
+            Some((e.path(), pid))
+        })
+        .collect();
+    found.sort();
+    found
 }
 
 /// Free bytes on the file system that holds `path` (or its nearest existing ancestor);

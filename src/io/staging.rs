@@ -476,12 +476,7 @@ fn recover_one(target: &Address) -> Result<()> {
             dataset,
             staged,
         } => {
-            let journal = Publish::Dataset {
-                file: file.clone(),
-                dataset: dataset.clone(),
-                staged: staged.clone(),
-            }
-            .journal_dir();
+            let journal = Staging::journal_of(target);
             let work = committing_copy(&file, &dataset);
             let marker = journal.join(COMMITTING);
             if marker.exists() && !work.exists() {
@@ -504,31 +499,8 @@ fn recover_one(target: &Address) -> Result<()> {
 }
 
 fn recover_replaced(published: &Path) -> Result<()> {
-    let published = published.to_path_buf();
-    let (Some(dir), Some(name)) = (published.parent(), published.file_name()) else {
-        return Ok(());
-    };
-    let dir = if dir.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        dir
-    };
-    let prefix = format!("{}{REPLACED}", name.to_string_lossy());
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Ok(());
-    };
-    let mut moved_aside: Vec<PathBuf> = entries
-        .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .strip_prefix(&prefix)
-                .is_some_and(|pid| pid.parse::<u32>().is_ok())
-        })
-        .map(|e| e.path())
-        .collect();
-    moved_aside.sort();
-    for old in moved_aside {
+    let moved_aside = crate::io::safety::pid_siblings(published, REPLACED);
+    for (old, _) in moved_aside {
         if published.exists() {
             tracing::warn!(
                 "removing {}: the old output an interrupted --overwrite had already replaced",
@@ -540,7 +512,7 @@ fn recover_replaced(published: &Path) -> Result<()> {
                 "putting back {}: an interrupted --overwrite moved the old output aside and never published the new one",
                 published.display()
             );
-            std::fs::rename(&old, &published).at(&old)?;
+            std::fs::rename(&old, published).at(&old)?;
         }
     }
     Ok(())

@@ -345,3 +345,23 @@ pub fn python_with(modules: &str) -> Option<String> {
     }
     Some(python)
 }
+
+/// `dir/in.npy`: a (2, 1, 48, 48) float32 image of whole numbers below 1000 (`seed`'s), the
+/// small (N, C, Y, X) input of the fault and message tests.
+pub fn small_image(dir: &Path, seed: u64) -> PathBuf {
+    let mut rng = Rng::new(seed);
+    let a = ArrayD::from_shape_fn(IxDyn(&[2, 1, 48, 48]), |_| rng.below(1000) as f32);
+    let p = dir.join("in.npy");
+    ndarray_npy::write_npy(&p, &a).unwrap();
+    p
+}
+
+/// The names in `dir`, sorted.
+pub fn names(dir: &Path) -> Vec<String> {
+    let mut n: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    n.sort();
+    n
+}

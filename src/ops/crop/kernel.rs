@@ -780,34 +780,11 @@ mod tests {
         assert_eq!(goal(0.91, 10.0), 10.0);
     }
 
-    /// The analysis by brute force: q of every pixel, i128 sums, every distinct distance.
+    /// The analysis by brute force: q of every pixel, i128 sums, every distinct distance
+    /// ([`reference_f64`] of the values, which f64 holds exactly).
     fn reference(p: &[f32], w: usize, target: f64) -> (f64, (f64, f64), f64) {
-        let h = p.len() / w;
-        let most = p.iter().fold(0.0f64, |m, &v| m.max(f64::from(v).abs()));
-        let fx = Fixed::of(most, p.len() as u64, h.max(w) as u64, true);
-        let q: Vec<i128> = p
-            .iter()
-            .map(|&v| (f64::from(v) * 2f64.powi(fx.s)).round_ties_even() as i128)
-            .collect();
-        let total: i128 = q.iter().sum();
-        let sy: i128 = (0..p.len()).map(|i| (i / w) as i128 * q[i]).sum();
-        let sx: i128 = (0..p.len()).map(|i| (i % w) as i128 * q[i]).sum();
-        let c = (sy as f64 / total as f64, sx as f64 / total as f64);
-        let goal = (target * total as f64).ceil() as i128;
-        let mut ds: Vec<f64> = (0..p.len()).map(|i| d2(i, w, c)).collect();
-        ds.sort_by(f64::total_cmp);
-        ds.dedup();
-        let r = ds
-            .iter()
-            .find(|&&d| {
-                (0..p.len())
-                    .filter(|&i| d2(i, w, c) <= d)
-                    .map(|i| q[i])
-                    .sum::<i128>()
-                    >= goal
-            })
-            .map_or(farthest(h, w, c), |d| d.sqrt());
-        (total as f64 * 2f64.powi(-fx.s), c, r)
+        let wide: Vec<f64> = p.iter().map(|&v| f64::from(v)).collect();
+        reference_f64(&wide, w, target)
     }
 
     #[test]
