@@ -20,7 +20,9 @@ use crate::ops::quilt::kernel::{self, Blend, PatchRef, SplitAccumulator, Weighti
 
 // The production twins of the kernels' argument structs (checked against C's layout below).
 pub use crate::ops::hdr::debevec::MergeGeom;
-pub use crate::ops::quilt::device::{CutGeom, StitchGeom};
+pub use crate::ops::quilt::device::{
+    band_start_table, cut_shape, stitch_shape, CutGeom, RowShape, StitchGeom,
+};
 
 /// A host stitch: the whole block, returning the left-out NaN values.
 type StitchFn<P, O> = unsafe extern "C" fn(
@@ -34,10 +36,14 @@ type StitchFn<P, O> = unsafe extern "C" fn(
     *mut O,
     *mut O,
     c_int,
+    i64,
+    i64,
+    i64,
 ) -> u64;
 
-/// A host gather of a run of patches out of a box.
-type CutFn<T> = unsafe extern "C" fn(*const CutGeom, *const i64, *const T, *mut T);
+/// A host gather of a run of patches out of a box, by every thread of a launch of
+/// (lanes, rows per block, blocks).
+type CutFn<T> = unsafe extern "C" fn(*const CutGeom, *const i64, *const T, *mut T, i64, i64, i64);
 
 extern "C" {
     fn tessera_host_stitch_f32_f32(
@@ -51,6 +57,9 @@ extern "C" {
         wsum: *mut f32,
         std: *mut f32,
         with_wsum: c_int,
+        lanes: i64,
+        rows: i64,
+        blocks: i64,
     ) -> u64;
     fn tessera_host_stitch_f64_f32(
         g: *const StitchGeom,
@@ -63,6 +72,9 @@ extern "C" {
         wsum: *mut f32,
         std: *mut f32,
         with_wsum: c_int,
+        lanes: i64,
+        rows: i64,
+        blocks: i64,
     ) -> u64;
     fn tessera_host_stitch_f64_f64(
         g: *const StitchGeom,
@@ -75,11 +87,46 @@ extern "C" {
         wsum: *mut f64,
         std: *mut f64,
         with_wsum: c_int,
+        lanes: i64,
+        rows: i64,
+        blocks: i64,
     ) -> u64;
-    fn tessera_host_cut_u8(g: *const CutGeom, starts: *const i64, bx: *const u8, out: *mut u8);
-    fn tessera_host_cut_u16(g: *const CutGeom, starts: *const i64, bx: *const u16, out: *mut u16);
-    fn tessera_host_cut_u32(g: *const CutGeom, starts: *const i64, bx: *const u32, out: *mut u32);
-    fn tessera_host_cut_u64(g: *const CutGeom, starts: *const i64, bx: *const u64, out: *mut u64);
+    fn tessera_host_cut_u8(
+        g: *const CutGeom,
+        starts: *const i64,
+        bx: *const u8,
+        out: *mut u8,
+        lanes: i64,
+        rows: i64,
+        blocks: i64,
+    );
+    fn tessera_host_cut_u16(
+        g: *const CutGeom,
+        starts: *const i64,
+        bx: *const u16,
+        out: *mut u16,
+        lanes: i64,
+        rows: i64,
+        blocks: i64,
+    );
+    fn tessera_host_cut_u32(
+        g: *const CutGeom,
+        starts: *const i64,
+        bx: *const u32,
+        out: *mut u32,
+        lanes: i64,
+        rows: i64,
+        blocks: i64,
+    );
+    fn tessera_host_cut_u64(
+        g: *const CutGeom,
+        starts: *const i64,
+        bx: *const u64,
+        out: *mut u64,
+        lanes: i64,
+        rows: i64,
+        blocks: i64,
+    );
     fn tessera_host_debevec(
         g: *const MergeGeom,
         planes: *const u8,
@@ -110,7 +157,7 @@ fn assert_same_bits(what: &str, got: &[u64], want: &[u64], context: &dyn std::fm
 #[test]
 fn the_rust_twins_have_the_c_layouts() {
     use std::mem::{offset_of, size_of};
-    let mut s = [0i64; 11];
+    let mut s = [0i64; 12];
     let mut c = [0i64; 5];
     let mut m = [0i64; 4];
     // SAFETY: each function writes exactly as many values as its array holds.
@@ -131,6 +178,7 @@ fn the_rust_twins_have_the_c_layouts() {
         offset_of!(StitchGeom, band_axis),
         offset_of!(StitchGeom, band_rows),
         offset_of!(StitchGeom, band_origin),
+        offset_of!(StitchGeom, band_starts),
     ];
     let rust_c = [
         size_of::<CutGeom>(),
@@ -149,7 +197,7 @@ fn the_rust_twins_have_the_c_layouts() {
     assert_eq!(s.to_vec(), as_i64(&rust_s), "StitchGeom");
     assert_eq!(c.to_vec(), as_i64(&rust_c), "CutGeom");
     assert_eq!(m.to_vec(), as_i64(&rust_m), "MergeGeom");
-    assert_eq!(s[0], 18 * 8, "eighteen i64 fields");
+    assert_eq!(s[0], 19 * 8, "nineteen i64 fields");
 }
 
 /// The launch tables the GPU path builds (`device::stitch_launch`) are the ones these tests
@@ -308,6 +356,8 @@ fn stitch_unit(
         starts.extend(s);
         ranges.resize(2 * starts.len(), -1);
     }
+    geom.band_starts = starts.len() as i64;
+    starts.extend(band_start_table(rows.clone(), band_rows));
     let windows = grid.overlapping(0, rows);
     let per_row = grid.per_image() / counts[0];
     let first = windows.start * per_row;
@@ -433,11 +483,23 @@ fn random_stitch_case(rng: &mut StdRng) -> StitchCase {
 }
 
 /// Results of one stitch, flat: mean (C, block), weights (block), std (C, block).
+#[derive(Clone)]
 struct StitchOut<O> {
     mean: Vec<O>,
     wsum: Vec<O>,
     std: Vec<O>,
     left_out: u64,
+}
+
+impl<O: OutValue> StitchOut<O> {
+    /// Every output bit for bit, and the count.
+    fn same_bits(&self, other: &Self) -> bool {
+        let bits = |v: &[O]| v.iter().map(|x| x.bits()).collect::<Vec<u64>>();
+        bits(&self.mean) == bits(&other.mean)
+            && bits(&self.wsum) == bits(&other.wsum)
+            && bits(&self.std) == bits(&other.std)
+            && self.left_out == other.left_out
+    }
 }
 
 /// Runs the host kernel on a unit, every output pre-filled with a sentinel.
@@ -458,7 +520,7 @@ fn host_stitch<P: PatchValue, O: OutValue>(
     assert_eq!(weights.len(), wsize);
     assert_eq!(patches.len(), unit.patches as usize * c * wsize);
     assert_eq!(variances.is_some(), g.with_variance != 0);
-    let mut out = StitchOut {
+    let out = StitchOut {
         mean: vec![sentinel; c * bsize],
         wsum: vec![sentinel; bsize],
         std: vec![sentinel; if variances.is_some() { c * bsize } else { 0 }],
@@ -471,24 +533,45 @@ fn host_stitch<P: PatchValue, O: OutValue>(
             v.as_mut_ptr()
         }
     };
-    let std_ptr = null(&mut out.std);
-    // SAFETY: the buffers have the sizes stitch.cuh documents for this geometry, ranges and
-    // starts were built for it (stitch_unit), and std is null only without variances.
-    out.left_out = unsafe {
-        host(
-            g,
-            unit.ranges.as_ptr(),
-            unit.starts.as_ptr(),
-            weights.as_ptr(),
-            patches.as_ptr(),
-            variances.map_or(std::ptr::null(), |v| v.as_ptr()),
-            out.mean.as_mut_ptr(),
-            out.wsum.as_mut_ptr(),
-            std_ptr,
-            c_int::from(with_wsum),
-        )
-    };
-    out
+    // The launch's own thread shape, then a narrow one whose threads step through the rows
+    // (the digits' carries) and along them: the same outputs.
+    let shapes = [
+        stitch_shape(g),
+        RowShape {
+            lanes: 3,
+            rows: 2,
+            blocks: 2,
+        },
+    ];
+    let mut first: Option<StitchOut<O>> = None;
+    for shape in shapes {
+        let mut o = out.clone();
+        let std_ptr = null(&mut o.std);
+        // SAFETY: the buffers have the sizes stitch.cuh documents for this geometry, ranges and
+        // starts were built for it (stitch_unit), and std is null only without variances.
+        o.left_out = unsafe {
+            host(
+                g,
+                unit.ranges.as_ptr(),
+                unit.starts.as_ptr(),
+                weights.as_ptr(),
+                patches.as_ptr(),
+                variances.map_or(std::ptr::null(), |v| v.as_ptr()),
+                o.mean.as_mut_ptr(),
+                o.wsum.as_mut_ptr(),
+                std_ptr,
+                c_int::from(with_wsum),
+                i64::from(shape.lanes),
+                i64::from(shape.rows),
+                i64::from(shape.blocks),
+            )
+        };
+        match &first {
+            None => first = Some(o),
+            Some(f) => assert!(f.same_bits(&o), "thread shape {shape:?} changed the output"),
+        }
+    }
+    first.expect("two shapes")
 }
 
 /// Random patches (M, C, *window) with NaN sprinkled at `nan_rate`, and variances (>= 0).
@@ -974,17 +1057,6 @@ fn check_cut<T: CutValue>(rng: &mut StdRng, host: CutFn<T>) -> usize {
     let boxflat: Vec<T> = image.iter().copied().collect();
     let wsize: u64 = window.iter().product();
     let sentinel = T::from_bits(0xA5A5_A5A5_A5A5_A5A5);
-    let mut out = vec![sentinel; m * channels * wsize as usize];
-    // SAFETY: out holds patches x channels x window elements, starts 3 per patch, and every
-    // window lies inside the box.
-    unsafe {
-        host(
-            &geom,
-            flat_starts.as_ptr(),
-            boxflat.as_ptr(),
-            out.as_mut_ptr(),
-        )
-    };
     let expect: Vec<T> = starts
         .iter()
         .flat_map(|s| {
@@ -992,8 +1064,32 @@ fn check_cut<T: CutValue>(rng: &mut StdRng, host: CutFn<T>) -> usize {
             p.iter().copied().collect::<Vec<T>>()
         })
         .collect();
-    assert_eq!(out, expect, "{geom:?} starts {starts:?}");
-    out.len()
+    // The launch's own shape, and a random narrower one whose threads step through the rows
+    // (the digits' carries) and along them.
+    let own = cut_shape(&geom);
+    let narrow = RowShape {
+        lanes: rng.random_range(1..=4),
+        rows: rng.random_range(1..=3),
+        blocks: rng.random_range(1..=3),
+    };
+    for shape in [own, narrow] {
+        let mut out = vec![sentinel; m * channels * wsize as usize];
+        // SAFETY: out holds patches x channels x window elements, starts 3 per patch, and
+        // every window lies inside the box.
+        unsafe {
+            host(
+                &geom,
+                flat_starts.as_ptr(),
+                boxflat.as_ptr(),
+                out.as_mut_ptr(),
+                i64::from(shape.lanes),
+                i64::from(shape.rows),
+                i64::from(shape.blocks),
+            )
+        };
+        assert_eq!(out, expect, "{geom:?} starts {starts:?} {shape:?}");
+    }
+    expect.len()
 }
 
 #[test]
@@ -1025,7 +1121,18 @@ fn unstitch_gather_hand_checked() {
     let starts = [0i64, 1, 2, 0, 2, 4];
     let mut out = vec![0u16; 2 * 2 * 6];
     // SAFETY: sizes as the geometry says; both windows lie inside the box.
-    unsafe { tessera_host_cut_u16(&geom, starts.as_ptr(), image.as_ptr(), out.as_mut_ptr()) };
+    let shape = cut_shape(&geom);
+    unsafe {
+        tessera_host_cut_u16(
+            &geom,
+            starts.as_ptr(),
+            image.as_ptr(),
+            out.as_mut_ptr(),
+            i64::from(shape.lanes),
+            i64::from(shape.rows),
+            i64::from(shape.blocks),
+        )
+    };
     #[rustfmt::skip]
     let expect = [
         12, 13, 22, 23, 32, 33, 112, 113, 122, 123, 132, 133,

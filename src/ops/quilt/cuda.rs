@@ -13,12 +13,12 @@ use std::sync::Arc;
 use ndarray::{ArrayD, IxDyn};
 
 use super::device::{
-    bounding_box, cut_launch, image_segments, scatter_rows, split_rows, stitch_launch,
-    stitch_piece_bytes, StitchLaunch,
+    bounding_box, cut_launch, cut_shape, image_segments, scatter_rows, split_rows, stitch_launch,
+    stitch_piece_bytes, stitch_shape, RowShape, StitchLaunch,
 };
 use crate::error::{Error, Result};
 use crate::gpu::cuda::{
-    block_from_bytes, launch_config, launch_error, write_block_bytes, CudaSlice, Gpu, Phase,
+    block_from_bytes, launch_error, write_block_bytes, CudaSlice, Gpu, LaunchConfig, Phase,
     PinnedHostSlice, PushKernelArg,
 };
 use crate::gpu::kernels;
@@ -384,7 +384,7 @@ impl StitchGpu {
                 .arg(&with_w);
             // SAFETY: the arguments match stitch.cu's signature; every buffer holds what the
             // geometry says (sized above), and the kernel writes only inside the block.
-            unsafe { b.launch(launch_config(block)) }
+            unsafe { b.launch(row_config(stitch_shape(&l.geom))) }
                 .map(|_| ())
                 .map_err(launch_error("stitch kernel"))
         })?;
@@ -441,6 +441,15 @@ impl StitchGpu {
             self.gpu.give_back(host);
         }
         Ok(left)
+    }
+}
+
+/// The launch of a gather of rows (unstitch.cu): lanes along x, rows along y.
+fn row_config(shape: RowShape) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (shape.blocks, 1, 1),
+        block_dim: (shape.lanes, shape.rows, 1),
+        shared_mem_bytes: 0,
     }
 }
 
@@ -544,7 +553,7 @@ impl UnstitchGpu {
                 b.arg(&geom).arg(&dev_starts).arg(&dev_box).arg(&mut view);
                 // SAFETY: arguments match unstitch.cu; the box holds every window of the
                 // segment (its bounding box) and `view` exactly its patches.
-                unsafe { b.launch(launch_config((len as u64 / size).min(1 << 24))) }
+                unsafe { b.launch(row_config(cut_shape(&geom))) }
                     .map(|_| ())
                     .map_err(launch_error("unstitch kernel"))
             })?;
@@ -606,7 +615,7 @@ pub fn bench_stitch(
                 .arg(&mut left)
                 .arg(&no);
             // SAFETY: as in StitchGpu::launch: the buffers match the geometry.
-            unsafe { b.launch(launch_config(block as u64)) }
+            unsafe { b.launch(row_config(stitch_shape(&l.geom))) }
                 .map_err(launch_error("stitch kernel"))?;
         }
         Ok(())
@@ -648,7 +657,7 @@ pub fn bench_unstitch(
             let mut b = s.launch_builder(&kernel);
             b.arg(&geom).arg(&dev_s).arg(&src).arg(&mut dst);
             // SAFETY: the box is the whole image, which holds every window.
-            unsafe { b.launch(launch_config((patch_elems as u64).min(1 << 24))) }
+            unsafe { b.launch(row_config(cut_shape(&geom))) }
                 .map_err(launch_error("unstitch kernel"))?;
         }
         Ok(())

@@ -24,6 +24,9 @@ pub struct StitchGeom {
     pub band_rows: i64,
     /// The block's first row along `band_axis`, in the image.
     pub band_origin: i64,
+    /// Where in `starts` the band-start table begins: for each block row along `band_axis`,
+    /// the first row of its band, relative to the block origin.
+    pub band_starts: i64,
 }
 
 /// Twin of `CutGeom` in `unstitch.cuh`.
@@ -108,6 +111,8 @@ pub fn stitch_launch(
         starts.resize(len, 0);
     }
     let band_origin = rows.start as i64;
+    let band_starts = starts.len() as i64;
+    starts.extend(band_start_table(rows.clone(), band_rows));
     let rows_of_windows = grid.overlapping(0, rows);
     let per_row = grid.per_image() / grid.counts()[0];
     let first = rows_of_windows.start * per_row;
@@ -123,11 +128,24 @@ pub fn stitch_launch(
             band_axis: pad as i64,
             band_rows: band_rows as i64,
             band_origin,
+            band_starts,
         },
         ranges,
         starts,
         patches: first..rows_of_windows.end * per_row,
     }
+}
+
+/// For each row of `rows` (image rows along the band axis), the first row of its band of
+/// `band_rows` rows, relative to `rows.start` (negative when the band began in an earlier block).
+pub fn band_start_table(rows: Range<u64>, band_rows: u64) -> impl Iterator<Item = i64> {
+    let origin = rows.start as i64;
+    rows.map(move |r| (r / band_rows * band_rows) as i64 - origin)
+}
+
+/// The thread shape of a stitch launch with geometry `g`: lanes along x, one row per (z, y).
+pub fn stitch_shape(g: &StitchGeom) -> RowShape {
+    row_shape(g.block[2] as u64, (g.block[0] * g.block[1]) as u64)
 }
 
 /// The launch that cuts patches `windows` (indices within one image, consecutive) out of
@@ -153,6 +171,38 @@ pub fn cut_launch(
         patches: (windows.end - windows.start) as i64,
     };
     (geom, starts)
+}
+
+/// The thread shape of a gather (unstitch.cu): `lanes` threads along a window row (x), `rows`
+/// rows per block, `blocks` blocks; 256 threads per block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RowShape {
+    pub lanes: u32,
+    pub rows: u32,
+    pub blocks: u32,
+}
+
+/// Most blocks in one launch: enough to fill any current GPU many times over; a larger
+/// launch's threads step through the remaining rows.
+const MAX_ROW_BLOCKS: u64 = 1 << 16;
+
+/// The thread shape for `rows` rows of `width` values: lanes the row's width rounded up to a
+/// power of two (at most 256), so one warp reads consecutive values of one or more rows.
+pub fn row_shape(width: u64, rows: u64) -> RowShape {
+    let lanes = width.clamp(1, 256).next_power_of_two() as u32;
+    let per_block = 256 / lanes;
+    let blocks = rows.div_ceil(u64::from(per_block)).clamp(1, MAX_ROW_BLOCKS) as u32;
+    RowShape {
+        lanes,
+        rows: per_block,
+        blocks,
+    }
+}
+
+/// The thread shape of a cut with geometry `g`.
+pub fn cut_shape(g: &CutGeom) -> RowShape {
+    let rows = g.patches * g.channels * g.window[0] * g.window[1];
+    row_shape(g.window[2] as u64, rows as u64)
 }
 
 /// A run of patches (indices into the patch array) grouped by image: (image, window indices
@@ -260,6 +310,17 @@ mod tests {
         );
         assert_eq!(bounding_box(&grid, 1..4), (vec![0, 0], vec![6, 8]));
         assert_eq!(bounding_box(&grid, 5..6), (vec![4, 4], vec![8, 8]));
+    }
+
+    #[test]
+    fn row_shapes_cover_a_row_with_one_warp_or_more() {
+        let s = row_shape(64, 1000);
+        assert_eq!((s.lanes, s.rows, s.blocks), (64, 4, 250));
+        let s = row_shape(3, 10);
+        assert_eq!((s.lanes, s.rows, s.blocks), (4, 64, 1));
+        let s = row_shape(1000, 1 << 30);
+        assert_eq!((s.lanes, s.rows, s.blocks), (256, 1, 1 << 16));
+        assert_eq!(row_shape(0, 0).blocks, 1);
     }
 
     #[test]

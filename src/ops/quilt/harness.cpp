@@ -11,24 +11,34 @@
 
 namespace {
 
+// Every thread of a launch of `blocks` blocks of lanes x rows threads, in index order.
 template <typename P, typename O>
 u64 host_stitch(const StitchGeom* g, const i64* ranges, const i64* starts, const double* weights,
                 const P* patches, const P* variances, O* mean, O* wsum, O* std_out,
-                int with_wsum) {
-    const i64 n = g->block[0] * g->block[1] * g->block[2];
+                int with_wsum, i64 lanes, i64 rows, i64 blocks) {
     u64 left_out = 0;
-    for (i64 p = 0; p < n; p++) {
-        left_out += stitch_pixel<P, O>(*g, ranges, starts, weights, patches, variances, mean,
-                                       with_wsum ? wsum : (O*)0, std_out, p);
+    for (i64 b = 0; b < blocks; b++) {
+        for (i64 y = 0; y < rows; y++) {
+            for (i64 lane = 0; lane < lanes; lane++) {
+                left_out += stitch_rows<P, O>(*g, ranges, starts, weights, patches, variances,
+                                              mean, with_wsum ? wsum : (O*)0, std_out, lane,
+                                              lanes, b * rows + y, blocks * rows);
+            }
+        }
     }
     return left_out;
 }
 
+// Every thread of a launch of `blocks` blocks of lanes x rows threads, in index order.
 template <typename T>
-void host_cut(const CutGeom* g, const i64* starts, const T* box, T* out) {
-    const i64 n = g->patches * g->channels * g->window[0] * g->window[1] * g->window[2];
-    for (i64 e = 0; e < n; e++) {
-        out[e] = box[cut_source(*g, starts, e)];
+void host_cut(const CutGeom* g, const i64* starts, const T* box, T* out, i64 lanes, i64 rows,
+              i64 blocks) {
+    for (i64 b = 0; b < blocks; b++) {
+        for (i64 y = 0; y < rows; y++) {
+            for (i64 lane = 0; lane < lanes; lane++) {
+                cut_rows<T>(*g, starts, box, out, lane, lanes, b * rows + y, blocks * rows);
+            }
+        }
     }
 }
 
@@ -37,9 +47,9 @@ void host_cut(const CutGeom* g, const i64* starts, const T* box, T* out) {
 #define TESSERA_HOST_STITCH(NAME, P, O)                                                        \
     extern "C" u64 NAME(const StitchGeom* g, const i64* ranges, const i64* starts,             \
                         const double* weights, const P* patches, const P* variances, O* mean,  \
-                        O* wsum, O* std_out, int with_wsum) {                                  \
+                        O* wsum, O* std_out, int with_wsum, i64 lanes, i64 rows, i64 blocks) { \
         return host_stitch<P, O>(g, ranges, starts, weights, patches, variances, mean, wsum,   \
-                                 std_out, with_wsum);                                          \
+                                 std_out, with_wsum, lanes, rows, blocks);                     \
     }
 
 TESSERA_HOST_STITCH(tessera_host_stitch_f32_f32, float, float)
@@ -47,8 +57,9 @@ TESSERA_HOST_STITCH(tessera_host_stitch_f64_f32, double, float)
 TESSERA_HOST_STITCH(tessera_host_stitch_f64_f64, double, double)
 
 #define TESSERA_HOST_CUT(NAME, T)                                                              \
-    extern "C" void NAME(const CutGeom* g, const i64* starts, const T* box, T* out) {          \
-        host_cut<T>(g, starts, box, out);                                                      \
+    extern "C" void NAME(const CutGeom* g, const i64* starts, const T* box, T* out, i64 lanes,  \
+                         i64 rows, i64 blocks) {                                               \
+        host_cut<T>(g, starts, box, out, lanes, rows, blocks);                                 \
     }
 
 TESSERA_HOST_CUT(tessera_host_cut_u8, u8)
@@ -69,7 +80,8 @@ extern "C" void tessera_host_stitch_geom_layout(i64* out) {
                      (i64)offsetof(StitchGeom, with_variance),
                      (i64)offsetof(StitchGeom, band_axis),
                      (i64)offsetof(StitchGeom, band_rows),
-                     (i64)offsetof(StitchGeom, band_origin)};
+                     (i64)offsetof(StitchGeom, band_origin),
+                     (i64)offsetof(StitchGeom, band_starts)};
     for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) {
         out[i] = v[i];
     }

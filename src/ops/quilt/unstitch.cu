@@ -1,14 +1,13 @@
-// quilt unstitch on the GPU: a gather, one thread per output element, for each element size
-// (the values are moved, never converted). The index is cut_source in unstitch.cuh.
+// quilt unstitch on the GPU: a gather of window rows, for each element size (the values are
+// moved, never converted). A block is lanes (x) by rows (y) threads; block b's row y starts at
+// row b * blockDim.y + y and steps by every row of the grid (cut_rows in unstitch.cuh).
 #include "unstitch.cuh"
 
 #define TESSERA_CUT_KERNEL(NAME, T)                                                          \
     extern "C" __global__ void NAME(CutGeom g, const i64* starts, const T* box, T* out) {   \
-        const i64 n = g.patches * g.channels * g.window[0] * g.window[1] * g.window[2];     \
-        for (i64 e = (i64)blockIdx.x * blockDim.x + threadIdx.x; e < n;                     \
-             e += (i64)gridDim.x * blockDim.x) {                                            \
-            out[e] = box[cut_source(g, starts, e)];                                         \
-        }                                                                                   \
+        cut_rows<T>(g, starts, box, out, threadIdx.x, blockDim.x,                          \
+                    (i64)blockIdx.x * blockDim.y + threadIdx.y,                             \
+                    (i64)gridDim.x * blockDim.y);                                           \
     }
 
 TESSERA_CUT_KERNEL(cut_u8, u8)
