@@ -303,6 +303,9 @@ pub struct Gpu {
     /// per-buffer events).
     compute: Arc<CudaStream>,
     memory_limit: u64,
+    /// The device's L2 cache and multiprocessors, for kernels that size their grids by them.
+    l2_bytes: u64,
+    multiprocessors: u64,
     template: DeviceReport,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     phases: Mutex<Phases>,
@@ -381,6 +384,10 @@ impl Gpu {
             sharing,
             super::DEFAULT_MEMORY_FRACTION,
         )?;
+        let attribute = |a| ctx.attribute(a).map(|v| v.max(1) as u64).unwrap_or(1);
+        let l2_bytes = attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE);
+        let multiprocessors =
+            attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT);
         let copy = ctx.new_stream().map_err(|e| driver_error("stream", e))?;
         let compute = ctx.new_stream().map_err(|e| driver_error("stream", e))?;
         Ok(Arc::new(Gpu {
@@ -396,11 +403,23 @@ impl Gpu {
             copy,
             compute,
             memory_limit,
+            l2_bytes,
+            multiprocessors,
             modules: Mutex::new(HashMap::new()),
             phases: Mutex::new(Phases::default()),
             pending: Mutex::new(Vec::new()),
             pinned: Mutex::new(Vec::new()),
         }))
+    }
+
+    /// The device's L2 cache, bytes (1 where the driver does not say).
+    pub fn l2_bytes(&self) -> u64 {
+        self.l2_bytes
+    }
+
+    /// The device's streaming multiprocessors (1 where the driver does not say).
+    pub fn multiprocessors(&self) -> u64 {
+        self.multiprocessors
     }
 
     /// Device memory this rank may use, bytes (`--gpu-memory-limit`, or its share of the free

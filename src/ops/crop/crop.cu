@@ -50,7 +50,7 @@ template <typename T>
 __device__ void crop_analyse(const CropGeom& g, const T* patterns, CropRecord* records,
                              i64 count) {
     __shared__ double scratch[TESSERA_CROP_THREADS];
-    __shared__ double hist[TESSERA_CROP_BINS];
+    __shared__ u64 hist[TESSERA_CROP_BINS];
     __shared__ double cand_d[TESSERA_CROP_CAP];
     __shared__ double cand_q[TESSERA_CROP_CAP];
     __shared__ int cand_count;
@@ -76,7 +76,7 @@ __device__ void crop_analyse(const CropGeom& g, const T* patterns, CropRecord* r
         if (r.kind == 0.0 && !any_negative) {
             const double scale = crop_bin_scale(g, r.cy, r.cx);
             const double goal = ceil(g.target * sq);
-            for (i64 b = t; b < TESSERA_CROP_BINS; b += n) hist[b] = 0.0;
+            for (i64 b = t; b < TESSERA_CROP_BINS; b += n) hist[b] = 0;
             if (t == 0) cand_count = 0;
             __syncthreads();
             crop_hist_part<T>(g, p, fixed, r.cy, r.cx, scale, t, n, hist);
@@ -113,11 +113,9 @@ __device__ void crop_window(const CropGeom& g, i64 side_h, i64 side_w, const T* 
     const i64 hw = g.h * g.w, side = side_h * side_w;
     for (i64 pat = blockIdx.x; pat < count; pat += gridDim.x) {
         const CropFixed fixed = crop_fixed(scales[pat]);
-        double sum = 0.0;
-        for (i64 e = threadIdx.x; e < side; e += blockDim.x) {
-            sum += crop_window_voxel<T>(g, side_w, starts[2 * pat], starts[2 * pat + 1], fixed,
-                                        patterns + pat * hw, out + pat * side, e);
-        }
+        double sum = crop_window_part<T>(g, side_h, side_w, starts[2 * pat], starts[2 * pat + 1],
+                                         fixed, patterns + pat * hw, out + pat * side,
+                                         threadIdx.x, blockDim.x);
         sum = crop_block_sum(sum, scratch);
         if (threadIdx.x == 0) kept[pat] = sum;
     }

@@ -108,6 +108,36 @@ TESSERA_HD double crop_value(double q, int s) {
     return q * crop_pow2(-s / 2) * crop_pow2(-s + s / 2);
 }
 
+// A thread's pixels i = t, t + n, ... of an h x w pattern with their row and column: the
+// position advances by the stride's (n / w, n % w) with a carry, so no pixel needs a
+// division (three 64-bit divisions per pixel and phase were most of the analysis' time).
+struct CropWalk {
+    i64 i, y, x;
+    i64 dy, dx;
+};
+
+TESSERA_HD CropWalk crop_walk_of(i64 w, i64 t, i64 n) {
+    CropWalk k;
+    k.i = t;
+    k.y = t / w;
+    k.x = t % w;
+    k.dy = n / w;
+    k.dx = n % w;
+    return k;
+}
+
+TESSERA_HD void crop_walk_step(CropWalk& k, i64 w, i64 n) {
+    k.i += n;
+    k.x += k.dx;
+    const i64 carry = k.x >= w;
+    k.x -= carry * w;
+    k.y += k.dy + carry;
+}
+
+TESSERA_HD CropWalk crop_walk(const CropGeom& g, i64 t, i64 n) { return crop_walk_of(g.w, t, n); }
+
+TESSERA_HD void crop_walk_next(const CropGeom& g, CropWalk& k, i64 n) { crop_walk_step(k, g.w, n); }
+
 // Phase 1: this thread's share of the largest |value|, and whether a value is below zero or
 // not finite.
 template <typename T>
@@ -132,11 +162,11 @@ template <typename T>
 TESSERA_HD void crop_sums_part(const CropGeom& g, const T* p, const CropFixed& fixed, i64 t,
                                i64 n, double* sq, double* syq, double* sxq) {
     double a = 0.0, b = 0.0, c = 0.0;
-    for (i64 i = t; i < g.h * g.w; i += n) {
-        const double q = crop_q(fixed, (double)p[i]);
+    for (CropWalk k = crop_walk(g, t, n); k.i < g.h * g.w; crop_walk_next(g, k, n)) {
+        const double q = crop_q(fixed, (double)p[k.i]);
         a += q;
-        b += q * (double)(i / g.w);
-        c += q * (double)(i % g.w);
+        b += q * (double)k.y;
+        c += q * (double)k.x;
     }
     *sq = a;
     *syq = b;
@@ -178,10 +208,10 @@ TESSERA_HD i64 crop_bin(double d, double scale) {
     return b < TESSERA_CROP_BINS - 1 ? b : TESSERA_CROP_BINS - 1;
 }
 
-// The squared distance of pixel i (kernel.rs' d2).
-TESSERA_HD double crop_d2(const CropGeom& g, i64 i, double cy, double cx) {
-    const double dy = (double)(i / g.w) - cy;
-    const double dx = (double)(i % g.w) - cx;
+// The squared distance of the pixel at row y, column x (kernel.rs' d2).
+TESSERA_HD double crop_d2(i64 y, i64 x, double cy, double cx) {
+    const double dy = (double)y - cy;
+    const double dx = (double)x - cx;
     return dy * dy + dx * dx;
 }
 
@@ -199,8 +229,10 @@ TESSERA_HD double crop_farthest(const CropGeom& g, double cy, double cx) {
     return sqrt(best);
 }
 
-// Phase 3: this thread's pixels into the histogram of q by squared distance (add: an atomic
-// on the GPU, a plain addition in the harness).
+// Phase 3: this thread's pixels into the histogram of q by squared distance. The q are
+// integers >= 0 here (a pattern with a negative value goes to the CPU) whose sum is below
+// 2^53, so the bins are u64: an integer atomic on the GPU (a plain addition in the harness)
+// where f64 atomics were, the same values.
 #if defined(__CUDACC__)
 #define TESSERA_CROP_ADD(at, v) atomicAdd((at), (v))
 #define TESSERA_CROP_NEXT(at) atomicAdd((at), 1)
@@ -211,23 +243,23 @@ TESSERA_HD double crop_farthest(const CropGeom& g, double cy, double cx) {
 
 template <typename T>
 TESSERA_HD void crop_hist_part(const CropGeom& g, const T* p, const CropFixed& fixed,
-                               double cy, double cx, double scale, i64 t, i64 n, double* hist) {
-    for (i64 i = t; i < g.h * g.w; i += n) {
-        const double q = crop_q(fixed, (double)p[i]);
-        if (q != 0.0) TESSERA_CROP_ADD(&hist[crop_bin(crop_d2(g, i, cy, cx), scale)], q);
+                               double cy, double cx, double scale, i64 t, i64 n, u64* hist) {
+    for (CropWalk k = crop_walk(g, t, n); k.i < g.h * g.w; crop_walk_next(g, k, n)) {
+        const double q = crop_q(fixed, (double)p[k.i]);
+        if (q != 0.0) TESSERA_CROP_ADD(&hist[crop_bin(crop_d2(k.y, k.x, cy, cx), scale)], (u64)q);
     }
 }
 
 // Phase 4 (one thread): the first bin where the running sum reaches the goal (-1: none), and
-// the sum of the bins before it.
-TESSERA_HD i64 crop_find_bin(const double* hist, double goal, double* below) {
+// the sum of the bins before it (each bin, and every sum, below 2^53: exact in f64).
+TESSERA_HD i64 crop_find_bin(const u64* hist, double goal, double* below) {
     double sum = 0.0;
     for (i64 b = 0; b < TESSERA_CROP_BINS; b++) {
-        if (sum + hist[b] >= goal) {
+        if (sum + (double)hist[b] >= goal) {
             *below = sum;
             return b;
         }
-        sum += hist[b];
+        sum += (double)hist[b];
     }
     *below = sum;
     return -1;
@@ -239,13 +271,13 @@ template <typename T>
 TESSERA_HD void crop_collect_part(const CropGeom& g, const T* p, const CropFixed& fixed,
                                   double cy, double cx, double scale, i64 k, i64 t, i64 n,
                                   double* cand_d, double* cand_q, int* count) {
-    for (i64 i = t; i < g.h * g.w; i += n) {
-        const double d = crop_d2(g, i, cy, cx);
+    for (CropWalk w = crop_walk(g, t, n); w.i < g.h * g.w; crop_walk_next(g, w, n)) {
+        const double d = crop_d2(w.y, w.x, cy, cx);
         if (crop_bin(d, scale) != k) continue;
         const int at = TESSERA_CROP_NEXT(count);
         if (at < TESSERA_CROP_CAP) {
             cand_d[at] = d;
-            cand_q[at] = crop_q(fixed, (double)p[i]);
+            cand_q[at] = crop_q(fixed, (double)p[w.i]);
         }
     }
 }
@@ -286,14 +318,18 @@ TESSERA_HD void crop_record_sums(const CropGeom& g, int s, int not_finite, doubl
     }
 }
 
-// Pass 2, one element of a pattern's crop: element e (C order in the side_h x side_w window
-// at y0, x0) is copied, and its q returned for the retention sum.
+// Pass 2, this thread's elements of a pattern's crop: elements e = t, t + n, ... (C order in
+// the side_h x side_w window at y0, x0) are copied, and the sum of their q returned for the
+// retention sum (integers below 2^53: exact in any order).
 template <typename T>
-TESSERA_HD double crop_window_voxel(const CropGeom& g, i64 side_w, i64 y0, i64 x0,
-                                    const CropFixed& fixed, const T* p, T* out, i64 e) {
-    const i64 y = y0 + e / side_w;
-    const i64 x = x0 + e % side_w;
-    const T v = p[y * g.w + x];
-    out[e] = v;
-    return crop_q(fixed, (double)v);
+TESSERA_HD double crop_window_part(const CropGeom& g, i64 side_h, i64 side_w, i64 y0, i64 x0,
+                                   const CropFixed& fixed, const T* p, T* out, i64 t, i64 n) {
+    double sum = 0.0;
+    for (CropWalk k = crop_walk_of(side_w, t, n); k.i < side_h * side_w;
+         crop_walk_step(k, side_w, n)) {
+        const T v = p[(y0 + k.y) * g.w + x0 + k.x];
+        out[k.i] = v;
+        sum += crop_q(fixed, (double)v);
+    }
+    return sum;
 }

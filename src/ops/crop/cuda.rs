@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use super::device::{CropGeom, CropRecord};
+use super::device::{analysis_blocks, CropGeom, CropRecord};
 use super::kernel::{self, Analysis, CentreMethod};
 use crate::error::{Error, Result};
 use crate::gpu::cuda::{
@@ -31,11 +31,27 @@ pub struct CropGpu {
 
 /// One block per pattern, at most 2^31 - 1 blocks (the kernels stride over the rest).
 fn per_pattern(count: usize) -> LaunchConfig {
+    blocks(count as u64)
+}
+
+/// `n` blocks of the crop kernels' threads.
+fn blocks(n: u64) -> LaunchConfig {
     LaunchConfig {
-        grid_dim: (count.clamp(1, i32::MAX as usize) as u32, 1, 1),
+        grid_dim: (n.clamp(1, i32::MAX as u64) as u32, 1, 1),
         block_dim: (THREADS, 1, 1),
         shared_mem_bytes: 0,
     }
+}
+
+/// The analysis of `count` patterns of `pattern_bytes` on `gpu`: as many in flight as half
+/// its L2 holds (device::analysis_blocks).
+fn analysis_config(gpu: &Gpu, count: usize, pattern_bytes: usize) -> LaunchConfig {
+    blocks(analysis_blocks(
+        count as u64,
+        pattern_bytes as u64,
+        gpu.l2_bytes(),
+        gpu.multiprocessors(),
+    ))
 }
 
 impl CropGpu {
@@ -126,7 +142,7 @@ impl CropGpu {
             b.arg(geom).arg(&patterns).arg(&mut records).arg(&n);
             // SAFETY: the arguments match crop.cu's crop_analyse_*; `patterns` holds `count`
             // patterns of geom.h x geom.w and `records` one record each.
-            unsafe { b.launch(per_pattern(count)) }
+            unsafe { b.launch(analysis_config(gpu, count, hw * size_of::<T>())) }
                 .map(|_| ())
                 .map_err(launch_error("crop analysis kernel"))
         })?;
@@ -267,7 +283,7 @@ pub fn bench_analyse(
         let mut b = s.launch_builder(&kernel);
         b.arg(&geom).arg(&patterns).arg(&mut records).arg(&n);
         // SAFETY: as in CropGpu::records.
-        unsafe { b.launch(per_pattern(count)) }
+        unsafe { b.launch(analysis_config(gpu, count, h * w * 4)) }
             .map(|_| ())
             .map_err(launch_error("crop analysis kernel"))
     })?;

@@ -39,6 +39,18 @@ unsafe impl crate::gpu::cuda::DeviceRepr for CropGeom {}
 // SAFETY: as above.
 unsafe impl crate::gpu::cuda::DeviceRepr for CropRecord {}
 
+/// Blocks of the analysis kernel for `count` patterns of `pattern_bytes`: the kernel reads
+/// each pattern four times (extremes, sums, histogram, crossing bin), so the patterns in flight
+/// are bounded by half the L2 cache, that those re-reads hit it rather than DRAM; but at least
+/// one block per multiprocessor, and at most one per pattern (blocks stride over the rest).
+pub fn analysis_blocks(count: u64, pattern_bytes: u64, l2_bytes: u64, multiprocessors: u64) -> u64 {
+    let in_l2 = l2_bytes / 2 / pattern_bytes.max(1);
+    in_l2
+        .max(multiprocessors)
+        .min(count)
+        .clamp(1, i32::MAX as u64)
+}
+
 impl CropGeom {
     /// The geometry of (h, w) patterns analysed with `method` (and `manual`) for `target`.
     pub fn new(
@@ -89,5 +101,21 @@ impl CropRecord {
             scale: self.scale as i32,
             total_q: self.total_q,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::analysis_blocks;
+
+    #[test]
+    fn patterns_in_flight_fit_half_the_l2_but_fill_every_multiprocessor() {
+        // H100: 50 MiB L2, 132 SMs. 256 KiB patterns: 100 fit half the L2, but 132 SMs.
+        assert_eq!(analysis_blocks(10_000, 256 << 10, 50 << 20, 132), 132);
+        // 16 KiB patterns: 1600 fit half the L2.
+        assert_eq!(analysis_blocks(10_000, 16 << 10, 50 << 20, 132), 1600);
+        // Fewer patterns than that: one block each.
+        assert_eq!(analysis_blocks(7, 16 << 10, 50 << 20, 132), 7);
+        assert_eq!(analysis_blocks(0, 0, 1, 1), 1);
     }
 }

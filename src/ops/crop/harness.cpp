@@ -15,8 +15,8 @@ static void host_analyse(const CropGeom* gp, const T* patterns, CropRecord* reco
                          i64 n) {
     const CropGeom& g = *gp;
     const i64 hw = g.h * g.w;
-    std::vector<double> hist(TESSERA_CROP_BINS), cand_d(TESSERA_CROP_CAP),
-        cand_q(TESSERA_CROP_CAP);
+    std::vector<u64> hist(TESSERA_CROP_BINS);
+    std::vector<double> cand_d(TESSERA_CROP_CAP), cand_q(TESSERA_CROP_CAP);
     for (i64 pat = 0; pat < count; pat++) {
         const T* p = patterns + pat * hw;
         double most = 0.0;
@@ -45,7 +45,7 @@ static void host_analyse(const CropGeom* gp, const T* patterns, CropRecord* reco
         if (r.kind == 0.0 && !any_negative) {
             const double scale = crop_bin_scale(g, r.cy, r.cx);
             const double goal = ceil(g.target * sq);
-            for (double& b : hist) b = 0.0;
+            for (u64& b : hist) b = 0;
             for (i64 t = 0; t < n; t++)
                 crop_hist_part<T>(g, p, fixed, r.cy, r.cx, scale, t, n, hist.data());
             double below;
@@ -79,11 +79,13 @@ static void host_window(const CropGeom* g, i64 side_h, i64 side_w, const T* patt
                         const i64* starts, const int* scales, T* out, double* kept, i64 count) {
     const i64 hw = g->h * g->w, side = side_h * side_w;
     for (i64 pat = 0; pat < count; pat++) {
+        // An odd number of threads, so that rows and the stride do not line up.
+        const i64 threads = 7;
         double sum = 0.0;
-        for (i64 e = 0; e < side; e++) {
-            sum += crop_window_voxel<T>(*g, side_w, starts[2 * pat], starts[2 * pat + 1],
-                                        crop_fixed(scales[pat]), patterns + pat * hw,
-                                        out + pat * side, e);
+        for (i64 t = 0; t < threads; t++) {
+            sum += crop_window_part<T>(*g, side_h, side_w, starts[2 * pat], starts[2 * pat + 1],
+                                       crop_fixed(scales[pat]), patterns + pat * hw,
+                                       out + pat * side, t, threads);
         }
         kept[pat] = sum;
     }
