@@ -8,12 +8,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use cudarc::driver::{
-    sys, CudaContext, CudaEvent, CudaModule, DevicePtr, DevicePtrMut, DriverError, HostSlice,
-};
 pub use cudarc::driver::{
-    CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchArgs, LaunchConfig, PinnedHostSlice,
-    PushKernelArg,
+    sys, CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchArgs, LaunchConfig,
+    PinnedHostSlice, PushKernelArg,
+};
+use cudarc::driver::{
+    CudaContext, CudaEvent, CudaModule, DevicePtr, DevicePtrMut, DriverError, HostSlice,
 };
 use cudarc::nvrtc::{CompileError, CompileOptions, Ptx};
 use ndarray::{ArrayD, IxDyn};
@@ -306,6 +306,7 @@ pub struct Gpu {
     /// The device's L2 cache and multiprocessors, for kernels that size their grids by them.
     l2_bytes: u64,
     multiprocessors: u64,
+    shared_per_block_optin: u64,
     template: DeviceReport,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     phases: Mutex<Phases>,
@@ -388,6 +389,9 @@ impl Gpu {
         let l2_bytes = attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE);
         let multiprocessors =
             attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT);
+        let shared_per_block_optin = attribute(
+            sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+        );
         let copy = ctx.new_stream().map_err(|e| driver_error("stream", e))?;
         let compute = ctx.new_stream().map_err(|e| driver_error("stream", e))?;
         Ok(Arc::new(Gpu {
@@ -405,6 +409,7 @@ impl Gpu {
             memory_limit,
             l2_bytes,
             multiprocessors,
+            shared_per_block_optin,
             modules: Mutex::new(HashMap::new()),
             phases: Mutex::new(Phases::default()),
             pending: Mutex::new(Vec::new()),
@@ -415,6 +420,11 @@ impl Gpu {
     /// The device's L2 cache, bytes (1 where the driver does not say).
     pub fn l2_bytes(&self) -> u64 {
         self.l2_bytes
+    }
+
+    /// The most shared memory a block may have when its kernel opts in, bytes.
+    pub fn shared_per_block_optin(&self) -> u64 {
+        self.shared_per_block_optin
     }
 
     /// The device's streaming multiprocessors (1 where the driver does not say).

@@ -10,7 +10,8 @@ use super::debevec::{self, WeightType};
 use super::{Image, Merged};
 use crate::error::{Error, Result};
 use crate::gpu::cuda::{
-    launch_config, launch_error, CudaSlice, DeviceRepr, Gpu, Phase, PinnedHostSlice, PushKernelArg,
+    launch_error, sys, CudaFunction, CudaSlice, DeviceRepr, Gpu, LaunchConfig, Phase,
+    PinnedHostSlice, PushKernelArg,
 };
 use crate::gpu::kernels;
 
@@ -32,6 +33,92 @@ pub fn tables(ln_t: &[f64], g: &[Vec<f64>], kind: WeightType) -> (Vec<f32>, Vec<
         fallback.extend(debevec::single_exposure(gk, ln_t[ln_t.len() - 1]));
     }
     (tables, fallback)
+}
+
+/// Pixels merged by one thread (TESSERA_DEBEVEC_RUN in debevec.cuh).
+const RUN: u64 = 4;
+/// Threads per block of the merge.
+const THREADS: u32 = 256;
+/// Shared memory every CUDA device gives a block without opting in.
+const DEFAULT_SHARED: u64 = 48 << 10;
+
+/// The merge's launch: blocks, and the table floats copied into shared memory (0: the tables
+/// are read where they are).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MergeLaunch {
+    pub blocks: u32,
+    pub shared_floats: u64,
+}
+
+/// The launch for `pixels` pixels of `channels` x `exposures` tables, on a device with
+/// `multiprocessors` SMs that lets a block have `shared_limit` bytes of shared memory. Tables
+/// that fit are copied into shared memory by each block, so the blocks are then few (4 per
+/// SM, striding over the pixels) for that copy to be small beside the pixels' bytes.
+pub fn merge_launch(
+    pixels: u64,
+    channels: u64,
+    exposures: u64,
+    multiprocessors: u64,
+    shared_limit: u64,
+) -> MergeLaunch {
+    let floats = channels * exposures * 256 * 2;
+    let needed = pixels.div_ceil(RUN).div_ceil(u64::from(THREADS)).max(1);
+    if floats * 4 <= shared_limit {
+        MergeLaunch {
+            blocks: needed.min(4 * multiprocessors.max(1)) as u32,
+            shared_floats: floats,
+        }
+    } else {
+        MergeLaunch {
+            blocks: needed.min(1 << 20) as u32,
+            shared_floats: 0,
+        }
+    }
+}
+
+impl MergeLaunch {
+    fn config(&self) -> LaunchConfig {
+        LaunchConfig {
+            grid_dim: (self.blocks, 1, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: (self.shared_floats * 4) as u32,
+        }
+    }
+}
+
+/// The launch of `kernel` for a merge on `gpu`; asks the driver for more than the default
+/// shared memory where the tables need it and the device allows it (else the tables stay in
+/// global memory: the same results).
+fn prepared_launch(gpu: &Gpu, kernel: &CudaFunction, geom: &MergeGeom) -> MergeLaunch {
+    let needed = (geom.channels * geom.exposures) as u64 * 256 * 2 * 4;
+    let mut limit = DEFAULT_SHARED;
+    if needed > DEFAULT_SHARED && needed <= gpu.shared_per_block_optin() {
+        let attribute = sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+        if kernel.set_attribute(attribute, needed as i32).is_ok() {
+            limit = needed;
+        }
+    }
+    merge_launch(
+        geom.pixels as u64,
+        geom.channels as u64,
+        geom.exposures as u64,
+        gpu.multiprocessors(),
+        limit,
+    )
+}
+
+/// Pixels per band: what two bands in flight fit in the device share (`per_pixel` bytes each),
+/// but at most a quarter of the image (so that sending one band overlaps merging another),
+/// at least 1 Mi pixels (launches worth their overhead), a multiple of 4 (whole words).
+pub fn band_pixels(pixels: u64, per_pixel: u64, memory: u64) -> u64 {
+    let fits = (memory / 2) / per_pixel.max(1);
+    let quarter = pixels.div_ceil(4).max(1 << 20);
+    let band = fits.min(quarter).min(pixels);
+    if band >= 4 && band < pixels {
+        band / 4 * 4
+    } else {
+        band
+    }
 }
 
 /// A band in flight: its pixels, the pinned buffer its radiance comes back into, its count.
@@ -74,7 +161,7 @@ impl DebevecGpu {
         let kernel = gpu.function(&kernels::DEBEVEC, "debevec_merge")?;
         // Per pixel: e * c bytes in, 4 c bytes out; two bands in flight.
         let per_pixel = (e * c + 4 * c) as u64;
-        let band = ((gpu.memory_limit() / 2) / per_pixel).min(n as u64) as usize;
+        let band = band_pixels(n as u64, per_pixel, gpu.memory_limit()) as usize;
         if band < w.min(n) {
             return Err(Error::parameter(
                 "gpu-memory-limit",
@@ -112,6 +199,8 @@ impl DebevecGpu {
                 channels: c as i64,
                 exposures: e as i64,
             };
+            let launch = prepared_launch(gpu, &kernel, &geom);
+            let shared = launch.shared_floats as i64;
             gpu.inputs_sent()?;
             gpu.timed(Phase::Kernel, 0, s, || {
                 let mut b = s.launch_builder(&kernel);
@@ -120,10 +209,12 @@ impl DebevecGpu {
                     .arg(&dev_tables)
                     .arg(&dev_fallback)
                     .arg(&mut out)
-                    .arg(&mut count);
+                    .arg(&mut count)
+                    .arg(&shared);
                 // SAFETY: arguments match debevec.cu; planes hold e x c x m values, the tables
-                // c x e x 256 pairs, the fallbacks c x 2 x 256, out m x c floats.
-                unsafe { b.launch(launch_config(m as u64)) }
+                // c x e x 256 pairs (shared_floats of them fit the block's shared memory), the
+                // fallbacks c x 2 x 256, out m x c floats.
+                unsafe { b.launch(launch.config()) }
                     .map(|_| ())
                     .map_err(launch_error("Debevec kernel"))
             })?;
@@ -204,6 +295,8 @@ pub fn bench_debevec(
         channels: c as i64,
         exposures: e as i64,
     };
+    let launch = prepared_launch(gpu, &kernel, &geom);
+    let shared = launch.shared_floats as i64;
     let seconds = gpu.kernel_seconds(repeats, || {
         let mut b = s.launch_builder(&kernel);
         b.arg(&geom)
@@ -211,9 +304,10 @@ pub fn bench_debevec(
             .arg(&dev_tables)
             .arg(&dev_fallback)
             .arg(&mut out)
-            .arg(&mut count);
+            .arg(&mut count)
+            .arg(&shared);
         // SAFETY: as in DebevecGpu::merge, for the whole bracket.
-        unsafe { b.launch(launch_config(n as u64)) }
+        unsafe { b.launch(launch.config()) }
             .map(|_| ())
             .map_err(launch_error("Debevec kernel"))
     })?;
@@ -226,6 +320,40 @@ pub fn bench_debevec(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tables_go_to_shared_memory_when_they_fit() {
+        // 3 channels x 7 exposures: 42 KiB of tables, within 48 KiB; 4 blocks per SM.
+        let l = merge_launch(64 << 20, 3, 7, 132, DEFAULT_SHARED);
+        assert_eq!(
+            l,
+            MergeLaunch {
+                blocks: 528,
+                shared_floats: 3 * 7 * 512
+            }
+        );
+        // 3 x 15 (90 KiB) without opting in: global tables, a block per 1024 pixels.
+        let l = merge_launch(1 << 20, 3, 15, 132, DEFAULT_SHARED);
+        assert_eq!(
+            l,
+            MergeLaunch {
+                blocks: 1024,
+                shared_floats: 0
+            }
+        );
+        // A tiny image: one block.
+        assert_eq!(merge_launch(3, 1, 2, 132, DEFAULT_SHARED).blocks, 1);
+    }
+
+    #[test]
+    fn bands_overlap_and_hold_whole_words() {
+        // Plenty of memory: a quarter of a 64 Mi-pixel image per band.
+        assert_eq!(band_pixels(64 << 20, 60, 1 << 36), 16 << 20);
+        // Small images are one band.
+        assert_eq!(band_pixels(1000, 60, 1 << 36), 1000);
+        // Memory-bound: what fits, rounded down to whole words.
+        assert_eq!(band_pixels(64 << 20, 60, 2 * 60 * 1_000_003), 1_000_000);
+    }
 
     #[test]
     fn tables_are_laid_out_channel_exposure_value() {

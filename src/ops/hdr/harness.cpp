@@ -1,5 +1,5 @@
 // Host harness of the Debevec merge kernel (build.rs compiles it with the `cc` crate): runs a
-// whole launch grid on the CPU, one call of debevec_pixel per pixel, in index order.
+// whole launch grid on the CPU, one call of debevec_run per run of pixels, in index order.
 // src/gpu/harness.rs compares the results bit for bit with debevec.rs. Compiled with
 // -ffp-contract=off and no fast-math, as the device code is with --fmad=false.
 #include <cmath>
@@ -9,9 +9,10 @@
 
 extern "C" u64 tessera_host_debevec(const MergeGeom* g, const u8* planes, const float* tables,
                                     const float* fallback, float* out) {
+    // Every run of the launch, in index order.
     u64 unusable = 0;
-    for (i64 i = 0; i < g->pixels; i++) {
-        unusable += debevec_pixel(*g, planes, tables, fallback, out, i);
+    for (i64 i0 = 0; i0 < g->pixels; i0 += TESSERA_DEBEVEC_RUN) {
+        unusable += debevec_run(*g, planes, tables, fallback, out, i0);
     }
     return unusable;
 }
