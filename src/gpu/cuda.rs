@@ -277,6 +277,21 @@ struct Phases {
     d2h_seconds: f64,
     d2h_bytes: u64,
     compile_seconds: f64,
+    read_seconds: f64,
+    stage_seconds: f64,
+    wait_seconds: f64,
+    unpack_seconds: f64,
+}
+
+/// A host phase of the GPU path, timed by the wall clock ([`Gpu::host_timed`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostPhase {
+    /// Reading and decoding a unit's input on the host.
+    Read,
+    /// Copying it into pinned buffers for the device.
+    Stage,
+    /// Copying results out of pinned buffers into the unit's output.
+    Unpack,
 }
 
 /// A device phase being timed: events recorded around it, read once the work is done.
@@ -342,6 +357,7 @@ impl Gpu {
         local_size: usize,
         memory_flag: Option<&str>,
     ) -> Result<Arc<Gpu>> {
+        let started = std::time::Instant::now();
         if !driver_present() {
             return Err(Error::gpu(
                 "no CUDA driver (libcuda.so.1 not found): this machine has no usable NVIDIA GPU",
@@ -401,6 +417,7 @@ impl Gpu {
                 uuid,
                 compute_capability: format!("{major}.{minor}"),
                 memory_limit,
+                open_seconds: started.elapsed().as_secs_f64(),
                 ..Default::default()
             },
             ctx,
@@ -454,8 +471,43 @@ impl Gpu {
             d2h_seconds: p.d2h_seconds,
             d2h_bytes: p.d2h_bytes,
             compile_seconds: p.compile_seconds,
+            read_seconds: p.read_seconds,
+            stage_seconds: p.stage_seconds,
+            wait_seconds: p.wait_seconds,
+            unpack_seconds: p.unpack_seconds,
             ..self.template.clone()
         }
+    }
+
+    /// Runs `work` on the host, adding its wall-clock seconds to `phase` of the report.
+    pub fn host_timed<R>(&self, phase: HostPhase, work: impl FnOnce() -> R) -> R {
+        let t = std::time::Instant::now();
+        let out = work();
+        self.add_host_seconds(phase, t.elapsed().as_secs_f64());
+        out
+    }
+
+    /// Adds `seconds` of host work, timed by the caller, to `phase` of the report.
+    pub fn add_host_seconds(&self, phase: HostPhase, seconds: f64) {
+        let mut p = self.phases.lock().expect("phases");
+        match phase {
+            HostPhase::Read => p.read_seconds += seconds,
+            HostPhase::Stage => p.stage_seconds += seconds,
+            HostPhase::Unpack => p.unpack_seconds += seconds,
+        }
+    }
+
+    /// Waits for everything enqueued on `stream`, counted as waiting for the device.
+    ///
+    /// # Errors
+    /// A failed kernel or copy.
+    pub fn wait(&self, stream: &Arc<CudaStream>) -> Result<()> {
+        let t = std::time::Instant::now();
+        stream
+            .synchronize()
+            .map_err(launch_error("waiting for the device"))?;
+        self.phases.lock().expect("phases").wait_seconds += t.elapsed().as_secs_f64();
+        Ok(())
     }
 
     /// The stream host-to-device copies go on.
@@ -701,7 +753,8 @@ impl Gpu {
     /// Pinned or device memory, the driver's.
     pub fn stage(&self, len: usize, fill: impl FnOnce(&mut [u8])) -> Result<CudaSlice<u8>> {
         let mut pin = self.pinned(len)?;
-        fill(&mut pin.as_mut_slice().map_err(launch_error("pinned buffer"))?[..len]);
+        let host = pin.as_mut_slice().map_err(launch_error("pinned buffer"))?;
+        self.host_timed(HostPhase::Stage, || fill(&mut host[..len]));
         let mut dev = self.alloc::<u8>(&self.copy, len)?;
         self.send(&pin, len, &mut dev)?;
         self.give_back(pin);
@@ -770,11 +823,15 @@ impl Gpu {
     /// A failed kernel or copy (reported when its events complete).
     pub fn settle(&self) -> Result<()> {
         let pending = std::mem::take(&mut *self.pending.lock().expect("pending"));
-        let mut phases = self.phases.lock().expect("phases");
-        for p in pending {
+        let waiting = std::time::Instant::now();
+        for p in &pending {
             p.stop
                 .synchronize()
                 .map_err(|e| driver_error("waiting for the device", e))?;
+        }
+        let mut phases = self.phases.lock().expect("phases");
+        phases.wait_seconds += waiting.elapsed().as_secs_f64();
+        for p in pending {
             let seconds = f64::from(
                 p.start
                     .elapsed_ms(&p.stop)

@@ -105,6 +105,20 @@ pub struct DeviceReport {
     pub d2h_bytes: u64,
     /// NVRTC compilation of this rank's kernels (once per process), seconds.
     pub compile_seconds: f64,
+    /// Start-up: opening the device (driver, context, streams), seconds.
+    #[serde(default)]
+    pub open_seconds: f64,
+    /// Host phases of the GPU path (wall clock): reading and decoding inputs, copying them
+    /// into pinned buffers, waiting for the device's work, copying results out of pinned
+    /// buffers; seconds.
+    #[serde(default)]
+    pub read_seconds: f64,
+    #[serde(default)]
+    pub stage_seconds: f64,
+    #[serde(default)]
+    pub wait_seconds: f64,
+    #[serde(default)]
+    pub unpack_seconds: f64,
 }
 
 impl DeviceReport {

@@ -13,7 +13,7 @@ use super::device::{analysis_blocks, CropGeom, CropRecord};
 use super::kernel::{self, Analysis, CentreMethod};
 use crate::error::{Error, Result};
 use crate::gpu::cuda::{
-    launch_error, type_suffix, CudaSlice, Gpu, LaunchConfig, Phase, PushKernelArg,
+    launch_error, type_suffix, CudaSlice, Gpu, HostPhase, LaunchConfig, Phase, PushKernelArg,
 };
 use crate::gpu::kernels;
 use crate::io::Element;
@@ -251,8 +251,8 @@ impl CropGpu {
             .map_err(launch_error("copy from the device"))?;
         gpu.settle()?;
         let dst_bytes: &mut [u8] = bytemuck::cast_slice_mut(dst);
-        dst_bytes
-            .copy_from_slice(&host.as_slice().map_err(launch_error("pinned buffer"))?[..bytes]);
+        let src = &host.as_slice().map_err(launch_error("pinned buffer"))?[..bytes];
+        gpu.host_timed(HostPhase::Unpack, || dst_bytes.copy_from_slice(src));
         gpu.give_back(host);
         Ok(sums)
     }

@@ -10,7 +10,7 @@ use super::debevec::{self, WeightType};
 use super::{Image, Merged};
 use crate::error::{Error, Result};
 use crate::gpu::cuda::{
-    launch_error, sys, CudaFunction, CudaSlice, DeviceRepr, Gpu, LaunchConfig, Phase,
+    launch_error, sys, CudaFunction, CudaSlice, DeviceRepr, Gpu, HostPhase, LaunchConfig, Phase,
     PinnedHostSlice, PushKernelArg,
 };
 use crate::gpu::kernels;
@@ -180,15 +180,15 @@ impl DebevecGpu {
             let m = i1 - i0;
             // Gather (exposure, channel, pixel) planes of the band into pinned memory.
             let mut pin = gpu.pinned(e * c * m)?;
-            {
-                let dst = pin.as_mut_slice().map_err(launch_error("pinned buffer"))?;
+            let dst = pin.as_mut_slice().map_err(launch_error("pinned buffer"))?;
+            gpu.host_timed(HostPhase::Stage, || {
                 for (j, img) in images.iter().enumerate() {
                     for k in 0..c {
                         let at = (j * c + k) * m;
                         dst[at..at + m].copy_from_slice(&img.plane_u8(k)[i0..i1]);
                     }
                 }
-            }
+            });
             let mut planes = gpu.alloc::<u8>(gpu.copy_stream(), e * c * m)?;
             gpu.send(&pin, e * c * m, &mut planes)?;
             gpu.give_back(pin);
@@ -252,7 +252,9 @@ impl DebevecGpu {
         let m = done.pixels.end - done.pixels.start;
         let bytes = &done.out.as_slice().map_err(launch_error("pinned buffer"))?[..4 * c * m];
         let dst = &mut data[done.pixels.start * c..done.pixels.end * c];
-        dst.copy_from_slice(&bytemuck::pod_collect_to_vec::<u8, f32>(bytes));
+        self.gpu.host_timed(HostPhase::Unpack, || {
+            dst.copy_from_slice(&bytemuck::pod_collect_to_vec::<u8, f32>(bytes))
+        });
         self.gpu.give_back(done.out);
         Ok(count)
     }

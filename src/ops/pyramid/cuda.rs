@@ -17,7 +17,7 @@ use super::{
 use crate::error::{Error, Result};
 use crate::gpu::cuda::{
     block_from_bytes, launch_config, launch_error, type_suffix, write_block_bytes, CudaFunction,
-    CudaSlice, Gpu, LaunchArgs, Phase, PushKernelArg,
+    CudaSlice, Gpu, HostPhase, LaunchArgs, Phase, PushKernelArg,
 };
 use crate::gpu::kernels;
 use crate::grid::Region;
@@ -70,6 +70,11 @@ impl PyramidGpu {
     ///
     /// # Errors
     /// Device failures (memory, a failed launch or copy).
+    /// Counts `seconds` of reading a unit's source as the GPU path's read phase.
+    pub(super) fn note_read(&self, seconds: f64) {
+        self.gpu.add_host_seconds(HostPhase::Read, seconds);
+    }
+
     pub(super) fn build(
         &self,
         p: Levels<'_>,
@@ -292,17 +297,18 @@ impl PyramidGpu {
             let host = gpu.receive(s, &f.data, len)?;
             copies.push((f, host));
         }
-        s.synchronize()
-            .map_err(launch_error("waiting for the device"))?;
+        gpu.wait(s)?;
         gpu.settle()?;
         for (f, host) in copies {
             let shape: Vec<usize> = extents(&f.computed).iter().map(|&d| d as usize).collect();
             let len = f.data.len();
             let bytes = &host.as_slice().map_err(launch_error("pinned buffer"))?[..len];
-            let computed = block_from_bytes(f.dtype, &shape, bytes);
+            let block = gpu.host_timed(HostPhase::Unpack, || {
+                let computed = block_from_bytes(f.dtype, &shape, bytes);
+                crate::with_block!(computed, a =>
+                    Element::into_block(take_block(a, &f.computed, &f.block)))
+            });
             gpu.give_back(host);
-            let block = crate::with_block!(computed, a =>
-                Element::into_block(take_block(a, &f.computed, &f.block)));
             out.push((f.target, ranges_of(&f.block), block));
         }
         Ok(())

@@ -317,6 +317,24 @@ impl PyramidOp {
         self.shapes.len()
     }
 
+    /// A unit's levels from its source box, on the rank's GPU when it has one (counting the
+    /// `read` seconds as the GPU path's reading) or on its CPU threads.
+    fn build_levels(
+        &self,
+        block: Block,
+        st: &Stage,
+        u: &UnitPlan,
+        read: f64,
+    ) -> Result<Vec<(usize, Region, Block)>> {
+        #[cfg(feature = "cuda")]
+        if let Some(gpu) = &self.gpu {
+            gpu.note_read(read);
+            return gpu.build(self.levels_of(), block, st, u);
+        }
+        let _ = read;
+        crate::with_block!(block, a => self.levels_of().build(a, st, u))
+    }
+
     /// The pyramid's shape, for building units.
     fn levels_of(&self) -> Levels<'_> {
         Levels {
@@ -1347,11 +1365,7 @@ impl Operation for PyramidOp {
         };
         let read = t.elapsed().as_secs_f64();
         let t = std::time::Instant::now();
-        #[cfg(feature = "cuda")]
-        if let Some(gpu) = &self.gpu {
-            return gpu.build(self.levels_of(), block, st, &u);
-        }
-        let out = crate::with_block!(block, a => self.levels_of().build(a, st, &u))?;
+        let out = self.build_levels(block, st, &u, read)?;
         tracing::debug!(
             "pyramid unit {unit}: read {read:.3} s, levels built in {:.3} s",
             t.elapsed().as_secs_f64()

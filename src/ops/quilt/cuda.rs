@@ -18,8 +18,8 @@ use super::device::{
 };
 use crate::error::{Error, Result};
 use crate::gpu::cuda::{
-    block_from_bytes, launch_error, write_block_bytes, CudaSlice, Gpu, LaunchConfig, Phase,
-    PinnedHostSlice, PushKernelArg,
+    block_from_bytes, launch_error, write_block_bytes, CudaSlice, Gpu, HostPhase, LaunchConfig,
+    Phase, PinnedHostSlice, PushKernelArg,
 };
 use crate::gpu::kernels;
 use crate::grid::windows::WindowGrid;
@@ -45,6 +45,7 @@ fn upload(gpu: &Gpu, pinned: &PinnedHostSlice<u8>, len: usize) -> Result<CudaSli
 /// Reads patches `range` (of the patch array) in batches into `pinned` as `as_type` (f32 or
 /// f64, C order, one after the other).
 fn read_patches(
+    gpu: &Gpu,
     reader: &dyn ArrayReader,
     range: Range<u64>,
     batch: u64,
@@ -59,8 +60,9 @@ fn read_patches(
         let end = (m + batch.max(1)).min(range.end);
         region.start[0] = m;
         region.shape[0] = end - m;
-        let block = reader.read_box(&region)?;
+        let block = gpu.host_timed(HostPhase::Read, || reader.read_box(&region))?;
         check(&block, m)?;
+        let staging = std::time::Instant::now();
         // Into the pinned buffer directly (f32 as read; every other type as f64, as the CPU
         // path accumulates it).
         let mut put = |src: &[u8]| {
@@ -84,6 +86,7 @@ fn read_patches(
                 }
             }
         }
+        gpu.add_host_seconds(HostPhase::Stage, staging.elapsed().as_secs_f64());
         m = end;
     }
     Ok(at)
@@ -284,10 +287,17 @@ impl StitchGpu {
                 ),
             }
         };
+        let (mean, std, weights) = self.gpu.host_timed(HostPhase::Unpack, || {
+            (
+                block(mean, &shape),
+                std.map(|s| block(s, &shape)),
+                wsum.map(|w| block(w, &wshape)),
+            )
+        });
         Ok(Stitched {
-            mean: block(mean, &shape),
-            std: std.map(|s| block(s, &shape)),
-            weights: wsum.map(|w| block(w, &wshape)),
+            mean,
+            std,
+            weights,
             left_out,
             bytes_read,
         })
@@ -323,9 +333,15 @@ impl StitchGpu {
             let pin = staging[turn].as_mut().expect("both buffers are held");
             // Waits only for this buffer's own previous send (two batches ago).
             let host = pin.as_mut_slice().map_err(launch_error("pinned buffer"))?;
-            let len = read_patches(reader, m..end, self.batch, as_type, host, |b, first| {
-                self.limits.check(b, first, variances)
-            })?;
+            let len = read_patches(
+                &self.gpu,
+                reader,
+                m..end,
+                self.batch,
+                as_type,
+                host,
+                |b, first| self.limits.check(b, first, variances),
+            )?;
             let at = (m - range.start) as usize * patch;
             gpu.send(pin, len, &mut dev.slice_mut(at..at + len))?;
             m = end;
@@ -437,7 +453,9 @@ impl StitchGpu {
                 continue;
             };
             let src = &host.as_slice().map_err(launch_error("pinned buffer"))?[..len];
-            scatter_rows(src, dst, channels, (prow, nrows, skip), row_bytes);
+            self.gpu.host_timed(HostPhase::Unpack, || {
+                scatter_rows(src, dst, channels, (prow, nrows, skip), row_bytes)
+            });
             self.gpu.give_back(host);
         }
         Ok(left)
@@ -532,12 +550,11 @@ impl UnstitchGpu {
             start.extend(&lo);
             let mut shape = vec![1, self.channels];
             shape.extend(&box_shape);
-            let block = input.read_box(&Region { start, shape })?;
+            let block =
+                gpu.host_timed(HostPhase::Read, || input.read_box(&Region { start, shape }))?;
             let mut pin = gpu.pinned(box_bytes as usize)?;
-            let len = write_block_bytes(
-                &block,
-                pin.as_mut_slice().map_err(launch_error("pinned buffer"))?,
-            );
+            let host = pin.as_mut_slice().map_err(launch_error("pinned buffer"))?;
+            let len = gpu.host_timed(HostPhase::Stage, || write_block_bytes(&block, host));
             let dev_box = upload(gpu, &pin, len)?;
             gpu.give_back(pin);
             let (geom, starts) =
@@ -559,7 +576,8 @@ impl UnstitchGpu {
             })?;
         }
         let host = gpu.receive(s, &out, total)?;
-        let bytes = host.as_slice().map_err(launch_error("pinned buffer"))?[..total].to_vec();
+        let pinned = &host.as_slice().map_err(launch_error("pinned buffer"))?[..total];
+        let bytes = gpu.host_timed(HostPhase::Unpack, || pinned.to_vec());
         gpu.give_back(host);
         gpu.settle()?;
         Ok(bytes)
