@@ -12,7 +12,8 @@ use std::sync::Arc;
 use super::device::{diff_geom, gaussian_passes, upsample_passes, AxisPass, ReduceGeom};
 use super::kernel::Method;
 use super::{
-    extents, laplacian_source, push_level0, ranges_of, take_block, Levels, Stage, UnitPlan,
+    check_laplacian_range, extents, laplacian_source, push_level0, ranges_of, take_block, Levels,
+    Stage, UnitPlan,
 };
 use crate::error::{Error, Result};
 use crate::gpu::cuda::{
@@ -82,8 +83,13 @@ impl PyramidGpu {
         st: &Stage,
         u: &UnitPlan,
     ) -> Result<Vec<(usize, Region, Block)>> {
-        let level0 = match p.method {
-            Method::Laplacian => self.send(&Block::F32(
+        let level0 = match (p.method, &source) {
+            // f32 is the Laplacian's type already: checked, then sent as read.
+            (Method::Laplacian, Block::F32(a)) => {
+                check_laplacian_range(a, &u.needed_start(0))?;
+                self.send(&source)?
+            }
+            (Method::Laplacian, _) => self.send(&Block::F32(
                 crate::with_block!(&source, a => laplacian_source(a, &u.needed_start(0)))?,
             ))?,
             _ => self.send(&source)?,

@@ -221,7 +221,18 @@ fn crop<T: Clone>(array: &ArrayD<T>, outer: &[Range<u64>], inner: &[Range<u64>])
         let lo = (i.start - o.start) as usize;
         v.slice_axis_inplace(Axis(a), Slice::from(lo..lo + (i.end - i.start) as usize));
     }
-    v.as_standard_layout().into_owned()
+    // Row by row (whole runs of the last axis), not element by element.
+    let Some(last) = v.ndim().checked_sub(1) else {
+        return v.to_owned();
+    };
+    let mut data = Vec::with_capacity(v.len());
+    for lane in v.lanes(Axis(last)) {
+        match lane.as_slice() {
+            Some(row) => data.extend_from_slice(row),
+            None => data.extend(lane.iter().cloned()),
+        }
+    }
+    ArrayD::from_shape_vec(v.raw_dim(), data).expect("one value per voxel")
 }
 
 /// `inner` of an array covering `outer`: the array itself when they are the same box.
@@ -616,10 +627,21 @@ const LAPLACIAN_LIMIT: f64 = f32::MAX as f64 / 2.0;
 /// A finite value beyond [`LAPLACIAN_LIMIT`] (f64 data, or 64-bit integers past 1.7e38):
 /// float32 would turn it, or the difference maps around it, into an infinity.
 fn laplacian_source<T: Element>(source: &ArrayD<T>, start: &[u64]) -> Result<ArrayD<f32>> {
+    check_laplacian_range(source, start)?;
+    Ok(source.mapv(|v| v.to_f32().unwrap_or(f32::NAN)))
+}
+
+/// Refuses a source level with a finite value beyond [`LAPLACIAN_LIMIT`] (naming the first
+/// such voxel; `start`: the box's origin).
+fn check_laplacian_range<T: Element>(source: &ArrayD<T>, start: &[u64]) -> Result<()> {
     let beyond = |v: &T| {
         let x = v.to_f64().unwrap_or(f64::NAN);
         x.is_finite() && x.abs() > LAPLACIAN_LIMIT
     };
+    // The common case in one plain pass; the voxel's index only for the message.
+    if !source.iter().any(beyond) {
+        return Ok(());
+    }
     use ndarray::Dimension;
     if let Some((at, v)) = source.indexed_iter().find(|(_, v)| beyond(v)) {
         let voxel: Vec<u64> = at
@@ -639,7 +661,7 @@ fn laplacian_source<T: Element>(source: &ArrayD<T>, start: &[u64]) -> Result<Arr
             ),
         ));
     }
-    Ok(source.mapv(|v| v.to_f32().unwrap_or(f32::NAN)))
+    Ok(())
 }
 
 /// Adds a unit's level-0 block to its output when its source is level 0. Level 0 is written
