@@ -16,6 +16,73 @@ use crate::ops::pyramid::kernel::{self, input_range, Method, Source};
 
 type ReduceFn<T> = unsafe extern "C" fn(*const ReduceGeom, *const T, *mut T, i64);
 type RoundFn<T> = unsafe extern "C" fn(*const f64, *mut T, i64);
+/// A Gaussian pass over a box of I into O: geometry, first, count, at, weights, in, out.
+type PassFn<I, O> = unsafe extern "C" fn(
+    *const AxisGeom,
+    *const i64,
+    *const i64,
+    *const i64,
+    *const f64,
+    *const I,
+    *mut O,
+);
+/// The difference fused with the last upsampling pass: diff geometry, fine, pass geometry,
+/// first, count, at, weights, the pass's input, out, voxels.
+type DiffPassFn<I> = unsafe extern "C" fn(
+    *const ReduceGeom,
+    *const f32,
+    *const AxisGeom,
+    *const i64,
+    *const i64,
+    *const i64,
+    *const f64,
+    *const I,
+    *mut f32,
+    i64,
+);
+
+/// The fused Gaussian passes of one type: first (T to f64), last (f64 to T), lone (T to T).
+macro_rules! gauss_passes {
+    ($($t:ty: $gin:ident, $gout:ident, $ginout:ident;)*) => {
+        extern "C" {
+            $(
+                fn $gin(g: *const AxisGeom, first: *const i64, count: *const i64, at: *const i64,
+                        weights: *const f64, input: *const $t, out: *mut f64);
+                fn $gout(g: *const AxisGeom, first: *const i64, count: *const i64, at: *const i64,
+                         weights: *const f64, input: *const f64, out: *mut $t);
+                fn $ginout(g: *const AxisGeom, first: *const i64, count: *const i64,
+                           at: *const i64, weights: *const f64, input: *const $t, out: *mut $t);
+            )*
+        }
+        $(
+            impl GaussPasses for $t {
+                const GAUSS_IN: PassFn<$t, f64> = $gin;
+                const GAUSS_OUT: PassFn<f64, $t> = $gout;
+                const GAUSS_INOUT: PassFn<$t, $t> = $ginout;
+            }
+        )*
+    };
+}
+
+/// A type's fused Gaussian passes (reduce.cu's gauss_in_*, gauss_out_*, gauss_inout_*).
+trait GaussPasses: Sized {
+    const GAUSS_IN: PassFn<Self, f64>;
+    const GAUSS_OUT: PassFn<f64, Self>;
+    const GAUSS_INOUT: PassFn<Self, Self>;
+}
+
+gauss_passes! {
+    u8: tessera_host_gauss_in_u8, tessera_host_gauss_out_u8, tessera_host_gauss_inout_u8;
+    u16: tessera_host_gauss_in_u16, tessera_host_gauss_out_u16, tessera_host_gauss_inout_u16;
+    u32: tessera_host_gauss_in_u32, tessera_host_gauss_out_u32, tessera_host_gauss_inout_u32;
+    u64: tessera_host_gauss_in_u64, tessera_host_gauss_out_u64, tessera_host_gauss_inout_u64;
+    i8: tessera_host_gauss_in_i8, tessera_host_gauss_out_i8, tessera_host_gauss_inout_i8;
+    i16: tessera_host_gauss_in_i16, tessera_host_gauss_out_i16, tessera_host_gauss_inout_i16;
+    i32: tessera_host_gauss_in_i32, tessera_host_gauss_out_i32, tessera_host_gauss_inout_i32;
+    i64: tessera_host_gauss_in_i64, tessera_host_gauss_out_i64, tessera_host_gauss_inout_i64;
+    f32: tessera_host_gauss_in_f32, tessera_host_gauss_out_f32, tessera_host_gauss_inout_f32;
+    f64: tessera_host_gauss_in_f64, tessera_host_gauss_out_f64, tessera_host_gauss_inout_f64;
+}
 
 extern "C" {
     fn tessera_host_mean_u8(g: *const ReduceGeom, input: *const u8, out: *mut u8, n: i64);
@@ -64,6 +131,30 @@ extern "C" {
         out: *mut f32,
         n: i64,
     );
+    fn tessera_host_laplacian_diff_pass_f64(
+        g: *const ReduceGeom,
+        fine: *const f32,
+        ga: *const AxisGeom,
+        first: *const i64,
+        count: *const i64,
+        at: *const i64,
+        weights: *const f64,
+        input: *const f64,
+        out: *mut f32,
+        n: i64,
+    );
+    fn tessera_host_laplacian_diff_pass_f32(
+        g: *const ReduceGeom,
+        fine: *const f32,
+        ga: *const AxisGeom,
+        first: *const i64,
+        count: *const i64,
+        at: *const i64,
+        weights: *const f64,
+        input: *const f32,
+        out: *mut f32,
+        n: i64,
+    );
     fn tessera_host_reduce_geom_layout(out: *mut i64);
 }
 
@@ -71,7 +162,7 @@ extern "C" {
 /// that modes have ties, and the type's extremes, so that means and Gaussians meet the
 /// 128-bit sums, the saturation and the overflowing f64 sums; floats also get NaN, -0.0 and
 /// 0.0).
-trait Voxel: Element + PartialOrd {
+trait Voxel: Element + PartialOrd + GaussPasses {
     const MEAN: ReduceFn<Self>;
     const MODE: ReduceFn<Self>;
     const ROUND: RoundFn<Self>;
@@ -278,6 +369,10 @@ fn check_type<T: Voxel>(cases: u64) {
                     let want: ArrayD<T> = kernel::reduce_gaussian(&src, &case.factor, &case.out);
                     let got = host_gaussian::<T>(input, &start, &shape, &case);
                     assert_same_bits("gaussian", &got, &want, seed);
+                    let passes =
+                        gaussian_passes(&start, &shape, &case.level, &case.factor, &case.out);
+                    let fused = host_gaussian_fused::<T>(input, &passes);
+                    assert_same_bits("gaussian (fused passes)", &fused, &want, seed);
                 }
                 _ => {
                     let g = ReduceGeom::new(&start, &shape, &case.level, &case.factor, &case.out)
@@ -311,6 +406,76 @@ fn host_gaussian<T: Voxel>(input: &[T], start: &[u64], shape: &[u64], case: &Cas
     let mut out = vec![T::default(); cur.len()];
     // SAFETY: equal lengths.
     unsafe { T::ROUND(cur.as_ptr(), out.as_mut_ptr(), cur.len() as i64) };
+    out
+}
+
+/// One pass by `run` from `input` into a fresh output.
+fn host_pass<I, O: Default + Clone>(run: PassFn<I, O>, pass: &AxisPass, input: &[I]) -> Vec<O> {
+    let mut out = vec![O::default(); pass.len()];
+    // SAFETY: the tables index inside `input` (the passes' contract, checked by the CPU
+    // comparisons) and `out` holds the pass's output.
+    unsafe {
+        run(
+            &pass.geom,
+            pass.first.as_ptr(),
+            pass.count.as_ptr(),
+            pass.at.as_ptr(),
+            pass.weights.as_ptr(),
+            input.as_ptr(),
+            out.as_mut_ptr(),
+        )
+    };
+    out
+}
+
+/// The Gaussian as the GPU runs it now: the first pass reads the type, the last rounds to it
+/// (one pass: both), the others over f64; no passes: widened and rounded.
+fn host_gaussian_fused<T: Voxel>(input: &[T], passes: &[AxisPass]) -> Vec<T> {
+    match passes {
+        [] => {
+            let wide: Vec<f64> = input
+                .iter()
+                .map(|v| v.to_f64().unwrap_or(f64::NAN))
+                .collect();
+            let mut out = vec![T::default(); wide.len()];
+            // SAFETY: equal lengths.
+            unsafe { T::ROUND(wide.as_ptr(), out.as_mut_ptr(), wide.len() as i64) };
+            out
+        }
+        [only] => host_pass(T::GAUSS_INOUT, only, input),
+        [first, middle @ .., last] => {
+            let wide = host_passes(host_pass(T::GAUSS_IN, first, input), middle);
+            host_pass(T::GAUSS_OUT, last, &wide)
+        }
+    }
+}
+
+/// The difference map by `run`, the upsampling's last pass `last` reading `input`.
+fn host_diff_pass<I>(
+    run: DiffPassFn<I>,
+    g: &ReduceGeom,
+    fine: &[f32],
+    last: &AxisPass,
+    input: &[I],
+) -> Vec<f32> {
+    let mut out = vec![0f32; g.voxels() as usize];
+    assert_eq!(out.len(), last.len());
+    // SAFETY: the fine box holds the block, the tables index inside `input`, `out` holds one
+    // value per voxel of the block.
+    unsafe {
+        run(
+            g,
+            fine.as_ptr(),
+            &last.geom,
+            last.first.as_ptr(),
+            last.count.as_ptr(),
+            last.at.as_ptr(),
+            last.weights.as_ptr(),
+            input.as_ptr(),
+            out.as_mut_ptr(),
+            g.voxels(),
+        )
+    };
     out
 }
 
@@ -419,6 +584,20 @@ fn check_laplacian_diff(seed: u64) {
         )
     };
     assert_same_bits("laplacian difference", &got, &want, seed);
+    // The fused way: the last upsampling pass inside the difference, a lone pass reading the
+    // coarse f32 level itself.
+    let fine = fine.as_slice().expect("C order");
+    let coarse = coarse.as_standard_layout();
+    let coarse = coarse.as_slice().expect("C order");
+    let fused = match passes.as_slice() {
+        [only] => host_diff_pass(tessera_host_laplacian_diff_pass_f32, &g, fine, only, coarse),
+        [first, middle @ .., last] => {
+            let wide = host_passes(host_pass(f32::GAUSS_IN, first, coarse), middle);
+            host_diff_pass(tessera_host_laplacian_diff_pass_f64, &g, fine, last, &wide)
+        }
+        [] => got,
+    };
+    assert_same_bits("laplacian difference (fused)", &fused, &want, seed);
 }
 
 #[test]

@@ -18,7 +18,7 @@ use super::{
 use crate::error::{Error, Result};
 use crate::gpu::cuda::{
     block_from_bytes, launch_config, launch_error, type_suffix, write_block_bytes, CudaFunction,
-    CudaSlice, Gpu, HostPhase, LaunchArgs, Phase, PushKernelArg,
+    CudaSlice, DeviceRepr, Gpu, HostPhase, LaunchArgs, Phase, PushKernelArg,
 };
 use crate::gpu::kernels;
 use crate::grid::Region;
@@ -188,22 +188,50 @@ impl PyramidGpu {
         })
     }
 
-    /// A Gaussian level: the box as f64, the passes, rounded once to the type.
+    /// A Gaussian level: the passes in f64 from the level's own values, rounded once to the
+    /// type by the last (the first pass reads the type, the last writes it: no widened or
+    /// unrounded box of the whole level in between).
     fn gaussian(&self, prev: &Level, passes: &[AxisPass]) -> Result<Level> {
-        let wide = self.to_f64(prev)?;
-        let done = self.passes(wide, passes)?;
-        let n = done.len();
+        let t = type_suffix(prev.dtype);
         let s = self.gpu.compute_stream();
-        let mut data = self.gpu.alloc::<u8>(s, n * prev.dtype.size())?;
-        let n64 = n as i64;
-        let kernel = self.function(&format!("round_{}", type_suffix(prev.dtype)))?;
-        self.launch("pyramid rounding", n, &kernel, |b| {
-            b.arg(&done).arg(&mut data).arg(&n64);
-        })?;
+        let size = prev.dtype.size();
+        let data = match passes {
+            [] => {
+                let wide = self.to_f64(prev)?;
+                self.rounded(&wide, prev.dtype)?
+            }
+            [only] => {
+                let mut out = self.gpu.alloc::<u8>(s, only.len() * size)?;
+                self.pass(&format!("gauss_inout_{t}"), only, &prev.data, &mut out)?;
+                out
+            }
+            [first, middle @ .., last] => {
+                let mut wide = self.gpu.alloc::<f64>(s, first.len())?;
+                self.pass(&format!("gauss_in_{t}"), first, &prev.data, &mut wide)?;
+                let wide = self.passes(wide, middle)?;
+                let mut out = self.gpu.alloc::<u8>(s, last.len() * size)?;
+                self.pass(&format!("gauss_out_{t}"), last, &wide, &mut out)?;
+                out
+            }
+        };
         Ok(Level {
             data,
             dtype: prev.dtype,
         })
+    }
+
+    /// An f64 box rounded to `dtype`, as bytes.
+    fn rounded(&self, wide: &CudaSlice<f64>, dtype: DType) -> Result<CudaSlice<u8>> {
+        let n = wide.len();
+        let mut data = self
+            .gpu
+            .alloc::<u8>(self.gpu.compute_stream(), n * dtype.size())?;
+        let n64 = n as i64;
+        let kernel = self.function(&format!("round_{}", type_suffix(dtype)))?;
+        self.launch("pyramid rounding", n, &kernel, |b| {
+            b.arg(wide).arg(&mut data).arg(&n64);
+        })?;
+        Ok(data)
     }
 
     /// A level's box as f64.
@@ -219,33 +247,56 @@ impl PyramidGpu {
         Ok(wide)
     }
 
-    /// Passes of `gauss_axis` one after the other (Gaussian or upsampling).
+    /// The taps of one pass on the device: first, count, at, weights.
+    fn tap_tables(&self, pass: &AxisPass) -> Result<[CudaSlice<u8>; 4]> {
+        let s = self.gpu.compute_stream();
+        Ok([
+            self.gpu
+                .upload(s, bytemuck::cast_slice::<i64, u8>(&pass.first))?,
+            self.gpu
+                .upload(s, bytemuck::cast_slice::<i64, u8>(&pass.count))?,
+            self.gpu
+                .upload(s, bytemuck::cast_slice::<i64, u8>(&pass.at))?,
+            self.gpu
+                .upload(s, bytemuck::cast_slice::<f64, u8>(&pass.weights))?,
+        ])
+    }
+
+    /// One pass of kernel `name` (a `gauss_*` of reduce.cu) from `input` into `output`.
+    fn pass<I: DeviceRepr, O: DeviceRepr>(
+        &self,
+        name: &str,
+        pass: &AxisPass,
+        input: &CudaSlice<I>,
+        output: &mut CudaSlice<O>,
+    ) -> Result<()> {
+        let kernel = self.function(name)?;
+        let [first, count, at, weights] = self.tap_tables(pass)?;
+        self.launch("pyramid pass", pass.len(), &kernel, |b| {
+            b.arg(&pass.geom)
+                .arg(&first)
+                .arg(&count)
+                .arg(&at)
+                .arg(&weights)
+                .arg(input)
+                .arg(output);
+        })
+    }
+
+    /// Passes of `gauss_axis` one after the other (f64 to f64).
     fn passes(&self, mut cur: CudaSlice<f64>, passes: &[AxisPass]) -> Result<CudaSlice<f64>> {
-        let gpu = &self.gpu;
-        let s = gpu.compute_stream();
-        let kernel = self.function("gauss_axis")?;
+        let s = self.gpu.compute_stream();
         for pass in passes {
-            let first = gpu.upload(s, &pass.first)?;
-            let count = gpu.upload(s, &pass.count)?;
-            let at = gpu.upload(s, &pass.at)?;
-            let weights = gpu.upload(s, &pass.weights)?;
-            let mut next = gpu.alloc::<f64>(s, pass.len())?;
-            self.launch("pyramid pass", pass.len(), &kernel, |b| {
-                b.arg(&pass.geom)
-                    .arg(&first)
-                    .arg(&count)
-                    .arg(&at)
-                    .arg(&weights)
-                    .arg(&cur)
-                    .arg(&mut next);
-            })?;
+            let mut next = self.gpu.alloc::<f64>(s, pass.len())?;
+            self.pass("gauss_axis", pass, &cur, &mut next)?;
             cur = next;
         }
         Ok(cur)
     }
 
     /// The difference map of level source+j over its block: the level minus level source+j+1
-    /// upsampled, as f32 bytes.
+    /// upsampled, as f32 bytes. The upsampling's last pass is fused with the difference (and
+    /// a lone pass reads the coarser level as it is), so no f64 box of the block is stored.
     fn difference(
         &self,
         p: Levels<'_>,
@@ -263,7 +314,6 @@ impl PyramidGpu {
             p.factor,
             &u.blocks[j],
         );
-        let up = self.passes(self.to_f64(coarse)?, &passes)?;
         let g = diff_geom(
             &u.needed_start(j),
             &extents(&u.needed[j]),
@@ -272,13 +322,65 @@ impl PyramidGpu {
         )
         .ok_or_else(too_many_axes)?;
         let n = g.voxels() as usize;
-        let n64 = n as i64;
         let mut diff = self.gpu.alloc::<u8>(self.gpu.compute_stream(), n * 4)?;
-        let kernel = self.function("laplacian_diff")?;
-        self.launch("pyramid difference", n, &kernel, |b| {
-            b.arg(&g).arg(&fine.data).arg(&up).arg(&mut diff).arg(&n64);
-        })?;
+        match passes.as_slice() {
+            [only] if coarse.dtype == DType::F32 => {
+                self.diff_pass(
+                    "laplacian_diff_pass_f32",
+                    &g,
+                    fine,
+                    only,
+                    &coarse.data,
+                    &mut diff,
+                )?;
+            }
+            [first, middle @ .., last] => {
+                let c = self.gpu.compute_stream();
+                let mut wide = self.gpu.alloc::<f64>(c, first.len())?;
+                let t = type_suffix(coarse.dtype);
+                self.pass(&format!("gauss_in_{t}"), first, &coarse.data, &mut wide)?;
+                let wide = self.passes(wide, middle)?;
+                self.diff_pass("laplacian_diff_pass_f64", &g, fine, last, &wide, &mut diff)?;
+            }
+            _ => {
+                let up = self.passes(self.to_f64(coarse)?, &passes)?;
+                let n64 = n as i64;
+                let kernel = self.function("laplacian_diff")?;
+                self.launch("pyramid difference", n, &kernel, |b| {
+                    b.arg(&g).arg(&fine.data).arg(&up).arg(&mut diff).arg(&n64);
+                })?;
+            }
+        }
         Ok(diff)
+    }
+
+    /// The difference map by kernel `name`, the upsampling's last pass `last` reading `input`.
+    fn diff_pass<I: DeviceRepr>(
+        &self,
+        name: &str,
+        g: &ReduceGeom,
+        fine: &Level,
+        last: &AxisPass,
+        input: &CudaSlice<I>,
+        diff: &mut CudaSlice<u8>,
+    ) -> Result<()> {
+        let n = g.voxels() as usize;
+        debug_assert_eq!(n, last.len(), "the last pass writes the block");
+        let n64 = n as i64;
+        let kernel = self.function(name)?;
+        let [first, count, at, weights] = self.tap_tables(last)?;
+        self.launch("pyramid difference", n, &kernel, |b| {
+            b.arg(g)
+                .arg(&fine.data)
+                .arg(&last.geom)
+                .arg(&first)
+                .arg(&count)
+                .arg(&at)
+                .arg(&weights)
+                .arg(input)
+                .arg(diff)
+                .arg(&n64);
+        })
     }
 
     /// A host block on the device: through a pinned buffer on the copy stream, the compute

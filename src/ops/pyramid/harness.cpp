@@ -19,6 +19,32 @@
     }                                                                                        \
     extern "C" void tessera_host_round_##SUFFIX(const double* in, T* out, i64 n) {           \
         for (i64 e = 0; e < n; e++) out[e] = tessera_round_to<T>(in[e]);                     \
+    }                                                                                        \
+    extern "C" void tessera_host_gauss_in_##SUFFIX(const AxisGeom* g, const i64* first,      \
+                                                   const i64* count, const i64* at,          \
+                                                   const double* weights, const T* in,       \
+                                                   double* out) {                            \
+        const i64 n = g->outer * g->out_len * g->inner;                                      \
+        for (i64 e = 0; e < n; e++)                                                          \
+            out[e] = weigh_axis_voxel<T>(*g, first, count, at, weights, in, e);              \
+    }                                                                                        \
+    extern "C" void tessera_host_gauss_out_##SUFFIX(const AxisGeom* g, const i64* first,     \
+                                                    const i64* count, const i64* at,         \
+                                                    const double* weights, const double* in, \
+                                                    T* out) {                                \
+        const i64 n = g->outer * g->out_len * g->inner;                                      \
+        for (i64 e = 0; e < n; e++)                                                          \
+            out[e] = tessera_round_to<T>(                                                    \
+                weigh_axis_voxel<double>(*g, first, count, at, weights, in, e));             \
+    }                                                                                        \
+    extern "C" void tessera_host_gauss_inout_##SUFFIX(const AxisGeom* g, const i64* first,   \
+                                                      const i64* count, const i64* at,       \
+                                                      const double* weights, const T* in,    \
+                                                      T* out) {                              \
+        const i64 n = g->outer * g->out_len * g->inner;                                      \
+        for (i64 e = 0; e < n; e++)                                                          \
+            out[e] =                                                                         \
+                tessera_round_to<T>(weigh_axis_voxel<T>(*g, first, count, at, weights, in, e)); \
     }
 
 TESSERA_HOST_PYRAMID(u8, u8)
@@ -36,12 +62,31 @@ extern "C" void tessera_host_gauss_axis(const AxisGeom* g, const i64* first, con
                                         const i64* at, const double* weights, const double* in,
                                         double* out) {
     const i64 n = g->outer * g->out_len * g->inner;
-    for (i64 e = 0; e < n; e++) out[e] = weigh_axis_voxel(*g, first, count, at, weights, in, e);
+    for (i64 e = 0; e < n; e++)
+        out[e] = weigh_axis_voxel<double>(*g, first, count, at, weights, in, e);
 }
 
 extern "C" void tessera_host_laplacian_diff(const ReduceGeom* g, const float* fine,
                                             const double* up, float* out, i64 n) {
     for (i64 e = 0; e < n; e++) out[e] = laplacian_diff_voxel(*g, fine, up, e);
+}
+
+extern "C" void tessera_host_laplacian_diff_pass_f64(const ReduceGeom* g, const float* fine,
+                                                     const AxisGeom* ga, const i64* first,
+                                                     const i64* count, const i64* at,
+                                                     const double* weights, const double* in,
+                                                     float* out, i64 n) {
+    for (i64 e = 0; e < n; e++)
+        out[e] = laplacian_diff_pass_voxel<double>(*g, fine, *ga, first, count, at, weights, in, e);
+}
+
+extern "C" void tessera_host_laplacian_diff_pass_f32(const ReduceGeom* g, const float* fine,
+                                                     const AxisGeom* ga, const i64* first,
+                                                     const i64* count, const i64* at,
+                                                     const double* weights, const float* in,
+                                                     float* out, i64 n) {
+    for (i64 e = 0; e < n; e++)
+        out[e] = laplacian_diff_pass_voxel<float>(*g, fine, *ga, first, count, at, weights, in, e);
 }
 
 // The geometry structs' layout as C++ sees it: size, then every field's offset.

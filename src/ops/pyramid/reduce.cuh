@@ -353,23 +353,25 @@ struct AxisGeom {
     i64 out_len;  // the output's extent along the axis
 };
 
-// Output element e (flat, C order, shape (outer, out_len, inner)) of one Gaussian pass.
+// Output element e (flat, C order, shape (outer, out_len, inner)) of one Gaussian pass over
+// a box of I values, each read as f64 (for I = double the box of the pass before; for the
+// first pass the level's own values, which is what widening the box first would give).
+template <typename I>
 TESSERA_HD double weigh_axis_voxel(const AxisGeom& g, const i64* first, const i64* count,
-                                   const i64* at, const double* weights, const double* in,
-                                   i64 e) {
+                                   const i64* at, const double* weights, const I* in, i64 e) {
     i64 in_idx, i;
     const i64 row = tessera_divmod(e, g.inner, &in_idx);
     const i64 o = tessera_divmod(row, g.out_len, &i);
     double acc = 0.0;
     for (i64 k = 0; k < count[i]; k++) {
-        const double x = in[(o * g.in_len + first[i] + k) * g.inner + in_idx];
+        const double x = (double)in[(o * g.in_len + first[i] + k) * g.inner + in_idx];
         acc = acc + weights[at[i] + k] * x;
     }
     if (acc > TESSERA_F64_MAX || acc < -TESSERA_F64_MAX) {
         // kernel.rs' weigh_axis: halved products, doubled back.
         double half = 0.0;
         for (i64 k = 0; k < count[i]; k++) {
-            const double x = in[(o * g.in_len + first[i] + k) * g.inner + in_idx];
+            const double x = (double)in[(o * g.in_len + first[i] + k) * g.inner + in_idx];
             half = half + weights[at[i] + k] * x * 0.5;
         }
         acc = tessera_saturate_finite(half * 2.0, half);
@@ -385,4 +387,18 @@ TESSERA_HD float laplacian_diff_voxel(const ReduceGeom& g, const float* fine, co
     i64 lo[TESSERA_PYRAMID_AXES], hi[TESSERA_PYRAMID_AXES];
     reduce_block(g, e, lo, hi);
     return tessera_round_to<float>((double)fine[block_start(g, lo)] - up[e]);
+}
+
+// The difference map fused with the upsampling's last pass: `up[e]` computed in place by
+// that pass (geometry `ga`, tables, over its input box `in`), the same value as the pass
+// would have stored, so the same bits without the f64 box in between.
+template <typename I>
+TESSERA_HD float laplacian_diff_pass_voxel(const ReduceGeom& g, const float* fine,
+                                           const AxisGeom& ga, const i64* first, const i64* count,
+                                           const i64* at, const double* weights, const I* in,
+                                           i64 e) {
+    i64 lo[TESSERA_PYRAMID_AXES], hi[TESSERA_PYRAMID_AXES];
+    reduce_block(g, e, lo, hi);
+    const double up = weigh_axis_voxel<I>(ga, first, count, at, weights, in, e);
+    return tessera_round_to<float>((double)fine[block_start(g, lo)] - up);
 }
