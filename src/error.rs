@@ -70,7 +70,7 @@ pub enum Error {
 
     /// A plan needs more memory than this process can have (`exec::memory::check`); `what`
     /// names the flags the size comes from.
-    #[error("needs {} for {what}, {} available", crate::exec::memory::human_bytes(*needed), crate::exec::memory::human_bytes(*available))]
+    #[error("needs {} for {what}, {} available", crate::units::human_bytes(*needed), crate::units::human_bytes(*available))]
     Memory {
         what: String,
         needed: u64,

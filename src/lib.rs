@@ -24,5 +24,6 @@ pub mod grid;
 pub mod io;
 pub mod job;
 pub mod ops;
+pub mod units;
 
 pub use error::{Error, Result};

@@ -9,10 +9,28 @@ mod local;
 mod mpi;
 pub mod selfcheck;
 
+use crate::error::{Error, Result};
+
 pub use local::Local;
 
 #[cfg(feature = "mpi")]
 pub use mpi::Mpi;
+
+/// Fails every rank when any failed: the failing rank keeps its own error, the others get
+/// [`Error::PeerFailed`]. Collective: wrap every step that only some ranks do (rank 0 writing
+/// a file) in it, so that no rank is left waiting in a collective that the others skipped.
+///
+/// # Errors
+/// This rank's error, or [`Error::PeerFailed`] naming the lowest failing rank.
+pub fn agree<T>(comm: &dyn Comm, result: Result<T>) -> Result<T> {
+    match comm.any_failed(result.is_err()) {
+        None => result,
+        Some(rank) => match result {
+            Err(e) => Err(e),
+            Ok(_) => Err(Error::PeerFailed { rank }),
+        },
+    }
+}
 
 /// The name of the host this rank runs on (reports, the output lock).
 pub fn hostname() -> String {

@@ -6,6 +6,9 @@
 
 use crate::error::{Error, Result};
 
+/// Where the byte formatter lives now (callers of `exec::memory::human_bytes` keep working).
+pub use crate::units::human_bytes;
+
 /// Bytes this process can still allocate: `MemAvailable` from `/proc/meminfo`, lowered by the
 /// cgroup's limit (v2 `memory.max`, v1 `memory.limit_in_bytes`, minus what the cgroup uses)
 /// and by the address-space limit (`ulimit -v`, minus this process's size) when either is set.
@@ -59,18 +62,6 @@ pub fn check_run<Op: super::Operation>(op: &Op, options: &super::RunOptions) -> 
         &format!("{} (two units in flight per rank)", op.name()),
         op.memory_per_unit().saturating_mul(2),
     )
-}
-
-/// `1.5 GiB`, `12.0 MiB`: sizes in the unit a user thinks in.
-pub fn human_bytes(bytes: u64) -> String {
-    const GIB: f64 = (1u64 << 30) as f64;
-    const MIB: f64 = (1u64 << 20) as f64;
-    let b = bytes as f64;
-    if b >= GIB {
-        format!("{:.1} GiB", b / GIB)
-    } else {
-        format!("{:.1} MiB", b / MIB)
-    }
 }
 
 fn meminfo_available() -> Option<u64> {

@@ -30,6 +30,8 @@ use crate::io::safety::{self, Place, Written};
 use crate::io::staging::Staging;
 use crate::io::Address;
 
+/// The collective agreement lives with the collectives; `exec::agree` keeps its callers.
+pub use crate::comm::agree;
 pub use report::{PhaseTimes, RunSummary};
 
 /// Default largest size of one work unit: big enough to keep every core of a rank busy, small
@@ -263,22 +265,6 @@ pub trait Operation: Sync {
     /// # Errors
     /// Output failures.
     fn finish(&self, comm: &dyn Comm) -> Result<()>;
-}
-
-/// Fails every rank when any failed: the failing rank keeps its own error, the others get
-/// [`Error::PeerFailed`]. Collective: wrap every step that only some ranks do (rank 0 writing
-/// a file) in it, so that no rank is left waiting in a collective that the others skipped.
-///
-/// # Errors
-/// This rank's error, or [`Error::PeerFailed`] naming the lowest failing rank.
-pub fn agree<T>(comm: &dyn Comm, result: Result<T>) -> Result<T> {
-    match comm.any_failed(result.is_err()) {
-        None => result,
-        Some(rank) => match result {
-            Err(e) => Err(e),
-            Ok(_) => Err(Error::PeerFailed { rank }),
-        },
-    }
 }
 
 /// One job per output: [`OutputLock::acquire`] of `output` on rank 0, the outcome agreed by

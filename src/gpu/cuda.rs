@@ -258,8 +258,8 @@ pub fn devices() -> Vec<String> {
                     "cuda:{n}: {} ({}), compute {major}.{minor}, {} free of {}",
                     ctx.name().unwrap_or_default(),
                     ctx.uuid().map(|u| uuid_text(&u.bytes)).unwrap_or_default(),
-                    crate::exec::memory::human_bytes(free as u64),
-                    crate::exec::memory::human_bytes(total as u64)
+                    crate::units::human_bytes(free as u64),
+                    crate::units::human_bytes(total as u64)
                 )
             }
             Err(e) => format!("cuda:{n}: cannot open: {e:?}"),
@@ -593,7 +593,7 @@ impl Gpu {
             driver_error(
                 &format!(
                     "allocating {} on {}",
-                    crate::exec::memory::human_bytes((len * std::mem::size_of::<T>()) as u64),
+                    crate::units::human_bytes((len * std::mem::size_of::<T>()) as u64),
                     self.template.device
                 ),
                 e,
@@ -638,7 +638,7 @@ impl Gpu {
             driver_error(
                 &format!(
                     "pinning {} of host memory",
-                    crate::exec::memory::human_bytes(len as u64)
+                    crate::units::human_bytes(len as u64)
                 ),
                 e,
             )

@@ -17,11 +17,7 @@ pub mod kernels;
 pub mod cuda;
 
 #[cfg(test)]
-mod harness;
-#[cfg(test)]
-mod harness_crop;
-#[cfg(test)]
-mod harness_pyramid;
+pub mod harness_support;
 
 use std::fmt;
 use std::str::FromStr;
@@ -159,7 +155,7 @@ pub struct Selected {
 fn memory_limit(flag: Option<&str>, free: u64, sharing: usize, fraction: f64) -> Result<u64> {
     match flag {
         Some(text) => {
-            let bytes = crate::ops::quilt::parse_size(text).map_err(|_| {
+            let bytes = crate::units::parse_size(text).map_err(|_| {
                 Error::parameter(
                     "gpu-memory-limit",
                     format!("{text:?} is not a size like 512M or 8G"),
@@ -238,7 +234,7 @@ pub fn select(
         )),
         DeviceChoice::Cuda(ordinal) => open(ordinal, local, local_size, gpu_memory_limit),
     };
-    let selected = crate::exec::agree(comm, selected)?;
+    let selected = crate::comm::agree(comm, selected)?;
     match &selected.backend {
         Backend::Cpu => tracing::info!(
             "rank {}: {op} on the CPU ({})",
@@ -254,7 +250,7 @@ pub fn select(
                 r.device,
                 r.name,
                 r.uuid,
-                crate::exec::memory::human_bytes(gpu.memory_limit())
+                crate::units::human_bytes(gpu.memory_limit())
             )
         }
     }
@@ -541,23 +537,6 @@ mod tests {
         assert_eq!(device_for(Some(3), 1, 4, 8), (3, 4));
         // One process.
         assert_eq!(device_for(None, 0, 1, 1), (0, 1));
-    }
-
-    #[test]
-    fn job_files_take_a_device() {
-        let job: crate::job::StitchJob =
-            toml::from_str("input = \"p.zarr\"\noutput = \"o.zarr\"\ndevice = \"cuda:1\"").unwrap();
-        assert_eq!(job.device, DeviceChoice::Cuda(Some(1)));
-        let e = toml::from_str::<crate::job::StitchJob>(
-            "input = \"p.zarr\"\noutput = \"o.zarr\"\ndevice = \"gpu7\"",
-        )
-        .unwrap_err();
-        assert!(
-            e.to_string().contains("expected auto, cpu, cuda or cuda:N"),
-            "{e}"
-        );
-        // Not part of the resume identity (the job's serde form).
-        assert!(serde_json::to_value(&job).unwrap().get("device").is_none());
     }
 
     #[test]

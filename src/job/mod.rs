@@ -1142,6 +1142,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn job_files_take_a_device() {
+        let job: StitchJob =
+            toml::from_str("input = \"p.zarr\"\noutput = \"o.zarr\"\ndevice = \"cuda:1\"").unwrap();
+        assert_eq!(job.device, crate::gpu::DeviceChoice::Cuda(Some(1)));
+        let e = toml::from_str::<StitchJob>(
+            "input = \"p.zarr\"\noutput = \"o.zarr\"\ndevice = \"gpu7\"",
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("expected auto, cpu, cuda or cuda:N"),
+            "{e}"
+        );
+        // Not part of the resume identity (the job's serde form).
+        assert!(serde_json::to_value(&job).unwrap().get("device").is_none());
+    }
+
+    #[test]
     fn parses_a_convert_job_relative_to_the_file() {
         let job = JobFile::parse(
             Path::new("/cfg/job.toml"),

@@ -13,6 +13,8 @@
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod device;
+#[cfg(test)]
+mod harness;
 pub mod kernel;
 pub mod plot;
 pub mod synthetic;

@@ -13,6 +13,8 @@
 pub mod cuda;
 pub mod debevec;
 pub mod files;
+#[cfg(test)]
+mod harness;
 pub mod mertens;
 pub mod npz;
 pub mod output;

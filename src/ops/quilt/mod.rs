@@ -21,6 +21,8 @@
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod device;
+#[cfg(test)]
+mod harness;
 pub mod kernel;
 pub mod weed;
 
@@ -488,38 +490,6 @@ pub fn write_border_mask(
     Ok(())
 }
 
-/// Parses a size like `512M`, `4G`, `1024` (bytes), `64K`.
-///
-/// # Errors
-/// [`Error::Parameter`] naming `--memory-limit`.
-pub fn parse_size(text: &str) -> Result<u64> {
-    let t = text.trim();
-    let (digits, unit) = t.split_at(
-        t.find(|c: char| !c.is_ascii_digit() && c != '.')
-            .unwrap_or(t.len()),
-    );
-    let value: f64 = digits.parse().map_err(|_| {
-        Error::parameter(
-            "memory-limit",
-            format!("{text:?} is not a size like 512M or 4G"),
-        )
-    })?;
-    let scale = match unit.trim().to_ascii_uppercase().as_str() {
-        "" | "B" => 1.0,
-        "K" | "KB" | "KIB" => 1024.0,
-        "M" | "MB" | "MIB" => 1048576.0,
-        "G" | "GB" | "GIB" => 1073741824.0,
-        "T" | "TB" | "TIB" => 1099511627776.0,
-        other => {
-            return Err(Error::parameter(
-                "memory-limit",
-                format!("unknown unit {other:?} in {text:?}"),
-            ))
-        }
-    };
-    Ok((value * scale) as u64)
-}
-
 /// `tessera quilt stitch`.
 pub struct StitchOp {
     targets: Vec<Address>,
@@ -862,7 +832,7 @@ impl StitchOp {
         let spatial = &image[2..];
         let ndim = spatial.len();
         // Memory: units are whole bands, as many as two units in flight allow.
-        let limit = parse_size(&job.memory_limit)?;
+        let limit = crate::units::parse_size(&job.memory_limit)?;
         let c = geometry.channels();
         let row_elems: u64 = spatial[1..].iter().product();
         let per_row_windows = grid.per_image() / grid.counts()[0];
@@ -1627,16 +1597,6 @@ mod tests {
         // One rank: nothing crosses.
         let pending = vec![vec![vec![0, 1, 2, 3, 4, 5]]];
         assert_eq!(Handover::of(0, &pending, joined), Handover::default());
-    }
-
-    #[test]
-    fn sizes_parse() {
-        assert_eq!(parse_size("512M").unwrap(), 512 << 20);
-        assert_eq!(parse_size("2G").unwrap(), 2 << 30);
-        assert_eq!(parse_size("1.5K").unwrap(), 1536);
-        assert_eq!(parse_size("100").unwrap(), 100);
-        assert!(parse_size("lots").is_err());
-        assert!(parse_size("3X").is_err());
     }
 
     #[test]
