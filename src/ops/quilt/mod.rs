@@ -681,6 +681,286 @@ struct RowBytes {
     output: u64,
 }
 
+/// What `StitchOp::plan` opened: the patch array (and variances), the run's input places,
+/// the geometry, and the patches' type.
+struct StitchInputs {
+    patches: Box<dyn ArrayReader>,
+    variance: Option<Box<dyn ArrayReader>>,
+    inputs: Vec<Place>,
+    geometry: QuiltGeometry,
+    dtype: DType,
+}
+
+/// Opens the patches (and variances), refusing arrays whose shape is not the geometry's.
+fn open_stitch_inputs(job: &StitchJob) -> Result<StitchInputs> {
+    let patches_addr = Address::parse(&job.input)?;
+    let patches = io::open(&patches_addr)?;
+    let mut inputs = vec![Place::Array(patches_addr.clone())];
+    let pmeta = patches.meta().clone();
+    let geometry = stitch_geometry(&patches_addr, &pmeta, job)?;
+    let expected = geometry.patch_shape();
+    if pmeta.shape != expected {
+        return Err(Error::mismatch(
+            format!("patch array {patches_addr}: shape"),
+            format!("{expected:?} (from its geometry)"),
+            format!("{:?}", pmeta.shape),
+        ));
+    }
+    let variance = match &job.variance {
+        Some(v) => {
+            let addr = Address::parse(v)?;
+            let r = io::open(&addr)?;
+            inputs.push(Place::Array(addr.clone()));
+            if r.meta().shape != expected {
+                return Err(Error::mismatch(
+                    format!("variance {addr}: shape"),
+                    format!("{expected:?}"),
+                    format!("{:?}", r.meta().shape),
+                ));
+            }
+            Some(r)
+        }
+        None => None,
+    };
+    Ok(StitchInputs {
+        patches,
+        variance,
+        inputs,
+        geometry,
+        dtype: pmeta.dtype,
+    })
+}
+
+/// The stitch's per-row and per-patch byte counts, from which its memory plan is made.
+struct StitchSizes {
+    /// Spatial shape of an image.
+    spatial: Vec<u64>,
+    channels: u64,
+    /// Elements of one output row (every spatial axis but the first).
+    row_elems: u64,
+    row_bytes: RowBytes,
+    /// One patch (and its variance) as read and as f64.
+    patch_bytes_f64: u64,
+    /// One patch as stored.
+    patch_bytes: u64,
+    with_var: u64,
+    out_size: u64,
+    /// Elements of the whole output (every image, channel and voxel).
+    image_elems: u64,
+}
+
+impl StitchSizes {
+    fn new(geometry: &QuiltGeometry, dtype: DType, out_dtype: DType, variance: bool) -> Self {
+        let spatial = geometry.image_shape[2..].to_vec();
+        let c = geometry.channels();
+        let row_elems: u64 = spatial[1..].iter().product();
+        let patch_elems: u64 = c * geometry.window.iter().product::<u64>();
+        let with_var = u64::from(variance);
+        StitchSizes {
+            channels: c,
+            row_elems,
+            row_bytes: RowBytes {
+                accumulator: row_elems * 8 * (c * (1 + with_var) + 1),
+                output: row_elems * (c * (out_dtype.size() as u64) * 2 + 8),
+            },
+            // Patches are read in batches (a whole window row when memory allows), as read and
+            // as f64 (values, and variances when asked).
+            patch_bytes_f64: patch_elems * (dtype.size() as u64 + 8) * (1 + with_var),
+            patch_bytes: patch_elems * dtype.size() as u64,
+            with_var,
+            out_size: out_dtype.size() as u64,
+            image_elems: geometry.image_shape.iter().product(),
+            spatial,
+        }
+    }
+
+    /// Default chunk rows: up to 64 (3-D) or 256 (2-D), halved until one unit fits `limit`.
+    fn default_chunk_rows(&self, limit: u64) -> u64 {
+        let slab_bytes = |rows: u64| rows * (self.row_bytes.accumulator + self.row_bytes.output);
+        let ndim = self.spatial.len();
+        let mut rows = self.spatial[0].min(if ndim == 3 { 64 } else { 256 });
+        while rows > 1 && 2 * (slab_bytes(rows) + self.patch_bytes_f64) > limit {
+            rows /= 2;
+        }
+        rows
+    }
+}
+
+/// The stitch's outputs: addresses (mean, then weights and std when asked) and specs.
+struct StitchOutputs {
+    targets: Vec<Address>,
+    mean: CreateSpec,
+    weights: Option<CreateSpec>,
+    std: Option<CreateSpec>,
+}
+
+/// The outputs' specs (chunks from the job, else `default_rows` rows of whole planes up to
+/// 512), every codec refused before staging if an output's format cannot take it.
+fn stitch_outputs(
+    job: &StitchJob,
+    geometry: &QuiltGeometry,
+    out_dtype: DType,
+    default_rows: u64,
+) -> Result<StitchOutputs> {
+    let image = &geometry.image_shape;
+    let spatial = &image[2..];
+    let chunks = job.chunks.clone().unwrap_or_else(|| {
+        let mut c = vec![1, 1, default_rows];
+        c.extend(spatial[1..].iter().map(|&d| d.min(512)));
+        c
+    });
+    let mean_spec = CreateSpec {
+        flat_chunk_keys: false,
+        shape: image.clone(),
+        dtype: out_dtype,
+        chunks,
+        shards: None,
+        codec: job.codec,
+        dimension_names: None,
+        attributes: Map::new(),
+    };
+    let mean_spec = mean_spec.validated()?;
+    let chunks = mean_spec.chunks.clone();
+    let mut spatial_spec = mean_spec.clone();
+    spatial_spec.shape = std::iter::once(image[0])
+        .chain(spatial.iter().copied())
+        .collect();
+    spatial_spec.chunks = std::iter::once(1)
+        .chain(chunks[2..].iter().copied())
+        .collect();
+    let weights_spec = job.weights.as_ref().map(|_| spatial_spec.clone());
+    let std_spec = job.std.as_ref().map(|_| mean_spec.clone());
+    let mut targets = vec![Address::parse(&job.output)?];
+    for extra in [&job.weights, &job.std].into_iter().flatten() {
+        targets.push(Address::parse(extra)?);
+    }
+    // Refused before staging; each output's own format resolves `auto` in io::create.
+    for target in &targets {
+        job.codec.for_format(target)?;
+    }
+    Ok(StitchOutputs {
+        targets,
+        mean: mean_spec,
+        weights: weights_spec,
+        std: std_spec,
+    })
+}
+
+/// How a stitch uses its memory: patches per batch, bands per unit, the held band's bytes
+/// (when there is room to hold one), and a unit's bytes.
+struct StitchMemory {
+    batch: u64,
+    blocks: u64,
+    hold: Option<u64>,
+    unit_memory: u64,
+}
+
+/// Sizes batches and units so that two units in flight fit `limit` (the held band first, when
+/// two one-band units still fit beside it), refusing a limit too small for one band.
+fn plan_stitch_memory(
+    job: &StitchJob,
+    grid: &WindowGrid,
+    bands: &Bands,
+    starts: &[u64],
+    sizes: &StitchSizes,
+    limit: u64,
+) -> Result<StitchMemory> {
+    let spatial = &sizes.spatial;
+    let row_bytes = &sizes.row_bytes;
+    let patch_bytes_f64 = sizes.patch_bytes_f64;
+    let per_row_windows = grid.per_image() / grid.counts()[0];
+    // A unit of k bands holds its k bands of output rows, one band's accumulator (the band
+    // and the rows its windows reach into the next), the carry, and a batch of patches.
+    let reach = bands.reach(0);
+    let band_memory = (reach.end - reach.start + bands.window - 1) * row_bytes.accumulator;
+    let output_memory = |k: u64| (k * bands.rows).min(spatial[0]) * row_bytes.output;
+    let one_band = output_memory(1) + band_memory;
+    let room = (limit / 2).saturating_sub(one_band);
+    if room < patch_bytes_f64 {
+        return Err(Error::parameter(
+            "memory-limit",
+            format!(
+                "{} is too small: one band of {} output rows (the output's chunk rows, at least a window high) with its accumulator and carry, and one patch, need {:.2} MiB per unit, two units in flight {:.2} MiB; raise it or use smaller --chunks",
+                job.memory_limit,
+                bands.rows.min(spatial[0]),
+                (one_band + patch_bytes_f64) as f64 / 1048576.0,
+                2.0 * (one_band + patch_bytes_f64) as f64 / 1048576.0
+            ),
+        ));
+    }
+    // A held band (its own rows' f64 sums, waiting for the rank before's carry) comes off
+    // the top when what is left still holds two units of one band; else no band is held
+    // and a rank's first unit re-reads the windows of the band before.
+    let held_memory = bands.rows.min(spatial[0]) * row_bytes.accumulator;
+    let left = (limit.saturating_sub(held_memory) / 2).saturating_sub(one_band);
+    let hold = (left >= patch_bytes_f64).then_some(held_memory);
+    let limit = limit - hold.unwrap_or(0);
+    let room = (limit / 2).saturating_sub(one_band);
+    // A band's windows in one batch when memory allows: then every row part of the
+    // accumulator (one per thread) has windows to add; a batch of one window row covers
+    // only a window's height of the band's rows, leaving the other threads idle.
+    let band_windows = (0..bands.count())
+        .map(|g| bands.windows(starts, g))
+        .map(|r| (r.end - r.start) * per_row_windows)
+        .max()
+        .unwrap_or(1);
+    let batch = (room / patch_bytes_f64).clamp(1, band_windows.max(1));
+    let unit_memory = |k: u64| output_memory(k) + band_memory + batch * patch_bytes_f64;
+    // Units also stay near the target unit size (mean bytes written), as other ops' do.
+    let mean_bytes = |k: u64| {
+        (k * bands.rows).min(spatial[0]) * sizes.row_elems * sizes.channels * sizes.out_size
+    };
+    let target = crate::exec::target_unit_bytes(sizes.image_elems * sizes.out_size);
+    let mut blocks = 1;
+    while blocks * bands.rows < spatial[0]
+        && 2 * unit_memory(blocks + 1) <= limit
+        && mean_bytes(blocks + 1) <= target
+    {
+        blocks += 1;
+    }
+    Ok(StitchMemory {
+        batch,
+        blocks,
+        hold,
+        unit_memory: unit_memory(blocks),
+    })
+}
+
+/// The stitch's units: runs of `blocks` bands of each image, with what each reads and writes.
+fn stitch_units(
+    geometry: &QuiltGeometry,
+    bands: &Bands,
+    starts: &[u64],
+    sizes: &StitchSizes,
+    blocks: u64,
+) -> (Vec<(u64, Range<u64>)>, Vec<UnitInfo>) {
+    let image = &geometry.image_shape;
+    let grid = geometry.grid();
+    let per_row_windows = grid.per_image() / grid.counts()[0];
+    let rows_runs = grid::block_aligned_runs(sizes.spatial[0], bands.rows, blocks);
+    let mut slabs = Vec::new();
+    for n in 0..image[0] {
+        slabs.extend(rows_runs.iter().map(|r| (n, r.clone())));
+    }
+    let units = slabs
+        .iter()
+        .map(|(n, r)| {
+            // The windows of the unit's bands: what it reads (unless it re-reads a carry).
+            let first = bands.windows(starts, bands.of_row(r.start)).start;
+            let end = bands.windows(starts, bands.of_row(r.end - 1)).end;
+            UnitInfo {
+                label: format!("image {n} rows {}..{}", r.start, r.end),
+                bytes_in: (end - first)
+                    * per_row_windows
+                    * sizes.patch_bytes
+                    * (1 + sizes.with_var),
+                bytes_out: (r.end - r.start) * sizes.row_elems * sizes.channels * sizes.out_size,
+            }
+        })
+        .collect();
+    (slabs, units)
+}
+
 /// A unit's outputs in the output type, filled band by band.
 struct UnitOutputs<O> {
     first_row: u64,
@@ -793,168 +1073,39 @@ impl StitchOp {
     /// # Errors
     /// Missing geometry, patch count or shape that does not match it, bad flags.
     pub fn plan(job: &StitchJob) -> Result<StitchOp> {
-        let patches_addr = Address::parse(&job.input)?;
-        let patches = io::open(&patches_addr)?;
-        let mut inputs = vec![Place::Array(patches_addr.clone())];
-        let pmeta = patches.meta().clone();
-        let geometry = stitch_geometry(&patches_addr, &pmeta, job)?;
+        let StitchInputs {
+            patches,
+            variance,
+            inputs,
+            geometry,
+            dtype,
+        } = open_stitch_inputs(job)?;
         let grid = geometry.grid();
-        let expected = geometry.patch_shape();
-        if pmeta.shape != expected {
-            return Err(Error::mismatch(
-                format!("patch array {patches_addr}: shape"),
-                format!("{expected:?} (from its geometry)"),
-                format!("{:?}", pmeta.shape),
-            ));
-        }
-        let variance = match &job.variance {
-            Some(v) => {
-                let addr = Address::parse(v)?;
-                let r = io::open(&addr)?;
-                inputs.push(Place::Array(addr.clone()));
-                if r.meta().shape != expected {
-                    return Err(Error::mismatch(
-                        format!("variance {addr}: shape"),
-                        format!("{expected:?}"),
-                        format!("{:?}", r.meta().shape),
-                    ));
-                }
-                Some(r)
-            }
-            None => None,
-        };
-        let out_dtype = if pmeta.dtype == DType::F64 {
+        let out_dtype = if dtype == DType::F64 {
             DType::F64
         } else {
             DType::F32
         };
-        let image = &geometry.image_shape;
-        let spatial = &image[2..];
-        let ndim = spatial.len();
-        // Memory: units are whole bands, as many as two units in flight allow.
         let limit = crate::units::parse_size(&job.memory_limit)?;
-        let c = geometry.channels();
-        let row_elems: u64 = spatial[1..].iter().product();
-        let per_row_windows = grid.per_image() / grid.counts()[0];
-        let patch_elems: u64 = c * geometry.window.iter().product::<u64>();
-        let with_var = u64::from(variance.is_some());
-        // Patches are read in batches (a whole window row when memory allows), as read and as
-        // f64 (values, and variances when asked).
-        let patch_bytes_f64 = patch_elems * (pmeta.dtype.size() as u64 + 8) * (1 + with_var);
-        let row_bytes = RowBytes {
-            accumulator: row_elems * 8 * (c * (1 + with_var) + 1),
-            output: row_elems * (c * (out_dtype.size() as u64) * 2 + 8),
-        };
-        let slab_bytes = |rows: u64| rows * (row_bytes.accumulator + row_bytes.output);
-        // Default chunk rows: up to 64 (3-D) or 256 (2-D), halved until one unit fits.
-        let mut default_rows = spatial[0].min(if ndim == 3 { 64 } else { 256 });
-        while default_rows > 1 && 2 * (slab_bytes(default_rows) + patch_bytes_f64) > limit {
-            default_rows /= 2;
-        }
-        let chunks = job.chunks.clone().unwrap_or_else(|| {
-            let mut c = vec![1, 1, default_rows];
-            c.extend(spatial[1..].iter().map(|&d| d.min(512)));
-            c
-        });
-        let mean_spec = CreateSpec {
-            flat_chunk_keys: false,
-            shape: image.clone(),
-            dtype: out_dtype,
-            chunks: chunks.clone(),
-            shards: None,
-            codec: job.codec,
-            dimension_names: None,
-            attributes: Map::new(),
-        };
-        let mean_spec = mean_spec.validated()?;
-        let chunks = mean_spec.chunks.clone();
-        let mut spatial_spec = mean_spec.clone();
-        spatial_spec.shape = std::iter::once(image[0])
-            .chain(spatial.iter().copied())
-            .collect();
-        spatial_spec.chunks = std::iter::once(1)
-            .chain(chunks[2..].iter().copied())
-            .collect();
-        let weights_spec = job.weights.as_ref().map(|_| spatial_spec.clone());
-        let std_spec = job.std.as_ref().map(|_| mean_spec.clone());
-        let mut targets = vec![Address::parse(&job.output)?];
-        for extra in [&job.weights, &job.std].into_iter().flatten() {
-            targets.push(Address::parse(extra)?);
-        }
-        // Refused before staging; each output's own format resolves `auto` in io::create.
-        for target in &targets {
-            job.codec.for_format(target)?;
-        }
-        let bands = Bands::new(chunks[2].min(spatial[0]), geometry.window[0], spatial[0]);
-        // A unit of k bands holds its k bands of output rows, one band's accumulator (the band
-        // and the rows its windows reach into the next), the carry, and a batch of patches.
-        let reach = bands.reach(0);
-        let band_memory = (reach.end - reach.start + bands.window - 1) * row_bytes.accumulator;
-        let output_memory = |k: u64| (k * bands.rows).min(spatial[0]) * row_bytes.output;
-        let one_band = output_memory(1) + band_memory;
-        let room = (limit / 2).saturating_sub(one_band);
-        if room < patch_bytes_f64 {
-            return Err(Error::parameter(
-                "memory-limit",
-                format!(
-                    "{} is too small: one band of {} output rows (the output's chunk rows, at least a window high) with its accumulator and carry, and one patch, need {:.2} MiB per unit, two units in flight {:.2} MiB; raise it or use smaller --chunks",
-                    job.memory_limit,
-                    bands.rows.min(spatial[0]),
-                    (one_band + patch_bytes_f64) as f64 / 1048576.0,
-                    2.0 * (one_band + patch_bytes_f64) as f64 / 1048576.0
-                ),
-            ));
-        }
-        // A held band (its own rows' f64 sums, waiting for the rank before's carry) comes off
-        // the top when what is left still holds two units of one band; else no band is held
-        // and a rank's first unit re-reads the windows of the band before.
-        let held_memory = bands.rows.min(spatial[0]) * row_bytes.accumulator;
-        let left = (limit.saturating_sub(held_memory) / 2).saturating_sub(one_band);
-        let hold_memory = (left >= patch_bytes_f64).then_some(held_memory);
-        let limit = limit - hold_memory.unwrap_or(0);
-        let room = (limit / 2).saturating_sub(one_band);
-        // A band's windows in one batch when memory allows: then every row part of the
-        // accumulator (one per thread) has windows to add; a batch of one window row covers
-        // only a window's height of the band's rows, leaving the other threads idle.
+        let sizes = StitchSizes::new(&geometry, dtype, out_dtype, variance.is_some());
+        let outputs = stitch_outputs(job, &geometry, out_dtype, sizes.default_chunk_rows(limit))?;
+        let spatial = &geometry.image_shape[2..];
+        let bands = Bands::new(
+            outputs.mean.chunks[2].min(spatial[0]),
+            geometry.window[0],
+            spatial[0],
+        );
         let starts = grid.starts(0);
-        let band_windows = (0..bands.count())
-            .map(|g| bands.windows(&starts, g))
-            .map(|r| (r.end - r.start) * per_row_windows)
-            .max()
-            .unwrap_or(1);
-        let batch = (room / patch_bytes_f64).clamp(1, band_windows.max(1));
-        let unit_memory = |k: u64| output_memory(k) + band_memory + batch * patch_bytes_f64;
-        // Units also stay near the target unit size (mean bytes written), as other ops' do.
-        let mean_bytes =
-            |k: u64| (k * bands.rows).min(spatial[0]) * row_elems * c * out_dtype.size() as u64;
-        let target =
-            crate::exec::target_unit_bytes(image.iter().product::<u64>() * out_dtype.size() as u64);
-        let mut blocks = 1;
-        while blocks * bands.rows < spatial[0]
-            && 2 * unit_memory(blocks + 1) <= limit
-            && mean_bytes(blocks + 1) <= target
-        {
-            blocks += 1;
-        }
-        let rows_runs = grid::block_aligned_runs(spatial[0], bands.rows, blocks);
-        let mut slabs = Vec::new();
-        for n in 0..image[0] {
-            slabs.extend(rows_runs.iter().map(|r| (n, r.clone())));
-        }
-        let patch_bytes = patch_elems * pmeta.dtype.size() as u64;
-        let units = slabs
-            .iter()
-            .map(|(n, r)| {
-                // The windows of the unit's bands: what it reads (unless it re-reads a carry).
-                let first = bands.windows(&starts, bands.of_row(r.start)).start;
-                let end = bands.windows(&starts, bands.of_row(r.end - 1)).end;
-                UnitInfo {
-                    label: format!("image {n} rows {}..{}", r.start, r.end),
-                    bytes_in: (end - first) * per_row_windows * patch_bytes * (1 + with_var),
-                    bytes_out: (r.end - r.start) * row_elems * c * out_dtype.size() as u64,
-                }
-            })
-            .collect();
+        let memory = plan_stitch_memory(job, &grid, &bands, &starts, &sizes, limit)?;
+        let (slabs, units) = stitch_units(&geometry, &bands, &starts, &sizes, memory.blocks);
+        let StitchOutputs {
+            targets,
+            mean: mean_spec,
+            weights: weights_spec,
+            std: std_spec,
+        } = outputs;
+        let (batch, hold_memory) = (memory.batch, memory.hold);
+        let unit_memory = memory.unit_memory;
         let window_weights = kernel::weights(&geometry.window, &geometry.weighting());
         let limits = ValueLimits::new(&geometry, &window_weights, std_spec.is_some());
         Ok(StitchOp {
@@ -962,7 +1113,7 @@ impl StitchOp {
             patches,
             variance,
             // A held band, when there is room for it, shared out over the two units in flight.
-            memory_per_unit: unit_memory(blocks) + hold_memory.map_or(0, |m| m.div_ceil(2)),
+            memory_per_unit: unit_memory + hold_memory.map_or(0, |m| m.div_ceil(2)),
             holds_band: hold_memory.is_some(),
             batch,
             geometry,
