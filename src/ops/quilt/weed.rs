@@ -18,7 +18,9 @@ use crate::error::{Error, Result};
 use crate::exec::{Operation, UnitInfo};
 use crate::grid::windows::check_border;
 use crate::grid::{self, Region};
-use crate::io::{self, Address, ArrayReader, ArrayWriter, Block, CreateSpec, DType, Element};
+use crate::io::{
+    self, Address, ArrayMeta, ArrayReader, ArrayWriter, Block, CreateSpec, DType, Element,
+};
 use crate::job::WeedJob;
 use crate::with_dtype;
 
@@ -94,17 +96,7 @@ impl WeedOp {
         let input = io::open(&input_addr)?;
         let labels = io::open(&labels_addr)?;
         let (im, lm) = (input.meta().clone(), labels.meta().clone());
-        if im.shape.len() < 4
-            || lm.shape.len() != im.shape.len()
-            || im.shape[0] != lm.shape[0]
-            || im.shape[2..] != lm.shape[2..]
-        {
-            return Err(Error::mismatch(
-                format!("label patches {labels_addr}: shape"),
-                format!("(M, C', *window) matching the input patches {:?}", im.shape),
-                format!("{:?}", lm.shape),
-            ));
-        }
+        check_label_shape(&labels_addr, &im.shape, &lm.shape)?;
         check_missing_label(job.missing_label, lm.dtype)?;
         let targets = [
             Address::parse(&job.output)?,
@@ -116,50 +108,10 @@ impl WeedOp {
             job.codec.for_format(target)?;
         }
         let window = im.shape[2..].to_vec();
-        let border_from_attrs = lm
-            .attributes
-            .get("quilt")
-            .or_else(|| im.attributes.get("quilt"))
-            .and_then(|q| q.get("border"))
-            .and_then(|b| serde_json::from_value::<Vec<u64>>(b.clone()).ok())
-            .unwrap_or_default();
-        let border = if job.border.is_empty() {
-            border_from_attrs
-        } else {
-            job.border.clone()
-        };
-        let border =
-            check_border(&border, &window).map_err(|e| Error::parameter(e.parameter, e.message))?;
+        let border = weed_border(job, &im, &lm, &window)?;
         let mask = kernel::border_mask(&window, &border);
-
         let m = im.shape[0];
-        let share = grid::partition_contiguous(m as usize, comm.size())[comm.rank()].clone();
-        let mut flags = Vec::with_capacity(share.len());
-        let patch_bytes = lm.shape[1..].iter().product::<u64>() * lm.dtype.size() as u64;
-        let batch = ((16u64 << 20) / patch_bytes.max(1)).max(1);
-        let mut region = Region::whole(&lm.shape);
-        let mut at = share.start as u64;
-        let mine = (|| -> Result<()> {
-            while at < share.end as u64 {
-                let end = (at + batch).min(share.end as u64);
-                region.start[0] = at;
-                region.shape[0] = end - at;
-                let block = labels.read_box(&region)?;
-                let values = block.to_f64();
-                for p in values.axis_iter(Axis(0)) {
-                    flags.push(u8::from(has_labels(
-                        &p.to_owned(),
-                        &mask,
-                        job.missing_label,
-                    )));
-                }
-                at = end;
-            }
-            Ok(())
-        })();
-        let mine = crate::exec::agree(comm, mine);
-        mine?;
-        let all: Vec<u8> = comm.all_gather(&flags).concat();
+        let all = label_flags(labels.as_ref(), &mask, job.missing_label, comm)?;
         let kept: Vec<u64> = all
             .iter()
             .enumerate()
@@ -168,50 +120,11 @@ impl WeedOp {
             .collect();
         let removed_mask: Vec<u8> = all.iter().map(|&k| 1 - k).collect();
         if comm.is_root() {
-            tracing::info!(
-                "weed: keeping {} of {} pairs ({} have no labels outside the border)",
-                kept.len(),
-                m,
-                m as usize - kept.len()
-            );
-            if kept.is_empty() {
-                tracing::warn!(
-                    "weed: every pair was removed: is --missing-label {} right?",
-                    job.missing_label
-                );
-            }
+            log_kept(kept.len(), m, job.missing_label);
         }
         let kept_n = kept.len() as u64;
-        let mut input_shape = im.shape.clone();
-        input_shape[0] = kept_n;
-        let mut labels_shape = lm.shape.clone();
-        labels_shape[0] = kept_n;
-        let mut input_spec = spec_like(input_shape, im.dtype, job.codec);
-        let mut labels_spec = spec_like(labels_shape, lm.dtype, job.codec);
-        let mask_spec = spec_like(vec![m], DType::U8, job.codec);
-        let mut attributes = Map::new();
-        if let Some(q) = im.attributes.get("quilt") {
-            attributes.insert("quilt_source".into(), q.clone());
-        }
-        attributes.insert("weed_missing_label".into(), json!(job.missing_label));
-        attributes.insert("weed_border".into(), json!(border));
-        attributes.insert("weed_kept".into(), json!(kept_n));
-        attributes.insert("weed_of".into(), json!(m));
-        input_spec.attributes = attributes.clone();
-        labels_spec.attributes = attributes;
-        let per_chunk = input_spec.chunks[0];
-        let in_patch = im.shape[1..].iter().product::<u64>() * im.dtype.size() as u64;
-        let target = crate::exec::target_unit_bytes(kept_n * in_patch);
-        let blocks = grid::blocks_for_target(per_chunk * in_patch, target);
-        let runs = grid::block_aligned_runs(kept_n, per_chunk, blocks);
-        let units = runs
-            .iter()
-            .map(|r| UnitInfo {
-                label: format!("kept pairs {}..{}", r.start, r.end),
-                bytes_in: (r.end - r.start) * (in_patch + patch_bytes),
-                bytes_out: (r.end - r.start) * (in_patch + patch_bytes),
-            })
-            .collect();
+        let (input_spec, labels_spec, mask_spec) = weed_specs(job, &im, &lm, &border, kept_n);
+        let (runs, units) = weed_units(&input_spec, &im, &lm, kept_n);
         Ok(WeedOp {
             targets,
             input,
@@ -255,6 +168,142 @@ impl WeedOp {
         }
         Ok(T::into_block(out))
     }
+}
+
+// Planning steps of `WeedOp::plan`, in the order it takes them.
+
+/// Refuses label patches whose shape is not (M, C', *window) of the input patches'.
+fn check_label_shape(labels_addr: &Address, input: &[u64], labels: &[u64]) -> Result<()> {
+    if input.len() < 4
+        || labels.len() != input.len()
+        || input[0] != labels[0]
+        || input[2..] != labels[2..]
+    {
+        return Err(Error::mismatch(
+            format!("label patches {labels_addr}: shape"),
+            format!("(M, C', *window) matching the input patches {input:?}"),
+            format!("{labels:?}"),
+        ));
+    }
+    Ok(())
+}
+
+/// The border left out of the label test: `--border`, else the `quilt` attribute's (labels'
+/// first, then the input's), checked against the window.
+fn weed_border(job: &WeedJob, im: &ArrayMeta, lm: &ArrayMeta, window: &[u64]) -> Result<Vec<u64>> {
+    let border_from_attrs = lm
+        .attributes
+        .get("quilt")
+        .or_else(|| im.attributes.get("quilt"))
+        .and_then(|q| q.get("border"))
+        .and_then(|b| serde_json::from_value::<Vec<u64>>(b.clone()).ok())
+        .unwrap_or_default();
+    let border = if job.border.is_empty() {
+        border_from_attrs
+    } else {
+        job.border.clone()
+    };
+    check_border(&border, window).map_err(|e| Error::parameter(e.parameter, e.message))
+}
+
+/// Whether each pair has a label inside the mask (1) or not (0), for every pair: each rank
+/// tests its contiguous share in batches of about 16 MiB, then the flags are all-gathered.
+fn label_flags(
+    labels: &dyn ArrayReader,
+    mask: &ArrayD<u8>,
+    missing_label: f64,
+    comm: &dyn Comm,
+) -> Result<Vec<u8>> {
+    let lm = labels.meta();
+    let m = lm.shape[0];
+    let share = grid::partition_contiguous(m as usize, comm.size())[comm.rank()].clone();
+    let mut flags = Vec::with_capacity(share.len());
+    let patch_bytes = lm.shape[1..].iter().product::<u64>() * lm.dtype.size() as u64;
+    let batch = ((16u64 << 20) / patch_bytes.max(1)).max(1);
+    let mut region = Region::whole(&lm.shape);
+    let mut at = share.start as u64;
+    let mine = (|| -> Result<()> {
+        while at < share.end as u64 {
+            let end = (at + batch).min(share.end as u64);
+            region.start[0] = at;
+            region.shape[0] = end - at;
+            let block = labels.read_box(&region)?;
+            let values = block.to_f64();
+            for p in values.axis_iter(Axis(0)) {
+                flags.push(u8::from(has_labels(&p.to_owned(), mask, missing_label)));
+            }
+            at = end;
+        }
+        Ok(())
+    })();
+    crate::exec::agree(comm, mine)?;
+    Ok(comm.all_gather(&flags).concat())
+}
+
+/// Rank 0's line on what was kept, and a warning when nothing was.
+fn log_kept(kept: usize, of: u64, missing_label: f64) {
+    tracing::info!(
+        "weed: keeping {} of {} pairs ({} have no labels outside the border)",
+        kept,
+        of,
+        of as usize - kept
+    );
+    if kept == 0 {
+        tracing::warn!("weed: every pair was removed: is --missing-label {missing_label} right?");
+    }
+}
+
+/// The kept input and label patches' specs (with the weed's attributes) and the mask's.
+fn weed_specs(
+    job: &WeedJob,
+    im: &ArrayMeta,
+    lm: &ArrayMeta,
+    border: &[u64],
+    kept_n: u64,
+) -> (CreateSpec, CreateSpec, CreateSpec) {
+    let m = im.shape[0];
+    let mut input_shape = im.shape.clone();
+    input_shape[0] = kept_n;
+    let mut labels_shape = lm.shape.clone();
+    labels_shape[0] = kept_n;
+    let mut input_spec = spec_like(input_shape, im.dtype, job.codec);
+    let mut labels_spec = spec_like(labels_shape, lm.dtype, job.codec);
+    let mask_spec = spec_like(vec![m], DType::U8, job.codec);
+    let mut attributes = Map::new();
+    if let Some(q) = im.attributes.get("quilt") {
+        attributes.insert("quilt_source".into(), q.clone());
+    }
+    attributes.insert("weed_missing_label".into(), json!(job.missing_label));
+    attributes.insert("weed_border".into(), json!(border));
+    attributes.insert("weed_kept".into(), json!(kept_n));
+    attributes.insert("weed_of".into(), json!(m));
+    input_spec.attributes = attributes.clone();
+    labels_spec.attributes = attributes;
+    (input_spec, labels_spec, mask_spec)
+}
+
+/// Runs of kept pairs, whole chunks near the target unit size, with what each moves.
+fn weed_units(
+    input_spec: &CreateSpec,
+    im: &ArrayMeta,
+    lm: &ArrayMeta,
+    kept_n: u64,
+) -> (Vec<Range<u64>>, Vec<UnitInfo>) {
+    let per_chunk = input_spec.chunks[0];
+    let in_patch = im.shape[1..].iter().product::<u64>() * im.dtype.size() as u64;
+    let patch_bytes = lm.shape[1..].iter().product::<u64>() * lm.dtype.size() as u64;
+    let target = crate::exec::target_unit_bytes(kept_n * in_patch);
+    let blocks = grid::blocks_for_target(per_chunk * in_patch, target);
+    let runs = grid::block_aligned_runs(kept_n, per_chunk, blocks);
+    let units = runs
+        .iter()
+        .map(|r| UnitInfo {
+            label: format!("kept pairs {}..{}", r.start, r.end),
+            bytes_in: (r.end - r.start) * (in_patch + patch_bytes),
+            bytes_out: (r.end - r.start) * (in_patch + patch_bytes),
+        })
+        .collect();
+    (runs, units)
 }
 
 impl Operation for WeedOp {
