@@ -2,7 +2,7 @@
 //! look at the result. The data are two overlapping bright spheres in a smooth ramp, with a
 //! known pixel formula, so that anyone can check what came back.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use ndarray::{ArrayD, IxDyn};
 
@@ -63,6 +63,17 @@ pub fn write_nczyx(path: &Path) -> Result<()> {
 /// # Errors
 /// Any failure of the steps, naming the file.
 pub fn run(dir: &Path, comm: &dyn Comm) -> Result<()> {
+    let output = demo_convert(dir, comm)?;
+    demo_quilt(dir, comm)?;
+    let pyramid = demo_pyramid(dir, &output, comm)?;
+    if comm.is_root() {
+        print_next_steps(dir, &output, &pyramid)?;
+    }
+    Ok(())
+}
+
+/// A synthetic stack of TIFF slices converted to Zarr; returns the store.
+fn demo_convert(dir: &Path, comm: &dyn Comm) -> Result<PathBuf> {
     let slices = dir.join("slices");
     let written = if comm.is_root() {
         write_stack(&slices)
@@ -101,7 +112,12 @@ pub fn run(dir: &Path, comm: &dyn Comm) -> Result<()> {
     };
     crate::job::run_job(Job::Convert(job), comm)?;
 
-    // Quilting: cut the volume into overlapping windows and stitch them back.
+    Ok(output)
+}
+
+/// Quilting: the volume cut into overlapping windows and stitched back, with the largest
+/// difference printed.
+fn demo_quilt(dir: &Path, comm: &dyn Comm) -> Result<()> {
     let volume = dir.join("demo-nczyx.npy");
     let written = if comm.is_root() {
         write_nczyx(&volume)
@@ -169,7 +185,11 @@ pub fn run(dir: &Path, comm: &dyn Comm) -> Result<()> {
             patches.display()
         );
     }
-    // A multiscale OME-Zarr pyramid of the converted volume.
+    Ok(())
+}
+
+/// A multiscale OME-Zarr pyramid of the converted volume; returns the store.
+fn demo_pyramid(dir: &Path, output: &Path, comm: &dyn Comm) -> Result<PathBuf> {
     let pyramid = dir.join("pyramid.zarr");
     crate::job::run_job(
         Job::Pyramid(crate::job::PyramidJob {
@@ -194,28 +214,31 @@ pub fn run(dir: &Path, comm: &dyn Comm) -> Result<()> {
         }),
         comm,
     )?;
-    if comm.is_root() {
-        let out = output.display();
-        println!();
-        crate::job::info(&output.to_string_lossy(), false)?;
-        println!();
-        let exe = std::env::current_exe()
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|_| "tessera".into());
-        println!("Look at it:");
-        println!("  {exe} info {out}");
-        println!("  python3 -c 'import zarr; a = zarr.open_array(\"{out}\", mode=\"r\")");
-        println!("  print(a.shape, a.dtype, a.attrs[\"axis_order\"])");
-        println!("  print(\"centre of sphere 1:\", a[32, 100, 100], \"background:\", a[0, 0, 0])'");
-        println!(
-            "  python3 -c 'import zarr; g = zarr.open_group(\"{}\", mode=\"r\"); print([g[k].shape for k in sorted(g.array_keys())])'",
-            pyramid.display()
-        );
-        println!("Next: {exe} run configs/convert-demo.toml (the same from a TOML job file),");
-        println!(
-            "      mpirun -n 2 --bind-to none {exe} convert --input {} --output out.zarr",
-            dir.join("slices").display()
-        );
-    }
+    Ok(pyramid)
+}
+
+/// What the demo made, and what to try next (rank 0).
+fn print_next_steps(dir: &Path, output: &Path, pyramid: &Path) -> Result<()> {
+    let out = output.display();
+    println!();
+    crate::job::info(&output.to_string_lossy(), false)?;
+    println!();
+    let exe = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "tessera".into());
+    println!("Look at it:");
+    println!("  {exe} info {out}");
+    println!("  python3 -c 'import zarr; a = zarr.open_array(\"{out}\", mode=\"r\")");
+    println!("  print(a.shape, a.dtype, a.attrs[\"axis_order\"])");
+    println!("  print(\"centre of sphere 1:\", a[32, 100, 100], \"background:\", a[0, 0, 0])'");
+    println!(
+        "  python3 -c 'import zarr; g = zarr.open_group(\"{}\", mode=\"r\"); print([g[k].shape for k in sorted(g.array_keys())])'",
+        pyramid.display()
+    );
+    println!("Next: {exe} run configs/convert-demo.toml (the same from a TOML job file),");
+    println!(
+        "      mpirun -n 2 --bind-to none {exe} convert --input {} --output out.zarr",
+        dir.join("slices").display()
+    );
     Ok(())
 }
