@@ -186,6 +186,38 @@ impl StitchGpu {
         })
     }
 
+    /// A piece's outputs (mean, std, weight sums: bytes of `out_dtype`) as blocks of `nrows`
+    /// rows: (1, C, rows, ...) and (1, rows, ...).
+    fn blocks(
+        &self,
+        out_dtype: DType,
+        nrows: u64,
+        (mean, std, wsum): (Vec<u8>, Option<Vec<u8>>, Option<Vec<u8>>),
+    ) -> (Block, Option<Block>, Option<Block>) {
+        let rest = self.grid.image[1..].iter().map(|&d| d as usize);
+        let mut shape = vec![1, self.channels as usize, nrows as usize];
+        shape.extend(rest.clone());
+        let mut wshape = vec![1, nrows as usize];
+        wshape.extend(rest);
+        let block = |bytes: Vec<u8>, shape: &[usize]| -> Block {
+            match out_dtype {
+                DType::F64 => Block::F64(
+                    ArrayD::from_shape_vec(IxDyn(shape), bytemuck::pod_collect_to_vec(&bytes))
+                        .expect("sizes match"),
+                ),
+                _ => Block::F32(
+                    ArrayD::from_shape_vec(IxDyn(shape), bytemuck::pod_collect_to_vec(&bytes))
+                        .expect("sizes match"),
+                ),
+            }
+        };
+        (
+            block(mean, &shape),
+            std.map(|s| block(s, &shape)),
+            wsum.map(|w| block(w, &wshape)),
+        )
+    }
+
     /// Stitches image `n`'s rows `rows` from `patches` (and `variance`), as
     /// `StitchOp::compute` does on the CPU, into `out_dtype` (f32 or f64).
     ///
@@ -270,29 +302,8 @@ impl StitchGpu {
             left_out += collect(done)?;
         }
         self.gpu.settle()?;
-
-        let mut shape = vec![1, self.channels as usize, nrows as usize];
-        shape.extend(rest.iter().map(|&d| d as usize));
-        let mut wshape = vec![1, nrows as usize];
-        wshape.extend(rest.iter().map(|&d| d as usize));
-        let block = |bytes: Vec<u8>, shape: &[usize]| -> Block {
-            match out_dtype {
-                DType::F64 => Block::F64(
-                    ArrayD::from_shape_vec(IxDyn(shape), bytemuck::pod_collect_to_vec(&bytes))
-                        .expect("sizes match"),
-                ),
-                _ => Block::F32(
-                    ArrayD::from_shape_vec(IxDyn(shape), bytemuck::pod_collect_to_vec(&bytes))
-                        .expect("sizes match"),
-                ),
-            }
-        };
         let (mean, std, weights) = self.gpu.host_timed(HostPhase::Unpack, || {
-            (
-                block(mean, &shape),
-                std.map(|s| block(s, &shape)),
-                wsum.map(|w| block(w, &wshape)),
-            )
+            self.blocks(out_dtype, nrows, (mean, std, wsum))
         });
         Ok(Stitched {
             mean,
