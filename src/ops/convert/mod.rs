@@ -7,6 +7,7 @@
 //! chunk files are the same bytes whatever the rank count.
 
 pub mod kernel;
+pub mod params;
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -16,6 +17,7 @@ use std::sync::Mutex;
 use rayon::prelude::*;
 use serde_json::{json, Map, Value};
 
+use self::params::{AxisOrder, ConvertJob, OutputFormat};
 use crate::comm::Comm;
 use crate::error::{Error, Result};
 use crate::exec::{Operation, UnitInfo};
@@ -23,7 +25,6 @@ use crate::grid::{self, Region};
 use crate::io::images::{self, ImageInfo};
 use crate::io::safety::Place;
 use crate::io::{self, Address, ArrayWriter, Block, CreateSpec, DType, Element};
-use crate::job::{AxisOrder, ConvertJob, OutputFormat};
 use crate::with_dtype;
 
 /// Image files tessera reads when no `--extension` is given.
@@ -497,7 +498,7 @@ fn plan_pyramids(
     job: &ConvertJob,
     levels: &str,
     ops: &mut [ConvertOp],
-) -> Result<Vec<crate::job::PyramidJob>> {
+) -> Result<Vec<crate::ops::pyramid::params::PyramidJob>> {
     let levels = match levels {
         "auto" => None,
         n => Some(n.parse::<u64>().map_err(|_| {
@@ -536,7 +537,7 @@ fn plan_pyramids(
             store: std::path::PathBuf::from(temp),
             node: node.clone(),
         };
-        jobs.push(crate::job::PyramidJob {
+        jobs.push(crate::ops::pyramid::params::PyramidJob {
             input: op.target[0].to_string(),
             output: target.to_string(),
             axes: Some(axes.into()),
@@ -546,7 +547,7 @@ fn plan_pyramids(
             chunks: None,
             shards: None,
             codec: job.codec,
-            layout: crate::job::PyramidLayout::Ome,
+            layout: crate::ops::pyramid::params::PyramidLayout::Ome,
             voxel_size: None,
             unit: None,
             device: crate::gpu::DeviceChoice::Cpu,

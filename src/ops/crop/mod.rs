@@ -10,12 +10,13 @@
 //! computed from the gathered arrays in pattern order, so the outputs are identical for any
 //! number of ranks.
 
-#[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod device;
 #[cfg(test)]
 mod harness;
 pub mod kernel;
+#[cfg(feature = "cuda")]
+pub mod params;
 pub mod plot;
 pub mod synthetic;
 
@@ -28,13 +29,13 @@ use std::time::Instant;
 use ndarray::{ArrayD, IxDyn};
 use serde_json::{json, Value};
 
+use self::params::{CropJob, Recenter};
 use crate::comm::{Comm, ReduceOp};
 use crate::error::{Error, Result};
 use crate::exec::{check_writes, Operation, RunSummary, UnitInfo};
 use crate::grid::{partition_contiguous, Region};
 use crate::io::safety::{self, Place};
 use crate::io::{self, Address, ArrayReader, ArrayWriter, Block, CreateSpec, Element};
-use crate::job::{CropJob, Recenter};
 use kernel::{Analysis, CentreMethod, PatternKind};
 
 /// Where the files beside the output go: `<output stem>_results.json` and friends.

@@ -14,6 +14,7 @@
 
 pub mod kernel;
 pub mod metadata;
+pub mod params;
 pub mod sampler;
 pub mod select;
 pub mod tokens;
@@ -27,6 +28,7 @@ use ndarray::{ArrayD, ArrayViewD, Axis, IxDyn, Slice};
 use rayon::prelude::*;
 use serde_json::{json, Map, Value};
 
+use self::params::{PairsExtractJob, PairsJob, PairsSelectJob};
 use crate::comm::Comm;
 use crate::error::{Error, Result};
 use crate::exec::disk::PlannedOutput;
@@ -36,7 +38,6 @@ use crate::io::safety::Place;
 use crate::io::{
     self, Address, ArrayReader, ArrayWriter, Block, Codec, CreateSpec, DType, Element,
 };
-use crate::job::{PairsExtractJob, PairsJob, PairsSelectJob};
 use crate::with_dtype;
 use sampler::{Pair, Sampler, SamplerSpec};
 pub use tokens_op::TokensOp;

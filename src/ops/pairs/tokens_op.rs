@@ -12,6 +12,7 @@ use ndarray::{Array2, ArrayD, Axis, IxDyn};
 use rayon::prelude::*;
 use serde_json::{json, Map, Value};
 
+use super::params::TokensJob;
 use super::tokens::{token_coords, token_grid, token_overlaps, tokenize_into, TokenOverlaps};
 use super::{close_group, create_children, write_indexed, zarr_parts, Array, Parts};
 use crate::comm::Comm;
@@ -20,7 +21,6 @@ use crate::exec::{Operation, UnitInfo};
 use crate::grid::{self, Region};
 use crate::io::safety::Place;
 use crate::io::{self, Address, ArrayReader, ArrayWriter, Block, CreateSpec, DType, Element};
-use crate::job::TokensJob;
 use crate::with_dtype;
 
 /// The arrays of a pairs group that tokens read.

@@ -13,6 +13,7 @@
 pub mod kernel;
 pub mod manifest;
 pub mod output;
+pub mod params;
 pub mod source;
 pub mod survey;
 pub mod verify;
@@ -25,13 +26,13 @@ use ndarray::Array3;
 use rayon::prelude::*;
 use serde_json::{json, Value};
 
+use self::params::{PatchFormat, PatchesJob};
 use crate::comm::Comm;
 use crate::error::{Error, IoContext, Result};
 use crate::exec::{Operation, RunSummary, UnitInfo};
 use crate::grid::Region;
 use crate::io::safety::{self, Place};
 use crate::io::{self, Address, ArrayWriter, Block, CreateSpec, DType};
-use crate::job::{PatchFormat, PatchesJob};
 use output::{PatchMeta, PatchPlace};
 use source::{check_split_name, Split};
 use survey::{Cutting, SplitLayout};

@@ -298,7 +298,11 @@ impl Split {
 
 /// A directory of image files holding one stack, slice i = the i-th file in index order.
 fn stack_files(input: &str, root: &Path) -> Result<Slices> {
-    let stacks = crate::ops::convert::scan(Path::new(input), crate::job::DEFAULT_PATTERN, None)?;
+    let stacks = crate::ops::convert::scan(
+        Path::new(input),
+        crate::ops::convert::params::DEFAULT_PATTERN,
+        None,
+    )?;
     if stacks.len() != 1 {
         return Err(Error::parameter(
             "input",

@@ -12,12 +12,13 @@
 //! Laplacian), never recomputed from neighbours, and kernels give each voxel the same bits
 //! whatever the box (see `kernel`), so the output does not depend on the rank count.
 
-#[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod device;
 #[cfg(test)]
 mod harness;
 pub mod kernel;
+#[cfg(feature = "cuda")]
+pub mod params;
 pub mod reconstruct;
 
 use std::ops::Range;
@@ -27,13 +28,13 @@ use std::sync::Mutex;
 use ndarray::{ArrayD, Axis, Slice};
 use serde_json::{json, Map, Value};
 
+use self::params::{PyramidJob, PyramidLayout};
 use crate::comm::Comm;
 use crate::error::{Error, Result};
 use crate::exec::{target_unit_bytes, Operation, UnitInfo};
 use crate::grid::Region;
 use crate::io::safety::Place;
 use crate::io::{self, Address, ArrayReader, ArrayWriter, Block, CreateSpec, DType, Element};
-use crate::job::{PyramidJob, PyramidLayout};
 use kernel::{input_range, next_shape, upsample_range, Method, Source};
 
 /// One axis of the array, as OME-Zarr describes it.

@@ -11,13 +11,13 @@ use ndarray::ArrayD;
 use serde_json::{json, Value};
 
 use super::kernel::{self, round_to};
+use super::params::ReconstructJob;
 use crate::comm::Comm;
 use crate::error::{Error, Result};
 use crate::exec::{Operation, UnitInfo};
 use crate::grid::Region;
 use crate::io::safety::Place;
 use crate::io::{self, Address, ArrayWriter, Block, CreateSpec, Element};
-use crate::job::ReconstructJob;
 
 pub struct ReconstructOp {
     targets: Vec<Address>,

@@ -18,12 +18,13 @@
 //! follows `--memory-limit` (and `TESSERA_UNIT_BYTES`), so memory is bounded by a band (and
 //! the held one), not the volume.
 
-#[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod device;
 #[cfg(test)]
 mod harness;
 pub mod kernel;
+#[cfg(feature = "cuda")]
+pub mod params;
 pub mod weed;
 
 use std::ops::Range;
@@ -34,6 +35,7 @@ use ndarray::{ArrayD, Axis, IxDyn, Slice};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
+use self::params::{GeometryArgs, StitchJob, UnstitchJob};
 use crate::comm::{Comm, ReduceOp};
 use crate::error::{Error, Result};
 use crate::exec::{Operation, UnitInfo};
@@ -43,7 +45,6 @@ use crate::io::safety::Place;
 use crate::io::{
     self, Address, ArrayReader, ArrayWriter, Block, Codec, CreateSpec, DType, Element,
 };
-use crate::job::{GeometryArgs, StitchJob, UnstitchJob};
 use crate::with_dtype;
 use kernel::{Accumulator, Bands, Blend, PatchRef, SplitAccumulator, Weighting};
 

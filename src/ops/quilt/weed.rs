@@ -13,6 +13,7 @@ use ndarray::{ArrayD, Axis, IxDyn};
 use serde_json::{json, Map};
 
 use super::kernel;
+use super::params::WeedJob;
 use crate::comm::Comm;
 use crate::error::{Error, Result};
 use crate::exec::{Operation, UnitInfo};
@@ -21,7 +22,6 @@ use crate::grid::{self, Region};
 use crate::io::{
     self, Address, ArrayMeta, ArrayReader, ArrayWriter, Block, CreateSpec, DType, Element,
 };
-use crate::job::WeedJob;
 use crate::with_dtype;
 
 /// True when a label patch (C', *window) has an annotated value where `mask` is 1.
