@@ -152,6 +152,10 @@ impl JobFile {
     /// # Errors
     /// [`Error::Config`] naming the file and what is wrong in it.
     pub fn parse(path: &Path, text: &str) -> Result<Job> {
+        let config = |message: String| Error::Config {
+            path: path.into(),
+            message,
+        };
         // No job field is a date: an unquoted one is a path or name that TOML read as a
         // date (serde would only say "invalid type: map").
         if let Some(key) = text
@@ -159,17 +163,18 @@ impl JobFile {
             .ok()
             .and_then(|t| datetime_key(&t))
         {
-            return Err(Error::Config {
-                path: path.into(),
-                message: format!(
-                    "{key}: TOML read this value as a date or time; put paths and names in quotes"
-                ),
-            });
+            return Err(config(format!(
+                "{key}: TOML read this value as a date or time; put paths and names in quotes"
+            )));
         }
-        let file: JobFile = toml::from_str(text).map_err(|e| Error::Config {
-            path: path.into(),
-            message: e.to_string().trim().replace('\n', " "),
-        })?;
+        let file: JobFile =
+            toml::from_str(text).map_err(|e| config(e.to_string().trim().replace('\n', " ")))?;
+        let tables = file.tables();
+        if tables != 1 {
+            return Err(config(format!(
+                "expected exactly one operation table ([convert], [unstitch], [stitch], [weed], [pyramid], [crop], [pairs], [pairs_extract], [tokens] or [patches]), found {tables}"
+            )));
+        }
         // Relative paths in a job file are relative to the file, not the caller; a job read
         // from a pipe or device (`/dev/stdin`) has no directory of its own: the working one.
         let special = std::fs::metadata(path).is_ok_and(|m| !m.is_file());
@@ -178,51 +183,52 @@ impl JobFile {
         } else {
             path.parent().unwrap_or(Path::new("")).to_path_buf()
         };
+        Ok(file.into_job(&base))
+    }
+
+    /// How many operation tables the file has.
+    fn tables(&self) -> usize {
+        usize::from(self.convert.is_some())
+            + usize::from(self.unstitch.is_some())
+            + usize::from(self.stitch.is_some())
+            + usize::from(self.weed.is_some())
+            + usize::from(self.pyramid.is_some())
+            + usize::from(self.crop.is_some())
+            + usize::from(self.pairs.is_some())
+            + usize::from(self.pairs_extract.is_some())
+            + usize::from(self.tokens.is_some())
+            + usize::from(self.patches.is_some())
+    }
+
+    /// The job of the file's one operation table, its paths taken relative to `base` and its
+    /// run options the `[run]` table's.
+    fn into_job(self, base: &Path) -> Job {
         let rel = |p: &str| base.join(p).to_string_lossy().into_owned();
-        let report = file.run.report.as_ref().map(|r| base.join(r));
-        let mut run = file.run.clone();
-        run.report = report;
-        let tables = usize::from(file.convert.is_some())
-            + usize::from(file.unstitch.is_some())
-            + usize::from(file.stitch.is_some())
-            + usize::from(file.weed.is_some())
-            + usize::from(file.pyramid.is_some())
-            + usize::from(file.crop.is_some())
-            + usize::from(file.pairs.is_some())
-            + usize::from(file.pairs_extract.is_some())
-            + usize::from(file.tokens.is_some())
-            + usize::from(file.patches.is_some());
-        if tables != 1 {
-            return Err(Error::Config {
-                path: path.into(),
-                message: format!(
-                    "expected exactly one operation table ([convert], [unstitch], [stitch], [weed], [pyramid], [crop], [pairs], [pairs_extract], [tokens] or [patches]), found {tables}"
-                ),
-            });
+        let mut run = self.run.clone();
+        run.report = self.run.report.as_ref().map(|r| base.join(r));
+        if let Some(job) = Self::pairs_job(&self, &run, &rel) {
+            return job;
         }
-        if let Some(job) = Self::pairs_job(&file, &run, &rel) {
-            return Ok(job);
-        }
-        if let Some(mut convert) = file.convert {
+        if let Some(mut convert) = self.convert {
             convert.run = run;
             convert.input = base.join(&convert.input);
             convert.output = base.join(&convert.output);
-            return Ok(Job::Convert(convert));
+            return Job::Convert(convert);
         }
-        if let Some(mut job) = file.unstitch {
+        if let Some(mut job) = self.unstitch {
             job.run = run;
             job.input = rel(&job.input);
             job.output = rel(&job.output);
             job.positions = job.positions.as_deref().map(rel);
-            return Ok(Job::Unstitch(job));
+            return Job::Unstitch(job);
         }
-        if let Some(mut job) = file.crop {
+        if let Some(mut job) = self.crop {
             job.run = run;
             job.input = job.input.as_deref().map(rel);
             job.output = rel(&job.output);
-            return Ok(Job::Crop(job));
+            return Job::Crop(job);
         }
-        if let Some(mut job) = file.patches {
+        if let Some(mut job) = self.patches {
             job.run = run;
             job.manifest = job.manifest.as_ref().map(|p| base.join(p));
             job.data_root = job.data_root.as_ref().map(|p| base.join(p));
@@ -236,31 +242,31 @@ impl JobFile {
                     None => s.clone(),
                 })
                 .collect();
-            return Ok(Job::Patches(job));
+            return Job::Patches(job);
         }
-        if let Some(mut job) = file.pyramid {
+        if let Some(mut job) = self.pyramid {
             job.run = run;
             job.input = rel(&job.input);
             job.output = rel(&job.output);
-            return Ok(Job::Pyramid(job));
+            return Job::Pyramid(job);
         }
-        if let Some(mut job) = file.weed {
+        if let Some(mut job) = self.weed {
             job.run = run;
             job.input = rel(&job.input);
             job.labels = rel(&job.labels);
             job.output = rel(&job.output);
             job.labels_output = rel(&job.labels_output);
             job.mask = rel(&job.mask);
-            return Ok(Job::Weed(job));
+            return Job::Weed(job);
         }
-        let mut job = file.stitch.expect("one table is present");
+        let mut job = self.stitch.expect("one table is present");
         job.run = run;
         job.input = rel(&job.input);
         job.output = rel(&job.output);
         job.weights = job.weights.as_deref().map(rel);
         job.variance = job.variance.as_deref().map(rel);
         job.std = job.std.as_deref().map(rel);
-        Ok(Job::Stitch(job))
+        Job::Stitch(job)
     }
 
     /// The `[pairs]`, `[pairs_extract]` or `[tokens]` table as a job, paths made relative to
