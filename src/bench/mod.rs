@@ -105,10 +105,24 @@ fn make_stack(dir: &Path, n: usize, size: usize) -> Result<Vec<PathBuf>> {
 /// Filesystem or conversion failures.
 pub fn convert(b: &ConvertBench, comm: &dyn Comm) -> Result<()> {
     let input = b.dir.join("input");
-    let copy_dir = b.dir.join("copy");
-    let output = b.dir.join("out.zarr");
+    let (files, bytes) = convert_inputs(b, &input, comm)?;
+    let share = crate::grid::partition_contiguous(files.len(), comm.size())[comm.rank()].clone();
+    let (mut copy_times, mut convert_times) =
+        time_copy_and_convert(b, &input, &files[share], comm)?;
+    let copy = measure(&mut copy_times, bytes);
+    let conv = measure(&mut convert_times, bytes);
+    if comm.is_root() {
+        report_convert(b, comm, bytes, &copy, &conv)?;
+        remove_any(&b.dir.join("copy"))?;
+    }
+    Ok(())
+}
+
+/// The bench's TIFF stack (made by rank 0), every rank's list of its files, and the stack's
+/// bytes; each rank's share read once so both contenders read from the page cache.
+fn convert_inputs(b: &ConvertBench, input: &Path, comm: &dyn Comm) -> Result<(Vec<PathBuf>, u64)> {
     let made = if comm.is_root() {
-        make_stack(&input, b.slices, b.size)
+        make_stack(input, b.slices, b.size)
     } else {
         Ok(vec![])
     };
@@ -131,9 +145,21 @@ pub fn convert(b: &ConvertBench, comm: &dyn Comm) -> Result<()> {
     files[share.clone()].par_iter().for_each(|f| {
         let _ = std::fs::read(f);
     });
+    Ok((files, bytes))
+}
 
+/// `b.repeat` timings of a plain parallel copy of `files` (this rank's share) and of
+/// `tessera convert` of the whole stack, each after removing the last one's output.
+fn time_copy_and_convert(
+    b: &ConvertBench,
+    input: &Path,
+    files: &[PathBuf],
+    comm: &dyn Comm,
+) -> Result<(Vec<f64>, Vec<f64>)> {
+    let copy_dir = b.dir.join("copy");
+    let output = b.dir.join("out.zarr");
     let job = ConvertJob {
-        input: input.clone(),
+        input: input.to_path_buf(),
         pattern: r"(bench)_(\d+)\.tif$".into(),
         output: output.clone(),
         extension: Some(".tif".into()),
@@ -160,13 +186,11 @@ pub fn convert(b: &ConvertBench, comm: &dyn Comm) -> Result<()> {
         };
         crate::exec::agree(comm, cleared)?;
         let t = Instant::now();
-        let copied = files[share.clone()]
-            .par_iter()
-            .try_for_each(|f| -> Result<()> {
-                let data = std::fs::read(f).at(f)?;
-                let to = copy_dir.join(f.file_name().unwrap_or_default());
-                std::fs::write(&to, data).at(&to)
-            });
+        let copied = files.par_iter().try_for_each(|f| -> Result<()> {
+            let data = std::fs::read(f).at(f)?;
+            let to = copy_dir.join(f.file_name().unwrap_or_default());
+            std::fs::write(&to, data).at(&to)
+        });
         crate::exec::agree(comm, copied)?;
         copy_times.push(t.elapsed().as_secs_f64());
 
@@ -181,54 +205,61 @@ pub fn convert(b: &ConvertBench, comm: &dyn Comm) -> Result<()> {
         comm.barrier();
         convert_times.push(t.elapsed().as_secs_f64());
     }
-    let copy = measure(&mut copy_times, bytes);
-    let conv = measure(&mut convert_times, bytes);
+    Ok((copy_times, convert_times))
+}
+
+/// The table and JSON of `bench convert` (rank 0).
+fn report_convert(
+    b: &ConvertBench,
+    comm: &dyn Comm,
+    bytes: u64,
+    copy: &Measured,
+    conv: &Measured,
+) -> Result<()> {
     let fraction = conv.best_mb_per_s / copy.best_mb_per_s;
-    if comm.is_root() {
-        let layout = format!(
-            "chunks {}{}",
-            b.chunks
-                .as_deref()
-                .map_or("default".into(), crate::grid::join),
-            b.shards.as_deref().map_or(String::new(), |s| format!(
-                ", shards {}",
-                crate::grid::join(s)
-            ))
-        );
-        println!("bench convert: {} slices of {}x{} uint16 TIFF ({:.1} MiB), codec {:?}, {layout}, {} rank(s), {} thread(s) per rank, best of {}",
-            b.slices, b.size, b.size, bytes as f64 / 1048576.0, b.codec, comm.size(), rayon::current_num_threads(), b.repeat.max(1));
-        println!();
-        println!("| what | best s | median s | MB/s (best) | fraction of copy |");
-        println!("|---|---|---|---|---|");
-        println!(
-            "| plain file copy (read + write) | {:.3} | {:.3} | {:.0} | 1.00 |",
-            copy.best_seconds, copy.median_seconds, copy.best_mb_per_s
-        );
-        println!(
-            "| tessera convert -> Zarr | {:.3} | {:.3} | {:.0} | {:.2} |",
-            conv.best_seconds, conv.median_seconds, conv.best_mb_per_s, fraction
-        );
-        let json = serde_json::json!({
-            "benchmark": "convert",
-            "slices": b.slices, "size": b.size, "codec": b.codec, "ranks": comm.size(),
-            "chunks": b.chunks, "shards": b.shards,
-            "threads_per_rank": rayon::current_num_threads(),
-            "bytes": bytes, "copy": copy, "convert": conv, "fraction_of_copy": fraction,
-            "host": crate::comm::hostname(),
-        });
-        let path = b
-            .json
-            .clone()
-            .unwrap_or_else(|| b.dir.join("bench-convert.json"));
-        std::fs::write(
-            &path,
-            serde_json::to_string_pretty(&json).unwrap_or_default(),
-        )
-        .at(&path)?;
-        println!();
-        println!("json: {}", path.display());
-        remove_any(&copy_dir)?;
-    }
+    let layout = format!(
+        "chunks {}{}",
+        b.chunks
+            .as_deref()
+            .map_or("default".into(), crate::grid::join),
+        b.shards.as_deref().map_or(String::new(), |s| format!(
+            ", shards {}",
+            crate::grid::join(s)
+        ))
+    );
+    println!("bench convert: {} slices of {}x{} uint16 TIFF ({:.1} MiB), codec {:?}, {layout}, {} rank(s), {} thread(s) per rank, best of {}",
+        b.slices, b.size, b.size, bytes as f64 / 1048576.0, b.codec, comm.size(), rayon::current_num_threads(), b.repeat.max(1));
+    println!();
+    println!("| what | best s | median s | MB/s (best) | fraction of copy |");
+    println!("|---|---|---|---|---|");
+    println!(
+        "| plain file copy (read + write) | {:.3} | {:.3} | {:.0} | 1.00 |",
+        copy.best_seconds, copy.median_seconds, copy.best_mb_per_s
+    );
+    println!(
+        "| tessera convert -> Zarr | {:.3} | {:.3} | {:.0} | {:.2} |",
+        conv.best_seconds, conv.median_seconds, conv.best_mb_per_s, fraction
+    );
+    let json = serde_json::json!({
+        "benchmark": "convert",
+        "slices": b.slices, "size": b.size, "codec": b.codec, "ranks": comm.size(),
+        "chunks": b.chunks, "shards": b.shards,
+        "threads_per_rank": rayon::current_num_threads(),
+        "bytes": bytes, "copy": copy, "convert": conv, "fraction_of_copy": fraction,
+        "host": crate::comm::hostname(),
+    });
+    let path = b
+        .json
+        .clone()
+        .unwrap_or_else(|| b.dir.join("bench-convert.json"));
+    std::fs::write(
+        &path,
+        serde_json::to_string_pretty(&json).unwrap_or_default(),
+    )
+    .at(&path)?;
+    println!();
+    println!("json: {}", path.display());
+
     Ok(())
 }
 
