@@ -548,7 +548,7 @@ fn weigh_rows(input: &ArrayD<f64>, in_start: u64, outputs: &[(u64, Vec<f64>)]) -
         for ((y, &at), (_, w)) in y.iter_mut().zip(&starts).zip(outputs) {
             let mut acc = 0.0f64;
             for (&wk, &xk) in w.iter().zip(&x[at..at + w.len()]) {
-                acc = acc + wk * xk;
+                acc += wk * xk; // acc = acc + (wk * xk): no fused multiply-add in Rust
             }
             *y = acc;
         }
