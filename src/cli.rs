@@ -342,12 +342,20 @@ pub fn dispatch(cli: Cli, comm: &dyn Comm) -> Result<()> {
         Command::Debug {
             which: DebugCommand::CommCheck,
         } => {
-            let failures = crate::comm::selfcheck::run(comm);
+            use crate::comm::selfcheck;
+            let mut failures = selfcheck::run(comm);
+            let placed = selfcheck::placements(comm, crate::exec::threads::plan().threads);
+            if comm.is_root() {
+                failures.extend(selfcheck::misplaced(&placed));
+            }
             for f in &failures {
                 eprintln!("{f}");
             }
             let failed = comm.any_failed(!failures.is_empty());
             if comm.is_root() && failed.is_none() {
+                for p in &placed {
+                    println!("placement: {p}");
+                }
                 println!(
                     "comm-check: all collectives agree on {} rank(s)",
                     comm.size()

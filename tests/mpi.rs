@@ -1,6 +1,9 @@
 //! Real MPI ranks: `mpirun -n 1, 2, 4` of the built binary (MPI starts once per process, so
 //! these are programs, not in-process tests). Skipped with a message where `mpirun` is
-//! missing, unless `TESSERA_REQUIRE_MPI=1` (CI) makes that a failure.
+//! missing, unless `TESSERA_REQUIRE_MPI=1` (CI) makes that a failure. The 2- and 4-rank cases
+//! of the identity tests also run on two nodes emulated on this machine (common::Nodes::Two:
+//! half the ranks in each of two UTS namespaces, talking over TCP), and must write the same
+//! bytes; what differs between nodes is checked on its own below.
 #![cfg(feature = "mpi")]
 
 mod common;
@@ -9,14 +12,143 @@ use common::*;
 use tessera::io::DType;
 
 #[test]
-fn every_collective_agrees_on_1_2_and_4_ranks() {
+fn every_collective_agrees_on_1_2_and_4_ranks_on_one_and_two_nodes() {
     if mpirun().is_none() {
         return;
     }
-    for ranks in [1, 2, 4] {
-        let out = ok(tessera_mpi(ranks, &["debug", "comm-check"], &[]));
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let here = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    for (ranks, nodes) in placements(&[1, 2, 4]) {
+        // Threads from each node's own CPUs, not the suite's RAYON_NUM_THREADS.
+        let out = ok(mpi_command_on(nodes, ranks, &["debug", "comm-check"], &[])
+            .env_remove("RAYON_NUM_THREADS")
+            .output()
+            .unwrap());
         assert!(out.contains(&format!("agree on {ranks} rank")), "{out}");
+        let per_node = match nodes {
+            Nodes::One => ranks,
+            Nodes::Two => ranks.div_ceil(2),
+        };
+        for rank in 0..ranks {
+            let host = match nodes {
+                Nodes::One => here.trim(),
+                Nodes::Two => NODE_NAMES[rank / per_node],
+            };
+            // Node-local numbering (one GPU per rank of a node) and the node's CPUs divided
+            // among its own ranks only.
+            let line = format!(
+                "placement: rank {rank} on {host}: node rank {} of {per_node}, {} thread(s)",
+                rank % per_node,
+                (cpus / per_node).max(1)
+            );
+            assert!(
+                out.contains(&line),
+                "{ranks} ranks on {nodes:?}: no {line:?} in\n{out}"
+            );
+        }
     }
+}
+
+/// Two emulated nodes: each run report names every rank's host and its own node's thread
+/// count; the output lock is rank 0's host's: a dead job's lock on that host is taken over,
+/// another host's refused (it cannot be checked from here), as are its lock temporaries.
+#[test]
+fn two_nodes_name_their_hosts_in_reports_and_locks() {
+    if mpirun().is_none() || emulated_nodes().is_none() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let input = d.path().join("v.npy");
+    ndarray_npy::write_npy(&input, &ndarray::Array4::<f32>::zeros((2, 1, 24, 20))).unwrap();
+    let unstitch = |nodes: Nodes, out: &std::path::Path| {
+        let args = [
+            "quilt",
+            "unstitch",
+            "--input",
+            &s(&input),
+            "--output",
+            &s(out),
+            "--window",
+            "8,8",
+            "--step",
+            "4,4",
+            "--patches-per-chunk",
+            "4",
+        ];
+        mpi_command_on(nodes, 4, &args, &[("TESSERA_UNIT_BYTES", "2000")])
+            .env_remove("RAYON_NUM_THREADS")
+            .output()
+            .unwrap()
+    };
+    let single = d.path().join("single.zarr");
+    ok(tessera(&[
+        "quilt",
+        "unstitch",
+        "--input",
+        &s(&input),
+        "--output",
+        &s(&single),
+        "--window",
+        "8,8",
+        "--step",
+        "4,4",
+        "--patches-per-chunk",
+        "4",
+    ]));
+    let out = d.path().join("two.zarr");
+    ok(unstitch(Nodes::Two, &out));
+    assert_same_tree(&single, &out);
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.path().join("two.zarr.report.json")).unwrap())
+            .unwrap();
+    let per_rank = report["runs"][0]["per_rank"].as_array().unwrap();
+    let hosts: Vec<&str> = per_rank
+        .iter()
+        .map(|r| r["host"].as_str().unwrap())
+        .collect();
+    assert_eq!(hosts, ["nodeA", "nodeA", "nodeB", "nodeB"], "{report}");
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for r in per_rank {
+        assert_eq!(r["threads"], (cpus / 2).max(1), "{report}");
+        assert!(r["units"].as_u64().unwrap() > 0, "{report}");
+    }
+    assert_eq!(report["launch"]["threads"]["sharing"], 2, "{report}");
+
+    // A PID no process has any more; a dead job's lock (and lock temporary) on `host` for
+    // each output.
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let pid = gone.id();
+    gone.wait().unwrap();
+    let locked_by = |name: &str, host: &str| {
+        let out = d.path().join(name);
+        let owner = serde_json::json!({"host": host, "pid": pid, "started": 0});
+        std::fs::write(d.path().join(format!("{name}.lock")), owner.to_string()).unwrap();
+        out
+    };
+    let temporary = |host: &str| d.path().join(format!("a.zarr.lock.tmp-{host}-{pid}"));
+    // nodeA's dead job: rank 0 runs on nodeA, finds the PID gone, takes the lock over and
+    // removes nodeA's lock temporaries, not nodeB's.
+    let out = locked_by("a.zarr", "nodeA");
+    for host in NODE_NAMES {
+        std::fs::write(temporary(host), "").unwrap();
+    }
+    let log = ok(unstitch(Nodes::Two, &out));
+    assert!(log.contains("stale lock"), "{log}");
+    assert!(!temporary("nodeA").exists() && temporary("nodeB").exists());
+    assert!(
+        !d.path().join("a.zarr.lock").exists(),
+        "the run removes its lock"
+    );
+    assert_same_tree(&single, &out);
+    // nodeB's job cannot be checked from nodeA; nor nodeA's from this machine as one node.
+    fails_with(
+        unstitch(Nodes::Two, &locked_by("b.zarr", "nodeB")),
+        &["host nodeB"],
+    );
+    fails_with(
+        unstitch(Nodes::One, &locked_by("c.zarr", "nodeA")),
+        &["host nodeA"],
+    );
 }
 
 #[test]
@@ -55,8 +187,8 @@ fn convert_writes_identical_chunks_on_1_2_and_4_ranks() {
         args.extend_from_slice(layout);
         ok(tessera_env(&args, &env));
         assert_eq!(read_all(&s(&single)), reference);
-        for ranks in [1, 2, 4] {
-            let out = d.path().join(format!("l{l}-{ranks}.zarr"));
+        for (ranks, nodes) in placements(&[1, 2, 4]) {
+            let out = d.path().join(format!("l{l}-{ranks}-{nodes:?}.zarr"));
             let mut args = vec![
                 "convert",
                 "--input",
@@ -65,7 +197,7 @@ fn convert_writes_identical_chunks_on_1_2_and_4_ranks() {
                 out.to_str().unwrap(),
             ];
             args.extend_from_slice(layout);
-            let log = ok(tessera_mpi(ranks, &args, &env));
+            let log = ok(tessera_mpi_on(nodes, ranks, &args, &env));
             assert!(log.contains(&format!("on {ranks} rank")), "{log}");
             assert_same_tree(&single, &out);
         }
@@ -279,8 +411,9 @@ fn quilt_unstitch_and_stitch_are_identical_on_1_2_and_4_ranks() {
     // (patch chunk files, stitched mean bytes, weight bytes) of the first rank count.
     type Outputs = (Vec<(String, Vec<u8>)>, Vec<u8>, Vec<u8>);
     let mut reference: Option<Outputs> = None;
-    for ranks in [1, 2, 4] {
-        let p = d.path().join(format!("p{ranks}.zarr"));
+    for (ranks, nodes) in placements(&[1, 2, 4]) {
+        let name = |what: &str, ext: &str| d.path().join(format!("{what}{ranks}{nodes:?}.{ext}"));
+        let p = name("p", "zarr");
         let mut args = vec![
             "quilt",
             "unstitch",
@@ -292,10 +425,11 @@ fn quilt_unstitch_and_stitch_are_identical_on_1_2_and_4_ranks() {
             "7",
         ];
         args.extend(geometry);
-        ok(tessera_mpi(ranks, &args, &env));
-        let out = d.path().join(format!("s{ranks}.npy"));
-        let w = d.path().join(format!("w{ranks}.npy"));
-        ok(tessera_mpi(
+        ok(tessera_mpi_on(nodes, ranks, &args, &env));
+        let out = name("s", "npy");
+        let w = name("w", "npy");
+        ok(tessera_mpi_on(
+            nodes,
             ranks,
             &[
                 "quilt",
@@ -318,18 +452,25 @@ fn quilt_unstitch_and_stitch_are_identical_on_1_2_and_4_ranks() {
             std::fs::read(&out).unwrap(),
             std::fs::read(&w).unwrap(),
         );
-        let positions = std::fs::read(d.path().join(format!("p{ranks}_positions.npy"))).unwrap();
+        let positions = d.path().join(format!("p{ranks}{nodes:?}_positions.npy"));
+        let positions = std::fs::read(positions).unwrap();
         assert!(!positions.is_empty());
         match &reference {
             None => reference = Some(now),
             Some(r) => {
-                assert!(r.0 == now.0, "patch chunks differ on {ranks} ranks");
-                assert!(r.1 == now.1, "stitched mean differs on {ranks} ranks");
-                assert!(r.2 == now.2, "weights differ on {ranks} ranks");
+                assert!(
+                    r.0 == now.0,
+                    "patch chunks differ on {ranks} ranks, {nodes:?}"
+                );
+                assert!(
+                    r.1 == now.1,
+                    "stitched mean differs on {ranks} ranks, {nodes:?}"
+                );
+                assert!(r.2 == now.2, "weights differ on {ranks} ranks, {nodes:?}");
             }
         }
     }
-    let back: ndarray::ArrayD<f32> = ndarray_npy::read_npy(d.path().join("s4.npy")).unwrap();
+    let back: ndarray::ArrayD<f32> = ndarray_npy::read_npy(d.path().join("s4One.npy")).unwrap();
     assert!(back
         .iter()
         .zip(img.iter())
@@ -445,11 +586,17 @@ fn pyramids_are_identical_on_1_2_and_4_ranks() {
     // Small units: several stages, later ones reading levels back from the staged output.
     let env = [("TESSERA_UNIT_BYTES", "6000")];
     for method in ["mean", "gaussian", "laplacian"] {
-        for ranks in [1, 2, 4] {
-            let dir = d.path().join(format!("{method}{ranks}"));
+        // Two nodes for the Laplacian only (the most stages): the added time stays small.
+        let layouts = match method {
+            "laplacian" => placements(&[1, 2, 4]),
+            _ => [1, 2, 4].map(|r| (r, Nodes::One)).to_vec(),
+        };
+        for (ranks, nodes) in layouts {
+            let dir = d.path().join(format!("{method}{ranks}{nodes:?}"));
             std::fs::create_dir_all(&dir).unwrap();
             let out = dir.join("p.zarr");
-            ok(tessera_mpi(
+            ok(tessera_mpi_on(
+                nodes,
                 ranks,
                 &[
                     "pyramid",
@@ -467,7 +614,7 @@ fn pyramids_are_identical_on_1_2_and_4_ranks() {
                 &env,
             ));
             if ranks > 1 {
-                let first = d.path().join(format!("{method}1/p.zarr"));
+                let first = d.path().join(format!("{method}1One/p.zarr"));
                 assert_same_tree(&first, &out);
             }
         }
@@ -481,11 +628,12 @@ fn crops_are_identical_on_1_2_and_4_ranks() {
     }
     let d = tempfile::tempdir().unwrap();
     let mut first: Option<Vec<Vec<u8>>> = None;
-    for ranks in [1, 2, 4] {
-        let dir = d.path().join(format!("r{ranks}"));
+    for (ranks, nodes) in placements(&[1, 2, 4]) {
+        let dir = d.path().join(format!("r{ranks}{nodes:?}"));
         std::fs::create_dir_all(&dir).unwrap();
         let out = dir.join("c.npy");
-        ok(tessera_mpi(
+        ok(tessera_mpi_on(
+            nodes,
             ranks,
             &[
                 "crop",
@@ -508,7 +656,10 @@ fn crops_are_identical_on_1_2_and_4_ranks() {
         assert!(dir.join("c_visualization.png").is_file());
         match &first {
             None => first = Some(files),
-            Some(f) => assert!(f == &files, "crop outputs differ on {ranks} ranks"),
+            Some(f) => assert!(
+                f == &files,
+                "crop outputs differ on {ranks} ranks, {nodes:?}"
+            ),
         }
     }
 }
@@ -555,25 +706,6 @@ fn the_scaling_bench_writes_its_table_and_plot() {
     assert_eq!((png.width(), png.height()), (1000, 450));
     // Both runs wrote the whole archive (2 brackets), half each on 2 ranks.
     assert!(dir.join("run-2/out/20240601120030.npy").exists());
-}
-
-/// A `bench scaling` CSV as one map of column to value per row (every line as wide as the
-/// header).
-fn scaling_csv(path: &std::path::Path) -> Vec<std::collections::HashMap<String, f64>> {
-    let csv = std::fs::read_to_string(path).unwrap();
-    let mut lines = csv.lines();
-    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
-    lines
-        .map(|l| {
-            let fields: Vec<&str> = l.split(',').collect();
-            assert_eq!(fields.len(), header.len(), "{csv}");
-            header
-                .iter()
-                .zip(fields)
-                .map(|(h, f)| (h.to_string(), f.parse().unwrap()))
-                .collect()
-        })
-        .collect()
 }
 
 #[test]
@@ -832,15 +964,18 @@ fn pairs_metadata_and_tokens_are_identical_on_1_2_and_4_ranks_and_after_resume()
         "--rotations",
         "0,1,2,3",
     ];
-    let run = |ranks: usize, out: &str, extra: &[&str], env: &[(&str, &str)]| {
+    let run_on = |nodes: Nodes, ranks: usize, out: &str, extra: &[&str], env: &[(&str, &str)]| {
         let mut args = vec!["pairs", "--input", &input, "--output", out];
         args.extend_from_slice(&sampling);
         args.extend_from_slice(extra);
         if ranks == 0 {
             tessera_env(&args, env)
         } else {
-            tessera_mpi(ranks, &args, env)
+            tessera_mpi_on(nodes, ranks, &args, env)
         }
+    };
+    let run = |ranks: usize, out: &str, extra: &[&str], env: &[(&str, &str)]| {
+        run_on(Nodes::One, ranks, out, extra, env)
     };
     for (name, extra) in [
         (
@@ -851,9 +986,9 @@ fn pairs_metadata_and_tokens_are_identical_on_1_2_and_4_ranks_and_after_resume()
     ] {
         let single = s(&d.path().join(format!("{name}-single.zarr")));
         ok(run(0, &single, extra, &env));
-        for ranks in [1, 2, 4] {
-            let out = s(&d.path().join(format!("{name}-{ranks}.zarr")));
-            let log = ok(run(ranks, &out, extra, &env));
+        for (ranks, nodes) in placements(&[1, 2, 4]) {
+            let out = s(&d.path().join(format!("{name}-{ranks}-{nodes:?}.zarr")));
+            let log = ok(run_on(nodes, ranks, &out, extra, &env));
             assert!(log.contains(&format!("on {ranks} rank")), "{log}");
             assert_same_tree(std::path::Path::new(&single), std::path::Path::new(&out));
         }

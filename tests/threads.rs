@@ -86,6 +86,74 @@ fn one_process_uses_its_cpus_unless_told() {
     );
 }
 
+#[test]
+fn the_thread_sweep_puts_each_speed_up_beside_the_copys() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("sweep");
+    let out = ok(tessera(&[
+        "bench",
+        "scaling",
+        "--op",
+        "pyramid",
+        "--mode",
+        "threads",
+        "--thread-counts",
+        "1,2,3",
+        "--size",
+        "1",
+        "--memcopy-mib",
+        "4",
+        "--dir",
+        &s(&dir),
+    ]));
+    assert!(
+        out.contains("| threads |") && out.contains("| 3 |"),
+        "{out}"
+    );
+    let rows = scaling_csv(&dir.join("scaling-pyramid-threads.csv"));
+    let counts: Vec<f64> = rows.iter().map(|r| r["threads"]).collect();
+    assert_eq!(counts, [1.0, 2.0, 3.0]);
+    for column in ["speedup", "memcopy_speedup", "vs_memcopy"] {
+        assert_eq!(rows[0][column], 1.0, "{column}: {:?}", rows[0]);
+    }
+    for row in &rows {
+        for column in ["seconds", "gb_per_s", "memcopy_gb_per_s", "speedup"] {
+            assert!(row[column] > 0.0, "{column}: {row:?}");
+        }
+        // Each speed-up beside the copy's at the same thread count (4 decimals in the CSV).
+        let ratio = row["speedup"] / row["memcopy_speedup"];
+        assert!(
+            (row["vs_memcopy"] - ratio).abs() <= 1e-3 * ratio.max(1.0),
+            "{row:?}"
+        );
+    }
+    // Each count ran as one process of that many threads: the operation and the copy.
+    for t in [1u64, 2, 3] {
+        let read = |name: String| -> serde_json::Value {
+            serde_json::from_slice(&std::fs::read(dir.join(name)).unwrap()).unwrap()
+        };
+        let report = read(format!("report-{t}.json"));
+        assert_eq!(report["runs"][0]["ranks"], 1, "{report}");
+        assert_eq!(report["runs"][0]["per_rank"][0]["threads"], t, "{report}");
+        assert_eq!(read(format!("memcopy-{t}.json"))["threads_per_rank"], t);
+    }
+    let png = image::open(dir.join("scaling-pyramid-threads.png")).unwrap();
+    assert_eq!((png.width(), png.height()), (1000, 450));
+    fails_with(
+        tessera(&[
+            "bench",
+            "scaling",
+            "--op",
+            "pyramid",
+            "--thread-counts",
+            "1,2",
+            "--dir",
+            &s(&dir),
+        ]),
+        &["--thread-counts", "--mode threads"],
+    );
+}
+
 #[cfg(feature = "mpi")]
 /// `mpirun -n 2` with the given binding, without the test suite's RAYON_NUM_THREADS.
 fn mpirun2(bind: &str, extra_env: &[(&str, &str)], args: &[&str]) -> std::process::Output {

@@ -7,6 +7,11 @@
 //! efficiency is what ranks sharing one memory system can reach, and `vs_memcopy` is the
 //! operation's efficiency divided by it.
 //!
+//! `--mode threads` sweeps the threads of one process instead (`--threads T` at each of
+//! `--thread-counts`, no launcher): the operation's speed-up over the first count beside the
+//! memory copy's own speed-up at the same thread count, measured in the same sweep, so
+//! `vs_memcopy` shows how much of what the memory system allows the operation reaches.
+//!
 //! Inputs are made once per size, before and outside the timed runs, and kept in `--dir`.
 
 use std::path::{Path, PathBuf};
@@ -32,10 +37,12 @@ pub enum ScalingOp {
 }
 
 /// Strong: the same problem at every rank count. Weak: the problem grows with the ranks.
+/// Threads: the same problem in one process at every thread count.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
     Strong,
     Weak,
+    Threads,
 }
 
 /// How ranks are started.
@@ -55,6 +62,9 @@ pub struct ScalingBench {
     pub ranks: Vec<usize>,
     #[arg(long, value_enum, default_value = "strong")]
     pub mode: Mode,
+    /// Thread counts of `--mode threads` (default: 1, 2, 4 ... and this machine's CPUs).
+    #[arg(long, value_delimiter = ',')]
+    pub thread_counts: Option<Vec<usize>>,
     /// Problem size per rank-count unit: 125 patterns of 256x256 (crop), 32 x 256x256 slices
     /// (pyramid), images of 1024x1024 (quilt, stitch), brackets of 5 x 512x512 (hdr). Weak
     /// scaling multiplies it by the rank count.
@@ -76,10 +86,11 @@ pub struct ScalingBench {
 /// The phases of a run report, in the order of the table.
 const PHASES: [&str; 6] = ["setup", "read", "compute", "write", "sync", "finalize"];
 
-/// One rank count's numbers.
+/// One rank count's (or, `--mode threads`, thread count's) numbers.
 #[derive(Clone, Debug, Default)]
 struct Row {
-    ranks: usize,
+    /// Ranks, or threads of the one process.
+    count: usize,
     /// Wall time of the launch, start-up included.
     wall: f64,
     /// The runs' own time (slowest rank, from the report).
@@ -90,16 +101,18 @@ struct Row {
     /// The slowest rank's seconds per phase (see [`PHASES`]): the rank with the most time
     /// outside sync.
     phases: [f64; 6],
-    /// The job's memory-copy rate at this rank count (GB/s, all ranks together).
+    /// The job's memory-copy rate at this count (GB/s, all ranks together).
     copy_gb_per_s: f64,
 }
 
-/// A row's efficiencies against the first row (the smallest rank count).
+/// A row's efficiencies against the first row (the smallest rank count); in `--mode
+/// threads`, its speed-ups against the first row.
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct Efficiency {
-    /// The operation's: strong, T1 R1 / (T R); weak, T1 / T.
+    /// The operation's: strong, T1 R1 / (T R); weak and threads, T1 / T.
     op: f64,
-    /// The memory copy's weak-scaling efficiency: its rate per rank against the first row's.
+    /// The memory copy's: its rate per rank against the first row's (weak-scaling efficiency;
+    /// threads: its rate against the first row's, the copy's speed-up).
     copy: f64,
 }
 
@@ -111,12 +124,14 @@ impl Efficiency {
 
 fn efficiencies(rows: &[Row], mode: Mode) -> Vec<Efficiency> {
     let base = &rows[0];
-    let per_rank = |r: &Row| r.copy_gb_per_s / r.ranks as f64;
+    // One process whatever its threads: the whole rate is the one rank's.
+    let ranks = |r: &Row| if mode == Mode::Threads { 1 } else { r.count };
+    let per_rank = |r: &Row| r.copy_gb_per_s / ranks(r) as f64;
     rows.iter()
         .map(|r| Efficiency {
             op: match mode {
-                Mode::Strong => base.seconds * base.ranks as f64 / (r.seconds * r.ranks as f64),
-                Mode::Weak => base.seconds / r.seconds,
+                Mode::Strong => base.seconds * base.count as f64 / (r.seconds * r.count as f64),
+                Mode::Weak | Mode::Threads => base.seconds / r.seconds,
             },
             copy: per_rank(r) / per_rank(base),
         })
@@ -132,8 +147,11 @@ struct Cell {
 }
 
 /// A row's cells. The CSV header and the Markdown heading come from the same list, so a
-/// column cannot go missing from the rows alone.
-fn cells(r: &Row, e: &Efficiency) -> Vec<Cell> {
+/// column cannot go missing from the rows alone. `--mode threads` names its counts threads
+/// and its efficiencies speed-ups.
+fn cells(r: &Row, e: &Efficiency, mode: Mode) -> Vec<Cell> {
+    let threads = mode == Mode::Threads;
+    let pick = |rank_name, thread_name| if threads { thread_name } else { rank_name };
     let cell = |csv_name, md_name, csv: String, md: String| Cell {
         csv_name,
         md_name,
@@ -143,7 +161,12 @@ fn cells(r: &Row, e: &Efficiency) -> Vec<Cell> {
     let mib = |b: u64| format!("{:.1}", b as f64 / 1048576.0);
     let gbs = r.bytes as f64 / r.seconds / 1e9;
     let mut v = vec![
-        cell("ranks", "ranks", r.ranks.to_string(), r.ranks.to_string()),
+        cell(
+            pick("ranks", "threads"),
+            pick("ranks", "threads"),
+            r.count.to_string(),
+            r.count.to_string(),
+        ),
         cell(
             "wall_seconds",
             "wall s (with launch)",
@@ -158,8 +181,8 @@ fn cells(r: &Row, e: &Efficiency) -> Vec<Cell> {
         ),
         cell("gb_per_s", "GB/s", format!("{gbs:.3}"), format!("{gbs:.3}")),
         cell(
-            "efficiency",
-            "efficiency",
+            pick("efficiency", "speedup"),
+            pick("efficiency", "speed-up"),
             format!("{:.4}", e.op),
             format!("{:.2}", e.op),
         ),
@@ -170,8 +193,8 @@ fn cells(r: &Row, e: &Efficiency) -> Vec<Cell> {
             format!("{:.1}", r.copy_gb_per_s),
         ),
         cell(
-            "memcopy_efficiency",
-            "memcopy efficiency",
+            pick("memcopy_efficiency", "memcopy_speedup"),
+            pick("memcopy efficiency", "memcopy speed-up"),
             format!("{:.4}", e.copy),
             format!("{:.2}", e.copy),
         ),
@@ -205,9 +228,9 @@ fn tables(rows: &[Row], mode: Mode) -> (String, String) {
     let all: Vec<Vec<Cell>> = rows
         .iter()
         .zip(efficiencies(rows, mode))
-        .map(|(r, e)| cells(r, &e))
+        .map(|(r, e)| cells(r, &e, mode))
         .collect();
-    let names = cells(&Row::default(), &Efficiency { op: 0.0, copy: 1.0 });
+    let names = cells(&Row::default(), &Efficiency { op: 0.0, copy: 1.0 }, mode);
     let line =
         |f: &dyn Fn(&Cell) -> &str, sep: &str| names.iter().map(f).collect::<Vec<_>>().join(sep);
     let mut csv = line(&|c| c.csv_name, ",") + "\n";
@@ -404,9 +427,9 @@ fn prepare(b: &ScalingBench, size: usize, largest: usize, dir: &Path) -> Result<
     })
 }
 
-/// Each rank count writes into its own fresh directory (outputs and their side files).
-fn output_of(op: ScalingOp, dir: &Path, ranks: usize) -> PathBuf {
-    dir.join(format!("run-{ranks}")).join(match op {
+/// Each count writes into its own fresh directory (outputs and their side files).
+fn output_of(op: ScalingOp, dir: &Path, count: usize) -> PathBuf {
+    dir.join(format!("run-{count}")).join(match op {
         ScalingOp::Crop => "out.npy",
         ScalingOp::Pyramid | ScalingOp::Quilt | ScalingOp::Stitch => "out.zarr",
         ScalingOp::Hdr => "out",
@@ -431,9 +454,32 @@ fn launch(b: &ScalingBench, ranks: usize, args: &[String], what: &str) -> Result
     Ok(t.elapsed().as_secs_f64())
 }
 
-/// The memory-bandwidth reference at `ranks` (GB/s of the whole job).
-fn memcopy(b: &ScalingBench, ranks: usize, dir: &Path) -> Result<f64> {
-    let json = dir.join(format!("memcopy-{ranks}.json"));
+/// Runs this binary with `args` as one process of `threads` threads (`--mode threads`); the
+/// wall time.
+fn threaded(threads: usize, args: &[String], what: &str) -> Result<f64> {
+    let exe = std::env::current_exe().at("tessera executable")?;
+    let mut cmd = Command::new(&exe);
+    cmd.arg("--threads")
+        .arg(threads.to_string())
+        .args(args)
+        .env("TESSERA_MPI", "0");
+    let t = Instant::now();
+    run_cmd(&mut cmd, &format!("{what} on {threads} thread(s)"))?;
+    Ok(t.elapsed().as_secs_f64())
+}
+
+/// Runs this binary with `args` at one count of the sweep: ranks through the launcher, or
+/// threads of one process; the wall time.
+fn start(b: &ScalingBench, count: usize, args: &[String], what: &str) -> Result<f64> {
+    match b.mode {
+        Mode::Threads => threaded(count, args, what),
+        Mode::Strong | Mode::Weak => launch(b, count, args, what),
+    }
+}
+
+/// The memory-bandwidth reference at `count` (GB/s of the whole job).
+fn memcopy(b: &ScalingBench, count: usize, dir: &Path) -> Result<f64> {
+    let json = dir.join(format!("memcopy-{count}.json"));
     crate::io::staging::remove_any(&json)?;
     let args = [
         "bench",
@@ -444,33 +490,33 @@ fn memcopy(b: &ScalingBench, ranks: usize, dir: &Path) -> Result<f64> {
         &text(&json),
     ]
     .map(String::from);
-    launch(b, ranks, &args, "memcopy")?;
+    start(b, count, &args, "memcopy")?;
     let rate: CopyRate = serde_json::from_slice(&std::fs::read(&json).at(&json)?)
         .map_err(|e| Error::bad_file(&json, e.to_string()))?;
     Ok(rate.gb_per_s)
 }
 
-fn measure(b: &ScalingBench, ranks: usize, largest: usize, dir: &Path) -> Result<Row> {
+fn measure(b: &ScalingBench, count: usize, largest: usize, dir: &Path) -> Result<Row> {
     let size = match b.mode {
-        Mode::Strong => b.size,
-        Mode::Weak => b.size * ranks,
+        Mode::Strong | Mode::Threads => b.size,
+        Mode::Weak => b.size * count,
     };
     let mut args = prepare(b, size, largest, dir)?;
-    let out = output_of(b.op, dir, ranks);
-    let report = dir.join(format!("report-{ranks}.json"));
+    let out = output_of(b.op, dir, count);
+    let report = dir.join(format!("report-{count}.json"));
     let run_dir = out.parent().expect("inside the run directory");
     crate::io::staging::remove_any(run_dir)?;
     crate::io::staging::remove_any(&report)?;
     std::fs::create_dir_all(run_dir).at(run_dir)?;
     args.extend(["--output".into(), text(&out)]);
     args.extend(["--report".into(), text(&report)]);
-    let copy_gb_per_s = memcopy(b, ranks, dir)?;
-    let wall = launch(b, ranks, &args, &format!("{:?}", b.op))?;
+    let copy_gb_per_s = memcopy(b, count, dir)?;
+    let wall = start(b, count, &args, &format!("{:?}", b.op))?;
     let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).at(&report)?)
         .map_err(|e| Error::bad_file(&report, e.to_string()))?;
     let runs = json["runs"].as_array().cloned().unwrap_or_default();
     let mut row = Row {
-        ranks,
+        count,
         wall,
         copy_gb_per_s,
         ..Row::default()
@@ -510,21 +556,15 @@ pub fn run(b: &ScalingBench, comm: &dyn Comm) -> Result<()> {
     if !comm.is_root() {
         return Ok(());
     }
-    if b.ranks.is_empty() || b.ranks.contains(&0) || b.size == 0 || b.memcopy_mib == 0 {
-        return Err(Error::parameter(
-            "ranks",
-            "rank counts, --size and --memcopy-mib must be at least 1",
-        ));
-    }
+    let counts = counts(b)?;
     std::fs::create_dir_all(&b.dir).at(&b.dir)?;
     let largest = match b.mode {
-        Mode::Strong => b.size,
-        Mode::Weak => b.size * b.ranks.iter().max().copied().unwrap_or(1),
+        Mode::Strong | Mode::Threads => b.size,
+        Mode::Weak => b.size * counts.iter().max().copied().unwrap_or(1),
     };
-    let rows: Vec<Row> = b
-        .ranks
+    let rows: Vec<Row> = counts
         .iter()
-        .map(|&r| measure(b, r, largest, &b.dir))
+        .map(|&c| measure(b, c, largest, &b.dir))
         .collect::<Result<_>>()?;
     let stem = format!("scaling-{:?}-{:?}", b.op, b.mode).to_lowercase();
     let (csv, md) = tables(&rows, b.mode);
@@ -534,13 +574,17 @@ pub fn run(b: &ScalingBench, comm: &dyn Comm) -> Result<()> {
     std::fs::write(&md_path, &md).at(&md_path)?;
     let png = b.dir.join(format!("{stem}.png"));
     plot(&png, b, &rows, &efficiencies(&rows, b.mode))?;
+    let how = match b.mode {
+        Mode::Threads => "one process at each thread count; speed-ups against the first count from the runs' own time; memcopy: the copy's speed-up at the same thread count",
+        Mode::Strong | Mode::Weak => "efficiency and GB/s from the runs' own time (slowest rank; crop: its crop-and-write pass); memcopy: same launcher",
+    };
     println!(
-        "bench scaling: {:?} {:?}, size {}, on {} ({} CPUs); efficiency and GB/s from the runs' own time (slowest rank; crop: its crop-and-write pass); memcopy: {} MiB per rank, best of 5, same launcher",
+        "bench scaling: {:?} {:?}, size {}, on {} ({} CPUs); {how}; memcopy {} MiB per rank, best of 5",
         b.op,
         b.mode,
         b.size,
         crate::comm::hostname(),
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        cpus(),
         b.memcopy_mib
     );
     println!();
@@ -554,13 +598,60 @@ pub fn run(b: &ScalingBench, comm: &dyn Comm) -> Result<()> {
     Ok(())
 }
 
+/// This machine's CPUs (0 where unknown).
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(0, |n| n.get())
+}
+
+/// 1, 2, 4 ... below `cpus`, then `cpus`: the default thread counts.
+fn doubling_up_to(cpus: usize) -> Vec<usize> {
+    let mut v: Vec<usize> = std::iter::successors(Some(1usize), |n| n.checked_mul(2))
+        .take_while(|&n| n < cpus)
+        .collect();
+    v.push(cpus.max(1));
+    v
+}
+
+/// The sweep's counts (ranks, or threads in `--mode threads`), checked.
+fn counts(b: &ScalingBench) -> Result<Vec<usize>> {
+    if b.size == 0 || b.memcopy_mib == 0 {
+        return Err(Error::parameter(
+            "size",
+            "--size and --memcopy-mib must be at least 1",
+        ));
+    }
+    let (flag, counts) = match (b.mode, &b.thread_counts) {
+        (Mode::Threads, Some(t)) => ("thread-counts", t.clone()),
+        (Mode::Threads, None) => ("thread-counts", doubling_up_to(cpus())),
+        (_, Some(_)) => {
+            return Err(Error::parameter(
+                "thread-counts",
+                "is for --mode threads (strong and weak sweep --ranks)",
+            ))
+        }
+        (_, None) => ("ranks", b.ranks.clone()),
+    };
+    if counts.is_empty() || counts.contains(&0) {
+        return Err(Error::parameter(flag, "every count must be at least 1"));
+    }
+    Ok(counts)
+}
+
 fn plot(path: &Path, b: &ScalingBench, rows: &[Row], eff: &[Efficiency]) -> Result<()> {
     crate::ops::crop::plot::register();
     let err = |e: String| Error::bad_file(path, format!("drawing the scaling plot: {e}"));
     let root = BitMapBackend::new(path, (1000, 450)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
     let (left, right) = root.split_horizontally(500);
-    let max_r = rows.iter().map(|r| r.ranks).max().unwrap_or(1) as f64;
+    let max_r = rows.iter().map(|r| r.count).max().unwrap_or(1) as f64;
+    let (x_desc, y_desc, caption) = match b.mode {
+        Mode::Threads => ("threads", "speed-up", "speed-up (red), memcopy's (green)"),
+        Mode::Strong | Mode::Weak => (
+            "ranks",
+            "efficiency",
+            "parallel efficiency (red), memcopy's (green)",
+        ),
+    };
     let max_t = rows.iter().map(|r| r.seconds).fold(0.0, f64::max) * 1.1;
     let max_e = eff
         .iter()
@@ -579,33 +670,30 @@ fn plot(path: &Path, b: &ScalingBench, rows: &[Row], eff: &[Efficiency]) -> Resu
             .build_cartesian_2d(0.5..max_r + 0.5, 0.0..max_t.max(1e-3))
             .map_err(|e| e.to_string())?;
         c.configure_mesh()
-            .x_desc("ranks")
+            .x_desc(x_desc)
             .y_desc("seconds")
             .draw()
             .map_err(|e| e.to_string())?;
         c.draw_series(LineSeries::new(
-            rows.iter().map(|r| (r.ranks as f64, r.seconds)),
+            rows.iter().map(|r| (r.count as f64, r.seconds)),
             BLUE.stroke_width(2),
         ))
         .map_err(|e| e.to_string())?;
         c.draw_series(
             rows.iter()
-                .map(|r| Circle::new((r.ranks as f64, r.seconds), 4, BLUE.filled())),
+                .map(|r| Circle::new((r.count as f64, r.seconds), 4, BLUE.filled())),
         )
         .map_err(|e| e.to_string())?;
         let mut e = ChartBuilder::on(&right)
-            .caption(
-                "parallel efficiency (red), memcopy's (green)",
-                ("sans-serif", 18),
-            )
+            .caption(caption, ("sans-serif", 18))
             .margin(10)
             .x_label_area_size(35)
             .y_label_area_size(50)
             .build_cartesian_2d(0.5..max_r + 0.5, 0.0..max_e)
             .map_err(|e| e.to_string())?;
         e.configure_mesh()
-            .x_desc("ranks")
-            .y_desc("efficiency")
+            .x_desc(x_desc)
+            .y_desc(y_desc)
             .draw()
             .map_err(|e| e.to_string())?;
         // The operation's efficiency (red) and the memory copy's (green, the reference).
@@ -614,14 +702,14 @@ fn plot(path: &Path, b: &ScalingBench, rows: &[Row], eff: &[Efficiency]) -> Resu
             (GREEN, |e: &Efficiency| e.copy),
         ] {
             e.draw_series(LineSeries::new(
-                rows.iter().zip(eff).map(|(r, v)| (r.ranks as f64, of(v))),
+                rows.iter().zip(eff).map(|(r, v)| (r.count as f64, of(v))),
                 colour.stroke_width(2),
             ))
             .map_err(|e| e.to_string())?;
             e.draw_series(
                 rows.iter()
                     .zip(eff)
-                    .map(|(r, v)| Circle::new((r.ranks as f64, of(v)), 4, colour.filled())),
+                    .map(|(r, v)| Circle::new((r.count as f64, of(v)), 4, colour.filled())),
             )
             .map_err(|e| e.to_string())?;
         }
@@ -638,7 +726,7 @@ mod tests {
     fn rows() -> Vec<Row> {
         vec![
             Row {
-                ranks: 1,
+                count: 1,
                 wall: 1.5,
                 seconds: 1.0,
                 bytes: 2_000_000_000,
@@ -648,7 +736,7 @@ mod tests {
                 copy_gb_per_s: 10.0,
             },
             Row {
-                ranks: 2,
+                count: 2,
                 wall: 1.25,
                 seconds: 0.8,
                 bytes: 2_000_000_000,
@@ -738,6 +826,44 @@ mod tests {
                 .starts_with("| 2 | 1.250 | 0.800 |"),
             "{md}"
         );
+    }
+
+    #[test]
+    fn threads_mode_puts_each_speed_up_beside_the_copys() {
+        let (csv, md) = tables(&rows(), Mode::Threads);
+        let parsed = parse(&csv);
+        let names: Vec<&str> = parsed[0].iter().map(|(h, _)| h.as_str()).collect();
+        assert_eq!(
+            names[..8],
+            [
+                "threads",
+                "wall_seconds",
+                "seconds",
+                "gb_per_s",
+                "speedup",
+                "memcopy_gb_per_s",
+                "memcopy_speedup",
+                "vs_memcopy"
+            ]
+        );
+        let r = &parsed[1];
+        let num = |name| get(r, name).parse::<f64>().unwrap();
+        assert_eq!(get(r, "threads"), "2");
+        // 1 s -> 0.8 s: 1.25x. The copy, one process: 10 -> 16 GB/s, 1.6x (not per thread).
+        assert_eq!(num("speedup"), 1.25);
+        assert_eq!(num("memcopy_speedup"), 1.6);
+        assert!((num("vs_memcopy") - 0.78125).abs() < 1e-4);
+        assert!(md.starts_with("| threads |"), "{md}");
+        assert!(md.contains("| speed-up |"), "{md}");
+    }
+
+    #[test]
+    fn default_thread_counts_double_up_to_the_cpus() {
+        assert_eq!(doubling_up_to(0), [1]);
+        assert_eq!(doubling_up_to(1), [1]);
+        assert_eq!(doubling_up_to(2), [1, 2]);
+        assert_eq!(doubling_up_to(6), [1, 2, 4, 6]);
+        assert_eq!(doubling_up_to(16), [1, 2, 4, 8, 16]);
     }
 
     #[test]

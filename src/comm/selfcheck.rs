@@ -3,7 +3,70 @@
 //! programs, not in-process test functions). Each check uses rank-dependent data whose
 //! result every rank can predict.
 
+use serde::{Deserialize, Serialize};
+
 use super::{Comm, ReduceOp};
+
+/// Where one rank runs: the facts that differ between nodes (printed by `debug comm-check`,
+/// so tests on emulated nodes can check them).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    pub rank: usize,
+    pub host: String,
+    /// Its index among its node's ranks, and their number ([`Comm::node_local`]).
+    pub node_rank: usize,
+    pub node_size: usize,
+    /// Its thread pool's width (exec::threads decides it from its node's CPUs).
+    pub threads: usize,
+}
+
+impl std::fmt::Display for Placement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "rank {} on {}: node rank {} of {}, {} thread(s)",
+            self.rank, self.host, self.node_rank, self.node_size, self.threads
+        )
+    }
+}
+
+/// Every rank's placement, in rank order, on every rank (collective).
+pub fn placements(comm: &dyn Comm, threads: usize) -> Vec<Placement> {
+    let (node_rank, node_size) = comm.node_local();
+    let mine = Placement {
+        rank: comm.rank(),
+        host: super::hostname(),
+        node_rank,
+        node_size,
+        threads,
+    };
+    let sent = serde_json::to_vec(&mine).unwrap_or_default();
+    comm.all_gather(&sent)
+        .iter()
+        .filter_map(|b| serde_json::from_slice(b).ok())
+        .collect()
+}
+
+/// Where MPI's node split disagrees with the host names: a node's ranks, in rank order,
+/// must be its node ranks 0, 1, ... of as many as the host has.
+pub fn misplaced(all: &[Placement]) -> Vec<String> {
+    all.iter()
+        .filter_map(|p| {
+            let same_host: Vec<usize> = all
+                .iter()
+                .filter(|q| q.host == p.host)
+                .map(|q| q.rank)
+                .collect();
+            let index = same_host.iter().position(|&r| r == p.rank);
+            (index != Some(p.node_rank) || same_host.len() != p.node_size).then(|| {
+                format!(
+                    "{p}, but {} has ranks {same_host:?} (node split and host names disagree)",
+                    p.host
+                )
+            })
+        })
+        .collect()
+}
 
 /// Runs every check; returns the failures (empty when all pass).
 pub fn run(comm: &dyn Comm) -> Vec<String> {
@@ -121,8 +184,49 @@ pub fn run(comm: &dyn Comm) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    fn at(rank: usize, host: &str, node_rank: usize, node_size: usize) -> Placement {
+        Placement {
+            rank,
+            host: host.into(),
+            node_rank,
+            node_size,
+            threads: 1,
+        }
+    }
+
+    #[test]
+    fn node_ranks_must_follow_the_host_names() {
+        let two_nodes = [
+            at(0, "a", 0, 2),
+            at(1, "a", 1, 2),
+            at(2, "b", 0, 2),
+            at(3, "b", 1, 2),
+        ];
+        assert_eq!(misplaced(&two_nodes), Vec::<String>::new());
+        // One node's numbering on two hosts: rank 2 would take node 0's second GPU.
+        let mut wrong = two_nodes.clone();
+        wrong[2].node_rank = 2;
+        wrong[2].node_size = 4;
+        let found = misplaced(&wrong);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].contains("rank 2 on b: node rank 2 of 4"),
+            "{found:?}"
+        );
+        assert!(found[0].contains("[2, 3]"), "{found:?}");
+    }
+
     #[test]
     fn passes_on_one_local_rank() {
-        assert_eq!(super::run(&super::super::Local), Vec::<String>::new());
+        assert_eq!(run(&super::super::Local), Vec::<String>::new());
+        let here = placements(&super::super::Local, 3);
+        assert_eq!(here.len(), 1);
+        assert_eq!(
+            (here[0].node_rank, here[0].node_size, here[0].threads),
+            (0, 1, 3)
+        );
+        assert_eq!(misplaced(&here), Vec::<String>::new());
     }
 }

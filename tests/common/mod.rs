@@ -192,8 +192,103 @@ pub fn tessera_mpi(ranks: usize, args: &[&str], env: &[(&str, &str)]) -> Output 
     mpi_command(ranks, args, env).output().expect("run mpirun")
 }
 
+/// Runs `tessera` under `mpirun -n ranks` on `nodes`.
+pub fn tessera_mpi_on(nodes: Nodes, ranks: usize, args: &[&str], env: &[(&str, &str)]) -> Output {
+    mpi_command_on(nodes, ranks, args, env)
+        .output()
+        .expect("run mpirun")
+}
+
 /// The `mpirun -n ranks tessera ...` command, to run or spawn.
 pub fn mpi_command(ranks: usize, args: &[&str], env: &[(&str, &str)]) -> Command {
+    mpi_command_on(Nodes::One, ranks, args, env)
+}
+
+/// Where the ranks of an MPI test run: this machine as one node, or two nodes emulated on it
+/// (see [`emulated_nodes`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Nodes {
+    One,
+    Two,
+}
+
+/// The emulated nodes' host names.
+pub const NODE_NAMES: [&str; 2] = ["nodeA", "nodeB"];
+
+/// Each rank count of `ranks` on one node, then each count above 1 on two emulated nodes
+/// (half the ranks on each, rounded up) where this machine can emulate them.
+pub fn placements(ranks: &[usize]) -> Vec<(usize, Nodes)> {
+    let mut all: Vec<(usize, Nodes)> = ranks.iter().map(|&r| (r, Nodes::One)).collect();
+    if emulated_nodes().is_some() {
+        all.extend(ranks.iter().filter(|&&r| r > 1).map(|&r| (r, Nodes::Two)));
+    }
+    all
+}
+
+/// The rsh agent through which `mpirun` starts its daemon on `nodeA` and `nodeB`: it runs the
+/// daemon in a new UTS namespace named after the host (../shared/notes/stack.md), so one
+/// machine looks like two nodes to MPI and to tessera (host names, node-local ranks, the CPUs
+/// each node's ranks share). `None`, with the reason printed, where that is not permitted
+/// (no `unshare`, no CAP_SYS_ADMIN), unless `TESSERA_REQUIRE_MPI=1` makes it a failure.
+pub fn emulated_nodes() -> Option<&'static Path> {
+    static AGENT: std::sync::LazyLock<std::result::Result<PathBuf, String>> =
+        std::sync::LazyLock::new(write_node_agent);
+    match &*AGENT {
+        Ok(agent) => Some(agent),
+        Err(why) => {
+            assert!(
+                std::env::var("TESSERA_REQUIRE_MPI").as_deref() != Ok("1"),
+                "two emulated nodes unavailable but TESSERA_REQUIRE_MPI=1: {why}"
+            );
+            eprintln!("skipping the two-node cases: {why}");
+            None
+        }
+    }
+}
+
+/// Writes the node agent (the same bytes from every test process: written to a temporary and
+/// renamed) and checks that it names a host.
+fn write_node_agent() -> std::result::Result<PathBuf, String> {
+    let agent = std::env::temp_dir().join("tessera-node-agent.sh");
+    let script = "#!/bin/bash\n\
+        # mpirun's rsh agent for two nodes on one machine (tests/common): ssh-style options\n\
+        # skipped, then the host, then the command, run in a UTS namespace named after the host\n\
+        # by a shell, as ssh would (mpirun sends `PATH=... ; export PATH ; orted ...`).\n\
+        while [[ \"$1\" == -* ]]; do shift; done\n\
+        h=$1; shift\n\
+        exec unshare --uts bash -c \"hostname $h; $*\"\n";
+    let tmp = agent.with_extension(format!("tmp-{}", std::process::id()));
+    let written = std::fs::write(&tmp, script)
+        .and_then(|()| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))
+        })
+        .and_then(|()| std::fs::rename(&tmp, &agent));
+    written.map_err(|e| format!("cannot write {}: {e}", agent.display()))?;
+    let run = || {
+        Command::new(&agent)
+            .args([NODE_NAMES[1], "cat", "/proc/sys/kernel/hostname"])
+            .output()
+    };
+    // Another thread's child may hold the just-written file open for a moment (ETXTBSY).
+    let probe = run()
+        .or_else(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            run()
+        })
+        .map_err(|e| format!("{}: {e}", agent.display()))?;
+    let named = String::from_utf8_lossy(&probe.stdout).trim() == NODE_NAMES[1];
+    if !probe.status.success() || !named {
+        return Err(format!(
+            "`unshare --uts` cannot name a host here: {}",
+            String::from_utf8_lossy(&probe.stderr).trim()
+        ));
+    }
+    Ok(agent)
+}
+
+/// The `mpirun -n ranks tessera ...` command on `nodes`, to run or spawn.
+pub fn mpi_command_on(nodes: Nodes, ranks: usize, args: &[&str], env: &[(&str, &str)]) -> Command {
     let mpirun = mpirun().expect("mpirun present (callers check first)");
     let mut cmd = Command::new(mpirun);
     cmd.args([
@@ -202,13 +297,29 @@ pub fn mpi_command(ranks: usize, args: &[&str], env: &[(&str, &str)]) -> Command
         "--oversubscribe",
         "--bind-to",
         "none",
-    ])
-    .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-    .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-    .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
-    .env("RAYON_NUM_THREADS", "2")
-    .env_remove("TESSERA_MPI")
-    .env_remove("RUST_LOG");
+    ]);
+    if nodes == Nodes::Two {
+        let agent = emulated_nodes().expect("emulated nodes (callers check first)");
+        let per_node = ranks.div_ceil(2);
+        // Every byte between the ranks over TCP on the loopback interface, as between real
+        // nodes but never off this machine.
+        cmd.args(["--mca", "plm_rsh_agent"])
+            .arg(agent)
+            .args(["--mca", "btl", "self,tcp"])
+            .args(["--mca", "btl_tcp_if_include", "lo"])
+            .args(["--mca", "oob_tcp_if_include", "lo"])
+            .arg("--host")
+            .arg(format!(
+                "{}:{per_node},{}:{per_node}",
+                NODE_NAMES[0], NODE_NAMES[1]
+            ));
+    }
+    cmd.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
+        .env("RAYON_NUM_THREADS", "2")
+        .env_remove("TESSERA_MPI")
+        .env_remove("RUST_LOG");
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -364,4 +475,23 @@ pub fn names(dir: &Path) -> Vec<String> {
         .collect();
     n.sort();
     n
+}
+
+/// A `bench scaling` CSV as one map of column to value per row (every line as wide as the
+/// header).
+pub fn scaling_csv(path: &std::path::Path) -> Vec<std::collections::HashMap<String, f64>> {
+    let csv = std::fs::read_to_string(path).unwrap();
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    lines
+        .map(|l| {
+            let fields: Vec<&str> = l.split(',').collect();
+            assert_eq!(fields.len(), header.len(), "{csv}");
+            header
+                .iter()
+                .zip(fields)
+                .map(|(h, f)| (h.to_string(), f.parse().unwrap()))
+                .collect()
+        })
+        .collect()
 }
