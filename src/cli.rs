@@ -1,13 +1,13 @@
 //! The command line: clap types and the dispatch from a parsed command to the library.
 //! Only this module knows about flags; everything below it takes plain parameter structs.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::comm::Comm;
 use crate::error::{Error, Result};
-use crate::job::{ConvertJob, Job, JobFile};
+use crate::job::{ConvertJob, Job, JobFile, PatchesJob, PyramidJob};
 
 /// tessera: batch processing of large scientific images, on a laptop or many MPI ranks.
 #[derive(Debug, Parser)]
@@ -271,30 +271,8 @@ pub fn dispatch(cli: Cli, comm: &dyn Comm) -> Result<()> {
         Command::Convert(job) => crate::job::run_job(Job::Convert(job), comm),
         Command::Crop(job) => crate::job::run_job(Job::Crop(job), comm),
         Command::Hdr { which } => hdr(which, comm),
-        Command::Patches(PatchesCli { which, job }) => match which {
-            Some(PatchesCommand::Verify(args)) => crate::ops::patches::verify::run(&args, comm),
-            None if job.output.is_empty() => Err(Error::parameter(
-                "output",
-                "required: tessera patches --manifest CSV --output DIR (see --help)",
-            )),
-            None => crate::job::run_job(Job::Patches(job), comm),
-        },
-        Command::Pyramid(PyramidCli { which, job }) => match which {
-            Some(PyramidCommand::Reconstruct(job)) => {
-                crate::job::run_job(Job::Reconstruct(job), comm)
-            }
-            None if job.input.is_empty() || job.output.is_empty() => {
-                Err(crate::error::Error::parameter(
-                    if job.input.is_empty() {
-                        "input"
-                    } else {
-                        "output"
-                    },
-                    "required: tessera pyramid --input ARRAY --output OUT.zarr (see --help)",
-                ))
-            }
-            None => crate::job::run_job(Job::Pyramid(job), comm),
-        },
+        Command::Patches(PatchesCli { which, job }) => patches(which, job, comm),
+        Command::Pyramid(PyramidCli { which, job }) => pyramid(which, job, comm),
         Command::Pairs(PairsCli { which, job }) => match which {
             Some(PairsCommand::Select(job)) => crate::ops::pairs::select(&job, comm),
             Some(PairsCommand::Extract(job)) => crate::job::run_job(Job::PairsExtract(job), comm),
@@ -306,33 +284,8 @@ pub fn dispatch(cli: Cli, comm: &dyn Comm) -> Result<()> {
             resume,
             overwrite,
             dry_run,
-        } => {
-            let mut job = JobFile::load(&job)?;
-            // Flags add to the file's [run] table; they never switch an option off.
-            let run = job.run_options_mut();
-            run.resume |= resume;
-            run.overwrite |= overwrite;
-            run.dry_run |= dry_run;
-            crate::job::run_job(job, comm)
-        }
-        Command::Quilt { which } => match which {
-            QuiltCommand::Unstitch(job) => crate::job::run_job(Job::Unstitch(job), comm),
-            QuiltCommand::Stitch(job) => crate::job::run_job(Job::Stitch(job), comm),
-            QuiltCommand::Weed(job) => crate::job::run_job(Job::Weed(job), comm),
-            QuiltCommand::BorderMask {
-                output,
-                window,
-                border,
-                overwrite,
-            } => {
-                let made = if comm.is_root() {
-                    crate::ops::quilt::write_border_mask(&output, &window, &border, overwrite)
-                } else {
-                    Ok(())
-                };
-                crate::exec::agree(comm, made)
-            }
-        },
+        } => run_file(&job, (resume, overwrite, dry_run), comm),
+        Command::Quilt { which } => quilt(which, comm),
         Command::Info { address, json } => {
             if comm.is_root() {
                 crate::job::info(&address, json)?;
@@ -341,49 +294,129 @@ pub fn dispatch(cli: Cli, comm: &dyn Comm) -> Result<()> {
         }
         Command::Debug {
             which: DebugCommand::CommCheck,
-        } => {
-            use crate::comm::selfcheck;
-            let mut failures = selfcheck::run(comm);
-            let placed = selfcheck::placements(comm, crate::exec::threads::plan().threads);
-            if comm.is_root() {
-                failures.extend(selfcheck::misplaced(&placed));
-            }
-            for f in &failures {
-                eprintln!("{f}");
-            }
-            let failed = comm.any_failed(!failures.is_empty());
-            if comm.is_root() && failed.is_none() {
-                for p in &placed {
-                    println!("placement: {p}");
-                }
-                println!(
-                    "comm-check: all collectives agree on {} rank(s)",
-                    comm.size()
-                );
-            }
-            match failed {
-                Some(rank) => Err(Error::PeerFailed { rank }),
-                None => Ok(()),
-            }
-        }
+        } => comm_check(comm),
         Command::Demo { dir } => crate::demo::run(&dir, comm),
-        Command::Gpu { which } if comm.is_root() => match which {
-            GpuCommand::Info => crate::gpu::info(),
-            GpuCommand::Compile { arch, cache } => crate::gpu::compile_all(&arch, cache),
-            GpuCommand::Resources { arch, check } => crate::gpu::resources_all(&arch, check),
-        },
+        Command::Gpu { which } if comm.is_root() => gpu(which),
         Command::Gpu { .. } => Ok(()),
-        Command::Bench { which } => match which {
-            BenchCommand::Convert(b) => crate::bench::convert(&b, comm),
-            BenchCommand::Quilt(b) => crate::bench::quilt(&b, comm),
-            BenchCommand::Pyramid(b) => crate::bench::pyramid::run(&b, comm),
-            BenchCommand::Crop(b) => crate::bench::crop::run(&b, comm),
-            BenchCommand::Hdr(b) => crate::bench::hdr::run(&b, comm),
-            BenchCommand::Pairs(b) => crate::bench::pairs::run(&b, comm),
-            BenchCommand::Patches(b) => crate::bench::patches::run(&b, comm),
-            BenchCommand::Scaling(b) => crate::bench::scaling::run(&b, comm),
-            BenchCommand::Memcopy(b) => crate::bench::memcopy::run(&b, comm),
-        },
+        Command::Bench { which } => bench(which, comm),
+    }
+}
+
+/// `tessera patches` and `patches verify`.
+fn patches(which: Option<PatchesCommand>, job: PatchesJob, comm: &dyn Comm) -> Result<()> {
+    match which {
+        Some(PatchesCommand::Verify(args)) => crate::ops::patches::verify::run(&args, comm),
+        None if job.output.is_empty() => Err(Error::parameter(
+            "output",
+            "required: tessera patches --manifest CSV --output DIR (see --help)",
+        )),
+        None => crate::job::run_job(Job::Patches(job), comm),
+    }
+}
+
+/// `tessera pyramid` and `pyramid reconstruct`.
+fn pyramid(which: Option<PyramidCommand>, job: PyramidJob, comm: &dyn Comm) -> Result<()> {
+    match which {
+        Some(PyramidCommand::Reconstruct(job)) => crate::job::run_job(Job::Reconstruct(job), comm),
+        None if job.input.is_empty() || job.output.is_empty() => {
+            Err(crate::error::Error::parameter(
+                if job.input.is_empty() {
+                    "input"
+                } else {
+                    "output"
+                },
+                "required: tessera pyramid --input ARRAY --output OUT.zarr (see --help)",
+            ))
+        }
+        None => crate::job::run_job(Job::Pyramid(job), comm),
+    }
+}
+
+/// `tessera run JOB.toml`: the file's job; the flags add to its `[run]` table, they never switch
+/// an option off.
+fn run_file(
+    job: &Path,
+    (resume, overwrite, dry_run): (bool, bool, bool),
+    comm: &dyn Comm,
+) -> Result<()> {
+    let mut job = JobFile::load(job)?;
+    let run = job.run_options_mut();
+    run.resume |= resume;
+    run.overwrite |= overwrite;
+    run.dry_run |= dry_run;
+    crate::job::run_job(job, comm)
+}
+
+/// `tessera quilt unstitch|stitch|weed|border-mask`.
+fn quilt(which: QuiltCommand, comm: &dyn Comm) -> Result<()> {
+    match which {
+        QuiltCommand::Unstitch(job) => crate::job::run_job(Job::Unstitch(job), comm),
+        QuiltCommand::Stitch(job) => crate::job::run_job(Job::Stitch(job), comm),
+        QuiltCommand::Weed(job) => crate::job::run_job(Job::Weed(job), comm),
+        QuiltCommand::BorderMask {
+            output,
+            window,
+            border,
+            overwrite,
+        } => {
+            let made = if comm.is_root() {
+                crate::ops::quilt::write_border_mask(&output, &window, &border, overwrite)
+            } else {
+                Ok(())
+            };
+            crate::exec::agree(comm, made)
+        }
+    }
+}
+
+/// `tessera gpu info|compile|resources` (rank 0).
+fn gpu(which: GpuCommand) -> Result<()> {
+    match which {
+        GpuCommand::Info => crate::gpu::info(),
+        GpuCommand::Compile { arch, cache } => crate::gpu::compile_all(&arch, cache),
+        GpuCommand::Resources { arch, check } => crate::gpu::resources_all(&arch, check),
+    }
+}
+
+/// `tessera bench ...`.
+fn bench(which: BenchCommand, comm: &dyn Comm) -> Result<()> {
+    match which {
+        BenchCommand::Convert(b) => crate::bench::convert(&b, comm),
+        BenchCommand::Quilt(b) => crate::bench::quilt(&b, comm),
+        BenchCommand::Pyramid(b) => crate::bench::pyramid::run(&b, comm),
+        BenchCommand::Crop(b) => crate::bench::crop::run(&b, comm),
+        BenchCommand::Hdr(b) => crate::bench::hdr::run(&b, comm),
+        BenchCommand::Pairs(b) => crate::bench::pairs::run(&b, comm),
+        BenchCommand::Patches(b) => crate::bench::patches::run(&b, comm),
+        BenchCommand::Scaling(b) => crate::bench::scaling::run(&b, comm),
+        BenchCommand::Memcopy(b) => crate::bench::memcopy::run(&b, comm),
+    }
+}
+
+/// `tessera debug comm-check`: every collective, and where each rank runs.
+fn comm_check(comm: &dyn Comm) -> Result<()> {
+    use crate::comm::selfcheck;
+    let mut failures = selfcheck::run(comm);
+    let placed = selfcheck::placements(comm, crate::exec::threads::plan().threads);
+    if comm.is_root() {
+        failures.extend(selfcheck::misplaced(&placed));
+    }
+    for f in &failures {
+        eprintln!("{f}");
+    }
+    let failed = comm.any_failed(!failures.is_empty());
+    if comm.is_root() && failed.is_none() {
+        for p in &placed {
+            println!("placement: {p}");
+        }
+        println!(
+            "comm-check: all collectives agree on {} rank(s)",
+            comm.size()
+        );
+    }
+    match failed {
+        Some(rank) => Err(Error::PeerFailed { rank }),
+        None => Ok(()),
     }
 }
 
