@@ -494,7 +494,7 @@ fn sample_bracket(
     images: &[Image],
     which: usize,
 ) -> Result<Vec<Vec<Sample>>> {
-    require_8bit(&images, b, "the Debevec calibration")?;
+    require_8bit(images, b, "the Debevec calibration")?;
     let ln_t: Vec<f64> = b.frames.iter().map(|f| f.seconds.ln()).collect();
     let pos = positions(job, images, which);
     let clip = job.low_clip..=job.high_clip;

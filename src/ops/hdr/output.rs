@@ -102,10 +102,12 @@ fn write_npy(path: &Path, m: &Merged) -> Result<()> {
 /// to 0.18, then `L / (1 + L)` (Reinhard's global operator) and gamma 2.2. Mertens: clamped
 /// to [0, 1] and scaled.
 pub fn preview(m: &Merged, method: Method) -> Vec<u8> {
+    use rayon::prelude::*;
+    // Each value mapped by one thread; the log-average is summed in pixel order on one.
     match method {
         Method::Mertens => m
             .data
-            .iter()
+            .par_iter()
             .map(|&v| (v.clamp(0.0, 1.0) * 255.0).round() as u8)
             .collect(),
         Method::Debevec => {
@@ -121,7 +123,7 @@ pub fn preview(m: &Merged, method: Method) -> Vec<u8> {
                 .exp() as f32;
             let scale = 0.18 / log_avg.max(1e-12);
             m.data
-                .iter()
+                .par_iter()
                 .map(|&v| {
                     let l = (v * scale).max(0.0);
                     let t = l / (1.0 + l);
