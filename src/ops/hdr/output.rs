@@ -257,6 +257,26 @@ fn planned_bytes(job: &MergeJob, brackets: &[Bracket], comm: &dyn Comm) -> Resul
     failed.map(|()| total[0])
 }
 
+/// What a rank's written brackets add up to, for its report.
+#[derive(Default)]
+struct Tally {
+    unusable: u64,
+    units: u64,
+    read: u64,
+    written: u64,
+    write_seconds: f64,
+}
+
+impl Tally {
+    fn add(&mut self, b: &Bracket, m: &Merged, write_seconds: f64) {
+        self.unusable += m.unusable;
+        self.units += 1;
+        self.read += input_bytes(b);
+        self.written += (m.data.len() * 4) as u64;
+        self.write_seconds += write_seconds;
+    }
+}
+
 /// One file per bracket.
 fn per_bracket(
     job: &MergeJob,
@@ -330,12 +350,27 @@ fn per_bracket(
         })
         .collect();
     let resumed = mine.len() - todo.len();
-    let (mut unusable, mut units) = (0u64, 0u64);
-    let (mut read, mut written) = (0u64, 0u64);
-    let mut write_seconds = 0.0;
+    let mut tally = Tally::default();
     let share = todo.len();
     let is_root = comm.is_root();
     let decode = |b: &Bracket| merger.decode(b);
+    // Seconds spent writing one bracket's files.
+    let write_one = |b: &Bracket, m: &Merged| -> Result<f64> {
+        let (target, preview_path) = paths(b);
+        let t = Instant::now();
+        match job.format {
+            Format::Exr => safety::write_file(&target, true, |t| write_exr(t, m))?,
+            _ => safety::write_file(&target, true, |t| write_npy(t, m))?,
+        }
+        if job.preview.is_some() {
+            safety::write_file(&preview_path, true, |t| write_preview(t, m, job.method))?;
+        }
+        tracing::debug!("bracket {} -> {}", b.stem().display(), target.display());
+        Ok(t.elapsed().as_secs_f64())
+    };
+    // Bracket k's files are written while bracket k+1 merges (and k+2 decodes): the EXR is
+    // compressed on one thread, which would otherwise hold the others up.
+    let mut pending: Option<(&Bracket, Merged)> = None;
     let result = super::each_decoded(&todo, &decode, |done_here, images| {
         if is_root && share >= 20 && done_here % (share / 10) == 0 && done_here > 0 {
             tracing::info!(
@@ -344,25 +379,35 @@ fn per_bracket(
             );
         }
         let b = todo[done_here];
-        let (target, preview_path) = paths(b);
-        let m = merger.merge_decoded(job, b, &images, g)?;
-        drop(images);
-        read += input_bytes(b);
-        let t = Instant::now();
-        match job.format {
-            Format::Exr => safety::write_file(&target, true, |t| write_exr(t, &m))?,
-            _ => safety::write_file(&target, true, |t| write_npy(t, &m))?,
+        let previous = pending.take();
+        let (wrote, merged) = rayon::join(
+            || {
+                previous
+                    .as_ref()
+                    .map(|(pb, m)| write_one(pb, m))
+                    .transpose()
+            },
+            || merger.merge_decoded(job, b, &images, g),
+        );
+        if let (Some(seconds), Some((pb, m))) = (wrote?, &previous) {
+            tally.add(pb, m, seconds);
         }
-        written += (m.data.len() * 4) as u64;
-        if job.preview.is_some() {
-            safety::write_file(&preview_path, true, |t| write_preview(t, &m, job.method))?;
-        }
-        write_seconds += t.elapsed().as_secs_f64();
-        unusable += m.unusable;
-        units += 1;
-        tracing::debug!("bracket {} -> {}", b.stem().display(), target.display());
+        pending = Some((b, merged?));
         Ok(())
     });
+    // The last bracket (or the one merged before a later bracket failed to decode) is
+    // written; an error of an earlier bracket comes first.
+    let flushed = pending.take().map_or(Ok(()), |(b, m)| {
+        write_one(b, &m).map(|seconds| tally.add(b, &m, seconds))
+    });
+    let result = flushed.and(result);
+    let Tally {
+        unusable,
+        units,
+        read,
+        written,
+        write_seconds,
+    } = tally;
     let sync = Instant::now();
     crate::exec::agree(comm, result)?;
     let mut counts = [unusable, resumed as u64];
