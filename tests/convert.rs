@@ -730,3 +730,83 @@ fn a_second_job_on_the_same_output_is_refused_and_a_dead_ones_lock_is_taken_over
     assert!(!lock.exists());
     assert_eq!(read_all(&s(&out)), reference_stack(&slices, 0));
 }
+
+/// Chunk files under a Zarr store with their bytes (`zarr.json`s left out: attributes differ).
+fn chunk_files(store: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    tree(store)
+        .into_iter()
+        .filter(|(name, _)| !name.ends_with("zarr.json"))
+        .collect()
+}
+
+/// The stack written whole through zarrs (io::create + one write_box): the bytes it keeps.
+fn written_by_zarrs(store: &std::path::Path, stack: &Block, chunks: &[u64]) {
+    use tessera::io::{self, Address, Codec, CreateSpec};
+    let shape: Vec<u64> = stack.shape();
+    let spec = CreateSpec {
+        flat_chunk_keys: false,
+        shape: shape.clone(),
+        dtype: stack.dtype(),
+        chunks: chunks.to_vec(),
+        shards: None,
+        codec: Codec::None,
+        dimension_names: None,
+        attributes: serde_json::Map::new(),
+    };
+    let address = Address::parse(&s(store)).unwrap();
+    let w = io::create(&address, &spec, &tessera::comm::Local, false).unwrap();
+    w.write_box(Some((&tessera::grid::Region::whole(&shape), stack)))
+        .unwrap();
+    w.close().unwrap();
+}
+
+#[test]
+fn outputs_are_the_same_on_any_thread_count_and_raw_chunks_are_zarrs_bytes() {
+    // Slabs decode on the rank's threads and uncompressed chunks are written straight from the
+    // slab, in parallel: same files for 1, 2 and 3 threads, and the bytes zarrs writes itself
+    // (a tail chunk along z padded, an all-zero chunk not stored). Chunks 2,7,8 are short at
+    // the edge of y, so those slabs go through zarrs.
+    let d = tempfile::tempdir().unwrap();
+    let input = d.path().join("in");
+    let mut slices = write_stack(
+        &input,
+        "cells",
+        &[0, 1, 2, 3, 4, 5, 6],
+        &[20, 24],
+        DType::U16,
+        5,
+    );
+    slices[3] = Block::U16(ArrayD::zeros(IxDyn(&[20, 24])));
+    images::write_tiff(&input.join("cells_003.tif"), &slices[3]).unwrap();
+    let stack = reference_stack(&slices, 0);
+    for chunks in ["1,10,8", "2,4,8", "2,7,8"] {
+        let outs: Vec<std::path::PathBuf> = ["1", "2", "3"]
+            .iter()
+            .map(|t| {
+                let out = d.path().join(format!("c{chunks}-t{t}.zarr"));
+                ok(tessera(&[
+                    "convert",
+                    "--input",
+                    &s(&input),
+                    "--output",
+                    &s(&out),
+                    "--chunks",
+                    chunks,
+                    "--codec",
+                    "none",
+                    "--threads",
+                    t,
+                ]));
+                assert_eq!(read_all(&s(&out)), stack, "{chunks}, {t} threads");
+                out
+            })
+            .collect();
+        for other in &outs[1..] {
+            assert_same_tree(&outs[0], other);
+        }
+        let zarrs = d.path().join(format!("c{chunks}-zarrs.zarr"));
+        let chunk_shape: Vec<u64> = chunks.split(',').map(|c| c.parse().unwrap()).collect();
+        written_by_zarrs(&zarrs, &stack, &chunk_shape);
+        assert_eq!(chunk_files(&outs[0]), chunk_files(&zarrs), "{chunks}");
+    }
+}

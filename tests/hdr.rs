@@ -814,3 +814,87 @@ fn symlink_loops_are_walked_once() {
     want.sort();
     assert_eq!(written, want);
 }
+
+/// `tessera hdr synthetic` brackets as JPEG files (what all-sky cameras write).
+fn jpeg_archive(dir: &Path, brackets: &str) {
+    ok(tessera(&[
+        "hdr",
+        "synthetic",
+        "--output",
+        &s(dir),
+        "--brackets",
+        brackets,
+        "--size",
+        "96",
+        "--format",
+        "jpeg",
+    ]));
+    assert!(names(dir).iter().all(|n| n.ends_with(".jpg")));
+}
+
+#[test]
+fn calibration_and_merges_are_the_same_on_any_thread_count() {
+    // Exposures decode in parallel, the next bracket while this one merges, the merges and the
+    // histogram sampling in bands: the bytes must not depend on the thread count.
+    let d = tempfile::tempdir().unwrap();
+    let input = d.path().join("sky");
+    jpeg_archive(&input, "3");
+    let threads = ["1", "2", "3"];
+    for technique in ["histogram", "random"] {
+        let responses: Vec<_> = threads
+            .iter()
+            .map(|t| {
+                let response = d.path().join(format!("{technique}{t}.npz"));
+                calibrate(
+                    &input,
+                    &response,
+                    &["--sample-technique", technique, "--threads", t],
+                );
+                let plot = std::fs::read(d.path().join(format!("{technique}{t}_curve.png")));
+                (npz::read_response(&response).unwrap().0, plot.unwrap())
+            })
+            .collect();
+        assert!(
+            responses[1..].iter().all(|r| *r == responses[0]),
+            "{technique}"
+        );
+    }
+    let response = d.path().join("histogram1.npz");
+    for (method, format) in [("debevec", "exr"), ("debevec", "npy"), ("mertens", "npy")] {
+        let outs: Vec<PathBuf> = threads
+            .iter()
+            .map(|t| {
+                let out = d.path().join(format!("{method}-{format}-{t}"));
+                ok(tessera(&[
+                    "hdr",
+                    "merge",
+                    "--input",
+                    &s(&input),
+                    "--response",
+                    &s(&response),
+                    "--output",
+                    &s(&out),
+                    "--method",
+                    method,
+                    "--format",
+                    format,
+                    "--preview",
+                    "png",
+                    "--threads",
+                    t,
+                ]));
+                out
+            })
+            .collect();
+        assert_eq!(
+            names(&outs[0])
+                .iter()
+                .filter(|n| n.ends_with(".png"))
+                .count(),
+            3
+        );
+        for other in &outs[1..] {
+            assert_same_tree(&outs[0], other);
+        }
+    }
+}

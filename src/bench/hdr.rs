@@ -2,6 +2,11 @@
 //! exposures (decoded, in memory), as a multiple of a plain memory copy of the bracket bytes in
 //! the same run (issue 6: at most 15x on a 2-core machine; OpenCV's MergeDebevec takes about
 //! 75x). Mertens fusion of the same bracket is timed alongside.
+//!
+//! With `--jpeg-brackets N` (default 4), N such brackets are also written as JPEG files
+//! (`hdr synthetic --format jpeg`) and timed as `hdr merge` takes them: decoded (each exposure
+//! by one thread, the next bracket while this one merges) and merged, files not written.
+//! Run it with `--threads 1` and `--threads 2` to see the rank's threads at work.
 
 use std::time::Instant;
 
@@ -21,6 +26,12 @@ pub struct HdrBench {
     /// Repetitions; the best is reported.
     #[arg(long, default_value_t = 20)]
     pub repeat: usize,
+    /// JPEG brackets decoded and merged as `hdr merge` does (0: none).
+    #[arg(long, default_value_t = 4)]
+    pub jpeg_brackets: usize,
+    /// Directory for the JPEG brackets (made; files of the same names replaced).
+    #[arg(long, default_value = "tessera-bench-hdr")]
+    pub dir: std::path::PathBuf,
     /// cpu (the default) or cuda[:N]: the GPU kernel on a resident bracket against a device
     /// copy of its bytes.
     #[arg(long, default_value = "cpu")]
@@ -107,6 +118,59 @@ pub fn run(b: &HdrBench, comm: &dyn Comm) -> Result<()> {
     println!(
         "| mertens | {memcpy:.5} | {mertens:.5} | {:.1}x |",
         mertens / memcpy
+    );
+    if b.jpeg_brackets > 0 {
+        jpeg_brackets(b, &g)?;
+    }
+    Ok(())
+}
+
+/// Writes the JPEG brackets and times decoding them, and decoding with the Debevec merge as
+/// `hdr merge` runs them ([`hdr::each_decoded`]); prints one more table.
+fn jpeg_brackets(b: &HdrBench, g: &[Vec<f64>]) -> Result<()> {
+    hdr::write_synthetic(&hdr::SyntheticJob {
+        output: b.dir.clone(),
+        brackets: b.jpeg_brackets,
+        exposures: b.exposures,
+        size: b.size,
+        seed: 1,
+        format: hdr::SyntheticFormat::Jpeg,
+        overwrite: true,
+    })?;
+    let scan = hdr::files::scan(&b.dir, false, 30, hdr::files::ExposureUnit::Us)?;
+    let brackets: Vec<&hdr::files::Bracket> = scan.brackets.iter().collect();
+    let repeat = b.repeat.clamp(1, 3);
+    let decode = best(repeat, || {
+        for bracket in &brackets {
+            std::hint::black_box(hdr::load_bracket(bracket).expect("bench JPEG decodes"));
+        }
+    });
+    let merge = best(repeat, || {
+        hdr::each_decoded(&brackets, &hdr::load_bracket, |k, images| {
+            let ln_t: Vec<f64> = brackets[k].frames.iter().map(|f| f.seconds.ln()).collect();
+            let m = hdr::merge_debevec(&images, &ln_t, g, WeightType::Triangle);
+            std::hint::black_box(&m.data);
+            Ok(())
+        })
+        .expect("bench JPEG brackets merge");
+    });
+    let n = brackets.len();
+    println!();
+    println!(
+        "JPEG brackets: {n} x {} exposures of {}x{} RGB (quality 90) in {}, {} rayon threads, best of {repeat}",
+        b.exposures,
+        b.size,
+        b.size,
+        b.dir.display(),
+        rayon::current_num_threads()
+    );
+    println!();
+    println!("| step | s | s per bracket |");
+    println!("|---|---|---|");
+    println!("| decode | {decode:.4} | {:.4} |", decode / n as f64);
+    println!(
+        "| decode + debevec (as hdr merge) | {merge:.4} | {:.4} |",
+        merge / n as f64
     );
     Ok(())
 }

@@ -25,7 +25,7 @@ use crate::grid::{self, Region};
 use crate::io::images::{self, ImageInfo};
 use crate::io::safety::Place;
 use crate::io::{self, Address, ArrayWriter, Block, CreateSpec, DType, Element};
-use crate::with_dtype;
+use crate::{with_block, with_dtype};
 
 /// Image files tessera reads when no `--extension` is given.
 pub const IMAGE_EXTENSIONS: [&str; 5] = ["tif", "tiff", "png", "jpg", "jpeg"];
@@ -395,6 +395,45 @@ impl ConvertOp {
     }
 }
 
+impl ConvertOp {
+    /// The chunks of a slab when the output keeps them raw (uncompressed Zarr, unsharded) and
+    /// each is whole but at the array's tail: they are then written straight from the slab,
+    /// in parallel, with no copy (zarrs would copy the slab, then each chunk, and write them).
+    fn raw_chunks(&self, writer: &dyn ArrayWriter, region: &Region) -> Option<Vec<Region>> {
+        if !(writer.streams_blocks() && cfg!(target_endian = "little")) {
+            return None;
+        }
+        kernel::raw_chunk_boxes(&self.spec.shape, &self.spec.chunks, region)
+    }
+}
+
+/// Writes each chunk of `slab` (covering `region`) to its file row by row, the chunks on the
+/// rank's threads; the bytes are zarrs' own (little-endian elements, C order, the tail padded).
+///
+/// # Errors
+/// The first write failure, in chunk order.
+fn write_raw_chunks<T: Element>(
+    writer: &dyn ArrayWriter,
+    region: &Region,
+    slab: &ndarray::ArrayD<T>,
+    chunks: &[Region],
+) -> Result<()> {
+    let written: Vec<Result<()>> = chunks
+        .par_iter()
+        .map(|chunk| {
+            let mut sink = writer.block_sink(chunk)?;
+            for row in kernel::chunk_view(slab, region, chunk).rows() {
+                match row.as_slice() {
+                    Some(values) => sink.append(bytemuck::cast_slice(values))?,
+                    None => sink.append(bytemuck::cast_slice(&row.to_vec()))?,
+                }
+            }
+            sink.finish()
+        })
+        .collect();
+    written.into_iter().collect()
+}
+
 impl Operation for ConvertOp {
     type Output = (Region, Block);
 
@@ -472,7 +511,12 @@ impl Operation for ConvertOp {
         let writer = guard.as_ref().expect("open_output ran before write");
         match part {
             Some((_, (region, block))) => {
-                writer.write_box(Some((&region, &block)))?;
+                match self.raw_chunks(writer.as_ref(), &region) {
+                    Some(chunks) => {
+                        with_block!(&block, a => write_raw_chunks(writer.as_ref(), &region, a, &chunks))?
+                    }
+                    None => writer.write_box(Some((&region, &block)))?,
+                }
                 self.spare_slabs.keep(block);
                 Ok(())
             }

@@ -231,8 +231,10 @@ pub fn fuse(images: &[ArrayView3<f32>], p: MertensParams) -> Array3<f32> {
         .fold(Array2::zeros((ny, nx)), |acc, w| acc + w);
     weights.par_iter_mut().for_each(|w| *w /= &total);
 
-    // Blended Laplacian pyramid, indexed [channel][level], summed over exposures.
-    let blended: Vec<Vec<Array2<f32>>> = images
+    // Blended Laplacian pyramid, indexed [channel][level], summed over exposures in their
+    // order (rayon's reduce would add them in an order that depends on the thread count, and
+    // f32 sums would change with it). Each exposure's pyramid is built by one thread.
+    let per_exposure: Vec<Vec<Vec<Array2<f32>>>> = images
         .par_iter()
         .zip(weights.par_iter())
         .map(|(im, w)| {
@@ -245,7 +247,10 @@ pub fn fuse(images: &[ArrayView3<f32>], p: MertensParams) -> Array3<f32> {
                 })
                 .collect()
         })
-        .reduce_with(|mut a: Vec<Vec<Array2<f32>>>, b| {
+        .collect();
+    let blended = per_exposure
+        .into_iter()
+        .reduce(|mut a, b| {
             for (ca, cb) in a.iter_mut().zip(&b) {
                 ca.iter_mut().zip(cb).for_each(|(la, lb)| *la += lb);
             }
@@ -282,6 +287,23 @@ mod tests {
             .zip(b)
             .map(|(x, y)| (x - y).abs())
             .fold(0.0, f32::max)
+    }
+
+    #[test]
+    fn fusion_bits_do_not_depend_on_the_thread_count() {
+        let images: Vec<Array3<f32>> = (0..5).map(|k| random_image((37, 29, 3), k)).collect();
+        let views: Vec<_> = images.iter().map(|a| a.view()).collect();
+        let fused = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let out = pool.install(|| fuse(&views, MertensParams::default()));
+            out.iter().map(|v| v.to_bits()).collect::<Vec<u32>>()
+        };
+        let one = fused(1);
+        assert_eq!(fused(2), one);
+        assert_eq!(fused(3), one);
     }
 
     #[test]

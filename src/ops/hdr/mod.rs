@@ -365,11 +365,11 @@ pub fn load(path: &Path) -> Result<Image> {
 /// # Errors
 /// As [`load`], and exposures that differ.
 pub fn load_bracket(b: &Bracket) -> Result<Vec<Image>> {
-    let images = b
-        .frames
-        .iter()
-        .map(|f| load(&f.path))
-        .collect::<Result<Vec<_>>>()?;
+    use rayon::prelude::*;
+    // Each exposure decoded by one thread of the rank's pool; kept in frame order, so the
+    // first bad frame is the one reported, as when they were decoded one after another.
+    let decoded: Vec<Result<Image>> = b.frames.par_iter().map(|f| load(&f.path)).collect();
+    let images = decoded.into_iter().collect::<Result<Vec<_>>>()?;
     let first = &images[0];
     for (img, f) in images.iter().zip(&b.frames).skip(1) {
         let a = (first.channels, first.height, first.width, first.bits());
@@ -398,6 +398,34 @@ fn require_8bit(images: &[Image], b: &Bracket, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// Hands each bracket's decoded exposures to `each`, in order, stopping at the first error.
+/// The next bracket is decoded on the rank's threads while `each` works on the current one:
+/// a bracket has few exposures (5 on 2 threads take 3 rounds), so decoding one bracket at a
+/// time leaves threads idle. At most two brackets are decoded at once.
+///
+/// # Errors
+/// The first decoding or `each` error, in bracket order.
+pub fn each_decoded<E>(
+    brackets: &[&Bracket],
+    decode: &(dyn Fn(&Bracket) -> Result<Vec<Image>> + Sync),
+    mut each: E,
+) -> Result<()>
+where
+    E: FnMut(usize, Vec<Image>) -> Result<()> + Send,
+{
+    let mut next = brackets.first().map(|b| decode(b));
+    for i in 0..brackets.len() {
+        let current = next.take().expect("decoded one bracket ahead")?;
+        let (ahead, done) = rayon::join(
+            || brackets.get(i + 1).map(|b| decode(b)),
+            || each(i, current),
+        );
+        done?;
+        next = ahead;
+    }
+    Ok(())
+}
+
 /// The brackets calibration uses: all of them, or `max` spread evenly.
 fn chosen(n: usize, max: usize) -> Vec<usize> {
     if n <= max {
@@ -419,12 +447,11 @@ fn positions(job: &CalibrateJob, images: &[Image], which: usize) -> Vec<usize> {
         Technique::Histogram => {
             // Buckets of the middle exposure's grey value inside the clip range, visited in
             // turn, a random unused position from each.
-            let mid = &images[images.len() / 2];
-            let c = mid.channels;
             let mut buckets: Vec<Vec<usize>> = vec![Vec::new(); 256];
-            for i in 0..n {
-                let sum: u32 = (0..c).map(|k| u32::from(mid.plane_u8(k)[i])).sum();
-                let grey = ((sum + c as u32 / 2) / c as u32) as u8;
+            for (i, grey) in grey_values(&images[images.len() / 2])
+                .into_iter()
+                .enumerate()
+            {
                 if (job.low_clip..=job.high_clip).contains(&grey) {
                     buckets[grey as usize].push(i);
                 }
@@ -444,12 +471,34 @@ fn positions(job: &CalibrateJob, images: &[Image], which: usize) -> Vec<usize> {
     }
 }
 
-/// Calibration samples of one bracket, per channel.
-fn sample_bracket(job: &CalibrateJob, b: &Bracket, which: usize) -> Result<Vec<Vec<Sample>>> {
-    let images = load_bracket(b)?;
-    require_8bit(&images, b, "the Debevec calibration")?;
+/// Each pixel's grey value (the rounded mean of its channels), in rows on the rank's threads.
+fn grey_values(image: &Image) -> Vec<u8> {
+    use rayon::prelude::*;
+    let c = image.channels;
+    let planes: Vec<&[u8]> = (0..c).map(|k| image.plane_u8(k)).collect();
+    let mut grey = vec![0u8; image.height * image.width];
+    grey.par_chunks_mut(image.width.max(1))
+        .enumerate()
+        .for_each(|(row, out)| {
+            let start = row * image.width;
+            for (j, g) in out.iter_mut().enumerate() {
+                let sum: u32 = planes.iter().map(|p| u32::from(p[start + j])).sum();
+                *g = ((sum + c as u32 / 2) / c as u32) as u8;
+            }
+        });
+    grey
+}
+
+/// Calibration samples of one decoded bracket, per channel.
+fn sample_bracket(
+    job: &CalibrateJob,
+    b: &Bracket,
+    images: &[Image],
+    which: usize,
+) -> Result<Vec<Vec<Sample>>> {
+    require_8bit(images, b, "the Debevec calibration")?;
     let ln_t: Vec<f64> = b.frames.iter().map(|f| f.seconds.ln()).collect();
-    let pos = positions(job, &images, which);
+    let pos = positions(job, images, which);
     let clip = job.low_clip..=job.high_clip;
     Ok((0..images[0].channels)
         .map(|c| {
@@ -553,12 +602,14 @@ pub fn calibrate(job: &CalibrateJob, comm: &dyn Comm) -> Result<Vec<Vec<f64>>> {
     let started = std::time::Instant::now();
     let brackets = find_brackets(&job.scan, comm)?;
     let use_ = chosen(brackets.len(), job.max_processed_groups);
-    let mine = partition_contiguous(use_.len(), comm.size())[comm.rank()].clone();
-    let sampled: Result<Vec<Vec<Vec<Sample>>>> = use_[mine]
-        .iter()
-        .map(|&i| sample_bracket(job, &brackets[i], i))
-        .collect();
-    let sampled = crate::exec::agree(comm, sampled)?;
+    let mine = &use_[partition_contiguous(use_.len(), comm.size())[comm.rank()].clone()];
+    let to_sample: Vec<&Bracket> = mine.iter().map(|&i| &brackets[i]).collect();
+    let mut sampled: Vec<Vec<Vec<Sample>>> = Vec::with_capacity(mine.len());
+    let sampling = each_decoded(&to_sample, &load_bracket, |k, images| {
+        sampled.push(sample_bracket(job, to_sample[k], &images, mine[k])?);
+        Ok(())
+    });
+    crate::exec::agree(comm, sampling)?;
     // Every bracket must have the same channel count.
     let channels: Vec<usize> = sampled.iter().map(Vec::len).collect();
     let mut c_range = [
@@ -806,9 +857,11 @@ pub fn merge_debevec(images: &[Image], ln_t: &[f64], g: &[Vec<f64>], kind: Weigh
 
 /// Mertens fusion of decoded exposures (8 or 16 bit, scaled to [0, 1]).
 pub fn merge_mertens(images: &[Image]) -> Merged {
+    use rayon::prelude::*;
     let (c, h, w) = (images[0].channels, images[0].height, images[0].width);
+    // One exposure per thread (each scaled and interleaved whole by it).
     let scaled: Vec<ndarray::Array3<f32>> = images
-        .iter()
+        .par_iter()
         .map(|img| {
             let planar: Vec<f32> = match &img.pixels {
                 Pixels::U8(v) => v.iter().map(|&x| f32::from(x) / 255.0).collect(),
@@ -884,13 +937,36 @@ impl Merger {
         b: &Bracket,
         g: Option<&[Vec<f64>]>,
     ) -> Result<Merged> {
+        let images = self.decode(b)?;
+        self.merge_decoded(job, b, &images, g)
+    }
+
+    /// Decodes a bracket's exposures ([`load_bracket`]), counting the seconds as decoding.
+    ///
+    /// # Errors
+    /// As [`load_bracket`].
+    pub fn decode(&self, b: &Bracket) -> Result<Vec<Image>> {
         let t = std::time::Instant::now();
-        let images = load_bracket(b)?;
-        let decoded = t.elapsed().as_secs_f64();
+        let images = load_bracket(b);
+        self.seconds.lock().expect("seconds").0 += t.elapsed().as_secs_f64();
+        images
+    }
+
+    /// Merges one decoded bracket as the job asks.
+    ///
+    /// # Errors
+    /// Images that do not fit the response, device failures.
+    pub fn merge_decoded(
+        &self,
+        job: &MergeJob,
+        b: &Bracket,
+        images: &[Image],
+        g: Option<&[Vec<f64>]>,
+    ) -> Result<Merged> {
         let t = std::time::Instant::now();
         let merged = match (job.method, g) {
             (Method::Debevec, Some(g)) => {
-                require_8bit(&images, b, "an 8-bit response")?;
+                require_8bit(images, b, "an 8-bit response")?;
                 if images[0].channels != g.len() {
                     return Err(Error::bad_file(
                         &b.frames[0].path,
@@ -902,17 +978,15 @@ impl Merger {
                     ));
                 }
                 let ln_t: Vec<f64> = b.frames.iter().map(|f| f.seconds.ln()).collect();
-                self.debevec(&images, &ln_t, g, job.weight_type)
+                self.debevec(images, &ln_t, g, job.weight_type)
             }
             (Method::Debevec, None) => Err(Error::parameter(
                 "response",
                 "required by --method debevec (make one with tessera hdr calibrate)",
             )),
-            (Method::Mertens, _) => Ok(merge_mertens(&images)),
+            (Method::Mertens, _) => Ok(merge_mertens(images)),
         };
-        let mut seconds = self.seconds.lock().expect("seconds");
-        seconds.0 += decoded;
-        seconds.1 += t.elapsed().as_secs_f64();
+        self.seconds.lock().expect("seconds").1 += t.elapsed().as_secs_f64();
         merged
     }
 }
@@ -946,7 +1020,7 @@ pub fn merge(job: &MergeJob, comm: &dyn Comm) -> Result<Vec<crate::exec::RunSumm
 /// `tessera hdr synthetic`: example brackets to try the commands on.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
 pub struct SyntheticJob {
-    /// Directory to write `YYYYmmddHHMMSS_<EXPO>.png` files into.
+    /// Directory to write `YYYYmmddHHMMSS_<EXPO>.png` (or `.jpg`) files into.
     #[arg(long)]
     pub output: PathBuf,
     /// Brackets (30 s apart from 2024-06-01 12:00:00).
@@ -960,13 +1034,50 @@ pub struct SyntheticJob {
     pub size: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// File format of the exposures: png (lossless) or jpeg (quality 90, as cameras write).
+    #[arg(long, value_enum, default_value_t)]
+    #[serde(default)]
+    pub format: SyntheticFormat,
     /// Replace image files of the same names already in the directory.
     #[arg(long)]
     #[serde(default)]
     pub overwrite: bool,
 }
 
-/// Writes the brackets of [`synthetic_bracket`] as RGB PNGs.
+/// File formats of `hdr synthetic`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SyntheticFormat {
+    #[default]
+    Png,
+    Jpeg,
+}
+
+impl SyntheticFormat {
+    fn extension(self) -> &'static str {
+        match self {
+            SyntheticFormat::Png => "png",
+            SyntheticFormat::Jpeg => "jpg",
+        }
+    }
+
+    /// Writes interleaved 8-bit RGB as this format.
+    fn write(self, path: &Path, rgb: &[u8], width: usize, height: usize) -> image::ImageResult<()> {
+        let (w, h, rgb8) = (width as u32, height as u32, image::ExtendedColorType::Rgb8);
+        match self {
+            SyntheticFormat::Png => image::save_buffer(path, rgb, w, h, rgb8),
+            SyntheticFormat::Jpeg => std::fs::File::create(path)
+                .map_err(image::ImageError::IoError)
+                .and_then(|f| {
+                    let sink = std::io::BufWriter::new(f);
+                    image::codecs::jpeg::JpegEncoder::new_with_quality(sink, 90)
+                        .encode(rgb, w, h, rgb8)
+                }),
+        }
+    }
+}
+
+/// Writes the brackets of [`synthetic_bracket`] as RGB PNG or JPEG files.
 ///
 /// # Errors
 /// Bad sizes, or the files cannot be written.
@@ -1008,7 +1119,11 @@ pub fn write_synthetic(job: &SyntheticJob) -> Result<()> {
         .map_err(|e| Error::bad_file(&job.output, e.to_string()))?;
     let start = files::parse_time("20240601120000").expect("valid time");
     let path_of = |b: usize, expo: u64| {
-        let name = format!("{}_{expo}.png", files::format_time(start + 30 * b as i64));
+        let name = format!(
+            "{}_{expo}.{}",
+            files::format_time(start + 30 * b as i64),
+            job.format.extension()
+        );
         job.output.join(name)
     };
     // The exposure times are the same in every bracket (only the sky changes with the seed).
@@ -1035,14 +1150,9 @@ pub fn write_synthetic(job: &SyntheticJob) -> Result<()> {
             let n = img.height * img.width;
             let rgb: Vec<u8> = (0..n * 3).map(|i| planar[(i % 3) * n + i / 3]).collect();
             safety::write_file(&path, job.overwrite, |tmp| {
-                image::save_buffer(
-                    tmp,
-                    &rgb,
-                    img.width as u32,
-                    img.height as u32,
-                    image::ExtendedColorType::Rgb8,
-                )
-                .map_err(|e| Error::bad_file(&path, e.to_string()))
+                job.format
+                    .write(tmp, &rgb, img.width, img.height)
+                    .map_err(|e| Error::bad_file(&path, e.to_string()))
             })?;
         }
     }

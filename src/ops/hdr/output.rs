@@ -61,20 +61,29 @@ fn extension(format: Format) -> &'static str {
     }
 }
 
+/// The EXR is compressed on the calling thread: exr's parallel writer uses a pool of its own,
+/// as wide as the machine whatever the rank's threads, and stores its blocks in the order they
+/// finish, so the file's bytes changed from run to run. In order on one thread they do not;
+/// the rank's other threads decode the next bracket meanwhile (`each_decoded`).
 fn write_exr(path: &Path, m: &Merged) -> Result<()> {
     use exr::prelude::*;
     let (w, c) = (m.width, m.channels);
     let at = |x: usize, y: usize, k: usize| m.data[(y * w + x) * c + k];
     let done = if c == 3 {
-        write_rgb_file(path, m.width, m.height, |x, y| {
-            (at(x, y, 0), at(x, y, 1), at(x, y, 2))
-        })
+        let pixels = SpecificChannels::rgb(|p: Vec2<usize>| {
+            (at(p.0, p.1, 0), at(p.0, p.1, 1), at(p.0, p.1, 2))
+        });
+        Image::from_channels((m.width, m.height), pixels)
+            .write()
+            .non_parallel()
+            .to_file(path)
     } else {
         let pixels = SpecificChannels::build()
             .with_channel("Y")
             .with_pixel_fn(|p: Vec2<usize>| (at(p.0, p.1, 0),));
         Image::from_channels((m.width, m.height), pixels)
             .write()
+            .non_parallel()
             .to_file(path)
     };
     done.map_err(|e| crate::error::Error::bad_file(path, format!("writing OpenEXR: {e}")))
@@ -93,10 +102,12 @@ fn write_npy(path: &Path, m: &Merged) -> Result<()> {
 /// to 0.18, then `L / (1 + L)` (Reinhard's global operator) and gamma 2.2. Mertens: clamped
 /// to [0, 1] and scaled.
 pub fn preview(m: &Merged, method: Method) -> Vec<u8> {
+    use rayon::prelude::*;
+    // Each value mapped by one thread; the log-average is summed in pixel order on one.
     match method {
         Method::Mertens => m
             .data
-            .iter()
+            .par_iter()
             .map(|&v| (v.clamp(0.0, 1.0) * 255.0).round() as u8)
             .collect(),
         Method::Debevec => {
@@ -112,7 +123,7 @@ pub fn preview(m: &Merged, method: Method) -> Vec<u8> {
                 .exp() as f32;
             let scale = 0.18 / log_avg.max(1e-12);
             m.data
-                .iter()
+                .par_iter()
                 .map(|&v| {
                     let l = (v * scale).max(0.0);
                     let t = l / (1.0 + l);
@@ -246,6 +257,26 @@ fn planned_bytes(job: &MergeJob, brackets: &[Bracket], comm: &dyn Comm) -> Resul
     failed.map(|()| total[0])
 }
 
+/// What a rank's written brackets add up to, for its report.
+#[derive(Default)]
+struct Tally {
+    unusable: u64,
+    units: u64,
+    read: u64,
+    written: u64,
+    write_seconds: f64,
+}
+
+impl Tally {
+    fn add(&mut self, b: &Bracket, m: &Merged, write_seconds: f64) {
+        self.unusable += m.unusable;
+        self.units += 1;
+        self.read += input_bytes(b);
+        self.written += (m.data.len() * 4) as u64;
+        self.write_seconds += write_seconds;
+    }
+}
+
 /// One file per bracket.
 fn per_bracket(
     job: &MergeJob,
@@ -304,48 +335,79 @@ fn per_bracket(
     let setup_seconds = setup.elapsed().as_secs_f64();
     let ext = extension(job.format);
     let mine = partition_contiguous(brackets.len(), comm.size())[comm.rank()].clone();
-    let (mut unusable, mut resumed, mut units) = (0u64, 0usize, 0u64);
-    let (mut read, mut written) = (0u64, 0u64);
-    let mut write_seconds = 0.0;
-    let mut result = Ok(());
-    let share = mine.len();
-    for (done_here, b) in brackets[mine].iter().enumerate() {
-        if comm.is_root() && share >= 20 && done_here % (share / 10) == 0 && done_here > 0 {
+    let resuming = job.run.resume && !job.run.overwrite;
+    let paths = |b: &Bracket| {
+        let target = out.join(b.stem()).with_extension(ext);
+        let preview = out.join(b.stem()).with_extension("png");
+        (target, preview)
+    };
+    // A bracket whose files a --resume keeps is not decoded again.
+    let todo: Vec<&Bracket> = brackets[mine.clone()]
+        .iter()
+        .filter(|b| {
+            let (target, preview) = paths(b);
+            !(resuming && target.exists() && (job.preview.is_none() || preview.exists()))
+        })
+        .collect();
+    let resumed = mine.len() - todo.len();
+    let mut tally = Tally::default();
+    let share = todo.len();
+    let is_root = comm.is_root();
+    let decode = |b: &Bracket| merger.decode(b);
+    // Seconds spent writing one bracket's files.
+    let write_one = |b: &Bracket, m: &Merged| -> Result<f64> {
+        let (target, preview_path) = paths(b);
+        let t = Instant::now();
+        match job.format {
+            Format::Exr => safety::write_file(&target, true, |t| write_exr(t, m))?,
+            _ => safety::write_file(&target, true, |t| write_npy(t, m))?,
+        }
+        if job.preview.is_some() {
+            safety::write_file(&preview_path, true, |t| write_preview(t, m, job.method))?;
+        }
+        tracing::debug!("bracket {} -> {}", b.stem().display(), target.display());
+        Ok(t.elapsed().as_secs_f64())
+    };
+    // Bracket k's files are written while bracket k+1 merges (and k+2 decodes): the EXR is
+    // compressed on one thread, which would otherwise hold the others up.
+    let mut pending: Option<(&Bracket, Merged)> = None;
+    let result = super::each_decoded(&todo, &decode, |done_here, images| {
+        if is_root && share >= 20 && done_here % (share / 10) == 0 && done_here > 0 {
             tracing::info!(
-                "hdr merge: {done_here}/{share} of rank 0's brackets ({:.0} s)",
+                "hdr merge: {done_here}/{share} of rank 0's brackets to do ({:.0} s)",
                 started.elapsed().as_secs_f64()
             );
         }
-        let target = out.join(b.stem()).with_extension(ext);
-        let preview_path = out.join(b.stem()).with_extension("png");
-        let resuming = job.run.resume && !job.run.overwrite;
-        if resuming && target.exists() && (job.preview.is_none() || preview_path.exists()) {
-            resumed += 1;
-            continue;
+        let b = todo[done_here];
+        let previous = pending.take();
+        let (wrote, merged) = rayon::join(
+            || {
+                previous
+                    .as_ref()
+                    .map(|(pb, m)| write_one(pb, m))
+                    .transpose()
+            },
+            || merger.merge_decoded(job, b, &images, g),
+        );
+        if let (Some(seconds), Some((pb, m))) = (wrote?, &previous) {
+            tally.add(pb, m, seconds);
         }
-        let done = (|| {
-            let m = merger.merge_bracket(job, b, g)?;
-            read += input_bytes(b);
-            let t = Instant::now();
-            match job.format {
-                Format::Exr => safety::write_file(&target, true, |t| write_exr(t, &m))?,
-                _ => safety::write_file(&target, true, |t| write_npy(t, &m))?,
-            }
-            written += (m.data.len() * 4) as u64;
-            if job.preview.is_some() {
-                safety::write_file(&preview_path, true, |t| write_preview(t, &m, job.method))?;
-            }
-            write_seconds += t.elapsed().as_secs_f64();
-            unusable += m.unusable;
-            units += 1;
-            tracing::debug!("bracket {} -> {}", b.stem().display(), target.display());
-            Ok(())
-        })();
-        if let Err(e) = done {
-            result = Err(e);
-            break;
-        }
-    }
+        pending = Some((b, merged?));
+        Ok(())
+    });
+    // The last bracket (or the one merged before a later bracket failed to decode) is
+    // written; an error of an earlier bracket comes first.
+    let flushed = pending.take().map_or(Ok(()), |(b, m)| {
+        write_one(b, &m).map(|seconds| tally.add(b, &m, seconds))
+    });
+    let result = flushed.and(result);
+    let Tally {
+        unusable,
+        units,
+        read,
+        written,
+        write_seconds,
+    } = tally;
     let sync = Instant::now();
     crate::exec::agree(comm, result)?;
     let mut counts = [unusable, resumed as u64];
