@@ -287,39 +287,10 @@ fn per_bracket(
 ) -> Result<(RunSummary, u64)> {
     let started = Instant::now();
     let out = &job.output;
-    let inputs = super::merge_inputs(job);
-    let output = Written::new("output", Place::Path(out.clone()));
-    crate::exec::agree(comm, safety::check_places(&inputs, &[output]))?;
-    let planned = crate::exec::agree(comm, planned_bytes(job, brackets, comm))?;
-    let planned = crate::exec::disk::PlannedOutput {
-        name: format!(
-            "{} ({} .{} bracket files)",
-            out.display(),
-            brackets.len(),
-            extension(job.format)
-        ),
-        path: out.clone(),
-        bytes: planned,
-        uncompressed: job.format == Format::Npy,
-    };
-    crate::exec::agree(
-        comm,
-        crate::exec::disk::check_outputs(&[planned], safety::free_disk_bytes),
-    )?;
+    check_bracket_outputs(job, brackets, comm)?;
     if job.run.dry_run {
         if comm.is_root() {
-            println!(
-                "hdr merge (dry run): {} bracket(s) into {}, {} file(s) each; per rank:",
-                brackets.len(),
-                out.display(),
-                if job.preview.is_some() { 2 } else { 1 }
-            );
-            for (r, range) in partition_contiguous(brackets.len(), comm.size())
-                .into_iter()
-                .enumerate()
-            {
-                println!("  rank {r}: brackets {range:?}");
-            }
+            print_dry_run(job, brackets, comm.size());
         }
         return Ok((
             RunSummary::dry_run("hdr merge", &out.display(), comm.size()),
@@ -333,14 +304,9 @@ fn per_bracket(
     let _lock = crate::exec::lock_output(out, comm)?;
     crate::exec::agree(comm, prepare_directory(job, brackets.len(), comm))?;
     let setup_seconds = setup.elapsed().as_secs_f64();
-    let ext = extension(job.format);
     let mine = partition_contiguous(brackets.len(), comm.size())[comm.rank()].clone();
     let resuming = job.run.resume && !job.run.overwrite;
-    let paths = |b: &Bracket| {
-        let target = out.join(b.stem()).with_extension(ext);
-        let preview = out.join(b.stem()).with_extension("png");
-        (target, preview)
-    };
+    let paths = |b: &Bracket| bracket_paths(job, b);
     // A bracket whose files a --resume keeps is not decoded again.
     let todo: Vec<&Bracket> = brackets[mine.clone()]
         .iter()
@@ -350,57 +316,7 @@ fn per_bracket(
         })
         .collect();
     let resumed = mine.len() - todo.len();
-    let mut tally = Tally::default();
-    let share = todo.len();
-    let is_root = comm.is_root();
-    let decode = |b: &Bracket| merger.decode(b);
-    // Seconds spent writing one bracket's files.
-    let write_one = |b: &Bracket, m: &Merged| -> Result<f64> {
-        let (target, preview_path) = paths(b);
-        let t = Instant::now();
-        match job.format {
-            Format::Exr => safety::write_file(&target, true, |t| write_exr(t, m))?,
-            _ => safety::write_file(&target, true, |t| write_npy(t, m))?,
-        }
-        if job.preview.is_some() {
-            safety::write_file(&preview_path, true, |t| write_preview(t, m, job.method))?;
-        }
-        tracing::debug!("bracket {} -> {}", b.stem().display(), target.display());
-        Ok(t.elapsed().as_secs_f64())
-    };
-    // Bracket k's files are written while bracket k+1 merges (and k+2 decodes): the EXR is
-    // compressed on one thread, which would otherwise hold the others up.
-    let mut pending: Option<(&Bracket, Merged)> = None;
-    let result = super::each_decoded(&todo, &decode, |done_here, images| {
-        if is_root && share >= 20 && done_here % (share / 10) == 0 && done_here > 0 {
-            tracing::info!(
-                "hdr merge: {done_here}/{share} of rank 0's brackets to do ({:.0} s)",
-                started.elapsed().as_secs_f64()
-            );
-        }
-        let b = todo[done_here];
-        let previous = pending.take();
-        let (wrote, merged) = rayon::join(
-            || {
-                previous
-                    .as_ref()
-                    .map(|(pb, m)| write_one(pb, m))
-                    .transpose()
-            },
-            || merger.merge_decoded(job, b, &images, g),
-        );
-        if let (Some(seconds), Some((pb, m))) = (wrote?, &previous) {
-            tally.add(pb, m, seconds);
-        }
-        pending = Some((b, merged?));
-        Ok(())
-    });
-    // The last bracket (or the one merged before a later bracket failed to decode) is
-    // written; an error of an earlier bracket comes first.
-    let flushed = pending.take().map_or(Ok(()), |(b, m)| {
-        write_one(b, &m).map(|seconds| tally.add(b, &m, seconds))
-    });
-    let result = flushed.and(result);
+    let (tally, result) = merge_brackets(job, &todo, g, merger, comm.is_root(), started);
     let Tally {
         unusable,
         units,
@@ -437,6 +353,119 @@ fn per_bracket(
         &[out.as_path()],
     );
     Ok((s, counts[0]))
+}
+
+/// A bracket's output file and preview.
+fn bracket_paths(job: &MergeJob, b: &Bracket) -> (PathBuf, PathBuf) {
+    let base = job.output.join(b.stem());
+    (
+        base.with_extension(extension(job.format)),
+        base.with_extension("png"),
+    )
+}
+
+/// Refuses outputs that overlap an input or are not tessera's to replace, and bracket files
+/// the output's file system has no room for (collective).
+fn check_bracket_outputs(job: &MergeJob, brackets: &[Bracket], comm: &dyn Comm) -> Result<()> {
+    let out = &job.output;
+    let inputs = super::merge_inputs(job);
+    let output = Written::new("output", Place::Path(out.clone()));
+    crate::exec::agree(comm, safety::check_places(&inputs, &[output]))?;
+    let planned = crate::exec::agree(comm, planned_bytes(job, brackets, comm))?;
+    let planned = crate::exec::disk::PlannedOutput {
+        name: format!(
+            "{} ({} .{} bracket files)",
+            out.display(),
+            brackets.len(),
+            extension(job.format)
+        ),
+        path: out.clone(),
+        bytes: planned,
+        uncompressed: job.format == Format::Npy,
+    };
+    crate::exec::agree(
+        comm,
+        crate::exec::disk::check_outputs(&[planned], safety::free_disk_bytes),
+    )?;
+    Ok(())
+}
+
+/// `--dry-run`: which brackets each rank would merge (rank 0 prints).
+fn print_dry_run(job: &MergeJob, brackets: &[Bracket], ranks: usize) {
+    println!(
+        "hdr merge (dry run): {} bracket(s) into {}, {} file(s) each; per rank:",
+        brackets.len(),
+        job.output.display(),
+        if job.preview.is_some() { 2 } else { 1 }
+    );
+    for (r, range) in partition_contiguous(brackets.len(), ranks)
+        .into_iter()
+        .enumerate()
+    {
+        println!("  rank {r}: brackets {range:?}");
+    }
+}
+
+/// Decodes, merges and writes this rank's brackets to do: bracket k's files written while
+/// bracket k+1 merges (and k+2 decodes), since the EXR is compressed on one thread, which would
+/// otherwise hold the others up. Returns what was done and the first error.
+fn merge_brackets(
+    job: &MergeJob,
+    todo: &[&Bracket],
+    g: Option<&[Vec<f64>]>,
+    merger: &Merger,
+    is_root: bool,
+    started: Instant,
+) -> (Tally, Result<()>) {
+    let mut tally = Tally::default();
+    let share = todo.len();
+    let decode = |b: &Bracket| merger.decode(b);
+    // Seconds spent writing one bracket's files.
+    let write_one = |b: &Bracket, m: &Merged| -> Result<f64> {
+        let (target, preview_path) = bracket_paths(job, b);
+        let t = Instant::now();
+        match job.format {
+            Format::Exr => safety::write_file(&target, true, |t| write_exr(t, m))?,
+            _ => safety::write_file(&target, true, |t| write_npy(t, m))?,
+        }
+        if job.preview.is_some() {
+            safety::write_file(&preview_path, true, |t| write_preview(t, m, job.method))?;
+        }
+        tracing::debug!("bracket {} -> {}", b.stem().display(), target.display());
+        Ok(t.elapsed().as_secs_f64())
+    };
+    let mut pending: Option<(&Bracket, Merged)> = None;
+    let result = super::each_decoded(todo, &decode, |done_here, images| {
+        if is_root && share >= 20 && done_here % (share / 10) == 0 && done_here > 0 {
+            tracing::info!(
+                "hdr merge: {done_here}/{share} of rank 0's brackets to do ({:.0} s)",
+                started.elapsed().as_secs_f64()
+            );
+        }
+        let b = todo[done_here];
+        let previous = pending.take();
+        let (wrote, merged) = rayon::join(
+            || {
+                previous
+                    .as_ref()
+                    .map(|(pb, m)| write_one(pb, m))
+                    .transpose()
+            },
+            || merger.merge_decoded(job, b, &images, g),
+        );
+        if let (Some(seconds), Some((pb, m))) = (wrote?, &previous) {
+            tally.add(pb, m, seconds);
+        }
+        pending = Some((b, merged?));
+        Ok(())
+    });
+    // The last bracket (or the one merged before a later bracket failed to decode) is
+    // written; an error of an earlier bracket comes first.
+    let flushed = pending.take().map_or(Ok(()), |(b, m)| {
+        write_one(b, &m).map(|seconds| tally.add(b, &m, seconds))
+    });
+    let result = flushed.and(result);
+    (tally, result)
 }
 
 /// The archive as one Zarr group, through the exec runner.
