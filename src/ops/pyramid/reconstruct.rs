@@ -33,6 +33,81 @@ pub struct ReconstructOp {
     input: Address,
 }
 
+/// The level shapes and factor a Laplacian pyramid written by tessera records in its
+/// `tessera` attribute, checked against each other.
+fn laplacian_provenance(
+    job: &ReconstructJob,
+    store: &std::path::Path,
+    node: &str,
+) -> Result<(Vec<Vec<u64>>, Vec<u64>)> {
+    let attrs = io::zarr::group_attributes(store, node).ok_or_else(|| {
+        Error::address(
+            job.input.clone(),
+            "no Zarr group here (expected the pyramid's store)",
+        )
+    })?;
+    let prov = attrs.get("tessera").ok_or_else(|| {
+        Error::address(
+            job.input.clone(),
+            "no `tessera` attribute: not a pyramid written by tessera",
+        )
+    })?;
+    if prov.get("method").and_then(Value::as_str) != Some("laplacian") {
+        return Err(Error::address(
+            job.input.clone(),
+            "not a Laplacian pyramid (write one with --method laplacian)",
+        ));
+    }
+    let corrupt = |what: &str| {
+        Error::address(
+            job.input.clone(),
+            format!("corrupt `tessera` attribute: {what}"),
+        )
+    };
+    let shapes: Vec<Vec<u64>> =
+        serde_json::from_value(prov.get("shapes").cloned().unwrap_or_default())
+            .map_err(|_| corrupt("shapes"))?;
+    let factor: Vec<u64> = serde_json::from_value(prov.get("factor").cloned().unwrap_or_default())
+        .map_err(|_| corrupt("factor"))?;
+    if shapes.is_empty()
+        || shapes.iter().any(|s| s.len() != factor.len())
+        || factor.contains(&0)
+        || shapes
+            .windows(2)
+            .any(|w| kernel::next_shape(&w[0], &factor) != w[1])
+    {
+        return Err(corrupt("level shapes and factor disagree"));
+    }
+    Ok((shapes, factor))
+}
+
+/// The reconstructed level 0's spec: the base level's type and chunks (or `--chunks`).
+fn reconstruct_spec(
+    job: &ReconstructJob,
+    output: &Address,
+    shape: &[u64],
+    base: &io::ArrayMeta,
+) -> Result<CreateSpec> {
+    let spec = CreateSpec {
+        flat_chunk_keys: false,
+        shape: shape.to_vec(),
+        dtype: base.dtype,
+        chunks: job
+            .chunks
+            .clone()
+            .or_else(|| base.chunks.clone())
+            .unwrap_or_else(|| shape.to_vec()),
+        shards: None,
+        codec: job.codec.for_format(output)?,
+        dimension_names: None,
+        attributes: serde_json::Map::from_iter([(
+            "reconstructed_from".to_string(),
+            json!(job.input),
+        )]),
+    };
+    spec.validated()
+}
+
 impl ReconstructOp {
     /// # Errors
     /// The input is not a Laplacian pyramid written by tessera, or its arrays disagree with
@@ -45,45 +120,7 @@ impl ReconstructOp {
                 "a pyramid is a Zarr group (name.zarr)",
             ));
         };
-        let attrs = io::zarr::group_attributes(store, node).ok_or_else(|| {
-            Error::address(
-                job.input.clone(),
-                "no Zarr group here (expected the pyramid's store)",
-            )
-        })?;
-        let prov = attrs.get("tessera").ok_or_else(|| {
-            Error::address(
-                job.input.clone(),
-                "no `tessera` attribute: not a pyramid written by tessera",
-            )
-        })?;
-        if prov.get("method").and_then(Value::as_str) != Some("laplacian") {
-            return Err(Error::address(
-                job.input.clone(),
-                "not a Laplacian pyramid (write one with --method laplacian)",
-            ));
-        }
-        let corrupt = |what: &str| {
-            Error::address(
-                job.input.clone(),
-                format!("corrupt `tessera` attribute: {what}"),
-            )
-        };
-        let shapes: Vec<Vec<u64>> =
-            serde_json::from_value(prov.get("shapes").cloned().unwrap_or_default())
-                .map_err(|_| corrupt("shapes"))?;
-        let factor: Vec<u64> =
-            serde_json::from_value(prov.get("factor").cloned().unwrap_or_default())
-                .map_err(|_| corrupt("factor"))?;
-        if shapes.is_empty()
-            || shapes.iter().any(|s| s.len() != factor.len())
-            || factor.contains(&0)
-            || shapes
-                .windows(2)
-                .any(|w| kernel::next_shape(&w[0], &factor) != w[1])
-        {
-            return Err(corrupt("level shapes and factor disagree"));
-        }
+        let (shapes, factor) = laplacian_provenance(job, store, node)?;
         let levels = shapes.len();
         // Every array the reconstruction reads must be there with its recorded shape.
         let check = |name: &str, shape: &[u64]| -> Result<io::ArrayMeta> {
@@ -104,24 +141,7 @@ impl ReconstructOp {
             check(&format!("diff_{l}"), shape)?;
         }
         let output = Address::parse(&job.output)?;
-        let spec = CreateSpec {
-            flat_chunk_keys: false,
-            shape: shapes[0].clone(),
-            dtype: base.dtype,
-            chunks: job
-                .chunks
-                .clone()
-                .or_else(|| base.chunks.clone())
-                .unwrap_or_else(|| shapes[0].clone()),
-            shards: None,
-            codec: job.codec.for_format(&output)?,
-            dimension_names: None,
-            attributes: serde_json::Map::from_iter([(
-                "reconstructed_from".to_string(),
-                json!(job.input),
-            )]),
-        };
-        let spec = spec.validated()?;
+        let spec = reconstruct_spec(job, &output, &shapes[0], &base)?;
         let bytes: u64 = shapes[0].iter().product::<u64>() * base.dtype.size() as u64;
         Ok(ReconstructOp {
             targets: vec![output],

@@ -781,7 +781,8 @@ fn stitch_of_slabs_matches_for_five_channels_with_std() {
     assert!(stats.left_out > 0 && stats.grouped == stats.cases);
 }
 
-/// A 1-channel 4x4 image as the CPU kernel's numbers say it, worked out by hand.
+/// A 1-channel 4x4 image as the CPU kernel's numbers say it, worked out by hand. Long on
+/// purpose: each case's hand-worked table is written out beside its assertion.
 #[test]
 fn stitch_hand_checked() {
     let flat = |a: &[[f64; 4]]| a.iter().flatten().copied().collect::<Vec<f64>>();

@@ -319,6 +319,10 @@ impl Accumulator {
     /// covers it in batch order: the row's sums stay in L1 cache while the patches stream
     /// through once. Each pixel still receives its contributions in patch order, so the bits
     /// are those of adding the patches one after the other.
+    ///
+    /// Long on purpose: it is the stitch's inner loop, whose row setup, segment walk and
+    /// per-pixel sums share a dozen locals that named steps would have to pass around in the
+    /// hottest code of the operation.
     pub fn add_batch<T: Copy + Into<f64>>(&mut self, patches: &[PatchRef<'_, T>], w: &ArrayD<f64>) {
         let nd = w.ndim();
         let wshape = w.shape().to_vec();
