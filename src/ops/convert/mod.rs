@@ -46,35 +46,8 @@ pub struct Stack {
 /// A missing or empty directory, a bad pattern, no matching file, a non-integer or
 /// duplicated index.
 pub fn scan(dir: &Path, pattern: &str, extension: Option<&str>) -> Result<Vec<Stack>> {
-    if !dir.is_dir() {
-        return Err(Error::parameter(
-            "input",
-            format!(
-                "{} {}",
-                dir.display(),
-                if dir.exists() {
-                    "is not a directory"
-                } else {
-                    "does not exist"
-                }
-            ),
-        ));
-    }
-    let regex = regex::Regex::new(&format!("^(?:{pattern})")).map_err(|e| {
-        Error::parameter(
-            "pattern",
-            format!("{pattern:?} is not a valid regular expression: {e}"),
-        )
-    })?;
-    if regex.captures_len() < 3 {
-        return Err(Error::parameter(
-            "pattern",
-            format!(
-                "{pattern:?} has {} capture group(s); it needs two: the stack name, then the slice index, e.g. (.+)_(\\d+)\\.tif$",
-                regex.captures_len() - 1
-            ),
-        ));
-    }
+    check_input_dir(dir)?;
+    let regex = slice_pattern(pattern)?;
     let extension = extension.map(|e| e.trim_start_matches('.').to_ascii_lowercase());
     let names: Vec<String> = io::walk::files(dir, false)?
         .iter()
@@ -97,6 +70,83 @@ pub fn scan(dir: &Path, pattern: &str, extension: Option<&str>) -> Result<Vec<St
             None => IMAGE_EXTENSIONS.contains(&ext.as_str()),
         }
     };
+    let stacks = group_slices(dir, &names, &regex, pattern, &wanted)?;
+    if stacks.is_empty() {
+        let sample: Vec<&str> = names.iter().take(3).map(String::as_str).collect();
+        return Err(Error::parameter(
+            "pattern",
+            format!(
+                "no file in {} matches {pattern:?}{} (files there include: {})",
+                dir.display(),
+                extension.map_or(String::new(), |e| format!(" with extension .{e}")),
+                sample.join(", ")
+            ),
+        ));
+    }
+    Ok(stacks
+        .into_iter()
+        .map(|(name, files)| {
+            let indices: Vec<u64> = files.keys().copied().collect();
+            let (first, last) = (indices[0], indices[indices.len() - 1]);
+            let missing = (first..=last).filter(|i| !files.contains_key(i)).collect();
+            Stack {
+                name,
+                files: files.into_iter().collect(),
+                missing,
+            }
+        })
+        .collect())
+}
+
+/// Refuses an input that is not a directory, saying whether it exists.
+fn check_input_dir(dir: &Path) -> Result<()> {
+    if !dir.is_dir() {
+        return Err(Error::parameter(
+            "input",
+            format!(
+                "{} {}",
+                dir.display(),
+                if dir.exists() {
+                    "is not a directory"
+                } else {
+                    "does not exist"
+                }
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The file-name pattern as a regular expression anchored at the start, refusing one without
+/// the two groups (stack name, slice index).
+fn slice_pattern(pattern: &str) -> Result<regex::Regex> {
+    let regex = regex::Regex::new(&format!("^(?:{pattern})")).map_err(|e| {
+        Error::parameter(
+            "pattern",
+            format!("{pattern:?} is not a valid regular expression: {e}"),
+        )
+    })?;
+    if regex.captures_len() < 3 {
+        return Err(Error::parameter(
+            "pattern",
+            format!(
+                "{pattern:?} has {} capture group(s); it needs two: the stack name, then the slice index, e.g. (.+)_(\\d+)\\.tif$",
+                regex.captures_len() - 1
+            ),
+        ));
+    }
+    Ok(regex)
+}
+
+/// The wanted files among `names` grouped into stacks by the pattern's first group, keyed by
+/// the slice index of its second; two files with one index in a stack are refused.
+fn group_slices(
+    dir: &Path,
+    names: &[String],
+    regex: &regex::Regex,
+    pattern: &str,
+    wanted: &dyn Fn(&str) -> bool,
+) -> Result<BTreeMap<String, BTreeMap<u64, PathBuf>>> {
     let mut stacks: BTreeMap<String, BTreeMap<u64, PathBuf>> = BTreeMap::new();
     for name in names.iter().filter(|n| wanted(n)) {
         let Some(caps) = regex.captures(name) else {
@@ -123,31 +173,7 @@ pub fn scan(dir: &Path, pattern: &str, extension: Option<&str>) -> Result<Vec<St
             ));
         }
     }
-    if stacks.is_empty() {
-        let sample: Vec<&str> = names.iter().take(3).map(String::as_str).collect();
-        return Err(Error::parameter(
-            "pattern",
-            format!(
-                "no file in {} matches {pattern:?}{} (files there include: {})",
-                dir.display(),
-                extension.map_or(String::new(), |e| format!(" with extension .{e}")),
-                sample.join(", ")
-            ),
-        ));
-    }
-    Ok(stacks
-        .into_iter()
-        .map(|(name, files)| {
-            let indices: Vec<u64> = files.keys().copied().collect();
-            let (first, last) = (indices[0], indices[indices.len() - 1]);
-            let missing = (first..=last).filter(|i| !files.contains_key(i)).collect();
-            Stack {
-                name,
-                files: files.into_iter().collect(),
-                missing,
-            }
-        })
-        .collect())
+    Ok(stacks)
 }
 
 /// Probes every file's header, split among the ranks, and checks that all slices agree.
@@ -327,36 +353,7 @@ impl ConvertOp {
                 bytes_out: slice_bytes * (r.end - r.start),
             })
             .collect();
-        let indices: Vec<u64> = stack.files.iter().map(|(i, _)| *i).collect();
-        let mut attributes = Map::new();
-        attributes.insert("tessera_version".into(), json!(env!("CARGO_PKG_VERSION")));
-        attributes.insert("tessera_operation".into(), json!("convert"));
-        let directory = std::fs::canonicalize(&job.input).unwrap_or_else(|_| job.input.clone());
-        attributes.insert(
-            "source_directory".into(),
-            json!(directory.display().to_string()),
-        );
-        attributes.insert("source_pattern".into(), json!(job.pattern));
-        attributes.insert("source_stack".into(), json!(stack.name));
-        attributes.insert(
-            "source_files".into(),
-            json!(stack
-                .files
-                .iter()
-                .map(|(_, p)| p
-                    .file_name()
-                    .unwrap_or_default()
-                    .to_string_lossy()
-                    .into_owned())
-                .collect::<Vec<_>>()),
-        );
-        attributes.insert(
-            "index_range".into(),
-            json!([indices[0], indices[indices.len() - 1]]),
-        );
-        attributes.insert("missing_indices".into(), json!(stack.missing));
-        attributes.insert("axis_order".into(), json!(names.join("").to_uppercase()));
-        attributes.insert("source_dtype".into(), json!(slice.dtype.name()));
+        let attributes = provenance(job, stack, &names, slice.dtype);
         Ok(ConvertOp {
             target: [target],
             files: stack.files.iter().map(|(_, p)| p.clone()).collect(),
@@ -393,6 +390,47 @@ impl ConvertOp {
         }
         Ok(())
     }
+}
+
+/// The output's provenance attributes: tessera's version and operation, the source directory,
+/// pattern, stack, files, index range and missing indices, axis order and source type.
+fn provenance(
+    job: &ConvertJob,
+    stack: &Stack,
+    names: &[&str],
+    source: DType,
+) -> Map<String, Value> {
+    let indices: Vec<u64> = stack.files.iter().map(|(i, _)| *i).collect();
+    let mut attributes = Map::new();
+    attributes.insert("tessera_version".into(), json!(env!("CARGO_PKG_VERSION")));
+    attributes.insert("tessera_operation".into(), json!("convert"));
+    let directory = std::fs::canonicalize(&job.input).unwrap_or_else(|_| job.input.clone());
+    attributes.insert(
+        "source_directory".into(),
+        json!(directory.display().to_string()),
+    );
+    attributes.insert("source_pattern".into(), json!(job.pattern));
+    attributes.insert("source_stack".into(), json!(stack.name));
+    attributes.insert(
+        "source_files".into(),
+        json!(stack
+            .files
+            .iter()
+            .map(|(_, p)| p
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned())
+            .collect::<Vec<_>>()),
+    );
+    attributes.insert(
+        "index_range".into(),
+        json!([indices[0], indices[indices.len() - 1]]),
+    );
+    attributes.insert("missing_indices".into(), json!(stack.missing));
+    attributes.insert("axis_order".into(), json!(names.join("").to_uppercase()));
+    attributes.insert("source_dtype".into(), json!(source.name()));
+    attributes
 }
 
 impl ConvertOp {
