@@ -68,63 +68,92 @@ pub fn misplaced(all: &[Placement]) -> Vec<String> {
         .collect()
 }
 
+/// The failures found so far, each naming the rank and the check.
+struct Checks {
+    rank: usize,
+    size: usize,
+    failures: Vec<String>,
+}
+
+impl Checks {
+    fn check(&mut self, name: &str, ok: bool, detail: String) {
+        if !ok {
+            let (rank, size) = (self.rank, self.size);
+            self.failures
+                .push(format!("rank {rank}/{size}: {name}: {detail}"));
+        }
+    }
+}
+
 /// Runs every check; returns the failures (empty when all pass).
 pub fn run(comm: &dyn Comm) -> Vec<String> {
-    let (rank, size) = (comm.rank(), comm.size());
-    let mut failures = Vec::new();
-    let mut check = |name: &str, ok: bool, detail: String| {
-        if !ok {
-            failures.push(format!("rank {rank}/{size}: {name}: {detail}"));
-        }
+    let mut c = Checks {
+        rank: comm.rank(),
+        size: comm.size(),
+        failures: Vec::new(),
     };
     comm.barrier();
+    check_reductions(comm, &mut c);
+    check_gathers(comm, &mut c);
+    check_exchanges(comm, &mut c);
+    check_failure_votes(comm, &mut c);
+    comm.barrier();
+    c.failures
+}
 
+/// all_reduce of f64 and u64 values: sums, minima, maxima.
+fn check_reductions(comm: &dyn Comm, c: &mut Checks) {
+    let (rank, size) = (c.rank, c.size);
     let mut v = [rank as f64 + 0.5, -(rank as f64)];
     comm.all_reduce_f64(&mut v, ReduceOp::Sum);
     let want = [
         (0..size).map(|r| r as f64 + 0.5).sum::<f64>(),
         -((0..size).sum::<usize>() as f64),
     ];
-    check(
+    c.check(
         "all_reduce f64 sum",
         v == want,
         format!("{v:?} != {want:?}"),
     );
     let mut v = [rank as f64, 10.0 - rank as f64];
     comm.all_reduce_f64(&mut v, ReduceOp::Min);
-    check(
+    c.check(
         "all_reduce f64 min",
         v == [0.0, 10.0 - (size - 1) as f64],
         format!("{v:?}"),
     );
     let mut v = [rank as u64 * 3, 7];
     comm.all_reduce_u64(&mut v, ReduceOp::Max);
-    check(
+    c.check(
         "all_reduce u64 max",
         v == [(size as u64 - 1) * 3, 7],
         format!("{v:?}"),
     );
     let mut v = [rank as u64 + 1];
     comm.all_reduce_u64(&mut v, ReduceOp::Sum);
-    check(
+    c.check(
         "all_reduce u64 sum",
         v[0] == (size * (size + 1) / 2) as u64,
         format!("{v:?}"),
     );
+}
 
+/// gather (variable lengths, to the last rank), all_gather and broadcast.
+fn check_gathers(comm: &dyn Comm, c: &mut Checks) {
+    let (rank, size) = (c.rank, c.size);
     // Variable-length gather: rank r sends r+1 bytes of value r.
     let mine = vec![rank as u8; rank + 1];
     let root = size - 1;
     let gathered = comm.gather(&mine, root);
     if rank == root {
         let want: Vec<Vec<u8>> = (0..size).map(|r| vec![r as u8; r + 1]).collect();
-        check(
+        c.check(
             "gather",
             gathered.as_ref() == Some(&want),
             format!("{gathered:?}"),
         );
     } else {
-        check(
+        c.check(
             "gather (non-root gets None)",
             gathered.is_none(),
             format!("{gathered:?}"),
@@ -132,7 +161,7 @@ pub fn run(comm: &dyn Comm) -> Vec<String> {
     }
     let all = comm.all_gather(&mine);
     let want: Vec<Vec<u8>> = (0..size).map(|r| vec![r as u8; r + 1]).collect();
-    check("all_gather", all == want, format!("{all:?}"));
+    c.check("all_gather", all == want, format!("{all:?}"));
 
     let mut b = if rank == root {
         b"from the last rank".to_vec()
@@ -140,8 +169,12 @@ pub fn run(comm: &dyn Comm) -> Vec<String> {
         vec![1, 2, 3]
     };
     comm.broadcast(&mut b, root);
-    check("broadcast", b == b"from the last rank", format!("{b:?}"));
+    c.check("broadcast", b == b"from the last rank", format!("{b:?}"));
+}
 
+/// exchange: a ring of halos of different lengths each way, and an empty exchange.
+fn check_exchanges(comm: &dyn Comm, c: &mut Checks) {
+    let (rank, size) = (c.rank, c.size);
     // Ring halo exchange: send (rank, peer) to both neighbours, different lengths each way.
     let next = (rank + 1) % size;
     let prev = (rank + size - 1) % size;
@@ -155,31 +188,33 @@ pub fn run(comm: &dyn Comm) -> Vec<String> {
         want.push((next, vec![next as u8, rank as u8]));
     }
     want.sort();
-    check(
+    c.check(
         "exchange (ring)",
         received == want,
         format!("{received:?} != {want:?}"),
     );
     let received = comm.exchange(vec![]);
-    check(
+    c.check(
         "exchange (nothing)",
         received.is_empty(),
         format!("{received:?}"),
     );
+}
 
+/// any_failed: the lowest failing rank, and none.
+fn check_failure_votes(comm: &dyn Comm, c: &mut Checks) {
+    let (rank, size) = (c.rank, c.size);
     let failed = comm.any_failed(rank == size / 2);
-    check(
+    c.check(
         "any_failed",
         failed == Some(size / 2),
         format!("{failed:?}"),
     );
-    check(
+    c.check(
         "any_failed (none)",
         comm.any_failed(false).is_none(),
         String::new(),
     );
-    comm.barrier();
-    failures
 }
 
 #[cfg(test)]
