@@ -1,8 +1,6 @@
 //! Sizes in bytes as people write and read them: `512M` or `4G` in a flag, `1.5 GiB` in a
-//! message. Below every other part: the error type and the command line, the executor and the
-//! device layer all use it, and it uses nothing of theirs but the error type.
-
-use crate::error::{Error, Result};
+//! message. Below every other part, the error type included (whose messages print sizes): it
+//! imports nothing of tessera's, and a caller turns a refusal into its flag's error.
 
 /// `1.5 GiB`, `12.0 MiB`: sizes in the unit a user thinks in.
 pub fn human_bytes(bytes: u64) -> String {
@@ -19,31 +17,23 @@ pub fn human_bytes(bytes: u64) -> String {
 /// Parses a size like `512M`, `4G`, `1024` (bytes), `64K`.
 ///
 /// # Errors
-/// [`Error::Parameter`] naming `--memory-limit`.
-pub fn parse_size(text: &str) -> Result<u64> {
+/// What is wrong with `text`, for the caller to name its flag.
+pub fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
     let (digits, unit) = t.split_at(
         t.find(|c: char| !c.is_ascii_digit() && c != '.')
             .unwrap_or(t.len()),
     );
-    let value: f64 = digits.parse().map_err(|_| {
-        Error::parameter(
-            "memory-limit",
-            format!("{text:?} is not a size like 512M or 4G"),
-        )
-    })?;
+    let value: f64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size like 512M or 4G"))?;
     let scale = match unit.trim().to_ascii_uppercase().as_str() {
         "" | "B" => 1.0,
         "K" | "KB" | "KIB" => 1024.0,
         "M" | "MB" | "MIB" => 1048576.0,
         "G" | "GB" | "GIB" => 1073741824.0,
         "T" | "TB" | "TIB" => 1099511627776.0,
-        other => {
-            return Err(Error::parameter(
-                "memory-limit",
-                format!("unknown unit {other:?} in {text:?}"),
-            ))
-        }
+        other => return Err(format!("unknown unit {other:?} in {text:?}")),
     };
     Ok((value * scale) as u64)
 }

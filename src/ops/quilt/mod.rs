@@ -1087,7 +1087,8 @@ impl StitchOp {
         } else {
             DType::F32
         };
-        let limit = crate::units::parse_size(&job.memory_limit)?;
+        let limit = crate::units::parse_size(&job.memory_limit)
+            .map_err(|m| Error::parameter("memory-limit", m))?;
         let sizes = StitchSizes::new(&geometry, dtype, out_dtype, variance.is_some());
         let outputs = stitch_outputs(job, &geometry, out_dtype, sizes.default_chunk_rows(limit))?;
         let spatial = &geometry.image_shape[2..];
