@@ -10,12 +10,12 @@
 //! computed from the gathered arrays in pattern order, so the outputs are identical for any
 //! number of ranks.
 
+#[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod device;
 #[cfg(test)]
 mod harness;
 pub mod kernel;
-#[cfg(feature = "cuda")]
 pub mod params;
 pub mod plot;
 pub mod synthetic;

@@ -12,12 +12,12 @@
 //! Laplacian), never recomputed from neighbours, and kernels give each voxel the same bits
 //! whatever the box (see `kernel`), so the output does not depend on the rank count.
 
+#[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod device;
 #[cfg(test)]
 mod harness;
 pub mod kernel;
-#[cfg(feature = "cuda")]
 pub mod params;
 pub mod reconstruct;
 

@@ -18,12 +18,12 @@
 //! follows `--memory-limit` (and `TESSERA_UNIT_BYTES`), so memory is bounded by a band (and
 //! the held one), not the volume.
 
+#[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod device;
 #[cfg(test)]
 mod harness;
 pub mod kernel;
-#[cfg(feature = "cuda")]
 pub mod params;
 pub mod weed;
 
