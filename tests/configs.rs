@@ -143,16 +143,9 @@ fn slurm_scripts_are_valid_bash() {
     for e in std::fs::read_dir(dir).unwrap().flatten() {
         let p = e.path();
         if p.extension().is_some_and(|x| x == "sbatch") {
-            let out = std::process::Command::new("bash")
-                .arg("-n")
-                .arg(&p)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}: {}",
-                p.display(),
-                String::from_utf8_lossy(&out.stderr)
+            succeeds(
+                std::process::Command::new("bash").arg("-n").arg(&p),
+                &p.display().to_string(),
             );
             let text = std::fs::read_to_string(&p).unwrap();
             assert!(
@@ -205,15 +198,11 @@ fn the_scaling_doc_shows_what_its_model_prints() {
                 words.extend(part.split_whitespace().map(str::to_string));
             }
         }
-        let out = std::process::Command::new(&python)
-            .arg(root.join("docs/scaling_model.py"))
-            .args(&words)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let out = succeeds(
+            std::process::Command::new(&python)
+                .arg(root.join("docs/scaling_model.py"))
+                .args(&words),
+            "docs/scaling_model.py",
         );
         let printed = String::from_utf8(out.stdout).unwrap();
         assert_eq!(

@@ -17,18 +17,12 @@ fn image(dir: &Path) -> PathBuf {
 }
 
 fn unstitch(input: &Path, output: &str, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "quilt",
-        "unstitch",
-        "--input",
-        &s(input),
-        "--output",
+    let mut args: Vec<String> = io_args(
+        "quilt unstitch",
+        input,
         output,
-        "--window",
-        "16,16",
-        "--step",
-        "8,8",
-    ]
+        &["--window", "16,16", "--step", "8,8"],
+    )
     .iter()
     .map(|a| a.to_string())
     .collect();
@@ -421,39 +415,22 @@ fn paused_command(mut command: Command, go: &Path) -> std::process::Child {
 
 /// `tessera pyramid --input store --output out`.
 fn pyramid(store: &str, out: &Path) -> Output {
-    tessera(&["pyramid", "--input", store, "--output", &s(out)])
+    tessera(&io_args("pyramid", store, out, &[]))
 }
 
 /// Two stacks of slices and a Zarr store converted from the first.
 fn two_stacks(dir: &Path) -> (String, String, String) {
     let a = dir.join("a");
     let b = dir.join("b");
-    write_stack(
-        &a,
-        "s",
-        &(0..8).collect::<Vec<_>>(),
-        &[32, 32],
-        tessera::io::DType::U16,
-        1,
-    );
-    write_stack(
-        &b,
-        "s",
-        &(0..8).collect::<Vec<_>>(),
-        &[32, 32],
-        tessera::io::DType::U16,
-        2,
-    );
+    write_slices(&a, "s", 8, &[32, 32], tessera::io::DType::U16, 1);
+    write_slices(&b, "s", 8, &[32, 32], tessera::io::DType::U16, 2);
     let store = s(&dir.join("in.zarr"));
-    ok(tessera(&[
+    ok(tessera(&io_args(
         "convert",
-        "--input",
-        &s(&a),
-        "--output",
+        &a,
         &store,
-        "--chunks",
-        "2,8,8",
-    ]));
+        &["--chunks", "2,8,8"],
+    )));
     (s(&a), s(&b), store)
 }
 
@@ -463,18 +440,14 @@ fn an_input_rewritten_while_a_job_reads_it_is_never_published() {
     let (_, b, store) = two_stacks(d.path());
     let out = d.path().join("pyr.zarr");
     let go = d.path().join("go");
-    let reader = paused(&["pyramid", "--input", &store, "--output", &s(&out)], &go);
+    let reader = paused(&io_args("pyramid", &store, &out, &[]), &go);
     // Another job replaces the input under it: allowed (the reader holds no lock on it).
-    ok(tessera(&[
+    ok(tessera(&io_args(
         "convert",
-        "--input",
         &b,
-        "--output",
         &store,
-        "--chunks",
-        "2,8,8",
-        "--overwrite",
-    ]));
+        &["--chunks", "2,8,8", "--overwrite"],
+    )));
     std::fs::write(&go, b"").unwrap();
     let e = fails_with(
         reader.wait_with_output().unwrap(),
@@ -491,7 +464,7 @@ fn an_input_rewritten_while_a_job_reads_it_is_never_published() {
     }
     // A chunk rewritten in place by another program: the same.
     let go = d.path().join("go2");
-    let reader = paused(&["pyramid", "--input", &store, "--output", &s(&out)], &go);
+    let reader = paused(&io_args("pyramid", &store, &out, &[]), &go);
     let chunk = Path::new(&store).join("c/0/0/0");
     let bytes = std::fs::read(&chunk).unwrap();
     std::thread::sleep(Duration::from_millis(20));
@@ -512,21 +485,12 @@ fn an_input_another_job_is_writing_is_refused() {
     let (_, b, store) = two_stacks(d.path());
     let go = d.path().join("go");
     let writer = paused(
-        &[
-            "convert",
-            "--input",
-            &b,
-            "--output",
-            &store,
-            "--chunks",
-            "2,8,8",
-            "--overwrite",
-        ],
+        &io_args("convert", &b, &store, &["--chunks", "2,8,8", "--overwrite"]),
         &go,
     );
     let out = d.path().join("pyr.zarr");
     fails_with(
-        tessera(&["pyramid", "--input", &store, "--output", &s(&out)]),
+        tessera(&io_args("pyramid", &store, &out, &[])),
         &[
             "in.zarr",
             "being written by another tessera job",
@@ -549,28 +513,19 @@ fn an_input_rewritten_under_a_two_rank_job_is_never_published() {
     let (_, b, store) = two_stacks(d.path());
     let out = d.path().join("pyr.zarr");
     let go = d.path().join("go");
-    let args = [
+    let args = io_args(
         "pyramid",
-        "--input",
         &store,
-        "--output",
-        &s(&out),
-        "--levels",
-        "1",
-        "--chunks",
-        "2,8,8",
-    ];
+        &out,
+        &["--levels", "1", "--chunks", "2,8,8"],
+    );
     let reader = paused_command(mpi_command(2, &args, &[("TESSERA_UNIT_BYTES", "1")]), &go);
-    ok(tessera(&[
+    ok(tessera(&io_args(
         "convert",
-        "--input",
         &b,
-        "--output",
         &store,
-        "--chunks",
-        "2,8,8",
-        "--overwrite",
-    ]));
+        &["--chunks", "2,8,8", "--overwrite"],
+    )));
     std::fs::write(&go, b"").unwrap();
     fails_with(
         reader.wait_with_output().unwrap(),

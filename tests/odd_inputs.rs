@@ -59,18 +59,12 @@ fn a_value_megabytes_long_is_shortened_in_the_one_line() {
     // One argument may be at most 128 KiB (the kernel's limit); a job file has none.
     let long = "9".repeat(100_000);
     for window in [long.clone(), format!("{long},x"), format!("x{long}")] {
-        let out = tessera(&[
-            "quilt",
-            "unstitch",
-            "--input",
-            &s(&input),
-            "--output",
-            &s(&d.path().join("o.zarr")),
-            "--window",
-            &window,
-            "--step",
-            "8,8",
-        ]);
+        let out = tessera(&io_args(
+            "quilt unstitch",
+            &input,
+            &d.path().join("o.zarr"),
+            &["--window", &window, "--step", "8,8"],
+        ));
         assert!(!out.status.success());
         assert!(
             out.stderr.len() < 8000,
@@ -120,22 +114,21 @@ fn a_bad_gpu_memory_limit_is_refused_without_a_gpu_too() {
     let input = image(d.path());
     for device in ["cpu", "auto"] {
         fails_with(
-            tessera(&[
-                "quilt",
-                "unstitch",
-                "--input",
-                &s(&input),
-                "--output",
-                &s(&d.path().join("o.zarr")),
-                "--window",
-                "16,16",
-                "--step",
-                "8,8",
-                "--device",
-                device,
-                "--gpu-memory-limit",
-                "banana",
-            ]),
+            tessera(&io_args(
+                "quilt unstitch",
+                &input,
+                &d.path().join("o.zarr"),
+                &[
+                    "--window",
+                    "16,16",
+                    "--step",
+                    "8,8",
+                    "--device",
+                    device,
+                    "--gpu-memory-limit",
+                    "banana",
+                ],
+            )),
             &["--gpu-memory-limit", "banana", "not a size"],
         );
     }
@@ -171,18 +164,12 @@ fn a_refused_resume_does_not_also_advise_resuming() {
     let input = image(d.path());
     let out = s(&d.path().join("o.zarr"));
     let args = |step: &str, extra: &[&str]| {
-        let mut a = vec![
-            "quilt",
-            "unstitch",
-            "--input",
-            input.to_str().unwrap(),
-            "--output",
+        let mut a = io_args(
+            "quilt unstitch",
+            &input,
             &out,
-            "--window",
-            "16,16",
-            "--patches-per-chunk",
-            "4",
-        ];
+            &["--window", "16,16", "--patches-per-chunk", "4"],
+        );
         a.extend(["--step", step]);
         a.extend(extra);
         a.into_iter().map(String::from).collect::<Vec<_>>()
@@ -218,34 +205,27 @@ fn tokens_of_an_empty_pairs_group_is_one_clear_line() {
     };
     let d = tempfile::tempdir().unwrap();
     let group = d.path().join("pairs.zarr");
-    let made = Command::new(&py)
-        .args([
-            "-c",
-            "import sys, zarr, numpy as np\n\
-             g = zarr.open_group(sys.argv[1], mode='w')\n\
-             for n in ('patches1', 'patches2'):\n\
-             \x20   g.create_array(n, shape=(0, 1, 32, 32), chunks=(1, 1, 32, 32), dtype='float32')\n\
-             g.create_array('deltas', shape=(0, 2), chunks=(1, 2), dtype='float32')\n\
-             g.create_array('rotations', shape=(0,), chunks=(1,), dtype='int64')\n\
-             g.attrs.update(window=32, num_patches=0, num_channels=1, patch_shape=[32, 32])\n",
-            &s(&group),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
+    succeeds(
+        Command::new(&py)
+            .args([
+                "-c",
+                "import sys, zarr, numpy as np\n\
+                 g = zarr.open_group(sys.argv[1], mode='w')\n\
+                 for n in ('patches1', 'patches2'):\n\
+                 \x20   g.create_array(n, shape=(0, 1, 32, 32), chunks=(1, 1, 32, 32), dtype='float32')\n\
+                 g.create_array('deltas', shape=(0, 2), chunks=(1, 2), dtype='float32')\n\
+                 g.create_array('rotations', shape=(0,), chunks=(1,), dtype='int64')\n\
+                 g.attrs.update(window=32, num_patches=0, num_channels=1, patch_shape=[32, 32])\n",
+                &s(&group),
+            ]),
+        "python (making the input)",
     );
-    let out = tessera(&[
+    let out = tessera(&io_args(
         "tokens",
-        "--input",
-        &s(&group),
-        "--output",
-        &s(&d.path().join("t.zarr")),
-        "--token-size",
-        "16",
-    ]);
+        &group,
+        &d.path().join("t.zarr"),
+        &["--token-size", "16"],
+    ));
     fails_with(out, &["holds no pairs", "nothing to tokenize"]);
     assert!(!d.path().join("t.zarr").exists());
 }
@@ -258,21 +238,17 @@ fn hdf5_external_data_and_hard_links_are_named() {
     };
     let d = tempfile::tempdir().unwrap();
     let file = d.path().join("ext.h5");
-    let made = Command::new(&py)
-        .current_dir(d.path())
-        .args([
-            "-c",
-            "import h5py, numpy as np\n\
-             np.arange(2*48*48, dtype='<f4').tofile('raw.bin')\n\
-             with h5py.File('ext.h5', 'w') as f:\n\
-             \x20   f.create_dataset('x', shape=(2, 1, 48, 48), dtype='<f4', external=[('raw.bin', 0, 2*48*48*4)])\n",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
+    succeeds(
+        Command::new(&py)
+            .current_dir(d.path())
+            .args([
+                "-c",
+                "import h5py, numpy as np\n\
+                 np.arange(2*48*48, dtype='<f4').tofile('raw.bin')\n\
+                 with h5py.File('ext.h5', 'w') as f:\n\
+                 \x20   f.create_dataset('x', shape=(2, 1, 48, 48), dtype='<f4', external=[('raw.bin', 0, 2*48*48*4)])\n",
+            ]),
+        "python (making the input)",
     );
     let address = format!("{}:/x", s(&file));
     // Present (relative to the working directory, where HDF5 looks): readable.
@@ -290,34 +266,22 @@ fn hdf5_external_data_and_hard_links_are_named() {
     // An output that is a hard link of the input file is the input.
     let input = d.path().join("in.h5");
     let a = format!("{}:/a", s(&input));
-    ok(tessera(&[
-        "quilt",
-        "unstitch",
-        "--input",
-        &s(&image(d.path())),
-        "--output",
+    ok(tessera(&io_args(
+        "quilt unstitch",
+        &image(d.path()),
         &a,
-        "--window",
-        "16,16",
-        "--step",
-        "8,8",
-    ]));
+        &["--window", "16,16", "--step", "8,8"],
+    )));
     let link = d.path().join("link.h5");
     std::fs::hard_link(&input, &link).unwrap();
     let before = std::fs::read(&input).unwrap();
     fails_with(
-        tessera(&[
-            "quilt",
-            "unstitch",
-            "--input",
+        tessera(&io_args(
+            "quilt unstitch",
             &a,
-            "--output",
             &format!("{}:/b", s(&link)),
-            "--window",
-            "8,8",
-            "--step",
-            "8,8",
-        ]),
+            &["--window", "8,8", "--step", "8,8"],
+        )),
         &["same HDF5 file"],
     );
     assert_eq!(std::fs::read(&input).unwrap(), before);

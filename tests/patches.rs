@@ -471,19 +471,12 @@ fn volumes_image_stacks_and_other_dtypes() {
     std::fs::create_dir_all(d.path().join("data")).unwrap();
     ndarray_npy::write_npy(d.path().join("data/vol.npy"), &vol).unwrap();
     let out = d.path().join("vol-out");
-    ok(tessera(&[
+    ok(tessera(&io_args(
         "patches",
-        "--input",
-        &s(&d.path().join("data/vol.npy")),
-        "--output",
-        &s(&out),
-        "--patch-size",
-        "16",
-        "--stride",
-        "4",
-        "--split-name",
-        "ct",
-    ]));
+        &d.path().join("data/vol.npy"),
+        &out,
+        &["--patch-size", "16", "--stride", "4", "--split-name", "ct"],
+    )));
     let slices: Vec<Array2<f32>> = vol.outer_iter().map(|s| s.mapv(|v| v as f32)).collect();
     let patches = reference("ct", &slices, 16, 4, f64::NEG_INFINITY);
     let place = |_: usize, p: &RefPatch| format!("../vol-out/{}.npy", p.id);
@@ -521,17 +514,12 @@ fn volumes_image_stacks_and_other_dtypes() {
         3,
     );
     let out = d.path().join("data/stack-out");
-    ok(tessera(&[
+    ok(tessera(&io_args(
         "patches",
-        "--input",
-        &s(&stack),
-        "--output",
-        &s(&out),
-        "--patch-size",
-        "16",
-        "--stride",
-        "2",
-    ]));
+        &stack,
+        &out,
+        &["--patch-size", "16", "--stride", "2"],
+    )));
     let floats: Vec<Array2<f32>> = slices
         .into_iter()
         .map(|b| {
@@ -978,10 +966,7 @@ fn a_killed_run_resumes_to_the_same_bytes() {
 #[cfg(feature = "mpi")]
 #[test]
 fn outputs_are_identical_on_1_2_and_4_ranks() {
-    if mpirun().is_none() {
-        return;
-    }
-    let d = tempfile::tempdir().unwrap();
+    let Some(d) = mpi_tempdir() else { return };
     let (train, _) = random_dataset(&d.path().join("a"), 11, 21);
     let (val, _) = random_dataset(&d.path().join("b"), 6, 22);
     let env = [("TESSERA_UNIT_BYTES", "3000")];
@@ -1120,14 +1105,9 @@ fn python_reads_the_outputs_as_the_notebook_does() {
             &s(&out),
             &["--format", format, "--min-std", "0.2"],
         )));
-        let res = Command::new(&python)
-            .args(["-c", NOTEBOOK_CHECK, &s(&out), &s(root)])
-            .output()
-            .unwrap();
-        assert!(
-            res.status.success(),
-            "python check ({format}):\n{}",
-            text(&res)
+        let res = succeeds(
+            Command::new(&python).args(["-c", NOTEBOOK_CHECK, &s(&out), &s(root)]),
+            &format!("python check ({format})"),
         );
         assert!(String::from_utf8_lossy(&res.stdout).contains("Unit tests passed"));
     }
