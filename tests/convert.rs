@@ -621,14 +621,7 @@ fn outputs_are_the_same_on_any_thread_count_and_raw_chunks_are_zarrs_bytes() {
     // the edge of y, so those slabs go through zarrs.
     let d = tempfile::tempdir().unwrap();
     let input = d.path().join("in");
-    let mut slices = write_stack(
-        &input,
-        "cells",
-        &[0, 1, 2, 3, 4, 5, 6],
-        &[20, 24],
-        DType::U16,
-        5,
-    );
+    let mut slices = write_slices(&input, "cells", 7, &[20, 24], DType::U16, 5);
     slices[3] = Block::U16(ArrayD::zeros(IxDyn(&[20, 24])));
     images::write_tiff(&input.join("cells_003.tif"), &slices[3]).unwrap();
     let stack = reference_stack(&slices, 0);

@@ -33,14 +33,7 @@ mod hdf5 {
     fn every_command_writes_hdf5_with_its_default_codec() {
         let d = tempfile::tempdir().unwrap();
         let p = |name: &str| s(&d.path().join(name));
-        write_stack(
-            &d.path().join("slices"),
-            "s",
-            &[0, 1, 2],
-            &[8, 8],
-            DType::U16,
-            1,
-        );
+        write_slices(&d.path().join("slices"), "s", 3, &[8, 8], DType::U16, 1);
         let image = ArrayD::from_shape_fn(IxDyn(&[1, 1, 16, 16]), |i| (i[2] * 16 + i[3]) as f32);
         write_npy(d.path().join("image.npy"), &image).unwrap();
         let mut written = Vec::new();
@@ -136,14 +129,7 @@ for address in sys.argv[1:]:
     #[test]
     fn a_codec_hdf5_cannot_store_is_refused_before_anything_is_written() {
         let d = tempfile::tempdir().unwrap();
-        write_stack(
-            &d.path().join("slices"),
-            "s",
-            &[0, 1],
-            &[4, 4],
-            DType::U8,
-            2,
-        );
+        write_slices(&d.path().join("slices"), "s", 2, &[4, 4], DType::U8, 2);
         for codec in ["zstd", "blosc"] {
             let out = format!("{}:/x", s(&d.path().join("z.h5")));
             fails_with(
@@ -183,30 +169,14 @@ for address in sys.argv[1:]:
 #[test]
 fn the_default_codec_follows_the_output_format() {
     let d = tempfile::tempdir().unwrap();
-    write_stack(
-        &d.path().join("slices"),
-        "s",
-        &[0, 1],
-        &[4, 4],
-        DType::U16,
-        3,
-    );
+    let slices = d.path().join("slices");
+    write_slices(&slices, "s", 2, &[4, 4], DType::U16, 3);
     let zarr = s(&d.path().join("o.zarr"));
-    ok(tessera(&io_args(
-        "convert",
-        &d.path().join("slices"),
-        &zarr,
-        &[],
-    )));
+    ok(tessera(&io_args("convert", &slices, &zarr, &[])));
     let codecs = meta(&zarr).codecs;
     assert!(codecs.iter().any(|c| c.contains("zstd")), "{codecs:?}");
     let npy = s(&d.path().join("o.npy"));
-    ok(tessera(&io_args(
-        "convert",
-        &d.path().join("slices"),
-        &npy,
-        &[],
-    )));
+    ok(tessera(&io_args("convert", &slices, &npy, &[])));
     assert!(meta(&npy).codecs.is_empty());
 }
 

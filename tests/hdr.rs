@@ -325,19 +325,11 @@ fn exr_zarr_mertens_and_resume() {
 
 #[test]
 fn numpy_reads_the_response_file() {
+    // TESSERA_PYTHON or python3 (not common::python's virtual environment).
     let python = std::env::var("TESSERA_PYTHON").unwrap_or_else(|_| "python3".into());
-    let has_numpy = Command::new(&python)
-        .args(["-c", "import numpy"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !has_numpy {
-        assert!(
-            std::env::var("TESSERA_REQUIRE_PYTHON").as_deref() != Ok("1"),
-            "python3 with numpy is required (TESSERA_REQUIRE_PYTHON=1)"
-        );
-        eprintln!("skipping: python3 cannot import numpy (scripts/setup.sh --python installs it)");
+    let Some(python) = python_importing(python, "numpy") else {
         return;
-    }
+    };
     let d = tempfile::tempdir().unwrap();
     let input = d.path().join("sky");
     archive(&input);

@@ -442,26 +442,14 @@ fn an_input_rewritten_while_a_job_reads_it_is_never_published() {
     let go = d.path().join("go");
     let reader = paused(&io_args("pyramid", &store, &out, &[]), &go);
     // Another job replaces the input under it: allowed (the reader holds no lock on it).
-    ok(tessera(&io_args(
-        "convert",
-        &b,
-        &store,
-        &["--chunks", "2,8,8", "--overwrite"],
-    )));
+    ok(overwrite_input(&b, &store));
     std::fs::write(&go, b"").unwrap();
     let e = fails_with(
         reader.wait_with_output().unwrap(),
         &["in.zarr", "while this job read it"],
     );
     assert!(!e.contains("--resume"), "{e}");
-    for left in [
-        "pyr.zarr",
-        "pyr.zarr.partial",
-        "pyr.zarr.journal",
-        "pyr.zarr.lock",
-    ] {
-        assert!(!d.path().join(left).exists(), "{left} left behind");
-    }
+    assert_no_pyramid_left(d.path());
     // A chunk rewritten in place by another program: the same.
     let go = d.path().join("go2");
     let reader = paused(&io_args("pyramid", &store, &out, &[]), &go);
@@ -477,6 +465,29 @@ fn an_input_rewritten_while_a_job_reads_it_is_never_published() {
     assert!(!out.exists());
     // Untouched, the same job publishes.
     ok(pyramid(&store, &out));
+}
+
+/// Stack `b` converted over `store`, another job's input (allowed: a reader holds no lock).
+fn overwrite_input(b: &str, store: &str) -> Output {
+    tessera(&io_args(
+        "convert",
+        b,
+        store,
+        &["--chunks", "2,8,8", "--overwrite"],
+    ))
+}
+
+/// Nothing of `pyr.zarr` is left in `dir`: no output, staging, journal or lock.
+#[track_caller]
+fn assert_no_pyramid_left(dir: &Path) {
+    for left in [
+        "pyr.zarr",
+        "pyr.zarr.partial",
+        "pyr.zarr.journal",
+        "pyr.zarr.lock",
+    ] {
+        assert!(!dir.join(left).exists(), "{left} left behind");
+    }
 }
 
 #[test]
@@ -520,25 +531,13 @@ fn an_input_rewritten_under_a_two_rank_job_is_never_published() {
         &["--levels", "1", "--chunks", "2,8,8"],
     );
     let reader = paused_command(mpi_command(2, &args, &[("TESSERA_UNIT_BYTES", "1")]), &go);
-    ok(tessera(&io_args(
-        "convert",
-        &b,
-        &store,
-        &["--chunks", "2,8,8", "--overwrite"],
-    )));
+    ok(overwrite_input(&b, &store));
     std::fs::write(&go, b"").unwrap();
     fails_with(
         reader.wait_with_output().unwrap(),
         &["while this job read it"],
     );
-    for left in [
-        "pyr.zarr",
-        "pyr.zarr.partial",
-        "pyr.zarr.journal",
-        "pyr.zarr.lock",
-    ] {
-        assert!(!d.path().join(left).exists(), "{left} left behind");
-    }
+    assert_no_pyramid_left(d.path());
     // A device as the report on two ranks: one line, nothing written.
     let null = d.path().join("null.json");
     std::os::unix::fs::symlink("/dev/null", &null).unwrap();

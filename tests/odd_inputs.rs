@@ -143,17 +143,12 @@ fn a_manifest_name_with_spaces_at_its_ends_is_quoted() {
     let manifest = d.path().join("m.csv");
     std::fs::write(&manifest, "path\n s0.npy\n").unwrap();
     fails_with(
-        tessera(&[
-            "patches",
-            "--manifest",
-            &s(&manifest),
-            "--data-root",
-            &s(d.path()),
-            "--output",
-            &s(&d.path().join("out")),
-            "--patch-size",
-            "16",
-        ]),
+        tessera(&manifest_args(
+            &manifest,
+            d.path(),
+            &d.path().join("out"),
+            &["--patch-size", "16"],
+        )),
         &["\" s0.npy\" (row 1)"],
     );
 }

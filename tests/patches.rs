@@ -226,15 +226,7 @@ fn the_notebooks_examples() {
         ],
     );
     let out = d.path().join("patches/train");
-    ok(tessera(&[
-        "patches",
-        "--manifest",
-        &s(&manifest),
-        "--data-root",
-        &s(d.path()),
-        "--output",
-        &s(&out),
-    ]));
+    ok(tessera(&manifest_args(&manifest, d.path(), &out, &[])));
     let rows = read_csv(&out.join("patch_manifest.csv"));
     let count = |slice: &str| rows[1..].iter().filter(|r| r[1] == slice).count();
     assert_eq!((count("0"), count("1"), count("2")), (49, 42, 16));
@@ -505,14 +497,7 @@ fn volumes_image_stacks_and_other_dtypes() {
 
     // A directory of TIFFs, read as convert reads a stack.
     let stack = d.path().join("data/stack");
-    let slices = write_stack(
-        &stack,
-        "ct",
-        &[0, 1, 2],
-        &[18, 18],
-        tessera::io::DType::I16,
-        3,
-    );
+    let slices = write_slices(&stack, "ct", 3, &[18, 18], tessera::io::DType::I16, 3);
     let out = d.path().join("data/stack-out");
     ok(tessera(&io_args(
         "patches",

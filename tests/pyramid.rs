@@ -115,6 +115,20 @@ fn group_attrs(store: &std::path::Path) -> Value {
     j["attributes"].clone()
 }
 
+/// `tessera pyramid` of `input` to `out` with `flags`, in units of `unit` bytes.
+#[track_caller]
+fn pyramid_in_units(
+    input: &(impl AsRef<std::path::Path> + ?Sized),
+    out: &(impl AsRef<std::path::Path> + ?Sized),
+    flags: &[&str],
+    unit: &str,
+) {
+    ok(tessera_env(
+        &io_args("pyramid", input, out, flags),
+        &[("TESSERA_UNIT_BYTES", unit)],
+    ));
+}
+
 #[test]
 fn hand_checked_2d_levels_and_ome_metadata() {
     let dir = tempfile::tempdir().unwrap();
@@ -174,10 +188,7 @@ fn mean_equals_the_reference_on_random_volumes_at_any_unit_size() {
     write_npy(&ib, &b).unwrap();
     for (k, unit) in unit_sizes().iter().enumerate() {
         let oa = out_dir(dir.path(), k, "a");
-        ok(tessera_env(
-            &io_args("pyramid", &ia, &oa, &["--chunks", "4,4,4"]),
-            &[("TESSERA_UNIT_BYTES", unit)],
-        ));
+        pyramid_in_units(&ia, &oa, &["--chunks", "4,4,4"], unit);
         let mut prev = a.mapv(f64::from);
         for l in 1..3 {
             let expect = ref_mean(&prev, &[2, 2, 2]).mapv(f64::round);
@@ -189,15 +200,12 @@ fn mean_equals_the_reference_on_random_volumes_at_any_unit_size() {
             "11x14x9 in 4^3 chunks stops at level 3"
         );
         let ob = out_dir(dir.path(), k, "b");
-        ok(tessera_env(
-            &io_args(
-                "pyramid",
-                &ib,
-                &ob,
-                &["--axes", "cyx", "--factor", "2,3", "--chunks", "1,4,4"],
-            ),
-            &[("TESSERA_UNIT_BYTES", unit)],
-        ));
+        pyramid_in_units(
+            &ib,
+            &ob,
+            &["--axes", "cyx", "--factor", "2,3", "--chunks", "1,4,4"],
+            unit,
+        );
         let mut prev = b.mapv(f64::from);
         for l in 1..3 {
             let expect = ref_mean(&prev, &[1, 2, 3]).mapv(|x| f64::from(x as f32));
@@ -220,15 +228,12 @@ fn gaussian_and_mode_equal_their_references() {
     write_npy(&il, &labels).unwrap();
     for (k, unit) in unit_sizes().iter().enumerate() {
         let og = out_dir(dir.path(), k, "g");
-        ok(tessera_env(
-            &io_args(
-                "pyramid",
-                &ia,
-                &og,
-                &["--method", "gaussian", "--chunks", "4,4,4"],
-            ),
-            &[("TESSERA_UNIT_BYTES", unit)],
-        ));
+        pyramid_in_units(
+            &ia,
+            &og,
+            &["--method", "gaussian", "--chunks", "4,4,4"],
+            unit,
+        );
         let mut prev = a.mapv(f64::from);
         for l in 1..3 {
             let expect = ref_gaussian(&prev, &[2, 2, 2]);
@@ -242,15 +247,7 @@ fn gaussian_and_mode_equal_their_references() {
             prev = got;
         }
         let om = out_dir(dir.path(), k, "m");
-        ok(tessera_env(
-            &io_args(
-                "pyramid",
-                &il,
-                &om,
-                &["--method", "mode", "--chunks", "4,4,4"],
-            ),
-            &[("TESSERA_UNIT_BYTES", unit)],
-        ));
+        pyramid_in_units(&il, &om, &["--method", "mode", "--chunks", "4,4,4"], unit);
         let mut prev = labels.mapv(f64::from);
         for l in 1..3 {
             let expect = ref_mode(&prev, &[2, 2, 2]);
@@ -281,15 +278,12 @@ fn laplacian_reconstructs_level_zero() {
     for (input, chunks, name) in [(&ia, "4,4,4", "a"), (&ib, "8,8", "b")] {
         for (k, unit) in unit_sizes().iter().enumerate() {
             let out = out_dir(dir.path(), k, name);
-            ok(tessera_env(
-                &io_args(
-                    "pyramid",
-                    input,
-                    &out,
-                    &["--method", "laplacian", "--chunks", chunks],
-                ),
-                &[("TESSERA_UNIT_BYTES", unit)],
-            ));
+            pyramid_in_units(
+                input,
+                &out,
+                &["--method", "laplacian", "--chunks", chunks],
+                unit,
+            );
             assert!(out.join("diff_0").is_dir() && out.join("2").is_dir());
             let rec = dir.path().join(format!("{name}{k}_rec.npy"));
             ok(tessera(&io_args("pyramid reconstruct", &out, &rec, &[])));

@@ -481,14 +481,7 @@ fn resume_refuses_changed_parameters_in_every_command() {
         "codec",
     );
     let stack = dir.join("stack");
-    write_stack(
-        &stack,
-        "s",
-        &[0, 1, 2, 3, 4, 5],
-        &[16, 16],
-        tessera::io::DType::U16,
-        3,
-    );
+    write_slices(&stack, "s", 6, &[16, 16], tessera::io::DType::U16, 3);
     resume_with_a_change(
         &strings(&io_args(
             "convert",

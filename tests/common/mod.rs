@@ -166,14 +166,8 @@ pub fn io_args<'a>(
     output: &'a (impl AsRef<Path> + ?Sized),
     rest: &[&'a str],
 ) -> Vec<&'a str> {
-    let path = |p: &'a Path| p.to_str().expect("test paths are UTF-8");
     let mut args: Vec<&str> = command.split(' ').collect();
-    args.extend([
-        "--input",
-        path(input.as_ref()),
-        "--output",
-        path(output.as_ref()),
-    ]);
+    args.extend(["--input", utf8(input), "--output", utf8(output)]);
     args.extend_from_slice(rest);
     args
 }
@@ -184,9 +178,8 @@ pub fn calibrate_args<'a>(
     response: &'a (impl AsRef<Path> + ?Sized),
     rest: &[&'a str],
 ) -> Vec<&'a str> {
-    let input = input.as_ref().to_str().expect("test paths are UTF-8");
-    let response = response.as_ref().to_str().expect("test paths are UTF-8");
-    let mut args = vec!["hdr", "calibrate", "--input", input, "--response", response];
+    let mut args = vec!["hdr", "calibrate", "--input", utf8(input)];
+    args.extend(["--response", utf8(response)]);
     args.extend_from_slice(rest);
     args
 }
@@ -197,17 +190,28 @@ pub fn synthetic_args<'a>(
     brackets: &'a str,
     rest: &[&'a str],
 ) -> Vec<&'a str> {
-    let output = output.as_ref().to_str().expect("test paths are UTF-8");
-    let mut args = vec![
-        "hdr",
-        "synthetic",
-        "--output",
-        output,
-        "--brackets",
-        brackets,
-    ];
+    let mut args = vec!["hdr", "synthetic", "--output", utf8(output)];
+    args.extend(["--brackets", brackets]);
     args.extend_from_slice(rest);
     args
+}
+
+/// The arguments `patches --manifest <manifest> --data-root <root> --output <output> <rest>`.
+pub fn manifest_args<'a>(
+    manifest: &'a (impl AsRef<Path> + ?Sized),
+    root: &'a (impl AsRef<Path> + ?Sized),
+    output: &'a (impl AsRef<Path> + ?Sized),
+    rest: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec!["patches", "--manifest", utf8(manifest)];
+    args.extend(["--data-root", utf8(root), "--output", utf8(output)]);
+    args.extend_from_slice(rest);
+    args
+}
+
+/// A test path as the UTF-8 it is.
+fn utf8(path: &(impl AsRef<Path> + ?Sized)) -> &str {
+    path.as_ref().to_str().expect("test paths are UTF-8")
 }
 
 /// Limits the address space of `cmd`'s process to `bytes` (so that the memory a plan may take
@@ -557,7 +561,11 @@ pub fn python() -> String {
 /// [`python`] when it can import `modules` (comma-separated); otherwise `None` and a skip
 /// message, or a failure where `TESSERA_REQUIRE_PYTHON=1`.
 pub fn python_with(modules: &str) -> Option<String> {
-    let python = python();
+    python_importing(python(), modules)
+}
+
+/// `python` when it can import `modules`, as [`python_with`] says.
+pub fn python_importing(python: String, modules: &str) -> Option<String> {
     let ok = Command::new(&python)
         .args(["-c", &format!("import {modules}")])
         .output()
