@@ -292,8 +292,7 @@ fn an_aborted_run_resumes_to_identical_bytes() {
     assert!(d.path().join("o.zarr.partial").exists());
     // Without --resume the leftover is pointed out, not silently reused or deleted.
     fails_with(tessera_env(&args, &env), &["o.zarr.partial", "--resume"]);
-    let mut resume = args.to_vec();
-    resume.push("--resume");
+    let resume = resumed(&args);
     ok(tessera_env(&resume, &env));
     assert_same_tree(&clean, &out);
     assert!(!d.path().join("o.zarr.journal").exists());

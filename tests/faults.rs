@@ -113,8 +113,7 @@ fn kill_one_rank_then_resume(dir: &Path, name: &str, args: &Args, outputs: &[&st
 
     // Resume on another rank count; rank 0 of the killed job may have left its lock behind
     // (mpirun kills the survivors without cleanup): it is stale and taken over.
-    let mut resume: Vec<&str> = cut_refs.clone();
-    resume.push("--resume");
+    let resume = resumed(&cut_refs);
     ok(tessera_mpi(3, &resume, &env));
     for f in outputs {
         let (a, b) = (clean_dir.join(f), cut_dir.join(f));

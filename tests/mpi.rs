@@ -232,8 +232,7 @@ fn a_killed_job_resumes_on_another_rank_count_to_identical_bytes() {
     let killed = tessera_mpi(2, &args, &[env[0], ("TESSERA_ABORT_AFTER_UNITS", "2")]);
     assert!(!killed.status.success(), "{}", text(&killed));
     assert!(!out.exists());
-    let mut resume = args.to_vec();
-    resume.push("--resume");
+    let resume = resumed(&args);
     ok(tessera_mpi(4, &resume, &env));
     assert_same_tree(&clean, &out);
 }
@@ -747,8 +746,7 @@ fn a_rank_that_fails_mid_run_stops_the_others_within_a_few_units() {
     let mut clean_args = args.to_vec();
     clean_args[4] = clean.to_str().unwrap();
     ok(tessera_env(&clean_args, &env[..1]));
-    let mut resume = args.to_vec();
-    resume.push("--resume");
+    let resume = resumed(&args);
     ok(tessera_mpi(2, &resume, &env[..1]));
     assert_same_tree(&clean, &out);
 }
@@ -835,8 +833,7 @@ fn pairs_metadata_and_tokens_are_identical_on_1_2_and_4_ranks_and_after_resume()
         &[env[0], ("TESSERA_ABORT_AFTER_UNITS", "2")],
     );
     assert!(!killed.status.success(), "{}", text(&killed));
-    let mut resume = extra.to_vec();
-    resume.push("--resume");
+    let resume = resumed(&extra);
     ok(run(4, &out, &resume, &env));
     assert_same_tree(
         &d.path().join("pix-single.zarr"),

@@ -784,8 +784,7 @@ fn an_interrupted_run_resumes_to_the_same_bytes() {
     assert!(!killed.status.success(), "{}", text(&killed));
     assert!(!out.exists());
     let (input, out_s) = (s(&input), s(&out));
-    let mut resume = pairs_args(&input, &out_s, &extra);
-    resume.push("--resume");
+    let resume = resumed(&pairs_args(&input, &out_s, &extra));
     ok(tessera_env(&resume, &env));
     assert_same_tree(&clean, &out);
 }

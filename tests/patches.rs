@@ -937,8 +937,7 @@ fn a_killed_run_resumes_to_the_same_bytes() {
         assert!(!killed.status.success(), "{}", text(&killed));
         assert!(!out.exists());
         fails_with(tessera_env(&run, &env), &["interrupted run", "--resume"]);
-        let mut resume = run.clone();
-        resume.push("--resume");
+        let resume = resumed(&run);
         let log = ok(tessera_env(&resume, &env));
         assert!(log.contains("wrote"), "{log}");
         assert_same_outputs(&clean, &out);
@@ -1023,8 +1022,7 @@ fn outputs_are_identical_on_1_2_and_4_ranks() {
     std::fs::remove_file(d.path().join("out.report.json")).unwrap();
     let killed = tessera_mpi(2, &a, &[env[0], ("TESSERA_ABORT_AFTER_UNITS", "2")]);
     assert!(!killed.status.success());
-    let mut resume = a.to_vec();
-    resume.push("--resume");
+    let resume = resumed(&a);
     ok(tessera_mpi(4, &resume, &env));
     assert_same_outputs(&clean, &out);
 }

@@ -385,8 +385,7 @@ fn resume_with_a_change(args: &[String], changed: &[&str], flag: &str) {
         "the run was not interrupted:\n{}",
         text(&killed)
     );
-    let mut resumed = refs.clone();
-    resumed.push("--resume");
+    let resumed = resumed(&refs);
     let mut different = resumed.clone();
     different.extend(changed);
     fails_with(

@@ -209,6 +209,13 @@ pub fn manifest_args<'a>(
     args
 }
 
+/// `args` and `--resume`: the same command, resumed.
+pub fn resumed<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    let mut resume = args.to_vec();
+    resume.push("--resume");
+    resume
+}
+
 /// A test path as the UTF-8 it is.
 fn utf8(path: &(impl AsRef<Path> + ?Sized)) -> &str {
     path.as_ref().to_str().expect("test paths are UTF-8")
