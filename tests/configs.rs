@@ -48,8 +48,7 @@ fn every_config_runs_on_the_demo_stack() {
             continue;
         }
         let copy = cfg_dir.join(path.file_name().unwrap());
-        std::fs::write(&copy, text).unwrap();
-        let log = ok(tessera(&["run", &s(&copy)]));
+        let log = ok(run_job_file(&copy, &text));
         assert!(log.contains("wrote"), "{}: {log}", path.display());
     }
     let a = read_all(&s(&d.path().join("tessera-demo/from-config.zarr")))
@@ -106,12 +105,8 @@ fn every_config_runs_on_the_demo_stack() {
 fn a_bad_config_is_one_clear_error() {
     let d = tempfile::tempdir().unwrap();
     let p = d.path().join("bad.toml");
-    std::fs::write(
-        &p,
-        "[convert]\ninput = \"x\"\noutput = \"y.zarr\"\ncodecs = \"zstd\"\n",
-    )
-    .unwrap();
-    fails_with(tessera(&["run", &s(&p)]), &["bad.toml", "codecs"]);
+    let job = "[convert]\ninput = \"x\"\noutput = \"y.zarr\"\ncodecs = \"zstd\"\n";
+    fails_with(run_job_file(&p, job), &["bad.toml", "codecs"]);
     fails_with(
         tessera(&["run", &s(&d.path().join("missing.toml"))]),
         &["missing.toml"],

@@ -47,8 +47,8 @@ fn a_job_read_from_a_pipe_resolves_paths_against_the_working_directory() {
     // A job file on disk still resolves against its own directory.
     let jobs = d.path().join("jobs");
     std::fs::create_dir(&jobs).unwrap();
-    std::fs::write(jobs.join("j.toml"), unstitch_job("../in.npy", "o2.zarr")).unwrap();
-    ok(tessera(&["run", &s(&jobs.join("j.toml"))]));
+    let job = unstitch_job("../in.npy", "o2.zarr");
+    ok(run_job_file(&jobs.join("j.toml"), &job));
     assert!(jobs.join("o2.zarr/zarr.json").is_file());
 }
 
@@ -77,8 +77,7 @@ fn a_value_megabytes_long_is_shortened_in_the_one_line() {
     // The same from a job file, 10 MB long.
     let huge = "9".repeat(10 << 20);
     let job = d.path().join("j.toml");
-    std::fs::write(&job, unstitch_job(&huge, "o.zarr")).unwrap();
-    let out = tessera(&["run", &s(&job)]);
+    let out = run_job_file(&job, &unstitch_job(&huge, "o.zarr"));
     assert!(!out.status.success());
     assert!(
         out.stderr.len() < 8000,
@@ -91,21 +90,13 @@ fn a_value_megabytes_long_is_shortened_in_the_one_line() {
 fn an_unquoted_date_where_a_path_belongs_says_so() {
     let d = tempfile::tempdir().unwrap();
     let job = d.path().join("j.toml");
-    std::fs::write(
-        &job,
-        "[unstitch]\ninput = 2024-01-01\noutput = \"o.zarr\"\n[unstitch.geometry]\nwindow = [16, 16]\nstep = [8, 8]\n",
-    )
-    .unwrap();
+    let date = "[unstitch]\ninput = 2024-01-01\noutput = \"o.zarr\"\n[unstitch.geometry]\nwindow = [16, 16]\nstep = [8, 8]\n";
     fails_with(
-        tessera(&["run", &s(&job)]),
+        run_job_file(&job, date),
         &["j.toml", "unstitch.input", "date or time", "quotes"],
     );
-    std::fs::write(
-        &job,
-        "[run]\nreport = 07:32:00\n[unstitch]\ninput = \"in.npy\"\noutput = \"o.zarr\"\n",
-    )
-    .unwrap();
-    fails_with(tessera(&["run", &s(&job)]), &["run.report", "date or time"]);
+    let time = "[run]\nreport = 07:32:00\n[unstitch]\ninput = \"in.npy\"\noutput = \"o.zarr\"\n";
+    fails_with(run_job_file(&job, time), &["run.report", "date or time"]);
 }
 
 #[test]

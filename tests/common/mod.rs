@@ -216,6 +216,12 @@ pub fn resumed<'a>(args: &[&'a str]) -> Vec<&'a str> {
     resume
 }
 
+/// Writes `job` (TOML) to `path` and runs `tessera run <path>`.
+pub fn run_job_file(path: &Path, job: &str) -> Output {
+    std::fs::write(path, job).unwrap();
+    tessera(&["run", utf8(path)])
+}
+
 /// A test path as the UTF-8 it is.
 fn utf8(path: &(impl AsRef<Path> + ?Sized)) -> &str {
     path.as_ref().to_str().expect("test paths are UTF-8")
