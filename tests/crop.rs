@@ -180,19 +180,12 @@ fn radii_and_crops_equal_a_reference_on_random_patterns_in_any_chunking() {
 fn synthetic_airy_patterns_all_keep_the_target_and_the_plot_is_a_png() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("airy.npy");
-    // 40 synthetic Airy patterns of 96x96, to the `--output` that follows.
-    let airy = [
-        "crop",
-        "--test-mode",
-        "--test-patterns",
+    let log = ok(tessera(&crop_test_args(
         "40",
-        "--test-size",
         "96",
-        "--output",
-    ];
-    let log = ok(tessera(
-        &[&airy[..], &[&s(&out), "--chunk-size", "16"]].concat(),
-    ));
+        &out,
+        &["--chunk-size", "16"],
+    )));
     assert!(log.contains("crop: radius"), "{log}");
     let retention: ArrayD<f64> = read_npy(side(&out, "_retention.npy")).unwrap();
     assert_eq!(retention.len(), 40);
@@ -213,9 +206,12 @@ fn synthetic_airy_patterns_all_keep_the_target_and_the_plot_is_a_png() {
     }
     // Same seed, same data and results; another seed, other data.
     let again = dir.path().join("again.npy");
-    ok(tessera(
-        &[&airy[..], &[&s(&again), "--no-visualization"]].concat(),
-    ));
+    ok(tessera(&crop_test_args(
+        "40",
+        "96",
+        &again,
+        &["--no-visualization"],
+    )));
     assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&again).unwrap());
     assert!(!side(&again, "_visualization.png").exists());
 }

@@ -81,17 +81,7 @@ mod hdf5 {
         );
         let crop = format!("{}:/crop", p("crop.h5"));
         run(
-            &[
-                "crop",
-                "--test-mode",
-                "--test-patterns",
-                "4",
-                "--test-size",
-                "32",
-                "--output",
-                &crop,
-                "--no-visualization",
-            ],
+            &crop_test_args("4", "32", &crop, &["--no-visualization"]),
             std::slice::from_ref(&crop),
         );
         for address in &written {

@@ -154,17 +154,12 @@ fn strs(v: &[&str]) -> Vec<String> {
 /// `n` synthetic `size`x`size` 4D-STEM patterns (crop's test mode) in `dir`; returns the input
 /// file crop wrote for them.
 fn stem_patterns(dir: &Path, n: usize, size: usize) -> PathBuf {
-    ok(tessera(&[
-        "crop",
-        "--test-mode",
-        "--test-patterns",
+    ok(tessera(&crop_test_args(
         &n.to_string(),
-        "--test-size",
         &size.to_string(),
-        "--output",
-        &s(&dir.join("stem.npy")),
-        "--no-visualization",
-    ]));
+        &dir.join("stem.npy"),
+        &["--no-visualization"],
+    )));
     dir.join("stem_test_input.npy")
 }
 

@@ -665,18 +665,7 @@ fn without_a_gpu_crop_and_pyramid_on_cuda_are_one_clear_error_writing_nothing() 
     write_npy(&volume, &random_image(&[8, 8, 8], 5, 0)).unwrap();
     let out = s(&dir.path().join("c.npy"));
     let err = fails_with(
-        tessera_gpu(&[
-            "crop",
-            "--test-mode",
-            "--test-patterns",
-            "4",
-            "--test-size",
-            "16",
-            "--output",
-            &out,
-            "--device",
-            "cuda",
-        ]),
+        tessera_gpu(&crop_test_args("4", "16", &out, &["--device", "cuda"])),
         &[why],
     );
     assert!(!err.contains("panicked"), "{err}");

@@ -491,18 +491,7 @@ fn crops_are_identical_on_1_2_and_4_ranks() {
         ok(tessera_mpi_on(
             nodes,
             ranks,
-            &[
-                "crop",
-                "--test-mode",
-                "--test-patterns",
-                "37",
-                "--test-size",
-                "64",
-                "--output",
-                &s(&out),
-                "--chunk-size",
-                "5",
-            ],
+            &crop_test_args("37", "64", &out, &["--chunk-size", "5"]),
             &[],
         ));
         let files: Vec<Vec<u8>> = ["c.npy", "c_radii.npy", "c_centers.npy", "c_retention.npy"]

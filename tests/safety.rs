@@ -234,21 +234,7 @@ fn crop_side_files_are_refused_one_by_one() {
     let d = tempfile::tempdir().unwrap();
     let dir = d.path();
     let out = dir.join("c.npy");
-    let crop = |extra: &[&str]| {
-        with(
-            &[
-                "crop",
-                "--test-mode",
-                "--test-patterns",
-                "8",
-                "--test-size",
-                "32",
-                "--output",
-                out.to_str().unwrap(),
-            ],
-            extra,
-        )
-    };
+    let crop = |extra: &[&str]| with(&crop_test_args("8", "32", &out, &[]), extra);
     ok(crop(&[]));
     let all = snapshot(dir);
     std::fs::remove_file(&out).unwrap();
@@ -458,17 +444,12 @@ fn resume_refuses_changed_parameters_in_every_command() {
         &["--codec", "gzip"],
         "codec",
     );
-    ok(tessera(&[
-        "crop",
-        "--test-mode",
-        "--test-patterns",
+    ok(tessera(&crop_test_args(
         "64",
-        "--test-size",
         "32",
-        "--output",
         &o("t.npy"),
-        "--no-visualization",
-    ]));
+        &["--no-visualization"],
+    )));
     resume_with_a_change(
         &strings(&io_args(
             "crop",

@@ -534,17 +534,12 @@ fn patches_sizes() {
 fn crop_sizes() {
     let d = tempfile::tempdir().unwrap();
     let mut failures = Vec::new();
-    ok(tessera(&[
-        "crop",
-        "--test-mode",
-        "--test-patterns",
+    ok(tessera(&crop_test_args(
         "8",
-        "--test-size",
         "24",
-        "--output",
-        &s(&d.path().join("stem.npy")),
-        "--no-visualization",
-    ]));
+        &d.path().join("stem.npy"),
+        &["--no-visualization"],
+    )));
     let stem = d.path().join("stem_test_input.npy");
     let table = Table {
         command: words(&io_args(

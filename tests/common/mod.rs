@@ -222,6 +222,20 @@ pub fn run_job_file(path: &Path, job: &str) -> Output {
     tessera(&["run", utf8(path)])
 }
 
+/// The arguments `crop --test-mode --test-patterns <patterns> --test-size <size> --output
+/// <output> <rest>`: crop on synthetic Airy patterns.
+pub fn crop_test_args<'a>(
+    patterns: &'a str,
+    size: &'a str,
+    output: &'a (impl AsRef<Path> + ?Sized),
+    rest: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec!["crop", "--test-mode", "--test-patterns", patterns];
+    args.extend(["--test-size", size, "--output", utf8(output)]);
+    args.extend_from_slice(rest);
+    args
+}
+
 /// A test path as the UTF-8 it is.
 fn utf8(path: &(impl AsRef<Path> + ?Sized)) -> &str {
     path.as_ref().to_str().expect("test paths are UTF-8")
