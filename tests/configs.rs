@@ -48,8 +48,7 @@ fn every_config_runs_on_the_demo_stack() {
             continue;
         }
         let copy = cfg_dir.join(path.file_name().unwrap());
-        std::fs::write(&copy, text).unwrap();
-        let log = ok(tessera(&["run", &s(&copy)]));
+        let log = ok(run_job_file(&copy, &text));
         assert!(log.contains("wrote"), "{}: {log}", path.display());
     }
     let a = read_all(&s(&d.path().join("tessera-demo/from-config.zarr")))
@@ -106,12 +105,8 @@ fn every_config_runs_on_the_demo_stack() {
 fn a_bad_config_is_one_clear_error() {
     let d = tempfile::tempdir().unwrap();
     let p = d.path().join("bad.toml");
-    std::fs::write(
-        &p,
-        "[convert]\ninput = \"x\"\noutput = \"y.zarr\"\ncodecs = \"zstd\"\n",
-    )
-    .unwrap();
-    fails_with(tessera(&["run", &s(&p)]), &["bad.toml", "codecs"]);
+    let job = "[convert]\ninput = \"x\"\noutput = \"y.zarr\"\ncodecs = \"zstd\"\n";
+    fails_with(run_job_file(&p, job), &["bad.toml", "codecs"]);
     fails_with(
         tessera(&["run", &s(&d.path().join("missing.toml"))]),
         &["missing.toml"],
@@ -143,16 +138,9 @@ fn slurm_scripts_are_valid_bash() {
     for e in std::fs::read_dir(dir).unwrap().flatten() {
         let p = e.path();
         if p.extension().is_some_and(|x| x == "sbatch") {
-            let out = std::process::Command::new("bash")
-                .arg("-n")
-                .arg(&p)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}: {}",
-                p.display(),
-                String::from_utf8_lossy(&out.stderr)
+            succeeds(
+                std::process::Command::new("bash").arg("-n").arg(&p),
+                &p.display().to_string(),
             );
             let text = std::fs::read_to_string(&p).unwrap();
             assert!(
@@ -205,15 +193,11 @@ fn the_scaling_doc_shows_what_its_model_prints() {
                 words.extend(part.split_whitespace().map(str::to_string));
             }
         }
-        let out = std::process::Command::new(&python)
-            .arg(root.join("docs/scaling_model.py"))
-            .args(&words)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let out = succeeds(
+            std::process::Command::new(&python)
+                .arg(root.join("docs/scaling_model.py"))
+                .args(&words),
+            "docs/scaling_model.py",
         );
         let printed = String::from_utf8(out.stdout).unwrap();
         assert_eq!(

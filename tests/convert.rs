@@ -23,17 +23,17 @@ fn hand_checked_three_slices_to_each_format() {
         outputs.push(format!("{}:/g/data", s(&d.path().join("o.h5"))));
     }
     for out in &outputs {
-        ok(tessera(&[
+        ok(tessera(&io_args(
             "convert",
-            "--input",
-            &s(&input),
-            "--output",
+            &input,
             out,
-            "--chunks",
-            "2,2,2",
-            "--codec",
-            if out.contains(".h5") { "gzip" } else { "zstd" },
-        ]));
+            &[
+                "--chunks",
+                "2,2,2",
+                "--codec",
+                if out.contains(".h5") { "gzip" } else { "zstd" },
+            ],
+        )));
         let a = read_all(out).into_array::<u16>().unwrap();
         assert_eq!(a.shape(), &[3, 2, 3], "{out}");
         assert_eq!(a[[0, 0, 0]], 0);
@@ -112,17 +112,12 @@ fn random_stacks_match_the_reference_for_every_dtype_layout_and_codec() {
         let axis = usize::from(order == "CZYX" && shape.len() == 3);
         let expected = reference_stack(&slices, axis);
         let out = s(&d.path().join(format!("out{case}.zarr")));
-        let mut args = vec![
+        let mut args = io_args(
             "convert",
-            "--input",
-            input.to_str().unwrap(),
-            "--output",
+            &input,
             &out,
-            "--axis-order",
-            order,
-            "--codec",
-            codec,
-        ];
+            &["--axis-order", order, "--codec", codec],
+        );
         if let Some(c) = chunks {
             args.extend(["--chunks", c]);
         }
@@ -160,30 +155,19 @@ fn png_and_dtype_conversion() {
         img.save(input.join(format!("p_{k}.png"))).unwrap();
     }
     let out = s(&d.path().join("o.zarr"));
-    ok(tessera(&[
+    ok(tessera(&io_args(
         "convert",
-        "--input",
-        &s(&input),
-        "--output",
+        &input,
         &out,
-        "--dtype",
-        "f32",
-    ]));
+        &["--dtype", "f32"],
+    )));
     let a = read_all(&out).into_array::<f32>().unwrap();
     assert_eq!(a.shape(), &[4, 3, 5]);
     assert_eq!(a[[3, 2, 4]], 3014.0);
     // To uint8 the values do not fit: refused, naming the file and value, no output.
     let out8 = d.path().join("o8.zarr");
     fails_with(
-        tessera(&[
-            "convert",
-            "--input",
-            &s(&input),
-            "--output",
-            &s(&out8),
-            "--dtype",
-            "u8",
-        ]),
+        tessera(&io_args("convert", &input, &out8, &["--dtype", "u8"])),
         &["p_1.png", "1000", "uint8"],
     );
     assert!(!out8.exists());
@@ -196,13 +180,7 @@ fn several_stacks_go_to_a_directory_and_gaps_are_reported() {
     let a = write_stack(&input, "left", &[0, 1, 2, 5, 6, 9], &[4, 4], DType::U16, 1);
     let b = write_stack(&input, "right", &[1, 2], &[6, 3], DType::U8, 2);
     let out = d.path().join("stacks");
-    let log = ok(tessera(&[
-        "convert",
-        "--input",
-        &s(&input),
-        "--output",
-        &s(&out),
-    ]));
+    let log = ok(tessera(&io_args("convert", &input, &out, &[])));
     assert!(log.contains("3-4, 7-8"), "gaps named:\n{log}");
     assert_eq!(read_all(&s(&out.join("left.zarr"))), reference_stack(&a, 0));
     assert_eq!(
@@ -211,13 +189,7 @@ fn several_stacks_go_to_a_directory_and_gaps_are_reported() {
     );
     // A single-array output for several stacks is refused.
     fails_with(
-        tessera(&[
-            "convert",
-            "--input",
-            &s(&input),
-            "--output",
-            &s(&d.path().join("one.zarr")),
-        ]),
+        tessera(&io_args("convert", &input, &d.path().join("one.zarr"), &[])),
         &["several stacks"],
     );
 }
@@ -227,15 +199,12 @@ fn json_logs_carry_the_rank() {
     let d = tempfile::tempdir().unwrap();
     let input = d.path().join("in");
     write_stack(&input, "s", &[0, 1, 3], &[4, 4], DType::U8, 30);
-    let out = ok(tessera(&[
+    let out = ok(tessera(&io_args(
         "convert",
-        "--input",
-        &s(&input),
-        "--output",
-        &s(&d.path().join("o.zarr")),
-        "--log-format",
-        "json",
-    ]));
+        &input,
+        &d.path().join("o.zarr"),
+        &["--log-format", "json"],
+    )));
     let line = out
         .lines()
         .find(|l| l.contains("missing slice"))
@@ -262,26 +231,10 @@ fn json_logs_carry_the_rank() {
 fn dry_run_writes_nothing_and_prints_the_plan() {
     let d = tempfile::tempdir().unwrap();
     let input = d.path().join("in");
-    write_stack(
-        &input,
-        "s",
-        &(0..10).collect::<Vec<_>>(),
-        &[8, 8],
-        DType::U16,
-        3,
-    );
+    write_slices(&input, "s", 10, &[8, 8], DType::U16, 3);
     let out = d.path().join("o.zarr");
     let log = ok(tessera_env(
-        &[
-            "convert",
-            "--input",
-            &s(&input),
-            "--output",
-            &s(&out),
-            "--chunks",
-            "2,8,8",
-            "--dry-run",
-        ],
+        &io_args("convert", &input, &out, &["--chunks", "2,8,8", "--dry-run"]),
         &[("TESSERA_UNIT_BYTES", "256")],
     ));
     assert!(
@@ -301,15 +254,9 @@ fn existing_outputs_are_refused_unless_overwrite() {
     let input = d.path().join("in");
     let first = write_stack(&input, "s", &[0, 1], &[4, 4], DType::U16, 4);
     let out = s(&d.path().join("o.zarr"));
-    ok(tessera(&[
-        "convert",
-        "--input",
-        &s(&input),
-        "--output",
-        &out,
-    ]));
+    ok(tessera(&io_args("convert", &input, &out, &[])));
     fails_with(
-        tessera(&["convert", "--input", &s(&input), "--output", &out]),
+        tessera(&io_args("convert", &input, &out, &[])),
         &["o.zarr", "--overwrite"],
     );
     assert_eq!(
@@ -318,14 +265,7 @@ fn existing_outputs_are_refused_unless_overwrite() {
         "old output untouched"
     );
     let second = write_stack(&input, "s", &[0, 1], &[4, 4], DType::U16, 5);
-    ok(tessera(&[
-        "convert",
-        "--input",
-        &s(&input),
-        "--output",
-        &out,
-        "--overwrite",
-    ]));
+    ok(tessera(&io_args("convert", &input, &out, &["--overwrite"])));
     assert_eq!(read_all(&out), reference_stack(&second, 0));
 }
 
@@ -333,39 +273,16 @@ fn existing_outputs_are_refused_unless_overwrite() {
 fn an_aborted_run_resumes_to_identical_bytes() {
     let d = tempfile::tempdir().unwrap();
     let input = d.path().join("in");
-    write_stack(
-        &input,
-        "s",
-        &(0..12).collect::<Vec<_>>(),
-        &[16, 16],
-        DType::U16,
-        6,
-    );
+    write_slices(&input, "s", 12, &[16, 16], DType::U16, 6);
     let env = [("TESSERA_UNIT_BYTES", "1024")]; // 2 slices per unit: 6 units
     let clean = d.path().join("clean.zarr");
     ok(tessera_env(
-        &[
-            "convert",
-            "--input",
-            &s(&input),
-            "--output",
-            &s(&clean),
-            "--chunks",
-            "2,8,8",
-        ],
+        &io_args("convert", &input, &clean, &["--chunks", "2,8,8"]),
         &env,
     ));
 
     let out = d.path().join("o.zarr");
-    let args = [
-        "convert",
-        "--input",
-        &s(&input),
-        "--output",
-        &s(&out),
-        "--chunks",
-        "2,8,8",
-    ];
+    let args = io_args("convert", &input, &out, &["--chunks", "2,8,8"]);
     let killed = tessera_env(&args, &[env[0], ("TESSERA_ABORT_AFTER_UNITS", "3")]);
     assert!(!killed.status.success());
     assert!(
@@ -375,8 +292,7 @@ fn an_aborted_run_resumes_to_identical_bytes() {
     assert!(d.path().join("o.zarr.partial").exists());
     // Without --resume the leftover is pointed out, not silently reused or deleted.
     fails_with(tessera_env(&args, &env), &["o.zarr.partial", "--resume"]);
-    let mut resume = args.to_vec();
-    resume.push("--resume");
+    let resume = resumed(&args);
     ok(tessera_env(&resume, &env));
     assert_same_tree(&clean, &out);
     assert!(!d.path().join("o.zarr.journal").exists());
@@ -388,30 +304,17 @@ fn an_aborted_run_resumes_to_identical_bytes() {
     let _ = tessera_env(&args, &[env[0], ("TESSERA_ABORT_AFTER_UNITS", "2")]);
     let _ = std::fs::remove_dir_all(&out);
     let _ = tessera_env(
-        &[
+        &io_args(
             "convert",
-            "--input",
-            &s(&input),
-            "--output",
-            &s(&out),
-            "--chunks",
-            "2,8,8",
-            "--overwrite",
-        ],
+            &input,
+            &out,
+            &["--chunks", "2,8,8", "--overwrite"],
+        ),
         &[env[0], ("TESSERA_ABORT_AFTER_UNITS", "2")],
     );
     fails_with(
         tessera_env(
-            &[
-                "convert",
-                "--input",
-                &s(&input),
-                "--output",
-                &s(&out),
-                "--chunks",
-                "2,4,4",
-                "--resume",
-            ],
+            &io_args("convert", &input, &out, &["--chunks", "2,4,4", "--resume"]),
             &env,
         ),
         &["other parameters: --chunks (was"],
@@ -423,14 +326,7 @@ fn a_job_file_resumes_with_the_run_flag() {
     // `tessera run job.toml --resume` is how a Slurm job that hit its time limit is resubmitted
     // (slurm/run.sbatch, EXTRA=--resume) without editing the job file.
     let d = tempfile::tempdir().unwrap();
-    write_stack(
-        &d.path().join("in"),
-        "vol",
-        &(0..8).collect::<Vec<_>>(),
-        &[16, 16],
-        DType::U16,
-        8,
-    );
+    write_slices(&d.path().join("in"), "vol", 8, &[16, 16], DType::U16, 8);
     let env = [("TESSERA_UNIT_BYTES", "1024")];
     let job = |name: &str| {
         let path = d.path().join(format!("{name}.toml"));
@@ -461,13 +357,7 @@ fn bad_inputs_fail_clearly_and_leave_no_output() {
     let out = root.join("o.zarr");
     let o = s(&out);
     let run = |input: &std::path::Path, extra: &[&str]| {
-        let mut args = vec![
-            "convert",
-            "--input",
-            input.to_str().unwrap(),
-            "--output",
-            &o,
-        ];
+        let mut args = io_args("convert", &input, &o, &[]);
         args.extend_from_slice(extra);
         tessera(&args)
     };
@@ -543,17 +433,12 @@ fn info_describes_each_kind_and_refuses_non_arrays() {
     let input = d.path().join("in");
     write_stack(&input, "s", &[0, 1], &[4, 6], DType::I16, 12);
     let store = d.path().join("st.zarr");
-    ok(tessera(&[
+    ok(tessera(&io_args(
         "convert",
-        "--input",
-        &s(&input),
-        "--output",
-        &s(&store.join("grp/arr")),
-        "--chunks",
-        "1,2,3",
-        "--shards",
-        "2,4,6",
-    ]));
+        &input,
+        &store.join("grp/arr"),
+        &["--chunks", "1,2,3", "--shards", "2,4,6"],
+    )));
     let log = ok(tessera(&["info", &s(&store.join("grp/arr"))]));
     assert!(
         log.contains("2 x 4 x 6")
@@ -597,13 +482,7 @@ fn info_describes_each_kind_and_refuses_non_arrays() {
     );
     // npy.
     let npy = d.path().join("a.npy");
-    ok(tessera(&[
-        "convert",
-        "--input",
-        &s(&input),
-        "--output",
-        &s(&npy),
-    ]));
+    ok(tessera(&io_args("convert", &input, &npy, &[])));
     let log = ok(tessera(&["info", &s(&npy)]));
     assert!(
         log.contains("2 x 4 x 6") && log.contains("contiguous"),
@@ -620,17 +499,12 @@ fn hdf5_inputs_and_errors() {
     let input = d.path().join("in");
     let slices = write_stack(&input, "s", &[0, 1, 2], &[5, 7], DType::F32, 13);
     let h5 = d.path().join("v.h5");
-    ok(tessera(&[
+    ok(tessera(&io_args(
         "convert",
-        "--input",
-        &s(&input),
-        "--output",
+        &input,
         &format!("{}:/a/b", s(&h5)),
-        "--codec",
-        "none",
-        "--chunks",
-        "1,5,7",
-    ]));
+        &["--codec", "none", "--chunks", "1,5,7"],
+    )));
     assert_eq!(
         read_all(&format!("{}:/a/b", s(&h5))),
         reference_stack(&slices, 0)
@@ -652,31 +526,16 @@ fn hdf5_inputs_and_errors() {
     // zstd/blosc and shards are Zarr-only.
     let other = format!("{}:/x", s(&d.path().join("w.h5")));
     fails_with(
-        tessera(&[
-            "convert",
-            "--input",
-            &s(&input),
-            "--output",
-            &other,
-            "--codec",
-            "zstd",
-        ]),
+        tessera(&io_args("convert", &input, &other, &["--codec", "zstd"])),
         &["--codec", "gzip or none"],
     );
     fails_with(
-        tessera(&[
+        tessera(&io_args(
             "convert",
-            "--input",
-            &s(&input),
-            "--output",
+            &input,
             &other,
-            "--codec",
-            "gzip",
-            "--shards",
-            "2,5,7",
-            "--chunks",
-            "1,5,7",
-        ]),
+            &["--codec", "gzip", "--shards", "2,5,7", "--chunks", "1,5,7"],
+        )),
         &["--shards"],
     );
     assert!(!d.path().join("w.h5").exists());
@@ -705,14 +564,7 @@ fn a_second_job_on_the_same_output_is_refused_and_a_dead_ones_lock_is_taken_over
         std::process::id()
     );
     std::fs::write(&lock, &live).unwrap();
-    let args = [
-        "convert",
-        "--input",
-        &s(&input),
-        "--output",
-        &s(&out),
-        "--overwrite",
-    ];
+    let args = io_args("convert", &input, &out, &["--overwrite"]);
     fails_with(
         tessera(&args),
         &["o.zarr.lock", "another tessera job", "pid"],
@@ -768,14 +620,7 @@ fn outputs_are_the_same_on_any_thread_count_and_raw_chunks_are_zarrs_bytes() {
     // the edge of y, so those slabs go through zarrs.
     let d = tempfile::tempdir().unwrap();
     let input = d.path().join("in");
-    let mut slices = write_stack(
-        &input,
-        "cells",
-        &[0, 1, 2, 3, 4, 5, 6],
-        &[20, 24],
-        DType::U16,
-        5,
-    );
+    let mut slices = write_slices(&input, "cells", 7, &[20, 24], DType::U16, 5);
     slices[3] = Block::U16(ArrayD::zeros(IxDyn(&[20, 24])));
     images::write_tiff(&input.join("cells_003.tif"), &slices[3]).unwrap();
     let stack = reference_stack(&slices, 0);
@@ -784,19 +629,12 @@ fn outputs_are_the_same_on_any_thread_count_and_raw_chunks_are_zarrs_bytes() {
             .iter()
             .map(|t| {
                 let out = d.path().join(format!("c{chunks}-t{t}.zarr"));
-                ok(tessera(&[
+                ok(tessera(&io_args(
                     "convert",
-                    "--input",
-                    &s(&input),
-                    "--output",
-                    &s(&out),
-                    "--chunks",
-                    chunks,
-                    "--codec",
-                    "none",
-                    "--threads",
-                    t,
-                ]));
+                    &input,
+                    &out,
+                    &["--chunks", chunks, "--codec", "none", "--threads", t],
+                )));
                 assert_eq!(read_all(&s(&out)), stack, "{chunks}, {t} threads");
                 out
             })

@@ -77,15 +77,12 @@ fn a_bright_pixel_per_pattern_gives_the_margin_as_radius() {
     let input = dir.path().join("p.npy");
     write_npy(&input, &a).unwrap();
     let out = dir.path().join("c.npy");
-    ok(tessera(&[
+    ok(tessera(&io_args(
         "crop",
-        "--input",
-        &s(&input),
-        "--output",
-        &s(&out),
-        "--margin-pixels",
-        "2",
-    ]));
+        &input,
+        &out,
+        &["--margin-pixels", "2"],
+    )));
     let c: ArrayD<u16> = read_npy(&out).unwrap();
     assert_eq!(c.shape(), &[3, 5, 5]);
     assert_eq!(c[[0, 2, 2]], 100);
@@ -116,20 +113,20 @@ fn radii_and_crops_equal_a_reference_on_random_patterns_in_any_chunking() {
     let mut outputs = Vec::new();
     for chunk in ["1", "5", "1000"] {
         let out = dir.path().join(format!("c{chunk}.npy"));
-        ok(tessera(&[
+        ok(tessera(&io_args(
             "crop",
-            "--input",
-            &s(&input),
-            "--output",
-            &s(&out),
-            "--target-retention",
-            "0.9",
-            "--min-retention",
-            "0.5",
-            "--chunk-size",
-            chunk,
-            "--no-visualization",
-        ]));
+            &input,
+            &out,
+            &[
+                "--target-retention",
+                "0.9",
+                "--min-retention",
+                "0.5",
+                "--chunk-size",
+                chunk,
+                "--no-visualization",
+            ],
+        )));
         outputs.push(out);
     }
     let radii: ArrayD<f64> = read_npy(side(&outputs[0], "_radii.npy")).unwrap();
@@ -183,18 +180,12 @@ fn radii_and_crops_equal_a_reference_on_random_patterns_in_any_chunking() {
 fn synthetic_airy_patterns_all_keep_the_target_and_the_plot_is_a_png() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("airy.npy");
-    let log = ok(tessera(&[
-        "crop",
-        "--test-mode",
-        "--test-patterns",
+    let log = ok(tessera(&crop_test_args(
         "40",
-        "--test-size",
         "96",
-        "--output",
-        &s(&out),
-        "--chunk-size",
-        "16",
-    ]));
+        &out,
+        &["--chunk-size", "16"],
+    )));
     assert!(log.contains("crop: radius"), "{log}");
     let retention: ArrayD<f64> = read_npy(side(&out, "_retention.npy")).unwrap();
     assert_eq!(retention.len(), 40);
@@ -215,17 +206,12 @@ fn synthetic_airy_patterns_all_keep_the_target_and_the_plot_is_a_png() {
     }
     // Same seed, same data and results; another seed, other data.
     let again = dir.path().join("again.npy");
-    ok(tessera(&[
-        "crop",
-        "--test-mode",
-        "--test-patterns",
+    ok(tessera(&crop_test_args(
         "40",
-        "--test-size",
         "96",
-        "--output",
-        &s(&again),
-        "--no-visualization",
-    ]));
+        &again,
+        &["--no-visualization"],
+    )));
     assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&again).unwrap());
     assert!(!side(&again, "_visualization.png").exists());
 }
@@ -242,7 +228,7 @@ fn bad_inputs_are_refused_with_one_clear_line() {
     let out = dir.path().join("o.npy");
     let (i, o) = (s(&good), s(&out));
     let run = |extra: &[&str]| {
-        let mut args = vec!["crop", "--input", &i, "--output", &o, "--no-visualization"];
+        let mut args = io_args("crop", &i, &o, &["--no-visualization"]);
         args.extend_from_slice(extra);
         tessera(&args)
     };
@@ -264,13 +250,13 @@ fn bad_inputs_are_refused_with_one_clear_line() {
     let flat = dir.path().join("flat.npy");
     write_npy(&flat, &ArrayD::<f32>::zeros(IxDyn(&[9, 9]))).unwrap();
     fails_with(
-        tessera(&["crop", "--input", &s(&flat), "--output", &o]),
+        tessera(&io_args("crop", &flat, &o, &[])),
         &["2 axes", "expected patterns"],
     );
     let zeros = dir.path().join("zeros.npy");
     write_npy(&zeros, &ArrayD::<f32>::zeros(IxDyn(&[3, 9, 9]))).unwrap();
     fails_with(
-        tessera(&["crop", "--input", &s(&zeros), "--output", &o]),
+        tessera(&io_args("crop", &zeros, &o, &[])),
         &["every pattern sums to zero"],
     );
     let mut nan = g.clone();
@@ -278,25 +264,11 @@ fn bad_inputs_are_refused_with_one_clear_line() {
     let nan_path = dir.path().join("nan.npy");
     write_npy(&nan_path, &nan).unwrap();
     fails_with(
-        tessera(&[
-            "crop",
-            "--input",
-            &s(&nan_path),
-            "--output",
-            &o,
-            "--chunk-size",
-            "1",
-        ]),
+        tessera(&io_args("crop", &nan_path, &o, &["--chunk-size", "1"])),
         &["pattern 2", "NaN"],
     );
     fails_with(
-        tessera(&[
-            "crop",
-            "--input",
-            &s(&dir.path().join("missing.npy")),
-            "--output",
-            &o,
-        ]),
+        tessera(&io_args("crop", &dir.path().join("missing.npy"), &o, &[])),
         &["missing.npy"],
     );
     fails_with(tessera(&["crop", "--output", &o]), &["--input", "required"]);
@@ -304,14 +276,12 @@ fn bad_inputs_are_refused_with_one_clear_line() {
     // A radius larger than the pattern: a warning, and the full size.
     let wide = dir.path().join("wide.npy");
     write_npy(&wide, &ArrayD::<f32>::ones(IxDyn(&[2, 6, 7]))).unwrap();
-    let log = ok(tessera(&[
+    let log = ok(tessera(&io_args(
         "crop",
-        "--input",
-        &s(&wide),
-        "--output",
+        &wide,
         &o,
-        "--no-visualization",
-    ]));
+        &["--no-visualization"],
+    )));
     assert!(log.contains("cropping to 6x7"), "{log}");
     let c: ArrayD<f32> = read_npy(&out).unwrap();
     assert_eq!(c.shape(), &[2, 6, 7]);
@@ -325,19 +295,19 @@ fn bad_inputs_are_refused_with_one_clear_line() {
     write_npy(&mixed_path, &mixed).unwrap();
     let strict = dir.path().join("strict.npy");
     fails_with(
-        tessera(&[
+        tessera(&io_args(
             "crop",
-            "--input",
-            &s(&mixed_path),
-            "--output",
-            &s(&strict),
-            "--no-visualization",
-            "--margin-pixels",
-            "0",
-            "--percentile",
-            "0",
-            "--strict",
-        ]),
+            &mixed_path,
+            &strict,
+            &[
+                "--no-visualization",
+                "--margin-pixels",
+                "0",
+                "--percentile",
+                "0",
+                "--strict",
+            ],
+        )),
         &["--strict", "1 of 2 patterns keep less than --min-retention"],
     );
     // The results say so too.
@@ -389,20 +359,20 @@ fn an_hdf5_scan_with_a_singleton_axis_crops_to_zarr() {
     // forks meanwhile inherits the descriptor and the lock, so the reader here must not
     // insist on locking (a test-harness artefact, not something users meet).
     ok(tessera_env(
-        &[
+        &io_args(
             "crop",
-            "--input",
             &address,
-            "--output",
-            &s(&out),
-            "--target-retention",
-            "1.0",
-            "--min-retention",
-            "1.0",
-            "--margin-pixels",
-            "0",
-            "--no-visualization",
-        ],
+            &out,
+            &[
+                "--target-retention",
+                "1.0",
+                "--min-retention",
+                "1.0",
+                "--margin-pixels",
+                "0",
+                "--no-visualization",
+            ],
+        ),
         &[("HDF5_USE_FILE_LOCKING", "FALSE")],
     ));
     let c = read_all(&s(&out)).into_array::<u16>().unwrap();
@@ -475,18 +445,18 @@ fn an_hdf5_output_is_closed_and_reads_back() {
     let input = dir.path().join("p.npy");
     write_npy(&input, &a).unwrap();
     let out = format!("{}:/cropped", dir.path().join("c.h5").display());
-    ok(tessera(&[
+    ok(tessera(&io_args(
         "crop",
-        "--input",
-        &s(&input),
-        "--output",
+        &input,
         &out,
-        "--codec",
-        "gzip",
-        "--margin-pixels",
-        "1",
-        "--no-visualization",
-    ]));
+        &[
+            "--codec",
+            "gzip",
+            "--margin-pixels",
+            "1",
+            "--no-visualization",
+        ],
+    )));
     let c = read_all(&out).into_array::<f32>().unwrap();
     assert_eq!(c.shape(), &[3, 3, 3]);
     assert!((0..3).all(|n| c[[n, 1, 1]] == 2.0));
@@ -506,14 +476,12 @@ fn patterns_scaled_near_the_subnormals_give_the_unscaled_radius() {
         let input = dir.path().join(format!("{name}.npy"));
         write_npy(&input, &base.mapv(|v| v * by)).unwrap();
         let out = dir.path().join(format!("{name}_crop.npy"));
-        ok(tessera(&[
+        ok(tessera(&io_args(
             "crop",
-            "--input",
-            &s(&input),
-            "--output",
-            &s(&out),
-            "--no-visualization",
-        ]));
+            &input,
+            &out,
+            &["--no-visualization"],
+        )));
         let radii: ArrayD<f64> = read_npy(side(&out, "_radii.npy")).unwrap();
         let crops: ArrayD<f64> = read_npy(&out).unwrap();
         (
@@ -537,7 +505,7 @@ fn patterns_scaled_near_the_subnormals_give_the_unscaled_radius() {
     write_npy(&gone, &base.mapv(|v| v * 1e-300 * 1e-30)).unwrap();
     let out = dir.path().join("gone_crop.npy");
     fails_with(
-        tessera(&["crop", "--input", &s(&gone), "--output", &s(&out)]),
+        tessera(&io_args("crop", &gone, &out, &[])),
         &["every pattern sums to zero"],
     );
     assert!(!out.exists());

@@ -33,14 +33,7 @@ mod hdf5 {
     fn every_command_writes_hdf5_with_its_default_codec() {
         let d = tempfile::tempdir().unwrap();
         let p = |name: &str| s(&d.path().join(name));
-        write_stack(
-            &d.path().join("slices"),
-            "s",
-            &[0, 1, 2],
-            &[8, 8],
-            DType::U16,
-            1,
-        );
+        write_slices(&d.path().join("slices"), "s", 3, &[8, 8], DType::U16, 1);
         let image = ArrayD::from_shape_fn(IxDyn(&[1, 1, 16, 16]), |i| (i[2] * 16 + i[3]) as f32);
         write_npy(d.path().join("image.npy"), &image).unwrap();
         let mut written = Vec::new();
@@ -50,16 +43,18 @@ mod hdf5 {
         };
         let convert = format!("{}:/stack", p("convert.h5"));
         run(
-            &["convert", "--input", &p("slices"), "--output", &convert],
+            &io_args("convert", &p("slices"), &convert, &[]),
             std::slice::from_ref(&convert),
         );
         let patches = format!("{}:/patches", p("quilt.h5"));
         let image_npy = p("image.npy");
         run(
-            &[
-                "quilt", "unstitch", "--input", &image_npy, "--output", &patches, "--window", "8",
-                "--step", "4",
-            ],
+            &io_args(
+                "quilt unstitch",
+                &image_npy,
+                &patches,
+                &["--window", "8", "--step", "4"],
+            ),
             std::slice::from_ref(&patches),
         );
         let (mean, weights) = (
@@ -67,16 +62,7 @@ mod hdf5 {
             format!("{}:/weights", p("weights.h5")),
         );
         run(
-            &[
-                "quilt",
-                "stitch",
-                "--input",
-                &patches,
-                "--output",
-                &mean,
-                "--weights",
-                &weights,
-            ],
+            &io_args("quilt stitch", &patches, &mean, &["--weights", &weights]),
             &[mean.clone(), weights.clone()],
         );
         let mask = format!("{}:/mask", p("mask.h5"));
@@ -95,17 +81,7 @@ mod hdf5 {
         );
         let crop = format!("{}:/crop", p("crop.h5"));
         run(
-            &[
-                "crop",
-                "--test-mode",
-                "--test-patterns",
-                "4",
-                "--test-size",
-                "32",
-                "--output",
-                &crop,
-                "--no-visualization",
-            ],
+            &crop_test_args("4", "32", &crop, &["--no-visualization"]),
             std::slice::from_ref(&crop),
         );
         for address in &written {
@@ -134,41 +110,25 @@ for address in sys.argv[1:]:
         assert f[name].compression == "gzip", (address, f[name].compression)
         assert f[name][...].size > 0, address
 "#;
-        let out = Command::new(python)
-            .args(["-c", check])
-            .args(&written)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "h5py: {}",
-            String::from_utf8_lossy(&out.stderr)
+        succeeds(
+            Command::new(python).args(["-c", check]).args(&written),
+            "h5py",
         );
     }
 
     #[test]
     fn a_codec_hdf5_cannot_store_is_refused_before_anything_is_written() {
         let d = tempfile::tempdir().unwrap();
-        write_stack(
-            &d.path().join("slices"),
-            "s",
-            &[0, 1],
-            &[4, 4],
-            DType::U8,
-            2,
-        );
+        write_slices(&d.path().join("slices"), "s", 2, &[4, 4], DType::U8, 2);
         for codec in ["zstd", "blosc"] {
             let out = format!("{}:/x", s(&d.path().join("z.h5")));
             fails_with(
-                tessera(&[
+                tessera(&io_args(
                     "convert",
-                    "--input",
-                    &s(&d.path().join("slices")),
-                    "--output",
+                    &d.path().join("slices"),
                     &out,
-                    "--codec",
-                    codec,
-                ]),
+                    &["--codec", codec],
+                )),
                 &["--codec", codec, "HDF5", "z.h5"],
             );
             assert!(
@@ -180,20 +140,12 @@ for address in sys.argv[1:]:
         let image = ArrayD::<f32>::zeros(IxDyn(&[1, 1, 8, 8]));
         write_npy(d.path().join("image.npy"), &image).unwrap();
         fails_with(
-            tessera(&[
-                "quilt",
-                "unstitch",
-                "--input",
-                &s(&d.path().join("image.npy")),
-                "--output",
+            tessera(&io_args(
+                "quilt unstitch",
+                &d.path().join("image.npy"),
                 &format!("{}:/p", s(&d.path().join("q.h5"))),
-                "--window",
-                "4",
-                "--step",
-                "4",
-                "--codec",
-                "zstd",
-            ]),
+                &["--window", "4", "--step", "4", "--codec", "zstd"],
+            )),
             &["--codec", "zstd", "HDF5"],
         );
         assert!(
@@ -207,32 +159,14 @@ for address in sys.argv[1:]:
 #[test]
 fn the_default_codec_follows_the_output_format() {
     let d = tempfile::tempdir().unwrap();
-    write_stack(
-        &d.path().join("slices"),
-        "s",
-        &[0, 1],
-        &[4, 4],
-        DType::U16,
-        3,
-    );
+    let slices = d.path().join("slices");
+    write_slices(&slices, "s", 2, &[4, 4], DType::U16, 3);
     let zarr = s(&d.path().join("o.zarr"));
-    ok(tessera(&[
-        "convert",
-        "--input",
-        &s(&d.path().join("slices")),
-        "--output",
-        &zarr,
-    ]));
+    ok(tessera(&io_args("convert", &slices, &zarr, &[])));
     let codecs = meta(&zarr).codecs;
     assert!(codecs.iter().any(|c| c.contains("zstd")), "{codecs:?}");
     let npy = s(&d.path().join("o.npy"));
-    ok(tessera(&[
-        "convert",
-        "--input",
-        &s(&d.path().join("slices")),
-        "--output",
-        &npy,
-    ]));
+    ok(tessera(&io_args("convert", &slices, &npy, &[])));
     assert!(meta(&npy).codecs.is_empty());
 }
 
@@ -253,15 +187,12 @@ fn convert_warns_once_when_a_float_to_integer_cast_drops_fractions() {
     fractional_slices(&input);
     for dtype in ["i32", "u8"] {
         let out = s(&d.path().join(format!("{dtype}.zarr")));
-        let log = ok(tessera(&[
+        let log = ok(tessera(&io_args(
             "convert",
-            "--input",
-            &s(&input),
-            "--output",
+            &input,
             &out,
-            "--dtype",
-            dtype,
-        ]));
+            &["--dtype", dtype],
+        )));
         let warnings: Vec<&str> = log
             .lines()
             .filter(|l| l.contains("WARN") && l.contains("fractional"))
@@ -280,14 +211,11 @@ fn convert_warns_once_when_a_float_to_integer_cast_drops_fractions() {
     std::fs::create_dir_all(&whole).unwrap();
     let slice = ArrayD::from_shape_fn(IxDyn(&[3, 4]), |i| (i[0] * 4 + i[1]) as f32);
     images::write_tiff(&whole.join("w_0.tif"), &Block::F32(slice)).unwrap();
-    let log = ok(tessera(&[
+    let log = ok(tessera(&io_args(
         "convert",
-        "--input",
-        &s(&whole),
-        "--output",
-        &s(&d.path().join("w.zarr")),
-        "--dtype",
-        "u16",
-    ]));
+        &whole,
+        &d.path().join("w.zarr"),
+        &["--dtype", "u16"],
+    )));
     assert!(!log.contains("fractional"), "{log}");
 }

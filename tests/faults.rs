@@ -113,8 +113,7 @@ fn kill_one_rank_then_resume(dir: &Path, name: &str, args: &Args, outputs: &[&st
 
     // Resume on another rank count; rank 0 of the killed job may have left its lock behind
     // (mpirun kills the survivors without cleanup): it is stale and taken over.
-    let mut resume: Vec<&str> = cut_refs.clone();
-    resume.push("--resume");
+    let resume = resumed(&cut_refs);
     ok(tessera_mpi(3, &resume, &env));
     for f in outputs {
         let (a, b) = (clean_dir.join(f), cut_dir.join(f));
@@ -155,68 +154,43 @@ fn strs(v: &[&str]) -> Vec<String> {
 /// `n` synthetic `size`x`size` 4D-STEM patterns (crop's test mode) in `dir`; returns the input
 /// file crop wrote for them.
 fn stem_patterns(dir: &Path, n: usize, size: usize) -> PathBuf {
-    ok(tessera(&[
-        "crop",
-        "--test-mode",
-        "--test-patterns",
+    ok(tessera(&crop_test_args(
         &n.to_string(),
-        "--test-size",
         &size.to_string(),
-        "--output",
-        &s(&dir.join("stem.npy")),
-        "--no-visualization",
-    ]));
+        &dir.join("stem.npy"),
+        &["--no-visualization"],
+    )));
     dir.join("stem_test_input.npy")
 }
 
 /// An all-sky archive of `brackets` brackets of 3 exposures, `size`x`size`, in `dir/sky`.
 fn sky_archive(dir: &Path, brackets: usize, size: usize) -> PathBuf {
     let sky = dir.join("sky");
-    ok(tessera(&[
-        "hdr",
-        "synthetic",
-        "--output",
-        &s(&sky),
-        "--brackets",
+    ok(tessera(&synthetic_args(
+        &sky,
         &brackets.to_string(),
-        "--exposures",
-        "3",
-        "--size",
-        &size.to_string(),
-    ]));
+        &["--exposures", "3", "--size", &size.to_string()],
+    )));
     sky
 }
 
 #[cfg(feature = "mpi")]
 #[test]
 fn a_rank_killed_with_sigkill_leaves_a_resumable_output_in_every_operation() {
-    if mpirun().is_none() {
-        return;
-    }
-    let d = tempfile::tempdir().unwrap();
+    let Some(d) = mpi_tempdir() else { return };
     let dir = d.path();
 
     // convert: 12 slices of 32x32, 2 slices per unit.
     let slices = dir.join("slices");
-    write_stack(
-        &slices,
-        "vol",
-        &(0..12).collect::<Vec<_>>(),
-        &[32, 32],
-        DType::U16,
-        5,
-    );
+    write_slices(&slices, "vol", 12, &[32, 32], DType::U16, 5);
     let slices_s = s(&slices);
     let convert: Args = Box::new(move |out| {
-        strs(&[
+        strs(&io_args(
             "convert",
-            "--input",
             &slices_s,
-            "--output",
-            &s(out),
-            "--chunks",
-            "2,32,32",
-        ])
+            out,
+            &["--chunks", "2,32,32"],
+        ))
     });
     kill_one_rank_then_resume(dir, "convert", &convert, &["o.zarr"], "2048");
 
@@ -229,39 +203,32 @@ fn a_rank_killed_with_sigkill_leaves_a_resumable_output_in_every_operation() {
     ndarray_npy::write_npy(&vol_path, &vol).unwrap();
     let vol_s = s(&vol_path);
     let unstitch: Args = Box::new(move |out| {
-        strs(&[
-            "quilt",
-            "unstitch",
-            "--input",
+        strs(&io_args(
+            "quilt unstitch",
             &vol_s,
-            "--output",
-            &s(out),
-            "--window",
-            "8,16,16",
-            "--step",
-            "4,8,8",
-            "--border",
-            "1,2,2",
-            "--patches-per-chunk",
-            "4",
-        ])
+            out,
+            &[
+                "--window",
+                "8,16,16",
+                "--step",
+                "4,8,8",
+                "--border",
+                "1,2,2",
+                "--patches-per-chunk",
+                "4",
+            ],
+        ))
     });
     kill_one_rank_then_resume(dir, "unstitch", &unstitch, &["p.zarr"], "8192");
     let patches = s(&dir.join("unstitch-clean/p.zarr"));
     let stitch: Args = Box::new(move |out| {
         let weights = out.with_file_name("w.npy");
-        strs(&[
-            "quilt",
-            "stitch",
-            "--input",
+        strs(&io_args(
+            "quilt stitch",
             &patches,
-            "--output",
-            &s(out),
-            "--weights",
-            &s(&weights),
-            "--chunks",
-            "1,1,4,16,16",
-        ])
+            out,
+            &["--weights", &s(&weights), "--chunks", "1,1,4,16,16"],
+        ))
     });
     kill_one_rank_then_resume(dir, "stitch", &stitch, &["st.zarr", "w.npy"], "4096");
 
@@ -273,33 +240,24 @@ fn a_rank_killed_with_sigkill_leaves_a_resumable_output_in_every_operation() {
     ndarray_npy::write_npy(&cube_path, &cube).unwrap();
     let cube_s = s(&cube_path);
     let pyramid: Args = Box::new(move |out| {
-        strs(&[
+        strs(&io_args(
             "pyramid",
-            "--input",
             &cube_s,
-            "--output",
-            &s(out),
-            "--chunks",
-            "4,8,8",
-            "--method",
-            "gaussian",
-        ])
+            out,
+            &["--chunks", "4,8,8", "--method", "gaussian"],
+        ))
     });
     kill_one_rank_then_resume(dir, "pyramid", &pyramid, &["py.zarr"], "4096");
 
     // crop of 40 synthetic 48x48 patterns, 4 per unit.
     let stem_input = s(&stem_patterns(dir, 40, 48));
     let crop: Args = Box::new(move |out| {
-        strs(&[
+        strs(&io_args(
             "crop",
-            "--input",
             &stem_input,
-            "--output",
-            &s(out),
-            "--chunk-size",
-            "4",
-            "--no-visualization",
-        ])
+            out,
+            &["--chunk-size", "4", "--no-visualization"],
+        ))
     });
     kill_one_rank_then_resume(
         dir,
@@ -312,18 +270,12 @@ fn a_rank_killed_with_sigkill_leaves_a_resumable_output_in_every_operation() {
     // hdr merge (Mertens, no response needed) of 6 brackets into one Zarr array.
     let sky_s = s(&sky_archive(dir, 6, 32));
     let hdr: Args = Box::new(move |out| {
-        strs(&[
-            "hdr",
-            "merge",
-            "--input",
+        strs(&io_args(
+            "hdr merge",
             &sky_s,
-            "--output",
-            &s(out),
-            "--method",
-            "mertens",
-            "--format",
-            "zarr",
-        ])
+            out,
+            &["--method", "mertens", "--format", "zarr"],
+        ))
     });
     kill_one_rank_then_resume(dir, "hdr", &hdr, &["sky.zarr"], "1000000");
 
@@ -332,19 +284,12 @@ fn a_rank_killed_with_sigkill_leaves_a_resumable_output_in_every_operation() {
     for format in ["npy", "zarr"] {
         let slices_s = s(&slices);
         let patches: Args = Box::new(move |out| {
-            let mut args = strs(&[
+            let mut args = strs(&io_args(
                 "patches",
-                "--input",
                 &slices_s,
-                "--output",
-                &s(out),
-                "--patch-size",
-                "16",
-                "--stride",
-                "8",
-                "--format",
-                format,
-            ]);
+                out,
+                &["--patch-size", "16", "--stride", "8", "--format", format],
+            ));
             if format == "zarr" {
                 // Raw chunks: each streamed to its file as its patches are cut.
                 args.extend(strs(&["--chunks", "4", "--codec", "none"]));
@@ -398,14 +343,7 @@ fn mount_or_skip(dir: &Path, options: &str) -> Option<Mount> {
 
 fn big_stack(dir: &Path) -> PathBuf {
     let slices = dir.join("slices");
-    write_stack(
-        &slices,
-        "vol",
-        &(0..16).collect::<Vec<_>>(),
-        &[128, 128],
-        DType::U16,
-        3,
-    );
+    write_slices(&slices, "vol", 16, &[128, 128], DType::U16, 3);
     slices
 }
 
@@ -427,13 +365,7 @@ fn a_full_disk_is_a_clear_error_and_nothing_is_reported_done() {
     let slices = big_stack(d.path());
     // Inputs for the other operations (outside the small disk).
     let stack = d.path().join("stack.npy");
-    ok(tessera(&[
-        "convert",
-        "--input",
-        &s(&slices),
-        "--output",
-        &s(&stack),
-    ]));
+    ok(tessera(&io_args("convert", &slices, &stack, &[])));
     let nczyx = d.path().join("nczyx.npy");
     let vol = ndarray::ArrayD::from_shape_fn(ndarray::IxDyn(&[1, 1, 16, 64, 64]), |i| {
         (i[2] * 4096 + i[3] * 64 + i[4]) as f32
@@ -464,56 +396,36 @@ fn a_full_disk_is_a_clear_error_and_nothing_is_reported_done() {
         ),
         (
             "convert to .npy",
-            strs(&[
-                "convert",
-                "--input",
-                &slices_s,
-                "--output",
-                &on_disk("o.npy"),
-            ]),
+            strs(&io_args("convert", &slices_s, &on_disk("o.npy"), &[])),
         ),
         (
             "quilt unstitch",
-            strs(&[
-                "quilt",
-                "unstitch",
-                "--input",
-                &s(&nczyx),
-                "--output",
+            strs(&io_args(
+                "quilt unstitch",
+                &nczyx,
                 &on_disk("p.zarr"),
-                "--window",
-                "8,32,32",
-                "--step",
-                "4,16,16",
-                "--codec",
-                "none",
-            ]),
+                &[
+                    "--window", "8,32,32", "--step", "4,16,16", "--codec", "none",
+                ],
+            )),
         ),
         (
             "pyramid",
-            strs(&[
+            strs(&io_args(
                 "pyramid",
-                "--input",
-                &s(&stack),
-                "--output",
+                &stack,
                 &on_disk("py.zarr"),
-                "--codec",
-                "none",
-            ]),
+                &["--codec", "none"],
+            )),
         ),
         (
             "crop",
-            strs(&[
+            strs(&io_args(
                 "crop",
-                "--input",
-                &s(&stem),
-                "--output",
+                &stem,
                 &on_disk("c.npy"),
-                "--target-retention",
-                "0.999",
-                "--min-retention",
-                "0.9",
-            ]),
+                &["--target-retention", "0.999", "--min-retention", "0.9"],
+            )),
         ),
         (
             "hdr merge to Zarr",
@@ -532,35 +444,30 @@ fn a_full_disk_is_a_clear_error_and_nothing_is_reported_done() {
         ),
         (
             "patches to .npy files",
-            strs(&[
+            strs(&io_args(
                 "patches",
-                "--input",
                 &slices_s,
-                "--output",
                 &on_disk("pn"),
-                "--patch-size",
-                "32",
-                "--stride",
-                "32",
-            ]),
+                &["--patch-size", "32", "--stride", "32"],
+            )),
         ),
         (
             "patches to Zarr",
-            strs(&[
+            strs(&io_args(
                 "patches",
-                "--input",
                 &slices_s,
-                "--output",
                 &on_disk("pz"),
-                "--patch-size",
-                "32",
-                "--stride",
-                "32",
-                "--format",
-                "zarr",
-                "--codec",
-                "none",
-            ]),
+                &[
+                    "--patch-size",
+                    "32",
+                    "--stride",
+                    "32",
+                    "--format",
+                    "zarr",
+                    "--codec",
+                    "none",
+                ],
+            )),
         ),
         (
             "hdr merge to .npy files",
@@ -788,18 +695,12 @@ fn a_disk_too_full_for_the_lock_leaves_no_lock() {
         fill.push(f);
     }
     let out = disk.join("o.zarr");
-    let args = [
-        "quilt",
-        "unstitch",
-        "--input",
-        &s(&input),
-        "--output",
-        &s(&out),
-        "--window",
-        "16,16",
-        "--step",
-        "16,16",
-    ];
+    let args = io_args(
+        "quilt unstitch",
+        &input,
+        &out,
+        &["--window", "16,16", "--step", "16,16"],
+    );
     fails_with(tessera(&args), &["o.zarr.lock", "No space left on device"]);
     let left = std::fs::read_dir(&disk).unwrap().count();
     assert_eq!(left, fill.len(), "something was left beside the filling");

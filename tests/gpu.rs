@@ -239,20 +239,12 @@ fn without_a_gpu_cuda_is_one_clear_error_and_auto_runs_on_the_cpu() {
     write_npy(&image, &random_image(&[1, 1, 32, 32], 1, 0)).unwrap();
     let patches = dir.path().join("p.zarr");
     let unstitch = |device: &str| {
-        tessera_gpu(&[
-            "quilt",
-            "unstitch",
-            "--input",
-            &s(&image),
-            "--output",
-            &s(&patches),
-            "--window",
-            "16,16",
-            "--step",
-            "8,8",
-            "--device",
-            device,
-        ])
+        tessera_gpu(&io_args(
+            "quilt unstitch",
+            &image,
+            &patches,
+            &["--window", "16,16", "--step", "8,8", "--device", device],
+        ))
     };
     if tessera_gpu(&["gpu", "info"])
         .stdout
@@ -336,47 +328,47 @@ fn quilt_on_the_gpu_gives_the_cpu_bytes() {
                 continue;
             }
             same_on_both(&case, ranks, &|out| {
-                [
-                    "quilt",
-                    "unstitch",
-                    "--input",
-                    &s(&image),
-                    "--output",
-                    &s(&out.join("p.zarr")),
-                    "--window",
-                    window,
-                    "--step",
-                    step,
-                    "--gpu-memory-limit",
-                    "2M",
-                ]
+                io_args(
+                    "quilt unstitch",
+                    &image,
+                    &out.join("p.zarr"),
+                    &[
+                        "--window",
+                        window,
+                        "--step",
+                        step,
+                        "--gpu-memory-limit",
+                        "2M",
+                    ],
+                )
+                .into_iter()
                 .map(String::from)
-                .to_vec()
+                .collect()
             });
             let patches = case.join(format!("cpu-{ranks}/p.zarr"));
             let stitched = case.join(format!("st-{ranks}"));
             std::fs::create_dir_all(&stitched).unwrap();
             same_on_both(&stitched, ranks, &|out| {
-                [
-                    "quilt",
-                    "stitch",
-                    "--input",
-                    &s(&patches),
-                    "--output",
-                    &s(&out.join("mean.zarr")),
-                    "--weights",
-                    &s(&out.join("w.zarr")),
-                    "--variance",
-                    &s(&patches),
-                    "--std",
-                    &s(&out.join("std.zarr")),
-                    "--blend",
-                    blend,
-                    "--gpu-memory-limit",
-                    "3M",
-                ]
+                io_args(
+                    "quilt stitch",
+                    &patches,
+                    &out.join("mean.zarr"),
+                    &[
+                        "--weights",
+                        &s(&out.join("w.zarr")),
+                        "--variance",
+                        &s(&patches),
+                        "--std",
+                        &s(&out.join("std.zarr")),
+                        "--blend",
+                        blend,
+                        "--gpu-memory-limit",
+                        "3M",
+                    ],
+                )
+                .into_iter()
                 .map(String::from)
-                .to_vec()
+                .collect()
             });
         }
     }
@@ -391,20 +383,12 @@ fn a_stitch_interrupted_on_the_gpu_resumes_on_the_cpu_to_the_same_bytes() {
     let image = dir.path().join("image.npy");
     write_npy(&image, &random_image(&[2, 2, 96, 80], 3, 0)).unwrap();
     let patches = dir.path().join("p.zarr");
-    ok(tessera(&[
-        "quilt",
-        "unstitch",
-        "--input",
-        &s(&image),
-        "--output",
-        &s(&patches),
-        "--window",
-        "32,32",
-        "--step",
-        "16,16",
-        "--device",
-        "cpu",
-    ]));
+    ok(tessera(&io_args(
+        "quilt unstitch",
+        &image,
+        &patches,
+        &["--window", "32,32", "--step", "16,16", "--device", "cpu"],
+    )));
     let stitch = |out: &Path, device: &str, extra: &[&str], env: &[(&str, &str)]| {
         let mut a = vec![
             "quilt",
@@ -448,26 +432,13 @@ fn the_debevec_merge_on_the_gpu_gives_the_cpu_bytes() {
     }
     let dir = tempfile::tempdir().unwrap();
     let archive = dir.path().join("archive");
-    ok(tessera(&[
-        "hdr",
-        "synthetic",
-        "--output",
-        &s(&archive),
-        "--brackets",
-        "3",
-        "--size",
-        "200",
-    ]));
+    ok(tessera(&synthetic_args(&archive, "3", &["--size", "200"])));
     let response = dir.path().join("response.npz");
-    ok(tessera(&[
-        "hdr",
-        "calibrate",
-        "--input",
-        &s(&archive),
-        "--response",
-        &s(&response),
-        "--recursive",
-    ]));
+    ok(tessera(&calibrate_args(
+        &archive,
+        &response,
+        &["--recursive"],
+    )));
     for ranks in [1, 2] {
         if ranks == 2 && !two_ranks() {
             continue;
@@ -526,21 +497,15 @@ fn pyramids_on_the_gpu_give_the_cpu_bytes() {
                 let case = dir.path().join(format!("{method}-{}", chunks.len()));
                 std::fs::create_dir_all(&case).unwrap();
                 same_on_both(&case, ranks, &|out| {
-                    [
+                    io_args(
                         "pyramid",
-                        "--input",
-                        &s(input),
-                        "--output",
-                        &s(&out.join("p.zarr")),
-                        "--method",
-                        method,
-                        "--chunks",
-                        chunks,
-                        "--codec",
-                        "none",
-                    ]
+                        input,
+                        &out.join("p.zarr"),
+                        &["--method", method, "--chunks", chunks, "--codec", "none"],
+                    )
+                    .into_iter()
                     .map(String::from)
-                    .to_vec()
+                    .collect()
                 });
                 std::fs::remove_dir_all(&case).unwrap();
             }
@@ -557,21 +522,22 @@ fn a_pyramid_interrupted_on_the_gpu_resumes_on_the_cpu_to_the_same_bytes() {
     let volume = dir.path().join("volume.npy");
     write_npy(&volume, &random_image(&[80, 96, 96], 23, 0)).unwrap();
     let pyramid = |out: &Path, device: &str, extra: &[&str], env: &[(&str, &str)]| {
-        let mut a: Vec<String> = [
+        let mut a: Vec<String> = io_args(
             "pyramid",
-            "--input",
-            &s(&volume),
-            "--output",
-            &s(out),
-            "--method",
-            "laplacian",
-            "--chunks",
-            "16,16,16",
-            "--device",
-            device,
-        ]
+            &volume,
+            out,
+            &[
+                "--method",
+                "laplacian",
+                "--chunks",
+                "16,16,16",
+                "--device",
+                device,
+            ],
+        )
+        .into_iter()
         .map(String::from)
-        .to_vec();
+        .collect();
         a.extend(extra.iter().map(|x| x.to_string()));
         let a: Vec<&str> = a.iter().map(String::as_str).collect();
         let lib = library_path();
@@ -699,32 +665,13 @@ fn without_a_gpu_crop_and_pyramid_on_cuda_are_one_clear_error_writing_nothing() 
     write_npy(&volume, &random_image(&[8, 8, 8], 5, 0)).unwrap();
     let out = s(&dir.path().join("c.npy"));
     let err = fails_with(
-        tessera_gpu(&[
-            "crop",
-            "--test-mode",
-            "--test-patterns",
-            "4",
-            "--test-size",
-            "16",
-            "--output",
-            &out,
-            "--device",
-            "cuda",
-        ]),
+        tessera_gpu(&crop_test_args("4", "16", &out, &["--device", "cuda"])),
         &[why],
     );
     assert!(!err.contains("panicked"), "{err}");
     let pyr = s(&dir.path().join("p.zarr"));
     fails_with(
-        tessera_gpu(&[
-            "pyramid",
-            "--input",
-            &s(&volume),
-            "--output",
-            &pyr,
-            "--device",
-            "cuda",
-        ]),
+        tessera_gpu(&io_args("pyramid", &volume, &pyr, &["--device", "cuda"])),
         &[why],
     );
     let left: Vec<_> = std::fs::read_dir(dir.path())
@@ -738,13 +685,7 @@ fn without_a_gpu_crop_and_pyramid_on_cuda_are_one_clear_error_writing_nothing() 
         "nothing may be written"
     );
     // auto runs on the CPU and says why in the report.
-    ok(tessera_gpu(&[
-        "pyramid",
-        "--input",
-        &s(&volume),
-        "--output",
-        &pyr,
-    ]));
+    ok(tessera_gpu(&io_args("pyramid", &volume, &pyr, &[])));
     let device = report_device(&dir.path().join("p.zarr.report.json"));
     assert_eq!(device["device"], "cpu", "{device}");
 }

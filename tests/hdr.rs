@@ -75,15 +75,7 @@ fn archive(dir: &Path) -> Vec<(String, PathBuf, Vec<u8>)> {
 }
 
 fn calibrate(input: &Path, response: &Path, extra: &[&str]) -> String {
-    let mut args = vec![
-        "hdr",
-        "calibrate",
-        "--input",
-        input.to_str().unwrap(),
-        "--response",
-        response.to_str().unwrap(),
-        "--recursive",
-    ];
+    let mut args = calibrate_args(&input, &response, &["--recursive"]);
     args.extend_from_slice(extra);
     ok(tessera(&args))
 }
@@ -333,19 +325,11 @@ fn exr_zarr_mertens_and_resume() {
 
 #[test]
 fn numpy_reads_the_response_file() {
+    // TESSERA_PYTHON or python3 (not common::python's virtual environment).
     let python = std::env::var("TESSERA_PYTHON").unwrap_or_else(|_| "python3".into());
-    let has_numpy = Command::new(&python)
-        .args(["-c", "import numpy"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !has_numpy {
-        assert!(
-            std::env::var("TESSERA_REQUIRE_PYTHON").as_deref() != Ok("1"),
-            "python3 with numpy is required (TESSERA_REQUIRE_PYTHON=1)"
-        );
-        eprintln!("skipping: python3 cannot import numpy (scripts/setup.sh --python installs it)");
+    let Some(python) = python_importing(python, "numpy") else {
         return;
-    }
+    };
     let d = tempfile::tempdir().unwrap();
     let input = d.path().join("sky");
     archive(&input);
@@ -361,24 +345,13 @@ fn numpy_reads_the_response_file() {
          print('ok')",
         response.display()
     );
-    let out = Command::new(&python)
-        .args(["-c", &script])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeds(Command::new(&python).args(["-c", &script]), "python");
 }
 
 #[cfg(feature = "mpi")]
 #[test]
 fn ranks_agree() {
-    if mpirun().is_none() {
-        return;
-    }
-    let d = tempfile::tempdir().unwrap();
+    let Some(d) = mpi_tempdir() else { return };
     let input = d.path().join("sky");
     archive(&input);
     let mut responses = Vec::new();
@@ -577,14 +550,7 @@ fn bad_inputs_are_clear_errors() {
         &["missing.npz"],
     );
     fails_with(
-        tessera(&[
-            "hdr",
-            "merge",
-            "--input",
-            &s(&input),
-            "--output",
-            &s(&d.path().join("n")),
-        ]),
+        tessera(&io_args("hdr merge", &input, &d.path().join("n"), &[])),
         &["--response", "required"],
     );
     let mut grey_g = ndarray::Array2::<f64>::zeros((256, 1));
@@ -603,45 +569,26 @@ fn bad_inputs_are_clear_errors() {
     // Calibration parameters and an existing response.
     fails_with(calibrate_err(&input, &response), &["exists", "--overwrite"]);
     fails_with(
-        tessera(&[
-            "hdr",
-            "calibrate",
-            "--input",
-            &s(&input),
-            "--response",
-            &s(&d.path().join("x.npz")),
-            "--low-clip",
-            "200",
-            "--high-clip",
-            "100",
-        ]),
+        tessera(&calibrate_args(
+            &input,
+            &d.path().join("x.npz"),
+            &["--low-clip", "200", "--high-clip", "100"],
+        )),
         &["--low-clip"],
     );
     fails_with(
-        tessera(&[
-            "hdr",
-            "calibrate",
-            "--input",
-            &s(&input),
-            "--response",
-            &s(&d.path().join("x.npz")),
-            "--round-ts-to",
-            "30 seconds",
-        ]),
+        tessera(&calibrate_args(
+            &input,
+            &d.path().join("x.npz"),
+            &["--round-ts-to", "30 seconds"],
+        )),
         &["--round-ts-to"],
     );
     assert!(!d.path().join("x.npz").exists());
 }
 
 fn calibrate_err(input: &Path, response: &Path) -> std::process::Output {
-    tessera(&[
-        "hdr",
-        "calibrate",
-        "--input",
-        &s(input),
-        "--response",
-        &s(response),
-    ])
+    tessera(&calibrate_args(input, response, &[]))
 }
 
 #[test]
@@ -650,27 +597,13 @@ fn a_gamma_camera_is_recovered_from_the_synthetic_archive() {
     // 2.2 ln(z2 / z1) away from the ends (smoothness and 8-bit rounding limit the match).
     let d = tempfile::tempdir().unwrap();
     let sky = d.path().join("sky");
-    ok(tessera(&[
-        "hdr",
-        "synthetic",
-        "--output",
-        &s(&sky),
-        "--brackets",
-        "3",
-        "--size",
-        "96",
-    ]));
+    ok(tessera(&synthetic_args(&sky, "3", &["--size", "96"])));
     let response = d.path().join("r.npz");
-    ok(tessera(&[
-        "hdr",
-        "calibrate",
-        "--input",
-        &s(&sky),
-        "--response",
-        &s(&response),
-        "--sample-technique",
-        "histogram",
-    ]));
+    ok(tessera(&calibrate_args(
+        &sky,
+        &response,
+        &["--sample-technique", "histogram"],
+    )));
     let (g, _) = npz::read_response(&response).unwrap();
     for c in 0..3 {
         for (z1, z2) in [(40usize, 200usize), (60, 120), (100, 240)] {
@@ -751,18 +684,7 @@ fn symlink_loops_are_walked_once() {
     std::os::unix::fs::symlink("..", input.join("cam2/y")).unwrap();
     let limit = std::time::Duration::from_secs(120);
     let response = d.path().join("response.npz");
-    let calibrated = tessera_within(
-        &[
-            "hdr",
-            "calibrate",
-            "--input",
-            &s(&input),
-            "--response",
-            &s(&response),
-            "--recursive",
-        ],
-        limit,
-    );
+    let calibrated = tessera_within(&calibrate_args(&input, &response, &["--recursive"]), limit);
     let warns_of_both_links = |log: &str| {
         for link in ["sky/x", "cam2/y"] {
             assert!(
@@ -817,18 +739,11 @@ fn symlink_loops_are_walked_once() {
 
 /// `tessera hdr synthetic` brackets as JPEG files (what all-sky cameras write).
 fn jpeg_archive(dir: &Path, brackets: &str) {
-    ok(tessera(&[
-        "hdr",
-        "synthetic",
-        "--output",
-        &s(dir),
-        "--brackets",
+    ok(tessera(&synthetic_args(
+        dir,
         brackets,
-        "--size",
-        "96",
-        "--format",
-        "jpeg",
-    ]));
+        &["--size", "96", "--format", "jpeg"],
+    )));
     assert!(names(dir).iter().all(|n| n.ends_with(".jpg")));
 }
 

@@ -17,18 +17,12 @@ fn image(dir: &Path) -> PathBuf {
 }
 
 fn unstitch(input: &Path, output: &str, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "quilt",
-        "unstitch",
-        "--input",
-        &s(input),
-        "--output",
+    let mut args: Vec<String> = io_args(
+        "quilt unstitch",
+        input,
         output,
-        "--window",
-        "16,16",
-        "--step",
-        "8,8",
-    ]
+        &["--window", "16,16", "--step", "8,8"],
+    )
     .iter()
     .map(|a| a.to_string())
     .collect();
@@ -421,39 +415,22 @@ fn paused_command(mut command: Command, go: &Path) -> std::process::Child {
 
 /// `tessera pyramid --input store --output out`.
 fn pyramid(store: &str, out: &Path) -> Output {
-    tessera(&["pyramid", "--input", store, "--output", &s(out)])
+    tessera(&io_args("pyramid", store, out, &[]))
 }
 
 /// Two stacks of slices and a Zarr store converted from the first.
 fn two_stacks(dir: &Path) -> (String, String, String) {
     let a = dir.join("a");
     let b = dir.join("b");
-    write_stack(
-        &a,
-        "s",
-        &(0..8).collect::<Vec<_>>(),
-        &[32, 32],
-        tessera::io::DType::U16,
-        1,
-    );
-    write_stack(
-        &b,
-        "s",
-        &(0..8).collect::<Vec<_>>(),
-        &[32, 32],
-        tessera::io::DType::U16,
-        2,
-    );
+    write_slices(&a, "s", 8, &[32, 32], tessera::io::DType::U16, 1);
+    write_slices(&b, "s", 8, &[32, 32], tessera::io::DType::U16, 2);
     let store = s(&dir.join("in.zarr"));
-    ok(tessera(&[
+    ok(tessera(&io_args(
         "convert",
-        "--input",
-        &s(&a),
-        "--output",
+        &a,
         &store,
-        "--chunks",
-        "2,8,8",
-    ]));
+        &["--chunks", "2,8,8"],
+    )));
     (s(&a), s(&b), store)
 }
 
@@ -463,35 +440,19 @@ fn an_input_rewritten_while_a_job_reads_it_is_never_published() {
     let (_, b, store) = two_stacks(d.path());
     let out = d.path().join("pyr.zarr");
     let go = d.path().join("go");
-    let reader = paused(&["pyramid", "--input", &store, "--output", &s(&out)], &go);
+    let reader = paused(&io_args("pyramid", &store, &out, &[]), &go);
     // Another job replaces the input under it: allowed (the reader holds no lock on it).
-    ok(tessera(&[
-        "convert",
-        "--input",
-        &b,
-        "--output",
-        &store,
-        "--chunks",
-        "2,8,8",
-        "--overwrite",
-    ]));
+    ok(overwrite_input(&b, &store));
     std::fs::write(&go, b"").unwrap();
     let e = fails_with(
         reader.wait_with_output().unwrap(),
         &["in.zarr", "while this job read it"],
     );
     assert!(!e.contains("--resume"), "{e}");
-    for left in [
-        "pyr.zarr",
-        "pyr.zarr.partial",
-        "pyr.zarr.journal",
-        "pyr.zarr.lock",
-    ] {
-        assert!(!d.path().join(left).exists(), "{left} left behind");
-    }
+    assert_no_pyramid_left(d.path());
     // A chunk rewritten in place by another program: the same.
     let go = d.path().join("go2");
-    let reader = paused(&["pyramid", "--input", &store, "--output", &s(&out)], &go);
+    let reader = paused(&io_args("pyramid", &store, &out, &[]), &go);
     let chunk = Path::new(&store).join("c/0/0/0");
     let bytes = std::fs::read(&chunk).unwrap();
     std::thread::sleep(Duration::from_millis(20));
@@ -506,27 +467,41 @@ fn an_input_rewritten_while_a_job_reads_it_is_never_published() {
     ok(pyramid(&store, &out));
 }
 
+/// Stack `b` converted over `store`, another job's input (allowed: a reader holds no lock).
+fn overwrite_input(b: &str, store: &str) -> Output {
+    tessera(&io_args(
+        "convert",
+        b,
+        store,
+        &["--chunks", "2,8,8", "--overwrite"],
+    ))
+}
+
+/// Nothing of `pyr.zarr` is left in `dir`: no output, staging, journal or lock.
+#[track_caller]
+fn assert_no_pyramid_left(dir: &Path) {
+    for left in [
+        "pyr.zarr",
+        "pyr.zarr.partial",
+        "pyr.zarr.journal",
+        "pyr.zarr.lock",
+    ] {
+        assert!(!dir.join(left).exists(), "{left} left behind");
+    }
+}
+
 #[test]
 fn an_input_another_job_is_writing_is_refused() {
     let d = tempfile::tempdir().unwrap();
     let (_, b, store) = two_stacks(d.path());
     let go = d.path().join("go");
     let writer = paused(
-        &[
-            "convert",
-            "--input",
-            &b,
-            "--output",
-            &store,
-            "--chunks",
-            "2,8,8",
-            "--overwrite",
-        ],
+        &io_args("convert", &b, &store, &["--chunks", "2,8,8", "--overwrite"]),
         &go,
     );
     let out = d.path().join("pyr.zarr");
     fails_with(
-        tessera(&["pyramid", "--input", &store, "--output", &s(&out)]),
+        tessera(&io_args("pyramid", &store, &out, &[])),
         &[
             "in.zarr",
             "being written by another tessera job",
@@ -549,41 +524,20 @@ fn an_input_rewritten_under_a_two_rank_job_is_never_published() {
     let (_, b, store) = two_stacks(d.path());
     let out = d.path().join("pyr.zarr");
     let go = d.path().join("go");
-    let args = [
+    let args = io_args(
         "pyramid",
-        "--input",
         &store,
-        "--output",
-        &s(&out),
-        "--levels",
-        "1",
-        "--chunks",
-        "2,8,8",
-    ];
+        &out,
+        &["--levels", "1", "--chunks", "2,8,8"],
+    );
     let reader = paused_command(mpi_command(2, &args, &[("TESSERA_UNIT_BYTES", "1")]), &go);
-    ok(tessera(&[
-        "convert",
-        "--input",
-        &b,
-        "--output",
-        &store,
-        "--chunks",
-        "2,8,8",
-        "--overwrite",
-    ]));
+    ok(overwrite_input(&b, &store));
     std::fs::write(&go, b"").unwrap();
     fails_with(
         reader.wait_with_output().unwrap(),
         &["while this job read it"],
     );
-    for left in [
-        "pyr.zarr",
-        "pyr.zarr.partial",
-        "pyr.zarr.journal",
-        "pyr.zarr.lock",
-    ] {
-        assert!(!d.path().join(left).exists(), "{left} left behind");
-    }
+    assert_no_pyramid_left(d.path());
     // A device as the report on two ranks: one line, nothing written.
     let null = d.path().join("null.json");
     std::os::unix::fs::symlink("/dev/null", &null).unwrap();

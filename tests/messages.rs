@@ -13,15 +13,12 @@ use tessera::io::DType;
 fn small_zarr(dir: &Path) -> String {
     write_stack(&dir.join("slices"), "s", &[0, 1, 2], &[8, 8], DType::U16, 7);
     let store = s(&dir.join("in.zarr"));
-    ok(tessera(&[
+    ok(tessera(&io_args(
         "convert",
-        "--input",
-        &s(&dir.join("slices")),
-        "--output",
+        &dir.join("slices"),
         &store,
-        "--chunks",
-        "1,4,4",
-    ]));
+        &["--chunks", "1,4,4"],
+    )));
     store
 }
 
@@ -35,17 +32,12 @@ fn a_corrupt_zarr_chunk_is_named_by_key_and_file() {
         } else {
             // An uncompressed store: garbage of the wrong length is what fails there.
             let other = s(&d.path().join("raw.zarr"));
-            ok(tessera(&[
+            ok(tessera(&io_args(
                 "convert",
-                "--input",
-                &s(&d.path().join("slices")),
-                "--output",
+                &d.path().join("slices"),
                 &other,
-                "--chunks",
-                "1,4,4",
-                "--codec",
-                "none",
-            ]));
+                &["--chunks", "1,4,4", "--codec", "none"],
+            )));
             other
         };
         let chunk = Path::new(&store).join(key);
@@ -53,7 +45,7 @@ fn a_corrupt_zarr_chunk_is_named_by_key_and_file() {
         std::fs::write(&chunk, b"not a chunk at all").unwrap();
         let out = s(&d.path().join(format!("pyr_{codec}.zarr")));
         fails_with(
-            tessera(&["pyramid", "--input", &store, "--output", &out]),
+            tessera(&io_args("pyramid", &store, &out, &[])),
             &[&format!("chunk {key}"), &s(&chunk)],
         );
     }
@@ -103,13 +95,7 @@ with h5py.File(sys.argv[1], "w") as f:
     // Metadata reads fine; reading the data names the filter.
     ok(tessera(&["info", &address]));
     let e = fails_with(
-        tessera(&[
-            "pyramid",
-            "--input",
-            &address,
-            "--output",
-            &s(&d.path().join("p.zarr")),
-        ]),
+        tessera(&io_args("pyramid", &address, &d.path().join("p.zarr"), &[])),
         &["HDF5 filter 32123", "/x", "HDF5_PLUGIN_PATH"],
     );
     // Nothing was finished, so nothing is left to resume (a resume would fail the same way).
@@ -121,41 +107,26 @@ with h5py.File(sys.argv[1], "w") as f:
 #[test]
 fn a_failed_run_that_left_a_partial_says_how_to_go_on() {
     let d = tempfile::tempdir().unwrap();
-    write_stack(
-        &d.path().join("slices"),
-        "s",
-        &(0..8).collect::<Vec<_>>(),
-        &[32, 32],
-        DType::U16,
-        7,
-    );
+    write_slices(&d.path().join("slices"), "s", 8, &[32, 32], DType::U16, 7);
     let store = s(&d.path().join("in.zarr"));
-    ok(tessera(&[
+    ok(tessera(&io_args(
         "convert",
-        "--input",
-        &s(&d.path().join("slices")),
-        "--output",
+        &d.path().join("slices"),
         &store,
-        "--chunks",
-        "2,8,8",
-    ]));
+        &["--chunks", "2,8,8"],
+    )));
     // The last chunk: the units before it finish (small units), so there is something to
     // resume once the input is mended.
     std::fs::write(Path::new(&store).join("c/3/3/3"), b"garbage").unwrap();
     let out = d.path().join("pyr.zarr");
     let stderr = fails_with(
         tessera_env(
-            &[
+            &io_args(
                 "pyramid",
-                "--input",
                 &store,
-                "--output",
-                &s(&out),
-                "--levels",
-                "1",
-                "--chunks",
-                "2,8,8",
-            ],
+                &out,
+                &["--levels", "1", "--chunks", "2,8,8"],
+            ),
             &[("TESSERA_UNIT_BYTES", "1")],
         ),
         &[
@@ -174,7 +145,7 @@ fn a_failed_run_that_left_a_partial_says_how_to_go_on() {
     std::fs::write(Path::new(&store).join("c/0/0/0"), b"garbage").unwrap();
     let first = d.path().join("first.zarr");
     let stderr = fails_with(
-        tessera(&["pyramid", "--input", &store, "--output", &s(&first)]),
+        tessera(&io_args("pyramid", &store, &first, &[])),
         &["chunk c/0/0/0"],
     );
     assert!(!stderr.contains(".partial"), "{stderr}");
@@ -182,13 +153,12 @@ fn a_failed_run_that_left_a_partial_says_how_to_go_on() {
     assert!(!Path::new(&format!("{}.journal", s(&first))).exists());
     // A run that fails before staging anything says nothing of .partial.
     let stderr = fails_with(
-        tessera(&[
+        tessera(&io_args(
             "pyramid",
-            "--input",
-            &s(&d.path().join("missing.zarr")),
-            "--output",
-            &s(&d.path().join("other.zarr")),
-        ]),
+            &d.path().join("missing.zarr"),
+            &d.path().join("other.zarr"),
+            &[],
+        )),
         &["missing.zarr", "does not exist"],
     );
     assert!(!stderr.contains(".partial"), "{stderr}");
@@ -209,14 +179,7 @@ fn impossible_dates_in_hdr_names_say_so() {
         pixel.save(input.join(name)).unwrap();
     }
     let response = d.path().join("r.npz");
-    let out = tessera(&[
-        "hdr",
-        "calibrate",
-        "--input",
-        &s(&input),
-        "--response",
-        &s(&response),
-    ]);
+    let out = tessera(&calibrate_args(&input, &response, &[]));
     let stderr = fails_with(out, &["no bracket", "3 names with impossible dates"]);
     for (name, why) in [
         ("20231301120000_1000.png", "there is no month 13"),
@@ -267,13 +230,7 @@ fn a_container_of_the_wrong_kind_says_what_it_found() {
         fails_with(tessera(&["info", address]), &[address.as_str(), says]);
         // Every command opens inputs the same way.
         fails_with(
-            tessera(&[
-                "pyramid",
-                "--input",
-                address,
-                "--output",
-                &s(&d.path().join("p.zarr")),
-            ]),
+            tessera(&io_args("pyramid", address, &d.path().join("p.zarr"), &[])),
             &[says],
         );
     }

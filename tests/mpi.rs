@@ -60,41 +60,28 @@ fn two_nodes_name_their_hosts_in_reports_and_locks() {
     let d = tempfile::tempdir().unwrap();
     let input = d.path().join("v.npy");
     ndarray_npy::write_npy(&input, &ndarray::Array4::<f32>::zeros((2, 1, 24, 20))).unwrap();
-    let unstitch = |nodes: Nodes, out: &std::path::Path| {
-        let args = [
-            "quilt",
-            "unstitch",
-            "--input",
-            &s(&input),
-            "--output",
-            &s(out),
-            "--window",
-            "8,8",
-            "--step",
-            "4,4",
-            "--patches-per-chunk",
-            "4",
-        ];
-        mpi_command_on(nodes, 4, &args, &[("TESSERA_UNIT_BYTES", "2000")])
-            .env_remove("RAYON_NUM_THREADS")
-            .output()
-            .unwrap()
-    };
-    let single = d.path().join("single.zarr");
-    ok(tessera(&[
-        "quilt",
-        "unstitch",
-        "--input",
-        &s(&input),
-        "--output",
-        &s(&single),
+    let geometry = [
         "--window",
         "8,8",
         "--step",
         "4,4",
         "--patches-per-chunk",
         "4",
-    ]));
+    ];
+    let unstitch = |nodes: Nodes, out: &std::path::Path| {
+        let args = io_args("quilt unstitch", &input, out, &geometry);
+        mpi_command_on(nodes, 4, &args, &[("TESSERA_UNIT_BYTES", "2000")])
+            .env_remove("RAYON_NUM_THREADS")
+            .output()
+            .unwrap()
+    };
+    let single = d.path().join("single.zarr");
+    ok(tessera(&io_args(
+        "quilt unstitch",
+        &input,
+        &single,
+        &geometry,
+    )));
     let out = d.path().join("two.zarr");
     ok(unstitch(Nodes::Two, &out));
     assert_same_tree(&single, &out);
@@ -153,19 +140,9 @@ fn two_nodes_name_their_hosts_in_reports_and_locks() {
 
 #[test]
 fn convert_writes_identical_chunks_on_1_2_and_4_ranks() {
-    if mpirun().is_none() {
-        return;
-    }
-    let d = tempfile::tempdir().unwrap();
+    let Some(d) = mpi_tempdir() else { return };
     let input = d.path().join("in");
-    let slices = write_stack(
-        &input,
-        "vol",
-        &(0..23).collect::<Vec<_>>(),
-        &[20, 24],
-        DType::U16,
-        21,
-    );
+    let slices = write_slices(&input, "vol", 23, &[20, 24], DType::U16, 21);
     let reference = reference_stack(&slices, 0);
     let env = [("TESSERA_UNIT_BYTES", "2000")]; // 2 chunks of 2 slices per unit: 6 units
     let layouts: [&[&str]; 3] = [
@@ -177,25 +154,13 @@ fn convert_writes_identical_chunks_on_1_2_and_4_ranks() {
     ];
     for (l, layout) in layouts.iter().enumerate() {
         let single = d.path().join(format!("l{l}-local.zarr"));
-        let mut args = vec![
-            "convert",
-            "--input",
-            input.to_str().unwrap(),
-            "--output",
-            single.to_str().unwrap(),
-        ];
+        let mut args = io_args("convert", &input, &single, &[]);
         args.extend_from_slice(layout);
         ok(tessera_env(&args, &env));
         assert_eq!(read_all(&s(&single)), reference);
         for (ranks, nodes) in placements(&[1, 2, 4]) {
             let out = d.path().join(format!("l{l}-{ranks}-{nodes:?}.zarr"));
-            let mut args = vec![
-                "convert",
-                "--input",
-                input.to_str().unwrap(),
-                "--output",
-                out.to_str().unwrap(),
-            ];
+            let mut args = io_args("convert", &input, &out, &[]);
             args.extend_from_slice(layout);
             let log = ok(tessera_mpi_on(nodes, ranks, &args, &env));
             assert!(log.contains(&format!("on {ranks} rank")), "{log}");
@@ -204,14 +169,11 @@ fn convert_writes_identical_chunks_on_1_2_and_4_ranks() {
     }
     // .npy: several ranks fill one memory-mapped file.
     let single = d.path().join("local.npy");
-    ok(tessera_env(
-        &["convert", "--input", &s(&input), "--output", &s(&single)],
-        &env,
-    ));
+    ok(tessera_env(&io_args("convert", &input, &single, &[]), &env));
     let four = d.path().join("four.npy");
     ok(tessera_mpi(
         4,
-        &["convert", "--input", &s(&input), "--output", &s(&four)],
+        &io_args("convert", &input, &four, &[]),
         &env,
     ));
     assert_eq!(
@@ -223,38 +185,28 @@ fn convert_writes_identical_chunks_on_1_2_and_4_ranks() {
 #[cfg(feature = "hdf5")]
 #[test]
 fn parallel_hdf5_reads_back_identical_to_one_process() {
-    if mpirun().is_none() {
-        return;
-    }
-    let d = tempfile::tempdir().unwrap();
+    let Some(d) = mpi_tempdir() else { return };
     let input = d.path().join("in");
-    let slices = write_stack(
-        &input,
-        "vol",
-        &(0..9).collect::<Vec<_>>(),
-        &[3, 10, 6],
-        DType::U8,
-        22,
-    );
+    let slices = write_slices(&input, "vol", 9, &[3, 10, 6], DType::U8, 22);
     let reference = reference_stack(&slices, 1); // CZYX
     let env = [("TESSERA_UNIT_BYTES", "200")];
     for (ranks, codec) in [(1, "gzip"), (2, "none"), (4, "gzip")] {
         let out = format!("{}:/scan/data", s(&d.path().join(format!("o{ranks}.h5"))));
         ok(tessera_mpi(
             ranks,
-            &[
+            &io_args(
                 "convert",
-                "--input",
-                &s(&input),
-                "--output",
+                &input,
                 &out,
-                "--axis-order",
-                "CZYX",
-                "--codec",
-                codec,
-                "--chunks",
-                "1,2,5,6",
-            ],
+                &[
+                    "--axis-order",
+                    "CZYX",
+                    "--codec",
+                    codec,
+                    "--chunks",
+                    "1,2,5,6",
+                ],
+            ),
             &env,
         ));
         assert_eq!(read_all(&out), reference, "{ranks} ranks");
@@ -266,78 +218,37 @@ fn parallel_hdf5_reads_back_identical_to_one_process() {
 
 #[test]
 fn a_killed_job_resumes_on_another_rank_count_to_identical_bytes() {
-    if mpirun().is_none() {
-        return;
-    }
-    let d = tempfile::tempdir().unwrap();
+    let Some(d) = mpi_tempdir() else { return };
     let input = d.path().join("in");
-    write_stack(
-        &input,
-        "vol",
-        &(0..16).collect::<Vec<_>>(),
-        &[16, 16],
-        DType::U16,
-        23,
-    );
+    write_slices(&input, "vol", 16, &[16, 16], DType::U16, 23);
     let env = [("TESSERA_UNIT_BYTES", "1024")]; // 8 units
     let clean = d.path().join("clean.zarr");
     ok(tessera_env(
-        &[
-            "convert",
-            "--input",
-            &s(&input),
-            "--output",
-            &s(&clean),
-            "--chunks",
-            "2,16,16",
-        ],
+        &io_args("convert", &input, &clean, &["--chunks", "2,16,16"]),
         &env,
     ));
     let out = d.path().join("o.zarr");
-    let args = [
-        "convert",
-        "--input",
-        &s(&input),
-        "--output",
-        &s(&out),
-        "--chunks",
-        "2,16,16",
-    ];
+    let args = io_args("convert", &input, &out, &["--chunks", "2,16,16"]);
     let killed = tessera_mpi(2, &args, &[env[0], ("TESSERA_ABORT_AFTER_UNITS", "2")]);
     assert!(!killed.status.success(), "{}", text(&killed));
     assert!(!out.exists());
-    let mut resume = args.to_vec();
-    resume.push("--resume");
+    let resume = resumed(&args);
     ok(tessera_mpi(4, &resume, &env));
     assert_same_tree(&clean, &out);
 }
 
 #[test]
 fn a_plan_error_every_rank_finds_is_printed_once() {
-    if mpirun().is_none() {
-        return;
-    }
-    let d = tempfile::tempdir().unwrap();
+    let Some(d) = mpi_tempdir() else { return };
     let input = d.path().join("in");
-    write_stack(
-        &input,
-        "vol",
-        &(0..8).collect::<Vec<_>>(),
-        &[32, 32],
-        DType::U16,
-        24,
-    );
+    write_slices(&input, "vol", 8, &[32, 32], DType::U16, 24);
     // Cutting the end of a TIFF cuts its directory: the header probe fails, before any output.
     let victim = input.join("vol_007.tif");
     let bytes = std::fs::read(&victim).unwrap();
     std::fs::write(&victim, &bytes[..bytes.len() - 64]).unwrap();
     let out = d.path().join("o.zarr");
     let stderr = fails_with(
-        tessera_mpi(
-            4,
-            &["convert", "--input", &s(&input), "--output", &s(&out)],
-            &[],
-        ),
+        tessera_mpi(4, &io_args("convert", &input, &out, &[]), &[]),
         &["vol_007.tif"],
     );
     assert!(
@@ -349,10 +260,7 @@ fn a_plan_error_every_rank_finds_is_printed_once() {
 
 #[test]
 fn a_failure_on_one_rank_mid_run_stops_every_rank_with_one_error() {
-    if mpirun().is_none() {
-        return;
-    }
-    let d = tempfile::tempdir().unwrap();
+    let Some(d) = mpi_tempdir() else { return };
     let input = d.path().join("in");
     // Values fit in uint8 except in the last slice, which only the last rank reads.
     for k in 0..8u16 {
@@ -367,15 +275,7 @@ fn a_failure_on_one_rank_mid_run_stops_every_rank_with_one_error() {
     let out = d.path().join("o.zarr");
     let res = tessera_mpi(
         4,
-        &[
-            "convert",
-            "--input",
-            &s(&input),
-            "--output",
-            &s(&out),
-            "--dtype",
-            "u8",
-        ],
+        &io_args("convert", &input, &out, &["--dtype", "u8"]),
         &[("TESSERA_UNIT_BYTES", "1024")],
     );
     let stderr = fails_with(res, &["(rank 3)", "vol_007.tif", "300", "uint8"]);
@@ -394,10 +294,7 @@ fn input_dir(p: &std::path::Path) -> &std::path::Path {
 
 #[test]
 fn quilt_unstitch_and_stitch_are_identical_on_1_2_and_4_ranks() {
-    if mpirun().is_none() {
-        return;
-    }
-    let d = tempfile::tempdir().unwrap();
+    let Some(d) = mpi_tempdir() else { return };
     let mut rng = Rng::new(41);
     let img = ndarray::ArrayD::from_shape_fn(ndarray::IxDyn(&[2, 2, 30, 26, 21]), |_| {
         rng.below(1000) as f32 / 333.0
@@ -414,16 +311,7 @@ fn quilt_unstitch_and_stitch_are_identical_on_1_2_and_4_ranks() {
     for (ranks, nodes) in placements(&[1, 2, 4]) {
         let name = |what: &str, ext: &str| d.path().join(format!("{what}{ranks}{nodes:?}.{ext}"));
         let p = name("p", "zarr");
-        let mut args = vec![
-            "quilt",
-            "unstitch",
-            "--input",
-            input.to_str().unwrap(),
-            "--output",
-            p.to_str().unwrap(),
-            "--patches-per-chunk",
-            "7",
-        ];
+        let mut args = io_args("quilt unstitch", &input, &p, &["--patches-per-chunk", "7"]);
         args.extend(geometry);
         ok(tessera_mpi_on(nodes, ranks, &args, &env));
         let out = name("s", "npy");
@@ -431,20 +319,19 @@ fn quilt_unstitch_and_stitch_are_identical_on_1_2_and_4_ranks() {
         ok(tessera_mpi_on(
             nodes,
             ranks,
-            &[
-                "quilt",
-                "stitch",
-                "--input",
-                &s(&p),
-                "--output",
-                &s(&out),
-                "--weights",
-                &s(&w),
-                "--memory-limit",
-                "1M",
-                "--chunks",
-                "1,1,2,26,21",
-            ],
+            &io_args(
+                "quilt stitch",
+                &p,
+                &out,
+                &[
+                    "--weights",
+                    &s(&w),
+                    "--memory-limit",
+                    "1M",
+                    "--chunks",
+                    "1,1,2,26,21",
+                ],
+            ),
             &env,
         ));
         let now = (
@@ -483,10 +370,7 @@ fn quilt_unstitch_and_stitch_are_identical_on_1_2_and_4_ranks() {
 /// it (the report's bytes read, printed).
 #[test]
 fn quilt_stitch_of_f64_patches_is_identical_on_1_2_and_4_ranks_reading_windows_once() {
-    if mpirun().is_none() {
-        return;
-    }
-    let d = tempfile::tempdir().unwrap();
+    let Some(d) = mpi_tempdir() else { return };
     let mut rng = Rng::new(43);
     let img = ndarray::ArrayD::from_shape_fn(ndarray::IxDyn(&[1, 1, 40, 20, 18]), |_| {
         rng.below(1 << 40) as f64 / 1e9 - 500.0
@@ -494,35 +378,20 @@ fn quilt_stitch_of_f64_patches_is_identical_on_1_2_and_4_ranks_reading_windows_o
     let input = d.path().join("v.npy");
     ndarray_npy::write_npy(&input, &img).unwrap();
     let p = d.path().join("p.zarr");
-    ok(tessera(&[
-        "quilt",
-        "unstitch",
-        "--input",
-        &s(&input),
-        "--output",
-        &s(&p),
-        "--window",
-        "8,6,6",
-        "--step",
-        "4,3,3",
-        "--blend",
-        "gaussian",
-    ]));
+    ok(tessera(&io_args(
+        "quilt unstitch",
+        &input,
+        &p,
+        &[
+            "--window", "8,6,6", "--step", "4,3,3", "--blend", "gaussian",
+        ],
+    )));
     // 9 x 6 x 5 windows of 8 x 6 x 6 f64.
     let patch_bytes: u64 = 9 * 6 * 5 * 8 * 6 * 6 * 8;
     // Chunks of 2 rows: bands of 8 rows, 5 of them, one per unit.
     let env = [("TESSERA_UNIT_BYTES", "1")];
     let stitch = |ranks: usize, out: &str, extra: &[&str], env: &[(&str, &str)]| {
-        let mut args = vec![
-            "quilt",
-            "stitch",
-            "--input",
-            p.to_str().unwrap(),
-            "--output",
-            out,
-            "--chunks",
-            "1,1,2,20,18",
-        ];
+        let mut args = io_args("quilt stitch", &p, out, &["--chunks", "1,1,2,20,18"]);
         args.extend(extra);
         tessera_mpi(ranks, &args, env)
     };
@@ -573,10 +442,7 @@ fn quilt_stitch_of_f64_patches_is_identical_on_1_2_and_4_ranks_reading_windows_o
 
 #[test]
 fn pyramids_are_identical_on_1_2_and_4_ranks() {
-    if mpirun().is_none() {
-        return;
-    }
-    let d = tempfile::tempdir().unwrap();
+    let Some(d) = mpi_tempdir() else { return };
     let mut rng = Rng::new(43);
     let vol = ndarray::ArrayD::from_shape_fn(ndarray::IxDyn(&[2, 19, 22, 17]), |_| {
         rng.below(60000) as u16
@@ -598,19 +464,12 @@ fn pyramids_are_identical_on_1_2_and_4_ranks() {
             ok(tessera_mpi_on(
                 nodes,
                 ranks,
-                &[
+                &io_args(
                     "pyramid",
-                    "--input",
-                    &s(&input),
-                    "--output",
-                    &s(&out),
-                    "--axes",
-                    "czyx",
-                    "--chunks",
-                    "1,4,4,4",
-                    "--method",
-                    method,
-                ],
+                    &input,
+                    &out,
+                    &["--axes", "czyx", "--chunks", "1,4,4,4", "--method", method],
+                ),
                 &env,
             ));
             if ranks > 1 {
@@ -623,10 +482,7 @@ fn pyramids_are_identical_on_1_2_and_4_ranks() {
 
 #[test]
 fn crops_are_identical_on_1_2_and_4_ranks() {
-    if mpirun().is_none() {
-        return;
-    }
-    let d = tempfile::tempdir().unwrap();
+    let Some(d) = mpi_tempdir() else { return };
     let mut first: Option<Vec<Vec<u8>>> = None;
     for (ranks, nodes) in placements(&[1, 2, 4]) {
         let dir = d.path().join(format!("r{ranks}{nodes:?}"));
@@ -635,18 +491,7 @@ fn crops_are_identical_on_1_2_and_4_ranks() {
         ok(tessera_mpi_on(
             nodes,
             ranks,
-            &[
-                "crop",
-                "--test-mode",
-                "--test-patterns",
-                "37",
-                "--test-size",
-                "64",
-                "--output",
-                &s(&out),
-                "--chunk-size",
-                "5",
-            ],
+            &crop_test_args("37", "64", &out, &["--chunk-size", "5"]),
             &[],
         ));
         let files: Vec<Vec<u8>> = ["c.npy", "c_radii.npy", "c_centers.npy", "c_retention.npy"]
@@ -666,10 +511,7 @@ fn crops_are_identical_on_1_2_and_4_ranks() {
 
 #[test]
 fn the_scaling_bench_writes_its_table_and_plot() {
-    if mpirun().is_none() {
-        return;
-    }
-    let d = tempfile::tempdir().unwrap();
+    let Some(d) = mpi_tempdir() else { return };
     let dir = d.path().join("scaling");
     let out = ok(tessera(&[
         "bench",
@@ -710,10 +552,7 @@ fn the_scaling_bench_writes_its_table_and_plot() {
 
 #[test]
 fn the_scaling_bench_stitches_patches_made_once_per_size() {
-    if mpirun().is_none() {
-        return;
-    }
-    let d = tempfile::tempdir().unwrap();
+    let Some(d) = mpi_tempdir() else { return };
     let dir = d.path().join("scaling");
     ok(tessera(&[
         "bench",
@@ -755,10 +594,7 @@ fn the_scaling_bench_stitches_patches_made_once_per_size() {
 
 #[test]
 fn every_log_line_of_a_multi_rank_run_names_its_rank() {
-    if mpirun().is_none() {
-        return;
-    }
-    let d = tempfile::tempdir().unwrap();
+    let Some(d) = mpi_tempdir() else { return };
     let vol = ndarray::ArrayD::from_shape_fn(ndarray::IxDyn(&[16, 16, 16]), |i| {
         (i[0] * 256 + i[1] * 16 + i[2]) as u16
     });
@@ -813,14 +649,7 @@ fn every_log_line_of_a_multi_rank_run_names_its_rank() {
 /// tests: big enough that the default unit sizing cuts many units.
 fn sixteen_mib_stack(dir: &std::path::Path) -> std::path::PathBuf {
     let input = dir.join("in");
-    write_stack(
-        &input,
-        "vol",
-        &(0..256).collect::<Vec<_>>(),
-        &[256, 128],
-        DType::U16,
-        31,
-    );
+    write_slices(&input, "vol", 256, &[256, 128], DType::U16, 31);
     input
 }
 
@@ -837,26 +666,19 @@ fn units_per_rank(plan: &str) -> Vec<usize> {
 
 #[test]
 fn every_rank_gets_several_units_of_data_smaller_than_a_unit_per_rank() {
-    if mpirun().is_none() {
-        return;
-    }
-    let d = tempfile::tempdir().unwrap();
+    let Some(d) = mpi_tempdir() else { return };
     let input = sixteen_mib_stack(d.path());
     let out = d.path().join("o.zarr");
     // 16 MiB on 4 ranks: the old 64 MiB units gave rank 0 everything. No TESSERA_UNIT_BYTES:
     // the default sizing is what is tested.
     let plan = ok(tessera_mpi(
         4,
-        &[
+        &io_args(
             "convert",
-            "--input",
-            &s(&input),
-            "--output",
-            &s(&out),
-            "--chunks",
-            "1,256,128",
-            "--dry-run",
-        ],
+            &input,
+            &out,
+            &["--chunks", "1,256,128", "--dry-run"],
+        ),
         &[],
     ));
     let per_rank = units_per_rank(&plan);
@@ -864,16 +686,12 @@ fn every_rank_gets_several_units_of_data_smaller_than_a_unit_per_rank() {
     assert!(per_rank.iter().all(|&n| n >= 4), "{per_rank:?}\n{plan}");
     // The units do not depend on the rank count (the journal's unit ids must mean the same
     // on resume): 1 rank plans the same total.
-    let one = ok(tessera(&[
+    let one = ok(tessera(&io_args(
         "convert",
-        "--input",
-        &s(&input),
-        "--output",
-        &s(&out),
-        "--chunks",
-        "1,256,128",
-        "--dry-run",
-    ]));
+        &input,
+        &out,
+        &["--chunks", "1,256,128", "--dry-run"],
+    )));
     assert_eq!(
         units_per_rank(&one),
         vec![per_rank.iter().sum::<usize>()],
@@ -883,23 +701,12 @@ fn every_rank_gets_several_units_of_data_smaller_than_a_unit_per_rank() {
 
 #[test]
 fn a_rank_that_fails_mid_run_stops_the_others_within_a_few_units() {
-    if mpirun().is_none() {
-        return;
-    }
-    let d = tempfile::tempdir().unwrap();
+    let Some(d) = mpi_tempdir() else { return };
     let input = sixteen_mib_stack(d.path());
     let out = d.path().join("o.zarr");
     // 128 units of 2 slices, 64 per rank; unit 1 is rank 0's second.
     let env = [("TESSERA_UNIT_BYTES", "131072"), ("TESSERA_FAIL_UNIT", "1")];
-    let args = [
-        "convert",
-        "--input",
-        &s(&input),
-        "--output",
-        &s(&out),
-        "--chunks",
-        "2,256,128",
-    ];
+    let args = io_args("convert", &input, &out, &["--chunks", "2,256,128"]);
     let failed = tessera_mpi(2, &args, &env);
     let all = fails_with(failed, &["unit 1 failed on purpose"]);
     assert_eq!(
@@ -928,8 +735,7 @@ fn a_rank_that_fails_mid_run_stops_the_others_within_a_few_units() {
     let mut clean_args = args.to_vec();
     clean_args[4] = clean.to_str().unwrap();
     ok(tessera_env(&clean_args, &env[..1]));
-    let mut resume = args.to_vec();
-    resume.push("--resume");
+    let resume = resumed(&args);
     ok(tessera_mpi(2, &resume, &env[..1]));
     assert_same_tree(&clean, &out);
 }
@@ -946,10 +752,7 @@ fn pair_images(dir: &std::path::Path) -> std::path::PathBuf {
 
 #[test]
 fn pairs_metadata_and_tokens_are_identical_on_1_2_and_4_ranks_and_after_resume() {
-    if mpirun().is_none() {
-        return;
-    }
-    let d = tempfile::tempdir().unwrap();
+    let Some(d) = mpi_tempdir() else { return };
     let input = s(&pair_images(d.path()));
     let env = [("TESSERA_UNIT_BYTES", "3000")];
     let sampling = [
@@ -965,7 +768,7 @@ fn pairs_metadata_and_tokens_are_identical_on_1_2_and_4_ranks_and_after_resume()
         "0,1,2,3",
     ];
     let run_on = |nodes: Nodes, ranks: usize, out: &str, extra: &[&str], env: &[(&str, &str)]| {
-        let mut args = vec!["pairs", "--input", &input, "--output", out];
+        let mut args = io_args("pairs", &input, out, &[]);
         args.extend_from_slice(&sampling);
         args.extend_from_slice(extra);
         if ranks == 0 {
@@ -995,15 +798,7 @@ fn pairs_metadata_and_tokens_are_identical_on_1_2_and_4_ranks_and_after_resume()
     }
     let pairs = s(&d.path().join("pix-single.zarr"));
     let tokens = |ranks: usize, out: &str| {
-        let args = [
-            "tokens",
-            "--input",
-            &pairs,
-            "--output",
-            out,
-            "--token-size",
-            "4",
-        ];
+        let args = io_args("tokens", &pairs, out, &["--token-size", "4"]);
         if ranks == 0 {
             tessera_env(&args, &env)
         } else {
@@ -1027,8 +822,7 @@ fn pairs_metadata_and_tokens_are_identical_on_1_2_and_4_ranks_and_after_resume()
         &[env[0], ("TESSERA_ABORT_AFTER_UNITS", "2")],
     );
     assert!(!killed.status.success(), "{}", text(&killed));
-    let mut resume = extra.to_vec();
-    resume.push("--resume");
+    let resume = resumed(&extra);
     ok(run(4, &out, &resume, &env));
     assert_same_tree(
         &d.path().join("pix-single.zarr"),

@@ -47,8 +47,8 @@ fn a_job_read_from_a_pipe_resolves_paths_against_the_working_directory() {
     // A job file on disk still resolves against its own directory.
     let jobs = d.path().join("jobs");
     std::fs::create_dir(&jobs).unwrap();
-    std::fs::write(jobs.join("j.toml"), unstitch_job("../in.npy", "o2.zarr")).unwrap();
-    ok(tessera(&["run", &s(&jobs.join("j.toml"))]));
+    let job = unstitch_job("../in.npy", "o2.zarr");
+    ok(run_job_file(&jobs.join("j.toml"), &job));
     assert!(jobs.join("o2.zarr/zarr.json").is_file());
 }
 
@@ -59,18 +59,12 @@ fn a_value_megabytes_long_is_shortened_in_the_one_line() {
     // One argument may be at most 128 KiB (the kernel's limit); a job file has none.
     let long = "9".repeat(100_000);
     for window in [long.clone(), format!("{long},x"), format!("x{long}")] {
-        let out = tessera(&[
-            "quilt",
-            "unstitch",
-            "--input",
-            &s(&input),
-            "--output",
-            &s(&d.path().join("o.zarr")),
-            "--window",
-            &window,
-            "--step",
-            "8,8",
-        ]);
+        let out = tessera(&io_args(
+            "quilt unstitch",
+            &input,
+            &d.path().join("o.zarr"),
+            &["--window", &window, "--step", "8,8"],
+        ));
         assert!(!out.status.success());
         assert!(
             out.stderr.len() < 8000,
@@ -83,8 +77,7 @@ fn a_value_megabytes_long_is_shortened_in_the_one_line() {
     // The same from a job file, 10 MB long.
     let huge = "9".repeat(10 << 20);
     let job = d.path().join("j.toml");
-    std::fs::write(&job, unstitch_job(&huge, "o.zarr")).unwrap();
-    let out = tessera(&["run", &s(&job)]);
+    let out = run_job_file(&job, &unstitch_job(&huge, "o.zarr"));
     assert!(!out.status.success());
     assert!(
         out.stderr.len() < 8000,
@@ -97,21 +90,13 @@ fn a_value_megabytes_long_is_shortened_in_the_one_line() {
 fn an_unquoted_date_where_a_path_belongs_says_so() {
     let d = tempfile::tempdir().unwrap();
     let job = d.path().join("j.toml");
-    std::fs::write(
-        &job,
-        "[unstitch]\ninput = 2024-01-01\noutput = \"o.zarr\"\n[unstitch.geometry]\nwindow = [16, 16]\nstep = [8, 8]\n",
-    )
-    .unwrap();
+    let date = "[unstitch]\ninput = 2024-01-01\noutput = \"o.zarr\"\n[unstitch.geometry]\nwindow = [16, 16]\nstep = [8, 8]\n";
     fails_with(
-        tessera(&["run", &s(&job)]),
+        run_job_file(&job, date),
         &["j.toml", "unstitch.input", "date or time", "quotes"],
     );
-    std::fs::write(
-        &job,
-        "[run]\nreport = 07:32:00\n[unstitch]\ninput = \"in.npy\"\noutput = \"o.zarr\"\n",
-    )
-    .unwrap();
-    fails_with(tessera(&["run", &s(&job)]), &["run.report", "date or time"]);
+    let time = "[run]\nreport = 07:32:00\n[unstitch]\ninput = \"in.npy\"\noutput = \"o.zarr\"\n";
+    fails_with(run_job_file(&job, time), &["run.report", "date or time"]);
 }
 
 #[test]
@@ -120,22 +105,21 @@ fn a_bad_gpu_memory_limit_is_refused_without_a_gpu_too() {
     let input = image(d.path());
     for device in ["cpu", "auto"] {
         fails_with(
-            tessera(&[
-                "quilt",
-                "unstitch",
-                "--input",
-                &s(&input),
-                "--output",
-                &s(&d.path().join("o.zarr")),
-                "--window",
-                "16,16",
-                "--step",
-                "8,8",
-                "--device",
-                device,
-                "--gpu-memory-limit",
-                "banana",
-            ]),
+            tessera(&io_args(
+                "quilt unstitch",
+                &input,
+                &d.path().join("o.zarr"),
+                &[
+                    "--window",
+                    "16,16",
+                    "--step",
+                    "8,8",
+                    "--device",
+                    device,
+                    "--gpu-memory-limit",
+                    "banana",
+                ],
+            )),
             &["--gpu-memory-limit", "banana", "not a size"],
         );
     }
@@ -150,17 +134,12 @@ fn a_manifest_name_with_spaces_at_its_ends_is_quoted() {
     let manifest = d.path().join("m.csv");
     std::fs::write(&manifest, "path\n s0.npy\n").unwrap();
     fails_with(
-        tessera(&[
-            "patches",
-            "--manifest",
-            &s(&manifest),
-            "--data-root",
-            &s(d.path()),
-            "--output",
-            &s(&d.path().join("out")),
-            "--patch-size",
-            "16",
-        ]),
+        tessera(&manifest_args(
+            &manifest,
+            d.path(),
+            &d.path().join("out"),
+            &["--patch-size", "16"],
+        )),
         &["\" s0.npy\" (row 1)"],
     );
 }
@@ -171,18 +150,12 @@ fn a_refused_resume_does_not_also_advise_resuming() {
     let input = image(d.path());
     let out = s(&d.path().join("o.zarr"));
     let args = |step: &str, extra: &[&str]| {
-        let mut a = vec![
-            "quilt",
-            "unstitch",
-            "--input",
-            input.to_str().unwrap(),
-            "--output",
+        let mut a = io_args(
+            "quilt unstitch",
+            &input,
             &out,
-            "--window",
-            "16,16",
-            "--patches-per-chunk",
-            "4",
-        ];
+            &["--window", "16,16", "--patches-per-chunk", "4"],
+        );
         a.extend(["--step", step]);
         a.extend(extra);
         a.into_iter().map(String::from).collect::<Vec<_>>()
@@ -218,34 +191,27 @@ fn tokens_of_an_empty_pairs_group_is_one_clear_line() {
     };
     let d = tempfile::tempdir().unwrap();
     let group = d.path().join("pairs.zarr");
-    let made = Command::new(&py)
-        .args([
-            "-c",
-            "import sys, zarr, numpy as np\n\
-             g = zarr.open_group(sys.argv[1], mode='w')\n\
-             for n in ('patches1', 'patches2'):\n\
-             \x20   g.create_array(n, shape=(0, 1, 32, 32), chunks=(1, 1, 32, 32), dtype='float32')\n\
-             g.create_array('deltas', shape=(0, 2), chunks=(1, 2), dtype='float32')\n\
-             g.create_array('rotations', shape=(0,), chunks=(1,), dtype='int64')\n\
-             g.attrs.update(window=32, num_patches=0, num_channels=1, patch_shape=[32, 32])\n",
-            &s(&group),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
+    succeeds(
+        Command::new(&py)
+            .args([
+                "-c",
+                "import sys, zarr, numpy as np\n\
+                 g = zarr.open_group(sys.argv[1], mode='w')\n\
+                 for n in ('patches1', 'patches2'):\n\
+                 \x20   g.create_array(n, shape=(0, 1, 32, 32), chunks=(1, 1, 32, 32), dtype='float32')\n\
+                 g.create_array('deltas', shape=(0, 2), chunks=(1, 2), dtype='float32')\n\
+                 g.create_array('rotations', shape=(0,), chunks=(1,), dtype='int64')\n\
+                 g.attrs.update(window=32, num_patches=0, num_channels=1, patch_shape=[32, 32])\n",
+                &s(&group),
+            ]),
+        "python (making the input)",
     );
-    let out = tessera(&[
+    let out = tessera(&io_args(
         "tokens",
-        "--input",
-        &s(&group),
-        "--output",
-        &s(&d.path().join("t.zarr")),
-        "--token-size",
-        "16",
-    ]);
+        &group,
+        &d.path().join("t.zarr"),
+        &["--token-size", "16"],
+    ));
     fails_with(out, &["holds no pairs", "nothing to tokenize"]);
     assert!(!d.path().join("t.zarr").exists());
 }
@@ -258,21 +224,17 @@ fn hdf5_external_data_and_hard_links_are_named() {
     };
     let d = tempfile::tempdir().unwrap();
     let file = d.path().join("ext.h5");
-    let made = Command::new(&py)
-        .current_dir(d.path())
-        .args([
-            "-c",
-            "import h5py, numpy as np\n\
-             np.arange(2*48*48, dtype='<f4').tofile('raw.bin')\n\
-             with h5py.File('ext.h5', 'w') as f:\n\
-             \x20   f.create_dataset('x', shape=(2, 1, 48, 48), dtype='<f4', external=[('raw.bin', 0, 2*48*48*4)])\n",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
+    succeeds(
+        Command::new(&py)
+            .current_dir(d.path())
+            .args([
+                "-c",
+                "import h5py, numpy as np\n\
+                 np.arange(2*48*48, dtype='<f4').tofile('raw.bin')\n\
+                 with h5py.File('ext.h5', 'w') as f:\n\
+                 \x20   f.create_dataset('x', shape=(2, 1, 48, 48), dtype='<f4', external=[('raw.bin', 0, 2*48*48*4)])\n",
+            ]),
+        "python (making the input)",
     );
     let address = format!("{}:/x", s(&file));
     // Present (relative to the working directory, where HDF5 looks): readable.
@@ -290,34 +252,22 @@ fn hdf5_external_data_and_hard_links_are_named() {
     // An output that is a hard link of the input file is the input.
     let input = d.path().join("in.h5");
     let a = format!("{}:/a", s(&input));
-    ok(tessera(&[
-        "quilt",
-        "unstitch",
-        "--input",
-        &s(&image(d.path())),
-        "--output",
+    ok(tessera(&io_args(
+        "quilt unstitch",
+        &image(d.path()),
         &a,
-        "--window",
-        "16,16",
-        "--step",
-        "8,8",
-    ]));
+        &["--window", "16,16", "--step", "8,8"],
+    )));
     let link = d.path().join("link.h5");
     std::fs::hard_link(&input, &link).unwrap();
     let before = std::fs::read(&input).unwrap();
     fails_with(
-        tessera(&[
-            "quilt",
-            "unstitch",
-            "--input",
+        tessera(&io_args(
+            "quilt unstitch",
             &a,
-            "--output",
             &format!("{}:/b", s(&link)),
-            "--window",
-            "8,8",
-            "--step",
-            "8,8",
-        ]),
+            &["--window", "8,8", "--step", "8,8"],
+        )),
         &["same HDF5 file"],
     );
     assert_eq!(std::fs::read(&input).unwrap(), before);

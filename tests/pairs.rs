@@ -11,7 +11,7 @@ use std::process::Command;
 
 use common::*;
 use ndarray::{ArrayD, Dimension, IxDyn};
-use tessera::io::{self, Address, Block, Codec, CreateSpec, DType};
+use tessera::io::{Address, Block, DType};
 use tessera::ops::pairs::sampler::{Pair, Sampler, SamplerSpec};
 
 /// Images whose every value says where it is: distinct per (image, channel, position).
@@ -154,7 +154,7 @@ fn brute_overlaps(img: &ArrayD<f32>, pairs: &[Pair], window: &[u64]) -> (Vec<i64
 }
 
 fn pairs_args<'a>(input: &'a str, output: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec!["pairs", "--input", input, "--output", output];
+    let mut args = io_args("pairs", input, output, &[]);
     args.extend_from_slice(extra);
     args
 }
@@ -499,17 +499,12 @@ fn tokens_hold_each_patch_s_windows_and_their_overlaps() {
     ];
     ok(tessera(&pairs_args(&s(&input), &s(&pairs_out), &extra)));
     ok(tessera_env(
-        &[
+        &io_args(
             "tokens",
-            "--input",
-            &s(&pairs_out),
-            "--output",
-            &s(&tokens_out),
-            "--token-size",
-            "5",
-            "--token-stride",
-            "4",
-        ],
+            &pairs_out,
+            &tokens_out,
+            &["--token-size", "5", "--token-stride", "4"],
+        ),
         &[("TESSERA_UNIT_BYTES", "5000")],
     ));
     let (p, t) = (s(&pairs_out), s(&tokens_out));
@@ -699,7 +694,7 @@ fn every_bad_input_is_one_clear_error_and_writes_nothing() {
     let good = d.path().join("good.zarr");
     ok(tessera(&pairs_args(&i, &s(&good), &base)));
     let tokens = |input: &str, extra: &[&str]| {
-        let mut a = vec!["tokens", "--input", input, "--output", &o];
+        let mut a = io_args("tokens", input, &o, &[]);
         a.extend_from_slice(extra);
         tessera(&a)
     };
@@ -727,28 +722,11 @@ fn every_bad_input_is_one_clear_error_and_writes_nothing() {
     copy_dir(&good, &short);
     std::fs::remove_dir_all(short.join("deltas")).unwrap();
     let a = ArrayD::<f32>::zeros(IxDyn(&[5, 2]));
-    let spec = CreateSpec {
-        flat_chunk_keys: false,
-        shape: vec![5, 2],
-        dtype: DType::F32,
-        chunks: vec![5, 2],
-        shards: None,
-        codec: Codec::None,
-        dimension_names: None,
-        attributes: serde_json::Map::new(),
-    };
-    let w = io::create(
+    // Left open (not closed) until the end of the test.
+    let _deltas = write_one_chunk(
         &Address::parse(&format!("{}/deltas", s(&short))).unwrap(),
-        &spec,
-        &tessera::comm::Local,
-        false,
-    )
-    .unwrap();
-    w.write_box(Some((
-        &tessera::grid::Region::whole(&[5, 2]),
         &Block::F32(a),
-    )))
-    .unwrap();
+    );
     fails_with(
         tokens(&s(&short), &["--token-size", "8"]),
         &["deltas and rotations", "(32, 2)", "[5, 2]"],
@@ -806,8 +784,7 @@ fn an_interrupted_run_resumes_to_the_same_bytes() {
     assert!(!killed.status.success(), "{}", text(&killed));
     assert!(!out.exists());
     let (input, out_s) = (s(&input), s(&out));
-    let mut resume = pairs_args(&input, &out_s, &extra);
-    resume.push("--resume");
+    let resume = resumed(&pairs_args(&input, &out_s, &extra));
     ok(tessera_env(&resume, &env));
     assert_same_tree(&clean, &out);
 }
@@ -860,29 +837,21 @@ fn zarr_python_reads_pairs_like_zarr_patch_pair_dataset_and_tokens_with_numpy() 
         "--include-n",
     ];
     ok(tessera(&pairs_args(&s(&input), &s(&pairs_out), &extra)));
-    ok(tessera(&[
+    ok(tessera(&io_args(
         "tokens",
-        "--input",
-        &s(&pairs_out),
-        "--output",
-        &s(&tokens_out),
-        "--token-size",
-        "6",
-    ]));
+        &pairs_out,
+        &tokens_out,
+        &["--token-size", "6"],
+    )));
     let script = d.path().join("check.py");
     std::fs::write(&script, DATASET).unwrap();
-    let out = Command::new(python())
-        .arg(&script)
-        .arg(&pairs_out)
-        .arg(&tokens_out)
-        .arg(&input)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let out = succeeds(
+        Command::new(python())
+            .arg(&script)
+            .arg(&pairs_out)
+            .arg(&tokens_out)
+            .arg(&input),
+        "python check",
     );
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("ok (21, 3, 12, 12)"));
 }
@@ -956,24 +925,11 @@ fn select_and_extract_refuse_tables_that_do_not_fit() {
 /// `tessera` under an address-space limit of `bytes` (so that the memory the plan may take is
 /// the same on every machine).
 fn tessera_within(bytes: u64, args: &[&str]) -> std::process::Output {
-    use std::os::unix::process::CommandExt;
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tessera"));
     cmd.args(args)
         .env("TESSERA_MPI", "0")
         .env_remove("RUST_LOG");
-    // SAFETY: setrlimit is async-signal-safe and touches only the child's own limits.
-    unsafe {
-        cmd.pre_exec(move || {
-            let limit = libc::rlimit {
-                rlim_cur: bytes,
-                rlim_max: bytes,
-            };
-            if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    limit_address_space(&mut cmd, bytes);
     cmd.output().expect("run tessera")
 }
 
@@ -987,19 +943,19 @@ fn two_to_the_forty_pairs_per_image_are_refused_while_planning_and_nothing_is_wr
     write_npy(&input, &Block::F32(images(&[4, 1, 64, 64])));
     let run = |output: &str, extra: &[&str]| {
         let out = d.path().join(output);
-        let mut args = vec![
+        let mut args = io_args(
             "pairs",
-            "--input",
-            input.to_str().unwrap(),
-            "--output",
-            out.to_str().unwrap(),
-            "--window",
-            "8,8",
-            "--delta-range",
-            "2,4",
-            "--pairs-per-image",
-            "1099511627776",
-        ];
+            &input,
+            &out,
+            &[
+                "--window",
+                "8,8",
+                "--delta-range",
+                "2,4",
+                "--pairs-per-image",
+                "1099511627776",
+            ],
+        );
         args.extend_from_slice(extra);
         // 8 GiB of address space: more than any valid run here needs, less than the plan's
         // 67108864 units of pairs (12 GiB at most while planning).

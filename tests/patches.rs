@@ -226,15 +226,7 @@ fn the_notebooks_examples() {
         ],
     );
     let out = d.path().join("patches/train");
-    ok(tessera(&[
-        "patches",
-        "--manifest",
-        &s(&manifest),
-        "--data-root",
-        &s(d.path()),
-        "--output",
-        &s(&out),
-    ]));
+    ok(tessera(&manifest_args(&manifest, d.path(), &out, &[])));
     let rows = read_csv(&out.join("patch_manifest.csv"));
     let count = |slice: &str| rows[1..].iter().filter(|r| r[1] == slice).count();
     assert_eq!((count("0"), count("1"), count("2")), (49, 42, 16));
@@ -471,19 +463,12 @@ fn volumes_image_stacks_and_other_dtypes() {
     std::fs::create_dir_all(d.path().join("data")).unwrap();
     ndarray_npy::write_npy(d.path().join("data/vol.npy"), &vol).unwrap();
     let out = d.path().join("vol-out");
-    ok(tessera(&[
+    ok(tessera(&io_args(
         "patches",
-        "--input",
-        &s(&d.path().join("data/vol.npy")),
-        "--output",
-        &s(&out),
-        "--patch-size",
-        "16",
-        "--stride",
-        "4",
-        "--split-name",
-        "ct",
-    ]));
+        &d.path().join("data/vol.npy"),
+        &out,
+        &["--patch-size", "16", "--stride", "4", "--split-name", "ct"],
+    )));
     let slices: Vec<Array2<f32>> = vol.outer_iter().map(|s| s.mapv(|v| v as f32)).collect();
     let patches = reference("ct", &slices, 16, 4, f64::NEG_INFINITY);
     let place = |_: usize, p: &RefPatch| format!("../vol-out/{}.npy", p.id);
@@ -512,26 +497,14 @@ fn volumes_image_stacks_and_other_dtypes() {
 
     // A directory of TIFFs, read as convert reads a stack.
     let stack = d.path().join("data/stack");
-    let slices = write_stack(
-        &stack,
-        "ct",
-        &[0, 1, 2],
-        &[18, 18],
-        tessera::io::DType::I16,
-        3,
-    );
+    let slices = write_slices(&stack, "ct", 3, &[18, 18], tessera::io::DType::I16, 3);
     let out = d.path().join("data/stack-out");
-    ok(tessera(&[
+    ok(tessera(&io_args(
         "patches",
-        "--input",
-        &s(&stack),
-        "--output",
-        &s(&out),
-        "--patch-size",
-        "16",
-        "--stride",
-        "2",
-    ]));
+        &stack,
+        &out,
+        &["--patch-size", "16", "--stride", "2"],
+    )));
     let floats: Vec<Array2<f32>> = slices
         .into_iter()
         .map(|b| {
@@ -964,8 +937,7 @@ fn a_killed_run_resumes_to_the_same_bytes() {
         assert!(!killed.status.success(), "{}", text(&killed));
         assert!(!out.exists());
         fails_with(tessera_env(&run, &env), &["interrupted run", "--resume"]);
-        let mut resume = run.clone();
-        resume.push("--resume");
+        let resume = resumed(&run);
         let log = ok(tessera_env(&resume, &env));
         assert!(log.contains("wrote"), "{log}");
         assert_same_outputs(&clean, &out);
@@ -978,10 +950,7 @@ fn a_killed_run_resumes_to_the_same_bytes() {
 #[cfg(feature = "mpi")]
 #[test]
 fn outputs_are_identical_on_1_2_and_4_ranks() {
-    if mpirun().is_none() {
-        return;
-    }
-    let d = tempfile::tempdir().unwrap();
+    let Some(d) = mpi_tempdir() else { return };
     let (train, _) = random_dataset(&d.path().join("a"), 11, 21);
     let (val, _) = random_dataset(&d.path().join("b"), 6, 22);
     let env = [("TESSERA_UNIT_BYTES", "3000")];
@@ -1053,8 +1022,7 @@ fn outputs_are_identical_on_1_2_and_4_ranks() {
     std::fs::remove_file(d.path().join("out.report.json")).unwrap();
     let killed = tessera_mpi(2, &a, &[env[0], ("TESSERA_ABORT_AFTER_UNITS", "2")]);
     assert!(!killed.status.success());
-    let mut resume = a.to_vec();
-    resume.push("--resume");
+    let resume = resumed(&a);
     ok(tessera_mpi(4, &resume, &env));
     assert_same_outputs(&clean, &out);
 }
@@ -1120,14 +1088,9 @@ fn python_reads_the_outputs_as_the_notebook_does() {
             &s(&out),
             &["--format", format, "--min-std", "0.2"],
         )));
-        let res = Command::new(&python)
-            .args(["-c", NOTEBOOK_CHECK, &s(&out), &s(root)])
-            .output()
-            .unwrap();
-        assert!(
-            res.status.success(),
-            "python check ({format}):\n{}",
-            text(&res)
+        let res = succeeds(
+            Command::new(&python).args(["-c", NOTEBOOK_CHECK, &s(&out), &s(root)]),
+            &format!("python check ({format})"),
         );
         assert!(String::from_utf8_lossy(&res.stdout).contains("Unit tests passed"));
     }

@@ -115,6 +115,20 @@ fn group_attrs(store: &std::path::Path) -> Value {
     j["attributes"].clone()
 }
 
+/// `tessera pyramid` of `input` to `out` with `flags`, in units of `unit` bytes.
+#[track_caller]
+fn pyramid_in_units(
+    input: &(impl AsRef<std::path::Path> + ?Sized),
+    out: &(impl AsRef<std::path::Path> + ?Sized),
+    flags: &[&str],
+    unit: &str,
+) {
+    ok(tessera_env(
+        &io_args("pyramid", input, out, flags),
+        &[("TESSERA_UNIT_BYTES", unit)],
+    ));
+}
+
 #[test]
 fn hand_checked_2d_levels_and_ome_metadata() {
     let dir = tempfile::tempdir().unwrap();
@@ -126,19 +140,19 @@ fn hand_checked_2d_levels_and_ome_metadata() {
     .unwrap();
     write_npy(&input, &a).unwrap();
     let out = dir.path().join("p.zarr");
-    ok(tessera(&[
+    ok(tessera(&io_args(
         "pyramid",
-        "--input",
-        &s(&input),
-        "--output",
-        &s(&out),
-        "--levels",
-        "3",
-        "--voxel-size",
-        "0.5,0.25",
-        "--unit",
-        "micrometer",
-    ]));
+        &input,
+        &out,
+        &[
+            "--levels",
+            "3",
+            "--voxel-size",
+            "0.5,0.25",
+            "--unit",
+            "micrometer",
+        ],
+    )));
     let l1 = level(&out, 1);
     assert_eq!(
         l1.iter().copied().collect::<Vec<_>>(),
@@ -174,18 +188,7 @@ fn mean_equals_the_reference_on_random_volumes_at_any_unit_size() {
     write_npy(&ib, &b).unwrap();
     for (k, unit) in unit_sizes().iter().enumerate() {
         let oa = out_dir(dir.path(), k, "a");
-        ok(tessera_env(
-            &[
-                "pyramid",
-                "--input",
-                &s(&ia),
-                "--output",
-                &s(&oa),
-                "--chunks",
-                "4,4,4",
-            ],
-            &[("TESSERA_UNIT_BYTES", unit)],
-        ));
+        pyramid_in_units(&ia, &oa, &["--chunks", "4,4,4"], unit);
         let mut prev = a.mapv(f64::from);
         for l in 1..3 {
             let expect = ref_mean(&prev, &[2, 2, 2]).mapv(f64::round);
@@ -197,22 +200,12 @@ fn mean_equals_the_reference_on_random_volumes_at_any_unit_size() {
             "11x14x9 in 4^3 chunks stops at level 3"
         );
         let ob = out_dir(dir.path(), k, "b");
-        ok(tessera_env(
-            &[
-                "pyramid",
-                "--input",
-                &s(&ib),
-                "--output",
-                &s(&ob),
-                "--axes",
-                "cyx",
-                "--factor",
-                "2,3",
-                "--chunks",
-                "1,4,4",
-            ],
-            &[("TESSERA_UNIT_BYTES", unit)],
-        ));
+        pyramid_in_units(
+            &ib,
+            &ob,
+            &["--axes", "cyx", "--factor", "2,3", "--chunks", "1,4,4"],
+            unit,
+        );
         let mut prev = b.mapv(f64::from);
         for l in 1..3 {
             let expect = ref_mean(&prev, &[1, 2, 3]).mapv(|x| f64::from(x as f32));
@@ -235,20 +228,12 @@ fn gaussian_and_mode_equal_their_references() {
     write_npy(&il, &labels).unwrap();
     for (k, unit) in unit_sizes().iter().enumerate() {
         let og = out_dir(dir.path(), k, "g");
-        ok(tessera_env(
-            &[
-                "pyramid",
-                "--input",
-                &s(&ia),
-                "--output",
-                &s(&og),
-                "--method",
-                "gaussian",
-                "--chunks",
-                "4,4,4",
-            ],
-            &[("TESSERA_UNIT_BYTES", unit)],
-        ));
+        pyramid_in_units(
+            &ia,
+            &og,
+            &["--method", "gaussian", "--chunks", "4,4,4"],
+            unit,
+        );
         let mut prev = a.mapv(f64::from);
         for l in 1..3 {
             let expect = ref_gaussian(&prev, &[2, 2, 2]);
@@ -262,20 +247,7 @@ fn gaussian_and_mode_equal_their_references() {
             prev = got;
         }
         let om = out_dir(dir.path(), k, "m");
-        ok(tessera_env(
-            &[
-                "pyramid",
-                "--input",
-                &s(&il),
-                "--output",
-                &s(&om),
-                "--method",
-                "mode",
-                "--chunks",
-                "4,4,4",
-            ],
-            &[("TESSERA_UNIT_BYTES", unit)],
-        ));
+        pyramid_in_units(&il, &om, &["--method", "mode", "--chunks", "4,4,4"], unit);
         let mut prev = labels.mapv(f64::from);
         for l in 1..3 {
             let expect = ref_mode(&prev, &[2, 2, 2]);
@@ -286,15 +258,12 @@ fn gaussian_and_mode_equal_their_references() {
     assert_same_tree(&out_dir(dir.path(), 0, "g"), &out_dir(dir.path(), 1, "g"));
     assert_same_tree(&out_dir(dir.path(), 0, "m"), &out_dir(dir.path(), 1, "m"));
     // Mode on float data works but warns.
-    let out = ok(tessera(&[
+    let out = ok(tessera(&io_args(
         "pyramid",
-        "--input",
-        &s(&ia),
-        "--output",
-        &s(&dir.path().join("fm.zarr")),
-        "--method",
-        "mode",
-    ]));
+        &ia,
+        &dir.path().join("fm.zarr"),
+        &["--method", "mode"],
+    )));
     assert!(out.contains("label images"), "{out}");
 }
 
@@ -309,30 +278,15 @@ fn laplacian_reconstructs_level_zero() {
     for (input, chunks, name) in [(&ia, "4,4,4", "a"), (&ib, "8,8", "b")] {
         for (k, unit) in unit_sizes().iter().enumerate() {
             let out = out_dir(dir.path(), k, name);
-            ok(tessera_env(
-                &[
-                    "pyramid",
-                    "--input",
-                    &s(input),
-                    "--output",
-                    &s(&out),
-                    "--method",
-                    "laplacian",
-                    "--chunks",
-                    chunks,
-                ],
-                &[("TESSERA_UNIT_BYTES", unit)],
-            ));
+            pyramid_in_units(
+                input,
+                &out,
+                &["--method", "laplacian", "--chunks", chunks],
+                unit,
+            );
             assert!(out.join("diff_0").is_dir() && out.join("2").is_dir());
             let rec = dir.path().join(format!("{name}{k}_rec.npy"));
-            ok(tessera(&[
-                "pyramid",
-                "reconstruct",
-                "--input",
-                &s(&out),
-                "--output",
-                &s(&rec),
-            ]));
+            ok(tessera(&io_args("pyramid reconstruct", &out, &rec, &[])));
             let got = read_all(&s(&rec)).to_f64();
             let want = read_all(&s(input)).to_f64();
             let scale = want.iter().fold(0.0f64, |m, &x| m.max(x.abs()));
@@ -353,22 +307,14 @@ fn laplacian_reconstructs_level_zero() {
     }
     // Reconstructing something that is not a Laplacian pyramid is refused.
     let mean = dir.path().join("mean.zarr");
-    ok(tessera(&[
-        "pyramid",
-        "--input",
-        &s(&ia),
-        "--output",
-        &s(&mean),
-    ]));
+    ok(tessera(&io_args("pyramid", &ia, &mean, &[])));
     fails_with(
-        tessera(&[
-            "pyramid",
-            "reconstruct",
-            "--input",
-            &s(&mean),
-            "--output",
-            &s(&dir.path().join("r.npy")),
-        ]),
+        tessera(&io_args(
+            "pyramid reconstruct",
+            &mean,
+            &dir.path().join("r.npy"),
+            &[],
+        )),
         &["not a Laplacian pyramid"],
     );
 }
@@ -379,17 +325,12 @@ fn pyramid_sampler_layout_puts_levels_under_the_field() {
     let input = dir.path().join("a.npy");
     write_npy(&input, &random(&[16, 16, 16], 7, 100).mapv(|v| v as f32)).unwrap();
     let out = dir.path().join("store.zarr");
-    ok(tessera(&[
+    ok(tessera(&io_args(
         "pyramid",
-        "--input",
-        &s(&input),
-        "--output",
+        &input,
         &format!("{}/field1", out.display()),
-        "--layout",
-        "pyramid-sampler",
-        "--chunks",
-        "4,4,4",
-    ]));
+        &["--layout", "pyramid-sampler", "--chunks", "4,4,4"],
+    )));
     for l in 0..3 {
         assert!(
             out.join(format!("field1/{l}/zarr.json")).is_file(),
@@ -412,7 +353,7 @@ fn bad_inputs_are_refused_with_one_clear_line_and_nothing_written() {
     let out = dir.path().join("o.zarr");
     let (i, o) = (s(&input), s(&out));
     let run = |extra: &[&str]| {
-        let mut args = vec!["pyramid", "--input", &i, "--output", &o];
+        let mut args = io_args("pyramid", &i, &o, &[]);
         args.extend_from_slice(extra);
         tessera(&args)
     };
@@ -431,43 +372,25 @@ fn bad_inputs_are_refused_with_one_clear_line_and_nothing_written() {
     );
     fails_with(run(&["--chunks", "4,4"]), &["chunk"]);
     fails_with(
-        tessera(&["pyramid", "--input", &s(&four), "--output", &o]),
+        tessera(&io_args("pyramid", &four, &o, &[])),
         &["--axes", "name them"],
     );
     fails_with(
-        tessera(&[
-            "pyramid",
-            "--input",
-            &s(&four),
-            "--output",
-            &o,
-            "--axes",
-            "zcyx",
-        ]),
+        tessera(&io_args("pyramid", &four, &o, &["--axes", "zcyx"])),
         &["--axes", "time, channel, then space"],
     );
+    fails_with(tessera(&io_args("pyramid", &empty, &o, &[])), &["size 0"]);
     fails_with(
-        tessera(&["pyramid", "--input", &s(&empty), "--output", &o]),
-        &["size 0"],
-    );
-    fails_with(
-        tessera(&[
+        tessera(&io_args(
             "pyramid",
-            "--input",
-            &s(&dir.path().join("missing.npy")),
-            "--output",
+            &dir.path().join("missing.npy"),
             &o,
-        ]),
+            &[],
+        )),
         &["missing.npy"],
     );
     fails_with(
-        tessera(&[
-            "pyramid",
-            "--input",
-            &i,
-            "--output",
-            &s(&dir.path().join("o.npy")),
-        ]),
+        tessera(&io_args("pyramid", &i, &dir.path().join("o.npy"), &[])),
         &["--output", "not a Zarr store"],
     );
     fails_with(
@@ -478,13 +401,7 @@ fn bad_inputs_are_refused_with_one_clear_line_and_nothing_written() {
     // A group is not an array; an existing output is kept without --overwrite.
     ok(run(&["--chunks", "4,4,4"]));
     fails_with(
-        tessera(&[
-            "pyramid",
-            "--input",
-            &o,
-            "--output",
-            &s(&dir.path().join("p.zarr")),
-        ]),
+        tessera(&io_args("pyramid", &o, &dir.path().join("p.zarr"), &[])),
         &["group"],
     );
     let before = tree(&out);
@@ -494,13 +411,12 @@ fn bad_inputs_are_refused_with_one_clear_line_and_nothing_written() {
     // Corrupt metadata on the input: a clear error, not a panic.
     std::fs::write(out.join("0/zarr.json"), "{ not json").unwrap();
     fails_with(
-        tessera(&[
+        tessera(&io_args(
             "pyramid",
-            "--input",
             &format!("{o}/0"),
-            "--output",
-            &s(&dir.path().join("q.zarr")),
-        ]),
+            &dir.path().join("q.zarr"),
+            &[],
+        )),
         &["zarr.json"],
     );
 }
@@ -511,17 +427,12 @@ fn convert_writes_an_ome_zarr_pyramid_straight_from_a_stack() {
     let slices = dir.path().join("slices");
     tessera::demo::write_stack(&slices).unwrap();
     let out = dir.path().join("stack.zarr");
-    ok(tessera(&[
+    ok(tessera(&io_args(
         "convert",
-        "--input",
-        &s(&slices),
-        "--output",
-        &s(&out),
-        "--pyramid-levels",
-        "3",
-        "--pyramid-factor",
-        "1,2,2",
-    ]));
+        &slices,
+        &out,
+        &["--pyramid-levels", "3", "--pyramid-factor", "1,2,2"],
+    )));
     let l0 = level(&out, 0);
     assert_eq!(l0.shape(), &[64, 256, 256]);
     assert_eq!(level(&out, 1), ref_mean(&l0, &[1, 2, 2]).mapv(f64::round));
@@ -535,39 +446,30 @@ fn convert_writes_an_ome_zarr_pyramid_straight_from_a_stack() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
     fails_with(
-        tessera(&[
+        tessera(&io_args(
             "convert",
-            "--input",
-            &s(&slices),
-            "--output",
-            &s(&out),
-            "--pyramid-levels",
-            "2",
-        ]),
+            &slices,
+            &out,
+            &["--pyramid-levels", "2"],
+        )),
         &["exists"],
     );
     fails_with(
-        tessera(&[
+        tessera(&io_args(
             "convert",
-            "--input",
-            &s(&slices),
-            "--output",
-            &s(&dir.path().join("x.npy")),
-            "--pyramid-levels",
-            "2",
-        ]),
+            &slices,
+            &dir.path().join("x.npy"),
+            &["--pyramid-levels", "2"],
+        )),
         &["--pyramid-levels", "not a Zarr store"],
     );
     fails_with(
-        tessera(&[
+        tessera(&io_args(
             "convert",
-            "--input",
-            &s(&slices),
-            "--output",
-            &s(&dir.path().join("y.zarr")),
-            "--pyramid-levels",
-            "many",
-        ]),
+            &slices,
+            &dir.path().join("y.zarr"),
+            &["--pyramid-levels", "many"],
+        )),
         &["--pyramid-levels", "auto"],
     );
 }
@@ -682,17 +584,12 @@ fn sixty_four_bit_extremes_keep_their_values_in_every_method() {
             "{}_{method}.zarr",
             input.file_stem().unwrap().to_string_lossy()
         ));
-        ok(tessera(&[
+        ok(tessera(&io_args(
             "pyramid",
-            "--input",
-            &s(input),
-            "--output",
-            &s(&out),
-            "--method",
-            method,
-            "--levels",
-            "2",
-        ]));
+            input,
+            &out,
+            &["--method", method, "--levels", "2"],
+        )));
         read_all(&format!("{}/1", out.display()))
     };
     // Mean: exact.
@@ -755,17 +652,12 @@ fn float_extremes_average_without_overflow_and_laplacian_refuses_what_float32_ca
     write_npy(&input, &a).unwrap();
     let run = |method: &str| {
         let out = dir.path().join(format!("{method}.zarr"));
-        let args = [
+        let args = io_args(
             "pyramid",
-            "--input",
-            &s(&input),
-            "--output",
-            &s(&out),
-            "--method",
-            method,
-            "--levels",
-            "2",
-        ];
+            &input,
+            &out,
+            &["--method", method, "--levels", "2"],
+        );
         (out.clone(), tessera(&args))
     };
     let (out, done) = run("mean");
@@ -805,19 +697,19 @@ fn levels_are_the_same_on_any_thread_count() {
             .iter()
             .map(|threads| {
                 let out = out_dir(dir.path(), threads.parse().unwrap(), method);
-                ok(tessera(&[
+                ok(tessera(&io_args(
                     "pyramid",
-                    "--input",
-                    &s(&input),
-                    "--output",
-                    &s(&out),
-                    "--method",
-                    method,
-                    "--chunks",
-                    "8,8,8",
-                    "--threads",
-                    threads,
-                ]));
+                    &input,
+                    &out,
+                    &[
+                        "--method",
+                        method,
+                        "--chunks",
+                        "8,8,8",
+                        "--threads",
+                        threads,
+                    ],
+                )));
                 out
             })
             .collect();
@@ -827,16 +719,12 @@ fn levels_are_the_same_on_any_thread_count() {
                 .iter()
                 .map(|threads| {
                     let rec = dir.path().join(format!("run{threads}/rec.npy"));
-                    ok(tessera(&[
-                        "pyramid",
-                        "reconstruct",
-                        "--input",
-                        &s(&outs[usize::from(*threads == "3")]),
-                        "--output",
-                        &s(&rec),
-                        "--threads",
-                        threads,
-                    ]));
+                    ok(tessera(&io_args(
+                        "pyramid reconstruct",
+                        &outs[usize::from(*threads == "3")],
+                        &rec,
+                        &["--threads", threads],
+                    )));
                     rec
                 })
                 .collect();

@@ -91,26 +91,14 @@ fn zarr_python_and_h5py_read_exactly_the_source_pixels() {
         ));
     }
     for (kind, out, order, extra) in cases {
-        let mut args = vec![
-            "convert",
-            "--input",
-            input.to_str().unwrap(),
-            "--output",
-            &out,
-            "--axis-order",
-            order,
-        ];
+        let mut args = io_args("convert", &input, &out, &["--axis-order", order]);
         args.extend(extra);
         ok(tessera_env(&args, &[("TESSERA_UNIT_BYTES", "3000")]));
-        let res = Command::new(python())
-            .arg(&script)
-            .args([kind, &out, order])
-            .output()
-            .unwrap();
-        assert!(
-            res.status.success(),
-            "python check of {out}:\n{}",
-            text(&res)
+        succeeds(
+            Command::new(python())
+                .arg(&script)
+                .args([kind, &out, order]),
+            &format!("python check of {out}"),
         );
     }
 }
@@ -154,21 +142,14 @@ fn ome_zarr_models_validates_the_pyramid_and_numpy_recomputes_its_levels() {
     ndarray_npy::write_npy(&src, &vol).unwrap();
     let out = d.path().join("p.zarr");
     ok(tessera_env(
-        &[
+        &io_args(
             "pyramid",
-            "--input",
-            &s(&src),
-            "--output",
-            &s(&out),
-            "--axes",
-            "czyx",
-            "--chunks",
-            "1,4,4,4",
-            "--shards",
-            "1,8,8,8",
-            "--levels",
-            "3",
-        ],
+            &src,
+            &out,
+            &[
+                "--axes", "czyx", "--chunks", "1,4,4,4", "--shards", "1,8,8,8", "--levels", "3",
+            ],
+        ),
         &[("TESSERA_UNIT_BYTES", "20000")],
     ));
     let script = d.path().join("ome.py");

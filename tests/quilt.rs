@@ -249,14 +249,7 @@ fn unstitch_and_stitch_match_the_reference_bit_for_bit() {
         );
         // And unstitch -> stitch of the untouched patches gives the input back.
         let back = s(&d.path().join(format!("back{case}.npy")));
-        ok(tessera(&[
-            "quilt",
-            "stitch",
-            "--input",
-            &patches_addr,
-            "--output",
-            &back,
-        ]));
+        ok(tessera(&io_args("quilt stitch", &patches_addr, &back, &[])));
         let back: ArrayD<f32> = read_npy(&back).unwrap();
         assert!(
             back.iter()
@@ -277,51 +270,30 @@ fn a_memory_bounded_stitch_gives_the_same_bits() {
     let geometry = [
         "--window", "8", "--step", "4", "--border", "1", "--codec", "none",
     ];
-    let mut args = vec![
-        "quilt",
-        "unstitch",
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        &p,
-    ];
+    let mut args = io_args("quilt unstitch", &input, &p, &[]);
     args.extend(geometry);
     ok(tessera(&args));
     let free = s(&d.path().join("free.npy"));
-    ok(tessera(&[
-        "quilt", "stitch", "--input", &p, "--output", &free,
-    ]));
+    ok(tessera(&io_args("quilt stitch", &p, &free, &[])));
     // Output chunks of one row make bands of one window (8 rows). 2300K per rank, under
     // the volume's f64 accumulators (3.4 MiB): units of one band, patches read a few at a
     // time. 200K cannot hold one band and is refused, naming the band.
     let bounded = s(&d.path().join("bounded.npy"));
     fails_with(
-        tessera(&[
-            "quilt",
-            "stitch",
-            "--input",
+        tessera(&io_args(
+            "quilt stitch",
             &p,
-            "--output",
             &bounded,
-            "--memory-limit",
-            "200K",
-            "--chunks",
-            "1,1,1,48,48",
-        ]),
+            &["--memory-limit", "200K", "--chunks", "1,1,1,48,48"],
+        )),
         &["--memory-limit", "one band of 8 output rows"],
     );
-    let log = ok(tessera(&[
-        "quilt",
-        "stitch",
-        "--input",
+    let log = ok(tessera(&io_args(
+        "quilt stitch",
         &p,
-        "--output",
         &bounded,
-        "--memory-limit",
-        "2300K",
-        "--chunks",
-        "1,1,1,48,48",
-    ]));
+        &["--memory-limit", "2300K", "--chunks", "1,1,1,48,48"],
+    )));
     assert_eq!(
         std::fs::read(&free).unwrap(),
         std::fs::read(&bounded).unwrap()
@@ -339,20 +311,19 @@ fn a_memory_bounded_stitch_gives_the_same_bits() {
         .iter()
         .zip(img.iter())
         .all(|(a, b)| (a - b).abs() <= 1e-6));
-    let plan = ok(tessera(&[
-        "quilt",
-        "stitch",
-        "--input",
+    let plan = ok(tessera(&io_args(
+        "quilt stitch",
         &p,
-        "--output",
         &bounded,
-        "--memory-limit",
-        "2300K",
-        "--chunks",
-        "1,1,1,48,48",
-        "--dry-run",
-        "--overwrite",
-    ]));
+        &[
+            "--memory-limit",
+            "2300K",
+            "--chunks",
+            "1,1,1,48,48",
+            "--dry-run",
+            "--overwrite",
+        ],
+    )));
     let mib: f64 = plan
         .split("memory: about ")
         .nth(1)
@@ -416,20 +387,12 @@ fn nan_in_patches_is_left_out_counted_and_warned_about() {
     let p = d.path().join("p.npy");
     write_npy(&p, &patches).unwrap();
     let out = d.path().join("o.npy");
-    let log = ok(tessera(&[
-        "quilt",
-        "stitch",
-        "--input",
-        &s(&p),
-        "--output",
-        &s(&out),
-        "--shape",
-        "1,1,8,8",
-        "--window",
-        "4",
-        "--step",
-        "2",
-    ]));
+    let log = ok(tessera(&io_args(
+        "quilt stitch",
+        &p,
+        &out,
+        &["--shape", "1,1,8,8", "--window", "4", "--step", "2"],
+    )));
     assert!(log.contains("1 NaN patch values were left out"), "{log}");
     let m: ArrayD<f32> = read_npy(&out).unwrap();
     assert!(m.iter().all(|&x| x == 0.5), "no NaN spread to neighbours");
@@ -439,7 +402,7 @@ fn nan_in_patches_is_left_out_counted_and_warned_about() {
 fn border_mask_hand_checked() {
     let d = tempfile::tempdir().unwrap();
     let out = d.path().join("m.npy");
-    ok(tessera(&[
+    let args = [
         "quilt",
         "border-mask",
         "--output",
@@ -448,22 +411,12 @@ fn border_mask_hand_checked() {
         "4,5",
         "--border",
         "1",
-    ]));
+    ];
+    ok(tessera(&args));
     let m: ArrayD<u8> = read_npy(&out).unwrap();
     assert_eq!(m.sum(), 6);
-    fails_with(
-        tessera(&[
-            "quilt",
-            "border-mask",
-            "--output",
-            &s(&out),
-            "--window",
-            "4,5",
-            "--border",
-            "1",
-        ]),
-        &["--overwrite"],
-    );
+    // The same command again: the mask is there now.
+    fails_with(tessera(&args), &["--overwrite"]);
     fails_with(
         tessera(&[
             "quilt",
@@ -487,7 +440,7 @@ fn bad_geometry_and_patch_arrays_fail_clearly() {
     write_npy(&input, &img).unwrap();
     let out = s(&d.path().join("p.npy"));
     let unstitch = |extra: &[&str]| {
-        let mut a = vec!["quilt", "unstitch", "--input", &input, "--output", &out];
+        let mut a = io_args("quilt unstitch", &input, &out, &[]);
         a.extend_from_slice(extra);
         tessera(&a)
     };
@@ -516,26 +469,23 @@ fn bad_geometry_and_patch_arrays_fail_clearly() {
         &["--window", "3 values"],
     );
     fails_with(
-        tessera(&[
-            "quilt",
-            "unstitch",
-            "--input",
-            &s(&d.path().join("none.npy")),
-            "--output",
+        tessera(&io_args(
+            "quilt unstitch",
+            &d.path().join("none.npy"),
             &out,
-            "--window",
-            "4",
-            "--step",
-            "2",
-        ]),
+            &["--window", "4", "--step", "2"],
+        )),
         &["does not exist"],
     );
     let flat = s(&d.path().join("flat.npy"));
     write_npy(&flat, &random_f32(&[10, 10], 4)).unwrap();
     fails_with(
-        tessera(&[
-            "quilt", "unstitch", "--input", &flat, "--output", &out, "--window", "4", "--step", "2",
-        ]),
+        tessera(&io_args(
+            "quilt unstitch",
+            &flat,
+            &out,
+            &["--window", "4", "--step", "2"],
+        )),
         &["(N, C, Y, X)"],
     );
     assert!(!std::path::Path::new(&out).exists());
@@ -546,57 +496,51 @@ fn bad_geometry_and_patch_arrays_fail_clearly() {
     write_npy(&bare, &random_f32(&[16, 1, 4, 4], 5)).unwrap();
     let res = s(&d.path().join("r.npy"));
     fails_with(
-        tessera(&["quilt", "stitch", "--input", &bare, "--output", &res]),
+        tessera(&io_args("quilt stitch", &bare, &res, &[])),
         &["no `quilt` geometry", "--shape"],
     );
     fails_with(
-        tessera(&[
-            "quilt",
-            "stitch",
-            "--input",
+        tessera(&io_args(
+            "quilt stitch",
             &bare,
-            "--output",
             &res,
-            "--shape",
-            "1,1,10,10",
-            "--window",
-            "4",
-            "--step",
-            "3",
-        ]),
+            &["--shape", "1,1,10,10", "--window", "4", "--step", "3"],
+        )),
         &["shape", "16, 1, 4, 4"],
     );
     // A corrupt geometry attribute.
     let z = s(&d.path().join("z.zarr"));
-    ok(tessera(&[
-        "quilt", "unstitch", "--input", &input, "--output", &z, "--window", "4", "--step", "2",
-    ]));
+    ok(tessera(&io_args(
+        "quilt unstitch",
+        &input,
+        &z,
+        &["--window", "4", "--step", "2"],
+    )));
     let meta = d.path().join("z.zarr/zarr.json");
     let text = std::fs::read_to_string(&meta)
         .unwrap()
         .replace("\"step\"", "\"stride\"");
     std::fs::write(&meta, text).unwrap();
     fails_with(
-        tessera(&["quilt", "stitch", "--input", &z, "--output", &res]),
+        tessera(&io_args("quilt stitch", &z, &res, &[])),
         &["corrupt `quilt` attribute"],
     );
     fails_with(
-        tessera(&[
-            "quilt",
-            "stitch",
-            "--input",
+        tessera(&io_args(
+            "quilt stitch",
             &bare,
-            "--output",
             &res,
-            "--shape",
-            "1,1,10,10",
-            "--window",
-            "4",
-            "--step",
-            "2",
-            "--memory-limit",
-            "200",
-        ]),
+            &[
+                "--shape",
+                "1,1,10,10",
+                "--window",
+                "4",
+                "--step",
+                "2",
+                "--memory-limit",
+                "200",
+            ],
+        )),
         &["--memory-limit", "too small"],
     );
     assert!(!std::path::Path::new(&res).exists());
@@ -752,20 +696,12 @@ fn killed_quilt_runs_resume_to_identical_bytes() {
         let mut e = env.to_vec();
         e.extend_from_slice(extra);
         tessera_env(
-            &[
-                "quilt",
-                "unstitch",
-                "--input",
+            &io_args(
+                "quilt unstitch",
                 &input,
-                "--output",
                 out,
-                "--window",
-                "8",
-                "--step",
-                "4",
-                "--patches-per-chunk",
-                "5",
-            ],
+                &["--window", "8", "--step", "4", "--patches-per-chunk", "5"],
+            ),
             &e,
         )
     };
@@ -776,21 +712,20 @@ fn killed_quilt_runs_resume_to_identical_bytes() {
         .status
         .success());
     assert!(!std::path::Path::new(&out).exists());
-    let args = [
-        "quilt",
-        "unstitch",
-        "--input",
+    let args = io_args(
+        "quilt unstitch",
         &input,
-        "--output",
         &out,
-        "--window",
-        "8",
-        "--step",
-        "4",
-        "--patches-per-chunk",
-        "5",
-        "--resume",
-    ];
+        &[
+            "--window",
+            "8",
+            "--step",
+            "4",
+            "--patches-per-chunk",
+            "5",
+            "--resume",
+        ],
+    );
     ok(tessera_env(&args, &env));
     assert_same_tree(std::path::Path::new(&clean), std::path::Path::new(&out));
     assert_eq!(
@@ -800,9 +735,7 @@ fn killed_quilt_runs_resume_to_identical_bytes() {
     // Stitch, killed and resumed, writes the same bytes as an uninterrupted stitch.
     let whole = s(&d.path().join("whole.npy"));
     let stitch = |o: &str, extra: &[&str], e: &[(&str, &str)]| {
-        let mut a = vec![
-            "quilt", "stitch", "--input", &clean, "--output", o, "--chunks", "1,1,4,36",
-        ];
+        let mut a = io_args("quilt stitch", &clean, o, &["--chunks", "1,1,4,36"]);
         a.extend_from_slice(extra);
         tessera_env(&a, e)
     };
@@ -849,26 +782,25 @@ fn stitch_bytes_do_not_depend_on_units_memory_limit_or_resume() {
     write_npy(&pred, &predictions).unwrap();
     let patch_bytes = (predictions.len() * 8) as u64;
     let stitch = |out: &str, extra: &[&str], env: &[(&str, &str)]| {
-        let mut args = vec![
-            "quilt",
-            "stitch",
-            "--input",
+        let mut args = io_args(
+            "quilt stitch",
             &pred,
-            "--output",
             out,
-            "--shape",
-            "2,2,30,12,10",
-            "--window",
-            "6,5,4",
-            "--step",
-            "3",
-            "--blend",
-            "gaussian",
-            "--sigma",
-            "0.3",
-            "--chunks",
-            "1,2,2,12,10",
-        ];
+            &[
+                "--shape",
+                "2,2,30,12,10",
+                "--window",
+                "6,5,4",
+                "--step",
+                "3",
+                "--blend",
+                "gaussian",
+                "--sigma",
+                "0.3",
+                "--chunks",
+                "1,2,2,12,10",
+            ],
+        );
         args.extend_from_slice(extra);
         tessera_env(&args, env)
     };
@@ -951,18 +883,12 @@ fn float64_patches_beyond_what_the_sums_hold_are_refused_and_the_largest_that_fi
         let input = d.path().join(format!("img{scale:e}.npy"));
         write_npy(&input, &img).unwrap();
         let p = s(&d.path().join(format!("p{scale:e}.zarr")));
-        ok(tessera(&[
-            "quilt",
-            "unstitch",
-            "--input",
-            &s(&input),
-            "--output",
+        ok(tessera(&io_args(
+            "quilt unstitch",
+            &input,
             &p,
-            "--window",
-            "8,8",
-            "--step",
-            "4,4",
-        ]));
+            &["--window", "8,8", "--step", "4,4"],
+        )));
         let out = d.path().join(format!("back{scale:e}{std}.npy"));
         let mut args = vec!["quilt", "stitch", "--input", &p, "--output"];
         let o = s(&out);

@@ -27,23 +27,22 @@ fn image(dir: &Path) -> PathBuf {
 fn patches(dir: &Path, blend: &str) -> PathBuf {
     let input = image(dir);
     let out = dir.join("p.zarr");
-    ok(tessera(&[
-        "quilt",
-        "unstitch",
-        "--input",
-        &s(&input),
-        "--output",
-        &s(&out),
-        "--window",
-        "16,16",
-        "--step",
-        "8,8",
-        "--border",
-        "2",
-        "--blend",
-        blend,
-        "--overwrite",
-    ]));
+    ok(tessera(&io_args(
+        "quilt unstitch",
+        &input,
+        &out,
+        &[
+            "--window",
+            "16,16",
+            "--step",
+            "8,8",
+            "--border",
+            "2",
+            "--blend",
+            blend,
+            "--overwrite",
+        ],
+    )));
     out
 }
 
@@ -61,18 +60,12 @@ fn outputs_on_or_inside_an_input_are_refused_and_the_input_survives() {
     let before = snapshot(dir);
     let unstitch = |out: &str, extra: &[&str]| {
         with(
-            &[
-                "quilt",
-                "unstitch",
-                "--input",
-                input.to_str().unwrap(),
-                "--output",
+            &io_args(
+                "quilt unstitch",
+                &input,
                 out,
-                "--window",
-                "16,16",
-                "--step",
-                "8,8",
-            ],
+                &["--window", "16,16", "--step", "8,8"],
+            ),
             extra,
         )
     };
@@ -80,19 +73,7 @@ fn outputs_on_or_inside_an_input_are_refused_and_the_input_survives() {
     for out in [s(&input), format!("{}/./in.npy", dir.display())] {
         fails_with(unstitch(&out, &["--overwrite"]), &["is the input"]);
     }
-    let stitch = |out: &str, extra: &[&str]| {
-        with(
-            &[
-                "quilt",
-                "stitch",
-                "--input",
-                p.to_str().unwrap(),
-                "--output",
-                out,
-            ],
-            extra,
-        )
-    };
+    let stitch = |out: &str, extra: &[&str]| with(&io_args("quilt stitch", &p, out, &[]), extra);
     fails_with(
         stitch(&format!("{}/", p.display()), &["--overwrite"]),
         &["is the input"],
@@ -140,39 +121,25 @@ fn an_output_store_around_its_input_is_refused() {
     let store = dir.join("s.zarr");
     std::fs::create_dir(&store).unwrap();
     let a = format!("{}/a", store.display());
-    ok(tessera(&[
-        "quilt",
-        "stitch",
-        "--input",
-        &s(&p),
-        "--output",
-        &a,
-    ]));
+    ok(tessera(&io_args("quilt stitch", &p, &a, &[])));
     let before = snapshot(dir);
     fails_with(
-        tessera(&[
+        tessera(&io_args(
             "pyramid",
-            "--input",
             &a,
-            "--output",
-            &s(&store),
-            "--axes",
-            "tcyx",
-            "--overwrite",
-        ]),
+            &store,
+            &["--axes", "tcyx", "--overwrite"],
+        )),
         &["contains the input"],
     );
     assert_eq!(snapshot(dir), before);
     // A sibling array in the same store is fine.
-    ok(tessera(&[
+    ok(tessera(&io_args(
         "pyramid",
-        "--input",
         &a,
-        "--output",
         &format!("{}/b", store.display()),
-        "--axes",
-        "tcyx",
-    ]));
+        &["--axes", "tcyx"],
+    )));
 }
 
 #[test]
@@ -180,17 +147,7 @@ fn overwrite_replaces_only_what_tessera_writes() {
     let d = tempfile::tempdir().unwrap();
     let dir = d.path();
     let p = patches(dir, "border");
-    let stitch = |out: &Path| {
-        tessera(&[
-            "quilt",
-            "stitch",
-            "--input",
-            p.to_str().unwrap(),
-            "--output",
-            out.to_str().unwrap(),
-            "--overwrite",
-        ])
-    };
+    let stitch = |out: &Path| tessera(&io_args("quilt stitch", &p, &out, &["--overwrite"]));
     // A directory of someone's files named like a store.
     let plain = dir.join("plain.zarr");
     std::fs::create_dir(&plain).unwrap();
@@ -214,14 +171,7 @@ fn overwrite_replaces_only_what_tessera_writes() {
     // A new array inside an existing array (not a group), without --overwrite.
     ok(stitch(&dir.join("m.zarr")));
     fails_with(
-        tessera(&[
-            "quilt",
-            "stitch",
-            "--input",
-            &s(&p),
-            "--output",
-            &s(&dir.join("m.zarr/x")),
-        ]),
+        tessera(&io_args("quilt stitch", &p, &dir.join("m.zarr/x"), &[])),
         &["is a Zarr array"],
     );
     // Its own output is replaced.
@@ -235,19 +185,7 @@ fn reports_and_side_files_are_never_overwritten_without_asking() {
     let p = patches(dir, "border");
     let input = dir.join("in.npy");
     let before = snapshot(dir);
-    let stitch = |out: &Path, extra: &[&str]| {
-        with(
-            &[
-                "quilt",
-                "stitch",
-                "--input",
-                p.to_str().unwrap(),
-                "--output",
-                out.to_str().unwrap(),
-            ],
-            extra,
-        )
-    };
+    let stitch = |out: &Path, extra: &[&str]| with(&io_args("quilt stitch", &p, &out, &[]), extra);
     let out = dir.join("m.zarr");
     // --report on or inside an input, an existing file, the patches' report, inside the output.
     fails_with(
@@ -296,21 +234,7 @@ fn crop_side_files_are_refused_one_by_one() {
     let d = tempfile::tempdir().unwrap();
     let dir = d.path();
     let out = dir.join("c.npy");
-    let crop = |extra: &[&str]| {
-        with(
-            &[
-                "crop",
-                "--test-mode",
-                "--test-patterns",
-                "8",
-                "--test-size",
-                "32",
-                "--output",
-                out.to_str().unwrap(),
-            ],
-            extra,
-        )
-    };
+    let crop = |extra: &[&str]| with(&crop_test_args("8", "32", &out, &[]), extra);
     ok(crop(&[]));
     let all = snapshot(dir);
     std::fs::remove_file(&out).unwrap();
@@ -370,18 +294,7 @@ fn hdr_response_plot_and_synthetic_images_are_not_replaced_silently() {
     let sky = dir.join("sky");
     let synth = |extra: &[&str]| {
         with(
-            &[
-                "hdr",
-                "synthetic",
-                "--output",
-                sky.to_str().unwrap(),
-                "--brackets",
-                "2",
-                "--exposures",
-                "3",
-                "--size",
-                "32",
-            ],
+            &synthetic_args(&sky, "2", &["--exposures", "3", "--size", "32"]),
             extra,
         )
     };
@@ -396,16 +309,7 @@ fn hdr_response_plot_and_synthetic_images_are_not_replaced_silently() {
     std::fs::write(dir.join("response_curve.png"), b"my plot").unwrap();
     let calibrate = |extra: &[&str]| {
         with(
-            &[
-                "hdr",
-                "calibrate",
-                "--input",
-                sky.to_str().unwrap(),
-                "--response",
-                response.to_str().unwrap(),
-                "--samples-per-image",
-                "50",
-            ],
+            &calibrate_args(&sky, &response, &["--samples-per-image", "50"]),
             extra,
         )
     };
@@ -467,8 +371,7 @@ fn resume_with_a_change(args: &[String], changed: &[&str], flag: &str) {
         "the run was not interrupted:\n{}",
         text(&killed)
     );
-    let mut resumed = refs.clone();
-    resumed.push("--resume");
+    let resumed = resumed(&refs);
     let mut different = resumed.clone();
     different.extend(changed);
     fails_with(
@@ -495,120 +398,77 @@ fn resume_refuses_changed_parameters_in_every_command() {
     let input = s(&dir.join("in.npy"));
     let o = |name: &str| s(&dir.join(name));
     resume_with_a_change(
-        &strings(&[
-            "quilt",
-            "stitch",
-            "--input",
-            &s(&p),
-            "--output",
-            &o("st.zarr"),
-        ]),
+        &strings(&io_args("quilt stitch", &p, &o("st.zarr"), &[])),
         &["--codec", "gzip"],
         "codec",
     );
     resume_with_a_change(
-        &strings(&[
-            "quilt",
-            "stitch",
-            "--input",
-            &s(&p),
-            "--output",
-            &o("st2.zarr"),
-        ]),
+        &strings(&io_args("quilt stitch", &p, &o("st2.zarr"), &[])),
         &["--blend", "hann"],
         "blend",
     );
     resume_with_a_change(
-        &strings(&[
-            "quilt",
-            "unstitch",
-            "--input",
+        &strings(&io_args(
+            "quilt unstitch",
             &input,
-            "--output",
             &o("u.zarr"),
-            "--window",
-            "16,16",
-            "--step",
-            "8,8",
-        ]),
+            &["--window", "16,16", "--step", "8,8"],
+        )),
         &["--border", "3"],
         "border",
     );
     resume_with_a_change(
-        &strings(&[
+        &strings(&io_args(
             "pyramid",
-            "--input",
             &input,
-            "--output",
             &o("pl.zarr"),
-            "--method",
-            "laplacian",
-            "--chunks",
-            "1,1,8,8",
-            "--axes",
-            "tcyx",
-        ]),
+            &[
+                "--method",
+                "laplacian",
+                "--chunks",
+                "1,1,8,8",
+                "--axes",
+                "tcyx",
+            ],
+        )),
         &["--codec", "none"],
         "codec",
     );
     resume_with_a_change(
-        &strings(&[
-            "pyramid",
-            "reconstruct",
-            "--input",
+        &strings(&io_args(
+            "pyramid reconstruct",
             &o("pl.zarr"),
-            "--output",
             &o("back.zarr"),
-            "--chunks",
-            "1,1,8,8",
-        ]),
+            &["--chunks", "1,1,8,8"],
+        )),
         &["--codec", "gzip"],
         "codec",
     );
-    ok(tessera(&[
-        "crop",
-        "--test-mode",
-        "--test-patterns",
+    ok(tessera(&crop_test_args(
         "64",
-        "--test-size",
         "32",
-        "--output",
         &o("t.npy"),
-        "--no-visualization",
-    ]));
+        &["--no-visualization"],
+    )));
     resume_with_a_change(
-        &strings(&[
+        &strings(&io_args(
             "crop",
-            "--input",
             &o("t_test_input.npy"),
-            "--output",
             &o("c.zarr"),
-            "--chunk-size",
-            "4",
-            "--no-visualization",
-        ]),
+            &["--chunk-size", "4", "--no-visualization"],
+        )),
         &["--codec", "gzip"],
         "codec",
     );
     let stack = dir.join("stack");
-    write_stack(
-        &stack,
-        "s",
-        &[0, 1, 2, 3, 4, 5],
-        &[16, 16],
-        tessera::io::DType::U16,
-        3,
-    );
+    write_slices(&stack, "s", 6, &[16, 16], tessera::io::DType::U16, 3);
     resume_with_a_change(
-        &strings(&[
+        &strings(&io_args(
             "convert",
-            "--input",
-            &s(&stack),
-            "--output",
+            &stack,
             &o("conv.zarr"),
-            "--chunks",
-            "1,16,16",
-        ]),
+            &["--chunks", "1,16,16"],
+        )),
         &["--dtype", "f32"],
         "dtype",
     );
@@ -621,18 +481,7 @@ fn an_interrupted_per_bracket_merge_resumes_only_with_its_parameters() {
     let sky = dir.join("sky");
     let synth = |extra: &[&str]| {
         ok(with(
-            &[
-                "hdr",
-                "synthetic",
-                "--output",
-                sky.to_str().unwrap(),
-                "--brackets",
-                "3",
-                "--exposures",
-                "3",
-                "--size",
-                "24",
-            ],
+            &synthetic_args(&sky, "3", &["--exposures", "3", "--size", "24"]),
             extra,
         ));
     };
@@ -686,19 +535,7 @@ fn stitch_flags_that_contradict_the_patches_are_refused_and_weighting_flags_hono
     let d = tempfile::tempdir().unwrap();
     let dir = d.path();
     let p = patches(dir, "border");
-    let stitch = |out: &str, extra: &[&str]| {
-        with(
-            &[
-                "quilt",
-                "stitch",
-                "--input",
-                p.to_str().unwrap(),
-                "--output",
-                out,
-            ],
-            extra,
-        )
-    };
+    let stitch = |out: &str, extra: &[&str]| with(&io_args("quilt stitch", &p, out, &[]), extra);
     let o = |name: &str| s(&dir.join(name));
     fails_with(
         stitch(&o("a.npy"), &["--window", "32,32"]),
@@ -739,16 +576,12 @@ fn stitch_flags_that_contradict_the_patches_are_refused_and_weighting_flags_hono
     let dir2 = dir.join("hann");
     std::fs::create_dir(&dir2).unwrap();
     let p2 = patches(&dir2, "hann");
-    ok(tessera(&[
-        "quilt",
-        "stitch",
-        "--input",
-        &s(&p2),
-        "--output",
+    ok(tessera(&io_args(
+        "quilt stitch",
+        &p2,
         &o("hann-attr.npy"),
-        "--weights",
-        &o("hann-attr-w.npy"),
-    ]));
+        &["--weights", &o("hann-attr-w.npy")],
+    )));
     let bytes = |name: &str| std::fs::read(dir.join(name)).unwrap();
     assert!(bytes("hann-flag.npy") == bytes("hann-attr.npy"));
     assert!(bytes("hann-flag-w.npy") == bytes("hann-attr-w.npy"));
@@ -798,22 +631,21 @@ mod hdf5_files {
         let pos = s(&dir.join("pos.npy"));
         let unstitch = |window: &str, extra: &[&str]| {
             with(
-                &[
-                    "quilt",
-                    "unstitch",
-                    "--input",
-                    input.to_str().unwrap(),
-                    "--output",
+                &io_args(
+                    "quilt unstitch",
+                    &input,
                     &out,
-                    "--window",
-                    window,
-                    "--step",
-                    window,
-                    "--codec",
-                    "gzip",
-                    "--positions",
-                    &pos,
-                ],
+                    &[
+                        "--window",
+                        window,
+                        "--step",
+                        window,
+                        "--codec",
+                        "gzip",
+                        "--positions",
+                        &pos,
+                    ],
+                ),
                 extra,
             )
         };
@@ -838,14 +670,12 @@ mod hdf5_files {
         // Reading from and writing to one file in one run is refused, the file untouched.
         let bytes = std::fs::read(&f).unwrap();
         fails_with(
-            tessera(&[
-                "quilt",
-                "stitch",
-                "--input",
+            tessera(&io_args(
+                "quilt stitch",
                 &format!("{}:/patches", f.display()),
-                "--output",
                 &format!("{}:/mean", f.display()),
-            ]),
+                &[],
+            )),
             &["same HDF5 file"],
         );
         assert_eq!(std::fs::read(&f).unwrap(), bytes);
@@ -857,18 +687,7 @@ mod hdf5_files {
         let dir = d.path();
         let f = user_file(dir);
         let p = patches(dir, "border");
-        let args = |out: &str| {
-            strings(&[
-                "quilt",
-                "stitch",
-                "--input",
-                &s(&p),
-                "--output",
-                out,
-                "--codec",
-                "gzip",
-            ])
-        };
+        let args = |out: &str| strings(&io_args("quilt stitch", &p, out, &["--codec", "gzip"]));
         let clean = s(&dir.join("clean.npy"));
         ok(tessera(
             &args(&clean).iter().map(String::as_str).collect::<Vec<_>>(),
@@ -886,66 +705,35 @@ mod hdf5_files {
     #[cfg(feature = "mpi")]
     #[test]
     fn two_ranks_add_a_dataset_to_an_existing_file() {
-        if mpirun().is_none() {
-            return;
-        }
-        let d = tempfile::tempdir().unwrap();
+        let Some(d) = mpi_tempdir() else { return };
         let dir = d.path();
         let f = user_file(dir);
         let p = patches(dir, "border");
         let target = format!("{}:/g/mean", f.display());
         ok(tessera_mpi(
             2,
-            &[
-                "quilt",
-                "stitch",
-                "--input",
-                &s(&p),
-                "--output",
-                &target,
-                "--codec",
-                "gzip",
-            ],
+            &io_args("quilt stitch", &p, &target, &["--codec", "gzip"]),
             &[("TESSERA_UNIT_BYTES", "4096")],
         ));
         ok(tessera_mpi(
             2,
-            &[
-                "quilt",
-                "stitch",
-                "--input",
-                &s(&p),
-                "--output",
+            &io_args(
+                "quilt stitch",
+                &p,
                 &target,
-                "--codec",
-                "gzip",
-                "--overwrite",
-            ],
+                &["--codec", "gzip", "--overwrite"],
+            ),
             &[("TESSERA_UNIT_BYTES", "4096")],
         ));
         assert_eq!(read_keep(&f), [1, 2, 3]);
         let clean = s(&dir.join("clean.npy"));
-        ok(tessera(&[
-            "quilt",
-            "stitch",
-            "--input",
-            &s(&p),
-            "--output",
-            &clean,
-        ]));
+        ok(tessera(&io_args("quilt stitch", &p, &clean, &[])));
         assert_eq!(read_all(&clean), read_all(&target));
         // A refusal on two ranks is still one line.
         fails_with(
             tessera_mpi(
                 2,
-                &[
-                    "quilt",
-                    "stitch",
-                    "--input",
-                    &s(&p),
-                    "--output",
-                    &format!("{}/c", p.display()),
-                ],
+                &io_args("quilt stitch", &p, &format!("{}/c", p.display()), &[]),
                 &[],
             ),
             &["lies inside the input"],

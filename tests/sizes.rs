@@ -10,7 +10,6 @@
 
 mod common;
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -89,19 +88,7 @@ fn run_limited(args: &[String]) -> Outcome {
         .env_remove("RUST_LOG")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    // SAFETY: setrlimit is async-signal-safe and touches only the child's own limits.
-    unsafe {
-        cmd.pre_exec(|| {
-            let limit = libc::rlimit {
-                rlim_cur: ADDRESS_SPACE,
-                rlim_max: ADDRESS_SPACE,
-            };
-            if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    limit_address_space(&mut cmd, ADDRESS_SPACE);
     let mut child = cmd.spawn().expect("spawn tessera");
     // Drain the pipes on threads so that a chatty child never blocks on a full pipe.
     let mut out = child.stdout.take().unwrap();
@@ -318,18 +305,12 @@ fn image(dir: &Path) -> PathBuf {
 fn patches(dir: &Path) -> (PathBuf, PathBuf) {
     let img = image(dir);
     let p = dir.join("patches.npy");
-    ok(tessera(&[
-        "quilt",
-        "unstitch",
-        "--input",
-        &s(&img),
-        "--output",
-        &s(&p),
-        "--window",
-        "8,8",
-        "--step",
-        "4,4",
-    ]));
+    ok(tessera(&io_args(
+        "quilt unstitch",
+        &img,
+        &p,
+        &["--window", "8,8", "--step", "4,4"],
+    )));
     let mut rng = Rng::new(4);
     let labels = ndarray::ArrayD::from_shape_fn(ndarray::IxDyn(&[9, 1, 8, 8]), |_| {
         if rng.below(4) == 0 {
@@ -364,13 +345,7 @@ fn convert_sizes() {
     let slices = d.path().join("slices");
     write_stack(&slices, "vol", &[0, 1, 2, 3], &[16, 16], DType::U16, 1);
     let table = Table {
-        command: words(&[
-            "convert",
-            "--input",
-            &s(&slices),
-            "--output",
-            "{out}/o.zarr",
-        ]),
+        command: words(&io_args("convert", &slices, "{out}/o.zarr", &[])),
         defaults: pairs(&[("--chunks", "2,8,8")]),
         flags: vec![
             int("--chunks", ALL3),
@@ -397,14 +372,7 @@ fn quilt_unstitch_sizes() {
     let mut failures = Vec::new();
     let img = image(d.path());
     let table = Table {
-        command: words(&[
-            "quilt",
-            "unstitch",
-            "--input",
-            &s(&img),
-            "--output",
-            "{out}/p.zarr",
-        ]),
+        command: words(&io_args("quilt unstitch", &img, "{out}/p.zarr", &[])),
         defaults: pairs(&[("--window", "8,8"), ("--step", "4,4"), ("--border", "1")]),
         flags: vec![
             int("--window", ALL2),
@@ -424,14 +392,7 @@ fn quilt_stitch_sizes() {
     let mut failures = Vec::new();
     let (p, _) = patches(d.path());
     let table = Table {
-        command: words(&[
-            "quilt",
-            "stitch",
-            "--input",
-            &s(&p),
-            "--output",
-            "{out}/s.zarr",
-        ]),
+        command: words(&io_args("quilt stitch", &p, "{out}/s.zarr", &[])),
         defaults: pairs(&[
             ("--shape", "1,1,16,16"),
             ("--window", "8,8"),
@@ -500,7 +461,7 @@ fn pyramid_sizes() {
     let mut failures = Vec::new();
     let c = cube(d.path());
     let table = Table {
-        command: words(&["pyramid", "--input", &s(&c), "--output", "{out}/py.zarr"]),
+        command: words(&io_args("pyramid", &c, "{out}/py.zarr", &[])),
         defaults: pairs(&[("--chunks", "4,8,8")]),
         flags: vec![
             int("--factor", &["{v}", "{v},2,2"]),
@@ -513,26 +474,14 @@ fn pyramid_sizes() {
     failures.extend(check_table(d.path(), "pyramid", &table));
 
     let lap = d.path().join("lap.zarr");
-    ok(tessera(&[
+    ok(tessera(&io_args(
         "pyramid",
-        "--input",
-        &s(&c),
-        "--output",
-        &s(&lap),
-        "--chunks",
-        "4,8,8",
-        "--method",
-        "laplacian",
-    ]));
+        &c,
+        &lap,
+        &["--chunks", "4,8,8", "--method", "laplacian"],
+    )));
     let table = Table {
-        command: words(&[
-            "pyramid",
-            "reconstruct",
-            "--input",
-            &s(&lap),
-            "--output",
-            "{out}/r.zarr",
-        ]),
+        command: words(&io_args("pyramid reconstruct", &lap, "{out}/r.zarr", &[])),
         defaults: vec![],
         flags: vec![int("--chunks", ALL3)],
         produces: vec!["r.zarr"],
@@ -585,27 +534,20 @@ fn patches_sizes() {
 fn crop_sizes() {
     let d = tempfile::tempdir().unwrap();
     let mut failures = Vec::new();
-    ok(tessera(&[
-        "crop",
-        "--test-mode",
-        "--test-patterns",
+    ok(tessera(&crop_test_args(
         "8",
-        "--test-size",
         "24",
-        "--output",
-        &s(&d.path().join("stem.npy")),
-        "--no-visualization",
-    ]));
+        &d.path().join("stem.npy"),
+        &["--no-visualization"],
+    )));
     let stem = d.path().join("stem_test_input.npy");
     let table = Table {
-        command: words(&[
+        command: words(&io_args(
             "crop",
-            "--input",
-            &s(&stem),
-            "--output",
+            &stem,
             "{out}/c.npy",
-            "--no-visualization",
-        ]),
+            &["--no-visualization"],
+        )),
         defaults: vec![],
         flags: vec![
             int("--margin-pixels", ONE),
@@ -670,27 +612,13 @@ fn hdr_calibrate_sizes() {
     let d = tempfile::tempdir().unwrap();
     let mut failures = Vec::new();
     let sky = d.path().join("sky");
-    ok(tessera(&[
-        "hdr",
-        "synthetic",
-        "--output",
-        &s(&sky),
-        "--brackets",
+    ok(tessera(&synthetic_args(
+        &sky,
         "3",
-        "--exposures",
-        "3",
-        "--size",
-        "32",
-    ]));
+        &["--exposures", "3", "--size", "32"],
+    )));
     let calibrate = Table {
-        command: words(&[
-            "hdr",
-            "calibrate",
-            "--input",
-            &s(&sky),
-            "--response",
-            "{out}/r.npz",
-        ]),
+        command: words(&calibrate_args(&sky, "{out}/r.npz", &[])),
         defaults: pairs(&[("--samples-per-image", "50")]),
         flags: vec![
             int("--samples-per-image", ONE),

@@ -28,18 +28,12 @@ fn run(
     let _ = std::fs::remove_dir_all(&out);
     let _ = std::fs::remove_file(dir.join("p.zarr.report.json"));
     let _ = std::fs::remove_file(dir.join("p_positions.npy"));
-    let args = [
-        "quilt",
-        "unstitch",
-        "--input",
-        &s(&image),
-        "--output",
-        &s(&out),
-        "--window",
-        "16,16",
-        "--step",
-        "8,8",
-    ];
+    let args = io_args(
+        "quilt unstitch",
+        &image,
+        &out,
+        &["--window", "16,16", "--step", "8,8"],
+    );
     ok(cmd(&args));
     let r: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("p.zarr.report.json")).unwrap()).unwrap();
@@ -157,13 +151,8 @@ fn the_thread_sweep_puts_each_speed_up_beside_the_copys() {
 #[cfg(feature = "mpi")]
 /// `mpirun -n 2` with the given binding, without the test suite's RAYON_NUM_THREADS.
 fn mpirun2(bind: &str, extra_env: &[(&str, &str)], args: &[&str]) -> std::process::Output {
-    let mut c = Command::new(mpirun().unwrap());
-    c.args(["-n", "2", "--oversubscribe", "--bind-to", bind])
-        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-        .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
-        .env_remove("RAYON_NUM_THREADS")
-        .env_remove("TESSERA_MPI");
+    let mut c = mpi_launcher(Nodes::One, 2, bind);
+    c.env_remove("RAYON_NUM_THREADS").env_remove("TESSERA_MPI");
     for (k, v) in extra_env {
         c.env(k, v);
     }
@@ -174,10 +163,7 @@ fn mpirun2(bind: &str, extra_env: &[(&str, &str)], args: &[&str]) -> std::proces
 #[cfg(feature = "mpi")]
 #[test]
 fn ranks_of_a_node_divide_its_cpus() {
-    if mpirun().is_none() {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
+    let Some(dir) = mpi_tempdir() else { return };
     // Unbound: both ranks may use every CPU, so each takes half (at least 1).
     let (t, launch) = run(dir.path(), |a| mpirun2("none", &[], a));
     let half = (cpus() / 2).max(1) as u64;

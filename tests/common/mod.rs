@@ -88,6 +88,25 @@ pub fn write_stack(
         .collect()
 }
 
+/// [`write_stack`] with the indices `0..count`.
+pub fn write_slices(
+    dir: &Path,
+    name: &str,
+    count: u64,
+    shape: &[usize],
+    dtype: DType,
+    seed: u64,
+) -> Vec<Block> {
+    write_stack(
+        dir,
+        name,
+        &(0..count).collect::<Vec<_>>(),
+        shape,
+        dtype,
+        seed,
+    )
+}
+
 /// The straightforward reference: stack slices along `axis` (0 for Z-first, 1 for CZYX).
 pub fn reference_stack(slices: &[Block], axis: usize) -> Block {
     fn stack<T: Clone>(arrays: Vec<ArrayD<T>>, axis: usize) -> ArrayD<T> {
@@ -139,6 +158,108 @@ pub fn tessera_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     cmd.output().expect("run tessera")
 }
 
+/// The arguments `<command's words> --input <input> --output <output> <rest>`: the start most
+/// command lines share (`command` as "quilt unstitch"); the paths as the UTF-8 they are here.
+pub fn io_args<'a>(
+    command: &'a str,
+    input: &'a (impl AsRef<Path> + ?Sized),
+    output: &'a (impl AsRef<Path> + ?Sized),
+    rest: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args: Vec<&str> = command.split(' ').collect();
+    args.extend(["--input", utf8(input), "--output", utf8(output)]);
+    args.extend_from_slice(rest);
+    args
+}
+
+/// The arguments `hdr calibrate --input <input> --response <response> <rest>`.
+pub fn calibrate_args<'a>(
+    input: &'a (impl AsRef<Path> + ?Sized),
+    response: &'a (impl AsRef<Path> + ?Sized),
+    rest: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec!["hdr", "calibrate", "--input", utf8(input)];
+    args.extend(["--response", utf8(response)]);
+    args.extend_from_slice(rest);
+    args
+}
+
+/// The arguments `hdr synthetic --output <output> --brackets <brackets> <rest>`.
+pub fn synthetic_args<'a>(
+    output: &'a (impl AsRef<Path> + ?Sized),
+    brackets: &'a str,
+    rest: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec!["hdr", "synthetic", "--output", utf8(output)];
+    args.extend(["--brackets", brackets]);
+    args.extend_from_slice(rest);
+    args
+}
+
+/// The arguments `patches --manifest <manifest> --data-root <root> --output <output> <rest>`.
+pub fn manifest_args<'a>(
+    manifest: &'a (impl AsRef<Path> + ?Sized),
+    root: &'a (impl AsRef<Path> + ?Sized),
+    output: &'a (impl AsRef<Path> + ?Sized),
+    rest: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec!["patches", "--manifest", utf8(manifest)];
+    args.extend(["--data-root", utf8(root), "--output", utf8(output)]);
+    args.extend_from_slice(rest);
+    args
+}
+
+/// `args` and `--resume`: the same command, resumed.
+pub fn resumed<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    let mut resume = args.to_vec();
+    resume.push("--resume");
+    resume
+}
+
+/// Writes `job` (TOML) to `path` and runs `tessera run <path>`.
+pub fn run_job_file(path: &Path, job: &str) -> Output {
+    std::fs::write(path, job).unwrap();
+    tessera(&["run", utf8(path)])
+}
+
+/// The arguments `crop --test-mode --test-patterns <patterns> --test-size <size> --output
+/// <output> <rest>`: crop on synthetic Airy patterns.
+pub fn crop_test_args<'a>(
+    patterns: &'a str,
+    size: &'a str,
+    output: &'a (impl AsRef<Path> + ?Sized),
+    rest: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec!["crop", "--test-mode", "--test-patterns", patterns];
+    args.extend(["--test-size", size, "--output", utf8(output)]);
+    args.extend_from_slice(rest);
+    args
+}
+
+/// A test path as the UTF-8 it is.
+fn utf8(path: &(impl AsRef<Path> + ?Sized)) -> &str {
+    path.as_ref().to_str().expect("test paths are UTF-8")
+}
+
+/// Limits the address space of `cmd`'s process to `bytes` (so that the memory a plan may take
+/// is the same on every machine).
+pub fn limit_address_space(cmd: &mut Command, bytes: u64) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setrlimit is async-signal-safe and touches only the child's own limits.
+    unsafe {
+        cmd.pre_exec(move || {
+            let limit = libc::rlimit {
+                rlim_cur: bytes,
+                rlim_max: bytes,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 pub fn text(out: &Output) -> String {
     format!(
         "status {:?}\nstdout:\n{}\nstderr:\n{}",
@@ -146,6 +267,15 @@ pub fn text(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
+}
+
+/// Runs `cmd` (a checking script, a shell), asserts that it succeeded and returns its output;
+/// a failure shows `what` with the status, stdout and stderr.
+#[track_caller]
+pub fn succeeds(cmd: &mut Command, what: &str) -> Output {
+    let out = cmd.output().expect("run the command");
+    assert!(out.status.success(), "{what}:\n{}", text(&out));
+    out
 }
 
 /// Asserts success and returns stdout + stderr.
@@ -185,6 +315,13 @@ pub fn mpirun() -> Option<PathBuf> {
         eprintln!("skipping: mpirun not found (install Open MPI with scripts/setup.sh)");
     }
     found
+}
+
+/// A temporary directory for a test that needs `mpirun`, or `None` (the test skipped, see
+/// [`mpirun`]) where this machine has none.
+pub fn mpi_tempdir() -> Option<tempfile::TempDir> {
+    mpirun()?;
+    Some(tempfile::tempdir().unwrap())
 }
 
 /// Runs `tessera` under `mpirun -n ranks`.
@@ -289,6 +426,20 @@ fn write_node_agent() -> std::result::Result<PathBuf, String> {
 
 /// The `mpirun -n ranks tessera ...` command on `nodes`, to run or spawn.
 pub fn mpi_command_on(nodes: Nodes, ranks: usize, args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut cmd = mpi_launcher(nodes, ranks, "none");
+    cmd.env("RAYON_NUM_THREADS", "2")
+        .env_remove("TESSERA_MPI")
+        .env_remove("RUST_LOG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.arg(&*BIN).args(args);
+    cmd
+}
+
+/// `mpirun -n ranks --oversubscribe --bind-to bind` on `nodes`, allowed to run as root, with
+/// no program yet.
+pub fn mpi_launcher(nodes: Nodes, ranks: usize, bind: &str) -> Command {
     let mpirun = mpirun().expect("mpirun present (callers check first)");
     let mut cmd = Command::new(mpirun);
     cmd.args([
@@ -296,7 +447,7 @@ pub fn mpi_command_on(nodes: Nodes, ranks: usize, args: &[&str], env: &[(&str, &
         &ranks.to_string(),
         "--oversubscribe",
         "--bind-to",
-        "none",
+        bind,
     ]);
     if nodes == Nodes::Two {
         let agent = emulated_nodes().expect("emulated nodes (callers check first)");
@@ -316,14 +467,7 @@ pub fn mpi_command_on(nodes: Nodes, ranks: usize, args: &[&str], env: &[(&str, &
     }
     cmd.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
         .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-        .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
-        .env("RAYON_NUM_THREADS", "2")
-        .env_remove("TESSERA_MPI")
-        .env_remove("RUST_LOG");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.arg(&*BIN).args(args);
+        .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none");
     cmd
 }
 
@@ -380,6 +524,12 @@ pub fn s(p: &Path) -> String {
 
 /// Writes `block` as a `.npy` through tessera's own writer.
 pub fn write_npy(path: &Path, block: &Block) {
+    let address = Address::Npy { path: path.into() };
+    write_one_chunk(&address, block).close().unwrap();
+}
+
+/// Creates `address` as one uncompressed chunk holding `block`, written but not closed.
+pub fn write_one_chunk(address: &Address, block: &Block) -> Box<dyn io::ArrayWriter> {
     let shape = block.shape();
     let spec = io::CreateSpec {
         flat_chunk_keys: false,
@@ -391,11 +541,10 @@ pub fn write_npy(path: &Path, block: &Block) {
         dimension_names: None,
         attributes: serde_json::Map::new(),
     };
-    let address = Address::Npy { path: path.into() };
-    let w = io::create(&address, &spec, &tessera::comm::Local, false).unwrap();
+    let w = io::create(address, &spec, &tessera::comm::Local, false).unwrap();
     w.write_box(Some((&tessera::grid::Region::whole(&shape), block)))
         .unwrap();
-    w.close().unwrap();
+    w
 }
 
 /// Every file under `dir` with its bytes, `created` taken out of patch metas (the one field
@@ -439,7 +588,11 @@ pub fn python() -> String {
 /// [`python`] when it can import `modules` (comma-separated); otherwise `None` and a skip
 /// message, or a failure where `TESSERA_REQUIRE_PYTHON=1`.
 pub fn python_with(modules: &str) -> Option<String> {
-    let python = python();
+    python_importing(python(), modules)
+}
+
+/// `python` when it can import `modules`, as [`python_with`] says.
+pub fn python_importing(python: String, modules: &str) -> Option<String> {
     let ok = Command::new(&python)
         .args(["-c", &format!("import {modules}")])
         .output()
