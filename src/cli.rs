@@ -364,7 +364,7 @@ fn quilt(which: QuiltCommand, comm: &dyn Comm) -> Result<()> {
             } else {
                 Ok(())
             };
-            crate::exec::agree(comm, made)
+            crate::comm::agree(comm, made)
         }
     }
 }

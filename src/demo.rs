@@ -80,7 +80,7 @@ fn demo_convert(dir: &Path, comm: &dyn Comm) -> Result<PathBuf> {
     } else {
         Ok(())
     };
-    crate::exec::agree(comm, written)?;
+    crate::comm::agree(comm, written)?;
     if comm.is_root() {
         println!(
             "demo: wrote {} TIFF slices of {}x{} uint16 to {}",
@@ -124,7 +124,7 @@ fn demo_quilt(dir: &Path, comm: &dyn Comm) -> Result<()> {
     } else {
         Ok(())
     };
-    crate::exec::agree(comm, written)?;
+    crate::comm::agree(comm, written)?;
     let patches = dir.join("patches.zarr");
     let stitched = dir.join("stitched.npy");
     let run = RunOptions {

@@ -55,7 +55,7 @@ pub fn run(b: &CropBench, comm: &dyn Comm) -> Result<()> {
     } else {
         Ok(())
     };
-    crate::exec::agree(comm, made)?;
+    crate::comm::agree(comm, made)?;
     let src = vec![1.0f32; (bytes / 4) as usize];
     let mut dst = vec![0.0f32; src.len()];
     let (mut copy, mut crop) = (f64::INFINITY, f64::INFINITY);

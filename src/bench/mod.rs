@@ -57,6 +57,12 @@ pub struct ConvertBench {
     pub json: Option<PathBuf>,
 }
 
+/// Writes a bench's result file (JSON, CSV, Markdown table): its own file, rewritten on every
+/// run as before, but through a temporary name and a rename, and never onto a special file.
+pub(crate) fn write_result(path: &Path, text: &str) -> Result<()> {
+    crate::io::safety::write_file(path, true, |tmp| std::fs::write(tmp, text).at(tmp))
+}
+
 #[derive(Debug, Serialize)]
 struct Measured {
     best_seconds: f64,
@@ -126,7 +132,7 @@ fn convert_inputs(b: &ConvertBench, input: &Path, comm: &dyn Comm) -> Result<(Ve
     } else {
         Ok(vec![])
     };
-    let files = crate::exec::agree(comm, made)?;
+    let files = crate::comm::agree(comm, made)?;
     let files: Vec<PathBuf> = if comm.is_root() {
         files
     } else {
@@ -184,14 +190,16 @@ fn time_copy_and_convert(
         } else {
             Ok(())
         };
-        crate::exec::agree(comm, cleared)?;
+        crate::comm::agree(comm, cleared)?;
         let t = Instant::now();
+        // The yardstick: a plain read and write of each file into the bench's own scratch
+        // directory (cleared above), as any copy would do it.
         let copied = files.par_iter().try_for_each(|f| -> Result<()> {
             let data = std::fs::read(f).at(f)?;
             let to = copy_dir.join(f.file_name().unwrap_or_default());
             std::fs::write(&to, data).at(&to)
         });
-        crate::exec::agree(comm, copied)?;
+        crate::comm::agree(comm, copied)?;
         copy_times.push(t.elapsed().as_secs_f64());
 
         let removed = if comm.is_root() {
@@ -199,7 +207,7 @@ fn time_copy_and_convert(
         } else {
             Ok(())
         };
-        crate::exec::agree(comm, removed)?;
+        crate::comm::agree(comm, removed)?;
         let t = Instant::now();
         crate::ops::convert::run(&job, comm)?;
         comm.barrier();
@@ -252,11 +260,10 @@ fn report_convert(
         .json
         .clone()
         .unwrap_or_else(|| b.dir.join("bench-convert.json"));
-    std::fs::write(
+    write_result(
         &path,
-        serde_json::to_string_pretty(&json).unwrap_or_default(),
-    )
-    .at(&path)?;
+        &serde_json::to_string_pretty(&json).unwrap_or_default(),
+    )?;
     println!();
     println!("json: {}", path.display());
 
@@ -328,11 +335,10 @@ pub fn quilt(b: &QuiltBench, comm: &dyn Comm) -> Result<()> {
         results.push(r);
     }
     if let Some(path) = &b.json {
-        std::fs::write(
+        write_result(
             path,
-            serde_json::to_string_pretty(&results).unwrap_or_default(),
-        )
-        .at(path)?;
+            &serde_json::to_string_pretty(&results).unwrap_or_default(),
+        )?;
     }
     Ok(())
 }

@@ -151,7 +151,7 @@ pub fn run(b: &PairsBench, comm: &dyn Comm) -> Result<()> {
     } else {
         Ok(())
     };
-    crate::exec::agree(comm, made)?;
+    crate::comm::agree(comm, made)?;
     let output = b.dir.join("pairs-output.zarr");
     let job = job(b, &input, &output);
     let (mut copy, mut pairs, mut bytes) = (f64::INFINITY, f64::INFINITY, 0);

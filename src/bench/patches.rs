@@ -10,9 +10,10 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use super::{measure, Measured};
+use crate::comm::agree;
 use crate::comm::Comm;
 use crate::error::{IoContext, Result};
-use crate::exec::{agree, RunOptions};
+use crate::exec::RunOptions;
 use crate::io::{safety, staging::remove_any, Codec};
 use crate::job::{PatchFormat, PatchesJob};
 use crate::ops::patches::{kernel, output};

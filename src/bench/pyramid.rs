@@ -127,6 +127,7 @@ fn kernels_on_the_gpu(b: &PyramidBench, comm: &dyn Comm) -> Result<()> {
 }
 
 /// Writes `bytes` as 1 MiB files under `dir` (removed afterwards); returns the seconds taken.
+/// The yardstick of a plain file write, so written plainly, into the bench's scratch directory.
 fn write_files(dir: &std::path::Path, bytes: u64, data: &[f32]) -> Result<f64> {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).at(dir)?;
@@ -183,7 +184,7 @@ pub fn run(b: &PyramidBench, comm: &dyn Comm) -> Result<()> {
     };
     print_pyramid(b, &r);
     if let Some(path) = &b.json {
-        std::fs::write(path, serde_json::to_string_pretty(&r).unwrap_or_default()).at(path)?;
+        super::write_result(path, &serde_json::to_string_pretty(&r).unwrap_or_default())?;
     }
     Ok(())
 }
@@ -234,7 +235,7 @@ fn time_pyramid(
         let t = Instant::now();
         let mut op = PyramidOp::plan(&job)?;
         let device = crate::gpu::select(b.device, None, comm, "pyramid", true)?;
-        crate::exec::agree(comm, op.use_device(device))?;
+        crate::comm::agree(comm, op.use_device(device))?;
         let summary = crate::exec::run(&op, comm, &job.run)?;
         pyr = pyr.min(t.elapsed().as_secs_f64());
         read = summary.bytes_read;

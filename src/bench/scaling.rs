@@ -570,8 +570,8 @@ pub fn run(b: &ScalingBench, comm: &dyn Comm) -> Result<()> {
     let (csv, md) = tables(&rows, b.mode);
     let csv_path = b.dir.join(format!("{stem}.csv"));
     let md_path = b.dir.join(format!("{stem}.md"));
-    std::fs::write(&csv_path, &csv).at(&csv_path)?;
-    std::fs::write(&md_path, &md).at(&md_path)?;
+    super::write_result(&csv_path, &csv)?;
+    super::write_result(&md_path, &md)?;
     let png = b.dir.join(format!("{stem}.png"));
     plot(&png, b, &rows, &efficiencies(&rows, b.mode))?;
     let how = match b.mode {

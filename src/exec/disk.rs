@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 use crate::io::{Address, Codec, CreateSpec};
 
-use super::memory::human_bytes;
+use crate::units::human_bytes;
 
 /// One output as the plan sees it: where it is stored, the bytes it takes uncompressed, and
 /// whether it is stored uncompressed (so that this is its size on disk).

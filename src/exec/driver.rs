@@ -21,10 +21,8 @@
 
 use std::time::{Duration, Instant};
 
-use super::{
-    agree, journal, progress, report, stall_forever, Error, Operation, PhaseTimes, Result,
-};
-use crate::comm::{Comm, PendingSum, ReduceOp};
+use super::{journal, progress, report, stall_forever, Error, Operation, PhaseTimes, Result};
+use crate::comm::{agree, Comm, PendingSum, ReduceOp};
 
 /// A rank's state while it runs its units.
 pub(super) struct Driver<'a, Op: Operation> {

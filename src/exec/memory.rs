@@ -6,9 +6,6 @@
 
 use crate::error::{Error, Result};
 
-/// Where the byte formatter lives now (callers of `exec::memory::human_bytes` keep working).
-pub use crate::units::human_bytes;
-
 /// Bytes this process can still allocate: `MemAvailable` from `/proc/meminfo`, lowered by the
 /// cgroup's limit (v2 `memory.max`, v1 `memory.limit_in_bytes`, minus what the cgroup uses)
 /// and by the address-space limit (`ulimit -v`, minus this process's size) when either is set.

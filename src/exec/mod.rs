@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::comm::Comm;
+use crate::comm::{agree, Comm};
 use crate::error::{Error, Result};
 use crate::grid::partition_contiguous;
 use crate::io::lock::OutputLock;
@@ -30,8 +30,6 @@ use crate::io::safety::{self, Place, Written};
 use crate::io::staging::Staging;
 use crate::io::Address;
 
-/// The collective agreement lives with the collectives; `exec::agree` keeps its callers.
-pub use crate::comm::agree;
 pub use report::{PhaseTimes, RunSummary};
 
 /// Default largest size of one work unit: big enough to keep every core of a rank busy, small

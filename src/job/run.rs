@@ -70,7 +70,7 @@ pub fn run_job(mut job: Job, comm: &dyn Comm) -> Result<()> {
         Job::Stitch(j) => {
             let mut op = quilt::StitchOp::plan(j)?;
             let device = select(j.device, &j.gpu_memory_limit, comm, "quilt stitch")?;
-            crate::exec::agree(comm, op.use_device(device))?;
+            crate::comm::agree(comm, op.use_device(device))?;
             let s = run_op(&op, comm, &j.run)?;
             ("quilt stitch", parameters(j), s)
         }
@@ -83,7 +83,7 @@ pub fn run_job(mut job: Job, comm: &dyn Comm) -> Result<()> {
                 "pyramid",
                 op.has_gpu_kernel(),
             )?;
-            crate::exec::agree(comm, op.use_device(device))?;
+            crate::comm::agree(comm, op.use_device(device))?;
             let s = run_op(&op, comm, &j.run)?;
             ("pyramid", parameters(j), s)
         }

@@ -740,7 +740,7 @@ pub fn run(job: &ConvertJob, comm: &dyn Comm) -> Result<Vec<crate::exec::RunSumm
             } else {
                 Ok(())
             };
-            crate::exec::agree(comm, removed)?;
+            crate::comm::agree(comm, removed)?;
         }
     }
     Ok(summaries)

@@ -77,8 +77,8 @@ impl CropGpu {
                 "gpu-memory-limit",
                 format!(
                     "{} is too small: one pattern takes {} on the device",
-                    crate::exec::memory::human_bytes(self.gpu.memory_limit()),
-                    crate::exec::memory::human_bytes(pattern_bytes as u64)
+                    crate::units::human_bytes(self.gpu.memory_limit()),
+                    crate::units::human_bytes(pattern_bytes as u64)
                 ),
             ));
         }

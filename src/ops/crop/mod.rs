@@ -723,7 +723,7 @@ fn resolve_input(job: &CropJob, comm: &dyn Comm, output: &Address) -> Result<Opt
             } else {
                 Ok(())
             };
-            crate::exec::agree(comm, made)?;
+            crate::comm::agree(comm, made)?;
             Ok(Some(path.to_string_lossy().into_owned()))
         }
         (None, false) => Err(Error::parameter(
@@ -760,7 +760,7 @@ impl Pass1<'_> {
     /// pattern, and gathers every pattern's findings to every rank. Also returns this rank's
     /// sum of its patterns, for the plot (zeros with `--no-visualization`).
     fn survey(&self, comm: &dyn Comm, input_text: &str) -> Result<(Survey, Vec<f64>)> {
-        let (analyses, first_bad, sum_before) = crate::exec::agree(comm, self.analyse_mine(comm))?;
+        let (analyses, first_bad, sum_before) = crate::comm::agree(comm, self.analyse_mine(comm))?;
         let mut bad = [first_bad];
         comm.all_reduce_u64(&mut bad, ReduceOp::Min);
         if bad[0] != u64::MAX {
@@ -1008,7 +1008,7 @@ fn recrop_finished_units(op: &CropOp, comm: &dyn Comm) -> Result<()> {
         mine.filter(|u| !have.contains_key(u)).collect()
     };
     let redone = missing.iter().try_for_each(|&u| op.compute(u).map(drop));
-    crate::exec::agree(comm, redone)
+    crate::comm::agree(comm, redone)
 }
 
 /// The validation: retention gathered to rank 0 in pattern order (and the pattern sums
@@ -1050,7 +1050,7 @@ fn report(
         None => Ok(()),
     };
     // Rank 0's failure (a write, or --strict) stops every rank.
-    crate::exec::agree(comm, written)
+    crate::comm::agree(comm, written)
 }
 
 /// Rank 0: the per-pattern arrays, the results JSON and the plot, the summary line, and

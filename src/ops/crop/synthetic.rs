@@ -123,8 +123,8 @@ pub fn write(path: &Path, n: u64, size: u64, seed: u64) -> Result<()> {
             "test-patterns",
             format!(
                 "{n} float32 patterns of --test-size {size} need {} on disk, {} free under {}",
-                crate::exec::memory::human_bytes(bytes),
-                crate::exec::memory::human_bytes(free),
+                crate::units::human_bytes(bytes),
+                crate::units::human_bytes(free),
                 path.parent().unwrap_or(path).display()
             ),
         ));

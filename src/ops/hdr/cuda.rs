@@ -167,7 +167,7 @@ impl DebevecGpu {
                 "gpu-memory-limit",
                 format!(
                     "{} is too small to merge one row of {w} pixels x {e} exposures",
-                    crate::exec::memory::human_bytes(gpu.memory_limit())
+                    crate::units::human_bytes(gpu.memory_limit())
                 ),
             ));
         }

@@ -225,7 +225,7 @@ pub fn find_brackets(scan: &ScanOptions, comm: &dyn Comm) -> Result<Vec<Bracket>
     } else {
         Ok(())
     };
-    crate::exec::agree(comm, found)?;
+    crate::comm::agree(comm, found)?;
     comm.broadcast(&mut bytes, 0);
     serde_json::from_slice(&bytes)
         .map_err(|e| Error::bad_file(&scan.input, format!("bracket list from rank 0: {e}")))
@@ -609,7 +609,7 @@ pub fn calibrate(job: &CalibrateJob, comm: &dyn Comm) -> Result<Vec<Vec<f64>>> {
         sampled.push(sample_bracket(job, to_sample[k], &images, mine[k])?);
         Ok(())
     });
-    crate::exec::agree(comm, sampling)?;
+    crate::comm::agree(comm, sampling)?;
     // Every bracket must have the same channel count.
     let channels: Vec<usize> = sampled.iter().map(Vec::len).collect();
     let mut c_range = [
@@ -659,7 +659,7 @@ pub fn calibrate(job: &CalibrateJob, comm: &dyn Comm) -> Result<Vec<Vec<f64>>> {
             }
         }
     }
-    crate::exec::agree(comm, result)?;
+    crate::comm::agree(comm, result)?;
     comm.broadcast(&mut bytes, 0);
     let flat: Vec<f64> = bytes
         .chunks_exact(8)
@@ -1109,8 +1109,8 @@ pub fn write_synthetic(job: &SyntheticJob) -> Result<()> {
             format!(
                 "{} brackets need up to {} on disk, {} free under {}",
                 job.brackets,
-                crate::exec::memory::human_bytes(disk),
-                crate::exec::memory::human_bytes(free),
+                crate::units::human_bytes(disk),
+                crate::units::human_bytes(free),
                 job.output.display()
             ),
         ));

@@ -251,7 +251,7 @@ fn planned_bytes(job: &MergeJob, brackets: &[Bracket], comm: &dyn Comm) -> Resul
             }
         }
     }
-    let failed = crate::exec::agree(comm, failed);
+    let failed = crate::comm::agree(comm, failed);
     let mut total = [bytes];
     comm.all_reduce_u64(&mut total, ReduceOp::Sum);
     failed.map(|()| total[0])
@@ -302,7 +302,7 @@ fn per_bracket(
     let setup = Instant::now();
     // One job per output directory (see io::lock), held until this function returns.
     let _lock = crate::exec::lock_output(out, comm)?;
-    crate::exec::agree(comm, prepare_directory(job, brackets.len(), comm))?;
+    crate::comm::agree(comm, prepare_directory(job, brackets.len(), comm))?;
     let setup_seconds = setup.elapsed().as_secs_f64();
     let mine = partition_contiguous(brackets.len(), comm.size())[comm.rank()].clone();
     let resuming = job.run.resume && !job.run.overwrite;
@@ -325,7 +325,7 @@ fn per_bracket(
         write_seconds,
     } = tally;
     let sync = Instant::now();
-    crate::exec::agree(comm, result)?;
+    crate::comm::agree(comm, result)?;
     let mut counts = [unusable, resumed as u64];
     comm.all_reduce_u64(&mut counts, ReduceOp::Sum);
     let sync_seconds = sync.elapsed().as_secs_f64();
@@ -370,8 +370,8 @@ fn check_bracket_outputs(job: &MergeJob, brackets: &[Bracket], comm: &dyn Comm) 
     let out = &job.output;
     let inputs = super::merge_inputs(job);
     let output = Written::new("output", Place::Path(out.clone()));
-    crate::exec::agree(comm, safety::check_places(&inputs, &[output]))?;
-    let planned = crate::exec::agree(comm, planned_bytes(job, brackets, comm))?;
+    crate::comm::agree(comm, safety::check_places(&inputs, &[output]))?;
+    let planned = crate::comm::agree(comm, planned_bytes(job, brackets, comm))?;
     let planned = crate::exec::disk::PlannedOutput {
         name: format!(
             "{} ({} .{} bracket files)",
@@ -383,7 +383,7 @@ fn check_bracket_outputs(job: &MergeJob, brackets: &[Bracket], comm: &dyn Comm) 
         bytes: planned,
         uncompressed: job.format == Format::Npy,
     };
-    crate::exec::agree(
+    crate::comm::agree(
         comm,
         crate::exec::disk::check_outputs(&[planned], safety::free_disk_bytes),
     )?;

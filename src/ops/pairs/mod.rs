@@ -1176,7 +1176,7 @@ pub fn select(job: &PairsSelectJob, comm: &dyn Comm) -> Result<()> {
     } else {
         Ok(())
     };
-    crate::exec::agree(comm, done)
+    crate::comm::agree(comm, done)
 }
 
 fn select_on_root(job: &PairsSelectJob) -> Result<()> {

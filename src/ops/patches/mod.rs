@@ -837,7 +837,7 @@ impl Operation for PatchesOp {
         } else {
             Ok(())
         };
-        crate::exec::agree(comm, made)?;
+        crate::comm::agree(comm, made)?;
         let mut writers = Vec::new();
         for (dir, spec) in dirs.iter().zip(&self.zarr) {
             if let Some(spec) = spec {

@@ -55,7 +55,7 @@ pub fn run(args: &VerifyArgs, comm: &dyn Comm) -> Result<()> {
     } else {
         Ok(())
     };
-    crate::exec::agree(comm, verdict)
+    crate::comm::agree(comm, verdict)
 }
 
 /// Rank 0: the problems (the first [`LISTED`]) and the verdict.

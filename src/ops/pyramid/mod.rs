@@ -491,8 +491,8 @@ impl PyramidOp {
                 format!(
                     "{} is too small: the largest unit needs {} on the device (lower \
                      TESSERA_UNIT_BYTES for smaller units, or run with --device cpu)",
-                    crate::exec::memory::human_bytes(limit),
-                    crate::exec::memory::human_bytes(most)
+                    crate::units::human_bytes(limit),
+                    crate::units::human_bytes(most)
                 ),
             ));
         }

@@ -178,9 +178,9 @@ impl StitchGpu {
                 "gpu-memory-limit",
                 format!(
                     "{} is too small: one output row and its patches need {} on the device, two in flight {}",
-                    crate::exec::memory::human_bytes(self.gpu.memory_limit()),
-                    crate::exec::memory::human_bytes(one),
-                    crate::exec::memory::human_bytes(2 * one)
+                    crate::units::human_bytes(self.gpu.memory_limit()),
+                    crate::units::human_bytes(one),
+                    crate::units::human_bytes(2 * one)
                 ),
             )
         })
@@ -552,8 +552,8 @@ impl UnstitchGpu {
                     "gpu-memory-limit",
                     format!(
                         "{} is too small: the image box the patches are cut from takes {} on the device",
-                        crate::exec::memory::human_bytes(gpu.memory_limit()),
-                        crate::exec::memory::human_bytes(box_bytes)
+                        crate::units::human_bytes(gpu.memory_limit()),
+                        crate::units::human_bytes(box_bytes)
                     ),
                 ));
             }

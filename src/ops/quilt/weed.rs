@@ -236,7 +236,7 @@ fn label_flags(
         }
         Ok(())
     })();
-    crate::exec::agree(comm, mine)?;
+    crate::comm::agree(comm, mine)?;
     Ok(comm.all_gather(&flags).concat())
 }
 
