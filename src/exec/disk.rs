@@ -45,7 +45,7 @@ impl PlannedOutput {
             }
             _ => spec.shape.iter().fold(1u64, |a, &n| a.saturating_mul(n)),
         };
-        let uncompressed = matches!(address, Address::Npy { .. })
+        let uncompressed = matches!(address, Address::Npy { .. } | Address::Pt { .. })
             || spec.codec.for_format(address).unwrap_or(spec.codec) == Codec::None;
         PlannedOutput {
             name: address.to_string(),

@@ -1,7 +1,8 @@
 //! Array addresses: one string names any input or output array.
 //!
 //! `file.npy`; `store.zarr` (array at the store root) or `store.zarr/group/array`;
-//! `file.h5:/group/dataset` (also `.hdf5`, `.hdf`, `.he5`, `.nxs`, `.emd`).
+//! `file.h5:/group/dataset` (also `.hdf5`, `.hdf`, `.he5`, `.nxs`, `.emd`); `file.pt` (also
+//! `.pth`) or `file.pt:key` for a tensor in a dict or list saved by `torch.save`.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -9,12 +10,15 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 
 const HDF5_EXTENSIONS: [&str; 6] = ["h5", "hdf5", "hdf", "he5", "nxs", "emd"];
+const PT_EXTENSIONS: [&str; 2] = ["pt", "pth"];
 
 /// Where an array lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Address {
     /// A numpy `.npy` file.
     Npy { path: PathBuf },
+    /// A PyTorch `.pt` file: the tensor it holds, or the one at `key` of its dict or list.
+    Pt { path: PathBuf, key: Option<String> },
     /// An array in a Zarr store directory; `node` is `""` for the root, else `group/array`.
     Zarr { store: PathBuf, node: String },
     /// A dataset in an HDF5 file; `dataset` starts with `/`.
@@ -51,7 +55,26 @@ impl Address {
                 });
             }
         }
+        // PyTorch: `file.pt` or `file.pt:key` (the first ':' after which a .pt name ends).
+        for (i, _) in text.match_indices(':') {
+            let (file, key) = (&text[..i], &text[i + 1..]);
+            if has_extension(Path::new(file), &PT_EXTENSIONS) {
+                if key.is_empty() {
+                    return Err(bad("no key after ':' (expected file.pt:key)"));
+                }
+                return Ok(Address::Pt {
+                    path: PathBuf::from(file),
+                    key: Some(key.to_string()),
+                });
+            }
+        }
         let path = Path::new(text);
+        if has_extension(path, &PT_EXTENSIONS) {
+            return Ok(Address::Pt {
+                path: path.to_path_buf(),
+                key: None,
+            });
+        }
         if has_extension(path, &HDF5_EXTENSIONS) {
             return Err(bad(
                 "an HDF5 address names its dataset: file.h5:/group/dataset",
@@ -86,14 +109,14 @@ impl Address {
             });
         }
         Err(bad(
-            "cannot tell the format: expected file.npy, store.zarr[/group/array] or file.h5:/dataset",
+            "cannot tell the format: expected file.npy, file.pt[:key], store.zarr[/group/array] or file.h5:/dataset",
         ))
     }
 
     /// The file or directory that holds the whole container (npy file, store dir, HDF5 file).
     pub fn container(&self) -> &Path {
         match self {
-            Address::Npy { path } => path,
+            Address::Npy { path } | Address::Pt { path, .. } => path,
             Address::Zarr { store, .. } => store,
             Address::Hdf5 { file, .. } => file,
             Address::PatchDir { dir } => dir,
@@ -104,6 +127,10 @@ impl Address {
     pub fn with_container(&self, container: PathBuf) -> Address {
         match self {
             Address::Npy { .. } => Address::Npy { path: container },
+            Address::Pt { key, .. } => Address::Pt {
+                path: container,
+                key: key.clone(),
+            },
             Address::Zarr { node, .. } => Address::Zarr {
                 store: container,
                 node: node.clone(),
@@ -119,6 +146,7 @@ impl Address {
     pub fn kind(&self) -> &'static str {
         match self {
             Address::Npy { .. } => "npy",
+            Address::Pt { .. } => "pt",
             Address::Zarr { .. } => "zarr",
             Address::Hdf5 { .. } => "hdf5",
             Address::PatchDir { .. } => "patch directory",
@@ -129,7 +157,13 @@ impl Address {
 impl fmt::Display for Address {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Address::Npy { path } => write!(f, "{}", path.display()),
+            Address::Npy { path } | Address::Pt { path, key: None } => {
+                write!(f, "{}", path.display())
+            }
+            Address::Pt {
+                path,
+                key: Some(key),
+            } => write!(f, "{}:{key}", path.display()),
             Address::Zarr { store, node } if node.is_empty() => write!(f, "{}", store.display()),
             Address::Zarr { store, node } => write!(f, "{}/{node}", store.display()),
             Address::Hdf5 { file, dataset } => write!(f, "{}:{dataset}", file.display()),
@@ -181,6 +215,28 @@ mod tests {
             Address::parse("x/f.emd:data").unwrap().to_string(),
             "x/f.emd:/data"
         );
+        assert_eq!(
+            Address::parse("d/p.pt").unwrap(),
+            Address::Pt {
+                path: "d/p.pt".into(),
+                key: None
+            }
+        );
+        for (text, path, key) in [
+            ("d/p.pt:weights", "d/p.pt", "weights"),
+            ("m.pth:layer.0:w", "m.pth", "layer.0:w"),
+            ("a:b/p.pt:0", "a:b/p.pt", "0"),
+        ] {
+            let a = Address::parse(text).unwrap();
+            assert_eq!(
+                a,
+                Address::Pt {
+                    path: path.into(),
+                    key: Some(key.into())
+                }
+            );
+            assert_eq!(a.to_string(), text);
+        }
     }
 
     #[test]
@@ -190,6 +246,10 @@ mod tests {
             .to_string()
             .contains("dataset"));
         assert!(Address::parse("f.h5:/").is_err());
+        assert!(Address::parse("f.pt:")
+            .unwrap_err()
+            .to_string()
+            .contains("key"));
         assert!(Address::parse("").is_err());
         assert!(Address::parse("/no/such/thing.dat")
             .unwrap_err()

@@ -12,6 +12,7 @@ pub mod hdf5;
 pub mod images;
 pub mod lock;
 pub mod npy;
+pub mod pt;
 pub mod safety;
 pub mod staging;
 pub mod walk;
@@ -74,7 +75,7 @@ impl Codec {
         match (self, address) {
             (Codec::Auto, Address::Zarr { .. }) => Ok(Codec::Zstd),
             (Codec::Auto, Address::Hdf5 { .. }) => Ok(Codec::Gzip),
-            (Codec::Auto, Address::Npy { .. }) => Ok(Codec::None),
+            (Codec::Auto, Address::Npy { .. } | Address::Pt { .. }) => Ok(Codec::None),
             (Codec::Zstd | Codec::Blosc, Address::Hdf5 { .. }) => Err(Error::parameter(
                 "codec",
                 format!(
@@ -269,6 +270,7 @@ pub fn open(address: &Address) -> Result<Box<dyn ArrayReader>> {
     check_container_kind(address)?;
     match address {
         Address::Npy { path } => Ok(Box::new(npy::NpyReader::open(path)?)),
+        Address::Pt { path, key } => Ok(Box::new(pt::PtReader::open(path, key.as_deref())?)),
         Address::Zarr { store, node } => Ok(Box::new(zarr::ZarrReader::open(store, node)?)),
         #[cfg(feature = "hdf5")]
         Address::Hdf5 { file, dataset } => Ok(Box::new(hdf5::Hdf5Reader::open(file, dataset)?)),
@@ -306,6 +308,7 @@ fn check_container_kind(address: &Address) -> Result<()> {
             Some("is a directory but not a Zarr store (no zarr.json, nor Zarr v2 .zarray/.zgroup)")
         }
         Address::Npy { .. } if found.is_dir() => Some("is a directory, not a .npy file"),
+        Address::Pt { .. } if found.is_dir() => Some("is a directory, not a .pt file"),
         Address::Hdf5 { .. } if found.is_dir() => Some("is a directory, not an HDF5 file"),
         _ => None,
     };
@@ -337,6 +340,13 @@ pub fn create(
     };
     match address {
         Address::Npy { path } => Ok(Box::new(npy::NpyWriter::create(path, spec, comm, resume)?)),
+        Address::Pt { path, key } => Ok(Box::new(pt::PtWriter::create(
+            path,
+            key.as_deref(),
+            spec,
+            comm,
+            resume,
+        )?)),
         Address::Zarr { store, node } => Ok(Box::new(zarr::ZarrWriter::create(
             store, node, spec, comm, resume,
         )?)),

@@ -344,13 +344,19 @@ impl NpyWriter {
                 format!("{len} bytes, fewer than the {bytes} bytes of data it should hold"),
             )
         })?;
-        Ok(NpyWriter {
+        Ok(NpyWriter::at(file, data_offset, spec, path))
+    }
+
+    /// A writer of `spec`'s array stored raw in C order from `data_offset` of `file` (which
+    /// is already that long): a `.npy`'s data, or a `.pt`'s storage.
+    pub fn at(file: File, data_offset: u64, spec: &CreateSpec, path: &Path) -> Self {
+        NpyWriter {
             file,
             data_offset,
             shape: spec.shape.clone(),
             dtype: spec.dtype,
             path: path.to_path_buf(),
-        })
+        }
     }
 
     fn write_runs<T: Element>(&self, region: &Region, block: &ndarray::ArrayD<T>) -> Result<()> {

@@ -29,7 +29,7 @@ impl Place {
     /// The path on disk that holds this place: the file, or the directory of a Zarr node.
     pub fn footprint(&self) -> PathBuf {
         match self {
-            Place::Array(Address::Npy { path }) => path.clone(),
+            Place::Array(Address::Npy { path } | Address::Pt { path, .. }) => path.clone(),
             Place::Array(Address::Zarr { store, node }) if node.is_empty() => store.clone(),
             Place::Array(Address::Zarr { store, node }) => store.join(node),
             Place::Array(Address::Hdf5 { file, .. }) => file.clone(),

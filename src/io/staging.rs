@@ -302,6 +302,10 @@ impl Staging {
     fn publish(&self) -> Result<()> {
         match &self.publish {
             Publish::Rename { published, staged } => {
+                // A `.pt` gets its CRC and zip directory once every rank has written.
+                if matches!(self.target, Address::Pt { .. }) {
+                    crate::io::pt::archive::finalize(staged)?;
+                }
                 // A file is replaced by one rename (atomic). A directory cannot be renamed
                 // over a non-empty one: the old one is moved aside first, and
                 // `recover_publish` puts it back if the run dies between the two renames.
@@ -533,6 +537,17 @@ pub fn check_replaceable(target: &Address, path: &Path) -> Result<()> {
         ),
     };
     match target {
+        Address::Pt { .. } => {
+            if path.is_dir() {
+                return Err(refuse("is a directory, not a .pt file"));
+            }
+            let mut magic = [0u8; 4];
+            let read = std::fs::File::open(path)
+                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic));
+            if read.is_err() || &magic != b"PK\x03\x04" {
+                return Err(refuse("is not a .pt file (torch.save's zip format)"));
+            }
+        }
         Address::Npy { .. } => {
             if path.is_dir() {
                 return Err(refuse("is a directory, not a .npy file"));

@@ -333,10 +333,10 @@ impl ConvertOp {
             attributes: Map::new(),
         };
         let spec = spec.validated()?;
-        if let (Address::Npy { .. }, Some(_)) = (&target, &job.shards) {
+        if let (Address::Npy { .. } | Address::Pt { .. }, Some(_)) = (&target, &job.shards) {
             return Err(Error::parameter(
                 "shards",
-                "sharding is a Zarr feature; .npy output has no chunks",
+                "sharding is a Zarr feature; .npy and .pt outputs have no chunks",
             ));
         }
         let block = spec.write_block()[stack_axis];

@@ -180,7 +180,8 @@ fn default_positions(output: &Address) -> Result<Address> {
     let inner = match output {
         Address::Zarr { node, .. } => node.rsplit('/').next().unwrap_or("").to_string(),
         Address::Hdf5 { dataset, .. } => dataset.rsplit('/').next().unwrap_or("").to_string(),
-        Address::Npy { .. } | Address::PatchDir { .. } => String::new(),
+        Address::Pt { key: Some(key), .. } => key.clone(),
+        Address::Npy { .. } | Address::Pt { .. } | Address::PatchDir { .. } => String::new(),
     };
     let name = if inner.is_empty() {
         format!("{stem}_positions.npy")
