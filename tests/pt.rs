@@ -273,3 +273,75 @@ fn bad_pt_inputs_are_refused_with_one_line() {
     fails_with(run(args(true)), &["keep.pt", "not a .pt file"]);
     assert_eq!(std::fs::read(&target).unwrap(), b"not a tensor");
 }
+
+#[test]
+fn a_killed_run_resumes_to_the_same_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = small_image(dir.path(), 5);
+    let args = |out: &Path, extra: &[&str]| {
+        let positions = out.with_extension("positions.npy");
+        let mut a = vec![
+            "quilt".to_string(),
+            "unstitch".into(),
+            "--input".into(),
+            s(&input),
+            "--output".into(),
+            format!("{}:patches", s(out)),
+            "--window".into(),
+            "16,16".into(),
+            "--step".into(),
+            "8,8".into(),
+            "--patches-per-chunk".into(),
+            "4".into(),
+            "--positions".into(),
+            s(&positions),
+        ];
+        a.extend(extra.iter().map(|e| e.to_string()));
+        a
+    };
+    let run = |a: Vec<String>, env: &[(&str, &str)]| {
+        // Small units, so that a run has several to be killed between.
+        let env = [env, &[("TESSERA_UNIT_BYTES", "8192")]].concat();
+        tessera_env(&a.iter().map(String::as_str).collect::<Vec<_>>(), &env)
+    };
+    let whole = dir.path().join("whole.pt");
+    ok(run(args(&whole, &[]), &[]));
+    let want = std::fs::read(&whole).unwrap();
+    // Killed after two units, then killed again after finishing the archive but before
+    // publishing it: each --resume takes up where the last run stopped.
+    let resumed = dir.path().join("resumed.pt");
+    let killed = run(args(&resumed, &[]), &[("TESSERA_ABORT_AFTER_UNITS", "2")]);
+    assert!(!killed.status.success() && !resumed.exists());
+    let killed = run(
+        args(&resumed, &["--resume"]),
+        &[("TESSERA_CRASH_AT", "finalized")],
+    );
+    assert!(
+        !killed.status.success() && !resumed.exists(),
+        "{}",
+        text(&killed)
+    );
+    ok(run(args(&resumed, &["--resume"]), &[]));
+    assert_eq!(std::fs::read(&resumed).unwrap(), want);
+}
+
+#[test]
+fn convert_writes_a_stack_as_a_tensor_file() {
+    let d = tempfile::tempdir().unwrap();
+    let input = d.path().join("in");
+    let slices = write_slices(&input, "s", 5, &[6, 7], tessera::io::DType::U16, 2);
+    let out = d.path().join("stack.pt");
+    ok(tessera(&io_args("convert", &input, &out, &[])));
+    assert_eq!(read_all(&s(&out)), reference_stack(&slices, 0));
+    // Several stacks: one .pt each with --format pt.
+    write_slices(&input, "t", 3, &[6, 7], tessera::io::DType::U16, 3);
+    let dir = d.path().join("many");
+    ok(tessera(&io_args(
+        "convert",
+        &input,
+        &dir,
+        &["--format", "pt"],
+    )));
+    assert_eq!(read_all(&s(&dir.join("s.pt"))), reference_stack(&slices, 0));
+    assert_eq!(read_all(&s(&dir.join("t.pt"))).shape(), &[3, 6, 7]);
+}

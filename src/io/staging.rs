@@ -305,6 +305,7 @@ impl Staging {
                 // A `.pt` gets its CRC and zip directory once every rank has written.
                 if matches!(self.target, Address::Pt { .. }) {
                     crate::io::pt::archive::finalize(staged)?;
+                    crash_point("finalized");
                 }
                 // A file is replaced by one rename (atomic). A directory cannot be renamed
                 // over a non-empty one: the old one is moved aside first, and

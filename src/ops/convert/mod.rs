@@ -265,6 +265,7 @@ fn output_address(job: &ConvertJob, stack: &str, several: bool) -> Result<Addres
         OutputFormat::Zarr => format!("{}.zarr", job.output.join(stack).display()),
         OutputFormat::Hdf5 => format!("{}.h5:/data", job.output.join(stack).display()),
         OutputFormat::Npy => format!("{}.npy", job.output.join(stack).display()),
+        OutputFormat::Pt => format!("{}.pt", job.output.join(stack).display()),
     };
     Address::parse(&path)
 }

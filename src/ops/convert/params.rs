@@ -37,6 +37,8 @@ pub enum OutputFormat {
     Hdf5,
     /// `<dir>/<stack>.npy`
     Npy,
+    /// `<dir>/<stack>.pt` (a tensor file for torch.load)
+    Pt,
 }
 
 /// `tessera convert`: a directory of image files to one array per stack.
