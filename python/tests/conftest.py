@@ -33,7 +33,7 @@ def cli():
     exe = _cli()
 
     def run(*args, check=True):
-        done = subprocess.run([exe, "-q", *map(str, args)], capture_output=True, text=True)
+        done = subprocess.run([exe, *map(str, args)], capture_output=True, text=True)
         if check and done.returncode != 0:
             raise AssertionError(f"tessera {' '.join(map(str, args))} failed: {done.stderr}")
         return done

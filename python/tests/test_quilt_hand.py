@@ -52,3 +52,13 @@ def test_a_pixel_only_nan_covered_is_nan_and_nan_does_not_spread():
     assert np.isnan(mean[0, 0, 0, 0]) and weights[0, 0, 0] == 0
     assert np.count_nonzero(np.isnan(mean)) == 1
     assert q.nan_values_left_out == 1
+
+
+def test_warnings_reach_python_logging(caplog):
+    q = tessera.NCYXQuilt(2, 4, window=2, step=2)
+    patches = np.ones((2, 1, 2, 2), np.float32)
+    patches[1, 0, 1, 1] = np.nan
+    with caplog.at_level("WARNING", logger="tessera"):
+        q.stitch(patches)
+    assert any(r.name == "tessera" and r.levelname == "WARNING"
+               and "1 NaN patch values were left out" in r.getMessage() for r in caplog.records)
