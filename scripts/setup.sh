@@ -5,7 +5,8 @@
 #   scripts/setup.sh            system packages (Open MPI, parallel HDF5, libclang) + Rust
 #   scripts/setup.sh --python   also a Python venv (target/pyenv) with numpy, zarr, h5py and
 #                               pandas, used by tests/python_readback.rs and tests/patches.rs
-#                               to cross-check outputs
+#                               to cross-check outputs, and maturin + pytest for the Python
+#                               package (python/)
 #   scripts/setup.sh --nvrtc    also NVRTC (the PyPI wheel nvidia-cuda-nvrtc, into target/pyenv;
 #                               implies --python), so that CI compiles every CUDA kernel
 #                               without a GPU (tests/gpu.rs)
@@ -81,6 +82,13 @@ if [ "$python" = 1 ]; then
     mkdir -p target
     [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
     "$venv/bin/python" -m pip install -q --disable-pip-version-check 'zarr>=3' h5py numpy ome-zarr-models pandas
+  fi
+  # The Python package's build and tests (python/; scripts/test.sh builds it into this venv).
+  if [ -x "$venv/bin/maturin" ] && "$venv/bin/python" -c 'import pytest' 2>/dev/null; then
+    echo "setup: python venv $venv has maturin, pytest"
+  else
+    echo "setup: maturin and pytest into $venv, for the Python package (python/)"
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check 'maturin>=1.9,<2' pytest
   fi
 fi
 

@@ -23,6 +23,7 @@ pub mod gpu;
 pub mod grid;
 pub mod io;
 pub mod job;
+pub mod launch;
 pub mod ops;
 pub mod units;
 

@@ -24,6 +24,7 @@ pub mod device;
 #[cfg(test)]
 mod harness;
 pub mod kernel;
+pub mod memory;
 pub mod params;
 pub mod weed;
 
@@ -608,7 +609,7 @@ pub struct ValueLimits {
 }
 
 impl ValueLimits {
-    fn new(geometry: &QuiltGeometry, window_weights: &ArrayD<f64>, with_std: bool) -> Self {
+    pub fn new(geometry: &QuiltGeometry, window_weights: &ArrayD<f64>, with_std: bool) -> Self {
         let overlap = geometry
             .window
             .iter()
@@ -630,9 +631,23 @@ impl ValueLimits {
     /// [`Error::Parameter`] naming `--input` (or `--variance`), the patch, the value and the
     /// limit.
     pub fn check(&self, batch: &Block, first: u64, variances: bool) -> Result<()> {
-        let Block::F64(a) = batch else {
-            return Ok(());
-        };
+        match batch {
+            Block::F64(a) => self.check_f64(&a.view(), first, variances),
+            _ => Ok(()),
+        }
+    }
+
+    /// [`ValueLimits::check`] on a float64 batch seen as a view (in-memory patches,
+    /// [`memory`]).
+    ///
+    /// # Errors
+    /// As [`ValueLimits::check`].
+    pub fn check_f64(
+        &self,
+        a: &ndarray::ArrayViewD<'_, f64>,
+        first: u64,
+        variances: bool,
+    ) -> Result<()> {
         let limit = if variances { self.sums } else { self.patches };
         let Some((i, v)) = a
             .iter()
@@ -659,7 +674,7 @@ impl ValueLimits {
 }
 
 /// The output element types (f32, f64): each value rounded once from its f64.
-trait OutElement: Element {
+pub trait OutElement: Element {
     fn from_f64(x: f64) -> Self;
 }
 

@@ -1,0 +1,605 @@
+//! `tessera._tessera`: the compiled half of the Python package. Thin on purpose: it turns
+//! numpy arrays into ndarray views, releases the GIL, runs the library's own functions on a
+//! rayon pool of the asked width, and turns results and `tessera::Error`s back into numpy
+//! arrays and Python exceptions. Argument handling, torch conversion and the docstrings users
+//! read live in the pure-Python `tessera` package around it.
+
+mod logging;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use ndarray::{ArrayD, ArrayViewD};
+use numpy::{PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, ToPyArray};
+use pyo3::exceptions::PyTypeError;
+use pyo3::prelude::*;
+use pyo3::types::PyTuple;
+
+use tessera::io::{DType, Element};
+use tessera::job::{GeometryArgs, Job, JobFile};
+use tessera::ops::quilt::kernel::Blend;
+use tessera::ops::quilt::memory;
+use tessera::Error;
+
+/// A `tessera::Error` as the package's exception: `ParameterError` (also a `ValueError`) for
+/// what the caller gave, `TesseraError` for the rest; the message is the CLI's error line.
+fn raise(py: Python<'_>, e: &Error, hint: bool) -> PyErr {
+    let mut message = tessera::error::one_line(&e.to_string());
+    if hint {
+        if let Some(h) = tessera::io::staging::interrupted_run_hint() {
+            message = format!("{message}; {h}");
+        }
+    }
+    let class = match e {
+        Error::Parameter { .. }
+        | Error::Mismatch { .. }
+        | Error::Conversion { .. }
+        | Error::Config { .. } => "ParameterError",
+        _ => "TesseraError",
+    };
+    let made = py
+        .import("tessera._errors")
+        .and_then(|m| m.getattr(class))
+        .and_then(|c| c.call1((message.clone(),)));
+    match made {
+        Ok(value) => PyErr::from_value(value),
+        // The package's own module is missing (the extension imported alone): still a
+        // Python exception with the message.
+        Err(_) => pyo3::exceptions::PyRuntimeError::new_err(message),
+    }
+}
+
+/// Runs `f` without the GIL on a rayon pool `threads` wide, mapping its error.
+fn work<T: Send>(
+    py: Python<'_>,
+    threads: Option<i64>,
+    f: impl FnOnce() -> tessera::Result<T> + Send,
+) -> PyResult<T> {
+    let pool = pool(threads).map_err(|e| raise(py, &e, false))?;
+    py.detach(|| pool.install(f))
+        .map_err(|e| raise(py, &e, false))
+}
+
+/// The CLI's default threads for one process: `RAYON_NUM_THREADS` when set, else the CPUs of
+/// this process's affinity mask.
+fn default_threads() -> usize {
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| tessera::exec::threads::affinity().len().max(1))
+}
+
+/// A rayon pool of `threads` threads (the default when `None`), built once per width.
+fn pool(threads: Option<i64>) -> tessera::Result<Arc<rayon::ThreadPool>> {
+    static POOLS: Mutex<Option<HashMap<usize, Arc<rayon::ThreadPool>>>> = Mutex::new(None);
+    let n = match threads {
+        None => default_threads(),
+        Some(n) if n >= 1 => n as usize,
+        Some(n) => {
+            return Err(Error::parameter(
+                "threads",
+                format!("must be at least 1, got {n}"),
+            ))
+        }
+    };
+    let mut pools = POOLS.lock().unwrap_or_else(|e| e.into_inner());
+    let pools = pools.get_or_insert_with(HashMap::new);
+    if let Some(p) = pools.get(&n) {
+        return Ok(p.clone());
+    }
+    let made = rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .thread_name(|i| format!("tessera-{i}"))
+        .build()
+        .map_err(|e| Error::parameter("threads", format!("cannot start {n} threads: {e}")))?;
+    let made = Arc::new(made);
+    pools.insert(n, made.clone());
+    Ok(made)
+}
+
+/// Sizes from Python integers: negative ones refused naming the CLI flag.
+fn sizes(flag: &str, values: &[i64]) -> tessera::Result<Vec<u64>> {
+    values
+        .iter()
+        .map(|&v| {
+            u64::try_from(v)
+                .map_err(|_| Error::parameter(flag, format!("sizes must be non-negative, got {v}")))
+        })
+        .collect()
+}
+
+fn blend(name: &str) -> tessera::Result<Blend> {
+    serde_json::from_value(serde_json::Value::String(name.to_string())).map_err(|_| {
+        Error::parameter(
+            "blend",
+            format!("expected border, gaussian or hann, got {name:?}"),
+        )
+    })
+}
+
+/// The quilt geometry arguments as `quilt unstitch`'s flags.
+#[allow(clippy::too_many_arguments)]
+fn geometry_args(
+    window: &[i64],
+    step: &[i64],
+    border: &[i64],
+    border_weight: f64,
+    blend_name: &str,
+    sigma: f64,
+    allow_gaps: bool,
+) -> tessera::Result<GeometryArgs> {
+    Ok(GeometryArgs {
+        window: sizes("window", window)?,
+        step: sizes("step", step)?,
+        border: sizes("border", border)?,
+        border_weight,
+        blend: blend(blend_name)?,
+        sigma,
+        allow_gaps,
+    })
+}
+
+/// A numpy array of one of tessera's element types, borrowed read-only.
+enum Input<'py> {
+    U8(PyReadonlyArrayDyn<'py, u8>),
+    U16(PyReadonlyArrayDyn<'py, u16>),
+    U32(PyReadonlyArrayDyn<'py, u32>),
+    U64(PyReadonlyArrayDyn<'py, u64>),
+    I8(PyReadonlyArrayDyn<'py, i8>),
+    I16(PyReadonlyArrayDyn<'py, i16>),
+    I32(PyReadonlyArrayDyn<'py, i32>),
+    I64(PyReadonlyArrayDyn<'py, i64>),
+    F32(PyReadonlyArrayDyn<'py, f32>),
+    F64(PyReadonlyArrayDyn<'py, f64>),
+}
+
+/// `$body` with `$v` bound to the input's view and `$t` to its element type.
+macro_rules! with_input {
+    ($input:expr, $t:ident, $v:ident => $body:expr) => {
+        #[allow(dead_code)]
+        match &$input {
+            Input::U8(a) => {
+                type $t = u8;
+                let $v = a.as_array();
+                $body
+            }
+            Input::U16(a) => {
+                type $t = u16;
+                let $v = a.as_array();
+                $body
+            }
+            Input::U32(a) => {
+                type $t = u32;
+                let $v = a.as_array();
+                $body
+            }
+            Input::U64(a) => {
+                type $t = u64;
+                let $v = a.as_array();
+                $body
+            }
+            Input::I8(a) => {
+                type $t = i8;
+                let $v = a.as_array();
+                $body
+            }
+            Input::I16(a) => {
+                type $t = i16;
+                let $v = a.as_array();
+                $body
+            }
+            Input::I32(a) => {
+                type $t = i32;
+                let $v = a.as_array();
+                $body
+            }
+            Input::I64(a) => {
+                type $t = i64;
+                let $v = a.as_array();
+                $body
+            }
+            Input::F32(a) => {
+                type $t = f32;
+                let $v = a.as_array();
+                $body
+            }
+            Input::F64(a) => {
+                type $t = f64;
+                let $v = a.as_array();
+                $body
+            }
+        }
+    };
+}
+
+impl<'py> Input<'py> {
+    fn of(what: &str, obj: &Bound<'py, PyAny>) -> PyResult<Input<'py>> {
+        macro_rules! try_type {
+            ($t:ty, $variant:ident) => {
+                if let Ok(a) = obj.cast::<PyArrayDyn<$t>>() {
+                    return Ok(Input::$variant(a.try_readonly()?));
+                }
+            };
+        }
+        try_type!(f32, F32);
+        try_type!(f64, F64);
+        try_type!(u8, U8);
+        try_type!(u16, U16);
+        try_type!(u32, U32);
+        try_type!(u64, U64);
+        try_type!(i8, I8);
+        try_type!(i16, I16);
+        try_type!(i32, I32);
+        try_type!(i64, I64);
+        let found = obj
+            .getattr("dtype")
+            .map(|d| d.to_string())
+            .unwrap_or_else(|_| obj.get_type().to_string());
+        Err(PyTypeError::new_err(format!(
+            "{what}: expected a numpy array of uint8, uint16, uint32, uint64, int8, int16, \
+             int32, int64, float32 or float64, got {found}"
+        )))
+    }
+
+    fn dtype(&self) -> DType {
+        with_input!(self, T, _v => <T as Element>::DTYPE)
+    }
+
+    fn shape(&self) -> Vec<usize> {
+        with_input!(self, T, v => v.shape().to_vec())
+    }
+
+    /// The values as f64 (how `quilt stitch` sums types other than f32 and f64).
+    fn to_f64(&self) -> ArrayD<f64> {
+        with_input!(self, T, v => <T as Element>::into_block(v.to_owned()).to_f64())
+    }
+}
+
+/// Cuts windows out of (N, C, [Z,] Y, X) images: returns (patches, positions).
+#[pyfunction]
+#[pyo3(signature = (images, window, step, border, border_weight, blend, sigma, allow_gaps, threads))]
+#[allow(clippy::too_many_arguments)]
+fn unstitch<'py>(
+    py: Python<'py>,
+    images: &Bound<'py, PyAny>,
+    window: Vec<i64>,
+    step: Vec<i64>,
+    border: Vec<i64>,
+    border_weight: f64,
+    blend: &str,
+    sigma: f64,
+    allow_gaps: bool,
+    threads: Option<i64>,
+) -> PyResult<Bound<'py, PyTuple>> {
+    let args = geometry_args(
+        &window,
+        &step,
+        &border,
+        border_weight,
+        blend,
+        sigma,
+        allow_gaps,
+    )
+    .map_err(|e| raise(py, &e, false))?;
+    let input = Input::of("images", images)?;
+    with_input!(input, T, view => {
+        let cut = work(py, threads, || memory::unstitch::<T>(&view, &args))?;
+        let patches = numpy::PyArray::from_owned_array(py, cut.patches);
+        let positions = numpy::PyArray::from_owned_array(py, cut.positions);
+        PyTuple::new(py, [patches.into_any(), positions.into_any()])
+    })
+}
+
+/// Stitches (M, C, *window) patches back: returns (mean, weights, std or None, NaN count).
+#[pyfunction]
+#[pyo3(signature = (patches, variance, spatial, window, step, border, border_weight, blend, sigma, allow_gaps, chunk_rows, threads))]
+#[allow(clippy::too_many_arguments)]
+fn stitch<'py>(
+    py: Python<'py>,
+    patches: &Bound<'py, PyAny>,
+    variance: Option<&Bound<'py, PyAny>>,
+    spatial: Vec<i64>,
+    window: Vec<i64>,
+    step: Vec<i64>,
+    border: Vec<i64>,
+    border_weight: f64,
+    blend: &str,
+    sigma: f64,
+    allow_gaps: bool,
+    chunk_rows: Option<i64>,
+    threads: Option<i64>,
+) -> PyResult<Bound<'py, PyTuple>> {
+    let fail = |e: Error| raise(py, &e, false);
+    let args = geometry_args(
+        &window,
+        &step,
+        &border,
+        border_weight,
+        blend,
+        sigma,
+        allow_gaps,
+    )
+    .map_err(fail)?;
+    let spatial = sizes("shape", &spatial).map_err(fail)?;
+    let input = Input::of("patches", patches)?;
+    let variance = variance.map(|v| Input::of("variance", v)).transpose()?;
+    let shape = input.shape();
+    if shape.len() < 2 {
+        return Err(fail(Error::mismatch(
+            "patches: shape",
+            "(M, C, *window)",
+            format!("{shape:?}"),
+        )));
+    }
+    // The images: as many as the patches make, with the patches' channels.
+    let one = [vec![1, shape[1] as u64], spatial.clone()].concat();
+    let per_image = tessera::ops::quilt::QuiltGeometry::new(&one, &args)
+        .map_err(fail)?
+        .0
+        .grid()
+        .per_image();
+    let m = shape[0] as u64;
+    if m == 0 || !m.is_multiple_of(per_image) {
+        return Err(fail(Error::mismatch(
+            "patches: number of patches",
+            format!("a positive multiple of {per_image} (the windows of one image)"),
+            m,
+        )));
+    }
+    let geometry = memory::stitch_geometry(&shape, m / per_image, &spatial, &args).map_err(fail)?;
+    let dtype = input.dtype();
+    let rows = match chunk_rows {
+        Some(r) => u64::try_from(r).map_err(|_| {
+            fail(Error::parameter(
+                "chunks",
+                format!("chunk rows must be at least 1, got {r}"),
+            ))
+        })?,
+        None => memory::default_chunk_rows(
+            &geometry,
+            dtype,
+            variance.is_some(),
+            memory::DEFAULT_MEMORY_LIMIT,
+        )
+        .map_err(fail)?,
+    };
+    fn out<'py, O: numpy::Element>(
+        py: Python<'py>,
+        s: memory::Stitched<O>,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let std = match s.std {
+            Some(a) => numpy::PyArray::from_owned_array(py, a).into_any(),
+            None => py.None().into_bound(py),
+        };
+        PyTuple::new(
+            py,
+            [
+                numpy::PyArray::from_owned_array(py, s.mean).into_any(),
+                numpy::PyArray::from_owned_array(py, s.weights).into_any(),
+                std,
+                s.nan_values.into_pyobject(py)?.into_any(),
+            ],
+        )
+    }
+    let g = &geometry;
+    match (&input, &variance) {
+        (Input::F32(p), None) => {
+            let p = p.as_array();
+            out(
+                py,
+                work(py, threads, || {
+                    memory::stitch::<f32, f32>(&p, None, g, rows)
+                })?,
+            )
+        }
+        (Input::F32(p), Some(Input::F32(v))) => {
+            let (p, v) = (p.as_array(), v.as_array());
+            out(
+                py,
+                work(py, threads, || {
+                    memory::stitch::<f32, f32>(&p, Some(&v), g, rows)
+                })?,
+            )
+        }
+        (Input::F64(p), None) => {
+            let p = p.as_array();
+            out(
+                py,
+                work(py, threads, || {
+                    memory::stitch::<f64, f64>(&p, None, g, rows)
+                })?,
+            )
+        }
+        _ => {
+            // Other types (and mixed ones) are summed as f64, as `quilt stitch` does; the
+            // output type is the patches': f64 for f64, else f32.
+            let p = input.to_f64();
+            let v = variance.as_ref().map(Input::to_f64);
+            let (p, v): (ArrayViewD<'_, f64>, Option<ArrayViewD<'_, f64>>) =
+                (p.view(), v.as_ref().map(|v| v.view()));
+            if dtype == DType::F64 {
+                out(
+                    py,
+                    work(py, threads, || {
+                        memory::stitch::<f64, f64>(&p, v.as_ref(), g, rows)
+                    })?,
+                )
+            } else {
+                out(
+                    py,
+                    work(py, threads, || {
+                        memory::stitch::<f64, f32>(&p, v.as_ref(), g, rows)
+                    })?,
+                )
+            }
+        }
+    }
+}
+
+/// qlty's border tensor (uint8: 1 inside, 0 in the border band).
+#[pyfunction]
+fn border_mask<'py>(
+    py: Python<'py>,
+    window: Vec<i64>,
+    border: Vec<i64>,
+) -> PyResult<Bound<'py, PyArrayDyn<u8>>> {
+    let fail = |e: Error| raise(py, &e, false);
+    let window = sizes("window", &window).map_err(fail)?;
+    let border = sizes("border", &border).map_err(fail)?;
+    let mask = memory::border_mask(&window, &border).map_err(fail)?;
+    Ok(numpy::PyArray::from_owned_array(py, mask))
+}
+
+/// The stitch's per-pixel window weights (float64, the window's shape).
+#[pyfunction]
+#[pyo3(signature = (spatial, window, step, border, border_weight, blend, sigma, allow_gaps))]
+#[allow(clippy::too_many_arguments)]
+fn window_weights<'py>(
+    py: Python<'py>,
+    spatial: Vec<i64>,
+    window: Vec<i64>,
+    step: Vec<i64>,
+    border: Vec<i64>,
+    border_weight: f64,
+    blend: &str,
+    sigma: f64,
+    allow_gaps: bool,
+) -> PyResult<Bound<'py, PyArrayDyn<f64>>> {
+    let fail = |e: Error| raise(py, &e, false);
+    let args = geometry_args(
+        &window,
+        &step,
+        &border,
+        border_weight,
+        blend,
+        sigma,
+        allow_gaps,
+    )
+    .map_err(fail)?;
+    let spatial = sizes("shape", &spatial).map_err(fail)?;
+    let shape = [vec![1, 1], spatial].concat();
+    let (geometry, _) = tessera::ops::quilt::QuiltGeometry::new(&shape, &args).map_err(fail)?;
+    Ok(memory::window_weights(&geometry).to_pyarray(py))
+}
+
+/// Windows per spatial axis for an image of `spatial` (qlty's `get_times`).
+#[pyfunction]
+#[pyo3(signature = (spatial, window, step, allow_gaps))]
+fn window_counts(
+    py: Python<'_>,
+    spatial: Vec<i64>,
+    window: Vec<i64>,
+    step: Vec<i64>,
+    allow_gaps: bool,
+) -> PyResult<Vec<u64>> {
+    let fail = |e: Error| raise(py, &e, false);
+    let args =
+        geometry_args(&window, &step, &[], 0.1, "border", 0.125, allow_gaps).map_err(fail)?;
+    let spatial = sizes("shape", &spatial).map_err(fail)?;
+    let shape = [vec![1, 1], spatial].concat();
+    let (_, grid) = tessera::ops::quilt::QuiltGeometry::new(&shape, &args).map_err(fail)?;
+    Ok(grid.counts())
+}
+
+/// Runs a job in this process (one rank): `kind` is "path" (a TOML file), "toml" (its text)
+/// or "json" (a dict of the file's tables, as JSON). Returns the report's path.
+#[pyfunction]
+#[pyo3(signature = (kind, job, resume, overwrite, dry_run, threads))]
+fn run(
+    py: Python<'_>,
+    kind: &str,
+    job: &str,
+    resume: bool,
+    overwrite: bool,
+    dry_run: bool,
+    threads: Option<i64>,
+) -> PyResult<Option<String>> {
+    let fail = |e: Error| raise(py, &e, true);
+    let mut job = match kind {
+        "path" => JobFile::load(Path::new(job)),
+        "toml" => JobFile::parse(Path::new("<job>"), job),
+        _ => json_job(job),
+    }
+    .map_err(fail)?;
+    let options = job.run_options_mut();
+    options.resume |= resume;
+    options.overwrite |= overwrite;
+    options.dry_run |= dry_run;
+    let report = job
+        .run_options()
+        .report
+        .clone()
+        .unwrap_or_else(|| tessera::job::default_report(&job.output()));
+    let threads = match threads {
+        Some(n) if n < 1 => {
+            return Err(fail(Error::parameter(
+                "threads",
+                format!("must be at least 1, got {n}"),
+            )))
+        }
+        t => t.map(|n| n as usize),
+    };
+    py.detach(|| {
+        let comm = tessera::comm::Local;
+        // The pipeline's helper threads use rayon's global pool, built once per process: the
+        // first run sets its width, as `--threads` does for the CLI.
+        let plan = tessera::exec::threads::configure(threads, &comm)?;
+        if let Some(n) = threads.filter(|&n| n != plan.threads) {
+            return Err(Error::parameter(
+                "threads",
+                format!(
+                    "this process's pool already has {} threads (rayon's global pool is built once, by the first run); asked for {n}: start a new process",
+                    plan.threads
+                ),
+            ));
+        }
+        tessera::job::run_job(job, &comm)
+    })
+    .map_err(fail)?;
+    Ok(report
+        .exists()
+        .then(|| report.to_string_lossy().into_owned()))
+}
+
+/// A job from a dict of a job file's tables (sent as JSON): the same reader as a TOML file,
+/// relative paths taken from the working directory.
+fn json_job(text: &str) -> tessera::Result<Job> {
+    let config = |message: String| Error::Config {
+        path: PathBuf::from("<dict>"),
+        message,
+    };
+    let value: toml::Value = serde_json::from_str(text).map_err(|e| config(e.to_string()))?;
+    let text = toml::to_string(&value).map_err(|e| config(e.to_string()))?;
+    JobFile::parse(Path::new("<dict>"), &text)
+}
+
+/// The `tessera` command in this process: `argv` with the program name first; returns the
+/// exit code.
+#[pyfunction]
+fn main(py: Python<'_>, argv: Vec<String>) -> i32 {
+    py.detach(|| tessera::launch::run(argv))
+}
+
+/// The threads a call uses when not told (the CLI's default for one process).
+#[pyfunction(name = "default_threads")]
+fn py_default_threads() -> usize {
+    default_threads()
+}
+
+#[pymodule]
+fn _tessera(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("cuda", cfg!(feature = "cuda"))?;
+    m.add_function(wrap_pyfunction!(unstitch, m)?)?;
+    m.add_function(wrap_pyfunction!(stitch, m)?)?;
+    m.add_function(wrap_pyfunction!(border_mask, m)?)?;
+    m.add_function(wrap_pyfunction!(window_weights, m)?)?;
+    m.add_function(wrap_pyfunction!(window_counts, m)?)?;
+    m.add_function(wrap_pyfunction!(run, m)?)?;
+    m.add_function(wrap_pyfunction!(main, m)?)?;
+    m.add_function(wrap_pyfunction!(py_default_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(logging::set_log_level, m)?)?;
+    Ok(())
+}
