@@ -138,37 +138,26 @@ fn every_dtype_written_reads_back_independently() {
                 Some(k) => format!("{}:{k}", s(&out)),
                 None => s(&out),
             };
-            let positions = dir.path().join(format!("pos{i}{}.npy", key.is_some()));
-            ok(tessera(&[
-                "quilt",
-                "unstitch",
-                "--input",
-                &s(&input),
-                "--output",
-                &address,
-                "--window",
-                "4,4",
-                "--step",
-                "3,3",
-                "--positions",
-                &s(&positions),
-            ]));
             let npy = dir.path().join(format!("p{i}{}.npy", key.is_some()));
-            let positions2 = dir.path().join(format!("pos2{i}{}.npy", key.is_some()));
-            ok(tessera(&[
-                "quilt",
-                "unstitch",
-                "--input",
-                &s(&input),
-                "--output",
-                &s(&npy),
-                "--window",
-                "4,4",
-                "--step",
-                "3,3",
-                "--positions",
-                &s(&positions2),
-            ]));
+            for (output, positions) in [(address.clone(), "pos"), (s(&npy), "pos2")] {
+                let positions = dir
+                    .path()
+                    .join(format!("{positions}{i}{}.npy", key.is_some()));
+                ok(tessera(&[
+                    "quilt",
+                    "unstitch",
+                    "--input",
+                    &s(&input),
+                    "--output",
+                    &output,
+                    "--window",
+                    "4,4",
+                    "--step",
+                    "3,3",
+                    "--positions",
+                    &s(&positions),
+                ]));
+            }
             let want = read_all(&s(&npy));
             assert_eq!(read_all(&address), want, "{name}");
             if let Some(independent) = read_independently(&out, key) {

@@ -538,26 +538,19 @@ pub fn check_replaceable(target: &Address, path: &Path) -> Result<()> {
         ),
     };
     match target {
-        Address::Pt { .. } => {
+        Address::Pt { .. } | Address::Npy { .. } => {
+            let (magic, kind, format): (&[u8], _, _) = match target {
+                Address::Pt { .. } => (b"PK\x03\x04", ".pt", " (torch.save's zip format)"),
+                _ => (b"\x93NUMPY", ".npy", ""),
+            };
             if path.is_dir() {
-                return Err(refuse("is a directory, not a .pt file"));
+                return Err(refuse(&format!("is a directory, not a {kind} file")));
             }
-            let mut magic = [0u8; 4];
+            let mut found = vec![0u8; magic.len()];
             let read = std::fs::File::open(path)
-                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic));
-            if read.is_err() || &magic != b"PK\x03\x04" {
-                return Err(refuse("is not a .pt file (torch.save's zip format)"));
-            }
-        }
-        Address::Npy { .. } => {
-            if path.is_dir() {
-                return Err(refuse("is a directory, not a .npy file"));
-            }
-            let mut magic = [0u8; 6];
-            let read = std::fs::File::open(path)
-                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic));
-            if read.is_err() || &magic != b"\x93NUMPY" {
-                return Err(refuse("is not a .npy file"));
+                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut found));
+            if read.is_err() || found != magic {
+                return Err(refuse(&format!("is not a {kind} file{format}")));
             }
         }
         Address::Zarr { .. } => {

@@ -372,11 +372,9 @@ impl ArrayReader for PtReader {
         &self.meta
     }
 
+    /// The region gathered through the tensor's strides into a new block (a spare block
+    /// would save no copy: the gather writes every element once either way).
     fn read_box(&self, region: &Region) -> Result<Block> {
-        self.read_box_reusing(region, None)
-    }
-
-    fn read_box_reusing(&self, region: &Region, spare: Option<Block>) -> Result<Block> {
         check_region(
             &self.path.display().to_string(),
             &self.meta.shape,
@@ -385,13 +383,8 @@ impl ArrayReader for PtReader {
         )?;
         let shape: Vec<usize> = region.shape.iter().map(|&n| n as usize).collect();
         with_dtype!(self.meta.dtype, T => {
-            let values: Vec<T> = self.gather(region);
-            let mut part = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&shape), values)
+            let part = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&shape), self.gather::<T>(region))
                 .expect("gathered the region's elements");
-            if let Some(mut a) = spare.filter(|b| b.shape() == region.shape).and_then(|b| b.into_array::<T>()) {
-                a.assign(&part);
-                part = a;
-            }
             Ok(T::into_block(part))
         })
     }
@@ -412,7 +405,7 @@ impl ArrayReader for PtReader {
 fn tensor_pickle(dtype: DType, shape: &[u64], key: Option<&str>) -> Vec<u8> {
     let mut w = pickle::Writer::new();
     if let Some(k) = key {
-        w.empty_dict();
+        w.op(pickle::EMPTY_DICT);
         w.str(k);
     }
     // torch writes uint16/32/64 through an untyped storage (numel in bytes) and names the
@@ -436,8 +429,8 @@ fn tensor_pickle(dtype: DType, shape: &[u64], key: Option<&str>) -> Vec<u8> {
             "_rebuild_tensor_v3"
         },
     );
-    w.mark();
-    w.mark();
+    w.op(pickle::MARK);
+    w.op(pickle::MARK);
     w.str("storage");
     match typed {
         Some(class) => w.global("torch", class),
@@ -450,8 +443,8 @@ fn tensor_pickle(dtype: DType, shape: &[u64], key: Option<&str>) -> Vec<u8> {
     } else {
         numel * dtype.size() as u64
     });
-    w.tuple_from_mark();
-    w.persistent_id();
+    w.op(pickle::TUPLE);
+    w.op(pickle::BINPERSID);
     w.int(0);
     w.int_tuple(shape);
     let mut stride = vec![1u64; shape.len()];
@@ -461,16 +454,16 @@ fn tensor_pickle(dtype: DType, shape: &[u64], key: Option<&str>) -> Vec<u8> {
     w.int_tuple(&stride);
     w.bool(false);
     w.global("collections", "OrderedDict");
-    w.mark();
-    w.tuple_from_mark();
-    w.reduce();
+    w.op(pickle::MARK);
+    w.op(pickle::TUPLE);
+    w.op(pickle::REDUCE);
     if typed.is_none() {
         w.global("torch", dtype.name());
     }
-    w.tuple_from_mark();
-    w.reduce();
+    w.op(pickle::TUPLE);
+    w.op(pickle::REDUCE);
     if key.is_some() {
-        w.set_item();
+        w.op(pickle::SETITEM);
     }
     w.finish()
 }

@@ -520,6 +520,14 @@ fn rebuild_tensor(args: &[Value], dtype: Option<&str>) -> Result<Tensor, String>
     })
 }
 
+/// The argument-free opcodes the writer uses.
+pub const MARK: u8 = b'(';
+pub const TUPLE: u8 = b't';
+pub const EMPTY_DICT: u8 = b'}';
+pub const SETITEM: u8 = b's';
+pub const REDUCE: u8 = b'R';
+pub const BINPERSID: u8 = b'Q';
+
 /// Writes the pickle of one tensor (or a one-entry dict of it) in protocol 2, as `torch.save`
 /// does, with the opcodes `torch.load(weights_only=True)` accepts.
 pub struct Writer {
@@ -548,28 +556,10 @@ impl Writer {
             .extend_from_slice(format!("{module}\n{name}\n").as_bytes());
     }
 
-    pub fn mark(&mut self) {
-        self.out.push(b'(');
-    }
-
-    pub fn tuple_from_mark(&mut self) {
-        self.out.push(b't');
-    }
-
-    pub fn empty_dict(&mut self) {
-        self.out.push(b'}');
-    }
-
-    pub fn set_item(&mut self) {
-        self.out.push(b's');
-    }
-
-    pub fn reduce(&mut self) {
-        self.out.push(b'R');
-    }
-
-    pub fn persistent_id(&mut self) {
-        self.out.push(b'Q');
+    /// One opcode without arguments ([`MARK`], [`TUPLE`], [`EMPTY_DICT`], [`SETITEM`],
+    /// [`REDUCE`], [`BINPERSID`]).
+    pub fn op(&mut self, code: u8) {
+        self.out.push(code);
     }
 
     pub fn bool(&mut self, v: bool) {
@@ -612,11 +602,11 @@ impl Writer {
     }
 
     pub fn int_tuple(&mut self, values: &[u64]) {
-        self.mark();
+        self.op(MARK);
         for &v in values {
             self.int(v);
         }
-        self.tuple_from_mark();
+        self.op(TUPLE);
     }
 }
 
@@ -627,31 +617,31 @@ mod tests {
     fn tensor_pickle(key: Option<&str>) -> Vec<u8> {
         let mut w = Writer::new();
         if let Some(k) = key {
-            w.empty_dict();
+            w.op(EMPTY_DICT);
             w.str(k);
         }
         w.global("torch._utils", "_rebuild_tensor_v2");
-        w.mark();
-        w.mark();
+        w.op(MARK);
+        w.op(MARK);
         w.str("storage");
         w.global("torch", "FloatStorage");
         w.str("0");
         w.str("cpu");
         w.int(6);
-        w.tuple_from_mark();
-        w.persistent_id();
+        w.op(TUPLE);
+        w.op(BINPERSID);
         w.int(0);
         w.int_tuple(&[2, 3]);
         w.int_tuple(&[3, 1]);
         w.bool(false);
         w.global("collections", "OrderedDict");
-        w.mark();
-        w.tuple_from_mark();
-        w.reduce();
-        w.tuple_from_mark();
-        w.reduce();
+        w.op(MARK);
+        w.op(TUPLE);
+        w.op(REDUCE);
+        w.op(TUPLE);
+        w.op(REDUCE);
         if key.is_some() {
-            w.set_item();
+            w.op(SETITEM);
         }
         w.finish()
     }

@@ -10,6 +10,20 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pt")
 }
 
+/// An uncompressed array of `shape` and `dtype`, one chunk (a `.pt` has none).
+fn spec(shape: &[u64], dtype: DType) -> CreateSpec {
+    CreateSpec {
+        shape: shape.to_vec(),
+        dtype,
+        chunks: shape.iter().map(|&n| n.max(1)).collect(),
+        shards: None,
+        codec: Codec::None,
+        dimension_names: None,
+        attributes: Map::new(),
+        flat_chunk_keys: false,
+    }
+}
+
 fn read_all(path: &Path, key: Option<&str>) -> Block {
     let r = PtReader::open(path, key).unwrap();
     r.read_box(&Region::whole(&r.meta().shape)).unwrap()
@@ -22,16 +36,7 @@ fn expected(name: &str) -> Block {
 
 /// Writes `block` as tessera writes a `.pt` (laid out, filled in two boxes, finalized).
 fn write(path: &Path, key: Option<&str>, block: &Block) {
-    let spec = CreateSpec {
-        shape: block.shape().to_vec(),
-        dtype: block.dtype(),
-        chunks: block.shape().iter().map(|&n| n.max(1)).collect(),
-        shards: None,
-        codec: Codec::None,
-        dimension_names: None,
-        attributes: Map::new(),
-        flat_chunk_keys: false,
-    };
+    let spec = spec(&block.shape(), block.dtype());
     let w = Box::new(PtWriter::create(path, key, &spec, &Local, false).unwrap());
     let shape = block.shape().to_vec();
     if shape.first().is_some_and(|&n| n >= 2) {
@@ -166,16 +171,7 @@ fn written_files_are_byte_for_byte_what_their_layout_says() {
     }));
     let (a, b) = (dir.path().join("a.pt"), dir.path().join("b.pt"));
     write(&a, None, &block);
-    let spec = CreateSpec {
-        shape: vec![4, 4],
-        dtype: DType::F32,
-        chunks: vec![4, 4],
-        shards: None,
-        codec: Codec::None,
-        dimension_names: None,
-        attributes: Map::new(),
-        flat_chunk_keys: false,
-    };
+    let spec = spec(&[4, 4], DType::F32);
     let w = Box::new(PtWriter::create(&b, None, &spec, &Local, false).unwrap());
     w.write_box(Some((&Region::whole(&[4, 4]), &block)))
         .unwrap();
@@ -188,16 +184,7 @@ fn written_files_are_byte_for_byte_what_their_layout_says() {
 fn resuming_keeps_written_bytes_and_refuses_another_layout() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("r.pt");
-    let spec = |n: u64| CreateSpec {
-        shape: vec![n, 2],
-        dtype: DType::U16,
-        chunks: vec![1, 2],
-        shards: None,
-        codec: Codec::None,
-        dimension_names: None,
-        attributes: Map::new(),
-        flat_chunk_keys: false,
-    };
+    let spec = |n: u64| spec(&[n, 2], DType::U16);
     let row = |v: u16| Block::U16(ArrayD::from_elem(IxDyn(&[1, 2]), v));
     let at = |y: u64| Region {
         start: vec![y, 0],
@@ -290,16 +277,7 @@ proptest::proptest! {
 fn zip64_file_for_torch() {
     let path = PathBuf::from(std::env::var("TESSERA_PT_BIG").expect("TESSERA_PT_BIG"));
     let n: u64 = (1 << 32) + 4096;
-    let spec = CreateSpec {
-        shape: vec![n / 4096, 4096],
-        dtype: DType::U8,
-        chunks: vec![1, 4096],
-        shards: None,
-        codec: Codec::None,
-        dimension_names: None,
-        attributes: Map::new(),
-        flat_chunk_keys: false,
-    };
+    let spec = spec(&[n / 4096, 4096], DType::U8);
     let w = Box::new(PtWriter::create(&path, Some("big"), &spec, &Local, false).unwrap());
     let last = Region {
         start: vec![n / 4096 - 1, 0],
