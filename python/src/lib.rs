@@ -583,6 +583,147 @@ fn main(py: Python<'_>, argv: Vec<String>) -> i32 {
 }
 
 /// The threads a call uses when not told (the CLI's default for one process).
+/// One decoded exposure as (C, Y, X) uint8 or uint16 (grey or RGB; alpha dropped), by the
+/// decoder `tessera hdr` uses.
+#[pyfunction]
+fn hdr_load<'py>(py: Python<'py>, path: PathBuf) -> PyResult<Bound<'py, PyAny>> {
+    let image = work(py, Some(1), || tessera::ops::hdr::load(&path))?;
+    let shape = [image.channels, image.height, image.width];
+    let fail = |e: ndarray::ShapeError| raise(py, &Error::bad_file(&path, e.to_string()), false);
+    Ok(match image.pixels {
+        tessera::ops::hdr::Pixels::U8(v) => {
+            let a = ndarray::Array3::from_shape_vec(shape, v).map_err(fail)?;
+            numpy::PyArray::from_owned_array(py, a).into_any()
+        }
+        tessera::ops::hdr::Pixels::U16(v) => {
+            let a = ndarray::Array3::from_shape_vec(shape, v).map_err(fail)?;
+            numpy::PyArray::from_owned_array(py, a).into_any()
+        }
+    })
+}
+
+/// A response file of `tessera hdr calibrate` (.npz) as (256, C) float64.
+#[pyfunction]
+fn hdr_read_response<'py>(
+    py: Python<'py>,
+    path: PathBuf,
+) -> PyResult<Bound<'py, numpy::PyArray2<f64>>> {
+    let g = work(py, Some(1), || tessera::ops::hdr::read_response(&path))?;
+    Ok(numpy::PyArray2::from_owned_array(
+        py,
+        ndarray::Array2::from_shape_fn((256, g.len()), |(z, k)| g[k][z]),
+    ))
+}
+
+/// Exposures (K, C, Y, X) as the library's decoded images.
+fn hdr_images<T: Copy>(
+    planes: &ArrayViewD<'_, T>,
+    pixels: impl Fn(Vec<T>) -> tessera::ops::hdr::Pixels,
+) -> tessera::Result<Vec<tessera::ops::hdr::Image>> {
+    let [k, c, h, w] = planes.shape() else {
+        return Err(Error::parameter(
+            "bracket",
+            format!(
+                "expected (K, C, Y, X) exposures, got shape {:?}",
+                planes.shape()
+            ),
+        ));
+    };
+    Ok((0..*k)
+        .map(|j| tessera::ops::hdr::Image {
+            channels: *c,
+            height: *h,
+            width: *w,
+            pixels: pixels(
+                planes
+                    .index_axis(ndarray::Axis(0), j)
+                    .iter()
+                    .copied()
+                    .collect(),
+            ),
+        })
+        .collect())
+}
+
+/// Debevec merge of one bracket: exposures (K, C, Y, X) uint8, shortest first, their times
+/// in seconds, the response (256, C) in the log domain. Returns (Y, X, C) float32 radiance and
+/// how many (pixel, channel) values had no usable exposure.
+#[pyfunction]
+#[pyo3(signature = (planes, seconds, response, weight, threads))]
+fn hdr_merge_debevec<'py>(
+    py: Python<'py>,
+    planes: numpy::PyReadonlyArrayDyn<'py, u8>,
+    seconds: Vec<f64>,
+    response: numpy::PyReadonlyArray2<'py, f64>,
+    weight: &str,
+    threads: Option<i64>,
+) -> PyResult<(Bound<'py, PyArrayDyn<f32>>, u64)> {
+    let fail = |e: Error| raise(py, &e, false);
+    let kind = match weight {
+        "triangle" => tessera::ops::hdr::debevec::WeightType::Triangle,
+        "sine" => tessera::ops::hdr::debevec::WeightType::Sine,
+        other => {
+            return Err(fail(Error::parameter(
+                "weight-type",
+                format!("{other:?} is not triangle or sine"),
+            )))
+        }
+    };
+    let images = hdr_images(&planes.as_array(), tessera::ops::hdr::Pixels::U8).map_err(fail)?;
+    let response = response.as_array();
+    let c = images.first().map_or(0, |i| i.channels);
+    if response.shape() != [256, c] {
+        return Err(fail(Error::parameter(
+            "response",
+            format!(
+                "shape {:?} where the bracket's {c} channel(s) need (256, {c})",
+                response.shape()
+            ),
+        )));
+    }
+    let g: Vec<Vec<f64>> = (0..c).map(|k| response.column(k).to_vec()).collect();
+    let ln_t: Vec<f64> = seconds.iter().map(|s| s.ln()).collect();
+    let merged = work(py, threads, || {
+        Ok(tessera::ops::hdr::merge_debevec(&images, &ln_t, &g, kind))
+    })?;
+    let out = ArrayD::from_shape_vec(
+        vec![merged.height, merged.width, merged.channels],
+        merged.data,
+    )
+    .expect("the merge's own shape");
+    Ok((numpy::PyArray::from_owned_array(py, out), merged.unusable))
+}
+
+/// Mertens fusion of one bracket: exposures (K, C, Y, X) uint8 or uint16. Returns (Y, X, C)
+/// float32 display values.
+#[pyfunction]
+fn hdr_merge_mertens<'py>(
+    py: Python<'py>,
+    planes: &Bound<'py, PyAny>,
+    threads: Option<i64>,
+) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+    let fail = |e: Error| raise(py, &e, false);
+    let images = if let Ok(a) = planes.extract::<numpy::PyReadonlyArrayDyn<'py, u8>>() {
+        hdr_images(&a.as_array(), tessera::ops::hdr::Pixels::U8)
+    } else if let Ok(a) = planes.extract::<numpy::PyReadonlyArrayDyn<'py, u16>>() {
+        hdr_images(&a.as_array(), tessera::ops::hdr::Pixels::U16)
+    } else {
+        return Err(PyTypeError::new_err(
+            "bracket: expected uint8 or uint16 exposures",
+        ));
+    }
+    .map_err(fail)?;
+    let merged = work(py, threads, || {
+        Ok(tessera::ops::hdr::merge_mertens(&images))
+    })?;
+    let out = ArrayD::from_shape_vec(
+        vec![merged.height, merged.width, merged.channels],
+        merged.data,
+    )
+    .expect("the fusion's own shape");
+    Ok(numpy::PyArray::from_owned_array(py, out))
+}
+
 #[pyfunction(name = "default_threads")]
 fn py_default_threads() -> usize {
     default_threads()
@@ -600,6 +741,10 @@ fn _tessera(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(run, m)?)?;
     m.add_function(wrap_pyfunction!(main, m)?)?;
     m.add_function(wrap_pyfunction!(py_default_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(hdr_load, m)?)?;
+    m.add_function(wrap_pyfunction!(hdr_read_response, m)?)?;
+    m.add_function(wrap_pyfunction!(hdr_merge_debevec, m)?)?;
+    m.add_function(wrap_pyfunction!(hdr_merge_mertens, m)?)?;
     m.add_function(wrap_pyfunction!(logging::set_log_level, m)?)?;
     Ok(())
 }

@@ -5,6 +5,8 @@ run in-process, and the ``tessera`` command.
   ``get_times``), the bytes of ``tessera quilt unstitch/stitch``;
 - ``crop(patterns)``: diffraction patterns in memory cropped as ``tessera crop`` crops them,
   returning the cropped array and the cropping guide's results dict;
+- ``hdr.merge(exposures, times, response)``: a bracket in memory merged as ``tessera hdr
+  merge`` merges it (Debevec radiance, or Mertens fusion); ``hdr.load``, ``hdr.read_response``;
 - ``run(job)``: a TOML job table (dict, TOML text or file) run in this process, one rank;
 - ``main(argv)``: the command line in this process (also installed as ``tessera``);
 - ``TesseraError`` / ``ParameterError``: failures, carrying the CLI's error line.
@@ -16,6 +18,7 @@ runs and the GPU kernels (unless the package was built with ``-F cuda``) are the
 from ._errors import ParameterError, TesseraError
 from ._tessera import __version__
 from ._tessera import cuda as _cuda
+from . import hdr
 from .crop import crop
 from .jobs import run
 from .quilt import NCYXQuilt, NCZYXQuilt
@@ -37,5 +40,5 @@ def default_threads():
     return threads()
 
 
-__all__ = ["NCYXQuilt", "NCZYXQuilt", "crop", "run", "main", "default_threads", "TesseraError",
+__all__ = ["NCYXQuilt", "NCZYXQuilt", "crop", "hdr", "run", "main", "default_threads", "TesseraError",
            "ParameterError", "__version__"]
