@@ -724,6 +724,64 @@ fn hdr_merge_mertens<'py>(
     Ok(numpy::PyArray::from_owned_array(py, out))
 }
 
+/// A refusal of clap's parser as the CLI's parameter error: the flag it names, its first line.
+fn clap_error(e: &clap::Error) -> Error {
+    let flag = e
+        .get(clap::error::ContextKind::InvalidArg)
+        .map(|a| a.to_string())
+        .and_then(|a| {
+            let name = a.trim_start_matches('-');
+            name.split([' ', '=']).next().map(String::from)
+        })
+        .unwrap_or_else(|| "calibrate".into());
+    let text = e.to_string();
+    let first = text.lines().next().unwrap_or_default();
+    Error::parameter(flag, first.trim_start_matches("error: ").to_string())
+}
+
+/// The Debevec response (256, C) of brackets in memory, as `tessera hdr calibrate` computes it
+/// from an archive of the same brackets in the same order. `brackets[i]`: exposures (K, C, Y,
+/// X) uint8, shortest first; `seconds[i]`: their times; `flags`: `tessera hdr calibrate`'s
+/// own flags (`--samples-per-image=500`...), parsed by the CLI's parser so that its defaults
+/// and checks are the ones used.
+#[pyfunction]
+#[pyo3(signature = (brackets, seconds, flags, threads))]
+fn hdr_calibrate<'py>(
+    py: Python<'py>,
+    brackets: Vec<numpy::PyReadonlyArrayDyn<'py, u8>>,
+    seconds: Vec<Vec<f64>>,
+    flags: Vec<String>,
+    threads: Option<i64>,
+) -> PyResult<Bound<'py, numpy::PyArray2<f64>>> {
+    use clap::{Args, FromArgMatches};
+    let fail = |e: Error| raise(py, &e, false);
+    let args = ["calibrate", "--input=in-memory", "--response=in-memory.npz"]
+        .into_iter()
+        .map(String::from)
+        .chain(flags);
+    let matches = tessera::ops::hdr::CalibrateJob::augment_args(clap::Command::new("calibrate"))
+        .try_get_matches_from(args)
+        .map_err(|e| fail(clap_error(&e)))?;
+    let job = tessera::ops::hdr::CalibrateJob::from_arg_matches(&matches)
+        .map_err(|e| fail(Error::parameter("calibrate", e.to_string())))?;
+    let decoded: Vec<(Vec<tessera::ops::hdr::Image>, Vec<f64>)> = brackets
+        .iter()
+        .zip(&seconds)
+        .map(|(b, s)| {
+            let images = hdr_images(&b.as_array(), tessera::ops::hdr::Pixels::U8)?;
+            Ok((images, s.iter().map(|t| t.ln()).collect()))
+        })
+        .collect::<tessera::Result<_>>()
+        .map_err(fail)?;
+    let g = work(py, threads, || {
+        tessera::ops::hdr::calibrate_images(&job, &decoded)
+    })?;
+    Ok(numpy::PyArray2::from_owned_array(
+        py,
+        ndarray::Array2::from_shape_fn((256, g.len()), |(z, k)| g[k][z]),
+    ))
+}
+
 #[pyfunction(name = "default_threads")]
 fn py_default_threads() -> usize {
     default_threads()
@@ -745,6 +803,7 @@ fn _tessera(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(hdr_read_response, m)?)?;
     m.add_function(wrap_pyfunction!(hdr_merge_debevec, m)?)?;
     m.add_function(wrap_pyfunction!(hdr_merge_mertens, m)?)?;
+    m.add_function(wrap_pyfunction!(hdr_calibrate, m)?)?;
     m.add_function(wrap_pyfunction!(logging::set_log_level, m)?)?;
     Ok(())
 }

@@ -1,8 +1,7 @@
-"""HDR on brackets in memory: the Debevec radiance merge with a response curve, and Mertens
-fusion, by the kernels of ``tessera hdr merge`` (the same bytes for the same exposures).
-
-Calibrating a response stays with the CLI (``tessera hdr calibrate`` over an archive of
-brackets); its ``.npz`` is read here by ``read_response`` or passed to ``merge`` by path.
+"""HDR on brackets in memory: the Debevec response calibration (``calibrate``, the numbers of
+``tessera hdr calibrate``), the radiance merge with a response curve and Mertens fusion
+(``merge``, the bytes of ``tessera hdr merge``). A response file the CLI wrote (``.npz``) is
+read by ``read_response`` or passed to ``merge`` by its path.
 """
 
 import os
@@ -84,10 +83,7 @@ def merge(exposures, exposure_times=None, response=None, *, method="debevec",
         if exposure_times is None or response is None:
             raise ParameterError("the Debevec merge needs exposure_times and response "
                                  "(or method='mertens')")
-        times = np.asarray(exposure_times, dtype=np.float64).ravel()
-        if times.size != planes.shape[0] or not np.all(np.isfinite(times) & (times > 0)):
-            raise ParameterError(f"exposure_times: {times.size} positive finite seconds needed, "
-                                 f"one per exposure ({planes.shape[0]})")
+        times = _seconds(exposure_times, planes.shape[0], "exposure_times")
         order = np.argsort(times, kind="stable")
         if isinstance(response, (str, os.PathLike)):
             response = read_response(response)
@@ -99,3 +95,53 @@ def merge(exposures, exposure_times=None, response=None, *, method="debevec",
         raise ParameterError(f"method: {method!r} is not 'debevec' or 'mertens'")
     out = like(out, tensor)
     return (out, unusable) if return_unusable else out
+
+
+def calibrate(brackets, exposure_times, *, threads=None, **options):
+    """The Debevec & Malik camera response of brackets in memory, as ``tessera hdr calibrate``
+    computes it from an archive of the same brackets in the same order.
+
+    Args:
+        brackets: a sequence of brackets, each as ``merge`` takes its exposures (8-bit).
+        exposure_times: a sequence of the brackets' exposure times in seconds (any order
+            within a bracket: each is taken shortest first, as the CLI does).
+        threads: this call's thread pool width (default: the CLI's).
+        **options: ``tessera hdr calibrate``'s flags, with their CLI defaults when left out:
+            samples_per_image (1000), sample_technique ("random" or "histogram"),
+            max_processed_groups (10, spread over the brackets), smoothness (50.0),
+            weight_type ("triangle" or "sine"), low_clip (5), high_clip (250), seed (0).
+
+    Returns:
+        (256, C) float64: g(z), the log exposure of value z, per channel (what ``merge`` takes
+        as its response).
+    """
+    allowed = {"samples_per_image", "sample_technique", "max_processed_groups", "smoothness",
+               "weight_type", "low_clip", "high_clip", "seed"}
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise ParameterError(f"calibrate: unknown option(s) {', '.join(unknown)} (known: "
+                             f"{', '.join(sorted(allowed))})")
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in options.items()]
+    if len(brackets) != len(exposure_times):
+        raise ParameterError(f"brackets: {len(brackets)} brackets but {len(exposure_times)} "
+                             "lists of exposure times")
+    planes, seconds = [], []
+    for i, (bracket, times) in enumerate(zip(brackets, exposure_times)):
+        p, _ = _planes(bracket, f"brackets[{i}]")
+        if p.dtype != np.uint8:
+            raise TypeError(f"brackets[{i}]: {p.dtype}; the Debevec calibration takes 8-bit "
+                            "images")
+        t = _seconds(times, p.shape[0], f"exposure_times[{i}]")
+        order = np.argsort(t, kind="stable")
+        planes.append(np.ascontiguousarray(p[order]))
+        seconds.append([float(x) for x in t[order]])
+    return _tessera.hdr_calibrate(planes, seconds, flags, threads)
+
+
+def _seconds(times, count, name):
+    """Exposure times as positive finite float64 seconds, one per exposure."""
+    t = np.asarray(times, dtype=np.float64).ravel()
+    if t.size != count or not np.all(np.isfinite(t) & (t > 0)):
+        raise ParameterError(f"{name}: {t.size} values where {count} positive finite seconds "
+                             "are needed, one per exposure")
+    return t

@@ -74,3 +74,26 @@ def test_bad_brackets_raise(archive):
         tessera.hdr.merge(exposures, times, response, weight="flat")
     with pytest.raises(tessera.TesseraError, match="nope.npz"):
         tessera.hdr.merge(exposures, times, archive / "nope.npz")
+
+
+def test_calibration_is_the_cli_response(archive):
+    brackets, times = zip(*(_bracket(archive / "in", stamp)
+                            for stamp in ("20240601120000", "20240601120030")))
+    got = tessera.hdr.calibrate(brackets, times)
+    want = tessera.hdr.read_response(archive / "r.npz")
+    assert got.shape == (256, 3) and got.tobytes() == want.tobytes()
+    other = tessera.hdr.calibrate(brackets, times, samples_per_image=200, seed=3, threads=1)
+    assert other.shape == (256, 3) and other.tobytes() != want.tobytes()
+
+
+def test_bad_calibrations_raise(archive):
+    brackets, times = zip(*(_bracket(archive / "in", stamp)
+                            for stamp in ("20240601120000", "20240601120030")))
+    with pytest.raises(ParameterError, match="low-clip"):
+        tessera.hdr.calibrate(brackets, times, low_clip=200, high_clip=100)
+    with pytest.raises(ParameterError, match="unknown option"):
+        tessera.hdr.calibrate(brackets, times, sample_count=5)
+    with pytest.raises(ParameterError, match="sample-technique"):
+        tessera.hdr.calibrate(brackets, times, sample_technique="best")
+    with pytest.raises(ParameterError, match="2 brackets but 1"):
+        tessera.hdr.calibrate(brackets, times[:1])

@@ -498,15 +498,26 @@ fn sample_bracket(
 ) -> Result<Vec<Vec<Sample>>> {
     require_8bit(images, b, "the Debevec calibration")?;
     let ln_t: Vec<f64> = b.frames.iter().map(|f| f.seconds.ln()).collect();
+    Ok(sample_images(job, images, &ln_t, which))
+}
+
+/// Calibration samples of one bracket's 8-bit exposures (shortest first, `ln_t` their log
+/// times), the `which`-th of the archive, per channel.
+fn sample_images(
+    job: &CalibrateJob,
+    images: &[Image],
+    ln_t: &[f64],
+    which: usize,
+) -> Vec<Vec<Sample>> {
     let pos = positions(job, images, which);
     let clip = job.low_clip..=job.high_clip;
-    Ok((0..images[0].channels)
+    (0..images[0].channels)
         .map(|c| {
             pos.iter()
                 .map(|&i| {
                     images
                         .iter()
-                        .zip(&ln_t)
+                        .zip(ln_t)
                         .map(|(img, &lt)| (img.plane_u8(c)[i], lt))
                         .filter(|(z, _)| clip.contains(z))
                         .collect::<Sample>()
@@ -514,6 +525,76 @@ fn sample_bracket(
                 .filter(|s| s.len() >= 2)
                 .collect()
         })
+        .collect()
+}
+
+/// The response (256 x C, log domain) of brackets held in memory, as [`calibrate`] computes
+/// it from an archive of the same brackets in the same order: the same brackets chosen, the
+/// same positions sampled, the same solve. `brackets[i]` is the i-th bracket's 8-bit
+/// exposures, shortest first, with their log exposure times. `job`'s scan and response
+/// fields are not used.
+///
+/// # Errors
+/// Bad parameters (as `tessera hdr calibrate`), brackets that differ in channels or sizes
+/// within a bracket, or no usable samples.
+pub fn calibrate_images(
+    job: &CalibrateJob,
+    brackets: &[(Vec<Image>, Vec<f64>)],
+) -> Result<Vec<Vec<f64>>> {
+    use rayon::prelude::*;
+    check_calibration(job)?;
+    let bad = |m: String| Error::parameter("brackets", m);
+    if brackets.is_empty() {
+        return Err(bad("no brackets".into()));
+    }
+    for (i, (images, ln_t)) in brackets.iter().enumerate() {
+        let first = images
+            .first()
+            .ok_or_else(|| bad(format!("bracket {i} has no exposures")))?;
+        if images.len() != ln_t.len() {
+            return Err(bad(format!(
+                "bracket {i}: {} exposures but {} times",
+                images.len(),
+                ln_t.len()
+            )));
+        }
+        let same = |im: &Image| {
+            (im.channels, im.height, im.width, im.bits())
+                == (first.channels, first.height, first.width, 8)
+        };
+        if !images.iter().all(same) {
+            return Err(bad(format!(
+                "bracket {i}: its exposures must all be 8-bit images of one size"
+            )));
+        }
+        if first.channels != brackets[0].0[0].channels {
+            return Err(bad(
+                "the brackets mix grey and RGB images; calibrate each camera on its own".into(),
+            ));
+        }
+    }
+    let use_ = chosen(brackets.len(), job.max_processed_groups);
+    let channels = brackets[0].0[0].channels;
+    let mut all: Vec<Vec<Sample>> = vec![Vec::new(); channels];
+    for &i in &use_ {
+        let (images, ln_t) = &brackets[i];
+        for (c, s) in sample_images(job, images, ln_t, i).into_iter().enumerate() {
+            all[c].extend(s);
+        }
+    }
+    if all.iter().any(Vec::is_empty) {
+        return Err(bad(format!(
+            "no usable samples (values inside [{}, {}] in at least 2 exposures)",
+            job.low_clip, job.high_clip
+        )));
+    }
+    let solve = debevec::Solve {
+        smoothness: job.smoothness,
+        weight: job.weight_type,
+    };
+    Ok(all
+        .par_iter()
+        .map(|s| debevec::solve_channel(s, solve))
         .collect())
 }
 
@@ -563,11 +644,11 @@ fn unpack(bytes: &[u8]) -> Vec<Vec<Sample>> {
         .collect()
 }
 
-/// `tessera hdr calibrate`: returns the response (256 x C, log domain) on every rank.
+/// The calibration's parameters checked, naming their flags.
 ///
 /// # Errors
-/// Bad parameters, inputs or output (see the module and [`files`] docs).
-pub fn calibrate(job: &CalibrateJob, comm: &dyn Comm) -> Result<Vec<Vec<f64>>> {
+/// [`Error::Parameter`] for the first bad one.
+fn check_calibration(job: &CalibrateJob) -> Result<()> {
     if job.low_clip >= job.high_clip {
         return Err(Error::parameter(
             "low-clip",
@@ -590,6 +671,15 @@ pub fn calibrate(job: &CalibrateJob, comm: &dyn Comm) -> Result<Vec<Vec<f64>>> {
     if !(job.smoothness >= 0.0 && job.smoothness.is_finite()) {
         return Err(Error::parameter("smoothness", "must be finite and >= 0"));
     }
+    Ok(())
+}
+
+/// `tessera hdr calibrate`: returns the response (256 x C, log domain) on every rank.
+///
+/// # Errors
+/// Bad parameters, inputs or output (see the module and [`files`] docs).
+pub fn calibrate(job: &CalibrateJob, comm: &dyn Comm) -> Result<Vec<Vec<f64>>> {
+    check_calibration(job)?;
     let writes = [job.response.clone(), response_plot(&job.response)];
     let written: Vec<Written> = writes
         .iter()
