@@ -53,30 +53,64 @@ pub fn unstitch<T: Copy + Send + Sync>(
     }
     let positions = ArrayD::from_shape_vec(IxDyn(&[m, 1 + ndim]), rows)
         .expect("one row of 1 + ndim values per patch");
-    // Every element is assigned below; the uninitialised-free way is a copy of the first one.
-    let fill = images.iter().next().copied();
-    let mut patches = match fill {
-        Some(x) => ArrayD::from_elem(IxDyn(&patch_shape), x),
-        None => ArrayD::from_shape_vec(IxDyn(&patch_shape), Vec::new())
-            .map_err(|e| Error::parameter("window", format!("cannot cut an empty array: {e}")))?,
-    };
-    patches
-        .axis_iter_mut(Axis(0))
-        .into_par_iter()
-        .zip(first.par_iter())
-        .enumerate()
-        .for_each(|(p, (mut dst, start))| {
-            let mut view = images.index_axis(Axis(0), p / per_image as usize);
-            for (a, (&s, &w)) in start.iter().zip(&geometry.window).enumerate() {
-                view.slice_axis_inplace(Axis(a + 1), Slice::from(s as usize..(s + w) as usize));
-            }
-            dst.assign(&view);
-        });
+    let patches = cut_windows(images, &patch_shape, &first, per_image as usize)?;
     Ok(Unstitched {
         geometry,
         patches,
         positions,
     })
+}
+
+/// The windows starting at `first` (patch p of image p / `per_image`) of the C-order
+/// `images`, as one (M, C, *window) array: each window row copied whole, the patches filled
+/// in parallel, no pass over the output before it is written.
+fn cut_windows<T: Copy + Send + Sync>(
+    images: &ArrayViewD<'_, T>,
+    patch_shape: &[usize],
+    first: &[Vec<u64>],
+    per_image: usize,
+) -> Result<ArrayD<T>> {
+    let standard = images.as_standard_layout();
+    let src = standard.as_slice().expect("standard layout");
+    let shape = images.shape();
+    // (channels, [z,] y, x) of an image and of a window; rows are the last axis.
+    let (image, window) = (&shape[1..], &patch_shape[1..]);
+    let strides = crate::grid::row_major_strides(image);
+    let image_len: usize = image.iter().product();
+    let patch_len: usize = window.iter().product();
+    let row = *window.last().unwrap_or(&1);
+    let mut out: Vec<T> = Vec::with_capacity(patch_len * first.len());
+    let spare = &mut out.spare_capacity_mut()[..patch_len * first.len()];
+    if patch_len > 0 && row > 0 {
+        spare
+            .par_chunks_mut(patch_len)
+            .zip(first.par_iter())
+            .enumerate()
+            .for_each(|(p, (dst, start))| {
+                let base = (p / per_image) * image_len;
+                // Rows of the window in C order: an index over every axis but the last.
+                for (r, dst_row) in dst.chunks_mut(row).enumerate() {
+                    let mut rest = r;
+                    let mut at = base;
+                    for a in (0..window.len() - 1).rev() {
+                        let i = rest % window[a];
+                        rest /= window[a];
+                        // Axis 0 of a window is the channel: windows span all channels.
+                        let s = if a == 0 { 0 } else { start[a - 1] as usize };
+                        at += (s + i) * strides[a];
+                    }
+                    at += start[start.len() - 1] as usize;
+                    for (d, &v) in dst_row.iter_mut().zip(&src[at..at + row]) {
+                        d.write(v);
+                    }
+                }
+            });
+    }
+    // SAFETY: every element of the first patch_len * M was written above (each patch's rows
+    // cover it exactly), or there are none.
+    unsafe { out.set_len(patch_len * first.len()) };
+    ArrayD::from_shape_vec(IxDyn(patch_shape), out)
+        .map_err(|e| Error::parameter("window", format!("cannot cut these windows: {e}")))
 }
 
 /// What a stitch gives back: the weighted mean (N, C, *spatial), the weight sums (N, *spatial),
