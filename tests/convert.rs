@@ -23,7 +23,7 @@ fn hand_checked_three_slices_to_each_format() {
         outputs.push(format!("{}:/g/data", s(&d.path().join("o.h5"))));
     }
     for out in &outputs {
-        ok(tessera(&io_args(
+        run_io(
             "convert",
             &input,
             out,
@@ -33,7 +33,7 @@ fn hand_checked_three_slices_to_each_format() {
                 "--codec",
                 if out.contains(".h5") { "gzip" } else { "zstd" },
             ],
-        )));
+        );
         let a = read_all(out).into_array::<u16>().unwrap();
         assert_eq!(a.shape(), &[3, 2, 3], "{out}");
         assert_eq!(a[[0, 0, 0]], 0);
@@ -155,12 +155,7 @@ fn png_and_dtype_conversion() {
         img.save(input.join(format!("p_{k}.png"))).unwrap();
     }
     let out = s(&d.path().join("o.zarr"));
-    ok(tessera(&io_args(
-        "convert",
-        &input,
-        &out,
-        &["--dtype", "f32"],
-    )));
+    run_io("convert", &input, &out, &["--dtype", "f32"]);
     let a = read_all(&out).into_array::<f32>().unwrap();
     assert_eq!(a.shape(), &[4, 3, 5]);
     assert_eq!(a[[3, 2, 4]], 3014.0);
@@ -180,7 +175,7 @@ fn several_stacks_go_to_a_directory_and_gaps_are_reported() {
     let a = write_stack(&input, "left", &[0, 1, 2, 5, 6, 9], &[4, 4], DType::U16, 1);
     let b = write_stack(&input, "right", &[1, 2], &[6, 3], DType::U8, 2);
     let out = d.path().join("stacks");
-    let log = ok(tessera(&io_args("convert", &input, &out, &[])));
+    let log = run_io("convert", &input, &out, &[]);
     assert!(log.contains("3-4, 7-8"), "gaps named:\n{log}");
     assert_eq!(read_all(&s(&out.join("left.zarr"))), reference_stack(&a, 0));
     assert_eq!(
@@ -199,12 +194,12 @@ fn json_logs_carry_the_rank() {
     let d = tempfile::tempdir().unwrap();
     let input = d.path().join("in");
     write_stack(&input, "s", &[0, 1, 3], &[4, 4], DType::U8, 30);
-    let out = ok(tessera(&io_args(
+    let out = run_io(
         "convert",
         &input,
         &d.path().join("o.zarr"),
         &["--log-format", "json"],
-    )));
+    );
     let line = out
         .lines()
         .find(|l| l.contains("missing slice"))
@@ -254,7 +249,7 @@ fn existing_outputs_are_refused_unless_overwrite() {
     let input = d.path().join("in");
     let first = write_stack(&input, "s", &[0, 1], &[4, 4], DType::U16, 4);
     let out = s(&d.path().join("o.zarr"));
-    ok(tessera(&io_args("convert", &input, &out, &[])));
+    run_io("convert", &input, &out, &[]);
     fails_with(
         tessera(&io_args("convert", &input, &out, &[])),
         &["o.zarr", "--overwrite"],
@@ -265,7 +260,7 @@ fn existing_outputs_are_refused_unless_overwrite() {
         "old output untouched"
     );
     let second = write_stack(&input, "s", &[0, 1], &[4, 4], DType::U16, 5);
-    ok(tessera(&io_args("convert", &input, &out, &["--overwrite"])));
+    run_io("convert", &input, &out, &["--overwrite"]);
     assert_eq!(read_all(&out), reference_stack(&second, 0));
 }
 
@@ -433,12 +428,12 @@ fn info_describes_each_kind_and_refuses_non_arrays() {
     let input = d.path().join("in");
     write_stack(&input, "s", &[0, 1], &[4, 6], DType::I16, 12);
     let store = d.path().join("st.zarr");
-    ok(tessera(&io_args(
+    run_io(
         "convert",
         &input,
         &store.join("grp/arr"),
         &["--chunks", "1,2,3", "--shards", "2,4,6"],
-    )));
+    );
     let log = ok(tessera(&["info", &s(&store.join("grp/arr"))]));
     assert!(
         log.contains("2 x 4 x 6")
@@ -482,7 +477,7 @@ fn info_describes_each_kind_and_refuses_non_arrays() {
     );
     // npy.
     let npy = d.path().join("a.npy");
-    ok(tessera(&io_args("convert", &input, &npy, &[])));
+    run_io("convert", &input, &npy, &[]);
     let log = ok(tessera(&["info", &s(&npy)]));
     assert!(
         log.contains("2 x 4 x 6") && log.contains("contiguous"),
@@ -499,12 +494,12 @@ fn hdf5_inputs_and_errors() {
     let input = d.path().join("in");
     let slices = write_stack(&input, "s", &[0, 1, 2], &[5, 7], DType::F32, 13);
     let h5 = d.path().join("v.h5");
-    ok(tessera(&io_args(
+    run_io(
         "convert",
         &input,
         &format!("{}:/a/b", s(&h5)),
         &["--codec", "none", "--chunks", "1,5,7"],
-    )));
+    );
     assert_eq!(
         read_all(&format!("{}:/a/b", s(&h5))),
         reference_stack(&slices, 0)
@@ -629,12 +624,12 @@ fn outputs_are_the_same_on_any_thread_count_and_raw_chunks_are_zarrs_bytes() {
             .iter()
             .map(|t| {
                 let out = d.path().join(format!("c{chunks}-t{t}.zarr"));
-                ok(tessera(&io_args(
+                run_io(
                     "convert",
                     &input,
                     &out,
                     &["--chunks", chunks, "--codec", "none", "--threads", t],
-                )));
+                );
                 assert_eq!(read_all(&s(&out)), stack, "{chunks}, {t} threads");
                 out
             })

@@ -13,12 +13,12 @@ use tessera::io::DType;
 fn small_zarr(dir: &Path) -> String {
     write_stack(&dir.join("slices"), "s", &[0, 1, 2], &[8, 8], DType::U16, 7);
     let store = s(&dir.join("in.zarr"));
-    ok(tessera(&io_args(
+    run_io(
         "convert",
         &dir.join("slices"),
         &store,
         &["--chunks", "1,4,4"],
-    )));
+    );
     store
 }
 
@@ -32,12 +32,12 @@ fn a_corrupt_zarr_chunk_is_named_by_key_and_file() {
         } else {
             // An uncompressed store: garbage of the wrong length is what fails there.
             let other = s(&d.path().join("raw.zarr"));
-            ok(tessera(&io_args(
+            run_io(
                 "convert",
                 &d.path().join("slices"),
                 &other,
                 &["--chunks", "1,4,4", "--codec", "none"],
-            )));
+            );
             other
         };
         let chunk = Path::new(&store).join(key);
@@ -109,12 +109,12 @@ fn a_failed_run_that_left_a_partial_says_how_to_go_on() {
     let d = tempfile::tempdir().unwrap();
     write_slices(&d.path().join("slices"), "s", 8, &[32, 32], DType::U16, 7);
     let store = s(&d.path().join("in.zarr"));
-    ok(tessera(&io_args(
+    run_io(
         "convert",
         &d.path().join("slices"),
         &store,
         &["--chunks", "2,8,8"],
-    )));
+    );
     // The last chunk: the units before it finish (small units), so there is something to
     // resume once the input is mended.
     std::fs::write(Path::new(&store).join("c/3/3/3"), b"garbage").unwrap();

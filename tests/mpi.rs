@@ -76,12 +76,7 @@ fn two_nodes_name_their_hosts_in_reports_and_locks() {
             .unwrap()
     };
     let single = d.path().join("single.zarr");
-    ok(tessera(&io_args(
-        "quilt unstitch",
-        &input,
-        &single,
-        &geometry,
-    )));
+    run_io("quilt unstitch", &input, &single, &geometry);
     let out = d.path().join("two.zarr");
     ok(unstitch(Nodes::Two, &out));
     assert_same_tree(&single, &out);
@@ -378,14 +373,14 @@ fn quilt_stitch_of_f64_patches_is_identical_on_1_2_and_4_ranks_reading_windows_o
     let input = d.path().join("v.npy");
     ndarray_npy::write_npy(&input, &img).unwrap();
     let p = d.path().join("p.zarr");
-    ok(tessera(&io_args(
+    run_io(
         "quilt unstitch",
         &input,
         &p,
         &[
             "--window", "8,6,6", "--step", "4,3,3", "--blend", "gaussian",
         ],
-    )));
+    );
     // 9 x 6 x 5 windows of 8 x 6 x 6 f64.
     let patch_bytes: u64 = 9 * 6 * 5 * 8 * 6 * 6 * 8;
     // Chunks of 2 rows: bands of 8 rows, 5 of them, one per unit.
@@ -686,12 +681,12 @@ fn every_rank_gets_several_units_of_data_smaller_than_a_unit_per_rank() {
     assert!(per_rank.iter().all(|&n| n >= 4), "{per_rank:?}\n{plan}");
     // The units do not depend on the rank count (the journal's unit ids must mean the same
     // on resume): 1 rank plans the same total.
-    let one = ok(tessera(&io_args(
+    let one = run_io(
         "convert",
         &input,
         &out,
         &["--chunks", "1,256,128", "--dry-run"],
-    )));
+    );
     assert_eq!(
         units_per_rank(&one),
         vec![per_rank.iter().sum::<usize>()],

@@ -837,12 +837,7 @@ fn zarr_python_reads_pairs_like_zarr_patch_pair_dataset_and_tokens_with_numpy() 
         "--include-n",
     ];
     ok(tessera(&pairs_args(&s(&input), &s(&pairs_out), &extra)));
-    ok(tessera(&io_args(
-        "tokens",
-        &pairs_out,
-        &tokens_out,
-        &["--token-size", "6"],
-    )));
+    run_io("tokens", &pairs_out, &tokens_out, &["--token-size", "6"]);
     let script = d.path().join("check.py");
     std::fs::write(&script, DATASET).unwrap();
     let out = succeeds(

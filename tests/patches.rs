@@ -463,12 +463,12 @@ fn volumes_image_stacks_and_other_dtypes() {
     std::fs::create_dir_all(d.path().join("data")).unwrap();
     ndarray_npy::write_npy(d.path().join("data/vol.npy"), &vol).unwrap();
     let out = d.path().join("vol-out");
-    ok(tessera(&io_args(
+    run_io(
         "patches",
         &d.path().join("data/vol.npy"),
         &out,
         &["--patch-size", "16", "--stride", "4", "--split-name", "ct"],
-    )));
+    );
     let slices: Vec<Array2<f32>> = vol.outer_iter().map(|s| s.mapv(|v| v as f32)).collect();
     let patches = reference("ct", &slices, 16, 4, f64::NEG_INFINITY);
     let place = |_: usize, p: &RefPatch| format!("../vol-out/{}.npy", p.id);
@@ -499,12 +499,12 @@ fn volumes_image_stacks_and_other_dtypes() {
     let stack = d.path().join("data/stack");
     let slices = write_slices(&stack, "ct", 3, &[18, 18], tessera::io::DType::I16, 3);
     let out = d.path().join("data/stack-out");
-    ok(tessera(&io_args(
+    run_io(
         "patches",
         &stack,
         &out,
         &["--patch-size", "16", "--stride", "2"],
-    )));
+    );
     let floats: Vec<Array2<f32>> = slices
         .into_iter()
         .map(|b| {

@@ -140,7 +140,7 @@ fn hand_checked_2d_levels_and_ome_metadata() {
     .unwrap();
     write_npy(&input, &a).unwrap();
     let out = dir.path().join("p.zarr");
-    ok(tessera(&io_args(
+    run_io(
         "pyramid",
         &input,
         &out,
@@ -152,7 +152,7 @@ fn hand_checked_2d_levels_and_ome_metadata() {
             "--unit",
             "micrometer",
         ],
-    )));
+    );
     let l1 = level(&out, 1);
     assert_eq!(
         l1.iter().copied().collect::<Vec<_>>(),
@@ -258,12 +258,12 @@ fn gaussian_and_mode_equal_their_references() {
     assert_same_tree(&out_dir(dir.path(), 0, "g"), &out_dir(dir.path(), 1, "g"));
     assert_same_tree(&out_dir(dir.path(), 0, "m"), &out_dir(dir.path(), 1, "m"));
     // Mode on float data works but warns.
-    let out = ok(tessera(&io_args(
+    let out = run_io(
         "pyramid",
         &ia,
         &dir.path().join("fm.zarr"),
         &["--method", "mode"],
-    )));
+    );
     assert!(out.contains("label images"), "{out}");
 }
 
@@ -286,7 +286,7 @@ fn laplacian_reconstructs_level_zero() {
             );
             assert!(out.join("diff_0").is_dir() && out.join("2").is_dir());
             let rec = dir.path().join(format!("{name}{k}_rec.npy"));
-            ok(tessera(&io_args("pyramid reconstruct", &out, &rec, &[])));
+            run_io("pyramid reconstruct", &out, &rec, &[]);
             let got = read_all(&s(&rec)).to_f64();
             let want = read_all(&s(input)).to_f64();
             let scale = want.iter().fold(0.0f64, |m, &x| m.max(x.abs()));
@@ -307,7 +307,7 @@ fn laplacian_reconstructs_level_zero() {
     }
     // Reconstructing something that is not a Laplacian pyramid is refused.
     let mean = dir.path().join("mean.zarr");
-    ok(tessera(&io_args("pyramid", &ia, &mean, &[])));
+    run_io("pyramid", &ia, &mean, &[]);
     fails_with(
         tessera(&io_args(
             "pyramid reconstruct",
@@ -325,12 +325,12 @@ fn pyramid_sampler_layout_puts_levels_under_the_field() {
     let input = dir.path().join("a.npy");
     write_npy(&input, &random(&[16, 16, 16], 7, 100).mapv(|v| v as f32)).unwrap();
     let out = dir.path().join("store.zarr");
-    ok(tessera(&io_args(
+    run_io(
         "pyramid",
         &input,
         &format!("{}/field1", out.display()),
         &["--layout", "pyramid-sampler", "--chunks", "4,4,4"],
-    )));
+    );
     for l in 0..3 {
         assert!(
             out.join(format!("field1/{l}/zarr.json")).is_file(),
@@ -427,12 +427,12 @@ fn convert_writes_an_ome_zarr_pyramid_straight_from_a_stack() {
     let slices = dir.path().join("slices");
     tessera::demo::write_stack(&slices).unwrap();
     let out = dir.path().join("stack.zarr");
-    ok(tessera(&io_args(
+    run_io(
         "convert",
         &slices,
         &out,
         &["--pyramid-levels", "3", "--pyramid-factor", "1,2,2"],
-    )));
+    );
     let l0 = level(&out, 0);
     assert_eq!(l0.shape(), &[64, 256, 256]);
     assert_eq!(level(&out, 1), ref_mean(&l0, &[1, 2, 2]).mapv(f64::round));
@@ -584,12 +584,12 @@ fn sixty_four_bit_extremes_keep_their_values_in_every_method() {
             "{}_{method}.zarr",
             input.file_stem().unwrap().to_string_lossy()
         ));
-        ok(tessera(&io_args(
+        run_io(
             "pyramid",
             input,
             &out,
             &["--method", method, "--levels", "2"],
-        )));
+        );
         read_all(&format!("{}/1", out.display()))
     };
     // Mean: exact.
@@ -697,7 +697,7 @@ fn levels_are_the_same_on_any_thread_count() {
             .iter()
             .map(|threads| {
                 let out = out_dir(dir.path(), threads.parse().unwrap(), method);
-                ok(tessera(&io_args(
+                run_io(
                     "pyramid",
                     &input,
                     &out,
@@ -709,7 +709,7 @@ fn levels_are_the_same_on_any_thread_count() {
                         "--threads",
                         threads,
                     ],
-                )));
+                );
                 out
             })
             .collect();
@@ -719,12 +719,12 @@ fn levels_are_the_same_on_any_thread_count() {
                 .iter()
                 .map(|threads| {
                     let rec = dir.path().join(format!("run{threads}/rec.npy"));
-                    ok(tessera(&io_args(
+                    run_io(
                         "pyramid reconstruct",
                         &outs[usize::from(*threads == "3")],
                         &rec,
                         &["--threads", threads],
-                    )));
+                    );
                     rec
                 })
                 .collect();

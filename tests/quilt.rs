@@ -249,7 +249,7 @@ fn unstitch_and_stitch_match_the_reference_bit_for_bit() {
         );
         // And unstitch -> stitch of the untouched patches gives the input back.
         let back = s(&d.path().join(format!("back{case}.npy")));
-        ok(tessera(&io_args("quilt stitch", &patches_addr, &back, &[])));
+        run_io("quilt stitch", &patches_addr, &back, &[]);
         let back: ArrayD<f32> = read_npy(&back).unwrap();
         assert!(
             back.iter()
@@ -274,7 +274,7 @@ fn a_memory_bounded_stitch_gives_the_same_bits() {
     args.extend(geometry);
     ok(tessera(&args));
     let free = s(&d.path().join("free.npy"));
-    ok(tessera(&io_args("quilt stitch", &p, &free, &[])));
+    run_io("quilt stitch", &p, &free, &[]);
     // Output chunks of one row make bands of one window (8 rows). 2300K per rank, under
     // the volume's f64 accumulators (3.4 MiB): units of one band, patches read a few at a
     // time. 200K cannot hold one band and is refused, naming the band.
@@ -288,12 +288,12 @@ fn a_memory_bounded_stitch_gives_the_same_bits() {
         )),
         &["--memory-limit", "one band of 8 output rows"],
     );
-    let log = ok(tessera(&io_args(
+    let log = run_io(
         "quilt stitch",
         &p,
         &bounded,
         &["--memory-limit", "2300K", "--chunks", "1,1,1,48,48"],
-    )));
+    );
     assert_eq!(
         std::fs::read(&free).unwrap(),
         std::fs::read(&bounded).unwrap()
@@ -311,7 +311,7 @@ fn a_memory_bounded_stitch_gives_the_same_bits() {
         .iter()
         .zip(img.iter())
         .all(|(a, b)| (a - b).abs() <= 1e-6));
-    let plan = ok(tessera(&io_args(
+    let plan = run_io(
         "quilt stitch",
         &p,
         &bounded,
@@ -323,7 +323,7 @@ fn a_memory_bounded_stitch_gives_the_same_bits() {
             "--dry-run",
             "--overwrite",
         ],
-    )));
+    );
     let mib: f64 = plan
         .split("memory: about ")
         .nth(1)
@@ -387,12 +387,12 @@ fn nan_in_patches_is_left_out_counted_and_warned_about() {
     let p = d.path().join("p.npy");
     write_npy(&p, &patches).unwrap();
     let out = d.path().join("o.npy");
-    let log = ok(tessera(&io_args(
+    let log = run_io(
         "quilt stitch",
         &p,
         &out,
         &["--shape", "1,1,8,8", "--window", "4", "--step", "2"],
-    )));
+    );
     assert!(log.contains("1 NaN patch values were left out"), "{log}");
     let m: ArrayD<f32> = read_npy(&out).unwrap();
     assert!(m.iter().all(|&x| x == 0.5), "no NaN spread to neighbours");
@@ -510,12 +510,12 @@ fn bad_geometry_and_patch_arrays_fail_clearly() {
     );
     // A corrupt geometry attribute.
     let z = s(&d.path().join("z.zarr"));
-    ok(tessera(&io_args(
+    run_io(
         "quilt unstitch",
         &input,
         &z,
         &["--window", "4", "--step", "2"],
-    )));
+    );
     let meta = d.path().join("z.zarr/zarr.json");
     let text = std::fs::read_to_string(&meta)
         .unwrap()
@@ -883,12 +883,12 @@ fn float64_patches_beyond_what_the_sums_hold_are_refused_and_the_largest_that_fi
         let input = d.path().join(format!("img{scale:e}.npy"));
         write_npy(&input, &img).unwrap();
         let p = s(&d.path().join(format!("p{scale:e}.zarr")));
-        ok(tessera(&io_args(
+        run_io(
             "quilt unstitch",
             &input,
             &p,
             &["--window", "8,8", "--step", "4,4"],
-        )));
+        );
         let out = d.path().join(format!("back{scale:e}{std}.npy"));
         let mut args = vec!["quilt", "stitch", "--input", &p, "--output"];
         let o = s(&out);

@@ -172,6 +172,17 @@ pub fn io_args<'a>(
     args
 }
 
+/// Runs `<command's words> --input <input> --output <output> <rest>` (see [`io_args`]) and
+/// returns its text; the test fails with that text if it does not succeed.
+pub fn run_io(
+    command: &str,
+    input: &(impl AsRef<Path> + ?Sized),
+    output: &(impl AsRef<Path> + ?Sized),
+    rest: &[&str],
+) -> String {
+    ok(tessera(&io_args(command, input, output, rest)))
+}
+
 /// The arguments `hdr calibrate --input <input> --response <response> <rest>`.
 pub fn calibrate_args<'a>(
     input: &'a (impl AsRef<Path> + ?Sized),
