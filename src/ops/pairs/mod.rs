@@ -276,17 +276,7 @@ fn pixel_arrays(
     let spec = |shape: Vec<u64>, dtype: DType, first: u64| -> Result<CreateSpec> {
         let mut chunks = shape.clone();
         chunks[0] = first;
-        CreateSpec {
-            flat_chunk_keys: false,
-            shape,
-            dtype,
-            chunks,
-            shards: None,
-            codec,
-            dimension_names: None,
-            attributes: Map::new(),
-        }
-        .validated()
+        crate::ops::plain_spec(shape, dtype, chunks, codec).validated()
     };
     let mut patch = vec![m, images.channels()];
     patch.extend(window);
@@ -1233,16 +1223,12 @@ fn write_small(
 ) -> Result<()> {
     staging.clear_stale()?;
     let shape = block.shape();
-    let spec = CreateSpec {
-        flat_chunk_keys: false,
-        shape: shape.clone(),
-        dtype: block.dtype(),
-        chunks: shape.iter().map(|&s| s.max(1)).collect(),
-        shards: None,
-        codec: Codec::Auto,
-        dimension_names: None,
-        attributes: Map::new(),
-    };
+    let spec = crate::ops::plain_spec(
+        shape.clone(),
+        block.dtype(),
+        shape.iter().map(|&s| s.max(1)).collect(),
+        Codec::Auto,
+    );
     let writer = io::create(&staging.staging, &spec, &crate::comm::Local, false)?;
     if shape.iter().all(|&s| s > 0) {
         writer.write_box(Some((&Region::whole(&shape), &block)))?;

@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::exec::{Operation, UnitInfo};
 use crate::grid::{self, Region};
 use crate::io::safety::Place;
-use crate::io::{self, Address, ArrayReader, ArrayWriter, Block, CreateSpec, DType, Element};
+use crate::io::{self, Address, ArrayReader, ArrayWriter, Block, DType, Element};
 use crate::with_dtype;
 
 /// The arrays of a pairs group that tokens read.
@@ -356,17 +356,8 @@ fn token_arrays(
                 "coords" => (vec![l, 2], vec![l, 2]),
                 _ => (vec![m, l], vec![per_chunk, l]),
             };
-            let spec = CreateSpec {
-                flat_chunk_keys: false,
-                shape,
-                dtype: fixed.unwrap_or(dtype),
-                chunks,
-                shards: None,
-                codec,
-                dimension_names: None,
-                attributes: Map::new(),
-            }
-            .validated()?;
+            let spec =
+                crate::ops::plain_spec(shape, fixed.unwrap_or(dtype), chunks, codec).validated()?;
             Ok(Array { name, spec })
         })
         .collect()

@@ -460,16 +460,12 @@ pub fn write_border_mask(
         bytes,
     )?;
     let target = Address::parse(output)?;
-    let spec = crate::io::CreateSpec {
-        flat_chunk_keys: false,
-        shape: window.to_vec(),
-        dtype: crate::io::DType::U8,
-        chunks: window.to_vec(),
-        shards: None,
-        codec: crate::io::Codec::Auto,
-        dimension_names: None,
-        attributes: serde_json::Map::new(),
-    };
+    let spec = crate::ops::plain_spec(
+        window.to_vec(),
+        crate::io::DType::U8,
+        window.to_vec(),
+        crate::io::Codec::Auto,
+    );
     crate::exec::disk::check_outputs(
         &[crate::exec::disk::PlannedOutput::array(&target, &spec)],
         crate::io::safety::free_disk_bytes,
@@ -810,16 +806,7 @@ fn stitch_outputs(
         c.extend(spatial[1..].iter().map(|&d| d.min(512)));
         c
     });
-    let mean_spec = CreateSpec {
-        flat_chunk_keys: false,
-        shape: image.clone(),
-        dtype: out_dtype,
-        chunks,
-        shards: None,
-        codec: job.codec,
-        dimension_names: None,
-        attributes: Map::new(),
-    };
+    let mean_spec = crate::ops::plain_spec(image.clone(), out_dtype, chunks, job.codec);
     let mean_spec = mean_spec.validated()?;
     let chunks = mean_spec.chunks.clone();
     let mut spatial_spec = mean_spec.clone();

@@ -56,16 +56,7 @@ fn spec_like(shape: Vec<u64>, dtype: DType, codec: io::Codec) -> CreateSpec {
         super::patches_per_chunk(shape[1..].iter().product::<u64>() * dtype.size() as u64);
     let mut chunks = vec![per_chunk.min(shape[0].max(1))];
     chunks.extend(&shape[1..]);
-    CreateSpec {
-        flat_chunk_keys: false,
-        shape,
-        dtype,
-        chunks,
-        shards: None,
-        codec,
-        dimension_names: None,
-        attributes: Map::new(),
-    }
+    crate::ops::plain_spec(shape, dtype, chunks, codec)
 }
 
 /// Refuses a missing label that no label value can equal: nothing would ever be weeded, and
