@@ -208,16 +208,8 @@ fn probe_all(stack: &Stack, comm: &dyn Comm) -> Result<ImageInfo> {
             all.len(),
         ));
     }
-    let describe = |shape: &[u64], dtype: &str| {
-        format!(
-            "{} {dtype}",
-            shape
-                .iter()
-                .map(u64::to_string)
-                .collect::<Vec<_>>()
-                .join("x")
-        )
-    };
+    let describe =
+        |shape: &[u64], dtype: &str| format!("{} {dtype}", crate::grid::join_with(shape, "x"));
     let mut first: Option<(Vec<u64>, String)> = None;
     for ((_, path), outcome) in stack.files.iter().zip(all) {
         let (shape, dtype) = outcome.map_err(|message| Error::bad_file(path, message))?;
