@@ -303,10 +303,9 @@ pub fn quilt(b: &QuiltBench, comm: &dyn Comm) -> Result<()> {
         #[cfg(feature = "cuda")]
         return gpu::quilt(&cases, b.repeat.max(1), &gpu::open(b.device)?);
         #[cfg(not(feature = "cuda"))]
-        return Err(crate::error::Error::NotCompiled {
-            what: "bench quilt --device cuda".into(),
-            feature: "cuda",
-        });
+        return Err(crate::error::Error::without_cuda(
+            "bench quilt --device cuda",
+        ));
     }
     println!(
         "bench quilt: in-memory kernels (copy and unstitch on one thread, stitch on {} rayon threads), best of {}, fraction of a memcpy of the patch bytes",

@@ -111,10 +111,10 @@ fn kernels_on_the_gpu(b: &PyramidBench, comm: &dyn Comm) -> Result<()> {
         Ok(())
     }
     #[cfg(not(feature = "cuda"))]
-    Err(crate::error::Error::NotCompiled {
-        what: format!("bench pyramid --device {}", b.device),
-        feature: "cuda",
-    })
+    Err(crate::error::Error::without_cuda(format!(
+        "bench pyramid --device {}",
+        b.device
+    )))
 }
 
 /// Writes `bytes` as 1 MiB files under `dir` (removed afterwards); returns the seconds taken.
