@@ -499,12 +499,8 @@ fn volumes_image_stacks_and_other_dtypes() {
     let stack = d.path().join("data/stack");
     let slices = write_slices(&stack, "ct", 3, &[18, 18], tessera::io::DType::I16, 3);
     let out = d.path().join("data/stack-out");
-    run_io(
-        "patches",
-        &stack,
-        &out,
-        &["--patch-size", "16", "--stride", "2"],
-    );
+    let geometry = ["--patch-size", "16", "--stride", "2"];
+    run_io("patches", &stack, &out, &geometry);
     let floats: Vec<Array2<f32>> = slices
         .into_iter()
         .map(|b| {

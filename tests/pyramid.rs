@@ -427,12 +427,8 @@ fn convert_writes_an_ome_zarr_pyramid_straight_from_a_stack() {
     let slices = dir.path().join("slices");
     tessera::demo::write_stack(&slices).unwrap();
     let out = dir.path().join("stack.zarr");
-    run_io(
-        "convert",
-        &slices,
-        &out,
-        &["--pyramid-levels", "3", "--pyramid-factor", "1,2,2"],
-    );
+    let pyramid = ["--pyramid-levels", "3", "--pyramid-factor", "1,2,2"];
+    run_io("convert", &slices, &out, &pyramid);
     let l0 = level(&out, 0);
     assert_eq!(l0.shape(), &[64, 256, 256]);
     assert_eq!(level(&out, 1), ref_mean(&l0, &[1, 2, 2]).mapv(f64::round));
