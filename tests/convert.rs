@@ -10,8 +10,7 @@ use tessera::io::{images, Block, DType};
 #[test]
 fn hand_checked_three_slices_to_each_format() {
     let d = tempfile::tempdir().unwrap();
-    let input = d.path().join("in");
-    std::fs::create_dir(&input).unwrap();
+    let input = new_dir(d.path().join("in"));
     // Slice k holds 100k + 10y + x, so every pixel says where it came from.
     for k in 0..3u16 {
         let slice =
@@ -146,8 +145,7 @@ fn random_stacks_match_the_reference_for_every_dtype_layout_and_codec() {
 #[test]
 fn png_and_dtype_conversion() {
     let d = tempfile::tempdir().unwrap();
-    let input = d.path().join("in");
-    std::fs::create_dir(&input).unwrap();
+    let input = new_dir(d.path().join("in"));
     for k in 0..4u16 {
         let img = image::ImageBuffer::<image::Luma<u16>, Vec<u16>>::from_fn(5, 3, |x, y| {
             image::Luma([k * 1000 + (y * 5 + x) as u16])
@@ -357,8 +355,7 @@ fn bad_inputs_fail_clearly_and_leave_no_output() {
         tessera(&args)
     };
     // Empty directory, missing directory.
-    let empty = root.join("empty");
-    std::fs::create_dir(&empty).unwrap();
+    let empty = new_dir(root.join("empty"));
     fails_with(run(&empty, &[]), &["--input", "holds no files"]);
     fails_with(
         run(&root.join("missing"), &[]),

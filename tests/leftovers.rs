@@ -200,13 +200,11 @@ fn assert_only(dir: &Path, expected: &[&str]) {
 fn an_overwrite_killed_while_publishing_loses_nothing_and_leaves_nothing() {
     let d = tempfile::tempdir().unwrap();
     let input = image(d.path());
-    let clean_dir = d.path().join("clean");
-    std::fs::create_dir(&clean_dir).unwrap();
+    let clean_dir = new_dir(d.path().join("clean"));
     let clean = clean_dir.join("o.zarr");
     ok(run(&other_steps(&input, &clean, &[]), &[]));
     for step in ["moved-aside", "renamed", "published-one", "published"] {
-        let dir = d.path().join(step);
-        std::fs::create_dir(&dir).unwrap();
+        let dir = new_dir(d.path().join(step));
         let out = dir.join("o.zarr");
         ok(run(&unstitch(&input, &s(&out), &[]), &[]));
         let killed = run(
@@ -225,8 +223,7 @@ fn an_overwrite_killed_while_publishing_loses_nothing_and_leaves_nothing() {
         assert_only(&dir, &["o.zarr", "o.zarr.report.json", "o_positions.npy"]);
     }
     // Killed after its last unit, before publishing: the old output is untouched.
-    let dir = d.path().join("before");
-    std::fs::create_dir(&dir).unwrap();
+    let dir = new_dir(d.path().join("before"));
     let out = dir.join("o.zarr");
     ok(run(&unstitch(&input, &s(&out), &[]), &[]));
     let old = tree(&out);
@@ -275,8 +272,7 @@ fn adding_to_an_hdf5_file_survives_a_kill_at_every_step() {
         "dataset-renamed",
         "published",
     ] {
-        let dir = d.path().join(step);
-        std::fs::create_dir(&dir).unwrap();
+        let dir = new_dir(d.path().join(step));
         let file = dir.join("f.h5");
         let a = format!("{}:/a", s(&file));
         let b = format!("{}:/b", s(&file));
@@ -345,8 +341,7 @@ fn resuming_a_finished_output_succeeds_and_changes_nothing() {
     other[9] = "4,4".into();
     fails_with(run(&other, &[]), &["is complete", "--step", "--overwrite"]);
     // Killed between publishing and removing its journal: the journal vouches for it.
-    let journal = d.path().join("o.zarr.journal");
-    std::fs::create_dir(&journal).unwrap();
+    let journal = new_dir(d.path().join("o.zarr.journal"));
     let rep: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
     std::fs::write(
         journal.join("plan.json"),

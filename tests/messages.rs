@@ -205,10 +205,8 @@ fn a_container_of_the_wrong_kind_says_what_it_found() {
     let d = tempfile::tempdir().unwrap();
     let file_zarr = d.path().join("x.zarr");
     std::fs::write(&file_zarr, b"").unwrap();
-    let dir_npy = d.path().join("d.npy");
-    std::fs::create_dir(&dir_npy).unwrap();
-    let bare = d.path().join("s.zarr");
-    std::fs::create_dir(&bare).unwrap();
+    let dir_npy = new_dir(d.path().join("d.npy"));
+    let bare = new_dir(d.path().join("s.zarr"));
     std::fs::write(bare.join("notes.txt"), b"hi").unwrap();
     let mut cases = vec![
         (s(&file_zarr), "is a file, not a Zarr store"),
@@ -219,8 +217,7 @@ fn a_container_of_the_wrong_kind_says_what_it_found() {
         ),
     ];
     if cfg!(feature = "hdf5") {
-        let dir_h5 = d.path().join("e.h5");
-        std::fs::create_dir(&dir_h5).unwrap();
+        let dir_h5 = new_dir(d.path().join("e.h5"));
         cases.push((
             format!("{}:/x", s(&dir_h5)),
             "is a directory, not an HDF5 file",

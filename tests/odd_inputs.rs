@@ -45,8 +45,7 @@ fn a_job_read_from_a_pipe_resolves_paths_against_the_working_directory() {
     ok(child.wait_with_output().unwrap());
     assert!(d.path().join("o.zarr/zarr.json").is_file());
     // A job file on disk still resolves against its own directory.
-    let jobs = d.path().join("jobs");
-    std::fs::create_dir(&jobs).unwrap();
+    let jobs = new_dir(d.path().join("jobs"));
     let job = unstitch_job("../in.npy", "o2.zarr");
     ok(run_job_file(&jobs.join("j.toml"), &job));
     assert!(jobs.join("o2.zarr/zarr.json").is_file());

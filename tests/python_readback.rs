@@ -46,8 +46,7 @@ fn zarr_python_and_h5py_read_exactly_the_source_pixels() {
         return;
     }
     let d = tempfile::tempdir().unwrap();
-    let input = d.path().join("in");
-    std::fs::create_dir(&input).unwrap();
+    let input = new_dir(d.path().join("in"));
     for z in 0..7 {
         let slice = ArrayD::from_shape_fn(IxDyn(&[3, 19, 23]), |i| pixel(z, i[0], i[1], i[2]));
         images::write_tiff(&input.join(format!("rgb_{z:02}.tif")), &Block::U16(slice)).unwrap();

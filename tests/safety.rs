@@ -118,8 +118,7 @@ fn an_output_store_around_its_input_is_refused() {
     let dir = d.path();
     let p = patches(dir, "border");
     // Stitch into a group of the store, then pyramid that array into the store's root.
-    let store = dir.join("s.zarr");
-    std::fs::create_dir(&store).unwrap();
+    let store = new_dir(dir.join("s.zarr"));
     let a = format!("{}/a", store.display());
     run_io("quilt stitch", &p, &a, &[]);
     let before = snapshot(dir);
@@ -149,8 +148,7 @@ fn overwrite_replaces_only_what_tessera_writes() {
     let p = patches(dir, "border");
     let stitch = |out: &Path| tessera(&io_args("quilt stitch", &p, &out, &["--overwrite"]));
     // A directory of someone's files named like a store.
-    let plain = dir.join("plain.zarr");
-    std::fs::create_dir(&plain).unwrap();
+    let plain = new_dir(dir.join("plain.zarr"));
     std::fs::write(plain.join("thesis.tex"), b"years of work").unwrap();
     fails_with(stitch(&plain), &["without Zarr metadata", "plain.zarr"]);
     assert_eq!(
@@ -211,8 +209,7 @@ fn reports_and_side_files_are_never_overwritten_without_asking() {
     );
     assert_eq!(snapshot(dir), before, "a refused command wrote something");
     // Two arrays in one store each keep their default report.
-    let store = dir.join("s.zarr");
-    std::fs::create_dir(&store).unwrap();
+    let store = new_dir(dir.join("s.zarr"));
     ok(stitch(&store.join("a"), &[]));
     ok(stitch(&store.join("b"), &[]));
     assert!(
@@ -573,8 +570,7 @@ fn stitch_flags_that_contradict_the_patches_are_refused_and_weighting_flags_hono
         &o("hann-flag.npy"),
         &["--blend", "hann", "--weights", &o("hann-flag-w.npy")],
     ));
-    let dir2 = dir.join("hann");
-    std::fs::create_dir(&dir2).unwrap();
+    let dir2 = new_dir(dir.join("hann"));
     let p2 = patches(&dir2, "hann");
     run_io(
         "quilt stitch",

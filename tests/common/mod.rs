@@ -195,6 +195,16 @@ pub fn calibrate_args<'a>(
     args
 }
 
+/// Runs `hdr calibrate --input <input> --response <response> <rest>` and returns its text; the
+/// test fails with that text if it does not succeed.
+pub fn run_calibrate(
+    input: &(impl AsRef<Path> + ?Sized),
+    response: &(impl AsRef<Path> + ?Sized),
+    rest: &[&str],
+) -> String {
+    ok(tessera(&calibrate_args(input, response, rest)))
+}
+
 /// The arguments `hdr synthetic --output <output> --brackets <brackets> <rest>`.
 pub fn synthetic_args<'a>(
     output: &'a (impl AsRef<Path> + ?Sized),
@@ -245,6 +255,12 @@ pub fn crop_test_args<'a>(
     args.extend(["--test-size", size, "--output", utf8(output)]);
     args.extend_from_slice(rest);
     args
+}
+
+/// Creates the directory `path` (its parent must exist) and returns it.
+pub fn new_dir(path: PathBuf) -> PathBuf {
+    std::fs::create_dir(&path).unwrap();
+    path
 }
 
 /// A test path as the UTF-8 it is.
@@ -645,16 +661,11 @@ pub fn names(dir: &Path) -> Vec<String> {
 /// header).
 pub fn scaling_csv(path: &std::path::Path) -> Vec<std::collections::HashMap<String, f64>> {
     let csv = std::fs::read_to_string(path).unwrap();
-    let mut lines = csv.lines();
-    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
-    lines
-        .map(|l| {
-            let fields: Vec<&str> = l.split(',').collect();
-            assert_eq!(fields.len(), header.len(), "{csv}");
-            header
-                .iter()
-                .zip(fields)
-                .map(|(h, f)| (h.to_string(), f.parse().unwrap()))
+    let rows = tessera::bench::scaling::read_table(&csv).unwrap_or_else(|| panic!("{csv}"));
+    rows.into_iter()
+        .map(|row| {
+            row.into_iter()
+                .map(|(h, f)| (h, f.parse().unwrap()))
                 .collect()
         })
         .collect()
