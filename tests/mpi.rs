@@ -508,19 +508,8 @@ fn crops_are_identical_on_1_2_and_4_ranks() {
 fn the_scaling_bench_writes_its_table_and_plot() {
     let Some(d) = mpi_tempdir() else { return };
     let dir = d.path().join("scaling");
-    let out = ok(tessera(&[
-        "bench",
-        "scaling",
-        "--op",
-        "hdr",
-        "--ranks",
-        "1,2",
-        "--size",
-        "2",
-        "--launcher-args=--oversubscribe",
-        "--dir",
-        &s(&dir),
-    ]));
+    let ranks = "--ranks 1,2 --size 2 --launcher-args=--oversubscribe";
+    let out = ok(tessera(&scaling_args("hdr", &dir, ranks)));
     assert!(out.contains("| 2 |"), "{out}");
     let rows = scaling_csv(&dir.join("scaling-hdr-strong.csv"));
     assert_eq!(rows.len(), 2);
@@ -549,23 +538,8 @@ fn the_scaling_bench_writes_its_table_and_plot() {
 fn the_scaling_bench_stitches_patches_made_once_per_size() {
     let Some(d) = mpi_tempdir() else { return };
     let dir = d.path().join("scaling");
-    ok(tessera(&[
-        "bench",
-        "scaling",
-        "--op",
-        "stitch",
-        "--mode",
-        "weak",
-        "--ranks",
-        "1,2",
-        "--size",
-        "1",
-        "--memcopy-mib",
-        "8",
-        "--launcher-args=--oversubscribe",
-        "--dir",
-        &s(&dir),
-    ]));
+    let weak = "--mode weak --ranks 1,2 --size 1 --memcopy-mib 8 --launcher-args=--oversubscribe";
+    ok(tessera(&scaling_args("stitch", &dir, weak)));
     let rows = scaling_csv(&dir.join("scaling-stitch-weak.csv"));
     assert_eq!(rows.len(), 2);
     for row in &rows {

@@ -84,22 +84,8 @@ fn one_process_uses_its_cpus_unless_told() {
 fn the_thread_sweep_puts_each_speed_up_beside_the_copys() {
     let d = tempfile::tempdir().unwrap();
     let dir = d.path().join("sweep");
-    let out = ok(tessera(&[
-        "bench",
-        "scaling",
-        "--op",
-        "pyramid",
-        "--mode",
-        "threads",
-        "--thread-counts",
-        "1,2,3",
-        "--size",
-        "1",
-        "--memcopy-mib",
-        "4",
-        "--dir",
-        &s(&dir),
-    ]));
+    let sweep = "--mode threads --thread-counts 1,2,3 --size 1 --memcopy-mib 4";
+    let out = ok(tessera(&scaling_args("pyramid", &dir, sweep)));
     assert!(
         out.contains("| threads |") && out.contains("| 3 |"),
         "{out}"
@@ -134,16 +120,7 @@ fn the_thread_sweep_puts_each_speed_up_beside_the_copys() {
     let png = image::open(dir.join("scaling-pyramid-threads.png")).unwrap();
     assert_eq!((png.width(), png.height()), (1000, 450));
     fails_with(
-        tessera(&[
-            "bench",
-            "scaling",
-            "--op",
-            "pyramid",
-            "--thread-counts",
-            "1,2",
-            "--dir",
-            &s(&dir),
-        ]),
+        tessera(&scaling_args("pyramid", &dir, "--thread-counts 1,2")),
         &["--thread-counts", "--mode threads"],
     );
 }

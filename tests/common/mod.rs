@@ -230,6 +230,18 @@ pub fn manifest_args<'a>(
     args
 }
 
+/// The arguments `bench scaling --op <op> --dir <dir> <rest>`, `rest` as the words of a command
+/// line (`"--ranks 1,2 --size 2"`).
+pub fn scaling_args<'a>(
+    op: &'a str,
+    dir: &'a (impl AsRef<Path> + ?Sized),
+    rest: &'a str,
+) -> Vec<&'a str> {
+    let mut args = vec!["bench", "scaling", "--op", op, "--dir", utf8(dir)];
+    args.extend(rest.split_whitespace());
+    args
+}
+
 /// `args` and `--resume`: the same command, resumed.
 pub fn resumed<'a>(args: &[&'a str]) -> Vec<&'a str> {
     let mut resume = args.to_vec();
