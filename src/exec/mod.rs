@@ -147,6 +147,41 @@ pub struct UnitInfo {
     pub bytes_out: u64,
 }
 
+/// Writes the [`Operation`] methods that only hand back the plan's field of the same name
+/// (`targets`, `units`, `memory_per_unit`, `parameters`, `fingerprint`), for the plans that
+/// keep them as fields: `plan_fields!(targets, units, parameters);` inside the impl.
+macro_rules! plan_fields {
+    (@ targets) => {
+        fn targets(&self) -> &[$crate::io::Address] {
+            &self.targets
+        }
+    };
+    (@ units) => {
+        fn units(&self) -> &[$crate::exec::UnitInfo] {
+            &self.units
+        }
+    };
+    (@ memory_per_unit) => {
+        fn memory_per_unit(&self) -> u64 {
+            self.memory_per_unit
+        }
+    };
+    (@ parameters) => {
+        fn parameters(&self) -> serde_json::Value {
+            self.parameters.clone()
+        }
+    };
+    (@ fingerprint) => {
+        fn fingerprint(&self) -> serde_json::Value {
+            self.fingerprint.clone()
+        }
+    };
+    ($($field:ident),+ $(,)?) => {
+        $($crate::exec::plan_fields!(@ $field);)+
+    };
+}
+pub(crate) use plan_fields;
+
 /// What an operation tells the runner. Implemented once per operation, in `ops/<name>`.
 pub trait Operation: Sync {
     /// The result of computing one unit, handed to `write`.

@@ -466,6 +466,7 @@ fn write_raw_chunks<T: Element>(
 
 impl Operation for ConvertOp {
     type Output = (Region, Block);
+    crate::exec::plan_fields!(units, parameters);
 
     fn name(&self) -> &'static str {
         "convert"
@@ -481,10 +482,6 @@ impl Operation for ConvertOp {
             &self.spec,
         )]
     }
-    fn units(&self) -> &[UnitInfo] {
-        &self.units
-    }
-
     fn memory_per_unit(&self) -> u64 {
         // The slab, plus one decoded slice per thread.
         let slice = self.units.first().map_or(0, |u| {
@@ -492,10 +489,6 @@ impl Operation for ConvertOp {
         });
         self.units.iter().map(|u| u.bytes_out).max().unwrap_or(0)
             + slice * rayon::current_num_threads() as u64
-    }
-
-    fn parameters(&self) -> Value {
-        self.parameters.clone()
     }
 
     fn inputs(&self) -> Vec<Place> {

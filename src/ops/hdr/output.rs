@@ -553,12 +553,10 @@ impl ZarrOp<'_> {
 
 impl Operation for ZarrOp<'_> {
     type Output = (usize, Merged);
+    crate::exec::plan_fields!(targets, units);
 
     fn name(&self) -> &'static str {
         "hdr merge"
-    }
-    fn targets(&self) -> &[Address] {
-        &self.targets
     }
     fn planned_outputs(&self) -> Vec<crate::exec::disk::PlannedOutput> {
         vec![crate::exec::disk::PlannedOutput::child(
@@ -566,9 +564,6 @@ impl Operation for ZarrOp<'_> {
             "radiance",
             &self.spec,
         )]
-    }
-    fn units(&self) -> &[UnitInfo] {
-        &self.units
     }
     fn parameters(&self) -> serde_json::Value {
         serde_json::to_value(self.job).unwrap_or_default()

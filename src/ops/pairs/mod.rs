@@ -1020,12 +1020,10 @@ impl PairsOp {
 
 impl Operation for PairsOp {
     type Output = Parts;
+    crate::exec::plan_fields!(targets, units, memory_per_unit, parameters);
 
     fn name(&self) -> &'static str {
         self.name
-    }
-    fn targets(&self) -> &[Address] {
-        &self.targets
     }
     fn checked_disk(&self) -> bool {
         true
@@ -1038,15 +1036,6 @@ impl Operation for PairsOp {
             .iter()
             .map(|a| PlannedOutput::child(&self.targets[0], a.name, &a.spec))
             .collect()
-    }
-    fn units(&self) -> &[UnitInfo] {
-        &self.units
-    }
-    fn memory_per_unit(&self) -> u64 {
-        self.memory_per_unit
-    }
-    fn parameters(&self) -> Value {
-        self.parameters.clone()
     }
     fn fingerprint(&self) -> Value {
         let specs: Vec<String> = self

@@ -365,24 +365,16 @@ fn token_arrays(
 
 impl Operation for TokensOp {
     type Output = Parts;
+    crate::exec::plan_fields!(targets, units, parameters);
 
     fn name(&self) -> &'static str {
         "tokens"
-    }
-    fn targets(&self) -> &[Address] {
-        &self.targets
     }
     fn planned_outputs(&self) -> Vec<crate::exec::disk::PlannedOutput> {
         self.arrays
             .iter()
             .map(|a| crate::exec::disk::PlannedOutput::child(&self.targets[0], a.name, &a.spec))
             .collect()
-    }
-    fn units(&self) -> &[UnitInfo] {
-        &self.units
-    }
-    fn parameters(&self) -> Value {
-        self.parameters.clone()
     }
     fn fingerprint(&self) -> Value {
         json!({"pairs": self.group.shape, "dtype": self.group.dtype.name(), "tokens": self.coords.len(), "units": self.units.len()})

@@ -1315,12 +1315,10 @@ impl UnitPlan {
 
 impl Operation for PyramidOp {
     type Output = Vec<(usize, Region, Block)>;
+    crate::exec::plan_fields!(targets, units, memory_per_unit);
 
     fn name(&self) -> &'static str {
         "pyramid"
-    }
-    fn targets(&self) -> &[Address] {
-        &self.targets
     }
     fn planned_outputs(&self) -> Vec<crate::exec::disk::PlannedOutput> {
         let levels = self.levels();
@@ -1336,12 +1334,6 @@ impl Operation for PyramidOp {
                 crate::exec::disk::PlannedOutput::child(&self.targets[0], &name, spec)
             })
             .collect()
-    }
-    fn units(&self) -> &[UnitInfo] {
-        &self.units
-    }
-    fn memory_per_unit(&self) -> u64 {
-        self.memory_per_unit
     }
     fn parameters(&self) -> Value {
         self.job.clone()

@@ -176,12 +176,10 @@ impl ReconstructOp {
 
 impl Operation for ReconstructOp {
     type Output = (Region, Block);
+    crate::exec::plan_fields!(targets, units, parameters);
 
     fn name(&self) -> &'static str {
         "pyramid reconstruct"
-    }
-    fn targets(&self) -> &[Address] {
-        &self.targets
     }
     fn planned_outputs(&self) -> Vec<crate::exec::disk::PlannedOutput> {
         vec![crate::exec::disk::PlannedOutput::array(
@@ -189,14 +187,8 @@ impl Operation for ReconstructOp {
             &self.spec,
         )]
     }
-    fn units(&self) -> &[UnitInfo] {
-        &self.units
-    }
     fn memory_per_unit(&self) -> u64 {
         self.units[0].bytes_out / self.spec.dtype.size() as u64 * 24
-    }
-    fn parameters(&self) -> serde_json::Value {
-        self.parameters.clone()
     }
     fn fingerprint(&self) -> serde_json::Value {
         json!({"shapes": self.shapes})

@@ -348,12 +348,10 @@ impl UnstitchOp {
 
 impl Operation for UnstitchOp {
     type Output = Vec<(Region, Block)>;
+    crate::exec::plan_fields!(targets, units, parameters);
 
     fn name(&self) -> &'static str {
         "quilt unstitch"
-    }
-    fn targets(&self) -> &[Address] {
-        &self.targets
     }
     fn planned_outputs(&self) -> Vec<crate::exec::disk::PlannedOutput> {
         vec![
@@ -361,17 +359,11 @@ impl Operation for UnstitchOp {
             crate::exec::disk::PlannedOutput::array(&self.targets[1], &self.positions_spec),
         ]
     }
-    fn units(&self) -> &[UnitInfo] {
-        &self.units
-    }
     fn memory_per_unit(&self) -> u64 {
         // The unit's patches, plus the bounding boxes read (at most one image's worth).
         let image: u64 =
             self.geometry.image_shape[1..].iter().product::<u64>() * self.spec.dtype.size() as u64;
         self.units.iter().map(|u| u.bytes_out).max().unwrap_or(0) + image
-    }
-    fn parameters(&self) -> Value {
-        self.parameters.clone()
     }
     fn fingerprint(&self) -> Value {
         json!({"geometry": self.geometry, "spec": format!("{:?}", self.spec), "units": self.runs.len()})
@@ -1537,12 +1529,10 @@ impl StitchOp {
 
 impl Operation for StitchOp {
     type Output = Vec<(Region, Block)>;
+    crate::exec::plan_fields!(targets, units, memory_per_unit, parameters);
 
     fn name(&self) -> &'static str {
         "quilt stitch"
-    }
-    fn targets(&self) -> &[Address] {
-        &self.targets
     }
     fn planned_outputs(&self) -> Vec<crate::exec::disk::PlannedOutput> {
         let specs = [
@@ -1556,15 +1546,6 @@ impl Operation for StitchOp {
             .zip(&self.targets)
             .map(|(spec, t)| crate::exec::disk::PlannedOutput::array(t, spec))
             .collect()
-    }
-    fn units(&self) -> &[UnitInfo] {
-        &self.units
-    }
-    fn memory_per_unit(&self) -> u64 {
-        self.memory_per_unit
-    }
-    fn parameters(&self) -> Value {
-        self.parameters.clone()
     }
     fn fingerprint(&self) -> Value {
         json!({"geometry": self.geometry, "units": self.slabs.len(), "chunks": self.mean_spec.chunks, "band_rows": self.bands.rows})

@@ -299,12 +299,10 @@ fn weed_units(
 
 impl Operation for WeedOp {
     type Output = Vec<(Region, Block)>;
+    crate::exec::plan_fields!(targets, units, parameters);
 
     fn name(&self) -> &'static str {
         "quilt weed"
-    }
-    fn targets(&self) -> &[Address] {
-        &self.targets
     }
     fn planned_outputs(&self) -> Vec<crate::exec::disk::PlannedOutput> {
         [&self.input_spec, &self.labels_spec, &self.mask_spec]
@@ -313,18 +311,12 @@ impl Operation for WeedOp {
             .map(|(spec, t)| crate::exec::disk::PlannedOutput::array(t, spec))
             .collect()
     }
-    fn units(&self) -> &[UnitInfo] {
-        &self.units
-    }
     fn memory_per_unit(&self) -> u64 {
         self.units
             .iter()
             .map(|u| u.bytes_out * 2)
             .max()
             .unwrap_or(0)
-    }
-    fn parameters(&self) -> serde_json::Value {
-        self.parameters.clone()
     }
     fn fingerprint(&self) -> serde_json::Value {
         json!({"kept": self.kept.len(), "input": format!("{:?}", self.input_spec), "labels": format!("{:?}", self.labels_spec)})
