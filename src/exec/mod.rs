@@ -149,8 +149,21 @@ pub struct UnitInfo {
 
 /// Writes the [`Operation`] methods that only hand back the plan's field of the same name
 /// (`targets`, `units`, `memory_per_unit`, `parameters`, `fingerprint`), for the plans that
-/// keep them as fields: `plan_fields!(targets, units, parameters);` inside the impl.
+/// keep them as fields, and `name` when given first: `plan_fields!("crop"; targets, units);`
+/// inside the impl. `spec` writes `planned_outputs` for a plan whose one output is the array
+/// `self.spec` at `targets[0]`.
 macro_rules! plan_fields {
+    ($name:literal; $($field:ident),+ $(,)?) => {
+        fn name(&self) -> &'static str {
+            $name
+        }
+        $crate::exec::plan_fields!($($field),+);
+    };
+    (@ spec) => {
+        fn planned_outputs(&self) -> Vec<$crate::exec::disk::PlannedOutput> {
+            vec![$crate::exec::disk::PlannedOutput::array(&self.targets[0], &self.spec)]
+        }
+    };
     (@ targets) => {
         fn targets(&self) -> &[$crate::io::Address] {
             &self.targets

@@ -264,7 +264,7 @@ fn output_address(job: &ConvertJob, stack: &str, several: bool) -> Result<Addres
 /// The convert operation for one stack.
 pub struct ConvertOp {
     /// The one output (a slice, as `Operation::targets` wants).
-    target: [Address; 1],
+    targets: [Address; 1],
     files: Vec<PathBuf>,
     slice: ImageInfo,
     spec: CreateSpec,
@@ -347,7 +347,7 @@ impl ConvertOp {
             .collect();
         let attributes = provenance(job, stack, &names, slice.dtype);
         Ok(ConvertOp {
-            target: [target],
+            targets: [target],
             files: stack.files.iter().map(|(_, p)| p.clone()).collect(),
             slice,
             spec,
@@ -466,22 +466,8 @@ fn write_raw_chunks<T: Element>(
 
 impl Operation for ConvertOp {
     type Output = (Region, Block);
-    crate::exec::plan_fields!(units, parameters);
+    crate::exec::plan_fields!("convert"; targets, units, parameters, spec);
 
-    fn name(&self) -> &'static str {
-        "convert"
-    }
-
-    fn targets(&self) -> &[Address] {
-        &self.target
-    }
-
-    fn planned_outputs(&self) -> Vec<crate::exec::disk::PlannedOutput> {
-        vec![crate::exec::disk::PlannedOutput::array(
-            &self.target[0],
-            &self.spec,
-        )]
-    }
     fn memory_per_unit(&self) -> u64 {
         // The slab, plus one decoded slice per thread.
         let slice = self.units.first().map_or(0, |u| {
@@ -577,7 +563,7 @@ fn plan_pyramids(
     };
     let mut jobs = Vec::new();
     for op in ops.iter_mut() {
-        let target = op.target[0].clone();
+        let target = op.targets[0].clone();
         let Address::Zarr { store, node } = &target else {
             return Err(Error::parameter(
                 "pyramid-levels",
@@ -600,12 +586,12 @@ fn plan_pyramids(
         crate::io::staging::Staging::plan(&target, job.run.overwrite, job.run.resume)?;
         let mut temp = store.clone().into_os_string();
         temp.push(".level0-tmp.zarr");
-        op.target[0] = Address::Zarr {
+        op.targets[0] = Address::Zarr {
             store: std::path::PathBuf::from(temp),
             node: node.clone(),
         };
         jobs.push(crate::ops::pyramid::params::PyramidJob {
-            input: op.target[0].to_string(),
+            input: op.targets[0].to_string(),
             output: target.to_string(),
             axes: Some(axes.into()),
             factor: job.pyramid_factor.clone(),
@@ -633,7 +619,11 @@ fn plan_pyramids(
             attributes: Map::new(),
         });
         let planned = &jobs[jobs.len() - 1];
-        crate::ops::pyramid::PyramidOp::plan_from(planned, op.target[0].clone(), Box::new(level0))?;
+        crate::ops::pyramid::PyramidOp::plan_from(
+            planned,
+            op.targets[0].clone(),
+            Box::new(level0),
+        )?;
     }
     Ok(jobs)
 }
@@ -693,7 +683,7 @@ pub fn run(job: &ConvertJob, comm: &dyn Comm) -> Result<Vec<crate::exec::RunSumm
                 stack.files.len(),
                 op.slice.shape,
                 op.slice.dtype,
-                op.target[0],
+                op.targets[0],
                 op.spec.shape,
                 op.spec.dtype,
                 op.spec.chunks,

@@ -553,11 +553,7 @@ impl ZarrOp<'_> {
 
 impl Operation for ZarrOp<'_> {
     type Output = (usize, Merged);
-    crate::exec::plan_fields!(targets, units);
-
-    fn name(&self) -> &'static str {
-        "hdr merge"
-    }
+    crate::exec::plan_fields!("hdr merge"; targets, units);
     fn planned_outputs(&self) -> Vec<crate::exec::disk::PlannedOutput> {
         vec![crate::exec::disk::PlannedOutput::child(
             &self.targets[0],

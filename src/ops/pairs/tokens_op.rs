@@ -365,11 +365,7 @@ fn token_arrays(
 
 impl Operation for TokensOp {
     type Output = Parts;
-    crate::exec::plan_fields!(targets, units, parameters);
-
-    fn name(&self) -> &'static str {
-        "tokens"
-    }
+    crate::exec::plan_fields!("tokens"; targets, units, parameters);
     fn planned_outputs(&self) -> Vec<crate::exec::disk::PlannedOutput> {
         self.arrays
             .iter()

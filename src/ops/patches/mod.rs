@@ -748,11 +748,7 @@ fn fingerprint(splits: &[Split], layouts: &[SplitLayout], patch_dirs: &[String])
 
 impl Operation for PatchesOp {
     type Output = UnitPatches;
-    crate::exec::plan_fields!(targets, units, parameters, fingerprint);
-
-    fn name(&self) -> &'static str {
-        "patches"
-    }
+    crate::exec::plan_fields!("patches"; targets, units, parameters, fingerprint);
 
     fn planned_outputs(&self) -> Vec<crate::exec::disk::PlannedOutput> {
         use crate::exec::disk::PlannedOutput;

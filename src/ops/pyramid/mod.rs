@@ -1315,11 +1315,7 @@ impl UnitPlan {
 
 impl Operation for PyramidOp {
     type Output = Vec<(usize, Region, Block)>;
-    crate::exec::plan_fields!(targets, units, memory_per_unit);
-
-    fn name(&self) -> &'static str {
-        "pyramid"
-    }
+    crate::exec::plan_fields!("pyramid"; targets, units, memory_per_unit);
     fn planned_outputs(&self) -> Vec<crate::exec::disk::PlannedOutput> {
         let levels = self.levels();
         self.specs

@@ -176,17 +176,7 @@ impl ReconstructOp {
 
 impl Operation for ReconstructOp {
     type Output = (Region, Block);
-    crate::exec::plan_fields!(targets, units, parameters);
-
-    fn name(&self) -> &'static str {
-        "pyramid reconstruct"
-    }
-    fn planned_outputs(&self) -> Vec<crate::exec::disk::PlannedOutput> {
-        vec![crate::exec::disk::PlannedOutput::array(
-            &self.targets[0],
-            &self.spec,
-        )]
-    }
+    crate::exec::plan_fields!("pyramid reconstruct"; targets, units, parameters, spec);
     fn memory_per_unit(&self) -> u64 {
         self.units[0].bytes_out / self.spec.dtype.size() as u64 * 24
     }

@@ -348,11 +348,7 @@ impl UnstitchOp {
 
 impl Operation for UnstitchOp {
     type Output = Vec<(Region, Block)>;
-    crate::exec::plan_fields!(targets, units, parameters);
-
-    fn name(&self) -> &'static str {
-        "quilt unstitch"
-    }
+    crate::exec::plan_fields!("quilt unstitch"; targets, units, parameters);
     fn planned_outputs(&self) -> Vec<crate::exec::disk::PlannedOutput> {
         vec![
             crate::exec::disk::PlannedOutput::array(&self.targets[0], &self.spec),
@@ -1529,11 +1525,7 @@ impl StitchOp {
 
 impl Operation for StitchOp {
     type Output = Vec<(Region, Block)>;
-    crate::exec::plan_fields!(targets, units, memory_per_unit, parameters);
-
-    fn name(&self) -> &'static str {
-        "quilt stitch"
-    }
+    crate::exec::plan_fields!("quilt stitch"; targets, units, memory_per_unit, parameters);
     fn planned_outputs(&self) -> Vec<crate::exec::disk::PlannedOutput> {
         let specs = [
             Some(&self.mean_spec),

@@ -299,11 +299,7 @@ fn weed_units(
 
 impl Operation for WeedOp {
     type Output = Vec<(Region, Block)>;
-    crate::exec::plan_fields!(targets, units, parameters);
-
-    fn name(&self) -> &'static str {
-        "quilt weed"
-    }
+    crate::exec::plan_fields!("quilt weed"; targets, units, parameters);
     fn planned_outputs(&self) -> Vec<crate::exec::disk::PlannedOutput> {
         [&self.input_spec, &self.labels_spec, &self.mask_spec]
             .into_iter()
