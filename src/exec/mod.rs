@@ -60,6 +60,14 @@ pub fn target_unit_bytes(total_bytes: u64) -> u64 {
     (total_bytes / MIN_UNITS).max(MIN_UNIT_BYTES).min(cap)
 }
 
+/// Runs of whole blocks (`block` items each) over `extent` items of `item_bytes` each, about
+/// [`target_unit_bytes`] per run: the units of a run that writes its output block by block.
+pub fn unit_runs(extent: u64, block: u64, item_bytes: u64) -> Vec<std::ops::Range<u64>> {
+    let target = target_unit_bytes(extent * item_bytes);
+    let blocks = crate::grid::blocks_for_target(block * item_bytes, target);
+    crate::grid::block_aligned_runs(extent, block, blocks)
+}
+
 /// Fault injection for the resume tests: with `TESSERA_ABORT_AFTER_UNITS=N`, a rank aborts
 /// (no cleanup, like `kill -9`) right after recording its N-th finished unit.
 fn abort_after_units() -> Option<u64> {

@@ -333,9 +333,7 @@ impl ConvertOp {
         }
         let block = spec.write_block()[stack_axis];
         let slice_bytes = shape.iter().product::<u64>() / nz * spec.dtype.size() as u64;
-        let unit_bytes = crate::exec::target_unit_bytes(slice_bytes * nz);
-        let blocks = grid::blocks_for_target(slice_bytes * block, unit_bytes);
-        let runs = grid::block_aligned_runs(nz, block, blocks);
+        let runs = crate::exec::unit_runs(nz, block, slice_bytes);
         let in_bytes = slice.shape.iter().product::<u64>() * slice.dtype.size() as u64;
         let units = runs
             .iter()

@@ -551,15 +551,10 @@ impl PairsOp {
         let (arrays, overlap, pair_bytes) = match a.content {
             Content::Metadata => {
                 let cols = metadata::columns(a.window.len()).len() as u64;
+                let shape = vec![m, cols];
                 let spec = CreateSpec {
-                    flat_chunk_keys: false,
-                    shape: vec![m, cols],
-                    dtype: DType::F64,
-                    chunks: vec![per_chunk, cols],
-                    shards: None,
-                    codec: a.codec,
-                    dimension_names: None,
                     attributes: metadata_attributes(a.window.len(), &a.provenance),
+                    ..crate::ops::plain_spec(shape, DType::F64, vec![per_chunk, cols], a.codec)
                 }
                 .validated()?;
                 (vec![Array { name: "", spec }], None, cols * 8)
@@ -724,6 +719,17 @@ fn check_listed(
     Ok(())
 }
 
+/// One unit per run of pairs: both patches of each pair read, `pair_bytes` written per pair.
+fn pair_units(runs: &[Range<u64>], pair_bytes: u64, patch_bytes: u64) -> Vec<UnitInfo> {
+    runs.iter()
+        .map(|r| UnitInfo {
+            label: format!("pairs {}..{}", r.start, r.end),
+            bytes_in: (r.end - r.start) * 2 * patch_bytes,
+            bytes_out: (r.end - r.start) * pair_bytes,
+        })
+        .collect()
+}
+
 /// Unit descriptions (pair runs, then overlap row runs) and the memory one unit needs: its
 /// output and one image box.
 fn describe_units(
@@ -734,14 +740,7 @@ fn describe_units(
     row_bytes: u64,
     image_bytes: u64,
 ) -> (Vec<UnitInfo>, u64) {
-    let mut units: Vec<UnitInfo> = pair_runs
-        .iter()
-        .map(|r| UnitInfo {
-            label: format!("pairs {}..{}", r.start, r.end),
-            bytes_in: (r.end - r.start) * 2 * patch_bytes,
-            bytes_out: (r.end - r.start) * pair_bytes,
-        })
-        .collect();
+    let mut units = pair_units(pair_runs, pair_bytes, patch_bytes);
     if let Some(o) = overlap {
         units.extend(o.runs.iter().map(|r| UnitInfo {
             label: format!("overlap rows {}..{}", r.start, r.end),

@@ -204,14 +204,7 @@ impl TokensOp {
             &format!("the {m} pairs of --input"),
         )?;
         let patch_bytes = c * patch[0] * patch[1] * group.dtype.size() as u64;
-        let units = runs
-            .iter()
-            .map(|r| UnitInfo {
-                label: format!("pairs {}..{}", r.start, r.end),
-                bytes_in: (r.end - r.start) * 2 * patch_bytes,
-                bytes_out: (r.end - r.start) * pair_bytes,
-            })
-            .collect();
+        let units = super::pair_units(&runs, pair_bytes, patch_bytes);
         Ok(TokensOp {
             parameters: serde_json::to_value(job).unwrap_or_default(),
             targets: vec![output],

@@ -270,20 +270,14 @@ impl UnstitchOp {
             attributes,
         };
         let npos = 1 + grid.ndim() as u64;
-        let positions_spec = CreateSpec {
-            flat_chunk_keys: false,
-            shape: vec![m, npos],
-            dtype: DType::I64,
-            chunks: vec![per_chunk, npos],
-            shards: None,
-            // A small index table: its format's own codec, whatever --codec says for patches.
-            codec: Codec::Auto,
-            dimension_names: None,
-            attributes: Map::new(),
-        };
-        let target = crate::exec::target_unit_bytes(m * patch_bytes);
-        let blocks = grid::blocks_for_target(per_chunk * patch_bytes, target);
-        let runs = grid::block_aligned_runs(m, per_chunk, blocks);
+        // A small index table: its format's own codec, whatever --codec says for patches.
+        let positions_spec = crate::ops::plain_spec(
+            vec![m, npos],
+            DType::I64,
+            vec![per_chunk, npos],
+            Codec::Auto,
+        );
+        let runs = crate::exec::unit_runs(m, per_chunk, patch_bytes);
         let units = runs
             .iter()
             .map(|r| UnitInfo {

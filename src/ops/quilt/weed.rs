@@ -283,9 +283,7 @@ fn weed_units(
     let per_chunk = input_spec.chunks[0];
     let in_patch = im.shape[1..].iter().product::<u64>() * im.dtype.size() as u64;
     let patch_bytes = lm.shape[1..].iter().product::<u64>() * lm.dtype.size() as u64;
-    let target = crate::exec::target_unit_bytes(kept_n * in_patch);
-    let blocks = grid::blocks_for_target(per_chunk * in_patch, target);
-    let runs = grid::block_aligned_runs(kept_n, per_chunk, blocks);
+    let runs = crate::exec::unit_runs(kept_n, per_chunk, in_patch);
     let units = runs
         .iter()
         .map(|r| UnitInfo {
