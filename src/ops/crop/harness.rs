@@ -4,6 +4,7 @@
 //! record equals kernel.rs' analysis bit for bit (or asks for the CPU where kernel.rs takes
 //! its full sort), and each window and its retention sum equal `crop_into`'s.
 
+use crate::gpu::harness_support::{assert_c_layout, layout};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -378,21 +379,8 @@ fn pass_2_windows_and_their_sums_equal_crop_into() {
 
 #[test]
 fn the_rust_twins_have_the_c_layout() {
-    use std::mem::{offset_of, size_of};
-    let mut c = [0i64; 9];
+    let mut rust = layout!(CropGeom; h, w, method, is_float, manual_y, manual_x, target);
+    rust.push(std::mem::size_of::<CropRecord>());
     // SAFETY: writes 9 values.
-    unsafe { tessera_host_crop_layout(c.as_mut_ptr()) };
-    let rust = [
-        size_of::<CropGeom>(),
-        offset_of!(CropGeom, h),
-        offset_of!(CropGeom, w),
-        offset_of!(CropGeom, method),
-        offset_of!(CropGeom, is_float),
-        offset_of!(CropGeom, manual_y),
-        offset_of!(CropGeom, manual_x),
-        offset_of!(CropGeom, target),
-        size_of::<CropRecord>(),
-    ];
-    let c: Vec<usize> = c.iter().map(|&v| v as usize).collect();
-    assert_eq!(c, rust);
+    unsafe { assert_c_layout("CropGeom, CropRecord", tessera_host_crop_layout, &rust) };
 }

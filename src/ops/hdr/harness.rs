@@ -7,7 +7,7 @@ use rand::{Rng, SeedableRng};
 
 use super::debevec::{self, ChannelMerge, MergeGeom, WeightType};
 use super::{merge_debevec, Image, Pixels};
-use crate::gpu::harness_support::assert_same_bits;
+use crate::gpu::harness_support::{assert_c_layout, assert_same_bits, layout};
 
 extern "C" {
     fn tessera_host_debevec(
@@ -23,18 +23,9 @@ extern "C" {
 
 #[test]
 fn the_rust_twin_has_the_c_layout() {
-    use std::mem::{offset_of, size_of};
-    let mut m = [0i64; 4];
-    // SAFETY: the function writes exactly as many values as the array holds.
-    unsafe { tessera_host_merge_geom_layout(m.as_mut_ptr()) };
-    let rust_m = [
-        size_of::<MergeGeom>(),
-        offset_of!(MergeGeom, pixels),
-        offset_of!(MergeGeom, channels),
-        offset_of!(MergeGeom, exposures),
-    ];
-    let as_i64 = |v: &[usize]| v.iter().map(|&x| x as i64).collect::<Vec<_>>();
-    assert_eq!(m.to_vec(), as_i64(&rust_m), "MergeGeom");
+    let rust = layout!(MergeGeom; pixels, channels, exposures);
+    // SAFETY: writes 4 values.
+    unsafe { assert_c_layout("MergeGeom", tessera_host_merge_geom_layout, &rust) };
 }
 
 // ---------------------------------------------------------------------------------------------
