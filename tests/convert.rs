@@ -124,7 +124,7 @@ fn random_stacks_match_the_reference_for_every_dtype_layout_and_codec() {
             args.extend(["--shards", shards]);
         }
         // Small units so that every case spans several of them.
-        ok(tessera_env(&args, &[("TESSERA_UNIT_BYTES", "600")]));
+        ok(tessera_units(&args, "600"));
         assert_eq!(
             read_all(&out),
             expected,
@@ -226,9 +226,9 @@ fn dry_run_writes_nothing_and_prints_the_plan() {
     let input = d.path().join("in");
     write_slices(&input, "s", 10, &[8, 8], DType::U16, 3);
     let out = d.path().join("o.zarr");
-    let log = ok(tessera_env(
+    let log = ok(tessera_units(
         &io_args("convert", &input, &out, &["--chunks", "2,8,8", "--dry-run"]),
-        &[("TESSERA_UNIT_BYTES", "256")],
+        "256",
     ));
     assert!(
         log.contains("5 units") && log.contains("rank 0: 5 units"),

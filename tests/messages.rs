@@ -120,14 +120,14 @@ fn a_failed_run_that_left_a_partial_says_how_to_go_on() {
     std::fs::write(Path::new(&store).join("c/3/3/3"), b"garbage").unwrap();
     let out = d.path().join("pyr.zarr");
     let stderr = fails_with(
-        tessera_env(
+        tessera_units(
             &io_args(
                 "pyramid",
                 &store,
                 &out,
                 &["--levels", "1", "--chunks", "2,8,8"],
             ),
-            &[("TESSERA_UNIT_BYTES", "1")],
+            "1",
         ),
         &[
             "chunk c/3/3/3",

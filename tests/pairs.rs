@@ -184,9 +184,9 @@ fn pairs_2d_with_turns_positions_and_overlaps_match_a_straightforward_reference(
         "--pairs-per-chunk",
         "4",
     ];
-    ok(tessera_env(
+    ok(tessera_units(
         &pairs_args(&s(&input), &s(&out), &extra),
-        &[("TESSERA_UNIT_BYTES", "3000")],
+        "3000",
     ));
     let pairs = sampler(&shape, &[12, 12], &[3.0, 9.0], &[0, 1, 2, 3], 23, 5).pairs(0..69);
     check_group(&out, &img, &pairs, &[12, 12]);
@@ -263,9 +263,9 @@ fn pairs_3d_and_their_overlaps_match_the_reference_on_random_geometries() {
             &seed,
             "--overlaps",
         ];
-        ok(tessera_env(
+        ok(tessera_units(
             &pairs_args(&s(&input), &s(&out), &extra),
-            &[("TESSERA_UNIT_BYTES", "2000")],
+            "2000",
         ));
         let pairs =
             sampler(&shape, &window, &range, &[], p, case as u64 * 7).pairs(0..shape[0] as u64 * p);
@@ -325,9 +325,9 @@ fn metadata_selection_and_extraction_reproduce_the_pairs() {
     ];
     let mut m = common.to_vec();
     m.push("--metadata-only");
-    ok(tessera_env(
+    ok(tessera_units(
         &pairs_args(&s(&input), &s(&meta_out), &m),
-        &[("TESSERA_UNIT_BYTES", "4000")],
+        "4000",
     ));
     ok(tessera(&pairs_args(&s(&input), &s(&full), &common)));
     let pairs = sampler(&shape, &[10, 10], &[3.0, 7.0], &[0, 2, 3], 40, 9).pairs(0..160);
@@ -498,14 +498,14 @@ fn tokens_hold_each_patch_s_windows_and_their_overlaps() {
         "4",
     ];
     ok(tessera(&pairs_args(&s(&input), &s(&pairs_out), &extra)));
-    ok(tessera_env(
+    ok(tessera_units(
         &io_args(
             "tokens",
             &pairs_out,
             &tokens_out,
             &["--token-size", "5", "--token-stride", "4"],
         ),
-        &[("TESSERA_UNIT_BYTES", "5000")],
+        "5000",
     ));
     let (p, t) = (s(&pairs_out), s(&tokens_out));
     let coords = i64s(&format!("{t}/coords"));

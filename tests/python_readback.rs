@@ -92,7 +92,7 @@ fn zarr_python_and_h5py_read_exactly_the_source_pixels() {
     for (kind, out, order, extra) in cases {
         let mut args = io_args("convert", &input, &out, &["--axis-order", order]);
         args.extend(extra);
-        ok(tessera_env(&args, &[("TESSERA_UNIT_BYTES", "3000")]));
+        ok(tessera_units(&args, "3000"));
         succeeds(
             Command::new(python())
                 .arg(&script)
@@ -140,7 +140,7 @@ fn ome_zarr_models_validates_the_pyramid_and_numpy_recomputes_its_levels() {
     });
     ndarray_npy::write_npy(&src, &vol).unwrap();
     let out = d.path().join("p.zarr");
-    ok(tessera_env(
+    ok(tessera_units(
         &io_args(
             "pyramid",
             &src,
@@ -149,7 +149,7 @@ fn ome_zarr_models_validates_the_pyramid_and_numpy_recomputes_its_levels() {
                 "--axes", "czyx", "--chunks", "1,4,4,4", "--shards", "1,8,8,8", "--levels", "3",
             ],
         ),
-        &[("TESSERA_UNIT_BYTES", "20000")],
+        "20000",
     ));
     let script = d.path().join("ome.py");
     std::fs::write(&script, OME_CHECK).unwrap();

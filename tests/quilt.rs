@@ -154,9 +154,9 @@ fn unstitch_and_stitch_match_the_reference_bit_for_bit() {
             "3".into(),
         ];
         args.extend(geometry_args(window, step, border, blend));
-        ok(tessera_env(
+        ok(tessera_units(
             &args.iter().map(String::as_str).collect::<Vec<_>>(),
-            &[("TESSERA_UNIT_BYTES", "1")],
+            "1",
         ));
         let expected_patches = ref_unstitch(&img, &grid);
         assert_eq!(
@@ -574,7 +574,7 @@ fn weed_drops_pairs_without_labels_inside_the_border() {
         d.path().join("ol.npy"),
         d.path().join("mask.npy"),
     );
-    ok(tessera_env(
+    ok(tessera_units(
         &[
             "quilt",
             "weed",
@@ -593,7 +593,7 @@ fn weed_drops_pairs_without_labels_inside_the_border() {
             "--mask",
             &s(&om),
         ],
-        &[("TESSERA_UNIT_BYTES", "1")],
+        "1",
     ));
     let kept: Vec<usize> = (0..m).filter(|&i| expect_keep[i]).collect();
     let got_inputs = read_all(&s(&oi)).into_array::<f32>().unwrap();

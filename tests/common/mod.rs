@@ -147,6 +147,12 @@ pub fn tessera(args: &[&str]) -> Output {
     tessera_env(args, &[])
 }
 
+/// Runs `tessera` with `args` in units of about `unit_bytes` (`TESSERA_UNIT_BYTES`): many units
+/// from small data.
+pub fn tessera_units(args: &[&str], unit_bytes: &str) -> Output {
+    tessera_env(args, &[("TESSERA_UNIT_BYTES", unit_bytes)])
+}
+
 pub fn tessera_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(&*BIN);
     cmd.args(args)
