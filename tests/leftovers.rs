@@ -16,6 +16,14 @@ fn image(dir: &Path) -> PathBuf {
     small_image(dir, 7)
 }
 
+/// A temporary directory holding [`image`], and the output `o.zarr` to be written beside it.
+fn image_and_output() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let d = tempfile::tempdir().unwrap();
+    let input = image(d.path());
+    let out = d.path().join("o.zarr");
+    (d, input, out)
+}
+
 fn unstitch(input: &Path, output: &str, extra: &[&str]) -> Vec<String> {
     let mut args: Vec<String> = io_args(
         "quilt unstitch",
@@ -148,9 +156,7 @@ fn inputs_that_would_block_are_refused_up_front() {
 
 #[test]
 fn an_empty_lock_of_a_killed_job_does_not_block_the_next() {
-    let d = tempfile::tempdir().unwrap();
-    let input = image(d.path());
-    let out = d.path().join("o.zarr");
+    let (d, input, out) = image_and_output();
     // Killed between creating its lock and writing it (what older tessera could leave).
     let lock = d.path().join("o.zarr.lock");
     let f = std::fs::File::create(&lock).unwrap();
@@ -302,9 +308,7 @@ fn adding_to_an_hdf5_file_survives_a_kill_at_every_step() {
 
 #[test]
 fn a_run_that_failed_before_finishing_a_unit_leaves_nothing_to_resume() {
-    let d = tempfile::tempdir().unwrap();
-    let input = image(d.path());
-    let out = d.path().join("o.zarr");
+    let (d, input, out) = image_and_output();
     let e = fails_with(
         run(
             &unstitch(&input, &s(&out), &[]),
@@ -327,9 +331,7 @@ fn a_run_that_failed_before_finishing_a_unit_leaves_nothing_to_resume() {
 
 #[test]
 fn resuming_a_finished_output_succeeds_and_changes_nothing() {
-    let d = tempfile::tempdir().unwrap();
-    let input = image(d.path());
-    let out = d.path().join("o.zarr");
+    let (d, input, out) = image_and_output();
     let report = d.path().join("o.zarr.report.json");
     ok(run(&unstitch(&input, &s(&out), &[]), &[]));
     let before = tree(d.path());
@@ -369,9 +371,7 @@ fn resuming_a_finished_output_on_two_ranks() {
         eprintln!("skipped: needs the MPI build");
         return;
     }
-    let d = tempfile::tempdir().unwrap();
-    let input = image(d.path());
-    let out = d.path().join("o.zarr");
+    let (d, input, out) = image_and_output();
     let args = unstitch(&input, &s(&out), &[]);
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     ok(tessera_mpi(2, &refs, &[]));
