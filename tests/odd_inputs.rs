@@ -183,28 +183,43 @@ fn a_refused_resume_does_not_also_advise_resuming() {
     ));
 }
 
+/// Runs `script` (with `args`) in `dir` with a python that has `modules`, to make a test's
+/// input; false when there is no such python (the test is skipped).
+fn made_by_python(modules: &str, dir: &Path, script: &str, args: &[&str]) -> bool {
+    let Some(py) = python_with(modules) else {
+        return false;
+    };
+    let mut made = Command::new(&py);
+    made.current_dir(dir).arg("-c").arg(script).args(args);
+    succeeds(&mut made, "python (making the input)");
+    true
+}
+
+/// Writes a pairs group (at argv[1]) that holds no pairs.
+const EMPTY_PAIRS_GROUP: &str = "import sys, zarr, numpy as np
+g = zarr.open_group(sys.argv[1], mode='w')
+for n in ('patches1', 'patches2'):
+    g.create_array(n, shape=(0, 1, 32, 32), chunks=(1, 1, 32, 32), dtype='float32')
+g.create_array('deltas', shape=(0, 2), chunks=(1, 2), dtype='float32')
+g.create_array('rotations', shape=(0,), chunks=(1,), dtype='int64')
+g.attrs.update(window=32, num_patches=0, num_channels=1, patch_shape=[32, 32])
+";
+
+/// Writes `ext.h5` whose dataset `x` keeps its values in the external file `raw.bin`.
+#[cfg(feature = "hdf5")]
+const EXTERNAL_DATASET: &str = "import h5py, numpy as np
+np.arange(2*48*48, dtype='<f4').tofile('raw.bin')
+with h5py.File('ext.h5', 'w') as f:
+    f.create_dataset('x', shape=(2, 1, 48, 48), dtype='<f4', external=[('raw.bin', 0, 2*48*48*4)])
+";
+
 #[test]
 fn tokens_of_an_empty_pairs_group_is_one_clear_line() {
-    let Some(py) = python_with("zarr") else {
-        return;
-    };
     let d = tempfile::tempdir().unwrap();
     let group = d.path().join("pairs.zarr");
-    succeeds(
-        Command::new(&py)
-            .args([
-                "-c",
-                "import sys, zarr, numpy as np\n\
-                 g = zarr.open_group(sys.argv[1], mode='w')\n\
-                 for n in ('patches1', 'patches2'):\n\
-                 \x20   g.create_array(n, shape=(0, 1, 32, 32), chunks=(1, 1, 32, 32), dtype='float32')\n\
-                 g.create_array('deltas', shape=(0, 2), chunks=(1, 2), dtype='float32')\n\
-                 g.create_array('rotations', shape=(0,), chunks=(1,), dtype='int64')\n\
-                 g.attrs.update(window=32, num_patches=0, num_channels=1, patch_shape=[32, 32])\n",
-                &s(&group),
-            ]),
-        "python (making the input)",
-    );
+    if !made_by_python("zarr", d.path(), EMPTY_PAIRS_GROUP, &[&s(&group)]) {
+        return;
+    }
     let out = tessera(&io_args(
         "tokens",
         &group,
@@ -218,23 +233,11 @@ fn tokens_of_an_empty_pairs_group_is_one_clear_line() {
 #[cfg(feature = "hdf5")]
 #[test]
 fn hdf5_external_data_and_hard_links_are_named() {
-    let Some(py) = python_with("h5py") else {
-        return;
-    };
     let d = tempfile::tempdir().unwrap();
+    if !made_by_python("h5py", d.path(), EXTERNAL_DATASET, &[]) {
+        return;
+    }
     let file = d.path().join("ext.h5");
-    succeeds(
-        Command::new(&py)
-            .current_dir(d.path())
-            .args([
-                "-c",
-                "import h5py, numpy as np\n\
-                 np.arange(2*48*48, dtype='<f4').tofile('raw.bin')\n\
-                 with h5py.File('ext.h5', 'w') as f:\n\
-                 \x20   f.create_dataset('x', shape=(2, 1, 48, 48), dtype='<f4', external=[('raw.bin', 0, 2*48*48*4)])\n",
-            ]),
-        "python (making the input)",
-    );
     let address = format!("{}:/x", s(&file));
     // Present (relative to the working directory, where HDF5 looks): readable.
     let info = Command::new(env!("CARGO_BIN_EXE_tessera"))
