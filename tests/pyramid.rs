@@ -14,16 +14,20 @@ fn unit_sizes() -> [&'static str; 2] {
     ["2000", "67108864"]
 }
 
-/// Reference mean level: each output voxel is the f64 sum of its block in C order / count.
-fn ref_mean(a: &ArrayD<f64>, f: &[usize]) -> ArrayD<f64> {
+/// A level `f` times coarser than `a` per axis, each voxel `voxel(its index)`.
+fn coarser(a: &ArrayD<f64>, f: &[usize], voxel: impl Fn(&[usize]) -> f64) -> ArrayD<f64> {
     let shape: Vec<usize> = a
         .shape()
         .iter()
         .zip(f)
         .map(|(&d, &f)| d.div_ceil(f))
         .collect();
-    ArrayD::from_shape_fn(IxDyn(&shape), |o| {
-        let o = o.slice().to_vec();
+    ArrayD::from_shape_fn(IxDyn(&shape), |o| voxel(o.slice()))
+}
+
+/// Reference mean level: each output voxel is the f64 sum of its block in C order / count.
+fn ref_mean(a: &ArrayD<f64>, f: &[usize]) -> ArrayD<f64> {
+    coarser(a, f, |o| {
         let block = a.slice_each_axis(|ax| {
             let k = ax.axis.index();
             let lo = o[k] * f[k];
@@ -35,14 +39,7 @@ fn ref_mean(a: &ArrayD<f64>, f: &[usize]) -> ArrayD<f64> {
 
 /// Reference mode level (ties to the smallest).
 fn ref_mode(a: &ArrayD<f64>, f: &[usize]) -> ArrayD<f64> {
-    let shape: Vec<usize> = a
-        .shape()
-        .iter()
-        .zip(f)
-        .map(|(&d, &f)| d.div_ceil(f))
-        .collect();
-    ArrayD::from_shape_fn(IxDyn(&shape), |o| {
-        let o = o.slice().to_vec();
+    coarser(a, f, |o| {
         let mut counts = std::collections::BTreeMap::<i64, usize>::new();
         for (idx, &v) in a.indexed_iter() {
             let idx = idx.slice();
@@ -58,14 +55,7 @@ fn ref_mode(a: &ArrayD<f64>, f: &[usize]) -> ArrayD<f64> {
 /// Reference Gaussian level: dense product of per-axis Gaussians (sigma f/3, 4 sigma) centred
 /// on the block centre, normalised over the voxels inside the array.
 fn ref_gaussian(a: &ArrayD<f64>, f: &[usize]) -> ArrayD<f64> {
-    let shape: Vec<usize> = a
-        .shape()
-        .iter()
-        .zip(f)
-        .map(|(&d, &f)| d.div_ceil(f))
-        .collect();
-    ArrayD::from_shape_fn(IxDyn(&shape), |o| {
-        let o = o.slice().to_vec();
+    coarser(a, f, |o| {
         let (mut num, mut den) = (0.0, 0.0);
         for (idx, &v) in a.indexed_iter() {
             let idx = idx.slice();
@@ -103,6 +93,12 @@ fn out_dir(dir: &std::path::Path, k: usize, name: &str) -> std::path::PathBuf {
 fn random(shape: &[usize], seed: u64, max: u64) -> ArrayD<f64> {
     let mut rng = Rng::new(seed);
     ArrayD::from_shape_fn(IxDyn(shape), |_| rng.below(max) as f64)
+}
+
+/// Writes [`random`] values below 100 as a float32 `.npy` at `path`; returns the path.
+fn random_npy(path: &std::path::Path, shape: &[usize], seed: u64) -> std::path::PathBuf {
+    write_npy(path, &random(shape, seed, 100).mapv(|v| v as f32)).unwrap();
+    path.to_path_buf()
 }
 
 fn level(store: &std::path::Path, l: usize) -> ArrayD<f64> {
@@ -308,13 +304,9 @@ fn laplacian_reconstructs_level_zero() {
     // Reconstructing something that is not a Laplacian pyramid is refused.
     let mean = dir.path().join("mean.zarr");
     run_io("pyramid", &ia, &mean, &[]);
+    let restored = dir.path().join("r.npy");
     fails_with(
-        tessera(&io_args(
-            "pyramid reconstruct",
-            &mean,
-            &dir.path().join("r.npy"),
-            &[],
-        )),
+        tessera(&io_args("pyramid reconstruct", &mean, &restored, &[])),
         &["not a Laplacian pyramid"],
     );
 }
@@ -322,8 +314,7 @@ fn laplacian_reconstructs_level_zero() {
 #[test]
 fn pyramid_sampler_layout_puts_levels_under_the_field() {
     let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("a.npy");
-    write_npy(&input, &random(&[16, 16, 16], 7, 100).mapv(|v| v as f32)).unwrap();
+    let input = random_npy(&dir.path().join("a.npy"), &[16, 16, 16], 7);
     let out = dir.path().join("store.zarr");
     run_io(
         "pyramid",
@@ -344,10 +335,8 @@ fn pyramid_sampler_layout_puts_levels_under_the_field() {
 #[test]
 fn bad_inputs_are_refused_with_one_clear_line_and_nothing_written() {
     let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("a.npy");
-    write_npy(&input, &random(&[8, 8, 8], 8, 100).mapv(|v| v as f32)).unwrap();
-    let four = dir.path().join("four.npy");
-    write_npy(&four, &random(&[2, 3, 8, 8], 8, 100).mapv(|v| v as f32)).unwrap();
+    let input = random_npy(&dir.path().join("a.npy"), &[8, 8, 8], 8);
+    let four = random_npy(&dir.path().join("four.npy"), &[2, 3, 8, 8], 8);
     let empty = dir.path().join("empty.npy");
     write_npy(&empty, &ArrayD::<f32>::zeros(IxDyn(&[0, 4, 4]))).unwrap();
     let out = dir.path().join("o.zarr");
@@ -410,10 +399,11 @@ fn bad_inputs_are_refused_with_one_clear_line_and_nothing_written() {
     ok(run(&["--overwrite", "--method", "gaussian"]));
     // Corrupt metadata on the input: a clear error, not a panic.
     std::fs::write(out.join("0/zarr.json"), "{ not json").unwrap();
+    let level0 = format!("{o}/0");
     fails_with(
         tessera(&io_args(
             "pyramid",
-            &format!("{o}/0"),
+            &level0,
             &dir.path().join("q.zarr"),
             &[],
         )),
@@ -537,6 +527,15 @@ fn exact_mean(values: &[i128]) -> i128 {
     }
 }
 
+/// The exact mean of each 2x2 block of `a` ([`exact_mean`]), row by row.
+fn block_means<T: Copy + Into<i128>>(a: &ArrayD<T>) -> Vec<i128> {
+    let blocks = blocks_2x2(a);
+    blocks
+        .iter()
+        .map(|b| exact_mean(&b.iter().map(|&v| v.into()).collect::<Vec<_>>()))
+        .collect()
+}
+
 /// The 2 x 2 blocks of a 2-D array, each as its values in C order.
 fn blocks_2x2<T: Copy>(a: &ArrayD<T>) -> Vec<Vec<T>> {
     let (h, w) = (a.shape()[0], a.shape()[1]);
@@ -590,18 +589,12 @@ fn sixty_four_bit_extremes_keep_their_values_in_every_method() {
     };
     // Mean: exact.
     let got = pyramid(&is, "mean").into_array::<i64>().unwrap();
-    let want: Vec<i64> = blocks_2x2(&signed)
-        .iter()
-        .map(|b| exact_mean(&b.iter().map(|&v| v as i128).collect::<Vec<_>>()) as i64)
-        .collect();
+    let want: Vec<i64> = block_means(&signed).iter().map(|&m| m as i64).collect();
     assert_eq!(got.iter().copied().collect::<Vec<_>>(), want);
     assert_eq!(got[[0, 0]], i64::MAX);
     assert_eq!(got[[0, 2]], big);
     let got = pyramid(&us, "mean").into_array::<u64>().unwrap();
-    let want: Vec<u64> = blocks_2x2(&unsigned)
-        .iter()
-        .map(|b| exact_mean(&b.iter().map(|&v| v as i128).collect::<Vec<_>>()) as u64)
-        .collect();
+    let want: Vec<u64> = block_means(&unsigned).iter().map(|&m| m as u64).collect();
     assert_eq!(got.iter().copied().collect::<Vec<_>>(), want);
     assert_eq!(got[[0, 0]], u64::MAX);
     let got = pyramid(&bs, "mean").into_array::<u64>().unwrap();
