@@ -153,14 +153,14 @@ fn png_and_dtype_conversion() {
         img.save(input.join(format!("p_{k}.png"))).unwrap();
     }
     let out = s(&d.path().join("o.zarr"));
-    run_io("convert", &input, &out, &["--dtype", "f32"]);
+    run_line("convert", &input, &out, "--dtype f32");
     let a = read_all(&out).into_array::<f32>().unwrap();
     assert_eq!(a.shape(), &[4, 3, 5]);
     assert_eq!(a[[3, 2, 4]], 3014.0);
     // To uint8 the values do not fit: refused, naming the file and value, no output.
     let out8 = d.path().join("o8.zarr");
     fails_with(
-        tessera(&io_args("convert", &input, &out8, &["--dtype", "u8"])),
+        tessera(&io_line("convert", &input, &out8, "--dtype u8")),
         &["p_1.png", "1000", "uint8"],
     );
     assert!(!out8.exists());
@@ -192,11 +192,11 @@ fn json_logs_carry_the_rank() {
     let d = tempfile::tempdir().unwrap();
     let input = d.path().join("in");
     write_stack(&input, "s", &[0, 1, 3], &[4, 4], DType::U8, 30);
-    let out = run_io(
+    let out = run_line(
         "convert",
         &input,
         &d.path().join("o.zarr"),
-        &["--log-format", "json"],
+        "--log-format json",
     );
     let line = out
         .lines()
@@ -227,7 +227,7 @@ fn dry_run_writes_nothing_and_prints_the_plan() {
     write_slices(&input, "s", 10, &[8, 8], DType::U16, 3);
     let out = d.path().join("o.zarr");
     let log = ok(tessera_units(
-        &io_args("convert", &input, &out, &["--chunks", "2,8,8", "--dry-run"]),
+        &io_line("convert", &input, &out, "--chunks 2,8,8 --dry-run"),
         "256",
     ));
     assert!(
@@ -258,7 +258,7 @@ fn existing_outputs_are_refused_unless_overwrite() {
         "old output untouched"
     );
     let second = write_stack(&input, "s", &[0, 1], &[4, 4], DType::U16, 5);
-    run_io("convert", &input, &out, &["--overwrite"]);
+    run_line("convert", &input, &out, "--overwrite");
     assert_eq!(read_all(&out), reference_stack(&second, 0));
 }
 
@@ -270,12 +270,12 @@ fn an_aborted_run_resumes_to_identical_bytes() {
     let env = [("TESSERA_UNIT_BYTES", "1024")]; // 2 slices per unit: 6 units
     let clean = d.path().join("clean.zarr");
     ok(tessera_env(
-        &io_args("convert", &input, &clean, &["--chunks", "2,8,8"]),
+        &io_line("convert", &input, &clean, "--chunks 2,8,8"),
         &env,
     ));
 
     let out = d.path().join("o.zarr");
-    let args = io_args("convert", &input, &out, &["--chunks", "2,8,8"]);
+    let args = io_line("convert", &input, &out, "--chunks 2,8,8");
     let killed = tessera_env(&args, &[env[0], ("TESSERA_ABORT_AFTER_UNITS", "3")]);
     assert!(!killed.status.success());
     assert!(
@@ -297,17 +297,12 @@ fn an_aborted_run_resumes_to_identical_bytes() {
     let _ = tessera_env(&args, &[env[0], ("TESSERA_ABORT_AFTER_UNITS", "2")]);
     let _ = std::fs::remove_dir_all(&out);
     let _ = tessera_env(
-        &io_args(
-            "convert",
-            &input,
-            &out,
-            &["--chunks", "2,8,8", "--overwrite"],
-        ),
+        &io_line("convert", &input, &out, "--chunks 2,8,8 --overwrite"),
         &[env[0], ("TESSERA_ABORT_AFTER_UNITS", "2")],
     );
     fails_with(
         tessera_env(
-            &io_args("convert", &input, &out, &["--chunks", "2,4,4", "--resume"]),
+            &io_line("convert", &input, &out, "--chunks 2,4,4 --resume"),
             &env,
         ),
         &["other parameters: --chunks (was"],
@@ -425,11 +420,11 @@ fn info_describes_each_kind_and_refuses_non_arrays() {
     let input = d.path().join("in");
     write_stack(&input, "s", &[0, 1], &[4, 6], DType::I16, 12);
     let store = d.path().join("st.zarr");
-    run_io(
+    run_line(
         "convert",
         &input,
         &store.join("grp/arr"),
-        &["--chunks", "1,2,3", "--shards", "2,4,6"],
+        "--chunks 1,2,3 --shards 2,4,6",
     );
     let log = ok(tessera(&["info", &s(&store.join("grp/arr"))]));
     assert!(
@@ -483,11 +478,11 @@ fn hdf5_inputs_and_errors() {
     let input = d.path().join("in");
     let slices = write_stack(&input, "s", &[0, 1, 2], &[5, 7], DType::F32, 13);
     let h5 = d.path().join("v.h5");
-    run_io(
+    run_line(
         "convert",
         &input,
         &format!("{}:/a/b", s(&h5)),
-        &["--codec", "none", "--chunks", "1,5,7"],
+        "--codec none --chunks 1,5,7",
     );
     assert_eq!(
         read_all(&format!("{}:/a/b", s(&h5))),
@@ -510,15 +505,15 @@ fn hdf5_inputs_and_errors() {
     // zstd/blosc and shards are Zarr-only.
     let other = format!("{}:/x", s(&d.path().join("w.h5")));
     fails_with(
-        tessera(&io_args("convert", &input, &other, &["--codec", "zstd"])),
+        tessera(&io_line("convert", &input, &other, "--codec zstd")),
         &["--codec", "gzip or none"],
     );
     fails_with(
-        tessera(&io_args(
+        tessera(&io_line(
             "convert",
             &input,
             &other,
-            &["--codec", "gzip", "--shards", "2,5,7", "--chunks", "1,5,7"],
+            "--codec gzip --shards 2,5,7 --chunks 1,5,7",
         )),
         &["--shards"],
     );
@@ -548,7 +543,7 @@ fn a_second_job_on_the_same_output_is_refused_and_a_dead_ones_lock_is_taken_over
         std::process::id()
     );
     std::fs::write(&lock, &live).unwrap();
-    let args = io_args("convert", &input, &out, &["--overwrite"]);
+    let args = io_line("convert", &input, &out, "--overwrite");
     fails_with(
         tessera(&args),
         &["o.zarr.lock", "another tessera job", "pid"],

@@ -383,11 +383,11 @@ fn a_stitch_interrupted_on_the_gpu_resumes_on_the_cpu_to_the_same_bytes() {
     let image = dir.path().join("image.npy");
     write_npy(&image, &random_image(&[2, 2, 96, 80], 3, 0)).unwrap();
     let patches = dir.path().join("p.zarr");
-    run_io(
+    run_line(
         "quilt unstitch",
         &image,
         &patches,
-        &["--window", "32,32", "--step", "16,16", "--device", "cpu"],
+        "--window 32,32 --step 16,16 --device cpu",
     );
     let stitch = |out: &Path, device: &str, extra: &[&str], env: &[(&str, &str)]| {
         let mut a = vec![
@@ -667,7 +667,7 @@ fn without_a_gpu_crop_and_pyramid_on_cuda_are_one_clear_error_writing_nothing() 
     assert!(!err.contains("panicked"), "{err}");
     let pyr = s(&dir.path().join("p.zarr"));
     fails_with(
-        tessera_gpu(&io_args("pyramid", &volume, &pyr, &["--device", "cuda"])),
+        tessera_gpu(&io_line("pyramid", &volume, &pyr, "--device cuda")),
         &[why],
     );
     let left: Vec<_> = std::fs::read_dir(dir.path())

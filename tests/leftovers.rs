@@ -25,15 +25,11 @@ fn image_and_output() -> (tempfile::TempDir, PathBuf, PathBuf) {
 }
 
 fn unstitch(input: &Path, output: &str, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = io_args(
-        "quilt unstitch",
-        input,
-        output,
-        &["--window", "16,16", "--step", "8,8"],
-    )
-    .iter()
-    .map(|a| a.to_string())
-    .collect();
+    let mut args: Vec<String> =
+        io_line("quilt unstitch", input, output, "--window 16,16 --step 8,8")
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
     args.extend(extra.iter().map(|a| a.to_string()));
     args
 }
@@ -420,7 +416,7 @@ fn two_stacks(dir: &Path) -> (String, String, String) {
     write_slices(&a, "s", 8, &[32, 32], tessera::io::DType::U16, 1);
     write_slices(&b, "s", 8, &[32, 32], tessera::io::DType::U16, 2);
     let store = s(&dir.join("in.zarr"));
-    run_io("convert", &a, &store, &["--chunks", "2,8,8"]);
+    run_line("convert", &a, &store, "--chunks 2,8,8");
     (s(&a), s(&b), store)
 }
 
@@ -459,12 +455,7 @@ fn an_input_rewritten_while_a_job_reads_it_is_never_published() {
 
 /// Stack `b` converted over `store`, another job's input (allowed: a reader holds no lock).
 fn overwrite_input(b: &str, store: &str) -> Output {
-    tessera(&io_args(
-        "convert",
-        b,
-        store,
-        &["--chunks", "2,8,8", "--overwrite"],
-    ))
+    tessera(&io_line("convert", b, store, "--chunks 2,8,8 --overwrite"))
 }
 
 /// Nothing of `pyr.zarr` is left in `dir`: no output, staging, journal or lock.
@@ -486,7 +477,7 @@ fn an_input_another_job_is_writing_is_refused() {
     let (_, b, store) = two_stacks(d.path());
     let go = d.path().join("go");
     let writer = paused(
-        &io_args("convert", &b, &store, &["--chunks", "2,8,8", "--overwrite"]),
+        &io_line("convert", &b, &store, "--chunks 2,8,8 --overwrite"),
         &go,
     );
     let out = d.path().join("pyr.zarr");
@@ -514,12 +505,7 @@ fn an_input_rewritten_under_a_two_rank_job_is_never_published() {
     let (_, b, store) = two_stacks(d.path());
     let out = d.path().join("pyr.zarr");
     let go = d.path().join("go");
-    let args = io_args(
-        "pyramid",
-        &store,
-        &out,
-        &["--levels", "1", "--chunks", "2,8,8"],
-    );
+    let args = io_line("pyramid", &store, &out, "--levels 1 --chunks 2,8,8");
     let reader = paused_command(mpi_command(2, &args, &[("TESSERA_UNIT_BYTES", "1")]), &go);
     ok(overwrite_input(&b, &store));
     std::fs::write(&go, b"").unwrap();

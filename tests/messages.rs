@@ -13,12 +13,7 @@ use tessera::io::DType;
 fn small_zarr(dir: &Path) -> String {
     write_stack(&dir.join("slices"), "s", &[0, 1, 2], &[8, 8], DType::U16, 7);
     let store = s(&dir.join("in.zarr"));
-    run_io(
-        "convert",
-        &dir.join("slices"),
-        &store,
-        &["--chunks", "1,4,4"],
-    );
+    run_line("convert", &dir.join("slices"), &store, "--chunks 1,4,4");
     store
 }
 
@@ -32,12 +27,8 @@ fn a_corrupt_zarr_chunk_is_named_by_key_and_file() {
         } else {
             // An uncompressed store: garbage of the wrong length is what fails there.
             let other = s(&d.path().join("raw.zarr"));
-            run_io(
-                "convert",
-                &d.path().join("slices"),
-                &other,
-                &["--chunks", "1,4,4", "--codec", "none"],
-            );
+            let slices = d.path().join("slices");
+            run_line("convert", &slices, &other, "--chunks 1,4,4 --codec none");
             other
         };
         let chunk = Path::new(&store).join(key);
@@ -107,26 +98,17 @@ with h5py.File(sys.argv[1], "w") as f:
 #[test]
 fn a_failed_run_that_left_a_partial_says_how_to_go_on() {
     let d = tempfile::tempdir().unwrap();
-    write_slices(&d.path().join("slices"), "s", 8, &[32, 32], DType::U16, 7);
+    let slices = d.path().join("slices");
+    write_slices(&slices, "s", 8, &[32, 32], DType::U16, 7);
     let store = s(&d.path().join("in.zarr"));
-    run_io(
-        "convert",
-        &d.path().join("slices"),
-        &store,
-        &["--chunks", "2,8,8"],
-    );
+    run_line("convert", &slices, &store, "--chunks 2,8,8");
     // The last chunk: the units before it finish (small units), so there is something to
     // resume once the input is mended.
     std::fs::write(Path::new(&store).join("c/3/3/3"), b"garbage").unwrap();
     let out = d.path().join("pyr.zarr");
     let stderr = fails_with(
         tessera_units(
-            &io_args(
-                "pyramid",
-                &store,
-                &out,
-                &["--levels", "1", "--chunks", "2,8,8"],
-            ),
+            &io_line("pyramid", &store, &out, "--levels 1 --chunks 2,8,8"),
             "1",
         ),
         &[

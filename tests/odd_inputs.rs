@@ -149,11 +149,11 @@ fn a_refused_resume_does_not_also_advise_resuming() {
     let input = image(d.path());
     let out = s(&d.path().join("o.zarr"));
     let args = |step: &str, extra: &[&str]| {
-        let mut a = io_args(
+        let mut a = io_line(
             "quilt unstitch",
             &input,
             &out,
-            &["--window", "16,16", "--patches-per-chunk", "4"],
+            "--window 16,16 --patches-per-chunk 4",
         );
         a.extend(["--step", step]);
         a.extend(extra);
@@ -220,11 +220,11 @@ fn tokens_of_an_empty_pairs_group_is_one_clear_line() {
     if !made_by_python("zarr", d.path(), EMPTY_PAIRS_GROUP, &[&s(&group)]) {
         return;
     }
-    let out = tessera(&io_args(
+    let out = tessera(&io_line(
         "tokens",
         &group,
         &d.path().join("t.zarr"),
-        &["--token-size", "16"],
+        "--token-size 16",
     ));
     fails_with(out, &["holds no pairs", "nothing to tokenize"]);
     assert!(!d.path().join("t.zarr").exists());
@@ -254,21 +254,21 @@ fn hdf5_external_data_and_hard_links_are_named() {
     // An output that is a hard link of the input file is the input.
     let input = d.path().join("in.h5");
     let a = format!("{}:/a", s(&input));
-    run_io(
+    run_line(
         "quilt unstitch",
         &image(d.path()),
         &a,
-        &["--window", "16,16", "--step", "8,8"],
+        "--window 16,16 --step 8,8",
     );
     let link = d.path().join("link.h5");
     std::fs::hard_link(&input, &link).unwrap();
     let before = std::fs::read(&input).unwrap();
     fails_with(
-        tessera(&io_args(
+        tessera(&io_line(
             "quilt unstitch",
             &a,
             &format!("{}:/b", s(&link)),
-            &["--window", "8,8", "--step", "8,8"],
+            "--window 8,8 --step 8,8",
         )),
         &["same HDF5 file"],
     );

@@ -499,11 +499,11 @@ fn tokens_hold_each_patch_s_windows_and_their_overlaps() {
     ];
     ok(tessera(&pairs_args(&s(&input), &s(&pairs_out), &extra)));
     ok(tessera_units(
-        &io_args(
+        &io_line(
             "tokens",
             &pairs_out,
             &tokens_out,
-            &["--token-size", "5", "--token-stride", "4"],
+            "--token-size 5 --token-stride 4",
         ),
         "5000",
     ));
@@ -837,7 +837,7 @@ fn zarr_python_reads_pairs_like_zarr_patch_pair_dataset_and_tokens_with_numpy() 
         "--include-n",
     ];
     ok(tessera(&pairs_args(&s(&input), &s(&pairs_out), &extra)));
-    run_io("tokens", &pairs_out, &tokens_out, &["--token-size", "6"]);
+    run_line("tokens", &pairs_out, &tokens_out, "--token-size 6");
     let script = d.path().join("check.py");
     std::fs::write(&script, DATASET).unwrap();
     let out = succeeds(
@@ -938,18 +938,11 @@ fn two_to_the_forty_pairs_per_image_are_refused_while_planning_and_nothing_is_wr
     write_npy(&input, &Block::F32(images(&[4, 1, 64, 64])));
     let run = |output: &str, extra: &[&str]| {
         let out = d.path().join(output);
-        let mut args = io_args(
+        let mut args = io_line(
             "pairs",
             &input,
             &out,
-            &[
-                "--window",
-                "8,8",
-                "--delta-range",
-                "2,4",
-                "--pairs-per-image",
-                "1099511627776",
-            ],
+            "--window 8,8 --delta-range 2,4 --pairs-per-image 1099511627776",
         );
         args.extend_from_slice(extra);
         // 8 GiB of address space: more than any valid run here needs, less than the plan's

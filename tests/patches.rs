@@ -454,11 +454,11 @@ fn volumes_image_stacks_and_other_dtypes() {
     std::fs::create_dir_all(d.path().join("data")).unwrap();
     ndarray_npy::write_npy(d.path().join("data/vol.npy"), &vol).unwrap();
     let out = d.path().join("vol-out");
-    run_io(
+    run_line(
         "patches",
         &d.path().join("data/vol.npy"),
         &out,
-        &["--patch-size", "16", "--stride", "4", "--split-name", "ct"],
+        "--patch-size 16 --stride 4 --split-name ct",
     );
     let slices: Vec<Array2<f32>> = vol.outer_iter().map(|s| s.mapv(|v| v as f32)).collect();
     let patches = reference("ct", &slices, 16, 4, f64::NEG_INFINITY);

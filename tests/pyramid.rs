@@ -136,18 +136,11 @@ fn hand_checked_2d_levels_and_ome_metadata() {
     .unwrap();
     write_npy(&input, &a).unwrap();
     let out = dir.path().join("p.zarr");
-    run_io(
+    run_line(
         "pyramid",
         &input,
         &out,
-        &[
-            "--levels",
-            "3",
-            "--voxel-size",
-            "0.5,0.25",
-            "--unit",
-            "micrometer",
-        ],
+        "--levels 3 --voxel-size 0.5,0.25 --unit micrometer",
     );
     let l1 = level(&out, 1);
     assert_eq!(
@@ -254,12 +247,7 @@ fn gaussian_and_mode_equal_their_references() {
     assert_same_tree(&out_dir(dir.path(), 0, "g"), &out_dir(dir.path(), 1, "g"));
     assert_same_tree(&out_dir(dir.path(), 0, "m"), &out_dir(dir.path(), 1, "m"));
     // Mode on float data works but warns.
-    let out = run_io(
-        "pyramid",
-        &ia,
-        &dir.path().join("fm.zarr"),
-        &["--method", "mode"],
-    );
+    let out = run_line("pyramid", &ia, &dir.path().join("fm.zarr"), "--method mode");
     assert!(out.contains("label images"), "{out}");
 }
 
@@ -316,11 +304,11 @@ fn pyramid_sampler_layout_puts_levels_under_the_field() {
     let dir = tempfile::tempdir().unwrap();
     let input = random_npy(&dir.path().join("a.npy"), &[16, 16, 16], 7);
     let out = dir.path().join("store.zarr");
-    run_io(
+    run_line(
         "pyramid",
         &input,
         &format!("{}/field1", out.display()),
-        &["--layout", "pyramid-sampler", "--chunks", "4,4,4"],
+        "--layout pyramid-sampler --chunks 4,4,4",
     );
     for l in 0..3 {
         assert!(
@@ -365,7 +353,7 @@ fn bad_inputs_are_refused_with_one_clear_line_and_nothing_written() {
         &["--axes", "name them"],
     );
     fails_with(
-        tessera(&io_args("pyramid", &four, &o, &["--axes", "zcyx"])),
+        tessera(&io_line("pyramid", &four, &o, "--axes zcyx")),
         &["--axes", "time, channel, then space"],
     );
     fails_with(tessera(&io_args("pyramid", &empty, &o, &[])), &["size 0"]);
@@ -432,29 +420,24 @@ fn convert_writes_an_ome_zarr_pyramid_straight_from_a_stack() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
     fails_with(
-        tessera(&io_args(
-            "convert",
-            &slices,
-            &out,
-            &["--pyramid-levels", "2"],
-        )),
+        tessera(&io_line("convert", &slices, &out, "--pyramid-levels 2")),
         &["exists"],
     );
     fails_with(
-        tessera(&io_args(
+        tessera(&io_line(
             "convert",
             &slices,
             &dir.path().join("x.npy"),
-            &["--pyramid-levels", "2"],
+            "--pyramid-levels 2",
         )),
         &["--pyramid-levels", "not a Zarr store"],
     );
     fails_with(
-        tessera(&io_args(
+        tessera(&io_line(
             "convert",
             &slices,
             &dir.path().join("y.zarr"),
-            &["--pyramid-levels", "many"],
+            "--pyramid-levels many",
         )),
         &["--pyramid-levels", "auto"],
     );

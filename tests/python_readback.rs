@@ -141,13 +141,11 @@ fn ome_zarr_models_validates_the_pyramid_and_numpy_recomputes_its_levels() {
     ndarray_npy::write_npy(&src, &vol).unwrap();
     let out = d.path().join("p.zarr");
     ok(tessera_units(
-        &io_args(
+        &io_line(
             "pyramid",
             &src,
             &out,
-            &[
-                "--axes", "czyx", "--chunks", "1,4,4,4", "--shards", "1,8,8,8", "--levels", "3",
-            ],
+            "--axes czyx --chunks 1,4,4,4 --shards 1,8,8,8 --levels 3",
         ),
         "20000",
     ));

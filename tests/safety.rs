@@ -60,12 +60,7 @@ fn outputs_on_or_inside_an_input_are_refused_and_the_input_survives() {
     let before = snapshot(dir);
     let unstitch = |out: &str, extra: &[&str]| {
         with(
-            &io_args(
-                "quilt unstitch",
-                &input,
-                out,
-                &["--window", "16,16", "--step", "8,8"],
-            ),
+            &io_line("quilt unstitch", &input, out, "--window 16,16 --step 8,8"),
             extra,
         )
     };
@@ -123,21 +118,16 @@ fn an_output_store_around_its_input_is_refused() {
     run_io("quilt stitch", &p, &a, &[]);
     let before = snapshot(dir);
     fails_with(
-        tessera(&io_args(
-            "pyramid",
-            &a,
-            &store,
-            &["--axes", "tcyx", "--overwrite"],
-        )),
+        tessera(&io_line("pyramid", &a, &store, "--axes tcyx --overwrite")),
         &["contains the input"],
     );
     assert_eq!(snapshot(dir), before);
     // A sibling array in the same store is fine.
-    run_io(
+    run_line(
         "pyramid",
         &a,
         &format!("{}/b", store.display()),
-        &["--axes", "tcyx"],
+        "--axes tcyx",
     );
 }
 
@@ -146,7 +136,7 @@ fn overwrite_replaces_only_what_tessera_writes() {
     let d = tempfile::tempdir().unwrap();
     let dir = d.path();
     let p = patches(dir, "border");
-    let stitch = |out: &Path| tessera(&io_args("quilt stitch", &p, &out, &["--overwrite"]));
+    let stitch = |out: &Path| tessera(&io_line("quilt stitch", &p, &out, "--overwrite"));
     // A directory of someone's files named like a store.
     let plain = new_dir(dir.join("plain.zarr"));
     std::fs::write(plain.join("thesis.tex"), b"years of work").unwrap();
@@ -405,38 +395,31 @@ fn resume_refuses_changed_parameters_in_every_command() {
         "blend",
     );
     resume_with_a_change(
-        &strings(&io_args(
+        &strings(&io_line(
             "quilt unstitch",
             &input,
             &o("u.zarr"),
-            &["--window", "16,16", "--step", "8,8"],
+            "--window 16,16 --step 8,8",
         )),
         &["--border", "3"],
         "border",
     );
     resume_with_a_change(
-        &strings(&io_args(
+        &strings(&io_line(
             "pyramid",
             &input,
             &o("pl.zarr"),
-            &[
-                "--method",
-                "laplacian",
-                "--chunks",
-                "1,1,8,8",
-                "--axes",
-                "tcyx",
-            ],
+            "--method laplacian --chunks 1,1,8,8 --axes tcyx",
         )),
         &["--codec", "none"],
         "codec",
     );
     resume_with_a_change(
-        &strings(&io_args(
+        &strings(&io_line(
             "pyramid reconstruct",
             &o("pl.zarr"),
             &o("back.zarr"),
-            &["--chunks", "1,1,8,8"],
+            "--chunks 1,1,8,8",
         )),
         &["--codec", "gzip"],
         "codec",
@@ -448,11 +431,11 @@ fn resume_refuses_changed_parameters_in_every_command() {
         &["--no-visualization"],
     )));
     resume_with_a_change(
-        &strings(&io_args(
+        &strings(&io_line(
             "crop",
             &o("t_test_input.npy"),
             &o("c.zarr"),
-            &["--chunk-size", "4", "--no-visualization"],
+            "--chunk-size 4 --no-visualization",
         )),
         &["--codec", "gzip"],
         "codec",
@@ -460,11 +443,11 @@ fn resume_refuses_changed_parameters_in_every_command() {
     let stack = dir.join("stack");
     write_slices(&stack, "s", 6, &[16, 16], tessera::io::DType::U16, 3);
     resume_with_a_change(
-        &strings(&io_args(
+        &strings(&io_line(
             "convert",
             &stack,
             &o("conv.zarr"),
-            &["--chunks", "1,16,16"],
+            "--chunks 1,16,16",
         )),
         &["--dtype", "f32"],
         "dtype",
@@ -683,7 +666,7 @@ mod hdf5_files {
         let dir = d.path();
         let f = user_file(dir);
         let p = patches(dir, "border");
-        let args = |out: &str| strings(&io_args("quilt stitch", &p, out, &["--codec", "gzip"]));
+        let args = |out: &str| strings(&io_line("quilt stitch", &p, out, "--codec gzip"));
         let clean = s(&dir.join("clean.npy"));
         ok(tessera(
             &args(&clean).iter().map(String::as_str).collect::<Vec<_>>(),
@@ -708,17 +691,12 @@ mod hdf5_files {
         let target = format!("{}:/g/mean", f.display());
         ok(tessera_mpi(
             2,
-            &io_args("quilt stitch", &p, &target, &["--codec", "gzip"]),
+            &io_line("quilt stitch", &p, &target, "--codec gzip"),
             &[("TESSERA_UNIT_BYTES", "4096")],
         ));
         ok(tessera_mpi(
             2,
-            &io_args(
-                "quilt stitch",
-                &p,
-                &target,
-                &["--codec", "gzip", "--overwrite"],
-            ),
+            &io_line("quilt stitch", &p, &target, "--codec gzip --overwrite"),
             &[("TESSERA_UNIT_BYTES", "4096")],
         ));
         assert_eq!(read_keep(&f), [1, 2, 3]);

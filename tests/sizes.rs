@@ -534,12 +534,7 @@ fn crop_sizes() {
     )));
     let stem = d.path().join("stem_test_input.npy");
     let table = Table {
-        command: words(&io_args(
-            "crop",
-            &stem,
-            "{out}/c.npy",
-            &["--no-visualization"],
-        )),
+        command: words(&io_line("crop", &stem, "{out}/c.npy", "--no-visualization")),
         defaults: vec![],
         flags: vec![
             int("--margin-pixels", ONE),

@@ -28,12 +28,7 @@ fn run(
     let _ = std::fs::remove_dir_all(&out);
     let _ = std::fs::remove_file(dir.join("p.zarr.report.json"));
     let _ = std::fs::remove_file(dir.join("p_positions.npy"));
-    let args = io_args(
-        "quilt unstitch",
-        &image,
-        &out,
-        &["--window", "16,16", "--step", "8,8"],
-    );
+    let args = io_line("quilt unstitch", &image, &out, "--window 16,16 --step 8,8");
     ok(cmd(&args));
     let r: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("p.zarr.report.json")).unwrap()).unwrap();

@@ -189,6 +189,28 @@ pub fn run_io(
     ok(tessera(&io_args(command, input, output, rest)))
 }
 
+/// [`io_args`] with the flags written as on a command line: `rest` split at whitespace.
+pub fn io_line<'a>(
+    command: &'a str,
+    input: &'a (impl AsRef<Path> + ?Sized),
+    output: &'a (impl AsRef<Path> + ?Sized),
+    rest: &'a str,
+) -> Vec<&'a str> {
+    let mut args = io_args(command, input, output, &[]);
+    args.extend(rest.split_whitespace());
+    args
+}
+
+/// [`run_io`] with the flags written as on a command line: `rest` split at whitespace.
+pub fn run_line(
+    command: &str,
+    input: &(impl AsRef<Path> + ?Sized),
+    output: &(impl AsRef<Path> + ?Sized),
+    rest: &str,
+) -> String {
+    ok(tessera(&io_line(command, input, output, rest)))
+}
+
 /// The arguments `hdr calibrate --input <input> --response <response> <rest>`.
 pub fn calibrate_args<'a>(
     input: &'a (impl AsRef<Path> + ?Sized),
