@@ -757,15 +757,7 @@ fn stitch_bytes_do_not_depend_on_units_memory_limit_or_resume() {
         args.extend_from_slice(extra);
         tessera_env(&args, env)
     };
-    let w = weights(
-        &grid.window,
-        &Weighting {
-            blend: Blend::Gaussian,
-            border: vec![0; 3],
-            border_weight: 0.1,
-            sigma: 0.3,
-        },
-    );
+    let w = weights(&grid.window, &Weighting::gaussian(3, 0.3));
     // Chunks of 2 rows, windows of 6: bands of 6 rows, 5 per image.
     let (mean, _) = ref_stitch(&predictions, &shape, &grid, &w, band_rows(2, 6));
     let bits = |path: &str| -> Vec<u64> {
