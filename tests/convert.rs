@@ -268,13 +268,11 @@ fn an_aborted_run_resumes_to_identical_bytes() {
     let input = d.path().join("in");
     write_slices(&input, "s", 12, &[16, 16], DType::U16, 6);
     let env = [("TESSERA_UNIT_BYTES", "1024")]; // 2 slices per unit: 6 units
-    let clean = d.path().join("clean.zarr");
+    let (clean, out) = (d.path().join("clean.zarr"), d.path().join("o.zarr"));
     ok(tessera_env(
         &io_line("convert", &input, &clean, "--chunks 2,8,8"),
         &env,
     ));
-
-    let out = d.path().join("o.zarr");
     let args = io_line("convert", &input, &out, "--chunks 2,8,8");
     let killed = tessera_env(&args, &[env[0], ("TESSERA_ABORT_AFTER_UNITS", "3")]);
     assert!(!killed.status.success());

@@ -454,15 +454,11 @@ fn pyramids_are_identical_on_1_2_and_4_ranks() {
             let dir = d.path().join(format!("{method}{ranks}{nodes:?}"));
             std::fs::create_dir_all(&dir).unwrap();
             let out = dir.join("p.zarr");
+            let flags = ["--axes", "czyx", "--chunks", "1,4,4,4", "--method", method];
             ok(tessera_mpi_on(
                 nodes,
                 ranks,
-                &io_args(
-                    "pyramid",
-                    &input,
-                    &out,
-                    &["--axes", "czyx", "--chunks", "1,4,4,4", "--method", method],
-                ),
+                &io_args("pyramid", &input, &out, &flags),
                 &env,
             ));
             if ranks > 1 {
