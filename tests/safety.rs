@@ -46,6 +46,23 @@ fn patches(dir: &Path, blend: &str) -> PathBuf {
     out
 }
 
+/// crop's side files beside its output `c.npy`.
+const CROP_SIDE_FILES: [&str; 5] = [
+    "c_radii.npy",
+    "c_retention.npy",
+    "c_centers.npy",
+    "c_results.json",
+    "c_visualization.png",
+];
+
+/// A temporary directory with [`patches`] (border blend) of its image, and a [`snapshot`] of it.
+fn border_patches() -> (tempfile::TempDir, PathBuf, Vec<(String, Vec<u8>)>) {
+    let d = tempfile::tempdir().unwrap();
+    let p = patches(d.path(), "border");
+    let before = snapshot(d.path());
+    (d, p, before)
+}
+
 /// Every file under `dir` with its bytes (to show that a refused command changed nothing).
 fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
     tree(dir)
@@ -53,11 +70,9 @@ fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
 
 #[test]
 fn outputs_on_or_inside_an_input_are_refused_and_the_input_survives() {
-    let d = tempfile::tempdir().unwrap();
+    let (d, p, before) = border_patches();
     let dir = d.path();
-    let p = patches(dir, "border");
     let input = dir.join("in.npy");
-    let before = snapshot(dir);
     let unstitch = |out: &str, extra: &[&str]| {
         with(
             &io_line("quilt unstitch", &input, out, "--window 16,16 --step 8,8"),
@@ -168,11 +183,9 @@ fn overwrite_replaces_only_what_tessera_writes() {
 
 #[test]
 fn reports_and_side_files_are_never_overwritten_without_asking() {
-    let d = tempfile::tempdir().unwrap();
+    let (d, p, before) = border_patches();
     let dir = d.path();
-    let p = patches(dir, "border");
     let input = dir.join("in.npy");
-    let before = snapshot(dir);
     let stitch = |out: &Path, extra: &[&str]| with(&io_args("quilt stitch", &p, &out, &[]), extra);
     let out = dir.join("m.zarr");
     // --report on or inside an input, an existing file, the patches' report, inside the output.
@@ -227,22 +240,10 @@ fn crop_side_files_are_refused_one_by_one() {
     std::fs::remove_file(&out).unwrap();
     std::fs::remove_file(dir.join("c.npy.report.json")).unwrap();
     std::fs::remove_file(dir.join("c_test_input.npy")).unwrap();
-    for side in [
-        "c_radii.npy",
-        "c_retention.npy",
-        "c_centers.npy",
-        "c_results.json",
-        "c_visualization.png",
-    ] {
+    for side in CROP_SIDE_FILES {
         let keep = dir.join(format!("{side}.keep"));
         // Only this one side file is present: the run is refused before writing anything.
-        for other in [
-            "c_radii.npy",
-            "c_retention.npy",
-            "c_centers.npy",
-            "c_results.json",
-            "c_visualization.png",
-        ] {
+        for other in CROP_SIDE_FILES {
             if other != side {
                 let _ = std::fs::rename(dir.join(other), dir.join(format!("{other}.keep")));
             }
@@ -254,13 +255,7 @@ fn crop_side_files_are_refused_one_by_one() {
         assert!(!out.exists() && !dir.join("c_test_input.npy").exists());
         let _ = std::fs::rename(dir.join(side), &keep);
     }
-    for side in [
-        "c_radii.npy",
-        "c_retention.npy",
-        "c_centers.npy",
-        "c_results.json",
-        "c_visualization.png",
-    ] {
+    for side in CROP_SIDE_FILES {
         std::fs::rename(dir.join(format!("{side}.keep")), dir.join(side)).unwrap();
     }
     // With --overwrite every file is replaced, by the same bytes (the run is deterministic).
@@ -459,11 +454,9 @@ fn an_interrupted_per_bracket_merge_resumes_only_with_its_parameters() {
     let d = tempfile::tempdir().unwrap();
     let dir = d.path();
     let sky = dir.join("sky");
+    let synthetic = synthetic_args(&sky, "3", &["--exposures", "3", "--size", "24"]);
     let synth = |extra: &[&str]| {
-        ok(with(
-            &synthetic_args(&sky, "3", &["--exposures", "3", "--size", "24"]),
-            extra,
-        ));
+        ok(with(&synthetic, extra));
     };
     synth(&[]);
     // The last bracket's first image is unreadable: the merge stops after two brackets.
