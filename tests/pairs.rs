@@ -167,23 +167,10 @@ fn pairs_2d_with_turns_positions_and_overlaps_match_a_straightforward_reference(
     let input = d.path().join("img.npy");
     write_npy(&input, &Block::F32(img.clone()));
     let out = d.path().join("p.zarr");
-    let extra = [
-        "--window",
-        "12,12",
-        "--delta-range",
-        "3,9",
-        "--pairs-per-image",
-        "23",
-        "--seed",
-        "5",
-        "--rotations",
-        "0,1,2,3",
-        "--positions",
-        "--include-n",
-        "--overlaps",
-        "--pairs-per-chunk",
-        "4",
-    ];
+    let extra = flags(
+        "--window 12,12 --delta-range 3,9 --pairs-per-image 23 --seed 5 --rotations 0,1,2,3 \
+        --positions --include-n --overlaps --pairs-per-chunk 4",
+    );
     ok(tessera_units(
         &pairs_args(&s(&input), &s(&out), &extra),
         "3000",
@@ -311,18 +298,8 @@ fn metadata_selection_and_extraction_reproduce_the_pairs() {
         d.path().join("sel.npy"),
         d.path().join("ext.zarr"),
     );
-    let common = [
-        "--window",
-        "10,10",
-        "--delta-range",
-        "3,7",
-        "--pairs-per-image",
-        "40",
-        "--seed",
-        "9",
-        "--rotations",
-        "0,2,3",
-    ];
+    let common =
+        flags("--window 10,10 --delta-range 3,7 --pairs-per-image 40 --seed 9 --rotations 0,2,3");
     let mut m = common.to_vec();
     m.push("--metadata-only");
     ok(tessera_units(
@@ -485,18 +462,8 @@ fn tokens_hold_each_patch_s_windows_and_their_overlaps() {
     let input = d.path().join("img.npy");
     write_npy(&input, &Block::F32(img));
     let (pairs_out, tokens_out) = (d.path().join("p.zarr"), d.path().join("t.zarr"));
-    let extra = [
-        "--window",
-        "14,14",
-        "--delta-range",
-        "4,10",
-        "--pairs-per-image",
-        "9",
-        "--rotations",
-        "0,1,2,3",
-        "--seed",
-        "4",
-    ];
+    let extra =
+        flags("--window 14,14 --delta-range 4,10 --pairs-per-image 9 --rotations 0,1,2,3 --seed 4");
     ok(tessera(&pairs_args(&s(&input), &s(&pairs_out), &extra)));
     ok(tessera_units(
         &io_line(
@@ -758,20 +725,10 @@ fn an_interrupted_run_resumes_to_the_same_bytes() {
     let input = d.path().join("img.npy");
     write_npy(&input, &Block::F32(images(&[4, 2, 30, 30])));
     let (clean, out) = (d.path().join("clean.zarr"), d.path().join("o.zarr"));
-    let extra = [
-        "--window",
-        "10,10",
-        "--delta-range",
-        "3,7",
-        "--pairs-per-image",
-        "12",
-        "--rotations",
-        "0,1",
-        "--overlaps",
-        "--positions",
-        "--pairs-per-chunk",
-        "4",
-    ];
+    let extra = flags(
+        "--window 10,10 --delta-range 3,7 --pairs-per-image 12 --rotations 0,1 --overlaps \
+        --positions --pairs-per-chunk 4",
+    );
     let env = [("TESSERA_UNIT_BYTES", "3000")];
     ok(tessera_env(
         &pairs_args(&s(&input), &s(&clean), &extra),
@@ -824,18 +781,10 @@ fn zarr_python_reads_pairs_like_zarr_patch_pair_dataset_and_tokens_with_numpy() 
     let input = d.path().join("img.npy");
     write_npy(&input, &Block::F32(images(&[3, 3, 33, 35])));
     let (pairs_out, tokens_out) = (d.path().join("p.zarr"), d.path().join("t.zarr"));
-    let extra = [
-        "--window",
-        "12,12",
-        "--delta-range",
-        "3,9",
-        "--pairs-per-image",
-        "7",
-        "--rotations",
-        "0,1,2,3",
-        "--positions",
-        "--include-n",
-    ];
+    let extra = flags(
+        "--window 12,12 --delta-range 3,9 --pairs-per-image 7 --rotations 0,1,2,3 --positions \
+        --include-n",
+    );
     ok(tessera(&pairs_args(&s(&input), &s(&pairs_out), &extra)));
     run_line("tokens", &pairs_out, &tokens_out, "--token-size 6");
     let script = d.path().join("check.py");
@@ -858,13 +807,7 @@ fn select_and_extract_refuse_tables_that_do_not_fit() {
     write_npy(&big, &Block::F32(images(&[2, 1, 40, 40])));
     write_npy(&small, &Block::F32(images(&[2, 1, 20, 20])));
     let (meta_zarr, meta_npy) = (d.path().join("meta.zarr"), d.path().join("meta.npy"));
-    let sampling = [
-        "--window",
-        "16,16",
-        "--delta-range",
-        "4,12",
-        "--metadata-only",
-    ];
+    let sampling = flags("--window 16,16 --delta-range 4,12 --metadata-only");
     ok(tessera(&pairs_args(&s(&big), &s(&meta_zarr), &sampling)));
     ok(tessera(&pairs_args(&s(&big), &s(&meta_npy), &sampling)));
     let bad_sel = d.path().join("bad.npy");

@@ -189,6 +189,11 @@ pub fn run_io(
     ok(tessera(&io_args(command, input, output, rest)))
 }
 
+/// Flags written as on a command line: `line` split at whitespace.
+pub fn flags(line: &str) -> Vec<&str> {
+    line.split_whitespace().collect()
+}
+
 /// [`io_args`] with the flags written as on a command line: `rest` split at whitespace.
 pub fn io_line<'a>(
     command: &'a str,
