@@ -23,6 +23,19 @@ fn images(shape: &[usize]) -> ArrayD<f32> {
     })
 }
 
+/// Entry `i` of `a` along its first axis, flattened.
+fn row<T: Copy>(a: &ArrayD<T>, i: usize) -> Vec<T> {
+    a.index_axis(ndarray::Axis(0), i).iter().copied().collect()
+}
+
+/// [`images`] of `shape`, and where they are written as `img.npy` in `dir`.
+fn images_npy(dir: &Path, shape: &[usize]) -> (ArrayD<f32>, std::path::PathBuf) {
+    let img = images(shape);
+    let input = dir.join("img.npy");
+    write_npy(&input, &Block::F32(img.clone()));
+    (img, input)
+}
+
 fn f32s(address: &str) -> ArrayD<f32> {
     read_all(address).into_array::<f32>().expect("f32")
 }
@@ -106,15 +119,7 @@ fn check_group(group: &Path, img: &ArrayD<f32>, pairs: &[Pair], window: &[u64]) 
             "patches2[{i}]"
         );
         let d: Vec<f32> = pair.delta().iter().rev().map(|&v| v as f32).collect();
-        assert_eq!(
-            deltas
-                .index_axis(ndarray::Axis(0), i)
-                .iter()
-                .copied()
-                .collect::<Vec<_>>(),
-            d,
-            "deltas[{i}] x first"
-        );
+        assert_eq!(row(&deltas, i), d, "deltas[{i}] x first");
         assert_eq!(rotations[i], i64::from(pair.rotation));
     }
 }
@@ -163,9 +168,7 @@ fn pairs_args<'a>(input: &'a str, output: &'a str, extra: &[&'a str]) -> Vec<&'a
 fn pairs_2d_with_turns_positions_and_overlaps_match_a_straightforward_reference() {
     let d = tempfile::tempdir().unwrap();
     let shape = [3usize, 2, 41, 37];
-    let img = images(&shape);
-    let input = d.path().join("img.npy");
-    write_npy(&input, &Block::F32(img.clone()));
+    let (img, input) = images_npy(d.path(), &shape);
     let out = d.path().join("p.zarr");
     let extra = flags(
         "--window 12,12 --delta-range 3,9 --pairs-per-image 23 --seed 5 --rotations 0,1,2,3 \
@@ -183,20 +186,9 @@ fn pairs_2d_with_turns_positions_and_overlaps_match_a_straightforward_reference(
         i64s(&format!("{g}/positions2")),
     );
     for (i, p) in pairs.iter().enumerate() {
-        assert_eq!(
-            q1.index_axis(ndarray::Axis(0), i)
-                .iter()
-                .copied()
-                .collect::<Vec<_>>(),
-            vec![p.image as i64, p.first[0] as i64, p.first[1] as i64]
-        );
-        assert_eq!(
-            q2.index_axis(ndarray::Axis(0), i)
-                .iter()
-                .copied()
-                .collect::<Vec<_>>(),
-            vec![p.image as i64, p.second[0] as i64, p.second[1] as i64]
-        );
+        let image = p.image as i64;
+        assert_eq!(row(&q1, i), [image, p.first[0] as i64, p.first[1] as i64]);
+        assert_eq!(row(&q2, i), [image, p.second[0] as i64, p.second[1] as i64]);
     }
     let (offsets, rows) = brute_overlaps(&img, &pairs, &[12, 12]);
     assert_eq!(
@@ -311,11 +303,7 @@ fn metadata_selection_and_extraction_reproduce_the_pairs() {
     let table = read_all(&s(&meta_out)).to_f64();
     assert_eq!(table.shape(), &[160, 12]);
     for (i, p) in pairs.iter().enumerate() {
-        let row = table
-            .index_axis(ndarray::Axis(0), i)
-            .iter()
-            .copied()
-            .collect::<Vec<_>>();
+        let fields = row(&table, i);
         let dl = p.delta();
         let geometry = [
             p.image as f64,
@@ -327,14 +315,14 @@ fn metadata_selection_and_extraction_reproduce_the_pairs() {
             dl[0] as f64,
             f64::from(p.rotation),
         ];
-        assert_eq!(row[..8], geometry, "row {i}");
+        assert_eq!(fields[..8], geometry, "row {i}");
         let first = cut(&img, p.image as usize, &usizes(&p.first), &[10, 10]);
         let second = rot90(
             &cut(&img, p.image as usize, &usizes(&p.second), &[10, 10]),
             i64::from(p.rotation),
         );
         let ((m1, s1), (m2, s2)) = (stats(&first), stats(&second));
-        for (got, want) in row[8..].iter().zip([m1, s1, m2, s2]) {
+        for (got, want) in fields[8..].iter().zip([m1, s1, m2, s2]) {
             assert!(
                 (got - want).abs() <= 1e-12 * want.abs().max(1.0),
                 "row {i}: {got} vs {want}"
@@ -379,19 +367,22 @@ fn metadata_selection_and_extraction_reproduce_the_pairs() {
         9 * 4,
         "3 x 3 quantile cells of 160 pairs all hold 4 or more"
     );
-    ok(tessera(&[
-        "pairs",
-        "extract",
-        "--input",
-        &s(&input),
-        "--metadata",
-        &s(&meta_out),
-        "--select",
-        &s(&sel),
-        "--output",
-        &s(&ext),
-        "--overlaps",
-    ]));
+    // `pairs extract` of the metadata's pairs into `output`, then `rest`.
+    let extract = |output: &Path, rest: &[&str]| {
+        let (i, m, o) = (s(&input), s(&meta_out), s(output));
+        let base = [
+            "pairs",
+            "extract",
+            "--input",
+            &i,
+            "--metadata",
+            &m,
+            "--output",
+            &o,
+        ];
+        ok(tessera(&[&base[..], rest].concat()))
+    };
+    extract(&ext, &["--select", &s(&sel), "--overlaps"]);
     let picked: Vec<Pair> = chosen.iter().map(|&i| pairs[i as usize].clone()).collect();
     check_group(&ext, &img, &picked, &[10, 10]);
     let (offsets, _) = brute_overlaps(&img, &picked, &[10, 10]);
@@ -403,16 +394,7 @@ fn metadata_selection_and_extraction_reproduce_the_pairs() {
     );
     // Every pair extracted is the full run, byte for byte.
     let all = d.path().join("all.zarr");
-    ok(tessera(&[
-        "pairs",
-        "extract",
-        "--input",
-        &s(&input),
-        "--metadata",
-        &s(&meta_out),
-        "--output",
-        &s(&all),
-    ]));
+    extract(&all, &[]);
     for name in ["patches1", "patches2", "deltas", "rotations"] {
         assert_eq!(
             read_all(&format!("{}/{name}", s(&all))),
@@ -458,9 +440,7 @@ fn reference_tokens(
 fn tokens_hold_each_patch_s_windows_and_their_overlaps() {
     let d = tempfile::tempdir().unwrap();
     let shape = [2usize, 2, 36, 36];
-    let img = images(&shape);
-    let input = d.path().join("img.npy");
-    write_npy(&input, &Block::F32(img));
+    let (_, input) = images_npy(d.path(), &shape);
     let (pairs_out, tokens_out) = (d.path().join("p.zarr"), d.path().join("t.zarr"));
     let extra =
         flags("--window 14,14 --delta-range 4,10 --pairs-per-image 9 --rotations 0,1,2,3 --seed 4");
@@ -503,15 +483,7 @@ fn tokens_hold_each_patch_s_windows_and_their_overlaps() {
                 .flat_map(|c| [c[0] as i64, c[1] as i64])
                 .collect();
             assert_eq!(coords.iter().copied().collect::<Vec<_>>(), flat);
-            assert_eq!(
-                tokens
-                    .index_axis(ndarray::Axis(0), i)
-                    .iter()
-                    .copied()
-                    .collect::<Vec<_>>(),
-                values,
-                "pair {i}"
-            );
+            assert_eq!(row(tokens, i), values, "pair {i}");
         }
         let corners: Vec<[u64; 2]> = coords
             .outer_iter()
@@ -525,29 +497,9 @@ fn tokens_hold_each_patch_s_windows_and_their_overlaps() {
             rotations[i] as u8,
             [14, 14],
         );
-        assert_eq!(
-            index
-                .index_axis(ndarray::Axis(0), i)
-                .iter()
-                .copied()
-                .collect::<Vec<_>>(),
-            want.index_1to2
-        );
-        assert_eq!(
-            back.index_axis(ndarray::Axis(0), i)
-                .iter()
-                .copied()
-                .collect::<Vec<_>>(),
-            want.index_2to1
-        );
-        assert_eq!(
-            fraction
-                .index_axis(ndarray::Axis(0), i)
-                .iter()
-                .copied()
-                .collect::<Vec<_>>(),
-            want.fraction
-        );
+        assert_eq!(row(&index, i), want.index_1to2);
+        assert_eq!(row(&back, i), want.index_2to1);
+        assert_eq!(row(&fraction, i), want.fraction);
         for l in 0..corners.len() {
             assert_eq!(mask1[[i, l]] == 1, want.index_1to2[l] >= 0);
             assert_eq!(mask2[[i, l]] == 1, want.index_2to1[l] >= 0);
