@@ -70,6 +70,19 @@ trait Pixel: Element {
     fn random(rng: &mut StdRng, odd: bool) -> Self;
 }
 
+/// An unsigned pixel: any value with probability `any`, else a dark one, below `dark`.
+fn dark_or_any<T>(rng: &mut StdRng, any: f64, dark: T) -> T
+where
+    T: Default + rand::distr::uniform::SampleUniform + PartialOrd,
+    rand::distr::StandardUniform: rand::distr::Distribution<T>,
+{
+    if rng.random_bool(any) {
+        rng.random()
+    } else {
+        rng.random_range(T::default()..dark)
+    }
+}
+
 macro_rules! pixel {
     ($t:ty, $analyse:ident, $window:ident, |$rng:ident, $odd:ident| $body:expr) => {
         impl Pixel for $t {
@@ -85,38 +98,20 @@ pixel!(
     u8,
     tessera_host_crop_analyse_u8,
     tessera_host_crop_window_u8,
-    |rng, _odd| {
-        if rng.random_bool(0.1) {
-            rng.random()
-        } else {
-            rng.random_range(0..4)
-        }
-    }
+    |rng, _odd| dark_or_any(rng, 0.1, 4)
 );
 pixel!(
     u16,
     tessera_host_crop_analyse_u16,
     tessera_host_crop_window_u16,
-    |rng, _odd| {
-        if rng.random_bool(0.1) {
-            rng.random()
-        } else {
-            rng.random_range(0..40)
-        }
-    }
+    |rng, _odd| dark_or_any(rng, 0.1, 40)
 );
 pixel!(
     u32,
     tessera_host_crop_analyse_u32,
     tessera_host_crop_window_u32,
-    |rng, _odd| {
-        // Values beyond 2^29 make the scale negative (rounded counts) for large patterns.
-        if rng.random_bool(0.05) {
-            rng.random()
-        } else {
-            rng.random_range(0..1000)
-        }
-    }
+    // Values beyond 2^29 make the scale negative (rounded counts) for large patterns.
+    |rng, _odd| dark_or_any(rng, 0.05, 1000)
 );
 pixel!(
     i16,
@@ -259,19 +254,24 @@ fn pass_1_records_equal_the_cpu_analysis_bit_for_bit() {
     check_type::<f64>(120);
 }
 
+/// The geometry of (h, w) integer patterns, centred by centroid, cropped to `target` retention.
+fn centroid_geom(h: usize, w: usize, target: f64) -> CropGeom {
+    CropGeom::new(
+        (h as u64, w as u64),
+        CentreMethod::Centroid,
+        None,
+        target,
+        false,
+    )
+}
+
 #[test]
 fn a_crossing_bin_beyond_the_block_memory_goes_to_the_cpu() {
     // 1200 x 1200 uniform, half the total: the crossing ring (r about 480, inside the square)
     // of the 1024 bins holds about 2200 pixels (> 1536).
     let (h, w) = (1200usize, 1200usize);
     let flat = vec![3u16; h * w];
-    let g = CropGeom::new(
-        (h as u64, w as u64),
-        CentreMethod::Centroid,
-        None,
-        0.5,
-        false,
-    );
+    let g = centroid_geom(h, w, 0.5);
     let r = host_records(&g, &flat, 1, 256)[0];
     assert!(r.on_cpu(), "{r:?}");
     assert_eq!(r.analysis().centre, (599.5, 599.5));
@@ -279,13 +279,7 @@ fn a_crossing_bin_beyond_the_block_memory_goes_to_the_cpu() {
     let (h, w) = (64usize, 64usize);
     let mut point = vec![0u16; h * w];
     point[40 * w + 10] = 9;
-    let g = CropGeom::new(
-        (h as u64, w as u64),
-        CentreMethod::Centroid,
-        None,
-        0.98,
-        false,
-    );
+    let g = centroid_geom(h, w, 0.98);
     let r = host_records(&g, &point, 1, 256)[0];
     assert!(!r.on_cpu(), "{r:?}");
     assert_eq!((r.radius, r.cy, r.cx), (0.0, 40.0, 10.0));
