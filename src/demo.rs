@@ -10,7 +10,7 @@ use crate::comm::Comm;
 use crate::error::{IoContext, Result};
 use crate::exec::RunOptions;
 use crate::io::{images, Block, Codec};
-use crate::job::{AxisOrder, ConvertJob, Job, OutputFormat};
+use crate::job::{ConvertJob, Job};
 
 /// Slices, rows and columns of the demo stack.
 pub const DEMO_SHAPE: [usize; 3] = [64, 256, 256];
@@ -92,23 +92,9 @@ fn demo_convert(dir: &Path, comm: &dyn Comm) -> Result<PathBuf> {
     }
     let output = dir.join("demo.zarr");
     let job = ConvertJob {
-        input: slices,
-        pattern: crate::job::DEFAULT_PATTERN.into(),
-        output: output.clone(),
-        extension: Some(".tif".into()),
-        axis_order: AxisOrder::Zcyx,
         chunks: Some(vec![16, 128, 128]),
-        shards: None,
         codec: Codec::Zstd,
-        dtype: None,
-        format: OutputFormat::Zarr,
-        pyramid_levels: None,
-        pyramid_method: Default::default(),
-        pyramid_factor: None,
-        run: RunOptions {
-            overwrite: true,
-            ..RunOptions::default()
-        },
+        ..ConvertJob::tifs_to_zarr(slices, crate::job::DEFAULT_PATTERN, output.clone())
     };
     crate::job::run_job(Job::Convert(job), comm)?;
 

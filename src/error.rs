@@ -90,6 +90,14 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// [`Error::NotCompiled`] for `what`, a CUDA path of a build without the `cuda` feature.
+    pub fn without_cuda(what: impl Into<String>) -> Self {
+        Error::NotCompiled {
+            what: what.into(),
+            feature: "cuda",
+        }
+    }
+
     pub fn gpu(message: impl Into<String>) -> Self {
         Error::Gpu {
             message: message.into(),

@@ -31,8 +31,7 @@ fn every_config_parses() {
 fn every_config_runs_on_the_demo_stack() {
     let d = tempfile::tempdir().unwrap();
     // The configs point at ../tessera-demo/slices relative to themselves.
-    let cfg_dir = d.path().join("configs");
-    std::fs::create_dir(&cfg_dir).unwrap();
+    let cfg_dir = new_dir(d.path().join("configs"));
     tessera::demo::write_stack(&d.path().join("tessera-demo/slices")).unwrap();
     tessera::demo::write_nczyx(&d.path().join("tessera-demo/demo-nczyx.npy")).unwrap();
     // The manifests some configs name sit beside them.

@@ -10,8 +10,7 @@ use tessera::io::{images, Block, DType};
 #[test]
 fn hand_checked_three_slices_to_each_format() {
     let d = tempfile::tempdir().unwrap();
-    let input = d.path().join("in");
-    std::fs::create_dir(&input).unwrap();
+    let input = new_dir(d.path().join("in"));
     // Slice k holds 100k + 10y + x, so every pixel says where it came from.
     for k in 0..3u16 {
         let slice =
@@ -23,7 +22,7 @@ fn hand_checked_three_slices_to_each_format() {
         outputs.push(format!("{}:/g/data", s(&d.path().join("o.h5"))));
     }
     for out in &outputs {
-        ok(tessera(&io_args(
+        run_io(
             "convert",
             &input,
             out,
@@ -33,7 +32,7 @@ fn hand_checked_three_slices_to_each_format() {
                 "--codec",
                 if out.contains(".h5") { "gzip" } else { "zstd" },
             ],
-        )));
+        );
         let a = read_all(out).into_array::<u16>().unwrap();
         assert_eq!(a.shape(), &[3, 2, 3], "{out}");
         assert_eq!(a[[0, 0, 0]], 0);
@@ -125,7 +124,7 @@ fn random_stacks_match_the_reference_for_every_dtype_layout_and_codec() {
             args.extend(["--shards", shards]);
         }
         // Small units so that every case spans several of them.
-        ok(tessera_env(&args, &[("TESSERA_UNIT_BYTES", "600")]));
+        ok(tessera_units(&args, "600"));
         assert_eq!(
             read_all(&out),
             expected,
@@ -146,8 +145,7 @@ fn random_stacks_match_the_reference_for_every_dtype_layout_and_codec() {
 #[test]
 fn png_and_dtype_conversion() {
     let d = tempfile::tempdir().unwrap();
-    let input = d.path().join("in");
-    std::fs::create_dir(&input).unwrap();
+    let input = new_dir(d.path().join("in"));
     for k in 0..4u16 {
         let img = image::ImageBuffer::<image::Luma<u16>, Vec<u16>>::from_fn(5, 3, |x, y| {
             image::Luma([k * 1000 + (y * 5 + x) as u16])
@@ -155,19 +153,14 @@ fn png_and_dtype_conversion() {
         img.save(input.join(format!("p_{k}.png"))).unwrap();
     }
     let out = s(&d.path().join("o.zarr"));
-    ok(tessera(&io_args(
-        "convert",
-        &input,
-        &out,
-        &["--dtype", "f32"],
-    )));
+    run_line("convert", &input, &out, "--dtype f32");
     let a = read_all(&out).into_array::<f32>().unwrap();
     assert_eq!(a.shape(), &[4, 3, 5]);
     assert_eq!(a[[3, 2, 4]], 3014.0);
     // To uint8 the values do not fit: refused, naming the file and value, no output.
     let out8 = d.path().join("o8.zarr");
     fails_with(
-        tessera(&io_args("convert", &input, &out8, &["--dtype", "u8"])),
+        tessera(&io_line("convert", &input, &out8, "--dtype u8")),
         &["p_1.png", "1000", "uint8"],
     );
     assert!(!out8.exists());
@@ -180,7 +173,7 @@ fn several_stacks_go_to_a_directory_and_gaps_are_reported() {
     let a = write_stack(&input, "left", &[0, 1, 2, 5, 6, 9], &[4, 4], DType::U16, 1);
     let b = write_stack(&input, "right", &[1, 2], &[6, 3], DType::U8, 2);
     let out = d.path().join("stacks");
-    let log = ok(tessera(&io_args("convert", &input, &out, &[])));
+    let log = run_io("convert", &input, &out, &[]);
     assert!(log.contains("3-4, 7-8"), "gaps named:\n{log}");
     assert_eq!(read_all(&s(&out.join("left.zarr"))), reference_stack(&a, 0));
     assert_eq!(
@@ -199,12 +192,12 @@ fn json_logs_carry_the_rank() {
     let d = tempfile::tempdir().unwrap();
     let input = d.path().join("in");
     write_stack(&input, "s", &[0, 1, 3], &[4, 4], DType::U8, 30);
-    let out = ok(tessera(&io_args(
+    let out = run_line(
         "convert",
         &input,
         &d.path().join("o.zarr"),
-        &["--log-format", "json"],
-    )));
+        "--log-format json",
+    );
     let line = out
         .lines()
         .find(|l| l.contains("missing slice"))
@@ -233,9 +226,9 @@ fn dry_run_writes_nothing_and_prints_the_plan() {
     let input = d.path().join("in");
     write_slices(&input, "s", 10, &[8, 8], DType::U16, 3);
     let out = d.path().join("o.zarr");
-    let log = ok(tessera_env(
-        &io_args("convert", &input, &out, &["--chunks", "2,8,8", "--dry-run"]),
-        &[("TESSERA_UNIT_BYTES", "256")],
+    let log = ok(tessera_units(
+        &io_line("convert", &input, &out, "--chunks 2,8,8 --dry-run"),
+        "256",
     ));
     assert!(
         log.contains("5 units") && log.contains("rank 0: 5 units"),
@@ -254,7 +247,7 @@ fn existing_outputs_are_refused_unless_overwrite() {
     let input = d.path().join("in");
     let first = write_stack(&input, "s", &[0, 1], &[4, 4], DType::U16, 4);
     let out = s(&d.path().join("o.zarr"));
-    ok(tessera(&io_args("convert", &input, &out, &[])));
+    run_io("convert", &input, &out, &[]);
     fails_with(
         tessera(&io_args("convert", &input, &out, &[])),
         &["o.zarr", "--overwrite"],
@@ -265,7 +258,7 @@ fn existing_outputs_are_refused_unless_overwrite() {
         "old output untouched"
     );
     let second = write_stack(&input, "s", &[0, 1], &[4, 4], DType::U16, 5);
-    ok(tessera(&io_args("convert", &input, &out, &["--overwrite"])));
+    run_line("convert", &input, &out, "--overwrite");
     assert_eq!(read_all(&out), reference_stack(&second, 0));
 }
 
@@ -275,14 +268,12 @@ fn an_aborted_run_resumes_to_identical_bytes() {
     let input = d.path().join("in");
     write_slices(&input, "s", 12, &[16, 16], DType::U16, 6);
     let env = [("TESSERA_UNIT_BYTES", "1024")]; // 2 slices per unit: 6 units
-    let clean = d.path().join("clean.zarr");
+    let (clean, out) = (d.path().join("clean.zarr"), d.path().join("o.zarr"));
     ok(tessera_env(
-        &io_args("convert", &input, &clean, &["--chunks", "2,8,8"]),
+        &io_line("convert", &input, &clean, "--chunks 2,8,8"),
         &env,
     ));
-
-    let out = d.path().join("o.zarr");
-    let args = io_args("convert", &input, &out, &["--chunks", "2,8,8"]);
+    let args = io_line("convert", &input, &out, "--chunks 2,8,8");
     let killed = tessera_env(&args, &[env[0], ("TESSERA_ABORT_AFTER_UNITS", "3")]);
     assert!(!killed.status.success());
     assert!(
@@ -304,17 +295,12 @@ fn an_aborted_run_resumes_to_identical_bytes() {
     let _ = tessera_env(&args, &[env[0], ("TESSERA_ABORT_AFTER_UNITS", "2")]);
     let _ = std::fs::remove_dir_all(&out);
     let _ = tessera_env(
-        &io_args(
-            "convert",
-            &input,
-            &out,
-            &["--chunks", "2,8,8", "--overwrite"],
-        ),
+        &io_line("convert", &input, &out, "--chunks 2,8,8 --overwrite"),
         &[env[0], ("TESSERA_ABORT_AFTER_UNITS", "2")],
     );
     fails_with(
         tessera_env(
-            &io_args("convert", &input, &out, &["--chunks", "2,4,4", "--resume"]),
+            &io_line("convert", &input, &out, "--chunks 2,4,4 --resume"),
             &env,
         ),
         &["other parameters: --chunks (was"],
@@ -362,8 +348,7 @@ fn bad_inputs_fail_clearly_and_leave_no_output() {
         tessera(&args)
     };
     // Empty directory, missing directory.
-    let empty = root.join("empty");
-    std::fs::create_dir(&empty).unwrap();
+    let empty = new_dir(root.join("empty"));
     fails_with(run(&empty, &[]), &["--input", "holds no files"]);
     fails_with(
         run(&root.join("missing"), &[]),
@@ -433,12 +418,12 @@ fn info_describes_each_kind_and_refuses_non_arrays() {
     let input = d.path().join("in");
     write_stack(&input, "s", &[0, 1], &[4, 6], DType::I16, 12);
     let store = d.path().join("st.zarr");
-    ok(tessera(&io_args(
+    run_line(
         "convert",
         &input,
         &store.join("grp/arr"),
-        &["--chunks", "1,2,3", "--shards", "2,4,6"],
-    )));
+        "--chunks 1,2,3 --shards 2,4,6",
+    );
     let log = ok(tessera(&["info", &s(&store.join("grp/arr"))]));
     assert!(
         log.contains("2 x 4 x 6")
@@ -460,29 +445,21 @@ fn info_describes_each_kind_and_refuses_non_arrays() {
         &["does not exist"],
     );
     fails_with(tessera(&["info", "what.dat"]), &["cannot tell the format"]);
-    // Corrupt metadata.
+    // Corrupt metadata: cut short, and complete but missing fields.
     let meta_file = store.join("grp/arr/zarr.json");
-    std::fs::write(
-        &meta_file,
-        b"{\"zarr_format\": 3, \"node_type\": \"array\", \"shape\": [",
-    )
-    .unwrap();
-    fails_with(
-        tessera(&["info", &s(&store.join("grp/arr"))]),
-        &["zarr.json", "corrupt Zarr metadata"],
-    );
-    std::fs::write(
-        &meta_file,
-        b"{\"zarr_format\": 3, \"node_type\": \"array\", \"shape\": [2]}",
-    )
-    .unwrap();
-    fails_with(
-        tessera(&["info", &s(&store.join("grp/arr"))]),
-        &["zarr.json", "corrupt Zarr metadata"],
-    );
+    for corrupt in [
+        r#"{"zarr_format": 3, "node_type": "array", "shape": ["#,
+        r#"{"zarr_format": 3, "node_type": "array", "shape": [2]}"#,
+    ] {
+        std::fs::write(&meta_file, corrupt).unwrap();
+        fails_with(
+            tessera(&["info", &s(&store.join("grp/arr"))]),
+            &["zarr.json", "corrupt Zarr metadata"],
+        );
+    }
     // npy.
     let npy = d.path().join("a.npy");
-    ok(tessera(&io_args("convert", &input, &npy, &[])));
+    run_io("convert", &input, &npy, &[]);
     let log = ok(tessera(&["info", &s(&npy)]));
     assert!(
         log.contains("2 x 4 x 6") && log.contains("contiguous"),
@@ -499,12 +476,12 @@ fn hdf5_inputs_and_errors() {
     let input = d.path().join("in");
     let slices = write_stack(&input, "s", &[0, 1, 2], &[5, 7], DType::F32, 13);
     let h5 = d.path().join("v.h5");
-    ok(tessera(&io_args(
+    run_line(
         "convert",
         &input,
         &format!("{}:/a/b", s(&h5)),
-        &["--codec", "none", "--chunks", "1,5,7"],
-    )));
+        "--codec none --chunks 1,5,7",
+    );
     assert_eq!(
         read_all(&format!("{}:/a/b", s(&h5))),
         reference_stack(&slices, 0)
@@ -526,15 +503,15 @@ fn hdf5_inputs_and_errors() {
     // zstd/blosc and shards are Zarr-only.
     let other = format!("{}:/x", s(&d.path().join("w.h5")));
     fails_with(
-        tessera(&io_args("convert", &input, &other, &["--codec", "zstd"])),
+        tessera(&io_line("convert", &input, &other, "--codec zstd")),
         &["--codec", "gzip or none"],
     );
     fails_with(
-        tessera(&io_args(
+        tessera(&io_line(
             "convert",
             &input,
             &other,
-            &["--codec", "gzip", "--shards", "2,5,7", "--chunks", "1,5,7"],
+            "--codec gzip --shards 2,5,7 --chunks 1,5,7",
         )),
         &["--shards"],
     );
@@ -564,7 +541,7 @@ fn a_second_job_on_the_same_output_is_refused_and_a_dead_ones_lock_is_taken_over
         std::process::id()
     );
     std::fs::write(&lock, &live).unwrap();
-    let args = io_args("convert", &input, &out, &["--overwrite"]);
+    let args = io_line("convert", &input, &out, "--overwrite");
     fails_with(
         tessera(&args),
         &["o.zarr.lock", "another tessera job", "pid"],
@@ -629,12 +606,12 @@ fn outputs_are_the_same_on_any_thread_count_and_raw_chunks_are_zarrs_bytes() {
             .iter()
             .map(|t| {
                 let out = d.path().join(format!("c{chunks}-t{t}.zarr"));
-                ok(tessera(&io_args(
+                run_io(
                     "convert",
                     &input,
                     &out,
                     &["--chunks", chunks, "--codec", "none", "--threads", t],
-                )));
+                );
                 assert_eq!(read_all(&s(&out)), stack, "{chunks}, {t} threads");
                 out
             })

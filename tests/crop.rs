@@ -77,12 +77,7 @@ fn a_bright_pixel_per_pattern_gives_the_margin_as_radius() {
     let input = dir.path().join("p.npy");
     write_npy(&input, &a).unwrap();
     let out = dir.path().join("c.npy");
-    ok(tessera(&io_args(
-        "crop",
-        &input,
-        &out,
-        &["--margin-pixels", "2"],
-    )));
+    run_line("crop", &input, &out, "--margin-pixels 2");
     let c: ArrayD<u16> = read_npy(&out).unwrap();
     assert_eq!(c.shape(), &[3, 5, 5]);
     assert_eq!(c[[0, 2, 2]], 100);
@@ -113,7 +108,7 @@ fn radii_and_crops_equal_a_reference_on_random_patterns_in_any_chunking() {
     let mut outputs = Vec::new();
     for chunk in ["1", "5", "1000"] {
         let out = dir.path().join(format!("c{chunk}.npy"));
-        ok(tessera(&io_args(
+        run_io(
             "crop",
             &input,
             &out,
@@ -126,7 +121,7 @@ fn radii_and_crops_equal_a_reference_on_random_patterns_in_any_chunking() {
                 chunk,
                 "--no-visualization",
             ],
-        )));
+        );
         outputs.push(out);
     }
     let radii: ArrayD<f64> = read_npy(side(&outputs[0], "_radii.npy")).unwrap();
@@ -228,7 +223,7 @@ fn bad_inputs_are_refused_with_one_clear_line() {
     let out = dir.path().join("o.npy");
     let (i, o) = (s(&good), s(&out));
     let run = |extra: &[&str]| {
-        let mut args = io_args("crop", &i, &o, &["--no-visualization"]);
+        let mut args = io_line("crop", &i, &o, "--no-visualization");
         args.extend_from_slice(extra);
         tessera(&args)
     };
@@ -264,7 +259,7 @@ fn bad_inputs_are_refused_with_one_clear_line() {
     let nan_path = dir.path().join("nan.npy");
     write_npy(&nan_path, &nan).unwrap();
     fails_with(
-        tessera(&io_args("crop", &nan_path, &o, &["--chunk-size", "1"])),
+        tessera(&io_line("crop", &nan_path, &o, "--chunk-size 1")),
         &["pattern 2", "NaN"],
     );
     fails_with(
@@ -276,12 +271,7 @@ fn bad_inputs_are_refused_with_one_clear_line() {
     // A radius larger than the pattern: a warning, and the full size.
     let wide = dir.path().join("wide.npy");
     write_npy(&wide, &ArrayD::<f32>::ones(IxDyn(&[2, 6, 7]))).unwrap();
-    let log = ok(tessera(&io_args(
-        "crop",
-        &wide,
-        &o,
-        &["--no-visualization"],
-    )));
+    let log = run_line("crop", &wide, &o, "--no-visualization");
     assert!(log.contains("cropping to 6x7"), "{log}");
     let c: ArrayD<f32> = read_npy(&out).unwrap();
     assert_eq!(c.shape(), &[2, 6, 7]);
@@ -295,18 +285,11 @@ fn bad_inputs_are_refused_with_one_clear_line() {
     write_npy(&mixed_path, &mixed).unwrap();
     let strict = dir.path().join("strict.npy");
     fails_with(
-        tessera(&io_args(
+        tessera(&io_line(
             "crop",
             &mixed_path,
             &strict,
-            &[
-                "--no-visualization",
-                "--margin-pixels",
-                "0",
-                "--percentile",
-                "0",
-                "--strict",
-            ],
+            "--no-visualization --margin-pixels 0 --percentile 0 --strict",
         )),
         &["--strict", "1 of 2 patterns keep less than --min-retention"],
     );
@@ -359,19 +342,11 @@ fn an_hdf5_scan_with_a_singleton_axis_crops_to_zarr() {
     // forks meanwhile inherits the descriptor and the lock, so the reader here must not
     // insist on locking (a test-harness artefact, not something users meet).
     ok(tessera_env(
-        &io_args(
+        &io_line(
             "crop",
             &address,
             &out,
-            &[
-                "--target-retention",
-                "1.0",
-                "--min-retention",
-                "1.0",
-                "--margin-pixels",
-                "0",
-                "--no-visualization",
-            ],
+            "--target-retention 1.0 --min-retention 1.0 --margin-pixels 0 --no-visualization",
         ),
         &[("HDF5_USE_FILE_LOCKING", "FALSE")],
     ));
@@ -445,18 +420,12 @@ fn an_hdf5_output_is_closed_and_reads_back() {
     let input = dir.path().join("p.npy");
     write_npy(&input, &a).unwrap();
     let out = format!("{}:/cropped", dir.path().join("c.h5").display());
-    ok(tessera(&io_args(
+    run_line(
         "crop",
         &input,
         &out,
-        &[
-            "--codec",
-            "gzip",
-            "--margin-pixels",
-            "1",
-            "--no-visualization",
-        ],
-    )));
+        "--codec gzip --margin-pixels 1 --no-visualization",
+    );
     let c = read_all(&out).into_array::<f32>().unwrap();
     assert_eq!(c.shape(), &[3, 3, 3]);
     assert!((0..3).all(|n| c[[n, 1, 1]] == 2.0));
@@ -476,12 +445,7 @@ fn patterns_scaled_near_the_subnormals_give_the_unscaled_radius() {
         let input = dir.path().join(format!("{name}.npy"));
         write_npy(&input, &base.mapv(|v| v * by)).unwrap();
         let out = dir.path().join(format!("{name}_crop.npy"));
-        ok(tessera(&io_args(
-            "crop",
-            &input,
-            &out,
-            &["--no-visualization"],
-        )));
+        run_line("crop", &input, &out, "--no-visualization");
         let radii: ArrayD<f64> = read_npy(side(&out, "_radii.npy")).unwrap();
         let crops: ArrayD<f64> = read_npy(&out).unwrap();
         (

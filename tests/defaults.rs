@@ -49,11 +49,11 @@ mod hdf5 {
         let patches = format!("{}:/patches", p("quilt.h5"));
         let image_npy = p("image.npy");
         run(
-            &io_args(
+            &io_line(
                 "quilt unstitch",
                 &image_npy,
                 &patches,
-                &["--window", "8", "--step", "4"],
+                "--window 8 --step 4",
             ),
             std::slice::from_ref(&patches),
         );
@@ -140,11 +140,11 @@ for address in sys.argv[1:]:
         let image = ArrayD::<f32>::zeros(IxDyn(&[1, 1, 8, 8]));
         write_npy(d.path().join("image.npy"), &image).unwrap();
         fails_with(
-            tessera(&io_args(
+            tessera(&io_line(
                 "quilt unstitch",
                 &d.path().join("image.npy"),
                 &format!("{}:/p", s(&d.path().join("q.h5"))),
-                &["--window", "4", "--step", "4", "--codec", "zstd"],
+                "--window 4 --step 4 --codec zstd",
             )),
             &["--codec", "zstd", "HDF5"],
         );
@@ -162,11 +162,11 @@ fn the_default_codec_follows_the_output_format() {
     let slices = d.path().join("slices");
     write_slices(&slices, "s", 2, &[4, 4], DType::U16, 3);
     let zarr = s(&d.path().join("o.zarr"));
-    ok(tessera(&io_args("convert", &slices, &zarr, &[])));
+    run_io("convert", &slices, &zarr, &[]);
     let codecs = meta(&zarr).codecs;
     assert!(codecs.iter().any(|c| c.contains("zstd")), "{codecs:?}");
     let npy = s(&d.path().join("o.npy"));
-    ok(tessera(&io_args("convert", &slices, &npy, &[])));
+    run_io("convert", &slices, &npy, &[]);
     assert!(meta(&npy).codecs.is_empty());
 }
 
@@ -187,12 +187,7 @@ fn convert_warns_once_when_a_float_to_integer_cast_drops_fractions() {
     fractional_slices(&input);
     for dtype in ["i32", "u8"] {
         let out = s(&d.path().join(format!("{dtype}.zarr")));
-        let log = ok(tessera(&io_args(
-            "convert",
-            &input,
-            &out,
-            &["--dtype", dtype],
-        )));
+        let log = run_io("convert", &input, &out, &["--dtype", dtype]);
         let warnings: Vec<&str> = log
             .lines()
             .filter(|l| l.contains("WARN") && l.contains("fractional"))
@@ -211,11 +206,6 @@ fn convert_warns_once_when_a_float_to_integer_cast_drops_fractions() {
     std::fs::create_dir_all(&whole).unwrap();
     let slice = ArrayD::from_shape_fn(IxDyn(&[3, 4]), |i| (i[0] * 4 + i[1]) as f32);
     images::write_tiff(&whole.join("w_0.tif"), &Block::F32(slice)).unwrap();
-    let log = ok(tessera(&io_args(
-        "convert",
-        &whole,
-        &d.path().join("w.zarr"),
-        &["--dtype", "u16"],
-    )));
+    let log = run_line("convert", &whole, &d.path().join("w.zarr"), "--dtype u16");
     assert!(!log.contains("fractional"), "{log}");
 }

@@ -147,6 +147,12 @@ fn kill_one_rank_then_resume(dir: &Path, name: &str, args: &Args, outputs: &[&st
     assert!(!cut_dir.join(format!("{}.lock", outputs[0])).exists());
 }
 
+/// The arguments of `<command> --input <input> --output <out> <flags>` for any `out`.
+#[cfg(feature = "mpi")]
+fn io_run(command: &'static str, input: String, flags: &'static str) -> Args {
+    Box::new(move |out| strs(&io_line(command, &input, out, flags)))
+}
+
 fn strs(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| (*s).to_string()).collect()
 }
@@ -184,14 +190,7 @@ fn a_rank_killed_with_sigkill_leaves_a_resumable_output_in_every_operation() {
     let slices = dir.join("slices");
     write_slices(&slices, "vol", 12, &[32, 32], DType::U16, 5);
     let slices_s = s(&slices);
-    let convert: Args = Box::new(move |out| {
-        strs(&io_args(
-            "convert",
-            &slices_s,
-            out,
-            &["--chunks", "2,32,32"],
-        ))
-    });
+    let convert = io_run("convert", slices_s, "--chunks 2,32,32");
     kill_one_rank_then_resume(dir, "convert", &convert, &["o.zarr"], "2048");
 
     // quilt unstitch of a (2,1,16,32,32) float volume, then stitch of its patches.
@@ -202,23 +201,11 @@ fn a_rank_killed_with_sigkill_leaves_a_resumable_output_in_every_operation() {
     let vol_path = dir.join("vol.npy");
     ndarray_npy::write_npy(&vol_path, &vol).unwrap();
     let vol_s = s(&vol_path);
-    let unstitch: Args = Box::new(move |out| {
-        strs(&io_args(
-            "quilt unstitch",
-            &vol_s,
-            out,
-            &[
-                "--window",
-                "8,16,16",
-                "--step",
-                "4,8,8",
-                "--border",
-                "1,2,2",
-                "--patches-per-chunk",
-                "4",
-            ],
-        ))
-    });
+    let unstitch = io_run(
+        "quilt unstitch",
+        vol_s,
+        "--window 8,16,16 --step 4,8,8 --border 1,2,2 --patches-per-chunk 4",
+    );
     kill_one_rank_then_resume(dir, "unstitch", &unstitch, &["p.zarr"], "8192");
     let patches = s(&dir.join("unstitch-clean/p.zarr"));
     let stitch: Args = Box::new(move |out| {
@@ -239,26 +226,12 @@ fn a_rank_killed_with_sigkill_leaves_a_resumable_output_in_every_operation() {
     let cube_path = dir.join("cube.npy");
     ndarray_npy::write_npy(&cube_path, &cube).unwrap();
     let cube_s = s(&cube_path);
-    let pyramid: Args = Box::new(move |out| {
-        strs(&io_args(
-            "pyramid",
-            &cube_s,
-            out,
-            &["--chunks", "4,8,8", "--method", "gaussian"],
-        ))
-    });
+    let pyramid = io_run("pyramid", cube_s, "--chunks 4,8,8 --method gaussian");
     kill_one_rank_then_resume(dir, "pyramid", &pyramid, &["py.zarr"], "4096");
 
     // crop of 40 synthetic 48x48 patterns, 4 per unit.
     let stem_input = s(&stem_patterns(dir, 40, 48));
-    let crop: Args = Box::new(move |out| {
-        strs(&io_args(
-            "crop",
-            &stem_input,
-            out,
-            &["--chunk-size", "4", "--no-visualization"],
-        ))
-    });
+    let crop = io_run("crop", stem_input, "--chunk-size 4 --no-visualization");
     kill_one_rank_then_resume(
         dir,
         "crop",
@@ -269,14 +242,7 @@ fn a_rank_killed_with_sigkill_leaves_a_resumable_output_in_every_operation() {
 
     // hdr merge (Mertens, no response needed) of 6 brackets into one Zarr array.
     let sky_s = s(&sky_archive(dir, 6, 32));
-    let hdr: Args = Box::new(move |out| {
-        strs(&io_args(
-            "hdr merge",
-            &sky_s,
-            out,
-            &["--method", "mertens", "--format", "zarr"],
-        ))
-    });
+    let hdr = io_run("hdr merge", sky_s, "--method mertens --format zarr");
     kill_one_rank_then_resume(dir, "hdr", &hdr, &["sky.zarr"], "1000000");
 
     // patches of the 12 convert slices (32x32, 9 patches of 16 each), to .npy files and to
@@ -347,6 +313,19 @@ fn big_stack(dir: &Path) -> PathBuf {
     slices
 }
 
+/// A temporary directory with [`big_stack`] in it and a tmpfs (`options`) mounted at `disk`
+/// beside it, or `None` where no tmpfs can be mounted (see [`mount_or_skip`]).
+fn stack_and_tmpfs(
+    disk: &str,
+    options: &str,
+) -> Option<(tempfile::TempDir, PathBuf, PathBuf, Mount)> {
+    let d = tempfile::tempdir().unwrap();
+    let slices = big_stack(d.path());
+    let disk = d.path().join(disk);
+    let mount = mount_or_skip(&disk, options)?;
+    Some((d, slices, disk, mount))
+}
+
 /// Removes everything under `dir` (the next case starts from an empty disk).
 fn empty(dir: &Path) {
     for e in std::fs::read_dir(dir).unwrap().flatten() {
@@ -365,7 +344,7 @@ fn a_full_disk_is_a_clear_error_and_nothing_is_reported_done() {
     let slices = big_stack(d.path());
     // Inputs for the other operations (outside the small disk).
     let stack = d.path().join("stack.npy");
-    ok(tessera(&io_args("convert", &slices, &stack, &[])));
+    run_io("convert", &slices, &stack, &[]);
     let nczyx = d.path().join("nczyx.npy");
     let vol = ndarray::ArrayD::from_shape_fn(ndarray::IxDyn(&[1, 1, 16, 64, 64]), |i| {
         (i[2] * 4096 + i[3] * 64 + i[4]) as f32
@@ -380,125 +359,39 @@ fn a_full_disk_is_a_clear_error_and_nothing_is_reported_done() {
         return;
     };
     let on_disk = |name: &str| s(&disk.join(name));
-    let slices_s = s(&slices);
-    let mut cases: Vec<(&str, Vec<String>)> = vec![
-        (
-            "convert to Zarr",
-            strs(&[
-                "convert",
-                "--input",
-                &slices_s,
-                "--codec",
-                "none",
-                "--output",
-                &on_disk("o.zarr"),
-            ]),
-        ),
-        (
-            "convert to .npy",
-            strs(&io_args("convert", &slices_s, &on_disk("o.npy"), &[])),
-        ),
-        (
-            "quilt unstitch",
-            strs(&io_args(
-                "quilt unstitch",
-                &nczyx,
-                &on_disk("p.zarr"),
-                &[
-                    "--window", "8,32,32", "--step", "4,16,16", "--codec", "none",
-                ],
-            )),
-        ),
-        (
-            "pyramid",
-            strs(&io_args(
-                "pyramid",
-                &stack,
-                &on_disk("py.zarr"),
-                &["--codec", "none"],
-            )),
-        ),
-        (
-            "crop",
-            strs(&io_args(
-                "crop",
-                &stem,
-                &on_disk("c.npy"),
-                &["--target-retention", "0.999", "--min-retention", "0.9"],
-            )),
-        ),
-        (
-            "hdr merge to Zarr",
-            strs(&[
-                "hdr",
-                "merge",
-                "--input",
-                &s(&sky),
-                "--method",
-                "mertens",
-                "--format",
-                "zarr",
-                "--output",
-                &on_disk("sky.zarr"),
-            ]),
-        ),
-        (
-            "patches to .npy files",
-            strs(&io_args(
-                "patches",
-                &slices_s,
-                &on_disk("pn"),
-                &["--patch-size", "32", "--stride", "32"],
-            )),
-        ),
-        (
-            "patches to Zarr",
-            strs(&io_args(
-                "patches",
-                &slices_s,
-                &on_disk("pz"),
-                &[
-                    "--patch-size",
-                    "32",
-                    "--stride",
-                    "32",
-                    "--format",
-                    "zarr",
-                    "--codec",
-                    "none",
-                ],
-            )),
-        ),
-        (
-            "hdr merge to .npy files",
-            strs(&[
-                "hdr",
-                "merge",
-                "--input",
-                &s(&sky),
-                "--method",
-                "mertens",
-                "--format",
-                "npy",
-                "--output",
-                &on_disk("sky"),
-            ]),
-        ),
+    let (slices_s, stack_s, nczyx_s, stem_s, sky_s) =
+        (s(&slices), s(&stack), s(&nczyx), s(&stem), s(&sky));
+    // (case, command, input, output on the small disk, flags)
+    #[rustfmt::skip]
+    let mut rows: Vec<(&str, &str, &str, &str, &str)> = vec![
+        ("convert to Zarr", "convert", &slices_s, "o.zarr", "--codec none"),
+        ("convert to .npy", "convert", &slices_s, "o.npy", ""),
+        ("quilt unstitch", "quilt unstitch", &nczyx_s, "p.zarr", "--window 8,32,32 --step 4,16,16 --codec none"),
+        ("pyramid", "pyramid", &stack_s, "py.zarr", "--codec none"),
+        ("crop", "crop", &stem_s, "c.npy", "--target-retention 0.999 --min-retention 0.9"),
+        ("hdr merge to Zarr", "hdr merge", &sky_s, "sky.zarr", "--method mertens --format zarr"),
+        ("patches to .npy files", "patches", &slices_s, "pn", "--patch-size 32 --stride 32"),
+        ("patches to Zarr", "patches", &slices_s, "pz", "--patch-size 32 --stride 32 --format zarr --codec none"),
+        ("hdr merge to .npy files", "hdr merge", &sky_s, "sky", "--method mertens --format npy"),
     ];
     if cfg!(feature = "hdf5") {
-        cases.push((
+        rows.push((
             "convert to HDF5",
-            strs(&[
-                "convert",
-                "--input",
-                &slices_s,
-                "--codec",
-                "none",
-                "--output",
-                &on_disk("o.h5:/data"),
-            ]),
+            "convert",
+            &slices_s,
+            "o.h5:/data",
+            "--codec none",
         ));
     }
+    let cases: Vec<(&str, Vec<String>)> = rows
+        .iter()
+        .map(|&(case, command, input, output, flags)| {
+            (
+                case,
+                strs(&io_line(command, input, &on_disk(output), flags)),
+            )
+        })
+        .collect();
     // Outputs stored uncompressed are refused while planning (their size is known), before
     // anything is created on the disk, --dry-run too; compressed ones (zstd) only at a write.
     let planned = |name: &str| !name.starts_with("hdr merge to Zarr");
@@ -587,10 +480,7 @@ fn a_full_disk_is_a_clear_error_and_nothing_is_reported_done() {
 
 #[test]
 fn a_read_only_output_directory_is_a_clear_error() {
-    let d = tempfile::tempdir().unwrap();
-    let slices = big_stack(d.path());
-    let disk = d.path().join("read-only");
-    let Some(_mount) = mount_or_skip(&disk, "size=1m,ro") else {
+    let Some((_d, slices, disk, _mount)) = stack_and_tmpfs("read-only", "size=1m,ro") else {
         return;
     };
     for out in ["o.zarr", "o.npy", "patches"] {
@@ -624,10 +514,7 @@ fn a_read_only_output_directory_is_a_clear_error() {
 #[cfg(feature = "hdf5")]
 #[test]
 fn adding_to_an_hdf5_file_on_a_full_disk_leaves_the_file_whole() {
-    let d = tempfile::tempdir().unwrap();
-    let slices = big_stack(d.path());
-    let disk = d.path().join("small-disk");
-    let Some(_mount) = mount_or_skip(&disk, "size=4m") else {
+    let Some((_d, slices, disk, _mount)) = stack_and_tmpfs("small-disk", "size=4m") else {
         return;
     };
     let file = disk.join("f.h5");
@@ -695,11 +582,11 @@ fn a_disk_too_full_for_the_lock_leaves_no_lock() {
         fill.push(f);
     }
     let out = disk.join("o.zarr");
-    let args = io_args(
+    let args = io_line(
         "quilt unstitch",
         &input,
         &out,
-        &["--window", "16,16", "--step", "16,16"],
+        "--window 16,16 --step 16,16",
     );
     fails_with(tessera(&args), &["o.zarr.lock", "No space left on device"]);
     let left = std::fs::read_dir(&disk).unwrap().count();

@@ -46,6 +46,38 @@ fn tessera_gpu(args: &[&str]) -> std::process::Output {
     tessera_env(args, &[("LD_LIBRARY_PATH", &library_path())])
 }
 
+/// `args`, owned.
+fn owned(args: Vec<&str>) -> Vec<String> {
+    args.into_iter().map(String::from).collect()
+}
+
+/// Runs `args --device <device> <extra>` with the NVRTC folder on the library path and `env`.
+fn on_device(
+    mut args: Vec<String>,
+    device: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> std::process::Output {
+    args.extend(["--device".into(), device.into()]);
+    args.extend(extra.iter().map(|x| x.to_string()));
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let lib = library_path();
+    let mut e = vec![("LD_LIBRARY_PATH", lib.as_str())];
+    e.extend(env);
+    tessera_env(&a, &e)
+}
+
+/// `args(out)` run whole on the CPU into `whole`, and into `resumed` killed after two units on
+/// the GPU then resumed on the CPU: both give the same bytes.
+fn resumes_on_the_cpu(whole: &Path, resumed: &Path, args: impl Fn(&Path) -> Vec<String>) {
+    ok(on_device(args(whole), "cpu", &[], &[]));
+    let abort = [("TESSERA_ABORT_AFTER_UNITS", "2")];
+    let killed = on_device(args(resumed), gpu_device(), &[], &abort);
+    assert!(!killed.status.success());
+    ok(on_device(args(resumed), "cpu", &["--resume"], &[]));
+    assert_same_tree(whole, resumed);
+}
+
 /// The device the GPU tests ask for: `cuda`, or `cpu` with `TESSERA_GPU_TESTS_ON_CPU=1`, which
 /// runs the GPU tests' command lines on the CPU (a check of the tests themselves where no GPU
 /// is: both sides then must agree trivially, but every command must run).
@@ -383,46 +415,18 @@ fn a_stitch_interrupted_on_the_gpu_resumes_on_the_cpu_to_the_same_bytes() {
     let image = dir.path().join("image.npy");
     write_npy(&image, &random_image(&[2, 2, 96, 80], 3, 0)).unwrap();
     let patches = dir.path().join("p.zarr");
-    ok(tessera(&io_args(
+    run_line(
         "quilt unstitch",
         &image,
         &patches,
-        &["--window", "32,32", "--step", "16,16", "--device", "cpu"],
-    )));
-    let stitch = |out: &Path, device: &str, extra: &[&str], env: &[(&str, &str)]| {
-        let mut a = vec![
-            "quilt",
-            "stitch",
-            "--input",
-            &s(&patches),
-            "--chunks",
-            "1,1,16,80",
-            "--device",
-            device,
-        ]
-        .into_iter()
-        .map(String::from)
-        .collect::<Vec<_>>();
-        a.extend(["--output".into(), s(out)]);
-        a.extend(extra.iter().map(|x| x.to_string()));
-        let a: Vec<&str> = a.iter().map(String::as_str).collect();
-        let lib = library_path();
-        let mut e = vec![("LD_LIBRARY_PATH", lib.as_str())];
-        e.extend(env);
-        tessera_env(&a, &e)
-    };
-    let whole = dir.path().join("whole.zarr");
-    ok(stitch(&whole, "cpu", &[], &[]));
-    let resumed = dir.path().join("resumed.zarr");
-    let killed = stitch(
-        &resumed,
-        gpu_device(),
-        &[],
-        &[("TESSERA_ABORT_AFTER_UNITS", "2")],
+        "--window 32,32 --step 16,16 --device cpu",
     );
-    assert!(!killed.status.success());
-    ok(stitch(&resumed, "cpu", &["--resume"], &[]));
-    assert_same_tree(&whole, &resumed);
+    let stitch = |out: &Path| owned(io_line("quilt stitch", &patches, out, "--chunks 1,1,16,80"));
+    let (whole, resumed) = (
+        dir.path().join("whole.zarr"),
+        dir.path().join("resumed.zarr"),
+    );
+    resumes_on_the_cpu(&whole, &resumed, stitch);
 }
 
 #[test]
@@ -434,11 +438,7 @@ fn the_debevec_merge_on_the_gpu_gives_the_cpu_bytes() {
     let archive = dir.path().join("archive");
     ok(tessera(&synthetic_args(&archive, "3", &["--size", "200"])));
     let response = dir.path().join("response.npz");
-    ok(tessera(&calibrate_args(
-        &archive,
-        &response,
-        &["--recursive"],
-    )));
+    run_calibrate(&archive, &response, &["--recursive"]);
     for ranks in [1, 2] {
         if ranks == 2 && !two_ranks() {
             continue;
@@ -521,44 +521,13 @@ fn a_pyramid_interrupted_on_the_gpu_resumes_on_the_cpu_to_the_same_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let volume = dir.path().join("volume.npy");
     write_npy(&volume, &random_image(&[80, 96, 96], 23, 0)).unwrap();
-    let pyramid = |out: &Path, device: &str, extra: &[&str], env: &[(&str, &str)]| {
-        let mut a: Vec<String> = io_args(
-            "pyramid",
-            &volume,
-            out,
-            &[
-                "--method",
-                "laplacian",
-                "--chunks",
-                "16,16,16",
-                "--device",
-                device,
-            ],
-        )
-        .into_iter()
-        .map(String::from)
-        .collect();
-        a.extend(extra.iter().map(|x| x.to_string()));
-        let a: Vec<&str> = a.iter().map(String::as_str).collect();
-        let lib = library_path();
-        let mut e = vec![("LD_LIBRARY_PATH", lib.as_str())];
-        e.extend(env);
-        tessera_env(&a, &e)
-    };
+    let flags = "--method laplacian --chunks 16,16,16";
+    let pyramid = |out: &Path| owned(io_line("pyramid", &volume, out, flags));
     // The same name in two folders: the name is in the OME metadata.
     let (whole, resumed) = (dir.path().join("a/p.zarr"), dir.path().join("b/p.zarr"));
     std::fs::create_dir_all(dir.path().join("a")).unwrap();
     std::fs::create_dir_all(dir.path().join("b")).unwrap();
-    ok(pyramid(&whole, "cpu", &[], &[]));
-    let killed = pyramid(
-        &resumed,
-        gpu_device(),
-        &[],
-        &[("TESSERA_ABORT_AFTER_UNITS", "2")],
-    );
-    assert!(!killed.status.success());
-    ok(pyramid(&resumed, "cpu", &["--resume"], &[]));
-    assert_same_tree(&whole, &resumed);
+    resumes_on_the_cpu(&whole, &resumed, pyramid);
 }
 
 /// Runs `tessera crop` (args plus `--output out/c.npy`) on the CPU and on the GPU, and
@@ -671,7 +640,7 @@ fn without_a_gpu_crop_and_pyramid_on_cuda_are_one_clear_error_writing_nothing() 
     assert!(!err.contains("panicked"), "{err}");
     let pyr = s(&dir.path().join("p.zarr"));
     fails_with(
-        tessera_gpu(&io_args("pyramid", &volume, &pyr, &["--device", "cuda"])),
+        tessera_gpu(&io_line("pyramid", &volume, &pyr, "--device cuda")),
         &[why],
     );
     let left: Vec<_> = std::fs::read_dir(dir.path())

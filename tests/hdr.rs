@@ -80,6 +80,47 @@ fn calibrate(input: &Path, response: &Path, extra: &[&str]) -> String {
     ok(tessera(&args))
 }
 
+/// A temporary directory with the test [`archive`] in `sky`, and where its response goes.
+fn sky_archive() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let d = tempfile::tempdir().unwrap();
+    let input = d.path().join("sky");
+    archive(&input);
+    let response = d.path().join("response.npz");
+    (d, input, response)
+}
+
+/// `hdr lne-range --input <input> --recursive --response <response>`.
+fn lne_range_args<'a>(input: &'a Path, response: &'a Path) -> Vec<&'a str> {
+    let (input, response) = (path_str(input), path_str(response));
+    vec![
+        "hdr",
+        "lne-range",
+        "--input",
+        input,
+        "--recursive",
+        "--response",
+        response,
+    ]
+}
+
+/// `hdr merge --input <input> --recursive --response <response> --output <output> <flags>`.
+fn merge_args<'a>(
+    input: &'a (impl AsRef<Path> + ?Sized),
+    response: &'a (impl AsRef<Path> + ?Sized),
+    output: &'a (impl AsRef<Path> + ?Sized),
+    flags: &'a str,
+) -> Vec<&'a str> {
+    let (input, response) = (path_str(input), path_str(response));
+    let mut args = io_line("hdr merge", input, output, flags);
+    args.extend(["--recursive", "--response", response]);
+    args
+}
+
+/// A test path as the UTF-8 it is.
+fn path_str(path: &(impl AsRef<Path> + ?Sized)) -> &str {
+    path.as_ref().to_str().expect("test paths are UTF-8")
+}
+
 #[test]
 fn a_linear_camera_and_its_radiance_are_recovered_exactly() {
     let d = tempfile::tempdir().unwrap();
@@ -120,21 +161,12 @@ fn a_linear_camera_and_its_radiance_are_recovered_exactly() {
 
     // Merge: ln E = g(z0) - ln t0 for every pixel.
     let out = d.path().join("hdr");
-    let log = ok(tessera(&[
-        "hdr",
-        "merge",
-        "--input",
-        &s(&input),
-        "--recursive",
-        "--response",
-        &s(&response),
-        "--output",
-        &s(&out),
-        "--format",
-        "npy",
-        "--preview",
-        "png",
-    ]));
+    let log = ok(tessera(&merge_args(
+        &input,
+        &response,
+        &out,
+        "--format npy --preview png",
+    )));
     assert!(log.contains("hdr merge: 4 bracket(s)"), "{log}");
     let (h, w) = SIZE;
     for (time, dir, b) in &brackets {
@@ -160,15 +192,7 @@ fn a_linear_camera_and_its_radiance_are_recovered_exactly() {
     assert!(Path::new(&format!("{}.report.json", out.display())).exists());
 
     // lne-range: min g - ln t_max, max g - ln t_min.
-    let range = ok(tessera(&[
-        "hdr",
-        "lne-range",
-        "--input",
-        &s(&input),
-        "--recursive",
-        "--response",
-        &s(&response),
-    ]));
+    let range = ok(tessera(&lne_range_args(&input, &response)));
     let v: Vec<f64> = range
         .split_whitespace()
         .filter_map(|t| t.parse().ok())
@@ -183,28 +207,13 @@ fn a_linear_camera_and_its_radiance_are_recovered_exactly() {
 #[test]
 fn a_per_bracket_merge_reports_its_phases() {
     // Per-bracket files are written outside exec::run; the report still has exec's phases.
-    let d = tempfile::tempdir().unwrap();
-    let input = d.path().join("sky");
-    archive(&input);
-    let response = d.path().join("response.npz");
+    let (d, input, response) = sky_archive();
     calibrate(&input, &response, &[]);
     let out = d.path().join("hdr");
     let report = d.path().join("merge.json");
-    ok(tessera(&[
-        "hdr",
-        "merge",
-        "--input",
-        &s(&input),
-        "--recursive",
-        "--response",
-        &s(&response),
-        "--output",
-        &s(&out),
-        "--format",
-        "npy",
-        "--report",
-        &s(&report),
-    ]));
+    let mut merge = merge_args(&input, &response, &out, "--format npy");
+    merge.extend(["--report", path_str(&report)]);
+    ok(tessera(&merge));
     let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
     let run = &json["runs"][0];
     assert_eq!(run["units_total"], 4, "{run}");
@@ -223,10 +232,7 @@ fn a_per_bracket_merge_reports_its_phases() {
 
 #[test]
 fn exr_zarr_mertens_and_resume() {
-    let d = tempfile::tempdir().unwrap();
-    let input = d.path().join("sky");
-    archive(&input);
-    let response = d.path().join("response.npz");
+    let (d, input, response) = sky_archive();
     calibrate(&input, &response, &[]);
     let merge = |out: &Path, extra: &[&str]| {
         let mut args = vec![
@@ -330,10 +336,7 @@ fn numpy_reads_the_response_file() {
     let Some(python) = python_importing(python, "numpy") else {
         return;
     };
-    let d = tempfile::tempdir().unwrap();
-    let input = d.path().join("sky");
-    archive(&input);
-    let response = d.path().join("response.npz");
+    let (_d, input, response) = sky_archive();
     calibrate(&input, &response, &["--seed", "3"]);
     let script = format!(
         "import json, numpy as np\n\
@@ -359,17 +362,11 @@ fn ranks_agree() {
         let response = d.path().join(format!("r{ranks}.npz"));
         ok(tessera_mpi(
             ranks,
-            &[
-                "hdr",
-                "calibrate",
-                "--input",
-                &s(&input),
-                "--recursive",
-                "--response",
-                &s(&response),
-                "--sample-technique",
-                "histogram",
-            ],
+            &calibrate_args(
+                &input,
+                &response,
+                &["--recursive", "--sample-technique", "histogram"],
+            ),
             &[],
         ));
         responses.push(npz::read_response(&response).unwrap().0);
@@ -378,21 +375,11 @@ fn ranks_agree() {
                 "{format}{ranks}.{}",
                 if format == "zarr" { "zarr" } else { "d" }
             ));
+            let r1 = d.path().join("r1.npz");
+            let flags = format!("--format {format}");
             ok(tessera_mpi(
                 ranks,
-                &[
-                    "hdr",
-                    "merge",
-                    "--input",
-                    &s(&input),
-                    "--recursive",
-                    "--response",
-                    &s(&d.path().join("r1.npz")),
-                    "--output",
-                    &s(&out),
-                    "--format",
-                    format,
-                ],
+                &merge_args(&input, &r1, &out, &flags),
                 &[],
             ));
         }
@@ -413,10 +400,7 @@ fn ranks_agree() {
 
 #[test]
 fn bad_inputs_are_clear_errors() {
-    let d = tempfile::tempdir().unwrap();
-    let input = d.path().join("sky");
-    archive(&input);
-    let response = d.path().join("response.npz");
+    let (d, input, response) = sky_archive();
     calibrate(&input, &response, &[]);
     let merge_into = |input: &Path, response: &Path, out: &Path| {
         tessera(&[
@@ -599,11 +583,7 @@ fn a_gamma_camera_is_recovered_from_the_synthetic_archive() {
     let sky = d.path().join("sky");
     ok(tessera(&synthetic_args(&sky, "3", &["--size", "96"])));
     let response = d.path().join("r.npz");
-    ok(tessera(&calibrate_args(
-        &sky,
-        &response,
-        &["--sample-technique", "histogram"],
-    )));
+    run_calibrate(&sky, &response, &["--sample-technique", "histogram"]);
     let (g, _) = npz::read_response(&response).unwrap();
     for c in 0..3 {
         for (z1, z2) in [(40usize, 200usize), (60, 120), (100, 240)] {
@@ -619,25 +599,10 @@ fn a_gamma_camera_is_recovered_from_the_synthetic_archive() {
 
 #[test]
 fn a_killed_zarr_merge_resumes_to_the_same_bytes() {
-    let d = tempfile::tempdir().unwrap();
-    let input = d.path().join("sky");
-    archive(&input);
-    let response = d.path().join("response.npz");
+    let (d, input, response) = sky_archive();
     calibrate(&input, &response, &[]);
     let merge = |out: &Path, extra: &[&str], env: &[(&str, &str)]| {
-        let mut args = vec![
-            "hdr",
-            "merge",
-            "--input",
-            input.to_str().unwrap(),
-            "--recursive",
-            "--response",
-            response.to_str().unwrap(),
-            "--output",
-            out.to_str().unwrap(),
-            "--format",
-            "zarr",
-        ];
+        let mut args = merge_args(&input, &response, out, "--format zarr");
         args.extend_from_slice(extra);
         tessera_env(&args, env)
     };
@@ -696,34 +661,11 @@ fn symlink_loops_are_walked_once() {
     let log = ok(calibrated);
     assert!(log.contains("hdr calibrate: 4 bracket(s)"), "{log}");
     warns_of_both_links(&log);
-    let range = ok(tessera_within(
-        &[
-            "hdr",
-            "lne-range",
-            "--input",
-            &s(&input),
-            "--recursive",
-            "--response",
-            &s(&response),
-        ],
-        limit,
-    ));
+    let range = ok(tessera_within(&lne_range_args(&input, &response), limit));
     warns_of_both_links(&range);
     let out = d.path().join("hdr");
     let log = ok(tessera_within(
-        &[
-            "hdr",
-            "merge",
-            "--input",
-            &s(&input),
-            "--recursive",
-            "--response",
-            &s(&response),
-            "--output",
-            &s(&out),
-            "--format",
-            "npy",
-        ],
+        &merge_args(&input, &response, &out, "--format npy"),
         limit,
     ));
     assert!(log.contains("hdr merge: 4 bracket(s)"), "{log}");

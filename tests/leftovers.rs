@@ -16,16 +16,20 @@ fn image(dir: &Path) -> PathBuf {
     small_image(dir, 7)
 }
 
+/// A temporary directory holding [`image`], and the output `o.zarr` to be written beside it.
+fn image_and_output() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let d = tempfile::tempdir().unwrap();
+    let input = image(d.path());
+    let out = d.path().join("o.zarr");
+    (d, input, out)
+}
+
 fn unstitch(input: &Path, output: &str, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = io_args(
-        "quilt unstitch",
-        input,
-        output,
-        &["--window", "16,16", "--step", "8,8"],
-    )
-    .iter()
-    .map(|a| a.to_string())
-    .collect();
+    let mut args: Vec<String> =
+        io_line("quilt unstitch", input, output, "--window 16,16 --step 8,8")
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
     args.extend(extra.iter().map(|a| a.to_string()));
     args
 }
@@ -148,9 +152,7 @@ fn inputs_that_would_block_are_refused_up_front() {
 
 #[test]
 fn an_empty_lock_of_a_killed_job_does_not_block_the_next() {
-    let d = tempfile::tempdir().unwrap();
-    let input = image(d.path());
-    let out = d.path().join("o.zarr");
+    let (d, input, out) = image_and_output();
     // Killed between creating its lock and writing it (what older tessera could leave).
     let lock = d.path().join("o.zarr.lock");
     let f = std::fs::File::create(&lock).unwrap();
@@ -200,13 +202,11 @@ fn assert_only(dir: &Path, expected: &[&str]) {
 fn an_overwrite_killed_while_publishing_loses_nothing_and_leaves_nothing() {
     let d = tempfile::tempdir().unwrap();
     let input = image(d.path());
-    let clean_dir = d.path().join("clean");
-    std::fs::create_dir(&clean_dir).unwrap();
+    let clean_dir = new_dir(d.path().join("clean"));
     let clean = clean_dir.join("o.zarr");
     ok(run(&other_steps(&input, &clean, &[]), &[]));
     for step in ["moved-aside", "renamed", "published-one", "published"] {
-        let dir = d.path().join(step);
-        std::fs::create_dir(&dir).unwrap();
+        let dir = new_dir(d.path().join(step));
         let out = dir.join("o.zarr");
         ok(run(&unstitch(&input, &s(&out), &[]), &[]));
         let killed = run(
@@ -225,8 +225,7 @@ fn an_overwrite_killed_while_publishing_loses_nothing_and_leaves_nothing() {
         assert_only(&dir, &["o.zarr", "o.zarr.report.json", "o_positions.npy"]);
     }
     // Killed after its last unit, before publishing: the old output is untouched.
-    let dir = d.path().join("before");
-    std::fs::create_dir(&dir).unwrap();
+    let dir = new_dir(d.path().join("before"));
     let out = dir.join("o.zarr");
     ok(run(&unstitch(&input, &s(&out), &[]), &[]));
     let old = tree(&out);
@@ -275,8 +274,7 @@ fn adding_to_an_hdf5_file_survives_a_kill_at_every_step() {
         "dataset-renamed",
         "published",
     ] {
-        let dir = d.path().join(step);
-        std::fs::create_dir(&dir).unwrap();
+        let dir = new_dir(d.path().join(step));
         let file = dir.join("f.h5");
         let a = format!("{}:/a", s(&file));
         let b = format!("{}:/b", s(&file));
@@ -306,9 +304,7 @@ fn adding_to_an_hdf5_file_survives_a_kill_at_every_step() {
 
 #[test]
 fn a_run_that_failed_before_finishing_a_unit_leaves_nothing_to_resume() {
-    let d = tempfile::tempdir().unwrap();
-    let input = image(d.path());
-    let out = d.path().join("o.zarr");
+    let (d, input, out) = image_and_output();
     let e = fails_with(
         run(
             &unstitch(&input, &s(&out), &[]),
@@ -331,9 +327,7 @@ fn a_run_that_failed_before_finishing_a_unit_leaves_nothing_to_resume() {
 
 #[test]
 fn resuming_a_finished_output_succeeds_and_changes_nothing() {
-    let d = tempfile::tempdir().unwrap();
-    let input = image(d.path());
-    let out = d.path().join("o.zarr");
+    let (d, input, out) = image_and_output();
     let report = d.path().join("o.zarr.report.json");
     ok(run(&unstitch(&input, &s(&out), &[]), &[]));
     let before = tree(d.path());
@@ -345,8 +339,7 @@ fn resuming_a_finished_output_succeeds_and_changes_nothing() {
     other[9] = "4,4".into();
     fails_with(run(&other, &[]), &["is complete", "--step", "--overwrite"]);
     // Killed between publishing and removing its journal: the journal vouches for it.
-    let journal = d.path().join("o.zarr.journal");
-    std::fs::create_dir(&journal).unwrap();
+    let journal = new_dir(d.path().join("o.zarr.journal"));
     let rep: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
     std::fs::write(
         journal.join("plan.json"),
@@ -374,9 +367,7 @@ fn resuming_a_finished_output_on_two_ranks() {
         eprintln!("skipped: needs the MPI build");
         return;
     }
-    let d = tempfile::tempdir().unwrap();
-    let input = image(d.path());
-    let out = d.path().join("o.zarr");
+    let (d, input, out) = image_and_output();
     let args = unstitch(&input, &s(&out), &[]);
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     ok(tessera_mpi(2, &refs, &[]));
@@ -425,12 +416,7 @@ fn two_stacks(dir: &Path) -> (String, String, String) {
     write_slices(&a, "s", 8, &[32, 32], tessera::io::DType::U16, 1);
     write_slices(&b, "s", 8, &[32, 32], tessera::io::DType::U16, 2);
     let store = s(&dir.join("in.zarr"));
-    ok(tessera(&io_args(
-        "convert",
-        &a,
-        &store,
-        &["--chunks", "2,8,8"],
-    )));
+    run_line("convert", &a, &store, "--chunks 2,8,8");
     (s(&a), s(&b), store)
 }
 
@@ -469,12 +455,7 @@ fn an_input_rewritten_while_a_job_reads_it_is_never_published() {
 
 /// Stack `b` converted over `store`, another job's input (allowed: a reader holds no lock).
 fn overwrite_input(b: &str, store: &str) -> Output {
-    tessera(&io_args(
-        "convert",
-        b,
-        store,
-        &["--chunks", "2,8,8", "--overwrite"],
-    ))
+    tessera(&io_line("convert", b, store, "--chunks 2,8,8 --overwrite"))
 }
 
 /// Nothing of `pyr.zarr` is left in `dir`: no output, staging, journal or lock.
@@ -496,7 +477,7 @@ fn an_input_another_job_is_writing_is_refused() {
     let (_, b, store) = two_stacks(d.path());
     let go = d.path().join("go");
     let writer = paused(
-        &io_args("convert", &b, &store, &["--chunks", "2,8,8", "--overwrite"]),
+        &io_line("convert", &b, &store, "--chunks 2,8,8 --overwrite"),
         &go,
     );
     let out = d.path().join("pyr.zarr");
@@ -524,12 +505,7 @@ fn an_input_rewritten_under_a_two_rank_job_is_never_published() {
     let (_, b, store) = two_stacks(d.path());
     let out = d.path().join("pyr.zarr");
     let go = d.path().join("go");
-    let args = io_args(
-        "pyramid",
-        &store,
-        &out,
-        &["--levels", "1", "--chunks", "2,8,8"],
-    );
+    let args = io_line("pyramid", &store, &out, "--levels 1 --chunks 2,8,8");
     let reader = paused_command(mpi_command(2, &args, &[("TESSERA_UNIT_BYTES", "1")]), &go);
     ok(overwrite_input(&b, &store));
     std::fs::write(&go, b"").unwrap();

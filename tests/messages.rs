@@ -13,12 +13,7 @@ use tessera::io::DType;
 fn small_zarr(dir: &Path) -> String {
     write_stack(&dir.join("slices"), "s", &[0, 1, 2], &[8, 8], DType::U16, 7);
     let store = s(&dir.join("in.zarr"));
-    ok(tessera(&io_args(
-        "convert",
-        &dir.join("slices"),
-        &store,
-        &["--chunks", "1,4,4"],
-    )));
+    run_line("convert", &dir.join("slices"), &store, "--chunks 1,4,4");
     store
 }
 
@@ -32,12 +27,8 @@ fn a_corrupt_zarr_chunk_is_named_by_key_and_file() {
         } else {
             // An uncompressed store: garbage of the wrong length is what fails there.
             let other = s(&d.path().join("raw.zarr"));
-            ok(tessera(&io_args(
-                "convert",
-                &d.path().join("slices"),
-                &other,
-                &["--chunks", "1,4,4", "--codec", "none"],
-            )));
+            let slices = d.path().join("slices");
+            run_line("convert", &slices, &other, "--chunks 1,4,4 --codec none");
             other
         };
         let chunk = Path::new(&store).join(key);
@@ -107,27 +98,18 @@ with h5py.File(sys.argv[1], "w") as f:
 #[test]
 fn a_failed_run_that_left_a_partial_says_how_to_go_on() {
     let d = tempfile::tempdir().unwrap();
-    write_slices(&d.path().join("slices"), "s", 8, &[32, 32], DType::U16, 7);
+    let slices = d.path().join("slices");
+    write_slices(&slices, "s", 8, &[32, 32], DType::U16, 7);
     let store = s(&d.path().join("in.zarr"));
-    ok(tessera(&io_args(
-        "convert",
-        &d.path().join("slices"),
-        &store,
-        &["--chunks", "2,8,8"],
-    )));
+    run_line("convert", &slices, &store, "--chunks 2,8,8");
     // The last chunk: the units before it finish (small units), so there is something to
     // resume once the input is mended.
     std::fs::write(Path::new(&store).join("c/3/3/3"), b"garbage").unwrap();
     let out = d.path().join("pyr.zarr");
     let stderr = fails_with(
-        tessera_env(
-            &io_args(
-                "pyramid",
-                &store,
-                &out,
-                &["--levels", "1", "--chunks", "2,8,8"],
-            ),
-            &[("TESSERA_UNIT_BYTES", "1")],
+        tessera_units(
+            &io_line("pyramid", &store, &out, "--levels 1 --chunks 2,8,8"),
+            "1",
         ),
         &[
             "chunk c/3/3/3",
@@ -205,10 +187,8 @@ fn a_container_of_the_wrong_kind_says_what_it_found() {
     let d = tempfile::tempdir().unwrap();
     let file_zarr = d.path().join("x.zarr");
     std::fs::write(&file_zarr, b"").unwrap();
-    let dir_npy = d.path().join("d.npy");
-    std::fs::create_dir(&dir_npy).unwrap();
-    let bare = d.path().join("s.zarr");
-    std::fs::create_dir(&bare).unwrap();
+    let dir_npy = new_dir(d.path().join("d.npy"));
+    let bare = new_dir(d.path().join("s.zarr"));
     std::fs::write(bare.join("notes.txt"), b"hi").unwrap();
     let mut cases = vec![
         (s(&file_zarr), "is a file, not a Zarr store"),
@@ -219,8 +199,7 @@ fn a_container_of_the_wrong_kind_says_what_it_found() {
         ),
     ];
     if cfg!(feature = "hdf5") {
-        let dir_h5 = d.path().join("e.h5");
-        std::fs::create_dir(&dir_h5).unwrap();
+        let dir_h5 = new_dir(d.path().join("e.h5"));
         cases.push((
             format!("{}:/x", s(&dir_h5)),
             "is a directory, not an HDF5 file",

@@ -76,12 +76,7 @@ fn two_nodes_name_their_hosts_in_reports_and_locks() {
             .unwrap()
     };
     let single = d.path().join("single.zarr");
-    ok(tessera(&io_args(
-        "quilt unstitch",
-        &input,
-        &single,
-        &geometry,
-    )));
+    run_io("quilt unstitch", &input, &single, &geometry);
     let out = d.path().join("two.zarr");
     ok(unstitch(Nodes::Two, &out));
     assert_same_tree(&single, &out);
@@ -224,11 +219,11 @@ fn a_killed_job_resumes_on_another_rank_count_to_identical_bytes() {
     let env = [("TESSERA_UNIT_BYTES", "1024")]; // 8 units
     let clean = d.path().join("clean.zarr");
     ok(tessera_env(
-        &io_args("convert", &input, &clean, &["--chunks", "2,16,16"]),
+        &io_line("convert", &input, &clean, "--chunks 2,16,16"),
         &env,
     ));
     let out = d.path().join("o.zarr");
-    let args = io_args("convert", &input, &out, &["--chunks", "2,16,16"]);
+    let args = io_line("convert", &input, &out, "--chunks 2,16,16");
     let killed = tessera_mpi(2, &args, &[env[0], ("TESSERA_ABORT_AFTER_UNITS", "2")]);
     assert!(!killed.status.success(), "{}", text(&killed));
     assert!(!out.exists());
@@ -275,7 +270,7 @@ fn a_failure_on_one_rank_mid_run_stops_every_rank_with_one_error() {
     let out = d.path().join("o.zarr");
     let res = tessera_mpi(
         4,
-        &io_args("convert", &input, &out, &["--dtype", "u8"]),
+        &io_line("convert", &input, &out, "--dtype u8"),
         &[("TESSERA_UNIT_BYTES", "1024")],
     );
     let stderr = fails_with(res, &["(rank 3)", "vol_007.tif", "300", "uint8"]);
@@ -311,7 +306,7 @@ fn quilt_unstitch_and_stitch_are_identical_on_1_2_and_4_ranks() {
     for (ranks, nodes) in placements(&[1, 2, 4]) {
         let name = |what: &str, ext: &str| d.path().join(format!("{what}{ranks}{nodes:?}.{ext}"));
         let p = name("p", "zarr");
-        let mut args = io_args("quilt unstitch", &input, &p, &["--patches-per-chunk", "7"]);
+        let mut args = io_line("quilt unstitch", &input, &p, "--patches-per-chunk 7");
         args.extend(geometry);
         ok(tessera_mpi_on(nodes, ranks, &args, &env));
         let out = name("s", "npy");
@@ -378,20 +373,18 @@ fn quilt_stitch_of_f64_patches_is_identical_on_1_2_and_4_ranks_reading_windows_o
     let input = d.path().join("v.npy");
     ndarray_npy::write_npy(&input, &img).unwrap();
     let p = d.path().join("p.zarr");
-    ok(tessera(&io_args(
+    run_line(
         "quilt unstitch",
         &input,
         &p,
-        &[
-            "--window", "8,6,6", "--step", "4,3,3", "--blend", "gaussian",
-        ],
-    )));
+        "--window 8,6,6 --step 4,3,3 --blend gaussian",
+    );
     // 9 x 6 x 5 windows of 8 x 6 x 6 f64.
     let patch_bytes: u64 = 9 * 6 * 5 * 8 * 6 * 6 * 8;
     // Chunks of 2 rows: bands of 8 rows, 5 of them, one per unit.
     let env = [("TESSERA_UNIT_BYTES", "1")];
     let stitch = |ranks: usize, out: &str, extra: &[&str], env: &[(&str, &str)]| {
-        let mut args = io_args("quilt stitch", &p, out, &["--chunks", "1,1,2,20,18"]);
+        let mut args = io_line("quilt stitch", &p, out, "--chunks 1,1,2,20,18");
         args.extend(extra);
         tessera_mpi(ranks, &args, env)
     };
@@ -461,15 +454,11 @@ fn pyramids_are_identical_on_1_2_and_4_ranks() {
             let dir = d.path().join(format!("{method}{ranks}{nodes:?}"));
             std::fs::create_dir_all(&dir).unwrap();
             let out = dir.join("p.zarr");
+            let flags = ["--axes", "czyx", "--chunks", "1,4,4,4", "--method", method];
             ok(tessera_mpi_on(
                 nodes,
                 ranks,
-                &io_args(
-                    "pyramid",
-                    &input,
-                    &out,
-                    &["--axes", "czyx", "--chunks", "1,4,4,4", "--method", method],
-                ),
+                &io_args("pyramid", &input, &out, &flags),
                 &env,
             ));
             if ranks > 1 {
@@ -513,19 +502,8 @@ fn crops_are_identical_on_1_2_and_4_ranks() {
 fn the_scaling_bench_writes_its_table_and_plot() {
     let Some(d) = mpi_tempdir() else { return };
     let dir = d.path().join("scaling");
-    let out = ok(tessera(&[
-        "bench",
-        "scaling",
-        "--op",
-        "hdr",
-        "--ranks",
-        "1,2",
-        "--size",
-        "2",
-        "--launcher-args=--oversubscribe",
-        "--dir",
-        &s(&dir),
-    ]));
+    let ranks = "--ranks 1,2 --size 2 --launcher-args=--oversubscribe";
+    let out = ok(tessera(&scaling_args("hdr", &dir, ranks)));
     assert!(out.contains("| 2 |"), "{out}");
     let rows = scaling_csv(&dir.join("scaling-hdr-strong.csv"));
     assert_eq!(rows.len(), 2);
@@ -554,23 +532,8 @@ fn the_scaling_bench_writes_its_table_and_plot() {
 fn the_scaling_bench_stitches_patches_made_once_per_size() {
     let Some(d) = mpi_tempdir() else { return };
     let dir = d.path().join("scaling");
-    ok(tessera(&[
-        "bench",
-        "scaling",
-        "--op",
-        "stitch",
-        "--mode",
-        "weak",
-        "--ranks",
-        "1,2",
-        "--size",
-        "1",
-        "--memcopy-mib",
-        "8",
-        "--launcher-args=--oversubscribe",
-        "--dir",
-        &s(&dir),
-    ]));
+    let weak = "--mode weak --ranks 1,2 --size 1 --memcopy-mib 8 --launcher-args=--oversubscribe";
+    ok(tessera(&scaling_args("stitch", &dir, weak)));
     let rows = scaling_csv(&dir.join("scaling-stitch-weak.csv"));
     assert_eq!(rows.len(), 2);
     for row in &rows {
@@ -673,12 +636,7 @@ fn every_rank_gets_several_units_of_data_smaller_than_a_unit_per_rank() {
     // the default sizing is what is tested.
     let plan = ok(tessera_mpi(
         4,
-        &io_args(
-            "convert",
-            &input,
-            &out,
-            &["--chunks", "1,256,128", "--dry-run"],
-        ),
+        &io_line("convert", &input, &out, "--chunks 1,256,128 --dry-run"),
         &[],
     ));
     let per_rank = units_per_rank(&plan);
@@ -686,12 +644,7 @@ fn every_rank_gets_several_units_of_data_smaller_than_a_unit_per_rank() {
     assert!(per_rank.iter().all(|&n| n >= 4), "{per_rank:?}\n{plan}");
     // The units do not depend on the rank count (the journal's unit ids must mean the same
     // on resume): 1 rank plans the same total.
-    let one = ok(tessera(&io_args(
-        "convert",
-        &input,
-        &out,
-        &["--chunks", "1,256,128", "--dry-run"],
-    )));
+    let one = run_line("convert", &input, &out, "--chunks 1,256,128 --dry-run");
     assert_eq!(
         units_per_rank(&one),
         vec![per_rank.iter().sum::<usize>()],
@@ -706,7 +659,7 @@ fn a_rank_that_fails_mid_run_stops_the_others_within_a_few_units() {
     let out = d.path().join("o.zarr");
     // 128 units of 2 slices, 64 per rank; unit 1 is rank 0's second.
     let env = [("TESSERA_UNIT_BYTES", "131072"), ("TESSERA_FAIL_UNIT", "1")];
-    let args = io_args("convert", &input, &out, &["--chunks", "2,256,128"]);
+    let args = io_line("convert", &input, &out, "--chunks 2,256,128");
     let failed = tessera_mpi(2, &args, &env);
     let all = fails_with(failed, &["unit 1 failed on purpose"]);
     assert_eq!(
@@ -798,7 +751,7 @@ fn pairs_metadata_and_tokens_are_identical_on_1_2_and_4_ranks_and_after_resume()
     }
     let pairs = s(&d.path().join("pix-single.zarr"));
     let tokens = |ranks: usize, out: &str| {
-        let args = io_args("tokens", &pairs, out, &["--token-size", "4"]);
+        let args = io_line("tokens", &pairs, out, "--token-size 4");
         if ranks == 0 {
             tessera_env(&args, &env)
         } else {

@@ -45,8 +45,7 @@ fn a_job_read_from_a_pipe_resolves_paths_against_the_working_directory() {
     ok(child.wait_with_output().unwrap());
     assert!(d.path().join("o.zarr/zarr.json").is_file());
     // A job file on disk still resolves against its own directory.
-    let jobs = d.path().join("jobs");
-    std::fs::create_dir(&jobs).unwrap();
+    let jobs = new_dir(d.path().join("jobs"));
     let job = unstitch_job("../in.npy", "o2.zarr");
     ok(run_job_file(&jobs.join("j.toml"), &job));
     assert!(jobs.join("o2.zarr/zarr.json").is_file());
@@ -150,11 +149,11 @@ fn a_refused_resume_does_not_also_advise_resuming() {
     let input = image(d.path());
     let out = s(&d.path().join("o.zarr"));
     let args = |step: &str, extra: &[&str]| {
-        let mut a = io_args(
+        let mut a = io_line(
             "quilt unstitch",
             &input,
             &out,
-            &["--window", "16,16", "--patches-per-chunk", "4"],
+            "--window 16,16 --patches-per-chunk 4",
         );
         a.extend(["--step", step]);
         a.extend(extra);
@@ -184,33 +183,48 @@ fn a_refused_resume_does_not_also_advise_resuming() {
     ));
 }
 
+/// Runs `script` (with `args`) in `dir` with a python that has `modules`, to make a test's
+/// input; false when there is no such python (the test is skipped).
+fn made_by_python(modules: &str, dir: &Path, script: &str, args: &[&str]) -> bool {
+    let Some(py) = python_with(modules) else {
+        return false;
+    };
+    let mut made = Command::new(&py);
+    made.current_dir(dir).arg("-c").arg(script).args(args);
+    succeeds(&mut made, "python (making the input)");
+    true
+}
+
+/// Writes a pairs group (at argv[1]) that holds no pairs.
+const EMPTY_PAIRS_GROUP: &str = "import sys, zarr, numpy as np
+g = zarr.open_group(sys.argv[1], mode='w')
+for n in ('patches1', 'patches2'):
+    g.create_array(n, shape=(0, 1, 32, 32), chunks=(1, 1, 32, 32), dtype='float32')
+g.create_array('deltas', shape=(0, 2), chunks=(1, 2), dtype='float32')
+g.create_array('rotations', shape=(0,), chunks=(1,), dtype='int64')
+g.attrs.update(window=32, num_patches=0, num_channels=1, patch_shape=[32, 32])
+";
+
+/// Writes `ext.h5` whose dataset `x` keeps its values in the external file `raw.bin`.
+#[cfg(feature = "hdf5")]
+const EXTERNAL_DATASET: &str = "import h5py, numpy as np
+np.arange(2*48*48, dtype='<f4').tofile('raw.bin')
+with h5py.File('ext.h5', 'w') as f:
+    f.create_dataset('x', shape=(2, 1, 48, 48), dtype='<f4', external=[('raw.bin', 0, 2*48*48*4)])
+";
+
 #[test]
 fn tokens_of_an_empty_pairs_group_is_one_clear_line() {
-    let Some(py) = python_with("zarr") else {
-        return;
-    };
     let d = tempfile::tempdir().unwrap();
     let group = d.path().join("pairs.zarr");
-    succeeds(
-        Command::new(&py)
-            .args([
-                "-c",
-                "import sys, zarr, numpy as np\n\
-                 g = zarr.open_group(sys.argv[1], mode='w')\n\
-                 for n in ('patches1', 'patches2'):\n\
-                 \x20   g.create_array(n, shape=(0, 1, 32, 32), chunks=(1, 1, 32, 32), dtype='float32')\n\
-                 g.create_array('deltas', shape=(0, 2), chunks=(1, 2), dtype='float32')\n\
-                 g.create_array('rotations', shape=(0,), chunks=(1,), dtype='int64')\n\
-                 g.attrs.update(window=32, num_patches=0, num_channels=1, patch_shape=[32, 32])\n",
-                &s(&group),
-            ]),
-        "python (making the input)",
-    );
-    let out = tessera(&io_args(
+    if !made_by_python("zarr", d.path(), EMPTY_PAIRS_GROUP, &[&s(&group)]) {
+        return;
+    }
+    let out = tessera(&io_line(
         "tokens",
         &group,
         &d.path().join("t.zarr"),
-        &["--token-size", "16"],
+        "--token-size 16",
     ));
     fails_with(out, &["holds no pairs", "nothing to tokenize"]);
     assert!(!d.path().join("t.zarr").exists());
@@ -219,23 +233,11 @@ fn tokens_of_an_empty_pairs_group_is_one_clear_line() {
 #[cfg(feature = "hdf5")]
 #[test]
 fn hdf5_external_data_and_hard_links_are_named() {
-    let Some(py) = python_with("h5py") else {
-        return;
-    };
     let d = tempfile::tempdir().unwrap();
+    if !made_by_python("h5py", d.path(), EXTERNAL_DATASET, &[]) {
+        return;
+    }
     let file = d.path().join("ext.h5");
-    succeeds(
-        Command::new(&py)
-            .current_dir(d.path())
-            .args([
-                "-c",
-                "import h5py, numpy as np\n\
-                 np.arange(2*48*48, dtype='<f4').tofile('raw.bin')\n\
-                 with h5py.File('ext.h5', 'w') as f:\n\
-                 \x20   f.create_dataset('x', shape=(2, 1, 48, 48), dtype='<f4', external=[('raw.bin', 0, 2*48*48*4)])\n",
-            ]),
-        "python (making the input)",
-    );
     let address = format!("{}:/x", s(&file));
     // Present (relative to the working directory, where HDF5 looks): readable.
     let info = Command::new(env!("CARGO_BIN_EXE_tessera"))
@@ -252,21 +254,21 @@ fn hdf5_external_data_and_hard_links_are_named() {
     // An output that is a hard link of the input file is the input.
     let input = d.path().join("in.h5");
     let a = format!("{}:/a", s(&input));
-    ok(tessera(&io_args(
+    run_line(
         "quilt unstitch",
         &image(d.path()),
         &a,
-        &["--window", "16,16", "--step", "8,8"],
-    )));
+        "--window 16,16 --step 8,8",
+    );
     let link = d.path().join("link.h5");
     std::fs::hard_link(&input, &link).unwrap();
     let before = std::fs::read(&input).unwrap();
     fails_with(
-        tessera(&io_args(
+        tessera(&io_line(
             "quilt unstitch",
             &a,
             &format!("{}:/b", s(&link)),
-            &["--window", "8,8", "--step", "8,8"],
+            "--window 8,8 --step 8,8",
         )),
         &["same HDF5 file"],
     );

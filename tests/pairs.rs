@@ -23,6 +23,19 @@ fn images(shape: &[usize]) -> ArrayD<f32> {
     })
 }
 
+/// Entry `i` of `a` along its first axis, flattened.
+fn row<T: Copy>(a: &ArrayD<T>, i: usize) -> Vec<T> {
+    a.index_axis(ndarray::Axis(0), i).iter().copied().collect()
+}
+
+/// [`images`] of `shape`, and where they are written as `img.npy` in `dir`.
+fn images_npy(dir: &Path, shape: &[usize]) -> (ArrayD<f32>, std::path::PathBuf) {
+    let img = images(shape);
+    let input = dir.join("img.npy");
+    write_npy(&input, &Block::F32(img.clone()));
+    (img, input)
+}
+
 fn f32s(address: &str) -> ArrayD<f32> {
     read_all(address).into_array::<f32>().expect("f32")
 }
@@ -106,15 +119,7 @@ fn check_group(group: &Path, img: &ArrayD<f32>, pairs: &[Pair], window: &[u64]) 
             "patches2[{i}]"
         );
         let d: Vec<f32> = pair.delta().iter().rev().map(|&v| v as f32).collect();
-        assert_eq!(
-            deltas
-                .index_axis(ndarray::Axis(0), i)
-                .iter()
-                .copied()
-                .collect::<Vec<_>>(),
-            d,
-            "deltas[{i}] x first"
-        );
+        assert_eq!(row(&deltas, i), d, "deltas[{i}] x first");
         assert_eq!(rotations[i], i64::from(pair.rotation));
     }
 }
@@ -163,30 +168,15 @@ fn pairs_args<'a>(input: &'a str, output: &'a str, extra: &[&'a str]) -> Vec<&'a
 fn pairs_2d_with_turns_positions_and_overlaps_match_a_straightforward_reference() {
     let d = tempfile::tempdir().unwrap();
     let shape = [3usize, 2, 41, 37];
-    let img = images(&shape);
-    let input = d.path().join("img.npy");
-    write_npy(&input, &Block::F32(img.clone()));
+    let (img, input) = images_npy(d.path(), &shape);
     let out = d.path().join("p.zarr");
-    let extra = [
-        "--window",
-        "12,12",
-        "--delta-range",
-        "3,9",
-        "--pairs-per-image",
-        "23",
-        "--seed",
-        "5",
-        "--rotations",
-        "0,1,2,3",
-        "--positions",
-        "--include-n",
-        "--overlaps",
-        "--pairs-per-chunk",
-        "4",
-    ];
-    ok(tessera_env(
+    let extra = flags(
+        "--window 12,12 --delta-range 3,9 --pairs-per-image 23 --seed 5 --rotations 0,1,2,3 \
+        --positions --include-n --overlaps --pairs-per-chunk 4",
+    );
+    ok(tessera_units(
         &pairs_args(&s(&input), &s(&out), &extra),
-        &[("TESSERA_UNIT_BYTES", "3000")],
+        "3000",
     ));
     let pairs = sampler(&shape, &[12, 12], &[3.0, 9.0], &[0, 1, 2, 3], 23, 5).pairs(0..69);
     check_group(&out, &img, &pairs, &[12, 12]);
@@ -196,20 +186,9 @@ fn pairs_2d_with_turns_positions_and_overlaps_match_a_straightforward_reference(
         i64s(&format!("{g}/positions2")),
     );
     for (i, p) in pairs.iter().enumerate() {
-        assert_eq!(
-            q1.index_axis(ndarray::Axis(0), i)
-                .iter()
-                .copied()
-                .collect::<Vec<_>>(),
-            vec![p.image as i64, p.first[0] as i64, p.first[1] as i64]
-        );
-        assert_eq!(
-            q2.index_axis(ndarray::Axis(0), i)
-                .iter()
-                .copied()
-                .collect::<Vec<_>>(),
-            vec![p.image as i64, p.second[0] as i64, p.second[1] as i64]
-        );
+        let image = p.image as i64;
+        assert_eq!(row(&q1, i), [image, p.first[0] as i64, p.first[1] as i64]);
+        assert_eq!(row(&q2, i), [image, p.second[0] as i64, p.second[1] as i64]);
     }
     let (offsets, rows) = brute_overlaps(&img, &pairs, &[12, 12]);
     assert_eq!(
@@ -263,9 +242,9 @@ fn pairs_3d_and_their_overlaps_match_the_reference_on_random_geometries() {
             &seed,
             "--overlaps",
         ];
-        ok(tessera_env(
+        ok(tessera_units(
             &pairs_args(&s(&input), &s(&out), &extra),
-            &[("TESSERA_UNIT_BYTES", "2000")],
+            "2000",
         ));
         let pairs =
             sampler(&shape, &window, &range, &[], p, case as u64 * 7).pairs(0..shape[0] as u64 * p);
@@ -311,34 +290,20 @@ fn metadata_selection_and_extraction_reproduce_the_pairs() {
         d.path().join("sel.npy"),
         d.path().join("ext.zarr"),
     );
-    let common = [
-        "--window",
-        "10,10",
-        "--delta-range",
-        "3,7",
-        "--pairs-per-image",
-        "40",
-        "--seed",
-        "9",
-        "--rotations",
-        "0,2,3",
-    ];
+    let common =
+        flags("--window 10,10 --delta-range 3,7 --pairs-per-image 40 --seed 9 --rotations 0,2,3");
     let mut m = common.to_vec();
     m.push("--metadata-only");
-    ok(tessera_env(
+    ok(tessera_units(
         &pairs_args(&s(&input), &s(&meta_out), &m),
-        &[("TESSERA_UNIT_BYTES", "4000")],
+        "4000",
     ));
     ok(tessera(&pairs_args(&s(&input), &s(&full), &common)));
     let pairs = sampler(&shape, &[10, 10], &[3.0, 7.0], &[0, 2, 3], 40, 9).pairs(0..160);
     let table = read_all(&s(&meta_out)).to_f64();
     assert_eq!(table.shape(), &[160, 12]);
     for (i, p) in pairs.iter().enumerate() {
-        let row = table
-            .index_axis(ndarray::Axis(0), i)
-            .iter()
-            .copied()
-            .collect::<Vec<_>>();
+        let fields = row(&table, i);
         let dl = p.delta();
         let geometry = [
             p.image as f64,
@@ -350,14 +315,14 @@ fn metadata_selection_and_extraction_reproduce_the_pairs() {
             dl[0] as f64,
             f64::from(p.rotation),
         ];
-        assert_eq!(row[..8], geometry, "row {i}");
+        assert_eq!(fields[..8], geometry, "row {i}");
         let first = cut(&img, p.image as usize, &usizes(&p.first), &[10, 10]);
         let second = rot90(
             &cut(&img, p.image as usize, &usizes(&p.second), &[10, 10]),
             i64::from(p.rotation),
         );
         let ((m1, s1), (m2, s2)) = (stats(&first), stats(&second));
-        for (got, want) in row[8..].iter().zip([m1, s1, m2, s2]) {
+        for (got, want) in fields[8..].iter().zip([m1, s1, m2, s2]) {
             assert!(
                 (got - want).abs() <= 1e-12 * want.abs().max(1.0),
                 "row {i}: {got} vs {want}"
@@ -402,19 +367,22 @@ fn metadata_selection_and_extraction_reproduce_the_pairs() {
         9 * 4,
         "3 x 3 quantile cells of 160 pairs all hold 4 or more"
     );
-    ok(tessera(&[
-        "pairs",
-        "extract",
-        "--input",
-        &s(&input),
-        "--metadata",
-        &s(&meta_out),
-        "--select",
-        &s(&sel),
-        "--output",
-        &s(&ext),
-        "--overlaps",
-    ]));
+    // `pairs extract` of the metadata's pairs into `output`, then `rest`.
+    let extract = |output: &Path, rest: &[&str]| {
+        let (i, m, o) = (s(&input), s(&meta_out), s(output));
+        let base = [
+            "pairs",
+            "extract",
+            "--input",
+            &i,
+            "--metadata",
+            &m,
+            "--output",
+            &o,
+        ];
+        ok(tessera(&[&base[..], rest].concat()))
+    };
+    extract(&ext, &["--select", &s(&sel), "--overlaps"]);
     let picked: Vec<Pair> = chosen.iter().map(|&i| pairs[i as usize].clone()).collect();
     check_group(&ext, &img, &picked, &[10, 10]);
     let (offsets, _) = brute_overlaps(&img, &picked, &[10, 10]);
@@ -426,16 +394,7 @@ fn metadata_selection_and_extraction_reproduce_the_pairs() {
     );
     // Every pair extracted is the full run, byte for byte.
     let all = d.path().join("all.zarr");
-    ok(tessera(&[
-        "pairs",
-        "extract",
-        "--input",
-        &s(&input),
-        "--metadata",
-        &s(&meta_out),
-        "--output",
-        &s(&all),
-    ]));
+    extract(&all, &[]);
     for name in ["patches1", "patches2", "deltas", "rotations"] {
         assert_eq!(
             read_all(&format!("{}/{name}", s(&all))),
@@ -481,31 +440,19 @@ fn reference_tokens(
 fn tokens_hold_each_patch_s_windows_and_their_overlaps() {
     let d = tempfile::tempdir().unwrap();
     let shape = [2usize, 2, 36, 36];
-    let img = images(&shape);
-    let input = d.path().join("img.npy");
-    write_npy(&input, &Block::F32(img));
+    let (_, input) = images_npy(d.path(), &shape);
     let (pairs_out, tokens_out) = (d.path().join("p.zarr"), d.path().join("t.zarr"));
-    let extra = [
-        "--window",
-        "14,14",
-        "--delta-range",
-        "4,10",
-        "--pairs-per-image",
-        "9",
-        "--rotations",
-        "0,1,2,3",
-        "--seed",
-        "4",
-    ];
+    let extra =
+        flags("--window 14,14 --delta-range 4,10 --pairs-per-image 9 --rotations 0,1,2,3 --seed 4");
     ok(tessera(&pairs_args(&s(&input), &s(&pairs_out), &extra)));
-    ok(tessera_env(
-        &io_args(
+    ok(tessera_units(
+        &io_line(
             "tokens",
             &pairs_out,
             &tokens_out,
-            &["--token-size", "5", "--token-stride", "4"],
+            "--token-size 5 --token-stride 4",
         ),
-        &[("TESSERA_UNIT_BYTES", "5000")],
+        "5000",
     ));
     let (p, t) = (s(&pairs_out), s(&tokens_out));
     let coords = i64s(&format!("{t}/coords"));
@@ -536,15 +483,7 @@ fn tokens_hold_each_patch_s_windows_and_their_overlaps() {
                 .flat_map(|c| [c[0] as i64, c[1] as i64])
                 .collect();
             assert_eq!(coords.iter().copied().collect::<Vec<_>>(), flat);
-            assert_eq!(
-                tokens
-                    .index_axis(ndarray::Axis(0), i)
-                    .iter()
-                    .copied()
-                    .collect::<Vec<_>>(),
-                values,
-                "pair {i}"
-            );
+            assert_eq!(row(tokens, i), values, "pair {i}");
         }
         let corners: Vec<[u64; 2]> = coords
             .outer_iter()
@@ -558,29 +497,9 @@ fn tokens_hold_each_patch_s_windows_and_their_overlaps() {
             rotations[i] as u8,
             [14, 14],
         );
-        assert_eq!(
-            index
-                .index_axis(ndarray::Axis(0), i)
-                .iter()
-                .copied()
-                .collect::<Vec<_>>(),
-            want.index_1to2
-        );
-        assert_eq!(
-            back.index_axis(ndarray::Axis(0), i)
-                .iter()
-                .copied()
-                .collect::<Vec<_>>(),
-            want.index_2to1
-        );
-        assert_eq!(
-            fraction
-                .index_axis(ndarray::Axis(0), i)
-                .iter()
-                .copied()
-                .collect::<Vec<_>>(),
-            want.fraction
-        );
+        assert_eq!(row(&index, i), want.index_1to2);
+        assert_eq!(row(&back, i), want.index_2to1);
+        assert_eq!(row(&fraction, i), want.fraction);
         for l in 0..corners.len() {
             assert_eq!(mask1[[i, l]] == 1, want.index_1to2[l] >= 0);
             assert_eq!(mask2[[i, l]] == 1, want.index_2to1[l] >= 0);
@@ -758,20 +677,10 @@ fn an_interrupted_run_resumes_to_the_same_bytes() {
     let input = d.path().join("img.npy");
     write_npy(&input, &Block::F32(images(&[4, 2, 30, 30])));
     let (clean, out) = (d.path().join("clean.zarr"), d.path().join("o.zarr"));
-    let extra = [
-        "--window",
-        "10,10",
-        "--delta-range",
-        "3,7",
-        "--pairs-per-image",
-        "12",
-        "--rotations",
-        "0,1",
-        "--overlaps",
-        "--positions",
-        "--pairs-per-chunk",
-        "4",
-    ];
+    let extra = flags(
+        "--window 10,10 --delta-range 3,7 --pairs-per-image 12 --rotations 0,1 --overlaps \
+        --positions --pairs-per-chunk 4",
+    );
     let env = [("TESSERA_UNIT_BYTES", "3000")];
     ok(tessera_env(
         &pairs_args(&s(&input), &s(&clean), &extra),
@@ -824,25 +733,12 @@ fn zarr_python_reads_pairs_like_zarr_patch_pair_dataset_and_tokens_with_numpy() 
     let input = d.path().join("img.npy");
     write_npy(&input, &Block::F32(images(&[3, 3, 33, 35])));
     let (pairs_out, tokens_out) = (d.path().join("p.zarr"), d.path().join("t.zarr"));
-    let extra = [
-        "--window",
-        "12,12",
-        "--delta-range",
-        "3,9",
-        "--pairs-per-image",
-        "7",
-        "--rotations",
-        "0,1,2,3",
-        "--positions",
-        "--include-n",
-    ];
+    let extra = flags(
+        "--window 12,12 --delta-range 3,9 --pairs-per-image 7 --rotations 0,1,2,3 --positions \
+        --include-n",
+    );
     ok(tessera(&pairs_args(&s(&input), &s(&pairs_out), &extra)));
-    ok(tessera(&io_args(
-        "tokens",
-        &pairs_out,
-        &tokens_out,
-        &["--token-size", "6"],
-    )));
+    run_line("tokens", &pairs_out, &tokens_out, "--token-size 6");
     let script = d.path().join("check.py");
     std::fs::write(&script, DATASET).unwrap();
     let out = succeeds(
@@ -863,13 +759,7 @@ fn select_and_extract_refuse_tables_that_do_not_fit() {
     write_npy(&big, &Block::F32(images(&[2, 1, 40, 40])));
     write_npy(&small, &Block::F32(images(&[2, 1, 20, 20])));
     let (meta_zarr, meta_npy) = (d.path().join("meta.zarr"), d.path().join("meta.npy"));
-    let sampling = [
-        "--window",
-        "16,16",
-        "--delta-range",
-        "4,12",
-        "--metadata-only",
-    ];
+    let sampling = flags("--window 16,16 --delta-range 4,12 --metadata-only");
     ok(tessera(&pairs_args(&s(&big), &s(&meta_zarr), &sampling)));
     ok(tessera(&pairs_args(&s(&big), &s(&meta_npy), &sampling)));
     let bad_sel = d.path().join("bad.npy");
@@ -943,18 +833,11 @@ fn two_to_the_forty_pairs_per_image_are_refused_while_planning_and_nothing_is_wr
     write_npy(&input, &Block::F32(images(&[4, 1, 64, 64])));
     let run = |output: &str, extra: &[&str]| {
         let out = d.path().join(output);
-        let mut args = io_args(
+        let mut args = io_line(
             "pairs",
             &input,
             &out,
-            &[
-                "--window",
-                "8,8",
-                "--delta-range",
-                "2,4",
-                "--pairs-per-image",
-                "1099511627776",
-            ],
+            "--window 8,8 --delta-range 2,4 --pairs-per-image 1099511627776",
         );
         args.extend_from_slice(extra);
         // 8 GiB of address space: more than any valid run here needs, less than the plan's

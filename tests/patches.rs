@@ -188,18 +188,21 @@ fn npy_values(path: &Path) -> Array2<f32> {
     ndarray_npy::read_npy(path).unwrap()
 }
 
+/// `patches --manifest <manifest> --output <out> --patch-size 16 --stride 8 <extra>`.
 fn args<'a>(manifest: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut v = vec![
-        "patches",
-        "--manifest",
-        manifest,
-        "--output",
-        out,
-        "--patch-size",
-        "16",
-        "--stride",
-        "8",
-    ];
+    patches_16_8(&["--manifest", manifest], out, extra)
+}
+
+/// `patches --split <train> --split <val> --output <out> --patch-size 16 --stride 8 <extra>`.
+fn split_args<'a>(train: &'a str, val: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    patches_16_8(&["--split", train, "--split", val], out, extra)
+}
+
+/// `patches <inputs> --output <out> --patch-size 16 --stride 8 <extra>`.
+fn patches_16_8<'a>(inputs: &[&'a str], out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec!["patches"];
+    v.extend(inputs);
+    v.extend(["--output", out, "--patch-size", "16", "--stride", "8"]);
     v.extend(extra);
     v
 }
@@ -392,19 +395,7 @@ fn several_splits_each_get_a_dataset() {
     let (val, val_slices) = random_dataset(&d.path().join("val"), 3, 14);
     let out = d.path().join("out");
     let (t, v) = (format!("train={}", s(&train)), format!("val={}", s(&val)));
-    ok(tessera(&[
-        "patches",
-        "--split",
-        &t,
-        "--split",
-        &v,
-        "--output",
-        &s(&out),
-        "--patch-size",
-        "16",
-        "--stride",
-        "8",
-    ]));
+    ok(tessera(&split_args(&t, &v, &s(&out), &[])));
     for (name, slices) in [("train", &train_slices), ("val", &val_slices)] {
         let patches = reference(name, slices, 16, 8, f64::NEG_INFINITY);
         let src = |i: usize| format!("slices/s_{i:03}.npy");
@@ -463,12 +454,12 @@ fn volumes_image_stacks_and_other_dtypes() {
     std::fs::create_dir_all(d.path().join("data")).unwrap();
     ndarray_npy::write_npy(d.path().join("data/vol.npy"), &vol).unwrap();
     let out = d.path().join("vol-out");
-    ok(tessera(&io_args(
+    run_line(
         "patches",
         &d.path().join("data/vol.npy"),
         &out,
-        &["--patch-size", "16", "--stride", "4", "--split-name", "ct"],
-    )));
+        "--patch-size 16 --stride 4 --split-name ct",
+    );
     let slices: Vec<Array2<f32>> = vol.outer_iter().map(|s| s.mapv(|v| v as f32)).collect();
     let patches = reference("ct", &slices, 16, 4, f64::NEG_INFINITY);
     let place = |_: usize, p: &RefPatch| format!("../vol-out/{}.npy", p.id);
@@ -499,12 +490,8 @@ fn volumes_image_stacks_and_other_dtypes() {
     let stack = d.path().join("data/stack");
     let slices = write_slices(&stack, "ct", 3, &[18, 18], tessera::io::DType::I16, 3);
     let out = d.path().join("data/stack-out");
-    ok(tessera(&io_args(
-        "patches",
-        &stack,
-        &out,
-        &["--patch-size", "16", "--stride", "2"],
-    )));
+    let geometry = ["--patch-size", "16", "--stride", "2"];
+    run_io("patches", &stack, &out, &geometry);
     let floats: Vec<Array2<f32>> = slices
         .into_iter()
         .map(|b| {
@@ -569,6 +556,16 @@ fn bad_inputs_are_refused_before_anything_is_written() {
         s(&p)
     };
     let out = s(&d.path().join("out"));
+    // `--manifest` and a manifest written as `name` with `text`, then `rest`'s words.
+    let manifest = |name: &str, text: &[u8], rest: &str| -> Vec<String> {
+        let mut a = vec!["--manifest".to_string(), csv(name, text)];
+        a.extend(rest.split_whitespace().map(String::from));
+        a
+    };
+    let words = |line: &str| -> Vec<String> { line.split_whitespace().map(String::from).collect() };
+    let ok_csv: &[u8] = b"path\nok.npy\n";
+    let absolute = format!("path\n{}\n", s(&root.join("ok.npy")));
+    let missing: &[u8] = b"path\nok.npy\ngone1.npy\nok.npy\ngone2.npy\n";
     let cases: Vec<(Vec<String>, Vec<&str>)> = vec![
         (
             vec!["--manifest".into(), s(&root.join("none.csv"))],
@@ -578,33 +575,18 @@ fn bad_inputs_are_refused_before_anything_is_written() {
             vec!["--manifest".into(), s(&root)],
             vec!["cannot read the manifest"],
         ),
+        (manifest("bin.csv", b"\xff\xfe\x00", ""), vec!["not UTF-8"]),
+        (manifest("empty.csv", b"", ""), vec!["empty"]),
         (
-            vec!["--manifest".into(), csv("bin.csv", b"\xff\xfe\x00")],
-            vec!["not UTF-8"],
-        ),
-        (
-            vec!["--manifest".into(), csv("empty.csv", b"")],
-            vec!["empty"],
-        ),
-        (
-            vec!["--manifest".into(), csv("header.csv", b"index,path\n")],
+            manifest("header.csv", b"index,path\n", ""),
             vec!["no slices"],
         ),
         (
-            vec![
-                "--manifest".into(),
-                csv("nopath.csv", b"index,file\n0,ok.npy\n"),
-            ],
+            manifest("nopath.csv", b"index,file\n0,ok.npy\n", ""),
             vec!["no `path` column"],
         ),
         (
-            vec![
-                "--manifest".into(),
-                csv(
-                    "missing.csv",
-                    b"path\nok.npy\ngone1.npy\nok.npy\ngone2.npy\n",
-                ),
-            ],
+            manifest("missing.csv", missing, ""),
             vec![
                 "2 slice file(s) missing",
                 "gone1.npy (row 2)",
@@ -612,111 +594,57 @@ fn bad_inputs_are_refused_before_anything_is_written() {
             ],
         ),
         (
-            vec![
-                "--manifest".into(),
-                csv("cube.csv", b"path\nok.npy\ncube.npy\n"),
-            ],
+            manifest("cube.csv", b"path\nok.npy\ncube.npy\n", ""),
             vec!["cube.npy", "not a 2-D slice (shape 2x20x20)"],
         ),
         (
-            vec![
-                "--manifest".into(),
-                csv("garbage.csv", b"path\ngarbage.npy\n"),
-            ],
+            manifest("garbage.csv", b"path\ngarbage.npy\n", ""),
             vec!["garbage.npy", "not a valid .npy"],
         ),
         (
-            vec!["--manifest".into(), csv("nan.csv", b"path\nnan.npy\n")],
+            manifest("nan.csv", b"path\nnan.npy\n", ""),
             vec!["nan.npy", "NaN or infinite", "row 3, column 4"],
         ),
         (
-            vec![
-                "--manifest".into(),
-                csv("inf.csv", b"path\nok.npy\ninf.npy\nnan.npy\n"),
-            ],
+            manifest("inf.csv", b"path\nok.npy\ninf.npy\nnan.npy\n", ""),
             vec!["inf.npy", "row 5, column 1", "and 1 more"],
         ),
         (
-            vec!["--manifest".into(), csv("big.csv", b"path\nbig.npy\n")],
+            manifest("big.csv", b"path\nbig.npy\n", ""),
             vec!["big.npy", "NaN or infinite values as float32"],
         ),
         (
-            vec![
-                "--manifest".into(),
-                csv(
-                    "abs.csv",
-                    format!("path\n{}\n", s(&root.join("ok.npy"))).as_bytes(),
-                ),
-            ],
+            manifest("abs.csv", absolute.as_bytes(), ""),
             vec!["row 1 (slice 0)", "absolute path"],
         ),
         (
-            vec![
-                "--manifest".into(),
-                csv("win.csv", b"path\nC:\\data\\ok.npy\n"),
-            ],
+            manifest("win.csv", b"path\nC:\\data\\ok.npy\n", ""),
             vec!["absolute path"],
         ),
         (
-            vec![
-                "--manifest".into(),
-                csv("up.csv", b"path\nok.npy\nsub\\..\\..\\ok.npy\n"),
-            ],
+            manifest("up.csv", b"path\nok.npy\nsub\\..\\..\\ok.npy\n", ""),
             vec!["row 2 (slice 1)", "climbs out of the data root"],
         ),
         (
-            vec![
-                "--manifest".into(),
-                csv("m.csv", b"path\nok.npy\n"),
-                "--patch-size".into(),
-                "0".into(),
-            ],
+            manifest("m.csv", ok_csv, "--patch-size 0"),
             vec!["--patch-size", "at least 1"],
         ),
         (
-            vec![
-                "--manifest".into(),
-                csv("m.csv", b"path\nok.npy\n"),
-                "--stride".into(),
-                "0".into(),
-            ],
+            manifest("m.csv", ok_csv, "--stride 0"),
             vec!["--stride", "at least 1"],
         ),
         (
-            vec![
-                "--manifest".into(),
-                csv("m.csv", b"path\nok.npy\n"),
-                "--split-name".into(),
-                "a/b".into(),
-            ],
+            manifest("m.csv", ok_csv, "--split-name a/b"),
             vec!["--split-name", "not a valid file-name part"],
         ),
         (
-            vec![
-                "--split".into(),
-                format!("../x={}", csv("m.csv", b"path\nok.npy\n")),
-            ],
+            vec!["--split".into(), format!("../x={}", csv("m.csv", ok_csv))],
             vec!["--split", "\"../x\""],
         ),
+        (words("--split trainonly"), vec!["--split", "NAME=MANIFEST"]),
+        (manifest("m.csv", ok_csv, "--min-std=-1"), vec!["--min-std"]),
         (
-            vec!["--split".into(), "trainonly".into()],
-            vec!["--split", "NAME=MANIFEST"],
-        ),
-        (
-            vec![
-                "--manifest".into(),
-                csv("m.csv", b"path\nok.npy\n"),
-                "--min-std=-1".into(),
-            ],
-            vec!["--min-std"],
-        ),
-        (
-            vec![
-                "--manifest".into(),
-                csv("m.csv", b"path\nok.npy\n"),
-                "--chunks".into(),
-                "4".into(),
-            ],
+            manifest("m.csv", ok_csv, "--chunks 4"),
             vec!["--chunks", "--format zarr"],
         ),
         (vec![], vec!["exactly one of --manifest"]),
@@ -736,82 +664,35 @@ fn bad_inputs_are_refused_before_anything_is_written() {
         assert_eq!(before, after, "{a:?} wrote something");
     }
     // An existing output is refused (and replaced with --overwrite only when it is one).
-    let m = csv("m.csv", b"path\nok.npy\n");
+    let m = csv("m.csv", ok_csv);
+    // `patches --manifest m.csv --output <output> --patch-size 8`, then `rest`'s words.
+    let patches_of_m = |output: &str, rest: &str| {
+        let mut a = vec![
+            "patches",
+            "--manifest",
+            &m,
+            "--output",
+            output,
+            "--patch-size",
+            "8",
+        ];
+        a.extend(rest.split_whitespace());
+        tessera(&a)
+    };
     std::fs::create_dir(&out).unwrap();
     std::fs::write(d.path().join("out/mine.txt"), b"user data").unwrap();
+    fails_with(patches_of_m(&out, ""), &["out", "exists", "--overwrite"]);
     fails_with(
-        tessera(&[
-            "patches",
-            "--manifest",
-            &m,
-            "--output",
-            &out,
-            "--patch-size",
-            "8",
-        ]),
-        &["out", "exists", "--overwrite"],
-    );
-    fails_with(
-        tessera(&[
-            "patches",
-            "--manifest",
-            &m,
-            "--output",
-            &out,
-            "--patch-size",
-            "8",
-            "--overwrite",
-        ]),
+        patches_of_m(&out, "--overwrite"),
         &["without patch_meta.json"],
     );
     std::fs::remove_dir_all(&out).unwrap();
-    ok(tessera(&[
-        "patches",
-        "--manifest",
-        &m,
-        "--output",
-        &out,
-        "--patch-size",
-        "8",
-    ]));
-    fails_with(
-        tessera(&[
-            "patches",
-            "--manifest",
-            &m,
-            "--output",
-            &out,
-            "--patch-size",
-            "8",
-        ]),
-        &["exists"],
-    );
-    ok(tessera(&[
-        "patches",
-        "--manifest",
-        &m,
-        "--output",
-        &out,
-        "--patch-size",
-        "8",
-        "--stride",
-        "4",
-        "--overwrite",
-    ]));
+    ok(patches_of_m(&out, ""));
+    fails_with(patches_of_m(&out, ""), &["exists"]);
+    ok(patches_of_m(&out, "--stride 4 --overwrite"));
     assert_eq!(read_meta(Path::new(&out))["num_patches"], 16);
     // The output may not be where the slices are read from.
-    fails_with(
-        tessera(&[
-            "patches",
-            "--manifest",
-            &m,
-            "--output",
-            &s(&root),
-            "--patch-size",
-            "8",
-        ]),
-        &["input"],
-    );
+    fails_with(patches_of_m(&s(&root), ""), &["input"]);
 }
 
 #[test]
@@ -847,11 +728,16 @@ fn verify_catches_each_corruption() {
     std::fs::remove_file(out.join("train_000000_008_008.npy")).unwrap();
     verify(&out, &["train_000000_008_008.npy is missing"]);
 
-    let out = fresh("changed", &[]);
-    let file = out.join("train_000001_000_000.npy");
-    let mut a = npy_values(&file);
-    a[[3, 3]] = 0.123;
-    ndarray_npy::write_npy(&file, &a).unwrap();
+    // A fresh output whose patch `file` has `value` at `at`.
+    let with_pixel = |name: &str, file: &str, at: [usize; 2], value: f32| {
+        let out = fresh(name, &[]);
+        let file = out.join(file);
+        let mut a = npy_values(&file);
+        a[at] = value;
+        ndarray_npy::write_npy(&file, &a).unwrap();
+        out
+    };
+    let out = with_pixel("changed", "train_000001_000_000.npy", [3, 3], 0.123);
     verify(&out, &["train_000001_000_000", "differ from the pixels"]);
 
     let out = fresh("count", &[]);
@@ -895,11 +781,7 @@ fn verify_catches_each_corruption() {
     .unwrap();
     verify(&out, &["dtype \"float64\", expected float32"]);
 
-    let out = fresh("range", &[]);
-    let file = out.join("train_000000_000_000.npy");
-    let mut a = npy_values(&file);
-    a[[0, 0]] = 1.5;
-    ndarray_npy::write_npy(&file, &a).unwrap();
+    let out = with_pixel("range", "train_000000_000_000.npy", [0, 0], 1.5);
     verify(&out, &["pixel values", "leave the expected range 0..1"]);
 
     let out = fresh(
@@ -960,23 +842,8 @@ fn outputs_are_identical_on_1_2_and_4_ranks() {
             let out = d.path().join("out");
             let (t, v) = (format!("train={}", s(&train)), format!("val={}", s(&val)));
             let a_out = s(&out);
-            let mut a = vec![
-                "patches",
-                "--split",
-                &t,
-                "--split",
-                &v,
-                "--output",
-                &a_out,
-                "--patch-size",
-                "16",
-                "--stride",
-                "8",
-                "--format",
-                &format[..format.find('-').unwrap_or(format.len())],
-                "--min-std",
-                "0.289",
-            ];
+            let kind = &format[..format.find('-').unwrap_or(format.len())];
+            let mut a = split_args(&t, &v, &a_out, &["--format", kind, "--min-std", "0.289"]);
             match format {
                 "zarr" => a.extend(["--chunks", "3"]),
                 "zarr-raw" => a.extend(["--chunks", "3", "--codec", "none"]),

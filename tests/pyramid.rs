@@ -14,16 +14,20 @@ fn unit_sizes() -> [&'static str; 2] {
     ["2000", "67108864"]
 }
 
-/// Reference mean level: each output voxel is the f64 sum of its block in C order / count.
-fn ref_mean(a: &ArrayD<f64>, f: &[usize]) -> ArrayD<f64> {
+/// A level `f` times coarser than `a` per axis, each voxel `voxel(its index)`.
+fn coarser(a: &ArrayD<f64>, f: &[usize], voxel: impl Fn(&[usize]) -> f64) -> ArrayD<f64> {
     let shape: Vec<usize> = a
         .shape()
         .iter()
         .zip(f)
         .map(|(&d, &f)| d.div_ceil(f))
         .collect();
-    ArrayD::from_shape_fn(IxDyn(&shape), |o| {
-        let o = o.slice().to_vec();
+    ArrayD::from_shape_fn(IxDyn(&shape), |o| voxel(o.slice()))
+}
+
+/// Reference mean level: each output voxel is the f64 sum of its block in C order / count.
+fn ref_mean(a: &ArrayD<f64>, f: &[usize]) -> ArrayD<f64> {
+    coarser(a, f, |o| {
         let block = a.slice_each_axis(|ax| {
             let k = ax.axis.index();
             let lo = o[k] * f[k];
@@ -35,14 +39,7 @@ fn ref_mean(a: &ArrayD<f64>, f: &[usize]) -> ArrayD<f64> {
 
 /// Reference mode level (ties to the smallest).
 fn ref_mode(a: &ArrayD<f64>, f: &[usize]) -> ArrayD<f64> {
-    let shape: Vec<usize> = a
-        .shape()
-        .iter()
-        .zip(f)
-        .map(|(&d, &f)| d.div_ceil(f))
-        .collect();
-    ArrayD::from_shape_fn(IxDyn(&shape), |o| {
-        let o = o.slice().to_vec();
+    coarser(a, f, |o| {
         let mut counts = std::collections::BTreeMap::<i64, usize>::new();
         for (idx, &v) in a.indexed_iter() {
             let idx = idx.slice();
@@ -58,14 +55,7 @@ fn ref_mode(a: &ArrayD<f64>, f: &[usize]) -> ArrayD<f64> {
 /// Reference Gaussian level: dense product of per-axis Gaussians (sigma f/3, 4 sigma) centred
 /// on the block centre, normalised over the voxels inside the array.
 fn ref_gaussian(a: &ArrayD<f64>, f: &[usize]) -> ArrayD<f64> {
-    let shape: Vec<usize> = a
-        .shape()
-        .iter()
-        .zip(f)
-        .map(|(&d, &f)| d.div_ceil(f))
-        .collect();
-    ArrayD::from_shape_fn(IxDyn(&shape), |o| {
-        let o = o.slice().to_vec();
+    coarser(a, f, |o| {
         let (mut num, mut den) = (0.0, 0.0);
         for (idx, &v) in a.indexed_iter() {
             let idx = idx.slice();
@@ -105,6 +95,12 @@ fn random(shape: &[usize], seed: u64, max: u64) -> ArrayD<f64> {
     ArrayD::from_shape_fn(IxDyn(shape), |_| rng.below(max) as f64)
 }
 
+/// Writes [`random`] values below 100 as a float32 `.npy` at `path`; returns the path.
+fn random_npy(path: &std::path::Path, shape: &[usize], seed: u64) -> std::path::PathBuf {
+    write_npy(path, &random(shape, seed, 100).mapv(|v| v as f32)).unwrap();
+    path.to_path_buf()
+}
+
 fn level(store: &std::path::Path, l: usize) -> ArrayD<f64> {
     read_all(&format!("{}/{l}", store.display())).to_f64()
 }
@@ -140,19 +136,12 @@ fn hand_checked_2d_levels_and_ome_metadata() {
     .unwrap();
     write_npy(&input, &a).unwrap();
     let out = dir.path().join("p.zarr");
-    ok(tessera(&io_args(
+    run_line(
         "pyramid",
         &input,
         &out,
-        &[
-            "--levels",
-            "3",
-            "--voxel-size",
-            "0.5,0.25",
-            "--unit",
-            "micrometer",
-        ],
-    )));
+        "--levels 3 --voxel-size 0.5,0.25 --unit micrometer",
+    );
     let l1 = level(&out, 1);
     assert_eq!(
         l1.iter().copied().collect::<Vec<_>>(),
@@ -258,12 +247,7 @@ fn gaussian_and_mode_equal_their_references() {
     assert_same_tree(&out_dir(dir.path(), 0, "g"), &out_dir(dir.path(), 1, "g"));
     assert_same_tree(&out_dir(dir.path(), 0, "m"), &out_dir(dir.path(), 1, "m"));
     // Mode on float data works but warns.
-    let out = ok(tessera(&io_args(
-        "pyramid",
-        &ia,
-        &dir.path().join("fm.zarr"),
-        &["--method", "mode"],
-    )));
+    let out = run_line("pyramid", &ia, &dir.path().join("fm.zarr"), "--method mode");
     assert!(out.contains("label images"), "{out}");
 }
 
@@ -286,7 +270,7 @@ fn laplacian_reconstructs_level_zero() {
             );
             assert!(out.join("diff_0").is_dir() && out.join("2").is_dir());
             let rec = dir.path().join(format!("{name}{k}_rec.npy"));
-            ok(tessera(&io_args("pyramid reconstruct", &out, &rec, &[])));
+            run_io("pyramid reconstruct", &out, &rec, &[]);
             let got = read_all(&s(&rec)).to_f64();
             let want = read_all(&s(input)).to_f64();
             let scale = want.iter().fold(0.0f64, |m, &x| m.max(x.abs()));
@@ -307,14 +291,10 @@ fn laplacian_reconstructs_level_zero() {
     }
     // Reconstructing something that is not a Laplacian pyramid is refused.
     let mean = dir.path().join("mean.zarr");
-    ok(tessera(&io_args("pyramid", &ia, &mean, &[])));
+    run_io("pyramid", &ia, &mean, &[]);
+    let restored = dir.path().join("r.npy");
     fails_with(
-        tessera(&io_args(
-            "pyramid reconstruct",
-            &mean,
-            &dir.path().join("r.npy"),
-            &[],
-        )),
+        tessera(&io_args("pyramid reconstruct", &mean, &restored, &[])),
         &["not a Laplacian pyramid"],
     );
 }
@@ -322,15 +302,14 @@ fn laplacian_reconstructs_level_zero() {
 #[test]
 fn pyramid_sampler_layout_puts_levels_under_the_field() {
     let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("a.npy");
-    write_npy(&input, &random(&[16, 16, 16], 7, 100).mapv(|v| v as f32)).unwrap();
+    let input = random_npy(&dir.path().join("a.npy"), &[16, 16, 16], 7);
     let out = dir.path().join("store.zarr");
-    ok(tessera(&io_args(
+    run_line(
         "pyramid",
         &input,
         &format!("{}/field1", out.display()),
-        &["--layout", "pyramid-sampler", "--chunks", "4,4,4"],
-    )));
+        "--layout pyramid-sampler --chunks 4,4,4",
+    );
     for l in 0..3 {
         assert!(
             out.join(format!("field1/{l}/zarr.json")).is_file(),
@@ -344,10 +323,8 @@ fn pyramid_sampler_layout_puts_levels_under_the_field() {
 #[test]
 fn bad_inputs_are_refused_with_one_clear_line_and_nothing_written() {
     let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("a.npy");
-    write_npy(&input, &random(&[8, 8, 8], 8, 100).mapv(|v| v as f32)).unwrap();
-    let four = dir.path().join("four.npy");
-    write_npy(&four, &random(&[2, 3, 8, 8], 8, 100).mapv(|v| v as f32)).unwrap();
+    let input = random_npy(&dir.path().join("a.npy"), &[8, 8, 8], 8);
+    let four = random_npy(&dir.path().join("four.npy"), &[2, 3, 8, 8], 8);
     let empty = dir.path().join("empty.npy");
     write_npy(&empty, &ArrayD::<f32>::zeros(IxDyn(&[0, 4, 4]))).unwrap();
     let out = dir.path().join("o.zarr");
@@ -376,7 +353,7 @@ fn bad_inputs_are_refused_with_one_clear_line_and_nothing_written() {
         &["--axes", "name them"],
     );
     fails_with(
-        tessera(&io_args("pyramid", &four, &o, &["--axes", "zcyx"])),
+        tessera(&io_line("pyramid", &four, &o, "--axes zcyx")),
         &["--axes", "time, channel, then space"],
     );
     fails_with(tessera(&io_args("pyramid", &empty, &o, &[])), &["size 0"]);
@@ -410,10 +387,11 @@ fn bad_inputs_are_refused_with_one_clear_line_and_nothing_written() {
     ok(run(&["--overwrite", "--method", "gaussian"]));
     // Corrupt metadata on the input: a clear error, not a panic.
     std::fs::write(out.join("0/zarr.json"), "{ not json").unwrap();
+    let level0 = format!("{o}/0");
     fails_with(
         tessera(&io_args(
             "pyramid",
-            &format!("{o}/0"),
+            &level0,
             &dir.path().join("q.zarr"),
             &[],
         )),
@@ -427,12 +405,8 @@ fn convert_writes_an_ome_zarr_pyramid_straight_from_a_stack() {
     let slices = dir.path().join("slices");
     tessera::demo::write_stack(&slices).unwrap();
     let out = dir.path().join("stack.zarr");
-    ok(tessera(&io_args(
-        "convert",
-        &slices,
-        &out,
-        &["--pyramid-levels", "3", "--pyramid-factor", "1,2,2"],
-    )));
+    let pyramid = ["--pyramid-levels", "3", "--pyramid-factor", "1,2,2"];
+    run_io("convert", &slices, &out, &pyramid);
     let l0 = level(&out, 0);
     assert_eq!(l0.shape(), &[64, 256, 256]);
     assert_eq!(level(&out, 1), ref_mean(&l0, &[1, 2, 2]).mapv(f64::round));
@@ -446,29 +420,24 @@ fn convert_writes_an_ome_zarr_pyramid_straight_from_a_stack() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
     fails_with(
-        tessera(&io_args(
-            "convert",
-            &slices,
-            &out,
-            &["--pyramid-levels", "2"],
-        )),
+        tessera(&io_line("convert", &slices, &out, "--pyramid-levels 2")),
         &["exists"],
     );
     fails_with(
-        tessera(&io_args(
+        tessera(&io_line(
             "convert",
             &slices,
             &dir.path().join("x.npy"),
-            &["--pyramid-levels", "2"],
+            "--pyramid-levels 2",
         )),
         &["--pyramid-levels", "not a Zarr store"],
     );
     fails_with(
-        tessera(&io_args(
+        tessera(&io_line(
             "convert",
             &slices,
             &dir.path().join("y.zarr"),
-            &["--pyramid-levels", "many"],
+            "--pyramid-levels many",
         )),
         &["--pyramid-levels", "auto"],
     );
@@ -541,6 +510,15 @@ fn exact_mean(values: &[i128]) -> i128 {
     }
 }
 
+/// The exact mean of each 2x2 block of `a` ([`exact_mean`]), row by row.
+fn block_means<T: Copy + Into<i128>>(a: &ArrayD<T>) -> Vec<i128> {
+    let blocks = blocks_2x2(a);
+    blocks
+        .iter()
+        .map(|b| exact_mean(&b.iter().map(|&v| v.into()).collect::<Vec<_>>()))
+        .collect()
+}
+
 /// The 2 x 2 blocks of a 2-D array, each as its values in C order.
 fn blocks_2x2<T: Copy>(a: &ArrayD<T>) -> Vec<Vec<T>> {
     let (h, w) = (a.shape()[0], a.shape()[1]);
@@ -584,28 +562,22 @@ fn sixty_four_bit_extremes_keep_their_values_in_every_method() {
             "{}_{method}.zarr",
             input.file_stem().unwrap().to_string_lossy()
         ));
-        ok(tessera(&io_args(
+        run_io(
             "pyramid",
             input,
             &out,
             &["--method", method, "--levels", "2"],
-        )));
+        );
         read_all(&format!("{}/1", out.display()))
     };
     // Mean: exact.
     let got = pyramid(&is, "mean").into_array::<i64>().unwrap();
-    let want: Vec<i64> = blocks_2x2(&signed)
-        .iter()
-        .map(|b| exact_mean(&b.iter().map(|&v| v as i128).collect::<Vec<_>>()) as i64)
-        .collect();
+    let want: Vec<i64> = block_means(&signed).iter().map(|&m| m as i64).collect();
     assert_eq!(got.iter().copied().collect::<Vec<_>>(), want);
     assert_eq!(got[[0, 0]], i64::MAX);
     assert_eq!(got[[0, 2]], big);
     let got = pyramid(&us, "mean").into_array::<u64>().unwrap();
-    let want: Vec<u64> = blocks_2x2(&unsigned)
-        .iter()
-        .map(|b| exact_mean(&b.iter().map(|&v| v as i128).collect::<Vec<_>>()) as u64)
-        .collect();
+    let want: Vec<u64> = block_means(&unsigned).iter().map(|&m| m as u64).collect();
     assert_eq!(got.iter().copied().collect::<Vec<_>>(), want);
     assert_eq!(got[[0, 0]], u64::MAX);
     let got = pyramid(&bs, "mean").into_array::<u64>().unwrap();
@@ -697,7 +669,7 @@ fn levels_are_the_same_on_any_thread_count() {
             .iter()
             .map(|threads| {
                 let out = out_dir(dir.path(), threads.parse().unwrap(), method);
-                ok(tessera(&io_args(
+                run_io(
                     "pyramid",
                     &input,
                     &out,
@@ -709,7 +681,7 @@ fn levels_are_the_same_on_any_thread_count() {
                         "--threads",
                         threads,
                     ],
-                )));
+                );
                 out
             })
             .collect();
@@ -719,12 +691,12 @@ fn levels_are_the_same_on_any_thread_count() {
                 .iter()
                 .map(|threads| {
                     let rec = dir.path().join(format!("run{threads}/rec.npy"));
-                    ok(tessera(&io_args(
+                    run_io(
                         "pyramid reconstruct",
                         &outs[usize::from(*threads == "3")],
                         &rec,
                         &["--threads", threads],
-                    )));
+                    );
                     rec
                 })
                 .collect();

@@ -46,8 +46,7 @@ fn zarr_python_and_h5py_read_exactly_the_source_pixels() {
         return;
     }
     let d = tempfile::tempdir().unwrap();
-    let input = d.path().join("in");
-    std::fs::create_dir(&input).unwrap();
+    let input = new_dir(d.path().join("in"));
     for z in 0..7 {
         let slice = ArrayD::from_shape_fn(IxDyn(&[3, 19, 23]), |i| pixel(z, i[0], i[1], i[2]));
         images::write_tiff(&input.join(format!("rgb_{z:02}.tif")), &Block::U16(slice)).unwrap();
@@ -93,7 +92,7 @@ fn zarr_python_and_h5py_read_exactly_the_source_pixels() {
     for (kind, out, order, extra) in cases {
         let mut args = io_args("convert", &input, &out, &["--axis-order", order]);
         args.extend(extra);
-        ok(tessera_env(&args, &[("TESSERA_UNIT_BYTES", "3000")]));
+        ok(tessera_units(&args, "3000"));
         succeeds(
             Command::new(python())
                 .arg(&script)
@@ -141,16 +140,14 @@ fn ome_zarr_models_validates_the_pyramid_and_numpy_recomputes_its_levels() {
     });
     ndarray_npy::write_npy(&src, &vol).unwrap();
     let out = d.path().join("p.zarr");
-    ok(tessera_env(
-        &io_args(
+    ok(tessera_units(
+        &io_line(
             "pyramid",
             &src,
             &out,
-            &[
-                "--axes", "czyx", "--chunks", "1,4,4,4", "--shards", "1,8,8,8", "--levels", "3",
-            ],
+            "--axes czyx --chunks 1,4,4,4 --shards 1,8,8,8 --levels 3",
         ),
-        &[("TESSERA_UNIT_BYTES", "20000")],
+        "20000",
     ));
     let script = d.path().join("ome.py");
     std::fs::write(&script, OME_CHECK).unwrap();

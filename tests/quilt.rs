@@ -154,9 +154,9 @@ fn unstitch_and_stitch_match_the_reference_bit_for_bit() {
             "3".into(),
         ];
         args.extend(geometry_args(window, step, border, blend));
-        ok(tessera_env(
+        ok(tessera_units(
             &args.iter().map(String::as_str).collect::<Vec<_>>(),
-            &[("TESSERA_UNIT_BYTES", "1")],
+            "1",
         ));
         let expected_patches = ref_unstitch(&img, &grid);
         assert_eq!(
@@ -249,7 +249,7 @@ fn unstitch_and_stitch_match_the_reference_bit_for_bit() {
         );
         // And unstitch -> stitch of the untouched patches gives the input back.
         let back = s(&d.path().join(format!("back{case}.npy")));
-        ok(tessera(&io_args("quilt stitch", &patches_addr, &back, &[])));
+        run_io("quilt stitch", &patches_addr, &back, &[]);
         let back: ArrayD<f32> = read_npy(&back).unwrap();
         assert!(
             back.iter()
@@ -274,26 +274,26 @@ fn a_memory_bounded_stitch_gives_the_same_bits() {
     args.extend(geometry);
     ok(tessera(&args));
     let free = s(&d.path().join("free.npy"));
-    ok(tessera(&io_args("quilt stitch", &p, &free, &[])));
+    run_io("quilt stitch", &p, &free, &[]);
     // Output chunks of one row make bands of one window (8 rows). 2300K per rank, under
     // the volume's f64 accumulators (3.4 MiB): units of one band, patches read a few at a
     // time. 200K cannot hold one band and is refused, naming the band.
     let bounded = s(&d.path().join("bounded.npy"));
     fails_with(
-        tessera(&io_args(
+        tessera(&io_line(
             "quilt stitch",
             &p,
             &bounded,
-            &["--memory-limit", "200K", "--chunks", "1,1,1,48,48"],
+            "--memory-limit 200K --chunks 1,1,1,48,48",
         )),
         &["--memory-limit", "one band of 8 output rows"],
     );
-    let log = ok(tessera(&io_args(
+    let log = run_line(
         "quilt stitch",
         &p,
         &bounded,
-        &["--memory-limit", "2300K", "--chunks", "1,1,1,48,48"],
-    )));
+        "--memory-limit 2300K --chunks 1,1,1,48,48",
+    );
     assert_eq!(
         std::fs::read(&free).unwrap(),
         std::fs::read(&bounded).unwrap()
@@ -311,19 +311,12 @@ fn a_memory_bounded_stitch_gives_the_same_bits() {
         .iter()
         .zip(img.iter())
         .all(|(a, b)| (a - b).abs() <= 1e-6));
-    let plan = ok(tessera(&io_args(
+    let plan = run_line(
         "quilt stitch",
         &p,
         &bounded,
-        &[
-            "--memory-limit",
-            "2300K",
-            "--chunks",
-            "1,1,1,48,48",
-            "--dry-run",
-            "--overwrite",
-        ],
-    )));
+        "--memory-limit 2300K --chunks 1,1,1,48,48 --dry-run --overwrite",
+    );
     let mib: f64 = plan
         .split("memory: about ")
         .nth(1)
@@ -387,12 +380,12 @@ fn nan_in_patches_is_left_out_counted_and_warned_about() {
     let p = d.path().join("p.npy");
     write_npy(&p, &patches).unwrap();
     let out = d.path().join("o.npy");
-    let log = ok(tessera(&io_args(
+    let log = run_line(
         "quilt stitch",
         &p,
         &out,
-        &["--shape", "1,1,8,8", "--window", "4", "--step", "2"],
-    )));
+        "--shape 1,1,8,8 --window 4 --step 2",
+    );
     assert!(log.contains("1 NaN patch values were left out"), "{log}");
     let m: ArrayD<f32> = read_npy(&out).unwrap();
     assert!(m.iter().all(|&x| x == 0.5), "no NaN spread to neighbours");
@@ -469,22 +462,22 @@ fn bad_geometry_and_patch_arrays_fail_clearly() {
         &["--window", "3 values"],
     );
     fails_with(
-        tessera(&io_args(
+        tessera(&io_line(
             "quilt unstitch",
             &d.path().join("none.npy"),
             &out,
-            &["--window", "4", "--step", "2"],
+            "--window 4 --step 2",
         )),
         &["does not exist"],
     );
     let flat = s(&d.path().join("flat.npy"));
     write_npy(&flat, &random_f32(&[10, 10], 4)).unwrap();
     fails_with(
-        tessera(&io_args(
+        tessera(&io_line(
             "quilt unstitch",
             &flat,
             &out,
-            &["--window", "4", "--step", "2"],
+            "--window 4 --step 2",
         )),
         &["(N, C, Y, X)"],
     );
@@ -500,22 +493,17 @@ fn bad_geometry_and_patch_arrays_fail_clearly() {
         &["no `quilt` geometry", "--shape"],
     );
     fails_with(
-        tessera(&io_args(
+        tessera(&io_line(
             "quilt stitch",
             &bare,
             &res,
-            &["--shape", "1,1,10,10", "--window", "4", "--step", "3"],
+            "--shape 1,1,10,10 --window 4 --step 3",
         )),
         &["shape", "16, 1, 4, 4"],
     );
     // A corrupt geometry attribute.
     let z = s(&d.path().join("z.zarr"));
-    ok(tessera(&io_args(
-        "quilt unstitch",
-        &input,
-        &z,
-        &["--window", "4", "--step", "2"],
-    )));
+    run_line("quilt unstitch", &input, &z, "--window 4 --step 2");
     let meta = d.path().join("z.zarr/zarr.json");
     let text = std::fs::read_to_string(&meta)
         .unwrap()
@@ -526,20 +514,11 @@ fn bad_geometry_and_patch_arrays_fail_clearly() {
         &["corrupt `quilt` attribute"],
     );
     fails_with(
-        tessera(&io_args(
+        tessera(&io_line(
             "quilt stitch",
             &bare,
             &res,
-            &[
-                "--shape",
-                "1,1,10,10",
-                "--window",
-                "4",
-                "--step",
-                "2",
-                "--memory-limit",
-                "200",
-            ],
+            "--shape 1,1,10,10 --window 4 --step 2 --memory-limit 200",
         )),
         &["--memory-limit", "too small"],
     );
@@ -574,7 +553,7 @@ fn weed_drops_pairs_without_labels_inside_the_border() {
         d.path().join("ol.npy"),
         d.path().join("mask.npy"),
     );
-    ok(tessera_env(
+    ok(tessera_units(
         &[
             "quilt",
             "weed",
@@ -593,7 +572,7 @@ fn weed_drops_pairs_without_labels_inside_the_border() {
             "--mask",
             &s(&om),
         ],
-        &[("TESSERA_UNIT_BYTES", "1")],
+        "1",
     ));
     let kept: Vec<usize> = (0..m).filter(|&i| expect_keep[i]).collect();
     let got_inputs = read_all(&s(&oi)).into_array::<f32>().unwrap();
@@ -696,11 +675,11 @@ fn killed_quilt_runs_resume_to_identical_bytes() {
         let mut e = env.to_vec();
         e.extend_from_slice(extra);
         tessera_env(
-            &io_args(
+            &io_line(
                 "quilt unstitch",
                 &input,
                 out,
-                &["--window", "8", "--step", "4", "--patches-per-chunk", "5"],
+                "--window 8 --step 4 --patches-per-chunk 5",
             ),
             &e,
         )
@@ -712,19 +691,11 @@ fn killed_quilt_runs_resume_to_identical_bytes() {
         .status
         .success());
     assert!(!std::path::Path::new(&out).exists());
-    let args = io_args(
+    let args = io_line(
         "quilt unstitch",
         &input,
         &out,
-        &[
-            "--window",
-            "8",
-            "--step",
-            "4",
-            "--patches-per-chunk",
-            "5",
-            "--resume",
-        ],
+        "--window 8 --step 4 --patches-per-chunk 5 --resume",
     );
     ok(tessera_env(&args, &env));
     assert_same_tree(std::path::Path::new(&clean), std::path::Path::new(&out));
@@ -735,7 +706,7 @@ fn killed_quilt_runs_resume_to_identical_bytes() {
     // Stitch, killed and resumed, writes the same bytes as an uninterrupted stitch.
     let whole = s(&d.path().join("whole.npy"));
     let stitch = |o: &str, extra: &[&str], e: &[(&str, &str)]| {
-        let mut a = io_args("quilt stitch", &clean, o, &["--chunks", "1,1,4,36"]);
+        let mut a = io_line("quilt stitch", &clean, o, "--chunks 1,1,4,36");
         a.extend_from_slice(extra);
         tessera_env(&a, e)
     };
@@ -782,37 +753,11 @@ fn stitch_bytes_do_not_depend_on_units_memory_limit_or_resume() {
     write_npy(&pred, &predictions).unwrap();
     let patch_bytes = (predictions.len() * 8) as u64;
     let stitch = |out: &str, extra: &[&str], env: &[(&str, &str)]| {
-        let mut args = io_args(
-            "quilt stitch",
-            &pred,
-            out,
-            &[
-                "--shape",
-                "2,2,30,12,10",
-                "--window",
-                "6,5,4",
-                "--step",
-                "3",
-                "--blend",
-                "gaussian",
-                "--sigma",
-                "0.3",
-                "--chunks",
-                "1,2,2,12,10",
-            ],
-        );
+        let mut args = io_line("quilt stitch", &pred, out, "--shape 2,2,30,12,10 --window 6,5,4 --step 3 --blend gaussian --sigma 0.3 --chunks 1,2,2,12,10");
         args.extend_from_slice(extra);
         tessera_env(&args, env)
     };
-    let w = weights(
-        &grid.window,
-        &Weighting {
-            blend: Blend::Gaussian,
-            border: vec![0; 3],
-            border_weight: 0.1,
-            sigma: 0.3,
-        },
-    );
+    let w = weights(&grid.window, &Weighting::gaussian(3, 0.3));
     // Chunks of 2 rows, windows of 6: bands of 6 rows, 5 per image.
     let (mean, _) = ref_stitch(&predictions, &shape, &grid, &w, band_rows(2, 6));
     let bits = |path: &str| -> Vec<u64> {
@@ -883,12 +828,7 @@ fn float64_patches_beyond_what_the_sums_hold_are_refused_and_the_largest_that_fi
         let input = d.path().join(format!("img{scale:e}.npy"));
         write_npy(&input, &img).unwrap();
         let p = s(&d.path().join(format!("p{scale:e}.zarr")));
-        ok(tessera(&io_args(
-            "quilt unstitch",
-            &input,
-            &p,
-            &["--window", "8,8", "--step", "4,4"],
-        )));
+        run_line("quilt unstitch", &input, &p, "--window 8,8 --step 4,4");
         let out = d.path().join(format!("back{scale:e}{std}.npy"));
         let mut args = vec!["quilt", "stitch", "--input", &p, "--output"];
         let o = s(&out);

@@ -27,7 +27,7 @@ fn image(dir: &Path) -> PathBuf {
 fn patches(dir: &Path, blend: &str) -> PathBuf {
     let input = image(dir);
     let out = dir.join("p.zarr");
-    ok(tessera(&io_args(
+    run_io(
         "quilt unstitch",
         &input,
         &out,
@@ -42,8 +42,25 @@ fn patches(dir: &Path, blend: &str) -> PathBuf {
             blend,
             "--overwrite",
         ],
-    )));
+    );
     out
+}
+
+/// crop's side files beside its output `c.npy`.
+const CROP_SIDE_FILES: [&str; 5] = [
+    "c_radii.npy",
+    "c_retention.npy",
+    "c_centers.npy",
+    "c_results.json",
+    "c_visualization.png",
+];
+
+/// A temporary directory with [`patches`] (border blend) of its image, and a [`snapshot`] of it.
+fn border_patches() -> (tempfile::TempDir, PathBuf, Vec<(String, Vec<u8>)>) {
+    let d = tempfile::tempdir().unwrap();
+    let p = patches(d.path(), "border");
+    let before = snapshot(d.path());
+    (d, p, before)
 }
 
 /// Every file under `dir` with its bytes (to show that a refused command changed nothing).
@@ -53,19 +70,12 @@ fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
 
 #[test]
 fn outputs_on_or_inside_an_input_are_refused_and_the_input_survives() {
-    let d = tempfile::tempdir().unwrap();
+    let (d, p, before) = border_patches();
     let dir = d.path();
-    let p = patches(dir, "border");
     let input = dir.join("in.npy");
-    let before = snapshot(dir);
     let unstitch = |out: &str, extra: &[&str]| {
         with(
-            &io_args(
-                "quilt unstitch",
-                &input,
-                out,
-                &["--window", "16,16", "--step", "8,8"],
-            ),
+            &io_line("quilt unstitch", &input, out, "--window 16,16 --step 8,8"),
             extra,
         )
     };
@@ -118,28 +128,22 @@ fn an_output_store_around_its_input_is_refused() {
     let dir = d.path();
     let p = patches(dir, "border");
     // Stitch into a group of the store, then pyramid that array into the store's root.
-    let store = dir.join("s.zarr");
-    std::fs::create_dir(&store).unwrap();
+    let store = new_dir(dir.join("s.zarr"));
     let a = format!("{}/a", store.display());
-    ok(tessera(&io_args("quilt stitch", &p, &a, &[])));
+    run_io("quilt stitch", &p, &a, &[]);
     let before = snapshot(dir);
     fails_with(
-        tessera(&io_args(
-            "pyramid",
-            &a,
-            &store,
-            &["--axes", "tcyx", "--overwrite"],
-        )),
+        tessera(&io_line("pyramid", &a, &store, "--axes tcyx --overwrite")),
         &["contains the input"],
     );
     assert_eq!(snapshot(dir), before);
     // A sibling array in the same store is fine.
-    ok(tessera(&io_args(
+    run_line(
         "pyramid",
         &a,
         &format!("{}/b", store.display()),
-        &["--axes", "tcyx"],
-    )));
+        "--axes tcyx",
+    );
 }
 
 #[test]
@@ -147,10 +151,9 @@ fn overwrite_replaces_only_what_tessera_writes() {
     let d = tempfile::tempdir().unwrap();
     let dir = d.path();
     let p = patches(dir, "border");
-    let stitch = |out: &Path| tessera(&io_args("quilt stitch", &p, &out, &["--overwrite"]));
+    let stitch = |out: &Path| tessera(&io_line("quilt stitch", &p, &out, "--overwrite"));
     // A directory of someone's files named like a store.
-    let plain = dir.join("plain.zarr");
-    std::fs::create_dir(&plain).unwrap();
+    let plain = new_dir(dir.join("plain.zarr"));
     std::fs::write(plain.join("thesis.tex"), b"years of work").unwrap();
     fails_with(stitch(&plain), &["without Zarr metadata", "plain.zarr"]);
     assert_eq!(
@@ -180,11 +183,9 @@ fn overwrite_replaces_only_what_tessera_writes() {
 
 #[test]
 fn reports_and_side_files_are_never_overwritten_without_asking() {
-    let d = tempfile::tempdir().unwrap();
+    let (d, p, before) = border_patches();
     let dir = d.path();
-    let p = patches(dir, "border");
     let input = dir.join("in.npy");
-    let before = snapshot(dir);
     let stitch = |out: &Path, extra: &[&str]| with(&io_args("quilt stitch", &p, &out, &[]), extra);
     let out = dir.join("m.zarr");
     // --report on or inside an input, an existing file, the patches' report, inside the output.
@@ -211,8 +212,7 @@ fn reports_and_side_files_are_never_overwritten_without_asking() {
     );
     assert_eq!(snapshot(dir), before, "a refused command wrote something");
     // Two arrays in one store each keep their default report.
-    let store = dir.join("s.zarr");
-    std::fs::create_dir(&store).unwrap();
+    let store = new_dir(dir.join("s.zarr"));
     ok(stitch(&store.join("a"), &[]));
     ok(stitch(&store.join("b"), &[]));
     assert!(
@@ -240,22 +240,10 @@ fn crop_side_files_are_refused_one_by_one() {
     std::fs::remove_file(&out).unwrap();
     std::fs::remove_file(dir.join("c.npy.report.json")).unwrap();
     std::fs::remove_file(dir.join("c_test_input.npy")).unwrap();
-    for side in [
-        "c_radii.npy",
-        "c_retention.npy",
-        "c_centers.npy",
-        "c_results.json",
-        "c_visualization.png",
-    ] {
+    for side in CROP_SIDE_FILES {
         let keep = dir.join(format!("{side}.keep"));
         // Only this one side file is present: the run is refused before writing anything.
-        for other in [
-            "c_radii.npy",
-            "c_retention.npy",
-            "c_centers.npy",
-            "c_results.json",
-            "c_visualization.png",
-        ] {
+        for other in CROP_SIDE_FILES {
             if other != side {
                 let _ = std::fs::rename(dir.join(other), dir.join(format!("{other}.keep")));
             }
@@ -267,13 +255,7 @@ fn crop_side_files_are_refused_one_by_one() {
         assert!(!out.exists() && !dir.join("c_test_input.npy").exists());
         let _ = std::fs::rename(dir.join(side), &keep);
     }
-    for side in [
-        "c_radii.npy",
-        "c_retention.npy",
-        "c_centers.npy",
-        "c_results.json",
-        "c_visualization.png",
-    ] {
+    for side in CROP_SIDE_FILES {
         std::fs::rename(dir.join(format!("{side}.keep")), dir.join(side)).unwrap();
     }
     // With --overwrite every file is replaced, by the same bytes (the run is deterministic).
@@ -408,38 +390,31 @@ fn resume_refuses_changed_parameters_in_every_command() {
         "blend",
     );
     resume_with_a_change(
-        &strings(&io_args(
+        &strings(&io_line(
             "quilt unstitch",
             &input,
             &o("u.zarr"),
-            &["--window", "16,16", "--step", "8,8"],
+            "--window 16,16 --step 8,8",
         )),
         &["--border", "3"],
         "border",
     );
     resume_with_a_change(
-        &strings(&io_args(
+        &strings(&io_line(
             "pyramid",
             &input,
             &o("pl.zarr"),
-            &[
-                "--method",
-                "laplacian",
-                "--chunks",
-                "1,1,8,8",
-                "--axes",
-                "tcyx",
-            ],
+            "--method laplacian --chunks 1,1,8,8 --axes tcyx",
         )),
         &["--codec", "none"],
         "codec",
     );
     resume_with_a_change(
-        &strings(&io_args(
+        &strings(&io_line(
             "pyramid reconstruct",
             &o("pl.zarr"),
             &o("back.zarr"),
-            &["--chunks", "1,1,8,8"],
+            "--chunks 1,1,8,8",
         )),
         &["--codec", "gzip"],
         "codec",
@@ -451,11 +426,11 @@ fn resume_refuses_changed_parameters_in_every_command() {
         &["--no-visualization"],
     )));
     resume_with_a_change(
-        &strings(&io_args(
+        &strings(&io_line(
             "crop",
             &o("t_test_input.npy"),
             &o("c.zarr"),
-            &["--chunk-size", "4", "--no-visualization"],
+            "--chunk-size 4 --no-visualization",
         )),
         &["--codec", "gzip"],
         "codec",
@@ -463,11 +438,11 @@ fn resume_refuses_changed_parameters_in_every_command() {
     let stack = dir.join("stack");
     write_slices(&stack, "s", 6, &[16, 16], tessera::io::DType::U16, 3);
     resume_with_a_change(
-        &strings(&io_args(
+        &strings(&io_line(
             "convert",
             &stack,
             &o("conv.zarr"),
-            &["--chunks", "1,16,16"],
+            "--chunks 1,16,16",
         )),
         &["--dtype", "f32"],
         "dtype",
@@ -479,11 +454,9 @@ fn an_interrupted_per_bracket_merge_resumes_only_with_its_parameters() {
     let d = tempfile::tempdir().unwrap();
     let dir = d.path();
     let sky = dir.join("sky");
+    let synthetic = synthetic_args(&sky, "3", &["--exposures", "3", "--size", "24"]);
     let synth = |extra: &[&str]| {
-        ok(with(
-            &synthetic_args(&sky, "3", &["--exposures", "3", "--size", "24"]),
-            extra,
-        ));
+        ok(with(&synthetic, extra));
     };
     synth(&[]);
     // The last bracket's first image is unreadable: the merge stops after two brackets.
@@ -573,15 +546,14 @@ fn stitch_flags_that_contradict_the_patches_are_refused_and_weighting_flags_hono
         &o("hann-flag.npy"),
         &["--blend", "hann", "--weights", &o("hann-flag-w.npy")],
     ));
-    let dir2 = dir.join("hann");
-    std::fs::create_dir(&dir2).unwrap();
+    let dir2 = new_dir(dir.join("hann"));
     let p2 = patches(&dir2, "hann");
-    ok(tessera(&io_args(
+    run_io(
         "quilt stitch",
         &p2,
         &o("hann-attr.npy"),
         &["--weights", &o("hann-attr-w.npy")],
-    )));
+    );
     let bytes = |name: &str| std::fs::read(dir.join(name)).unwrap();
     assert!(bytes("hann-flag.npy") == bytes("hann-attr.npy"));
     assert!(bytes("hann-flag-w.npy") == bytes("hann-attr-w.npy"));
@@ -687,7 +659,7 @@ mod hdf5_files {
         let dir = d.path();
         let f = user_file(dir);
         let p = patches(dir, "border");
-        let args = |out: &str| strings(&io_args("quilt stitch", &p, out, &["--codec", "gzip"]));
+        let args = |out: &str| strings(&io_line("quilt stitch", &p, out, "--codec gzip"));
         let clean = s(&dir.join("clean.npy"));
         ok(tessera(
             &args(&clean).iter().map(String::as_str).collect::<Vec<_>>(),
@@ -712,22 +684,17 @@ mod hdf5_files {
         let target = format!("{}:/g/mean", f.display());
         ok(tessera_mpi(
             2,
-            &io_args("quilt stitch", &p, &target, &["--codec", "gzip"]),
+            &io_line("quilt stitch", &p, &target, "--codec gzip"),
             &[("TESSERA_UNIT_BYTES", "4096")],
         ));
         ok(tessera_mpi(
             2,
-            &io_args(
-                "quilt stitch",
-                &p,
-                &target,
-                &["--codec", "gzip", "--overwrite"],
-            ),
+            &io_line("quilt stitch", &p, &target, "--codec gzip --overwrite"),
             &[("TESSERA_UNIT_BYTES", "4096")],
         ));
         assert_eq!(read_keep(&f), [1, 2, 3]);
         let clean = s(&dir.join("clean.npy"));
-        ok(tessera(&io_args("quilt stitch", &p, &clean, &[])));
+        run_io("quilt stitch", &p, &clean, &[]);
         assert_eq!(read_all(&clean), read_all(&target));
         // A refusal on two ranks is still one line.
         fails_with(

@@ -305,12 +305,8 @@ fn image(dir: &Path) -> PathBuf {
 fn patches(dir: &Path) -> (PathBuf, PathBuf) {
     let img = image(dir);
     let p = dir.join("patches.npy");
-    ok(tessera(&io_args(
-        "quilt unstitch",
-        &img,
-        &p,
-        &["--window", "8,8", "--step", "4,4"],
-    )));
+    let geometry = ["--window", "8,8", "--step", "4,4"];
+    run_io("quilt unstitch", &img, &p, &geometry);
     let mut rng = Rng::new(4);
     let labels = ndarray::ArrayD::from_shape_fn(ndarray::IxDyn(&[9, 1, 8, 8]), |_| {
         if rng.below(4) == 0 {
@@ -474,12 +470,8 @@ fn pyramid_sizes() {
     failures.extend(check_table(d.path(), "pyramid", &table));
 
     let lap = d.path().join("lap.zarr");
-    ok(tessera(&io_args(
-        "pyramid",
-        &c,
-        &lap,
-        &["--chunks", "4,8,8", "--method", "laplacian"],
-    )));
+    let laplacian = ["--chunks", "4,8,8", "--method", "laplacian"];
+    run_io("pyramid", &c, &lap, &laplacian);
     let table = Table {
         command: words(&io_args("pyramid reconstruct", &lap, "{out}/r.zarr", &[])),
         defaults: vec![],
@@ -542,12 +534,7 @@ fn crop_sizes() {
     )));
     let stem = d.path().join("stem_test_input.npy");
     let table = Table {
-        command: words(&io_args(
-            "crop",
-            &stem,
-            "{out}/c.npy",
-            &["--no-visualization"],
-        )),
+        command: words(&io_line("crop", &stem, "{out}/c.npy", "--no-visualization")),
         defaults: vec![],
         flags: vec![
             int("--margin-pixels", ONE),

@@ -28,12 +28,7 @@ fn run(
     let _ = std::fs::remove_dir_all(&out);
     let _ = std::fs::remove_file(dir.join("p.zarr.report.json"));
     let _ = std::fs::remove_file(dir.join("p_positions.npy"));
-    let args = io_args(
-        "quilt unstitch",
-        &image,
-        &out,
-        &["--window", "16,16", "--step", "8,8"],
-    );
+    let args = io_line("quilt unstitch", &image, &out, "--window 16,16 --step 8,8");
     ok(cmd(&args));
     let r: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("p.zarr.report.json")).unwrap()).unwrap();
@@ -84,22 +79,8 @@ fn one_process_uses_its_cpus_unless_told() {
 fn the_thread_sweep_puts_each_speed_up_beside_the_copys() {
     let d = tempfile::tempdir().unwrap();
     let dir = d.path().join("sweep");
-    let out = ok(tessera(&[
-        "bench",
-        "scaling",
-        "--op",
-        "pyramid",
-        "--mode",
-        "threads",
-        "--thread-counts",
-        "1,2,3",
-        "--size",
-        "1",
-        "--memcopy-mib",
-        "4",
-        "--dir",
-        &s(&dir),
-    ]));
+    let sweep = "--mode threads --thread-counts 1,2,3 --size 1 --memcopy-mib 4";
+    let out = ok(tessera(&scaling_args("pyramid", &dir, sweep)));
     assert!(
         out.contains("| threads |") && out.contains("| 3 |"),
         "{out}"
@@ -134,16 +115,7 @@ fn the_thread_sweep_puts_each_speed_up_beside_the_copys() {
     let png = image::open(dir.join("scaling-pyramid-threads.png")).unwrap();
     assert_eq!((png.width(), png.height()), (1000, 450));
     fails_with(
-        tessera(&[
-            "bench",
-            "scaling",
-            "--op",
-            "pyramid",
-            "--thread-counts",
-            "1,2",
-            "--dir",
-            &s(&dir),
-        ]),
+        tessera(&scaling_args("pyramid", &dir, "--thread-counts 1,2")),
         &["--thread-counts", "--mode threads"],
     );
 }

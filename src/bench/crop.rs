@@ -126,8 +126,8 @@ fn kernel_on_the_gpu(b: &CropBench, comm: &dyn Comm) -> Result<()> {
         Ok(())
     }
     #[cfg(not(feature = "cuda"))]
-    Err(crate::error::Error::NotCompiled {
-        what: format!("bench crop --device {}", b.device),
-        feature: "cuda",
-    })
+    Err(crate::error::Error::without_cuda(format!(
+        "bench crop --device {}",
+        b.device
+    )))
 }

@@ -65,10 +65,7 @@ pub fn run(b: &HdrBench, comm: &dyn Comm) -> Result<()> {
             &crate::bench::gpu::open(b.device)?,
         );
         #[cfg(not(feature = "cuda"))]
-        return Err(crate::error::Error::NotCompiled {
-            what: "bench hdr --device cuda".into(),
-            feature: "cuda",
-        });
+        return Err(crate::error::Error::without_cuda("bench hdr --device cuda"));
     }
     let (images, ln_t) = hdr::synthetic_bracket(b.size, b.size, b.exposures, 1);
     // The synthetic camera's inverse (gamma 2.2, scale 8) as the response.

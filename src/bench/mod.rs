@@ -24,9 +24,8 @@ use serde::Serialize;
 
 use crate::comm::{Comm, ReduceOp};
 use crate::error::{IoContext, Result};
-use crate::exec::RunOptions;
 use crate::io::{images, staging::remove_any, Block, Codec};
-use crate::job::{AxisOrder, ConvertJob, OutputFormat};
+use crate::job::ConvertJob;
 
 /// Parameters of `tessera bench convert`.
 #[derive(Clone, Debug, clap::Args)]
@@ -165,23 +164,10 @@ fn time_copy_and_convert(
     let copy_dir = b.dir.join("copy");
     let output = b.dir.join("out.zarr");
     let job = ConvertJob {
-        input: input.to_path_buf(),
-        pattern: r"(bench)_(\d+)\.tif$".into(),
-        output: output.clone(),
-        extension: Some(".tif".into()),
-        axis_order: AxisOrder::Zcyx,
         chunks: b.chunks.clone(),
         shards: b.shards.clone(),
         codec: b.codec,
-        dtype: None,
-        format: OutputFormat::Zarr,
-        pyramid_levels: None,
-        pyramid_method: Default::default(),
-        pyramid_factor: None,
-        run: RunOptions {
-            overwrite: true,
-            ..RunOptions::default()
-        },
+        ..ConvertJob::tifs_to_zarr(input.to_path_buf(), r"(bench)_(\d+)\.tif$", output.clone())
     };
     let (mut copy_times, mut convert_times) = (Vec::new(), Vec::new());
     for _ in 0..b.repeat.max(1) {
@@ -303,10 +289,9 @@ pub fn quilt(b: &QuiltBench, comm: &dyn Comm) -> Result<()> {
         #[cfg(feature = "cuda")]
         return gpu::quilt(&cases, b.repeat.max(1), &gpu::open(b.device)?);
         #[cfg(not(feature = "cuda"))]
-        return Err(crate::error::Error::NotCompiled {
-            what: "bench quilt --device cuda".into(),
-            feature: "cuda",
-        });
+        return Err(crate::error::Error::without_cuda(
+            "bench quilt --device cuda",
+        ));
     }
     println!(
         "bench quilt: in-memory kernels (copy and unstitch on one thread, stitch on {} rayon threads), best of {}, fraction of a memcpy of the patch bytes",

@@ -14,7 +14,7 @@ use crate::comm::Comm;
 use crate::error::{IoContext, Result};
 use crate::exec::RunOptions;
 use crate::grid::Region;
-use crate::io::{self, Address, Block, Codec, CreateSpec, DType};
+use crate::io::{self, Address, Block, Codec, DType};
 use crate::job::PairsJob;
 use crate::ops::pairs::PairsOp;
 
@@ -78,16 +78,7 @@ fn make_input(b: &PairsBench, path: &Path) -> Result<()> {
 
 /// The bench's images into a new `.npy` at `path`, one image at a time.
 fn write_images(b: &PairsBench, path: &Path, shape: &[u64]) -> Result<()> {
-    let spec = CreateSpec {
-        flat_chunk_keys: false,
-        shape: shape.to_vec(),
-        dtype: DType::F32,
-        chunks: shape.to_vec(),
-        shards: None,
-        codec: Codec::None,
-        dimension_names: None,
-        attributes: serde_json::Map::new(),
-    };
+    let spec = crate::ops::plain_spec(shape.to_vec(), DType::F32, shape.to_vec(), Codec::None);
     let writer = io::create(
         &Address::Npy {
             path: path.to_path_buf(),

@@ -13,7 +13,7 @@ use crate::comm::Comm;
 use crate::error::{IoContext, Result};
 use crate::exec::RunOptions;
 use crate::grid::Region;
-use crate::io::{self, Address, Block, Codec, CreateSpec, DType};
+use crate::io::{self, Address, Block, Codec, DType};
 use crate::job::{PyramidJob, PyramidLayout};
 use crate::ops::pyramid::{kernel::Method, PyramidOp};
 
@@ -69,16 +69,7 @@ fn make_input(b: &PyramidBench, address: &Address, comm: &dyn Comm) -> Result<()
             return Ok(());
         }
     }
-    let spec = CreateSpec {
-        flat_chunk_keys: false,
-        shape: vec![b.size; 3],
-        dtype: DType::F32,
-        chunks: vec![b.chunk; 3],
-        shards: None,
-        codec: Codec::None,
-        dimension_names: None,
-        attributes: serde_json::Map::new(),
-    };
+    let spec = crate::ops::plain_spec(vec![b.size; 3], DType::F32, vec![b.chunk; 3], Codec::None);
     let writer = io::create(address, &spec, comm, false)?;
     if comm.is_root() {
         let n = b.size as usize;
@@ -120,10 +111,10 @@ fn kernels_on_the_gpu(b: &PyramidBench, comm: &dyn Comm) -> Result<()> {
         Ok(())
     }
     #[cfg(not(feature = "cuda"))]
-    Err(crate::error::Error::NotCompiled {
-        what: format!("bench pyramid --device {}", b.device),
-        feature: "cuda",
-    })
+    Err(crate::error::Error::without_cuda(format!(
+        "bench pyramid --device {}",
+        b.device
+    )))
 }
 
 /// Writes `bytes` as 1 MiB files under `dir` (removed afterwards); returns the seconds taken.

@@ -719,6 +719,25 @@ fn plot(path: &Path, b: &ScalingBench, rows: &[Row], eff: &[Efficiency]) -> Resu
     root.present().map_err(|e| err(e.to_string()))
 }
 
+/// A CSV table this bench wrote, as (column, value) pairs per row; `None` when a line is not as
+/// wide as the header (a value with a comma in it, or a column left out).
+pub fn read_table(csv: &str) -> Option<Vec<Vec<(String, String)>>> {
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next()?.split(',').collect();
+    lines
+        .map(|l| {
+            let fields: Vec<&str> = l.split(',').collect();
+            (fields.len() == header.len()).then(|| {
+                header
+                    .iter()
+                    .zip(fields)
+                    .map(|(h, f)| (h.to_string(), f.to_string()))
+                    .collect()
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -748,22 +767,9 @@ mod tests {
         ]
     }
 
-    /// The CSV as (name, value) pairs per row, checking that every line has the header's
-    /// number of fields.
+    /// The CSV as (name, value) pairs per row, every line as wide as the header.
     fn parse(csv: &str) -> Vec<Vec<(String, String)>> {
-        let mut lines = csv.lines();
-        let header: Vec<&str> = lines.next().unwrap().split(',').collect();
-        lines
-            .map(|l| {
-                let fields: Vec<&str> = l.split(',').collect();
-                assert_eq!(fields.len(), header.len(), "{l}\n{csv}");
-                header
-                    .iter()
-                    .zip(fields)
-                    .map(|(h, f)| (h.to_string(), f.to_string()))
-                    .collect()
-            })
-            .collect()
+        read_table(csv).unwrap_or_else(|| panic!("a line is not as wide as the header:\n{csv}"))
     }
 
     fn get<'a>(row: &'a [(String, String)], name: &str) -> &'a str {

@@ -60,6 +60,14 @@ pub fn target_unit_bytes(total_bytes: u64) -> u64 {
     (total_bytes / MIN_UNITS).max(MIN_UNIT_BYTES).min(cap)
 }
 
+/// Runs of whole blocks (`block` items each) over `extent` items of `item_bytes` each, about
+/// [`target_unit_bytes`] per run: the units of a run that writes its output block by block.
+pub fn unit_runs(extent: u64, block: u64, item_bytes: u64) -> Vec<std::ops::Range<u64>> {
+    let target = target_unit_bytes(extent * item_bytes);
+    let blocks = crate::grid::blocks_for_target(block * item_bytes, target);
+    crate::grid::block_aligned_runs(extent, block, blocks)
+}
+
 /// Fault injection for the resume tests: with `TESSERA_ABORT_AFTER_UNITS=N`, a rank aborts
 /// (no cleanup, like `kill -9`) right after recording its N-th finished unit.
 fn abort_after_units() -> Option<u64> {
@@ -146,6 +154,54 @@ pub struct UnitInfo {
     /// Bytes written to the output (uncompressed).
     pub bytes_out: u64,
 }
+
+/// Writes the [`Operation`] methods that only hand back the plan's field of the same name
+/// (`targets`, `units`, `memory_per_unit`, `parameters`, `fingerprint`), for the plans that
+/// keep them as fields, and `name` when given first: `plan_fields!("crop"; targets, units);`
+/// inside the impl. `spec` writes `planned_outputs` for a plan whose one output is the array
+/// `self.spec` at `targets[0]`.
+macro_rules! plan_fields {
+    ($name:literal; $($field:ident),+ $(,)?) => {
+        fn name(&self) -> &'static str {
+            $name
+        }
+        $crate::exec::plan_fields!($($field),+);
+    };
+    (@ spec) => {
+        fn planned_outputs(&self) -> Vec<$crate::exec::disk::PlannedOutput> {
+            vec![$crate::exec::disk::PlannedOutput::array(&self.targets[0], &self.spec)]
+        }
+    };
+    (@ targets) => {
+        fn targets(&self) -> &[$crate::io::Address] {
+            &self.targets
+        }
+    };
+    (@ units) => {
+        fn units(&self) -> &[$crate::exec::UnitInfo] {
+            &self.units
+        }
+    };
+    (@ memory_per_unit) => {
+        fn memory_per_unit(&self) -> u64 {
+            self.memory_per_unit
+        }
+    };
+    (@ parameters) => {
+        fn parameters(&self) -> serde_json::Value {
+            self.parameters.clone()
+        }
+    };
+    (@ fingerprint) => {
+        fn fingerprint(&self) -> serde_json::Value {
+            self.fingerprint.clone()
+        }
+    };
+    ($($field:ident),+ $(,)?) => {
+        $($crate::exec::plan_fields!(@ $field);)+
+    };
+}
+pub(crate) use plan_fields;
 
 /// What an operation tells the runner. Implemented once per operation, in `ops/<name>`.
 pub trait Operation: Sync {

@@ -13,3 +13,24 @@ pub fn assert_same_bits(what: &str, got: &[u64], want: &[u64], context: &dyn std
         );
     }
 }
+
+/// A struct's layout as the C side reports it (`tessera_host_*_layout`): `size_of::<T>()`, then
+/// `offset_of!(T, field)` for each field named, in order.
+macro_rules! layout {
+    ($t:ty; $($field:ident),+ $(,)?) => {
+        vec![std::mem::size_of::<$t>() $(, std::mem::offset_of!($t, $field))+]
+    };
+}
+pub(crate) use layout;
+
+/// Asserts the layout the C side reports through `report` is `rust` (from [`layout!`]).
+///
+/// # Safety
+/// `report` writes at most `rust.len()` values.
+pub unsafe fn assert_c_layout(what: &str, report: unsafe extern "C" fn(*mut i64), rust: &[usize]) {
+    let mut c = vec![0i64; rust.len()];
+    // SAFETY: the caller's promise: `report` writes at most as many values as `c` holds.
+    unsafe { report(c.as_mut_ptr()) };
+    let c: Vec<usize> = c.iter().map(|&v| v as usize).collect();
+    assert_eq!(c, rust, "{what}: the C layout (size, then field offsets)");
+}

@@ -285,10 +285,7 @@ fn open(
     _local_size: usize,
     _gpu_memory_limit: Option<&str>,
 ) -> Result<Selected> {
-    Err(Error::NotCompiled {
-        what: "--device cuda".into(),
-        feature: "cuda",
-    })
+    Err(Error::without_cuda("--device cuda"))
 }
 
 impl Selected {
@@ -392,10 +389,7 @@ pub fn resources_all(architectures: &[String], check: bool) -> Result<()> {
     #[cfg(not(feature = "cuda"))]
     {
         let _ = (architectures, check);
-        Err(Error::NotCompiled {
-            what: "tessera gpu resources".into(),
-            feature: "cuda",
-        })
+        Err(Error::without_cuda("tessera gpu resources"))
     }
     #[cfg(feature = "cuda")]
     {
@@ -447,10 +441,7 @@ pub fn compile_all(architectures: &[String], fill_cache: bool) -> Result<()> {
     #[cfg(not(feature = "cuda"))]
     {
         let _ = (architectures, fill_cache);
-        Err(Error::NotCompiled {
-            what: "tessera gpu compile".into(),
-            feature: "cuda",
-        })
+        Err(Error::without_cuda("tessera gpu compile"))
     }
     #[cfg(feature = "cuda")]
     {

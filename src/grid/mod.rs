@@ -185,11 +185,16 @@ pub fn check_block_shape(block: &[u64], ndim: usize) -> Result<(), String> {
 
 /// Formats a shape as `a,b,c`, the way the command line takes it.
 pub fn join(values: &[u64]) -> String {
+    join_with(values, ",")
+}
+
+/// Formats a shape with `separator` between the values (`16x16`, `(2, 3)`'s inside).
+pub fn join_with(values: &[u64], separator: &str) -> String {
     values
         .iter()
         .map(u64::to_string)
         .collect::<Vec<_>>()
-        .join(",")
+        .join(separator)
 }
 
 /// Describes a sorted list of missing integers compactly: `3, 7-9, 12`.

@@ -209,7 +209,7 @@ pub fn info(address: &str, json: bool) -> Result<()> {
         );
         return Ok(());
     }
-    let dims = |v: &[u64]| v.iter().map(u64::to_string).collect::<Vec<_>>().join(" x ");
+    let dims = |v: &[u64]| crate::grid::join_with(v, " x ");
     println!("{addr} ({})", addr.kind());
     println!("  shape:  {}", dims(&meta.shape));
     println!("  dtype:  {}", meta.dtype);

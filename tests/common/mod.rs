@@ -147,6 +147,12 @@ pub fn tessera(args: &[&str]) -> Output {
     tessera_env(args, &[])
 }
 
+/// Runs `tessera` with `args` in units of about `unit_bytes` (`TESSERA_UNIT_BYTES`): many units
+/// from small data.
+pub fn tessera_units(args: &[&str], unit_bytes: &str) -> Output {
+    tessera_env(args, &[("TESSERA_UNIT_BYTES", unit_bytes)])
+}
+
 pub fn tessera_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(&*BIN);
     cmd.args(args)
@@ -172,6 +178,44 @@ pub fn io_args<'a>(
     args
 }
 
+/// Runs `<command's words> --input <input> --output <output> <rest>` (see [`io_args`]) and
+/// returns its text; the test fails with that text if it does not succeed.
+pub fn run_io(
+    command: &str,
+    input: &(impl AsRef<Path> + ?Sized),
+    output: &(impl AsRef<Path> + ?Sized),
+    rest: &[&str],
+) -> String {
+    ok(tessera(&io_args(command, input, output, rest)))
+}
+
+/// Flags written as on a command line: `line` split at whitespace.
+pub fn flags(line: &str) -> Vec<&str> {
+    line.split_whitespace().collect()
+}
+
+/// [`io_args`] with the flags written as on a command line: `rest` split at whitespace.
+pub fn io_line<'a>(
+    command: &'a str,
+    input: &'a (impl AsRef<Path> + ?Sized),
+    output: &'a (impl AsRef<Path> + ?Sized),
+    rest: &'a str,
+) -> Vec<&'a str> {
+    let mut args = io_args(command, input, output, &[]);
+    args.extend(rest.split_whitespace());
+    args
+}
+
+/// [`run_io`] with the flags written as on a command line: `rest` split at whitespace.
+pub fn run_line(
+    command: &str,
+    input: &(impl AsRef<Path> + ?Sized),
+    output: &(impl AsRef<Path> + ?Sized),
+    rest: &str,
+) -> String {
+    ok(tessera(&io_line(command, input, output, rest)))
+}
+
 /// The arguments `hdr calibrate --input <input> --response <response> <rest>`.
 pub fn calibrate_args<'a>(
     input: &'a (impl AsRef<Path> + ?Sized),
@@ -182,6 +226,16 @@ pub fn calibrate_args<'a>(
     args.extend(["--response", utf8(response)]);
     args.extend_from_slice(rest);
     args
+}
+
+/// Runs `hdr calibrate --input <input> --response <response> <rest>` and returns its text; the
+/// test fails with that text if it does not succeed.
+pub fn run_calibrate(
+    input: &(impl AsRef<Path> + ?Sized),
+    response: &(impl AsRef<Path> + ?Sized),
+    rest: &[&str],
+) -> String {
+    ok(tessera(&calibrate_args(input, response, rest)))
 }
 
 /// The arguments `hdr synthetic --output <output> --brackets <brackets> <rest>`.
@@ -206,6 +260,18 @@ pub fn manifest_args<'a>(
     let mut args = vec!["patches", "--manifest", utf8(manifest)];
     args.extend(["--data-root", utf8(root), "--output", utf8(output)]);
     args.extend_from_slice(rest);
+    args
+}
+
+/// The arguments `bench scaling --op <op> --dir <dir> <rest>`, `rest` as the words of a command
+/// line (`"--ranks 1,2 --size 2"`).
+pub fn scaling_args<'a>(
+    op: &'a str,
+    dir: &'a (impl AsRef<Path> + ?Sized),
+    rest: &'a str,
+) -> Vec<&'a str> {
+    let mut args = vec!["bench", "scaling", "--op", op, "--dir", utf8(dir)];
+    args.extend(rest.split_whitespace());
     args
 }
 
@@ -234,6 +300,12 @@ pub fn crop_test_args<'a>(
     args.extend(["--test-size", size, "--output", utf8(output)]);
     args.extend_from_slice(rest);
     args
+}
+
+/// Creates the directory `path` (its parent must exist) and returns it.
+pub fn new_dir(path: PathBuf) -> PathBuf {
+    std::fs::create_dir(&path).unwrap();
+    path
 }
 
 /// A test path as the UTF-8 it is.
@@ -634,16 +706,11 @@ pub fn names(dir: &Path) -> Vec<String> {
 /// header).
 pub fn scaling_csv(path: &std::path::Path) -> Vec<std::collections::HashMap<String, f64>> {
     let csv = std::fs::read_to_string(path).unwrap();
-    let mut lines = csv.lines();
-    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
-    lines
-        .map(|l| {
-            let fields: Vec<&str> = l.split(',').collect();
-            assert_eq!(fields.len(), header.len(), "{csv}");
-            header
-                .iter()
-                .zip(fields)
-                .map(|(h, f)| (h.to_string(), f.parse().unwrap()))
+    let rows = tessera::bench::scaling::read_table(&csv).unwrap_or_else(|| panic!("{csv}"));
+    rows.into_iter()
+        .map(|row| {
+            row.into_iter()
+                .map(|(h, f)| (h, f.parse().unwrap()))
                 .collect()
         })
         .collect()

@@ -208,16 +208,8 @@ fn probe_all(stack: &Stack, comm: &dyn Comm) -> Result<ImageInfo> {
             all.len(),
         ));
     }
-    let describe = |shape: &[u64], dtype: &str| {
-        format!(
-            "{} {dtype}",
-            shape
-                .iter()
-                .map(u64::to_string)
-                .collect::<Vec<_>>()
-                .join("x")
-        )
-    };
+    let describe =
+        |shape: &[u64], dtype: &str| format!("{} {dtype}", crate::grid::join_with(shape, "x"));
     let mut first: Option<(Vec<u64>, String)> = None;
     for ((_, path), outcome) in stack.files.iter().zip(all) {
         let (shape, dtype) = outcome.map_err(|message| Error::bad_file(path, message))?;
@@ -273,7 +265,7 @@ fn output_address(job: &ConvertJob, stack: &str, several: bool) -> Result<Addres
 /// The convert operation for one stack.
 pub struct ConvertOp {
     /// The one output (a slice, as `Operation::targets` wants).
-    target: [Address; 1],
+    targets: [Address; 1],
     files: Vec<PathBuf>,
     slice: ImageInfo,
     spec: CreateSpec,
@@ -342,9 +334,7 @@ impl ConvertOp {
         }
         let block = spec.write_block()[stack_axis];
         let slice_bytes = shape.iter().product::<u64>() / nz * spec.dtype.size() as u64;
-        let unit_bytes = crate::exec::target_unit_bytes(slice_bytes * nz);
-        let blocks = grid::blocks_for_target(slice_bytes * block, unit_bytes);
-        let runs = grid::block_aligned_runs(nz, block, blocks);
+        let runs = crate::exec::unit_runs(nz, block, slice_bytes);
         let in_bytes = slice.shape.iter().product::<u64>() * slice.dtype.size() as u64;
         let units = runs
             .iter()
@@ -356,7 +346,7 @@ impl ConvertOp {
             .collect();
         let attributes = provenance(job, stack, &names, slice.dtype);
         Ok(ConvertOp {
-            target: [target],
+            targets: [target],
             files: stack.files.iter().map(|(_, p)| p.clone()).collect(),
             slice,
             spec,
@@ -475,24 +465,7 @@ fn write_raw_chunks<T: Element>(
 
 impl Operation for ConvertOp {
     type Output = (Region, Block);
-
-    fn name(&self) -> &'static str {
-        "convert"
-    }
-
-    fn targets(&self) -> &[Address] {
-        &self.target
-    }
-
-    fn planned_outputs(&self) -> Vec<crate::exec::disk::PlannedOutput> {
-        vec![crate::exec::disk::PlannedOutput::array(
-            &self.target[0],
-            &self.spec,
-        )]
-    }
-    fn units(&self) -> &[UnitInfo] {
-        &self.units
-    }
+    crate::exec::plan_fields!("convert"; targets, units, parameters, spec);
 
     fn memory_per_unit(&self) -> u64 {
         // The slab, plus one decoded slice per thread.
@@ -501,10 +474,6 @@ impl Operation for ConvertOp {
         });
         self.units.iter().map(|u| u.bytes_out).max().unwrap_or(0)
             + slice * rayon::current_num_threads() as u64
-    }
-
-    fn parameters(&self) -> Value {
-        self.parameters.clone()
     }
 
     fn inputs(&self) -> Vec<Place> {
@@ -593,7 +562,7 @@ fn plan_pyramids(
     };
     let mut jobs = Vec::new();
     for op in ops.iter_mut() {
-        let target = op.target[0].clone();
+        let target = op.targets[0].clone();
         let Address::Zarr { store, node } = &target else {
             return Err(Error::parameter(
                 "pyramid-levels",
@@ -616,12 +585,12 @@ fn plan_pyramids(
         crate::io::staging::Staging::plan(&target, job.run.overwrite, job.run.resume)?;
         let mut temp = store.clone().into_os_string();
         temp.push(".level0-tmp.zarr");
-        op.target[0] = Address::Zarr {
+        op.targets[0] = Address::Zarr {
             store: std::path::PathBuf::from(temp),
             node: node.clone(),
         };
         jobs.push(crate::ops::pyramid::params::PyramidJob {
-            input: op.target[0].to_string(),
+            input: op.targets[0].to_string(),
             output: target.to_string(),
             axes: Some(axes.into()),
             factor: job.pyramid_factor.clone(),
@@ -649,7 +618,11 @@ fn plan_pyramids(
             attributes: Map::new(),
         });
         let planned = &jobs[jobs.len() - 1];
-        crate::ops::pyramid::PyramidOp::plan_from(planned, op.target[0].clone(), Box::new(level0))?;
+        crate::ops::pyramid::PyramidOp::plan_from(
+            planned,
+            op.targets[0].clone(),
+            Box::new(level0),
+        )?;
     }
     Ok(jobs)
 }
@@ -709,7 +682,7 @@ pub fn run(job: &ConvertJob, comm: &dyn Comm) -> Result<Vec<crate::exec::RunSumm
                 stack.files.len(),
                 op.slice.shape,
                 op.slice.dtype,
-                op.target[0],
+                op.targets[0],
                 op.spec.shape,
                 op.spec.dtype,
                 op.spec.chunks,

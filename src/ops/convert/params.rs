@@ -107,6 +107,32 @@ pub struct ConvertJob {
     pub run: RunOptions,
 }
 
+impl ConvertJob {
+    /// The `.tif` slices in `input` whose names match `pattern` to one ZCYX Zarr array at
+    /// `output` (replaced if there), no pyramid; chunks, shards and codec to be set.
+    pub fn tifs_to_zarr(input: PathBuf, pattern: &str, output: PathBuf) -> ConvertJob {
+        ConvertJob {
+            input,
+            pattern: pattern.into(),
+            output,
+            extension: Some(".tif".into()),
+            axis_order: AxisOrder::Zcyx,
+            chunks: None,
+            shards: None,
+            codec: Codec::default(),
+            dtype: None,
+            format: OutputFormat::Zarr,
+            pyramid_levels: None,
+            pyramid_method: Default::default(),
+            pyramid_factor: None,
+            run: RunOptions {
+                overwrite: true,
+                ..RunOptions::default()
+            },
+        }
+    }
+}
+
 fn default_pattern() -> String {
     DEFAULT_PATTERN.to_string()
 }

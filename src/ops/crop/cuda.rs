@@ -85,6 +85,17 @@ impl CropGpu {
         Ok((budget / pattern_bytes.max(1)).max(1))
     }
 
+    /// The launch geometry of (h, w) patterns of `T` under this run's method and target.
+    fn geom<T: Element>(&self, h: usize, w: usize) -> CropGeom {
+        CropGeom::new(
+            (h as u64, w as u64),
+            self.method,
+            self.manual,
+            self.target,
+            T::DTYPE.is_float(),
+        )
+    }
+
     /// Sends patterns (C order) to the device through a pinned buffer.
     fn send<T: Element>(&self, patterns: &[T]) -> Result<CudaSlice<u8>> {
         let bytes: &[u8] = bytemuck::cast_slice(patterns);
@@ -98,13 +109,7 @@ impl CropGpu {
     /// Device failures; a device memory share smaller than one pattern.
     pub fn analyse<T: Element>(&self, flat: &[T], (h, w): (usize, usize)) -> Result<Vec<Analysis>> {
         let hw = h * w;
-        let geom = CropGeom::new(
-            (h as u64, w as u64),
-            self.method,
-            self.manual,
-            self.target,
-            T::DTYPE.is_float(),
-        );
+        let geom = self.geom::<T>(h, w);
         let per = self.batch(hw * std::mem::size_of::<T>())?;
         let mut out = Vec::with_capacity(flat.len() / hw.max(1));
         for batch in flat.chunks(per * hw) {
@@ -176,13 +181,7 @@ impl CropGpu {
         out: &mut [T],
     ) -> Result<Vec<f64>> {
         let (hw, side) = (h * w, side_h * side_w);
-        let geom = CropGeom::new(
-            (h as u64, w as u64),
-            self.method,
-            self.manual,
-            self.target,
-            T::DTYPE.is_float(),
-        );
+        let geom = self.geom::<T>(h, w);
         let per = self.batch((hw + side) * std::mem::size_of::<T>())?;
         let mut kept = Vec::with_capacity(starts.len());
         for (b, batch) in flat.chunks(per * hw).enumerate() {

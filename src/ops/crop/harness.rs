@@ -4,6 +4,7 @@
 //! record equals kernel.rs' analysis bit for bit (or asks for the CPU where kernel.rs takes
 //! its full sort), and each window and its retention sum equal `crop_into`'s.
 
+use crate::gpu::harness_support::{assert_c_layout, layout};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -69,6 +70,19 @@ trait Pixel: Element {
     fn random(rng: &mut StdRng, odd: bool) -> Self;
 }
 
+/// An unsigned pixel: any value with probability `any`, else a dark one, below `dark`.
+fn dark_or_any<T>(rng: &mut StdRng, any: f64, dark: T) -> T
+where
+    T: Default + rand::distr::uniform::SampleUniform + PartialOrd,
+    rand::distr::StandardUniform: rand::distr::Distribution<T>,
+{
+    if rng.random_bool(any) {
+        rng.random()
+    } else {
+        rng.random_range(T::default()..dark)
+    }
+}
+
 macro_rules! pixel {
     ($t:ty, $analyse:ident, $window:ident, |$rng:ident, $odd:ident| $body:expr) => {
         impl Pixel for $t {
@@ -84,38 +98,20 @@ pixel!(
     u8,
     tessera_host_crop_analyse_u8,
     tessera_host_crop_window_u8,
-    |rng, _odd| {
-        if rng.random_bool(0.1) {
-            rng.random()
-        } else {
-            rng.random_range(0..4)
-        }
-    }
+    |rng, _odd| dark_or_any(rng, 0.1, 4)
 );
 pixel!(
     u16,
     tessera_host_crop_analyse_u16,
     tessera_host_crop_window_u16,
-    |rng, _odd| {
-        if rng.random_bool(0.1) {
-            rng.random()
-        } else {
-            rng.random_range(0..40)
-        }
-    }
+    |rng, _odd| dark_or_any(rng, 0.1, 40)
 );
 pixel!(
     u32,
     tessera_host_crop_analyse_u32,
     tessera_host_crop_window_u32,
-    |rng, _odd| {
-        // Values beyond 2^29 make the scale negative (rounded counts) for large patterns.
-        if rng.random_bool(0.05) {
-            rng.random()
-        } else {
-            rng.random_range(0..1000)
-        }
-    }
+    // Values beyond 2^29 make the scale negative (rounded counts) for large patterns.
+    |rng, _odd| dark_or_any(rng, 0.05, 1000)
 );
 pixel!(
     i16,
@@ -258,19 +254,24 @@ fn pass_1_records_equal_the_cpu_analysis_bit_for_bit() {
     check_type::<f64>(120);
 }
 
+/// The geometry of (h, w) integer patterns, centred by centroid, cropped to `target` retention.
+fn centroid_geom(h: usize, w: usize, target: f64) -> CropGeom {
+    CropGeom::new(
+        (h as u64, w as u64),
+        CentreMethod::Centroid,
+        None,
+        target,
+        false,
+    )
+}
+
 #[test]
 fn a_crossing_bin_beyond_the_block_memory_goes_to_the_cpu() {
     // 1200 x 1200 uniform, half the total: the crossing ring (r about 480, inside the square)
     // of the 1024 bins holds about 2200 pixels (> 1536).
     let (h, w) = (1200usize, 1200usize);
     let flat = vec![3u16; h * w];
-    let g = CropGeom::new(
-        (h as u64, w as u64),
-        CentreMethod::Centroid,
-        None,
-        0.5,
-        false,
-    );
+    let g = centroid_geom(h, w, 0.5);
     let r = host_records(&g, &flat, 1, 256)[0];
     assert!(r.on_cpu(), "{r:?}");
     assert_eq!(r.analysis().centre, (599.5, 599.5));
@@ -278,13 +279,7 @@ fn a_crossing_bin_beyond_the_block_memory_goes_to_the_cpu() {
     let (h, w) = (64usize, 64usize);
     let mut point = vec![0u16; h * w];
     point[40 * w + 10] = 9;
-    let g = CropGeom::new(
-        (h as u64, w as u64),
-        CentreMethod::Centroid,
-        None,
-        0.98,
-        false,
-    );
+    let g = centroid_geom(h, w, 0.98);
     let r = host_records(&g, &point, 1, 256)[0];
     assert!(!r.on_cpu(), "{r:?}");
     assert_eq!((r.radius, r.cy, r.cx), (0.0, 40.0, 10.0));
@@ -378,21 +373,8 @@ fn pass_2_windows_and_their_sums_equal_crop_into() {
 
 #[test]
 fn the_rust_twins_have_the_c_layout() {
-    use std::mem::{offset_of, size_of};
-    let mut c = [0i64; 9];
+    let mut rust = layout!(CropGeom; h, w, method, is_float, manual_y, manual_x, target);
+    rust.push(std::mem::size_of::<CropRecord>());
     // SAFETY: writes 9 values.
-    unsafe { tessera_host_crop_layout(c.as_mut_ptr()) };
-    let rust = [
-        size_of::<CropGeom>(),
-        offset_of!(CropGeom, h),
-        offset_of!(CropGeom, w),
-        offset_of!(CropGeom, method),
-        offset_of!(CropGeom, is_float),
-        offset_of!(CropGeom, manual_y),
-        offset_of!(CropGeom, manual_x),
-        offset_of!(CropGeom, target),
-        size_of::<CropRecord>(),
-    ];
-    let c: Vec<usize> = c.iter().map(|&v| v as usize).collect();
-    assert_eq!(c, rust);
+    unsafe { assert_c_layout("CropGeom, CropRecord", tessera_host_crop_layout, &rust) };
 }

@@ -32,6 +32,7 @@
 //!   is the sum of q inside over the total's, as f64.
 
 use crate::io::Element;
+use serde::{Deserialize, Serialize};
 
 /// A pixel as f64.
 #[inline]
@@ -64,17 +65,7 @@ pub struct Analysis {
 }
 
 /// How the centre of each pattern is found.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    serde::Serialize,
-    serde::Deserialize,
-    clap::ValueEnum,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum CentreMethod {
     /// Intensity-weighted centroid (pixel indices).

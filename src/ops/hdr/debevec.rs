@@ -18,19 +18,10 @@
 //! exposure is used when the pixel is at least 128 in it (saturated), else the longest (black).
 
 use nalgebra::{DMatrix, DVector};
+use serde::{Deserialize, Serialize};
 
 /// Weighting of pixel values.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    serde::Serialize,
-    serde::Deserialize,
-    clap::ValueEnum,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum WeightType {
     /// `z` for z <= 127, `255 - z` above (zero at 0 and 255, as OpenCV's).

@@ -12,9 +12,10 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
 
 /// One exposure of a bracket.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Frame {
     pub path: PathBuf,
     /// Seconds since 1970-01-01 00:00:00 (civil time as written in the name).
@@ -26,7 +27,7 @@ pub struct Frame {
 }
 
 /// Frames of one directory and rounded timestamp, shortest exposure first.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Bracket {
     /// The rounded timestamp (seconds, as [`Frame::time`]).
     pub time: i64,
@@ -55,17 +56,7 @@ pub struct Scan {
 }
 
 /// Units of `--exposure-unit`.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    serde::Serialize,
-    serde::Deserialize,
-    clap::ValueEnum,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum ExposureUnit {
     /// Microseconds.

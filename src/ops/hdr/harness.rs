@@ -7,7 +7,7 @@ use rand::{Rng, SeedableRng};
 
 use super::debevec::{self, ChannelMerge, MergeGeom, WeightType};
 use super::{merge_debevec, Image, Pixels};
-use crate::gpu::harness_support::assert_same_bits;
+use crate::gpu::harness_support::{assert_c_layout, assert_same_bits, layout};
 
 extern "C" {
     fn tessera_host_debevec(
@@ -23,18 +23,9 @@ extern "C" {
 
 #[test]
 fn the_rust_twin_has_the_c_layout() {
-    use std::mem::{offset_of, size_of};
-    let mut m = [0i64; 4];
-    // SAFETY: the function writes exactly as many values as the array holds.
-    unsafe { tessera_host_merge_geom_layout(m.as_mut_ptr()) };
-    let rust_m = [
-        size_of::<MergeGeom>(),
-        offset_of!(MergeGeom, pixels),
-        offset_of!(MergeGeom, channels),
-        offset_of!(MergeGeom, exposures),
-    ];
-    let as_i64 = |v: &[usize]| v.iter().map(|&x| x as i64).collect::<Vec<_>>();
-    assert_eq!(m.to_vec(), as_i64(&rust_m), "MergeGeom");
+    let rust = layout!(MergeGeom; pixels, channels, exposures);
+    // SAFETY: writes 4 values.
+    unsafe { assert_c_layout("MergeGeom", tessera_host_merge_geom_layout, &rust) };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -85,6 +76,57 @@ fn random_planes(rng: &mut StdRng, e: usize, c: usize, n: usize) -> Vec<u8> {
     planes
 }
 
+/// debevec.cuh's body on the host (its output first filled with `fill`) and
+/// debevec::merge_pixels, on `planes` (e x c x n) with each channel's `tables` and `fallbacks`:
+/// (host radiance, host unusable count, CPU radiance, CPU unusable count).
+fn host_and_cpu(
+    planes: &[u8],
+    tables: &[Vec<[(f32, f32); 256]>],
+    fallbacks: &[([f32; 256], [f32; 256])],
+    (e, c, n): (usize, usize, usize),
+    fill: f32,
+) -> (Vec<f32>, u64, Vec<f32>, u64) {
+    // The kernel's layouts (debevec.cuh).
+    let tables_flat: Vec<f32> = tables
+        .iter()
+        .flatten()
+        .flat_map(|t| t.iter().flat_map(|&(w, v)| [w, v]))
+        .collect();
+    let fallback_flat: Vec<f32> = fallbacks
+        .iter()
+        .flat_map(|(s, l)| s.iter().chain(l.iter()).copied())
+        .collect();
+    assert_eq!(tables_flat.len(), c * e * 256 * 2);
+    let geom = MergeGeom {
+        pixels: n as i64,
+        channels: c as i64,
+        exposures: e as i64,
+    };
+    let mut got = vec![fill; n * c];
+    // SAFETY: every buffer has the size debevec.cuh documents for this geometry.
+    let got_unusable = unsafe {
+        tessera_host_debevec(
+            &geom,
+            planes.as_ptr(),
+            tables_flat.as_ptr(),
+            fallback_flat.as_ptr(),
+            got.as_mut_ptr(),
+        )
+    };
+    let channels: Vec<ChannelMerge> = (0..c)
+        .map(|k| ChannelMerge {
+            planes: (0..e)
+                .map(|j| &planes[(j * c + k) * n..(j * c + k + 1) * n])
+                .collect(),
+            tables: &tables[k],
+            fallback: (&fallbacks[k].0, &fallbacks[k].1),
+        })
+        .collect();
+    let mut want = vec![0.0f32; n * c];
+    let want_unusable = debevec::merge_pixels(&channels, &mut want);
+    (got, got_unusable, want, want_unusable)
+}
+
 /// Compares the host merge with debevec::merge_pixels (and merge_debevec on Images). Long on
 /// purpose: one random case built, run three ways (host kernel, merge_pixels, merge_debevec)
 /// and compared, with the coverage counted, reads best in one place.
@@ -115,45 +157,13 @@ fn check_debevec(
             )
         })
         .collect();
-    // The kernel's layouts (debevec.cuh).
-    let tables_flat: Vec<f32> = tables
-        .iter()
-        .flatten()
-        .flat_map(|t| t.iter().flat_map(|&(w, v)| [w, v]))
-        .collect();
-    let fallback_flat: Vec<f32> = fallbacks
-        .iter()
-        .flat_map(|(s, l)| s.iter().chain(l.iter()).copied())
-        .collect();
-    assert_eq!(tables_flat.len(), c * e * 256 * 2);
-    let geom = MergeGeom {
-        pixels: n as i64,
-        channels: c as i64,
-        exposures: e as i64,
-    };
-    let mut got = vec![f32::from_bits(0x7fa5_a5a5); n * c];
-    // SAFETY: every buffer has the size debevec.cuh documents for this geometry.
-    let got_unusable = unsafe {
-        tessera_host_debevec(
-            &geom,
-            planes.as_ptr(),
-            tables_flat.as_ptr(),
-            fallback_flat.as_ptr(),
-            got.as_mut_ptr(),
-        )
-    };
-
-    let channels: Vec<ChannelMerge> = (0..c)
-        .map(|k| ChannelMerge {
-            planes: (0..e)
-                .map(|j| &planes[(j * c + k) * n..(j * c + k + 1) * n])
-                .collect(),
-            tables: &tables[k],
-            fallback: (&fallbacks[k].0, &fallbacks[k].1),
-        })
-        .collect();
-    let mut want = vec![0.0f32; n * c];
-    let want_unusable = debevec::merge_pixels(&channels, &mut want);
+    let (got, got_unusable, want, want_unusable) = host_and_cpu(
+        &planes,
+        &tables,
+        &fallbacks,
+        (e, c, n),
+        f32::from_bits(0x7fa5_a5a5),
+    );
     let bits = |v: &[f32]| v.iter().map(|x| u64::from(x.to_bits())).collect::<Vec<_>>();
     let ctx: &dyn std::fmt::Debug = &(c, e, kind, spread, &ln_t);
     assert_same_bits("radiance", &bits(&got), &bits(&want), ctx);
@@ -256,42 +266,8 @@ fn debevec_merge_with_synthetic_tables_matches() {
                 }
             })
             .collect();
-        let tables_flat: Vec<f32> = tables
-            .iter()
-            .flatten()
-            .flat_map(|t| t.iter().flat_map(|&(w, v)| [w, v]))
-            .collect();
-        let fallback_flat: Vec<f32> = fallbacks
-            .iter()
-            .flat_map(|(s, l)| s.iter().chain(l.iter()).copied())
-            .collect();
-        let geom = MergeGeom {
-            pixels: n as i64,
-            channels: c as i64,
-            exposures: e as i64,
-        };
-        let mut got = vec![0.0f32; n * c];
-        // SAFETY: every buffer has the size debevec.cuh documents for this geometry.
-        let got_unusable = unsafe {
-            tessera_host_debevec(
-                &geom,
-                planes.as_ptr(),
-                tables_flat.as_ptr(),
-                fallback_flat.as_ptr(),
-                got.as_mut_ptr(),
-            )
-        };
-        let channels: Vec<ChannelMerge> = (0..c)
-            .map(|k| ChannelMerge {
-                planes: (0..e)
-                    .map(|j| &planes[(j * c + k) * n..(j * c + k + 1) * n])
-                    .collect(),
-                tables: &tables[k],
-                fallback: (&fallbacks[k].0, &fallbacks[k].1),
-            })
-            .collect();
-        let mut want = vec![0.0f32; n * c];
-        let want_unusable = debevec::merge_pixels(&channels, &mut want);
+        let (got, got_unusable, want, want_unusable) =
+            host_and_cpu(&planes, &tables, &fallbacks, (e, c, n), 0.0);
         let bits = |v: &[f32]| v.iter().map(|x| u64::from(x.to_bits())).collect::<Vec<_>>();
         assert_same_bits("radiance", &bits(&got), &bits(&want), &(c, e, n));
         assert_eq!(got_unusable, want_unusable);

@@ -553,22 +553,13 @@ impl ZarrOp<'_> {
 
 impl Operation for ZarrOp<'_> {
     type Output = (usize, Merged);
-
-    fn name(&self) -> &'static str {
-        "hdr merge"
-    }
-    fn targets(&self) -> &[Address] {
-        &self.targets
-    }
+    crate::exec::plan_fields!("hdr merge"; targets, units);
     fn planned_outputs(&self) -> Vec<crate::exec::disk::PlannedOutput> {
         vec![crate::exec::disk::PlannedOutput::child(
             &self.targets[0],
             "radiance",
             &self.spec,
         )]
-    }
-    fn units(&self) -> &[UnitInfo] {
-        &self.units
     }
     fn parameters(&self) -> serde_json::Value {
         serde_json::to_value(self.job).unwrap_or_default()

@@ -276,17 +276,7 @@ fn pixel_arrays(
     let spec = |shape: Vec<u64>, dtype: DType, first: u64| -> Result<CreateSpec> {
         let mut chunks = shape.clone();
         chunks[0] = first;
-        CreateSpec {
-            flat_chunk_keys: false,
-            shape,
-            dtype,
-            chunks,
-            shards: None,
-            codec,
-            dimension_names: None,
-            attributes: Map::new(),
-        }
-        .validated()
+        crate::ops::plain_spec(shape, dtype, chunks, codec).validated()
     };
     let mut patch = vec![m, images.channels()];
     patch.extend(window);
@@ -561,15 +551,10 @@ impl PairsOp {
         let (arrays, overlap, pair_bytes) = match a.content {
             Content::Metadata => {
                 let cols = metadata::columns(a.window.len()).len() as u64;
+                let shape = vec![m, cols];
                 let spec = CreateSpec {
-                    flat_chunk_keys: false,
-                    shape: vec![m, cols],
-                    dtype: DType::F64,
-                    chunks: vec![per_chunk, cols],
-                    shards: None,
-                    codec: a.codec,
-                    dimension_names: None,
                     attributes: metadata_attributes(a.window.len(), &a.provenance),
+                    ..crate::ops::plain_spec(shape, DType::F64, vec![per_chunk, cols], a.codec)
                 }
                 .validated()?;
                 (vec![Array { name: "", spec }], None, cols * 8)
@@ -734,6 +719,17 @@ fn check_listed(
     Ok(())
 }
 
+/// One unit per run of pairs: both patches of each pair read, `pair_bytes` written per pair.
+fn pair_units(runs: &[Range<u64>], pair_bytes: u64, patch_bytes: u64) -> Vec<UnitInfo> {
+    runs.iter()
+        .map(|r| UnitInfo {
+            label: format!("pairs {}..{}", r.start, r.end),
+            bytes_in: (r.end - r.start) * 2 * patch_bytes,
+            bytes_out: (r.end - r.start) * pair_bytes,
+        })
+        .collect()
+}
+
 /// Unit descriptions (pair runs, then overlap row runs) and the memory one unit needs: its
 /// output and one image box.
 fn describe_units(
@@ -744,14 +740,7 @@ fn describe_units(
     row_bytes: u64,
     image_bytes: u64,
 ) -> (Vec<UnitInfo>, u64) {
-    let mut units: Vec<UnitInfo> = pair_runs
-        .iter()
-        .map(|r| UnitInfo {
-            label: format!("pairs {}..{}", r.start, r.end),
-            bytes_in: (r.end - r.start) * 2 * patch_bytes,
-            bytes_out: (r.end - r.start) * pair_bytes,
-        })
-        .collect();
+    let mut units = pair_units(pair_runs, pair_bytes, patch_bytes);
     if let Some(o) = overlap {
         units.extend(o.runs.iter().map(|r| UnitInfo {
             label: format!("overlap rows {}..{}", r.start, r.end),
@@ -1030,12 +1019,10 @@ impl PairsOp {
 
 impl Operation for PairsOp {
     type Output = Parts;
+    crate::exec::plan_fields!(targets, units, memory_per_unit, parameters);
 
     fn name(&self) -> &'static str {
         self.name
-    }
-    fn targets(&self) -> &[Address] {
-        &self.targets
     }
     fn checked_disk(&self) -> bool {
         true
@@ -1048,15 +1035,6 @@ impl Operation for PairsOp {
             .iter()
             .map(|a| PlannedOutput::child(&self.targets[0], a.name, &a.spec))
             .collect()
-    }
-    fn units(&self) -> &[UnitInfo] {
-        &self.units
-    }
-    fn memory_per_unit(&self) -> u64 {
-        self.memory_per_unit
-    }
-    fn parameters(&self) -> Value {
-        self.parameters.clone()
     }
     fn fingerprint(&self) -> Value {
         let specs: Vec<String> = self
@@ -1233,16 +1211,12 @@ fn write_small(
 ) -> Result<()> {
     staging.clear_stale()?;
     let shape = block.shape();
-    let spec = CreateSpec {
-        flat_chunk_keys: false,
-        shape: shape.clone(),
-        dtype: block.dtype(),
-        chunks: shape.iter().map(|&s| s.max(1)).collect(),
-        shards: None,
-        codec: Codec::Auto,
-        dimension_names: None,
-        attributes: Map::new(),
-    };
+    let spec = crate::ops::plain_spec(
+        shape.clone(),
+        block.dtype(),
+        shape.iter().map(|&s| s.max(1)).collect(),
+        Codec::Auto,
+    );
     let writer = io::create(&staging.staging, &spec, &crate::comm::Local, false)?;
     if shape.iter().all(|&s| s > 0) {
         writer.write_box(Some((&Region::whole(&shape), &block)))?;

@@ -319,12 +319,24 @@ mod tests {
     use super::*;
 
     fn sampler(image: &[u64], window: &[u64], range: &[f64], rot: &[u8], seed: u64) -> Sampler {
+        sampler_of(image, window, range, rot, 200, seed)
+    }
+
+    /// A sampler drawing `pairs` pairs per image.
+    fn sampler_of(
+        image: &[u64],
+        window: &[u64],
+        range: &[f64],
+        rot: &[u8],
+        pairs: u64,
+        seed: u64,
+    ) -> Sampler {
         Sampler::new(&SamplerSpec {
             image,
             window,
             delta_range: range,
             rotations: rot,
-            pairs_per_image: 200,
+            pairs_per_image: pairs,
             seed,
         })
         .unwrap()
@@ -365,15 +377,7 @@ mod tests {
             .filter(|d| (16..=36).contains(&(d[0] * d[0] + d[1] * d[1])))
             .collect();
         assert_eq!(pts, brute);
-        let s = Sampler::new(&SamplerSpec {
-            image: &[64, 64],
-            window: &[16, 16],
-            delta_range: &[4.0, 6.0],
-            rotations: &[],
-            pairs_per_image: 500,
-            seed: 3,
-        })
-        .unwrap();
+        let s = sampler_of(&[64, 64], &[16, 16], &[4.0, 6.0], &[], 500, 3);
         let mut seen = std::collections::BTreeSet::new();
         for n in 0..20 {
             seen.extend(s.image_pairs(n).iter().map(Pair::delta));
@@ -411,15 +415,7 @@ mod tests {
     #[test]
     fn first_corners_cover_every_admissible_position() {
         // A 20x10 image, window 8x8, |d| exactly 2: corners along y span 0..=12 less d.
-        let s = Sampler::new(&SamplerSpec {
-            image: &[20, 10],
-            window: &[8, 8],
-            delta_range: &[2.0, 2.0],
-            rotations: &[],
-            pairs_per_image: 400,
-            seed: 5,
-        })
-        .unwrap();
+        let s = sampler_of(&[20, 10], &[8, 8], &[2.0, 2.0], &[], 400, 5);
         let mut ys = std::collections::BTreeMap::new();
         for p in s.image_pairs(0) {
             let d = p.delta();

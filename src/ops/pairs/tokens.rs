@@ -139,6 +139,24 @@ pub struct TokenOverlaps {
     pub index_2to1: Vec<i64>,
 }
 
+impl TokenOverlaps {
+    /// The overlaps from patch 1's side: `index_2to1` is `index_1to2` turned round (each token
+    /// of patch 2 to the first token of patch 1 that chose it).
+    fn from_first(index_1to2: Vec<i64>, fraction: Vec<f32>) -> TokenOverlaps {
+        let mut index_2to1 = vec![-1i64; index_1to2.len()];
+        for (i, &j) in index_1to2.iter().enumerate() {
+            if j >= 0 && index_2to1[j as usize] < 0 {
+                index_2to1[j as usize] = i as i64;
+            }
+        }
+        TokenOverlaps {
+            index_1to2,
+            fraction,
+            index_2to1,
+        }
+    }
+}
+
 /// The overlaps of the tokens of a pair whose second patch sits at `delta` = `(dy, dx)` from
 /// the first and is turned `k` times; `patch` is `(U, V)`.
 pub fn token_overlaps(
@@ -164,17 +182,7 @@ pub fn token_overlaps(
         }
         fraction[i] = best as f32 / area;
     }
-    let mut index_2to1 = vec![-1i64; coords.len()];
-    for (i, &j) in index_1to2.iter().enumerate() {
-        if j >= 0 && index_2to1[j as usize] < 0 {
-            index_2to1[j as usize] = i as i64;
-        }
-    }
-    TokenOverlaps {
-        index_1to2,
-        fraction,
-        index_2to1,
-    }
+    TokenOverlaps::from_first(index_1to2, fraction)
 }
 
 #[cfg(test)]
@@ -250,17 +258,7 @@ mod tests {
             }
             fraction[i] = best as f32 / (t * t) as f32;
         }
-        let mut index_2to1 = vec![-1i64; coords.len()];
-        for (i, &j) in index_1to2.iter().enumerate() {
-            if j >= 0 && index_2to1[j as usize] < 0 {
-                index_2to1[j as usize] = i as i64;
-            }
-        }
-        TokenOverlaps {
-            index_1to2,
-            fraction,
-            index_2to1,
-        }
+        TokenOverlaps::from_first(index_1to2, fraction)
     }
 
     #[test]

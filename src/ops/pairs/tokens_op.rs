@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::exec::{Operation, UnitInfo};
 use crate::grid::{self, Region};
 use crate::io::safety::Place;
-use crate::io::{self, Address, ArrayReader, ArrayWriter, Block, CreateSpec, DType, Element};
+use crate::io::{self, Address, ArrayReader, ArrayWriter, Block, DType, Element};
 use crate::with_dtype;
 
 /// The arrays of a pairs group that tokens read.
@@ -204,14 +204,7 @@ impl TokensOp {
             &format!("the {m} pairs of --input"),
         )?;
         let patch_bytes = c * patch[0] * patch[1] * group.dtype.size() as u64;
-        let units = runs
-            .iter()
-            .map(|r| UnitInfo {
-                label: format!("pairs {}..{}", r.start, r.end),
-                bytes_in: (r.end - r.start) * 2 * patch_bytes,
-                bytes_out: (r.end - r.start) * pair_bytes,
-            })
-            .collect();
+        let units = super::pair_units(&runs, pair_bytes, patch_bytes);
         Ok(TokensOp {
             parameters: serde_json::to_value(job).unwrap_or_default(),
             targets: vec![output],
@@ -356,17 +349,8 @@ fn token_arrays(
                 "coords" => (vec![l, 2], vec![l, 2]),
                 _ => (vec![m, l], vec![per_chunk, l]),
             };
-            let spec = CreateSpec {
-                flat_chunk_keys: false,
-                shape,
-                dtype: fixed.unwrap_or(dtype),
-                chunks,
-                shards: None,
-                codec,
-                dimension_names: None,
-                attributes: Map::new(),
-            }
-            .validated()?;
+            let spec =
+                crate::ops::plain_spec(shape, fixed.unwrap_or(dtype), chunks, codec).validated()?;
             Ok(Array { name, spec })
         })
         .collect()
@@ -374,24 +358,12 @@ fn token_arrays(
 
 impl Operation for TokensOp {
     type Output = Parts;
-
-    fn name(&self) -> &'static str {
-        "tokens"
-    }
-    fn targets(&self) -> &[Address] {
-        &self.targets
-    }
+    crate::exec::plan_fields!("tokens"; targets, units, parameters);
     fn planned_outputs(&self) -> Vec<crate::exec::disk::PlannedOutput> {
         self.arrays
             .iter()
             .map(|a| crate::exec::disk::PlannedOutput::child(&self.targets[0], a.name, &a.spec))
             .collect()
-    }
-    fn units(&self) -> &[UnitInfo] {
-        &self.units
-    }
-    fn parameters(&self) -> Value {
-        self.parameters.clone()
     }
     fn fingerprint(&self) -> Value {
         json!({"pairs": self.group.shape, "dtype": self.group.dtype.name(), "tokens": self.coords.len(), "units": self.units.len()})

@@ -748,14 +748,7 @@ fn fingerprint(splits: &[Split], layouts: &[SplitLayout], patch_dirs: &[String])
 
 impl Operation for PatchesOp {
     type Output = UnitPatches;
-
-    fn name(&self) -> &'static str {
-        "patches"
-    }
-
-    fn targets(&self) -> &[Address] {
-        &self.targets
-    }
+    crate::exec::plan_fields!("patches"; targets, units, parameters, fingerprint);
 
     fn planned_outputs(&self) -> Vec<crate::exec::disk::PlannedOutput> {
         use crate::exec::disk::PlannedOutput;
@@ -791,10 +784,6 @@ impl Operation for PatchesOp {
             .collect()
     }
 
-    fn units(&self) -> &[UnitInfo] {
-        &self.units
-    }
-
     fn memory_per_unit(&self) -> u64 {
         // The unit's patch values (held only for a compressed or sharded Zarr array: `.npy`
         // files and raw chunks are written as each patch is cut), plus per thread a float32
@@ -810,14 +799,6 @@ impl Operation for PatchesOp {
             .unwrap_or(0);
         let patch = self.cut.patch * self.cut.patch * 4;
         out + (slice + patch) * rayon::current_num_threads() as u64
-    }
-
-    fn parameters(&self) -> Value {
-        self.parameters.clone()
-    }
-
-    fn fingerprint(&self) -> Value {
-        self.fingerprint.clone()
     }
 
     fn inputs(&self) -> Vec<Place> {

@@ -19,14 +19,7 @@ pub const META_NAME: &str = "patch_meta.json";
 pub fn npy_header_f32(shape: &[u64]) -> Vec<u8> {
     let dims = match shape {
         [one] => format!("({one},)"),
-        _ => format!(
-            "({})",
-            shape
-                .iter()
-                .map(u64::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
+        _ => format!("({})", crate::grid::join_with(shape, ", ")),
     };
     let mut dict = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {dims}, }}");
     // numpy's GROWTH_AXIS_MAX_DIGITS: room to rewrite the first axis in place.

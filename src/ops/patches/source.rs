@@ -242,8 +242,7 @@ impl Split {
     }
 
     fn not_2d(&self, i: usize, shape: &[u64]) -> Problem {
-        let text: Vec<String> = shape.iter().map(u64::to_string).collect();
-        self.not_2d_text(i, &text.join("x"))
+        self.not_2d_text(i, &crate::grid::join_with(shape, "x"))
     }
 
     fn not_2d_text(&self, i: usize, shape: &str) -> Problem {
@@ -451,13 +450,9 @@ fn as_float_slice(block: Block) -> std::result::Result<Array2<f32>, String> {
         3 if shape[0] == 1 => values.index_axis_move(ndarray::Axis(0), 0),
         _ => values,
     };
-    values.into_dimensionality::<Ix2>().map_err(|_| {
-        shape
-            .iter()
-            .map(u64::to_string)
-            .collect::<Vec<_>>()
-            .join("x")
-    })
+    values
+        .into_dimensionality::<Ix2>()
+        .map_err(|_| crate::grid::join_with(&shape, "x"))
 }
 
 #[cfg(test)]

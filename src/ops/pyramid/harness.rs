@@ -2,6 +2,7 @@
 //! grid by src/ops/pyramid/harness.cpp): on random boxes of random levels, every type the
 //! harness is built for, the mean, mode and Gaussian levels equal kernel.rs' bit for bit.
 
+use crate::gpu::harness_support::{assert_c_layout, layout};
 use std::ops::Range;
 
 use ndarray::{ArrayD, IxDyn};
@@ -657,25 +658,15 @@ fn mean_and_mode_hand_checked() {
 
 #[test]
 fn the_rust_twin_has_the_c_layout() {
-    use std::mem::{offset_of, size_of};
-    let mut c = [0i64; 13];
+    let mut rust =
+        layout!(ReduceGeom; ndim, factor, out_start, out_shape, in_start, in_shape, level_shape);
+    rust.extend(layout!(AxisGeom; outer, inner, in_len, out_len));
     // SAFETY: writes 13 values.
-    unsafe { tessera_host_reduce_geom_layout(c.as_mut_ptr()) };
-    let rust = [
-        size_of::<ReduceGeom>(),
-        offset_of!(ReduceGeom, ndim),
-        offset_of!(ReduceGeom, factor),
-        offset_of!(ReduceGeom, out_start),
-        offset_of!(ReduceGeom, out_shape),
-        offset_of!(ReduceGeom, in_start),
-        offset_of!(ReduceGeom, in_shape),
-        offset_of!(ReduceGeom, level_shape),
-        size_of::<AxisGeom>(),
-        offset_of!(AxisGeom, outer),
-        offset_of!(AxisGeom, inner),
-        offset_of!(AxisGeom, in_len),
-        offset_of!(AxisGeom, out_len),
-    ];
-    let c: Vec<usize> = c.iter().map(|&v| v as usize).collect();
-    assert_eq!(c, rust);
+    unsafe {
+        assert_c_layout(
+            "ReduceGeom, AxisGeom",
+            tessera_host_reduce_geom_layout,
+            &rust,
+        )
+    };
 }

@@ -216,6 +216,40 @@ pub struct Source<'a, T> {
     pub level_shape: &'a [u64],
 }
 
+impl<T> Source<'_, T> {
+    /// The values, in C order (how every pyramid kernel takes its box).
+    fn c_order(&self) -> &[T] {
+        self.values
+            .as_slice()
+            .expect("pyramid kernels take C-order boxes")
+    }
+}
+
+/// Sums the values of each block of the input rows at offsets `rows` (each `len` values,
+/// blocks `fx` wide along them) into `sums` with `add`, and counts them into `counts`.
+fn sum_blocks<T: Copy, S: Default + Clone>(
+    values: &[T],
+    (rows, len, fx): (&[usize], usize, usize),
+    sums: &mut [S],
+    counts: &mut [usize],
+    add: impl Fn(&mut S, T),
+) {
+    sums.fill(S::default());
+    counts.fill(0);
+    for &off in rows {
+        for ((s, c), chunk) in sums
+            .iter_mut()
+            .zip(counts.iter_mut())
+            .zip(values[off..off + len].chunks(fx))
+        {
+            for &v in chunk {
+                add(s, v);
+            }
+            *c += chunk.len();
+        }
+    }
+}
+
 /// Calls `visit(out_row_index, in_rows)` per output row (all axes but the last) of the box
 /// `out`, with the flat offsets of the input rows that row's blocks cover, in C order, and
 /// the input x range (absolute) the row covers.
@@ -274,106 +308,24 @@ fn reduce_mean_box<T: Element>(
     factor: &[u64],
     out: &[Range<u64>],
 ) -> ArrayD<T> {
-    if T::DTYPE.is_float() {
-        reduce_mean_float(src, factor, out)
-    } else {
-        reduce_mean_integer(src, factor, out)
+    if !T::DTYPE.is_float() {
+        // 128-bit sums (no integer type's block can overflow them: a block has fewer than 2^63
+        // voxels of at most 2^64), the exact rounded quotient.
+        let add = |s: &mut i128, v: T| *s += v.to_i128().expect("integer elements fit in i128");
+        return mean_by_sums(src, factor, out, add, |res, sums, counts, _, _| {
+            for ((o, &s), &c) in res.iter_mut().zip(sums).zip(counts) {
+                *o = <T as num_traits::NumCast>::from(integer_mean(s, c as u64))
+                    .expect("the mean of a type's values is of that type");
+            }
+        });
     }
-}
-
-/// Calls `each(row's output voxels, the input blocks' values)` per output row: the values of
-/// output voxel x's block are the chunks `fx` wide at x in every input row of `rows`.
-fn mean_rows<T: Element>(
-    src: &Source<'_, T>,
-    factor: &[u64],
-    out: &[Range<u64>],
-    mut each: impl FnMut(&mut [T], &[usize], usize),
-) -> ArrayD<T> {
-    let last = out.len() - 1;
-    let shape: Vec<usize> = out.iter().map(|r| (r.end - r.start) as usize).collect();
-    let mut result = ArrayD::<T>::default(IxDyn(&shape));
-    let width = shape[last];
-    let res = result.as_slice_mut().expect("fresh array");
-    let mut row = 0usize;
-    block_rows(src, factor, out, |_, rows, xr| {
-        each(
-            &mut res[row * width..(row + 1) * width],
-            rows,
-            (xr.end - xr.start) as usize,
-        );
-        row += 1;
-    });
-    result
-}
-
-/// [`reduce_mean`] for integer types: 128-bit sums (no integer type's block can overflow
-/// them: a block has fewer than 2^63 voxels of at most 2^64), the exact rounded quotient.
-fn reduce_mean_integer<T: Element>(
-    src: &Source<'_, T>,
-    factor: &[u64],
-    out: &[Range<u64>],
-) -> ArrayD<T> {
-    let values = src
-        .values
-        .as_slice()
-        .expect("pyramid kernels take C-order boxes");
+    // Floats: f64 sums in C order, taken again scaled where one overflows.
+    let values = src.c_order();
     let fx = factor[out.len() - 1] as usize;
-    let width = (out[out.len() - 1].end - out[out.len() - 1].start) as usize;
-    let mut sums = vec![0i128; width];
-    let mut counts = vec![0u64; width];
-    mean_rows(src, factor, out, |res, rows, len| {
-        sums.fill(0);
-        counts.fill(0);
-        for &off in rows {
-            for ((s, c), chunk) in sums
-                .iter_mut()
-                .zip(counts.iter_mut())
-                .zip(values[off..off + len].chunks(fx))
-            {
-                for &v in chunk {
-                    *s += v.to_i128().expect("integer elements fit in i128");
-                }
-                *c += chunk.len() as u64;
-            }
-        }
-        for ((o, &s), &c) in res.iter_mut().zip(&sums).zip(&counts) {
-            *o = <T as num_traits::NumCast>::from(integer_mean(s, c))
-                .expect("the mean of a type's values is of that type");
-        }
-    })
-}
-
-/// [`reduce_mean`] for floats: f64 sums in C order, taken again scaled where one overflows.
-fn reduce_mean_float<T: Element>(
-    src: &Source<'_, T>,
-    factor: &[u64],
-    out: &[Range<u64>],
-) -> ArrayD<T> {
-    let values = src
-        .values
-        .as_slice()
-        .expect("pyramid kernels take C-order boxes");
-    let fx = factor[out.len() - 1] as usize;
-    let width = (out[out.len() - 1].end - out[out.len() - 1].start) as usize;
-    let mut sums = vec![0f64; width];
-    let mut counts = vec![0usize; width];
     let as_f64 = |v: T| v.to_f64().unwrap_or(f64::NAN);
-    mean_rows(src, factor, out, |res, rows, len| {
-        sums.fill(0.0);
-        counts.fill(0);
-        for &off in rows {
-            for ((s, c), chunk) in sums
-                .iter_mut()
-                .zip(counts.iter_mut())
-                .zip(values[off..off + len].chunks(fx))
-            {
-                for &v in chunk {
-                    *s += as_f64(v);
-                }
-                *c += chunk.len();
-            }
-        }
-        for (x, ((o, &s), &c)) in res.iter_mut().zip(&sums).zip(&counts).enumerate() {
+    let add = |s: &mut f64, v: T| *s += as_f64(v);
+    mean_by_sums(src, factor, out, add, |res, sums, counts, rows, len| {
+        for (x, ((o, &s), &c)) in res.iter_mut().zip(sums).zip(counts).enumerate() {
             let mean = if s.is_infinite() {
                 let block = rows
                     .iter()
@@ -385,6 +337,42 @@ fn reduce_mean_float<T: Element>(
             *o = round_to::<T>(mean);
         }
     })
+}
+
+/// The mean level of the box `out` through per-block sums of type `S`: `add` sums each value
+/// of a block in, and `finish(row's output voxels, sums, counts, the row's input offsets, their
+/// length)` turns an output row's sums into its values. The values of output voxel x's block
+/// are the chunks `fx` wide at x in every input row of the row's offsets.
+fn mean_by_sums<T: Element, S: Default + Clone>(
+    src: &Source<'_, T>,
+    factor: &[u64],
+    out: &[Range<u64>],
+    add: impl Fn(&mut S, T),
+    mut finish: impl FnMut(&mut [T], &[S], &[usize], &[usize], usize),
+) -> ArrayD<T> {
+    let values = src.c_order();
+    let last = out.len() - 1;
+    let fx = factor[last] as usize;
+    let shape: Vec<usize> = out.iter().map(|r| (r.end - r.start) as usize).collect();
+    let mut result = ArrayD::<T>::default(IxDyn(&shape));
+    let width = shape[last];
+    let mut sums = vec![S::default(); width];
+    let mut counts = vec![0usize; width];
+    let res = result.as_slice_mut().expect("fresh array");
+    let mut row = 0usize;
+    block_rows(src, factor, out, |_, rows, xr| {
+        let len = (xr.end - xr.start) as usize;
+        sum_blocks(values, (rows, len, fx), &mut sums, &mut counts, &add);
+        finish(
+            &mut res[row * width..(row + 1) * width],
+            &sums,
+            &counts,
+            rows,
+            len,
+        );
+        row += 1;
+    });
+    result
 }
 
 /// The mode level over the output box `out`: the most frequent value of each block, ties to
@@ -406,10 +394,7 @@ fn reduce_mode_box<T: Element + PartialOrd>(
     let last = nd - 1;
     let shape: Vec<usize> = out.iter().map(|r| (r.end - r.start) as usize).collect();
     let mut result = ArrayD::<T>::default(IxDyn(&shape));
-    let values = src
-        .values
-        .as_slice()
-        .expect("pyramid kernels take C-order boxes");
+    let values = src.c_order();
     let fx = factor[last] as usize;
     let width = shape[last];
     let mut buckets: Vec<Vec<T>> = vec![Vec::new(); width];

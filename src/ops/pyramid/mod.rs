@@ -1315,13 +1315,7 @@ impl UnitPlan {
 
 impl Operation for PyramidOp {
     type Output = Vec<(usize, Region, Block)>;
-
-    fn name(&self) -> &'static str {
-        "pyramid"
-    }
-    fn targets(&self) -> &[Address] {
-        &self.targets
-    }
+    crate::exec::plan_fields!("pyramid"; targets, units, memory_per_unit);
     fn planned_outputs(&self) -> Vec<crate::exec::disk::PlannedOutput> {
         let levels = self.levels();
         self.specs
@@ -1336,12 +1330,6 @@ impl Operation for PyramidOp {
                 crate::exec::disk::PlannedOutput::child(&self.targets[0], &name, spec)
             })
             .collect()
-    }
-    fn units(&self) -> &[UnitInfo] {
-        &self.units
-    }
-    fn memory_per_unit(&self) -> u64 {
-        self.memory_per_unit
     }
     fn parameters(&self) -> Value {
         self.job.clone()

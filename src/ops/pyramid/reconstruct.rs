@@ -176,27 +176,9 @@ impl ReconstructOp {
 
 impl Operation for ReconstructOp {
     type Output = (Region, Block);
-
-    fn name(&self) -> &'static str {
-        "pyramid reconstruct"
-    }
-    fn targets(&self) -> &[Address] {
-        &self.targets
-    }
-    fn planned_outputs(&self) -> Vec<crate::exec::disk::PlannedOutput> {
-        vec![crate::exec::disk::PlannedOutput::array(
-            &self.targets[0],
-            &self.spec,
-        )]
-    }
-    fn units(&self) -> &[UnitInfo] {
-        &self.units
-    }
+    crate::exec::plan_fields!("pyramid reconstruct"; targets, units, parameters, spec);
     fn memory_per_unit(&self) -> u64 {
         self.units[0].bytes_out / self.spec.dtype.size() as u64 * 24
-    }
-    fn parameters(&self) -> serde_json::Value {
-        self.parameters.clone()
     }
     fn fingerprint(&self) -> serde_json::Value {
         json!({"shapes": self.shapes})

@@ -12,7 +12,7 @@ use rand::{Rng, SeedableRng};
 
 use super::device::{band_start_table, cut_shape, stitch_shape, CutGeom, RowShape, StitchGeom};
 use super::kernel::{self, Blend, PatchRef, SplitAccumulator, Weighting};
-use crate::gpu::harness_support::assert_same_bits;
+use crate::gpu::harness_support::{assert_c_layout, assert_same_bits, layout};
 use crate::grid::windows::WindowGrid;
 
 /// A host stitch: the whole block, returning the left-out NaN values.
@@ -124,39 +124,15 @@ extern "C" {
 
 #[test]
 fn the_rust_twins_have_the_c_layouts() {
-    use std::mem::{offset_of, size_of};
-    let mut s = [0i64; 12];
-    let mut c = [0i64; 5];
-    // SAFETY: each function writes exactly as many values as its array holds.
+    let stitch = layout!(StitchGeom; channels, window, block, counts, first, offsets,
+        with_variance, band_axis, band_rows, band_origin, band_starts);
+    let cut = layout!(CutGeom; channels, window, r#box, patches);
+    // SAFETY: each function writes as many values as its `layout!` has.
     unsafe {
-        tessera_host_stitch_geom_layout(s.as_mut_ptr());
-        tessera_host_cut_geom_layout(c.as_mut_ptr());
+        assert_c_layout("StitchGeom", tessera_host_stitch_geom_layout, &stitch);
+        assert_c_layout("CutGeom", tessera_host_cut_geom_layout, &cut);
     }
-    let rust_s = [
-        size_of::<StitchGeom>(),
-        offset_of!(StitchGeom, channels),
-        offset_of!(StitchGeom, window),
-        offset_of!(StitchGeom, block),
-        offset_of!(StitchGeom, counts),
-        offset_of!(StitchGeom, first),
-        offset_of!(StitchGeom, offsets),
-        offset_of!(StitchGeom, with_variance),
-        offset_of!(StitchGeom, band_axis),
-        offset_of!(StitchGeom, band_rows),
-        offset_of!(StitchGeom, band_origin),
-        offset_of!(StitchGeom, band_starts),
-    ];
-    let rust_c = [
-        size_of::<CutGeom>(),
-        offset_of!(CutGeom, channels),
-        offset_of!(CutGeom, window),
-        offset_of!(CutGeom, r#box),
-        offset_of!(CutGeom, patches),
-    ];
-    let as_i64 = |v: &[usize]| v.iter().map(|&x| x as i64).collect::<Vec<_>>();
-    assert_eq!(s.to_vec(), as_i64(&rust_s), "StitchGeom");
-    assert_eq!(c.to_vec(), as_i64(&rust_c), "CutGeom");
-    assert_eq!(s[0], 19 * 8, "nineteen i64 fields");
+    assert_eq!(stitch[0], 19 * 8, "nineteen i64 fields");
 }
 
 /// The launch tables the GPU path builds (`device::stitch_launch`) are the ones these tests

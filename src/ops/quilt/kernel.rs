@@ -113,6 +113,19 @@ pub struct Weighting {
     pub sigma: f64,
 }
 
+impl Weighting {
+    /// A Gaussian blend of `sigma` over `ndim` spatial axes, without a border band.
+    pub fn gaussian(ndim: usize, sigma: f64) -> Weighting {
+        Weighting {
+            blend: Blend::Gaussian,
+            border: vec![0; ndim],
+            // Unused without a band; the command line's default.
+            border_weight: 0.1,
+            sigma,
+        }
+    }
+}
+
 /// The weight of every pixel of a window (spatial shape only; channels share it).
 pub fn weights(window: &[u64], w: &Weighting) -> ArrayD<f64> {
     let shape: Vec<usize> = window.iter().map(|&n| n as usize).collect();
@@ -1046,15 +1059,7 @@ mod tests {
         let img = ArrayD::from_shape_fn(IxDyn(&[2, 9, 10, 12]), |i| {
             ((i[0] * 7 + i[1] * 13 + i[2] * 3 + i[3]) as f64 * 0.37).sin()
         });
-        let wt = weights(
-            &grid.window,
-            &Weighting {
-                blend: Blend::Gaussian,
-                border: vec![0; 3],
-                border_weight: 0.1,
-                sigma: 0.2,
-            },
-        );
+        let wt = weights(&grid.window, &Weighting::gaussian(3, 0.2));
         let patches = unstitch(&img, &grid);
         let mut whole = Accumulator::new(2, &[0, 0, 0], &grid.image, false);
         for (s, p) in &patches {
@@ -1181,15 +1186,7 @@ mod tests {
     #[test]
     fn banded_units_match_the_reference_for_any_unit_size() {
         let grid = WindowGrid::new(&[23, 7, 6], &[5, 4, 3], &[2, 3, 2], false).unwrap();
-        let wt = weights(
-            &grid.window,
-            &Weighting {
-                blend: Blend::Gaussian,
-                border: vec![0; 3],
-                border_weight: 0.1,
-                sigma: 0.3,
-            },
-        );
+        let wt = weights(&grid.window, &Weighting::gaussian(3, 0.3));
         let per_row = (grid.per_image() / grid.counts()[0]) as usize;
         let starts = grid.starts(0);
         let patches: Vec<(Vec<u64>, ArrayD<f64>)> = (0..grid.per_image())

@@ -272,20 +272,14 @@ impl UnstitchOp {
             attributes,
         };
         let npos = 1 + grid.ndim() as u64;
-        let positions_spec = CreateSpec {
-            flat_chunk_keys: false,
-            shape: vec![m, npos],
-            dtype: DType::I64,
-            chunks: vec![per_chunk, npos],
-            shards: None,
-            // A small index table: its format's own codec, whatever --codec says for patches.
-            codec: Codec::Auto,
-            dimension_names: None,
-            attributes: Map::new(),
-        };
-        let target = crate::exec::target_unit_bytes(m * patch_bytes);
-        let blocks = grid::blocks_for_target(per_chunk * patch_bytes, target);
-        let runs = grid::block_aligned_runs(m, per_chunk, blocks);
+        // A small index table: its format's own codec, whatever --codec says for patches.
+        let positions_spec = crate::ops::plain_spec(
+            vec![m, npos],
+            DType::I64,
+            vec![per_chunk, npos],
+            Codec::Auto,
+        );
+        let runs = crate::exec::unit_runs(m, per_chunk, patch_bytes);
         let units = runs
             .iter()
             .map(|r| UnitInfo {
@@ -350,30 +344,18 @@ impl UnstitchOp {
 
 impl Operation for UnstitchOp {
     type Output = Vec<(Region, Block)>;
-
-    fn name(&self) -> &'static str {
-        "quilt unstitch"
-    }
-    fn targets(&self) -> &[Address] {
-        &self.targets
-    }
+    crate::exec::plan_fields!("quilt unstitch"; targets, units, parameters);
     fn planned_outputs(&self) -> Vec<crate::exec::disk::PlannedOutput> {
         vec![
             crate::exec::disk::PlannedOutput::array(&self.targets[0], &self.spec),
             crate::exec::disk::PlannedOutput::array(&self.targets[1], &self.positions_spec),
         ]
     }
-    fn units(&self) -> &[UnitInfo] {
-        &self.units
-    }
     fn memory_per_unit(&self) -> u64 {
         // The unit's patches, plus the bounding boxes read (at most one image's worth).
         let image: u64 =
             self.geometry.image_shape[1..].iter().product::<u64>() * self.spec.dtype.size() as u64;
         self.units.iter().map(|u| u.bytes_out).max().unwrap_or(0) + image
-    }
-    fn parameters(&self) -> Value {
-        self.parameters.clone()
     }
     fn fingerprint(&self) -> Value {
         json!({"geometry": self.geometry, "spec": format!("{:?}", self.spec), "units": self.runs.len()})
@@ -462,16 +444,12 @@ pub fn write_border_mask(
         bytes,
     )?;
     let target = Address::parse(output)?;
-    let spec = crate::io::CreateSpec {
-        flat_chunk_keys: false,
-        shape: window.to_vec(),
-        dtype: crate::io::DType::U8,
-        chunks: window.to_vec(),
-        shards: None,
-        codec: crate::io::Codec::Auto,
-        dimension_names: None,
-        attributes: serde_json::Map::new(),
-    };
+    let spec = crate::ops::plain_spec(
+        window.to_vec(),
+        crate::io::DType::U8,
+        window.to_vec(),
+        crate::io::Codec::Auto,
+    );
     crate::exec::disk::check_outputs(
         &[crate::exec::disk::PlannedOutput::array(&target, &spec)],
         crate::io::safety::free_disk_bytes,
@@ -826,16 +804,7 @@ fn stitch_outputs(
         c.extend(spatial[1..].iter().map(|&d| d.min(512)));
         c
     });
-    let mean_spec = CreateSpec {
-        flat_chunk_keys: false,
-        shape: image.clone(),
-        dtype: out_dtype,
-        chunks,
-        shards: None,
-        codec: job.codec,
-        dimension_names: None,
-        attributes: Map::new(),
-    };
+    let mean_spec = crate::ops::plain_spec(image.clone(), out_dtype, chunks, job.codec);
     let mean_spec = mean_spec.validated()?;
     let chunks = mean_spec.chunks.clone();
     let mut spatial_spec = mean_spec.clone();
@@ -1566,13 +1535,7 @@ impl StitchOp {
 
 impl Operation for StitchOp {
     type Output = Vec<(Region, Block)>;
-
-    fn name(&self) -> &'static str {
-        "quilt stitch"
-    }
-    fn targets(&self) -> &[Address] {
-        &self.targets
-    }
+    crate::exec::plan_fields!("quilt stitch"; targets, units, memory_per_unit, parameters);
     fn planned_outputs(&self) -> Vec<crate::exec::disk::PlannedOutput> {
         let specs = [
             Some(&self.mean_spec),
@@ -1585,15 +1548,6 @@ impl Operation for StitchOp {
             .zip(&self.targets)
             .map(|(spec, t)| crate::exec::disk::PlannedOutput::array(t, spec))
             .collect()
-    }
-    fn units(&self) -> &[UnitInfo] {
-        &self.units
-    }
-    fn memory_per_unit(&self) -> u64 {
-        self.memory_per_unit
-    }
-    fn parameters(&self) -> Value {
-        self.parameters.clone()
     }
     fn fingerprint(&self) -> Value {
         json!({"geometry": self.geometry, "units": self.slabs.len(), "chunks": self.mean_spec.chunks, "band_rows": self.bands.rows})

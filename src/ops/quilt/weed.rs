@@ -56,16 +56,7 @@ fn spec_like(shape: Vec<u64>, dtype: DType, codec: io::Codec) -> CreateSpec {
         super::patches_per_chunk(shape[1..].iter().product::<u64>() * dtype.size() as u64);
     let mut chunks = vec![per_chunk.min(shape[0].max(1))];
     chunks.extend(&shape[1..]);
-    CreateSpec {
-        flat_chunk_keys: false,
-        shape,
-        dtype,
-        chunks,
-        shards: None,
-        codec,
-        dimension_names: None,
-        attributes: Map::new(),
-    }
+    crate::ops::plain_spec(shape, dtype, chunks, codec)
 }
 
 /// Refuses a missing label that no label value can equal: nothing would ever be weeded, and
@@ -292,9 +283,7 @@ fn weed_units(
     let per_chunk = input_spec.chunks[0];
     let in_patch = im.shape[1..].iter().product::<u64>() * im.dtype.size() as u64;
     let patch_bytes = lm.shape[1..].iter().product::<u64>() * lm.dtype.size() as u64;
-    let target = crate::exec::target_unit_bytes(kept_n * in_patch);
-    let blocks = grid::blocks_for_target(per_chunk * in_patch, target);
-    let runs = grid::block_aligned_runs(kept_n, per_chunk, blocks);
+    let runs = crate::exec::unit_runs(kept_n, per_chunk, in_patch);
     let units = runs
         .iter()
         .map(|r| UnitInfo {
@@ -308,13 +297,7 @@ fn weed_units(
 
 impl Operation for WeedOp {
     type Output = Vec<(Region, Block)>;
-
-    fn name(&self) -> &'static str {
-        "quilt weed"
-    }
-    fn targets(&self) -> &[Address] {
-        &self.targets
-    }
+    crate::exec::plan_fields!("quilt weed"; targets, units, parameters);
     fn planned_outputs(&self) -> Vec<crate::exec::disk::PlannedOutput> {
         [&self.input_spec, &self.labels_spec, &self.mask_spec]
             .into_iter()
@@ -322,18 +305,12 @@ impl Operation for WeedOp {
             .map(|(spec, t)| crate::exec::disk::PlannedOutput::array(t, spec))
             .collect()
     }
-    fn units(&self) -> &[UnitInfo] {
-        &self.units
-    }
     fn memory_per_unit(&self) -> u64 {
         self.units
             .iter()
             .map(|u| u.bytes_out * 2)
             .max()
             .unwrap_or(0)
-    }
-    fn parameters(&self) -> serde_json::Value {
-        self.parameters.clone()
     }
     fn fingerprint(&self) -> serde_json::Value {
         json!({"kept": self.kept.len(), "input": format!("{:?}", self.input_spec), "labels": format!("{:?}", self.labels_spec)})
