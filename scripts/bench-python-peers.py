@@ -99,7 +99,7 @@ def crop_case(args):
     for i in range(n):
         cy, cx = 128 + rng.normal(0, 3), 128 + rng.normal(0, 3)
         r = np.hypot(yy - cy, xx - cx)
-        pats[i] = 1000 * np.exp(-((r / 6.0) ** 2)) + rng.poisson(0.5, (256, 256))
+        pats[i] = 1000 * np.exp(-((r / 6.0) ** 2)) + rng.poisson(0.002, (256, 256))
     with tempfile.TemporaryDirectory() as tmp:
         src = os.path.join(tmp, "patterns.pt")
         torch.save(torch.from_numpy(pats)[:, None], src)  # (N, 1, H, W), as the guide keeps them
