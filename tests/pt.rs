@@ -168,6 +168,7 @@ fn every_dtype_written_reads_back_independently() {
 }
 
 #[test]
+#[cfg(feature = "mpi")]
 fn ranks_write_the_bytes_one_process_writes() {
     let Some(dir) = mpi_tempdir() else { return };
     let input = small_image(dir.path(), 3);
