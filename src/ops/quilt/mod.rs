@@ -1423,10 +1423,35 @@ impl StitchOp {
         let end = window_rows.end * per_row;
         let mut region = Region::whole(&self.geometry.patch_shape());
         let mut first = window_rows.start * per_row;
+        // float32 patches stored uncompressed in one mapped piece (.npy, .pt) are summed
+        // where they lie, with no copy (the kernel only reads them); float32 needs no value
+        // check.
+        let mapped = match self.variance {
+            None => crate::io::mapped_elements::<f32>(self.patches.as_ref()),
+            Some(_) => None,
+        };
+        let patch_shape: Vec<usize> = region.shape_usize();
         while first < end {
             let next = (first + self.batch).min(end);
             region.start[0] = n * per_image + first;
             region.shape[0] = next - first;
+            if let Some(all) = mapped {
+                let all = ndarray::ArrayViewD::from_shape(IxDyn(&patch_shape), all)
+                    .expect("a mapped array holds its elements");
+                let rows = region.start[0] as usize..(region.start[0] + region.shape[0]) as usize;
+                self.read_bytes.fetch_add(
+                    (rows.len() * all.len() / patch_shape[0] * 4) as u64,
+                    Ordering::Relaxed,
+                );
+                self.add_batch(
+                    acc,
+                    &all.slice_axis(Axis(0), Slice::from(rows)),
+                    None,
+                    first,
+                );
+                first = next;
+                continue;
+            }
             let patches = self.read(self.patches.as_ref(), &region)?;
             self.limits.check(&patches, region.start[0], false)?;
             let variances = match &self.variance {
@@ -1439,15 +1464,18 @@ impl StitchOp {
             match (patches, variances) {
                 // f32 and f64 patches are accumulated as they are; other types via f64.
                 (Block::F32(p), None) => {
-                    self.add_batch(acc, &p, None, first);
+                    self.add_batch(acc, &p.view(), None, first);
                     self.spare_batches.keep(Block::F32(p));
                 }
                 (Block::F32(p), Some(Block::F32(v))) => {
-                    self.add_batch(acc, &p, Some(&v), first);
+                    self.add_batch(acc, &p.view(), Some(&v.view()), first);
                     self.spare_batches.keep(Block::F32(p));
                     self.spare_batches.keep(Block::F32(v));
                 }
-                (p, v) => self.add_batch(acc, &p.to_f64(), v.map(Block::to_f64).as_ref(), first),
+                (p, v) => {
+                    let (p, v) = (p.to_f64(), v.map(Block::to_f64));
+                    self.add_batch(acc, &p.view(), v.as_ref().map(|v| v.view()).as_ref(), first);
+                }
             }
             first = next;
         }
@@ -1469,8 +1497,8 @@ impl StitchOp {
     fn add_batch<T: Copy + Into<f64> + Sync>(
         &self,
         acc: &mut SplitAccumulator,
-        patches: &ArrayD<T>,
-        variances: Option<&ArrayD<T>>,
+        patches: &ndarray::ArrayViewD<'_, T>,
+        variances: Option<&ndarray::ArrayViewD<'_, T>>,
         first: u64,
     ) {
         let refs: Vec<PatchRef<'_, T>> = (0..patches.shape()[0])
