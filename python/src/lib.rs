@@ -686,12 +686,13 @@ fn hdr_merge_debevec<'py>(
     let merged = work(py, threads, || {
         Ok(tessera::ops::hdr::merge_debevec(&images, &ln_t, &g, kind))
     })?;
-    let out = ArrayD::from_shape_vec(
-        vec![merged.height, merged.width, merged.channels],
-        merged.data,
-    )
-    .expect("the merge's own shape");
+    let out = merged_image(merged.height, merged.width, merged.channels, merged.data);
     Ok((numpy::PyArray::from_owned_array(py, out), merged.unusable))
+}
+
+/// A merged bracket's interleaved values as a (Y, X, C) array.
+fn merged_image(height: usize, width: usize, channels: usize, data: Vec<f32>) -> ArrayD<f32> {
+    ArrayD::from_shape_vec(vec![height, width, channels], data).expect("the merge's own shape")
 }
 
 /// Mertens fusion of one bracket: exposures (K, C, Y, X) uint8 or uint16. Returns (Y, X, C)
@@ -716,11 +717,7 @@ fn hdr_merge_mertens<'py>(
     let merged = work(py, threads, || {
         Ok(tessera::ops::hdr::merge_mertens(&images))
     })?;
-    let out = ArrayD::from_shape_vec(
-        vec![merged.height, merged.width, merged.channels],
-        merged.data,
-    )
-    .expect("the fusion's own shape");
+    let out = merged_image(merged.height, merged.width, merged.channels, merged.data);
     Ok(numpy::PyArray::from_owned_array(py, out))
 }
 

@@ -363,6 +363,20 @@ pub fn create(
     }
 }
 
+/// Completes a staged output whose format needs a last step once every rank has written and
+/// closed it (rank 0, before it is published): a `.pt` gets its CRC and zip directory
+/// ([`pt::archive::finalize`], which may run again on a file it finished). True when there was
+/// such a step.
+///
+/// # Errors
+/// The format's failure, naming the file.
+pub fn finish_staged(target: &Address, staged: &std::path::Path) -> Result<bool> {
+    match target {
+        Address::Pt { .. } => pt::archive::finalize(staged).map(|()| true),
+        _ => Ok(false),
+    }
+}
+
 /// A patch directory holds many arrays (one file each, or one Zarr store inside); it is
 /// staged like an array but never opened as one.
 fn not_an_array(address: &Address) -> Error {

@@ -203,6 +203,34 @@ fn slice_info(region: &Region) -> Vec<SliceInfoElem> {
         .collect()
 }
 
+/// `region` of a C-order array of `shape` whose elements are `values` (a mapped file's), copied
+/// into `spare` when it has the region's shape and type (its memory reused), else into a new
+/// array. Shared by the readers of mapped formats (`.npy`, `.pt`).
+pub(super) fn box_of<T: Element>(
+    values: &[T],
+    shape: &[u64],
+    region: &Region,
+    spare: Option<Block>,
+) -> ndarray::ArrayD<T> {
+    let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+    let view = ArrayViewD::<T>::from_shape(IxDyn(&shape), values)
+        .expect("a mapped array holds its shape's elements");
+    let src = view.slice(slice_info(region).as_slice());
+    match spare
+        .filter(|b| b.shape() == region.shape)
+        .and_then(|b| b.into_array::<T>())
+    {
+        Some(mut a) => {
+            match (a.as_slice_mut(), src.as_slice()) {
+                (Some(dst), Some(from)) => dst.copy_from_slice(from),
+                _ => a.assign(&src),
+            }
+            a
+        }
+        None => src.to_owned(),
+    }
+}
+
 /// Reads a `.npy` file through a read-only memory map.
 pub struct NpyReader {
     map: Mmap,
@@ -271,24 +299,7 @@ impl ArrayReader for NpyReader {
         with_dtype!(self.meta.dtype, T => {
             let values: &[T] = crate::io::mapped_elements(self)
                 .ok_or_else(|| Error::bad_file(&self.path, "data not aligned for its type"))?;
-            let shape: Vec<usize> = self.meta.shape.iter().map(|&d| d as usize).collect();
-            let view = ArrayViewD::<T>::from_shape(IxDyn(&shape), values)
-                .map_err(|e| Error::bad_file(&self.path, e.to_string()))?;
-            let src = view.slice(slice_info(region).as_slice());
-            let part = match spare
-                .filter(|b| b.shape() == region.shape)
-                .and_then(|b| b.into_array::<T>())
-            {
-                Some(mut a) => {
-                    match (a.as_slice_mut(), src.as_slice()) {
-                        (Some(dst), Some(from)) => dst.copy_from_slice(from),
-                        _ => a.assign(&src),
-                    }
-                    a
-                }
-                None => src.to_owned(),
-            };
-            Ok(T::into_block(part))
+            Ok(T::into_block(box_of(values, &self.meta.shape, region, spare)))
         })
     }
 

@@ -302,9 +302,7 @@ impl Staging {
     fn publish(&self) -> Result<()> {
         match &self.publish {
             Publish::Rename { published, staged } => {
-                // A `.pt` gets its CRC and zip directory once every rank has written.
-                if matches!(self.target, Address::Pt { .. }) {
-                    crate::io::pt::archive::finalize(staged)?;
+                if crate::io::finish_staged(&self.target, staged)? {
                     crash_point("finalized");
                 }
                 // A file is replaced by one rename (atomic). A directory cannot be renamed

@@ -372,19 +372,25 @@ impl ArrayReader for PtReader {
         &self.meta
     }
 
-    /// The region gathered through the tensor's strides into a new block (a spare block
-    /// would save no copy: the gather writes every element once either way).
     fn read_box(&self, region: &Region) -> Result<Block> {
+        self.read_box_reusing(region, None)
+    }
+
+    /// A contiguous tensor of a native type is sliced from the map as a `.npy` is; any other
+    /// (a view, a converted type) is gathered element by element through its strides.
+    fn read_box_reusing(&self, region: &Region, spare: Option<Block>) -> Result<Block> {
         check_region(
             &self.path.display().to_string(),
             &self.meta.shape,
             region,
             None,
         )?;
-        let shape: Vec<usize> = region.shape.iter().map(|&n| n as usize).collect();
         with_dtype!(self.meta.dtype, T => {
-            let part = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&shape), self.gather::<T>(region))
-                .expect("gathered the region's elements");
+            let part = match crate::io::mapped_elements::<T>(self) {
+                Some(values) => super::npy::box_of(values, &self.meta.shape, region, spare),
+                None => ndarray::ArrayD::from_shape_vec(region.shape_usize(), self.gather::<T>(region))
+                    .expect("gathered the region's elements"),
+            };
             Ok(T::into_block(part))
         })
     }
@@ -410,16 +416,7 @@ fn tensor_pickle(dtype: DType, shape: &[u64], key: Option<&str>) -> Vec<u8> {
     }
     // torch writes uint16/32/64 through an untyped storage (numel in bytes) and names the
     // dtype; the others through the typed storage classes.
-    let typed = match dtype {
-        DType::U8 => Some("ByteStorage"),
-        DType::I8 => Some("CharStorage"),
-        DType::I16 => Some("ShortStorage"),
-        DType::I32 => Some("IntStorage"),
-        DType::I64 => Some("LongStorage"),
-        DType::F32 => Some("FloatStorage"),
-        DType::F64 => Some("DoubleStorage"),
-        DType::U16 | DType::U32 | DType::U64 => None,
-    };
+    let typed = pickle::storage_class(dtype.name());
     let numel: u64 = shape.iter().product();
     w.global(
         "torch._utils",

@@ -475,22 +475,36 @@ fn ints(v: &Value, what: &str) -> Result<Vec<u64>, String> {
         .collect()
 }
 
+/// torch's typed storage classes and the dtype each holds (torch's names).
+const TYPED_STORAGES: [(&str, &str); 10] = [
+    ("ByteStorage", "uint8"),
+    ("CharStorage", "int8"),
+    ("ShortStorage", "int16"),
+    ("IntStorage", "int32"),
+    ("LongStorage", "int64"),
+    ("FloatStorage", "float32"),
+    ("DoubleStorage", "float64"),
+    ("HalfStorage", "float16"),
+    ("BFloat16Storage", "bfloat16"),
+    ("BoolStorage", "bool"),
+];
+
 /// torch's dtype name for a typed storage class (`FloatStorage` -> `float32`); other classes
 /// keep their own name, which no reader accepts.
 fn storage_dtype(class: &str) -> &str {
-    match class {
-        "ByteStorage" => "uint8",
-        "CharStorage" => "int8",
-        "ShortStorage" => "int16",
-        "IntStorage" => "int32",
-        "LongStorage" => "int64",
-        "FloatStorage" => "float32",
-        "DoubleStorage" => "float64",
-        "HalfStorage" => "float16",
-        "BFloat16Storage" => "bfloat16",
-        "BoolStorage" => "bool",
-        other => other,
-    }
+    TYPED_STORAGES
+        .iter()
+        .find(|(c, _)| *c == class)
+        .map_or(class, |(_, d)| d)
+}
+
+/// The typed storage class torch writes a `dtype` through (`float32` -> `FloatStorage`);
+/// `None` for the dtypes it writes through an untyped storage (uint16/32/64).
+pub fn storage_class(dtype: &str) -> Option<&'static str> {
+    TYPED_STORAGES
+        .iter()
+        .find(|(_, d)| *d == dtype)
+        .map(|(c, _)| *c)
 }
 
 /// `_rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad, backward_hooks[,

@@ -541,7 +541,6 @@ pub fn calibrate_images(
     job: &CalibrateJob,
     brackets: &[(Vec<Image>, Vec<f64>)],
 ) -> Result<Vec<Vec<f64>>> {
-    use rayon::prelude::*;
     check_calibration(job)?;
     let bad = |m: String| Error::parameter("brackets", m);
     if brackets.is_empty() {
@@ -588,14 +587,20 @@ pub fn calibrate_images(
             job.low_clip, job.high_clip
         )));
     }
+    Ok(solve_channels(job, &all))
+}
+
+/// The response of each channel from its samples, the channels solved in parallel.
+fn solve_channels(job: &CalibrateJob, samples: &[Vec<Sample>]) -> Vec<Vec<f64>> {
+    use rayon::prelude::*;
     let solve = debevec::Solve {
         smoothness: job.smoothness,
         weight: job.weight_type,
     };
-    Ok(all
+    samples
         .par_iter()
         .map(|s| debevec::solve_channel(s, solve))
-        .collect())
+        .collect()
 }
 
 /// Samples as bytes: channels, then per channel the sample count and each sample's
@@ -732,16 +737,7 @@ pub fn calibrate(job: &CalibrateJob, comm: &dyn Comm) -> Result<Vec<Vec<f64>>> {
             }
         }
         let n_samples: Vec<usize> = all.iter().map(Vec::len).collect();
-        let solve = debevec::Solve {
-            smoothness: job.smoothness,
-            weight: job.weight_type,
-        };
-        let response: Vec<Vec<f64>> = {
-            use rayon::prelude::*;
-            all.par_iter()
-                .map(|s| debevec::solve_channel(s, solve))
-                .collect()
-        };
+        let response = solve_channels(job, &all);
         result = save_response(job, &brackets, &use_, &n_samples, &response, started);
         for g in &response {
             for v in g {

@@ -641,6 +641,25 @@ impl SplitAccumulator {
         Self::with_cuts(channels, origin, block, with_variance, &cuts)
     }
 
+    /// `spare` emptied and moved to `origin` when it has `block`'s shape and `cuts` (no fresh
+    /// pages to fault in), else a new accumulator ([`SplitAccumulator::with_cuts`]).
+    pub fn reused_or_new(
+        spare: Option<SplitAccumulator>,
+        channels: usize,
+        origin: &[u64],
+        block: &[u64],
+        with_variance: bool,
+        cuts: &[u64],
+    ) -> SplitAccumulator {
+        match spare.filter(|a| a.block_shape() == block && a.cuts() == cuts) {
+            Some(mut a) => {
+                a.reset_at(origin);
+                a
+            }
+            None => SplitAccumulator::with_cuts(channels, origin, block, with_variance, cuts),
+        }
+    }
+
     /// Parts that start at the block's first row and at each of `cuts` (row offsets inside
     /// the block, ascending, each in 1..rows).
     pub fn with_cuts(

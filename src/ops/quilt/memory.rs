@@ -261,22 +261,14 @@ pub fn stitch<T: PatchValue, O: OutElement + Send>(
             );
             // One accumulator for every band and image of the call, emptied between them:
             // fresh ones cost a page fault per 4 KiB, most of a stitch's time.
-            let mut acc = match spare
-                .take()
-                .filter(|a| a.block_shape() == block && a.cuts() == cuts)
-            {
-                Some(mut a) => {
-                    a.reset_at(&origin);
-                    a
-                }
-                None => SplitAccumulator::with_cuts(
-                    channels,
-                    &origin,
-                    &block,
-                    variances.is_some(),
-                    &cuts,
-                ),
-            };
+            let mut acc = SplitAccumulator::reused_or_new(
+                spare.take(),
+                channels,
+                &origin,
+                &block,
+                variances.is_some(),
+                &cuts,
+            );
             let first = n * per_image + windows.start * per_row;
             let refs: Vec<PatchRef<'_, T>> = (first..n * per_image + windows.end * per_row)
                 .map(|p| {

@@ -1360,22 +1360,17 @@ impl StitchOp {
             &self.coverage(&rows, windows),
             rayon::current_num_threads(),
         );
-        match self
+        let spare = self
             .spare_accumulators
-            .take(|a| a.block_shape() == block && a.cuts() == cuts)
-        {
-            Some(mut acc) => {
-                acc.reset_at(&origin);
-                acc
-            }
-            None => SplitAccumulator::with_cuts(
-                self.geometry.channels() as usize,
-                &origin,
-                &block,
-                self.variance.is_some(),
-                &cuts,
-            ),
-        }
+            .take(|a| a.block_shape() == block && a.cuts() == cuts);
+        SplitAccumulator::reused_or_new(
+            spare,
+            self.geometry.channels() as usize,
+            &origin,
+            &block,
+            self.variance.is_some(),
+            &cuts,
+        )
     }
 
     /// The spatial origin and shape of `rows` (first spatial axis) of an image, whole along
