@@ -19,6 +19,8 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export TESSERA_REQUIRE_MPI=1 TESSERA_REQUIRE_PYTHON=1 TESSERA_REQUIRE_MOUNT=1 TESSERA_REQUIRE_NVRTC=1
 export TESSERA_PYTHON="$PWD/target/pyenv/bin/python"
 export CARGO_TERM_COLOR=never
+# One-shot builds: no incremental caches (they took ~8 GB of the build directory).
+export CARGO_INCREMENTAL=0
 
 step() { echo; echo "== $* =="; }
 step "cargo fmt --check";                  cargo fmt --all -- --check
