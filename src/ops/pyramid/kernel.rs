@@ -38,6 +38,8 @@ use serde::{Deserialize, Serialize};
 use crate::grid::{for_each_index, row_major_strides};
 use crate::io::Element;
 
+use super::separable::{self, AxisTaps};
+
 /// How a level is made from the one below.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -152,7 +154,7 @@ fn mean_past_overflow(values: impl Iterator<Item = f64>, count: usize) -> f64 {
 
 /// `x`, except that where `x` is infinite only because it was scaled back from the finite
 /// `scaled` it is the largest finite f64 of its sign.
-fn saturate_finite(x: f64, scaled: f64) -> f64 {
+pub(super) fn saturate_finite(x: f64, scaled: f64) -> f64 {
     if x.is_infinite() && scaled.is_finite() {
         f64::MAX.copysign(x)
     } else {
@@ -222,6 +224,15 @@ impl<T> Source<'_, T> {
         self.values
             .as_slice()
             .expect("pyramid kernels take C-order boxes")
+    }
+
+    /// The box as the separable passes take it.
+    fn boxed(&self) -> separable::Boxed<'_, T> {
+        separable::Boxed {
+            values: self.c_order(),
+            start: self.start,
+            shape: self.values.shape(),
+        }
     }
 }
 
@@ -456,122 +467,15 @@ pub(crate) fn taps(f: u64, extent: u64, i: u64) -> (u64, Vec<f64>) {
     (r.start, w.into_iter().map(|x| x / total).collect())
 }
 
-/// Applies per-output-index weights along `axis`: `out[i] = sum_k w_i[k] * input[first_i + k]`,
-/// input indices relative to `in_start`. A sum that overflows f64 while its values are finite
-/// is taken again with every product halved, and doubled back (the same roundings, one
-/// binade lower), at most the largest finite f64 (reduce.cuh's `weigh_axis_voxel` too).
-fn weigh_axis(
-    input: &ArrayD<f64>,
-    axis: usize,
-    in_start: u64,
-    outputs: &[(u64, Vec<f64>)],
-) -> ArrayD<f64> {
-    let mut out = if axis + 1 == input.ndim() {
-        weigh_rows(input, in_start, outputs)
-    } else {
-        weigh_planes(input, axis, in_start, outputs)
-    };
-    if out.iter().any(|x| x.is_infinite()) {
-        for (mut at, x) in out.indexed_iter_mut() {
-            if !x.is_infinite() {
-                continue;
-            }
-            let (first, w) = &outputs[at[axis]];
-            let mut half = 0.0f64;
-            for (k, &wk) in w.iter().enumerate() {
-                at[axis] = (first + k as u64 - in_start) as usize;
-                half += wk * input[&at] * 0.5;
-            }
-            *x = saturate_finite(half * 2.0, half);
-        }
-    }
-    out
-}
-
-/// [`weigh_axis`] along an axis but the last: whole (hyper)planes scaled and added, tap by
-/// tap, so the inner loop runs over contiguous rows.
-fn weigh_planes(
-    input: &ArrayD<f64>,
-    axis: usize,
-    in_start: u64,
-    outputs: &[(u64, Vec<f64>)],
-) -> ArrayD<f64> {
-    let mut shape = input.shape().to_vec();
-    shape[axis] = outputs.len();
-    let mut out = ArrayD::<f64>::zeros(IxDyn(&shape));
-    for (mut o, (first, w)) in out.axis_iter_mut(Axis(axis)).zip(outputs) {
-        for (k, &wk) in w.iter().enumerate() {
-            let src = input.index_axis(Axis(axis), (first + k as u64 - in_start) as usize);
-            o.scaled_add(wk, &src);
-        }
-    }
-    out
-}
-
-/// [`weigh_axis`] along the last axis, one contiguous row at a time (planes along it would be
-/// strided by the row length: a cache line per voxel). Each output is the same sum as
-/// [`weigh_planes`]': from 0.0, `acc = acc + w[k] * x[first + k]` in tap order, in f64.
-fn weigh_rows(input: &ArrayD<f64>, in_start: u64, outputs: &[(u64, Vec<f64>)]) -> ArrayD<f64> {
-    let last = input.ndim() - 1;
-    let mut shape = input.shape().to_vec();
-    shape[last] = outputs.len();
-    let mut out = ArrayD::<f64>::zeros(IxDyn(&shape));
-    let (row_in, row_out) = (input.shape()[last], outputs.len());
-    if out.is_empty() || row_in == 0 {
-        return out;
-    }
-    let input = input.as_standard_layout();
-    let (Some(rows), Some(dst)) = (input.as_slice(), out.as_slice_mut()) else {
-        unreachable!("standard layout is contiguous")
-    };
-    // Each output's first tap as an offset into its row, found once for every row.
-    let starts: Vec<usize> = outputs
-        .iter()
-        .map(|(first, _)| (first - in_start) as usize)
-        .collect();
-    for (x, y) in rows.chunks_exact(row_in).zip(dst.chunks_exact_mut(row_out)) {
-        for ((y, &at), (_, w)) in y.iter_mut().zip(&starts).zip(outputs) {
-            let mut acc = 0.0f64;
-            for (&wk, &xk) in w.iter().zip(&x[at..at + w.len()]) {
-                acc += wk * xk; // acc = acc + (wk * xk): no fused multiply-add in Rust
-            }
-            *y = acc;
-        }
-    }
-    out
-}
-
 /// The Gaussian level over the output box `out`, as f64 before rounding.
 pub fn reduce_gaussian_f64<T: Element>(
     src: &Source<'_, T>,
     factor: &[u64],
     out: &[Range<u64>],
 ) -> ArrayD<f64> {
-    let nd = out.len();
-    // The input box the output needs, cut out of what was given.
-    let need: Vec<Range<u64>> = (0..nd)
-        .map(|a| input_range(Method::Gaussian, factor[a], src.level_shape[a], &out[a]))
-        .collect();
-    let mut view = src.values.view();
-    for (a, r) in need.iter().enumerate() {
-        let lo = (r.start - src.start[a]) as usize;
-        view.slice_axis_inplace(
-            Axis(a),
-            ndarray::Slice::from(lo..lo + (r.end - r.start) as usize),
-        );
-    }
-    let mut cur = view.mapv(|v| v.to_f64().unwrap_or(f64::NAN));
-    for a in 0..nd {
-        if factor[a] == 1 {
-            continue;
-        }
-        let outputs: Vec<(u64, Vec<f64>)> = out[a]
-            .clone()
-            .map(|i| taps(factor[a], src.level_shape[a], i))
-            .collect();
-        cur = weigh_axis(&cur, a, need[a].start, &outputs);
-    }
-    cur
+    gaussian_box(src, factor, out, |values, shape| {
+        ArrayD::from_shape_vec(IxDyn(shape), values.to_vec()).expect("one value per voxel")
+    })
 }
 
 /// The Gaussian level over the output box `out`, rounded to `U`.
@@ -581,8 +485,34 @@ pub fn reduce_gaussian<T: Element, U: Element>(
     out: &[Range<u64>],
 ) -> ArrayD<U> {
     in_slabs(out, |slab| {
-        reduce_gaussian_f64(src, factor, slab).mapv(round_to::<U>)
+        gaussian_box(src, factor, slab, |values, shape| {
+            let rounded = values.iter().map(|&x| round_to::<U>(x)).collect();
+            ArrayD::from_shape_vec(IxDyn(shape), rounded).expect("one value per voxel")
+        })
     })
+}
+
+/// The Gaussian level over the output box `out` in f64, handed to `finish` (C order, shape):
+/// the input box the output needs, filtered along every axis with a factor above 1.
+fn gaussian_box<T: Element, R>(
+    src: &Source<'_, T>,
+    factor: &[u64],
+    out: &[Range<u64>],
+    finish: impl FnOnce(&[f64], &[usize]) -> R,
+) -> R {
+    let need: Vec<Range<u64>> = (0..out.len())
+        .map(|a| input_range(Method::Gaussian, factor[a], src.level_shape[a], &out[a]))
+        .collect();
+    let passes: Vec<(usize, AxisTaps)> = (0..out.len())
+        .filter(|&a| factor[a] > 1)
+        .map(|a| {
+            let outputs = out[a]
+                .clone()
+                .map(|i| taps(factor[a], src.level_shape[a], i));
+            (a, AxisTaps::new(outputs, need[a].start))
+        })
+        .collect();
+    separable::filter(&src.boxed(), &need, &passes, finish)
 }
 
 /// Linear interpolation of fine voxel `x` from a coarse axis of `coarse_extent` voxels with
@@ -602,6 +532,13 @@ pub(crate) fn upsample_taps(f: u64, coarse_extent: u64, x: u64) -> (u64, Vec<f64
     }
 }
 
+/// A coarse level's box (`values`, C order, starting at `start`) and the whole level's shape.
+pub struct Coarse<'a> {
+    pub values: &'a ArrayViewD<'a, f32>,
+    pub start: &'a [u64],
+    pub level_shape: &'a [u64],
+}
+
 /// Upsamples the coarse level (box `coarse` starting at `coarse_start`, whole level shape
 /// `coarse_shape`) onto the fine-level box `out`, in f64.
 pub fn upsample(
@@ -611,36 +548,90 @@ pub fn upsample(
     factor: &[u64],
     out: &[Range<u64>],
 ) -> ArrayD<f64> {
+    let coarse = Coarse {
+        values: coarse,
+        start: coarse_start,
+        level_shape: coarse_shape,
+    };
     in_slabs(out, |slab| {
-        upsample_box(coarse, coarse_start, coarse_shape, factor, slab)
+        upsample_box(&coarse, factor, slab, |values, shape| {
+            ArrayD::from_shape_vec(IxDyn(shape), values.to_vec()).expect("one value per voxel")
+        })
     })
 }
 
-fn upsample_box(
-    coarse: &ArrayViewD<'_, f32>,
-    coarse_start: &[u64],
-    coarse_shape: &[u64],
+/// The Laplacian's difference map over the fine-level box `out`: `fine - upsample(coarse)`,
+/// in f64, rounded once to f32. `fine` is a box of the fine level starting at `fine_start`
+/// that covers `out`.
+pub fn laplacian_difference(
+    fine: &ArrayViewD<'_, f32>,
+    fine_start: &[u64],
+    coarse: &Coarse<'_>,
     factor: &[u64],
     out: &[Range<u64>],
-) -> ArrayD<f64> {
-    let mut cur = coarse.mapv(f64::from);
-    for a in 0..out.len() {
-        let f = factor[a];
-        if f == 1 {
-            let lo = (out[a].start - coarse_start[a]) as usize;
-            let n = (out[a].end - out[a].start) as usize;
-            cur = cur
-                .slice_axis(Axis(a), ndarray::Slice::from(lo..lo + n))
-                .to_owned();
-            continue;
-        }
-        let outputs: Vec<(u64, Vec<f64>)> = out[a]
-            .clone()
-            .map(|x| upsample_taps(f, coarse_shape[a], x))
-            .collect();
-        cur = weigh_axis(&cur, a, coarse_start[a], &outputs);
-    }
-    cur
+) -> ArrayD<f32> {
+    let fine_values = fine.as_slice().expect("pyramid kernels take C-order boxes");
+    let strides = crate::grid::row_major_strides(fine.shape());
+    in_slabs(out, |slab| {
+        upsample_box(coarse, factor, slab, |up, shape| {
+            let mut diff = Vec::with_capacity(up.len());
+            let width = shape.last().copied().unwrap_or(1);
+            let mut row_start = Vec::with_capacity(shape.len());
+            crate::grid::for_each_index(&slab[..slab.len().saturating_sub(1)], |at| {
+                row_start.clear();
+                row_start.extend(at.iter().copied());
+                row_start.push(slab.last().map_or(0, |r| r.start));
+                let off: usize = row_start
+                    .iter()
+                    .zip(fine_start)
+                    .zip(&strides)
+                    .map(|((&x, &s), &st)| (x - s) as usize * st)
+                    .sum();
+                let up_row = &up[diff.len()..diff.len() + width];
+                diff.extend(
+                    up_row
+                        .iter()
+                        .zip(&fine_values[off..off + width])
+                        .map(|(&u, &f)| round_to::<f32>(f64::from(f) - u)),
+                );
+            });
+            ArrayD::from_shape_vec(IxDyn(shape), diff).expect("one value per voxel")
+        })
+    })
+}
+
+/// The upsampling of `coarse` over the fine-level box `out` in f64, handed to `finish` (C
+/// order, shape): the coarse box it reads, filtered along every axis with a factor above 1
+/// (taken as it is along the others).
+fn upsample_box<R>(
+    coarse: &Coarse<'_>,
+    factor: &[u64],
+    out: &[Range<u64>],
+    finish: impl FnOnce(&[f64], &[usize]) -> R,
+) -> R {
+    let need: Vec<Range<u64>> = (0..out.len())
+        .map(|a| upsample_range(factor[a], coarse.level_shape[a], &out[a]))
+        .collect();
+    let passes: Vec<(usize, AxisTaps)> = (0..out.len())
+        .filter(|&a| factor[a] > 1)
+        .map(|a| {
+            let f = factor[a];
+            let outputs = out[a]
+                .clone()
+                .map(|x| upsample_taps(f, coarse.level_shape[a], x));
+            (a, AxisTaps::new(outputs, need[a].start))
+        })
+        .collect();
+    let values = coarse
+        .values
+        .as_slice()
+        .expect("pyramid kernels take C-order boxes");
+    let boxed = separable::Boxed {
+        values,
+        start: coarse.start,
+        shape: coarse.values.shape(),
+    };
+    separable::filter(&boxed, &need, &passes, finish)
 }
 
 #[cfg(test)]
@@ -663,11 +654,44 @@ mod tests {
         a.iter().map(|x| x.to_bits()).collect()
     }
 
-    /// The row path of the last axis gives the plane path's bits (the arithmetic the GPU
-    /// harness checks reduce.cuh against): Gaussian and upsampling taps, signed zeros,
-    /// subnormals, huge values, a box starting inside its level.
+    /// The definition, plainly: `out[i] = 0.0 + w_i[0] * x[first_i] + ...` along `axis`,
+    /// whole (hyper)planes at a time, the overflowing sums taken again halved. The reference
+    /// for the separable passes (and the arithmetic reduce.cuh's harness is checked against).
+    fn weigh_axis_reference(
+        input: &ArrayD<f64>,
+        axis: usize,
+        in_start: u64,
+        outputs: &[(u64, Vec<f64>)],
+    ) -> ArrayD<f64> {
+        let mut shape = input.shape().to_vec();
+        shape[axis] = outputs.len();
+        let mut out = ArrayD::<f64>::zeros(IxDyn(&shape));
+        for (mut o, (first, w)) in out.axis_iter_mut(Axis(axis)).zip(outputs) {
+            for (k, &wk) in w.iter().enumerate() {
+                let src = input.index_axis(Axis(axis), (first + k as u64 - in_start) as usize);
+                o.scaled_add(wk, &src);
+            }
+        }
+        for (mut at, x) in out.indexed_iter_mut() {
+            if x.is_infinite() {
+                let (first, w) = &outputs[at[axis]];
+                let mut half = 0.0f64;
+                for (k, &wk) in w.iter().enumerate() {
+                    at[axis] = (first + k as u64 - in_start) as usize;
+                    half += wk * input[&at] * 0.5;
+                }
+                *x = saturate_finite(half * 2.0, half);
+            }
+        }
+        out
+    }
+
+    /// The separable passes give the reference's bits along every axis, for Gaussian and
+    /// upsampling taps: signed zeros, subnormals, infinities, NaN, sums that overflow f64,
+    /// rows longer than a tile, a box starting inside its level and a sub-box gathered from
+    /// a larger one.
     #[test]
-    fn rows_weigh_as_planes_do() {
+    fn separable_passes_give_the_definitions_bits() {
         let mut state = 0x2545_f491_4f6c_dd1du64;
         let mut next = move || {
             state ^= state << 13;
@@ -675,26 +699,62 @@ mod tests {
             state ^= state << 17;
             state
         };
-        let special = [0.0, -0.0, 5e-324, -1e-310, 1e300, -1e300, 1.0 / 3.0];
-        for shape in [[3usize, 4, 17], [1, 1, 9], [2, 5, 2]] {
+        let special = [
+            0.0,
+            -0.0,
+            5e-324,
+            -1e-310,
+            1.7e308,
+            -1.7e308,
+            f64::INFINITY,
+            f64::NAN,
+            1.0 / 3.0,
+        ];
+        for shape in [
+            [3usize, 4, 17],
+            [1, 1, 9],
+            [2, 5, 2],
+            [7, 3, 600],
+            [9, 2, 3],
+        ] {
             let input = ArrayD::from_shape_fn(IxDyn(&shape), |_| match next() % 4 {
-                0 => special[(next() % 7) as usize],
+                0 => special[(next() % special.len() as u64) as usize],
                 _ => (next() % 2001) as f64 / 7.0 - 140.0,
             });
-            let extent = shape[2] as u64;
-            let (start, level) = (3u64, extent + 5);
-            let gaussian: Vec<(u64, Vec<f64>)> = (0..level.div_ceil(2))
-                .map(|i| taps(2, level, i))
-                .filter(|(first, w)| *first >= start && first + w.len() as u64 <= start + extent)
+            let start = [3u64, 1, 2];
+            // A sub-box one voxel in from the front of the first axis, when it has room.
+            let skip = usize::from(shape[0] > 1);
+            let need: Vec<Range<u64>> = (0..3)
+                .map(|a| start[a] + (a == 0) as u64 * skip as u64..start[a] + shape[a] as u64)
                 .collect();
-            let up: Vec<(u64, Vec<f64>)> = (0..2 * extent)
-                .map(|x| upsample_taps(2, extent, x))
-                .map(|(first, w)| (first + start, w))
-                .collect();
-            for outputs in [&gaussian, &up] {
-                let rows = weigh_rows(&input, start, outputs);
-                let planes = weigh_planes(&input, 2, start, outputs);
-                assert_eq!(bits64(&rows), bits64(&planes), "{shape:?}");
+            let sub = input
+                .slice_axis(Axis(0), ndarray::Slice::from(skip..))
+                .to_owned();
+            for axis in 0..3 {
+                let extent = sub.shape()[axis] as u64;
+                let (lo, level) = (need[axis].start, need[axis].end + 5);
+                let gaussian: Vec<(u64, Vec<f64>)> = (0..level.div_ceil(2))
+                    .map(|i| taps(2, level, i))
+                    .filter(|(first, w)| *first >= lo && first + w.len() as u64 <= lo + extent)
+                    .collect();
+                let up: Vec<(u64, Vec<f64>)> = (0..2 * extent)
+                    .map(|x| upsample_taps(2, extent, x))
+                    .map(|(first, w)| (first + lo, w))
+                    .collect();
+                for outputs in [&gaussian, &up] {
+                    let expect = weigh_axis_reference(&sub, axis, lo, outputs);
+                    let taps = AxisTaps::new(outputs.iter().cloned(), lo);
+                    let boxed = separable::Boxed {
+                        values: input.as_slice().unwrap(),
+                        start: &start,
+                        shape: &shape,
+                    };
+                    let got = separable::filter(&boxed, &need, &[(axis, taps)], |v, s| {
+                        ArrayD::from_shape_vec(IxDyn(s), v.to_vec()).unwrap()
+                    });
+                    assert_eq!(got.shape(), expect.shape(), "{shape:?} axis {axis}");
+                    assert_eq!(bits64(&got), bits64(&expect), "{shape:?} axis {axis}");
+                }
             }
         }
     }

@@ -20,6 +20,7 @@ mod harness;
 pub mod kernel;
 pub mod params;
 pub mod reconstruct;
+mod separable;
 
 use std::ops::Range;
 use std::path::PathBuf;
@@ -535,8 +536,8 @@ impl Levels<'_> {
     ) -> Result<Vec<(usize, Region, Block)>> {
         let s = st.source;
         let mut out = Vec::new();
-        let mut levels: Vec<ArrayD<f32>> = vec![laplacian_source(&source, &u.needed_start(0))?];
-        push_level0(&mut out, st, u, source);
+        let (level0, source) = laplacian_level0(source, &u.needed_start(0))?;
+        let mut levels: Vec<ArrayD<f32>> = vec![level0];
         for j in 1..=st.k {
             let start = u.needed_start(j - 1);
             let src = Source {
@@ -553,25 +554,33 @@ impl Levels<'_> {
             levels.push(next);
         }
         for j in 0..st.k {
-            let fine = crop(&levels[j], &u.needed[j], &u.blocks[j]);
-            let up = kernel::upsample(
-                &levels[j + 1].view(),
-                &u.needed_start(j + 1),
-                &self.shapes[s + j + 1],
+            let coarse = levels[j + 1].view();
+            let coarse = kernel::Coarse {
+                values: &coarse,
+                start: &u.needed_start(j + 1),
+                level_shape: &self.shapes[s + j + 1],
+            };
+            let diff = kernel::laplacian_difference(
+                &levels[j].view(),
+                &u.needed_start(j),
+                &coarse,
                 self.factor,
                 &u.blocks[j],
             );
-            let mut diff = fine;
-            ndarray::Zip::from(&mut diff).and(&up).for_each(|d, &u| {
-                *d = kernel::round_to::<f32>(f64::from(*d) - u);
-            });
             out.push((
                 self.shapes.len() + s + j,
                 ranges_of(&u.blocks[j]),
                 Block::F32(diff),
             ));
         }
-        Ok(out)
+        // Level 0 first, as read (the f32 level itself when the source is f32).
+        let mut all = Vec::with_capacity(out.len() + 1);
+        match source {
+            Some(source) => push_level0(&mut all, st, u, source),
+            None => push_level0(&mut all, st, u, levels.swap_remove(0)),
+        }
+        all.extend(out);
+        Ok(all)
     }
 
     /// One unit's levels by mean, Gaussian or mode (`method`): each level reduced from the one
@@ -634,6 +643,24 @@ fn laplacian_source<T: Element>(source: &ArrayD<T>, start: &[u64]) -> Result<Arr
     Ok(source.mapv(|v| v.to_f32().unwrap_or(f32::NAN)))
 }
 
+/// [`laplacian_source`], taking the box: an f32 box is its own level (checked, not copied);
+/// a box of another type comes back beside its f32 level, to be written as read.
+type LaplacianLevel0<T> = (ArrayD<f32>, Option<ArrayD<T>>);
+fn laplacian_level0<T: Element>(source: ArrayD<T>, start: &[u64]) -> Result<LaplacianLevel0<T>> {
+    match (Box::new(source) as Box<dyn std::any::Any>).downcast::<ArrayD<f32>>() {
+        Ok(level) => {
+            check_laplacian_range(&level, start)?;
+            Ok((*level, None))
+        }
+        Err(other) => {
+            let source = *other
+                .downcast::<ArrayD<T>>()
+                .expect("the box is an ArrayD<T>");
+            Ok((laplacian_source(&source, start)?, Some(source)))
+        }
+    }
+}
+
 /// Refuses a source level with a finite value beyond [`LAPLACIAN_LIMIT`] (naming the first
 /// such voxel; `start`: the box's origin).
 fn check_laplacian_range<T: Element>(source: &ArrayD<T>, start: &[u64]) -> Result<()> {
@@ -643,7 +670,11 @@ fn check_laplacian_range<T: Element>(source: &ArrayD<T>, start: &[u64]) -> Resul
     };
     // A plain scan (indexed_iter builds a dynamic index per voxel: 40% of a one-thread
     // Laplacian); the voxel's index is worked out only for the message.
-    if let Some(flat) = source.iter().position(beyond) {
+    let found = match source.as_slice() {
+        Some(values) => values.iter().position(beyond),
+        None => source.iter().position(beyond),
+    };
+    if let Some(flat) = found {
         let v = source.iter().nth(flat).expect("found there");
         let voxel: Vec<u64> = c_order_index(flat, source.shape())
             .into_iter()
