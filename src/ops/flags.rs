@@ -17,7 +17,8 @@
 //!   `--dry-run`, `--report`), a job file's `[run]` table, not serialized;
 //! - `chunks`, `shards`: comma-separated sizes, one per axis, optional;
 //! - `window`, `step`, `border`: comma-separated sizes per spatial axis, empty by default;
-//! - `pairs_per_chunk`: an optional count;
+//! - `pairs_per_chunk`: an optional count; `include_n` (with `--positions`) and `overlaps`:
+//!   switches of the pairs groups;
 //! - `seed`: a `u64`, default 0.
 
 /// Declares an operation's parameter struct (doc comments, derives and attributes as written)
@@ -54,6 +55,12 @@ macro_rules! job_params {
     };
     (@flag $k:tt pairs_per_chunk) => {
         $crate::ops::flags::job_params!(@put $k [#[arg(long)] #[serde(default)]] pairs_per_chunk: Option<u64>);
+    };
+    (@flag $k:tt include_n) => {
+        $crate::ops::flags::job_params!(@put $k [#[arg(long, requires = "positions")] #[serde(default)]] include_n: bool);
+    };
+    (@flag $k:tt overlaps) => {
+        $crate::ops::flags::job_params!(@put $k [#[arg(long)] #[serde(default)]] overlaps: bool);
     };
     (@flag $k:tt seed) => {
         $crate::ops::flags::job_params!(@put $k [#[arg(long, default_value_t = 0)] #[serde(default)]] seed: u64);

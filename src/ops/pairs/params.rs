@@ -46,14 +46,10 @@ job_params! {
         #[serde(default)]
         pub positions: bool,
         /// With --positions, put the image index first: [n, y, x].
-        #[arg(long, requires = "positions")]
-        #[serde(default)]
-        pub include_n: bool,
+        include_n,
         /// Also write the pixels both patches see: `overlap1`, `overlap2` (K, C) and
         /// `overlap_offsets` (M+1).
-        #[arg(long)]
-        #[serde(default)]
-        pub overlaps: bool,
+        overlaps,
         /// Write only per-pair metadata (positions, displacement, turns, mean and sigma of both
         /// patches), for `tessera pairs select` and `tessera pairs extract`.
         #[arg(long, conflicts_with_all = ["positions", "overlaps"])]
@@ -97,13 +93,9 @@ job_params! {
         #[serde(default)]
         pub positions: bool,
         /// With --positions, put the image index first.
-        #[arg(long, requires = "positions")]
-        #[serde(default)]
-        pub include_n: bool,
+        include_n,
         /// Also write the pixels both patches see.
-        #[arg(long)]
-        #[serde(default)]
-        pub overlaps: bool,
+        overlaps,
         /// Pairs per chunk of the output arrays.
         pairs_per_chunk,
         /// Chunk compression.
