@@ -33,7 +33,7 @@ mod hdf5 {
     fn every_command_writes_hdf5_with_its_default_codec() {
         let d = tempfile::tempdir().unwrap();
         let p = |name: &str| s(&d.path().join(name));
-        write_slices(&d.path().join("slices"), "s", 3, &[8, 8], DType::U16, 1);
+        u16_slices(d.path(), 3, &[8, 8], 1);
         let image = ArrayD::from_shape_fn(IxDyn(&[1, 1, 16, 16]), |i| (i[2] * 16 + i[3]) as f32);
         write_npy(d.path().join("image.npy"), &image).unwrap();
         let mut written = Vec::new();
@@ -159,8 +159,7 @@ for address in sys.argv[1:]:
 #[test]
 fn the_default_codec_follows_the_output_format() {
     let d = tempfile::tempdir().unwrap();
-    let slices = d.path().join("slices");
-    write_slices(&slices, "s", 2, &[4, 4], DType::U16, 3);
+    let slices = u16_slices(d.path(), 2, &[4, 4], 3);
     let zarr = s(&d.path().join("o.zarr"));
     run_io("convert", &slices, &zarr, &[]);
     let codecs = meta(&zarr).codecs;

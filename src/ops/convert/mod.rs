@@ -710,12 +710,9 @@ pub fn run(job: &ConvertJob, comm: &dyn Comm) -> Result<Vec<crate::exec::RunSumm
                 let pop = crate::ops::pyramid::PyramidOp::plan(pjob)?;
                 summaries.push(crate::exec::run(&pop, comm, &pjob.run)?);
             }
-            let removed = if comm.is_root() {
+            crate::comm::on_root(comm, || {
                 crate::io::staging::remove_any(Path::new(&pjob.input))
-            } else {
-                Ok(())
-            };
-            crate::comm::agree(comm, removed)?;
+            })?;
         }
     }
     Ok(summaries)

@@ -696,13 +696,8 @@ mod tests {
 
     /// Values in [0, 1) from a xorshift stream seeded with `seed`.
     fn uniform(seed: u64) -> impl FnMut() -> f32 {
-        let mut s = seed;
-        move || {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / 16_777_216.0
-        }
+        let mut bits = crate::grid::xorshift(seed);
+        move || crate::grid::unit_f32(bits())
     }
 
     #[test]

@@ -71,12 +71,9 @@ pub fn find_brackets(scan: &ScanOptions, comm: &dyn Comm) -> Result<Vec<Bracket>
     // Rank 0 walks the tree and sends the brackets: one listing of a large archive on the
     // shared file system, not one per rank.
     let mut bytes = Vec::new();
-    let found = if comm.is_root() {
+    crate::comm::on_root(comm, || {
         scan_on_root(scan).map(|b| bytes = serde_json::to_vec(&b).unwrap_or_default())
-    } else {
-        Ok(())
-    };
-    crate::comm::agree(comm, found)?;
+    })?;
     comm.broadcast(&mut bytes, 0);
     serde_json::from_slice(&bytes)
         .map_err(|e| Error::bad_file(&scan.input, format!("bracket list from rank 0: {e}")))
@@ -951,7 +948,13 @@ pub fn merge(job: &MergeJob, comm: &dyn Comm) -> Result<Vec<crate::exec::RunSumm
         job.method == Method::Debevec,
     )?;
     let brackets = find_brackets(&job.scan, comm)?;
-    output::write(job, &brackets, g.as_deref(), &Merger::new(device), comm)
+    let merge = output::Merge {
+        job,
+        brackets: &brackets,
+        g: g.as_deref(),
+        merger: &Merger::new(device),
+    };
+    output::write(merge, comm)
 }
 
 impl SyntheticFormat {
