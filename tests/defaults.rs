@@ -8,7 +8,7 @@ use std::path::Path;
 
 use common::*;
 use ndarray::{ArrayD, IxDyn};
-use tessera::io::{images, Block, DType};
+use tessera::io::{images, Block};
 
 /// HDF5 outputs: only in builds with HDF5.
 #[cfg(feature = "hdf5")]
@@ -16,6 +16,7 @@ mod hdf5 {
     use super::*;
     use ndarray_npy::write_npy;
     use std::process::Command;
+    use tessera::io::DType;
 
     /// Names in `dir` that start with `prefix` (an output and its .partial/.journal/.lock).
     fn leftovers(dir: &Path, prefix: &str) -> Vec<String> {
