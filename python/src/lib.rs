@@ -180,7 +180,9 @@ macro_rules! inputs {
     };
 }
 
-inputs!($ U8: u8, U16: u16, U32: u32, U64: u64, I8: i8, I16: i16, I32: i32, I64: i64, F32: f32, F64: f64);
+inputs!($
+    U8: u8, U16: u16, U32: u32, U64: u64, I8: i8, I16: i16, I32: i32, I64: i64, F32: f32, F64: f64
+);
 
 impl<'py> Input<'py> {
     fn dtype(&self) -> DType {

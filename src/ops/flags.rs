@@ -35,53 +35,83 @@ macro_rules! job_params {
         $($head)* { $($done)* }
     };
     (@fields $head:tt [$($done:tt)*] $(#[$attr:meta])* pub $field:ident : $ty:ty, $($rest:tt)*) => {
-        $crate::ops::flags::job_params!(@fields $head [$($done)* $(#[$attr])* pub $field: $ty,] $($rest)*);
+        $crate::ops::flags::job_params!(@fields $head
+            [$($done)* $(#[$attr])* pub $field: $ty,] $($rest)*);
     };
     (@fields $head:tt $done:tt $(#[$doc:meta])* $flag:ident, $($rest:tt)*) => {
         $crate::ops::flags::job_params!(@flag [$head $done [$(#[$doc])*] $($rest)*] $flag);
     };
     // A shared flag's declaration, handed to `@put` with what comes after it.
     (@flag $k:tt codec) => {
-        $crate::ops::flags::job_params!(@put $k [#[arg(long, value_enum, default_value_t)] #[serde(default)]] codec: $crate::io::Codec);
+        $crate::ops::flags::job_params!(@put $k
+            [#[arg(long, value_enum, default_value_t)] #[serde(default)]]
+            codec: $crate::io::Codec);
     };
     (@flag $k:tt device) => {
-        $crate::ops::flags::job_params!(@put $k [#[arg(long, default_value_t, value_name = "auto|cpu|cuda|cuda:N")] #[serde(default, skip_serializing)]] device: $crate::gpu::DeviceChoice);
+        $crate::ops::flags::job_params!(@put $k
+            [#[arg(long, default_value_t, value_name = "auto|cpu|cuda|cuda:N")]
+             #[serde(default, skip_serializing)]]
+            device: $crate::gpu::DeviceChoice);
     };
     (@flag $k:tt gpu_memory_limit) => {
-        $crate::ops::flags::job_params!(@put $k [#[arg(long)] #[serde(default, skip_serializing)]] gpu_memory_limit: Option<String>);
+        $crate::ops::flags::job_params!(@put $k
+            [#[arg(long)] #[serde(default, skip_serializing)]]
+            gpu_memory_limit: Option<String>);
     };
     (@flag $k:tt run) => {
-        $crate::ops::flags::job_params!(@put $k [#[command(flatten)] #[serde(skip)]] run: $crate::exec::RunOptions);
+        $crate::ops::flags::job_params!(@put $k
+            [#[command(flatten)] #[serde(skip)]]
+            run: $crate::exec::RunOptions);
     };
     (@flag $k:tt pairs_per_chunk) => {
-        $crate::ops::flags::job_params!(@put $k [#[arg(long)] #[serde(default)]] pairs_per_chunk: Option<u64>);
+        $crate::ops::flags::job_params!(@put $k
+            [#[arg(long)] #[serde(default)]]
+            pairs_per_chunk: Option<u64>);
     };
     (@flag $k:tt include_n) => {
-        $crate::ops::flags::job_params!(@put $k [#[arg(long, requires = "positions")] #[serde(default)]] include_n: bool);
+        $crate::ops::flags::job_params!(@put $k
+            [#[arg(long, requires = "positions")] #[serde(default)]]
+            include_n: bool);
     };
     (@flag $k:tt overlaps) => {
-        $crate::ops::flags::job_params!(@put $k [#[arg(long)] #[serde(default)]] overlaps: bool);
+        $crate::ops::flags::job_params!(@put $k
+            [#[arg(long)] #[serde(default)]]
+            overlaps: bool);
     };
     (@flag $k:tt seed) => {
-        $crate::ops::flags::job_params!(@put $k [#[arg(long, default_value_t = 0)] #[serde(default)]] seed: u64);
+        $crate::ops::flags::job_params!(@put $k
+            [#[arg(long, default_value_t = 0)] #[serde(default)]]
+            seed: u64);
     };
     (@flag $k:tt chunks) => {
-        $crate::ops::flags::job_params!(@put $k [#[arg(long, value_delimiter = ',')] #[serde(default)]] chunks: Option<Vec<u64>>);
+        $crate::ops::flags::job_params!(@put $k
+            [#[arg(long, value_delimiter = ',')] #[serde(default)]]
+            chunks: Option<Vec<u64>>);
     };
     (@flag $k:tt shards) => {
-        $crate::ops::flags::job_params!(@put $k [#[arg(long, value_delimiter = ',')] #[serde(default)]] shards: Option<Vec<u64>>);
+        $crate::ops::flags::job_params!(@put $k
+            [#[arg(long, value_delimiter = ',')] #[serde(default)]]
+            shards: Option<Vec<u64>>);
     };
     (@flag $k:tt window) => {
-        $crate::ops::flags::job_params!(@put $k [#[arg(long, value_delimiter = ',')] #[serde(default)]] window: Vec<u64>);
+        $crate::ops::flags::job_params!(@put $k
+            [#[arg(long, value_delimiter = ',')] #[serde(default)]]
+            window: Vec<u64>);
     };
     (@flag $k:tt step) => {
-        $crate::ops::flags::job_params!(@put $k [#[arg(long, value_delimiter = ',')] #[serde(default)]] step: Vec<u64>);
+        $crate::ops::flags::job_params!(@put $k
+            [#[arg(long, value_delimiter = ',')] #[serde(default)]]
+            step: Vec<u64>);
     };
     (@flag $k:tt border) => {
-        $crate::ops::flags::job_params!(@put $k [#[arg(long, value_delimiter = ',')] #[serde(default)]] border: Vec<u64>);
+        $crate::ops::flags::job_params!(@put $k
+            [#[arg(long, value_delimiter = ',')] #[serde(default)]]
+            border: Vec<u64>);
     };
-    (@put [$head:tt [$($done:tt)*] [$($doc:tt)*] $($rest:tt)*] [$($attr:tt)*] $field:ident : $($ty:tt)*) => {
-        $crate::ops::flags::job_params!(@fields $head [$($done)* $($doc)* $($attr)* pub $field: $($ty)*,] $($rest)*);
+    (@put [$head:tt [$($done:tt)*] [$($doc:tt)*] $($rest:tt)*]
+        [$($attr:tt)*] $field:ident : $($ty:tt)*) => {
+        $crate::ops::flags::job_params!(@fields $head
+            [$($done)* $($doc)* $($attr)* pub $field: $($ty)*,] $($rest)*);
     };
 }
 pub(crate) use job_params;

@@ -288,9 +288,10 @@ fn launch_merge<O: DeviceRepr>(
         .arg(out)
         .arg(count)
         .arg(&shared);
-    // SAFETY: arguments match debevec.cu, at least as large as it reads and writes them (checked above):
-    // planes e x c x m values, the tables c x e x 256 pairs (shared_floats of them fit the
-    // block's shared memory: prepared_launch), the fallbacks c x 2 x 256, out m x c floats.
+    // SAFETY: arguments match debevec.cu, at least as large as it reads and writes them
+    // (checked above): planes e x c x m values, the tables c x e x 256 pairs (shared_floats
+    // of them fit the block's shared memory: prepared_launch), the fallbacks c x 2 x 256, out
+    // m x c floats.
     unsafe { b.launch(launch.config()) }
         .map(|_| ())
         .map_err(launch_error("Debevec kernel"))

@@ -65,7 +65,8 @@ extern "C" void tessera_host_laplacian_diff(const ReduceGeom* g, const float* fi
         const i64* count, const i64* at, const double* weights, const I* in, float* out,     \
         i64 n) {                                                                             \
         for (i64 e = 0; e < n; e++)                                                          \
-            out[e] = laplacian_diff_pass_voxel<I>(*g, fine, *ga, first, count, at, weights, in, e); \
+            out[e] =                                                                         \
+                laplacian_diff_pass_voxel<I>(*g, fine, *ga, first, count, at, weights, in, e); \
     }
 
 TESSERA_HOST_DIFF_PASS(f64, double)

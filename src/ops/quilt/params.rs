@@ -226,7 +226,8 @@ job_params! {
         /// Where to write the (M,) uint8 mask: 1 for a removed pair, 0 for a kept one.
         #[arg(long)]
         pub mask: String,
-        /// Border band to ignore (default: the `border` of the patches' `quilt` attribute, else none).
+        /// Border band to ignore (default: the `border` of the patches' `quilt` attribute, else
+        /// none).
         border,
         /// Chunk compression.
         codec,
