@@ -140,8 +140,8 @@ impl Geometry {
     }
 }
 
-/// Declares, from one list of tessera's element types: [`Input`] (a numpy array of one of
-/// them, borrowed read-only), [`Input::of`] and `with_input!`, which runs a body with `$v`
+/// Declares, from one list of tessera's element types: `Input` (a numpy array of one of
+/// them, borrowed read-only), `Input::of` and `with_input!`, which runs a body with `$v`
 /// bound to the input's view and `$t` to its element type. `$d` is `$`, for the inner macro.
 macro_rules! inputs {
     ($d:tt $($variant:ident: $ty:ty),* $(,)?) => {

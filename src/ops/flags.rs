@@ -22,7 +22,7 @@
 //! - `seed`: a `u64`, default 0.
 
 /// Declares an operation's parameter struct (doc comments, derives and attributes as written)
-/// whose shared flags are given by name alone; see the [module](self) for the names.
+/// whose shared flags are given by name alone; see this module's documentation for the names.
 macro_rules! job_params {
     (
         $(#[$meta:meta])*
