@@ -20,8 +20,9 @@ fn main() {
         "src/ops/pyramid/harness.cpp",
         "src/ops/crop/harness.cpp",
     ];
-    const HEADERS: [&str; 6] = [
+    const HEADERS: [&str; 7] = [
         "src/gpu/common.cuh",
+        "src/gpu/harness_support.h",
         "src/ops/quilt/stitch.cuh",
         "src/ops/quilt/unstitch.cuh",
         "src/ops/hdr/debevec.cuh",

@@ -358,14 +358,9 @@ fn quilt(which: QuiltCommand, comm: &dyn Comm) -> Result<()> {
             window,
             border,
             overwrite,
-        } => {
-            let made = if comm.is_root() {
-                crate::ops::quilt::write_border_mask(&output, &window, &border, overwrite)
-            } else {
-                Ok(())
-            };
-            crate::comm::agree(comm, made)
-        }
+        } => crate::comm::on_root(comm, || {
+            crate::ops::quilt::write_border_mask(&output, &window, &border, overwrite)
+        }),
     }
 }
 

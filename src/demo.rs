@@ -75,12 +75,7 @@ pub fn run(dir: &Path, comm: &dyn Comm) -> Result<()> {
 /// A synthetic stack of TIFF slices converted to Zarr; returns the store.
 fn demo_convert(dir: &Path, comm: &dyn Comm) -> Result<PathBuf> {
     let slices = dir.join("slices");
-    let written = if comm.is_root() {
-        write_stack(&slices)
-    } else {
-        Ok(())
-    };
-    crate::comm::agree(comm, written)?;
+    crate::comm::on_root(comm, || write_stack(&slices))?;
     if comm.is_root() {
         println!(
             "demo: wrote {} TIFF slices of {}x{} uint16 to {}",
@@ -105,12 +100,7 @@ fn demo_convert(dir: &Path, comm: &dyn Comm) -> Result<PathBuf> {
 /// difference printed.
 fn demo_quilt(dir: &Path, comm: &dyn Comm) -> Result<()> {
     let volume = dir.join("demo-nczyx.npy");
-    let written = if comm.is_root() {
-        write_nczyx(&volume)
-    } else {
-        Ok(())
-    };
-    crate::comm::agree(comm, written)?;
+    crate::comm::on_root(comm, || write_nczyx(&volume))?;
     let patches = dir.join("patches.zarr");
     let stitched = dir.join("stitched.npy");
     let run = RunOptions {

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use common::*;
 use ndarray::{ArrayD, IxDyn};
-use tessera::io::{images, Block, DType};
+use tessera::io::{images, Block};
 
 /// HDF5 outputs: only in builds with HDF5.
 #[cfg(feature = "hdf5")]
@@ -16,6 +16,7 @@ mod hdf5 {
     use super::*;
     use ndarray_npy::write_npy;
     use std::process::Command;
+    use tessera::io::DType;
 
     /// Names in `dir` that start with `prefix` (an output and its .partial/.journal/.lock).
     fn leftovers(dir: &Path, prefix: &str) -> Vec<String> {
@@ -33,7 +34,7 @@ mod hdf5 {
     fn every_command_writes_hdf5_with_its_default_codec() {
         let d = tempfile::tempdir().unwrap();
         let p = |name: &str| s(&d.path().join(name));
-        write_slices(&d.path().join("slices"), "s", 3, &[8, 8], DType::U16, 1);
+        u16_slices(d.path(), 3, &[8, 8], 1);
         let image = ArrayD::from_shape_fn(IxDyn(&[1, 1, 16, 16]), |i| (i[2] * 16 + i[3]) as f32);
         write_npy(d.path().join("image.npy"), &image).unwrap();
         let mut written = Vec::new();
@@ -159,8 +160,7 @@ for address in sys.argv[1:]:
 #[test]
 fn the_default_codec_follows_the_output_format() {
     let d = tempfile::tempdir().unwrap();
-    let slices = d.path().join("slices");
-    write_slices(&slices, "s", 2, &[4, 4], DType::U16, 3);
+    let slices = u16_slices(d.path(), 2, &[4, 4], 3);
     let zarr = s(&d.path().join("o.zarr"));
     run_io("convert", &slices, &zarr, &[]);
     let codecs = meta(&zarr).codecs;

@@ -98,8 +98,7 @@ with h5py.File(sys.argv[1], "w") as f:
 #[test]
 fn a_failed_run_that_left_a_partial_says_how_to_go_on() {
     let d = tempfile::tempdir().unwrap();
-    let slices = d.path().join("slices");
-    write_slices(&slices, "s", 8, &[32, 32], DType::U16, 7);
+    let slices = u16_slices(d.path(), 8, &[32, 32], 7);
     let store = s(&d.path().join("in.zarr"));
     run_line("convert", &slices, &store, "--chunks 2,8,8");
     // The last chunk: the units before it finish (small units), so there is something to

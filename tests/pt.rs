@@ -241,26 +241,14 @@ fn bad_pt_inputs_are_refused_with_one_line() {
     std::fs::write(&target, b"not a tensor").unwrap();
     let input = small_image(dir.path(), 1);
     let args = |overwrite: bool| {
-        let mut a = vec![
-            "quilt".to_string(),
-            "unstitch".into(),
-            "--input".into(),
-            s(&input),
-            "--output".into(),
-            s(&target),
-            "--window".into(),
-            "8,8".into(),
-            "--step".into(),
-            "8,8".into(),
-        ];
+        let mut a = io_line("quilt unstitch", &input, &target, "--window 8,8 --step 8,8");
         if overwrite {
-            a.push("--overwrite".into());
+            a.push("--overwrite");
         }
-        a
+        tessera(&a)
     };
-    let run = |a: Vec<String>| tessera(&a.iter().map(String::as_str).collect::<Vec<_>>());
-    fails_with(run(args(false)), &["keep.pt", "exists"]);
-    fails_with(run(args(true)), &["keep.pt", "not a .pt file"]);
+    fails_with(args(false), &["keep.pt", "exists"]);
+    fails_with(args(true), &["keep.pt", "not a .pt file"]);
     assert_eq!(std::fs::read(&target).unwrap(), b"not a tensor");
 }
 
@@ -269,23 +257,14 @@ fn a_killed_run_resumes_to_the_same_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let input = small_image(dir.path(), 5);
     let args = |out: &Path, extra: &[&str]| {
-        let positions = out.with_extension("positions.npy");
-        let mut a = vec![
-            "quilt".to_string(),
-            "unstitch".into(),
-            "--input".into(),
-            s(&input),
-            "--output".into(),
-            format!("{}:patches", s(out)),
-            "--window".into(),
-            "16,16".into(),
-            "--step".into(),
-            "8,8".into(),
-            "--patches-per-chunk".into(),
-            "4".into(),
-            "--positions".into(),
-            s(&positions),
-        ];
+        let output = format!("{}:patches", s(out));
+        let positions = s(&out.with_extension("positions.npy"));
+        let rest = "--window 16,16 --step 8,8 --patches-per-chunk 4 --positions";
+        let mut a: Vec<String> = io_line("quilt unstitch", &input, &output, rest)
+            .into_iter()
+            .map(String::from)
+            .collect();
+        a.push(positions);
         a.extend(extra.iter().map(|e| e.to_string()));
         a
     };

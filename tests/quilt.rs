@@ -16,6 +16,13 @@ fn random_f32(shape: &[usize], seed: u64) -> ArrayD<f32> {
     })
 }
 
+/// [`random_f32`] saved as the `.npy` file `path`.
+fn random_npy(path: impl AsRef<std::path::Path>, shape: &[usize], seed: u64) -> ArrayD<f32> {
+    let img = random_f32(shape, seed);
+    write_npy(path, &img).unwrap();
+    img
+}
+
 /// Reference unstitch: every window of every image, by plain slicing.
 fn ref_unstitch<T: Clone>(img: &ArrayD<T>, grid: &WindowGrid) -> ArrayD<T> {
     let mut patches = Vec::new();
@@ -129,9 +136,8 @@ fn unstitch_and_stitch_match_the_reference_bit_for_bit() {
         (&[2, 1, 10, 9, 8], "6", "4", "", "hann", Some(3)),
     ];
     for (case, &(shape, window, step, border, blend, chunk_rows)) in cases.iter().enumerate() {
-        let img = random_f32(shape, case as u64);
         let input = d.path().join(format!("img{case}.npy"));
-        write_npy(&input, &img).unwrap();
+        let img = random_npy(&input, shape, case as u64);
         let spatial: Vec<u64> = shape[2..].iter().map(|&x| x as u64).collect();
         let parse = |t: &str| -> Vec<u64> {
             let v: Vec<u64> = t.split(',').map(|x| x.parse().unwrap()).collect();
@@ -263,9 +269,8 @@ fn unstitch_and_stitch_match_the_reference_bit_for_bit() {
 #[test]
 fn a_memory_bounded_stitch_gives_the_same_bits() {
     let d = tempfile::tempdir().unwrap();
-    let img = random_f32(&[1, 1, 96, 48, 48], 9); // 864 KiB of f32
     let input = d.path().join("v.npy");
-    write_npy(&input, &img).unwrap();
+    let img = random_npy(&input, &[1, 1, 96, 48, 48], 9); // 864 KiB of f32
     let p = s(&d.path().join("p.zarr"));
     let geometry = [
         "--window", "8", "--step", "4", "--border", "1", "--codec", "none",
@@ -428,9 +433,8 @@ fn border_mask_hand_checked() {
 #[test]
 fn bad_geometry_and_patch_arrays_fail_clearly() {
     let d = tempfile::tempdir().unwrap();
-    let img = random_f32(&[1, 1, 10, 10], 3);
     let input = s(&d.path().join("i.npy"));
-    write_npy(&input, &img).unwrap();
+    random_npy(&input, &[1, 1, 10, 10], 3);
     let out = s(&d.path().join("p.npy"));
     let unstitch = |extra: &[&str]| {
         let mut a = io_args("quilt unstitch", &input, &out, &[]);
@@ -471,7 +475,7 @@ fn bad_geometry_and_patch_arrays_fail_clearly() {
         &["does not exist"],
     );
     let flat = s(&d.path().join("flat.npy"));
-    write_npy(&flat, &random_f32(&[10, 10], 4)).unwrap();
+    random_npy(&flat, &[10, 10], 4);
     fails_with(
         tessera(&io_line(
             "quilt unstitch",
@@ -486,7 +490,7 @@ fn bad_geometry_and_patch_arrays_fail_clearly() {
     ok(unstitch(&["--window", "4", "--step", "5", "--allow-gaps"]));
     // Stitch: no geometry attribute and no --shape; a patch count that does not match.
     let bare = s(&d.path().join("bare.npy"));
-    write_npy(&bare, &random_f32(&[16, 1, 4, 4], 5)).unwrap();
+    random_npy(&bare, &[16, 1, 4, 4], 5);
     let res = s(&d.path().join("r.npy"));
     fails_with(
         tessera(&io_args("quilt stitch", &bare, &res, &[])),
@@ -618,7 +622,7 @@ fn weed_refuses_a_missing_label_the_labels_cannot_hold() {
     let d = tempfile::tempdir().unwrap();
     let m = 4;
     let pi = d.path().join("in.npy");
-    write_npy(&pi, &random_f32(&[m, 1, 4, 4], 31)).unwrap();
+    random_npy(&pi, &[m, 1, 4, 4], 31);
     let weed = |labels: &std::path::Path, missing: Option<&str>| {
         let mut args = vec![
             "quilt".to_string(),
@@ -667,9 +671,8 @@ fn weed_refuses_a_missing_label_the_labels_cannot_hold() {
 #[test]
 fn killed_quilt_runs_resume_to_identical_bytes() {
     let d = tempfile::tempdir().unwrap();
-    let img = random_f32(&[2, 1, 40, 36], 21);
     let input = s(&d.path().join("i.npy"));
-    write_npy(&input, &img).unwrap();
+    random_npy(&input, &[2, 1, 40, 36], 21);
     let env = [("TESSERA_UNIT_BYTES", "1")];
     let unstitch = |out: &str, extra: &[(&str, &str)]| {
         let mut e = env.to_vec();

@@ -119,130 +119,72 @@ fn blend(name: &str) -> tessera::Result<Blend> {
     })
 }
 
-/// The quilt geometry arguments as `quilt unstitch`'s flags.
-#[allow(clippy::too_many_arguments)]
-fn geometry_args(
-    window: &[i64],
-    step: &[i64],
-    border: &[i64],
-    border_weight: f64,
-    blend_name: &str,
-    sigma: f64,
-    allow_gaps: bool,
-) -> tessera::Result<GeometryArgs> {
-    Ok(GeometryArgs {
-        window: sizes("window", window)?,
-        step: sizes("step", step)?,
-        border: sizes("border", border)?,
-        border_weight,
-        blend: blend(blend_name)?,
-        sigma,
-        allow_gaps,
-    })
+/// The quilt geometry as the package's `Quilt._geometry()` passes it: (window, step, border,
+/// border_weight, blend, sigma, allow_gaps).
+#[derive(FromPyObject)]
+struct Geometry(Vec<i64>, Vec<i64>, Vec<i64>, f64, String, f64, bool);
+
+impl Geometry {
+    /// As `quilt unstitch`'s flags.
+    fn args(&self) -> tessera::Result<GeometryArgs> {
+        let Geometry(window, step, border, border_weight, blend_name, sigma, allow_gaps) = self;
+        Ok(GeometryArgs {
+            window: sizes("window", window)?,
+            step: sizes("step", step)?,
+            border: sizes("border", border)?,
+            border_weight: *border_weight,
+            blend: blend(blend_name)?,
+            sigma: *sigma,
+            allow_gaps: *allow_gaps,
+        })
+    }
 }
 
-/// A numpy array of one of tessera's element types, borrowed read-only.
-enum Input<'py> {
-    U8(PyReadonlyArrayDyn<'py, u8>),
-    U16(PyReadonlyArrayDyn<'py, u16>),
-    U32(PyReadonlyArrayDyn<'py, u32>),
-    U64(PyReadonlyArrayDyn<'py, u64>),
-    I8(PyReadonlyArrayDyn<'py, i8>),
-    I16(PyReadonlyArrayDyn<'py, i16>),
-    I32(PyReadonlyArrayDyn<'py, i32>),
-    I64(PyReadonlyArrayDyn<'py, i64>),
-    F32(PyReadonlyArrayDyn<'py, f32>),
-    F64(PyReadonlyArrayDyn<'py, f64>),
-}
+/// Declares, from one list of tessera's element types: `Input` (a numpy array of one of
+/// them, borrowed read-only), `Input::of` and `with_input!`, which runs a body with `$v`
+/// bound to the input's view and `$t` to its element type. `$d` is `$`, for the inner macro.
+macro_rules! inputs {
+    ($d:tt $($variant:ident: $ty:ty),* $(,)?) => {
+        enum Input<'py> {
+            $($variant(PyReadonlyArrayDyn<'py, $ty>),)*
+        }
 
-/// `$body` with `$v` bound to the input's view and `$t` to its element type.
-macro_rules! with_input {
-    ($input:expr, $t:ident, $v:ident => $body:expr) => {
-        #[allow(dead_code)]
-        match &$input {
-            Input::U8(a) => {
-                type $t = u8;
-                let $v = a.as_array();
-                $body
-            }
-            Input::U16(a) => {
-                type $t = u16;
-                let $v = a.as_array();
-                $body
-            }
-            Input::U32(a) => {
-                type $t = u32;
-                let $v = a.as_array();
-                $body
-            }
-            Input::U64(a) => {
-                type $t = u64;
-                let $v = a.as_array();
-                $body
-            }
-            Input::I8(a) => {
-                type $t = i8;
-                let $v = a.as_array();
-                $body
-            }
-            Input::I16(a) => {
-                type $t = i16;
-                let $v = a.as_array();
-                $body
-            }
-            Input::I32(a) => {
-                type $t = i32;
-                let $v = a.as_array();
-                $body
-            }
-            Input::I64(a) => {
-                type $t = i64;
-                let $v = a.as_array();
-                $body
-            }
-            Input::F32(a) => {
-                type $t = f32;
-                let $v = a.as_array();
-                $body
-            }
-            Input::F64(a) => {
-                type $t = f64;
-                let $v = a.as_array();
-                $body
+        macro_rules! with_input {
+            ($d input:expr, $d t:ident, $d v:ident => $d body:expr) => {
+                #[allow(dead_code)]
+                match &$d input {
+                    $(Input::$variant(a) => {
+                        type $d t = $ty;
+                        let $d v = a.as_array();
+                        $d body
+                    })*
+                }
+            };
+        }
+
+        impl<'py> Input<'py> {
+            fn of(what: &str, obj: &Bound<'py, PyAny>) -> PyResult<Input<'py>> {
+                $(if let Ok(a) = obj.cast::<PyArrayDyn<$ty>>() {
+                    return Ok(Input::$variant(a.try_readonly()?));
+                })*
+                let found = obj
+                    .getattr("dtype")
+                    .map(|d| d.to_string())
+                    .unwrap_or_else(|_| obj.get_type().to_string());
+                Err(PyTypeError::new_err(format!(
+                    "{what}: expected a numpy array of uint8, uint16, uint32, uint64, int8, int16, \
+                     int32, int64, float32 or float64, got {found}"
+                )))
             }
         }
     };
 }
 
-impl<'py> Input<'py> {
-    fn of(what: &str, obj: &Bound<'py, PyAny>) -> PyResult<Input<'py>> {
-        macro_rules! try_type {
-            ($t:ty, $variant:ident) => {
-                if let Ok(a) = obj.cast::<PyArrayDyn<$t>>() {
-                    return Ok(Input::$variant(a.try_readonly()?));
-                }
-            };
-        }
-        try_type!(f32, F32);
-        try_type!(f64, F64);
-        try_type!(u8, U8);
-        try_type!(u16, U16);
-        try_type!(u32, U32);
-        try_type!(u64, U64);
-        try_type!(i8, I8);
-        try_type!(i16, I16);
-        try_type!(i32, I32);
-        try_type!(i64, I64);
-        let found = obj
-            .getattr("dtype")
-            .map(|d| d.to_string())
-            .unwrap_or_else(|_| obj.get_type().to_string());
-        Err(PyTypeError::new_err(format!(
-            "{what}: expected a numpy array of uint8, uint16, uint32, uint64, int8, int16, \
-             int32, int64, float32 or float64, got {found}"
-        )))
-    }
+inputs!($
+    U8: u8, U16: u16, U32: u32, U64: u64, I8: i8, I16: i16, I32: i32, I64: i64, F32: f32, F64: f64
+);
 
+impl<'py> Input<'py> {
     fn dtype(&self) -> DType {
         with_input!(self, T, _v => <T as Element>::DTYPE)
     }
@@ -259,30 +201,14 @@ impl<'py> Input<'py> {
 
 /// Cuts windows out of (N, C, [Z,] Y, X) images: returns (patches, positions).
 #[pyfunction]
-#[pyo3(signature = (images, window, step, border, border_weight, blend, sigma, allow_gaps, threads))]
-#[allow(clippy::too_many_arguments)]
+#[pyo3(signature = (images, geometry, threads))]
 fn unstitch<'py>(
     py: Python<'py>,
     images: &Bound<'py, PyAny>,
-    window: Vec<i64>,
-    step: Vec<i64>,
-    border: Vec<i64>,
-    border_weight: f64,
-    blend: &str,
-    sigma: f64,
-    allow_gaps: bool,
+    geometry: Geometry,
     threads: Option<i64>,
 ) -> PyResult<Bound<'py, PyTuple>> {
-    let args = geometry_args(
-        &window,
-        &step,
-        &border,
-        border_weight,
-        blend,
-        sigma,
-        allow_gaps,
-    )
-    .map_err(|e| raise(py, &e, false))?;
+    let args = geometry.args().map_err(|e| raise(py, &e, false))?;
     let input = Input::of("images", images)?;
     with_input!(input, T, view => {
         let cut = work(py, threads, || memory::unstitch::<T>(&view, &args))?;
@@ -294,34 +220,18 @@ fn unstitch<'py>(
 
 /// Stitches (M, C, *window) patches back: returns (mean, weights, std or None, NaN count).
 #[pyfunction]
-#[pyo3(signature = (patches, variance, spatial, window, step, border, border_weight, blend, sigma, allow_gaps, chunk_rows, threads))]
-#[allow(clippy::too_many_arguments)]
+#[pyo3(signature = (patches, variance, spatial, geometry, chunk_rows, threads))]
 fn stitch<'py>(
     py: Python<'py>,
     patches: &Bound<'py, PyAny>,
     variance: Option<&Bound<'py, PyAny>>,
     spatial: Vec<i64>,
-    window: Vec<i64>,
-    step: Vec<i64>,
-    border: Vec<i64>,
-    border_weight: f64,
-    blend: &str,
-    sigma: f64,
-    allow_gaps: bool,
+    geometry: Geometry,
     chunk_rows: Option<i64>,
     threads: Option<i64>,
 ) -> PyResult<Bound<'py, PyTuple>> {
     let fail = |e: Error| raise(py, &e, false);
-    let args = geometry_args(
-        &window,
-        &step,
-        &border,
-        border_weight,
-        blend,
-        sigma,
-        allow_gaps,
-    )
-    .map_err(fail)?;
+    let args = geometry.args().map_err(fail)?;
     let spatial = sizes("shape", &spatial).map_err(fail)?;
     let input = Input::of("patches", patches)?;
     let variance = variance.map(|v| Input::of("variance", v)).transpose()?;
@@ -365,77 +275,57 @@ fn stitch<'py>(
         )
         .map_err(fail)?,
     };
-    fn out<'py, O: numpy::Element>(
-        py: Python<'py>,
-        s: memory::Stitched<O>,
-    ) -> PyResult<Bound<'py, PyTuple>> {
-        let std = match s.std {
-            Some(a) => numpy::PyArray::from_owned_array(py, a).into_any(),
-            None => py.None().into_bound(py),
-        };
-        PyTuple::new(
-            py,
-            [
-                numpy::PyArray::from_owned_array(py, s.mean).into_any(),
-                numpy::PyArray::from_owned_array(py, s.weights).into_any(),
-                std,
-                s.nan_values.into_pyobject(py)?.into_any(),
-            ],
-        )
-    }
     let g = &geometry;
     match (&input, &variance) {
-        (Input::F32(p), None) => {
-            let p = p.as_array();
-            out(
-                py,
-                work(py, threads, || {
-                    memory::stitch::<f32, f32>(&p, None, g, rows)
-                })?,
-            )
-        }
+        (Input::F32(p), None) => stitched::<f32, f32>(py, threads, &p.as_array(), None, g, rows),
         (Input::F32(p), Some(Input::F32(v))) => {
-            let (p, v) = (p.as_array(), v.as_array());
-            out(
-                py,
-                work(py, threads, || {
-                    memory::stitch::<f32, f32>(&p, Some(&v), g, rows)
-                })?,
-            )
+            stitched::<f32, f32>(py, threads, &p.as_array(), Some(&v.as_array()), g, rows)
         }
-        (Input::F64(p), None) => {
-            let p = p.as_array();
-            out(
-                py,
-                work(py, threads, || {
-                    memory::stitch::<f64, f64>(&p, None, g, rows)
-                })?,
-            )
-        }
+        (Input::F64(p), None) => stitched::<f64, f64>(py, threads, &p.as_array(), None, g, rows),
         _ => {
             // Other types (and mixed ones) are summed as f64, as `quilt stitch` does; the
             // output type is the patches': f64 for f64, else f32.
             let p = input.to_f64();
             let v = variance.as_ref().map(Input::to_f64);
-            let (p, v): (ArrayViewD<'_, f64>, Option<ArrayViewD<'_, f64>>) =
-                (p.view(), v.as_ref().map(|v| v.view()));
+            let v = v.as_ref().map(|v| v.view());
             if dtype == DType::F64 {
-                out(
-                    py,
-                    work(py, threads, || {
-                        memory::stitch::<f64, f64>(&p, v.as_ref(), g, rows)
-                    })?,
-                )
+                stitched::<f64, f64>(py, threads, &p.view(), v.as_ref(), g, rows)
             } else {
-                out(
-                    py,
-                    work(py, threads, || {
-                        memory::stitch::<f64, f32>(&p, v.as_ref(), g, rows)
-                    })?,
-                )
+                stitched::<f64, f32>(py, threads, &p.view(), v.as_ref(), g, rows)
             }
         }
     }
+}
+
+/// [`memory::stitch`] of patches of `P` into `O` on the pool, as the tuple `stitch` returns.
+fn stitched<'py, P, O>(
+    py: Python<'py>,
+    threads: Option<i64>,
+    patches: &ArrayViewD<'_, P>,
+    variances: Option<&ArrayViewD<'_, P>>,
+    geometry: &tessera::ops::quilt::QuiltGeometry,
+    rows: u64,
+) -> PyResult<Bound<'py, PyTuple>>
+where
+    P: memory::PatchValue,
+    O: tessera::ops::quilt::OutElement + numpy::Element + Send,
+{
+    let s = work(py, threads, || {
+        memory::stitch::<P, O>(patches, variances, geometry, rows)
+    })?;
+    let std = match s.std {
+        Some(a) => numpy::PyArray::from_owned_array(py, a).into_any(),
+        None => py.None().into_bound(py),
+    };
+    PyTuple::new(
+        py,
+        [
+            numpy::PyArray::from_owned_array(py, s.mean).into_any(),
+            numpy::PyArray::from_owned_array(py, s.weights).into_any(),
+            std,
+            s.nan_values.into_pyobject(py)?.into_any(),
+        ],
+    )
 }
 
 /// qlty's border tensor (uint8: 1 inside, 0 in the border band).
@@ -454,30 +344,14 @@ fn border_mask<'py>(
 
 /// The stitch's per-pixel window weights (float64, the window's shape).
 #[pyfunction]
-#[pyo3(signature = (spatial, window, step, border, border_weight, blend, sigma, allow_gaps))]
-#[allow(clippy::too_many_arguments)]
+#[pyo3(signature = (spatial, geometry))]
 fn window_weights<'py>(
     py: Python<'py>,
     spatial: Vec<i64>,
-    window: Vec<i64>,
-    step: Vec<i64>,
-    border: Vec<i64>,
-    border_weight: f64,
-    blend: &str,
-    sigma: f64,
-    allow_gaps: bool,
+    geometry: Geometry,
 ) -> PyResult<Bound<'py, PyArrayDyn<f64>>> {
     let fail = |e: Error| raise(py, &e, false);
-    let args = geometry_args(
-        &window,
-        &step,
-        &border,
-        border_weight,
-        blend,
-        sigma,
-        allow_gaps,
-    )
-    .map_err(fail)?;
+    let args = geometry.args().map_err(fail)?;
     let spatial = sizes("shape", &spatial).map_err(fail)?;
     let shape = [vec![1, 1], spatial].concat();
     let (geometry, _) = tessera::ops::quilt::QuiltGeometry::new(&shape, &args).map_err(fail)?;
@@ -495,8 +369,16 @@ fn window_counts(
     allow_gaps: bool,
 ) -> PyResult<Vec<u64>> {
     let fail = |e: Error| raise(py, &e, false);
-    let args =
-        geometry_args(&window, &step, &[], 0.1, "border", 0.125, allow_gaps).map_err(fail)?;
+    let defaults = Geometry(
+        window,
+        step,
+        vec![],
+        0.1,
+        "border".into(),
+        0.125,
+        allow_gaps,
+    );
+    let args = defaults.args().map_err(fail)?;
     let spatial = sizes("shape", &spatial).map_err(fail)?;
     let shape = [vec![1, 1], spatial].concat();
     let (_, grid) = tessera::ops::quilt::QuiltGeometry::new(&shape, &args).map_err(fail)?;
@@ -788,19 +670,25 @@ fn py_default_threads() -> usize {
 fn _tessera(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("cuda", cfg!(feature = "cuda"))?;
-    m.add_function(wrap_pyfunction!(unstitch, m)?)?;
-    m.add_function(wrap_pyfunction!(stitch, m)?)?;
-    m.add_function(wrap_pyfunction!(border_mask, m)?)?;
-    m.add_function(wrap_pyfunction!(window_weights, m)?)?;
-    m.add_function(wrap_pyfunction!(window_counts, m)?)?;
-    m.add_function(wrap_pyfunction!(run, m)?)?;
-    m.add_function(wrap_pyfunction!(main, m)?)?;
-    m.add_function(wrap_pyfunction!(py_default_threads, m)?)?;
-    m.add_function(wrap_pyfunction!(hdr_load, m)?)?;
-    m.add_function(wrap_pyfunction!(hdr_read_response, m)?)?;
-    m.add_function(wrap_pyfunction!(hdr_merge_debevec, m)?)?;
-    m.add_function(wrap_pyfunction!(hdr_merge_mertens, m)?)?;
-    m.add_function(wrap_pyfunction!(hdr_calibrate, m)?)?;
-    m.add_function(wrap_pyfunction!(logging::set_log_level, m)?)?;
+    // Every function of the module, each added as Python calls it.
+    macro_rules! add_functions {
+        ($($f:path),* $(,)?) => { $(m.add_function(wrap_pyfunction!($f, m)?)?;)* };
+    }
+    add_functions![
+        unstitch,
+        stitch,
+        border_mask,
+        window_weights,
+        window_counts,
+        run,
+        main,
+        py_default_threads,
+        hdr_load,
+        hdr_read_response,
+        hdr_merge_debevec,
+        hdr_merge_mertens,
+        hdr_calibrate,
+        logging::set_log_level,
+    ];
     Ok(())
 }

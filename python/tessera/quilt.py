@@ -82,7 +82,7 @@ class _Quilt:
                 f"--input: expected shape (N, C, {', '.join(map(str, self.spatial))}) for this "
                 f"quilt, got {tuple(array.shape)}")
         _log.sync_level()
-        patches, positions = _tessera.unstitch(array, *self._geometry(), self.threads)
+        patches, positions = _tessera.unstitch(array, self._geometry(), self.threads)
         patches = _arrays.like(patches, tensor)
         if return_positions:
             return patches, _arrays.like(positions, tensor)
@@ -119,7 +119,7 @@ class _Quilt:
             var, _ = _arrays.to_numpy(variance, "variance")
         rows = None if chunk_rows is None else operator.index(chunk_rows)
         _log.sync_level()
-        mean, weights, std, nan = _tessera.stitch(array, var, self.spatial, *self._geometry(),
+        mean, weights, std, nan = _tessera.stitch(array, var, self.spatial, self._geometry(),
                                                   rows, self.threads)
         self.nan_values_left_out = nan
         out = (_arrays.like(mean, tensor), _arrays.like(weights, tensor))
@@ -136,7 +136,7 @@ class _Quilt:
     def weights(self):
         """The weight of every pixel of a window when stitching (float64, the window's
         shape): ``border``/``gaussian``/``hann`` blending, never below 1e-8."""
-        return _tessera.window_weights(self.spatial, *self._geometry())
+        return _tessera.window_weights(self.spatial, self._geometry())
 
     def __repr__(self):
         dims = ", ".join(f"{a}={d}" for a, d in zip(self._axes, self.spatial))

@@ -90,12 +90,10 @@ fn make_stack(dir: &Path, n: usize, size: usize) -> Result<Vec<PathBuf>> {
                 .map(|m| m.len() >= expected)
                 .unwrap_or(false);
             if !fresh {
-                let mut state = (z as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                let mut next =
+                    crate::grid::xorshift((z as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
                 let slice = ArrayD::from_shape_fn(IxDyn(&[size, size]), |i| {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    ((i[0] * 7 + i[1] * 3 + z * 11) as u16).wrapping_add((state & 0x3ff) as u16)
+                    ((i[0] * 7 + i[1] * 3 + z * 11) as u16).wrapping_add((next() & 0x3ff) as u16)
                 });
                 images::write_tiff(&path, &Block::U16(slice))?;
             }

@@ -69,14 +69,9 @@ fn make_input(root: &Path, n: usize, size: usize) -> Result<PathBuf> {
         if std::fs::metadata(&path).is_ok_and(|m| m.len() == expected) {
             return Ok(());
         }
-        let mut state = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let mut next = crate::grid::xorshift((i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let values: Vec<f32> = (0..size * size)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                (state >> 40) as f32 / (1u64 << 24) as f32
-            })
+            .map(|_| crate::grid::unit_f32(next()))
             .collect();
         safety::write_bytes(&path, true, &output::npy_patch_bytes(&header, &values))
     })?;
@@ -137,7 +132,7 @@ fn plain_copy(
 /// others wait. Only the bench's own scratch names under `--dir` come here; the copy they hold
 /// is the yardstick, a plain write by definition, so it does not go through the output rules.
 fn clear(path: &Path, one_file_len: Option<u64>, dir: bool, comm: &dyn Comm) -> Result<()> {
-    let done = if comm.is_root() {
+    crate::comm::on_root(comm, || {
         remove_any(path).and_then(|()| match (one_file_len, dir) {
             (Some(len), _) => std::fs::File::create(path)
                 .and_then(|f| f.set_len(len))
@@ -145,10 +140,7 @@ fn clear(path: &Path, one_file_len: Option<u64>, dir: bool, comm: &dyn Comm) -> 
             (None, true) => std::fs::create_dir_all(path).at(path),
             (None, false) => Ok(()),
         })
-    } else {
-        Ok(())
-    };
-    agree(comm, done)
+    })
 }
 
 /// Flushes every dirty page before a timed phase (rank 0; the others wait), so that neither
@@ -236,12 +228,7 @@ fn measure_format(
 /// Filesystem or extraction failures.
 pub fn run(b: &PatchesBench, comm: &dyn Comm) -> Result<()> {
     let root = b.dir.join("patches-input");
-    let made = if comm.is_root() {
-        make_input(&root, b.slices, b.size).map(|_| ())
-    } else {
-        Ok(())
-    };
-    agree(comm, made)?;
+    crate::comm::on_root(comm, || make_input(&root, b.slices, b.size).map(|_| ()))?;
     let manifest = root.join("train_manifest.csv");
     // Warm the page cache so both contenders read from memory.
     let share = crate::grid::partition_contiguous(b.slices, comm.size())[comm.rank()].clone();

@@ -68,13 +68,8 @@ impl QuiltCase {
     }
 
     pub fn image(&self) -> ArrayD<f32> {
-        let mut state = 0x2545_F491_4F6C_DD1Du64;
-        ArrayD::from_shape_simple_fn(IxDyn(&self.shape), || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 40) as f32 / 16_777_216.0
-        })
+        let mut next = crate::grid::xorshift(0x2545_F491_4F6C_DD1D);
+        ArrayD::from_shape_simple_fn(IxDyn(&self.shape), || crate::grid::unit_f32(next()))
     }
 
     pub fn patch_shape(&self) -> Vec<usize> {

@@ -32,6 +32,16 @@ pub fn agree<T>(comm: &dyn Comm, result: Result<T>) -> Result<T> {
     }
 }
 
+/// Runs `step` on rank 0 only and [`agree`]s on its outcome: every rank returns rank 0's
+/// error as [`Error::PeerFailed`] (rank 0 its own), so none goes on alone. Collective.
+///
+/// # Errors
+/// Rank 0's error, as [`agree`] hands it out.
+pub fn on_root(comm: &dyn Comm, step: impl FnOnce() -> Result<()>) -> Result<()> {
+    let result = if comm.is_root() { step() } else { Ok(()) };
+    agree(comm, result)
+}
+
 /// The name of the host this rank runs on (reports, the output lock).
 pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")

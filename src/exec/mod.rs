@@ -666,12 +666,9 @@ pub fn run<Op: Operation>(op: &Op, comm: &dyn Comm, options: &RunOptions) -> Res
     }
 
     let journal = journal::Journal::new(staging.journal_dir(), comm.rank());
-    let setup = if comm.is_root() {
+    crate::comm::on_root(comm, || {
         start_journal(op, &journal, &stagings, &side_files, options)
-    } else {
-        Ok(())
-    };
-    agree(comm, setup)?;
+    })?;
     crate::io::staging::mark_started();
     let outcome = run_staged(
         op,
@@ -807,15 +804,12 @@ fn run_staged<Op: Operation>(
 
     let t = Instant::now();
     agree(comm, op.finish(comm))?;
-    let committed = if comm.is_root() {
+    crate::comm::on_root(comm, || {
         pause_before_publishing();
         watch
             .map_or(Ok(()), crate::io::watch::InputWatch::check)
             .and_then(|()| Staging::commit_all(stagings))
-    } else {
-        Ok(())
-    };
-    agree(comm, committed)?;
+    })?;
     phases.finalize += t.elapsed().as_secs_f64();
 
     Ok((stats, phases, done.len()))

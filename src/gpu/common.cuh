@@ -29,28 +29,7 @@ typedef unsigned int u32;
 typedef unsigned long long u64;
 typedef long long i64;
 
-// Quiet NaNs with Rust's bit patterns (f64::NAN, f32::NAN), written by bits: 0.0/0.0 gives
-// a different payload on x86 (negative) and on the GPU (canonical 0x7fffffff).
-TESSERA_HD double tessera_nan_f64() {
-#if defined(__CUDACC__)
-    return __longlong_as_double(0x7ff8000000000000LL);
-#else
-    union { u64 u; double d; } v;
-    v.u = 0x7ff8000000000000ULL;
-    return v.d;
-#endif
-}
-
-TESSERA_HD float tessera_nan_f32() {
-#if defined(__CUDACC__)
-    return __uint_as_float(0x7fc00000u);
-#else
-    union { u32 u; float f; } v;
-    v.u = 0x7fc00000u;
-    return v.f;
-#endif
-}
-
+// A float and a double from their bits.
 TESSERA_HD float tessera_bits_f32(u32 bits) {
 #if defined(__CUDACC__)
     return __uint_as_float(bits);
@@ -70,6 +49,12 @@ TESSERA_HD double tessera_bits_f64(u64 bits) {
     return v.d;
 #endif
 }
+
+// Quiet NaNs with Rust's bit patterns (f64::NAN, f32::NAN), written by bits: 0.0/0.0 gives
+// a different payload on x86 (negative) and on the GPU (canonical 0x7fffffff).
+TESSERA_HD double tessera_nan_f64() { return tessera_bits_f64(0x7ff8000000000000ULL); }
+
+TESSERA_HD float tessera_nan_f32() { return tessera_bits_f32(0x7fc00000u); }
 
 TESSERA_HD u64 tessera_f64_bits(double x) {
 #if defined(__CUDACC__)

@@ -1,5 +1,14 @@
 //! What the kernels' host checks (`ops/*/harness.rs`) share.
 
+/// An element's bit pattern (its bytes, zero-extended to 64 bits), for comparisons that must
+/// tell NaN payloads and signed zeros apart.
+pub fn bits<T: bytemuck::Pod>(x: T) -> u64 {
+    let mut b = [0u8; 8];
+    let bytes = bytemuck::bytes_of(&x);
+    b[..bytes.len()].copy_from_slice(bytes);
+    u64::from_ne_bytes(b)
+}
+
 /// Asserts two equally long sequences of bit patterns are equal, naming the first difference.
 pub fn assert_same_bits(what: &str, got: &[u64], want: &[u64], context: &dyn std::fmt::Debug) {
     assert_eq!(got.len(), want.len(), "{what}: lengths differ; {context:?}");

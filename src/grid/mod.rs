@@ -216,6 +216,23 @@ pub fn describe_ranges(sorted: &[u64]) -> String {
     parts.join(", ")
 }
 
+/// A xorshift64 stream (shifts 13, 7, 17) from `seed` (not 0): the cheap, fixed sequence that
+/// synthetic bench inputs and tests draw from, the same values on every machine.
+pub fn xorshift(seed: u64) -> impl FnMut() -> u64 {
+    let mut state = seed;
+    move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    }
+}
+
+/// A value in [0, 1) from the top 24 bits of `bits` (exact in f32).
+pub fn unit_f32(bits: u64) -> f32 {
+    (bits >> 40) as f32 / 16_777_216.0
+}
+
 /// Row-major (C-order) strides of a shape, in elements.
 pub fn row_major_strides(shape: &[usize]) -> Vec<usize> {
     let mut st = vec![1usize; shape.len()];

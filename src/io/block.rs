@@ -72,6 +72,24 @@ impl DType {
             .find(|d| d.name() == name || format!("{d:?}").eq_ignore_ascii_case(name))
     }
 
+    /// Parses numpy's type code without its byte order: the kind and the size in bytes
+    /// (`u2`, `f4`), as `.npy` headers and Zarr v2 metadata write them.
+    pub fn from_numpy_code(code: &str) -> Option<DType> {
+        DType::from_name(match code {
+            "u1" => "uint8",
+            "u2" => "uint16",
+            "u4" => "uint32",
+            "u8" => "uint64",
+            "i1" => "int8",
+            "i2" => "int16",
+            "i4" => "int32",
+            "i8" => "int64",
+            "f4" => "float32",
+            "f8" => "float64",
+            _ => return None,
+        })
+    }
+
     pub fn is_float(self) -> bool {
         matches!(self, DType::F32 | DType::F64)
     }

@@ -15,8 +15,8 @@ use ndarray::{ArrayD, IxDyn};
 use serde_json::{Map, Value};
 
 use super::{
-    check_region, check_write, ArrayMeta, ArrayReader, ArrayWriter, Block, Codec, CreateSpec,
-    DType, Element,
+    check_read, check_write, ArrayMeta, ArrayReader, ArrayWriter, Block, Codec, CreateSpec, DType,
+    Element,
 };
 use crate::comm::Comm;
 use crate::error::{Error, Result};
@@ -333,14 +333,12 @@ impl Hdf5Reader {
             .iter()
             .map(|f| format!("{f:?}").to_lowercase())
             .collect();
+        let shape = ds.shape().iter().map(|&n| n as u64).collect();
         let meta = ArrayMeta {
-            shape: ds.shape().iter().map(|&n| n as u64).collect(),
-            dtype,
             chunks: ds.chunk().map(|c| c.iter().map(|&n| n as u64).collect()),
-            shards: None,
             codecs,
-            dimension_names: None,
             attributes: read_attributes(&ds),
+            ..ArrayMeta::contiguous(shape, dtype)
         };
         Ok(Hdf5Reader {
             _file: file,
@@ -356,13 +354,9 @@ impl ArrayReader for Hdf5Reader {
         &self.meta
     }
 
-    fn read_box(&self, region: &Region) -> Result<Block> {
-        check_region(
-            &self.path.display().to_string(),
-            &self.meta.shape,
-            region,
-            None,
-        )?;
+    /// HDF5 reads into memory of its own: `spare` is not used.
+    fn read_box_reusing(&self, region: &Region, _spare: Option<Block>) -> Result<Block> {
+        check_read(&self.path, &self.meta.shape, region)?;
         with_dtype!(self.meta.dtype, T => Ok(T::into_block(read_raw::<T>(&self.path, &self.ds, region)?)))
     }
 }
@@ -550,13 +544,7 @@ impl Hdf5Writer {
     fn write_unflushed(&self, part: Option<(&Region, &Block)>) -> Result<()> {
         match part {
             Some((region, block)) => {
-                check_write(
-                    &self.path.display().to_string(),
-                    &self.shape,
-                    self.dtype,
-                    region,
-                    block,
-                )?;
+                check_write(&self.path, &self.shape, self.dtype, region, block)?;
                 with_block!(block, a => write_raw(&self.path, &self.ds, Some((region, a)), self.collective))
             }
             None => {

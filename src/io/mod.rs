@@ -44,6 +44,22 @@ pub struct ArrayMeta {
     pub attributes: Map<String, Value>,
 }
 
+impl ArrayMeta {
+    /// An array stored in one uncompressed piece, with no dimension names or attributes
+    /// (`.npy`, `.pt`); other stores set what they have over it.
+    pub fn contiguous(shape: Vec<u64>, dtype: DType) -> ArrayMeta {
+        ArrayMeta {
+            shape,
+            dtype,
+            chunks: None,
+            shards: None,
+            codecs: vec![],
+            dimension_names: None,
+            attributes: Map::new(),
+        }
+    }
+}
+
 /// Compression of chunks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, Default)]
 #[serde(rename_all = "lowercase")]
@@ -185,18 +201,18 @@ pub trait ArrayReader: Send + Sync {
     ///
     /// # Errors
     /// Region outside the array, or a read/decode failure naming the store.
-    fn read_box(&self, region: &Region) -> Result<Block>;
+    fn read_box(&self, region: &Region) -> Result<Block> {
+        self.read_box_reusing(region, None)
+    }
 
     /// Reads `region` into `spare` when it has the region's shape and the array's type
     /// (reusing its memory: a fresh large buffer is a fresh mapping the kernel faults in page
-    /// by page), else into a new block.
+    /// by page), else into a new block (a store that cannot decode into given memory always
+    /// makes a new one).
     ///
     /// # Errors
     /// As [`ArrayReader::read_box`].
-    fn read_box_reusing(&self, region: &Region, spare: Option<Block>) -> Result<Block> {
-        let _ = spare;
-        self.read_box(region)
-    }
+    fn read_box_reusing(&self, region: &Region, spare: Option<Block>) -> Result<Block>;
 
     /// The whole array's elements as native-endian C-order bytes, when the store keeps them
     /// uncompressed in one memory-mapped piece (`.npy`): kernels that read each element once
@@ -415,19 +431,29 @@ pub fn check_region(
     Ok(())
 }
 
+/// Checks that a box to read lies inside the array of `shape` stored at `path` (every reader
+/// calls it first).
+///
+/// # Errors
+/// [`Error::Mismatch`] naming the path.
+pub fn check_read(path: &std::path::Path, shape: &[u64], region: &Region) -> Result<()> {
+    check_region(&path.display().to_string(), shape, region, None)
+}
+
 /// Checks a block about to be written: inside the array, shaped like its box, of the array's
 /// dtype. Every writer calls it first.
 ///
 /// # Errors
-/// [`Error::Mismatch`] naming `what`.
+/// [`Error::Mismatch`] naming the array's path.
 pub fn check_write(
-    what: &str,
+    path: &std::path::Path,
     shape: &[u64],
     dtype: DType,
     region: &Region,
     block: &Block,
 ) -> Result<()> {
-    check_region(what, shape, region, Some(block))?;
+    let what = path.display().to_string();
+    check_region(&what, shape, region, Some(block))?;
     if block.dtype() != dtype {
         return Err(Error::mismatch(
             format!("{what}: block dtype"),

@@ -12,8 +12,7 @@ use ndarray::{ArrayViewD, IxDyn, SliceInfoElem};
 use serde_json::{Map, Value};
 
 use super::{
-    check_region, check_write, ArrayMeta, ArrayReader, ArrayWriter, Block, CreateSpec, DType,
-    Element,
+    check_read, check_write, ArrayMeta, ArrayReader, ArrayWriter, Block, CreateSpec, DType, Element,
 };
 use crate::comm::Comm;
 use crate::error::{Error, IoContext, Result};
@@ -176,19 +175,12 @@ fn descr_dtype(descr: &str) -> Option<DType> {
     if !(order == native || order == '|' || (order == '=') || size_one) {
         return None;
     }
-    DType::from_name(match rest {
-        "u1" | "B" => "uint8",
-        "u2" => "uint16",
-        "u4" => "uint32",
-        "u8" => "uint64",
-        "i1" | "b" => "int8",
-        "i2" => "int16",
-        "i4" => "int32",
-        "i8" => "int64",
-        "f4" => "float32",
-        "f8" => "float64",
-        _ => return None,
-    })
+    // numpy's one-letter codes for bytes, else kind and size.
+    match rest {
+        "B" => Some(DType::U8),
+        "b" => Some(DType::I8),
+        _ => DType::from_numpy_code(rest),
+    }
 }
 
 fn slice_info(region: &Region) -> Vec<SliceInfoElem> {
@@ -263,18 +255,9 @@ impl NpyReader {
         })?;
         // The data length and alignment now rather than on first read.
         elements_of(&map, data_start, &shape, dtype).map_err(|m| Error::bad_file(path, m))?;
-        let meta = ArrayMeta {
-            shape,
-            dtype,
-            chunks: None,
-            shards: None,
-            codecs: vec![],
-            dimension_names: None,
-            attributes: Map::new(),
-        };
         Ok(NpyReader {
             map,
-            meta,
+            meta: ArrayMeta::contiguous(shape, dtype),
             path: path.to_path_buf(),
         })
     }
@@ -285,17 +268,8 @@ impl ArrayReader for NpyReader {
         &self.meta
     }
 
-    fn read_box(&self, region: &Region) -> Result<Block> {
-        self.read_box_reusing(region, None)
-    }
-
     fn read_box_reusing(&self, region: &Region, spare: Option<Block>) -> Result<Block> {
-        check_region(
-            &self.path.display().to_string(),
-            &self.meta.shape,
-            region,
-            None,
-        )?;
+        check_read(&self.path, &self.meta.shape, region)?;
         with_dtype!(self.meta.dtype, T => {
             let values: &[T] = crate::io::mapped_elements(self)
                 .ok_or_else(|| Error::bad_file(&self.path, "data not aligned for its type"))?;
@@ -421,13 +395,7 @@ impl ArrayWriter for NpyWriter {
         let Some((region, block)) = part else {
             return Ok(());
         };
-        check_write(
-            &self.path.display().to_string(),
-            &self.shape,
-            self.dtype,
-            region,
-            block,
-        )?;
+        check_write(&self.path, &self.shape, self.dtype, region, block)?;
         with_block!(block, a => self.write_runs(region, a))
     }
 

@@ -18,7 +18,7 @@ use zarrs::storage::{
 };
 
 use super::{
-    check_region, check_write, ArrayMeta, ArrayReader, ArrayWriter, Block, Codec, CreateSpec, DType,
+    check_read, check_write, ArrayMeta, ArrayReader, ArrayWriter, Block, Codec, CreateSpec, DType,
 };
 use crate::comm::Comm;
 use crate::error::{Error, IoContext, Result};
@@ -315,20 +315,7 @@ fn numpy_typestr(s: &str) -> Option<DType> {
     if order == ">" && !rest.ends_with('1') {
         return None;
     }
-    let name = match rest {
-        "u1" => "uint8",
-        "u2" => "uint16",
-        "u4" => "uint32",
-        "u8" => "uint64",
-        "i1" => "int8",
-        "i2" => "int16",
-        "i4" => "int32",
-        "i8" => "int64",
-        "f4" => "float32",
-        "f8" => "float64",
-        _ => return None,
-    };
-    DType::from_name(name)
+    DType::from_numpy_code(rest)
 }
 
 impl ArrayReader for ZarrReader {
@@ -336,17 +323,8 @@ impl ArrayReader for ZarrReader {
         &self.meta
     }
 
-    fn read_box(&self, region: &Region) -> Result<Block> {
-        self.read_box_reusing(region, None)
-    }
-
     fn read_box_reusing(&self, region: &Region, spare: Option<Block>) -> Result<Block> {
-        check_region(
-            &format!("{}", self.store.display()),
-            &self.meta.shape,
-            region,
-            None,
-        )?;
+        check_read(&self.store, &self.meta.shape, region)?;
         let subset = ArraySubset::new_with_ranges(&region.ranges());
         with_dtype!(self.meta.dtype, T => {
             // Decoded straight into the block's memory: retrieving an ndarray would decode
@@ -783,13 +761,7 @@ impl ArrayWriter for ZarrWriter {
         let Some((region, block)) = part else {
             return Ok(());
         };
-        check_write(
-            &self.store.display().to_string(),
-            &self.shape,
-            self.dtype,
-            region,
-            block,
-        )?;
+        check_write(&self.store, &self.shape, self.dtype, region, block)?;
         let subset = ArraySubset::new_with_ranges(&region.ranges());
         with_block!(block, a => self.array.store_array_subset(&subset, a))
             .map_err(|e| zarr_err(&self.store, &self.node, e))
@@ -1006,13 +978,11 @@ mod tests {
             assert_eq!(raw.raw_chunks.is_some(), codec == Codec::None, "{codec:?}");
             let mut zarrs = ZarrReader::open(&store, "").unwrap();
             zarrs.raw_chunks = None;
-            let mut state = 0x9e37_79b9_7f4a_7c15u64;
+            let mut next = crate::grid::xorshift(0x9e37_79b9_7f4a_7c15);
             for _ in 0..60 {
                 let (mut start, mut size) = (Vec::new(), Vec::new());
                 for &n in &shape {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
+                    let state = next();
                     let a = state % n as u64;
                     let b = (state >> 20) % (n as u64 - a) + 1;
                     start.push(a);

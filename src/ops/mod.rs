@@ -3,6 +3,7 @@
 
 pub mod convert;
 pub mod crop;
+pub mod flags;
 pub mod hdr;
 pub mod pairs;
 pub mod patches;

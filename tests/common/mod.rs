@@ -107,6 +107,14 @@ pub fn write_slices(
     )
 }
 
+/// `count` uint16 slices `s_<i>` of `shape` (from `seed`) in `<dir>/slices`, which it returns:
+/// the stack most convert runs start from.
+pub fn u16_slices(dir: &Path, count: u64, shape: &[usize], seed: u64) -> PathBuf {
+    let slices = dir.join("slices");
+    write_slices(&slices, "s", count, shape, DType::U16, seed);
+    slices
+}
+
 /// The straightforward reference: stack slices along `axis` (0 for Z-first, 1 for CZYX).
 pub fn reference_stack(slices: &[Block], axis: usize) -> Block {
     fn stack<T: Clone>(arrays: Vec<ArrayD<T>>, axis: usize) -> ArrayD<T> {

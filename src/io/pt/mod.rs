@@ -23,7 +23,7 @@ use serde_json::{Map, Value as Json};
 
 use self::pickle::{Tensor, Value};
 use super::npy::NpyWriter;
-use super::{check_region, ArrayMeta, ArrayReader, ArrayWriter, Block, CreateSpec, DType, Element};
+use super::{check_read, ArrayMeta, ArrayReader, ArrayWriter, Block, CreateSpec, DType, Element};
 use crate::comm::Comm;
 use crate::error::{Error, IoContext, Result};
 use crate::grid::Region;
@@ -124,15 +124,7 @@ impl PtReader {
                 stored.dtype().name()
             );
         }
-        let meta = ArrayMeta {
-            shape: tensor.size.clone(),
-            dtype: stored.dtype(),
-            chunks: None,
-            shards: None,
-            codecs: vec![],
-            dimension_names: None,
-            attributes: Map::new(),
-        };
+        let meta = ArrayMeta::contiguous(tensor.size.clone(), stored.dtype());
         Ok(PtReader {
             map,
             meta,
@@ -372,19 +364,10 @@ impl ArrayReader for PtReader {
         &self.meta
     }
 
-    fn read_box(&self, region: &Region) -> Result<Block> {
-        self.read_box_reusing(region, None)
-    }
-
     /// A contiguous tensor of a native type is sliced from the map as a `.npy` is; any other
     /// (a view, a converted type) is gathered element by element through its strides.
     fn read_box_reusing(&self, region: &Region, spare: Option<Block>) -> Result<Block> {
-        check_region(
-            &self.path.display().to_string(),
-            &self.meta.shape,
-            region,
-            None,
-        )?;
+        check_read(&self.path, &self.meta.shape, region)?;
         with_dtype!(self.meta.dtype, T => {
             let part = match crate::io::mapped_elements::<T>(self) {
                 Some(values) => super::npy::box_of(values, &self.meta.shape, region, spare),

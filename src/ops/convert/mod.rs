@@ -609,13 +609,10 @@ fn plan_pyramids(
         // Levels and factors are checked now, against the level 0 about to be written, not
         // after converting it.
         let level0 = PlannedLevel0(crate::io::ArrayMeta {
-            shape: op.spec.shape.clone(),
-            dtype: op.spec.dtype,
             chunks: Some(op.spec.chunks.clone()),
             shards: op.spec.shards.clone(),
-            codecs: Vec::new(),
             dimension_names: op.spec.dimension_names.clone(),
-            attributes: Map::new(),
+            ..crate::io::ArrayMeta::contiguous(op.spec.shape.clone(), op.spec.dtype)
         });
         let planned = &jobs[jobs.len() - 1];
         crate::ops::pyramid::PyramidOp::plan_from(
@@ -635,7 +632,11 @@ impl crate::io::ArrayReader for PlannedLevel0 {
     fn meta(&self) -> &crate::io::ArrayMeta {
         &self.0
     }
-    fn read_box(&self, _region: &Region) -> Result<crate::io::Block> {
+    fn read_box_reusing(
+        &self,
+        _region: &Region,
+        _spare: Option<crate::io::Block>,
+    ) -> Result<crate::io::Block> {
         Err(Error::parameter(
             "pyramid-levels",
             "level 0 is read before it is written (a bug)",
@@ -709,12 +710,9 @@ pub fn run(job: &ConvertJob, comm: &dyn Comm) -> Result<Vec<crate::exec::RunSumm
                 let pop = crate::ops::pyramid::PyramidOp::plan(pjob)?;
                 summaries.push(crate::exec::run(&pop, comm, &pjob.run)?);
             }
-            let removed = if comm.is_root() {
+            crate::comm::on_root(comm, || {
                 crate::io::staging::remove_any(Path::new(&pjob.input))
-            } else {
-                Ok(())
-            };
-            crate::comm::agree(comm, removed)?;
+            })?;
         }
     }
     Ok(summaries)

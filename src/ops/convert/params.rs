@@ -1,10 +1,15 @@
 //! `tessera convert`'s parameters: one type per command, filled by the command line
 //! (clap), TOML job tables (serde) and, through those, every front end; its serde form is
 //! also a run's `--resume` identity. `job/` lists the jobs and reads the files.
+//!
+//! A field given by its name alone (`codec,`) is a flag several operations share, declared once
+//! in [`crate::ops::flags`].
 
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+
+use crate::ops::flags::job_params;
 
 use crate::exec::RunOptions;
 use crate::io::{Codec, DType};
@@ -41,70 +46,64 @@ pub enum OutputFormat {
     Pt,
 }
 
-/// `tessera convert`: a directory of image files to one array per stack.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
-#[serde(deny_unknown_fields)]
-pub struct ConvertJob {
-    /// Directory holding the image files.
-    #[arg(long)]
-    pub input: PathBuf,
-    /// Regular expression matched at the start of each file name: group 1 names the stack,
-    /// group 2 is the slice index (an integer).
-    #[arg(long, default_value = DEFAULT_PATTERN)]
-    #[serde(default = "default_pattern")]
-    pub pattern: String,
-    /// Output array address (`out.zarr`, `out.h5:/data`, `out.npy`), or a directory that
-    /// receives `<stack>.zarr` per stack (always a directory when there are several stacks).
-    #[arg(long)]
-    pub output: PathBuf,
-    /// Only files with this extension (e.g. `.tif`); default: every TIFF, PNG and JPEG file.
-    #[arg(long)]
-    #[serde(default)]
-    pub extension: Option<String>,
-    /// Axis order of multi-channel stacks (single-channel stacks are always Z, Y, X).
-    #[arg(long, value_enum, default_value_t)]
-    #[serde(default)]
-    pub axis_order: AxisOrder,
-    /// Chunk shape, one value per output axis; default 1 slice of up to 512x512 (all channels
-    /// for ZCYX).
-    #[arg(long, value_delimiter = ',')]
-    #[serde(default)]
-    pub chunks: Option<Vec<u64>>,
-    /// Shard shape (Zarr only), a multiple of the chunk shape on every axis.
-    #[arg(long, value_delimiter = ',')]
-    #[serde(default)]
-    pub shards: Option<Vec<u64>>,
-    /// Chunk compression.
-    #[arg(long, value_enum, default_value_t)]
-    #[serde(default)]
-    pub codec: Codec,
-    /// Output element type (default: the files' own); values that do not fit are an error.
-    /// Float slices going to an integer type are rounded to the nearest integer (0.4 -> 0,
-    /// 0.6 -> 1): scale them first if they hold fractions such as 0..1; a run that rounds
-    /// any away warns once per stack, naming the file and the first such value.
-    #[arg(long, value_enum)]
-    #[serde(default)]
-    pub dtype: Option<DType>,
-    /// Format of the per-stack outputs when `--output` is a directory.
-    #[arg(long, value_enum, default_value_t)]
-    #[serde(default)]
-    pub format: OutputFormat,
-    /// Write each stack as an OME-Zarr pyramid with this many levels (`auto`: until every
-    /// axis fits in one chunk), as `tessera pyramid` would from the converted array.
-    #[arg(long)]
-    #[serde(default)]
-    pub pyramid_levels: Option<String>,
-    /// Pyramid method (with --pyramid-levels).
-    #[arg(long, value_enum, default_value_t)]
-    #[serde(default)]
-    pub pyramid_method: crate::ops::pyramid::kernel::Method,
-    /// Pyramid factor per spatial axis, e.g. 1,2,2 for per-slice 2-D pyramids (default 2).
-    #[arg(long, value_delimiter = ',')]
-    #[serde(default)]
-    pub pyramid_factor: Option<Vec<u64>>,
-    #[command(flatten)]
-    #[serde(skip)]
-    pub run: RunOptions,
+job_params! {
+    /// `tessera convert`: a directory of image files to one array per stack.
+    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
+    #[serde(deny_unknown_fields)]
+    pub struct ConvertJob {
+        /// Directory holding the image files.
+        #[arg(long)]
+        pub input: PathBuf,
+        /// Regular expression matched at the start of each file name: group 1 names the stack,
+        /// group 2 is the slice index (an integer).
+        #[arg(long, default_value = DEFAULT_PATTERN)]
+        #[serde(default = "default_pattern")]
+        pub pattern: String,
+        /// Output array address (`out.zarr`, `out.h5:/data`, `out.npy`), or a directory that
+        /// receives `<stack>.zarr` per stack (always a directory when there are several stacks).
+        #[arg(long)]
+        pub output: PathBuf,
+        /// Only files with this extension (e.g. `.tif`); default: every TIFF, PNG and JPEG file.
+        #[arg(long)]
+        #[serde(default)]
+        pub extension: Option<String>,
+        /// Axis order of multi-channel stacks (single-channel stacks are always Z, Y, X).
+        #[arg(long, value_enum, default_value_t)]
+        #[serde(default)]
+        pub axis_order: AxisOrder,
+        /// Chunk shape, one value per output axis; default 1 slice of up to 512x512 (all channels
+        /// for ZCYX).
+        chunks,
+        /// Shard shape (Zarr only), a multiple of the chunk shape on every axis.
+        shards,
+        /// Chunk compression.
+        codec,
+        /// Output element type (default: the files' own); values that do not fit are an error.
+        /// Float slices going to an integer type are rounded to the nearest integer (0.4 -> 0,
+        /// 0.6 -> 1): scale them first if they hold fractions such as 0..1; a run that rounds
+        /// any away warns once per stack, naming the file and the first such value.
+        #[arg(long, value_enum)]
+        #[serde(default)]
+        pub dtype: Option<DType>,
+        /// Format of the per-stack outputs when `--output` is a directory.
+        #[arg(long, value_enum, default_value_t)]
+        #[serde(default)]
+        pub format: OutputFormat,
+        /// Write each stack as an OME-Zarr pyramid with this many levels (`auto`: until every
+        /// axis fits in one chunk), as `tessera pyramid` would from the converted array.
+        #[arg(long)]
+        #[serde(default)]
+        pub pyramid_levels: Option<String>,
+        /// Pyramid method (with --pyramid-levels).
+        #[arg(long, value_enum, default_value_t)]
+        #[serde(default)]
+        pub pyramid_method: crate::ops::pyramid::kernel::Method,
+        /// Pyramid factor per spatial axis, e.g. 1,2,2 for per-slice 2-D pyramids (default 2).
+        #[arg(long, value_delimiter = ',')]
+        #[serde(default)]
+        pub pyramid_factor: Option<Vec<u64>>,
+        run,
+    }
 }
 
 impl ConvertJob {

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "crop.cuh"
+#include "harness_support.h"
 
 template <typename T>
 static void host_analyse(const CropGeom* gp, const T* patterns, CropRecord* records, i64 count,
@@ -112,13 +113,8 @@ TESSERA_HOST_CROP(f64, double)
 
 // The structs' layout as C++ sees it: size, then every field's offset.
 extern "C" void tessera_host_crop_layout(i64* out) {
-    out[0] = sizeof(CropGeom);
-    out[1] = offsetof(CropGeom, h);
-    out[2] = offsetof(CropGeom, w);
-    out[3] = offsetof(CropGeom, method);
-    out[4] = offsetof(CropGeom, is_float);
-    out[5] = offsetof(CropGeom, manual_y);
-    out[6] = offsetof(CropGeom, manual_x);
-    out[7] = offsetof(CropGeom, target);
-    out[8] = sizeof(CropRecord);
+#define F(field) offsetof(CropGeom, field)
+    tessera_write_layout(out, {sizeof(CropGeom), F(h), F(w), F(method), F(is_float), F(manual_y),
+                               F(manual_x), F(target), sizeof(CropRecord)});
+#undef F
 }

@@ -694,15 +694,15 @@ mod tests {
         assert!(inside(smaller.sqrt()) < n / 2.0);
     }
 
+    /// Values in [0, 1) from a xorshift stream seeded with `seed`.
+    fn uniform(seed: u64) -> impl FnMut() -> f32 {
+        let mut bits = crate::grid::xorshift(seed);
+        move || crate::grid::unit_f32(bits())
+    }
+
     #[test]
     fn the_histogram_path_equals_the_full_sort_on_random_patterns() {
-        let mut s = 12345u64;
-        let mut next = || {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / 16_777_216.0
-        };
+        let mut next = uniform(12345);
         for case in 0..40 {
             let (h, w) = (17 + case % 5, 23 + case % 7);
             let p: Vec<f32> = (0..h * w).map(|_| next().powi(3) * 100.0).collect();
@@ -780,13 +780,7 @@ mod tests {
 
     #[test]
     fn the_analysis_equals_a_brute_force_reference_on_random_patterns() {
-        let mut s = 777u64;
-        let mut next = || {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / 16_777_216.0
-        };
+        let mut next = uniform(777);
         for case in 0..30 {
             let (h, w) = (9 + case % 4, 11 + case % 6);
             // Wide dynamic range; some patterns with negative pixels.

@@ -2,14 +2,12 @@
 //! (clap), TOML job tables (serde) and, through those, every front end; its serde form is
 //! also a run's `--resume` identity. `job/` lists the jobs and reads the files.
 //!
-//! `device` and `gpu_memory_limit` are written out on each job that has them rather than
-//! flattened from one group: serde cannot combine `flatten` with `deny_unknown_fields`, which
-//! is what refuses a misspelt key in a job file.
+//! A field given by its name alone (`codec,`) is a flag several operations share, declared once
+//! in [`crate::ops::flags`].
 
 use serde::{Deserialize, Serialize};
 
-use crate::exec::RunOptions;
-use crate::io::Codec;
+use crate::ops::flags::job_params;
 
 /// Which centre each pattern is cropped around.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -44,88 +42,80 @@ fn default_test_size() -> u64 {
     256
 }
 
-/// `tessera crop`: two-pass automatic cropping of diffraction patterns.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
-#[serde(deny_unknown_fields)]
-pub struct CropJob {
-    /// Patterns (N, H, W), (N, 1, H, W) or a 4D-STEM scan (Sy, Sx, H, W). Not with --test-mode.
-    #[arg(long)]
-    #[serde(default)]
-    pub input: Option<String>,
-    /// Output array address (leading axes kept, (H, W) replaced by the crop).
-    #[arg(long)]
-    pub output: String,
-    /// Fraction of each pattern's intensity the crop must keep.
-    #[arg(long, default_value_t = default_target_retention())]
-    #[serde(default = "default_target_retention")]
-    pub target_retention: f64,
-    /// Lowest acceptable retention of any pattern (validation).
-    #[arg(long, default_value_t = default_min_retention())]
-    #[serde(default = "default_min_retention")]
-    pub min_retention: f64,
-    /// Pixels added to the radius.
-    #[arg(long, default_value_t = default_margin())]
-    #[serde(default = "default_margin")]
-    pub margin_pixels: u64,
-    /// Percentile of the per-pattern radii used for the global radius (100 = max).
-    #[arg(long, default_value_t = default_percentile())]
-    #[serde(default = "default_percentile")]
-    pub percentile: f64,
-    /// How each pattern's centre is found.
-    #[arg(long, value_enum, default_value_t)]
-    #[serde(default)]
-    pub center: super::kernel::CentreMethod,
-    /// The centre for --center manual, as Y,X (pixels).
-    #[arg(long, value_delimiter = ',')]
-    #[serde(default)]
-    pub manual_center: Option<Vec<f64>>,
-    /// Crop each pattern around its own centre, or all around the mean centre.
-    #[arg(long, value_enum, default_value_t)]
-    #[serde(default)]
-    pub recenter: Recenter,
-    /// Patterns read at once per rank (memory is bounded by this, not by N).
-    #[arg(long, default_value_t = default_chunk_size())]
-    #[serde(default = "default_chunk_size")]
-    pub chunk_size: u64,
-    /// Skip the PNG.
-    #[arg(long)]
-    #[serde(default)]
-    pub no_visualization: bool,
-    /// Exit non-zero when any pattern keeps less than --min-retention.
-    #[arg(long)]
-    #[serde(default)]
-    pub strict: bool,
-    /// Synthesise Airy-disk patterns with Poisson noise and crop those.
-    #[arg(long)]
-    #[serde(default)]
-    pub test_mode: bool,
-    /// Number of synthetic patterns.
-    #[arg(long, default_value_t = default_test_patterns())]
-    #[serde(default = "default_test_patterns")]
-    pub test_patterns: u64,
-    /// Side of the synthetic patterns.
-    #[arg(long, default_value_t = default_test_size())]
-    #[serde(default = "default_test_size")]
-    pub test_size: u64,
-    /// Seed of the synthetic data.
-    #[arg(long, default_value_t = 0)]
-    #[serde(default)]
-    pub seed: u64,
-    /// Where to run the kernels: auto (a GPU when there is one), cpu, cuda, or cuda:N. Not
-    /// part of the output: the analysis and the crop are the same bytes on both.
-    #[arg(long, default_value_t, value_name = "auto|cpu|cuda|cuda:N")]
-    #[serde(default, skip_serializing)]
-    pub device: crate::gpu::DeviceChoice,
-    /// Device memory this rank may use on a GPU, e.g. 8G (default: 80% of the free memory,
-    /// shared by the ranks on that GPU); patterns are sent in batches of half of it.
-    #[arg(long)]
-    #[serde(default, skip_serializing)]
-    pub gpu_memory_limit: Option<String>,
-    /// Chunk compression (Zarr/HDF5 outputs).
-    #[arg(long, value_enum, default_value_t)]
-    #[serde(default)]
-    pub codec: Codec,
-    #[command(flatten)]
-    #[serde(skip)]
-    pub run: RunOptions,
+job_params! {
+    /// `tessera crop`: two-pass automatic cropping of diffraction patterns.
+    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
+    #[serde(deny_unknown_fields)]
+    pub struct CropJob {
+        /// Patterns (N, H, W), (N, 1, H, W) or a 4D-STEM scan (Sy, Sx, H, W). Not with --test-mode.
+        #[arg(long)]
+        #[serde(default)]
+        pub input: Option<String>,
+        /// Output array address (leading axes kept, (H, W) replaced by the crop).
+        #[arg(long)]
+        pub output: String,
+        /// Fraction of each pattern's intensity the crop must keep.
+        #[arg(long, default_value_t = default_target_retention())]
+        #[serde(default = "default_target_retention")]
+        pub target_retention: f64,
+        /// Lowest acceptable retention of any pattern (validation).
+        #[arg(long, default_value_t = default_min_retention())]
+        #[serde(default = "default_min_retention")]
+        pub min_retention: f64,
+        /// Pixels added to the radius.
+        #[arg(long, default_value_t = default_margin())]
+        #[serde(default = "default_margin")]
+        pub margin_pixels: u64,
+        /// Percentile of the per-pattern radii used for the global radius (100 = max).
+        #[arg(long, default_value_t = default_percentile())]
+        #[serde(default = "default_percentile")]
+        pub percentile: f64,
+        /// How each pattern's centre is found.
+        #[arg(long, value_enum, default_value_t)]
+        #[serde(default)]
+        pub center: super::kernel::CentreMethod,
+        /// The centre for --center manual, as Y,X (pixels).
+        #[arg(long, value_delimiter = ',')]
+        #[serde(default)]
+        pub manual_center: Option<Vec<f64>>,
+        /// Crop each pattern around its own centre, or all around the mean centre.
+        #[arg(long, value_enum, default_value_t)]
+        #[serde(default)]
+        pub recenter: Recenter,
+        /// Patterns read at once per rank (memory is bounded by this, not by N).
+        #[arg(long, default_value_t = default_chunk_size())]
+        #[serde(default = "default_chunk_size")]
+        pub chunk_size: u64,
+        /// Skip the PNG.
+        #[arg(long)]
+        #[serde(default)]
+        pub no_visualization: bool,
+        /// Exit non-zero when any pattern keeps less than --min-retention.
+        #[arg(long)]
+        #[serde(default)]
+        pub strict: bool,
+        /// Synthesise Airy-disk patterns with Poisson noise and crop those.
+        #[arg(long)]
+        #[serde(default)]
+        pub test_mode: bool,
+        /// Number of synthetic patterns.
+        #[arg(long, default_value_t = default_test_patterns())]
+        #[serde(default = "default_test_patterns")]
+        pub test_patterns: u64,
+        /// Side of the synthetic patterns.
+        #[arg(long, default_value_t = default_test_size())]
+        #[serde(default = "default_test_size")]
+        pub test_size: u64,
+        /// Seed of the synthetic data.
+        seed,
+        /// Where to run the kernels: auto (a GPU when there is one), cpu, cuda, or cuda:N. Not
+        /// part of the output: the analysis and the crop are the same bytes on both.
+        device,
+        /// Device memory this rank may use on a GPU, e.g. 8G (default: 80% of the free memory,
+        /// shared by the ranks on that GPU); patterns are sent in batches of half of it.
+        gpu_memory_limit,
+        /// Chunk compression (Zarr/HDF5 outputs).
+        codec,
+        run,
+    }
 }

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::sync::Once;
 
 use ndarray::ArrayD;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 use crate::error::{Error, Result};
@@ -118,12 +119,7 @@ fn image<DB: DrawingBackend>(
                 YELLOW.stroke_width(1),
             )])
             .map_err(|e| e.to_string())?;
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(|e| e.to_string())?;
+        draw_legend(&mut chart)?;
     }
     Ok(())
 }
@@ -184,13 +180,19 @@ fn histogram<DB: DrawingBackend>(
             .label(label.clone())
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 15, y)], c));
     }
+    draw_legend(&mut chart)
+}
+
+/// The box of the chart's labelled series.
+fn draw_legend<'a, DB: DrawingBackend + 'a>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
+) -> std::result::Result<(), String> {
     chart
         .configure_series_labels()
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()
-        .map_err(|e| e.to_string())?;
-    Ok(())
+        .map_err(|e| e.to_string())
 }
 
 /// Draws the figure to `path` (PNG, [`SIZE`]).

@@ -10,8 +10,8 @@ use super::debevec::{self, WeightType};
 use super::{Image, Merged};
 use crate::error::{Error, Result};
 use crate::gpu::cuda::{
-    launch_error, sys, CudaFunction, CudaSlice, DeviceRepr, Gpu, HostPhase, LaunchConfig, Phase,
-    PinnedHostSlice, PushKernelArg,
+    launch_error, sys, CudaFunction, CudaSlice, CudaStream, DeviceRepr, Gpu, HostPhase,
+    LaunchConfig, Phase, PinnedHostSlice, PushKernelArg,
 };
 use crate::gpu::kernels;
 
@@ -194,29 +194,14 @@ impl DebevecGpu {
             gpu.give_back(pin);
             let mut out = gpu.alloc::<u8>(s, 4 * c * m)?;
             let mut count = gpu.zeros::<u64>(s, 1)?;
-            let geom = MergeGeom {
-                pixels: m as i64,
-                channels: c as i64,
-                exposures: e as i64,
-            };
+            let geom = MergeGeom::of(m, c, e);
             let launch = prepared_launch(gpu, &kernel, &geom);
-            let shared = launch.shared_floats as i64;
+            let tables = (&dev_tables, &dev_fallback);
             gpu.inputs_sent()?;
             gpu.timed(Phase::Kernel, 0, s, || {
-                let mut b = s.launch_builder(&kernel);
-                b.arg(&geom)
-                    .arg(&planes)
-                    .arg(&dev_tables)
-                    .arg(&dev_fallback)
-                    .arg(&mut out)
-                    .arg(&mut count)
-                    .arg(&shared);
-                // SAFETY: arguments match debevec.cu; planes hold e x c x m values, the tables
-                // c x e x 256 pairs (shared_floats of them fit the block's shared memory), the
-                // fallbacks c x 2 x 256, out m x c floats.
-                unsafe { b.launch(launch.config()) }
-                    .map(|_| ())
-                    .map_err(launch_error("Debevec kernel"))
+                launch_merge(
+                    s, &kernel, &geom, launch, &planes, tables, &mut out, &mut count,
+                )
             })?;
             let host = gpu.receive(s, &out, 4 * c * m)?;
             let next = Band {
@@ -260,6 +245,58 @@ impl DebevecGpu {
     }
 }
 
+/// Launches `debevec_merge` on `s` for `geom`: `planes` (exposure, channel, pixel) u8 values,
+/// the `(tables, fallbacks)` of [`tables`], the radiance into `out` (4 bytes per pixel and
+/// channel, as bytes or floats) and the unusable values counted into `count`.
+///
+/// # Errors
+/// Buffers smaller than `geom` needs (a bug); a failed launch.
+#[allow(clippy::too_many_arguments)]
+fn launch_merge<O: DeviceRepr>(
+    s: &Arc<CudaStream>,
+    kernel: &CudaFunction,
+    geom: &MergeGeom,
+    launch: MergeLaunch,
+    planes: &CudaSlice<u8>,
+    (tables, fallback): (&CudaSlice<f32>, &CudaSlice<f32>),
+    out: &mut CudaSlice<O>,
+    count: &mut CudaSlice<u64>,
+) -> Result<()> {
+    let (m, c, e) = (
+        geom.pixels as usize,
+        geom.channels as usize,
+        geom.exposures as usize,
+    );
+    let fits = [
+        planes.len() >= e * c * m,
+        tables.len() >= c * e * 256 * 2,
+        fallback.len() >= c * 2 * 256,
+        out.len() * std::mem::size_of::<O>() >= 4 * c * m,
+        !count.is_empty(),
+    ];
+    if fits.contains(&false) {
+        return Err(Error::gpu(format!(
+            "Debevec kernel: buffers too small for {m} pixels of {c} channel(s) x {e} exposures"
+        )));
+    }
+    let shared = launch.shared_floats as i64;
+    let mut b = s.launch_builder(kernel);
+    b.arg(geom)
+        .arg(planes)
+        .arg(tables)
+        .arg(fallback)
+        .arg(out)
+        .arg(count)
+        .arg(&shared);
+    // SAFETY: arguments match debevec.cu, at least as large as it reads and writes them
+    // (checked above): planes e x c x m values, the tables c x e x 256 pairs (shared_floats
+    // of them fit the block's shared memory: prepared_launch), the fallbacks c x 2 x 256, out
+    // m x c floats.
+    unsafe { b.launch(launch.config()) }
+        .map(|_| ())
+        .map_err(launch_error("Debevec kernel"))
+}
+
 /// `tessera bench hdr --device cuda`: the Debevec kernel on a resident bracket (planes
 /// (exposure, channel, pixel)); kernel seconds (best of `repeats`) and the radiance.
 ///
@@ -292,26 +329,20 @@ pub fn bench_debevec(
     let mut out = gpu.alloc::<f32>(s, n * c)?;
     let mut count = gpu.zeros::<u64>(s, 1)?;
     let kernel = gpu.function(&kernels::DEBEVEC, "debevec_merge")?;
-    let geom = MergeGeom {
-        pixels: n as i64,
-        channels: c as i64,
-        exposures: e as i64,
-    };
+    let geom = MergeGeom::of(n, c, e);
     let launch = prepared_launch(gpu, &kernel, &geom);
-    let shared = launch.shared_floats as i64;
+    let tables = (&dev_tables, &dev_fallback);
     let seconds = gpu.kernel_seconds(repeats, || {
-        let mut b = s.launch_builder(&kernel);
-        b.arg(&geom)
-            .arg(&dev_planes)
-            .arg(&dev_tables)
-            .arg(&dev_fallback)
-            .arg(&mut out)
-            .arg(&mut count)
-            .arg(&shared);
-        // SAFETY: as in DebevecGpu::merge, for the whole bracket.
-        unsafe { b.launch(launch.config()) }
-            .map(|_| ())
-            .map_err(launch_error("Debevec kernel"))
+        launch_merge(
+            s,
+            &kernel,
+            &geom,
+            launch,
+            &dev_planes,
+            tables,
+            &mut out,
+            &mut count,
+        )
     })?;
     let host = s
         .clone_dtoh(&out)

@@ -198,6 +198,17 @@ pub struct MergeGeom {
     pub exposures: i64,
 }
 
+impl MergeGeom {
+    /// The merge of `pixels` pixels of `channels` channels in `exposures` exposures.
+    pub fn of(pixels: usize, channels: usize, exposures: usize) -> MergeGeom {
+        MergeGeom {
+            pixels: pixels as i64,
+            channels: channels as i64,
+            exposures: exposures as i64,
+        }
+    }
+}
+
 /// `g(z) - ln t` for every z: the fallback ln E of a pixel in one exposure.
 pub fn single_exposure(g: &[f64], ln_t: f64) -> [f32; 256] {
     std::array::from_fn(|z| (g[z] - ln_t) as f32)

@@ -6,6 +6,7 @@
 #include <cstddef>
 
 #include "debevec.cuh"
+#include "harness_support.h"
 
 extern "C" u64 tessera_host_debevec(const MergeGeom* g, const u8* planes, const float* tables,
                                     const float* fallback, float* out) {
@@ -21,9 +22,7 @@ extern "C" float tessera_host_exp_f32(float x) { return tessera_exp_f32(x); }
 
 // MergeGeom's layout as C++ sees it: size, then each field's offset in declaration order.
 extern "C" void tessera_host_merge_geom_layout(i64* out) {
-    const i64 v[] = {(i64)sizeof(MergeGeom), (i64)offsetof(MergeGeom, pixels),
-                     (i64)offsetof(MergeGeom, channels), (i64)offsetof(MergeGeom, exposures)};
-    for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) {
-        out[i] = v[i];
-    }
+#define F(field) offsetof(MergeGeom, field)
+    tessera_write_layout(out, {sizeof(MergeGeom), F(pixels), F(channels), F(exposures)});
+#undef F
 }

@@ -97,11 +97,7 @@ fn host_and_cpu(
         .flat_map(|(s, l)| s.iter().chain(l.iter()).copied())
         .collect();
     assert_eq!(tables_flat.len(), c * e * 256 * 2);
-    let geom = MergeGeom {
-        pixels: n as i64,
-        channels: c as i64,
-        exposures: e as i64,
-    };
+    let geom = MergeGeom::of(n, c, e);
     let mut got = vec![fill; n * c];
     // SAFETY: every buffer has the size debevec.cuh documents for this geometry.
     let got_unusable = unsafe {
@@ -303,11 +299,7 @@ fn debevec_merge_hand_checked() {
     ]
     .concat();
     let planes = [100u8, 255, 0, 132, 255, 0];
-    let geom = MergeGeom {
-        pixels: 3,
-        channels: 1,
-        exposures: 2,
-    };
+    let geom = MergeGeom::of(3, 1, 2);
     let mut out = [0.0f32; 3];
     // SAFETY: sizes as the geometry says.
     let n = unsafe {

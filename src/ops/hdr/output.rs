@@ -19,20 +19,25 @@ use crate::grid::{partition_contiguous, Region};
 use crate::io::safety::{self, Place, Written};
 use crate::io::{self, Address, Block, CreateSpec, DType};
 
+/// One merge to write: the job, the brackets found, the response (Debevec) and the merger
+/// that runs on the chosen device.
+#[derive(Clone, Copy)]
+pub struct Merge<'a> {
+    pub job: &'a MergeJob,
+    pub brackets: &'a [Bracket],
+    pub g: Option<&'a [Vec<f64>]>,
+    pub merger: &'a Merger,
+}
+
 /// Writes every bracket; the run summary for the report.
 ///
 /// # Errors
 /// Bad inputs or output; on several ranks, any rank's failure.
-pub fn write(
-    job: &MergeJob,
-    brackets: &[Bracket],
-    g: Option<&[Vec<f64>]>,
-    merger: &Merger,
-    comm: &dyn Comm,
-) -> Result<Vec<RunSummary>> {
+pub fn write(merge: Merge<'_>, comm: &dyn Comm) -> Result<Vec<RunSummary>> {
+    let Merge { job, brackets, .. } = merge;
     let (summary, unusable) = match job.format {
-        Format::Zarr => zarr(job, brackets, g, merger, comm)?,
-        Format::Exr | Format::Npy => per_bracket(job, brackets, g, merger, comm)?,
+        Format::Zarr => zarr(merge, comm)?,
+        Format::Exr | Format::Npy => per_bracket(merge, comm)?,
     };
     if comm.is_root() {
         let what = match job.method {
@@ -278,13 +283,8 @@ impl Tally {
 }
 
 /// One file per bracket.
-fn per_bracket(
-    job: &MergeJob,
-    brackets: &[Bracket],
-    g: Option<&[Vec<f64>]>,
-    merger: &Merger,
-    comm: &dyn Comm,
-) -> Result<(RunSummary, u64)> {
+fn per_bracket(merge: Merge<'_>, comm: &dyn Comm) -> Result<(RunSummary, u64)> {
+    let (job, brackets, merger) = (merge.job, merge.brackets, merge.merger);
     let started = Instant::now();
     let out = &job.output;
     check_bracket_outputs(job, brackets, comm)?;
@@ -316,7 +316,7 @@ fn per_bracket(
         })
         .collect();
     let resumed = mine.len() - todo.len();
-    let (tally, result) = merge_brackets(job, &todo, g, merger, comm.is_root(), started);
+    let (tally, result) = merge_brackets(job, &todo, merge.g, merger, comm.is_root(), started);
     let Tally {
         unusable,
         units,
@@ -469,13 +469,8 @@ fn merge_brackets(
 }
 
 /// The archive as one Zarr group, through the exec runner.
-fn zarr(
-    job: &MergeJob,
-    brackets: &[Bracket],
-    g: Option<&[Vec<f64>]>,
-    merger: &Merger,
-    comm: &dyn Comm,
-) -> Result<(RunSummary, u64)> {
+fn zarr(merge: Merge<'_>, comm: &dyn Comm) -> Result<(RunSummary, u64)> {
+    let (job, brackets) = (merge.job, merge.brackets);
     let address = Address::parse(&job.output.to_string_lossy())?;
     if !matches!(address, Address::Zarr { .. }) {
         return Err(Error::parameter(
@@ -491,8 +486,8 @@ fn zarr(
     let op = ZarrOp {
         job,
         brackets,
-        g,
-        merger,
+        g: merge.g,
+        merger: merge.merger,
         targets: vec![address],
         spec: CreateSpec {
             flat_chunk_keys: false,

@@ -1149,12 +1149,7 @@ fn close_group(
 /// # Errors
 /// A bad table or flag, an existing output.
 pub fn select(job: &PairsSelectJob, comm: &dyn Comm) -> Result<()> {
-    let done = if comm.is_root() {
-        select_on_root(job)
-    } else {
-        Ok(())
-    };
-    crate::comm::agree(comm, done)
+    crate::comm::on_root(comm, || select_on_root(job))
 }
 
 fn select_on_root(job: &PairsSelectJob) -> Result<()> {

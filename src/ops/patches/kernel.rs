@@ -488,11 +488,9 @@ mod tests {
     fn cut_and_statistics_in_one_go_equal_their_definition() {
         // Patch sides that are and are not multiples of the 8 lanes (rows then start on other
         // lanes), values of every magnitude and sign, zeros of both signs.
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = crate::grid::xorshift(0x9e37_79b9_7f4a_7c15);
         let slice = Array2::from_shape_fn((40, 37), |_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
+            let state = next();
             match state % 11 {
                 0 => 0.0,
                 1 => -0.0,

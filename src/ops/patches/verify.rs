@@ -50,12 +50,9 @@ pub fn run(args: &VerifyArgs, comm: &dyn Comm) -> Result<()> {
         patches += checked.rows.len();
         problems.extend(checked.run(comm)?);
     }
-    let verdict = if comm.is_root() {
+    crate::comm::on_root(comm, || {
         report(&problems, patches, datasets.len(), &args.output)
-    } else {
-        Ok(())
-    };
-    crate::comm::agree(comm, verdict)
+    })
 }
 
 /// Rank 0: the problems (the first [`LISTED`]) and the verdict.

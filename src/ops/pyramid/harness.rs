@@ -2,7 +2,7 @@
 //! grid by src/ops/pyramid/harness.cpp): on random boxes of random levels, every type the
 //! harness is built for, the mean, mode and Gaussian levels equal kernel.rs' bit for bit.
 
-use crate::gpu::harness_support::{assert_c_layout, layout};
+use crate::gpu::harness_support::{assert_c_layout, bits, layout};
 use std::ops::Range;
 
 use ndarray::{ArrayD, IxDyn};
@@ -42,80 +42,87 @@ type DiffPassFn<I> = unsafe extern "C" fn(
     i64,
 );
 
-/// The fused Gaussian passes of one type: first (T to f64), last (f64 to T), lone (T to T).
-macro_rules! gauss_passes {
-    ($($t:ty: $gin:ident, $gout:ident, $ginout:ident;)*) => {
+/// The host functions of each type `T` (reduce.cu's, named `tessera_host_<kind>_<T>`): the
+/// fused Gaussian passes (gauss_in: T to f64, gauss_out: f64 to T, gauss_inout: T to T), the
+/// reductions (mean, mode) and the rounding from f64 (round).
+macro_rules! host_kernels {
+    ($($t:ident)*) => { paste::paste! {
         extern "C" {
             $(
-                fn $gin(g: *const AxisGeom, first: *const i64, count: *const i64, at: *const i64,
-                        weights: *const f64, input: *const $t, out: *mut f64);
-                fn $gout(g: *const AxisGeom, first: *const i64, count: *const i64, at: *const i64,
-                         weights: *const f64, input: *const f64, out: *mut $t);
-                fn $ginout(g: *const AxisGeom, first: *const i64, count: *const i64,
-                           at: *const i64, weights: *const f64, input: *const $t, out: *mut $t);
+                fn [<tessera_host_gauss_in_ $t>](g: *const AxisGeom, first: *const i64,
+                    count: *const i64, at: *const i64, weights: *const f64, input: *const $t,
+                    out: *mut f64);
+                fn [<tessera_host_gauss_out_ $t>](g: *const AxisGeom, first: *const i64,
+                    count: *const i64, at: *const i64, weights: *const f64, input: *const f64,
+                    out: *mut $t);
+                fn [<tessera_host_gauss_inout_ $t>](g: *const AxisGeom, first: *const i64,
+                    count: *const i64, at: *const i64, weights: *const f64, input: *const $t,
+                    out: *mut $t);
+                fn [<tessera_host_mean_ $t>](g: *const ReduceGeom, input: *const $t,
+                    out: *mut $t, n: i64);
+                fn [<tessera_host_mode_ $t>](g: *const ReduceGeom, input: *const $t,
+                    out: *mut $t, n: i64);
+                fn [<tessera_host_round_ $t>](input: *const f64, out: *mut $t, n: i64);
             )*
         }
         $(
             impl GaussPasses for $t {
-                const GAUSS_IN: PassFn<$t, f64> = $gin;
-                const GAUSS_OUT: PassFn<f64, $t> = $gout;
-                const GAUSS_INOUT: PassFn<$t, $t> = $ginout;
+                const GAUSS_IN: PassFn<$t, f64> = [<tessera_host_gauss_in_ $t>];
+                const GAUSS_OUT: PassFn<f64, $t> = [<tessera_host_gauss_out_ $t>];
+                const GAUSS_INOUT: PassFn<$t, $t> = [<tessera_host_gauss_inout_ $t>];
+            }
+            impl HostReduce for $t {
+                const MEAN: ReduceFn<$t> = [<tessera_host_mean_ $t>];
+                const MODE: ReduceFn<$t> = [<tessera_host_mode_ $t>];
+                const ROUND: RoundFn<$t> = [<tessera_host_round_ $t>];
             }
         )*
-    };
+    } };
 }
 
-/// A type's fused Gaussian passes (reduce.cu's gauss_in_*, gauss_out_*, gauss_inout_*).
+/// A type's fused Gaussian passes.
 trait GaussPasses: Sized {
     const GAUSS_IN: PassFn<Self, f64>;
     const GAUSS_OUT: PassFn<f64, Self>;
     const GAUSS_INOUT: PassFn<Self, Self>;
 }
 
-gauss_passes! {
-    u8: tessera_host_gauss_in_u8, tessera_host_gauss_out_u8, tessera_host_gauss_inout_u8;
-    u16: tessera_host_gauss_in_u16, tessera_host_gauss_out_u16, tessera_host_gauss_inout_u16;
-    u32: tessera_host_gauss_in_u32, tessera_host_gauss_out_u32, tessera_host_gauss_inout_u32;
-    u64: tessera_host_gauss_in_u64, tessera_host_gauss_out_u64, tessera_host_gauss_inout_u64;
-    i8: tessera_host_gauss_in_i8, tessera_host_gauss_out_i8, tessera_host_gauss_inout_i8;
-    i16: tessera_host_gauss_in_i16, tessera_host_gauss_out_i16, tessera_host_gauss_inout_i16;
-    i32: tessera_host_gauss_in_i32, tessera_host_gauss_out_i32, tessera_host_gauss_inout_i32;
-    i64: tessera_host_gauss_in_i64, tessera_host_gauss_out_i64, tessera_host_gauss_inout_i64;
-    f32: tessera_host_gauss_in_f32, tessera_host_gauss_out_f32, tessera_host_gauss_inout_f32;
-    f64: tessera_host_gauss_in_f64, tessera_host_gauss_out_f64, tessera_host_gauss_inout_f64;
+/// A type's host reductions and rounding.
+trait HostReduce: Sized {
+    const MEAN: ReduceFn<Self>;
+    const MODE: ReduceFn<Self>;
+    const ROUND: RoundFn<Self>;
+}
+
+/// Every element type the harness is built for (harness.cpp instantiates the same), handed to
+/// the macro `$m`.
+macro_rules! voxel_types {
+    ($m:ident) => {
+        $m!(u8 u16 u32 u64 i8 i16 i32 i64 f32 f64);
+    };
+}
+
+voxel_types!(host_kernels);
+
+/// The difference fused with the last upsampling pass, for a pass input of f32 or f64.
+macro_rules! host_diff_pass {
+    ($($t:ty: $name:ident;)*) => {
+        extern "C" {
+            $(
+                fn $name(g: *const ReduceGeom, fine: *const f32, ga: *const AxisGeom,
+                         first: *const i64, count: *const i64, at: *const i64,
+                         weights: *const f64, input: *const $t, out: *mut f32, n: i64);
+            )*
+        }
+    };
+}
+
+host_diff_pass! {
+    f32: tessera_host_laplacian_diff_pass_f32;
+    f64: tessera_host_laplacian_diff_pass_f64;
 }
 
 extern "C" {
-    fn tessera_host_mean_u8(g: *const ReduceGeom, input: *const u8, out: *mut u8, n: i64);
-    fn tessera_host_mean_u16(g: *const ReduceGeom, input: *const u16, out: *mut u16, n: i64);
-    fn tessera_host_mean_u32(g: *const ReduceGeom, input: *const u32, out: *mut u32, n: i64);
-    fn tessera_host_mean_u64(g: *const ReduceGeom, input: *const u64, out: *mut u64, n: i64);
-    fn tessera_host_mean_i8(g: *const ReduceGeom, input: *const i8, out: *mut i8, n: i64);
-    fn tessera_host_mean_i16(g: *const ReduceGeom, input: *const i16, out: *mut i16, n: i64);
-    fn tessera_host_mean_i32(g: *const ReduceGeom, input: *const i32, out: *mut i32, n: i64);
-    fn tessera_host_mean_i64(g: *const ReduceGeom, input: *const i64, out: *mut i64, n: i64);
-    fn tessera_host_mean_f32(g: *const ReduceGeom, input: *const f32, out: *mut f32, n: i64);
-    fn tessera_host_mean_f64(g: *const ReduceGeom, input: *const f64, out: *mut f64, n: i64);
-    fn tessera_host_mode_u8(g: *const ReduceGeom, input: *const u8, out: *mut u8, n: i64);
-    fn tessera_host_mode_u16(g: *const ReduceGeom, input: *const u16, out: *mut u16, n: i64);
-    fn tessera_host_mode_u32(g: *const ReduceGeom, input: *const u32, out: *mut u32, n: i64);
-    fn tessera_host_mode_u64(g: *const ReduceGeom, input: *const u64, out: *mut u64, n: i64);
-    fn tessera_host_mode_i8(g: *const ReduceGeom, input: *const i8, out: *mut i8, n: i64);
-    fn tessera_host_mode_i16(g: *const ReduceGeom, input: *const i16, out: *mut i16, n: i64);
-    fn tessera_host_mode_i32(g: *const ReduceGeom, input: *const i32, out: *mut i32, n: i64);
-    fn tessera_host_mode_i64(g: *const ReduceGeom, input: *const i64, out: *mut i64, n: i64);
-    fn tessera_host_mode_f32(g: *const ReduceGeom, input: *const f32, out: *mut f32, n: i64);
-    fn tessera_host_mode_f64(g: *const ReduceGeom, input: *const f64, out: *mut f64, n: i64);
-    fn tessera_host_round_u8(input: *const f64, out: *mut u8, n: i64);
-    fn tessera_host_round_u16(input: *const f64, out: *mut u16, n: i64);
-    fn tessera_host_round_u32(input: *const f64, out: *mut u32, n: i64);
-    fn tessera_host_round_u64(input: *const f64, out: *mut u64, n: i64);
-    fn tessera_host_round_i8(input: *const f64, out: *mut i8, n: i64);
-    fn tessera_host_round_i16(input: *const f64, out: *mut i16, n: i64);
-    fn tessera_host_round_i32(input: *const f64, out: *mut i32, n: i64);
-    fn tessera_host_round_i64(input: *const f64, out: *mut i64, n: i64);
-    fn tessera_host_round_f32(input: *const f64, out: *mut f32, n: i64);
-    fn tessera_host_round_f64(input: *const f64, out: *mut f64, n: i64);
     fn tessera_host_gauss_axis(
         g: *const AxisGeom,
         first: *const i64,
@@ -132,30 +139,6 @@ extern "C" {
         out: *mut f32,
         n: i64,
     );
-    fn tessera_host_laplacian_diff_pass_f64(
-        g: *const ReduceGeom,
-        fine: *const f32,
-        ga: *const AxisGeom,
-        first: *const i64,
-        count: *const i64,
-        at: *const i64,
-        weights: *const f64,
-        input: *const f64,
-        out: *mut f32,
-        n: i64,
-    );
-    fn tessera_host_laplacian_diff_pass_f32(
-        g: *const ReduceGeom,
-        fine: *const f32,
-        ga: *const AxisGeom,
-        first: *const i64,
-        count: *const i64,
-        at: *const i64,
-        weights: *const f64,
-        input: *const f32,
-        out: *mut f32,
-        n: i64,
-    );
     fn tessera_host_reduce_geom_layout(out: *mut i64);
 }
 
@@ -163,89 +146,31 @@ extern "C" {
 /// that modes have ties, and the type's extremes, so that means and Gaussians meet the
 /// 128-bit sums, the saturation and the overflowing f64 sums; floats also get NaN, -0.0 and
 /// 0.0).
-trait Voxel: Element + PartialOrd + GaussPasses {
-    const MEAN: ReduceFn<Self>;
-    const MODE: ReduceFn<Self>;
-    const ROUND: RoundFn<Self>;
+trait Voxel: Element + PartialOrd + GaussPasses + HostReduce {
     fn random(rng: &mut StdRng) -> Self;
-    fn bits(self) -> u64;
 }
 
 macro_rules! integer_voxel {
-    ($t:ty, $mean:ident, $mode:ident, $round:ident) => {
-        impl Voxel for $t {
-            const MEAN: ReduceFn<Self> = $mean;
-            const MODE: ReduceFn<Self> = $mode;
-            const ROUND: RoundFn<Self> = $round;
-            fn random(rng: &mut StdRng) -> Self {
-                match rng.random_range(0..10) {
-                    0..=3 => rng.random_range(0..4) as $t,
-                    4 => <$t>::MAX,
-                    5 => <$t>::MAX - 1,
-                    6 => <$t>::MIN,
-                    7 => <$t>::MIN + 1,
-                    _ => rng.random::<$t>(),
+    ($($t:ty)*) => {
+        $(
+            impl Voxel for $t {
+                fn random(rng: &mut StdRng) -> Self {
+                    match rng.random_range(0..10) {
+                        0..=3 => rng.random_range(0..4) as $t,
+                        4 => <$t>::MAX,
+                        5 => <$t>::MAX - 1,
+                        6 => <$t>::MIN,
+                        7 => <$t>::MIN + 1,
+                        _ => rng.random::<$t>(),
+                    }
                 }
             }
-            fn bits(self) -> u64 {
-                self as u64
-            }
-        }
+        )*
     };
 }
-integer_voxel!(
-    u8,
-    tessera_host_mean_u8,
-    tessera_host_mode_u8,
-    tessera_host_round_u8
-);
-integer_voxel!(
-    u16,
-    tessera_host_mean_u16,
-    tessera_host_mode_u16,
-    tessera_host_round_u16
-);
-integer_voxel!(
-    u32,
-    tessera_host_mean_u32,
-    tessera_host_mode_u32,
-    tessera_host_round_u32
-);
-integer_voxel!(
-    u64,
-    tessera_host_mean_u64,
-    tessera_host_mode_u64,
-    tessera_host_round_u64
-);
-integer_voxel!(
-    i8,
-    tessera_host_mean_i8,
-    tessera_host_mode_i8,
-    tessera_host_round_i8
-);
-integer_voxel!(
-    i16,
-    tessera_host_mean_i16,
-    tessera_host_mode_i16,
-    tessera_host_round_i16
-);
-integer_voxel!(
-    i32,
-    tessera_host_mean_i32,
-    tessera_host_mode_i32,
-    tessera_host_round_i32
-);
-integer_voxel!(
-    i64,
-    tessera_host_mean_i64,
-    tessera_host_mode_i64,
-    tessera_host_round_i64
-);
+integer_voxel!(u8 u16 u32 u64 i8 i16 i32 i64);
 
 impl Voxel for f32 {
-    const MEAN: ReduceFn<Self> = tessera_host_mean_f32;
-    const MODE: ReduceFn<Self> = tessera_host_mode_f32;
-    const ROUND: RoundFn<Self> = tessera_host_round_f32;
     fn random(rng: &mut StdRng) -> Self {
         match rng.random_range(0..11) {
             0 => f32::NAN,
@@ -259,15 +184,9 @@ impl Voxel for f32 {
             _ => (rng.random::<f32>() - 0.3) * 1e3,
         }
     }
-    fn bits(self) -> u64 {
-        u64::from(self.to_bits())
-    }
 }
 
 impl Voxel for f64 {
-    const MEAN: ReduceFn<Self> = tessera_host_mean_f64;
-    const MODE: ReduceFn<Self> = tessera_host_mode_f64;
-    const ROUND: RoundFn<Self> = tessera_host_round_f64;
     fn random(rng: &mut StdRng) -> Self {
         match rng.random_range(0..11) {
             0 => f64::NAN,
@@ -282,9 +201,6 @@ impl Voxel for f64 {
             _ => (rng.random::<f64>() - 0.3) * 1e6,
         }
     }
-    fn bits(self) -> u64 {
-        self.to_bits()
-    }
 }
 
 /// A random case: a level, factors (at least one above 1), an output box of the next level,
@@ -297,6 +213,17 @@ struct Case {
     in_box: Vec<Range<u64>>,
 }
 
+/// A random non-empty box of an array of `shape`.
+fn random_box_of(rng: &mut StdRng, shape: &[u64]) -> Vec<Range<u64>> {
+    shape
+        .iter()
+        .map(|&d| {
+            let lo = rng.random_range(0..d);
+            lo..rng.random_range(lo + 1..=d)
+        })
+        .collect()
+}
+
 fn random_case(rng: &mut StdRng, method: Method) -> Case {
     let nd = rng.random_range(1..=4);
     let level: Vec<u64> = (0..nd).map(|_| rng.random_range(1..=13)).collect();
@@ -304,13 +231,7 @@ fn random_case(rng: &mut StdRng, method: Method) -> Case {
     let a = rng.random_range(0..nd);
     factor[a] = factor[a].max(2);
     let next = kernel::next_shape(&level, &factor);
-    let out: Vec<Range<u64>> = next
-        .iter()
-        .map(|&d| {
-            let lo = rng.random_range(0..d);
-            lo..rng.random_range(lo + 1..=d)
-        })
-        .collect();
+    let out = random_box_of(rng, &next);
     let in_box = (0..nd)
         .map(|a| {
             let need = input_range(method, factor[a], level[a], &out[a]);
@@ -337,8 +258,8 @@ fn random_box<T: Voxel>(rng: &mut StdRng, case: &Case) -> ArrayD<T> {
 }
 
 fn assert_same_bits<T: Voxel>(what: &str, got: &[T], want: &ArrayD<T>, seed: u64) {
-    let want: Vec<u64> = want.iter().map(|v| v.bits()).collect();
-    let got: Vec<u64> = got.iter().map(|v| v.bits()).collect();
+    let want: Vec<u64> = want.iter().map(|&v| bits(v)).collect();
+    let got: Vec<u64> = got.iter().map(|&v| bits(v)).collect();
     if let Some(i) = (0..got.len()).find(|&i| got[i] != want[i]) {
         panic!(
             "{what} ({}), seed {seed}: voxel {i} of {}: host {:#x} vs CPU {:#x}",
@@ -483,21 +404,7 @@ fn host_diff_pass<I>(
 /// Passes of `gauss_axis` over an f64 box, one after the other.
 fn host_passes(mut cur: Vec<f64>, passes: &[AxisPass]) -> Vec<f64> {
     for pass in passes {
-        let mut next = vec![0.0; pass.len()];
-        // SAFETY: the tables index inside `cur` (the passes' contract, checked by the CPU
-        // comparisons) and `next` holds the pass's output.
-        unsafe {
-            tessera_host_gauss_axis(
-                &pass.geom,
-                pass.first.as_ptr(),
-                pass.count.as_ptr(),
-                pass.at.as_ptr(),
-                pass.weights.as_ptr(),
-                cur.as_ptr(),
-                next.as_mut_ptr(),
-            );
-        }
-        cur = next;
+        cur = host_pass(tessera_host_gauss_axis, pass, &cur);
     }
     cur
 }
@@ -531,13 +438,7 @@ fn check_laplacian_diff(seed: u64) {
     let coarse_level = kernel::next_shape(fine_level, factor);
     // The block whose difference map is made, the coarse box its upsampling reads, and the
     // fine box it sits in.
-    let block: Vec<Range<u64>> = fine_level
-        .iter()
-        .map(|&d| {
-            let lo = rng.random_range(0..d);
-            lo..rng.random_range(lo + 1..=d)
-        })
-        .collect();
+    let block = random_box_of(&mut rng, fine_level);
     let needed: Vec<Range<u64>> = (0..block.len())
         .map(|a| kernel::upsample_range(factor[a], coarse_level[a], &block[a]))
         .collect();
@@ -625,16 +526,12 @@ fn laplacian_difference_hand_checked() {
 
 #[test]
 fn mean_mode_and_gaussian_levels_equal_the_cpu_kernels_bit_for_bit() {
-    check_type::<u8>(150);
-    check_type::<u16>(150);
-    check_type::<u32>(150);
-    check_type::<u64>(150);
-    check_type::<i8>(150);
-    check_type::<i16>(150);
-    check_type::<i32>(150);
-    check_type::<i64>(150);
-    check_type::<f32>(150);
-    check_type::<f64>(150);
+    macro_rules! check_each {
+        ($($t:ident)*) => {
+            $(check_type::<$t>(150);)*
+        };
+    }
+    voxel_types!(check_each);
 }
 
 #[test]

@@ -692,13 +692,7 @@ mod tests {
     /// a larger one.
     #[test]
     fn separable_passes_give_the_definitions_bits() {
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = crate::grid::xorshift(0x2545_f491_4f6c_dd1d);
         let special = [
             0.0,
             -0.0,
@@ -765,13 +759,7 @@ mod tests {
     fn levels_do_not_depend_on_the_thread_count() {
         let shape = [9u64, 13, 11];
         let dims: Vec<usize> = shape.iter().map(|&n| n as usize).collect();
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = crate::grid::xorshift(0x9e37_79b9_7f4a_7c15);
         let ints = ArrayD::from_shape_fn(IxDyn(&dims), |_| (next() % 7) as u16);
         let floats = ArrayD::from_shape_fn(IxDyn(&dims), |_| (next() % 1000) as f32 / 7.0);
         let factor = [2u64, 2, 2];
@@ -926,13 +914,7 @@ mod tests {
     #[test]
     fn integer_means_keep_the_f64_means_bits_for_ordinary_values() {
         // Sums below 2^52: the exact mean rounds as the f64 sum / count did.
-        let mut s = 99u64;
-        let mut next = move || {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            s
-        };
+        let mut next = crate::grid::xorshift(99);
         for case in 0..2000 {
             let n = 1 + (next() % 27) as usize;
             let small = case % 2 == 0;

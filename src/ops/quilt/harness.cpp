@@ -8,6 +8,7 @@
 
 #include "stitch.cuh"
 #include "unstitch.cuh"
+#include "harness_support.h"
 
 namespace {
 
@@ -70,28 +71,15 @@ TESSERA_HOST_CUT(tessera_host_cut_u64, u64)
 // The geometry structs' layout as C++ sees it: size, then every field's offset in declaration
 // order, so the Rust twins can be checked field for field.
 extern "C" void tessera_host_stitch_geom_layout(i64* out) {
-    const i64 v[] = {(i64)sizeof(StitchGeom),
-                     (i64)offsetof(StitchGeom, channels),
-                     (i64)offsetof(StitchGeom, window),
-                     (i64)offsetof(StitchGeom, block),
-                     (i64)offsetof(StitchGeom, counts),
-                     (i64)offsetof(StitchGeom, first),
-                     (i64)offsetof(StitchGeom, offsets),
-                     (i64)offsetof(StitchGeom, with_variance),
-                     (i64)offsetof(StitchGeom, band_axis),
-                     (i64)offsetof(StitchGeom, band_rows),
-                     (i64)offsetof(StitchGeom, band_origin),
-                     (i64)offsetof(StitchGeom, band_starts)};
-    for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) {
-        out[i] = v[i];
-    }
+#define F(field) offsetof(StitchGeom, field)
+    tessera_write_layout(out, {sizeof(StitchGeom), F(channels), F(window), F(block), F(counts),
+                               F(first), F(offsets), F(with_variance), F(band_axis),
+                               F(band_rows), F(band_origin), F(band_starts)});
+#undef F
 }
 
 extern "C" void tessera_host_cut_geom_layout(i64* out) {
-    const i64 v[] = {(i64)sizeof(CutGeom), (i64)offsetof(CutGeom, channels),
-                     (i64)offsetof(CutGeom, window), (i64)offsetof(CutGeom, box),
-                     (i64)offsetof(CutGeom, patches)};
-    for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) {
-        out[i] = v[i];
-    }
+#define F(field) offsetof(CutGeom, field)
+    tessera_write_layout(out, {sizeof(CutGeom), F(channels), F(window), F(box), F(patches)});
+#undef F
 }

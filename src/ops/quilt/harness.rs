@@ -7,12 +7,14 @@ use std::ops::Range;
 use std::os::raw::c_int;
 
 use ndarray::{ArrayD, Axis, IxDyn};
+use num_traits::AsPrimitive;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::device::{band_start_table, cut_shape, stitch_shape, CutGeom, RowShape, StitchGeom};
 use super::kernel::{self, Blend, PatchRef, SplitAccumulator, Weighting};
-use crate::gpu::harness_support::{assert_c_layout, assert_same_bits, layout};
+use super::OutElement;
+use crate::gpu::harness_support::{assert_c_layout, assert_same_bits, bits, layout};
 use crate::grid::windows::WindowGrid;
 
 /// A host stitch: the whole block, returning the left-out NaN values.
@@ -36,88 +38,28 @@ type StitchFn<P, O> = unsafe extern "C" fn(
 /// (lanes, rows per block, blocks).
 type CutFn<T> = unsafe extern "C" fn(*const CutGeom, *const i64, *const T, *mut T, i64, i64, i64);
 
+/// The host stitch `tessera_host_stitch_<P>_<O>` for each (patch type, output type) pair, and
+/// the host gather `tessera_host_cut_<T>` for each element type (harness.cpp's instantiations).
+macro_rules! host_kernels {
+    (stitch $($p:ident => $o:ident)*; cut $($t:ident)*) => { paste::paste! {
+        extern "C" {
+            $(
+                fn [<tessera_host_stitch_ $p _ $o>](g: *const StitchGeom, ranges: *const i64,
+                    starts: *const i64, weights: *const f64, patches: *const $p,
+                    variances: *const $p, mean: *mut $o, wsum: *mut $o, std: *mut $o,
+                    with_wsum: c_int, lanes: i64, rows: i64, blocks: i64) -> u64;
+            )*
+            $(
+                fn [<tessera_host_cut_ $t>](g: *const CutGeom, starts: *const i64, bx: *const $t,
+                    out: *mut $t, lanes: i64, rows: i64, blocks: i64);
+            )*
+        }
+    } };
+}
+
+host_kernels!(stitch f32 => f32 f64 => f32 f64 => f64; cut u8 u16 u32 u64);
+
 extern "C" {
-    fn tessera_host_stitch_f32_f32(
-        g: *const StitchGeom,
-        ranges: *const i64,
-        starts: *const i64,
-        weights: *const f64,
-        patches: *const f32,
-        variances: *const f32,
-        mean: *mut f32,
-        wsum: *mut f32,
-        std: *mut f32,
-        with_wsum: c_int,
-        lanes: i64,
-        rows: i64,
-        blocks: i64,
-    ) -> u64;
-    fn tessera_host_stitch_f64_f32(
-        g: *const StitchGeom,
-        ranges: *const i64,
-        starts: *const i64,
-        weights: *const f64,
-        patches: *const f64,
-        variances: *const f64,
-        mean: *mut f32,
-        wsum: *mut f32,
-        std: *mut f32,
-        with_wsum: c_int,
-        lanes: i64,
-        rows: i64,
-        blocks: i64,
-    ) -> u64;
-    fn tessera_host_stitch_f64_f64(
-        g: *const StitchGeom,
-        ranges: *const i64,
-        starts: *const i64,
-        weights: *const f64,
-        patches: *const f64,
-        variances: *const f64,
-        mean: *mut f64,
-        wsum: *mut f64,
-        std: *mut f64,
-        with_wsum: c_int,
-        lanes: i64,
-        rows: i64,
-        blocks: i64,
-    ) -> u64;
-    fn tessera_host_cut_u8(
-        g: *const CutGeom,
-        starts: *const i64,
-        bx: *const u8,
-        out: *mut u8,
-        lanes: i64,
-        rows: i64,
-        blocks: i64,
-    );
-    fn tessera_host_cut_u16(
-        g: *const CutGeom,
-        starts: *const i64,
-        bx: *const u16,
-        out: *mut u16,
-        lanes: i64,
-        rows: i64,
-        blocks: i64,
-    );
-    fn tessera_host_cut_u32(
-        g: *const CutGeom,
-        starts: *const i64,
-        bx: *const u32,
-        out: *mut u32,
-        lanes: i64,
-        rows: i64,
-        blocks: i64,
-    );
-    fn tessera_host_cut_u64(
-        g: *const CutGeom,
-        starts: *const i64,
-        bx: *const u64,
-        out: *mut u64,
-        lanes: i64,
-        rows: i64,
-        blocks: i64,
-    );
     fn tessera_host_stitch_geom_layout(out: *mut i64);
     fn tessera_host_cut_geom_layout(out: *mut i64);
 }
@@ -170,46 +112,10 @@ fn the_production_launch_tables_are_the_checked_ones() {
 // ---------------------------------------------------------------------------------------------
 // stitch
 
-/// Patch element types the stitch kernels take.
-trait PatchValue: Copy + Into<f64> + Sync + Default + 'static {
-    fn from_f64(x: f64) -> Self;
-}
+/// Patch element types the stitch kernels take (f32, f64), made from f64 values.
+trait PatchValue: OutElement + Into<f64> {}
 
-impl PatchValue for f32 {
-    fn from_f64(x: f64) -> Self {
-        x as f32
-    }
-}
-
-impl PatchValue for f64 {
-    fn from_f64(x: f64) -> Self {
-        x
-    }
-}
-
-/// Output element types of the stitch kernels: rounded once from f64, compared by bits.
-trait OutValue: Send + Copy + Default + 'static {
-    fn from_f64(x: f64) -> Self;
-    fn bits(self) -> u64;
-}
-
-impl OutValue for f32 {
-    fn from_f64(x: f64) -> Self {
-        x as f32
-    }
-    fn bits(self) -> u64 {
-        u64::from(self.to_bits())
-    }
-}
-
-impl OutValue for f64 {
-    fn from_f64(x: f64) -> Self {
-        x
-    }
-    fn bits(self) -> u64 {
-        self.to_bits()
-    }
-}
+impl<T: OutElement + Into<f64>> PatchValue for T {}
 
 /// The kernel's inputs for one CPU stitch unit: one image, rows `rows` of its first spatial
 /// axis (the whole of the others), every window overlapping those rows, as stitch.cuh
@@ -426,20 +332,20 @@ struct StitchOut<O> {
     left_out: u64,
 }
 
-impl<O: OutValue> StitchOut<O> {
+impl<O: OutElement> StitchOut<O> {
     /// Every output bit for bit, and the count.
     fn same_bits(&self, other: &Self) -> bool {
-        let bits = |v: &[O]| v.iter().map(|x| x.bits()).collect::<Vec<u64>>();
-        bits(&self.mean) == bits(&other.mean)
-            && bits(&self.wsum) == bits(&other.wsum)
-            && bits(&self.std) == bits(&other.std)
+        let all_bits = |v: &[O]| v.iter().map(|&x| bits(x)).collect::<Vec<u64>>();
+        all_bits(&self.mean) == all_bits(&other.mean)
+            && all_bits(&self.wsum) == all_bits(&other.wsum)
+            && all_bits(&self.std) == all_bits(&other.std)
             && self.left_out == other.left_out
     }
 }
 
 /// Runs the host kernel on a unit, every output pre-filled with a sentinel.
 #[allow(clippy::too_many_arguments)]
-fn host_stitch<P: PatchValue, O: OutValue>(
+fn host_stitch<P: PatchValue, O: OutElement>(
     host: StitchFn<P, O>,
     unit: &StitchUnit,
     weights: &[f64],
@@ -543,7 +449,7 @@ struct CpuStitch<O> {
 /// per band g meeting the rows, a split accumulator of band g's windows plus, added row by
 /// row, the sums of band g - 1's windows; only the windows covering the unit are given, which
 /// are all that reach its pixels.
-fn cpu_banded<P: PatchValue, O: OutValue>(
+fn cpu_banded<P: PatchValue, O: OutElement>(
     case: &StitchCase,
     grid: &WindowGrid,
     unit: &StitchUnit,
@@ -602,7 +508,7 @@ fn cpu_banded<P: PatchValue, O: OutValue>(
 }
 
 /// Compares the host stitch of one random case with the CPU's banded stitch, bit for bit.
-fn check_stitch<P: PatchValue, O: OutValue>(
+fn check_stitch<P: PatchValue, O: OutElement>(
     rng: &mut StdRng,
     case: &StitchCase,
     host: StitchFn<P, O>,
@@ -656,21 +562,21 @@ fn check_stitch<P: PatchValue, O: OutValue>(
     );
     acc.add_all(&refs, &w);
     let cpu = cpu_banded::<P, O>(case, &grid, &unit, &refs, &w);
-    let bits = |v: &[O]| v.iter().map(|x| x.bits()).collect::<Vec<_>>();
-    let cpu_bits = |a: &ArrayD<O>| a.iter().map(|x| x.bits()).collect::<Vec<_>>();
+    let all_bits = |v: &[O]| v.iter().map(|&x| bits(x)).collect::<Vec<_>>();
+    let cpu_bits = |a: &ArrayD<O>| a.iter().map(|&x| bits(x)).collect::<Vec<_>>();
     let ctx: &dyn std::fmt::Debug = &(case, &unit.geom);
-    assert_same_bits("mean", &bits(&got.mean), &cpu_bits(&cpu.mean), ctx);
+    assert_same_bits("mean", &all_bits(&got.mean), &cpu_bits(&cpu.mean), ctx);
     let weights = acc.weights();
     if case.with_wsum {
-        assert_same_bits("weights", &bits(&got.wsum), &cpu_bits(&cpu.wsum), ctx);
+        assert_same_bits("weights", &all_bits(&got.wsum), &cpu_bits(&cpu.wsum), ctx);
     } else {
         assert!(
-            got.wsum.iter().all(|x| x.bits() == sentinel.bits()),
+            got.wsum.iter().all(|x| bits(*x) == bits(sentinel)),
             "weights written without with_wsum; {ctx:?}"
         );
     }
     match &cpu.std {
-        Some(std) => assert_same_bits("std", &bits(&got.std), &cpu_bits(std), ctx),
+        Some(std) => assert_same_bits("std", &all_bits(&got.std), &cpu_bits(std), ctx),
         None => assert!(got.std.is_empty()),
     }
     assert_eq!(got.left_out, acc.nan_pixels(), "left-out count; {ctx:?}");
@@ -771,6 +677,18 @@ fn stitch_hand_checked() {
     let w = kernel::weights(&[2, 2], &uniform);
     assert!(w.iter().all(|&x| x == 1.0));
     let wflat: Vec<f64> = w.iter().copied().collect();
+    // The f64 stitch with the weights, writing the weight sums, -1 where nothing lands.
+    let stitch_f64 = |unit: &StitchUnit, patches: &[f64], variances: Option<&[f64]>| {
+        host_stitch(
+            tessera_host_stitch_f64_f64,
+            unit,
+            &wflat,
+            patches,
+            variances,
+            true,
+            -1.0,
+        )
+    };
 
     // Step 2: four windows that tile the image; window k = 2 ky + kx holds 10 k + 2 i + j
     // at its pixel (i, j), so each pixel is its one patch's value with weight 1.
@@ -779,15 +697,7 @@ fn stitch_hand_checked() {
     let patches: Vec<f64> = (0..4)
         .flat_map(|k| (0..4).map(move |p| f64::from(10 * k + p)))
         .collect();
-    let got = host_stitch(
-        tessera_host_stitch_f64_f64,
-        &unit,
-        &wflat,
-        &patches,
-        None,
-        true,
-        -1.0,
-    );
+    let got = stitch_f64(&unit, &patches, None);
     let expect = flat(&[
         [0.0, 1.0, 10.0, 11.0],
         [2.0, 3.0, 12.0, 13.0],
@@ -822,15 +732,7 @@ fn stitch_hand_checked() {
         .flat_map(|k| std::iter::repeat_n(f64::from(k), 4))
         .collect();
     let variances = vec![1.0; 36];
-    let got = host_stitch(
-        tessera_host_stitch_f64_f64,
-        &unit,
-        &wflat,
-        &patches,
-        Some(&variances),
-        true,
-        -1.0,
-    );
+    let got = stitch_f64(&unit, &patches, Some(&variances));
     let mean = flat(&[
         [0.0, 0.5, 1.5, 2.0],
         [1.5, 2.0, 3.0, 3.5],
@@ -873,15 +775,7 @@ fn stitch_hand_checked() {
     // value left out; no other pixel changes.
     let mut with_nan = patches.clone();
     with_nan[4 * 4] = f64::NAN;
-    let got = host_stitch(
-        tessera_host_stitch_f64_f64,
-        &unit,
-        &wflat,
-        &with_nan,
-        Some(&variances),
-        true,
-        -1.0,
-    );
+    let got = stitch_f64(&unit, &with_nan, Some(&variances));
     let mut mean_nan = mean.clone();
     mean_nan[5] = 4.0 / 3.0;
     let mut wsum_nan = wsum.clone();
@@ -900,15 +794,7 @@ fn stitch_hand_checked() {
     assert_eq!(unit.ranges[2..6], [0, 2, 1, 3]);
     assert_eq!(unit.starts[1..4], [-1, 0, 1]);
     assert_eq!((unit.geom.first, unit.patches), (0, 9));
-    let got = host_stitch(
-        tessera_host_stitch_f64_f64,
-        &unit,
-        &wflat,
-        &patches,
-        Some(&variances),
-        true,
-        -1.0,
-    );
+    let got = stitch_f64(&unit, &patches, Some(&variances));
     assert_eq!(got.mean, mean[4..12]);
     assert_eq!(got.wsum, wsum[4..12]);
     assert_eq!(got.std, std[4..12]);
@@ -916,15 +802,7 @@ fn stitch_hand_checked() {
     // The bottom row alone: only window row 2 overlaps it (first = 2 x 3 windows per row).
     let unit = stitch_unit(&grid, 3..4, 1, false, [0; 3], 2);
     assert_eq!((unit.geom.first, unit.patches), (6, 3));
-    let got = host_stitch(
-        tessera_host_stitch_f64_f64,
-        &unit,
-        &wflat,
-        &patches[6 * 4..],
-        None,
-        true,
-        -1.0,
-    );
+    let got = stitch_f64(&unit, &patches[6 * 4..], None);
     assert_eq!(got.mean, mean[12..]);
     assert_eq!(got.wsum, wsum[12..]);
 }
@@ -932,34 +810,44 @@ fn stitch_hand_checked() {
 // ---------------------------------------------------------------------------------------------
 // unstitch
 
-/// Element types of the gather, made from random bits.
-trait CutValue: Copy + PartialEq + std::fmt::Debug + 'static {
-    fn from_bits(x: u64) -> Self;
-}
-
-impl CutValue for u8 {
-    fn from_bits(x: u64) -> Self {
-        x as u8
-    }
-}
-impl CutValue for u16 {
-    fn from_bits(x: u64) -> Self {
-        x as u16
-    }
-}
-impl CutValue for u32 {
-    fn from_bits(x: u64) -> Self {
-        x as u32
-    }
-}
-impl CutValue for u64 {
-    fn from_bits(x: u64) -> Self {
-        x
-    }
+/// Runs a host gather of the windows at `starts` (3 per patch) out of `bx` into `out` with the
+/// launch `shape`.
+fn host_cut<T>(
+    host: CutFn<T>,
+    geom: &CutGeom,
+    starts: &[i64],
+    bx: &[T],
+    out: &mut [T],
+    shape: RowShape,
+) {
+    let windows = (geom.patches * geom.channels * geom.window.iter().product::<i64>()) as usize;
+    assert_eq!(starts.len(), 3 * geom.patches as usize);
+    assert_eq!(
+        bx.len(),
+        (geom.channels * geom.r#box.iter().product::<i64>()) as usize
+    );
+    assert_eq!(out.len(), windows);
+    // SAFETY: out holds patches x channels x window elements, starts 3 per patch, the box
+    // its elements (checked above); the callers' windows lie inside the box.
+    unsafe {
+        host(
+            geom,
+            starts.as_ptr(),
+            bx.as_ptr(),
+            out.as_mut_ptr(),
+            i64::from(shape.lanes),
+            i64::from(shape.rows),
+            i64::from(shape.blocks),
+        )
+    };
 }
 
 /// Compares one random gather with kernel::cut_window per patch; returns the elements checked.
-fn check_cut<T: CutValue>(rng: &mut StdRng, host: CutFn<T>) -> usize {
+fn check_cut<T>(rng: &mut StdRng, host: CutFn<T>) -> usize
+where
+    T: Copy + PartialEq + std::fmt::Debug + 'static,
+    u64: AsPrimitive<T>,
+{
     let nd = if rng.random_bool(0.5) { 2 } else { 3 };
     let channels = rng.random_range(1..=4usize);
     let bx: Vec<u64> = (0..nd).map(|_| rng.random_range(1..=12)).collect();
@@ -975,7 +863,7 @@ fn check_cut<T: CutValue>(rng: &mut StdRng, host: CutFn<T>) -> usize {
         .collect();
     let mut shape = vec![channels];
     shape.extend(bx.iter().map(|&n| n as usize));
-    let image = ArrayD::from_shape_simple_fn(IxDyn(&shape), || T::from_bits(rng.random()));
+    let image = ArrayD::from_shape_simple_fn(IxDyn(&shape), || rng.random::<u64>().as_());
     let lift = |v: &[u64], fill: u64| {
         let mut out = [fill as i64; 3];
         for (o, &x) in out[3 - v.len()..].iter_mut().zip(v) {
@@ -992,7 +880,7 @@ fn check_cut<T: CutValue>(rng: &mut StdRng, host: CutFn<T>) -> usize {
     let flat_starts: Vec<i64> = starts.iter().flat_map(|s| lift(s, 0)).collect();
     let boxflat: Vec<T> = image.iter().copied().collect();
     let wsize: u64 = window.iter().product();
-    let sentinel = T::from_bits(0xA5A5_A5A5_A5A5_A5A5);
+    let sentinel: T = 0xA5A5_A5A5_A5A5_A5A5u64.as_();
     let expect: Vec<T> = starts
         .iter()
         .flat_map(|s| {
@@ -1010,19 +898,7 @@ fn check_cut<T: CutValue>(rng: &mut StdRng, host: CutFn<T>) -> usize {
     };
     for shape in [own, narrow] {
         let mut out = vec![sentinel; m * channels * wsize as usize];
-        // SAFETY: out holds patches x channels x window elements, starts 3 per patch, and
-        // every window lies inside the box.
-        unsafe {
-            host(
-                &geom,
-                flat_starts.as_ptr(),
-                boxflat.as_ptr(),
-                out.as_mut_ptr(),
-                i64::from(shape.lanes),
-                i64::from(shape.rows),
-                i64::from(shape.blocks),
-            )
-        };
+        host_cut(host, &geom, &flat_starts, &boxflat, &mut out, shape);
         assert_eq!(out, expect, "{geom:?} starts {starts:?} {shape:?}");
     }
     expect.len()
@@ -1056,19 +932,14 @@ fn unstitch_gather_hand_checked() {
     };
     let starts = [0i64, 1, 2, 0, 2, 4];
     let mut out = vec![0u16; 2 * 2 * 6];
-    // SAFETY: sizes as the geometry says; both windows lie inside the box.
-    let shape = cut_shape(&geom);
-    unsafe {
-        tessera_host_cut_u16(
-            &geom,
-            starts.as_ptr(),
-            image.as_ptr(),
-            out.as_mut_ptr(),
-            i64::from(shape.lanes),
-            i64::from(shape.rows),
-            i64::from(shape.blocks),
-        )
-    };
+    host_cut(
+        tessera_host_cut_u16,
+        &geom,
+        &starts,
+        &image,
+        &mut out,
+        cut_shape(&geom),
+    );
     #[rustfmt::skip]
     let expect = [
         12, 13, 22, 23, 32, 33, 112, 113, 122, 123, 132, 133,

@@ -615,6 +615,28 @@ impl Accumulator {
     }
 }
 
+/// How many of the windows `windows` (indices along the first axis, starting at `starts`,
+/// `window` rows high) cover each of `rows`: the work per row that
+/// [`SplitAccumulator::balanced_cuts`] shares out.
+pub fn coverage(starts: &[u64], window: u64, rows: &Range<u64>, windows: &Range<u64>) -> Vec<u64> {
+    let mut delta = vec![0i64; (rows.end - rows.start) as usize + 1];
+    for &start in &starts[windows.start as usize..windows.end as usize] {
+        let (lo, hi) = (start.max(rows.start), (start + window).min(rows.end));
+        if lo < hi {
+            delta[(lo - rows.start) as usize] += 1;
+            delta[(hi - rows.start) as usize] -= 1;
+        }
+    }
+    let mut level = 0i64;
+    delta[..delta.len() - 1]
+        .iter()
+        .map(|d| {
+            level += d;
+            level as u64
+        })
+        .collect()
+}
+
 /// One patch for [`SplitAccumulator::add_all`]: values, optional variances, window start.
 pub type PatchRef<'a, T> = (ArrayViewD<'a, T>, Option<ArrayViewD<'a, T>>, Vec<u64>);
 

@@ -256,7 +256,7 @@ pub fn stitch<T: PatchValue, O: OutElement + Send>(
             let mut block = vec![reach.end - reach.start];
             block.extend(&spatial[1..]);
             let cuts = SplitAccumulator::balanced_cuts(
-                &coverage(&starts, geometry.window[0], &reach, &windows),
+                &kernel::coverage(&starts, geometry.window[0], &reach, &windows),
                 rayon::current_num_threads(),
             );
             // One accumulator for every band and image of the call, emptied between them:
@@ -320,27 +320,6 @@ fn fill<O: OutElement + Send>(
     }
 }
 
-/// How many of the windows `windows` (indices along the first axis, starting at `starts`,
-/// `window` rows high) cover each of `rows`: the work per row that balances the parts.
-fn coverage(starts: &[u64], window: u64, rows: &Range<u64>, windows: &Range<u64>) -> Vec<u64> {
-    let mut delta = vec![0i64; (rows.end - rows.start) as usize + 1];
-    for &start in &starts[windows.start as usize..windows.end as usize] {
-        let (lo, hi) = (start.max(rows.start), (start + window).min(rows.end));
-        if lo < hi {
-            delta[(lo - rows.start) as usize] += 1;
-            delta[(hi - rows.start) as usize] -= 1;
-        }
-    }
-    let mut level = 0i64;
-    delta[..delta.len() - 1]
-        .iter()
-        .map(|d| {
-            level += d;
-            level as u64
-        })
-        .collect()
-}
-
 /// qlty's border tensor for a window (1 inside, 0 in the border band): the array `quilt
 /// border-mask` writes, with its checks.
 ///
@@ -348,20 +327,7 @@ fn coverage(starts: &[u64], window: u64, rows: &Range<u64>, windows: &Range<u64>
 /// A border of half the window or more, a window with a zero size, a mask too large for the
 /// memory.
 pub fn border_mask(window: &[u64], border: &[u64]) -> Result<ArrayD<u8>> {
-    let border =
-        crate::grid::windows::check_border(border, window).map_err(super::from_geometry_error)?;
-    if window.is_empty() || window.contains(&0) {
-        return Err(Error::parameter(
-            "window",
-            "needs positive sizes, e.g. 128,128",
-        ));
-    }
-    let bytes = crate::grid::checked_product("window", window)?;
-    crate::grid::to_usize("window", bytes)?;
-    crate::exec::memory::check(
-        &format!("a uint8 mask of --window {}", crate::grid::join(window)),
-        bytes,
-    )?;
+    let border = super::mask_border(window, border)?;
     Ok(kernel::border_mask(window, &border))
 }
 

@@ -419,17 +419,13 @@ impl Operation for UnstitchOp {
     }
 }
 
-/// `tessera quilt border-mask`: a small array, written whole by one process, staged like any
-/// output.
+/// The border per axis of a border mask of `window`, once the mask is known to be possible
+/// and to fit in memory.
 ///
 /// # Errors
-/// A bad window/border, or an output problem.
-pub fn write_border_mask(
-    output: &str,
-    window: &[u64],
-    border: &[u64],
-    overwrite: bool,
-) -> Result<()> {
+/// A border of half the window or more, a window with a zero size, a mask too large for the
+/// memory.
+fn mask_border(window: &[u64], border: &[u64]) -> Result<Vec<u64>> {
     let border = check_border(border, window).map_err(from_geometry_error)?;
     if window.is_empty() || window.contains(&0) {
         return Err(Error::parameter(
@@ -443,6 +439,21 @@ pub fn write_border_mask(
         &format!("a uint8 mask of --window {}", crate::grid::join(window)),
         bytes,
     )?;
+    Ok(border)
+}
+
+/// `tessera quilt border-mask`: a small array, written whole by one process, staged like any
+/// output.
+///
+/// # Errors
+/// A bad window/border, or an output problem.
+pub fn write_border_mask(
+    output: &str,
+    window: &[u64],
+    border: &[u64],
+    overwrite: bool,
+) -> Result<()> {
+    let border = mask_border(window, border)?;
     let target = Address::parse(output)?;
     let spec = crate::ops::plain_spec(
         window.to_vec(),
@@ -1357,7 +1368,7 @@ impl StitchOp {
     fn accumulator(&self, rows: Range<u64>, windows: &Range<u64>) -> SplitAccumulator {
         let (origin, block) = self.rows_box(&rows);
         let cuts = SplitAccumulator::balanced_cuts(
-            &self.coverage(&rows, windows),
+            &kernel::coverage(&self.starts, self.geometry.window[0], &rows, windows),
             rayon::current_num_threads(),
         );
         let spare = self
@@ -1382,27 +1393,6 @@ impl StitchOp {
         let mut block = vec![rows.end - rows.start];
         block.extend(&spatial[1..]);
         (origin, block)
-    }
-
-    /// How many of the windows `windows` (indices along the first axis) cover each of `rows`.
-    fn coverage(&self, rows: &Range<u64>, windows: &Range<u64>) -> Vec<u64> {
-        let mut delta = vec![0i64; (rows.end - rows.start) as usize + 1];
-        let window = self.geometry.window[0];
-        for &start in &self.starts[windows.start as usize..windows.end as usize] {
-            let (lo, hi) = (start.max(rows.start), (start + window).min(rows.end));
-            if lo < hi {
-                delta[(lo - rows.start) as usize] += 1;
-                delta[(hi - rows.start) as usize] -= 1;
-            }
-        }
-        let mut level = 0i64;
-        delta[..delta.len() - 1]
-            .iter()
-            .map(|d| {
-                level += d;
-                level as u64
-            })
-            .collect()
     }
 
     /// Adds the windows of image `n` whose indices along the first axis are `window_rows`,
