@@ -208,6 +208,11 @@ impl Machine<'_> {
         Ok(())
     }
 
+    /// Runs the pickle to its STOP and returns the value it leaves.
+    ///
+    /// Long on purpose: an interpreter's dispatch, one short match arm per opcode of the
+    /// subset `torch.save` writes; splitting the table would scatter the opcodes a reader
+    /// checks against pickle's own list.
     fn run(mut self) -> Result<Value, String> {
         loop {
             if self.stack.len() > MAX_DEPTH * 64 {
