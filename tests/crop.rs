@@ -474,3 +474,37 @@ fn patterns_scaled_near_the_subnormals_give_the_unscaled_radius() {
     );
     assert!(!out.exists());
 }
+
+#[test]
+fn crops_are_the_same_on_any_thread_count() {
+    // Issue 30: the cropped patterns and the results at 1, 2 and 3 threads.
+    let d = tempfile::tempdir().unwrap();
+    let mut rng = Rng::new(91);
+    let patterns = ArrayD::from_shape_fn(IxDyn(&[23, 1, 31, 29]), |ix| {
+        let (y, x) = (
+            ix[2] as f32 - 14.0,
+            ix[3] as f32 - 15.0 + (ix[0] % 5) as f32,
+        );
+        (1000.0 * (-(y * y + x * x) / 30.0).exp()) as u16 + rng.below(20) as u16
+    });
+    let input = d.path().join("p.npy");
+    write_npy(&input, &patterns).unwrap();
+    assert_same_on_1_2_3_threads(
+        d.path(),
+        &["c.npy", "c_radii.npy", "c_centers.npy", "c_retention.npy"],
+        &[("TESSERA_UNIT_BYTES", "20000")],
+        |at| {
+            io_line("crop", &input, &at.join("c.npy"), "--no-visualization")
+                .into_iter()
+                .map(String::from)
+                .collect()
+        },
+    ); // The results too, but for the time taken.
+    let strip = |t: &str| {
+        let mut r = results(&d.path().join(format!("threads-{t}/c.npy")));
+        r.as_object_mut().unwrap().remove("processing_time");
+        r
+    };
+    assert_eq!(strip("1"), strip("2"));
+    assert_eq!(strip("1"), strip("3"));
+}

@@ -898,3 +898,36 @@ fn two_to_the_forty_pairs_per_image_are_refused_while_planning_and_nothing_is_wr
         nothing_written(&format!("overlaps {case}"));
     }
 }
+
+#[test]
+fn pairs_and_tokens_are_the_same_on_any_thread_count() {
+    // Issue 30: the same files at 1, 2 and 3 threads, several units in flight.
+    let d = tempfile::tempdir().unwrap();
+    let (_, input) = images_npy(d.path(), &[3, 2, 40, 37]);
+    let units = [("TESSERA_UNIT_BYTES", "4000")];
+    let here = new_dir(d.path().join("pairs"));
+    assert_same_on_1_2_3_threads(&here, &["p.zarr"], &units, |at| {
+        let extra = flags(
+            "--window 10,10 --delta-range 3,7 --pairs-per-image 17 --seed 6 --rotations 0,1,2,3 \
+            --positions --overlaps --pairs-per-chunk 5",
+        );
+        let (i, o) = (s(&input), s(&at.join("p.zarr")));
+        pairs_args(&i, &o, &extra)
+            .into_iter()
+            .map(String::from)
+            .collect()
+    });
+    let pairs = here.join("threads-1/p.zarr");
+    let here = new_dir(d.path().join("tokens"));
+    assert_same_on_1_2_3_threads(&here, &["t.zarr"], &units, |at| {
+        io_line(
+            "tokens",
+            &pairs,
+            &at.join("t.zarr"),
+            "--token-size 4 --token-stride 3",
+        )
+        .into_iter()
+        .map(String::from)
+        .collect()
+    });
+}

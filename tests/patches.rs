@@ -962,3 +962,18 @@ fn python_reads_the_outputs_as_the_notebook_does() {
         assert!(String::from_utf8_lossy(&res.stdout).contains("Unit tests passed"));
     }
 }
+
+#[test]
+fn patches_are_the_same_on_any_thread_count() {
+    // Issue 30: the same dataset at 1, 2 and 3 threads (patch metas' `created` aside).
+    let d = tempfile::tempdir().unwrap();
+    let (manifest, _) = random_dataset(&d.path().join("data"), 9, 81);
+    let here = new_dir(d.path().join("runs"));
+    assert_same_on_1_2_3_threads(&here, &["out"], &[("TESSERA_UNIT_BYTES", "8000")], |at| {
+        let (m, o) = (s(&manifest), s(&at.join("out")));
+        args(&m, &o, &["--min-std", "0.1"])
+            .into_iter()
+            .map(String::from)
+            .collect()
+    });
+}

@@ -901,3 +901,78 @@ fn float64_patches_beyond_what_the_sums_hold_are_refused_and_the_largest_that_fi
     let back: ArrayD<f64> = read_npy(&out).unwrap();
     assert!(back.iter().all(|v| v.is_finite()));
 }
+
+#[test]
+fn unstitch_stitch_and_weed_are_the_same_on_any_thread_count() {
+    // Each output value computed by one thread in the one-thread order (issue 30): the same
+    // files at 1, 2 and 3 threads, in small units so that several are in flight.
+    let d = tempfile::tempdir().unwrap();
+    let (image, volume) = (d.path().join("img.npy"), d.path().join("vol.npy"));
+    random_npy(&image, &[3, 2, 37, 41], 71);
+    random_npy(&volume, &[2, 1, 13, 17, 15], 72);
+    let units = [("TESSERA_UNIT_BYTES", "20000")];
+    let run = |dir: &str, line: &str| {
+        let here = new_dir(d.path().join(dir));
+        assert_same_on_1_2_3_threads(&here, &["out.zarr"], &units, |at| {
+            let mut a: Vec<String> = vec!["quilt".into()];
+            a.extend(line.split_whitespace().map(String::from));
+            a.extend(["--output".into(), s(&at.join("out.zarr"))]);
+            a
+        });
+        here.join("threads-1/out.zarr")
+    };
+    let windows = run(
+        "u2",
+        &format!(
+            "unstitch --input {} --window 8,8 --step 5,3 --border 1 --border-weight 0.2",
+            s(&image)
+        ),
+    );
+    run(
+        "u3",
+        &format!(
+            "unstitch --input {} --window 6,6,4 --step 3,4,3",
+            s(&volume)
+        ),
+    );
+    for blend in ["border", "gaussian"] {
+        run(
+            &format!("s-{blend}"),
+            &format!(
+                "stitch --input {} --blend {blend} --chunks 1,1,9,41",
+                s(&windows)
+            ),
+        );
+    }
+    // Weeding: the window patches as inputs, labels of which about half are all missing.
+    let n = meta(&s(&windows)).shape[0] as usize;
+    let mut rng = Rng::new(73);
+    let labels = ArrayD::from_shape_fn(IxDyn(&[n, 1, 8, 8]), |_| {
+        if rng.below(40) == 0 {
+            1i16
+        } else {
+            -1
+        }
+    });
+    let lab = d.path().join("lab.npy");
+    write_npy(&lab, &labels).unwrap();
+    let here = new_dir(d.path().join("weed"));
+    assert_same_on_1_2_3_threads(&here, &["oi.zarr", "ol.npy", "m.npy"], &units, |at| {
+        flags("quilt weed --missing-label -1 --border 1")
+            .into_iter()
+            .map(String::from)
+            .chain([
+                "--input".into(),
+                s(&windows),
+                "--labels".into(),
+                s(&lab),
+                "--output".into(),
+                s(&at.join("oi.zarr")),
+                "--labels-output".into(),
+                s(&at.join("ol.npy")),
+                "--mask".into(),
+                s(&at.join("m.npy")),
+            ])
+            .collect()
+    });
+}

@@ -723,3 +723,48 @@ pub fn scaling_csv(path: &std::path::Path) -> Vec<std::collections::HashMap<Stri
         })
         .collect()
 }
+
+/// Runs the command that `args` makes for a folder at 1, 2 and 3 threads per rank
+/// (`--threads`, with `env`), each time in a fresh folder `dir/run` that holds its outputs
+/// (the same paths each time, for outputs that name themselves), then moved to
+/// `dir/threads-T`; asserts that each of `outputs` (files or trees, named in that folder; patch
+/// metas' `created` aside) has the same bytes at every count as at one thread.
+#[track_caller]
+pub fn assert_same_on_1_2_3_threads(
+    dir: &Path,
+    outputs: &[&str],
+    env: &[(&str, &str)],
+    args: impl Fn(&Path) -> Vec<String>,
+) {
+    let runs: Vec<PathBuf> = ["1", "2", "3"]
+        .iter()
+        .map(|t| {
+            let here = new_dir(dir.join("run"));
+            let mut line = args(&here);
+            line.extend(["--threads".to_string(), t.to_string()]);
+            ok(tessera_env(
+                &line.iter().map(String::as_str).collect::<Vec<_>>(),
+                env,
+            ));
+            let kept = dir.join(format!("threads-{t}"));
+            std::fs::rename(&here, &kept).unwrap();
+            kept
+        })
+        .collect();
+    for name in outputs {
+        let first = runs[0].join(name);
+        assert!(first.exists(), "{} was not written", first.display());
+        for other in &runs[1..] {
+            let other = other.join(name);
+            if first.is_dir() {
+                assert_same_outputs(&first, &other);
+            } else {
+                assert!(
+                    std::fs::read(&first).unwrap() == std::fs::read(&other).unwrap(),
+                    "{name}: {} differs from one thread's",
+                    other.display()
+                );
+            }
+        }
+    }
+}
