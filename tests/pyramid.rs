@@ -707,3 +707,54 @@ fn levels_are_the_same_on_any_thread_count() {
         }
     }
 }
+
+#[test]
+fn laplacian_refuses_values_float32_cannot_difference_naming_the_first() {
+    // Float data past half of float32's largest would turn into infinities in the levels or
+    // difference maps: refused, the first such voxel (C order) named, nothing published. The
+    // volume spans several of the scan's blocks of 65536 values; two such voxels, in later
+    // blocks, and the earlier one is named, at any thread count.
+    let dir = tempfile::tempdir().unwrap();
+    let shape = [2, 40, 40, 50];
+    let mut a = ArrayD::<f32>::from_elem(IxDyn(&shape), 1.0);
+    a[[1, 30, 2, 7]] = -3.0e38;
+    a[[1, 39, 0, 0]] = f32::MAX;
+    a[[0, 1, 1, 1]] = f32::INFINITY; // not finite: the Laplacian keeps it as it is
+    let input = dir.path().join("big.npy");
+    write_npy(&input, &a).unwrap();
+    for t in ["1", "2"] {
+        let out = dir.path().join(format!("o{t}.zarr"));
+        let mut args = io_line("pyramid", &input, &out, "--method laplacian --axes czyx");
+        args.extend(["--threads", t]);
+        fails_with(
+            tessera(&args),
+            &[
+                "laplacian",
+                "-3e38",
+                "voxel [1, 30, 2, 7]",
+                "--method gaussian",
+            ],
+        );
+        // Nothing published (units before the one that found it stay staged, as after any
+        // failure part-way).
+        assert!(!out.exists(), "nothing published");
+    }
+    // Within the limit, and integers of any size: accepted.
+    a[[1, 30, 2, 7]] = 1.0e38;
+    a[[1, 39, 0, 0]] = -1.7e38;
+    write_npy(&input, &a).unwrap();
+    run_line(
+        "pyramid",
+        &input,
+        &dir.path().join("ok.zarr"),
+        "--method laplacian --axes czyx",
+    );
+    let big = dir.path().join("u64.npy");
+    write_npy(&big, &ArrayD::<u64>::from_elem(IxDyn(&[4, 6, 6]), u64::MAX)).unwrap();
+    run_line(
+        "pyramid",
+        &big,
+        &dir.path().join("u.zarr"),
+        "--method laplacian",
+    );
+}

@@ -27,6 +27,21 @@ use crate::error::{IoContext, Result};
 use crate::io::{images, staging::remove_any, Block, Codec};
 use crate::job::ConvertJob;
 
+/// CPU seconds this process has used so far (user and system, all threads): a run's CPU time
+/// over its wall time is how many cores it kept busy, which bounds what more threads can
+/// give it (a run that already keeps 1.3 cores busy at `--threads 1` can be at most 2/1.3
+/// times faster on 2 cores).
+pub(crate) fn process_cpu_seconds() -> f64 {
+    // SAFETY: getrusage writes the struct it is given and nothing else.
+    let usage = unsafe {
+        let mut usage = std::mem::zeroed::<libc::rusage>();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
+}
+
 /// Parameters of `tessera bench convert`.
 #[derive(Clone, Debug, clap::Args)]
 pub struct ConvertBench {

@@ -636,7 +636,7 @@ const LAPLACIAN_LIMIT: f64 = f32::MAX as f64 / 2.0;
 /// input type), from a box starting at `start` of its level.
 ///
 /// # Errors
-/// A finite value beyond [`LAPLACIAN_LIMIT`] (f64 data, or 64-bit integers past 1.7e38):
+/// A finite value beyond [`LAPLACIAN_LIMIT`] (float data only: no integer reaches it):
 /// float32 would turn it, or the difference maps around it, into an infinity.
 fn laplacian_source<T: Element>(source: &ArrayD<T>, start: &[u64]) -> Result<ArrayD<f32>> {
     check_laplacian_range(source, start)?;
@@ -664,18 +664,37 @@ fn laplacian_level0<T: Element>(source: ArrayD<T>, start: &[u64]) -> Result<Lapl
 /// Refuses a source level with a finite value beyond [`LAPLACIAN_LIMIT`] (naming the first
 /// such voxel; `start`: the box's origin).
 fn check_laplacian_range<T: Element>(source: &ArrayD<T>, start: &[u64]) -> Result<()> {
+    use rayon::prelude::*;
+    // No integer reaches the limit (u64's largest is 1.8e19): only floats are looked at.
+    if !T::DTYPE.is_float() {
+        return Ok(());
+    }
     let beyond = |v: &T| {
         let x = v.to_f64().unwrap_or(f64::NAN);
         x.is_finite() && x.abs() > LAPLACIAN_LIMIT
     };
-    // A plain scan (indexed_iter builds a dynamic index per voxel: 40% of a one-thread
-    // Laplacian); the voxel's index is worked out only for the message.
+    // Blocks of values on the rank's threads, each scanned without an early exit (which the
+    // compiler vectorises; the one-thread scan with `position` was 5.6% of a one-thread
+    // Laplacian), then the first block with such a value searched for the voxel, which is
+    // worked out only for the message (indexed_iter builds a dynamic index per voxel).
+    const BLOCK: usize = 1 << 16;
     let found = match source.as_slice() {
-        Some(values) => values.iter().position(beyond),
+        Some(values) => values
+            .par_chunks(BLOCK)
+            .position_first(|block| block.iter().fold(false, |any, v| any | beyond(v)))
+            .and_then(|b| {
+                let first = values[b * BLOCK..].iter().position(beyond)?;
+                Some(b * BLOCK + first)
+            }),
         None => source.iter().position(beyond),
     };
     if let Some(flat) = found {
         let v = source.iter().nth(flat).expect("found there");
+        // As its own type prints it (float32's -3e38, not -3.0000000054977558e38).
+        let value = match T::DTYPE {
+            DType::F32 => format!("{:e}", v.to_f32().unwrap_or(f32::NAN)),
+            _ => format!("{:e}", v.to_f64().unwrap_or(f64::NAN)),
+        };
         let voxel: Vec<u64> = c_order_index(flat, source.shape())
             .into_iter()
             .zip(start)
@@ -686,9 +705,8 @@ fn check_laplacian_range<T: Element>(source: &ArrayD<T>, start: &[u64]) -> Resul
             format!(
                 "laplacian keeps its levels and difference maps in float32, which holds them \
                  only for values within +-{LAPLACIAN_LIMIT:.4e} (half of float32's largest): \
-                 the source level holds {:e} at voxel {voxel:?}; scale the data down or use \
-                 --method gaussian",
-                v.to_f64().unwrap_or(f64::NAN)
+                 the source level holds {value} at voxel {voxel:?}; scale the data down or \
+                 use --method gaussian"
             ),
         ));
     }
