@@ -570,11 +570,42 @@ pub fn laplacian_difference(
     factor: &[u64],
     out: &[Range<u64>],
 ) -> ArrayD<f32> {
+    with_upsampled(fine, fine_start, coarse, factor, out, |f, u| {
+        round_to::<f32>(f64::from(f) - u)
+    })
+}
+
+/// `pyramid reconstruct`'s step over the fine-level box `out`: `difference +
+/// upsample(coarse)`, in f64, then `as f32` (a NaN keeps its payload). `difference` is a box
+/// of the fine level's difference map starting at `fine_start` that covers `out`.
+pub fn laplacian_sum(
+    difference: &ArrayViewD<'_, f32>,
+    fine_start: &[u64],
+    coarse: &Coarse<'_>,
+    factor: &[u64],
+    out: &[Range<u64>],
+) -> ArrayD<f32> {
+    with_upsampled(difference, fine_start, coarse, factor, out, |d, u| {
+        (f64::from(d) + u) as f32
+    })
+}
+
+/// `combine(fine value, upsampled value)` over the fine-level box `out`, taken row by row as
+/// each slab's upsampling finishes (no f64 copy of the upsampled box). `fine` is a box
+/// starting at `fine_start` that covers `out`.
+fn with_upsampled(
+    fine: &ArrayViewD<'_, f32>,
+    fine_start: &[u64],
+    coarse: &Coarse<'_>,
+    factor: &[u64],
+    out: &[Range<u64>],
+    combine: impl Fn(f32, f64) -> f32 + Sync,
+) -> ArrayD<f32> {
     let fine_values = fine.as_slice().expect("pyramid kernels take C-order boxes");
     let strides = crate::grid::row_major_strides(fine.shape());
     in_slabs(out, |slab| {
         upsample_box(coarse, factor, slab, |up, shape| {
-            let mut diff = Vec::with_capacity(up.len());
+            let mut combined = Vec::with_capacity(up.len());
             let width = shape.last().copied().unwrap_or(1);
             let mut row_start = Vec::with_capacity(shape.len());
             crate::grid::for_each_index(&slab[..slab.len().saturating_sub(1)], |at| {
@@ -587,15 +618,15 @@ pub fn laplacian_difference(
                     .zip(&strides)
                     .map(|((&x, &s), &st)| (x - s) as usize * st)
                     .sum();
-                let up_row = &up[diff.len()..diff.len() + width];
-                diff.extend(
+                let up_row = &up[combined.len()..combined.len() + width];
+                combined.extend(
                     up_row
                         .iter()
                         .zip(&fine_values[off..off + width])
-                        .map(|(&u, &f)| round_to::<f32>(f64::from(f) - u)),
+                        .map(|(&u, &f)| combine(f, u)),
                 );
             });
-            ArrayD::from_shape_vec(IxDyn(shape), diff).expect("one value per voxel")
+            ArrayD::from_shape_vec(IxDyn(shape), combined).expect("one value per voxel")
         })
     })
 }
@@ -805,6 +836,55 @@ mod tests {
         assert!(slabbed.is_standard_layout());
         let whole = reduce_mean_box::<f32>(&src(&floats, &start, &shape), &factor, &thin);
         assert_eq!(bits32(&slabbed), bits32(&whole));
+    }
+
+    /// `pyramid reconstruct`'s fused step gives the bits of the plain one (upsample to f64,
+    /// add the difference, `as f32`) on 1 thread and on 3, for a sub-box of the fine level
+    /// and a NaN with a payload in the difference map (kept, as `as f32` keeps it).
+    #[test]
+    fn laplacian_sum_is_upsample_then_add() {
+        let shape = [9u64, 13, 11];
+        let factor = [2u64, 1, 2];
+        let coarse_shape = next_shape(&shape, &factor);
+        let cdims: Vec<usize> = coarse_shape.iter().map(|&n| n as usize).collect();
+        let dims: Vec<usize> = shape.iter().map(|&n| n as usize).collect();
+        let mut next = crate::grid::xorshift(0x51ed_270b_a3c4_1f09);
+        let coarse = ArrayD::from_shape_fn(IxDyn(&cdims), |_| (next() % 1000) as f32 / 3.0);
+        let mut diff = ArrayD::from_shape_fn(IxDyn(&dims), |_| (next() % 200) as f32 / 7.0 - 14.0);
+        diff[[2, 3, 4]] = f32::from_bits(0x7fc0_1234);
+        let origin = [0u64; 3];
+        let out: Vec<Range<u64>> = vec![1..9, 0..13, 2..11];
+        let plain = {
+            let up = upsample(&coarse.view(), &origin, &coarse_shape, &factor, &out);
+            let mut sum = diff
+                .slice(ndarray::s![1..9, 0..13, 2..11])
+                .to_owned()
+                .into_dyn();
+            ndarray::Zip::from(&mut sum)
+                .and(&up)
+                .for_each(|d, &u| *d = (f64::from(*d) + u) as f32);
+            sum
+        };
+        for threads in [1, 3] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let fused = pool.install(|| {
+                let c = Coarse {
+                    values: &coarse.view(),
+                    start: &origin,
+                    level_shape: &coarse_shape,
+                };
+                laplacian_sum(&diff.view(), &origin, &c, &factor, &out)
+            });
+            assert_eq!(bits32(&fused), bits32(&plain), "{threads} thread(s)");
+            assert_eq!(
+                fused[[1, 3, 2]].to_bits(),
+                0x7fc0_1234,
+                "the NaN's payload kept"
+            );
+        }
     }
 
     #[test]

@@ -164,13 +164,16 @@ impl ReconstructOp {
     fn read_f32(&self, name: &str) -> Result<ArrayD<f32>> {
         let r = io::zarr::ZarrReader::open(&self.store, &io::zarr::child_node(&self.node, name))?;
         let whole = Region::whole(&io::ArrayReader::meta(&r).shape);
-        Ok(io::ArrayReader::read_box(&r, &whole)?
-            .to_f64()
-            .mapv(|x| x as f32))
+        // The Laplacian's levels and difference maps are float32: taken as read, not copied.
+        Ok(match io::ArrayReader::read_box(&r, &whole)? {
+            Block::F32(values) => values,
+            other => other.to_f64().mapv(|x| x as f32),
+        })
     }
 
+    /// Level 0 in the source's type, on the rank's threads (each value on its own).
     fn finish_as<T: Element>(level0: &ArrayD<f32>) -> Block {
-        T::into_block(level0.mapv(|x| round_to::<T>(f64::from(x))))
+        T::into_block(ndarray::Zip::from(level0).par_map_collect(|&x| round_to::<T>(f64::from(x))))
     }
 }
 
@@ -196,18 +199,15 @@ impl Operation for ReconstructOp {
         let mut level = self.read_f32(&(levels - 1).to_string())?;
         for l in (0..levels - 1).rev() {
             let whole: Vec<std::ops::Range<u64>> = self.shapes[l].iter().map(|&n| 0..n).collect();
-            let up = kernel::upsample(
-                &level.view(),
-                &vec![0; self.factor.len()],
-                &self.shapes[l + 1],
-                &self.factor,
-                &whole,
-            );
-            let mut diff = self.read_f32(&format!("diff_{l}"))?;
-            ndarray::Zip::from(&mut diff).and(&up).for_each(|d, &u| {
-                *d = (f64::from(*d) + u) as f32;
-            });
-            level = diff;
+            let origin = vec![0; self.factor.len()];
+            let coarse = kernel::Coarse {
+                values: &level.view(),
+                start: &origin,
+                level_shape: &self.shapes[l + 1],
+            };
+            let difference = self.read_f32(&format!("diff_{l}"))?;
+            level =
+                kernel::laplacian_sum(&difference.view(), &origin, &coarse, &self.factor, &whole);
         }
         let block = crate::with_dtype!(self.spec.dtype, T => Self::finish_as::<T>(&level));
         Ok((Region::whole(&self.shapes[0]), block))
