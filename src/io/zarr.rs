@@ -363,6 +363,20 @@ impl ArrayReader for ZarrReader {
     }
 }
 
+/// What [`ZarrReader::read_raw`] reads for every chunk: the array's chunk shape, the box
+/// (and its end), the element size, the box's and a chunk's C-order strides (in elements), a
+/// chunk file's size, and the fill value's bytes.
+struct RawGeometry<'a> {
+    chunks: &'a [u64],
+    region: &'a Region,
+    end: &'a [u64],
+    size: usize,
+    box_strides: Vec<usize>,
+    chunk_strides: Vec<usize>,
+    chunk_bytes: usize,
+    fill: Vec<u8>,
+}
+
 /// The chunk shape of an array whose chunk files hold their elements as they are in this
 /// machine's memory: Zarr v3, a regular grid, the `bytes` codec alone (little-endian, on a
 /// little-endian machine), no storage transformer.
@@ -393,11 +407,10 @@ fn raw_chunk_shape(json: &Value) -> Option<Vec<u64>> {
 
 impl ZarrReader {
     /// Reads `region` of an array with raw chunks (`chunks`, elements of `size` bytes) into
-    /// `dst` (C order): each chunk's span of the region read with one positioned read and
-    /// copied row by row; a chunk with no file is the fill value, as Zarr defines. The same
-    /// bytes as zarrs' partial decoding, which reads every row of a partial chunk on its own.
+    /// `dst` (C order), chunk by chunk ([`Self::read_raw_chunk`]); a chunk with no file is the
+    /// fill value, as Zarr defines. The same bytes as zarrs' partial decoding, which reads
+    /// every row of a partial chunk on its own.
     fn read_raw(&self, chunks: &[u64], region: &Region, size: usize, dst: &mut [u8]) -> Result<()> {
-        use std::os::unix::fs::FileExt;
         if dst.is_empty() {
             return Ok(());
         }
@@ -405,93 +418,126 @@ impl ZarrReader {
         let touched: Vec<std::ops::Range<u64>> = (0..chunks.len())
             .map(|a| region.start[a] / chunks[a]..(end[a] - 1) / chunks[a] + 1)
             .collect();
-        let dst_strides = crate::grid::row_major_strides(&region.shape_usize());
         let chunk_shape: Vec<usize> = chunks.iter().map(|&c| c as usize).collect();
-        let chunk_strides = crate::grid::row_major_strides(&chunk_shape);
-        let chunk_bytes = chunk_shape.iter().product::<usize>() * size;
-        let fill = self.array.fill_value().as_ne_bytes().to_vec();
+        let geometry = RawGeometry {
+            chunks,
+            region,
+            end: &end,
+            size,
+            box_strides: crate::grid::row_major_strides(&region.shape_usize()),
+            chunk_strides: crate::grid::row_major_strides(&chunk_shape),
+            chunk_bytes: chunk_shape.iter().product::<usize>() * size,
+            fill: self.array.fill_value().as_ne_bytes().to_vec(),
+        };
         let mut buf: Vec<u8> = Vec::new();
         let mut failed = None;
         crate::grid::for_each_index(&touched, |chunk| {
-            if failed.is_some() {
-                return;
+            if failed.is_none() {
+                failed = self.read_raw_chunk(&geometry, chunk, &mut buf, dst).err();
             }
-            // The part of the region in this chunk: absolute, and relative to the chunk.
-            let lo: Vec<u64> = (0..chunk.len())
-                .map(|a| region.start[a].max(chunk[a] * chunks[a]))
-                .collect();
-            let hi: Vec<u64> = (0..chunk.len())
-                .map(|a| end[a].min((chunk[a] + 1) * chunks[a]))
-                .collect();
-            let offset = |at: &[u64], strides: &[usize], origin: &dyn Fn(usize) -> u64| -> usize {
-                at.iter()
-                    .enumerate()
-                    .map(|(a, &x)| (x - origin(a)) as usize * strides[a])
-                    .sum::<usize>()
-            };
-            let in_chunk =
-                |at: &[u64]| offset(at, &chunk_strides, &|a| chunk[a] * chunks[a]) * size;
-            let last: Vec<u64> = hi.iter().map(|&h| h - 1).collect();
-            let span = in_chunk(&lo)..in_chunk(&last) + size;
-            let key = self.array.chunk_key(chunk);
-            let path = self.store.join(key.as_str());
-            let source: Option<&[u8]> = match std::fs::File::open(&path) {
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-                Err(e) => {
-                    failed = Some(Error::Io { path, source: e });
-                    return;
-                }
-                Ok(file) => {
-                    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-                    if len != chunk_bytes as u64 {
-                        let key = self.array.chunk_key_encoding().encode(chunk);
-                        failed = Some(zarr_err(
-                            &self.store,
-                            &self.node,
-                            format!(
-                                "chunk {} (file {}): {len} bytes where an uncompressed chunk has {chunk_bytes}",
-                                key.as_str(),
-                                path.display()
-                            ),
-                        ));
-                        return;
-                    }
-                    buf.resize(span.len(), 0);
-                    if let Err(e) = file.read_exact_at(&mut buf, span.start as u64) {
-                        failed = Some(Error::Io { path, source: e });
-                        return;
-                    }
-                    Some(&buf)
-                }
-            };
-            let nd = chunk.len();
-            let run = (hi[nd - 1] - lo[nd - 1]) as usize * size;
-            crate::grid::for_each_index(
-                &(0..nd)
-                    .map(|a| {
-                        if a + 1 == nd {
-                            lo[a]..lo[a] + 1
-                        } else {
-                            lo[a]..hi[a]
-                        }
-                    })
-                    .collect::<Vec<_>>(),
-                |row| {
-                    let to = offset(row, &dst_strides, &|a| region.start[a]) * size;
-                    let out = &mut dst[to..to + run];
-                    match source {
-                        Some(bytes) => {
-                            let from = in_chunk(row) - span.start;
-                            out.copy_from_slice(&bytes[from..from + run]);
-                        }
-                        None => out
-                            .chunks_exact_mut(size)
-                            .for_each(|v| v.copy_from_slice(&fill)),
-                    }
-                },
-            );
         });
         failed.map_or(Ok(()), Err)
+    }
+
+    /// [`Self::read_raw`]'s part of the box in one chunk. The part is copied in runs that
+    /// are contiguous both in the chunk file and in the box: a row, or several axes' worth
+    /// where the part spans the chunk and the box along every axis after the first. A part
+    /// that is one run (whole chunks of a box that spans them, as a stitch reads patches) is
+    /// read from the file straight into the box; otherwise the chunk's span is read into `buf`
+    /// with one positioned read and its runs copied.
+    fn read_raw_chunk(
+        &self,
+        g: &RawGeometry<'_>,
+        chunk: &[u64],
+        buf: &mut Vec<u8>,
+        dst: &mut [u8],
+    ) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let nd = chunk.len();
+        let corner: Vec<u64> = (0..nd).map(|a| chunk[a] * g.chunks[a]).collect();
+        let lo: Vec<u64> = (0..nd).map(|a| g.region.start[a].max(corner[a])).collect();
+        let hi: Vec<u64> = (0..nd)
+            .map(|a| g.end[a].min(corner[a] + g.chunks[a]))
+            .collect();
+        let in_chunk = |at: &[u64]| -> usize {
+            (0..nd)
+                .map(|a| (at[a] - corner[a]) as usize * g.chunk_strides[a])
+                .sum::<usize>()
+                * g.size
+        };
+        let in_box = |at: &[u64]| -> usize {
+            (0..nd)
+                .map(|a| (at[a] - g.region.start[a]) as usize * g.box_strides[a])
+                .sum::<usize>()
+                * g.size
+        };
+        // The first axis of a run: every axis after it is spanned whole by the part, in the
+        // chunk and in the box alike.
+        let mut first = nd - 1;
+        while first > 0
+            && hi[first] - lo[first] == g.chunks[first]
+            && hi[first] - lo[first] == g.region.shape[first]
+        {
+            first -= 1;
+        }
+        let run = (first..nd)
+            .map(|a| (hi[a] - lo[a]) as usize)
+            .product::<usize>()
+            * g.size;
+        let runs: Vec<std::ops::Range<u64>> = (0..nd)
+            .map(|a| {
+                if a < first {
+                    lo[a]..hi[a]
+                } else {
+                    lo[a]..lo[a] + 1
+                }
+            })
+            .collect();
+        let path = self.store.join(self.array.chunk_key(chunk).as_str());
+        let file = match std::fs::File::open(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                crate::grid::for_each_index(&runs, |at| {
+                    let to = in_box(at);
+                    for v in dst[to..to + run].chunks_exact_mut(g.size) {
+                        v.copy_from_slice(&g.fill);
+                    }
+                });
+                return Ok(());
+            }
+            Err(e) => return Err(Error::Io { path, source: e }),
+            Ok(file) => file,
+        };
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        if len != g.chunk_bytes as u64 {
+            let key = self.array.chunk_key_encoding().encode(chunk);
+            return Err(zarr_err(
+                &self.store,
+                &self.node,
+                format!(
+                    "chunk {} (file {}): {len} bytes where an uncompressed chunk has {}",
+                    key.as_str(),
+                    path.display(),
+                    g.chunk_bytes
+                ),
+            ));
+        }
+        let last: Vec<u64> = hi.iter().map(|&h| h - 1).collect();
+        let span = in_chunk(&lo)..in_chunk(&last) + g.size;
+        if first == 0 {
+            // One run, as long as the span: no copy through `buf`.
+            let to = in_box(&lo);
+            return file
+                .read_exact_at(&mut dst[to..to + run], span.start as u64)
+                .map_err(|e| Error::Io { path, source: e });
+        }
+        buf.resize(span.len(), 0);
+        file.read_exact_at(buf, span.start as u64)
+            .map_err(|e| Error::Io { path, source: e })?;
+        crate::grid::for_each_index(&runs, |at| {
+            let (to, from) = (in_box(at), in_chunk(at) - span.start);
+            dst[to..to + run].copy_from_slice(&buf[from..from + run]);
+        });
+        Ok(())
     }
 
     /// A failed read, naming the chunk (or shard) key and its file when one chunk is to blame:
@@ -979,19 +1025,40 @@ mod tests {
             let mut zarrs = ZarrReader::open(&store, "").unwrap();
             zarrs.raw_chunks = None;
             let mut next = crate::grid::xorshift(0x9e37_79b9_7f4a_7c15);
-            for _ in 0..60 {
-                let (mut start, mut size) = (Vec::new(), Vec::new());
-                for &n in &shape {
-                    let state = next();
-                    let a = state % n as u64;
-                    let b = (state >> 20) % (n as u64 - a) + 1;
-                    start.push(a);
-                    size.push(b);
-                }
-                let region = Region { start, shape: size };
+            let mut regions: Vec<Region> = (0..60)
+                .map(|_| {
+                    let (mut start, mut size) = (Vec::new(), Vec::new());
+                    for &n in &shape {
+                        let state = next();
+                        let a = state % n as u64;
+                        let b = (state >> 20) % (n as u64 - a) + 1;
+                        start.push(a);
+                        size.push(b);
+                    }
+                    Region { start, shape: size }
+                })
+                .collect();
+            // Parts that are one run (read straight into the box): whole chunks of boxes as
+            // wide as a chunk, a part short along the first axis only, the all-fill chunk;
+            // parts merged along the last axes only; the whole array.
+            for (start, size) in [
+                ([4, 3, 4], [4, 3, 4]),
+                ([0, 3, 4], [8, 3, 4]),
+                ([2, 3, 4], [5, 3, 4]),
+                ([4, 3, 0], [4, 3, 4]),
+                ([0, 0, 4], [10, 5, 4]),
+                ([1, 0, 0], [6, 6, 9]),
+                ([0, 0, 0], [10, 7, 9]),
+            ] {
+                regions.push(Region {
+                    start: start.to_vec(),
+                    shape: size.to_vec(),
+                });
+            }
+            for region in &regions {
                 let (got, expect) = (
-                    raw.read_box(&region).unwrap(),
-                    zarrs.read_box(&region).unwrap(),
+                    raw.read_box(region).unwrap(),
+                    zarrs.read_box(region).unwrap(),
                 );
                 assert!(got == expect, "{region:?}");
             }

@@ -296,6 +296,18 @@ pub struct Accumulator {
     pub nan_pixels: u64,
 }
 
+/// Zeros of `shape`, written rather than mapped. `ArrayD::zeros` takes fresh pages from the
+/// allocator that stay the shared zero page until written, and the accumulation reads each
+/// value before writing it: every page took a read fault, then a copy-on-write fault whose
+/// TLB flush interrupts every other CPU running the process (about 10% of a 2-thread
+/// stitch's samples, in `perf`). Written here, each page takes one plain fault.
+fn written_zeros(shape: &[usize]) -> ArrayD<f64> {
+    let n = shape.iter().product();
+    let mut values = Vec::with_capacity(n);
+    values.resize(n, 0.0);
+    ArrayD::from_shape_vec(IxDyn(shape), values).expect("one value per element")
+}
+
 impl Accumulator {
     /// An empty accumulator for a block of `channels` x `block` at spatial `origin`.
     pub fn new(channels: usize, origin: &[u64], block: &[u64], with_variance: bool) -> Self {
@@ -304,9 +316,9 @@ impl Accumulator {
         full.extend(&spatial);
         Accumulator {
             origin: origin.to_vec(),
-            sums: ArrayD::zeros(IxDyn(&full)),
-            weights: ArrayD::zeros(IxDyn(&spatial)),
-            second_moments: with_variance.then(|| ArrayD::zeros(IxDyn(&full))),
+            sums: written_zeros(&full),
+            weights: written_zeros(&spatial),
+            second_moments: with_variance.then(|| written_zeros(&full)),
             nan_pixels: 0,
         }
     }
