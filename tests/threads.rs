@@ -79,10 +79,14 @@ fn one_process_uses_its_cpus_unless_told() {
 fn the_thread_sweep_puts_each_speed_up_beside_the_copys() {
     let d = tempfile::tempdir().unwrap();
     let dir = d.path().join("sweep");
-    let sweep = "--mode threads --thread-counts 1,2,3 --size 1 --memcopy-mib 4";
+    let sweep = "--mode threads --thread-counts 1,2,3 --size 1 --memcopy-mib 4 --repeat 2";
     let out = ok(tessera(&scaling_args("pyramid", &dir, sweep)));
     assert!(
         out.contains("| threads |") && out.contains("| 3 |"),
+        "{out}"
+    );
+    assert!(
+        out.contains("fastest of 2 run(s) per count after one untimed run"),
         "{out}"
     );
     let rows = scaling_csv(&dir.join("scaling-pyramid-threads.csv"));
@@ -118,6 +122,12 @@ fn the_thread_sweep_puts_each_speed_up_beside_the_copys() {
         tessera(&scaling_args("pyramid", &dir, "--thread-counts 1,2")),
         &["--thread-counts", "--mode threads"],
     );
+    fails_with(
+        tessera(&scaling_args("pyramid", &dir, "--mode threads --repeat 0")),
+        &["--repeat", "0"],
+    );
+    // Only the fastest run's report is kept, under the count's name.
+    assert!(!dir.join("report-1.fastest.json").exists());
 }
 
 #[cfg(feature = "mpi")]
