@@ -66,10 +66,7 @@ fn extension(format: Format) -> &'static str {
     }
 }
 
-/// The EXR is compressed on the calling thread: exr's parallel writer uses a pool of its own,
-/// as wide as the machine whatever the rank's threads, and stores its blocks in the order they
-/// finish, so the file's bytes changed from run to run. In order on one thread they do not;
-/// the rank's other threads decode the next bracket meanwhile (`each_decoded`).
+/// The merged image as an OpenEXR file (RGB, or Y for one channel; exr's default encoding).
 fn write_exr(path: &Path, m: &Merged) -> Result<()> {
     use exr::prelude::*;
     let (w, c) = (m.width, m.channels);
@@ -78,20 +75,50 @@ fn write_exr(path: &Path, m: &Merged) -> Result<()> {
         let pixels = SpecificChannels::rgb(|p: Vec2<usize>| {
             (at(p.0, p.1, 0), at(p.0, p.1, 1), at(p.0, p.1, 2))
         });
-        Image::from_channels((m.width, m.height), pixels)
-            .write()
-            .non_parallel()
-            .to_file(path)
+        write_exr_image(path, &Image::from_channels((m.width, m.height), pixels))
     } else {
         let pixels = SpecificChannels::build()
             .with_channel("Y")
             .with_pixel_fn(|p: Vec2<usize>| (at(p.0, p.1, 0),));
-        Image::from_channels((m.width, m.height), pixels)
-            .write()
-            .non_parallel()
-            .to_file(path)
+        write_exr_image(path, &Image::from_channels((m.width, m.height), pixels))
     };
     done.map_err(|e| crate::error::Error::bad_file(path, format!("writing OpenEXR: {e}")))
+}
+
+/// Writes `image` as exr's one-thread writer does (the same blocks, each compressed the same
+/// way, stored in the same order: the same bytes) but compresses the blocks on the rank's
+/// threads. exr's own parallel writer uses a pool of its own, as wide as the machine whatever
+/// the rank's threads, and stores blocks in the order they finish, so its files' bytes
+/// changed from run to run.
+fn write_exr_image<'img, L>(
+    path: &Path,
+    image: &'img exr::image::Image<L>,
+) -> exr::error::UnitResult
+where
+    L: exr::image::write::layers::WritableLayers<'img>,
+{
+    use exr::block::writer::ChunksWriter;
+    use exr::image::write::layers::LayersWriter;
+    use exr::image::write::WritableImage;
+    use rayon::prelude::*;
+    let headers = image.write().infer_meta_data();
+    let layers = image.layer_data.create_writer(&headers);
+    let file = std::io::BufWriter::new(std::fs::File::create(path)?);
+    exr::block::write(file, headers, true, |meta, chunks| {
+        let blocks: Vec<(usize, exr::block::UncompressedBlock)> = meta
+            .collect_ordered_block_data(|block| {
+                layers.extract_uncompressed_block(&meta.headers, block)
+            })
+            .collect();
+        let compressed = blocks
+            .into_par_iter()
+            .map(|(at, block)| Ok((at, block.compress_to_chunk(&meta.headers)?)))
+            .collect::<exr::error::Result<Vec<_>>>()?;
+        for (at, chunk) in compressed {
+            chunks.write_chunk(at, chunk)?;
+        }
+        Ok(())
+    })
 }
 
 fn write_npy(path: &Path, m: &Merged) -> Result<()> {
@@ -679,5 +706,72 @@ impl Operation for ZarrOp<'_> {
             io::zarr::write_group(&store, &node, attrs.as_object().expect("object"))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The EXR compressed on the rank's threads is, byte for byte, the file exr's one-thread
+    /// writer makes of the same image (RGB and one-channel, edge tiles, values RLE packs and
+    /// values it cannot), at 1 thread and at 3.
+    #[test]
+    fn exr_blocks_compressed_in_parallel_are_exrs_own_file() {
+        use exr::prelude::*;
+        let dir = tempfile::tempdir().unwrap();
+        let mut next = crate::grid::xorshift(0x2545_f491_4f6c_dd1d);
+        for channels in [3usize, 1] {
+            let (width, height) = (131, 70);
+            let data: Vec<f32> = (0..width * height * channels)
+                .map(|i| {
+                    if (i / 97) % 3 == 0 {
+                        1.5 // runs RLE packs
+                    } else {
+                        (next() % 100_000) as f32 / 77.0
+                    }
+                })
+                .collect();
+            let m = Merged {
+                height,
+                width,
+                channels,
+                data,
+                unusable: 0,
+            };
+            let at = |x: usize, y: usize, k: usize| m.data[(y * width + x) * channels + k];
+            let theirs = dir.path().join(format!("exr-{channels}.exr"));
+            let written = if channels == 3 {
+                let px = SpecificChannels::rgb(|p: Vec2<usize>| {
+                    (at(p.0, p.1, 0), at(p.0, p.1, 1), at(p.0, p.1, 2))
+                });
+                Image::from_channels((width, height), px)
+                    .write()
+                    .non_parallel()
+                    .to_file(&theirs)
+            } else {
+                let px = SpecificChannels::build()
+                    .with_channel("Y")
+                    .with_pixel_fn(|p: Vec2<usize>| (at(p.0, p.1, 0),));
+                Image::from_channels((width, height), px)
+                    .write()
+                    .non_parallel()
+                    .to_file(&theirs)
+            };
+            written.unwrap();
+            for threads in [1, 3] {
+                let ours = dir.path().join(format!("ours-{channels}-{threads}.exr"));
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap()
+                    .install(|| write_exr(&ours, &m))
+                    .unwrap();
+                assert!(
+                    std::fs::read(&ours).unwrap() == std::fs::read(&theirs).unwrap(),
+                    "{channels} channel(s), {threads} thread(s)"
+                );
+            }
+        }
     }
 }
