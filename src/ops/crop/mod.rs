@@ -307,15 +307,21 @@ fn analyse_on_cpu<T: Element>(
 ) -> Vec<Analysis> {
     use rayon::prelude::*;
     let plot = sum.is_some();
+    let threads = rayon::current_num_threads();
+    // Runs short enough for every thread to get one: a unit is often a few patterns (4 of
+    // 256x256 float32 in a 1 MiB unit), which runs of GUESS_RUN left to one thread. A radius
+    // does not depend on its guess (kernel tests), so neither do the analyses on the split.
+    let patterns = flat.len() / hw.max(1);
+    let run_len = GUESS_RUN.min(patterns.div_ceil(threads)).max(1);
     // A few pieces per thread, each with one sum for the plot.
-    let runs = flat.len().div_ceil(hw * GUESS_RUN).max(1);
-    let per_piece = runs.div_ceil(2 * rayon::current_num_threads()).max(1);
+    let runs = patterns.div_ceil(run_len).max(1);
+    let per_piece = runs.div_ceil(2 * threads).max(1);
     let pieces: Vec<(Vec<Analysis>, Vec<f64>)> = flat
-        .par_chunks(hw * GUESS_RUN * per_piece)
+        .par_chunks(hw * run_len * per_piece)
         .map(|piece| {
             let mut part = Vec::new();
             let mut out = Vec::with_capacity(piece.len() / hw);
-            for run in piece.chunks(hw * GUESS_RUN) {
+            for run in piece.chunks(hw * run_len) {
                 let mut guess = None;
                 for p in run.chunks_exact(hw) {
                     let a = kernel::analyse(p, w, job.center, manual, job.target_retention, guess);
