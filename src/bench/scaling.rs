@@ -505,6 +505,8 @@ fn memcopy(b: &ScalingBench, count: usize, dir: &Path) -> Result<f64> {
 /// copies' rates; `report-<count>.json` is that run's report.
 fn measure(b: &ScalingBench, count: usize, largest: usize, dir: &Path) -> Result<Row> {
     let report = report_of(dir, count);
+    // The bench's own scratch in its working directory, replaced on every sweep like the
+    // reports themselves: the fastest run's report waits under this name while the others run.
     let kept = dir.join(format!("report-{count}.fastest.json"));
     let mut best: Option<Row> = None;
     let mut copy = 0.0f64;

@@ -89,7 +89,8 @@ fn write_exr(path: &Path, m: &Merged) -> Result<()> {
 /// way, stored in the same order: the same bytes) but compresses the blocks on the rank's
 /// threads. exr's own parallel writer uses a pool of its own, as wide as the machine whatever
 /// the rank's threads, and stores blocks in the order they finish, so its files' bytes
-/// changed from run to run.
+/// changed from run to run. `path` is [`safety::write_file`]'s temporary name, renamed into
+/// place by it when the file is whole.
 fn write_exr_image<'img, L>(
     path: &Path,
     image: &'img exr::image::Image<L>,

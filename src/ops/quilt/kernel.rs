@@ -858,18 +858,48 @@ impl SplitAccumulator {
 
     /// A copy of rows `rows` (absolute, inside [`SplitAccumulator::rows`]) as one accumulator,
     /// with no NaN count: the partial sums a band carries into the next.
+    ///
+    /// The parts' rows are joined straight into the copy (one pass; zeros written first and
+    /// then overwritten were a second pass over a whole band on the stitch's path).
     pub fn copy_rows(&self, rows: Range<u64>) -> Accumulator {
         let first = &self.parts[0];
         let mut origin = first.origin.clone();
         origin[0] = rows.start;
-        let mut block: Vec<u64> = first.weights.shape().iter().map(|&n| n as u64).collect();
-        block[0] = rows.end - rows.start;
-        let channels = first.sums.shape()[0];
-        let mut out = Accumulator::new(channels, &origin, &block, first.second_moments.is_some());
-        for p in &self.parts {
-            out.zip_rows(p, |x, y| *x = y);
+        let pieces: Vec<(&Accumulator, Range<usize>, usize)> =
+            self.parts_in(rows.clone()).collect();
+        if pieces.is_empty() {
+            let mut block: Vec<u64> = first.weights.shape().iter().map(|&n| n as u64).collect();
+            block[0] = 0;
+            let channels = first.sums.shape()[0];
+            return Accumulator::new(channels, &origin, &block, first.second_moments.is_some());
         }
-        out
+        // Rows are axis 1 of sums and second moments (C, rows, ...), axis 0 of weights.
+        let join = |of: &dyn Fn(&Accumulator) -> &ArrayD<f64>, axis: usize| {
+            let views: Vec<_> = pieces
+                .iter()
+                .map(|(p, local, _)| of(p).slice_axis(Axis(axis), Slice::from(local.clone())))
+                .collect();
+            let joined =
+                ndarray::concatenate(Axis(axis), &views).expect("parts share every other axis");
+            // Accumulators are C-order; joined along a later axis, ndarray may keep another.
+            if joined.is_standard_layout() {
+                joined
+            } else {
+                joined.as_standard_layout().into_owned()
+            }
+        };
+        Accumulator {
+            origin,
+            sums: join(&|p| &p.sums, 1),
+            weights: join(&|p| &p.weights, 0),
+            second_moments: first.second_moments.as_ref().map(|_| {
+                join(
+                    &|p| p.second_moments.as_ref().expect("every part has them"),
+                    1,
+                )
+            }),
+            nan_pixels: 0,
+        }
     }
 
     /// For each part meeting rows `rows` (absolute): the part, its local rows, and where they
