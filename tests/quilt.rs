@@ -117,6 +117,25 @@ fn geometry_args(window: &str, step: &str, border: &str, blend: &str) -> Vec<Str
     a
 }
 
+/// Writes `a` as an uncompressed Zarr v3 array with `chunks`.
+fn write_raw_zarr(store: &std::path::Path, a: &ArrayD<f32>, chunks: Vec<u64>) {
+    use tessera::io::{zarr::ZarrWriter, ArrayWriter, Block, Codec, CreateSpec, DType};
+    let spec = CreateSpec {
+        flat_chunk_keys: false,
+        shape: a.shape().iter().map(|&n| n as u64).collect(),
+        dtype: DType::F32,
+        chunks,
+        shards: None,
+        codec: Codec::None,
+        dimension_names: None,
+        attributes: Default::default(),
+    };
+    let w = ZarrWriter::create(store, "", &spec, &tessera::comm::Local, false).unwrap();
+    let all = tessera::grid::Region::whole(&spec.shape);
+    w.write_box(Some((&all, &Block::F32(a.clone())))).unwrap();
+    Box::new(w).close().unwrap();
+}
+
 fn run(args: &[String]) -> std::process::Output {
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     tessera(&refs)
@@ -214,6 +233,29 @@ fn unstitch_and_stitch_match_the_reference_bit_for_bit() {
         }
         args.extend(geometry_args(window, step, border, blend));
         ok(run(&args));
+        // The same predictions as raw Zarr chunks of 3 patches (read from the chunk files
+        // straight into a batch that spans several, where the .npy is summed in place): the
+        // same bits.
+        let pred_zarr = d.path().join(format!("pred{case}.zarr"));
+        let mut chunks: Vec<u64> = predictions.shape().iter().map(|&n| n as u64).collect();
+        chunks[0] = 3;
+        write_raw_zarr(&pred_zarr, &predictions, chunks);
+        let from_zarr = s(&d.path().join(format!("sz{case}.npy")));
+        let zarr_args: Vec<String> = args
+            .iter()
+            .map(|a| match a {
+                a if *a == pred_addr => s(&pred_zarr),
+                a if *a == out => from_zarr.clone(),
+                a if *a == wout => s(&d.path().join(format!("wz{case}.npy"))),
+                a => a.clone(),
+            })
+            .collect();
+        ok(run(&zarr_args));
+        assert_eq!(
+            std::fs::read(&from_zarr).unwrap(),
+            std::fs::read(&out).unwrap(),
+            "case {case}: stitched from raw Zarr chunks"
+        );
         let b: Vec<u64> = if border.is_empty() {
             vec![0; spatial.len()]
         } else {
