@@ -710,6 +710,42 @@ fn weed_refuses_a_missing_label_the_labels_cannot_hold() {
     assert!(mask.iter().all(|&x| x == 1));
 }
 
+/// Unstitch keeps a write per thread in flight (`Operation::write_lanes`): on 3 threads, a
+/// unit that fails mid-run is one clear error with nothing published, and a run killed with
+/// writes in flight resumes to the bytes of an uninterrupted one-thread run.
+#[test]
+fn unstitch_with_writes_in_flight_fails_cleanly_and_resumes_to_the_same_bytes() {
+    let d = tempfile::tempdir().unwrap();
+    let input = s(&d.path().join("i.npy"));
+    random_npy(&input, &[3, 1, 40, 36], 22);
+    let run = |threads: &str, out: &str, extra: &str, env: &[(&str, &str)]| {
+        let mut args = vec!["--threads", threads];
+        let flags = format!("--window 8 --step 4 --patches-per-chunk 5 {extra}");
+        args.extend(io_line("quilt unstitch", &input, out, &flags));
+        let mut e = vec![("TESSERA_UNIT_BYTES", "1")];
+        e.extend_from_slice(env);
+        tessera_env(&args, &e)
+    };
+    let clean = s(&d.path().join("clean.zarr"));
+    ok(run("1", &clean, "", &[]));
+    let out = s(&d.path().join("p.zarr"));
+    fails_with(
+        run("3", &out, "", &[("TESSERA_FAIL_UNIT", "7")]),
+        &["unit 7 failed on purpose"],
+    );
+    assert!(!std::path::Path::new(&out).exists());
+    assert!(!run("3", &out, "--overwrite", &[("TESSERA_ABORT_AFTER_UNITS", "5")])
+        .status
+        .success());
+    assert!(!std::path::Path::new(&out).exists());
+    ok(run("3", &out, "--resume", &[]));
+    assert_same_tree(std::path::Path::new(&clean), std::path::Path::new(&out));
+    assert_eq!(
+        std::fs::read(d.path().join("clean_positions.npy")).unwrap(),
+        std::fs::read(d.path().join("p_positions.npy")).unwrap()
+    );
+}
+
 #[test]
 fn killed_quilt_runs_resume_to_identical_bytes() {
     let d = tempfile::tempdir().unwrap();

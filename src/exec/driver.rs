@@ -42,6 +42,24 @@ pub(super) struct Driver<'a, Op: Operation> {
 /// What one compute-while-write step returns: the write's outcome, and the computed unit.
 type Step<T> = (Result<()>, Result<Option<(usize, T)>>);
 
+/// A write that returned on a writer thread: its unit, outcome and seconds.
+type Written = (usize, Result<()>, f64);
+
+/// Computes `unit`, or fails it on purpose when it is `fail_unit` (`TESSERA_FAIL_UNIT`).
+fn compute_unit<Op: Operation>(
+    op: &Op,
+    fail_unit: Option<usize>,
+    unit: usize,
+) -> Result<Op::Output> {
+    if fail_unit == Some(unit) {
+        return Err(Error::parameter(
+            "internal",
+            format!("unit {unit} failed on purpose (TESSERA_FAIL_UNIT)"),
+        ));
+    }
+    op.compute(unit)
+}
+
 impl<Op: Operation> Driver<'_, Op> {
     /// Computes unit `next` (if any) on a helper thread while writing `pending` (if any, or
     /// taking part in a collective write with nothing when `collective`) on this one.
@@ -51,17 +69,8 @@ impl<Op: Operation> Driver<'_, Op> {
         pending: Option<(usize, Op::Output)>,
         collective: bool,
     ) -> Step<Op::Output> {
-        let op = self.op;
-        let fail_unit = self.fail_unit;
-        let compute = move |u: usize| {
-            if fail_unit == Some(u) {
-                return Err(Error::parameter(
-                    "internal",
-                    format!("unit {u} failed on purpose (TESSERA_FAIL_UNIT)"),
-                ));
-            }
-            op.compute(u).map(|out| (u, out))
-        };
+        let (op, fail_unit) = (self.op, self.fail_unit);
+        let compute = move |u: usize| compute_unit(op, fail_unit, u).map(|out| (u, out));
         let writing = pending.as_ref().map(|(u, _)| *u);
         let (written, write_seconds, computed, compute_seconds) = std::thread::scope(|scope| {
             let helper = scope.spawn(|| {
@@ -127,14 +136,43 @@ impl<Op: Operation> Driver<'_, Op> {
     }
 
     /// Runs this rank's units of one stage without waiting for the other ranks, except at the
-    /// end of the stage (module docs).
+    /// end of the stage (module docs): one write at a time, or several when the operation
+    /// allows ([`Driver::in_lanes`]).
     ///
     /// # Errors
     /// This rank's failure, or [`Error::PeerFailed`] when another rank failed.
     pub fn independent(&mut self, mine: &[usize]) -> Result<()> {
         let mut peers = Peers::new(self.comm);
+        let lanes = self.write_lanes();
+        let outcome = if lanes > 1 {
+            self.in_lanes(mine, lanes, &mut peers)
+        } else {
+            self.in_steps(mine, &mut peers)
+        };
+        let t = Instant::now();
+        peers.finish(outcome.is_err(), &mut self.progress);
+        let agreed = agree(self.comm, outcome);
+        self.phases.sync += t.elapsed().as_secs_f64();
+        agreed
+    }
+
+    /// How many writes this rank keeps in flight: [`Operation::write_lanes`], lowered so that
+    /// the units in flight (one being computed, one per lane being written) fit in the memory
+    /// this process may still take.
+    fn write_lanes(&self) -> usize {
+        let wanted = self.op.write_lanes();
+        if wanted <= 1 {
+            return 1;
+        }
+        let room = super::memory::available_bytes() / self.op.memory_per_unit().max(1);
+        wanted.min(room.saturating_sub(1) as usize).max(1)
+    }
+
+    /// [`Driver::independent`]'s units one write at a time: each step computes the next unit
+    /// on a helper thread while this one writes the unit before. Returns this rank's outcome
+    /// (Ok when it stopped because another rank failed).
+    fn in_steps(&mut self, mine: &[usize], peers: &mut Peers<'_>) -> Result<()> {
         let mut pending: Option<(usize, Op::Output)> = None;
-        let mut outcome = Ok(());
         for step in 0..=mine.len() {
             let next = mine.get(step).copied();
             let writing = pending.as_ref().map(|(u, _)| *u);
@@ -144,30 +182,95 @@ impl<Op: Operation> Driver<'_, Op> {
                 (Ok(()), None) => Ok(None),
                 (Err(e), _) => Err(e),
             };
-            match recorded.and_then(|u| computed.map(|c| (u, c))) {
-                Ok((written, computed)) => {
-                    if let Some(u) = written {
-                        peers.wrote(self.op.units()[u].bytes_out);
-                    }
-                    pending = computed;
-                }
-                Err(e) => {
-                    outcome = Err(e);
-                    break;
-                }
+            let (written, computed) = recorded.and_then(|u| computed.map(|c| (u, c)))?;
+            if let Some(u) = written {
+                peers.wrote(self.op.units()[u].bytes_out);
             }
-            let t = Instant::now();
-            let heard_of_failure = peers.listen(&mut self.progress);
-            self.phases.sync += t.elapsed().as_secs_f64();
-            if heard_of_failure {
+            pending = computed;
+            if self.listen(peers) {
                 break;
             }
         }
+        Ok(())
+    }
+
+    /// [`Driver::independent`]'s units with up to `lanes` writes in flight: this thread
+    /// computes each unit and hands it to a writer thread of its own, waiting only while
+    /// `lanes` writes are running. A unit is journaled once its write returned; on a failure
+    /// no further unit starts, and the writes already running finish (and are journaled when
+    /// they succeed) before this returns.
+    fn in_lanes(&mut self, mine: &[usize], lanes: usize, peers: &mut Peers<'_>) -> Result<()> {
+        let (op, fail_unit) = (self.op, self.fail_unit);
+        std::thread::scope(|scope| {
+            let (done, finished) = std::sync::mpsc::channel::<Written>();
+            let mut in_flight = 0;
+            let mut outcome = Ok(());
+            'units: for &unit in mine {
+                let t = Instant::now();
+                let computed = compute_unit(op, fail_unit, unit);
+                let seconds = t.elapsed().as_secs_f64();
+                self.phases.compute += seconds;
+                tracing::debug!("computed unit {unit} in {seconds:.6} s");
+                let output = match computed {
+                    Ok(output) => output,
+                    Err(e) => {
+                        outcome = Err(e);
+                        break;
+                    }
+                };
+                // Whatever finished meanwhile is journaled; a full set of lanes waits for one.
+                let mut wait = in_flight >= lanes;
+                while let Some(w) = if wait {
+                    finished.recv().ok()
+                } else {
+                    finished.try_recv().ok()
+                } {
+                    (in_flight, wait) = (in_flight - 1, false);
+                    if let Err(e) = self.written(w, peers) {
+                        outcome = Err(e);
+                        break 'units;
+                    }
+                }
+                let done = done.clone();
+                scope.spawn(move || {
+                    let t = Instant::now();
+                    let write = std::panic::AssertUnwindSafe(|| op.write(Some((unit, output))));
+                    let result = std::panic::catch_unwind(write).unwrap_or_else(|_| {
+                        Err(Error::parameter("internal", "a write thread panicked"))
+                    });
+                    // The receiver outlives the scope.
+                    let _ = done.send((unit, result, t.elapsed().as_secs_f64()));
+                });
+                in_flight += 1;
+                if self.listen(peers) {
+                    break;
+                }
+            }
+            for w in finished.iter().take(in_flight) {
+                let recorded = self.written(w, peers);
+                outcome = outcome.and(recorded);
+            }
+            outcome
+        })
+    }
+
+    /// A write that returned (in lanes): its time counted, its unit journaled (unless held)
+    /// and counted for the others.
+    fn written(&mut self, (unit, result, seconds): Written, peers: &mut Peers<'_>) -> Result<()> {
+        self.phases.write += seconds;
+        tracing::debug!("wrote unit {unit} in {seconds:.6} s");
+        result?;
+        self.record(unit)?;
+        peers.wrote(self.op.units()[unit].bytes_out);
+        Ok(())
+    }
+
+    /// Between units: looks at the others' news (the sync phase); true when a rank failed.
+    fn listen(&mut self, peers: &mut Peers<'_>) -> bool {
         let t = Instant::now();
-        peers.finish(outcome.is_err(), &mut self.progress);
-        let agreed = agree(self.comm, outcome);
+        let heard_of_failure = peers.listen(&mut self.progress);
         self.phases.sync += t.elapsed().as_secs_f64();
-        agreed
+        heard_of_failure
     }
 
     /// Runs this rank's units of one stage in rounds with every other rank (module docs).

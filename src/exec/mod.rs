@@ -307,9 +307,21 @@ pub trait Operation: Sync {
     /// # Errors
     /// Input or kernel failures, naming the file.
     fn compute(&self, unit: usize) -> Result<Self::Output>;
+    /// How many of this rank's units may be written at once, each on a thread of its own
+    /// (called after `open_output`). More than 1 only where writes of different units never
+    /// touch the same bytes or wait on each other (every output takes concurrent writes,
+    /// [`crate::io::ArrayWriter::concurrent_writes`], and units write whole write blocks, as
+    /// they must for ranks anyway): a rank whose output is compressed a chunk per unit then
+    /// compresses several at once instead of on one thread. The runner lowers it to what
+    /// memory allows, and never uses it for collective writes. Default: 1 (one write at a
+    /// time, on the main thread).
+    fn write_lanes(&self) -> usize {
+        1
+    }
     /// Writes one unit's result, or takes part in a collective write with nothing; on the
-    /// main thread. When it returns, the unit is journaled as finished: its bytes must be in
-    /// the output (in the OS's hands; tessera does not fsync, see `io::zarr::ChunkFileStore`).
+    /// main thread (on a writer thread of its own when [`Operation::write_lanes`] is above 1).
+    /// When it returns, the unit is journaled as finished: its bytes must be in the output
+    /// (in the OS's hands; tessera does not fsync, see `io::zarr::ChunkFileStore`).
     ///
     /// # Errors
     /// Output failures.

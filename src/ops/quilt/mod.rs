@@ -30,7 +30,7 @@ pub mod weed;
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock, RwLock};
 
 use ndarray::{ArrayD, Axis, IxDyn, Slice};
 use serde::{Deserialize, Serialize};
@@ -207,7 +207,7 @@ pub struct UnstitchOp {
     positions_spec: CreateSpec,
     runs: Vec<Range<u64>>,
     units: Vec<UnitInfo>,
-    writers: Mutex<Vec<Box<dyn ArrayWriter>>>,
+    writers: RwLock<Vec<Box<dyn ArrayWriter>>>,
     /// The job and what it reads, for `--resume` and the output checks.
     parameters: Value,
     inputs: Vec<Place>,
@@ -297,7 +297,7 @@ impl UnstitchOp {
             positions_spec,
             runs,
             units,
-            writers: Mutex::new(Vec::new()),
+            writers: RwLock::new(Vec::new()),
             parameters: serde_json::to_value(job).unwrap_or_default(),
             inputs: vec![Place::Array(input_addr)],
             device: crate::gpu::Selected::cpu("--device cpu"),
@@ -366,8 +366,18 @@ impl Operation for UnstitchOp {
     fn open_output(&self, staging: &[Address], comm: &dyn Comm, resume: bool) -> Result<()> {
         let patches = io::create(&staging[0], &self.spec, comm, resume)?;
         let positions = io::create(&staging[1], &self.positions_spec, comm, resume)?;
-        *self.writers.lock().expect("writers") = vec![patches, positions];
+        *self.writers.write().expect("writers") = vec![patches, positions];
         Ok(())
+    }
+    /// A unit is whole chunks of patches and positions: with Zarr (or `.npy`) outputs, one
+    /// unit's chunks are compressed while the next's are.
+    fn write_lanes(&self) -> usize {
+        let writers = self.writers.read().expect("writers");
+        if writers.iter().all(|w| w.concurrent_writes()) {
+            rayon::current_num_threads()
+        } else {
+            1
+        }
     }
     fn device(&self) -> Option<crate::gpu::DeviceReport> {
         Some(self.device.report())
@@ -402,11 +412,11 @@ impl Operation for UnstitchOp {
         Ok(vec![(region, patches), (prow, Block::I64(positions))])
     }
     fn write(&self, part: Option<(usize, Self::Output)>) -> Result<()> {
-        let writers = self.writers.lock().expect("writers");
+        let writers = self.writers.read().expect("writers");
         io::write_parts(&writers, part.as_ref().map(|(_, p)| p.as_slice()))
     }
     fn finish(&self, _comm: &dyn Comm) -> Result<()> {
-        let writers = std::mem::take(&mut *self.writers.lock().expect("writers"));
+        let writers = std::mem::take(&mut *self.writers.write().expect("writers"));
         let mut it = writers.into_iter();
         if let Some(patches) = it.next() {
             patches.set_attributes(&self.spec.attributes)?;
