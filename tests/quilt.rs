@@ -734,9 +734,14 @@ fn unstitch_with_writes_in_flight_fails_cleanly_and_resumes_to_the_same_bytes() 
         &["unit 7 failed on purpose"],
     );
     assert!(!std::path::Path::new(&out).exists());
-    assert!(!run("3", &out, "--overwrite", &[("TESSERA_ABORT_AFTER_UNITS", "5")])
-        .status
-        .success());
+    assert!(!run(
+        "3",
+        &out,
+        "--overwrite",
+        &[("TESSERA_ABORT_AFTER_UNITS", "5")]
+    )
+    .status
+    .success());
     assert!(!std::path::Path::new(&out).exists());
     ok(run("3", &out, "--resume", &[]));
     assert_same_tree(std::path::Path::new(&clean), std::path::Path::new(&out));
