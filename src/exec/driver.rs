@@ -234,7 +234,9 @@ impl<Op: Operation> Driver<'_, Op> {
                 let done = done.clone();
                 scope.spawn(move || {
                     let t = Instant::now();
-                    let write = std::panic::AssertUnwindSafe(|| op.write(Some((unit, output))));
+                    let write = std::panic::AssertUnwindSafe(|| {
+                        crate::io::as_write_lane(|| op.write(Some((unit, output))))
+                    });
                     let result = std::panic::catch_unwind(write).unwrap_or_else(|_| {
                         Err(Error::parameter("internal", "a write thread panicked"))
                     });

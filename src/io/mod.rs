@@ -231,6 +231,27 @@ pub fn mapped_elements<T: Element>(reader: &dyn ArrayReader) -> Option<&[T]> {
     bytemuck::try_cast_slice(reader.mapped_bytes()?).ok()
 }
 
+thread_local! {
+    static IN_WRITE_LANE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` (a unit's write) as one of several writes in flight on their own threads
+/// (`exec`'s write lanes): a writer then encodes a box's blocks one after another on this
+/// thread instead of on the rank's rayon pool. The lanes are the parallelism; encoding on the
+/// pool as well would queue the kernels' tasks behind long compressions (a stitch on 2 threads
+/// was slower than on 1 that way).
+pub fn as_write_lane<R>(f: impl FnOnce() -> R) -> R {
+    IN_WRITE_LANE.with(|lane| lane.set(true));
+    let result = f();
+    IN_WRITE_LANE.with(|lane| lane.set(false));
+    result
+}
+
+/// Whether this thread is one of exec's write lanes ([`as_write_lane`]).
+pub fn in_write_lane() -> bool {
+    IN_WRITE_LANE.with(std::cell::Cell::get)
+}
+
 /// Writes boxes of an array being created.
 ///
 /// Under MPI, `write_box` may be collective (parallel HDF5): every rank calls it the same

@@ -809,7 +809,12 @@ impl ArrayWriter for ZarrWriter {
         };
         check_write(&self.store, &self.shape, self.dtype, region, block)?;
         let subset = ArraySubset::new_with_ranges(&region.ranges());
-        with_block!(block, a => self.array.store_array_subset(&subset, a))
+        // In a write lane the lanes are the parallelism: this box's blocks on this thread.
+        let mut options = zarrs::array::CodecOptions::default();
+        if super::in_write_lane() {
+            options = options.with_concurrent_target(1);
+        }
+        with_block!(block, a => self.array.store_array_subset_opt(&subset, a, &options))
             .map_err(|e| zarr_err(&self.store, &self.node, e))
     }
 

@@ -24,7 +24,7 @@ mod separable;
 
 use std::ops::Range;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 
 use ndarray::{ArrayD, Axis, Slice};
 use serde_json::{json, Map, Value};
@@ -189,7 +189,7 @@ pub struct PyramidOp {
     stage_ends: Vec<usize>,
     units: Vec<UnitInfo>,
     memory_per_unit: u64,
-    writers: Mutex<Vec<Box<dyn ArrayWriter>>>,
+    writers: RwLock<Vec<Box<dyn ArrayWriter>>>,
     /// The staged store and group node, once open (later stages read levels back from it).
     staged: Mutex<Option<(PathBuf, String)>>,
     /// Readers of levels written by earlier stages, opened once per level.
@@ -317,7 +317,7 @@ impl PyramidOp {
             stage_ends,
             units,
             memory_per_unit,
-            writers: Mutex::new(Vec::new()),
+            writers: RwLock::new(Vec::new()),
             staged: Mutex::new(None),
             spare_blocks: Default::default(),
             device: crate::gpu::Selected::cpu("--device cpu"),
@@ -1416,7 +1416,7 @@ impl Operation for PyramidOp {
             };
             writers.push(io::create(&address, spec, comm, resume)?);
         }
-        *self.writers.lock().expect("writers") = writers;
+        *self.writers.write().expect("writers") = writers;
         *self.staged.lock().expect("staged") = Some((store.clone(), node.clone()));
         Ok(())
     }
@@ -1441,8 +1441,17 @@ impl Operation for PyramidOp {
         );
         Ok(out)
     }
+    /// A unit writes whole chunks of each level (as ranks do), so units may be written at once.
+    fn write_lanes(&self) -> usize {
+        let writers = self.writers.read().expect("writers");
+        if writers.iter().all(|w| w.concurrent_writes()) {
+            rayon::current_num_threads()
+        } else {
+            1
+        }
+    }
     fn write(&self, part: Option<(usize, Self::Output)>) -> Result<()> {
-        let writers = self.writers.lock().expect("writers");
+        let writers = self.writers.read().expect("writers");
         if let Some((_, parts)) = part {
             for (w, region, block) in &parts {
                 writers[*w].write_box(Some((region, block)))?;
@@ -1456,7 +1465,7 @@ impl Operation for PyramidOp {
         Ok(())
     }
     fn finish(&self, comm: &dyn Comm) -> Result<()> {
-        for w in std::mem::take(&mut *self.writers.lock().expect("writers")) {
+        for w in std::mem::take(&mut *self.writers.write().expect("writers")) {
             w.close()?;
         }
         if comm.is_root() {

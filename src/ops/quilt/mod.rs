@@ -528,7 +528,7 @@ pub struct StitchOp {
     memory_per_unit: u64,
     /// Patches read at once (a band's windows, or fewer when memory is tight).
     batch: u64,
-    writers: Mutex<Vec<Box<dyn ArrayWriter>>>,
+    writers: RwLock<Vec<Box<dyn ArrayWriter>>>,
     nan_values: AtomicU64,
     /// Accumulators and mean blocks of finished units, reused (a third of the stitch time
     /// went to faulting in fresh ones).
@@ -1139,7 +1139,7 @@ impl StitchOp {
             held_band: Mutex::new(None),
             read_bytes: AtomicU64::new(0),
             units,
-            writers: Mutex::new(Vec::new()),
+            writers: RwLock::new(Vec::new()),
             nan_values: AtomicU64::new(0),
             spare_accumulators: Default::default(),
             spare_means: Default::default(),
@@ -1584,7 +1584,7 @@ impl Operation for StitchOp {
         for (spec, address) in extra.zip(&staging[1..]) {
             writers.push(io::create(address, spec, comm, resume)?);
         }
-        *self.writers.lock().expect("writers") = writers;
+        *self.writers.write().expect("writers") = writers;
         Ok(())
     }
     fn device(&self) -> Option<crate::gpu::DeviceReport> {
@@ -1603,8 +1603,17 @@ impl Operation for StitchOp {
             _ => self.compute_cpu::<f32>(unit),
         }
     }
+    /// A unit is whole bands, and a band is the outputs' chunk rows: units share no chunk.
+    fn write_lanes(&self) -> usize {
+        let writers = self.writers.read().expect("writers");
+        if writers.iter().all(|w| w.concurrent_writes()) {
+            rayon::current_num_threads()
+        } else {
+            1
+        }
+    }
     fn write(&self, part: Option<(usize, Self::Output)>) -> Result<()> {
-        let writers = self.writers.lock().expect("writers");
+        let writers = self.writers.read().expect("writers");
         io::write_parts(&writers, part.as_ref().map(|(_, p)| p.as_slice()))?;
         if let Some((_, mut parts)) = part {
             if !parts.is_empty() {
@@ -1678,7 +1687,7 @@ impl Operation for StitchOp {
         );
         attributes.insert("quilt_nan_values_left_out".into(), json!(nan[0]));
         attributes.insert("tessera_version".into(), json!(env!("CARGO_PKG_VERSION")));
-        let writers = std::mem::take(&mut *self.writers.lock().expect("writers"));
+        let writers = std::mem::take(&mut *self.writers.write().expect("writers"));
         for w in writers {
             w.set_attributes(&attributes)?;
             w.close()?;
