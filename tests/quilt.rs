@@ -353,6 +353,32 @@ fn a_memory_bounded_stitch_gives_the_same_bits() {
         12,
         "{log}"
     );
+    // On 3 threads a free stitch writes up to 3 units at once (a lane's write is logged on a
+    // line of its own); under --memory-limit 2300K, which holds two units, one at a time
+    // (a step computes one unit while it writes the one before): the same bits either way.
+    let on_3 = |out: &str, limit: &str| {
+        let mut args = vec!["-vv", "--threads", "3"];
+        args.extend(io_line("quilt stitch", &p, out, limit));
+        ok(tessera(&args))
+    };
+    let lanes = s(&d.path().join("lanes.npy"));
+    let log = on_3(&lanes, "--chunks 1,1,1,48,48");
+    assert!(log.lines().any(|l| l.contains("DEBUG wrote unit")), "{log}");
+    assert_eq!(
+        std::fs::read(&free).unwrap(),
+        std::fs::read(&lanes).unwrap()
+    );
+    let steps = s(&d.path().join("steps.npy"));
+    let log = on_3(&steps, "--memory-limit 2300K --chunks 1,1,1,48,48");
+    assert!(
+        !log.lines().any(|l| l.contains("DEBUG wrote unit")),
+        "{log}"
+    );
+    assert!(log.contains(", wrote unit"), "{log}");
+    assert_eq!(
+        std::fs::read(&free).unwrap(),
+        std::fs::read(&steps).unwrap()
+    );
     let back: ArrayD<f32> = read_npy(&free).unwrap();
     assert!(back
         .iter()

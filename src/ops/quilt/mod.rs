@@ -526,6 +526,8 @@ pub struct StitchOp {
     read_bytes: AtomicU64,
     units: Vec<UnitInfo>,
     memory_per_unit: u64,
+    /// `--memory-limit`, bytes: bounds the units in flight, write lanes included.
+    memory_limit: u64,
     /// Patches read at once (a band's windows, or fewer when memory is tight).
     batch: u64,
     writers: RwLock<Vec<Box<dyn ArrayWriter>>>,
@@ -1122,6 +1124,7 @@ impl StitchOp {
             variance,
             // A held band, when there is room for it, shared out over the two units in flight.
             memory_per_unit: unit_memory + hold_memory.map_or(0, |m| m.div_ceil(2)),
+            memory_limit: limit,
             holds_band: hold_memory.is_some(),
             batch,
             geometry,
@@ -1604,13 +1607,14 @@ impl Operation for StitchOp {
         }
     }
     /// A unit is whole bands, and a band is the outputs' chunk rows: units share no chunk.
+    /// One lane per thread, as many as `--memory-limit` holds beside the unit being computed.
     fn write_lanes(&self) -> usize {
         let writers = self.writers.read().expect("writers");
-        if writers.iter().all(|w| w.concurrent_writes()) {
-            rayon::current_num_threads()
-        } else {
-            1
+        if !writers.iter().all(|w| w.concurrent_writes()) {
+            return 1;
         }
+        let room = self.memory_limit / self.memory_per_unit.max(1);
+        rayon::current_num_threads().min(room.saturating_sub(1) as usize)
     }
     fn write(&self, part: Option<(usize, Self::Output)>) -> Result<()> {
         let writers = self.writers.read().expect("writers");
