@@ -308,9 +308,9 @@ pub trait Operation: Sync {
     /// Input or kernel failures, naming the file.
     fn compute(&self, unit: usize) -> Result<Self::Output>;
     /// How many of this rank's units may be written at once, each on a thread of its own
-    /// (called after `open_output`). More than 1 only where writes of different units never
+    /// (also asked by `--dry-run`, before any output exists). More than 1 only where writes of different units never
     /// touch the same bytes or wait on each other (every output takes concurrent writes,
-    /// [`crate::io::ArrayWriter::concurrent_writes`], and units write whole write blocks, as
+    /// [`crate::io::Address::takes_concurrent_writes`], and units write whole write blocks, as
     /// they must for ranks anyway): a rank whose output is compressed a chunk per unit then
     /// compresses several at once instead of on one thread. The runner lowers it to what
     /// memory allows, and never uses it for collective writes. Default: 1 (one write at a

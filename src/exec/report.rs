@@ -310,8 +310,13 @@ pub(super) fn describe_plan<Op: Operation>(
     }
     let _ = writeln!(
         s,
-        "  memory: about {:.2} MiB per rank (two units in flight: one computing, one writing)",
-        mib(2 * op.memory_per_unit())
+        "  memory: about {:.2} MiB per rank (two units in flight: one computing, one writing){}",
+        mib(2 * op.memory_per_unit()),
+        if op.write_lanes() > 1 {
+            "; more while writes run in lanes (up to one per thread, as memory allows)"
+        } else {
+            ""
+        }
     );
     for (rank, ids) in assignment.iter().enumerate() {
         let mine: Vec<&UnitInfo> = ids.iter().map(|&u| &units[u]).collect();

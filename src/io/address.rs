@@ -31,6 +31,18 @@ pub enum Address {
 }
 
 impl Address {
+    /// Whether tessera's writer for this format takes writes from several threads at once of
+    /// boxes that share no write block (chunk or shard): the promise ranks already rely on when
+    /// they write one output in parallel. Zarr (each block encoded and stored on its own),
+    /// `.npy` and `.pt` (positioned writes of a box's own bytes) do; HDF5 (collective or
+    /// serialised writes) and patch directories do not.
+    pub fn takes_concurrent_writes(&self) -> bool {
+        matches!(
+            self,
+            Address::Npy { .. } | Address::Pt { .. } | Address::Zarr { .. }
+        )
+    }
+
     /// Parses an address string.
     ///
     /// # Errors

@@ -261,13 +261,6 @@ pub trait ArrayWriter: Send + Sync {
     /// Block and region disagree, or a write failure naming the store.
     fn write_box(&self, part: Option<(&Region, &Block)>) -> Result<()>;
 
-    /// Whether `write_box` may be called from several threads at once for boxes that share
-    /// no write block (chunk or shard) and no byte: the same promise ranks rely on when they
-    /// write one output in parallel. Default: no.
-    fn concurrent_writes(&self) -> bool {
-        false
-    }
-
     /// Whether [`ArrayWriter::block_sink`] is there: whole write blocks can be written as
     /// they are made, without holding one in memory (an uncompressed, unsharded Zarr array
     /// on a little-endian machine).

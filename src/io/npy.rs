@@ -399,11 +399,6 @@ impl ArrayWriter for NpyWriter {
         with_block!(block, a => self.write_runs(region, a))
     }
 
-    /// Positioned writes of a box's own bytes.
-    fn concurrent_writes(&self) -> bool {
-        true
-    }
-
     fn set_attributes(&self, _attributes: &Map<String, Value>) -> Result<()> {
         // .npy has no attributes; the run report beside the output keeps the provenance.
         Ok(())

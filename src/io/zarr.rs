@@ -818,12 +818,6 @@ impl ArrayWriter for ZarrWriter {
             .map_err(|e| zarr_err(&self.store, &self.node, e))
     }
 
-    /// Boxes that share no write block touch no common chunk file, and zarrs encodes and
-    /// stores each block on its own.
-    fn concurrent_writes(&self) -> bool {
-        true
-    }
-
     fn streams_blocks(&self) -> bool {
         self.raw_chunks.is_some()
     }

@@ -528,10 +528,6 @@ impl ArrayWriter for PtWriter {
         self.inner.write_box(part)
     }
 
-    fn concurrent_writes(&self) -> bool {
-        self.inner.concurrent_writes()
-    }
-
     fn set_attributes(&self, _attributes: &Map<String, Json>) -> Result<()> {
         // A tensor file has no attributes; the run report beside it keeps the provenance.
         Ok(())

@@ -1443,8 +1443,7 @@ impl Operation for PyramidOp {
     }
     /// A unit writes whole chunks of each level (as ranks do), so units may be written at once.
     fn write_lanes(&self) -> usize {
-        let writers = self.writers.read().expect("writers");
-        if writers.iter().all(|w| w.concurrent_writes()) {
+        if self.targets.iter().all(Address::takes_concurrent_writes) {
             rayon::current_num_threads()
         } else {
             1
