@@ -505,21 +505,20 @@ fn memcopy(b: &ScalingBench, count: usize, dir: &Path) -> Result<f64> {
 /// copies' rates; `report-<count>.json` is that run's report.
 fn measure(b: &ScalingBench, count: usize, largest: usize, dir: &Path) -> Result<Row> {
     let report = report_of(dir, count);
-    // The bench's own scratch in its working directory, replaced on every sweep like the
-    // reports themselves: the fastest run's report waits under this name while the others run.
-    let kept = dir.join(format!("report-{count}.fastest.json"));
-    let mut best: Option<Row> = None;
+    // The fastest run's report waits in memory while the others run (each run replaces the
+    // file, as `measure_once` removes it first), and is put back as the sweep's report.
+    let mut best: Option<(Row, Vec<u8>)> = None;
     let mut copy = 0.0f64;
     for _ in 0..b.repeat.max(1) {
         let row = measure_once(b, count, largest, dir)?;
         copy = copy.max(row.copy_gb_per_s);
-        if best.as_ref().is_none_or(|r| row.seconds < r.seconds) {
-            std::fs::rename(&report, &kept).at(&report)?;
-            best = Some(row);
+        if best.as_ref().is_none_or(|(r, _)| row.seconds < r.seconds) {
+            best = Some((row, std::fs::read(&report).at(&report)?));
         }
     }
-    std::fs::rename(&kept, &report).at(&kept)?;
-    let mut row = best.expect("at least one run");
+    let (mut row, bytes) = best.expect("at least one run");
+    // The bench's own report in its working directory, replaced like the others there.
+    crate::io::safety::write_bytes(&report, true, &bytes)?;
     row.copy_gb_per_s = copy;
     Ok(row)
 }

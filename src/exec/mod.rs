@@ -308,10 +308,10 @@ pub trait Operation: Sync {
     /// Input or kernel failures, naming the file.
     fn compute(&self, unit: usize) -> Result<Self::Output>;
     /// How many of this rank's units may be written at once, each on a thread of its own
-    /// (also asked by `--dry-run`, before any output exists). More than 1 only where writes of different units never
-    /// touch the same bytes or wait on each other (every output takes concurrent writes,
-    /// [`crate::io::Address::takes_concurrent_writes`], and units write whole write blocks, as
-    /// they must for ranks anyway): a rank whose output is compressed a chunk per unit then
+    /// (also asked by `--dry-run`, before any output exists). More than 1 only where writes
+    /// of different units never touch the same bytes or wait on each other (every output
+    /// takes concurrent writes, and units write whole write blocks, as they must for ranks
+    /// anyway; [`lane_per_thread`]): a rank whose output is compressed a chunk per unit then
     /// compresses several at once instead of on one thread. The runner lowers it to what
     /// memory allows, and never uses it for collective writes. Default: 1 (one write at a
     /// time, on the main thread).
@@ -331,6 +331,17 @@ pub trait Operation: Sync {
     /// # Errors
     /// Output failures.
     fn finish(&self, comm: &dyn Comm) -> Result<()>;
+}
+
+/// [`Operation::write_lanes`] of an operation whose units write whole write blocks: one lane
+/// per thread of the rank when every output in `targets` takes concurrent writes
+/// ([`Address::takes_concurrent_writes`]), else 1.
+pub fn lane_per_thread(targets: &[Address]) -> usize {
+    if targets.iter().all(Address::takes_concurrent_writes) {
+        rayon::current_num_threads()
+    } else {
+        1
+    }
 }
 
 /// One job per output: [`OutputLock::acquire`] of `output` on rank 0, the outcome agreed by

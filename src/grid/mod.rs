@@ -233,6 +233,24 @@ pub fn unit_f32(bits: u64) -> f32 {
     (bits >> 40) as f32 / 16_777_216.0
 }
 
+/// `views` joined along `axis` (they agree on every other axis), in C order: joined along a
+/// later axis, ndarray may keep another memory order, and the kernels read C-order boxes.
+///
+/// # Panics
+/// When the views differ along another axis (a caller's bug).
+pub fn join_c_order<T: Clone>(
+    axis: usize,
+    views: &[ndarray::ArrayViewD<'_, T>],
+) -> ndarray::ArrayD<T> {
+    let joined = ndarray::concatenate(ndarray::Axis(axis), views)
+        .expect("views differ only along the axis they are joined on");
+    if joined.is_standard_layout() {
+        joined
+    } else {
+        joined.as_standard_layout().into_owned()
+    }
+}
+
 /// Row-major (C-order) strides of a shape, in elements.
 pub fn row_major_strides(shape: &[usize]) -> Vec<usize> {
     let mut st = vec![1usize; shape.len()];

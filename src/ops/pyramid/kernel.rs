@@ -32,7 +32,7 @@
 
 use std::ops::Range;
 
-use ndarray::{ArrayD, ArrayViewD, Axis, IxDyn};
+use ndarray::{ArrayD, ArrayViewD, IxDyn};
 use serde::{Deserialize, Serialize};
 
 use crate::grid::{for_each_index, row_major_strides};
@@ -199,15 +199,8 @@ pub fn in_slabs<U: Clone + Send + Sync>(
         .collect();
     let pieces: Vec<ArrayD<U>> = slabs.par_iter().map(|slab| level(slab)).collect();
     let views: Vec<ArrayViewD<'_, U>> = pieces.iter().map(|p| p.view()).collect();
-    let joined =
-        ndarray::concatenate(Axis(axis), &views).expect("slabs differ only along their axis");
-    // The next level's kernels read C-order boxes; joined along a later axis, ndarray may
-    // keep another memory order.
-    if joined.is_standard_layout() {
-        joined
-    } else {
-        joined.as_standard_layout().into_owned()
-    }
+    // The next level's kernels read C-order boxes.
+    crate::grid::join_c_order(axis, &views)
 }
 
 /// An input box: values (C order) and where the box starts in its level.
@@ -668,6 +661,7 @@ fn upsample_box<R>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ndarray::Axis;
 
     fn src<'a, T>(v: &'a ArrayD<T>, start: &'a [u64], shape: &'a [u64]) -> Source<'a, T> {
         Source {

@@ -1443,11 +1443,7 @@ impl Operation for PyramidOp {
     }
     /// A unit writes whole chunks of each level (as ranks do), so units may be written at once.
     fn write_lanes(&self) -> usize {
-        if self.targets.iter().all(Address::takes_concurrent_writes) {
-            rayon::current_num_threads()
-        } else {
-            1
-        }
+        crate::exec::lane_per_thread(&self.targets)
     }
     fn write(&self, part: Option<(usize, Self::Output)>) -> Result<()> {
         let writers = self.writers.read().expect("writers");

@@ -879,14 +879,8 @@ impl SplitAccumulator {
                 .iter()
                 .map(|(p, local, _)| of(p).slice_axis(Axis(axis), Slice::from(local.clone())))
                 .collect();
-            let joined =
-                ndarray::concatenate(Axis(axis), &views).expect("parts share every other axis");
-            // Accumulators are C-order; joined along a later axis, ndarray may keep another.
-            if joined.is_standard_layout() {
-                joined
-            } else {
-                joined.as_standard_layout().into_owned()
-            }
+            // Accumulators are C-order.
+            crate::grid::join_c_order(axis, &views)
         };
         Accumulator {
             origin,

@@ -372,11 +372,7 @@ impl Operation for UnstitchOp {
     /// A unit is whole chunks of patches and positions: with Zarr (or `.npy`) outputs, one
     /// unit's chunks are compressed while the next's are.
     fn write_lanes(&self) -> usize {
-        if self.targets.iter().all(Address::takes_concurrent_writes) {
-            rayon::current_num_threads()
-        } else {
-            1
-        }
+        crate::exec::lane_per_thread(&self.targets)
     }
     fn device(&self) -> Option<crate::gpu::DeviceReport> {
         Some(self.device.report())
@@ -1608,11 +1604,8 @@ impl Operation for StitchOp {
     /// A unit is whole bands, and a band is the outputs' chunk rows: units share no chunk.
     /// One lane per thread, as many as `--memory-limit` holds beside the unit being computed.
     fn write_lanes(&self) -> usize {
-        if !self.targets.iter().all(Address::takes_concurrent_writes) {
-            return 1;
-        }
         let room = self.memory_limit / self.memory_per_unit.max(1);
-        rayon::current_num_threads().min(room.saturating_sub(1) as usize)
+        crate::exec::lane_per_thread(&self.targets).min(room.saturating_sub(1) as usize)
     }
     fn write(&self, part: Option<(usize, Self::Output)>) -> Result<()> {
         let writers = self.writers.read().expect("writers");
